@@ -1,0 +1,1 @@
+"""Booking: the published catalogue and prices, customers, and the booking lifecycle."""

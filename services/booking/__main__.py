@@ -1,0 +1,3 @@
+from shared.run import serve
+
+serve("services.booking.app:create_app")

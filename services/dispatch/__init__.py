@@ -1,0 +1,1 @@
+"""Dispatch: technicians' files, matching and assignment, the visit."""

@@ -1,0 +1,3 @@
+from shared.run import serve
+
+serve("services.dispatch.app:create_app")

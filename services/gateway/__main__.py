@@ -1,0 +1,3 @@
+from shared.run import serve
+
+serve("services.gateway.app:create_app")

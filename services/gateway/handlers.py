@@ -1,0 +1,7 @@
+"""Events the gateway turns into client notifications (none yet)."""
+
+from __future__ import annotations
+
+from shared.consumer import Handlers
+
+handlers = Handlers()

@@ -1,0 +1,1 @@
+"""Payments: itemised receipts, prepaid cards and packages, payments and refunds."""

@@ -1,0 +1,3 @@
+from shared.run import serve
+
+serve("services.payments.app:create_app")

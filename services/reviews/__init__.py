@@ -1,0 +1,1 @@
+"""Reviews: ratings, complaints with deadlines and escalation, technician quality."""

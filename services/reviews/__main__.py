@@ -1,0 +1,3 @@
+from shared.run import serve
+
+serve("services.reviews.app:create_app")

@@ -1,0 +1,325 @@
+"""The inbox-guarded consumer loop, with retries, backoff and dead letters.
+
+For every message: parse the envelope, find the handler for its (type,
+version), and run the handler and the inbox insert `(consumer, event_id)` in
+one MongoDB transaction (with the handler's own outbox events). The Kafka
+offset is committed only after that. A redelivered event hits the unique inbox
+index and is skipped, so reprocessing after a crash is harmless. A message that
+cannot be parsed, has no schema, or whose handler keeps failing goes to the
+dead-letter topic with headers saying why, from where, and after how many
+attempts; the loop then moves on.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from typing import Any, TypeVar
+
+from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, ConsumerRecord, TopicPartition
+from aiokafka.errors import CommitFailedError, KafkaError
+from pydantic import ValidationError
+from pymongo import ASCENDING, IndexModel
+from pymongo.errors import DuplicateKeyError
+
+from shared import logs
+from shared.events.envelope import Envelope, EventPayload
+from shared.events.registry import is_known_type, stream_topic
+from shared.faults import crash_point
+from shared.metrics import (
+    CONSUMER_LAG,
+    DEAD_LETTERS,
+    EVENTS_CONSUMED,
+    HANDLER_RETRIES,
+    HANDLER_SECONDS,
+)
+from shared.mongo import Database
+from shared.outbox import Transaction, UnitOfWork
+from shared.settings import Settings
+
+log = logging.getLogger(__name__)
+
+INBOX = "inbox"
+P = TypeVar("P", bound=EventPayload)
+Handler = Callable[[Transaction, Any], Awaitable[None]]
+
+
+async def ensure_inbox_indexes(db: Database) -> None:
+    await db[INBOX].create_indexes(
+        [IndexModel([("consumer", ASCENDING), ("event_id", ASCENDING)], unique=True, name="once")]
+    )
+
+
+class Handlers:
+    """A service's event handlers, keyed by payload type and version.
+
+    `@handlers.on(BookingRequested)` registers `async def f(tx, event) -> None`.
+    """
+
+    def __init__(self) -> None:
+        self._by_type: dict[str, dict[int, tuple[type[EventPayload], Handler]]] = {}
+
+    def on(
+        self, model: type[P]
+    ) -> Callable[[Callable[[Transaction, P], Awaitable[None]]], Handler]:
+        def register(fn: Callable[[Transaction, P], Awaitable[None]]) -> Handler:
+            versions = self._by_type.setdefault(model.event_type, {})
+            if model.schema_version in versions:
+                raise ValueError(f"two handlers for {model.event_type} v{model.schema_version}")
+            versions[model.schema_version] = (model, fn)
+            return fn
+
+        return register
+
+    def models(self) -> list[type[EventPayload]]:
+        return [m for versions in self._by_type.values() for m, _ in versions.values()]
+
+    def topics(self, settings: Settings) -> list[str]:
+        return sorted({settings.topic(stream_topic(m.stream)) for m in self.models()})
+
+    def lookup(self, event_type: str) -> dict[int, tuple[type[EventPayload], Handler]] | None:
+        return self._by_type.get(event_type)
+
+
+class AlreadyProcessed(Exception):
+    """The inbox already holds this (consumer, event_id)."""
+
+
+class Rejected(Exception):
+    """The message can never be handled (bad bytes, no schema); dead-letter it at once."""
+
+
+@dataclass(frozen=True)
+class DeadLetter:
+    reason: str
+    kind: str
+    attempts: int
+
+
+class EventConsumer:
+    def __init__(
+        self,
+        settings: Settings,
+        db: Database,
+        uow: UnitOfWork,
+        producer: AIOKafkaProducer,
+        handlers: Handlers,
+    ) -> None:
+        self._settings = settings
+        self._db = db
+        self._uow = uow
+        self._producer = producer
+        self._handlers = handlers
+        self._name = settings.service_name
+        self._consumer: AIOKafkaConsumer | None = None
+        self.assigned = asyncio.Event()
+        self._next_offset: dict[TopicPartition, int] = {}
+
+    @property
+    def topics(self) -> list[str]:
+        return self._handlers.topics(self._settings)
+
+    async def run_forever(self) -> None:
+        consumer = AIOKafkaConsumer(
+            *self.topics,
+            bootstrap_servers=self._settings.kafka_bootstrap,
+            group_id=self._settings.consumer_group,
+            client_id=f"{self._name}-consumer",
+            enable_auto_commit=False,
+            auto_offset_reset="earliest",
+            max_poll_interval_ms=300_000,
+            session_timeout_ms=10_000,
+            heartbeat_interval_ms=1_000,
+        )
+        self._consumer = consumer
+        await consumer.start()
+        try:
+            while True:
+                batches = await consumer.getmany(timeout_ms=200, max_records=200)
+                if consumer.assignment():
+                    self.assigned.set()
+                for tp, messages in batches.items():
+                    for message in messages:
+                        await self._process(message)
+                        crash_point("consumer.after_handle")
+                    await self._commit(consumer, tp, messages[-1].offset + 1)
+                    self._next_offset[tp] = messages[-1].offset + 1
+                self._report_lag(consumer)
+        finally:
+            self._consumer = None
+            await consumer.stop()
+
+    async def _commit(self, consumer: AIOKafkaConsumer, tp: TopicPartition, offset: int) -> None:
+        try:
+            await consumer.commit({tp: offset})
+        except CommitFailedError:
+            # The partition moved to another member during a rebalance; it will redeliver
+            # from the last commit, and the inbox makes that harmless.
+            log.warning("offset commit lost to a rebalance", extra=logs.log_fields(tp=str(tp)))
+
+    def _report_lag(self, consumer: AIOKafkaConsumer) -> None:
+        for tp in consumer.assignment():
+            highwater = consumer.highwater(tp)
+            done = self._next_offset.get(tp)
+            if highwater is not None and done is not None:
+                CONSUMER_LAG.labels(self._name, tp.topic, str(tp.partition)).set(
+                    max(highwater - done, 0)
+                )
+
+    async def _process(self, message: ConsumerRecord[bytes, bytes]) -> None:
+        try:
+            envelope, model, handler = self._resolve(message)
+        except Rejected as exc:
+            await self._dead_letter(message, DeadLetter(str(exc), "rejected", 1), None)
+            return
+        if handler is None or model is None:
+            EVENTS_CONSUMED.labels(self._name, envelope.type, "ignored").inc()
+            return
+        token = logs.correlation_id.set(envelope.correlation_id)
+        try:
+            try:
+                payload = model.model_validate(envelope.payload)
+            except ValidationError as exc:
+                reason = f"payload does not match {envelope.type} v{envelope.schema_version}: {exc}"
+                await self._dead_letter(message, DeadLetter(reason, "invalid_payload", 1), envelope)
+                return
+            await self._handle_with_retries(message, envelope, payload, handler)
+        finally:
+            logs.correlation_id.reset(token)
+
+    def _resolve(
+        self, message: ConsumerRecord[bytes, bytes]
+    ) -> tuple[Envelope, type[EventPayload] | None, Handler | None]:
+        if message.value is None:
+            raise Rejected("malformed: empty message")
+        try:
+            envelope = Envelope.from_bytes(message.value)
+        except (ValueError, ValidationError) as exc:
+            raise Rejected(f"malformed envelope: {_short(exc)}") from exc
+        versions = self._handlers.lookup(envelope.type)
+        if versions is None:
+            if is_known_type(envelope.type):
+                return envelope, None, None  # a known event this service does not react to
+            raise Rejected(f"unknown event type {envelope.type!r}")
+        if envelope.schema_version not in versions:
+            raise Rejected(
+                f"unsupported version {envelope.schema_version} of {envelope.type} "
+                f"(this consumer reads versions {sorted(versions)})"
+            )
+        model, handler = versions[envelope.schema_version]
+        return envelope, model, handler
+
+    async def _handle_with_retries(
+        self,
+        message: ConsumerRecord[bytes, bytes],
+        envelope: Envelope,
+        payload: EventPayload,
+        handler: Handler,
+    ) -> None:
+        attempts = self._settings.consumer_max_attempts
+        for attempt in range(1, attempts + 1):
+            started = time.perf_counter()
+            try:
+                outcome = await self._handle_once(envelope, payload, handler)
+            except Exception as exc:
+                if attempt == attempts:
+                    reason = f"handler failed after {attempt} attempts: {_short(exc)}"
+                    log.exception("dead-lettering %s %s", envelope.type, envelope.event_id)
+                    await self._dead_letter(
+                        message, DeadLetter(reason, "handler_failed", attempt), envelope
+                    )
+                    return
+                HANDLER_RETRIES.labels(self._name).inc()
+                backoff = min(
+                    self._settings.consumer_backoff_s * 2 ** (attempt - 1),
+                    self._settings.consumer_backoff_max_s,
+                )
+                log.warning(
+                    "handler for %s failed (attempt %d/%d), retrying in %.2fs: %s",
+                    envelope.type,
+                    attempt,
+                    attempts,
+                    backoff,
+                    _short(exc),
+                )
+                await asyncio.sleep(backoff)
+                continue
+            HANDLER_SECONDS.labels(self._name, envelope.type).observe(time.perf_counter() - started)
+            EVENTS_CONSUMED.labels(self._name, envelope.type, outcome).inc()
+            return
+
+    async def _handle_once(
+        self, envelope: Envelope, payload: EventPayload, handler: Handler
+    ) -> str:
+        async def work(tx: Transaction) -> None:
+            try:
+                await self._db[INBOX].insert_one(
+                    {
+                        "consumer": self._name,
+                        "event_id": str(envelope.event_id),
+                        "type": envelope.type,
+                        "received_at": datetime.now(UTC),
+                    },
+                    session=tx.session,
+                )
+            except DuplicateKeyError:
+                raise AlreadyProcessed from None
+            await handler(tx, payload)
+
+        try:
+            await self._uow.run(work, causation=envelope)
+        except AlreadyProcessed:
+            return "duplicate"
+        return "handled"
+
+    async def _dead_letter(
+        self, message: ConsumerRecord[bytes, bytes], letter: DeadLetter, envelope: Envelope | None
+    ) -> None:
+        headers = [
+            ("dlq.reason", letter.reason[:2000].encode()),
+            ("dlq.kind", letter.kind.encode()),
+            ("dlq.source.topic", message.topic.encode()),
+            ("dlq.source.partition", str(message.partition).encode()),
+            ("dlq.source.offset", str(message.offset).encode()),
+            ("dlq.attempts", str(letter.attempts).encode()),
+            ("dlq.consumer", self._name.encode()),
+            ("dlq.failed_at", datetime.now(UTC).isoformat().encode()),
+        ]
+        if envelope is not None:
+            headers.append(("dlq.event_id", str(envelope.event_id).encode()))
+        # Waits for the broker's ack: the offset is committed only once the letter is safe.
+        while True:
+            try:
+                await self._producer.send_and_wait(
+                    self._settings.dead_letter_topic,
+                    value=message.value,
+                    key=message.key,
+                    headers=headers,
+                )
+                break
+            except KafkaError:
+                log.exception("dead-letter publish failed; retrying")
+                await asyncio.sleep(1)
+        DEAD_LETTERS.labels(self._name, letter.kind).inc()
+        EVENTS_CONSUMED.labels(
+            self._name, envelope.type if envelope else "unparsed", "dead_lettered"
+        ).inc()
+        log.error(
+            "dead-lettered message",
+            extra=logs.log_fields(
+                reason=letter.reason,
+                topic=message.topic,
+                partition=message.partition,
+                offset=message.offset,
+                attempts=letter.attempts,
+            ),
+        )
+
+
+def _short(exc: BaseException, limit: int = 500) -> str:
+    text = f"{type(exc).__name__}: {exc}"
+    return text if len(text) <= limit else text[: limit - 3] + "..."

@@ -1,0 +1,32 @@
+"""Errors the domain raises; the HTTP layer maps each to one status and one error shape."""
+
+from __future__ import annotations
+
+
+class DomainError(Exception):
+    status = 400
+    code = "bad_request"
+
+    def __init__(self, message: str, *, field: str | None = None) -> None:
+        super().__init__(message)
+        self.message = message
+        self.field = field
+
+
+class NotFound(DomainError):
+    status = 404
+    code = "not_found"
+
+
+class Conflict(DomainError):
+    """The request is valid but the object's current state forbids it (illegal transition)."""
+
+    status = 409
+    code = "conflict"
+
+
+class Unprocessable(DomainError):
+    """Well-formed input that breaks a business rule (unknown item, window in the past...)."""
+
+    status = 422
+    code = "unprocessable"

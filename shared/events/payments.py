@@ -1,0 +1,23 @@
+"""Events published by services/payments."""
+
+from __future__ import annotations
+
+from pydantic import Field
+
+from shared.events.envelope import EventPayload
+from shared.events.registry import event
+from shared.events.types import Currency, MinorUnits
+
+STREAM = "payments"
+
+
+@event("payments.receipt_issued", version=1, stream=STREAM, key="booking_id")
+class ReceiptIssued(EventPayload):
+    """An itemised receipt, built from the completed visit and awaits the customer's signature."""
+
+    receipt_id: str
+    booking_id: str
+    customer_id: str
+    line_count: int = Field(ge=1)
+    total: MinorUnits
+    currency: Currency

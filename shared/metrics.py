@@ -1,0 +1,40 @@
+"""Prometheus metrics every service exposes on /metrics."""
+
+from __future__ import annotations
+
+from prometheus_client import Counter, Gauge, Histogram
+
+EVENTS_PUBLISHED = Counter(
+    "doorstep_events_published_total", "Events the outbox relay published", ["service", "type"]
+)
+EVENTS_CONSUMED = Counter(
+    "doorstep_events_consumed_total",
+    "Events the consumer finished with, by outcome (handled, duplicate, ignored, dead_lettered)",
+    ["service", "type", "outcome"],
+)
+HANDLER_SECONDS = Histogram(
+    "doorstep_handler_seconds",
+    "Time to handle one event, inbox transaction included",
+    ["service", "type"],
+    buckets=(0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5),
+)
+HANDLER_RETRIES = Counter(
+    "doorstep_handler_retries_total", "Handler attempts that failed and were retried", ["service"]
+)
+OUTBOX_BACKLOG = Gauge(
+    "doorstep_outbox_backlog", "Outbox events committed but not yet published", ["service"]
+)
+CONSUMER_LAG = Gauge(
+    "doorstep_consumer_lag",
+    "Messages behind the partition's high watermark",
+    ["service", "topic", "partition"],
+)
+DEAD_LETTERS = Counter(
+    "doorstep_dead_letters_total", "Messages sent to the dead-letter topic", ["service", "reason"]
+)
+HTTP_REQUESTS = Histogram(
+    "doorstep_http_request_seconds",
+    "HTTP request latency",
+    ["service", "method", "route", "status"],
+    buckets=(0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5),
+)

@@ -1,0 +1,173 @@
+"""The runtime every service shares, and the app factory that wires a service together.
+
+A service provides its HTTP router, its event handlers and its index set-up;
+`create_service_app` gives it MongoDB, the idempotent producer, the outbox
+relay, the inbox-guarded consumer, /healthz, /readyz and /metrics.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+from collections.abc import AsyncIterator, Awaitable, Callable
+from dataclasses import dataclass, field
+from typing import Annotated, Any
+
+from fastapi import APIRouter, Depends, FastAPI, Request, Response
+from fastapi.responses import JSONResponse
+from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
+from pymongo import AsyncMongoClient
+
+from shared import logs
+from shared.consumer import EventConsumer, Handlers, ensure_inbox_indexes
+from shared.events.registry import stream_topic
+from shared.http import install_error_handlers, install_middleware
+from shared.kafka import ensure_topics, make_producer
+from shared.mongo import Database, Document, connect
+from shared.outbox import OutboxRelay, UnitOfWork, ensure_outbox_indexes
+from shared.settings import Settings
+
+log = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True)
+class ServiceSpec:
+    """What makes one service: its name, routes, handlers and storage set-up."""
+
+    name: str
+    title: str
+    description: str
+    router: APIRouter
+    handlers: Handlers = field(default_factory=Handlers)
+    ensure_indexes: Callable[[Database], Awaitable[None]] | None = None
+    publishes: tuple[str, ...] = ()  # streams this service writes to
+    # Extra resources that live as long as the app (e.g. the gateway's HTTP client).
+    lifespan: Callable[[FastAPI], contextlib.AbstractAsyncContextManager[None]] | None = None
+
+
+class Runtime:
+    """Connections and background loops of one service process."""
+
+    def __init__(self, spec: ServiceSpec, settings: Settings) -> None:
+        self.spec = spec
+        self.settings = settings
+        self.client: AsyncMongoClient[Document] = connect(settings)
+        self.db: Database = self.client[settings.database_name]
+        self.producer = make_producer(settings)
+        self.relay = OutboxRelay(self.db, self.producer, settings)
+        self.uow = UnitOfWork(self.client, self.db, settings, on_commit=self.relay.wake)
+        self.consumer = (
+            EventConsumer(settings, self.db, self.uow, self.producer, spec.handlers)
+            if spec.handlers.models()
+            else None
+        )
+        self._tasks: list[asyncio.Task[None]] = []
+        self.started = False
+
+    async def start(self) -> None:
+        await ensure_outbox_indexes(self.db)
+        await ensure_inbox_indexes(self.db)
+        if self.spec.ensure_indexes:
+            await self.spec.ensure_indexes(self.db)
+        topics = [self.settings.topic(stream_topic(s)) for s in self.spec.publishes]
+        if self.consumer:
+            topics += [*self.consumer.topics, self.settings.dead_letter_topic]
+        await ensure_topics(self.settings, topics)
+        await self.producer.start()
+        self._tasks.append(
+            asyncio.create_task(self._supervise("outbox-relay", self.relay.run_forever))
+        )
+        if self.consumer:
+            self._tasks.append(
+                asyncio.create_task(self._supervise("consumer", self.consumer.run_forever))
+            )
+        self.started = True
+
+    async def stop(self) -> None:
+        for task in self._tasks:
+            task.cancel()
+        for task in self._tasks:
+            with contextlib.suppress(asyncio.CancelledError):
+                await task
+        await self.producer.stop()
+        await self.client.close()
+
+    async def _supervise(self, name: str, loop: Callable[[], Awaitable[None]]) -> None:
+        """Keep a background loop alive: log a crash and restart it with backoff."""
+        delay = 0.5
+        while True:
+            try:
+                await loop()
+                return
+            except asyncio.CancelledError:
+                raise
+            except Exception:
+                log.exception("%s crashed; restarting in %.1fs", name, delay)
+                await asyncio.sleep(delay)
+                delay = min(delay * 2, 10.0)
+
+    async def readiness(self) -> dict[str, Any]:
+        checks: dict[str, Any] = {"started": self.started}
+        try:
+            await asyncio.wait_for(self.client.admin.command("ping"), 2)
+            checks["mongodb"] = "ok"
+        except Exception as exc:  # any failure means not ready; say which
+            checks["mongodb"] = f"error: {type(exc).__name__}"
+        if self.consumer is not None:
+            checks["consumer_assigned"] = self.consumer.assigned.is_set()
+        return checks
+
+
+def get_runtime(request: Request) -> Runtime:
+    runtime: Runtime = request.app.state.runtime
+    return runtime
+
+
+RuntimeDep = Annotated[Runtime, Depends(get_runtime)]
+
+
+def create_service_app(spec: ServiceSpec, settings: Settings | None = None) -> FastAPI:
+    settings = (settings or Settings()).model_copy(update={"service_name": spec.name})
+    logs.configure_logging(spec.name, settings.log_level, settings.log_json)
+
+    @contextlib.asynccontextmanager
+    async def lifespan(app: FastAPI) -> AsyncIterator[None]:
+        runtime = Runtime(spec, settings)
+        app.state.runtime = runtime
+        await runtime.start()
+        log.info("%s started", spec.name, extra=logs.log_fields(db=settings.database_name))
+        try:
+            if spec.lifespan is None:
+                yield
+            else:
+                async with spec.lifespan(app):
+                    yield
+        finally:
+            await runtime.stop()
+
+    app = FastAPI(
+        title=spec.title, description=spec.description, version="0.1.0", lifespan=lifespan
+    )
+    install_error_handlers(app)
+    install_middleware(app, spec.name)
+    app.include_router(spec.router)
+
+    @app.get("/healthz", tags=["operations"], summary="The process is alive")
+    async def healthz() -> dict[str, str]:
+        return {"status": "ok", "service": spec.name}
+
+    @app.get("/readyz", tags=["operations"], summary="Connected and consuming")
+    async def readyz(runtime: RuntimeDep) -> JSONResponse:
+        checks = await runtime.readiness()
+        ready = checks["started"] and checks["mongodb"] == "ok"
+        return JSONResponse(
+            {"status": "ready" if ready else "not_ready", "checks": checks},
+            status_code=200 if ready else 503,
+        )
+
+    @app.get("/metrics", tags=["operations"], summary="Prometheus metrics")
+    async def metrics() -> Response:
+        return Response(generate_latest(), media_type=CONTENT_TYPE_LATEST)
+
+    return app

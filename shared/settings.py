@@ -1,0 +1,47 @@
+"""Settings read from the environment, one object per process."""
+
+from __future__ import annotations
+
+from pydantic import AliasChoices, Field
+from pydantic_settings import BaseSettings, SettingsConfigDict
+
+
+class Settings(BaseSettings):
+    """Every knob a service reads. Names are the environment variables."""
+
+    model_config = SettingsConfigDict(extra="ignore", frozen=True)
+
+    service_name: str = Field("doorstep", validation_alias="SERVICE_NAME")
+    kafka_bootstrap: str = Field("127.0.0.1:9092", validation_alias="KAFKA_BOOTSTRAP")
+    mongodb_uri: str = Field(
+        "mongodb://127.0.0.1:27017/?replicaSet=rs0", validation_alias="MONGODB_URI"
+    )
+    # Prefixes isolate one platform (or one test session) from another on shared servers.
+    topic_prefix: str = Field("doorstep.", validation_alias="DOORSTEP_TOPIC_PREFIX")
+    db_prefix: str = Field("doorstep_", validation_alias="DOORSTEP_DB_PREFIX")
+    http_host: str = Field("127.0.0.1", validation_alias=AliasChoices("HTTP_HOST", "HOST"))
+    http_port: int = Field(8000, validation_alias=AliasChoices("HTTP_PORT", "PORT"))
+    log_level: str = Field("INFO", validation_alias="LOG_LEVEL")
+    log_json: bool = Field(True, validation_alias="LOG_JSON")
+
+    topic_partitions: int = Field(3, validation_alias="DOORSTEP_TOPIC_PARTITIONS")
+    outbox_poll_interval_s: float = Field(0.25, validation_alias="OUTBOX_POLL_INTERVAL_S")
+    outbox_batch_size: int = Field(200, validation_alias="OUTBOX_BATCH_SIZE")
+    consumer_max_attempts: int = Field(4, validation_alias="CONSUMER_MAX_ATTEMPTS")
+    consumer_backoff_s: float = Field(0.1, validation_alias="CONSUMER_BACKOFF_S")
+    consumer_backoff_max_s: float = Field(5.0, validation_alias="CONSUMER_BACKOFF_MAX_S")
+
+    @property
+    def database_name(self) -> str:
+        return f"{self.db_prefix}{self.service_name}"
+
+    def topic(self, name: str) -> str:
+        return f"{self.topic_prefix}{name}"
+
+    @property
+    def consumer_group(self) -> str:
+        return f"{self.topic_prefix}{self.service_name}"
+
+    @property
+    def dead_letter_topic(self) -> str:
+        return self.topic(f"dlq.{self.service_name}")

@@ -1,0 +1,111 @@
+"""Session-wide fixtures: one Kafka and one MongoDB for the whole run, isolated by prefix."""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator, Iterator
+from dataclasses import dataclass
+
+import httpx
+import pytest
+from aiokafka import AIOKafkaProducer
+from aiokafka.admin import AIOKafkaAdminClient
+from pymongo import AsyncMongoClient
+
+from shared.mongo import Document
+from shared.settings import Settings
+from tests.harness import (
+    SERVICES,
+    Infra,
+    ServiceProcess,
+    created_prefixes,
+    new_prefix,
+    session_infra,
+)
+
+
+@pytest.fixture(scope="session")
+def infra() -> Iterator[Infra]:
+    with session_infra() as servers:
+        yield servers
+
+
+@pytest.fixture(scope="session")
+async def mongo(infra: Infra) -> AsyncIterator[AsyncMongoClient[Document]]:
+    client: AsyncMongoClient[Document] = AsyncMongoClient(infra.mongodb_uri, tz_aware=True)
+    yield client
+    await client.close()
+
+
+@pytest.fixture(scope="session")
+async def kafka_producer(infra: Infra) -> AsyncIterator[AIOKafkaProducer]:
+    producer = AIOKafkaProducer(
+        bootstrap_servers=infra.kafka_bootstrap, enable_idempotence=True, acks="all"
+    )
+    await producer.start()
+    yield producer
+    await producer.stop()
+
+
+def settings_for(infra: Infra, prefix: str, service: str) -> Settings:
+    """Settings as a service with this prefix would read them."""
+    return Settings().model_copy(
+        update={
+            "service_name": service,
+            "kafka_bootstrap": infra.kafka_bootstrap,
+            "mongodb_uri": infra.mongodb_uri,
+            "topic_prefix": f"{prefix}.",
+            "db_prefix": f"{prefix}_",
+            "consumer_backoff_s": 0.02,
+            "outbox_poll_interval_s": 0.05,
+        }
+    )
+
+
+@dataclass
+class Platform:
+    """Every service running as its own process against the session's Kafka and MongoDB."""
+
+    prefix: str
+    services: dict[str, ServiceProcess]
+
+    def url(self, service: str) -> str:
+        return self.services[service].url
+
+    def client(self, service: str) -> httpx.AsyncClient:
+        return httpx.AsyncClient(base_url=self.url(service), timeout=10)
+
+
+@pytest.fixture(scope="session")
+def platform(infra: Infra) -> Iterator[Platform]:
+    prefix = new_prefix()
+    procs = {name: ServiceProcess(name, infra, prefix) for name in SERVICES}
+    gateway_env = {f"{name.upper()}_URL": procs[name].url for name in SERVICES if name != "gateway"}
+    procs["gateway"].extra_env.update(gateway_env)
+    try:
+        for proc in procs.values():
+            proc.start(wait=False)
+        for proc in procs.values():
+            proc.wait_ready()
+        yield Platform(prefix, procs)
+    finally:
+        for proc in procs.values():
+            proc.stop()
+
+
+@pytest.fixture(scope="session", autouse=True)
+async def _leave_servers_clean(infra: Infra) -> AsyncIterator[None]:
+    """Drop the databases and topics this session made (the servers may be shared)."""
+    yield
+    client: AsyncMongoClient[Document] = AsyncMongoClient(infra.mongodb_uri)
+    for name in await client.list_database_names():
+        if name.split("_", 1)[0] in created_prefixes:
+            await client.drop_database(name)
+    await client.close()
+    admin = AIOKafkaAdminClient(bootstrap_servers=infra.kafka_bootstrap)
+    await admin.start()
+    try:
+        topics = [t for t in await admin.list_topics() if t.split(".", 1)[0] in created_prefixes]
+        if topics:
+            await admin.delete_topics(topics)
+    finally:
+        await admin.close()

@@ -1,0 +1,244 @@
+"""Test infrastructure: real Kafka and MongoDB for the session, real service processes.
+
+Where do the servers come from?
+1. `KAFKA_BOOTSTRAP` and `MONGODB_URI` set: use those servers as they are.
+2. Else, a reachable Docker engine: testcontainers (official `apache/kafka` and `mongo`).
+3. Else: the local processes of `deploy/local/infra.sh`, on test ports (19092, 27117)
+   and a run directory of their own, so they never touch a platform started by `./dev up`.
+
+Every session gets a unique topic prefix and database prefix, so runs never see
+each other's data.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import os
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import time
+import uuid
+from collections.abc import Awaitable, Callable, Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import TypeVar
+
+import httpx
+
+ROOT = Path(__file__).resolve().parent.parent
+TEST_RUN_DIR = ROOT / ".run" / "test"
+LOG_DIR = TEST_RUN_DIR / "service-logs"
+T = TypeVar("T")
+SERVICES = ("booking", "dispatch", "payments", "reviews", "gateway")
+
+
+@dataclass(frozen=True)
+class Infra:
+    kafka_bootstrap: str
+    mongodb_uri: str
+    source: str  # "environment", "testcontainers" or "local"
+
+
+def _docker_engine_reachable() -> bool:
+    if shutil.which("docker") is None:
+        return False
+    try:
+        result = subprocess.run(
+            ["docker", "info", "--format", "{{.ServerVersion}}"],
+            capture_output=True,
+            timeout=10,
+            check=False,
+        )
+    except (OSError, subprocess.TimeoutExpired):
+        return False
+    return result.returncode == 0
+
+
+@contextlib.contextmanager
+def session_infra() -> Iterator[Infra]:
+    kafka, mongo = os.environ.get("KAFKA_BOOTSTRAP"), os.environ.get("MONGODB_URI")
+    if kafka and mongo:
+        yield Infra(kafka, mongo, "environment")
+    elif _docker_engine_reachable():
+        with _testcontainers_infra() as infra:
+            yield infra
+    else:
+        with _local_infra() as infra:
+            yield infra
+
+
+@contextlib.contextmanager
+def _testcontainers_infra() -> Iterator[Infra]:  # pragma: no cover - no Docker engine here
+    from testcontainers.kafka import KafkaContainer
+    from testcontainers.mongodb import MongoDbContainer
+
+    kafka = KafkaContainer("apache/kafka:4.1.1").with_kraft()
+    mongo = MongoDbContainer("mongo:6.0.20").with_command("--replSet rs0 --bind_ip_all")
+    with kafka, mongo:
+        host, port = mongo.get_container_host_ip(), mongo.get_exposed_port(27017)
+        mongo.exec(
+            "mongosh --quiet --eval "
+            "\"rs.initiate({_id:'rs0',members:[{_id:0,host:'localhost:27017'}]})\""
+        )
+        uri = f"mongodb://{host}:{port}/?directConnection=true"
+        yield Infra(kafka.get_bootstrap_server(), uri, "testcontainers")
+
+
+@contextlib.contextmanager
+def _local_infra() -> Iterator[Infra]:
+    env = {
+        **os.environ,
+        "DOORSTEP_RUN_DIR": str(TEST_RUN_DIR),
+        "KAFKA_PORT": os.environ.get("TEST_KAFKA_PORT", "19092"),
+        "MONGO_PORT": os.environ.get("TEST_MONGO_PORT", "27117"),
+        "PYTHON": sys.executable,
+    }
+    script = str(ROOT / "deploy" / "local" / "infra.sh")
+    already = subprocess.run([script, "status"], env=env, capture_output=True, check=False)
+    subprocess.run([script, "start"], env=env, check=True)
+    try:
+        yield Infra(
+            f"127.0.0.1:{env['KAFKA_PORT']}",
+            f"mongodb://127.0.0.1:{env['MONGO_PORT']}/?replicaSet=rs0",
+            "local",
+        )
+    finally:
+        # Leave servers running that were running before us (a developer's quick re-runs).
+        if already.returncode != 0 and not os.environ.get("DOORSTEP_TEST_KEEP_INFRA"):
+            subprocess.run([script, "stop"], env=env, check=False)
+
+
+created_prefixes: set[str] = set()
+
+
+def new_prefix() -> str:
+    """A unique prefix for topics (`<prefix>.`) and databases (`<prefix>_`)."""
+    prefix = f"t{uuid.uuid4().hex[:10]}"
+    created_prefixes.add(prefix)
+    return prefix
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port: int = s.getsockname()[1]
+        return port
+
+
+@dataclass
+class ServiceProcess:
+    """One real service process (`python -m services.<name>`), as it runs in production."""
+
+    name: str
+    infra: Infra
+    prefix: str
+    port: int = field(default_factory=free_port)
+    extra_env: dict[str, str] = field(default_factory=dict)
+    proc: subprocess.Popen[bytes] | None = None
+
+    @property
+    def url(self) -> str:
+        return f"http://127.0.0.1:{self.port}"
+
+    @property
+    def log_path(self) -> Path:
+        return LOG_DIR / f"{self.prefix}-{self.name}.log"
+
+    def env(self) -> dict[str, str]:
+        return {
+            **os.environ,
+            "SERVICE_NAME": self.name,
+            "KAFKA_BOOTSTRAP": self.infra.kafka_bootstrap,
+            "MONGODB_URI": self.infra.mongodb_uri,
+            "DOORSTEP_TOPIC_PREFIX": f"{self.prefix}.",
+            "DOORSTEP_DB_PREFIX": f"{self.prefix}_",
+            "HTTP_PORT": str(self.port),
+            "CONSUMER_BACKOFF_S": "0.05",
+            "OUTBOX_POLL_INTERVAL_S": "0.1",
+            **self.extra_env,
+        }
+
+    def start(self, *, wait: bool = True, **extra_env: str) -> ServiceProcess:
+        self.extra_env = {**self.extra_env, **extra_env}
+        LOG_DIR.mkdir(parents=True, exist_ok=True)
+        log = self.log_path.open("ab")
+        self.proc = subprocess.Popen(
+            [sys.executable, "-m", f"services.{self.name}"],
+            cwd=ROOT,
+            env=self.env(),
+            stdout=log,
+            stderr=subprocess.STDOUT,
+        )
+        log.close()
+        if wait:
+            self.wait_ready()
+        return self
+
+    def wait_ready(self, timeout: float = 60.0) -> None:
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            if self.proc is not None and self.proc.poll() is not None:
+                raise RuntimeError(
+                    f"{self.name} exited with {self.proc.returncode}; log:\n{self.tail_log()}"
+                )
+            with contextlib.suppress(httpx.HTTPError):
+                r = httpx.get(f"{self.url}/readyz", timeout=2)
+                checks = r.json().get("checks", {})
+                if r.status_code == 200 and checks.get("consumer_assigned", True):
+                    return
+            time.sleep(0.1)
+        raise TimeoutError(f"{self.name} not ready in {timeout:.0f}s; log:\n{self.tail_log()}")
+
+    def wait_exit(self, timeout: float = 30.0) -> int:
+        assert self.proc is not None
+        return self.proc.wait(timeout)
+
+    def kill(self) -> None:
+        """`kill -9`: no shutdown hooks, no flush, no goodbye."""
+        if self.proc is not None and self.proc.poll() is None:
+            self.proc.send_signal(signal.SIGKILL)
+            self.proc.wait(10)
+
+    def stop(self) -> None:
+        if self.proc is not None and self.proc.poll() is None:
+            self.proc.terminate()
+            try:
+                self.proc.wait(15)
+            except subprocess.TimeoutExpired:
+                self.kill()
+
+    def tail_log(self, lines: int = 40) -> str:
+        try:
+            return "\n".join(self.log_path.read_text(errors="replace").splitlines()[-lines:])
+        except OSError:
+            return "(no log)"
+
+    def metric(self, name: str, **labels: str) -> float:
+        """Sum of a Prometheus sample over series matching `labels`."""
+        text = httpx.get(f"{self.url}/metrics", timeout=5).text
+        total = 0.0
+        for line in text.splitlines():
+            if not line.startswith(name + "{") and not line.startswith(name + " "):
+                continue
+            series, _, value = line.rpartition(" ")
+            if all(f'{k}="{v}"' in series for k, v in labels.items()):
+                total += float(value)
+        return total
+
+
+async def eventually(
+    probe: Callable[[], Awaitable[T | None]], within: float = 30.0, what: str = "condition"
+) -> T:
+    """Poll `probe` until it returns something other than None (or False)."""
+    deadline = time.monotonic() + within
+    while True:
+        result = await probe()
+        if result is not None and result is not False:
+            return result
+        if time.monotonic() > deadline:
+            raise TimeoutError(f"{what} not met within {within:.0f}s")
+        await asyncio.sleep(0.05)
