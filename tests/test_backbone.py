@@ -1,0 +1,182 @@
+"""The shared consumer loop on real Kafka and MongoDB: inbox, retries, dead letters."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import json
+import uuid
+from collections.abc import AsyncIterator
+from dataclasses import dataclass
+from typing import Any
+
+import pytest
+from aiokafka import AIOKafkaConsumer, AIOKafkaProducer
+
+from shared.consumer import EventConsumer, Handlers, ensure_inbox_indexes
+from shared.events.envelope import Envelope
+from shared.kafka import ensure_topics, make_producer
+from shared.metrics import EVENTS_CONSUMED
+from shared.mongo import Database, connect
+from shared.outbox import Transaction, UnitOfWork, ensure_outbox_indexes
+from shared.settings import Settings
+from tests.conftest import settings_for
+from tests.harness import Infra, eventually, new_prefix
+from tests.probe_events import ProbeNoted
+
+pytestmark = pytest.mark.integration
+
+
+@dataclass
+class Probe:
+    """A consumer of probe events, running in this process against the real servers."""
+
+    settings: Settings
+    db: Database
+    topic: str
+    attempts: dict[str, int]
+
+    async def effects(self, probe_id: str) -> int:
+        doc = await self.db["effects"].find_one({"_id": probe_id})
+        return int(doc["count"]) if doc else 0
+
+    def consumed(self, outcome: str) -> float:
+        series = EVENTS_CONSUMED.labels(self.settings.service_name, "probe.noted", outcome)
+        return float(series._value.get())
+
+
+@pytest.fixture
+async def probe(infra: Infra) -> AsyncIterator[Probe]:
+    prefix = new_prefix()
+    settings = settings_for(infra, prefix, f"probe-{prefix}").model_copy(
+        update={"consumer_max_attempts": 3}
+    )
+    client = connect(settings)
+    db = client[settings.database_name]
+    await ensure_inbox_indexes(db)
+    await ensure_outbox_indexes(db)
+    attempts: dict[str, int] = {}
+    handlers = Handlers()
+
+    @handlers.on(ProbeNoted)
+    async def count(tx: Transaction, event: ProbeNoted) -> None:
+        attempts[event.probe_id] = attempts.get(event.probe_id, 0) + 1
+        if event.fail_times < 0 or attempts[event.probe_id] <= event.fail_times:
+            raise RuntimeError(f"probe {event.probe_id} fails on purpose")
+        await tx.db["effects"].update_one(
+            {"_id": event.probe_id}, {"$inc": {"count": 1}}, upsert=True, session=tx.session
+        )
+
+    producer = make_producer(settings)
+    consumer = EventConsumer(settings, db, UnitOfWork(client, db, settings), producer, handlers)
+    await ensure_topics(settings, [*consumer.topics, settings.dead_letter_topic])
+    await producer.start()
+    task = asyncio.create_task(consumer.run_forever())
+    try:
+        yield Probe(settings, db, consumer.topics[0], attempts)
+    finally:
+        task.cancel()
+        with contextlib.suppress(asyncio.CancelledError):
+            await task
+        await producer.stop()
+        await client.close()
+
+
+def envelope_bytes(probe_id: str, **fields: Any) -> bytes:
+    return Envelope.wrap(ProbeNoted(probe_id=probe_id, **fields), producer="test").to_bytes()
+
+
+async def send(producer: AIOKafkaProducer, topic: str, value: bytes, key: str = "k") -> None:
+    await producer.send_and_wait(topic, value=value, key=key.encode())
+
+
+async def read_dead_letters(infra: Infra, topic: str, count: int) -> list[Any]:
+    consumer = AIOKafkaConsumer(
+        topic,
+        bootstrap_servers=infra.kafka_bootstrap,
+        auto_offset_reset="earliest",
+        group_id=f"reader-{uuid.uuid4().hex}",
+    )
+    await consumer.start()
+    letters: list[Any] = []
+    try:
+        async with asyncio.timeout(30):
+            while len(letters) < count:
+                batch = await consumer.getmany(timeout_ms=500)
+                for messages in batch.values():
+                    letters.extend(messages)
+    finally:
+        await consumer.stop()
+    return letters
+
+
+async def test_same_event_delivered_twice_changes_state_once(
+    probe: Probe, kafka_producer: AIOKafkaProducer
+) -> None:
+    raw = envelope_bytes("twice")
+    await send(kafka_producer, probe.topic, raw)
+    await send(kafka_producer, probe.topic, raw)
+
+    await eventually(lambda: _ge(probe.consumed("duplicate"), 1), what="second delivery seen")
+    assert await probe.effects("twice") == 1
+    assert probe.consumed("handled") == 1
+    assert await probe.db["inbox"].count_documents({}) == 1
+
+
+async def test_failing_handler_is_retried_with_backoff_then_succeeds_once(
+    probe: Probe, kafka_producer: AIOKafkaProducer
+) -> None:
+    await send(kafka_producer, probe.topic, envelope_bytes("flaky", fail_times=2))
+    await eventually(lambda: _ge_async(probe.effects("flaky"), 1), what="flaky handled")
+    assert probe.attempts["flaky"] == 3
+    assert await probe.effects("flaky") == 1
+
+
+async def test_poison_messages_go_to_dead_letters_with_reasons_and_the_loop_goes_on(
+    probe: Probe, kafka_producer: AIOKafkaProducer, infra: Infra
+) -> None:
+    unknown_type = json.loads(envelope_bytes("u"))
+    unknown_type["type"] = "probe.never_heard_of"
+    newer_version = json.loads(envelope_bytes("v"))
+    newer_version["schema_version"] = 7
+    bad_payload = json.loads(envelope_bytes("p"))
+    bad_payload["payload"]["surprise"] = True
+    poison = [
+        (b"this is not json", "rejected", "malformed envelope"),
+        (
+            json.dumps(unknown_type).encode(),
+            "rejected",
+            "unknown event type 'probe.never_heard_of'",
+        ),
+        (json.dumps(newer_version).encode(), "rejected", "unsupported version 7 of probe.noted"),
+        (json.dumps(bad_payload).encode(), "invalid_payload", "payload does not match"),
+        (envelope_bytes("doomed", fail_times=-1), "handler_failed", "handler failed after 3"),
+    ]
+    # One key, so one partition: the good message queues behind every poison one.
+    for value, _, _ in poison:
+        await send(kafka_producer, probe.topic, value)
+    await send(kafka_producer, probe.topic, envelope_bytes("after-poison"))
+
+    await eventually(lambda: _ge_async(probe.effects("after-poison"), 1), what="loop went on")
+    letters = await read_dead_letters(infra, probe.settings.dead_letter_topic, len(poison))
+    assert len(letters) == len(poison)
+    for letter, (value, kind, reason) in zip(letters, poison, strict=True):
+        headers = {k: v.decode() for k, v in letter.headers}
+        assert letter.value == value  # the original bytes, untouched
+        assert headers["dlq.kind"] == kind
+        assert reason in headers["dlq.reason"]
+        assert headers["dlq.source.topic"] == probe.topic
+        assert headers["dlq.consumer"] == probe.settings.service_name
+        assert int(headers["dlq.source.offset"]) >= 0
+    attempts = [int(dict(letter.headers)["dlq.attempts"]) for letter in letters]
+    assert attempts == [1, 1, 1, 1, 3]
+    assert probe.attempts["doomed"] == 3
+    assert await probe.effects("doomed") == 0
+
+
+async def _ge(value: float, floor: float) -> bool:
+    return value >= floor
+
+
+async def _ge_async(value: Any, floor: int) -> bool:
+    return bool(await value >= floor)

@@ -1,0 +1,170 @@
+"""Nothing lost, nothing twice: real service processes killed at exact moments.
+
+`DOORSTEP_CRASH_AT` makes a service exit hard (like `kill -9`) at a named point
+in the shared backbone; the test then restarts it and checks the outcome.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import uuid
+from datetime import UTC, datetime, timedelta
+from typing import Any
+
+import httpx
+import pytest
+from aiokafka import AIOKafkaConsumer, AIOKafkaProducer
+from aiokafka.admin import AIOKafkaAdminClient
+from pymongo import AsyncMongoClient
+
+from shared.events.dispatch import ServiceCompleted
+from shared.events.envelope import Envelope
+from shared.events.types import PricedLine
+from shared.faults import CRASH_EXIT_CODE
+from shared.mongo import Document
+from tests.harness import Infra, ServiceProcess, eventually, new_prefix
+
+pytestmark = pytest.mark.integration
+
+
+async def booking_topic_events(infra: Infra, topic: str, booking_id: str) -> list[Envelope]:
+    consumer = AIOKafkaConsumer(
+        topic,
+        bootstrap_servers=infra.kafka_bootstrap,
+        auto_offset_reset="earliest",
+        group_id=f"reader-{uuid.uuid4().hex}",
+    )
+    await consumer.start()
+    found: list[Envelope] = []
+    try:
+        async with asyncio.timeout(30):
+            while not found:
+                for messages in (await consumer.getmany(timeout_ms=500)).values():
+                    for m in messages:
+                        env = Envelope.from_bytes(m.value)
+                        if env.aggregate_id == booking_id:
+                            found.append(env)
+    finally:
+        await consumer.stop()
+    return found
+
+
+async def test_event_committed_but_not_published_is_published_after_restart(
+    infra: Infra, mongo: AsyncMongoClient[Document]
+) -> None:
+    prefix = new_prefix()
+    booking = ServiceProcess("booking", infra, prefix)
+    booking.start(DOORSTEP_CRASH_AT="outbox.after_commit")
+    try:
+        item = {
+            "name": "Deep clean",
+            "skill": "cleaning",
+            "region": "porto",
+            "unit_price": 6000,
+            "currency": "EUR",
+            "duration_minutes": 120,
+        }
+        async with httpx.AsyncClient(base_url=booking.url, timeout=10) as client:
+            put = await client.put("/catalogue/items/clean.deep", json=item)
+            assert put.status_code == 204
+        start = datetime.now(UTC) + timedelta(days=2)
+        request = {
+            "customer_id": "cus_crash",
+            "region": "porto",
+            "location": {"lat": 41.1579, "lon": -8.6291},
+            "address": "Rua das Flores 1",
+            "window_start": start.isoformat(),
+            "window_end": (start + timedelta(hours=3)).isoformat(),
+            "items": [{"code": "clean.deep", "quantity": 1}],
+        }
+        # The process dies between the MongoDB commit and any publishing.
+        async with httpx.AsyncClient(base_url=booking.url, timeout=10) as client:
+            with pytest.raises(httpx.TransportError):
+                await client.post("/bookings", json=request)
+        assert await asyncio.to_thread(booking.wait_exit) == CRASH_EXIT_CODE
+
+        db = mongo[f"{prefix}_booking"]
+        stored = await db["bookings"].find_one({"customer_id": "cus_crash"})
+        assert stored is not None, "the booking was committed before the crash"
+        pending = await db["outbox"].find({"published": False}).to_list()
+        assert [row["type"] for row in pending] == ["booking.requested"]
+
+        booking.start(DOORSTEP_CRASH_AT="")
+        events = await booking_topic_events(infra, f"{prefix}.booking.events", stored["_id"])
+        assert events[0].type == "booking.requested"
+        assert events[0].payload["booking_id"] == stored["_id"]
+
+        async def relay_marked_it() -> bool:
+            return await db["outbox"].count_documents({"published": False}) == 0
+
+        await eventually(relay_marked_it, what="outbox row marked published")
+    finally:
+        booking.stop()
+
+
+async def committed_offset(infra: Infra, group: str, topic: str) -> int | None:
+    admin = AIOKafkaAdminClient(bootstrap_servers=infra.kafka_bootstrap)
+    await admin.start()
+    try:
+        offsets = await admin.list_consumer_group_offsets(group)
+    finally:
+        await admin.close()
+    committed = [meta.offset for tp, meta in offsets.items() if tp.topic == topic]
+    return max(committed) if committed else None
+
+
+async def test_consumer_killed_before_committing_offset_reprocesses_with_effect_once(
+    infra: Infra, mongo: AsyncMongoClient[Document], kafka_producer: AIOKafkaProducer
+) -> None:
+    prefix = new_prefix()
+    payments = ServiceProcess("payments", infra, prefix)
+    payments.start(DOORSTEP_CRASH_AT="consumer.after_handle")
+    topic, group = f"{prefix}.dispatch.events", f"{prefix}.payments"
+    try:
+        completed = ServiceCompleted(
+            booking_id="bk_crash",
+            visit_id="vs_crash",
+            customer_id="cus_1",
+            technician_id="tech_1",
+            completed_at=datetime.now(UTC),
+            lines=[
+                PricedLine(
+                    code="clean.deep",
+                    name="Deep clean",
+                    skill="cleaning",
+                    quantity=1,
+                    unit_price=6000,
+                    currency="EUR",
+                )
+            ],
+        )
+        sent = await kafka_producer.send_and_wait(
+            topic, Envelope.wrap(completed, producer="test").to_bytes(), key=b"bk_crash"
+        )
+        # Handled (receipt committed in MongoDB), then killed before the offset commit.
+        assert await asyncio.to_thread(payments.wait_exit) == CRASH_EXIT_CODE
+        db = mongo[f"{prefix}_payments"]
+        assert await db["receipts"].count_documents({"booking_id": "bk_crash"}) == 1
+        assert (await committed_offset(infra, group, topic) or -1) <= sent.offset
+
+        payments.start(DOORSTEP_CRASH_AT="")
+
+        async def offset_committed() -> Any:
+            offset = await committed_offset(infra, group, topic)
+            return offset if offset is not None and offset > sent.offset else None
+
+        await eventually(offset_committed, what="offset committed after restart")
+        # The redelivered event met the inbox: seen again, applied once.
+        assert (
+            payments.metric(
+                "doorstep_events_consumed_total",
+                type="dispatch.service_completed",
+                outcome="duplicate",
+            )
+            == 1
+        )
+        assert await db["receipts"].count_documents({"booking_id": "bk_crash"}) == 1
+        assert await db["outbox"].count_documents({"type": "payments.receipt_issued"}) == 1
+        assert await db["inbox"].count_documents({}) == 1
+    finally:
+        payments.stop()
