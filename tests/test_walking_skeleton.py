@@ -17,13 +17,15 @@ pytestmark = pytest.mark.integration
 LISBON = {"lat": 38.7223, "lon": -9.1393}
 
 
-async def seed_catalogue(platform: Platform, region: str) -> None:
+async def seed_catalogue(
+    platform: Platform, region: str, code: str = "nails.manicure", skill: str = "nails"
+) -> None:
     async with platform.client("booking") as booking:
         r = await booking.put(
-            "/catalogue/items/nails.manicure",
+            f"/catalogue/items/{code}",
             json={
                 "name": "Classic manicure",
-                "skill": "nails",
+                "skill": skill,
                 "region": region,
                 "unit_price": 2500,
                 "currency": "EUR",
@@ -47,7 +49,9 @@ async def seed_technician(platform: Platform, technician_id: str, badge: str, **
         assert r.status_code == 204, r.text
 
 
-def booking_request(region: str, location: dict[str, float] = LISBON) -> dict[str, Any]:
+def booking_request(
+    region: str, location: dict[str, float] = LISBON, code: str = "nails.manicure"
+) -> dict[str, Any]:
     start = datetime.now(UTC) + timedelta(days=1)
     return {
         "customer_id": f"cus_{uuid.uuid4().hex[:8]}",
@@ -56,7 +60,7 @@ def booking_request(region: str, location: dict[str, float] = LISBON) -> dict[st
         "address": "Rua Augusta 100, 2 esq",
         "window_start": start.isoformat(),
         "window_end": (start + timedelta(hours=2)).isoformat(),
-        "items": [{"code": "nails.manicure", "quantity": 2}],
+        "items": [{"code": code, "quantity": 2}],
     }
 
 
@@ -68,11 +72,16 @@ async def get_json(client: httpx.AsyncClient, path: str, **params: str) -> Any:
 async def test_booking_is_confirmed_then_completed_visit_yields_receipt_and_review(
     platform: Platform,
 ) -> None:
-    await seed_catalogue(platform, "lisbon")
-    await seed_technician(platform, "tech_marta", f"LX-{uuid.uuid4().hex[:6].upper()}")
+    # A skill of its own, so no technician seeded by another test can qualify.
+    skill = f"nails-{uuid.uuid4().hex[:6]}"
+    code = f"{skill}.manicure"
+    await seed_catalogue(platform, "lisbon", code, skill)
+    await seed_technician(
+        platform, "tech_marta", f"LX-{uuid.uuid4().hex[:6].upper()}", skills=[skill]
+    )
 
     async with platform.client("gateway") as api:
-        created = await api.post("/v1/bookings", json=booking_request("lisbon"))
+        created = await api.post("/v1/bookings", json=booking_request("lisbon", code=code))
         assert created.status_code == 201, created.text
         booking = created.json()
         booking_id = booking["booking_id"]
@@ -89,7 +98,7 @@ async def test_booking_is_confirmed_then_completed_visit_yields_receipt_and_revi
     async with platform.client("dispatch") as dispatch:
         done = await dispatch.post(
             f"/visits/{booking_id}/complete",
-            json={"performed": [{"code": "nails.manicure", "quantity": 2}]},
+            json={"performed": [{"code": code, "quantity": 2}]},
         )
         assert done.status_code == 200, done.text
 
@@ -98,7 +107,7 @@ async def test_booking_is_confirmed_then_completed_visit_yields_receipt_and_revi
             lambda: get_json(payments, "/receipts", booking_id=booking_id), what="receipt issued"
         )
     assert receipt["total"] == 5000
-    assert [line["code"] for line in receipt["lines"]] == ["nails.manicure"]
+    assert [line["code"] for line in receipt["lines"]] == [code]
 
     async with platform.client("reviews") as reviews:
         invite = await eventually(
