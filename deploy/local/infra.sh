@@ -68,7 +68,7 @@ kafka_install() { # returns 1 when Maven Central cannot be reached
   command -v mvn >/dev/null || { say "maven is required to fetch Kafka from Maven Central (apt-get install maven)"; exit 1; }
   say "kafka: fetching Apache Kafka $KAFKA_VERSION jars from Maven Central (once; cached in $KAFKA_LIBS)"
   mkdir -p "$KAFKA_LIBS.partial"
-  if mvn -q -B -f "$HERE/kafka/pom.xml" dependency:copy-dependencies \
+  if mvn -q -B -Dstyle.color=never -f "$HERE/kafka/pom.xml" dependency:copy-dependencies \
         -DincludeScope=runtime -DoutputDirectory="$KAFKA_LIBS.partial"; then
     rm -rf "$KAFKA_LIBS"; mv "$KAFKA_LIBS.partial" "$KAFKA_LIBS"
   else
