@@ -1,0 +1,113 @@
+"""The envelope and the schema registry."""
+
+from __future__ import annotations
+
+import json
+import uuid
+from datetime import UTC, datetime
+
+import pytest
+from pydantic import ValidationError
+
+from shared.consumer import Handlers
+from shared.events import all_specs, parse_payload
+from shared.events.booking import BookingConfirmed
+from shared.events.envelope import Envelope, EventPayload
+from shared.events.registry import UnknownEvent, event
+from shared.outbox import Transaction
+from shared.settings import Settings
+
+
+def confirmed() -> BookingConfirmed:
+    return BookingConfirmed(booking_id="bk_9", customer_id="cus_1", technician_id="tech_1")
+
+
+def test_wrap_fills_the_envelope_from_the_payload() -> None:
+    cause = uuid.uuid4()
+    env = Envelope.wrap(confirmed(), producer="booking", causation_id=str(cause))
+    assert env.type == "booking.confirmed"
+    assert env.schema_version == 1
+    assert env.aggregate_id == "bk_9"
+    assert env.correlation_id == "bk_9"  # a chain starts at its aggregate by default
+    assert env.causation_id == str(cause)
+    assert env.producer == "booking"
+    assert env.occurred_at.tzinfo is not None
+    with_correlation = Envelope.wrap(confirmed(), producer="b", correlation_id="bk_root")
+    assert with_correlation.correlation_id == "bk_root"
+
+
+def test_envelope_round_trips_through_bytes() -> None:
+    env = Envelope.wrap(confirmed(), producer="booking")
+    back = Envelope.from_bytes(env.to_bytes())
+    assert back == env
+    assert parse_payload(back) == confirmed()
+
+
+def test_naive_time_and_unknown_fields_are_refused() -> None:
+    raw = json.loads(Envelope.wrap(confirmed(), producer="b").to_bytes())
+    with pytest.raises(ValidationError):
+        Envelope.model_validate({**raw, "occurred_at": datetime(2030, 1, 1).isoformat()})
+    with pytest.raises(ValidationError):
+        Envelope.model_validate({**raw, "extra": 1})
+    with pytest.raises(ValidationError):
+        BookingConfirmed.model_validate({**raw["payload"], "price": 1})
+
+
+def test_unregistered_type_or_version_is_unknown() -> None:
+    env = Envelope.wrap(confirmed(), producer="b")
+    with pytest.raises(UnknownEvent):
+        parse_payload(env.model_copy(update={"schema_version": 99}))
+    with pytest.raises(UnknownEvent):
+        parse_payload(env.model_copy(update={"type": "booking.nonexistent"}))
+
+
+def test_registering_one_type_and_version_twice_fails() -> None:
+    name = f"unit.t{uuid.uuid4().hex}"
+
+    @event(name, version=1, stream="unit", key="thing_id")
+    class First(EventPayload):
+        thing_id: str
+
+    with pytest.raises(ValueError, match="registered twice"):
+
+        @event(name, version=1, stream="unit", key="thing_id")
+        class Second(EventPayload):
+            thing_id: str
+
+
+def test_a_key_field_must_exist() -> None:
+    with pytest.raises(ValueError, match="no key field"):
+
+        @event(f"unit.t{uuid.uuid4().hex}", version=1, stream="unit", key="missing")
+        class Keyless(EventPayload):
+            thing_id: str
+
+
+def test_every_platform_event_is_keyed_and_on_the_stream_its_name_says() -> None:
+    specs = [s for s in all_specs() if s.model.__module__.startswith("shared.events.")]
+    assert len(specs) >= 9
+    for spec in specs:
+        assert spec.key_field in spec.model.model_fields, spec.event_type
+        # The outbox derives the topic from the type's first segment.
+        assert spec.event_type.split(".", 1)[0] == spec.stream, spec.event_type
+        assert spec.description, f"{spec.event_type} needs a docstring for the catalogue"
+
+
+def test_handlers_map_types_to_prefixed_topics_and_refuse_doubles() -> None:
+    handlers = Handlers()
+
+    @handlers.on(BookingConfirmed)
+    async def first(tx: Transaction, e: BookingConfirmed) -> None: ...
+
+    with pytest.raises(ValueError, match="two handlers"):
+
+        @handlers.on(BookingConfirmed)
+        async def second(tx: Transaction, e: BookingConfirmed) -> None: ...
+
+    settings = Settings().model_copy(update={"topic_prefix": "px."})
+    assert handlers.topics(settings) == ["px.booking.events"]
+    versions = handlers.lookup("booking.confirmed")
+    assert versions is not None
+    assert list(versions) == [1]
+    assert handlers.lookup("booking.requested") is None
+    assert datetime.now(UTC).tzinfo is not None
