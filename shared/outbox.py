@@ -104,7 +104,7 @@ class UnitOfWork:
                 if tx.events:
                     now = datetime.now(UTC)
                     await self._db[OUTBOX].insert_many(
-                        [_outbox_row(self._settings, e, now, i) for i, e in enumerate(tx.events)],
+                        [outbox_row(self._settings, e, now, i) for i, e in enumerate(tx.events)],
                         session=s,
                     )
                 return result, len(tx.events)
@@ -116,7 +116,7 @@ class UnitOfWork:
         return result
 
 
-def _outbox_row(settings: Settings, envelope: Envelope, now: datetime, seq: int) -> Document:
+def outbox_row(settings: Settings, envelope: Envelope, now: datetime, seq: int) -> Document:
     stream = envelope.type.split(".", 1)[0]
     return {
         "_id": str(envelope.event_id),
@@ -144,20 +144,31 @@ class OutboxRelay:
         self._settings = settings
         self._wake = asyncio.Event()
         self._backlog_checked = 0.0
+        self._marking: asyncio.Task[None] | None = None
+        self._marking_ids: list[str] = []
 
     def wake(self) -> None:
         self._wake.set()
 
     async def publish_pending(self) -> int:
-        """Publish one batch of pending rows; returns how many were published."""
+        """Publish one batch of pending rows; returns how many were published.
+
+        Marking a batch published runs while the next batch is read and sent (rows
+        being marked are excluded from that read), so MongoDB's update does not
+        stall the producer. Only one batch is ever being marked.
+        """
+        query: Document = {"published": False}
+        if self._marking is not None and not self._marking.done():
+            query["_id"] = {"$nin": self._marking_ids}
         rows = await (
             self._db[OUTBOX]
-            .find({"published": False}, hint="pending")
+            .find(query, {"topic": 1, "key": 1, "type": 1, "value": 1}, hint="pending")
             .sort([("created_at", ASCENDING), ("seq", ASCENDING)])
             .limit(self._settings.outbox_batch_size)
             .to_list()
         )
         if not rows:
+            await self.flush()
             return 0
         # Send in order without waiting one by one; the idempotent producer keeps order per key.
         futures = [
@@ -171,13 +182,24 @@ class OutboxRelay:
         ]
         await asyncio.gather(*futures)
         crash_point("outbox.after_publish")
-        await self._db[OUTBOX].update_many(
-            {"_id": {"$in": [row["_id"] for row in rows]}},
-            {"$set": {"published": True, "published_at": datetime.now(UTC)}},
-        )
+        await self.flush()
+        self._marking_ids = [row["_id"] for row in rows]
+        self._marking = asyncio.create_task(self._mark(self._marking_ids))
         for row in rows:
             EVENTS_PUBLISHED.labels(self._settings.service_name, row["type"]).inc()
         return len(rows)
+
+    async def _mark(self, ids: list[str]) -> None:
+        await self._db[OUTBOX].update_many(
+            {"_id": {"$in": ids}},
+            {"$set": {"published": True, "published_at": datetime.now(UTC)}},
+        )
+
+    async def flush(self) -> None:
+        """Wait until every published batch is also marked published."""
+        marking, self._marking = self._marking, None
+        if marking is not None:
+            await marking  # a failed mark raises here: those rows are simply published again
 
     async def backlog(self) -> int:
         return await self._db[OUTBOX].count_documents({"published": False}, hint="pending")
@@ -185,22 +207,27 @@ class OutboxRelay:
     async def run_forever(self) -> None:
         loop = asyncio.get_running_loop()
         failures = 0
-        while True:
-            try:
-                published = await self.publish_pending()
-                failures = 0
-                if loop.time() - self._backlog_checked > 1.0:
-                    self._backlog_checked = loop.time()
-                    OUTBOX_BACKLOG.labels(self._settings.service_name).set(await self.backlog())
-                if published:
-                    continue  # more may be waiting
-            except asyncio.CancelledError:
-                raise
-            except Exception:
-                failures += 1
-                log.exception("outbox relay failed (attempt %d); will retry", failures)
-                await asyncio.sleep(min(0.2 * 2**failures, 5.0))
-                continue
-            with contextlib.suppress(TimeoutError):
-                await asyncio.wait_for(self._wake.wait(), self._settings.outbox_poll_interval_s)
-            self._wake.clear()
+        try:
+            while True:
+                try:
+                    published = await self.publish_pending()
+                    failures = 0
+                    if loop.time() - self._backlog_checked > 1.0:
+                        self._backlog_checked = loop.time()
+                        OUTBOX_BACKLOG.labels(self._settings.service_name).set(await self.backlog())
+                    if published:
+                        continue  # more may be waiting
+                except asyncio.CancelledError:
+                    raise
+                except Exception:
+                    failures += 1
+                    log.exception("outbox relay failed (attempt %d); will retry", failures)
+                    await asyncio.sleep(min(0.2 * 2**failures, 5.0))
+                    continue
+                with contextlib.suppress(TimeoutError):
+                    await asyncio.wait_for(self._wake.wait(), self._settings.outbox_poll_interval_s)
+                self._wake.clear()
+        finally:
+            # Let the last batch be marked, so a clean shutdown republishes nothing.
+            with contextlib.suppress(Exception):
+                await self.flush()

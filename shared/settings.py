@@ -26,7 +26,7 @@ class Settings(BaseSettings):
 
     topic_partitions: int = Field(3, validation_alias="DOORSTEP_TOPIC_PARTITIONS")
     outbox_poll_interval_s: float = Field(0.25, validation_alias="OUTBOX_POLL_INTERVAL_S")
-    outbox_batch_size: int = Field(200, validation_alias="OUTBOX_BATCH_SIZE")
+    outbox_batch_size: int = Field(500, validation_alias="OUTBOX_BATCH_SIZE")
     consumer_max_attempts: int = Field(4, validation_alias="CONSUMER_MAX_ATTEMPTS")
     consumer_backoff_s: float = Field(0.1, validation_alias="CONSUMER_BACKOFF_S")
     consumer_backoff_max_s: float = Field(5.0, validation_alias="CONSUMER_BACKOFF_MAX_S")

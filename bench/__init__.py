@@ -1,0 +1,1 @@
+"""Benchmarks with raw Kafka and MongoDB baselines from the same run (`./dev bench`)."""

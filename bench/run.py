@@ -1,0 +1,590 @@
+"""Benchmarks: the platform's figures next to raw Kafka and MongoDB figures from the same run.
+
+    ./dev bench            (python -m bench.run)
+    ./dev bench --quick    smaller counts, for a smoke run
+
+Absolute numbers depend on the machine; the ratios (platform / raw, measured in
+the same run against the same servers) are what compare across machines.
+
+Servers: `KAFKA_BOOTSTRAP` and `MONGODB_URI` when both are set; else the local
+Kafka and MongoDB of `deploy/local`, on ports of their own (29092, 27217) and
+their own run directory, so a running `./dev up` platform is never disturbed.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import contextlib
+import json
+import os
+import platform
+import statistics
+import time
+import uuid
+from collections.abc import Awaitable, Callable, Iterator
+from dataclasses import asdict, dataclass, field
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any
+
+from aiokafka import AIOKafkaConsumer, AIOKafkaProducer
+from aiokafka.admin import AIOKafkaAdminClient
+from aiokafka.structs import TopicPartition
+from pydantic import Field
+from pymongo import AsyncMongoClient
+
+from deploy.local.servers import Servers, local_servers
+from shared.consumer import EventConsumer, Handlers, ensure_inbox_indexes
+from shared.events.envelope import Envelope, EventPayload
+from shared.events.registry import event, stream_topic
+from shared.kafka import ensure_topics, make_producer
+from shared.mongo import Database, Document, connect
+from shared.outbox import (
+    OUTBOX,
+    OutboxRelay,
+    Transaction,
+    UnitOfWork,
+    ensure_outbox_indexes,
+    outbox_row,
+)
+from shared.settings import Settings
+
+ROOT = Path(__file__).resolve().parent.parent
+RUN_DIR = ROOT / ".run" / "bench"
+MESSAGE_BYTES = 1024
+CONCURRENCY = 8  # concurrent writers for the MongoDB figures, as several requests would be
+
+
+@event("bench.pinged", version=1, stream="bench", key="ping_id")
+class Pinged(EventPayload):
+    """A benchmark event, padded so the whole envelope is about 1 KB like the raw messages."""
+
+    ping_id: str
+    sent_at_ns: int
+    padding: str = Field(default="")
+
+
+def ping(padding: int = 640) -> Pinged:
+    return Pinged(
+        ping_id=uuid.uuid4().hex, sent_at_ns=time.perf_counter_ns(), padding="x" * padding
+    )
+
+
+@dataclass
+class Figure:
+    name: str
+    value: float
+    unit: str
+    note: str = ""
+    baseline: str | None = None  # name of the raw figure this one is compared with
+    ratio: float | None = None
+    rounds: list[float] = field(default_factory=list)
+
+
+@dataclass
+class Counts:
+    rounds: int  # paired figures alternate raw and platform this many times (ABBA order)
+    produce: int  # messages per round, raw producer and outbox relay alike
+    mongo: int  # operations per round, raw transaction and unit of work alike
+    one_by_one: int
+    latency: int
+    consume: int
+
+
+FULL = Counts(rounds=4, produce=20_000, mongo=2_000, one_by_one=1_000, latency=500, consume=2_000)
+QUICK = Counts(rounds=2, produce=3_000, mongo=500, one_by_one=200, latency=100, consume=300)
+
+
+def percentile(samples: list[float], q: float) -> float:
+    ordered = sorted(samples)
+    return ordered[min(len(ordered) - 1, round(q * (len(ordered) - 1)))]
+
+
+async def timed(work: Callable[[], Awaitable[Any]]) -> float:
+    started = time.perf_counter()
+    await work()
+    return time.perf_counter() - started
+
+
+async def concurrently(total: int, op: Callable[[int], Awaitable[None]]) -> float:
+    """Run `op` `total` times spread over CONCURRENCY tasks; returns operations per second."""
+
+    async def worker(first: int) -> None:
+        for i in range(first, total, CONCURRENCY):
+            await op(i)
+
+    elapsed = await timed(lambda: asyncio.gather(*(worker(w) for w in range(CONCURRENCY))))
+    return total / elapsed
+
+
+def abba(round_no: int) -> tuple[str, str]:
+    """Raw first in even rounds, platform first in odd ones: neither side always
+    inherits the other's aftermath (a checkpoint, a log flush, a warm cache)."""
+    return ("raw", "platform") if round_no % 2 == 0 else ("platform", "raw")
+
+
+async def one_by_one(total: int, op: Callable[[int], Awaitable[None]]) -> float:
+    async def sequence() -> None:
+        for i in range(total):
+            await op(i)
+
+    return total / await timed(sequence)
+
+
+class Bench:
+    def __init__(self, servers: Servers, counts: Counts) -> None:
+        run = f"bench{uuid.uuid4().hex[:8]}"
+        self.settings = Settings().model_copy(
+            update={
+                "service_name": "bench",
+                "kafka_bootstrap": servers.kafka_bootstrap,
+                "mongodb_uri": servers.mongodb_uri,
+                "topic_prefix": f"{run}.",
+                "db_prefix": f"{run}_",
+                "topic_partitions": 3,
+                "outbox_poll_interval_s": 0.05,
+            }
+        )
+        self.counts = counts
+        self.figures: dict[str, Figure] = {}
+        self.client: AsyncMongoClient[Document] = connect(self.settings)
+        self.db: Database = self.client[self.settings.database_name]
+        self.raw_topic = self.settings.topic("raw")
+        self.events_topic = self.settings.topic(stream_topic("bench"))
+        self.value = b"x" * MESSAGE_BYTES
+        self.doc = "x" * MESSAGE_BYTES
+
+    def record(self, figure: Figure) -> None:
+        self.figures[figure.name] = figure
+        ratio = f"  {figure.ratio:5.2f} x {figure.baseline}" if figure.ratio is not None else ""
+        print(f"  {figure.name:<30} {figure.value:>11,.1f} {figure.unit:<8}{ratio}", flush=True)
+
+    def record_pair(
+        self, raw: Figure, platform: Figure, raw_rounds: list[float], rounds: list[float]
+    ) -> None:
+        """Medians of alternating rounds; the ratio is the median of the per-round ratios,
+        so a slow moment of a noisy machine hits both sides of a pair alike."""
+        raw.value, raw.rounds = statistics.median(raw_rounds), raw_rounds
+        platform.value, platform.rounds = statistics.median(rounds), rounds
+        platform.baseline = raw.name
+        platform.ratio = statistics.median(p / r for p, r in zip(rounds, raw_rounds, strict=True))
+        self.record(raw)
+        self.record(platform)
+
+    async def close(self) -> None:
+        """Leave the servers as we found them: drop the run's database and topics."""
+        await self.client.drop_database(self.settings.database_name)
+        await self.client.close()
+        admin = AIOKafkaAdminClient(bootstrap_servers=self.settings.kafka_bootstrap)
+        await admin.start()
+        try:
+            mine = [
+                t for t in await admin.list_topics() if t.startswith(self.settings.topic_prefix)
+            ]
+            if mine:
+                await admin.delete_topics(mine)
+        finally:
+            await admin.close()
+
+    # ---------------------------------------- raw producer vs the outbox relay --
+    async def produce_vs_relay(self) -> None:
+        await ensure_topics(self.settings, [self.raw_topic, self.events_topic])
+        await ensure_outbox_indexes(self.db)
+        producer = make_producer(self.settings)  # the services' own producer settings
+        await producer.start()
+        raw_rounds: list[float] = []
+        relay_rounds: list[float] = []
+        try:
+            await producer.send_and_wait(self.raw_topic, self.value, key=b"warm-up")
+            for i in range(self.counts.rounds):
+                for side in abba(i):
+                    if side == "raw":
+                        raw_rounds.append(await self._raw_produce(producer))
+                    else:
+                        relay_rounds.append(await self._relay(producer))
+            size = statistics.mean(
+                len(Envelope.wrap(ping(), producer="bench").to_bytes()) for _ in range(10)
+            )
+            self.record_pair(
+                Figure(
+                    "raw.kafka.produce",
+                    0,
+                    "msg/s",
+                    f"{MESSAGE_BYTES} B, idempotent, acks=all, pipelined",
+                ),
+                Figure(
+                    "platform.outbox_relay",
+                    0,
+                    "msg/s",
+                    f"{size:.0f} B envelopes read from the outbox, published, marked; "
+                    f"batch {self.settings.outbox_batch_size}",
+                ),
+                raw_rounds,
+                relay_rounds,
+            )
+            acks: list[float] = []
+            for i in range(self.counts.one_by_one):
+                started = time.perf_counter()
+                await producer.send_and_wait(self.raw_topic, self.value, key=str(i % 64).encode())
+                acks.append(time.perf_counter() - started)
+            self.record(
+                Figure(
+                    "raw.kafka.produce_one_by_one",
+                    len(acks) / sum(acks),
+                    "msg/s",
+                    "each send waits for its ack",
+                )
+            )
+        finally:
+            await producer.stop()
+
+    async def _raw_produce(self, producer: AIOKafkaProducer) -> float:
+        async def pipelined() -> None:
+            # Keep the producer's pipeline full, as a busy service would.
+            futures = [
+                await producer.send(self.raw_topic, self.value, key=str(i % 64).encode())
+                for i in range(self.counts.produce)
+            ]
+            await asyncio.gather(*futures)
+
+        return self.counts.produce / await timed(pipelined)
+
+    async def _relay(self, producer: AIOKafkaProducer) -> float:
+        n = self.counts.produce
+        now = datetime.now(UTC)
+        rows = [
+            outbox_row(self.settings, Envelope.wrap(ping(), producer="bench"), now, i)
+            for i in range(n)
+        ]
+        for chunk in range(0, n, 5000):  # committed rows waiting, as after a burst of work
+            await self.db[OUTBOX].insert_many(rows[chunk : chunk + 5000])
+        relay = OutboxRelay(self.db, producer, self.settings)
+
+        async def publish_all() -> None:
+            while await relay.publish_pending():
+                pass
+
+        elapsed = await timed(publish_all)
+        left = await self.db[OUTBOX].count_documents({"published": False})
+        if left:
+            raise RuntimeError(f"relay left {left} rows unpublished")
+        await self.db[OUTBOX].delete_many({})
+        return n / elapsed
+
+    async def consume(self) -> None:
+        consumer = AIOKafkaConsumer(
+            self.raw_topic,
+            bootstrap_servers=self.settings.kafka_bootstrap,
+            group_id=f"{self.settings.topic_prefix}raw-reader",
+            auto_offset_reset="earliest",
+            enable_auto_commit=False,
+        )
+        await consumer.start()
+        total = self.counts.produce * self.counts.rounds + 1
+        try:
+            seen = 0
+
+            async def drain() -> None:
+                nonlocal seen
+                while seen < total:
+                    batches = await consumer.getmany(timeout_ms=500, max_records=2000)
+                    seen += sum(len(b) for b in batches.values())
+
+            await consumer.getmany(timeout_ms=0)  # join the group before the clock starts
+            elapsed = await timed(drain)
+            self.record(Figure("raw.kafka.consume", seen / elapsed, "msg/s", "one consumer"))
+        finally:
+            await consumer.stop()
+
+    # ------------------------------------ raw transactions vs the unit of work --
+    async def transactions_vs_unit_of_work(self) -> None:
+        uow = UnitOfWork(self.client, self.db, self.settings)
+        raw = self.db["raw"]
+        await raw.insert_one({"warm": True})
+
+        async def insert(i: int) -> None:
+            await raw.insert_one({"i": i, "doc": self.doc})
+
+        async def transaction(i: int) -> None:
+            # The shape of a unit of work: a state document and one outbox row.
+            async with self.client.start_session() as session:
+
+                async def both(s: Any) -> None:
+                    await self.db["raw_state"].insert_one({"i": i, "doc": self.doc}, session=s)
+                    await self.db["raw_rows"].insert_one({"i": i, "doc": self.doc}, session=s)
+
+                await session.with_transaction(both)
+
+        async def change(i: int) -> None:
+            async def work(tx: Transaction) -> None:
+                await self.db["state"].insert_one({"i": i, "doc": self.doc}, session=tx.session)
+                tx.emit(ping())
+
+            await uow.run(work)
+
+        inserts: list[float] = []
+        raw_rounds: list[float] = []
+        uow_rounds: list[float] = []
+        for i in range(self.counts.rounds):
+            inserts.append(await concurrently(self.counts.mongo, insert))
+            for side in abba(i):
+                if side == "raw":
+                    raw_rounds.append(await concurrently(self.counts.mongo, transaction))
+                else:
+                    uow_rounds.append(await concurrently(self.counts.mongo, change))
+        self.record(
+            Figure(
+                "raw.mongo.insert",
+                statistics.median(inserts),
+                "op/s",
+                f"insert_one, w=majority, {CONCURRENCY} concurrent",
+                rounds=inserts,
+            )
+        )
+        self.record_pair(
+            Figure(
+                "raw.mongo.txn",
+                0,
+                "txn/s",
+                f"2 inserts per transaction, {CONCURRENCY} concurrent",
+            ),
+            Figure(
+                "platform.unit_of_work",
+                0,
+                "op/s",
+                f"state change + its event in one transaction, {CONCURRENCY} concurrent",
+            ),
+            raw_rounds,
+            uow_rounds,
+        )
+        await self.db[OUTBOX].delete_many({})
+        self.record(
+            Figure(
+                "raw.mongo.txn_one_by_one",
+                await one_by_one(self.counts.one_by_one, transaction),
+                "txn/s",
+                "one at a time",
+            )
+        )
+
+    # ---------------------------------------------------- the inbox consumer --
+    async def platform_consumer(self) -> None:
+        """The inbox consumer reading relayed events: one transaction per event."""
+        n = self.counts.consume
+        handlers = Handlers()
+        done = asyncio.Event()
+        handled = 0
+        started = 0.0
+
+        @handlers.on(Pinged)
+        async def on_ping(tx: Transaction, event: Pinged) -> None:
+            nonlocal handled, started
+            await self.db["pinged"].insert_one({"_id": event.ping_id}, session=tx.session)
+            if not started:
+                started = time.perf_counter()
+            handled += 1
+            if handled >= n:
+                done.set()
+
+        await ensure_inbox_indexes(self.db)
+        settings = self.settings.model_copy(update={"service_name": "bench-reader"})
+        consumer, producer, relay = await self._consumer(settings, handlers, self.db)
+        try:
+            await asyncio.wait_for(done.wait(), timeout=600)
+            elapsed = time.perf_counter() - started
+        finally:
+            await _stop(consumer, relay, producer)
+        figure = Figure(
+            "platform.consumer",
+            (n - 1) / elapsed,
+            "event/s",
+            "inbox + handler write per event, in one transaction, one event at a time",
+            baseline="raw.mongo.txn_one_by_one",
+        )
+        figure.ratio = figure.value / self.figures["raw.mongo.txn_one_by_one"].value
+        self.record(figure)
+
+    # --------------------------------------------------------------- latency --
+    async def raw_kafka_latency(self) -> None:
+        topic = self.settings.topic("raw-latency")
+        await ensure_topics(self.settings, [topic])
+        consumer = AIOKafkaConsumer(
+            bootstrap_servers=self.settings.kafka_bootstrap, enable_auto_commit=False
+        )
+        await consumer.start()
+        tps = [TopicPartition(topic, p) for p in range(self.settings.topic_partitions)]
+        consumer.assign(tps)
+        await consumer.seek_to_end(*tps)
+        producer = make_producer(self.settings)
+        await producer.start()
+        samples: list[float] = []
+        try:
+            for _ in range(self.counts.latency):
+                started = time.perf_counter()
+                await producer.send(topic, self.value)
+                got = 0
+                while not got:
+                    batches = await consumer.getmany(timeout_ms=1000)
+                    got = sum(len(b) for b in batches.values())
+                samples.append(time.perf_counter() - started)
+        finally:
+            await producer.stop()
+            await consumer.stop()
+        self.record(Figure("raw.kafka.e2e_p50", percentile(samples, 0.5) * 1e3, "ms"))
+        self.record(Figure("raw.kafka.e2e_p99", percentile(samples, 0.99) * 1e3, "ms"))
+
+    async def platform_latency(self) -> None:
+        """Commit of a state change to its handler's commit in another consumer group."""
+        # A topic prefix of its own: the consumer must not first wade through the backlog.
+        settings = self.settings.model_copy(
+            update={
+                "service_name": "bench-latency",
+                "topic_prefix": f"{self.settings.topic_prefix}latency.",
+            }
+        )
+        await ensure_topics(settings, [settings.topic(stream_topic("bench"))])
+        db = self.client[settings.database_name]
+        await ensure_outbox_indexes(db)
+        await ensure_inbox_indexes(db)
+        arrived: dict[str, asyncio.Future[float]] = {}
+        handlers = Handlers()
+
+        @handlers.on(Pinged)
+        async def on_ping(tx: Transaction, event: Pinged) -> None:
+            await db["pinged"].insert_one({"_id": event.ping_id}, session=tx.session)
+            waiter = arrived.get(event.ping_id)
+            if waiter is not None and not waiter.done():
+                waiter.set_result(time.perf_counter())
+
+        consumer, producer, relay = await self._consumer(settings, handlers, db)
+        uow = UnitOfWork(self.client, db, settings, on_commit=relay[1].wake)
+        samples: list[float] = []
+        try:
+            for _ in range(self.counts.latency):
+                payload = ping()
+                arrived[payload.ping_id] = asyncio.get_running_loop().create_future()
+
+                async def work(tx: Transaction, payload: Pinged = payload) -> None:
+                    await db["state"].insert_one({"_id": payload.ping_id}, session=tx.session)
+                    tx.emit(payload)
+
+                await uow.run(work)
+                committed = time.perf_counter()
+                handled_at = await asyncio.wait_for(arrived[payload.ping_id], timeout=30)
+                samples.append(handled_at - committed)
+        finally:
+            await _stop(consumer, relay, producer)
+            await self.client.drop_database(settings.database_name)
+        for q, name in ((0.5, "p50"), (0.99, "p99")):
+            figure = Figure(
+                f"platform.event_{name}",
+                percentile(samples, q) * 1e3,
+                "ms",
+                "commit -> relay -> Kafka -> consumer's handler committed",
+                baseline=f"raw.kafka.e2e_{name}",
+            )
+            figure.ratio = figure.value / self.figures[f"raw.kafka.e2e_{name}"].value
+            self.record(figure)
+
+    async def _consumer(
+        self, settings: Settings, handlers: Handlers, db: Database
+    ) -> tuple[
+        tuple[asyncio.Task[None], EventConsumer],
+        AIOKafkaProducer,
+        tuple[asyncio.Task[None], OutboxRelay],
+    ]:
+        """Start an EventConsumer and an outbox relay the way a service runtime does."""
+        producer = make_producer(settings)
+        await producer.start()
+        relay = OutboxRelay(db, producer, settings)
+        relay_task = asyncio.create_task(relay.run_forever())
+        consumer = EventConsumer(
+            settings, db, UnitOfWork(self.client, db, settings), producer, handlers
+        )
+        task = asyncio.create_task(consumer.run_forever())
+        await asyncio.wait_for(consumer.assigned.wait(), timeout=60)
+        return (task, consumer), producer, (relay_task, relay)
+
+
+async def _stop(
+    consumer: tuple[asyncio.Task[None], EventConsumer],
+    relay: tuple[asyncio.Task[None], OutboxRelay],
+    producer: AIOKafkaProducer,
+) -> None:
+    for task in (consumer[0], relay[0]):
+        task.cancel()
+        with contextlib.suppress(asyncio.CancelledError):
+            await task
+    await producer.stop()
+
+
+def machine() -> dict[str, Any]:
+    memory = 0
+    with contextlib.suppress(OSError), open("/proc/meminfo") as f:
+        for line in f:
+            if line.startswith("MemTotal:"):
+                memory = int(line.split()[1]) * 1024
+    return {
+        "cores": os.cpu_count(),
+        "memory_gib": round(memory / 2**30, 1),
+        "python": platform.python_version(),
+        "system": platform.platform(),
+    }
+
+
+@contextlib.contextmanager
+def servers() -> Iterator[Servers]:
+    kafka, mongo = os.environ.get("KAFKA_BOOTSTRAP"), os.environ.get("MONGODB_URI")
+    if kafka and mongo:
+        yield Servers(kafka, mongo, "environment")
+        return
+    with local_servers(
+        RUN_DIR,
+        int(os.environ.get("BENCH_KAFKA_PORT", "29092")),
+        int(os.environ.get("BENCH_MONGO_PORT", "27217")),
+    ) as local:
+        yield local
+
+
+async def run(counts: Counts, target: Servers) -> dict[str, Any]:
+    bench = Bench(target, counts)
+    print(f"\nDoorstep benchmarks, {datetime.now(UTC):%Y-%m-%d %H:%M} UTC, {machine()}\n")
+    try:
+        print(f"publishing ({counts.rounds} alternating rounds, medians)")
+        await bench.produce_vs_relay()
+        print(f"writing ({counts.rounds} alternating rounds, medians)")
+        await bench.transactions_vs_unit_of_work()
+        print("consuming")
+        await bench.consume()
+        await bench.platform_consumer()
+        print("latency, one event at a time")
+        await bench.raw_kafka_latency()
+        await bench.platform_latency()
+    finally:
+        await bench.close()
+    return {
+        "date": datetime.now(UTC).isoformat(timespec="seconds"),
+        "machine": machine(),
+        "counts": asdict(counts),
+        "figures": [asdict(f) for f in bench.figures.values()],
+    }
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0] if __doc__ else None)
+    parser.add_argument("--quick", action="store_true", help="smaller counts (a smoke run)")
+    parser.add_argument(
+        "--json", type=Path, default=RUN_DIR / "results.json", help="where to write the results"
+    )
+    args = parser.parse_args()
+    os.environ.setdefault("LOG_LEVEL", "WARNING")
+    with servers() as target:
+        results = asyncio.run(run(QUICK if args.quick else FULL, target))
+    args.json.parent.mkdir(parents=True, exist_ok=True)
+    args.json.write_text(json.dumps(results, indent=2))
+    print(f"\nresults: {args.json}")
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,1 @@
+"""Deployment: local servers (deploy/local) and container images (deploy/docker)."""

@@ -1,0 +1,50 @@
+"""The benchmark command must keep working: a quick run against the session's servers."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+from tests.harness import ROOT, Infra
+
+PAIRS = {
+    "platform.outbox_relay": "raw.kafka.produce",
+    "platform.unit_of_work": "raw.mongo.txn",
+    "platform.consumer": "raw.mongo.txn_one_by_one",
+    "platform.event_p50": "raw.kafka.e2e_p50",
+    "platform.event_p99": "raw.kafka.e2e_p99",
+}
+
+
+def test_quick_bench_reports_every_platform_figure_next_to_its_raw_baseline(
+    infra: Infra, tmp_path: Path
+) -> None:
+    out = tmp_path / "results.json"
+    env = {
+        **os.environ,
+        "KAFKA_BOOTSTRAP": infra.kafka_bootstrap,
+        "MONGODB_URI": infra.mongodb_uri,
+    }
+    run = subprocess.run(
+        [sys.executable, "-m", "bench.run", "--quick", "--json", str(out)],
+        cwd=ROOT,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=300,
+        check=False,
+    )
+    assert run.returncode == 0, run.stdout + run.stderr
+    results = json.loads(out.read_text())
+    figures = {f["name"]: f for f in results["figures"]}
+    for platform, raw in PAIRS.items():
+        assert figures[raw]["value"] > 0
+        assert figures[platform]["value"] > 0
+        assert figures[platform]["baseline"] == raw
+        assert figures[platform]["ratio"] > 0
+        assert platform in run.stdout
+        assert raw in run.stdout
+    assert results["machine"]["cores"] >= 1
