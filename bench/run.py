@@ -571,6 +571,24 @@ async def run(counts: Counts, target: Servers) -> dict[str, Any]:
     }
 
 
+def markdown(results: dict[str, Any]) -> str:
+    """The results as the table docs/benchmarks.md carries."""
+    m = results["machine"]
+    lines = [
+        f"Run {results['date']} on {m['cores']} cores, {m['memory_gib']} GiB, "
+        f"Python {m['python']}, counts {results['counts']}.",
+        "",
+        "| figure | value | unit | ratio to raw | rounds | what |",
+        "|---|---:|---|---|---|---|",
+    ]
+    for f in results["figures"]:
+        ratio = f"{f['ratio']:.2f} x `{f['baseline']}`" if f["ratio"] is not None else ""
+        rounds = ", ".join(f"{r:,.0f}" for r in f["rounds"])
+        cells = [f"`{f['name']}`", f"{f['value']:,.1f}", f["unit"], ratio, rounds, f["note"]]
+        lines.append("| " + " | ".join(cells) + " |")
+    return "\n".join(lines) + "\n"
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0] if __doc__ else None)
     parser.add_argument("--quick", action="store_true", help="smaller counts (a smoke run)")
@@ -583,7 +601,9 @@ def main() -> None:
         results = asyncio.run(run(QUICK if args.quick else FULL, target))
     args.json.parent.mkdir(parents=True, exist_ok=True)
     args.json.write_text(json.dumps(results, indent=2))
-    print(f"\nresults: {args.json}")
+    table = args.json.with_suffix(".md")
+    table.write_text(markdown(results))
+    print(f"\nresults: {args.json} (and {table.name}, the table for docs/benchmarks.md)")
 
 
 if __name__ == "__main__":

@@ -43,6 +43,7 @@ async def ensure_topics(settings: Settings, topics: list[str], attempts: int = 3
                     await admin.create_topics(
                         [NewTopic(t, settings.topic_partitions, 1) for t in missing]
                     )
+                await _wait_for_leaders(admin, missing)
             return
         except KafkaConnectionError:
             if attempt == attempts:
@@ -51,3 +52,19 @@ async def ensure_topics(settings: Settings, topics: list[str], attempts: int = 3
             await asyncio.sleep(1)
         finally:
             await admin.close()
+
+
+async def _wait_for_leaders(admin: AIOKafkaAdminClient, topics: list[str]) -> None:
+    """A new topic's partitions get their leader a moment after creation; clients that
+    fetch before then log NotLeaderForPartition errors, so wait (briefly) for it."""
+    for _ in range(50):
+        described = await admin.describe_topics(topics)
+        if len(described) == len(topics) and all(
+            t["error_code"] == 0
+            and t["partitions"]
+            and all(p["leader"] >= 0 for p in t["partitions"])
+            for t in described
+        ):
+            return
+        await asyncio.sleep(0.1)
+    log.warning("topics %s still have partitions without a leader; carrying on", topics)
