@@ -67,12 +67,14 @@ kafka_install() { # returns 1 when Maven Central cannot be reached
   command -v java >/dev/null || { say "java is required for Kafka (apt-get install default-jre-headless)"; exit 1; }
   command -v mvn >/dev/null || { say "maven is required to fetch Kafka from Maven Central (apt-get install maven)"; exit 1; }
   say "kafka: fetching Apache Kafka $KAFKA_VERSION jars from Maven Central (once; cached in $KAFKA_LIBS)"
-  mkdir -p "$KAFKA_LIBS.partial"
+  mkdir -p "$KAFKA_LIBS.partial" "$RUN_DIR"
+  # Maven's own output (colour codes even with -q) goes to a log, shown only on failure.
   if mvn -q -B -Dstyle.color=never -f "$HERE/kafka/pom.xml" dependency:copy-dependencies \
-        -DincludeScope=runtime -DoutputDirectory="$KAFKA_LIBS.partial"; then
+        -DincludeScope=runtime -DoutputDirectory="$KAFKA_LIBS.partial" > "$RUN_DIR/maven.log" 2>&1; then
     rm -rf "$KAFKA_LIBS"; mv "$KAFKA_LIBS.partial" "$KAFKA_LIBS"
   else
     rm -rf "$KAFKA_LIBS.partial"
+    tail -n 20 "$RUN_DIR/maven.log" >&2
     loud "Maven Central unreachable: Apache Kafka could not be fetched. Falling back to the stopgap broker."
     return 1
   fi
