@@ -30,3 +30,10 @@ class Unprocessable(DomainError):
 
     status = 422
     code = "unprocessable"
+
+
+class Forbidden(DomainError):
+    """The caller is known but may not touch this object (object-level authorisation)."""
+
+    status = 403
+    code = "forbidden"

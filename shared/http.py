@@ -76,6 +76,15 @@ def install_error_handlers(app: FastAPI) -> None:
     async def domain_error(_: Request, exc: DomainError) -> JSONResponse:
         return error_response(exc.status, exc.code, exc.message, field=exc.field)
 
+    @app.exception_handler(Exception)
+    async def unexpected(request: Request, exc: Exception) -> JSONResponse:
+        # The server logs the traceback; the client gets the one error shape and the
+        # correlation id to quote, never the internals.
+        cid = getattr(request.state, "correlation_id", None) or "unknown"
+        return error_response(
+            500, "internal_error", f"something went wrong on our side; quote correlation id {cid}"
+        )
+
     @app.exception_handler(StarletteHTTPException)
     async def http_error(_: Request, exc: StarletteHTTPException) -> JSONResponse:
         code = {404: "not_found", 405: "method_not_allowed"}.get(exc.status_code, "http_error")
@@ -88,6 +97,7 @@ def install_middleware(app: FastAPI, service: str) -> None:
         request: Request, call_next: Callable[[Request], Awaitable[Response]]
     ) -> Response:
         cid = request.headers.get(CORRELATION_HEADER) or str(uuid.uuid4())
+        request.state.correlation_id = cid
         token = logs.correlation_id.set(cid)
         started = time.perf_counter()
         try:

@@ -11,28 +11,54 @@ from pymongo import AsyncMongoClient
 
 from shared.mongo import Document
 from tests.conftest import Platform
-from tests.test_walking_skeleton import booking_request, seed_catalogue, seed_technician
+from tests.seed import (
+    OCEAN,
+    REGIONS,
+    booking_body,
+    seed_customer,
+    seed_item,
+    seed_technician,
+)
 
 pytestmark = pytest.mark.integration
 
 SOON = datetime.now(UTC) + timedelta(days=1)
+CUSTOMER = "cus_bad_input"
 
 
 def with_(changes: dict[str, Any], drop: tuple[str, ...] = ()) -> dict[str, Any]:
-    body = {**booking_request("lisbon"), **changes}
+    body = {**booking_body(CUSTOMER, "nails.manicure"), **changes}
     for key in drop:
         body.pop(key)
     return body
 
 
-ITEM = {
-    "name": "Pedicure",
-    "skill": "nails",
-    "region": "lisbon",
-    "unit_price": 3000,
-    "currency": "EUR",
-    "duration_minutes": 60,
-}
+def item(**changes: Any) -> dict[str, Any]:
+    return {
+        "kind": "service",
+        "name": "Pedicure",
+        "category": "nails",
+        "skill": "nails",
+        "duration_minutes": 60,
+        **changes,
+    }
+
+
+def price(**changes: Any) -> dict[str, Any]:
+    return {"region": "lisbon", "unit_price": 3000, "currency": "EUR", **changes}
+
+
+def region(**changes: Any) -> dict[str, Any]:
+    return {
+        "name": "Lisbon",
+        "currency": "EUR",
+        "hours": {"timezone": "Europe/Lisbon", "opens": "08:00", "closes": "20:00"},
+        "area": REGIONS["lisbon"],
+        **changes,
+    }
+
+
+PROFILE = {"name": "Ana", "phone": "+351912345678", "preferred_language": "pt"}
 TECH = {
     "full_name": "Rui Lopes",
     "badge_number": "LX-9000",
@@ -40,117 +66,204 @@ TECH = {
     "skills": ["nails"],
     "location": {"lat": 38.71, "lon": -9.14},
 }
+B = ("booking", "POST", "/bookings")
 
 # (service, method, path, json body, headers, expected status, field named in the error)
 CASES: list[tuple[str, str, str, Any, dict[str, str], int, str]] = [
     # --- booking: POST /bookings
-    ("booking", "POST", "/bookings", with_({"price": 1}), {}, 422, "price"),
-    ("booking", "POST", "/bookings", with_({}, drop=("customer_id",)), {}, 422, "customer_id"),
-    ("booking", "POST", "/bookings", with_({"items": []}), {}, 422, "items"),
+    (*B, with_({"price": 1}), {}, 422, "price"),
+    (*B, with_({}, drop=("customer_id",)), {}, 422, "customer_id"),
+    (*B, with_({"items": []}), {}, 422, "items"),
     (
-        "booking",
-        "POST",
-        "/bookings",
+        *B,
         with_({"items": [{"code": "nails.manicure", "quantity": 0}]}),
         {},
         422,
         "items.0.quantity",
     ),
     (
-        "booking",
-        "POST",
-        "/bookings",
+        *B,
+        with_({"items": [{"code": "nails.manicure", "quantity": -2}]}),
+        {},
+        422,
+        "items.0.quantity",
+    ),
+    (
+        *B,
         with_({"items": [{"code": "nails.manicure", "quantity": 1, "unit_price": 1}]}),
         {},
         422,
         "items.0.unit_price",
     ),
+    (*B, with_({"items": [{"code": "no.such.item", "quantity": 1}]}), {}, 422, "items.0.code"),
+    (*B, with_({"items": [{"code": "clean.porto-only", "quantity": 1}]}), {}, 422, "items.0.code"),
+    (*B, with_({"address_id": "ad_far"}), {}, 422, "address_id"),
+    (*B, with_({"address_id": "ad_nowhere"}), {}, 422, "address_id"),
+    (*B, with_({"customer_id": "cus_nobody"}), {}, 404, ""),
+    (*B, with_({"window_start": (SOON - timedelta(days=3)).isoformat()}), {}, 422, "window_start"),
+    (*B, with_({"window_end": (SOON - timedelta(days=2)).isoformat()}), {}, 422, "window_end"),
+    (*B, with_({"window_start": "tomorrow"}), {}, 422, "window_start"),
+    (*B, with_({"timing": "asap"}), {}, 422, "window_start"),
+    (*B, with_({"timing": "someday"}), {}, 422, "timing"),
+    (*B, with_({}), {"Idempotency-Key": "short"}, 422, "Idempotency-Key"),
+    (*B, "not an object", {}, 422, "body"),
     (
         "booking",
         "POST",
-        "/bookings",
-        with_({"items": [{"code": "no.such.item", "quantity": 1}]}),
+        "/bookings/quote",
+        with_({"items": [{"code": "x.y", "quantity": 1}]}),
         {},
         422,
         "items.0.code",
     ),
-    ("booking", "POST", "/bookings", with_({"region": "faro-x"}), {}, 422, "items.0.code"),
+    # --- booking: regions and catalogue
+    (
+        "booking",
+        "PUT",
+        "/regions/lisbon",
+        region(hours={"timezone": "Mars/Base", "opens": "08:00", "closes": "20:00"}),
+        {},
+        422,
+        "hours.timezone",
+    ),
+    (
+        "booking",
+        "PUT",
+        "/regions/lisbon",
+        region(hours={"timezone": "Europe/Lisbon", "opens": "20:00", "closes": "08:00"}),
+        {},
+        422,
+        "hours",
+    ),
+    (
+        "booking",
+        "PUT",
+        "/regions/lisbon",
+        region(area={"type": "Polygon", "coordinates": [[[0, 0], [1, 0], [1, 1]]]}),
+        {},
+        422,
+        "area.coordinates",
+    ),
+    ("booking", "PUT", "/regions/Lisbon!", region(), {}, 422, "region"),
+    (
+        "booking",
+        "PUT",
+        "/catalogue/items/nails.pedicure",
+        item(unit_price=1),
+        {},
+        422,
+        "unit_price",
+    ),
+    ("booking", "PUT", "/catalogue/items/nails.pedicure", item(skill=None), {}, 422, ""),
+    (
+        "booking",
+        "PUT",
+        "/catalogue/items/nails.pedicure",
+        item(category="Nail Care"),
+        {},
+        422,
+        "category",
+    ),
+    ("booking", "PUT", "/catalogue/items/Bad Code!", item(), {}, 422, "code"),
     (
         "booking",
         "POST",
-        "/bookings",
-        with_({"location": {"lat": 123, "lon": 0}}),
+        "/catalogue/items/nails.manicure/prices",
+        price(unit_price=-1),
+        {},
+        422,
+        "unit_price",
+    ),
+    (
+        "booking",
+        "POST",
+        "/catalogue/items/nails.manicure/prices",
+        price(unit_price=12.5),
+        {},
+        422,
+        "unit_price",
+    ),
+    (
+        "booking",
+        "POST",
+        "/catalogue/items/nails.manicure/prices",
+        price(currency="euro"),
+        {},
+        422,
+        "currency",
+    ),
+    (
+        "booking",
+        "POST",
+        "/catalogue/items/nails.manicure/prices",
+        price(currency="USD"),
+        {},
+        422,
+        "currency",
+    ),
+    (
+        "booking",
+        "POST",
+        "/catalogue/items/nails.manicure/prices",
+        price(region="atlantis"),
+        {},
+        422,
+        "region",
+    ),
+    (
+        "booking",
+        "POST",
+        "/catalogue/items/nails.manicure/prices",
+        price(effective_from=(SOON - timedelta(days=5)).isoformat()),
+        {},
+        422,
+        "effective_from",
+    ),
+    ("booking", "POST", "/catalogue/items/no.such.item/prices", price(), {}, 404, ""),
+    ("booking", "GET", "/catalogue/prices", None, {}, 422, "region"),
+    # --- booking: customers
+    ("booking", "PUT", f"/customers/{CUSTOMER}", {**PROFILE, "phone": "12345"}, {}, 422, "phone"),
+    (
+        "booking",
+        "PUT",
+        f"/customers/{CUSTOMER}",
+        {**PROFILE, "preferred_language": "portuguese"},
+        {},
+        422,
+        "preferred_language",
+    ),
+    ("booking", "PUT", f"/customers/{CUSTOMER}", {**PROFILE, "vip": True}, {}, 422, "vip"),
+    (
+        "booking",
+        "PUT",
+        f"/customers/{CUSTOMER}/addresses/ad_new",
+        {"label": "x", "line": "Rua 1", "location": {"lat": 123, "lon": 0}},
         {},
         422,
         "location.lat",
     ),
     (
         "booking",
-        "POST",
-        "/bookings",
-        with_({"window_start": (SOON - timedelta(days=3)).isoformat()}),
+        "PUT",
+        f"/customers/{CUSTOMER}/care-profile",
+        {"blood_type": "A"},
         {},
         422,
-        "window_start",
+        "blood_type",
     ),
+    ("booking", "GET", "/customers/cus_nobody", None, {}, 404, ""),
+    # --- booking: commands on bookings
+    ("booking", "POST", "/bookings/bk_missing/cancel", None, {}, 404, ""),
     (
         "booking",
         "POST",
-        "/bookings",
-        with_({"window_end": (SOON - timedelta(hours=1)).isoformat()}),
+        "/bookings/bk_missing/reschedule",
+        {"window_start": SOON.isoformat()},
         {},
         422,
         "window_end",
     ),
-    ("booking", "POST", "/bookings", with_({"window_start": "tomorrow"}), {}, 422, "window_start"),
-    (
-        "booking",
-        "POST",
-        "/bookings",
-        with_({}),
-        {"Idempotency-Key": "short"},
-        422,
-        "Idempotency-Key",
-    ),
-    ("booking", "POST", "/bookings", "not an object", {}, 422, "body"),
-    # --- booking: catalogue
-    (
-        "booking",
-        "PUT",
-        "/catalogue/items/nails.pedicure",
-        {**ITEM, "unit_price": -1},
-        {},
-        422,
-        "unit_price",
-    ),
-    (
-        "booking",
-        "PUT",
-        "/catalogue/items/nails.pedicure",
-        {**ITEM, "unit_price": 12.5},
-        {},
-        422,
-        "unit_price",
-    ),
-    (
-        "booking",
-        "PUT",
-        "/catalogue/items/nails.pedicure",
-        {**ITEM, "currency": "euro"},
-        {},
-        422,
-        "currency",
-    ),
-    ("booking", "PUT", "/catalogue/items/Bad Code!", ITEM, {}, 422, "code"),
-    (
-        "booking",
-        "PUT",
-        "/catalogue/items/nails.pedicure",
-        {**ITEM, "owner": "me"},
-        {},
-        422,
-        "owner",
-    ),
+    ("booking", "POST", "/bookings/bk_missing/book-again", {"timing": "asap"}, {}, 404, ""),
     ("booking", "GET", "/bookings/bk_missing", None, {}, 404, ""),
     ("booking", "GET", "/bookings", None, {}, 422, "customer_id"),
     # --- dispatch
@@ -211,10 +324,10 @@ async def snapshot(mongo: AsyncMongoClient[Document], prefix: str) -> dict[str, 
         db = mongo[f"{prefix}_{service}"]
         for name in await db.list_collection_names():
             counts[f"{service}.{name}"] = await db[name].count_documents({})
-            if name in ("catalogue", "technicians"):
+            if name in ("catalogue_items", "prices", "regions", "customers", "technicians"):
                 # Content too: a rejected update must not change an existing document.
-                docs = await db[name].find({}, {"_id": 1}).sort("_id").to_list()
-                counts[f"{service}.{name}.ids:{[d['_id'] for d in docs]}"] = 0
+                docs = await db[name].find({}).sort("_id").to_list()
+                counts[f"{service}.{name}.content:{docs}"] = 0
     return counts
 
 
@@ -234,8 +347,13 @@ async def test_bad_input_answers_clear_error_and_stores_nothing(
     status: int,
     field: str,
 ) -> None:
-    await seed_catalogue(platform, "lisbon")
-    await seed_technician(platform, "tech_bad_input", "LX-BAD-1")
+    async with platform.client("booking") as booking:
+        await seed_item(booking, "nails.manicure")
+        await seed_item(booking, "clean.porto-only", skill="cleaning", region="porto")
+        await seed_customer(booking, CUSTOMER)
+        await seed_customer(booking, CUSTOMER, address_id="ad_far", location=OCEAN)
+    async with platform.client("dispatch") as dispatch:
+        await seed_technician(dispatch, "tech_bad_input", "LX-BAD-1")
     before = await snapshot(mongo, platform.prefix)
     async with httpx.AsyncClient(base_url=platform.url(service), timeout=10) as client:
         response = await client.request(method, path, json=body, headers=headers)

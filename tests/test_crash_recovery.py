@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import asyncio
 import uuid
-from datetime import UTC, datetime, timedelta
+from datetime import UTC, datetime
 from typing import Any
 
 import httpx
@@ -23,6 +23,7 @@ from shared.events.types import PricedLine
 from shared.faults import CRASH_EXIT_CODE
 from shared.mongo import Document
 from tests.harness import Infra, ServiceProcess, eventually, new_prefix
+from tests.seed import PORTO, booking_body, seed_customer, seed_item
 
 pytestmark = pytest.mark.integration
 
@@ -56,27 +57,11 @@ async def test_event_committed_but_not_published_is_published_after_restart(
     booking = ServiceProcess("booking", infra, prefix)
     booking.start(DOORSTEP_CRASH_AT="outbox.after_commit")
     try:
-        item = {
-            "name": "Deep clean",
-            "skill": "cleaning",
-            "region": "porto",
-            "unit_price": 6000,
-            "currency": "EUR",
-            "duration_minutes": 120,
-        }
+        # Seeding writes no events (no unit of work), so it passes the crash point.
         async with httpx.AsyncClient(base_url=booking.url, timeout=10) as client:
-            put = await client.put("/catalogue/items/clean.deep", json=item)
-            assert put.status_code == 204
-        start = datetime.now(UTC) + timedelta(days=2)
-        request = {
-            "customer_id": "cus_crash",
-            "region": "porto",
-            "location": {"lat": 41.1579, "lon": -8.6291},
-            "address": "Rua das Flores 1",
-            "window_start": start.isoformat(),
-            "window_end": (start + timedelta(hours=3)).isoformat(),
-            "items": [{"code": "clean.deep", "quantity": 1}],
-        }
+            await seed_item(client, "clean.deep", skill="cleaning", region="porto")
+            await seed_customer(client, "cus_crash", location=PORTO)
+        request = booking_body("cus_crash", "clean.deep", quantity=1)
         # The process dies between the MongoDB commit and any publishing.
         async with httpx.AsyncClient(base_url=booking.url, timeout=10) as client:
             with pytest.raises(httpx.TransportError):
@@ -87,7 +72,7 @@ async def test_event_committed_but_not_published_is_published_after_restart(
         stored = await db["bookings"].find_one({"customer_id": "cus_crash"})
         assert stored is not None, "the booking was committed before the crash"
         pending = await db["outbox"].find({"published": False}).to_list()
-        assert [row["type"] for row in pending] == ["booking.requested"]
+        assert [row["type"] for row in pending] == ["booking.requested", "booking.status_changed"]
 
         booking.start(DOORSTEP_CRASH_AT="")
         events = await booking_topic_events(infra, f"{prefix}.booking.events", stored["_id"])

@@ -3,70 +3,22 @@
 from __future__ import annotations
 
 import uuid
-from datetime import UTC, datetime, timedelta
 from typing import Any
 
-import httpx
 import pytest
 
 from tests.conftest import Platform
 from tests.harness import eventually
+from tests.seed import (
+    FARO,
+    booking_body,
+    get_json,
+    seed_customer,
+    seed_item,
+    seed_technician,
+)
 
 pytestmark = pytest.mark.integration
-
-LISBON = {"lat": 38.7223, "lon": -9.1393}
-
-
-async def seed_catalogue(
-    platform: Platform, region: str, code: str = "nails.manicure", skill: str = "nails"
-) -> None:
-    async with platform.client("booking") as booking:
-        r = await booking.put(
-            f"/catalogue/items/{code}",
-            json={
-                "name": "Classic manicure",
-                "skill": skill,
-                "region": region,
-                "unit_price": 2500,
-                "currency": "EUR",
-                "duration_minutes": 45,
-            },
-        )
-        assert r.status_code == 204, r.text
-
-
-async def seed_technician(platform: Platform, technician_id: str, badge: str, **over: Any) -> None:
-    body = {
-        "full_name": "Marta Sousa",
-        "badge_number": badge,
-        "store_id": "store_chiado",
-        "skills": ["nails"],
-        "location": {"lat": 38.7100, "lon": -9.1400},
-        **over,
-    }
-    async with platform.client("dispatch") as dispatch:
-        r = await dispatch.put(f"/technicians/{technician_id}", json=body)
-        assert r.status_code == 204, r.text
-
-
-def booking_request(
-    region: str, location: dict[str, float] = LISBON, code: str = "nails.manicure"
-) -> dict[str, Any]:
-    start = datetime.now(UTC) + timedelta(days=1)
-    return {
-        "customer_id": f"cus_{uuid.uuid4().hex[:8]}",
-        "region": region,
-        "location": location,
-        "address": "Rua Augusta 100, 2 esq",
-        "window_start": start.isoformat(),
-        "window_end": (start + timedelta(hours=2)).isoformat(),
-        "items": [{"code": code, "quantity": 2}],
-    }
-
-
-async def get_json(client: httpx.AsyncClient, path: str, **params: str) -> Any:
-    r = await client.get(path, params=params or None)
-    return r.json() if r.status_code == 200 else None
 
 
 async def test_booking_is_confirmed_then_completed_visit_yields_receipt_and_review(
@@ -75,13 +27,17 @@ async def test_booking_is_confirmed_then_completed_visit_yields_receipt_and_revi
     # A skill of its own, so no technician seeded by another test can qualify.
     skill = f"nails-{uuid.uuid4().hex[:6]}"
     code = f"{skill}.manicure"
-    await seed_catalogue(platform, "lisbon", code, skill)
-    await seed_technician(
-        platform, "tech_marta", f"LX-{uuid.uuid4().hex[:6].upper()}", skills=[skill]
-    )
+    customer = f"cus_{uuid.uuid4().hex[:8]}"
+    async with platform.client("booking") as booking:
+        await seed_item(booking, code, skill=skill)
+        await seed_customer(booking, customer)
+    async with platform.client("dispatch") as dispatch:
+        await seed_technician(
+            dispatch, "tech_marta", f"LX-{uuid.uuid4().hex[:6].upper()}", skills=[skill]
+        )
 
     async with platform.client("gateway") as api:
-        created = await api.post("/v1/bookings", json=booking_request("lisbon", code=code))
+        created = await api.post("/v1/bookings", json=booking_body(customer, code))
         assert created.status_code == 201, created.text
         booking = created.json()
         booking_id = booking["booking_id"]
@@ -90,9 +46,9 @@ async def test_booking_is_confirmed_then_completed_visit_yields_receipt_and_revi
 
         async def confirmed() -> Any:
             view = await get_json(api, f"/v1/bookings/{booking_id}")
-            return view if view and view["booking"]["status"] == "confirmed" else None
+            return view if view and view["booking"]["status"] == "assigned" else None
 
-        view = await eventually(confirmed, what="booking confirmed")
+        view = await eventually(confirmed, what="booking assigned")
         assert view["booking"]["technician"]["technician_id"] == "tech_marta"
 
     async with platform.client("dispatch") as dispatch:
@@ -124,16 +80,16 @@ async def test_booking_is_confirmed_then_completed_visit_yields_receipt_and_revi
 
         view = await eventually(completed_with_receipt, what="booking completed")
     statuses = [entry["status"] for entry in view["booking"]["timeline"]]
-    assert statuses == ["requested", "confirmed", "completed"]
+    assert statuses == ["requested", "assigned", "completed"]
 
 
 async def test_booking_nobody_can_serve_waits_for_operations(platform: Platform) -> None:
-    await seed_catalogue(platform, "faro")
+    customer = f"cus_{uuid.uuid4().hex[:8]}"
     async with platform.client("booking") as booking:
         # Faro has the item on sale but no technician anywhere near.
-        created = await booking.post(
-            "/bookings", json=booking_request("faro", {"lat": 37.0194, "lon": -7.9322})
-        )
+        await seed_item(booking, "nails.manicure", region="faro")
+        await seed_customer(booking, customer, location=FARO)
+        created = await booking.post("/bookings", json=booking_body(customer, "nails.manicure"))
         assert created.status_code == 201, created.text
         booking_id = created.json()["booking_id"]
 

@@ -1,25 +1,68 @@
-"""Demo data for `./dev up`: a Lisbon price list, technicians, and a few bookings.
+"""Demo data for `./dev up`: Lisbon as a served area, its price list, customers,
+technicians and a few bookings.
 
     python -m deploy.local.demo_data GATEWAY_URL BOOKING_URL DISPATCH_URL
 
-Idempotent: catalogue items and technicians are upserts, and bookings carry
-fixed Idempotency-Keys, so running it twice changes nothing.
+Idempotent: regions, items, customers and technicians are upserts, a price is
+published only where an item has none yet, and bookings carry fixed
+Idempotency-Keys, so running it twice changes nothing.
 """
 
 from __future__ import annotations
 
 import sys
-from datetime import UTC, datetime, timedelta
+from datetime import UTC, date, datetime, time, timedelta
+from typing import Any
+from zoneinfo import ZoneInfo
 
 import httpx
 
 REGION = "lisbon"
-CATALOGUE = {
-    "nails.manicure": ("Classic manicure", "nails", 2500, 45),
-    "nails.pedicure": ("Pedicure", "nails", 3000, 60),
-    "clean.home-2h": ("Home cleaning, 2 hours", "cleaning", 4000, 120),
-    "appliance.aircon-clean": ("Air conditioner deep clean", "appliance", 6500, 90),
-    "appliance.filter-swap": ("Water filter replacement", "appliance", 3500, 30),
+LISBON = ZoneInfo("Europe/Lisbon")
+AREA = {
+    "type": "Polygon",
+    "coordinates": [
+        [[-9.35, 38.60], [-9.00, 38.60], [-9.00, 38.85], [-9.35, 38.85], [-9.35, 38.60]]
+    ],
+}
+# code: (kind, name, category, skill, price, minutes, after-hours, urgent, cancellation fee)
+CATALOGUE: dict[str, tuple[str, str, str, str | None, int, int, int, int, int]] = {
+    "nails.manicure": ("service", "Classic manicure", "nails", "nails", 2500, 45, 500, 1500, 1000),
+    "nails.pedicure": ("service", "Pedicure", "nails", "nails", 3000, 60, 500, 1500, 1000),
+    "nails.polish": ("product", "Nail polish, 10 ml", "nails", None, 900, 0, 0, 0, 0),
+    "clean.home-2h": (
+        "service",
+        "Home cleaning, 2 hours",
+        "cleaning",
+        "cleaning",
+        4000,
+        120,
+        1000,
+        2500,
+        1500,
+    ),
+    "appliance.aircon-clean": (
+        "service",
+        "Air conditioner deep clean",
+        "appliance",
+        "appliance",
+        6500,
+        90,
+        1500,
+        3000,
+        2000,
+    ),
+    "appliance.filter-swap": (
+        "service",
+        "Water filter replacement",
+        "appliance",
+        "appliance",
+        3500,
+        30,
+        1000,
+        2000,
+        1000,
+    ),
 }
 TECHNICIANS = [
     ("tech_marta", "Marta Sousa", "LX-1001", "store_chiado", ["nails"], 38.7110, -9.1420),
@@ -27,25 +70,71 @@ TECHNICIANS = [
     ("tech_ines", "Inês Costa", "LX-2001", "store_casa_limpa", ["cleaning"], 38.7267, -9.1503),
     ("tech_rui", "Rui Lopes", "LX-3001", "store_frio", ["appliance"], 38.7500, -9.1800),
 ]
-BOOKINGS = [
-    ("cus_ana", "Rua Augusta 100, 2 esq", 38.7108, -9.1366, ["nails.manicure"]),
-    ("cus_bruno", "Av. da Liberdade 200", 38.7197, -9.1453, ["clean.home-2h"]),
-    ("cus_carla", "Rua do Alecrim 15", 38.7090, -9.1440, ["appliance.aircon-clean"]),
+CUSTOMERS = [
+    (
+        "cus_ana",
+        "Ana Ribeiro",
+        "+351912000001",
+        "Rua Augusta 100, 2 esq",
+        38.7108,
+        -9.1366,
+        ["nails.manicure"],
+    ),
+    (
+        "cus_bruno",
+        "Bruno Matos",
+        "+351912000002",
+        "Av. da Liberdade 200",
+        38.7197,
+        -9.1453,
+        ["clean.home-2h"],
+    ),
+    (
+        "cus_carla",
+        "Carla Nunes",
+        "+351912000003",
+        "Rua do Alecrim 15",
+        38.7090,
+        -9.1440,
+        ["appliance.aircon-clean"],
+    ),
 ]
+
+
+def publish_catalogue(http: httpx.Client, booking: str) -> None:
+    http.put(
+        f"{booking}/regions/{REGION}",
+        json={
+            "name": "Lisbon",
+            "currency": "EUR",
+            "hours": {"timezone": "Europe/Lisbon", "opens": "08:00", "closes": "20:00"},
+            "area": AREA,
+        },
+    ).raise_for_status()
+    for code, (kind, name, category, skill, price, minutes, late, urgent, fee) in CATALOGUE.items():
+        item: dict[str, Any] = {"kind": kind, "name": name, "category": category}
+        if kind == "service":
+            item |= {"skill": skill, "duration_minutes": minutes}
+        http.put(f"{booking}/catalogue/items/{code}", json=item).raise_for_status()
+        history = http.get(f"{booking}/catalogue/items/{code}").json()["prices"]
+        if not any(p["region"] == REGION for p in history):
+            http.post(
+                f"{booking}/catalogue/items/{code}/prices",
+                json={
+                    "region": REGION,
+                    "unit_price": price,
+                    "currency": "EUR",
+                    "after_hours_surcharge": late,
+                    "urgent_surcharge": urgent,
+                    "cancellation_fee": fee,
+                    "free_cancellation_hours": 12,
+                },
+            ).raise_for_status()
 
 
 def main(gateway: str, booking: str, dispatch: str) -> None:
     with httpx.Client(timeout=10) as http:
-        for code, (name, skill, price, minutes) in CATALOGUE.items():
-            item = {
-                "name": name,
-                "skill": skill,
-                "region": REGION,
-                "unit_price": price,
-                "currency": "EUR",
-                "duration_minutes": minutes,
-            }
-            http.put(f"{booking}/catalogue/items/{code}", json=item).raise_for_status()
+        publish_catalogue(http, booking)
         for tech_id, full_name, badge, store, skills, lat, lon in TECHNICIANS:
             body = {
                 "full_name": full_name,
@@ -55,28 +144,38 @@ def main(gateway: str, booking: str, dispatch: str) -> None:
                 "location": {"lat": lat, "lon": lon},
             }
             http.put(f"{dispatch}/technicians/{tech_id}", json=body).raise_for_status()
-        tomorrow = datetime.now(UTC).replace(minute=0, second=0, microsecond=0) + timedelta(days=1)
+        day = date.today() + timedelta(days=1)
+        start = datetime.combine(day, time(10, 0), LISBON).astimezone(UTC)
         made = []
-        for customer, address, lat, lon, items in BOOKINGS:
+        for customer, name, phone, line, lat, lon, items in CUSTOMERS:
+            http.put(
+                f"{gateway}/v1/customers/{customer}",
+                json={"name": name, "phone": phone, "preferred_language": "pt"},
+            ).raise_for_status()
+            http.put(
+                f"{gateway}/v1/customers/{customer}/addresses/ad_home",
+                json={"label": "home", "line": line, "location": {"lat": lat, "lon": lon}},
+            ).raise_for_status()
             request = {
                 "customer_id": customer,
-                "region": REGION,
-                "location": {"lat": lat, "lon": lon},
-                "address": address,
-                "window_start": tomorrow.isoformat(),
-                "window_end": (tomorrow + timedelta(hours=2)).isoformat(),
+                "address_id": "ad_home",
+                "timing": "window",
+                "window_start": start.isoformat(),
+                "window_end": (start + timedelta(hours=2)).isoformat(),
                 "items": [{"code": code, "quantity": 1} for code in items],
             }
             r = http.post(
                 f"{gateway}/v1/bookings",
                 json=request,
-                headers={"Idempotency-Key": f"demo-{customer}-{tomorrow:%Y%m%d}"},
+                headers={"Idempotency-Key": f"demo-{customer}-{day:%Y%m%d}"},
             )
             r.raise_for_status()
             made.append(r.json()["booking_id"])
     print(
         f"[demo] {len(CATALOGUE)} catalogue items, {len(TECHNICIANS)} technicians, "
-        f"{len(made)} bookings (e.g. GET {gateway}/v1/bookings/{made[0]})"
+        f"{len(CUSTOMERS)} customers, {len(made)} bookings "
+        f"(e.g. GET {gateway}/v1/bookings/{made[0]}, "
+        f"GET {gateway}/v1/catalogue/prices?region={REGION})"
     )
 
 

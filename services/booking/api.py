@@ -1,27 +1,46 @@
-"""Booking's HTTP API: the public price list and bookings."""
+"""Booking's HTTP API: regions, the public price list, customers and bookings."""
 
 from __future__ import annotations
 
-from datetime import datetime
-from typing import Annotated
+import asyncio
+from datetime import datetime, time, timedelta
+from typing import Annotated, Any, Literal
+from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
 from fastapi import APIRouter, Header, Query, Response, status
-from pydantic import BaseModel, ConfigDict, Field
-from pymongo.errors import DuplicateKeyError
+from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
+from pymongo.errors import DuplicateKeyError, WriteError
 
+from services.booking import commands
 from services.booking.domain import (
+    MAX_ADDRESSES,
+    MAX_FAVOURITES,
+    Address,
+    AddressSnapshot,
     Booking,
     BookingStatus,
-    CatalogueItem,
+    CareProfile,
+    Customer,
+    TechnicianIdentity,
     TimelineEntry,
-    check_window,
+    fingerprint,
     new_booking_id,
-    quote,
+    resolve_window,
 )
-from services.booking.storage import Bookings, Catalogue
-from shared.errors import NotFound
-from shared.events.booking import BookingRequested
-from shared.events.types import Currency, GeoPoint, MinorUnits
+from services.booking.pricing import (
+    CatalogueItem,
+    ItemKind,
+    PriceVersion,
+    Quote,
+    Requested,
+    ServiceHours,
+    Timing,
+    quote,
+    terms_for,
+)
+from services.booking.storage import Bookings, Catalogue, Customers, Region, Regions
+from shared.errors import Conflict, Forbidden, NotFound, Unprocessable
+from shared.events.types import Currency, GeoPoint, MinorUnits, PricedLine
 from shared.outbox import Transaction
 from shared.service import RuntimeDep
 from shared.time import utcnow
@@ -29,32 +48,387 @@ from shared.time import utcnow
 router = APIRouter()
 
 Code = Annotated[str, Field(min_length=1, max_length=64, pattern=r"^[a-z0-9][a-z0-9._-]*$")]
-Region = Annotated[str, Field(min_length=1, max_length=64, pattern=r"^[a-z0-9-]+$")]
+Slug = Annotated[str, Field(min_length=1, max_length=64, pattern=r"^[a-z0-9][a-z0-9-]*$")]
+Id = Annotated[str, Field(min_length=1, max_length=64, pattern=r"^[A-Za-z0-9_.-]+$")]
+IdempotencyKey = Annotated[
+    str | None,
+    Header(
+        alias="Idempotency-Key",
+        min_length=8,
+        max_length=128,
+        description="Retries with the same key return the first result, never a second booking",
+    ),
+]
+IfMatch = Annotated[
+    str | None,
+    Header(
+        alias="If-Match",
+        description="The booking version you last read (its ETag); a stale one answers 409",
+    ),
+]
+Language = Annotated[str, Field(pattern=r"^[a-z]{2}(-[A-Z]{2})?$", examples=["pt", "en-GB"])]
+Phone = Annotated[str, Field(pattern=r"^\+[1-9][0-9]{6,14}$", examples=["+351912345678"])]
 
 
-class CatalogueItemIn(BaseModel):
+class Forbid(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
+
+# ------------------------------------------------------------------ regions --
+class Polygon(Forbid):
+    type: Literal["Polygon"]
+    coordinates: list[list[tuple[float, float]]] = Field(min_length=1, max_length=20)
+
+    @field_validator("coordinates")
+    @classmethod
+    def _rings(cls, rings: list[list[tuple[float, float]]]) -> list[list[tuple[float, float]]]:
+        for ring in rings:
+            if len(ring) < 4 or ring[0] != ring[-1]:
+                raise ValueError("each ring needs at least 4 [lon, lat] points and must close")
+            for lon, lat in ring:
+                if not (-180 <= lon <= 180 and -90 <= lat <= 90):
+                    raise ValueError(f"[{lon}, {lat}] is not a [lon, lat] position")
+        return rings
+
+
+class HoursIn(Forbid):
+    timezone: str = Field(examples=["Europe/Lisbon"])
+    opens: time = Field(examples=["08:00"])
+    closes: time = Field(examples=["20:00"])
+
+    @field_validator("timezone")
+    @classmethod
+    def _zone(cls, value: str) -> str:
+        try:
+            ZoneInfo(value)
+        except (ZoneInfoNotFoundError, ValueError):
+            raise ValueError(f"unknown time zone {value!r}") from None
+        return value
+
+    @model_validator(mode="after")
+    def _order(self) -> HoursIn:
+        if self.closes <= self.opens:
+            raise ValueError("closes must be after opens")
+        return self
+
+
+class RegionIn(Forbid):
+    name: str = Field(min_length=1, max_length=100)
+    currency: Currency
+    hours: HoursIn
+    area: Polygon
+
+
+@router.put(
+    "/regions/{region}",
+    status_code=status.HTTP_204_NO_CONTENT,
+    tags=["regions"],
+    summary="Define a served area (operations)",
+)
+async def put_region(region: Slug, body: RegionIn, runtime: RuntimeDep) -> Response:
+    try:
+        await Regions(runtime.db).put(
+            Region(
+                region=region,
+                name=body.name,
+                currency=body.currency,
+                hours=ServiceHours(**body.hours.model_dump()),
+                area=body.area.model_dump(),
+            )
+        )
+    except WriteError as exc:  # MongoDB's own geometry check (self-intersection, ...)
+        raise Unprocessable(f"invalid area: {exc.details or exc}", field="area") from exc
+    return Response(status_code=status.HTTP_204_NO_CONTENT)
+
+
+@router.get("/regions", tags=["regions"], summary="Served areas")
+async def list_regions(runtime: RuntimeDep) -> list[Region]:
+    return await Regions(runtime.db).list()
+
+
+# ---------------------------------------------------------------- catalogue --
+class CatalogueItemIn(Forbid):
+    kind: ItemKind
     name: str = Field(min_length=1, max_length=200)
-    skill: str = Field(min_length=1, max_length=64)
-    region: Region
+    category: Slug
+    description: str = Field(default="", max_length=2000)
+    duration_minutes: int = Field(default=0, ge=0, le=12 * 60)
+    skill: Slug | None = None
+    certificate: Slug | None = None
+    store_id: Id | None = None
+
+    @model_validator(mode="after")
+    def _service_needs(self) -> CatalogueItemIn:
+        if self.kind is ItemKind.SERVICE and (self.skill is None or self.duration_minutes < 5):
+            raise ValueError("a service item needs a skill and a duration of at least 5 minutes")
+        return self
+
+
+class PriceIn(Forbid):
+    region: Slug
     unit_price: MinorUnits
     currency: Currency
-    duration_minutes: int = Field(ge=5, le=12 * 60)
+    effective_from: datetime | None = Field(
+        default=None, description="When the price takes effect (default: now; never the past)"
+    )
+    after_hours_surcharge: MinorUnits = 0
+    urgent_surcharge: MinorUnits = 0
+    cancellation_fee: MinorUnits = 0
+    free_cancellation_hours: int = Field(default=24, ge=0, le=24 * 14)
 
 
-class CatalogueItemOut(CatalogueItemIn):
+class ItemWithPrices(BaseModel):
+    item: CatalogueItem
+    prices: list[PriceVersion]
+
+
+class PriceListEntry(BaseModel):
+    """What a customer sees before booking: the price in force, and any announced change."""
+
     code: str
+    kind: ItemKind
+    name: str
+    category: str
+    description: str
+    duration_minutes: int
+    store_id: str | None
+    region: str
+    unit_price: MinorUnits
+    currency: str
+    after_hours_surcharge: MinorUnits
+    urgent_surcharge: MinorUnits
+    cancellation_fee: MinorUnits
+    free_cancellation_hours: int
+    effective_from: datetime
+    next_change: PriceVersion | None
 
 
-class RequestedItem(BaseModel):
-    model_config = ConfigDict(extra="forbid")
+@router.put(
+    "/catalogue/items/{code}",
+    status_code=status.HTTP_204_NO_CONTENT,
+    tags=["catalogue"],
+    summary="Publish a service item or product (a partner store or the platform)",
+)
+async def put_catalogue_item(code: Code, body: CatalogueItemIn, runtime: RuntimeDep) -> Response:
+    catalogue = Catalogue(runtime.db)
+    existing = await catalogue.item(code)
+    if existing is not None and existing.store_id != body.store_id:
+        raise Forbidden(f"item {code!r} belongs to another store", field="store_id")
+    await catalogue.put_item(CatalogueItem(code=code, **body.model_dump()))
+    return Response(status_code=status.HTTP_204_NO_CONTENT)
 
+
+@router.post(
+    "/catalogue/items/{code}/prices",
+    status_code=status.HTTP_201_CREATED,
+    tags=["catalogue"],
+    summary="Publish a price for a region, from a date (earlier bookings keep their prices)",
+)
+async def add_price(code: Code, body: PriceIn, runtime: RuntimeDep) -> PriceVersion:
+    now = utcnow()
+    if await Catalogue(runtime.db).item(code) is None:
+        raise NotFound(f"catalogue item {code!r} does not exist")
+    region = await Regions(runtime.db).get(body.region)
+    if region is None:
+        raise Unprocessable(f"region {body.region!r} does not exist", field="region")
+    if body.currency != region.currency:
+        raise Unprocessable(
+            f"prices in {body.region} are in {region.currency}, not {body.currency}",
+            field="currency",
+        )
+    effective = body.effective_from or now
+    if effective.tzinfo is None:
+        raise Unprocessable("effective_from must carry a timezone", field="effective_from")
+    if effective < now - timedelta(minutes=1):
+        raise Unprocessable(
+            "a price cannot take effect in the past: history is never rewritten",
+            field="effective_from",
+        )
+    price = PriceVersion(
+        code=code, **body.model_dump(exclude={"effective_from"}), effective_from=effective
+    )
+    try:
+        await Catalogue(runtime.db).add_price(price)
+    except DuplicateKeyError:
+        raise Conflict(
+            f"{code} already has a price in {body.region} from {effective.isoformat()}",
+            field="effective_from",
+        ) from None
+    return price
+
+
+@router.get(
+    "/catalogue/items/{code}",
+    tags=["catalogue"],
+    summary="An item with its whole price history in every region",
+)
+async def get_catalogue_item(code: Code, runtime: RuntimeDep) -> ItemWithPrices:
+    catalogue = Catalogue(runtime.db)
+    item = await catalogue.item(code)
+    if item is None:
+        raise NotFound(f"catalogue item {code!r} does not exist")
+    return ItemWithPrices(item=item, prices=await catalogue.history(code))
+
+
+@router.get("/catalogue/prices", tags=["catalogue"], summary="The public price list of a region")
+async def price_list(
+    runtime: RuntimeDep,
+    region: Annotated[str, Query(min_length=1, max_length=64, pattern=r"^[a-z0-9][a-z0-9-]*$")],
+    category: Annotated[str | None, Query(max_length=64)] = None,
+) -> list[PriceListEntry]:
+    listed = await Catalogue(runtime.db).price_list(region, utcnow(), category)
+    return [
+        PriceListEntry(
+            **item.model_dump(exclude={"skill", "certificate"}),
+            **price.model_dump(exclude={"code"}),
+            next_change=upcoming,
+        )
+        for item, price, upcoming in listed
+    ]
+
+
+# ---------------------------------------------------------------- customers --
+class ProfileIn(Forbid):
+    name: str = Field(min_length=1, max_length=200)
+    phone: Phone
+    preferred_language: Language
+
+
+class AddressIn(Forbid):
+    label: str = Field(min_length=1, max_length=50, examples=["home"])
+    line: str = Field(min_length=3, max_length=300)
+    location: GeoPoint
+
+
+class BookingSummary(BaseModel):
+    booking_id: str
+    status: BookingStatus
+    window_start: datetime
+    window_end: datetime
+    services: list[str]
+    total: MinorUnits
+    currency: str
+    technician: TechnicianIdentity | None
+
+
+async def _customer(runtime: RuntimeDep, customer_id: str) -> Customer:
+    customer = await Customers(runtime.db).get(customer_id)
+    if customer is None:
+        raise NotFound(f"customer {customer_id} does not exist")
+    return customer
+
+
+@router.put("/customers/{customer_id}", tags=["customers"], summary="Create or update a profile")
+async def put_customer(customer_id: Id, body: ProfileIn, runtime: RuntimeDep) -> Customer:
+    return await Customers(runtime.db).upsert_profile(customer_id, **body.model_dump())
+
+
+@router.get(
+    "/customers/{customer_id}",
+    tags=["customers"],
+    summary="A customer's whole profile (the customer and operations only: it holds the phone)",
+)
+async def get_customer(customer_id: Id, runtime: RuntimeDep) -> Customer:
+    return await _customer(runtime, customer_id)
+
+
+@router.put(
+    "/customers/{customer_id}/addresses/{address_id}",
+    tags=["customers"],
+    summary="Add or change an address (the app chooses the id, so a retry is harmless)",
+)
+async def put_address(
+    customer_id: Id, address_id: Id, body: AddressIn, runtime: RuntimeDep
+) -> Address:
+    customer = await _customer(runtime, customer_id)
+    others = [a for a in customer.addresses if a.address_id != address_id]
+    if len(others) >= MAX_ADDRESSES:
+        raise Unprocessable(f"at most {MAX_ADDRESSES} addresses", field="addresses")
+    address = Address(address_id=address_id, **body.model_dump())
+    customer.addresses = [*others, address]
+    await Customers(runtime.db).save(customer)
+    return address
+
+
+@router.delete(
+    "/customers/{customer_id}/addresses/{address_id}",
+    status_code=status.HTTP_204_NO_CONTENT,
+    tags=["customers"],
+    summary="Remove an address (bookings keep their own copy)",
+)
+async def remove_address(customer_id: Id, address_id: Id, runtime: RuntimeDep) -> Response:
+    customer = await _customer(runtime, customer_id)
+    customer.address(address_id)  # 422 when it is not theirs
+    customer.addresses = [a for a in customer.addresses if a.address_id != address_id]
+    await Customers(runtime.db).save(customer)
+    return Response(status_code=status.HTTP_204_NO_CONTENT)
+
+
+@router.put(
+    "/customers/{customer_id}/care-profile",
+    tags=["customers"],
+    summary="What the technician may read before the visit",
+)
+async def put_care_profile(customer_id: Id, body: CareProfile, runtime: RuntimeDep) -> CareProfile:
+    customer = await _customer(runtime, customer_id)
+    customer.care_profile = body
+    await Customers(runtime.db).save(customer)
+    return body
+
+
+@router.put(
+    "/customers/{customer_id}/favourites/{technician_id}",
+    status_code=status.HTTP_204_NO_CONTENT,
+    tags=["customers"],
+    summary="Mark a favourite technician (preferred when free)",
+)
+async def add_favourite(customer_id: Id, technician_id: Id, runtime: RuntimeDep) -> Response:
+    customer = await _customer(runtime, customer_id)
+    if technician_id not in customer.favourite_technicians:
+        if len(customer.favourite_technicians) >= MAX_FAVOURITES:
+            raise Unprocessable(f"at most {MAX_FAVOURITES} favourites", field="technician_id")
+        customer.favourite_technicians.append(technician_id)
+        await Customers(runtime.db).save(customer)
+    return Response(status_code=status.HTTP_204_NO_CONTENT)
+
+
+@router.delete(
+    "/customers/{customer_id}/favourites/{technician_id}",
+    status_code=status.HTTP_204_NO_CONTENT,
+    tags=["customers"],
+    summary="Forget a favourite technician",
+)
+async def remove_favourite(customer_id: Id, technician_id: Id, runtime: RuntimeDep) -> Response:
+    customer = await _customer(runtime, customer_id)
+    if technician_id in customer.favourite_technicians:
+        customer.favourite_technicians.remove(technician_id)
+        await Customers(runtime.db).save(customer)
+    return Response(status_code=status.HTTP_204_NO_CONTENT)
+
+
+@router.get(
+    "/customers/{customer_id}/bookings",
+    tags=["customers"],
+    summary="The customer's booking history, newest first",
+)
+async def booking_history(customer_id: Id, runtime: RuntimeDep) -> list[BookingSummary]:
+    await _customer(runtime, customer_id)
+    return [_summary(b) for b in await Bookings(runtime.db).for_customer(customer_id)]
+
+
+# ----------------------------------------------------------------- bookings --
+class RequestedItem(Forbid):
     code: Code
     quantity: int = Field(ge=1, le=20)
 
 
-class BookingRequest(BaseModel):
+class TimingIn(Forbid):
+    timing: Timing = Timing.WINDOW
+    window_start: datetime | None = None
+    window_end: datetime | None = None
+
+
+class BookingRequest(TimingIn):
     """What a customer asks for. Prices are never sent: they come from the catalogue."""
 
     model_config = ConfigDict(
@@ -63,9 +437,8 @@ class BookingRequest(BaseModel):
             "examples": [
                 {
                     "customer_id": "cus_ana",
-                    "region": "lisbon",
-                    "location": {"lat": 38.7223, "lon": -9.1393},
-                    "address": "Rua Augusta 100, 2 esq",
+                    "address_id": "ad_0123456789abcdef",
+                    "timing": "window",
                     "window_start": "2030-05-01T09:00:00Z",
                     "window_end": "2030-05-01T11:00:00Z",
                     "items": [{"code": "nails.manicure", "quantity": 1}],
@@ -74,90 +447,204 @@ class BookingRequest(BaseModel):
         },
     )
 
-    customer_id: Annotated[str, Field(min_length=1, max_length=64)]
-    region: Region
-    location: GeoPoint
-    address: str = Field(min_length=3, max_length=300)
+    customer_id: Id
+    address_id: Id
+    items: list[RequestedItem] = Field(min_length=1, max_length=20)
+    preferred_technician_id: Id | None = None
+
+
+class RescheduleIn(Forbid):
     window_start: datetime
     window_end: datetime
-    items: list[RequestedItem] = Field(min_length=1, max_length=20)
 
 
-@router.put(
-    "/catalogue/items/{code}",
-    status_code=status.HTTP_204_NO_CONTENT,
-    tags=["catalogue"],
-    summary="Publish a service item's price in a region",
-)
-async def put_catalogue_item(code: Code, item: CatalogueItemIn, runtime: RuntimeDep) -> Response:
-    await Catalogue(runtime.db).put(CatalogueItem(code=code, **item.model_dump()))
-    return Response(status_code=status.HTTP_204_NO_CONTENT)
+class CancelIn(Forbid):
+    reason: str = Field(default="cancelled by the customer", min_length=1, max_length=500)
 
 
-@router.get("/catalogue/items", tags=["catalogue"], summary="The public price list")
-async def list_catalogue(
-    runtime: RuntimeDep, region: Annotated[str | None, Query(max_length=64)] = None
-) -> list[CatalogueItemOut]:
-    return [CatalogueItemOut(**i.__dict__) for i in await Catalogue(runtime.db).list(region)]
+class BookingView(BaseModel):
+    """A booking as its customer (and operations) see it."""
+
+    booking_id: str
+    customer_id: str
+    status: BookingStatus
+    region: str
+    address: AddressSnapshot
+    timing: Timing
+    window_start: datetime
+    window_end: datetime
+    lines: list[PricedLine]
+    total: MinorUnits
+    currency: str
+    after_hours: bool
+    urgent: bool
+    duration_minutes: int
+    cancellation_fee_after_cutoff: MinorUnits
+    free_cancellation_until: datetime
+    cancellation_fee: MinorUnits | None
+    technician: TechnicianIdentity | None
+    preferred_technician_id: str | None
+    rebooked_from: str | None
+    timeline: list[TimelineEntry]
+    version: int
+    created_at: datetime
+
+
+class CareProfileView(BaseModel):
+    """What the assigned technician reads before the visit: no phone, no other address."""
+
+    booking_id: str
+    customer_name: str
+    preferred_language: str
+    care_profile: CareProfile
+
+
+def view(booking: Booking, response: Response | None = None) -> BookingView:
+    if response is not None:
+        response.headers["ETag"] = f'"{booking.version}"'
+    q = booking.quote
+    return BookingView(
+        **booking.model_dump(
+            include={
+                "booking_id",
+                "customer_id",
+                "status",
+                "region",
+                "address",
+                "timing",
+                "window_start",
+                "window_end",
+                "cancellation_fee",
+                "technician",
+                "preferred_technician_id",
+                "rebooked_from",
+                "timeline",
+                "version",
+                "created_at",
+            }
+        ),
+        lines=q.lines,
+        total=q.total,
+        currency=q.currency,
+        after_hours=q.after_hours,
+        urgent=q.urgent,
+        duration_minutes=q.duration_minutes,
+        cancellation_fee_after_cutoff=q.cancellation_fee,
+        free_cancellation_until=q.free_cancellation_until,
+    )
+
+
+def _summary(booking: Booking) -> BookingSummary:
+    return BookingSummary(
+        booking_id=booking.booking_id,
+        status=booking.status,
+        window_start=booking.window_start,
+        window_end=booking.window_end,
+        services=[line.name for line in booking.quote.lines],
+        total=booking.quote.total,
+        currency=booking.quote.currency,
+        technician=booking.technician,
+    )
+
+
+def _expected_version(if_match: str | None) -> int | None:
+    if if_match is None:
+        return None
+    raw = if_match.strip().removeprefix("W/").strip('"')
+    if not raw.isdigit():
+        raise Unprocessable(
+            'If-Match must be a booking version as sent in its ETag, e.g. "3"', field="If-Match"
+        )
+    return int(raw)
+
+
+async def _draft(
+    runtime: RuntimeDep,
+    customer: Customer,
+    address_id: str,
+    items: list[RequestedItem],
+    timing: TimingIn,
+) -> tuple[Region, AddressSnapshot, datetime, datetime, list[Any], Quote]:
+    """Validate and price a would-be booking from the catalogue (nothing is stored)."""
+    now = utcnow()
+    address = customer.address(address_id)
+    codes = [i.code for i in items]
+    catalogue = Catalogue(runtime.db)
+    region, found = await asyncio.gather(
+        Regions(runtime.db).containing(address.location), catalogue.items(codes)
+    )
+    if region is None:
+        raise Unprocessable(
+            f"address {address_id} lies outside every area we serve", field="address_id"
+        )
+    start, end, after_hours = resolve_window(
+        timing.timing, timing.window_start, timing.window_end, now, region.hours
+    )
+    terms = terms_for(
+        found,
+        await catalogue.prices(codes, region.region),
+        [Requested(i.code, i.quantity) for i in items],
+        region.region,
+        now,
+    )
+    priced = quote(terms, start, after_hours=after_hours, urgent=timing.timing is Timing.URGENT)
+    snapshot = AddressSnapshot(
+        address_id=address.address_id, line=address.line, location=address.location
+    )
+    return region, snapshot, start, end, terms, priced
 
 
 @router.post(
-    "/bookings",
-    status_code=status.HTTP_201_CREATED,
+    "/bookings/quote",
     tags=["bookings"],
-    summary="Request a visit (retry-safe with Idempotency-Key)",
+    summary="Price a booking from the catalogue before confirming it (stores nothing)",
 )
-async def create_booking(
-    request: BookingRequest,
+async def quote_booking(request: BookingRequest, runtime: RuntimeDep) -> Quote:
+    customer = await _customer(runtime, request.customer_id)
+    *_, priced = await _draft(runtime, customer, request.address_id, request.items, request)
+    return priced
+
+
+async def _create(
     runtime: RuntimeDep,
+    request: BookingRequest,
+    idempotency_key: str | None,
     response: Response,
-    idempotency_key: Annotated[
-        str | None, Header(alias="Idempotency-Key", min_length=8, max_length=128)
-    ] = None,
-) -> Booking:
+    rebooked_from: str | None = None,
+) -> BookingView:
     bookings = Bookings(runtime.db)
+    body = request.model_dump(mode="json")
+    key_fingerprint = fingerprint({**body, "rebooked_from": rebooked_from})
     if idempotency_key:
         existing = await bookings.by_idempotency_key(request.customer_id, idempotency_key)
         if existing:
-            response.status_code = status.HTTP_200_OK
-            return existing
+            return _replay(existing, key_fingerprint, response)
+    customer = await _customer(runtime, request.customer_id)
+    region, address, start, end, terms, priced = await _draft(
+        runtime, customer, request.address_id, request.items, request
+    )
+    preferred = request.preferred_technician_id or next(iter(customer.favourite_technicians), None)
     now = utcnow()
-    check_window(request.window_start, request.window_end, now)
-    catalogue = await Catalogue(runtime.db).by_codes([i.code for i in request.items])
-    priced = quote(catalogue, [(i.code, i.quantity) for i in request.items], request.region)
-    booking_id = new_booking_id()
     booking = Booking(
-        booking_id=booking_id,
-        customer_id=request.customer_id,
-        region=request.region,
-        location=request.location,
-        address=request.address,
-        window_start=request.window_start,
-        window_end=request.window_end,
-        lines=priced.lines,
-        total=priced.total,
-        currency=priced.currency,
+        booking_id=new_booking_id(),
+        customer_id=customer.customer_id,
+        region=region.region,
+        address=address,
+        timing=request.timing,
+        window_start=start,
+        window_end=end,
+        terms=terms,
+        quote=priced,
+        preferred_technician_id=preferred,
+        rebooked_from=rebooked_from,
         idempotency_key=idempotency_key,
+        request_fingerprint=key_fingerprint,
         created_at=now,
         timeline=[TimelineEntry(status=BookingStatus.REQUESTED, at=now)],
     )
 
     async def place(tx: Transaction) -> None:
-        await bookings.insert(booking, tx.session)
-        tx.emit(
-            BookingRequested(
-                booking_id=booking.booking_id,
-                customer_id=booking.customer_id,
-                region=booking.region,
-                location=booking.location,
-                window_start=booking.window_start,
-                window_end=booking.window_end,
-                lines=booking.lines,
-                total=booking.total,
-                currency=booking.currency,
-            ),
-            correlation_id=booking.booking_id,
-        )
+        await commands.place(tx, booking)
 
     try:
         await runtime.uow.run(place)
@@ -166,21 +653,159 @@ async def create_booking(
         existing = await bookings.by_idempotency_key(request.customer_id, idempotency_key or "")
         if existing is None:
             raise
-        response.status_code = status.HTTP_200_OK
-        return existing
-    return booking
+        return _replay(existing, key_fingerprint, response)
+    response.status_code = status.HTTP_201_CREATED
+    return view(booking, response)
+
+
+def _replay(existing: Booking, key_fingerprint: str, response: Response) -> BookingView:
+    if existing.request_fingerprint != key_fingerprint:
+        raise Conflict(
+            "this Idempotency-Key was already used for a different request",
+            field="Idempotency-Key",
+        )
+    response.status_code = status.HTTP_200_OK
+    return view(existing, response)
+
+
+@router.post(
+    "/bookings",
+    status_code=status.HTTP_201_CREATED,
+    tags=["bookings"],
+    summary="Book a visit (retry-safe with Idempotency-Key); 201 new, 200 a replayed retry",
+)
+async def create_booking(
+    request: BookingRequest,
+    runtime: RuntimeDep,
+    response: Response,
+    idempotency_key: IdempotencyKey = None,
+) -> BookingView:
+    return await _create(runtime, request, idempotency_key, response)
 
 
 @router.get("/bookings/{booking_id}", tags=["bookings"], summary="A booking with its timeline")
-async def get_booking(booking_id: str, runtime: RuntimeDep) -> Booking:
+async def get_booking(booking_id: Id, runtime: RuntimeDep, response: Response) -> BookingView:
     booking = await Bookings(runtime.db).get(booking_id)
     if booking is None:
         raise NotFound(f"booking {booking_id} does not exist")
-    return booking
+    return view(booking, response)
 
 
 @router.get("/bookings", tags=["bookings"], summary="A customer's bookings, newest first")
 async def list_bookings(
     runtime: RuntimeDep, customer_id: Annotated[str, Query(min_length=1, max_length=64)]
-) -> list[Booking]:
-    return await Bookings(runtime.db).for_customer(customer_id)
+) -> list[BookingView]:
+    return [view(b) for b in await Bookings(runtime.db).for_customer(customer_id)]
+
+
+@router.post(
+    "/bookings/{booking_id}/cancel",
+    tags=["bookings"],
+    summary="Cancel: free until the cut-off before the window, the catalogue's fee after it",
+)
+async def cancel_booking(
+    booking_id: Id,
+    runtime: RuntimeDep,
+    response: Response,
+    body: CancelIn | None = None,
+    if_match: IfMatch = None,
+) -> BookingView:
+    reason = (body or CancelIn()).reason
+    expected = _expected_version(if_match)
+
+    async def work(tx: Transaction) -> Booking:
+        return await commands.change(
+            tx, booking_id, lambda b: b.cancel(utcnow(), reason), expected_version=expected
+        )
+
+    return view(await runtime.uow.run(work), response)
+
+
+@router.post(
+    "/bookings/{booking_id}/reschedule",
+    tags=["bookings"],
+    summary="Move to a new window at the booked prices; dispatch re-checks the technician",
+)
+async def reschedule_booking(
+    booking_id: Id,
+    body: RescheduleIn,
+    runtime: RuntimeDep,
+    response: Response,
+    if_match: IfMatch = None,
+) -> BookingView:
+    expected = _expected_version(if_match)
+    current = await Bookings(runtime.db).get(booking_id)
+    if current is None:
+        raise NotFound(f"booking {booking_id} does not exist")
+    region = await Regions(runtime.db).get(current.region)
+    if region is None:
+        raise Conflict(f"region {current.region} is no longer served", field="region")
+
+    async def work(tx: Transaction) -> Booking:
+        return await commands.change(
+            tx,
+            booking_id,
+            lambda b: b.reschedule(body.window_start, body.window_end, region.hours, utcnow()),
+            expected_version=expected,
+        )
+
+    return view(await runtime.uow.run(work), response)
+
+
+@router.post(
+    "/bookings/{booking_id}/book-again",
+    status_code=status.HTTP_201_CREATED,
+    tags=["bookings"],
+    summary="Same services, same address, same technician preferred, a new window: one call",
+)
+async def book_again(
+    booking_id: Id,
+    body: TimingIn,
+    runtime: RuntimeDep,
+    response: Response,
+    idempotency_key: IdempotencyKey = None,
+) -> BookingView:
+    previous = await Bookings(runtime.db).get(booking_id)
+    if previous is None:
+        raise NotFound(f"booking {booking_id} does not exist")
+    request = BookingRequest(
+        customer_id=previous.customer_id,
+        address_id=previous.address.address_id,
+        items=[RequestedItem(code=t.code, quantity=t.quantity) for t in previous.terms],
+        preferred_technician_id=(
+            previous.technician.technician_id
+            if previous.technician
+            else previous.preferred_technician_id
+        ),
+        **body.model_dump(),
+    )
+    return await _create(runtime, request, idempotency_key, response, rebooked_from=booking_id)
+
+
+@router.get(
+    "/bookings/{booking_id}/care-profile",
+    tags=["bookings"],
+    summary="The customer's care profile, for the technician assigned to this booking only",
+)
+async def care_profile_for_technician(
+    booking_id: Id,
+    runtime: RuntimeDep,
+    technician_id: Annotated[str, Query(min_length=1, max_length=64)],
+) -> CareProfileView:
+    booking = await Bookings(runtime.db).get(booking_id)
+    if booking is None:
+        raise NotFound(f"booking {booking_id} does not exist")
+    active = booking.status not in (BookingStatus.CANCELLED, BookingStatus.CLOSED)
+    if (
+        booking.technician is None
+        or booking.technician.technician_id != technician_id
+        or not active
+    ):
+        raise Forbidden("only the technician assigned to this visit may read the care profile")
+    customer = await _customer(runtime, booking.customer_id)
+    return CareProfileView(
+        booking_id=booking_id,
+        customer_name=customer.name,
+        preferred_language=customer.preferred_language,
+        care_profile=customer.care_profile,
+    )

@@ -1,39 +1,81 @@
-"""Booking rules, free of I/O: the state machine, quoting from the catalogue, windows."""
+"""Booking rules, free of I/O: the lifecycle, windows, cancellation and rescheduling."""
 
 from __future__ import annotations
 
+import hashlib
+import json
 import uuid
-from collections.abc import Iterable, Mapping
-from dataclasses import dataclass
+from collections.abc import Mapping
 from datetime import datetime, timedelta
 from enum import StrEnum
+from typing import Any
 
 from pydantic import BaseModel, ConfigDict, Field
 
+from services.booking.pricing import LineTerms, Quote, ServiceHours, Timing, cancellation_fee, quote
 from shared.errors import Conflict, Unprocessable
-from shared.events.types import GeoPoint, PricedLine
+from shared.events.types import GeoPoint
 
 MAX_WINDOW = timedelta(hours=12)
+MIN_WINDOW = timedelta(minutes=30)
 MAX_LEAD = timedelta(days=90)
+ASAP_WITHIN = timedelta(hours=3)  # "as soon as possible": someone within three hours
+URGENT_WITHIN = timedelta(hours=2)
 
 
 class BookingStatus(StrEnum):
     REQUESTED = "requested"
-    CONFIRMED = "confirmed"  # a technician is assigned
-    DISPATCH_FAILED = "dispatch_failed"  # waiting for operations
+    ASSIGNED = "assigned"
+    EN_ROUTE = "en_route"
+    ARRIVED = "arrived"
+    IDENTITY_CONFIRMED = "identity_confirmed"
+    IN_SERVICE = "in_service"
     COMPLETED = "completed"
+    RECEIPT_SIGNED = "receipt_signed"
+    CLOSED = "closed"
     CANCELLED = "cancelled"
+    RESCHEDULED = "rescheduled"  # a new window; dispatch re-checks the technician
+    DISPATCH_FAILED = "dispatch_failed"  # nobody found; waiting for operations
 
 
+S = BookingStatus
+
+# The visit's forward path. Facts reported by dispatch and payments move a booking
+# along it; an event may overtake another (different topics), so a later fact may
+# skip steps, and a stale one changes nothing.
+LIFECYCLE: tuple[BookingStatus, ...] = (
+    S.REQUESTED,
+    S.ASSIGNED,
+    S.EN_ROUTE,
+    S.ARRIVED,
+    S.IDENTITY_CONFIRMED,
+    S.IN_SERVICE,
+    S.COMPLETED,
+    S.RECEIPT_SIGNED,
+    S.CLOSED,
+)
+WAITING = frozenset({S.REQUESTED, S.RESCHEDULED, S.DISPATCH_FAILED})
+
+# Every legal move, for commands and for events alike.
 ALLOWED: Mapping[BookingStatus, frozenset[BookingStatus]] = {
-    BookingStatus.REQUESTED: frozenset(
-        {BookingStatus.CONFIRMED, BookingStatus.DISPATCH_FAILED, BookingStatus.CANCELLED}
+    S.REQUESTED: frozenset({S.ASSIGNED, S.DISPATCH_FAILED, S.CANCELLED, S.RESCHEDULED}),
+    S.RESCHEDULED: frozenset({S.ASSIGNED, S.DISPATCH_FAILED, S.CANCELLED, S.RESCHEDULED}),
+    S.DISPATCH_FAILED: frozenset({S.ASSIGNED, S.CANCELLED, S.RESCHEDULED}),
+    # assigned -> assigned is a reassignment: a new technician, the customer told at once.
+    S.ASSIGNED: frozenset(
+        {S.ASSIGNED, S.EN_ROUTE, S.CANCELLED, S.RESCHEDULED, S.DISPATCH_FAILED} | set(LIFECYCLE[3:])
     ),
-    BookingStatus.DISPATCH_FAILED: frozenset({BookingStatus.CONFIRMED, BookingStatus.CANCELLED}),
-    BookingStatus.CONFIRMED: frozenset({BookingStatus.COMPLETED, BookingStatus.CANCELLED}),
-    BookingStatus.COMPLETED: frozenset(),
-    BookingStatus.CANCELLED: frozenset(),
+    S.EN_ROUTE: frozenset({S.ASSIGNED, S.CANCELLED, S.DISPATCH_FAILED} | set(LIFECYCLE[3:])),
+    S.ARRIVED: frozenset(LIFECYCLE[4:]),
+    S.IDENTITY_CONFIRMED: frozenset(LIFECYCLE[5:]),
+    S.IN_SERVICE: frozenset(LIFECYCLE[6:]),
+    S.COMPLETED: frozenset(LIFECYCLE[7:]),
+    S.RECEIPT_SIGNED: frozenset({S.CLOSED}),
+    S.CLOSED: frozenset(),
+    S.CANCELLED: frozenset(),
 }
+CANCELLABLE = frozenset({S.REQUESTED, S.RESCHEDULED, S.DISPATCH_FAILED, S.ASSIGNED, S.EN_ROUTE})
+RESCHEDULABLE = frozenset({S.REQUESTED, S.RESCHEDULED, S.DISPATCH_FAILED, S.ASSIGNED})
 
 
 class IllegalTransition(Conflict):
@@ -48,14 +90,27 @@ class TimelineEntry(BaseModel):
     note: str | None = None
 
 
-class AssignedTechnician(BaseModel):
-    """The public identity the customer checks at the door."""
+class TechnicianIdentity(BaseModel):
+    """The public identity the customer checks at the door (never a phone number)."""
 
-    model_config = ConfigDict(extra="forbid")
+    model_config = ConfigDict(extra="forbid", frozen=True)
 
     technician_id: str
     name: str
     badge_number: str
+    photo_url: str | None = None
+    rating: float | None = None
+    certificates: list[str] = Field(default_factory=list)
+
+
+class AddressSnapshot(BaseModel):
+    """The address as it was when booked: a later edit of the profile changes no booking."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    address_id: str
+    line: str
+    location: GeoPoint
 
 
 class Booking(BaseModel):
@@ -64,19 +119,26 @@ class Booking(BaseModel):
     booking_id: str
     customer_id: str
     region: str
-    location: GeoPoint
-    address: str
+    address: AddressSnapshot
+    timing: Timing
     window_start: datetime
     window_end: datetime
-    lines: list[PricedLine]
-    total: int
-    currency: str
-    status: BookingStatus = BookingStatus.REQUESTED
-    technician: AssignedTechnician | None = None
+    terms: list[LineTerms]  # the prices in force when booked, kept for the receipt
+    quote: Quote
+    status: BookingStatus = S.REQUESTED
+    technician: TechnicianIdentity | None = None
+    preferred_technician_id: str | None = None
+    rebooked_from: str | None = None
+    cancellation_fee: int | None = None
     timeline: list[TimelineEntry] = Field(default_factory=list)
     version: int = 0
     idempotency_key: str | None = None
+    request_fingerprint: str | None = None
     created_at: datetime
+
+    @property
+    def total(self) -> int:
+        return self.quote.total
 
     def move_to(self, status: BookingStatus, at: datetime, note: str | None = None) -> None:
         """Apply a transition or raise `IllegalTransition` (the booking is left unchanged)."""
@@ -88,60 +150,108 @@ class Booking(BaseModel):
         self.status = status
         self.timeline.append(TimelineEntry(status=status, at=at, note=note))
 
-
-@dataclass(frozen=True)
-class CatalogueItem:
-    """One service item's published price in one region."""
-
-    code: str
-    name: str
-    skill: str
-    region: str
-    unit_price: int
-    currency: str
-    duration_minutes: int
-
-
-@dataclass(frozen=True)
-class Quote:
-    lines: list[PricedLine]
-    total: int
-    currency: str
-
-
-def quote(
-    catalogue: Mapping[str, CatalogueItem], requested: Iterable[tuple[str, int]], region: str
-) -> Quote:
-    """Price the requested items from the published catalogue only; nothing else can be billed."""
-    lines: list[PricedLine] = []
-    seen: set[str] = set()
-    for index, (code, quantity) in enumerate(requested):
-        item = catalogue.get(code)
-        if item is None:
-            raise Unprocessable(f"unknown catalogue item {code!r}", field=f"items.{index}.code")
-        if item.region != region:
-            raise Unprocessable(
-                f"item {code!r} is not sold in region {region!r}", field=f"items.{index}.code"
-            )
-        if code in seen:
-            raise Unprocessable(f"item {code!r} is listed twice", field=f"items.{index}.code")
-        seen.add(code)
-        lines.append(
-            PricedLine(
-                code=item.code,
-                name=item.name,
-                skill=item.skill,
-                quantity=quantity,
-                unit_price=item.unit_price,
-                currency=item.currency,
-            )
+    def observe(self, status: BookingStatus, at: datetime, note: str | None = None) -> bool:
+        """Record a fact from another service; False when it is stale or repeated."""
+        if status == self.status:
+            return False
+        overtaken = (
+            self.status in LIFECYCLE
+            and status in LIFECYCLE
+            and LIFECYCLE.index(status) < LIFECYCLE.index(self.status)
         )
-    if not lines:
-        raise Unprocessable("a booking needs at least one item", field="items")
-    currencies = {line.currency for line in lines}
-    if len(currencies) != 1:
-        raise Unprocessable("items are priced in different currencies", field="items")
-    return Quote(lines=lines, total=sum(line.amount for line in lines), currency=currencies.pop())
+        if overtaken or status not in ALLOWED[self.status]:
+            return False
+        self.move_to(status, at, note)
+        return True
+
+    def assign(self, technician: TechnicianIdentity, at: datetime) -> TechnicianIdentity | None:
+        """A technician accepted; returns the one replaced, if any (the customer must be told)."""
+        previous = self.technician
+        if previous is not None and previous.technician_id == technician.technician_id:
+            if self.status in WAITING:  # the same technician, re-confirmed after a reschedule
+                self.move_to(S.ASSIGNED, at, f"technician {technician.badge_number} confirmed")
+            return None
+        note = (
+            f"technician changed from {previous.badge_number} to {technician.badge_number}"
+            if previous
+            else f"technician {technician.badge_number} assigned"
+        )
+        self.move_to(S.ASSIGNED, at, note)
+        self.technician = technician
+        return previous
+
+    def cancel(self, at: datetime, reason: str) -> int:
+        """Cancel; returns the fee: free until the cut-off before the window, then the fee."""
+        if self.status not in CANCELLABLE:
+            raise IllegalTransition(
+                f"booking {self.booking_id} cannot be cancelled once {self.status}",
+                field="status",
+            )
+        fee = cancellation_fee(self.quote, at)
+        self.move_to(S.CANCELLED, at, f"{reason}; fee {fee}")
+        self.cancellation_fee = fee
+        return fee
+
+    def reschedule(self, start: datetime, end: datetime, hours: ServiceHours, at: datetime) -> None:
+        """A new window at the prices kept on the booking; dispatch re-checks the technician."""
+        if self.status not in RESCHEDULABLE:
+            raise IllegalTransition(
+                f"booking {self.booking_id} cannot be rescheduled once {self.status}",
+                field="status",
+            )
+        check_window(start, end, at)
+        after_hours = not hours.covers(start, end)
+        self.quote = quote(self.terms, start, after_hours=after_hours, urgent=False)
+        self.timing = Timing.WINDOW
+        old = f"{self.window_start:%Y-%m-%d %H:%M}"
+        self.window_start, self.window_end = start, end
+        self.move_to(S.RESCHEDULED, at, f"from {old} to {start:%Y-%m-%d %H:%M} UTC")
+
+
+class Address(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    address_id: str
+    label: str
+    line: str
+    location: GeoPoint
+
+
+class CareProfile(BaseModel):
+    """What the assigned technician may read before the visit (never the phone)."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    preferences: str = Field(default="", max_length=2000)
+    allergies: list[str] = Field(default_factory=list, max_length=50)
+    appliance_condition: str = Field(default="", max_length=2000)
+    products_last_used: list[str] = Field(default_factory=list, max_length=50)
+    notes: str = Field(default="", max_length=4000)
+
+
+class Customer(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    customer_id: str
+    name: str
+    phone: str  # private: the customer and operations only
+    preferred_language: str
+    addresses: list[Address] = Field(default_factory=list)
+    care_profile: CareProfile = Field(default_factory=CareProfile)
+    favourite_technicians: list[str] = Field(default_factory=list)
+    version: int = 0
+
+    def address(self, address_id: str) -> Address:
+        for address in self.addresses:
+            if address.address_id == address_id:
+                return address
+        raise Unprocessable(
+            f"customer {self.customer_id} has no address {address_id!r}", field="address_id"
+        )
+
+
+MAX_ADDRESSES = 20
+MAX_FAVOURITES = 20
 
 
 def check_window(start: datetime, end: datetime, now: datetime) -> None:
@@ -151,10 +261,43 @@ def check_window(start: datetime, end: datetime, now: datetime) -> None:
         raise Unprocessable("the window must start in the future", field="window_start")
     if end <= start:
         raise Unprocessable("the window must end after it starts", field="window_end")
+    if end - start < MIN_WINDOW:
+        raise Unprocessable("the window must be at least 30 minutes long", field="window_end")
     if end - start > MAX_WINDOW:
         raise Unprocessable("the window may be at most 12 hours long", field="window_end")
     if start - now > MAX_LEAD:
         raise Unprocessable("bookings open at most 90 days ahead", field="window_start")
+
+
+def resolve_window(
+    timing: Timing,
+    start: datetime | None,
+    end: datetime | None,
+    now: datetime,
+    hours: ServiceHours,
+) -> tuple[datetime, datetime, bool]:
+    """The window to book and whether it is after-hours (urgent visits carry their own
+    surcharge instead)."""
+    if timing is Timing.WINDOW:
+        if start is None or end is None:
+            raise Unprocessable(
+                "a window booking needs window_start and window_end", field="window_start"
+            )
+        check_window(start, end, now)
+        return start, end, not hours.covers(start, end)
+    if start is not None or end is not None:
+        raise Unprocessable(
+            f"a {timing.value} booking takes no window: the platform sends someone now",
+            field="window_start",
+        )
+    within = URGENT_WITHIN if timing is Timing.URGENT else ASAP_WITHIN
+    start, end = now, now + within
+    return start, end, timing is Timing.ASAP and not hours.covers(start, end)
+
+
+def fingerprint(request: Mapping[str, Any]) -> str:
+    """Identifies a request body, so a reused Idempotency-Key with another body is refused."""
+    return hashlib.sha256(json.dumps(request, sort_keys=True, default=str).encode()).hexdigest()
 
 
 def new_booking_id() -> str:

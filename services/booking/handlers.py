@@ -1,15 +1,30 @@
-"""How booking reacts to other services' events."""
+"""How booking reacts to facts from dispatch and payments: the booking moves along.
+
+A fact that no longer applies (the booking was cancelled meanwhile, or a later
+fact overtook it) changes nothing and is logged: facts are never refused.
+"""
 
 from __future__ import annotations
 
 import logging
+from collections.abc import Callable
 
-from services.booking.domain import AssignedTechnician, Booking, BookingStatus
-from services.booking.storage import Bookings
+from services.booking.commands import change
+from services.booking.domain import Booking, BookingStatus, IllegalTransition, TechnicianIdentity
+from services.booking.storage import Customers
+from shared import logs
 from shared.consumer import Handlers
-from shared.errors import NotFound
-from shared.events.booking import BookingAwaitingOperations, BookingCompleted, BookingConfirmed
-from shared.events.dispatch import DispatchFailed, ServiceCompleted, TechnicianAssigned
+from shared.events.dispatch import (
+    DispatchFailed,
+    IdentityConfirmed,
+    ServiceCompleted,
+    ServiceStarted,
+    TechnicianArrived,
+    TechnicianAssigned,
+    TechnicianEnRoute,
+    TechnicianReassigned,
+)
+from shared.events.payments import PaymentSettled, ReceiptSigned
 from shared.outbox import Transaction
 from shared.time import utcnow
 
@@ -17,49 +32,129 @@ log = logging.getLogger(__name__)
 handlers = Handlers()
 
 
-async def _load(tx: Transaction, booking_id: str) -> Booking:
-    booking = await Bookings(tx.db).get(booking_id, tx.session)
-    if booking is None:
-        raise NotFound(f"booking {booking_id} does not exist")
-    return booking
+async def _apply(
+    tx: Transaction, booking_id: str, fact: str, mutate: Callable[[Booking], object]
+) -> Booking:
+    def guarded(booking: Booking) -> None:
+        try:
+            mutate(booking)
+        except IllegalTransition as exc:
+            log.warning(
+                "fact %s no longer applies to booking %s (%s); ignored",
+                fact,
+                booking_id,
+                booking.status,
+                extra=logs.log_fields(reason=str(exc)),
+            )
+
+    return await change(tx, booking_id, guarded)
 
 
-@handlers.on(TechnicianAssigned)
-async def confirm_booking(tx: Transaction, event: TechnicianAssigned) -> None:
-    booking = await _load(tx, event.booking_id)
-    if booking.status is BookingStatus.CONFIRMED:
-        return  # already confirmed by this assignment
-    booking.move_to(BookingStatus.CONFIRMED, utcnow(), note=f"technician {event.badge_number}")
-    booking.technician = AssignedTechnician(
+def _identity(event: TechnicianAssigned | TechnicianReassigned) -> TechnicianIdentity:
+    return TechnicianIdentity(
         technician_id=event.technician_id,
         name=event.technician_name,
         badge_number=event.badge_number,
+        photo_url=event.photo_url,
+        rating=event.rating,
+        certificates=event.certificates,
     )
-    await Bookings(tx.db).save(booking, tx.session)
-    tx.emit(
-        BookingConfirmed(
-            booking_id=booking.booking_id,
-            customer_id=booking.customer_id,
-            technician_id=event.technician_id,
-        )
+
+
+@handlers.on(TechnicianAssigned)
+async def technician_assigned(tx: Transaction, event: TechnicianAssigned) -> None:
+    await _apply(
+        tx, event.booking_id, event.event_type, lambda b: b.assign(_identity(event), utcnow())
+    )
+
+
+@handlers.on(TechnicianReassigned)
+async def technician_reassigned(tx: Transaction, event: TechnicianReassigned) -> None:
+    await _apply(
+        tx, event.booking_id, event.event_type, lambda b: b.assign(_identity(event), utcnow())
     )
 
 
 @handlers.on(DispatchFailed)
-async def wait_for_operations(tx: Transaction, event: DispatchFailed) -> None:
-    booking = await _load(tx, event.booking_id)
-    if booking.status is BookingStatus.DISPATCH_FAILED:
-        return
-    booking.move_to(BookingStatus.DISPATCH_FAILED, utcnow(), note=event.reason)
-    await Bookings(tx.db).save(booking, tx.session)
-    tx.emit(BookingAwaitingOperations(booking_id=booking.booking_id, reason=event.reason))
+async def dispatch_failed(tx: Transaction, event: DispatchFailed) -> None:
+    await _apply(
+        tx,
+        event.booking_id,
+        event.event_type,
+        lambda b: b.observe(BookingStatus.DISPATCH_FAILED, utcnow(), event.reason),
+    )
+
+
+@handlers.on(TechnicianEnRoute)
+async def en_route(tx: Transaction, event: TechnicianEnRoute) -> None:
+    await _apply(
+        tx,
+        event.booking_id,
+        event.event_type,
+        lambda b: b.observe(BookingStatus.EN_ROUTE, event.at),
+    )
+
+
+@handlers.on(TechnicianArrived)
+async def arrived(tx: Transaction, event: TechnicianArrived) -> None:
+    note = f"checked in {event.distance_m:.0f} m from the address"
+    await _apply(
+        tx,
+        event.booking_id,
+        event.event_type,
+        lambda b: b.observe(BookingStatus.ARRIVED, event.at, note),
+    )
+
+
+@handlers.on(IdentityConfirmed)
+async def identity_confirmed(tx: Transaction, event: IdentityConfirmed) -> None:
+    await _apply(
+        tx,
+        event.booking_id,
+        event.event_type,
+        lambda b: b.observe(BookingStatus.IDENTITY_CONFIRMED, event.at),
+    )
+
+
+@handlers.on(ServiceStarted)
+async def service_started(tx: Transaction, event: ServiceStarted) -> None:
+    await _apply(
+        tx,
+        event.booking_id,
+        event.event_type,
+        lambda b: b.observe(BookingStatus.IN_SERVICE, event.at),
+    )
 
 
 @handlers.on(ServiceCompleted)
-async def complete_booking(tx: Transaction, event: ServiceCompleted) -> None:
-    booking = await _load(tx, event.booking_id)
-    if booking.status is BookingStatus.COMPLETED:
-        return
-    booking.move_to(BookingStatus.COMPLETED, utcnow())
-    await Bookings(tx.db).save(booking, tx.session)
-    tx.emit(BookingCompleted(booking_id=booking.booking_id, customer_id=booking.customer_id))
+async def service_completed(tx: Transaction, event: ServiceCompleted) -> None:
+    booking = await _apply(
+        tx,
+        event.booking_id,
+        event.event_type,
+        lambda b: b.observe(BookingStatus.COMPLETED, event.completed_at),
+    )
+    # "The products used last time" on the care profile, for the next technician.
+    products = [line.name for line in event.lines if line.kind == "product"]
+    if products:
+        await Customers(tx.db).remember_products(booking.customer_id, products, tx.session)
+
+
+@handlers.on(ReceiptSigned)
+async def receipt_signed(tx: Transaction, event: ReceiptSigned) -> None:
+    await _apply(
+        tx,
+        event.booking_id,
+        event.event_type,
+        lambda b: b.observe(BookingStatus.RECEIPT_SIGNED, event.signed_at),
+    )
+
+
+@handlers.on(PaymentSettled)
+async def payment_settled(tx: Transaction, event: PaymentSettled) -> None:
+    await _apply(
+        tx,
+        event.booking_id,
+        event.event_type,
+        lambda b: b.observe(BookingStatus.CLOSED, event.settled_at, "paid in full"),
+    )

@@ -1,25 +1,46 @@
-"""Booking's MongoDB collections: catalogue and bookings."""
+"""Booking's MongoDB collections: catalogue, prices, regions, customers, bookings."""
 
 from __future__ import annotations
 
+from collections import defaultdict
+from datetime import datetime
 from typing import Any
 
-from pymongo import ASCENDING, IndexModel
+from pydantic import BaseModel, ConfigDict
+from pymongo import ASCENDING, DESCENDING, GEOSPHERE, IndexModel, ReturnDocument
 from pymongo.asynchronous.client_session import AsyncClientSession
 
-from services.booking.domain import Booking, CatalogueItem
+from services.booking.domain import Booking, Customer
+from services.booking.pricing import CatalogueItem, PriceVersion, ServiceHours, price_in_force
 from shared.errors import Conflict
+from shared.events.types import Currency, GeoPoint
 from shared.mongo import Database, Document
 
-CATALOGUE = "catalogue"
+ITEMS = "catalogue_items"
+PRICES = "prices"
+REGIONS = "regions"
+CUSTOMERS = "customers"
 BOOKINGS = "bookings"
+
+Session = AsyncClientSession | None
 
 
 async def ensure_indexes(db: Database) -> None:
-    await db[CATALOGUE].create_indexes([IndexModel([("region", ASCENDING), ("code", ASCENDING)])])
+    await db[ITEMS].create_indexes([IndexModel([("category", ASCENDING)])])
+    await db[PRICES].create_indexes(
+        [
+            IndexModel(
+                [("code", ASCENDING), ("region", ASCENDING), ("effective_from", DESCENDING)],
+                unique=True,
+                name="version",
+            ),
+            IndexModel([("region", ASCENDING)]),
+        ]
+    )
+    await db[REGIONS].create_indexes([IndexModel([("area", GEOSPHERE)])])
     await db[BOOKINGS].create_indexes(
         [
-            IndexModel([("customer_id", ASCENDING), ("created_at", ASCENDING)]),
+            IndexModel([("customer_id", ASCENDING), ("created_at", DESCENDING)]),
             # A mobile client's retry with the same key never makes a second booking.
             IndexModel(
                 [("customer_id", ASCENDING), ("idempotency_key", ASCENDING)],
@@ -36,44 +57,179 @@ class ConcurrentUpdate(Conflict):
     code = "concurrent_update"
 
 
-class Catalogue:
+class Region(BaseModel):
+    """A served area: a GeoJSON polygon, its currency and regular hours."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    region: str
+    name: str
+    currency: Currency
+    hours: ServiceHours
+    area: dict[str, Any]  # GeoJSON Polygon or MultiPolygon
+
+
+class Regions:
     def __init__(self, db: Database) -> None:
-        self._col = db[CATALOGUE]
+        self._col = db[REGIONS]
 
-    async def put(self, item: CatalogueItem) -> None:
-        await self._col.replace_one(
-            {"_id": item.code}, {"_id": item.code, **_item_fields(item)}, upsert=True
-        )
+    async def put(self, region: Region) -> None:
+        doc = region.model_dump(mode="json", exclude={"region"})
+        await self._col.replace_one({"_id": region.region}, doc, upsert=True)
 
-    async def by_codes(self, codes: list[str]) -> dict[str, CatalogueItem]:
-        docs = await self._col.find({"_id": {"$in": codes}}).to_list()
+    async def get(self, region: str) -> Region | None:
+        doc = await self._col.find_one({"_id": region})
+        return _region(doc) if doc else None
+
+    async def containing(self, point: GeoPoint) -> Region | None:
+        doc = await self._col.find_one({"area": {"$geoIntersects": {"$geometry": point.geojson()}}})
+        return _region(doc) if doc else None
+
+    async def list(self) -> list[Region]:
+        return [_region(d) for d in await self._col.find().sort("_id").to_list()]
+
+
+def _region(doc: Document) -> Region:
+    return Region.model_validate(
+        {**{k: v for k, v in doc.items() if k != "_id"}, "region": doc["_id"]}
+    )
+
+
+class Catalogue:
+    """Items and their versioned regional prices. Price versions are only ever added."""
+
+    def __init__(self, db: Database) -> None:
+        self._items = db[ITEMS]
+        self._prices = db[PRICES]
+
+    async def put_item(self, item: CatalogueItem) -> None:
+        doc = item.model_dump(mode="json", exclude={"code"})
+        await self._items.replace_one({"_id": item.code}, doc, upsert=True)
+
+    async def item(self, code: str) -> CatalogueItem | None:
+        doc = await self._items.find_one({"_id": code})
+        return _item(doc) if doc else None
+
+    async def items(self, codes: list[str]) -> dict[str, CatalogueItem]:
+        docs = await self._items.find({"_id": {"$in": codes}}).to_list()
         return {d["_id"]: _item(d) for d in docs}
 
-    async def list(self, region: str | None = None) -> list[CatalogueItem]:
-        query = {"region": region} if region else {}
-        return [_item(d) for d in await self._col.find(query).sort("_id").to_list()]
+    async def add_price(self, price: PriceVersion) -> None:
+        """Raises DuplicateKeyError when a version with that effective date exists."""
+        await self._prices.insert_one(price.model_dump(mode="python"))
 
+    async def prices(self, codes: list[str], region: str) -> dict[str, list[PriceVersion]]:
+        found: dict[str, list[PriceVersion]] = defaultdict(list)
+        cursor = self._prices.find({"code": {"$in": codes}, "region": region})
+        for doc in await cursor.to_list():
+            found[doc["code"]].append(_price(doc))
+        return found
 
-def _item_fields(item: CatalogueItem) -> dict[str, Any]:
-    return {k: v for k, v in item.__dict__.items() if k != "code"}
+    async def history(self, code: str) -> list[PriceVersion]:
+        cursor = self._prices.find({"code": code}).sort([("region", 1), ("effective_from", 1)])
+        return [_price(d) for d in await cursor.to_list()]
+
+    async def price_list(
+        self, region: str, at: datetime, category: str | None = None
+    ) -> list[tuple[CatalogueItem, PriceVersion, PriceVersion | None]]:
+        """Each item sold in `region`: the price in force at `at`, and the next change if any."""
+        query: Document = {"category": category} if category else {}
+        items = {d["_id"]: _item(d) for d in await self._items.find(query).to_list()}
+        versions: dict[str, list[PriceVersion]] = defaultdict(list)
+        cursor = self._prices.find({"region": region, "code": {"$in": list(items)}})
+        for doc in await cursor.to_list():
+            versions[doc["code"]].append(_price(doc))
+        listed = []
+        for code in sorted(versions):
+            current = price_in_force(versions[code], at)
+            if current is None:
+                continue  # announced, not yet on sale
+            upcoming = [v for v in versions[code] if v.effective_from > at]
+            listed.append(
+                (items[code], current, min(upcoming, key=lambda v: v.effective_from, default=None))
+            )
+        return listed
 
 
 def _item(doc: Document) -> CatalogueItem:
-    return CatalogueItem(code=doc["_id"], **{k: v for k, v in doc.items() if k != "_id"})
+    return CatalogueItem.model_validate(
+        {**{k: v for k, v in doc.items() if k != "_id"}, "code": doc["_id"]}
+    )
+
+
+def _price(doc: Document) -> PriceVersion:
+    return PriceVersion.model_validate({k: v for k, v in doc.items() if k != "_id"})
+
+
+class Customers:
+    def __init__(self, db: Database) -> None:
+        self._col = db[CUSTOMERS]
+
+    async def get(self, customer_id: str, session: Session = None) -> Customer | None:
+        doc = await self._col.find_one({"_id": customer_id}, session=session)
+        return _customer(doc) if doc else None
+
+    async def upsert_profile(
+        self, customer_id: str, name: str, phone: str, preferred_language: str
+    ) -> Customer:
+        doc = await self._col.find_one_and_update(
+            {"_id": customer_id},
+            {
+                "$set": {"name": name, "phone": phone, "preferred_language": preferred_language},
+                "$setOnInsert": {
+                    "addresses": [],
+                    "care_profile": {},
+                    "favourite_technicians": [],
+                },
+                "$inc": {"version": 1},
+            },
+            upsert=True,
+            return_document=ReturnDocument.AFTER,
+        )
+        assert doc is not None  # upserted
+        return _customer(doc)
+
+    async def save(self, customer: Customer) -> None:
+        """Write back if nobody changed the customer meanwhile (optimistic)."""
+        expected = customer.version
+        doc = customer.model_dump(mode="json", exclude={"customer_id"})
+        doc["version"] = expected + 1
+        result = await self._col.replace_one(
+            {"_id": customer.customer_id, "version": expected}, doc
+        )
+        if result.matched_count != 1:
+            raise ConcurrentUpdate(f"customer {customer.customer_id} changed concurrently; retry")
+        customer.version = expected + 1
+
+    async def remember_products(
+        self, customer_id: str, products: list[str], session: Session = None
+    ) -> None:
+        await self._col.update_one(
+            {"_id": customer_id},
+            {"$set": {"care_profile.products_last_used": products}, "$inc": {"version": 1}},
+            session=session,
+        )
+
+
+def _customer(doc: Document) -> Customer:
+    return Customer.model_validate(
+        {**{k: v for k, v in doc.items() if k != "_id"}, "customer_id": doc["_id"]}
+    )
 
 
 class Bookings:
     def __init__(self, db: Database) -> None:
         self._col = db[BOOKINGS]
 
-    async def get(
-        self, booking_id: str, session: AsyncClientSession | None = None
-    ) -> Booking | None:
+    async def get(self, booking_id: str, session: Session = None) -> Booking | None:
         doc = await self._col.find_one({"_id": booking_id}, session=session)
         return _booking(doc) if doc else None
 
     async def by_idempotency_key(self, customer_id: str, key: str) -> Booking | None:
-        doc = await self._col.find_one({"customer_id": customer_id, "idempotency_key": key})
+        # `$type` lets the planner use the partial "idempotency" index (equality alone does not).
+        doc = await self._col.find_one(
+            {"customer_id": customer_id, "idempotency_key": {"$eq": key, "$type": "string"}}
+        )
         return _booking(doc) if doc else None
 
     async def for_customer(self, customer_id: str, limit: int = 50) -> list[Booking]:
@@ -98,13 +254,10 @@ class Bookings:
 def _doc(booking: Booking) -> Document:
     doc = booking.model_dump(mode="python")
     doc["_id"] = doc.pop("booking_id")
-    doc["location"] = booking.location.geojson()
     return doc
 
 
 def _booking(doc: Document) -> Booking:
     data = dict(doc)
     data["booking_id"] = data.pop("_id")
-    lon, lat = data["location"]["coordinates"]
-    data["location"] = {"lat": lat, "lon": lon}
     return Booking.model_validate(data)

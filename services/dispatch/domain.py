@@ -38,6 +38,7 @@ class Candidate(BaseModel):
 class VisitStatus(StrEnum):
     ASSIGNED = "assigned"
     COMPLETED = "completed"
+    CANCELLED = "cancelled"
 
 
 class Visit(BaseModel):
@@ -76,7 +77,7 @@ class Visit(BaseModel):
 
 
 def required_skills(lines: Iterable[PricedLine]) -> list[str]:
-    return sorted({line.skill for line in lines})
+    return sorted({line.skill for line in lines if line.skill})  # products need no skill
 
 
 def choose(candidates: Sequence[Candidate], skills: Iterable[str]) -> Candidate | None:

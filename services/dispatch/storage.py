@@ -94,6 +94,15 @@ class Visits:
         )
         return result.modified_count == 1
 
+    async def cancel(self, visit_id: str, session: AsyncClientSession) -> bool:
+        """Free the technician's time: a cancelled booking's visit is off (if not yet done)."""
+        result = await self._col.update_one(
+            {"_id": visit_id, "status": "assigned"},
+            {"$set": {"status": "cancelled"}},
+            session=session,
+        )
+        return result.modified_count == 1
+
 
 def _visit(doc: Document) -> Visit:
     data = dict(doc)

@@ -21,20 +21,87 @@ class BookingRequested(EventPayload):
     customer_id: str
     region: str
     location: GeoPoint
+    timing: str = Field(pattern=r"^(window|asap|urgent)$")
     window_start: datetime
     window_end: datetime
+    duration_minutes: int = Field(ge=0)
     lines: list[PricedLine] = Field(min_length=1)
+    certificates: list[str] = Field(
+        default_factory=list, description="Certificates the technician must hold on the day"
+    )
     total: MinorUnits
     currency: Currency
+    preferred_technician_id: str | None = Field(
+        default=None, description="The customer's favourite, or the last technician on book again"
+    )
+
+
+@event("booking.status_changed", version=1, stream=STREAM, key="booking_id")
+class BookingStatusChanged(EventPayload):
+    """Every transition of a booking, in order: the timeline as a stream (dashboards)."""
+
+    booking_id: str
+    customer_id: str
+    from_status: str
+    to_status: str
+    at: datetime
+    note: str | None = None
+    version: int = Field(ge=0)
 
 
 @event("booking.confirmed", version=1, stream=STREAM, key="booking_id")
 class BookingConfirmed(EventPayload):
-    """A technician is assigned and the booking is confirmed to the customer."""
+    """A technician accepted; the customer is told who is coming (name and badge number)."""
 
     booking_id: str
     customer_id: str
     technician_id: str
+    technician_name: str
+    badge_number: str
+
+
+@event("booking.technician_changed", version=1, stream=STREAM, key="booking_id")
+class BookingTechnicianChanged(EventPayload):
+    """Another technician is coming; the customer must be told at once, with both identities."""
+
+    booking_id: str
+    customer_id: str
+    previous_technician_id: str
+    previous_badge_number: str
+    technician_id: str
+    technician_name: str
+    badge_number: str
+
+
+@event("booking.rescheduled", version=1, stream=STREAM, key="booking_id")
+class BookingRescheduled(EventPayload):
+    """A new window at the booked prices; dispatch re-checks the technician for it."""
+
+    booking_id: str
+    customer_id: str
+    region: str
+    location: GeoPoint
+    window_start: datetime
+    window_end: datetime
+    duration_minutes: int = Field(ge=0)
+    lines: list[PricedLine] = Field(min_length=1)
+    certificates: list[str] = Field(default_factory=list)
+    technician_id: str | None = None
+    total: MinorUnits
+    currency: Currency
+
+
+@event("booking.cancelled", version=1, stream=STREAM, key="booking_id")
+class BookingCancelled(EventPayload):
+    """The booking is off; dispatch frees the technician, payments charges any fee."""
+
+    booking_id: str
+    customer_id: str
+    technician_id: str | None = None
+    fee: MinorUnits
+    currency: Currency
+    reason: str
+    cancelled_at: datetime
 
 
 @event("booking.dispatch_failed", version=1, stream=STREAM, key="booking_id")

@@ -22,6 +22,26 @@ class TechnicianAssigned(EventPayload):
     technician_id: str
     technician_name: str
     badge_number: str
+    photo_url: str | None = None
+    rating: float | None = None
+    certificates: list[str] = Field(default_factory=list)
+
+
+@event("dispatch.technician_reassigned", version=1, stream=STREAM, key="booking_id")
+class TechnicianReassigned(EventPayload):
+    """The technician changed (dropped out, or operations reassigned): both identities."""
+
+    booking_id: str
+    visit_id: str
+    previous_technician_id: str
+    previous_badge_number: str
+    technician_id: str
+    technician_name: str
+    badge_number: str
+    photo_url: str | None = None
+    rating: float | None = None
+    certificates: list[str] = Field(default_factory=list)
+    reason: str
 
 
 @event("dispatch.failed", version=1, stream=STREAM, key="booking_id")
@@ -30,6 +50,47 @@ class DispatchFailed(EventPayload):
 
     booking_id: str
     reason: str
+
+
+@event("dispatch.technician_en_route", version=1, stream=STREAM, key="booking_id")
+class TechnicianEnRoute(EventPayload):
+    """The technician set off to the address."""
+
+    booking_id: str
+    visit_id: str
+    technician_id: str
+    at: datetime
+
+
+@event("dispatch.technician_arrived", version=1, stream=STREAM, key="booking_id")
+class TechnicianArrived(EventPayload):
+    """The technician checked in at the address."""
+
+    booking_id: str
+    visit_id: str
+    technician_id: str
+    at: datetime
+    distance_m: float = Field(ge=0, description="Reported location to the address")
+
+
+@event("dispatch.identity_confirmed", version=1, stream=STREAM, key="booking_id")
+class IdentityConfirmed(EventPayload):
+    """The customer confirmed at the door that the name and badge number match."""
+
+    booking_id: str
+    visit_id: str
+    technician_id: str
+    at: datetime
+
+
+@event("dispatch.service_started", version=1, stream=STREAM, key="booking_id")
+class ServiceStarted(EventPayload):
+    """The service began (only ever after the identity was confirmed)."""
+
+    booking_id: str
+    visit_id: str
+    technician_id: str
+    at: datetime
 
 
 @event("dispatch.service_completed", version=1, stream=STREAM, key="booking_id")

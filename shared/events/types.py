@@ -29,11 +29,15 @@ class PricedLine(BaseModel):
 
     code: str = Field(min_length=1, max_length=64)
     name: str = Field(min_length=1, max_length=200)
-    skill: str = Field(min_length=1, max_length=64)
+    skill: str = Field(default="", max_length=64, description="Empty for products")
+    kind: str = Field(default="service", pattern=r"^(service|product)$")
     quantity: int = Field(ge=1, le=100)
     unit_price: MinorUnits
+    surcharge: MinorUnits = Field(
+        default=0, description="Per unit: after-hours or urgent surcharge from the catalogue"
+    )
     currency: Currency
 
     @property
     def amount(self) -> int:
-        return self.unit_price * self.quantity
+        return (self.unit_price + self.surcharge) * self.quantity

@@ -19,7 +19,13 @@ from shared.settings import Settings
 
 
 def confirmed() -> BookingConfirmed:
-    return BookingConfirmed(booking_id="bk_9", customer_id="cus_1", technician_id="tech_1")
+    return BookingConfirmed(
+        booking_id="bk_9",
+        customer_id="cus_1",
+        technician_id="tech_1",
+        technician_name="Marta Sousa",
+        badge_number="LX-1001",
+    )
 
 
 def test_wrap_fills_the_envelope_from_the_payload() -> None:

@@ -1,0 +1,135 @@
+"""Test data through the real APIs: regions, catalogue items with prices, customers, technicians."""
+
+from __future__ import annotations
+
+from datetime import UTC, date, datetime, time, timedelta
+from typing import Any
+from zoneinfo import ZoneInfo
+
+import httpx
+
+LISBON_TZ = ZoneInfo("Europe/Lisbon")
+LISBON = {"lat": 38.7223, "lon": -9.1393}
+PORTO = {"lat": 41.1579, "lon": -8.6291}
+FARO = {"lat": 37.0194, "lon": -7.9322}
+OCEAN = {"lat": 38.0, "lon": -12.0}  # outside every served area
+
+
+def box(lat0: float, lon0: float, lat1: float, lon1: float) -> dict[str, Any]:
+    ring = [[lon0, lat0], [lon1, lat0], [lon1, lat1], [lon0, lat1], [lon0, lat0]]
+    return {"type": "Polygon", "coordinates": [ring]}
+
+
+REGIONS = {
+    "lisbon": box(38.60, -9.35, 38.85, -9.00),
+    "porto": box(41.05, -8.75, 41.25, -8.50),
+    "faro": box(36.95, -8.05, 37.10, -7.85),
+}
+
+
+async def seed_region(booking: httpx.AsyncClient, region: str = "lisbon") -> None:
+    r = await booking.put(
+        f"/regions/{region}",
+        json={
+            "name": region.title(),
+            "currency": "EUR",
+            "hours": {"timezone": "Europe/Lisbon", "opens": "08:00", "closes": "20:00"},
+            "area": REGIONS[region],
+        },
+    )
+    assert r.status_code == 204, r.text
+
+
+async def seed_item(
+    booking: httpx.AsyncClient,
+    code: str,
+    *,
+    skill: str = "nails",
+    region: str = "lisbon",
+    unit_price: int = 2500,
+    kind: str = "service",
+    **price: Any,
+) -> None:
+    """An item and its price in `region` (in force from now unless `effective_from` says)."""
+    await seed_region(booking, region)
+    item: dict[str, Any] = {
+        "kind": kind,
+        "name": code.replace(".", " ").title(),
+        "category": "nails",
+    }
+    if kind == "service":
+        item |= {"skill": skill, "duration_minutes": 45, "description": "Shape, cuticles, polish"}
+    r = await booking.put(f"/catalogue/items/{code}", json=item)
+    assert r.status_code == 204, r.text
+    r = await booking.post(
+        f"/catalogue/items/{code}/prices",
+        json={"region": region, "unit_price": unit_price, "currency": "EUR", **price},
+    )
+    assert r.status_code == 201, r.text
+
+
+async def seed_customer(
+    booking: httpx.AsyncClient,
+    customer_id: str,
+    *,
+    address_id: str = "ad_home",
+    location: dict[str, float] = LISBON,
+) -> None:
+    r = await booking.put(
+        f"/customers/{customer_id}",
+        json={"name": "Ana Ribeiro", "phone": "+351912345678", "preferred_language": "pt"},
+    )
+    assert r.status_code == 200, r.text
+    r = await booking.put(
+        f"/customers/{customer_id}/addresses/{address_id}",
+        json={"label": "home", "line": "Rua Augusta 100, 2 esq", "location": location},
+    )
+    assert r.status_code == 200, r.text
+
+
+def lisbon_window(days: int = 1, at: time = time(10, 0), hours: int = 2) -> tuple[str, str]:
+    """A window `days` from today at local time `at` in Lisbon (inside service hours by default)."""
+    day = date.today() + timedelta(days=days)
+    start = datetime.combine(day, at, LISBON_TZ).astimezone(UTC)
+    return start.isoformat(), (start + timedelta(hours=hours)).isoformat()
+
+
+def booking_body(
+    customer_id: str,
+    code: str,
+    *,
+    address_id: str = "ad_home",
+    quantity: int = 2,
+    window: tuple[str, str] | None = None,
+    **over: Any,
+) -> dict[str, Any]:
+    start, end = window or lisbon_window()
+    return {
+        "customer_id": customer_id,
+        "address_id": address_id,
+        "timing": "window",
+        "window_start": start,
+        "window_end": end,
+        "items": [{"code": code, "quantity": quantity}],
+        **over,
+    }
+
+
+async def seed_technician(
+    dispatch: httpx.AsyncClient, technician_id: str, badge: str, **over: Any
+) -> None:
+    body = {
+        "full_name": "Marta Sousa",
+        "badge_number": badge,
+        "store_id": "store_chiado",
+        "skills": ["nails"],
+        "location": {"lat": 38.7100, "lon": -9.1400},
+        **over,
+    }
+    r = await dispatch.put(f"/technicians/{technician_id}", json=body)
+    assert r.status_code == 204, r.text
+
+
+async def get_json(client: httpx.AsyncClient, path: str, **params: str) -> Any:
+    r = await client.get(path, params=params or None)
+    return r.json() if r.status_code == 200 else None

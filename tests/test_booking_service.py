@@ -1,0 +1,526 @@
+"""The booking service on real Kafka and MongoDB: prices, lifecycle, commands and facts."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import uuid
+from datetime import UTC, datetime, time, timedelta
+from typing import Any
+
+import httpx
+import pytest
+from aiokafka import AIOKafkaConsumer, AIOKafkaProducer
+from pymongo import AsyncMongoClient
+
+from shared.events.dispatch import (
+    IdentityConfirmed,
+    ServiceCompleted,
+    ServiceStarted,
+    TechnicianArrived,
+    TechnicianEnRoute,
+    TechnicianReassigned,
+)
+from shared.events.envelope import Envelope, EventPayload
+from shared.events.payments import PaymentSettled, ReceiptSigned
+from shared.events.types import PricedLine
+from shared.mongo import Document
+from tests.conftest import Platform
+from tests.harness import Infra, eventually
+from tests.seed import (
+    booking_body,
+    get_json,
+    lisbon_window,
+    seed_customer,
+    seed_item,
+    seed_technician,
+)
+
+pytestmark = pytest.mark.integration
+
+
+def unique(prefix: str) -> str:
+    return f"{prefix}{uuid.uuid4().hex[:8]}"
+
+
+async def new_customer(booking: httpx.AsyncClient) -> str:
+    customer = unique("cus_")
+    await seed_customer(booking, customer)
+    return customer
+
+
+async def unserved_item(booking: httpx.AsyncClient, **price: Any) -> str:
+    """An item whose skill no technician has: its bookings wait in dispatch_failed."""
+    code = unique("solo.")
+    await seed_item(booking, code, skill=unique("skill-"), **price)
+    return code
+
+
+async def served_item(
+    platform: Platform, booking: httpx.AsyncClient, technician_id: str, **price: Any
+) -> str:
+    """An item only the given (new) technician can do, so dispatch assigns exactly them."""
+    skill = unique("skill-")
+    code = f"{skill}.visit"
+    await seed_item(booking, code, skill=skill, **price)
+    async with platform.client("dispatch") as dispatch:
+        await seed_technician(
+            dispatch, technician_id, unique("LX-").upper().replace("_", "-"), skills=[skill]
+        )
+    return code
+
+
+async def status_is(booking: httpx.AsyncClient, booking_id: str, status: str) -> Any:
+    async def probe() -> Any:
+        b = await get_json(booking, f"/bookings/{booking_id}")
+        return b if b and b["status"] == status else None
+
+    return await eventually(probe, what=f"booking {booking_id} {status}")
+
+
+async def booking_events(
+    infra: Infra, platform: Platform, booking_id: str, count: int
+) -> list[Any]:
+    """The booking stream's messages keyed by this booking, read back from Kafka."""
+    consumer = AIOKafkaConsumer(
+        f"{platform.prefix}.booking.events",
+        bootstrap_servers=infra.kafka_bootstrap,
+        auto_offset_reset="earliest",
+        enable_auto_commit=False,
+        group_id=unique("probe-"),
+    )
+    await consumer.start()
+    found: list[Any] = []
+    try:
+        deadline = asyncio.get_running_loop().time() + 30
+        while len(found) < count and asyncio.get_running_loop().time() < deadline:
+            batches = await consumer.getmany(timeout_ms=500)
+            for messages in batches.values():
+                found += [m for m in messages if m.key == booking_id.encode()]
+    finally:
+        await consumer.stop()
+    return found
+
+
+async def publish(producer: AIOKafkaProducer, platform: Platform, payload: EventPayload) -> None:
+    envelope = Envelope.wrap(payload, producer="test")
+    await producer.send_and_wait(
+        f"{platform.prefix}.{payload.stream}.events",
+        envelope.to_bytes(),
+        key=envelope.aggregate_id.encode(),
+    )
+
+
+# ---------------------------------------------------------------- creation --
+async def test_booking_is_priced_from_the_catalogue_and_published_with_its_key_and_version(
+    platform: Platform, infra: Infra
+) -> None:
+    async with platform.client("booking") as booking:
+        code = await unserved_item(booking, unit_price=2500)
+        customer = await new_customer(booking)
+        body = booking_body(customer, code, quantity=2)
+        quoted = await booking.post("/bookings/quote", json=body)
+        assert quoted.status_code == 200, quoted.text
+        assert quoted.json()["total"] == 5000
+        created = await booking.post("/bookings", json=body)
+        assert created.status_code == 201, created.text
+        made = created.json()
+    assert made["total"] == quoted.json()["total"] == 5000
+    assert made["lines"][0]["unit_price"] == 2500
+    assert made["after_hours"] is False
+    assert made["region"] == "lisbon"
+    assert created.headers["ETag"] == '"0"'
+
+    messages = await booking_events(infra, platform, made["booking_id"], 2)
+    envelopes = [json.loads(m.value) for m in messages]
+    types = {e["type"]: e for e in envelopes}
+    assert set(types) >= {"booking.requested", "booking.status_changed"}
+    requested = types["booking.requested"]
+    assert requested["schema_version"] == 1
+    assert requested["aggregate_id"] == made["booking_id"]
+    assert requested["payload"]["total"] == 5000
+    assert requested["payload"]["timing"] == "window"
+    assert types["booking.status_changed"]["payload"]["to_status"] == "requested"
+
+
+async def test_after_hours_and_urgent_visits_carry_the_catalogues_surcharges(
+    platform: Platform,
+) -> None:
+    async with platform.client("booking") as booking:
+        code = await unserved_item(
+            booking, unit_price=2000, after_hours_surcharge=700, urgent_surcharge=1500
+        )
+        customer = await new_customer(booking)
+        late = booking_body(customer, code, quantity=1, window=lisbon_window(at=time(21, 0)))
+        r = await booking.post("/bookings/quote", json=late)
+        assert r.status_code == 200, r.text
+        assert r.json()["after_hours"] is True
+        assert r.json()["lines"][0]["surcharge"] == 700
+        assert r.json()["total"] == 2700
+        urgent = booking_body(
+            customer, code, quantity=1, timing="urgent", window_start=None, window_end=None
+        )
+        r = await booking.post("/bookings", json=urgent)
+        assert r.status_code == 201, r.text
+        assert r.json()["urgent"] is True
+        assert r.json()["total"] == 3500
+
+
+async def test_same_idempotency_key_makes_one_booking_and_refuses_another_body(
+    platform: Platform, mongo: AsyncMongoClient[Document]
+) -> None:
+    async with platform.client("booking") as booking:
+        code = await unserved_item(booking)
+        customer = await new_customer(booking)
+    body = booking_body(customer, code)
+    key = f"retry-{uuid.uuid4().hex}"
+    async with platform.client("gateway") as api:
+        responses = await asyncio.gather(
+            *[
+                api.post("/v1/bookings", json=body, headers={"Idempotency-Key": key})
+                for _ in range(5)
+            ]
+        )
+        later = await api.post("/v1/bookings", json=body, headers={"Idempotency-Key": key})
+        other = await api.post(
+            "/v1/bookings",
+            json={**body, "items": [{"code": code, "quantity": 3}]},
+            headers={"Idempotency-Key": key},
+        )
+    assert [r.status_code for r in responses].count(201) == 1, [r.text for r in responses]
+    assert {r.status_code for r in responses} <= {200, 201}
+    assert later.status_code == 200
+    assert len({r.json()["booking_id"] for r in [*responses, later]}) == 1
+    assert other.status_code == 409
+    assert other.json()["error"]["field"] == "Idempotency-Key"
+    db = mongo[f"{platform.prefix}_booking"]
+    assert await db["bookings"].count_documents({"customer_id": customer}) == 1
+    booking_id = responses[0].json()["booking_id"]
+    assert await db["outbox"].count_documents({"key": booking_id, "type": "booking.requested"}) == 1
+
+
+# ------------------------------------------------------------ cancellation --
+async def test_cancel_before_the_cutoff_is_free(platform: Platform) -> None:
+    async with platform.client("booking") as booking:
+        code = await unserved_item(booking, cancellation_fee=1200, free_cancellation_hours=24)
+        customer = await new_customer(booking)
+        made = (
+            await booking.post(
+                "/bookings", json=booking_body(customer, code, window=lisbon_window(days=3))
+            )
+        ).json()
+        await status_is(booking, made["booking_id"], "dispatch_failed")
+        r = await booking.post(
+            f"/bookings/{made['booking_id']}/cancel", json={"reason": "plans changed"}
+        )
+        assert r.status_code == 200, r.text
+        assert r.json()["status"] == "cancelled"
+        assert r.json()["cancellation_fee"] == 0
+        again = await booking.post(f"/bookings/{made['booking_id']}/cancel")
+        assert again.status_code == 409
+        assert again.json()["error"]["code"] == "illegal_transition"
+        after = await get_json(booking, f"/bookings/{made['booking_id']}")
+    assert after["version"] == r.json()["version"]  # the refused cancel changed nothing
+
+
+async def test_cancel_after_the_cutoff_costs_the_catalogues_fee(
+    platform: Platform, mongo: AsyncMongoClient[Document]
+) -> None:
+    async with platform.client("booking") as booking:
+        code = await unserved_item(booking, cancellation_fee=1200, free_cancellation_hours=72)
+        customer = await new_customer(booking)
+        made = (await booking.post("/bookings", json=booking_body(customer, code))).json()
+        r = await booking.post(f"/bookings/{made['booking_id']}/cancel")
+        assert r.status_code == 200, r.text
+    assert r.json()["cancellation_fee"] == 1200
+    db = mongo[f"{platform.prefix}_booking"]
+    row = await db["outbox"].find_one({"key": made["booking_id"], "type": "booking.cancelled"})
+    assert row is not None
+    assert json.loads(row["value"])["payload"]["fee"] == 1200
+
+
+# ----------------------------------------------- reschedule and book again --
+async def test_reschedule_keeps_the_booked_prices_and_dispatch_reconfirms_the_technician(
+    platform: Platform,
+) -> None:
+    tech = unique("tech_")
+    async with platform.client("booking") as booking:
+        code = await served_item(platform, booking, tech, unit_price=3000)
+        customer = await new_customer(booking)
+        made = (
+            await booking.post("/bookings", json=booking_body(customer, code, quantity=1))
+        ).json()
+        assigned = await status_is(booking, made["booking_id"], "assigned")
+        assert assigned["technician"]["technician_id"] == tech
+        # The price goes up after the booking was made; the booking keeps its price.
+        r = await booking.post(
+            f"/catalogue/items/{code}/prices",
+            json={"region": "lisbon", "unit_price": 3900, "currency": "EUR"},
+        )
+        assert r.status_code == 201, r.text
+        start, end = lisbon_window(days=2, at=time(15, 0))
+        moved = await booking.post(
+            f"/bookings/{made['booking_id']}/reschedule",
+            json={"window_start": start, "window_end": end},
+            headers={"If-Match": f'"{assigned["version"]}"'},
+        )
+        assert moved.status_code == 200, moved.text
+        assert moved.json()["status"] == "rescheduled"
+        back = await status_is(booking, made["booking_id"], "assigned")
+        fresh = (
+            await booking.post("/bookings/quote", json=booking_body(customer, code, quantity=1))
+        ).json()
+    assert back["total"] == 3000
+    assert fresh["total"] == 3900
+    assert datetime.fromisoformat(back["window_start"]) == datetime.fromisoformat(start)
+    assert [e["status"] for e in back["timeline"]] == [
+        "requested",
+        "assigned",
+        "rescheduled",
+        "assigned",
+    ]
+    assert back["technician"]["technician_id"] == tech
+
+
+async def test_book_again_repeats_services_and_prefers_the_same_technician(
+    platform: Platform,
+) -> None:
+    tech = unique("tech_")
+    async with platform.client("booking") as booking:
+        code = await served_item(platform, booking, tech)
+        customer = await new_customer(booking)
+        first = (
+            await booking.post("/bookings", json=booking_body(customer, code, quantity=2))
+        ).json()
+        await status_is(booking, first["booking_id"], "assigned")
+        start, end = lisbon_window(days=8)
+        again = await booking.post(
+            f"/bookings/{first['booking_id']}/book-again",
+            json={"timing": "window", "window_start": start, "window_end": end},
+            headers={"Idempotency-Key": unique("again-")},
+        )
+        assert again.status_code == 201, again.text
+        second = again.json()
+        history = await get_json(booking, f"/customers/{customer}/bookings")
+    assert second["booking_id"] != first["booking_id"]
+    assert second["rebooked_from"] == first["booking_id"]
+    assert second["preferred_technician_id"] == tech
+    assert [(line["code"], line["quantity"]) for line in second["lines"]] == [(code, 2)]
+    assert [h["booking_id"] for h in history] == [second["booking_id"], first["booking_id"]]
+
+
+# ------------------------------------------------------------- concurrency --
+async def test_two_concurrent_changes_from_the_same_version_one_wins_the_other_gets_409(
+    platform: Platform,
+) -> None:
+    async with platform.client("booking") as booking:
+        code = await unserved_item(booking)
+        customer = await new_customer(booking)
+        made = (
+            await booking.post(
+                "/bookings", json=booking_body(customer, code, window=lisbon_window(days=3))
+            )
+        ).json()
+        seen = await status_is(booking, made["booking_id"], "dispatch_failed")
+        start, end = lisbon_window(days=4)
+        headers = {"If-Match": f'"{seen["version"]}"'}
+        cancel, move = await asyncio.gather(
+            booking.post(f"/bookings/{made['booking_id']}/cancel", headers=headers),
+            booking.post(
+                f"/bookings/{made['booking_id']}/reschedule",
+                json={"window_start": start, "window_end": end},
+                headers=headers,
+            ),
+        )
+        after = await get_json(booking, f"/bookings/{made['booking_id']}")
+    assert sorted([cancel.status_code, move.status_code]) == [200, 409], (cancel.text, move.text)
+    loser = cancel if cancel.status_code == 409 else move
+    assert loser.json()["error"]["code"] == "version_mismatch"
+    assert after["version"] == seen["version"] + 1
+    assert after["status"] in ("cancelled", "rescheduled")
+
+
+# ------------------------------------------------------ facts move it along --
+async def test_facts_from_dispatch_and_payments_walk_the_booking_to_closed(
+    platform: Platform, kafka_producer: AIOKafkaProducer
+) -> None:
+    tech = unique("tech_")
+    async with platform.client("booking") as booking:
+        code = await served_item(platform, booking, tech)
+        customer = await new_customer(booking)
+        made = (
+            await booking.post("/bookings", json=booking_body(customer, code, quantity=1))
+        ).json()
+        b = await status_is(booking, made["booking_id"], "assigned")
+        old_badge = b["technician"]["badge_number"]
+        booking_id, now = made["booking_id"], datetime.now(UTC)
+        visit = f"vs_{booking_id}"
+        # Operations reassign; the customer must see the new identity.
+        await publish(
+            kafka_producer,
+            platform,
+            TechnicianReassigned(
+                booking_id=booking_id,
+                visit_id=visit,
+                previous_technician_id=tech,
+                previous_badge_number=old_badge,
+                technician_id="tech_relief",
+                technician_name="Paula Reis",
+                badge_number="LX-RELIEF",
+                reason="technician unwell",
+            ),
+        )
+        b = await eventually(
+            lambda: _with_technician(booking, booking_id, "tech_relief"), what="reassigned"
+        )
+        assert b["technician"]["badge_number"] == "LX-RELIEF"
+        line = PricedLine(code=code, name="Visit", quantity=1, unit_price=2500, currency="EUR")
+        for fact in (
+            TechnicianEnRoute(
+                booking_id=booking_id, visit_id=visit, technician_id="tech_relief", at=now
+            ),
+            TechnicianArrived(
+                booking_id=booking_id,
+                visit_id=visit,
+                technician_id="tech_relief",
+                at=now,
+                distance_m=12,
+            ),
+            IdentityConfirmed(
+                booking_id=booking_id, visit_id=visit, technician_id="tech_relief", at=now
+            ),
+            ServiceStarted(
+                booking_id=booking_id, visit_id=visit, technician_id="tech_relief", at=now
+            ),
+            ServiceCompleted(
+                booking_id=booking_id,
+                visit_id=visit,
+                customer_id=customer,
+                technician_id="tech_relief",
+                completed_at=now,
+                lines=[line],
+            ),
+        ):
+            await publish(kafka_producer, platform, fact)
+        # Payments' facts travel on another topic and could overtake dispatch's (the
+        # booking would then skip ahead): in life they follow completion, so here too.
+        await status_is(booking, booking_id, "completed")
+        for money in (
+            ReceiptSigned(
+                receipt_id="rc_1",
+                booking_id=booking_id,
+                customer_id=customer,
+                signed_at=now,
+                total=2500,
+                currency="EUR",
+            ),
+            PaymentSettled(
+                receipt_id="rc_1",
+                booking_id=booking_id,
+                customer_id=customer,
+                amount=2500,
+                currency="EUR",
+                settled_at=now,
+            ),
+        ):
+            await publish(kafka_producer, platform, money)
+        closed = await status_is(booking, booking_id, "closed")
+        # A stale fact arriving late changes nothing.
+        await publish(
+            kafka_producer,
+            platform,
+            TechnicianEnRoute(
+                booking_id=booking_id, visit_id=visit, technician_id="tech_relief", at=now
+            ),
+        )
+        await asyncio.sleep(1)
+        still = await get_json(booking, f"/bookings/{booking_id}")
+    assert [e["status"] for e in closed["timeline"]] == [
+        "requested",
+        "assigned",
+        "assigned",
+        "en_route",
+        "arrived",
+        "identity_confirmed",
+        "in_service",
+        "completed",
+        "receipt_signed",
+        "closed",
+    ]
+    assert still["version"] == closed["version"]
+    assert still["status"] == "closed"
+
+
+async def _with_technician(booking: httpx.AsyncClient, booking_id: str, tech: str) -> Any:
+    b = await get_json(booking, f"/bookings/{booking_id}")
+    return b if b and b["technician"] and b["technician"]["technician_id"] == tech else None
+
+
+# ---------------------------------------------------- catalogue and privacy --
+async def test_price_list_shows_the_price_in_force_and_an_announced_change(
+    platform: Platform,
+) -> None:
+    async with platform.client("booking") as booking:
+        code = await unserved_item(booking, unit_price=1800)
+        later = (datetime.now(UTC) + timedelta(days=10)).isoformat()
+        r = await booking.post(
+            f"/catalogue/items/{code}/prices",
+            json={
+                "region": "lisbon",
+                "unit_price": 2100,
+                "currency": "EUR",
+                "effective_from": later,
+            },
+        )
+        assert r.status_code == 201, r.text
+        listed = await get_json(booking, "/catalogue/prices", region="lisbon", category="nails")
+        elsewhere = await get_json(booking, "/catalogue/prices", region="porto")
+    entry = next(e for e in listed if e["code"] == code)
+    assert entry["unit_price"] == 1800
+    assert entry["next_change"]["unit_price"] == 2100
+    assert all(e["code"] != code for e in elsewhere or [])
+
+
+async def test_only_the_assigned_technician_reads_the_care_profile_and_never_the_phone(
+    platform: Platform,
+) -> None:
+    tech = unique("tech_")
+    async with platform.client("booking") as booking:
+        code = await served_item(platform, booking, tech)
+        customer = await new_customer(booking)
+        r = await booking.put(
+            f"/customers/{customer}/care-profile",
+            json={"allergies": ["latex"], "preferences": "quiet visit"},
+        )
+        assert r.status_code == 200, r.text
+        made = (await booking.post("/bookings", json=booking_body(customer, code))).json()
+        await status_is(booking, made["booking_id"], "assigned")
+        mine = await booking.get(
+            f"/bookings/{made['booking_id']}/care-profile", params={"technician_id": tech}
+        )
+        other = await booking.get(
+            f"/bookings/{made['booking_id']}/care-profile", params={"technician_id": "tech_nosy"}
+        )
+    assert mine.status_code == 200, mine.text
+    assert mine.json()["care_profile"]["allergies"] == ["latex"]
+    assert "phone" not in mine.text
+    assert "+351" not in mine.text
+    assert other.status_code == 403
+
+
+async def test_an_unexpected_failure_answers_500_in_the_one_error_shape_with_the_correlation_id(
+    platform: Platform, mongo: AsyncMongoClient[Document]
+) -> None:
+    # A document no code path writes (as after a botched manual edit) makes reading it fail.
+    booking_id = unique("bk_broken")
+    await mongo[f"{platform.prefix}_booking"]["bookings"].insert_one(
+        {"_id": booking_id, "status": "teleported"}
+    )
+    cid = unique("cid-")
+    async with platform.client("gateway") as api:
+        r = await api.get(f"/v1/bookings/{booking_id}", headers={"X-Correlation-ID": cid})
+    assert r.status_code == 500
+    error = r.json()["error"]
+    assert error["code"] == "internal_error"
+    assert cid in error["message"]
+    assert "Traceback" not in r.text

@@ -1,0 +1,377 @@
+"""Booking's pure rules: prices, surcharges, fees, windows and every state transition."""
+
+from __future__ import annotations
+
+import itertools
+from datetime import UTC, datetime, time, timedelta
+
+import pytest
+
+from services.booking.domain import (
+    ALLOWED,
+    CANCELLABLE,
+    LIFECYCLE,
+    RESCHEDULABLE,
+    AddressSnapshot,
+    Booking,
+    BookingStatus,
+    IllegalTransition,
+    TechnicianIdentity,
+    TimelineEntry,
+    check_window,
+    fingerprint,
+    resolve_window,
+)
+from services.booking.pricing import (
+    CatalogueItem,
+    ItemKind,
+    LineTerms,
+    PriceVersion,
+    Requested,
+    ServiceHours,
+    Timing,
+    cancellation_fee,
+    price_in_force,
+    quote,
+    terms_for,
+)
+from shared.errors import Conflict, Unprocessable
+from shared.events.types import GeoPoint
+
+S = BookingStatus
+NOW = datetime(2030, 6, 10, 9, 0, tzinfo=UTC)  # summer: Lisbon is UTC+1
+HOURS = ServiceHours(timezone="Europe/Lisbon", opens=time(8), closes=time(20))
+
+
+def price(
+    code: str = "nails.manicure", unit: int = 2500, days_ago: int = 30, **over: object
+) -> PriceVersion:
+    fields: dict[str, object] = {
+        "code": code,
+        "region": "lisbon",
+        "unit_price": unit,
+        "currency": "EUR",
+        "effective_from": NOW - timedelta(days=days_ago),
+        "after_hours_surcharge": 500,
+        "urgent_surcharge": 1500,
+        "cancellation_fee": 1000,
+        "free_cancellation_hours": 24,
+    }
+    return PriceVersion.model_validate(fields | over)
+
+
+def item(code: str = "nails.manicure", kind: ItemKind = ItemKind.SERVICE) -> CatalogueItem:
+    service = kind is ItemKind.SERVICE
+    return CatalogueItem(
+        code=code,
+        kind=kind,
+        name=code.title(),
+        category="nails",
+        duration_minutes=45 if service else 0,
+        skill="nails" if service else None,
+        certificate="nail-hygiene" if service else None,
+    )
+
+
+def terms(*lines: tuple[str, int]) -> list[LineTerms]:
+    codes = [code for code, _ in lines]
+    items = {
+        c: item(c, ItemKind.PRODUCT if c.startswith("product") else ItemKind.SERVICE) for c in codes
+    }
+    prices = {c: [price(c)] for c in codes}
+    return terms_for(items, prices, [Requested(c, q) for c, q in lines], "lisbon", NOW)
+
+
+def booking(status: BookingStatus = S.REQUESTED, start: datetime | None = None) -> Booking:
+    window_start = start or NOW + timedelta(days=3)
+    t = terms(("nails.manicure", 1))
+    return Booking(
+        booking_id="bk_1",
+        customer_id="cus_1",
+        region="lisbon",
+        address=AddressSnapshot(
+            address_id="ad_home", line="Rua Augusta 1", location=GeoPoint(lat=38.7, lon=-9.1)
+        ),
+        timing=Timing.WINDOW,
+        window_start=window_start,
+        window_end=window_start + timedelta(hours=2),
+        terms=t,
+        quote=quote(t, window_start, after_hours=False, urgent=False),
+        status=status,
+        timeline=[TimelineEntry(status=status, at=NOW)],
+        created_at=NOW,
+    )
+
+
+def tech(tid: str = "tech_1", badge: str = "LX-1") -> TechnicianIdentity:
+    return TechnicianIdentity(technician_id=tid, name="Marta Sousa", badge_number=badge)
+
+
+# ------------------------------------------------------------------ prices --
+def test_price_in_force_is_the_latest_version_already_effective() -> None:
+    old, new, future = (
+        price(unit=2000, days_ago=60),
+        price(unit=2500, days_ago=1),
+        price(unit=3000, days_ago=-5),
+    )
+    assert price_in_force([future, old, new], NOW) == new
+    assert price_in_force([future, old], NOW) == old
+    assert price_in_force([future], NOW) is None
+    assert price_in_force([], NOW) is None
+    assert price_in_force([future, new], NOW + timedelta(days=5)) == future
+
+
+def test_terms_resolve_each_item_to_its_regional_price_and_duration() -> None:
+    t = terms(("nails.manicure", 2), ("product.polish", 1))
+    assert [(x.code, x.quantity, x.price.unit_price) for x in t] == [
+        ("nails.manicure", 2, 2500),
+        ("product.polish", 1, 2500),
+    ]
+    assert t[0].duration_minutes == 90
+    assert t[1].duration_minutes == 0
+
+
+@pytest.mark.parametrize(
+    ("requested", "prices", "field", "words"),
+    [
+        ([Requested("nope", 1)], {}, "items.0.code", "unknown"),
+        ([Requested("nails.manicure", 1)], {}, "items.0.code", "not sold in region"),
+        (
+            [Requested("nails.manicure", 1), Requested("nails.manicure", 1)],
+            None,
+            "items.1.code",
+            "twice",
+        ),
+        ([Requested("nails.manicure", 0)], None, "items.0.quantity", "between 1 and 20"),
+        ([Requested("nails.manicure", 21)], None, "items.0.quantity", "between 1 and 20"),
+        ([], None, "items", "at least one item"),
+        ([Requested("product.polish", 1)], None, "items", "service item"),
+    ],
+)
+def test_terms_refuse_what_the_catalogue_does_not_sell(
+    requested: list[Requested],
+    prices: dict[str, list[PriceVersion]] | None,
+    field: str,
+    words: str,
+) -> None:
+    items = {"nails.manicure": item(), "product.polish": item("product.polish", ItemKind.PRODUCT)}
+    known = prices if prices is not None else {c: [price(c)] for c in items}
+    with pytest.raises(Unprocessable) as raised:
+        terms_for(items, known, requested, "lisbon", NOW)
+    assert raised.value.field == field
+    assert words in raised.value.message
+
+
+def test_items_priced_in_two_currencies_cannot_share_a_booking() -> None:
+    items = {"a": item("a"), "b": item("b")}
+    prices = {"a": [price("a")], "b": [price("b", currency="GBP")]}
+    with pytest.raises(Unprocessable, match="currencies"):
+        terms_for(items, prices, [Requested("a", 1), Requested("b", 1)], "lisbon", NOW)
+
+
+def test_quote_totals_integer_minor_units_with_itemised_surcharges() -> None:
+    t = terms(("nails.manicure", 2), ("product.polish", 1))
+    plain = quote(t, NOW, after_hours=False, urgent=False)
+    late = quote(t, NOW, after_hours=True, urgent=False)
+    urgent = quote(t, NOW, after_hours=False, urgent=True)
+    assert plain.total == 2 * 2500 + 2500
+    assert [line.surcharge for line in plain.lines] == [0, 0]
+    assert [line.surcharge for line in late.lines] == [500, 500]
+    assert late.total == 2 * 3000 + 3000
+    assert urgent.total == 2 * 4000 + 4000
+    assert isinstance(urgent.total, int)
+    assert [line.kind for line in plain.lines] == ["service", "product"]
+
+
+def test_cancellation_is_free_until_the_longest_cutoff_then_costs_every_lines_fee() -> None:
+    items = {"a": item("a"), "b": item("b")}
+    prices = {
+        "a": [price("a", free_cancellation_hours=12, cancellation_fee=300)],
+        "b": [price("b", free_cancellation_hours=48, cancellation_fee=700)],
+    }
+    start = NOW + timedelta(days=5)
+    q = quote(
+        terms_for(items, prices, [Requested("a", 1), Requested("b", 1)], "lisbon", NOW),
+        start,
+        after_hours=False,
+        urgent=False,
+    )
+    assert q.free_cancellation_until == start - timedelta(hours=48)
+    assert cancellation_fee(q, start - timedelta(hours=49)) == 0
+    assert cancellation_fee(q, start - timedelta(hours=48)) == 1000
+    assert cancellation_fee(q, start - timedelta(hours=1)) == 1000
+
+
+# ---------------------------------------------------------- service hours --
+@pytest.mark.parametrize(
+    ("start_utc", "end_utc", "inside"),
+    [
+        (time(9, 0), time(11, 0), True),  # 10:00-12:00 in Lisbon (UTC+1 in June)
+        (time(6, 30), time(8, 0), False),  # 07:30 local: before opening
+        (time(17, 0), time(19, 0), True),  # ends exactly at closing, 20:00 local
+        (time(18, 0), time(20, 0), False),  # 21:00 local: after closing
+    ],
+)
+def test_service_hours_are_read_in_the_regions_time_zone(
+    start_utc: time, end_utc: time, inside: bool
+) -> None:
+    day = NOW.date()
+    start = datetime.combine(day, start_utc, UTC)
+    end = datetime.combine(day, end_utc, UTC)
+    assert HOURS.covers(start, end) is inside
+
+
+def test_a_window_across_midnight_is_after_hours() -> None:
+    start = datetime(2030, 6, 10, 22, 0, tzinfo=UTC)
+    assert HOURS.covers(start, start + timedelta(hours=4)) is False
+
+
+# ---------------------------------------------------------------- windows --
+@pytest.mark.parametrize(
+    ("start", "end", "field"),
+    [
+        (NOW - timedelta(hours=1), NOW + timedelta(hours=1), "window_start"),
+        (NOW + timedelta(days=1), NOW + timedelta(days=1) - timedelta(hours=1), "window_end"),
+        (NOW + timedelta(days=1), NOW + timedelta(days=1, minutes=20), "window_end"),
+        (NOW + timedelta(days=1), NOW + timedelta(days=1, hours=13), "window_end"),
+        (NOW + timedelta(days=91), NOW + timedelta(days=91, hours=2), "window_start"),
+    ],
+)
+def test_bad_windows_are_refused_naming_the_field(
+    start: datetime, end: datetime, field: str
+) -> None:
+    with pytest.raises(Unprocessable) as raised:
+        check_window(start, end, NOW)
+    assert raised.value.field == field
+
+
+def test_asap_and_urgent_choose_their_own_window_and_take_none() -> None:
+    start, end, late = resolve_window(Timing.ASAP, None, None, NOW, HOURS)
+    assert (start, end) == (NOW, NOW + timedelta(hours=3))
+    assert late is False  # 10:00-13:00 local
+    start, end, late = resolve_window(Timing.URGENT, None, None, NOW.replace(hour=23), HOURS)
+    assert end - start == timedelta(hours=2)
+    assert late is False  # urgent carries its own surcharge instead
+    night = NOW.replace(hour=21)
+    assert resolve_window(Timing.ASAP, None, None, night, HOURS)[2] is True
+    with pytest.raises(Unprocessable) as raised:
+        resolve_window(
+            Timing.ASAP, NOW + timedelta(days=1), NOW + timedelta(days=1, hours=2), NOW, HOURS
+        )
+    assert raised.value.field == "window_start"
+    with pytest.raises(Unprocessable):
+        resolve_window(Timing.WINDOW, None, None, NOW, HOURS)
+
+
+# ------------------------------------------------------------ transitions --
+PAIRS = list(itertools.product(S, S))
+
+
+@pytest.mark.parametrize(("current", "target"), PAIRS, ids=[f"{a}->{b}" for a, b in PAIRS])
+def test_move_to_allows_exactly_the_legal_transitions(
+    current: BookingStatus, target: BookingStatus
+) -> None:
+    b = booking(current)
+    if target in ALLOWED[current]:
+        b.move_to(target, NOW, "ok")
+        assert b.status is target
+        assert b.timeline[-1] == TimelineEntry(status=target, at=NOW, note="ok")
+    else:
+        before = b.model_copy(deep=True)
+        with pytest.raises(IllegalTransition) as raised:
+            b.move_to(target, NOW)
+        assert isinstance(raised.value, Conflict)  # answered 409
+        assert b == before
+
+
+def test_terminal_states_allow_nothing() -> None:
+    assert ALLOWED[S.CANCELLED] == frozenset()
+    assert ALLOWED[S.CLOSED] == frozenset()
+
+
+def test_facts_move_forward_may_skip_and_stale_or_repeated_ones_change_nothing() -> None:
+    b = booking(S.ASSIGNED)
+    assert b.observe(S.EN_ROUTE, NOW) is True
+    assert b.observe(S.COMPLETED, NOW) is True  # arrival overtaken by completion
+    assert b.observe(S.ARRIVED, NOW) is False
+    assert b.observe(S.COMPLETED, NOW) is False
+    assert [e.status for e in b.timeline] == [S.ASSIGNED, S.EN_ROUTE, S.COMPLETED]
+    gone = booking(S.CANCELLED)
+    assert gone.observe(S.ASSIGNED, NOW) is False
+    assert gone.status is S.CANCELLED
+
+
+def test_assign_then_reassign_reports_the_replaced_technician() -> None:
+    b = booking()
+    assert b.assign(tech(), NOW) is None
+    assert b.status is S.ASSIGNED
+    assert b.assign(tech(), NOW) is None  # the same one again: nothing happens
+    assert len(b.timeline) == 2
+    previous = b.assign(tech("tech_2", "LX-2"), NOW)
+    assert previous == tech()
+    assert b.technician == tech("tech_2", "LX-2")
+    assert "LX-1 to LX-2" in (b.timeline[-1].note or "")
+
+
+def test_the_same_technician_reconfirmed_after_a_reschedule_assigns_again() -> None:
+    b = booking()
+    b.assign(tech(), NOW)
+    b.reschedule(NOW + timedelta(days=4), NOW + timedelta(days=4, hours=2), HOURS, NOW)
+    assert b.status is S.RESCHEDULED
+    assert b.assign(tech(), NOW) is None
+    assert b.timeline[-1].status is S.ASSIGNED
+
+
+def test_cancel_charges_nothing_before_the_cutoff_and_the_fee_after() -> None:
+    early = booking(start=NOW + timedelta(days=3))
+    assert early.cancel(NOW, "plans changed") == 0
+    assert early.status is S.CANCELLED
+    late = booking(start=NOW + timedelta(hours=5))
+    assert late.cancel(NOW, "plans changed") == 1000
+    assert late.cancellation_fee == 1000
+
+
+@pytest.mark.parametrize("status", sorted(set(S) - CANCELLABLE))
+def test_cancel_is_refused_once_the_visit_is_under_way_or_over(status: BookingStatus) -> None:
+    b = booking(status)
+    with pytest.raises(IllegalTransition):
+        b.cancel(NOW, "too late")
+    assert b.status is status
+
+
+def test_reschedule_keeps_booked_prices_and_recomputes_the_after_hours_surcharge() -> None:
+    b = booking()
+    late = datetime(2030, 6, 15, 20, 0, tzinfo=UTC)  # 21:00 in Lisbon
+    b.reschedule(late, late + timedelta(hours=1), HOURS, NOW)
+    assert b.status is S.RESCHEDULED
+    assert b.quote.lines[0].unit_price == 2500
+    assert b.quote.lines[0].surcharge == 500
+    assert b.quote.after_hours is True
+    assert b.window_start == late
+
+
+@pytest.mark.parametrize("status", sorted(set(S) - RESCHEDULABLE))
+def test_reschedule_is_refused_once_the_technician_is_on_the_way(status: BookingStatus) -> None:
+    b = booking(status)
+    with pytest.raises(IllegalTransition):
+        b.reschedule(NOW + timedelta(days=4), NOW + timedelta(days=4, hours=2), HOURS, NOW)
+
+
+def test_reschedule_into_the_past_is_refused() -> None:
+    b = booking()
+    with pytest.raises(Unprocessable) as raised:
+        b.reschedule(NOW - timedelta(hours=2), NOW - timedelta(hours=1), HOURS, NOW)
+    assert raised.value.field == "window_start"
+    assert b.status is S.REQUESTED
+
+
+def test_lifecycle_is_the_forward_path_of_a_visit() -> None:
+    assert LIFECYCLE[0] is S.REQUESTED
+    assert LIFECYCLE[-1] is S.CLOSED
+    for earlier, later in itertools.pairwise(LIFECYCLE[1:]):
+        assert later in ALLOWED[earlier]
+
+
+def test_fingerprint_ignores_key_order_but_not_content() -> None:
+    assert fingerprint({"a": 1, "b": [1, 2]}) == fingerprint({"b": [1, 2], "a": 1})
+    assert fingerprint({"a": 1}) != fingerprint({"a": 2})
