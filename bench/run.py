@@ -34,6 +34,7 @@ from aiokafka.structs import TopicPartition
 from pydantic import Field
 from pymongo import AsyncMongoClient
 
+from bench.booking_api import booking_service, http_floor, post_bookings
 from deploy.local.servers import Servers, local_servers
 from shared.consumer import EventConsumer, Handlers, ensure_inbox_indexes
 from shared.events.envelope import Envelope, EventPayload
@@ -90,10 +91,15 @@ class Counts:
     one_by_one: int
     latency: int
     consume: int
+    http: int  # POST /bookings requests, 8 concurrent clients
 
 
-FULL = Counts(rounds=4, produce=20_000, mongo=2_000, one_by_one=1_000, latency=500, consume=2_000)
-QUICK = Counts(rounds=2, produce=3_000, mongo=500, one_by_one=200, latency=100, consume=300)
+FULL = Counts(
+    rounds=4, produce=20_000, mongo=2_000, one_by_one=1_000, latency=500, consume=2_000, http=2_000
+)
+QUICK = Counts(
+    rounds=2, produce=3_000, mongo=500, one_by_one=200, latency=100, consume=300, http=200
+)
 
 
 def percentile(samples: list[float], q: float) -> float:
@@ -124,12 +130,14 @@ def abba(round_no: int) -> tuple[str, str]:
     return ("raw", "platform") if round_no % 2 == 0 else ("platform", "raw")
 
 
-async def one_by_one(total: int, op: Callable[[int], Awaitable[None]]) -> float:
-    async def sequence() -> None:
-        for i in range(total):
-            await op(i)
-
-    return total / await timed(sequence)
+async def one_by_one(total: int, op: Callable[[int], Awaitable[None]]) -> list[float]:
+    """Run `op` `total` times in sequence; returns each one's latency in seconds."""
+    latencies = []
+    for i in range(total):
+        started = time.perf_counter()
+        await op(i)
+        latencies.append(time.perf_counter() - started)
+    return latencies
 
 
 class Bench:
@@ -158,7 +166,7 @@ class Bench:
     def record(self, figure: Figure) -> None:
         self.figures[figure.name] = figure
         ratio = f"  {figure.ratio:5.2f} x {figure.baseline}" if figure.ratio is not None else ""
-        print(f"  {figure.name:<30} {figure.value:>11,.1f} {figure.unit:<8}{ratio}", flush=True)
+        print(f"  {figure.name:<34} {figure.value:>11,.1f} {figure.unit:<8}{ratio}", flush=True)
 
     def record_pair(
         self, raw: Figure, platform: Figure, raw_rounds: list[float], rounds: list[float]
@@ -173,8 +181,10 @@ class Bench:
         self.record(platform)
 
     async def close(self) -> None:
-        """Leave the servers as we found them: drop the run's database and topics."""
-        await self.client.drop_database(self.settings.database_name)
+        """Leave the servers as we found them: drop the run's databases and topics."""
+        for name in await self.client.list_database_names():
+            if name.startswith(self.settings.db_prefix):
+                await self.client.drop_database(name)
         await self.client.close()
         admin = AIOKafkaAdminClient(bootstrap_servers=self.settings.kafka_bootstrap)
         await admin.start()
@@ -359,14 +369,62 @@ class Bench:
             uow_rounds,
         )
         await self.db[OUTBOX].delete_many({})
+        latencies = await one_by_one(self.counts.one_by_one, transaction)
         self.record(
             Figure(
                 "raw.mongo.txn_one_by_one",
-                await one_by_one(self.counts.one_by_one, transaction),
+                len(latencies) / sum(latencies),
                 "txn/s",
                 "one at a time",
             )
         )
+        self.record(Figure("raw.mongo.txn_p50", percentile(latencies, 0.5) * 1e3, "ms"))
+        self.record(Figure("raw.mongo.txn_p99", percentile(latencies, 0.99) * 1e3, "ms"))
+
+    # ------------------------------------------------------- the booking API --
+    async def booking_api(self) -> None:
+        """POST /bookings on a real booking service: validation, pricing, one transaction
+        holding the booking and its outbox rows, the HTTP round trip."""
+        async with booking_service(self.settings, RUN_DIR / "booking-service.log") as url:
+            floor = await http_floor(url, self.counts.one_by_one)
+            alone, _ = await post_bookings(url, self.counts.one_by_one, 1)
+            loaded, elapsed = await post_bookings(url, self.counts.http, CONCURRENCY)
+        self.record(
+            Figure(
+                "raw.http.healthz_p50",
+                percentile(floor, 0.5) * 1e3,
+                "ms",
+                "GET /healthz one at a time: the cost of any request here",
+            )
+        )
+        rate = Figure(
+            "platform.post_booking",
+            len(loaded) / elapsed,
+            "req/s",
+            f"{CONCURRENCY} concurrent clients over HTTP",
+            baseline="raw.mongo.txn",
+        )
+        rate.ratio = rate.value / self.figures["raw.mongo.txn"].value
+        self.record(rate)
+        for q, name in ((0.5, "p50"), (0.99, "p99")):
+            figure = Figure(
+                f"platform.post_booking_{name}",
+                percentile(alone, q) * 1e3,
+                "ms",
+                "one request at a time",
+                baseline=f"raw.mongo.txn_{name}",
+            )
+            figure.ratio = figure.value / self.figures[f"raw.mongo.txn_{name}"].value
+            self.record(figure)
+        for q, name in ((0.5, "p50"), (0.99, "p99")):
+            self.record(
+                Figure(
+                    f"platform.post_booking_loaded_{name}",
+                    percentile(loaded, q) * 1e3,
+                    "ms",
+                    f"{CONCURRENCY} concurrent clients",
+                )
+            )
 
     # ---------------------------------------------------- the inbox consumer --
     async def platform_consumer(self) -> None:
@@ -558,6 +616,8 @@ async def run(counts: Counts, target: Servers) -> dict[str, Any]:
         print("consuming")
         await bench.consume()
         await bench.platform_consumer()
+        print("the booking API")
+        await bench.booking_api()
         print("latency, one event at a time")
         await bench.raw_kafka_latency()
         await bench.platform_latency()
