@@ -37,3 +37,17 @@ class Forbidden(DomainError):
 
     status = 403
     code = "forbidden"
+
+
+class Unauthenticated(DomainError):
+    """Nobody we know is calling: no (valid) identity on the request."""
+
+    status = 401
+    code = "unauthenticated"
+
+
+class Locked(DomainError):
+    """The object is locked for safety; only operations can release it."""
+
+    status = 423
+    code = "locked"

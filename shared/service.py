@@ -27,6 +27,7 @@ from shared.kafka import ensure_topics, make_producer
 from shared.mongo import Database, Document, connect
 from shared.outbox import OutboxRelay, UnitOfWork, ensure_outbox_indexes
 from shared.settings import Settings
+from shared.timers import TimerContext, TimerLoop, Timers, ensure_timer_indexes
 
 log = logging.getLogger(__name__)
 
@@ -42,6 +43,7 @@ class ServiceSpec:
     handlers: Handlers = field(default_factory=Handlers)
     ensure_indexes: Callable[[Database], Awaitable[None]] | None = None
     publishes: tuple[str, ...] = ()  # streams this service writes to
+    timers: Timers = field(default_factory=Timers)
     # Extra resources that live as long as the app (e.g. the gateway's HTTP client).
     lifespan: Callable[[FastAPI], contextlib.AbstractAsyncContextManager[None]] | None = None
 
@@ -62,12 +64,22 @@ class Runtime:
             if spec.handlers.models()
             else None
         )
+        self.timer_loop = (
+            TimerLoop(
+                spec.timers,
+                TimerContext(self.db, self.uow, settings),
+                settings.timer_poll_interval_s,
+            )
+            if spec.timers.kinds()
+            else None
+        )
         self._tasks: list[asyncio.Task[None]] = []
         self.started = False
 
     async def start(self) -> None:
         await ensure_outbox_indexes(self.db)
         await ensure_inbox_indexes(self.db)
+        await ensure_timer_indexes(self.db)
         if self.spec.ensure_indexes:
             await self.spec.ensure_indexes(self.db)
         topics = [self.settings.topic(stream_topic(s)) for s in self.spec.publishes]
@@ -81,6 +93,10 @@ class Runtime:
         if self.consumer:
             self._tasks.append(
                 asyncio.create_task(self._supervise("consumer", self.consumer.run_forever))
+            )
+        if self.timer_loop:
+            self._tasks.append(
+                asyncio.create_task(self._supervise("timers", self.timer_loop.run_forever))
             )
         self.started = True
 

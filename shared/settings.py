@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from pydantic import AliasChoices, Field
+from pydantic import AliasChoices, Field, SecretStr
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 
@@ -30,6 +30,18 @@ class Settings(BaseSettings):
     consumer_max_attempts: int = Field(4, validation_alias="CONSUMER_MAX_ATTEMPTS")
     consumer_backoff_s: float = Field(0.1, validation_alias="CONSUMER_BACKOFF_S")
     consumer_backoff_max_s: float = Field(5.0, validation_alias="CONSUMER_BACKOFF_MAX_S")
+    timer_poll_interval_s: float = Field(0.25, validation_alias="TIMER_POLL_INTERVAL_S")
+
+    # Dispatch: how long a technician has to answer an offer, how long requests are
+    # collected into one matching round, how long a booking may wait for anybody.
+    offer_timeout_s: float = Field(120.0, validation_alias="DISPATCH_OFFER_TIMEOUT_S")
+    match_window_s: float = Field(0.3, validation_alias="DISPATCH_MATCH_WINDOW_S")
+    search_timeout_s: float = Field(900.0, validation_alias="DISPATCH_SEARCH_TIMEOUT_S")
+    check_in_max_distance_m: float = Field(300.0, validation_alias="DISPATCH_CHECK_IN_MAX_M")
+    visit_code_attempts: int = Field(3, validation_alias="DISPATCH_VISIT_CODE_ATTEMPTS")
+    # Derives the one-time visit codes; set it in production (never commit it). Unset, the
+    # service keeps a random one in its own database so restarts and replicas agree.
+    visit_code_secret: SecretStr | None = Field(None, validation_alias="DISPATCH_VISIT_CODE_SECRET")
 
     @property
     def database_name(self) -> str:

@@ -8,6 +8,8 @@ from zoneinfo import ZoneInfo
 
 import httpx
 
+from tests.harness import eventually
+
 LISBON_TZ = ZoneInfo("Europe/Lisbon")
 LISBON = {"lat": 38.7223, "lon": -9.1393}
 PORTO = {"lat": 41.1579, "lon": -8.6291}
@@ -115,19 +117,95 @@ def booking_body(
     }
 
 
-async def seed_technician(
-    dispatch: httpx.AsyncClient, technician_id: str, badge: str, **over: Any
-) -> None:
-    body = {
+OPS = {"X-Actor-Role": "ops", "X-Actor-Id": "ops_test"}
+
+
+def as_technician(technician_id: str) -> dict[str, str]:
+    return {"X-Actor-Role": "technician", "X-Actor-Id": technician_id}
+
+
+def as_customer(customer_id: str) -> dict[str, str]:
+    return {"X-Actor-Role": "customer", "X-Actor-Id": customer_id}
+
+
+def as_store(store_id: str) -> dict[str, str]:
+    return {"X-Actor-Role": "store", "X-Actor-Id": store_id}
+
+
+ALL_WEEK = [{"weekday": d, "start": "00:00", "end": "00:00"} for d in range(7)]  # round the clock
+VALID = (date.today() + timedelta(days=365)).isoformat()
+
+
+def technician_file(badge: str, **over: Any) -> dict[str, Any]:
+    """A complete personal file: qualified, insured, serving Lisbon, on shift all week."""
+    return {
         "full_name": "Marta Sousa",
         "badge_number": badge,
+        "photo_url": "https://img.doorstep.example/marta.jpg",
+        "phone": "+351913000001",
         "store_id": "store_chiado",
         "skills": ["nails"],
+        "certificates": [],
+        "insurance": {"insurer": "Fidelidade", "policy_number": "P-1", "expires_on": VALID},
+        "areas": [REGIONS["lisbon"]],
+        "timezone": "Europe/Lisbon",
+        "shifts": ALL_WEEK,
         "location": {"lat": 38.7100, "lon": -9.1400},
         **over,
     }
-    r = await dispatch.put(f"/technicians/{technician_id}", json=body)
-    assert r.status_code == 204, r.text
+
+
+async def seed_technician(
+    dispatch: httpx.AsyncClient, technician_id: str, badge: str, **over: Any
+) -> None:
+    r = await dispatch.put(
+        f"/technicians/{technician_id}", json=technician_file(badge, **over), headers=OPS
+    )
+    assert r.status_code == 200, r.text
+
+
+async def open_offer(dispatch: httpx.AsyncClient, technician_id: str, booking_id: str) -> Any:
+    """Wait for the offer of this booking to reach the technician's app."""
+
+    async def probe() -> Any:
+        r = await dispatch.get(
+            f"/technicians/{technician_id}/offers", headers=as_technician(technician_id)
+        )
+        assert r.status_code == 200, r.text
+        return next((o for o in r.json() if o["booking_id"] == booking_id), None)
+
+    return await eventually(probe, what=f"offer of {booking_id} to {technician_id}")
+
+
+async def accept_offer(dispatch: httpx.AsyncClient, technician_id: str, booking_id: str) -> Any:
+    offer = await open_offer(dispatch, technician_id, booking_id)
+    r = await dispatch.post(
+        f"/offers/{offer['offer']['offer_id']}/accept", headers=as_technician(technician_id)
+    )
+    assert r.status_code == 200, r.text
+    return r.json()
+
+
+async def walk_to_service(
+    dispatch: httpx.AsyncClient, booking_id: str, technician_id: str, customer_id: str
+) -> None:
+    """Set off, check in at the door, confirm identity with the customer's code, start."""
+    tech = as_technician(technician_id)
+    r = await dispatch.post(f"/visits/{booking_id}/en-route", headers=tech)
+    assert r.status_code == 200, r.text
+    r = await dispatch.post(
+        f"/visits/{booking_id}/arrive",
+        json={"location": {"lat": 38.7223, "lon": -9.1393}},
+        headers=tech,
+    )
+    assert r.status_code == 200, r.text
+    r = await dispatch.get(f"/visits/{booking_id}/door-check", headers=as_customer(customer_id))
+    assert r.status_code == 200, r.text
+    code = r.json()["visit_code"]
+    r = await dispatch.post(f"/visits/{booking_id}/identity", json={"code": code}, headers=tech)
+    assert r.status_code == 200, r.text
+    r = await dispatch.post(f"/visits/{booking_id}/start", headers=tech)
+    assert r.status_code == 200, r.text
 
 
 async def get_json(client: httpx.AsyncClient, path: str, **params: str) -> Any:

@@ -13,11 +13,16 @@ from shared.mongo import Document
 from tests.conftest import Platform
 from tests.seed import (
     OCEAN,
+    OPS,
     REGIONS,
+    as_customer,
+    as_store,
+    as_technician,
     booking_body,
     seed_customer,
     seed_item,
     seed_technician,
+    technician_file,
 )
 
 pytestmark = pytest.mark.integration
@@ -59,13 +64,8 @@ def region(**changes: Any) -> dict[str, Any]:
 
 
 PROFILE = {"name": "Ana", "phone": "+351912345678", "preferred_language": "pt"}
-TECH = {
-    "full_name": "Rui Lopes",
-    "badge_number": "LX-9000",
-    "store_id": "store_chiado",
-    "skills": ["nails"],
-    "location": {"lat": 38.71, "lon": -9.14},
-}
+TECH = technician_file("LX-9000", full_name="Rui Lopes")
+TECH_DONE = as_technician("tech_bad_input")
 B = ("booking", "POST", "/bookings")
 
 # (service, method, path, json body, headers, expected status, field named in the error)
@@ -266,38 +266,160 @@ CASES: list[tuple[str, str, str, Any, dict[str, str], int, str]] = [
     ("booking", "POST", "/bookings/bk_missing/book-again", {"timing": "asap"}, {}, 404, ""),
     ("booking", "GET", "/bookings/bk_missing", None, {}, 404, ""),
     ("booking", "GET", "/bookings", None, {}, 422, "customer_id"),
-    # --- dispatch
-    ("dispatch", "PUT", "/technicians/tech_x", {**TECH, "skills": []}, {}, 422, "skills"),
+    # --- dispatch: technicians' files (operations, or the technician's own store)
+    ("dispatch", "PUT", "/technicians/tech_x", {**TECH, "skills": []}, OPS, 422, "skills"),
     (
         "dispatch",
         "PUT",
         "/technicians/tech_x",
         {**TECH, "badge_number": "lx 9"},
-        {},
+        OPS,
         422,
         "badge_number",
     ),
-    ("dispatch", "PUT", "/technicians/tech_x", {**TECH, "rating": 5}, {}, 422, "rating"),
+    ("dispatch", "PUT", "/technicians/tech_x", {**TECH, "rating": 5}, OPS, 422, "rating"),
     (
         "dispatch",
         "PUT",
         "/technicians/tech_x",
         {**TECH, "location": {"lat": 0}},
-        {},
+        OPS,
         422,
         "location.lon",
     ),
+    ("dispatch", "PUT", "/technicians/tech_x", {**TECH, "areas": []}, OPS, 422, "areas"),
+    (
+        "dispatch",
+        "PUT",
+        "/technicians/tech_x",
+        {**TECH, "timezone": "Mars/Olympus"},
+        OPS,
+        422,
+        "timezone",
+    ),
+    (
+        "dispatch",
+        "PUT",
+        "/technicians/tech_x",
+        {**TECH, "photo_url": "http://plain.example/p.jpg"},
+        OPS,
+        422,
+        "photo_url",
+    ),
+    (
+        "dispatch",
+        "PUT",
+        "/technicians/tech_x",
+        {**TECH, "exceptions": [{"on": "2030-01-01", "kind": "extra"}]},
+        OPS,
+        422,
+        "exceptions.0",
+    ),
+    (
+        "dispatch",
+        "PUT",
+        "/technicians/tech_x",
+        {**TECH, "certificates": [{"name": "gel", "issuer": "x", "expires_on": "soon"}]},
+        OPS,
+        422,
+        "certificates.0.expires_on",
+    ),
+    (
+        "dispatch",
+        "PUT",
+        "/technicians/tech_x",
+        {**TECH, "areas": [{"type": "Polygon", "coordinates": [[[0, 0], [1, 1], [0, 0]]]}]},
+        OPS,
+        422,
+        "areas.0.coordinates",
+    ),
+    ("dispatch", "PUT", "/technicians/tech_x", TECH, {}, 401, ""),
+    ("dispatch", "PUT", "/technicians/tech_x", TECH, as_store("store_other"), 403, ""),
+    (
+        "dispatch",
+        "PUT",
+        "/technicians/tech_bad_input",
+        {**TECH, "store_id": "store_other"},
+        as_store("store_other"),
+        403,
+        "",
+    ),
+    ("dispatch", "PUT", "/technicians/tech_x", TECH, as_customer(CUSTOMER), 403, ""),
+    (
+        "dispatch",
+        "PUT",
+        "/technicians/tech_x",
+        {**TECH, "badge_number": "LX-BAD-1"},
+        OPS,
+        409,
+        "badge_number",
+    ),
+    ("dispatch", "GET", "/technicians/tech_missing", None, OPS, 404, ""),
+    ("dispatch", "GET", "/technicians/tech_bad_input", None, as_store("store_other"), 403, ""),
+    ("dispatch", "GET", "/technicians/tech_bad_input", None, as_customer(CUSTOMER), 403, ""),
+    (
+        "dispatch",
+        "PUT",
+        "/technicians/tech_bad_input/status",
+        {"status": "suspended", "reason": "x"},
+        OPS,
+        422,
+        "reason",
+    ),
+    (
+        "dispatch",
+        "POST",
+        "/technicians/tech_bad_input/location",
+        {"location": {"lat": 38.7, "lon": -9.1}},
+        as_technician("tech_other"),
+        403,
+        "",
+    ),
+    ("dispatch", "GET", "/technicians/tech_bad_input/offers", None, as_technician("x"), 403, ""),
+    # --- dispatch: offers and visits that do not exist, or input that is not there
+    ("dispatch", "POST", "/offers/of_missing/accept", None, TECH_DONE, 404, ""),
+    ("dispatch", "POST", "/offers/of_missing/decline", None, TECH_DONE, 404, ""),
+    ("dispatch", "POST", "/offers/of_missing/accept", None, as_customer(CUSTOMER), 403, ""),
+    ("dispatch", "GET", "/visits/bk_missing", None, OPS, 404, ""),
+    ("dispatch", "POST", "/visits/bk_missing/arrive", {}, TECH_DONE, 422, "location"),
+    (
+        "dispatch",
+        "POST",
+        "/visits/bk_missing/arrive",
+        {"location": {"lat": 38.7, "lon": -9.1}},
+        TECH_DONE,
+        404,
+        "",
+    ),
+    ("dispatch", "POST", "/visits/bk_missing/identity", {"code": "12ab56"}, TECH_DONE, 422, "code"),
     (
         "dispatch",
         "POST",
         "/visits/bk_missing/complete",
         {"performed": [{"code": "nails.manicure", "quantity": 1}]},
-        {},
+        TECH_DONE,
         404,
         "",
     ),
-    ("dispatch", "POST", "/visits/bk_missing/complete", {"performed": []}, {}, 422, "performed"),
-    ("dispatch", "GET", "/technicians/tech_missing", None, {}, 404, ""),
+    (
+        "dispatch",
+        "POST",
+        "/visits/bk_missing/complete",
+        {"performed": []},
+        TECH_DONE,
+        422,
+        "performed",
+    ),
+    (
+        "dispatch",
+        "POST",
+        "/visits/bk_missing/reassign",
+        {"reason": "operations move it"},
+        TECH_DONE,
+        403,
+        "",
+    ),
+    ("dispatch", "GET", "/visits/bk_missing/candidates", None, OPS, 404, ""),
     # --- payments, reviews
     ("payments", "GET", "/receipts", None, {}, 422, "booking_id"),
     ("payments", "GET", "/receipts/rc_missing", None, {}, 404, ""),
@@ -323,6 +445,8 @@ async def snapshot(mongo: AsyncMongoClient[Document], prefix: str) -> dict[str, 
     for service in ("booking", "dispatch", "payments", "reviews", "gateway"):
         db = mongo[f"{prefix}_{service}"]
         for name in await db.list_collection_names():
+            if name == "timers":
+                continue  # other tests' offer deadlines may fire meanwhile
             counts[f"{service}.{name}"] = await db[name].count_documents({})
             if name in ("catalogue_items", "prices", "regions", "customers", "technicians"):
                 # Content too: a rejected update must not change an existing document.

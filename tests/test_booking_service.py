@@ -28,6 +28,7 @@ from shared.mongo import Document
 from tests.conftest import Platform
 from tests.harness import Infra, eventually
 from tests.seed import (
+    accept_offer,
     booking_body,
     get_json,
     lisbon_window,
@@ -68,6 +69,15 @@ async def served_item(
             dispatch, technician_id, unique("LX-").upper().replace("_", "-"), skills=[skill]
         )
     return code
+
+
+async def accepted(
+    platform: Platform, booking: httpx.AsyncClient, booking_id: str, technician_id: str
+) -> Any:
+    """The technician accepts the offer; the booking shows them assigned."""
+    async with platform.client("dispatch") as dispatch:
+        await accept_offer(dispatch, technician_id, booking_id)
+    return await status_is(booking, booking_id, "assigned")
 
 
 async def status_is(booking: httpx.AsyncClient, booking_id: str, status: str) -> Any:
@@ -250,7 +260,7 @@ async def test_reschedule_keeps_the_booked_prices_and_dispatch_reconfirms_the_te
         made = (
             await booking.post("/bookings", json=booking_body(customer, code, quantity=1))
         ).json()
-        assigned = await status_is(booking, made["booking_id"], "assigned")
+        assigned = await accepted(platform, booking, made["booking_id"], tech)
         assert assigned["technician"]["technician_id"] == tech
         # The price goes up after the booking was made; the booking keeps its price.
         r = await booking.post(
@@ -292,7 +302,7 @@ async def test_book_again_repeats_services_and_prefers_the_same_technician(
         first = (
             await booking.post("/bookings", json=booking_body(customer, code, quantity=2))
         ).json()
-        await status_is(booking, first["booking_id"], "assigned")
+        await accepted(platform, booking, first["booking_id"], tech)
         start, end = lisbon_window(days=8)
         again = await booking.post(
             f"/bookings/{first['booking_id']}/book-again",
@@ -351,7 +361,7 @@ async def test_facts_from_dispatch_and_payments_walk_the_booking_to_closed(
         made = (
             await booking.post("/bookings", json=booking_body(customer, code, quantity=1))
         ).json()
-        b = await status_is(booking, made["booking_id"], "assigned")
+        b = await accepted(platform, booking, made["booking_id"], tech)
         old_badge = b["technician"]["badge_number"]
         booking_id, now = made["booking_id"], datetime.now(UTC)
         visit = f"vs_{booking_id}"
@@ -494,7 +504,7 @@ async def test_only_the_assigned_technician_reads_the_care_profile_and_never_the
         )
         assert r.status_code == 200, r.text
         made = (await booking.post("/bookings", json=booking_body(customer, code))).json()
-        await status_is(booking, made["booking_id"], "assigned")
+        await accepted(platform, booking, made["booking_id"], tech)
         mine = await booking.get(
             f"/bookings/{made['booking_id']}/care-profile", params={"technician_id": tech}
         )

@@ -11,11 +11,14 @@ from tests.conftest import Platform
 from tests.harness import eventually
 from tests.seed import (
     FARO,
+    accept_offer,
+    as_technician,
     booking_body,
     get_json,
     seed_customer,
     seed_item,
     seed_technician,
+    walk_to_service,
 )
 
 pytestmark = pytest.mark.integration
@@ -28,13 +31,12 @@ async def test_booking_is_confirmed_then_completed_visit_yields_receipt_and_revi
     skill = f"nails-{uuid.uuid4().hex[:6]}"
     code = f"{skill}.manicure"
     customer = f"cus_{uuid.uuid4().hex[:8]}"
+    tech = f"tech_{uuid.uuid4().hex[:8]}"
     async with platform.client("booking") as booking:
         await seed_item(booking, code, skill=skill)
         await seed_customer(booking, customer)
     async with platform.client("dispatch") as dispatch:
-        await seed_technician(
-            dispatch, "tech_marta", f"LX-{uuid.uuid4().hex[:6].upper()}", skills=[skill]
-        )
+        await seed_technician(dispatch, tech, f"LX-{uuid.uuid4().hex[:6].upper()}", skills=[skill])
 
     async with platform.client("gateway") as api:
         created = await api.post("/v1/bookings", json=booking_body(customer, code))
@@ -44,17 +46,24 @@ async def test_booking_is_confirmed_then_completed_visit_yields_receipt_and_revi
         assert booking["status"] == "requested"
         assert booking["total"] == 5000  # 2 x 25.00 EUR from the catalogue
 
+    async with platform.client("dispatch") as dispatch:
+        await accept_offer(dispatch, tech, booking_id)
+
+    async with platform.client("gateway") as api:
+
         async def confirmed() -> Any:
             view = await get_json(api, f"/v1/bookings/{booking_id}")
             return view if view and view["booking"]["status"] == "assigned" else None
 
         view = await eventually(confirmed, what="booking assigned")
-        assert view["booking"]["technician"]["technician_id"] == "tech_marta"
+        assert view["booking"]["technician"]["technician_id"] == tech
 
     async with platform.client("dispatch") as dispatch:
+        await walk_to_service(dispatch, booking_id, tech, customer)
         done = await dispatch.post(
             f"/visits/{booking_id}/complete",
             json={"performed": [{"code": code, "quantity": 2}]},
+            headers=as_technician(tech),
         )
         assert done.status_code == 200, done.text
 
@@ -69,7 +78,7 @@ async def test_booking_is_confirmed_then_completed_visit_yields_receipt_and_revi
         invite = await eventually(
             lambda: get_json(reviews, f"/review-requests/{booking_id}"), what="review requested"
         )
-    assert invite["technician_id"] == "tech_marta"
+    assert invite["technician_id"] == tech
 
     async with platform.client("gateway") as api:
 
@@ -80,7 +89,15 @@ async def test_booking_is_confirmed_then_completed_visit_yields_receipt_and_revi
 
         view = await eventually(completed_with_receipt, what="booking completed")
     statuses = [entry["status"] for entry in view["booking"]["timeline"]]
-    assert statuses == ["requested", "assigned", "completed"]
+    assert statuses == [
+        "requested",
+        "assigned",
+        "en_route",
+        "arrived",
+        "identity_confirmed",
+        "in_service",
+        "completed",
+    ]
 
 
 async def test_booking_nobody_can_serve_waits_for_operations(platform: Platform) -> None:
@@ -98,4 +115,4 @@ async def test_booking_nobody_can_serve_waits_for_operations(platform: Platform)
             return b if b and b["status"] == "dispatch_failed" else None
 
         found = await eventually(waiting, what="dispatch failed")
-    assert found["timeline"][-1]["note"] == "no qualified technician nearby"
+    assert found["timeline"][-1]["note"] == "no qualified technician free for this window"

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import asyncio
 from datetime import datetime, time, timedelta
-from typing import Annotated, Any, Literal
+from typing import Annotated, Any
 from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
 from fastapi import APIRouter, Header, Query, Response, status
@@ -40,7 +40,7 @@ from services.booking.pricing import (
 )
 from services.booking.storage import Bookings, Catalogue, Customers, Region, Regions
 from shared.errors import Conflict, Forbidden, NotFound, Unprocessable
-from shared.events.types import Currency, GeoPoint, MinorUnits, PricedLine
+from shared.events.types import Currency, GeoPoint, GeoPolygon, MinorUnits, PricedLine
 from shared.outbox import Transaction
 from shared.service import RuntimeDep
 from shared.time import utcnow
@@ -75,22 +75,6 @@ class Forbid(BaseModel):
 
 
 # ------------------------------------------------------------------ regions --
-class Polygon(Forbid):
-    type: Literal["Polygon"]
-    coordinates: list[list[tuple[float, float]]] = Field(min_length=1, max_length=20)
-
-    @field_validator("coordinates")
-    @classmethod
-    def _rings(cls, rings: list[list[tuple[float, float]]]) -> list[list[tuple[float, float]]]:
-        for ring in rings:
-            if len(ring) < 4 or ring[0] != ring[-1]:
-                raise ValueError("each ring needs at least 4 [lon, lat] points and must close")
-            for lon, lat in ring:
-                if not (-180 <= lon <= 180 and -90 <= lat <= 90):
-                    raise ValueError(f"[{lon}, {lat}] is not a [lon, lat] position")
-        return rings
-
-
 class HoursIn(Forbid):
     timezone: str = Field(examples=["Europe/Lisbon"])
     opens: time = Field(examples=["08:00"])
@@ -116,7 +100,7 @@ class RegionIn(Forbid):
     name: str = Field(min_length=1, max_length=100)
     currency: Currency
     hours: HoursIn
-    area: Polygon
+    area: GeoPolygon
 
 
 @router.put(

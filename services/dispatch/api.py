@@ -1,17 +1,45 @@
-"""Dispatch's HTTP API: technicians' files and the visit."""
+"""Dispatch's HTTP API: technicians' files, offers, and the visit at the door.
+
+Every call carries the caller's identity (set by the gateway) and is checked
+against the object: a store manages only its own technicians, a technician acts
+only on visits and offers that are theirs, a customer only on their own visit.
+"""
 
 from __future__ import annotations
 
-from typing import Annotated
+from datetime import datetime
+from typing import Annotated, Any
 
-from fastapi import APIRouter, Path, Response, status
+from fastapi import APIRouter, Path, Query
 from pydantic import BaseModel, ConfigDict, Field
+from pymongo.errors import DuplicateKeyError
 
-from services.dispatch.domain import Technician, Visit
-from services.dispatch.storage import Technicians, Visits
-from shared.errors import Conflict, NotFound
-from shared.events.dispatch import ServiceCompleted
-from shared.events.types import GeoPoint
+from services.dispatch import commands
+from services.dispatch.domain import (
+    AlertKind,
+    CodeResult,
+    Offer,
+    OfferStatus,
+    Technician,
+    TechnicianFile,
+    TechnicianIdentity,
+    TechnicianStatus,
+    Visit,
+    VisitStatus,
+    code_matches,
+    visit_code,
+)
+from services.dispatch.storage import Technicians, Visits, visit_code_key
+from shared.auth import Actor, ActorDep, Role
+from shared.errors import Conflict, Forbidden, Locked, NotFound, Unprocessable
+from shared.events.dispatch import (
+    IdentityConfirmed,
+    ServiceCompleted,
+    ServiceStarted,
+    TechnicianArrived,
+    TechnicianEnRoute,
+)
+from shared.events.types import GeoPoint, PricedLine
 from shared.outbox import Transaction
 from shared.service import RuntimeDep
 from shared.time import utcnow
@@ -21,83 +49,565 @@ router = APIRouter()
 Id = Annotated[str, Path(min_length=1, max_length=64, pattern=r"^[A-Za-z0-9_.-]+$")]
 
 
-class TechnicianIn(BaseModel):
+class Forbid(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
-    full_name: str = Field(min_length=2, max_length=200)
-    badge_number: str = Field(min_length=3, max_length=32, pattern=r"^[A-Z0-9-]+$")
-    store_id: str = Field(min_length=1, max_length=64)
-    skills: list[Annotated[str, Field(min_length=1, max_length=64)]] = Field(min_length=1)
-    location: GeoPoint
-    active: bool = True
+
+# ---------------------------------------------------------------- technicians --
+def may_manage(actor: Actor, store_id: str) -> None:
+    """Operations manage every file; a store only its own technicians'."""
+    if actor.is_ops:
+        return
+    if actor.role is Role.STORE and actor.store_id == store_id:
+        return
+    raise Forbidden(f"only operations or store {store_id} may manage this technician")
 
 
-class PerformedItem(BaseModel):
-    model_config = ConfigDict(extra="forbid")
-
-    code: str = Field(min_length=1, max_length=64)
-    quantity: int = Field(ge=1, le=20)
-
-
-class CompleteVisit(BaseModel):
-    model_config = ConfigDict(extra="forbid")
-
-    performed: list[PerformedItem] = Field(min_length=1, max_length=20)
+def may_read_file(actor: Actor, tech: Technician) -> None:
+    if actor.role is Role.TECHNICIAN and actor.subject == tech.technician_id:
+        return
+    may_manage(actor, tech.store_id)
 
 
-@router.put(
-    "/technicians/{technician_id}",
-    status_code=status.HTTP_204_NO_CONTENT,
-    tags=["technicians"],
-    summary="Create or update a technician's file",
-)
-async def put_technician(technician_id: Id, body: TechnicianIn, runtime: RuntimeDep) -> Response:
-    await Technicians(runtime.db).put(Technician(technician_id=technician_id, **body.model_dump()))
-    return Response(status_code=status.HTTP_204_NO_CONTENT)
-
-
-@router.get("/technicians/{technician_id}", tags=["technicians"])
-async def get_technician(technician_id: Id, runtime: RuntimeDep) -> Technician:
+async def existing(runtime: Any, technician_id: str) -> Technician:
     tech = await Technicians(runtime.db).get(technician_id)
     if tech is None:
         raise NotFound(f"technician {technician_id} does not exist")
     return tech
 
 
-@router.get("/visits/{booking_id}", tags=["visits"], summary="The visit for a booking")
-async def get_visit(booking_id: Id, runtime: RuntimeDep) -> Visit:
+@router.put(
+    "/technicians/{technician_id}",
+    tags=["technicians"],
+    summary="Create or update a technician's personal file (operations, or their store)",
+)
+async def put_technician(
+    technician_id: Id, body: TechnicianFile, actor: ActorDep, runtime: RuntimeDep
+) -> Technician:
+    may_manage(actor, body.store_id)
+    techs = Technicians(runtime.db)
+    before = await techs.get(technician_id)
+    if before is not None:
+        may_manage(actor, before.store_id)  # a store cannot take over another store's technician
+    kept = (
+        {k: getattr(before, k) for k in ("rating", "location_at", "schedule_version")}
+        if before
+        else {}
+    )
+    tech = Technician(technician_id=technician_id, **body.model_dump(), **kept)
+    try:
+        await techs.put(tech)
+    except DuplicateKeyError:
+        raise Conflict(
+            f"badge number {body.badge_number} belongs to another technician",
+            field="badge_number",
+        ) from None
+    return tech
+
+
+@router.get("/technicians/{technician_id}", tags=["technicians"], summary="A personal file")
+async def get_technician(technician_id: Id, actor: ActorDep, runtime: RuntimeDep) -> Technician:
+    tech = await existing(runtime, technician_id)
+    may_read_file(actor, tech)
+    return tech
+
+
+@router.get("/technicians", tags=["technicians"], summary="A store's technicians")
+async def list_technicians(
+    actor: ActorDep,
+    runtime: RuntimeDep,
+    store_id: Annotated[str, Query(min_length=1, max_length=64)],
+) -> list[Technician]:
+    may_manage(actor, store_id)
+    docs = await runtime.db["technicians"].find({"store_id": store_id}).limit(1000).to_list()
+    techs = Technicians(runtime.db)
+    found = await techs.many([d["_id"] for d in docs])
+    return sorted(found.values(), key=lambda t: t.technician_id)
+
+
+class StatusIn(Forbid):
+    status: TechnicianStatus
+    reason: str = Field(min_length=3, max_length=500)
+
+
+@router.put(
+    "/technicians/{technician_id}/status",
+    tags=["technicians"],
+    summary="Suspend or reactivate a technician (never dispatched while suspended)",
+)
+async def put_status(
+    technician_id: Id, body: StatusIn, actor: ActorDep, runtime: RuntimeDep
+) -> Technician:
+    tech = await existing(runtime, technician_id)
+    may_manage(actor, tech.store_id)
+    tech.status = body.status
+    await Technicians(runtime.db).put(tech)
+    return tech
+
+
+class LocationIn(Forbid):
+    location: GeoPoint
+    at: datetime | None = None
+
+
+@router.post(
+    "/technicians/{technician_id}/location",
+    tags=["technicians"],
+    summary="The technician app reports where it is",
+    status_code=204,
+)
+async def report_location(
+    technician_id: Id, body: LocationIn, actor: ActorDep, runtime: RuntimeDep
+) -> None:
+    if not (actor.role is Role.TECHNICIAN and actor.subject == technician_id):
+        raise Forbidden("only the technician's own app reports their location")
+    if not await Technicians(runtime.db).move(
+        technician_id, body.location.geojson(), body.at or utcnow()
+    ):
+        raise NotFound(f"technician {technician_id} does not exist")
+
+
+class OfferView(Forbid):
+    booking_id: str
+    offer: Offer
+    window_start: datetime
+    window_end: datetime
+    location: GeoPoint
+    lines: list[PricedLine]
+
+
+@router.get("/technicians/{technician_id}/offers", tags=["offers"], summary="Open offers to answer")
+async def open_offers(technician_id: Id, actor: ActorDep, runtime: RuntimeDep) -> list[OfferView]:
+    if not (actor.is_ops or (actor.role is Role.TECHNICIAN and actor.subject == technician_id)):
+        raise Forbidden("a technician sees only their own offers")
+    visits = await Visits(runtime.db).for_technician(technician_id, {VisitStatus.OFFERED})
+    return [
+        OfferView(
+            booking_id=v.booking_id,
+            offer=offer,
+            window_start=v.window_start,
+            window_end=v.window_end,
+            location=v.location,
+            lines=v.lines,
+        )
+        for v in visits
+        if (offer := v.open_offer) is not None and offer.technician_id == technician_id
+    ]
+
+
+# --------------------------------------------------------------------- offers --
+def technician_actor(actor: Actor) -> str:
+    actor.require(Role.TECHNICIAN)
+    return actor.subject
+
+
+class VisitView(Forbid):
+    """A visit as operations, the store and the assigned technician see it."""
+
+    visit_id: str
+    booking_id: str
+    customer_id: str
+    status: VisitStatus
+    location: GeoPoint
+    window_start: datetime
+    window_end: datetime
+    lines: list[PricedLine]
+    technician: TechnicianIdentity | None
+    offers: list[Offer]
+    arrived_at: datetime | None
+    arrival_distance_m: float | None
+    identity_confirmed_at: datetime | None
+    identity_method: str | None
+    started_at: datetime | None
+    completed_at: datetime | None
+    performed: list[PricedLine]
+    alerts: list[AlertKind]
+    failure: str | None
+    version: int
+
+    @classmethod
+    def of(cls, visit: Visit) -> VisitView:
+        return cls.model_validate(visit.model_dump(include=set(cls.model_fields)))
+
+
+class CustomerVisitView(Forbid):
+    """What the customer sees: who is coming and where the visit stands."""
+
+    booking_id: str
+    status: VisitStatus
+    window_start: datetime
+    window_end: datetime
+    technician: TechnicianIdentity | None
+    arrived_at: datetime | None
+    identity_confirmed_at: datetime | None
+
+    @classmethod
+    def of(cls, visit: Visit) -> CustomerVisitView:
+        return cls.model_validate(visit.model_dump(include=set(cls.model_fields)))
+
+
+@router.post("/offers/{offer_id}/accept", tags=["offers"], summary="Accept an offer")
+async def accept(offer_id: Id, actor: ActorDep, runtime: RuntimeDep) -> VisitView:
+    technician_id = technician_actor(actor)
+    visit = await runtime.uow.run(lambda tx: commands.accept_offer(tx, offer_id, technician_id))
+    return VisitView.of(visit)
+
+
+@router.post("/offers/{offer_id}/decline", tags=["offers"], summary="Decline an offer")
+async def decline(offer_id: Id, actor: ActorDep, runtime: RuntimeDep) -> dict[str, str]:
+    technician_id = technician_actor(actor)
+    await runtime.uow.run(lambda tx: commands.decline_offer(tx, offer_id, technician_id))
+    return {"offer_id": offer_id, "status": OfferStatus.DECLINED.value}
+
+
+# --------------------------------------------------------------------- visits --
+async def visible_visit(runtime: Any, booking_id: str, actor: Actor) -> Visit:
     visit = await Visits(runtime.db).by_booking(booking_id)
     if visit is None:
         raise NotFound(f"no visit for booking {booking_id}")
-    return visit
+    if actor.is_ops:
+        return visit
+    if actor.role is Role.CUSTOMER and actor.subject == visit.customer_id:
+        return visit
+    if actor.role is Role.TECHNICIAN and actor.subject == visit.technician_id:
+        return visit
+    if actor.role is Role.STORE and visit.technician_id:
+        tech = await Technicians(runtime.db).get(visit.technician_id)
+        if tech is not None and tech.store_id == actor.store_id:
+            return visit
+    raise Forbidden(f"the visit for booking {booking_id} is not yours")
+
+
+@router.get("/visits/{booking_id}", tags=["visits"], summary="The visit for a booking")
+async def get_visit(
+    booking_id: Id, actor: ActorDep, runtime: RuntimeDep
+) -> VisitView | CustomerVisitView:
+    visit = await visible_visit(runtime, booking_id, actor)
+    if actor.role is Role.CUSTOMER:
+        return CustomerVisitView.of(visit)
+    return VisitView.of(visit)
+
+
+class DoorCheck(Forbid):
+    """Shown only to the customer: who must be at the door, and the code to give them."""
+
+    technician: TechnicianIdentity
+    visit_code: str
+    reminder: str
+
+
+@router.get(
+    "/visits/{booking_id}/door-check",
+    tags=["visits"],
+    summary="The customer's one-time visit code and the identity to check at the door",
+)
+async def door_check(booking_id: Id, actor: ActorDep, runtime: RuntimeDep) -> DoorCheck:
+    visit = await visible_visit(runtime, booking_id, actor)
+    if not (actor.role is Role.CUSTOMER and actor.subject == visit.customer_id):
+        raise Forbidden("only the customer sees the visit code")
+    waiting_at_door = {VisitStatus.ASSIGNED, VisitStatus.EN_ROUTE, VisitStatus.ARRIVED}
+    if visit.status not in waiting_at_door or visit.technician is None:
+        raise Conflict(f"no code to give: the visit is {visit.status}")
+    key = await visit_code_key(runtime.db, runtime.settings)
+    return DoorCheck(
+        technician=visit.technician,
+        visit_code=visit_code(key, visit.visit_id, visit.assignment),
+        reminder=(
+            f"Check the work card: {visit.technician.name}, badge "
+            f"{visit.technician.badge_number}. Give the code only if both match."
+        ),
+    )
+
+
+class Candidate(Forbid):
+    technician: TechnicianIdentity
+    distance_m: float
+    cost: float
+
+
+@router.get(
+    "/visits/{booking_id}/candidates",
+    tags=["visits"],
+    summary="Who could do this visit now, best first (operations)",
+)
+async def candidates(booking_id: Id, actor: ActorDep, runtime: RuntimeDep) -> list[Candidate]:
+    actor.require(Role.OPS)
+    visit = await Visits(runtime.db).by_booking(booking_id)
+    if visit is None:
+        raise NotFound(f"no visit for booking {booking_id}")
+    ranked = await commands.ranked_candidates(Visits(runtime.db), Technicians(runtime.db), visit)
+    return [
+        Candidate(technician=t.identity(), distance_m=round(d, 1), cost=round(c, 3))
+        for t, d, c in ranked
+    ]
+
+
+async def step(runtime: Any, booking_id: str, work: Any) -> VisitView:
+    """Run one step of the visit in a unit of work and show the result."""
+
+    async def run(tx: Transaction) -> Visit:
+        visit = await commands.load(tx, booking_id)
+        await work(tx, visit)
+        await commands.save(tx, visit)
+        return visit
+
+    return VisitView.of(await runtime.uow.run(run))
+
+
+@router.post("/visits/{booking_id}/en-route", tags=["visits"], summary="Set off to the address")
+async def en_route(booking_id: Id, actor: ActorDep, runtime: RuntimeDep) -> VisitView:
+    technician_id = technician_actor(actor)
+
+    async def work(tx: Transaction, visit: Visit) -> None:
+        visit.set_off(technician_id)
+        tx.emit(
+            TechnicianEnRoute(
+                booking_id=booking_id,
+                visit_id=visit.visit_id,
+                technician_id=technician_id,
+                at=utcnow(),
+            )
+        )
+
+    return await step(runtime, booking_id, work)
+
+
+class ArriveIn(Forbid):
+    location: GeoPoint = Field(description="Where the technician app says it is")
+
+
+@router.post(
+    "/visits/{booking_id}/arrive",
+    tags=["visits"],
+    summary="Check in at the address with the reported location",
+)
+async def arrive(booking_id: Id, body: ArriveIn, actor: ActorDep, runtime: RuntimeDep) -> VisitView:
+    technician_id = technician_actor(actor)
+
+    async def work(tx: Transaction, visit: Visit) -> None:
+        now = utcnow()
+        far = visit.arrive(technician_id, body.location, now, tx.settings.check_in_max_distance_m)
+        distance = visit.arrival_distance_m or 0.0
+        tx.emit(
+            TechnicianArrived(
+                booking_id=booking_id,
+                visit_id=visit.visit_id,
+                technician_id=technician_id,
+                at=now,
+                distance_m=distance,
+                flagged=far,
+            )
+        )
+        if far:
+            commands.alert(
+                tx,
+                visit,
+                AlertKind.CHECK_IN_FAR,
+                f"checked in {distance:.0f} m from the address "
+                f"(more than {tx.settings.check_in_max_distance_m:.0f} m)",
+                critical=False,
+            )
+
+    return await step(runtime, booking_id, work)
+
+
+class CodeIn(Forbid):
+    code: str = Field(pattern=r"^[0-9]{6}$", description="The six digits the customer gives")
+
+
+@router.post(
+    "/visits/{booking_id}/identity",
+    tags=["visits"],
+    summary="The technician enters the customer's visit code at the door",
+)
+async def enter_code(
+    booking_id: Id, body: CodeIn, actor: ActorDep, runtime: RuntimeDep
+) -> VisitView:
+    technician_id = technician_actor(actor)
+    key = await visit_code_key(runtime.db, runtime.settings)
+    attempts = runtime.settings.visit_code_attempts
+    outcome: list[CodeResult] = []
+
+    async def work(tx: Transaction, visit: Visit) -> None:
+        result = visit.enter_code(
+            technician_id, code_matches(key, visit, body.code), utcnow(), attempts
+        )
+        outcome[:] = [result]
+        if result is CodeResult.CONFIRMED:
+            tx.emit(
+                IdentityConfirmed(
+                    booking_id=booking_id,
+                    visit_id=visit.visit_id,
+                    technician_id=technician_id,
+                    at=visit.identity_confirmed_at or utcnow(),
+                )
+            )
+        elif result is CodeResult.LOCKED:
+            commands.alert(
+                tx,
+                visit,
+                AlertKind.WRONG_CODE_LOCKOUT,
+                f"{attempts} wrong visit codes at the door; the visit is locked",
+            )
+
+    # A wrong code is saved (it counts) before the error is answered.
+    view = await step(runtime, booking_id, work)
+    if outcome == [CodeResult.WRONG]:
+        left = attempts - await _attempts(runtime, booking_id)
+        raise Unprocessable(
+            f"wrong visit code; {left} attempt(s) left before the visit is locked", field="code"
+        )
+    if outcome == [CodeResult.LOCKED]:
+        raise Locked("wrong visit code too many times: the visit is locked, operations alerted")
+    return view
+
+
+async def _attempts(runtime: Any, booking_id: str) -> int:
+    visit = await Visits(runtime.db).by_booking(booking_id)
+    return visit.code_attempts if visit else 0
+
+
+@router.post(
+    "/visits/{booking_id}/identity/in-app",
+    tags=["visits"],
+    summary="The customer confirms in the app that name and badge match",
+)
+async def confirm_in_app(booking_id: Id, actor: ActorDep, runtime: RuntimeDep) -> CustomerVisitView:
+    actor.require(Role.CUSTOMER)
+
+    async def work(tx: Transaction, visit: Visit) -> None:
+        visit.confirm_in_app(actor.subject, utcnow())
+        tx.emit(
+            IdentityConfirmed(
+                booking_id=booking_id,
+                visit_id=visit.visit_id,
+                technician_id=str(visit.technician_id),
+                at=visit.identity_confirmed_at or utcnow(),
+            )
+        )
+
+    view = await step(runtime, booking_id, work)
+    return CustomerVisitView.model_validate(
+        view.model_dump(include=set(CustomerVisitView.model_fields))
+    )
+
+
+@router.post(
+    "/visits/{booking_id}/not-the-person",
+    tags=["visits"],
+    summary="The customer says the person at the door is not the one shown: halt, alert",
+)
+async def not_the_person(booking_id: Id, actor: ActorDep, runtime: RuntimeDep) -> CustomerVisitView:
+    actor.require(Role.CUSTOMER)
+
+    async def work(tx: Transaction, visit: Visit) -> None:
+        visit.not_the_person(actor.subject)
+        commands.alert(
+            tx, visit, AlertKind.NOT_THE_PERSON, "the customer says this is not the person shown"
+        )
+
+    view = await step(runtime, booking_id, work)
+    return CustomerVisitView.model_validate(
+        view.model_dump(include=set(CustomerVisitView.model_fields))
+    )
+
+
+@router.post("/visits/{booking_id}/start", tags=["visits"], summary="Start the service")
+async def start(booking_id: Id, actor: ActorDep, runtime: RuntimeDep) -> VisitView:
+    technician_id = technician_actor(actor)
+
+    async def work(tx: Transaction, visit: Visit) -> None:
+        visit.start(technician_id, utcnow())
+        tx.emit(
+            ServiceStarted(
+                booking_id=booking_id,
+                visit_id=visit.visit_id,
+                technician_id=technician_id,
+                at=visit.started_at or utcnow(),
+            )
+        )
+
+    return await step(runtime, booking_id, work)
+
+
+class PerformedItem(Forbid):
+    code: str = Field(min_length=1, max_length=64, description="A catalogue code on the booking")
+    quantity: int = Field(ge=1, le=20)
+
+
+class CompleteVisit(Forbid):
+    performed: list[PerformedItem] = Field(min_length=1, max_length=20)
 
 
 @router.post(
     "/visits/{booking_id}/complete",
     tags=["visits"],
-    summary="The technician records the items performed; the receipt follows",
+    summary="Record the items performed and products used; the receipt follows",
 )
-async def complete_visit(booking_id: Id, body: CompleteVisit, runtime: RuntimeDep) -> Visit:
-    visits = Visits(runtime.db)
+async def complete(
+    booking_id: Id, body: CompleteVisit, actor: ActorDep, runtime: RuntimeDep
+) -> VisitView:
+    technician_id = technician_actor(actor)
 
-    async def complete(tx: Transaction) -> Visit:
-        visit = await visits.by_booking(booking_id, tx.session)
-        if visit is None:
-            raise NotFound(f"no visit for booking {booking_id}")
-        performed = visit.complete([(i.code, i.quantity) for i in body.performed], utcnow())
-        if not await visits.save_completion(visit, tx.session):
-            raise Conflict(f"visit for booking {booking_id} was completed concurrently")
+    async def work(tx: Transaction, visit: Visit) -> None:
+        done = visit.complete(
+            technician_id, [(i.code, i.quantity) for i in body.performed], utcnow()
+        )
         tx.emit(
             ServiceCompleted(
-                booking_id=visit.booking_id,
+                booking_id=booking_id,
                 visit_id=visit.visit_id,
                 customer_id=visit.customer_id,
-                technician_id=visit.technician_id,
+                technician_id=technician_id,
                 completed_at=visit.completed_at or utcnow(),
-                lines=performed,
-            ),
-            correlation_id=visit.booking_id,
+                lines=done,
+            )
         )
-        return visit
 
-    return await runtime.uow.run(complete)
+    return await step(runtime, booking_id, work)
+
+
+class DropIn(Forbid):
+    reason: str = Field(min_length=3, max_length=500)
+
+
+@router.post(
+    "/visits/{booking_id}/drop",
+    tags=["visits"],
+    summary="The assigned technician cannot come: another one is found",
+)
+async def drop(booking_id: Id, body: DropIn, actor: ActorDep, runtime: RuntimeDep) -> VisitView:
+    technician_id = technician_actor(actor)
+
+    async def work(tx: Transaction) -> Visit:
+        visit = await commands.load(tx, booking_id)
+        if visit.technician_id != technician_id or visit.status is VisitStatus.OFFERED:
+            raise Forbidden(f"the visit for booking {booking_id} is not assigned to you")
+        return await commands.replace_technician(tx, booking_id, body.reason)
+
+    return VisitView.of(await runtime.uow.run(work))
+
+
+class ReassignIn(Forbid):
+    reason: str = Field(min_length=3, max_length=500)
+    technician_id: str | None = Field(
+        default=None, max_length=64, description="Assign this technician now; omit to search again"
+    )
+
+
+@router.post(
+    "/visits/{booking_id}/reassign",
+    tags=["visits"],
+    summary="Operations move the visit to another technician, or send it back to matching",
+)
+async def reassign(
+    booking_id: Id, body: ReassignIn, actor: ActorDep, runtime: RuntimeDep
+) -> VisitView:
+    actor.require(Role.OPS)
+
+    async def work(tx: Transaction) -> Visit:
+        if body.technician_id:
+            return await commands.assign_by_hand(tx, booking_id, body.technician_id, body.reason)
+        return await commands.replace_technician(tx, booking_id, body.reason)
+
+    return VisitView.of(await runtime.uow.run(work))

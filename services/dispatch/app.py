@@ -11,9 +11,10 @@ from shared.settings import Settings
 SPEC = ServiceSpec(
     name="dispatch",
     title="Doorstep dispatch",
-    description="Technicians' files, matching and assignment, the visit.",
+    description="Technicians' files, matching, offers and reassignment, the visit at the door.",
     router=api.router,
     handlers=handlers.handlers,
+    timers=handlers.timers,
     ensure_indexes=storage.ensure_indexes,
     publishes=("dispatch",),
 )

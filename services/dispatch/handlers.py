@@ -1,87 +1,80 @@
-"""How dispatch reacts to other services' events."""
+"""How dispatch reacts to bookings, and to its own timers (rounds and offer deadlines)."""
 
 from __future__ import annotations
 
-from services.dispatch.domain import (
-    SERVICE_RADIUS_M,
-    Visit,
-    VisitStatus,
-    choose,
-    new_visit_id,
-    required_skills,
-)
-from services.dispatch.storage import Technicians, Visits
+from datetime import timedelta
+
+from services.dispatch import commands
+from services.dispatch.domain import Visit, VisitStatus, new_visit_id
+from services.dispatch.storage import Visits
 from shared.consumer import Handlers
 from shared.events.booking import BookingCancelled, BookingRequested, BookingRescheduled
-from shared.events.dispatch import DispatchFailed, TechnicianAssigned
-from shared.events.types import GeoPoint, PricedLine
 from shared.outbox import Transaction
-from shared.time import utcnow
+from shared.timers import Timer, TimerContext, Timers, cancel
 
 handlers = Handlers()
-
-
-async def _assign(
-    tx: Transaction, booking_id: str, customer_id: str, location: GeoPoint, lines: list[PricedLine]
-) -> None:
-    skills = required_skills(lines)
-    candidates = await Technicians(tx.db).nearest(location, skills, max_distance_m=SERVICE_RADIUS_M)
-    chosen = choose(candidates, skills)
-    if chosen is None:
-        tx.emit(DispatchFailed(booking_id=booking_id, reason="no qualified technician nearby"))
-        return
-    tech = chosen.technician
-    visit = Visit(
-        visit_id=new_visit_id(),
-        booking_id=booking_id,
-        customer_id=customer_id,
-        technician_id=tech.technician_id,
-        lines=lines,
-        assigned_at=utcnow(),
-    )
-    await Visits(tx.db).insert(visit, tx.session)
-    tx.emit(_assigned(visit, tech.technician_id, tech.full_name, tech.badge_number))
-
-
-def _assigned(visit: Visit, technician_id: str, name: str, badge: str) -> TechnicianAssigned:
-    return TechnicianAssigned(
-        booking_id=visit.booking_id,
-        visit_id=visit.visit_id,
-        technician_id=technician_id,
-        technician_name=name,
-        badge_number=badge,
-    )
+timers = Timers()
 
 
 @handlers.on(BookingRequested)
-async def assign_technician(tx: Transaction, event: BookingRequested) -> None:
-    if await Visits(tx.db).by_booking(event.booking_id, tx.session):
-        return  # already assigned
-    await _assign(tx, event.booking_id, event.customer_id, event.location, event.lines)
+async def booking_requested(tx: Transaction, event: BookingRequested) -> None:
+    """Open the search: the visit waits for the next matching round of its region."""
+    visits = Visits(tx.db)
+    if await visits.by_booking(event.booking_id, tx.session):
+        return  # the same booking requested again (a replay): one visit
+    booked_at = tx.causation.occurred_at if tx.causation else event.window_start
+    deadline = min(booked_at + timedelta(seconds=tx.settings.search_timeout_s), event.window_end)
+    visit = Visit(
+        visit_id=new_visit_id(),
+        booking_id=event.booking_id,
+        customer_id=event.customer_id,
+        region=event.region,
+        location=event.location,
+        window_start=event.window_start,
+        window_end=event.window_end,
+        duration_minutes=event.duration_minutes,
+        lines=event.lines,
+        certificates=event.certificates,
+        preferred_technician_id=event.preferred_technician_id,
+        booked_at=booked_at,
+        search_deadline=deadline,
+    )
+    await visits.insert(visit, tx.session)
+    await commands.request_round(tx, event.region)
 
 
 @handlers.on(BookingRescheduled)
-async def recheck_technician(tx: Transaction, event: BookingRescheduled) -> None:
-    """A new window: keep the technician when they can still come, else find another.
-
-    Until shifts and calendars exist (the dispatch issue), an assigned technician is
-    simply confirmed again for the new window.
-    """
+async def booking_rescheduled(tx: Transaction, event: BookingRescheduled) -> None:
     visit = await Visits(tx.db).by_booking(event.booking_id, tx.session)
-    if visit is None:  # it was waiting for a technician: try again for the new window
-        await _assign(tx, event.booking_id, event.customer_id, event.location, event.lines)
+    if visit is None or visit.status in {VisitStatus.CANCELLED, VisitStatus.COMPLETED}:
         return
-    if visit.status is not VisitStatus.ASSIGNED:
-        return
-    tech = await Technicians(tx.db).get(visit.technician_id)
-    if tech is None or not tech.active:
-        tx.emit(DispatchFailed(booking_id=event.booking_id, reason="technician no longer active"))
-        return
-    tx.emit(_assigned(visit, tech.technician_id, tech.full_name, tech.badge_number))
+    visit.window_start, visit.window_end = event.window_start, event.window_end
+    visit.duration_minutes = event.duration_minutes
+    visit.search_deadline = max(
+        visit.search_deadline,
+        min(event.window_end, visit.booked_at + timedelta(seconds=tx.settings.search_timeout_s)),
+    )
+    await commands.recheck_after_reschedule(tx, visit)
 
 
 @handlers.on(BookingCancelled)
-async def free_technician(tx: Transaction, event: BookingCancelled) -> None:
+async def booking_cancelled(tx: Transaction, event: BookingCancelled) -> None:
+    """The booking is off: free the technician's time and withdraw any open offer."""
     visit = await Visits(tx.db).by_booking(event.booking_id, tx.session)
-    if visit is not None:
-        await Visits(tx.db).cancel(visit.visit_id, tx.session)
+    if visit is None:
+        return
+    offer = visit.open_offer
+    if visit.cancel():
+        await commands.save(tx, visit)
+        if offer is not None:
+            await cancel(tx.db, tx.session, commands.OFFER_DEADLINE, offer.offer_id)
+
+
+@timers.on(commands.MATCH_ROUND)
+async def match_round(ctx: TimerContext, timer: Timer) -> None:
+    await commands.run_round(ctx, timer.subject)
+
+
+@timers.on(commands.OFFER_DEADLINE)
+async def offer_deadline(ctx: TimerContext, timer: Timer) -> None:
+    await ctx.uow.run(lambda tx: commands.expire_offer(tx, timer.subject))

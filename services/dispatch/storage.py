@@ -1,110 +1,271 @@
-"""Dispatch's MongoDB collections: technicians and visits."""
+"""Dispatch's MongoDB collections: technicians, visits (with their offers), its key.
+
+Technicians carry two geo fields with 2dsphere indexes: `location` (live, for
+`$geoNear` ranking) and `areas_geo` (served areas, a MultiPolygon the address must
+intersect). A visit holding a technician's time *is* the reservation; the
+technician's `schedule_version` is bumped in the same transaction, so two
+reservations for one technician cannot both commit.
+"""
 
 from __future__ import annotations
+
+import secrets
+from collections import Counter
+from datetime import datetime, timedelta
+from typing import Any
 
 from pymongo import ASCENDING, GEOSPHERE, IndexModel
 from pymongo.asynchronous.client_session import AsyncClientSession
 
-from services.dispatch.domain import Candidate, Technician, Visit
-from shared.events.types import GeoPoint
+from services.dispatch.domain import (
+    HOLDS_TIME,
+    MAX_TRAVEL,
+    Commitment,
+    Need,
+    Technician,
+    Visit,
+    VisitStatus,
+)
 from shared.mongo import Database, Document
+from shared.settings import Settings
 
 TECHNICIANS = "technicians"
 VISITS = "visits"
+KEYS = "keys"
+Session = AsyncClientSession | None
 
 
 async def ensure_indexes(db: Database) -> None:
     await db[TECHNICIANS].create_indexes(
         [
-            IndexModel([("location", GEOSPHERE)]),
-            IndexModel([("badge_number", ASCENDING)], unique=True),
+            IndexModel([("location", GEOSPHERE)], name="near"),
+            IndexModel([("areas_geo", GEOSPHERE)], name="serves"),
+            IndexModel([("badge_number", ASCENDING)], unique=True, name="badge"),
+            IndexModel([("store_id", ASCENDING)], name="store"),
         ]
     )
-    await db[VISITS].create_indexes([IndexModel([("booking_id", ASCENDING)], unique=True)])
+    await db[VISITS].create_indexes(
+        [
+            IndexModel([("booking_id", ASCENDING)], unique=True, name="booking"),
+            IndexModel([("offers.offer_id", ASCENDING)], name="offer"),
+            IndexModel(
+                [("technician_id", ASCENDING), ("status", ASCENDING), ("window_start", ASCENDING)],
+                name="calendar",
+            ),
+            IndexModel(
+                [("status", ASCENDING), ("region", ASCENDING), ("booked_at", ASCENDING)],
+                name="waiting",
+            ),
+        ]
+    )
+
+
+# ---------------------------------------------------------------- technicians --
+def technician_doc(tech: Technician) -> Document:
+    doc = tech.model_dump(mode="json", exclude={"technician_id", "location_at"})
+    doc["_id"] = tech.technician_id
+    doc["location"] = tech.location.geojson()
+    doc["location_at"] = tech.location_at
+    doc["areas_geo"] = {
+        "type": "MultiPolygon",
+        "coordinates": [area.coordinates for area in tech.areas],
+    }
+    return doc
+
+
+def technician_from(doc: Document) -> Technician:
+    data = {k: v for k, v in doc.items() if k not in ("_id", "distance_m", "areas_geo")}
+    lon, lat = data["location"]["coordinates"]
+    data["location"] = {"lat": lat, "lon": lon}
+    return Technician.model_validate({"technician_id": doc["_id"], **data})
+
+
+def candidate_query(need: Need, exclude: list[str]) -> Document:
+    """The rules MongoDB can check with indexes; the calendar rules are checked in Python.
+
+    Dates are compared a day early (time zones); `why_not` decides exactly.
+    """
+    day = (need.start - timedelta(days=1)).date().isoformat()
+    query: Document = {
+        "status": "active",
+        "areas_geo": {"$geoIntersects": {"$geometry": need.location.geojson()}},
+        "insurance.expires_on": {"$gte": day},
+    }
+    if need.skills:
+        query["skills"] = {"$all": list(need.skills)}
+    if need.certificates:
+        query["$and"] = [
+            {"certificates": {"$elemMatch": {"name": c, "expires_on": {"$gte": day}}}}
+            for c in need.certificates
+        ]
+    if exclude:
+        query["_id"] = {"$nin": exclude}
+    return query
 
 
 class Technicians:
     def __init__(self, db: Database) -> None:
         self._col = db[TECHNICIANS]
 
-    async def put(self, tech: Technician) -> None:
-        doc = tech.model_dump()
-        doc["_id"] = doc.pop("technician_id")
-        doc["location"] = tech.location.geojson()
-        await self._col.replace_one({"_id": doc["_id"]}, doc, upsert=True)
+    async def put(self, tech: Technician, session: Session = None) -> None:
+        await self._col.replace_one(
+            {"_id": tech.technician_id}, technician_doc(tech), upsert=True, session=session
+        )
 
-    async def get(self, technician_id: str) -> Technician | None:
-        doc = await self._col.find_one({"_id": technician_id})
-        return _technician(doc) if doc else None
+    async def get(self, technician_id: str, session: Session = None) -> Technician | None:
+        doc = await self._col.find_one({"_id": technician_id}, session=session)
+        return technician_from(doc) if doc else None
 
-    async def nearest(
-        self, point: GeoPoint, skills: list[str], limit: int = 10, max_distance_m: float = 30_000
-    ) -> list[Candidate]:
-        """Active technicians holding every skill, nearest first ($geoNear, 2dsphere index)."""
+    async def many(self, ids: list[str], session: Session = None) -> dict[str, Technician]:
+        docs = await self._col.find({"_id": {"$in": ids}}, session=session).to_list()
+        return {d["_id"]: technician_from(d) for d in docs}
+
+    async def move(self, technician_id: str, location: dict[str, Any], at: datetime) -> bool:
+        result = await self._col.update_one(
+            {"_id": technician_id}, {"$set": {"location": location, "location_at": at}}
+        )
+        return result.matched_count == 1
+
+    async def candidates(
+        self, need: Need, *, exclude: list[str], limit: int = 20, session: Session = None
+    ) -> list[tuple[Technician, float]]:
+        """Qualified technicians serving the address, nearest first ($geoNear, 2dsphere)."""
         pipeline: list[Document] = [
             {
                 "$geoNear": {
-                    "near": point.geojson(),
+                    "near": need.location.geojson(),
+                    "key": "location",
                     "distanceField": "distance_m",
                     "spherical": True,
-                    "maxDistance": max_distance_m,
-                    "query": {"active": True, "skills": {"$all": skills}},
+                    "query": candidate_query(need, exclude),
                 }
             },
             {"$limit": limit},
         ]
-        docs = await (await self._col.aggregate(pipeline)).to_list()
-        return [Candidate(technician=_technician(d), distance_m=d["distance_m"]) for d in docs]
+        docs = await (await self._col.aggregate(pipeline, session=session)).to_list()
+        return [(technician_from(d), float(d["distance_m"])) for d in docs]
+
+    async def reserve(self, technician_id: str, seen_version: int, session: Session) -> bool:
+        """Claim the technician's calendar as read at `seen_version` (compare and set)."""
+        result = await self._col.update_one(
+            {"_id": technician_id, "schedule_version": seen_version},
+            {"$inc": {"schedule_version": 1}},
+            session=session,
+        )
+        return result.modified_count == 1
 
 
-def _technician(doc: Document) -> Technician:
-    data = {k: v for k, v in doc.items() if k not in ("_id", "distance_m")}
-    lon, lat = data["location"]["coordinates"]
-    data["location"] = {"lat": lat, "lon": lon}
-    return Technician(technician_id=doc["_id"], **data)
+# --------------------------------------------------------------------- visits --
+def visit_doc(visit: Visit) -> Document:
+    doc = visit.model_dump(exclude={"visit_id"})
+    doc["_id"] = visit.visit_id
+    doc["busy_until"] = visit.busy_until  # for the calendar query
+    return doc
+
+
+def visit_from(doc: Document) -> Visit:
+    data = {k: v for k, v in doc.items() if k not in ("_id", "busy_until")}
+    return Visit.model_validate({"visit_id": doc["_id"], **data})
 
 
 class Visits:
     def __init__(self, db: Database) -> None:
         self._col = db[VISITS]
 
-    async def by_booking(
-        self, booking_id: str, session: AsyncClientSession | None = None
-    ) -> Visit | None:
+    async def insert(self, visit: Visit, session: Session) -> None:
+        await self._col.insert_one(visit_doc(visit), session=session)
+
+    async def by_booking(self, booking_id: str, session: Session = None) -> Visit | None:
         doc = await self._col.find_one({"booking_id": booking_id}, session=session)
-        return _visit(doc) if doc else None
+        return visit_from(doc) if doc else None
 
-    async def insert(self, visit: Visit, session: AsyncClientSession) -> None:
-        doc = visit.model_dump()
-        doc["_id"] = doc.pop("visit_id")
-        await self._col.insert_one(doc, session=session)
+    async def by_offer(self, offer_id: str, session: Session = None) -> Visit | None:
+        doc = await self._col.find_one({"offers.offer_id": offer_id}, session=session)
+        return visit_from(doc) if doc else None
 
-    async def save_completion(self, visit: Visit, session: AsyncClientSession) -> bool:
-        """Mark completed only if still assigned: two completions race, one wins."""
-        result = await self._col.update_one(
-            {"_id": visit.visit_id, "status": "assigned"},
+    async def save(self, visit: Visit, session: Session) -> bool:
+        """Write back only if nobody changed it since it was read (version check)."""
+        seen = visit.version
+        visit.version = seen + 1
+        result = await self._col.replace_one(
+            {"_id": visit.visit_id, "version": seen}, visit_doc(visit), session=session
+        )
+        if result.modified_count != 1:
+            visit.version = seen
+            return False
+        return True
+
+    async def waiting(self, region: str, limit: int, session: Session = None) -> list[Visit]:
+        docs = (
+            await self._col.find(
+                {"status": VisitStatus.SEARCHING.value, "region": region}, session=session
+            )
+            .sort("booked_at", ASCENDING)
+            .limit(limit)
+            .to_list()
+        )
+        return [visit_from(d) for d in docs]
+
+    async def commitments(
+        self,
+        technician_ids: list[str],
+        start: datetime,
+        end: datetime,
+        *,
+        besides: str | None = None,
+        session: Session = None,
+    ) -> dict[str, list[Commitment]]:
+        """Time the technicians already hold near [start, end] (offers and visits)."""
+        query: Document = {
+            "technician_id": {"$in": technician_ids},
+            "status": {"$in": [s.value for s in HOLDS_TIME]},
+            "window_start": {"$lt": end + MAX_TRAVEL},
+            "busy_until": {"$gt": start - MAX_TRAVEL},
+        }
+        if besides:
+            query["_id"] = {"$ne": besides}
+        found: dict[str, list[Commitment]] = {t: [] for t in technician_ids}
+        async for doc in self._col.find(query, session=session):
+            visit = visit_from(doc)
+            found[str(visit.technician_id)].append(visit.commitment())
+        return found
+
+    async def given_on_day(
+        self, technician_ids: list[str], day_start: datetime, session: Session = None
+    ) -> Counter[str]:
+        """How many visits each technician already holds that day (fairness)."""
+        docs = self._col.find(
             {
-                "$set": {
-                    "status": visit.status.value,
-                    "completed_at": visit.completed_at,
-                    "performed": [line.model_dump() for line in visit.performed],
-                }
+                "technician_id": {"$in": technician_ids},
+                "status": {"$in": [s.value for s in HOLDS_TIME | {VisitStatus.COMPLETED}]},
+                "window_start": {"$gte": day_start, "$lt": day_start + timedelta(days=1)},
             },
+            {"technician_id": 1},
             session=session,
         )
-        return result.modified_count == 1
+        return Counter([d["technician_id"] async for d in docs])
 
-    async def cancel(self, visit_id: str, session: AsyncClientSession) -> bool:
-        """Free the technician's time: a cancelled booking's visit is off (if not yet done)."""
-        result = await self._col.update_one(
-            {"_id": visit_id, "status": "assigned"},
-            {"$set": {"status": "cancelled"}},
-            session=session,
+    async def for_technician(self, technician_id: str, statuses: set[VisitStatus]) -> list[Visit]:
+        docs = (
+            await self._col.find(
+                {"technician_id": technician_id, "status": {"$in": [s.value for s in statuses]}}
+            )
+            .sort("window_start", ASCENDING)
+            .limit(200)
+            .to_list()
         )
-        return result.modified_count == 1
+        return [visit_from(d) for d in docs]
 
 
-def _visit(doc: Document) -> Visit:
-    data = dict(doc)
-    data["visit_id"] = data.pop("_id")
-    return Visit.model_validate(data)
+async def visit_code_key(db: Database, settings: Settings) -> bytes:
+    """The key that derives visit codes: from settings, else one kept in this database."""
+    if settings.visit_code_secret is not None:
+        return settings.visit_code_secret.get_secret_value().encode()
+    await db[KEYS].update_one(
+        {"_id": "visit_code"},
+        {"$setOnInsert": {"key": secrets.token_bytes(32)}},
+        upsert=True,
+    )
+    doc = await db[KEYS].find_one({"_id": "visit_code"})
+    assert doc is not None
+    return bytes(doc["key"])

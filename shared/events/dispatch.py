@@ -71,6 +71,7 @@ class TechnicianArrived(EventPayload):
     technician_id: str
     at: datetime
     distance_m: float = Field(ge=0, description="Reported location to the address")
+    flagged: bool = Field(default=False, description="Too far from the address: ops look")
 
 
 @event("dispatch.identity_confirmed", version=1, stream=STREAM, key="booking_id")
@@ -103,3 +104,48 @@ class ServiceCompleted(EventPayload):
     technician_id: str
     completed_at: datetime
     lines: list[PricedLine] = Field(min_length=1)
+
+
+@event("dispatch.offer_made", version=1, stream=STREAM, key="booking_id")
+class OfferMade(EventPayload):
+    """A technician is offered a visit; their time is held until they answer or the deadline."""
+
+    booking_id: str
+    visit_id: str
+    offer_id: str
+    technician_id: str
+    window_start: datetime
+    window_end: datetime
+    deadline: datetime
+
+
+@event("dispatch.offer_declined", version=1, stream=STREAM, key="booking_id")
+class OfferDeclined(EventPayload):
+    """The technician said no; the next candidate is tried."""
+
+    booking_id: str
+    offer_id: str
+    technician_id: str
+
+
+@event("dispatch.offer_expired", version=1, stream=STREAM, key="booking_id")
+class OfferExpired(EventPayload):
+    """No answer before the deadline counts as a decline; the next candidate is tried."""
+
+    booking_id: str
+    offer_id: str
+    technician_id: str
+
+
+@event("dispatch.safety_alert", version=1, stream=STREAM, key="booking_id")
+class SafetyAlert(EventPayload):
+    """Operations must look now: wrong visit codes, "not the person", or a far check-in."""
+
+    booking_id: str
+    visit_id: str
+    customer_id: str
+    technician_id: str | None
+    kind: str = Field(pattern=r"^(wrong_code_lockout|not_the_person|check_in_far_from_address)$")
+    severity: str = Field(pattern=r"^(critical|warning)$")
+    detail: str
+    at: datetime

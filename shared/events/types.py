@@ -2,9 +2,10 @@
 
 from __future__ import annotations
 
-from typing import Annotated
+import math
+from typing import Annotated, Literal
 
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel, ConfigDict, Field, field_validator
 
 Currency = Annotated[str, Field(pattern=r"^[A-Z]{3}$", examples=["EUR"])]
 MinorUnits = Annotated[int, Field(ge=0, description="Integer minor units (cents); never floats")]
@@ -20,6 +21,36 @@ class GeoPoint(BaseModel):
 
     def geojson(self) -> dict[str, object]:
         return {"type": "Point", "coordinates": [self.lon, self.lat]}
+
+    def distance_m(self, other: GeoPoint) -> float:
+        """Great-circle distance (haversine), metres."""
+        p1, p2 = math.radians(self.lat), math.radians(other.lat)
+        dp, dl = p2 - p1, math.radians(other.lon - self.lon)
+        a = math.sin(dp / 2) ** 2 + math.cos(p1) * math.cos(p2) * math.sin(dl / 2) ** 2
+        return 2 * EARTH_RADIUS_M * math.asin(math.sqrt(a))
+
+
+EARTH_RADIUS_M = 6_371_008.8
+
+
+class GeoPolygon(BaseModel):
+    """A GeoJSON Polygon: rings of `[lon, lat]` positions, each closed."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    type: Literal["Polygon"]
+    coordinates: list[list[tuple[float, float]]] = Field(min_length=1, max_length=20)
+
+    @field_validator("coordinates")
+    @classmethod
+    def _rings(cls, rings: list[list[tuple[float, float]]]) -> list[list[tuple[float, float]]]:
+        for ring in rings:
+            if len(ring) < 4 or ring[0] != ring[-1]:
+                raise ValueError("each ring needs at least 4 [lon, lat] points and must close")
+            for lon, lat in ring:
+                if not (-180 <= lon <= 180 and -90 <= lat <= 90):
+                    raise ValueError(f"[{lon}, {lat}] is not a [lon, lat] position")
+        return rings
 
 
 class PricedLine(BaseModel):

@@ -1,0 +1,386 @@
+"""Dispatch's units of work: matching rounds, offers, reassignment, the visit's steps.
+
+The HTTP API, the event handlers and the timers all change visits through
+here, so every change is saved with its version check and published through
+the outbox the same way.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Callable
+from datetime import UTC, datetime, timedelta
+from functools import partial
+from typing import TypeVar
+
+from services.dispatch.domain import (
+    HOLDS_TIME,
+    AlertKind,
+    Technician,
+    TechnicianIdentity,
+    Visit,
+    VisitStatus,
+    code_digest,
+    cost_km,
+    match_optimal,
+    visit_code,
+    why_not,
+)
+from services.dispatch.storage import Technicians, Visits, visit_code_key
+from shared.errors import Conflict, NotFound
+from shared.events.dispatch import (
+    DispatchFailed,
+    OfferDeclined,
+    OfferExpired,
+    OfferMade,
+    SafetyAlert,
+    TechnicianAssigned,
+    TechnicianReassigned,
+)
+from shared.outbox import Transaction
+from shared.time import utcnow
+from shared.timers import TimerContext, cancel, schedule
+
+log = logging.getLogger(__name__)
+T = TypeVar("T")
+
+MATCH_ROUND = "match_round"  # timer per region: collect requests, then match them together
+OFFER_DEADLINE = "offer_deadline"  # timer per offer
+ROUND_SIZE = 500  # waiting visits matched together at most
+CANDIDATES_PER_VISIT = 20
+
+
+class VersionMismatch(Conflict):
+    code = "version_mismatch"
+
+
+async def load(tx: Transaction, booking_id: str) -> Visit:
+    visit = await Visits(tx.db).by_booking(booking_id, tx.session)
+    if visit is None:
+        raise NotFound(f"no visit for booking {booking_id}")
+    return visit
+
+
+async def save(tx: Transaction, visit: Visit) -> None:
+    if not await Visits(tx.db).save(visit, tx.session):
+        raise VersionMismatch(f"visit for booking {visit.booking_id} changed meanwhile; retry")
+
+
+async def change(tx: Transaction, booking_id: str, mutate: Callable[[Visit], T]) -> tuple[Visit, T]:
+    visit = await load(tx, booking_id)
+    result = mutate(visit)
+    await save(tx, visit)
+    return visit, result
+
+
+async def request_round(tx: Transaction, region: str, *, at_once: bool = False) -> None:
+    """Ask for a matching round in `region` after the collection window (one per window).
+
+    `at_once` skips the window: an answer (decline, silence, drop-out) should move on now.
+    """
+    due = utcnow() + timedelta(seconds=0 if at_once else tx.settings.match_window_s)
+    await schedule(tx.db, tx.session, MATCH_ROUND, region, due, earliest=True)
+
+
+async def issue_code(tx: Transaction, visit: Visit) -> None:
+    """A new assignment, a new code: only its keyed digest is stored."""
+    key = await visit_code_key(tx.db, tx.settings)
+    code = visit_code(key, visit.visit_id, visit.assignment)
+    visit.code_digest = code_digest(key, visit.visit_id, visit.assignment, code)
+
+
+def announce(
+    tx: Transaction, visit: Visit, previous: TechnicianIdentity | None, reason: str
+) -> None:
+    """Tell everyone who is coming; with both identities when somebody else was expected."""
+    tech = visit.technician
+    assert tech is not None
+    identity = {
+        "technician_id": tech.technician_id,
+        "technician_name": tech.name,
+        "badge_number": tech.badge_number,
+        "photo_url": tech.photo_url,
+        "rating": tech.rating,
+        "certificates": tech.certificates,
+    }
+    if previous is not None and previous.technician_id != tech.technician_id:
+        tx.emit(
+            TechnicianReassigned(
+                booking_id=visit.booking_id,
+                visit_id=visit.visit_id,
+                previous_technician_id=previous.technician_id,
+                previous_badge_number=previous.badge_number,
+                reason=reason,
+                **identity,
+            )
+        )
+    else:
+        tx.emit(
+            TechnicianAssigned(booking_id=visit.booking_id, visit_id=visit.visit_id, **identity)
+        )
+
+
+def alert(
+    tx: Transaction, visit: Visit, kind: AlertKind, detail: str, *, critical: bool = True
+) -> None:
+    tx.emit(
+        SafetyAlert(
+            booking_id=visit.booking_id,
+            visit_id=visit.visit_id,
+            customer_id=visit.customer_id,
+            technician_id=visit.technician_id,
+            kind=kind.value,
+            severity="critical" if critical else "warning",
+            detail=detail,
+            at=utcnow(),
+        )
+    )
+
+
+def fail(tx: Transaction, visit: Visit, reason: str) -> None:
+    visit.fail(reason)
+    tx.emit(DispatchFailed(booking_id=visit.booking_id, reason=reason))
+
+
+# ------------------------------------------------------------------ matching --
+def day_start(at: datetime) -> datetime:
+    return datetime(at.year, at.month, at.day, tzinfo=UTC)
+
+
+async def ranked_candidates(
+    visits: Visits, techs: Technicians, visit: Visit
+) -> list[tuple[Technician, float, float]]:
+    """(technician, distance, cost) for everyone who may go, cheapest first."""
+    need = visit.need()
+    found = await techs.candidates(need, exclude=visit.passed_over, limit=CANDIDATES_PER_VISIT)
+    if not found:
+        return []
+    ids = [t.technician_id for t, _ in found]
+    calendars = await visits.commitments(ids, need.start, need.end, besides=visit.visit_id)
+    load = await visits.given_on_day(ids, day_start(need.start))
+    ranked = [
+        (
+            tech,
+            distance,
+            cost_km(
+                distance,
+                tech.rating,
+                load[tech.technician_id],
+                tech.technician_id == visit.preferred_technician_id,
+            ),
+        )
+        for tech, distance in found
+        if why_not(tech, need, calendars[tech.technician_id]) is None
+    ]
+    return sorted(ranked, key=lambda r: r[2])
+
+
+async def run_round(ctx: TimerContext, region: str) -> None:
+    """Match every visit waiting in `region` together (minimum total cost), then offer.
+
+    A visit whose candidates all went to others this round waits for the next
+    round (their calendars may still have room); a visit nobody can do, or whose
+    search time ran out, fails and operations are told.
+    """
+    visits, techs = Visits(ctx.db), Technicians(ctx.db)
+    waiting = await visits.waiting(region, ROUND_SIZE)
+    if not waiting:
+        return
+    now = utcnow()
+    rows: list[dict[str, float]] = []
+    for visit in waiting:
+        ranked = (
+            [] if now >= visit.search_deadline else await ranked_candidates(visits, techs, visit)
+        )
+        rows.append({t.technician_id: c for t, _, c in ranked})
+    chosen = match_optimal(rows)
+    again = False
+    for visit, row, tech_id in zip(waiting, rows, chosen, strict=True):
+        if tech_id is not None:
+            again |= not await ctx.uow.run(partial(make_offer, seen=visit, technician_id=tech_id))
+        elif row:
+            again = True  # qualified technicians exist, all taken this round: try again
+        else:
+            reason = (
+                "search time ran out"
+                if now >= visit.search_deadline
+                else "no qualified technician free for this window"
+            )
+            await ctx.uow.run(partial(fail_if_waiting, seen=visit, reason=reason))
+    if again:
+        await ctx.uow.run(lambda tx: request_round(tx, region))
+
+
+async def fail_if_waiting(tx: Transaction, seen: Visit, reason: str) -> None:
+    visit = await load(tx, seen.booking_id)
+    if visit.status is VisitStatus.SEARCHING and visit.version == seen.version:
+        fail(tx, visit, reason)
+        await save(tx, visit)
+
+
+async def make_offer(tx: Transaction, seen: Visit, technician_id: str) -> bool:
+    """Hold the technician's time and offer them the visit; False if the world moved on."""
+    visit = await load(tx, seen.booking_id)
+    if visit.status is not VisitStatus.SEARCHING or visit.version != seen.version:
+        return True  # changed since the round read it (cancelled, answered): nothing to do
+    techs = Technicians(tx.db)
+    tech = await techs.get(technician_id, tx.session)
+    if tech is None:
+        return False
+    need = visit.need()
+    calendar = await Visits(tx.db).commitments(
+        [technician_id], need.start, need.end, besides=visit.visit_id, session=tx.session
+    )
+    reason = why_not(tech, need, calendar[technician_id])
+    if reason is not None or not await techs.reserve(
+        technician_id, tech.schedule_version, tx.session
+    ):
+        log.info(
+            "offer to %s for %s not made: %s",
+            technician_id,
+            visit.booking_id,
+            reason or "calendar changed concurrently",
+        )
+        return False
+    offer = visit.offer(technician_id, utcnow(), timedelta(seconds=tx.settings.offer_timeout_s))
+    await save(tx, visit)
+    await schedule(tx.db, tx.session, OFFER_DEADLINE, offer.offer_id, offer.deadline)
+    tx.emit(
+        OfferMade(
+            booking_id=visit.booking_id,
+            visit_id=visit.visit_id,
+            offer_id=offer.offer_id,
+            technician_id=technician_id,
+            window_start=visit.window_start,
+            window_end=visit.window_end,
+            deadline=offer.deadline,
+        ),
+        correlation_id=visit.booking_id,
+    )
+    return True
+
+
+# -------------------------------------------------------------------- offers --
+async def accept_offer(tx: Transaction, offer_id: str, technician_id: str) -> Visit:
+    visits = Visits(tx.db)
+    visit = await visits.by_offer(offer_id, tx.session)
+    if visit is None:
+        raise NotFound(f"offer {offer_id} does not exist")
+    tech = await Technicians(tx.db).get(technician_id, tx.session)
+    if tech is None:
+        raise NotFound(f"technician {technician_id} does not exist")
+    previous, reason = visit.previous, visit.failure or "technician changed"
+    visit.accept(offer_id, tech, utcnow())
+    visit.previous, visit.failure = None, None
+    await issue_code(tx, visit)
+    await save(tx, visit)
+    await cancel(tx.db, tx.session, OFFER_DEADLINE, offer_id)
+    announce(tx, visit, previous, reason)
+    return visit
+
+
+async def decline_offer(tx: Transaction, offer_id: str, technician_id: str) -> Visit:
+    visit = await Visits(tx.db).by_offer(offer_id, tx.session)
+    if visit is None:
+        raise NotFound(f"offer {offer_id} does not exist")
+    visit.decline(offer_id, technician_id, utcnow())
+    await save(tx, visit)
+    await cancel(tx.db, tx.session, OFFER_DEADLINE, offer_id)
+    tx.emit(
+        OfferDeclined(booking_id=visit.booking_id, offer_id=offer_id, technician_id=technician_id),
+        correlation_id=visit.booking_id,
+    )
+    await request_round(tx, visit.region, at_once=True)
+    return visit
+
+
+async def expire_offer(tx: Transaction, offer_id: str) -> None:
+    visit = await Visits(tx.db).by_offer(offer_id, tx.session)
+    if visit is None:
+        return
+    offer = visit.expire(offer_id, utcnow())
+    if offer is None:
+        return  # answered in time after all
+    await save(tx, visit)
+    tx.emit(
+        OfferExpired(
+            booking_id=visit.booking_id, offer_id=offer_id, technician_id=offer.technician_id
+        ),
+        correlation_id=visit.booking_id,
+    )
+    await request_round(tx, visit.region, at_once=True)
+
+
+# -------------------------------------------------------------- reassignment --
+async def replace_technician(tx: Transaction, booking_id: str, reason: str) -> Visit:
+    """Search again for this visit (the technician dropped out, or operations moved it)."""
+    visit = await load(tx, booking_id)
+    open_offer = visit.open_offer
+    visit.replace(reason)
+    await save(tx, visit)
+    if open_offer is not None:
+        await cancel(tx.db, tx.session, OFFER_DEADLINE, open_offer.offer_id)
+    await request_round(tx, visit.region, at_once=True)
+    return visit
+
+
+async def assign_by_hand(
+    tx: Transaction, booking_id: str, technician_id: str, reason: str
+) -> Visit:
+    """Operations pick the technician: every rule still applies, no offer round."""
+    visit = await load(tx, booking_id)
+    techs = Technicians(tx.db)
+    tech = await techs.get(technician_id, tx.session)
+    if tech is None:
+        raise NotFound(f"technician {technician_id} does not exist", field="technician_id")
+    need = visit.need()
+    calendar = await Visits(tx.db).commitments(
+        [technician_id], need.start, need.end, besides=visit.visit_id, session=tx.session
+    )
+    refused = why_not(tech, need, calendar[technician_id])
+    if refused is not None:
+        raise Conflict(f"{technician_id} cannot take this visit: {refused}", field="technician_id")
+    if not await techs.reserve(technician_id, tech.schedule_version, tx.session):
+        raise Conflict(f"{technician_id}'s calendar changed meanwhile; retry")
+    open_offer = visit.open_offer
+    previous = visit.assign_by_hand(tech)
+    await issue_code(tx, visit)
+    await save(tx, visit)
+    if open_offer is not None:
+        await cancel(tx.db, tx.session, OFFER_DEADLINE, open_offer.offer_id)
+    announce(tx, visit, previous, reason)
+    return visit
+
+
+async def recheck_after_reschedule(tx: Transaction, visit: Visit) -> None:
+    """The window moved: keep the technician if every rule still holds, else search again."""
+    if visit.status not in HOLDS_TIME:
+        if visit.status in {VisitStatus.SEARCHING, VisitStatus.FAILED}:
+            visit.status = VisitStatus.SEARCHING
+            await save(tx, visit)
+            await request_round(tx, visit.region)
+        return
+    tech = await Technicians(tx.db).get(str(visit.technician_id), tx.session)
+    need = visit.need()
+    calendar = await Visits(tx.db).commitments(
+        [str(visit.technician_id)], need.start, need.end, besides=visit.visit_id, session=tx.session
+    )
+    if (
+        visit.status is VisitStatus.ASSIGNED
+        and tech is not None
+        and why_not(tech, need, calendar[tech.technician_id]) is None
+        and await Technicians(tx.db).reserve(tech.technician_id, tech.schedule_version, tx.session)
+    ):
+        await save(tx, visit)
+        announce(
+            tx, visit, None, "rescheduled"
+        )  # the same technician, confirmed for the new window
+        return
+    open_offer = visit.open_offer
+    visit.replace("the technician cannot come in the new window")
+    # Not the technician's fault: they may be asked again for a later window.
+    visit.passed_over = [t for t in visit.passed_over if t != (tech.technician_id if tech else "")]
+    await save(tx, visit)
+    if open_offer is not None:
+        await cancel(tx.db, tx.session, OFFER_DEADLINE, open_offer.offer_id)
+    await request_round(tx, visit.region)

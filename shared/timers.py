@@ -1,0 +1,170 @@
+"""Durable timers: "time is an event source too".
+
+Offer deadlines, matching rounds, complaint SLA clocks: a service stores the
+due time in its own `timers` collection (inside the unit of work that makes it
+due, so the timer and the state change commit together) and a loop fires it.
+
+Firing claims a timer by pushing its `due_at` forward by a lease; the handler
+runs (and opens its own units of work); success deletes the timer only if
+nobody moved it meanwhile. A process that dies mid-fire leaves the timer to be
+fired again when the lease runs out, so handlers must be idempotent (they look
+at the state they own before acting, like event handlers do).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass
+from datetime import datetime, timedelta
+from typing import Any
+
+from pymongo import ASCENDING, IndexModel, ReturnDocument
+from pymongo.asynchronous.client_session import AsyncClientSession
+
+from shared.mongo import Database, Document
+from shared.outbox import UnitOfWork
+from shared.settings import Settings
+from shared.time import utcnow
+
+log = logging.getLogger(__name__)
+
+TIMERS = "timers"
+LEASE = timedelta(seconds=30)
+
+
+@dataclass(frozen=True)
+class Timer:
+    timer_id: str
+    kind: str
+    subject: str
+    due_at: datetime
+    data: dict[str, Any]
+
+
+@dataclass(frozen=True)
+class TimerContext:
+    """What a timer handler may use: the database and units of work."""
+
+    db: Database
+    uow: UnitOfWork
+    settings: Settings
+
+
+TimerHandler = Callable[[TimerContext, Timer], Awaitable[None]]
+
+
+class Timers:
+    """A service's timer handlers by kind: `@timers.on("offer_deadline")`."""
+
+    def __init__(self) -> None:
+        self._by_kind: dict[str, TimerHandler] = {}
+
+    def on(self, kind: str) -> Callable[[TimerHandler], TimerHandler]:
+        def register(fn: TimerHandler) -> TimerHandler:
+            if kind in self._by_kind:
+                raise ValueError(f"two handlers for timer {kind}")
+            self._by_kind[kind] = fn
+            return fn
+
+        return register
+
+    def handler(self, kind: str) -> TimerHandler | None:
+        return self._by_kind.get(kind)
+
+    def kinds(self) -> list[str]:
+        return sorted(self._by_kind)
+
+
+async def ensure_timer_indexes(db: Database) -> None:
+    await db[TIMERS].create_indexes([IndexModel([("due_at", ASCENDING)], name="due")])
+
+
+def timer_id(kind: str, subject: str) -> str:
+    return f"{kind}:{subject}"
+
+
+async def schedule(
+    db: Database,
+    session: AsyncClientSession | None,
+    kind: str,
+    subject: str,
+    due_at: datetime,
+    *,
+    data: dict[str, Any] | None = None,
+    earliest: bool = False,
+) -> str:
+    """Set the timer `kind:subject` to fire at `due_at` (one timer per kind and subject).
+
+    `earliest=True` keeps an earlier due time already set: many requests, one round.
+    """
+    tid = timer_id(kind, subject)
+    fields: Document = {"kind": kind, "subject": subject, "data": data or {}}
+    update: Document = (
+        {"$set": fields, "$min": {"due_at": due_at}}
+        if earliest
+        else {"$set": {**fields, "due_at": due_at}}
+    )
+    await db[TIMERS].update_one({"_id": tid}, update, upsert=True, session=session)
+    return tid
+
+
+async def cancel(db: Database, session: AsyncClientSession | None, kind: str, subject: str) -> None:
+    await db[TIMERS].delete_one({"_id": timer_id(kind, subject)}, session=session)
+
+
+class TimerLoop:
+    """Fires due timers, one at a time, surviving restarts (the timers live in MongoDB)."""
+
+    def __init__(self, timers: Timers, ctx: TimerContext, poll_interval_s: float = 0.1) -> None:
+        self._timers = timers
+        self._ctx = ctx
+        self._poll = poll_interval_s
+
+    async def fire_due(self) -> int:
+        """Fire every timer due now; returns how many fired."""
+        fired = 0
+        while True:
+            now = utcnow()
+            doc = await self._ctx.db[TIMERS].find_one_and_update(
+                {"due_at": {"$lte": now}},
+                {"$set": {"due_at": now + LEASE}, "$inc": {"attempts": 1}},
+                sort=[("due_at", ASCENDING)],
+                return_document=ReturnDocument.AFTER,
+            )
+            if doc is None:
+                return fired
+            timer = Timer(doc["_id"], doc["kind"], doc["subject"], doc["due_at"], doc["data"])
+            handler = self._timers.handler(timer.kind)
+            if handler is None:
+                log.error("no handler for timer %s; it stays for a later release", timer.timer_id)
+                continue
+            try:
+                await handler(self._ctx, timer)
+            except asyncio.CancelledError:
+                raise
+            except Exception:
+                # The lease brings it back; back off so one failing timer does not spin.
+                attempts = int(doc.get("attempts", 1))
+                retry_at = utcnow() + timedelta(seconds=min(0.2 * 2**attempts, 60))
+                log.exception("timer %s failed (attempt %d)", timer.timer_id, attempts)
+                await self._ctx.db[TIMERS].update_one(
+                    {"_id": timer.timer_id, "due_at": timer.due_at}, {"$set": {"due_at": retry_at}}
+                )
+                continue
+            # Delete only if not moved meanwhile (re-armed by a newer request: fire again).
+            await self._ctx.db[TIMERS].delete_one({"_id": timer.timer_id, "due_at": timer.due_at})
+            fired += 1
+
+    async def next_due_in(self) -> float:
+        doc = await self._ctx.db[TIMERS].find_one({}, {"due_at": 1}, sort=[("due_at", ASCENDING)])
+        if doc is None:
+            return self._poll
+        due: datetime = doc["due_at"]
+        return max(0.0, min(self._poll, (due - utcnow()).total_seconds()))
+
+    async def run_forever(self) -> None:
+        while True:
+            await self.fire_due()
+            await asyncio.sleep(await self.next_due_in())
