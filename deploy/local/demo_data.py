@@ -11,6 +11,7 @@ Idempotency-Keys, so running it twice changes nothing.
 from __future__ import annotations
 
 import sys
+import time as time_module
 from datetime import UTC, date, datetime, time, timedelta
 from typing import Any
 from zoneinfo import ZoneInfo
@@ -132,18 +133,63 @@ def publish_catalogue(http: httpx.Client, booking: str) -> None:
             ).raise_for_status()
 
 
+OPS = {"X-Actor-Role": "ops", "X-Actor-Id": "ops_demo"}
+EVERY_DAY_8_TO_20 = [{"weekday": d, "start": "08:00", "end": "20:00"} for d in range(7)]
+
+
+def technician_file(row: tuple[str, str, str, str, list[str], float, float]) -> dict[str, Any]:
+    _, full_name, badge, store, skills, lat, lon = row
+    in_a_year = (date.today() + timedelta(days=365)).isoformat()
+    return {
+        "full_name": full_name,
+        "badge_number": badge,
+        "photo_url": f"https://img.doorstep.example/{badge.lower()}.jpg",
+        "phone": "+351913000" + badge[-3:],
+        "store_id": store,
+        "skills": skills,
+        "certificates": [
+            {"name": skill, "issuer": "Doorstep Academy", "expires_on": in_a_year}
+            for skill in skills
+        ],
+        "insurance": {
+            "insurer": "Fidelidade",
+            "policy_number": f"P-{badge}",
+            "expires_on": in_a_year,
+        },
+        "areas": [AREA],
+        "timezone": "Europe/Lisbon",
+        "shifts": EVERY_DAY_8_TO_20,
+        "location": {"lat": lat, "lon": lon},
+    }
+
+
+def accept_offers(http: httpx.Client, dispatch: str, bookings: list[str]) -> None:
+    """Play the technicians' apps: accept the offers the demo bookings produced."""
+    pending, deadline = set(bookings), time_module.monotonic() + 20
+    while pending and time_module.monotonic() < deadline:
+        for tech_id, *_ in TECHNICIANS:
+            me = {"X-Actor-Role": "technician", "X-Actor-Id": tech_id}
+            for offer in http.get(f"{dispatch}/technicians/{tech_id}/offers", headers=me).json():
+                if offer["booking_id"] in pending:
+                    offer_id = offer["offer"]["offer_id"]
+                    http.post(f"{dispatch}/offers/{offer_id}/accept", headers=me)
+                    pending.discard(offer["booking_id"])
+        view = {b: http.get(f"{dispatch}/visits/{b}", headers=OPS) for b in pending}
+        pending = {
+            b
+            for b, r in view.items()
+            if r.status_code != 200 or r.json()["status"] in ("searching", "offered")
+        }
+        time_module.sleep(0.3)
+
+
 def main(gateway: str, booking: str, dispatch: str) -> None:
     with httpx.Client(timeout=10) as http:
         publish_catalogue(http, booking)
-        for tech_id, full_name, badge, store, skills, lat, lon in TECHNICIANS:
-            body = {
-                "full_name": full_name,
-                "badge_number": badge,
-                "store_id": store,
-                "skills": skills,
-                "location": {"lat": lat, "lon": lon},
-            }
-            http.put(f"{dispatch}/technicians/{tech_id}", json=body).raise_for_status()
+        for row in TECHNICIANS:
+            http.put(
+                f"{dispatch}/technicians/{row[0]}", json=technician_file(row), headers=OPS
+            ).raise_for_status()
         day = date.today() + timedelta(days=1)
         start = datetime.combine(day, time(10, 0), LISBON).astimezone(UTC)
         made = []
@@ -171,6 +217,7 @@ def main(gateway: str, booking: str, dispatch: str) -> None:
             )
             r.raise_for_status()
             made.append(r.json()["booking_id"])
+        accept_offers(http, dispatch, made)
     print(
         f"[demo] {len(CATALOGUE)} catalogue items, {len(TECHNICIANS)} technicians, "
         f"{len(CUSTOMERS)} customers, {len(made)} bookings "
