@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import json
 import os
 import shutil
 import signal
@@ -25,9 +26,10 @@ import uuid
 from collections.abc import Awaitable, Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import TypeVar
+from typing import Any, TypeVar
 
 import httpx
+from aiokafka import AIOKafkaConsumer
 
 from deploy.local.servers import Servers, local_servers
 
@@ -231,3 +233,34 @@ async def eventually(
         if time.monotonic() > deadline:
             raise TimeoutError(f"{what} not met within {within:.0f}s")
         await asyncio.sleep(0.05)
+
+
+async def keyed_events(
+    infra: Infra,
+    topic: str,
+    key: str,
+    *,
+    until: Callable[[list[dict[str, Any]]], bool],
+    within: float = 30.0,
+) -> list[dict[str, Any]]:
+    """The envelopes published on `topic` under `key`, read from the start until `until` holds."""
+    consumer = AIOKafkaConsumer(
+        topic,
+        bootstrap_servers=infra.kafka_bootstrap,
+        auto_offset_reset="earliest",
+        enable_auto_commit=False,
+        group_id=f"probe-{uuid.uuid4().hex[:8]}",
+    )
+    await consumer.start()
+    found: list[dict[str, Any]] = []
+    try:
+        deadline = time.monotonic() + within
+        while not until(found):
+            if time.monotonic() > deadline:
+                raise TimeoutError(f"events keyed {key} on {topic}: only {found}")
+            batches = await consumer.getmany(timeout_ms=300)
+            for messages in batches.values():
+                found += [json.loads(m.value) for m in messages if m.key == key.encode()]
+    finally:
+        await consumer.stop()
+    return found

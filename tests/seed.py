@@ -50,6 +50,7 @@ async def seed_item(
     region: str = "lisbon",
     unit_price: int = 2500,
     kind: str = "service",
+    certificate: str | None = None,
     **price: Any,
 ) -> None:
     """An item and its price in `region` (in force from now unless `effective_from` says)."""
@@ -61,6 +62,8 @@ async def seed_item(
     }
     if kind == "service":
         item |= {"skill": skill, "duration_minutes": 45, "description": "Shape, cuticles, polish"}
+        if certificate:
+            item["certificate"] = certificate
     r = await booking.put(f"/catalogue/items/{code}", json=item)
     assert r.status_code == 204, r.text
     r = await booking.post(

@@ -266,6 +266,7 @@ async def accept_offer(tx: Transaction, offer_id: str, technician_id: str) -> Vi
     visit = await visits.by_offer(offer_id, tx.session)
     if visit is None:
         raise NotFound(f"offer {offer_id} does not exist")
+    visit.answerable(offer_id, technician_id, utcnow())  # theirs, open, in time
     tech = await Technicians(tx.db).get(technician_id, tx.session)
     if tech is None:
         raise NotFound(f"technician {technician_id} does not exist")

@@ -431,7 +431,7 @@ class Visit(Forbid):
         self.status, self.technician_id = V.OFFERED, technician_id
         return offer
 
-    def _answerable(self, offer_id: str, technician_id: str, now: datetime) -> Offer:
+    def answerable(self, offer_id: str, technician_id: str, now: datetime) -> Offer:
         offer = next((o for o in self.offers if o.offer_id == offer_id), None)
         if offer is None:
             raise Conflict(f"offer {offer_id} is not on visit {self.visit_id}")
@@ -444,7 +444,7 @@ class Visit(Forbid):
         return offer
 
     def accept(self, offer_id: str, tech: Technician, now: datetime) -> None:
-        offer = self._answerable(offer_id, tech.technician_id, now)
+        offer = self.answerable(offer_id, tech.technician_id, now)
         offer.status, offer.answered_at = OfferStatus.ACCEPTED, now
         self._assign(tech.identity())
 
@@ -456,7 +456,7 @@ class Visit(Forbid):
         self.code_attempts = 0
 
     def decline(self, offer_id: str, technician_id: str, now: datetime) -> Offer:
-        offer = self._answerable(offer_id, technician_id, now)
+        offer = self.answerable(offer_id, technician_id, now)
         self._release(offer, OfferStatus.DECLINED, now)
         return offer
 

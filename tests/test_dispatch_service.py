@@ -1,0 +1,615 @@
+"""Dispatch on real Kafka and MongoDB: matching rules, offers, reassignment, the door check.
+
+Every test gives its item a skill of its own, so only the technicians it seeds
+can qualify, whatever other tests left in the shared dispatch database.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import uuid
+from collections.abc import AsyncIterator
+from datetime import UTC, date, datetime, time, timedelta
+from typing import Any
+
+import httpx
+import pytest
+
+from tests.conftest import Platform
+from tests.harness import Infra, eventually, keyed_events
+from tests.seed import (
+    LISBON,
+    OPS,
+    REGIONS,
+    accept_offer,
+    as_customer,
+    as_store,
+    as_technician,
+    booking_body,
+    get_json,
+    lisbon_window,
+    open_offer,
+    seed_customer,
+    seed_item,
+    seed_technician,
+    technician_file,
+    walk_to_service,
+)
+
+pytestmark = pytest.mark.integration
+
+NEAR = {"lat": 38.7230, "lon": -9.1390}  # ~100 m from the customer (LISBON)
+MIDDLE = {"lat": 38.7400, "lon": -9.1600}  # ~2.6 km
+FAR = {"lat": 38.7700, "lon": -9.2000}  # ~7.5 km
+SOUTH_WEST = {"lat": 38.6200, "lon": -9.3000}
+NORTH_EAST = {"lat": 38.8300, "lon": -9.0200}  # ~35 km from SOUTH_WEST: 1.8 h by road
+
+
+def unique(prefix: str) -> str:
+    return f"{prefix}{uuid.uuid4().hex[:8]}"
+
+
+def badge() -> str:
+    return unique("LX-").upper()
+
+
+class Scene:
+    """One test's world: an item with a skill of its own, a customer, and helpers."""
+
+    def __init__(self, platform: Platform, booking: httpx.AsyncClient, dispatch: httpx.AsyncClient):
+        self.platform, self.booking, self.dispatch = platform, booking, dispatch
+        self.skill = unique("skill-")
+        self.code = f"{self.skill}.visit"
+        self.customer = unique("cus_")
+
+    async def setup(self, **item: Any) -> Scene:
+        await seed_item(self.booking, self.code, skill=self.skill, **item)
+        await seed_customer(self.booking, self.customer)
+        return self
+
+    async def technician(self, **over: Any) -> str:
+        tech = unique("tech_")
+        await seed_technician(self.dispatch, tech, badge(), **{"skills": [self.skill], **over})
+        return tech
+
+    async def book(self, **over: Any) -> str:
+        r = await self.booking.post(
+            "/bookings", json=booking_body(self.customer, self.code, **over)
+        )
+        assert r.status_code == 201, r.text
+        return str(r.json()["booking_id"])
+
+    async def visit(self, booking_id: str) -> Any:
+        r = await self.dispatch.get(f"/visits/{booking_id}", headers=OPS)
+        assert r.status_code == 200, r.text
+        return r.json()
+
+    async def settled(self, booking_id: str, *statuses: str) -> Any:
+        """Wait until the visit reaches one of `statuses`."""
+
+        async def probe() -> Any:
+            r = await self.dispatch.get(f"/visits/{booking_id}", headers=OPS)
+            return r.json() if r.status_code == 200 and r.json()["status"] in statuses else None
+
+        return await eventually(probe, what=f"visit {booking_id} {statuses}")
+
+    async def booking_status(
+        self, booking_id: str, status: str, technician_id: str | None = None
+    ) -> Any:
+        """Wait until the booking shows `status` (and this technician, if given)."""
+
+        async def probe() -> Any:
+            b = await get_json(self.booking, f"/bookings/{booking_id}")
+            if not b or b["status"] != status:
+                return None
+            if technician_id and (b["technician"] or {}).get("technician_id") != technician_id:
+                return None
+            return b
+
+        return await eventually(probe, what=f"booking {booking_id} {status} {technician_id}")
+
+
+@pytest.fixture
+async def scene(platform: Platform) -> AsyncIterator[Scene]:
+    async with platform.client("booking") as booking, platform.client("dispatch") as dispatch:
+        yield await Scene(platform, booking, dispatch).setup()
+
+
+# ------------------------------------------------------------ matching rules --
+YESTERDAY = (date.today() - timedelta(days=1)).isoformat()
+NEXT_YEAR = (date.today() + timedelta(days=365)).isoformat()
+TOMORROW = date.today() + timedelta(days=1)
+
+# Each way of being unfit, given to the technician nearest to the customer: if the
+# rule were not applied, they would get the offer.
+UNFIT: dict[str, dict[str, Any]] = {
+    "suspended": {"status": "suspended"},
+    "lacks the skill": {"skills": ["other-skill"]},
+    "certificate expired": {
+        "certificates": [{"name": "cert-gel", "issuer": "Academy", "expires_on": YESTERDAY}]
+    },
+    "insurance expired": {
+        "insurance": {"insurer": "Fidelidade", "policy_number": "P", "expires_on": YESTERDAY}
+    },
+    "serves another area": {"areas": [REGIONS["porto"]]},
+    "not on shift": {"shifts": [{"weekday": TOMORROW.weekday(), "start": "14:00", "end": "20:00"}]},
+    "on leave that day": {"exceptions": [{"on": TOMORROW.isoformat(), "kind": "leave"}]},
+}
+
+
+@pytest.mark.parametrize("unfit", list(UNFIT), ids=list(UNFIT))
+async def test_an_unfit_technician_is_never_offered_the_visit_however_near(
+    platform: Platform, unfit: str
+) -> None:
+    async with platform.client("booking") as booking, platform.client("dispatch") as dispatch:
+        scene = Scene(platform, booking, dispatch)
+        await seed_item(booking, scene.code, skill=scene.skill, certificate="cert-gel")
+        await seed_customer(booking, scene.customer)
+        valid = [{"name": "cert-gel", "issuer": "Academy", "expires_on": NEXT_YEAR}]
+        fit = await scene.technician(location=FAR, certificates=valid)
+        near = await scene.technician(location=NEAR, **{"certificates": valid, **UNFIT[unfit]})
+        booking_id = await scene.book()  # tomorrow 10:00-12:00 Lisbon
+        visit = await scene.settled(booking_id, "offered")
+        ranked = (await dispatch.get(f"/visits/{booking_id}/candidates", headers=OPS)).json()
+    assert visit["offers"][0]["technician_id"] == fit
+    assert near not in [c["technician"]["technician_id"] for c in ranked]
+
+
+async def test_travel_time_between_visits_counts_as_busy(scene: Scene) -> None:
+    """Free at 11:15 on paper, but 35 km away from a visit that ends at 11:00: not sent."""
+    busy = await scene.technician(location=NORTH_EAST)
+    other = await scene.technician(location=MIDDLE)
+    await seed_customer(scene.booking, scene.customer, address_id="ad_sw", location=SOUTH_WEST)
+    await seed_customer(scene.booking, scene.customer, address_id="ad_ne", location=NORTH_EAST)
+    first = await scene.book(
+        address_id="ad_sw",
+        quantity=1,
+        window=lisbon_window(at=time(10, 0), hours=1),
+        preferred_technician_id=busy,
+    )
+    await accept_offer(scene.dispatch, busy, first)
+    # 11:15 at the far corner: the busy technician cannot make it; the other one goes.
+    second = await scene.book(
+        address_id="ad_ne", quantity=1, window=lisbon_window(at=time(11, 15), hours=1)
+    )
+    offered = await scene.settled(second, "offered")
+    assert offered["offers"][0]["technician_id"] == other
+    # 13:30 there, with time to drive: the same technician may go again (preferred).
+    third = await scene.book(
+        address_id="ad_ne",
+        quantity=1,
+        window=lisbon_window(at=time(13, 30), hours=1),
+        preferred_technician_id=busy,
+    )
+    later = await scene.settled(third, "offered")
+    assert later["offers"][0]["technician_id"] == busy
+
+
+async def test_the_nearest_qualified_technician_is_offered_first(scene: Scene) -> None:
+    far = await scene.technician(location=FAR)
+    near = await scene.technician(location=NEAR)
+    booking_id = await scene.book()
+    visit = await scene.settled(booking_id, "offered")
+    ranked = (await scene.dispatch.get(f"/visits/{booking_id}/candidates", headers=OPS)).json()
+    assert visit["offers"][0]["technician_id"] == near
+    assert [c["technician"]["technician_id"] for c in ranked] == [near, far]
+
+
+async def test_the_customers_favourite_is_preferred_when_free(scene: Scene) -> None:
+    await scene.technician(location=NEAR)
+    favourite = await scene.technician(location=FAR)
+    r = await scene.booking.put(f"/customers/{scene.customer}/favourites/{favourite}")
+    assert r.status_code in (200, 204), r.text
+    booking_id = await scene.book()
+    visit = await scene.settled(booking_id, "offered")
+    assert visit["offers"][0]["technician_id"] == favourite
+
+
+# -------------------------------------------------------------------- offers --
+async def test_a_decline_moves_to_the_next_candidate_and_exhaustion_fails_dispatch(
+    scene: Scene, infra: Infra
+) -> None:
+    first = await scene.technician(location=NEAR)
+    second = await scene.technician(location=FAR)
+    booking_id = await scene.book()
+    for tech in (first, second):
+        offer = await open_offer(scene.dispatch, tech, booking_id)
+        r = await scene.dispatch.post(
+            f"/offers/{offer['offer']['offer_id']}/decline", headers=as_technician(tech)
+        )
+        assert r.status_code == 200, r.text
+    failed = await scene.settled(booking_id, "failed")
+    booking = await scene.booking_status(booking_id, "dispatch_failed")
+    events = await keyed_events(
+        infra,
+        f"{scene.platform.prefix}.dispatch.events",
+        booking_id,
+        until=lambda found: any(e["type"] == "dispatch.failed" for e in found),
+    )
+    assert [(o["technician_id"], o["status"]) for o in failed["offers"]] == [
+        (first, "declined"),
+        (second, "declined"),
+    ]
+    assert booking["timeline"][-1]["note"] == "no qualified technician free for this window"
+    assert [e["type"] for e in events] == [
+        "dispatch.offer_made",
+        "dispatch.offer_declined",
+        "dispatch.offer_made",
+        "dispatch.offer_declined",
+        "dispatch.failed",
+    ]
+
+
+async def test_silence_past_the_deadline_counts_as_a_decline(scene: Scene) -> None:
+    silent = await scene.technician(location=NEAR)
+    other = await scene.technician(location=FAR)
+    booking_id = await scene.book()
+    offer = await open_offer(scene.dispatch, silent, booking_id)
+    # The deadline (4 s in tests) passes without an answer: the next one is asked.
+    await open_offer(scene.dispatch, other, booking_id)
+    visit = await scene.visit(booking_id)
+    assert [(o["technician_id"], o["status"]) for o in visit["offers"]] == [
+        (silent, "expired"),
+        (other, "open"),
+    ]
+    # Answering after the deadline changes nothing.
+    late = await scene.dispatch.post(
+        f"/offers/{offer['offer']['offer_id']}/accept", headers=as_technician(silent)
+    )
+    assert late.status_code == 409, late.text
+    assert "expired" in late.json()["error"]["message"]
+    assert await scene.visit(booking_id) == visit
+
+
+async def test_an_offer_is_accepted_once_and_only_by_its_technician(scene: Scene) -> None:
+    tech = await scene.technician(location=NEAR)
+    booking_id = await scene.book()
+    offer = await open_offer(scene.dispatch, tech, booking_id)
+    url = f"/offers/{offer['offer']['offer_id']}/accept"
+    stranger = await scene.dispatch.post(url, headers=as_technician(unique("tech_")))
+    assert stranger.status_code == 403, stranger.text
+    first = await scene.dispatch.post(url, headers=as_technician(tech))
+    assert first.status_code == 200, first.text
+    seen = await scene.visit(booking_id)
+    again = await scene.dispatch.post(url, headers=as_technician(tech))
+    assert again.status_code == 409, again.text
+    assert "already accepted" in again.json()["error"]["message"]
+    assert await scene.visit(booking_id) == seen
+    booking = await scene.booking_status(booking_id, "assigned")
+    assert booking["technician"]["technician_id"] == tech
+    assert booking["technician"]["badge_number"] == seen["technician"]["badge_number"]
+
+
+# ---------------------------------------------------------- never double-book --
+async def test_twenty_bookings_racing_for_five_technicians_never_double_book(
+    scene: Scene,
+) -> None:
+    techs = [await scene.technician(location=NEAR) for _ in range(5)]
+    window = lisbon_window(days=2, at=time(9, 0), hours=2)
+    booking_ids = await asyncio.gather(*(scene.book(window=window) for _ in range(20)))
+    accepted: dict[str, str] = {}
+
+    async def answer(tech: str) -> None:
+        # Each technician's app accepts whatever is offered to it.
+        while len(accepted) + len(failed) < 20:
+            r = await scene.dispatch.get(f"/technicians/{tech}/offers", headers=as_technician(tech))
+            for offer in r.json():
+                ok = await scene.dispatch.post(
+                    f"/offers/{offer['offer']['offer_id']}/accept", headers=as_technician(tech)
+                )
+                if ok.status_code == 200:
+                    accepted[offer["booking_id"]] = tech
+            await asyncio.sleep(0.1)
+
+    failed: set[str] = set()
+
+    async def watch() -> None:
+        while len(accepted) + len(failed) < 20:
+            for b in booking_ids:
+                r = await scene.dispatch.get(f"/visits/{b}", headers=OPS)
+                if r.status_code == 200 and r.json()["status"] == "failed":
+                    failed.add(b)
+            await asyncio.sleep(0.2)
+
+    await asyncio.wait_for(asyncio.gather(watch(), *(answer(t) for t in techs)), 60)
+    visits = [await scene.visit(b) for b in booking_ids]
+    holders = [v["technician"]["technician_id"] for v in visits if v["status"] == "assigned"]
+    assert sorted(holders) == sorted(techs)  # each technician exactly once
+    assert sum(v["status"] == "failed" for v in visits) == 15
+
+
+# --------------------------------------------------------------- reassignment --
+async def test_a_dropped_visit_goes_to_another_technician_and_the_customer_sees_both(
+    scene: Scene, infra: Infra
+) -> None:
+    first = await scene.technician(location=NEAR)
+    second = await scene.technician(location=FAR)
+    booking_id = await scene.book()
+    await accept_offer(scene.dispatch, first, booking_id)
+    old_code = await door_code(scene, booking_id)
+    r = await scene.dispatch.post(
+        f"/visits/{booking_id}/drop",
+        json={"reason": "car broke down"},
+        headers=as_technician(first),
+    )
+    assert r.status_code == 200, r.text
+    await accept_offer(scene.dispatch, second, booking_id)
+    booking = await scene.booking_status(booking_id, "assigned", second)
+    events = await keyed_events(
+        infra,
+        f"{scene.platform.prefix}.dispatch.events",
+        booking_id,
+        until=lambda found: any(e["type"] == "dispatch.technician_reassigned" for e in found),
+    )
+    changed = next(e for e in events if e["type"] == "dispatch.technician_reassigned")["payload"]
+    assert changed["previous_technician_id"] == first
+    assert changed["technician_id"] == second
+    assert changed["reason"] == "car broke down"
+    assert booking["technician"]["technician_id"] == second
+    assert "technician changed from" in booking["timeline"][-1]["note"]
+    # A new code for the new technician; the old one no longer opens the door.
+    new_code = await door_code(scene, booking_id)
+    await arrive(scene, booking_id, second)
+    if new_code != old_code:
+        wrong = await enter(scene, booking_id, second, old_code)
+        assert wrong.status_code == 422, wrong.text
+    right = await enter(scene, booking_id, second, new_code)
+    assert right.status_code == 200, right.text
+
+
+async def test_operations_reassign_by_hand_with_every_rule_still_checked(scene: Scene) -> None:
+    first = await scene.technician(location=NEAR)
+    chosen = await scene.technician(location=FAR)
+    unfit = await scene.technician(location=FAR, status="suspended")
+    booking_id = await scene.book()
+    await accept_offer(scene.dispatch, first, booking_id)
+    refused = await scene.dispatch.post(
+        f"/visits/{booking_id}/reassign",
+        json={"reason": "customer asked", "technician_id": unfit},
+        headers=OPS,
+    )
+    assert refused.status_code == 409, refused.text
+    assert "suspended" in refused.json()["error"]["message"]
+    moved = await scene.dispatch.post(
+        f"/visits/{booking_id}/reassign",
+        json={"reason": "customer asked", "technician_id": chosen},
+        headers=OPS,
+    )
+    assert moved.status_code == 200, moved.text
+    assert moved.json()["technician"]["technician_id"] == chosen
+    booking = await scene.booking_status(booking_id, "assigned", chosen)
+    assert "technician changed from" in booking["timeline"][-1]["note"]
+
+
+# -------------------------------------------------------- the door and safety --
+async def door_code(scene: Scene, booking_id: str) -> str:
+    r = await scene.dispatch.get(
+        f"/visits/{booking_id}/door-check", headers=as_customer(scene.customer)
+    )
+    assert r.status_code == 200, r.text
+    return str(r.json()["visit_code"])
+
+
+async def arrive(scene: Scene, booking_id: str, tech: str, at: dict[str, float] = LISBON) -> Any:
+    r = await scene.dispatch.post(
+        f"/visits/{booking_id}/arrive", json={"location": at}, headers=as_technician(tech)
+    )
+    assert r.status_code == 200, r.text
+    return r.json()
+
+
+async def enter(scene: Scene, booking_id: str, tech: str, code: str) -> httpx.Response:
+    return await scene.dispatch.post(
+        f"/visits/{booking_id}/identity", json={"code": code}, headers=as_technician(tech)
+    )
+
+
+def other_than(code: str) -> str:
+    return f"{(int(code) + 1) % 1_000_000:06d}"
+
+
+async def assigned_scene(scene: Scene) -> tuple[str, str]:
+    tech = await scene.technician(location=NEAR)
+    booking_id = await scene.book()
+    await accept_offer(scene.dispatch, tech, booking_id)
+    return tech, booking_id
+
+
+async def test_the_right_code_confirms_identity_and_only_then_may_service_start(
+    scene: Scene,
+) -> None:
+    tech, booking_id = await assigned_scene(scene)
+    check = (
+        await scene.dispatch.get(
+            f"/visits/{booking_id}/door-check", headers=as_customer(scene.customer)
+        )
+    ).json()
+    assert check["technician"]["technician_id"] == tech
+    assert check["technician"]["badge_number"] in check["reminder"]
+    # Only the customer sees the code; the technician's view never carries it.
+    theirs = await scene.dispatch.get(
+        f"/visits/{booking_id}/door-check", headers=as_technician(tech)
+    )
+    assert theirs.status_code == 403
+    tech_view = (
+        await scene.dispatch.get(f"/visits/{booking_id}", headers=as_technician(tech))
+    ).json()
+    assert check["visit_code"] not in str(tech_view)
+    await arrive(scene, booking_id, tech)
+    early = await scene.dispatch.post(f"/visits/{booking_id}/start", headers=as_technician(tech))
+    assert early.status_code == 409, early.text
+    assert "confirmed" in early.json()["error"]["message"]
+    wrong = await enter(scene, booking_id, tech, other_than(check["visit_code"]))
+    assert wrong.status_code == 422
+    assert "2 attempt(s) left" in wrong.json()["error"]["message"]
+    right = await enter(scene, booking_id, tech, check["visit_code"])
+    assert right.status_code == 200, right.text
+    assert right.json()["identity_method"] == "visit code"
+    reused = await enter(scene, booking_id, tech, check["visit_code"])
+    assert reused.status_code == 409  # one time only
+    started = await scene.dispatch.post(f"/visits/{booking_id}/start", headers=as_technician(tech))
+    assert started.status_code == 200, started.text
+    booking = await scene.booking_status(booking_id, "in_service")
+    assert [e["status"] for e in booking["timeline"]][-3:] == [
+        "arrived",
+        "identity_confirmed",
+        "in_service",
+    ]
+
+
+async def test_three_wrong_codes_lock_the_visit_and_raise_a_safety_alert(
+    scene: Scene, infra: Infra
+) -> None:
+    tech, booking_id = await assigned_scene(scene)
+    code = await door_code(scene, booking_id)
+    await arrive(scene, booking_id, tech)
+    answers = [await enter(scene, booking_id, tech, other_than(code)) for _ in range(3)]
+    assert [a.status_code for a in answers] == [422, 422, 423]
+    after = await enter(scene, booking_id, tech, code)  # even the right code is too late
+    assert after.status_code == 423
+    start = await scene.dispatch.post(f"/visits/{booking_id}/start", headers=as_technician(tech))
+    assert start.status_code == 423
+    visit = await scene.visit(booking_id)
+    assert visit["status"] == "halted"
+    assert visit["alerts"] == ["wrong_code_lockout"]
+    alerts = await safety_alerts(scene, infra, booking_id)
+    assert [(a["kind"], a["severity"]) for a in alerts] == [("wrong_code_lockout", "critical")]
+
+
+async def safety_alerts(scene: Scene, infra: Infra, booking_id: str) -> list[Any]:
+    events = await keyed_events(
+        infra,
+        f"{scene.platform.prefix}.dispatch.events",
+        booking_id,
+        until=lambda found: any(e["type"] == "dispatch.safety_alert" for e in found),
+    )
+    return [e["payload"] for e in events if e["type"] == "dispatch.safety_alert"]
+
+
+async def test_not_the_person_halts_the_visit_at_once_with_a_safety_alert(
+    scene: Scene, infra: Infra
+) -> None:
+    tech, booking_id = await assigned_scene(scene)
+    await arrive(scene, booking_id, tech)
+    stranger = await scene.dispatch.post(
+        f"/visits/{booking_id}/not-the-person", headers=as_customer(unique("cus_"))
+    )
+    assert stranger.status_code == 403  # only this visit's customer
+    r = await scene.dispatch.post(
+        f"/visits/{booking_id}/not-the-person", headers=as_customer(scene.customer)
+    )
+    assert r.status_code == 200, r.text
+    assert r.json()["status"] == "halted"
+    code_after = await scene.dispatch.get(
+        f"/visits/{booking_id}/door-check", headers=as_customer(scene.customer)
+    )
+    assert code_after.status_code == 409  # no code to give any more
+    start = await scene.dispatch.post(f"/visits/{booking_id}/start", headers=as_technician(tech))
+    assert start.status_code == 423
+    alerts = await safety_alerts(scene, infra, booking_id)
+    assert [(a["kind"], a["severity"], a["technician_id"]) for a in alerts] == [
+        ("not_the_person", "critical", tech)
+    ]
+
+
+async def test_the_customer_may_confirm_in_the_app_instead_of_the_code(scene: Scene) -> None:
+    tech, booking_id = await assigned_scene(scene)
+    before = await scene.dispatch.post(
+        f"/visits/{booking_id}/identity/in-app", headers=as_customer(scene.customer)
+    )
+    assert before.status_code == 409  # nobody has checked in yet
+    await arrive(scene, booking_id, tech)
+    r = await scene.dispatch.post(
+        f"/visits/{booking_id}/identity/in-app", headers=as_customer(scene.customer)
+    )
+    assert r.status_code == 200, r.text
+    assert r.json()["status"] == "identity_confirmed"
+
+
+async def test_a_check_in_far_from_the_address_is_flagged_to_operations(
+    scene: Scene, infra: Infra
+) -> None:
+    tech, booking_id = await assigned_scene(scene)
+    visit = await arrive(scene, booking_id, tech, at=MIDDLE)
+    assert visit["arrival_distance_m"] > 2000
+    assert visit["alerts"] == ["check_in_far_from_address"]
+    alerts = await safety_alerts(scene, infra, booking_id)
+    assert [(a["kind"], a["severity"]) for a in alerts] == [
+        ("check_in_far_from_address", "warning")
+    ]
+    near_tech, near_booking = await assigned_scene(scene)
+    close = await arrive(scene, near_booking, near_tech, at=NEAR)
+    assert close["alerts"] == []
+    assert close["arrival_distance_m"] < 300
+
+
+async def test_completion_records_only_catalogue_items_of_the_booking(scene: Scene) -> None:
+    tech, booking_id = await assigned_scene(scene)
+    await walk_to_service(scene.dispatch, booking_id, tech, scene.customer)
+    before = await scene.visit(booking_id)
+    bad = await scene.dispatch.post(
+        f"/visits/{booking_id}/complete",
+        json={"performed": [{"code": "cash.tip-for-me", "quantity": 1}]},
+        headers=as_technician(tech),
+    )
+    assert bad.status_code == 422, bad.text
+    assert bad.json()["error"]["field"] == "performed.0.code"
+    assert await scene.visit(booking_id) == before
+    done = await scene.dispatch.post(
+        f"/visits/{booking_id}/complete",
+        json={"performed": [{"code": scene.code, "quantity": 1}]},
+        headers=as_technician(tech),
+    )
+    assert done.status_code == 200, done.text
+    assert [(p["code"], p["quantity"]) for p in done.json()["performed"]] == [(scene.code, 1)]
+    await scene.booking_status(booking_id, "completed")
+
+
+# ------------------------------------------------------------ store boundaries --
+async def test_a_store_manages_its_own_technicians_and_never_another_stores(
+    scene: Scene,
+) -> None:
+    mine = unique("tech_")
+    body = technician_file(badge(), skills=[scene.skill], store_id="store_alpha")
+    created = await scene.dispatch.put(
+        f"/technicians/{mine}", json=body, headers=as_store("store_alpha")
+    )
+    assert created.status_code == 200, created.text
+    theirs = await scene.technician()  # store_chiado's
+    before = (await scene.dispatch.get(f"/technicians/{theirs}", headers=OPS)).json()
+    grab = await scene.dispatch.put(
+        f"/technicians/{theirs}",
+        json={**body, "badge_number": badge()},
+        headers=as_store("store_alpha"),
+    )
+    assert grab.status_code == 403, grab.text
+    suspend = await scene.dispatch.put(
+        f"/technicians/{theirs}/status",
+        json={"status": "suspended", "reason": "not yours to suspend"},
+        headers=as_store("store_alpha"),
+    )
+    assert suspend.status_code == 403
+    peek = await scene.dispatch.get(f"/technicians/{theirs}", headers=as_store("store_alpha"))
+    assert peek.status_code == 403
+    listed = await scene.dispatch.get(
+        "/technicians", params={"store_id": "store_alpha"}, headers=as_store("store_alpha")
+    )
+    other_list = await scene.dispatch.get(
+        "/technicians", params={"store_id": "store_chiado"}, headers=as_store("store_alpha")
+    )
+    assert mine in [t["technician_id"] for t in listed.json()]
+    assert other_list.status_code == 403
+    assert (await scene.dispatch.get(f"/technicians/{theirs}", headers=OPS)).json() == before
+
+
+async def test_live_location_comes_only_from_the_technicians_own_app(scene: Scene) -> None:
+    tech = await scene.technician(location=FAR)
+    moved = await scene.dispatch.post(
+        f"/technicians/{tech}/location",
+        json={"location": NEAR, "at": datetime.now(UTC).isoformat()},
+        headers=as_technician(tech),
+    )
+    assert moved.status_code == 204, moved.text
+    file = (await scene.dispatch.get(f"/technicians/{tech}", headers=as_technician(tech))).json()
+    assert file["location"] == NEAR
+    assert file["location_at"] is not None
