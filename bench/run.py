@@ -19,6 +19,7 @@ import contextlib
 import json
 import os
 import platform
+import random
 import statistics
 import time
 import uuid
@@ -34,6 +35,7 @@ from aiokafka.structs import TopicPartition
 from pydantic import Field
 from pymongo import AsyncMongoClient
 
+from bench import dispatch as dispatch_bench
 from bench.booking_api import booking_service, http_floor, post_bookings
 from deploy.local.servers import Servers, local_servers
 from shared.consumer import EventConsumer, Handlers, ensure_inbox_indexes
@@ -50,6 +52,7 @@ from shared.outbox import (
     outbox_row,
 )
 from shared.settings import Settings
+from shared.timers import TimerContext
 
 ROOT = Path(__file__).resolve().parent.parent
 RUN_DIR = ROOT / ".run" / "bench"
@@ -92,13 +95,27 @@ class Counts:
     latency: int
     consume: int
     http: int  # POST /bookings requests, 8 concurrent clients
+    cities: tuple[int, ...] = (1_000, 10_000, 50_000)  # technicians in one city
+    searches: int = 300  # candidate searches per city size
+    waiting: tuple[int, ...] = (100, 500)  # bookings matched in one batch
+    matching_city: int = 2_500  # technicians (about 1,000 qualified) the batching draws from
 
 
 FULL = Counts(
     rounds=4, produce=20_000, mongo=2_000, one_by_one=1_000, latency=500, consume=2_000, http=2_000
 )
 QUICK = Counts(
-    rounds=2, produce=3_000, mongo=500, one_by_one=200, latency=100, consume=300, http=200
+    rounds=2,
+    produce=3_000,
+    mongo=500,
+    one_by_one=200,
+    latency=100,
+    consume=300,
+    http=200,
+    cities=(1_000,),
+    searches=50,
+    waiting=(50,),
+    matching_city=300,
 )
 
 
@@ -426,6 +443,78 @@ class Bench:
                 )
             )
 
+    # ------------------------------------------------------------- dispatch --
+    async def dispatch(self) -> None:
+        rng = random.Random(2026)
+        for size in self.counts.cities:
+            db = self.client[f"{self.settings.db_prefix}dispatch{size}"]
+            started = time.perf_counter()
+            await dispatch_bench.seed_city(db, size, rng)
+            seeded = time.perf_counter() - started
+            samples = await dispatch_bench.search_latencies(db, self.counts.searches, rng)
+            for q, name in ((0.5, "p50"), (0.99, "p99")):
+                stage = Figure(
+                    f"raw.mongo.geonear_stage_{size}_{name}",
+                    percentile(samples["geonear"], q) * 1e3,
+                    "ms",
+                    f"$geoNear stage + $limit 20 over {size:,} technicians (seeded in "
+                    f"{seeded:.1f} s): ranks far more than it returns",
+                )
+                base = Figure(
+                    f"raw.mongo.geonear_{size}_{name}",
+                    percentile(samples["near"], q) * 1e3,
+                    "ms",
+                    f"geo-near query ($near) limit 20 over {size:,} technicians",
+                )
+                figure = Figure(
+                    f"platform.candidates_{size}_{name}",
+                    percentile(samples["platform"], q) * 1e3,
+                    "ms",
+                    "plus skills, certificate, insurance, served area; decoded files",
+                    baseline=base.name,
+                )
+                figure.ratio = figure.value / base.value
+                for f in (stage, base, figure):
+                    self.record(f)
+        city_db = self.client[f"{self.settings.db_prefix}dispatchmatch"]
+        city = await dispatch_bench.seed_city(city_db, self.counts.matching_city, rng)
+        ctx = TimerContext(city_db, UnitOfWork(self.client, city_db, self.settings), self.settings)
+        for waiting in self.counts.waiting:
+            m = await dispatch_bench.batch_matching(ctx, city, waiting, rng)
+            scope = f"{waiting} bookings, {m.technicians} qualified technicians"
+            optimum = Figure(
+                f"optimum.match_{waiting}_km",
+                m.optimum_km,
+                "km",
+                f"min-cost over all pairs, {m.optimum_matched} matched, "
+                f"solved in {m.optimum_s * 1e3:.0f} ms; {scope}",
+            )
+            greedy = Figure(
+                f"greedy.match_{waiting}_km",
+                m.greedy_km,
+                "km",
+                f"nearest free technician, in arrival order; {m.greedy_matched} matched",
+                baseline=optimum.name,
+                ratio=m.greedy_km / m.optimum_km,
+            )
+            batch = Figure(
+                f"platform.match_{waiting}_km",
+                m.batch_km,
+                "km",
+                f"dispatch's rounds (min-cost over each one's nearest free), offers made; "
+                f"{m.batch_matched} matched in {m.batch_rounds} round(s)",
+                baseline=optimum.name,
+                ratio=m.batch_km / m.optimum_km,
+            )
+            elapsed = Figure(
+                f"platform.match_{waiting}_ms",
+                m.batch_s * 1e3,
+                "ms",
+                "every round: candidate searches, assignment, one transaction per offer",
+            )
+            for figure in (optimum, greedy, batch, elapsed):
+                self.record(figure)
+
     # ---------------------------------------------------- the inbox consumer --
     async def platform_consumer(self) -> None:
         """The inbox consumer reading relayed events: one transaction per event."""
@@ -618,6 +707,8 @@ async def run(counts: Counts, target: Servers) -> dict[str, Any]:
         await bench.platform_consumer()
         print("the booking API")
         await bench.booking_api()
+        print("dispatch: candidate search and batch matching")
+        await bench.dispatch()
         print("latency, one event at a time")
         await bench.raw_kafka_latency()
         await bench.platform_latency()

@@ -31,6 +31,7 @@ class Settings(BaseSettings):
     consumer_backoff_s: float = Field(0.1, validation_alias="CONSUMER_BACKOFF_S")
     consumer_backoff_max_s: float = Field(5.0, validation_alias="CONSUMER_BACKOFF_MAX_S")
     timer_poll_interval_s: float = Field(0.25, validation_alias="TIMER_POLL_INTERVAL_S")
+    timer_lease_s: float = Field(30.0, validation_alias="TIMER_LEASE_S")
 
     # Dispatch: how long a technician has to answer an offer, how long requests are
     # collected into one matching round, how long a booking may wait for anybody.

@@ -23,6 +23,7 @@ from typing import Any
 from pymongo import ASCENDING, IndexModel, ReturnDocument
 from pymongo.asynchronous.client_session import AsyncClientSession
 
+from shared.faults import crash_point
 from shared.mongo import Database, Document
 from shared.outbox import UnitOfWork
 from shared.settings import Settings
@@ -31,7 +32,6 @@ from shared.time import utcnow
 log = logging.getLogger(__name__)
 
 TIMERS = "timers"
-LEASE = timedelta(seconds=30)
 
 
 @dataclass(frozen=True)
@@ -121,6 +121,8 @@ class TimerLoop:
         self._timers = timers
         self._ctx = ctx
         self._poll = poll_interval_s
+        # A claimed timer comes back after this long if its process died while firing it.
+        self._lease = timedelta(seconds=ctx.settings.timer_lease_s)
 
     async def fire_due(self) -> int:
         """Fire every timer due now; returns how many fired."""
@@ -129,7 +131,7 @@ class TimerLoop:
             now = utcnow()
             doc = await self._ctx.db[TIMERS].find_one_and_update(
                 {"due_at": {"$lte": now}},
-                {"$set": {"due_at": now + LEASE}, "$inc": {"attempts": 1}},
+                {"$set": {"due_at": now + self._lease}, "$inc": {"attempts": 1}},
                 sort=[("due_at", ASCENDING)],
                 return_document=ReturnDocument.AFTER,
             )
@@ -153,6 +155,7 @@ class TimerLoop:
                     {"_id": timer.timer_id, "due_at": timer.due_at}, {"$set": {"due_at": retry_at}}
                 )
                 continue
+            crash_point("timers.after_fire")
             # Delete only if not moved meanwhile (re-armed by a newer request: fire again).
             await self._ctx.db[TIMERS].delete_one({"_id": timer.timer_id, "due_at": timer.due_at})
             fired += 1

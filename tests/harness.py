@@ -147,6 +147,7 @@ class ServiceProcess:
             "CONSUMER_BACKOFF_S": "0.05",
             "OUTBOX_POLL_INTERVAL_S": "0.1",
             "TIMER_POLL_INTERVAL_S": "0.05",
+            "TIMER_LEASE_S": "3",
             # Short offer deadlines so the silence path is testable; long enough to accept.
             "DISPATCH_OFFER_TIMEOUT_S": "4",
             "DISPATCH_MATCH_WINDOW_S": "0.2",

@@ -16,6 +16,10 @@ PAIRS = {
     "platform.consumer": "raw.mongo.txn_one_by_one",
     "platform.event_p50": "raw.kafka.e2e_p50",
     "platform.event_p99": "raw.kafka.e2e_p99",
+    "platform.candidates_1000_p50": "raw.mongo.geonear_1000_p50",
+    "platform.candidates_1000_p99": "raw.mongo.geonear_1000_p99",
+    "platform.match_50_km": "optimum.match_50_km",
+    "greedy.match_50_km": "optimum.match_50_km",
 }
 
 
@@ -48,3 +52,6 @@ def test_quick_bench_reports_every_platform_figure_next_to_its_raw_baseline(
         assert platform in run.stdout
         assert raw in run.stdout
     assert results["machine"]["cores"] >= 1
+    # Dispatch's rounds can never beat the optimum; greedy never either.
+    assert figures["platform.match_50_km"]["ratio"] >= 0.999
+    assert figures["greedy.match_50_km"]["ratio"] >= 0.999

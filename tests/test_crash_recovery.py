@@ -22,8 +22,8 @@ from shared.events.envelope import Envelope
 from shared.events.types import PricedLine
 from shared.faults import CRASH_EXIT_CODE
 from shared.mongo import Document
-from tests.harness import Infra, ServiceProcess, eventually, new_prefix
-from tests.seed import PORTO, booking_body, seed_customer, seed_item
+from tests.harness import Infra, ServiceProcess, eventually, keyed_events, new_prefix
+from tests.seed import PORTO, booking_body, seed_customer, seed_item, seed_technician
 
 pytestmark = pytest.mark.integration
 
@@ -153,3 +153,63 @@ async def test_consumer_killed_before_committing_offset_reprocesses_with_effect_
         assert await db["inbox"].count_documents({}) == 1
     finally:
         payments.stop()
+
+
+async def test_dispatch_killed_while_firing_a_timer_offers_once_and_deadlines_survive(
+    infra: Infra, mongo: AsyncMongoClient[Document]
+) -> None:
+    """kill -9 right after a matching round committed its offer, before the round's timer
+    was cleared: after restart the round fires again and offers nothing twice, and the
+    offer's deadline, kept in MongoDB, still passes on to the next technician."""
+    prefix = new_prefix()
+    booking = ServiceProcess("booking", infra, prefix).start()
+    dispatch = ServiceProcess("dispatch", infra, prefix)
+    dispatch.start(DOORSTEP_CRASH_AT="timers.after_fire")
+    skill = f"skill-{uuid.uuid4().hex[:6]}"
+    code = f"{skill}.visit"
+    try:
+        async with httpx.AsyncClient(base_url=booking.url, timeout=10) as client:
+            await seed_item(client, code, skill=skill)
+            await seed_customer(client, "cus_timer")
+        async with httpx.AsyncClient(base_url=dispatch.url, timeout=10) as client:
+            await seed_technician(client, "tech_near", "LX-T1", skills=[skill])
+            await seed_technician(
+                client, "tech_far", "LX-T2", skills=[skill], location={"lat": 38.77, "lon": -9.2}
+            )
+        async with httpx.AsyncClient(base_url=booking.url, timeout=10) as client:
+            made = await client.post("/bookings", json=booking_body("cus_timer", code))
+            assert made.status_code == 201, made.text
+            booking_id = made.json()["booking_id"]
+        assert await asyncio.to_thread(dispatch.wait_exit) == CRASH_EXIT_CODE
+
+        db = mongo[f"{prefix}_dispatch"]
+        visit = await db["visits"].find_one({"booking_id": booking_id})
+        assert visit is not None
+        assert visit["status"] == "offered"
+        assert await db["timers"].find_one({"_id": "match_round:lisbon"}) is not None
+
+        dispatch.start(DOORSTEP_CRASH_AT="")
+
+        async def next_offer() -> Any:
+            v = await db["visits"].find_one({"booking_id": booking_id})
+            return v if v and len(v["offers"]) == 2 else None
+
+        # The first offer's deadline (4 s) passes after the restart; the next one is asked.
+        visit = await eventually(next_offer, what="offer passed on after restart")
+        # (The second may have expired too by now: the restart waits for Kafka's group.)
+        assert [o["technician_id"] for o in visit["offers"]] == ["tech_near", "tech_far"]
+        assert visit["offers"][0]["status"] == "expired"
+        await asyncio.sleep(1)  # a duplicate, were there one, would be published by now
+        events = await keyed_events(
+            infra, f"{prefix}.dispatch.events", booking_id, until=lambda found: len(found) >= 3
+        )
+        made_to = [
+            e["payload"]["technician_id"] for e in events if e["type"] == "dispatch.offer_made"
+        ]
+        assert made_to == ["tech_near", "tech_far"]
+        expired = [e for e in events if e["type"] == "dispatch.offer_expired"]
+        assert [e["payload"]["technician_id"] for e in expired][:1] == ["tech_near"]
+        assert sum(e["payload"]["technician_id"] == "tech_near" for e in expired) == 1
+    finally:
+        dispatch.stop()
+        booking.stop()

@@ -7,6 +7,7 @@ the outbox the same way.
 
 from __future__ import annotations
 
+import asyncio
 import logging
 from collections.abc import Callable
 from datetime import UTC, datetime, timedelta
@@ -48,6 +49,8 @@ MATCH_ROUND = "match_round"  # timer per region: collect requests, then match th
 OFFER_DEADLINE = "offer_deadline"  # timer per offer
 ROUND_SIZE = 500  # waiting visits matched together at most
 CANDIDATES_PER_VISIT = 20
+CANDIDATE_PAGES = 6  # pages of 20, 40, ... 640: up to 1,260 nearest qualified per visit
+ROUND_CONCURRENCY = 8  # candidate searches of one round run this many at a time
 
 
 class VersionMismatch(Conflict):
@@ -150,29 +153,61 @@ def day_start(at: datetime) -> datetime:
 async def ranked_candidates(
     visits: Visits, techs: Technicians, visit: Visit
 ) -> list[tuple[Technician, float, float]]:
-    """(technician, distance, cost) for everyone who may go, cheapest first."""
+    """(technician, distance, cost) for everyone who may go, cheapest first.
+
+    The nearest qualified technicians come a page at a time; when a whole page is
+    busy (a dense evening downtown) the next, twice as long, is read, so a free
+    technician further away is still found in a few reads.
+    """
     need = visit.need()
-    found = await techs.candidates(need, exclude=visit.passed_over, limit=CANDIDATES_PER_VISIT)
-    if not found:
-        return []
-    ids = [t.technician_id for t, _ in found]
-    calendars = await visits.commitments(ids, need.start, need.end, besides=visit.visit_id)
-    load = await visits.given_on_day(ids, day_start(need.start))
-    ranked = [
-        (
-            tech,
-            distance,
-            cost_km(
+    seen: list[str] = []
+    ranked: list[tuple[Technician, float, float]] = []
+    for page in range(CANDIDATE_PAGES):
+        size = CANDIDATES_PER_VISIT * 2**page
+        found = await techs.candidates(need, exclude=visit.passed_over + seen, limit=size)
+        if not found:
+            break
+        ids = [t.technician_id for t, _ in found]
+        seen += ids
+        calendars = await visits.commitments(ids, need.start, need.end, besides=visit.visit_id)
+        load = await visits.given_on_day(ids, day_start(need.start))
+        ranked += [
+            (
+                tech,
                 distance,
-                tech.rating,
-                load[tech.technician_id],
-                tech.technician_id == visit.preferred_technician_id,
-            ),
-        )
-        for tech, distance in found
-        if why_not(tech, need, calendars[tech.technician_id]) is None
-    ]
+                cost_km(
+                    distance,
+                    tech.rating,
+                    load[tech.technician_id],
+                    tech.technician_id == visit.preferred_technician_id,
+                ),
+            )
+            for tech, distance in found
+            if why_not(tech, need, calendars[tech.technician_id]) is None
+        ]
+        if ranked or len(found) < size:
+            break
+    if visit.preferred_technician_id and visit.preferred_technician_id not in seen:
+        ranked += await _favourite(visits, techs, visit)
     return sorted(ranked, key=lambda r: r[2])
+
+
+async def _favourite(
+    visits: Visits, techs: Technicians, visit: Visit
+) -> list[tuple[Technician, float, float]]:
+    """The customer's favourite, even when further than the nearest page."""
+    tech = await techs.get(str(visit.preferred_technician_id))
+    if tech is None or tech.technician_id in visit.passed_over:
+        return []
+    need = visit.need()
+    calendar = await visits.commitments(
+        [tech.technician_id], need.start, need.end, besides=visit.visit_id
+    )
+    if why_not(tech, need, calendar[tech.technician_id]) is not None:
+        return []
+    distance = need.location.distance_m(tech.location)
+    load = await visits.given_on_day([tech.technician_id], day_start(need.start))
+    return [(tech, distance, cost_km(distance, tech.rating, load[tech.technician_id], True))]
 
 
 async def run_round(ctx: TimerContext, region: str) -> None:
@@ -187,26 +222,37 @@ async def run_round(ctx: TimerContext, region: str) -> None:
     if not waiting:
         return
     now = utcnow()
-    rows: list[dict[str, float]] = []
-    for visit in waiting:
-        ranked = (
-            [] if now >= visit.search_deadline else await ranked_candidates(visits, techs, visit)
-        )
-        rows.append({t.technician_id: c for t, _, c in ranked})
+    gate = asyncio.Semaphore(ROUND_CONCURRENCY)
+
+    async def row_of(visit: Visit) -> dict[str, float]:
+        if now >= visit.search_deadline:
+            return {}
+        async with gate:
+            ranked = await ranked_candidates(visits, techs, visit)
+        return {t.technician_id: c for t, _, c in ranked}
+
+    rows = list(await asyncio.gather(*(row_of(v) for v in waiting)))
     chosen = match_optimal(rows)
-    again = False
-    for visit, row, tech_id in zip(waiting, rows, chosen, strict=True):
-        if tech_id is not None:
-            again |= not await ctx.uow.run(partial(make_offer, seen=visit, technician_id=tech_id))
-        elif row:
-            again = True  # qualified technicians exist, all taken this round: try again
-        else:
+
+    async def settle(visit: Visit, row: dict[str, float], tech_id: str | None) -> bool:
+        """Offer, or fail the visit; True when it should be tried again next round."""
+        async with gate:  # one technician per visit: these transactions do not collide
+            if tech_id is not None:
+                return not await ctx.uow.run(partial(make_offer, seen=visit, technician_id=tech_id))
+            if row:
+                return True  # qualified technicians exist, all taken this round
             reason = (
                 "search time ran out"
                 if now >= visit.search_deadline
                 else "no qualified technician free for this window"
             )
             await ctx.uow.run(partial(fail_if_waiting, seen=visit, reason=reason))
+            return False
+
+    outcomes = await asyncio.gather(
+        *(settle(v, r, t) for v, r, t in zip(waiting, rows, chosen, strict=True))
+    )
+    again = any(outcomes)
     if again:
         await ctx.uow.run(lambda tx: request_round(tx, region))
 

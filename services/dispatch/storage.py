@@ -26,6 +26,7 @@ from services.dispatch.domain import (
     Visit,
     VisitStatus,
 )
+from shared.events.types import GeoPoint
 from shared.mongo import Database, Document
 from shared.settings import Settings
 
@@ -129,21 +130,17 @@ class Technicians:
     async def candidates(
         self, need: Need, *, exclude: list[str], limit: int = 20, session: Session = None
     ) -> list[tuple[Technician, float]]:
-        """Qualified technicians serving the address, nearest first ($geoNear, 2dsphere)."""
-        pipeline: list[Document] = [
-            {
-                "$geoNear": {
-                    "near": need.location.geojson(),
-                    "key": "location",
-                    "distanceField": "distance_m",
-                    "spherical": True,
-                    "query": candidate_query(need, exclude),
-                }
-            },
-            {"$limit": limit},
-        ]
-        docs = await (await self._col.aggregate(pipeline, session=session)).to_list()
-        return [(technician_from(d), float(d["distance_m"])) for d in docs]
+        """Qualified technicians serving the address, nearest first.
+
+        A geo-near search on the 2dsphere index (`$near`, the query form of
+        `$geoNear`): unlike the `$geoNear` stage followed by `$limit`, it stops
+        after `limit` documents instead of ranking thousands (see docs/benchmarks.md).
+        """
+        query = {"location": {"$near": {"$geometry": need.location.geojson()}}}
+        query |= candidate_query(need, exclude)
+        docs = await self._col.find(query, session=session).limit(limit).to_list()
+        found = [technician_from(d) for d in docs]
+        return [(t, need.location.distance_m(t.location)) for t in found]
 
     async def reserve(self, technician_id: str, seen_version: int, session: Session) -> bool:
         """Claim the technician's calendar as read at `seen_version` (compare and set)."""
@@ -225,9 +222,13 @@ class Visits:
         if besides:
             query["_id"] = {"$ne": besides}
         found: dict[str, list[Commitment]] = {t: [] for t in technician_ids}
-        async for doc in self._col.find(query, session=session):
-            visit = visit_from(doc)
-            found[str(visit.technician_id)].append(visit.commitment())
+        fields = {"technician_id": 1, "window_start": 1, "busy_until": 1, "location": 1}
+        async for doc in self._col.find(query, fields, session=session):
+            # Only what the calendar needs: no whole visits decoded for a matching round.
+            where = GeoPoint(lat=doc["location"]["lat"], lon=doc["location"]["lon"])
+            found[doc["technician_id"]].append(
+                Commitment(doc["window_start"], doc["busy_until"], where)
+            )
         return found
 
     async def given_on_day(
