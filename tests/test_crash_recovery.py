@@ -195,10 +195,10 @@ async def test_dispatch_killed_while_firing_a_timer_offers_once_and_deadlines_su
             return v if v and len(v["offers"]) == 2 else None
 
         # The first offer's deadline (4 s) passes after the restart; the next one is asked.
-        visit = await eventually(next_offer, what="offer passed on after restart")
+        passed_on = await eventually(next_offer, what="offer passed on after restart")
         # (The second may have expired too by now: the restart waits for Kafka's group.)
-        assert [o["technician_id"] for o in visit["offers"]] == ["tech_near", "tech_far"]
-        assert visit["offers"][0]["status"] == "expired"
+        assert [o["technician_id"] for o in passed_on["offers"]] == ["tech_near", "tech_far"]
+        assert passed_on["offers"][0]["status"] == "expired"
         await asyncio.sleep(1)  # a duplicate, were there one, would be published by now
         events = await keyed_events(
             infra, f"{prefix}.dispatch.events", booking_id, until=lambda found: len(found) >= 3
