@@ -192,7 +192,7 @@ async def test_the_nearest_qualified_technician_is_offered_first(scene: Scene) -
     visit = await scene.settled(booking_id, "offered")
     ranked = (await scene.dispatch.get(f"/visits/{booking_id}/candidates", headers=OPS)).json()
     assert visit["offers"][0]["technician_id"] == near
-    assert [c["technician"]["technician_id"] for c in ranked] == [near, far]
+    assert [c["technician"]["technician_id"] for c in ranked] == [near, far]  # its own hold aside
 
 
 async def test_the_customers_favourite_is_preferred_when_free(scene: Scene) -> None:
@@ -613,3 +613,17 @@ async def test_live_location_comes_only_from_the_technicians_own_app(scene: Scen
     file = (await scene.dispatch.get(f"/technicians/{tech}", headers=as_technician(tech))).json()
     assert file["location"] == NEAR
     assert file["location_at"] is not None
+
+
+async def test_a_cancelled_booking_frees_the_technician_for_the_same_window(scene: Scene) -> None:
+    tech = await scene.technician(location=NEAR)
+    first = await scene.book()
+    await accept_offer(scene.dispatch, tech, first)
+    second = await scene.book()  # same window: the only technician is busy
+    await scene.settled(second, "failed")
+    r = await scene.booking.post(f"/bookings/{first}/cancel", json={"reason": "plans changed"})
+    assert r.status_code == 200, r.text
+    await scene.settled(first, "cancelled")
+    third = await scene.book()  # same window again: free now
+    offered = await scene.settled(third, "offered")
+    assert offered["offers"][0]["technician_id"] == tech

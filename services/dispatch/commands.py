@@ -65,8 +65,25 @@ async def load(tx: Transaction, booking_id: str) -> Visit:
 
 
 async def save(tx: Transaction, visit: Visit) -> None:
-    if not await Visits(tx.db).save(visit, tx.session):
+    """Save with the version check, and move the time held on technicians' files."""
+    before = await Visits(tx.db).save(visit, tx.session)
+    if before is None:
         raise VersionMismatch(f"visit for booking {visit.booking_id} changed meanwhile; retry")
+    held_before = _holding(before)
+    held_now = _holding(visit)
+    if held_before != held_now:
+        techs = Technicians(tx.db)
+        if held_before is not None:
+            await techs.release(held_before[0], visit.visit_id, tx.session)
+        if held_now is not None:
+            await techs.hold(held_now[0], visit, tx.session)
+
+
+def _holding(visit: Visit) -> tuple[str, datetime, datetime] | None:
+    """Who holds time for this visit, and when (None when nobody does)."""
+    if visit.status in HOLDS_TIME and visit.technician_id:
+        return visit.technician_id, visit.window_start, visit.busy_until
+    return None
 
 
 async def change(tx: Transaction, booking_id: str, mutate: Callable[[Visit], T]) -> tuple[Visit, T]:
@@ -164,7 +181,9 @@ async def ranked_candidates(
     ranked: list[tuple[Technician, float, float]] = []
     for page in range(CANDIDATE_PAGES):
         size = CANDIDATES_PER_VISIT * 2**page
-        found = await techs.candidates(need, exclude=visit.passed_over + seen, limit=size)
+        found = await techs.candidates(
+            need, exclude=visit.passed_over + seen, limit=size, besides=visit.visit_id
+        )
         if not found:
             break
         ids = [t.technician_id for t, _ in found]

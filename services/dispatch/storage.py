@@ -14,7 +14,7 @@ from collections import Counter
 from datetime import datetime, timedelta
 from typing import Any
 
-from pymongo import ASCENDING, GEOSPHERE, IndexModel
+from pymongo import ASCENDING, GEOSPHERE, IndexModel, ReturnDocument
 from pymongo.asynchronous.client_session import AsyncClientSession
 
 from services.dispatch.domain import (
@@ -75,22 +75,28 @@ def technician_doc(tech: Technician) -> Document:
 
 
 def technician_from(doc: Document) -> Technician:
-    data = {k: v for k, v in doc.items() if k not in ("_id", "distance_m", "areas_geo")}
+    data = {k: v for k, v in doc.items() if k not in ("_id", "distance_m", "areas_geo", "held")}
     lon, lat = data["location"]["coordinates"]
     data["location"] = {"lat": lat, "lon": lon}
     return Technician.model_validate({"technician_id": doc["_id"], **data})
 
 
-def candidate_query(need: Need, exclude: list[str]) -> Document:
-    """The rules MongoDB can check with indexes; the calendar rules are checked in Python.
+def candidate_query(need: Need, exclude: list[str], besides: str | None = None) -> Document:
+    """The rules MongoDB can check; travel time and shifts are checked in Python.
 
-    Dates are compared a day early (time zones); `why_not` decides exactly.
+    Dates are compared a day early (time zones); `why_not` decides exactly. A
+    technician whose held time overlaps the window is skipped by the query itself,
+    so a busy evening does not page through technicians who cannot come anyway.
     """
     day = (need.start - timedelta(days=1)).date().isoformat()
+    overlap: Document = {"start": {"$lt": need.end}, "end": {"$gt": need.start}}
+    if besides:
+        overlap["visit_id"] = {"$ne": besides}
     query: Document = {
         "status": "active",
         "areas_geo": {"$geoIntersects": {"$geometry": need.location.geojson()}},
         "insurance.expires_on": {"$gte": day},
+        "held": {"$not": {"$elemMatch": overlap}},
     }
     if need.skills:
         query["skills"] = {"$all": list(need.skills)}
@@ -109,8 +115,13 @@ class Technicians:
         self._col = db[TECHNICIANS]
 
     async def put(self, tech: Technician, session: Session = None) -> None:
-        await self._col.replace_one(
-            {"_id": tech.technician_id}, technician_doc(tech), upsert=True, session=session
+        """Create or update the file; the time the technician holds is kept."""
+        doc = technician_doc(tech)
+        await self._col.update_one(
+            {"_id": tech.technician_id},
+            {"$set": {k: v for k, v in doc.items() if k != "_id"}},
+            upsert=True,
+            session=session,
         )
 
     async def get(self, technician_id: str, session: Session = None) -> Technician | None:
@@ -128,7 +139,13 @@ class Technicians:
         return result.matched_count == 1
 
     async def candidates(
-        self, need: Need, *, exclude: list[str], limit: int = 20, session: Session = None
+        self,
+        need: Need,
+        *,
+        exclude: list[str],
+        limit: int = 20,
+        besides: str | None = None,
+        session: Session = None,
     ) -> list[tuple[Technician, float]]:
         """Qualified technicians serving the address, nearest first.
 
@@ -137,7 +154,7 @@ class Technicians:
         after `limit` documents instead of ranking thousands (see docs/benchmarks.md).
         """
         query = {"location": {"$near": {"$geometry": need.location.geojson()}}}
-        query |= candidate_query(need, exclude)
+        query |= candidate_query(need, exclude, besides)
         docs = await self._col.find(query, session=session).limit(limit).to_list()
         found = [technician_from(d) for d in docs]
         return [(t, need.location.distance_m(t.location)) for t in found]
@@ -150,6 +167,18 @@ class Technicians:
             session=session,
         )
         return result.modified_count == 1
+
+    async def hold(self, technician_id: str, visit: Visit, session: Session) -> None:
+        """Note the visit's time on the technician's file (what the query skips)."""
+        held = {"visit_id": visit.visit_id, "start": visit.window_start, "end": visit.busy_until}
+        await self._col.update_one(
+            {"_id": technician_id}, {"$push": {"held": held}}, session=session
+        )
+
+    async def release(self, technician_id: str, visit_id: str, session: Session) -> None:
+        await self._col.update_one(
+            {"_id": technician_id}, {"$pull": {"held": {"visit_id": visit_id}}}, session=session
+        )
 
 
 # --------------------------------------------------------------------- visits --
@@ -180,17 +209,23 @@ class Visits:
         doc = await self._col.find_one({"offers.offer_id": offer_id}, session=session)
         return visit_from(doc) if doc else None
 
-    async def save(self, visit: Visit, session: Session) -> bool:
-        """Write back only if nobody changed it since it was read (version check)."""
+    async def save(self, visit: Visit, session: Session) -> Visit | None:
+        """Write back only if nobody changed it since it was read (version check).
+
+        Returns the visit as it was before, so the caller can move the time held.
+        """
         seen = visit.version
         visit.version = seen + 1
-        result = await self._col.replace_one(
-            {"_id": visit.visit_id, "version": seen}, visit_doc(visit), session=session
+        before = await self._col.find_one_and_replace(
+            {"_id": visit.visit_id, "version": seen},
+            visit_doc(visit),
+            return_document=ReturnDocument.BEFORE,
+            session=session,
         )
-        if result.modified_count != 1:
+        if before is None:
             visit.version = seen
-            return False
-        return True
+            return None
+        return visit_from(before)
 
     async def waiting(self, region: str, limit: int, session: Session = None) -> list[Visit]:
         docs = (
