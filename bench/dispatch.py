@@ -218,6 +218,10 @@ async def batch_matching(
         )
         for i, p in enumerate(points)
     ]
+    # A fresh start: the previous batch's visits would hold technicians that the
+    # greedy and optimum baselines below count as free.
+    await ctx.db["visits"].delete_many({})
+    await ctx.db["technicians"].update_many({}, {"$set": {"held": []}})
     store = Visits(ctx.db)
     for v in visits:
         await store.insert(v, None)

@@ -50,6 +50,8 @@ OFFER_DEADLINE = "offer_deadline"  # timer per offer
 ROUND_SIZE = 500  # waiting visits matched together at most
 CANDIDATES_PER_VISIT = 20
 CANDIDATE_PAGES = 6  # pages of 20, 40, ... 640: up to 1,260 nearest qualified per visit
+WIDEN_EVERY = 50  # waiting bookings per extra 20 candidates in a round's lists
+MAX_FIRST_PAGE = 200
 ROUND_CONCURRENCY = 8  # candidate searches of one round run this many at a time
 
 
@@ -168,7 +170,12 @@ def day_start(at: datetime) -> datetime:
 
 
 async def ranked_candidates(
-    visits: Visits, techs: Technicians, visit: Visit
+    visits: Visits,
+    techs: Technicians,
+    visit: Visit,
+    *,
+    first_page: int = CANDIDATES_PER_VISIT,
+    decoded: dict[str, Technician] | None = None,
 ) -> list[tuple[Technician, float, float]]:
     """(technician, distance, cost) for everyone who may go, cheapest first.
 
@@ -180,9 +187,13 @@ async def ranked_candidates(
     seen: list[str] = []
     ranked: list[tuple[Technician, float, float]] = []
     for page in range(CANDIDATE_PAGES):
-        size = CANDIDATES_PER_VISIT * 2**page
+        size = first_page * 2**page
         found = await techs.candidates(
-            need, exclude=visit.passed_over + seen, limit=size, besides=visit.visit_id
+            need,
+            exclude=visit.passed_over + seen,
+            limit=size,
+            besides=visit.visit_id,
+            decoded=decoded,
         )
         if not found:
             break
@@ -242,12 +253,19 @@ async def run_round(ctx: TimerContext, region: str) -> None:
         return
     now = utcnow()
     gate = asyncio.Semaphore(ROUND_CONCURRENCY)
+    # Many bookings at once share their nearest technicians: give the assignment wider
+    # lists, so it can serve everyone in this round instead of leaving the hardest
+    # bookings to later rounds with only far technicians left.
+    decoded: dict[str, Technician] = {}
+    first_page = min(CANDIDATES_PER_VISIT * max(1, len(waiting) // WIDEN_EVERY), MAX_FIRST_PAGE)
 
     async def row_of(visit: Visit) -> dict[str, float]:
         if now >= visit.search_deadline:
             return {}
         async with gate:
-            ranked = await ranked_candidates(visits, techs, visit)
+            ranked = await ranked_candidates(
+                visits, techs, visit, first_page=first_page, decoded=decoded
+            )
         return {t.technician_id: c for t, _, c in ranked}
 
     rows = list(await asyncio.gather(*(row_of(v) for v in waiting)))

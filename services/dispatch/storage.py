@@ -145,6 +145,7 @@ class Technicians:
         exclude: list[str],
         limit: int = 20,
         besides: str | None = None,
+        decoded: dict[str, Technician] | None = None,
         session: Session = None,
     ) -> list[tuple[Technician, float]]:
         """Qualified technicians serving the address, nearest first.
@@ -155,8 +156,15 @@ class Technicians:
         """
         query = {"location": {"$near": {"$geometry": need.location.geojson()}}}
         query |= candidate_query(need, exclude, besides)
-        docs = await self._col.find(query, session=session).limit(limit).to_list()
-        found = [technician_from(d) for d in docs]
+        fields = {"areas_geo": 0, "held": 0}  # the query used them; the file does not
+        docs = await self._col.find(query, fields, session=session).limit(limit).to_list()
+        cache = {} if decoded is None else decoded  # one matching round decodes each file once
+        found = []
+        for doc in docs:
+            tech = cache.get(doc["_id"])
+            if tech is None:
+                tech = cache[doc["_id"]] = technician_from(doc)
+            found.append(tech)
         return [(t, need.location.distance_m(t.location)) for t in found]
 
     async def reserve(self, technician_id: str, seen_version: int, session: Session) -> bool:
