@@ -25,6 +25,12 @@ class Conflict(DomainError):
     code = "conflict"
 
 
+class VersionMismatch(Conflict):
+    """The object changed since the caller read it (optimistic concurrency): reload, retry."""
+
+    code = "version_mismatch"
+
+
 class Unprocessable(DomainError):
     """Well-formed input that breaks a business rule (unknown item, window in the past...)."""
 

@@ -11,7 +11,7 @@ from collections.abc import Callable
 
 from services.booking.domain import Booking, BookingStatus, TechnicianIdentity
 from services.booking.storage import Bookings
-from shared.errors import Conflict, NotFound
+from shared.errors import NotFound, VersionMismatch
 from shared.events.booking import (
     BookingAwaitingOperations,
     BookingCancelled,
@@ -23,10 +23,6 @@ from shared.events.booking import (
     BookingTechnicianChanged,
 )
 from shared.outbox import Transaction
-
-
-class VersionMismatch(Conflict):
-    code = "version_mismatch"
 
 
 async def load(tx: Transaction, booking_id: str) -> Booking:

@@ -28,7 +28,7 @@ from services.dispatch.domain import (
     why_not,
 )
 from services.dispatch.storage import Technicians, Visits, visit_code_key
-from shared.errors import Conflict, NotFound
+from shared.errors import Conflict, NotFound, VersionMismatch
 from shared.events.dispatch import (
     DispatchFailed,
     OfferDeclined,
@@ -53,10 +53,6 @@ CANDIDATE_PAGES = 6  # pages of 20, 40, ... 640: up to 1,260 nearest qualified p
 WIDEN_EVERY = 50  # waiting bookings per extra 20 candidates in a round's lists
 MAX_FIRST_PAGE = 200
 ROUND_CONCURRENCY = 8  # candidate searches of one round run this many at a time
-
-
-class VersionMismatch(Conflict):
-    code = "version_mismatch"
 
 
 async def load(tx: Transaction, booking_id: str) -> Visit:
