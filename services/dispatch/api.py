@@ -119,10 +119,7 @@ async def list_technicians(
     store_id: Annotated[str, Query(min_length=1, max_length=64)],
 ) -> list[Technician]:
     may_manage(actor, store_id)
-    docs = await runtime.db["technicians"].find({"store_id": store_id}).limit(1000).to_list()
-    techs = Technicians(runtime.db)
-    found = await techs.many([d["_id"] for d in docs])
-    return sorted(found.values(), key=lambda t: t.technician_id)
+    return await Technicians(runtime.db).of_store(store_id)
 
 
 class StatusIn(Forbid):
@@ -342,8 +339,8 @@ async def candidates(booking_id: Id, actor: ActorDep, runtime: RuntimeDep) -> li
     ]
 
 
-async def step(runtime: Any, booking_id: str, work: Any) -> VisitView:
-    """Run one step of the visit in a unit of work and show the result."""
+async def step(runtime: Any, booking_id: str, work: Any) -> Visit:
+    """Run one step of the visit in a unit of work; the visit as saved."""
 
     async def run(tx: Transaction) -> Visit:
         visit = await commands.load(tx, booking_id)
@@ -351,7 +348,8 @@ async def step(runtime: Any, booking_id: str, work: Any) -> VisitView:
         await commands.save(tx, visit)
         return visit
 
-    return VisitView.of(await runtime.uow.run(run))
+    visit: Visit = await runtime.uow.run(run)
+    return visit
 
 
 @router.post("/visits/{booking_id}/en-route", tags=["visits"], summary="Set off to the address")
@@ -369,7 +367,7 @@ async def en_route(booking_id: Id, actor: ActorDep, runtime: RuntimeDep) -> Visi
             )
         )
 
-    return await step(runtime, booking_id, work)
+    return VisitView.of(await step(runtime, booking_id, work))
 
 
 class ArriveIn(Forbid):
@@ -408,7 +406,7 @@ async def arrive(booking_id: Id, body: ArriveIn, actor: ActorDep, runtime: Runti
                 critical=False,
             )
 
-    return await step(runtime, booking_id, work)
+    return VisitView.of(await step(runtime, booking_id, work))
 
 
 class CodeIn(Forbid):
@@ -451,20 +449,15 @@ async def enter_code(
             )
 
     # A wrong code is saved (it counts) before the error is answered.
-    view = await step(runtime, booking_id, work)
+    visit = await step(runtime, booking_id, work)
     if outcome == [CodeResult.WRONG]:
-        left = attempts - await _attempts(runtime, booking_id)
+        left = attempts - visit.code_attempts
         raise Unprocessable(
             f"wrong visit code; {left} attempt(s) left before the visit is locked", field="code"
         )
     if outcome == [CodeResult.LOCKED]:
         raise Locked("wrong visit code too many times: the visit is locked, operations alerted")
-    return view
-
-
-async def _attempts(runtime: Any, booking_id: str) -> int:
-    visit = await Visits(runtime.db).by_booking(booking_id)
-    return visit.code_attempts if visit else 0
+    return VisitView.of(visit)
 
 
 @router.post(
@@ -486,10 +479,7 @@ async def confirm_in_app(booking_id: Id, actor: ActorDep, runtime: RuntimeDep) -
             )
         )
 
-    view = await step(runtime, booking_id, work)
-    return CustomerVisitView.model_validate(
-        view.model_dump(include=set(CustomerVisitView.model_fields))
-    )
+    return CustomerVisitView.of(await step(runtime, booking_id, work))
 
 
 @router.post(
@@ -506,10 +496,7 @@ async def not_the_person(booking_id: Id, actor: ActorDep, runtime: RuntimeDep) -
             tx, visit, AlertKind.NOT_THE_PERSON, "the customer says this is not the person shown"
         )
 
-    view = await step(runtime, booking_id, work)
-    return CustomerVisitView.model_validate(
-        view.model_dump(include=set(CustomerVisitView.model_fields))
-    )
+    return CustomerVisitView.of(await step(runtime, booking_id, work))
 
 
 @router.post("/visits/{booking_id}/start", tags=["visits"], summary="Start the service")
@@ -527,7 +514,7 @@ async def start(booking_id: Id, actor: ActorDep, runtime: RuntimeDep) -> VisitVi
             )
         )
 
-    return await step(runtime, booking_id, work)
+    return VisitView.of(await step(runtime, booking_id, work))
 
 
 class PerformedItem(Forbid):
@@ -564,7 +551,7 @@ async def complete(
             )
         )
 
-    return await step(runtime, booking_id, work)
+    return VisitView.of(await step(runtime, booking_id, work))
 
 
 class DropIn(Forbid):

@@ -623,6 +623,11 @@ class Visit(Forbid):
         return done
 
 
+def search_deadline(booked_at: datetime, window_end: datetime, timeout: timedelta) -> datetime:
+    """How long a booking may wait for anybody: the search time, never past its window."""
+    return min(booked_at + timeout, window_end)
+
+
 def new_visit_id() -> str:
     return f"vs_{uuid.uuid4().hex}"
 

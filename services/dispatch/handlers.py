@@ -5,7 +5,7 @@ from __future__ import annotations
 from datetime import timedelta
 
 from services.dispatch import commands
-from services.dispatch.domain import Visit, VisitStatus, new_visit_id
+from services.dispatch.domain import Visit, VisitStatus, new_visit_id, search_deadline
 from services.dispatch.storage import Visits
 from shared.consumer import Handlers
 from shared.events.booking import BookingCancelled, BookingRequested, BookingRescheduled
@@ -23,7 +23,9 @@ async def booking_requested(tx: Transaction, event: BookingRequested) -> None:
     if await visits.by_booking(event.booking_id, tx.session):
         return  # the same booking requested again (a replay): one visit
     booked_at = tx.causation.occurred_at if tx.causation else event.window_start
-    deadline = min(booked_at + timedelta(seconds=tx.settings.search_timeout_s), event.window_end)
+    deadline = search_deadline(
+        booked_at, event.window_end, timedelta(seconds=tx.settings.search_timeout_s)
+    )
     visit = Visit(
         visit_id=new_visit_id(),
         booking_id=event.booking_id,
@@ -52,7 +54,9 @@ async def booking_rescheduled(tx: Transaction, event: BookingRescheduled) -> Non
     visit.duration_minutes = event.duration_minutes
     visit.search_deadline = max(
         visit.search_deadline,
-        min(event.window_end, visit.booked_at + timedelta(seconds=tx.settings.search_timeout_s)),
+        search_deadline(
+            visit.booked_at, event.window_end, timedelta(seconds=tx.settings.search_timeout_s)
+        ),
     )
     await commands.recheck_after_reschedule(tx, visit)
 

@@ -128,9 +128,9 @@ class Technicians:
         doc = await self._col.find_one({"_id": technician_id}, session=session)
         return technician_from(doc) if doc else None
 
-    async def many(self, ids: list[str], session: Session = None) -> dict[str, Technician]:
-        docs = await self._col.find({"_id": {"$in": ids}}, session=session).to_list()
-        return {d["_id"]: technician_from(d) for d in docs}
+    async def of_store(self, store_id: str, limit: int = 1000) -> list[Technician]:
+        docs = await self._col.find({"store_id": store_id}).sort("_id").limit(limit).to_list()
+        return [technician_from(d) for d in docs]
 
     async def move(self, technician_id: str, location: dict[str, Any], at: datetime) -> bool:
         result = await self._col.update_one(
@@ -301,10 +301,15 @@ class Visits:
         return [visit_from(d) for d in docs]
 
 
+_keys: dict[str, bytes] = {}  # per database: the key never changes once made
+
+
 async def visit_code_key(db: Database, settings: Settings) -> bytes:
     """The key that derives visit codes: from settings, else one kept in this database."""
     if settings.visit_code_secret is not None:
         return settings.visit_code_secret.get_secret_value().encode()
+    if db.name in _keys:
+        return _keys[db.name]
     await db[KEYS].update_one(
         {"_id": "visit_code"},
         {"$setOnInsert": {"key": secrets.token_bytes(32)}},
@@ -312,4 +317,5 @@ async def visit_code_key(db: Database, settings: Settings) -> bytes:
     )
     doc = await db[KEYS].find_one({"_id": "visit_code"})
     assert doc is not None
-    return bytes(doc["key"])
+    _keys[db.name] = bytes(doc["key"])
+    return _keys[db.name]
