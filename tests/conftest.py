@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator, Iterator
+from collections.abc import AsyncIterator, Generator, Iterator
 from dataclasses import dataclass
 
 import httpx
@@ -20,6 +20,7 @@ from tests.harness import (
     created_prefixes,
     new_prefix,
     session_infra,
+    started_services,
 )
 
 
@@ -109,3 +110,17 @@ async def _leave_servers_clean(infra: Infra) -> AsyncIterator[None]:
             await admin.delete_topics(topics)
     finally:
         await admin.close()
+
+
+@pytest.hookimpl(wrapper=True)
+def pytest_runtest_makereport(
+    item: pytest.Item, call: pytest.CallInfo[None]
+) -> Generator[None, pytest.TestReport, pytest.TestReport]:
+    """A failing test's report carries the tail of every service log: in CI they are all we get."""
+    report = yield
+    if report.failed and started_services:
+        for service in started_services:
+            report.sections.append(
+                (f"{service.name} log ({service.prefix})", service.tail_log(lines=25))
+            )
+    return report

@@ -116,6 +116,10 @@ def free_port() -> int:
         return port
 
 
+# Every service process this session started, so a failing test can show their logs.
+started_services: list[ServiceProcess] = []
+
+
 @dataclass
 class ServiceProcess:
     """One real service process (`python -m services.<name>`), as it runs in production."""
@@ -166,6 +170,8 @@ class ServiceProcess:
             stderr=subprocess.STDOUT,
         )
         log.close()
+        if all(s is not self for s in started_services):
+            started_services.append(self)
         if wait:
             self.wait_ready()
         return self

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import time
 from collections.abc import Callable
 from datetime import UTC, datetime, timedelta
 from functools import partial
@@ -247,6 +248,7 @@ async def run_round(ctx: TimerContext, region: str) -> None:
     waiting = await visits.waiting(region, ROUND_SIZE)
     if not waiting:
         return
+    started = time.perf_counter()
     now = utcnow()
     gate = asyncio.Semaphore(ROUND_CONCURRENCY)
     # Many bookings at once share their nearest technicians: give the assignment wider
@@ -288,6 +290,15 @@ async def run_round(ctx: TimerContext, region: str) -> None:
     again = any(outcomes)
     if again:
         await ctx.uow.run(lambda tx: request_round(tx, region))
+    log.info(
+        "round in %s: %d waiting, %d offered, %d failed, %d wait again (%.0f ms)",
+        region,
+        len(waiting),
+        sum(1 for t in chosen if t is not None),
+        sum(1 for r, t in zip(rows, chosen, strict=True) if t is None and not r),
+        sum(outcomes),
+        (time.perf_counter() - started) * 1000,
+    )
 
 
 async def fail_if_waiting(tx: Transaction, seen: Visit, reason: str) -> None:
