@@ -2,15 +2,20 @@
 
 from __future__ import annotations
 
-from typing import Any
+from typing import Any, Generic, TypeVar
 
+from pydantic import BaseModel
 from pymongo import AsyncMongoClient
+from pymongo.asynchronous.client_session import AsyncClientSession
 from pymongo.asynchronous.database import AsyncDatabase
 
+from shared.errors import VersionMismatch
 from shared.settings import Settings
 
 Document = dict[str, Any]
 Database = AsyncDatabase[Document]
+Session = AsyncClientSession | None
+M = TypeVar("M", bound=BaseModel)
 
 
 def connect(settings: Settings) -> AsyncMongoClient[Document]:
@@ -22,3 +27,54 @@ def connect(settings: Settings) -> AsyncMongoClient[Document]:
         appname=settings.service_name,
         serverSelectionTimeoutMS=5000,
     )
+
+
+class Versioned(Generic[M]):
+    """Pydantic aggregates in one collection, saved with optimistic concurrency.
+
+    The model's id field is the document's `_id`; `version` goes up by one on
+    every save, and a save from a stale read matches nothing: VersionMismatch.
+    """
+
+    def __init__(self, db: Database, collection: str, model: type[M], id_field: str) -> None:
+        self.col = db[collection]
+        self._model = model
+        self._id = id_field
+
+    def to_doc(self, item: M) -> Document:
+        doc = item.model_dump()
+        doc["_id"] = doc.pop(self._id)
+        return doc
+
+    def from_doc(self, doc: Document) -> M:
+        data = dict(doc)
+        data[self._id] = data.pop("_id")
+        return self._model.model_validate(data)
+
+    async def get(self, item_id: str, session: Session = None) -> M | None:
+        doc = await self.col.find_one({"_id": item_id}, session=session)
+        return self.from_doc(doc) if doc else None
+
+    async def find(
+        self,
+        query: Document,
+        session: Session = None,
+        sort: list[tuple[str, int]] | None = None,
+        limit: int = 0,
+    ) -> list[M]:
+        cursor = self.col.find(query, session=session, sort=sort, limit=limit)
+        return [self.from_doc(d) async for d in cursor]
+
+    async def insert(self, item: M, session: Session = None) -> None:
+        await self.col.insert_one(self.to_doc(item), session=session)
+
+    async def save(self, item: M, session: Session = None) -> None:
+        seen: int = getattr(item, "version")  # noqa: B009 - every aggregate has one
+        doc = self.to_doc(item)
+        doc["version"] = seen + 1
+        result = await self.col.replace_one(
+            {"_id": doc["_id"], "version": seen}, doc, session=session
+        )
+        if result.matched_count != 1:
+            raise VersionMismatch(f"{doc['_id']} changed since it was read; read it again")
+        setattr(item, "version", seen + 1)  # noqa: B010

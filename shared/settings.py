@@ -44,6 +44,22 @@ class Settings(BaseSettings):
     # service keeps a random one in its own database so restarts and replicas agree.
     visit_code_secret: SecretStr | None = Field(None, validation_alias="DISPATCH_VISIT_CODE_SECRET")
 
+    # Payments. The provider: "sandbox" ships; a real one plugs in behind the same interface.
+    payments_provider: str = Field("sandbox", validation_alias="PAYMENTS_PROVIDER")
+    # Where the provider posts its webhooks (default: this process) and the secret that signs
+    # them; unset, a random one is kept in the service's database.
+    payments_webhook_url: str | None = Field(None, validation_alias="PAYMENTS_WEBHOOK_URL")
+    payments_webhook_secret: SecretStr | None = Field(
+        None, validation_alias="PAYMENTS_WEBHOOK_SECRET"
+    )
+    sandbox_confirm_delay_s: float = Field(0.3, validation_alias="PAYMENTS_SANDBOX_CONFIRM_DELAY_S")
+    # A charge or refund with no webhook after this long is looked up at the provider.
+    provider_check_after_s: float = Field(30.0, validation_alias="PAYMENTS_PROVIDER_CHECK_AFTER_S")
+    # The receipt-sealing key (32-byte Ed25519 seed, base64url) and its id. Unset, keys are
+    # made and rotated in the service's database; set it from a secret store in production.
+    receipt_sealing_seed: SecretStr | None = Field(None, validation_alias="RECEIPT_SEALING_SEED")
+    receipt_sealing_key_id: str = Field("env-1", validation_alias="RECEIPT_SEALING_KEY_ID")
+
     @property
     def database_name(self) -> str:
         return f"{self.db_prefix}{self.service_name}"

@@ -211,6 +211,8 @@ async def walk_to_service(
     assert r.status_code == 200, r.text
 
 
-async def get_json(client: httpx.AsyncClient, path: str, **params: str) -> Any:
-    r = await client.get(path, params=params or None)
+async def get_json(
+    client: httpx.AsyncClient, path: str, headers: dict[str, str] | None = None, **params: str
+) -> Any:
+    r = await client.get(path, params=params or None, headers=headers)
     return r.json() if r.status_code == 200 else None

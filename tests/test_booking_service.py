@@ -407,6 +407,7 @@ async def test_facts_from_dispatch_and_payments_walk_the_booking_to_closed(
                 visit_id=visit,
                 customer_id=customer,
                 technician_id="tech_relief",
+                store_id="store_1",
                 completed_at=now,
                 lines=[line],
             ),
@@ -422,6 +423,7 @@ async def test_facts_from_dispatch_and_payments_walk_the_booking_to_closed(
                 customer_id=customer,
                 signed_at=now,
                 total=2500,
+                amount_due=2500,
                 currency="EUR",
             ),
             PaymentSettled(

@@ -111,6 +111,7 @@ async def test_consumer_killed_before_committing_offset_reprocesses_with_effect_
             visit_id="vs_crash",
             customer_id="cus_1",
             technician_id="tech_1",
+            store_id="store_1",
             completed_at=datetime.now(UTC),
             lines=[
                 PricedLine(

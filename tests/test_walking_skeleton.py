@@ -12,6 +12,7 @@ from tests.harness import eventually
 from tests.seed import (
     FARO,
     accept_offer,
+    as_customer,
     as_technician,
     booking_body,
     get_json,
@@ -69,9 +70,12 @@ async def test_booking_is_confirmed_then_completed_visit_yields_receipt_and_revi
 
     async with platform.client("payments") as payments:
         receipt = await eventually(
-            lambda: get_json(payments, "/receipts", booking_id=booking_id), what="receipt issued"
+            lambda: get_json(
+                payments, "/receipts", booking_id=booking_id, headers=as_customer(customer)
+            ),
+            what="receipt issued",
         )
-    assert receipt["total"] == 5000
+    assert receipt["subtotal"] == 5000
     assert [line["code"] for line in receipt["lines"]] == [code]
 
     async with platform.client("reviews") as reviews:
@@ -83,7 +87,7 @@ async def test_booking_is_confirmed_then_completed_visit_yields_receipt_and_revi
     async with platform.client("gateway") as api:
 
         async def completed_with_receipt() -> Any:
-            view = await get_json(api, f"/v1/bookings/{booking_id}")
+            view = await get_json(api, f"/v1/bookings/{booking_id}", headers=as_customer(customer))
             done = view and view["booking"]["status"] == "completed" and view["receipt"]
             return view if done else None
 

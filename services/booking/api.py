@@ -42,6 +42,7 @@ from services.booking.storage import Bookings, Catalogue, Customers, Region, Reg
 from shared.errors import Conflict, Forbidden, NotFound, Unprocessable
 from shared.events.types import Currency, GeoPoint, GeoPolygon, MinorUnits, PricedLine
 from shared.outbox import Transaction
+from shared.schema import Forbid
 from shared.service import RuntimeDep
 from shared.time import utcnow
 
@@ -68,10 +69,6 @@ IfMatch = Annotated[
 ]
 Language = Annotated[str, Field(pattern=r"^[a-z]{2}(-[A-Z]{2})?$", examples=["pt", "en-GB"])]
 Phone = Annotated[str, Field(pattern=r"^\+[1-9][0-9]{6,14}$", examples=["+351912345678"])]
-
-
-class Forbid(BaseModel):
-    model_config = ConfigDict(extra="forbid")
 
 
 # ------------------------------------------------------------------ regions --

@@ -11,7 +11,7 @@ from datetime import datetime
 from typing import Annotated, Any
 
 from fastapi import APIRouter, Path, Query
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import Field
 from pymongo.errors import DuplicateKeyError
 
 from services.dispatch import commands
@@ -41,16 +41,13 @@ from shared.events.dispatch import (
 )
 from shared.events.types import GeoPoint, PricedLine
 from shared.outbox import Transaction
+from shared.schema import Forbid
 from shared.service import RuntimeDep
 from shared.time import utcnow
 
 router = APIRouter()
 
 Id = Annotated[str, Path(min_length=1, max_length=64, pattern=r"^[A-Za-z0-9_.-]+$")]
-
-
-class Forbid(BaseModel):
-    model_config = ConfigDict(extra="forbid")
 
 
 # ---------------------------------------------------------------- technicians --
@@ -540,12 +537,18 @@ async def complete(
         done = visit.complete(
             technician_id, [(i.code, i.quantity) for i in body.performed], utcnow()
         )
+        # The receipt belongs to the technician's store (its hash chain): from the file, not
+        # from what the caller claims.
+        tech = await Technicians(tx.db).get(technician_id, tx.session)
+        if tech is None:
+            raise NotFound(f"technician {technician_id} has no file")
         tx.emit(
             ServiceCompleted(
                 booking_id=booking_id,
                 visit_id=visit.visit_id,
                 customer_id=visit.customer_id,
                 technician_id=technician_id,
+                store_id=tech.store_id,
                 completed_at=visit.completed_at or utcnow(),
                 lines=done,
             )

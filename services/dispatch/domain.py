@@ -20,11 +20,12 @@ from typing import Annotated, Literal
 from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
 import numpy as np
-from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
+from pydantic import Field, field_validator, model_validator
 from scipy.optimize import linear_sum_assignment
 
 from shared.errors import Conflict, Forbidden, Locked, Unprocessable
 from shared.events.types import GeoPoint, GeoPolygon, PricedLine
+from shared.schema import Forbid
 
 # Travel between two addresses: straight-line distance stretched to roads, at city speed.
 ROAD_FACTOR = 1.3
@@ -38,10 +39,6 @@ RATING_WEIGHT_KM = 4.0
 LOAD_WEIGHT_KM = 3.0
 NEUTRAL_RATING = 4.5  # new technicians are neither punished nor favoured
 FAVOURITE_BONUS_KM = 1_000.0
-
-
-class Forbid(BaseModel):
-    model_config = ConfigDict(extra="forbid")
 
 
 Name = Annotated[str, Field(min_length=1, max_length=120)]

@@ -9,7 +9,6 @@ reservations for one technician cannot both commit.
 
 from __future__ import annotations
 
-import secrets
 from collections import Counter
 from datetime import datetime, timedelta
 from typing import Any
@@ -28,11 +27,11 @@ from services.dispatch.domain import (
 )
 from shared.events.types import GeoPoint
 from shared.mongo import Database, Document
+from shared.secrets import service_secret
 from shared.settings import Settings
 
 TECHNICIANS = "technicians"
 VISITS = "visits"
-KEYS = "keys"
 Session = AsyncClientSession | None
 
 
@@ -301,21 +300,6 @@ class Visits:
         return [visit_from(d) for d in docs]
 
 
-_keys: dict[str, bytes] = {}  # per database: the key never changes once made
-
-
 async def visit_code_key(db: Database, settings: Settings) -> bytes:
-    """The key that derives visit codes: from settings, else one kept in this database."""
-    if settings.visit_code_secret is not None:
-        return settings.visit_code_secret.get_secret_value().encode()
-    if db.name in _keys:
-        return _keys[db.name]
-    await db[KEYS].update_one(
-        {"_id": "visit_code"},
-        {"$setOnInsert": {"key": secrets.token_bytes(32)}},
-        upsert=True,
-    )
-    doc = await db[KEYS].find_one({"_id": "visit_code"})
-    assert doc is not None
-    _keys[db.name] = bytes(doc["key"])
-    return _keys[db.name]
+    """The key that derives visit codes."""
+    return await service_secret(db, "visit_code", settings.visit_code_secret)

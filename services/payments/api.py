@@ -1,34 +1,504 @@
-"""Payments' HTTP API: receipts."""
+"""Payments' HTTP API: receipts (sign, seal, verify, pay, refund), prepaid plans and holdings,
+coupons, sealing keys, and the provider's webhook.
+
+Who may see what: a receipt is its customer's, its technician's, its store's and
+operations'; anybody else gets 403 (404 where knowing it exists would leak).
+"""
 
 from __future__ import annotations
 
-from typing import Annotated
+import json
+import uuid
+from datetime import timedelta
+from typing import Annotated, Any
 
-from fastapi import APIRouter, Path, Query
+from fastapi import APIRouter, Header, Query, Request
+from pydantic import Field, ValidationError, model_validator
 
-from services.payments.domain import Receipt
-from services.payments.storage import Receipts
-from shared.errors import NotFound
+from services.payments import commands
+from services.payments.domain import (
+    Coupon,
+    CustomerSignature,
+    Receipt,
+    ReceiptStatus,
+    Refund,
+)
+from services.payments.ledger import Holding, Plan, PlanKind
+from services.payments.provider import (
+    SIGNATURE_HEADER,
+    ProviderResult,
+    ProviderStatus,
+    webhook_is_authentic,
+    webhook_secret,
+)
+from services.payments.sealing import verify
+from services.payments.storage import (
+    Coupons,
+    Holdings,
+    Plans,
+    ProviderOp,
+    ProviderOps,
+    Receipts,
+    SealingKeys,
+    Wallets,
+)
+from shared.auth import Actor, ActorDep, Role
+from shared.errors import Conflict, Forbidden, NotFound, Unauthenticated, Unprocessable
+from shared.events.types import Currency, MinorUnits
+from shared.schema import Forbid, PathId
 from shared.service import RuntimeDep
+from shared.time import utcnow
 
 router = APIRouter()
+
+IdempotencyKey = Annotated[
+    str,
+    Header(
+        alias="Idempotency-Key",
+        min_length=8,
+        max_length=128,
+        pattern=r"^[A-Za-z0-9_.:-]+$",
+        description="The same key returns the first result: never a second refund or sale",
+    ),
+]
+
+
+def may_read(actor: Actor, receipt: Receipt) -> bool:
+    return (
+        actor.is_ops
+        or (actor.role is Role.CUSTOMER and actor.subject == receipt.customer_id)
+        or (actor.role is Role.TECHNICIAN and actor.subject == receipt.technician_id)
+        or (actor.role is Role.STORE and actor.store_id == receipt.store_id)
+    )
+
+
+async def readable(runtime: RuntimeDep, actor: Actor, receipt_id: str) -> Receipt:
+    receipt = await Receipts(runtime.db).get(receipt_id)
+    if receipt is None:
+        raise NotFound(f"receipt {receipt_id} does not exist")
+    if not may_read(actor, receipt):
+        raise Forbidden("this receipt is not yours")
+    return receipt
+
+
+class ReceiptView(Receipt):
+    """A receipt with the hash the customer's signature must name."""
+
+    content_hash: str
+
+    @classmethod
+    def of(cls, receipt: Receipt) -> ReceiptView:
+        return cls(**receipt.model_dump(), content_hash=receipt.content_hash)
+
+
+# ------------------------------------------------------------------- receipts --
 
 
 @router.get("/receipts", tags=["receipts"], summary="The receipt of a booking")
 async def receipt_for_booking(
-    runtime: RuntimeDep, booking_id: Annotated[str, Query(min_length=1, max_length=64)]
-) -> Receipt:
+    runtime: RuntimeDep,
+    actor: ActorDep,
+    booking_id: Annotated[str, Query(min_length=1, max_length=64)],
+) -> ReceiptView:
     receipt = await Receipts(runtime.db).by_booking(booking_id)
-    if receipt is None:
+    if receipt is None or not may_read(actor, receipt):
         raise NotFound(f"no receipt for booking {booking_id} yet", field="booking_id")
-    return receipt
+    return await get_receipt(receipt.receipt_id, runtime, actor)
 
 
-@router.get("/receipts/{receipt_id}", tags=["receipts"])
-async def get_receipt(
-    receipt_id: Annotated[str, Path(min_length=1, max_length=64)], runtime: RuntimeDep
-) -> Receipt:
-    receipt = await Receipts(runtime.db).get(receipt_id)
-    if receipt is None:
-        raise NotFound(f"receipt {receipt_id} does not exist")
-    return receipt
+@router.get("/receipts/{receipt_id}", tags=["receipts"], summary="A receipt, priced as it is now")
+async def get_receipt(receipt_id: PathId, runtime: RuntimeDep, actor: ActorDep) -> ReceiptView:
+    receipt = await readable(runtime, actor, receipt_id)
+    if receipt.status is ReceiptStatus.ISSUED:
+        # Until signed, the receipt reads as the customer's cards and coupons are now.
+        fresh = await runtime.uow.run(lambda tx: commands.reprice_if_changed(tx, receipt_id))
+        receipt = fresh or receipt
+    return ReceiptView.of(receipt)
+
+
+class SignIn(Forbid):
+    receipt_hash: str = Field(
+        pattern=r"^[0-9a-f]{64}$", description="content_hash of the receipt the customer saw"
+    )
+    signature: CustomerSignature
+
+    @model_validator(mode="after")
+    def artefact_matches_method(self) -> SignIn:
+        s = self.signature
+        if s.method.value == "drawn" and not _is_hex64(s.artefact):
+            raise ValueError("a drawn signature's artefact is the hex SHA-256 of the drawing")
+        if s.method.value == "device_key" and not s.public_key:
+            raise ValueError("a device signature needs the device's public key")
+        if len(s.artefact) > 200 or len(s.public_key or "") > 100:
+            raise ValueError("the signature artefact is too long")
+        return self
+
+
+def _is_hex64(text: str) -> bool:
+    return len(text) == 64 and all(c in "0123456789abcdef" for c in text)
+
+
+@router.post(
+    "/receipts/{receipt_id}/sign",
+    tags=["receipts"],
+    summary="The customer signs the receipt they were shown; it is sealed and paid",
+    responses={409: {"description": "The hash names another receipt than the current one"}},
+)
+async def sign(
+    receipt_id: PathId, body: SignIn, runtime: RuntimeDep, actor: ActorDep
+) -> ReceiptView:
+    receipt = await readable(runtime, actor, receipt_id)
+    if actor.role is not Role.CUSTOMER or actor.subject != receipt.customer_id:
+        raise Forbidden("only the booking's customer signs its receipt")
+    if abs((body.signature.signed_at - utcnow()).total_seconds()) > 600:
+        raise Unprocessable("signed_at is not the time of signing", field="signature.signed_at")
+    await runtime.uow.run(lambda tx: commands.reprice_if_changed(tx, receipt_id))
+    signed = await runtime.uow.run(
+        lambda tx: commands.sign(tx, receipt_id, body.receipt_hash, body.signature)
+    )
+    return ReceiptView.of(signed)
+
+
+@router.get(
+    "/receipts/{receipt_id}/sealed",
+    tags=["receipts"],
+    summary="The sealed receipt: what `verify receipt.json` checks offline",
+)
+async def sealed(receipt_id: PathId, runtime: RuntimeDep, actor: ActorDep) -> dict[str, Any]:
+    receipt = await readable(runtime, actor, receipt_id)
+    return receipt.sealed_document()
+
+
+class VerifyIn(Forbid):
+    receipt: dict[str, Any]
+    seal: dict[str, Any]
+
+
+class VerifyOut(Forbid):
+    valid: bool
+    problems: list[str]
+    matches_record: bool = Field(
+        description="The platform holds this very receipt, sealed, in its store's chain"
+    )
+
+
+@router.post(
+    "/receipts/verify",
+    tags=["receipts"],
+    summary="Anyone may check a sealed receipt: signature, key and the platform's record",
+)
+async def verify_receipt(body: VerifyIn, runtime: RuntimeDep) -> VerifyOut:
+    document = body.model_dump()
+    problems = verify(document, await SealingKeys(runtime.db, runtime.settings).published())
+    receipt_id = body.receipt.get("receipt_id")
+    stored = await Receipts(runtime.db).get(receipt_id) if isinstance(receipt_id, str) else None
+    matches = (
+        stored is not None and stored.seal is not None and stored.sealed_document() == document
+    )
+    if not matches:
+        problems.append("the platform holds no such sealed receipt")
+    return VerifyOut(valid=not problems, problems=problems, matches_record=matches)
+
+
+@router.get(
+    "/stores/{store_id}/receipt-chain",
+    tags=["receipts"],
+    summary="A store's sealed receipts in chain order (`verify chain.json --chain`)",
+)
+async def receipt_chain(
+    store_id: PathId, runtime: RuntimeDep, actor: ActorDep
+) -> list[dict[str, Any]]:
+    if not (actor.is_ops or (actor.role is Role.STORE and actor.store_id == store_id)):
+        raise Forbidden("a store's chain is for that store and operations")
+    return [r.sealed_document() for r in await Receipts(runtime.db).chain(store_id)]
+
+
+class SealingKeysOut(Forbid):
+    current: str
+    keys: dict[str, str] = Field(description="key id: Ed25519 public key, base64url")
+
+
+@router.get("/sealing-keys", tags=["receipts"], summary="Public keys that verify sealed receipts")
+async def sealing_keys(runtime: RuntimeDep) -> SealingKeysOut:
+    keys = SealingKeys(runtime.db, runtime.settings)
+    current = await keys.current()
+    return SealingKeysOut(current=current.key_id, keys=await keys.published())
+
+
+@router.post("/sealing-keys/rotate", tags=["receipts"], summary="Seal from now on with a new key")
+async def rotate_sealing_key(runtime: RuntimeDep, actor: ActorDep) -> SealingKeysOut:
+    actor.require(Role.OPS)
+    keys = SealingKeys(runtime.db, runtime.settings)
+    new = await keys.rotate()
+    return SealingKeysOut(current=new, keys=await keys.published())
+
+
+# ------------------------------------------------------------------- payments --
+
+
+class CashIn(Forbid):
+    amount: MinorUnits
+
+
+@router.post(
+    "/receipts/{receipt_id}/cash",
+    tags=["payments"],
+    summary="The technician records cash: only against a signed receipt, only its exact amount",
+)
+async def cash(
+    receipt_id: PathId, body: CashIn, runtime: RuntimeDep, actor: ActorDep
+) -> ReceiptView:
+    actor.require(Role.TECHNICIAN)
+    receipt = await runtime.uow.run(
+        lambda tx: commands.collect_cash(tx, receipt_id, actor.subject, body.amount)
+    )
+    return ReceiptView.of(receipt)
+
+
+class PaymentMethodIn(Forbid):
+    payment_method: str = Field(
+        min_length=3, max_length=64, pattern=r"^pm_[A-Za-z0-9_]+$", description="Provider token"
+    )
+
+
+@router.post(
+    "/receipts/{receipt_id}/pay",
+    tags=["payments"],
+    summary="The customer pays a signed receipt by card (after a decline, or without a wallet)",
+)
+async def pay(
+    receipt_id: PathId, body: PaymentMethodIn, runtime: RuntimeDep, actor: ActorDep
+) -> ProviderOp:
+    receipt = await readable(runtime, actor, receipt_id)
+    if actor.role is not Role.CUSTOMER:
+        raise Forbidden("only the customer pays their receipt")
+    if receipt.status is not ReceiptStatus.SEALED:
+        raise Conflict(f"the receipt is {receipt.status.value}: nothing to pay")
+
+    async def work(tx: Any) -> ProviderOp:
+        current = await commands.load(tx, receipt_id)
+        if current.status is not ReceiptStatus.SEALED:
+            raise Conflict(f"the receipt is {current.status.value}: nothing to pay")
+        return await commands.start_charge(tx, current, body.payment_method)
+
+    return await runtime.uow.run(work)
+
+
+@router.get(
+    "/receipts/{receipt_id}/operations",
+    tags=["payments"],
+    summary="Charges and refunds sent to the provider for a receipt",
+)
+async def operations(receipt_id: PathId, runtime: RuntimeDep, actor: ActorDep) -> list[ProviderOp]:
+    await readable(runtime, actor, receipt_id)
+    return await ProviderOps(runtime.db).of_receipt(receipt_id)
+
+
+@router.put(
+    "/customers/{customer_id}/payment-method",
+    tags=["payments"],
+    summary="The card (provider token) a customer's signed receipts are charged to",
+)
+async def set_payment_method(
+    customer_id: PathId, body: PaymentMethodIn, runtime: RuntimeDep, actor: ActorDep
+) -> PaymentMethodIn:
+    if not (actor.role is Role.CUSTOMER and actor.subject == customer_id):
+        raise Forbidden("only the customer sets their payment method")
+    await Wallets(runtime.db).set(customer_id, body.payment_method)
+    return body
+
+
+class RefundIn(Forbid):
+    amount: MinorUnits | None = Field(default=None, description="None: all that was paid")
+    reason: str = Field(min_length=3, max_length=500)
+
+
+@router.post(
+    "/receipts/{receipt_id}/refunds",
+    tags=["payments"],
+    summary="Operations refund, fully or partly, back the way the money came",
+)
+async def refund(
+    receipt_id: PathId,
+    body: RefundIn,
+    runtime: RuntimeDep,
+    actor: ActorDep,
+    idempotency_key: IdempotencyKey,
+) -> Refund:
+    actor.require(Role.OPS)
+    if body.amount == 0:
+        raise Unprocessable("a refund must be a positive amount", field="amount")
+    return await runtime.uow.run(
+        lambda tx: commands.refund(tx, receipt_id, idempotency_key, body.amount, body.reason)
+    )
+
+
+class WebhookIn(Forbid):
+    event_id: str
+    type: str = Field(pattern=r"^(charge|refund)\.(succeeded|declined)$")
+    key: str
+    reference: str
+    amount: int
+    reason: str = ""
+
+
+@router.post(
+    "/provider/webhook",
+    tags=["payments"],
+    summary="The payment provider confirms a charge or refund (signed; duplicates are harmless)",
+)
+async def provider_webhook(request: Request, runtime: RuntimeDep) -> dict[str, bool]:
+    body = await request.body()
+    secret = await webhook_secret(runtime.db, runtime.settings)
+    if not webhook_is_authentic(secret, body, request.headers.get(SIGNATURE_HEADER)):
+        raise Unauthenticated("the webhook signature does not match")
+    try:
+        hook = WebhookIn.model_validate(json.loads(body))
+    except (ValueError, ValidationError) as exc:
+        raise Unprocessable(f"not a provider webhook: {exc}") from None
+    result = ProviderResult(
+        hook.key, hook.reference, ProviderStatus(hook.type.split(".")[1]), hook.reason
+    )
+    acted = await runtime.uow.run(lambda tx: commands.apply_outcome(tx, hook.key, result))
+    return {"acted": acted}
+
+
+# ------------------------------------------------------------ prepaid and coupons --
+
+
+class PlanIn(Forbid):
+    store_id: str = Field(min_length=1, max_length=64)
+    name: str = Field(min_length=1, max_length=120)
+    kind: PlanKind
+    price: MinorUnits
+    currency: Currency
+    visits: int | None = Field(default=None, ge=1, le=1000)
+    value: MinorUnits | None = None
+    covers: list[str] = Field(default_factory=list, max_length=50)
+    validity_days: int = Field(default=365, ge=1, le=3660)
+
+    @model_validator(mode="after")
+    def amount_fits_kind(self) -> PlanIn:
+        if self.kind is PlanKind.STORED_VALUE:
+            if not self.value or self.visits is not None:
+                raise ValueError("stored value has a positive value and no visits")
+        elif not self.visits or self.value is not None:
+            raise ValueError(f"a {self.kind.value} has a number of visits and no value")
+        return self
+
+
+def store_or_ops(actor: Actor, store_id: str) -> None:
+    if not (actor.is_ops or (actor.role is Role.STORE and actor.store_id == store_id)):
+        raise Forbidden("only the store itself or operations")
+
+
+@router.put("/plans/{plan_id}", tags=["prepaid"], summary="A store publishes a card or package")
+async def put_plan(plan_id: PathId, body: PlanIn, runtime: RuntimeDep, actor: ActorDep) -> Plan:
+    store_or_ops(actor, body.store_id)
+    plans = Plans(runtime.db)
+    existing = await plans.get(plan_id)
+    if existing is not None:
+        store_or_ops(actor, existing.store_id)
+        if existing.store_id != body.store_id:
+            raise Conflict("a plan stays with its store", field="store_id")
+    plan = Plan(plan_id=plan_id, **body.model_dump())
+    # Holdings keep their own copy of the terms: changing a plan changes future sales only.
+    await plans.col.replace_one({"_id": plan_id}, plans.to_doc(plan), upsert=True)
+    return plan
+
+
+@router.get("/plans", tags=["prepaid"], summary="A store's cards and packages (public)")
+async def list_plans(
+    runtime: RuntimeDep, store_id: Annotated[str, Query(min_length=1, max_length=64)]
+) -> list[Plan]:
+    return await Plans(runtime.db).find({"store_id": store_id}, limit=500)
+
+
+class SaleIn(Forbid):
+    plan_id: str = Field(min_length=1, max_length=64)
+    customer_id: str = Field(min_length=1, max_length=64)
+
+
+@router.post("/holdings", tags=["prepaid"], summary="A store sells a plan to a customer")
+async def sell_plan(
+    body: SaleIn, runtime: RuntimeDep, actor: ActorDep, idempotency_key: IdempotencyKey
+) -> Holding:
+    plan = await Plans(runtime.db).get(body.plan_id)
+    if plan is None:
+        raise NotFound(f"plan {body.plan_id} does not exist", field="plan_id")
+    store_or_ops(actor, plan.store_id)
+    holding_id = f"hd_{uuid.uuid5(uuid.NAMESPACE_URL, f'{plan.store_id}/{idempotency_key}').hex}"
+    return await runtime.uow.run(
+        lambda tx: commands.sell_plan(tx, plan, body.customer_id, holding_id)
+    )
+
+
+class HoldingView(Forbid):
+    holding: Holding
+    balance: int = Field(description="The sum of the entries")
+    spendable: int = Field(description="What may be spent now (nothing once expired)")
+
+    @classmethod
+    def of(cls, holding: Holding) -> HoldingView:
+        return cls(holding=holding, balance=holding.balance, spendable=holding.spendable(utcnow()))
+
+
+@router.get("/holdings", tags=["prepaid"], summary="A customer's cards and packages")
+async def list_holdings(
+    runtime: RuntimeDep,
+    actor: ActorDep,
+    customer_id: Annotated[str, Query(min_length=1, max_length=64)],
+) -> list[HoldingView]:
+    holdings = await Holdings(runtime.db).of_customer(customer_id)
+    if (actor.role is Role.CUSTOMER and actor.subject == customer_id) or actor.is_ops:
+        visible = holdings
+    elif actor.role is Role.STORE:
+        visible = [h for h in holdings if h.store_id == actor.store_id]
+    else:
+        raise Forbidden("a customer's cards are theirs, their stores' and operations'")
+    return [HoldingView.of(h) for h in visible]
+
+
+class CouponIn(Forbid):
+    customer_id: str = Field(min_length=1, max_length=64)
+    currency: Currency
+    amount: MinorUnits | None = None
+    percent: int | None = Field(default=None, ge=1, le=100)
+    valid_days: int = Field(default=90, ge=1, le=730)
+    reason: str = Field(min_length=3, max_length=200)
+
+    @model_validator(mode="after")
+    def one_kind(self) -> CouponIn:
+        if (self.amount is None) == (self.percent is None):
+            raise ValueError("a coupon is either an amount or a percent")
+        if self.amount == 0:
+            raise ValueError("a coupon's amount is positive")
+        return self
+
+
+@router.post("/coupons", tags=["prepaid"], summary="Operations grant a coupon")
+async def grant_coupon(
+    body: CouponIn, runtime: RuntimeDep, actor: ActorDep, idempotency_key: IdempotencyKey
+) -> Coupon:
+    actor.require(Role.OPS)
+    coupon = Coupon(
+        coupon_id=f"cp_{uuid.uuid5(uuid.NAMESPACE_URL, idempotency_key).hex}",
+        customer_id=body.customer_id,
+        currency=body.currency,
+        amount=body.amount,
+        percent=body.percent,
+        reason=body.reason,
+        expires_at=utcnow() + timedelta(days=body.valid_days),
+    )
+    return await runtime.uow.run(lambda tx: commands.grant_coupon(tx, coupon))
+
+
+@router.get("/coupons", tags=["prepaid"], summary="A customer's coupons")
+async def list_coupons(
+    runtime: RuntimeDep,
+    actor: ActorDep,
+    customer_id: Annotated[str, Query(min_length=1, max_length=64)],
+) -> list[Coupon]:
+    if not (actor.is_ops or (actor.role is Role.CUSTOMER and actor.subject == customer_id)):
+        raise Forbidden("a customer's coupons are theirs and operations'")
+    return await Coupons(runtime.db).of_customer(customer_id)

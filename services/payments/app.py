@@ -14,6 +14,7 @@ SPEC = ServiceSpec(
     description="Itemised receipts, prepaid cards and packages, payments and refunds.",
     router=api.router,
     handlers=handlers.handlers,
+    timers=handlers.timers,
     ensure_indexes=storage.ensure_indexes,
     publishes=("payments",),
 )

@@ -1,54 +1,196 @@
-"""Receipt rules, free of I/O: a receipt is built only from booked, performed items."""
+"""Receipt rules, free of I/O.
+
+A receipt is built only from the items recorded at completion, at the prices
+kept on the booking (the event carries them; nobody types a price). Then, in
+this order: prepaid visits pay for the services they cover (at base price),
+one coupon takes off what it is worth, stored value pays what it can, and the
+rest is the amount due.
+
+What the customer is shown and signs is the receipt's *content*; its hash is
+the receipt hash the signing request must carry. Pricing is deterministic, so
+re-pricing at signing time gives the same content unless something the price
+depends on changed (a card drawn meanwhile, a coupon used): then the content,
+and its hash, change and the customer must look again.
+"""
 
 from __future__ import annotations
 
-import uuid
+import math
 from collections.abc import Sequence
 from datetime import datetime
 from enum import StrEnum
+from typing import Any
 
-from pydantic import BaseModel, ConfigDict
+from pydantic import Field
 
-from shared.errors import Unprocessable
-from shared.events.types import PricedLine
+from services.payments.ledger import Holding, Unit
+from services.payments.sealing import Seal, digest
+from shared.errors import Conflict, Unprocessable
+from shared.events.types import Currency, MinorUnits, PricedLine
+from shared.schema import Forbid
+from shared.time import StoredTime
 
 
 class ReceiptStatus(StrEnum):
     ISSUED = "issued"  # waiting for the customer's signature
+    SEALED = "sealed"  # signed by the customer, sealed by the platform, payment under way
+    SETTLED = "settled"  # the amount due is paid
 
 
-class ReceiptLine(BaseModel):
-    model_config = ConfigDict(extra="forbid")
-
+class ReceiptLine(Forbid):
     code: str
     name: str
+    kind: str = "service"
     quantity: int
     unit_price: int
+    surcharge: int = 0
     amount: int
 
 
-class Receipt(BaseModel):
-    model_config = ConfigDict(extra="forbid")
+class Discount(Forbid):
+    coupon_id: str
+    description: str
+    amount: int
 
+
+class PrepaidDraw(Forbid):
+    holding_id: str
+    name: str
+    unit: Unit
+    units: int = Field(ge=1)
+    amount: int = Field(ge=1, description="What these units pay for, in minor units")
+
+
+class Coupon(Forbid):
+    coupon_id: str
+    customer_id: str
+    currency: Currency
+    amount: MinorUnits | None = None
+    percent: int | None = Field(default=None, ge=1, le=100)
+    reason: str = ""
+    expires_at: datetime
+    used_by: str | None = None  # the receipt that spent it
+
+    def worth(self, on: int) -> int:
+        value = self.amount if self.amount is not None else on * (self.percent or 0) // 100
+        return min(value, on)
+
+
+class SignatureMethod(StrEnum):
+    DRAWN = "drawn"  # the SHA-256 of the signature drawn on the screen
+    DEVICE_KEY = "device_key"  # an Ed25519 signature by a key held on the customer's device
+
+
+class CustomerSignature(Forbid):
+    method: SignatureMethod
+    artefact: str = Field(description="Drawn: hex SHA-256 of the drawing. Device: signature")
+    public_key: str | None = Field(default=None, description="Device key (base64url)")
+    signed_at: StoredTime
+
+
+class Payment(Forbid):
+    """How the amount due was paid, and what went back."""
+
+    method: str  # provider, cash
+    amount: int
+    reference: str
+    at: datetime
+
+
+class RefundPart(Forbid):
+    to: str  # provider, cash, holding
+    amount: int
+    holding_id: str | None = None
+    units: int | None = None  # for a holding
+
+
+class Refund(Forbid):
+    refund_id: str
+    amount: int
+    reason: str
+    parts: list[RefundPart]
+    at: datetime
+
+
+CONTENT_FIELDS = {
+    "receipt_id",
+    "booking_id",
+    "customer_id",
+    "technician_id",
+    "store_id",
+    "currency",
+    "lines",
+    "subtotal",
+    "discounts",
+    "prepaid",
+    "amount_due",
+    "issued_at",
+    "revision",
+}
+
+
+class Receipt(Forbid):
     receipt_id: str
     booking_id: str
     customer_id: str
     technician_id: str
+    store_id: str
+    currency: Currency
     lines: list[ReceiptLine]
-    total: int
-    currency: str
+    subtotal: int
+    discounts: list[Discount] = Field(default_factory=list)
+    prepaid: list[PrepaidDraw] = Field(default_factory=list)
+    amount_due: int
+    issued_at: StoredTime
+    revision: int = 1  # re-priced before signing (a card or coupon changed meanwhile)
+
     status: ReceiptStatus = ReceiptStatus.ISSUED
-    issued_at: datetime
+    signature: CustomerSignature | None = None
+    seal: Seal | None = None
+    chain_position: int | None = None  # its place in the store's chain, from 0
+    payments: list[Payment] = Field(default_factory=list)
+    refunds: list[Refund] = Field(default_factory=list)
+    version: int = 0
+
+    def content(self) -> dict[str, Any]:
+        """What the customer is shown and signs (JSON types: canonical and hashable)."""
+        return self.model_dump(mode="json", include=CONTENT_FIELDS)
+
+    @property
+    def content_hash(self) -> str:
+        return digest(self.content())
+
+    def signed_document(self) -> dict[str, Any]:
+        """What the platform seals: the content with the customer's signature."""
+        if self.signature is None:
+            raise Conflict("the receipt is not signed")
+        return {**self.content(), "signature": self.signature.model_dump(mode="json")}
+
+    def sealed_document(self) -> dict[str, Any]:
+        """`{"receipt", "seal"}`: what anyone may verify, online or offline."""
+        if self.seal is None:
+            raise Conflict("the receipt is not sealed yet")
+        return {"receipt": self.signed_document(), "seal": self.seal.model_dump(mode="json")}
+
+    @property
+    def paid(self) -> int:
+        return sum(p.amount for p in self.payments)
+
+    @property
+    def prepaid_amount(self) -> int:
+        return sum(d.amount for d in self.prepaid)
+
+    @property
+    def refunded(self) -> int:
+        return sum(r.amount for r in self.refunds)
+
+    @property
+    def refundable(self) -> int:
+        """What came from the customer and has not gone back (coupons are not money paid)."""
+        return self.paid + self.prepaid_amount - self.refunded
 
 
-def build_receipt(
-    *,
-    booking_id: str,
-    customer_id: str,
-    technician_id: str,
-    performed: Sequence[PricedLine],
-    at: datetime,
-) -> Receipt:
+def receipt_lines(performed: Sequence[PricedLine]) -> tuple[list[ReceiptLine], str]:
     if not performed:
         raise Unprocessable("a receipt needs at least one performed item")
     currencies = {line.currency for line in performed}
@@ -56,17 +198,197 @@ def build_receipt(
         raise Unprocessable("performed items are priced in different currencies")
     lines = [
         ReceiptLine(
-            code=p.code, name=p.name, quantity=p.quantity, unit_price=p.unit_price, amount=p.amount
+            code=p.code,
+            name=p.name,
+            kind=p.kind,
+            quantity=p.quantity,
+            unit_price=p.unit_price,
+            surcharge=p.surcharge,
+            amount=p.amount,
         )
         for p in performed
     ]
-    return Receipt(
-        receipt_id=f"rc_{uuid.uuid4().hex}",
+    return lines, currencies.pop()
+
+
+def price(
+    receipt: Receipt, holdings: Sequence[Holding], coupons: Sequence[Coupon], at: datetime
+) -> Receipt:
+    """The receipt's money part, from its lines and what the customer holds now."""
+    usable = sorted(
+        (
+            h
+            for h in holdings
+            if h.customer_id == receipt.customer_id
+            and h.store_id == receipt.store_id
+            and h.currency == receipt.currency
+            and h.spendable(at) > 0
+        ),
+        key=lambda h: (h.expires_at, h.holding_id),  # what expires first is spent first
+    )
+    left = {h.holding_id: h.spendable(at) for h in usable}
+    draws: dict[str, PrepaidDraw] = {}
+
+    def take(holding: Holding, units: int, amount: int) -> None:
+        left[holding.holding_id] -= units
+        d = draws.get(holding.holding_id)
+        if d is None:
+            draws[holding.holding_id] = PrepaidDraw(
+                holding_id=holding.holding_id,
+                name=holding.name,
+                unit=holding.unit,
+                units=units,
+                amount=amount,
+            )
+        else:
+            d.units += units
+            d.amount += amount
+
+    subtotal = sum(line.amount for line in receipt.lines)
+    remaining = subtotal
+    for line in receipt.lines:
+        if line.kind != "service" or line.unit_price == 0:
+            continue
+        for _ in range(line.quantity):
+            holding = next(
+                (h for h in usable if h.covers_item(line.code) and left[h.holding_id] > 0), None
+            )
+            if holding is None:
+                break
+            take(holding, 1, line.unit_price)  # surcharges are not part of a prepaid visit
+            remaining -= line.unit_price
+
+    discounts: list[Discount] = []
+    open_coupons = [
+        c
+        for c in coupons
+        if c.customer_id == receipt.customer_id
+        and c.currency == receipt.currency
+        and c.used_by is None
+        and at < c.expires_at
+    ]
+    if open_coupons and remaining > 0:
+        best = max(open_coupons, key=lambda c: (c.worth(remaining), -c.expires_at.timestamp()))
+        worth = best.worth(remaining)
+        if worth > 0:
+            discounts.append(
+                Discount(
+                    coupon_id=best.coupon_id,
+                    description=best.reason or "coupon",
+                    amount=worth,
+                )
+            )
+            remaining -= worth
+
+    for holding in usable:
+        if holding.unit is Unit.MONEY and remaining > 0 and left[holding.holding_id] > 0:
+            amount = min(remaining, left[holding.holding_id])
+            take(holding, amount, amount)
+            remaining -= amount
+
+    return receipt.model_copy(
+        update={
+            "subtotal": subtotal,
+            "discounts": discounts,
+            "prepaid": list(draws.values()),
+            "amount_due": remaining,
+        }
+    )
+
+
+def issue(
+    *,
+    receipt_id: str,
+    booking_id: str,
+    customer_id: str,
+    technician_id: str,
+    store_id: str,
+    performed: Sequence[PricedLine],
+    holdings: Sequence[Holding],
+    coupons: Sequence[Coupon],
+    at: datetime,
+) -> Receipt:
+    lines, currency = receipt_lines(performed)
+    draft = Receipt(
+        receipt_id=receipt_id,
         booking_id=booking_id,
         customer_id=customer_id,
         technician_id=technician_id,
+        store_id=store_id,
+        currency=currency,
         lines=lines,
-        total=sum(line.amount for line in lines),
-        currency=currencies.pop(),
+        subtotal=0,
+        amount_due=0,
         issued_at=at,
     )
+    return price(draft, holdings, coupons, at)
+
+
+def reprice(
+    receipt: Receipt, holdings: Sequence[Holding], coupons: Sequence[Coupon], at: datetime
+) -> Receipt | None:
+    """The receipt as it must read now, or None if it still reads as the customer saw it."""
+    fresh = price(receipt, holdings, coupons, at)
+    if fresh.content() == receipt.content():
+        return None
+    return fresh.model_copy(update={"revision": receipt.revision + 1})
+
+
+def allocate_refund(receipt: Receipt, amount: int) -> list[RefundPart]:
+    """Where a refund goes: back the way the money came (provider, cash, then prepaid).
+
+    A refund reaching a visit draw gives back whole visits, rounded up (be generous), so
+    the parts may add up to a little more than asked, never more than was paid.
+    """
+    if amount <= 0:
+        raise Unprocessable("a refund must be a positive amount", field="amount")
+    if amount > receipt.refundable:
+        raise Conflict(
+            f"{amount} is more than was paid and not yet refunded ({receipt.refundable})",
+            field="amount",
+        )
+    refunded_to, back_amount, back_units = _refunded_so_far(receipt)
+    parts: list[RefundPart] = []
+    left = amount
+    for method in ("provider", "cash"):
+        paid = sum(p.amount for p in receipt.payments if p.method == method)
+        room = paid - refunded_to.get(method, 0)
+        if left > 0 and room > 0:
+            share = min(left, room)
+            parts.append(RefundPart(to=method, amount=share))
+            left -= share
+    # Stored value before visits: a partial refund of money is exact, of a visit is not.
+    for draw in sorted(receipt.prepaid, key=lambda d: d.unit is Unit.VISIT):
+        amount_left = draw.amount - back_amount.get(draw.holding_id, 0)
+        units_left = draw.units - back_units.get(draw.holding_id, 0)
+        if left <= 0 or amount_left <= 0 or units_left <= 0:
+            continue
+        share = min(left, amount_left)
+        if draw.unit is Unit.MONEY:
+            units = share
+        else:
+            units = min(units_left, math.ceil(share * units_left / amount_left))
+            if units == units_left:
+                share = amount_left  # the last visit goes back whole
+        parts.append(
+            RefundPart(to="holding", amount=share, holding_id=draw.holding_id, units=units)
+        )
+        left -= share
+    return parts
+
+
+def _refunded_so_far(
+    receipt: Receipt,
+) -> tuple[dict[str, int], dict[str, int], dict[str, int]]:
+    """Refunded by method, and per holding the amount and units given back."""
+    by_method: dict[str, int] = {}
+    back_amount: dict[str, int] = {}
+    back_units: dict[str, int] = {}
+    for r in receipt.refunds:
+        for part in r.parts:
+            if part.to == "holding" and part.holding_id:
+                back_amount[part.holding_id] = back_amount.get(part.holding_id, 0) + part.amount
+                back_units[part.holding_id] = back_units.get(part.holding_id, 0) + (part.units or 0)
+            else:
+                by_method[part.to] = by_method.get(part.to, 0) + part.amount
+    return by_method, back_amount, back_units

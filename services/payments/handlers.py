@@ -1,38 +1,103 @@
-"""How payments reacts to other services' events."""
+"""How payments reacts to other services' events, and to its own timers."""
 
 from __future__ import annotations
 
-from services.payments.domain import build_receipt
-from services.payments.storage import Receipts
+import logging
+from datetime import timedelta
+
+from services.payments import commands
+from services.payments.domain import Coupon, ReceiptStatus
+from services.payments.provider import ProviderTimeout, provider_for
+from services.payments.storage import ProviderOps, Receipts
 from shared.consumer import Handlers
 from shared.events.dispatch import ServiceCompleted
-from shared.events.payments import ReceiptIssued
+from shared.events.reviews import CouponRemedy, RefundGranted
 from shared.outbox import Transaction
 from shared.time import utcnow
+from shared.timers import Timer, TimerContext, Timers, schedule
+
+log = logging.getLogger(__name__)
 
 handlers = Handlers()
+timers = Timers()
 
 
 @handlers.on(ServiceCompleted)
 async def issue_receipt(tx: Transaction, event: ServiceCompleted) -> None:
-    receipts = Receipts(tx.db)
-    if await receipts.by_booking(event.booking_id, tx.session):
-        return  # issued already
-    receipt = build_receipt(
-        booking_id=event.booking_id,
-        customer_id=event.customer_id,
-        technician_id=event.technician_id,
-        performed=event.lines,
-        at=utcnow(),
-    )
-    await receipts.insert(receipt, tx.session)
-    tx.emit(
-        ReceiptIssued(
-            receipt_id=receipt.receipt_id,
-            booking_id=receipt.booking_id,
-            customer_id=receipt.customer_id,
-            line_count=len(receipt.lines),
-            total=receipt.total,
-            currency=receipt.currency,
+    await commands.issue_receipt(tx, event)
+
+
+@handlers.on(RefundGranted)
+async def complaint_refund(tx: Transaction, event: RefundGranted) -> None:
+    receipt = await Receipts(tx.db).by_booking(event.booking_id, tx.session)
+    if receipt is None or receipt.status is ReceiptStatus.ISSUED or receipt.refundable <= 0:
+        log.warning(
+            "complaint %s grants a refund on %s, but nothing was paid there",
+            event.complaint_id,
+            event.booking_id,
         )
+        return
+    amount = None if event.amount is None else min(event.amount, receipt.refundable)
+    await commands.refund(
+        tx, receipt.receipt_id, f"complaint:{event.complaint_id}", amount, event.reason
     )
+
+
+@handlers.on(CouponRemedy)
+async def complaint_coupon(tx: Transaction, event: CouponRemedy) -> None:
+    await commands.grant_coupon(
+        tx,
+        Coupon(
+            coupon_id=f"cp_{event.complaint_id}",
+            customer_id=event.customer_id,
+            currency=event.currency,
+            amount=event.amount,
+            percent=event.percent,
+            reason=event.reason,
+            expires_at=utcnow() + timedelta(days=event.valid_days),
+        ),
+    )
+
+
+@timers.on(commands.SUBMIT)
+async def submit(ctx: TimerContext, timer: Timer) -> None:
+    """Send a pending charge or refund, outside any transaction, keyed by its id."""
+    op = await ProviderOps(ctx.db).get(timer.subject)
+    if op is None or op.status != "pending":
+        return
+    provider = await provider_for(ctx.db, ctx.settings)
+    try:
+        if op.kind == "charge":
+            result = await provider.charge(op.op_id, op.amount, op.currency, op.payment_method)
+        else:
+            result = await provider.refund(op.op_id, op.charge_reference or "", op.amount)
+    except ProviderTimeout:
+        log.warning("provider did not answer for %s; asking again with the same key", op.op_id)
+
+        async def again(tx: Transaction) -> None:
+            await schedule(tx.db, tx.session, commands.SUBMIT, op.op_id, utcnow())
+
+        await ctx.uow.run(again)
+        return
+    await ctx.uow.run(lambda tx: commands.record_submission(tx, op.op_id, result))
+
+
+@timers.on(commands.CHECK)
+async def check(ctx: TimerContext, timer: Timer) -> None:
+    """No webhook came in time: look the operation up, as one does with a real provider."""
+    op = await ProviderOps(ctx.db).get(timer.subject)
+    if op is None or not op.open:
+        return
+    result = await (await provider_for(ctx.db, ctx.settings)).status(op.op_id)
+    later = utcnow() + timedelta(seconds=ctx.settings.provider_check_after_s)
+
+    async def apply(tx: Transaction) -> None:
+        if result is None or not await commands.apply_outcome(tx, op.op_id, result):
+            await schedule(tx.db, tx.session, commands.CHECK, op.op_id, later)
+
+    await ctx.uow.run(apply)
+
+
+@timers.on(commands.EXPIRE)
+async def expire(ctx: TimerContext, timer: Timer) -> None:
+    await ctx.uow.run(lambda tx: commands.expire_holding(tx, timer.subject))

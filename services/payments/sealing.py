@@ -102,6 +102,10 @@ class SealingKey:
     def from_seed(cls, key_id: str, seed: bytes) -> SealingKey:
         return cls(key_id, Ed25519PrivateKey.from_private_bytes(seed))
 
+    def private_seed(self) -> bytes:
+        """The 32-byte seed, for the key store only (never published, never logged)."""
+        return self._private.private_bytes_raw()
+
     def public_key(self) -> str:
         """The raw public key, base64url: what the API publishes."""
         raw = self._private.public_key().public_bytes_raw()
@@ -163,3 +167,13 @@ def verify_chain(sealed: Sequence[Mapping[str, Any]], public_keys: Mapping[str, 
             )
         expected = chain_hash(item)
     return problems
+
+
+def check_device_signature(public_key: str, signature: str, receipt_hash: str) -> bool:
+    """A customer's device key signed the receipt hash (its hex text, UTF-8)."""
+    try:
+        key = Ed25519PublicKey.from_public_bytes(_unb64(public_key))
+        key.verify(_unb64(signature), receipt_hash.encode())
+    except (InvalidSignature, ValueError):
+        return False
+    return True

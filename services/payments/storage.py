@@ -1,42 +1,261 @@
-"""Payments' MongoDB collections: receipts."""
+"""Payments' MongoDB collections.
+
+receipts       one per booking; sealed ones are never replaced (the filter refuses it)
+chains         per store: the hash of its last sealed receipt and how many it has
+sealing_keys   Ed25519 keys by id; one is current, the others still verify old seals
+plans          what stores sell: cards, packages, stored value
+holdings       a customer's cards and packages, each a ledger of entries
+coupons        discounts granted to a customer (complaint remedies, goodwill)
+wallets        a customer's payment method (a provider token, never a card number)
+provider_ops   every charge and refund sent to the provider, by idempotency key
+"""
 
 from __future__ import annotations
 
-from pymongo import ASCENDING, IndexModel
-from pymongo.asynchronous.client_session import AsyncClientSession
+import base64
+import secrets
+from datetime import datetime
 
-from services.payments.domain import Receipt
-from shared.mongo import Database, Document
+from pydantic import BaseModel, ConfigDict
+from pymongo import ASCENDING, IndexModel
+
+from services.payments.domain import Coupon, Receipt, ReceiptStatus
+from services.payments.ledger import Holding, Plan
+from services.payments.sealing import GENESIS, SealingKey
+from shared.errors import Conflict, VersionMismatch
+from shared.mongo import Database, Document, Session, Versioned
+from shared.settings import Settings
+from shared.time import utcnow
 
 RECEIPTS = "receipts"
+CHAINS = "chains"
+SEALING_KEYS = "sealing_keys"
+PLANS = "plans"
+HOLDINGS = "holdings"
+COUPONS = "coupons"
+WALLETS = "wallets"
+PROVIDER_OPS = "provider_ops"
 
 
 async def ensure_indexes(db: Database) -> None:
     # One receipt per booking, whatever is redelivered.
-    await db[RECEIPTS].create_indexes([IndexModel([("booking_id", ASCENDING)], unique=True)])
+    await db[RECEIPTS].create_indexes(
+        [
+            IndexModel([("booking_id", ASCENDING)], unique=True),
+            IndexModel([("store_id", ASCENDING), ("chain_position", ASCENDING)]),
+        ]
+    )
+    await db[HOLDINGS].create_indexes([IndexModel([("customer_id", ASCENDING)])])
+    await db[COUPONS].create_indexes([IndexModel([("customer_id", ASCENDING)])])
+    await db[PLANS].create_indexes([IndexModel([("store_id", ASCENDING)])])
+    await db[PROVIDER_OPS].create_indexes([IndexModel([("receipt_id", ASCENDING)])])
 
 
-class Receipts:
+class Receipts(Versioned[Receipt]):
     def __init__(self, db: Database) -> None:
-        self._col = db[RECEIPTS]
+        super().__init__(db, RECEIPTS, Receipt, "receipt_id")
 
-    async def insert(self, receipt: Receipt, session: AsyncClientSession) -> None:
-        doc = receipt.model_dump()
-        doc["_id"] = doc.pop("receipt_id")
-        await self._col.insert_one(doc, session=session)
+    async def by_booking(self, booking_id: str, session: Session = None) -> Receipt | None:
+        doc = await self.col.find_one({"booking_id": booking_id}, session=session)
+        return self.from_doc(doc) if doc else None
 
-    async def get(self, receipt_id: str) -> Receipt | None:
-        doc = await self._col.find_one({"_id": receipt_id})
-        return _receipt(doc) if doc else None
+    async def save(self, item: Receipt, session: Session = None) -> None:
+        # A sealed receipt is immutable: only its payment progress may change afterwards,
+        # and the sealed content itself is checked unchanged before every write.
+        if item.seal is not None:
+            stored = await self.get(item.receipt_id, session)
+            if (
+                stored is not None
+                and stored.seal is not None
+                and (stored.signed_document() != item.signed_document() or stored.seal != item.seal)
+            ):
+                raise Conflict(f"receipt {item.receipt_id} is sealed: it cannot change")
+        await super().save(item, session)
 
-    async def by_booking(
-        self, booking_id: str, session: AsyncClientSession | None = None
-    ) -> Receipt | None:
-        doc = await self._col.find_one({"booking_id": booking_id}, session=session)
-        return _receipt(doc) if doc else None
+    async def chain(self, store_id: str, limit: int = 10_000) -> list[Receipt]:
+        return await self.find(
+            {"store_id": store_id, "chain_position": {"$ne": None}},
+            sort=[("chain_position", ASCENDING)],
+            limit=limit,
+        )
 
 
-def _receipt(doc: Document) -> Receipt:
-    data = dict(doc)
-    data["receipt_id"] = data.pop("_id")
-    return Receipt.model_validate(data)
+class ChainHead(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    store_id: str
+    head: str = GENESIS
+    length: int = 0
+    version: int = 0
+
+
+class Chains(Versioned[ChainHead]):
+    def __init__(self, db: Database) -> None:
+        super().__init__(db, CHAINS, ChainHead, "store_id")
+
+    async def head(self, store_id: str, session: Session) -> ChainHead:
+        return await self.get(store_id, session) or ChainHead(store_id=store_id)
+
+    async def advance(self, head: ChainHead, new_head: str, session: Session) -> None:
+        """Move the store's chain on by one receipt (two sealings at once: one wins)."""
+        advanced = head.model_copy(update={"head": new_head, "length": head.length + 1})
+        if head.version == 0:
+            await self.insert(advanced.model_copy(update={"version": 1}), session)
+        else:
+            await self.save(advanced, session)
+
+
+class Plans(Versioned[Plan]):
+    def __init__(self, db: Database) -> None:
+        super().__init__(db, PLANS, Plan, "plan_id")
+
+
+class Holdings(Versioned[Holding]):
+    def __init__(self, db: Database) -> None:
+        super().__init__(db, HOLDINGS, Holding, "holding_id")
+
+    async def of_customer(self, customer_id: str, session: Session = None) -> list[Holding]:
+        return await self.find(
+            {"customer_id": customer_id}, session=session, sort=[("expires_at", ASCENDING)]
+        )
+
+
+class Coupons(Versioned[Coupon]):
+    def __init__(self, db: Database) -> None:
+        super().__init__(db, COUPONS, Coupon, "coupon_id")
+
+    async def of_customer(self, customer_id: str, session: Session = None) -> list[Coupon]:
+        return await self.find({"customer_id": customer_id}, session=session)
+
+    async def spend(self, coupon_id: str, receipt_id: str, session: Session) -> None:
+        result = await self.col.update_one(
+            {"_id": coupon_id, "used_by": None},
+            {"$set": {"used_by": receipt_id}, "$inc": {"version": 1}},
+            session=session,
+        )
+        if result.modified_count != 1:
+            raise VersionMismatch(f"coupon {coupon_id} was used meanwhile")
+
+
+class Wallets:
+    """The customer's payment method: a provider token."""
+
+    def __init__(self, db: Database) -> None:
+        self._col = db[WALLETS]
+
+    async def set(self, customer_id: str, token: str) -> None:
+        await self._col.update_one(
+            {"_id": customer_id},
+            {"$set": {"payment_method": token, "updated_at": utcnow()}},
+            upsert=True,
+        )
+
+    async def method_of(self, customer_id: str, session: Session = None) -> str | None:
+        doc = await self._col.find_one({"_id": customer_id}, session=session)
+        return str(doc["payment_method"]) if doc else None
+
+
+class ProviderOp(BaseModel):
+    """One charge or refund at the provider; its id is the idempotency key sent with it."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    op_id: str
+    kind: str  # charge, refund
+    receipt_id: str
+    booking_id: str
+    customer_id: str
+    amount: int
+    currency: str
+    payment_method: str = ""
+    charge_reference: str | None = None  # a refund's charge
+    refund_id: str | None = None
+    status: str = "pending"  # pending, submitted, succeeded, declined
+    reference: str | None = None
+    reason: str = ""
+    created_at: datetime
+    decided_at: datetime | None = None
+    version: int = 0
+
+    @property
+    def open(self) -> bool:
+        return self.status in ("pending", "submitted")
+
+
+class ProviderOps(Versioned[ProviderOp]):
+    def __init__(self, db: Database) -> None:
+        super().__init__(db, PROVIDER_OPS, ProviderOp, "op_id")
+
+    async def of_receipt(self, receipt_id: str, session: Session = None) -> list[ProviderOp]:
+        return await self.find(
+            {"receipt_id": receipt_id}, session=session, sort=[("created_at", ASCENDING)]
+        )
+
+
+class SealingKeys:
+    """Ed25519 sealing keys by id: the current one seals, every one still verifies."""
+
+    def __init__(self, db: Database, settings: Settings) -> None:
+        self._col = db[SEALING_KEYS]
+        self._settings = settings
+
+    def _configured(self) -> SealingKey | None:
+        seed = self._settings.receipt_sealing_seed
+        if seed is None:
+            return None
+        raw = base64.urlsafe_b64decode(seed.get_secret_value() + "==")
+        return SealingKey.from_seed(self._settings.receipt_sealing_key_id, raw)
+
+    async def current(self) -> SealingKey:
+        configured = self._configured()
+        if configured is not None:
+            return configured
+        doc = await self._newest()
+        if doc is None:
+            # The first key has a fixed id, so processes starting together agree on it.
+            first = SealingKey.generate("k1")
+            await self._col.update_one(
+                {"_id": first.key_id},
+                {"$setOnInsert": self._key_doc(first)},
+                upsert=True,
+            )
+            doc = await self._newest()
+            assert doc is not None
+        return SealingKey.from_seed(doc["_id"], bytes(doc["seed"]))
+
+    async def _newest(self) -> Document | None:
+        return await self._col.find_one({"current": True}, sort=[("created_at", -1)])
+
+    @staticmethod
+    def _key_doc(key: SealingKey) -> Document:
+        return {
+            "seed": key.private_seed(),
+            "public_key": key.public_key(),
+            "current": True,
+            "created_at": utcnow(),
+        }
+
+    async def rotate(self) -> str:
+        """Make a new key current; old ones stay published for the seals they made."""
+        if self._configured() is not None:
+            raise Conflict("the sealing key comes from the environment: rotate it there")
+        key = SealingKey.generate(f"k{utcnow():%Y%m%d%H%M%S}-{secrets.token_hex(2)}")
+        await self._col.insert_one({"_id": key.key_id, **self._key_doc(key)})
+        await self._col.update_many(
+            {"current": True, "_id": {"$ne": key.key_id}}, {"$set": {"current": False}}
+        )
+        return key.key_id
+
+    async def published(self) -> dict[str, str]:
+        keys = {
+            d["_id"]: d["public_key"]
+            async for d in self._col.find({"public_key": {"$exists": True}}, {"public_key": 1})
+        }
+        configured = self._configured()
+        if configured is not None:
+            keys[configured.key_id] = configured.public_key()
+        return keys
+
+
+def is_final(receipt: Receipt) -> bool:
+    return receipt.status is ReceiptStatus.SETTLED

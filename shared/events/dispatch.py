@@ -102,6 +102,7 @@ class ServiceCompleted(EventPayload):
     visit_id: str
     customer_id: str
     technician_id: str
+    store_id: str = Field(description="The technician's store: the receipt joins its chain")
     completed_at: datetime
     lines: list[PricedLine] = Field(min_length=1)
 

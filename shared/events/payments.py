@@ -20,9 +20,14 @@ class ReceiptIssued(EventPayload):
     receipt_id: str
     booking_id: str
     customer_id: str
+    store_id: str
     line_count: int = Field(ge=1)
     total: MinorUnits
+    prepaid: MinorUnits = Field(description="Paid by the customer's cards and packages")
+    discount: MinorUnits
+    amount_due: MinorUnits
     currency: Currency
+    content_hash: str = Field(description="What the customer's signature must name")
 
 
 @event("payments.receipt_signed", version=1, stream=STREAM, key="booking_id")
@@ -34,6 +39,7 @@ class ReceiptSigned(EventPayload):
     customer_id: str
     signed_at: datetime
     total: MinorUnits
+    amount_due: MinorUnits
     currency: Currency
 
 
@@ -47,3 +53,85 @@ class PaymentSettled(EventPayload):
     amount: MinorUnits
     currency: Currency
     settled_at: datetime
+
+
+@event("payments.receipt_sealed", version=1, stream=STREAM, key="booking_id")
+class ReceiptSealed(EventPayload):
+    """The signed receipt is sealed (Ed25519) and joined to its store's hash chain."""
+
+    receipt_id: str
+    booking_id: str
+    store_id: str
+    key_id: str
+    chain_position: int = Field(ge=0)
+    chain_hash: str = Field(description="The store's chain head after this receipt")
+
+
+@event("payments.prepaid_purchased", version=1, stream=STREAM, key="customer_id")
+class PrepaidPurchased(EventPayload):
+    """A customer bought a card, a package or stored value at a store."""
+
+    holding_id: str
+    customer_id: str
+    store_id: str
+    plan_id: str
+    kind: str
+    units: int = Field(ge=1)
+    unit: str
+    price: MinorUnits
+    currency: Currency
+    expires_at: datetime
+
+
+@event("payments.prepaid_drawn", version=1, stream=STREAM, key="customer_id")
+class PrepaidDrawn(EventPayload):
+    """A signed receipt took visits or value from a customer's card or package."""
+
+    holding_id: str
+    customer_id: str
+    receipt_id: str
+    booking_id: str
+    units: int = Field(ge=1)
+    unit: str
+    balance: int = Field(ge=0, description="Left on the holding after the draw")
+
+
+@event("payments.payment_failed", version=1, stream=STREAM, key="booking_id")
+class PaymentFailed(EventPayload):
+    """The provider declined the charge; the receipt waits for another method or cash."""
+
+    receipt_id: str
+    booking_id: str
+    customer_id: str
+    amount: MinorUnits
+    currency: Currency
+    reason: str
+
+
+@event("payments.refund_issued", version=1, stream=STREAM, key="booking_id")
+class RefundIssued(EventPayload):
+    """Money goes back the way it came: provider, cash handed back, card or package credit."""
+
+    refund_id: str
+    receipt_id: str
+    booking_id: str
+    customer_id: str
+    amount: MinorUnits
+    currency: Currency
+    to_provider: MinorUnits
+    to_cash: MinorUnits
+    to_prepaid: MinorUnits
+    reason: str
+
+
+@event("payments.coupon_granted", version=1, stream=STREAM, key="customer_id")
+class CouponGranted(EventPayload):
+    """A discount on the customer's next receipt (a remedy or goodwill)."""
+
+    coupon_id: str
+    customer_id: str
+    amount: MinorUnits | None
+    percent: int | None
+    currency: Currency
+    expires_at: datetime
+    reason: str

@@ -1,0 +1,455 @@
+"""Payments' units of work: each changes state and emits its events in one transaction.
+
+The provider is never called inside a transaction (a retried transaction must
+not call it twice): a charge or refund is written as a pending operation with a
+timer, and the timer sends it, outside, with the operation's id as the
+idempotency key.
+"""
+
+from __future__ import annotations
+
+import logging
+import uuid
+from datetime import datetime, timedelta
+
+from services.payments import domain
+from services.payments.domain import (
+    Coupon,
+    CustomerSignature,
+    Payment,
+    Receipt,
+    ReceiptStatus,
+    Refund,
+    SignatureMethod,
+)
+from services.payments.ledger import Holding, Plan, sell
+from services.payments.provider import ProviderResult, ProviderStatus
+from services.payments.sealing import chain_hash, check_device_signature
+from services.payments.storage import (
+    Chains,
+    Coupons,
+    Holdings,
+    ProviderOp,
+    ProviderOps,
+    Receipts,
+    SealingKeys,
+    Wallets,
+)
+from shared.errors import Conflict, NotFound, Unprocessable
+from shared.events.dispatch import ServiceCompleted
+from shared.events.payments import (
+    CouponGranted,
+    PaymentFailed,
+    PaymentSettled,
+    PrepaidDrawn,
+    PrepaidPurchased,
+    ReceiptIssued,
+    ReceiptSealed,
+    ReceiptSigned,
+    RefundIssued,
+)
+from shared.outbox import Transaction
+from shared.time import utcnow
+from shared.timers import schedule
+
+log = logging.getLogger(__name__)
+
+SUBMIT = "provider_submit"  # send a pending charge or refund to the provider
+CHECK = "provider_check"  # no webhook came: ask the provider
+EXPIRE = "holding_expiry"  # write off what is left on an expired card or package
+
+
+async def issue_receipt(tx: Transaction, event: ServiceCompleted) -> Receipt:
+    receipts = Receipts(tx.db)
+    existing = await receipts.by_booking(event.booking_id, tx.session)
+    if existing is not None:
+        return existing  # issued already (a redelivered event)
+    now = utcnow()
+    receipt = domain.issue(
+        receipt_id=f"rc_{uuid.uuid4().hex}",
+        booking_id=event.booking_id,
+        customer_id=event.customer_id,
+        technician_id=event.technician_id,
+        store_id=event.store_id,
+        performed=event.lines,
+        holdings=await Holdings(tx.db).of_customer(event.customer_id, tx.session),
+        coupons=await Coupons(tx.db).of_customer(event.customer_id, tx.session),
+        at=now,
+    )
+    await receipts.insert(receipt, tx.session)
+    tx.emit(
+        ReceiptIssued(
+            receipt_id=receipt.receipt_id,
+            booking_id=receipt.booking_id,
+            customer_id=receipt.customer_id,
+            store_id=receipt.store_id,
+            line_count=len(receipt.lines),
+            total=receipt.subtotal,
+            prepaid=receipt.prepaid_amount,
+            discount=sum(d.amount for d in receipt.discounts),
+            amount_due=receipt.amount_due,
+            currency=receipt.currency,
+            content_hash=receipt.content_hash,
+        )
+    )
+    return receipt
+
+
+async def load(tx: Transaction, receipt_id: str) -> Receipt:
+    receipt = await Receipts(tx.db).get(receipt_id, tx.session)
+    if receipt is None:
+        raise NotFound(f"receipt {receipt_id} does not exist")
+    return receipt
+
+
+async def reprice_if_changed(tx: Transaction, receipt_id: str) -> Receipt | None:
+    """Re-price an unsigned receipt against the customer's cards and coupons now.
+
+    Returns the new revision (saved) when it reads differently, else None.
+    """
+    receipt = await load(tx, receipt_id)
+    if receipt.status is not ReceiptStatus.ISSUED:
+        return None
+    fresh = domain.reprice(
+        receipt,
+        await Holdings(tx.db).of_customer(receipt.customer_id, tx.session),
+        await Coupons(tx.db).of_customer(receipt.customer_id, tx.session),
+        utcnow(),
+    )
+    if fresh is None:
+        return None
+    await Receipts(tx.db).save(fresh, tx.session)
+    return fresh
+
+
+async def sign(
+    tx: Transaction, receipt_id: str, shown_hash: str, signature: CustomerSignature
+) -> Receipt:
+    """The customer signs what they were shown; the platform draws, seals and asks for money.
+
+    Call `reprice_if_changed` first (its own transaction): a receipt that no longer
+    reads as shown must be looked at again, and that new revision must be kept.
+    """
+    receipts = Receipts(tx.db)
+    receipt = await load(tx, receipt_id)
+    if receipt.status is not ReceiptStatus.ISSUED:
+        if receipt.signature == signature and receipt.content_hash == shown_hash:
+            return receipt  # the same signing, repeated: done already
+        raise Conflict(f"receipt {receipt_id} is already signed and sealed")
+    if shown_hash != receipt.content_hash:
+        raise Conflict(
+            "the receipt hash does not match the current receipt: the customer signed "
+            f"something else (current revision {receipt.revision}, hash {receipt.content_hash})",
+            field="receipt_hash",
+        )
+    if signature.method is SignatureMethod.DEVICE_KEY and not check_device_signature(
+        signature.public_key or "", signature.artefact, receipt.content_hash
+    ):
+        raise Unprocessable(
+            "the device signature does not verify over the receipt hash", field="artefact"
+        )
+    now = utcnow()
+    await _draw_prepaid(tx, receipt, now)
+    for discount in receipt.discounts:
+        await Coupons(tx.db).spend(discount.coupon_id, receipt.receipt_id, tx.session)
+    receipt.signature = signature
+    await _seal(tx, receipt)
+    tx.emit(
+        ReceiptSigned(
+            receipt_id=receipt.receipt_id,
+            booking_id=receipt.booking_id,
+            customer_id=receipt.customer_id,
+            signed_at=signature.signed_at,
+            total=receipt.subtotal,
+            amount_due=receipt.amount_due,
+            currency=receipt.currency,
+        )
+    )
+    if receipt.amount_due == 0:
+        _settle(tx, receipt, now)
+    else:
+        method = await Wallets(tx.db).method_of(receipt.customer_id, tx.session)
+        if method is not None:
+            await start_charge(tx, receipt, method)
+        # else the technician collects the exact amount in cash, or the customer pays later
+    await receipts.save(receipt, tx.session)
+    return receipt
+
+
+async def _draw_prepaid(tx: Transaction, receipt: Receipt, at: datetime) -> None:
+    holdings = Holdings(tx.db)
+    for draw in receipt.prepaid:
+        holding = await holdings.get(draw.holding_id, tx.session)
+        if holding is None:
+            raise Conflict(f"holding {draw.holding_id} vanished; the receipt must be re-read")
+        holding.draw(draw.units, receipt.receipt_id, at)
+        await holdings.save(holding, tx.session)
+        tx.emit(
+            PrepaidDrawn(
+                holding_id=holding.holding_id,
+                customer_id=holding.customer_id,
+                receipt_id=receipt.receipt_id,
+                booking_id=receipt.booking_id,
+                units=draw.units,
+                unit=holding.unit.value,
+                balance=holding.balance,
+            )
+        )
+
+
+async def _seal(tx: Transaction, receipt: Receipt) -> None:
+    chains = Chains(tx.db)
+    head = await chains.head(receipt.store_id, tx.session)
+    key = await SealingKeys(tx.db, tx.settings).current()
+    receipt.seal = key.seal(receipt.signed_document(), receipt.store_id, head.head)
+    receipt.status = ReceiptStatus.SEALED
+    receipt.chain_position = head.length
+    link = chain_hash(receipt.sealed_document())
+    # Two receipts of one store sealed at once both read this head: one commit wins, the
+    # other transaction is retried and links to the winner.
+    await chains.advance(head, link, tx.session)
+    tx.emit(
+        ReceiptSealed(
+            receipt_id=receipt.receipt_id,
+            booking_id=receipt.booking_id,
+            store_id=receipt.store_id,
+            key_id=key.key_id,
+            chain_position=head.length,
+            chain_hash=link,
+        )
+    )
+
+
+def _settle(tx: Transaction, receipt: Receipt, at: datetime) -> None:
+    receipt.status = ReceiptStatus.SETTLED
+    tx.emit(
+        PaymentSettled(
+            receipt_id=receipt.receipt_id,
+            booking_id=receipt.booking_id,
+            customer_id=receipt.customer_id,
+            amount=receipt.paid,
+            currency=receipt.currency,
+            settled_at=at,
+        )
+    )
+
+
+async def start_charge(tx: Transaction, receipt: Receipt, method: str) -> ProviderOp:
+    ops = ProviderOps(tx.db)
+    earlier = await ops.of_receipt(receipt.receipt_id, tx.session)
+    if any(o.kind == "charge" and (o.open or o.status == "succeeded") for o in earlier):
+        raise Conflict("a charge for this receipt is under way or done")
+    attempt = sum(1 for o in earlier if o.kind == "charge") + 1
+    op = ProviderOp(
+        op_id=f"charge:{receipt.receipt_id}:{attempt}",
+        kind="charge",
+        receipt_id=receipt.receipt_id,
+        booking_id=receipt.booking_id,
+        customer_id=receipt.customer_id,
+        amount=receipt.amount_due - receipt.paid,
+        currency=receipt.currency,
+        payment_method=method,
+        created_at=utcnow(),
+    )
+    await ops.insert(op, tx.session)
+    await schedule(tx.db, tx.session, SUBMIT, op.op_id, utcnow())
+    return op
+
+
+async def record_submission(tx: Transaction, op_id: str, result: ProviderResult) -> None:
+    """The provider answered the request (often 'pending'); the webhook or a check follows."""
+    ops = ProviderOps(tx.db)
+    op = await ops.get(op_id, tx.session)
+    if op is None or op.status != "pending":
+        return
+    op.status, op.reference = "submitted", result.reference
+    await ops.save(op, tx.session)
+    due = utcnow() + timedelta(seconds=tx.settings.provider_check_after_s)
+    await schedule(tx.db, tx.session, CHECK, op.op_id, due)
+    if result.status is not ProviderStatus.PENDING:
+        await apply_outcome(tx, op_id, result)
+
+
+async def apply_outcome(tx: Transaction, op_id: str, result: ProviderResult) -> bool:
+    """A final answer from the provider (webhook, lookup, or the reply). Once per operation:
+    a duplicate webhook finds the operation decided and changes nothing. True if it acted."""
+    ops = ProviderOps(tx.db)
+    op = await ops.get(op_id, tx.session)
+    if op is None:
+        raise NotFound(f"no provider operation {op_id}")
+    if not op.open or result.status is ProviderStatus.PENDING:
+        return False
+    now = utcnow()
+    op.status, op.reason, op.decided_at = result.status.value, result.reason, now
+    op.reference = op.reference or result.reference
+    await ops.save(op, tx.session)
+    if op.kind != "charge":
+        return True  # refunds were booked when issued; the provider just confirmed
+    receipt = await load(tx, op.receipt_id)
+    if result.status is ProviderStatus.SUCCEEDED:
+        receipt.payments.append(
+            Payment(method="provider", amount=op.amount, reference=op.reference, at=now)
+        )
+        if receipt.paid >= receipt.amount_due:
+            _settle(tx, receipt, now)
+        await Receipts(tx.db).save(receipt, tx.session)
+    else:
+        tx.emit(
+            PaymentFailed(
+                receipt_id=receipt.receipt_id,
+                booking_id=receipt.booking_id,
+                customer_id=receipt.customer_id,
+                amount=op.amount,
+                currency=op.currency,
+                reason=result.reason or "declined",
+            )
+        )
+    return True
+
+
+async def collect_cash(
+    tx: Transaction, receipt_id: str, technician_id: str, amount: int
+) -> Receipt:
+    receipt = await load(tx, receipt_id)
+    if receipt.technician_id != technician_id:
+        raise NotFound(f"receipt {receipt_id} does not exist")  # not theirs: do not confirm it
+    if receipt.status is ReceiptStatus.ISSUED:
+        raise Conflict("money is collected only against a receipt the customer has signed")
+    if receipt.status is ReceiptStatus.SETTLED:
+        raise Conflict("this receipt is paid already")
+    ops = await ProviderOps(tx.db).of_receipt(receipt_id, tx.session)
+    if any(o.kind == "charge" and o.open for o in ops):
+        raise Conflict("a card charge for this receipt is under way")
+    due = receipt.amount_due - receipt.paid
+    if amount != due:
+        raise Unprocessable(f"cash must be the exact amount due, {due}", field="amount")
+    now = utcnow()
+    receipt.payments.append(
+        Payment(method="cash", amount=amount, reference=f"cash:{technician_id}", at=now)
+    )
+    _settle(tx, receipt, now)
+    await Receipts(tx.db).save(receipt, tx.session)
+    return receipt
+
+
+async def refund(
+    tx: Transaction, receipt_id: str, refund_id: str, amount: int | None, reason: str
+) -> Refund:
+    """Give money back (None: all that is left). The same refund id twice: one refund."""
+    receipt = await load(tx, receipt_id)
+    done = next((r for r in receipt.refunds if r.refund_id == refund_id), None)
+    if done is not None:
+        if amount is not None and amount > done.amount:
+            raise Conflict(f"refund {refund_id} was made for {done.amount}", field="amount")
+        return done
+    if receipt.status is ReceiptStatus.ISSUED:
+        raise Conflict("nothing was paid on an unsigned receipt")
+    parts = domain.allocate_refund(receipt, receipt.refundable if amount is None else amount)
+    now = utcnow()
+    issued = Refund(
+        refund_id=refund_id,
+        amount=sum(p.amount for p in parts),
+        reason=reason,
+        parts=parts,
+        at=now,
+    )
+    holdings, ops = Holdings(tx.db), ProviderOps(tx.db)
+    for part in parts:
+        if part.to == "holding" and part.holding_id and part.units:
+            holding = await holdings.get(part.holding_id, tx.session)
+            if holding is None:
+                raise Conflict(f"holding {part.holding_id} vanished")
+            holding.refund(part.units, receipt.receipt_id, now, note=reason)
+            await holdings.save(holding, tx.session)
+            await schedule(tx.db, tx.session, EXPIRE, holding.holding_id, holding.expires_at)
+        elif part.to == "provider":
+            charge = next(p for p in receipt.payments if p.method == "provider" and p.amount > 0)
+            op = ProviderOp(
+                op_id=f"refund:{receipt.receipt_id}:{refund_id}",
+                kind="refund",
+                receipt_id=receipt.receipt_id,
+                booking_id=receipt.booking_id,
+                customer_id=receipt.customer_id,
+                amount=part.amount,
+                currency=receipt.currency,
+                charge_reference=charge.reference,
+                refund_id=refund_id,
+                created_at=now,
+            )
+            await ops.insert(op, tx.session)
+            await schedule(tx.db, tx.session, SUBMIT, op.op_id, now)
+    receipt.refunds.append(issued)
+    await Receipts(tx.db).save(receipt, tx.session)
+
+    def to(where: str) -> int:
+        return sum(p.amount for p in parts if p.to == where)
+
+    tx.emit(
+        RefundIssued(
+            refund_id=refund_id,
+            receipt_id=receipt.receipt_id,
+            booking_id=receipt.booking_id,
+            customer_id=receipt.customer_id,
+            amount=issued.amount,
+            currency=receipt.currency,
+            to_provider=to("provider"),
+            to_cash=to("cash"),
+            to_prepaid=to("holding"),
+            reason=reason,
+        )
+    )
+    return issued
+
+
+async def sell_plan(tx: Transaction, plan: Plan, customer_id: str, holding_id: str) -> Holding:
+    holdings = Holdings(tx.db)
+    existing = await holdings.get(holding_id, tx.session)
+    if existing is not None:
+        if existing.plan_id != plan.plan_id or existing.customer_id != customer_id:
+            raise Conflict("this Idempotency-Key was used for another sale", field="plan_id")
+        return existing
+    holding = sell(plan, holding_id, customer_id, utcnow())
+    await holdings.insert(holding, tx.session)
+    await schedule(tx.db, tx.session, EXPIRE, holding.holding_id, holding.expires_at)
+    tx.emit(
+        PrepaidPurchased(
+            holding_id=holding.holding_id,
+            customer_id=customer_id,
+            store_id=plan.store_id,
+            plan_id=plan.plan_id,
+            kind=plan.kind.value,
+            units=plan.units,
+            unit=plan.unit.value,
+            price=plan.price,
+            currency=plan.currency,
+            expires_at=holding.expires_at,
+        )
+    )
+    return holding
+
+
+async def expire_holding(tx: Transaction, holding_id: str) -> None:
+    holdings = Holdings(tx.db)
+    holding = await holdings.get(holding_id, tx.session)
+    if holding is not None and holding.expire(utcnow()) is not None:
+        await holdings.save(holding, tx.session)
+
+
+async def grant_coupon(tx: Transaction, coupon: Coupon) -> Coupon:
+    coupons = Coupons(tx.db)
+    existing = await coupons.get(coupon.coupon_id, tx.session)
+    if existing is not None:
+        return existing
+    await coupons.insert(coupon, tx.session)
+    tx.emit(
+        CouponGranted(
+            coupon_id=coupon.coupon_id,
+            customer_id=coupon.customer_id,
+            amount=coupon.amount,
+            percent=coupon.percent,
+            currency=coupon.currency,
+            expires_at=coupon.expires_at,
+            reason=coupon.reason,
+        )
+    )
+    return coupon

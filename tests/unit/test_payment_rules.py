@@ -1,0 +1,251 @@
+"""Receipt pricing, re-pricing, refunds and the prepaid ledger, as a specification."""
+
+from __future__ import annotations
+
+from datetime import UTC, datetime, timedelta
+
+import pytest
+
+from services.payments import domain
+from services.payments.domain import Coupon, Payment, Receipt
+from services.payments.ledger import EntryKind, Holding, Plan, PlanKind, Unit, sell
+from shared.errors import Conflict, Unprocessable
+from shared.events.types import PricedLine
+
+NOW = datetime(2030, 5, 1, 8, 0, tzinfo=UTC)
+STORE = "store_chiado"
+
+
+def line(
+    code: str, qty: int = 1, price: int = 2500, surcharge: int = 0, kind: str = "service"
+) -> PricedLine:
+    return PricedLine(
+        code=code,
+        name=code.title(),
+        skill="" if kind == "product" else "nails",
+        kind=kind,
+        quantity=qty,
+        unit_price=price,
+        surcharge=surcharge,
+        currency="EUR",
+    )
+
+
+def plan(kind: PlanKind = PlanKind.PACKAGE, **over: object) -> Plan:
+    fields: dict[str, object] = {
+        "plan_id": "pl_1",
+        "store_id": STORE,
+        "name": "Five manicures",
+        "kind": kind,
+        "price": 10000,
+        "currency": "EUR",
+        "validity_days": 180,
+    }
+    if kind is PlanKind.STORED_VALUE:
+        fields["value"] = 5000
+    else:
+        fields["visits"] = 5
+    fields.update(over)
+    return Plan.model_validate(fields)
+
+
+def holding(kind: PlanKind = PlanKind.PACKAGE, hid: str = "hd_1", **over: object) -> Holding:
+    return sell(plan(kind, **over), hid, "cus_1", NOW - timedelta(days=1))
+
+
+def issue(
+    performed: list[PricedLine],
+    holdings: list[Holding] | None = None,
+    coupons: list[Coupon] | None = None,
+) -> Receipt:
+    return domain.issue(
+        receipt_id="rc_1",
+        booking_id="bk_1",
+        customer_id="cus_1",
+        technician_id="tech_1",
+        store_id=STORE,
+        performed=performed,
+        holdings=holdings or [],
+        coupons=coupons or [],
+        at=NOW,
+    )
+
+
+def coupon(amount: int | None = 500, percent: int | None = None, cid: str = "cp_1") -> Coupon:
+    return Coupon(
+        coupon_id=cid,
+        customer_id="cus_1",
+        currency="EUR",
+        amount=amount,
+        percent=percent,
+        reason="sorry for the wait",
+        expires_at=NOW + timedelta(days=30),
+    )
+
+
+# ----------------------------------------------------------------- pricing --
+
+
+def test_lines_come_from_performed_items_at_booked_prices_with_surcharges() -> None:
+    receipt = issue(
+        [line("nails.manicure", qty=2, surcharge=500), line("polish", 1, 900, 0, "product")]
+    )
+    assert [(r.code, r.quantity, r.unit_price, r.surcharge, r.amount) for r in receipt.lines] == [
+        ("nails.manicure", 2, 2500, 500, 6000),
+        ("polish", 1, 900, 0, 900),
+    ]
+    assert receipt.subtotal == receipt.amount_due == 6900
+    assert receipt.prepaid == []
+    assert receipt.discounts == []
+
+
+def test_a_receipt_refuses_mixed_currencies_and_nothing_performed() -> None:
+    gbp = line("x").model_copy(update={"currency": "GBP"})
+    with pytest.raises(Unprocessable):
+        issue([line("a"), gbp])
+    with pytest.raises(Unprocessable):
+        issue([])
+
+
+def test_a_package_pays_the_base_price_of_covered_services_but_not_surcharges_or_products() -> None:
+    package = holding(covers=["nails.manicure"])
+    receipt = issue(
+        [line("nails.manicure", qty=2, surcharge=500), line("polish", 1, 900, 0, "product")],
+        [package],
+    )
+    assert [(d.holding_id, d.units, d.amount) for d in receipt.prepaid] == [("hd_1", 2, 5000)]
+    assert receipt.amount_due == 2 * 500 + 900
+
+
+def test_a_package_does_not_pay_for_services_it_does_not_cover_or_another_store() -> None:
+    elsewhere = sell(plan(store_id="store_other"), "hd_2", "cus_1", NOW - timedelta(days=1))
+    receipt = issue([line("hair.cut")], [holding(covers=["nails.manicure"]), elsewhere])
+    assert receipt.prepaid == []
+    assert receipt.amount_due == 2500
+
+
+def test_what_expires_first_is_spent_first_and_expired_value_is_not_spent() -> None:
+    later = holding(hid="hd_later", validity_days=300)
+    sooner = holding(hid="hd_sooner", validity_days=100)
+    expired = sell(plan(), "hd_old", "cus_1", NOW - timedelta(days=400))
+    receipt = issue([line("nails.manicure")], [later, expired, sooner])
+    assert [d.holding_id for d in receipt.prepaid] == ["hd_sooner"]
+
+
+def test_stored_value_pays_what_is_left_after_visits_and_the_coupon() -> None:
+    wallet = holding(PlanKind.STORED_VALUE, hid="hd_sv")  # 5000 of value
+    receipt = issue([line("nails.manicure", qty=3, price=2500)], [wallet], [coupon(500)])
+    assert receipt.subtotal == 7500
+    assert [d.amount for d in receipt.discounts] == [500]
+    assert [(d.holding_id, d.unit, d.amount) for d in receipt.prepaid] == [
+        ("hd_sv", Unit.MONEY, 5000)
+    ]
+    assert receipt.amount_due == 7500 - 500 - 5000
+
+
+def test_the_best_coupon_applies_once_and_never_below_zero() -> None:
+    receipt = issue(
+        [line("a", price=1000)], [], [coupon(300, cid="cp_a"), coupon(None, 50, "cp_b")]
+    )
+    assert [(d.coupon_id, d.amount) for d in receipt.discounts] == [("cp_b", 500)]
+    big = issue([line("a", price=1000)], [], [coupon(5000)])
+    assert big.discounts[0].amount == 1000
+    assert big.amount_due == 0
+
+
+def test_the_content_hash_names_exactly_what_the_customer_sees() -> None:
+    a = issue([line("a"), line("b")])
+    assert a.content_hash == issue([line("a"), line("b")]).content_hash
+    assert a.content_hash != issue([line("b"), line("a")]).content_hash  # re-ordered lines
+    assert a.content_hash != issue([line("a", price=2499), line("b")]).content_hash
+    # Payment progress is not part of what was signed.
+    paid = a.model_copy(
+        update={"payments": [Payment(method="cash", amount=1, reference="x", at=NOW)]}
+    )
+    assert paid.content_hash == a.content_hash
+
+
+def test_repricing_changes_the_receipt_only_when_what_it_depends_on_changed() -> None:
+    package = holding()
+    receipt = issue([line("nails.manicure")], [package])
+    assert domain.reprice(receipt, [package], [], NOW) is None
+    package.draw(5, "rc_other", NOW)  # spent meanwhile on another visit
+    fresh = domain.reprice(receipt, [package], [], NOW)
+    assert fresh is not None
+    assert fresh.revision == 2
+    assert fresh.prepaid == []
+    assert fresh.amount_due == 2500
+    assert fresh.content_hash != receipt.content_hash
+
+
+# ----------------------------------------------------------------- refunds --
+
+
+def paid_receipt(*payments: tuple[str, int], prepaid: list[Holding] | None = None) -> Receipt:
+    receipt = issue([line("nails.manicure", qty=2, surcharge=500)], prepaid or [])
+    return receipt.model_copy(
+        update={"payments": [Payment(method=m, amount=a, reference=m, at=NOW) for m, a in payments]}
+    )
+
+
+def test_a_refund_goes_back_to_the_provider_first_and_never_beyond_what_was_paid() -> None:
+    receipt = paid_receipt(("provider", 6000))
+    parts = domain.allocate_refund(receipt, 2000)
+    assert [(p.to, p.amount) for p in parts] == [("provider", 2000)]
+    with pytest.raises(Conflict):
+        domain.allocate_refund(receipt, 6001)
+    with pytest.raises(Unprocessable):
+        domain.allocate_refund(receipt, -5)
+
+
+def test_a_refund_reaching_a_package_gives_back_whole_visits_and_nothing_twice() -> None:
+    package = holding(covers=["nails.manicure"])
+    receipt = paid_receipt(("cash", 1000), prepaid=[package])  # 2 visits (5000) + 1000 cash
+    assert receipt.refundable == 6000
+    first = domain.allocate_refund(receipt, 1500)
+    assert [(p.to, p.amount, p.units) for p in first] == [
+        ("cash", 1000, None),
+        ("holding", 500, 1),  # half a visit's worth gives a whole visit back
+    ]
+    receipt.refunds.append(
+        domain.Refund(refund_id="r1", amount=1500, reason="late", parts=first, at=NOW)
+    )
+    second = domain.allocate_refund(receipt, receipt.refundable)
+    assert [(p.to, p.amount, p.units) for p in second] == [("holding", 4500, 1)]
+
+
+# ------------------------------------------------------------------ ledger --
+
+
+def test_a_ledger_balance_is_the_sum_of_its_entries_and_a_draw_never_overdraws() -> None:
+    package = holding()
+    assert package.balance == 5
+    assert package.entries[0].kind is EntryKind.PURCHASE
+    package.draw(3, "rc_1", NOW)
+    with pytest.raises(Conflict):
+        package.draw(3, "rc_2", NOW)
+    with pytest.raises(Conflict):
+        package.draw(1, "rc_1", NOW)  # the same receipt twice
+    assert package.balance == 2 == sum(e.units for e in package.entries)
+
+
+def test_expired_value_cannot_be_spent_and_is_written_off_once() -> None:
+    package = holding(validity_days=10)
+    after = package.expires_at + timedelta(seconds=1)
+    assert package.spendable(after) == 0
+    with pytest.raises(Conflict):
+        package.draw(1, "rc_1", after)
+    assert package.expire(after) is not None
+    assert package.balance == 0
+    assert package.expire(after) is None
+
+
+def test_a_refund_to_an_expired_package_stays_usable_for_a_while() -> None:
+    package = holding(validity_days=10)
+    package.draw(2, "rc_1", NOW)
+    after = package.expires_at + timedelta(days=1)
+    package.expire(after)
+    package.refund(1, "rc_1", after)
+    assert package.spendable(after) == 1
+    with pytest.raises(Conflict):
+        package.refund(2, "rc_1", after)  # only one more visit was drawn by rc_1
