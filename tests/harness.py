@@ -29,9 +29,10 @@ from pathlib import Path
 from typing import Any, TypeVar
 
 import httpx
-from aiokafka import AIOKafkaConsumer
+from aiokafka import AIOKafkaConsumer, AIOKafkaProducer
 
 from deploy.local.servers import Servers, local_servers
+from shared.events.envelope import Envelope, EventPayload
 
 ROOT = Path(__file__).resolve().parent.parent
 TEST_RUN_DIR = ROOT / ".run" / "test"
@@ -155,6 +156,9 @@ class ServiceProcess:
             # Short offer deadlines so the silence path is testable; long enough to accept.
             "DISPATCH_OFFER_TIMEOUT_S": "4",
             "DISPATCH_MATCH_WINDOW_S": "0.2",
+            # A quick sandbox, and a quick look-up when its webhook stays silent.
+            "PAYMENTS_SANDBOX_CONFIRM_DELAY_S": "0.1",
+            "PAYMENTS_PROVIDER_CHECK_AFTER_S": "2",
             **self.extra_env,
         }
 
@@ -271,3 +275,11 @@ async def keyed_events(
     finally:
         await consumer.stop()
     return found
+
+
+async def publish(producer: AIOKafkaProducer, prefix: str, payload: EventPayload) -> None:
+    """Publish a fact as its owning service would (enveloped, keyed) on the session's topics."""
+    envelope = Envelope.wrap(payload, producer="test")
+    await producer.send_and_wait(
+        f"{prefix}.{payload.stream}.events", envelope.to_bytes(), key=envelope.aggregate_id.encode()
+    )

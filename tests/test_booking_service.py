@@ -21,12 +21,11 @@ from shared.events.dispatch import (
     TechnicianEnRoute,
     TechnicianReassigned,
 )
-from shared.events.envelope import Envelope, EventPayload
 from shared.events.payments import PaymentSettled, ReceiptSigned
 from shared.events.types import PricedLine
 from shared.mongo import Document
 from tests.conftest import Platform
-from tests.harness import Infra, eventually
+from tests.harness import Infra, eventually, publish
 from tests.seed import (
     accept_offer,
     booking_body,
@@ -110,15 +109,6 @@ async def booking_events(
     finally:
         await consumer.stop()
     return found
-
-
-async def publish(producer: AIOKafkaProducer, platform: Platform, payload: EventPayload) -> None:
-    envelope = Envelope.wrap(payload, producer="test")
-    await producer.send_and_wait(
-        f"{platform.prefix}.{payload.stream}.events",
-        envelope.to_bytes(),
-        key=envelope.aggregate_id.encode(),
-    )
 
 
 # ---------------------------------------------------------------- creation --
@@ -368,7 +358,7 @@ async def test_facts_from_dispatch_and_payments_walk_the_booking_to_closed(
         # Operations reassign; the customer must see the new identity.
         await publish(
             kafka_producer,
-            platform,
+            platform.prefix,
             TechnicianReassigned(
                 booking_id=booking_id,
                 visit_id=visit,
@@ -412,7 +402,7 @@ async def test_facts_from_dispatch_and_payments_walk_the_booking_to_closed(
                 lines=[line],
             ),
         ):
-            await publish(kafka_producer, platform, fact)
+            await publish(kafka_producer, platform.prefix, fact)
         # Payments' facts travel on another topic and could overtake dispatch's (the
         # booking would then skip ahead): in life they follow completion, so here too.
         await status_is(booking, booking_id, "completed")
@@ -435,12 +425,12 @@ async def test_facts_from_dispatch_and_payments_walk_the_booking_to_closed(
                 settled_at=now,
             ),
         ):
-            await publish(kafka_producer, platform, money)
+            await publish(kafka_producer, platform.prefix, money)
         closed = await status_is(booking, booking_id, "closed")
         # A stale fact arriving late changes nothing.
         await publish(
             kafka_producer,
-            platform,
+            platform.prefix,
             TechnicianEnRoute(
                 booking_id=booking_id, visit_id=visit, technician_id="tech_relief", at=now
             ),

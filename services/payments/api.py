@@ -88,7 +88,7 @@ class ReceiptView(Receipt):
 
     @classmethod
     def of(cls, receipt: Receipt) -> ReceiptView:
-        return cls(**receipt.model_dump(), content_hash=receipt.content_hash)
+        return cls(**receipt.model_dump(), content_hash=receipt.digest)
 
 
 # ------------------------------------------------------------------- receipts --

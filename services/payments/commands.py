@@ -89,7 +89,7 @@ async def issue_receipt(tx: Transaction, event: ServiceCompleted) -> Receipt:
             discount=sum(d.amount for d in receipt.discounts),
             amount_due=receipt.amount_due,
             currency=receipt.currency,
-            content_hash=receipt.content_hash,
+            content_hash=receipt.digest,
         )
     )
     return receipt
@@ -133,17 +133,17 @@ async def sign(
     receipts = Receipts(tx.db)
     receipt = await load(tx, receipt_id)
     if receipt.status is not ReceiptStatus.ISSUED:
-        if receipt.signature == signature and receipt.content_hash == shown_hash:
+        if receipt.signature == signature and receipt.digest == shown_hash:
             return receipt  # the same signing, repeated: done already
         raise Conflict(f"receipt {receipt_id} is already signed and sealed")
-    if shown_hash != receipt.content_hash:
+    if shown_hash != receipt.digest:
         raise Conflict(
             "the receipt hash does not match the current receipt: the customer signed "
-            f"something else (current revision {receipt.revision}, hash {receipt.content_hash})",
+            f"something else (current revision {receipt.revision}, hash {receipt.digest})",
             field="receipt_hash",
         )
     if signature.method is SignatureMethod.DEVICE_KEY and not check_device_signature(
-        signature.public_key or "", signature.artefact, receipt.content_hash
+        signature.public_key or "", signature.artefact, receipt.digest
     ):
         raise Unprocessable(
             "the device signature does not verify over the receipt hash", field="artefact"

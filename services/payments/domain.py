@@ -157,7 +157,7 @@ class Receipt(Forbid):
         return self.model_dump(mode="json", include=CONTENT_FIELDS)
 
     @property
-    def content_hash(self) -> str:
+    def digest(self) -> str:
         return digest(self.content())
 
     def signed_document(self) -> dict[str, Any]:

@@ -155,14 +155,14 @@ def test_the_best_coupon_applies_once_and_never_below_zero() -> None:
 
 def test_the_content_hash_names_exactly_what_the_customer_sees() -> None:
     a = issue([line("a"), line("b")])
-    assert a.content_hash == issue([line("a"), line("b")]).content_hash
-    assert a.content_hash != issue([line("b"), line("a")]).content_hash  # re-ordered lines
-    assert a.content_hash != issue([line("a", price=2499), line("b")]).content_hash
+    assert a.digest == issue([line("a"), line("b")]).digest
+    assert a.digest != issue([line("b"), line("a")]).digest  # re-ordered lines
+    assert a.digest != issue([line("a", price=2499), line("b")]).digest
     # Payment progress is not part of what was signed.
     paid = a.model_copy(
         update={"payments": [Payment(method="cash", amount=1, reference="x", at=NOW)]}
     )
-    assert paid.content_hash == a.content_hash
+    assert paid.digest == a.digest
 
 
 def test_repricing_changes_the_receipt_only_when_what_it_depends_on_changed() -> None:
@@ -175,7 +175,7 @@ def test_repricing_changes_the_receipt_only_when_what_it_depends_on_changed() ->
     assert fresh.revision == 2
     assert fresh.prepaid == []
     assert fresh.amount_due == 2500
-    assert fresh.content_hash != receipt.content_hash
+    assert fresh.digest != receipt.digest
 
 
 # ----------------------------------------------------------------- refunds --

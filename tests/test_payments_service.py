@@ -1,0 +1,797 @@
+"""The payments service on real Kafka and MongoDB: receipts signed and sealed, prepaid cards
+drawn, charges through the sandbox provider (async, duplicated, timing out), cash, refunds."""
+
+from __future__ import annotations
+
+import base64
+import hashlib
+import json
+import uuid
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any
+
+import httpx
+import pytest
+from aiokafka import AIOKafkaProducer
+from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
+from pymongo import AsyncMongoClient
+
+from services.payments.provider import SIGNATURE_HEADER, sign_webhook
+from services.payments.sealing import verify_chain
+from services.payments.verify import main as verify_offline
+from shared.events.dispatch import ServiceCompleted
+from shared.events.reviews import RefundGranted
+from shared.events.types import PricedLine
+from shared.mongo import Document
+from tests.conftest import Platform
+from tests.harness import Infra, eventually, keyed_events, publish
+from tests.seed import (
+    OPS,
+    accept_offer,
+    as_customer,
+    as_store,
+    as_technician,
+    booking_body,
+    get_json,
+    seed_customer,
+    seed_item,
+    seed_technician,
+    walk_to_service,
+)
+
+pytestmark = pytest.mark.integration
+
+
+def b64(data: bytes) -> str:
+    return base64.urlsafe_b64encode(data).rstrip(b"=").decode()
+
+
+def unique(prefix: str) -> str:
+    return f"{prefix}{uuid.uuid4().hex[:10]}"
+
+
+def manicure(qty: int = 2, price: int = 2500, code: str = "nails.manicure") -> PricedLine:
+    return PricedLine(
+        code=code, name="Manicure", skill="nails", quantity=qty, unit_price=price, currency="EUR"
+    )
+
+
+async def complete_visit(
+    producer: AIOKafkaProducer,
+    platform: Platform,
+    *,
+    customer: str,
+    store: str,
+    technician: str = "tech_p",
+    lines: list[PricedLine] | None = None,
+    times: int = 1,
+) -> str:
+    """Dispatch's fact, as it publishes it (`times` > 1: redelivered)."""
+    booking_id = unique("bk_")
+    fact = ServiceCompleted(
+        booking_id=booking_id,
+        visit_id=f"vs_{booking_id}",
+        customer_id=customer,
+        technician_id=technician,
+        store_id=store,
+        completed_at=datetime.now(UTC),
+        lines=lines or [manicure()],
+    )
+    for _ in range(times):
+        await publish(producer, platform.prefix, fact)
+    return booking_id
+
+
+async def issued(payments: httpx.AsyncClient, booking_id: str, customer: str) -> Any:
+    return await eventually(
+        lambda: get_json(
+            payments, "/receipts", headers=as_customer(customer), booking_id=booking_id
+        ),
+        what=f"receipt for {booking_id}",
+    )
+
+
+def drawn_signature() -> dict[str, Any]:
+    drawing = uuid.uuid4().bytes * 40  # the strokes the customer drew
+    return {
+        "method": "drawn",
+        "artefact": hashlib.sha256(drawing).hexdigest(),
+        "signed_at": datetime.now(UTC).isoformat(),
+    }
+
+
+async def sign(payments: httpx.AsyncClient, receipt: Any, customer: str) -> httpx.Response:
+    return await payments.post(
+        f"/receipts/{receipt['receipt_id']}/sign",
+        json={"receipt_hash": receipt["content_hash"], "signature": drawn_signature()},
+        headers=as_customer(customer),
+    )
+
+
+async def receipt_status(
+    payments: httpx.AsyncClient, receipt_id: str, customer: str, status: str
+) -> Any:
+    async def probe() -> Any:
+        r = await get_json(payments, f"/receipts/{receipt_id}", headers=as_customer(customer))
+        return r if r and r["status"] == status else None
+
+    return await eventually(probe, what=f"receipt {receipt_id} {status}")
+
+
+async def sell_package(
+    payments: httpx.AsyncClient, store: str, customer: str, visits: int = 5, **plan: Any
+) -> Any:
+    plan_id = unique("pl_")
+    r = await payments.put(
+        f"/plans/{plan_id}",
+        json={
+            "store_id": store,
+            "name": f"{visits} manicures",
+            "kind": "package",
+            "price": visits * 2000,
+            "currency": "EUR",
+            "visits": visits,
+            "covers": ["nails.manicure"],
+            **plan,
+        },
+        headers=as_store(store),
+    )
+    assert r.status_code == 200, r.text
+    r = await payments.post(
+        "/holdings",
+        json={"plan_id": plan_id, "customer_id": customer},
+        headers={**as_store(store), "Idempotency-Key": unique("sale-")},
+    )
+    assert r.status_code == 200, r.text
+    return r.json()
+
+
+async def set_card(payments: httpx.AsyncClient, customer: str, token: str) -> None:
+    r = await payments.put(
+        f"/customers/{customer}/payment-method",
+        json={"payment_method": token},
+        headers=as_customer(customer),
+    )
+    assert r.status_code == 200, r.text
+
+
+async def sandbox_ops(
+    mongo: AsyncMongoClient[Document], platform: Platform, receipt_id: str
+) -> list[Document]:
+    db = mongo[f"{platform.prefix}_sandbox_provider"]
+    return await db["sandbox_operations"].find({"_id": {"$regex": f":{receipt_id}:"}}).to_list()
+
+
+# ------------------------------------------------------------------ end to end --
+
+
+async def test_a_completed_visit_is_receipted_signed_sealed_drawn_charged_and_closed(
+    platform: Platform, infra: Infra, tmp_path: Path
+) -> None:
+    skill = unique("nails-")
+    code = f"{skill}.manicure"
+    customer, tech, store = unique("cus_"), unique("tech_"), "store_chiado"
+    async with platform.client("dispatch") as dispatch:
+        await seed_technician(dispatch, tech, unique("LX-").upper(), skills=[skill], store_id=store)
+    async with platform.client("booking") as booking:
+        await seed_item(booking, code, skill=skill, unit_price=2500)
+        await seed_customer(booking, customer)
+        made = await booking.post("/bookings", json=booking_body(customer, code))  # 2 x 25.00
+        assert made.status_code == 201, made.text
+        booking_id = made.json()["booking_id"]
+    async with platform.client("payments") as payments:
+        package = await sell_package(payments, store, customer, visits=1, covers=[code])
+        await set_card(payments, customer, "pm_card_ok")
+    async with platform.client("dispatch") as dispatch:
+        await accept_offer(dispatch, tech, booking_id)
+        await walk_to_service(dispatch, booking_id, tech, customer)
+        done = await dispatch.post(
+            f"/visits/{booking_id}/complete",
+            json={"performed": [{"code": code, "quantity": 2}]},
+            headers=as_technician(tech),
+        )
+        assert done.status_code == 200, done.text
+
+    async with platform.client("payments") as payments:
+        receipt = await issued(payments, booking_id, customer)
+        assert receipt["store_id"] == store
+        assert receipt["subtotal"] == 5000
+        assert [(d["holding_id"], d["units"], d["amount"]) for d in receipt["prepaid"]] == [
+            (package["holding_id"], 1, 2500)
+        ]
+        assert receipt["amount_due"] == 2500
+        signed = await sign(payments, receipt, customer)
+        assert signed.status_code == 200, signed.text
+        assert signed.json()["status"] in ("sealed", "settled")
+        settled = await receipt_status(payments, receipt["receipt_id"], customer, "settled")
+        assert [(p["method"], p["amount"]) for p in settled["payments"]] == [("provider", 2500)]
+        holdings = (
+            await payments.get(
+                "/holdings", params={"customer_id": customer}, headers=as_customer(customer)
+            )
+        ).json()
+        assert [(h["holding"]["holding_id"], h["balance"]) for h in holdings] == [
+            (package["holding_id"], 0)
+        ]
+        # Verified through the API, and offline with the published keys.
+        sealed = (
+            await payments.get(
+                f"/receipts/{receipt['receipt_id']}/sealed", headers=as_customer(customer)
+            )
+        ).json()
+        check = (await payments.post("/receipts/verify", json=sealed)).json()
+        assert check == {"valid": True, "problems": [], "matches_record": True}
+        keys = (await payments.get("/sealing-keys")).json()["keys"]
+    (tmp_path / "receipt.json").write_text(json.dumps(sealed))
+    (tmp_path / "keys.json").write_text(json.dumps(keys))
+    assert (
+        verify_offline([str(tmp_path / "receipt.json"), "--keys", str(tmp_path / "keys.json")]) == 0
+    )
+    sealed["receipt"]["lines"][0]["quantity"] = 1
+    (tmp_path / "receipt.json").write_text(json.dumps(sealed))
+    assert (
+        verify_offline([str(tmp_path / "receipt.json"), "--keys", str(tmp_path / "keys.json")]) == 1
+    )
+
+    events = await keyed_events(
+        infra,
+        f"{platform.prefix}.payments.events",
+        booking_id,
+        until=lambda found: "payments.payment_settled" in {e["type"] for e in found},
+    )
+    assert [e["type"] for e in events] == [
+        "payments.receipt_issued",
+        "payments.receipt_sealed",
+        "payments.receipt_signed",
+        "payments.payment_settled",
+    ]
+    drawn = await keyed_events(
+        infra,
+        f"{platform.prefix}.payments.events",
+        customer,
+        until=lambda found: "payments.prepaid_drawn" in {e["type"] for e in found},
+    )
+    assert [e["payload"]["balance"] for e in drawn if e["type"] == "payments.prepaid_drawn"] == [0]
+    async with platform.client("booking") as booking:
+
+        async def closed() -> Any:
+            b = await get_json(booking, f"/bookings/{booking_id}")
+            return b if b and b["status"] == "closed" else None
+
+        await eventually(closed, what="booking closed after payment")
+
+
+# --------------------------------------------------------------------- signing --
+
+
+async def test_signing_a_receipt_that_changed_since_it_was_shown_answers_409_and_changes_nothing(
+    platform: Platform, kafka_producer: AIOKafkaProducer
+) -> None:
+    customer, store = unique("cus_"), unique("store_")
+    async with platform.client("payments") as payments:
+        package = await sell_package(payments, store, customer, visits=2)
+        first = await complete_visit(kafka_producer, platform, customer=customer, store=store)
+        second = await complete_visit(kafka_producer, platform, customer=customer, store=store)
+        shown_first = await issued(payments, first, customer)
+        shown_second = await issued(payments, second, customer)
+        # Both were priced against the same two visits; the first signing spends them.
+        assert shown_second["amount_due"] == 0
+        assert (await sign(payments, shown_first, customer)).status_code == 200
+        stale = await sign(payments, shown_second, customer)
+        assert stale.status_code == 409, stale.text
+        assert stale.json()["error"]["field"] == "receipt_hash"
+        now = await get_json(
+            payments, f"/receipts/{shown_second['receipt_id']}", headers=as_customer(customer)
+        )
+        assert now["status"] == "issued"
+        assert now["revision"] == 2
+        assert now["amount_due"] == 5000  # the package is empty now: the customer must see that
+        holdings = (
+            await payments.get(
+                "/holdings", params={"customer_id": customer}, headers=as_customer(customer)
+            )
+        ).json()
+        assert holdings[0]["holding"]["holding_id"] == package["holding_id"]
+        assert holdings[0]["balance"] == 0  # drawn once, by the first receipt only
+        wrong = await payments.post(
+            f"/receipts/{now['receipt_id']}/sign",
+            json={"receipt_hash": "0" * 64, "signature": drawn_signature()},
+            headers=as_customer(customer),
+        )
+        assert wrong.status_code == 409
+        # Signing what is shown now works.
+        assert (await sign(payments, now, customer)).status_code == 200
+
+
+async def test_a_signature_by_the_customers_device_key_is_checked(
+    platform: Platform, kafka_producer: AIOKafkaProducer
+) -> None:
+    customer, store = unique("cus_"), unique("store_")
+    device = Ed25519PrivateKey.generate()
+    public = b64(device.public_key().public_bytes_raw())
+    async with platform.client("payments") as payments:
+        booking_id = await complete_visit(kafka_producer, platform, customer=customer, store=store)
+        receipt = await issued(payments, booking_id, customer)
+
+        def signed_over(text: str) -> dict[str, Any]:
+            return {
+                "method": "device_key",
+                "artefact": b64(device.sign(text.encode())),
+                "public_key": public,
+                "signed_at": datetime.now(UTC).isoformat(),
+            }
+
+        url = f"/receipts/{receipt['receipt_id']}/sign"
+        forged = await payments.post(
+            url,
+            json={"receipt_hash": receipt["content_hash"], "signature": signed_over("f" * 64)},
+            headers=as_customer(customer),
+        )
+        assert forged.status_code == 422, forged.text
+        good = await payments.post(
+            url,
+            json={
+                "receipt_hash": receipt["content_hash"],
+                "signature": signed_over(receipt["content_hash"]),
+            },
+            headers=as_customer(customer),
+        )
+        assert good.status_code == 200, good.text
+        assert good.json()["signature"]["public_key"] == public
+
+
+# ---------------------------------------------------------------- the provider --
+
+
+async def test_redelivered_events_and_duplicate_webhooks_make_one_receipt_and_one_charge(
+    platform: Platform, kafka_producer: AIOKafkaProducer, mongo: AsyncMongoClient[Document]
+) -> None:
+    customer, store = unique("cus_"), unique("store_")
+    async with platform.client("payments") as payments:
+        await set_card(payments, customer, "pm_card_ok")
+        booking_id = await complete_visit(
+            kafka_producer, platform, customer=customer, store=store, times=3
+        )
+        receipt = await issued(payments, booking_id, customer)
+        assert (await sign(payments, receipt, customer)).status_code == 200
+        # The same signing again is answered with the same receipt, not a second charge.
+        again = await sign(payments, receipt, customer)
+        assert again.status_code == 409 or again.json()["status"] in ("sealed", "settled")
+        settled = await receipt_status(payments, receipt["receipt_id"], customer, "settled")
+        # The sandbox sent its webhook twice; replay it once more, as a provider retry would.
+        op = (await sandbox_ops(mongo, platform, receipt["receipt_id"]))[0]
+        body = json.dumps(
+            {
+                "event_id": "evt_replay",
+                "type": "charge.succeeded",
+                "key": op["_id"],
+                "reference": op["reference"],
+                "amount": op["amount"],
+                "reason": "",
+            }
+        ).encode()
+        kept = await mongo[f"{platform.prefix}_payments"]["keys"].find_one(
+            {"_id": "provider_webhook"}
+        )
+        assert kept is not None
+        secret = bytes(kept["key"])
+        replay = await payments.post(
+            "/provider/webhook",
+            content=body,
+            headers={
+                "content-type": "application/json",
+                SIGNATURE_HEADER: sign_webhook(secret, body),
+            },
+        )
+        assert replay.status_code == 200
+        assert replay.json() == {"acted": False}
+        forged = await payments.post(
+            "/provider/webhook",
+            content=body,
+            headers={"content-type": "application/json", SIGNATURE_HEADER: "0" * 64},
+        )
+        assert forged.status_code == 401
+    db = mongo[f"{platform.prefix}_payments"]
+    assert await db["receipts"].count_documents({"booking_id": booking_id}) == 1
+    assert len(await sandbox_ops(mongo, platform, receipt["receipt_id"])) == 1
+    assert len(settled["payments"]) == 1
+    assert (
+        await db["outbox"].count_documents({"type": "payments.payment_settled", "key": booking_id})
+        == 1
+    )
+
+
+async def test_a_timed_out_charge_is_asked_again_with_its_key_and_a_silent_one_looked_up(
+    platform: Platform, kafka_producer: AIOKafkaProducer, mongo: AsyncMongoClient[Document]
+) -> None:
+    async with platform.client("payments") as payments:
+        for token in ("pm_card_timeout", "pm_card_silent"):
+            customer, store = unique("cus_"), unique("store_")
+            await set_card(payments, customer, token)
+            booking_id = await complete_visit(
+                kafka_producer, platform, customer=customer, store=store
+            )
+            receipt = await issued(payments, booking_id, customer)
+            assert (await sign(payments, receipt, customer)).status_code == 200
+            settled = await receipt_status(payments, receipt["receipt_id"], customer, "settled")
+            assert [p["amount"] for p in settled["payments"]] == [5000], token
+            ops = await sandbox_ops(mongo, platform, receipt["receipt_id"])
+            assert len(ops) == 1, token  # one charge at the provider
+            if token == "pm_card_timeout":
+                assert ops[0]["answered"] >= 2  # asked again, same key
+
+
+async def test_a_declined_card_leaves_the_receipt_to_cash_of_exactly_the_amount_due(
+    platform: Platform, kafka_producer: AIOKafkaProducer, infra: Infra
+) -> None:
+    customer, store, tech = unique("cus_"), unique("store_"), unique("tech_")
+    async with platform.client("payments") as payments:
+        await set_card(payments, customer, "pm_card_declined")
+        booking_id = await complete_visit(
+            kafka_producer, platform, customer=customer, store=store, technician=tech
+        )
+        receipt = await issued(payments, booking_id, customer)
+        cash_url = f"/receipts/{receipt['receipt_id']}/cash"
+        early = await payments.post(cash_url, json={"amount": 5000}, headers=as_technician(tech))
+        assert early.status_code == 409  # not signed yet
+        assert (await sign(payments, receipt, customer)).status_code == 200
+        failed = await keyed_events(
+            infra,
+            f"{platform.prefix}.payments.events",
+            booking_id,
+            until=lambda found: "payments.payment_failed" in {e["type"] for e in found},
+        )
+        assert failed[-1]["payload"]["reason"] == "card declined by the issuer"
+        wrong = await payments.post(cash_url, json={"amount": 4000}, headers=as_technician(tech))
+        assert wrong.status_code == 422
+        other = await payments.post(
+            cash_url, json={"amount": 5000}, headers=as_technician("tech_x")
+        )
+        assert other.status_code == 404
+        paid = await payments.post(cash_url, json={"amount": 5000}, headers=as_technician(tech))
+        assert paid.status_code == 200, paid.text
+        assert paid.json()["status"] == "settled"
+        twice = await payments.post(cash_url, json={"amount": 5000}, headers=as_technician(tech))
+        assert twice.status_code == 409
+
+
+# --------------------------------------------------------------------- refunds --
+
+
+async def test_refunds_go_back_the_way_the_money_came_once_and_never_beyond_what_was_paid(
+    platform: Platform, kafka_producer: AIOKafkaProducer, mongo: AsyncMongoClient[Document]
+) -> None:
+    customer, store = unique("cus_"), unique("store_")
+    async with platform.client("payments") as payments:
+        package = await sell_package(payments, store, customer, visits=1)
+        await set_card(payments, customer, "pm_card_ok")
+        booking_id = await complete_visit(kafka_producer, platform, customer=customer, store=store)
+        receipt = await issued(payments, booking_id, customer)  # 1 visit prepaid, 2500 charged
+        assert (await sign(payments, receipt, customer)).status_code == 200
+        await receipt_status(payments, receipt["receipt_id"], customer, "settled")
+        url = f"/receipts/{receipt['receipt_id']}/refunds"
+        key = {**OPS, "Idempotency-Key": unique("refund-")}
+        too_much = await payments.post(url, json={"amount": 5001, "reason": "late"}, headers=key)
+        assert too_much.status_code == 409, too_much.text
+        partial = await payments.post(url, json={"amount": 1000, "reason": "late"}, headers=key)
+        assert partial.status_code == 200, partial.text
+        assert [(p["to"], p["amount"]) for p in partial.json()["parts"]] == [("provider", 1000)]
+        repeat = await payments.post(url, json={"amount": 1000, "reason": "late"}, headers=key)
+        assert repeat.json()["refund_id"] == partial.json()["refund_id"]
+        by_customer = await payments.post(
+            url,
+            json={"amount": 10, "reason": "refund me"},
+            headers={**as_customer(customer), "Idempotency-Key": unique("refund-")},
+        )
+        assert by_customer.status_code == 403
+        # The complaint's remedy refunds the rest: provider first, then the package's visit.
+        complaint = unique("cmp_")
+        remedy = RefundGranted(
+            complaint_id=complaint, booking_id=booking_id, customer_id=customer, reason="redo"
+        )
+        for _ in range(2):  # redelivered: one refund
+            await publish(kafka_producer, platform.prefix, remedy)
+
+        async def refunded_in_full() -> Any:
+            r = await get_json(payments, f"/receipts/{receipt['receipt_id']}", headers=OPS)
+            return r if r and len(r["refunds"]) == 2 else None
+
+        final = await eventually(refunded_in_full, what="complaint refund")
+        rest = final["refunds"][1]
+        assert rest["refund_id"] == f"complaint:{complaint}"
+        assert [(p["to"], p["amount"]) for p in rest["parts"]] == [
+            ("provider", 1500),
+            ("holding", 2500),
+        ]
+        holdings = (
+            await payments.get(
+                "/holdings", params={"customer_id": customer}, headers=as_customer(customer)
+            )
+        ).json()
+        assert holdings[0]["holding"]["holding_id"] == package["holding_id"]
+        assert holdings[0]["spendable"] == 1  # the visit is back on the package
+        nothing_left = await payments.post(
+            url,
+            json={"amount": 1, "reason": "more"},
+            headers={**OPS, "Idempotency-Key": unique("r-")},
+        )
+        assert nothing_left.status_code == 409
+
+    async def provider_refunds_done() -> Any:
+        ops = await sandbox_ops(mongo, platform, receipt["receipt_id"])
+        refunds = [o for o in ops if o["kind"] == "refund"]
+        return (
+            refunds
+            if len(refunds) == 2 and all(o["status"] == "succeeded" for o in refunds)
+            else None
+        )
+
+    refunds = await eventually(provider_refunds_done, what="provider refunds")
+    assert sorted(o["amount"] for o in refunds) == [1000, 1500]
+    assert (
+        await mongo[f"{platform.prefix}_payments"]["outbox"].count_documents(
+            {"type": "payments.refund_issued", "key": booking_id}
+        )
+        == 2
+    )
+
+
+# ---------------------------------------------------------------------- chains --
+
+
+async def test_a_stores_chain_verifies_across_a_key_rotation_and_shows_a_removed_receipt(
+    platform: Platform, kafka_producer: AIOKafkaProducer
+) -> None:
+    store = unique("store_")
+    async with platform.client("payments") as payments:
+        for n in range(3):
+            if n == 2:
+                rotated = await payments.post("/sealing-keys/rotate", headers=OPS)
+                assert rotated.status_code == 200, rotated.text
+            customer = unique("cus_")
+            booking_id = await complete_visit(
+                kafka_producer, platform, customer=customer, store=store
+            )
+            receipt = await issued(payments, booking_id, customer)
+            assert (await sign(payments, receipt, customer)).status_code == 200
+        chain = (
+            await payments.get(f"/stores/{store}/receipt-chain", headers=as_store(store))
+        ).json()
+        other = await payments.get(f"/stores/{store}/receipt-chain", headers=as_store("store_x"))
+        assert other.status_code == 403
+        keys = (await payments.get("/sealing-keys")).json()
+    assert len(chain) == 3
+    assert len({c["seal"]["key_id"] for c in chain}) == 2  # the third was sealed by the new key
+    assert keys["current"] == chain[2]["seal"]["key_id"]
+    assert verify_chain(chain, keys["keys"]) == []
+    problems = verify_chain([chain[0], chain[2]], keys["keys"])
+    assert any("chain broken" in p for p in problems)
+
+
+# ------------------------------------------------------------------- bad input --
+
+
+async def test_bad_input_answers_a_clear_4xx_and_changes_nothing(
+    platform: Platform, kafka_producer: AIOKafkaProducer, mongo: AsyncMongoClient[Document]
+) -> None:
+    customer, store, tech = unique("cus_"), unique("store_"), unique("tech_")
+    async with platform.client("payments") as payments:
+        package = await sell_package(payments, store, customer, visits=1)
+        await set_card(payments, customer, "pm_card_ok")
+        paid_booking = await complete_visit(
+            kafka_producer, platform, customer=customer, store=store, technician=tech
+        )
+        paid = await issued(payments, paid_booking, customer)
+        assert (await sign(payments, paid, customer)).status_code == 200
+        await receipt_status(payments, paid["receipt_id"], customer, "settled")
+        open_booking = await complete_visit(
+            kafka_producer, platform, customer=customer, store=store, technician=tech
+        )
+        unsigned = await issued(payments, open_booking, customer)
+    paid_id, open_id = paid["receipt_id"], unsigned["receipt_id"]
+    sign_body = {"receipt_hash": unsigned["content_hash"], "signature": drawn_signature()}
+    refund = {**OPS, "Idempotency-Key": unique("refund-")}
+    ops_key = {**OPS, "Idempotency-Key": unique("coupon-")}
+    store_key = {**as_store(store), "Idempotency-Key": unique("sale-")}
+    plan = {
+        "store_id": store,
+        "name": "Monthly card",
+        "kind": "monthly_card",
+        "price": 8000,
+        "currency": "EUR",
+        "visits": 4,
+    }
+    cases: list[tuple[str, str, Any, dict[str, str], int, str]] = [
+        # someone else's receipt: read, sign, pay
+        ("GET", f"/receipts/{open_id}", None, as_customer("cus_other"), 403, ""),
+        ("POST", f"/receipts/{open_id}/sign", sign_body, as_customer("cus_other"), 403, ""),
+        ("POST", f"/receipts/{open_id}/sign", sign_body, as_technician(tech), 403, ""),
+        ("POST", f"/receipts/{open_id}/sign", sign_body, {}, 401, ""),
+        (
+            "POST",
+            f"/receipts/{open_id}/sign",
+            {**sign_body, "tip": 5},
+            as_customer(customer),
+            422,
+            "tip",
+        ),
+        (
+            "POST",
+            f"/receipts/{open_id}/sign",
+            {**sign_body, "receipt_hash": "not-a-hash"},
+            as_customer(customer),
+            422,
+            "receipt_hash",
+        ),
+        (
+            "POST",
+            f"/receipts/{open_id}/sign",
+            {
+                **sign_body,
+                "signature": {**sign_body["signature"], "signed_at": "2020-01-01T00:00:00Z"},
+            },
+            as_customer(customer),
+            422,
+            "signature.signed_at",
+        ),
+        (
+            "POST",
+            f"/receipts/{open_id}/pay",
+            {"payment_method": "pm_card_ok"},
+            as_customer(customer),
+            409,
+            "",
+        ),
+        # refunds: more than paid, negative, zero, not operations, on an unsigned receipt
+        (
+            "POST",
+            f"/receipts/{paid_id}/refunds",
+            {"amount": 5001, "reason": "late"},
+            refund,
+            409,
+            "amount",
+        ),
+        (
+            "POST",
+            f"/receipts/{paid_id}/refunds",
+            {"amount": -100, "reason": "late"},
+            refund,
+            422,
+            "amount",
+        ),
+        (
+            "POST",
+            f"/receipts/{paid_id}/refunds",
+            {"amount": 0, "reason": "late"},
+            refund,
+            422,
+            "amount",
+        ),
+        (
+            "POST",
+            f"/receipts/{paid_id}/refunds",
+            {"amount": 100, "reason": "late"},
+            OPS,
+            422,
+            "Idempotency-Key",
+        ),
+        (
+            "POST",
+            f"/receipts/{paid_id}/refunds",
+            {"amount": 100, "reason": "late"},
+            {**as_customer(customer), "Idempotency-Key": unique("r-")},
+            403,
+            "",
+        ),
+        (
+            "POST",
+            f"/receipts/{open_id}/refunds",
+            {"amount": 100, "reason": "late"},
+            refund,
+            409,
+            "",
+        ),
+        # cash: not against a settled receipt, not negative
+        ("POST", f"/receipts/{paid_id}/cash", {"amount": 2500}, as_technician(tech), 409, ""),
+        ("POST", f"/receipts/{open_id}/cash", {"amount": -1}, as_technician(tech), 422, "amount"),
+        # unknown currency, wrong shapes, someone else's store
+        (
+            "POST",
+            "/coupons",
+            {"customer_id": customer, "currency": "XXX", "amount": 500, "reason": "sorry"},
+            ops_key,
+            422,
+            "currency",
+        ),
+        (
+            "POST",
+            "/coupons",
+            {
+                "customer_id": customer,
+                "currency": "EUR",
+                "amount": 500,
+                "percent": 10,
+                "reason": "sorry",
+            },
+            ops_key,
+            422,
+            "body",
+        ),
+        (
+            "POST",
+            "/coupons",
+            {"customer_id": customer, "currency": "EUR", "amount": 500, "reason": "sorry"},
+            {**as_customer(customer), "Idempotency-Key": unique("c-")},
+            403,
+            "",
+        ),
+        ("PUT", "/plans/pl_bad", {**plan, "currency": "ZZZ"}, as_store(store), 422, "currency"),
+        ("PUT", "/plans/pl_bad", {**plan, "price": -1}, as_store(store), 422, "price"),
+        ("PUT", "/plans/pl_bad", {**plan, "value": 500}, as_store(store), 422, "body"),
+        ("PUT", "/plans/pl_bad", plan, as_store("store_other"), 403, ""),
+        (
+            "POST",
+            "/holdings",
+            {"plan_id": "pl_missing", "customer_id": customer},
+            store_key,
+            404,
+            "plan_id",
+        ),
+        (
+            "POST",
+            "/holdings",
+            {"plan_id": package["plan_id"], "customer_id": customer},
+            {**as_store("store_other"), "Idempotency-Key": unique("s-")},
+            403,
+            "",
+        ),
+        ("GET", f"/holdings?customer_id={customer}", None, as_customer("cus_other"), 403, ""),
+        (
+            "PUT",
+            f"/customers/{customer}/payment-method",
+            {"payment_method": "4111111111111111"},
+            as_customer(customer),
+            422,
+            "payment_method",
+        ),
+        (
+            "PUT",
+            f"/customers/{customer}/payment-method",
+            {"payment_method": "pm_card_ok"},
+            as_customer("cus_other"),
+            403,
+            "",
+        ),
+        ("POST", "/provider/webhook", {"event_id": "e", "type": "charge.succeeded"}, {}, 401, ""),
+        ("POST", "/sealing-keys/rotate", None, as_store(store), 403, ""),
+        ("GET", "/receipts/rc_missing", None, OPS, 404, ""),
+    ]
+    db = mongo[f"{platform.prefix}_payments"]
+
+    async def state() -> list[Any]:
+        """Everything these requests could touch."""
+        return [
+            await db["receipts"].find({"customer_id": customer}).sort("_id").to_list(),
+            await db["holdings"].find({"customer_id": customer}).sort("_id").to_list(),
+            await db["coupons"].find({"customer_id": customer}).to_list(),
+            await db["plans"].find({"store_id": {"$in": [store, "store_other"]}}).to_list(),
+            await db["provider_ops"].find({"customer_id": customer}).sort("_id").to_list(),
+            await db["wallets"].find({"_id": customer}).to_list(),
+            await db["outbox"].count_documents(
+                {"key": {"$in": [customer, paid_booking, open_booking]}}
+            ),
+            await db["sealing_keys"].count_documents({}),
+        ]
+
+    async with platform.client("payments") as payments:
+        for method, path, body, headers, status, field in cases:
+            before = await state()
+            r = await payments.request(method, path, json=body, headers=headers)
+            assert r.status_code == status, (method, path, r.text)
+            error = r.json()["error"]
+            assert error["code"], error
+            assert error["message"], error
+            if field:
+                assert error.get("field") == field, (path, error)
+            assert await state() == before, (method, path)
