@@ -36,6 +36,7 @@ from pydantic import Field
 from pymongo import AsyncMongoClient
 
 from bench import dispatch as dispatch_bench
+from bench import payments as payments_bench
 from bench.booking_api import booking_service, http_floor, post_bookings
 from deploy.local.servers import Servers, local_servers
 from shared.consumer import EventConsumer, Handlers, ensure_inbox_indexes
@@ -99,6 +100,7 @@ class Counts:
     searches: int = 300  # candidate searches per city size
     waiting: tuple[int, ...] = (100, 500)  # bookings matched in one batch
     matching_city: int = 2_500  # technicians (about 1,000 qualified) the batching draws from
+    seals: int = 1_000  # receipts signed and sealed, one store and then eight
 
 
 FULL = Counts(
@@ -116,6 +118,7 @@ QUICK = Counts(
     searches=50,
     waiting=(50,),
     matching_city=300,
+    seals=200,
 )
 
 
@@ -515,6 +518,48 @@ class Bench:
             for figure in (optimum, greedy, batch, elapsed):
                 self.record(figure)
 
+    # ------------------------------------------------------------- payments --
+    async def payments(self) -> None:
+        db = self.client[f"{self.settings.db_prefix}payments"]
+        f = await payments_bench.sealing(self.client, db, self.settings, self.counts.seals)
+        sign = Figure(
+            "raw.ed25519.sign_per_s", f.raw_sign_per_s, "/s", "Ed25519 signatures, one core"
+        )
+        verify = Figure("raw.ed25519.verify_us", f.raw_verify_us, "us", "one Ed25519 verification")
+        one = Figure(
+            "platform.seal_one_store_per_s",
+            f.one_store_per_s,
+            "/s",
+            "customer signs: re-read, seal, advance the store's chain, outbox (one transaction); "
+            "one store, so one at a time",
+            baseline=sign.name,
+            ratio=f.one_store_per_s / f.raw_sign_per_s,
+        )
+        many = Figure(
+            "platform.seal_8_stores_per_s",
+            f.many_stores_per_s,
+            "/s",
+            "the same, 8 stores' chains, 8 customers signing at once",
+            baseline=sign.name,
+            ratio=f.many_stores_per_s / f.raw_sign_per_s,
+        )
+        check = Figure(
+            "platform.verify_receipt_us",
+            f.verify_us,
+            "us",
+            "verify one sealed receipt: canonical bytes, hash, signature",
+            baseline=verify.name,
+            ratio=f.verify_us / f.raw_verify_us,
+        )
+        chain = Figure(
+            "platform.verify_chain_ms",
+            f.chain_verify_ms,
+            "ms",
+            f"verify a store's chain of {f.chain_length:,} receipts, every link",
+        )
+        for figure in (sign, verify, one, many, check, chain):
+            self.record(figure)
+
     # ---------------------------------------------------- the inbox consumer --
     async def platform_consumer(self) -> None:
         """The inbox consumer reading relayed events: one transaction per event."""
@@ -709,6 +754,8 @@ async def run(counts: Counts, target: Servers) -> dict[str, Any]:
         await bench.booking_api()
         print("dispatch: candidate search and batch matching")
         await bench.dispatch()
+        print("payments: sealing and verifying receipts")
+        await bench.payments()
         print("latency, one event at a time")
         await bench.raw_kafka_latency()
         await bench.platform_latency()

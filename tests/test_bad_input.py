@@ -421,8 +421,9 @@ CASES: list[tuple[str, str, str, Any, dict[str, str], int, str]] = [
     ),
     ("dispatch", "GET", "/visits/bk_missing/candidates", None, OPS, 404, ""),
     # --- payments, reviews
-    ("payments", "GET", "/receipts", None, {}, 422, "booking_id"),
-    ("payments", "GET", "/receipts/rc_missing", None, {}, 404, ""),
+    ("payments", "GET", "/receipts", None, OPS, 422, "booking_id"),
+    ("payments", "GET", "/receipts/rc_missing", None, OPS, 404, ""),
+    ("payments", "GET", "/receipts/rc_missing", None, {}, 401, ""),
     ("reviews", "GET", "/review-requests/bk_missing", None, {}, 404, ""),
     # --- gateway validates before forwarding
     ("gateway", "POST", "/v1/bookings", with_({"total": 0}), {}, 422, "total"),
