@@ -8,6 +8,8 @@ from zoneinfo import ZoneInfo
 
 import httpx
 
+from shared.events.dispatch import ServiceCompleted
+from shared.events.types import PricedLine
 from tests.harness import eventually
 
 LISBON_TZ = ZoneInfo("Europe/Lisbon")
@@ -216,3 +218,33 @@ async def get_json(
 ) -> Any:
     r = await client.get(path, params=params or None, headers=headers)
     return r.json() if r.status_code == 200 else None
+
+
+def service_completed(
+    booking_id: str,
+    customer_id: str,
+    store_id: str,
+    *,
+    technician_id: str = "tech_1",
+    lines: list[PricedLine] | None = None,
+) -> ServiceCompleted:
+    """Dispatch's fact that a visit is done, as payments and booking receive it."""
+    return ServiceCompleted(
+        booking_id=booking_id,
+        visit_id=f"vs_{booking_id}",
+        customer_id=customer_id,
+        technician_id=technician_id,
+        store_id=store_id,
+        completed_at=datetime.now(UTC),
+        lines=lines
+        or [
+            PricedLine(
+                code="clean.deep",
+                name="Deep clean",
+                skill="cleaning",
+                quantity=1,
+                unit_price=6000,
+                currency="EUR",
+            )
+        ],
+    )

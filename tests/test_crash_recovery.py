@@ -7,6 +7,7 @@ in the shared backbone; the test then restarts it and checks the outcome.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import uuid
 from datetime import UTC, datetime
 from typing import Any
@@ -17,13 +18,20 @@ from aiokafka import AIOKafkaConsumer, AIOKafkaProducer
 from aiokafka.admin import AIOKafkaAdminClient
 from pymongo import AsyncMongoClient
 
-from shared.events.dispatch import ServiceCompleted
 from shared.events.envelope import Envelope
-from shared.events.types import PricedLine
 from shared.faults import CRASH_EXIT_CODE
 from shared.mongo import Document
-from tests.harness import Infra, ServiceProcess, eventually, keyed_events, new_prefix
-from tests.seed import PORTO, booking_body, seed_customer, seed_item, seed_technician
+from tests.harness import Infra, ServiceProcess, eventually, keyed_events, new_prefix, publish
+from tests.seed import (
+    PORTO,
+    as_customer,
+    booking_body,
+    get_json,
+    seed_customer,
+    seed_item,
+    seed_technician,
+    service_completed,
+)
 
 pytestmark = pytest.mark.integration
 
@@ -106,24 +114,7 @@ async def test_consumer_killed_before_committing_offset_reprocesses_with_effect_
     payments.start(DOORSTEP_CRASH_AT="consumer.after_handle")
     topic, group = f"{prefix}.dispatch.events", f"{prefix}.payments"
     try:
-        completed = ServiceCompleted(
-            booking_id="bk_crash",
-            visit_id="vs_crash",
-            customer_id="cus_1",
-            technician_id="tech_1",
-            store_id="store_1",
-            completed_at=datetime.now(UTC),
-            lines=[
-                PricedLine(
-                    code="clean.deep",
-                    name="Deep clean",
-                    skill="cleaning",
-                    quantity=1,
-                    unit_price=6000,
-                    currency="EUR",
-                )
-            ],
-        )
+        completed = service_completed("bk_crash", "cus_1", "store_1")
         sent = await kafka_producer.send_and_wait(
             topic, Envelope.wrap(completed, producer="test").to_bytes(), key=b"bk_crash"
         )
@@ -214,3 +205,72 @@ async def test_dispatch_killed_while_firing_a_timer_offers_once_and_deadlines_su
     finally:
         dispatch.stop()
         booking.stop()
+
+
+async def test_payments_killed_after_the_provider_charged_charges_once_after_restart(
+    infra: Infra, mongo: AsyncMongoClient[Document], kafka_producer: AIOKafkaProducer
+) -> None:
+    prefix = new_prefix()
+    payments = ServiceProcess("payments", infra, prefix)
+    payments.start(DOORSTEP_CRASH_AT="payments.after_provider_call")
+    customer, booking_id = "cus_crash", f"bk_{uuid.uuid4().hex[:10]}"
+    try:
+        async with httpx.AsyncClient(base_url=payments.url, timeout=10) as api:
+            r = await api.put(
+                f"/customers/{customer}/payment-method",
+                json={"payment_method": "pm_card_ok"},
+                headers=as_customer(customer),
+            )
+            assert r.status_code == 200, r.text
+            completed = service_completed(booking_id, customer, "store_crash")
+            await publish(kafka_producer, prefix, completed)
+            receipt = await eventually(
+                lambda: get_json(
+                    api, "/receipts", headers=as_customer(customer), booking_id=booking_id
+                ),
+                what="receipt issued",
+            )
+            signing = {
+                "receipt_hash": receipt["content_hash"],
+                "signature": {
+                    "method": "drawn",
+                    "artefact": "cd" * 32,
+                    "signed_at": datetime.now(UTC).isoformat(),
+                },
+            }
+            # The charge timer fires right after the signing commits; the process may die
+            # before this answer is written.
+            with contextlib.suppress(httpx.TransportError):
+                await api.post(
+                    f"/receipts/{receipt['receipt_id']}/sign",
+                    json=signing,
+                    headers=as_customer(customer),
+                )
+        assert await asyncio.to_thread(payments.wait_exit) == CRASH_EXIT_CODE
+        sandbox = mongo[f"{prefix}_sandbox_provider"]["sandbox_operations"]
+        charged = await sandbox.find({"_id": {"$regex": receipt["receipt_id"]}}).to_list()
+        assert len(charged) == 1  # the provider has it; payments never recorded the answer
+        db = mongo[f"{prefix}_payments"]
+        op = await db["provider_ops"].find_one({"receipt_id": receipt["receipt_id"]})
+        assert op is not None
+        assert op["status"] == "pending"
+
+        payments.start(DOORSTEP_CRASH_AT="")
+
+        async def settled() -> Any:
+            doc = await db["receipts"].find_one({"_id": receipt["receipt_id"]})
+            return doc if doc and doc["status"] == "settled" else None
+
+        paid = await eventually(settled, what="receipt settled after restart")
+        assert [p["amount"] for p in paid["payments"]] == [6000]
+        after = await sandbox.find({"_id": {"$regex": receipt["receipt_id"]}}).to_list()
+        assert len(after) == 1  # asked twice with one key: one charge
+        assert after[0]["answered"] == 2
+        assert (
+            await db["outbox"].count_documents(
+                {"type": "payments.payment_settled", "key": booking_id}
+            )
+            == 1
+        )
+    finally:
+        payments.stop()

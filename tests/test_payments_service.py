@@ -20,7 +20,6 @@ from pymongo import AsyncMongoClient
 from services.payments.provider import SIGNATURE_HEADER, sign_webhook
 from services.payments.sealing import verify_chain
 from services.payments.verify import main as verify_offline
-from shared.events.dispatch import ServiceCompleted
 from shared.events.reviews import RefundGranted
 from shared.events.types import PricedLine
 from shared.mongo import Document
@@ -37,6 +36,7 @@ from tests.seed import (
     seed_customer,
     seed_item,
     seed_technician,
+    service_completed,
     walk_to_service,
 )
 
@@ -69,14 +69,8 @@ async def complete_visit(
 ) -> str:
     """Dispatch's fact, as it publishes it (`times` > 1: redelivered)."""
     booking_id = unique("bk_")
-    fact = ServiceCompleted(
-        booking_id=booking_id,
-        visit_id=f"vs_{booking_id}",
-        customer_id=customer,
-        technician_id=technician,
-        store_id=store,
-        completed_at=datetime.now(UTC),
-        lines=lines or [manicure()],
+    fact = service_completed(
+        booking_id, customer, store, technician_id=technician, lines=lines or [manicure()]
     )
     for _ in range(times):
         await publish(producer, platform.prefix, fact)
@@ -795,3 +789,55 @@ async def test_bad_input_answers_a_clear_4xx_and_changes_nothing(
             if field:
                 assert error.get("field") == field, (path, error)
             assert await state() == before, (method, path)
+
+
+# ---------------------------------------------------- coupons, and paying again --
+
+
+async def test_a_coupon_takes_off_the_next_receipt_once_and_a_declined_card_can_be_replaced(
+    platform: Platform, kafka_producer: AIOKafkaProducer
+) -> None:
+    customer, store = unique("cus_"), unique("store_")
+    async with platform.client("payments") as payments:
+        granted = await payments.post(
+            "/coupons",
+            json={"customer_id": customer, "currency": "EUR", "percent": 20, "reason": "sorry"},
+            headers={**OPS, "Idempotency-Key": unique("coupon-")},
+        )
+        assert granted.status_code == 200, granted.text
+        await set_card(payments, customer, "pm_card_declined")
+        first = await complete_visit(kafka_producer, platform, customer=customer, store=store)
+        receipt = await issued(payments, first, customer)
+        assert [(d["coupon_id"], d["amount"]) for d in receipt["discounts"]] == [
+            (granted.json()["coupon_id"], 1000)  # 20 % of 50.00
+        ]
+        assert receipt["amount_due"] == 4000
+        assert (await sign(payments, receipt, customer)).status_code == 200
+
+        async def charge_declined() -> Any:
+            ops = (
+                await payments.get(
+                    f"/receipts/{receipt['receipt_id']}/operations", headers=as_customer(customer)
+                )
+            ).json()
+            return ops if ops and ops[-1]["status"] == "declined" else None
+
+        await eventually(charge_declined, what="charge declined")
+        again = await payments.post(
+            f"/receipts/{receipt['receipt_id']}/pay",
+            json={"payment_method": "pm_card_ok"},
+            headers=as_customer(customer),
+        )
+        assert again.status_code == 200, again.text
+        settled = await receipt_status(payments, receipt["receipt_id"], customer, "settled")
+        assert [(p["method"], p["amount"]) for p in settled["payments"]] == [("provider", 4000)]
+        coupons = (
+            await payments.get(
+                "/coupons", params={"customer_id": customer}, headers=as_customer(customer)
+            )
+        ).json()
+        assert [c["used_by"] for c in coupons] == [receipt["receipt_id"]]
+        second = await complete_visit(kafka_producer, platform, customer=customer, store=store)
+        later = await issued(payments, second, customer)
+        assert later["discounts"] == []
+        assert later["amount_due"] == 5000

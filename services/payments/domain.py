@@ -70,6 +70,7 @@ class Coupon(Forbid):
     reason: str = ""
     expires_at: datetime
     used_by: str | None = None  # the receipt that spent it
+    version: int = 0
 
     def worth(self, on: int) -> int:
         value = self.amount if self.amount is not None else on * (self.percent or 0) // 100

@@ -12,6 +12,7 @@ from services.payments.storage import ProviderOps, Receipts
 from shared.consumer import Handlers
 from shared.events.dispatch import ServiceCompleted
 from shared.events.reviews import CouponRemedy, RefundGranted
+from shared.faults import crash_point
 from shared.outbox import Transaction
 from shared.time import utcnow
 from shared.timers import Timer, TimerContext, Timers, schedule
@@ -79,6 +80,9 @@ async def submit(ctx: TimerContext, timer: Timer) -> None:
 
         await ctx.uow.run(again)
         return
+    # A crash here: the provider acted, we did not record it. The timer fires again after
+    # its lease and the same idempotency key gets the same operation back.
+    crash_point("payments.after_provider_call")
     await ctx.uow.run(lambda tx: commands.record_submission(tx, op.op_id, result))
 
 

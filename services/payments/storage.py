@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import base64
 import secrets
+import time
 from datetime import datetime
 
 from pydantic import BaseModel, ConfigDict
@@ -21,7 +22,7 @@ from pymongo import ASCENDING, IndexModel
 
 from services.payments.domain import Coupon, Receipt, ReceiptStatus
 from services.payments.ledger import Holding, Plan
-from services.payments.sealing import GENESIS, SealingKey
+from services.payments.sealing import GENESIS, SealingKey, digest
 from shared.errors import Conflict, VersionMismatch
 from shared.mongo import Database, Document, Session, Versioned
 from shared.settings import Settings
@@ -60,17 +61,31 @@ class Receipts(Versioned[Receipt]):
         return self.from_doc(doc) if doc else None
 
     async def save(self, item: Receipt, session: Session = None) -> None:
-        # A sealed receipt is immutable: only its payment progress may change afterwards,
-        # and the sealed content itself is checked unchanged before every write.
-        if item.seal is not None:
-            stored = await self.get(item.receipt_id, session)
-            if (
-                stored is not None
-                and stored.seal is not None
-                and (stored.signed_document() != item.signed_document() or stored.seal != item.seal)
-            ):
-                raise Conflict(f"receipt {item.receipt_id} is sealed: it cannot change")
-        await super().save(item, session)
+        """A sealed receipt is immutable: only its payment progress may change afterwards.
+
+        Checked without a read: what is written must match its own seal's hash, and the
+        stored receipt must be unsealed or carry the very same seal.
+        """
+        if item.seal is None:
+            await super().save(item, session)
+            return
+        if digest(item.signed_document()) != item.seal.receipt_hash:
+            raise Conflict(f"receipt {item.receipt_id} is sealed: it cannot change")
+        seen = item.version
+        doc = self.to_doc(item)
+        doc["version"] = seen + 1
+        result = await self.col.replace_one(
+            {
+                "_id": item.receipt_id,
+                "version": seen,
+                "$or": [{"seal": None}, {"seal.signature": item.seal.signature}],
+            },
+            doc,
+            session=session,
+        )
+        if result.matched_count != 1:
+            raise VersionMismatch(f"{item.receipt_id} changed since it was read; read it again")
+        item.version = seen + 1
 
     async def chain(self, store_id: str, limit: int = 10_000) -> list[Receipt]:
         return await self.find(
@@ -192,6 +207,12 @@ class ProviderOps(Versioned[ProviderOp]):
         )
 
 
+# The current sealing key per database, re-read after a few seconds: another process's
+# rotation is picked up soon, and meanwhile the previous key (still published) seals.
+KEY_CACHE_S = 5.0
+_current: dict[str, tuple[SealingKey, float]] = {}
+
+
 class SealingKeys:
     """Ed25519 sealing keys by id: the current one seals, every one still verifies."""
 
@@ -210,6 +231,9 @@ class SealingKeys:
         configured = self._configured()
         if configured is not None:
             return configured
+        cached = _current.get(self._col.database.name)
+        if cached is not None and time.monotonic() - cached[1] < KEY_CACHE_S:
+            return cached[0]
         doc = await self._newest()
         if doc is None:
             # The first key has a fixed id, so processes starting together agree on it.
@@ -221,7 +245,9 @@ class SealingKeys:
             )
             doc = await self._newest()
             assert doc is not None
-        return SealingKey.from_seed(doc["_id"], bytes(doc["seed"]))
+        key = SealingKey.from_seed(doc["_id"], bytes(doc["seed"]))
+        _current[self._col.database.name] = (key, time.monotonic())
+        return key
 
     async def _newest(self) -> Document | None:
         return await self._col.find_one({"current": True}, sort=[("created_at", -1)])
@@ -244,6 +270,7 @@ class SealingKeys:
         await self._col.update_many(
             {"current": True, "_id": {"$ne": key.key_id}}, {"$set": {"current": False}}
         )
+        _current.pop(self._col.database.name, None)
         return key.key_id
 
     async def published(self) -> dict[str, str]:
