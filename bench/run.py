@@ -118,7 +118,7 @@ QUICK = Counts(
     searches=50,
     waiting=(50,),
     matching_city=300,
-    seals=200,
+    seals=100,
 )
 
 

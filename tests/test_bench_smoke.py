@@ -20,6 +20,9 @@ PAIRS = {
     "platform.candidates_1000_p99": "raw.mongo.geonear_1000_p99",
     "platform.match_50_km": "optimum.match_50_km",
     "greedy.match_50_km": "optimum.match_50_km",
+    "platform.seal_one_store_per_s": "raw.ed25519.sign_per_s",
+    "platform.seal_8_stores_per_s": "raw.ed25519.sign_per_s",
+    "platform.verify_receipt_us": "raw.ed25519.verify_us",
 }
 
 
