@@ -134,14 +134,26 @@ class EventConsumer:
             max_poll_interval_ms=300_000,
             session_timeout_ms=10_000,
             heartbeat_interval_ms=1_000,
+            # A topic created moments before the group formed may have had no leader yet,
+            # and be missing from the first assignment: look again within seconds, not the
+            # default five minutes.
+            metadata_max_age_ms=5_000,
         )
         self._consumer = consumer
         await consumer.start()
+        seen: frozenset[str] = frozenset()
         try:
             while True:
                 batches = await consumer.getmany(timeout_ms=200, max_records=200)
-                if consumer.assignment():
+                topics = frozenset(tp.topic for tp in consumer.assignment())
+                if topics != seen:
+                    seen = topics
+                    log.info("consuming %s", ", ".join(sorted(topics)) or "nothing (rebalancing)")
+                # Ready only when every subscribed topic has partitions here.
+                if topics >= set(self.topics):
                     self.assigned.set()
+                else:
+                    self.assigned.clear()
                 for tp, messages in batches.items():
                     for message in messages:
                         await self._process(message)

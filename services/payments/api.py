@@ -279,7 +279,11 @@ async def pay(
         current = await commands.load(tx, receipt_id)
         if current.status is not ReceiptStatus.SEALED:
             raise Conflict(f"the receipt is {current.status.value}: nothing to pay")
-        return await commands.start_charge(tx, current, body.payment_method)
+        op = await commands.start_charge(tx, current, body.payment_method)
+        # Touch the receipt so a technician recording cash at the same moment conflicts
+        # with this charge (one of the two gets 409), never both paid.
+        await Receipts(tx.db).save(current, tx.session)
+        return op
 
     return await runtime.uow.run(work)
 
