@@ -12,11 +12,13 @@ import contextlib
 import logging
 from collections.abc import AsyncIterator, Awaitable, Callable
 from dataclasses import dataclass, field
+from datetime import datetime
 from typing import Annotated, Any
 
 from fastapi import APIRouter, Depends, FastAPI, Request, Response
 from fastapi.responses import JSONResponse
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
+from pydantic import BaseModel, ConfigDict, Field
 from pymongo import AsyncMongoClient
 
 from shared import logs
@@ -27,6 +29,7 @@ from shared.kafka import ensure_topics, make_producer
 from shared.mongo import Database, Document, connect
 from shared.outbox import OutboxRelay, UnitOfWork, ensure_outbox_indexes
 from shared.settings import Settings
+from shared.time import advance_clock, utcnow
 from shared.timers import TimerContext, TimerLoop, Timers, ensure_timer_indexes
 
 log = logging.getLogger(__name__)
@@ -143,6 +146,28 @@ def get_runtime(request: Request) -> Runtime:
 RuntimeDep = Annotated[Runtime, Depends(get_runtime)]
 
 
+class ClockIn(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    advance_s: float = Field(ge=0, le=365 * 86400)
+
+
+class ClockOut(BaseModel):
+    offset_s: float
+    now: datetime
+
+
+# Mounted only with DOORSTEP_TEST_CLOCK=1: lets a test move this process's clock forward so
+# deadlines of hours pass in seconds. Never in production (and not in the API reference).
+testing_router = APIRouter(include_in_schema=False)
+
+
+@testing_router.post("/testing/clock")
+async def move_clock(body: ClockIn) -> ClockOut:
+    offset = advance_clock(body.advance_s)
+    return ClockOut(offset_s=offset.total_seconds(), now=utcnow())
+
+
 def create_service_app(spec: ServiceSpec, settings: Settings | None = None) -> FastAPI:
     settings = (settings or Settings()).model_copy(update={"service_name": spec.name})
     logs.configure_logging(spec.name, settings.log_level, settings.log_json)
@@ -168,6 +193,8 @@ def create_service_app(spec: ServiceSpec, settings: Settings | None = None) -> F
     install_error_handlers(app)
     install_middleware(app, spec.name)
     app.include_router(spec.router)
+    if settings.test_clock:
+        app.include_router(testing_router)
 
     @app.get("/healthz", tags=["operations"], summary="The process is alive")
     async def healthz() -> dict[str, str]:

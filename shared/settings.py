@@ -44,6 +44,9 @@ class Settings(BaseSettings):
     # service keeps a random one in its own database so restarts and replicas agree.
     visit_code_secret: SecretStr | None = Field(None, validation_alias="DISPATCH_VISIT_CODE_SECRET")
 
+    # Tests only: mount POST /testing/clock to move the process's clock forward.
+    test_clock: bool = Field(False, validation_alias="DOORSTEP_TEST_CLOCK")
+
     # Payments. The provider: "sandbox" ships; a real one plugs in behind the same interface.
     payments_provider: str = Field("sandbox", validation_alias="PAYMENTS_PROVIDER")
     # Where the provider posts its webhooks (default: this process) and the secret that signs

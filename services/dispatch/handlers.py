@@ -2,18 +2,53 @@
 
 from __future__ import annotations
 
+import logging
 from datetime import timedelta
 
 from services.dispatch import commands
-from services.dispatch.domain import Visit, VisitStatus, new_visit_id, search_deadline
-from services.dispatch.storage import Visits
+from services.dispatch.domain import (
+    TechnicianStatus,
+    Visit,
+    VisitStatus,
+    new_visit_id,
+    search_deadline,
+)
+from services.dispatch.storage import Technicians, Visits
 from shared.consumer import Handlers
 from shared.events.booking import BookingCancelled, BookingRequested, BookingRescheduled
+from shared.events.dispatch import TechnicianStatusChanged
+from shared.events.reviews import TechnicianQualityChanged, TechnicianSuspended
 from shared.outbox import Transaction
 from shared.timers import Timer, TimerContext, Timers, cancel
 
 handlers = Handlers()
 timers = Timers()
+log = logging.getLogger(__name__)
+
+
+@handlers.on(TechnicianSuspended)
+async def suspend(tx: Transaction, event: TechnicianSuspended) -> None:
+    """A complaint's remedy: no more offers to this technician (the matching query skips any
+    file that is not active)."""
+    if not await Technicians(tx.db).set_fields(
+        event.technician_id, tx.session, status=TechnicianStatus.SUSPENDED.value
+    ):
+        log.warning("suspension of unknown technician %s ignored", event.technician_id)
+        return
+    tx.emit(
+        TechnicianStatusChanged(
+            technician_id=event.technician_id,
+            status=TechnicianStatus.SUSPENDED.value,
+            reason=event.reason,
+            complaint_id=event.complaint_id,
+        )
+    )
+
+
+@handlers.on(TechnicianQualityChanged)
+async def rate(tx: Transaction, event: TechnicianQualityChanged) -> None:
+    """Reviews recomputed the technician's quality: rank by it from now on."""
+    await Technicians(tx.db).set_fields(event.technician_id, tx.session, rating=event.rating)
 
 
 @handlers.on(BookingRequested)

@@ -166,6 +166,13 @@ class Technicians:
             found.append(tech)
         return [(t, need.location.distance_m(t.location)) for t in found]
 
+    async def set_fields(self, technician_id: str, session: Session, **fields: object) -> bool:
+        """Change the file's status or rating (from reviews); False if the file is unknown."""
+        result = await self._col.update_one(
+            {"_id": technician_id}, {"$set": fields}, session=session
+        )
+        return result.matched_count == 1
+
     async def reserve(self, technician_id: str, seen_version: int, session: Session) -> bool:
         """Claim the technician's calendar as read at `seen_version` (compare and set)."""
         result = await self._col.update_one(

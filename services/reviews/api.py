@@ -1,26 +1,392 @@
-"""Reviews' HTTP API: review requests."""
+"""Reviews' HTTP API: reviews, technician quality, complaints.
+
+Who may do what: a customer reviews and complains about their own bookings and
+answers their own complaints; operations open complaints for a caller, work
+them and may close them; a store reads its own technicians' complaints.
+"""
 
 from __future__ import annotations
 
 from typing import Annotated
 
-from fastapi import APIRouter, Path
+from fastapi import APIRouter, Query
+from pydantic import Field, model_validator
 
-from services.reviews.domain import ReviewRequest
-from services.reviews.storage import ReviewRequests
-from shared.errors import NotFound
+from services.reviews import commands
+from services.reviews.domain import (
+    Category,
+    Channel,
+    Complaint,
+    ComplaintStatus,
+    RemedyIn,
+    RemedyKind,
+    Review,
+    ReviewRequest,
+    ReviewRequestStatus,
+    Severity,
+    Tier,
+    bayesian_rating,
+    open_complaint,
+    sla,
+)
+from services.reviews.storage import BookingFacts, Bookings, Complaints, ReviewRequests, Reviews
+from shared.auth import Actor, ActorDep, Role
+from shared.errors import Conflict, Forbidden, NotFound, Unprocessable
+from shared.events.reviews import ReviewSubmitted
+from shared.outbox import Transaction
+from shared.schema import Forbid, PathId
 from shared.service import RuntimeDep
+from shared.time import utcnow
 
 router = APIRouter()
+
+Text = Annotated[str, Field(min_length=1, max_length=2000)]
+Tag = Annotated[str, Field(min_length=1, max_length=40, pattern=r"^[a-z0-9_-]+$")]
 
 
 @router.get(
     "/review-requests/{booking_id}", tags=["reviews"], summary="The review invitation of a booking"
 )
-async def get_review_request(
-    booking_id: Annotated[str, Path(min_length=1, max_length=64)], runtime: RuntimeDep
-) -> ReviewRequest:
+async def get_review_request(booking_id: PathId, runtime: RuntimeDep) -> ReviewRequest:
     request = await ReviewRequests(runtime.db).get(booking_id)
     if request is None:
         raise NotFound(f"no review request for booking {booking_id} yet")
     return request
+
+
+# -------------------------------------------------------------------- reviews --
+
+
+class ReviewIn(Forbid):
+    booking_id: str = Field(min_length=1, max_length=64)
+    rating: int = Field(ge=1, le=5)
+    tags: list[Tag] = Field(default_factory=list, max_length=10)
+    text: str = Field(default="", max_length=2000)
+
+
+class ReviewEdit(Forbid):
+    rating: int | None = Field(default=None, ge=1, le=5)
+    tags: list[Tag] | None = Field(default=None, max_length=10)
+    text: str | None = Field(default=None, max_length=2000)
+
+
+async def _booking_of_customer(runtime: RuntimeDep, actor: Actor, booking_id: str) -> BookingFacts:
+    booking = await Bookings(runtime.db).get(booking_id)
+    if booking is None or booking.customer_id is None:
+        raise NotFound(f"booking {booking_id} is not known here", field="booking_id")
+    if not (actor.is_ops or (actor.role is Role.CUSTOMER and actor.subject == booking.customer_id)):
+        raise Forbidden("only the booking's customer")
+    return booking
+
+
+@router.post("/reviews", tags=["reviews"], status_code=201, summary="Rate a completed visit")
+async def post_review(body: ReviewIn, runtime: RuntimeDep, actor: ActorDep) -> Review:
+    actor.require(Role.CUSTOMER)
+    booking = await _booking_of_customer(runtime, actor, body.booking_id)
+    if booking.completed_at is None or booking.technician_id is None:
+        raise Conflict("a visit is reviewed after it is completed", field="booking_id")
+    technician_id = booking.technician_id
+
+    async def work(tx: Transaction) -> Review:
+        reviews = Reviews(tx.db)
+        if await reviews.get(body.booking_id, tx.session) is not None:
+            raise Conflict("this visit is reviewed already; change the review instead")
+        now = utcnow()
+        review = Review(
+            booking_id=body.booking_id,
+            customer_id=actor.subject,
+            technician_id=technician_id,
+            store_id=booking.store_id,
+            rating=body.rating,
+            tags=body.tags,
+            text=body.text,
+            created_at=now,
+            updated_at=now,
+        )
+        await reviews.insert(review, tx.session)
+        request = await ReviewRequests(tx.db).get(body.booking_id, tx.session)
+        if request is not None:
+            request.status = ReviewRequestStatus.REVIEWED
+            await ReviewRequests(tx.db).save(request, tx.session)
+        _submitted(tx, review, edited=False)
+        await commands.publish_quality(tx, technician_id)
+        return review
+
+    return await runtime.uow.run(work)
+
+
+def _submitted(tx: Transaction, review: Review, *, edited: bool) -> None:
+    tx.emit(
+        ReviewSubmitted(
+            booking_id=review.booking_id,
+            customer_id=review.customer_id,
+            technician_id=review.technician_id,
+            rating=review.rating,
+            tags=review.tags,
+            edited=edited,
+        )
+    )
+
+
+@router.put("/reviews/{booking_id}", tags=["reviews"], summary="Correct a review within a day")
+async def edit_review(
+    booking_id: PathId, body: ReviewEdit, runtime: RuntimeDep, actor: ActorDep
+) -> Review:
+    actor.require(Role.CUSTOMER)
+
+    async def work(tx: Transaction) -> Review:
+        review = await Reviews(tx.db).get(booking_id, tx.session)
+        if review is None:
+            raise NotFound(f"no review of booking {booking_id}")
+        review.edit(actor.subject, utcnow(), **body.model_dump(exclude_none=True))
+        await Reviews(tx.db).save(review, tx.session)
+        _submitted(tx, review, edited=True)
+        await commands.publish_quality(tx, review.technician_id)
+        return review
+
+    return await runtime.uow.run(work)
+
+
+@router.get("/reviews/{booking_id}", tags=["reviews"], summary="The review of a booking")
+async def get_review(booking_id: PathId, runtime: RuntimeDep, actor: ActorDep) -> Review:
+    review = await Reviews(runtime.db).get(booking_id)
+    if review is None:
+        raise NotFound(f"no review of booking {booking_id}")
+    allowed = (
+        actor.is_ops
+        or actor.subject in (review.customer_id, review.technician_id)
+        or (actor.role is Role.STORE and actor.store_id == review.store_id)
+    )
+    if not allowed:
+        raise Forbidden("this review is not yours to read")
+    return review
+
+
+class Quality(Forbid):
+    technician_id: str
+    rating: float
+    reviews: int
+    complaints: int
+
+
+@router.get(
+    "/technicians/{technician_id}/quality",
+    tags=["reviews"],
+    summary="A technician's Bayesian rating and complaint count",
+)
+async def quality(technician_id: PathId, runtime: RuntimeDep, actor: ActorDep) -> Quality:
+    ratings = await Reviews(runtime.db).ratings_of(technician_id)
+    complaints = await Complaints(runtime.db).count_against(technician_id)
+    return Quality(
+        technician_id=technician_id,
+        rating=bayesian_rating(ratings),
+        reviews=len(ratings),
+        complaints=complaints,
+    )
+
+
+# ----------------------------------------------------------------- complaints --
+
+
+class ComplaintIn(Forbid):
+    booking_id: str = Field(min_length=1, max_length=64)
+    category: Category
+    severity: Severity = Severity.MEDIUM
+    description: Text
+
+
+@router.post(
+    "/complaints",
+    tags=["complaints"],
+    status_code=201,
+    summary="A customer complains (app), or operations for them (phone)",
+)
+async def open_one(body: ComplaintIn, runtime: RuntimeDep, actor: ActorDep) -> Complaint:
+    actor.require(Role.CUSTOMER, Role.OPS)
+    booking = await _booking_of_customer(runtime, actor, body.booking_id)
+    assert booking.customer_id is not None
+    complaint = open_complaint(
+        booking_id=body.booking_id,
+        customer_id=booking.customer_id,
+        technician_id=booking.technician_id,
+        store_id=booking.store_id,
+        category=body.category,
+        severity=body.severity,
+        description=body.description,
+        channel=Channel.PHONE if actor.is_ops else Channel.APP,
+        by=f"{actor.role.value}:{actor.subject}",
+        at=utcnow(),
+    )
+    return await runtime.uow.run(lambda tx: commands.opened(tx, complaint))
+
+
+def may_read(actor: Actor, complaint: Complaint) -> bool:
+    return (
+        actor.is_ops
+        or (actor.role is Role.CUSTOMER and actor.subject == complaint.customer_id)
+        or (actor.role is Role.STORE and actor.store_id == complaint.store_id)
+    )
+
+
+@router.get(
+    "/complaints/{complaint_id}", tags=["complaints"], summary="A complaint and its timeline"
+)
+async def get_one(complaint_id: PathId, runtime: RuntimeDep, actor: ActorDep) -> Complaint:
+    complaint = await Complaints(runtime.db).get(complaint_id)
+    if complaint is None:
+        raise NotFound(f"complaint {complaint_id} does not exist")
+    if not may_read(actor, complaint):
+        raise Forbidden("this complaint is not yours to read")
+    return complaint
+
+
+@router.get("/complaints", tags=["complaints"], summary="Complaints to work (operations)")
+async def list_complaints(
+    runtime: RuntimeDep,
+    actor: ActorDep,
+    *,
+    status: ComplaintStatus | None = None,
+    tier: Tier | None = None,
+    booking_id: Annotated[str | None, Query(max_length=64)] = None,
+    limit: Annotated[int, Query(ge=1, le=500)] = 100,
+) -> list[Complaint]:
+    query: dict[str, object] = {}
+    if actor.role is Role.STORE:
+        query["store_id"] = actor.store_id
+    elif actor.role is Role.CUSTOMER:
+        query["customer_id"] = actor.subject
+    elif not actor.is_ops:
+        raise Forbidden("complaints are read by customers, their stores and operations")
+    if status:
+        query["status"] = status.value
+    if tier:
+        query["tier"] = tier.value
+    if booking_id:
+        query["booking_id"] = booking_id
+    return await Complaints(runtime.db).find(query, sort=[("opened_at", -1)], limit=limit)
+
+
+class TextIn(Forbid):
+    text: Text
+
+
+class AssignIn(Forbid):
+    owner: str = Field(min_length=1, max_length=64)
+
+
+class ResolutionIn(Forbid):
+    text: Text
+    remedies: list[RemedyIn] = Field(min_length=1, max_length=6)
+
+    @model_validator(mode="after")
+    def remedies_are_complete(self) -> ResolutionIn:
+        for r in self.remedies:
+            if r.kind is RemedyKind.COUPON and (r.amount is None) == (r.percent is None):
+                raise ValueError("a coupon is either an amount or a percent")
+            if r.kind is RemedyKind.COUPON and r.currency is None:
+                raise ValueError("a coupon names its currency")
+            if r.kind is RemedyKind.REFUND and r.amount == 0:
+                raise ValueError("a refund is a positive amount, or none for everything paid")
+        return self
+
+
+class RejectIn(Forbid):
+    reason: Text
+
+
+async def _work(
+    runtime: RuntimeDep, complaint_id: str, change: commands.ComplaintChange
+) -> Complaint:
+    return await runtime.uow.run(lambda tx: commands.change(tx, complaint_id, change))
+
+
+@router.post("/complaints/{complaint_id}/respond", tags=["complaints"], summary="First response")
+async def respond(
+    complaint_id: PathId, body: TextIn, runtime: RuntimeDep, actor: ActorDep
+) -> Complaint:
+    actor.require(Role.OPS)
+
+    async def change(tx: Transaction, c: Complaint) -> None:
+        c.respond(f"ops:{actor.subject}", body.text, utcnow())
+
+    return await _work(runtime, complaint_id, change)
+
+
+@router.post("/complaints/{complaint_id}/assign", tags=["complaints"], summary="Give it an owner")
+async def assign(
+    complaint_id: PathId, body: AssignIn, runtime: RuntimeDep, actor: ActorDep
+) -> Complaint:
+    actor.require(Role.OPS)
+
+    async def change(tx: Transaction, c: Complaint) -> None:
+        c.assign(f"ops:{actor.subject}", body.owner, utcnow())
+
+    return await _work(runtime, complaint_id, change)
+
+
+@router.post("/complaints/{complaint_id}/notes", tags=["complaints"], summary="An internal note")
+async def note(
+    complaint_id: PathId, body: TextIn, runtime: RuntimeDep, actor: ActorDep
+) -> Complaint:
+    actor.require(Role.OPS)
+
+    async def change(tx: Transaction, c: Complaint) -> None:
+        c.note(f"ops:{actor.subject}", body.text, utcnow())
+
+    return await _work(runtime, complaint_id, change)
+
+
+@router.post(
+    "/complaints/{complaint_id}/resolution",
+    tags=["complaints"],
+    summary="Propose a resolution; its remedies go to the services that carry them out",
+)
+async def resolve(
+    complaint_id: PathId, body: ResolutionIn, runtime: RuntimeDep, actor: ActorDep
+) -> Complaint:
+    actor.require(Role.OPS)
+
+    async def change(tx: Transaction, c: Complaint) -> None:
+        if any(r.kind is RemedyKind.SUSPENSION for r in body.remedies) and not c.technician_id:
+            raise Unprocessable("no technician to suspend on this booking", field="remedies")
+        decided = c.propose(f"ops:{actor.subject}", body.text, body.remedies, utcnow())
+        commands.proposed(tx, c, decided)
+
+    return await _work(runtime, complaint_id, change)
+
+
+def _customer_or_ops(actor: Actor, complaint: Complaint) -> str:
+    if actor.is_ops:
+        return f"ops:{actor.subject}"
+    if actor.role is Role.CUSTOMER and actor.subject == complaint.customer_id:
+        return f"customer:{actor.subject}"
+    raise Forbidden("only the complaint's customer or operations may answer the resolution")
+
+
+@router.post(
+    "/complaints/{complaint_id}/accept",
+    tags=["complaints"],
+    summary="The customer (or operations for them) accepts the resolution: closed",
+)
+async def accept(complaint_id: PathId, runtime: RuntimeDep, actor: ActorDep) -> Complaint:
+    async def change(tx: Transaction, c: Complaint) -> None:
+        c.accept(_customer_or_ops(actor, c), utcnow())
+        commands.closed(tx, c)
+
+    return await _work(runtime, complaint_id, change)
+
+
+@router.post(
+    "/complaints/{complaint_id}/reject",
+    tags=["complaints"],
+    summary="The customer rejects the resolution: reopened a tier up",
+)
+async def reject(
+    complaint_id: PathId, body: RejectIn, runtime: RuntimeDep, actor: ActorDep
+) -> Complaint:
+    async def change(tx: Transaction, c: Complaint) -> None:
+        before = c.tier
+        c.reject(_customer_or_ops(actor, c), body.reason, utcnow(), sla(c.category, c.severity))
+        commands.escalated(tx, c, "the customer rejected the resolution", before.value)
+
+    return await _work(runtime, complaint_id, change)

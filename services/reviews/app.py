@@ -14,6 +14,7 @@ SPEC = ServiceSpec(
     description="Ratings, complaints with deadlines and escalation, technician quality.",
     router=api.router,
     handlers=handlers.handlers,
+    timers=handlers.timers,
     ensure_indexes=storage.ensure_indexes,
     publishes=("reviews",),
 )

@@ -1,24 +1,357 @@
-"""Review rules, free of I/O."""
+"""Reviews and complaints, free of I/O.
+
+The rule of this service: no complaint is ever lost or left without an owner.
+A complaint always has a tier (agent, supervisor, manager) that owns it, and
+while it is open, a deadline that escalates it when missed.
+"""
 
 from __future__ import annotations
 
-from datetime import datetime
+import uuid
+from datetime import datetime, timedelta
 from enum import StrEnum
 
-from pydantic import BaseModel, ConfigDict
+from pydantic import Field
+
+from shared.errors import Conflict, Forbidden, Unprocessable
+from shared.events.types import Currency, MinorUnits
+from shared.schema import Forbid
+
+REVIEW_EDIT_WINDOW = timedelta(hours=24)  # a review may be corrected for a day
+QUIET_PERIOD = timedelta(days=7)  # a proposed resolution nobody answers closes after this
+
+# Technician quality: a Bayesian average pulls a few reviews towards the platform's prior,
+# so one early 1-star (or 5-star) does not decide a technician's ranking.
+PRIOR_MEAN = 4.0
+PRIOR_WEIGHT = 5  # the prior counts as this many reviews
 
 
 class ReviewRequestStatus(StrEnum):
     OPEN = "open"  # the customer may rate the visit
+    REVIEWED = "reviewed"
 
 
-class ReviewRequest(BaseModel):
+class ReviewRequest(Forbid):
     """An invitation to rate a completed visit; one per booking."""
-
-    model_config = ConfigDict(extra="forbid")
 
     booking_id: str
     customer_id: str
     technician_id: str
     status: ReviewRequestStatus = ReviewRequestStatus.OPEN
     opened_at: datetime
+    version: int = 0
+
+
+class Review(Forbid):
+    booking_id: str
+    customer_id: str
+    technician_id: str
+    store_id: str | None = None
+    rating: int = Field(ge=1, le=5)
+    tags: list[str] = Field(default_factory=list, max_length=10)
+    text: str = Field(default="", max_length=2000)
+    created_at: datetime
+    updated_at: datetime
+    version: int = 0
+
+    def edit(self, customer_id: str, at: datetime, **changes: object) -> None:
+        if customer_id != self.customer_id:
+            raise Forbidden("only the customer who wrote a review may change it")
+        if at - self.created_at > REVIEW_EDIT_WINDOW:
+            raise Conflict("a review can be changed only within a day of writing it")
+        for name, value in changes.items():
+            setattr(self, name, value)
+        self.updated_at = at
+
+
+def bayesian_rating(ratings: list[int]) -> float:
+    return round((PRIOR_MEAN * PRIOR_WEIGHT + sum(ratings)) / (PRIOR_WEIGHT + len(ratings)), 3)
+
+
+# ------------------------------------------------------------------ complaints --
+
+
+class Category(StrEnum):
+    SAFETY = "safety"
+    OVERCHARGE = "overcharge"
+    CONDUCT = "conduct"
+    QUALITY = "quality"
+    LATE_OR_MISSED = "late_or_missed"
+    PRIVACY = "privacy"
+    OTHER = "other"
+
+
+class Severity(StrEnum):
+    LOW = "low"
+    MEDIUM = "medium"
+    HIGH = "high"
+    CRITICAL = "critical"
+
+
+class Tier(StrEnum):
+    AGENT = "agent"
+    SUPERVISOR = "supervisor"
+    MANAGER = "manager"
+
+    def above(self) -> Tier:
+        order = list(Tier)
+        return order[min(order.index(self) + 1, len(order) - 1)]
+
+
+class Channel(StrEnum):
+    APP = "app"
+    PHONE = "phone"  # operations open it on the customer's behalf
+    SAFETY_ALERT = "safety_alert"  # opened by the platform itself
+
+
+class Sla(Forbid):
+    first_response: timedelta
+    resolution: timedelta
+
+
+# First response and resolution by severity; safety and privacy are held to the tightest.
+_BY_SEVERITY = {
+    Severity.CRITICAL: Sla(first_response=timedelta(minutes=30), resolution=timedelta(hours=8)),
+    Severity.HIGH: Sla(first_response=timedelta(hours=2), resolution=timedelta(hours=24)),
+    Severity.MEDIUM: Sla(first_response=timedelta(hours=8), resolution=timedelta(days=3)),
+    Severity.LOW: Sla(first_response=timedelta(hours=24), resolution=timedelta(days=7)),
+}
+_SAFETY = {
+    Severity.CRITICAL: Sla(first_response=timedelta(minutes=15), resolution=timedelta(hours=4)),
+    Severity.HIGH: Sla(first_response=timedelta(minutes=30), resolution=timedelta(hours=8)),
+}
+
+
+def sla(category: Category, severity: Severity) -> Sla:
+    """The deadlines for a complaint: safety tightest, then privacy, then the rest."""
+    if category is Category.SAFETY:
+        return _SAFETY.get(severity, _SAFETY[Severity.HIGH])
+    if category is Category.PRIVACY and severity in (Severity.LOW, Severity.MEDIUM):
+        return _BY_SEVERITY[Severity.HIGH]
+    return _BY_SEVERITY[severity]
+
+
+class ComplaintStatus(StrEnum):
+    OPEN = "open"  # waiting for the first response
+    IN_PROGRESS = "in_progress"  # answered, being worked on
+    RESOLUTION_PROPOSED = "resolution_proposed"  # waiting for the customer's answer
+    CLOSED = "closed"
+
+
+class RemedyKind(StrEnum):
+    APOLOGY = "apology"
+    REDO_VISIT = "redo_visit"  # booking makes a priority booking
+    REFUND = "refund"  # payments refunds (amount, or everything paid)
+    COUPON = "coupon"  # payments grants a coupon
+    COACHING = "coaching"
+    SUSPENSION = "suspension"  # dispatch stops offering the technician work
+
+    @property
+    def acted_on_elsewhere(self) -> bool:
+        return self in (
+            RemedyKind.REDO_VISIT,
+            RemedyKind.REFUND,
+            RemedyKind.COUPON,
+            RemedyKind.SUSPENSION,
+        )
+
+
+class RemedyIn(Forbid):
+    kind: RemedyKind
+    amount: MinorUnits | None = Field(default=None, description="Refund or coupon amount")
+    percent: int | None = Field(default=None, ge=1, le=100, description="Coupon percent")
+    currency: Currency | None = None
+    note: str = Field(default="", max_length=500)
+
+
+class Remedy(RemedyIn):
+    remedy_id: str
+    decided_at: datetime
+    took_effect_at: datetime | None = None
+
+
+class Breach(Forbid):
+    deadline: str  # first_response, resolution
+    tier: Tier
+    at: datetime
+
+
+class Step(Forbid):
+    at: datetime
+    by: str
+    what: str
+    detail: str = ""
+
+
+class Complaint(Forbid):
+    complaint_id: str
+    booking_id: str
+    customer_id: str
+    technician_id: str | None = None
+    store_id: str | None = None
+    category: Category
+    severity: Severity
+    description: str
+    channel: Channel
+    status: ComplaintStatus = ComplaintStatus.OPEN
+    tier: Tier = Tier.AGENT
+    owner: str | None = None  # a staff member; None: the tier's queue owns it
+    opened_at: datetime
+    first_response_due: datetime
+    resolution_due: datetime
+    first_response_at: datetime | None = None
+    resolution: str | None = None
+    resolution_proposed_at: datetime | None = None
+    quiet_until: datetime | None = None
+    closed_at: datetime | None = None
+    closed_by: str | None = None
+    remedies: list[Remedy] = Field(default_factory=list)
+    breaches: list[Breach] = Field(default_factory=list)
+    timeline: list[Step] = Field(default_factory=list)
+    version: int = 0
+
+    @property
+    def next_deadline(self) -> tuple[str, datetime] | None:
+        """The deadline that escalates this complaint next, if it is still open."""
+        if self.status is ComplaintStatus.CLOSED:
+            return None
+        if self.status is ComplaintStatus.RESOLUTION_PROPOSED:
+            return None  # the customer's turn; the quiet period runs instead
+        if self.first_response_at is None:
+            return "first_response", self.first_response_due
+        return "resolution", self.resolution_due
+
+    def _log(self, at: datetime, by: str, what: str, detail: str = "") -> None:
+        self.timeline.append(Step(at=at, by=by, what=what, detail=detail))
+
+    def _open(self) -> None:
+        if self.status is ComplaintStatus.CLOSED:
+            raise Conflict(f"complaint {self.complaint_id} is closed")
+
+    def respond(self, by: str, text: str, at: datetime) -> None:
+        self._open()
+        if self.first_response_at is None:
+            self.first_response_at = at
+            if self.status is ComplaintStatus.OPEN:
+                self.status = ComplaintStatus.IN_PROGRESS
+        self._log(at, by, "responded", text)
+
+    def assign(self, by: str, owner: str, at: datetime) -> None:
+        self._open()
+        self.owner = owner
+        self._log(at, by, "assigned", owner)
+
+    def note(self, by: str, text: str, at: datetime) -> None:
+        self._log(at, by, "note", text)
+
+    def propose(self, by: str, text: str, remedies: list[RemedyIn], at: datetime) -> list[Remedy]:
+        """Operations propose how to put it right; the remedies are decided now (be generous:
+        a refund or a redo goes out at once, it does not wait for the customer's answer)."""
+        self._open()
+        if not remedies:
+            raise Unprocessable("a resolution names at least one remedy", field="remedies")
+        if self.first_response_at is None:
+            self.respond(by, text, at)
+        decided = [
+            Remedy(**r.model_dump(), remedy_id=f"rm_{uuid.uuid4().hex[:12]}", decided_at=at)
+            for r in remedies
+        ]
+        for remedy in decided:
+            if not remedy.kind.acted_on_elsewhere:
+                remedy.took_effect_at = at  # an apology or coaching is done by saying it
+        self.remedies += decided
+        self.resolution = text
+        self.resolution_proposed_at = at
+        self.quiet_until = at + QUIET_PERIOD
+        self.status = ComplaintStatus.RESOLUTION_PROPOSED
+        self._log(at, by, "resolution proposed", ", ".join(r.kind.value for r in decided))
+        return decided
+
+    def accept(self, by: str, at: datetime) -> None:
+        if self.status is not ComplaintStatus.RESOLUTION_PROPOSED:
+            raise Conflict("there is no proposed resolution to accept")
+        self._close(by, at, "accepted by the customer")
+
+    def reject(self, by: str, reason: str, at: datetime, policy: Sla) -> None:
+        """The customer is not satisfied: the complaint goes up a tier with fresh deadlines."""
+        if self.status is not ComplaintStatus.RESOLUTION_PROPOSED:
+            raise Conflict("there is no proposed resolution to reject")
+        self.status = ComplaintStatus.IN_PROGRESS
+        self.quiet_until = None
+        self.tier, self.owner = self.tier.above(), None
+        self.resolution_due = at + policy.resolution
+        self._log(at, by, "rejected; reopened", f"{reason} (now {self.tier.value})")
+
+    def close_quietly(self, at: datetime) -> bool:
+        if (
+            self.status is not ComplaintStatus.RESOLUTION_PROPOSED
+            or self.quiet_until is None
+            or at < self.quiet_until
+        ):
+            return False
+        self._close("platform", at, "no answer within the quiet period")
+        return True
+
+    def _close(self, by: str, at: datetime, why: str) -> None:
+        self.status, self.closed_at, self.closed_by = ComplaintStatus.CLOSED, at, by
+        self.owner = None
+        self._log(at, by, "closed", why)
+
+    def escalate_if_due(self, at: datetime, policy: Sla) -> Breach | None:
+        """A missed deadline: record the breach, move up a tier, re-arm the clock there."""
+        due = self.next_deadline
+        if due is None or at < due[1]:
+            return None
+        kind, _ = due
+        breach = Breach(deadline=kind, tier=self.tier, at=at)
+        self.breaches.append(breach)
+        self.tier, self.owner = self.tier.above(), None
+        if kind == "first_response":
+            self.first_response_due = at + policy.first_response
+        else:
+            self.resolution_due = at + policy.resolution
+        self._log(at, "platform", f"{kind} deadline missed; escalated", self.tier.value)
+        return breach
+
+    def took_effect(self, kind: RemedyKind, at: datetime) -> bool:
+        for remedy in self.remedies:
+            if remedy.kind is kind and remedy.took_effect_at is None:
+                remedy.took_effect_at = at
+                self._log(at, "platform", f"{kind.value} took effect")
+                return True
+        return False
+
+
+def open_complaint(
+    *,
+    booking_id: str,
+    customer_id: str,
+    technician_id: str | None,
+    store_id: str | None,
+    category: Category,
+    severity: Severity,
+    description: str,
+    channel: Channel,
+    by: str,
+    at: datetime,
+    complaint_id: str | None = None,
+) -> Complaint:
+    policy = sla(category, severity)
+    complaint = Complaint(
+        complaint_id=complaint_id or f"cmp_{uuid.uuid4().hex[:16]}",
+        booking_id=booking_id,
+        customer_id=customer_id,
+        technician_id=technician_id,
+        store_id=store_id,
+        category=category,
+        severity=severity,
+        description=description,
+        channel=channel,
+        opened_at=at,
+        first_response_due=at + policy.first_response,
+        resolution_due=at + policy.resolution,
+    )
+    complaint.timeline.append(
+        Step(at=at, by=by, what="opened", detail=f"{category.value}, {severity.value}")
+    )
+    return complaint

@@ -1,20 +1,69 @@
-"""How reviews reacts to other services' events."""
+"""How reviews reacts to other services' events, and to its complaint clocks."""
 
 from __future__ import annotations
 
-from services.reviews.domain import ReviewRequest
-from services.reviews.storage import ReviewRequests
+import hashlib
+
+from services.reviews import commands
+from services.reviews.domain import (
+    Category,
+    Channel,
+    RemedyKind,
+    ReviewRequest,
+    Severity,
+    open_complaint,
+)
+from services.reviews.storage import Bookings, ReviewRequests
 from shared.consumer import Handlers
-from shared.events.dispatch import ServiceCompleted
+from shared.events.booking import BookingRequested
+from shared.events.dispatch import (
+    SafetyAlert,
+    ServiceCompleted,
+    TechnicianAssigned,
+    TechnicianReassigned,
+    TechnicianStatusChanged,
+)
+from shared.events.payments import CouponGranted, RefundIssued
 from shared.events.reviews import ReviewRequested
 from shared.outbox import Transaction
 from shared.time import utcnow
+from shared.timers import Timer, TimerContext, Timers
 
 handlers = Handlers()
+timers = Timers()
+
+COMPLAINT_REFUND = "complaint:"  # payments' refund id for a complaint's refund
+COMPLAINT_COUPON = "cp_"  # payments' coupon id for a complaint's coupon
+
+
+# ------------------------------------------------- what reviews knows of bookings --
+
+
+@handlers.on(BookingRequested)
+async def booking_requested(tx: Transaction, event: BookingRequested) -> None:
+    await Bookings(tx.db).learn(event.booking_id, tx.session, customer_id=event.customer_id)
+
+
+@handlers.on(TechnicianAssigned)
+async def technician_assigned(tx: Transaction, event: TechnicianAssigned) -> None:
+    await Bookings(tx.db).learn(event.booking_id, tx.session, technician_id=event.technician_id)
+
+
+@handlers.on(TechnicianReassigned)
+async def technician_reassigned(tx: Transaction, event: TechnicianReassigned) -> None:
+    await Bookings(tx.db).learn(event.booking_id, tx.session, technician_id=event.technician_id)
 
 
 @handlers.on(ServiceCompleted)
 async def invite_review(tx: Transaction, event: ServiceCompleted) -> None:
+    await Bookings(tx.db).learn(
+        event.booking_id,
+        tx.session,
+        customer_id=event.customer_id,
+        technician_id=event.technician_id,
+        store_id=event.store_id,
+        completed_at=event.completed_at,
+    )
     requests = ReviewRequests(tx.db)
     if await requests.get(event.booking_id, tx.session):
         return
@@ -34,3 +83,65 @@ async def invite_review(tx: Transaction, event: ServiceCompleted) -> None:
             technician_id=event.technician_id,
         )
     )
+
+
+# -------------------------------------------------------------- safety alerts --
+
+
+@handlers.on(SafetyAlert)
+async def safety_alert(tx: Transaction, event: SafetyAlert) -> None:
+    """Every safety alert is a safety complaint, at once: nobody has to remember to file it."""
+    booking = await Bookings(tx.db).get(event.booking_id, tx.session)
+    alert_key = f"{event.booking_id}|{event.kind}|{event.at.isoformat()}"
+    await commands.opened(
+        tx,
+        open_complaint(
+            complaint_id=f"cmp_sa_{hashlib.sha256(alert_key.encode()).hexdigest()[:16]}",
+            booking_id=event.booking_id,
+            customer_id=event.customer_id,
+            technician_id=event.technician_id,
+            store_id=booking.store_id if booking else None,
+            category=Category.SAFETY,
+            severity=Severity.CRITICAL if event.severity == "critical" else Severity.HIGH,
+            description=f"safety alert ({event.kind.replace('_', ' ')}): {event.detail}",
+            channel=Channel.SAFETY_ALERT,
+            by="platform",
+            at=utcnow(),
+        ),
+    )
+
+
+# --------------------------------------------- remedies taking effect elsewhere --
+
+
+@handlers.on(RefundIssued)
+async def refund_issued(tx: Transaction, event: RefundIssued) -> None:
+    if event.refund_id.startswith(COMPLAINT_REFUND):
+        complaint_id = event.refund_id.removeprefix(COMPLAINT_REFUND)
+        await commands.remedy_took_effect(tx, complaint_id, RemedyKind.REFUND)
+
+
+@handlers.on(CouponGranted)
+async def coupon_granted(tx: Transaction, event: CouponGranted) -> None:
+    if event.coupon_id.startswith(COMPLAINT_COUPON + "cmp_"):
+        complaint_id = event.coupon_id.removeprefix(COMPLAINT_COUPON)
+        await commands.remedy_took_effect(tx, complaint_id, RemedyKind.COUPON)
+
+
+@handlers.on(TechnicianStatusChanged)
+async def technician_status(tx: Transaction, event: TechnicianStatusChanged) -> None:
+    if event.status == "suspended" and event.complaint_id:
+        await commands.remedy_took_effect(tx, event.complaint_id, RemedyKind.SUSPENSION)
+
+
+# --------------------------------------------------------------------- clocks --
+
+
+@timers.on(commands.DEADLINE)
+async def deadline(ctx: TimerContext, timer: Timer) -> None:
+    await ctx.uow.run(lambda tx: commands.escalate_if_due(tx, timer.subject))
+
+
+@timers.on(commands.QUIET)
+async def quiet(ctx: TimerContext, timer: Timer) -> None:
+    await ctx.uow.run(lambda tx: commands.close_if_quiet(tx, timer.subject))

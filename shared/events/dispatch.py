@@ -150,3 +150,13 @@ class SafetyAlert(EventPayload):
     severity: str = Field(pattern=r"^(critical|warning)$")
     detail: str
     at: datetime
+
+
+@event("dispatch.technician_status_changed", version=1, stream=STREAM, key="technician_id")
+class TechnicianStatusChanged(EventPayload):
+    """A technician was suspended (no more offers) or reinstated."""
+
+    technician_id: str
+    status: str = Field(pattern=r"^(active|suspended)$")
+    reason: str
+    complaint_id: str | None = None

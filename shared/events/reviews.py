@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from datetime import datetime
+
 from pydantic import Field
 
 from shared.events.envelope import EventPayload
@@ -41,4 +43,97 @@ class CouponRemedy(EventPayload):
     percent: int | None = Field(default=None, ge=1, le=100)
     currency: Currency
     valid_days: int = Field(default=90, ge=1, le=730)
+    reason: str = Field(min_length=1, max_length=500)
+
+
+@event("reviews.review_submitted", version=1, stream=STREAM, key="booking_id")
+class ReviewSubmitted(EventPayload):
+    """The customer rated the visit (or corrected the rating within the edit window)."""
+
+    booking_id: str
+    customer_id: str
+    technician_id: str
+    rating: int = Field(ge=1, le=5)
+    tags: list[str] = Field(default_factory=list)
+    edited: bool = False
+
+
+@event("reviews.technician_quality_changed", version=1, stream=STREAM, key="technician_id")
+class TechnicianQualityChanged(EventPayload):
+    """A technician's quality, recomputed: dispatch ranks by `rating`."""
+
+    technician_id: str
+    rating: float = Field(ge=1, le=5, description="Bayesian average: few reviews lean on 4.0")
+    reviews: int = Field(ge=0)
+    complaints: int = Field(ge=0)
+
+
+@event("reviews.complaint_opened", version=1, stream=STREAM, key="booking_id")
+class ComplaintOpened(EventPayload):
+    """A complaint about a booking; the agent tier owns it until someone takes it."""
+
+    complaint_id: str
+    booking_id: str
+    customer_id: str
+    technician_id: str | None
+    store_id: str | None
+    category: str
+    severity: str
+    channel: str
+    tier: str
+    first_response_due: datetime
+    resolution_due: datetime
+
+
+@event("reviews.complaint_escalated", version=1, stream=STREAM, key="booking_id")
+class ComplaintEscalated(EventPayload):
+    """A deadline was missed (or the customer rejected the resolution): a tier up owns it."""
+
+    complaint_id: str
+    booking_id: str
+    reason: str
+    from_tier: str
+    tier: str
+    owner: str | None = Field(description="None: the tier's queue, until someone takes it")
+    next_deadline: datetime | None
+
+
+@event("reviews.complaint_resolution_proposed", version=1, stream=STREAM, key="booking_id")
+class ComplaintResolutionProposed(EventPayload):
+    """Operations proposed a resolution; the customer accepts or rejects it."""
+
+    complaint_id: str
+    booking_id: str
+    customer_id: str
+    resolution: str
+    remedies: list[str]
+    quiet_until: datetime
+
+
+@event("reviews.complaint_closed", version=1, stream=STREAM, key="booking_id")
+class ComplaintClosed(EventPayload):
+    """Closed on the customer's acceptance, or after the quiet period."""
+
+    complaint_id: str
+    booking_id: str
+    closed_by: str
+    at: datetime
+
+
+@event("reviews.technician_suspended", version=1, stream=STREAM, key="technician_id")
+class TechnicianSuspended(EventPayload):
+    """A complaint's remedy: dispatch stops offering this technician work."""
+
+    complaint_id: str
+    technician_id: str
+    reason: str = Field(min_length=1, max_length=500)
+
+
+@event("reviews.redo_requested", version=1, stream=STREAM, key="booking_id")
+class RedoRequested(EventPayload):
+    """A complaint's remedy: booking makes a priority booking redoing the visit, free."""
+
+    complaint_id: str
+    booking_id: str
+    customer_id: str
     reason: str = Field(min_length=1, max_length=500)

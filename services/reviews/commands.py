@@ -1,0 +1,220 @@
+"""Reviews' units of work: every change of a complaint re-arms its clock in the same
+transaction, so a complaint can never be open without a deadline that escalates it."""
+
+from __future__ import annotations
+
+from collections.abc import Awaitable, Callable
+
+from services.reviews.domain import (
+    Complaint,
+    Remedy,
+    RemedyKind,
+    bayesian_rating,
+    sla,
+)
+from services.reviews.storage import Complaints, Reviews
+from shared.errors import NotFound
+from shared.events.reviews import (
+    ComplaintClosed,
+    ComplaintEscalated,
+    ComplaintOpened,
+    ComplaintResolutionProposed,
+    CouponRemedy,
+    RedoRequested,
+    RefundGranted,
+    TechnicianQualityChanged,
+    TechnicianSuspended,
+)
+from shared.outbox import Transaction
+from shared.time import utcnow
+from shared.timers import cancel, schedule
+
+DEADLINE = "complaint_deadline"  # first response or resolution due: escalate if missed
+QUIET = "complaint_quiet"  # a proposed resolution nobody answered: close
+
+
+async def load(tx: Transaction, complaint_id: str) -> Complaint:
+    complaint = await Complaints(tx.db).get(complaint_id, tx.session)
+    if complaint is None:
+        raise NotFound(f"complaint {complaint_id} does not exist")
+    return complaint
+
+
+# A change to a loaded complaint; it may emit events through the transaction.
+ComplaintChange = Callable[[Transaction, Complaint], Awaitable[None]]
+
+
+async def change(tx: Transaction, complaint_id: str, work: ComplaintChange) -> Complaint:
+    """Load, change, save and re-arm the clock, in one transaction."""
+    complaint = await load(tx, complaint_id)
+    await work(tx, complaint)
+    await save(tx, complaint)
+    return complaint
+
+
+async def save(tx: Transaction, complaint: Complaint, *, new: bool = False) -> None:
+    if new:
+        await Complaints(tx.db).insert(complaint, tx.session)
+    else:
+        await Complaints(tx.db).save(complaint, tx.session)
+    await _arm(tx, complaint)
+
+
+async def _arm(tx: Transaction, complaint: Complaint) -> None:
+    due = complaint.next_deadline
+    if due is None:
+        await cancel(tx.db, tx.session, DEADLINE, complaint.complaint_id)
+    else:
+        await schedule(tx.db, tx.session, DEADLINE, complaint.complaint_id, due[1])
+    if complaint.quiet_until is not None and complaint.status.value == "resolution_proposed":
+        await schedule(tx.db, tx.session, QUIET, complaint.complaint_id, complaint.quiet_until)
+    else:
+        await cancel(tx.db, tx.session, QUIET, complaint.complaint_id)
+
+
+async def opened(tx: Transaction, complaint: Complaint) -> Complaint:
+    existing = await Complaints(tx.db).get(complaint.complaint_id, tx.session)
+    if existing is not None:
+        return existing  # the same alert redelivered: one complaint
+    await save(tx, complaint, new=True)
+    tx.emit(
+        ComplaintOpened(
+            complaint_id=complaint.complaint_id,
+            booking_id=complaint.booking_id,
+            customer_id=complaint.customer_id,
+            technician_id=complaint.technician_id,
+            store_id=complaint.store_id,
+            category=complaint.category.value,
+            severity=complaint.severity.value,
+            channel=complaint.channel.value,
+            tier=complaint.tier.value,
+            first_response_due=complaint.first_response_due,
+            resolution_due=complaint.resolution_due,
+        )
+    )
+    if complaint.technician_id:
+        await publish_quality(tx, complaint.technician_id)
+    return complaint
+
+
+def escalated(tx: Transaction, complaint: Complaint, reason: str, from_tier: str) -> None:
+    due = complaint.next_deadline
+    tx.emit(
+        ComplaintEscalated(
+            complaint_id=complaint.complaint_id,
+            booking_id=complaint.booking_id,
+            reason=reason,
+            from_tier=from_tier,
+            tier=complaint.tier.value,
+            owner=complaint.owner,
+            next_deadline=due[1] if due else None,
+        )
+    )
+
+
+async def escalate_if_due(tx: Transaction, complaint_id: str) -> None:
+    complaint = await load(tx, complaint_id)
+    before = complaint.tier
+    breach = complaint.escalate_if_due(utcnow(), sla(complaint.category, complaint.severity))
+    if breach is None:
+        await _arm(tx, complaint)  # not due (moved meanwhile): keep the clock right
+        return
+    await save(tx, complaint)
+    escalated(tx, complaint, f"{breach.deadline.replace('_', ' ')} deadline missed", before.value)
+
+
+def remedy_events(tx: Transaction, complaint: Complaint, remedies: list[Remedy]) -> None:
+    """Each remedy that another service carries out goes to it as an event."""
+    reason = f"complaint {complaint.complaint_id}: {complaint.resolution or ''}"[:500]
+    for remedy in remedies:
+        if remedy.kind is RemedyKind.REFUND:
+            tx.emit(
+                RefundGranted(
+                    complaint_id=complaint.complaint_id,
+                    booking_id=complaint.booking_id,
+                    customer_id=complaint.customer_id,
+                    amount=remedy.amount,
+                    reason=reason,
+                )
+            )
+        elif remedy.kind is RemedyKind.COUPON:
+            tx.emit(
+                CouponRemedy(
+                    complaint_id=complaint.complaint_id,
+                    customer_id=complaint.customer_id,
+                    amount=remedy.amount,
+                    percent=remedy.percent,
+                    currency=remedy.currency or "EUR",
+                    reason=reason,
+                )
+            )
+        elif remedy.kind is RemedyKind.SUSPENSION and complaint.technician_id:
+            tx.emit(
+                TechnicianSuspended(
+                    complaint_id=complaint.complaint_id,
+                    technician_id=complaint.technician_id,
+                    reason=reason,
+                )
+            )
+        elif remedy.kind is RemedyKind.REDO_VISIT:
+            tx.emit(
+                RedoRequested(
+                    complaint_id=complaint.complaint_id,
+                    booking_id=complaint.booking_id,
+                    customer_id=complaint.customer_id,
+                    reason=reason,
+                )
+            )
+
+
+def proposed(tx: Transaction, complaint: Complaint, remedies: list[Remedy]) -> None:
+    assert complaint.quiet_until is not None
+    tx.emit(
+        ComplaintResolutionProposed(
+            complaint_id=complaint.complaint_id,
+            booking_id=complaint.booking_id,
+            customer_id=complaint.customer_id,
+            resolution=complaint.resolution or "",
+            remedies=[r.kind.value for r in remedies],
+            quiet_until=complaint.quiet_until,
+        )
+    )
+    remedy_events(tx, complaint, remedies)
+
+
+def closed(tx: Transaction, complaint: Complaint) -> None:
+    assert complaint.closed_at is not None
+    tx.emit(
+        ComplaintClosed(
+            complaint_id=complaint.complaint_id,
+            booking_id=complaint.booking_id,
+            closed_by=complaint.closed_by or "",
+            at=complaint.closed_at,
+        )
+    )
+
+
+async def close_if_quiet(tx: Transaction, complaint_id: str) -> None:
+    complaint = await load(tx, complaint_id)
+    if complaint.close_quietly(utcnow()):
+        await save(tx, complaint)
+        closed(tx, complaint)
+
+
+async def remedy_took_effect(tx: Transaction, complaint_id: str, kind: RemedyKind) -> None:
+    complaint = await Complaints(tx.db).get(complaint_id, tx.session)
+    if complaint is not None and complaint.took_effect(kind, utcnow()):
+        await Complaints(tx.db).save(complaint, tx.session)
+
+
+async def publish_quality(tx: Transaction, technician_id: str) -> None:
+    ratings = await Reviews(tx.db).ratings_of(technician_id, tx.session)
+    complaints = await Complaints(tx.db).count_against(technician_id, tx.session)
+    tx.emit(
+        TechnicianQualityChanged(
+            technician_id=technician_id,
+            rating=bayesian_rating(ratings),
+            reviews=len(ratings),
+            complaints=complaints,
+        )
+    )

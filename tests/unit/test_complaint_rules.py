@@ -1,0 +1,154 @@
+"""Complaint and review rules as a specification: deadlines, tiers, resolutions, ratings."""
+
+from __future__ import annotations
+
+from datetime import UTC, datetime, timedelta
+
+import pytest
+
+from services.reviews.domain import (
+    REVIEW_EDIT_WINDOW,
+    Category,
+    Channel,
+    Complaint,
+    ComplaintStatus,
+    RemedyIn,
+    RemedyKind,
+    Review,
+    Severity,
+    Tier,
+    bayesian_rating,
+    open_complaint,
+    sla,
+)
+from shared.errors import Conflict, Forbidden, Unprocessable
+
+NOW = datetime(2030, 5, 1, 8, 0, tzinfo=UTC)
+
+
+def complaint(
+    category: Category = Category.QUALITY, severity: Severity = Severity.MEDIUM
+) -> Complaint:
+    return open_complaint(
+        booking_id="bk_1",
+        customer_id="cus_1",
+        technician_id="tech_1",
+        store_id="store_1",
+        category=category,
+        severity=severity,
+        description="the polish chipped the next day",
+        channel=Channel.APP,
+        by="customer:cus_1",
+        at=NOW,
+    )
+
+
+def test_safety_is_held_to_the_tightest_deadlines() -> None:
+    for severity in Severity:
+        safety = sla(Category.SAFETY, severity)
+        for category in Category:
+            other = sla(category, severity)
+            assert safety.first_response <= other.first_response
+            assert safety.resolution <= other.resolution
+    assert sla(Category.SAFETY, Severity.CRITICAL).first_response == timedelta(minutes=15)
+
+
+def test_a_missed_first_response_escalates_through_every_tier_and_stays_owned() -> None:
+    c = complaint()
+    policy = sla(c.category, c.severity)
+    assert c.tier is Tier.AGENT
+    assert c.escalate_if_due(NOW + timedelta(hours=1), policy) is None  # not due yet
+    at = c.first_response_due
+    tiers = []
+    for _ in range(3):
+        breach = c.escalate_if_due(at, policy)
+        assert breach is not None
+        assert breach.deadline == "first_response"
+        tiers.append(c.tier)
+        assert c.next_deadline is not None  # never without a clock
+        at = c.first_response_due
+    assert tiers == [Tier.SUPERVISOR, Tier.MANAGER, Tier.MANAGER]
+    assert [b.tier for b in c.breaches] == [Tier.AGENT, Tier.SUPERVISOR, Tier.MANAGER]
+
+
+def test_after_the_first_response_the_resolution_deadline_escalates() -> None:
+    c = complaint()
+    c.respond("ops:ana", "we are looking into it", NOW + timedelta(minutes=5))
+    assert c.status is ComplaintStatus.IN_PROGRESS
+    due = c.next_deadline
+    assert due is not None
+    assert due[0] == "resolution"
+    breach = c.escalate_if_due(c.resolution_due, sla(c.category, c.severity))
+    assert breach is not None
+    assert breach.deadline == "resolution"
+    assert c.tier is Tier.SUPERVISOR
+
+
+def test_a_resolution_needs_a_remedy_and_waits_for_the_customer_without_a_deadline() -> None:
+    c = complaint()
+    with pytest.raises(Unprocessable):
+        c.propose("ops:ana", "sorry", [], NOW)
+    decided = c.propose(
+        "ops:ana",
+        "we redo it and refund",
+        [RemedyIn(kind=RemedyKind.REDO_VISIT), RemedyIn(kind=RemedyKind.APOLOGY)],
+        NOW,
+    )
+    assert c.status is ComplaintStatus.RESOLUTION_PROPOSED
+    assert c.first_response_at == NOW  # proposing is a response
+    assert c.next_deadline is None  # the customer's turn: the quiet period runs instead
+    assert [r.took_effect_at for r in decided] == [None, NOW]  # an apology is done by saying it
+
+
+def test_the_customer_rejecting_moves_it_up_a_tier_and_accepting_closes_it() -> None:
+    c = complaint()
+    with pytest.raises(Conflict):
+        c.accept("customer:cus_1", NOW)  # nothing proposed: cannot be closed
+    c.propose("ops:ana", "apology", [RemedyIn(kind=RemedyKind.APOLOGY)], NOW)
+    c.reject("customer:cus_1", "not enough", NOW, sla(c.category, c.severity))
+    assert c.status is ComplaintStatus.IN_PROGRESS
+    assert c.tier is Tier.SUPERVISOR
+    c.propose("ops:bo", "refund", [RemedyIn(kind=RemedyKind.REFUND)], NOW)
+    c.accept("customer:cus_1", NOW)
+    assert c.status.value == "closed"
+    assert c.closed_by == "customer:cus_1"
+    with pytest.raises(Conflict):
+        c.respond("ops:ana", "more", NOW)
+
+
+def test_an_unanswered_resolution_closes_after_the_quiet_period_only() -> None:
+    c = complaint()
+    c.propose("ops:ana", "apology", [RemedyIn(kind=RemedyKind.APOLOGY)], NOW)
+    assert c.quiet_until is not None
+    assert not c.close_quietly(c.quiet_until - timedelta(seconds=1))
+    assert c.close_quietly(c.quiet_until)
+    assert c.closed_by == "platform"
+    assert [s.what for s in c.timeline] == [
+        "opened",
+        "responded",
+        "resolution proposed",
+        "closed",
+    ]
+
+
+def test_one_early_review_does_not_decide_a_technicians_rating() -> None:
+    assert bayesian_rating([]) == 4.0
+    assert 3.4 < bayesian_rating([1]) < 3.6  # not 1.0
+    assert bayesian_rating([5] * 50) > 4.9
+
+
+def test_a_review_is_changed_only_by_its_customer_within_the_window() -> None:
+    review = Review(
+        booking_id="bk_1",
+        customer_id="cus_1",
+        technician_id="tech_1",
+        rating=3,
+        created_at=NOW,
+        updated_at=NOW,
+    )
+    review.edit("cus_1", NOW + timedelta(hours=1), rating=4)
+    assert review.rating == 4
+    with pytest.raises(Forbidden):
+        review.edit("cus_2", NOW, rating=1)
+    with pytest.raises(Conflict):
+        review.edit("cus_1", NOW + REVIEW_EDIT_WINDOW + timedelta(seconds=1), rating=5)
