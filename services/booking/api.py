@@ -466,6 +466,7 @@ class BookingView(BaseModel):
     technician: TechnicianIdentity | None
     preferred_technician_id: str | None
     rebooked_from: str | None
+    redo_for_complaint: str | None = None
     timeline: list[TimelineEntry]
     version: int
     created_at: datetime
@@ -499,6 +500,7 @@ def view(booking: Booking, response: Response | None = None) -> BookingView:
                 "technician",
                 "preferred_technician_id",
                 "rebooked_from",
+                "redo_for_complaint",
                 "timeline",
                 "version",
                 "created_at",

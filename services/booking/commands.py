@@ -173,4 +173,5 @@ def requested_event(booking: Booking) -> BookingRequested:
         total=booking.quote.total,
         currency=booking.quote.currency,
         preferred_technician_id=booking.preferred_technician_id,
+        redo_for_complaint=booking.redo_for_complaint,
     )

@@ -129,6 +129,7 @@ class Booking(BaseModel):
     technician: TechnicianIdentity | None = None
     preferred_technician_id: str | None = None
     rebooked_from: str | None = None
+    redo_for_complaint: str | None = None  # a free visit putting a complaint right
     cancellation_fee: int | None = None
     timeline: list[TimelineEntry] = Field(default_factory=list)
     version: int = 0
@@ -302,3 +303,51 @@ def fingerprint(request: Mapping[str, Any]) -> str:
 
 def new_booking_id() -> str:
     return f"bk_{uuid.uuid4().hex}"
+
+
+def redo_of(original: Booking, complaint_id: str, now: datetime) -> Booking:
+    """A complaint's remedy: the same services at the same address, as soon as possible, at
+    no charge (every price of the redo is zero, so its receipt is zero too)."""
+    free = [
+        t.model_copy(
+            update={
+                "price": t.price.model_copy(
+                    update={
+                        "unit_price": 0,
+                        "after_hours_surcharge": 0,
+                        "urgent_surcharge": 0,
+                        "cancellation_fee": 0,
+                    }
+                )
+            }
+        )
+        for t in original.terms
+    ]
+    quote = original.quote.model_copy(
+        update={
+            "lines": [
+                line.model_copy(update={"unit_price": 0, "surcharge": 0})
+                for line in original.quote.lines
+            ],
+            "total": 0,
+            "after_hours": False,
+            "urgent": False,
+            "cancellation_fee": 0,
+            "free_cancellation_until": now,
+        }
+    )
+    return Booking(
+        booking_id=f"bk_redo_{complaint_id}"[:64],
+        customer_id=original.customer_id,
+        region=original.region,
+        address=original.address,
+        timing=Timing.ASAP,
+        window_start=now,
+        window_end=now + ASAP_WITHIN,
+        terms=free,
+        quote=quote,
+        rebooked_from=original.booking_id,
+        redo_for_complaint=complaint_id,
+        created_at=now,
+        timeline=[TimelineEntry(status=S.REQUESTED, at=now, note=f"redo for {complaint_id}")],
+    )

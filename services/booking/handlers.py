@@ -9,9 +9,15 @@ from __future__ import annotations
 import logging
 from collections.abc import Callable
 
-from services.booking.commands import change
-from services.booking.domain import Booking, BookingStatus, IllegalTransition, TechnicianIdentity
-from services.booking.storage import Customers
+from services.booking.commands import change, place
+from services.booking.domain import (
+    Booking,
+    BookingStatus,
+    IllegalTransition,
+    TechnicianIdentity,
+    redo_of,
+)
+from services.booking.storage import Bookings, Customers
 from shared import logs
 from shared.consumer import Handlers
 from shared.events.dispatch import (
@@ -25,6 +31,7 @@ from shared.events.dispatch import (
     TechnicianReassigned,
 )
 from shared.events.payments import PaymentSettled, ReceiptSigned
+from shared.events.reviews import RedoRequested
 from shared.outbox import Transaction
 from shared.time import utcnow
 
@@ -158,3 +165,16 @@ async def payment_settled(tx: Transaction, event: PaymentSettled) -> None:
         event.event_type,
         lambda b: b.observe(BookingStatus.CLOSED, event.settled_at, "paid in full"),
     )
+
+
+@handlers.on(RedoRequested)
+async def redo_requested(tx: Transaction, event: RedoRequested) -> None:
+    """A complaint's remedy: a free priority booking redoing the visit (once per complaint)."""
+    original = await Bookings(tx.db).get(event.booking_id, tx.session)
+    if original is None:
+        log.warning("redo for unknown booking %s ignored", event.booking_id)
+        return
+    redo = redo_of(original, event.complaint_id, utcnow())
+    if await Bookings(tx.db).get(redo.booking_id, tx.session) is not None:
+        return  # the remedy redelivered: one redo
+    await place(tx, redo)

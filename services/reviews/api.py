@@ -7,6 +7,7 @@ them and may close them; a store reads its own technicians' complaints.
 
 from __future__ import annotations
 
+from datetime import datetime, timedelta
 from typing import Annotated
 
 from fastapi import APIRouter, Query
@@ -18,6 +19,7 @@ from services.reviews.domain import (
     Channel,
     Complaint,
     ComplaintStatus,
+    Kpis,
     RemedyIn,
     RemedyKind,
     Review,
@@ -26,6 +28,7 @@ from services.reviews.domain import (
     Severity,
     Tier,
     bayesian_rating,
+    kpis,
     open_complaint,
     sla,
 )
@@ -390,3 +393,34 @@ async def reject(
         commands.escalated(tx, c, "the customer rejected the resolution", before.value)
 
     return await _work(runtime, complaint_id, change)
+
+
+# ----------------------------------------------------------------------- KPIs --
+
+MAX_KPI_DAYS = 366
+
+
+@router.get("/kpis", tags=["complaints"], summary="Complaint handling and ratings over a period")
+async def read_kpis(
+    runtime: RuntimeDep,
+    actor: ActorDep,
+    period_from: Annotated[datetime, Query(alias="from")],
+    period_to: Annotated[datetime, Query(alias="to")],
+) -> Kpis:
+    """Operations see the whole platform; a store sees its own technicians only."""
+    if period_from.tzinfo is None or period_to.tzinfo is None:
+        raise Unprocessable("give times with their time zone", field="from")
+    if not period_from < period_to <= period_from + timedelta(days=MAX_KPI_DAYS):
+        raise Unprocessable(
+            f"the period runs forwards and spans at most {MAX_KPI_DAYS} days", field="to"
+        )
+    scope: dict[str, object] = {}
+    if actor.role is Role.STORE:
+        scope["store_id"] = actor.store_id
+    elif not actor.is_ops:
+        raise Forbidden("KPIs are for operations and stores")
+    opened = {"opened_at": {"$gte": period_from, "$lt": period_to}, **scope}
+    complaints = await Complaints(runtime.db).find(opened, limit=100_000)
+    written = {"created_at": {"$gte": period_from, "$lt": period_to}, **scope}
+    ratings = [r.rating for r in await Reviews(runtime.db).find(written, limit=100_000)]
+    return kpis(complaints, ratings, period_from, period_to)

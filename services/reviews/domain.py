@@ -355,3 +355,72 @@ def open_complaint(
         Step(at=at, by=by, what="opened", detail=f"{category.value}, {severity.value}")
     )
     return complaint
+
+
+# ------------------------------------------------------------------------ KPIs --
+
+
+class Kpis(Forbid):
+    """Complaint handling and ratings over a period: what the dashboard reads."""
+
+    period_from: datetime
+    period_to: datetime
+    complaints: int
+    first_response_minutes_median: float | None
+    resolution_hours_median: float | None
+    breach_rate: float | None = Field(description="Share of complaints that missed a deadline")
+    by_category: dict[str, int]
+    per_technician: dict[str, int]
+    per_store: dict[str, int]
+    reviews: int
+    average_rating: float | None
+    rating_distribution: dict[str, int]
+
+
+def _median(values: list[float]) -> float | None:
+    if not values:
+        return None
+    ordered = sorted(values)
+    mid = len(ordered) // 2
+    return ordered[mid] if len(ordered) % 2 else (ordered[mid - 1] + ordered[mid]) / 2
+
+
+def kpis(
+    complaints: list[Complaint], ratings: list[int], period_from: datetime, period_to: datetime
+) -> Kpis:
+    def count(key: str | None) -> str:
+        return key or "unknown"
+
+    by_category: dict[str, int] = {}
+    per_technician: dict[str, int] = {}
+    per_store: dict[str, int] = {}
+    for c in complaints:
+        by_category[c.category.value] = by_category.get(c.category.value, 0) + 1
+        per_technician[count(c.technician_id)] = per_technician.get(count(c.technician_id), 0) + 1
+        per_store[count(c.store_id)] = per_store.get(count(c.store_id), 0) + 1
+    responded = [
+        (c.first_response_at - c.opened_at).total_seconds() / 60
+        for c in complaints
+        if c.first_response_at is not None
+    ]
+    resolved = [
+        (c.closed_at - c.opened_at).total_seconds() / 3600
+        for c in complaints
+        if c.closed_at is not None
+    ]
+    return Kpis(
+        period_from=period_from,
+        period_to=period_to,
+        complaints=len(complaints),
+        first_response_minutes_median=_median(responded),
+        resolution_hours_median=_median(resolved),
+        breach_rate=(
+            sum(1 for c in complaints if c.breaches) / len(complaints) if complaints else None
+        ),
+        by_category=by_category,
+        per_technician=per_technician,
+        per_store=per_store,
+        reviews=len(ratings),
+        average_rating=round(sum(ratings) / len(ratings), 3) if ratings else None,
+        rating_distribution={str(n): ratings.count(n) for n in range(1, 6)},
+    )

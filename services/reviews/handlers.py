@@ -42,6 +42,8 @@ COMPLAINT_COUPON = "cp_"  # payments' coupon id for a complaint's coupon
 @handlers.on(BookingRequested)
 async def booking_requested(tx: Transaction, event: BookingRequested) -> None:
     await Bookings(tx.db).learn(event.booking_id, tx.session, customer_id=event.customer_id)
+    if event.redo_for_complaint:
+        await commands.remedy_took_effect(tx, event.redo_for_complaint, RemedyKind.REDO_VISIT)
 
 
 @handlers.on(TechnicianAssigned)

@@ -34,6 +34,9 @@ class BookingRequested(EventPayload):
     preferred_technician_id: str | None = Field(
         default=None, description="The customer's favourite, or the last technician on book again"
     )
+    redo_for_complaint: str | None = Field(
+        default=None, description="A free redo of a visit, putting this complaint right"
+    )
 
 
 @event("booking.status_changed", version=1, stream=STREAM, key="booking_id")

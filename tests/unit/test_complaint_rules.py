@@ -18,6 +18,7 @@ from services.reviews.domain import (
     Severity,
     Tier,
     bayesian_rating,
+    kpis,
     open_complaint,
     sla,
 )
@@ -152,3 +153,22 @@ def test_a_review_is_changed_only_by_its_customer_within_the_window() -> None:
         review.edit("cus_2", NOW, rating=1)
     with pytest.raises(Conflict):
         review.edit("cus_1", NOW + REVIEW_EDIT_WINDOW + timedelta(seconds=1), rating=5)
+
+
+def test_kpis_count_times_breaches_and_ratings_over_the_complaints_given() -> None:
+    quick, slow, breached = complaint(), complaint(), complaint(Category.SAFETY)
+    quick.respond("ops:ana", "on it", NOW + timedelta(minutes=10))
+    slow.respond("ops:ana", "on it", NOW + timedelta(minutes=50))
+    slow.propose("ops:ana", "sorry", [RemedyIn(kind=RemedyKind.APOLOGY)], NOW + timedelta(hours=1))
+    slow.accept("customer:cus_1", NOW + timedelta(hours=2))
+    breached.escalate_if_due(breached.first_response_due, sla(Category.SAFETY, Severity.MEDIUM))
+    k = kpis([quick, slow, breached], [5, 4, 4, 1], NOW, NOW + timedelta(days=1))
+    assert k.complaints == 3
+    assert k.first_response_minutes_median == 30  # of 10 and 50
+    assert k.resolution_hours_median == 2
+    assert k.breach_rate == pytest.approx(1 / 3)
+    assert k.by_category == {"quality": 2, "safety": 1}
+    assert k.per_technician == {"tech_1": 3}
+    assert k.per_store == {"store_1": 3}
+    assert k.rating_distribution == {"1": 1, "2": 0, "3": 0, "4": 2, "5": 1}
+    assert k.average_rating == 3.5

@@ -1,0 +1,573 @@
+"""The reviews service on real Kafka and MongoDB: reviews, technician quality, complaints
+escalating on a clock that survives a restart, safety alerts, remedies reaching their services."""
+
+from __future__ import annotations
+
+import asyncio
+import uuid
+from datetime import UTC, datetime, timedelta
+from typing import Any
+
+import httpx
+import pytest
+from aiokafka import AIOKafkaProducer
+
+from shared.events.dispatch import SafetyAlert
+from tests.conftest import Platform
+from tests.harness import Infra, ServiceProcess, eventually, keyed_events, new_prefix, publish
+from tests.seed import (
+    OPS,
+    as_customer,
+    as_store,
+    as_technician,
+    booking_body,
+    get_json,
+    seed_customer,
+    seed_item,
+    seed_technician,
+    service_completed,
+)
+
+pytestmark = pytest.mark.integration
+
+
+def unique(prefix: str) -> str:
+    return f"{prefix}{uuid.uuid4().hex[:10]}"
+
+
+async def completed(
+    producer: AIOKafkaProducer, prefix: str, customer: str, technician: str = "tech_r"
+) -> str:
+    booking_id = unique("bk_")
+    await publish(
+        producer,
+        prefix,
+        service_completed(booking_id, customer, "store_r", technician_id=technician),
+    )
+    return booking_id
+
+
+async def known(reviews: httpx.AsyncClient, booking_id: str) -> None:
+    """Reviews has learnt of the booking (its review invitation exists)."""
+    await eventually(
+        lambda: get_json(reviews, f"/review-requests/{booking_id}"), what="booking known"
+    )
+
+
+async def complain(
+    reviews: httpx.AsyncClient, booking_id: str, customer: str, **over: Any
+) -> httpx.Response:
+    body = {
+        "booking_id": booking_id,
+        "category": "quality",
+        "severity": "medium",
+        "description": "the polish chipped the next day",
+        **over,
+    }
+    return await reviews.post("/complaints", json=body, headers=as_customer(customer))
+
+
+# -------------------------------------------------------------------- reviews --
+
+
+async def test_a_review_only_by_its_customer_after_completion_once_and_quality_reaches_dispatch(
+    platform: Platform, kafka_producer: AIOKafkaProducer
+) -> None:
+    customer, tech = unique("cus_"), unique("tech_")
+    async with platform.client("dispatch") as dispatch:
+        await seed_technician(dispatch, tech, unique("LX-").upper())
+    async with platform.client("booking") as booking:
+        await seed_item(booking, "nails.manicure")
+        await seed_customer(booking, customer)
+        made = await booking.post("/bookings", json=booking_body(customer, "nails.manicure"))
+        pending = made.json()["booking_id"]
+    async with platform.client("reviews") as reviews:
+
+        async def booking_learnt() -> Any:
+            r = await reviews.post(
+                "/reviews",
+                json={"booking_id": pending, "rating": 5},
+                headers=as_customer(customer),
+            )
+            return r if r.status_code != 404 else None
+
+        early = await eventually(booking_learnt, what="reviews learns the booking")
+        assert early.status_code == 409, early.text  # not completed yet
+
+        booking_id = await completed(kafka_producer, platform.prefix, customer, tech)
+        await known(reviews, booking_id)
+        body = {"booking_id": booking_id, "rating": 2, "tags": ["late"], "text": "late"}
+        other = await reviews.post("/reviews", json=body, headers=as_customer("cus_other"))
+        assert other.status_code == 403
+        first = await reviews.post("/reviews", json=body, headers=as_customer(customer))
+        assert first.status_code == 201, first.text
+        twice = await reviews.post("/reviews", json=body, headers=as_customer(customer))
+        assert twice.status_code == 409
+        edited = await reviews.put(
+            f"/reviews/{booking_id}", json={"rating": 1}, headers=as_customer(customer)
+        )
+        assert edited.status_code == 200, edited.text
+        assert edited.json()["rating"] == 1
+        quality = (await reviews.get(f"/technicians/{tech}/quality", headers=OPS)).json()
+    assert quality["reviews"] == 1
+    assert quality["rating"] == pytest.approx((4.0 * 5 + 1) / 6, abs=0.001)  # not 1.0
+
+    async with platform.client("dispatch") as dispatch:
+
+        async def rated() -> Any:
+            r = await dispatch.get(f"/technicians/{tech}", headers=OPS)
+            rating = r.json().get("rating")
+            return rating if rating is not None and rating < 4 else None
+
+        assert await eventually(rated, what="dispatch ranks by the new rating") == pytest.approx(
+            quality["rating"]
+        )
+
+
+# ----------------------------------------------------------------- escalation --
+
+
+async def test_complaint_escalates_through_every_tier_on_the_clock_across_a_restart(
+    infra: Infra, kafka_producer: AIOKafkaProducer
+) -> None:
+    prefix = new_prefix()
+    reviews = ServiceProcess("reviews", infra, prefix)
+    reviews.start(DOORSTEP_TEST_CLOCK="1")
+    customer = unique("cus_")
+    try:
+        booking_id = await completed(kafka_producer, prefix, customer)
+        async with httpx.AsyncClient(base_url=reviews.url, timeout=10) as api:
+            await known(api, booking_id)
+            opened = await complain(api, booking_id, customer)  # medium: answer within 8 h
+            assert opened.status_code == 201, opened.text
+            complaint_id = opened.json()["complaint_id"]
+
+            async def tier_is(tier: str) -> Any:
+                async def probe() -> Any:
+                    c = await get_json(api, f"/complaints/{complaint_id}", headers=OPS)
+                    return c if c and c["tier"] == tier else None
+
+                return await eventually(probe, what=f"complaint at {tier}")
+
+            moved = await api.post("/testing/clock", json={"advance_s": 8 * 3600 + 1})
+            offset = moved.json()["offset_s"]
+            at_supervisor = await tier_is("supervisor")
+            assert [b["tier"] for b in at_supervisor["breaches"]] == ["agent"]
+
+        reviews.kill()  # kill -9 mid-way: the next deadline lives in MongoDB
+        reviews.start(DOORSTEP_TEST_CLOCK="1", DOORSTEP_CLOCK_OFFSET_S=str(offset))
+        async with httpx.AsyncClient(base_url=reviews.url, timeout=10) as api:
+            await api.post("/testing/clock", json={"advance_s": 8 * 3600 + 1})
+            at_manager = await tier_is("manager")
+        assert [b["tier"] for b in at_manager["breaches"]] == ["agent", "supervisor"]
+        assert at_manager["owner"] is None  # the manager tier's queue owns it now
+        assert at_manager["status"] == "open"
+        escalations = await keyed_events(
+            infra,
+            f"{prefix}.reviews.events",
+            booking_id,
+            until=lambda found: sum(e["type"] == "reviews.complaint_escalated" for e in found) >= 2,
+        )
+        assert [
+            (e["payload"]["from_tier"], e["payload"]["tier"])
+            for e in escalations
+            if e["type"] == "reviews.complaint_escalated"
+        ] == [("agent", "supervisor"), ("supervisor", "manager")]
+    finally:
+        reviews.stop()
+
+
+# -------------------------------------------------------------- safety alerts --
+
+
+async def test_a_safety_alert_is_a_critical_safety_complaint_within_a_second(
+    platform: Platform, kafka_producer: AIOKafkaProducer
+) -> None:
+    booking_id, customer = unique("bk_"), unique("cus_")
+    alert = SafetyAlert(
+        booking_id=booking_id,
+        visit_id=f"vs_{booking_id}",
+        customer_id=customer,
+        technician_id="tech_alerted",
+        kind="not_the_person",
+        severity="critical",
+        detail="the customer says this is not the person shown",
+        at=datetime.now(UTC),
+    )
+    for _ in range(2):  # redelivered: still one complaint
+        await publish(kafka_producer, platform.prefix, alert)
+    async with platform.client("reviews") as reviews:
+
+        async def filed() -> Any:
+            found = await get_json(reviews, "/complaints", headers=OPS, booking_id=booking_id)
+            return found or None
+
+        complaints = await eventually(filed, what="safety complaint")
+        await asyncio.sleep(0.5)
+        complaints = await get_json(reviews, "/complaints", headers=OPS, booking_id=booking_id)
+    assert len(complaints) == 1
+    c = complaints[0]
+    assert (c["category"], c["severity"], c["channel"]) == ("safety", "critical", "safety_alert")
+    lag = datetime.fromisoformat(c["opened_at"]) - alert.at
+    assert lag.total_seconds() < 1.0, lag
+    opened = datetime.fromisoformat(c["opened_at"])
+    due = datetime.fromisoformat(c["first_response_due"])
+    assert (due - opened).total_seconds() == 15 * 60
+
+
+# ------------------------------------------------------------------- closing --
+
+
+async def test_only_its_customer_or_operations_close_a_complaint_and_only_on_a_resolution(
+    platform: Platform, kafka_producer: AIOKafkaProducer
+) -> None:
+    customer = unique("cus_")
+    booking_id = await completed(kafka_producer, platform.prefix, customer)
+    async with platform.client("reviews") as reviews:
+        await known(reviews, booking_id)
+        complaint = (await complain(reviews, booking_id, customer)).json()
+        url = f"/complaints/{complaint['complaint_id']}"
+        early = await reviews.post(f"{url}/accept", headers=as_customer(customer))
+        assert early.status_code == 409  # no resolution yet
+        proposed = await reviews.post(
+            f"{url}/resolution",
+            json={"text": "we are sorry", "remedies": [{"kind": "apology"}]},
+            headers=OPS,
+        )
+        assert proposed.status_code == 200, proposed.text
+        for stranger in (as_customer("cus_other"), as_technician("tech_r"), as_store("store_r")):
+            r = await reviews.post(f"{url}/accept", headers=stranger)
+            assert r.status_code == 403, r.text
+        rejected = await reviews.post(
+            f"{url}/reject",
+            json={"reason": "an apology is not enough"},
+            headers=as_customer(customer),
+        )
+        assert rejected.status_code == 200
+        assert rejected.json()["tier"] == "supervisor"
+        assert rejected.json()["status"] == "in_progress"
+        await reviews.post(
+            f"{url}/resolution",
+            json={
+                "text": "a coupon",
+                "remedies": [{"kind": "coupon", "percent": 20, "currency": "EUR"}],
+            },
+            headers=OPS,
+        )
+        closed = await reviews.post(f"{url}/accept", headers=as_customer(customer))
+        assert closed.status_code == 200
+        assert closed.json()["status"] == "closed"
+        again = await reviews.post(
+            f"{url}/reject", json={"reason": "no"}, headers=as_customer(customer)
+        )
+        assert again.status_code == 409
+        steps = [s["what"] for s in closed.json()["timeline"]]
+    assert steps == [
+        "opened",
+        "responded",
+        "resolution proposed",
+        "rejected; reopened",
+        "resolution proposed",
+        "closed",
+    ]
+
+
+# ------------------------------------------------------------------- remedies --
+
+
+async def test_remedies_reach_their_services_and_the_complaint_shows_when_they_took_effect(
+    platform: Platform, kafka_producer: AIOKafkaProducer
+) -> None:
+    """Suspension: dispatch stops offering the technician work. Coupon: payments grants it.
+    (Refunds end to end are in the payments tests, driven by the same event.)"""
+    skill = unique("skill-")
+    code = f"{skill}.visit"
+    customer, tech = unique("cus_"), unique("tech_")
+    async with platform.client("dispatch") as dispatch:
+        await seed_technician(dispatch, tech, unique("LX-").upper(), skills=[skill])
+    booking_id = await completed(kafka_producer, platform.prefix, customer, tech)
+    async with platform.client("reviews") as reviews:
+        await known(reviews, booking_id)
+        complaint = (
+            await complain(reviews, booking_id, customer, category="conduct", severity="high")
+        ).json()
+        url = f"/complaints/{complaint['complaint_id']}"
+        proposed = await reviews.post(
+            f"{url}/resolution",
+            json={
+                "text": "the technician is suspended; a coupon for your trouble",
+                "remedies": [
+                    {"kind": "suspension"},
+                    {"kind": "coupon", "amount": 1000, "currency": "EUR"},
+                ],
+            },
+            headers=OPS,
+        )
+        assert proposed.status_code == 200, proposed.text
+
+        async def all_took_effect() -> Any:
+            c = await get_json(reviews, url, headers=OPS)
+            done = c and all(r["took_effect_at"] for r in c["remedies"])
+            return c if done else None
+
+        settled = await eventually(all_took_effect, what="remedies took effect")
+    assert {r["kind"] for r in settled["remedies"]} == {"suspension", "coupon"}
+
+    async with platform.client("dispatch") as dispatch:
+        file = (await dispatch.get(f"/technicians/{tech}", headers=OPS)).json()
+        assert file["status"] == "suspended"
+    async with platform.client("payments") as payments:
+        coupons = (
+            await payments.get(
+                "/coupons", params={"customer_id": customer}, headers=as_customer(customer)
+            )
+        ).json()
+        assert [(c["coupon_id"], c["amount"]) for c in coupons] == [
+            (f"cp_{complaint['complaint_id']}", 1000)
+        ]
+    # The suspended technician is the only one with this skill: nobody is offered the visit.
+    async with platform.client("booking") as booking:
+        await seed_item(booking, code, skill=skill)
+        await seed_customer(booking, customer)
+        made = await booking.post("/bookings", json=booking_body(customer, code))
+        assert made.status_code == 201, made.text
+
+        async def failed() -> Any:
+            b = await get_json(booking, f"/bookings/{made.json()['booking_id']}")
+            return b if b and b["status"] == "dispatch_failed" else None
+
+        await eventually(failed, what="no offer to a suspended technician")
+
+
+# ------------------------------------------------------------------ bad input --
+
+
+async def test_bad_input_answers_a_clear_4xx_and_stores_nothing(
+    platform: Platform, kafka_producer: AIOKafkaProducer
+) -> None:
+    customer = unique("cus_")
+    booking_id = await completed(kafka_producer, platform.prefix, customer)
+    good = {
+        "booking_id": booking_id,
+        "category": "quality",
+        "severity": "low",
+        "description": "x",
+    }
+    cases: list[tuple[str, str, Any, dict[str, str], int, str]] = [
+        (
+            "POST",
+            "/complaints",
+            {**good, "booking_id": "bk_unknown"},
+            as_customer(customer),
+            404,
+            "booking_id",
+        ),
+        (
+            "POST",
+            "/complaints",
+            {**good, "category": "weather"},
+            as_customer(customer),
+            422,
+            "category",
+        ),
+        (
+            "POST",
+            "/complaints",
+            {**good, "severity": "apocalyptic"},
+            as_customer(customer),
+            422,
+            "severity",
+        ),
+        (
+            "POST",
+            "/complaints",
+            {**good, "description": ""},
+            as_customer(customer),
+            422,
+            "description",
+        ),
+        ("POST", "/complaints", {**good, "owner": "me"}, as_customer(customer), 422, "owner"),
+        ("POST", "/complaints", good, as_customer("cus_other"), 403, ""),
+        ("POST", "/complaints", good, as_technician("tech_r"), 403, ""),
+        ("POST", "/complaints", good, {}, 401, ""),
+        (
+            "POST",
+            "/reviews",
+            {"booking_id": booking_id, "rating": 0},
+            as_customer(customer),
+            422,
+            "rating",
+        ),
+        (
+            "POST",
+            "/reviews",
+            {"booking_id": booking_id, "rating": 6},
+            as_customer(customer),
+            422,
+            "rating",
+        ),
+        (
+            "POST",
+            "/reviews",
+            {"booking_id": booking_id, "rating": "5 stars"},
+            as_customer(customer),
+            422,
+            "rating",
+        ),
+        (
+            "POST",
+            "/reviews",
+            {"booking_id": "bk_unknown", "rating": 5},
+            as_customer(customer),
+            404,
+            "booking_id",
+        ),
+        (
+            "POST",
+            "/reviews",
+            {"booking_id": booking_id, "rating": 5, "tags": ["<script>"]},
+            as_customer(customer),
+            422,
+            "tags.0",
+        ),
+        ("POST", "/complaints/cmp_missing/respond", {"text": "hello"}, OPS, 404, ""),
+        ("POST", "/complaints/cmp_missing/accept", None, as_customer(customer), 404, ""),
+    ]
+    async with platform.client("reviews") as reviews:
+        await known(reviews, booking_id)
+
+        async def state() -> Any:
+            mine = await get_json(reviews, "/complaints", headers=OPS, booking_id=booking_id)
+            review = await reviews.get(f"/reviews/{booking_id}", headers=OPS)
+            return mine, review.status_code
+
+        for method, path, body, headers, status, field in cases:
+            before = await state()
+            r = await reviews.request(method, path, json=body, headers=headers)
+            assert r.status_code == status, (method, path, body, r.text)
+            error = r.json()["error"]
+            assert error["code"], error
+            assert error["message"], error
+            if field:
+                assert error.get("field") == field, (path, error)
+            assert await state() == before, (method, path, body)
+
+
+async def test_a_refund_and_a_redo_reach_payments_and_booking_from_the_complaint(
+    platform: Platform, kafka_producer: AIOKafkaProducer
+) -> None:
+    customer, tech = unique("cus_"), unique("tech_")
+    async with platform.client("booking") as booking:
+        await seed_item(booking, "nails.manicure")
+        await seed_customer(booking, customer)
+        made = await booking.post("/bookings", json=booking_body(customer, "nails.manicure"))
+        assert made.status_code == 201, made.text
+        booking_id = made.json()["booking_id"]
+    # The visit was done and paid in cash: 2 x 25.00 (the completion is the test's fact).
+    await publish(
+        kafka_producer,
+        platform.prefix,
+        service_completed(booking_id, customer, "store_r", technician_id=tech),
+    )
+    async with platform.client("payments") as payments:
+        receipt = await eventually(
+            lambda: get_json(
+                payments, "/receipts", headers=as_customer(customer), booking_id=booking_id
+            ),
+            what="receipt",
+        )
+        signed = await payments.post(
+            f"/receipts/{receipt['receipt_id']}/sign",
+            json={
+                "receipt_hash": receipt["content_hash"],
+                "signature": {
+                    "method": "drawn",
+                    "artefact": "ef" * 32,
+                    "signed_at": datetime.now(UTC).isoformat(),
+                },
+            },
+            headers=as_customer(customer),
+        )
+        assert signed.status_code == 200, signed.text
+        cash = await payments.post(
+            f"/receipts/{receipt['receipt_id']}/cash",
+            json={"amount": receipt["amount_due"]},
+            headers=as_technician(tech),
+        )
+        assert cash.status_code == 200, cash.text
+    async with platform.client("reviews") as reviews:
+        await known(reviews, booking_id)
+        complaint = (
+            await complain(reviews, booking_id, customer, description="half the nails undone")
+        ).json()
+        url = f"/complaints/{complaint['complaint_id']}"
+        proposed = await reviews.post(
+            f"{url}/resolution",
+            json={
+                "text": "we come back to finish, and refund part of it",
+                "remedies": [{"kind": "refund", "amount": 1500}, {"kind": "redo_visit"}],
+            },
+            headers=OPS,
+        )
+        assert proposed.status_code == 200, proposed.text
+
+        async def all_took_effect() -> Any:
+            c = await get_json(reviews, url, headers=OPS)
+            done = c and all(r["took_effect_at"] for r in c["remedies"])
+            return c if done else None
+
+        await eventually(all_took_effect, what="refund and redo took effect")
+    async with platform.client("payments") as payments:
+        refunded = await get_json(payments, f"/receipts/{receipt['receipt_id']}", headers=OPS)
+    assert [(r["refund_id"], r["amount"]) for r in refunded["refunds"]] == [
+        (f"complaint:{complaint['complaint_id']}", 1500)
+    ]
+    async with platform.client("booking") as booking:
+        redo = await get_json(booking, f"/bookings/bk_redo_{complaint['complaint_id']}")
+    assert redo is not None
+    assert redo["rebooked_from"] == booking_id
+    assert redo["redo_for_complaint"] == complaint["complaint_id"]
+    assert redo["total"] == 0
+    assert redo["timing"] == "asap"
+
+
+async def test_kpis_over_a_period_for_operations_and_for_a_store_its_own_only(
+    platform: Platform, kafka_producer: AIOKafkaProducer
+) -> None:
+    store, customer = unique("store_"), unique("cus_")
+    bookings = []
+    for _ in range(2):
+        booking_id = unique("bk_")
+        await publish(
+            kafka_producer,
+            platform.prefix,
+            service_completed(booking_id, customer, store, technician_id="tech_kpi"),
+        )
+        bookings.append(booking_id)
+    async with platform.client("reviews") as reviews:
+        for booking_id in bookings:
+            await known(reviews, booking_id)
+            assert (await complain(reviews, booking_id, customer)).status_code == 201
+        review = await reviews.post(
+            "/reviews", json={"booking_id": bookings[0], "rating": 4}, headers=as_customer(customer)
+        )
+        assert review.status_code == 201, review.text
+        now = datetime.now(UTC)
+        period = {
+            "from": (now - timedelta(hours=1)).isoformat(),
+            "to": (now + timedelta(hours=1)).isoformat(),
+        }
+        everything = (await reviews.get("/kpis", params=period, headers=OPS)).json()
+        own = (await reviews.get("/kpis", params=period, headers=as_store(store))).json()
+        customer_view = await reviews.get("/kpis", params=period, headers=as_customer(customer))
+        backwards = await reviews.get(
+            "/kpis", params={"from": period["to"], "to": period["from"]}, headers=OPS
+        )
+    assert everything["per_store"][store] == 2
+    assert everything["complaints"] >= 2
+    assert own["complaints"] == 2
+    assert own["per_store"] == {store: 2}
+    assert own["per_technician"] == {"tech_kpi": 2}
+    assert own["rating_distribution"]["4"] == 1
+    assert customer_view.status_code == 403
+    assert backwards.status_code == 422
