@@ -159,6 +159,21 @@ async def test_complaint_escalates_through_every_tier_on_the_clock_across_a_rest
         async with httpx.AsyncClient(base_url=reviews.url, timeout=10) as api:
             await api.post("/testing/clock", json={"advance_s": 8 * 3600 + 1})
             at_manager = await tier_is("manager")
+            # The manager proposes a resolution; nobody answers for the quiet week: closed.
+            proposed = await api.post(
+                f"/complaints/{complaint_id}/resolution",
+                json={"text": "we are sorry", "remedies": [{"kind": "apology"}]},
+                headers=OPS,
+            )
+            assert proposed.status_code == 200, proposed.text
+            await api.post("/testing/clock", json={"advance_s": 7 * 86400 + 1})
+
+            async def closed() -> Any:
+                c = await get_json(api, f"/complaints/{complaint_id}", headers=OPS)
+                return c if c and c["status"] == "closed" else None
+
+            quietly = await eventually(closed, what="closed after the quiet period")
+            assert quietly["closed_by"] == "platform"
         assert [b["tier"] for b in at_manager["breaches"]] == ["agent", "supervisor"]
         assert at_manager["owner"] is None  # the manager tier's queue owns it now
         assert at_manager["status"] == "open"
