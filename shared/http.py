@@ -14,7 +14,7 @@ from pydantic import BaseModel, ConfigDict
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from shared import logs
-from shared.errors import DomainError
+from shared.errors import DomainError, TooManyRequests
 from shared.metrics import HTTP_REQUESTS
 
 CORRELATION_HEADER = "X-Correlation-ID"
@@ -74,7 +74,10 @@ def install_error_handlers(app: FastAPI) -> None:
 
     @app.exception_handler(DomainError)
     async def domain_error(_: Request, exc: DomainError) -> JSONResponse:
-        return error_response(exc.status, exc.code, exc.message, field=exc.field)
+        response = error_response(exc.status, exc.code, exc.message, field=exc.field)
+        if isinstance(exc, TooManyRequests):
+            response.headers["Retry-After"] = str(exc.retry_after)
+        return response
 
     @app.exception_handler(Exception)
     async def unexpected(request: Request, exc: Exception) -> JSONResponse:

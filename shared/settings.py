@@ -44,6 +44,19 @@ class Settings(BaseSettings):
     # service keeps a random one in its own database so restarts and replicas agree.
     visit_code_secret: SecretStr | None = Field(None, validation_alias="DISPATCH_VISIT_CODE_SECRET")
 
+    # Gateway sign-in. Access tokens are EdDSA JWTs from this key (32-byte seed, base64url;
+    # unset, keys are made and kept in the gateway's database); refresh tokens last longer.
+    gateway_token_seed: SecretStr | None = Field(None, validation_alias="GATEWAY_TOKEN_SEED")
+    gateway_token_key_id: str = Field("env-1", validation_alias="GATEWAY_TOKEN_KEY_ID")
+    access_token_ttl_s: int = Field(900, validation_alias="GATEWAY_ACCESS_TOKEN_TTL_S")
+    refresh_token_ttl_s: int = Field(30 * 86400, validation_alias="GATEWAY_REFRESH_TOKEN_TTL_S")
+    otp_ttl_s: int = Field(300, validation_alias="GATEWAY_OTP_TTL_S")
+    otp_attempts: int = Field(5, validation_alias="GATEWAY_OTP_ATTEMPTS")  # per code
+    otp_requests_per_hour: int = Field(5, validation_alias="GATEWAY_OTP_REQUESTS_PER_HOUR")
+    otp_secret: SecretStr | None = Field(None, validation_alias="GATEWAY_OTP_SECRET")
+    # Development only: codes "sent" by SMS are readable at GET /v1/dev/sms (never in production).
+    dev_sms_log: bool = Field(False, validation_alias="DOORSTEP_DEV_SMS_LOG")
+
     # Tests only: mount POST /testing/clock to move the process's clock forward.
     test_clock: bool = Field(False, validation_alias="DOORSTEP_TEST_CLOCK")
 

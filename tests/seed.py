@@ -7,9 +7,14 @@ from typing import Any
 from zoneinfo import ZoneInfo
 
 import httpx
+import jwt
+from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
+from pymongo import AsyncMongoClient
 
+from shared.auth import Actor
 from shared.events.dispatch import ServiceCompleted
 from shared.events.types import PricedLine
+from shared.mongo import Document
 from tests.harness import eventually
 
 LISBON_TZ = ZoneInfo("Europe/Lisbon")
@@ -248,3 +253,36 @@ def service_completed(
             )
         ],
     )
+
+
+async def gateway_token(
+    mongo: AsyncMongoClient[Document],
+    prefix: str,
+    actor: Actor,
+    *,
+    ttl: timedelta = timedelta(minutes=15),
+    **claims: Any,
+) -> str:
+    """An access token as the gateway issues it, signed with its current key (read from
+    its database), for any caller; `claims` override what the gateway would put in."""
+    doc = await mongo[f"{prefix}_gateway"]["signing_keys"].find_one(
+        {"current": True}, sort=[("created_at", -1)]
+    )
+    assert doc is not None, "the gateway has made no signing key yet (GET /v1/auth/keys)"
+    key = Ed25519PrivateKey.from_private_bytes(bytes(doc["seed"]))
+    now = datetime.now(UTC)
+    body: dict[str, Any] = {
+        "iss": "doorstep",
+        "aud": "doorstep-api",
+        "sub": actor.subject,
+        "role": actor.role.value,
+        "iat": int(now.timestamp()),
+        "exp": int((now + ttl).timestamp()),
+        **({"store": actor.store_id} if actor.store_id else {}),
+        **claims,
+    }
+    return jwt.encode(body, key, algorithm="EdDSA", headers={"kid": doc["_id"]})
+
+
+def bearer(token: str) -> dict[str, str]:
+    return {"Authorization": f"Bearer {token}"}

@@ -9,6 +9,7 @@ import httpx
 import pytest
 from pymongo import AsyncMongoClient
 
+from shared.auth import Actor, Role
 from shared.mongo import Document
 from tests.conftest import Platform
 from tests.seed import (
@@ -18,7 +19,9 @@ from tests.seed import (
     as_customer,
     as_store,
     as_technician,
+    bearer,
     booking_body,
+    gateway_token,
     seed_customer,
     seed_item,
     seed_technician,
@@ -29,6 +32,8 @@ pytestmark = pytest.mark.integration
 
 SOON = datetime.now(UTC) + timedelta(days=1)
 CUSTOMER = "cus_bad_input"
+# Replaced in the test by a real access token for CUSTOMER (the gateway's key is per session).
+AS_CUSTOMER_AT_EDGE = {"Authorization": "customer token"}
 
 
 def with_(changes: dict[str, Any], drop: tuple[str, ...] = ()) -> dict[str, Any]:
@@ -426,18 +431,21 @@ CASES: list[tuple[str, str, str, Any, dict[str, str], int, str]] = [
     ("payments", "GET", "/receipts/rc_missing", None, {}, 401, ""),
     ("reviews", "GET", "/review-requests/bk_missing", None, {}, 404, ""),
     # --- gateway validates before forwarding
-    ("gateway", "POST", "/v1/bookings", with_({"total": 0}), {}, 422, "total"),
+    ("gateway", "POST", "/v1/bookings", with_({"total": 0}), AS_CUSTOMER_AT_EDGE, 422, "total"),
+    ("gateway", "POST", "/v1/bookings", with_({}), {}, 401, ""),
+    ("gateway", "POST", "/v1/bookings", with_({}), as_customer(CUSTOMER), 401, ""),
     (
         "gateway",
         "POST",
         "/v1/bookings",
         with_({"items": [{"code": "no.such.item", "quantity": 1}]}),
-        {},
+        AS_CUSTOMER_AT_EDGE,
         422,
         "items.0.code",
     ),
-    ("gateway", "GET", "/v1/bookings/bk_missing", None, {}, 404, ""),
-    ("gateway", "GET", "/v1/bookings/bad%20id", None, {}, 422, "booking_id"),
+    ("gateway", "GET", "/v1/bookings/bk_missing", None, AS_CUSTOMER_AT_EDGE, 404, ""),
+    ("gateway", "GET", "/v1/bookings/bad%20id", None, AS_CUSTOMER_AT_EDGE, 422, "booking_id"),
+    ("gateway", "GET", "/v1/bookings/bk_missing", None, {"Authorization": "Bearer x.y.z"}, 401, ""),
 ]
 
 
@@ -485,6 +493,11 @@ async def test_bad_input_answers_clear_error_and_stores_nothing(
         await seed_customer(booking, CUSTOMER, address_id="ad_far", location=OCEAN)
     async with platform.client("dispatch") as dispatch:
         await seed_technician(dispatch, "tech_bad_input", "LX-BAD-1")
+    if headers is AS_CUSTOMER_AT_EDGE:
+        async with platform.client("gateway") as gateway:
+            await gateway.get("/v1/auth/keys")  # the gateway's first signing key
+        actor = Actor(role=Role.CUSTOMER, subject=CUSTOMER)
+        headers = bearer(await gateway_token(mongo, platform.prefix, actor))
     before = await snapshot(mongo, platform.prefix, service)
     async with httpx.AsyncClient(base_url=platform.url(service), timeout=10) as client:
         response = await client.request(method, path, json=body, headers=headers)

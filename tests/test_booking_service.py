@@ -13,6 +13,7 @@ import pytest
 from aiokafka import AIOKafkaConsumer, AIOKafkaProducer
 from pymongo import AsyncMongoClient
 
+from shared.auth import Actor, Role
 from shared.events.dispatch import (
     IdentityConfirmed,
     ServiceCompleted,
@@ -28,7 +29,9 @@ from tests.conftest import Platform
 from tests.harness import Infra, eventually, publish
 from tests.seed import (
     accept_offer,
+    bearer,
     booking_body,
+    gateway_token,
     get_json,
     lisbon_window,
     seed_customer,
@@ -175,17 +178,19 @@ async def test_same_idempotency_key_makes_one_booking_and_refuses_another_body(
     body = booking_body(customer, code)
     key = f"retry-{uuid.uuid4().hex}"
     async with platform.client("gateway") as api:
-        responses = await asyncio.gather(
-            *[
-                api.post("/v1/bookings", json=body, headers={"Idempotency-Key": key})
-                for _ in range(5)
-            ]
+        await api.get("/v1/auth/keys")
+        me = bearer(
+            await gateway_token(mongo, platform.prefix, Actor(role=Role.CUSTOMER, subject=customer))
         )
-        later = await api.post("/v1/bookings", json=body, headers={"Idempotency-Key": key})
+        retry = {"Idempotency-Key": key, **me}
+        responses = await asyncio.gather(
+            *[api.post("/v1/bookings", json=body, headers=retry) for _ in range(5)]
+        )
+        later = await api.post("/v1/bookings", json=body, headers=retry)
         other = await api.post(
             "/v1/bookings",
             json={**body, "items": [{"code": code, "quantity": 3}]},
-            headers={"Idempotency-Key": key},
+            headers=retry,
         )
     assert [r.status_code for r in responses].count(201) == 1, [r.text for r in responses]
     assert {r.status_code for r in responses} <= {200, 201}
@@ -520,7 +525,9 @@ async def test_an_unexpected_failure_answers_500_in_the_one_error_shape_with_the
     )
     cid = unique("cid-")
     async with platform.client("gateway") as api:
-        r = await api.get(f"/v1/bookings/{booking_id}", headers={"X-Correlation-ID": cid})
+        await api.get("/v1/auth/keys")
+        ops = bearer(await gateway_token(mongo, platform.prefix, Actor(role=Role.OPS, subject="o")))
+        r = await api.get(f"/v1/bookings/{booking_id}", headers={"X-Correlation-ID": cid, **ops})
     assert r.status_code == 500
     error = r.json()["error"]
     assert error["code"] == "internal_error"

@@ -6,7 +6,10 @@ import uuid
 from typing import Any
 
 import pytest
+from pymongo import AsyncMongoClient
 
+from shared.auth import Actor, Role
+from shared.mongo import Document
 from tests.conftest import Platform
 from tests.harness import eventually
 from tests.seed import (
@@ -14,7 +17,9 @@ from tests.seed import (
     accept_offer,
     as_customer,
     as_technician,
+    bearer,
     booking_body,
+    gateway_token,
     get_json,
     seed_customer,
     seed_item,
@@ -26,7 +31,7 @@ pytestmark = pytest.mark.integration
 
 
 async def test_booking_is_confirmed_then_completed_visit_yields_receipt_and_review(
-    platform: Platform,
+    platform: Platform, mongo: AsyncMongoClient[Document]
 ) -> None:
     # A skill of its own, so no technician seeded by another test can qualify.
     skill = f"nails-{uuid.uuid4().hex[:6]}"
@@ -40,7 +45,11 @@ async def test_booking_is_confirmed_then_completed_visit_yields_receipt_and_revi
         await seed_technician(dispatch, tech, f"LX-{uuid.uuid4().hex[:6].upper()}", skills=[skill])
 
     async with platform.client("gateway") as api:
-        created = await api.post("/v1/bookings", json=booking_body(customer, code))
+        await api.get("/v1/auth/keys")
+        me = bearer(
+            await gateway_token(mongo, platform.prefix, Actor(role=Role.CUSTOMER, subject=customer))
+        )
+        created = await api.post("/v1/bookings", json=booking_body(customer, code), headers=me)
         assert created.status_code == 201, created.text
         booking = created.json()
         booking_id = booking["booking_id"]
@@ -53,7 +62,7 @@ async def test_booking_is_confirmed_then_completed_visit_yields_receipt_and_revi
     async with platform.client("gateway") as api:
 
         async def confirmed() -> Any:
-            view = await get_json(api, f"/v1/bookings/{booking_id}")
+            view = await get_json(api, f"/v1/bookings/{booking_id}", headers=me)
             return view if view and view["booking"]["status"] == "assigned" else None
 
         view = await eventually(confirmed, what="booking assigned")
@@ -87,7 +96,7 @@ async def test_booking_is_confirmed_then_completed_visit_yields_receipt_and_revi
     async with platform.client("gateway") as api:
 
         async def completed_with_receipt() -> Any:
-            view = await get_json(api, f"/v1/bookings/{booking_id}", headers=as_customer(customer))
+            view = await get_json(api, f"/v1/bookings/{booking_id}", headers=me)
             done = view and view["booking"]["status"] == "completed" and view["receipt"]
             return view if done else None
 

@@ -193,14 +193,18 @@ def main(gateway: str, booking: str, dispatch: str) -> None:
         day = date.today() + timedelta(days=1)
         start = datetime.combine(day, time(10, 0), LISBON).astimezone(UTC)
         made = []
-        for customer, name, phone, line, lat, lon, items in CUSTOMERS:
+        for _, name, phone, line, lat, lon, items in CUSTOMERS:
+            # Sign in as the app does: a one-time code by "SMS" (the development log).
+            customer, auth = sign_in(http, gateway, phone)
             http.put(
                 f"{gateway}/v1/customers/{customer}",
                 json={"name": name, "phone": phone, "preferred_language": "pt"},
+                headers=auth,
             ).raise_for_status()
             http.put(
                 f"{gateway}/v1/customers/{customer}/addresses/ad_home",
                 json={"label": "home", "line": line, "location": {"lat": lat, "lon": lon}},
+                headers=auth,
             ).raise_for_status()
             request = {
                 "customer_id": customer,
@@ -213,17 +217,32 @@ def main(gateway: str, booking: str, dispatch: str) -> None:
             r = http.post(
                 f"{gateway}/v1/bookings",
                 json=request,
-                headers={"Idempotency-Key": f"demo-{customer}-{day:%Y%m%d}"},
+                headers={"Idempotency-Key": f"demo-{customer}-{day:%Y%m%d}", **auth},
             )
             r.raise_for_status()
             made.append(r.json()["booking_id"])
         accept_offers(http, dispatch, made)
+    phone = CUSTOMERS[0][2]
     print(
         f"[demo] {len(CATALOGUE)} catalogue items, {len(TECHNICIANS)} technicians, "
         f"{len(CUSTOMERS)} customers, {len(made)} bookings "
-        f"(e.g. GET {gateway}/v1/bookings/{made[0]}, "
-        f"GET {gateway}/v1/catalogue/prices?region={REGION})"
+        f"(public: GET {gateway}/v1/catalogue/prices?region={REGION}; sign in as "
+        f'{CUSTOMERS[0][1]}: POST {gateway}/v1/auth/otp {{"phone": "{phone}"}}, the code '
+        f"at GET {gateway}/v1/dev/sms?phone={phone.replace('+', '%2B')}, then POST "
+        f"{gateway}/v1/auth/token)"
     )
+
+
+def sign_in(http: httpx.Client, gateway: str, phone: str) -> tuple[str, dict[str, str]]:
+    """Phone and one-time code, as the customer app signs in; returns (customer id, auth)."""
+    http.post(f"{gateway}/v1/auth/otp", json={"phone": phone}).raise_for_status()
+    sms = http.get(f"{gateway}/v1/dev/sms", params={"phone": phone})
+    sms.raise_for_status()
+    code = sms.json()[0]["text"].rsplit(" ", 1)[-1]
+    tokens = http.post(f"{gateway}/v1/auth/token", json={"phone": phone, "code": code})
+    tokens.raise_for_status()
+    body = tokens.json()
+    return body["subject"], {"Authorization": f"Bearer {body['access_token']}"}
 
 
 if __name__ == "__main__":

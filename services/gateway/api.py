@@ -18,7 +18,10 @@ from services.booking.api import (
 )
 from services.booking.domain import CareProfile
 from services.gateway.domain import BookingView
+from services.gateway.security import EdgeActor
 from services.gateway.upstream import Upstream, UpstreamError
+from shared.auth import Actor, Role
+from shared.errors import Forbidden, NotFound
 
 router = APIRouter(prefix="/v1")
 
@@ -54,17 +57,52 @@ async def forward(
     method: str,
     path: str,
     *,
+    actor: Actor | None = None,
     body: Any = None,
     params: dict[str, str] | None = None,
     **headers: str | None,
 ) -> JSONResponse:
+    """Call the booking service as the verified caller (never as the client claims)."""
     json = body.model_dump(mode="json") if body is not None else None
+    sent = {**_headers(**headers), **(actor.headers() if actor else {})}
     response = await upstream(request).call(
-        "booking", method, path, json=json, params=params, headers=_headers(**headers)
+        "booking", method, path, json=json, params=params, headers=sent
     )
     if response.status_code == status.HTTP_204_NO_CONTENT:
         return JSONResponse(status_code=204, content=None)
     return relay(response)
+
+
+def own_customer(actor: Actor, customer_id: str) -> None:
+    """A customer reaches only their own profile and history; operations any."""
+    if not (actor.is_ops or (actor.role is Role.CUSTOMER and actor.subject == customer_id)):
+        raise Forbidden("this is another customer's")
+
+
+async def readable_booking(request: Request, actor: Actor, booking_id: str) -> dict[str, Any]:
+    """The booking, if the caller may see it: its customer, its assigned technician, ops."""
+    response = await upstream(request).call(
+        "booking", "GET", f"/bookings/{booking_id}", headers=actor.headers()
+    )
+    if response.status_code != 200:
+        raise UpstreamError.from_response(response)
+    booking: dict[str, Any] = response.json()
+    technician = (booking.get("technician") or {}).get("technician_id")
+    allowed = (
+        actor.is_ops
+        or (actor.role is Role.CUSTOMER and booking.get("customer_id") == actor.subject)
+        or (actor.role is Role.TECHNICIAN and technician == actor.subject)
+    )
+    if not allowed:
+        # Not yours: answered like a booking that does not exist, so ids cannot be probed.
+        raise NotFound(f"booking {booking_id} does not exist")
+    return booking
+
+
+async def changeable_booking(request: Request, actor: Actor, booking_id: str) -> None:
+    booking = await readable_booking(request, actor, booking_id)
+    if not (actor.is_ops or booking.get("customer_id") == actor.subject):
+        raise Forbidden("only the booking's customer or operations change a booking")
 
 
 # ---------------------------------------------------------------- catalogue --
@@ -80,13 +118,17 @@ async def price_list(
 
 # ---------------------------------------------------------------- customers --
 @router.put("/customers/{customer_id}", tags=["customers"], summary="Create or update a profile")
-async def put_customer(customer_id: Id, body: ProfileIn, request: Request) -> JSONResponse:
-    return await forward(request, "PUT", f"/customers/{customer_id}", body=body)
+async def put_customer(
+    customer_id: Id, body: ProfileIn, request: Request, actor: EdgeActor
+) -> JSONResponse:
+    own_customer(actor, customer_id)
+    return await forward(request, "PUT", f"/customers/{customer_id}", actor=actor, body=body)
 
 
 @router.get("/customers/{customer_id}", tags=["customers"], summary="A customer's profile")
-async def get_customer(customer_id: Id, request: Request) -> JSONResponse:
-    return await forward(request, "GET", f"/customers/{customer_id}")
+async def get_customer(customer_id: Id, request: Request, actor: EdgeActor) -> JSONResponse:
+    own_customer(actor, customer_id)
+    return await forward(request, "GET", f"/customers/{customer_id}", actor=actor)
 
 
 @router.put(
@@ -95,10 +137,11 @@ async def get_customer(customer_id: Id, request: Request) -> JSONResponse:
     summary="Add or change an address",
 )
 async def put_address(
-    customer_id: Id, address_id: Id, body: AddressIn, request: Request
+    customer_id: Id, address_id: Id, body: AddressIn, request: Request, actor: EdgeActor
 ) -> JSONResponse:
+    own_customer(actor, customer_id)
     return await forward(
-        request, "PUT", f"/customers/{customer_id}/addresses/{address_id}", body=body
+        request, "PUT", f"/customers/{customer_id}/addresses/{address_id}", actor=actor, body=body
     )
 
 
@@ -107,61 +150,69 @@ async def put_address(
     tags=["customers"],
     summary="What the technician may read before the visit",
 )
-async def put_care_profile(customer_id: Id, body: CareProfile, request: Request) -> JSONResponse:
-    return await forward(request, "PUT", f"/customers/{customer_id}/care-profile", body=body)
+async def put_care_profile(
+    customer_id: Id, body: CareProfile, request: Request, actor: EdgeActor
+) -> JSONResponse:
+    own_customer(actor, customer_id)
+    path = f"/customers/{customer_id}/care-profile"
+    return await forward(request, "PUT", path, actor=actor, body=body)
 
 
 @router.get("/customers/{customer_id}/bookings", tags=["customers"], summary="The booking history")
-async def booking_history(customer_id: Id, request: Request) -> JSONResponse:
-    return await forward(request, "GET", f"/customers/{customer_id}/bookings")
+async def booking_history(customer_id: Id, request: Request, actor: EdgeActor) -> JSONResponse:
+    own_customer(actor, customer_id)
+    return await forward(request, "GET", f"/customers/{customer_id}/bookings", actor=actor)
 
 
 # ----------------------------------------------------------------- bookings --
 @router.post("/bookings/quote", tags=["bookings"], summary="Price a booking before confirming it")
-async def quote_booking(body: BookingRequest, request: Request) -> JSONResponse:
-    return await forward(request, "POST", "/bookings/quote", body=body)
+async def quote_booking(body: BookingRequest, request: Request, actor: EdgeActor) -> JSONResponse:
+    own_customer(actor, body.customer_id)
+    return await forward(request, "POST", "/bookings/quote", actor=actor, body=body)
 
 
 @router.post("/bookings", tags=["bookings"], status_code=201, summary="Book a visit")
 async def create_booking(
-    body: BookingRequest, request: Request, idempotency_key: IdempotencyKey = None
+    body: BookingRequest, request: Request, actor: EdgeActor, idempotency_key: IdempotencyKey = None
 ) -> JSONResponse:
-    return await forward(request, "POST", "/bookings", body=body, idempotency_key=idempotency_key)
+    own_customer(actor, body.customer_id)
+    return await forward(
+        request, "POST", "/bookings", actor=actor, body=body, idempotency_key=idempotency_key
+    )
 
 
 @router.get("/bookings/{booking_id}", tags=["bookings"], summary="A booking with its receipt state")
-async def get_booking(booking_id: Id, request: Request) -> BookingView:
-    client = upstream(request)
-    booking = await client.call("booking", "GET", f"/bookings/{booking_id}")
-    if booking.status_code != 200:
-        raise UpstreamError.from_response(booking)
-    # Until sign-in lands at the gateway, the caller's identity headers pass through; the
-    # payments service checks the receipt belongs to them.
-    actor = {h: v for h, v in request.headers.items() if h.lower().startswith("x-actor-")}
-    receipt = await client.call(
-        "payments", "GET", "/receipts", params={"booking_id": booking_id}, headers=actor
+async def get_booking(booking_id: Id, request: Request, actor: EdgeActor) -> BookingView:
+    booking = await readable_booking(request, actor, booking_id)
+    # Payments checks again that the receipt is this caller's to see.
+    receipt = await upstream(request).call(
+        "payments", "GET", "/receipts", params={"booking_id": booking_id}, headers=actor.headers()
     )
     return BookingView(
-        booking=booking.json(), receipt=receipt.json() if receipt.status_code == 200 else None
+        booking=booking, receipt=receipt.json() if receipt.status_code == 200 else None
     )
 
 
 @router.post("/bookings/{booking_id}/cancel", tags=["bookings"], summary="Cancel a booking")
 async def cancel_booking(
-    booking_id: Id, request: Request, body: CancelIn | None = None, if_match: IfMatch = None
+    booking_id: Id,
+    request: Request,
+    actor: EdgeActor,
+    body: CancelIn | None = None,
+    if_match: IfMatch = None,
 ) -> JSONResponse:
-    return await forward(
-        request, "POST", f"/bookings/{booking_id}/cancel", body=body, if_match=if_match
-    )
+    await changeable_booking(request, actor, booking_id)
+    path = f"/bookings/{booking_id}/cancel"
+    return await forward(request, "POST", path, actor=actor, body=body, if_match=if_match)
 
 
 @router.post("/bookings/{booking_id}/reschedule", tags=["bookings"], summary="Move to a new window")
 async def reschedule_booking(
-    booking_id: Id, body: RescheduleIn, request: Request, if_match: IfMatch = None
+    booking_id: Id, body: RescheduleIn, request: Request, actor: EdgeActor, if_match: IfMatch = None
 ) -> JSONResponse:
-    return await forward(
-        request, "POST", f"/bookings/{booking_id}/reschedule", body=body, if_match=if_match
-    )
+    await changeable_booking(request, actor, booking_id)
+    path = f"/bookings/{booking_id}/reschedule"
+    return await forward(request, "POST", path, actor=actor, body=body, if_match=if_match)
 
 
 @router.post(
@@ -171,12 +222,18 @@ async def reschedule_booking(
     summary="Same services, same technician preferred, a new window",
 )
 async def book_again(
-    booking_id: Id, body: TimingIn, request: Request, idempotency_key: IdempotencyKey = None
+    booking_id: Id,
+    body: TimingIn,
+    request: Request,
+    actor: EdgeActor,
+    idempotency_key: IdempotencyKey = None,
 ) -> JSONResponse:
+    await changeable_booking(request, actor, booking_id)
     return await forward(
         request,
         "POST",
         f"/bookings/{booking_id}/book-again",
+        actor=actor,
         body=body,
         idempotency_key=idempotency_key,
     )

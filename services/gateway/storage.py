@@ -1,10 +1,118 @@
-"""Gateway's MongoDB collections (sessions, API keys and notifications arrive with the
-gateway issue); nothing is stored yet."""
+"""Gateway's MongoDB collections: who may sign in, and how.
+
+signing_keys    Ed25519 keys of the access tokens (a key ring: current signs, all verify)
+accounts        a phone's account: its role and subject (customer or technician id)
+otp_codes       the live one-time code per phone: its keyed digest, expiry, attempts left
+sms_log         what was "sent" by SMS (the development sender writes here)
+refresh_tokens  digests of refresh tokens with their family, expiry and revocation
+api_keys        partner stores' keys: digest, store, scopes, revocation
+ops_staff       operations staff: e-mail and a scrypt password hash
+keys            the secret that keys one-time code digests
+"""
 
 from __future__ import annotations
 
-from shared.mongo import Database
+from datetime import datetime
+
+from pydantic import BaseModel, ConfigDict, Field
+from pymongo import ASCENDING, IndexModel
+
+from shared.mongo import Database, Versioned
+
+SIGNING_KEYS = "signing_keys"
+ACCOUNTS = "accounts"
+OTP_CODES = "otp_codes"
+SMS_LOG = "sms_log"
+REFRESH_TOKENS = "refresh_tokens"
+API_KEYS = "api_keys"
+OPS_STAFF = "ops_staff"
 
 
 async def ensure_indexes(db: Database) -> None:
-    del db
+    await db[ACCOUNTS].create_indexes(
+        [IndexModel([("subject", ASCENDING), ("role", ASCENDING)], unique=True)]
+    )
+    await db[REFRESH_TOKENS].create_indexes([IndexModel([("family", ASCENDING)])])
+    await db[API_KEYS].create_indexes([IndexModel([("store_id", ASCENDING)])])
+    await db[SMS_LOG].create_indexes([IndexModel([("phone", ASCENDING), ("at", ASCENDING)])])
+
+
+class Forbid(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+
+class Account(Forbid):
+    """A phone that may sign in, and as whom. `_id` is the phone."""
+
+    phone: str
+    role: str  # customer, technician
+    subject: str
+    store_id: str | None = None  # a technician's store
+    created_at: datetime
+    version: int = 0
+
+
+class OtpCode(Forbid):
+    phone: str
+    digest: str
+    expires_at: datetime
+    attempts_left: int
+    requested: list[datetime] = Field(default_factory=list)  # recent requests, for the limit
+    version: int = 0
+
+
+class RefreshToken(Forbid):
+    """`_id` is the token's digest; a family is one sign-in and all its rotations."""
+
+    token_digest: str
+    family: str
+    role: str
+    subject: str
+    store_id: str | None = None
+    expires_at: datetime
+    revoked_at: datetime | None = None
+    replaced_by: str | None = None
+    version: int = 0
+
+
+class ApiKey(Forbid):
+    key_id: str
+    store_id: str
+    scopes: list[str]
+    secret_digest: str
+    created_at: datetime
+    revoked_at: datetime | None = None
+    replaces: str | None = None
+    version: int = 0
+
+
+class OpsStaff(Forbid):
+    email: str
+    password_hash: str  # scrypt, never leaves this collection
+    created_at: datetime
+    version: int = 0
+
+
+class Accounts(Versioned[Account]):
+    def __init__(self, db: Database) -> None:
+        super().__init__(db, ACCOUNTS, Account, "phone")
+
+
+class OtpCodes(Versioned[OtpCode]):
+    def __init__(self, db: Database) -> None:
+        super().__init__(db, OTP_CODES, OtpCode, "phone")
+
+
+class RefreshTokens(Versioned[RefreshToken]):
+    def __init__(self, db: Database) -> None:
+        super().__init__(db, REFRESH_TOKENS, RefreshToken, "token_digest")
+
+
+class ApiKeys(Versioned[ApiKey]):
+    def __init__(self, db: Database) -> None:
+        super().__init__(db, API_KEYS, ApiKey, "key_id")
+
+
+class Staff(Versioned[OpsStaff]):
+    def __init__(self, db: Database) -> None:
+        super().__init__(db, OPS_STAFF, OpsStaff, "email")

@@ -12,9 +12,6 @@ provider_ops   every charge and refund sent to the provider, by idempotency key
 
 from __future__ import annotations
 
-import base64
-import secrets
-import time
 from datetime import datetime
 
 from pydantic import BaseModel, ConfigDict
@@ -24,7 +21,8 @@ from services.payments.domain import Coupon, Receipt, ReceiptStatus
 from services.payments.ledger import Holding, Plan
 from services.payments.sealing import GENESIS, SealingKey, digest
 from shared.errors import Conflict, VersionMismatch
-from shared.mongo import Database, Document, Session, Versioned
+from shared.keyring import KeyRing
+from shared.mongo import Database, Session, Versioned
 from shared.settings import Settings
 from shared.time import utcnow
 
@@ -207,81 +205,26 @@ class ProviderOps(Versioned[ProviderOp]):
         )
 
 
-# The current sealing key per database, re-read after a few seconds: another process's
-# rotation is picked up soon, and meanwhile the previous key (still published) seals.
-KEY_CACHE_S = 5.0
-_current: dict[str, tuple[SealingKey, float]] = {}
-
-
 class SealingKeys:
-    """Ed25519 sealing keys by id: the current one seals, every one still verifies."""
+    """The receipt-sealing key ring (see shared/keyring.py)."""
 
     def __init__(self, db: Database, settings: Settings) -> None:
-        self._col = db[SEALING_KEYS]
-        self._settings = settings
-
-    def _configured(self) -> SealingKey | None:
-        seed = self._settings.receipt_sealing_seed
-        if seed is None:
-            return None
-        raw = base64.urlsafe_b64decode(seed.get_secret_value() + "==")
-        return SealingKey.from_seed(self._settings.receipt_sealing_key_id, raw)
+        self._ring = KeyRing(
+            db,
+            SEALING_KEYS,
+            seed=settings.receipt_sealing_seed,
+            seed_key_id=settings.receipt_sealing_key_id,
+        )
 
     async def current(self) -> SealingKey:
-        configured = self._configured()
-        if configured is not None:
-            return configured
-        cached = _current.get(self._col.database.name)
-        if cached is not None and time.monotonic() - cached[1] < KEY_CACHE_S:
-            return cached[0]
-        doc = await self._newest()
-        if doc is None:
-            # The first key has a fixed id, so processes starting together agree on it.
-            first = SealingKey.generate("k1")
-            await self._col.update_one(
-                {"_id": first.key_id},
-                {"$setOnInsert": self._key_doc(first)},
-                upsert=True,
-            )
-            doc = await self._newest()
-            assert doc is not None
-        key = SealingKey.from_seed(doc["_id"], bytes(doc["seed"]))
-        _current[self._col.database.name] = (key, time.monotonic())
-        return key
-
-    async def _newest(self) -> Document | None:
-        return await self._col.find_one({"current": True}, sort=[("created_at", -1)])
-
-    @staticmethod
-    def _key_doc(key: SealingKey) -> Document:
-        return {
-            "seed": key.private_seed(),
-            "public_key": key.public_key(),
-            "current": True,
-            "created_at": utcnow(),
-        }
+        key = await self._ring.current()
+        return SealingKey(key.key_id, key.private)
 
     async def rotate(self) -> str:
-        """Make a new key current; old ones stay published for the seals they made."""
-        if self._configured() is not None:
-            raise Conflict("the sealing key comes from the environment: rotate it there")
-        key = SealingKey.generate(f"k{utcnow():%Y%m%d%H%M%S}-{secrets.token_hex(2)}")
-        await self._col.insert_one({"_id": key.key_id, **self._key_doc(key)})
-        await self._col.update_many(
-            {"current": True, "_id": {"$ne": key.key_id}}, {"$set": {"current": False}}
-        )
-        _current.pop(self._col.database.name, None)
-        return key.key_id
+        return await self._ring.rotate()
 
     async def published(self) -> dict[str, str]:
-        keys = {
-            d["_id"]: d["public_key"]
-            async for d in self._col.find({"public_key": {"$exists": True}}, {"public_key": 1})
-        }
-        configured = self._configured()
-        if configured is not None:
-            keys[configured.key_id] = configured.public_key()
-        return keys
+        return await self._ring.published()
 
 
 def is_final(receipt: Receipt) -> bool:

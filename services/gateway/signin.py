@@ -1,0 +1,408 @@
+"""Sign-in at the edge: phone and one-time code (customers, technicians), e-mail and password
+(operations), refresh-token rotation with reuse detection, partner stores' API keys."""
+
+from __future__ import annotations
+
+import logging
+import uuid
+from datetime import timedelta
+from typing import Annotated, Protocol
+
+from fastapi import APIRouter, Query, Response, status
+from pydantic import Field
+
+from services.gateway.security import EdgeActor, hash_password, password_matches, token_keys
+from services.gateway.storage import (
+    SMS_LOG,
+    Account,
+    Accounts,
+    ApiKey,
+    ApiKeys,
+    OpsStaff,
+    OtpCode,
+    OtpCodes,
+    RefreshToken,
+    RefreshTokens,
+    Staff,
+)
+from services.gateway.tokens import (
+    SigningKey,
+    code_digest,
+    digest,
+    issue_access,
+    new_api_key,
+    new_code,
+    new_secret,
+    same,
+)
+from shared.auth import Actor, Role
+from shared.errors import Conflict, Forbidden, NotFound, TooManyRequests, Unauthenticated
+from shared.mongo import Database
+from shared.schema import Forbid, PathId
+from shared.secrets import service_secret
+from shared.service import Runtime, RuntimeDep
+from shared.time import utcnow
+
+log = logging.getLogger(__name__)
+router = APIRouter(prefix="/v1")
+
+Phone = Annotated[str, Field(pattern=r"^\+[1-9][0-9]{6,14}$", description="E.164")]
+SCOPES = ("read", "write")
+
+
+class SmsSender(Protocol):
+    """Where one-time codes go; a real SMS provider plugs in behind this."""
+
+    async def send(self, phone: str, text: str) -> None: ...
+
+
+class LogSender:
+    """Development: the 'SMS' is written to the gateway's sms_log (GET /v1/dev/sms)."""
+
+    def __init__(self, db: Database) -> None:
+        self._col = db[SMS_LOG]
+
+    async def send(self, phone: str, text: str) -> None:
+        await self._col.insert_one({"phone": phone, "text": text, "at": utcnow()})
+
+
+def sender(runtime: Runtime) -> SmsSender:
+    return LogSender(runtime.db)
+
+
+# ------------------------------------------------------------------- tokens --
+
+
+class Tokens(Forbid):
+    access_token: str
+    token_type: str = "Bearer"  # noqa: S105 - the OAuth token type, not a secret
+    expires_in: int
+    refresh_token: str
+    role: Role
+    subject: str
+
+
+async def issue(runtime: Runtime, actor: Actor, family: str | None = None) -> Tokens:
+    now = utcnow()
+    settings = runtime.settings
+    key = await token_keys(runtime.db, settings).current()
+    access = issue_access(
+        SigningKey(key.key_id, key.private),
+        actor,
+        now,
+        timedelta(seconds=settings.access_token_ttl_s),
+    )
+    refresh = new_secret()
+    await RefreshTokens(runtime.db).insert(
+        RefreshToken(
+            token_digest=digest(refresh),
+            family=family or uuid.uuid4().hex,
+            role=actor.role.value,
+            subject=actor.subject,
+            store_id=actor.store_id,
+            expires_at=now + timedelta(seconds=settings.refresh_token_ttl_s),
+        )
+    )
+    return Tokens(
+        access_token=access,
+        expires_in=settings.access_token_ttl_s,
+        refresh_token=refresh,
+        role=actor.role,
+        subject=actor.subject,
+    )
+
+
+class OtpIn(Forbid):
+    phone: Phone
+    role: Role = Role.CUSTOMER
+
+
+class OtpOut(Forbid):
+    sent: bool = True
+    expires_in: int
+
+
+@router.post(
+    "/auth/otp",
+    tags=["sign-in"],
+    status_code=status.HTTP_202_ACCEPTED,
+    summary="Send a one-time sign-in code to a phone",
+)
+async def request_code(body: OtpIn, runtime: RuntimeDep, response: Response) -> OtpOut:
+    if body.role not in (Role.CUSTOMER, Role.TECHNICIAN):
+        raise Forbidden("phone sign-in is for customers and technicians")
+    settings, now = runtime.settings, utcnow()
+    codes = OtpCodes(runtime.db)
+    current = await codes.get(body.phone)
+    recent = [t for t in (current.requested if current else []) if now - t < timedelta(hours=1)]
+    if len(recent) >= settings.otp_requests_per_hour:
+        retry = int((recent[0] + timedelta(hours=1) - now).total_seconds()) + 1
+        raise TooManyRequests("too many codes asked for this phone; wait", retry_after=retry)
+    account = await Accounts(runtime.db).get(body.phone)
+    code = new_code()
+    key = await service_secret(runtime.db, "otp", settings.otp_secret)
+    fresh = OtpCode(
+        phone=body.phone,
+        digest=code_digest(key, body.phone, code),
+        expires_at=now + timedelta(seconds=settings.otp_ttl_s),
+        attempts_left=settings.otp_attempts,
+        requested=[*recent, now],
+        version=current.version if current else 0,
+    )
+    if current is None:
+        await codes.insert(fresh)
+    else:
+        await codes.save(fresh)
+    # A technician's phone must be registered by their store; say nothing either way.
+    if body.role is Role.CUSTOMER or (account is not None and account.role == "technician"):
+        await sender(runtime).send(body.phone, f"Your Doorstep code is {code}")
+    return OtpOut(expires_in=settings.otp_ttl_s)
+
+
+class CodeIn(Forbid):
+    phone: Phone
+    code: str = Field(pattern=r"^[0-9]{6}$")
+
+
+@router.post("/auth/token", tags=["sign-in"], summary="Exchange a one-time code for tokens")
+async def exchange_code(body: CodeIn, runtime: RuntimeDep) -> Tokens:
+    codes, now = OtpCodes(runtime.db), utcnow()
+    otp = await codes.get(body.phone)
+    if otp is None or otp.attempts_left <= 0 or now >= otp.expires_at:
+        raise Unauthenticated("no valid code for this phone: ask for a new one")
+    key = await service_secret(runtime.db, "otp", runtime.settings.otp_secret)
+    if not same(otp.digest, code_digest(key, body.phone, body.code)):
+        otp.attempts_left -= 1
+        await codes.save(otp)
+        raise Unauthenticated(f"wrong code ({otp.attempts_left} attempts left)")
+    otp.attempts_left = 0  # used: one sign-in per code
+    await codes.save(otp)
+    accounts = Accounts(runtime.db)
+    account = await accounts.get(body.phone)
+    if account is None:
+        account = Account(
+            phone=body.phone,
+            role=Role.CUSTOMER.value,
+            subject=f"cus_{uuid.uuid4().hex[:16]}",
+            created_at=now,
+        )
+        await accounts.insert(account)
+    actor = Actor(role=Role(account.role), subject=account.subject, store_id=account.store_id)
+    return await issue(runtime, actor)
+
+
+class RefreshIn(Forbid):
+    refresh_token: str = Field(min_length=20, max_length=200)
+
+
+@router.post(
+    "/auth/refresh",
+    tags=["sign-in"],
+    summary="New tokens for a refresh token (each works once; reuse revokes the sign-in)",
+)
+async def refresh(body: RefreshIn, runtime: RuntimeDep) -> Tokens:
+    tokens, now = RefreshTokens(runtime.db), utcnow()
+    stored = await tokens.get(digest(body.refresh_token))
+    if stored is None:
+        raise Unauthenticated("unknown refresh token")
+    if stored.revoked_at is not None:
+        # A used or revoked token shown again: someone copied it. End the whole sign-in.
+        await tokens.col.update_many(
+            {"family": stored.family, "revoked_at": None}, {"$set": {"revoked_at": now}}
+        )
+        log.warning("refresh token reused; sign-in family %s revoked", stored.family)
+        raise Unauthenticated("this refresh token was already used or revoked; sign in again")
+    if now >= stored.expires_at:
+        raise Unauthenticated("the refresh token has expired; sign in again")
+    stored.revoked_at = now
+    await tokens.save(stored)
+    actor = Actor(role=Role(stored.role), subject=stored.subject, store_id=stored.store_id)
+    return await issue(runtime, actor, family=stored.family)
+
+
+@router.post(
+    "/auth/logout",
+    tags=["sign-in"],
+    status_code=status.HTTP_204_NO_CONTENT,
+    summary="Revoke a refresh token and every token of its sign-in",
+)
+async def logout(body: RefreshIn, runtime: RuntimeDep) -> Response:
+    tokens = RefreshTokens(runtime.db)
+    stored = await tokens.get(digest(body.refresh_token))
+    if stored is not None:
+        await tokens.col.update_many(
+            {"family": stored.family, "revoked_at": None}, {"$set": {"revoked_at": utcnow()}}
+        )
+    return Response(status_code=status.HTTP_204_NO_CONTENT)
+
+
+class OpsIn(Forbid):
+    email: str = Field(min_length=3, max_length=200, pattern=r"^[^@\s]+@[^@\s]+$")
+    password: str = Field(min_length=8, max_length=200)
+
+
+@router.post("/auth/ops", tags=["sign-in"], summary="Operations staff sign in")
+async def ops_sign_in(body: OpsIn, runtime: RuntimeDep) -> Tokens:
+    staff = await Staff(runtime.db).get(body.email.lower())
+    if staff is None or not password_matches(body.password, staff.password_hash):
+        raise Unauthenticated("wrong e-mail or password")
+    return await issue(runtime, Actor(role=Role.OPS, subject=staff.email))
+
+
+async def add_staff(db: Database, email: str, password: str) -> None:
+    """Create or reset an operations account (the `staff` command and tests use this)."""
+    staff = Staff(db)
+    account = OpsStaff(
+        email=email.lower(), password_hash=hash_password(password), created_at=utcnow()
+    )
+    await staff.col.replace_one({"_id": account.email}, staff.to_doc(account), upsert=True)
+
+
+class SigningKeysOut(Forbid):
+    keys: dict[str, str] = Field(description="key id: Ed25519 public key (base64url)")
+    algorithm: str = "EdDSA"
+
+
+@router.get("/auth/keys", tags=["sign-in"], summary="Public keys that verify access tokens")
+async def signing_keys(runtime: RuntimeDep) -> SigningKeysOut:
+    ring = token_keys(runtime.db, runtime.settings)
+    await ring.current()  # the first key exists once anybody asks
+    return SigningKeysOut(keys=await ring.published())
+
+
+# ------------------------------------------------------------ technicians --
+
+
+class TechnicianAccountIn(Forbid):
+    technician_id: str = Field(min_length=1, max_length=64, pattern=r"^[A-Za-z0-9_.-]+$")
+    phone: Phone
+    store_id: str = Field(min_length=1, max_length=64)
+
+
+@router.post(
+    "/technician-accounts",
+    tags=["sign-in"],
+    status_code=status.HTTP_201_CREATED,
+    summary="A store (or operations) lets its technician sign in with their phone",
+)
+async def add_technician_account(
+    body: TechnicianAccountIn, runtime: RuntimeDep, actor: EdgeActor
+) -> dict[str, str]:
+    if not (actor.is_ops or (actor.role is Role.STORE and actor.store_id == body.store_id)):
+        raise Forbidden("a store registers only its own technicians")
+    accounts = Accounts(runtime.db)
+    existing = await accounts.get(body.phone)
+    if existing is not None and existing.subject != body.technician_id:
+        raise Conflict("this phone belongs to another account", field="phone")
+    account = Account(
+        phone=body.phone,
+        role=Role.TECHNICIAN.value,
+        subject=body.technician_id,
+        store_id=body.store_id,
+        created_at=utcnow(),
+    )
+    await accounts.col.replace_one({"_id": body.phone}, accounts.to_doc(account), upsert=True)
+    return {"technician_id": body.technician_id, "phone": "registered"}
+
+
+# ---------------------------------------------------------------- API keys --
+
+
+class ApiKeyIn(Forbid):
+    scopes: list[str] = Field(default=["read", "write"], min_length=1, max_length=2)
+
+
+class ApiKeyOut(Forbid):
+    key_id: str
+    store_id: str
+    scopes: list[str]
+    api_key: str | None = Field(
+        default=None, description="Shown once, now; only its digest is kept"
+    )
+
+
+async def _new_key(
+    runtime: Runtime, store_id: str, scopes: list[str], replaces: str | None
+) -> ApiKeyOut:
+    if any(s not in SCOPES for s in scopes):
+        raise Forbidden(f"scopes are {', '.join(SCOPES)}")
+    key_id, secret, whole = new_api_key()
+    await ApiKeys(runtime.db).insert(
+        ApiKey(
+            key_id=key_id,
+            store_id=store_id,
+            scopes=sorted(set(scopes)),
+            secret_digest=digest(secret),
+            created_at=utcnow(),
+            replaces=replaces,
+        )
+    )
+    return ApiKeyOut(key_id=key_id, store_id=store_id, scopes=sorted(set(scopes)), api_key=whole)
+
+
+@router.post(
+    "/stores/{store_id}/api-keys",
+    tags=["api keys"],
+    status_code=status.HTTP_201_CREATED,
+    summary="Operations issue a store an API key (shown once)",
+)
+async def create_api_key(
+    store_id: PathId, body: ApiKeyIn, runtime: RuntimeDep, actor: EdgeActor
+) -> ApiKeyOut:
+    actor.require(Role.OPS)
+    return await _new_key(runtime, store_id, body.scopes, None)
+
+
+async def _own_key(runtime: Runtime, actor: Actor, key_id: str) -> ApiKey:
+    key = await ApiKeys(runtime.db).get(key_id)
+    if key is None:
+        raise NotFound(f"API key {key_id} does not exist")
+    if not (actor.is_ops or (actor.role is Role.STORE and actor.store_id == key.store_id)):
+        raise Forbidden("a store manages only its own keys")
+    return key
+
+
+@router.post(
+    "/api-keys/{key_id}/rotate",
+    tags=["api keys"],
+    status_code=status.HTTP_201_CREATED,
+    summary="A new key for the same store and scopes; the old one stops working",
+)
+async def rotate_api_key(key_id: PathId, runtime: RuntimeDep, actor: EdgeActor) -> ApiKeyOut:
+    key = await _own_key(runtime, actor, key_id)
+    if key.revoked_at is not None:
+        raise Conflict("this key is revoked already")
+    new = await _new_key(runtime, key.store_id, key.scopes, key.key_id)
+    key.revoked_at = utcnow()
+    await ApiKeys(runtime.db).save(key)
+    return new
+
+
+@router.delete(
+    "/api-keys/{key_id}",
+    tags=["api keys"],
+    status_code=status.HTTP_204_NO_CONTENT,
+    summary="Revoke a store's API key",
+)
+async def revoke_api_key(key_id: PathId, runtime: RuntimeDep, actor: EdgeActor) -> Response:
+    key = await _own_key(runtime, actor, key_id)
+    if key.revoked_at is None:
+        key.revoked_at = utcnow()
+        await ApiKeys(runtime.db).save(key)
+    return Response(status_code=status.HTTP_204_NO_CONTENT)
+
+
+# -------------------------------------------------------- development only --
+
+dev_router = APIRouter(prefix="/v1/dev", include_in_schema=False)
+
+
+@dev_router.get("/sms")
+async def sms_log(
+    runtime: RuntimeDep, phone: Annotated[str, Query(pattern=r"^\+[1-9][0-9]{6,14}$")]
+) -> list[dict[str, str]]:
+    """What the development SMS sender 'sent' to a phone, newest first."""
+    if not runtime.settings.dev_sms_log:
+        raise NotFound("not found")
+    cursor = runtime.db[SMS_LOG].find({"phone": phone}, {"_id": 0}).sort("at", -1).limit(20)
+    return [{"text": d["text"], "at": d["at"].isoformat()} async for d in cursor]

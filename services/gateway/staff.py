@@ -1,0 +1,47 @@
+"""Operations staff accounts: `python -m services.gateway.staff add EMAIL`.
+
+Prints a new random password once (or takes one from standard input with
+`--password-stdin`); only its scrypt hash is stored, in the gateway's database
+named by the usual settings (`MONGODB_URI`, `DOORSTEP_DB_PREFIX`).
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import secrets
+import sys
+
+from services.gateway.signin import add_staff
+from shared.mongo import connect
+from shared.settings import Settings
+
+
+async def add(email: str, password: str) -> None:
+    settings = Settings().model_copy(update={"service_name": "gateway"})
+    client = connect(settings)
+    try:
+        await add_staff(client[settings.database_name], email, password)
+    finally:
+        await client.close()
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="staff", description=__doc__.splitlines()[0])
+    sub = parser.add_subparsers(dest="command", required=True)
+    adding = sub.add_parser("add", help="create an operations account (or reset its password)")
+    adding.add_argument("email")
+    adding.add_argument("--password-stdin", action="store_true")
+    args = parser.parse_args(argv)
+    password = sys.stdin.readline().strip() if args.password_stdin else secrets.token_urlsafe(12)
+    if len(password) < 8:
+        print("a password has at least 8 characters", file=sys.stderr)
+        return 2
+    asyncio.run(add(args.email, password))
+    if not args.password_stdin:
+        print(f"{args.email.lower()}: password {password} (shown once)")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

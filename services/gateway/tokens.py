@@ -1,0 +1,143 @@
+"""Credentials at the edge, free of I/O: access tokens, refresh tokens, one-time codes, API keys.
+
+Access tokens are JWTs signed with Ed25519 (`EdDSA`), carrying a key id so keys
+can rotate. Verification pins the algorithm (a token saying `none` or `HS256`
+is refused before anything else), picks the key by its id, and requires the
+issuer, the audience, the subject, the role and an unexpired `exp`.
+
+Refresh tokens, one-time codes and API keys are random secrets; only their
+digests are stored, so a copy of the database signs nobody in.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import hmac
+import secrets
+import uuid
+from datetime import datetime, timedelta
+from typing import Any
+
+import jwt
+from cryptography.hazmat.primitives.asymmetric.ed25519 import (
+    Ed25519PrivateKey,
+    Ed25519PublicKey,
+)
+
+from shared.auth import Actor, Role
+from shared.errors import Unauthenticated
+
+ISSUER = "doorstep"
+AUDIENCE = "doorstep-api"
+ALGORITHM = "EdDSA"  # the only one accepted
+API_KEY_PREFIX = "dsk"
+
+
+class SigningKey:
+    def __init__(self, key_id: str, private: Ed25519PrivateKey) -> None:
+        self.key_id = key_id
+        self.private = private
+
+    @classmethod
+    def from_seed(cls, key_id: str, seed: bytes) -> SigningKey:
+        return cls(key_id, Ed25519PrivateKey.from_private_bytes(seed))
+
+    @property
+    def public(self) -> Ed25519PublicKey:
+        return self.private.public_key()
+
+
+def issue_access(key: SigningKey, actor: Actor, now: datetime, ttl: timedelta) -> str:
+    claims: dict[str, Any] = {
+        "iss": ISSUER,
+        "aud": AUDIENCE,
+        "sub": actor.subject,
+        "role": actor.role.value,
+        "iat": int(now.timestamp()),
+        "exp": int((now + ttl).timestamp()),
+        "jti": uuid.uuid4().hex,
+    }
+    if actor.store_id:
+        claims["store"] = actor.store_id
+    return jwt.encode(claims, key.private, algorithm=ALGORITHM, headers={"kid": key.key_id})
+
+
+def verify_access(token: str, keys: dict[str, Ed25519PublicKey], now: datetime) -> Actor:
+    """The actor a valid token names; Unauthenticated with the reason otherwise."""
+    try:
+        header = jwt.get_unverified_header(token)
+    except jwt.InvalidTokenError:
+        raise Unauthenticated("the access token is malformed") from None
+    if header.get("alg") != ALGORITHM:
+        raise Unauthenticated(f"tokens signed with {header.get('alg')!r} are not accepted")
+    key = keys.get(str(header.get("kid")))
+    if key is None:
+        raise Unauthenticated("the access token's key is unknown")
+    try:
+        claims = jwt.decode(
+            token,
+            key,
+            algorithms=[ALGORITHM],
+            audience=AUDIENCE,
+            issuer=ISSUER,
+            options={"require": ["exp", "iat", "sub", "aud", "iss"], "verify_exp": False},
+        )
+    except jwt.InvalidAudienceError:
+        raise Unauthenticated("the access token is for another audience") from None
+    except jwt.InvalidTokenError as exc:
+        raise Unauthenticated(f"the access token is not valid: {exc}") from None
+    # Expiry against our clock (tests move it), not the library's.
+    if int(claims["exp"]) <= int(now.timestamp()):
+        raise Unauthenticated("the access token has expired; refresh it")
+    try:
+        role = Role(str(claims.get("role")))
+    except ValueError:
+        raise Unauthenticated("the access token carries no known role") from None
+    if role is Role.STORE:
+        raise Unauthenticated("stores use API keys, not access tokens")
+    return Actor(role=role, subject=str(claims["sub"]), store_id=claims.get("store"))
+
+
+def new_secret() -> str:
+    return secrets.token_urlsafe(32)
+
+
+def digest(secret: str) -> str:
+    return hashlib.sha256(secret.encode()).hexdigest()
+
+
+def new_code() -> str:
+    """A one-time sign-in code: six digits."""
+    return f"{secrets.randbelow(1_000_000):06d}"
+
+
+def code_digest(key: bytes, phone: str, code: str) -> str:
+    """Keyed: six digits are guessable offline, so the stored form needs the key too."""
+    return hmac.new(key, f"{phone}:{code}".encode(), hashlib.sha256).hexdigest()
+
+
+def new_api_key() -> tuple[str, str, str]:
+    """(key id, secret, the whole key shown once): `dsk_<id>_<secret>`."""
+    key_id = f"ak_{secrets.token_hex(6)}"
+    secret = secrets.token_urlsafe(32)
+    return key_id, secret, f"{API_KEY_PREFIX}_{key_id}_{secret}"
+
+
+def parse_api_key(text: str) -> tuple[str, str]:
+    """The key id (`ak_` and 12 hex digits) and the secret (which may contain `_`)."""
+    head = f"{API_KEY_PREFIX}_ak_"
+    key_id, secret = text[len(API_KEY_PREFIX) + 1 : len(head) + 12], text[len(head) + 13 :]
+    hex_part = key_id[3:]
+    if (
+        not text.startswith(head)
+        or len(hex_part) != 12
+        or any(c not in "0123456789abcdef" for c in hex_part)
+        or text[len(head) + 12 : len(head) + 13] != "_"
+        or len(secret) < 20
+    ):
+        raise Unauthenticated("the API key is malformed")
+    return key_id, secret
+
+
+def same(a: str, b: str) -> bool:
+    return hmac.compare_digest(a, b)

@@ -1,0 +1,235 @@
+"""Sign-in at the gateway on the real platform: one-time codes, tokens and their attacks,
+refresh rotation and reuse, operations staff, stores' API keys, and identity headers a
+client makes up."""
+
+from __future__ import annotations
+
+import base64
+import json
+import random
+import uuid
+from typing import Any
+
+import httpx
+import jwt
+import pytest
+from pymongo import AsyncMongoClient
+
+from services.gateway.signin import add_staff
+from shared.auth import Actor, Role
+from shared.mongo import Document
+from tests.conftest import Platform
+from tests.seed import bearer, gateway_token
+
+pytestmark = pytest.mark.integration
+
+
+def phone() -> str:
+    return f"+3519{random.randint(10_000_000, 99_999_999)}"
+
+
+async def code_for(api: httpx.AsyncClient, number: str) -> str:
+    sms = await api.get("/v1/dev/sms", params={"phone": number})
+    assert sms.status_code == 200, sms.text
+    text: str = sms.json()[0]["text"]
+    return text.rsplit(" ", 1)[-1]
+
+
+async def sign_in(api: httpx.AsyncClient, number: str) -> dict[str, Any]:
+    sent = await api.post("/v1/auth/otp", json={"phone": number})
+    assert sent.status_code == 202, sent.text
+    tokens = await api.post(
+        "/v1/auth/token", json={"phone": number, "code": await code_for(api, number)}
+    )
+    assert tokens.status_code == 200, tokens.text
+    body: dict[str, Any] = tokens.json()
+    return body
+
+
+async def test_a_customer_signs_in_with_a_one_time_code_and_reaches_only_their_own_data(
+    platform: Platform,
+) -> None:
+    async with platform.client("gateway") as api:
+        number = phone()
+        me = await sign_in(api, number)
+        assert me["role"] == "customer"
+        assert me["subject"].startswith("cus_")
+        # The same phone again is the same customer.
+        again = await sign_in(api, number)
+        assert again["subject"] == me["subject"]
+        auth = bearer(me["access_token"])
+        own = await api.put(
+            f"/v1/customers/{me['subject']}",
+            json={"name": "Rita", "phone": number, "preferred_language": "pt"},
+            headers=auth,
+        )
+        assert own.status_code in (200, 204), own.text
+        other = await api.get("/v1/customers/cus_someone_else", headers=auth)
+        assert other.status_code == 403
+        # Identity headers a client makes up are never believed.
+        forged = await api.get(
+            "/v1/customers/cus_someone_else",
+            headers={**auth, "X-Actor-Role": "ops", "X-Actor-Id": "ops_1"},
+        )
+        assert forged.status_code == 403
+        headers_only = await api.get(
+            "/v1/customers/cus_someone_else", headers={"X-Actor-Role": "ops", "X-Actor-Id": "o"}
+        )
+        assert headers_only.status_code == 401
+
+
+async def test_wrong_codes_run_out_and_asking_too_often_is_limited_with_retry_after(
+    platform: Platform,
+) -> None:
+    async with platform.client("gateway") as api:
+        number = phone()
+        assert (await api.post("/v1/auth/otp", json={"phone": number})).status_code == 202
+        right = await code_for(api, number)
+        wrong = f"{(int(right) + 1) % 1_000_000:06d}"
+        for _ in range(5):
+            r = await api.post("/v1/auth/token", json={"phone": number, "code": wrong})
+            assert r.status_code == 401
+        spent = await api.post("/v1/auth/token", json={"phone": number, "code": right})
+        assert spent.status_code == 401  # five wrong tries burn the code
+        for _ in range(4):
+            assert (await api.post("/v1/auth/otp", json={"phone": number})).status_code == 202
+        limited = await api.post("/v1/auth/otp", json={"phone": number})
+        assert limited.status_code == 429
+        assert int(limited.headers["Retry-After"]) > 0
+        assert limited.json()["error"]["code"] == "rate_limited"
+
+
+def tampered(token: str, **changes: Any) -> str:
+    head, payload, signature = token.split(".")
+    claims = json.loads(base64.urlsafe_b64decode(payload + "=" * (-len(payload) % 4)))
+    claims.update(changes)
+    body = base64.urlsafe_b64encode(json.dumps(claims).encode()).rstrip(b"=").decode()
+    return f"{head}.{body}.{signature}"
+
+
+async def test_tampered_expired_misaddressed_unsigned_and_foreign_tokens_are_refused(
+    platform: Platform, mongo: AsyncMongoClient[Document]
+) -> None:
+    async with platform.client("gateway") as api:
+        number = phone()
+        me = await sign_in(api, number)
+        own_path = f"/v1/customers/{me['subject']}"
+        profile = {"name": "Rita", "phone": number, "preferred_language": "pt"}
+        await api.put(own_path, json=profile, headers=bearer(me["access_token"]))
+        assert (await api.get(own_path, headers=bearer(me["access_token"]))).status_code == 200
+        actor = Actor(role=Role.CUSTOMER, subject=me["subject"])
+        keys = (await api.get("/v1/auth/keys")).json()["keys"]
+        public_key = next(iter(keys.values()))
+        attacks = {
+            "tampered subject": tampered(me["access_token"], sub="cus_victim"),
+            "tampered role": tampered(me["access_token"], role="ops"),
+            "expired": await gateway_token(mongo, platform.prefix, actor, exp=1),
+            "wrong audience": await gateway_token(mongo, platform.prefix, actor, aud="other-api"),
+            "wrong issuer": await gateway_token(mongo, platform.prefix, actor, iss="evil"),
+            "no role": await gateway_token(mongo, platform.prefix, actor, role="admin"),
+            "alg none": jwt.encode(
+                {"sub": me["subject"], "role": "ops", "aud": "doorstep-api", "iss": "doorstep"},
+                key="",
+                algorithm="none",
+            ),
+            "HS256 with the public key": jwt.encode(
+                {"sub": me["subject"], "role": "ops", "aud": "doorstep-api", "iss": "doorstep"},
+                key="x" * 32 + public_key,
+                algorithm="HS256",
+                headers={"kid": next(iter(keys))},
+            ),
+            "unknown key id": jwt.encode(
+                {"sub": me["subject"]}, key="k" * 32, algorithm="HS256", headers={"kid": "nope"}
+            ),
+            "garbage": "not.a.token",
+        }
+        for name, token in attacks.items():
+            r = await api.get(own_path, headers=bearer(token))
+            assert r.status_code == 401, (name, r.text)
+            assert r.json()["error"]["code"] == "unauthenticated", name
+
+
+async def test_a_refresh_token_works_once_and_its_reuse_or_logout_ends_the_sign_in(
+    platform: Platform,
+) -> None:
+    async with platform.client("gateway") as api:
+        first = await sign_in(api, phone())
+        second = await api.post("/v1/auth/refresh", json={"refresh_token": first["refresh_token"]})
+        assert second.status_code == 200, second.text
+        assert second.json()["subject"] == first["subject"]
+        # The first token again: stolen. It fails, and so does everything of that sign-in.
+        reused = await api.post("/v1/auth/refresh", json={"refresh_token": first["refresh_token"]})
+        assert reused.status_code == 401
+        revoked = await api.post(
+            "/v1/auth/refresh", json={"refresh_token": second.json()["refresh_token"]}
+        )
+        assert revoked.status_code == 401
+        other = await sign_in(api, phone())
+        out = await api.post("/v1/auth/logout", json={"refresh_token": other["refresh_token"]})
+        assert out.status_code == 204
+        after = await api.post("/v1/auth/refresh", json={"refresh_token": other["refresh_token"]})
+        assert after.status_code == 401
+
+
+async def test_operations_sign_in_issue_store_keys_that_rotate_and_revoke(
+    platform: Platform, mongo: AsyncMongoClient[Document]
+) -> None:
+    email, password = f"ops-{uuid.uuid4().hex[:6]}@doorstep.test", uuid.uuid4().hex
+    await add_staff(mongo[f"{platform.prefix}_gateway"], email, password)
+    store = f"store_{uuid.uuid4().hex[:6]}"
+    async with platform.client("gateway") as api:
+        wrong = await api.post("/v1/auth/ops", json={"email": email, "password": "wrong-pass"})
+        assert wrong.status_code == 401
+        ops = await api.post("/v1/auth/ops", json={"email": email, "password": password})
+        assert ops.status_code == 200, ops.text
+        assert ops.json()["role"] == "ops"
+        assert "password" not in ops.text
+        as_ops = bearer(ops.json()["access_token"])
+        created = await api.post(
+            f"/v1/stores/{store}/api-keys", json={"scopes": ["read", "write"]}, headers=as_ops
+        )
+        assert created.status_code == 201, created.text
+        key = created.json()
+        as_store = {"X-Api-Key": key["api_key"]}
+        register = {"technician_id": "tech_k", "phone": phone(), "store_id": store}
+        ok = await api.post("/v1/technician-accounts", json=register, headers=as_store)
+        assert ok.status_code == 201, ok.text
+        elsewhere = await api.post(
+            "/v1/technician-accounts",
+            json={**register, "store_id": "store_other"},
+            headers=as_store,
+        )
+        assert elsewhere.status_code == 403
+        # The registered technician can now sign in by phone, as a technician of the store.
+        tech = await sign_in(api, register["phone"])
+        assert (tech["role"], tech["subject"]) == ("technician", "tech_k")
+
+        read_only = (
+            await api.post(
+                f"/v1/stores/{store}/api-keys", json={"scopes": ["read"]}, headers=as_ops
+            )
+        ).json()
+        denied = await api.post(
+            "/v1/technician-accounts", json=register, headers={"X-Api-Key": read_only["api_key"]}
+        )
+        assert denied.status_code == 403
+
+        rotated = await api.post(f"/v1/api-keys/{key['key_id']}/rotate", headers=as_store)
+        assert rotated.status_code == 201, rotated.text
+        old = await api.post("/v1/technician-accounts", json=register, headers=as_store)
+        assert old.status_code == 401
+        fresh = {"X-Api-Key": rotated.json()["api_key"]}
+        assert (
+            await api.post("/v1/technician-accounts", json=register, headers=fresh)
+        ).status_code == 201
+        gone = await api.delete(f"/v1/api-keys/{rotated.json()['key_id']}", headers=as_ops)
+        assert gone.status_code == 204
+        after = await api.post("/v1/technician-accounts", json=register, headers=fresh)
+        assert after.status_code == 401
+        forged = f"{key['api_key'][:-4]}AAAA"
+        assert (
+            await api.post("/v1/technician-accounts", json=register, headers={"X-Api-Key": forged})
+        ).status_code == 401
+    stored = await mongo[f"{platform.prefix}_gateway"]["api_keys"].find_one({"_id": key["key_id"]})
+    assert stored is not None
+    assert key["api_key"] not in json.dumps(stored, default=str)  # only a digest is kept
