@@ -54,6 +54,12 @@ class Settings(BaseSettings):
     otp_attempts: int = Field(5, validation_alias="GATEWAY_OTP_ATTEMPTS")  # per code
     otp_requests_per_hour: int = Field(5, validation_alias="GATEWAY_OTP_REQUESTS_PER_HOUR")
     otp_secret: SecretStr | None = Field(None, validation_alias="GATEWAY_OTP_SECRET")
+    # Requests per second (and burst) per signed-in caller, and per address for sign-in calls.
+    gateway_rate_per_s: float = Field(20.0, validation_alias="GATEWAY_RATE_PER_S")
+    gateway_burst: int = Field(40, validation_alias="GATEWAY_BURST")
+    signin_rate_per_s: float = Field(5.0, validation_alias="GATEWAY_SIGNIN_RATE_PER_S")
+    signin_burst: int = Field(50, validation_alias="GATEWAY_SIGNIN_BURST")
+    max_body_bytes: int = Field(64 * 1024, validation_alias="GATEWAY_MAX_BODY_BYTES")
     # Development only: codes "sent" by SMS are readable at GET /v1/dev/sms (never in production).
     dev_sms_log: bool = Field(False, validation_alias="DOORSTEP_DEV_SMS_LOG")
 

@@ -4,6 +4,7 @@ client makes up."""
 
 from __future__ import annotations
 
+import asyncio
 import base64
 import json
 import random
@@ -233,3 +234,30 @@ async def test_operations_sign_in_issue_store_keys_that_rotate_and_revoke(
     stored = await mongo[f"{platform.prefix}_gateway"]["api_keys"].find_one({"_id": key["key_id"]})
     assert stored is not None
     assert key["api_key"] not in json.dumps(stored, default=str)  # only a digest is kept
+
+
+async def test_a_caller_over_its_rate_gets_429_with_retry_after_and_big_bodies_413(
+    platform: Platform,
+) -> None:
+    async with platform.client("gateway") as api:
+        number = phone()
+        me = await sign_in(api, number)
+        auth = bearer(me["access_token"])
+        path = f"/v1/customers/{me['subject']}"
+        answers = await asyncio.gather(*(api.get(path, headers=auth) for _ in range(120)))
+        codes = [r.status_code for r in answers]
+        assert 429 in codes, codes
+        limited = next(r for r in answers if r.status_code == 429)
+        assert int(limited.headers["Retry-After"]) >= 1
+        other = await sign_in(api, phone())
+        fine = await api.get(
+            f"/v1/customers/{other['subject']}", headers=bearer(other["access_token"])
+        )
+        assert fine.status_code in (200, 404)  # another caller is not limited by the first
+        big = await api.put(
+            path,
+            content=b'{"name": "' + b"x" * 70_000 + b'"}',
+            headers={**auth, "content-type": "application/json"},
+        )
+        assert big.status_code == 413
+        assert big.json()["error"]["code"] == "too_large"

@@ -3,18 +3,23 @@
 from __future__ import annotations
 
 import contextlib
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Awaitable, Callable
 
-from fastapi import APIRouter, FastAPI
+from fastapi import APIRouter, FastAPI, Request, Response
 
 from services.gateway import api, handlers, signin, storage
+from services.gateway.limits import RateLimiter
 from services.gateway.upstream import Upstream, UpstreamSettings
+from shared.http import error_response
 from shared.service import ServiceSpec, create_service_app
 from shared.settings import Settings
 
 
 @contextlib.asynccontextmanager
 async def upstream_client(app: FastAPI) -> AsyncIterator[None]:
+    settings = Settings()
+    app.state.limiter = RateLimiter(settings.gateway_rate_per_s, settings.gateway_burst)
+    app.state.signin_limiter = RateLimiter(settings.signin_rate_per_s, settings.signin_burst)
     app.state.upstream = Upstream(UpstreamSettings())
     try:
         yield
@@ -39,4 +44,19 @@ SPEC = ServiceSpec(
 
 
 def create_app(settings: Settings | None = None) -> FastAPI:
-    return create_service_app(SPEC, settings)
+    app = create_service_app(SPEC, settings)
+    ceiling = (settings or Settings()).max_body_bytes
+
+    @app.middleware("http")
+    async def limit_body(
+        request: Request, call_next: Callable[[Request], Awaitable[Response]]
+    ) -> Response:
+        """Refuse a body larger than the ceiling before reading it (413)."""
+        length = request.headers.get("content-length")
+        if length is not None and (not length.isdigit() or int(length) > ceiling):
+            return error_response(
+                413, "too_large", f"request bodies are limited to {ceiling} bytes"
+            )
+        return await call_next(request)
+
+    return app

@@ -14,6 +14,7 @@ from typing import Annotated
 
 from fastapi import Depends, Header, Request
 
+from services.gateway.limits import RateLimiter
 from services.gateway.storage import SIGNING_KEYS, ApiKeys
 from services.gateway.tokens import digest, parse_api_key, same, verify_access
 from shared.auth import Actor, Role
@@ -41,6 +42,19 @@ async def edge_actor(
     authorization: Annotated[str | None, Header(max_length=4096)] = None,
     x_api_key: Annotated[str | None, Header(max_length=200)] = None,
 ) -> Actor:
+    actor = await _verified(request, authorization, x_api_key)
+    limiter: RateLimiter = request.app.state.limiter
+    limiter.check(f"{actor.role.value}:{actor.subject}")
+    return actor
+
+
+def signin_limited(request: Request) -> None:
+    """Sign-in calls have no principal yet: limit them per client address."""
+    limiter: RateLimiter = request.app.state.signin_limiter
+    limiter.check(f"ip:{request.client.host if request.client else 'unknown'}")
+
+
+async def _verified(request: Request, authorization: str | None, x_api_key: str | None) -> Actor:
     runtime = get_runtime(request)
     if x_api_key:
         key_id, secret = parse_api_key(x_api_key)

@@ -8,10 +8,16 @@ import uuid
 from datetime import timedelta
 from typing import Annotated, Protocol
 
-from fastapi import APIRouter, Query, Response, status
+from fastapi import APIRouter, Depends, Query, Response, status
 from pydantic import Field
 
-from services.gateway.security import EdgeActor, hash_password, password_matches, token_keys
+from services.gateway.security import (
+    EdgeActor,
+    hash_password,
+    password_matches,
+    signin_limited,
+    token_keys,
+)
 from services.gateway.storage import (
     SMS_LOG,
     Account,
@@ -45,6 +51,8 @@ from shared.time import utcnow
 
 log = logging.getLogger(__name__)
 router = APIRouter(prefix="/v1")
+# Sign-in calls, limited per client address (they carry no principal yet).
+limited = [Depends(signin_limited)]
 
 Phone = Annotated[str, Field(pattern=r"^\+[1-9][0-9]{6,14}$", description="E.164")]
 SCOPES = ("read", "write")
@@ -125,6 +133,7 @@ class OtpOut(Forbid):
 @router.post(
     "/auth/otp",
     tags=["sign-in"],
+    dependencies=limited,
     status_code=status.HTTP_202_ACCEPTED,
     summary="Send a one-time sign-in code to a phone",
 )
@@ -164,7 +173,12 @@ class CodeIn(Forbid):
     code: str = Field(pattern=r"^[0-9]{6}$")
 
 
-@router.post("/auth/token", tags=["sign-in"], summary="Exchange a one-time code for tokens")
+@router.post(
+    "/auth/token",
+    tags=["sign-in"],
+    dependencies=limited,
+    summary="Exchange a one-time code for tokens",
+)
 async def exchange_code(body: CodeIn, runtime: RuntimeDep) -> Tokens:
     codes, now = OtpCodes(runtime.db), utcnow()
     otp = await codes.get(body.phone)
@@ -198,6 +212,7 @@ class RefreshIn(Forbid):
 @router.post(
     "/auth/refresh",
     tags=["sign-in"],
+    dependencies=limited,
     summary="New tokens for a refresh token (each works once; reuse revokes the sign-in)",
 )
 async def refresh(body: RefreshIn, runtime: RuntimeDep) -> Tokens:
@@ -241,7 +256,9 @@ class OpsIn(Forbid):
     password: str = Field(min_length=8, max_length=200)
 
 
-@router.post("/auth/ops", tags=["sign-in"], summary="Operations staff sign in")
+@router.post(
+    "/auth/ops", tags=["sign-in"], dependencies=limited, summary="Operations staff sign in"
+)
 async def ops_sign_in(body: OpsIn, runtime: RuntimeDep) -> Tokens:
     staff = await Staff(runtime.db).get(body.email.lower())
     if staff is None or not password_matches(body.password, staff.password_hash):
