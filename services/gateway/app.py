@@ -7,7 +7,7 @@ from collections.abc import AsyncIterator, Awaitable, Callable
 
 from fastapi import APIRouter, FastAPI, Request, Response
 
-from services.gateway import api, handlers, signin, storage
+from services.gateway import api, handlers, notify, signin, storage
 from services.gateway.limits import RateLimiter
 from services.gateway.upstream import Upstream, UpstreamSettings
 from shared.http import error_response
@@ -30,6 +30,7 @@ async def upstream_client(app: FastAPI) -> AsyncIterator[None]:
 router = APIRouter()
 router.include_router(signin.router)
 router.include_router(api.router)
+router.include_router(notify.router)
 router.include_router(signin.dev_router)
 
 SPEC = ServiceSpec(

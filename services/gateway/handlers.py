@@ -1,7 +1,206 @@
-"""Events the gateway turns into client notifications (none yet)."""
+"""Events the gateway turns into notifications for the people concerned."""
 
 from __future__ import annotations
 
+from services.gateway.storage import BOOKING_OWNERS, Notification, Notifications
 from shared.consumer import Handlers
+from shared.errors import NotFound
+from shared.events.booking import BookingRequested
+from shared.events.dispatch import (
+    TechnicianArrived,
+    TechnicianAssigned,
+    TechnicianEnRoute,
+    TechnicianReassigned,
+)
+from shared.events.payments import ReceiptIssued
+from shared.events.reviews import (
+    ComplaintClosed,
+    ComplaintEscalated,
+    ComplaintResolutionProposed,
+)
+from shared.outbox import Transaction
+from shared.time import utcnow
 
 handlers = Handlers()
+
+CHECK_AT_THE_DOOR = (
+    "When they arrive, check the name, photo and badge number against this, and give "
+    "your visit code only if they match."
+)
+
+
+async def owner(tx: Transaction, booking_id: str) -> str:
+    found = await known_owner(tx, booking_id)
+    if found is None:
+        # The booking's own event is on another topic and may not be here yet: retried.
+        raise NotFound(f"the customer of booking {booking_id} is not known yet")
+    return found
+
+
+async def known_owner(tx: Transaction, booking_id: str) -> str | None:
+    doc = await tx.db[BOOKING_OWNERS].find_one({"_id": booking_id}, session=tx.session)
+    return None if doc is None else str(doc["customer_id"])
+
+
+async def tell(
+    tx: Transaction,
+    recipient: str,
+    kind: str,
+    *,
+    title: str,
+    body: str = "",
+    booking_id: str | None = None,
+    **data: object,
+) -> None:
+    cause = tx.causation.event_id if tx.causation else utcnow().timestamp()
+    notifications = Notifications(tx.db)
+    notification_id = f"nt_{cause}_{recipient}"
+    if await notifications.get(notification_id, tx.session) is not None:
+        return
+    await notifications.insert(
+        Notification(
+            notification_id=notification_id,
+            recipient=recipient,
+            kind=kind,
+            title=title,
+            body=body,
+            booking_id=booking_id,
+            data=data,
+            created_at=utcnow(),
+        ),
+        tx.session,
+    )
+
+
+@handlers.on(BookingRequested)
+async def booking_requested(tx: Transaction, event: BookingRequested) -> None:
+    await tx.db[BOOKING_OWNERS].update_one(
+        {"_id": event.booking_id},
+        {"$set": {"customer_id": event.customer_id}},
+        upsert=True,
+        session=tx.session,
+    )
+
+
+def identity(e: TechnicianAssigned | TechnicianReassigned) -> dict[str, object]:
+    return {
+        "technician_id": e.technician_id,
+        "name": e.technician_name,
+        "badge_number": e.badge_number,
+        "photo_url": e.photo_url,
+        "certificates": e.certificates,
+        "rating": e.rating,
+    }
+
+
+@handlers.on(TechnicianAssigned)
+async def assigned(tx: Transaction, event: TechnicianAssigned) -> None:
+    customer = await owner(tx, event.booking_id)
+    await tell(
+        tx,
+        f"customer:{customer}",
+        "technician_assigned",
+        title=f"{event.technician_name} (badge {event.badge_number}) is coming",
+        body=CHECK_AT_THE_DOOR,
+        booking_id=event.booking_id,
+        technician=identity(event),
+    )
+
+
+@handlers.on(TechnicianReassigned)
+async def reassigned(tx: Transaction, event: TechnicianReassigned) -> None:
+    customer = await owner(tx, event.booking_id)
+    await tell(
+        tx,
+        f"customer:{customer}",
+        "technician_changed",
+        title=f"Another technician is coming: {event.technician_name} (badge {event.badge_number})",
+        body=f"Not {event.previous_badge_number} any more. {CHECK_AT_THE_DOOR}",
+        booking_id=event.booking_id,
+        technician=identity(event),
+        previous_badge_number=event.previous_badge_number,
+    )
+
+
+@handlers.on(TechnicianEnRoute)
+async def en_route(tx: Transaction, event: TechnicianEnRoute) -> None:
+    customer = await owner(tx, event.booking_id)
+    await tell(
+        tx,
+        f"customer:{customer}",
+        "technician_en_route",
+        title="Your technician is on the way",
+        body="",
+        booking_id=event.booking_id,
+    )
+
+
+@handlers.on(TechnicianArrived)
+async def arrived(tx: Transaction, event: TechnicianArrived) -> None:
+    customer = await owner(tx, event.booking_id)
+    await tell(
+        tx,
+        f"customer:{customer}",
+        "technician_arrived",
+        title="Your technician is at the door",
+        body=CHECK_AT_THE_DOOR,
+        booking_id=event.booking_id,
+    )
+
+
+@handlers.on(ReceiptIssued)
+async def receipt_ready(tx: Transaction, event: ReceiptIssued) -> None:
+    await tell(
+        tx,
+        f"customer:{event.customer_id}",
+        "receipt_ready",
+        title="Your receipt is ready to review and sign",
+        body=f"Amount due {event.amount_due / 100:.2f} {event.currency}",
+        booking_id=event.booking_id,
+        receipt_id=event.receipt_id,
+    )
+
+
+@handlers.on(ComplaintResolutionProposed)
+async def resolution(tx: Transaction, event: ComplaintResolutionProposed) -> None:
+    await tell(
+        tx,
+        f"customer:{event.customer_id}",
+        "complaint_resolution",
+        title="We propose a resolution to your complaint",
+        body=event.resolution,
+        booking_id=event.booking_id,
+        complaint_id=event.complaint_id,
+    )
+
+
+@handlers.on(ComplaintEscalated)
+async def escalated(tx: Transaction, event: ComplaintEscalated) -> None:
+    customer = await known_owner(tx, event.booking_id)
+    if customer is None:
+        return  # a complaint about a booking made before the gateway kept owners
+    await tell(
+        tx,
+        f"customer:{customer}",
+        "complaint_update",
+        title="Your complaint went to a senior team member",
+        body=f"Now with the {event.tier}",
+        booking_id=event.booking_id,
+        complaint_id=event.complaint_id,
+    )
+
+
+@handlers.on(ComplaintClosed)
+async def closed(tx: Transaction, event: ComplaintClosed) -> None:
+    customer = await known_owner(tx, event.booking_id)
+    if customer is None:
+        return
+    await tell(
+        tx,
+        f"customer:{customer}",
+        "complaint_closed",
+        title="Your complaint is closed",
+        body="",
+        booking_id=event.booking_id,
+        complaint_id=event.complaint_id,
+    )

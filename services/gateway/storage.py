@@ -6,6 +6,8 @@ otp_codes       the live one-time code per phone: its keyed digest, expiry, atte
 sms_log         what was "sent" by SMS (the development sender writes here)
 refresh_tokens  digests of refresh tokens with their family, expiry and revocation
 api_keys        partner stores' keys: digest, store, scopes, revocation
+notifications   what each user is told (technician assigned, on the way, receipt ready...)
+booking_owners  which customer a booking belongs to (from booking.requested)
 ops_staff       operations staff: e-mail and a scrypt password hash
 keys            the secret that keys one-time code digests
 """
@@ -35,6 +37,9 @@ async def ensure_indexes(db: Database) -> None:
     await db[REFRESH_TOKENS].create_indexes([IndexModel([("family", ASCENDING)])])
     await db[API_KEYS].create_indexes([IndexModel([("store_id", ASCENDING)])])
     await db[SMS_LOG].create_indexes([IndexModel([("phone", ASCENDING), ("at", ASCENDING)])])
+    await db[NOTIFICATIONS].create_indexes(
+        [IndexModel([("recipient", ASCENDING), ("created_at", ASCENDING)])]
+    )
 
 
 class Forbid(BaseModel):
@@ -116,3 +121,29 @@ class ApiKeys(Versioned[ApiKey]):
 class Staff(Versioned[OpsStaff]):
     def __init__(self, db: Database) -> None:
         super().__init__(db, OPS_STAFF, OpsStaff, "email")
+
+
+# ------------------------------------------------------------- notifications --
+
+NOTIFICATIONS = "notifications"
+BOOKING_OWNERS = "booking_owners"
+
+
+class Notification(Forbid):
+    """What a user is told. `_id` comes from the event, so a redelivery tells nobody twice."""
+
+    notification_id: str
+    recipient: str  # "customer:cus_1", "technician:tech_1"
+    kind: str
+    title: str
+    body: str
+    booking_id: str | None = None
+    data: dict[str, object] = Field(default_factory=dict)
+    created_at: datetime
+    read_at: datetime | None = None
+    version: int = 0
+
+
+class Notifications(Versioned[Notification]):
+    def __init__(self, db: Database) -> None:
+        super().__init__(db, NOTIFICATIONS, Notification, "notification_id")

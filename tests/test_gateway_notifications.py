@@ -1,0 +1,103 @@
+"""Notifications through the gateway on the real platform: the live stream (server-sent
+events) tells the right customer, and nobody else, who is coming."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import json
+import uuid
+from typing import Any
+
+import httpx
+import pytest
+from pymongo import AsyncMongoClient
+
+from shared.auth import Actor, Role
+from shared.mongo import Document
+from tests.conftest import Platform
+from tests.harness import eventually
+from tests.seed import (
+    accept_offer,
+    bearer,
+    booking_body,
+    gateway_token,
+    seed_customer,
+    seed_item,
+    seed_technician,
+)
+
+pytestmark = pytest.mark.integration
+
+
+async def listen(url: str, headers: dict[str, str], into: list[dict[str, Any]]) -> None:
+    """Collect the notifications a live stream delivers until cancelled."""
+    async with (
+        httpx.AsyncClient(base_url=url, timeout=None) as client,
+        client.stream("GET", "/v1/notifications/stream", headers=headers) as response,
+    ):
+        assert response.status_code == 200
+        assert response.headers["content-type"].startswith("text/event-stream")
+        async for line in response.aiter_lines():
+            if line.startswith("data: "):
+                into.append(json.loads(line.removeprefix("data: ")))
+
+
+async def test_the_live_stream_tells_the_right_customer_who_is_coming_and_nobody_else(
+    platform: Platform, mongo: AsyncMongoClient[Document]
+) -> None:
+    skill = f"nails-{uuid.uuid4().hex[:6]}"
+    code = f"{skill}.manicure"
+    ana, rui = f"cus_{uuid.uuid4().hex[:8]}", f"cus_{uuid.uuid4().hex[:8]}"
+    tech = f"tech_{uuid.uuid4().hex[:8]}"
+    async with platform.client("dispatch") as dispatch:
+        await seed_technician(dispatch, tech, f"LX-{uuid.uuid4().hex[:6].upper()}", skills=[skill])
+    async with platform.client("booking") as booking:
+        await seed_item(booking, code, skill=skill)
+        for customer in (ana, rui):
+            await seed_customer(booking, customer)
+    async with platform.client("gateway") as api:
+        await api.get("/v1/auth/keys")
+    tokens = {
+        c: bearer(await gateway_token(mongo, platform.prefix, Actor(role=Role.CUSTOMER, subject=c)))
+        for c in (ana, rui)
+    }
+    heard: dict[str, list[dict[str, Any]]] = {ana: [], rui: []}
+    listeners = [
+        asyncio.create_task(listen(platform.url("gateway"), tokens[c], heard[c])) for c in heard
+    ]
+    try:
+        await asyncio.sleep(0.5)  # both streams are open before anything happens
+        async with platform.client("gateway") as api:
+            made = await api.post("/v1/bookings", json=booking_body(ana, code), headers=tokens[ana])
+            assert made.status_code == 201, made.text
+            booking_id = made.json()["booking_id"]
+        async with platform.client("dispatch") as dispatch:
+            await accept_offer(dispatch, tech, booking_id)
+
+        async def told() -> Any:
+            return next((n for n in heard[ana] if n["kind"] == "technician_assigned"), None)
+
+        note = await eventually(told, what="ana told who is coming")
+        await asyncio.sleep(1.0)  # time enough for a wrong delivery to show up
+    finally:
+        for task in listeners:
+            task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await task
+    assert note["booking_id"] == booking_id
+    assert note["recipient"] == f"customer:{ana}"
+    card = note["data"]["technician"]
+    assert card["technician_id"] == tech
+    assert {"name", "badge_number", "photo_url", "certificates", "rating"} <= set(card)
+    assert "badge number" in note["body"]  # the reminder to check them at the door
+    assert heard[rui] == []
+    async with platform.client("gateway") as api:
+        listed = (await api.get("/v1/notifications", headers=tokens[ana])).json()
+        others = (await api.get("/v1/notifications", headers=tokens[rui])).json()
+        read = await api.post(
+            f"/v1/notifications/{note['notification_id']}/read", headers=tokens[rui]
+        )
+    assert note["notification_id"] in [n["notification_id"] for n in listed]
+    assert others == []
+    assert read.status_code == 404  # not theirs
