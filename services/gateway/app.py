@@ -7,7 +7,7 @@ from collections.abc import AsyncIterator, Awaitable, Callable
 
 from fastapi import APIRouter, FastAPI, Request, Response
 
-from services.gateway import api, handlers, notify, signin, storage
+from services.gateway import api, handlers, notify, signin, storage, webhooks
 from services.gateway.limits import RateLimiter
 from services.gateway.upstream import Upstream, UpstreamSettings
 from shared.http import error_response
@@ -31,6 +31,7 @@ router = APIRouter()
 router.include_router(signin.router)
 router.include_router(api.router)
 router.include_router(notify.router)
+router.include_router(webhooks.router)
 router.include_router(signin.dev_router)
 
 SPEC = ServiceSpec(
@@ -39,6 +40,7 @@ SPEC = ServiceSpec(
     description="One REST API for mobile apps, partner stores and operations.",
     router=router,
     handlers=handlers.handlers,
+    timers=handlers.timers,
     ensure_indexes=storage.ensure_indexes,
     lifespan=upstream_client,
 )

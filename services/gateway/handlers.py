@@ -2,26 +2,31 @@
 
 from __future__ import annotations
 
+from services.gateway import webhooks
 from services.gateway.storage import BOOKING_OWNERS, Notification, Notifications
 from shared.consumer import Handlers
 from shared.errors import NotFound
 from shared.events.booking import BookingRequested
 from shared.events.dispatch import (
+    ServiceCompleted,
     TechnicianArrived,
     TechnicianAssigned,
     TechnicianEnRoute,
     TechnicianReassigned,
 )
-from shared.events.payments import ReceiptIssued
+from shared.events.payments import PrepaidPurchased, ReceiptIssued, ReceiptSealed
 from shared.events.reviews import (
     ComplaintClosed,
     ComplaintEscalated,
+    ComplaintOpened,
     ComplaintResolutionProposed,
 )
 from shared.outbox import Transaction
 from shared.time import utcnow
+from shared.timers import Timer, TimerContext, Timers
 
 handlers = Handlers()
+timers = Timers()
 
 CHECK_AT_THE_DOOR = (
     "When they arrive, check the name, photo and badge number against this, and give "
@@ -204,3 +209,36 @@ async def closed(tx: Transaction, event: ComplaintClosed) -> None:
         booking_id=event.booking_id,
         complaint_id=event.complaint_id,
     )
+
+
+# ------------------------------------------------------------ partner webhooks --
+
+
+async def about_store(tx: Transaction, store_id: str | None) -> None:
+    if store_id and tx.causation is not None:
+        await webhooks.fan_out(tx, tx.causation, store_id)
+
+
+@handlers.on(ServiceCompleted)
+async def service_completed(tx: Transaction, event: ServiceCompleted) -> None:
+    await about_store(tx, event.store_id)
+
+
+@handlers.on(ReceiptSealed)
+async def receipt_sealed(tx: Transaction, event: ReceiptSealed) -> None:
+    await about_store(tx, event.store_id)
+
+
+@handlers.on(PrepaidPurchased)
+async def prepaid_purchased(tx: Transaction, event: PrepaidPurchased) -> None:
+    await about_store(tx, event.store_id)
+
+
+@handlers.on(ComplaintOpened)
+async def complaint_opened(tx: Transaction, event: ComplaintOpened) -> None:
+    await about_store(tx, event.store_id)
+
+
+@timers.on(webhooks.DELIVER)
+async def deliver(ctx: TimerContext, timer: Timer) -> None:
+    await webhooks.deliver(ctx, timer)

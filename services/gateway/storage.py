@@ -8,6 +8,8 @@ refresh_tokens  digests of refresh tokens with their family, expiry and revocati
 api_keys        partner stores' keys: digest, store, scopes, revocation
 notifications   what each user is told (technician assigned, on the way, receipt ready...)
 booking_owners  which customer a booking belongs to (from booking.requested)
+webhooks        stores' subscriptions: URL, event types, the secret that signs deliveries
+webhook_deliveries  each event to each subscription, with every attempt (replayable)
 ops_staff       operations staff: e-mail and a scrypt password hash
 keys            the secret that keys one-time code digests
 """
@@ -37,6 +39,10 @@ async def ensure_indexes(db: Database) -> None:
     await db[REFRESH_TOKENS].create_indexes([IndexModel([("family", ASCENDING)])])
     await db[API_KEYS].create_indexes([IndexModel([("store_id", ASCENDING)])])
     await db[SMS_LOG].create_indexes([IndexModel([("phone", ASCENDING), ("at", ASCENDING)])])
+    await db[WEBHOOKS].create_indexes([IndexModel([("store_id", ASCENDING)])])
+    await db[WEBHOOK_DELIVERIES].create_indexes(
+        [IndexModel([("webhook_id", ASCENDING), ("created_at", ASCENDING)])]
+    )
     await db[NOTIFICATIONS].create_indexes(
         [IndexModel([("recipient", ASCENDING), ("created_at", ASCENDING)])]
     )
@@ -147,3 +153,52 @@ class Notification(Forbid):
 class Notifications(Versioned[Notification]):
     def __init__(self, db: Database) -> None:
         super().__init__(db, NOTIFICATIONS, Notification, "notification_id")
+
+
+# ------------------------------------------------------------------ webhooks --
+
+WEBHOOKS = "webhooks"
+WEBHOOK_DELIVERIES = "webhook_deliveries"
+
+
+class Webhook(Forbid):
+    webhook_id: str
+    store_id: str
+    url: str
+    events: list[str]
+    secret: str  # signs deliveries; shown to the store once, kept to sign
+    created_at: datetime
+    disabled_at: datetime | None = None
+    version: int = 0
+
+
+class Attempt(Forbid):
+    at: datetime
+    status: int | None = None  # the receiver's HTTP status, None when unreachable
+    error: str = ""
+
+
+class Delivery(Forbid):
+    """One event to one subscription; its id makes it once per event id."""
+
+    delivery_id: str
+    webhook_id: str
+    store_id: str
+    event_id: str
+    event_type: str
+    body: str  # the exact JSON sent (and re-sent on a replay)
+    status: str = "pending"  # pending, delivered, failed
+    attempts: list[Attempt] = Field(default_factory=list)
+    created_at: datetime
+    delivered_at: datetime | None = None
+    version: int = 0
+
+
+class Webhooks(Versioned[Webhook]):
+    def __init__(self, db: Database) -> None:
+        super().__init__(db, WEBHOOKS, Webhook, "webhook_id")
+
+
+class Deliveries(Versioned[Delivery]):
+    def __init__(self, db: Database) -> None:
+        super().__init__(db, WEBHOOK_DELIVERIES, Delivery, "delivery_id")

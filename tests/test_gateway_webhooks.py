@@ -1,0 +1,140 @@
+"""Partner webhooks on the real platform: signed, retried after a failing receiver,
+delivered once per event id, logged and replayable."""
+
+from __future__ import annotations
+
+import asyncio
+import uuid
+from typing import Any
+
+import pytest
+import uvicorn
+from aiokafka import AIOKafkaProducer
+from fastapi import FastAPI, Request, Response
+from pymongo import AsyncMongoClient
+
+from services.gateway.webhooks import signature_is_valid
+from shared.auth import Actor, Role
+from shared.events.envelope import Envelope
+from shared.events.payments import ReceiptSealed
+from shared.mongo import Document
+from tests.conftest import Platform
+from tests.harness import eventually, free_port
+from tests.seed import bearer, gateway_token
+
+pytestmark = pytest.mark.integration
+
+
+class Receiver:
+    """A store's endpoint that fails its first `failures` calls, then accepts."""
+
+    def __init__(self, failures: int) -> None:
+        self.failures = failures
+        self.calls: list[tuple[dict[str, str], str]] = []
+        self.app = FastAPI()
+        self.app.post("/hook")(self.hook)
+        self.port = free_port()
+        self.server = uvicorn.Server(
+            uvicorn.Config(self.app, host="127.0.0.1", port=self.port, log_level="warning")
+        )
+
+    async def hook(self, request: Request) -> Response:
+        self.calls.append((dict(request.headers), (await request.body()).decode()))
+        return Response(status_code=503 if len(self.calls) <= self.failures else 204)
+
+    @property
+    def url(self) -> str:
+        return f"http://127.0.0.1:{self.port}/hook"
+
+
+async def test_a_webhook_is_signed_retried_past_failures_delivered_once_and_replayable(
+    platform: Platform, mongo: AsyncMongoClient[Document], kafka_producer: AIOKafkaProducer
+) -> None:
+    store = f"store_{uuid.uuid4().hex[:8]}"
+    receiver = Receiver(failures=2)
+    serving = asyncio.create_task(receiver.server.serve())
+    try:
+        async with platform.client("gateway") as api:
+            await api.get("/v1/auth/keys")
+            ops = bearer(
+                await gateway_token(mongo, platform.prefix, Actor(role=Role.OPS, subject="o"))
+            )
+            key = (await api.post(f"/v1/stores/{store}/api-keys", json={}, headers=ops)).json()
+            as_store = {"X-Api-Key": key["api_key"]}
+            unknown = await api.post(
+                "/v1/webhooks",
+                json={"store_id": store, "url": receiver.url, "events": ["booking.requested"]},
+                headers=as_store,
+            )
+            assert unknown.status_code == 422
+            other = await api.post(
+                "/v1/webhooks",
+                json={
+                    "store_id": "store_other",
+                    "url": receiver.url,
+                    "events": ["payments.receipt_sealed"],
+                },
+                headers=as_store,
+            )
+            assert other.status_code == 403
+            made = await api.post(
+                "/v1/webhooks",
+                json={
+                    "store_id": store,
+                    "url": receiver.url,
+                    "events": ["payments.receipt_sealed"],
+                },
+                headers=as_store,
+            )
+            assert made.status_code == 201, made.text
+            hook = made.json()
+
+        sealed = ReceiptSealed(
+            receipt_id="rc_w",
+            booking_id=f"bk_{uuid.uuid4().hex[:8]}",
+            store_id=store,
+            key_id="k1",
+            chain_position=0,
+            chain_hash="a" * 64,
+        )
+        envelope = Envelope.wrap(sealed, producer="payments")
+        for _ in range(2):  # the same event twice, as Kafka may redeliver it
+            await kafka_producer.send_and_wait(
+                f"{platform.prefix}.payments.events",
+                envelope.to_bytes(),
+                key=sealed.booking_id.encode(),
+            )
+
+        async with platform.client("gateway") as api:
+
+            async def delivered() -> Any:
+                log = (
+                    await api.get(f"/v1/webhooks/{hook['webhook_id']}/deliveries", headers=as_store)
+                ).json()
+                return log if log and log[0]["status"] == "delivered" else None
+
+            log = await eventually(delivered, what="webhook delivered")
+            await asyncio.sleep(1.5)  # a second delivery of the same event would show by now
+            log = (
+                await api.get(f"/v1/webhooks/{hook['webhook_id']}/deliveries", headers=as_store)
+            ).json()
+            assert len(log) == 1
+            assert [a["status"] for a in log[0]["attempts"]] == [503, 503, 204]
+            assert len(receiver.calls) == 3
+            for headers, body in receiver.calls:
+                assert headers["x-doorstep-event-id"] == str(envelope.event_id)
+                assert signature_is_valid(hook["secret"], headers["x-doorstep-signature"], body)
+                assert not signature_is_valid("wrong-secret", headers["x-doorstep-signature"], body)
+            replayed = await api.post(
+                f"/v1/webhooks/{hook['webhook_id']}/deliveries/{log[0]['delivery_id']}/replay",
+                headers=as_store,
+            )
+            assert replayed.status_code == 200, replayed.text
+            await eventually(
+                lambda: asyncio.sleep(0, result=len(receiver.calls) == 4 or None),
+                what="replayed delivery",
+            )
+        assert receiver.calls[3][0]["x-doorstep-event-id"] == str(envelope.event_id)
+    finally:
+        receiver.server.should_exit = True
+        await serving
