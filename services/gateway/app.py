@@ -7,9 +7,12 @@ from collections.abc import AsyncIterator, Awaitable, Callable
 
 from fastapi import APIRouter, FastAPI, Request, Response
 
-from services.gateway import api, handlers, notify, signin, storage, webhooks
+from services.dispatch import api as dispatch_api
+from services.gateway import api, handlers, notify, proxy, signin, storage, webhooks
 from services.gateway.limits import RateLimiter
 from services.gateway.upstream import Upstream, UpstreamSettings
+from services.payments import api as payments_api
+from services.reviews import api as reviews_api
 from shared.http import error_response
 from shared.service import ServiceSpec, create_service_app
 from shared.settings import Settings
@@ -32,6 +35,12 @@ router.include_router(signin.router)
 router.include_router(api.router)
 router.include_router(notify.router)
 router.include_router(webhooks.router)
+# What the other services offer apps, stores and operations, forwarded as the verified caller.
+offered = APIRouter(prefix="/v1")
+proxy.offer(offered, "dispatch", dispatch_api.router, skip=set())
+proxy.offer(offered, "payments", payments_api.router, skip={"/provider/webhook"})
+proxy.offer(offered, "reviews", reviews_api.router, skip={"/review-requests/{booking_id}"})
+router.include_router(offered)
 router.include_router(signin.dev_router)
 
 SPEC = ServiceSpec(

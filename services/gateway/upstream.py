@@ -71,6 +71,7 @@ class Upstream:
         path: str,
         *,
         json: Any = None,
+        content: bytes | None = None,
         params: dict[str, str] | None = None,
         headers: dict[str, str] | None = None,
     ) -> httpx.Response:
@@ -84,7 +85,12 @@ class Upstream:
         for attempt in range(1, attempts + 1):
             try:
                 response = await self._client.request(
-                    method, self._bases[service] + path, json=json, params=params, headers=headers
+                    method,
+                    self._bases[service] + path,
+                    json=json,
+                    content=content,
+                    params=params,
+                    headers=headers,
                 )
             except (httpx.TransportError, httpx.TimeoutException) as exc:
                 if attempt == attempts:

@@ -13,10 +13,11 @@ def test_event_catalogue_is_current() -> None:
 
 def test_event_catalogue_lists_every_platform_event_with_producer_and_consumers() -> None:
     text = catalogue.render()
-    row = "| [`booking.requested`](#bookingrequested-v1) | 1 | booking | dispatch, reviews |"
+    consumers = "dispatch, gateway, reviews"
+    row = f"| [`booking.requested`](#bookingrequested-v1) | 1 | booking | {consumers} |"
     assert row in text
     assert "dispatch.service_completed" in text
-    assert "| booking, payments, reviews |" in text
+    assert "| booking, gateway, payments, reviews |" in text  # service_completed
     assert "probe.noted" not in text  # test-only events stay out
 
 
