@@ -43,7 +43,10 @@ async def ensure_topics(settings: Settings, topics: list[str], attempts: int = 3
                     await admin.create_topics(
                         [NewTopic(t, settings.topic_partitions, 1) for t in missing]
                     )
-                await _wait_for_leaders(admin, missing)
+            # Also the topics another service created a moment ago: a consumer that joins
+            # while a partition has no leader is assigned the others only, and would not
+            # read that partition until a later rebalance.
+            await _wait_for_leaders(admin, list(dict.fromkeys(topics)))
             return
         except KafkaConnectionError:
             if attempt == attempts:

@@ -159,6 +159,7 @@ def alert(
 def fail(tx: Transaction, visit: Visit, reason: str) -> None:
     visit.fail(reason)
     tx.emit(DispatchFailed(booking_id=visit.booking_id, reason=reason))
+    log.info("dispatch failed for booking %s: %s", visit.booking_id, reason)
 
 
 # ------------------------------------------------------------------ matching --

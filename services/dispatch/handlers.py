@@ -78,6 +78,7 @@ async def booking_requested(tx: Transaction, event: BookingRequested) -> None:
     )
     await visits.insert(visit, tx.session)
     await commands.request_round(tx, event.region)
+    log.info("visit opened for booking %s in %s", event.booking_id, event.region)
 
 
 @handlers.on(BookingRescheduled)
