@@ -101,10 +101,12 @@ async def schedule(
     """
     tid = timer_id(kind, subject)
     fields: Document = {"kind": kind, "subject": subject, "data": data or {}}
+    # `requests` counts every call: even when `$min` keeps an earlier due time, the timer
+    # document changes, so a firing that began before this request cannot delete it.
     update: Document = (
-        {"$set": fields, "$min": {"due_at": due_at}}
+        {"$set": fields, "$min": {"due_at": due_at}, "$inc": {"requests": 1}}
         if earliest
-        else {"$set": {**fields, "due_at": due_at}}
+        else {"$set": {**fields, "due_at": due_at}, "$inc": {"requests": 1}}
     )
     await db[TIMERS].update_one({"_id": tid}, update, upsert=True, session=session)
     return tid
@@ -156,8 +158,17 @@ class TimerLoop:
                 )
                 continue
             crash_point("timers.after_fire")
-            # Delete only if not moved meanwhile (re-armed by a newer request: fire again).
-            await self._ctx.db[TIMERS].delete_one({"_id": timer.timer_id, "due_at": timer.due_at})
+            # Delete only if nobody asked again meanwhile (a request during the firing, even
+            # one that kept the due time, means: fire again, it may have work for us).
+            done = await self._ctx.db[TIMERS].delete_one(
+                {"_id": timer.timer_id, "due_at": timer.due_at, "requests": doc.get("requests")}
+            )
+            if done.deleted_count == 0:
+                # Asked again while firing but still due at the lease's end: fire now.
+                await self._ctx.db[TIMERS].update_one(
+                    {"_id": timer.timer_id, "due_at": timer.due_at},
+                    {"$set": {"due_at": utcnow()}},
+                )
             fired += 1
 
     async def next_due_in(self) -> float:
