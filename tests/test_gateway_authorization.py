@@ -186,3 +186,10 @@ async def test_every_object_route_answers_each_kind_of_caller_as_it_should(
                 if answer.status_code >= 400:
                     assert set(answer.json()) == {"error"}, answer.text
         assert wrong == [], "\n".join(wrong)
+        # The owner's composed view: the booking, its receipt's state, its complaints' states
+        # (ops responded to the complaint in the matrix, so it is in progress).
+        view = (await api.get(f"/v1/bookings/{booking_id}", headers=callers["owner"])).json()
+    assert view["receipt"]["receipt_id"] == rid
+    assert [(c["complaint_id"], c["status"], c["tier"]) for c in view["complaints"]] == [
+        (cid, "in_progress", "agent")
+    ]

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 from typing import Annotated, Any
 
 import httpx
@@ -17,7 +18,7 @@ from services.booking.api import (
     TimingIn,
 )
 from services.booking.domain import CareProfile
-from services.gateway.domain import BookingView
+from services.gateway.domain import BookingView, ComplaintStatus
 from services.gateway.security import EdgeActor
 from services.gateway.upstream import Upstream, UpstreamError
 from shared.auth import Actor, Role
@@ -184,12 +185,33 @@ async def create_booking(
 @router.get("/bookings/{booking_id}", tags=["bookings"], summary="A booking with its receipt state")
 async def get_booking(booking_id: Id, request: Request, actor: EdgeActor) -> BookingView:
     booking = await readable_booking(request, actor, booking_id)
-    # Payments checks again that the receipt is this caller's to see.
-    receipt = await upstream(request).call(
-        "payments", "GET", "/receipts", params={"booking_id": booking_id}, headers=actor.headers()
+    # Payments and reviews check again that what they return is this caller's to see.
+    client = upstream(request)
+    receipt, complaints = await asyncio.gather(
+        client.call(
+            "payments",
+            "GET",
+            "/receipts",
+            params={"booking_id": booking_id},
+            headers=actor.headers(),
+        ),
+        client.call(
+            "reviews",
+            "GET",
+            "/complaints",
+            params={"booking_id": booking_id},
+            headers=actor.headers(),
+        ),
     )
     return BookingView(
-        booking=booking, receipt=receipt.json() if receipt.status_code == 200 else None
+        booking=booking,
+        receipt=receipt.json() if receipt.status_code == 200 else None,
+        complaints=[
+            ComplaintStatus.model_validate(
+                {k: c[k] for k in ("complaint_id", "category", "status", "tier")}
+            )
+            for c in (complaints.json() if complaints.status_code == 200 else [])
+        ],
     )
 
 
