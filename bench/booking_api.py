@@ -38,10 +38,21 @@ def _free_port() -> int:
 
 @contextlib.asynccontextmanager
 async def booking_service(settings: Settings, log: Path) -> AsyncIterator[str]:
+    async with service_process("booking", settings, log) as url:
+        yield url
+
+
+@contextlib.asynccontextmanager
+async def service_process(
+    name: str, settings: Settings, log: Path, **extra_env: str
+) -> AsyncIterator[str]:
+    """A service run as in production (`python -m services.<name>`) on the bench's servers;
+    yields its URL once it is ready."""
     port = _free_port()
     env = {
         **os.environ,
-        "SERVICE_NAME": "booking",
+        **extra_env,
+        "SERVICE_NAME": name,
         "KAFKA_BOOTSTRAP": settings.kafka_bootstrap,
         "MONGODB_URI": settings.mongodb_uri,
         "DOORSTEP_TOPIC_PREFIX": settings.topic_prefix,
@@ -52,20 +63,20 @@ async def booking_service(settings: Settings, log: Path) -> AsyncIterator[str]:
     log.parent.mkdir(parents=True, exist_ok=True)
     with log.open("ab") as out:
         proc = await asyncio.create_subprocess_exec(
-            sys.executable, "-m", "services.booking", cwd=ROOT, env=env, stdout=out, stderr=out
+            sys.executable, "-m", f"services.{name}", cwd=ROOT, env=env, stdout=out, stderr=out
         )
     url = f"http://127.0.0.1:{port}"
     try:
         async with httpx.AsyncClient(base_url=url, timeout=5) as http:
             for _ in range(600):
                 if proc.returncode is not None:
-                    raise RuntimeError(f"booking service exited; see {log}")
+                    raise RuntimeError(f"{name} service exited; see {log}")
                 with contextlib.suppress(httpx.HTTPError):
                     if (await http.get("/readyz")).status_code == 200:
                         break
                 await asyncio.sleep(0.1)
             else:
-                raise TimeoutError(f"booking service not ready; see {log}")
+                raise TimeoutError(f"{name} service not ready; see {log}")
         yield url
     finally:
         if proc.returncode is None:
@@ -145,7 +156,9 @@ async def post_bookings(url: str, total: int, concurrency: int) -> tuple[list[fl
     """`total` POST /bookings spread over `concurrency` clients; latencies and elapsed time."""
     latencies: list[float] = []
     limits = httpx.Limits(max_connections=concurrency)
-    async with httpx.AsyncClient(base_url=url, timeout=30, limits=limits) as http:
+    # The caller the gateway would vouch for: operations (the seed publishes the catalogue).
+    caller = {"X-Actor-Role": "ops", "X-Actor-Id": "ops_bench"}
+    async with httpx.AsyncClient(base_url=url, timeout=30, limits=limits, headers=caller) as http:
         body = await seed(http)
         for _ in range(20):  # warm-up: connections, caches, the first topic metadata
             (await http.post("/bookings", json=body)).raise_for_status()

@@ -72,8 +72,10 @@ class Platform:
     def url(self, service: str) -> str:
         return self.services[service].url
 
-    def client(self, service: str) -> httpx.AsyncClient:
-        return httpx.AsyncClient(base_url=self.url(service), timeout=10)
+    def client(self, service: str, acting_as: dict[str, str] | None = None) -> httpx.AsyncClient:
+        """A client straight to one service; `acting_as` the caller the gateway would vouch for
+        (services check every object against it)."""
+        return httpx.AsyncClient(base_url=self.url(service), timeout=10, headers=acting_as)
 
 
 @pytest.fixture(scope="session")

@@ -45,6 +45,7 @@ async def seed_region(booking: httpx.AsyncClient, region: str = "lisbon") -> Non
             "hours": {"timezone": "Europe/Lisbon", "opens": "08:00", "closes": "20:00"},
             "area": REGIONS[region],
         },
+        headers=OPS,
     )
     assert r.status_code == 204, r.text
 
@@ -71,11 +72,12 @@ async def seed_item(
         item |= {"skill": skill, "duration_minutes": 45, "description": "Shape, cuticles, polish"}
         if certificate:
             item["certificate"] = certificate
-    r = await booking.put(f"/catalogue/items/{code}", json=item)
+    r = await booking.put(f"/catalogue/items/{code}", json=item, headers=OPS)
     assert r.status_code == 204, r.text
     r = await booking.post(
         f"/catalogue/items/{code}/prices",
         json={"region": region, "unit_price": unit_price, "currency": "EUR", **price},
+        headers=OPS,
     )
     assert r.status_code == 201, r.text
 
@@ -90,11 +92,13 @@ async def seed_customer(
     r = await booking.put(
         f"/customers/{customer_id}",
         json={"name": "Ana Ribeiro", "phone": "+351912345678", "preferred_language": "pt"},
+        headers=as_customer(customer_id),
     )
     assert r.status_code == 200, r.text
     r = await booking.put(
         f"/customers/{customer_id}/addresses/{address_id}",
         json={"label": "home", "line": "Rua Augusta 100, 2 esq", "location": location},
+        headers=as_customer(customer_id),
     )
     assert r.status_code == 200, r.text
 

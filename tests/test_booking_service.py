@@ -28,7 +28,11 @@ from shared.mongo import Document
 from tests.conftest import Platform
 from tests.harness import Infra, eventually, publish
 from tests.seed import (
+    OPS,
     accept_offer,
+    as_customer,
+    as_store,
+    as_technician,
     bearer,
     booking_body,
     gateway_token,
@@ -118,7 +122,7 @@ async def booking_events(
 async def test_booking_is_priced_from_the_catalogue_and_published_with_its_key_and_version(
     platform: Platform, infra: Infra
 ) -> None:
-    async with platform.client("booking") as booking:
+    async with platform.client("booking", acting_as=OPS) as booking:
         code = await unserved_item(booking, unit_price=2500)
         customer = await new_customer(booking)
         body = booking_body(customer, code, quantity=2)
@@ -149,7 +153,7 @@ async def test_booking_is_priced_from_the_catalogue_and_published_with_its_key_a
 async def test_after_hours_and_urgent_visits_carry_the_catalogues_surcharges(
     platform: Platform,
 ) -> None:
-    async with platform.client("booking") as booking:
+    async with platform.client("booking", acting_as=OPS) as booking:
         code = await unserved_item(
             booking, unit_price=2000, after_hours_surcharge=700, urgent_surcharge=1500
         )
@@ -172,7 +176,7 @@ async def test_after_hours_and_urgent_visits_carry_the_catalogues_surcharges(
 async def test_same_idempotency_key_makes_one_booking_and_refuses_another_body(
     platform: Platform, mongo: AsyncMongoClient[Document]
 ) -> None:
-    async with platform.client("booking") as booking:
+    async with platform.client("booking", acting_as=OPS) as booking:
         code = await unserved_item(booking)
         customer = await new_customer(booking)
     body = booking_body(customer, code)
@@ -206,7 +210,7 @@ async def test_same_idempotency_key_makes_one_booking_and_refuses_another_body(
 
 # ------------------------------------------------------------ cancellation --
 async def test_cancel_before_the_cutoff_is_free(platform: Platform) -> None:
-    async with platform.client("booking") as booking:
+    async with platform.client("booking", acting_as=OPS) as booking:
         code = await unserved_item(booking, cancellation_fee=1200, free_cancellation_hours=24)
         customer = await new_customer(booking)
         made = (
@@ -231,7 +235,7 @@ async def test_cancel_before_the_cutoff_is_free(platform: Platform) -> None:
 async def test_cancel_after_the_cutoff_costs_the_catalogues_fee(
     platform: Platform, mongo: AsyncMongoClient[Document]
 ) -> None:
-    async with platform.client("booking") as booking:
+    async with platform.client("booking", acting_as=OPS) as booking:
         code = await unserved_item(booking, cancellation_fee=1200, free_cancellation_hours=72)
         customer = await new_customer(booking)
         made = (await booking.post("/bookings", json=booking_body(customer, code))).json()
@@ -249,7 +253,7 @@ async def test_reschedule_keeps_the_booked_prices_and_dispatch_reconfirms_the_te
     platform: Platform,
 ) -> None:
     tech = unique("tech_")
-    async with platform.client("booking") as booking:
+    async with platform.client("booking", acting_as=OPS) as booking:
         code = await served_item(platform, booking, tech, unit_price=3000)
         customer = await new_customer(booking)
         made = (
@@ -291,7 +295,7 @@ async def test_book_again_repeats_services_and_prefers_the_same_technician(
     platform: Platform,
 ) -> None:
     tech = unique("tech_")
-    async with platform.client("booking") as booking:
+    async with platform.client("booking", acting_as=OPS) as booking:
         code = await served_item(platform, booking, tech)
         customer = await new_customer(booking)
         first = (
@@ -318,7 +322,7 @@ async def test_book_again_repeats_services_and_prefers_the_same_technician(
 async def test_two_concurrent_changes_from_the_same_version_one_wins_the_other_gets_409(
     platform: Platform,
 ) -> None:
-    async with platform.client("booking") as booking:
+    async with platform.client("booking", acting_as=OPS) as booking:
         code = await unserved_item(booking)
         customer = await new_customer(booking)
         made = (
@@ -350,7 +354,7 @@ async def test_facts_from_dispatch_and_payments_walk_the_booking_to_closed(
     platform: Platform, kafka_producer: AIOKafkaProducer
 ) -> None:
     tech = unique("tech_")
-    async with platform.client("booking") as booking:
+    async with platform.client("booking", acting_as=OPS) as booking:
         code = await served_item(platform, booking, tech)
         customer = await new_customer(booking)
         made = (
@@ -467,7 +471,7 @@ async def _with_technician(booking: httpx.AsyncClient, booking_id: str, tech: st
 async def test_price_list_shows_the_price_in_force_and_an_announced_change(
     platform: Platform,
 ) -> None:
-    async with platform.client("booking") as booking:
+    async with platform.client("booking", acting_as=OPS) as booking:
         code = await unserved_item(booking, unit_price=1800)
         later = (datetime.now(UTC) + timedelta(days=10)).isoformat()
         r = await booking.post(
@@ -488,31 +492,77 @@ async def test_price_list_shows_the_price_in_force_and_an_announced_change(
     assert all(e["code"] != code for e in elsewhere or [])
 
 
-async def test_only_the_assigned_technician_reads_the_care_profile_and_never_the_phone(
-    platform: Platform,
-) -> None:
+async def test_each_caller_sees_only_what_they_need_of_a_booking(platform: Platform) -> None:
+    """The home address and care profile reach the technician only from accepting the visit
+    until it ends, never a store; the customer sees the technician's phone masked; a caller
+    with no part in the booking is answered as if it did not exist."""
     tech = unique("tech_")
-    async with platform.client("booking") as booking:
+    async with platform.client("booking", acting_as=OPS) as booking:
         code = await served_item(platform, booking, tech)
         customer = await new_customer(booking)
+        me = as_customer(customer)
         r = await booking.put(
             f"/customers/{customer}/care-profile",
             json={"allergies": ["latex"], "preferences": "quiet visit"},
+            headers=me,
         )
         assert r.status_code == 200, r.text
-        made = (await booking.post("/bookings", json=booking_body(customer, code))).json()
-        await accepted(platform, booking, made["booking_id"], tech)
-        mine = await booking.get(
-            f"/bookings/{made['booking_id']}/care-profile", params={"technician_id": tech}
-        )
-        other = await booking.get(
-            f"/bookings/{made['booking_id']}/care-profile", params={"technician_id": "tech_nosy"}
-        )
-    assert mine.status_code == 200, mine.text
-    assert mine.json()["care_profile"]["allergies"] == ["latex"]
-    assert "phone" not in mine.text
-    assert "+351" not in mine.text
-    assert other.status_code == 403
+        made = await booking.post("/bookings", json=booking_body(customer, code), headers=me)
+        assert made.status_code == 201, made.text
+        path = f"/bookings/{made.json()['booking_id']}"
+        offered_only = await booking.get(path, headers=as_technician(tech))
+        await accepted(platform, booking, made.json()["booking_id"], tech)
+        callers = {
+            "customer": me,
+            "technician": as_technician(tech),
+            "their store": as_store("store_chiado"),
+            "ops": OPS,
+            "another customer": as_customer("cus_nosy"),
+            "another technician": as_technician("tech_nosy"),
+            "another store": as_store("store_nosy"),
+        }
+        seen = {who: await booking.get(path, headers=h) for who, h in callers.items()}
+        care = {
+            who: await booking.get(f"{path}/care-profile", headers=h) for who, h in callers.items()
+        }
+        cancelled = await booking.post(f"{path}/cancel", headers=me)
+        assert cancelled.status_code == 200, cancelled.text
+        after = await booking.get(path, headers=as_technician(tech))
+        care_after = await booking.get(f"{path}/care-profile", headers=as_technician(tech))
+
+    assert offered_only.status_code == 404, "an offer is not yet the technician's visit"
+    status = {who: r.status_code for who, r in seen.items()}
+    assert status == {
+        "customer": 200,
+        "technician": 200,
+        "their store": 200,
+        "ops": 200,
+        "another customer": 404,
+        "another technician": 404,
+        "another store": 404,
+    }
+    address = {who: r.json()["address"] is not None for who, r in seen.items() if r.is_success}
+    assert address == {"customer": True, "technician": True, "their store": False, "ops": True}
+    identity = seen["customer"].json()["technician"]
+    assert identity["store_id"] == "store_chiado"
+    assert identity["phone_masked"] == "+351 ••• ••• •01"
+    assert all("+351913000001" not in r.text for r in seen.values())
+    care_status = {who: r.status_code for who, r in care.items()}
+    assert care_status == {
+        "customer": 200,
+        "technician": 200,
+        "their store": 403,
+        "ops": 200,
+        "another customer": 404,
+        "another technician": 404,
+        "another store": 404,
+    }
+    assert care["technician"].json()["care_profile"]["allergies"] == ["latex"]
+    assert "+351" not in care["technician"].text  # the customer's phone is not in it
+    # Once the visit is over (here: cancelled) the technician no longer sees the home.
+    assert after.status_code == 200, after.text
+    assert after.json()["address"] is None
+    assert care_after.status_code == 403
 
 
 async def test_an_unexpected_failure_answers_500_in_the_one_error_shape_with_the_correlation_id(

@@ -23,6 +23,7 @@ from shared.faults import CRASH_EXIT_CODE
 from shared.mongo import Document
 from tests.harness import Infra, ServiceProcess, eventually, keyed_events, new_prefix, publish
 from tests.seed import (
+    OPS,
     PORTO,
     as_customer,
     booking_body,
@@ -66,12 +67,12 @@ async def test_event_committed_but_not_published_is_published_after_restart(
     booking.start(DOORSTEP_CRASH_AT="outbox.after_commit")
     try:
         # Seeding writes no events (no unit of work), so it passes the crash point.
-        async with httpx.AsyncClient(base_url=booking.url, timeout=10) as client:
+        async with httpx.AsyncClient(base_url=booking.url, timeout=10, headers=OPS) as client:
             await seed_item(client, "clean.deep", skill="cleaning", region="porto")
             await seed_customer(client, "cus_crash", location=PORTO)
         request = booking_body("cus_crash", "clean.deep", quantity=1)
         # The process dies between the MongoDB commit and any publishing.
-        async with httpx.AsyncClient(base_url=booking.url, timeout=10) as client:
+        async with httpx.AsyncClient(base_url=booking.url, timeout=10, headers=OPS) as client:
             with pytest.raises(httpx.TransportError):
                 await client.post("/bookings", json=request)
         assert await asyncio.to_thread(booking.wait_exit) == CRASH_EXIT_CODE
@@ -160,7 +161,7 @@ async def test_dispatch_killed_while_firing_a_timer_offers_once_and_deadlines_su
     skill = f"skill-{uuid.uuid4().hex[:6]}"
     code = f"{skill}.visit"
     try:
-        async with httpx.AsyncClient(base_url=booking.url, timeout=10) as client:
+        async with httpx.AsyncClient(base_url=booking.url, timeout=10, headers=OPS) as client:
             await seed_item(client, code, skill=skill)
             await seed_customer(client, "cus_timer")
         async with httpx.AsyncClient(base_url=dispatch.url, timeout=10) as client:
@@ -168,7 +169,7 @@ async def test_dispatch_killed_while_firing_a_timer_offers_once_and_deadlines_su
             await seed_technician(
                 client, "tech_far", "LX-T2", skills=[skill], location={"lat": 38.77, "lon": -9.2}
             )
-        async with httpx.AsyncClient(base_url=booking.url, timeout=10) as client:
+        async with httpx.AsyncClient(base_url=booking.url, timeout=10, headers=OPS) as client:
             made = await client.post("/bookings", json=booking_body("cus_timer", code))
             assert made.status_code == 201, made.text
             booking_id = made.json()["booking_id"]

@@ -111,7 +111,10 @@ class Scene:
 
 @pytest.fixture
 async def scene(platform: Platform) -> AsyncIterator[Scene]:
-    async with platform.client("booking") as booking, platform.client("dispatch") as dispatch:
+    async with (
+        platform.client("booking", acting_as=OPS) as booking,
+        platform.client("dispatch") as dispatch,
+    ):
         yield await Scene(platform, booking, dispatch).setup()
 
 
@@ -141,7 +144,10 @@ UNFIT: dict[str, dict[str, Any]] = {
 async def test_an_unfit_technician_is_never_offered_the_visit_however_near(
     platform: Platform, unfit: str
 ) -> None:
-    async with platform.client("booking") as booking, platform.client("dispatch") as dispatch:
+    async with (
+        platform.client("booking", acting_as=OPS) as booking,
+        platform.client("dispatch") as dispatch,
+    ):
         scene = Scene(platform, booking, dispatch)
         await seed_item(booking, scene.code, skill=scene.skill, certificate="cert-gel")
         await seed_customer(booking, scene.customer)

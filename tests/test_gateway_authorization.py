@@ -15,6 +15,7 @@ from shared.mongo import Document
 from tests.conftest import Platform
 from tests.harness import eventually, publish
 from tests.seed import (
+    OPS,
     as_customer,
     bearer,
     booking_body,
@@ -49,7 +50,7 @@ async def test_every_object_route_answers_each_kind_of_caller_as_it_should(
     store, other_store = f"store_a{tag}", f"store_b{tag}"
     async with platform.client("dispatch") as dispatch:
         await seed_technician(dispatch, tech, f"LX-{tag}".upper(), store_id=store)
-    async with platform.client("booking") as booking:
+    async with platform.client("booking", acting_as=OPS) as booking:
         await seed_item(booking, "nails.manicure")
         for customer in (owner, other):
             await seed_customer(booking, customer)

@@ -18,6 +18,7 @@ from shared.mongo import Document
 from tests.conftest import Platform
 from tests.harness import eventually
 from tests.seed import (
+    OPS,
     accept_offer,
     bearer,
     booking_body,
@@ -52,7 +53,7 @@ async def test_the_live_stream_tells_the_right_customer_who_is_coming_and_nobody
     tech = f"tech_{uuid.uuid4().hex[:8]}"
     async with platform.client("dispatch") as dispatch:
         await seed_technician(dispatch, tech, f"LX-{uuid.uuid4().hex[:6].upper()}", skills=[skill])
-    async with platform.client("booking") as booking:
+    async with platform.client("booking", acting_as=OPS) as booking:
         await seed_item(booking, code, skill=skill)
         for customer in (ana, rui):
             await seed_customer(booking, customer)

@@ -168,7 +168,7 @@ async def test_a_completed_visit_is_receipted_signed_sealed_drawn_charged_and_cl
     customer, tech, store = unique("cus_"), unique("tech_"), "store_chiado"
     async with platform.client("dispatch") as dispatch:
         await seed_technician(dispatch, tech, unique("LX-").upper(), skills=[skill], store_id=store)
-    async with platform.client("booking") as booking:
+    async with platform.client("booking", acting_as=OPS) as booking:
         await seed_item(booking, code, skill=skill, unit_price=2500)
         await seed_customer(booking, customer)
         made = await booking.post("/bookings", json=booking_body(customer, code))  # 2 x 25.00
@@ -247,7 +247,7 @@ async def test_a_completed_visit_is_receipted_signed_sealed_drawn_charged_and_cl
         until=lambda found: "payments.prepaid_drawn" in {e["type"] for e in found},
     )
     assert [e["payload"]["balance"] for e in drawn if e["type"] == "payments.prepaid_drawn"] == [0]
-    async with platform.client("booking") as booking:
+    async with platform.client("booking", acting_as=OPS) as booking:
 
         async def closed() -> Any:
             b = await get_json(booking, f"/bookings/{booking_id}")

@@ -76,7 +76,7 @@ async def test_a_review_only_by_its_customer_after_completion_once_and_quality_r
     customer, tech = unique("cus_"), unique("tech_")
     async with platform.client("dispatch") as dispatch:
         await seed_technician(dispatch, tech, unique("LX-").upper())
-    async with platform.client("booking") as booking:
+    async with platform.client("booking", acting_as=OPS) as booking:
         await seed_item(booking, "nails.manicure")
         await seed_customer(booking, customer)
         made = await booking.post("/bookings", json=booking_body(customer, "nails.manicure"))
@@ -341,7 +341,7 @@ async def test_remedies_reach_their_services_and_the_complaint_shows_when_they_t
             (f"cp_{complaint['complaint_id']}", 1000)
         ]
     # The suspended technician is the only one with this skill: nobody is offered the visit.
-    async with platform.client("booking") as booking:
+    async with platform.client("booking", acting_as=OPS) as booking:
         await seed_item(booking, code, skill=skill)
         await seed_customer(booking, customer)
         made = await booking.post("/bookings", json=booking_body(customer, code))
@@ -472,7 +472,7 @@ async def test_a_refund_and_a_redo_reach_payments_and_booking_from_the_complaint
     platform: Platform, kafka_producer: AIOKafkaProducer
 ) -> None:
     customer, tech = unique("cus_"), unique("tech_")
-    async with platform.client("booking") as booking:
+    async with platform.client("booking", acting_as=OPS) as booking:
         await seed_item(booking, "nails.manicure")
         await seed_customer(booking, customer)
         made = await booking.post("/bookings", json=booking_body(customer, "nails.manicure"))
@@ -537,7 +537,7 @@ async def test_a_refund_and_a_redo_reach_payments_and_booking_from_the_complaint
     assert [(r["refund_id"], r["amount"]) for r in refunded["refunds"]] == [
         (f"complaint:{complaint['complaint_id']}", 1500)
     ]
-    async with platform.client("booking") as booking:
+    async with platform.client("booking", acting_as=OPS) as booking:
         redo = await get_json(booking, f"/bookings/bk_redo_{complaint['complaint_id']}")
     assert redo is not None
     assert redo["rebooked_from"] == booking_id

@@ -14,6 +14,7 @@ from tests.conftest import Platform
 from tests.harness import eventually
 from tests.seed import (
     FARO,
+    OPS,
     accept_offer,
     as_customer,
     as_technician,
@@ -38,7 +39,7 @@ async def test_booking_is_confirmed_then_completed_visit_yields_receipt_and_revi
     code = f"{skill}.manicure"
     customer = f"cus_{uuid.uuid4().hex[:8]}"
     tech = f"tech_{uuid.uuid4().hex[:8]}"
-    async with platform.client("booking") as booking:
+    async with platform.client("booking", acting_as=OPS) as booking:
         await seed_item(booking, code, skill=skill)
         await seed_customer(booking, customer)
     async with platform.client("dispatch") as dispatch:
@@ -115,7 +116,7 @@ async def test_booking_is_confirmed_then_completed_visit_yields_receipt_and_revi
 
 async def test_booking_nobody_can_serve_waits_for_operations(platform: Platform) -> None:
     customer = f"cus_{uuid.uuid4().hex[:8]}"
-    async with platform.client("booking") as booking:
+    async with platform.client("booking", acting_as=OPS) as booking:
         # Faro has the item on sale but no technician anywhere near.
         await seed_item(booking, "nails.manicure", region="faro")
         await seed_customer(booking, customer, location=FARO)

@@ -111,12 +111,13 @@ def publish_catalogue(http: httpx.Client, booking: str) -> None:
             "hours": {"timezone": "Europe/Lisbon", "opens": "08:00", "closes": "20:00"},
             "area": AREA,
         },
+        headers=OPS,
     ).raise_for_status()
     for code, (kind, name, category, skill, price, minutes, late, urgent, fee) in CATALOGUE.items():
         item: dict[str, Any] = {"kind": kind, "name": name, "category": category}
         if kind == "service":
             item |= {"skill": skill, "duration_minutes": minutes}
-        http.put(f"{booking}/catalogue/items/{code}", json=item).raise_for_status()
+        http.put(f"{booking}/catalogue/items/{code}", json=item, headers=OPS).raise_for_status()
         history = http.get(f"{booking}/catalogue/items/{code}").json()["prices"]
         if not any(p["region"] == REGION for p in history):
             http.post(
@@ -130,6 +131,7 @@ def publish_catalogue(http: httpx.Client, booking: str) -> None:
                     "cancellation_fee": fee,
                     "free_cancellation_hours": 12,
                 },
+                headers=OPS,
             ).raise_for_status()
 
 

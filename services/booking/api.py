@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import asyncio
-from datetime import datetime, time, timedelta
+from datetime import datetime, timedelta
 from typing import Annotated, Any
 from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
@@ -25,11 +25,13 @@ from services.booking.domain import (
     TimelineEntry,
     fingerprint,
     new_booking_id,
+    require_own_customer,
     resolve_window,
 )
 from services.booking.pricing import (
     CatalogueItem,
     ItemKind,
+    LocalTime,
     PriceVersion,
     Quote,
     Requested,
@@ -39,9 +41,11 @@ from services.booking.pricing import (
     terms_for,
 )
 from services.booking.storage import Bookings, Catalogue, Customers, Region, Regions
+from shared.auth import Actor, ActorDep, Role
 from shared.errors import Conflict, Forbidden, NotFound, Unprocessable
 from shared.events.types import Currency, GeoPoint, GeoPolygon, MinorUnits, PricedLine
 from shared.outbox import Transaction
+from shared.privacy import Phone
 from shared.schema import Forbid
 from shared.service import RuntimeDep
 from shared.time import utcnow
@@ -68,14 +72,13 @@ IfMatch = Annotated[
     ),
 ]
 Language = Annotated[str, Field(pattern=r"^[a-z]{2}(-[A-Z]{2})?$", examples=["pt", "en-GB"])]
-Phone = Annotated[str, Field(pattern=r"^\+[1-9][0-9]{6,14}$", examples=["+351912345678"])]
 
 
 # ------------------------------------------------------------------ regions --
 class HoursIn(Forbid):
     timezone: str = Field(examples=["Europe/Lisbon"])
-    opens: time = Field(examples=["08:00"])
-    closes: time = Field(examples=["20:00"])
+    opens: LocalTime
+    closes: LocalTime
 
     @field_validator("timezone")
     @classmethod
@@ -106,7 +109,10 @@ class RegionIn(Forbid):
     tags=["regions"],
     summary="Define a served area (operations)",
 )
-async def put_region(region: Slug, body: RegionIn, runtime: RuntimeDep) -> Response:
+async def put_region(
+    region: Slug, body: RegionIn, actor: ActorDep, runtime: RuntimeDep
+) -> Response:
+    actor.require(Role.OPS)
     try:
         await Regions(runtime.db).put(
             Region(
@@ -128,6 +134,16 @@ async def list_regions(runtime: RuntimeDep) -> list[Region]:
 
 
 # ---------------------------------------------------------------- catalogue --
+def may_publish(actor: Actor, store_id: str | None) -> None:
+    """A store publishes and prices its own items; the platform's own items are operations'."""
+    if actor.is_ops:
+        return
+    if actor.role is not Role.STORE:
+        raise Forbidden("only a partner store or operations publish catalogue items")
+    if store_id != actor.store_id:
+        raise Forbidden("a store publishes and prices only its own items", field="store_id")
+
+
 class CatalogueItemIn(Forbid):
     kind: ItemKind
     name: str = Field(min_length=1, max_length=200)
@@ -190,11 +206,14 @@ class PriceListEntry(BaseModel):
     tags=["catalogue"],
     summary="Publish a service item or product (a partner store or the platform)",
 )
-async def put_catalogue_item(code: Code, body: CatalogueItemIn, runtime: RuntimeDep) -> Response:
+async def put_catalogue_item(
+    code: Code, body: CatalogueItemIn, actor: ActorDep, runtime: RuntimeDep
+) -> Response:
     catalogue = Catalogue(runtime.db)
     existing = await catalogue.item(code)
     if existing is not None and existing.store_id != body.store_id:
         raise Forbidden(f"item {code!r} belongs to another store", field="store_id")
+    may_publish(actor, body.store_id)
     await catalogue.put_item(CatalogueItem(code=code, **body.model_dump()))
     return Response(status_code=status.HTTP_204_NO_CONTENT)
 
@@ -205,10 +224,14 @@ async def put_catalogue_item(code: Code, body: CatalogueItemIn, runtime: Runtime
     tags=["catalogue"],
     summary="Publish a price for a region, from a date (earlier bookings keep their prices)",
 )
-async def add_price(code: Code, body: PriceIn, runtime: RuntimeDep) -> PriceVersion:
+async def add_price(
+    code: Code, body: PriceIn, actor: ActorDep, runtime: RuntimeDep
+) -> PriceVersion:
     now = utcnow()
-    if await Catalogue(runtime.db).item(code) is None:
+    item = await Catalogue(runtime.db).item(code)
+    if item is None:
         raise NotFound(f"catalogue item {code!r} does not exist")
+    may_publish(actor, item.store_id)
     region = await Regions(runtime.db).get(body.region)
     if region is None:
         raise Unprocessable(f"region {body.region!r} does not exist", field="region")
@@ -300,7 +323,10 @@ async def _customer(runtime: RuntimeDep, customer_id: str) -> Customer:
 
 
 @router.put("/customers/{customer_id}", tags=["customers"], summary="Create or update a profile")
-async def put_customer(customer_id: Id, body: ProfileIn, runtime: RuntimeDep) -> Customer:
+async def put_customer(
+    customer_id: Id, body: ProfileIn, actor: ActorDep, runtime: RuntimeDep
+) -> Customer:
+    require_own_customer(actor, customer_id)
     return await Customers(runtime.db).upsert_profile(customer_id, **body.model_dump())
 
 
@@ -309,7 +335,8 @@ async def put_customer(customer_id: Id, body: ProfileIn, runtime: RuntimeDep) ->
     tags=["customers"],
     summary="A customer's whole profile (the customer and operations only: it holds the phone)",
 )
-async def get_customer(customer_id: Id, runtime: RuntimeDep) -> Customer:
+async def get_customer(customer_id: Id, actor: ActorDep, runtime: RuntimeDep) -> Customer:
+    require_own_customer(actor, customer_id)
     return await _customer(runtime, customer_id)
 
 
@@ -319,8 +346,9 @@ async def get_customer(customer_id: Id, runtime: RuntimeDep) -> Customer:
     summary="Add or change an address (the app chooses the id, so a retry is harmless)",
 )
 async def put_address(
-    customer_id: Id, address_id: Id, body: AddressIn, runtime: RuntimeDep
+    customer_id: Id, address_id: Id, body: AddressIn, actor: ActorDep, runtime: RuntimeDep
 ) -> Address:
+    require_own_customer(actor, customer_id)
     customer = await _customer(runtime, customer_id)
     others = [a for a in customer.addresses if a.address_id != address_id]
     if len(others) >= MAX_ADDRESSES:
@@ -337,7 +365,10 @@ async def put_address(
     tags=["customers"],
     summary="Remove an address (bookings keep their own copy)",
 )
-async def remove_address(customer_id: Id, address_id: Id, runtime: RuntimeDep) -> Response:
+async def remove_address(
+    customer_id: Id, address_id: Id, actor: ActorDep, runtime: RuntimeDep
+) -> Response:
+    require_own_customer(actor, customer_id)
     customer = await _customer(runtime, customer_id)
     customer.address(address_id)  # 422 when it is not theirs
     customer.addresses = [a for a in customer.addresses if a.address_id != address_id]
@@ -350,7 +381,10 @@ async def remove_address(customer_id: Id, address_id: Id, runtime: RuntimeDep) -
     tags=["customers"],
     summary="What the technician may read before the visit",
 )
-async def put_care_profile(customer_id: Id, body: CareProfile, runtime: RuntimeDep) -> CareProfile:
+async def put_care_profile(
+    customer_id: Id, body: CareProfile, actor: ActorDep, runtime: RuntimeDep
+) -> CareProfile:
+    require_own_customer(actor, customer_id)
     customer = await _customer(runtime, customer_id)
     customer.care_profile = body
     await Customers(runtime.db).save(customer)
@@ -363,7 +397,10 @@ async def put_care_profile(customer_id: Id, body: CareProfile, runtime: RuntimeD
     tags=["customers"],
     summary="Mark a favourite technician (preferred when free)",
 )
-async def add_favourite(customer_id: Id, technician_id: Id, runtime: RuntimeDep) -> Response:
+async def add_favourite(
+    customer_id: Id, technician_id: Id, actor: ActorDep, runtime: RuntimeDep
+) -> Response:
+    require_own_customer(actor, customer_id)
     customer = await _customer(runtime, customer_id)
     if technician_id not in customer.favourite_technicians:
         if len(customer.favourite_technicians) >= MAX_FAVOURITES:
@@ -379,7 +416,10 @@ async def add_favourite(customer_id: Id, technician_id: Id, runtime: RuntimeDep)
     tags=["customers"],
     summary="Forget a favourite technician",
 )
-async def remove_favourite(customer_id: Id, technician_id: Id, runtime: RuntimeDep) -> Response:
+async def remove_favourite(
+    customer_id: Id, technician_id: Id, actor: ActorDep, runtime: RuntimeDep
+) -> Response:
+    require_own_customer(actor, customer_id)
     customer = await _customer(runtime, customer_id)
     if technician_id in customer.favourite_technicians:
         customer.favourite_technicians.remove(technician_id)
@@ -392,7 +432,10 @@ async def remove_favourite(customer_id: Id, technician_id: Id, runtime: RuntimeD
     tags=["customers"],
     summary="The customer's booking history, newest first",
 )
-async def booking_history(customer_id: Id, runtime: RuntimeDep) -> list[BookingSummary]:
+async def booking_history(
+    customer_id: Id, actor: ActorDep, runtime: RuntimeDep
+) -> list[BookingSummary]:
+    require_own_customer(actor, customer_id)
     await _customer(runtime, customer_id)
     return [_summary(b) for b in await Bookings(runtime.db).for_customer(customer_id)]
 
@@ -444,13 +487,16 @@ class CancelIn(Forbid):
 
 
 class BookingView(BaseModel):
-    """A booking as its customer (and operations) see it."""
+    """A booking as its caller may see it (the customer and operations see all of it)."""
 
     booking_id: str
     customer_id: str
     status: BookingStatus
     region: str
-    address: AddressSnapshot
+    address: AddressSnapshot | None = Field(
+        description="To the customer and operations; to the technician only from accepting "
+        "the visit until it closes; never to a store"
+    )
     timing: Timing
     window_start: datetime
     window_end: datetime
@@ -481,10 +527,14 @@ class CareProfileView(BaseModel):
     care_profile: CareProfile
 
 
-def view(booking: Booking, response: Response | None = None) -> BookingView:
+def view(
+    booking: Booking, response: Response | None = None, actor: Actor | None = None
+) -> BookingView:
+    """The booking as this caller may see it: the address only to those who need it."""
     if response is not None:
         response.headers["ETag"] = f'"{booking.version}"'
     q = booking.quote
+    hidden = actor is not None and not booking.address_visible_to(actor)
     return BookingView(
         **booking.model_dump(
             include={
@@ -514,7 +564,7 @@ def view(booking: Booking, response: Response | None = None) -> BookingView:
         duration_minutes=q.duration_minutes,
         cancellation_fee_after_cutoff=q.cancellation_fee,
         free_cancellation_until=q.free_cancellation_until,
-    )
+    ).model_copy(update={"address": None} if hidden else {})
 
 
 def _summary(booking: Booking) -> BookingSummary:
@@ -582,7 +632,8 @@ async def _draft(
     tags=["bookings"],
     summary="Price a booking from the catalogue before confirming it (stores nothing)",
 )
-async def quote_booking(request: BookingRequest, runtime: RuntimeDep) -> Quote:
+async def quote_booking(request: BookingRequest, actor: ActorDep, runtime: RuntimeDep) -> Quote:
+    require_own_customer(actor, request.customer_id)
     customer = await _customer(runtime, request.customer_id)
     *_, priced = await _draft(runtime, customer, request.address_id, request.items, request)
     return priced
@@ -659,26 +710,59 @@ def _replay(existing: Booking, key_fingerprint: str, response: Response) -> Book
 )
 async def create_booking(
     request: BookingRequest,
+    actor: ActorDep,
     runtime: RuntimeDep,
     response: Response,
     idempotency_key: IdempotencyKey = None,
 ) -> BookingView:
+    require_own_customer(actor, request.customer_id)
     return await _create(runtime, request, idempotency_key, response)
 
 
 @router.get("/bookings/{booking_id}", tags=["bookings"], summary="A booking with its timeline")
-async def get_booking(booking_id: Id, runtime: RuntimeDep, response: Response) -> BookingView:
-    booking = await Bookings(runtime.db).get(booking_id)
-    if booking is None:
-        raise NotFound(f"booking {booking_id} does not exist")
-    return view(booking, response)
+async def get_booking(
+    booking_id: Id, actor: ActorDep, runtime: RuntimeDep, response: Response
+) -> BookingView:
+    return view(await readable(runtime, actor, booking_id), response, actor)
 
 
-@router.get("/bookings", tags=["bookings"], summary="A customer's bookings, newest first")
+@router.get(
+    "/bookings",
+    tags=["bookings"],
+    summary="A customer's bookings, or those a store's technicians serve; newest first",
+)
 async def list_bookings(
-    runtime: RuntimeDep, customer_id: Annotated[str, Query(min_length=1, max_length=64)]
+    actor: ActorDep,
+    runtime: RuntimeDep,
+    customer_id: Annotated[str | None, Query(min_length=1, max_length=64)] = None,
+    store_id: Annotated[str | None, Query(min_length=1, max_length=64)] = None,
 ) -> list[BookingView]:
-    return [view(b) for b in await Bookings(runtime.db).for_customer(customer_id)]
+    if (customer_id is None) == (store_id is None):
+        raise Unprocessable("give customer_id or store_id (one of them)", field="customer_id")
+    if customer_id is not None:
+        require_own_customer(actor, customer_id)
+        found = await Bookings(runtime.db).for_customer(customer_id)
+    else:
+        if not (actor.is_ops or (actor.role is Role.STORE and actor.store_id == store_id)):
+            raise Forbidden("a store sees only the bookings its own technicians serve")
+        found = await Bookings(runtime.db).for_store(store_id or "")
+    return [view(b, actor=actor) for b in found]
+
+
+async def readable(runtime: RuntimeDep, actor: Actor, booking_id: str) -> Booking:
+    """The booking, if this caller may see it; otherwise answered as if it did not exist,
+    so that booking ids cannot be probed."""
+    booking = await Bookings(runtime.db).get(booking_id)
+    if booking is None or not booking.readable_by(actor):
+        raise NotFound(f"booking {booking_id} does not exist")
+    return booking
+
+
+async def changeable(runtime: RuntimeDep, actor: Actor, booking_id: str) -> Booking:
+    booking = await readable(runtime, actor, booking_id)
+    if not (actor.is_ops or booking.owned_by(actor)):
+        raise Forbidden("only the booking's customer or operations change a booking")
+    return booking
 
 
 @router.post(
@@ -688,11 +772,14 @@ async def list_bookings(
 )
 async def cancel_booking(
     booking_id: Id,
+    *,
     runtime: RuntimeDep,
     response: Response,
+    actor: ActorDep,
     body: CancelIn | None = None,
     if_match: IfMatch = None,
 ) -> BookingView:
+    await changeable(runtime, actor, booking_id)
     reason = (body or CancelIn()).reason
     expected = _expected_version(if_match)
 
@@ -701,7 +788,7 @@ async def cancel_booking(
             tx, booking_id, lambda b: b.cancel(utcnow(), reason), expected_version=expected
         )
 
-    return view(await runtime.uow.run(work), response)
+    return view(await runtime.uow.run(work), response, actor)
 
 
 @router.post(
@@ -711,15 +798,15 @@ async def cancel_booking(
 )
 async def reschedule_booking(
     booking_id: Id,
+    *,
     body: RescheduleIn,
+    actor: ActorDep,
     runtime: RuntimeDep,
     response: Response,
     if_match: IfMatch = None,
 ) -> BookingView:
     expected = _expected_version(if_match)
-    current = await Bookings(runtime.db).get(booking_id)
-    if current is None:
-        raise NotFound(f"booking {booking_id} does not exist")
+    current = await changeable(runtime, actor, booking_id)
     region = await Regions(runtime.db).get(current.region)
     if region is None:
         raise Conflict(f"region {current.region} is no longer served", field="region")
@@ -732,7 +819,7 @@ async def reschedule_booking(
             expected_version=expected,
         )
 
-    return view(await runtime.uow.run(work), response)
+    return view(await runtime.uow.run(work), response, actor)
 
 
 @router.post(
@@ -743,14 +830,14 @@ async def reschedule_booking(
 )
 async def book_again(
     booking_id: Id,
+    *,
     body: TimingIn,
+    actor: ActorDep,
     runtime: RuntimeDep,
     response: Response,
     idempotency_key: IdempotencyKey = None,
 ) -> BookingView:
-    previous = await Bookings(runtime.db).get(booking_id)
-    if previous is None:
-        raise NotFound(f"booking {booking_id} does not exist")
+    previous = await changeable(runtime, actor, booking_id)
     request = BookingRequest(
         customer_id=previous.customer_id,
         address_id=previous.address.address_id,
@@ -771,20 +858,14 @@ async def book_again(
     summary="The customer's care profile, for the technician assigned to this booking only",
 )
 async def care_profile_for_technician(
-    booking_id: Id,
-    runtime: RuntimeDep,
-    technician_id: Annotated[str, Query(min_length=1, max_length=64)],
+    booking_id: Id, actor: ActorDep, runtime: RuntimeDep
 ) -> CareProfileView:
-    booking = await Bookings(runtime.db).get(booking_id)
-    if booking is None:
-        raise NotFound(f"booking {booking_id} does not exist")
-    active = booking.status not in (BookingStatus.CANCELLED, BookingStatus.CLOSED)
-    if (
-        booking.technician is None
-        or booking.technician.technician_id != technician_id
-        or not active
-    ):
-        raise Forbidden("only the technician assigned to this visit may read the care profile")
+    booking = await readable(runtime, actor, booking_id)
+    if not booking.address_visible_to(actor):
+        raise Forbidden(
+            "only the technician assigned to this visit reads the care profile, "
+            "from accepting the visit until it closes"
+        )
     customer = await _customer(runtime, booking.customer_id)
     return CareProfileView(
         booking_id=booking_id,

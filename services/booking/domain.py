@@ -13,7 +13,8 @@ from typing import Any
 from pydantic import BaseModel, ConfigDict, Field
 
 from services.booking.pricing import LineTerms, Quote, ServiceHours, Timing, cancellation_fee, quote
-from shared.errors import Conflict, Unprocessable
+from shared.auth import Actor, Role
+from shared.errors import Conflict, Forbidden, Unprocessable
 from shared.events.types import GeoPoint
 
 MAX_WINDOW = timedelta(hours=12)
@@ -90,8 +91,28 @@ class TimelineEntry(BaseModel):
     note: str | None = None
 
 
+# From accepting the visit until it closes: the technician may read the address and care profile.
+TECHNICIAN_SEES_HOME = frozenset(
+    {
+        S.ASSIGNED,
+        S.EN_ROUTE,
+        S.ARRIVED,
+        S.IDENTITY_CONFIRMED,
+        S.IN_SERVICE,
+        S.COMPLETED,
+        S.RECEIPT_SIGNED,
+    }
+)
+
+
+def require_own_customer(actor: Actor, customer_id: str) -> None:
+    """A customer's profile, addresses and history: that customer and operations only."""
+    if not (actor.is_ops or (actor.role is Role.CUSTOMER and actor.subject == customer_id)):
+        raise Forbidden("this is another customer's")
+
+
 class TechnicianIdentity(BaseModel):
-    """The public identity the customer checks at the door (never a phone number)."""
+    """The public identity the customer checks at the door (never the whole phone number)."""
 
     model_config = ConfigDict(extra="forbid", frozen=True)
 
@@ -101,6 +122,8 @@ class TechnicianIdentity(BaseModel):
     photo_url: str | None = None
     rating: float | None = None
     certificates: list[str] = Field(default_factory=list)
+    store_id: str | None = None  # their store: it sees the bookings its technicians serve
+    phone_masked: str | None = None
 
 
 class AddressSnapshot(BaseModel):
@@ -164,6 +187,37 @@ class Booking(BaseModel):
             return False
         self.move_to(status, at, note)
         return True
+
+    # ------------------------------------------------------------------ who sees what --
+    def serves(self, actor: Actor) -> bool:
+        """The assigned technician, or the store that sent them."""
+        tech = self.technician
+        if tech is None:
+            return False
+        if actor.role is Role.TECHNICIAN:
+            return tech.technician_id == actor.subject
+        return (
+            actor.role is Role.STORE
+            and tech.store_id is not None
+            and (tech.store_id == actor.store_id)
+        )
+
+    def readable_by(self, actor: Actor) -> bool:
+        return actor.is_ops or self.owned_by(actor) or self.serves(actor)
+
+    def owned_by(self, actor: Actor) -> bool:
+        return actor.role is Role.CUSTOMER and actor.subject == self.customer_id
+
+    def address_visible_to(self, actor: Actor) -> bool:
+        """The customer's address (and care profile): to the technician only from accepting
+        the visit until it closes; never to a store."""
+        if actor.is_ops or self.owned_by(actor):
+            return True
+        return (
+            actor.role is Role.TECHNICIAN
+            and self.serves(actor)
+            and self.status in TECHNICIAN_SEES_HOME
+        )
 
     def assign(self, technician: TechnicianIdentity, at: datetime) -> TechnicianIdentity | None:
         """A technician accepted; returns the one replaced, if any (the customer must be told)."""

@@ -65,6 +65,8 @@ def _identity(event: TechnicianAssigned | TechnicianReassigned) -> TechnicianIde
         photo_url=event.photo_url,
         rating=event.rating,
         certificates=event.certificates,
+        store_id=event.store_id,
+        phone_masked=event.phone_masked,
     )
 
 

@@ -12,9 +12,10 @@ from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from datetime import datetime, time, timedelta
 from enum import StrEnum
+from typing import Annotated
 from zoneinfo import ZoneInfo
 
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel, ConfigDict, Field, WithJsonSchema
 
 from shared.errors import Unprocessable
 from shared.events.types import Currency, MinorUnits, PricedLine
@@ -74,14 +75,29 @@ class Timing(StrEnum):
     URGENT = "urgent"  # night or emergency, with its surcharge
 
 
+# A wall-clock time in the region's own zone: "08:00", never with an offset (JSON Schema's
+# "time" format demands one, which would misstate it).
+LocalTime = Annotated[
+    time,
+    WithJsonSchema(
+        {
+            "type": "string",
+            "pattern": r"^([01][0-9]|2[0-3]):[0-5][0-9](:[0-5][0-9])?$",
+            "description": "Local time in the region's time zone",
+            "examples": ["08:00"],
+        }
+    ),
+]
+
+
 class ServiceHours(BaseModel):
     """A region's regular hours, in its own time zone. Outside them is after-hours."""
 
     model_config = ConfigDict(extra="forbid", frozen=True)
 
     timezone: str
-    opens: time
-    closes: time
+    opens: LocalTime
+    closes: LocalTime
 
     def covers(self, start: datetime, end: datetime) -> bool:
         """Does the whole window lie inside one day's regular hours?"""

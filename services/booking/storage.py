@@ -49,6 +49,10 @@ async def ensure_indexes(db: Database) -> None:
                 partialFilterExpression={"idempotency_key": {"$type": "string"}},
             ),
             IndexModel([("status", ASCENDING)]),
+            IndexModel(
+                [("technician.store_id", ASCENDING), ("created_at", DESCENDING)],
+                partialFilterExpression={"technician.store_id": {"$type": "string"}},
+            ),
         ]
     )
 
@@ -234,6 +238,13 @@ class Bookings:
 
     async def for_customer(self, customer_id: str, limit: int = 50) -> list[Booking]:
         cursor = self._col.find({"customer_id": customer_id}).sort("created_at", -1).limit(limit)
+        return [_booking(d) for d in await cursor.to_list()]
+
+    async def for_store(self, store_id: str, limit: int = 50) -> list[Booking]:
+        """The bookings a store's technicians serve (or served)."""
+        cursor = (
+            self._col.find({"technician.store_id": store_id}).sort("created_at", -1).limit(limit)
+        )
         return [_booking(d) for d in await cursor.to_list()]
 
     async def insert(self, booking: Booking, session: AsyncClientSession) -> None:

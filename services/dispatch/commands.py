@@ -121,6 +121,8 @@ def announce(
         "photo_url": tech.photo_url,
         "rating": tech.rating,
         "certificates": tech.certificates,
+        "store_id": tech.store_id,
+        "phone_masked": tech.phone_masked,
     }
     if previous is not None and previous.technician_id != tech.technician_id:
         tx.emit(

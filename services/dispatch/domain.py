@@ -25,6 +25,7 @@ from scipy.optimize import linear_sum_assignment
 
 from shared.errors import Conflict, Forbidden, Locked, Unprocessable
 from shared.events.types import GeoPoint, GeoPolygon, PricedLine
+from shared.privacy import Phone, mask_phone
 from shared.schema import Forbid
 
 # Travel between two addresses: straight-line distance stretched to roads, at city speed.
@@ -42,7 +43,6 @@ FAVOURITE_BONUS_KM = 1_000.0
 
 
 Name = Annotated[str, Field(min_length=1, max_length=120)]
-Phone = Annotated[str, Field(pattern=r"^\+[1-9][0-9]{6,14}$", examples=["+351912345678"])]
 
 
 # ------------------------------------------------------------ the personal file --
@@ -132,6 +132,8 @@ class Technician(TechnicianFile):
             photo_url=self.photo_url,
             rating=self.rating,
             certificates=sorted({c.name for c in self.certificates}),
+            store_id=self.store_id,
+            phone_masked=mask_phone(self.phone) if self.phone else None,
         )
 
     def shift_intervals(self, around: datetime) -> list[tuple[datetime, datetime]]:
@@ -175,7 +177,7 @@ def _interval(day: date, start: time, end: time, zone: ZoneInfo) -> tuple[dateti
 
 
 class TechnicianIdentity(Forbid):
-    """What the customer checks at the door: public, never the phone."""
+    """What the customer checks at the door: public, never the whole phone number."""
 
     technician_id: str
     name: str
@@ -183,6 +185,8 @@ class TechnicianIdentity(Forbid):
     photo_url: str | None = None
     rating: float | None = None
     certificates: list[str] = Field(default_factory=list)
+    store_id: str | None = None  # the partner store that sends them
+    phone_masked: str | None = None  # enough to recognise their call
 
 
 # ------------------------------------------------------------------- matching --

@@ -7,6 +7,7 @@ from collections.abc import AsyncIterator, Awaitable, Callable
 
 from fastapi import APIRouter, FastAPI, Request, Response
 
+from services.booking import api as booking_api
 from services.dispatch import api as dispatch_api
 from services.gateway import api, handlers, notify, proxy, signin, storage, webhooks
 from services.gateway.limits import RateLimiter
@@ -37,6 +38,7 @@ router.include_router(notify.router)
 router.include_router(webhooks.router)
 # What the other services offer apps, stores and operations, forwarded as the verified caller.
 offered = APIRouter(prefix="/v1")
+proxy.offer(offered, "booking", booking_api.router, skip={"/bookings/{booking_id}"})
 proxy.offer(offered, "dispatch", dispatch_api.router, skip=set())
 proxy.offer(offered, "payments", payments_api.router, skip={"/provider/webhook"})
 proxy.offer(offered, "reviews", reviews_api.router, skip={"/review-requests/{booking_id}"})

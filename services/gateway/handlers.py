@@ -95,6 +95,7 @@ def identity(e: TechnicianAssigned | TechnicianReassigned) -> dict[str, object]:
         "photo_url": e.photo_url,
         "certificates": e.certificates,
         "rating": e.rating,
+        "phone_masked": e.phone_masked,  # enough to recognise their call, never the number
     }
 
 

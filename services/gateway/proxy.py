@@ -31,6 +31,7 @@ PASSED_REQUEST_HEADERS = {
     "content-type": "Content-Type",
 }
 PASSED_RESPONSE_HEADERS = ("etag",)
+REQUEST, CALLER = "gateway_request", "gateway_caller"
 
 
 def _is(annotation: Any, dependency: Callable[..., Any]) -> bool:
@@ -56,11 +57,12 @@ def forwarding(service: str, route: APIRoute) -> tuple[Callable[..., Awaitable[R
         if _is(annotation, get_runtime) or annotation in (Request, Response):
             continue
         kept.append(param.replace(annotation=annotation, kind=inspect.Parameter.KEYWORD_ONLY))
-    kept.append(inspect.Parameter("request", inspect.Parameter.KEYWORD_ONLY, annotation=Request))
+    # Named so as not to clash with a service's own parameters (booking's body is `request`).
+    kept.append(inspect.Parameter(REQUEST, inspect.Parameter.KEYWORD_ONLY, annotation=Request))
     if needs_caller:
         kept.append(
             inspect.Parameter(
-                "caller",
+                CALLER,
                 inspect.Parameter.KEYWORD_ONLY,
                 annotation=Actor,
                 default=Depends(edge_actor),
@@ -68,8 +70,8 @@ def forwarding(service: str, route: APIRoute) -> tuple[Callable[..., Awaitable[R
         )
 
     async def endpoint(**values: Any) -> Response:
-        request: Request = values["request"]
-        caller: Actor | None = values.get("caller")
+        request: Request = values[REQUEST]
+        caller: Actor | None = values.get(CALLER)
         upstream: Upstream = request.app.state.upstream
         path = request.url.path.removeprefix("/v1")
         headers = {

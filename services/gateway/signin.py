@@ -44,6 +44,7 @@ from services.gateway.tokens import (
 from shared.auth import Actor, Role
 from shared.errors import Conflict, Forbidden, NotFound, TooManyRequests, Unauthenticated
 from shared.mongo import Database
+from shared.privacy import Phone
 from shared.schema import Forbid, PathId
 from shared.secrets import service_secret
 from shared.service import Runtime, RuntimeDep
@@ -54,7 +55,6 @@ router = APIRouter(prefix="/v1")
 # Sign-in calls, limited per client address (they carry no principal yet).
 limited = [Depends(signin_limited)]
 
-Phone = Annotated[str, Field(pattern=r"^\+[1-9][0-9]{6,14}$", description="E.164")]
 SCOPES = ("read", "write")
 
 

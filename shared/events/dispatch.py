@@ -25,6 +25,8 @@ class TechnicianAssigned(EventPayload):
     photo_url: str | None = None
     rating: float | None = None
     certificates: list[str] = Field(default_factory=list)
+    store_id: str | None = Field(default=None, description="The partner store that sends them")
+    phone_masked: str | None = Field(default=None, description="Never the whole number")
 
 
 @event("dispatch.technician_reassigned", version=1, stream=STREAM, key="booking_id")
@@ -41,6 +43,8 @@ class TechnicianReassigned(EventPayload):
     photo_url: str | None = None
     rating: float | None = None
     certificates: list[str] = Field(default_factory=list)
+    store_id: str | None = Field(default=None, description="The partner store that sends them")
+    phone_masked: str | None = Field(default=None, description="Never the whole number")
     reason: str
 
 
