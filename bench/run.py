@@ -36,6 +36,7 @@ from pydantic import Field
 from pymongo import AsyncMongoClient
 
 from bench import dispatch as dispatch_bench
+from bench import gateway as gateway_bench
 from bench import payments as payments_bench
 from bench.booking_api import booking_service, http_floor, post_bookings
 from deploy.local.servers import Servers, local_servers
@@ -101,6 +102,8 @@ class Counts:
     waiting: tuple[int, ...] = (100, 500)  # bookings matched in one batch
     matching_city: int = 2_500  # technicians (about 1,000 qualified) the batching draws from
     seals: int = 1_000  # receipts signed and sealed, one store and then eight
+    edge_reads: int = 2_000  # reads through the gateway, and as many straight to booking
+    notifications: int = 200  # events to the customer's live stream, one at a time
 
 
 FULL = Counts(
@@ -119,6 +122,8 @@ QUICK = Counts(
     waiting=(50,),
     matching_city=300,
     seals=100,
+    edge_reads=200,
+    notifications=20,
 )
 
 
@@ -711,6 +716,45 @@ async def _stop(
     await producer.stop()
 
 
+async def gateway(bench: Bench) -> None:
+    """Through the gateway or straight to the service, and event to live stream."""
+    if "raw.kafka.e2e_p50" not in bench.figures:
+        await bench.raw_kafka_latency()
+    counts = bench.counts
+    m = await gateway_bench.measure(
+        bench.settings, RUN_DIR, counts.edge_reads, counts.notifications
+    )
+    for q, name in ((0.5, "p50"), (0.99, "p99")):
+        direct = Figure(
+            f"direct.booking_read_{name}",
+            percentile(m.direct, q) * 1e3,
+            "ms",
+            "GET /customers/{id} straight to booking, as the verified customer",
+        )
+        through = Figure(
+            f"platform.gateway_read_{name}",
+            percentile(m.through, q) * 1e3,
+            "ms",
+            "GET /v1/customers/{id}: token verified, rate limit, forwarded to booking",
+            baseline=direct.name,
+        )
+        through.ratio = through.value / direct.value
+        told = Figure(
+            f"platform.notify_{name}",
+            percentile(m.notified, q) * 1e3,
+            "ms",
+            "dispatch.technician_assigned produced -> on the customer's live stream (SSE): "
+            "consumed, stored with the inbox, pushed by the change stream",
+            baseline=f"raw.kafka.e2e_{name}",
+        )
+        told.ratio = told.value / bench.figures[f"raw.kafka.e2e_{name}"].value
+        for figure in (direct, through, told):
+            bench.record(figure)
+
+
+SECTIONS = ("publish", "write", "consume", "booking", "dispatch", "payments", "latency", "gateway")
+
+
 def machine() -> dict[str, Any]:
     memory = 0
     with contextlib.suppress(OSError), open("/proc/meminfo") as f:
@@ -739,26 +783,38 @@ def servers() -> Iterator[Servers]:
         yield local
 
 
-async def run(counts: Counts, target: Servers) -> dict[str, Any]:
+async def run(counts: Counts, target: Servers, only: tuple[str, ...] = SECTIONS) -> dict[str, Any]:
     bench = Bench(target, counts)
     print(f"\nDoorstep benchmarks, {datetime.now(UTC):%Y-%m-%d %H:%M} UTC, {machine()}\n")
     try:
-        print(f"publishing ({counts.rounds} alternating rounds, medians)")
-        await bench.produce_vs_relay()
-        print(f"writing ({counts.rounds} alternating rounds, medians)")
-        await bench.transactions_vs_unit_of_work()
-        print("consuming")
-        await bench.consume()
-        await bench.platform_consumer()
-        print("the booking API")
-        await bench.booking_api()
-        print("dispatch: candidate search and batch matching")
-        await bench.dispatch()
-        print("payments: sealing and verifying receipts")
-        await bench.payments()
-        print("latency, one event at a time")
-        await bench.raw_kafka_latency()
-        await bench.platform_latency()
+        if "publish" in only:
+            print(f"publishing ({counts.rounds} alternating rounds, medians)")
+            await bench.produce_vs_relay()
+        if {"write", "booking"} & set(only):  # the booking API is compared with transactions
+            print(f"writing ({counts.rounds} alternating rounds, medians)")
+            await bench.transactions_vs_unit_of_work()
+        if "consume" in only:
+            print("consuming")
+            if "publish" not in only:
+                await bench.produce_vs_relay()  # something to consume
+            await bench.consume()
+            await bench.platform_consumer()
+        if "booking" in only:
+            print("the booking API")
+            await bench.booking_api()
+        if "dispatch" in only:
+            print("dispatch: candidate search and batch matching")
+            await bench.dispatch()
+        if "payments" in only:
+            print("payments: sealing and verifying receipts")
+            await bench.payments()
+        if "latency" in only:
+            print("latency, one event at a time")
+            await bench.raw_kafka_latency()
+            await bench.platform_latency()
+        if "gateway" in only:
+            print("the gateway: its cost on a read, and event to live notification")
+            await gateway(bench)
     finally:
         await bench.close()
     return {
@@ -793,10 +849,13 @@ def main() -> None:
     parser.add_argument(
         "--json", type=Path, default=RUN_DIR / "results.json", help="where to write the results"
     )
+    parser.add_argument(
+        "--only", nargs="+", choices=SECTIONS, default=SECTIONS, help="run only these sections"
+    )
     args = parser.parse_args()
     os.environ.setdefault("LOG_LEVEL", "WARNING")
     with servers() as target:
-        results = asyncio.run(run(QUICK if args.quick else FULL, target))
+        results = asyncio.run(run(QUICK if args.quick else FULL, target, tuple(args.only)))
     args.json.parent.mkdir(parents=True, exist_ok=True)
     args.json.write_text(json.dumps(results, indent=2))
     table = args.json.with_suffix(".md")

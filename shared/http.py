@@ -90,8 +90,61 @@ def install_error_handlers(app: FastAPI) -> None:
 
     @app.exception_handler(StarletteHTTPException)
     async def http_error(_: Request, exc: StarletteHTTPException) -> JSONResponse:
-        code = {404: "not_found", 405: "method_not_allowed"}.get(exc.status_code, "http_error")
+        code = {400: "bad_request", 404: "not_found", 405: "method_not_allowed"}.get(
+            exc.status_code, "http_error"
+        )
         return error_response(exc.status_code, code, str(exc.detail))
+
+
+# What any operation may answer besides its success, all in the one error shape.
+ERROR_STATUSES = {
+    "400": "Bad request",
+    "401": "Not signed in, or the credential is not valid",
+    "403": "Signed in, but this object or action is not the caller's",
+    "404": "No such object (or not one the caller may see)",
+    "409": "The object's state or version forbids this now",
+    "413": "The request body is too large",
+    "422": "The input breaks the schema or a business rule; `field` names it",
+    "423": "Locked for safety until operations release it",
+    "429": "Too many requests; retry after `Retry-After` seconds",
+    "502": "An upstream service answered something unusable",
+    "503": "A service the call needs is down; retry later",
+    "504": "A service the call needs did not answer in time",
+}
+
+
+def document_errors(app: FastAPI) -> None:
+    """The OpenAPI document shows the error shape clients really get (FastAPI's default
+    422 schema is not it) on every operation."""
+    generate = app.openapi
+
+    def openapi() -> dict[str, Any]:
+        if app.openapi_schema:
+            return app.openapi_schema
+        document = generate()
+        schemas = document.setdefault("components", {}).setdefault("schemas", {})
+        for unused in ("HTTPValidationError", "ValidationError"):
+            schemas.pop(unused, None)
+        schemas["ApiError"] = ApiError.model_json_schema()
+        schemas["ErrorResponse"] = {
+            "type": "object",
+            "title": "ErrorResponse",
+            "properties": {"error": {"$ref": "#/components/schemas/ApiError"}},
+            "required": ["error"],
+            "additionalProperties": False,
+        }
+        shape = {"application/json": {"schema": {"$ref": "#/components/schemas/ErrorResponse"}}}
+        for operations in document.get("paths", {}).values():
+            for operation in operations.values():
+                responses = operation.setdefault("responses", {})
+                for status, description in ERROR_STATUSES.items():
+                    # A route's own answer for a status stands (FastAPI's 422 is not ours).
+                    if status == "422" or status not in responses:
+                        responses[status] = {"description": description, "content": shape}
+        app.openapi_schema = document
+        return document
+
+    app.openapi = openapi  # type: ignore[method-assign]
 
 
 def install_middleware(app: FastAPI, service: str) -> None:

@@ -16,7 +16,7 @@ from datetime import datetime
 from typing import Annotated, Any
 
 from fastapi import APIRouter, Depends, FastAPI, Request, Response
-from fastapi.responses import JSONResponse
+from fastapi.responses import JSONResponse, PlainTextResponse
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 from pydantic import BaseModel, ConfigDict, Field
 from pymongo import AsyncMongoClient
@@ -24,7 +24,7 @@ from pymongo import AsyncMongoClient
 from shared import logs
 from shared.consumer import EventConsumer, Handlers, ensure_inbox_indexes
 from shared.events.registry import stream_topic
-from shared.http import install_error_handlers, install_middleware
+from shared.http import document_errors, install_error_handlers, install_middleware
 from shared.kafka import ensure_topics, make_producer
 from shared.mongo import Database, Document, connect
 from shared.outbox import OutboxRelay, UnitOfWork, ensure_outbox_indexes
@@ -168,6 +168,11 @@ async def move_clock(body: ClockIn) -> ClockOut:
     return ClockOut(offset_s=offset.total_seconds(), now=utcnow())
 
 
+class Readiness(BaseModel):
+    status: str = Field(examples=["ready"])
+    checks: dict[str, Any]
+
+
 def create_service_app(spec: ServiceSpec, settings: Settings | None = None) -> FastAPI:
     settings = (settings or Settings()).model_copy(update={"service_name": spec.name})
     logs.configure_logging(spec.name, settings.log_level, settings.log_json)
@@ -192,6 +197,7 @@ def create_service_app(spec: ServiceSpec, settings: Settings | None = None) -> F
     )
     install_error_handlers(app)
     install_middleware(app, spec.name)
+    document_errors(app)
     app.include_router(spec.router)
     if settings.test_clock:
         app.include_router(testing_router)
@@ -200,7 +206,13 @@ def create_service_app(spec: ServiceSpec, settings: Settings | None = None) -> F
     async def healthz() -> dict[str, str]:
         return {"status": "ok", "service": spec.name}
 
-    @app.get("/readyz", tags=["operations"], summary="Connected and consuming")
+    @app.get(
+        "/readyz",
+        tags=["operations"],
+        summary="Connected and consuming",
+        response_model=Readiness,
+        responses={503: {"model": Readiness, "description": "Not ready yet (or any more)"}},
+    )
     async def readyz(runtime: RuntimeDep) -> JSONResponse:
         checks = await runtime.readiness()
         ready = checks["started"] and checks["mongodb"] == "ok"
@@ -209,7 +221,12 @@ def create_service_app(spec: ServiceSpec, settings: Settings | None = None) -> F
             status_code=200 if ready else 503,
         )
 
-    @app.get("/metrics", tags=["operations"], summary="Prometheus metrics")
+    @app.get(
+        "/metrics",
+        tags=["operations"],
+        summary="Prometheus metrics",
+        response_class=PlainTextResponse,
+    )
     async def metrics() -> Response:
         return Response(generate_latest(), media_type=CONTENT_TYPE_LATEST)
 

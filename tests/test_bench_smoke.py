@@ -23,6 +23,10 @@ PAIRS = {
     "platform.seal_one_store_per_s": "raw.ed25519.sign_per_s",
     "platform.seal_8_stores_per_s": "raw.ed25519.sign_per_s",
     "platform.verify_receipt_us": "raw.ed25519.verify_us",
+    "platform.gateway_read_p50": "direct.booking_read_p50",
+    "platform.gateway_read_p99": "direct.booking_read_p99",
+    "platform.notify_p50": "raw.kafka.e2e_p50",
+    "platform.notify_p99": "raw.kafka.e2e_p99",
 }
 
 

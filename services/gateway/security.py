@@ -10,9 +10,13 @@ import base64
 import hashlib
 import hmac
 import secrets
+import time
 from typing import Annotated
 
-from fastapi import Depends, Header, Request
+import jwt
+from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PublicKey
+from fastapi import Depends, Request, Security
+from fastapi.security import APIKeyHeader, HTTPAuthorizationCredentials, HTTPBearer
 
 from services.gateway.limits import RateLimiter
 from services.gateway.storage import SIGNING_KEYS, ApiKeys
@@ -37,11 +41,32 @@ def token_keys(db: Database, settings: Settings) -> KeyRing:
     )
 
 
+# Declared as security schemes so the OpenAPI document (and its "Authorize" button) shows how
+# to call; the headers themselves are read below, so a malformed one gets our own message.
+ACCESS_TOKEN = HTTPBearer(
+    auto_error=False,
+    scheme_name="accessToken",
+    bearerFormat="JWT",
+    description="A customer's, technician's or operations' access token (POST /v1/auth/token)",
+)
+STORE_KEY = APIKeyHeader(
+    name="X-Api-Key",
+    auto_error=False,
+    scheme_name="storeApiKey",
+    description="A partner store's API key (dsk_ak_...), with its scopes",
+)
+MAX_CREDENTIAL = 4096
+
+
 async def edge_actor(
     request: Request,
-    authorization: Annotated[str | None, Header(max_length=4096)] = None,
-    x_api_key: Annotated[str | None, Header(max_length=200)] = None,
+    _token: Annotated[HTTPAuthorizationCredentials | None, Security(ACCESS_TOKEN)],
+    _key: Annotated[str | None, Security(STORE_KEY)],
 ) -> Actor:
+    authorization = request.headers.get("authorization")
+    x_api_key = request.headers.get("x-api-key")
+    if len(authorization or "") > MAX_CREDENTIAL or len(x_api_key or "") > MAX_CREDENTIAL:
+        raise Unauthenticated("the credential is too long to be one of ours")
     actor = await _verified(request, authorization, x_api_key)
     limiter: RateLimiter = request.app.state.limiter
     limiter.check(f"{actor.role.value}:{actor.subject}")
@@ -69,12 +94,44 @@ async def _verified(request: Request, authorization: str | None, x_api_key: str 
         scheme, _, token = authorization.partition(" ")
         if scheme.lower() != "bearer" or not token:
             raise Unauthenticated("send 'Authorization: Bearer <access token>'")
-        keys = await token_keys(runtime.db, runtime.settings).verifying_keys()
+        keys = await _token_keys(request).get(token_keys(runtime.db, runtime.settings), token)
         return verify_access(token.strip(), keys, utcnow())
     raise Unauthenticated("sign in: an access token, or a store's API key")
 
 
 EdgeActor = Annotated[Actor, Depends(edge_actor)]
+
+
+class VerifyingKeys:
+    """The token-verifying keys, kept a few seconds rather than read on every request; a key
+    id not seen yet (just rotated in) re-reads them at once, at most twice a second."""
+
+    def __init__(self, ttl_s: float = 5.0, unknown_every_s: float = 0.5) -> None:
+        self._ttl_s, self._unknown_every_s = ttl_s, unknown_every_s
+        self._keys: dict[str, Ed25519PublicKey] = {}
+        self._read_at = float("-inf")
+
+    async def get(self, ring: KeyRing, token: str) -> dict[str, Ed25519PublicKey]:
+        age = time.monotonic() - self._read_at
+        if age > self._ttl_s or (age > self._unknown_every_s and _key_id(token) not in self._keys):
+            self._keys = await ring.verifying_keys()
+            self._read_at = time.monotonic()
+        return self._keys
+
+
+def _key_id(token: str) -> str | None:
+    try:
+        return str(jwt.get_unverified_header(token.strip()).get("kid"))
+    except jwt.InvalidTokenError:
+        return None
+
+
+def _token_keys(request: Request) -> VerifyingKeys:
+    state = request.app.state
+    if not hasattr(state, "verifying_keys"):
+        state.verifying_keys = VerifyingKeys()
+    cache: VerifyingKeys = state.verifying_keys
+    return cache
 
 
 # ----------------------------------------------------------------- passwords --
