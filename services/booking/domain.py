@@ -92,17 +92,7 @@ class TimelineEntry(BaseModel):
 
 
 # From accepting the visit until it closes: the technician may read the address and care profile.
-TECHNICIAN_SEES_HOME = frozenset(
-    {
-        S.ASSIGNED,
-        S.EN_ROUTE,
-        S.ARRIVED,
-        S.IDENTITY_CONFIRMED,
-        S.IN_SERVICE,
-        S.COMPLETED,
-        S.RECEIPT_SIGNED,
-    }
-)
+TECHNICIAN_SEES_HOME = frozenset(LIFECYCLE[LIFECYCLE.index(S.ASSIGNED) : LIFECYCLE.index(S.CLOSED)])
 
 
 def require_own_customer(actor: Actor, customer_id: str) -> None:
