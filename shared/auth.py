@@ -35,6 +35,12 @@ class Actor(BaseModel):
     def is_ops(self) -> bool:
         return self.role is Role.OPS
 
+    def speaks_for_store(self, store_id: str | None) -> bool:
+        """Operations, or that very store (its API key): who manages a store's own things."""
+        return self.is_ops or (
+            self.role is Role.STORE and store_id is not None and self.store_id == store_id
+        )
+
     def headers(self) -> dict[str, str]:
         """How this identity travels from the gateway to a service."""
         out = {"X-Actor-Role": self.role.value, "X-Actor-Id": self.subject}

@@ -136,12 +136,11 @@ async def list_regions(runtime: RuntimeDep) -> list[Region]:
 # ---------------------------------------------------------------- catalogue --
 def may_publish(actor: Actor, store_id: str | None) -> None:
     """A store publishes and prices its own items; the platform's own items are operations'."""
-    if actor.is_ops:
+    if actor.speaks_for_store(store_id):
         return
     if actor.role is not Role.STORE:
         raise Forbidden("only a partner store or operations publish catalogue items")
-    if store_id != actor.store_id:
-        raise Forbidden("a store publishes and prices only its own items", field="store_id")
+    raise Forbidden("a store publishes and prices only its own items", field="store_id")
 
 
 class CatalogueItemIn(Forbid):
@@ -743,7 +742,7 @@ async def list_bookings(
         require_own_customer(actor, customer_id)
         found = await Bookings(runtime.db).for_customer(customer_id)
     else:
-        if not (actor.is_ops or (actor.role is Role.STORE and actor.store_id == store_id)):
+        if not actor.speaks_for_store(store_id):
             raise Forbidden("a store sees only the bookings its own technicians serve")
         found = await Bookings(runtime.db).for_store(store_id or "")
     return [view(b, actor=actor) for b in found]

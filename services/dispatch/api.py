@@ -53,11 +53,8 @@ Id = Annotated[str, Path(min_length=1, max_length=64, pattern=r"^[A-Za-z0-9_.-]+
 # ---------------------------------------------------------------- technicians --
 def may_manage(actor: Actor, store_id: str) -> None:
     """Operations manage every file; a store only its own technicians'."""
-    if actor.is_ops:
-        return
-    if actor.role is Role.STORE and actor.store_id == store_id:
-        return
-    raise Forbidden(f"only operations or store {store_id} may manage this technician")
+    if not actor.speaks_for_store(store_id):
+        raise Forbidden(f"only operations or store {store_id} may manage this technician")
 
 
 def may_read_file(actor: Actor, tech: Technician) -> None:

@@ -35,21 +35,10 @@ async def get_booking(
         raise UpstreamError.from_response(found)
     if "etag" in found.headers:  # for If-Match on the booking's changes
         response.headers["ETag"] = found.headers["etag"]
+    of_booking, caller = {"booking_id": booking_id}, actor.headers()
     receipt, complaints = await asyncio.gather(
-        client.call(
-            "payments",
-            "GET",
-            "/receipts",
-            params={"booking_id": booking_id},
-            headers=actor.headers(),
-        ),
-        client.call(
-            "reviews",
-            "GET",
-            "/complaints",
-            params={"booking_id": booking_id},
-            headers=actor.headers(),
-        ),
+        client.call("payments", "GET", "/receipts", params=of_booking, headers=caller),
+        client.call("reviews", "GET", "/complaints", params=of_booking, headers=caller),
     )
     return BookingView(
         booking=found.json(),

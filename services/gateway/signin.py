@@ -305,7 +305,7 @@ class TechnicianAccountIn(Forbid):
 async def add_technician_account(
     body: TechnicianAccountIn, runtime: RuntimeDep, actor: EdgeActor
 ) -> dict[str, str]:
-    if not (actor.is_ops or (actor.role is Role.STORE and actor.store_id == body.store_id)):
+    if not actor.speaks_for_store(body.store_id):
         raise Forbidden("a store registers only its own technicians")
     accounts = Accounts(runtime.db)
     existing = await accounts.get(body.phone)
@@ -374,7 +374,7 @@ async def _own_key(runtime: Runtime, actor: Actor, key_id: str) -> ApiKey:
     key = await ApiKeys(runtime.db).get(key_id)
     if key is None:
         raise NotFound(f"API key {key_id} does not exist")
-    if not (actor.is_ops or (actor.role is Role.STORE and actor.store_id == key.store_id)):
+    if not actor.speaks_for_store(key.store_id):
         raise Forbidden("a store manages only its own keys")
     return key
 

@@ -30,7 +30,7 @@ from pydantic import Field, HttpUrl
 
 from services.gateway.security import EdgeActor
 from services.gateway.storage import Attempt, Deliveries, Delivery, Webhook, Webhooks
-from shared.auth import Actor, Role
+from shared.auth import Actor
 from shared.errors import Conflict, Forbidden, NotFound, Unprocessable
 from shared.events.envelope import Envelope
 from shared.outbox import Transaction
@@ -89,7 +89,7 @@ class WebhookOut(Forbid):
 
 
 def _store_or_ops(actor: Actor, store_id: str) -> None:
-    if not (actor.is_ops or (actor.role is Role.STORE and actor.store_id == store_id)):
+    if not actor.speaks_for_store(store_id):
         raise Forbidden("a store manages only its own webhooks")
 
 

@@ -208,7 +208,7 @@ async def verify_receipt(body: VerifyIn, runtime: RuntimeDep) -> VerifyOut:
 async def receipt_chain(
     store_id: PathId, runtime: RuntimeDep, actor: ActorDep
 ) -> list[dict[str, Any]]:
-    if not (actor.is_ops or (actor.role is Role.STORE and actor.store_id == store_id)):
+    if not actor.speaks_for_store(store_id):
         raise Forbidden("a store's chain is for that store and operations")
     return [r.sealed_document() for r in await Receipts(runtime.db).chain(store_id)]
 
@@ -392,7 +392,7 @@ class PlanIn(Forbid):
 
 
 def store_or_ops(actor: Actor, store_id: str) -> None:
-    if not (actor.is_ops or (actor.role is Role.STORE and actor.store_id == store_id)):
+    if not actor.speaks_for_store(store_id):
         raise Forbidden("only the store itself or operations")
 
 
