@@ -41,6 +41,15 @@ class Actor(BaseModel):
             self.role is Role.STORE and store_id is not None and self.store_id == store_id
         )
 
+    def store_scope(self, asked: str | None = None, *, what: str = "this") -> dict[str, str]:
+        """The filter a listing runs under: operations see every store (or the one they ask
+        for), a store only its own; anyone else is refused."""
+        if self.is_ops:
+            return {} if asked is None else {"store_id": asked}
+        if self.role is Role.STORE and self.store_id and asked in (None, self.store_id):
+            return {"store_id": self.store_id}
+        raise Forbidden(f"{what} is for operations, and for a store about its own technicians")
+
     def headers(self) -> dict[str, str]:
         """How this identity travels from the gateway to a service."""
         out = {"X-Actor-Role": self.role.value, "X-Actor-Id": self.subject}

@@ -75,6 +75,20 @@ class Handlers:
 
         return register
 
+    def merged(self, other: Handlers) -> Handlers:
+        """One set reacting as both do: where both handle a type, both run, in order, in the
+        same transaction (one inbox entry, one offset), so neither can see the event alone."""
+        out = Handlers()
+        for source in (self, other):
+            for event_type, versions in source._by_type.items():
+                mine = out._by_type.setdefault(event_type, {})
+                for version, (model, fn) in versions.items():
+                    if version in mine:
+                        mine[version] = (model, _in_turn(mine[version][1], fn))
+                    else:
+                        mine[version] = (model, fn)
+        return out
+
     def models(self) -> list[type[EventPayload]]:
         return [m for versions in self._by_type.values() for m, _ in versions.values()]
 
@@ -83,6 +97,14 @@ class Handlers:
 
     def lookup(self, event_type: str) -> dict[int, tuple[type[EventPayload], Handler]] | None:
         return self._by_type.get(event_type)
+
+
+def _in_turn(first: Handler, then: Handler) -> Handler:
+    async def both(tx: Transaction, event: Any) -> None:
+        await first(tx, event)
+        await then(tx, event)
+
+    return both
 
 
 class AlreadyProcessed(Exception):

@@ -414,11 +414,7 @@ async def read_kpis(
         raise Unprocessable(
             f"the period runs forwards and spans at most {MAX_KPI_DAYS} days", field="to"
         )
-    scope: dict[str, object] = {}
-    if actor.role is Role.STORE:
-        scope["store_id"] = actor.store_id
-    elif not actor.is_ops:
-        raise Forbidden("KPIs are for operations and stores")
+    scope = actor.store_scope(what="KPIs")
     opened = {"opened_at": {"$gte": period_from, "$lt": period_to}, **scope}
     complaints = await Complaints(runtime.db).find(opened, limit=100_000)
     written = {"created_at": {"$gte": period_from, "$lt": period_to}, **scope}

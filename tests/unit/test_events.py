@@ -5,13 +5,14 @@ from __future__ import annotations
 import json
 import uuid
 from datetime import UTC, datetime
+from typing import cast
 
 import pytest
 from pydantic import ValidationError
 
 from shared.consumer import Handlers
 from shared.events import all_specs, parse_payload
-from shared.events.booking import BookingConfirmed
+from shared.events.booking import BookingCancelled, BookingConfirmed
 from shared.events.envelope import Envelope, EventPayload
 from shared.events.registry import UnknownEvent, event
 from shared.outbox import Transaction
@@ -117,3 +118,32 @@ def test_handlers_map_types_to_prefixed_topics_and_refuse_doubles() -> None:
     assert list(versions) == [1]
     assert handlers.lookup("booking.requested") is None
     assert datetime.now(UTC).tzinfo is not None
+
+
+async def test_merged_handlers_run_both_in_turn_where_both_react() -> None:
+    """Notifications and the ops board both react to one event in one transaction."""
+    ran: list[str] = []
+    notify, board = Handlers(), Handlers()
+
+    @notify.on(BookingConfirmed)
+    async def tell(tx: Transaction, e: BookingConfirmed) -> None:
+        ran.append(f"tell {e.booking_id}")
+
+    @board.on(BookingConfirmed)
+    async def show(tx: Transaction, e: BookingConfirmed) -> None:
+        ran.append(f"show {e.booking_id}")
+
+    @board.on(BookingCancelled)
+    async def drop(tx: Transaction, e: BookingCancelled) -> None:
+        ran.append(f"drop {e.booking_id}")
+
+    both = notify.merged(board)
+    assert {m.event_type for m in both.models()} == {"booking.confirmed", "booking.cancelled"}
+    confirmed = both.lookup("booking.confirmed")
+    assert confirmed is not None
+    event = BookingConfirmed(
+        booking_id="bk_1", customer_id="c", technician_id="t", technician_name="n", badge_number="b"
+    )
+    await confirmed[1][1](cast(Transaction, None), event)
+    assert ran == ["tell bk_1", "show bk_1"]
+    assert notify.lookup("booking.cancelled") is None  # the originals are unchanged
