@@ -20,6 +20,7 @@ from services.dispatch.domain import (
     CodeResult,
     Offer,
     OfferStatus,
+    RaisedAlert,
     Technician,
     TechnicianFile,
     TechnicianIdentity,
@@ -29,7 +30,7 @@ from services.dispatch.domain import (
     code_matches,
     visit_code,
 )
-from services.dispatch.storage import Technicians, Visits, visit_code_key
+from services.dispatch.storage import SafetyAlerts, Technicians, Visits, visit_code_key
 from shared.auth import Actor, ActorDep, Role
 from shared.errors import Conflict, Forbidden, Locked, NotFound, Unprocessable
 from shared.events.dispatch import (
@@ -391,7 +392,7 @@ async def arrive(booking_id: Id, body: ArriveIn, actor: ActorDep, runtime: Runti
             )
         )
         if far:
-            commands.alert(
+            await commands.alert(
                 tx,
                 visit,
                 AlertKind.CHECK_IN_FAR,
@@ -435,7 +436,7 @@ async def enter_code(
                 )
             )
         elif result is CodeResult.LOCKED:
-            commands.alert(
+            await commands.alert(
                 tx,
                 visit,
                 AlertKind.WRONG_CODE_LOCKOUT,
@@ -486,7 +487,7 @@ async def not_the_person(booking_id: Id, actor: ActorDep, runtime: RuntimeDep) -
 
     async def work(tx: Transaction, visit: Visit) -> None:
         visit.not_the_person(actor.subject)
-        commands.alert(
+        await commands.alert(
             tx, visit, AlertKind.NOT_THE_PERSON, "the customer says this is not the person shown"
         )
 
@@ -598,3 +599,87 @@ async def reassign(
         return await commands.replace_technician(tx, booking_id, body.reason)
 
     return VisitView.of(await runtime.uow.run(work))
+
+
+# -------------------------------------------------------------- safety alerts --
+@router.get(
+    "/safety-alerts",
+    tags=["safety"],
+    summary="Safety alerts, newest first (operations; a store sees its technicians' alerts)",
+)
+async def list_alerts(
+    actor: ActorDep,
+    runtime: RuntimeDep,
+    open_only: Annotated[bool, Query(description="Only those nobody acknowledged yet")] = True,
+    store_id: Annotated[str | None, Query(min_length=1, max_length=64)] = None,
+    limit: Annotated[int, Query(ge=1, le=500)] = 100,
+) -> list[RaisedAlert]:
+    query: dict[str, object] = {**actor.store_scope(store_id, what="the safety alerts list")}
+    if open_only:
+        query["acknowledged_at"] = None
+    return await SafetyAlerts(runtime.db).find(query, sort=[("raised_at", -1)], limit=limit)
+
+
+class AcknowledgeIn(Forbid):
+    note: str = Field(
+        min_length=3, max_length=500, description="What is being done: who was called, what next"
+    )
+
+
+@router.post(
+    "/safety-alerts/{alert_id}/acknowledge",
+    tags=["safety"],
+    summary="Operations take the alert: recorded with who, when and what is being done",
+)
+async def acknowledge_alert(
+    alert_id: Id, body: AcknowledgeIn, actor: ActorDep, runtime: RuntimeDep
+) -> RaisedAlert:
+    actor.require(Role.OPS)
+    raised: RaisedAlert = await runtime.uow.run(
+        lambda tx: commands.acknowledge_alert(tx, alert_id, f"ops:{actor.subject}", body.note)
+    )
+    return raised
+
+
+# ------------------------------------------------------------- on shift now --
+class OnShift(Forbid):
+    """A technician on shift now, where they last reported from, and what they are doing."""
+
+    technician: TechnicianIdentity
+    status: TechnicianStatus
+    location: GeoPoint
+    location_at: datetime | None
+    booking_id: str | None = Field(description="The visit they are on or heading to")
+    stage: VisitStatus | None = None
+
+
+@router.get(
+    "/shifts/now",
+    tags=["technicians"],
+    summary="Technicians on shift now with their last location (operations; a store its own)",
+)
+async def on_shift_now(
+    actor: ActorDep,
+    runtime: RuntimeDep,
+    store_id: Annotated[str | None, Query(min_length=1, max_length=64)] = None,
+    limit: Annotated[int, Query(ge=1, le=2000)] = 500,
+) -> list[OnShift]:
+    scope = actor.store_scope(store_id, what="who is on shift").get("store_id")
+    now = utcnow()
+    working = [
+        t
+        for t in await Technicians(runtime.db).of_store(scope, limit=limit)
+        if t.on_shift(now, now)
+    ]
+    busy = await Visits(runtime.db).under_way([t.technician_id for t in working])
+    return [
+        OnShift(
+            technician=t.identity(),
+            status=t.status,
+            location=t.location,
+            location_at=t.location_at,
+            booking_id=busy[t.technician_id].booking_id if t.technician_id in busy else None,
+            stage=busy[t.technician_id].status if t.technician_id in busy else None,
+        )
+        for t in working
+    ]

@@ -10,6 +10,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
+import uuid
 from collections.abc import Callable
 from datetime import UTC, datetime, timedelta
 from functools import partial
@@ -18,6 +19,7 @@ from typing import TypeVar
 from services.dispatch.domain import (
     HOLDS_TIME,
     AlertKind,
+    RaisedAlert,
     Technician,
     TechnicianIdentity,
     Visit,
@@ -28,7 +30,7 @@ from services.dispatch.domain import (
     visit_code,
     why_not,
 )
-from services.dispatch.storage import Technicians, Visits, visit_code_key
+from services.dispatch.storage import SafetyAlerts, Technicians, Visits, visit_code_key
 from shared.errors import Conflict, NotFound, VersionMismatch
 from shared.events.dispatch import (
     DispatchFailed,
@@ -36,6 +38,7 @@ from shared.events.dispatch import (
     OfferExpired,
     OfferMade,
     SafetyAlert,
+    SafetyAlertAcknowledged,
     TechnicianAssigned,
     TechnicianReassigned,
 )
@@ -141,21 +144,57 @@ def announce(
         )
 
 
-def alert(
+async def alert(
     tx: Transaction, visit: Visit, kind: AlertKind, detail: str, *, critical: bool = True
 ) -> None:
+    """Record the alert for operations to acknowledge, and raise it."""
+    raised = RaisedAlert(
+        alert_id=f"al_{uuid.uuid4().hex[:20]}",
+        booking_id=visit.booking_id,
+        visit_id=visit.visit_id,
+        customer_id=visit.customer_id,
+        technician_id=visit.technician_id,
+        store_id=visit.technician.store_id if visit.technician else None,
+        kind=kind,
+        severity="critical" if critical else "warning",
+        detail=detail,
+        raised_at=utcnow(),
+    )
+    await SafetyAlerts(tx.db).insert(raised, tx.session)
     tx.emit(
         SafetyAlert(
-            booking_id=visit.booking_id,
-            visit_id=visit.visit_id,
-            customer_id=visit.customer_id,
-            technician_id=visit.technician_id,
+            booking_id=raised.booking_id,
+            visit_id=raised.visit_id,
+            customer_id=raised.customer_id,
+            technician_id=raised.technician_id,
             kind=kind.value,
-            severity="critical" if critical else "warning",
+            severity=raised.severity,
             detail=detail,
-            at=utcnow(),
+            at=raised.raised_at,
+            alert_id=raised.alert_id,
+            store_id=raised.store_id,
         )
     )
+
+
+async def acknowledge_alert(tx: Transaction, alert_id: str, by: str, note: str) -> RaisedAlert:
+    alerts = SafetyAlerts(tx.db)
+    raised = await alerts.get(alert_id, tx.session)
+    if raised is None:
+        raise NotFound(f"safety alert {alert_id} does not exist")
+    raised.acknowledge(by, note, utcnow())
+    await alerts.save(raised, tx.session)
+    tx.emit(
+        SafetyAlertAcknowledged(
+            alert_id=alert_id,
+            booking_id=raised.booking_id,
+            store_id=raised.store_id,
+            acknowledged_by=by,
+            acknowledged_at=raised.acknowledged_at or utcnow(),
+            note=note,
+        )
+    )
+    return raised
 
 
 def fail(tx: Transaction, visit: Visit, reason: str) -> None:

@@ -330,6 +330,8 @@ V = VisitStatus
 HOLDS_TIME = frozenset(
     {V.OFFERED, V.ASSIGNED, V.EN_ROUTE, V.ARRIVED, V.IDENTITY_CONFIRMED, V.IN_SERVICE}
 )
+# The technician is working on the visit (or on the way to it).
+UNDER_WAY = frozenset({V.EN_ROUTE, V.ARRIVED, V.IDENTITY_CONFIRMED, V.IN_SERVICE})
 # Before arrival a technician can still drop out or be replaced.
 REPLACEABLE = frozenset({V.OFFERED, V.ASSIGNED, V.EN_ROUTE})
 
@@ -355,6 +357,33 @@ class AlertKind(StrEnum):
     WRONG_CODE_LOCKOUT = "wrong_code_lockout"
     NOT_THE_PERSON = "not_the_person"
     CHECK_IN_FAR = "check_in_far_from_address"
+
+
+class RaisedAlert(Forbid):
+    """A safety alert as operations work it: raised by the platform, acknowledged by a person."""
+
+    alert_id: str
+    booking_id: str
+    visit_id: str
+    customer_id: str
+    technician_id: str | None
+    store_id: str | None
+    kind: AlertKind
+    severity: Literal["critical", "warning"]
+    detail: str
+    raised_at: datetime
+    acknowledged_by: str | None = None
+    acknowledged_at: datetime | None = None
+    note: str | None = None
+    version: int = 0
+
+    def acknowledge(self, by: str, note: str, at: datetime) -> None:
+        if self.acknowledged_at is not None:
+            raise Conflict(
+                f"alert {self.alert_id} was acknowledged by {self.acknowledged_by} "
+                f"at {self.acknowledged_at.isoformat()}"
+            )
+        self.acknowledged_by, self.acknowledged_at, self.note = by, at, note
 
 
 class CodeResult(StrEnum):

@@ -19,19 +19,22 @@ from pymongo.asynchronous.client_session import AsyncClientSession
 from services.dispatch.domain import (
     HOLDS_TIME,
     MAX_TRAVEL,
+    UNDER_WAY,
     Commitment,
     Need,
+    RaisedAlert,
     Technician,
     Visit,
     VisitStatus,
 )
 from shared.events.types import GeoPoint
-from shared.mongo import Database, Document
+from shared.mongo import Database, Document, Versioned
 from shared.secrets import service_secret
 from shared.settings import Settings
 
 TECHNICIANS = "technicians"
 VISITS = "visits"
+SAFETY_ALERTS = "safety_alerts"
 Session = AsyncClientSession | None
 
 
@@ -56,6 +59,12 @@ async def ensure_indexes(db: Database) -> None:
                 [("status", ASCENDING), ("region", ASCENDING), ("booked_at", ASCENDING)],
                 name="waiting",
             ),
+        ]
+    )
+    await db[SAFETY_ALERTS].create_indexes(
+        [
+            IndexModel([("acknowledged_at", ASCENDING), ("raised_at", ASCENDING)], name="open"),
+            IndexModel([("store_id", ASCENDING), ("raised_at", ASCENDING)], name="store"),
         ]
     )
 
@@ -127,8 +136,10 @@ class Technicians:
         doc = await self._col.find_one({"_id": technician_id}, session=session)
         return technician_from(doc) if doc else None
 
-    async def of_store(self, store_id: str, limit: int = 1000) -> list[Technician]:
-        docs = await self._col.find({"store_id": store_id}).sort("_id").limit(limit).to_list()
+    async def of_store(self, store_id: str | None, limit: int = 1000) -> list[Technician]:
+        """A store's technicians; every store's with None."""
+        query = {} if store_id is None else {"store_id": store_id}
+        docs = await self._col.find(query).sort("_id").limit(limit).to_list()
         return [technician_from(d) for d in docs]
 
     async def move(self, technician_id: str, location: dict[str, Any], at: datetime) -> bool:
@@ -305,6 +316,24 @@ class Visits:
             .to_list()
         )
         return [visit_from(d) for d in docs]
+
+    async def under_way(self, technician_ids: list[str]) -> dict[str, Visit]:
+        """The visit each of these technicians is on or heading to now, if any."""
+        docs = self._col.find(
+            {
+                "technician_id": {"$in": technician_ids},
+                "status": {"$in": [s.value for s in UNDER_WAY]},
+            }
+        ).sort("window_start", ASCENDING)
+        out: dict[str, Visit] = {}
+        async for doc in docs:
+            out.setdefault(doc["technician_id"], visit_from(doc))
+        return out
+
+
+class SafetyAlerts(Versioned[RaisedAlert]):
+    def __init__(self, db: Database) -> None:
+        super().__init__(db, SAFETY_ALERTS, RaisedAlert, "alert_id")
 
 
 async def visit_code_key(db: Database, settings: Settings) -> bytes:

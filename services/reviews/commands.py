@@ -19,6 +19,7 @@ from shared.events.reviews import (
     ComplaintEscalated,
     ComplaintOpened,
     ComplaintResolutionProposed,
+    ComplaintUpdated,
     CouponRemedy,
     RedoRequested,
     RefundGranted,
@@ -58,6 +59,30 @@ async def save(tx: Transaction, complaint: Complaint, *, new: bool = False) -> N
     else:
         await Complaints(tx.db).save(complaint, tx.session)
     await _arm(tx, complaint)
+    tx.emit(updated(complaint))
+
+
+def updated(c: Complaint) -> ComplaintUpdated:
+    due = c.next_deadline
+    return ComplaintUpdated(
+        complaint_id=c.complaint_id,
+        booking_id=c.booking_id,
+        customer_id=c.customer_id,
+        technician_id=c.technician_id,
+        store_id=c.store_id,
+        category=c.category.value,
+        severity=c.severity.value,
+        status=c.status.value,
+        tier=c.tier.value,
+        owner=c.owner,
+        opened_at=c.opened_at,
+        first_response_at=c.first_response_at,
+        next_deadline_kind=due[0] if due else None,
+        next_deadline=due[1] if due else None,
+        breaches=len(c.breaches),
+        closed_at=c.closed_at,
+        version=c.version,
+    )
 
 
 async def _arm(tx: Transaction, complaint: Complaint) -> None:

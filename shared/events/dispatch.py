@@ -154,6 +154,20 @@ class SafetyAlert(EventPayload):
     severity: str = Field(pattern=r"^(critical|warning)$")
     detail: str
     at: datetime
+    alert_id: str | None = Field(default=None, description="Acknowledged by this id")
+    store_id: str | None = Field(default=None, description="The technician's store")
+
+
+@event("dispatch.safety_alert_acknowledged", version=1, stream=STREAM, key="booking_id")
+class SafetyAlertAcknowledged(EventPayload):
+    """Someone in operations has taken the alert: who, when, and what they are doing."""
+
+    alert_id: str
+    booking_id: str
+    store_id: str | None = None
+    acknowledged_by: str
+    acknowledged_at: datetime
+    note: str
 
 
 @event("dispatch.technician_status_changed", version=1, stream=STREAM, key="technician_id")

@@ -110,6 +110,32 @@ class ComplaintResolutionProposed(EventPayload):
     quiet_until: datetime
 
 
+@event("reviews.complaint_updated", version=1, stream=STREAM, key="booking_id")
+class ComplaintUpdated(EventPayload):
+    """A complaint's state after any change, for live boards: status, tier, the next deadline
+    that escalates it, and the deadlines already missed."""
+
+    complaint_id: str
+    booking_id: str
+    customer_id: str
+    technician_id: str | None
+    store_id: str | None
+    category: str
+    severity: str
+    status: str
+    tier: str
+    owner: str | None = None
+    opened_at: datetime
+    first_response_at: datetime | None = None
+    next_deadline_kind: str | None = Field(
+        default=None, description="first_response or resolution; None: nothing is due"
+    )
+    next_deadline: datetime | None = None
+    breaches: int = Field(ge=0, description="Deadlines missed so far")
+    closed_at: datetime | None = None
+    version: int = Field(ge=0, description="The complaint's version: a stale update is ignored")
+
+
 @event("reviews.complaint_closed", version=1, stream=STREAM, key="booking_id")
 class ComplaintClosed(EventPayload):
     """Closed on the customer's acceptance, or after the quiet period."""
