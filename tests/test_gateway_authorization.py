@@ -177,6 +177,19 @@ async def test_every_object_route_answers_each_kind_of_caller_as_it_should(
                 (403, 403, 403, 403, 200, 403, 401, 200),
             ),
             ("GET", f"/v1/technicians/{tech}", None, (403, 403, 200, 403, 200, 403, 401, 200)),
+            # The operations board and what feeds it: operations, and each store (its own).
+            *[
+                ("GET", path, None, (403, 403, 403, 403, 200, 200, 401, 200))
+                for path in ("/v1/board", "/v1/board/figures", "/v1/board/map")
+            ],
+            ("GET", "/v1/safety-alerts", None, (403, 403, 403, 403, 200, 200, 401, 200)),
+            (
+                "GET",
+                f"/v1/safety-alerts?store_id={store}",
+                None,
+                (403, 403, 403, 403, 200, 403, 401, 200),
+            ),
+            ("GET", "/v1/shifts/now", None, (403, 403, 403, 403, 200, 200, 401, 200)),
         ]
         wrong: list[str] = []
         for method, path, body, expected in matrix:

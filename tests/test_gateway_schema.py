@@ -47,7 +47,7 @@ CHECKS = [
     response_schema_conformance,
 ]
 # Routes that stream forever or only exist for development are not fuzzed.
-NOT_FUZZED = r"^/v1/(notifications/stream|dev/)"
+NOT_FUZZED = r"^/v1/(notifications/stream|board/stream|dev/)"
 FUZZ = settings(
     max_examples=12,
     deadline=None,

@@ -9,12 +9,23 @@ from fastapi import APIRouter, FastAPI, Request, Response
 
 from services.booking import api as booking_api
 from services.dispatch import api as dispatch_api
-from services.gateway import api, handlers, notify, proxy, signin, storage, webhooks
+from services.gateway import (
+    api,
+    board,
+    dashboard,
+    handlers,
+    notify,
+    proxy,
+    signin,
+    storage,
+    webhooks,
+)
 from services.gateway.limits import RateLimiter
 from services.gateway.upstream import Upstream, UpstreamSettings
 from services.payments import api as payments_api
 from services.reviews import api as reviews_api
 from shared.http import error_response
+from shared.mongo import Database
 from shared.service import ServiceSpec, create_service_app
 from shared.settings import Settings
 
@@ -36,6 +47,8 @@ router.include_router(signin.router)
 router.include_router(api.router)
 router.include_router(notify.router)
 router.include_router(webhooks.router)
+router.include_router(dashboard.router)
+router.include_router(dashboard.pages)
 # What the other services offer apps, stores and operations, forwarded as the verified caller.
 offered = APIRouter(prefix="/v1")
 proxy.offer(offered, "booking", booking_api.router, skip={"/bookings/{booking_id}"})
@@ -45,14 +58,20 @@ proxy.offer(offered, "reviews", reviews_api.router, skip={"/review-requests/{boo
 router.include_router(offered)
 router.include_router(signin.dev_router)
 
+
+async def ensure_indexes(db: Database) -> None:
+    await storage.ensure_indexes(db)
+    await board.ensure_indexes(db)
+
+
 SPEC = ServiceSpec(
     name="gateway",
     title="Doorstep API",
     description="One REST API for mobile apps, partner stores and operations.",
     router=router,
-    handlers=handlers.handlers,
+    handlers=handlers.handlers.merged(board.handlers),
     timers=handlers.timers,
-    ensure_indexes=storage.ensure_indexes,
+    ensure_indexes=ensure_indexes,
     lifespan=upstream_client,
 )
 

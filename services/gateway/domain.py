@@ -1,10 +1,13 @@
-"""Gateway rules, free of I/O: which calls may be retried, and the composed views."""
+"""Gateway rules, free of I/O: which calls may be retried, the composed views, and the
+operations board's rows and figures."""
 
 from __future__ import annotations
 
+import statistics
+from datetime import datetime
 from typing import Any
 
-from pydantic import BaseModel, ConfigDict
+from pydantic import BaseModel, ConfigDict, Field
 
 IDEMPOTENT_METHODS = frozenset({"GET", "HEAD", "PUT", "DELETE", "OPTIONS"})
 
@@ -32,3 +35,161 @@ class BookingView(BaseModel):
     booking: dict[str, Any]
     receipt: dict[str, Any] | None
     complaints: list[ComplaintStatus] = []
+
+
+# ------------------------------------------------------------ the operations board --
+# Rows of the live board, read from the gateway's projections of everyone's events.
+# `rev` goes up with every change, so a client keeps whichever copy of a row is newer.
+
+
+class Row(BaseModel):
+    model_config = ConfigDict(extra="ignore")
+
+
+class BoardTechnician(Row):
+    technician_id: str
+    name: str
+    badge_number: str
+    store_id: str | None = None
+
+
+class Point(Row):
+    lat: float
+    lon: float
+
+
+class BookingRow(Row):
+    booking_id: str
+    status: str = "requested"
+    customer_id: str | None = None
+    region: str | None = None
+    timing: str | None = None
+    location: Point | None = None
+    window_start: datetime | None = None
+    window_end: datetime | None = None
+    requested_at: datetime | None = None
+    assigned_at: datetime | None = None
+    technician: BoardTechnician | None = None
+    store_id: str | None = None
+    dispatch_failed_reason: str | None = None
+    arrival_distance_m: float | None = None
+    arrival_flagged: bool = False
+    completed_at: datetime | None = None
+    receipt_signed_at: datetime | None = None
+    receipt_total: int | None = None
+    currency: str | None = None
+    rating: int | None = None
+    rated_at: datetime | None = None
+    rev: int = 0
+
+
+class Contacts(Row):
+    """Who to call about an alert: only the numbers this viewer may see."""
+
+    customer_phone: str | None = None
+    technician_phone: str | None = None
+
+
+class AlertRow(Row):
+    alert_id: str
+    booking_id: str
+    kind: str
+    severity: str
+    detail: str
+    raised_at: datetime
+    customer_id: str | None = None
+    technician: BoardTechnician | None = None
+    store_id: str | None = None
+    acknowledged_by: str | None = None
+    acknowledged_at: datetime | None = None
+    note: str | None = None
+    contacts: Contacts = Contacts()
+    rev: int = 0
+
+
+class ComplaintRow(Row):
+    complaint_id: str
+    booking_id: str
+    category: str
+    severity: str
+    status: str
+    tier: str
+    owner: str | None = None
+    technician_id: str | None = None
+    store_id: str | None = None
+    opened_at: datetime
+    first_response_at: datetime | None = None
+    next_deadline_kind: str | None = None
+    next_deadline: datetime | None = None
+    breaches: int = 0
+    closed_at: datetime | None = None
+    rev: int = 0
+
+
+class Figures(BaseModel):
+    """Today's figures (since the viewer's midnight), for the viewer's scope."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    since: datetime
+    bookings: int
+    share_assigned: float | None = Field(description="Of today's bookings, the share assigned")
+    median_time_to_assign_s: float | None
+    visits_completed: int
+    receipts_signed: int
+    median_first_response_s: float | None
+    average_rating: float | None
+    revenue: dict[str, int] = Field(description="Signed receipts' totals, minor units by currency")
+
+
+def _median(values: list[float]) -> float | None:
+    return round(statistics.median(values), 1) if values else None
+
+
+def _on_or_after(at: datetime | None, since: datetime) -> bool:
+    return at is not None and at >= since
+
+
+def figures(bookings: list[BookingRow], complaints: list[ComplaintRow], since: datetime) -> Figures:
+    booked = [b for b in bookings if _on_or_after(b.requested_at, since)]
+    assigned = [b for b in booked if b.assigned_at is not None and b.requested_at is not None]
+    waits = [
+        (b.assigned_at - b.requested_at).total_seconds()
+        for b in assigned
+        if b.assigned_at is not None and b.requested_at is not None
+    ]
+    signed = [b for b in bookings if _on_or_after(b.receipt_signed_at, since)]
+    revenue: dict[str, int] = {}
+    for b in signed:
+        if b.currency and b.receipt_total is not None:
+            revenue[b.currency] = revenue.get(b.currency, 0) + b.receipt_total
+    ratings = [b.rating for b in bookings if b.rating and _on_or_after(b.rated_at, since)]
+    responses = [
+        (c.first_response_at - c.opened_at).total_seconds()
+        for c in complaints
+        if c.first_response_at is not None and c.first_response_at >= since
+    ]
+    return Figures(
+        since=since,
+        bookings=len(booked),
+        share_assigned=round(len(assigned) / len(booked), 3) if booked else None,
+        median_time_to_assign_s=_median(waits),
+        visits_completed=sum(1 for b in bookings if _on_or_after(b.completed_at, since)),
+        receipts_signed=len(signed),
+        median_first_response_s=_median(responses),
+        average_rating=round(statistics.fmean(ratings), 2) if ratings else None,
+        revenue=revenue,
+    )
+
+
+class Board(BaseModel):
+    """Everything the operations board shows, for one viewer's scope, at one moment."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    viewer: str = Field(description="'ops', or 'store:<id>' for a store's own board")
+    at: datetime
+    alerts: list[AlertRow]
+    bookings: list[BookingRow]
+    complaints: list[ComplaintRow]
+    figures: Figures

@@ -257,20 +257,30 @@ class OpsIn(Forbid):
 
 
 @router.post(
-    "/auth/ops", tags=["sign-in"], dependencies=limited, summary="Operations staff sign in"
+    "/auth/ops",
+    tags=["sign-in"],
+    dependencies=limited,
+    summary="Staff sign in: operations, or a partner store's staff (their store's board)",
 )
 async def ops_sign_in(body: OpsIn, runtime: RuntimeDep) -> Tokens:
     staff = await Staff(runtime.db).get(body.email.lower())
     if staff is None or not password_matches(body.password, staff.password_hash):
         raise Unauthenticated("wrong e-mail or password")
+    if staff.store_id:
+        return await issue(
+            runtime, Actor(role=Role.STORE, subject=staff.email, store_id=staff.store_id)
+        )
     return await issue(runtime, Actor(role=Role.OPS, subject=staff.email))
 
 
-async def add_staff(db: Database, email: str, password: str) -> None:
-    """Create or reset an operations account (the `staff` command and tests use this)."""
+async def add_staff(db: Database, email: str, password: str, store_id: str | None = None) -> None:
+    """Create or reset a staff account (the `staff` command and tests use this)."""
     staff = Staff(db)
     account = OpsStaff(
-        email=email.lower(), password_hash=hash_password(password), created_at=utcnow()
+        email=email.lower(),
+        password_hash=hash_password(password),
+        store_id=store_id,
+        created_at=utcnow(),
     )
     await staff.col.replace_one({"_id": account.email}, staff.to_doc(account), upsert=True)
 

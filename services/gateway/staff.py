@@ -1,4 +1,7 @@
-"""Operations staff accounts: `python -m services.gateway.staff add EMAIL`.
+"""Staff accounts: `python -m services.gateway.staff add EMAIL [--store STORE_ID]`.
+
+Without `--store` the account is operations' (every store); with it, that partner
+store's staff, who see the dashboard for their own technicians only.
 
 Prints a new random password once (or takes one from standard input with
 `--password-stdin`); only its scrypt hash is stored, in the gateway's database
@@ -17,11 +20,11 @@ from shared.mongo import connect
 from shared.settings import Settings
 
 
-async def add(email: str, password: str) -> None:
+async def add(email: str, password: str, store_id: str | None) -> None:
     settings = Settings().model_copy(update={"service_name": "gateway"})
     client = connect(settings)
     try:
-        await add_staff(client[settings.database_name], email, password)
+        await add_staff(client[settings.database_name], email, password, store_id)
     finally:
         await client.close()
 
@@ -29,15 +32,16 @@ async def add(email: str, password: str) -> None:
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="staff", description=__doc__.splitlines()[0])
     sub = parser.add_subparsers(dest="command", required=True)
-    adding = sub.add_parser("add", help="create an operations account (or reset its password)")
+    adding = sub.add_parser("add", help="create a staff account (or reset its password)")
     adding.add_argument("email")
+    adding.add_argument("--store", help="a partner store's staff member (else operations)")
     adding.add_argument("--password-stdin", action="store_true")
     args = parser.parse_args(argv)
     password = sys.stdin.readline().strip() if args.password_stdin else secrets.token_urlsafe(12)
     if len(password) < 8:
         print("a password has at least 8 characters", file=sys.stderr)
         return 2
-    asyncio.run(add(args.email, password))
+    asyncio.run(add(args.email, password, args.store))
     if not args.password_stdin:
         print(f"{args.email.lower()}: password {password} (shown once)")
     return 0

@@ -10,7 +10,7 @@ notifications   what each user is told (technician assigned, on the way, receipt
 booking_owners  which customer a booking belongs to (from booking.requested)
 webhooks        stores' subscriptions: URL, event types, the secret that signs deliveries
 webhook_deliveries  each event to each subscription, with every attempt (replayable)
-ops_staff       operations staff: e-mail and a scrypt password hash
+ops_staff       staff who sign in by password: operations, or a store's (e-mail, scrypt hash)
 keys            the secret that keys one-time code digests
 """
 
@@ -98,8 +98,11 @@ class ApiKey(Forbid):
 
 
 class OpsStaff(Forbid):
+    """Staff who sign in with a password: operations, or a partner store's own staff."""
+
     email: str
     password_hash: str  # scrypt, never leaves this collection
+    store_id: str | None = None  # None: operations; else this store's staff (its board)
     created_at: datetime
     version: int = 0
 

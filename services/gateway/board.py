@@ -1,0 +1,321 @@
+"""The operations board's read model: everyone's events folded into three collections the
+live dashboard reads and watches.
+
+board_bookings    one row per booking: state, waiting time, technician and store, the visit's
+                  stage and check-in distance, receipt and rating (today's figures come from it)
+board_alerts      safety alerts, with who acknowledged them
+board_complaints  complaints: status, tier, the next deadline and the breaches so far
+
+Events about one booking come on several topics, in no fixed order between them, so each
+handler sets only the fields its event owns; a status or complaint update older than the
+one stored changes nothing. Every write bumps `rev`, so a client keeps the newer copy.
+"""
+
+from __future__ import annotations
+
+from datetime import datetime
+from typing import Any
+
+from pymongo import ASCENDING, DESCENDING, IndexModel
+
+from services.gateway.domain import AlertRow, BookingRow, ComplaintRow
+from shared.auth import Actor
+from shared.consumer import Handlers
+from shared.events.booking import (
+    BookingAwaitingOperations,
+    BookingRequested,
+    BookingStatusChanged,
+)
+from shared.events.dispatch import (
+    SafetyAlert,
+    SafetyAlertAcknowledged,
+    ServiceCompleted,
+    TechnicianArrived,
+    TechnicianAssigned,
+    TechnicianReassigned,
+)
+from shared.events.payments import ReceiptSigned
+from shared.events.reviews import ComplaintUpdated, ReviewSubmitted
+from shared.mongo import Database, Document
+from shared.outbox import Transaction
+from shared.time import utcnow
+
+BOARD_BOOKINGS = "board_bookings"
+BOARD_ALERTS = "board_alerts"
+BOARD_COMPLAINTS = "board_complaints"
+BOARD = (BOARD_BOOKINGS, BOARD_ALERTS, BOARD_COMPLAINTS)
+FINISHED = ("closed", "cancelled")
+
+handlers = Handlers()
+
+
+async def ensure_indexes(db: Database) -> None:
+    for name in BOARD:
+        await db[name].create_indexes([IndexModel([("store_id", ASCENDING)], name="store")])
+    await db[BOARD_BOOKINGS].create_indexes(
+        [
+            IndexModel([("status", ASCENDING), ("requested_at", ASCENDING)], name="status"),
+            IndexModel([("requested_at", DESCENDING)], name="requested"),
+        ]
+    )
+    await db[BOARD_ALERTS].create_indexes([IndexModel([("raised_at", DESCENDING)], name="raised")])
+    await db[BOARD_COMPLAINTS].create_indexes(
+        [IndexModel([("closed_at", ASCENDING), ("opened_at", DESCENDING)], name="open")]
+    )
+
+
+def occurred(tx: Transaction) -> datetime:
+    return tx.causation.occurred_at if tx.causation else utcnow()
+
+
+class Expr(dict[str, Any]):
+    """An aggregation expression, computed from the stored row; anything else is a value."""
+
+
+async def _set(tx: Transaction, collection: str, row_id: str, fields: dict[str, Any]) -> None:
+    """Upsert the fields this event owns (expressions may read what is stored)."""
+    values = {k: v if isinstance(v, Expr) else {"$literal": v} for k, v in fields.items()}
+    await tx.db[collection].update_one(
+        {"_id": row_id},
+        [{"$set": values}, {"$set": {"rev": {"$add": [{"$ifNull": ["$rev", 0]}, 1]}}}],
+        upsert=True,
+        session=tx.session,
+    )
+
+
+def _keep(field: str, value: object) -> Expr:
+    """Set a field only if it is not set yet (the first assignment's time stays)."""
+    return Expr({"$ifNull": [f"${field}", {"$literal": value}]})
+
+
+def _if_newer(version: int, version_field: str, field: str, value: object) -> Expr:
+    """The event's value if its version is newer than the stored one, else what is stored."""
+    newer = {"$gt": [version, {"$ifNull": [f"${version_field}", -1]}]}
+    return Expr({"$cond": [newer, {"$literal": value}, f"${field}"]})
+
+
+# ------------------------------------------------------------------ bookings --
+@handlers.on(BookingRequested)
+async def requested(tx: Transaction, e: BookingRequested) -> None:
+    await _set(
+        tx,
+        BOARD_BOOKINGS,
+        e.booking_id,
+        {
+            "customer_id": e.customer_id,
+            "region": e.region,
+            "timing": e.timing,
+            "location": e.location.model_dump(),
+            "window_start": e.window_start,
+            "window_end": e.window_end,
+            "requested_at": _keep("requested_at", occurred(tx)),
+            "status": _keep("status", "requested"),
+            "currency": e.currency,
+        },
+    )
+
+
+@handlers.on(BookingStatusChanged)
+async def status_changed(tx: Transaction, e: BookingStatusChanged) -> None:
+    await _set(
+        tx,
+        BOARD_BOOKINGS,
+        e.booking_id,
+        {
+            "status": _if_newer(e.version, "status_version", "status", e.to_status),
+            "status_at": _if_newer(e.version, "status_version", "status_at", e.at),
+            # last: the two above compare with the version stored before this event
+            "status_version": _if_newer(e.version, "status_version", "status_version", e.version),
+            "customer_id": e.customer_id,
+        },
+    )
+
+
+@handlers.on(BookingAwaitingOperations)
+async def awaiting_operations(tx: Transaction, e: BookingAwaitingOperations) -> None:
+    await _set(tx, BOARD_BOOKINGS, e.booking_id, {"dispatch_failed_reason": e.reason})
+
+
+def _technician(e: TechnicianAssigned | TechnicianReassigned) -> dict[str, object]:
+    return {
+        "technician_id": e.technician_id,
+        "name": e.technician_name,
+        "badge_number": e.badge_number,
+        "store_id": e.store_id,
+    }
+
+
+@handlers.on(TechnicianAssigned)
+async def assigned(tx: Transaction, e: TechnicianAssigned) -> None:
+    await _set(
+        tx,
+        BOARD_BOOKINGS,
+        e.booking_id,
+        {
+            "technician": _technician(e),
+            "store_id": e.store_id,
+            "assigned_at": _keep("assigned_at", occurred(tx)),
+            "dispatch_failed_reason": None,
+        },
+    )
+
+
+@handlers.on(TechnicianReassigned)
+async def reassigned(tx: Transaction, e: TechnicianReassigned) -> None:
+    await _set(
+        tx,
+        BOARD_BOOKINGS,
+        e.booking_id,
+        {
+            # The store that had it hears once more, so its board drops the row.
+            "previous_store_id": Expr({"$ifNull": ["$store_id", None]}),
+            "technician": _technician(e),
+            "store_id": e.store_id,
+            "assigned_at": _keep("assigned_at", occurred(tx)),
+            "dispatch_failed_reason": None,
+            "arrival_distance_m": None,
+            "arrival_flagged": False,
+        },
+    )
+
+
+@handlers.on(TechnicianArrived)
+async def arrived(tx: Transaction, e: TechnicianArrived) -> None:
+    await _set(
+        tx,
+        BOARD_BOOKINGS,
+        e.booking_id,
+        {"arrival_distance_m": round(e.distance_m, 1), "arrival_flagged": e.flagged},
+    )
+
+
+@handlers.on(ServiceCompleted)
+async def completed(tx: Transaction, e: ServiceCompleted) -> None:
+    await _set(tx, BOARD_BOOKINGS, e.booking_id, {"completed_at": e.completed_at})
+
+
+@handlers.on(ReceiptSigned)
+async def receipt_signed(tx: Transaction, e: ReceiptSigned) -> None:
+    await _set(
+        tx,
+        BOARD_BOOKINGS,
+        e.booking_id,
+        {"receipt_signed_at": e.signed_at, "receipt_total": e.total, "currency": e.currency},
+    )
+
+
+@handlers.on(ReviewSubmitted)
+async def reviewed(tx: Transaction, e: ReviewSubmitted) -> None:
+    await _set(tx, BOARD_BOOKINGS, e.booking_id, {"rating": e.rating, "rated_at": occurred(tx)})
+
+
+# -------------------------------------------------------------------- alerts --
+@handlers.on(SafetyAlert)
+async def safety_alert(tx: Transaction, e: SafetyAlert) -> None:
+    alert_id = e.alert_id or f"al_{tx.causation.event_id if tx.causation else e.at}"
+    row = await tx.db[BOARD_BOOKINGS].find_one({"_id": e.booking_id}, session=tx.session)
+    technician = (row or {}).get("technician")
+    await _set(
+        tx,
+        BOARD_ALERTS,
+        alert_id,
+        {
+            "booking_id": e.booking_id,
+            "kind": e.kind,
+            "severity": e.severity,
+            "detail": e.detail,
+            "raised_at": e.at,
+            "customer_id": e.customer_id,
+            "technician": technician
+            if technician and technician.get("technician_id") == e.technician_id
+            else None,
+            "technician_id": e.technician_id,
+            "store_id": e.store_id,
+        },
+    )
+
+
+@handlers.on(SafetyAlertAcknowledged)
+async def acknowledged(tx: Transaction, e: SafetyAlertAcknowledged) -> None:
+    await _set(
+        tx,
+        BOARD_ALERTS,
+        e.alert_id,
+        {
+            "booking_id": e.booking_id,
+            "acknowledged_by": e.acknowledged_by,
+            "acknowledged_at": e.acknowledged_at,
+            "note": e.note,
+        },
+    )
+
+
+# ---------------------------------------------------------------- complaints --
+@handlers.on(ComplaintUpdated)
+async def complaint_updated(tx: Transaction, e: ComplaintUpdated) -> None:
+    state = e.model_dump(exclude={"complaint_id", "version"})
+    fields: dict[str, Any] = {k: _if_newer(e.version, "version", k, v) for k, v in state.items()}
+    fields["version"] = _if_newer(e.version, "version", "version", e.version)
+    await _set(tx, BOARD_COMPLAINTS, e.complaint_id, fields)
+
+
+# -------------------------------------------------------------------- reading --
+def scope_of(actor: Actor) -> dict[str, str]:
+    """Operations see everything; a store its own technicians' bookings, alerts, complaints."""
+    return actor.store_scope(what="the board")
+
+
+def viewer(actor: Actor) -> str:
+    return "ops" if actor.is_ops else f"store:{actor.store_id}"
+
+
+def _row(doc: Document) -> dict[str, Any]:
+    data = dict(doc)
+    data.setdefault("booking_id", data["_id"])
+    return data
+
+
+def booking_row(doc: Document, actor: Actor) -> BookingRow:
+    row = BookingRow.model_validate({**_row(doc), "booking_id": doc["_id"]})
+    if not actor.is_ops:  # a store never sees where the customer lives, nor who they are
+        row.location, row.customer_id = None, None
+    return row
+
+
+def alert_row(doc: Document) -> AlertRow:
+    return AlertRow.model_validate({**doc, "alert_id": doc["_id"]})
+
+
+def complaint_row(doc: Document) -> ComplaintRow:
+    return ComplaintRow.model_validate({**doc, "complaint_id": doc["_id"]})
+
+
+async def bookings(db: Database, actor: Actor, since: datetime, limit: int) -> list[BookingRow]:
+    """What is still going on, and everything that happened today."""
+    query = {
+        **scope_of(actor),
+        "$or": [
+            {"status": {"$nin": list(FINISHED)}},
+            {"requested_at": {"$gte": since}},
+            {"status_at": {"$gte": since}},
+            {"rated_at": {"$gte": since}},
+        ],
+    }
+    docs = db[BOARD_BOOKINGS].find(query).sort("requested_at", DESCENDING).limit(limit)
+    return [booking_row(d, actor) async for d in docs]
+
+
+async def alerts(db: Database, actor: Actor, since: datetime, limit: int) -> list[AlertRow]:
+    """Every alert nobody acknowledged, and today's."""
+    query = {
+        **scope_of(actor),
+        "$or": [{"acknowledged_at": None}, {"raised_at": {"$gte": since}}],
+    }
+    docs = db[BOARD_ALERTS].find(query).sort("raised_at", DESCENDING).limit(limit)
+    return [alert_row(d) async for d in docs]
+
+
+async def complaints(db: Database, actor: Actor, since: datetime, limit: int) -> list[ComplaintRow]:
+    query = {**scope_of(actor), "$or": [{"closed_at": None}, {"closed_at": {"$gte": since}}]}
+    docs = db[BOARD_COMPLAINTS].find(query).sort("opened_at", DESCENDING).limit(limit)
+    return [complaint_row(d) async for d in docs]

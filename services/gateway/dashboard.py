@@ -1,0 +1,229 @@
+"""The live operations dashboard: the page itself (served from this package, no build step,
+no request leaves the platform), the board it shows, and the board's live stream.
+
+Operations see every store; a partner store's staff see the same page limited to their own
+technicians' bookings, alerts and complaints. Actions on the page (assign, acknowledge,
+respond, resolve) are the ordinary /v1 routes, checked by the services that own them.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import time
+from collections.abc import AsyncIterator
+from datetime import UTC, datetime, timedelta
+from pathlib import Path
+from typing import Annotated, Any
+
+from fastapi import APIRouter, Query, Request
+from fastapi.responses import FileResponse, StreamingResponse
+from pydantic import AwareDatetime, BaseModel, ConfigDict
+
+from services.gateway import board
+from services.gateway.domain import AlertRow, Board, Contacts, Figures, figures
+from services.gateway.security import EdgeActor
+from services.gateway.upstream import Upstream
+from shared.auth import Actor
+from shared.errors import NotFound
+from shared.mongo import Database, Document
+from shared.service import RuntimeDep
+from shared.time import utcnow
+
+router = APIRouter(prefix="/v1/board", tags=["operations board"])
+pages = APIRouter(include_in_schema=False)
+STATIC = Path(__file__).parent / "dashboard"
+ASSETS = {"board.js": "text/javascript", "board.css": "text/css", "map.js": "text/javascript"}
+KEEP_ALIVE_S = 15.0
+ROWS = 1000
+# The page may talk to this origin only: no fonts, scripts, tiles or beacons from elsewhere.
+POLICY = (
+    "default-src 'none'; script-src 'self'; style-src 'self'; img-src 'self' data:; "
+    "connect-src 'self'; base-uri 'none'; form-action 'self'; frame-ancestors 'none'"
+)
+SECURITY_HEADERS = {
+    "Content-Security-Policy": POLICY,
+    "X-Content-Type-Options": "nosniff",
+    "Referrer-Policy": "no-referrer",
+    "Cache-Control": "no-cache",
+}
+
+
+@pages.get("/dashboard")
+async def dashboard_page() -> FileResponse:
+    return FileResponse(STATIC / "index.html", media_type="text/html", headers=SECURITY_HEADERS)
+
+
+@pages.get("/dashboard/{asset}")
+async def dashboard_asset(asset: str) -> FileResponse:
+    if asset not in ASSETS:  # a fixed list: nothing else under the package is reachable
+        raise NotFound(f"no {asset!r} here")
+    return FileResponse(STATIC / asset, media_type=ASSETS[asset], headers=SECURITY_HEADERS)
+
+
+Since = Annotated[
+    AwareDatetime | None,
+    Query(description="Start of 'today' for the figures (the viewer's midnight); default UTC"),
+]
+
+
+def start_of_day(since: datetime | None) -> datetime:
+    now = utcnow()
+    if since is None:
+        return now.replace(hour=0, minute=0, second=0, microsecond=0)
+    return max(min(since.astimezone(UTC), now), now - timedelta(days=2))
+
+
+async def contacts(client: Upstream, actor: Actor, alert: AlertRow) -> Contacts:
+    """The numbers to call, asked of the services that hold them as this viewer: booking gives
+    the customer's only to operations, dispatch the technician's to operations and their store."""
+
+    async def phone(service: str, path: str) -> str | None:
+        found = await client.call(service, "GET", path, headers=actor.headers())
+        if found.status_code != 200:
+            return None  # not this viewer's to see (or not there): no number shown
+        number = found.json().get("phone")
+        return str(number) if number else None
+
+    technician_id = alert.technician.technician_id if alert.technician else None
+    customer, technician = await asyncio.gather(
+        phone("booking", f"/customers/{alert.customer_id}") if alert.customer_id else _none(),
+        phone("dispatch", f"/technicians/{technician_id}") if technician_id else _none(),
+    )
+    return Contacts(customer_phone=customer, technician_phone=technician)
+
+
+async def _none() -> None:
+    return None
+
+
+async def with_contacts(request: Request, actor: Actor, alerts: list[AlertRow]) -> list[AlertRow]:
+    client: Upstream = request.app.state.upstream
+    open_ones = [a for a in alerts if a.acknowledged_at is None]
+    found = await asyncio.gather(*(contacts(client, actor, a) for a in open_ones))
+    for alert, numbers in zip(open_ones, found, strict=True):
+        alert.contacts = numbers
+    return alerts
+
+
+@router.get("", summary="The board: alerts, bookings, complaints and today's figures")
+async def read_board(
+    request: Request, runtime: RuntimeDep, actor: EdgeActor, since: Since = None
+) -> Board:
+    day = start_of_day(since)
+    db = runtime.db
+    bookings, alerts, complaints = await asyncio.gather(
+        board.bookings(db, actor, day, ROWS),
+        board.alerts(db, actor, day, ROWS),
+        board.complaints(db, actor, day, ROWS),
+    )
+    return Board(
+        viewer=board.viewer(actor),
+        at=utcnow(),
+        alerts=await with_contacts(request, actor, alerts),
+        bookings=bookings,
+        complaints=complaints,
+        figures=figures(bookings, complaints, day),
+    )
+
+
+@router.get("/figures", summary="Today's figures only (the page refreshes them after changes)")
+async def read_figures(runtime: RuntimeDep, actor: EdgeActor, since: Since = None) -> Figures:
+    day = start_of_day(since)
+    bookings, complaints = await asyncio.gather(
+        board.bookings(runtime.db, actor, day, ROWS * 10),
+        board.complaints(runtime.db, actor, day, ROWS * 10),
+    )
+    return figures(bookings, complaints, day)
+
+
+class Area(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    region: str
+    name: str
+    area: dict[str, Any]
+
+
+class CityMap(BaseModel):
+    """What the map draws: served areas and the technicians on shift now."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    areas: list[Area]
+    technicians: list[dict[str, Any]]
+
+
+@router.get("/map", summary="Served areas and technicians on shift, with their last location")
+async def read_map(request: Request, actor: EdgeActor) -> CityMap:
+    board.scope_of(actor)
+    client: Upstream = request.app.state.upstream
+    regions, on_shift = await asyncio.gather(
+        client.call("booking", "GET", "/regions"),
+        client.call("dispatch", "GET", "/shifts/now", headers=actor.headers()),
+    )
+    return CityMap(
+        areas=[
+            Area(region=r["region"], name=r["name"], area=r["area"])
+            for r in (regions.json() if regions.status_code == 200 else [])
+        ],
+        technicians=on_shift.json() if on_shift.status_code == 200 else [],
+    )
+
+
+def _frame(kind: str, row: BaseModel) -> str:
+    return f"event: {kind}\ndata: {json.dumps(row.model_dump(mode='json'))}\n\n"
+
+
+async def _changes(
+    request: Request, db: Database, actor: Actor, scope: dict[str, str]
+) -> AsyncIterator[str]:
+    match: dict[str, object] = {
+        "ns.coll": {"$in": list(board.BOARD)},
+        "operationType": {"$in": ["insert", "update", "replace"]},
+    }
+    if scope:  # a store also hears the last change of a row that just left it
+        store = scope["store_id"]
+        match["$or"] = [
+            {"fullDocument.store_id": store},
+            {"fullDocument.previous_store_id": store},
+        ]
+    async with await db.watch(
+        [{"$match": match}], full_document="updateLookup", max_await_time_ms=1000
+    ) as changes:
+        yield ": connected\n\n"  # the page reads the board only now, so nothing falls between
+        quiet_since = time.monotonic()
+        while not await request.is_disconnected():
+            change = await changes.try_next()
+            if change is None:
+                if time.monotonic() - quiet_since > KEEP_ALIVE_S:
+                    quiet_since = time.monotonic()
+                    yield ": keep-alive\n\n"
+                continue
+            quiet_since = time.monotonic()
+            doc: Document | None = change.get("fullDocument")
+            if doc is not None:
+                yield await _event(request, actor, change["ns"]["coll"], doc)
+
+
+async def _event(request: Request, actor: Actor, collection: str, doc: Document) -> str:
+    if collection == board.BOARD_BOOKINGS:
+        return _frame("booking", board.booking_row(doc, actor))
+    if collection == board.BOARD_ALERTS:
+        alert = (await with_contacts(request, actor, [board.alert_row(doc)]))[0]
+        return _frame("alert", alert)
+    return _frame("complaint", board.complaint_row(doc))
+
+
+@router.get(
+    "/stream",
+    summary="The board's changes as they happen (text/event-stream: booking, alert, complaint)",
+    response_class=StreamingResponse,
+)
+async def stream(request: Request, runtime: RuntimeDep, actor: EdgeActor) -> StreamingResponse:
+    scope = board.scope_of(actor)
+    return StreamingResponse(
+        _changes(request, runtime.db, actor, scope),
+        media_type="text/event-stream",
+        headers={"Cache-Control": "no-cache", "X-Accel-Buffering": "no"},
+    )

@@ -1,0 +1,439 @@
+// The operations board: reads GET /v1/board, then applies the live stream's changes
+// (GET /v1/board/stream, server-sent events read with fetch so the token travels in a
+// header, never in a URL). Every request goes to this origin only.
+import { drawMap } from "/dashboard/map.js";
+
+const $ = (id) => document.getElementById(id);
+const TOKENS = "doorstep.board.tokens";
+const STAGES = ["assigned", "en_route", "arrived", "identity_confirmed", "in_service"];
+const REMEDIES = ["apology", "refund", "coupon", "redo_visit", "coaching", "suspension"];
+
+const state = {
+  viewer: null, bookings: new Map(), alerts: new Map(), complaints: new Map(),
+  figures: null, map: null, stream: null,
+};
+
+// ------------------------------------------------------------------ helpers --
+function h(tag, attrs = {}, ...children) {
+  const el = document.createElement(tag);
+  for (const [k, v] of Object.entries(attrs)) {
+    if (v === null || v === undefined || v === false) continue;
+    if (k.startsWith("on")) el.addEventListener(k.slice(2), v);
+    else if (k === "class") el.className = v;
+    else el.setAttribute(k, v === true ? "" : v);
+  }
+  for (const c of children.flat()) {
+    if (c === null || c === undefined || c === false) continue;
+    el.append(c instanceof Node ? c : document.createTextNode(String(c)));
+  }
+  return el;
+}
+const label = (s) => String(s || "").replaceAll("_", " ");
+const isOps = () => state.viewer === "ops";
+const myStore = () => (state.viewer || "").startsWith("store:") ? state.viewer.slice(6) : null;
+
+function duration(seconds) {
+  const s = Math.max(0, Math.round(Math.abs(seconds)));
+  const d = Math.floor(s / 86400), hh = Math.floor((s % 86400) / 3600);
+  const mm = Math.floor((s % 3600) / 60), ss = s % 60;
+  if (d) return `${d} d ${hh} h`;
+  if (hh) return `${hh} h ${String(mm).padStart(2, "0")} min`;
+  return `${mm}:${String(ss).padStart(2, "0")}`;
+}
+const clock = (iso) => iso ? new Date(iso).toLocaleTimeString([], { hour: "2-digit", minute: "2-digit" }) : "";
+const when = (b) => b.timing === "window" && b.window_start
+  ? `${clock(b.window_start)}–${clock(b.window_end)}` : label(b.timing || "");
+function money(minor, currency) {
+  try { return new Intl.NumberFormat(undefined, { style: "currency", currency }).format(minor / 100); }
+  catch { return `${(minor / 100).toFixed(2)} ${currency}`; }
+}
+function localMidnight() { const d = new Date(); d.setHours(0, 0, 0, 0); return d.toISOString(); }
+function announce(text) { $("connection").dataset.last = text; }
+function newer(map, key, row) {
+  const old = map.get(key);
+  if (!old || (row.rev ?? 0) >= (old.rev ?? 0)) map.set(key, row);
+}
+
+// --------------------------------------------------------------------- api --
+function tokens() { try { return JSON.parse(sessionStorage.getItem(TOKENS)); } catch { return null; } }
+
+async function api(path, options = {}, retried = false) {
+  const t = tokens();
+  const headers = { ...(options.headers || {}) };
+  if (t) headers.Authorization = `Bearer ${t.access_token}`;
+  if (options.body && typeof options.body !== "string") {
+    headers["Content-Type"] = "application/json";
+    options = { ...options, body: JSON.stringify(options.body) };
+  }
+  const res = await fetch(path, { ...options, headers });
+  if (res.status === 401 && t && !retried && await refresh(t)) return api(path, options, true);
+  if (res.status === 401) { signOut("Your session ended; sign in again."); throw new Error("signed out"); }
+  return res;
+}
+
+async function refresh(t) {
+  const res = await fetch("/v1/auth/refresh", {
+    method: "POST", headers: { "Content-Type": "application/json" },
+    body: JSON.stringify({ refresh_token: t.refresh_token }),
+  });
+  if (!res.ok) return false;
+  sessionStorage.setItem(TOKENS, JSON.stringify(await res.json()));
+  return true;
+}
+
+async function problem(res) {
+  try { const body = await res.json(); return body.error?.message || body.detail || res.statusText; }
+  catch { return `${res.status} ${res.statusText}`; }
+}
+
+// ------------------------------------------------------------------ sign-in --
+$("signin").addEventListener("submit", async (ev) => {
+  ev.preventDefault();
+  $("signin-error").textContent = "";
+  const res = await fetch("/v1/auth/ops", {
+    method: "POST", headers: { "Content-Type": "application/json" },
+    body: JSON.stringify({ email: $("email").value, password: $("password").value }),
+  });
+  if (!res.ok) { $("signin-error").textContent = await problem(res); return; }
+  sessionStorage.setItem(TOKENS, JSON.stringify(await res.json()));
+  $("password").value = "";
+  start();
+});
+
+$("signout").addEventListener("click", () => signOut("Signed out."));
+
+function signOut(message) {
+  const t = tokens();
+  sessionStorage.removeItem(TOKENS);
+  if (t) fetch("/v1/auth/logout", {
+    method: "POST", headers: { "Content-Type": "application/json" },
+    body: JSON.stringify({ refresh_token: t.refresh_token }),
+  }).catch(() => {});
+  state.stream?.abort();
+  $("board-view").hidden = true; $("signin-view").hidden = false;
+  $("signout").hidden = true; $("viewer").hidden = true;
+  $("connection").textContent = "Not signed in"; $("connection").className = "connection";
+  $("signin-error").textContent = message || "";
+}
+
+// -------------------------------------------------------------- the board --
+async function loadBoard() {
+  const res = await api(`/v1/board?since=${encodeURIComponent(localMidnight())}`);
+  if (!res.ok) { $("connection").textContent = await problem(res); return; }
+  const board = await res.json();
+  state.viewer = board.viewer;
+  for (const b of board.bookings) newer(state.bookings, b.booking_id, b);
+  for (const a of board.alerts) newer(state.alerts, a.alert_id, a);
+  for (const c of board.complaints) newer(state.complaints, c.complaint_id, c);
+  state.figures = board.figures;
+  $("viewer").textContent = isOps() ? "Operations: every store" : `Store ${myStore()}`;
+  $("viewer").hidden = false;
+  render();
+  loadMap();
+}
+
+// At most one figures request a second, however busy the city: within a second of a change.
+let figuresDue = false;
+function refreshFiguresSoon() {
+  if (figuresDue) return;
+  figuresDue = true;
+  setTimeout(async () => {
+    figuresDue = false;
+    const res = await api(`/v1/board/figures?since=${encodeURIComponent(localMidnight())}`);
+    if (res.ok) { state.figures = await res.json(); renderFigures(); }
+  }, 1000);
+}
+
+async function loadMap() {
+  const res = await api("/v1/board/map");
+  if (res.ok) { state.map = await res.json(); renderMap(); }
+}
+
+// A change from the stream: keep the newer copy; a row that left this store's scope goes.
+function apply(kind, row) {
+  const store = myStore();
+  const gone = store && row.store_id !== store;
+  if (kind === "booking") {
+    const before = state.bookings.get(row.booking_id);
+    if (gone) state.bookings.delete(row.booking_id); else newer(state.bookings, row.booking_id, row);
+    if (!gone && before?.status !== row.status) announce(`Booking ${row.booking_id}: ${label(row.status)}`);
+  } else if (kind === "alert") {
+    if (gone) state.alerts.delete(row.alert_id); else newer(state.alerts, row.alert_id, row);
+  } else if (kind === "complaint") {
+    if (gone) state.complaints.delete(row.complaint_id); else newer(state.complaints, row.complaint_id, row);
+  }
+  scheduleRender();
+  refreshFiguresSoon();
+}
+
+async function listen() {
+  let delay = 500;
+  for (;;) {
+    const controller = new AbortController();
+    state.stream = controller;
+    try {
+      const res = await api("/v1/board/stream", { headers: { Accept: "text/event-stream" }, signal: controller.signal });
+      if (!res.ok) throw new Error(await problem(res));
+      const reader = res.body.pipeThrough(new TextDecoderStream()).getReader();
+      let buffer = "";
+      for (;;) {
+        const { value, done } = await reader.read();
+        if (done) break;
+        buffer += value;
+        let end;
+        while ((end = buffer.indexOf("\n\n")) >= 0) {
+          const block = buffer.slice(0, end); buffer = buffer.slice(end + 2);
+          if (block.startsWith(": connected")) {
+            // Watching before reading: nothing can fall between the board and the stream.
+            $("connection").textContent = "Live"; $("connection").className = "connection live";
+            delay = 500;
+            await loadBoard();
+            continue;
+          }
+          let kind = "message", data = "";
+          for (const line of block.split("\n")) {
+            if (line.startsWith("event: ")) kind = line.slice(7);
+            else if (line.startsWith("data: ")) data += line.slice(6);
+          }
+          if (data) apply(kind, JSON.parse(data));
+        }
+      }
+    } catch (err) {
+      if (controller.signal.aborted || !tokens()) return;
+    }
+    if (!tokens()) return;
+    $("connection").textContent = "Reconnecting…"; $("connection").className = "connection";
+    await new Promise((r) => setTimeout(r, delay));
+    delay = Math.min(delay * 2, 10000);
+  }
+}
+
+// ---------------------------------------------------------------- rendering --
+let renderQueued = false;
+function scheduleRender() {
+  if (renderQueued) return;
+  renderQueued = true;
+  requestAnimationFrame(() => { renderQueued = false; render(); });
+}
+
+function render() {
+  renderAlerts(); renderFigures(); renderStates(); renderWaiting(); renderFailed();
+  renderVisits(); renderComplaints(); renderMap(); tick();
+}
+
+function fill(tableId, rows, empty, columns) {
+  const body = $(tableId).tBodies[0];
+  body.replaceChildren(...(rows.length ? rows : [h("tr", {}, h("td", { class: "empty", colspan: columns }, empty))]));
+}
+
+function technicianText(t) { return t ? `${t.name} (badge ${t.badge_number})` : "—"; }
+
+function renderAlerts() {
+  const alerts = [...state.alerts.values()].sort((a, b) =>
+    (a.acknowledged_at ? 1 : 0) - (b.acknowledged_at ? 1 : 0) || b.raised_at.localeCompare(a.raised_at));
+  const list = $("alerts-list");
+  const open = alerts.filter((a) => !a.acknowledged_at).length;
+  $("alerts-title").textContent = open ? `Safety alerts: ${open} need action` : "Safety alerts";
+  if (!alerts.length) { list.replaceChildren(h("p", { class: "empty" }, "No safety alerts.")); return; }
+  list.replaceChildren(...alerts.map((a) => {
+    const done = Boolean(a.acknowledged_at);
+    const phones = [
+      a.contacts?.customer_phone && h("span", {}, "Customer: ", h("a", { href: `tel:${a.contacts.customer_phone}` }, a.contacts.customer_phone)),
+      a.contacts?.technician_phone && h("span", {}, " Technician: ", h("a", { href: `tel:${a.contacts.technician_phone}` }, a.contacts.technician_phone)),
+    ];
+    return h("article", {
+      class: `alert ${a.severity}${done ? " done" : ""}`, "data-alert": a.alert_id,
+      "aria-label": `${a.severity} safety alert ${label(a.kind)} on booking ${a.booking_id}`,
+    },
+      h("h3", {}, `${done ? "" : "⚠ "}${label(a.kind)} · ${a.severity}`),
+      h("p", {}, a.detail),
+      h("p", {}, `Booking ${a.booking_id} · technician ${technicianText(a.technician)}`,
+        a.store_id ? ` · store ${a.store_id}` : "", a.customer_id ? ` · customer ${a.customer_id}` : ""),
+      !done && h("p", {}, ...phones),
+      h("p", {}, "Raised ", h("time", { datetime: a.raised_at, "data-since": a.raised_at }, ""), " ago"),
+      done ? h("p", {}, `Acknowledged by ${a.acknowledged_by} at ${clock(a.acknowledged_at)}: ${a.note}`)
+        : isOps() && h("button", { type: "button", class: "primary", onclick: () => acknowledge(a),
+          "aria-label": `Acknowledge alert on booking ${a.booking_id}` }, "Acknowledge"),
+    );
+  }));
+}
+
+function renderFigures() {
+  const f = state.figures;
+  if (!f) return;
+  const pct = (x) => x === null ? "—" : `${Math.round(x * 100)} %`;
+  const secs = (x) => x === null ? "—" : duration(x);
+  const revenue = Object.entries(f.revenue).map(([c, v]) => money(v, c)).join(" + ") || "—";
+  const items = [
+    ["Bookings", f.bookings], ["Assigned", pct(f.share_assigned)],
+    ["Median time to assign", secs(f.median_time_to_assign_s)], ["Visits completed", f.visits_completed],
+    ["Receipts signed", f.receipts_signed], ["First response (median)", secs(f.median_first_response_s)],
+    ["Average rating", f.average_rating ?? "—"], ["Revenue", revenue],
+  ];
+  $("figures").replaceChildren(...items.map(([k, v]) => h("div", {}, h("dt", {}, k), h("dd", { "data-figure": k }, v))));
+}
+
+function renderStates() {
+  const counts = new Map();
+  for (const b of state.bookings.values()) counts.set(b.status, (counts.get(b.status) || 0) + 1);
+  const order = ["requested", "dispatch_failed", ...STAGES, "completed", "receipt_signed", "closed", "rescheduled", "cancelled"];
+  const states = [...counts.keys()].sort((a, b) => order.indexOf(a) - order.indexOf(b));
+  $("states").replaceChildren(...(states.length ? states.map((s) =>
+    h("li", { "data-state": s }, label(s), h("b", {}, counts.get(s)))) : [h("li", {}, "No bookings yet today.")]));
+}
+
+const byWait = (a, b) => (a.requested_at || "").localeCompare(b.requested_at || "");
+
+function renderWaiting() {
+  const rows = [...state.bookings.values()].filter((b) => b.status === "requested" || b.status === "rescheduled" && !b.technician).sort(byWait);
+  fill("waiting", rows.map((b) => h("tr", { "data-booking": b.booking_id },
+    h("td", {}, b.booking_id), h("td", {}, b.region || ""), h("td", {}, when(b)),
+    h("td", {}, h("span", { "data-since": b.requested_at }, "")))), "Nobody is waiting.", 4);
+}
+
+function renderFailed() {
+  const rows = [...state.bookings.values()].filter((b) => b.status === "dispatch_failed").sort(byWait);
+  fill("failed", rows.map((b) => h("tr", { "data-booking": b.booking_id },
+    h("td", {}, b.booking_id), h("td", {}, b.region || ""), h("td", {}, b.dispatch_failed_reason || ""),
+    h("td", {}, h("span", { "data-since": b.requested_at }, "")),
+    h("td", {}, isOps() && h("button", { type: "button", onclick: () => reassign(b, "Assign"),
+      "aria-label": `Assign booking ${b.booking_id}` }, "Assign…")))), "None.", 5);
+}
+
+function renderVisits() {
+  const rows = [...state.bookings.values()].filter((b) => STAGES.includes(b.status))
+    .sort((a, b) => STAGES.indexOf(b.status) - STAGES.indexOf(a.status) || byWait(a, b));
+  fill("visits", rows.map((b) => h("tr", { "data-booking": b.booking_id },
+    h("td", {}, b.booking_id), h("td", { "data-technician": b.technician?.technician_id || "" }, technicianText(b.technician)),
+    h("td", {}, b.store_id || ""), h("td", { "data-stage": b.status }, label(b.status)),
+    h("td", { class: b.arrival_flagged ? "flagged" : "" },
+      b.arrival_distance_m === null || b.arrival_distance_m === undefined ? "—"
+        : `${Math.round(b.arrival_distance_m)} m${b.arrival_flagged ? " (too far)" : ""}`),
+    h("td", {}, isOps() && ["assigned", "en_route"].includes(b.status) && h("button", {
+      type: "button", onclick: () => reassign(b, "Reassign"), "aria-label": `Reassign booking ${b.booking_id}` },
+    "Reassign…")))), "No visits under way.", 6);
+}
+
+function renderComplaints() {
+  const rows = [...state.complaints.values()].filter((c) => c.status !== "closed")
+    .sort((a, b) => (a.next_deadline || "9").localeCompare(b.next_deadline || "9"));
+  fill("complaints", rows.map((c) => h("tr", { "data-complaint": c.complaint_id, class: c.breaches ? "breach-row" : "" },
+    h("td", {}, c.complaint_id, h("br"), h("small", {}, `booking ${c.booking_id}`)),
+    h("td", {}, label(c.category)), h("td", {}, c.severity), h("td", {}, c.tier), h("td", {}, label(c.status)),
+    h("td", {}, c.next_deadline ? [label(c.next_deadline_kind), " ", h("span", { "data-due": c.next_deadline }, "")] : "—"),
+    h("td", { class: c.breaches ? "breach" : "" }, c.breaches ? `${c.breaches} missed` : "0"),
+    h("td", {}, isOps() && [
+      !c.first_response_at && h("button", { type: "button", onclick: () => respond(c), "aria-label": `Respond to complaint ${c.complaint_id}` }, "Respond…"),
+      c.status !== "resolution_proposed" && h("button", { type: "button", onclick: () => resolve(c), "aria-label": `Propose a remedy for complaint ${c.complaint_id}` }, "Remedy…"),
+    ]))), "No open complaints.", 8);
+}
+
+function renderMap() {
+  const m = state.map;
+  if (!m) return;
+  const bookings = [...state.bookings.values()].filter((b) => b.location && ["requested", "dispatch_failed", ...STAGES].includes(b.status));
+  $("map").replaceChildren(drawMap(m.areas, m.technicians, bookings));
+  fill("on-shift", m.technicians.map((t) => h("tr", { "data-technician": t.technician.technician_id },
+    h("td", {}, technicianText(t.technician)), h("td", {}, t.technician.store_id || ""),
+    h("td", {}, t.booking_id ? `${label(t.stage)} · ${t.booking_id}` : "free"),
+    h("td", {}, t.location_at ? `${t.location.lat.toFixed(4)}, ${t.location.lon.toFixed(4)} at ${clock(t.location_at)}` : "not reported"))),
+  "Nobody is on shift now.", 4);
+}
+
+// Waiting times and deadlines count by themselves, once a second.
+function tick() {
+  const now = Date.now();
+  for (const el of document.querySelectorAll("[data-since]")) {
+    el.textContent = el.dataset.since ? duration((now - Date.parse(el.dataset.since)) / 1000) : "";
+  }
+  for (const el of document.querySelectorAll("[data-due]")) {
+    const left = (Date.parse(el.dataset.due) - now) / 1000;
+    el.textContent = left >= 0 ? `in ${duration(left)}` : `overdue by ${duration(left)}`;
+    el.className = left >= 0 ? "" : "overdue";
+  }
+}
+setInterval(tick, 1000);
+setInterval(() => { if (tokens() && !$("board-view").hidden) loadMap(); }, 15000);
+
+// ------------------------------------------------------------------ actions --
+function dialog(title, body, submitLabel, onSubmit) {
+  const dlg = $("dialog");
+  $("dialog-title").textContent = title;
+  $("dialog-body").replaceChildren(...body);
+  $("dialog-error").textContent = "";
+  $("dialog-submit").textContent = submitLabel;
+  $("dialog-form").onsubmit = async (ev) => {
+    ev.preventDefault();
+    $("dialog-submit").disabled = true;
+    try {
+      const res = await onSubmit();
+      if (res.ok) { dlg.close(); announce(`${title}: done`); }
+      else $("dialog-error").textContent = await problem(res);
+    } finally { $("dialog-submit").disabled = false; }
+  };
+  $("dialog-cancel").onclick = () => dlg.close();
+  dlg.showModal();
+}
+
+function field(id, text, input) { return [h("label", { for: id }, text), input]; }
+
+function acknowledge(a) {
+  const note = h("textarea", { id: "ack-note", required: true, minlength: 3, maxlength: 500, rows: 3 });
+  dialog(`Acknowledge alert on booking ${a.booking_id}`,
+    [h("p", {}, a.detail), ...field("ack-note", "What are you doing about it?", note)], "Acknowledge",
+    () => api(`/v1/safety-alerts/${encodeURIComponent(a.alert_id)}/acknowledge`, { method: "POST", body: { note: note.value } }));
+}
+
+async function reassign(b, verb) {
+  const res = await api(`/v1/visits/${encodeURIComponent(b.booking_id)}/candidates`);
+  const candidates = res.ok ? await res.json() : [];
+  const choices = h("div", { class: "choices", role: "radiogroup", "aria-label": "Technician" },
+    h("label", {}, h("input", { type: "radio", name: "technician", value: "", checked: true }), "Search again (matching round)"),
+    ...candidates.map((c, i) => h("label", {},
+      h("input", { type: "radio", name: "technician", value: c.technician.technician_id, "data-candidate": i }),
+      `${technicianText(c.technician)} · ${(c.distance_m / 1000).toFixed(1)} km`)));
+  const reason = h("input", { id: "reason", required: true, minlength: 3, maxlength: 500, value: verb === "Assign" ? "assigned by operations" : "" });
+  dialog(`${verb} booking ${b.booking_id}`,
+    [h("p", {}, `Now: ${technicianText(b.technician)}`),
+      h("p", { id: "choices-title" }, candidates.length ? "Who can take it, best first:" : "Nobody qualifies right now."),
+      choices, ...field("reason", "Reason (kept on the booking's timeline)", reason)],
+    verb,
+    () => {
+      const picked = choices.querySelector("input:checked")?.value || null;
+      return api(`/v1/visits/${encodeURIComponent(b.booking_id)}/reassign`, {
+        method: "POST", body: picked ? { reason: reason.value, technician_id: picked } : { reason: reason.value },
+      });
+    });
+}
+
+function respond(c) {
+  const text = h("textarea", { id: "respond-text", required: true, maxlength: 2000, rows: 4 });
+  dialog(`Respond to complaint ${c.complaint_id}`, field("respond-text", "Your first response to the customer", text), "Send response",
+    () => api(`/v1/complaints/${encodeURIComponent(c.complaint_id)}/respond`, { method: "POST", body: { text: text.value } }));
+}
+
+function resolve(c) {
+  const text = h("textarea", { id: "resolution-text", required: true, maxlength: 2000, rows: 3 });
+  const kind = h("select", { id: "remedy-kind" }, ...REMEDIES.map((r) => h("option", { value: r }, label(r))));
+  const amount = h("input", { id: "remedy-amount", type: "number", min: 1, step: 1, placeholder: "minor units; empty: all paid" });
+  const currency = h("input", { id: "remedy-currency", value: "EUR", maxlength: 3, pattern: "[A-Z]{3}" });
+  dialog(`Remedy for complaint ${c.complaint_id}`,
+    [...field("resolution-text", "Resolution proposed to the customer", text), ...field("remedy-kind", "Remedy", kind),
+      ...field("remedy-amount", "Amount (refund or coupon, minor units)", amount), ...field("remedy-currency", "Currency", currency)],
+    "Propose",
+    () => {
+      const remedy = { kind: kind.value };
+      if (amount.value) remedy.amount = Number(amount.value);
+      if (kind.value === "coupon") remedy.currency = currency.value;
+      return api(`/v1/complaints/${encodeURIComponent(c.complaint_id)}/resolution`, { method: "POST", body: { text: text.value, remedies: [remedy] } });
+    });
+}
+
+// -------------------------------------------------------------------- start --
+function start() {
+  $("signin-view").hidden = true; $("board-view").hidden = false; $("signout").hidden = false;
+  $("connection").textContent = "Connecting…";
+  listen();
+}
+
+if (tokens()) start();

@@ -1,0 +1,373 @@
+"""The operations dashboard in a real headless Chromium (Debian's, driven by Playwright; no
+browser is downloaded) against the real platform: sign in, watch bookings appear and move
+as events happen without a reload, see a safety alert and acknowledge it, reassign a visit
+from the page and see the customer told, and a store's view that shows no other store.
+
+Screenshots of each step are kept in .run/test/artefacts/dashboard/.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+import uuid
+from collections.abc import AsyncIterator
+from pathlib import Path
+from typing import Any
+from urllib.parse import urlsplit
+
+import httpx
+import pytest
+from playwright.async_api import Browser, Page, async_playwright, expect
+from pymongo import AsyncMongoClient
+
+from services.gateway.signin import add_staff
+from shared.auth import Actor, Role
+from shared.mongo import Document
+from tests.conftest import Platform
+from tests.harness import TEST_RUN_DIR, eventually
+from tests.seed import (
+    OPS,
+    accept_offer,
+    as_customer,
+    as_store,
+    as_technician,
+    bearer,
+    booking_body,
+    gateway_token,
+    seed_customer,
+    seed_item,
+    seed_technician,
+)
+
+pytestmark = pytest.mark.integration
+
+CHROMIUM = os.environ.get("DOORSTEP_CHROMIUM", "/usr/bin/chromium")
+# As the machine's probe starts it: no background traffic to a network that is closed anyway.
+CHROMIUM_ARGS = [
+    "--no-sandbox",
+    "--disable-gpu",
+    "--disable-quic",
+    "--no-first-run",
+    "--disable-background-networking",
+    "--disable-component-update",
+    "--disable-sync",
+]
+ARTEFACTS = TEST_RUN_DIR / "artefacts" / "dashboard"
+LIVE = 20_000  # ms: how long the page may take to show a change that happened elsewhere
+
+
+def chromium_ready() -> None:
+    if not Path(CHROMIUM).exists():
+        pytest.fail(f"{CHROMIUM} is missing: ./dev test installs Debian's chromium package")
+    ARTEFACTS.mkdir(parents=True, exist_ok=True)
+
+
+@pytest.fixture(scope="module")
+async def browser() -> AsyncIterator[Browser]:
+    chromium_ready()
+    # launch() gives Chromium a new, empty profile of its own, removed when it closes.
+    async with async_playwright() as p:
+        browser = await p.chromium.launch(executable_path=CHROMIUM, args=CHROMIUM_ARGS)
+        yield browser
+        await browser.close()
+
+
+class Dashboard:
+    """One signed-in page, recording every request it makes."""
+
+    def __init__(self, page: Page, origin: str) -> None:
+        self.page, self.origin = page, origin
+        self.requests: list[str] = []
+        page.on("request", lambda r: self.requests.append(r.url))
+
+    async def sign_in(self, email: str, password: str) -> None:
+        await self.page.goto(f"{self.origin}/dashboard")
+        await self.page.get_by_label("E-mail").fill(email)
+        await self.page.get_by_label("Password").fill(password)
+        await self.page.get_by_role("button", name="Sign in").click()
+        await expect(self.page.get_by_role("status")).to_have_text("Live", timeout=LIVE)
+        # Set once; still there at the end means the page was never reloaded.
+        await self.page.evaluate("window.__sameDocument = true")
+
+    async def shot(self, name: str) -> None:
+        await self.page.screenshot(path=str(ARTEFACTS / f"{name}.png"), full_page=True)
+
+    def row(self, table: str, booking_id: str) -> Any:
+        return self.page.locator(f'#{table} tr[data-booking="{booking_id}"]')
+
+    async def assert_never_reloaded_nor_left_the_platform(self) -> None:
+        assert await self.page.evaluate("window.__sameDocument === true")
+        foreign = [u for u in self.requests if not _same_origin(u, self.origin)]
+        assert not foreign, f"the page reached outside the platform: {foreign}"
+
+
+def _same_origin(url: str, origin: str) -> bool:
+    if url.startswith(("data:", "blob:")):
+        return True
+    a, b = urlsplit(url), urlsplit(origin)
+    return (a.scheme, a.netloc) == (b.scheme, b.netloc)
+
+
+async def staff(mongo: AsyncMongoClient[Document], prefix: str, store: str | None = None) -> str:
+    email, password = f"staff-{uuid.uuid4().hex[:8]}@doorstep.test", uuid.uuid4().hex
+    await add_staff(mongo[f"{prefix}_gateway"], email, password, store_id=store)
+    return f"{email} {password}"
+
+
+async def book(booking: httpx.AsyncClient, customer: str, code: str) -> str:
+    r = await booking.post(
+        "/bookings",
+        json=booking_body(customer, code),
+        headers={"Idempotency-Key": uuid.uuid4().hex, **as_customer(customer)},
+    )
+    assert r.status_code == 201, r.text
+    return str(r.json()["booking_id"])
+
+
+async def test_operations_watch_bookings_move_live_and_act_from_the_page(
+    platform: Platform, mongo: AsyncMongoClient[Document], browser: Browser
+) -> None:
+    skill = f"nails-{uuid.uuid4().hex[:6]}"
+    code, customer = f"{skill}.manicure", f"cus_{uuid.uuid4().hex[:8]}"
+    first, second = f"tech_{uuid.uuid4().hex[:8]}", f"tech_{uuid.uuid4().hex[:8]}"
+    second_badge = f"LX-{uuid.uuid4().hex[:6].upper()}"
+    async with platform.client("booking", acting_as=OPS) as booking:
+        await seed_item(booking, code, skill=skill)
+        await seed_customer(booking, customer)
+    async with platform.client("dispatch") as dispatch:
+        await seed_technician(dispatch, first, f"LX-{uuid.uuid4().hex[:6].upper()}", skills=[skill])
+
+    board = Dashboard(await browser.new_page(viewport={"width": 1280, "height": 1400}), "")
+    board.origin = platform.url("gateway")
+    await board.sign_in(*(await staff(mongo, platform.prefix)).split())
+    await expect(board.page.locator("#viewer")).to_have_text("Operations: every store")
+
+    # A booking made elsewhere appears in the waiting queue, with its waiting time counting.
+    async with platform.client("booking") as booking:
+        booking_id = await book(booking, customer, code)
+    waiting = board.row("waiting", booking_id)
+    await expect(waiting).to_be_visible(timeout=LIVE)
+    await expect(waiting.locator("[data-since]")).to_have_text(re.compile(r"^\d+:\d\d$"))
+    await board.shot("1-booking-waiting")
+
+    # The technician accepts: the row moves to the visits, assigned to them; then en route.
+    async with platform.client("dispatch") as dispatch:
+        await accept_offer(dispatch, first, booking_id)
+        visit = board.row("visits", booking_id)
+        await expect(visit.locator("[data-stage]")).to_have_text("assigned", timeout=LIVE)
+        await expect(waiting).to_have_count(0)
+        r = await dispatch.post(f"/visits/{booking_id}/en-route", headers=as_technician(first))
+        assert r.status_code == 200, r.text
+        await expect(visit.locator("[data-stage]")).to_have_text("en route", timeout=LIVE)
+        # A second qualified technician comes on shift: operations move the visit to them.
+        await seed_technician(
+            dispatch, second, second_badge, skills=[skill], full_name="Bruno Teixeira"
+        )
+    await board.shot("2-visit-en-route")
+    await visit.get_by_role("button", name=f"Reassign booking {booking_id}").click()
+    dialog = board.page.get_by_role("dialog")
+    await dialog.get_by_role("radio", name=f"Bruno Teixeira (badge {second_badge})").check()
+    await dialog.get_by_label("Reason").fill("first technician's car broke down")
+    await board.shot("3-reassign-dialog")
+    await dialog.get_by_role("button", name="Reassign").click()
+    await expect(dialog).to_be_hidden(timeout=LIVE)
+    await expect(visit.locator("[data-technician]")).to_have_text(
+        f"Bruno Teixeira (badge {second_badge})", timeout=LIVE
+    )
+
+    # The customer is told who is coming now, with the new badge number.
+    token = await gateway_token(mongo, platform.prefix, Actor(role=Role.CUSTOMER, subject=customer))
+    async with platform.client("gateway") as api:
+
+        async def told() -> dict[str, Any] | None:
+            r = await api.get("/v1/notifications", headers=bearer(token))
+            return next((n for n in r.json() if n["kind"] == "technician_changed"), None)
+
+        note = await eventually(told, what="the customer's 'technician changed' notification")
+    assert second_badge in note["title"]
+    assert note["data"]["technician"]["badge_number"] == second_badge
+
+    # At the door the customer says "this is not the person": the alert is at the top at once.
+    async with platform.client("dispatch") as dispatch:
+        r = await dispatch.post(
+            f"/visits/{booking_id}/arrive",
+            json={"location": {"lat": 38.7223, "lon": -9.1393}},
+            headers=as_technician(second),
+        )
+        assert r.status_code == 200, r.text
+        r = await dispatch.post(
+            f"/visits/{booking_id}/not-the-person", headers=as_customer(customer)
+        )
+        assert r.status_code == 200, r.text
+    alert = board.page.locator(f'#alerts-list article:has-text("Booking {booking_id}")')
+    await expect(alert).to_be_visible(timeout=LIVE)
+    await expect(alert.get_by_role("heading")).to_have_text("⚠ not the person · critical")
+    await expect(alert.get_by_role("link")).to_have_count(
+        2
+    )  # the customer's and the technician's numbers
+    await board.shot("4-safety-alert")
+
+    await alert.get_by_role("button", name=f"Acknowledge alert on booking {booking_id}").click()
+    await dialog.get_by_label("What are you doing about it?").fill(
+        "called the customer; police on the way"
+    )
+    await dialog.get_by_role("button", name="Acknowledge").click()
+    await expect(alert).to_contain_text("Acknowledged by ops:", timeout=LIVE)
+    await board.shot("5-alert-acknowledged")
+    async with platform.client("dispatch", acting_as=OPS) as dispatch:
+        r = await dispatch.get("/safety-alerts", params={"open_only": "false", "limit": 500})
+        recorded = next(a for a in r.json() if a["booking_id"] == booking_id)
+    assert recorded["acknowledged_by"].startswith("ops:staff-")
+    assert recorded["note"] == "called the customer; police on the way"
+
+    # Reviews opened a critical safety complaint by itself: its first-response clock runs on
+    # the page; operations respond, then propose a remedy, from the page.
+    complaint = board.page.locator("#complaints tr", has_text=f"booking {booking_id}")
+    await expect(complaint).to_contain_text("safety", timeout=LIVE)
+    await expect(complaint.locator("[data-due]")).to_have_text(re.compile(r"^in 1[45]:\d\d$"))
+    complaint_id = await complaint.get_attribute("data-complaint")
+    await complaint.get_by_role("button", name=f"Respond to complaint {complaint_id}").click()
+    await dialog.get_by_label("Your first response").fill("We are with you; a manager calls now.")
+    await dialog.get_by_role("button", name="Send response").click()
+    await expect(complaint).to_contain_text("in progress", timeout=LIVE)
+    await expect(complaint).to_contain_text("resolution in")
+    await complaint.get_by_role(
+        "button", name=f"Propose a remedy for complaint {complaint_id}"
+    ).click()
+    await dialog.get_by_label("Resolution proposed").fill("The visit is void; we apologise.")
+    await dialog.get_by_label("Remedy", exact=True).select_option("apology")
+    await dialog.get_by_role("button", name="Propose").click()
+    await expect(complaint).to_contain_text("resolution proposed", timeout=LIVE)
+    await board.shot("6-complaint-remedied")
+
+    await board.assert_never_reloaded_nor_left_the_platform()
+
+
+async def test_a_store_sees_only_its_own_technicians_work(
+    platform: Platform, mongo: AsyncMongoClient[Document], browser: Browser
+) -> None:
+    skill = f"clean-{uuid.uuid4().hex[:6]}"
+    code = f"{skill}.home"
+    mine, theirs = f"store_{uuid.uuid4().hex[:6]}", f"store_{uuid.uuid4().hex[:6]}"
+    ours, other = f"tech_{uuid.uuid4().hex[:8]}", f"tech_{uuid.uuid4().hex[:8]}"
+    customers = [f"cus_{uuid.uuid4().hex[:8]}" for _ in range(2)]
+    async with platform.client("booking", acting_as=OPS) as booking:
+        await seed_item(booking, code, skill=skill)
+        for customer in customers:
+            await seed_customer(booking, customer)
+    async with platform.client("dispatch") as dispatch, platform.client("booking") as booking:
+        await seed_technician(
+            dispatch, ours, f"LX-{uuid.uuid4().hex[:6].upper()}", skills=[skill], store_id=mine
+        )
+        ours_booking = await book(booking, customers[0], code)
+        await accept_offer(dispatch, ours, ours_booking)
+        await seed_technician(
+            dispatch, other, f"LX-{uuid.uuid4().hex[:6].upper()}", skills=[skill], store_id=theirs
+        )
+        their_booking = await book(booking, customers[1], code)
+        await accept_offer(dispatch, other, their_booking)
+        # Both are on the operations board, so the store's page below is filtered, not late.
+        async with platform.client("gateway") as api:
+            ops_token = await gateway_token(
+                mongo, platform.prefix, Actor(role=Role.OPS, subject="ops_t")
+            )
+
+            async def both_on_board() -> bool:
+                r = await api.get("/v1/board", headers=bearer(ops_token))
+                ids = {b["booking_id"] for b in r.json()["bookings"] if b["status"] == "assigned"}
+                return {ours_booking, their_booking} <= ids
+
+            await eventually(both_on_board, what="both bookings assigned on the operations board")
+
+    page = Dashboard(
+        await browser.new_page(viewport={"width": 1280, "height": 1400}), platform.url("gateway")
+    )
+    await page.sign_in(*(await staff(mongo, platform.prefix, store=mine)).split())
+    await expect(page.page.locator("#viewer")).to_have_text(f"Store {mine}")
+    await expect(page.row("visits", ours_booking)).to_be_visible(timeout=LIVE)
+    await expect(page.row("visits", their_booking)).to_have_count(0)
+    await expect(page.page.locator(f'#on-shift tr[data-technician="{ours}"]')).to_be_visible(
+        timeout=LIVE
+    )
+    await expect(page.page.locator(f'#on-shift tr[data-technician="{other}"]')).to_have_count(0)
+    await expect(page.page.locator('[data-figure="Bookings"]')).to_have_text("1")
+    # Operations' actions are not offered to a store, and its rows carry no customer.
+    await expect(
+        page.page.get_by_role("button", name=f"Reassign booking {ours_booking}")
+    ).to_have_count(0)
+    await page.shot("7-store-view")
+
+    # A change to the other store's booking never reaches this page; one to ours does.
+    async with platform.client("dispatch") as dispatch:
+        r = await dispatch.post(f"/visits/{their_booking}/en-route", headers=as_technician(other))
+        assert r.status_code == 200, r.text
+        r = await dispatch.post(f"/visits/{ours_booking}/en-route", headers=as_technician(ours))
+        assert r.status_code == 200, r.text
+    await expect(page.row("visits", ours_booking).locator("[data-stage]")).to_have_text(
+        "en route", timeout=LIVE
+    )
+    await expect(page.row("visits", their_booking)).to_have_count(0)
+    await page.assert_never_reloaded_nor_left_the_platform()
+
+    # The same through the API the page uses: only this store's rows, and no customer on them.
+    async with platform.client("gateway") as api:
+        store_token = await gateway_token(
+            mongo, platform.prefix, Actor(role=Role.STORE, subject="s@x", store_id=mine)
+        )
+        seen = (await api.get("/v1/board", headers=bearer(store_token))).json()
+    assert {b["booking_id"] for b in seen["bookings"]} == {ours_booking}
+    assert all(b["customer_id"] is None and b["location"] is None for b in seen["bookings"])
+    assert seen["viewer"] == f"store:{mine}"
+
+
+async def test_a_safety_alert_is_acknowledged_once_and_only_by_operations(
+    platform: Platform,
+) -> None:
+    skill = f"nails-{uuid.uuid4().hex[:6]}"
+    code, customer = f"{skill}.manicure", f"cus_{uuid.uuid4().hex[:8]}"
+    tech, store = f"tech_{uuid.uuid4().hex[:8]}", f"store_{uuid.uuid4().hex[:6]}"
+    async with platform.client("booking", acting_as=OPS) as booking:
+        await seed_item(booking, code, skill=skill)
+        await seed_customer(booking, customer)
+    async with platform.client("dispatch") as dispatch, platform.client("booking") as booking:
+        await seed_technician(
+            dispatch, tech, f"LX-{uuid.uuid4().hex[:6].upper()}", skills=[skill], store_id=store
+        )
+        booking_id = await book(booking, customer, code)
+        await accept_offer(dispatch, tech, booking_id)
+        r = await dispatch.post(
+            f"/visits/{booking_id}/not-the-person", headers=as_customer(customer)
+        )
+        assert r.status_code == 200, r.text
+        listed = await dispatch.get("/safety-alerts", headers=as_store(store))
+        assert listed.status_code == 200, listed.text
+        (alert,) = listed.json()
+        assert (alert["kind"], alert["severity"], alert["store_id"]) == (
+            "not_the_person",
+            "critical",
+            store,
+        )
+        other = await dispatch.get(
+            "/safety-alerts", params={"store_id": "store_else"}, headers=as_store(store)
+        )
+        assert other.status_code == 403
+        note = {"note": "on it"}
+        path = f"/safety-alerts/{alert['alert_id']}/acknowledge"
+        refused = await dispatch.post(path, json=note, headers=as_store(store))
+        assert refused.status_code == 403
+        assert (await dispatch.get("/safety-alerts", headers=as_store(store))).json()[0][
+            "acknowledged_at"
+        ] is None
+        short = await dispatch.post(path, json={"note": ""}, headers=OPS)
+        assert short.status_code == 422
+        done = await dispatch.post(path, json=note, headers=OPS)
+        assert done.status_code == 200, done.text
+        assert done.json()["acknowledged_by"] == "ops:ops_test"
+        again = await dispatch.post(path, json={"note": "me too"}, headers=OPS)
+        assert again.status_code == 409
+        assert "acknowledged by ops:ops_test" in again.json()["error"]["message"]
+        left = await dispatch.get("/safety-alerts", headers=as_store(store))
+        assert left.json() == []  # nothing open any more
+        unknown = await dispatch.post("/safety-alerts/al_nope/acknowledge", json=note, headers=OPS)
+        assert unknown.status_code == 404
