@@ -20,6 +20,7 @@ import httpx
 
 REGION = "lisbon"
 LISBON = ZoneInfo("Europe/Lisbon")
+BOUNDS = (-9.35, 38.60, -9.00, 38.85)  # west, south, east, north
 AREA = {
     "type": "Polygon",
     "coordinates": [
@@ -102,36 +103,46 @@ CUSTOMERS = [
 ]
 
 
+def region_body() -> dict[str, Any]:
+    return {
+        "name": "Lisbon",
+        "currency": "EUR",
+        "hours": {"timezone": "Europe/Lisbon", "opens": "08:00", "closes": "20:00"},
+        "area": AREA,
+    }
+
+
+def item_body(code: str) -> dict[str, Any]:
+    kind, name, category, skill, _, minutes, *_ = CATALOGUE[code]
+    item: dict[str, Any] = {"kind": kind, "name": name, "category": category}
+    if kind == "service":
+        item |= {"skill": skill, "duration_minutes": minutes}
+    return item
+
+
+def price_body(code: str) -> dict[str, Any]:
+    *_, price, _, late, urgent, fee = CATALOGUE[code]
+    return {
+        "region": REGION,
+        "unit_price": price,
+        "currency": "EUR",
+        "after_hours_surcharge": late,
+        "urgent_surcharge": urgent,
+        "cancellation_fee": fee,
+        "free_cancellation_hours": 12,
+    }
+
+
 def publish_catalogue(http: httpx.Client, booking: str) -> None:
-    http.put(
-        f"{booking}/regions/{REGION}",
-        json={
-            "name": "Lisbon",
-            "currency": "EUR",
-            "hours": {"timezone": "Europe/Lisbon", "opens": "08:00", "closes": "20:00"},
-            "area": AREA,
-        },
-        headers=OPS,
-    ).raise_for_status()
-    for code, (kind, name, category, skill, price, minutes, late, urgent, fee) in CATALOGUE.items():
-        item: dict[str, Any] = {"kind": kind, "name": name, "category": category}
-        if kind == "service":
-            item |= {"skill": skill, "duration_minutes": minutes}
-        http.put(f"{booking}/catalogue/items/{code}", json=item, headers=OPS).raise_for_status()
+    http.put(f"{booking}/regions/{REGION}", json=region_body(), headers=OPS).raise_for_status()
+    for code in CATALOGUE:
+        http.put(
+            f"{booking}/catalogue/items/{code}", json=item_body(code), headers=OPS
+        ).raise_for_status()
         history = http.get(f"{booking}/catalogue/items/{code}").json()["prices"]
         if not any(p["region"] == REGION for p in history):
             http.post(
-                f"{booking}/catalogue/items/{code}/prices",
-                json={
-                    "region": REGION,
-                    "unit_price": price,
-                    "currency": "EUR",
-                    "after_hours_surcharge": late,
-                    "urgent_surcharge": urgent,
-                    "cancellation_fee": fee,
-                    "free_cancellation_hours": 12,
-                },
-                headers=OPS,
+                f"{booking}/catalogue/items/{code}/prices", json=price_body(code), headers=OPS
             ).raise_for_status()
 
 

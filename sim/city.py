@@ -1,0 +1,502 @@
+"""A living city played through the public gateway, as real clients would.
+
+Stores (API keys from operations) put their technicians on the platform and sell prepaid
+packages; technicians sign in by phone, answer offers (sometimes no), drive over reporting
+where they are, check in at the door, type the customer's code (sometimes wrongly) and
+complete the visit; customers sign in by phone, book, sometimes cancel or reschedule, give
+their code at the door (rarely: "this is not the person"), sign the receipt, review, and
+sometimes complain. Rate, seed and size are parameters; the same seed plays the same city.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import hashlib
+import logging
+import random
+import time
+import uuid
+from collections import Counter
+from dataclasses import dataclass, field
+from datetime import UTC, datetime, timedelta
+from typing import Any
+
+import httpx
+
+from deploy.local.demo_data import (
+    BOUNDS,
+    CATALOGUE,
+    REGION,
+    item_body,
+    price_body,
+    region_body,
+)
+from deploy.local.demo_data import technician_file as demo_file
+from sim.client import Caller, Refused
+
+log = logging.getLogger("sim")
+SKILLS = sorted({skill for (_, _, _, skill, *_) in CATALOGUE.values() if skill})
+SERVICES = {skill: [c for c, v in CATALOGUE.items() if v[3] == skill] for skill in SKILLS}
+ROUND_THE_CLOCK = [{"weekday": d, "start": "00:00", "end": "00:00"} for d in range(7)]
+ACTIVE = ("assigned", "en_route", "arrived", "identity_confirmed", "in_service")
+
+
+@dataclass(frozen=True)
+class Shares:
+    """How often people do the less usual things (probabilities per journey or offer)."""
+
+    decline: float = 0.08
+    wrong_code: float = 0.1
+    not_the_person: float = 0.01
+    far_check_in: float = 0.02
+    cancel: float = 0.04
+    reschedule: float = 0.04
+    review: float = 0.6
+    complaint: float = 0.05
+    prepaid: float = 0.2
+
+
+@dataclass(frozen=True)
+class CityPlan:
+    gateway: str
+    ops_email: str
+    ops_password: str
+    rate: float = 0.5  # journeys started per second
+    seed: int = 7
+    customers: int = 40
+    technicians: int = 16
+    stores: int = 4
+    journeys: int = 0  # stop after this many (0: until the duration ends or forever)
+    duration_s: float = 0.0
+    pace: float = 1.0  # seconds of the technician's travel and work, scaled
+    shares: Shares = field(default_factory=Shares)
+
+
+@dataclass
+class Outcomes:
+    """What the city saw: counts of each ending, and the waits that matter."""
+
+    counts: Counter[str] = field(default_factory=Counter)
+    signed: list[str] = field(default_factory=list)  # bookings whose receipt was signed
+    to_assigned_ms: list[float] = field(default_factory=list)
+    to_receipt_ms: list[float] = field(default_factory=list)
+
+    def line(self) -> str:
+        c = self.counts
+        keys = (
+            "started",
+            "assigned",
+            "completed",
+            "signed",
+            "cancelled",
+            "halted",
+            "dispatch_failed",
+            "unassigned",
+            "errors",
+        )
+        return " ".join(f"{k}={c[k]}" for k in keys)
+
+
+@dataclass
+class Technician:
+    caller: Caller
+    technician_id: str
+    store_id: str
+    skill: str
+    home: tuple[float, float]
+    store: Caller  # their store's API key: it keeps their file
+    file: dict[str, Any]
+
+
+@dataclass
+class Customer:
+    caller: Caller
+    customer_id: str
+    location: tuple[float, float]
+    busy: bool = False
+
+
+class City:
+    def __init__(self, plan: CityPlan, http: httpx.AsyncClient) -> None:
+        self.plan, self.http = plan, http
+        self.rng = random.Random(plan.seed)
+        self.ops = Caller(http)
+        self.technicians: list[Technician] = []
+        self.customers: list[Customer] = []
+        self.customer_of: dict[str, Customer] = {}  # booking -> who is at home
+        self.outcomes = Outcomes()
+        self.running = True
+        self.journeys: set[asyncio.Task[None]] = set()
+        self.visits: set[asyncio.Task[None]] = set()
+        self.tag = "sim"  # the same people every run; the seed decides what they do
+        self._halted: set[str] = set()  # visits the customer stopped at the door
+
+    # ------------------------------------------------------------------- setup --
+    def point(self) -> tuple[float, float]:
+        """Somewhere in the central third of the served area (lat, lon)."""
+        west, south, east, north = BOUNDS
+        third_lat, third_lon = (north - south) / 3, (east - west) / 3
+        return (
+            round(self.rng.uniform(south + third_lat, north - third_lat), 5),
+            round(self.rng.uniform(west + third_lon, east - third_lon), 5),
+        )
+
+    async def setup(self) -> None:
+        plan = self.plan
+        await self.ops.sign_in_as_staff(plan.ops_email, plan.ops_password)
+        # The city's region and price list, where they are missing (never redefined).
+        regions = await self.ops.json("GET", "/v1/regions")
+        if not any(r["region"] == REGION for r in regions):
+            await self.ops.call("PUT", f"/v1/regions/{REGION}", json=region_body())
+        for code in CATALOGUE:
+            found = await self.ops.call("GET", f"/v1/catalogue/items/{code}", ok=(200, 404))
+            if found.status_code == 404:
+                await self.ops.call("PUT", f"/v1/catalogue/items/{code}", json=item_body(code))
+            item = await self.ops.json("GET", f"/v1/catalogue/items/{code}")
+            if not any(p["region"] == REGION for p in item["prices"]):
+                await self.ops.call(
+                    "POST", f"/v1/catalogue/items/{code}/prices", json=price_body(code)
+                )
+        stores = [f"{self.tag}_store_{i}" for i in range(plan.stores)]
+        keys: dict[str, Caller] = {}
+        for store in stores:
+            made = await self.ops.json(
+                "POST", f"/v1/stores/{store}/api-keys", json={"scopes": ["read", "write"]}
+            )
+            keys[store] = Caller(self.http, api_key=made["api_key"])
+        for i in range(plan.technicians):
+            store, skill = stores[i % len(stores)], SKILLS[i % len(SKILLS)]
+            tech_id, badge = f"{self.tag}_tech_{i}", f"SIM-{i:04d}"
+            lat, lon = self.point()
+            body = demo_file((tech_id, f"Technician {i}", badge, store, [skill], lat, lon))
+            body["shifts"] = ROUND_THE_CLOCK  # the city lives at any hour
+            body["phone"] = phone = f"+3519600{i:05d}"
+            await keys[store].call("PUT", f"/v1/technicians/{tech_id}", json=body)
+            await keys[store].call(
+                "POST",
+                "/v1/technician-accounts",
+                json={"technician_id": tech_id, "phone": phone, "store_id": store},
+            )
+            caller = Caller(self.http)
+            await caller.sign_in_by_phone(phone)
+            self.technicians.append(
+                Technician(caller, tech_id, store, skill, (lat, lon), keys[store], body)
+            )
+        for store in stores:  # a package of 5 visits of the store's services
+            skills = {t.skill for t in self.technicians if t.store_id == store}
+            covers = [c for s in skills for c in SERVICES[s]]
+            await keys[store].call(
+                "PUT",
+                f"/v1/plans/{store}_five",
+                json={
+                    "store_id": store,
+                    "name": "Five visits",
+                    "kind": "package",
+                    "price": 9000,
+                    "currency": "EUR",
+                    "visits": 5,
+                    "covers": covers,
+                },
+            )
+        for i in range(plan.customers):
+            caller = Caller(self.http)
+            await caller.sign_in_by_phone(f"+3519200{i:05d}")
+            me, (lat, lon) = caller.subject, self.point()
+            await caller.call(
+                "PUT",
+                f"/v1/customers/{me}",
+                json={
+                    "name": f"Customer {i}",
+                    "phone": f"+35192{plan.seed % 100:02d}{i:05d}",
+                    "preferred_language": "pt",
+                },
+            )
+            await caller.call(
+                "PUT",
+                f"/v1/customers/{me}/addresses/home",
+                json={"label": "home", "line": f"Rua {i}", "location": {"lat": lat, "lon": lon}},
+            )
+            await caller.call(
+                "PUT", f"/v1/customers/{me}/payment-method", json={"payment_method": "pm_card_ok"}
+            )
+            if self.rng.random() < plan.shares.prepaid:
+                store = self.rng.choice(stores)
+                await keys[store].call(
+                    "POST",
+                    "/v1/holdings",
+                    json={"plan_id": f"{store}_five", "customer_id": me},
+                    headers={"Idempotency-Key": f"{self.tag}-{store}-{me}"},
+                )
+            self.customers.append(Customer(caller, me, (lat, lon)))
+        log.info(
+            "city ready: %d stores, %d technicians, %d customers",
+            len(stores),
+            len(self.technicians),
+            len(self.customers),
+        )
+
+    # -------------------------------------------------------------------- play --
+    async def run(self) -> Outcomes:
+        await self.setup()
+        workers = [asyncio.create_task(self.technician(t)) for t in self.technicians]
+        started, t0 = 0, time.monotonic()
+        try:
+            while self.running:
+                if self.plan.journeys and started >= self.plan.journeys:
+                    break
+                if self.plan.duration_s and time.monotonic() - t0 > self.plan.duration_s:
+                    break
+                free = [c for c in self.customers if not c.busy]
+                if free:
+                    task = asyncio.create_task(self.journey(self.rng.choice(free)))
+                    self.journeys.add(task)
+                    task.add_done_callback(self.journeys.discard)
+                    started += 1
+                await asyncio.sleep(self.rng.expovariate(self.plan.rate))
+            if self.journeys:  # let the journeys under way end
+                await asyncio.wait(list(self.journeys), timeout=120)
+        finally:
+            self.running = False
+            for w in workers:
+                w.cancel()
+            for v in list(self.visits):
+                v.cancel()
+            await self.off_duty()
+        return self.outcomes
+
+    async def off_duty(self) -> None:
+        """Nobody plays the technicians once the city stops: their stores take them off shift,
+        so no real booking waits on an offer no one will answer."""
+        for t in self.technicians:
+            try:
+                await t.store.call(
+                    "PUT", f"/v1/technicians/{t.technician_id}", json={**t.file, "shifts": []}
+                )
+            except (Refused, httpx.HTTPError) as exc:
+                log.warning("could not take %s off shift: %s", t.technician_id, exc)
+
+    async def journey(self, customer: Customer) -> None:
+        customer.busy = True
+        counts = self.outcomes.counts
+        try:
+            await self._journey(customer)
+        except Refused as exc:
+            counts["errors"] += 1
+            log.warning("journey of %s: %s", customer.customer_id, exc)
+        except (httpx.HTTPError, TimeoutError) as exc:
+            counts["errors"] += 1
+            log.warning("journey of %s: %r", customer.customer_id, exc)
+        finally:
+            customer.busy = False
+
+    async def _journey(self, customer: Customer) -> None:
+        shares, counts, me = self.plan.shares, self.outcomes.counts, customer.caller
+        code = self.rng.choice(list(CATALOGUE))
+        while CATALOGUE[code][0] != "service":
+            code = self.rng.choice(list(CATALOGUE))
+        made = await me.json(
+            "POST",
+            "/v1/bookings",
+            json={
+                "customer_id": customer.customer_id,
+                "address_id": "home",
+                "timing": "asap",
+                "items": [{"code": code, "quantity": 1}],
+            },
+            headers={"Idempotency-Key": uuid.uuid4().hex},
+        )
+        booking_id, booked_at = made["booking_id"], time.monotonic()
+        self.customer_of[booking_id] = customer
+        counts["started"] += 1
+        if self.rng.random() < shares.cancel:
+            await asyncio.sleep(self.rng.uniform(0, 1))
+            r = await me.call("POST", f"/v1/bookings/{booking_id}/cancel", ok=(200, 409))
+            if r.status_code == 200:
+                counts["cancelled"] += 1
+                return
+        # An offer nobody answers waits for its deadline before the next technician is asked.
+        status = await self.wait_for(me, booking_id, {*ACTIVE, "dispatch_failed"}, 300)
+        if status == "dispatch_failed" or status is None:
+            counts["dispatch_failed" if status else "unassigned"] += 1
+            if status is None:
+                log.warning("booking %s: no technician within 5 min", booking_id)
+            return
+        counts["assigned"] += 1
+        self.outcomes.to_assigned_ms.append((time.monotonic() - booked_at) * 1000)
+        if self.rng.random() < shares.reschedule and status == "assigned":
+            start = datetime.now(UTC) + timedelta(hours=self.rng.randint(2, 6))
+            await me.call(
+                "POST",
+                f"/v1/bookings/{booking_id}/reschedule",
+                json={
+                    "window_start": start.isoformat(),
+                    "window_end": (start + timedelta(hours=2)).isoformat(),
+                },
+                ok=(200, 409, 422),
+            )
+            counts["rescheduled"] += 1
+        done = await self.wait_for(
+            me,
+            booking_id,
+            {"completed", "receipt_signed", "closed", "cancelled"},
+            180,
+            halted_ok=True,
+        )
+        if done != "completed":
+            counts["halted" if done == "halted" else "errors"] += 1
+            return
+        counts["completed"] += 1
+        completed_at = time.monotonic()
+        receipt = await self.receipt(me, booking_id)
+        self.outcomes.to_receipt_ms.append((time.monotonic() - completed_at) * 1000)
+        drawing = hashlib.sha256(f"{booking_id}-{customer.customer_id}".encode()).hexdigest()
+        await me.call(
+            "POST",
+            f"/v1/receipts/{receipt['receipt_id']}/sign",
+            json={
+                "receipt_hash": receipt["content_hash"],
+                "signature": {
+                    "method": "drawn",
+                    "artefact": drawing,
+                    "signed_at": datetime.now(UTC).isoformat(),
+                },
+            },
+        )
+        counts["signed"] += 1
+        self.outcomes.signed.append(booking_id)
+        if self.rng.random() < shares.review:
+            await self.review(me, booking_id)
+        if self.rng.random() < shares.complaint:
+            await me.call(
+                "POST",
+                "/v1/complaints",
+                json={
+                    "booking_id": booking_id,
+                    "category": "quality",
+                    "description": "not quite what was promised",
+                },
+                ok=(201, 409, 422),
+            )
+            counts["complaints"] += 1
+
+    async def wait_for(
+        self,
+        me: Caller,
+        booking_id: str,
+        statuses: set[str],
+        within_s: float,
+        *,
+        halted_ok: bool = False,
+    ) -> str | None:
+        deadline = time.monotonic() + within_s
+        while time.monotonic() < deadline and self.running:
+            view = await me.json("GET", f"/v1/bookings/{booking_id}")
+            status = str(view["booking"]["status"])
+            if status in statuses:
+                return status
+            if halted_ok and self.halted(booking_id):
+                return "halted"
+            await asyncio.sleep(0.25)
+        return None
+
+    def halted(self, booking_id: str) -> bool:
+        return booking_id in self._halted
+
+    async def receipt(self, me: Caller, booking_id: str) -> dict[str, Any]:
+        deadline = time.monotonic() + 60
+        while time.monotonic() < deadline:
+            r = await me.call(
+                "GET", "/v1/receipts", params={"booking_id": booking_id}, ok=(200, 404)
+            )
+            if r.status_code == 200:
+                return dict(r.json())
+            await asyncio.sleep(0.2)
+        raise TimeoutError(f"no receipt for {booking_id} within 60 s")
+
+    async def review(self, me: Caller, booking_id: str) -> None:
+        rating = self.rng.choices([5, 4, 3, 2, 1], weights=[60, 25, 8, 4, 3])[0]
+        deadline = time.monotonic() + 30
+        while time.monotonic() < deadline:  # reviews hears of the completion by event
+            r = await me.call(
+                "POST",
+                "/v1/reviews",
+                json={"booking_id": booking_id, "rating": rating},
+                ok=(201, 404, 409),
+            )
+            if r.status_code != 404:
+                return
+            await asyncio.sleep(0.3)
+
+    # -------------------------------------------------------------- technicians --
+    async def technician(self, t: Technician) -> None:
+        while self.running:
+            try:
+                offers = await t.caller.json("GET", f"/v1/technicians/{t.technician_id}/offers")
+                for offer in offers:
+                    offer_id = offer["offer"]["offer_id"]
+                    if self.rng.random() < self.plan.shares.decline:
+                        await t.caller.call("POST", f"/v1/offers/{offer_id}/decline", ok=(200, 409))
+                        continue
+                    r = await t.caller.call("POST", f"/v1/offers/{offer_id}/accept", ok=(200, 409))
+                    if r.status_code == 200:
+                        task = asyncio.create_task(self.visit(t, offer))
+                        self.visits.add(task)
+                        task.add_done_callback(self.visits.discard)
+            except (Refused, httpx.HTTPError) as exc:
+                log.warning("technician %s: %s", t.technician_id, exc)
+            await asyncio.sleep(self.rng.uniform(0.3, 0.7))
+
+    async def pause(self, low: float, high: float) -> None:
+        await asyncio.sleep(self.rng.uniform(low, high) * self.plan.pace)
+
+    async def visit(self, t: Technician, offer: dict[str, Any]) -> None:
+        try:
+            await self._visit(t, offer)
+        except (Refused, httpx.HTTPError, TimeoutError) as exc:
+            log.info("visit %s by %s ended: %s", offer["booking_id"], t.technician_id, exc)
+
+    async def _visit(self, t: Technician, offer: dict[str, Any]) -> None:
+        shares, me, booking_id = self.plan.shares, t.caller, offer["booking_id"]
+        where = offer["location"]
+        await self.pause(0.2, 1.0)
+        await me.call("POST", f"/v1/visits/{booking_id}/en-route")
+        lat, lon = t.home
+        for step in (1, 2, 3):  # the app reports the drive
+            here = {
+                "lat": lat + (where["lat"] - lat) * step / 3,
+                "lon": lon + (where["lon"] - lon) * step / 3,
+            }
+            await me.call(
+                "POST", f"/v1/technicians/{t.technician_id}/location", json={"location": here}
+            )
+            await self.pause(0.2, 0.6)
+        at_door = dict(where)
+        if self.rng.random() < shares.far_check_in:
+            at_door["lat"] += 0.02  # about 2 km off: flagged to operations
+        await me.call("POST", f"/v1/visits/{booking_id}/arrive", json={"location": at_door})
+        customer = self.customer_of.get(booking_id)
+        if customer is None:
+            return
+        if self.rng.random() < shares.not_the_person:
+            self._halted.add(booking_id)
+            await customer.caller.call("POST", f"/v1/visits/{booking_id}/not-the-person")
+            self.outcomes.counts["safety_alerts"] += 1
+            return
+        door = await customer.caller.json("GET", f"/v1/visits/{booking_id}/door-check")
+        if self.rng.random() < shares.wrong_code:
+            await me.call(
+                "POST",
+                f"/v1/visits/{booking_id}/identity",
+                json={"code": "000000" if door["visit_code"] != "000000" else "111111"},
+                ok=(422,),
+            )
+            self.outcomes.counts["wrong_codes"] += 1
+        await me.call(
+            "POST", f"/v1/visits/{booking_id}/identity", json={"code": door["visit_code"]}
+        )
+        await me.call("POST", f"/v1/visits/{booking_id}/start")
+        await self.pause(0.5, 1.5)
+        performed = [
+            {"code": line["code"], "quantity": line["quantity"]} for line in offer["lines"]
+        ]
+        await me.call("POST", f"/v1/visits/{booking_id}/complete", json={"performed": performed})

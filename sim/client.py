@@ -1,0 +1,83 @@
+"""How the simulator's people reach the platform: the public gateway, signed in as they would
+be (customers and technicians by phone and one-time code, operations by password, stores by
+API key), with the token refreshed when it expires and 429s waited out."""
+
+from __future__ import annotations
+
+import asyncio
+from typing import Any
+
+import httpx
+
+
+class Refused(Exception):
+    """The platform said no (4xx/5xx) where the simulated person expected yes."""
+
+    def __init__(self, response: httpx.Response) -> None:
+        super().__init__(
+            f"{response.request.method} {response.request.url.path}: "
+            f"{response.status_code} {response.text[:200]}"
+        )
+        self.status = response.status_code
+
+
+class Caller:
+    """One person's or store's session with the gateway."""
+
+    def __init__(self, http: httpx.AsyncClient, *, api_key: str | None = None) -> None:
+        self.http = http
+        self.api_key = api_key
+        self.access: str | None = None
+        self.refresh_token: str | None = None
+        self.subject = ""
+
+    def _headers(self) -> dict[str, str]:
+        if self.api_key:
+            return {"X-Api-Key": self.api_key}
+        return {"Authorization": f"Bearer {self.access}"} if self.access else {}
+
+    async def call(
+        self, method: str, path: str, *, ok: tuple[int, ...] = (200, 201, 202, 204), **kw: Any
+    ) -> httpx.Response:
+        """The answer, if its status is one of `ok`; Refused otherwise."""
+        headers = {**self._headers(), **kw.pop("headers", {})}
+        for attempt in range(8):
+            r = await self.http.request(method, path, headers=headers, **kw)
+            if r.status_code == 429:  # wait as told, like a well-behaved app
+                await asyncio.sleep(min(float(r.headers.get("retry-after", "1")), 5.0))
+                continue
+            if r.status_code == 401 and self.refresh_token and attempt == 0:
+                await self._refresh()
+                headers = {**headers, **self._headers()}
+                continue
+            if r.status_code == 503 and attempt < 3:  # a service restarting behind the gateway
+                await asyncio.sleep(0.5 * (attempt + 1))
+                continue
+            break
+        if r.status_code not in ok:
+            raise Refused(r)
+        return r
+
+    async def json(self, method: str, path: str, **kw: Any) -> Any:
+        return (await self.call(method, path, **kw)).json()
+
+    def _take(self, tokens: dict[str, Any]) -> None:
+        self.access, self.refresh_token = tokens["access_token"], tokens["refresh_token"]
+        self.subject = tokens["subject"]
+
+    async def _refresh(self) -> None:
+        r = await self.http.post("/v1/auth/refresh", json={"refresh_token": self.refresh_token})
+        if r.status_code == 200:
+            self._take(r.json())
+
+    async def sign_in_by_phone(self, phone: str) -> None:
+        """As the apps do: a code by SMS (the development log stands in for the SMS)."""
+        await self.call("POST", "/v1/auth/otp", json={"phone": phone})
+        sms = await self.json("GET", "/v1/dev/sms", params={"phone": phone})
+        code = sms[0]["text"].rsplit(" ", 1)[-1]
+        self._take(await self.json("POST", "/v1/auth/token", json={"phone": phone, "code": code}))
+
+    async def sign_in_as_staff(self, email: str, password: str) -> None:
+        self._take(
+            await self.json("POST", "/v1/auth/ops", json={"email": email, "password": password})
+        )

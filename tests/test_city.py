@@ -1,0 +1,73 @@
+"""The city simulator plays whole journeys through the public gateway on the real platform:
+sign-ins by phone, stores' keys, bookings, offers, the drive, the code at the door (some
+typed wrongly first), completion, the signed receipt, reviews and complaints."""
+
+from __future__ import annotations
+
+import uuid
+
+import httpx
+import pytest
+from pymongo import AsyncMongoClient
+
+from services.gateway.signin import add_staff
+from shared.mongo import Document
+from sim.city import City, CityPlan, Shares
+from tests.conftest import Platform
+from tests.harness import eventually
+from tests.seed import OPS, get_json
+
+pytestmark = pytest.mark.integration
+
+
+async def test_simulated_journeys_end_signed_and_sealed_through_the_gateway(
+    platform: Platform, mongo: AsyncMongoClient[Document]
+) -> None:
+    email, password = f"sim-{uuid.uuid4().hex[:6]}@doorstep.test", uuid.uuid4().hex
+    await add_staff(mongo[f"{platform.prefix}_gateway"], email, password)
+    plan = CityPlan(
+        gateway=platform.url("gateway"),
+        ops_email=email,
+        ops_password=password,
+        rate=4.0,
+        seed=3,
+        customers=5,
+        technicians=15,  # five per skill: no booking ever waits for a free one
+        stores=2,
+        journeys=5,
+        pace=0.05,
+        # Every journey ends signed; half the doors see a wrong code first, half complain.
+        shares=Shares(
+            decline=0,
+            wrong_code=0.5,
+            not_the_person=0,
+            far_check_in=0,
+            cancel=0,
+            reschedule=0,
+            review=1,
+            complaint=0.5,
+            prepaid=0.5,
+        ),
+    )
+    async with httpx.AsyncClient(base_url=plan.gateway, timeout=30) as http:
+        outcomes = await City(plan, http).run()
+    counts = outcomes.counts
+    assert (counts["started"], counts["signed"], counts["errors"]) == (5, 5, 0), counts
+    assert len(outcomes.to_assigned_ms) == 5
+    assert len(set(outcomes.signed)) == 5
+    # The platform agrees: every receipt sealed, every booking closed once paid.
+    async with (
+        platform.client("payments", acting_as=OPS) as payments,
+        platform.client("booking", acting_as=OPS) as booking,
+    ):
+        for booking_id in outcomes.signed:
+            receipt = await get_json(payments, "/receipts", booking_id=booking_id)
+            assert receipt is not None
+            assert receipt["status"] in ("sealed", "settled"), receipt
+            assert receipt["seal"] is not None
+
+            async def closed(booking_id: str = booking_id) -> bool:
+                found = await get_json(booking, f"/bookings/{booking_id}")
+                return found is not None and found["status"] == "closed"
+
+            await eventually(closed, what=f"booking {booking_id} closed")
