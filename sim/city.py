@@ -11,6 +11,7 @@ sometimes complain. Rate, seed and size are parameters; the same seed plays the 
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import hashlib
 import logging
 import random
@@ -106,6 +107,7 @@ class Technician:
     home: tuple[float, float]
     store: Caller  # their store's API key: it keeps their file
     file: dict[str, Any]
+    nudged: asyncio.Event = field(default_factory=asyncio.Event)  # an offer was pushed
 
 
 @dataclass
@@ -429,22 +431,48 @@ class City:
 
     # -------------------------------------------------------------- technicians --
     async def technician(self, t: Technician) -> None:
+        """The app answers offers as they are pushed to it, and looks every few seconds too
+        (a push may be lost while the stream reconnects)."""
+        listener = asyncio.create_task(self.listen(t))
+        try:
+            while self.running:
+                try:
+                    await self.answer_offers(t)
+                except (Refused, httpx.HTTPError) as exc:
+                    log.warning("technician %s: %s", t.technician_id, exc)
+                with contextlib.suppress(TimeoutError):
+                    await asyncio.wait_for(t.nudged.wait(), timeout=3.0)
+                t.nudged.clear()
+        finally:
+            listener.cancel()
+
+    async def listen(self, t: Technician) -> None:
         while self.running:
             try:
-                offers = await t.caller.json("GET", f"/v1/technicians/{t.technician_id}/offers")
-                for offer in offers:
-                    offer_id = offer["offer"]["offer_id"]
-                    if self.rng.random() < self.plan.shares.decline:
-                        await t.caller.call("POST", f"/v1/offers/{offer_id}/decline", ok=(200, 409))
+                async with self.http.stream(
+                    "GET", "/v1/notifications/stream", headers=t.caller.headers(), timeout=None
+                ) as stream:
+                    if stream.status_code == 401:
+                        await t.caller.refresh()
                         continue
-                    r = await t.caller.call("POST", f"/v1/offers/{offer_id}/accept", ok=(200, 409))
-                    if r.status_code == 200:
-                        task = asyncio.create_task(self.visit(t, offer))
-                        self.visits.add(task)
-                        task.add_done_callback(self.visits.discard)
-            except (Refused, httpx.HTTPError) as exc:
-                log.warning("technician %s: %s", t.technician_id, exc)
-            await asyncio.sleep(self.rng.uniform(0.3, 0.7))
+                    async for line in stream.aiter_lines():
+                        if line.startswith("data: ") and '"kind": "offer"' in line:
+                            t.nudged.set()
+            except httpx.HTTPError:
+                await asyncio.sleep(1)
+
+    async def answer_offers(self, t: Technician) -> None:
+        offers = await t.caller.json("GET", f"/v1/technicians/{t.technician_id}/offers")
+        for offer in offers:
+            offer_id = offer["offer"]["offer_id"]
+            if self.rng.random() < self.plan.shares.decline:
+                await t.caller.call("POST", f"/v1/offers/{offer_id}/decline", ok=(200, 409))
+                continue
+            r = await t.caller.call("POST", f"/v1/offers/{offer_id}/accept", ok=(200, 409))
+            if r.status_code == 200:
+                task = asyncio.create_task(self.visit(t, offer))
+                self.visits.add(task)
+                task.add_done_callback(self.visits.discard)
 
     async def pause(self, low: float, high: float) -> None:
         await asyncio.sleep(self.rng.uniform(low, high) * self.plan.pace)

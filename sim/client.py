@@ -31,7 +31,7 @@ class Caller:
         self.refresh_token: str | None = None
         self.subject = ""
 
-    def _headers(self) -> dict[str, str]:
+    def headers(self) -> dict[str, str]:
         if self.api_key:
             return {"X-Api-Key": self.api_key}
         return {"Authorization": f"Bearer {self.access}"} if self.access else {}
@@ -40,15 +40,15 @@ class Caller:
         self, method: str, path: str, *, ok: tuple[int, ...] = (200, 201, 202, 204), **kw: Any
     ) -> httpx.Response:
         """The answer, if its status is one of `ok`; Refused otherwise."""
-        headers = {**self._headers(), **kw.pop("headers", {})}
+        headers = {**self.headers(), **kw.pop("headers", {})}
         for attempt in range(8):
             r = await self.http.request(method, path, headers=headers, **kw)
             if r.status_code == 429:  # wait as told, like a well-behaved app
                 await asyncio.sleep(min(float(r.headers.get("retry-after", "1")), 5.0))
                 continue
             if r.status_code == 401 and self.refresh_token and attempt == 0:
-                await self._refresh()
-                headers = {**headers, **self._headers()}
+                await self.refresh()
+                headers = {**headers, **self.headers()}
                 continue
             if r.status_code == 503 and attempt < 3:  # a service restarting behind the gateway
                 await asyncio.sleep(0.5 * (attempt + 1))
@@ -65,7 +65,7 @@ class Caller:
         self.access, self.refresh_token = tokens["access_token"], tokens["refresh_token"]
         self.subject = tokens["subject"]
 
-    async def _refresh(self) -> None:
+    async def refresh(self) -> None:
         r = await self.http.post("/v1/auth/refresh", json={"refresh_token": self.refresh_token})
         if r.status_code == 200:
             self._take(r.json())

@@ -20,6 +20,7 @@ from services.gateway import (
     storage,
     webhooks,
 )
+from services.gateway.hub import running
 from services.gateway.limits import RateLimiter
 from services.gateway.upstream import Upstream, UpstreamSettings
 from services.payments import api as payments_api
@@ -31,13 +32,18 @@ from shared.settings import Settings
 
 
 @contextlib.asynccontextmanager
-async def upstream_client(app: FastAPI) -> AsyncIterator[None]:
+async def edge_state(app: FastAPI) -> AsyncIterator[None]:
+    """Limiters, the upstream client, and the change-stream hubs the live streams share."""
     settings = Settings()
     app.state.limiter = RateLimiter(settings.gateway_rate_per_s, settings.gateway_burst)
     app.state.signin_limiter = RateLimiter(settings.signin_rate_per_s, settings.signin_burst)
     app.state.upstream = Upstream(UpstreamSettings())
+    db = app.state.runtime.db  # the runtime starts before this lifespan
+    app.state.notification_hub = notify.hub(db)
+    app.state.board_hub = dashboard.hub(db)
     try:
-        yield
+        async with running(app.state.notification_hub, app.state.board_hub):
+            yield
     finally:
         await app.state.upstream.close()
 
@@ -72,7 +78,7 @@ SPEC = ServiceSpec(
     handlers=handlers.handlers.merged(board.handlers),
     timers=handlers.timers,
     ensure_indexes=ensure_indexes,
-    lifespan=upstream_client,
+    lifespan=edge_state,
 )
 
 

@@ -11,7 +11,7 @@ from __future__ import annotations
 import asyncio
 import json
 import time
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable, Mapping
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Annotated, Any
@@ -19,9 +19,11 @@ from typing import Annotated, Any
 from fastapi import APIRouter, Query, Request
 from fastapi.responses import FileResponse, StreamingResponse
 from pydantic import AwareDatetime, BaseModel, ConfigDict
+from pymongo.asynchronous.change_stream import AsyncChangeStream
 
 from services.gateway import board
 from services.gateway.domain import AlertRow, Board, Contacts, Figures, figures
+from services.gateway.hub import ChangeHub
 from services.gateway.security import EdgeActor
 from services.gateway.upstream import Upstream
 from shared.auth import Actor
@@ -175,35 +177,52 @@ def _frame(kind: str, row: BaseModel) -> str:
     return f"event: {kind}\ndata: {json.dumps(row.model_dump(mode='json'))}\n\n"
 
 
-async def _changes(
-    request: Request, db: Database, actor: Actor, scope: dict[str, str]
-) -> AsyncIterator[str]:
-    match: dict[str, object] = {
-        "ns.coll": {"$in": list(board.BOARD)},
-        "operationType": {"$in": ["insert", "update", "replace"]},
-    }
-    if scope:  # a store also hears the last change of a row that just left it
-        store = scope["store_id"]
-        match["$or"] = [
-            {"fullDocument.store_id": store},
-            {"fullDocument.previous_store_id": store},
-        ]
-    async with await db.watch(
-        [{"$match": match}], full_document="updateLookup", max_await_time_ms=1000
-    ) as changes:
-        yield ": connected\n\n"  # the page reads the board only now, so nothing falls between
+def hub(db: Database) -> ChangeHub:
+    """Every change to the board, read once per gateway process with the row as it now is."""
+
+    async def watch(resume: Mapping[str, Any] | None) -> AsyncChangeStream[Document]:
+        match = {
+            "ns.coll": {"$in": list(board.BOARD)},
+            "operationType": {"$in": ["insert", "update", "replace"]},
+        }
+        return await db.watch(
+            [{"$match": match}],
+            full_document="updateLookup",
+            resume_after=resume,
+            max_await_time_ms=1000,
+        )
+
+    return ChangeHub("board", watch)
+
+
+def in_scope(scope: dict[str, str]) -> Callable[[Mapping[str, Any]], bool]:
+    """Operations hear every change; a store the changes to its rows, and the last change of
+    a row that just left it (so its page drops the row)."""
+    store = scope.get("store_id")
+
+    def accept(change: Mapping[str, Any]) -> bool:
+        doc = change.get("fullDocument")
+        if doc is None:
+            return False
+        return store is None or store in (doc.get("store_id"), doc.get("previous_store_id"))
+
+    return accept
+
+
+async def _changes(request: Request, actor: Actor, scope: dict[str, str]) -> AsyncIterator[str]:
+    live: ChangeHub = request.app.state.board_hub
+    with live.subscribe(in_scope(scope)) as changes:
+        yield ": connected\n\n"  # the page reads the board only now: nothing falls between
         quiet_since = time.monotonic()
         while not await request.is_disconnected():
-            change = await changes.try_next()
+            change = await changes.next(quiet_s=1.0)
             if change is None:
                 if time.monotonic() - quiet_since > KEEP_ALIVE_S:
                     quiet_since = time.monotonic()
                     yield ": keep-alive\n\n"
                 continue
             quiet_since = time.monotonic()
-            doc: Document | None = change.get("fullDocument")
-            if doc is not None:
-                yield await _event(request, actor, change["ns"]["coll"], doc)
+            yield await _event(request, actor, change["ns"]["coll"], change["fullDocument"])
 
 
 async def _event(request: Request, actor: Actor, collection: str, doc: Document) -> str:
@@ -223,7 +242,7 @@ async def _event(request: Request, actor: Actor, collection: str, doc: Document)
 async def stream(request: Request, runtime: RuntimeDep, actor: EdgeActor) -> StreamingResponse:
     scope = board.scope_of(actor)
     return StreamingResponse(
-        _changes(request, runtime.db, actor, scope),
+        _changes(request, actor, scope),
         media_type="text/event-stream",
         headers={"Cache-Control": "no-cache", "X-Accel-Buffering": "no"},
     )

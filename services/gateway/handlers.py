@@ -8,6 +8,7 @@ from shared.consumer import Handlers
 from shared.errors import NotFound
 from shared.events.booking import BookingRequested
 from shared.events.dispatch import (
+    OfferMade,
     ServiceCompleted,
     TechnicianArrived,
     TechnicianAssigned,
@@ -97,6 +98,21 @@ def identity(e: TechnicianAssigned | TechnicianReassigned) -> dict[str, object]:
         "rating": e.rating,
         "phone_masked": e.phone_masked,  # enough to recognise their call, never the number
     }
+
+
+@handlers.on(OfferMade)
+async def offer_made(tx: Transaction, event: OfferMade) -> None:
+    """Pushed to the technician's app at once: the offer's deadline is short."""
+    await tell(
+        tx,
+        f"technician:{event.technician_id}",
+        "offer",
+        title="A visit is offered to you",
+        body=f"Answer before {event.deadline:%H:%M:%S} UTC",
+        booking_id=event.booking_id,
+        offer_id=event.offer_id,
+        deadline=event.deadline.isoformat(),
+    )
 
 
 @handlers.on(TechnicianAssigned)

@@ -1,25 +1,28 @@
 """A user's notifications: the list, and the live stream (server-sent events).
 
-The stream tails MongoDB (a change stream on the notifications collection,
-filtered to the caller), so a client connected to any gateway replica hears
-what any replica's consumer wrote. `Last-Event-ID` resumes after a reconnect.
+The stream tails MongoDB (one change stream on the notifications collection per
+gateway process, fanned out to the callers'), so a client connected to any
+gateway replica hears what any replica's consumer wrote. `Last-Event-ID`
+resumes after a reconnect.
 """
 
 from __future__ import annotations
 
 import json
 import time
-from collections.abc import AsyncIterator
-from typing import Annotated
+from collections.abc import AsyncIterator, Mapping
+from typing import Annotated, Any
 
 from fastapi import APIRouter, Header, Query, Request
 from fastapi.responses import StreamingResponse
+from pymongo.asynchronous.change_stream import AsyncChangeStream
 
+from services.gateway.hub import ChangeHub
 from services.gateway.security import EdgeActor
 from services.gateway.storage import Notification, Notifications
 from shared.auth import Actor
 from shared.errors import NotFound
-from shared.mongo import Document
+from shared.mongo import Database, Document
 from shared.schema import PathId
 from shared.service import RuntimeDep
 from shared.time import utcnow
@@ -57,7 +60,18 @@ async def mark_read(notification_id: PathId, runtime: RuntimeDep, actor: EdgeAct
     return found
 
 
-def frame(doc: Document) -> str:
+def hub(db: Database) -> ChangeHub:
+    """Every new notification, read once per gateway process."""
+    col = Notifications(db).col
+
+    async def watch(resume: Mapping[str, Any] | None) -> AsyncChangeStream[Document]:
+        pipeline = [{"$match": {"operationType": "insert"}}]
+        return await col.watch(pipeline, resume_after=resume, max_await_time_ms=1000)
+
+    return ChangeHub("notifications", watch)
+
+
+def frame(doc: Mapping[str, Any]) -> str:
     """One server-sent event; its id lets the client resume after it."""
     data = dict(doc)
     data["notification_id"] = data.pop("_id")
@@ -80,11 +94,11 @@ async def stream(
 ) -> StreamingResponse:
     me = recipient(actor)
     col = Notifications(runtime.db).col
+    live: ChangeHub = request.app.state.notification_hub
 
     async def events() -> AsyncIterator[str]:
-        pipeline = [{"$match": {"operationType": "insert", "fullDocument.recipient": me}}]
-        # Watch first, then send what was missed: nothing falls between the two.
-        async with await col.watch(pipeline, max_await_time_ms=1000) as changes:
+        # Subscribed first, then what was missed is sent: nothing falls between the two.
+        with live.subscribe(lambda c: c["fullDocument"]["recipient"] == me) as changes:
             sent: set[str] = set()
             yield ": connected\n\n"
             if last_event_id:
@@ -98,7 +112,7 @@ async def stream(
                         yield frame(doc)
             quiet_since = time.monotonic()
             while not await request.is_disconnected():
-                change = await changes.try_next()
+                change = await changes.next(quiet_s=1.0)
                 if change is None:
                     if time.monotonic() - quiet_since > KEEP_ALIVE_S:
                         quiet_since = time.monotonic()
