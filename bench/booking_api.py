@@ -44,14 +44,19 @@ async def booking_service(settings: Settings, log: Path) -> AsyncIterator[str]:
 
 @contextlib.asynccontextmanager
 async def service_process(
-    name: str, settings: Settings, log: Path, **extra_env: str
+    name: str,
+    settings: Settings,
+    log: Path,
+    *,
+    pids: dict[str, int] | None = None,
+    env: dict[str, str] | None = None,
 ) -> AsyncIterator[str]:
     """A service run as in production (`python -m services.<name>`) on the bench's servers;
-    yields its URL once it is ready."""
+    yields its URL once it is ready (and notes its pid in `pids`)."""
     port = _free_port()
     env = {
         **os.environ,
-        **extra_env,
+        **(env or {}),
         "SERVICE_NAME": name,
         "KAFKA_BOOTSTRAP": settings.kafka_bootstrap,
         "MONGODB_URI": settings.mongodb_uri,
@@ -66,6 +71,8 @@ async def service_process(
             sys.executable, "-m", f"services.{name}", cwd=ROOT, env=env, stdout=out, stderr=out
         )
     url = f"http://127.0.0.1:{port}"
+    if pids is not None:
+        pids[name] = proc.pid
     try:
         async with httpx.AsyncClient(base_url=url, timeout=5) as http:
             for _ in range(600):

@@ -48,7 +48,7 @@ async def platform_edge(settings: Settings, run_dir: Path) -> AsyncIterator[tupl
             "GATEWAY_BURST": "1000000",
         }
         async with service_process(
-            "gateway", settings, run_dir / "gateway-service.log", **edge_env
+            "gateway", settings, run_dir / "gateway-service.log", env=edge_env
         ) as gateway:
             yield booking, gateway
 

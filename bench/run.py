@@ -35,6 +35,7 @@ from aiokafka.structs import TopicPartition
 from pydantic import Field
 from pymongo import AsyncMongoClient
 
+from bench import city as city_bench
 from bench import dispatch as dispatch_bench
 from bench import gateway as gateway_bench
 from bench import payments as payments_bench
@@ -104,6 +105,10 @@ class Counts:
     seals: int = 1_000  # receipts signed and sealed, one store and then eight
     edge_reads: int = 2_000  # reads through the gateway, and as many straight to booking
     notifications: int = 200  # events to the customer's live stream, one at a time
+    city_ladder: tuple[float, ...] = (5.0, 10.0, 15.0, 20.0)  # journeys started per second
+    city_seconds: float = 60.0  # each rate is played this long
+    city_customers: int = 300
+    city_technicians: int = 120
 
 
 FULL = Counts(
@@ -124,6 +129,10 @@ QUICK = Counts(
     seals=100,
     edge_reads=200,
     notifications=20,
+    city_ladder=(3.0,),
+    city_seconds=15.0,
+    city_customers=20,
+    city_technicians=18,
 )
 
 
@@ -752,7 +761,72 @@ async def gateway(bench: Bench) -> None:
             bench.record(figure)
 
 
-SECTIONS = ("publish", "write", "consume", "booking", "dispatch", "payments", "latency", "gateway")
+async def city(bench: Bench) -> None:
+    """Complete journeys on the whole platform, beside the raw figures of the same run."""
+    for needed, measure_it in (
+        ("raw.kafka.e2e_p50", bench.raw_kafka_latency),
+        ("raw.mongo.txn", bench.transactions_vs_unit_of_work),
+    ):
+        if needed not in bench.figures:
+            await measure_it()
+    counts = bench.counts
+    m = await city_bench.measure(
+        bench.settings,
+        RUN_DIR,
+        ladder=list(counts.city_ladder),
+        seconds=counts.city_seconds,
+        customers=counts.city_customers,
+        technicians=counts.city_technicians,
+    )
+    txn = bench.figures["raw.mongo.txn"].value
+    for phase in m.phases:
+        at = f"{phase.rate:g}"
+        held = phase.backlog_end <= max(50.0, phase.backlog_start * 2)
+        rate = Figure(
+            f"platform.city_{at}_journeys_per_s",
+            phase.journeys_per_s,
+            "journey/s",
+            f"booking to signed, sealed receipt, started at {at}/s for {phase.seconds:g} s; "
+            f"{phase.signed}/{phase.started} signed, {phase.errors} failed; backlog "
+            f"{phase.backlog_start:.0f} -> {phase.backlog_end:.0f} "
+            f"({'held' if held else 'GROWING'})",
+            baseline="raw.mongo.txn",
+        )
+        rate.ratio = rate.value / txn
+        bench.record(rate)
+        for samples, what, raw in (
+            (phase.to_assigned_s, "to_assigned", "raw.kafka.e2e"),
+            (phase.to_receipt_s, "to_receipt", "raw.kafka.e2e"),
+        ):
+            if not samples:
+                continue
+            for q, name in ((0.5, "p50"), (0.99, "p99")):
+                figure = Figure(
+                    f"platform.city_{at}_{what}_{name}",
+                    percentile(samples, q) * 1e3,
+                    "ms",
+                    "booking requested -> technician assigned (offer pushed, accepted)"
+                    if what == "to_assigned"
+                    else "service completed -> receipt issued",
+                    baseline=f"{raw}_{name}",
+                )
+                figure.ratio = figure.value / bench.figures[f"{raw}_{name}"].value
+                bench.record(figure)
+    for process, mb in sorted(m.peak_rss_mb.items()):
+        bench.record(Figure(f"peak_rss.{process}", mb, "MB", "VmHWM over the city run"))
+
+
+SECTIONS = (
+    "publish",
+    "write",
+    "consume",
+    "booking",
+    "dispatch",
+    "payments",
+    "latency",
+    "gateway",
+    "city",
+)
 
 
 def machine() -> dict[str, Any]:
@@ -815,6 +889,9 @@ async def run(counts: Counts, target: Servers, only: tuple[str, ...] = SECTIONS)
         if "gateway" in only:
             print("the gateway: its cost on a read, and event to live notification")
             await gateway(bench)
+        if "city" in only:
+            print("the city: complete journeys on the whole platform")
+            await city(bench)
     finally:
         await bench.close()
     return {

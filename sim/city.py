@@ -39,6 +39,8 @@ log = logging.getLogger("sim")
 SKILLS = sorted({skill for (_, _, _, skill, *_) in CATALOGUE.values() if skill})
 SERVICES = {skill: [c for c, v in CATALOGUE.items() if v[3] == skill] for skill in SKILLS}
 ROUND_THE_CLOCK = [{"weekday": d, "start": "00:00", "end": "00:00"} for d in range(7)]
+LOOK_EVERY_S = 3.0  # how often an app looks by itself, between pushes
+DONE = ("completed", "receipt_signed", "closed")
 ACTIVE = ("assigned", "en_route", "arrived", "identity_confirmed", "in_service")
 
 
@@ -78,7 +80,9 @@ class Outcomes:
     """What the city saw: counts of each ending, and the waits that matter."""
 
     counts: Counter[str] = field(default_factory=Counter)
+    booked: list[str] = field(default_factory=list)  # every booking made
     signed: list[str] = field(default_factory=list)  # bookings whose receipt was signed
+    signed_at: list[float] = field(default_factory=list)  # when (monotonic seconds)
     to_assigned_ms: list[float] = field(default_factory=list)
     to_receipt_ms: list[float] = field(default_factory=list)
 
@@ -93,6 +97,7 @@ class Outcomes:
             "halted",
             "dispatch_failed",
             "unassigned",
+            "unfinished",
             "errors",
         )
         return " ".join(f"{k}={c[k]}" for k in keys)
@@ -116,6 +121,7 @@ class Customer:
     customer_id: str
     location: tuple[float, float]
     busy: bool = False
+    nudged: asyncio.Event = field(default_factory=asyncio.Event)  # a notification arrived
 
 
 class City:
@@ -130,6 +136,7 @@ class City:
         self.running = True
         self.journeys: set[asyncio.Task[None]] = set()
         self.visits: set[asyncio.Task[None]] = set()
+        self.workers: list[asyncio.Task[None]] = []
         self.tag = "sim"  # the same people every run; the seed decides what they do
         self._halted: set[str] = set()  # visits the customer stopped at the door
 
@@ -239,32 +246,55 @@ class City:
 
     # -------------------------------------------------------------------- play --
     async def run(self) -> Outcomes:
-        await self.setup()
-        workers = [asyncio.create_task(self.technician(t)) for t in self.technicians]
-        started, t0 = 0, time.monotonic()
+        """Set the city up, play it at the plan's rate, stop it."""
+        await self.start()
         try:
-            while self.running:
-                if self.plan.journeys and started >= self.plan.journeys:
-                    break
-                if self.plan.duration_s and time.monotonic() - t0 > self.plan.duration_s:
-                    break
-                free = [c for c in self.customers if not c.busy]
-                if free:
-                    task = asyncio.create_task(self.journey(self.rng.choice(free)))
-                    self.journeys.add(task)
-                    task.add_done_callback(self.journeys.discard)
-                    started += 1
-                await asyncio.sleep(self.rng.expovariate(self.plan.rate))
-            if self.journeys:  # let the journeys under way end
-                await asyncio.wait(list(self.journeys), timeout=120)
+            return await self.play(self.plan.rate, self.plan.duration_s, self.plan.journeys)
         finally:
-            self.running = False
-            for w in workers:
-                w.cancel()
-            for v in list(self.visits):
-                v.cancel()
-            await self.off_duty()
+            await self.stop()
+
+    async def start(self) -> None:
+        await self.setup()
+        self.workers = [asyncio.create_task(self.technician(t)) for t in self.technicians]
+        self.workers += [
+            asyncio.create_task(self.listen(c.caller, c.nudged)) for c in self.customers
+        ]
+
+    async def play(
+        self, rate: float, duration_s: float = 0.0, journeys: int = 0, drain_s: float = 300.0
+    ) -> Outcomes:
+        """Start journeys at `rate` a second (Poisson arrivals) until `duration_s` or
+        `journeys`, then give those under way `drain_s` to end; what they saw."""
+        self.outcomes = Outcomes()
+        started, t0 = 0, time.monotonic()
+        while self.running:
+            if journeys and started >= journeys:
+                break
+            if duration_s and time.monotonic() - t0 > duration_s:
+                break
+            free = [c for c in self.customers if not c.busy]
+            if free:
+                task = asyncio.create_task(self.journey(self.rng.choice(free)))
+                self.journeys.add(task)
+                task.add_done_callback(self.journeys.discard)
+                started += 1
+            else:
+                self.outcomes.counts["no_free_customer"] += 1
+            await asyncio.sleep(self.rng.expovariate(rate))
+        if self.journeys:  # let the journeys under way end
+            _, late = await asyncio.wait(list(self.journeys), timeout=drain_s)
+            self.outcomes.counts["unfinished"] += len(late)
+            for task in late:
+                task.cancel()
         return self.outcomes
+
+    async def stop(self) -> None:
+        self.running = False
+        for w in self.workers:
+            w.cancel()
+        for v in list(self.visits):
+            v.cancel()
+        await self.off_duty()
 
     async def off_duty(self) -> None:
         """Nobody plays the technicians once the city stops: their stores take them off shift,
@@ -309,6 +339,7 @@ class City:
         )
         booking_id, booked_at = made["booking_id"], time.monotonic()
         self.customer_of[booking_id] = customer
+        self.outcomes.booked.append(booking_id)
         counts["started"] += 1
         if self.rng.random() < shares.cancel:
             await asyncio.sleep(self.rng.uniform(0, 1))
@@ -317,7 +348,8 @@ class City:
                 counts["cancelled"] += 1
                 return
         # An offer nobody answers waits for its deadline before the next technician is asked.
-        status = await self.wait_for(me, booking_id, {*ACTIVE, "dispatch_failed"}, 300)
+        # A quick technician may be done before the app looks: any later state counts.
+        status = await self.wait_for(me, booking_id, {*ACTIVE, *DONE, "dispatch_failed"}, 300)
         if status == "dispatch_failed" or status is None:
             counts["dispatch_failed" if status else "unassigned"] += 1
             if status is None:
@@ -337,14 +369,8 @@ class City:
                 ok=(200, 409, 422),
             )
             counts["rescheduled"] += 1
-        done = await self.wait_for(
-            me,
-            booking_id,
-            {"completed", "receipt_signed", "closed", "cancelled"},
-            180,
-            halted_ok=True,
-        )
-        if done != "completed":
+        done = await self.wait_for(me, booking_id, {*DONE, "cancelled"}, 180, halted_ok=True)
+        if done not in DONE:
             counts["halted" if done == "halted" else "errors"] += 1
             return
         counts["completed"] += 1
@@ -366,6 +392,7 @@ class City:
         )
         counts["signed"] += 1
         self.outcomes.signed.append(booking_id)
+        self.outcomes.signed_at.append(time.monotonic())
         if self.rng.random() < shares.review:
             await self.review(me, booking_id)
         if self.rng.random() < shares.complaint:
@@ -390,29 +417,36 @@ class City:
         *,
         halted_ok: bool = False,
     ) -> str | None:
+        # The app looks when it is told something (its live stream), and every few seconds.
+        nudged = self.customer_of[booking_id].nudged
         deadline = time.monotonic() + within_s
         while time.monotonic() < deadline and self.running:
+            nudged.clear()
             view = await me.json("GET", f"/v1/bookings/{booking_id}")
             status = str(view["booking"]["status"])
             if status in statuses:
                 return status
             if halted_ok and self.halted(booking_id):
                 return "halted"
-            await asyncio.sleep(0.25)
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(nudged.wait(), timeout=LOOK_EVERY_S)
         return None
 
     def halted(self, booking_id: str) -> bool:
         return booking_id in self._halted
 
     async def receipt(self, me: Caller, booking_id: str) -> dict[str, Any]:
+        nudged = self.customer_of[booking_id].nudged
         deadline = time.monotonic() + 60
         while time.monotonic() < deadline:
+            nudged.clear()
             r = await me.call(
                 "GET", "/v1/receipts", params={"booking_id": booking_id}, ok=(200, 404)
             )
             if r.status_code == 200:
                 return dict(r.json())
-            await asyncio.sleep(0.2)
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(nudged.wait(), timeout=LOOK_EVERY_S)
         raise TimeoutError(f"no receipt for {booking_id} within 60 s")
 
     async def review(self, me: Caller, booking_id: str) -> None:
@@ -433,7 +467,7 @@ class City:
     async def technician(self, t: Technician) -> None:
         """The app answers offers as they are pushed to it, and looks every few seconds too
         (a push may be lost while the stream reconnects)."""
-        listener = asyncio.create_task(self.listen(t))
+        listener = asyncio.create_task(self.listen(t.caller, t.nudged, '"kind": "offer"'))
         try:
             while self.running:
                 try:
@@ -446,18 +480,19 @@ class City:
         finally:
             listener.cancel()
 
-    async def listen(self, t: Technician) -> None:
+    async def listen(self, who: Caller, nudged: asyncio.Event, about: str = "") -> None:
+        """Keep the app's live stream open; a notification containing `about` nudges it."""
         while self.running:
             try:
                 async with self.http.stream(
-                    "GET", "/v1/notifications/stream", headers=t.caller.headers(), timeout=None
+                    "GET", "/v1/notifications/stream", headers=who.headers(), timeout=None
                 ) as stream:
                     if stream.status_code == 401:
-                        await t.caller.refresh()
+                        await who.refresh()
                         continue
                     async for line in stream.aiter_lines():
-                        if line.startswith("data: ") and '"kind": "offer"' in line:
-                            t.nudged.set()
+                        if line.startswith("data: ") and about in line:
+                            nudged.set()
             except httpx.HTTPError:
                 await asyncio.sleep(1)
 

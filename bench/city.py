@@ -1,0 +1,211 @@
+"""Whole journeys on the whole platform: every service as in production, the city simulator
+as the load (customers, technicians and stores through the gateway), on the bench's Kafka and
+MongoDB, all on this machine together.
+
+For each rate of a ladder it plays Poisson arrivals for a while and reports: complete
+journeys (booking to signed, sealed receipt) per second in the steady part of the window,
+the consumers' lag and outbox backlog at the start and end of the window (a growing backlog
+means the rate is not held), and from the platform's own timestamps: booking request to
+"technician assigned" and service completion to "receipt issued". Peak memory (VmHWM) of
+every service process, Kafka and MongoDB comes last.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import time
+import uuid
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import httpx
+from pymongo import AsyncMongoClient
+
+from bench.booking_api import service_process
+from services.gateway.signin import add_staff
+from shared.mongo import Document
+from shared.settings import Settings
+from sim.city import City, CityPlan, Shares
+
+SERVICES = ("booking", "dispatch", "payments", "reviews")
+UNLIMITED = "1000000"
+
+
+@dataclass
+class Phase:
+    rate: float  # journeys started per second
+    seconds: float
+    started: int
+    signed: int
+    journeys_per_s: float  # signed, over first arrival to last signature
+    backlog_start: float
+    backlog_end: float
+    to_assigned_s: list[float] = field(default_factory=list)
+    to_receipt_s: list[float] = field(default_factory=list)
+    errors: int = 0
+
+
+@dataclass
+class CityFigures:
+    phases: list[Phase]
+    peak_rss_mb: dict[str, float]
+
+
+def peak_rss_mb(pid: int) -> float:
+    with contextlib.suppress(OSError), open(f"/proc/{pid}/status") as f:
+        for line in f:
+            if line.startswith("VmHWM:"):
+                return int(line.split()[1]) / 1024
+    return float("nan")
+
+
+async def backlog(urls: dict[str, str]) -> float:
+    """Messages behind in every consumer plus events not yet published, over all services."""
+    total = 0.0
+    async with httpx.AsyncClient(timeout=5) as http:
+        for url in urls.values():
+            text = (await http.get(f"{url}/metrics")).text
+            for line in text.splitlines():
+                if line.startswith(("doorstep_consumer_lag{", "doorstep_outbox_backlog{")):
+                    total += float(line.rpartition(" ")[2])
+    return total
+
+
+async def latencies(
+    mongo: AsyncMongoClient[Document], settings: Settings, booked: list[str]
+) -> tuple[list[float], list[float]]:
+    """Request to assigned and completion to receipt issued, from the platform's own clocks:
+    the events' times on the operations board, and the receipt's issue time."""
+    board = mongo[f"{settings.db_prefix}gateway"]["board_bookings"]
+    receipts = mongo[f"{settings.db_prefix}payments"]["receipts"]
+    to_assigned, completed = [], {}
+    async for row in board.find({"_id": {"$in": booked}}):
+        if row.get("assigned_at") and row.get("requested_at"):
+            to_assigned.append((row["assigned_at"] - row["requested_at"]).total_seconds())
+        if row.get("completed_at"):
+            completed[row["_id"]] = row["completed_at"]
+    to_receipt = []
+    async for receipt in receipts.find({"booking_id": {"$in": list(completed)}}):
+        issued = receipt.get("issued_at")
+        if issued is not None:
+            to_receipt.append((issued - completed[receipt["booking_id"]]).total_seconds())
+    return to_assigned, to_receipt
+
+
+async def measure(
+    settings: Settings,
+    run_dir: Path,
+    *,
+    ladder: list[float],
+    seconds: float,
+    customers: int,
+    technicians: int,
+) -> CityFigures:
+    # Topics and databases of its own: earlier sections' events must not stand in the queue.
+    settings = settings.model_copy(
+        update={
+            "topic_prefix": f"{settings.topic_prefix}city{uuid.uuid4().hex[:6]}.",
+            "db_prefix": f"{settings.db_prefix}city_",
+        }
+    )
+    pids: dict[str, int] = {}
+    async with contextlib.AsyncExitStack() as stack:
+        urls: dict[str, str] = {}
+        for name in SERVICES:
+            urls[name] = await stack.enter_async_context(
+                service_process(name, settings, run_dir / f"city-{name}.log", pids=pids)
+            )
+        edge_env = {
+            **{f"{name.upper()}_URL": url for name, url in urls.items()},
+            "DOORSTEP_DEV_SMS_LOG": "1",
+            "GATEWAY_OTP_REQUESTS_PER_HOUR": UNLIMITED,
+            "GATEWAY_SIGNIN_RATE_PER_S": UNLIMITED,
+            "GATEWAY_SIGNIN_BURST": UNLIMITED,
+        }
+        urls["gateway"] = await stack.enter_async_context(
+            service_process(
+                "gateway", settings, run_dir / "city-gateway.log", pids=pids, env=edge_env
+            )
+        )
+        mongo: AsyncMongoClient[Document] = AsyncMongoClient(settings.mongodb_uri, tz_aware=True)
+        stack.push_async_callback(mongo.close)
+        email, password = f"bench-{uuid.uuid4().hex[:6]}@doorstep.bench", uuid.uuid4().hex
+        await add_staff(mongo[f"{settings.db_prefix}gateway"], email, password)
+        limits = httpx.Limits(max_connections=2000, max_keepalive_connections=1000)
+        http = await stack.enter_async_context(
+            httpx.AsyncClient(base_url=urls["gateway"], timeout=60, limits=limits)
+        )
+        plan = CityPlan(
+            gateway=urls["gateway"],
+            ops_email=email,
+            ops_password=password,
+            customers=customers,
+            technicians=technicians,
+            stores=6,
+            pace=0.05,  # the people are quick: the platform is what is measured
+            # Complete journeys only; the unusual paths are the tests' business.
+            shares=Shares(
+                decline=0,
+                wrong_code=0,
+                not_the_person=0,
+                far_check_in=0,
+                cancel=0,
+                reschedule=0,
+                review=0.5,
+                complaint=0,
+                prepaid=0.2,
+            ),
+        )
+        city = City(plan, http)
+        await city.start()
+        phases = []
+        try:
+            for rate in ladder:
+                print(f"  city at {rate:g} journeys/s for {seconds:g} s")
+                before = await backlog(urls)
+                t0 = time.monotonic()
+                play = asyncio.create_task(city.play(rate, duration_s=seconds, drain_s=60))
+                await asyncio.sleep(seconds)
+                after = await backlog(urls)  # at the end of the arrivals, before draining
+                outcomes = await play
+                # Journeys signed over the time from the first arrival to the last signature:
+                # under a held rate this tends to the arrival rate; the ramp-up and the tail
+                # are counted in, so it never flatters.
+                done = outcomes.signed_at
+                span = (max(done) - t0) if done else seconds
+                to_assigned, to_receipt = await latencies(mongo, settings, outcomes.booked)
+                phases.append(
+                    Phase(
+                        rate=rate,
+                        seconds=seconds,
+                        started=outcomes.counts["started"],
+                        signed=outcomes.counts["signed"],
+                        journeys_per_s=len(done) / span,
+                        backlog_start=before,
+                        backlog_end=after,
+                        to_assigned_s=to_assigned,
+                        to_receipt_s=to_receipt,
+                        errors=sum(
+                            outcomes.counts[k] for k in ("errors", "unassigned", "unfinished")
+                        ),
+                    )
+                )
+                print(
+                    f"    {outcomes.line()}; {phases[-1].journeys_per_s:.1f} journeys/s, "
+                    f"backlog {before:.0f} -> {after:.0f}"
+                )
+        finally:
+            await city.stop()
+        rss = {name: peak_rss_mb(pid) for name, pid in pids.items()}  # while they still run
+        rss |= {name: peak_rss_mb(pid) for name, pid in server_pids(run_dir).items()}
+    return CityFigures(phases, rss)
+
+
+def server_pids(run_dir: Path) -> dict[str, int]:
+    """Kafka's and MongoDB's processes, from the pid files the local servers keep."""
+    found = {}
+    for name, pidfile in (("kafka", "kafka/kafka.pid"), ("mongodb", "mongo/mongod.pid")):
+        with contextlib.suppress(ValueError, OSError):
+            found[name] = int((run_dir / pidfile).read_text().strip())
+    return found
