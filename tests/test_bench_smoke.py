@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import os
+import signal
 import subprocess
 import sys
 from pathlib import Path
@@ -42,15 +43,22 @@ def test_quick_bench_reports_every_platform_figure_next_to_its_raw_baseline(
         "KAFKA_BOOTSTRAP": infra.kafka_bootstrap,
         "MONGODB_URI": infra.mongodb_uri,
     }
-    run = subprocess.run(
+    # Its own process group: on a timeout the services the bench started die with it.
+    with subprocess.Popen(
         [sys.executable, "-m", "bench.run", "--quick", "--json", str(out)],
         cwd=ROOT,
         env=env,
-        capture_output=True,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
         text=True,
-        timeout=300,
-        check=False,
-    )
+        start_new_session=True,
+    ) as proc:
+        try:
+            stdout, stderr = proc.communicate(timeout=300)
+        except subprocess.TimeoutExpired:
+            os.killpg(proc.pid, signal.SIGKILL)
+            stdout, stderr = proc.communicate()
+    run = subprocess.CompletedProcess(proc.args, proc.returncode, stdout, stderr)
     assert run.returncode == 0, run.stdout + run.stderr
     results = json.loads(out.read_text())
     figures = {f["name"]: f for f in results["figures"]}
