@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import statistics
 import time
 import uuid
 from dataclasses import dataclass, field
@@ -38,7 +39,8 @@ class Phase:
     seconds: float
     started: int
     signed: int
-    journeys_per_s: float  # signed, over first arrival to last signature
+    journeys_per_s: float  # signed per second, the arrival window shifted by `journey_s`
+    journey_s: float  # median time from booking to signature
     backlog_start: float
     backlog_end: float
     to_assigned_s: list[float] = field(default_factory=list)
@@ -63,9 +65,12 @@ def peak_rss_mb(pid: int) -> float:
 async def backlog(urls: dict[str, str]) -> float:
     """Messages behind in every consumer plus events not yet published, over all services."""
     total = 0.0
-    async with httpx.AsyncClient(timeout=5) as http:
+    async with httpx.AsyncClient(timeout=10) as http:
         for url in urls.values():
-            text = (await http.get(f"{url}/metrics")).text
+            try:
+                text = (await http.get(f"{url}/metrics")).text
+            except httpx.HTTPError:
+                return float("nan")  # a service too busy to answer: reported, not fatal
             for line in text.splitlines():
                 if line.startswith(("doorstep_consumer_lag{", "doorstep_outbox_backlog{")):
                     total += float(line.rpartition(" ")[2])
@@ -169,11 +174,10 @@ async def measure(
                 await asyncio.sleep(seconds)
                 after = await backlog(urls)  # at the end of the arrivals, before draining
                 outcomes = await play
-                # Journeys signed over the time from the first arrival to the last signature:
-                # under a held rate this tends to the arrival rate; the ramp-up and the tail
-                # are counted in, so it never flatters.
-                done = outcomes.signed_at
-                span = (max(done) - t0) if done else seconds
+                # Signatures per second over the arrival window shifted by the median journey
+                # time: when the rate is held, what comes out equals what went in.
+                lag = statistics.median(outcomes.took_s) if outcomes.took_s else 0.0
+                out = [t for t in outcomes.signed_at if t0 + lag <= t <= t0 + lag + seconds]
                 to_assigned, to_receipt = await latencies(mongo, settings, outcomes.booked)
                 phases.append(
                     Phase(
@@ -181,7 +185,8 @@ async def measure(
                         seconds=seconds,
                         started=outcomes.counts["started"],
                         signed=outcomes.counts["signed"],
-                        journeys_per_s=len(done) / span,
+                        journeys_per_s=len(out) / seconds,
+                        journey_s=lag,
                         backlog_start=before,
                         backlog_end=after,
                         to_assigned_s=to_assigned,

@@ -83,6 +83,7 @@ class Outcomes:
     booked: list[str] = field(default_factory=list)  # every booking made
     signed: list[str] = field(default_factory=list)  # bookings whose receipt was signed
     signed_at: list[float] = field(default_factory=list)  # when (monotonic seconds)
+    took_s: list[float] = field(default_factory=list)  # booking to signature, per journey
     to_assigned_ms: list[float] = field(default_factory=list)
     to_receipt_ms: list[float] = field(default_factory=list)
 
@@ -393,6 +394,7 @@ class City:
         counts["signed"] += 1
         self.outcomes.signed.append(booking_id)
         self.outcomes.signed_at.append(time.monotonic())
+        self.outcomes.took_s.append(time.monotonic() - booked_at)
         if self.rng.random() < shares.review:
             await self.review(me, booking_id)
         if self.rng.random() < shares.complaint:
