@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import asyncio
 import json
-import time
 from collections.abc import AsyncIterator, Callable, Mapping
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
@@ -23,7 +22,7 @@ from pymongo.asynchronous.change_stream import AsyncChangeStream
 
 from services.gateway import board
 from services.gateway.domain import AlertRow, Board, Contacts, Figures, figures
-from services.gateway.hub import ChangeHub
+from services.gateway.hub import KEEP_ALIVE, ChangeHub, until_disconnected
 from services.gateway.security import EdgeActor
 from services.gateway.upstream import Upstream
 from shared.auth import Actor
@@ -36,7 +35,6 @@ router = APIRouter(prefix="/v1/board", tags=["operations board"])
 pages = APIRouter(include_in_schema=False)
 STATIC = Path(__file__).parent / "dashboard"
 ASSETS = {"board.js": "text/javascript", "board.css": "text/css", "map.js": "text/javascript"}
-KEEP_ALIVE_S = 15.0
 ROWS = 1000
 # The page may talk to this origin only: no fonts, scripts, tiles or beacons from elsewhere.
 POLICY = (
@@ -213,16 +211,11 @@ async def _changes(request: Request, actor: Actor, scope: dict[str, str]) -> Asy
     live: ChangeHub = request.app.state.board_hub
     with live.subscribe(in_scope(scope)) as changes:
         yield ": connected\n\n"  # the page reads the board only now: nothing falls between
-        quiet_since = time.monotonic()
-        while not await request.is_disconnected():
-            change = await changes.next(quiet_s=1.0)
+        async for change in until_disconnected(request, changes):
             if change is None:
-                if time.monotonic() - quiet_since > KEEP_ALIVE_S:
-                    quiet_since = time.monotonic()
-                    yield ": keep-alive\n\n"
-                continue
-            quiet_since = time.monotonic()
-            yield await _event(request, actor, change["ns"]["coll"], change["fullDocument"])
+                yield KEEP_ALIVE
+            else:
+                yield await _event(request, actor, change["ns"]["coll"], change["fullDocument"])
 
 
 async def _event(request: Request, actor: Actor, collection: str, doc: Document) -> str:

@@ -12,9 +12,11 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import time
 from collections.abc import AsyncIterator, Awaitable, Callable, Iterator, Mapping
 from typing import Any
 
+from fastapi import Request
 from pymongo.asynchronous.change_stream import AsyncChangeStream
 from pymongo.errors import PyMongoError
 
@@ -56,6 +58,25 @@ class Subscription:
         if change is None:
             raise Lagging("this live stream fell behind; reconnect")
         return change
+
+
+async def until_disconnected(
+    request: Request, changes: Subscription, keep_alive_s: float = 15.0
+) -> AsyncIterator[Change | None]:
+    """The subscriber's changes while its client is connected; None when a keep-alive is due
+    (a quiet connection must still carry bytes, or proxies close it)."""
+    quiet_since = time.monotonic()
+    while not await request.is_disconnected():
+        change = await changes.next(quiet_s=1.0)
+        if change is not None:
+            quiet_since = time.monotonic()
+            yield change
+        elif time.monotonic() - quiet_since > keep_alive_s:
+            quiet_since = time.monotonic()
+            yield None
+
+
+KEEP_ALIVE = ": keep-alive\n\n"
 
 
 class ChangeHub:

@@ -9,7 +9,6 @@ resumes after a reconnect.
 from __future__ import annotations
 
 import json
-import time
 from collections.abc import AsyncIterator, Mapping
 from typing import Annotated, Any
 
@@ -17,7 +16,7 @@ from fastapi import APIRouter, Header, Query, Request
 from fastapi.responses import StreamingResponse
 from pymongo.asynchronous.change_stream import AsyncChangeStream
 
-from services.gateway.hub import ChangeHub
+from services.gateway.hub import KEEP_ALIVE, ChangeHub, until_disconnected
 from services.gateway.security import EdgeActor
 from services.gateway.storage import Notification, Notifications
 from shared.auth import Actor
@@ -28,7 +27,6 @@ from shared.service import RuntimeDep
 from shared.time import utcnow
 
 router = APIRouter(prefix="/v1")
-KEEP_ALIVE_S = 15.0
 
 
 def recipient(actor: Actor) -> str:
@@ -110,19 +108,12 @@ async def stream(
                     async for doc in missed:
                         sent.add(doc["_id"])
                         yield frame(doc)
-            quiet_since = time.monotonic()
-            while not await request.is_disconnected():
-                change = await changes.next(quiet_s=1.0)
+            async for change in until_disconnected(request, changes):
                 if change is None:
-                    if time.monotonic() - quiet_since > KEEP_ALIVE_S:
-                        quiet_since = time.monotonic()
-                        yield ": keep-alive\n\n"
-                    continue
-                doc = change["fullDocument"]
-                if doc["_id"] not in sent:
-                    sent.add(doc["_id"])
-                    quiet_since = time.monotonic()
-                    yield frame(doc)
+                    yield KEEP_ALIVE
+                elif change["fullDocument"]["_id"] not in sent:
+                    sent.add(change["fullDocument"]["_id"])
+                    yield frame(change["fullDocument"])
 
     return StreamingResponse(
         events(),
