@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import os
 import statistics
 import time
 import uuid
@@ -46,12 +47,23 @@ class Phase:
     to_assigned_s: list[float] = field(default_factory=list)
     to_receipt_s: list[float] = field(default_factory=list)
     errors: int = 0
+    cpu_s: dict[str, float] = field(default_factory=dict)  # CPU seconds per process over it
 
 
 @dataclass
 class CityFigures:
     phases: list[Phase]
     peak_rss_mb: dict[str, float]
+
+
+def cpu_seconds(pid: int) -> float:
+    """User and system CPU time a process has used so far."""
+    try:
+        with open(f"/proc/{pid}/stat") as f:
+            fields = f.read().rpartition(")")[2].split()
+    except OSError:
+        return float("nan")
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
 
 
 def peak_rss_mb(pid: int) -> float:
@@ -169,11 +181,14 @@ async def measure(
             for rate in ladder:
                 print(f"  city at {rate:g} journeys/s for {seconds:g} s")
                 before = await backlog(urls)
+                everyone = {**pids, **server_pids(run_dir), "simulator": os.getpid()}
+                cpu_before = {name: cpu_seconds(pid) for name, pid in everyone.items()}
                 t0 = time.monotonic()
                 play = asyncio.create_task(city.play(rate, duration_s=seconds, drain_s=60))
                 await asyncio.sleep(seconds)
                 after = await backlog(urls)  # at the end of the arrivals, before draining
                 outcomes = await play
+                cpu = {n: cpu_seconds(pid) - cpu_before[n] for n, pid in everyone.items()}
                 # Signatures per second over the arrival window shifted by the median journey
                 # time: when the rate is held, what comes out equals what went in.
                 lag = statistics.median(outcomes.took_s) if outcomes.took_s else 0.0
@@ -194,12 +209,20 @@ async def measure(
                         errors=sum(
                             outcomes.counts[k] for k in ("errors", "unassigned", "unfinished")
                         ),
+                        cpu_s=cpu,
                     )
                 )
                 print(
                     f"    {outcomes.line()}; {phases[-1].journeys_per_s:.1f} journeys/s, "
                     f"backlog {before:.0f} -> {after:.0f}"
                 )
+                if outcomes.counts["signed"]:
+                    per = {n: c / outcomes.counts["signed"] for n, c in cpu.items()}
+                    print(
+                        "    CPU s per signed journey: "
+                        + ", ".join(f"{n} {v:.3f}" for n, v in sorted(per.items()))
+                        + f"; total {sum(per.values()):.3f}"
+                    )
         finally:
             await city.stop()
         rss = {name: peak_rss_mb(pid) for name, pid in pids.items()}  # while they still run

@@ -24,11 +24,12 @@ import statistics
 import time
 import uuid
 from collections.abc import Awaitable, Callable, Iterator
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
+import uvloop
 from aiokafka import AIOKafkaConsumer, AIOKafkaProducer
 from aiokafka.admin import AIOKafkaAdminClient
 from aiokafka.structs import TopicPartition
@@ -930,10 +931,24 @@ def main() -> None:
     parser.add_argument(
         "--only", nargs="+", choices=SECTIONS, default=SECTIONS, help="run only these sections"
     )
+    parser.add_argument(
+        "--city-rates", type=float, nargs="+", help="the city's ladder (journeys started per s)"
+    )
+    parser.add_argument("--city-seconds", type=float, help="how long each rate is played")
+    parser.add_argument("--city-customers", type=int, help="customers in the city")
+    parser.add_argument("--city-technicians", type=int, help="technicians in the city")
     args = parser.parse_args()
+    counts = QUICK if args.quick else FULL
+    overrides = {
+        "city_ladder": tuple(args.city_rates) if args.city_rates else None,
+        "city_seconds": args.city_seconds,
+        "city_customers": args.city_customers,
+        "city_technicians": args.city_technicians,
+    }
+    counts = replace(counts, **{k: v for k, v in overrides.items() if v is not None})
     os.environ.setdefault("LOG_LEVEL", "WARNING")
     with servers() as target:
-        results = asyncio.run(run(QUICK if args.quick else FULL, target, tuple(args.only)))
+        results = uvloop.run(run(counts, target, tuple(args.only)))
     args.json.parent.mkdir(parents=True, exist_ok=True)
     args.json.write_text(json.dumps(results, indent=2))
     table = args.json.with_suffix(".md")

@@ -4,14 +4,15 @@ from __future__ import annotations
 
 import time
 import uuid
-from collections.abc import Awaitable, Callable
 from typing import Any
 
-from fastapi import FastAPI, Request, Response
+from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
 from pydantic import BaseModel, ConfigDict
+from starlette.datastructures import Headers, MutableHeaders
 from starlette.exceptions import HTTPException as StarletteHTTPException
+from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from shared import logs
 from shared.errors import DomainError, TooManyRequests
@@ -147,23 +148,47 @@ def document_errors(app: FastAPI) -> None:
     app.openapi = openapi  # type: ignore[method-assign]
 
 
-def install_middleware(app: FastAPI, service: str) -> None:
-    @app.middleware("http")
-    async def correlate_and_measure(
-        request: Request, call_next: Callable[[Request], Awaitable[Response]]
-    ) -> Response:
-        cid = request.headers.get(CORRELATION_HEADER) or str(uuid.uuid4())
-        request.state.correlation_id = cid
+class CorrelateAndMeasure:
+    """Every request gets a correlation id (the caller's, or a new one) in its logs and its
+    answer, and its duration in the request metrics. Plain ASGI, not `@app.middleware`:
+    Starlette's BaseHTTPMiddleware puts extra tasks and a copy of every streamed chunk in
+    the path, which hundreds of open live streams pay for."""
+
+    def __init__(self, app: ASGIApp, service: str) -> None:
+        self.app, self.service = app, service
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http":
+            await self.app(scope, receive, send)
+            return
+        cid = Headers(scope=scope).get(CORRELATION_HEADER) or str(uuid.uuid4())
+        scope.setdefault("state", {})["correlation_id"] = cid
         token = logs.correlation_id.set(cid)
         started = time.perf_counter()
+        status = 500  # what the client gets if the app raises before answering
+
+        def observe(code: int) -> None:
+            path = getattr(scope.get("route"), "path", "unmatched")
+            HTTP_REQUESTS.labels(self.service, scope["method"], path, str(code)).observe(
+                time.perf_counter() - started
+            )
+
+        async def send_tagged(message: Message) -> None:
+            nonlocal status
+            if message["type"] == "http.response.start":
+                status = message["status"]
+                MutableHeaders(scope=message).append(CORRELATION_HEADER, cid)
+                observe(status)  # time to the answer's head (a live stream goes on after)
+            await send(message)
+
         try:
-            response = await call_next(request)
+            await self.app(scope, receive, send_tagged)
+        except BaseException:
+            observe(status)
+            raise
         finally:
             logs.correlation_id.reset(token)
-        route = request.scope.get("route")
-        path = getattr(route, "path", "unmatched")
-        HTTP_REQUESTS.labels(service, request.method, path, str(response.status_code)).observe(
-            time.perf_counter() - started
-        )
-        response.headers[CORRELATION_HEADER] = cid
-        return response
+
+
+def install_middleware(app: FastAPI, service: str) -> None:
+    app.add_middleware(CorrelateAndMeasure, service=service)

@@ -60,6 +60,7 @@ class Transaction:
     settings: Settings
     causation: Envelope | None = None
     events: list[Envelope] = field(default_factory=list)
+    timer_set: bool = False  # a durable timer was set: the timer loop is woken on commit
 
     def emit(self, payload: EventPayload, *, correlation_id: str | None = None) -> Envelope:
         cause = self.causation
@@ -84,18 +85,20 @@ class UnitOfWork:
         db: Database,
         settings: Settings,
         on_commit: Callable[[], None] = lambda: None,
+        on_timer_set: Callable[[], None] = lambda: None,
     ) -> None:
         self._client = client
         self._db = db
         self._settings = settings
         self._on_commit = on_commit
+        self._on_timer_set = on_timer_set
 
     async def run(
         self, work: Callable[[Transaction], Awaitable[T]], *, causation: Envelope | None = None
     ) -> T:
         async with self._client.start_session() as session:
 
-            async def attempt(s: AsyncClientSession) -> tuple[T, int]:
+            async def attempt(s: AsyncClientSession) -> tuple[T, int, bool]:
                 # with_transaction may call this again on a transient error: start clean each time.
                 tx = Transaction(
                     self._db, s, self._settings.service_name, self._settings, causation
@@ -107,12 +110,14 @@ class UnitOfWork:
                         [outbox_row(self._settings, e, now, i) for i, e in enumerate(tx.events)],
                         session=s,
                     )
-                return result, len(tx.events)
+                return result, len(tx.events), tx.timer_set
 
-            result, emitted = await session.with_transaction(attempt)
+            result, emitted, timer_set = await session.with_transaction(attempt)
         crash_point("outbox.after_commit")
         if emitted:
             self._on_commit()
+        if timer_set:
+            self._on_timer_set()
         return result
 
 

@@ -12,6 +12,8 @@ def serve(app_factory: str) -> None:
     uvicorn.run(
         app_factory,
         factory=True,
+        loop="uvloop",
+        http="httptools",
         host=settings.http_host,
         port=settings.http_port,
         log_config=None,  # our JSON logging, configured by the app factory

@@ -61,7 +61,13 @@ class Runtime:
         self.db: Database = self.client[settings.database_name]
         self.producer = make_producer(settings)
         self.relay = OutboxRelay(self.db, self.producer, settings)
-        self.uow = UnitOfWork(self.client, self.db, settings, on_commit=self.relay.wake)
+        self.uow = UnitOfWork(
+            self.client,
+            self.db,
+            settings,
+            on_commit=self.relay.wake,
+            on_timer_set=self._wake_timers,
+        )
         self.consumer = (
             EventConsumer(settings, self.db, self.uow, self.producer, spec.handlers)
             if spec.handlers.models()
@@ -111,6 +117,10 @@ class Runtime:
                 await task
         await self.producer.stop()
         await self.client.close()
+
+    def _wake_timers(self) -> None:
+        if self.timer_loop:
+            self.timer_loop.wake()
 
     async def _supervise(self, name: str, loop: Callable[[], Awaitable[None]]) -> None:
         """Keep a background loop alive: log a crash and restart it with backoff."""

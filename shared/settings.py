@@ -30,13 +30,13 @@ class Settings(BaseSettings):
     consumer_max_attempts: int = Field(4, validation_alias="CONSUMER_MAX_ATTEMPTS")
     consumer_backoff_s: float = Field(0.1, validation_alias="CONSUMER_BACKOFF_S")
     consumer_backoff_max_s: float = Field(5.0, validation_alias="CONSUMER_BACKOFF_MAX_S")
-    timer_poll_interval_s: float = Field(0.25, validation_alias="TIMER_POLL_INTERVAL_S")
+    timer_poll_interval_s: float = Field(1.0, validation_alias="TIMER_POLL_INTERVAL_S")
     timer_lease_s: float = Field(30.0, validation_alias="TIMER_LEASE_S")
 
     # Dispatch: how long a technician has to answer an offer, how long requests are
     # collected into one matching round, how long a booking may wait for anybody.
     offer_timeout_s: float = Field(120.0, validation_alias="DISPATCH_OFFER_TIMEOUT_S")
-    match_window_s: float = Field(0.3, validation_alias="DISPATCH_MATCH_WINDOW_S")
+    match_window_s: float = Field(0.05, validation_alias="DISPATCH_MATCH_WINDOW_S")
     search_timeout_s: float = Field(900.0, validation_alias="DISPATCH_SEARCH_TIMEOUT_S")
     check_in_max_distance_m: float = Field(300.0, validation_alias="DISPATCH_CHECK_IN_MAX_M")
     visit_code_attempts: int = Field(3, validation_alias="DISPATCH_VISIT_CODE_ATTEMPTS")

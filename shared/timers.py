@@ -14,6 +14,7 @@ at the state they own before acting, like event handlers do).
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
@@ -25,7 +26,7 @@ from pymongo.asynchronous.client_session import AsyncClientSession
 
 from shared.faults import crash_point
 from shared.mongo import Database, Document
-from shared.outbox import UnitOfWork
+from shared.outbox import Transaction, UnitOfWork
 from shared.settings import Settings
 from shared.time import utcnow
 
@@ -112,6 +113,21 @@ async def schedule(
     return tid
 
 
+async def set_timer(
+    tx: Transaction,
+    kind: str,
+    subject: str,
+    due_at: datetime,
+    *,
+    data: dict[str, Any] | None = None,
+    earliest: bool = False,
+) -> str:
+    """`schedule` inside a unit of work, which wakes this process's timer loop once it
+    commits: a timer due now fires now, not at the next poll."""
+    tx.timer_set = True
+    return await schedule(tx.db, tx.session, kind, subject, due_at, data=data, earliest=earliest)
+
+
 async def cancel(db: Database, session: AsyncClientSession | None, kind: str, subject: str) -> None:
     await db[TIMERS].delete_one({"_id": timer_id(kind, subject)}, session=session)
 
@@ -125,6 +141,11 @@ class TimerLoop:
         self._poll = poll_interval_s
         # A claimed timer comes back after this long if its process died while firing it.
         self._lease = timedelta(seconds=ctx.settings.timer_lease_s)
+        self._woken = asyncio.Event()
+
+    def wake(self) -> None:
+        """A timer was set: look again now (polling is the fallback, and for other processes)."""
+        self._woken.set()
 
     async def fire_due(self) -> int:
         """Fire every timer due now; returns how many fired."""
@@ -180,5 +201,7 @@ class TimerLoop:
 
     async def run_forever(self) -> None:
         while True:
+            self._woken.clear()
             await self.fire_due()
-            await asyncio.sleep(await self.next_due_in())
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(self._woken.wait(), await self.next_due_in())

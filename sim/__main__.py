@@ -13,6 +13,7 @@ import time
 from pathlib import Path
 
 import httpx
+import uvloop
 
 from sim.city import City, CityPlan
 
@@ -77,4 +78,4 @@ async def main(plan: CityPlan) -> int:
 if __name__ == "__main__":
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(message)s")
     logging.getLogger("httpx").setLevel(logging.WARNING)  # one line per request drowns the city
-    sys.exit(asyncio.run(main(parse(sys.argv[1:]))))
+    sys.exit(uvloop.run(main(parse(sys.argv[1:]))))

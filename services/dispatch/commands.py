@@ -44,7 +44,7 @@ from shared.events.dispatch import (
 )
 from shared.outbox import Transaction
 from shared.time import utcnow
-from shared.timers import TimerContext, cancel, schedule
+from shared.timers import TimerContext, cancel, set_timer
 
 log = logging.getLogger(__name__)
 T = TypeVar("T")
@@ -101,7 +101,7 @@ async def request_round(tx: Transaction, region: str, *, at_once: bool = False) 
     `at_once` skips the window: an answer (decline, silence, drop-out) should move on now.
     """
     due = utcnow() + timedelta(seconds=0 if at_once else tx.settings.match_window_s)
-    await schedule(tx.db, tx.session, MATCH_ROUND, region, due, earliest=True)
+    await set_timer(tx, MATCH_ROUND, region, due, earliest=True)
 
 
 async def issue_code(tx: Transaction, visit: Visit) -> None:
@@ -376,7 +376,7 @@ async def make_offer(tx: Transaction, seen: Visit, technician_id: str) -> bool:
         return False
     offer = visit.offer(technician_id, utcnow(), timedelta(seconds=tx.settings.offer_timeout_s))
     await save(tx, visit)
-    await schedule(tx.db, tx.session, OFFER_DEADLINE, offer.offer_id, offer.deadline)
+    await set_timer(tx, OFFER_DEADLINE, offer.offer_id, offer.deadline)
     tx.emit(
         OfferMade(
             booking_id=visit.booking_id,

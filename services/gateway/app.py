@@ -3,9 +3,11 @@
 from __future__ import annotations
 
 import contextlib
-from collections.abc import AsyncIterator, Awaitable, Callable
+from collections.abc import AsyncIterator
 
-from fastapi import APIRouter, FastAPI, Request, Response
+from fastapi import APIRouter, FastAPI
+from starlette.datastructures import Headers
+from starlette.types import ASGIApp, Receive, Scope, Send
 
 from services.booking import api as booking_api
 from services.dispatch import api as dispatch_api
@@ -82,20 +84,26 @@ SPEC = ServiceSpec(
 )
 
 
+class BodyCeiling:
+    """Refuse a body larger than the ceiling before reading it (413); plain ASGI, as in
+    `shared.http.CorrelateAndMeasure`."""
+
+    def __init__(self, app: ASGIApp, ceiling: int) -> None:
+        self.app, self.ceiling = app, ceiling
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] == "http":
+            length = Headers(scope=scope).get("content-length")
+            if length is not None and (not length.isdigit() or int(length) > self.ceiling):
+                refusal = error_response(
+                    413, "too_large", f"request bodies are limited to {self.ceiling} bytes"
+                )
+                await refusal(scope, receive, send)
+                return
+        await self.app(scope, receive, send)
+
+
 def create_app(settings: Settings | None = None) -> FastAPI:
     app = create_service_app(SPEC, settings)
-    ceiling = (settings or Settings()).max_body_bytes
-
-    @app.middleware("http")
-    async def limit_body(
-        request: Request, call_next: Callable[[Request], Awaitable[Response]]
-    ) -> Response:
-        """Refuse a body larger than the ceiling before reading it (413)."""
-        length = request.headers.get("content-length")
-        if length is not None and (not length.isdigit() or int(length) > ceiling):
-            return error_response(
-                413, "too_large", f"request bodies are limited to {ceiling} bytes"
-            )
-        return await call_next(request)
-
+    app.add_middleware(BodyCeiling, ceiling=(settings or Settings()).max_body_bytes)
     return app

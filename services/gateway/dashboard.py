@@ -22,7 +22,7 @@ from pymongo.asynchronous.change_stream import AsyncChangeStream
 
 from services.gateway import board
 from services.gateway.domain import AlertRow, Board, Contacts, Figures, figures
-from services.gateway.hub import KEEP_ALIVE, ChangeHub, until_disconnected
+from services.gateway.hub import KEEP_ALIVE, ChangeHub, with_keep_alives
 from services.gateway.security import EdgeActor
 from services.gateway.upstream import Upstream
 from shared.auth import Actor
@@ -211,7 +211,7 @@ async def _changes(request: Request, actor: Actor, scope: dict[str, str]) -> Asy
     live: ChangeHub = request.app.state.board_hub
     with live.subscribe(in_scope(scope)) as changes:
         yield ": connected\n\n"  # the page reads the board only now: nothing falls between
-        async for change in until_disconnected(request, changes):
+        async for change in with_keep_alives(changes):
             if change is None:
                 yield KEEP_ALIVE
             else:

@@ -16,7 +16,7 @@ from fastapi import APIRouter, Header, Query, Request
 from fastapi.responses import StreamingResponse
 from pymongo.asynchronous.change_stream import AsyncChangeStream
 
-from services.gateway.hub import KEEP_ALIVE, ChangeHub, until_disconnected
+from services.gateway.hub import KEEP_ALIVE, ChangeHub, with_keep_alives
 from services.gateway.security import EdgeActor
 from services.gateway.storage import Notification, Notifications
 from shared.auth import Actor
@@ -108,7 +108,7 @@ async def stream(
                     async for doc in missed:
                         sent.add(doc["_id"])
                         yield frame(doc)
-            async for change in until_disconnected(request, changes):
+            async for change in with_keep_alives(changes):
                 if change is None:
                     yield KEEP_ALIVE
                 elif change["fullDocument"]["_id"] not in sent:

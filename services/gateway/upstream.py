@@ -51,18 +51,27 @@ class UpstreamError(DomainError):
 class Upstream:
     def __init__(self, settings: UpstreamSettings) -> None:
         self.settings = settings
-        self._client = httpx.AsyncClient(
-            timeout=settings.timeout_s, limits=httpx.Limits(max_connections=200)
-        )
-        self._bases = {
+        bases = {
             "booking": settings.booking_url,
             "dispatch": settings.dispatch_url,
             "payments": settings.payments_url,
             "reviews": settings.reviews_url,
         }
+        # A pool per service: httpx looks through its pool's connections on every request,
+        # so four small pools cost less than one big one, and one slow service cannot take
+        # the connections the others need.
+        self._clients = {
+            name: httpx.AsyncClient(
+                base_url=base,
+                timeout=settings.timeout_s,
+                limits=httpx.Limits(max_connections=64, max_keepalive_connections=32),
+            )
+            for name, base in bases.items()
+        }
 
     async def close(self) -> None:
-        await self._client.aclose()
+        for client in self._clients.values():
+            await client.aclose()
 
     async def call(
         self,
@@ -84,9 +93,9 @@ class Upstream:
         )
         for attempt in range(1, attempts + 1):
             try:
-                response = await self._client.request(
+                response = await self._clients[service].request(
                     method,
-                    self._bases[service] + path,
+                    path,
                     json=json,
                     content=content,
                     params=params,

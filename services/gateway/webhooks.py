@@ -37,7 +37,7 @@ from shared.outbox import Transaction
 from shared.schema import Forbid, PathId
 from shared.service import RuntimeDep
 from shared.time import utcnow
-from shared.timers import Timer, TimerContext, schedule
+from shared.timers import Timer, TimerContext, set_timer
 
 log = logging.getLogger(__name__)
 router = APIRouter(prefix="/v1")
@@ -184,7 +184,7 @@ async def replay(
             raise Conflict("this delivery is still being tried")
         found.status = "pending"
         await Deliveries(tx.db).save(found, tx.session)
-        await schedule(tx.db, tx.session, DELIVER, found.delivery_id, utcnow())
+        await set_timer(tx, DELIVER, found.delivery_id, utcnow())
         return found
 
     return await runtime.uow.run(work)
@@ -225,7 +225,7 @@ async def fan_out(tx: Transaction, envelope: Envelope, store_id: str) -> None:
             ),
             tx.session,
         )
-        await schedule(tx.db, tx.session, DELIVER, delivery_id, utcnow())
+        await set_timer(tx, DELIVER, delivery_id, utcnow())
 
 
 async def deliver(ctx: TimerContext, timer: Timer) -> None:
@@ -262,7 +262,7 @@ async def deliver(ctx: TimerContext, timer: Timer) -> None:
             log.warning("webhook delivery %s failed for good", current.delivery_id)
         else:
             backoff = timedelta(seconds=2 ** (len(current.attempts) - 1))
-            await schedule(tx.db, tx.session, DELIVER, current.delivery_id, utcnow() + backoff)
+            await set_timer(tx, DELIVER, current.delivery_id, utcnow() + backoff)
         await Deliveries(tx.db).save(current, tx.session)
 
     await ctx.uow.run(record)

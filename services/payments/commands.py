@@ -50,7 +50,7 @@ from shared.events.payments import (
 )
 from shared.outbox import Transaction
 from shared.time import utcnow
-from shared.timers import schedule
+from shared.timers import set_timer
 
 log = logging.getLogger(__name__)
 
@@ -252,7 +252,7 @@ async def start_charge(tx: Transaction, receipt: Receipt, method: str) -> Provid
         created_at=utcnow(),
     )
     await ops.insert(op, tx.session)
-    await schedule(tx.db, tx.session, SUBMIT, op.op_id, utcnow())
+    await set_timer(tx, SUBMIT, op.op_id, utcnow())
     return op
 
 
@@ -265,7 +265,7 @@ async def record_submission(tx: Transaction, op_id: str, result: ProviderResult)
     op.status, op.reference = "submitted", result.reference
     await ops.save(op, tx.session)
     due = utcnow() + timedelta(seconds=tx.settings.provider_check_after_s)
-    await schedule(tx.db, tx.session, CHECK, op.op_id, due)
+    await set_timer(tx, CHECK, op.op_id, due)
     if result.status is not ProviderStatus.PENDING:
         await apply_outcome(tx, op_id, result)
 
@@ -361,7 +361,7 @@ async def refund(
                 raise Conflict(f"holding {part.holding_id} vanished")
             holding.refund(part.units, receipt.receipt_id, now, note=reason)
             await holdings.save(holding, tx.session)
-            await schedule(tx.db, tx.session, EXPIRE, holding.holding_id, holding.expires_at)
+            await set_timer(tx, EXPIRE, holding.holding_id, holding.expires_at)
         elif part.to == "provider":
             charge = next(p for p in receipt.payments if p.method == "provider" and p.amount > 0)
             op = ProviderOp(
@@ -377,7 +377,7 @@ async def refund(
                 created_at=now,
             )
             await ops.insert(op, tx.session)
-            await schedule(tx.db, tx.session, SUBMIT, op.op_id, now)
+            await set_timer(tx, SUBMIT, op.op_id, now)
     receipt.refunds.append(issued)
     await Receipts(tx.db).save(receipt, tx.session)
 
@@ -410,7 +410,7 @@ async def sell_plan(tx: Transaction, plan: Plan, customer_id: str, holding_id: s
         return existing
     holding = sell(plan, holding_id, customer_id, utcnow())
     await holdings.insert(holding, tx.session)
-    await schedule(tx.db, tx.session, EXPIRE, holding.holding_id, holding.expires_at)
+    await set_timer(tx, EXPIRE, holding.holding_id, holding.expires_at)
     tx.emit(
         PrepaidPurchased(
             holding_id=holding.holding_id,

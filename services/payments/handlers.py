@@ -15,7 +15,7 @@ from shared.events.reviews import CouponRemedy, RefundGranted
 from shared.faults import crash_point
 from shared.outbox import Transaction
 from shared.time import utcnow
-from shared.timers import Timer, TimerContext, Timers, schedule
+from shared.timers import Timer, TimerContext, Timers, set_timer
 
 log = logging.getLogger(__name__)
 
@@ -76,7 +76,7 @@ async def submit(ctx: TimerContext, timer: Timer) -> None:
         log.warning("provider did not answer for %s; asking again with the same key", op.op_id)
 
         async def again(tx: Transaction) -> None:
-            await schedule(tx.db, tx.session, commands.SUBMIT, op.op_id, utcnow())
+            await set_timer(tx, commands.SUBMIT, op.op_id, utcnow())
 
         await ctx.uow.run(again)
         return
@@ -97,7 +97,7 @@ async def check(ctx: TimerContext, timer: Timer) -> None:
 
     async def apply(tx: Transaction) -> None:
         if result is None or not await commands.apply_outcome(tx, op.op_id, result):
-            await schedule(tx.db, tx.session, commands.CHECK, op.op_id, later)
+            await set_timer(tx, commands.CHECK, op.op_id, later)
 
     await ctx.uow.run(apply)
 

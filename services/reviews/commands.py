@@ -28,7 +28,7 @@ from shared.events.reviews import (
 )
 from shared.outbox import Transaction
 from shared.time import utcnow
-from shared.timers import cancel, schedule
+from shared.timers import cancel, set_timer
 
 DEADLINE = "complaint_deadline"  # first response or resolution due: escalate if missed
 QUIET = "complaint_quiet"  # a proposed resolution nobody answered: close
@@ -90,9 +90,9 @@ async def _arm(tx: Transaction, complaint: Complaint) -> None:
     if due is None:
         await cancel(tx.db, tx.session, DEADLINE, complaint.complaint_id)
     else:
-        await schedule(tx.db, tx.session, DEADLINE, complaint.complaint_id, due[1])
+        await set_timer(tx, DEADLINE, complaint.complaint_id, due[1])
     if complaint.quiet_until is not None and complaint.status.value == "resolution_proposed":
-        await schedule(tx.db, tx.session, QUIET, complaint.complaint_id, complaint.quiet_until)
+        await set_timer(tx, QUIET, complaint.complaint_id, complaint.quiet_until)
     else:
         await cancel(tx.db, tx.session, QUIET, complaint.complaint_id)
 
