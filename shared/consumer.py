@@ -27,6 +27,7 @@ from pymongo import ASCENDING, IndexModel
 from pymongo.errors import DuplicateKeyError
 
 from shared import logs
+from shared.errors import NotYet
 from shared.events.envelope import Envelope, EventPayload
 from shared.events.registry import is_known_type, stream_topic
 from shared.faults import crash_point
@@ -255,12 +256,17 @@ class EventConsumer:
         handler: Handler,
     ) -> None:
         attempts = self._settings.consumer_max_attempts
-        for attempt in range(1, attempts + 1):
+        waiting_until = time.monotonic() + self._settings.consumer_wait_for_s
+        attempt = 0
+        while True:
+            attempt += 1
             started = time.perf_counter()
             try:
                 outcome = await self._handle_once(envelope, payload, handler)
             except Exception as exc:
-                if attempt == attempts:
+                # Waiting for another topic's event is not failing: it gets time, not attempts.
+                waiting = isinstance(exc, NotYet) and time.monotonic() < waiting_until
+                if attempt >= attempts and not waiting:
                     reason = f"handler failed after {attempt} attempts: {_short(exc)}"
                     log.exception("dead-lettering %s %s", envelope.type, envelope.event_id)
                     await self._dead_letter(
@@ -273,10 +279,10 @@ class EventConsumer:
                     self._settings.consumer_backoff_max_s,
                 )
                 log.warning(
-                    "handler for %s failed (attempt %d/%d), retrying in %.2fs: %s",
+                    "handler for %s %s (attempt %d), retrying in %.2fs: %s",
                     envelope.type,
+                    "waits" if waiting else "failed",
                     attempt,
-                    attempts,
                     backoff,
                     _short(exc),
                 )

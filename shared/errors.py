@@ -68,3 +68,12 @@ class TooManyRequests(DomainError):
     def __init__(self, message: str, *, retry_after: int, field: str | None = None) -> None:
         super().__init__(message, field=field)
         self.retry_after = max(1, retry_after)
+
+
+class NotYet(Exception):
+    """An event depends on another one, from another topic, that has not arrived yet.
+
+    Topics are not ordered with each other: after a restart one stream can run minutes
+    behind another. The consumer keeps retrying such an event (backing off) for up to
+    `CONSUMER_WAIT_FOR_S` before dead-lettering it, instead of its few quick attempts.
+    """

@@ -18,6 +18,11 @@ from datetime import UTC, datetime
 from typing import TypeVar
 
 from aiokafka import AIOKafkaProducer
+from aiokafka.errors import (
+    InvalidProducerIdMapping,
+    OutOfOrderSequenceNumber,
+    UnknownProducerId,
+)
 from pymongo import ASCENDING, AsyncMongoClient, IndexModel
 from pymongo.asynchronous.client_session import AsyncClientSession
 
@@ -136,6 +141,9 @@ def outbox_row(settings: Settings, envelope: Envelope, now: datetime, seq: int) 
     }
 
 
+PRODUCER_LOST = (OutOfOrderSequenceNumber, UnknownProducerId, InvalidProducerIdMapping)
+
+
 class OutboxRelay:
     """Publishes committed outbox rows in order and marks them published.
 
@@ -143,10 +151,19 @@ class OutboxRelay:
     commit, or rows left behind by a crash before this process started).
     """
 
-    def __init__(self, db: Database, producer: AIOKafkaProducer, settings: Settings) -> None:
+    def __init__(
+        self,
+        db: Database,
+        producer: AIOKafkaProducer,
+        settings: Settings,
+        fresh_producer: Callable[[], AIOKafkaProducer] | None = None,
+    ) -> None:
         self._db = db
         self._producer = producer
         self._settings = settings
+        # After a broker restart the idempotent producer can lose its sequence state for
+        # good (OutOfOrderSequenceNumber on every send): only a new producer gets out.
+        self._fresh_producer = fresh_producer
         self._wake = asyncio.Event()
         self._backlog_checked = 0.0
         self._marking: asyncio.Task[None] | None = None
@@ -154,6 +171,18 @@ class OutboxRelay:
 
     def wake(self) -> None:
         self._wake.set()
+
+    @property
+    def producer(self) -> AIOKafkaProducer:
+        return self._producer
+
+    async def _renew_producer(self) -> None:
+        assert self._fresh_producer is not None
+        stale, self._producer = self._producer, self._fresh_producer()
+        await self._producer.start()
+        with contextlib.suppress(Exception):
+            await stale.stop()
+        log.warning("outbox relay: the producer's sequence state was lost; a new one took over")
 
     async def publish_pending(self) -> int:
         """Publish one batch of pending rows; returns how many were published.
@@ -224,9 +253,15 @@ class OutboxRelay:
                         continue  # more may be waiting
                 except asyncio.CancelledError:
                     raise
-                except Exception:
+                except Exception as exc:
                     failures += 1
                     log.exception("outbox relay failed (attempt %d); will retry", failures)
+                    if self._fresh_producer is not None and isinstance(exc, PRODUCER_LOST):
+                        # Rows stay unpublished until sent: the new producer sends them
+                        # again (consumers' inboxes drop what had arrived already).
+                        with contextlib.suppress(Exception):
+                            await self.flush()
+                        await self._renew_producer()
                     await asyncio.sleep(min(0.2 * 2**failures, 5.0))
                     continue
                 with contextlib.suppress(TimeoutError):

@@ -60,7 +60,13 @@ class Runtime:
         self.client: AsyncMongoClient[Document] = connect(settings)
         self.db: Database = self.client[settings.database_name]
         self.producer = make_producer(settings)
-        self.relay = OutboxRelay(self.db, self.producer, settings)
+        # The relay has a producer of its own, which it may replace after a broker restart.
+        self.relay = OutboxRelay(
+            self.db,
+            make_producer(settings),
+            settings,
+            fresh_producer=lambda: make_producer(settings),
+        )
         self.uow = UnitOfWork(
             self.client,
             self.db,
@@ -96,6 +102,7 @@ class Runtime:
             topics += [*self.consumer.topics, self.settings.dead_letter_topic]
         await ensure_topics(self.settings, topics)
         await self.producer.start()
+        await self.relay.producer.start()
         self._tasks.append(
             asyncio.create_task(self._supervise("outbox-relay", self.relay.run_forever))
         )
@@ -116,6 +123,7 @@ class Runtime:
             with contextlib.suppress(asyncio.CancelledError):
                 await task
         await self.producer.stop()
+        await self.relay.producer.stop()
         await self.client.close()
 
     def _wake_timers(self) -> None:

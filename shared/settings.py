@@ -30,6 +30,8 @@ class Settings(BaseSettings):
     consumer_max_attempts: int = Field(4, validation_alias="CONSUMER_MAX_ATTEMPTS")
     consumer_backoff_s: float = Field(0.1, validation_alias="CONSUMER_BACKOFF_S")
     consumer_backoff_max_s: float = Field(5.0, validation_alias="CONSUMER_BACKOFF_MAX_S")
+    # How long an event waits for one it depends on from another topic (errors.NotYet).
+    consumer_wait_for_s: float = Field(300.0, validation_alias="CONSUMER_WAIT_FOR_S")
     timer_poll_interval_s: float = Field(1.0, validation_alias="TIMER_POLL_INTERVAL_S")
     timer_lease_s: float = Field(30.0, validation_alias="TIMER_LEASE_S")
 

@@ -88,6 +88,7 @@ class Outcomes:
     signed_at: list[float] = field(default_factory=list)  # when (monotonic seconds)
     took_s: list[float] = field(default_factory=list)  # booking to signature, per journey
     to_assigned_ms: list[float] = field(default_factory=list)
+    complained: list[str] = field(default_factory=list)  # bookings with a complaint filed
 
     def line(self) -> str:
         c = self.counts
@@ -116,6 +117,8 @@ class Technician:
     store: Caller  # their store's API key: it keeps their file
     file: dict[str, Any]
     nudged: asyncio.Event = field(default_factory=asyncio.Event)  # an offer was pushed
+    working: set[str] = field(default_factory=set)  # bookings whose visit is under way here
+    looks: int = 0
 
 
 @dataclass
@@ -417,7 +420,7 @@ class City:
         if self.rng.random() < shares.review:
             await self.review(me, booking_id)
         if self.rng.random() < shares.complaint:
-            await me.call(
+            filed = await me.call(
                 "POST",
                 "/v1/complaints",
                 json={
@@ -427,6 +430,8 @@ class City:
                 },
                 ok=(201, 409, 422),
             )
+            if filed.status_code == 201:
+                self.outcomes.complained.append(booking_id)
             counts["complaints"] += 1
 
     async def wait_for(
@@ -528,40 +533,52 @@ class City:
                 continue
             r = await t.caller.call("POST", f"/v1/offers/{offer_id}/accept", ok=(200, 409))
             if r.status_code == 200:
-                task = asyncio.create_task(self.visit(t, offer))
-                self.visits.add(task)
-                task.add_done_callback(self.visits.discard)
+                self.work_on(t, {**offer, "status": "assigned"})
+        # The job list: a visit accepted when the answer was lost (a retried accept answers
+        # 409), or one whose app gave up half-way, is picked up again where it stands.
+        if offers or t.working or t.looks % 3 == 0:
+            jobs = await t.caller.json("GET", f"/v1/technicians/{t.technician_id}/visits")
+            for job in jobs:
+                self.work_on(t, job)
+        t.looks += 1
+
+    def work_on(self, t: Technician, job: dict[str, Any]) -> None:
+        if job["booking_id"] in t.working:
+            return
+        t.working.add(job["booking_id"])
+        task = asyncio.create_task(self.visit(t, job))
+        self.visits.add(task)
+        task.add_done_callback(self.visits.discard)
 
     async def pause(self, low: float, high: float) -> None:
         await asyncio.sleep(self.rng.uniform(low, high) * self.plan.pace)
 
-    async def visit(self, t: Technician, offer: dict[str, Any]) -> None:
+    async def visit(self, t: Technician, job: dict[str, Any]) -> None:
         try:
-            await self._visit(t, offer)
+            await self._visit(t, job)
         except (Refused, httpx.HTTPError, TimeoutError) as exc:
-            log.info("visit %s by %s ended: %s", offer["booking_id"], t.technician_id, exc)
+            log.info("visit %s by %s ended: %s", job["booking_id"], t.technician_id, exc)
+        finally:
+            t.working.discard(job["booking_id"])
 
-    async def _visit(self, t: Technician, offer: dict[str, Any]) -> None:
-        shares, me, booking_id = self.plan.shares, t.caller, offer["booking_id"]
-        where = offer["location"]
-        await self.pause(0.2, 1.0)
-        await me.call("POST", f"/v1/visits/{booking_id}/en-route")
-        lat, lon = t.home
-        for step in (1, 2, 3):  # the app reports the drive
-            here = {
-                "lat": lat + (where["lat"] - lat) * step / 3,
-                "lon": lon + (where["lon"] - lon) * step / 3,
-            }
-            await me.call(
-                "POST", f"/v1/technicians/{t.technician_id}/location", json={"location": here}
-            )
-            await self.pause(0.2, 0.6)
-        at_door = dict(where)
-        if self.rng.random() < shares.far_check_in:
-            at_door["lat"] += 0.02  # about 2 km off: flagged to operations
-        await me.call("POST", f"/v1/visits/{booking_id}/arrive", json={"location": at_door})
+    async def _visit(self, t: Technician, job: dict[str, Any]) -> None:
+        """The visit from where it stands (`job["status"]`) to its completion."""
+        shares, me, booking_id = self.plan.shares, t.caller, job["booking_id"]
+        where, status = job["location"], job["status"]
+        if status == "assigned":
+            await self.pause(0.2, 1.0)
+            await me.call("POST", f"/v1/visits/{booking_id}/en-route")
+            status = "en_route"
+        if status == "en_route":
+            await self.drive(t, booking_id, where)
+        if status == "in_service":
+            await self.finish(t, booking_id, job)
+            return
         customer = self.customer_of.get(booking_id)
         if customer is None:
+            return
+        if status == "identity_confirmed":
+            await self.begin_and_finish(t, booking_id, job)
             return
         if self.rng.random() < shares.not_the_person:
             self._halted.add(booking_id)
@@ -581,9 +598,31 @@ class City:
         await me.call(
             "POST", f"/v1/visits/{booking_id}/identity", json={"code": door["visit_code"]}
         )
-        await me.call("POST", f"/v1/visits/{booking_id}/start")
+        await self.begin_and_finish(t, booking_id, job)
+
+    async def drive(self, t: Technician, booking_id: str, where: dict[str, float]) -> None:
+        me, (lat, lon) = t.caller, t.home
+        for step in (1, 2, 3):  # the app reports the drive
+            here = {
+                "lat": lat + (where["lat"] - lat) * step / 3,
+                "lon": lon + (where["lon"] - lon) * step / 3,
+            }
+            await me.call(
+                "POST", f"/v1/technicians/{t.technician_id}/location", json={"location": here}
+            )
+            await self.pause(0.2, 0.6)
+        at_door = dict(where)
+        if self.rng.random() < self.plan.shares.far_check_in:
+            at_door["lat"] += 0.02  # about 2 km off: flagged to operations
+        await me.call("POST", f"/v1/visits/{booking_id}/arrive", json={"location": at_door})
+
+    async def begin_and_finish(self, t: Technician, booking_id: str, job: dict[str, Any]) -> None:
+        await t.caller.call("POST", f"/v1/visits/{booking_id}/start")
+        await self.finish(t, booking_id, job)
+
+    async def finish(self, t: Technician, booking_id: str, job: dict[str, Any]) -> None:
         await self.pause(0.5, 1.5)
-        performed = [
-            {"code": line["code"], "quantity": line["quantity"]} for line in offer["lines"]
-        ]
-        await me.call("POST", f"/v1/visits/{booking_id}/complete", json={"performed": performed})
+        performed = [{"code": line["code"], "quantity": line["quantity"]} for line in job["lines"]]
+        await t.caller.call(
+            "POST", f"/v1/visits/{booking_id}/complete", json={"performed": performed}
+        )

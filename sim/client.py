@@ -5,9 +5,12 @@ API key), with the token refreshed when it expires and 429s waited out."""
 from __future__ import annotations
 
 import asyncio
+import time
 from typing import Any
 
 import httpx
+
+RETRY_FOR_S = 90.0  # long enough for a service, Kafka or MongoDB to restart
 
 
 class Refused(Exception):
@@ -39,21 +42,41 @@ class Caller:
     async def call(
         self, method: str, path: str, *, ok: tuple[int, ...] = (200, 201, 202, 204), **kw: Any
     ) -> httpx.Response:
-        """The answer, if its status is one of `ok`; Refused otherwise."""
+        """The answer, if its status is one of `ok`; Refused otherwise.
+
+        Like a phone app on a bad day, it tries again when the platform cannot be reached or
+        answers 502/503/504, for up to `RETRY_FOR_S`. A retried write whose first try did
+        land answers 409 (already done): that counts as done.
+        """
         headers = {**self.headers(), **kw.pop("headers", {})}
-        for attempt in range(8):
-            r = await self.http.request(method, path, headers=headers, **kw)
+        deadline = time.monotonic() + RETRY_FOR_S
+        refreshed, retried, pause = False, False, 0.25
+        while True:
+            try:
+                r = await self.http.request(method, path, headers=headers, **kw)
+            except httpx.TransportError:
+                if time.monotonic() > deadline:
+                    raise
+                retried = True
+                await asyncio.sleep(pause)
+                pause = min(pause * 2, 2.0)
+                continue
             if r.status_code == 429:  # wait as told, like a well-behaved app
                 await asyncio.sleep(min(float(r.headers.get("retry-after", "1")), 5.0))
                 continue
-            if r.status_code == 401 and self.refresh_token and attempt == 0:
+            if r.status_code == 401 and self.refresh_token and not refreshed:
+                refreshed = True
                 await self.refresh()
                 headers = {**headers, **self.headers()}
                 continue
-            if r.status_code == 503 and attempt < 3:  # a service restarting behind the gateway
-                await asyncio.sleep(0.5 * (attempt + 1))
+            if r.status_code in (502, 503, 504) and time.monotonic() < deadline:
+                retried = True
+                await asyncio.sleep(pause)
+                pause = min(pause * 2, 2.0)
                 continue
             break
+        if r.status_code == 409 and retried and method != "GET":
+            return r
         if r.status_code not in ok:
             raise Refused(r)
         return r
@@ -66,7 +89,10 @@ class Caller:
         self.subject = tokens["subject"]
 
     async def refresh(self) -> None:
-        r = await self.http.post("/v1/auth/refresh", json={"refresh_token": self.refresh_token})
+        try:
+            r = await self.http.post("/v1/auth/refresh", json={"refresh_token": self.refresh_token})
+        except httpx.TransportError:
+            return  # the next call tries again
         if r.status_code == 200:
             self._take(r.json())
 

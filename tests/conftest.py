@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 from collections.abc import AsyncIterator, Generator, Iterator
 from dataclasses import dataclass
 
@@ -78,12 +79,14 @@ class Platform:
         return httpx.AsyncClient(base_url=self.url(service), timeout=10, headers=acting_as)
 
 
-@pytest.fixture(scope="session")
-def platform(infra: Infra) -> Iterator[Platform]:
+@contextlib.contextmanager
+def running_platform(infra: Infra, **env: str) -> Iterator[Platform]:
+    """Every service as its own process, on a prefix of its own, with `env` on top of the
+    suite's settings; stopped on the way out."""
     prefix = new_prefix()
-    procs = {name: ServiceProcess(name, infra, prefix) for name in SERVICES}
-    gateway_env = {f"{name.upper()}_URL": procs[name].url for name in SERVICES if name != "gateway"}
-    procs["gateway"].extra_env.update(gateway_env)
+    procs = {name: ServiceProcess(name, infra, prefix, extra_env=dict(env)) for name in SERVICES}
+    upstreams = {f"{name.upper()}_URL": procs[name].url for name in SERVICES if name != "gateway"}
+    procs["gateway"].extra_env.update(upstreams)
     try:
         for proc in procs.values():
             proc.start(wait=False)
@@ -93,6 +96,12 @@ def platform(infra: Infra) -> Iterator[Platform]:
     finally:
         for proc in procs.values():
             proc.stop()
+
+
+@pytest.fixture(scope="session")
+def platform(infra: Infra) -> Iterator[Platform]:
+    with running_platform(infra) as running:
+        yield running
 
 
 @pytest.fixture(scope="session", autouse=True)

@@ -100,6 +100,22 @@ def _local_infra() -> Iterator[Infra]:
         yield servers
 
 
+def restart_local_server(which: str) -> float:
+    """Restart the session's local Kafka (`kafka`) or MongoDB (`mongo`) cleanly, as an
+    operator would; returns the seconds it was away. Only servers this harness runs."""
+    env = {
+        **os.environ,
+        "DOORSTEP_RUN_DIR": str(TEST_RUN_DIR.resolve()),
+        "KAFKA_PORT": os.environ.get("TEST_KAFKA_PORT", "19092"),
+        "MONGO_PORT": os.environ.get("TEST_MONGO_PORT", "27117"),
+        "PYTHON": sys.executable,
+    }
+    script = ROOT / "deploy" / "local" / "infra.sh"
+    t0 = time.monotonic()
+    subprocess.run([str(script), "restart", which], env=env, check=True, capture_output=True)
+    return time.monotonic() - t0
+
+
 created_prefixes: set[str] = set()
 
 

@@ -12,3 +12,4 @@ class ProbeNoted(EventPayload):
 
     probe_id: str
     fail_times: int = 0  # the handler fails this many attempts, then succeeds (-1: always)
+    waits_times: int = 0  # before that, it waits this many attempts for another event (NotYet)

@@ -14,6 +14,7 @@ import pytest
 from aiokafka import AIOKafkaConsumer, AIOKafkaProducer
 
 from shared.consumer import EventConsumer, Handlers, ensure_inbox_indexes
+from shared.errors import NotYet
 from shared.events.envelope import Envelope
 from shared.kafka import ensure_topics, make_producer
 from shared.metrics import EVENTS_CONSUMED
@@ -61,6 +62,8 @@ async def probe(infra: Infra) -> AsyncIterator[Probe]:
     @handlers.on(ProbeNoted)
     async def count(tx: Transaction, event: ProbeNoted) -> None:
         attempts[event.probe_id] = attempts.get(event.probe_id, 0) + 1
+        if attempts[event.probe_id] <= event.waits_times:
+            raise NotYet(f"probe {event.probe_id} waits for another event")
         if event.fail_times < 0 or attempts[event.probe_id] <= event.fail_times:
             raise RuntimeError(f"probe {event.probe_id} fails on purpose")
         await tx.db["effects"].update_one(
@@ -130,6 +133,17 @@ async def test_failing_handler_is_retried_with_backoff_then_succeeds_once(
     await eventually(lambda: _ge_async(probe.effects("flaky"), 1), what="flaky handled")
     assert probe.attempts["flaky"] == 3
     assert await probe.effects("flaky") == 1
+
+
+async def test_an_event_waiting_for_another_topic_is_retried_past_the_attempts_not_dead_lettered(
+    probe: Probe, kafka_producer: AIOKafkaProducer
+) -> None:
+    # Three attempts are allowed for failures; waiting for another event is not one.
+    await send(kafka_producer, probe.topic, envelope_bytes("late", waits_times=6))
+    await eventually(lambda: _ge_async(probe.effects("late"), 1), what="late event handled")
+    assert probe.attempts["late"] == 7
+    assert await probe.effects("late") == 1
+    assert probe.consumed("dead_lettered") == 0
 
 
 async def test_poison_messages_go_to_dead_letters_with_reasons_and_the_loop_goes_on(

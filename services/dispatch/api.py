@@ -16,6 +16,7 @@ from pymongo.errors import DuplicateKeyError
 
 from services.dispatch import commands
 from services.dispatch.domain import (
+    ACCEPTED,
     AlertKind,
     CodeResult,
     Offer,
@@ -184,6 +185,40 @@ async def open_offers(technician_id: Id, actor: ActorDep, runtime: RuntimeDep) -
         )
         for v in visits
         if (offer := v.open_offer) is not None and offer.technician_id == technician_id
+    ]
+
+
+class JobView(Forbid):
+    """A visit a technician has taken on and not yet finished: what their app lists."""
+
+    booking_id: str
+    status: VisitStatus
+    window_start: datetime
+    window_end: datetime
+    location: GeoPoint
+    lines: list[PricedLine]
+
+
+@router.get(
+    "/technicians/{technician_id}/visits",
+    tags=["visits"],
+    summary="The technician's accepted visits not yet completed (the app's job list)",
+)
+async def current_jobs(technician_id: Id, actor: ActorDep, runtime: RuntimeDep) -> list[JobView]:
+    """An app that restarts, or missed a push, finds here what it has to do next."""
+    if not (actor.is_ops or (actor.role is Role.TECHNICIAN and actor.subject == technician_id)):
+        raise Forbidden("a technician sees only their own visits")
+    visits = await Visits(runtime.db).for_technician(technician_id, set(ACCEPTED))
+    return [
+        JobView(
+            booking_id=v.booking_id,
+            status=v.status,
+            window_start=v.window_start,
+            window_end=v.window_end,
+            location=v.location,
+            lines=v.lines,
+        )
+        for v in visits
     ]
 
 

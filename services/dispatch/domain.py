@@ -332,6 +332,8 @@ HOLDS_TIME = frozenset(
 )
 # The technician is working on the visit (or on the way to it).
 UNDER_WAY = frozenset({V.EN_ROUTE, V.ARRIVED, V.IDENTITY_CONFIRMED, V.IN_SERVICE})
+# Accepted and not finished: the technician's current jobs.
+ACCEPTED = frozenset({V.ASSIGNED, *UNDER_WAY})
 # Before arrival a technician can still drop out or be replaced.
 REPLACEABLE = frozenset({V.OFFERED, V.ASSIGNED, V.EN_ROUTE})
 

@@ -5,7 +5,7 @@ from __future__ import annotations
 from services.gateway import webhooks
 from services.gateway.storage import BOOKING_OWNERS, Notification, Notifications
 from shared.consumer import Handlers
-from shared.errors import NotFound
+from shared.errors import NotYet
 from shared.events.booking import BookingRequested
 from shared.events.dispatch import (
     OfferMade,
@@ -38,8 +38,8 @@ CHECK_AT_THE_DOOR = (
 async def owner(tx: Transaction, booking_id: str) -> str:
     found = await known_owner(tx, booking_id)
     if found is None:
-        # The booking's own event is on another topic and may not be here yet: retried.
-        raise NotFound(f"the customer of booking {booking_id} is not known yet")
+        # The booking's own event is on another topic and may not be here yet: waited for.
+        raise NotYet(f"the customer of booking {booking_id} is not known yet")
     return found
 
 

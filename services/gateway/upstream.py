@@ -31,6 +31,11 @@ class ServiceUnavailable(DomainError):
     code = "service_unavailable"
 
 
+class UpstreamTimeout(DomainError):
+    status = 504
+    code = "upstream_timeout"
+
+
 class UpstreamError(DomainError):
     """An owning service's error, passed on to the client in the one error shape."""
 
@@ -101,7 +106,18 @@ class Upstream:
                     params=params,
                     headers=headers,
                 )
-            except (httpx.TransportError, httpx.TimeoutException) as exc:
+            except (httpx.ReadTimeout, httpx.WriteTimeout) as exc:
+                # A service that takes this long is stuck or swamped: tell the client now,
+                # rather than wait for it again (and add to its load).
+                raise UpstreamTimeout(
+                    f"the {service} service did not answer within {self.settings.timeout_s:g} s; "
+                    "try again shortly"
+                ) from exc
+            except httpx.PoolTimeout as exc:
+                raise ServiceUnavailable(
+                    f"too many calls to the {service} service are waiting; try again shortly"
+                ) from exc
+            except httpx.TransportError as exc:  # refused, reset: it may be restarting
                 if attempt == attempts:
                     raise ServiceUnavailable(
                         f"the {service} service is not answering ({type(exc).__name__}); "
