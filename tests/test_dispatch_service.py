@@ -571,6 +571,31 @@ async def test_completion_records_only_catalogue_items_of_the_booking(scene: Sce
     await scene.booking_status(booking_id, "completed")
 
 
+async def test_a_technicians_job_list_shows_their_unfinished_visits_to_them_alone(
+    scene: Scene,
+) -> None:
+    tech, booking_id = await assigned_scene(scene)
+    jobs_url = f"/technicians/{tech}/visits"
+
+    async def jobs() -> list[tuple[str, str]]:
+        r = await scene.dispatch.get(jobs_url, headers=as_technician(tech))
+        assert r.status_code == 200, r.text
+        return [(j["booking_id"], j["status"]) for j in r.json()]
+
+    assert await jobs() == [(booking_id, "assigned")]
+    other = await scene.dispatch.get(jobs_url, headers=as_technician(unique("tech_")))
+    assert other.status_code == 403, other.text
+    await walk_to_service(scene.dispatch, booking_id, tech, scene.customer)
+    assert await jobs() == [(booking_id, "in_service")]
+    done = await scene.dispatch.post(
+        f"/visits/{booking_id}/complete",
+        json={"performed": [{"code": scene.code, "quantity": 1}]},
+        headers=as_technician(tech),
+    )
+    assert done.status_code == 200, done.text
+    assert await jobs() == []  # completed: off the list
+
+
 # ------------------------------------------------------------ store boundaries --
 async def test_a_store_manages_its_own_technicians_and_never_another_stores(
     scene: Scene,
