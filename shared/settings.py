@@ -28,6 +28,8 @@ class Settings(BaseSettings):
     outbox_poll_interval_s: float = Field(0.25, validation_alias="OUTBOX_POLL_INTERVAL_S")
     outbox_batch_size: int = Field(500, validation_alias="OUTBOX_BATCH_SIZE")
     consumer_max_attempts: int = Field(4, validation_alias="CONSUMER_MAX_ATTEMPTS")
+    # A partition's waiting events are handled this many at a time in one transaction.
+    consumer_batch_size: int = Field(50, validation_alias="CONSUMER_BATCH_SIZE")
     consumer_backoff_s: float = Field(0.1, validation_alias="CONSUMER_BACKOFF_S")
     consumer_backoff_max_s: float = Field(5.0, validation_alias="CONSUMER_BACKOFF_MAX_S")
     # How long an event waits for one it depends on from another topic (errors.NotYet).
@@ -40,6 +42,8 @@ class Settings(BaseSettings):
     offer_timeout_s: float = Field(120.0, validation_alias="DISPATCH_OFFER_TIMEOUT_S")
     match_window_s: float = Field(0.05, validation_alias="DISPATCH_MATCH_WINDOW_S")
     search_timeout_s: float = Field(900.0, validation_alias="DISPATCH_SEARCH_TIMEOUT_S")
+    # While everyone who could go is busy, a booking waits and is matched again this often.
+    busy_retry_s: float = Field(3.0, validation_alias="DISPATCH_BUSY_RETRY_S")
     check_in_max_distance_m: float = Field(300.0, validation_alias="DISPATCH_CHECK_IN_MAX_M")
     visit_code_attempts: int = Field(3, validation_alias="DISPATCH_VISIT_CODE_ATTEMPTS")
     # Derives the one-time visit codes; set it in production (never commit it). Unset, the

@@ -172,6 +172,7 @@ class ServiceProcess:
             # Short offer deadlines so the silence path is testable; long enough to accept.
             "DISPATCH_OFFER_TIMEOUT_S": "4",
             "DISPATCH_MATCH_WINDOW_S": "0.2",
+            "DISPATCH_BUSY_RETRY_S": "0.5",
             # A quick sandbox, and a quick look-up when its webhook stays silent.
             "PAYMENTS_SANDBOX_CONFIRM_DELAY_S": "0.1",
             "PAYMENTS_PROVIDER_CHECK_AFTER_S": "2",

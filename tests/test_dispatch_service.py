@@ -297,7 +297,7 @@ async def test_twenty_bookings_racing_for_five_technicians_never_double_book(
 
     async def answer(tech: str) -> None:
         # Each technician's app accepts whatever is offered to it.
-        while len(accepted) + len(failed) < 20:
+        while len(accepted) < 5:
             r = await scene.dispatch.get(f"/technicians/{tech}/offers", headers=as_technician(tech))
             for offer in r.json():
                 ok = await scene.dispatch.post(
@@ -307,21 +307,18 @@ async def test_twenty_bookings_racing_for_five_technicians_never_double_book(
                     accepted[offer["booking_id"]] = tech
             await asyncio.sleep(0.1)
 
-    failed: set[str] = set()
-
-    async def watch() -> None:
-        while len(accepted) + len(failed) < 20:
-            for b in booking_ids:
-                r = await scene.dispatch.get(f"/visits/{b}", headers=OPS)
-                if r.status_code == 200 and r.json()["status"] == "failed":
-                    failed.add(b)
-            await asyncio.sleep(0.2)
-
-    await asyncio.wait_for(asyncio.gather(watch(), *(answer(t) for t in techs)), 60)
+    await asyncio.wait_for(asyncio.gather(*(answer(t) for t in techs)), 60)
+    await asyncio.sleep(1.5)  # a few more rounds: nobody busy is offered anything
     visits = [await scene.visit(b) for b in booking_ids]
     holders = [v["technician"]["technician_id"] for v in visits if v["status"] == "assigned"]
     assert sorted(holders) == sorted(techs)  # each technician exactly once
-    assert sum(v["status"] == "failed" for v in visits) == 15
+    # The other fifteen wait for one of them to come free, with no offer open meanwhile.
+    rest = [v for v in visits if v["status"] != "assigned"]
+    assert [v["status"] for v in rest] == ["searching"] * 15
+    assert not any(o["status"] == "open" for v in rest for o in v["offers"])
+    for v in rest:  # nobody waits on in the shared platform's rounds
+        r = await scene.booking.post(f"/bookings/{v['booking_id']}/cancel", json={"reason": "t"})
+        assert r.status_code == 200, r.text
 
 
 # --------------------------------------------------------------- reassignment --
@@ -646,15 +643,19 @@ async def test_live_location_comes_only_from_the_technicians_own_app(scene: Scen
     assert file["location_at"] is not None
 
 
-async def test_a_cancelled_booking_frees_the_technician_for_the_same_window(scene: Scene) -> None:
+async def test_a_booking_waits_while_the_only_able_technician_is_busy_and_gets_them_once_free(
+    scene: Scene,
+) -> None:
     tech = await scene.technician(location=NEAR)
     first = await scene.book()
     await accept_offer(scene.dispatch, tech, first)
     second = await scene.book()  # same window: the only technician is busy
-    await scene.settled(second, "failed")
+    # Several busy-retry rounds (0.5 s in the suite) pass: it waits, it does not fail.
+    await asyncio.sleep(2.0)
+    waiting = await scene.visit(second)
+    assert (waiting["status"], waiting["offers"]) == ("searching", []), waiting
     r = await scene.booking.post(f"/bookings/{first}/cancel", json={"reason": "plans changed"})
     assert r.status_code == 200, r.text
     await scene.settled(first, "cancelled")
-    third = await scene.book()  # same window again: free now
-    offered = await scene.settled(third, "offered")
+    offered = await scene.settled(second, "offered")  # their time is free again
     assert offered["offers"][0]["technician_id"] == tech

@@ -11,6 +11,7 @@ import asyncio
 import logging
 import time
 import uuid
+from collections import Counter
 from collections.abc import Callable
 from datetime import UTC, datetime, timedelta
 from functools import partial
@@ -27,6 +28,7 @@ from services.dispatch.domain import (
     code_digest,
     cost_km,
     match_optimal,
+    unqualified,
     visit_code,
     why_not,
 )
@@ -95,12 +97,16 @@ async def change(tx: Transaction, booking_id: str, mutate: Callable[[Visit], T])
     return visit, result
 
 
-async def request_round(tx: Transaction, region: str, *, at_once: bool = False) -> None:
-    """Ask for a matching round in `region` after the collection window (one per window).
+async def request_round(
+    tx: Transaction, region: str, *, at_once: bool = False, after_s: float | None = None
+) -> None:
+    """Ask for a matching round in `region` after the collection window (one per window),
+    or `after_s`; an earlier request wins.
 
     `at_once` skips the window: an answer (decline, silence, drop-out) should move on now.
     """
-    due = utcnow() + timedelta(seconds=0 if at_once else tx.settings.match_window_s)
+    wait_s = 0 if at_once else tx.settings.match_window_s if after_s is None else after_s
+    due = utcnow() + timedelta(seconds=wait_s)
     await set_timer(tx, MATCH_ROUND, region, due, earliest=True)
 
 
@@ -311,35 +317,56 @@ async def run_round(ctx: TimerContext, region: str) -> None:
     rows = list(await asyncio.gather(*(row_of(v) for v in waiting)))
     chosen = match_optimal(rows)
 
-    async def settle(visit: Visit, row: dict[str, float], tech_id: str | None) -> bool:
-        """Offer, or fail the visit; True when it should be tried again next round."""
+    async def settle(visit: Visit, row: dict[str, float], tech_id: str | None) -> str:
+        """Offer, wait, or fail the visit: "offered", "again" (next round), "later"
+        (everyone who could go is busy: try again when some may be free) or "failed"."""
         async with gate:  # one technician per visit: these transactions do not collide
             if tech_id is not None:
-                return not await ctx.uow.run(partial(make_offer, seen=visit, technician_id=tech_id))
+                made = await ctx.uow.run(partial(make_offer, seen=visit, technician_id=tech_id))
+                return "offered" if made else "again"
             if row:
-                return True  # qualified technicians exist, all taken this round
+                return "again"  # qualified technicians exist, all taken this round
+            if now < visit.search_deadline and await busy_but_able(techs, visit):
+                return "later"
             reason = (
                 "search time ran out"
                 if now >= visit.search_deadline
                 else "no qualified technician free for this window"
             )
             await ctx.uow.run(partial(fail_if_waiting, seen=visit, reason=reason))
-            return False
+            return "failed"
 
-    outcomes = await asyncio.gather(
-        *(settle(v, r, t) for v, r, t in zip(waiting, rows, chosen, strict=True))
+    outcomes = Counter(
+        await asyncio.gather(
+            *(settle(v, r, t) for v, r, t in zip(waiting, rows, chosen, strict=True))
+        )
     )
-    again = any(outcomes)
-    if again:
+    if outcomes["again"]:
         await ctx.uow.run(lambda tx: request_round(tx, region))
+    elif outcomes["later"]:
+        await ctx.uow.run(lambda tx: request_round(tx, region, after_s=tx.settings.busy_retry_s))
     log.info(
-        "round in %s: %d waiting, %d offered, %d failed, %d wait again (%.0f ms)",
+        "round in %s: %d waiting, %d offered, %d failed, %d wait again, %d wait for the busy"
+        " (%.0f ms)",
         region,
         len(waiting),
-        sum(1 for t in chosen if t is not None),
-        sum(1 for r, t in zip(rows, chosen, strict=True) if t is None and not r),
-        sum(outcomes),
+        outcomes["offered"],
+        outcomes["failed"],
+        outcomes["again"],
+        outcomes["later"],
         (time.perf_counter() - started) * 1000,
+    )
+
+
+async def busy_but_able(techs: Technicians, visit: Visit) -> bool:
+    """Someone who has not turned this visit down could go, but their time is taken: the
+    booking waits for them (a rush hour) instead of failing at once."""
+    need = visit.need()
+    found = await techs.candidates(
+        need, exclude=visit.passed_over, limit=CANDIDATES_PER_VISIT, busy_too=True
+    )
+    return any(
+        unqualified(tech, need) is None and tech.on_shift(need.start, need.end) for tech, _ in found
     )
 
 

@@ -89,7 +89,9 @@ def technician_from(doc: Document) -> Technician:
     return Technician.model_validate({"technician_id": doc["_id"], **data})
 
 
-def candidate_query(need: Need, exclude: list[str], besides: str | None = None) -> Document:
+def candidate_query(
+    need: Need, exclude: list[str], besides: str | None = None, *, busy_too: bool = False
+) -> Document:
     """The rules MongoDB can check; travel time and shifts are checked in Python.
 
     Dates are compared a day early (time zones); `why_not` decides exactly. A
@@ -104,8 +106,9 @@ def candidate_query(need: Need, exclude: list[str], besides: str | None = None) 
         "status": "active",
         "areas_geo": {"$geoIntersects": {"$geometry": need.location.geojson()}},
         "insurance.expires_on": {"$gte": day},
-        "held": {"$not": {"$elemMatch": overlap}},
     }
+    if not busy_too:
+        query["held"] = {"$not": {"$elemMatch": overlap}}
     if need.skills:
         query["skills"] = {"$all": list(need.skills)}
     if need.certificates:
@@ -156,16 +159,18 @@ class Technicians:
         limit: int = 20,
         besides: str | None = None,
         decoded: dict[str, Technician] | None = None,
+        busy_too: bool = False,
         session: Session = None,
     ) -> list[tuple[Technician, float]]:
-        """Qualified technicians serving the address, nearest first.
+        """Qualified technicians serving the address, nearest first (`busy_too`: also
+        those whose held time overlaps the window).
 
         A geo-near search on the 2dsphere index (`$near`, the query form of
         `$geoNear`): unlike the `$geoNear` stage followed by `$limit`, it stops
         after `limit` documents instead of ranking thousands (see docs/benchmarks.md).
         """
         query = {"location": {"$near": {"$geometry": need.location.geojson()}}}
-        query |= candidate_query(need, exclude, besides)
+        query |= candidate_query(need, exclude, besides, busy_too=busy_too)
         fields = {"areas_geo": 0, "held": 0}  # the query used them; the file does not
         docs = await self._col.find(query, fields, session=session).limit(limit).to_list()
         cache = {} if decoded is None else decoded  # one matching round decodes each file once
