@@ -18,7 +18,7 @@ import time
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from datetime import UTC, datetime
-from typing import Any, TypeVar
+from typing import Any, NamedTuple, TypeVar
 
 from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, ConsumerRecord, TopicPartition
 from aiokafka.errors import CommitFailedError, KafkaError
@@ -108,6 +108,30 @@ def _in_turn(first: Handler, then: Handler) -> Handler:
     return both
 
 
+class Ready(NamedTuple):
+    """A message that parsed, with its payload and the handler waiting for it."""
+
+    message: ConsumerRecord[bytes, bytes]
+    envelope: Envelope
+    payload: EventPayload
+    handler: Handler
+
+
+class _FailedAt(Exception):
+    def __init__(self, index: int | None) -> None:
+        super().__init__(index)
+        self.index = index
+
+
+def inbox_row(consumer: str, envelope: Envelope, now: datetime) -> dict[str, Any]:
+    return {
+        "consumer": consumer,
+        "event_id": str(envelope.event_id),
+        "type": envelope.type,
+        "received_at": now,
+    }
+
+
 class AlreadyProcessed(Exception):
     """The inbox already holds this (consumer, event_id)."""
 
@@ -178,9 +202,8 @@ class EventConsumer:
                 else:
                     self.assigned.clear()
                 for tp, messages in batches.items():
-                    for message in messages:
-                        await self._process(message)
-                        crash_point("consumer.after_handle")
+                    await self._process_all(messages)
+                    crash_point("consumer.after_handle")
                     await self._commit(consumer, tp, messages[-1].offset + 1)
                     self._next_offset[tp] = messages[-1].offset + 1
                 self._report_lag(consumer)
@@ -205,26 +228,109 @@ class EventConsumer:
                     max(highwater - done, 0)
                 )
 
-    async def _process(self, message: ConsumerRecord[bytes, bytes]) -> None:
-        try:
-            envelope, model, handler = self._resolve(message)
-        except Rejected as exc:
-            await self._dead_letter(message, DeadLetter(str(exc), "rejected", 1), None)
-            return
-        if handler is None or model is None:
-            EVENTS_CONSUMED.labels(self._name, envelope.type, "ignored").inc()
-            return
-        token = logs.correlation_id.set(envelope.correlation_id)
-        try:
+    async def _process_all(self, messages: list[ConsumerRecord[bytes, bytes]]) -> None:
+        """Handle a partition's messages in order: runs of good events together in one
+        transaction, a poison message dead-lettered where it stands."""
+        run: list[Ready] = []
+        for message in messages:
+            try:
+                envelope, model, handler = self._resolve(message)
+            except Rejected as exc:
+                await self._handle_run(run)
+                run = []
+                await self._dead_letter(message, DeadLetter(str(exc), "rejected", 1), None)
+                continue
+            if handler is None or model is None:
+                EVENTS_CONSUMED.labels(self._name, envelope.type, "ignored").inc()
+                continue
             try:
                 payload = model.model_validate(envelope.payload)
             except ValidationError as exc:
+                await self._handle_run(run)
+                run = []
                 reason = f"payload does not match {envelope.type} v{envelope.schema_version}: {exc}"
                 await self._dead_letter(message, DeadLetter(reason, "invalid_payload", 1), envelope)
+                continue
+            run.append(Ready(message, envelope, payload, handler))
+            if len(run) >= self._settings.consumer_batch_size:
+                await self._handle_run(run)
+                run = []
+        await self._handle_run(run)
+
+    async def _handle_run(self, run: list[Ready]) -> None:
+        """One transaction for the whole run (one inbox write, one commit: what a busy
+        consumer saves); if any part of it fails, each event on its own, with retries."""
+        if not run:
+            return
+        failed_at: int | None = None
+        if len(run) > 1:
+            started = time.perf_counter()
+            try:
+                outcomes = await self._handle_together(run)
+            except _FailedAt as exc:
+                failed_at = exc.index
+                log.info("a run of %d events failed at %d; one at a time", len(run), exc.index)
+            else:
+                took = (time.perf_counter() - started) / len(run)
+                for ready, outcome in zip(run, outcomes, strict=True):
+                    HANDLER_SECONDS.labels(self._name, ready.envelope.type).observe(took)
+                    EVENTS_CONSUMED.labels(self._name, ready.envelope.type, outcome).inc()
                 return
-            await self._handle_with_retries(message, envelope, payload, handler)
-        finally:
-            logs.correlation_id.reset(token)
+        for i, ready in enumerate(run):
+            token = logs.correlation_id.set(ready.envelope.correlation_id)
+            try:
+                # The event whose handler failed in the run has had one attempt already.
+                await self._handle_with_retries(ready, tried=1 if i == failed_at else 0)
+            finally:
+                logs.correlation_id.reset(token)
+
+    async def _handle_together(self, run: list[Ready]) -> list[str]:
+        """Every event of the run in one transaction: the inbox rows in one write, each
+        handler in order with its own causation. Raises _FailedAt (the handler's index, or
+        None when the transaction itself failed)."""
+        at: list[int | None] = [None]
+
+        async def work(tx: Transaction) -> list[str]:
+            at[0] = None
+            ids = [str(r.envelope.event_id) for r in run]
+            seen = {
+                doc["event_id"]
+                async for doc in self._db[INBOX].find(
+                    {"consumer": self._name, "event_id": {"$in": ids}},
+                    {"event_id": 1},
+                    session=tx.session,
+                )
+            }
+            outcomes, fresh = [], []
+            for ready, event_id in zip(run, ids, strict=True):
+                if event_id in seen:
+                    outcomes.append("duplicate")
+                    continue
+                seen.add(event_id)  # the same event twice in one run: the second is a duplicate
+                outcomes.append("handled")
+                fresh.append(ready)
+            if fresh:
+                now = datetime.now(UTC)
+                await self._db[INBOX].insert_many(
+                    [inbox_row(self._name, r.envelope, now) for r in fresh], session=tx.session
+                )
+            for i, ready in enumerate(run):
+                if outcomes[i] != "handled":
+                    continue
+                at[0] = i
+                tx.causation = ready.envelope
+                token = logs.correlation_id.set(ready.envelope.correlation_id)
+                try:
+                    await ready.handler(tx, ready.payload)
+                finally:
+                    logs.correlation_id.reset(token)
+            at[0] = None
+            return outcomes
+
+        try:
+            return await self._uow.run(work, causation=run[0].envelope)
+        except Exception as exc:
+            raise _FailedAt(at[0]) from exc
 
     def _resolve(
         self, message: ConsumerRecord[bytes, bytes]
@@ -248,16 +354,11 @@ class EventConsumer:
         model, handler = versions[envelope.schema_version]
         return envelope, model, handler
 
-    async def _handle_with_retries(
-        self,
-        message: ConsumerRecord[bytes, bytes],
-        envelope: Envelope,
-        payload: EventPayload,
-        handler: Handler,
-    ) -> None:
+    async def _handle_with_retries(self, ready: Ready, tried: int = 0) -> None:
+        message, envelope, payload, handler = ready
         attempts = self._settings.consumer_max_attempts
         waiting_until = time.monotonic() + self._settings.consumer_wait_for_s
-        attempt = 0
+        attempt = tried
         while True:
             attempt += 1
             started = time.perf_counter()
@@ -298,13 +399,7 @@ class EventConsumer:
         async def work(tx: Transaction) -> None:
             try:
                 await self._db[INBOX].insert_one(
-                    {
-                        "consumer": self._name,
-                        "event_id": str(envelope.event_id),
-                        "type": envelope.type,
-                        "received_at": datetime.now(UTC),
-                    },
-                    session=tx.session,
+                    inbox_row(self._name, envelope, datetime.now(UTC)), session=tx.session
                 )
             except DuplicateKeyError:
                 raise AlreadyProcessed from None

@@ -67,7 +67,10 @@ async def probe(infra: Infra) -> AsyncIterator[Probe]:
         if event.fail_times < 0 or attempts[event.probe_id] <= event.fail_times:
             raise RuntimeError(f"probe {event.probe_id} fails on purpose")
         await tx.db["effects"].update_one(
-            {"_id": event.probe_id}, {"$inc": {"count": 1}}, upsert=True, session=tx.session
+            {"_id": event.probe_id},
+            {"$inc": {"count": 1}, "$set": {"transaction": id(tx)}},
+            upsert=True,
+            session=tx.session,
         )
 
     producer = make_producer(settings)
@@ -143,6 +146,41 @@ async def test_an_event_waiting_for_another_topic_is_retried_past_the_attempts_n
     await eventually(lambda: _ge_async(probe.effects("late"), 1), what="late event handled")
     assert probe.attempts["late"] == 7
     assert await probe.effects("late") == 1
+    assert probe.consumed("dead_lettered") == 0
+
+
+async def send_together(producer: AIOKafkaProducer, topic: str, values: list[bytes]) -> None:
+    """Queued in one go (one key, one partition), so the consumer finds them waiting."""
+    sent = [await producer.send(topic, value=v, key=b"together") for v in values]
+    await asyncio.gather(*sent)
+
+
+async def test_waiting_events_are_handled_together_in_one_transaction_each_once(
+    probe: Probe, kafka_producer: AIOKafkaProducer
+) -> None:
+    ids = [f"many-{i}" for i in range(30)]
+    await send_together(kafka_producer, probe.topic, [envelope_bytes(i) for i in ids])
+    await eventually(lambda: _ge(probe.consumed("handled"), 30), what="all 30 handled")
+    docs = await probe.db["effects"].find({"_id": {"$in": ids}}).to_list()
+    assert sorted(d["_id"] for d in docs) == sorted(ids)
+    assert all(d["count"] == 1 for d in docs)
+    transactions = {d["transaction"] for d in docs}
+    assert len(transactions) < len(ids), "every event had a transaction of its own"
+    assert await probe.db["inbox"].count_documents({"event_id": {"$exists": True}}) == 30
+
+
+async def test_a_failing_event_in_a_run_is_retried_alone_and_its_neighbours_handled_once(
+    probe: Probe, kafka_producer: AIOKafkaProducer
+) -> None:
+    before = envelope_bytes("before")
+    values = [before, envelope_bytes("shaky", fail_times=1), envelope_bytes("after")]
+    values.append(before)  # and a redelivery
+    await send_together(kafka_producer, probe.topic, values)
+    await eventually(lambda: _ge(probe.consumed("handled"), 3), what="the three handled")
+    await eventually(lambda: _ge(probe.consumed("duplicate"), 1), what="the redelivery seen")
+    assert [await probe.effects(p) for p in ("before", "shaky", "after")] == [1, 1, 1]
+    # One failed try inside the run, then one alone: the run's try counts as an attempt.
+    assert probe.attempts["shaky"] == 2
     assert probe.consumed("dead_lettered") == 0
 
 
