@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import logging
 import time
 import uuid
 from typing import Any
@@ -10,6 +11,7 @@ from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
 from pydantic import BaseModel, ConfigDict
+from pymongo.errors import ConnectionFailure, PyMongoError
 from starlette.datastructures import Headers, MutableHeaders
 from starlette.exceptions import HTTPException as StarletteHTTPException
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
@@ -18,7 +20,17 @@ from shared import logs
 from shared.errors import DomainError, TooManyRequests
 from shared.metrics import HTTP_REQUESTS
 
+log = logging.getLogger(__name__)
+
 CORRELATION_HEADER = "X-Correlation-ID"
+SLOW_ANSWER_S = 2.0  # answers slower than this are logged: the gateway gives up at 3 s
+
+
+def database_unreachable(exc: PyMongoError) -> bool:
+    """MongoDB is away (restarting, electing, unreachable), not a fault of the request."""
+    return isinstance(exc, ConnectionFailure) or any(
+        exc.has_error_label(label) for label in ("TransientTransactionError", "RetryableWriteError")
+    )
 
 
 class ApiError(BaseModel):
@@ -79,6 +91,19 @@ def install_error_handlers(app: FastAPI) -> None:
         if isinstance(exc, TooManyRequests):
             response.headers["Retry-After"] = str(exc.retry_after)
         return response
+
+    @app.exception_handler(PyMongoError)
+    async def database_error(request: Request, exc: PyMongoError) -> JSONResponse:
+        if database_unreachable(exc):
+            # Nothing was stored (the transaction did not commit): the caller may retry.
+            log.warning("database unavailable: %s", exc)
+            response = error_response(
+                503, "service_unavailable", "the database is unavailable; try again shortly"
+            )
+            response.headers["Retry-After"] = "1"
+            return response
+        log.error("database error", exc_info=exc)
+        return await unexpected(request, exc)
 
     @app.exception_handler(Exception)
     async def unexpected(request: Request, exc: Exception) -> JSONResponse:
@@ -169,9 +194,12 @@ class CorrelateAndMeasure:
 
         def observe(code: int) -> None:
             path = getattr(scope.get("route"), "path", "unmatched")
-            HTTP_REQUESTS.labels(self.service, scope["method"], path, str(code)).observe(
-                time.perf_counter() - started
-            )
+            took = time.perf_counter() - started
+            HTTP_REQUESTS.labels(self.service, scope["method"], path, str(code)).observe(took)
+            if took > SLOW_ANSWER_S:
+                log.warning(
+                    "slow answer: %s %s %d in %.1f s", scope["method"], scope["path"], code, took
+                )
 
         async def send_tagged(message: Message) -> None:
             nonlocal status
