@@ -287,6 +287,42 @@ async def test_only_its_customer_or_operations_close_a_complaint_and_only_on_a_r
     ]
 
 
+async def test_a_retried_complaint_with_its_idempotency_key_is_filed_once(
+    platform: Platform, kafka_producer: AIOKafkaProducer
+) -> None:
+    customer = unique("cus_")
+    booking_id = await completed(kafka_producer, platform.prefix, customer)
+    body = {
+        "booking_id": booking_id,
+        "category": "quality",
+        "severity": "medium",
+        "description": "the polish chipped the next day",
+    }
+    keyed = {**as_customer(customer), "Idempotency-Key": unique("complaint-")}
+    async with platform.client("reviews") as reviews:
+        await known(reviews, booking_id)
+        # The app timed out and tried again, twice at once: one complaint.
+        first, *retries = await asyncio.gather(
+            *(reviews.post("/complaints", json=body, headers=keyed) for _ in range(3))
+        )
+        answers = sorted(r.status_code for r in (first, *retries))
+        assert answers == [200, 200, 201], [r.text for r in (first, *retries)]
+        assert len({r.json()["complaint_id"] for r in (first, *retries)}) == 1
+        other = await reviews.post(
+            "/complaints", json={**body, "description": "something else"}, headers=keyed
+        )
+        assert other.status_code == 409, other.text
+        assert other.json()["error"]["field"] == "Idempotency-Key"
+        listed = await reviews.get(
+            "/complaints", params={"booking_id": booking_id}, headers=as_customer(customer)
+        )
+        assert len(listed.json()) == 1, listed.json()
+        # Without a key, a second filing is a second complaint (the customer meant it).
+        again = await complain(reviews, booking_id, customer)
+        assert again.status_code == 201, again.text
+        assert again.json()["complaint_id"] != first.json()["complaint_id"]
+
+
 # ------------------------------------------------------------------- remedies --
 
 

@@ -46,7 +46,7 @@ from shared.errors import Conflict, Forbidden, NotFound, Unprocessable
 from shared.events.types import Currency, GeoPoint, GeoPolygon, MinorUnits, PricedLine
 from shared.outbox import Transaction
 from shared.privacy import Phone
-from shared.schema import Forbid
+from shared.schema import Forbid, idempotency_key
 from shared.service import RuntimeDep
 from shared.time import utcnow
 
@@ -55,15 +55,7 @@ router = APIRouter()
 Code = Annotated[str, Field(min_length=1, max_length=64, pattern=r"^[a-z0-9][a-z0-9._-]*$")]
 Slug = Annotated[str, Field(min_length=1, max_length=64, pattern=r"^[a-z0-9][a-z0-9-]*$")]
 Id = Annotated[str, Field(min_length=1, max_length=64, pattern=r"^[A-Za-z0-9_.-]+$")]
-IdempotencyKey = Annotated[
-    str | None,
-    Header(
-        alias="Idempotency-Key",
-        min_length=8,
-        max_length=128,
-        description="Retries with the same key return the first result, never a second booking",
-    ),
-]
+IdempotencyKey = Annotated[str | None, idempotency_key("a second booking")]
 IfMatch = Annotated[
     str | None,
     Header(

@@ -12,7 +12,7 @@ import uuid
 from datetime import timedelta
 from typing import Annotated, Any
 
-from fastapi import APIRouter, Header, Query, Request
+from fastapi import APIRouter, Query, Request
 from pydantic import Field, ValidationError, model_validator
 
 from services.payments import commands
@@ -45,22 +45,13 @@ from services.payments.storage import (
 from shared.auth import Actor, ActorDep, Role
 from shared.errors import Conflict, Forbidden, NotFound, Unauthenticated, Unprocessable
 from shared.events.types import Currency, MinorUnits
-from shared.schema import Forbid, PathId
+from shared.schema import Forbid, PathId, idempotency_key
 from shared.service import RuntimeDep
 from shared.time import utcnow
 
 router = APIRouter()
 
-IdempotencyKey = Annotated[
-    str,
-    Header(
-        alias="Idempotency-Key",
-        min_length=8,
-        max_length=128,
-        pattern=r"^[A-Za-z0-9_.:-]+$",
-        description="The same key returns the first result: never a second refund or sale",
-    ),
-]
+IdempotencyKey = Annotated[str, idempotency_key("a second refund or sale")]
 
 
 def may_read(actor: Actor, receipt: Receipt) -> bool:

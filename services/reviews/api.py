@@ -10,8 +10,9 @@ from __future__ import annotations
 from datetime import datetime, timedelta
 from typing import Annotated
 
-from fastapi import APIRouter, Query
+from fastapi import APIRouter, Query, Response
 from pydantic import Field, model_validator
+from pymongo.errors import DuplicateKeyError
 
 from services.reviews import commands
 from services.reviews.domain import (
@@ -28,6 +29,7 @@ from services.reviews.domain import (
     Severity,
     Tier,
     bayesian_rating,
+    keyed_complaint_id,
     kpis,
     open_complaint,
     sla,
@@ -37,7 +39,7 @@ from shared.auth import Actor, ActorDep, Role
 from shared.errors import Conflict, Forbidden, NotFound, Unprocessable
 from shared.events.reviews import ReviewSubmitted
 from shared.outbox import Transaction
-from shared.schema import Forbid, PathId
+from shared.schema import Forbid, PathId, idempotency_key
 from shared.service import RuntimeDep
 from shared.time import utcnow
 
@@ -204,11 +206,19 @@ class ComplaintIn(Forbid):
     status_code=201,
     summary="A customer complains (app), or operations for them (phone)",
 )
-async def open_one(body: ComplaintIn, runtime: RuntimeDep, actor: ActorDep) -> Complaint:
+async def open_one(
+    body: ComplaintIn,
+    runtime: RuntimeDep,
+    actor: ActorDep,
+    response: Response,
+    key: Annotated[str | None, idempotency_key("a second complaint")] = None,
+) -> Complaint:
     actor.require(Role.CUSTOMER, Role.OPS)
     booking = await _booking_of_customer(runtime, actor, body.booking_id)
     assert booking.customer_id is not None
     complaint = open_complaint(
+        # A retried filing (the app timed out, the gateway retried) names the same complaint.
+        complaint_id=keyed_complaint_id(booking.customer_id, key) if key else None,
         booking_id=body.booking_id,
         customer_id=booking.customer_id,
         technician_id=booking.technician_id,
@@ -220,7 +230,19 @@ async def open_one(body: ComplaintIn, runtime: RuntimeDep, actor: ActorDep) -> C
         by=f"{actor.role.value}:{actor.subject}",
         at=utcnow(),
     )
-    return await runtime.uow.run(lambda tx: commands.opened(tx, complaint))
+    try:
+        filed = await runtime.uow.run(lambda tx: commands.opened(tx, complaint))
+    except DuplicateKeyError:  # the same filing, committed meanwhile: now it is found
+        filed = await runtime.uow.run(lambda tx: commands.opened(tx, complaint))
+    if filed is not complaint:  # filed before under this key
+        same = (filed.booking_id, filed.category, filed.severity, filed.description)
+        if same != (body.booking_id, body.category, body.severity, body.description):
+            raise Conflict(
+                "this Idempotency-Key was already used for a different complaint",
+                field="Idempotency-Key",
+            )
+        response.status_code = 200
+    return filed
 
 
 def may_read(actor: Actor, complaint: Complaint) -> bool:

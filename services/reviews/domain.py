@@ -7,6 +7,7 @@ while it is open, a deadline that escalates it when missed.
 
 from __future__ import annotations
 
+import hashlib
 import uuid
 from datetime import datetime, timedelta
 from enum import StrEnum
@@ -320,6 +321,12 @@ class Complaint(Forbid):
                 self._log(at, "platform", f"{kind.value} took effect")
                 return True
         return False
+
+
+def keyed_complaint_id(customer_id: str, idempotency_key: str) -> str:
+    """The complaint a customer's retried filing names: the same key, the same id."""
+    digest = hashlib.sha256(f"{customer_id}\x00{idempotency_key}".encode()).hexdigest()
+    return f"cmp_{digest[:16]}"
 
 
 def open_complaint(
