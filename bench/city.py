@@ -48,6 +48,7 @@ class Phase:
     to_receipt_s: list[float] = field(default_factory=list)
     errors: int = 0
     cpu_s: dict[str, float] = field(default_factory=dict)  # CPU seconds per process over it
+    work: dict[str, float] = field(default_factory=dict)  # requests, events, MongoDB work over it
 
 
 @dataclass
@@ -87,6 +88,36 @@ async def backlog(urls: dict[str, str]) -> float:
                 if line.startswith(("doorstep_consumer_lag{", "doorstep_outbox_backlog{")):
                     total += float(line.rpartition(" ")[2])
     return total
+
+
+WORK_METRICS = {
+    "doorstep_http_request_seconds_count": "http_requests",
+    "doorstep_events_published_total": "events_published",
+    "doorstep_events_consumed_total": "events_consumed",
+}
+
+
+async def work_done(urls: dict[str, str], mongo: AsyncMongoClient[Document]) -> dict[str, float]:
+    """Counters of the work behind the journeys so far: HTTP requests served (the gateway's
+    apart), events published and consumed, MongoDB transactions committed and operations."""
+    done: dict[str, float] = {}
+    async with httpx.AsyncClient(timeout=10) as http:
+        for name, url in urls.items():
+            with contextlib.suppress(httpx.HTTPError):
+                for line in (await http.get(f"{url}/metrics")).text.splitlines():
+                    metric = line.partition("{")[0]
+                    what = WORK_METRICS.get(metric)
+                    if what is None or (what == "events_consumed" and "handled" not in line):
+                        continue
+                    if what == "http_requests" and name == "gateway":
+                        what = "gateway_requests"
+                    done[what] = done.get(what, 0.0) + float(line.rpartition(" ")[2])
+    status = await mongo.admin.command("serverStatus")
+    done["mongo_transactions"] = float(status["transactions"]["totalCommitted"])
+    done["mongo_operations"] = float(
+        sum(v for k, v in status["opcounters"].items() if k != "command")
+    )
+    return done
 
 
 async def latencies(
@@ -183,12 +214,15 @@ async def measure(
                 before = await backlog(urls)
                 everyone = {**pids, **server_pids(run_dir), "simulator": os.getpid()}
                 cpu_before = {name: cpu_seconds(pid) for name, pid in everyone.items()}
+                work_before = await work_done(urls, mongo)
                 t0 = time.monotonic()
                 play = asyncio.create_task(city.play(rate, duration_s=seconds, drain_s=60))
                 await asyncio.sleep(seconds)
                 after = await backlog(urls)  # at the end of the arrivals, before draining
                 outcomes = await play
                 cpu = {n: cpu_seconds(pid) - cpu_before[n] for n, pid in everyone.items()}
+                work_after = await work_done(urls, mongo)
+                work = {k: v - work_before.get(k, 0.0) for k, v in work_after.items()}
                 # Signatures per second over the arrival window shifted by the median journey
                 # time: when the rate is held, what comes out equals what went in.
                 lag = statistics.median(outcomes.took_s) if outcomes.took_s else 0.0
@@ -210,6 +244,7 @@ async def measure(
                             outcomes.counts[k] for k in ("errors", "unassigned", "unfinished")
                         ),
                         cpu_s=cpu,
+                        work=work,
                     )
                 )
                 print(
@@ -222,6 +257,11 @@ async def measure(
                         "    CPU s per signed journey: "
                         + ", ".join(f"{n} {v:.3f}" for n, v in sorted(per.items()))
                         + f"; total {sum(per.values()):.3f}"
+                    )
+                    each = {k: v / outcomes.counts["signed"] for k, v in work.items()}
+                    print(
+                        "    work per signed journey: "
+                        + ", ".join(f"{k} {v:.1f}" for k, v in sorted(each.items()))
                     )
         finally:
             await city.stop()

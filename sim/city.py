@@ -119,6 +119,7 @@ class Technician:
     nudged: asyncio.Event = field(default_factory=asyncio.Event)  # an offer was pushed
     working: set[str] = field(default_factory=set)  # bookings whose visit is under way here
     looks: int = 0
+    resume: bool = False  # a visit was given up half-way: look at the job list again soon
 
 
 @dataclass
@@ -428,9 +429,10 @@ class City:
                     "category": "quality",
                     "description": "not quite what was promised",
                 },
-                ok=(201, 409, 422),
+                headers={"Idempotency-Key": uuid.uuid4().hex},  # a retry files it once
+                ok=(200, 201, 409, 422),
             )
-            if filed.status_code == 201:
+            if filed.status_code in (200, 201):
                 self.outcomes.complained.append(booking_id)
             counts["complaints"] += 1
 
@@ -536,7 +538,8 @@ class City:
                 self.work_on(t, {**offer, "status": "assigned"})
         # The job list: a visit accepted when the answer was lost (a retried accept answers
         # 409), or one whose app gave up half-way, is picked up again where it stands.
-        if offers or t.working or t.looks % 3 == 0:
+        if offers or t.working or t.resume or t.looks % 3 == 0:
+            t.resume = False
             jobs = await t.caller.json("GET", f"/v1/technicians/{t.technician_id}/visits")
             for job in jobs:
                 self.work_on(t, job)
@@ -557,7 +560,10 @@ class City:
         try:
             await self._visit(t, job)
         except (Refused, httpx.HTTPError, TimeoutError) as exc:
-            log.info("visit %s by %s ended: %s", job["booking_id"], t.technician_id, exc)
+            # As a technician would: try again shortly from wherever the visit stands.
+            log.warning("visit %s by %s interrupted: %s", job["booking_id"], t.technician_id, exc)
+            t.resume = True
+            asyncio.get_running_loop().call_later(5.0, t.nudged.set)
         finally:
             t.working.discard(job["booking_id"])
 

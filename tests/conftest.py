@@ -123,6 +123,11 @@ async def _leave_servers_clean(infra: Infra) -> AsyncIterator[None]:
         await admin.close()
 
 
+def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
+    """The fault tests restart the Kafka and MongoDB every other test shares: they run last."""
+    items.sort(key=lambda item: item.get_closest_marker("faults") is not None)
+
+
 @pytest.hookimpl(wrapper=True)
 def pytest_runtest_makereport(
     item: pytest.Item, call: pytest.CallInfo[None]
