@@ -227,7 +227,21 @@ async def measure(
                 # time: when the rate is held, what comes out equals what went in.
                 lag = statistics.median(outcomes.took_s) if outcomes.took_s else 0.0
                 out = [t for t in outcomes.signed_at if t0 + lag <= t <= t0 + lag + seconds]
-                to_assigned, to_receipt = await latencies(mongo, settings, outcomes.booked)
+                # The board is the operations' view: it may still be catching up. Wait for it
+                # (not counted in the window) so every journey is timed, not just the early ones.
+                caught_up = time.monotonic() + 120
+                while True:
+                    to_assigned, to_receipt = await latencies(mongo, settings, outcomes.booked)
+                    done = outcomes.counts["signed"]
+                    if len(to_assigned) >= done and len(to_receipt) >= done:
+                        break
+                    if time.monotonic() > caught_up:
+                        break
+                    await asyncio.sleep(2)
+                print(
+                    f"    timed from the board and receipts: {len(to_assigned)} assignments, "
+                    f"{len(to_receipt)} receipts of {len(outcomes.booked)} bookings"
+                )
                 phases.append(
                     Phase(
                         rate=rate,
