@@ -4,7 +4,10 @@ For every message: parse the envelope, find the handler for its (type,
 version), and run the handler and the inbox insert `(consumer, event_id)` in
 one MongoDB transaction (with the handler's own outbox events). The Kafka
 offset is committed only after that. A redelivered event hits the unique inbox
-index and is skipped, so reprocessing after a crash is harmless. A message that
+index and is skipped, so reprocessing after a crash is harmless. The events
+waiting on a partition are handled in runs, in order, in one transaction (one
+inbox write, one commit, which is what a busy consumer saves); if anything in a
+run fails, its events are handled one at a time as above. A message that
 cannot be parsed, has no schema, or whose handler keeps failing goes to the
 dead-letter topic with headers saying why, from where, and after how many
 attempts; the loop then moves on.

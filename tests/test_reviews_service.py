@@ -54,16 +54,20 @@ async def known(reviews: httpx.AsyncClient, booking_id: str) -> None:
     )
 
 
-async def complain(
-    reviews: httpx.AsyncClient, booking_id: str, customer: str, **over: Any
-) -> httpx.Response:
-    body = {
+def complaint_body(booking_id: str, **over: Any) -> dict[str, Any]:
+    return {
         "booking_id": booking_id,
         "category": "quality",
         "severity": "medium",
         "description": "the polish chipped the next day",
         **over,
     }
+
+
+async def complain(
+    reviews: httpx.AsyncClient, booking_id: str, customer: str, **over: Any
+) -> httpx.Response:
+    body = complaint_body(booking_id, **over)
     return await reviews.post("/complaints", json=body, headers=as_customer(customer))
 
 
@@ -299,12 +303,7 @@ async def test_a_retried_complaint_with_its_idempotency_key_is_filed_once(
 ) -> None:
     customer = unique("cus_")
     booking_id = await completed(kafka_producer, platform.prefix, customer)
-    body = {
-        "booking_id": booking_id,
-        "category": "quality",
-        "severity": "medium",
-        "description": "the polish chipped the next day",
-    }
+    body = complaint_body(booking_id)
     keyed = {**as_customer(customer), "Idempotency-Key": unique("complaint-")}
     async with platform.client("reviews") as reviews:
         await known(reviews, booking_id)
@@ -405,12 +404,7 @@ async def test_bad_input_answers_a_clear_4xx_and_stores_nothing(
 ) -> None:
     customer = unique("cus_")
     booking_id = await completed(kafka_producer, platform.prefix, customer)
-    good = {
-        "booking_id": booking_id,
-        "category": "quality",
-        "severity": "low",
-        "description": "x",
-    }
+    good = complaint_body(booking_id, severity="low", description="x")
     cases: list[tuple[str, str, Any, dict[str, str], int, str]] = [
         (
             "POST",
