@@ -15,8 +15,8 @@ Its first runs found faults, all fixed since: a gateway consumer dead-lettered e
 whose booking had not arrived yet on another topic; the outbox relay never recovered from
 OutOfOrderSequenceNumber after a broker restart; bookings failed dispatch at once while
 restarts held every able technician up (they now wait for one to come free); services
-answered 500 while MongoDB restarted (now 503, which apps retry); and a complaint retried
-through an outage was filed twice (complaints now take an Idempotency-Key).
+answered 500 while MongoDB restarted (now 503, which apps retry). A complaint filing the
+app retries through an outage could land twice: complaints now take an Idempotency-Key.
 """
 
 from __future__ import annotations
