@@ -46,6 +46,10 @@ class Phase:
     backlog_end: float
     to_assigned_s: list[float] = field(default_factory=list)
     to_receipt_s: list[float] = field(default_factory=list)
+    # booking -> assigned in two parts: requested -> first offer made (events and matching),
+    # and the accepted offer's made -> answered (the push, the app's look and its accept)
+    to_offer_s: list[float] = field(default_factory=list)
+    offer_to_accept_s: list[float] = field(default_factory=list)
     errors: int = 0
     cpu_s: dict[str, float] = field(default_factory=dict)  # CPU seconds per process over it
     work: dict[str, float] = field(default_factory=dict)  # requests, events, MongoDB work over it
@@ -139,6 +143,32 @@ async def latencies(
         if issued is not None:
             to_receipt.append((issued - completed[receipt["booking_id"]]).total_seconds())
     return to_assigned, to_receipt
+
+
+async def offer_times(
+    mongo: AsyncMongoClient[Document], settings: Settings, booked: list[str]
+) -> tuple[list[float], list[float]]:
+    """Where booking -> assigned goes, from dispatch's offers: requested (the board's time)
+    -> first offer made, and the accepted offer's made -> answered."""
+    board = mongo[f"{settings.db_prefix}gateway"]["board_bookings"]
+    visits = mongo[f"{settings.db_prefix}dispatch"]["visits"]
+    requested = {
+        row["_id"]: row["requested_at"]
+        async for row in board.find({"_id": {"$in": booked}}, {"requested_at": 1})
+        if row.get("requested_at")
+    }
+    to_offer, to_accept = [], []
+    async for visit in visits.find(
+        {"booking_id": {"$in": list(requested)}}, {"booking_id": 1, "offers": 1}
+    ):
+        offers = visit.get("offers") or []
+        if offers:
+            first = min(o["made_at"] for o in offers)
+            to_offer.append((first - requested[visit["booking_id"]]).total_seconds())
+        for o in offers:
+            if o.get("status") == "accepted" and o.get("answered_at"):
+                to_accept.append((o["answered_at"] - o["made_at"]).total_seconds())
+    return to_offer, to_accept
 
 
 async def measure(
@@ -238,6 +268,7 @@ async def measure(
                     if time.monotonic() > caught_up:
                         break
                     await asyncio.sleep(2)
+                to_offer, offer_to_accept = await offer_times(mongo, settings, outcomes.booked)
                 print(
                     f"    timed from the board and receipts: {len(to_assigned)} assignments, "
                     f"{len(to_receipt)} receipts of {len(outcomes.booked)} bookings"
@@ -254,6 +285,8 @@ async def measure(
                         backlog_end=after,
                         to_assigned_s=to_assigned,
                         to_receipt_s=to_receipt,
+                        to_offer_s=to_offer,
+                        offer_to_accept_s=offer_to_accept,
                         errors=sum(
                             outcomes.counts[k] for k in ("errors", "unassigned", "unfinished")
                         ),

@@ -764,6 +764,14 @@ async def gateway(bench: Bench) -> None:
             bench.record(figure)
 
 
+WHAT_IS_TIMED = {
+    "to_assigned": "booking requested -> technician assigned (offer pushed, accepted)",
+    "to_receipt": "service completed -> receipt issued",
+    "to_first_offer": "booking requested -> first offer made (the part before the app)",
+    "offer_to_accept": "offer made -> accepted (push, the app's look and accept call)",
+}
+
+
 async def city(bench: Bench) -> None:
     """Complete journeys on the whole platform, beside the raw figures of the same run."""
     for needed, measure_it in (
@@ -812,6 +820,8 @@ async def city(bench: Bench) -> None:
         for samples, what, raw in (
             (phase.to_assigned_s, "to_assigned", "raw.kafka.e2e"),
             (phase.to_receipt_s, "to_receipt", "raw.kafka.e2e"),
+            (phase.to_offer_s, "to_first_offer", "raw.kafka.e2e"),
+            (phase.offer_to_accept_s, "offer_to_accept", "raw.kafka.e2e"),
         ):
             if not samples:
                 continue
@@ -820,9 +830,7 @@ async def city(bench: Bench) -> None:
                     f"platform.city_{at}_{what}_{name}",
                     percentile(samples, q) * 1e3,
                     "ms",
-                    "booking requested -> technician assigned (offer pushed, accepted)"
-                    if what == "to_assigned"
-                    else "service completed -> receipt issued",
+                    WHAT_IS_TIMED[what],
                     baseline=f"{raw}_{name}",
                 )
                 figure.ratio = figure.value / bench.figures[f"{raw}_{name}"].value
