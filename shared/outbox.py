@@ -249,8 +249,11 @@ class OutboxRelay:
                     if loop.time() - self._backlog_checked > 1.0:
                         self._backlog_checked = loop.time()
                         OUTBOX_BACKLOG.labels(self._settings.service_name).set(await self.backlog())
-                    if published:
-                        continue  # more may be waiting
+                    if published >= self._settings.outbox_batch_size:
+                        continue  # a full batch: more are waiting
+                    # A smaller batch took every row there was. A commit since then has set
+                    # the wake already, so waiting costs nothing, and an idle relay does not
+                    # read the outbox once more after each batch.
                 except asyncio.CancelledError:
                     raise
                 except Exception as exc:
