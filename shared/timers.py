@@ -142,6 +142,7 @@ class TimerLoop:
         # A claimed timer comes back after this long if its process died while firing it.
         self._lease = timedelta(seconds=ctx.settings.timer_lease_s)
         self._woken = asyncio.Event()
+        self._next_due: datetime | None = None
 
     def wake(self) -> None:
         """A timer was set: look again now (polling is the fallback, and for other processes)."""
@@ -152,6 +153,14 @@ class TimerLoop:
         fired = 0
         while True:
             now = utcnow()
+            # Read the earliest first: most wake-ups find nothing due yet, and a read costs
+            # less than a claim that matches nothing (a write waiting on its write concern).
+            head = await self._ctx.db[TIMERS].find_one(
+                {}, {"due_at": 1}, sort=[("due_at", ASCENDING)]
+            )
+            self._next_due = None if head is None else head["due_at"]
+            if head is None or head["due_at"] > now:
+                return fired
             doc = await self._ctx.db[TIMERS].find_one_and_update(
                 {"due_at": {"$lte": now}},
                 {"$set": {"due_at": now + self._lease}, "$inc": {"attempts": 1}},
@@ -159,7 +168,7 @@ class TimerLoop:
                 return_document=ReturnDocument.AFTER,
             )
             if doc is None:
-                return fired
+                continue  # another process claimed it first
             timer = Timer(doc["_id"], doc["kind"], doc["subject"], doc["due_at"], doc["data"])
             handler = self._timers.handler(timer.kind)
             if handler is None:
@@ -192,16 +201,15 @@ class TimerLoop:
                 )
             fired += 1
 
-    async def next_due_in(self) -> float:
-        doc = await self._ctx.db[TIMERS].find_one({}, {"due_at": 1}, sort=[("due_at", ASCENDING)])
-        if doc is None:
+    def next_due_in(self) -> float:
+        """How long to sleep: until the earliest timer the last look saw, at most a poll."""
+        if self._next_due is None:
             return self._poll
-        due: datetime = doc["due_at"]
-        return max(0.0, min(self._poll, (due - utcnow()).total_seconds()))
+        return max(0.0, min(self._poll, (self._next_due - utcnow()).total_seconds()))
 
     async def run_forever(self) -> None:
         while True:
             self._woken.clear()
             await self.fire_due()
             with contextlib.suppress(TimeoutError):
-                await asyncio.wait_for(self._woken.wait(), await self.next_due_in())
+                await asyncio.wait_for(self._woken.wait(), self.next_due_in())
