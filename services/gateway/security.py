@@ -20,7 +20,7 @@ from fastapi.security import APIKeyHeader, HTTPAuthorizationCredentials, HTTPBea
 
 from services.gateway.limits import RateLimiter
 from services.gateway.storage import SIGNING_KEYS, ApiKeys
-from services.gateway.tokens import digest, parse_api_key, same, verify_access
+from services.gateway.tokens import VerifiedTokens, digest, parse_api_key, same
 from shared.auth import Actor, Role
 from shared.errors import Forbidden, Unauthenticated
 from shared.keyring import KeyRing
@@ -95,7 +95,7 @@ async def _verified(request: Request, authorization: str | None, x_api_key: str 
         if scheme.lower() != "bearer" or not token:
             raise Unauthenticated("send 'Authorization: Bearer <access token>'")
         keys = await _token_keys(request).get(token_keys(runtime.db, runtime.settings), token)
-        return verify_access(token.strip(), keys, utcnow())
+        return _verified_tokens(request).actor(token.strip(), keys, utcnow())
     raise Unauthenticated("sign in: an access token, or a store's API key")
 
 
@@ -132,6 +132,14 @@ def _token_keys(request: Request) -> VerifyingKeys:
         state.verifying_keys = VerifyingKeys()
     cache: VerifyingKeys = state.verifying_keys
     return cache
+
+
+def _verified_tokens(request: Request) -> VerifiedTokens:
+    state = request.app.state
+    if not hasattr(state, "verified_tokens"):
+        state.verified_tokens = VerifiedTokens()
+    verified: VerifiedTokens = state.verified_tokens
+    return verified
 
 
 # ----------------------------------------------------------------- passwords --

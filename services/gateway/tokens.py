@@ -15,6 +15,8 @@ import hashlib
 import hmac
 import secrets
 import uuid
+from collections import OrderedDict
+from dataclasses import dataclass
 from datetime import datetime, timedelta
 from typing import Any
 
@@ -62,8 +64,16 @@ def issue_access(key: SigningKey, actor: Actor, now: datetime, ttl: timedelta) -
     return jwt.encode(claims, key.private, algorithm=ALGORITHM, headers={"kid": key.key_id})
 
 
-def verify_access(token: str, keys: dict[str, Ed25519PublicKey], now: datetime) -> Actor:
-    """The actor a valid token names; Unauthenticated with the reason otherwise."""
+@dataclass(frozen=True)
+class VerifiedAccess:
+    actor: Actor
+    key_id: str
+    expires_at: int  # the token's `exp`, seconds since the epoch
+
+
+def verify_access(token: str, keys: dict[str, Ed25519PublicKey], now: datetime) -> VerifiedAccess:
+    """The actor a valid token names, its key and expiry; Unauthenticated with the reason
+    otherwise."""
     try:
         header = jwt.get_unverified_header(token)
     except jwt.InvalidTokenError:
@@ -95,7 +105,35 @@ def verify_access(token: str, keys: dict[str, Ed25519PublicKey], now: datetime) 
         raise Unauthenticated("the access token carries no known role") from None
     if role is Role.STORE and not claims.get("store"):
         raise Unauthenticated("a store's token names its store")
-    return Actor(role=role, subject=str(claims["sub"]), store_id=claims.get("store"))
+    return VerifiedAccess(
+        Actor(role=role, subject=str(claims["sub"]), store_id=claims.get("store")),
+        str(header.get("kid")),
+        int(claims["exp"]),
+    )
+
+
+class VerifiedTokens:
+    """Tokens already verified, so an app's every call does not check the same signature
+    again. A remembered token still counts only while its key is among the verifying keys
+    (a key taken out of rotation ends its tokens at once) and until its `exp`."""
+
+    def __init__(self, size: int = 20_000) -> None:
+        self._size = size
+        self._known: OrderedDict[str, VerifiedAccess] = OrderedDict()
+
+    def __len__(self) -> int:
+        return len(self._known)
+
+    def actor(self, token: str, keys: dict[str, Ed25519PublicKey], now: datetime) -> Actor:
+        known = self._known.get(token)
+        if known is not None and known.key_id in keys and known.expires_at > int(now.timestamp()):
+            self._known.move_to_end(token)
+            return known.actor
+        verified = verify_access(token, keys, now)  # raises with the reason
+        self._known[token] = verified
+        if len(self._known) > self._size:
+            self._known.popitem(last=False)
+        return verified.actor
 
 
 def new_secret() -> str:

@@ -8,7 +8,9 @@ import pytest
 
 from services.gateway.domain import BookingRow, ComplaintRow, figures, may_retry
 from services.gateway.limits import RateLimiter
-from shared.errors import TooManyRequests
+from services.gateway.tokens import SigningKey, VerifiedTokens, issue_access
+from shared.auth import Actor, Role
+from shared.errors import TooManyRequests, Unauthenticated
 
 
 @pytest.mark.parametrize(
@@ -105,3 +107,48 @@ def test_a_quiet_day_has_no_made_up_figures() -> None:
     assert f.median_time_to_assign_s is None
     assert f.average_rating is None
     assert f.revenue == {}
+
+
+# ------------------------------------------------------------ verified tokens --
+def _token(key: SigningKey, now: datetime, ttl_s: int = 60) -> str:
+    actor = Actor(role=Role.CUSTOMER, subject="cu_1")
+    return issue_access(key, actor, now, timedelta(seconds=ttl_s))
+
+
+def test_a_remembered_token_still_needs_its_key_in_rotation_and_an_unexpired_exp() -> None:
+    now = datetime(2026, 11, 23, 12, 0, tzinfo=UTC)
+    key = SigningKey.from_seed("k1", b"\x01" * 32)
+    token = _token(key, now)
+    verified = VerifiedTokens()
+    assert verified.actor(token, {"k1": key.public}, now).subject == "cu_1"
+    assert len(verified) == 1  # remembered: its next calls skip the signature check
+    assert verified.actor(token, {"k1": key.public}, now).subject == "cu_1"
+    assert len(verified) == 1
+    # It stays the same caller later on...
+    assert verified.actor(token, {"k1": key.public}, now + timedelta(seconds=30)).subject == "cu_1"
+    # ...but only while its key is still a verifying key,
+    with pytest.raises(Unauthenticated, match="key is unknown"):
+        verified.actor(token, {"k2": SigningKey.from_seed("k2", b"\x02" * 32).public}, now)
+    # and only until it expires.
+    with pytest.raises(Unauthenticated, match="expired"):
+        verified.actor(token, {"k1": key.public}, now + timedelta(seconds=61))
+
+
+def test_a_token_that_fails_verification_is_never_remembered() -> None:
+    now = datetime(2026, 11, 23, 12, 0, tzinfo=UTC)
+    key = SigningKey.from_seed("k1", b"\x01" * 32)
+    forged = _token(SigningKey.from_seed("k1", b"\x03" * 32), now)  # same key id, other key
+    verified = VerifiedTokens()
+    for _ in range(2):
+        with pytest.raises(Unauthenticated, match="not valid"):
+            verified.actor(forged, {"k1": key.public}, now)
+
+
+def test_the_remembered_tokens_are_bounded() -> None:
+    now = datetime(2026, 11, 23, 12, 0, tzinfo=UTC)
+    key = SigningKey.from_seed("k1", b"\x01" * 32)
+    verified = VerifiedTokens(size=3)
+    tokens = [_token(key, now) for _ in range(5)]
+    for token in tokens:
+        verified.actor(token, {"k1": key.public}, now)
+    assert len(verified) == 3
