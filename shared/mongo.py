@@ -68,6 +68,15 @@ class Versioned(Generic[M]):
     async def insert(self, item: M, session: Session = None) -> None:
         await self.col.insert_one(self.to_doc(item), session=session)
 
+    async def insert_if_absent(self, item: M, session: Session = None) -> bool:
+        """Insert unless a document with its id exists (one round trip); True if inserted."""
+        doc = self.to_doc(item)
+        item_id = doc.pop("_id")
+        result = await self.col.update_one(
+            {"_id": item_id}, {"$setOnInsert": doc}, upsert=True, session=session
+        )
+        return result.upserted_id is not None
+
     async def save(self, item: M, session: Session = None) -> None:
         seen: int = getattr(item, "version")  # noqa: B009 - every aggregate has one
         doc = self.to_doc(item)

@@ -59,13 +59,10 @@ async def tell(
     **data: object,
 ) -> None:
     cause = tx.causation.event_id if tx.causation else utcnow().timestamp()
-    notifications = Notifications(tx.db)
-    notification_id = f"nt_{cause}_{recipient}"
-    if await notifications.get(notification_id, tx.session) is not None:
-        return
-    await notifications.insert(
+    # Once per event and recipient: an event handled again tells nobody twice.
+    await Notifications(tx.db).insert_if_absent(
         Notification(
-            notification_id=notification_id,
+            notification_id=f"nt_{cause}_{recipient}",
             recipient=recipient,
             kind=kind,
             title=title,
