@@ -20,6 +20,7 @@ import json
 import os
 import platform
 import random
+import re
 import statistics
 import time
 import uuid
@@ -175,6 +176,9 @@ async def one_by_one(total: int, op: Callable[[int], Awaitable[None]]) -> list[f
     return latencies
 
 
+LEFT_BY_A_RUN = re.compile(r"^bench[0-9a-f]{8}_")  # every run's databases start so
+
+
 class Bench:
     def __init__(self, servers: Servers, counts: Counts) -> None:
         run = f"bench{uuid.uuid4().hex[:8]}"
@@ -214,6 +218,13 @@ class Bench:
         platform.ratio = statistics.median(p / r for p, r in zip(rounds, raw_rounds, strict=True))
         self.record(raw)
         self.record(platform)
+
+    async def drop_leftovers(self) -> None:
+        """Drop the databases of earlier runs that were stopped before they could (they would
+        still cost MongoDB work: their TTL indexes are swept every second here)."""
+        for name in await self.client.list_database_names():
+            if LEFT_BY_A_RUN.match(name) and not name.startswith(self.settings.db_prefix):
+                await self.client.drop_database(name)
 
     async def close(self) -> None:
         """Leave the servers as we found them: drop the run's databases and topics."""
@@ -884,6 +895,7 @@ async def run(counts: Counts, target: Servers, only: tuple[str, ...] = SECTIONS)
     bench = Bench(target, counts)
     print(f"\nDoorstep benchmarks, {datetime.now(UTC):%Y-%m-%d %H:%M} UTC, {machine()}\n")
     try:
+        await bench.drop_leftovers()
         if "publish" in only:
             print(f"publishing ({counts.rounds} alternating rounds, medians)")
             await bench.produce_vs_relay()
