@@ -53,6 +53,7 @@ class Phase:
     errors: int = 0
     cpu_s: dict[str, float] = field(default_factory=dict)  # CPU seconds per process over it
     work: dict[str, float] = field(default_factory=dict)  # requests, events, MongoDB work over it
+    stolen: float = 0.0  # share of the machine's CPU time its host took (steal) over it
 
 
 @dataclass
@@ -69,6 +70,16 @@ def cpu_seconds(pid: int) -> float:
     except OSError:
         return float("nan")
     return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
+def machine_ticks() -> tuple[int, int]:
+    """All CPU ticks and the ticks stolen by the hypervisor so far (a shared host's noise)."""
+    try:
+        with open("/proc/stat") as f:
+            ticks = [int(v) for v in f.readline().split()[1:]]
+    except (OSError, ValueError):
+        return 0, 0
+    return sum(ticks[:8]), ticks[7] if len(ticks) > 7 else 0
 
 
 def peak_rss_mb(pid: int) -> float:
@@ -244,6 +255,7 @@ async def measure(
                 before = await backlog(urls)
                 everyone = {**pids, **server_pids(run_dir), "simulator": os.getpid()}
                 cpu_before = {name: cpu_seconds(pid) for name, pid in everyone.items()}
+                ticks_before = machine_ticks()
                 work_before = await work_done(urls, mongo)
                 t0 = time.monotonic()
                 play = asyncio.create_task(city.play(rate, duration_s=seconds, drain_s=60))
@@ -251,6 +263,9 @@ async def measure(
                 after = await backlog(urls)  # at the end of the arrivals, before draining
                 outcomes = await play
                 cpu = {n: cpu_seconds(pid) - cpu_before[n] for n, pid in everyone.items()}
+                ticks_after = machine_ticks()
+                all_ticks = ticks_after[0] - ticks_before[0]
+                stolen = (ticks_after[1] - ticks_before[1]) / all_ticks if all_ticks else 0.0
                 work_after = await work_done(urls, mongo)
                 work = {k: v - work_before.get(k, 0.0) for k, v in work_after.items()}
                 # Signatures per second over the arrival window shifted by the median journey
@@ -292,6 +307,7 @@ async def measure(
                         ),
                         cpu_s=cpu,
                         work=work,
+                        stolen=stolen,
                     )
                 )
                 print(
@@ -303,7 +319,8 @@ async def measure(
                     print(
                         "    CPU s per signed journey: "
                         + ", ".join(f"{n} {v:.3f}" for n, v in sorted(per.items()))
-                        + f"; total {sum(per.values()):.3f}"
+                        + f"; total {sum(per.values()):.3f}; "
+                        f"{stolen:.0%} of the machine's CPU time stolen by its host"
                     )
                     each = {k: v / outcomes.counts["signed"] for k, v in work.items()}
                     print(

@@ -812,7 +812,7 @@ async def city(bench: Bench) -> None:
             f"{phase.signed}/{phase.started} signed, {phase.errors} failed, median journey "
             f"{phase.journey_s:.1f} s; backlog "
             f"{phase.backlog_start:.0f} -> {phase.backlog_end:.0f} "
-            f"({'held' if held else 'GROWING'})",
+            f"({'held' if held else 'GROWING'}); {phase.stolen:.0%} of CPU time stolen by the host",
             baseline="raw.mongo.txn",
         )
         rate.ratio = rate.value / txn
