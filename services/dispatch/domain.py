@@ -165,9 +165,21 @@ class Technician(TechnicianFile):
 
     def on_shift(self, start: datetime, end: datetime) -> bool:
         """On shift for the whole of [start, end], and not on leave during any of it."""
-        covered = any(s <= start and end <= e for s, e in self.shift_intervals(start))
+        # Back-to-back shifts are one stretch of work: a visit may run across midnight.
+        covered = any(s <= start and end <= e for s, e in _joined(self.shift_intervals(start)))
         on_leave = any(s < end and start < e for s, e in self.partial_leave(start))
         return covered and not on_leave
+
+
+def _joined(intervals: list[tuple[datetime, datetime]]) -> list[tuple[datetime, datetime]]:
+    """Intervals that touch or overlap, joined into one."""
+    joined: list[tuple[datetime, datetime]] = []
+    for s, e in sorted(intervals):
+        if joined and s <= joined[-1][1]:
+            joined[-1] = (joined[-1][0], max(joined[-1][1], e))
+        else:
+            joined.append((s, e))
+    return joined
 
 
 def _interval(day: date, start: time, end: time, zone: ZoneInfo) -> tuple[datetime, datetime]:

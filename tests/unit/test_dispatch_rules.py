@@ -133,6 +133,20 @@ def test_a_round_the_clock_shift_is_start_equals_end() -> None:
     assert always.on_shift(START, END)
 
 
+def test_a_visit_runs_across_midnight_when_the_shifts_meet_there() -> None:
+    # 23:00 Wednesday to 01:00 Thursday in Lisbon (UTC+1 in May).
+    late = datetime(2030, 5, 1, 22, 0, tzinfo=UTC)
+    always = tech(shifts=[{"weekday": d, "start": "00:00", "end": "00:00"} for d in range(7)])
+    assert always.on_shift(late, late + timedelta(hours=2))
+    back_to_back = [
+        {"weekday": 2, "start": "18:00", "end": "00:00"},
+        {"weekday": 3, "start": "00:00", "end": "04:00"},
+    ]
+    assert tech(shifts=back_to_back).on_shift(late, late + timedelta(hours=2))
+    with_a_break = [back_to_back[0], {"weekday": 3, "start": "00:30", "end": "04:00"}]
+    assert not tech(shifts=with_a_break).on_shift(late, late + timedelta(hours=2))
+
+
 # -------------------------------------------------------------------- calendar --
 def test_travel_time_is_road_distance_at_city_speed() -> None:
     far = GeoPoint(lat=38.8300, lon=-9.0200)
