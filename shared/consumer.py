@@ -204,23 +204,29 @@ class EventConsumer:
                     self.assigned.set()
                 else:
                     self.assigned.clear()
-                for tp, messages in batches.items():
-                    await self._process_all(messages)
+                if batches:
+                    for messages in batches.values():
+                        await self._process_all(messages)
                     crash_point("consumer.after_handle")
-                    await self._commit(consumer, tp, messages[-1].offset + 1)
-                    self._next_offset[tp] = messages[-1].offset + 1
+                    done = {tp: messages[-1].offset + 1 for tp, messages in batches.items()}
+                    await self._commit(consumer, done)
+                    self._next_offset.update(done)
                 self._report_lag(consumer)
         finally:
             self._consumer = None
             await consumer.stop()
 
-    async def _commit(self, consumer: AIOKafkaConsumer, tp: TopicPartition, offset: int) -> None:
+    async def _commit(self, consumer: AIOKafkaConsumer, offsets: dict[TopicPartition, int]) -> None:
+        """One commit for every partition of the poll, after all their work is done."""
         try:
-            await consumer.commit({tp: offset})
+            await consumer.commit(offsets)
         except CommitFailedError:
-            # The partition moved to another member during a rebalance; it will redeliver
+            # A partition moved to another member during a rebalance; it will redeliver
             # from the last commit, and the inbox makes that harmless.
-            log.warning("offset commit lost to a rebalance", extra=logs.log_fields(tp=str(tp)))
+            log.warning(
+                "offset commit lost to a rebalance",
+                extra=logs.log_fields(tp=",".join(sorted(str(tp) for tp in offsets))),
+            )
 
     def _report_lag(self, consumer: AIOKafkaConsumer) -> None:
         for tp in consumer.assignment():
