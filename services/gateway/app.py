@@ -24,6 +24,8 @@ from services.gateway import (
 )
 from services.gateway.hub import running
 from services.gateway.limits import RateLimiter
+from services.gateway.security import VerifyingKeys
+from services.gateway.tokens import VerifiedTokens
 from services.gateway.upstream import Upstream, UpstreamSettings
 from services.payments import api as payments_api
 from services.reviews import api as reviews_api
@@ -40,6 +42,8 @@ async def edge_state(app: FastAPI) -> AsyncIterator[None]:
     app.state.limiter = RateLimiter(settings.gateway_rate_per_s, settings.gateway_burst)
     app.state.signin_limiter = RateLimiter(settings.signin_rate_per_s, settings.signin_burst)
     app.state.upstream = Upstream(UpstreamSettings())
+    app.state.verifying_keys = VerifyingKeys()
+    app.state.verified_tokens = VerifiedTokens()
     db = app.state.runtime.db  # the runtime starts before this lifespan
     app.state.notification_hub = notify.hub(db)
     app.state.board_hub = dashboard.hub(db)

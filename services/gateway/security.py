@@ -94,8 +94,11 @@ async def _verified(request: Request, authorization: str | None, x_api_key: str 
         scheme, _, token = authorization.partition(" ")
         if scheme.lower() != "bearer" or not token:
             raise Unauthenticated("send 'Authorization: Bearer <access token>'")
-        keys = await _token_keys(request).get(token_keys(runtime.db, runtime.settings), token)
-        return _verified_tokens(request).actor(token.strip(), keys, utcnow())
+        state = request.app.state  # both made once per process, in the app's lifespan
+        verifying: VerifyingKeys = state.verifying_keys
+        verified: VerifiedTokens = state.verified_tokens
+        keys = await verifying.get(token_keys(runtime.db, runtime.settings), token)
+        return verified.actor(token.strip(), keys, utcnow())
     raise Unauthenticated("sign in: an access token, or a store's API key")
 
 
@@ -124,22 +127,6 @@ def _key_id(token: str) -> str | None:
         return str(jwt.get_unverified_header(token.strip()).get("kid"))
     except jwt.InvalidTokenError:
         return None
-
-
-def _token_keys(request: Request) -> VerifyingKeys:
-    state = request.app.state
-    if not hasattr(state, "verifying_keys"):
-        state.verifying_keys = VerifyingKeys()
-    cache: VerifyingKeys = state.verifying_keys
-    return cache
-
-
-def _verified_tokens(request: Request) -> VerifiedTokens:
-    state = request.app.state
-    if not hasattr(state, "verified_tokens"):
-        state.verified_tokens = VerifiedTokens()
-    verified: VerifiedTokens = state.verified_tokens
-    return verified
 
 
 # ----------------------------------------------------------------- passwords --
