@@ -45,11 +45,13 @@ from services.payments.storage import (
 from shared.auth import Actor, ActorDep, Role
 from shared.errors import Conflict, Forbidden, NotFound, Unauthenticated, Unprocessable
 from shared.events.types import Currency, MinorUnits
+from shared.locks import KeyedLocks
 from shared.schema import Forbid, PathId, idempotency_key
 from shared.service import RuntimeDep
 from shared.time import utcnow
 
 router = APIRouter()
+SEALING = KeyedLocks()  # per store: see shared/locks.py
 
 IdempotencyKey = Annotated[str, idempotency_key("a second refund or sale")]
 
@@ -144,9 +146,11 @@ async def sign(
     if abs((body.signature.signed_at - utcnow()).total_seconds()) > 600:
         raise Unprocessable("signed_at is not the time of signing", field="signature.signed_at")
     await runtime.uow.run(lambda tx: commands.reprice_if_changed(tx, receipt_id))
-    signed = await runtime.uow.run(
-        lambda tx: commands.sign(tx, receipt_id, body.receipt_hash, body.signature)
-    )
+    # Sealing moves the store's chain head: this process's signings for one store take turns.
+    async with SEALING.hold(receipt.store_id):
+        signed = await runtime.uow.run(
+            lambda tx: commands.sign(tx, receipt_id, body.receipt_hash, body.signature)
+        )
     return ReceiptView.of(signed)
 
 
