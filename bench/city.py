@@ -14,12 +14,15 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import json
 import os
 import statistics
 import time
 import uuid
 from dataclasses import dataclass, field
+from datetime import datetime
 from pathlib import Path
+from typing import Any
 
 import httpx
 from pymongo import AsyncMongoClient
@@ -50,6 +53,7 @@ class Phase:
     # and the accepted offer's made -> answered (the push, the app's look and its accept)
     to_offer_s: list[float] = field(default_factory=list)
     offer_to_accept_s: list[float] = field(default_factory=list)
+    hops_s: dict[str, list[float]] = field(default_factory=dict)  # HOPS, each's samples
     errors: int = 0
     cpu_s: dict[str, float] = field(default_factory=dict)  # CPU seconds per process over it
     work: dict[str, float] = field(default_factory=dict)  # requests, events, MongoDB work over it
@@ -156,30 +160,100 @@ async def latencies(
     return to_assigned, to_receipt
 
 
+# booking requested -> technician assigned, hop by hop, each from the platform's own clocks:
+# the outboxes' commit and publish times, the inboxes' receive times and dispatch's offers.
+HOPS = {
+    "requested_published": "booking's outbox: committed -> published (booking's relay)",
+    "to_dispatch": "published -> dispatch's consumer took it",
+    "matching": "dispatch took it -> first offer made (the matching)",
+    "offer_published": "offer made -> published (dispatch's commit and relay)",
+    "to_gateway": "offer published -> the gateway's consumer took it",
+    "answered": "the gateway took it -> accepted (notification stored, pushed, the app's "
+    "look and accept through the gateway)",
+}
+
+
 async def offer_times(
     mongo: AsyncMongoClient[Document], settings: Settings, booked: list[str]
-) -> tuple[list[float], list[float]]:
+) -> tuple[list[float], list[float], dict[str, list[float]]]:
     """Where booking -> assigned goes, from dispatch's offers: requested (the board's time)
-    -> first offer made, and the accepted offer's made -> answered."""
-    board = mongo[f"{settings.db_prefix}gateway"]["board_bookings"]
-    visits = mongo[f"{settings.db_prefix}dispatch"]["visits"]
+    -> first offer made, the accepted offer's made -> answered, and both hop by hop."""
+    db = {name: mongo[f"{settings.db_prefix}{name}"] for name in ("booking", "dispatch", "gateway")}
     requested = {
         row["_id"]: row["requested_at"]
-        async for row in board.find({"_id": {"$in": booked}}, {"requested_at": 1})
+        async for row in db["gateway"]["board_bookings"].find(
+            {"_id": {"$in": booked}}, {"requested_at": 1}
+        )
         if row.get("requested_at")
     }
     to_offer, to_accept = [], []
-    async for visit in visits.find(
+    first_offer: dict[str, datetime] = {}
+    accepted: dict[str, tuple[str, datetime, datetime]] = {}  # booking -> offer, made, answered
+    async for visit in db["dispatch"]["visits"].find(
         {"booking_id": {"$in": list(requested)}}, {"booking_id": 1, "offers": 1}
     ):
         offers = visit.get("offers") or []
         if offers:
             first = min(o["made_at"] for o in offers)
+            first_offer[visit["booking_id"]] = first
             to_offer.append((first - requested[visit["booking_id"]]).total_seconds())
         for o in offers:
             if o.get("status") == "accepted" and o.get("answered_at"):
                 to_accept.append((o["answered_at"] - o["made_at"]).total_seconds())
-    return to_offer, to_accept
+                accepted[visit["booking_id"]] = (o["offer_id"], o["made_at"], o["answered_at"])
+    return to_offer, to_accept, await hop_times(db, requested, first_offer, accepted)
+
+
+async def hop_times(
+    db: dict[str, Any],
+    requested: dict[str, datetime],
+    first_offer: dict[str, datetime],
+    accepted: dict[str, tuple[str, datetime, datetime]],
+) -> dict[str, list[float]]:
+    booking_rows = {
+        row["key"]: row
+        async for row in db["booking"]["outbox"].find(
+            {"type": "booking.requested", "key": {"$in": list(requested)}, "published": True}
+        )
+    }
+    offer_rows: dict[str, Document] = {}  # offer id -> its OfferMade outbox row
+    async for row in db["dispatch"]["outbox"].find(
+        {"type": "dispatch.offer_made", "key": {"$in": list(accepted)}, "published": True}
+    ):
+        offer_rows[json.loads(row["value"])["payload"]["offer_id"]] = row
+
+    async def taken(service: str, event_ids: list[str]) -> dict[str, datetime]:
+        return {
+            row["event_id"]: row["received_at"]
+            async for row in db[service]["inbox"].find(
+                {"consumer": service, "event_id": {"$in": event_ids}}
+            )
+        }
+
+    by_dispatch = await taken("dispatch", [r["_id"] for r in booking_rows.values()])
+    by_gateway = await taken("gateway", [r["_id"] for r in offer_rows.values()])
+    hops: dict[str, list[float]] = {name: [] for name in HOPS}
+
+    def hop(name: str, start: datetime, end: datetime) -> None:
+        hops[name].append((end - start).total_seconds())
+
+    for booking_id, row in booking_rows.items():
+        hop("requested_published", row["created_at"], row["published_at"])
+        took = by_dispatch.get(row["_id"])
+        if took is not None:
+            hop("to_dispatch", row["published_at"], took)
+            if booking_id in first_offer:
+                hop("matching", took, first_offer[booking_id])
+    for offer_id, made, answered in accepted.values():
+        offer = offer_rows.get(offer_id)
+        if offer is None:
+            continue
+        hop("offer_published", made, offer["published_at"])
+        took = by_gateway.get(offer["_id"])
+        if took is not None:
+            hop("to_gateway", offer["published_at"], took)
+            hop("answered", took, answered)
+    return hops
 
 
 async def measure(
@@ -283,7 +357,9 @@ async def measure(
                     if time.monotonic() > caught_up:
                         break
                     await asyncio.sleep(2)
-                to_offer, offer_to_accept = await offer_times(mongo, settings, outcomes.booked)
+                to_offer, offer_to_accept, hops = await offer_times(
+                    mongo, settings, outcomes.booked
+                )
                 print(
                     f"    timed from the board and receipts: {len(to_assigned)} assignments, "
                     f"{len(to_receipt)} receipts of {len(outcomes.booked)} bookings"
@@ -302,6 +378,7 @@ async def measure(
                         to_receipt_s=to_receipt,
                         to_offer_s=to_offer,
                         offer_to_accept_s=offer_to_accept,
+                        hops_s=hops,
                         errors=sum(
                             outcomes.counts[k] for k in ("errors", "unassigned", "unfinished")
                         ),

@@ -846,6 +846,18 @@ async def city(bench: Bench) -> None:
                 )
                 figure.ratio = figure.value / bench.figures[f"{raw}_{name}"].value
                 bench.record(figure)
+        for hop, samples in phase.hops_s.items():
+            if not samples:
+                continue
+            for q, name in ((0.5, "p50"), (0.99, "p99")):
+                bench.record(
+                    Figure(
+                        f"platform.city_{at}_hop_{hop}_{name}",
+                        percentile(samples, q) * 1e3,
+                        "ms",
+                        f"booking -> assigned, one hop: {city_bench.HOPS[hop]}",
+                    )
+                )
     for process, mb in sorted(m.peak_rss_mb.items()):
         bench.record(Figure(f"peak_rss.{process}", mb, "MB", "VmHWM over the city run"))
 
