@@ -38,9 +38,11 @@ class Settings(BaseSettings):
     timer_lease_s: float = Field(30.0, validation_alias="TIMER_LEASE_S")
 
     # Dispatch: how long a technician has to answer an offer, how long requests are
-    # collected into one matching round, how long a booking may wait for anybody.
+    # collected into one matching round, how long a booking may wait for anybody. No window
+    # by default: a round starts when a request commits, and the requests that come in while
+    # it runs make up the next one (a busy region batches itself; a quiet one does not wait).
     offer_timeout_s: float = Field(120.0, validation_alias="DISPATCH_OFFER_TIMEOUT_S")
-    match_window_s: float = Field(0.05, validation_alias="DISPATCH_MATCH_WINDOW_S")
+    match_window_s: float = Field(0.0, validation_alias="DISPATCH_MATCH_WINDOW_S")
     search_timeout_s: float = Field(900.0, validation_alias="DISPATCH_SEARCH_TIMEOUT_S")
     # While everyone who could go is busy, a booking waits and is matched again this often.
     busy_retry_s: float = Field(3.0, validation_alias="DISPATCH_BUSY_RETRY_S")
