@@ -205,8 +205,7 @@ class EventConsumer:
                 else:
                     self.assigned.clear()
                 if batches:
-                    for messages in batches.values():
-                        await self._process_all(messages)
+                    await self._process_poll(batches)
                     crash_point("consumer.after_handle")
                     done = {tp: messages[-1].offset + 1 for tp, messages in batches.items()}
                     await self._commit(consumer, done)
@@ -215,6 +214,32 @@ class EventConsumer:
         finally:
             self._consumer = None
             await consumer.stop()
+
+    async def _process_poll(
+        self, batches: dict[TopicPartition, list[ConsumerRecord[bytes, bytes]]]
+    ) -> None:
+        """Handle a poll's partitions, side by side by partition number.
+
+        Every topic is keyed by booking (or technician, store...) and has the same number of
+        partitions, so one key's events sit in the same partition number on every topic:
+        each number's partitions are handled in turn (one key's events never race each
+        other), and the numbers side by side, so an event does not wait for the work of
+        keys that have nothing to do with it.
+        """
+        by_number: dict[int, list[list[ConsumerRecord[bytes, bytes]]]] = {}
+        for tp, messages in batches.items():
+            by_number.setdefault(tp.partition, []).append(messages)
+
+        async def in_turn(partitions: list[list[ConsumerRecord[bytes, bytes]]]) -> None:
+            for messages in partitions:
+                await self._process_all(messages)
+
+        if len(by_number) == 1:
+            await in_turn(next(iter(by_number.values())))
+            return
+        async with asyncio.TaskGroup() as side_by_side:
+            for partitions in by_number.values():
+                side_by_side.create_task(in_turn(partitions))
 
     async def _commit(self, consumer: AIOKafkaConsumer, offsets: dict[TopicPartition, int]) -> None:
         """One commit for every partition of the poll, after all their work is done."""
