@@ -8,6 +8,8 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import sys
+import time
 import uuid
 from datetime import UTC, datetime
 from typing import Any
@@ -17,6 +19,7 @@ import pytest
 from aiokafka import AIOKafkaConsumer, AIOKafkaProducer
 from aiokafka.admin import AIOKafkaAdminClient
 from pymongo import AsyncMongoClient
+from pymongo.errors import OperationFailure
 
 from shared.events.envelope import Envelope
 from shared.faults import CRASH_EXIT_CODE
@@ -35,6 +38,7 @@ from tests.seed import (
 )
 
 pytestmark = pytest.mark.integration
+WRITE_CONFLICT = 112
 
 
 async def booking_topic_events(infra: Infra, topic: str, booking_id: str) -> list[Envelope]:
@@ -275,3 +279,66 @@ async def test_payments_killed_after_the_provider_charged_charges_once_after_res
         )
     finally:
         payments.stop()
+
+
+HOLD_AND_WAIT = """
+import sys, time
+from pymongo import MongoClient
+client = MongoClient(sys.argv[1])
+col = client[sys.argv[2]]["chain_heads"]
+session = client.start_session()
+session.start_transaction()
+col.update_one({"_id": "store"}, {"$inc": {"length": 1}}, session=session)
+print("holding", flush=True)
+time.sleep(600)
+"""
+
+
+async def test_a_killed_process_open_transaction_lets_go_of_its_documents_within_seconds(
+    infra: Infra, mongo: AsyncMongoClient[Document]
+) -> None:
+    """kill -9 in the middle of a transaction leaves it open on the server, its documents
+    locked: a restarted service's writes to them conflict until the server aborts it. The
+    local MongoDB gives up on it after 10 s, not the default minute."""
+    name = f"{new_prefix()}_held"
+    col = mongo[name]["chain_heads"]
+    await col.insert_one({"_id": "store", "length": 0})
+    holder = await asyncio.create_subprocess_exec(
+        sys.executable,
+        "-c",
+        HOLD_AND_WAIT,
+        infra.mongodb_uri,
+        name,
+        stdout=asyncio.subprocess.PIPE,
+    )
+    try:
+        assert holder.stdout is not None
+        assert (await asyncio.wait_for(holder.stdout.readline(), 30)).strip() == b"holding"
+    finally:
+        holder.kill()
+        await holder.wait()
+    killed_at = time.monotonic()
+
+    async def advance() -> bool:
+        """One attempt to move the head in a transaction; False on a write conflict."""
+        async with mongo.start_session() as session, await session.start_transaction():
+            try:
+                await col.update_one({"_id": "store"}, {"$inc": {"length": 1}}, session=session)
+            except OperationFailure as exc:
+                if exc.code != WRITE_CONFLICT:
+                    raise
+                await session.abort_transaction()
+                return False
+        return True
+
+    try:
+        assert not await advance(), "the dead process's transaction should still hold the head"
+        while not await advance():
+            assert time.monotonic() - killed_at < 30, "the head is still held after 30 s"
+            await asyncio.sleep(0.5)
+        held_s = time.monotonic() - killed_at
+        print(f"a killed process's transaction held its document for {held_s:.1f} s")
+        assert held_s < 25  # the 10 s limit plus the server's periodic check; 60+ by default
+        assert (await col.find_one({"_id": "store"}) or {})["length"] == 1  # the dead one's: gone
+    finally:
+        await mongo.drop_database(name)

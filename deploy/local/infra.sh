@@ -224,8 +224,12 @@ mongo_start() {
   if port_open "$MONGO_PORT"; then say "mongo: port $MONGO_PORT is taken by another process; set MONGO_PORT"; exit 1; fi
   local t0; t0=$(now_ms)
   mkdir -p "$MONGO_RUN/data"
+  # A transaction whose process was killed holds its documents until the server gives up on
+  # it: ours last milliseconds, so after 10 s rather than the default 60 (a restarted service
+  # would otherwise retry against its own dead transaction for a minute).
   "$MONGOD" --dbpath "$MONGO_RUN/data" --port "$MONGO_PORT" --bind_ip 127.0.0.1 --replSet rs0 \
     --wiredTigerCacheSizeGB "$MONGO_CACHE_GB" --setParameter ttlMonitorSleepSecs=1 \
+    --setParameter transactionLifetimeLimitSeconds=10 \
     --logpath "$MONGO_RUN/mongod.log" --logappend --fork --pidfilepath "$MONGO_RUN/mongod.pid" \
     > "$MONGO_RUN/fork.log" 2>&1 || { cat "$MONGO_RUN/fork.log"; tail -n 20 "$MONGO_RUN/mongod.log"; exit 1; }
   "$PYTHON" "$HERE/mongo_rs.py" "$MONGO_PORT"
