@@ -18,6 +18,7 @@ import random
 import time
 import uuid
 from collections import Counter
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 from typing import Any
@@ -421,16 +422,19 @@ class City:
         if self.rng.random() < shares.review:
             await self.review(me, booking_id)
         if self.rng.random() < shares.complaint:
-            filed = await me.call(
-                "POST",
-                "/v1/complaints",
-                json={
-                    "booking_id": booking_id,
-                    "category": "quality",
-                    "description": "not quite what was promised",
-                },
-                headers={"Idempotency-Key": uuid.uuid4().hex},  # a retry files it once
-                ok=(200, 201, 409, 422),
+            key = uuid.uuid4().hex  # every retry files it once
+            filed = await self.once_known(
+                lambda: me.call(
+                    "POST",
+                    "/v1/complaints",
+                    json={
+                        "booking_id": booking_id,
+                        "category": "quality",
+                        "description": "not quite what was promised",
+                    },
+                    headers={"Idempotency-Key": key},
+                    ok=(200, 201, 404, 409, 422),
+                )
             )
             if filed.status_code in (200, 201):
                 self.outcomes.complained.append(booking_id)
@@ -480,16 +484,29 @@ class City:
 
     async def review(self, me: Caller, booking_id: str) -> None:
         rating = self.rng.choices([5, 4, 3, 2, 1], weights=[60, 25, 8, 4, 3])[0]
-        deadline = time.monotonic() + 30
-        while time.monotonic() < deadline:  # reviews hears of the completion by event
-            r = await me.call(
+        await self.once_known(
+            lambda: me.call(
                 "POST",
                 "/v1/reviews",
                 json={"booking_id": booking_id, "rating": rating},
                 ok=(201, 404, 409),
             )
+        )
+
+    @staticmethod
+    async def once_known(
+        call: Callable[[], Awaitable[httpx.Response]], within_s: float = 60
+    ) -> httpx.Response:
+        """Reviews hears of a finished visit by event, moments after the receipt (longer while
+        its consumer catches up after a restart): until then it answers 404, and the app
+        tries again."""
+        deadline = time.monotonic() + within_s
+        while True:
+            r = await call()
             if r.status_code != 404:
-                return
+                return r
+            if time.monotonic() > deadline:
+                raise Refused(r)
             await asyncio.sleep(0.3)
 
     # -------------------------------------------------------------- technicians --
