@@ -207,6 +207,25 @@ class Bench:
         ratio = f"  {figure.ratio:5.2f} x {figure.baseline}" if figure.ratio is not None else ""
         print(f"  {figure.name:<34} {figure.value:>11,.1f} {figure.unit:<8}{ratio}", flush=True)
 
+    def record_p50_p99(
+        self, name: str, samples: list[float], what: str, raw: str | None = None
+    ) -> None:
+        """`name_p50` and `name_p99` of samples in seconds, as ms; with `raw`, each also as a
+        ratio to `raw_p50` / `raw_p99` of this run. Nothing when there are no samples."""
+        if not samples:
+            return
+        for q, p in ((0.5, "p50"), (0.99, "p99")):
+            figure = Figure(
+                f"{name}_{p}",
+                percentile(samples, q) * 1e3,
+                "ms",
+                what,
+                baseline=f"{raw}_{p}" if raw else None,
+            )
+            if raw:
+                figure.ratio = figure.value / self.figures[f"{raw}_{p}"].value
+            self.record(figure)
+
     def record_pair(
         self, raw: Figure, platform: Figure, raw_rounds: list[float], rounds: list[float]
     ) -> None:
@@ -828,36 +847,21 @@ async def city(bench: Bench) -> None:
                     f"rate of this run divided by it caps journeys/s at {txn / per:.1f}",
                 )
             )
-        for samples, what, raw in (
-            (phase.to_assigned_s, "to_assigned", "raw.kafka.e2e"),
-            (phase.to_receipt_s, "to_receipt", "raw.kafka.e2e"),
-            (phase.to_offer_s, "to_first_offer", "raw.kafka.e2e"),
-            (phase.offer_to_accept_s, "offer_to_accept", "raw.kafka.e2e"),
+        for samples, what in (
+            (phase.to_assigned_s, "to_assigned"),
+            (phase.to_receipt_s, "to_receipt"),
+            (phase.to_offer_s, "to_first_offer"),
+            (phase.offer_to_accept_s, "offer_to_accept"),
         ):
-            if not samples:
-                continue
-            for q, name in ((0.5, "p50"), (0.99, "p99")):
-                figure = Figure(
-                    f"platform.city_{at}_{what}_{name}",
-                    percentile(samples, q) * 1e3,
-                    "ms",
-                    WHAT_IS_TIMED[what],
-                    baseline=f"{raw}_{name}",
-                )
-                figure.ratio = figure.value / bench.figures[f"{raw}_{name}"].value
-                bench.record(figure)
+            bench.record_p50_p99(
+                f"platform.city_{at}_{what}", samples, WHAT_IS_TIMED[what], "raw.kafka.e2e"
+            )
         for hop, samples in phase.hops_s.items():
-            if not samples:
-                continue
-            for q, name in ((0.5, "p50"), (0.99, "p99")):
-                bench.record(
-                    Figure(
-                        f"platform.city_{at}_hop_{hop}_{name}",
-                        percentile(samples, q) * 1e3,
-                        "ms",
-                        f"booking -> assigned, one hop: {city_bench.HOPS[hop]}",
-                    )
-                )
+            bench.record_p50_p99(
+                f"platform.city_{at}_hop_{hop}",
+                samples,
+                f"booking -> assigned, one hop: {city_bench.HOPS[hop]}",
+            )
     for process, mb in sorted(m.peak_rss_mb.items()):
         bench.record(Figure(f"peak_rss.{process}", mb, "MB", "VmHWM over the city run"))
 

@@ -70,6 +70,17 @@ def test_quick_bench_reports_every_platform_figure_next_to_its_raw_baseline(
         assert platform in run.stdout
         assert raw in run.stdout
     assert results["machine"]["cores"] >= 1
+    # Booking -> assigned hop by hop: every hop timed, from the platform's own records.
+    for hop in (
+        "requested_published",
+        "to_dispatch",
+        "matching",
+        "offer_published",
+        "to_gateway",
+        "answered",
+    ):
+        assert figures[f"platform.city_3_hop_{hop}_p99"]["value"] >= 0, run.stdout
+    assert figures["platform.city_3_hop_matching_p50"]["value"] > 0, run.stdout
     # Dispatch's rounds can never beat the optimum; greedy never either.
     assert figures["platform.match_50_km"]["ratio"] >= 0.999
     assert figures["greedy.match_50_km"]["ratio"] >= 0.999
