@@ -22,10 +22,10 @@ import uuid
 from dataclasses import dataclass, field
 from datetime import datetime
 from pathlib import Path
-from typing import Any
 
 import httpx
 from pymongo import AsyncMongoClient
+from pymongo.asynchronous.database import AsyncDatabase
 
 from bench.booking_api import service_process
 from services.gateway.signin import add_staff
@@ -205,7 +205,7 @@ async def offer_times(
 
 
 async def hop_times(
-    db: dict[str, Any],
+    db: dict[str, AsyncDatabase[Document]],
     requested: dict[str, datetime],
     first_offer: dict[str, datetime],
     accepted: dict[str, tuple[str, datetime, datetime]],

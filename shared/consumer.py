@@ -7,7 +7,9 @@ offset is committed only after that. A redelivered event hits the unique inbox
 index and is skipped, so reprocessing after a crash is harmless. The events
 waiting on a partition are handled in runs, in order, in one transaction (one
 inbox write, one commit, which is what a busy consumer saves); if anything in a
-run fails, its events are handled one at a time as above. A message that
+run fails, its events are handled one at a time as above. A poll's partitions
+are handled side by side by partition number (one key's events keep their
+order; see `_process_poll`), and their offsets committed together. A message that
 cannot be parsed, has no schema, or whose handler keeps failing goes to the
 dead-letter topic with headers saying why, from where, and after how many
 attempts; the loop then moves on.
