@@ -17,7 +17,6 @@ from collections.abc import Awaitable, Callable
 from typing import Any
 
 from fastapi import APIRouter, Depends, Request, Response
-from fastapi.responses import JSONResponse
 from fastapi.routing import APIRoute
 
 from services.gateway.security import edge_actor, signin_limited
@@ -92,12 +91,17 @@ def forwarding(service: str, route: APIRoute) -> tuple[Callable[..., Awaitable[R
         )
         if answer.status_code == 204:
             return Response(status_code=204)
-        try:
-            content = answer.json() if answer.content else None
-        except ValueError:
-            raise UpstreamError.from_response(answer) from None
+        if answer.content and not answer.is_json:
+            raise UpstreamError.from_response(answer)
         passed = {h: answer.headers[h] for h in PASSED_RESPONSE_HEADERS if h in answer.headers}
-        return JSONResponse(status_code=answer.status_code, content=content, headers=passed)
+        # The service's JSON is passed on as it came: parsing and writing it again would
+        # cost the busiest process CPU and change nothing.
+        return Response(
+            content=answer.content or b"null",
+            status_code=answer.status_code,
+            headers=passed,
+            media_type="application/json",
+        )
 
     endpoint.__signature__ = inspect.Signature(kept)  # type: ignore[attr-defined]
     endpoint.__name__ = f"{service}_{route.name}"
