@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import gc
+
 import uvicorn
 
 from shared.settings import Settings
@@ -20,3 +22,13 @@ def serve(app_factory: str) -> None:
         access_log=False,
         timeout_graceful_shutdown=5,
     )
+
+
+def freeze_startup_heap() -> None:
+    """Take what start-up made (modules, the app, its schemas) out of the collector's sight.
+
+    A full collection otherwise walks all of it each time: in the city benchmark that
+    stopped a service for up to 200 ms, which is where a journey's p99 went.
+    """
+    gc.collect()
+    gc.freeze()

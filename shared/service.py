@@ -28,6 +28,7 @@ from shared.http import document_errors, install_error_handlers, install_middlew
 from shared.kafka import ensure_topics, make_producer
 from shared.mongo import Database, Document, connect
 from shared.outbox import OutboxRelay, UnitOfWork, ensure_outbox_indexes
+from shared.run import freeze_startup_heap
 from shared.settings import Settings
 from shared.time import advance_clock, utcnow
 from shared.timers import TimerContext, TimerLoop, Timers, ensure_timer_indexes
@@ -202,11 +203,9 @@ def create_service_app(spec: ServiceSpec, settings: Settings | None = None) -> F
         await runtime.start()
         log.info("%s started", spec.name, extra=logs.log_fields(db=settings.database_name))
         try:
-            if spec.lifespan is None:
+            async with spec.lifespan(app) if spec.lifespan else contextlib.nullcontext():
+                freeze_startup_heap()
                 yield
-            else:
-                async with spec.lifespan(app):
-                    yield
         finally:
             await runtime.stop()
 

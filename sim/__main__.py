@@ -15,6 +15,7 @@ from pathlib import Path
 import httpx
 import uvloop
 
+from shared.run import freeze_startup_heap
 from sim.city import City, CityPlan
 
 
@@ -51,6 +52,7 @@ async def main(plan: CityPlan) -> int:
     limits = httpx.Limits(max_connections=200, max_keepalive_connections=100)
     async with httpx.AsyncClient(base_url=plan.gateway, timeout=30, limits=limits) as http:
         city = City(plan, http)
+        freeze_startup_heap()  # the simulator is a client with a latency to keep, too
         loop = asyncio.get_running_loop()
         for sig in (signal.SIGINT, signal.SIGTERM):
             with contextlib.suppress(NotImplementedError):
