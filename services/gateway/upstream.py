@@ -75,8 +75,8 @@ class Answer:
 class Upstream:
     """The gateway's calls to the services, on aiohttp's client.
 
-    The gateway makes more calls than any other process (28 per journey in the city
-    benchmark); httpx spent about a third of the gateway's CPU on them, aiohttp's client
+    The gateway makes more calls than any other process (about 28 per journey in the
+    city benchmark); httpx spent about a third of the gateway's CPU on them, aiohttp's client
     a fraction of that.
     """
 
@@ -135,8 +135,9 @@ class Upstream:
                     answer = Answer(response.status, await response.read(), response.headers)
             except aiohttp.ConnectionTimeoutError as exc:
                 raise ServiceUnavailable(
-                    f"the {service} service did not take the call within "
-                    f"{self.settings.timeout_s:g} s (too many calls waiting); try again shortly"
+                    f"no connection to the {service} service within "
+                    f"{self.settings.timeout_s:g} s (too many calls waiting, or it is not "
+                    "accepting any); try again shortly"
                 ) from exc
             except (aiohttp.ServerTimeoutError, TimeoutError) as exc:
                 # A service that takes this long is stuck or swamped: tell the client now,
