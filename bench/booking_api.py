@@ -63,6 +63,7 @@ async def service_process(
         "DOORSTEP_TOPIC_PREFIX": settings.topic_prefix,
         "DOORSTEP_DB_PREFIX": settings.db_prefix,
         "HTTP_PORT": str(port),
+        "KAFKA_GROUP_INSTANCE_ID": f"{name}-{port}",
         "LOG_LEVEL": "WARNING",
     }
     log.parent.mkdir(parents=True, exist_ok=True)

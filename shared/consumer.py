@@ -180,6 +180,7 @@ class EventConsumer:
             *self.topics,
             bootstrap_servers=self._settings.kafka_bootstrap,
             group_id=self._settings.consumer_group,
+            group_instance_id=self._settings.consumer_instance_id or None,
             client_id=f"{self._name}-consumer",
             enable_auto_commit=False,
             auto_offset_reset="earliest",

@@ -28,6 +28,11 @@ class Settings(BaseSettings):
     outbox_poll_interval_s: float = Field(0.25, validation_alias="OUTBOX_POLL_INTERVAL_S")
     outbox_batch_size: int = Field(500, validation_alias="OUTBOX_BATCH_SIZE")
     consumer_max_attempts: int = Field(4, validation_alias="CONSUMER_MAX_ATTEMPTS")
+    # Static group membership: a process restarted under the same id (after kill -9, say)
+    # takes its partitions back at once, instead of the group waiting out the dead member's
+    # session. It must be unique among the live processes of a service; the launchers use
+    # the service's name and port. Unset: dynamic membership.
+    consumer_instance_id: str | None = Field(None, validation_alias="KAFKA_GROUP_INSTANCE_ID")
     # A partition's waiting events are handled this many at a time in one transaction.
     consumer_batch_size: int = Field(50, validation_alias="CONSUMER_BATCH_SIZE")
     consumer_backoff_s: float = Field(0.1, validation_alias="CONSUMER_BACKOFF_S")

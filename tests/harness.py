@@ -165,6 +165,7 @@ class ServiceProcess:
             "DOORSTEP_TOPIC_PREFIX": f"{self.prefix}.",
             "DOORSTEP_DB_PREFIX": f"{self.prefix}_",
             "HTTP_PORT": str(self.port),
+            "KAFKA_GROUP_INSTANCE_ID": f"{self.name}-{self.port}",  # the same after a restart
             "CONSUMER_BACKOFF_S": "0.05",
             "OUTBOX_POLL_INTERVAL_S": "0.1",
             "TIMER_POLL_INTERVAL_S": "0.05",
