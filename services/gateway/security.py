@@ -25,7 +25,7 @@ from shared.auth import Actor, Role
 from shared.errors import Forbidden, Unauthenticated
 from shared.keyring import KeyRing
 from shared.mongo import Database
-from shared.service import get_runtime
+from shared.service import runtime_of
 from shared.settings import Settings
 from shared.time import utcnow
 
@@ -73,14 +73,14 @@ async def edge_actor(
     return actor
 
 
-def signin_limited(request: Request) -> None:
+async def signin_limited(request: Request) -> None:
     """Sign-in calls have no principal yet: limit them per client address."""
     limiter: RateLimiter = request.app.state.signin_limiter
     limiter.check(f"ip:{request.client.host if request.client else 'unknown'}")
 
 
 async def _verified(request: Request, authorization: str | None, x_api_key: str | None) -> Actor:
-    runtime = get_runtime(request)
+    runtime = runtime_of(request)
     if x_api_key:
         key_id, secret = parse_api_key(x_api_key)
         key = await ApiKeys(runtime.db).get(key_id)
