@@ -698,7 +698,7 @@ class Bench:
                 waiter.set_result(time.perf_counter())
 
         consumer, producer, relay = await self._consumer(settings, handlers, db)
-        uow = UnitOfWork(self.client, db, settings, on_commit=relay[1].wake)
+        uow = UnitOfWork(self.client, db, settings, on_commit=relay[1].committed)
         samples: list[float] = []
         try:
             for _ in range(self.counts.latency):

@@ -12,9 +12,10 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+from collections import deque
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 from typing import TypeVar
 
 from aiokafka import AIOKafkaProducer
@@ -89,7 +90,7 @@ class UnitOfWork:
         client: AsyncMongoClient[Document],
         db: Database,
         settings: Settings,
-        on_commit: Callable[[], None] = lambda: None,
+        on_commit: Callable[[list[Document]], None] = lambda rows: None,
         on_timer_set: Callable[[], None] = lambda: None,
     ) -> None:
         self._client = client
@@ -103,24 +104,24 @@ class UnitOfWork:
     ) -> T:
         async with self._client.start_session() as session:
 
-            async def attempt(s: AsyncClientSession) -> tuple[T, int, bool]:
+            async def attempt(s: AsyncClientSession) -> tuple[T, list[Document], bool]:
                 # with_transaction may call this again on a transient error: start clean each time.
                 tx = Transaction(
                     self._db, s, self._settings.service_name, self._settings, causation
                 )
                 result = await work(tx)
+                rows: list[Document] = []
                 if tx.events:
                     now = datetime.now(UTC)
-                    await self._db[OUTBOX].insert_many(
-                        [outbox_row(self._settings, e, now, i) for i, e in enumerate(tx.events)],
-                        session=s,
-                    )
-                return result, len(tx.events), tx.timer_set
+                    rows = [outbox_row(self._settings, e, now, i) for i, e in enumerate(tx.events)]
+                    # The relay sends these very rows once the transaction commits.
+                    await self._db[OUTBOX].insert_many(rows, session=s)
+                return result, rows, tx.timer_set
 
-            result, emitted, timer_set = await session.with_transaction(attempt)
+            result, rows, timer_set = await session.with_transaction(attempt)
         crash_point("outbox.after_commit")
-        if emitted:
-            self._on_commit()
+        if rows:
+            self._on_commit(rows)
         if timer_set:
             self._on_timer_set()
         return result
@@ -147,8 +148,17 @@ PRODUCER_LOST = (OutOfOrderSequenceNumber, UnknownProducerId, InvalidProducerIdM
 class OutboxRelay:
     """Publishes committed outbox rows in order and marks them published.
 
-    Woken at once by a local commit, and polls as a fallback (another replica's
-    commit, or rows left behind by a crash before this process started).
+    A unit of work in this process hands its rows over the moment it commits
+    (`committed`): they are sent as they are, without reading them back. The outbox
+    itself is read only
+    - to drain it: at start, rows an earlier process committed and never published, before
+      anything handed over; and again if the hand-over queue ever overflows (Kafka away for
+      long), so the rows then go out from MongoDB in order;
+    - to sweep it: every `outbox_sweep_interval_s`, rows older than `outbox_sweep_after_s`
+      that nobody handed over (a replica that died, a commit whose outcome was never learnt).
+    Marking rows published runs beside the sending, as many at a time as have piled up.
+    A crash anywhere loses nothing; at worst an event is published twice (consumers
+    deduplicate through their inbox).
     """
 
     def __init__(
@@ -165,9 +175,21 @@ class OutboxRelay:
         # good (OutOfOrderSequenceNumber on every send): only a new producer gets out.
         self._fresh_producer = fresh_producer
         self._wake = asyncio.Event()
+        self._handed: deque[Document] = deque()
+        self._draining = True
+        self._swept_at = 0.0
         self._backlog_checked = 0.0
+        self._to_mark: dict[str, datetime] = {}  # sent, not yet marked: id -> created_at
         self._marking: asyncio.Task[None] | None = None
-        self._marking_ids: list[str] = []
+
+    def committed(self, rows: list[Document]) -> None:
+        """A unit of work committed these rows: send them next, in this order."""
+        self._handed.extend(rows)
+        if len(self._handed) > self._settings.outbox_queue_limit:
+            # Kafka has been away a while: the rows are safe in MongoDB, read them back there.
+            self._handed.clear()
+            self._draining = True
+        self._wake.set()
 
     def wake(self) -> None:
         self._wake.set()
@@ -185,25 +207,64 @@ class OutboxRelay:
         log.warning("outbox relay: the producer's sequence state was lost; a new one took over")
 
     async def publish_pending(self) -> int:
-        """Publish one batch of pending rows; returns how many were published.
-
-        Marking a batch published runs while the next batch is read and sent (rows
-        being marked are excluded from that read), so MongoDB's update does not
-        stall the producer. Only one batch is ever being marked.
-        """
+        """Drain: publish the oldest batch of rows the outbox holds unpublished; returns how
+        many. Once a batch comes back short, everything committed before it was read is
+        out, and the relay goes on with the rows handed over since."""
+        if len(self._to_mark) > self._batch:
+            await self.flush()
+        self._handed.clear()  # what commits from now on is either read below or kept
         query: Document = {"published": False}
-        if self._marking is not None and not self._marking.done():
-            query["_id"] = {"$nin": self._marking_ids}
-        rows = await (
-            self._db[OUTBOX]
-            .find(query, {"topic": 1, "key": 1, "type": 1, "value": 1}, hint="pending")
-            .sort([("created_at", ASCENDING), ("seq", ASCENDING)])
-            .limit(self._settings.outbox_batch_size)
-            .to_list()
-        )
+        if self._to_mark:  # sent, being marked while this batch is read and sent
+            query["_id"] = {"$nin": list(self._to_mark)}
+        rows = await self._read(query)
         if not rows:
             await self.flush()
-            return 0
+        whole = len(rows) < self._batch
+        await self._send(rows)
+        if whole:
+            read = {row["_id"] for row in rows}
+            self._handed = deque(row for row in self._handed if row["_id"] not in read)
+            self._draining = False
+        return len(rows)
+
+    async def _publish_handed(self) -> int:
+        batch = [self._handed.popleft() for _ in range(min(len(self._handed), self._batch))]
+        try:
+            await self._send(batch)
+        except BaseException:
+            self._handed.extendleft(reversed(batch))  # sent again, in order, next time
+            raise
+        return len(batch)
+
+    async def _sweep(self) -> int:
+        """Publish rows nobody handed over, old enough that no live process still will."""
+        cutoff = datetime.now(UTC) - timedelta(seconds=self._settings.outbox_sweep_after_s)
+        # Rows this process holds (queued, or sent and not yet marked) are left alone.
+        held = [row["created_at"] for row in self._handed]
+        cutoff = min([cutoff, *held, *self._to_mark.values()])
+        rows = await self._read({"published": False, "created_at": {"$lt": cutoff}})
+        if rows:
+            log.warning("outbox relay: %d rows nobody handed over, publishing them", len(rows))
+            await self._send(rows)
+        return len(rows)
+
+    @property
+    def _batch(self) -> int:
+        return self._settings.outbox_batch_size
+
+    async def _read(self, query: Document) -> list[Document]:
+        fields = {"topic": 1, "key": 1, "type": 1, "value": 1, "created_at": 1}
+        return await (
+            self._db[OUTBOX]
+            .find(query, fields, hint="pending")
+            .sort([("created_at", ASCENDING), ("seq", ASCENDING)])
+            .limit(self._batch)
+            .to_list()
+        )
+
+    async def _send(self, rows: list[Document]) -> None:
+        if not rows:
+            return
         # Send in order without waiting one by one; the idempotent producer keeps order per key.
         futures = [
             await self._producer.send(
@@ -216,24 +277,32 @@ class OutboxRelay:
         ]
         await asyncio.gather(*futures)
         crash_point("outbox.after_publish")
-        await self.flush()
-        self._marking_ids = [row["_id"] for row in rows]
-        self._marking = asyncio.create_task(self._mark(self._marking_ids))
         for row in rows:
+            self._to_mark[row["_id"]] = row["created_at"]
             EVENTS_PUBLISHED.labels(self._settings.service_name, row["type"]).inc()
-        return len(rows)
+        self._keep_marking()
 
-    async def _mark(self, ids: list[str]) -> None:
-        await self._db[OUTBOX].update_many(
-            {"_id": {"$in": ids}},
-            {"$set": {"published": True, "published_at": datetime.now(UTC)}},
-        )
+    def _keep_marking(self) -> None:
+        if self._to_mark and (self._marking is None or self._marking.done()):
+            self._marking = asyncio.create_task(self._mark())
+
+    async def _mark(self) -> None:
+        # One update for everything sent while the last one ran: a busy relay marks in bulk.
+        while self._to_mark:
+            ids = list(self._to_mark)
+            await self._db[OUTBOX].update_many(
+                {"_id": {"$in": ids}},
+                {"$set": {"published": True, "published_at": datetime.now(UTC)}},
+            )
+            for row_id in ids:
+                self._to_mark.pop(row_id, None)
 
     async def flush(self) -> None:
-        """Wait until every published batch is also marked published."""
-        marking, self._marking = self._marking, None
+        """Wait until every row sent is also marked published."""
+        self._keep_marking()
+        marking = self._marking
         if marking is not None:
-            await marking  # a failed mark raises here: those rows are simply published again
+            await marking  # a failed mark raises here; its rows stay to be marked later
 
     async def backlog(self) -> int:
         return await self._db[OUTBOX].count_documents({"published": False}, hint="pending")
@@ -244,16 +313,21 @@ class OutboxRelay:
         try:
             while True:
                 try:
-                    published = await self.publish_pending()
+                    if self._draining:
+                        await self.publish_pending()
+                    elif self._handed:
+                        await self._publish_handed()
+                    elif loop.time() - self._swept_at >= self._settings.outbox_sweep_interval_s:
+                        self._swept_at = loop.time()
+                        await self._sweep()
+                    self._keep_marking()  # after a failed mark, try again
                     failures = 0
                     if loop.time() - self._backlog_checked > 1.0:
                         self._backlog_checked = loop.time()
                         OUTBOX_BACKLOG.labels(self._settings.service_name).set(await self.backlog())
-                    if published >= self._settings.outbox_batch_size:
-                        continue  # a full batch: more are waiting
-                    # A smaller batch took every row there was. A commit since then has set
-                    # the wake already, so waiting costs nothing, and an idle relay does not
-                    # read the outbox once more after each batch.
+                    if self._draining or self._handed:
+                        continue
+                    # Nothing left to send. A commit since then has set the wake already.
                 except asyncio.CancelledError:
                     raise
                 except Exception as exc:
@@ -262,8 +336,6 @@ class OutboxRelay:
                     if self._fresh_producer is not None and isinstance(exc, PRODUCER_LOST):
                         # Rows stay unpublished until sent: the new producer sends them
                         # again (consumers' inboxes drop what had arrived already).
-                        with contextlib.suppress(Exception):
-                            await self.flush()
                         await self._renew_producer()
                     await asyncio.sleep(min(0.2 * 2**failures, 5.0))
                     continue
@@ -271,6 +343,6 @@ class OutboxRelay:
                     await asyncio.wait_for(self._wake.wait(), self._settings.outbox_poll_interval_s)
                 self._wake.clear()
         finally:
-            # Let the last batch be marked, so a clean shutdown republishes nothing.
+            # Let the last rows be marked, so a clean shutdown republishes nothing.
             with contextlib.suppress(Exception):
                 await self.flush()

@@ -72,7 +72,7 @@ class Runtime:
             self.client,
             self.db,
             settings,
-            on_commit=self.relay.wake,
+            on_commit=self.relay.committed,
             on_timer_set=self._wake_timers,
         )
         self.consumer = (

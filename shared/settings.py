@@ -27,6 +27,12 @@ class Settings(BaseSettings):
     topic_partitions: int = Field(3, validation_alias="DOORSTEP_TOPIC_PARTITIONS")
     outbox_poll_interval_s: float = Field(0.25, validation_alias="OUTBOX_POLL_INTERVAL_S")
     outbox_batch_size: int = Field(500, validation_alias="OUTBOX_BATCH_SIZE")
+    # The relay sends what this process commits as it commits; it reads the outbox for rows
+    # nobody handed over (a dead replica's, say) once they are this old, this often.
+    outbox_sweep_after_s: float = Field(5.0, validation_alias="OUTBOX_SWEEP_AFTER_S")
+    outbox_sweep_interval_s: float = Field(1.0, validation_alias="OUTBOX_SWEEP_INTERVAL_S")
+    # Rows handed over and waiting for Kafka beyond this are read back from MongoDB instead.
+    outbox_queue_limit: int = Field(10_000, validation_alias="OUTBOX_QUEUE_LIMIT")
     consumer_max_attempts: int = Field(4, validation_alias="CONSUMER_MAX_ATTEMPTS")
     # Static group membership: a process restarted under the same id (after kill -9, say)
     # takes its partitions back at once, instead of the group waiting out the dead member's

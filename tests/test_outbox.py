@@ -1,0 +1,175 @@
+"""The outbox relay on real Kafka and MongoDB: hand-over at commit, drain at start, sweep."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import uuid
+from collections.abc import AsyncIterator
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
+
+import pytest
+from aiokafka import AIOKafkaConsumer, AIOKafkaProducer
+
+from shared.events.envelope import Envelope
+from shared.kafka import ensure_topics, make_producer
+from shared.mongo import Database, connect
+from shared.outbox import OUTBOX, OutboxRelay, Transaction, UnitOfWork, ensure_outbox_indexes
+from shared.outbox import outbox_row as make_row
+from shared.settings import Settings
+from tests.conftest import settings_for
+from tests.harness import Infra, eventually, new_prefix
+from tests.probe_events import ProbeNoted
+
+pytestmark = pytest.mark.integration
+
+
+@dataclass
+class Outbox:
+    infra: Infra
+    settings: Settings
+    db: Database
+    uow: UnitOfWork | None = None
+    relay: OutboxRelay | None = None
+    producers: list[AIOKafkaProducer] = field(default_factory=list)
+
+    @property
+    def topic(self) -> str:
+        return self.settings.topic("probe.events")
+
+    async def start(self, **changes: object) -> asyncio.Task[None]:
+        """A relay as a service runs it, its unit of work handing commits over."""
+        settings = self.settings.model_copy(update=changes)
+        producer = make_producer(settings)
+        await producer.start()
+        self.producers.append(producer)
+        self.relay = OutboxRelay(self.db, producer, settings)
+        self.uow = UnitOfWork(self.db.client, self.db, settings, on_commit=self.relay.committed)
+        return self.resume()
+
+    def resume(self) -> asyncio.Task[None]:
+        assert self.relay is not None
+        return asyncio.create_task(self.relay.run_forever())
+
+    async def commit(self, *probe_ids: str) -> None:
+        assert self.uow is not None
+
+        async def work(tx: Transaction) -> None:
+            for probe_id in probe_ids:
+                tx.emit(ProbeNoted(probe_id=probe_id))
+
+        await self.uow.run(work)
+
+    async def left_behind(self, probe_id: str, created_at: datetime | None = None) -> None:
+        """A row committed by a process that died before it was published."""
+        envelope = Envelope.wrap(ProbeNoted(probe_id=probe_id), producer="dead-replica")
+        row = make_row(self.settings, envelope, created_at or datetime.now(UTC), 0)
+        await self.db[OUTBOX].insert_one(row)
+
+    async def published(self, count: int, within_s: float = 30) -> list[str]:
+        """The probe ids on the topic, in order, once `count` have arrived."""
+        consumer = AIOKafkaConsumer(
+            self.topic,
+            bootstrap_servers=self.infra.kafka_bootstrap,
+            auto_offset_reset="earliest",
+            group_id=f"reader-{uuid.uuid4().hex}",
+        )
+        await consumer.start()
+        seen: list[str] = []
+        try:
+            async with asyncio.timeout(within_s):
+                while len(seen) < count:
+                    batch = await consumer.getmany(timeout_ms=200)
+                    for messages in batch.values():
+                        for m in messages:
+                            assert m.value is not None
+                            seen.append(Envelope.from_bytes(m.value).payload["probe_id"])
+            extra = await consumer.getmany(timeout_ms=1000)  # and nothing more after them
+            seen += [
+                Envelope.from_bytes(m.value).payload["probe_id"]
+                for messages in extra.values()
+                for m in messages
+                if m.value is not None
+            ]
+        finally:
+            await consumer.stop()
+        return seen
+
+    async def unpublished(self) -> int:
+        return await self.db[OUTBOX].count_documents({"published": False})
+
+
+@pytest.fixture
+async def outbox(infra: Infra) -> AsyncIterator[Outbox]:
+    prefix = new_prefix()
+    # One partition: the order the relay sends in is the order a reader sees.
+    settings = settings_for(infra, prefix, f"relay-{prefix}").model_copy(
+        update={"topic_partitions": 1}
+    )
+    client = connect(settings)
+    db = client[settings.database_name]
+    await ensure_outbox_indexes(db)
+    box = Outbox(infra, settings, db)
+    await ensure_topics(settings, [box.topic])
+    try:
+        yield box
+    finally:
+        for producer in box.producers:
+            await producer.stop()
+        await client.drop_database(settings.database_name)
+        await client.close()
+
+
+@contextlib.asynccontextmanager
+async def running(task: asyncio.Task[None]) -> AsyncIterator[None]:
+    try:
+        yield
+    finally:
+        task.cancel()
+        with contextlib.suppress(asyncio.CancelledError):
+            await task
+
+
+async def test_rows_left_by_a_dead_process_go_out_before_anything_committed_after_start(
+    outbox: Outbox,
+) -> None:
+    await outbox.left_behind("old-1")
+    await outbox.left_behind("old-2")
+    async with running(await outbox.start()):
+        await outbox.commit("new-1", "new-2")
+        await outbox.commit("new-3")
+        assert await outbox.published(5) == ["old-1", "old-2", "new-1", "new-2", "new-3"]
+        await eventually(lambda: _none(outbox), what="every row marked published")
+
+
+async def test_a_row_nobody_handed_over_is_swept_once_it_is_old_enough(outbox: Outbox) -> None:
+    async with running(await outbox.start(outbox_sweep_after_s=3.0, outbox_sweep_interval_s=0.1)):
+        await outbox.commit("mine")
+        assert await outbox.published(1) == ["mine"]
+        # A replica that died after its commit: its row is not handed to this relay.
+        await outbox.left_behind("orphan")
+        await asyncio.sleep(0.5)
+        assert await outbox.unpublished() == 1, "a fresh row may still be its owner's to send"
+        assert await outbox.published(2) == ["mine", "orphan"]
+        await eventually(lambda: _none(outbox), what="the swept row marked published")
+
+
+async def test_an_overflowing_hand_over_queue_is_read_back_from_mongodb_in_order(
+    outbox: Outbox,
+) -> None:
+    async with running(await outbox.start(outbox_queue_limit=3)):
+        await outbox.commit("p0")
+        assert await outbox.published(1) == ["p0"]
+    # The relay cannot send (here: it is stopped) while commits pile up beyond what it
+    # keeps in memory; they are safe in MongoDB, and go out from there in order, once each.
+    ids = [f"p{i}" for i in range(1, 9)]
+    for probe_id in ids:
+        await outbox.commit(probe_id)
+    async with running(outbox.resume()):
+        assert await outbox.published(9) == ["p0", *ids]
+        await eventually(lambda: _none(outbox), what="every row marked published")
+
+
+async def _none(outbox: Outbox) -> bool:
+    return await outbox.unpublished() == 0
