@@ -287,8 +287,11 @@ class OutboxRelay:
             self._marking = asyncio.create_task(self._mark())
 
     async def _mark(self) -> None:
-        # One update for everything sent while the last one ran: a busy relay marks in bulk.
+        # Marks wait a moment and take everything sent meanwhile: a busy relay marks in bulk,
+        # and a crash before the mark only means those events are sent again.
         while self._to_mark:
+            if not self._draining:  # a drain is catching up: it marks at once
+                await asyncio.sleep(self._settings.outbox_mark_every_s)
             ids = list(self._to_mark)
             await self._db[OUTBOX].update_many(
                 {"_id": {"$in": ids}},
