@@ -130,6 +130,7 @@ class Customer:
     location: tuple[float, float]
     busy: bool = False
     nudged: asyncio.Event = field(default_factory=asyncio.Event)  # a notification arrived
+    receipt_ready: asyncio.Event = field(default_factory=asyncio.Event)  # that one was pushed
 
 
 class City:
@@ -280,7 +281,8 @@ class City:
         await self.setup()
         self.workers = [asyncio.create_task(self.technician(t)) for t in self.technicians]
         self.workers += [
-            asyncio.create_task(self.listen(c.caller, c.nudged)) for c in self.customers
+            asyncio.create_task(self.listen(c.caller, c.nudged, receipt_ready=c.receipt_ready))
+            for c in self.customers
         ]
 
     async def play(
@@ -465,8 +467,9 @@ class City:
 
     async def receipt(self, me: Caller, booking_id: str, within_s: float) -> dict[str, Any] | None:
         """The visit's receipt once it is issued; None if the visit was stopped at the door
-        or nothing came in time."""
-        nudged = self.customer_of[booking_id].nudged
+        or nothing came in time. The app looks when told the receipt is ready, not at every
+        push of the visit (and every LOOK_EVERY_S, and when its stream reconnects)."""
+        nudged = self.customer_of[booking_id].receipt_ready
         deadline = time.monotonic() + within_s
         while time.monotonic() < deadline and self.running:
             nudged.clear()
@@ -526,8 +529,15 @@ class City:
         finally:
             listener.cancel()
 
-    async def listen(self, who: Caller, nudged: asyncio.Event, about: str = "") -> None:
-        """Keep the app's live stream open; a notification containing `about` nudges it."""
+    async def listen(
+        self,
+        who: Caller,
+        nudged: asyncio.Event,
+        about: str = "",
+        receipt_ready: asyncio.Event | None = None,
+    ) -> None:
+        """Keep the app's live stream open; a notification containing `about` nudges it, and
+        one saying a receipt is ready sets `receipt_ready` too."""
         while self.running:
             try:
                 async with self.streams.stream(
@@ -537,9 +547,13 @@ class City:
                         await who.refresh()
                         continue
                     nudged.set()  # (re)connected: look once for what may have been missed
+                    if receipt_ready is not None:
+                        receipt_ready.set()
                     async for line in stream.aiter_lines():
                         if line.startswith("data: ") and about in line:
                             nudged.set()
+                            if receipt_ready is not None and '"kind": "receipt_ready"' in line:
+                                receipt_ready.set()
             except httpx.HTTPError:
                 await asyncio.sleep(1)
 
@@ -606,6 +620,7 @@ class City:
         if self.rng.random() < shares.not_the_person:
             self._halted.add(booking_id)
             customer.nudged.set()  # the app sees the visit stopped
+            customer.receipt_ready.set()
             await customer.caller.call("POST", f"/v1/visits/{booking_id}/not-the-person")
             self.outcomes.counts["safety_alerts"] += 1
             return
