@@ -24,8 +24,9 @@ from aiokafka.errors import (
     OutOfOrderSequenceNumber,
     UnknownProducerId,
 )
-from pymongo import ASCENDING, AsyncMongoClient, IndexModel
+from pymongo import ASCENDING, AsyncMongoClient, IndexModel, UpdateMany
 from pymongo.asynchronous.client_session import AsyncClientSession
+from pymongo.errors import PyMongoError
 
 from shared import logs
 from shared.events.envelope import Envelope, EventPayload
@@ -179,7 +180,8 @@ class OutboxRelay:
         self._draining = True
         self._swept_at = 0.0
         self._backlog_checked = 0.0
-        self._to_mark: dict[str, datetime] = {}  # sent, not yet marked: id -> created_at
+        # Sent, not yet marked published: id -> (created_at, sent_at).
+        self._to_mark: dict[str, tuple[datetime, datetime]] = {}
         self._marking: asyncio.Task[None] | None = None
 
     def committed(self, rows: list[Document]) -> None:
@@ -241,7 +243,7 @@ class OutboxRelay:
         cutoff = datetime.now(UTC) - timedelta(seconds=self._settings.outbox_sweep_after_s)
         # Rows this process holds (queued, or sent and not yet marked) are left alone.
         held = [row["created_at"] for row in self._handed]
-        cutoff = min([cutoff, *held, *self._to_mark.values()])
+        cutoff = min([cutoff, *held, *(created for created, _ in self._to_mark.values())])
         rows = await self._read({"published": False, "created_at": {"$lt": cutoff}})
         if rows:
             log.warning("outbox relay: %d rows nobody handed over, publishing them", len(rows))
@@ -277,8 +279,9 @@ class OutboxRelay:
         ]
         await asyncio.gather(*futures)
         crash_point("outbox.after_publish")
+        sent_at = datetime.now(UTC)
         for row in rows:
-            self._to_mark[row["_id"]] = row["created_at"]
+            self._to_mark[row["_id"]] = (row["created_at"], sent_at)
             EVENTS_PUBLISHED.labels(self._settings.service_name, row["type"]).inc()
         self._keep_marking()
 
@@ -287,25 +290,40 @@ class OutboxRelay:
             self._marking = asyncio.create_task(self._mark())
 
     async def _mark(self) -> None:
-        # Marks wait a moment and take everything sent meanwhile: a busy relay marks in bulk,
-        # and a crash before the mark only means those events are sent again.
+        # Marks wait a moment and take everything sent meanwhile: one round trip for all of
+        # it (each send's rows keep the time Kafka took them), and a crash before the mark
+        # only means those events are sent again.
         while self._to_mark:
             if not self._draining:  # a drain is catching up: it marks at once
                 await asyncio.sleep(self._settings.outbox_mark_every_s)
-            ids = list(self._to_mark)
-            await self._db[OUTBOX].update_many(
-                {"_id": {"$in": ids}},
-                {"$set": {"published": True, "published_at": datetime.now(UTC)}},
-            )
-            for row_id in ids:
+            marking = dict(self._to_mark)
+            by_send: dict[datetime, list[str]] = {}
+            for row_id, (_, sent_at) in marking.items():
+                by_send.setdefault(sent_at, []).append(row_id)
+            try:
+                await self._db[OUTBOX].bulk_write(
+                    [
+                        UpdateMany(
+                            {"_id": {"$in": ids}},
+                            {"$set": {"published": True, "published_at": sent_at}},
+                        )
+                        for sent_at, ids in by_send.items()
+                    ],
+                    ordered=False,
+                )
+            except PyMongoError as exc:
+                # Left to mark; the relay's loop starts marking again on its next turn.
+                log.warning("outbox relay: marking %d rows failed: %s", len(marking), exc)
+                return
+            for row_id in marking:
                 self._to_mark.pop(row_id, None)
 
     async def flush(self) -> None:
-        """Wait until every row sent is also marked published."""
+        """Wait for the marking under way (rows whose mark fails stay to be marked later)."""
         self._keep_marking()
         marking = self._marking
         if marking is not None:
-            await marking  # a failed mark raises here; its rows stay to be marked later
+            await marking
 
     async def backlog(self) -> int:
         return await self._db[OUTBOX].count_documents({"published": False}, hint="pending")
