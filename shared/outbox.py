@@ -193,9 +193,6 @@ class OutboxRelay:
             self._draining = True
         self._wake.set()
 
-    def wake(self) -> None:
-        self._wake.set()
-
     @property
     def producer(self) -> AIOKafkaProducer:
         return self._producer
