@@ -3,8 +3,11 @@
 For every message: parse the envelope, find the handler for its (type,
 version), and run the handler and the inbox insert `(consumer, event_id)` in
 one MongoDB transaction (with the handler's own outbox events). The Kafka
-offset is committed only after that. A redelivered event hits the unique inbox
-index and is skipped, so reprocessing after a crash is harmless. The events
+offset is committed only after that: when the consumer falls quiet, or at most every
+`consumer_commit_every_s`, and before its partitions move to another member. A
+redelivered event hits the unique inbox index and is skipped, so reprocessing after a
+crash is harmless. An event this service does not react to is passed over on its
+`event_type` header, unparsed. The events
 waiting on a partition are handled in runs, in order, in one transaction (one
 inbox write, one commit, which is what a busy consumer saves); if anything in a
 run fails, its events are handled one at a time as above. A poll's partitions
@@ -18,6 +21,7 @@ attempts; the loop then moves on.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import time
 from collections.abc import Awaitable, Callable
@@ -25,7 +29,13 @@ from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Any, NamedTuple, TypeVar
 
-from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, ConsumerRecord, TopicPartition
+from aiokafka import (
+    AIOKafkaConsumer,
+    AIOKafkaProducer,
+    ConsumerRebalanceListener,
+    ConsumerRecord,
+    TopicPartition,
+)
 from aiokafka.errors import CommitFailedError, KafkaError
 from pydantic import ValidationError
 from pymongo import ASCENDING, IndexModel
@@ -113,6 +123,20 @@ def _in_turn(first: Handler, then: Handler) -> Handler:
     return both
 
 
+class _CommitBeforeRevoke(ConsumerRebalanceListener):  # type: ignore[misc]
+    """Partitions about to move to another member: commit what was handled on them first,
+    so the new owner does not handle it again (its inbox would drop it, at a cost)."""
+
+    def __init__(self, owner: EventConsumer) -> None:
+        self._owner = owner
+
+    async def on_partitions_revoked(self, revoked: list[TopicPartition]) -> None:
+        await self._owner.commit_done()
+
+    async def on_partitions_assigned(self, assigned: list[TopicPartition]) -> None:
+        pass
+
+
 class Ready(NamedTuple):
     """A message that parsed, with its payload and the handler waiting for it."""
 
@@ -170,6 +194,7 @@ class EventConsumer:
         self._consumer: AIOKafkaConsumer | None = None
         self.assigned = asyncio.Event()
         self._next_offset: dict[TopicPartition, int] = {}
+        self._uncommitted: dict[TopicPartition, int] = {}  # handled, offset not yet committed
 
     @property
     def topics(self) -> list[str]:
@@ -177,7 +202,6 @@ class EventConsumer:
 
     async def run_forever(self) -> None:
         consumer = AIOKafkaConsumer(
-            *self.topics,
             bootstrap_servers=self._settings.kafka_bootstrap,
             group_id=self._settings.consumer_group,
             group_instance_id=self._settings.consumer_instance_id or None,
@@ -192,9 +216,12 @@ class EventConsumer:
             # default five minutes.
             metadata_max_age_ms=5_000,
         )
+        consumer.subscribe(self.topics, listener=_CommitBeforeRevoke(self))
         self._consumer = consumer
         await consumer.start()
         seen: frozenset[str] = frozenset()
+        loop = asyncio.get_running_loop()
+        committed_at = loop.time()
         try:
             while True:
                 batches = await consumer.getmany(timeout_ms=200, max_records=200)
@@ -211,12 +238,27 @@ class EventConsumer:
                     await self._process_poll(batches)
                     crash_point("consumer.after_handle")
                     done = {tp: messages[-1].offset + 1 for tp, messages in batches.items()}
-                    await self._commit(consumer, done)
+                    self._uncommitted.update(done)
                     self._next_offset.update(done)
+                # After the work, and not after every poll: a quiet moment or the interval.
+                every = self._settings.consumer_commit_every_s
+                if self._uncommitted and (not batches or loop.time() - committed_at >= every):
+                    await self.commit_done()
+                    committed_at = loop.time()
                 self._report_lag(consumer)
         finally:
+            with contextlib.suppress(Exception):
+                await self.commit_done()  # a clean stop leaves nothing to redeliver
             self._consumer = None
             await consumer.stop()
+
+    async def commit_done(self) -> None:
+        """Commit the offsets of everything handled so far (one request for all partitions)."""
+        consumer, offsets = self._consumer, self._uncommitted
+        if consumer is None or not offsets:
+            return
+        self._uncommitted = {}
+        await self._commit(consumer, offsets)
 
     async def _process_poll(
         self, batches: dict[TopicPartition, list[ConsumerRecord[bytes, bytes]]]
@@ -277,8 +319,9 @@ class EventConsumer:
                 run = []
                 await self._dead_letter(message, DeadLetter(str(exc), "rejected", 1), None)
                 continue
-            if handler is None or model is None:
-                EVENTS_CONSUMED.labels(self._name, envelope.type, "ignored").inc()
+            if isinstance(envelope, str) or handler is None or model is None:
+                ignored = envelope if isinstance(envelope, str) else envelope.type
+                EVENTS_CONSUMED.labels(self._name, ignored, "ignored").inc()
                 continue
             try:
                 payload = model.model_validate(envelope.payload)
@@ -371,9 +414,14 @@ class EventConsumer:
 
     def _resolve(
         self, message: ConsumerRecord[bytes, bytes]
-    ) -> tuple[Envelope, type[EventPayload] | None, Handler | None]:
+    ) -> tuple[Envelope | str, type[EventPayload] | None, Handler | None]:
+        """The envelope, its model and handler; or, for a known event this service does not
+        react to, just its type (read from the header the relay sets, without parsing)."""
         if message.value is None:
             raise Rejected("malformed: empty message")
+        said = _header(message, "event_type")
+        if said is not None and self._handlers.lookup(said) is None and is_known_type(said):
+            return said, None, None
         try:
             envelope = Envelope.from_bytes(message.value)
         except (ValueError, ValidationError) as exc:
@@ -490,6 +538,13 @@ class EventConsumer:
                 attempts=letter.attempts,
             ),
         )
+
+
+def _header(message: ConsumerRecord[bytes, bytes], name: str) -> str | None:
+    for key, value in message.headers or ():
+        if key == name and isinstance(value, bytes):
+            return value.decode(errors="replace")
+    return None
 
 
 def _short(exc: BaseException, limit: int = 500) -> str:

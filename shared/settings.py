@@ -43,6 +43,10 @@ class Settings(BaseSettings):
     consumer_instance_id: str | None = Field(None, validation_alias="KAFKA_GROUP_INSTANCE_ID")
     # A partition's waiting events are handled this many at a time in one transaction.
     consumer_batch_size: int = Field(50, validation_alias="CONSUMER_BATCH_SIZE")
+    # Offsets are committed after the work, at most this often: a redelivery after a crash
+    # or a rebalance is dropped by the inbox, and most polls hold only events this service
+    # ignores, which would otherwise each cost a commit.
+    consumer_commit_every_s: float = Field(0.5, validation_alias="CONSUMER_COMMIT_EVERY_S")
     consumer_backoff_s: float = Field(0.1, validation_alias="CONSUMER_BACKOFF_S")
     consumer_backoff_max_s: float = Field(5.0, validation_alias="CONSUMER_BACKOFF_MAX_S")
     # How long an event waits for one it depends on from another topic (errors.NotYet).
