@@ -264,6 +264,7 @@ async def measure(
     seconds: float,
     customers: int,
     technicians: int,
+    warm_up_s: float = 0.0,
 ) -> CityFigures:
     # Topics and databases of its own: earlier sections' events must not stand in the queue.
     settings = settings.model_copy(
@@ -324,6 +325,13 @@ async def measure(
         await city.start()
         phases = []
         try:
+            if warm_up_s > 0 and ladder:
+                # A platform in service runs warm: the JVM has compiled Kafka's hot paths,
+                # the services have loaded what they load on first use. Not measured.
+                print(
+                    f"  warming up at {ladder[0]:g} journeys/s for {warm_up_s:g} s (not measured)"
+                )
+                await city.play(ladder[0], duration_s=warm_up_s, drain_s=60)
             for rate in ladder:
                 print(f"  city at {rate:g} journeys/s for {seconds:g} s")
                 before = await backlog(urls)

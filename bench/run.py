@@ -110,6 +110,7 @@ class Counts:
     notifications: int = 200  # events to the customer's live stream, one at a time
     city_ladder: tuple[float, ...] = (1.0, 2.0, 3.0, 4.0)  # journeys started per second
     city_seconds: float = 60.0  # each rate is played this long
+    city_warm_up_s: float = 20.0  # played at the first rate before measuring, unmeasured
     city_customers: int = 300
     city_technicians: int = 200
 
@@ -134,6 +135,7 @@ QUICK = Counts(
     notifications=20,
     city_ladder=(3.0,),
     city_seconds=15.0,
+    city_warm_up_s=5.0,
     city_customers=20,
     city_technicians=18,
 )
@@ -817,6 +819,7 @@ async def city(bench: Bench) -> None:
         RUN_DIR,
         ladder=list(counts.city_ladder),
         seconds=counts.city_seconds,
+        warm_up_s=counts.city_warm_up_s,
         customers=counts.city_customers,
         technicians=counts.city_technicians,
     )
@@ -993,6 +996,9 @@ def main() -> None:
         "--city-rates", type=float, nargs="+", help="the city's ladder (journeys started per s)"
     )
     parser.add_argument("--city-seconds", type=float, help="how long each rate is played")
+    parser.add_argument(
+        "--city-warm-up", type=float, help="seconds played at the first rate before measuring"
+    )
     parser.add_argument("--city-customers", type=int, help="customers in the city")
     parser.add_argument("--city-technicians", type=int, help="technicians in the city")
     args = parser.parse_args()
@@ -1000,6 +1006,7 @@ def main() -> None:
     overrides = {
         "city_ladder": tuple(args.city_rates) if args.city_rates else None,
         "city_seconds": args.city_seconds,
+        "city_warm_up_s": args.city_warm_up,
         "city_customers": args.city_customers,
         "city_technicians": args.city_technicians,
     }
