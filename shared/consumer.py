@@ -346,15 +346,15 @@ class EventConsumer:
         if len(run) > 1:
             started = time.perf_counter()
             try:
-                outcomes = await self._handle_together(run)
+                await self._handle_together(run)
             except _FailedAt as exc:
                 failed_at = exc.index
-                log.info("a run of %d events failed at %d; one at a time", len(run), exc.index)
+                log.info("a run of %d events failed at %s; one at a time", len(run), exc.index)
             else:
                 took = (time.perf_counter() - started) / len(run)
-                for ready, outcome in zip(run, outcomes, strict=True):
+                for ready in run:
                     HANDLER_SECONDS.labels(self._name, ready.envelope.type).observe(took)
-                    EVENTS_CONSUMED.labels(self._name, ready.envelope.type, outcome).inc()
+                    EVENTS_CONSUMED.labels(self._name, ready.envelope.type, "handled").inc()
                 return
         for i, ready in enumerate(run):
             token = logs.correlation_id.set(ready.envelope.correlation_id)
@@ -364,39 +364,21 @@ class EventConsumer:
             finally:
                 logs.correlation_id.reset(token)
 
-    async def _handle_together(self, run: list[Ready]) -> list[str]:
+    async def _handle_together(self, run: list[Ready]) -> None:
         """Every event of the run in one transaction: the inbox rows in one write, each
         handler in order with its own causation. Raises _FailedAt (the handler's index, or
         None when the transaction itself failed)."""
         at: list[int | None] = [None]
 
-        async def work(tx: Transaction) -> list[str]:
+        async def work(tx: Transaction) -> None:
             at[0] = None
-            ids = [str(r.envelope.event_id) for r in run]
-            seen = {
-                doc["event_id"]
-                async for doc in self._db[INBOX].find(
-                    {"consumer": self._name, "event_id": {"$in": ids}},
-                    {"event_id": 1},
-                    session=tx.session,
-                )
-            }
-            outcomes, fresh = [], []
-            for ready, event_id in zip(run, ids, strict=True):
-                if event_id in seen:
-                    outcomes.append("duplicate")
-                    continue
-                seen.add(event_id)  # the same event twice in one run: the second is a duplicate
-                outcomes.append("handled")
-                fresh.append(ready)
-            if fresh:
-                now = datetime.now(UTC)
-                await self._db[INBOX].insert_many(
-                    [inbox_row(self._name, r.envelope, now) for r in fresh], session=tx.session
-                )
+            # No read first: an event the inbox holds already (a redelivery, or the same
+            # event twice in the run) fails the insert, and the run is handled one by one.
+            now = datetime.now(UTC)
+            await self._db[INBOX].insert_many(
+                [inbox_row(self._name, r.envelope, now) for r in run], session=tx.session
+            )
             for i, ready in enumerate(run):
-                if outcomes[i] != "handled":
-                    continue
                 at[0] = i
                 tx.causation = ready.envelope
                 token = logs.correlation_id.set(ready.envelope.correlation_id)
@@ -405,10 +387,9 @@ class EventConsumer:
                 finally:
                     logs.correlation_id.reset(token)
             at[0] = None
-            return outcomes
 
         try:
-            return await self._uow.run(work, causation=run[0].envelope)
+            await self._uow.run(work, causation=run[0].envelope)
         except Exception as exc:
             raise _FailedAt(at[0]) from exc
 
