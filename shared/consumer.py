@@ -10,9 +10,10 @@ crash is harmless. An event this service does not react to is passed over on its
 `event_type` header, unparsed. The events
 waiting on a partition are handled in runs, in order, in one transaction (one
 inbox write, one commit, which is what a busy consumer saves); if anything in a
-run fails, its events are handled one at a time as above. A poll's partitions
-are handled side by side by partition number (one key's events keep their
-order; see `_process_poll`), and their offsets committed together. A message that
+run fails, its events are handled one at a time as above. Each partition number
+has a lane that handles what is polled for it in order (one key's events keep
+their order; see `_to_lane`); the lanes run side by side while the next poll is
+fetched. A message that
 cannot be parsed, has no schema, or whose handler keeps failing goes to the
 dead-letter topic with headers saying why, from where, and after how many
 attempts; the loop then moves on.
@@ -123,14 +124,24 @@ def _in_turn(first: Handler, then: Handler) -> Handler:
     return both
 
 
+@dataclass
+class _Lane:
+    queue: asyncio.Queue[tuple[TopicPartition, list[ConsumerRecord[bytes, bytes]]]]
+    task: asyncio.Task[None]
+
+
+LANES_HOLD_AT_MOST = 1_000  # messages polled and not yet handled, over all lanes
+
+
 class _CommitBeforeRevoke(ConsumerRebalanceListener):  # type: ignore[misc]
-    """Partitions about to move to another member: commit what was handled on them first,
-    so the new owner does not handle it again (its inbox would drop it, at a cost)."""
+    """Partitions about to move to another member: finish what the lanes hold and commit it
+    first, so the new owner does not handle it again (its inbox would drop it, at a cost)."""
 
     def __init__(self, owner: EventConsumer) -> None:
         self._owner = owner
 
     async def on_partitions_revoked(self, revoked: list[TopicPartition]) -> None:
+        await self._owner.drain()
         await self._owner.commit_done()
 
     async def on_partitions_assigned(self, assigned: list[TopicPartition]) -> None:
@@ -195,6 +206,8 @@ class EventConsumer:
         self.assigned = asyncio.Event()
         self._next_offset: dict[TopicPartition, int] = {}
         self._uncommitted: dict[TopicPartition, int] = {}  # handled, offset not yet committed
+        self._lanes: dict[int, _Lane] = {}  # by partition number
+        self._queued = 0  # messages handed to the lanes and not yet handled
 
     @property
     def topics(self) -> list[str]:
@@ -224,6 +237,7 @@ class EventConsumer:
         committed_at = loop.time()
         try:
             while True:
+                await self._room_in_lanes()
                 batches = await consumer.getmany(timeout_ms=200, max_records=200)
                 topics = frozenset(tp.topic for tp in consumer.assignment())
                 if topics != seen:
@@ -234,12 +248,8 @@ class EventConsumer:
                     self.assigned.set()
                 else:
                     self.assigned.clear()
-                if batches:
-                    await self._process_poll(batches)
-                    crash_point("consumer.after_handle")
-                    done = {tp: messages[-1].offset + 1 for tp, messages in batches.items()}
-                    self._uncommitted.update(done)
-                    self._next_offset.update(done)
+                for tp, messages in batches.items():
+                    self._to_lane(tp, messages)
                 # After the work, and not after every poll: a quiet moment or the interval.
                 every = self._settings.consumer_commit_every_s
                 if self._uncommitted and (not batches or loop.time() - committed_at >= every):
@@ -247,6 +257,12 @@ class EventConsumer:
                     committed_at = loop.time()
                 self._report_lag(consumer)
         finally:
+            lanes = list(self._lanes.values())
+            for lane in lanes:
+                lane.task.cancel()  # a transaction under way is not committed: redelivered
+            await asyncio.gather(*(lane.task for lane in lanes), return_exceptions=True)
+            self._lanes.clear()
+            self._queued = 0
             with contextlib.suppress(Exception):
                 await self.commit_done()  # a clean stop leaves nothing to redeliver
             self._consumer = None
@@ -260,31 +276,71 @@ class EventConsumer:
         self._uncommitted = {}
         await self._commit(consumer, offsets)
 
-    async def _process_poll(
-        self, batches: dict[TopicPartition, list[ConsumerRecord[bytes, bytes]]]
-    ) -> None:
-        """Handle a poll's partitions, side by side by partition number.
+    def _to_lane(self, tp: TopicPartition, messages: list[ConsumerRecord[bytes, bytes]]) -> None:
+        """Queue a partition's messages on the lane of its partition number.
 
         Every topic is keyed by booking (or technician, store...) and has the same number of
         partitions, so one key's events sit in the same partition number on every topic:
-        each number's partitions are handled in turn (one key's events never race each
-        other), and the numbers side by side, so an event does not wait for the work of
-        keys that have nothing to do with it.
+        a number's lane handles them in the order they came (one key's events never race
+        each other), and the lanes run side by side and never wait for each other or for
+        the next poll, so an event does not wait for the work of keys that have nothing to
+        do with it.
         """
-        by_number: dict[int, list[list[ConsumerRecord[bytes, bytes]]]] = {}
-        for tp, messages in batches.items():
-            by_number.setdefault(tp.partition, []).append(messages)
+        lane = self._lanes.get(tp.partition)
+        if lane is None:
+            queue: asyncio.Queue[tuple[TopicPartition, list[ConsumerRecord[bytes, bytes]]]]
+            queue = asyncio.Queue()
+            lane = _Lane(queue, asyncio.create_task(self._work_lane(queue)))
+            self._lanes[tp.partition] = lane
+        lane.queue.put_nowait((tp, messages))
+        self._queued += len(messages)
 
-        async def in_turn(partitions: list[list[ConsumerRecord[bytes, bytes]]]) -> None:
-            for messages in partitions:
-                await self._process_all(messages)
+    async def _work_lane(
+        self, queue: asyncio.Queue[tuple[TopicPartition, list[ConsumerRecord[bytes, bytes]]]]
+    ) -> None:
+        while True:
+            # Everything waiting by now, each partition's messages together: a lane that
+            # was busy takes the polls that came meanwhile in one go (longer runs, fewer
+            # transactions), as a poll loop that waited for its work would.
+            waiting: dict[TopicPartition, list[ConsumerRecord[bytes, bytes]]] = {}
+            tp, messages = await queue.get()
+            waiting[tp] = list(messages)
+            while not queue.empty():
+                tp, messages = queue.get_nowait()
+                waiting.setdefault(tp, []).extend(messages)
+            for tp, messages in waiting.items():
+                try:
+                    await self._process_all(messages)
+                    crash_point("consumer.after_handle")
+                    # One lane per partition number: a partition's offsets only move forward.
+                    done = messages[-1].offset + 1
+                    self._uncommitted[tp] = done
+                    self._next_offset[tp] = done
+                finally:
+                    self._queued -= len(messages)
 
-        if len(by_number) == 1:
-            await in_turn(next(iter(by_number.values())))
-            return
-        async with asyncio.TaskGroup() as side_by_side:
-            for partitions in by_number.values():
-                side_by_side.create_task(in_turn(partitions))
+    def _check_lanes(self) -> None:
+        """A lane that died of an unexpected error takes the consumer down with it (the
+        service restarts and its uncommitted events come again)."""
+        for lane in self._lanes.values():
+            if lane.task.done() and not lane.task.cancelled():
+                failure = lane.task.exception()
+                if failure is not None:
+                    raise failure
+
+    async def _room_in_lanes(self) -> None:
+        """Poll again only while the lanes hold fewer than LANES_HOLD_AT_MOST messages."""
+        self._check_lanes()
+        while self._queued >= LANES_HOLD_AT_MOST:
+            await asyncio.sleep(0.005)
+            self._check_lanes()
+
+    async def drain(self) -> None:
+        """Wait until every message handed to a lane is handled."""
+        self._check_lanes()
+        while self._queued > 0:
+            await asyncio.sleep(0.005)
+            self._check_lanes()
 
     async def _commit(self, consumer: AIOKafkaConsumer, offsets: dict[TopicPartition, int]) -> None:
         """One commit for every partition of the poll, after all their work is done."""

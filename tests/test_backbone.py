@@ -36,6 +36,7 @@ class Probe:
     db: Database
     topic: str
     attempts: dict[str, int]
+    gates: dict[str, asyncio.Event]  # a probe with a gate is handled once the gate opens
 
     async def effects(self, probe_id: str) -> int:
         doc = await self.db["effects"].find_one({"_id": probe_id})
@@ -57,11 +58,14 @@ async def probe(infra: Infra) -> AsyncIterator[Probe]:
     await ensure_inbox_indexes(db)
     await ensure_outbox_indexes(db)
     attempts: dict[str, int] = {}
+    gates: dict[str, asyncio.Event] = {}
     handlers = Handlers()
 
     @handlers.on(ProbeNoted)
     async def count(tx: Transaction, event: ProbeNoted) -> None:
         attempts[event.probe_id] = attempts.get(event.probe_id, 0) + 1
+        if event.probe_id in gates:
+            await gates[event.probe_id].wait()
         if attempts[event.probe_id] <= event.waits_times:
             raise NotYet(f"probe {event.probe_id} waits for another event")
         if event.fail_times < 0 or attempts[event.probe_id] <= event.fail_times:
@@ -79,7 +83,7 @@ async def probe(infra: Infra) -> AsyncIterator[Probe]:
     await producer.start()
     task = asyncio.create_task(consumer.run_forever())
     try:
-        yield Probe(settings, db, consumer.topics[0], attempts)
+        yield Probe(settings, db, consumer.topics[0], attempts, gates)
     finally:
         task.cancel()
         with contextlib.suppress(asyncio.CancelledError):
@@ -232,3 +236,25 @@ async def _ge(value: float, floor: float) -> bool:
 
 async def _ge_async(value: Any, floor: int) -> bool:
     return bool(await value >= floor)
+
+
+async def test_an_event_does_not_wait_for_a_slow_handler_on_another_partition(
+    probe: Probe, kafka_producer: AIOKafkaProducer
+) -> None:
+    """Each partition number has its own lane: a later event on another partition is
+    handled while the earlier one's handler is still busy, and both are handled once."""
+    probe.gates["slow"] = asyncio.Event()
+    await kafka_producer.send_and_wait(probe.topic, envelope_bytes("slow"), partition=0)
+
+    async def slow_started() -> bool:
+        return probe.attempts.get("slow") == 1
+
+    await eventually(slow_started, what="the slow handler started")
+
+    await kafka_producer.send_and_wait(probe.topic, envelope_bytes("quick"), partition=1)
+    await eventually(lambda: _ge_async(probe.effects("quick"), 1), within=8, what="quick handled")
+    assert await probe.effects("slow") == 0, "the slow event finished first after all"
+
+    probe.gates["slow"].set()
+    await eventually(lambda: _ge_async(probe.effects("slow"), 1), what="slow handled")
+    assert (await probe.effects("slow"), await probe.effects("quick")) == (1, 1)
