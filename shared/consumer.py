@@ -343,7 +343,13 @@ class EventConsumer:
             self._check_lanes()
 
     async def _commit(self, consumer: AIOKafkaConsumer, offsets: dict[TopicPartition, int]) -> None:
-        """One commit for every partition of the poll, after all their work is done."""
+        """One commit for every partition handled since the last, after all their work."""
+        # A partition that moved away meanwhile is its new owner's to commit (what it
+        # handles again, its inbox drops).
+        assigned = consumer.assignment()
+        offsets = {tp: offset for tp, offset in offsets.items() if tp in assigned}
+        if not offsets:
+            return
         try:
             await consumer.commit(offsets)
         except CommitFailedError:

@@ -373,12 +373,19 @@ class City:
         if self.rng.random() < shares.cancel:
             await asyncio.sleep(self.rng.uniform(0, 1))
             r = await me.call("POST", f"/v1/bookings/{booking_id}/cancel", ok=(200, 409))
-            if r.status_code == 200:
+            # 409 is "too late to cancel", or "cancelled already" when a first try that timed
+            # out (a 504 while MongoDB restarts) did land: the booking says which.
+            if r.status_code == 200 or await self.status_of(me, booking_id) == "cancelled":
                 counts["cancelled"] += 1
                 return
         # An offer nobody answers waits for its deadline before the next technician is asked.
         # A quick technician may be done before the app looks: any later state counts.
-        status = await self.wait_for(me, booking_id, {*ACTIVE, *DONE, "dispatch_failed"}, 300)
+        status = await self.wait_for(
+            me, booking_id, {*ACTIVE, *DONE, "dispatch_failed", "cancelled"}, 300
+        )
+        if status == "cancelled":  # by operations, or the store
+            counts["cancelled"] += 1
+            return
         if status == "dispatch_failed" or status is None:
             counts["dispatch_failed" if status else "unassigned"] += 1
             if status is None:
@@ -454,13 +461,17 @@ class City:
         deadline = time.monotonic() + within_s
         while time.monotonic() < deadline and self.running:
             nudged.clear()
-            view = await me.json("GET", f"/v1/bookings/{booking_id}")
-            status = str(view["booking"]["status"])
+            status = await self.status_of(me, booking_id)
             if status in statuses:
                 return status
             with contextlib.suppress(TimeoutError):
                 await asyncio.wait_for(nudged.wait(), timeout=LOOK_EVERY_S)
         return None
+
+    @staticmethod
+    async def status_of(me: Caller, booking_id: str) -> str:
+        view = await me.json("GET", f"/v1/bookings/{booking_id}")
+        return str(view["booking"]["status"])
 
     def halted(self, booking_id: str) -> bool:
         return booking_id in self._halted

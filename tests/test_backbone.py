@@ -6,7 +6,7 @@ import asyncio
 import contextlib
 import json
 import uuid
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass
 from typing import Any
 
@@ -37,6 +37,7 @@ class Probe:
     topic: str
     attempts: dict[str, int]
     gates: dict[str, asyncio.Event]  # a probe with a gate is handled once the gate opens
+    member: Callable[[], EventConsumer]  # another member of the same consumer group
 
     async def effects(self, probe_id: str) -> int:
         doc = await self.db["effects"].find_one({"_id": probe_id})
@@ -78,12 +79,16 @@ async def probe(infra: Infra) -> AsyncIterator[Probe]:
         )
 
     producer = make_producer(settings)
-    consumer = EventConsumer(settings, db, UnitOfWork(client, db, settings), producer, handlers)
+
+    def member() -> EventConsumer:
+        return EventConsumer(settings, db, UnitOfWork(client, db, settings), producer, handlers)
+
+    consumer = member()
     await ensure_topics(settings, [*consumer.topics, settings.dead_letter_topic])
     await producer.start()
     task = asyncio.create_task(consumer.run_forever())
     try:
-        yield Probe(settings, db, consumer.topics[0], attempts, gates)
+        yield Probe(settings, db, consumer.topics[0], attempts, gates, member)
     finally:
         task.cancel()
         with contextlib.suppress(asyncio.CancelledError):
@@ -258,3 +263,40 @@ async def test_an_event_does_not_wait_for_a_slow_handler_on_another_partition(
     probe.gates["slow"].set()
     await eventually(lambda: _ge_async(probe.effects("slow"), 1), what="slow handled")
     assert (await probe.effects("slow"), await probe.effects("quick")) == (1, 1)
+
+
+async def test_a_member_joining_takes_partitions_over_with_nothing_handled_twice(
+    probe: Probe, kafka_producer: AIOKafkaProducer
+) -> None:
+    """Before its partitions move, a member finishes what its lanes hold and commits it,
+    so the member taking them over starts after it: no event reaches a handler twice."""
+    ids = [f"spread-{i}" for i in range(80)]
+
+    async def send_spread(some: list[str]) -> None:
+        for probe_id in some:  # keyed apart: spread over every partition
+            await kafka_producer.send(probe.topic, envelope_bytes(probe_id), key=probe_id.encode())
+            await asyncio.sleep(0.02)
+
+    await send_spread(ids[:40])
+    second = probe.member()
+    joined = asyncio.create_task(second.run_forever())
+    try:
+        await send_spread(ids[40:])  # while the group rebalances
+
+        async def all_handled() -> bool:
+            return await probe.db["effects"].count_documents({"_id": {"$in": ids}}) == len(ids)
+
+        await eventually(all_handled, what="every event handled")
+
+        async def second_took_partitions() -> bool:
+            return second.assigned.is_set()
+
+        await eventually(second_took_partitions, what="the second member took partitions")
+        docs = await probe.db["effects"].find({"_id": {"$in": ids}}).to_list()
+        assert all(d["count"] == 1 for d in docs)
+        assert probe.consumed("duplicate") == 0, "an event was delivered again after the move"
+        assert probe.consumed("handled") == len(ids)
+    finally:
+        joined.cancel()
+        with contextlib.suppress(asyncio.CancelledError):
+            await joined
