@@ -208,6 +208,7 @@ class EventConsumer:
         self._uncommitted: dict[TopicPartition, int] = {}  # handled, offset not yet committed
         self._lanes: dict[int, _Lane] = {}  # by partition number
         self._queued = 0  # messages handed to the lanes and not yet handled
+        self._lane_progress = asyncio.Event()
 
     @property
     def topics(self) -> list[str]:
@@ -318,6 +319,7 @@ class EventConsumer:
                     self._next_offset[tp] = done
                 finally:
                     self._queued -= len(messages)
+                    self._lane_progress.set()  # also when the lane dies: its waiters see it
 
     def _check_lanes(self) -> None:
         """A lane that died of an unexpected error takes the consumer down with it (the
@@ -328,19 +330,21 @@ class EventConsumer:
                 if failure is not None:
                     raise failure
 
+    async def _lanes_until(self, done: Callable[[], bool]) -> None:
+        """Wait until `done()`, looking again each time a lane has handled something."""
+        self._check_lanes()
+        while not done():
+            self._lane_progress.clear()
+            await self._lane_progress.wait()
+            self._check_lanes()
+
     async def _room_in_lanes(self) -> None:
         """Poll again only while the lanes hold fewer than LANES_HOLD_AT_MOST messages."""
-        self._check_lanes()
-        while self._queued >= LANES_HOLD_AT_MOST:
-            await asyncio.sleep(0.005)
-            self._check_lanes()
+        await self._lanes_until(lambda: self._queued < LANES_HOLD_AT_MOST)
 
     async def drain(self) -> None:
         """Wait until every message handed to a lane is handled."""
-        self._check_lanes()
-        while self._queued > 0:
-            await asyncio.sleep(0.005)
-            self._check_lanes()
+        await self._lanes_until(lambda: self._queued == 0)
 
     async def _commit(self, consumer: AIOKafkaConsumer, offsets: dict[TopicPartition, int]) -> None:
         """One commit for every partition handled since the last, after all their work."""
