@@ -791,6 +791,39 @@ async def test_bad_input_answers_a_clear_4xx_and_changes_nothing(
             assert await state() == before, (method, path)
 
 
+async def test_looking_at_a_receipt_writes_only_when_it_reads_differently_now(
+    platform: Platform, kafka_producer: AIOKafkaProducer, mongo: AsyncMongoClient[Document]
+) -> None:
+    customer, store = unique("cus_"), unique("store_")
+    receipts = mongo[f"{platform.prefix}_payments"]["receipts"]
+    async with platform.client("payments") as payments:
+        booking_id = await complete_visit(kafka_producer, platform, customer=customer, store=store)
+        shown = await issued(payments, booking_id, customer)
+        stored = await receipts.find_one({"_id": shown["receipt_id"]})
+        for path, params in (
+            (f"/receipts/{shown['receipt_id']}", None),
+            ("/receipts", {"booking_id": booking_id}),
+        ):
+            again = await payments.get(path, params=params, headers=as_customer(customer))
+            assert again.status_code == 200, again.text
+            assert again.json()["content_hash"] == shown["content_hash"]
+        assert await receipts.find_one({"_id": shown["receipt_id"]}) == stored  # nothing written
+        granted = await payments.post(
+            "/coupons",
+            json={"customer_id": customer, "currency": "EUR", "percent": 20, "reason": "sorry"},
+            headers={**OPS, "Idempotency-Key": unique("coupon-")},
+        )
+        assert granted.status_code == 200, granted.text
+        now = await get_json(
+            payments, f"/receipts/{shown['receipt_id']}", headers=as_customer(customer)
+        )
+        assert (now["revision"], now["amount_due"]) == (2, 4000)  # the coupon shows at once
+        kept = await receipts.find_one({"_id": shown["receipt_id"]})
+        assert kept is not None
+        assert kept["revision"] == 2  # and the new revision is kept
+        assert (await sign(payments, now, customer)).status_code == 200
+
+
 # ---------------------------------------------------- coupons, and paying again --
 
 

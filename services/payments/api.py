@@ -47,7 +47,7 @@ from shared.errors import Conflict, Forbidden, NotFound, Unauthenticated, Unproc
 from shared.events.types import Currency, MinorUnits
 from shared.locks import KeyedLocks
 from shared.schema import Forbid, PathId, idempotency_key
-from shared.service import RuntimeDep
+from shared.service import Runtime, RuntimeDep
 from shared.time import utcnow
 
 router = APIRouter()
@@ -96,15 +96,21 @@ async def receipt_for_booking(
     receipt = await Receipts(runtime.db).by_booking(booking_id)
     if receipt is None or not may_read(actor, receipt):
         raise NotFound(f"no receipt for booking {booking_id} yet", field="booking_id")
-    return await get_receipt(receipt.receipt_id, runtime, actor)
+    return await as_now(runtime, receipt)
 
 
 @router.get("/receipts/{receipt_id}", tags=["receipts"], summary="A receipt, priced as it is now")
 async def get_receipt(receipt_id: PathId, runtime: RuntimeDep, actor: ActorDep) -> ReceiptView:
-    receipt = await readable(runtime, actor, receipt_id)
-    if receipt.status is ReceiptStatus.ISSUED:
-        # Until signed, the receipt reads as the customer's cards and coupons are now.
-        fresh = await runtime.uow.run(lambda tx: commands.reprice_if_changed(tx, receipt_id))
+    return await as_now(runtime, await readable(runtime, actor, receipt_id))
+
+
+async def as_now(runtime: Runtime, receipt: Receipt) -> ReceiptView:
+    """Until signed, the receipt reads as the customer's cards and coupons are now. Looking
+    costs reads only; the new revision is written when it does read differently."""
+    if await commands.repriced(runtime.db, receipt) is not None:
+        fresh = await runtime.uow.run(
+            lambda tx: commands.reprice_if_changed(tx, receipt.receipt_id)
+        )
         receipt = fresh or receipt
     return ReceiptView.of(receipt)
 
@@ -145,7 +151,8 @@ async def sign(
         raise Forbidden("only the booking's customer signs its receipt")
     if abs((body.signature.signed_at - utcnow()).total_seconds()) > 600:
         raise Unprocessable("signed_at is not the time of signing", field="signature.signed_at")
-    await runtime.uow.run(lambda tx: commands.reprice_if_changed(tx, receipt_id))
+    if await commands.repriced(runtime.db, receipt) is not None:
+        await runtime.uow.run(lambda tx: commands.reprice_if_changed(tx, receipt_id))
     # Sealing moves the store's chain head: this process's signings for one store take turns.
     async with SEALING.hold(receipt.store_id):
         signed = await runtime.uow.run(

@@ -48,6 +48,7 @@ from shared.events.payments import (
     ReceiptSigned,
     RefundIssued,
 )
+from shared.mongo import Database, Session
 from shared.outbox import Transaction
 from shared.time import utcnow
 from shared.timers import set_timer
@@ -102,20 +103,25 @@ async def load(tx: Transaction, receipt_id: str) -> Receipt:
     return receipt
 
 
+async def repriced(db: Database, receipt: Receipt, session: Session = None) -> Receipt | None:
+    """The receipt as the customer's cards and coupons price it now, or None if it reads as
+    it does (a read only: outside a transaction it tells whether one is needed)."""
+    if receipt.status is not ReceiptStatus.ISSUED:
+        return None
+    return domain.reprice(
+        receipt,
+        await Holdings(db).of_customer(receipt.customer_id, session),
+        await Coupons(db).of_customer(receipt.customer_id, session),
+        utcnow(),
+    )
+
+
 async def reprice_if_changed(tx: Transaction, receipt_id: str) -> Receipt | None:
     """Re-price an unsigned receipt against the customer's cards and coupons now.
 
     Returns the new revision (saved) when it reads differently, else None.
     """
-    receipt = await load(tx, receipt_id)
-    if receipt.status is not ReceiptStatus.ISSUED:
-        return None
-    fresh = domain.reprice(
-        receipt,
-        await Holdings(tx.db).of_customer(receipt.customer_id, tx.session),
-        await Coupons(tx.db).of_customer(receipt.customer_id, tx.session),
-        utcnow(),
-    )
+    fresh = await repriced(tx.db, await load(tx, receipt_id), tx.session)
     if fresh is None:
         return None
     await Receipts(tx.db).save(fresh, tx.session)
