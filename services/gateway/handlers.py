@@ -43,9 +43,27 @@ async def owner(tx: Transaction, booking_id: str) -> str:
     return found
 
 
+# A booking's customer never changes: once known, this process keeps it (the newest
+# OWNERS_KEPT), and each notification about a booking saves a read.
+OWNERS_KEPT = 20_000
+_owners: dict[tuple[str, str], str] = {}
+
+
+def _keep_owner(db_name: str, booking_id: str, customer_id: str) -> None:
+    _owners[(db_name, booking_id)] = customer_id
+    if len(_owners) > OWNERS_KEPT:
+        del _owners[next(iter(_owners))]  # the oldest
+
+
 async def known_owner(tx: Transaction, booking_id: str) -> str | None:
+    kept = _owners.get((tx.db.name, booking_id))
+    if kept is not None:
+        return kept
     doc = await tx.db[BOOKING_OWNERS].find_one({"_id": booking_id}, session=tx.session)
-    return None if doc is None else str(doc["customer_id"])
+    if doc is None:
+        return None
+    _keep_owner(tx.db.name, booking_id, str(doc["customer_id"]))
+    return str(doc["customer_id"])
 
 
 async def tell(
@@ -83,6 +101,7 @@ async def booking_requested(tx: Transaction, event: BookingRequested) -> None:
         upsert=True,
         session=tx.session,
     )
+    _keep_owner(tx.db.name, event.booking_id, event.customer_id)
 
 
 def identity(e: TechnicianAssigned | TechnicianReassigned) -> dict[str, object]:

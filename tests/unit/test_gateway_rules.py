@@ -6,6 +6,7 @@ from datetime import UTC, datetime, timedelta
 
 import pytest
 
+from services.gateway import handlers
 from services.gateway.domain import BookingRow, ComplaintRow, figures, may_retry
 from services.gateway.limits import RateLimiter
 from services.gateway.tokens import SigningKey, VerifiedTokens, issue_access
@@ -152,3 +153,11 @@ def test_the_remembered_tokens_are_bounded() -> None:
     for token in tokens:
         verified.actor(token, {"k1": key.public}, now)
     assert len(verified) == 3
+
+
+def test_the_gateway_keeps_only_the_newest_booking_owners(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(handlers, "OWNERS_KEPT", 3)
+    monkeypatch.setattr(handlers, "_owners", {})
+    for n in range(5):
+        handlers._keep_owner("db", f"bk_{n}", f"cus_{n}")
+    assert handlers._owners == {("db", f"bk_{n}"): f"cus_{n}" for n in (2, 3, 4)}
