@@ -67,7 +67,9 @@ class Transaction:
     settings: Settings
     causation: Envelope | None = None
     events: list[Envelope] = field(default_factory=list)
-    timer_set: bool = False  # a durable timer was set: the timer loop is woken on commit
+    # The earliest durable timer this unit of work set: on commit the timer loop is woken
+    # if it would otherwise sleep past it.
+    timer_due: datetime | None = None
 
     def emit(self, payload: EventPayload, *, correlation_id: str | None = None) -> Envelope:
         cause = self.causation
@@ -92,7 +94,7 @@ class UnitOfWork:
         db: Database,
         settings: Settings,
         on_commit: Callable[[list[Document]], None] = lambda rows: None,
-        on_timer_set: Callable[[], None] = lambda: None,
+        on_timer_set: Callable[[datetime], None] = lambda due: None,
     ) -> None:
         self._client = client
         self._db = db
@@ -105,7 +107,7 @@ class UnitOfWork:
     ) -> T:
         async with self._client.start_session() as session:
 
-            async def attempt(s: AsyncClientSession) -> tuple[T, list[Document], bool]:
+            async def attempt(s: AsyncClientSession) -> tuple[T, list[Document], datetime | None]:
                 # with_transaction may call this again on a transient error: start clean each time.
                 tx = Transaction(
                     self._db, s, self._settings.service_name, self._settings, causation
@@ -117,14 +119,14 @@ class UnitOfWork:
                     rows = [outbox_row(self._settings, e, now, i) for i, e in enumerate(tx.events)]
                     # The relay sends these very rows once the transaction commits.
                     await self._db[OUTBOX].insert_many(rows, session=s)
-                return result, rows, tx.timer_set
+                return result, rows, tx.timer_due
 
-            result, rows, timer_set = await session.with_transaction(attempt)
+            result, rows, timer_due = await session.with_transaction(attempt)
         crash_point("outbox.after_commit")
         if rows:
             self._on_commit(rows)
-        if timer_set:
-            self._on_timer_set()
+        if timer_due is not None:
+            self._on_timer_set(timer_due)
         return result
 
 

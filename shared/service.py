@@ -127,9 +127,9 @@ class Runtime:
         await self.relay.producer.stop()
         await self.client.close()
 
-    def _wake_timers(self) -> None:
+    def _wake_timers(self, due: datetime) -> None:
         if self.timer_loop:
-            self.timer_loop.wake()
+            self.timer_loop.wake(due)
 
     async def _supervise(self, name: str, loop: Callable[[], Awaitable[None]]) -> None:
         """Keep a background loop alive: log a crash and restart it with backoff."""

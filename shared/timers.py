@@ -18,7 +18,7 @@ import contextlib
 import logging
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
-from datetime import datetime, timedelta
+from datetime import UTC, datetime, timedelta
 from typing import Any
 
 from pymongo import ASCENDING, IndexModel, ReturnDocument
@@ -123,8 +123,10 @@ async def set_timer(
     earliest: bool = False,
 ) -> str:
     """`schedule` inside a unit of work, which wakes this process's timer loop once it
-    commits: a timer due now fires now, not at the next poll."""
-    tx.timer_set = True
+    commits if the timer is due before the loop's next look: a timer due now fires now,
+    not at the next poll."""
+    due = due_at if due_at.tzinfo else due_at.replace(tzinfo=UTC)  # stored times are UTC
+    tx.timer_due = due if tx.timer_due is None else min(tx.timer_due, due)
     return await schedule(tx.db, tx.session, kind, subject, due_at, data=data, earliest=earliest)
 
 
@@ -143,10 +145,14 @@ class TimerLoop:
         self._lease = timedelta(seconds=ctx.settings.timer_lease_s)
         self._woken = asyncio.Event()
         self._next_due: datetime | None = None
+        self._asleep_until: datetime | None = None  # None: looking now, or about to
 
-    def wake(self) -> None:
-        """A timer was set: look again now (polling is the fallback, and for other processes)."""
-        self._woken.set()
+    def wake(self, due: datetime | None = None) -> None:
+        """A timer due at `due` was set: look again now, unless the loop sleeps only until
+        before then anyway (each look is a read). Polling is the fallback, and for timers
+        other processes set."""
+        if due is None or self._asleep_until is None or due < self._asleep_until:
+            self._woken.set()
 
     async def fire_due(self) -> int:
         """Fire every timer due now; returns how many fired."""
@@ -211,5 +217,10 @@ class TimerLoop:
         while True:
             self._woken.clear()
             await self.fire_due()
-            with contextlib.suppress(TimeoutError):
-                await asyncio.wait_for(self._woken.wait(), self.next_due_in())
+            sleep_s = self.next_due_in()
+            self._asleep_until = utcnow() + timedelta(seconds=sleep_s)
+            try:
+                with contextlib.suppress(TimeoutError):
+                    await asyncio.wait_for(self._woken.wait(), sleep_s)
+            finally:
+                self._asleep_until = None
