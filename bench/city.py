@@ -34,6 +34,7 @@ from shared.settings import Settings
 from sim.city import City, CityPlan, Shares
 
 SERVICES = ("booking", "dispatch", "payments", "reviews")
+TARGET_PER_S = 20  # the bar for a 2-core machine: complete journeys per second
 UNLIMITED = "1000000"
 
 
@@ -401,11 +402,20 @@ async def measure(
                 )
                 if outcomes.counts["signed"]:
                     per = {n: c / outcomes.counts["signed"] for n, c in cpu.items()}
+                    total = sum(per.values())
+                    cores = os.cpu_count() or 1
                     print(
                         "    CPU s per signed journey: "
                         + ", ".join(f"{n} {v:.3f}" for n, v in sorted(per.items()))
-                        + f"; total {sum(per.values()):.3f}; "
+                        + f"; total {total:.3f}; "
                         f"{stolen:.0%} of the machine's CPU time stolen by its host"
+                    )
+                    # What the CPU alone allows at this cost: a ceiling no tuning of waits
+                    # can lift, and what the bar would take.
+                    print(
+                        f"    at this cost {cores} cores hold at most {cores / total:.1f} "
+                        f"journeys/s; {TARGET_PER_S} journeys/s would take "
+                        f"{TARGET_PER_S * total:.1f} cores"
                     )
                     each = {k: v / outcomes.counts["signed"] for k, v in work.items()}
                     print(
