@@ -157,6 +157,16 @@ class Ready(NamedTuple):
     handler: Handler
 
 
+class _Deferred(Exception):
+    """The handler waits for an event from another topic (NotYet). That event may sit in
+    this very lane, behind this one: the lane handles its other partitions meanwhile and
+    comes back to this one after a pause."""
+
+    def __init__(self, ready: Ready) -> None:
+        super().__init__(ready.envelope.type)
+        self.ready = ready
+
+
 class _FailedAt(Exception):
     def __init__(self, index: int | None) -> None:
         super().__init__(index)
@@ -208,6 +218,9 @@ class EventConsumer:
         self._uncommitted: dict[TopicPartition, int] = {}  # handled, offset not yet committed
         self._lanes: dict[int, _Lane] = {}  # by partition number
         self._queued = 0  # messages handed to the lanes and not yet handled
+        # Events waiting for another topic's event: (topic, partition, offset) -> since
+        # (monotonic) and the attempts so far.
+        self._waiting: dict[tuple[str, int, int], tuple[float, int]] = {}
         self._lane_progress = asyncio.Event()
 
     @property
@@ -299,27 +312,54 @@ class EventConsumer:
     async def _work_lane(
         self, queue: asyncio.Queue[tuple[TopicPartition, list[ConsumerRecord[bytes, bytes]]]]
     ) -> None:
+        loop = asyncio.get_running_loop()
+        held: dict[TopicPartition, list[ConsumerRecord[bytes, bytes]]] = {}
+        # A partition whose next event waits for another topic's: not before, and the pause
+        # after the next try (doubling, as a handler's retries do).
+        not_before: dict[TopicPartition, float] = {}
+        pauses: dict[TopicPartition, float] = {}
         while True:
             # Everything waiting by now, each partition's messages together: a lane that
             # was busy takes the polls that came meanwhile in one go (longer runs, fewer
             # transactions), as a poll loop that waited for its work would.
-            waiting: dict[TopicPartition, list[ConsumerRecord[bytes, bytes]]] = {}
-            tp, messages = await queue.get()
-            waiting[tp] = list(messages)
+            if not held:
+                tp, messages = await queue.get()
+                held[tp] = list(messages)
+            else:
+                wait = min(not_before.get(tp, 0.0) for tp in held) - loop.time()
+                if wait > 0:
+                    with contextlib.suppress(TimeoutError):
+                        async with asyncio.timeout(wait):
+                            tp, messages = await queue.get()
+                            held.setdefault(tp, []).extend(messages)
             while not queue.empty():
                 tp, messages = queue.get_nowait()
-                waiting.setdefault(tp, []).extend(messages)
-            for tp, messages in waiting.items():
+                held.setdefault(tp, []).extend(messages)
+            now = loop.time()
+            for tp in list(held):
+                if not_before.get(tp, 0.0) > now:
+                    continue  # still waiting; its new messages stay behind it, in order
+                messages = held.pop(tp)
                 try:
-                    await self._process_all(messages)
-                    crash_point("consumer.after_handle")
-                    # One lane per partition number: a partition's offsets only move forward.
-                    done = messages[-1].offset + 1
-                    self._uncommitted[tp] = done
-                    self._next_offset[tp] = done
+                    dealt = await self._process_all(messages)
+                    if dealt:
+                        crash_point("consumer.after_handle")
+                        # One lane per partition number: a partition's offsets only move
+                        # forward.
+                        done = messages[dealt - 1].offset + 1
+                        self._uncommitted[tp] = done
+                        self._next_offset[tp] = done
+                        self._queued -= dealt
                 finally:
-                    self._queued -= len(messages)
                     self._lane_progress.set()  # also when the lane dies: its waiters see it
+                if dealt < len(messages):
+                    held[tp] = messages[dealt:]  # after the others: they may hold the cause
+                    pause = pauses.get(tp, self._settings.consumer_backoff_s)
+                    not_before[tp] = loop.time() + pause
+                    pauses[tp] = min(pause * 2, self._settings.consumer_backoff_max_s)
+                else:
+                    not_before.pop(tp, None)
+                    pauses.pop(tp, None)
 
     def _check_lanes(self) -> None:
         """A lane that died of an unexpected error takes the consumer down with it (the
@@ -373,9 +413,18 @@ class EventConsumer:
                     max(highwater - done, 0)
                 )
 
-    async def _process_all(self, messages: list[ConsumerRecord[bytes, bytes]]) -> None:
-        """Handle a partition's messages in order: runs of good events together in one
-        transaction, a poison message dead-lettered where it stands."""
+    async def _process_all(self, messages: list[ConsumerRecord[bytes, bytes]]) -> int:
+        """Handle a partition's messages in order; returns how many were dealt with: all,
+        or those before an event that waits for another topic's (the rest wait with it)."""
+        try:
+            await self._process_in_order(messages)
+        except _Deferred as deferred:
+            return next(i for i, m in enumerate(messages) if m is deferred.ready.message)
+        return len(messages)
+
+    async def _process_in_order(self, messages: list[ConsumerRecord[bytes, bytes]]) -> None:
+        """Runs of good events together in one transaction, a poison message dead-lettered
+        where it stands."""
         run: list[Ready] = []
         for message in messages:
             try:
@@ -489,7 +538,9 @@ class EventConsumer:
     async def _handle_with_retries(self, ready: Ready, tried: int = 0) -> None:
         message, envelope, payload, handler = ready
         attempts = self._settings.consumer_max_attempts
-        waiting_until = time.monotonic() + self._settings.consumer_wait_for_s
+        where = (message.topic, message.partition, message.offset)
+        since, waited = self._waiting.get(where, (time.monotonic(), 0))
+        waiting_until = since + self._settings.consumer_wait_for_s
         attempt = tried
         while True:
             attempt += 1
@@ -497,13 +548,24 @@ class EventConsumer:
             try:
                 outcome = await self._handle_once(envelope, payload, handler)
             except Exception as exc:
-                # Waiting for another topic's event is not failing: it gets time, not attempts.
-                waiting = isinstance(exc, NotYet) and time.monotonic() < waiting_until
-                if attempt >= attempts and not waiting:
-                    reason = f"handler failed after {attempt} attempts: {_short(exc)}"
+                # Waiting for another topic's event is not failing: it gets time, not attempts,
+                # and the lane goes on with its other partitions (the event may be there).
+                if isinstance(exc, NotYet) and time.monotonic() < waiting_until:
+                    self._waiting[where] = (since, waited + 1)
+                    HANDLER_RETRIES.labels(self._name).inc()
+                    log.warning(
+                        "handler for %s waits (attempt %d): %s",
+                        envelope.type,
+                        waited + 1,
+                        _short(exc),
+                    )
+                    raise _Deferred(ready) from exc
+                if attempt >= attempts:
+                    self._waiting.pop(where, None)
+                    reason = f"handler failed after {attempt + waited} attempts: {_short(exc)}"
                     log.exception("dead-lettering %s %s", envelope.type, envelope.event_id)
                     await self._dead_letter(
-                        message, DeadLetter(reason, "handler_failed", attempt), envelope
+                        message, DeadLetter(reason, "handler_failed", attempt + waited), envelope
                     )
                     return
                 HANDLER_RETRIES.labels(self._name).inc()
@@ -512,15 +574,15 @@ class EventConsumer:
                     self._settings.consumer_backoff_max_s,
                 )
                 log.warning(
-                    "handler for %s %s (attempt %d), retrying in %.2fs: %s",
+                    "handler for %s failed (attempt %d), retrying in %.2fs: %s",
                     envelope.type,
-                    "waits" if waiting else "failed",
                     attempt,
                     backoff,
                     _short(exc),
                 )
                 await asyncio.sleep(backoff)
                 continue
+            self._waiting.pop(where, None)
             HANDLER_SECONDS.labels(self._name, envelope.type).observe(time.perf_counter() - started)
             EVENTS_CONSUMED.labels(self._name, envelope.type, outcome).inc()
             return

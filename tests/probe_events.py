@@ -13,3 +13,11 @@ class ProbeNoted(EventPayload):
     probe_id: str
     fail_times: int = 0  # the handler fails this many attempts, then succeeds (-1: always)
     waits_times: int = 0  # before that, it waits this many attempts for another event (NotYet)
+    waits_for: str | None = None  # it waits (NotYet) until this ProbeCause has been handled
+
+
+@event("probe_cause.noted", version=1, stream="probe_cause", key="probe_id")
+class ProbeCause(EventPayload):
+    """Test-only, on a topic of its own: what a ProbeNoted may wait for."""
+
+    probe_id: str

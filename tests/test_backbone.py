@@ -16,6 +16,7 @@ from aiokafka import AIOKafkaConsumer, AIOKafkaProducer
 from shared.consumer import EventConsumer, Handlers, ensure_inbox_indexes
 from shared.errors import NotYet
 from shared.events.envelope import Envelope
+from shared.events.registry import stream_topic
 from shared.kafka import ensure_topics, make_producer
 from shared.metrics import EVENTS_CONSUMED
 from shared.mongo import Database, connect
@@ -23,7 +24,7 @@ from shared.outbox import Transaction, UnitOfWork, ensure_outbox_indexes
 from shared.settings import Settings
 from tests.conftest import settings_for
 from tests.harness import Infra, eventually, new_prefix
-from tests.probe_events import ProbeNoted
+from tests.probe_events import ProbeCause, ProbeNoted
 
 pytestmark = pytest.mark.integration
 
@@ -35,6 +36,7 @@ class Probe:
     settings: Settings
     db: Database
     topic: str
+    cause_topic: str  # another topic, for the events a probe may wait for
     attempts: dict[str, int]
     gates: dict[str, asyncio.Event]  # a probe with a gate is handled once the gate opens
     member: Callable[[], EventConsumer]  # another member of the same consumer group
@@ -69,6 +71,10 @@ async def probe(infra: Infra) -> AsyncIterator[Probe]:
             await gates[event.probe_id].wait()
         if attempts[event.probe_id] <= event.waits_times:
             raise NotYet(f"probe {event.probe_id} waits for another event")
+        if event.waits_for and not await tx.db["causes"].find_one(
+            {"_id": event.waits_for}, session=tx.session
+        ):
+            raise NotYet(f"probe {event.probe_id} waits for {event.waits_for}")
         if event.fail_times < 0 or attempts[event.probe_id] <= event.fail_times:
             raise RuntimeError(f"probe {event.probe_id} fails on purpose")
         await tx.db["effects"].update_one(
@@ -77,6 +83,10 @@ async def probe(infra: Infra) -> AsyncIterator[Probe]:
             upsert=True,
             session=tx.session,
         )
+
+    @handlers.on(ProbeCause)
+    async def cause(tx: Transaction, event: ProbeCause) -> None:
+        await tx.db["causes"].insert_one({"_id": event.probe_id}, session=tx.session)
 
     producer = make_producer(settings)
 
@@ -88,7 +98,15 @@ async def probe(infra: Infra) -> AsyncIterator[Probe]:
     await producer.start()
     task = asyncio.create_task(consumer.run_forever())
     try:
-        yield Probe(settings, db, consumer.topics[0], attempts, gates, member)
+        yield Probe(
+            settings,
+            db,
+            settings.topic(stream_topic(ProbeNoted.stream)),
+            settings.topic(stream_topic(ProbeCause.stream)),
+            attempts,
+            gates,
+            member,
+        )
     finally:
         task.cancel()
         with contextlib.suppress(asyncio.CancelledError):
@@ -300,3 +318,30 @@ async def test_a_member_joining_takes_partitions_over_with_nothing_handled_twice
         joined.cancel()
         with contextlib.suppress(asyncio.CancelledError):
             await joined
+
+
+async def test_an_event_waiting_for_one_behind_it_in_its_lane_lets_that_one_through(
+    probe: Probe, kafka_producer: AIOKafkaProducer
+) -> None:
+    """A notification about a booking waits for the booking's own event, from another
+    topic. With one key, both sit in the same partition number, so in the same lane: the
+    waiting event must not hold the lane, or the one it waits for never comes (it stood
+    there for CONSUMER_WAIT_FOR_S, then went to the dead letters)."""
+    await kafka_producer.send_and_wait(
+        probe.topic, envelope_bytes("effect", waits_for="cause"), partition=0
+    )
+
+    async def effect_waits() -> bool:
+        return probe.attempts.get("effect", 0) >= 1
+
+    await eventually(effect_waits, what="the effect tried and waits")
+    cause = Envelope.wrap(ProbeCause(probe_id="cause"), producer="test").to_bytes()
+    await kafka_producer.send_and_wait(probe.cause_topic, cause, partition=0)
+
+    async def cause_handled() -> bool:
+        return await probe.db["causes"].count_documents({"_id": "cause"}) == 1
+
+    await eventually(cause_handled, within=5, what="the cause handled, past the waiting effect")
+    await eventually(lambda: _ge_async(probe.effects("effect"), 1), within=10, what="effect")
+    assert await probe.effects("effect") == 1
+    assert probe.consumed("dead_lettered") == 0
