@@ -11,8 +11,9 @@ from datetime import datetime, timedelta
 import pytest
 from pymongo import AsyncMongoClient
 
-from shared.mongo import Document
+from shared.mongo import Database, Document
 from shared.outbox import UnitOfWork
+from shared.settings import Settings
 from shared.time import utcnow
 from shared.timers import (
     Timer,
@@ -29,14 +30,21 @@ from tests.harness import Infra, created_prefixes
 pytestmark = pytest.mark.integration
 
 
-async def test_a_request_during_a_firing_fires_the_timer_again_even_if_it_keeps_the_due_time(
-    infra: Infra, mongo: AsyncMongoClient[Document]
-) -> None:
+@pytest.fixture
+async def timers_db(infra: Infra, mongo: AsyncMongoClient[Document]) -> tuple[Settings, Database]:
+    """A database of its own, with the timers' index."""
     prefix = f"t{uuid.uuid4().hex[:10]}"
     created_prefixes.add(prefix)
     settings = settings_for(infra, prefix, "timers")
     db = mongo[settings.database_name]
     await ensure_timer_indexes(db)
+    return settings, db
+
+
+async def test_a_request_during_a_firing_fires_the_timer_again_even_if_it_keeps_the_due_time(
+    timers_db: tuple[Settings, Database], mongo: AsyncMongoClient[Document]
+) -> None:
+    settings, db = timers_db
     fired: list[datetime] = []
     timers = Timers()
 
@@ -68,13 +76,9 @@ class CountingLoop(TimerLoop):
 
 
 async def test_a_commit_wakes_the_timer_loop_only_for_a_timer_due_before_its_next_look(
-    infra: Infra, mongo: AsyncMongoClient[Document]
+    timers_db: tuple[Settings, Database], mongo: AsyncMongoClient[Document]
 ) -> None:
-    prefix = f"t{uuid.uuid4().hex[:10]}"
-    created_prefixes.add(prefix)
-    settings = settings_for(infra, prefix, "timers")
-    db = mongo[settings.database_name]
-    await ensure_timer_indexes(db)
+    settings, db = timers_db
     fired = asyncio.Event()
     timers = Timers()
 
