@@ -277,6 +277,7 @@ class EventConsumer:
             await asyncio.gather(*(lane.task for lane in lanes), return_exceptions=True)
             self._lanes.clear()
             self._queued = 0
+            self._waiting.clear()  # what waited comes again, and waits afresh
             with contextlib.suppress(Exception):
                 await self.commit_done()  # a clean stop leaves nothing to redeliver
             self._consumer = None

@@ -62,8 +62,9 @@ async def known_owner(tx: Transaction, booking_id: str) -> str | None:
     doc = await tx.db[BOOKING_OWNERS].find_one({"_id": booking_id}, session=tx.session)
     if doc is None:
         return None
-    _keep_owner(tx.db.name, booking_id, str(doc["customer_id"]))
-    return str(doc["customer_id"])
+    customer_id = str(doc["customer_id"])
+    _keep_owner(tx.db.name, booking_id, customer_id)
+    return customer_id
 
 
 async def tell(

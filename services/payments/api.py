@@ -105,14 +105,16 @@ async def get_receipt(receipt_id: PathId, runtime: RuntimeDep, actor: ActorDep) 
 
 
 async def as_now(runtime: Runtime, receipt: Receipt) -> ReceiptView:
+    return ReceiptView.of(await priced_now(runtime, receipt))
+
+
+async def priced_now(runtime: Runtime, receipt: Receipt) -> Receipt:
     """Until signed, the receipt reads as the customer's cards and coupons are now. Looking
     costs reads only; the new revision is written when it does read differently."""
-    if await commands.repriced(runtime.db, receipt) is not None:
-        fresh = await runtime.uow.run(
-            lambda tx: commands.reprice_if_changed(tx, receipt.receipt_id)
-        )
-        receipt = fresh or receipt
-    return ReceiptView.of(receipt)
+    if await commands.repriced(runtime.db, receipt) is None:
+        return receipt
+    fresh = await runtime.uow.run(lambda tx: commands.reprice_if_changed(tx, receipt.receipt_id))
+    return fresh or receipt
 
 
 class SignIn(Forbid):
@@ -151,8 +153,7 @@ async def sign(
         raise Forbidden("only the booking's customer signs its receipt")
     if abs((body.signature.signed_at - utcnow()).total_seconds()) > 600:
         raise Unprocessable("signed_at is not the time of signing", field="signature.signed_at")
-    if await commands.repriced(runtime.db, receipt) is not None:
-        await runtime.uow.run(lambda tx: commands.reprice_if_changed(tx, receipt_id))
+    await priced_now(runtime, receipt)  # a receipt that changed must be looked at again
     # Sealing moves the store's chain head: this process's signings for one store take turns.
     async with SEALING.hold(receipt.store_id):
         signed = await runtime.uow.run(
