@@ -49,6 +49,7 @@ from shared.events.registry import is_known_type, stream_topic
 from shared.faults import crash_point
 from shared.metrics import (
     CONSUMER_LAG,
+    CONSUMER_RUN_EVENTS,
     DEAD_LETTERS,
     EVENTS_CONSUMED,
     HANDLER_RETRIES,
@@ -468,6 +469,7 @@ class EventConsumer:
                 log.info("a run of %d events failed at %s; one at a time", len(run), exc.index)
             else:
                 took = (time.perf_counter() - started) / len(run)
+                CONSUMER_RUN_EVENTS.labels(self._name).observe(len(run))
                 for ready in run:
                     HANDLER_SECONDS.labels(self._name, ready.envelope.type).observe(took)
                     EVENTS_CONSUMED.labels(self._name, ready.envelope.type, "handled").inc()
@@ -584,6 +586,8 @@ class EventConsumer:
                 await asyncio.sleep(backoff)
                 continue
             self._waiting.pop(where, None)
+            if outcome == "handled":
+                CONSUMER_RUN_EVENTS.labels(self._name).observe(1)
             HANDLER_SECONDS.labels(self._name, envelope.type).observe(time.perf_counter() - started)
             EVENTS_CONSUMED.labels(self._name, envelope.type, outcome).inc()
             return

@@ -38,3 +38,15 @@ HTTP_REQUESTS = Histogram(
     ["service", "method", "route", "status"],
     buckets=(0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5),
 )
+LOOP_LAG = Histogram(
+    "doorstep_event_loop_lag_seconds",
+    "How late the event loop woke a 50 ms sleep: time it was blocked, or starved of CPU",
+    ["service"],
+    buckets=(0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5),
+)
+CONSUMER_RUN_EVENTS = Histogram(
+    "doorstep_consumer_run_events",
+    "Events handled in one consumer transaction (a busy consumer handles more per commit)",
+    ["service"],
+    buckets=(1, 2, 3, 5, 10, 20, 50),
+)

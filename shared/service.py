@@ -26,6 +26,7 @@ from shared.consumer import EventConsumer, Handlers, ensure_inbox_indexes
 from shared.events.registry import stream_topic
 from shared.http import document_errors, install_error_handlers, install_middleware
 from shared.kafka import ensure_topics, make_producer
+from shared.metrics import LOOP_LAG
 from shared.mongo import Database, Document, connect
 from shared.outbox import OutboxRelay, UnitOfWork, ensure_outbox_indexes
 from shared.run import freeze_startup_heap
@@ -115,6 +116,7 @@ class Runtime:
             self._tasks.append(
                 asyncio.create_task(self._supervise("timers", self.timer_loop.run_forever))
             )
+        self._tasks.append(asyncio.create_task(watch_loop_lag(self.settings.service_name)))
         self.started = True
 
     async def stop(self) -> None:
@@ -155,6 +157,20 @@ class Runtime:
         if self.consumer is not None:
             checks["consumer_assigned"] = self.consumer.assigned.is_set()
         return checks
+
+
+LOOP_LAG_EVERY_S = 0.05
+
+
+async def watch_loop_lag(service: str) -> None:
+    """Sleep 50 ms at a time and record how late each wake-up came: a handler that holds the
+    loop, a long garbage collection or a machine short of CPU shows up here as latency every
+    request and event in the process pays."""
+    loop = asyncio.get_running_loop()
+    while True:
+        asleep_at = loop.time()
+        await asyncio.sleep(LOOP_LAG_EVERY_S)
+        LOOP_LAG.labels(service).observe(max(loop.time() - asleep_at - LOOP_LAG_EVERY_S, 0.0))
 
 
 def runtime_of(request: Request) -> Runtime:

@@ -12,6 +12,7 @@ from typing import Any
 
 import pytest
 from aiokafka import AIOKafkaConsumer, AIOKafkaProducer
+from prometheus_client import REGISTRY
 
 from shared.consumer import EventConsumer, Handlers, ensure_inbox_indexes
 from shared.errors import NotYet
@@ -194,6 +195,14 @@ async def test_waiting_events_are_handled_together_in_one_transaction_each_once(
     transactions = {d["transaction"] for d in docs}
     assert len(transactions) < len(ids), "every event had a transaction of its own"
     assert await probe.db["inbox"].count_documents({"event_id": {"$exists": True}}) == 30
+    # The metric operations read says the same: 30 events in as many transactions as it took.
+    runs = REGISTRY.get_sample_value(
+        "doorstep_consumer_run_events_count", {"service": probe.settings.service_name}
+    )
+    events = REGISTRY.get_sample_value(
+        "doorstep_consumer_run_events_sum", {"service": probe.settings.service_name}
+    )
+    assert (runs, events) == (len(transactions), 30)
 
 
 async def test_a_failing_event_in_a_run_is_retried_alone_and_its_neighbours_handled_once(
