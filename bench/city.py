@@ -59,6 +59,11 @@ class Phase:
     cpu_s: dict[str, float] = field(default_factory=dict)  # CPU seconds per process over it
     work: dict[str, float] = field(default_factory=dict)  # requests, events, MongoDB work over it
     stolen: float = 0.0  # share of the machine's CPU time its host took (steal) over it
+    # MongoDB's CPU seconds over it by whose connection did the work (the client's appname)
+    # or by the server's own thread (the journal flusher, ...)
+    mongo_cpu_s: dict[str, float] = field(default_factory=dict)
+    loop_late: dict[str, float] = field(default_factory=dict)  # share of wake-ups >= 10 ms late
+    events_per_txn: dict[str, float] = field(default_factory=dict)  # each service's consumer
 
 
 @dataclass
@@ -138,6 +143,85 @@ async def work_done(urls: dict[str, str], mongo: AsyncMongoClient[Document]) -> 
         sum(v for k, v in status["opcounters"].items() if k != "command")
     )
     return done
+
+
+def thread_cpu_s(pid: int) -> dict[str, tuple[str, float]]:
+    """CPU seconds so far of each thread of a process: thread id -> (name, seconds)."""
+    found: dict[str, tuple[str, float]] = {}
+    with contextlib.suppress(OSError):
+        for tid in os.listdir(f"/proc/{pid}/task"):
+            with contextlib.suppress(OSError, ValueError, IndexError):
+                with open(f"/proc/{pid}/task/{tid}/comm") as f:
+                    name = f.read().strip()
+                with open(f"/proc/{pid}/task/{tid}/stat") as f:
+                    fields = f.read().rpartition(")")[2].split()
+                found[tid] = (name, (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK"))
+    return found
+
+
+async def mongo_cpu_by_client(
+    mongo: AsyncMongoClient[Document],
+    pid: int,
+    before: dict[str, tuple[str, float]],
+) -> dict[str, float]:
+    """MongoDB's CPU since `before`, by who made it work: mongod serves each connection on a
+    thread of its own ("conn<N>"), and $currentOp names the connection's client (each service
+    connects under its own appname); the server's own threads keep their names."""
+    clients: dict[str, str] = {}
+    async for op in await mongo.admin.aggregate(
+        [{"$currentOp": {"allUsers": True, "idleConnections": True}}]
+    ):
+        desc = op.get("desc", "")
+        if desc.startswith("conn"):
+            clients[desc] = op.get("appName") or "other clients"
+    spent: dict[str, float] = {}
+    for tid, (name, cpu) in thread_cpu_s(pid).items():
+        used = cpu - before.get(tid, (name, 0.0))[1]
+        if name.startswith("conn"):
+            who = clients.get(name, "other clients")
+        else:
+            who = "server: " + name.rstrip("-0123456789")
+        spent[who] = spent.get(who, 0.0) + used
+    return spent
+
+
+async def service_gauges(urls: dict[str, str]) -> dict[str, dict[str, float]]:
+    """Each service's event-loop wake-ups (all, and those 10 ms late or more) and its
+    consumer's transactions and the events they handled, so far."""
+    found: dict[str, dict[str, float]] = {}
+    async with httpx.AsyncClient(timeout=10) as http:
+        for name, url in urls.items():
+            mine = found.setdefault(name, {})
+            with contextlib.suppress(httpx.HTTPError):
+                for line in (await http.get(f"{url}/metrics")).text.splitlines():
+                    value = line.rpartition(" ")[2]
+                    if line.startswith("doorstep_event_loop_lag_seconds_bucket{"):
+                        if 'le="+Inf"' in line:
+                            mine["wake_ups"] = float(value)
+                        elif 'le="0.01"' in line:
+                            mine["on_time"] = float(value)
+                    elif line.startswith("doorstep_consumer_run_events_count{"):
+                        mine["transactions"] = float(value)
+                    elif line.startswith("doorstep_consumer_run_events_sum{"):
+                        mine["events"] = float(value)
+    return found
+
+
+def gauge_shares(
+    before: dict[str, dict[str, float]], after: dict[str, dict[str, float]]
+) -> tuple[dict[str, float], dict[str, float]]:
+    """Over a phase: each service's share of late wake-ups, and events per transaction."""
+    late, per_txn = {}, {}
+    for name, now in after.items():
+        then = before.get(name, {})
+        wake_ups = now.get("wake_ups", 0.0) - then.get("wake_ups", 0.0)
+        if wake_ups:
+            on_time = now.get("on_time", 0.0) - then.get("on_time", 0.0)
+            late[name] = 1 - on_time / wake_ups
+        txns = now.get("transactions", 0.0) - then.get("transactions", 0.0)
+        if txns:
+            per_txn[name] = (now.get("events", 0.0) - then.get("events", 0.0)) / txns
+    return late, per_txn
 
 
 async def latencies(
@@ -340,6 +424,9 @@ async def measure(
                 cpu_before = {name: cpu_seconds(pid) for name, pid in everyone.items()}
                 ticks_before = machine_ticks()
                 work_before = await work_done(urls, mongo)
+                gauges_before = await service_gauges(urls)
+                mongod = everyone.get("mongodb")
+                threads_before = thread_cpu_s(mongod) if mongod else {}
                 t0 = time.monotonic()
                 play = asyncio.create_task(city.play(rate, duration_s=seconds, drain_s=60))
                 await asyncio.sleep(seconds)
@@ -351,6 +438,10 @@ async def measure(
                 stolen = (ticks_after[1] - ticks_before[1]) / all_ticks if all_ticks else 0.0
                 work_after = await work_done(urls, mongo)
                 work = {k: v - work_before.get(k, 0.0) for k, v in work_after.items()}
+                mongo_cpu = (
+                    await mongo_cpu_by_client(mongo, mongod, threads_before) if mongod else {}
+                )
+                loop_late, events_per_txn = gauge_shares(gauges_before, await service_gauges(urls))
                 # Signatures per second over the arrival window shifted by the median journey
                 # time: when the rate is held, what comes out equals what went in.
                 lag = statistics.median(outcomes.took_s) if outcomes.took_s else 0.0
@@ -394,6 +485,9 @@ async def measure(
                         cpu_s=cpu,
                         work=work,
                         stolen=stolen,
+                        mongo_cpu_s=mongo_cpu,
+                        loop_late=loop_late,
+                        events_per_txn=events_per_txn,
                     )
                 )
                 print(
@@ -422,6 +516,21 @@ async def measure(
                         "    work per signed journey: "
                         + ", ".join(f"{k} {v:.1f}" for k, v in sorted(each.items()))
                     )
+                    spent = sorted(mongo_cpu.items(), key=lambda kv: -kv[1])
+                    print(
+                        "    MongoDB's CPU ms per signed journey, by whose work: "
+                        + ", ".join(
+                            f"{who} {1000 * s / outcomes.counts['signed']:.1f}"
+                            for who, s in spent
+                            if 1000 * s / outcomes.counts["signed"] >= 0.5
+                        )
+                    )
+                print(
+                    "    event loops, wake-ups 10 ms late or more: "
+                    + ", ".join(f"{n} {v:.1%}" for n, v in sorted(loop_late.items()))
+                    + "; events per consumer transaction: "
+                    + ", ".join(f"{n} {v:.2f}" for n, v in sorted(events_per_txn.items()))
+                )
         finally:
             await city.stop()
         rss = {name: peak_rss_mb(pid) for name, pid in pids.items()}  # while they still run
