@@ -24,7 +24,7 @@ from aiokafka.errors import (
     OutOfOrderSequenceNumber,
     UnknownProducerId,
 )
-from pymongo import ASCENDING, AsyncMongoClient, IndexModel, UpdateMany
+from pymongo import ASCENDING, AsyncMongoClient, IndexModel, UpdateMany, WriteConcern
 from pymongo.asynchronous.client_session import AsyncClientSession
 from pymongo.errors import PyMongoError
 
@@ -145,6 +145,11 @@ def outbox_row(settings: Settings, envelope: Envelope, now: datetime, seq: int) 
     }
 
 
+# A mark does not wait for the journal (each write that does costs the server a flush of
+# it): a mark lost with the server only means its rows are sent again, and the consumers'
+# inboxes drop them.
+MARKS = WriteConcern(w=1)
+
 PRODUCER_LOST = (OutOfOrderSequenceNumber, UnknownProducerId, InvalidProducerIdMapping)
 
 
@@ -184,6 +189,7 @@ class OutboxRelay:
         self._backlog_checked = 0.0
         # Sent, not yet marked published: id -> (created_at, sent_at).
         self._to_mark: dict[str, tuple[datetime, datetime]] = {}
+        self._marks = db[OUTBOX].with_options(write_concern=MARKS)
         self._marking: asyncio.Task[None] | None = None
 
     def committed(self, rows: list[Document]) -> None:
@@ -300,7 +306,7 @@ class OutboxRelay:
             for row_id, (_, sent_at) in marking.items():
                 by_send.setdefault(sent_at, []).append(row_id)
             try:
-                await self._db[OUTBOX].bulk_write(
+                await self._marks.bulk_write(
                     [
                         UpdateMany(
                             {"_id": {"$in": ids}},

@@ -32,7 +32,7 @@ class Settings(BaseSettings):
     outbox_sweep_after_s: float = Field(5.0, validation_alias="OUTBOX_SWEEP_AFTER_S")
     outbox_sweep_interval_s: float = Field(1.0, validation_alias="OUTBOX_SWEEP_INTERVAL_S")
     # Published rows are marked so at most this often (one update for all of them).
-    outbox_mark_every_s: float = Field(0.1, validation_alias="OUTBOX_MARK_EVERY_S")
+    outbox_mark_every_s: float = Field(0.25, validation_alias="OUTBOX_MARK_EVERY_S")
     # Rows handed over and waiting for Kafka beyond this are read back from MongoDB instead.
     outbox_queue_limit: int = Field(10_000, validation_alias="OUTBOX_QUEUE_LIMIT")
     consumer_max_attempts: int = Field(4, validation_alias="CONSUMER_MAX_ATTEMPTS")
