@@ -81,6 +81,13 @@ def test_quick_bench_reports_every_platform_figure_next_to_its_raw_baseline(
     ):
         assert figures[f"platform.city_3_hop_{hop}_p99"]["value"] >= 0, run.stdout
     assert figures["platform.city_3_hop_matching_p50"]["value"] > 0, run.stdout
+    # MongoDB's CPU told apart by whose work it was: each service's connections by name.
+    split = next(line for line in run.stdout.splitlines() if "MongoDB's CPU ms" in line)
+    for service in ("gateway", "dispatch", "booking"):
+        assert f" {service} " in split, split
+    loops = next(line for line in run.stdout.splitlines() if "event loops, wake-ups" in line)
+    assert "events per consumer transaction: " in loops, loops
+    assert "gateway" in loops, loops
     # Dispatch's rounds can never beat the optimum; greedy never either.
     assert figures["platform.match_50_km"]["ratio"] >= 0.999
     assert figures["greedy.match_50_km"]["ratio"] >= 0.999
