@@ -75,11 +75,23 @@ class CityFigures:
 def cpu_seconds(pid: int) -> float:
     """User and system CPU time a process has used so far."""
     try:
-        with open(f"/proc/{pid}/stat") as f:
-            fields = f.read().rpartition(")")[2].split()
+        return stat_cpu_s(f"/proc/{pid}")
     except OSError:
         return float("nan")
+
+
+def stat_cpu_s(proc: str) -> float:
+    """User and system CPU seconds of a /proc/<pid> or /proc/<pid>/task/<tid> entry."""
+    with open(f"{proc}/stat") as f:
+        fields = f.read().rpartition(")")[2].split()
     return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
+def comm(proc: str) -> str | None:
+    """The name of a /proc/<pid> or /proc/<pid>/task/<tid> entry."""
+    with contextlib.suppress(OSError), open(f"{proc}/comm") as f:
+        return f.read().strip()
+    return None
 
 
 def machine_ticks() -> tuple[int, int]:
@@ -150,12 +162,9 @@ def thread_cpu_s(pid: int) -> dict[str, tuple[str, float]]:
     found: dict[str, tuple[str, float]] = {}
     with contextlib.suppress(OSError):
         for tid in os.listdir(f"/proc/{pid}/task"):
+            thread = f"/proc/{pid}/task/{tid}"
             with contextlib.suppress(OSError, ValueError, IndexError):
-                with open(f"/proc/{pid}/task/{tid}/comm") as f:
-                    name = f.read().strip()
-                with open(f"/proc/{pid}/task/{tid}/stat") as f:
-                    fields = f.read().rpartition(")")[2].split()
-                found[tid] = (name, (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK"))
+                found[tid] = (comm(thread) or "?", stat_cpu_s(thread))
     return found
 
 
@@ -164,13 +173,7 @@ async def local_mongod(mongo: AsyncMongoClient[Document]) -> int | None:
     the tests' say)."""
     status = await mongo.admin.command("serverStatus")
     pid = int(status.get("pid", 0))
-    return pid if process_name(pid) == "mongod" else None
-
-
-def process_name(pid: int) -> str | None:
-    with contextlib.suppress(OSError), open(f"/proc/{pid}/comm") as f:
-        return f.read().strip()
-    return None
+    return pid if comm(f"/proc/{pid}") == "mongod" else None
 
 
 async def mongo_cpu_by_client(
