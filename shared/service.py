@@ -166,11 +166,11 @@ async def watch_loop_lag(service: str) -> None:
     """Sleep 50 ms at a time and record how late each wake-up came: a handler that holds the
     loop, a long garbage collection or a machine short of CPU shows up here as latency every
     request and event in the process pays."""
-    loop = asyncio.get_running_loop()
+    loop, lag = asyncio.get_running_loop(), LOOP_LAG.labels(service)
     while True:
         asleep_at = loop.time()
         await asyncio.sleep(LOOP_LAG_EVERY_S)
-        LOOP_LAG.labels(service).observe(max(loop.time() - asleep_at - LOOP_LAG_EVERY_S, 0.0))
+        lag.observe(max(loop.time() - asleep_at - LOOP_LAG_EVERY_S, 0.0))
 
 
 def runtime_of(request: Request) -> Runtime:
