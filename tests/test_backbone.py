@@ -314,6 +314,11 @@ async def test_a_member_joining_takes_partitions_over_with_nothing_handled_twice
             return await probe.db["effects"].count_documents({"_id": {"$in": ids}}) == len(ids)
 
         await eventually(all_handled, what="every event handled")
+        # The counter moves a moment after the commit that the effects show (the session
+        # is closed in between): wait for it too, then check it counted each event once.
+        await eventually(
+            lambda: _ge(probe.consumed("handled"), len(ids)), what="every handling counted"
+        )
 
         async def second_took_partitions() -> bool:
             return second.assigned.is_set()
