@@ -3,8 +3,8 @@
     python -m shared.catalogue          # rewrite docs/events.md
     python -m shared.catalogue --check  # exit 1 if the committed file is stale
 
-Producers come from each event's stream; consumers from the handler maps that
-every service declares in `services/<name>/handlers.py`.
+Producers come from each event's stream; consumers from the handlers each service's
+consumer runs (`SPEC.handlers` in `services/<name>/app.py`, the gateway's board included).
 """
 
 from __future__ import annotations
@@ -27,7 +27,8 @@ TARGET = ROOT / "docs" / "events.md"
 def consumers_by_event() -> dict[tuple[str, int], list[str]]:
     found: dict[tuple[str, int], list[str]] = {}
     for module in sorted(m.name for m in pkgutil.iter_modules(services.__path__)):
-        handlers = getattr(importlib.import_module(f"services.{module}.handlers"), "handlers", None)
+        spec = getattr(importlib.import_module(f"services.{module}.app"), "SPEC", None)
+        handlers = getattr(spec, "handlers", None)
         if isinstance(handlers, Handlers):
             for model in handlers.models():
                 found.setdefault((model.event_type, model.schema_version), []).append(module)
@@ -67,7 +68,7 @@ def _section(spec: EventSpec, consumers: list[str]) -> list[str]:
         "",
         spec.description,
         "",
-        f"- **Producer:** `services/{spec.stream}`",
+        f"- **Producer:** `services/{spec.producer}`",
         f"- **Consumers:** {', '.join(f'`services/{c}`' for c in consumers) or 'none yet'}",
         f"- **Topic:** `<prefix>{stream_topic(spec.stream)}`",
         f"- **Key (aggregate id):** `{spec.key_field}`",
@@ -86,7 +87,10 @@ def _section(spec: EventSpec, consumers: list[str]) -> list[str]:
 
 def render() -> str:
     consumers = consumers_by_event()
-    specs = [s for s in all_specs() if s.model.__module__.startswith("shared.events.")]
+    specs = sorted(
+        (s for s in all_specs() if s.model.__module__.startswith("shared.events.")),
+        key=lambda s: (s.event_type, s.version),
+    )
     out = [
         "# Event catalogue",
         "",
@@ -99,15 +103,15 @@ def render() -> str:
         "and `payload`. Payloads forbid unknown fields. A consumer reads the versions it knows",
         "and dead-letters the rest to `<prefix>dlq.<service>` with the reason in the headers.",
         "",
-        "| event | version | producer | consumers | key |",
-        "|---|---|---|---|---|",
+        "| event | version | producer | consumers | topic | key |",
+        "|---|---|---|---|---|---|",
     ]
     for spec in specs:
         who = ", ".join(consumers.get((spec.event_type, spec.version), [])) or "-"
         anchor = f"{spec.event_type}-v{spec.version}".replace(".", "")
         out.append(
-            f"| [`{spec.event_type}`](#{anchor}) | {spec.version} | {spec.stream} | {who} "
-            f"| `{spec.key_field}` |"
+            f"| [`{spec.event_type}`](#{anchor}) | {spec.version} | {spec.producer} | {who} "
+            f"| `{stream_topic(spec.stream)}` | `{spec.key_field}` |"
         )
     out.append("")
     for spec in specs:

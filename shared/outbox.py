@@ -30,7 +30,7 @@ from pymongo.errors import PyMongoError
 
 from shared import logs
 from shared.events.envelope import Envelope, EventPayload
-from shared.events.registry import stream_topic
+from shared.events.registry import spec_of, stream_topic
 from shared.faults import crash_point
 from shared.metrics import EVENTS_PUBLISHED, OUTBOX_BACKLOG
 from shared.mongo import Database, Document
@@ -131,7 +131,7 @@ class UnitOfWork:
 
 
 def outbox_row(settings: Settings, envelope: Envelope, now: datetime, seq: int) -> Document:
-    stream = envelope.type.split(".", 1)[0]
+    stream = spec_of(envelope.type, envelope.schema_version).stream
     return {
         "_id": str(envelope.event_id),
         "topic": settings.topic(stream_topic(stream)),

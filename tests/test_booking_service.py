@@ -97,9 +97,11 @@ async def status_is(booking: httpx.AsyncClient, booking_id: str, status: str) ->
 async def booking_events(
     infra: Infra, platform: Platform, booking_id: str, count: int
 ) -> list[Any]:
-    """The booking stream's messages keyed by this booking, read back from Kafka."""
+    """The booking's messages on its two topics (the lifecycle and the timeline of its
+    transitions), read back from Kafka."""
     consumer = AIOKafkaConsumer(
         f"{platform.prefix}.booking.events",
+        f"{platform.prefix}.booking.timeline.events",
         bootstrap_servers=infra.kafka_bootstrap,
         auto_offset_reset="earliest",
         enable_auto_commit=False,
@@ -142,6 +144,9 @@ async def test_booking_is_priced_from_the_catalogue_and_published_with_its_key_a
     envelopes = [json.loads(m.value) for m in messages]
     types = {e["type"]: e for e in envelopes}
     assert set(types) >= {"booking.requested", "booking.status_changed"}
+    topics = {json.loads(m.value)["type"]: m.topic for m in messages}
+    assert topics["booking.requested"] == f"{platform.prefix}.booking.events"
+    assert topics["booking.status_changed"] == f"{platform.prefix}.booking.timeline.events"
     requested = types["booking.requested"]
     assert requested["schema_version"] == 1
     assert requested["aggregate_id"] == made["booking_id"]

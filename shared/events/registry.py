@@ -22,6 +22,11 @@ class EventSpec:
     model: type[EventPayload]
 
     @property
+    def producer(self) -> str:
+        """The service that publishes it: its type's first segment (`booking.requested`)."""
+        return self.event_type.split(".", 1)[0]
+
+    @property
     def description(self) -> str:
         return (self.model.__doc__ or "").strip()
 

@@ -12,10 +12,10 @@ from pydantic import ValidationError
 
 from shared.consumer import Handlers
 from shared.events import all_specs, parse_payload
-from shared.events.booking import BookingCancelled, BookingConfirmed
+from shared.events.booking import BookingCancelled, BookingConfirmed, BookingStatusChanged
 from shared.events.envelope import Envelope, EventPayload
 from shared.events.registry import UnknownEvent, event
-from shared.outbox import Transaction
+from shared.outbox import Transaction, outbox_row
 from shared.settings import Settings
 
 
@@ -90,14 +90,34 @@ def test_a_key_field_must_exist() -> None:
             thing_id: str
 
 
-def test_every_platform_event_is_keyed_and_on_the_stream_its_name_says() -> None:
+def test_every_platform_event_is_keyed_and_on_a_stream_of_the_service_its_name_says() -> None:
     specs = [s for s in all_specs() if s.model.__module__.startswith("shared.events.")]
     assert len(specs) >= 9
     for spec in specs:
         assert spec.key_field in spec.model.model_fields, spec.event_type
-        # The outbox derives the topic from the type's first segment.
-        assert spec.event_type.split(".", 1)[0] == spec.stream, spec.event_type
+        # A service publishes on its own streams only: `booking`, or one under it.
+        service = spec.event_type.split(".", 1)[0]
+        assert spec.stream == service or spec.stream.startswith(f"{service}."), spec.event_type
         assert spec.description, f"{spec.event_type} needs a docstring for the catalogue"
+
+
+def test_the_outbox_sends_each_event_to_its_streams_topic() -> None:
+    settings = Settings().model_copy(update={"topic_prefix": "px."})
+    now = datetime.now(UTC)
+    confirmed_event = Envelope.wrap(confirmed(), producer="booking")
+    changed = Envelope.wrap(
+        BookingStatusChanged(
+            booking_id="bk_1",
+            customer_id="cus_1",
+            from_status="requested",
+            to_status="assigned",
+            at=now,
+            version=1,
+        ),
+        producer="booking",
+    )
+    assert outbox_row(settings, confirmed_event, now, 0)["topic"] == "px.booking.events"
+    assert outbox_row(settings, changed, now, 1)["topic"] == "px.booking.timeline.events"
 
 
 def test_handlers_map_types_to_prefixed_topics_and_refuse_doubles() -> None:
