@@ -21,7 +21,7 @@ from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
-from pymongo import ASCENDING, IndexModel, ReturnDocument
+from pymongo import ASCENDING, IndexModel
 from pymongo.asynchronous.client_session import AsyncClientSession
 
 from shared.faults import crash_point
@@ -80,6 +80,11 @@ class Timers:
 
 async def ensure_timer_indexes(db: Database) -> None:
     await db[TIMERS].create_indexes([IndexModel([("due_at", ASCENDING)], name="due")])
+
+
+def _to_ms(at: datetime) -> datetime:
+    """MongoDB keeps milliseconds: the time as it will be read back."""
+    return at.replace(microsecond=at.microsecond // 1000 * 1000)
 
 
 def timer_id(kind: str, subject: str) -> str:
@@ -161,20 +166,20 @@ class TimerLoop:
             now = utcnow()
             # Read the earliest first: most wake-ups find nothing due yet, and a read costs
             # less than a claim that matches nothing (a write waiting on its write concern).
-            head = await self._ctx.db[TIMERS].find_one(
-                {}, {"due_at": 1}, sort=[("due_at", ASCENDING)]
-            )
+            head = await self._ctx.db[TIMERS].find_one({}, sort=[("due_at", ASCENDING)])
             self._next_due = None if head is None else head["due_at"]
             if head is None or head["due_at"] > now:
                 return fired
-            doc = await self._ctx.db[TIMERS].find_one_and_update(
-                {"due_at": {"$lte": now}},
-                {"$set": {"due_at": now + self._lease}, "$inc": {"attempts": 1}},
-                sort=[("due_at", ASCENDING)],
-                return_document=ReturnDocument.AFTER,
+            # Claim exactly what was read: an update, not a find-and-modify (outside a
+            # transaction the server also writes that one's result aside, for a retry).
+            leased = _to_ms(now + self._lease)  # as the server stores it, to match it later
+            claimed = await self._ctx.db[TIMERS].update_one(
+                {"_id": head["_id"], "due_at": head["due_at"], "requests": head.get("requests")},
+                {"$set": {"due_at": leased}, "$inc": {"attempts": 1}},
             )
-            if doc is None:
-                continue  # another process claimed it first
+            if claimed.modified_count == 0:
+                continue  # another process claimed it first, or it was asked for again
+            doc = {**head, "due_at": leased, "attempts": int(head.get("attempts", 0)) + 1}
             timer = Timer(doc["_id"], doc["kind"], doc["subject"], doc["due_at"], doc["data"])
             handler = self._timers.handler(timer.kind)
             if handler is None:
