@@ -22,7 +22,7 @@ from services.gateway import (
     storage,
     webhooks,
 )
-from services.gateway.hub import running
+from services.gateway.hub import running, watching
 from services.gateway.limits import RateLimiter
 from services.gateway.security import VerifyingKeys
 from services.gateway.tokens import VerifiedTokens
@@ -45,10 +45,10 @@ async def edge_state(app: FastAPI) -> AsyncIterator[None]:
     app.state.verifying_keys = VerifyingKeys()
     app.state.verified_tokens = VerifiedTokens()
     db = app.state.runtime.db  # the runtime starts before this lifespan
-    app.state.notification_hub = notify.hub(db)
-    app.state.board_hub = dashboard.hub(db)
+    # One change stream for every live stream, the notifications' and the board's.
+    app.state.live_hub = watching(db, {**notify.WATCHED, **dashboard.WATCHED})
     try:
-        async with running(app.state.notification_hub, app.state.board_hub):
+        async with running(app.state.live_hub):
             yield
     finally:
         await app.state.upstream.close()

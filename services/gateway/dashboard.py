@@ -18,7 +18,6 @@ from typing import Annotated, Any
 from fastapi import APIRouter, Query, Request
 from fastapi.responses import FileResponse, StreamingResponse
 from pydantic import AwareDatetime, BaseModel, ConfigDict
-from pymongo.asynchronous.change_stream import AsyncChangeStream
 
 from services.gateway import board
 from services.gateway.domain import AlertRow, Board, Contacts, Figures, figures
@@ -27,7 +26,7 @@ from services.gateway.security import EdgeActor
 from services.gateway.upstream import Upstream
 from shared.auth import Actor
 from shared.errors import NotFound
-from shared.mongo import Database, Document
+from shared.mongo import Document
 from shared.service import RuntimeDep
 from shared.time import utcnow
 
@@ -175,22 +174,8 @@ def _frame(kind: str, row: BaseModel) -> str:
     return f"event: {kind}\ndata: {json.dumps(row.model_dump(mode='json'))}\n\n"
 
 
-def hub(db: Database) -> ChangeHub:
-    """Every change to the board, read once per gateway process with the row as it now is."""
-
-    async def watch(resume: Mapping[str, Any] | None) -> AsyncChangeStream[Document]:
-        match = {
-            "ns.coll": {"$in": list(board.BOARD)},
-            "operationType": {"$in": ["insert", "update", "replace"]},
-        }
-        return await db.watch(
-            [{"$match": match}],
-            full_document="updateLookup",
-            resume_after=resume,
-            max_await_time_ms=1000,
-        )
-
-    return ChangeHub("board", watch)
+# What the live hub watches for the board's streams: every row written.
+WATCHED = {collection: ["insert", "update", "replace"] for collection in board.BOARD}
 
 
 def in_scope(scope: dict[str, str]) -> Callable[[Mapping[str, Any]], bool]:
@@ -200,7 +185,7 @@ def in_scope(scope: dict[str, str]) -> Callable[[Mapping[str, Any]], bool]:
 
     def accept(change: Mapping[str, Any]) -> bool:
         doc = change.get("fullDocument")
-        if doc is None:
+        if doc is None or change["ns"]["coll"] not in board.BOARD:
             return False
         return store is None or store in (doc.get("store_id"), doc.get("previous_store_id"))
 
@@ -208,7 +193,7 @@ def in_scope(scope: dict[str, str]) -> Callable[[Mapping[str, Any]], bool]:
 
 
 async def _changes(request: Request, actor: Actor, scope: dict[str, str]) -> AsyncIterator[str]:
-    live: ChangeHub = request.app.state.board_hub
+    live: ChangeHub = request.app.state.live_hub
     with live.subscribe(in_scope(scope)) as changes:
         yield ": connected\n\n"  # the page reads the board only now: nothing falls between
         async for change in with_keep_alives(changes):

@@ -1,5 +1,8 @@
 """One MongoDB change stream per gateway process, fanned out to every open live stream.
 
+One stream for everything live (the notifications and the board): each open change stream
+costs the server work on every write to any collection, not only to the ones it watches.
+
 A change stream per connected client would hold a database connection each (the pool is
 100) and make MongoDB do the same work once per client; here one watcher reads each change
 once and hands it to the subscribers whose filter accepts it. It watches from start-up, so a
@@ -18,7 +21,7 @@ from typing import Any
 from pymongo.asynchronous.change_stream import AsyncChangeStream
 from pymongo.errors import PyMongoError
 
-from shared.mongo import Document
+from shared.mongo import Database, Document
 
 log = logging.getLogger(__name__)
 
@@ -101,6 +104,32 @@ class ChangeHub:
             except PyMongoError as exc:
                 log.warning("%s change stream interrupted (%s); resuming", self.name, exc)
                 await asyncio.sleep(1)
+
+
+def watching(db: Database, operations: Mapping[str, list[str]]) -> ChangeHub:
+    """A hub over the database's changes of these kinds to these collections (each update
+    with the row as it now is): `{"notifications": ["insert"], ...}`."""
+
+    async def watch(resume: Mapping[str, Any] | None) -> AsyncChangeStream[Document]:
+        match = {
+            "$or": [
+                {"ns.coll": collection, "operationType": {"$in": kinds}}
+                for collection, kinds in operations.items()
+            ]
+        }
+        return await db.watch(
+            [{"$match": match}],
+            full_document="updateLookup",
+            resume_after=resume,
+            max_await_time_ms=1000,
+        )
+
+    return ChangeHub(db.name, watch)
+
+
+def of(collection: str, change: Change) -> bool:
+    """Is this change to `collection`? (Every subscriber hears the one stream.)"""
+    return bool(change["ns"]["coll"] == collection)
 
 
 @contextlib.asynccontextmanager

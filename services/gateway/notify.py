@@ -1,7 +1,7 @@
 """A user's notifications: the list, and the live stream (server-sent events).
 
-The stream tails MongoDB (one change stream on the notifications collection per
-gateway process, fanned out to the callers'), so a client connected to any
+The stream tails MongoDB (the gateway process's one change stream, `hub.py`, fanned out
+to the callers'), so a client connected to any
 gateway replica hears what any replica's consumer wrote. `Last-Event-ID`
 resumes after a reconnect.
 """
@@ -14,14 +14,12 @@ from typing import Annotated, Any
 
 from fastapi import APIRouter, Header, Query, Request
 from fastapi.responses import StreamingResponse
-from pymongo.asynchronous.change_stream import AsyncChangeStream
 
-from services.gateway.hub import KEEP_ALIVE, ChangeHub, with_keep_alives
+from services.gateway.hub import KEEP_ALIVE, Change, ChangeHub, of, with_keep_alives
 from services.gateway.security import EdgeActor
-from services.gateway.storage import Notification, Notifications
+from services.gateway.storage import NOTIFICATIONS, Notification, Notifications
 from shared.auth import Actor
 from shared.errors import NotFound
-from shared.mongo import Database, Document
 from shared.schema import PathId
 from shared.service import RuntimeDep
 from shared.time import utcnow
@@ -58,15 +56,8 @@ async def mark_read(notification_id: PathId, runtime: RuntimeDep, actor: EdgeAct
     return found
 
 
-def hub(db: Database) -> ChangeHub:
-    """Every new notification, read once per gateway process."""
-    col = Notifications(db).col
-
-    async def watch(resume: Mapping[str, Any] | None) -> AsyncChangeStream[Document]:
-        pipeline = [{"$match": {"operationType": "insert"}}]
-        return await col.watch(pipeline, resume_after=resume, max_await_time_ms=1000)
-
-    return ChangeHub("notifications", watch)
+# What the live hub watches for the notification streams: new notifications.
+WATCHED = {NOTIFICATIONS: ["insert"]}
 
 
 def frame(doc: Mapping[str, Any]) -> str:
@@ -92,11 +83,14 @@ async def stream(
 ) -> StreamingResponse:
     me = recipient(actor)
     col = Notifications(runtime.db).col
-    live: ChangeHub = request.app.state.notification_hub
+    live: ChangeHub = request.app.state.live_hub
 
     async def events() -> AsyncIterator[str]:
         # Subscribed first, then what was missed is sent: nothing falls between the two.
-        with live.subscribe(lambda c: c["fullDocument"]["recipient"] == me) as changes:
+        def mine(change: Change) -> bool:
+            return of(NOTIFICATIONS, change) and change["fullDocument"]["recipient"] == me
+
+        with live.subscribe(mine) as changes:
             sent: set[str] = set()
             yield ": connected\n\n"
             if last_event_id:
