@@ -28,7 +28,7 @@ from shared.faults import crash_point
 from shared.mongo import Database, Document
 from shared.outbox import Transaction, UnitOfWork
 from shared.settings import Settings
-from shared.time import utcnow
+from shared.time import stored_precision, utcnow
 
 log = logging.getLogger(__name__)
 
@@ -80,11 +80,6 @@ class Timers:
 
 async def ensure_timer_indexes(db: Database) -> None:
     await db[TIMERS].create_indexes([IndexModel([("due_at", ASCENDING)], name="due")])
-
-
-def _to_ms(at: datetime) -> datetime:
-    """MongoDB keeps milliseconds: the time as it will be read back."""
-    return at.replace(microsecond=at.microsecond // 1000 * 1000)
 
 
 def timer_id(kind: str, subject: str) -> str:
@@ -172,7 +167,9 @@ class TimerLoop:
                 return fired
             # Claim exactly what was read: an update, not a find-and-modify (outside a
             # transaction the server also writes that one's result aside, for a retry).
-            leased = _to_ms(now + self._lease)  # as the server stores it, to match it later
+            leased = stored_precision(
+                now + self._lease
+            )  # as the server stores it, to match it later
             claimed = await self._ctx.db[TIMERS].update_one(
                 {"_id": head["_id"], "due_at": head["due_at"], "requests": head.get("requests")},
                 {"$set": {"due_at": leased}, "$inc": {"attempts": 1}},

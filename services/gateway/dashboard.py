@@ -21,7 +21,7 @@ from pydantic import AwareDatetime, BaseModel, ConfigDict
 
 from services.gateway import board
 from services.gateway.domain import AlertRow, Board, Contacts, Figures, figures
-from services.gateway.hub import KEEP_ALIVE, ChangeHub, with_keep_alives
+from services.gateway.hub import KEEP_ALIVE, ChangeHub, of, with_keep_alives
 from services.gateway.security import EdgeActor
 from services.gateway.upstream import Upstream
 from shared.auth import Actor
@@ -185,7 +185,7 @@ def in_scope(scope: dict[str, str]) -> Callable[[Mapping[str, Any]], bool]:
 
     def accept(change: Mapping[str, Any]) -> bool:
         doc = change.get("fullDocument")
-        if doc is None or change["ns"]["coll"] not in board.BOARD:
+        if doc is None or not of(WATCHED, change):
             return False
         return store is None or store in (doc.get("store_id"), doc.get("previous_store_id"))
 

@@ -15,7 +15,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
-from collections.abc import AsyncIterator, Awaitable, Callable, Iterator, Mapping
+from collections.abc import AsyncIterator, Awaitable, Callable, Collection, Iterator, Mapping
 from typing import Any
 
 from pymongo.asynchronous.change_stream import AsyncChangeStream
@@ -127,9 +127,9 @@ def watching(db: Database, operations: Mapping[str, list[str]]) -> ChangeHub:
     return ChangeHub(db.name, watch)
 
 
-def of(collection: str, change: Change) -> bool:
-    """Is this change to `collection`? (Every subscriber hears the one stream.)"""
-    return bool(change["ns"]["coll"] == collection)
+def of(collections: Collection[str], change: Change) -> bool:
+    """Is this change to one of `collections`? (Every subscriber hears the one stream.)"""
+    return change["ns"]["coll"] in collections
 
 
 @contextlib.asynccontextmanager

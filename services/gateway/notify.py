@@ -88,7 +88,7 @@ async def stream(
     async def events() -> AsyncIterator[str]:
         # Subscribed first, then what was missed is sent: nothing falls between the two.
         def mine(change: Change) -> bool:
-            return of(NOTIFICATIONS, change) and change["fullDocument"]["recipient"] == me
+            return of(WATCHED, change) and change["fullDocument"]["recipient"] == me
 
         with live.subscribe(mine) as changes:
             sent: set[str] = set()
