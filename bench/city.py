@@ -28,6 +28,7 @@ from pymongo import AsyncMongoClient
 from pymongo.asynchronous.database import AsyncDatabase
 
 from bench.booking_api import service_process
+from bench.sustained import Search, judge, next_rate, sustained
 from services.gateway.signin import add_staff
 from shared.mongo import Document
 from shared.settings import Settings
@@ -48,6 +49,12 @@ class Phase:
     journey_s: float  # median time from booking to signature
     backlog_start: float
     backlog_end: float
+    # (seconds into the arrivals, consumers' lag plus unpublished outbox rows), every few s
+    backlog_samples: list[tuple[float, float]] = field(default_factory=list)
+    held: bool = False  # see bench.sustained.judge
+    verdict: str = ""  # "held", or what lost it
+    growth_per_s: float = 0.0  # the backlog's fitted trend over the arrivals
+    share: float | None = None  # played at this share of the sustained rate
     to_assigned_s: list[float] = field(default_factory=list)
     to_receipt_s: list[float] = field(default_factory=list)
     # booking -> assigned in two parts: requested -> first offer made (events and matching),
@@ -70,6 +77,7 @@ class Phase:
 class CityFigures:
     phases: list[Phase]
     peak_rss_mb: dict[str, float]
+    sustained: float | None = None  # the highest rate held (journeys started per second)
 
 
 def cpu_seconds(pid: int) -> float:
@@ -358,6 +366,22 @@ async def hop_times(
     return hops
 
 
+@dataclass
+class Stage:
+    """The platform under load, as every phase finds it."""
+
+    settings: Settings
+    run_dir: Path
+    urls: dict[str, str]  # each service's and the gateway's base URL
+    pids: dict[str, int]  # each service's process
+    mongo: AsyncMongoClient[Document]
+    city: City
+
+
+BACKLOG_EVERY_S = 3.0  # the backlog is sampled this often during arrivals
+SETTLED = 50.0  # a phase starts only once the backlog of the one before is down to this
+
+
 async def measure(
     settings: Settings,
     run_dir: Path,
@@ -367,7 +391,11 @@ async def measure(
     customers: int,
     technicians: int,
     warm_up_s: float = 0.0,
+    search: Search | None = None,
+    shares: tuple[float, ...] = (),
 ) -> CityFigures:
+    """Play every rate of `ladder`, then (with `search`) look for the highest rate held, then
+    play each of `shares` of the highest rate held so far (its latencies are the issue's)."""
     # Topics and databases of its own: earlier sections' events must not stand in the queue.
     settings = settings.model_copy(
         update={
@@ -425,137 +453,195 @@ async def measure(
         )
         city = City(plan, http)
         await city.start()
-        phases = []
+        stage = Stage(settings, run_dir, urls, pids, mongo, city)
+        phases: list[Phase] = []
+        tried: dict[float, bool] = {}
         try:
-            if warm_up_s > 0 and ladder:
+            first = ladder[0] if ladder else search.start if search else None
+            if warm_up_s > 0 and first is not None:
                 # A platform in service runs warm: the JVM has compiled Kafka's hot paths,
                 # the services have loaded what they load on first use. Not measured.
-                print(
-                    f"  warming up at {ladder[0]:g} journeys/s for {warm_up_s:g} s (not measured)"
-                )
-                await city.play(ladder[0], duration_s=warm_up_s, drain_s=60)
+                print(f"  warming up at {first:g} journeys/s for {warm_up_s:g} s (not measured)")
+                await city.play(first, duration_s=warm_up_s, drain_s=60)
             for rate in ladder:
-                print(f"  city at {rate:g} journeys/s for {seconds:g} s")
-                before = await backlog(urls)
-                everyone = {**pids, **server_pids(run_dir), "simulator": os.getpid()}
-                cpu_before = {name: cpu_seconds(pid) for name, pid in everyone.items()}
-                ticks_before = machine_ticks()
-                work_before = await work_done(urls, mongo)
-                gauges_before = await service_gauges(urls)
-                mongod = everyone.get("mongodb") or await local_mongod(mongo)
-                threads_before = thread_cpu_s(mongod) if mongod else {}
-                t0 = time.monotonic()
-                play = asyncio.create_task(city.play(rate, duration_s=seconds, drain_s=60))
-                await asyncio.sleep(seconds)
-                after = await backlog(urls)  # at the end of the arrivals, before draining
-                outcomes = await play
-                cpu = {n: cpu_seconds(pid) - cpu_before[n] for n, pid in everyone.items()}
-                ticks_after = machine_ticks()
-                all_ticks = ticks_after[0] - ticks_before[0]
-                stolen = (ticks_after[1] - ticks_before[1]) / all_ticks if all_ticks else 0.0
-                work_after = await work_done(urls, mongo)
-                work = {k: v - work_before.get(k, 0.0) for k, v in work_after.items()}
-                mongo_cpu = (
-                    await mongo_cpu_by_client(mongo, mongod, threads_before) if mongod else {}
-                )
-                loop_late, events_per_txn = gauge_shares(gauges_before, await service_gauges(urls))
-                # Signatures per second over the arrival window shifted by the median journey
-                # time: when the rate is held, what comes out equals what went in.
-                lag = statistics.median(outcomes.took_s) if outcomes.took_s else 0.0
-                out = [t for t in outcomes.signed_at if t0 + lag <= t <= t0 + lag + seconds]
-                # The board is the operations' view: it may still be catching up. Wait for it
-                # (not counted in the window) so every journey is timed, not just the early ones.
-                caught_up = time.monotonic() + 120
-                while True:
-                    to_assigned, to_receipt = await latencies(mongo, settings, outcomes.booked)
-                    done = outcomes.counts["signed"]
-                    if len(to_assigned) >= done and len(to_receipt) >= done:
-                        break
-                    if time.monotonic() > caught_up:
-                        break
-                    await asyncio.sleep(2)
-                to_offer, offer_to_accept, hops = await offer_times(
-                    mongo, settings, outcomes.booked
-                )
-                print(
-                    f"    timed from the board and receipts: {len(to_assigned)} assignments, "
-                    f"{len(to_receipt)} receipts of {len(outcomes.booked)} bookings"
-                )
-                phases.append(
-                    Phase(
-                        rate=rate,
-                        seconds=seconds,
-                        started=outcomes.counts["started"],
-                        signed=outcomes.counts["signed"],
-                        journeys_per_s=len(out) / seconds,
-                        journey_s=lag,
-                        backlog_start=before,
-                        backlog_end=after,
-                        to_assigned_s=to_assigned,
-                        to_receipt_s=to_receipt,
-                        to_offer_s=to_offer,
-                        offer_to_accept_s=offer_to_accept,
-                        hops_s=hops,
-                        errors=sum(
-                            outcomes.counts[k] for k in ("errors", "unassigned", "unfinished")
-                        ),
-                        cpu_s=cpu,
-                        work=work,
-                        stolen=stolen,
-                        mongo_cpu_s=mongo_cpu,
-                        loop_late=loop_late,
-                        events_per_txn=events_per_txn,
-                    )
-                )
-                print(
-                    f"    {outcomes.line()}; {phases[-1].journeys_per_s:.1f} journeys/s, "
-                    f"backlog {before:.0f} -> {after:.0f}"
-                )
-                if outcomes.counts["signed"]:
-                    per = {n: c / outcomes.counts["signed"] for n, c in cpu.items()}
-                    total = sum(per.values())
-                    cores = os.cpu_count() or 1
-                    print(
-                        "    CPU s per signed journey: "
-                        + ", ".join(f"{n} {v:.3f}" for n, v in sorted(per.items()))
-                        + f"; total {total:.3f}; "
-                        f"{stolen:.0%} of the machine's CPU time stolen by its host"
-                    )
-                    # What the CPU alone allows at this cost: a ceiling no tuning of waits
-                    # can lift, and what the issue's bar would take.
-                    print(
-                        f"    at this cost {cores} cores hold at most {cores / total:.1f} "
-                        f"journeys/s; {TARGET_PER_S} journeys/s would take "
-                        f"{TARGET_PER_S * total:.1f} cores"
-                    )
-                    each = {k: v / outcomes.counts["signed"] for k, v in work.items()}
-                    print(
-                        "    work per signed journey: "
-                        + ", ".join(f"{k} {v:.1f}" for k, v in sorted(each.items()))
-                    )
-                    spent = sorted(mongo_cpu.items(), key=lambda kv: -kv[1])
-                    print(
-                        "    MongoDB's CPU ms per signed journey, by whose work: "
-                        + (
-                            ", ".join(
-                                f"{who} {1000 * s / outcomes.counts['signed']:.1f}"
-                                for who, s in spent
-                                if 1000 * s / outcomes.counts["signed"] >= 0.5
-                            )
-                            or "not measured (the server runs on another machine)"
-                        )
-                    )
-                print(
-                    "    event loops, wake-ups 10 ms late or more: "
-                    + ", ".join(f"{n} {v:.1%}" for n, v in sorted(loop_late.items()))
-                    + "; events per consumer transaction: "
-                    + ", ".join(f"{n} {v:.2f}" for n, v in sorted(events_per_txn.items()))
-                )
+                phases.append(await play_phase(stage, rate, seconds))
+                tried[rate] = phases[-1].held
+            while search is not None and (up_next := next_rate(tried, search)) is not None:
+                phases.append(await play_phase(stage, up_next, seconds))
+                tried[up_next] = phases[-1].held
+            best = sustained(tried)
+            print(
+                f"  sustained: {best:g} journeys/s, the highest rate held of "
+                + ", ".join(f"{r:g} ({'held' if ok else 'lost'})" for r, ok in tried.items())
+                if best is not None
+                else "  sustained: no rate played was held"
+            )
+            for share in shares if best is not None else ():
+                at = round(best * share, 2) if best is not None else 0.0
+                phases.append(await play_phase(stage, at, seconds, share=share))
         finally:
             await city.stop()
         rss = {name: peak_rss_mb(pid) for name, pid in pids.items()}  # while they still run
         rss |= {name: peak_rss_mb(pid) for name, pid in server_pids(run_dir).items()}
-    return CityFigures(phases, rss)
+    return CityFigures(phases, rss, sustained=best)
+
+
+async def settle(urls: dict[str, str], within_s: float = 120.0) -> float:
+    """Wait until the backlog an earlier phase left is down to SETTLED (a lost rate leaves
+    one), or `within_s`; the backlog then."""
+    until = time.monotonic() + within_s
+    left = await backlog(urls)
+    while left > SETTLED and time.monotonic() < until:
+        await asyncio.sleep(2)
+        left = await backlog(urls)
+    return left
+
+
+async def play_phase(
+    stage: Stage, rate: float, seconds: float, share: float | None = None
+) -> Phase:
+    """Poisson arrivals at `rate` for `seconds`, the backlog sampled meanwhile; then what the
+    journeys took, what the platform spent on them, and whether the rate was held."""
+    urls, mongo, settings = stage.urls, stage.mongo, stage.settings
+    left = await settle(urls)
+    of = f" ({share:.0%} of the sustained rate)" if share is not None else ""
+    print(f"  city at {rate:g} journeys/s for {seconds:g} s{of}")
+    if left > SETTLED:
+        print(f"    (the phase before left a backlog of {left:.0f}, still there)")
+    everyone = {**stage.pids, **server_pids(stage.run_dir), "simulator": os.getpid()}
+    cpu_before = {name: cpu_seconds(pid) for name, pid in everyone.items()}
+    ticks_before = machine_ticks()
+    work_before = await work_done(urls, mongo)
+    gauges_before = await service_gauges(urls)
+    mongod = everyone.get("mongodb") or await local_mongod(mongo)
+    threads_before = thread_cpu_s(mongod) if mongod else {}
+    t0 = time.monotonic()
+    play = asyncio.create_task(stage.city.play(rate, duration_s=seconds, drain_s=60))
+    # The backlog through the arrivals (not the drain after): its trend says held or lost.
+    samples: list[tuple[float, float]] = []
+    while (elapsed := time.monotonic() - t0) < seconds:
+        samples.append((elapsed, await backlog(urls)))
+        await asyncio.sleep(min(BACKLOG_EVERY_S, max(seconds - (time.monotonic() - t0), 0)))
+    samples.append((time.monotonic() - t0, await backlog(urls)))
+    outcomes = await play
+    cpu = {n: cpu_seconds(pid) - cpu_before[n] for n, pid in everyone.items()}
+    ticks_after = machine_ticks()
+    all_ticks = ticks_after[0] - ticks_before[0]
+    stolen = (ticks_after[1] - ticks_before[1]) / all_ticks if all_ticks else 0.0
+    work_after = await work_done(urls, mongo)
+    work = {k: v - work_before.get(k, 0.0) for k, v in work_after.items()}
+    mongo_cpu = await mongo_cpu_by_client(mongo, mongod, threads_before) if mongod else {}
+    loop_late, events_per_txn = gauge_shares(gauges_before, await service_gauges(urls))
+    # Signatures per second over the arrival window shifted by the median journey time: when
+    # the rate is held, what comes out equals what went in.
+    lag = statistics.median(outcomes.took_s) if outcomes.took_s else 0.0
+    out = [t for t in outcomes.signed_at if t0 + lag <= t <= t0 + lag + seconds]
+    # The board is the operations' view: it may still be catching up. Wait for it (not
+    # counted in the window) so every journey is timed, not just the early ones.
+    caught_up = time.monotonic() + 120
+    while True:
+        to_assigned, to_receipt = await latencies(mongo, settings, outcomes.booked)
+        done = outcomes.counts["signed"]
+        if len(to_assigned) >= done and len(to_receipt) >= done:
+            break
+        if time.monotonic() > caught_up:
+            break
+        await asyncio.sleep(2)
+    to_offer, offer_to_accept, hops = await offer_times(mongo, settings, outcomes.booked)
+    print(
+        f"    timed from the board and receipts: {len(to_assigned)} assignments, "
+        f"{len(to_receipt)} receipts of {len(outcomes.booked)} bookings"
+    )
+    failed = sum(outcomes.counts[k] for k in ("errors", "unassigned", "unfinished"))
+    verdict = judge(
+        samples,
+        started_per_s=outcomes.counts["started"] / seconds,
+        through_per_s=len(out) / seconds,
+        failed=failed,
+    )
+    phase = Phase(
+        rate=rate,
+        seconds=seconds,
+        started=outcomes.counts["started"],
+        signed=outcomes.counts["signed"],
+        journeys_per_s=len(out) / seconds,
+        journey_s=lag,
+        backlog_start=samples[0][1],
+        backlog_end=samples[-1][1],
+        backlog_samples=samples,
+        held=verdict.held,
+        verdict=verdict.why,
+        growth_per_s=verdict.growth_per_s,
+        share=share,
+        to_assigned_s=to_assigned,
+        to_receipt_s=to_receipt,
+        to_offer_s=to_offer,
+        offer_to_accept_s=offer_to_accept,
+        hops_s=hops,
+        errors=failed,
+        cpu_s=cpu,
+        work=work,
+        stolen=stolen,
+        mongo_cpu_s=mongo_cpu,
+        loop_late=loop_late,
+        events_per_txn=events_per_txn,
+    )
+    print(
+        f"    {outcomes.line()}; {phase.journeys_per_s:.1f} journeys/s, backlog "
+        f"{phase.backlog_start:.0f} -> {phase.backlog_end:.0f}, fitted trend "
+        f"{verdict.growth_per_s:+.2f}/s: {'HELD' if verdict.held else 'LOST'} ({verdict.why})"
+    )
+    if outcomes.counts["signed"]:
+        report_costs(phase, cpu, work, mongo_cpu, stolen)
+    print(
+        "    event loops, wake-ups 10 ms late or more: "
+        + ", ".join(f"{n} {v:.1%}" for n, v in sorted(loop_late.items()))
+        + "; events per consumer transaction: "
+        + ", ".join(f"{n} {v:.2f}" for n, v in sorted(events_per_txn.items()))
+    )
+    return phase
+
+
+def report_costs(
+    phase: Phase,
+    cpu: dict[str, float],
+    work: dict[str, float],
+    mongo_cpu: dict[str, float],
+    stolen: float,
+) -> None:
+    """What each signed journey cost: CPU by process, requests and events, MongoDB's CPU by
+    whose work it was."""
+    signed = phase.signed
+    per = {n: c / signed for n, c in cpu.items()}
+    total = sum(per.values())
+    cores = os.cpu_count() or 1
+    print(
+        "    CPU s per signed journey: "
+        + ", ".join(f"{n} {v:.3f}" for n, v in sorted(per.items()))
+        + f"; total {total:.3f}; "
+        f"{stolen:.0%} of the machine's CPU time stolen by its host"
+    )
+    # What the CPU alone allows at this cost: a ceiling no tuning of waits can lift, and what
+    # the issue's bar would take.
+    print(
+        f"    at this cost {cores} cores hold at most {cores / total:.1f} "
+        f"journeys/s; {TARGET_PER_S} journeys/s would take "
+        f"{TARGET_PER_S * total:.1f} cores"
+    )
+    each = {k: v / signed for k, v in work.items()}
+    print(
+        "    work per signed journey: " + ", ".join(f"{k} {v:.1f}" for k, v in sorted(each.items()))
+    )
+    spent = sorted(mongo_cpu.items(), key=lambda kv: -kv[1])
+    print(
+        "    MongoDB's CPU ms per signed journey, by whose work: "
+        + (
+            ", ".join(
+                f"{who} {1000 * s / signed:.1f}" for who, s in spent if 1000 * s / signed >= 0.5
+            )
+            or "not measured (the server runs on another machine)"
+        )
+    )
 
 
 def server_pids(run_dir: Path) -> dict[str, int]:

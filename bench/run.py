@@ -42,6 +42,7 @@ from bench import dispatch as dispatch_bench
 from bench import gateway as gateway_bench
 from bench import payments as payments_bench
 from bench.booking_api import booking_service, http_floor, post_bookings
+from bench.sustained import Search
 from deploy.local.servers import Servers, local_servers
 from shared.consumer import EventConsumer, Handlers, ensure_inbox_indexes
 from shared.events.envelope import Envelope, EventPayload
@@ -92,6 +93,9 @@ class Figure:
     rounds: list[float] = field(default_factory=list)
 
 
+SEARCH = Search()  # from 2/s up by 2, to within 0.5/s
+
+
 @dataclass
 class Counts:
     rounds: int  # paired figures alternate raw and platform this many times (ABBA order)
@@ -108,7 +112,11 @@ class Counts:
     seals: int = 1_000  # receipts signed and sealed, one store and then eight
     edge_reads: int = 2_000  # reads through the gateway, and as many straight to booking
     notifications: int = 200  # events to the customer's live stream, one at a time
-    city_ladder: tuple[float, ...] = (1.0, 2.0, 3.0, 4.0)  # journeys started per second
+    # Rates always played (journeys started per second); then, with city_search, the search
+    # for the highest rate held (bench.sustained); then city_shares of the highest held.
+    city_ladder: tuple[float, ...] = ()
+    city_search: Search | None = SEARCH  # frozen: one shared default is safe
+    city_shares: tuple[float, ...] = (0.25, 0.5, 0.9)
     city_seconds: float = 60.0  # each rate is played this long
     city_warm_up_s: float = 20.0  # played at the first rate before measuring, unmeasured
     city_customers: int = 300
@@ -134,6 +142,8 @@ QUICK = Counts(
     edge_reads=200,
     notifications=20,
     city_ladder=(3.0,),
+    city_search=None,
+    city_shares=(0.5,),
     city_seconds=15.0,
     city_warm_up_s=5.0,
     city_customers=20,
@@ -818,6 +828,8 @@ async def city(bench: Bench) -> None:
         bench.settings,
         RUN_DIR,
         ladder=list(counts.city_ladder),
+        search=counts.city_search,
+        shares=counts.city_shares,
         seconds=counts.city_seconds,
         warm_up_s=counts.city_warm_up_s,
         customers=counts.city_customers,
@@ -825,8 +837,9 @@ async def city(bench: Bench) -> None:
     )
     txn = bench.figures["raw.mongo.txn"].value
     for phase in m.phases:
-        at = f"{phase.rate:g}"
-        held = phase.backlog_end <= max(50.0, phase.backlog_start * 2)  # NaN: not held
+        # A share of the sustained rate is named by its share: its rate may have been played
+        # in the search as well.
+        at = f"{phase.rate:g}" if phase.share is None else f"sustained_{100 * phase.share:.0f}pct"
         # Journeys per second against transactions per second would be a ratio of different
         # things; the transactions the journeys committed per second are compared instead.
         per = (
@@ -841,14 +854,23 @@ async def city(bench: Bench) -> None:
             f"booking to signed, sealed receipt, started at {at}/s for {phase.seconds:g} s; "
             f"{phase.signed}/{phase.started} signed, {phase.errors} failed, median journey "
             f"{phase.journey_s:.1f} s; backlog "
-            f"{phase.backlog_start:.0f} -> {phase.backlog_end:.0f} "
-            f"({'held' if held else 'GROWING'}); {phase.stolen:.0%} of CPU time stolen by the "
-            "host; ratio: the MongoDB transactions those journeys committed per second, "
-            "as a share of the raw transaction rate",
+            f"{phase.backlog_start:.0f} -> {phase.backlog_end:.0f}, trend "
+            f"{phase.growth_per_s:+.2f}/s ({'held' if phase.held else 'LOST: ' + phase.verdict}); "
+            f"{phase.stolen:.0%} of CPU time stolen by the host; ratio: the MongoDB "
+            "transactions those journeys committed per second, as a share of the raw "
+            "transaction rate",
             baseline="raw.mongo.txn",
             ratio=phase.journeys_per_s * per / txn if per else None,
         )
         bench.record(rate)
+        if phase.share is None and phase.rate == m.sustained:
+            bench.record(
+                replace(
+                    rate,
+                    name="platform.city_sustained_journeys_per_s",
+                    note=f"the highest rate held, {phase.rate:g}/s started: " + rate.note,
+                )
+            )
         if per:
             bench.record(
                 Figure(
@@ -993,7 +1015,18 @@ def main() -> None:
         "--only", nargs="+", choices=SECTIONS, default=SECTIONS, help="run only these sections"
     )
     parser.add_argument(
-        "--city-rates", type=float, nargs="+", help="the city's ladder (journeys started per s)"
+        "--city-rates",
+        type=float,
+        nargs="+",
+        help="play the city at these rates (journeys started per s) instead of searching for "
+        "the highest rate held",
+    )
+    parser.add_argument(
+        "--city-shares",
+        type=float,
+        nargs="*",
+        help="then play these shares of the highest rate held (default 0.25 0.5 0.9; none: "
+        "no such phases)",
     )
     parser.add_argument("--city-seconds", type=float, help="how long each rate is played")
     parser.add_argument(
@@ -1005,12 +1038,15 @@ def main() -> None:
     counts = QUICK if args.quick else FULL
     overrides = {
         "city_ladder": tuple(args.city_rates) if args.city_rates else None,
+        "city_shares": tuple(args.city_shares) if args.city_shares is not None else None,
         "city_seconds": args.city_seconds,
         "city_warm_up_s": args.city_warm_up,
         "city_customers": args.city_customers,
         "city_technicians": args.city_technicians,
     }
     counts = replace(counts, **{k: v for k, v in overrides.items() if v is not None})
+    if args.city_rates:
+        counts = replace(counts, city_search=None)
     os.environ.setdefault("LOG_LEVEL", "WARNING")
     with servers() as target:
         freeze_startup_heap()  # the load generator's pauses would count as the platform's

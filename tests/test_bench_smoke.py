@@ -88,6 +88,23 @@ def test_quick_bench_reports_every_platform_figure_next_to_its_raw_baseline(
     loops = next(line for line in run.stdout.splitlines() if "event loops, wake-ups" in line)
     assert "events per consumer transaction: " in loops, loops
     assert "gateway" in loops, loops
+    # Each rate played gets a verdict, and the shares of the sustained rate follow from it:
+    # the quick run plays 3/s, then half the highest rate held (none if 3/s was lost).
+    verdict = next(line for line in run.stdout.splitlines() if "fitted trend" in line)
+    assert ": HELD (held)" in verdict or ": LOST (" in verdict, verdict
+    if ": HELD" in verdict:
+        assert "sustained: 3 journeys/s" in run.stdout, run.stdout
+        sustained = figures["platform.city_sustained_journeys_per_s"]
+        assert sustained["value"] == figures["platform.city_3_journeys_per_s"]["value"]
+        assert "(50% of the sustained rate)" in run.stdout, run.stdout
+        assert "city at 1.5 journeys/s" in run.stdout, run.stdout
+        for what in ("to_assigned", "to_receipt"):
+            share = figures[f"platform.city_sustained_50pct_{what}_p99"]
+            assert share["value"] > 0, run.stdout
+            assert share["baseline"] == "raw.kafka.e2e_p99"
+    else:
+        assert "sustained: no rate played was held" in run.stdout, run.stdout
+        assert not any(name.startswith("platform.city_sustained") for name in figures)
     # Dispatch's rounds can never beat the optimum; greedy never either.
     assert figures["platform.match_50_km"]["ratio"] >= 0.999
     assert figures["greedy.match_50_km"]["ratio"] >= 0.999
