@@ -54,6 +54,7 @@ class Phase:
     held: bool = False  # see bench.sustained.judge
     verdict: str = ""  # "held", or what lost it
     growth_per_s: float = 0.0  # the backlog's fitted trend over the arrivals
+    longer_s: float = 0.0  # how much longer the journeys took by the end (fitted)
     share: float | None = None  # played at this share of the sustained rate
     to_assigned_s: list[float] = field(default_factory=list)
     to_receipt_s: list[float] = field(default_factory=list)
@@ -553,8 +554,14 @@ async def play_phase(
         f"{len(to_receipt)} receipts of {len(outcomes.booked)} bookings"
     )
     failed = sum(outcomes.counts[k] for k in ("errors", "unassigned", "unfinished"))
+    journeys = [
+        (ended - took - t0, took)
+        for ended, took in zip(outcomes.signed_at, outcomes.took_s, strict=True)
+        if ended - took - t0 <= seconds
+    ]
     verdict = judge(
         samples,
+        journeys=journeys,
         started_per_s=outcomes.counts["started"] / seconds,
         through_per_s=len(out) / seconds,
         failed=failed,
@@ -572,6 +579,7 @@ async def play_phase(
         held=verdict.held,
         verdict=verdict.why,
         growth_per_s=verdict.growth_per_s,
+        longer_s=verdict.longer_s,
         share=share,
         to_assigned_s=to_assigned,
         to_receipt_s=to_receipt,
@@ -589,7 +597,8 @@ async def play_phase(
     print(
         f"    {outcomes.line()}; {phase.journeys_per_s:.1f} journeys/s, backlog "
         f"{phase.backlog_start:.0f} -> {phase.backlog_end:.0f}, fitted trend "
-        f"{verdict.growth_per_s:+.2f}/s: {'HELD' if verdict.held else 'LOST'} ({verdict.why})"
+        f"{verdict.growth_per_s:+.2f}/s, journeys {verdict.longer_s:+.2f} s by the end: "
+        f"{'HELD' if verdict.held else 'LOST'} ({verdict.why})"
     )
     if outcomes.counts["signed"]:
         report_costs(phase, cpu, work, mongo_cpu, stolen)

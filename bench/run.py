@@ -851,11 +851,14 @@ async def city(bench: Bench) -> None:
             f"platform.city_{at}_journeys_per_s",
             phase.journeys_per_s,
             "journey/s",
-            f"booking to signed, sealed receipt, started at {at}/s for {phase.seconds:g} s; "
+            f"booking to signed, sealed receipt, started at {phase.rate:g}/s"
+            + (f" ({phase.share:.0%} of the sustained rate)" if phase.share is not None else "")
+            + f" for {phase.seconds:g} s; "
             f"{phase.signed}/{phase.started} signed, {phase.errors} failed, median journey "
             f"{phase.journey_s:.1f} s; backlog "
             f"{phase.backlog_start:.0f} -> {phase.backlog_end:.0f}, trend "
-            f"{phase.growth_per_s:+.2f}/s ({'held' if phase.held else 'LOST: ' + phase.verdict}); "
+            f"{phase.growth_per_s:+.2f}/s, journeys {phase.longer_s:+.2f} s longer by the end "
+            f"({'held' if phase.held else 'LOST: ' + phase.verdict}); "
             f"{phase.stolen:.0%} of CPU time stolen by the host; ratio: the MongoDB "
             "transactions those journeys committed per second, as a share of the raw "
             "transaction rate",

@@ -51,6 +51,21 @@ def test_failed_journeys_or_falling_behind_lose_a_rate_whose_queues_look_flat() 
     assert judge(flat, started_per_s=5, through_per_s=4.8, failed=0).held
 
 
+def test_journeys_taking_longer_and_longer_lose_a_rate_whose_backlog_looks_flat() -> None:
+    """Requests queued at a service's door are in no consumer's lag: the journeys say it."""
+    flat = [(float(t), 25.0) for t in range(0, 61, 3)]
+    rng = random.Random(3)
+    steady = [(t / 10, 1.3 + rng.uniform(-0.6, 0.6)) for t in range(600)]
+    held = judge(flat, journeys=steady, started_per_s=10, through_per_s=10, failed=0)
+    assert held.held
+    assert abs(held.longer_s) < 0.3
+    queueing = [(t, took + 0.04 * t) for t, took in steady]  # 2.4 s longer after a minute
+    verdict = judge(flat, journeys=queueing, started_per_s=10, through_per_s=10, failed=0)
+    assert not verdict.held
+    assert verdict.longer_s == pytest.approx(2.4, abs=0.3)
+    assert "journeys took 2.4 s longer by the end of the window" in verdict.why
+
+
 def test_a_service_too_busy_to_report_its_backlog_loses_the_rate() -> None:
     samples = [(0.0, 10.0), (2.0, math.nan), (4.0, 12.0)]
     verdict = judge(samples, started_per_s=5, through_per_s=5, failed=0)
