@@ -98,16 +98,38 @@ async def ready(url: str, within_s: float = 120.0) -> float:
     raise TimeoutError(f"{url} not ready within {within_s:.0f} s")
 
 
+ENDINGS = ("signed", "cancelled", "halted", "dispatch_failed", "unassigned", "errors")
+
+
 class Faults:
-    """Kills each service at a random moment, then restarts Kafka and MongoDB; notes when."""
+    """Kills each service at a random moment, then restarts Kafka and MongoDB; notes when.
+
+    Each fault waits for its share of the run's journeys to have started, then a random
+    moment more, then for a journey to be under way: every fault lands mid-journey with more
+    journeys still to come. (Timed by the clock alone, the two server restarts once came
+    after the last journey had ended.)
+    """
+
+    FAULTS = ("booking", "dispatch", "payments", "reviews", "gateway", "kafka", "mongo")
 
     def __init__(self, platform: Platform, city: City, seed: int) -> None:
         self.platform, self.city, self.rng = platform, city, random.Random(seed)
         self.seen: list[dict[str, Any]] = []
 
-    async def run(self, every_s: tuple[float, float]) -> None:
-        for name in ("booking", "dispatch", "payments", "reviews", "gateway", "kafka", "mongo"):
-            await asyncio.sleep(self.rng.uniform(*every_s))
+    async def run(self, journeys: int) -> None:
+        for i, name in enumerate(self.FAULTS):
+            due = journeys * (i + 1) // (len(self.FAULTS) + 1)
+
+            async def reached(due: int = due) -> bool:
+                return self.city.outcomes.counts["started"] >= due
+
+            await eventually(reached, within=300, what=f"{due} journeys started")
+            await asyncio.sleep(self.rng.uniform(0.0, 1.5))
+            # Journeys take about a second here: strike while at least one is under way.
+            counts = self.city.outcomes.counts
+            await eventually(self.under_way, within=60, what="a journey under way")
+            started_before = counts["started"]
+            in_flight = started_before - sum(counts[k] for k in ENDINGS)
             signed_before, t0 = len(self.city.outcomes.signed_at), time.monotonic()
             if name in ("kafka", "mongo"):
                 away = await asyncio.to_thread(restart_local_server, name)
@@ -122,13 +144,19 @@ class Faults:
                 {
                     "fault": f"restart {name}" if name in ("kafka", "mongo") else f"kill -9 {name}",
                     "at_s": round(t0 - self.city_t0, 1),
+                    "journeys_started_before": started_before,
                     "journeys_signed_before": signed_before,
+                    "journeys_in_flight": in_flight,
                     "back_after_s": round(back, 1),
                     "t0": t0,
                 }
             )
 
     city_t0 = 0.0
+
+    async def under_way(self) -> bool:
+        counts = self.city.outcomes.counts
+        return counts["started"] > sum(counts[k] for k in ENDINGS)
 
     def recovery(self) -> list[dict[str, Any]]:
         """For each fault: how long until the next journey was signed."""
@@ -171,7 +199,7 @@ async def test_journeys_survive_kill_9_of_every_service_and_restarts_of_kafka_an
         faults = Faults(platform, city, seed=5)
         try:
             faults.city_t0 = time.monotonic()
-            breaking = asyncio.create_task(faults.run(every_s=(8.0, 14.0)))
+            breaking = asyncio.create_task(faults.run(JOURNEYS))
             outcomes = await city.play(RATE, journeys=JOURNEYS, drain_s=240)
             await breaking  # every fault was made and recovered from
         finally:
@@ -259,6 +287,12 @@ async def test_journeys_survive_kill_9_of_every_service_and_restarts_of_kafka_an
 
     recovered = faults.recovery()
     assert len(recovered) == 7
+    # Every fault hit a platform at work: journeys under way, more started after it, and the
+    # city signing again once it was over.
+    for fault in recovered:
+        assert fault["journeys_in_flight"] > 0, fault
+        assert fault["journeys_started_before"] < JOURNEYS, fault
+        assert fault["next_signature_after_s"] is not None, fault
     record(
         "kill_and_restart",
         {
