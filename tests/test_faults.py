@@ -180,7 +180,7 @@ async def test_journeys_survive_kill_9_of_every_service_and_restarts_of_kafka_an
         customers=120,
         technicians=90,
         stores=3,
-        pace=0.05,
+        pace=0.5,  # visits of a second or two: several journeys under way at each fault
         shares=Shares(
             decline=0.05,
             wrong_code=0.1,
