@@ -477,9 +477,10 @@ async def measure(
                 if best is not None
                 else "  sustained: no rate played was held"
             )
-            for share in shares if best is not None else ():
-                at = round(best * share, 2) if best is not None else 0.0
-                phases.append(await play_phase(stage, at, seconds, share=share))
+            if best is not None:
+                for share in shares:
+                    at = round(best * share, 2)
+                    phases.append(await play_phase(stage, at, seconds, share=share))
         finally:
             await city.stop()
         rss = {name: peak_rss_mb(pid) for name, pid in pids.items()}  # while they still run

@@ -125,11 +125,9 @@ class Faults:
 
             await eventually(reached, within=300, what=f"{due} journeys started")
             await asyncio.sleep(self.rng.uniform(0.0, 1.5))
-            # Journeys take about a second here: strike while at least one is under way.
-            counts = self.city.outcomes.counts
+            # Strike while at least one journey is under way.
             await eventually(self.under_way, within=60, what="a journey under way")
-            started_before = counts["started"]
-            in_flight = started_before - sum(counts[k] for k in ENDINGS)
+            started_before, in_flight = self.city.outcomes.counts["started"], self.in_flight()
             signed_before, t0 = len(self.city.outcomes.signed_at), time.monotonic()
             if name in ("kafka", "mongo"):
                 away = await asyncio.to_thread(restart_local_server, name)
@@ -154,9 +152,12 @@ class Faults:
 
     city_t0 = 0.0
 
-    async def under_way(self) -> bool:
+    def in_flight(self) -> int:
         counts = self.city.outcomes.counts
-        return counts["started"] > sum(counts[k] for k in ENDINGS)
+        return counts["started"] - sum(counts[k] for k in ENDINGS)
+
+    async def under_way(self) -> bool:
+        return self.in_flight() > 0
 
     def recovery(self) -> list[dict[str, Any]]:
         """For each fault: how long until the next journey was signed."""
