@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+# Matching's numpy and scipy, loaded with the service and not by its first matching round
+# (domain.match_optimal imports them where it uses them, for the gateway's sake).
+import scipy.optimize  # noqa: F401
 from fastapi import FastAPI
 
 from services.dispatch import api, handlers, storage

@@ -19,9 +19,7 @@ from enum import StrEnum
 from typing import Annotated, Literal
 from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
-import numpy as np
 from pydantic import Field, field_validator, model_validator
-from scipy.optimize import linear_sum_assignment
 
 from shared.errors import Conflict, Forbidden, Locked, Unprocessable
 from shared.events.types import GeoPoint, GeoPolygon, PricedLine
@@ -292,6 +290,11 @@ Costs = Sequence[dict[str, float]]  # per waiting visit: technician id -> cost (
 
 def match_optimal(costs: Costs) -> list[str | None]:
     """Minimum total cost, one technician per visit (Hungarian method, scipy)."""
+    # Imported here, not above: the gateway imports this module for dispatch's schemas, and
+    # numpy with scipy would be 70 MB of its memory. Dispatch loads them at start (app.py).
+    import numpy as np  # noqa: PLC0415
+    from scipy.optimize import linear_sum_assignment  # noqa: PLC0415
+
     techs = sorted({t for row in costs for t in row})
     if not techs:
         return [None] * len(costs)

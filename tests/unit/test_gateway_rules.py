@@ -2,7 +2,10 @@
 
 from __future__ import annotations
 
+import subprocess
+import sys
 from datetime import UTC, datetime, timedelta
+from pathlib import Path
 
 import pytest
 
@@ -12,6 +15,8 @@ from services.gateway.limits import RateLimiter
 from services.gateway.tokens import SigningKey, VerifiedTokens, issue_access
 from shared.auth import Actor, Role
 from shared.errors import TooManyRequests, Unauthenticated
+
+ROOT = Path(__file__).resolve().parents[2]
 
 
 @pytest.mark.parametrize(
@@ -161,3 +166,13 @@ def test_the_gateway_keeps_only_the_newest_booking_owners(monkeypatch: pytest.Mo
     for n in range(5):
         handlers._keep_owner("db", f"bk_{n}", f"cus_{n}")
     assert handlers._owners == {("db", f"bk_{n}"): f"cus_{n}" for n in (2, 3, 4)}
+
+
+def test_the_gateway_does_not_load_dispatchs_matching_libraries() -> None:
+    """It imports every service's routes to offer them at the edge; numpy and scipy, which only
+    dispatch's matching uses, would be about 70 MB of its memory (the bar is 200 MB)."""
+    probe = "import sys, services.gateway.app; print(sorted({'numpy', 'scipy'} & set(sys.modules)))"
+    loaded = subprocess.run(
+        [sys.executable, "-c", probe], cwd=ROOT, capture_output=True, text=True, check=True
+    )
+    assert loaded.stdout.strip() == "[]", loaded.stdout + loaded.stderr
