@@ -46,7 +46,7 @@ async def edge_state(app: FastAPI) -> AsyncIterator[None]:
     app.state.verified_tokens = VerifiedTokens()
     db = app.state.runtime.db  # the runtime starts before this lifespan
     # One change stream for every live stream, the notifications' and the board's.
-    app.state.live_hub = watching(db, {**notify.WATCHED, **dashboard.WATCHED})
+    app.state.live_hub = watching(db, {**notify.WATCHED, **dashboard.WATCHED}, notify.KEYS)
     try:
         async with running(app.state.live_hub):
             yield

@@ -58,6 +58,7 @@ async def mark_read(notification_id: PathId, runtime: RuntimeDep, actor: EdgeAct
 
 # What the live hub watches for the notification streams: new notifications.
 WATCHED = {NOTIFICATIONS: ["insert"]}
+KEYS = {NOTIFICATIONS: "recipient"}  # each notification is one recipient's
 
 
 def frame(doc: Mapping[str, Any]) -> str:
@@ -90,7 +91,7 @@ async def stream(
         def mine(change: Change) -> bool:
             return of(WATCHED, change) and change["fullDocument"]["recipient"] == me
 
-        with live.subscribe(mine) as changes:
+        with live.subscribe(mine, key=(NOTIFICATIONS, me)) as changes:
             sent: set[str] = set()
             yield ": connected\n\n"
             if last_event_id:
