@@ -8,10 +8,11 @@ A change stream per connected client would hold a database connection each (the 
 once and hands it to the subscribers whose filter accepts it. A change that is someone's own
 (a notification for one recipient) goes only to the subscribers keyed by that someone: with
 thousands of apps connected, each change would otherwise be tested against every one of
-them (a city run of 500 open streams spent 5 % of the gateway's CPU doing just that). It
-watches from start-up, so a
-stream that subscribes and then reads what it missed (Last-Event-ID, the board's snapshot)
-cannot lose a change between the two; after an error it resumes where it stopped.
+them (a city run of 500 open streams spent 5 % of the gateway's CPU doing just that).
+
+It watches from start-up, so a stream that subscribes and then reads what it missed
+(Last-Event-ID, the board's snapshot) cannot lose a change between the two; after an error
+it resumes where it stopped.
 """
 
 from __future__ import annotations
