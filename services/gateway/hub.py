@@ -42,12 +42,12 @@ class Lagging(Exception):
 
 
 class Subscription:
-    def __init__(self, accept: Accept) -> None:
-        self.accept = accept
+    def __init__(self, accept: Accept | None) -> None:
+        self.accept = accept  # None: every change offered
         self.queue: asyncio.Queue[Change | None] = asyncio.Queue(QUEUE_LIMIT)
 
     def offer(self, change: Change) -> None:
-        if not self.accept(change):
+        if self.accept is not None and not self.accept(change):
             return
         try:
             self.queue.put_nowait(change)
@@ -94,9 +94,12 @@ class ChangeHub:
         self.watching = asyncio.Event()
 
     @contextlib.contextmanager
-    def subscribe(self, accept: Accept, key: Key | None = None) -> Iterator[Subscription]:
-        """Changes `accept` takes; with `key`, only among that collection's changes whose
-        document's key field has that value (others never reach `accept`)."""
+    def subscribe(
+        self, accept: Accept | None = None, key: Key | None = None
+    ) -> Iterator[Subscription]:
+        """Changes `accept` takes (all, without one); with `key`, only among that
+        collection's changes whose document's key field has that value (others never reach
+        `accept`)."""
         sub = Subscription(accept)
         group = self._everyone if key is None else self._by_key.setdefault(key, set())
         group.add(sub)

@@ -15,7 +15,7 @@ from typing import Annotated, Any
 from fastapi import APIRouter, Header, Query, Request
 from fastapi.responses import StreamingResponse
 
-from services.gateway.hub import KEEP_ALIVE, Change, ChangeHub, of, with_keep_alives
+from services.gateway.hub import KEEP_ALIVE, ChangeHub, with_keep_alives
 from services.gateway.security import EdgeActor
 from services.gateway.storage import NOTIFICATIONS, Notification, Notifications
 from shared.auth import Actor
@@ -88,10 +88,8 @@ async def stream(
 
     async def events() -> AsyncIterator[str]:
         # Subscribed first, then what was missed is sent: nothing falls between the two.
-        def mine(change: Change) -> bool:
-            return of(WATCHED, change) and change["fullDocument"]["recipient"] == me
-
-        with live.subscribe(mine, key=(NOTIFICATIONS, me)) as changes:
+        # Keyed by recipient, the hub hands this stream only my new notifications.
+        with live.subscribe(key=(NOTIFICATIONS, me)) as changes:
             sent: set[str] = set()
             yield ": connected\n\n"
             if last_event_id:
