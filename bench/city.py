@@ -427,10 +427,6 @@ async def measure(
         stack.push_async_callback(mongo.close)
         email, password = f"bench-{uuid.uuid4().hex[:6]}@doorstep.bench", uuid.uuid4().hex
         await add_staff(mongo[f"{settings.db_prefix}gateway"], email, password)
-        limits = httpx.Limits(max_connections=2000, max_keepalive_connections=1000)
-        http = await stack.enter_async_context(
-            httpx.AsyncClient(base_url=urls["gateway"], timeout=60, limits=limits)
-        )
         plan = CityPlan(
             gateway=urls["gateway"],
             ops_email=email,
@@ -439,6 +435,7 @@ async def measure(
             technicians=technicians,
             stores=6,
             pace=0.05,  # the people are quick: the platform is what is measured
+            timeout_s=60.0,
             # Complete journeys only; the unusual paths are the tests' business.
             shares=Shares(
                 decline=0,
@@ -452,12 +449,12 @@ async def measure(
                 prepaid=0.2,
             ),
         )
-        city = City(plan, http)
-        await city.start()
+        city = City(plan)
         stage = Stage(settings, run_dir, urls, pids, mongo, city)
         phases: list[Phase] = []
         tried: dict[float, bool] = {}
         try:
+            await city.start()
             first = ladder[0] if ladder else search.start if search else None
             if warm_up_s > 0 and first is not None:
                 # A platform in service runs warm: the JVM has compiled Kafka's hot paths,

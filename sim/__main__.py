@@ -12,7 +12,6 @@ import sys
 import time
 from pathlib import Path
 
-import httpx
 import uvloop
 
 from shared.run import freeze_startup_heap
@@ -49,35 +48,32 @@ def parse(argv: list[str] | None) -> CityPlan:
 
 
 async def main(plan: CityPlan) -> int:
-    limits = httpx.Limits(max_connections=200, max_keepalive_connections=100)
-    async with httpx.AsyncClient(base_url=plan.gateway, timeout=30, limits=limits) as http:
-        city = City(plan, http)
-        freeze_startup_heap()  # the simulator is a client with a latency to keep, too
-        loop = asyncio.get_running_loop()
-        for sig in (signal.SIGINT, signal.SIGTERM):
-            with contextlib.suppress(NotImplementedError):
-                loop.add_signal_handler(sig, lambda: setattr(city, "running", False))
+    city = City(plan)
+    freeze_startup_heap()  # the simulator is a client with a latency to keep, too
+    loop = asyncio.get_running_loop()
+    for sig in (signal.SIGINT, signal.SIGTERM):
+        with contextlib.suppress(NotImplementedError):
+            loop.add_signal_handler(sig, lambda: setattr(city, "running", False))
 
-        async def report() -> None:
-            while True:
-                await asyncio.sleep(10)
-                logging.info("%s", city.outcomes.line())
+    async def report() -> None:
+        while True:
+            await asyncio.sleep(10)
+            logging.info("%s", city.outcomes.line())
 
-        t0, reporter = time.monotonic(), asyncio.create_task(report())
-        try:
-            outcomes = await city.run()
-        finally:
-            reporter.cancel()
-        took = time.monotonic() - t0
-        waits = outcomes.to_assigned_ms
-        print(
-            f"[sim] {took:.0f} s: {outcomes.line()}; booking to assigned p50 "
-            f"{statistics.median(waits) if waits else float('nan'):.0f} ms"
-        )
-        return 0
+    t0, reporter = time.monotonic(), asyncio.create_task(report())
+    try:
+        outcomes = await city.run()
+    finally:
+        reporter.cancel()
+    took = time.monotonic() - t0
+    waits = outcomes.to_assigned_ms
+    print(
+        f"[sim] {took:.0f} s: {outcomes.line()}; booking to assigned p50 "
+        f"{statistics.median(waits) if waits else float('nan'):.0f} ms"
+    )
+    return 0
 
 
 if __name__ == "__main__":
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(message)s")
-    logging.getLogger("httpx").setLevel(logging.WARNING)  # one line per request drowns the city
     sys.exit(uvloop.run(main(parse(sys.argv[1:]))))

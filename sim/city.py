@@ -23,7 +23,7 @@ from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
-import httpx
+import aiohttp
 
 from deploy.local.demo_data import (
     BOUNDS,
@@ -34,7 +34,7 @@ from deploy.local.demo_data import (
     region_body,
 )
 from deploy.local.demo_data import technician_file as demo_file
-from sim.client import Caller, Refused
+from sim.client import UNREACHABLE, Answer, Caller, Refused, session
 
 log = logging.getLogger("sim")
 SKILLS = sorted({skill for (_, _, _, skill, *_) in CATALOGUE.values() if skill})
@@ -43,7 +43,6 @@ ROUND_THE_CLOCK = [{"weekday": d, "start": "00:00", "end": "00:00"} for d in ran
 # How often an app looks by itself between pushes. Pushes carry a journey: an app also looks
 # whenever its live stream (re)connects, so a push missed meanwhile is caught up at once.
 LOOK_EVERY_S = 30.0
-APP_POOLS = 16
 DONE = ("completed", "receipt_signed", "closed")
 ACTIVE = ("assigned", "en_route", "arrived", "identity_confirmed", "in_service")
 
@@ -76,6 +75,7 @@ class CityPlan:
     journeys: int = 0  # stop after this many (0: until the duration ends or forever)
     duration_s: float = 0.0
     pace: float = 1.0  # seconds of the technician's travel and work, scaled
+    timeout_s: float = 30.0  # an app gives up on a call after this long (and tries again)
     shares: Shares = field(default_factory=Shares)
 
 
@@ -134,22 +134,16 @@ class Customer:
 
 
 class City:
-    def __init__(self, plan: CityPlan, http: httpx.AsyncClient) -> None:
-        self.plan, self.http = plan, http
-        # The live streams have a pool of their own: httpx looks through every connection of
-        # a pool on each request, and hundreds of open streams would make each call pay.
-        self.streams = httpx.AsyncClient(
-            base_url=http.base_url,
-            timeout=httpx.Timeout(10.0, read=60.0),  # keep-alives come every 15 s
-            limits=httpx.Limits(max_connections=None),
+    def __init__(self, plan: CityPlan) -> None:
+        self.plan = plan
+        # Everyone's calls share one pool; the live streams, open for the whole run, have
+        # their own, with no time limit but a quiet one (keep-alives come every 15 s).
+        self.http = session(plan.gateway, aiohttp.ClientTimeout(total=plan.timeout_s))
+        self.streams = session(
+            plan.gateway, aiohttp.ClientTimeout(total=None, connect=10.0, sock_read=60.0)
         )
-        # People's calls are spread over a few pools, for the same reason.
-        self.apps = [
-            httpx.AsyncClient(base_url=http.base_url, timeout=http.timeout)
-            for _ in range(APP_POOLS)
-        ]
         self.rng = random.Random(plan.seed)
-        self.ops = Caller(http)
+        self.ops = Caller(self.http)
         self.technicians: list[Technician] = []
         self.customers: list[Customer] = []
         self.customer_of: dict[str, Customer] = {}  # booking -> who is at home
@@ -162,9 +156,6 @@ class City:
         self._halted: set[str] = set()  # visits the customer stopped at the door
 
     # ------------------------------------------------------------------- setup --
-    def app_pool(self, person: int) -> httpx.AsyncClient:
-        return self.apps[person % len(self.apps)]
-
     def point(self) -> tuple[float, float]:
         """Somewhere in the central third of the served area (lat, lon)."""
         west, south, east, north = BOUNDS
@@ -210,7 +201,7 @@ class City:
                 "/v1/technician-accounts",
                 json={"technician_id": tech_id, "phone": phone, "store_id": store},
             )
-            caller = Caller(self.app_pool(i))
+            caller = Caller(self.http)
             await caller.sign_in_by_phone(phone)
             self.technicians.append(
                 Technician(caller, tech_id, store, skill, (lat, lon), keys[store], body)
@@ -232,7 +223,7 @@ class City:
                 },
             )
         for i in range(plan.customers):
-            caller = Caller(self.app_pool(plan.technicians + i))
+            caller = Caller(self.http)
             await caller.sign_in_by_phone(f"+3519200{i:05d}")
             me, (lat, lon) = caller.subject, self.point()
             await caller.call(
@@ -271,8 +262,8 @@ class City:
     # -------------------------------------------------------------------- play --
     async def run(self) -> Outcomes:
         """Set the city up, play it at the plan's rate, stop it."""
-        await self.start()
         try:
+            await self.start()
             return await self.play(self.plan.rate, self.plan.duration_s, self.plan.journeys)
         finally:
             await self.stop()
@@ -320,10 +311,9 @@ class City:
         for v in list(self.visits):
             v.cancel()
         await asyncio.gather(*self.workers, return_exceptions=True)
-        await self.streams.aclose()
-        for pool in self.apps:
-            await pool.aclose()
+        await self.streams.close()
         await self.off_duty()
+        await self.http.close()
 
     async def off_duty(self) -> None:
         """Nobody plays the technicians once the city stops: their stores take them off shift,
@@ -333,7 +323,7 @@ class City:
                 await t.store.call(
                     "PUT", f"/v1/technicians/{t.technician_id}", json={**t.file, "shifts": []}
                 )
-            except (Refused, httpx.HTTPError) as exc:
+            except (Refused, *UNREACHABLE) as exc:
                 log.warning("could not take %s off shift: %s", t.technician_id, exc)
 
     async def journey(self, customer: Customer) -> None:
@@ -344,7 +334,7 @@ class City:
         except Refused as exc:
             counts["errors"] += 1
             log.warning("journey of %s: %s", customer.customer_id, exc)
-        except (httpx.HTTPError, TimeoutError) as exc:
+        except UNREACHABLE as exc:
             counts["errors"] += 1
             log.warning("journey of %s: %r", customer.customer_id, exc)
         finally:
@@ -508,9 +498,7 @@ class City:
         )
 
     @staticmethod
-    async def once_known(
-        call: Callable[[], Awaitable[httpx.Response]], within_s: float = 60
-    ) -> httpx.Response:
+    async def once_known(call: Callable[[], Awaitable[Answer]], within_s: float = 60) -> Answer:
         """Reviews hears of a finished visit by event, moments after the receipt (longer while
         its consumer catches up after a restart): until then it answers 404, and the app
         tries again."""
@@ -532,7 +520,7 @@ class City:
             while self.running:
                 try:
                     await self.answer_offers(t)
-                except (Refused, httpx.HTTPError) as exc:
+                except (Refused, *UNREACHABLE) as exc:
                     log.warning("technician %s: %s", t.technician_id, exc)
                 with contextlib.suppress(TimeoutError):
                     await asyncio.wait_for(t.nudged.wait(), timeout=LOOK_EVERY_S)
@@ -551,21 +539,25 @@ class City:
         one saying a receipt is ready sets `receipt_ready` too."""
         while self.running:
             try:
-                async with self.streams.stream(
-                    "GET", "/v1/notifications/stream", headers=who.headers()
+                async with self.streams.get(
+                    "/v1/notifications/stream", headers=who.headers()
                 ) as stream:
-                    if stream.status_code == 401:
+                    if stream.status == 401:
                         await who.refresh()
+                        continue
+                    if stream.status != 200:  # the gateway is starting or failing: soon
+                        await asyncio.sleep(1)
                         continue
                     nudged.set()  # (re)connected: look once for what may have been missed
                     if receipt_ready is not None:
                         receipt_ready.set()
-                    async for line in stream.aiter_lines():
+                    async for raw in stream.content:  # line by line
+                        line = raw.decode()
                         if line.startswith("data: ") and about in line:
                             nudged.set()
                             if receipt_ready is not None and '"kind": "receipt_ready"' in line:
                                 receipt_ready.set()
-            except httpx.HTTPError:
+            except UNREACHABLE:
                 await asyncio.sleep(1)
 
     async def answer_offers(self, t: Technician) -> None:
@@ -601,7 +593,7 @@ class City:
     async def visit(self, t: Technician, job: dict[str, Any]) -> None:
         try:
             await self._visit(t, job)
-        except (Refused, httpx.HTTPError, TimeoutError) as exc:
+        except (Refused, *UNREACHABLE) as exc:
             # As a technician would: try again shortly from wherever the visit stands.
             log.warning("visit %s by %s interrupted: %s", job["booking_id"], t.technician_id, exc)
             t.resume = True

@@ -6,7 +6,6 @@ from __future__ import annotations
 
 import uuid
 
-import httpx
 import pytest
 from pymongo import AsyncMongoClient
 
@@ -49,8 +48,7 @@ async def test_simulated_journeys_end_signed_and_sealed_through_the_gateway(
             prepaid=0.5,
         ),
     )
-    async with httpx.AsyncClient(base_url=plan.gateway, timeout=30) as http:
-        outcomes = await City(plan, http).run()
+    outcomes = await City(plan).run()
     counts = outcomes.counts
     assert (counts["started"], counts["signed"], counts["errors"]) == (5, 5, 0), counts
     assert len(outcomes.to_assigned_ms) == 5
