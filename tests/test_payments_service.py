@@ -20,6 +20,7 @@ from pymongo import AsyncMongoClient
 from services.payments.provider import SIGNATURE_HEADER, sign_webhook
 from services.payments.sealing import verify_chain
 from services.payments.verify import main as verify_offline
+from shared.events.booking import BookingCancelled
 from shared.events.reviews import RefundGranted
 from shared.events.types import PricedLine
 from shared.mongo import Document
@@ -254,6 +255,105 @@ async def test_a_completed_visit_is_receipted_signed_sealed_drawn_charged_and_cl
             return b if b and b["status"] == "closed" else None
 
         await eventually(closed, what="booking closed after payment")
+
+
+async def test_a_cancellation_dispatch_hears_of_after_completion_voids_the_unsigned_receipt(
+    platform: Platform,
+    infra: Infra,
+    kafka_producer: AIOKafkaProducer,
+    mongo: AsyncMongoClient[Document],
+) -> None:
+    """Booking accepted the customer's cancellation while its view lagged (events delayed),
+    and the technician completed the visit before dispatch heard of it. The customer was
+    told the booking is off: the receipt is withdrawn, nothing is drawn or charged."""
+    skill = unique("nails-")
+    code = f"{skill}.manicure"
+    customer, tech, store = unique("cus_"), unique("tech_"), "store_chiado"
+    async with platform.client("dispatch") as dispatch:
+        await seed_technician(dispatch, tech, unique("LX-").upper(), skills=[skill], store_id=store)
+    async with platform.client("booking", acting_as=OPS) as booking:
+        await seed_item(booking, code, skill=skill, unit_price=2500)
+        await seed_customer(booking, customer)
+        made = await booking.post("/bookings", json=booking_body(customer, code))
+        assert made.status_code == 201, made.text
+        booking_id = made.json()["booking_id"]
+    async with platform.client("payments") as payments:
+        package = await sell_package(payments, store, customer, visits=1, covers=[code])
+        await set_card(payments, customer, "pm_card_ok")
+    async with platform.client("dispatch") as dispatch:
+        await accept_offer(dispatch, tech, booking_id)
+        await walk_to_service(dispatch, booking_id, tech, customer)
+        done = await dispatch.post(
+            f"/visits/{booking_id}/complete",
+            json={"performed": [{"code": code, "quantity": 1}]},
+            headers=as_technician(tech),
+        )
+        assert done.status_code == 200, done.text
+    async with platform.client("payments") as payments:
+        receipt = await issued(payments, booking_id, customer)
+        assert receipt["status"] == "issued"
+
+    # Booking's cancellation, as booking published it when it still saw the visit en route.
+    cancelled_at = datetime.now(UTC)
+    await publish(
+        kafka_producer,
+        platform.prefix,
+        BookingCancelled(
+            booking_id=booking_id,
+            customer_id=customer,
+            technician_id=tech,
+            fee=0,
+            currency="EUR",
+            reason="plans changed",
+            cancelled_at=cancelled_at,
+        ),
+    )
+    async with platform.client("payments") as payments:
+        voided = await receipt_status(payments, receipt["receipt_id"], customer, "voided")
+        assert "cancelled before the visit was completed" in voided["void_reason"]
+        refused = await sign(payments, voided, customer)
+        assert refused.status_code == 409, refused.text
+        assert "withdrawn" in refused.json()["error"]["message"]
+        holdings = (
+            await payments.get(
+                "/holdings", params={"customer_id": customer}, headers=as_customer(customer)
+            )
+        ).json()
+        assert [(h["holding"]["holding_id"], h["balance"]) for h in holdings] == [
+            (package["holding_id"], 1)  # the one visit is still there: nothing drawn
+        ]
+        assert await sandbox_ops(mongo, platform, receipt["receipt_id"]) == []  # nor charged
+    async with platform.client("dispatch") as dispatch:
+        visit = await get_json(dispatch, f"/visits/{booking_id}", headers=as_technician(tech))
+        assert visit is not None
+        assert (visit["status"], visit["voided_at"] is not None) == ("completed", True)
+
+    voiding = await keyed_events(
+        infra,
+        f"{platform.prefix}.dispatch.events",
+        booking_id,
+        until=lambda found: "dispatch.service_voided" in {e["type"] for e in found},
+    )
+    assert [e["payload"]["reason"] for e in voiding if e["type"] == "dispatch.service_voided"] == [
+        "plans changed"
+    ]
+    paid = await keyed_events(
+        infra,
+        f"{platform.prefix}.payments.events",
+        booking_id,
+        until=lambda found: "payments.receipt_voided" in {e["type"] for e in found},
+    )
+    assert [e["type"] for e in paid] == ["payments.receipt_issued", "payments.receipt_voided"]
+
+    # The customer is told there is nothing to sign, and the technician why.
+    told = mongo[f"{platform.prefix}_gateway"]["notifications"]
+
+    async def both_told() -> list[str] | None:
+        kinds = sorted([n["kind"] async for n in told.find({"booking_id": booking_id})])
+        return kinds if {"receipt_voided", "visit_voided"} <= set(kinds) else None
+
+    kinds = await eventually(both_told, what="customer and technician told of the voiding")
+    assert kinds.count("receipt_voided") == kinds.count("visit_voided") == 1
 
 
 # --------------------------------------------------------------------- signing --

@@ -248,6 +248,7 @@ class VisitView(Forbid):
     started_at: datetime | None
     completed_at: datetime | None
     performed: list[PricedLine]
+    voided_at: datetime | None = None  # the booking had been cancelled before completion
     alerts: list[AlertKind]
     failure: str | None
     version: int

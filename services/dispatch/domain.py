@@ -440,6 +440,7 @@ class Visit(Forbid):
     started_at: datetime | None = None
     completed_at: datetime | None = None
     performed: list[PricedLine] = Field(default_factory=list)
+    voided_at: datetime | None = None  # completed, but the booking had been cancelled first
     alerts: list[AlertKind] = Field(default_factory=list)
     failure: str | None = None
     version: int = 0
@@ -558,12 +559,23 @@ class Visit(Forbid):
         self.status, self.failure = V.FAILED, reason
 
     def cancel(self) -> bool:
+        """Stop the visit; False if it is over already (see `void` for a completed one)."""
         if self.status in {V.COMPLETED, V.CANCELLED}:
             return False
         if open_offer := self.open_offer:
             open_offer.status = OfferStatus.WITHDRAWN
         self.status = V.CANCELLED
         self.code_digest = None
+        return True
+
+    def void(self, now: datetime) -> bool:
+        """The booking was cancelled before the technician completed the visit, but dispatch
+        heard of it only afterwards (events travel separately). The customer was told the
+        booking is off, so the completion is voided and no receipt is owed. False if the
+        visit is not completed, or was voided already."""
+        if self.status is not V.COMPLETED or self.voided_at is not None:
+            return False
+        self.voided_at = now
         return True
 
     # -- the visit itself, step by step; every step belongs to the assigned technician --

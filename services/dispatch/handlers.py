@@ -16,9 +16,10 @@ from services.dispatch.domain import (
 from services.dispatch.storage import Technicians, Visits
 from shared.consumer import Handlers
 from shared.events.booking import BookingCancelled, BookingRequested, BookingRescheduled
-from shared.events.dispatch import TechnicianStatusChanged
+from shared.events.dispatch import ServiceVoided, TechnicianStatusChanged
 from shared.events.reviews import TechnicianQualityChanged, TechnicianSuspended
 from shared.outbox import Transaction
+from shared.time import utcnow
 from shared.timers import Timer, TimerContext, Timers, cancel
 
 handlers = Handlers()
@@ -108,6 +109,26 @@ async def booking_cancelled(tx: Transaction, event: BookingCancelled) -> None:
         await commands.save(tx, visit)
         if offer is not None:
             await cancel(tx.db, tx.session, commands.OFFER_DEADLINE, offer.offer_id)
+    elif visit.void(utcnow()):
+        # The technician completed it before the cancellation got here: the cancellation
+        # stands, as the customer was told, and payments withdraws the receipt.
+        await commands.save(tx, visit)
+        tx.emit(
+            ServiceVoided(
+                booking_id=visit.booking_id,
+                visit_id=visit.visit_id,
+                customer_id=visit.customer_id,
+                technician_id=visit.technician_id or "",
+                completed_at=visit.completed_at or utcnow(),
+                cancelled_at=event.cancelled_at,
+                reason=event.reason,
+            )
+        )
+        log.warning(
+            "booking %s was cancelled at %s, before its visit was completed; voided",
+            visit.booking_id,
+            event.cancelled_at.isoformat(),
+        )
 
 
 @timers.on(commands.MATCH_ROUND)

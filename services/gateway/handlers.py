@@ -10,12 +10,18 @@ from shared.events.booking import BookingRequested
 from shared.events.dispatch import (
     OfferMade,
     ServiceCompleted,
+    ServiceVoided,
     TechnicianArrived,
     TechnicianAssigned,
     TechnicianEnRoute,
     TechnicianReassigned,
 )
-from shared.events.payments import PrepaidPurchased, ReceiptIssued, ReceiptSealed
+from shared.events.payments import (
+    PrepaidPurchased,
+    ReceiptIssued,
+    ReceiptSealed,
+    ReceiptVoided,
+)
 from shared.events.reviews import (
     ComplaintClosed,
     ComplaintEscalated,
@@ -197,6 +203,32 @@ async def receipt_ready(tx: Transaction, event: ReceiptIssued) -> None:
         body=f"Amount due {event.amount_due / 100:.2f} {event.currency}",
         booking_id=event.booking_id,
         receipt_id=event.receipt_id,
+    )
+
+
+@handlers.on(ReceiptVoided)
+async def receipt_voided(tx: Transaction, event: ReceiptVoided) -> None:
+    await tell(
+        tx,
+        f"customer:{event.customer_id}",
+        "receipt_voided",
+        title="Your booking stays cancelled: there is nothing to sign or pay",
+        body=event.reason,
+        booking_id=event.booking_id,
+        receipt_id=event.receipt_id,
+    )
+    await about_store(tx, event.store_id)
+
+
+@handlers.on(ServiceVoided)
+async def service_voided(tx: Transaction, event: ServiceVoided) -> None:
+    await tell(
+        tx,
+        f"technician:{event.technician_id}",
+        "visit_voided",
+        title="This booking had been cancelled before you completed it",
+        body="The customer cancelled before the visit was completed; no receipt is issued.",
+        booking_id=event.booking_id,
     )
 
 

@@ -49,6 +49,7 @@ TIMEOUT_S = 5.0
 STORE_EVENTS = (
     "dispatch.service_completed",
     "payments.receipt_sealed",
+    "payments.receipt_voided",
     "payments.prepaid_purchased",
     "reviews.complaint_opened",
 )

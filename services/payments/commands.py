@@ -36,7 +36,7 @@ from services.payments.storage import (
     Wallets,
 )
 from shared.errors import Conflict, NotFound, Unprocessable
-from shared.events.dispatch import ServiceCompleted
+from shared.events.dispatch import ServiceCompleted, ServiceVoided
 from shared.events.payments import (
     CouponGranted,
     PaymentFailed,
@@ -46,6 +46,7 @@ from shared.events.payments import (
     ReceiptIssued,
     ReceiptSealed,
     ReceiptSigned,
+    ReceiptVoided,
     RefundIssued,
 )
 from shared.mongo import Database, Session
@@ -96,6 +97,41 @@ async def issue_receipt(tx: Transaction, event: ServiceCompleted) -> Receipt:
     return receipt
 
 
+async def void_receipt(tx: Transaction, event: ServiceVoided) -> Receipt | None:
+    """The booking was cancelled before its visit was completed: withdraw the unsigned
+    receipt. A receipt the customer signed meanwhile stands (their signature accepted the
+    work); operations are told in the log."""
+    receipt = await Receipts(tx.db).by_booking(event.booking_id, tx.session)
+    if receipt is None:
+        # Dispatch's completion and its voiding share a partition, in order: the completion
+        # was dead-lettered, and a receipt issued from it later would be wrong.
+        log.error("booking %s: its service was voided, but it has no receipt", event.booking_id)
+        return None
+    if receipt.signed:
+        log.error(
+            "booking %s was cancelled at %s, but its receipt %s is signed; it stands",
+            event.booking_id,
+            event.cancelled_at.isoformat(),
+            receipt.receipt_id,
+        )
+        return receipt
+    now = utcnow()
+    reason = f"the booking was cancelled before the visit was completed ({event.reason})"
+    if receipt.void(reason, now):
+        await Receipts(tx.db).save(receipt, tx.session)
+        tx.emit(
+            ReceiptVoided(
+                receipt_id=receipt.receipt_id,
+                booking_id=receipt.booking_id,
+                customer_id=receipt.customer_id,
+                store_id=receipt.store_id,
+                reason=reason,
+                voided_at=now,
+            )
+        )
+    return receipt
+
+
 async def load(tx: Transaction, receipt_id: str) -> Receipt:
     receipt = await Receipts(tx.db).get(receipt_id, tx.session)
     if receipt is None:
@@ -138,6 +174,8 @@ async def sign(
     """
     receipts = Receipts(tx.db)
     receipt = await load(tx, receipt_id)
+    if receipt.status is ReceiptStatus.VOIDED:
+        raise Conflict(f"receipt {receipt_id} was withdrawn: {receipt.void_reason}")
     if receipt.status is not ReceiptStatus.ISSUED:
         if receipt.signature == signature and receipt.digest == shown_hash:
             return receipt  # the same signing, repeated: done already
@@ -319,7 +357,7 @@ async def collect_cash(
     receipt = await load(tx, receipt_id)
     if receipt.technician_id != technician_id:
         raise NotFound(f"receipt {receipt_id} does not exist")  # not theirs: do not confirm it
-    if receipt.status is ReceiptStatus.ISSUED:
+    if not receipt.signed:
         raise Conflict("money is collected only against a receipt the customer has signed")
     if receipt.status is ReceiptStatus.SETTLED:
         raise Conflict("this receipt is paid already")
@@ -348,7 +386,7 @@ async def refund(
         if amount is not None and amount > done.amount:
             raise Conflict(f"refund {refund_id} was made for {done.amount}", field="amount")
         return done
-    if receipt.status is ReceiptStatus.ISSUED:
+    if not receipt.signed:
         raise Conflict("nothing was paid on an unsigned receipt")
     parts = domain.allocate_refund(receipt, receipt.refundable if amount is None else amount)
     now = utcnow()

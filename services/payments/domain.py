@@ -35,6 +35,7 @@ class ReceiptStatus(StrEnum):
     ISSUED = "issued"  # waiting for the customer's signature
     SEALED = "sealed"  # signed by the customer, sealed by the platform, payment under way
     SETTLED = "settled"  # the amount due is paid
+    VOIDED = "voided"  # withdrawn unsigned: the booking had been cancelled before completion
 
 
 class ReceiptLine(Forbid):
@@ -151,6 +152,8 @@ class Receipt(Forbid):
     chain_position: int | None = None  # its place in the store's chain, from 0
     payments: list[Payment] = Field(default_factory=list)
     refunds: list[Refund] = Field(default_factory=list)
+    voided_at: StoredTime | None = None
+    void_reason: str | None = None
     version: int = 0
 
     def content(self) -> dict[str, Any]:
@@ -172,6 +175,23 @@ class Receipt(Forbid):
         if self.seal is None:
             raise Conflict("the receipt is not sealed yet")
         return {"receipt": self.signed_document(), "seal": self.seal.model_dump(mode="json")}
+
+    @property
+    def signed(self) -> bool:
+        """Signed by the customer and sealed: only then is anything drawn, charged or paid."""
+        return self.status in {ReceiptStatus.SEALED, ReceiptStatus.SETTLED}
+
+    def void(self, reason: str, at: datetime) -> bool:
+        """Withdraw an unsigned receipt; False if it was voided already.
+
+        A signed receipt is never voided: the customer's signature accepted the work.
+        """
+        if self.status is ReceiptStatus.VOIDED:
+            return False
+        if self.signed:
+            raise Conflict(f"receipt {self.receipt_id} is signed: it cannot be voided")
+        self.status, self.voided_at, self.void_reason = ReceiptStatus.VOIDED, at, reason
+        return True
 
     @property
     def paid(self) -> int:

@@ -6,11 +6,11 @@ import logging
 from datetime import timedelta
 
 from services.payments import commands
-from services.payments.domain import Coupon, ReceiptStatus
+from services.payments.domain import Coupon
 from services.payments.provider import ProviderTimeout, provider_for
 from services.payments.storage import ProviderOps, Receipts
 from shared.consumer import Handlers
-from shared.events.dispatch import ServiceCompleted
+from shared.events.dispatch import ServiceCompleted, ServiceVoided
 from shared.events.reviews import CouponRemedy, RefundGranted
 from shared.faults import crash_point
 from shared.outbox import Transaction
@@ -28,10 +28,15 @@ async def issue_receipt(tx: Transaction, event: ServiceCompleted) -> None:
     await commands.issue_receipt(tx, event)
 
 
+@handlers.on(ServiceVoided)
+async def withdraw_receipt(tx: Transaction, event: ServiceVoided) -> None:
+    await commands.void_receipt(tx, event)
+
+
 @handlers.on(RefundGranted)
 async def complaint_refund(tx: Transaction, event: RefundGranted) -> None:
     receipt = await Receipts(tx.db).by_booking(event.booking_id, tx.session)
-    if receipt is None or receipt.status is ReceiptStatus.ISSUED or receipt.refundable <= 0:
+    if receipt is None or not receipt.signed or receipt.refundable <= 0:
         log.warning(
             "complaint %s grants a refund on %s, but nothing was paid there",
             event.complaint_id,

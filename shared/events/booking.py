@@ -101,7 +101,9 @@ class BookingRescheduled(EventPayload):
 
 @event("booking.cancelled", version=1, stream=STREAM, key="booking_id")
 class BookingCancelled(EventPayload):
-    """The booking is off; dispatch frees the technician, payments charges any fee."""
+    """The booking is off: dispatch frees the technician (or, if the visit was completed
+    before this reached it, voids the service and so its receipt). `fee` is what the
+    customer owes for cancelling late, as the booking records it."""
 
     booking_id: str
     customer_id: str

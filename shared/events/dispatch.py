@@ -111,6 +111,20 @@ class ServiceCompleted(EventPayload):
     lines: list[PricedLine] = Field(min_length=1)
 
 
+@event("dispatch.service_voided", version=1, stream=STREAM, key="booking_id")
+class ServiceVoided(EventPayload):
+    """The booking was cancelled, but the cancellation reached dispatch only after the visit
+    was completed: the customer's cancellation stands and no receipt is owed for the visit."""
+
+    booking_id: str
+    visit_id: str
+    customer_id: str
+    technician_id: str
+    completed_at: datetime
+    cancelled_at: datetime = Field(description="When the customer's cancellation was accepted")
+    reason: str
+
+
 @event("dispatch.offer_made", version=1, stream=STREAM, key="booking_id")
 class OfferMade(EventPayload):
     """A technician is offered a visit; their time is held until they answer or the deadline."""

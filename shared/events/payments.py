@@ -30,6 +30,19 @@ class ReceiptIssued(EventPayload):
     content_hash: str = Field(description="What the customer's signature must name")
 
 
+@event("payments.receipt_voided", version=1, stream=STREAM, key="booking_id")
+class ReceiptVoided(EventPayload):
+    """An unsigned receipt withdrawn: its booking had been cancelled before the visit was
+    completed. Nothing is drawn or charged for it, and it can no longer be signed."""
+
+    receipt_id: str
+    booking_id: str
+    customer_id: str
+    store_id: str
+    reason: str
+    voided_at: datetime
+
+
 @event("payments.receipt_signed", version=1, stream=STREAM, key="booking_id")
 class ReceiptSigned(EventPayload):
     """The customer signed the itemised receipt; only now may money be collected."""

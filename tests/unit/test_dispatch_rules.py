@@ -332,6 +332,20 @@ def test_cancel_frees_the_time_and_is_final() -> None:
     assert not v.cancel()
 
 
+def test_a_cancellation_heard_after_completion_voids_the_visit_once_and_only_then() -> None:
+    v = assigned()
+    assert not v.void(NOW)  # not completed: a cancellation simply stops it
+    v.arrive("t1", HOME, NOW, 300)
+    v.confirm_in_app("cus_1", NOW)
+    v.start("t1", NOW)
+    v.complete("t1", [("nails.manicure", 1)], NOW)
+    assert not v.cancel()  # what was done was done
+    assert v.void(NOW + WAIT)
+    assert (v.status, v.voided_at) == (VisitStatus.COMPLETED, NOW + WAIT)
+    assert not v.void(NOW + 2 * WAIT)  # a second hearing changes nothing
+    assert v.voided_at == NOW + WAIT
+
+
 # --------------------------------------------------------------- at the door --
 def test_the_visit_steps_belong_to_the_assigned_technician_in_order() -> None:
     v = assigned()

@@ -7,7 +7,7 @@ from datetime import UTC, datetime, timedelta
 import pytest
 
 from services.payments import domain
-from services.payments.domain import Coupon, Payment, Receipt
+from services.payments.domain import Coupon, Payment, Receipt, ReceiptStatus
 from services.payments.ledger import EntryKind, Holding, Plan, PlanKind, Unit, sell
 from shared.errors import Conflict, Unprocessable
 from shared.events.types import PricedLine
@@ -249,3 +249,18 @@ def test_a_refund_to_an_expired_package_stays_usable_for_a_while() -> None:
     assert package.spendable(after) == 1
     with pytest.raises(Conflict):
         package.refund(2, "rc_1", after)  # only one more visit was drawn by rc_1
+
+
+def test_an_unsigned_receipt_is_voided_once_and_a_signed_one_never() -> None:
+    receipt = issue([line("nails.manicure")])
+    assert not receipt.signed
+    assert receipt.void("booking cancelled", NOW)
+    assert (receipt.status, receipt.void_reason) == (ReceiptStatus.VOIDED, "booking cancelled")
+    assert not receipt.signed
+    assert not receipt.void("again", NOW)
+    assert receipt.void_reason == "booking cancelled"
+    signed = issue([line("nails.manicure")]).model_copy(update={"status": ReceiptStatus.SEALED})
+    assert signed.signed
+    with pytest.raises(Conflict, match="signed"):
+        signed.void("too late", NOW)
+    assert signed.status is ReceiptStatus.SEALED
