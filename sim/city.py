@@ -139,6 +139,10 @@ def arrival_moments(rng: random.Random, rate: float, duration_s: float) -> list[
     return sorted(rng.uniform(0, duration_s) for _ in range(round(rate * duration_s)))
 
 
+class CityStopped(Exception):
+    """The city stopped while someone waited: their journey ends unfinished, nobody's fault."""
+
+
 class City:
     def __init__(self, plan: CityPlan) -> None:
         self.plan = plan
@@ -356,6 +360,8 @@ class City:
         counts = self.outcomes.counts
         try:
             await self._journey(customer)
+        except CityStopped:
+            counts["unfinished"] += 1
         except Refused as exc:
             counts["errors"] += 1
             log.warning("journey of %s: %s", customer.customer_id, exc)
@@ -481,6 +487,8 @@ class City:
                 return status
             with contextlib.suppress(TimeoutError):
                 await asyncio.wait_for(nudged.wait(), timeout=LOOK_EVERY_S)
+        if not self.running:
+            raise CityStopped
         return None
 
     @staticmethod
@@ -508,6 +516,8 @@ class City:
                 return None
             with contextlib.suppress(TimeoutError):
                 await asyncio.wait_for(nudged.wait(), timeout=LOOK_EVERY_S)
+        if not self.running:
+            raise CityStopped
         log.warning("booking %s: no receipt within %.0f s", booking_id, within_s)
         return None
 
