@@ -7,6 +7,7 @@ import base64
 import hashlib
 import json
 import uuid
+from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
@@ -158,12 +159,18 @@ async def sandbox_ops(
     return await db["sandbox_operations"].find({"_id": {"$regex": f":{receipt_id}:"}}).to_list()
 
 
-# ------------------------------------------------------------------ end to end --
+@dataclass(frozen=True)
+class DoneVisit:
+    booking_id: str
+    customer: str
+    tech: str
+    store: str
+    package: Any  # the customer's one-visit package of the store, sold before the visit
 
 
-async def test_a_completed_visit_is_receipted_signed_sealed_drawn_charged_and_closed(
-    platform: Platform, infra: Infra, tmp_path: Path
-) -> None:
+async def visit_done(platform: Platform, *, quantity: int) -> DoneVisit:
+    """A real booking, through dispatch to a completed visit of `quantity` manicures at
+    25.00; the customer holds a one-visit package of the store and a card on file."""
     skill = unique("nails-")
     code = f"{skill}.manicure"
     customer, tech, store = unique("cus_"), unique("tech_"), "store_chiado"
@@ -172,7 +179,7 @@ async def test_a_completed_visit_is_receipted_signed_sealed_drawn_charged_and_cl
     async with platform.client("booking", acting_as=OPS) as booking:
         await seed_item(booking, code, skill=skill, unit_price=2500)
         await seed_customer(booking, customer)
-        made = await booking.post("/bookings", json=booking_body(customer, code))  # 2 x 25.00
+        made = await booking.post("/bookings", json=booking_body(customer, code))
         assert made.status_code == 201, made.text
         booking_id = made.json()["booking_id"]
     async with platform.client("payments") as payments:
@@ -183,10 +190,21 @@ async def test_a_completed_visit_is_receipted_signed_sealed_drawn_charged_and_cl
         await walk_to_service(dispatch, booking_id, tech, customer)
         done = await dispatch.post(
             f"/visits/{booking_id}/complete",
-            json={"performed": [{"code": code, "quantity": 2}]},
+            json={"performed": [{"code": code, "quantity": quantity}]},
             headers=as_technician(tech),
         )
         assert done.status_code == 200, done.text
+    return DoneVisit(booking_id, customer, tech, store, package)
+
+
+# ------------------------------------------------------------------ end to end --
+
+
+async def test_a_completed_visit_is_receipted_signed_sealed_drawn_charged_and_closed(
+    platform: Platform, infra: Infra, tmp_path: Path
+) -> None:
+    v = await visit_done(platform, quantity=2)  # 2 x 25.00, one prepaid visit
+    booking_id, customer, store, package = v.booking_id, v.customer, v.store, v.package
 
     async with platform.client("payments") as payments:
         receipt = await issued(payments, booking_id, customer)
@@ -266,29 +284,8 @@ async def test_a_cancellation_dispatch_hears_of_after_completion_voids_the_unsig
     """Booking accepted the customer's cancellation while its view lagged (events delayed),
     and the technician completed the visit before dispatch heard of it. The customer was
     told the booking is off: the receipt is withdrawn, nothing is drawn or charged."""
-    skill = unique("nails-")
-    code = f"{skill}.manicure"
-    customer, tech, store = unique("cus_"), unique("tech_"), "store_chiado"
-    async with platform.client("dispatch") as dispatch:
-        await seed_technician(dispatch, tech, unique("LX-").upper(), skills=[skill], store_id=store)
-    async with platform.client("booking", acting_as=OPS) as booking:
-        await seed_item(booking, code, skill=skill, unit_price=2500)
-        await seed_customer(booking, customer)
-        made = await booking.post("/bookings", json=booking_body(customer, code))
-        assert made.status_code == 201, made.text
-        booking_id = made.json()["booking_id"]
-    async with platform.client("payments") as payments:
-        package = await sell_package(payments, store, customer, visits=1, covers=[code])
-        await set_card(payments, customer, "pm_card_ok")
-    async with platform.client("dispatch") as dispatch:
-        await accept_offer(dispatch, tech, booking_id)
-        await walk_to_service(dispatch, booking_id, tech, customer)
-        done = await dispatch.post(
-            f"/visits/{booking_id}/complete",
-            json={"performed": [{"code": code, "quantity": 1}]},
-            headers=as_technician(tech),
-        )
-        assert done.status_code == 200, done.text
+    v = await visit_done(platform, quantity=1)
+    booking_id, customer, tech, package = v.booking_id, v.customer, v.tech, v.package
     async with platform.client("payments") as payments:
         receipt = await issued(payments, booking_id, customer)
         assert receipt["status"] == "issued"
