@@ -18,7 +18,7 @@ import random
 import time
 import uuid
 from collections import Counter
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Iterator
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 from typing import Any
@@ -294,24 +294,24 @@ class City:
         `journeys`, then give those under way `drain_s` to end; what they saw.
 
         With `duration_s` alone, exactly `rate` x `duration_s` journeys start
-        (`arrival_moments`). A minute of plain
-        Poisson arrivals at 4.5/s starts 270 +- 33 journeys (two standard deviations), so a
-        phase would not offer the rate it names; bursts within the window stay as random.
+        (`arrival_moments`). A minute of plain Poisson arrivals at 4.5/s starts 270 +- 33
+        journeys (two standard deviations), so a phase would not offer the rate it names;
+        bursts within the window stay as random.
         """
         self.outcomes = Outcomes()
         started, t0 = 0, time.monotonic()
-        moments: list[float] | None = None
+        moments: Iterator[float] | None = None
         if duration_s and not journeys:
-            # Reversed: popped from the end, the earliest first.
-            moments = arrival_moments(self.arrivals, rate, duration_s)[::-1]
+            moments = iter(arrival_moments(self.arrivals, rate, duration_s))
         while self.running:
             if journeys and started >= journeys:
                 break
             if moments is not None:
-                if not moments:
+                at = next(moments, None)
+                if at is None:
                     break
                 # Due at its moment whatever came before: people do not wait for the platform.
-                await asyncio.sleep(max(0.0, t0 + moments.pop() - time.monotonic()))
+                await asyncio.sleep(max(0.0, t0 + at - time.monotonic()))
                 if not self.running:
                     break
             elif duration_s and time.monotonic() - t0 > duration_s:
