@@ -40,9 +40,15 @@ log = logging.getLogger("sim")
 SKILLS = sorted({skill for (_, _, _, skill, *_) in CATALOGUE.values() if skill})
 SERVICES = {skill: [c for c, v in CATALOGUE.items() if v[3] == skill] for skill in SKILLS}
 ROUND_THE_CLOCK = [{"weekday": d, "start": "00:00", "end": "00:00"} for d in range(7)]
-# How often an app looks by itself between pushes. Pushes carry a journey: an app also looks
-# whenever its live stream (re)connects, so a push missed meanwhile is caught up at once.
+# How often an app looks by itself between pushes, on average. Pushes carry a journey: an
+# app also looks whenever its live stream (re)connects, so a push missed meanwhile is caught
+# up at once.
 LOOK_EVERY_S = 30.0
+# Each wait is drawn from LOOK_EVERY_S times this range. Phones do not look in step; apps
+# started together and waiting exactly 30 s did: every 30 s the city's idle technicians
+# (200 in the bench) all asked for their offers in the same moment, and the journeys
+# booked in that moment were the slowest of their phase.
+LOOK_SPREAD = (0.5, 1.5)
 DONE = ("completed", "receipt_signed", "closed")
 ACTIVE = ("assigned", "en_route", "arrived", "identity_confirmed", "in_service")
 
@@ -154,6 +160,7 @@ class City:
         )
         self.rng = random.Random(plan.seed)
         self.arrivals = random.Random(plan.seed + 1)  # when people book, apart from what they do
+        self.looks = random.Random(plan.seed + 2)  # when idle apps look, apart from both
         self.ops = Caller(self.http)
         self.technicians: list[Technician] = []
         self.customers: list[Customer] = []
@@ -486,7 +493,7 @@ class City:
             if status in statuses:
                 return status
             with contextlib.suppress(TimeoutError):
-                await asyncio.wait_for(nudged.wait(), timeout=LOOK_EVERY_S)
+                await asyncio.wait_for(nudged.wait(), timeout=self.look_in())
         if not self.running:
             raise CityStopped
         return None
@@ -495,6 +502,10 @@ class City:
     async def status_of(me: Caller, booking_id: str) -> str:
         view = await me.json("GET", f"/v1/bookings/{booking_id}")
         return str(view["booking"]["status"])
+
+    def look_in(self) -> float:
+        """Seconds until an app looks by itself again, if nothing is pushed to it."""
+        return LOOK_EVERY_S * self.looks.uniform(*LOOK_SPREAD)
 
     def halted(self, booking_id: str) -> bool:
         return booking_id in self._halted
@@ -515,7 +526,7 @@ class City:
             if self.halted(booking_id):
                 return None
             with contextlib.suppress(TimeoutError):
-                await asyncio.wait_for(nudged.wait(), timeout=LOOK_EVERY_S)
+                await asyncio.wait_for(nudged.wait(), timeout=self.look_in())
         if not self.running:
             raise CityStopped
         log.warning("booking %s: no receipt within %.0f s", booking_id, within_s)
@@ -558,7 +569,7 @@ class City:
                 except (Refused, *UNREACHABLE) as exc:
                     log.warning("technician %s: %s", t.technician_id, exc)
                 with contextlib.suppress(TimeoutError):
-                    await asyncio.wait_for(t.nudged.wait(), timeout=LOOK_EVERY_S)
+                    await asyncio.wait_for(t.nudged.wait(), timeout=self.look_in())
                 t.nudged.clear()
         finally:
             listener.cancel()
