@@ -143,6 +143,7 @@ kafka_start() {
       > "$KAFKA_RUN/format.log" 2>&1 || { cat "$KAFKA_RUN/format.log"; exit 1; }
   fi
   nohup java -Xms256m -Xmx"$KAFKA_HEAP" -XX:+UseG1GC -XX:MaxGCPauseMillis=20 \
+    -Xlog:gc:file="$KAFKA_RUN/gc.log":time,uptime:filecount=2,filesize=10m \
     -Djava.awt.headless=true -Dlog4j2.configurationFile="$KAFKA_RUN/log4j2.properties" \
     -cp "$cp" kafka.Kafka "$KAFKA_RUN/server.properties" \
     > "$KAFKA_RUN/stdout.log" 2>&1 < /dev/null &
