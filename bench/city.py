@@ -252,15 +252,18 @@ def gauge_shares(
 
 async def latencies(
     mongo: AsyncMongoClient[Document], settings: Settings, booked: list[str]
-) -> tuple[list[float], list[float]]:
-    """Request to assigned and completion to receipt issued, from the platform's own clocks:
-    the events' times on the operations board, and the receipt's issue time."""
+) -> tuple[dict[str, tuple[datetime, float]], list[float]]:
+    """Request to assigned (by booking: when it was requested, and how long it took) and
+    completion to receipt issued, from the platform's own clocks: the events' times on the
+    operations board, and the receipt's issue time."""
     board = mongo[f"{settings.db_prefix}gateway"]["board_bookings"]
     receipts = mongo[f"{settings.db_prefix}payments"]["receipts"]
-    to_assigned, completed = [], {}
+    to_assigned: dict[str, tuple[datetime, float]] = {}
+    completed = {}
     async for row in board.find({"_id": {"$in": booked}}):
         if row.get("assigned_at") and row.get("requested_at"):
-            to_assigned.append((row["assigned_at"] - row["requested_at"]).total_seconds())
+            took = (row["assigned_at"] - row["requested_at"]).total_seconds()
+            to_assigned[row["_id"]] = (row["requested_at"], took)
         if row.get("completed_at"):
             completed[row["_id"]] = row["completed_at"]
     to_receipt = []
@@ -286,9 +289,10 @@ HOPS = {
 
 async def offer_times(
     mongo: AsyncMongoClient[Document], settings: Settings, booked: list[str]
-) -> tuple[list[float], list[float], dict[str, list[float]]]:
+) -> tuple[list[float], list[float], dict[str, dict[str, float]]]:
     """Where booking -> assigned goes, from dispatch's offers: requested (the board's time)
-    -> first offer made, the accepted offer's made -> answered, and both hop by hop."""
+    -> first offer made, the accepted offer's made -> answered, and both hop by hop (by
+    booking)."""
     db = {name: mongo[f"{settings.db_prefix}{name}"] for name in ("booking", "dispatch", "gateway")}
     requested = {
         row["_id"]: row["requested_at"]
@@ -320,7 +324,7 @@ async def hop_times(
     requested: dict[str, datetime],
     first_offer: dict[str, datetime],
     accepted: dict[str, tuple[str, datetime, datetime]],
-) -> dict[str, list[float]]:
+) -> dict[str, dict[str, float]]:
     booking_rows = {
         row["key"]: row
         async for row in db["booking"]["outbox"].find(
@@ -343,28 +347,71 @@ async def hop_times(
 
     by_dispatch = await taken("dispatch", [r["_id"] for r in booking_rows.values()])
     by_gateway = await taken("gateway", [r["_id"] for r in offer_rows.values()])
-    hops: dict[str, list[float]] = {name: [] for name in HOPS}
+    hops: dict[str, dict[str, float]] = {}  # booking -> hop -> seconds
 
-    def hop(name: str, start: datetime, end: datetime) -> None:
-        hops[name].append((end - start).total_seconds())
+    def hop(booking_id: str, name: str, start: datetime, end: datetime) -> None:
+        hops.setdefault(booking_id, {})[name] = (end - start).total_seconds()
 
     for booking_id, row in booking_rows.items():
-        hop("requested_published", row["created_at"], row["published_at"])
+        hop(booking_id, "requested_published", row["created_at"], row["published_at"])
         took = by_dispatch.get(row["_id"])
         if took is not None:
-            hop("to_dispatch", row["published_at"], took)
+            hop(booking_id, "to_dispatch", row["published_at"], took)
             if booking_id in first_offer:
-                hop("matching", took, first_offer[booking_id])
-    for offer_id, made, answered in accepted.values():
+                hop(booking_id, "matching", took, first_offer[booking_id])
+    for booking_id, (offer_id, made, answered) in accepted.items():
         offer = offer_rows.get(offer_id)
         if offer is None:
             continue
-        hop("offer_published", made, offer["published_at"])
+        hop(booking_id, "offer_published", made, offer["published_at"])
         took = by_gateway.get(offer["_id"])
         if took is not None:
-            hop("to_gateway", offer["published_at"], took)
-            hop("answered", took, answered)
+            hop(booking_id, "to_gateway", offer["published_at"], took)
+            hop(booking_id, "answered", took, answered)
     return hops
+
+
+def hop_samples(hops: dict[str, dict[str, float]]) -> dict[str, list[float]]:
+    """Each hop's samples over the bookings."""
+    return {name: [h[name] for h in hops.values() if name in h] for name in HOPS}
+
+
+def busiest_second(moments: list[datetime]) -> tuple[int, float]:
+    """The most bookings requested within one second, and when that second began (seconds
+    after the first): Poisson arrivals bunch now and then, and a bunch is what the slowest
+    journeys of a phase usually share."""
+    times = sorted(moments)
+    first = times[0]
+    best, best_at, start = 0, 0.0, 0
+    for end, t in enumerate(times):
+        while (t - times[start]).total_seconds() >= 1.0:
+            start += 1
+        if end - start + 1 > best:
+            best, best_at = end - start + 1, (times[start] - first).total_seconds()
+    return best, best_at
+
+
+def slowest(
+    to_assigned: dict[str, tuple[datetime, float]],
+    hops: dict[str, dict[str, float]],
+    count: int = 5,
+) -> list[str]:
+    """The slowest journeys to assigned, each with when it was requested (seconds after the
+    phase's first request) and its hops in ms: tails that cluster in time point at a moment
+    (a stall), tails spread out at queueing."""
+    if not to_assigned:
+        return []
+    first = min(at for at, _ in to_assigned.values())
+    worst = sorted(to_assigned.items(), key=lambda kv: -kv[1][1])[:count]
+    lines = []
+    for booking_id, (at, took) in worst:
+        mine = hops.get(booking_id, {})
+        parts = ", ".join(f"{name} {mine[name] * 1000:.0f}" for name in HOPS if name in mine)
+        clock = at.strftime("%H:%M:%S.%f")[:-3]
+        since = (at - first).total_seconds()
+        detail = f"{clock}; {parts}" if parts else clock
+        lines.append(f"{took * 1000:.0f} ms, requested at +{since:.1f} s ({detail})")
+    return lines
 
 
 @dataclass
@@ -394,9 +441,11 @@ async def measure(
     warm_up_s: float = 0.0,
     search: Search | None = None,
     shares: tuple[float, ...] = (),
+    latency_seconds: float | None = None,
 ) -> CityFigures:
     """Play every rate of `ladder`, then (with `search`) look for the highest rate held, then
-    play each of `shares` of the highest rate held so far (its latencies are the issue's)."""
+    play each of `shares` of the highest rate held so far for `latency_seconds` (by default
+    `seconds`; its latencies are the issue's)."""
     # Topics and databases of its own: earlier sections' events must not stand in the queue.
     settings = settings.model_copy(
         update={
@@ -477,7 +526,9 @@ async def measure(
             if best is not None:
                 for share in shares:
                     at = round(best * share, 2)
-                    phases.append(await play_phase(stage, at, seconds, share=share))
+                    phases.append(
+                        await play_phase(stage, at, latency_seconds or seconds, share=share)
+                    )
         finally:
             await city.stop()
         rss = {name: peak_rss_mb(pid) for name, pid in pids.items()}  # while they still run
@@ -579,11 +630,11 @@ async def play_phase(
         growth_per_s=verdict.growth_per_s,
         longer_s=verdict.longer_s,
         share=share,
-        to_assigned_s=to_assigned,
+        to_assigned_s=[took for _, took in to_assigned.values()],
         to_receipt_s=to_receipt,
         to_offer_s=to_offer,
         offer_to_accept_s=offer_to_accept,
-        hops_s=hops,
+        hops_s=hop_samples(hops),
         errors=failed,
         cpu_s=cpu,
         work=work,
@@ -600,6 +651,14 @@ async def play_phase(
     )
     if outcomes.counts["signed"]:
         report_costs(phase, cpu, work, mongo_cpu, stolen)
+    for line in slowest(to_assigned, hops):
+        print(f"    slow to assigned: {line}")
+    if to_assigned:
+        busiest, at = busiest_second([when for when, _ in to_assigned.values()])
+        print(
+            f"    busiest second: {busiest} bookings requested from +{at:.1f} s "
+            f"({busiest / rate:.1f} x the rate)"
+        )
     print(
         "    event loops, wake-ups 10 ms late or more: "
         + ", ".join(f"{n} {v:.1%}" for n, v in sorted(loop_late.items()))

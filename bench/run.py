@@ -118,6 +118,10 @@ class Counts:
     city_search: Search | None = SEARCH  # frozen: one shared default is safe
     city_shares: tuple[float, ...] = (0.25, 0.5, 0.9)
     city_seconds: float = 60.0  # each rate is played this long
+    # Each share is played longer: its p99 is then not just the one busiest moment of a
+    # minute (at 5/s a minute's p99 is its 3rd slowest journey, and one burst of arrivals,
+    # which Poisson arrivals bring now and then, decides it).
+    city_latency_seconds: float = 180.0
     city_warm_up_s: float = 20.0  # played at the first rate before measuring, unmeasured
     city_customers: int = 300
     city_technicians: int = 200
@@ -145,6 +149,7 @@ QUICK = Counts(
     city_search=None,
     city_shares=(0.5,),
     city_seconds=15.0,
+    city_latency_seconds=15.0,
     city_warm_up_s=5.0,
     city_customers=20,
     city_technicians=18,
@@ -831,6 +836,7 @@ async def city(bench: Bench) -> None:
         search=counts.city_search,
         shares=counts.city_shares,
         seconds=counts.city_seconds,
+        latency_seconds=counts.city_latency_seconds,
         warm_up_s=counts.city_warm_up_s,
         customers=counts.city_customers,
         technicians=counts.city_technicians,
@@ -1033,6 +1039,11 @@ def main() -> None:
     )
     parser.add_argument("--city-seconds", type=float, help="how long each rate is played")
     parser.add_argument(
+        "--city-latency-seconds",
+        type=float,
+        help="how long each share of the highest rate held is played (default 180)",
+    )
+    parser.add_argument(
         "--city-warm-up", type=float, help="seconds played at the first rate before measuring"
     )
     parser.add_argument("--city-customers", type=int, help="customers in the city")
@@ -1043,6 +1054,7 @@ def main() -> None:
         "city_ladder": tuple(args.city_rates) if args.city_rates else None,
         "city_shares": tuple(args.city_shares) if args.city_shares is not None else None,
         "city_seconds": args.city_seconds,
+        "city_latency_seconds": args.city_latency_seconds,
         "city_warm_up_s": args.city_warm_up,
         "city_customers": args.city_customers,
         "city_technicians": args.city_technicians,
