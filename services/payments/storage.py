@@ -17,7 +17,7 @@ from datetime import datetime
 from pydantic import BaseModel, ConfigDict
 from pymongo import ASCENDING, IndexModel
 
-from services.payments.domain import Coupon, Receipt, ReceiptStatus
+from services.payments.domain import Coupon, Receipt
 from services.payments.ledger import Holding, Plan
 from services.payments.sealing import GENESIS, SealingKey, digest
 from shared.errors import Conflict, VersionMismatch
@@ -225,7 +225,3 @@ class SealingKeys:
 
     async def published(self) -> dict[str, str]:
         return await self._ring.published()
-
-
-def is_final(receipt: Receipt) -> bool:
-    return receipt.status is ReceiptStatus.SETTLED
