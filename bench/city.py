@@ -397,8 +397,9 @@ def slowest(
     count: int = 5,
 ) -> list[str]:
     """The slowest journeys to assigned, each with when it was requested (seconds after the
-    phase's first request) and its hops in ms: tails that cluster in time point at a moment
-    (a stall), tails spread out at queueing."""
+    phase's first request) and its hops in ms: slow journeys booked in the same second point
+    at a moment (a bunch of arrivals, a stall), slow journeys spread over the phase at steady
+    queueing."""
     if not to_assigned:
         return []
     first = min(at for at, _ in to_assigned.values())
