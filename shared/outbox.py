@@ -16,6 +16,7 @@ from collections import deque
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
+from itertools import islice
 from typing import TypeVar
 
 from aiokafka import AIOKafkaProducer
@@ -191,9 +192,15 @@ class OutboxRelay:
         self._to_mark: dict[str, tuple[datetime, datetime]] = {}
         self._marks = db[OUTBOX].with_options(write_concern=MARKS)
         self._marking: asyncio.Task[None] | None = None
+        # Ids of the rows last read back from the outbox (an ordered set, newest last). A
+        # commit is visible before its reply arrives (the server flushes its journal first),
+        # so a row read back may still be handed over afterwards: it is not sent again.
+        self._read_back: dict[str, None] = {}
 
     def committed(self, rows: list[Document]) -> None:
         """A unit of work committed these rows: send them next, in this order."""
+        if self._read_back:
+            rows = [row for row in rows if row["_id"] not in self._read_back]
         self._handed.extend(rows)
         if len(self._handed) > self._settings.outbox_queue_limit:
             # Kafka has been away a while: the rows are safe in MongoDB, read them back there.
@@ -223,14 +230,11 @@ class OutboxRelay:
         query: Document = {"published": False}
         if self._to_mark:  # sent, being marked while this batch is read and sent
             query["_id"] = {"$nin": list(self._to_mark)}
-        rows = await self._read(query)
+        rows = await self._read_back_from(query)
         if not rows:
             await self.flush()
-        whole = len(rows) < self._batch
         await self._send(rows)
-        if whole:
-            read = {row["_id"] for row in rows}
-            self._handed = deque(row for row in self._handed if row["_id"] not in read)
+        if len(rows) < self._batch:
             self._draining = False
         return len(rows)
 
@@ -249,7 +253,7 @@ class OutboxRelay:
         # Rows this process holds (queued, or sent and not yet marked) are left alone.
         held = [row["created_at"] for row in self._handed]
         cutoff = min([cutoff, *held, *(created for created, _ in self._to_mark.values())])
-        rows = await self._read({"published": False, "created_at": {"$lt": cutoff}})
+        rows = await self._read_back_from({"published": False, "created_at": {"$lt": cutoff}})
         if rows:
             log.warning("outbox relay: %d rows nobody handed over, publishing them", len(rows))
             await self._send(rows)
@@ -258,6 +262,19 @@ class OutboxRelay:
     @property
     def _batch(self) -> int:
         return self._settings.outbox_batch_size
+
+    async def _read_back_from(self, query: Document) -> list[Document]:
+        """Read unpublished rows to send; none of them goes out again through a hand-over,
+        whether it was handed over already or is handed over later."""
+        rows = await self._read(query)
+        if rows:
+            read = self._read_back
+            read.update(dict.fromkeys(row["_id"] for row in rows))
+            # Only the newest can still be in a commit whose reply is on its way.
+            for stale in list(islice(read, max(0, len(read) - 2 * self._batch))):
+                del read[stale]
+            self._handed = deque(row for row in self._handed if row["_id"] not in read)
+        return rows
 
     async def _read(self, query: Document) -> list[Document]:
         fields = {"topic": 1, "key": 1, "type": 1, "value": 1, "created_at": 1}

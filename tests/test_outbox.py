@@ -52,14 +52,15 @@ class Outbox:
         assert self.relay is not None
         return asyncio.create_task(self.relay.run_forever())
 
-    async def commit(self, *probe_ids: str) -> None:
-        assert self.uow is not None
+    async def commit(self, *probe_ids: str, uow: UnitOfWork | None = None) -> None:
+        uow = uow or self.uow
+        assert uow is not None
 
         async def work(tx: Transaction) -> None:
             for probe_id in probe_ids:
                 tx.emit(ProbeNoted(probe_id=probe_id))
 
-        await self.uow.run(work)
+        await uow.run(work)
 
     async def left_behind(self, probe_id: str, created_at: datetime | None = None) -> None:
         """A row committed by a process that died before it was published."""
@@ -168,6 +169,33 @@ async def test_an_overflowing_hand_over_queue_is_read_back_from_mongodb_in_order
         await outbox.commit(probe_id)
     async with running(outbox.resume()):
         assert await outbox.published(9) == ["p0", *ids]
+        await eventually(lambda: _none(outbox), what="every row marked published")
+
+
+async def test_a_row_a_drain_sent_is_not_sent_again_when_its_hand_over_comes_late(
+    outbox: Outbox,
+) -> None:
+    # A commit is visible to readers before its reply reaches the service (the server
+    # flushes its journal first): a drain reading the outbox in between sends the row, and
+    # the hand-over that follows must not send it a second time.
+    loop = asyncio.get_running_loop()
+    handed_over = asyncio.Event()
+
+    def hand_over_late(rows: list[dict[str, object]]) -> None:
+        def deliver() -> None:
+            assert outbox.relay is not None
+            outbox.relay.committed(rows)
+            handed_over.set()
+
+        loop.call_later(1.0, deliver)
+
+    late = UnitOfWork(outbox.db.client, outbox.db, outbox.settings, on_commit=hand_over_late)
+    await outbox.commit("p0", uow=late)
+    async with running(await outbox.start()):
+        await handed_over.wait()
+        assert await outbox.published(1) == ["p0"]
+        await outbox.commit("p1")  # and what is handed over after it still goes out
+        assert await outbox.published(2) == ["p0", "p1"]
         await eventually(lambda: _none(outbox), what="every row marked published")
 
 
