@@ -105,11 +105,12 @@ async def booking_cancelled(tx: Transaction, event: BookingCancelled) -> None:
     if visit is None:
         return
     offer = visit.open_offer
+    now = utcnow()
     if visit.cancel():
         await commands.save(tx, visit)
         if offer is not None:
             await cancel(tx.db, tx.session, commands.OFFER_DEADLINE, offer.offer_id)
-    elif visit.void(utcnow()):
+    elif visit.void(now):
         # The technician completed it before the cancellation got here: the cancellation
         # stands, as the customer was told, and payments withdraws the receipt.
         await commands.save(tx, visit)
@@ -119,7 +120,7 @@ async def booking_cancelled(tx: Transaction, event: BookingCancelled) -> None:
                 visit_id=visit.visit_id,
                 customer_id=visit.customer_id,
                 technician_id=visit.technician_id or "",
-                completed_at=visit.completed_at or utcnow(),
+                completed_at=visit.completed_at or now,
                 cancelled_at=event.cancelled_at,
                 reason=event.reason,
             )
