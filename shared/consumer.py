@@ -13,7 +13,8 @@ inbox write, one commit, which is what a busy consumer saves); if anything in a
 run fails, its events are handled one at a time as above. Each partition number
 has a lane that handles what is polled for it in order (one key's events keep
 their order; see `_to_lane`); the lanes run side by side while the next poll is
-fetched. A message that
+fetched. What a lane finds waiting on several topics' partitions goes in one run too,
+merged in the order it was published, when it can. A message that
 cannot be parsed, has no schema, or whose handler keeps failing goes to the
 dead-letter topic with headers saying why, from where, and after how many
 attempts; the loop then moves on.
@@ -23,6 +24,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import heapq
 import logging
 import time
 from collections.abc import Awaitable, Callable
@@ -338,20 +340,26 @@ class EventConsumer:
                 tp, messages = queue.get_nowait()
                 held.setdefault(tp, []).extend(messages)
             now = loop.time()
-            for tp in list(held):
-                if not_before.get(tp, 0.0) > now:
-                    continue  # still waiting; its new messages stay behind it, in order
+            # Still waiting partitions are left out; their new messages stay behind them.
+            due = [tp for tp in held if not_before.get(tp, 0.0) <= now]
+            # The same keys' events on several topics: one transaction for them all, when
+            # they can go together.
+            if len(due) > 1 and await self._handle_partitions_together(
+                {tp: held[tp] for tp in due}
+            ):
+                for tp in due:
+                    messages = held.pop(tp)
+                    self._dealt(tp, messages, len(messages))
+                    not_before.pop(tp, None)
+                    pauses.pop(tp, None)
+                self._lane_progress.set()
+                continue
+            for tp in due:
                 messages = held.pop(tp)
                 try:
                     dealt = await self._process_all(messages)
                     if dealt:
-                        crash_point("consumer.after_handle")
-                        # One lane per partition number: a partition's offsets only move
-                        # forward.
-                        done = messages[dealt - 1].offset + 1
-                        self._uncommitted[tp] = done
-                        self._next_offset[tp] = done
-                        self._queued -= dealt
+                        self._dealt(tp, messages, dealt)
                 finally:
                     self._lane_progress.set()  # also when the lane dies: its waiters see it
                 if dealt < len(messages):
@@ -362,6 +370,23 @@ class EventConsumer:
                 else:
                     not_before.pop(tp, None)
                     pauses.pop(tp, None)
+
+    def _dealt(
+        self, tp: TopicPartition, messages: list[ConsumerRecord[bytes, bytes]], dealt: int
+    ) -> None:
+        """The first `dealt` of a partition's messages are handled: their offsets may be
+        committed."""
+        crash_point("consumer.after_handle")
+        # One lane per partition number: a partition's offsets only move forward.
+        done = messages[dealt - 1].offset + 1
+        self._uncommitted[tp] = done
+        self._next_offset[tp] = done
+        self._queued -= dealt
+
+    @property
+    def in_lanes(self) -> int:
+        """Messages polled and not yet handled."""
+        return self._queued
 
     def _check_lanes(self) -> None:
         """A lane that died of an unexpected error takes the consumer down with it (the
@@ -468,11 +493,7 @@ class EventConsumer:
                 failed_at = exc.index
                 log.info("a run of %d events failed at %s; one at a time", len(run), exc.index)
             else:
-                took = (time.perf_counter() - started) / len(run)
-                CONSUMER_RUN_EVENTS.labels(self._name).observe(len(run))
-                for ready in run:
-                    HANDLER_SECONDS.labels(self._name, ready.envelope.type).observe(took)
-                    EVENTS_CONSUMED.labels(self._name, ready.envelope.type, "handled").inc()
+                self._count_run(run, time.perf_counter() - started)
                 return
         for i, ready in enumerate(run):
             token = logs.correlation_id.set(ready.envelope.correlation_id)
@@ -481,6 +502,53 @@ class EventConsumer:
                 await self._handle_with_retries(ready, tried=1 if i == failed_at else 0)
             finally:
                 logs.correlation_id.reset(token)
+
+    def _count_run(self, run: list[Ready], took: float) -> None:
+        CONSUMER_RUN_EVENTS.labels(self._name).observe(len(run))
+        for ready in run:
+            HANDLER_SECONDS.labels(self._name, ready.envelope.type).observe(took / len(run))
+            EVENTS_CONSUMED.labels(self._name, ready.envelope.type, "handled").inc()
+
+    async def _handle_partitions_together(
+        self, batches: dict[TopicPartition, list[ConsumerRecord[bytes, bytes]]]
+    ) -> bool:
+        """The waiting messages of several of the lane's partitions in one transaction,
+        merged in the order they were published (each partition's own order kept), so a
+        cause on one topic comes before its effect on another. False, with nothing done,
+        when they cannot go together: a message to dead-letter, more than a run's worth, or
+        a handler that fails or waits; each partition then goes on its own, as always."""
+        run: list[Ready] = []
+        ignored: list[str] = []
+        for message in heapq.merge(*batches.values(), key=lambda m: m.timestamp):
+            try:
+                envelope, model, handler = self._resolve(message)
+                if isinstance(envelope, str) or handler is None or model is None:
+                    ignored.append(envelope if isinstance(envelope, str) else envelope.type)
+                    continue
+                payload = model.model_validate(envelope.payload)
+            except (Rejected, ValidationError):
+                return False
+            run.append(Ready(message, envelope, payload, handler))
+        if not 1 < len(run) <= self._settings.consumer_batch_size:
+            return False
+        started = time.perf_counter()
+        try:
+            await self._handle_together(run)
+        except _FailedAt as exc:
+            log.info(
+                "%d events of %d partitions failed together at %s",
+                len(run),
+                len(batches),
+                exc.index,
+            )
+            return False
+        self._count_run(run, time.perf_counter() - started)
+        for event_type in ignored:
+            EVENTS_CONSUMED.labels(self._name, event_type, "ignored").inc()
+        for ready in run:
+            m = ready.message
+            self._waiting.pop((m.topic, m.partition, m.offset), None)
+        return True
 
     async def _handle_together(self, run: list[Ready]) -> None:
         """Every event of the run in one transaction: the inbox rows in one write, each

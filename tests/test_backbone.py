@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import json
+import time
 import uuid
 from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass
@@ -41,6 +42,12 @@ class Probe:
     attempts: dict[str, int]
     gates: dict[str, asyncio.Event]  # a probe with a gate is handled once the gate opens
     member: Callable[[], EventConsumer]  # another member of the same consumer group
+    in_lanes: Callable[[], int]  # messages the running consumer polled and has not handled
+
+    async def transaction_of(self, collection: str, probe_id: str) -> int:
+        doc = await self.db[collection].find_one({"_id": probe_id})
+        assert doc is not None, f"{probe_id} not in {collection}"
+        return int(doc["transaction"])
 
     async def effects(self, probe_id: str) -> int:
         doc = await self.db["effects"].find_one({"_id": probe_id})
@@ -63,11 +70,14 @@ async def probe(infra: Infra) -> AsyncIterator[Probe]:
     await ensure_outbox_indexes(db)
     attempts: dict[str, int] = {}
     gates: dict[str, asyncio.Event] = {}
+    # Every transaction a handler saw is kept, so no two of them share an id().
+    seen: list[Transaction] = []
     handlers = Handlers()
 
     @handlers.on(ProbeNoted)
     async def count(tx: Transaction, event: ProbeNoted) -> None:
         attempts[event.probe_id] = attempts.get(event.probe_id, 0) + 1
+        seen.append(tx)
         if event.probe_id in gates:
             await gates[event.probe_id].wait()
         if attempts[event.probe_id] <= event.waits_times:
@@ -87,7 +97,10 @@ async def probe(infra: Infra) -> AsyncIterator[Probe]:
 
     @handlers.on(ProbeCause)
     async def cause(tx: Transaction, event: ProbeCause) -> None:
-        await tx.db["causes"].insert_one({"_id": event.probe_id}, session=tx.session)
+        seen.append(tx)
+        await tx.db["causes"].insert_one(
+            {"_id": event.probe_id, "transaction": id(tx)}, session=tx.session
+        )
 
     producer = make_producer(settings)
 
@@ -107,6 +120,7 @@ async def probe(infra: Infra) -> AsyncIterator[Probe]:
             attempts,
             gates,
             member,
+            lambda: consumer.in_lanes,
         )
     finally:
         task.cancel()
@@ -358,4 +372,74 @@ async def test_an_event_waiting_for_one_behind_it_in_its_lane_lets_that_one_thro
     await eventually(cause_handled, within=5, what="the cause handled, past the waiting effect")
     await eventually(lambda: _ge_async(probe.effects("effect"), 1), within=10, what="effect")
     assert await probe.effects("effect") == 1
+    assert probe.consumed("dead_lettered") == 0
+
+
+async def _hold_lane_zero(probe: Probe, producer: AIOKafkaProducer) -> asyncio.Event:
+    """Lane 0 busy with a gated event until the returned gate opens."""
+    gate = probe.gates["blocker"] = asyncio.Event()
+    await producer.send_and_wait(probe.topic, envelope_bytes("blocker"), partition=0)
+    await eventually(lambda: _ge(probe.attempts.get("blocker", 0), 1), what="lane 0 busy")
+    return gate
+
+
+def cause_bytes(probe_id: str) -> bytes:
+    return Envelope.wrap(ProbeCause(probe_id=probe_id), producer="test").to_bytes()
+
+
+async def test_a_busy_lane_handles_what_waits_on_two_topics_in_one_transaction_cause_first(
+    probe: Probe, kafka_producer: AIOKafkaProducer
+) -> None:
+    """A lane that was busy finds one key's events waiting on two topics: one transaction
+    for all of them, merged in the order they were published, so the effect finds its
+    cause (sent first, on the other topic) without waiting; each handled once."""
+    gate = await _hold_lane_zero(probe, kafka_producer)
+    at = int(time.time() * 1000)  # publish times a millisecond apart, in the order sent
+    await kafka_producer.send_and_wait(
+        probe.cause_topic, cause_bytes("c1"), partition=0, timestamp_ms=at
+    )
+    await kafka_producer.send_and_wait(
+        probe.topic, envelope_bytes("effect", waits_for="c1"), partition=0, timestamp_ms=at + 1
+    )
+    await kafka_producer.send_and_wait(
+        probe.topic, envelope_bytes("other"), partition=0, timestamp_ms=at + 2
+    )
+    await eventually(lambda: _ge(probe.in_lanes(), 4), what="the three polled behind it")
+    gate.set()
+    await eventually(lambda: _ge_async(probe.effects("other"), 1), what="all handled")
+
+    together = {
+        await probe.transaction_of("causes", "c1"),
+        await probe.transaction_of("effects", "effect"),
+        await probe.transaction_of("effects", "other"),
+    }
+    assert len(together) == 1, "the two topics' events went in separate transactions"
+    assert together != {await probe.transaction_of("effects", "blocker")}
+    assert probe.attempts["effect"] == 1, "the effect ran before its cause"
+    assert [await probe.effects(p) for p in ("blocker", "effect", "other")] == [1, 1, 1]
+    assert await probe.db["causes"].count_documents({}) == 1
+    assert probe.consumed("dead_lettered") == 0
+
+
+async def test_a_failure_among_two_topics_events_lets_each_partition_go_on_its_own(
+    probe: Probe, kafka_producer: AIOKafkaProducer
+) -> None:
+    """A handler failing in the run of two topics' events undoes the whole run; each
+    partition is then handled on its own, and every event once."""
+    gate = await _hold_lane_zero(probe, kafka_producer)
+    await kafka_producer.send_and_wait(probe.cause_topic, cause_bytes("c2"), partition=0)
+    await kafka_producer.send_and_wait(
+        probe.topic, envelope_bytes("shaky", fail_times=1), partition=0
+    )
+    await eventually(lambda: _ge(probe.in_lanes(), 3), what="the two polled behind it")
+    gate.set()
+    await eventually(lambda: _ge_async(probe.effects("shaky"), 1), what="shaky handled")
+
+    # Its failure in the run together, then a success alone.
+    assert probe.attempts["shaky"] == 2
+    assert await probe.effects("shaky") == 1
+    assert await probe.db["causes"].count_documents({"_id": "c2"}) == 1
+    assert await probe.transaction_of("causes", "c2") != await probe.transaction_of(
+        "effects", "shaky"
+    )
     assert probe.consumed("dead_lettered") == 0
