@@ -14,7 +14,6 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import json
 import os
 import statistics
 import time
@@ -303,19 +302,20 @@ async def offer_times(
     }
     to_offer, to_accept = [], []
     first_offer: dict[str, datetime] = {}
-    accepted: dict[str, tuple[str, datetime, datetime]] = {}  # booking -> offer, made, answered
+    # booking -> the accepted offer (the how-manieth made, of how many), made, answered
+    accepted: dict[str, tuple[tuple[int, int], datetime, datetime]] = {}
     async for visit in db["dispatch"]["visits"].find(
         {"booking_id": {"$in": list(requested)}}, {"booking_id": 1, "offers": 1}
     ):
-        offers = visit.get("offers") or []
+        offers = sorted(visit.get("offers") or [], key=lambda o: o["made_at"])
         if offers:
-            first = min(o["made_at"] for o in offers)
+            first = offers[0]["made_at"]
             first_offer[visit["booking_id"]] = first
             to_offer.append((first - requested[visit["booking_id"]]).total_seconds())
-        for o in offers:
+        for i, o in enumerate(offers):
             if o.get("status") == "accepted" and o.get("answered_at"):
                 to_accept.append((o["answered_at"] - o["made_at"]).total_seconds())
-                accepted[visit["booking_id"]] = (o["offer_id"], o["made_at"], o["answered_at"])
+                accepted[visit["booking_id"]] = ((i, len(offers)), o["made_at"], o["answered_at"])
     return to_offer, to_accept, await hop_times(db, requested, first_offer, accepted)
 
 
@@ -323,7 +323,7 @@ async def hop_times(
     db: dict[str, AsyncDatabase[Document]],
     requested: dict[str, datetime],
     first_offer: dict[str, datetime],
-    accepted: dict[str, tuple[str, datetime, datetime]],
+    accepted: dict[str, tuple[tuple[int, int], datetime, datetime]],
 ) -> dict[str, dict[str, float]]:
     booking_rows = {
         row["key"]: row
@@ -331,11 +331,20 @@ async def hop_times(
             {"type": "booking.requested", "key": {"$in": list(requested)}, "published": True}
         )
     }
-    offer_rows: dict[str, Document] = {}  # offer id -> its OfferMade outbox row
-    async for row in db["dispatch"]["outbox"].find(
-        {"type": "dispatch.offer_made", "key": {"$in": list(accepted)}, "published": True}
+    # Each offer made commits one OfferMade row, in the order the offers were made (a
+    # published row keeps no payload to read the offer's id from).
+    offer_rows: dict[str, list[Document]] = {}  # booking -> its OfferMade rows, in order
+    async for row in (
+        db["dispatch"]["outbox"]
+        .find({"type": "dispatch.offer_made", "key": {"$in": list(accepted)}, "published": True})
+        .sort([("created_at", 1), ("seq", 1)])
     ):
-        offer_rows[json.loads(row["value"])["payload"]["offer_id"]] = row
+        offer_rows.setdefault(row["key"], []).append(row)
+    accepted_rows: dict[str, Document] = {}  # booking -> the accepted offer's row
+    for booking_id, ((nth, of), _, _) in accepted.items():
+        rows = offer_rows.get(booking_id, [])
+        if len(rows) == of:  # else a row is missing from the trail: no hops for it
+            accepted_rows[booking_id] = rows[nth]
 
     async def taken(service: str, event_ids: list[str]) -> dict[str, datetime]:
         return {
@@ -346,7 +355,7 @@ async def hop_times(
         }
 
     by_dispatch = await taken("dispatch", [r["_id"] for r in booking_rows.values()])
-    by_gateway = await taken("gateway", [r["_id"] for r in offer_rows.values()])
+    by_gateway = await taken("gateway", [r["_id"] for r in accepted_rows.values()])
     hops: dict[str, dict[str, float]] = {}  # booking -> hop -> seconds
 
     def hop(booking_id: str, name: str, start: datetime, end: datetime) -> None:
@@ -359,8 +368,8 @@ async def hop_times(
             hop(booking_id, "to_dispatch", row["published_at"], took)
             if booking_id in first_offer:
                 hop(booking_id, "matching", took, first_offer[booking_id])
-    for booking_id, (offer_id, made, answered) in accepted.items():
-        offer = offer_rows.get(offer_id)
+    for booking_id, (_, made, answered) in accepted.items():
+        offer = accepted_rows.get(booking_id)
         if offer is None:
             continue
         hop(booking_id, "offer_published", made, offer["published_at"])

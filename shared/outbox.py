@@ -41,6 +41,8 @@ log = logging.getLogger(__name__)
 T = TypeVar("T")
 
 OUTBOX = "outbox"
+# A published row stays a week without its payload (Kafka has that): when each event was
+# committed and went out, for whoever traces a journey.
 PUBLISHED_RETENTION_S = 7 * 24 * 3600
 
 
@@ -327,7 +329,11 @@ class OutboxRelay:
                     [
                         UpdateMany(
                             {"_id": {"$in": ids}},
-                            {"$set": {"published": True, "published_at": sent_at}},
+                            # Kafka has the payload now: the row keeps only its trail.
+                            {
+                                "$set": {"published": True, "published_at": sent_at},
+                                "$unset": {"value": ""},
+                            },
                         )
                         for sent_at, ids in by_send.items()
                     ],

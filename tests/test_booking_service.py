@@ -26,7 +26,7 @@ from shared.events.payments import PaymentSettled, ReceiptSigned
 from shared.events.types import PricedLine
 from shared.mongo import Document
 from tests.conftest import Platform
-from tests.harness import Infra, eventually, publish
+from tests.harness import Infra, eventually, keyed_events, publish
 from tests.seed import (
     OPS,
     accept_offer,
@@ -238,7 +238,7 @@ async def test_cancel_before_the_cutoff_is_free(platform: Platform) -> None:
 
 
 async def test_cancel_after_the_cutoff_costs_the_catalogues_fee(
-    platform: Platform, mongo: AsyncMongoClient[Document]
+    platform: Platform, infra: Infra
 ) -> None:
     async with platform.client("booking", acting_as=OPS) as booking:
         code = await unserved_item(booking, cancellation_fee=1200, free_cancellation_hours=72)
@@ -247,10 +247,14 @@ async def test_cancel_after_the_cutoff_costs_the_catalogues_fee(
         r = await booking.post(f"/bookings/{made['booking_id']}/cancel")
         assert r.status_code == 200, r.text
     assert r.json()["cancellation_fee"] == 1200
-    db = mongo[f"{platform.prefix}_booking"]
-    row = await db["outbox"].find_one({"key": made["booking_id"], "type": "booking.cancelled"})
-    assert row is not None
-    assert json.loads(row["value"])["payload"]["fee"] == 1200
+    events = await keyed_events(
+        infra,
+        f"{platform.prefix}.booking.events",
+        made["booking_id"],
+        until=lambda found: any(e["type"] == "booking.cancelled" for e in found),
+    )
+    cancelled = next(e for e in events if e["type"] == "booking.cancelled")
+    assert cancelled["payload"]["fee"] == 1200
 
 
 # ----------------------------------------------- reschedule and book again --

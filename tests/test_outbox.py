@@ -144,6 +144,22 @@ async def test_rows_left_by_a_dead_process_go_out_before_anything_committed_afte
         await eventually(lambda: _none(outbox), what="every row marked published")
 
 
+async def test_a_published_row_keeps_its_trail_and_drops_its_payload(outbox: Outbox) -> None:
+    """Kafka has the payload once a row is sent: the row keeps only when and what went out
+    (for its week), not a second copy of the event."""
+    await outbox.left_behind("drained")
+    async with running(await outbox.start()):
+        await outbox.commit("handed-over")
+        assert await outbox.published(2) == ["drained", "handed-over"]
+        await eventually(lambda: _none(outbox), what="both rows marked published")
+    rows = await outbox.db[OUTBOX].find().to_list()
+    assert len(rows) == 2
+    for row in rows:
+        assert "value" not in row, row
+        assert row["published"] is True
+        assert {"_id", "topic", "key", "type", "created_at", "published_at"} <= set(row)
+
+
 async def test_a_row_nobody_handed_over_is_swept_once_it_is_old_enough(outbox: Outbox) -> None:
     async with running(await outbox.start(outbox_sweep_after_s=3.0, outbox_sweep_interval_s=0.1)):
         await outbox.commit("mine")
