@@ -340,7 +340,7 @@ class EventConsumer:
                 tp, messages = queue.get_nowait()
                 held.setdefault(tp, []).extend(messages)
             now = loop.time()
-            # Still waiting partitions are left out; their new messages stay behind them.
+            # A partition still waiting is left out; its new messages stay behind it.
             due = [tp for tp in held if not_before.get(tp, 0.0) <= now]
             # The same keys' events on several topics: one transaction for them all, when
             # they can go together.
