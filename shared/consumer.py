@@ -190,7 +190,12 @@ class AlreadyProcessed(Exception):
 
 
 class Rejected(Exception):
-    """The message can never be handled (bad bytes, no schema); dead-letter it at once."""
+    """The message can never be handled (bad bytes, no schema, a payload that does not
+    match it); dead-letter it at once."""
+
+    def __init__(self, reason: str, kind: str = "rejected", envelope: Envelope | None = None):
+        super().__init__(reason)
+        self.kind, self.envelope = kind, envelope
 
 
 @dataclass(frozen=True)
@@ -455,25 +460,17 @@ class EventConsumer:
         run: list[Ready] = []
         for message in messages:
             try:
-                envelope, model, handler = self._resolve(message)
+                ready = self._prepare(message)
             except Rejected as exc:
                 await self._handle_run(run)
                 run = []
-                await self._dead_letter(message, DeadLetter(str(exc), "rejected", 1), None)
+                letter = DeadLetter(str(exc), exc.kind, 1)
+                await self._dead_letter(message, letter, exc.envelope)
                 continue
-            if isinstance(envelope, str) or handler is None or model is None:
-                ignored = envelope if isinstance(envelope, str) else envelope.type
-                EVENTS_CONSUMED.labels(self._name, ignored, "ignored").inc()
+            if isinstance(ready, str):
+                EVENTS_CONSUMED.labels(self._name, ready, "ignored").inc()
                 continue
-            try:
-                payload = model.model_validate(envelope.payload)
-            except ValidationError as exc:
-                await self._handle_run(run)
-                run = []
-                reason = f"payload does not match {envelope.type} v{envelope.schema_version}: {exc}"
-                await self._dead_letter(message, DeadLetter(reason, "invalid_payload", 1), envelope)
-                continue
-            run.append(Ready(message, envelope, payload, handler))
+            run.append(ready)
             if len(run) >= self._settings.consumer_batch_size:
                 await self._handle_run(run)
                 run = []
@@ -521,14 +518,13 @@ class EventConsumer:
         ignored: list[str] = []
         for message in heapq.merge(*batches.values(), key=lambda m: m.timestamp):
             try:
-                envelope, model, handler = self._resolve(message)
-                if isinstance(envelope, str) or handler is None or model is None:
-                    ignored.append(envelope if isinstance(envelope, str) else envelope.type)
-                    continue
-                payload = model.model_validate(envelope.payload)
-            except (Rejected, ValidationError):
+                ready = self._prepare(message)
+            except Rejected:
                 return False
-            run.append(Ready(message, envelope, payload, handler))
+            if isinstance(ready, str):
+                ignored.append(ready)
+            else:
+                run.append(ready)
         if not 1 < len(run) <= self._settings.consumer_batch_size:
             return False
         started = time.perf_counter()
@@ -578,6 +574,19 @@ class EventConsumer:
             await self._uow.run(work, causation=run[0].envelope)
         except Exception as exc:
             raise _FailedAt(at[0]) from exc
+
+    def _prepare(self, message: ConsumerRecord[bytes, bytes]) -> Ready | str:
+        """The message ready to handle, or the type of an event this service passes over.
+        Raises Rejected for a message that can never be handled."""
+        envelope, model, handler = self._resolve(message)
+        if isinstance(envelope, str) or handler is None or model is None:
+            return envelope if isinstance(envelope, str) else envelope.type
+        try:
+            payload = model.model_validate(envelope.payload)
+        except ValidationError as exc:
+            reason = f"payload does not match {envelope.type} v{envelope.schema_version}: {exc}"
+            raise Rejected(reason, "invalid_payload", envelope) from exc
+        return Ready(message, envelope, payload, handler)
 
     def _resolve(
         self, message: ConsumerRecord[bytes, bytes]
