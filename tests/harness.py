@@ -297,9 +297,11 @@ async def keyed_events(
     return found
 
 
-async def publish(producer: AIOKafkaProducer, prefix: str, payload: EventPayload) -> None:
-    """Publish a fact as its owning service would (enveloped, keyed) on the session's topics."""
+async def publish(producer: AIOKafkaProducer, prefix: str, payload: EventPayload) -> str:
+    """Publish a fact as its owning service would (enveloped, keyed) on the session's topics;
+    returns its event id (what a consumer's inbox records)."""
     envelope = Envelope.wrap(payload, producer="test")
     await producer.send_and_wait(
         f"{prefix}.{payload.stream}.events", envelope.to_bytes(), key=envelope.aggregate_id.encode()
     )
+    return str(envelope.event_id)
