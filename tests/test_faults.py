@@ -3,10 +3,11 @@
 A few hundred journeys play through the gateway (the city simulator, as real apps) while
 every service in turn is killed with `kill -9` at a random moment and restarted, then the
 Kafka broker and then MongoDB are restarted. Afterwards every booking must have reached its
-final state, and no receipt was sealed twice, no prepaid card drawn twice, no card charged
-twice and no complaint lost. A second test puts a stuck and then a dead service behind the
-gateway: clients get a clear error within the upstream timeout, other services answer as
-usual, and the calls succeed again once it is back.
+final state, every late cancellation's fee was paid, and no receipt was sealed twice, no
+prepaid card drawn twice, no card charged twice and no complaint lost. A second test puts a
+stuck and then a dead service behind the gateway: clients get a clear error within the
+upstream timeout, other services answer as usual, and the calls succeed again once it is
+back.
 
 What each run saw (counts checked, time to recover) is written to
 `.run/test/artefacts/faults.json`.
@@ -271,12 +272,31 @@ async def test_journeys_survive_kill_9_of_every_service_and_restarts_of_kafka_an
                 draws[(holding["_id"], entry["receipt_id"])] += 1
     assert not draws or max(draws.values()) == 1, draws.most_common(3)
 
-    # No card charged twice: one charge per receipt, and the provider saw no other.
+    # Every late cancellation's fee is paid (each customer has a card on file), once.
+    fees = {
+        f"fee_{d['_id']}": d["cancellation_fee"]
+        async for d in booking_db["bookings"].find(
+            {"_id": {"$in": booked}, "status": "cancelled", "cancellation_fee": {"$gt": 0}}
+        )
+    }
+
+    async def fees_paid() -> bool:
+        found = await payments_db["cancellation_fees"].find({"_id": {"$in": list(fees)}}).to_list()
+        return len(found) == len(fees) and all(
+            f["status"] == "paid" and f["amount"] == fees[f["_id"]] for f in found
+        )
+
+    await eventually(fees_paid, within=60, what="every late-cancellation fee paid")
+
+    # No card charged twice: one charge per receipt and per fee, and the provider saw no other.
     charges = Counter(
         [
-            op["receipt_id"]
+            op["receipt_id"] or op["fee_id"]
             async for op in payments_db["provider_ops"].find(
-                {"kind": "charge", "receipt_id": {"$in": receipt_ids}}
+                {
+                    "kind": "charge",
+                    "$or": [{"receipt_id": {"$in": receipt_ids}}, {"fee_id": {"$in": list(fees)}}],
+                }
             )
         ]
     )
@@ -320,6 +340,7 @@ async def test_journeys_survive_kill_9_of_every_service_and_restarts_of_kafka_an
             "seal_events": sum(seals.values()),
             "prepaid_draws_checked": sum(draws.values()),
             "charges_checked": sum(charges.values()),
+            "late_cancellation_fees_paid": len(fees),
             "provider_charges": at_provider,
             "complaints_checked": len(outcomes.complained),
             "complaints_filed_twice": sum(1 for n in complaints.values() if n > 1),

@@ -21,6 +21,7 @@ from pymongo import AsyncMongoClient
 from services.payments.provider import SIGNATURE_HEADER, sign_webhook
 from services.payments.sealing import verify_chain
 from services.payments.verify import main as verify_offline
+from shared.auth import Actor, Role
 from shared.events.booking import BookingCancelled
 from shared.events.reviews import RefundGranted
 from shared.events.types import PricedLine
@@ -33,7 +34,9 @@ from tests.seed import (
     as_customer,
     as_store,
     as_technician,
+    bearer,
     booking_body,
+    gateway_token,
     get_json,
     seed_customer,
     seed_item,
@@ -153,10 +156,11 @@ async def set_card(payments: httpx.AsyncClient, customer: str, token: str) -> No
 
 
 async def sandbox_ops(
-    mongo: AsyncMongoClient[Document], platform: Platform, receipt_id: str
+    mongo: AsyncMongoClient[Document], platform: Platform, paid_for: str
 ) -> list[Document]:
+    """What the provider was asked to do for a receipt or a fee (its id is in each key)."""
     db = mongo[f"{platform.prefix}_sandbox_provider"]
-    return await db["sandbox_operations"].find({"_id": {"$regex": f":{receipt_id}:"}}).to_list()
+    return await db["sandbox_operations"].find({"_id": {"$regex": f":{paid_for}:"}}).to_list()
 
 
 @dataclass(frozen=True)
@@ -971,3 +975,194 @@ async def test_a_coupon_takes_off_the_next_receipt_once_and_a_declined_card_can_
         later = await issued(payments, second, customer)
         assert later["discounts"] == []
         assert later["amount_due"] == 5000
+
+
+# ---------------------------------------------------------- cancellation fees --
+
+
+def cancelled(booking_id: str, customer: str, fee: int) -> BookingCancelled:
+    """Booking's cancellation, as it publishes it: `fee` > 0 after the free cut-off."""
+    return BookingCancelled(
+        booking_id=booking_id,
+        customer_id=customer,
+        fee=fee,
+        currency="EUR",
+        reason="plans changed",
+        cancelled_at=datetime.now(UTC),
+    )
+
+
+async def fee_is(client: httpx.AsyncClient, path: str, headers: dict[str, str], status: str) -> Any:
+    """The fee at `path` (the service's route, or the gateway's under /v1) once in `status`."""
+
+    async def probe() -> Any:
+        fee = await get_json(client, path, headers=headers)
+        return fee if fee and fee["status"] == status else None
+
+    return await eventually(probe, what=f"{path} {status}")
+
+
+async def handled(mongo: AsyncMongoClient[Document], platform: Platform, event_id: str) -> None:
+    """Wait until payments' consumer has taken an event (its inbox holds the id)."""
+    inbox = mongo[f"{platform.prefix}_payments"]["inbox"]
+    await eventually(
+        lambda: inbox.find_one({"event_id": event_id}), what=f"payments handled {event_id}"
+    )
+
+
+async def fee_charges(
+    mongo: AsyncMongoClient[Document], platform: Platform, fee_id: str
+) -> list[tuple[int, str]]:
+    """What the provider was asked to charge for a fee: (amount, outcome) per charge."""
+    found = await sandbox_ops(mongo, platform, fee_id)
+    return sorted((op["amount"], op["status"]) for op in found if op["kind"] == "charge")
+
+
+async def test_a_late_cancellation_in_the_app_charges_the_fee_to_the_card_on_file_once(
+    platform: Platform,
+    infra: Infra,
+    kafka_producer: AIOKafkaProducer,
+    mongo: AsyncMongoClient[Document],
+) -> None:
+    """Through the gateway, as the app does it: the customer cancels after the free cut-off,
+    is shown the fee, and is charged it once, even when the cancellation arrives again."""
+    customer = unique("cus_")
+    async with platform.client("booking", acting_as=OPS) as booking:
+        code = unique("late.")
+        await seed_item(
+            booking, code, skill=unique("skill-"), cancellation_fee=1200, free_cancellation_hours=72
+        )
+        await seed_customer(booking, customer)
+    async with platform.client("gateway") as api:
+        await api.get("/v1/auth/keys")  # the gateway makes its signing key
+        me = bearer(
+            await gateway_token(mongo, platform.prefix, Actor(role=Role.CUSTOMER, subject=customer))
+        )
+        r = await api.put(
+            f"/v1/customers/{customer}/payment-method",
+            json={"payment_method": "pm_card_ok"},
+            headers=me,
+        )
+        assert r.status_code == 200, r.text
+        made = await api.post("/v1/bookings", json=booking_body(customer, code), headers=me)
+        assert made.status_code == 201, made.text
+        booking_id = made.json()["booking_id"]
+        r = await api.post(f"/v1/bookings/{booking_id}/cancel", headers=me)
+        assert r.status_code == 200, r.text
+        assert r.json()["cancellation_fee"] == 1200  # what the customer was told
+
+        fee_id = f"fee_{booking_id}"
+        fee = await fee_is(api, f"/v1/cancellation-fees/{fee_id}", me, "paid")
+        assert (fee["amount"], fee["currency"], fee["attempts"]) == (1200, "EUR", 1)
+        assert fee["reference"].startswith("sbx_")
+
+        async def told() -> Any:
+            mine = (await api.get("/v1/notifications", headers=me)).json()
+            return next((n for n in mine if n["kind"] == "cancellation_fee_paid"), None)
+
+        note = await eventually(told, what="the customer told of the fee")
+        assert note["booking_id"] == booking_id
+        assert "12.00 EUR" in note["body"]
+
+    # The same cancellation again, under a new event id (the inbox cannot catch it): the
+    # fee is one per booking, so nothing more is charged.
+    again = await publish(kafka_producer, platform.prefix, cancelled(booking_id, customer, 1200))
+    await handled(mongo, platform, again)
+    assert await fee_charges(mongo, platform, fee_id) == [(1200, "succeeded")]
+    events = await keyed_events(
+        infra,
+        f"{platform.prefix}.payments.events",
+        booking_id,
+        until=lambda found: "payments.cancellation_fee_paid" in {e["type"] for e in found},
+    )
+    assert [e["type"] for e in events] == ["payments.cancellation_fee_paid"]
+
+
+async def test_a_declined_fee_is_owed_until_the_customer_pays_it_with_another_card(
+    platform: Platform,
+    infra: Infra,
+    kafka_producer: AIOKafkaProducer,
+    mongo: AsyncMongoClient[Document],
+) -> None:
+    customer, stranger, booking_id = unique("cus_"), unique("cus_"), unique("bk_")
+    fee_id, mine = f"fee_{booking_id}", as_customer(customer)
+    path = f"/cancellation-fees/{fee_id}"
+    async with platform.client("payments") as payments:
+        await set_card(payments, customer, "pm_card_declined")
+        await publish(kafka_producer, platform.prefix, cancelled(booking_id, customer, 1500))
+        owed = await fee_is(payments, path, mine, "owed")
+        assert (owed["attempts"], owed["failure"]) == (1, "card declined by the issuer")
+        told = await keyed_events(
+            infra,
+            f"{platform.prefix}.payments.events",
+            booking_id,
+            until=lambda found: "payments.cancellation_fee_owed" in {e["type"] for e in found},
+        )
+        assert [(e["payload"]["amount"], e["payload"]["reason"]) for e in told] == [
+            (1500, "card declined by the issuer")
+        ]
+
+        # Another customer neither sees it nor pays it; bad input changes nothing.
+        assert (await payments.get(path, headers=as_customer(stranger))).status_code == 404
+        r = await payments.post(
+            f"{path}/pay", json={"payment_method": "pm_card_ok"}, headers=as_customer(stranger)
+        )
+        assert r.status_code == 404, r.text
+        r = await payments.post(
+            f"{path}/pay", json={"payment_method": "pm_card_ok", "amount": 1}, headers=mine
+        )
+        assert r.status_code == 422, r.text
+        r = await payments.post(f"{path}/pay", json={"payment_method": "4111"}, headers=mine)
+        assert r.status_code == 422, r.text
+        assert await get_json(payments, path, headers=mine) == owed
+
+        r = await payments.post(f"{path}/pay", json={"payment_method": "pm_card_ok"}, headers=mine)
+        assert r.status_code == 200, r.text
+        assert r.json()["op_id"] == f"charge:{fee_id}:2"
+        paid = await fee_is(payments, path, mine, "paid")
+        assert (paid["attempts"], paid["failure"]) == (2, "")
+        r = await payments.post(f"{path}/pay", json={"payment_method": "pm_card_ok"}, headers=mine)
+        assert r.status_code == 409, r.text
+        assert "paid" in r.json()["error"]["message"]
+    assert await fee_charges(mongo, platform, fee_id) == [(1500, "declined"), (1500, "succeeded")]
+
+
+async def test_a_fee_without_a_card_is_owed_and_operations_may_waive_it(
+    platform: Platform, kafka_producer: AIOKafkaProducer, mongo: AsyncMongoClient[Document]
+) -> None:
+    customer, late, in_time = unique("cus_"), unique("bk_"), unique("bk_")
+    fee_id, mine = f"fee_{late}", as_customer(customer)
+    path = f"/cancellation-fees/{fee_id}"
+    async with platform.client("payments") as payments:
+        await publish(kafka_producer, platform.prefix, cancelled(late, customer, 900))
+        owed = await fee_is(payments, path, mine, "owed")
+        assert (owed["attempts"], owed["failure"]) == (0, "no card on file")
+        # Cancelled before the cut-off: nothing is owed.
+        free = await publish(kafka_producer, platform.prefix, cancelled(in_time, customer, 0))
+        await handled(mongo, platform, free)
+        r = await payments.get(f"/cancellation-fees/fee_{in_time}", headers=mine)
+        assert r.status_code == 404, r.text
+        listed = await payments.get(
+            "/cancellation-fees", params={"customer_id": customer}, headers=mine
+        )
+        assert [f["fee_id"] for f in listed.json()] == [fee_id]
+        r = await payments.get(
+            "/cancellation-fees", params={"customer_id": customer}, headers=as_customer("cus_x")
+        )
+        assert r.status_code == 403, r.text
+
+        r = await payments.post(f"{path}/waive", json={"reason": "goodwill"}, headers=mine)
+        assert r.status_code == 403, r.text  # only operations forgive
+        r = await payments.post(f"{path}/waive", json={"reason": "no"}, headers=OPS)
+        assert r.status_code == 422, r.text
+        assert await get_json(payments, path, headers=mine) == owed
+        r = await payments.post(
+            f"{path}/waive", json={"reason": "the technician was running late"}, headers=OPS
+        )
+        assert r.status_code == 200, r.text
+        assert (r.json()["status"], r.json()["waived_by"]) == ("waived", OPS["X-Actor-Id"])
+        r = await payments.post(f"{path}/waive", json={"reason": "once more"}, headers=OPS)
+        assert r.status_code == 409, r.text
+        r = await payments.post(f"{path}/pay", json={"payment_method": "pm_card_ok"}, headers=mine)
+        assert r.status_code == 409, r.text
+    assert await sandbox_ops(mongo, platform, fee_id) == []  # never charged

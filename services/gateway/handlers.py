@@ -17,6 +17,9 @@ from shared.events.dispatch import (
     TechnicianReassigned,
 )
 from shared.events.payments import (
+    CancellationFeeOwed,
+    CancellationFeePaid,
+    CancellationFeeWaived,
     PrepaidPurchased,
     ReceiptIssued,
     ReceiptSealed,
@@ -98,6 +101,10 @@ async def tell(
         ),
         tx.session,
     )
+
+
+def _money(amount: int, currency: str) -> str:
+    return f"{amount / 100:.2f} {currency}"
 
 
 @handlers.on(BookingRequested)
@@ -200,7 +207,7 @@ async def receipt_ready(tx: Transaction, event: ReceiptIssued) -> None:
         f"customer:{event.customer_id}",
         "receipt_ready",
         title="Your receipt is ready to review and sign",
-        body=f"Amount due {event.amount_due / 100:.2f} {event.currency}",
+        body=f"Amount due {_money(event.amount_due, event.currency)}",
         booking_id=event.booking_id,
         receipt_id=event.receipt_id,
     )
@@ -218,6 +225,45 @@ async def receipt_voided(tx: Transaction, event: ReceiptVoided) -> None:
         receipt_id=event.receipt_id,
     )
     await about_store(tx, event.store_id)
+
+
+@handlers.on(CancellationFeePaid)
+async def fee_paid(tx: Transaction, event: CancellationFeePaid) -> None:
+    await tell(
+        tx,
+        f"customer:{event.customer_id}",
+        "cancellation_fee_paid",
+        title="The late-cancellation fee was charged to your card",
+        body=_money(event.amount, event.currency),
+        booking_id=event.booking_id,
+        fee_id=event.fee_id,
+    )
+
+
+@handlers.on(CancellationFeeOwed)
+async def fee_owed(tx: Transaction, event: CancellationFeeOwed) -> None:
+    await tell(
+        tx,
+        f"customer:{event.customer_id}",
+        "cancellation_fee_owed",
+        title="Please pay the late-cancellation fee",
+        body=f"{_money(event.amount, event.currency)} could not be charged: {event.reason}",
+        booking_id=event.booking_id,
+        fee_id=event.fee_id,
+    )
+
+
+@handlers.on(CancellationFeeWaived)
+async def fee_waived(tx: Transaction, event: CancellationFeeWaived) -> None:
+    await tell(
+        tx,
+        f"customer:{event.customer_id}",
+        "cancellation_fee_waived",
+        title="We waived your late-cancellation fee",
+        body=event.reason,
+        booking_id=event.booking_id,
+        fee_id=event.fee_id,
+    )
 
 
 @handlers.on(ServiceVoided)

@@ -1,5 +1,5 @@
 """Payments' HTTP API: receipts (sign, seal, verify, pay, refund), prepaid plans and holdings,
-coupons, sealing keys, and the provider's webhook.
+coupons, late-cancellation fees, sealing keys, and the provider's webhook.
 
 Who may see what: a receipt is its customer's, its technician's, its store's and
 operations'; anybody else gets 403 (404 where knowing it exists would leak).
@@ -23,6 +23,7 @@ from services.payments.domain import (
     ReceiptStatus,
     Refund,
 )
+from services.payments.fees import CancellationFee
 from services.payments.ledger import Holding, Plan, PlanKind
 from services.payments.provider import (
     SIGNATURE_HEADER,
@@ -33,6 +34,7 @@ from services.payments.provider import (
 )
 from services.payments.sealing import verify
 from services.payments.storage import (
+    CancellationFees,
     Coupons,
     Holdings,
     Plans,
@@ -337,6 +339,80 @@ async def refund(
         raise Unprocessable("a refund must be a positive amount", field="amount")
     return await runtime.uow.run(
         lambda tx: commands.refund(tx, receipt_id, idempotency_key, body.amount, body.reason)
+    )
+
+
+# ---------------------------------------------------------- cancellation fees --
+
+
+def _customer_or_ops(actor: Actor, customer_id: str) -> bool:
+    return actor.is_ops or (actor.role is Role.CUSTOMER and actor.subject == customer_id)
+
+
+@router.get(
+    "/cancellation-fees",
+    tags=["payments"],
+    summary="A customer's late-cancellation fees: owed, being charged, paid or waived",
+)
+async def list_cancellation_fees(
+    runtime: RuntimeDep,
+    actor: ActorDep,
+    customer_id: Annotated[str, Query(min_length=1, max_length=64)],
+) -> list[CancellationFee]:
+    if not _customer_or_ops(actor, customer_id):
+        raise Forbidden("a customer's fees are theirs and operations'")
+    return await CancellationFees(runtime.db).of_customer(customer_id)
+
+
+async def _fee_of(runtime: Runtime, actor: Actor, fee_id: str) -> CancellationFee:
+    fee = await CancellationFees(runtime.db).get(fee_id)
+    if fee is None or not _customer_or_ops(actor, fee.customer_id):
+        raise NotFound(f"cancellation fee {fee_id} does not exist")  # another's: not said
+    return fee
+
+
+@router.get(
+    "/cancellation-fees/{fee_id}",
+    tags=["payments"],
+    summary="A late-cancellation fee (its id is fee_ and the booking's id)",
+)
+async def get_cancellation_fee(
+    fee_id: PathId, runtime: RuntimeDep, actor: ActorDep
+) -> CancellationFee:
+    return await _fee_of(runtime, actor, fee_id)
+
+
+@router.post(
+    "/cancellation-fees/{fee_id}/pay",
+    tags=["payments"],
+    summary="The customer pays an owed fee by card (after a decline, or without a wallet)",
+)
+async def pay_cancellation_fee(
+    fee_id: PathId, body: PaymentMethodIn, runtime: RuntimeDep, actor: ActorDep
+) -> ProviderOp:
+    await _fee_of(runtime, actor, fee_id)
+    if actor.role is not Role.CUSTOMER:
+        raise Forbidden("only the customer pays their fee")
+    return await runtime.uow.run(
+        lambda tx: commands.pay_cancellation_fee(tx, fee_id, actor.subject, body.payment_method)
+    )
+
+
+class WaiverIn(Forbid):
+    reason: str = Field(min_length=3, max_length=500)
+
+
+@router.post(
+    "/cancellation-fees/{fee_id}/waive",
+    tags=["payments"],
+    summary="Operations forgive a fee nobody has paid",
+)
+async def waive_cancellation_fee(
+    fee_id: PathId, body: WaiverIn, runtime: RuntimeDep, actor: ActorDep
+) -> CancellationFee:
+    actor.require(Role.OPS)
+    return await runtime.uow.run(
+        lambda tx: commands.waive_cancellation_fee(tx, fee_id, actor.subject, body.reason)
     )
 
 

@@ -11,6 +11,7 @@ from __future__ import annotations
 import logging
 import uuid
 from datetime import datetime, timedelta
+from typing import Any
 
 from services.payments import domain
 from services.payments.domain import (
@@ -22,10 +23,12 @@ from services.payments.domain import (
     Refund,
     SignatureMethod,
 )
+from services.payments.fees import CancellationFee
 from services.payments.ledger import Holding, Plan, sell
 from services.payments.provider import ProviderResult, ProviderStatus
 from services.payments.sealing import chain_hash, check_device_signature
 from services.payments.storage import (
+    CancellationFees,
     Chains,
     Coupons,
     Holdings,
@@ -36,8 +39,12 @@ from services.payments.storage import (
     Wallets,
 )
 from shared.errors import Conflict, NotFound, Unprocessable
+from shared.events.booking import BookingCancelled
 from shared.events.dispatch import ServiceCompleted, ServiceVoided
 from shared.events.payments import (
+    CancellationFeeOwed,
+    CancellationFeePaid,
+    CancellationFeeWaived,
     CouponGranted,
     PaymentFailed,
     PaymentSettled,
@@ -295,8 +302,7 @@ async def start_charge(tx: Transaction, receipt: Receipt, method: str) -> Provid
         payment_method=method,
         created_at=utcnow(),
     )
-    await ops.insert(op, tx.session)
-    await set_timer(tx, SUBMIT, op.op_id, utcnow())
+    await _send(tx, op)
     return op
 
 
@@ -329,7 +335,10 @@ async def apply_outcome(tx: Transaction, op_id: str, result: ProviderResult) -> 
     await ops.save(op, tx.session)
     if op.kind != "charge":
         return True  # refunds were booked when issued; the provider just confirmed
-    receipt = await load(tx, op.receipt_id)
+    if op.fee_id is not None:
+        await _fee_outcome(tx, op, result, now)
+        return True
+    receipt = await load(tx, op.receipt_id or "")
     if result.status is ProviderStatus.SUCCEEDED:
         receipt.payments.append(
             Payment(method="provider", amount=op.amount, reference=op.reference, at=now)
@@ -397,7 +406,7 @@ async def refund(
         parts=parts,
         at=now,
     )
-    holdings, ops = Holdings(tx.db), ProviderOps(tx.db)
+    holdings = Holdings(tx.db)
     for part in parts:
         if part.to == "holding" and part.holding_id and part.units:
             holding = await holdings.get(part.holding_id, tx.session)
@@ -420,8 +429,7 @@ async def refund(
                 refund_id=refund_id,
                 created_at=now,
             )
-            await ops.insert(op, tx.session)
-            await set_timer(tx, SUBMIT, op.op_id, now)
+            await _send(tx, op)
     receipt.refunds.append(issued)
     await Receipts(tx.db).save(receipt, tx.session)
 
@@ -497,3 +505,118 @@ async def grant_coupon(tx: Transaction, coupon: Coupon) -> Coupon:
         )
     )
     return coupon
+
+
+# ---------------------------------------------------------- cancellation fees --
+
+NO_CARD = "no card on file"
+
+
+async def owe_cancellation_fee(tx: Transaction, event: BookingCancelled) -> CancellationFee | None:
+    """Booking recorded a late-cancellation fee: charge the card on file, or owe it."""
+    if event.fee <= 0:
+        return None
+    fees = CancellationFees(tx.db)
+    fee_id = f"fee_{event.booking_id}"
+    existing = await fees.get(fee_id, tx.session)
+    if existing is not None:
+        return existing  # one fee per booking, however often the cancellation arrives
+    fee = CancellationFee(
+        fee_id=fee_id,
+        booking_id=event.booking_id,
+        customer_id=event.customer_id,
+        amount=event.fee,
+        currency=event.currency,
+        reason=event.reason,
+        cancelled_at=event.cancelled_at,
+    )
+    method = await Wallets(tx.db).method_of(fee.customer_id, tx.session)
+    if method is None:
+        fee.failure = NO_CARD
+        await fees.insert(fee, tx.session)
+        _owed(tx, fee, NO_CARD)
+        return fee
+    op = _fee_charge(fee, method)
+    await fees.insert(fee, tx.session)
+    await _send(tx, op)
+    return fee
+
+
+async def pay_cancellation_fee(
+    tx: Transaction, fee_id: str, customer_id: str, method: str
+) -> ProviderOp:
+    """The customer pays an owed fee with a card (after a decline, or with none on file)."""
+    fee = await _load_fee(tx, fee_id)
+    if fee.customer_id != customer_id:
+        raise NotFound(f"cancellation fee {fee_id} does not exist")
+    op = _fee_charge(fee, method)
+    await CancellationFees(tx.db).save(fee, tx.session)
+    await _send(tx, op)
+    return op
+
+
+async def waive_cancellation_fee(
+    tx: Transaction, fee_id: str, by: str, reason: str
+) -> CancellationFee:
+    fee = await _load_fee(tx, fee_id)
+    now = utcnow()
+    fee.waive(by, reason, now)
+    await CancellationFees(tx.db).save(fee, tx.session)
+    tx.emit(CancellationFeeWaived(**_about(fee), reason=reason, waived_at=now))
+    return fee
+
+
+async def _load_fee(tx: Transaction, fee_id: str) -> CancellationFee:
+    fee = await CancellationFees(tx.db).get(fee_id, tx.session)
+    if fee is None:
+        raise NotFound(f"cancellation fee {fee_id} does not exist")
+    return fee
+
+
+def _about(fee: CancellationFee) -> dict[str, Any]:
+    """What every fee event says of the fee."""
+    return {
+        "fee_id": fee.fee_id,
+        "booking_id": fee.booking_id,
+        "customer_id": fee.customer_id,
+        "amount": fee.amount,
+        "currency": fee.currency,
+    }
+
+
+def _fee_charge(fee: CancellationFee, method: str) -> ProviderOp:
+    attempt = fee.charge()
+    return ProviderOp(
+        op_id=f"charge:{fee.fee_id}:{attempt}",
+        kind="charge",
+        fee_id=fee.fee_id,
+        booking_id=fee.booking_id,
+        customer_id=fee.customer_id,
+        amount=fee.amount,
+        currency=fee.currency,
+        payment_method=method,
+        created_at=utcnow(),
+    )
+
+
+async def _send(tx: Transaction, op: ProviderOp) -> None:
+    """Written with its timer in the caller's transaction; the timer calls the provider."""
+    await ProviderOps(tx.db).insert(op, tx.session)
+    await set_timer(tx, SUBMIT, op.op_id, op.created_at)
+
+
+async def _fee_outcome(
+    tx: Transaction, op: ProviderOp, result: ProviderResult, at: datetime
+) -> None:
+    fee = await _load_fee(tx, op.fee_id or "")
+    if result.status is ProviderStatus.SUCCEEDED:
+        fee.paid(op.reference or "", at)
+        tx.emit(CancellationFeePaid(**_about(fee), paid_at=at))
+    else:
+        fee.declined(result.reason or "declined")
+        _owed(tx, fee, fee.failure)
+    await CancellationFees(tx.db).save(fee, tx.session)
+
+
+def _owed(tx: Transaction, fee: CancellationFee, reason: str) -> None:
+    tx.emit(CancellationFeeOwed(**_about(fee), reason=reason))

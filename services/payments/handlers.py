@@ -10,6 +10,7 @@ from services.payments.domain import Coupon
 from services.payments.provider import ProviderTimeout, provider_for
 from services.payments.storage import ProviderOps, Receipts
 from shared.consumer import Handlers
+from shared.events.booking import BookingCancelled
 from shared.events.dispatch import ServiceCompleted, ServiceVoided
 from shared.events.reviews import CouponRemedy, RefundGranted
 from shared.faults import crash_point
@@ -26,6 +27,11 @@ timers = Timers()
 @handlers.on(ServiceCompleted)
 async def issue_receipt(tx: Transaction, event: ServiceCompleted) -> None:
     await commands.issue_receipt(tx, event)
+
+
+@handlers.on(BookingCancelled)
+async def cancellation_fee(tx: Transaction, event: BookingCancelled) -> None:
+    await commands.owe_cancellation_fee(tx, event)
 
 
 @handlers.on(ServiceVoided)

@@ -8,6 +8,7 @@ holdings       a customer's cards and packages, each a ledger of entries
 coupons        discounts granted to a customer (complaint remedies, goodwill)
 wallets        a customer's payment method (a provider token, never a card number)
 provider_ops   every charge and refund sent to the provider, by idempotency key
+cancellation_fees  late-cancellation fees owed, charged, paid or waived; one per booking
 """
 
 from __future__ import annotations
@@ -15,9 +16,10 @@ from __future__ import annotations
 from datetime import datetime
 
 from pydantic import BaseModel, ConfigDict
-from pymongo import ASCENDING, IndexModel
+from pymongo import ASCENDING, DESCENDING, IndexModel
 
 from services.payments.domain import Coupon, Receipt
+from services.payments.fees import CancellationFee
 from services.payments.ledger import Holding, Plan
 from services.payments.sealing import GENESIS, SealingKey, digest
 from shared.errors import Conflict, VersionMismatch
@@ -34,6 +36,7 @@ HOLDINGS = "holdings"
 COUPONS = "coupons"
 WALLETS = "wallets"
 PROVIDER_OPS = "provider_ops"
+CANCELLATION_FEES = "cancellation_fees"
 
 
 async def ensure_indexes(db: Database) -> None:
@@ -47,7 +50,10 @@ async def ensure_indexes(db: Database) -> None:
     await db[HOLDINGS].create_indexes([IndexModel([("customer_id", ASCENDING)])])
     await db[COUPONS].create_indexes([IndexModel([("customer_id", ASCENDING)])])
     await db[PLANS].create_indexes([IndexModel([("store_id", ASCENDING)])])
-    await db[PROVIDER_OPS].create_indexes([IndexModel([("receipt_id", ASCENDING)])])
+    await db[PROVIDER_OPS].create_indexes(
+        [IndexModel([("receipt_id", ASCENDING)]), IndexModel([("fee_id", ASCENDING)])]
+    )
+    await db[CANCELLATION_FEES].create_indexes([IndexModel([("customer_id", ASCENDING)])])
 
 
 class Receipts(Versioned[Receipt]):
@@ -169,13 +175,15 @@ class Wallets:
 
 
 class ProviderOp(BaseModel):
-    """One charge or refund at the provider; its id is the idempotency key sent with it."""
+    """One charge or refund at the provider; its id is the idempotency key sent with it.
+    It pays for a receipt, or for a late-cancellation fee."""
 
     model_config = ConfigDict(extra="forbid")
 
     op_id: str
     kind: str  # charge, refund
-    receipt_id: str
+    receipt_id: str | None = None
+    fee_id: str | None = None
     booking_id: str
     customer_id: str
     amount: int
@@ -202,6 +210,19 @@ class ProviderOps(Versioned[ProviderOp]):
     async def of_receipt(self, receipt_id: str, session: Session = None) -> list[ProviderOp]:
         return await self.find(
             {"receipt_id": receipt_id}, session=session, sort=[("created_at", ASCENDING)]
+        )
+
+    async def of_fee(self, fee_id: str) -> list[ProviderOp]:
+        return await self.find({"fee_id": fee_id}, sort=[("created_at", ASCENDING)])
+
+
+class CancellationFees(Versioned[CancellationFee]):
+    def __init__(self, db: Database) -> None:
+        super().__init__(db, CANCELLATION_FEES, CancellationFee, "fee_id")
+
+    async def of_customer(self, customer_id: str, limit: int = 100) -> list[CancellationFee]:
+        return await self.find(
+            {"customer_id": customer_id}, sort=[("cancelled_at", DESCENDING)], limit=limit
         )
 
 

@@ -148,3 +148,41 @@ class CouponGranted(EventPayload):
     currency: Currency
     expires_at: datetime
     reason: str
+
+
+@event("payments.cancellation_fee_paid", version=1, stream=STREAM, key="booking_id")
+class CancellationFeePaid(EventPayload):
+    """The late-cancellation fee the booking recorded was charged to the customer's card."""
+
+    fee_id: str
+    booking_id: str
+    customer_id: str
+    amount: MinorUnits
+    currency: Currency
+    paid_at: datetime
+
+
+@event("payments.cancellation_fee_owed", version=1, stream=STREAM, key="booking_id")
+class CancellationFeeOwed(EventPayload):
+    """The late-cancellation fee is not paid: no card on file, or the card declined. The
+    customer pays it in the app, or operations waive it."""
+
+    fee_id: str
+    booking_id: str
+    customer_id: str
+    amount: MinorUnits
+    currency: Currency
+    reason: str
+
+
+@event("payments.cancellation_fee_waived", version=1, stream=STREAM, key="booking_id")
+class CancellationFeeWaived(EventPayload):
+    """Operations forgave a late-cancellation fee nobody had paid."""
+
+    fee_id: str
+    booking_id: str
+    customer_id: str
+    amount: MinorUnits
+    currency: Currency
+    reason: str
+    waived_at: datetime

@@ -1,4 +1,5 @@
-"""Receipt pricing, re-pricing, refunds and the prepaid ledger, as a specification."""
+"""Receipt pricing, re-pricing, refunds, the prepaid ledger and late-cancellation fees, as a
+specification."""
 
 from __future__ import annotations
 
@@ -8,6 +9,7 @@ import pytest
 
 from services.payments import domain
 from services.payments.domain import Coupon, Payment, Receipt, ReceiptStatus
+from services.payments.fees import CancellationFee, FeeStatus
 from services.payments.ledger import EntryKind, Holding, Plan, PlanKind, Unit, sell
 from shared.errors import Conflict, Unprocessable
 from shared.events.types import PricedLine
@@ -264,3 +266,54 @@ def test_an_unsigned_receipt_is_voided_once_and_a_signed_one_never() -> None:
     with pytest.raises(Conflict, match="signed"):
         signed.void("too late", NOW)
     assert signed.status is ReceiptStatus.SEALED
+
+
+# ---------------------------------------------------------- cancellation fees --
+
+
+def late_fee() -> CancellationFee:
+    return CancellationFee(
+        fee_id="fee_bk_1",
+        booking_id="bk_1",
+        customer_id="cus_1",
+        amount=1200,
+        currency="EUR",
+        reason="plans changed",
+        cancelled_at=NOW,
+    )
+
+
+def test_a_fee_is_charged_once_and_each_attempt_is_numbered() -> None:
+    fee = late_fee()
+    assert fee.charge() == 1
+    with pytest.raises(Conflict, match="charging"):
+        fee.charge()  # one charge at a time
+    fee.declined("card declined by the issuer")
+    assert (fee.status, fee.failure) == (FeeStatus.OWED, "card declined by the issuer")
+    assert fee.charge() == 2  # a new attempt, a new idempotency key
+    fee.paid("sbx_1", NOW)
+    assert (fee.status, fee.reference, fee.failure) == (FeeStatus.PAID, "sbx_1", "")
+    with pytest.raises(Conflict, match="paid"):
+        fee.charge()
+
+
+def test_only_an_owed_fee_is_waived() -> None:
+    charging = late_fee()
+    charging.charge()
+    with pytest.raises(Conflict, match="charging"):
+        charging.waive("ops_1", "goodwill", NOW)  # the charge may yet succeed
+    owed = late_fee()
+    owed.waive("ops_1", "goodwill", NOW)
+    assert (owed.status, owed.waived_by) == (FeeStatus.WAIVED, "ops_1")
+    with pytest.raises(Conflict, match="waived"):
+        owed.charge()
+    with pytest.raises(Conflict, match="waived"):
+        owed.waive("ops_1", "again", NOW)
+
+
+def test_an_outcome_applies_only_to_a_charge_under_way() -> None:
+    fee = late_fee()
+    with pytest.raises(Conflict, match="not being charged"):
+        fee.paid("sbx_1", NOW)
+    with pytest.raises(Conflict, match="not being charged"):
+        fee.declined("no")
