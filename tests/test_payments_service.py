@@ -1166,3 +1166,24 @@ async def test_a_fee_without_a_card_is_owed_and_operations_may_waive_it(
         r = await payments.post(f"{path}/pay", json={"payment_method": "pm_card_ok"}, headers=mine)
         assert r.status_code == 409, r.text
     assert await sandbox_ops(mongo, platform, fee_id) == []  # never charged
+
+
+async def test_a_late_cancellation_that_crossed_a_signed_visit_costs_no_fee(
+    platform: Platform, kafka_producer: AIOKafkaProducer, mongo: AsyncMongoClient[Document]
+) -> None:
+    """Booking accepted a late cancellation while its view lagged; the visit was performed
+    and the customer signed for it. That receipt stands, and cancelling costs nothing."""
+    v = await visit_done(platform, quantity=2)
+    async with platform.client("payments") as payments:
+        receipt = await issued(payments, v.booking_id, v.customer)
+        assert (await sign(payments, receipt, v.customer)).status_code == 200
+        await publish(kafka_producer, platform.prefix, cancelled(v.booking_id, v.customer, 1000))
+        fee_id = f"fee_{v.booking_id}"
+        fee = await fee_is(
+            payments, f"/cancellation-fees/{fee_id}", as_customer(v.customer), "waived"
+        )
+        assert (fee["waived_by"], fee["attempts"]) == ("payments", 0)
+        assert "signed its receipt" in fee["waiver_reason"]
+        settled = await receipt_status(payments, receipt["receipt_id"], v.customer, "settled")
+        assert settled["seal"] is not None
+    assert await sandbox_ops(mongo, platform, fee_id) == []

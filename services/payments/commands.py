@@ -510,6 +510,8 @@ async def grant_coupon(tx: Transaction, coupon: Coupon) -> Coupon:
 # ---------------------------------------------------------- cancellation fees --
 
 NO_CARD = "no card on file"
+PAYMENTS = "payments"  # who waived a fee, when nobody in operations had to
+SIGNED_FOR = "the visit was performed and the customer signed its receipt"
 
 
 async def owe_cancellation_fee(tx: Transaction, event: BookingCancelled) -> CancellationFee | None:
@@ -530,6 +532,15 @@ async def owe_cancellation_fee(tx: Transaction, event: BookingCancelled) -> Canc
         reason=event.reason,
         cancelled_at=event.cancelled_at,
     )
+    receipt = await Receipts(tx.db).by_booking(event.booking_id, tx.session)
+    if receipt is not None and receipt.signed:
+        # The cancellation crossed the visit: it was performed and the customer signed
+        # for it (that receipt stands), so there is nothing to charge for cancelling.
+        now = utcnow()
+        fee.waive(PAYMENTS, SIGNED_FOR, now)
+        await fees.insert(fee, tx.session)
+        tx.emit(CancellationFeeWaived(**_about(fee), reason=SIGNED_FOR, waived_at=now))
+        return fee
     method = await Wallets(tx.db).method_of(fee.customer_id, tx.session)
     if method is None:
         fee.failure = NO_CARD
