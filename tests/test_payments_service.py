@@ -1151,6 +1151,19 @@ async def test_a_fee_without_a_card_is_owed_and_operations_may_waive_it(
         )
         assert r.status_code == 403, r.text
 
+        r = await payments.get("/cancellation-fees", params={"status": "owed"}, headers=mine)
+        assert r.status_code == 403, r.text  # everybody's fees are for operations
+
+        async def owed_for_ops() -> list[str]:
+            r = await payments.get(
+                "/cancellation-fees", params={"status": "owed", "limit": 500}, headers=OPS
+            )
+            assert r.status_code == 200, r.text
+            return [f["fee_id"] for f in r.json()]
+
+        assert fee_id in await owed_for_ops()
+        r = await payments.get("/cancellation-fees", params={"status": "unpaid"}, headers=OPS)
+        assert r.status_code == 422, r.text
         r = await payments.post(f"{path}/waive", json={"reason": "goodwill"}, headers=mine)
         assert r.status_code == 403, r.text  # only operations forgive
         r = await payments.post(f"{path}/waive", json={"reason": "no"}, headers=OPS)
@@ -1161,6 +1174,7 @@ async def test_a_fee_without_a_card_is_owed_and_operations_may_waive_it(
         )
         assert r.status_code == 200, r.text
         assert (r.json()["status"], r.json()["waived_by"]) == ("waived", OPS["X-Actor-Id"])
+        assert fee_id not in await owed_for_ops()
         r = await payments.post(f"{path}/waive", json={"reason": "once more"}, headers=OPS)
         assert r.status_code == 409, r.text
         r = await payments.post(f"{path}/pay", json={"payment_method": "pm_card_ok"}, headers=mine)

@@ -23,7 +23,7 @@ from services.payments.domain import (
     ReceiptStatus,
     Refund,
 )
-from services.payments.fees import CancellationFee
+from services.payments.fees import CancellationFee, FeeStatus
 from services.payments.ledger import Holding, Plan, PlanKind
 from services.payments.provider import (
     SIGNATURE_HEADER,
@@ -352,16 +352,19 @@ def _customer_or_ops(actor: Actor, customer_id: str) -> bool:
 @router.get(
     "/cancellation-fees",
     tags=["payments"],
-    summary="A customer's late-cancellation fees: owed, being charged, paid or waived",
+    summary="Late-cancellation fees, newest first: a customer's own, or any for operations "
+    "(e.g. status=owed: the ones to chase or waive)",
 )
 async def list_cancellation_fees(
     runtime: RuntimeDep,
     actor: ActorDep,
-    customer_id: Annotated[str, Query(min_length=1, max_length=64)],
+    customer_id: Annotated[str | None, Query(min_length=1, max_length=64)] = None,
+    status: FeeStatus | None = None,
+    limit: Annotated[int, Query(ge=1, le=500)] = 100,
 ) -> list[CancellationFee]:
-    if not _customer_or_ops(actor, customer_id):
+    if not (actor.is_ops or (customer_id is not None and _customer_or_ops(actor, customer_id))):
         raise Forbidden("a customer's fees are theirs and operations'")
-    return await CancellationFees(runtime.db).of_customer(customer_id)
+    return await CancellationFees(runtime.db).listed(customer_id, status, limit)
 
 
 async def _fee_of(runtime: Runtime, actor: Actor, fee_id: str) -> CancellationFee:

@@ -19,7 +19,7 @@ from pydantic import BaseModel, ConfigDict
 from pymongo import ASCENDING, DESCENDING, IndexModel
 
 from services.payments.domain import Coupon, Receipt
-from services.payments.fees import CancellationFee
+from services.payments.fees import CancellationFee, FeeStatus
 from services.payments.ledger import Holding, Plan
 from services.payments.sealing import GENESIS, SealingKey, digest
 from shared.errors import Conflict, VersionMismatch
@@ -53,7 +53,12 @@ async def ensure_indexes(db: Database) -> None:
     await db[PROVIDER_OPS].create_indexes(
         [IndexModel([("receipt_id", ASCENDING)]), IndexModel([("fee_id", ASCENDING)])]
     )
-    await db[CANCELLATION_FEES].create_indexes([IndexModel([("customer_id", ASCENDING)])])
+    await db[CANCELLATION_FEES].create_indexes(
+        [
+            IndexModel([("customer_id", ASCENDING), ("cancelled_at", DESCENDING)]),
+            IndexModel([("status", ASCENDING), ("cancelled_at", DESCENDING)]),
+        ]
+    )
 
 
 class Receipts(Versioned[Receipt]):
@@ -220,10 +225,15 @@ class CancellationFees(Versioned[CancellationFee]):
     def __init__(self, db: Database) -> None:
         super().__init__(db, CANCELLATION_FEES, CancellationFee, "fee_id")
 
-    async def of_customer(self, customer_id: str, limit: int = 100) -> list[CancellationFee]:
-        return await self.find(
-            {"customer_id": customer_id}, sort=[("cancelled_at", DESCENDING)], limit=limit
-        )
+    async def listed(
+        self, customer_id: str | None, status: FeeStatus | None, limit: int
+    ) -> list[CancellationFee]:
+        query: dict[str, str] = {}
+        if customer_id is not None:
+            query["customer_id"] = customer_id
+        if status is not None:
+            query["status"] = status.value
+        return await self.find(query, sort=[("cancelled_at", DESCENDING)], limit=limit)
 
 
 class SealingKeys:
