@@ -536,16 +536,14 @@ async def owe_cancellation_fee(tx: Transaction, event: BookingCancelled) -> Canc
     if receipt is not None and receipt.signed:
         # The cancellation crossed the visit: it was performed and the customer signed
         # for it (that receipt stands), so there is nothing to charge for cancelling.
-        now = utcnow()
-        fee.waive(PAYMENTS, SIGNED_FOR, now)
+        _waive(tx, fee, PAYMENTS, SIGNED_FOR)
         await fees.insert(fee, tx.session)
-        tx.emit(CancellationFeeWaived(**_about(fee), reason=SIGNED_FOR, waived_at=now))
         return fee
     method = await Wallets(tx.db).method_of(fee.customer_id, tx.session)
     if method is None:
         fee.failure = NO_CARD
         await fees.insert(fee, tx.session)
-        _owed(tx, fee, NO_CARD)
+        _owed(tx, fee)
         return fee
     op = _fee_charge(fee, method)
     await fees.insert(fee, tx.session)
@@ -570,10 +568,8 @@ async def waive_cancellation_fee(
     tx: Transaction, fee_id: str, by: str, reason: str
 ) -> CancellationFee:
     fee = await _load_fee(tx, fee_id)
-    now = utcnow()
-    fee.waive(by, reason, now)
+    _waive(tx, fee, by, reason)
     await CancellationFees(tx.db).save(fee, tx.session)
-    tx.emit(CancellationFeeWaived(**_about(fee), reason=reason, waived_at=now))
     return fee
 
 
@@ -625,9 +621,15 @@ async def _fee_outcome(
         tx.emit(CancellationFeePaid(**_about(fee), paid_at=at))
     else:
         fee.declined(result.reason or "declined")
-        _owed(tx, fee, fee.failure)
+        _owed(tx, fee)
     await CancellationFees(tx.db).save(fee, tx.session)
 
 
-def _owed(tx: Transaction, fee: CancellationFee, reason: str) -> None:
-    tx.emit(CancellationFeeOwed(**_about(fee), reason=reason))
+def _owed(tx: Transaction, fee: CancellationFee) -> None:
+    tx.emit(CancellationFeeOwed(**_about(fee), reason=fee.failure))
+
+
+def _waive(tx: Transaction, fee: CancellationFee, by: str, reason: str) -> None:
+    now = utcnow()
+    fee.waive(by, reason, now)
+    tx.emit(CancellationFeeWaived(**_about(fee), reason=reason, waived_at=now))
