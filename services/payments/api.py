@@ -393,9 +393,7 @@ async def get_cancellation_fee(
 async def pay_cancellation_fee(
     fee_id: PathId, body: PaymentMethodIn, runtime: RuntimeDep, actor: ActorDep
 ) -> ProviderOp:
-    await _fee_of(runtime, actor, fee_id)
-    if actor.role is not Role.CUSTOMER:
-        raise Forbidden("only the customer pays their fee")
+    actor.require(Role.CUSTOMER)  # and the fee must be theirs: the command checks it
     return await runtime.uow.run(
         lambda tx: commands.pay_cancellation_fee(tx, fee_id, actor.subject, body.payment_method)
     )
