@@ -1201,3 +1201,92 @@ async def test_a_late_cancellation_that_crossed_a_signed_visit_costs_no_fee(
         settled = await receipt_status(payments, receipt["receipt_id"], v.customer, "settled")
         assert settled["seal"] is not None
     assert await sandbox_ops(mongo, platform, fee_id) == []
+
+
+@pytest.mark.parametrize(
+    ("card", "before", "after", "at_provider"),
+    [
+        # The fee was charged before the signature: it goes back to the card, once.
+        ("pm_card_ok", "paid", "refunded", [("charge", "succeeded"), ("refund", "succeeded")]),
+        # The charge was still at the provider: it ends, then the fee goes back.
+        (
+            "pm_card_silent",
+            "charging",
+            "refunded",
+            [("charge", "succeeded"), ("refund", "succeeded")],
+        ),
+        # The card declined it: nothing to give back, the customer owes nothing.
+        ("pm_card_declined", "owed", "waived", [("charge", "declined")]),
+    ],
+)
+async def test_signing_a_visit_after_its_late_cancellation_withdraws_the_fee(
+    platform: Platform,
+    infra: Infra,
+    kafka_producer: AIOKafkaProducer,
+    mongo: AsyncMongoClient[Document],
+    card: str,
+    before: str,
+    after: str,
+    at_provider: list[tuple[str, str]],
+) -> None:
+    """The other order of the crossing: payments heard of the late cancellation first and
+    charged the fee, then the customer signed for the visit performed, before dispatch's
+    voiding of it arrived (dispatch slow or down; here the completion is published as
+    dispatch would, with no visit of dispatch's behind it, so no voiding comes). The
+    signature accepted the work: the customer pays for the visit, not also for cancelling."""
+    customer = unique("cus_")
+    booking_id = await complete_visit(
+        kafka_producer, platform, customer=customer, store="store_chiado"
+    )
+    fee_id, mine = f"fee_{booking_id}", as_customer(customer)
+    path = f"/cancellation-fees/{fee_id}"
+    async with platform.client("payments") as payments:
+        receipt = await issued(payments, booking_id, customer)
+        await set_card(payments, customer, card)
+        await publish(kafka_producer, platform.prefix, cancelled(booking_id, customer, 1000))
+        await fee_is(payments, path, mine, before)
+        r = await sign(payments, receipt, customer)
+        assert r.status_code == 200, r.text
+        fee = await fee_is(payments, path, mine, after)
+        assert fee["withdrawn"] == "the visit was performed and the customer signed its receipt"
+        assert fee["attempts"] == 1
+        if after == "waived":
+            assert fee["waived_by"] == "payments"
+        else:
+            assert fee["refunded_at"] is not None
+        signed = await get_json(payments, f"/receipts/{receipt['receipt_id']}", headers=mine)
+        assert signed["seal"] is not None  # the visit's receipt stands
+        if after == "refunded":  # the customer's card paid the visit too: a card that works
+            await receipt_status(payments, receipt["receipt_id"], customer, "settled")
+
+    async def fee_ops() -> list[tuple[str, str]] | None:
+        found = await sandbox_ops(mongo, platform, fee_id)
+        assert {op["amount"] for op in found} == {1000}  # the fee, whole, each time
+        ops = sorted((op["kind"], op["status"]) for op in found if op["status"] != "pending")
+        return ops if len(ops) == len(at_provider) else None
+
+    assert await eventually(fee_ops, what="the provider's fee operations") == at_provider
+    kinds = ["payments.cancellation_fee_paid", f"payments.cancellation_fee_{after}"]
+    if before == "owed":
+        kinds = ["payments.cancellation_fee_owed", "payments.cancellation_fee_waived"]
+    events = await keyed_events(
+        infra,
+        f"{platform.prefix}.payments.events",
+        booking_id,
+        until=lambda found: kinds[-1] in {e["type"] for e in found},
+    )
+    assert [e["type"] for e in events if "cancellation_fee" in e["type"]] == kinds
+
+    async with platform.client("gateway") as api:  # the customer is told, in the app
+        await api.get("/v1/auth/keys")  # the gateway makes its signing key
+        me = bearer(
+            await gateway_token(mongo, platform.prefix, Actor(role=Role.CUSTOMER, subject=customer))
+        )
+
+        async def told() -> Any:
+            mine = (await api.get("/v1/notifications", headers=me)).json()
+            return next((n for n in mine if n["kind"] == f"cancellation_fee_{after}"), None)
+
+        note = await eventually(told, what="the customer told the fee is withdrawn")
+        assert note["booking_id"] == booking_id
+        assert "signed its receipt" in note["body"]

@@ -19,6 +19,7 @@ from shared.events.dispatch import (
 from shared.events.payments import (
     CancellationFeeOwed,
     CancellationFeePaid,
+    CancellationFeeRefunded,
     CancellationFeeWaived,
     PrepaidPurchased,
     ReceiptIssued,
@@ -261,6 +262,19 @@ async def fee_waived(tx: Transaction, event: CancellationFeeWaived) -> None:
         "cancellation_fee_waived",
         title="We waived your late-cancellation fee",
         body=event.reason,
+        booking_id=event.booking_id,
+        fee_id=event.fee_id,
+    )
+
+
+@handlers.on(CancellationFeeRefunded)
+async def fee_refunded(tx: Transaction, event: CancellationFeeRefunded) -> None:
+    await tell(
+        tx,
+        f"customer:{event.customer_id}",
+        "cancellation_fee_refunded",
+        title="Your late-cancellation fee goes back to your card",
+        body=f"{_money(event.amount, event.currency)}: {event.reason}",
         booking_id=event.booking_id,
         fee_id=event.fee_id,
     )

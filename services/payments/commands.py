@@ -23,7 +23,7 @@ from services.payments.domain import (
     Refund,
     SignatureMethod,
 )
-from services.payments.fees import CancellationFee
+from services.payments.fees import CancellationFee, FeeStep
 from services.payments.ledger import Holding, Plan, sell
 from services.payments.provider import ProviderResult, ProviderStatus
 from services.payments.sealing import chain_hash, check_device_signature
@@ -44,6 +44,7 @@ from shared.events.dispatch import ServiceCompleted, ServiceVoided
 from shared.events.payments import (
     CancellationFeeOwed,
     CancellationFeePaid,
+    CancellationFeeRefunded,
     CancellationFeeWaived,
     CouponGranted,
     PaymentFailed,
@@ -224,6 +225,7 @@ async def sign(
             await start_charge(tx, receipt, method)
         # else the technician collects the exact amount in cash, or the customer pays later
     await receipts.save(receipt, tx.session)
+    await _withdraw_fee(tx, receipt.booking_id)
     return receipt
 
 
@@ -519,7 +521,7 @@ async def owe_cancellation_fee(tx: Transaction, event: BookingCancelled) -> Canc
     if event.fee <= 0:
         return None
     fees = CancellationFees(tx.db)
-    fee_id = f"fee_{event.booking_id}"
+    fee_id = fee_of(event.booking_id)
     existing = await fees.get(fee_id, tx.session)
     if existing is not None:
         return existing  # one fee per booking, however often the cancellation arrives
@@ -532,13 +534,18 @@ async def owe_cancellation_fee(tx: Transaction, event: BookingCancelled) -> Canc
         reason=event.reason,
         cancelled_at=event.cancelled_at,
     )
-    receipt = await Receipts(tx.db).by_booking(event.booking_id, tx.session)
+    receipts = Receipts(tx.db)
+    receipt = await receipts.by_booking(event.booking_id, tx.session)
     if receipt is not None and receipt.signed:
         # The cancellation crossed the visit: it was performed and the customer signed
         # for it (that receipt stands), so there is nothing to charge for cancelling.
-        _waive(tx, fee, PAYMENTS, SIGNED_FOR)
+        await _fee_step(tx, fee, fee.withdraw(PAYMENTS, SIGNED_FOR, utcnow()))
         await fees.insert(fee, tx.session)
         return fee
+    if receipt is not None:
+        # Written, not only read: a signing at this very moment then conflicts with this
+        # transaction, and whichever is retried sees the other (the fee, or the signature).
+        await receipts.save(receipt, tx.session)
     method = await Wallets(tx.db).method_of(fee.customer_id, tx.session)
     if method is None:
         fee.failure = NO_CARD
@@ -549,6 +556,25 @@ async def owe_cancellation_fee(tx: Transaction, event: BookingCancelled) -> Canc
     await fees.insert(fee, tx.session)
     await _send(tx, op)
     return fee
+
+
+def fee_of(booking_id: str) -> str:
+    """A booking's fee id: one fee per booking, however often the cancellation arrives."""
+    return f"fee_{booking_id}"
+
+
+async def _withdraw_fee(tx: Transaction, booking_id: str) -> None:
+    """The booking's receipt was signed: a fee for cancelling the visit no longer stands."""
+    fees = CancellationFees(tx.db)
+    fee = await fees.get(fee_of(booking_id), tx.session)
+    if fee is None:
+        return
+    step = fee.withdraw(PAYMENTS, SIGNED_FOR, utcnow())
+    if step is FeeStep.NONE:
+        return
+    log.warning("booking %s: its fee %s is withdrawn (%s)", booking_id, fee.fee_id, step.value)
+    await _fee_step(tx, fee, step)
+    await fees.save(fee, tx.session)
 
 
 async def pay_cancellation_fee(
@@ -617,12 +643,37 @@ async def _fee_outcome(
 ) -> None:
     fee = await _load_fee(tx, op.fee_id or "")
     if result.status is ProviderStatus.SUCCEEDED:
-        fee.paid(op.reference or "", at)
+        step = fee.paid(op.reference or "", at)
         tx.emit(CancellationFeePaid(**_about(fee), paid_at=at))
     else:
-        fee.declined(result.reason or "declined")
-        _owed(tx, fee)
+        step = fee.declined(result.reason or "declined", PAYMENTS, at)
+    await _fee_step(tx, fee, step)
     await CancellationFees(tx.db).save(fee, tx.session)
+
+
+async def _fee_step(tx: Transaction, fee: CancellationFee, step: FeeStep) -> None:
+    """Do what a change of the fee asks for, and say it."""
+    if step is FeeStep.OWED:
+        _owed(tx, fee)
+    elif step is FeeStep.WAIVED:
+        _waived(tx, fee)
+    elif step is FeeStep.REFUND:
+        at = fee.refunded_at or utcnow()
+        await _send(
+            tx,
+            ProviderOp(
+                op_id=f"refund:{fee.fee_id}:1",  # a fee is refunded once, whole
+                kind="refund",
+                fee_id=fee.fee_id,
+                booking_id=fee.booking_id,
+                customer_id=fee.customer_id,
+                amount=fee.amount,
+                currency=fee.currency,
+                charge_reference=fee.reference,
+                created_at=at,
+            ),
+        )
+        tx.emit(CancellationFeeRefunded(**_about(fee), reason=fee.withdrawn, refunded_at=at))
 
 
 def _owed(tx: Transaction, fee: CancellationFee) -> None:
@@ -630,6 +681,10 @@ def _owed(tx: Transaction, fee: CancellationFee) -> None:
 
 
 def _waive(tx: Transaction, fee: CancellationFee, by: str, reason: str) -> None:
-    now = utcnow()
-    fee.waive(by, reason, now)
-    tx.emit(CancellationFeeWaived(**_about(fee), reason=reason, waived_at=now))
+    fee.waive(by, reason, utcnow())
+    _waived(tx, fee)
+
+
+def _waived(tx: Transaction, fee: CancellationFee) -> None:
+    reason, waived_at = fee.waiver_reason or "", fee.waived_at or utcnow()
+    tx.emit(CancellationFeeWaived(**_about(fee), reason=reason, waived_at=waived_at))

@@ -6,10 +6,15 @@ with the cancellation. Payments collects it: from the card on file if there is
 one, otherwise the fee is owed and the customer pays it in the app.
 Operations may waive a fee nobody has paid. A fee is paid at most once.
 
-    owed ──charge──> charging ──provider succeeded──> paid
+A cancellation can cross the visit: booking accepted it while the technician
+went on, and the customer signed the receipt. That signature accepted the work,
+so the fee no longer stands and is withdrawn: waived if owed, refunded if paid,
+and a charge under way is let finish and then waived or refunded.
+
+    owed ──charge──> charging ──provider succeeded──> paid ──withdrawn──> refunded
      ^                  │
      └──declined────────┘
-    owed ──operations──> waived
+    owed ──operations, or withdrawn──> waived
 """
 
 from __future__ import annotations
@@ -28,6 +33,18 @@ class FeeStatus(StrEnum):
     CHARGING = "charging"  # a charge is at the provider
     PAID = "paid"
     WAIVED = "waived"
+    REFUNDED = "refunded"  # paid, then given back: the visit was performed and signed for
+
+
+class FeeStep(StrEnum):
+    """What a change of the fee asks payments to do next."""
+
+    NONE = "none"  # nothing changed
+    NOTED = "noted"  # withdrawn while a charge is under way: its outcome decides
+    CHARGED = "charged"  # the charge went through; the fee stands
+    OWED = "owed"  # the charge did not go through; the customer owes it
+    WAIVED = "waived"
+    REFUND = "refund"  # give the money back
 
 
 class CancellationFee(Forbid):
@@ -46,6 +63,8 @@ class CancellationFee(Forbid):
     waived_by: str | None = None
     waiver_reason: str | None = None
     waived_at: StoredTime | None = None
+    withdrawn: str = ""  # why the fee no longer stands ("" while it does)
+    refunded_at: StoredTime | None = None
     version: int = 0
 
     def charge(self) -> int:
@@ -56,7 +75,7 @@ class CancellationFee(Forbid):
         self.attempts += 1
         return self.attempts
 
-    def paid(self, reference: str, at: datetime) -> None:
+    def paid(self, reference: str, at: datetime) -> FeeStep:
         if self.status is not FeeStatus.CHARGING:
             raise Conflict(f"the cancellation fee is {self.status.value}, not being charged")
         self.status, self.reference, self.paid_at, self.failure = (
@@ -65,11 +84,20 @@ class CancellationFee(Forbid):
             at,
             "",
         )
+        if self.withdrawn:
+            self.status, self.refunded_at = FeeStatus.REFUNDED, at
+            return FeeStep.REFUND
+        return FeeStep.CHARGED
 
-    def declined(self, reason: str) -> None:
+    def declined(self, reason: str, by: str, at: datetime) -> FeeStep:
+        """The charge did not go through: owed, or waived by `by` if withdrawn meanwhile."""
         if self.status is not FeeStatus.CHARGING:
             raise Conflict(f"the cancellation fee is {self.status.value}, not being charged")
         self.status, self.failure = FeeStatus.OWED, reason
+        if self.withdrawn:
+            self.waive(by, self.withdrawn, at)
+            return FeeStep.WAIVED
+        return FeeStep.OWED
 
     def waive(self, by: str, reason: str, at: datetime) -> None:
         """Operations forgive a fee nobody has paid. A charge under way must end first:
@@ -82,3 +110,17 @@ class CancellationFee(Forbid):
             reason,
             at,
         )
+
+    def withdraw(self, by: str, reason: str, at: datetime) -> FeeStep:
+        """The fee no longer stands (the visit was performed and signed for): waive it if
+        owed, refund it if paid; a charge under way is noted, and its outcome decides."""
+        if self.withdrawn or self.status in (FeeStatus.WAIVED, FeeStatus.REFUNDED):
+            return FeeStep.NONE
+        self.withdrawn = reason
+        if self.status is FeeStatus.OWED:
+            self.waive(by, reason, at)
+            return FeeStep.WAIVED
+        if self.status is FeeStatus.PAID:
+            self.status, self.refunded_at = FeeStatus.REFUNDED, at
+            return FeeStep.REFUND
+        return FeeStep.NOTED

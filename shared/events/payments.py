@@ -177,7 +177,8 @@ class CancellationFeeOwed(EventPayload):
 
 @event("payments.cancellation_fee_waived", version=1, stream=STREAM, key="booking_id")
 class CancellationFeeWaived(EventPayload):
-    """Operations forgave a late-cancellation fee nobody had paid."""
+    """A late-cancellation fee nobody had paid is dropped: operations forgave it, or
+    payments did because the visit was performed and signed for after all."""
 
     fee_id: str
     booking_id: str
@@ -186,3 +187,17 @@ class CancellationFeeWaived(EventPayload):
     currency: Currency
     reason: str
     waived_at: datetime
+
+
+@event("payments.cancellation_fee_refunded", version=1, stream=STREAM, key="booking_id")
+class CancellationFeeRefunded(EventPayload):
+    """A late-cancellation fee the customer had paid is given back to their card: the
+    cancellation crossed the visit, which was performed and signed for after all."""
+
+    fee_id: str
+    booking_id: str
+    customer_id: str
+    amount: MinorUnits
+    currency: Currency
+    reason: str
+    refunded_at: datetime

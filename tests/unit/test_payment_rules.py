@@ -9,7 +9,7 @@ import pytest
 
 from services.payments import domain
 from services.payments.domain import Coupon, Payment, Receipt, ReceiptStatus
-from services.payments.fees import CancellationFee, FeeStatus
+from services.payments.fees import CancellationFee, FeeStatus, FeeStep
 from services.payments.ledger import EntryKind, Holding, Plan, PlanKind, Unit, sell
 from shared.errors import Conflict, Unprocessable
 from shared.events.types import PricedLine
@@ -288,10 +288,10 @@ def test_a_fee_is_charged_once_and_each_attempt_is_numbered() -> None:
     assert fee.charge() == 1
     with pytest.raises(Conflict, match="charging"):
         fee.charge()  # one charge at a time
-    fee.declined("card declined by the issuer")
+    assert fee.declined("card declined by the issuer", "payments", NOW) is FeeStep.OWED
     assert (fee.status, fee.failure) == (FeeStatus.OWED, "card declined by the issuer")
     assert fee.charge() == 2  # a new attempt, a new idempotency key
-    fee.paid("sbx_1", NOW)
+    assert fee.paid("sbx_1", NOW) is FeeStep.CHARGED
     assert (fee.status, fee.reference, fee.failure) == (FeeStatus.PAID, "sbx_1", "")
     with pytest.raises(Conflict, match="paid"):
         fee.charge()
@@ -316,4 +316,50 @@ def test_an_outcome_applies_only_to_a_charge_under_way() -> None:
     with pytest.raises(Conflict, match="not being charged"):
         fee.paid("sbx_1", NOW)
     with pytest.raises(Conflict, match="not being charged"):
-        fee.declined("no")
+        fee.declined("no", "payments", NOW)
+
+
+SIGNED = "the visit was performed and the customer signed its receipt"
+
+
+def test_a_withdrawn_fee_is_waived_if_owed_and_refunded_if_paid_once() -> None:
+    owed = late_fee()
+    assert owed.withdraw("payments", SIGNED, NOW) is FeeStep.WAIVED
+    assert (owed.status, owed.waived_by, owed.waiver_reason) == (
+        FeeStatus.WAIVED,
+        "payments",
+        SIGNED,
+    )
+    paid = late_fee()
+    paid.charge()
+    paid.paid("sbx_1", NOW)
+    assert paid.withdraw("payments", SIGNED, NOW) is FeeStep.REFUND
+    assert (paid.status, paid.reference, paid.refunded_at) == (FeeStatus.REFUNDED, "sbx_1", NOW)
+    assert paid.withdraw("payments", SIGNED, NOW) is FeeStep.NONE  # refunded once
+    with pytest.raises(Conflict, match="refunded"):
+        paid.charge()
+    assert owed.withdraw("payments", SIGNED, NOW) is FeeStep.NONE
+    waived_by_ops = late_fee()
+    waived_by_ops.waive("ops_1", "goodwill", NOW)
+    assert waived_by_ops.withdraw("payments", SIGNED, NOW) is FeeStep.NONE
+    assert waived_by_ops.waived_by == "ops_1"
+
+
+def test_a_fee_withdrawn_while_charged_is_refunded_or_waived_by_the_outcome() -> None:
+    succeeds, fails = late_fee(), late_fee()
+    for fee in (succeeds, fails):
+        fee.charge()
+        assert fee.withdraw("payments", SIGNED, NOW) is FeeStep.NOTED
+        assert fee.status is FeeStatus.CHARGING  # the charge may still go through
+        with pytest.raises(Conflict, match="charging"):
+            fee.waive("ops_1", "goodwill", NOW)
+    assert succeeds.paid("sbx_1", NOW) is FeeStep.REFUND
+    assert (succeeds.status, succeeds.paid_at) == (FeeStatus.REFUNDED, NOW)
+    assert fails.declined("card declined by the issuer", "payments", NOW) is FeeStep.WAIVED
+    assert (fails.status, fails.waived_by, fails.waiver_reason) == (
+        FeeStatus.WAIVED,
+        "payments",
+        SIGNED,
+    )
+    with pytest.raises(Conflict, match="waived"):
+        fails.charge()  # nothing left for the customer to pay
