@@ -1,7 +1,8 @@
 """The operations dashboard in a real headless Chromium (Debian's, driven by Playwright; no
 browser is downloaded) against the real platform: sign in, watch bookings appear and move
 as events happen without a reload, see a safety alert and acknowledge it, reassign a visit
-from the page and see the customer told, and a store's view that shows no other store.
+from the page and see the customer told, waive a late-cancellation fee a customer owes,
+and a store's view that shows no other store.
 
 Screenshots of each step are kept in .run/test/artefacts/dashboard/.
 """
@@ -296,6 +297,7 @@ async def test_a_store_sees_only_its_own_technicians_work(
     await expect(
         page.page.get_by_role("button", name=f"Reassign booking {ours_booking}")
     ).to_have_count(0)
+    await expect(page.page.locator("#fees-section")).to_be_hidden()  # customers' fees: not theirs
     await page.shot("7-store-view")
 
     # A change to the other store's booking never reaches this page; one to ours does.
@@ -371,3 +373,72 @@ async def test_a_safety_alert_is_acknowledged_once_and_only_by_operations(
         assert left.json() == []  # nothing open any more
         unknown = await dispatch.post("/safety-alerts/al_nope/acknowledge", json=note, headers=OPS)
         assert unknown.status_code == 404
+
+
+async def test_operations_see_a_fee_owed_and_waive_it_from_the_page(
+    platform: Platform, mongo: AsyncMongoClient[Document], browser: Browser
+) -> None:
+    """A customer with no card on file cancels late: the fee they owe appears on operations'
+    page as it happens; operations waive it there, and the customer is told why. A store's
+    board never shows fees (they are between the customer and the platform)."""
+    skill = f"brows-{uuid.uuid4().hex[:6]}"
+    code, customer = f"{skill}.shape", f"cus_{uuid.uuid4().hex[:8]}"
+    async with platform.client("booking", acting_as=OPS) as booking:
+        await seed_item(
+            booking, code, skill=skill, cancellation_fee=1500, free_cancellation_hours=72
+        )
+        await seed_customer(booking, customer)
+
+    board = Dashboard(
+        await browser.new_page(viewport={"width": 1280, "height": 1400}), platform.url("gateway")
+    )
+    await board.sign_in(*(await staff(mongo, platform.prefix)).split())
+    async with platform.client("booking") as booking:
+        booking_id = await book(booking, customer, code)
+        r = await booking.post(f"/bookings/{booking_id}/cancel", headers=as_customer(customer))
+        assert r.status_code == 200, r.text
+        assert r.json()["cancellation_fee"] == 1500
+    fee_id = f"fee_{booking_id}"
+    row = board.page.locator(f'#fees tr[data-fee="{fee_id}"]')
+    await expect(row).to_be_visible(timeout=LIVE)
+    await expect(row).to_contain_text(customer)
+    await expect(row).to_contain_text("no card on file")
+    await expect(row).to_contain_text("15.00")
+    await expect(board.page.locator("#fees-title")).to_have_text(
+        re.compile(r"^Late-cancellation fees owed: \d+$")
+    )
+    await board.shot("8-fee-owed")
+
+    await row.get_by_role("button", name=f"Waive fee {fee_id}").click()
+    dialog = board.page.get_by_role("dialog")
+    await dialog.get_by_label("Why the customer need not pay").fill("our technician was late")
+    await dialog.get_by_role("button", name="Waive").click()
+    await expect(dialog).to_be_hidden(timeout=LIVE)
+    await expect(row).to_have_count(0, timeout=LIVE)
+    await expect(board.page.locator("#fees-today")).to_contain_text("waived")
+    await board.shot("9-fee-waived")
+    await board.assert_never_reloaded_nor_left_the_platform()
+
+    async with platform.client("payments", acting_as=OPS) as payments:
+        fee = (await payments.get(f"/cancellation-fees/{fee_id}")).json()
+    assert (fee["status"], fee["waiver_reason"]) == ("waived", "our technician was late")
+    assert fee["waived_by"].startswith("staff-")  # who signed in to the page
+    async with platform.client("gateway") as api:
+        me = await gateway_token(
+            mongo, platform.prefix, Actor(role=Role.CUSTOMER, subject=customer)
+        )
+
+        async def told() -> dict[str, Any] | None:
+            r = await api.get("/v1/notifications", headers=bearer(me))
+            return next((n for n in r.json() if n["kind"] == "cancellation_fee_waived"), None)
+
+        note = await eventually(told, what="the customer told the fee is waived")
+        assert note["body"] == "our technician was late"
+        ops = await gateway_token(mongo, platform.prefix, Actor(role=Role.OPS, subject="ops_t"))
+        seen = (await api.get("/v1/board", headers=bearer(ops))).json()
+        (waived,) = [f for f in seen["fees"] if f["fee_id"] == fee_id]
+        assert (waived["status"], waived["note"]) == ("waived", "our technician was late")
+        store = await gateway_token(
+            mongo, platform.prefix, Actor(role=Role.STORE, subject="s@x", store_id="store_chiado")
+        )
+        assert (await api.get("/v1/board", headers=bearer(store))).json()["fees"] == []

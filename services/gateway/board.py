@@ -5,6 +5,7 @@ board_bookings    one row per booking: state, waiting time, technician and store
                   stage and check-in distance, receipt and rating (today's figures come from it)
 board_alerts      safety alerts, with who acknowledged them
 board_complaints  complaints: status, tier, the next deadline and the breaches so far
+board_fees        late-cancellation fees: owed (to chase or waive), or settled and how
 
 Events about one booking come on several topics, in no fixed order between them, so each
 handler sets only the fields its event owns; a status or complaint update older than the
@@ -18,7 +19,7 @@ from typing import Any
 
 from pymongo import ASCENDING, DESCENDING, IndexModel
 
-from services.gateway.domain import AlertRow, BookingRow, ComplaintRow
+from services.gateway.domain import AlertRow, BookingRow, ComplaintRow, FeeRow
 from shared.auth import Actor
 from shared.consumer import Handlers
 from shared.events.booking import (
@@ -34,7 +35,13 @@ from shared.events.dispatch import (
     TechnicianAssigned,
     TechnicianReassigned,
 )
-from shared.events.payments import ReceiptSigned
+from shared.events.payments import (
+    CancellationFeeOwed,
+    CancellationFeePaid,
+    CancellationFeeRefunded,
+    CancellationFeeWaived,
+    ReceiptSigned,
+)
 from shared.events.reviews import ComplaintUpdated, ReviewSubmitted
 from shared.mongo import Database, Document
 from shared.outbox import Transaction
@@ -43,7 +50,8 @@ from shared.time import utcnow
 BOARD_BOOKINGS = "board_bookings"
 BOARD_ALERTS = "board_alerts"
 BOARD_COMPLAINTS = "board_complaints"
-BOARD = (BOARD_BOOKINGS, BOARD_ALERTS, BOARD_COMPLAINTS)
+BOARD_FEES = "board_fees"
+BOARD = (BOARD_BOOKINGS, BOARD_ALERTS, BOARD_COMPLAINTS, BOARD_FEES)
 FINISHED = ("closed", "cancelled")
 
 handlers = Handlers()
@@ -61,6 +69,9 @@ async def ensure_indexes(db: Database) -> None:
     await db[BOARD_ALERTS].create_indexes([IndexModel([("raised_at", DESCENDING)], name="raised")])
     await db[BOARD_COMPLAINTS].create_indexes(
         [IndexModel([("closed_at", ASCENDING), ("opened_at", DESCENDING)], name="open")]
+    )
+    await db[BOARD_FEES].create_indexes(
+        [IndexModel([("status", ASCENDING), ("settled_at", DESCENDING)], name="status")]
     )
 
 
@@ -259,6 +270,39 @@ async def complaint_updated(tx: Transaction, e: ComplaintUpdated) -> None:
     await _set(tx, BOARD_COMPLAINTS, e.complaint_id, fields)
 
 
+# ---------------------------------------------------------------------- fees --
+# A fee's events share its booking's key, so they arrive in the order they happened.
+Fee = CancellationFeeOwed | CancellationFeePaid | CancellationFeeWaived | CancellationFeeRefunded
+
+
+def _fee(e: Fee, status: str, **fields: Any) -> dict[str, Any]:
+    about = {k: getattr(e, k) for k in ("booking_id", "customer_id", "amount", "currency")}
+    return {**about, "status": status, **fields}
+
+
+@handlers.on(CancellationFeeOwed)
+async def fee_owed(tx: Transaction, e: CancellationFeeOwed) -> None:
+    owed = _fee(e, "owed", note=e.reason, owed_since=_keep("owed_since", occurred(tx)))
+    await _set(tx, BOARD_FEES, e.fee_id, owed)
+
+
+@handlers.on(CancellationFeePaid)
+async def fee_paid(tx: Transaction, e: CancellationFeePaid) -> None:
+    await _set(tx, BOARD_FEES, e.fee_id, _fee(e, "paid", settled_at=e.paid_at))
+
+
+@handlers.on(CancellationFeeWaived)
+async def fee_waived(tx: Transaction, e: CancellationFeeWaived) -> None:
+    waived = _fee(e, "waived", note=e.reason, settled_at=e.waived_at)
+    await _set(tx, BOARD_FEES, e.fee_id, waived)
+
+
+@handlers.on(CancellationFeeRefunded)
+async def fee_refunded(tx: Transaction, e: CancellationFeeRefunded) -> None:
+    refunded = _fee(e, "refunded", note=e.reason, settled_at=e.refunded_at)
+    await _set(tx, BOARD_FEES, e.fee_id, refunded)
+
+
 # -------------------------------------------------------------------- reading --
 def scope_of(actor: Actor) -> dict[str, str]:
     """Operations see everything; a store its own technicians' bookings, alerts, complaints."""
@@ -319,3 +363,16 @@ async def complaints(db: Database, actor: Actor, since: datetime, limit: int) ->
     query = {**scope_of(actor), "$or": [{"closed_at": None}, {"closed_at": {"$gte": since}}]}
     docs = db[BOARD_COMPLAINTS].find(query).sort("opened_at", DESCENDING).limit(limit)
     return [complaint_row(d) async for d in docs]
+
+
+def fee_row(doc: Document) -> FeeRow:
+    return FeeRow.model_validate({**doc, "fee_id": doc["_id"]})
+
+
+async def fees(db: Database, actor: Actor, since: datetime, limit: int) -> list[FeeRow]:
+    """Every fee still owed, and those settled today: operations' alone."""
+    if not actor.is_ops:
+        return []
+    query = {"$or": [{"status": "owed"}, {"settled_at": {"$gte": since}}]}
+    docs = db[BOARD_FEES].find(query).sort("owed_since", ASCENDING).limit(limit)
+    return [fee_row(d) async for d in docs]

@@ -105,16 +105,17 @@ async def with_contacts(request: Request, actor: Actor, alerts: list[AlertRow]) 
     return alerts
 
 
-@router.get("", summary="The board: alerts, bookings, complaints and today's figures")
+@router.get("", summary="The board: alerts, bookings, complaints, fees owed and today's figures")
 async def read_board(
     request: Request, runtime: RuntimeDep, actor: EdgeActor, since: Since = None
 ) -> Board:
     day = start_of_day(since)
     db = runtime.db
-    bookings, alerts, complaints = await asyncio.gather(
+    bookings, alerts, complaints, fees = await asyncio.gather(
         board.bookings(db, actor, day, ROWS),
         board.alerts(db, actor, day, ROWS),
         board.complaints(db, actor, day, ROWS),
+        board.fees(db, actor, day, ROWS),
     )
     return Board(
         viewer=board.viewer(actor),
@@ -122,6 +123,7 @@ async def read_board(
         alerts=await with_contacts(request, actor, alerts),
         bookings=bookings,
         complaints=complaints,
+        fees=fees,
         figures=figures(bookings, complaints, day),
     )
 
@@ -180,7 +182,8 @@ WATCHED = {collection: ["insert", "update", "replace"] for collection in board.B
 
 def in_scope(scope: dict[str, str]) -> Callable[[Mapping[str, Any]], bool]:
     """Operations hear every change; a store the changes to its rows, and the last change of
-    a row that just left it (so its page drops the row)."""
+    a row that just left it (so its page drops the row). Fees carry no store: never a
+    store's."""
     store = scope.get("store_id")
 
     def accept(change: Mapping[str, Any]) -> bool:
@@ -209,12 +212,15 @@ async def _event(request: Request, actor: Actor, collection: str, doc: Document)
     if collection == board.BOARD_ALERTS:
         alert = (await with_contacts(request, actor, [board.alert_row(doc)]))[0]
         return _frame("alert", alert)
+    if collection == board.BOARD_FEES:
+        return _frame("fee", board.fee_row(doc))
     return _frame("complaint", board.complaint_row(doc))
 
 
 @router.get(
     "/stream",
-    summary="The board's changes as they happen (text/event-stream: booking, alert, complaint)",
+    summary="The board's changes as they happen (text/event-stream: booking, alert, complaint, "
+    "fee)",
     response_class=StreamingResponse,
 )
 async def stream(request: Request, runtime: RuntimeDep, actor: EdgeActor) -> StreamingResponse:

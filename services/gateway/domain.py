@@ -126,6 +126,24 @@ class ComplaintRow(Row):
     rev: int = 0
 
 
+class FeeRow(Row):
+    """A late-cancellation fee, for operations only: the ones owed are theirs to chase or
+    waive. (Stores never see them: the fee is between the customer and the platform.)"""
+
+    fee_id: str
+    booking_id: str
+    customer_id: str
+    amount: int
+    currency: str
+    status: str  # owed, paid, waived, refunded (charging is not told: it ends in one of them)
+    note: str | None = Field(
+        None, description="Why it is owed (no card, the decline), waived or refunded"
+    )
+    owed_since: datetime | None = None
+    settled_at: datetime | None = None  # paid, waived or refunded
+    rev: int = 0
+
+
 class Figures(BaseModel):
     """Today's figures (since the viewer's midnight), for the viewer's scope."""
 
@@ -192,4 +210,7 @@ class Board(BaseModel):
     alerts: list[AlertRow]
     bookings: list[BookingRow]
     complaints: list[ComplaintRow]
+    fees: list[FeeRow] = Field(
+        description="Late-cancellation fees owed, and those settled today (operations only)"
+    )
     figures: Figures

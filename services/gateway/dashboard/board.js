@@ -9,7 +9,7 @@ const STAGES = ["assigned", "en_route", "arrived", "identity_confirmed", "in_ser
 const REMEDIES = ["apology", "refund", "coupon", "redo_visit", "coaching", "suspension"];
 
 const state = {
-  viewer: null, bookings: new Map(), alerts: new Map(), complaints: new Map(),
+  viewer: null, bookings: new Map(), alerts: new Map(), complaints: new Map(), fees: new Map(),
   figures: null, map: null, stream: null,
 };
 
@@ -125,6 +125,7 @@ async function loadBoard() {
   for (const b of board.bookings) newer(state.bookings, b.booking_id, b);
   for (const a of board.alerts) newer(state.alerts, a.alert_id, a);
   for (const c of board.complaints) newer(state.complaints, c.complaint_id, c);
+  for (const f of board.fees) newer(state.fees, f.fee_id, f);
   state.figures = board.figures;
   $("viewer").textContent = isOps() ? "Operations: every store" : `Store ${myStore()}`;
   $("viewer").hidden = false;
@@ -161,6 +162,8 @@ function apply(kind, row) {
     if (gone) state.alerts.delete(row.alert_id); else newer(state.alerts, row.alert_id, row);
   } else if (kind === "complaint") {
     if (gone) state.complaints.delete(row.complaint_id); else newer(state.complaints, row.complaint_id, row);
+  } else if (kind === "fee") {
+    newer(state.fees, row.fee_id, row);
   }
   scheduleRender();
   refreshFiguresSoon();
@@ -218,7 +221,7 @@ function scheduleRender() {
 
 function render() {
   renderAlerts(); renderFigures(); renderStates(); renderWaiting(); renderFailed();
-  renderVisits(); renderComplaints(); renderMap(); tick();
+  renderVisits(); renderComplaints(); renderFees(); renderMap(); tick();
 }
 
 function fill(tableId, rows, empty, columns) {
@@ -328,6 +331,23 @@ function renderComplaints() {
     ]))), "No open complaints.", 8);
 }
 
+// Operations' alone: the fees customers owe, to chase or waive, and what was settled today.
+function renderFees() {
+  $("fees-section").hidden = !isOps();
+  const fees = [...state.fees.values()];
+  const owed = fees.filter((f) => f.status === "owed")
+    .sort((a, b) => (a.owed_since || "").localeCompare(b.owed_since || ""));
+  $("fees-title").textContent = owed.length ? `Late-cancellation fees owed: ${owed.length}` : "Late-cancellation fees owed";
+  const settled = ["paid", "waived", "refunded"].map((s) => [s, fees.filter((f) => f.status === s).length]).filter(([, n]) => n);
+  $("fees-today").textContent = settled.length ? `Settled today: ${settled.map(([s, n]) => `${n} ${s}`).join(", ")}.` : "";
+  fill("fees", owed.map((f) => h("tr", { "data-fee": f.fee_id },
+    h("td", {}, f.fee_id, h("br"), h("small", {}, `booking ${f.booking_id}`)),
+    h("td", {}, f.customer_id), h("td", {}, money(f.amount, f.currency)), h("td", {}, f.note || ""),
+    h("td", {}, h("span", { "data-since": f.owed_since || "" }, "")),
+    h("td", {}, h("button", { type: "button", onclick: () => waive(f), "aria-label": `Waive fee ${f.fee_id}` }, "Waive…")))),
+  "No fees owed.", 6);
+}
+
 function renderMap() {
   const m = state.map;
   if (!m) return;
@@ -427,6 +447,15 @@ function resolve(c) {
       if (kind.value === "coupon") remedy.currency = currency.value;
       return api(`/v1/complaints/${encodeURIComponent(c.complaint_id)}/resolution`, { method: "POST", body: { text: text.value, remedies: [remedy] } });
     });
+}
+
+function waive(f) {
+  const reason = h("input", { id: "waive-reason", required: true, minlength: 3, maxlength: 500 });
+  dialog(`Waive fee ${f.fee_id}`,
+    [h("p", {}, `${money(f.amount, f.currency)} owed by ${f.customer_id} for cancelling booking ${f.booking_id} late: ${f.note || ""}`),
+      ...field("waive-reason", "Why the customer need not pay (they are told)", reason)],
+    "Waive",
+    () => api(`/v1/cancellation-fees/${encodeURIComponent(f.fee_id)}/waive`, { method: "POST", body: { reason: reason.value } }));
 }
 
 // -------------------------------------------------------------------- start --
