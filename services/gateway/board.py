@@ -36,6 +36,7 @@ from shared.events.dispatch import (
     TechnicianReassigned,
 )
 from shared.events.payments import (
+    CancellationFeeEvent,
     CancellationFeeOwed,
     CancellationFeePaid,
     CancellationFeeRefunded,
@@ -272,11 +273,8 @@ async def complaint_updated(tx: Transaction, e: ComplaintUpdated) -> None:
 
 # ---------------------------------------------------------------------- fees --
 # A fee's events share its booking's key, so they arrive in the order they happened.
-Fee = CancellationFeeOwed | CancellationFeePaid | CancellationFeeWaived | CancellationFeeRefunded
-
-
-def _fee(e: Fee, status: str, **fields: Any) -> dict[str, Any]:
-    about = {k: getattr(e, k) for k in ("booking_id", "customer_id", "amount", "currency")}
+def _fee(e: CancellationFeeEvent, status: str, **fields: Any) -> dict[str, Any]:
+    about = e.model_dump(include={"booking_id", "customer_id", "amount", "currency"})
     return {**about, "status": status, **fields}
 
 

@@ -17,6 +17,7 @@ from shared.events.dispatch import (
     TechnicianReassigned,
 )
 from shared.events.payments import (
+    CancellationFeeEvent,
     CancellationFeeOwed,
     CancellationFeePaid,
     CancellationFeeRefunded,
@@ -228,56 +229,41 @@ async def receipt_voided(tx: Transaction, event: ReceiptVoided) -> None:
     await about_store(tx, event.store_id)
 
 
-@handlers.on(CancellationFeePaid)
-async def fee_paid(tx: Transaction, event: CancellationFeePaid) -> None:
+async def tell_of_fee(tx: Transaction, event: CancellationFeeEvent, title: str, body: str) -> None:
+    """The customer hears of each step of their late-cancellation fee (the kind is the
+    event's name: cancellation_fee_paid, _owed, _waived, _refunded)."""
     await tell(
         tx,
         f"customer:{event.customer_id}",
-        "cancellation_fee_paid",
-        title="The late-cancellation fee was charged to your card",
-        body=_money(event.amount, event.currency),
+        event.event_type.removeprefix("payments."),
+        title=title,
+        body=body,
         booking_id=event.booking_id,
         fee_id=event.fee_id,
     )
+
+
+@handlers.on(CancellationFeePaid)
+async def fee_paid(tx: Transaction, event: CancellationFeePaid) -> None:
+    title = "The late-cancellation fee was charged to your card"
+    await tell_of_fee(tx, event, title, _money(event.amount, event.currency))
 
 
 @handlers.on(CancellationFeeOwed)
 async def fee_owed(tx: Transaction, event: CancellationFeeOwed) -> None:
-    await tell(
-        tx,
-        f"customer:{event.customer_id}",
-        "cancellation_fee_owed",
-        title="Please pay the late-cancellation fee",
-        body=f"{_money(event.amount, event.currency)} could not be charged: {event.reason}",
-        booking_id=event.booking_id,
-        fee_id=event.fee_id,
-    )
+    body = f"{_money(event.amount, event.currency)} could not be charged: {event.reason}"
+    await tell_of_fee(tx, event, "Please pay the late-cancellation fee", body)
 
 
 @handlers.on(CancellationFeeWaived)
 async def fee_waived(tx: Transaction, event: CancellationFeeWaived) -> None:
-    await tell(
-        tx,
-        f"customer:{event.customer_id}",
-        "cancellation_fee_waived",
-        title="We waived your late-cancellation fee",
-        body=event.reason,
-        booking_id=event.booking_id,
-        fee_id=event.fee_id,
-    )
+    await tell_of_fee(tx, event, "We waived your late-cancellation fee", event.reason)
 
 
 @handlers.on(CancellationFeeRefunded)
 async def fee_refunded(tx: Transaction, event: CancellationFeeRefunded) -> None:
-    await tell(
-        tx,
-        f"customer:{event.customer_id}",
-        "cancellation_fee_refunded",
-        title="Your late-cancellation fee goes back to your card",
-        body=f"{_money(event.amount, event.currency)}: {event.reason}",
-        booking_id=event.booking_id,
-        fee_id=event.fee_id,
-    )
+    title = "Your late-cancellation fee goes back to your card"
+    await tell_of_fee(tx, event, title, f"{_money(event.amount, event.currency)}: {event.reason}")
 
 
 @handlers.on(ServiceVoided)

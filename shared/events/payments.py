@@ -150,54 +150,44 @@ class CouponGranted(EventPayload):
     reason: str
 
 
-@event("payments.cancellation_fee_paid", version=1, stream=STREAM, key="booking_id")
-class CancellationFeePaid(EventPayload):
-    """The late-cancellation fee the booking recorded was charged to the customer's card."""
+class CancellationFeeEvent(EventPayload):
+    """What every late-cancellation fee event says of the fee (not an event itself)."""
 
     fee_id: str
     booking_id: str
     customer_id: str
     amount: MinorUnits
     currency: Currency
+
+
+@event("payments.cancellation_fee_paid", version=1, stream=STREAM, key="booking_id")
+class CancellationFeePaid(CancellationFeeEvent):
+    """The late-cancellation fee the booking recorded was charged to the customer's card."""
+
     paid_at: datetime
 
 
 @event("payments.cancellation_fee_owed", version=1, stream=STREAM, key="booking_id")
-class CancellationFeeOwed(EventPayload):
+class CancellationFeeOwed(CancellationFeeEvent):
     """The late-cancellation fee is not paid: no card on file, or the card declined. The
     customer pays it in the app, or operations waive it."""
 
-    fee_id: str
-    booking_id: str
-    customer_id: str
-    amount: MinorUnits
-    currency: Currency
     reason: str
 
 
 @event("payments.cancellation_fee_waived", version=1, stream=STREAM, key="booking_id")
-class CancellationFeeWaived(EventPayload):
+class CancellationFeeWaived(CancellationFeeEvent):
     """A late-cancellation fee nobody had paid is dropped: operations forgave it, or
     payments did because the visit was performed and signed for after all."""
 
-    fee_id: str
-    booking_id: str
-    customer_id: str
-    amount: MinorUnits
-    currency: Currency
     reason: str
     waived_at: datetime
 
 
 @event("payments.cancellation_fee_refunded", version=1, stream=STREAM, key="booking_id")
-class CancellationFeeRefunded(EventPayload):
+class CancellationFeeRefunded(CancellationFeeEvent):
     """A late-cancellation fee the customer had paid is given back to their card: the
     cancellation crossed the visit, which was performed and signed for after all."""
 
-    fee_id: str
-    booking_id: str
-    customer_id: str
-    amount: MinorUnits
-    currency: Currency
     reason: str
     refunded_at: datetime
