@@ -92,6 +92,9 @@ def running_platform(infra: Infra, **env: str) -> Iterator[Platform]:
             proc.start(wait=False)
         for proc in procs.values():
             proc.wait_ready()
+        # The gateway makes its first signing key when first asked: asked here, so any test
+        # may mint tokens as the gateway would (seed.gateway_token), whatever ran before it.
+        httpx.get(f"{procs['gateway'].url}/v1/auth/keys", timeout=10).raise_for_status()
         yield Platform(prefix, procs)
     finally:
         for proc in procs.values():

@@ -521,8 +521,6 @@ async def test_bad_input_answers_clear_error_and_stores_nothing(
     async with platform.client("dispatch") as dispatch:
         await seed_technician(dispatch, "tech_bad_input", "LX-BAD-1")
     if headers is AS_CUSTOMER_AT_EDGE:
-        async with platform.client("gateway") as gateway:
-            await gateway.get("/v1/auth/keys")  # the gateway's first signing key
         actor = Actor(role=Role.CUSTOMER, subject=CUSTOMER)
         headers = bearer(await gateway_token(mongo, platform.prefix, actor))
     before = await snapshot(mongo, platform.prefix, service)

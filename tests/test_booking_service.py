@@ -187,7 +187,6 @@ async def test_same_idempotency_key_makes_one_booking_and_refuses_another_body(
     body = booking_body(customer, code)
     key = f"retry-{uuid.uuid4().hex}"
     async with platform.client("gateway") as api:
-        await api.get("/v1/auth/keys")
         me = bearer(
             await gateway_token(mongo, platform.prefix, Actor(role=Role.CUSTOMER, subject=customer))
         )
@@ -584,7 +583,6 @@ async def test_an_unexpected_failure_answers_500_in_the_one_error_shape_with_the
     )
     cid = unique("cid-")
     async with platform.client("gateway") as api:
-        await api.get("/v1/auth/keys")
         ops = bearer(await gateway_token(mongo, platform.prefix, Actor(role=Role.OPS, subject="o")))
         r = await api.get(f"/v1/bookings/{booking_id}", headers={"X-Correlation-ID": cid, **ops})
     assert r.status_code == 500

@@ -57,8 +57,6 @@ async def test_the_live_stream_tells_the_right_customer_who_is_coming_and_nobody
         await seed_item(booking, code, skill=skill)
         for customer in (ana, rui):
             await seed_customer(booking, customer)
-    async with platform.client("gateway") as api:
-        await api.get("/v1/auth/keys")
     tokens = {
         c: bearer(await gateway_token(mongo, platform.prefix, Actor(role=Role.CUSTOMER, subject=c)))
         for c in (ana, rui)

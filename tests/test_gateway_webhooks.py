@@ -55,7 +55,6 @@ async def test_a_webhook_is_signed_retried_past_failures_delivered_once_and_repl
     serving = asyncio.create_task(receiver.server.serve())
     try:
         async with platform.client("gateway") as api:
-            await api.get("/v1/auth/keys")
             ops = bearer(
                 await gateway_token(mongo, platform.prefix, Actor(role=Role.OPS, subject="o"))
             )

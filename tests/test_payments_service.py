@@ -1034,7 +1034,6 @@ async def test_a_late_cancellation_in_the_app_charges_the_fee_to_the_card_on_fil
         )
         await seed_customer(booking, customer)
     async with platform.client("gateway") as api:
-        await api.get("/v1/auth/keys")  # the gateway makes its signing key
         me = bearer(
             await gateway_token(mongo, platform.prefix, Actor(role=Role.CUSTOMER, subject=customer))
         )
@@ -1278,7 +1277,6 @@ async def test_signing_a_visit_after_its_late_cancellation_withdraws_the_fee(
     assert [e["type"] for e in events if "cancellation_fee" in e["type"]] == kinds
 
     async with platform.client("gateway") as api:  # the customer is told, in the app
-        await api.get("/v1/auth/keys")  # the gateway makes its signing key
         me = bearer(
             await gateway_token(mongo, platform.prefix, Actor(role=Role.CUSTOMER, subject=customer))
         )

@@ -46,7 +46,6 @@ async def test_booking_is_confirmed_then_completed_visit_yields_receipt_and_revi
         await seed_technician(dispatch, tech, f"LX-{uuid.uuid4().hex[:6].upper()}", skills=[skill])
 
     async with platform.client("gateway") as api:
-        await api.get("/v1/auth/keys")
         me = bearer(
             await gateway_token(mongo, platform.prefix, Actor(role=Role.CUSTOMER, subject=customer))
         )
