@@ -76,23 +76,14 @@ class CancellationFee(Forbid):
         return self.attempts
 
     def paid(self, reference: str, at: datetime) -> FeeStep:
-        if self.status is not FeeStatus.CHARGING:
-            raise Conflict(f"the cancellation fee is {self.status.value}, not being charged")
-        self.status, self.reference, self.paid_at, self.failure = (
-            FeeStatus.PAID,
-            reference,
-            at,
-            "",
-        )
-        if self.withdrawn:
-            self.status, self.refunded_at = FeeStatus.REFUNDED, at
-            return FeeStep.REFUND
-        return FeeStep.CHARGED
+        self._must_be_charging()
+        self.status = FeeStatus.PAID
+        self.reference, self.paid_at, self.failure = reference, at, ""
+        return self._refund(at) if self.withdrawn else FeeStep.CHARGED
 
     def declined(self, reason: str, by: str, at: datetime) -> FeeStep:
         """The charge did not go through: owed, or waived by `by` if withdrawn meanwhile."""
-        if self.status is not FeeStatus.CHARGING:
-            raise Conflict(f"the cancellation fee is {self.status.value}, not being charged")
+        self._must_be_charging()
         self.status, self.failure = FeeStatus.OWED, reason
         if self.withdrawn:
             self.waive(by, self.withdrawn, at)
@@ -104,12 +95,8 @@ class CancellationFee(Forbid):
         it might succeed, and then the fee was paid, not waived."""
         if self.status is not FeeStatus.OWED:
             raise Conflict(f"the cancellation fee is {self.status.value}: it cannot be waived")
-        self.status, self.waived_by, self.waiver_reason, self.waived_at = (
-            FeeStatus.WAIVED,
-            by,
-            reason,
-            at,
-        )
+        self.status = FeeStatus.WAIVED
+        self.waived_by, self.waiver_reason, self.waived_at = by, reason, at
 
     def withdraw(self, by: str, reason: str, at: datetime) -> FeeStep:
         """The fee no longer stands (the visit was performed and signed for): waive it if
@@ -121,6 +108,13 @@ class CancellationFee(Forbid):
             self.waive(by, reason, at)
             return FeeStep.WAIVED
         if self.status is FeeStatus.PAID:
-            self.status, self.refunded_at = FeeStatus.REFUNDED, at
-            return FeeStep.REFUND
+            return self._refund(at)
         return FeeStep.NOTED
+
+    def _must_be_charging(self) -> None:
+        if self.status is not FeeStatus.CHARGING:
+            raise Conflict(f"the cancellation fee is {self.status.value}, not being charged")
+
+    def _refund(self, at: datetime) -> FeeStep:
+        self.status, self.refunded_at = FeeStatus.REFUNDED, at
+        return FeeStep.REFUND
