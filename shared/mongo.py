@@ -9,7 +9,7 @@ from pymongo import AsyncMongoClient
 from pymongo.asynchronous.client_session import AsyncClientSession
 from pymongo.asynchronous.database import AsyncDatabase
 
-from shared.errors import VersionMismatch
+from shared.errors import NotFound, VersionMismatch
 from shared.settings import Settings
 
 Document = dict[str, Any]
@@ -54,6 +54,15 @@ class Versioned(Generic[M]):
     async def get(self, item_id: str, session: Session = None) -> M | None:
         doc = await self.col.find_one({"_id": item_id}, session=session)
         return self.from_doc(doc) if doc else None
+
+    async def existing(
+        self, item_id: str, session: Session = None, *, what: str, field: str | None = None
+    ) -> M:
+        """The item, or a 404 that names it ("<what> <id> does not exist")."""
+        item = await self.get(item_id, session)
+        if item is None:
+            raise NotFound(f"{what} {item_id} does not exist", field=field)
+        return item
 
     async def find(
         self,

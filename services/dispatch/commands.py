@@ -185,9 +185,7 @@ async def alert(
 
 async def acknowledge_alert(tx: Transaction, alert_id: str, by: str, note: str) -> RaisedAlert:
     alerts = SafetyAlerts(tx.db)
-    raised = await alerts.get(alert_id, tx.session)
-    if raised is None:
-        raise NotFound(f"safety alert {alert_id} does not exist")
+    raised = await alerts.existing(alert_id, tx.session, what="safety alert")
     raised.acknowledge(by, note, utcnow())
     await alerts.save(raised, tx.session)
     tx.emit(

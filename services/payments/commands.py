@@ -141,10 +141,7 @@ async def void_receipt(tx: Transaction, event: ServiceVoided) -> Receipt | None:
 
 
 async def load(tx: Transaction, receipt_id: str) -> Receipt:
-    receipt = await Receipts(tx.db).get(receipt_id, tx.session)
-    if receipt is None:
-        raise NotFound(f"receipt {receipt_id} does not exist")
-    return receipt
+    return await Receipts(tx.db).existing(receipt_id, tx.session, what="receipt")
 
 
 async def repriced(db: Database, receipt: Receipt, session: Session = None) -> Receipt | None:
@@ -600,10 +597,7 @@ async def waive_cancellation_fee(
 
 
 async def _load_fee(tx: Transaction, fee_id: str) -> CancellationFee:
-    fee = await CancellationFees(tx.db).get(fee_id, tx.session)
-    if fee is None:
-        raise NotFound(f"cancellation fee {fee_id} does not exist")
-    return fee
+    return await CancellationFees(tx.db).existing(fee_id, tx.session, what="cancellation fee")
 
 
 def _about(fee: CancellationFee) -> dict[str, Any]:

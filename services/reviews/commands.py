@@ -13,7 +13,6 @@ from services.reviews.domain import (
     sla,
 )
 from services.reviews.storage import Complaints, Reviews
-from shared.errors import NotFound
 from shared.events.reviews import (
     ComplaintClosed,
     ComplaintEscalated,
@@ -35,10 +34,7 @@ QUIET = "complaint_quiet"  # a proposed resolution nobody answered: close
 
 
 async def load(tx: Transaction, complaint_id: str) -> Complaint:
-    complaint = await Complaints(tx.db).get(complaint_id, tx.session)
-    if complaint is None:
-        raise NotFound(f"complaint {complaint_id} does not exist")
-    return complaint
+    return await Complaints(tx.db).existing(complaint_id, tx.session, what="complaint")
 
 
 # A change to a loaded complaint; it may emit events through the transaction.
