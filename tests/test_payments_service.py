@@ -538,6 +538,8 @@ async def test_a_declined_card_leaves_the_receipt_to_cash_of_exactly_the_amount_
             until=lambda found: "payments.payment_failed" in {e["type"] for e in found},
         )
         assert failed[-1]["payload"]["reason"] == "card declined by the issuer"
+        # A card was on file: nobody at the door was asked for cash.
+        assert "payments.cash_due" not in {e["type"] for e in failed}
         wrong = await payments.post(cash_url, json={"amount": 4000}, headers=as_technician(tech))
         assert wrong.status_code == 422
         other = await payments.post(
@@ -549,6 +551,74 @@ async def test_a_declined_card_leaves_the_receipt_to_cash_of_exactly_the_amount_
         assert paid.json()["status"] == "settled"
         twice = await payments.post(cash_url, json={"amount": 5000}, headers=as_technician(tech))
         assert twice.status_code == 409
+
+
+async def test_a_customer_who_removed_their_card_pays_cash_the_technician_is_told_to_collect(
+    platform: Platform,
+    kafka_producer: AIOKafkaProducer,
+    infra: Infra,
+    mongo: AsyncMongoClient[Document],
+) -> None:
+    customer, other, store, tech = unique("cus_"), unique("cus_"), unique("store_"), unique("tech_")
+    roles = ((customer, Role.CUSTOMER), (other, Role.CUSTOMER), (tech, Role.TECHNICIAN))
+    token = {
+        who: bearer(await gateway_token(mongo, platform.prefix, Actor(role=role, subject=who)))
+        for who, role in roles
+    }
+    wallets = mongo[f"{platform.prefix}_payments"]["wallets"]
+    card = f"/v1/customers/{customer}/payment-method"
+    async with platform.client("payments") as payments, platform.client("gateway") as api:
+        await set_card(payments, customer, "pm_card_ok")
+        r = await api.delete(card, headers=token[other])
+        assert r.status_code == 403, r.text  # only the customer removes their card
+        assert await wallets.count_documents({"_id": customer}) == 1
+        for _ in range(2):  # removing it twice is no error
+            r = await api.delete(card, headers=token[customer])
+            assert r.status_code == 204, r.text
+        assert await wallets.count_documents({"_id": customer}) == 0
+
+        booking_id = await complete_visit(
+            kafka_producer, platform, customer=customer, store=store, technician=tech
+        )
+        receipt = await issued(payments, booking_id, customer)
+        receipt_id = receipt["receipt_id"]
+        assert (await sign(payments, receipt, customer)).status_code == 200
+        found = await keyed_events(
+            infra,
+            f"{platform.prefix}.payments.events",
+            booking_id,
+            until=lambda found: "payments.cash_due" in {e["type"] for e in found},
+        )
+        due = next(e["payload"] for e in found if e["type"] == "payments.cash_due")
+        assert (due["receipt_id"], due["technician_id"], due["store_id"]) == (
+            receipt_id,
+            tech,
+            store,
+        )
+        assert (due["amount"], due["currency"]) == (5000, "EUR")  # two manicures at 25.00
+        assert await sandbox_ops(mongo, platform, receipt_id) == []  # no card, no charge
+
+        async def told(who: str, kind: str) -> dict[str, Any] | None:
+            mine = (await api.get("/v1/notifications", headers=token[who])).json()
+            return next(
+                (n for n in mine if (n["kind"], n["booking_id"]) == (kind, booking_id)), None
+            )
+
+        at_the_door = await eventually(lambda: told(tech, "cash_due"), what="technician told")
+        assert at_the_door["title"] == "Collect 50.00 EUR in cash"
+        assert at_the_door["data"] == {"receipt_id": receipt_id, "amount": 5000, "currency": "EUR"}
+        asked = await eventually(lambda: told(customer, "payment_due"), what="customer told")
+        assert asked["title"] == "Pay 50.00 EUR to your technician in cash"
+        assert await told(other, "payment_due") is None
+
+        paid = await api.post(
+            f"/v1/receipts/{receipt_id}/cash", json={"amount": 5000}, headers=token[tech]
+        )
+        assert paid.status_code == 200, paid.text
+        settled = paid.json()
+        assert settled["status"] == "settled"
+        assert [(p["method"], p["amount"]) for p in settled["payments"]] == [("cash", 5000)]
+    assert await sandbox_ops(mongo, platform, receipt_id) == []
 
 
 # --------------------------------------------------------------------- refunds --

@@ -22,6 +22,7 @@ from shared.events.payments import (
     CancellationFeePaid,
     CancellationFeeRefunded,
     CancellationFeeWaived,
+    CashDue,
     PrepaidPurchased,
     ReceiptIssued,
     ReceiptSealed,
@@ -210,6 +211,32 @@ async def receipt_ready(tx: Transaction, event: ReceiptIssued) -> None:
         "receipt_ready",
         title="Your receipt is ready to review and sign",
         body=f"Amount due {_money(event.amount_due, event.currency)}",
+        booking_id=event.booking_id,
+        receipt_id=event.receipt_id,
+    )
+
+
+@handlers.on(CashDue)
+async def cash_due(tx: Transaction, event: CashDue) -> None:
+    """Both at the door hear it: the technician what to collect, the customer what to pay."""
+    due = _money(event.amount, event.currency)
+    await tell(
+        tx,
+        f"technician:{event.technician_id}",
+        "cash_due",
+        title=f"Collect {due} in cash",
+        body="The customer signed and has no card on file. Record the cash once you hold it.",
+        booking_id=event.booking_id,
+        receipt_id=event.receipt_id,
+        amount=event.amount,
+        currency=event.currency,
+    )
+    await tell(
+        tx,
+        f"customer:{event.customer_id}",
+        "payment_due",
+        title=f"Pay {due} to your technician in cash",
+        body="Or add a card in the app to pay it from there.",
         booking_id=event.booking_id,
         receipt_id=event.receipt_id,
     )

@@ -12,7 +12,7 @@ import uuid
 from datetime import timedelta
 from typing import Annotated, Any
 
-from fastapi import APIRouter, Query, Request
+from fastapi import APIRouter, Query, Request, Response, status
 from pydantic import Field, ValidationError, model_validator
 
 from services.payments import commands
@@ -315,6 +315,22 @@ async def set_payment_method(
         raise Forbidden("only the customer sets their payment method")
     await Wallets(runtime.db).set(customer_id, body.payment_method)
     return body
+
+
+@router.delete(
+    "/customers/{customer_id}/payment-method",
+    tags=["payments"],
+    status_code=status.HTTP_204_NO_CONTENT,
+    summary="The customer removes their card: signed receipts are then paid at the door in cash",
+)
+async def remove_payment_method(
+    customer_id: PathId, runtime: RuntimeDep, actor: ActorDep
+) -> Response:
+    if not (actor.role is Role.CUSTOMER and actor.subject == customer_id):
+        raise Forbidden("only the customer removes their payment method")
+    # A charge already under way keeps the token it was given; removing twice is no error.
+    await Wallets(runtime.db).remove(customer_id)
+    return Response(status_code=status.HTTP_204_NO_CONTENT)
 
 
 class RefundIn(Forbid):

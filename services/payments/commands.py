@@ -46,6 +46,7 @@ from shared.events.payments import (
     CancellationFeePaid,
     CancellationFeeRefunded,
     CancellationFeeWaived,
+    CashDue,
     CouponGranted,
     PaymentFailed,
     PaymentSettled,
@@ -220,7 +221,18 @@ async def sign(
         method = await Wallets(tx.db).method_of(receipt.customer_id, tx.session)
         if method is not None:
             await start_charge(tx, receipt, method)
-        # else the technician collects the exact amount in cash, or the customer pays later
+        else:  # the technician is still at the door: they collect it, or a card comes later
+            tx.emit(
+                CashDue(
+                    receipt_id=receipt.receipt_id,
+                    booking_id=receipt.booking_id,
+                    customer_id=receipt.customer_id,
+                    technician_id=receipt.technician_id,
+                    store_id=receipt.store_id,
+                    amount=receipt.amount_due - receipt.paid,
+                    currency=receipt.currency,
+                )
+            )
     await receipts.save(receipt, tx.session)
     await _withdraw_fee(tx, receipt.booking_id)
     return receipt

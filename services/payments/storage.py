@@ -174,6 +174,9 @@ class Wallets:
             upsert=True,
         )
 
+    async def remove(self, customer_id: str) -> None:
+        await self._col.delete_one({"_id": customer_id})
+
     async def method_of(self, customer_id: str, session: Session = None) -> str | None:
         doc = await self._col.find_one({"_id": customer_id}, session=session)
         return str(doc["payment_method"]) if doc else None

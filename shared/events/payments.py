@@ -56,6 +56,20 @@ class ReceiptSigned(EventPayload):
     currency: Currency
 
 
+@event("payments.cash_due", version=1, stream=STREAM, key="booking_id")
+class CashDue(EventPayload):
+    """A signed receipt has an amount due and no card on file to charge: the technician
+    at the door collects exactly that in cash (or the customer adds a card in the app)."""
+
+    receipt_id: str
+    booking_id: str
+    customer_id: str
+    technician_id: str
+    store_id: str
+    amount: MinorUnits
+    currency: Currency
+
+
 @event("payments.payment_settled", version=1, stream=STREAM, key="booking_id")
 class PaymentSettled(EventPayload):
     """The signed total is paid in full (card, package, charge or cash); the visit can close."""
