@@ -506,6 +506,7 @@ async def measure(
                 review=0.5,
                 complaint=0,
                 prepaid=0.2,
+                cash=0,  # every customer has a card, as in the runs recorded before
             ),
         )
         city = City(plan)

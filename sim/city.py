@@ -3,9 +3,10 @@
 Stores (API keys from operations) put their technicians on the platform and sell prepaid
 packages; technicians sign in by phone, answer offers (sometimes no), drive over reporting
 where they are, check in at the door, type the customer's code (sometimes wrongly) and
-complete the visit; customers sign in by phone, book, sometimes cancel or reschedule, give
-their code at the door (rarely: "this is not the person"), sign the receipt, review, and
-sometimes complain. Rate, seed and size are parameters; the same seed plays the same city.
+complete the visit, and collect the cash from customers who have no card on file;
+customers sign in by phone, book, sometimes cancel or reschedule, give their code at the
+door (rarely: "this is not the person"), sign the receipt, review, and sometimes complain.
+Rate, seed and size are parameters; the same seed plays the same city.
 """
 
 from __future__ import annotations
@@ -13,6 +14,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import hashlib
+import json
 import logging
 import random
 import time
@@ -66,6 +68,7 @@ class Shares:
     review: float = 0.6
     complaint: float = 0.05
     prepaid: float = 0.2
+    cash: float = 0.1  # customers with no card on file: they pay the technician in cash
 
 
 @dataclass(frozen=True)
@@ -105,6 +108,7 @@ class Outcomes:
             "completed",
             "signed",
             "cancelled",
+            "cash",
             "halted",
             "dispatch_failed",
             "unassigned",
@@ -127,6 +131,19 @@ class Technician:
     working: set[str] = field(default_factory=set)  # bookings whose visit is under way here
     looks: int = 0
     resume: bool = False  # a visit was given up half-way: look at the job list again soon
+    # Cash to collect, pushed as the customer signs: receipt -> (amount, booking, the
+    # notification).
+    cash_due: dict[str, tuple[int, str, str]] = field(default_factory=dict)
+    catch_up: bool = False  # the stream (re)connected: a push may have been missed
+
+    def owed(self, note: dict[str, Any]) -> None:
+        """A "cash_due" notification: what to collect, and for which visit."""
+        data = note["data"]
+        self.cash_due[data["receipt_id"]] = (
+            data["amount"],
+            note["booking_id"],
+            note["notification_id"],
+        )
 
 
 @dataclass
@@ -134,6 +151,7 @@ class Customer:
     caller: Caller
     customer_id: str
     location: tuple[float, float]
+    pays_cash: bool = False  # no card on file
     busy: bool = False
     nudged: asyncio.Event = field(default_factory=asyncio.Event)  # a notification arrived
     receipt_ready: asyncio.Event = field(default_factory=asyncio.Event)  # that one was pushed
@@ -161,6 +179,7 @@ class City:
         self.rng = random.Random(plan.seed)
         self.arrivals = random.Random(plan.seed + 1)  # when people book, apart from what they do
         self.looks = random.Random(plan.seed + 2)  # when idle apps look, apart from both
+        self.wallets = random.Random(plan.seed + 3)  # who has a card, apart from all three
         self.ops = Caller(self.http)
         self.technicians: list[Technician] = []
         self.customers: list[Customer] = []
@@ -172,6 +191,7 @@ class City:
         self.workers: list[asyncio.Task[None]] = []
         self.tag = "sim"  # the same people every run; the seed decides what they do
         self._halted: set[str] = set()  # visits the customer stopped at the door
+        self._cash_handed: dict[str, asyncio.Event] = {}  # booking -> its cash was recorded
 
     # ------------------------------------------------------------------- setup --
     def point(self) -> tuple[float, float]:
@@ -258,9 +278,17 @@ class City:
                 f"/v1/customers/{me}/addresses/home",
                 json={"label": "home", "line": f"Rua {i}", "location": {"lat": lat, "lon": lon}},
             )
-            await caller.call(
-                "PUT", f"/v1/customers/{me}/payment-method", json={"payment_method": "pm_card_ok"}
-            )
+            # The same people every run: one who pays cash this time removes a card kept
+            # from a run before.
+            pays_cash = self.wallets.random() < plan.shares.cash
+            if pays_cash:
+                await caller.call("DELETE", f"/v1/customers/{me}/payment-method")
+            else:
+                await caller.call(
+                    "PUT",
+                    f"/v1/customers/{me}/payment-method",
+                    json={"payment_method": "pm_card_ok"},
+                )
             if self.rng.random() < plan.shares.prepaid:
                 store = self.rng.choice(stores)
                 await keys[store].call(
@@ -269,7 +297,7 @@ class City:
                     json={"plan_id": f"{store}_five", "customer_id": me},
                     headers={"Idempotency-Key": f"{self.tag}-{store}-{me}"},
                 )
-            self.customers.append(Customer(caller, me, (lat, lon)))
+            self.customers.append(Customer(caller, me, (lat, lon), pays_cash))
         log.info(
             "city ready: %d stores, %d technicians, %d customers",
             len(stores),
@@ -456,6 +484,8 @@ class City:
         self.outcomes.signed.append(booking_id)
         self.outcomes.signed_at.append(time.monotonic())
         self.outcomes.took_s.append(time.monotonic() - booked_at)
+        if customer.pays_cash:
+            await self.hand_over_cash(booking_id)
         if self.rng.random() < shares.review:
             await self.review(me, booking_id)
         if self.rng.random() < shares.complaint:
@@ -476,6 +506,20 @@ class City:
             if filed.status_code in (200, 201):
                 self.outcomes.complained.append(booking_id)
             counts["complaints"] += 1
+
+    async def hand_over_cash(self, booking_id: str, within_s: float = 120.0) -> None:
+        """The customer pays at the door: they wait while the technician, told what to
+        collect, records the cash (the visit then closes)."""
+        handed = self._cash_handed.setdefault(booking_id, asyncio.Event())
+        try:
+            await asyncio.wait_for(handed.wait(), within_s)
+        except TimeoutError:
+            self.outcomes.counts["cash_not_recorded"] += 1
+            log.warning(
+                "booking %s: the technician recorded no cash within %.0f s", booking_id, within_s
+            )
+        finally:
+            self._cash_handed.pop(booking_id, None)
 
     async def wait_for(
         self,
@@ -561,11 +605,14 @@ class City:
     async def technician(self, t: Technician) -> None:
         """The app answers offers as they are pushed to it, and looks every few seconds too
         (a push may be lost while the stream reconnects)."""
-        listener = asyncio.create_task(self.listen(t.caller, t.nudged, '"kind": "offer"'))
+        listener = asyncio.create_task(
+            self.listen(t.caller, t.nudged, '"kind": "offer"', technician=t)
+        )
         try:
             while self.running:
                 try:
                     await self.answer_offers(t)
+                    await self.collect_cash(t)
                 except (Refused, *UNREACHABLE) as exc:
                     log.warning("technician %s: %s", t.technician_id, exc)
                 with contextlib.suppress(TimeoutError):
@@ -580,9 +627,11 @@ class City:
         nudged: asyncio.Event,
         about: str = "",
         receipt_ready: asyncio.Event | None = None,
+        technician: Technician | None = None,
     ) -> None:
-        """Keep the app's live stream open; a notification containing `about` nudges it, and
-        one saying a receipt is ready sets `receipt_ready` too."""
+        """Keep the app's live stream open; a notification containing `about` nudges it, one
+        saying a receipt is ready sets `receipt_ready` too, and one telling `technician` to
+        collect cash adds it to their list."""
         while self.running:
             try:
                 async with self.streams.get(
@@ -597,12 +646,19 @@ class City:
                     nudged.set()  # (re)connected: look once for what may have been missed
                     if receipt_ready is not None:
                         receipt_ready.set()
+                    if technician is not None:
+                        technician.catch_up = True
                     async for raw in stream.content:  # line by line
                         line = raw.decode()
-                        if line.startswith("data: ") and about in line:
+                        if not line.startswith("data: "):
+                            continue
+                        if about in line:
                             nudged.set()
                             if receipt_ready is not None and '"kind": "receipt_ready"' in line:
                                 receipt_ready.set()
+                        elif technician is not None and '"kind": "cash_due"' in line:
+                            technician.owed(json.loads(line.removeprefix("data: ")))
+                            nudged.set()
             except UNREACHABLE:
                 await asyncio.sleep(1)
 
@@ -624,6 +680,26 @@ class City:
             for job in jobs:
                 self.work_on(t, job)
         t.looks += 1
+
+    async def collect_cash(self, t: Technician) -> None:
+        """Record the cash each customer who signed without a card handed over, then mark
+        that notification read; after a reconnect, the unread ones are looked up first."""
+        if t.catch_up:
+            t.catch_up = False
+            notes = await t.caller.json("GET", "/v1/notifications", params={"limit": 50})
+            for note in notes:
+                if note["kind"] == "cash_due" and note["read_at"] is None:
+                    t.owed(note)
+        for receipt_id, (amount, booking_id, note_id) in list(t.cash_due.items()):
+            r = await t.caller.call(
+                "POST", f"/v1/receipts/{receipt_id}/cash", json={"amount": amount}, ok=(200, 409)
+            )
+            # A 409 is "paid already": a first try whose answer was lost did land.
+            if r.status_code == 200:
+                self.outcomes.counts["cash"] += 1
+            self._cash_handed.setdefault(booking_id, asyncio.Event()).set()
+            await t.caller.call("POST", f"/v1/notifications/{note_id}/read")
+            del t.cash_due[receipt_id]
 
     def work_on(self, t: Technician, job: dict[str, Any]) -> None:
         if job["booking_id"] in t.working:

@@ -1,20 +1,24 @@
 """The city simulator plays whole journeys through the public gateway on the real platform:
 sign-ins by phone, stores' keys, bookings, offers, the drive, the code at the door (some
-typed wrongly first), completion, the signed receipt, reviews and complaints."""
+typed wrongly first), completion, the signed receipt, cash at the door, reviews and
+complaints."""
 
 from __future__ import annotations
 
 import uuid
+from dataclasses import fields
+from typing import Any
 
 import pytest
 from pymongo import AsyncMongoClient
 
 from services.gateway.signin import add_staff
+from shared.auth import Actor, Role
 from shared.mongo import Document
 from sim.city import City, CityPlan, Shares
 from tests.conftest import Platform
 from tests.harness import eventually
-from tests.seed import OPS, get_json
+from tests.seed import OPS, bearer, gateway_token, get_json
 
 pytestmark = pytest.mark.integration
 
@@ -46,6 +50,7 @@ async def test_simulated_journeys_end_signed_and_sealed_through_the_gateway(
             review=1,
             complaint=0.5,
             prepaid=0.5,
+            cash=0,
         ),
     )
     outcomes = await City(plan).run()
@@ -69,3 +74,71 @@ async def test_simulated_journeys_end_signed_and_sealed_through_the_gateway(
                 return found is not None and found["status"] == "closed"
 
             await eventually(closed, what=f"booking {booking_id} closed")
+
+
+def quiet(**shares: float) -> Shares:
+    """Nothing unusual happens but `shares`."""
+    return Shares(**{**dict.fromkeys((f.name for f in fields(Shares)), 0.0), **shares})
+
+
+async def test_customers_without_a_card_pay_cash_at_the_door_and_owe_a_late_cancellation(
+    platform: Platform, mongo: AsyncMongoClient[Document]
+) -> None:
+    """Customers who removed their card: the technician is pushed what to collect as each
+    signs, and records it; a late cancellation by one leaves a fee owed on the board."""
+    email, password = f"sim-{uuid.uuid4().hex[:6]}@doorstep.test", uuid.uuid4().hex
+    await add_staff(mongo[f"{platform.prefix}_gateway"], email, password)
+
+    def plan(journeys: int, shares: Shares, pace: float) -> CityPlan:
+        return CityPlan(
+            gateway=platform.url("gateway"),
+            ops_email=email,
+            ops_password=password,
+            rate=4.0,
+            seed=5,
+            customers=3,
+            technicians=15,
+            stores=2,
+            journeys=journeys,
+            pace=pace,
+            shares=shares,
+        )
+
+    paying = await City(plan(3, quiet(cash=1), pace=0.05)).run()
+    counts = paying.counts
+    assert (counts["signed"], counts["cash"], counts["cash_not_recorded"]) == (3, 3, 0), counts
+    async with (
+        platform.client("payments", acting_as=OPS) as payments,
+        platform.client("booking", acting_as=OPS) as booking,
+    ):
+        for booking_id in paying.signed:
+            receipt = await get_json(payments, "/receipts", booking_id=booking_id)
+            assert receipt is not None
+            assert receipt["status"] == "settled", receipt
+            # Exactly what was due, once, by the technician who did the visit.
+            assert [(p["method"], p["amount"], p["reference"]) for p in receipt["payments"]] == [
+                ("cash", receipt["amount_due"], f"cash:{receipt['technician_id']}")
+            ]
+            ops = await get_json(payments, f"/receipts/{receipt['receipt_id']}/operations")
+            assert ops == []  # nothing went to the card provider
+
+            async def closed(booking_id: str = booking_id) -> bool:
+                found = await get_json(booking, f"/bookings/{booking_id}")
+                return found is not None and found["status"] == "closed"
+
+            await eventually(closed, what=f"booking {booking_id} closed")
+
+    # Visits slow enough that each cancellation (within a second of booking) comes first.
+    cancelling = await City(plan(2, quiet(cash=1, cancel=1), pace=3)).run()
+    assert (cancelling.counts["started"], cancelling.counts["cancelled"]) == (2, 2)
+    ops = bearer(await gateway_token(mongo, platform.prefix, Actor(role=Role.OPS, subject="ops_c")))
+    fees = {f"fee_{booking_id}" for booking_id in cancelling.booked}
+
+    async def owed_on_the_board() -> list[dict[str, Any]] | None:
+        async with platform.client("gateway") as api:
+            board = (await api.get("/v1/board", headers=ops)).json()
+        rows = [f for f in board["fees"] if f["fee_id"] in fees]
+        return rows if len(rows) == len(fees) and all(f["status"] == "owed" for f in rows) else None
+
+    rows = await eventually(owed_on_the_board, what="the late cancellations' fees owed")
+    assert all(f["note"] == "no card on file" and f["amount"] > 0 for f in rows), rows
