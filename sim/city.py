@@ -467,25 +467,13 @@ class City:
             counts["halted" if self.halted(booking_id) else "errors"] += 1
             return
         counts["completed"] += 1
-        drawing = hashlib.sha256(f"{booking_id}-{customer.customer_id}".encode()).hexdigest()
-        await me.call(
-            "POST",
-            f"/v1/receipts/{receipt['receipt_id']}/sign",
-            json={
-                "receipt_hash": receipt["content_hash"],
-                "signature": {
-                    "method": "drawn",
-                    "artefact": drawing,
-                    "signed_at": datetime.now(UTC).isoformat(),
-                },
-            },
-        )
+        due = await self.sign(customer, booking_id, receipt)
         counts["signed"] += 1
         self.outcomes.signed.append(booking_id)
         self.outcomes.signed_at.append(time.monotonic())
         self.outcomes.took_s.append(time.monotonic() - booked_at)
         if customer.pays_cash:
-            await self.hand_over_cash(booking_id)
+            await self.hand_over_cash(booking_id, due)
         if self.rng.random() < shares.review:
             await self.review(me, booking_id)
         if self.rng.random() < shares.complaint:
@@ -507,12 +495,37 @@ class City:
                 self.outcomes.complained.append(booking_id)
             counts["complaints"] += 1
 
-    async def hand_over_cash(self, booking_id: str, within_s: float = 120.0) -> None:
+    async def sign(self, customer: Customer, booking_id: str, receipt: dict[str, Any]) -> int:
+        """Sign the receipt as shown; what is left to pay (a package may have paid it all)."""
+        drawing = hashlib.sha256(f"{booking_id}-{customer.customer_id}".encode()).hexdigest()
+        if customer.pays_cash:  # waiting at the door from the moment they sign
+            self._cash_handed[booking_id] = asyncio.Event()
+        try:
+            signed = await customer.caller.call(
+                "POST",
+                f"/v1/receipts/{receipt['receipt_id']}/sign",
+                json={
+                    "receipt_hash": receipt["content_hash"],
+                    "signature": {
+                        "method": "drawn",
+                        "artefact": drawing,
+                        "signed_at": datetime.now(UTC).isoformat(),
+                    },
+                },
+            )
+        except BaseException:
+            self._cash_handed.pop(booking_id, None)
+            raise
+        # A retry whose first try landed answers 409: the receipt as shown is what was signed.
+        return int((signed.json() if signed.status_code == 200 else receipt)["amount_due"])
+
+    async def hand_over_cash(self, booking_id: str, due: int, within_s: float = 180.0) -> None:
         """The customer pays at the door: they wait while the technician, told what to
         collect, records the cash (the visit then closes)."""
-        handed = self._cash_handed.setdefault(booking_id, asyncio.Event())
+        handed = self._cash_handed[booking_id]
         try:
-            await asyncio.wait_for(handed.wait(), within_s)
+            if due > 0:
+                await asyncio.wait_for(handed.wait(), within_s)
         except TimeoutError:
             self.outcomes.counts["cash_not_recorded"] += 1
             log.warning(
@@ -610,11 +623,11 @@ class City:
         )
         try:
             while self.running:
-                try:
-                    await self.answer_offers(t)
-                    await self.collect_cash(t)
-                except (Refused, *UNREACHABLE) as exc:
-                    log.warning("technician %s: %s", t.technician_id, exc)
+                for look in (self.answer_offers, self.collect_cash):
+                    try:
+                        await look(t)
+                    except (Refused, *UNREACHABLE) as exc:
+                        log.warning("technician %s: %s", t.technician_id, exc)
                 with contextlib.suppress(TimeoutError):
                     await asyncio.wait_for(t.nudged.wait(), timeout=self.look_in())
                 t.nudged.clear()
@@ -646,10 +659,12 @@ class City:
                     nudged.set()  # (re)connected: look once for what may have been missed
                     if receipt_ready is not None:
                         receipt_ready.set()
-                    if technician is not None:
-                        technician.catch_up = True
                     async for raw in stream.content:  # line by line
                         line = raw.decode()
+                        if technician is not None and line.startswith(": connected"):
+                            # Subscribed: a cash push missed before now is in the list.
+                            technician.catch_up = True
+                            nudged.set()
                         if not line.startswith("data: "):
                             continue
                         if about in line:
@@ -683,23 +698,39 @@ class City:
 
     async def collect_cash(self, t: Technician) -> None:
         """Record the cash each customer who signed without a card handed over, then mark
-        that notification read; after a reconnect, the unread ones are looked up first."""
+        that notification read; after a reconnect, the unread ones are looked up first.
+        What fails to go through stays on the list for the next look."""
         if t.catch_up:
-            t.catch_up = False
             notes = await t.caller.json("GET", "/v1/notifications", params={"limit": 50})
+            t.catch_up = False  # only once the list was read
             for note in notes:
                 if note["kind"] == "cash_due" and note["read_at"] is None:
                     t.owed(note)
         for receipt_id, (amount, booking_id, note_id) in list(t.cash_due.items()):
-            r = await t.caller.call(
-                "POST", f"/v1/receipts/{receipt_id}/cash", json={"amount": amount}, ok=(200, 409)
-            )
-            # A 409 is "paid already": a first try whose answer was lost did land.
-            if r.status_code == 200:
-                self.outcomes.counts["cash"] += 1
-            self._cash_handed.setdefault(booking_id, asyncio.Event()).set()
-            await t.caller.call("POST", f"/v1/notifications/{note_id}/read")
+            try:
+                await self.record_cash(t, receipt_id, amount, booking_id)
+                await t.caller.call("POST", f"/v1/notifications/{note_id}/read")
+            except Refused as exc:
+                if exc.status not in (404, 422):
+                    raise
+                log.warning("cash for %s by %s refused: %s", booking_id, t.technician_id, exc)
             del t.cash_due[receipt_id]
+
+    async def record_cash(
+        self, t: Technician, receipt_id: str, amount: int, booking_id: str
+    ) -> None:
+        path = f"/v1/receipts/{receipt_id}/cash"
+        r = await t.caller.call("POST", path, json={"amount": amount}, ok=(200, 409))
+        if r.status_code == 200:
+            self.outcomes.counts["cash"] += 1
+        else:  # paid already (a first try whose answer was lost), or by a card meanwhile
+            receipt = await t.caller.json("GET", f"/v1/receipts/{receipt_id}")
+            if receipt["status"] != "settled":
+                log.warning("cash for %s not taken: %s", booking_id, r.text[:200])
+                return  # nothing handed over: the customer goes on waiting, and is counted
+        handed = self._cash_handed.get(booking_id)
+        if handed is not None:  # the customer is still at the door
+            handed.set()
 
     def work_on(self, t: Technician, job: dict[str, Any]) -> None:
         if job["booking_id"] in t.working:

@@ -517,11 +517,25 @@ async def test_a_timed_out_charge_is_asked_again_with_its_key_and_a_silent_one_l
                 assert ops[0]["answered"] >= 2  # asked again, same key
 
 
+async def told(
+    api: httpx.AsyncClient, token: dict[str, str], kind: str, booking_id: str
+) -> dict[str, Any] | None:
+    """The caller's notification of `kind` about the booking, if they have one."""
+    mine = (await api.get("/v1/notifications", headers=token)).json()
+    return next((n for n in mine if (n["kind"], n["booking_id"]) == (kind, booking_id)), None)
+
+
 async def test_a_declined_card_leaves_the_receipt_to_cash_of_exactly_the_amount_due(
-    platform: Platform, kafka_producer: AIOKafkaProducer, infra: Infra
+    platform: Platform,
+    kafka_producer: AIOKafkaProducer,
+    infra: Infra,
+    mongo: AsyncMongoClient[Document],
 ) -> None:
     customer, store, tech = unique("cus_"), unique("store_"), unique("tech_")
-    async with platform.client("payments") as payments:
+    mine = bearer(
+        await gateway_token(mongo, platform.prefix, Actor(role=Role.CUSTOMER, subject=customer))
+    )
+    async with platform.client("payments") as payments, platform.client("gateway") as api:
         await set_card(payments, customer, "pm_card_declined")
         booking_id = await complete_visit(
             kafka_producer, platform, customer=customer, store=store, technician=tech
@@ -538,8 +552,13 @@ async def test_a_declined_card_leaves_the_receipt_to_cash_of_exactly_the_amount_
             until=lambda found: "payments.payment_failed" in {e["type"] for e in found},
         )
         assert failed[-1]["payload"]["reason"] == "card declined by the issuer"
-        # A card was on file: nobody at the door was asked for cash.
+        # A card was on file: nobody at the door was asked for cash; the customer is told.
         assert "payments.cash_due" not in {e["type"] for e in failed}
+        note = await eventually(
+            lambda: told(api, mine, "payment_failed", booking_id), what="customer told"
+        )
+        assert note["title"] == "Your card was not charged: 50.00 EUR still to pay"
+        assert "card declined by the issuer" in note["body"]
         wrong = await payments.post(cash_url, json={"amount": 4000}, headers=as_technician(tech))
         assert wrong.status_code == 422
         other = await payments.post(
@@ -559,8 +578,14 @@ async def test_a_customer_who_removed_their_card_pays_cash_the_technician_is_tol
     infra: Infra,
     mongo: AsyncMongoClient[Document],
 ) -> None:
-    customer, other, store, tech = unique("cus_"), unique("cus_"), unique("store_"), unique("tech_")
-    roles = ((customer, Role.CUSTOMER), (other, Role.CUSTOMER), (tech, Role.TECHNICIAN))
+    customer, other, store = unique("cus_"), unique("cus_"), unique("store_")
+    tech, other_tech = unique("tech_"), unique("tech_")
+    roles = (
+        (customer, Role.CUSTOMER),
+        (other, Role.CUSTOMER),
+        (tech, Role.TECHNICIAN),
+        (other_tech, Role.TECHNICIAN),
+    )
     token = {
         who: bearer(await gateway_token(mongo, platform.prefix, Actor(role=role, subject=who)))
         for who, role in roles
@@ -598,18 +623,33 @@ async def test_a_customer_who_removed_their_card_pays_cash_the_technician_is_tol
         assert (due["amount"], due["currency"]) == (5000, "EUR")  # two manicures at 25.00
         assert await sandbox_ops(mongo, platform, receipt_id) == []  # no card, no charge
 
-        async def told(who: str, kind: str) -> dict[str, Any] | None:
-            mine = (await api.get("/v1/notifications", headers=token[who])).json()
-            return next(
-                (n for n in mine if (n["kind"], n["booking_id"]) == (kind, booking_id)), None
-            )
-
-        at_the_door = await eventually(lambda: told(tech, "cash_due"), what="technician told")
+        at_the_door = await eventually(
+            lambda: told(api, token[tech], "cash_due", booking_id), what="technician told"
+        )
         assert at_the_door["title"] == "Collect 50.00 EUR in cash"
         assert at_the_door["data"] == {"receipt_id": receipt_id, "amount": 5000, "currency": "EUR"}
-        asked = await eventually(lambda: told(customer, "payment_due"), what="customer told")
+        asked = await eventually(
+            lambda: told(api, token[customer], "payment_due", booking_id), what="customer told"
+        )
         assert asked["title"] == "Pay 50.00 EUR to your technician in cash"
-        assert await told(other, "payment_due") is None
+        assert asked["data"] == {"receipt_id": receipt_id, "amount": 5000, "currency": "EUR"}
+        assert await told(api, token[other_tech], "cash_due", booking_id) is None
+
+        # Fully paid by a package of the store: nothing is due, nobody is asked for cash.
+        await sell_package(payments, store, customer, visits=5)
+        covered = await complete_visit(
+            kafka_producer, platform, customer=customer, store=store, technician=tech
+        )
+        by_package = await issued(payments, covered, customer)
+        assert by_package["amount_due"] == 0, by_package
+        assert (await sign(payments, by_package, customer)).status_code == 200
+        settled_events = await keyed_events(
+            infra,
+            f"{platform.prefix}.payments.events",
+            covered,
+            until=lambda found: "payments.payment_settled" in {e["type"] for e in found},
+        )
+        assert "payments.cash_due" not in {e["type"] for e in settled_events}
 
         paid = await api.post(
             f"/v1/receipts/{receipt_id}/cash", json={"amount": 5000}, headers=token[tech]

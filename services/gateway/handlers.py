@@ -23,6 +23,7 @@ from shared.events.payments import (
     CancellationFeeRefunded,
     CancellationFeeWaived,
     CashDue,
+    PaymentFailed,
     PrepaidPurchased,
     ReceiptIssued,
     ReceiptSealed,
@@ -236,9 +237,29 @@ async def cash_due(tx: Transaction, event: CashDue) -> None:
         f"customer:{event.customer_id}",
         "payment_due",
         title=f"Pay {due} to your technician in cash",
-        body="Or add a card in the app to pay it from there.",
+        body="Or pay it by card in the app.",
         booking_id=event.booking_id,
         receipt_id=event.receipt_id,
+        amount=event.amount,
+        currency=event.currency,
+    )
+
+
+@handlers.on(PaymentFailed)
+async def payment_failed(tx: Transaction, event: PaymentFailed) -> None:
+    await tell(
+        tx,
+        f"customer:{event.customer_id}",
+        "payment_failed",
+        title=f"Your card was not charged: {_money(event.amount, event.currency)} still to pay",
+        body=(
+            f"The card provider said: {event.reason}. Pay with another card in the app, or "
+            "in cash if your technician is still with you."
+        ),
+        booking_id=event.booking_id,
+        receipt_id=event.receipt_id,
+        amount=event.amount,
+        currency=event.currency,
     )
 
 
