@@ -13,12 +13,11 @@ import pytest
 from pymongo import AsyncMongoClient
 
 from services.gateway.signin import add_staff
-from shared.auth import Actor, Role
 from shared.mongo import Document
 from sim.city import City, CityPlan, Shares
 from tests.conftest import Platform
 from tests.harness import eventually
-from tests.seed import OPS, bearer, gateway_token, get_json
+from tests.seed import OPS, get_json
 
 pytestmark = pytest.mark.integration
 
@@ -85,7 +84,7 @@ async def test_customers_without_a_card_pay_cash_at_the_door_and_owe_a_late_canc
     platform: Platform, mongo: AsyncMongoClient[Document]
 ) -> None:
     """Customers who removed their card: the technician is pushed what to collect as each
-    signs, and records it; a late cancellation by one leaves a fee owed on the board."""
+    signs, and records it; a late cancellation by one leaves a fee owed, not charged."""
     email, password = f"sim-{uuid.uuid4().hex[:6]}@doorstep.test", uuid.uuid4().hex
     await add_staff(mongo[f"{platform.prefix}_gateway"], email, password)
 
@@ -131,14 +130,13 @@ async def test_customers_without_a_card_pay_cash_at_the_door_and_owe_a_late_canc
     # Visits slow enough that each cancellation (within a second of booking) comes first.
     cancelling = await City(plan(2, quiet(cash=1, cancel=1), pace=3)).run()
     assert (cancelling.counts["started"], cancelling.counts["cancelled"]) == (2, 2)
-    ops = bearer(await gateway_token(mongo, platform.prefix, Actor(role=Role.OPS, subject="ops_c")))
-    fees = {f"fee_{booking_id}" for booking_id in cancelling.booked}
+    fees = [f"fee_{booking_id}" for booking_id in cancelling.booked]
+    async with platform.client("payments", acting_as=OPS) as payments:
 
-    async def owed_on_the_board() -> list[dict[str, Any]] | None:
-        async with platform.client("gateway") as api:
-            board = (await api.get("/v1/board", headers=ops)).json()
-        rows = [f for f in board["fees"] if f["fee_id"] in fees]
-        return rows if len(rows) == len(fees) and all(f["status"] == "owed" for f in rows) else None
+        async def owed() -> list[dict[str, Any]] | None:
+            found = [await get_json(payments, f"/cancellation-fees/{fee_id}") for fee_id in fees]
+            return found if all(f and f["status"] == "owed" for f in found) else None
 
-    rows = await eventually(owed_on_the_board, what="the late cancellations' fees owed")
-    assert all(f["note"] == "no card on file" and f["amount"] > 0 for f in rows), rows
+        # (The board lists the longest owed first: a session's older fees may fill it.)
+        rows = await eventually(owed, what="the late cancellations' fees owed")
+    assert all(f["failure"] == "no card on file" and f["amount"] > 0 for f in rows), rows
