@@ -221,41 +221,55 @@ async def receipt_ready(tx: Transaction, event: ReceiptIssued) -> None:
 async def cash_due(tx: Transaction, event: CashDue) -> None:
     """Both at the door hear it: the technician what to collect, the customer what to pay."""
     due = _money(event.amount, event.currency)
-    await tell(
+    await tell_of_money_due(
         tx,
         f"technician:{event.technician_id}",
         "cash_due",
+        event,
         title=f"Collect {due} in cash",
         body="The customer signed and has no card on file. Record the cash once you hold it.",
-        booking_id=event.booking_id,
-        receipt_id=event.receipt_id,
-        amount=event.amount,
-        currency=event.currency,
     )
-    await tell(
+    await tell_of_money_due(
         tx,
         f"customer:{event.customer_id}",
         "payment_due",
+        event,
         title=f"Pay {due} to your technician in cash",
         body="Or pay it by card in the app.",
-        booking_id=event.booking_id,
-        receipt_id=event.receipt_id,
-        amount=event.amount,
-        currency=event.currency,
     )
 
 
 @handlers.on(PaymentFailed)
 async def payment_failed(tx: Transaction, event: PaymentFailed) -> None:
-    await tell(
+    await tell_of_money_due(
         tx,
         f"customer:{event.customer_id}",
         "payment_failed",
+        event,
         title=f"Your card was not charged: {_money(event.amount, event.currency)} still to pay",
         body=(
             f"The card provider said: {event.reason}. Pay with another card in the app, or "
             "in cash if your technician is still with you."
         ),
+    )
+
+
+async def tell_of_money_due(
+    tx: Transaction,
+    recipient: str,
+    kind: str,
+    event: CashDue | PaymentFailed,
+    *,
+    title: str,
+    body: str,
+) -> None:
+    """Money still due on a signed receipt: which receipt and how much, for the app to act."""
+    await tell(
+        tx,
+        recipient,
+        kind,
+        title=title,
+        body=body,
         booking_id=event.booking_id,
         receipt_id=event.receipt_id,
         amount=event.amount,
