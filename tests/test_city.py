@@ -7,7 +7,6 @@ from __future__ import annotations
 
 import uuid
 from dataclasses import fields
-from typing import Any
 
 import pytest
 from pymongo import AsyncMongoClient
@@ -80,11 +79,12 @@ def quiet(**shares: float) -> Shares:
     return Shares(**{**dict.fromkeys((f.name for f in fields(Shares)), 0.0), **shares})
 
 
-async def test_customers_without_a_card_pay_cash_at_the_door_and_owe_a_late_cancellation(
+async def test_customers_without_a_card_pay_cash_at_the_door(
     platform: Platform, mongo: AsyncMongoClient[Document]
 ) -> None:
     """Customers who removed their card: the technician is pushed what to collect as each
-    signs, and records it; a late cancellation by one leaves a fee owed, not charged."""
+    signs, and records it. (Their late cancellations' fees, owed, are checked by the fault
+    run.)"""
     email, password = f"sim-{uuid.uuid4().hex[:6]}@doorstep.test", uuid.uuid4().hex
     await add_staff(mongo[f"{platform.prefix}_gateway"], email, password)
 
@@ -126,17 +126,3 @@ async def test_customers_without_a_card_pay_cash_at_the_door_and_owe_a_late_canc
                 return found is not None and found["status"] == "closed"
 
             await eventually(closed, what=f"booking {booking_id} closed")
-
-    # Visits slow enough that each cancellation (within a second of booking) comes first.
-    cancelling = await City(plan(2, quiet(cash=1, cancel=1), pace=3)).run()
-    assert (cancelling.counts["started"], cancelling.counts["cancelled"]) == (2, 2)
-    fees = [f"fee_{booking_id}" for booking_id in cancelling.booked]
-    async with platform.client("payments", acting_as=OPS) as payments:
-
-        async def owed() -> list[dict[str, Any]] | None:
-            found = [await get_json(payments, f"/cancellation-fees/{fee_id}") for fee_id in fees]
-            return found if all(f and f["status"] == "owed" for f in found) else None
-
-        # (The board lists the longest owed first: a session's older fees may fill it.)
-        rows = await eventually(owed, what="the late cancellations' fees owed")
-    assert all(f["failure"] == "no card on file" and f["amount"] > 0 for f in rows), rows
