@@ -102,6 +102,12 @@ class Settings(BaseSettings):
     sandbox_confirm_delay_s: float = Field(0.3, validation_alias="PAYMENTS_SANDBOX_CONFIRM_DELAY_S")
     # A charge or refund with no webhook after this long is looked up at the provider.
     provider_check_after_s: float = Field(30.0, validation_alias="PAYMENTS_PROVIDER_CHECK_AFTER_S")
+    # A signed receipt still unpaid (a declined card, cash nobody recorded) is reminded of
+    # this long after, and again as long again, at most this many times.
+    payment_reminder_after_s: float = Field(
+        6 * 3600.0, validation_alias="PAYMENTS_REMINDER_AFTER_S"
+    )
+    payment_reminders: int = Field(3, ge=0, validation_alias="PAYMENTS_REMINDERS")
     # The receipt-sealing key (32-byte Ed25519 seed, base64url) and its id. Unset, keys are
     # made and rotated in the service's database; set it from a secret store in production.
     receipt_sealing_seed: SecretStr | None = Field(None, validation_alias="RECEIPT_SEALING_SEED")

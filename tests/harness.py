@@ -177,6 +177,9 @@ class ServiceProcess:
             # A quick sandbox, and a quick look-up when its webhook stays silent.
             "PAYMENTS_SANDBOX_CONFIRM_DELAY_S": "0.1",
             "PAYMENTS_PROVIDER_CHECK_AFTER_S": "2",
+            # Unpaid receipts reminded within seconds, twice, instead of every 6 hours.
+            "PAYMENTS_REMINDER_AFTER_S": "2",
+            "PAYMENTS_REMINDERS": "2",
             # One-time sign-in codes readable at GET /v1/dev/sms, as in development.
             "DOORSTEP_DEV_SMS_LOG": "1",
             **self.extra_env,

@@ -9,16 +9,19 @@ Screenshots of each step are kept in .run/test/artefacts/dashboard/.
 
 from __future__ import annotations
 
+import hashlib
 import os
 import re
 import uuid
 from collections.abc import AsyncIterator
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 from urllib.parse import urlsplit
 
 import httpx
 import pytest
+from aiokafka import AIOKafkaProducer
 from playwright.async_api import Browser, Page, async_playwright, expect
 from pymongo import AsyncMongoClient
 
@@ -26,7 +29,7 @@ from services.gateway.signin import add_staff
 from shared.auth import Actor, Role
 from shared.mongo import Document
 from tests.conftest import Platform
-from tests.harness import TEST_RUN_DIR, eventually
+from tests.harness import TEST_RUN_DIR, eventually, publish
 from tests.seed import (
     OPS,
     accept_offer,
@@ -36,9 +39,11 @@ from tests.seed import (
     bearer,
     booking_body,
     gateway_token,
+    get_json,
     seed_customer,
     seed_item,
     seed_technician,
+    service_completed,
 )
 
 pytestmark = pytest.mark.integration
@@ -442,3 +447,68 @@ async def test_operations_see_a_fee_owed_and_waive_it_from_the_page(
             mongo, platform.prefix, Actor(role=Role.STORE, subject="s@x", store_id="store_chiado")
         )
         assert (await api.get("/v1/board", headers=bearer(store))).json()["fees"] == []
+
+
+async def test_operations_see_a_visit_unpaid_after_a_declined_card_until_it_is_paid(
+    platform: Platform,
+    mongo: AsyncMongoClient[Document],
+    browser: Browser,
+    kafka_producer: AIOKafkaProducer,
+) -> None:
+    """The customer signed, their card was declined: the visit appears among those not paid,
+    with the reminders sent as they go; when the customer pays with another card, it leaves."""
+    customer, store = f"cus_{uuid.uuid4().hex[:8]}", f"store_{uuid.uuid4().hex[:8]}"
+    booking_id = f"bk_{uuid.uuid4().hex[:10]}"
+    board = Dashboard(
+        await browser.new_page(viewport={"width": 1280, "height": 1400}), platform.url("gateway")
+    )
+    await board.sign_in(*(await staff(mongo, platform.prefix)).split())
+    async with platform.client("payments") as payments:
+        r = await payments.put(
+            f"/customers/{customer}/payment-method",
+            json={"payment_method": "pm_card_declined"},
+            headers=as_customer(customer),
+        )
+        assert r.status_code == 200, r.text
+        await publish(
+            kafka_producer, platform.prefix, service_completed(booking_id, customer, store)
+        )
+
+        async def issued() -> Any:
+            return await get_json(
+                payments, "/receipts", headers=as_customer(customer), booking_id=booking_id
+            )
+
+        receipt = await eventually(issued, what="the receipt issued")
+        signature = {
+            "method": "drawn",
+            "artefact": hashlib.sha256(uuid.uuid4().bytes).hexdigest(),
+            "signed_at": datetime.now(UTC).isoformat(),
+        }
+        r = await payments.post(
+            f"/receipts/{receipt['receipt_id']}/sign",
+            json={"receipt_hash": receipt["content_hash"], "signature": signature},
+            headers=as_customer(customer),
+        )
+        assert r.status_code == 200, r.text
+        row = board.page.locator(f'#unpaid tr[data-receipt="{receipt["receipt_id"]}"]')
+        await expect(row).to_be_visible(timeout=LIVE)
+        await expect(row).to_contain_text("card: the customer")
+        await expect(row).to_contain_text(customer)
+        await expect(row).to_contain_text("60.00")
+        await expect(row).to_contain_text("card declined by the issuer")
+        await expect(row).to_contain_text("2 sent", timeout=LIVE)  # every 2 s in tests, twice
+        await expect(board.page.locator("#unpaid-title")).to_have_text(
+            re.compile(r"^Visits not paid: \d+$")
+        )
+        await board.shot("10-visit-unpaid")
+
+        r = await payments.post(
+            f"/receipts/{receipt['receipt_id']}/pay",
+            json={"payment_method": "pm_card_ok"},
+            headers=as_customer(customer),
+        )
+        assert r.status_code == 200, r.text
+    await expect(row).to_have_count(0, timeout=LIVE)
+    await expect(board.page.locator("#unpaid-today")).to_contain_text("Paid today after a delay")
+    await board.assert_never_reloaded_nor_left_the_platform()

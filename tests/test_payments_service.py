@@ -661,6 +661,131 @@ async def test_a_customer_who_removed_their_card_pays_cash_the_technician_is_tol
     assert await sandbox_ops(mongo, platform, receipt_id) == []
 
 
+async def test_an_unpaid_visit_is_reminded_to_whoever_must_pay_and_on_the_board_until_paid(
+    platform: Platform,
+    kafka_producer: AIOKafkaProducer,
+    infra: Infra,
+    mongo: AsyncMongoClient[Document],
+) -> None:
+    """A declined card: the customer is reminded (twice in tests, every 2 s), operations and
+    the visit's store see it unpaid, and paying with another card takes it off. Cash nobody
+    recorded: the technician is reminded, not the customer; recording it stops the rest."""
+    customer, cash_customer, store = unique("cus_"), unique("cus_"), unique("store_")
+    tech, cash_tech = unique("tech_"), unique("tech_")
+    token = {
+        who: bearer(await gateway_token(mongo, platform.prefix, actor))
+        for who, actor in {
+            customer: Actor(role=Role.CUSTOMER, subject=customer),
+            cash_customer: Actor(role=Role.CUSTOMER, subject=cash_customer),
+            cash_tech: Actor(role=Role.TECHNICIAN, subject=cash_tech),
+            "ops": Actor(role=Role.OPS, subject="ops_unpaid"),
+            store: Actor(role=Role.STORE, subject="s@unpaid", store_id=store),
+            "other": Actor(role=Role.STORE, subject="s@other", store_id=unique("store_")),
+        }.items()
+    }
+    db = mongo[f"{platform.prefix}_payments"]
+    topic = f"{platform.prefix}.payments.events"
+
+    async def notes(who: str, kind: str, booking_id: str) -> list[dict[str, Any]]:
+        mine = (await api.get("/v1/notifications", headers=token[who])).json()
+        return [n for n in mine if (n["kind"], n["booking_id"]) == (kind, booking_id)]
+
+    async def unpaid_row(who: str, receipt_id: str, status: str) -> dict[str, Any] | None:
+        rows = (await api.get("/v1/board", headers=token[who])).json()["unpaid"]
+        row = next((r for r in rows if r["receipt_id"] == receipt_id), None)
+        return row if row and row["status"] == status else None
+
+    async with platform.client("payments") as payments, platform.client("gateway") as api:
+        await set_card(payments, customer, "pm_card_declined")
+        booking_id = await complete_visit(
+            kafka_producer, platform, customer=customer, store=store, technician=tech
+        )
+        receipt = await issued(payments, booking_id, customer)
+        receipt_id = receipt["receipt_id"]
+        assert (await sign(payments, receipt, customer)).status_code == 200
+        events = await keyed_events(
+            infra,
+            topic,
+            booking_id,
+            until=lambda found: sum(e["type"] == "payments.payment_overdue" for e in found) == 2,
+        )
+        reminders = [e["payload"] for e in events if e["type"] == "payments.payment_overdue"]
+        assert [(r["reminder"], r["way"], r["amount"]) for r in reminders] == [
+            (1, "card", 5000),
+            (2, "card", 5000),
+        ]
+        assert {(r["technician_id"], r["store_id"]) for r in reminders} == {(tech, store)}
+
+        async def reminded_twice() -> list[dict[str, Any]] | None:
+            found = await notes(customer, "payment_overdue", booking_id)
+            return found if len(found) == 2 else None
+
+        told = await eventually(reminded_twice, what="the customer reminded twice")
+        assert told[0]["title"] == "Still to pay for your visit: 50.00 EUR"
+        assert told[0]["data"] == {"receipt_id": receipt_id, "amount": 5000, "currency": "EUR"}
+
+        async def no_reminder_set(receipt_id: str) -> bool:
+            found = {"_id": f"payment_reminder:{receipt_id}"}
+            return await db["timers"].count_documents(found) == 0
+
+        # Two reminders in tests, then no more: the reminder timer is gone.
+        await eventually(lambda: no_reminder_set(receipt_id), what="no third reminder set")
+
+        row = await eventually(lambda: unpaid_row("ops", receipt_id, "due"), what="ops see it")
+        assert (row["way"], row["amount"], row["customer_id"], row["store_id"]) == (
+            "card",
+            5000,
+            customer,
+            store,
+        )
+        assert (row["note"], row["reminders"]) == ("card declined by the issuer", 2)
+        mine = await eventually(lambda: unpaid_row(store, receipt_id, "due"), what="store sees it")
+        assert mine["customer_id"] is None  # the store follows the money, not the customer
+        assert await unpaid_row("other", receipt_id, "due") is None
+
+        paid = await api.post(
+            f"/v1/receipts/{receipt_id}/pay",
+            json={"payment_method": "pm_card_ok"},
+            headers=token[customer],
+        )
+        assert paid.status_code == 200, paid.text
+        done = await eventually(lambda: unpaid_row("ops", receipt_id, "paid"), what="paid")
+        assert done["paid_at"] is not None
+
+        # Nobody had a card: the technician is reminded to record the cash, never the customer.
+        cash_booking = await complete_visit(
+            kafka_producer, platform, customer=cash_customer, store=store, technician=cash_tech
+        )
+        cash_receipt = await issued(payments, cash_booking, cash_customer)
+        assert (await sign(payments, cash_receipt, cash_customer)).status_code == 200
+
+        async def technician_reminded() -> dict[str, Any] | None:
+            found = await notes(cash_tech, "cash_overdue", cash_booking)
+            return found[-1] if found else None
+
+        first = await eventually(technician_reminded, what="the technician reminded")
+        assert first["title"] == "Record the 50.00 EUR in cash for this visit"
+        recorded = await api.post(
+            f"/v1/receipts/{cash_receipt['receipt_id']}/cash",
+            json={"amount": 5000},
+            headers=token[cash_tech],
+        )
+        assert recorded.status_code == 200, recorded.text
+        overdue = {"key": cash_booking, "type": "payments.payment_overdue"}
+        before = await db["outbox"].count_documents(overdue)
+        assert before in (1, 2)  # the second may have come before the technician looked
+        await eventually(
+            lambda: no_reminder_set(cash_receipt["receipt_id"]), what="the reminders over"
+        )
+        # Any reminder due after the cash found the receipt paid, and said nothing.
+        assert await db["outbox"].count_documents(overdue) == before
+        assert await notes(cash_customer, "payment_overdue", cash_booking) == []
+        row = await eventually(
+            lambda: unpaid_row("ops", cash_receipt["receipt_id"], "paid"), what="cash paid"
+        )
+        assert (row["way"], row["technician_id"]) == ("cash", cash_tech)
+
+
 # --------------------------------------------------------------------- refunds --
 
 

@@ -6,6 +6,8 @@ board_bookings    one row per booking: state, waiting time, technician and store
 board_alerts      safety alerts, with who acknowledged them
 board_complaints  complaints: status, tier, the next deadline and the breaches so far
 board_fees        late-cancellation fees: owed (to chase or waive), or settled and how
+board_unpaid      signed visits whose money is still due (a declined card, cash not yet
+                  recorded), the reminders sent, and when they were paid
 
 Events about one booking come on several topics, in no fixed order between them, so each
 handler sets only the fields its event owns; a status or complaint update older than the
@@ -19,7 +21,7 @@ from typing import Any
 
 from pymongo import ASCENDING, DESCENDING, IndexModel
 
-from services.gateway.domain import AlertRow, BookingRow, ComplaintRow, FeeRow
+from services.gateway.domain import AlertRow, BookingRow, ComplaintRow, FeeRow, UnpaidRow
 from shared.auth import Actor
 from shared.consumer import Handlers
 from shared.events.booking import (
@@ -41,6 +43,10 @@ from shared.events.payments import (
     CancellationFeePaid,
     CancellationFeeRefunded,
     CancellationFeeWaived,
+    CashDue,
+    PaymentFailed,
+    PaymentOverdue,
+    PaymentSettled,
     ReceiptSigned,
 )
 from shared.events.reviews import ComplaintUpdated, ReviewSubmitted
@@ -52,7 +58,8 @@ BOARD_BOOKINGS = "board_bookings"
 BOARD_ALERTS = "board_alerts"
 BOARD_COMPLAINTS = "board_complaints"
 BOARD_FEES = "board_fees"
-BOARD = (BOARD_BOOKINGS, BOARD_ALERTS, BOARD_COMPLAINTS, BOARD_FEES)
+BOARD_UNPAID = "board_unpaid"
+BOARD = (BOARD_BOOKINGS, BOARD_ALERTS, BOARD_COMPLAINTS, BOARD_FEES, BOARD_UNPAID)
 FINISHED = ("closed", "cancelled")
 
 handlers = Handlers()
@@ -74,6 +81,9 @@ async def ensure_indexes(db: Database) -> None:
     await db[BOARD_FEES].create_indexes(
         [IndexModel([("status", ASCENDING), ("settled_at", DESCENDING)], name="status")]
     )
+    await db[BOARD_UNPAID].create_indexes(
+        [IndexModel([("status", ASCENDING), ("paid_at", DESCENDING)], name="status")]
+    )
 
 
 def occurred(tx: Transaction) -> datetime:
@@ -84,13 +94,16 @@ class Expr(dict[str, Any]):
     """An aggregation expression, computed from the stored row; anything else is a value."""
 
 
-async def _set(tx: Transaction, collection: str, row_id: str, fields: dict[str, Any]) -> None:
-    """Upsert the fields this event owns (expressions may read what is stored)."""
+async def _set(
+    tx: Transaction, collection: str, row_id: str, fields: dict[str, Any], *, upsert: bool = True
+) -> None:
+    """Upsert the fields this event owns (expressions may read what is stored); with
+    `upsert=False`, only a row already there changes."""
     values = {k: v if isinstance(v, Expr) else {"$literal": v} for k, v in fields.items()}
     await tx.db[collection].update_one(
         {"_id": row_id},
         [{"$set": values}, {"$set": {"rev": {"$add": [{"$ifNull": ["$rev", 0]}, 1]}}}],
-        upsert=True,
+        upsert=upsert,
         session=tx.session,
     )
 
@@ -301,6 +314,53 @@ async def fee_refunded(tx: Transaction, e: CancellationFeeRefunded) -> None:
     await _set(tx, BOARD_FEES, e.fee_id, refunded)
 
 
+# -------------------------------------------------------------------- unpaid --
+# A receipt's events share its booking's key too. Most receipts are paid as they are signed
+# and never have a row: only money left due makes one.
+def _unpaid(e: CashDue | PaymentFailed | PaymentOverdue, way: str, **fields: Any) -> dict[str, Any]:
+    about = e.model_dump(include={"booking_id", "customer_id", "amount", "currency"})
+    return {**about, "way": way, "status": "due", **fields}
+
+
+@handlers.on(CashDue)
+async def cash_due(tx: Transaction, e: CashDue) -> None:
+    row = _unpaid(
+        e,
+        "cash",
+        technician_id=e.technician_id,
+        store_id=e.store_id,
+        note="no card on file: cash at the door",
+        due_since=_keep("due_since", occurred(tx)),
+    )
+    await _set(tx, BOARD_UNPAID, e.receipt_id, row)
+
+
+@handlers.on(PaymentFailed)
+async def payment_failed(tx: Transaction, e: PaymentFailed) -> None:
+    row = _unpaid(e, "card", note=e.reason, due_since=_keep("due_since", occurred(tx)))
+    await _set(tx, BOARD_UNPAID, e.receipt_id, row)
+
+
+@handlers.on(PaymentOverdue)
+async def payment_overdue(tx: Transaction, e: PaymentOverdue) -> None:
+    row = _unpaid(
+        e,
+        e.way,
+        technician_id=e.technician_id,
+        store_id=e.store_id,
+        due_since=e.due_since,
+        reminders=e.reminder,
+        last_reminded_at=occurred(tx),
+    )
+    await _set(tx, BOARD_UNPAID, e.receipt_id, row)
+
+
+@handlers.on(PaymentSettled)
+async def payment_settled(tx: Transaction, e: PaymentSettled) -> None:
+    paid = {"status": "paid", "paid_at": e.settled_at}
+    await _set(tx, BOARD_UNPAID, e.receipt_id, paid, upsert=False)
+
+
 # -------------------------------------------------------------------- reading --
 def scope_of(actor: Actor) -> dict[str, str]:
     """Operations see everything; a store its own technicians' bookings, alerts, complaints."""
@@ -374,3 +434,17 @@ async def fees(db: Database, actor: Actor, since: datetime, limit: int) -> list[
     query = {"$or": [{"status": "owed"}, {"settled_at": {"$gte": since}}]}
     docs = db[BOARD_FEES].find(query).sort("owed_since", ASCENDING).limit(limit)
     return [fee_row(d) async for d in docs]
+
+
+def unpaid_row(doc: Document, actor: Actor) -> UnpaidRow:
+    row = UnpaidRow.model_validate({**doc, "receipt_id": doc["_id"]})
+    if not actor.is_ops:  # a store follows its technicians' cash, not who the customer is
+        row.customer_id = None
+    return row
+
+
+async def unpaid(db: Database, actor: Actor, since: datetime, limit: int) -> list[UnpaidRow]:
+    """Every signed visit still unpaid, longest due first, and those paid today."""
+    query = {**scope_of(actor), "$or": [{"status": "due"}, {"paid_at": {"$gte": since}}]}
+    docs = db[BOARD_UNPAID].find(query).sort("due_since", ASCENDING).limit(limit)
+    return [unpaid_row(d, actor) async for d in docs]

@@ -105,17 +105,18 @@ async def with_contacts(request: Request, actor: Actor, alerts: list[AlertRow]) 
     return alerts
 
 
-@router.get("", summary="The board: alerts, bookings, complaints, fees owed and today's figures")
+@router.get("", summary="The board: alerts, bookings, complaints, money owed and today's figures")
 async def read_board(
     request: Request, runtime: RuntimeDep, actor: EdgeActor, since: Since = None
 ) -> Board:
     day = start_of_day(since)
     db = runtime.db
-    bookings, alerts, complaints, fees = await asyncio.gather(
+    bookings, alerts, complaints, fees, unpaid = await asyncio.gather(
         board.bookings(db, actor, day, ROWS),
         board.alerts(db, actor, day, ROWS),
         board.complaints(db, actor, day, ROWS),
         board.fees(db, actor, day, ROWS),
+        board.unpaid(db, actor, day, ROWS),
     )
     return Board(
         viewer=board.viewer(actor),
@@ -124,6 +125,7 @@ async def read_board(
         bookings=bookings,
         complaints=complaints,
         fees=fees,
+        unpaid=unpaid,
         figures=figures(bookings, complaints, day),
     )
 
@@ -214,13 +216,15 @@ async def _event(request: Request, actor: Actor, collection: str, doc: Document)
         return _frame("alert", alert)
     if collection == board.BOARD_FEES:
         return _frame("fee", board.fee_row(doc))
+    if collection == board.BOARD_UNPAID:
+        return _frame("unpaid", board.unpaid_row(doc, actor))
     return _frame("complaint", board.complaint_row(doc))
 
 
 @router.get(
     "/stream",
     summary="The board's changes as they happen (text/event-stream: booking, alert, complaint, "
-    "fee)",
+    "fee, unpaid)",
     response_class=StreamingResponse,
 )
 async def stream(request: Request, runtime: RuntimeDep, actor: EdgeActor) -> StreamingResponse:

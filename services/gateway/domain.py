@@ -144,6 +144,27 @@ class FeeRow(Row):
     rev: int = 0
 
 
+class UnpaidRow(Row):
+    """A signed visit whose money is still due (a declined card, cash not recorded), and
+    those paid today. Operations see all; a store its own, without the customer."""
+
+    receipt_id: str
+    booking_id: str
+    customer_id: str | None = None
+    technician_id: str | None = None
+    store_id: str | None = None
+    amount: int = Field(description="Still to pay, minor units")
+    currency: str
+    way: str = Field(description="card: the customer pays in the app; cash: the technician")
+    status: str  # due, or paid
+    note: str | None = Field(None, description="Why: the card's decline, or no card on file")
+    due_since: datetime | None = None
+    reminders: int = Field(0, description="Reminders sent so far")
+    last_reminded_at: datetime | None = None
+    paid_at: datetime | None = None
+    rev: int = 0
+
+
 class Figures(BaseModel):
     """Today's figures (since the viewer's midnight), for the viewer's scope."""
 
@@ -212,5 +233,8 @@ class Board(BaseModel):
     complaints: list[ComplaintRow]
     fees: list[FeeRow] = Field(
         description="Late-cancellation fees owed, and those settled today (operations only)"
+    )
+    unpaid: list[UnpaidRow] = Field(
+        description="Signed visits not yet paid, and those paid today (a store's: its own)"
     )
     figures: Figures

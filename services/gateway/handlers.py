@@ -24,6 +24,7 @@ from shared.events.payments import (
     CancellationFeeWaived,
     CashDue,
     PaymentFailed,
+    PaymentOverdue,
     PrepaidPurchased,
     ReceiptIssued,
     ReceiptSealed,
@@ -254,11 +255,37 @@ async def payment_failed(tx: Transaction, event: PaymentFailed) -> None:
     )
 
 
+@handlers.on(PaymentOverdue)
+async def payment_overdue(tx: Transaction, event: PaymentOverdue) -> None:
+    """A reminder goes to whoever must act: the customer whose card was declined, or the
+    technician who has not recorded the cash (never the customer then: they may have paid
+    it at the door)."""
+    due = _money(event.amount, event.currency)
+    if event.way == "card":
+        await tell_of_money_due(
+            tx,
+            f"customer:{event.customer_id}",
+            "payment_overdue",
+            event,
+            title=f"Still to pay for your visit: {due}",
+            body="Your card was declined. Pay with another card in the app.",
+        )
+    else:
+        await tell_of_money_due(
+            tx,
+            f"technician:{event.technician_id}",
+            "cash_overdue",
+            event,
+            title=f"Record the {due} in cash for this visit",
+            body="The receipt is still unpaid. If the customer did not pay you, tell your store.",
+        )
+
+
 async def tell_of_money_due(
     tx: Transaction,
     recipient: str,
     kind: str,
-    event: CashDue | PaymentFailed,
+    event: CashDue | PaymentFailed | PaymentOverdue,
     *,
     title: str,
     body: str,

@@ -11,7 +11,7 @@ from __future__ import annotations
 import logging
 import uuid
 from datetime import datetime, timedelta
-from typing import Any
+from typing import Any, Literal
 
 from services.payments import domain
 from services.payments.domain import (
@@ -49,6 +49,7 @@ from shared.events.payments import (
     CashDue,
     CouponGranted,
     PaymentFailed,
+    PaymentOverdue,
     PaymentSettled,
     PrepaidDrawn,
     PrepaidPurchased,
@@ -68,6 +69,7 @@ log = logging.getLogger(__name__)
 SUBMIT = "provider_submit"  # send a pending charge or refund to the provider
 CHECK = "provider_check"  # no webhook came: ask the provider
 EXPIRE = "holding_expiry"  # write off what is left on an expired card or package
+REMIND = "payment_reminder"  # a signed receipt still unpaid: remind whoever must act
 
 
 async def issue_receipt(tx: Transaction, event: ServiceCompleted) -> Receipt:
@@ -233,6 +235,7 @@ async def sign(
                     currency=receipt.currency,
                 )
             )
+            await remind_later(tx, receipt, "cash")
     await receipts.save(receipt, tx.session)
     await _withdraw_fee(tx, receipt.booking_id)
     return receipt
@@ -368,6 +371,7 @@ async def apply_outcome(tx: Transaction, op_id: str, result: ProviderResult) -> 
                 reason=result.reason or "declined",
             )
         )
+        await remind_later(tx, receipt, "card")
     return True
 
 
@@ -394,6 +398,47 @@ async def collect_cash(
     _settle(tx, receipt, now)
     await Receipts(tx.db).save(receipt, tx.session)
     return receipt
+
+
+async def remind_later(
+    tx: Transaction, receipt: Receipt, way: Literal["card", "cash"], reminder: int = 1
+) -> None:
+    """Money is still due and nobody is paying it now: look again later (a decline after a
+    new card's decline starts the reminders again)."""
+    if reminder > tx.settings.payment_reminders:
+        return
+    due = utcnow() + timedelta(seconds=tx.settings.payment_reminder_after_s)
+    data = {"way": way, "reminder": reminder}
+    await set_timer(tx, REMIND, receipt.receipt_id, due, data=data)
+
+
+async def remind(
+    tx: Transaction, receipt_id: str, way: Literal["card", "cash"], reminder: int
+) -> bool:
+    """The reminder's time came: if the receipt is still unpaid and no charge is under way
+    (its outcome decides what next), say so, and set the next one. True if it reminded."""
+    receipt = await Receipts(tx.db).get(receipt_id, tx.session)
+    if receipt is None or receipt.status is not ReceiptStatus.SEALED or receipt.signature is None:
+        return False  # paid since, or never signed
+    ops = await ProviderOps(tx.db).of_receipt(receipt_id, tx.session)
+    if any(o.kind == "charge" and o.open for o in ops):
+        return False
+    tx.emit(
+        PaymentOverdue(
+            receipt_id=receipt.receipt_id,
+            booking_id=receipt.booking_id,
+            customer_id=receipt.customer_id,
+            technician_id=receipt.technician_id,
+            store_id=receipt.store_id,
+            amount=receipt.amount_due - receipt.paid,
+            currency=receipt.currency,
+            way=way,
+            due_since=receipt.signature.signed_at,
+            reminder=reminder,
+        )
+    )
+    await remind_later(tx, receipt, way, reminder + 1)
+    return True
 
 
 async def refund(

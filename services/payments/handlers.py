@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import logging
 from datetime import timedelta
+from typing import Literal
 
 from services.payments import commands
 from services.payments.domain import Coupon
@@ -111,6 +112,13 @@ async def check(ctx: TimerContext, timer: Timer) -> None:
             await set_timer(tx, commands.CHECK, op.op_id, later)
 
     await ctx.uow.run(apply)
+
+
+@timers.on(commands.REMIND)
+async def payment_reminder(ctx: TimerContext, timer: Timer) -> None:
+    way: Literal["card", "cash"] = "cash" if timer.data.get("way") == "cash" else "card"
+    reminder = int(timer.data.get("reminder", 1))
+    await ctx.uow.run(lambda tx: commands.remind(tx, timer.subject, way, reminder))
 
 
 @timers.on(commands.EXPIRE)

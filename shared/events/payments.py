@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from datetime import datetime
+from typing import Literal
 
 from pydantic import Field
 
@@ -133,6 +134,24 @@ class PaymentFailed(EventPayload):
     amount: MinorUnits
     currency: Currency
     reason: str
+
+
+@event("payments.payment_overdue", version=1, stream=STREAM, key="booking_id")
+class PaymentOverdue(EventPayload):
+    """A signed receipt is still unpaid well after the visit: a reminder (one of a few).
+    `way` says who must act: "card" (the customer's card was declined: pay in the app) or
+    "cash" (nobody had a card: the technician has not recorded the cash)."""
+
+    receipt_id: str
+    booking_id: str
+    customer_id: str
+    technician_id: str
+    store_id: str
+    amount: MinorUnits = Field(description="Still to pay")
+    currency: Currency
+    way: Literal["card", "cash"]
+    due_since: datetime = Field(description="When the customer signed")
+    reminder: int = Field(ge=1, description="1 for the first reminder, then 2, ...")
 
 
 @event("payments.refund_issued", version=1, stream=STREAM, key="booking_id")

@@ -10,7 +10,7 @@ const REMEDIES = ["apology", "refund", "coupon", "redo_visit", "coaching", "susp
 
 const state = {
   viewer: null, bookings: new Map(), alerts: new Map(), complaints: new Map(), fees: new Map(),
-  figures: null, map: null, stream: null,
+  unpaid: new Map(), figures: null, map: null, stream: null,
 };
 
 // ------------------------------------------------------------------ helpers --
@@ -126,6 +126,7 @@ async function loadBoard() {
   for (const a of board.alerts) newer(state.alerts, a.alert_id, a);
   for (const c of board.complaints) newer(state.complaints, c.complaint_id, c);
   for (const f of board.fees) newer(state.fees, f.fee_id, f);
+  for (const u of board.unpaid) newer(state.unpaid, u.receipt_id, u);
   state.figures = board.figures;
   $("viewer").textContent = isOps() ? "Operations: every store" : `Store ${myStore()}`;
   $("viewer").hidden = false;
@@ -164,6 +165,8 @@ function apply(kind, row) {
     if (gone) state.complaints.delete(row.complaint_id); else newer(state.complaints, row.complaint_id, row);
   } else if (kind === "fee") {
     newer(state.fees, row.fee_id, row);
+  } else if (kind === "unpaid") {
+    if (gone) state.unpaid.delete(row.receipt_id); else newer(state.unpaid, row.receipt_id, row);
   }
   scheduleRender();
   refreshFiguresSoon();
@@ -221,7 +224,7 @@ function scheduleRender() {
 
 function render() {
   renderAlerts(); renderFigures(); renderStates(); renderWaiting(); renderFailed();
-  renderVisits(); renderComplaints(); renderFees(); renderMap(); tick();
+  renderVisits(); renderComplaints(); renderFees(); renderUnpaid(); renderMap(); tick();
 }
 
 function fill(tableId, rows, empty, columns) {
@@ -346,6 +349,24 @@ function renderFees() {
     h("td", {}, h("span", { "data-since": f.owed_since || "" }, "")),
     h("td", {}, h("button", { type: "button", onclick: () => waive(f), "aria-label": `Waive fee ${f.fee_id}` }, "Waive…")))),
   "No fees owed.", 6);
+}
+
+// Signed visits whose money is still due: a declined card (the customer pays in the app) or
+// cash the technician has not recorded. A store sees its own, without the customer.
+function renderUnpaid() {
+  const rows = [...state.unpaid.values()];
+  const due = rows.filter((u) => u.status === "due")
+    .sort((a, b) => (a.due_since || "").localeCompare(b.due_since || ""));
+  $("unpaid-title").textContent = due.length ? `Visits not paid: ${due.length}` : "Visits not paid";
+  const paid = rows.length - due.length;
+  $("unpaid-today").textContent = paid ? `Paid today after a delay: ${paid}.` : "";
+  fill("unpaid", due.map((u) => h("tr", { "data-receipt": u.receipt_id },
+    h("td", {}, u.booking_id, h("br"), h("small", {}, `receipt ${u.receipt_id}`)),
+    h("td", {}, u.way === "cash" ? `cash: technician ${u.technician_id || ""}` : "card: the customer"),
+    h("td", {}, isOps() ? u.customer_id || "" : ""), h("td", {}, money(u.amount, u.currency)),
+    h("td", {}, u.note || ""), h("td", {}, h("span", { "data-since": u.due_since || "" }, "")),
+    h("td", {}, u.reminders ? `${u.reminders} sent` : "none yet"))),
+  "Every signed visit is paid.", 7);
 }
 
 function renderMap() {
