@@ -105,7 +105,7 @@ class Settings(BaseSettings):
     # A signed receipt still unpaid (a declined card, cash nobody recorded) is reminded of
     # this long after, and again as long again, at most this many times.
     payment_reminder_after_s: float = Field(
-        6 * 3600.0, validation_alias="PAYMENTS_REMINDER_AFTER_S"
+        6 * 3600.0, gt=0, validation_alias="PAYMENTS_REMINDER_AFTER_S"
     )
     payment_reminders: int = Field(3, ge=0, validation_alias="PAYMENTS_REMINDERS")
     # The receipt-sealing key (32-byte Ed25519 seed, base64url) and its id. Unset, keys are

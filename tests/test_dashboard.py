@@ -510,5 +510,5 @@ async def test_operations_see_a_visit_unpaid_after_a_declined_card_until_it_is_p
         )
         assert r.status_code == 200, r.text
     await expect(row).to_have_count(0, timeout=LIVE)
-    await expect(board.page.locator("#unpaid-today")).to_contain_text("Paid today after a delay")
+    await expect(board.page.locator("#unpaid-today")).to_contain_text("Paid since today began")
     await board.assert_never_reloaded_nor_left_the_platform()

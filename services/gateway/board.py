@@ -315,11 +315,14 @@ async def fee_refunded(tx: Transaction, e: CancellationFeeRefunded) -> None:
 
 
 # -------------------------------------------------------------------- unpaid --
-# A receipt's events share its booking's key too. Most receipts are paid as they are signed
-# and never have a row: only money left due makes one.
+# A receipt's events share its booking's key too, so they arrive in the order they
+# happened. Only money left due makes a row: a card declined, or cash to collect at the door
+# (a row until the technician records it, usually moments later).
 def _unpaid(e: CashDue | PaymentFailed | PaymentOverdue, way: str, **fields: Any) -> dict[str, Any]:
     about = e.model_dump(include={"booking_id", "customer_id", "amount", "currency"})
-    return {**about, "way": way, "status": "due", **fields}
+    # Paid stays paid: a reminder that crossed the payment changes nothing.
+    due = Expr({"$cond": [{"$gt": ["$paid_at", None]}, "paid", "due"]})
+    return {**about, "way": way, "status": due, **fields}
 
 
 @handlers.on(CashDue)
@@ -337,7 +340,20 @@ async def cash_due(tx: Transaction, e: CashDue) -> None:
 
 @handlers.on(PaymentFailed)
 async def payment_failed(tx: Transaction, e: PaymentFailed) -> None:
-    row = _unpaid(e, "card", note=e.reason, due_since=_keep("due_since", occurred(tx)))
+    # The decline does not say whose visit it was; the booking's row does, so the store
+    # sees its visit unpaid at once, not at the first reminder.
+    visit = await tx.db[BOARD_BOOKINGS].find_one(
+        {"_id": e.booking_id}, {"store_id": 1, "technician.technician_id": 1}, session=tx.session
+    )
+    whose = {}
+    if visit is not None:
+        whose = {
+            "store_id": _keep("store_id", visit.get("store_id")),
+            "technician_id": _keep(
+                "technician_id", (visit.get("technician") or {}).get("technician_id")
+            ),
+        }
+    row = _unpaid(e, "card", note=e.reason, due_since=_keep("due_since", occurred(tx)), **whose)
     await _set(tx, BOARD_UNPAID, e.receipt_id, row)
 
 
@@ -348,7 +364,7 @@ async def payment_overdue(tx: Transaction, e: PaymentOverdue) -> None:
         e.way,
         technician_id=e.technician_id,
         store_id=e.store_id,
-        due_since=e.due_since,
+        due_since=_keep("due_since", e.due_since),
         reminders=e.reminder,
         last_reminded_at=occurred(tx),
     )

@@ -400,11 +400,10 @@ async def collect_cash(
     return receipt
 
 
-async def remind_later(
-    tx: Transaction, receipt: Receipt, way: Literal["card", "cash"], reminder: int = 1
-) -> None:
-    """Money is still due and nobody is paying it now: look again later (a decline after a
-    new card's decline starts the reminders again)."""
+async def remind_later(tx: Transaction, receipt: Receipt, way: Literal["card", "cash"]) -> None:
+    """Money is still due and nobody is paying it now: look again later. A receipt gets at
+    most `payment_reminders`, however many times its cards are declined."""
+    reminder = receipt.reminders_sent + 1
     if reminder > tx.settings.payment_reminders:
         return
     due = utcnow() + timedelta(seconds=tx.settings.payment_reminder_after_s)
@@ -417,12 +416,19 @@ async def remind(
 ) -> bool:
     """The reminder's time came: if the receipt is still unpaid and no charge is under way
     (its outcome decides what next), say so, and set the next one. True if it reminded."""
-    receipt = await Receipts(tx.db).get(receipt_id, tx.session)
+    receipts = Receipts(tx.db)
+    receipt = await receipts.get(receipt_id, tx.session)
     if receipt is None or receipt.status is not ReceiptStatus.SEALED or receipt.signature is None:
         return False  # paid since, or never signed
+    if reminder <= receipt.reminders_sent:
+        return False  # sent already: its timer fired twice
     ops = await ProviderOps(tx.db).of_receipt(receipt_id, tx.session)
     if any(o.kind == "charge" and o.open for o in ops):
         return False
+    # Written, not only read: a payment committing meanwhile conflicts with this, and the
+    # retry finds the receipt paid (nobody is reminded of what they have just paid).
+    receipt.reminders_sent = reminder
+    await receipts.save(receipt, tx.session)
     tx.emit(
         PaymentOverdue(
             receipt_id=receipt.receipt_id,
@@ -437,7 +443,7 @@ async def remind(
             reminder=reminder,
         )
     )
-    await remind_later(tx, receipt, way, reminder + 1)
+    await remind_later(tx, receipt, way)
     return True
 
 

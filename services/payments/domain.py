@@ -154,6 +154,7 @@ class Receipt(Forbid):
     refunds: list[Refund] = Field(default_factory=list)
     voided_at: StoredTime | None = None
     void_reason: str | None = None
+    reminders_sent: int = 0  # while signed and unpaid (payments.payment_overdue)
     version: int = 0
 
     def content(self) -> dict[str, Any]:

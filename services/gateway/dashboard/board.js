@@ -359,7 +359,7 @@ function renderUnpaid() {
     .sort((a, b) => (a.due_since || "").localeCompare(b.due_since || ""));
   $("unpaid-title").textContent = due.length ? `Visits not paid: ${due.length}` : "Visits not paid";
   const paid = rows.length - due.length;
-  $("unpaid-today").textContent = paid ? `Paid today after a delay: ${paid}.` : "";
+  $("unpaid-today").textContent = paid ? `Paid since today began: ${paid}.` : "";
   fill("unpaid", due.map((u) => h("tr", { "data-receipt": u.receipt_id },
     h("td", {}, u.booking_id, h("br"), h("small", {}, `receipt ${u.receipt_id}`)),
     h("td", {}, u.way === "cash" ? `cash: technician ${u.technician_id || ""}` : "card: the customer"),

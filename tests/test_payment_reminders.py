@@ -1,0 +1,148 @@
+"""Reminders of signed receipts left unpaid, on payments' own unit of work and real MongoDB:
+each reminder goes once however often its timer fires, none after the receipt is paid, and
+a receipt gets no more than the configured number, however many of its cards are declined.
+(The whole path, with the gateway's notifications and the board, is in
+test_payments_service.py.)"""
+
+from __future__ import annotations
+
+import uuid
+from datetime import UTC, datetime
+
+import pytest
+from pymongo import AsyncMongoClient
+
+from services.payments import commands
+from services.payments.domain import (
+    CustomerSignature,
+    Payment,
+    Receipt,
+    ReceiptLine,
+    ReceiptStatus,
+    SignatureMethod,
+)
+from services.payments.storage import Receipts, ensure_indexes
+from shared.mongo import Database, Document
+from shared.outbox import Transaction, UnitOfWork, ensure_outbox_indexes
+from shared.timers import ensure_timer_indexes
+from tests.conftest import settings_for
+from tests.harness import Infra, new_prefix
+
+pytestmark = pytest.mark.integration
+
+OVERDUE = "payments.payment_overdue"
+
+
+async def payments_db(
+    infra: Infra, mongo: AsyncMongoClient[Document], reminders: int
+) -> tuple[UnitOfWork, Database]:
+    settings = settings_for(infra, new_prefix(), "payments").model_copy(
+        update={"payment_reminders": reminders, "payment_reminder_after_s": 60.0}
+    )
+    db = mongo[settings.database_name]
+    await ensure_indexes(db)
+    await ensure_outbox_indexes(db)
+    await ensure_timer_indexes(db)
+    return UnitOfWork(mongo, db, settings), db
+
+
+async def signed_unpaid(db: Database) -> Receipt:
+    """A signed receipt of 50.00 EUR with nothing paid yet."""
+    now = datetime.now(UTC)
+    receipt = Receipt(
+        receipt_id=f"rc_{uuid.uuid4().hex[:12]}",
+        booking_id=f"bk_{uuid.uuid4().hex[:10]}",
+        customer_id="cus_r",
+        technician_id="tech_r",
+        store_id="store_r",
+        currency="EUR",
+        lines=[
+            ReceiptLine(
+                code="nails.manicure", name="Manicure", quantity=2, unit_price=2500, amount=5000
+            )
+        ],
+        subtotal=5000,
+        amount_due=5000,
+        issued_at=now,
+        status=ReceiptStatus.SEALED,
+        signature=CustomerSignature(
+            method=SignatureMethod.DRAWN, artefact="ab" * 32, signed_at=now
+        ),
+    )
+    await Receipts(db).insert(receipt)
+    return receipt
+
+
+async def overdue_count(db: Database, receipt: Receipt) -> int:
+    return await db["outbox"].count_documents({"key": receipt.booking_id, "type": OVERDUE})
+
+
+async def timer_of(db: Database, receipt: Receipt) -> Document | None:
+    return await db["timers"].find_one({"_id": f"{commands.REMIND}:{receipt.receipt_id}"})
+
+
+async def test_a_reminder_whose_timer_fires_twice_is_sent_once_and_written_to_the_receipt(
+    infra: Infra, mongo: AsyncMongoClient[Document]
+) -> None:
+    uow, db = await payments_db(infra, mongo, reminders=3)
+    receipt = await signed_unpaid(db)
+    before = (await Receipts(db).existing(receipt.receipt_id, what="receipt")).version
+
+    first = await uow.run(lambda tx: commands.remind(tx, receipt.receipt_id, "card", 1))
+    again = await uow.run(lambda tx: commands.remind(tx, receipt.receipt_id, "card", 1))
+
+    assert (first, again) == (True, False)
+    assert await overdue_count(db, receipt) == 1
+    stored = await Receipts(db).existing(receipt.receipt_id, what="receipt")
+    # Written, not only read: a payment committing at the same moment conflicts with it.
+    assert (stored.reminders_sent, stored.version) == (1, before + 1)
+    timer = await timer_of(db, receipt)
+    assert timer is not None
+    assert timer["data"] == {"way": "card", "reminder": 2}
+
+
+async def test_no_reminder_once_the_receipt_is_paid(
+    infra: Infra, mongo: AsyncMongoClient[Document]
+) -> None:
+    uow, db = await payments_db(infra, mongo, reminders=3)
+    receipt = await signed_unpaid(db)
+    receipt.payments.append(
+        Payment(method="cash", amount=5000, reference="cash:tech_r", at=datetime.now(UTC))
+    )
+    receipt.status = ReceiptStatus.SETTLED
+    await Receipts(db).save(receipt)
+
+    sent = await uow.run(lambda tx: commands.remind(tx, receipt.receipt_id, "cash", 1))
+
+    assert sent is False
+    assert await overdue_count(db, receipt) == 0
+    assert await timer_of(db, receipt) is None
+
+
+async def test_a_receipt_gets_no_more_reminders_than_configured_however_many_declines(
+    infra: Infra, mongo: AsyncMongoClient[Document]
+) -> None:
+    uow, db = await payments_db(infra, mongo, reminders=2)
+    receipt = await signed_unpaid(db)
+
+    sent = []
+    for n in (1, 2):
+
+        async def remind(tx: Transaction, n: int = n) -> bool:
+            return await commands.remind(tx, receipt.receipt_id, "card", n)
+
+        # As the timer loop fires it: the timer taken, then its handler run.
+        await db["timers"].delete_one({"_id": f"{commands.REMIND}:{receipt.receipt_id}"})
+        sent.append(await uow.run(remind))
+    assert sent == [True, True]
+    assert await timer_of(db, receipt) is None  # the second set no third
+
+    # Another card, declined again: the customer hears of the decline, but the reminders
+    # are used up, so none is set.
+    async def declined_again(tx: Transaction) -> None:
+        current = await Receipts(tx.db).existing(receipt.receipt_id, tx.session, what="receipt")
+        await commands.remind_later(tx, current, "card")
+
+    await uow.run(declined_again)
+    assert await timer_of(db, receipt) is None
+    assert await overdue_count(db, receipt) == 2
