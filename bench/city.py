@@ -506,7 +506,8 @@ async def measure(
                 review=0.5,
                 complaint=0,
                 prepaid=0.2,
-                cash=0,  # every customer has a card, as in the runs recorded before
+                cash=0,  # every customer has a good card, as in the runs recorded before
+                declined=0,
             ),
         )
         city = City(plan)

@@ -69,6 +69,8 @@ class Shares:
     complaint: float = 0.05
     prepaid: float = 0.2
     cash: float = 0.1  # customers with no card on file: they pay the technician in cash
+    # Customers whose card on file is declined: told so, they pay with another in the app.
+    declined: float = 0.05
 
 
 @dataclass(frozen=True)
@@ -109,6 +111,7 @@ class Outcomes:
             "signed",
             "cancelled",
             "cash",
+            "paid_after_decline",
             "halted",
             "dispatch_failed",
             "unassigned",
@@ -152,6 +155,7 @@ class Customer:
     customer_id: str
     location: tuple[float, float]
     pays_cash: bool = False  # no card on file
+    card_declined: bool = False  # its issuer declines the card on file, every time
     busy: bool = False
     nudged: asyncio.Event = field(default_factory=asyncio.Event)  # a notification arrived
     receipt_ready: asyncio.Event = field(default_factory=asyncio.Event)  # that one was pushed
@@ -279,15 +283,18 @@ class City:
                 json={"label": "home", "line": f"Rua {i}", "location": {"lat": lat, "lon": lon}},
             )
             # The same people every run: one who pays cash this time removes a card kept
-            # from a run before.
-            pays_cash = self.wallets.random() < plan.shares.cash
+            # from a run before. (One draw decides both, so the cash share picks the same
+            # people whatever the declined share.)
+            wallet = self.wallets.random()
+            pays_cash = wallet < plan.shares.cash
+            card_declined = not pays_cash and wallet < plan.shares.cash + plan.shares.declined
             if pays_cash:
                 await caller.call("DELETE", f"/v1/customers/{me}/payment-method")
             else:
                 await caller.call(
                     "PUT",
                     f"/v1/customers/{me}/payment-method",
-                    json={"payment_method": "pm_card_ok"},
+                    json={"payment_method": "pm_card_declined" if card_declined else "pm_card_ok"},
                 )
             if self.rng.random() < plan.shares.prepaid:
                 store = self.rng.choice(stores)
@@ -297,7 +304,7 @@ class City:
                     json={"plan_id": f"{store}_five", "customer_id": me},
                     headers={"Idempotency-Key": f"{self.tag}-{store}-{me}"},
                 )
-            self.customers.append(Customer(caller, me, (lat, lon), pays_cash))
+            self.customers.append(Customer(caller, me, (lat, lon), pays_cash, card_declined))
         log.info(
             "city ready: %d stores, %d technicians, %d customers",
             len(stores),
@@ -472,8 +479,7 @@ class City:
         self.outcomes.signed.append(booking_id)
         self.outcomes.signed_at.append(time.monotonic())
         self.outcomes.took_s.append(time.monotonic() - booked_at)
-        if customer.pays_cash:
-            await self.hand_over_cash(booking_id, due)
+        await self.pay(customer, booking_id, receipt["receipt_id"], due)
         if self.rng.random() < shares.review:
             await self.review(me, booking_id)
         if self.rng.random() < shares.complaint:
@@ -533,6 +539,47 @@ class City:
             )
         finally:
             self._cash_handed.pop(booking_id, None)
+
+    async def pay(self, customer: Customer, booking_id: str, receipt_id: str, due: int) -> None:
+        """After signing: cash at the door, or another card after a decline; a good card on
+        file needs nothing more."""
+        if customer.pays_cash:
+            await self.hand_over_cash(booking_id, due)
+        elif customer.card_declined and due > 0:
+            await self.pay_after_decline(customer, booking_id, receipt_id)
+
+    async def pay_after_decline(
+        self, customer: Customer, booking_id: str, receipt_id: str, within_s: float = 180.0
+    ) -> None:
+        """Told their card was declined, the customer pays with another card in the app. A
+        pay whose answer was lost (and whose retry answers 409) shows as a charge under way,
+        then succeeded."""
+        me, counts = customer.caller, self.outcomes.counts
+        deadline = time.monotonic() + within_s
+        while time.monotonic() < deadline and self.running:
+            customer.nudged.clear()
+            ops = await me.json("GET", f"/v1/receipts/{receipt_id}/operations")
+            charges = [o for o in ops if o["kind"] == "charge"]
+            if any(o["status"] == "succeeded" for o in charges):
+                counts["paid_after_decline"] += 1
+                return
+            if charges and all(o["status"] == "declined" for o in charges):
+                r = await me.call(
+                    "POST",
+                    f"/v1/receipts/{receipt_id}/pay",
+                    json={"payment_method": "pm_card_ok"},
+                    ok=(200, 409),
+                )
+                if r.status_code == 200:
+                    counts["paid_after_decline"] += 1
+                    return
+                continue  # an earlier try is under way, or paid: look again
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(customer.nudged.wait(), timeout=self.look_in())
+        if not self.running:
+            raise CityStopped
+        counts["decline_not_paid"] += 1
+        log.warning("booking %s: not paid after its card was declined", booking_id)
 
     async def wait_for(
         self,
