@@ -224,17 +224,7 @@ async def sign(
         if method is not None:
             await start_charge(tx, receipt, method)
         else:  # the technician is still at the door: they collect it, or a card comes later
-            tx.emit(
-                CashDue(
-                    receipt_id=receipt.receipt_id,
-                    booking_id=receipt.booking_id,
-                    customer_id=receipt.customer_id,
-                    technician_id=receipt.technician_id,
-                    store_id=receipt.store_id,
-                    amount=receipt.amount_due - receipt.paid,
-                    currency=receipt.currency,
-                )
-            )
+            tx.emit(CashDue(**_still_due(receipt)))
             await remind_later(tx, receipt, "cash")
     await receipts.save(receipt, tx.session)
     await _withdraw_fee(tx, receipt.booking_id)
@@ -400,6 +390,19 @@ async def collect_cash(
     return receipt
 
 
+def _still_due(receipt: Receipt) -> dict[str, Any]:
+    """Whose visit, and how much of it is still to pay: what cash due and reminders say."""
+    return {
+        "receipt_id": receipt.receipt_id,
+        "booking_id": receipt.booking_id,
+        "customer_id": receipt.customer_id,
+        "technician_id": receipt.technician_id,
+        "store_id": receipt.store_id,
+        "amount": receipt.amount_due - receipt.paid,
+        "currency": receipt.currency,
+    }
+
+
 async def remind_later(tx: Transaction, receipt: Receipt, way: Literal["card", "cash"]) -> None:
     """Money is still due and nobody is paying it now: look again later. A receipt gets at
     most `payment_reminders`, however many times its cards are declined."""
@@ -431,13 +434,7 @@ async def remind(
     await receipts.save(receipt, tx.session)
     tx.emit(
         PaymentOverdue(
-            receipt_id=receipt.receipt_id,
-            booking_id=receipt.booking_id,
-            customer_id=receipt.customer_id,
-            technician_id=receipt.technician_id,
-            store_id=receipt.store_id,
-            amount=receipt.amount_due - receipt.paid,
-            currency=receipt.currency,
+            **_still_due(receipt),
             way=way,
             due_since=receipt.signature.signed_at,
             reminder=reminder,
