@@ -37,7 +37,7 @@ AS_CUSTOMER_AT_EDGE = {"Authorization": "customer token"}
 
 
 def with_(changes: dict[str, Any], drop: tuple[str, ...] = ()) -> dict[str, Any]:
-    body = {**booking_body(CUSTOMER, "nails.manicure"), **changes}
+    body = {**booking_body(CUSTOMER, "nails.test-manicure"), **changes}
     for key in drop:
         body.pop(key)
     return body
@@ -81,21 +81,21 @@ CASES: list[tuple[str, str, str, Any, dict[str, str], int, str]] = [
     (*B, with_({"items": []}), OPS, 422, "items"),
     (
         *B,
-        with_({"items": [{"code": "nails.manicure", "quantity": 0}]}),
+        with_({"items": [{"code": "nails.test-manicure", "quantity": 0}]}),
         OPS,
         422,
         "items.0.quantity",
     ),
     (
         *B,
-        with_({"items": [{"code": "nails.manicure", "quantity": -2}]}),
+        with_({"items": [{"code": "nails.test-manicure", "quantity": -2}]}),
         OPS,
         422,
         "items.0.quantity",
     ),
     (
         *B,
-        with_({"items": [{"code": "nails.manicure", "quantity": 1, "unit_price": 1}]}),
+        with_({"items": [{"code": "nails.test-manicure", "quantity": 1, "unit_price": 1}]}),
         OPS,
         422,
         "items.0.unit_price",
@@ -173,7 +173,7 @@ CASES: list[tuple[str, str, str, Any, dict[str, str], int, str]] = [
     (
         "booking",
         "POST",
-        "/catalogue/items/nails.manicure/prices",
+        "/catalogue/items/nails.test-manicure/prices",
         price(unit_price=-1),
         OPS,
         422,
@@ -182,7 +182,7 @@ CASES: list[tuple[str, str, str, Any, dict[str, str], int, str]] = [
     (
         "booking",
         "POST",
-        "/catalogue/items/nails.manicure/prices",
+        "/catalogue/items/nails.test-manicure/prices",
         price(unit_price=12.5),
         OPS,
         422,
@@ -191,7 +191,7 @@ CASES: list[tuple[str, str, str, Any, dict[str, str], int, str]] = [
     (
         "booking",
         "POST",
-        "/catalogue/items/nails.manicure/prices",
+        "/catalogue/items/nails.test-manicure/prices",
         price(currency="euro"),
         OPS,
         422,
@@ -200,7 +200,7 @@ CASES: list[tuple[str, str, str, Any, dict[str, str], int, str]] = [
     (
         "booking",
         "POST",
-        "/catalogue/items/nails.manicure/prices",
+        "/catalogue/items/nails.test-manicure/prices",
         price(currency="USD"),
         OPS,
         422,
@@ -209,7 +209,7 @@ CASES: list[tuple[str, str, str, Any, dict[str, str], int, str]] = [
     (
         "booking",
         "POST",
-        "/catalogue/items/nails.manicure/prices",
+        "/catalogue/items/nails.test-manicure/prices",
         price(region="atlantis"),
         OPS,
         422,
@@ -218,7 +218,7 @@ CASES: list[tuple[str, str, str, Any, dict[str, str], int, str]] = [
     (
         "booking",
         "POST",
-        "/catalogue/items/nails.manicure/prices",
+        "/catalogue/items/nails.test-manicure/prices",
         price(effective_from=(SOON - timedelta(days=5)).isoformat()),
         OPS,
         422,
@@ -286,7 +286,7 @@ CASES: list[tuple[str, str, str, Any, dict[str, str], int, str]] = [
         403,
         "store_id",
     ),
-    ("booking", "POST", "/catalogue/items/nails.manicure/prices", price(), TECH_DONE, 403, ""),
+    ("booking", "POST", "/catalogue/items/nails.test-manicure/prices", price(), TECH_DONE, 403, ""),
     ("booking", "GET", f"/customers/{CUSTOMER}", None, as_customer("cus_someone_else"), 403, ""),
     ("booking", "GET", "/bookings", None, as_store("st_rogue"), 422, "customer_id"),
     (
@@ -428,7 +428,7 @@ CASES: list[tuple[str, str, str, Any, dict[str, str], int, str]] = [
         "dispatch",
         "POST",
         "/visits/bk_missing/complete",
-        {"performed": [{"code": "nails.manicure", "quantity": 1}]},
+        {"performed": [{"code": "nails.test-manicure", "quantity": 1}]},
         TECH_DONE,
         404,
         "",
@@ -514,7 +514,7 @@ async def test_bad_input_answers_clear_error_and_stores_nothing(
     field: str,
 ) -> None:
     async with platform.client("booking", acting_as=OPS) as booking:
-        await seed_item(booking, "nails.manicure")
+        await seed_item(booking, "nails.test-manicure")
         await seed_item(booking, "clean.porto-only", skill="cleaning", region="porto")
         await seed_customer(booking, CUSTOMER)
         await seed_customer(booking, CUSTOMER, address_id="ad_far", location=OCEAN)

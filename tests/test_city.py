@@ -128,8 +128,8 @@ async def test_customers_without_a_card_pay_cash_at_the_door_and_owe_a_late_canc
 
             await eventually(closed, what=f"booking {booking_id} closed")
 
-    # The city keeps whatever Lisbon price is in force for its codes, and earlier tests put
-    # their own in force for some (a manicure with no cancellation fee): put the demo's back.
+    # The city keeps whatever Lisbon price is in force for its codes. Other tests seed codes
+    # of their own, but this half depends on the demo's cancellation fees: make sure of them.
     async with platform.client("booking", acting_as=OPS) as booking:
         for code, (kind, *_) in CATALOGUE.items():
             if kind == "service":

@@ -51,10 +51,10 @@ async def test_every_object_route_answers_each_kind_of_caller_as_it_should(
     async with platform.client("dispatch") as dispatch:
         await seed_technician(dispatch, tech, f"LX-{tag}".upper(), store_id=store)
     async with platform.client("booking", acting_as=OPS) as booking:
-        await seed_item(booking, "nails.manicure")
+        await seed_item(booking, "nails.test-manicure")
         for customer in (owner, other):
             await seed_customer(booking, customer)
-        made = await booking.post("/bookings", json=booking_body(owner, "nails.manicure"))
+        made = await booking.post("/bookings", json=booking_body(owner, "nails.test-manicure"))
         booking_id = made.json()["booking_id"]
     await publish(
         kafka_producer,

@@ -81,9 +81,9 @@ async def test_a_review_only_by_its_customer_after_completion_once_and_quality_r
     async with platform.client("dispatch") as dispatch:
         await seed_technician(dispatch, tech, unique("LX-").upper())
     async with platform.client("booking", acting_as=OPS) as booking:
-        await seed_item(booking, "nails.manicure")
+        await seed_item(booking, "nails.test-manicure")
         await seed_customer(booking, customer)
-        made = await booking.post("/bookings", json=booking_body(customer, "nails.manicure"))
+        made = await booking.post("/bookings", json=booking_body(customer, "nails.test-manicure"))
         pending = made.json()["booking_id"]
     async with platform.client("reviews") as reviews:
 
@@ -510,9 +510,9 @@ async def test_a_refund_and_a_redo_reach_payments_and_booking_from_the_complaint
 ) -> None:
     customer, tech = unique("cus_"), unique("tech_")
     async with platform.client("booking", acting_as=OPS) as booking:
-        await seed_item(booking, "nails.manicure")
+        await seed_item(booking, "nails.test-manicure")
         await seed_customer(booking, customer)
-        made = await booking.post("/bookings", json=booking_body(customer, "nails.manicure"))
+        made = await booking.post("/bookings", json=booking_body(customer, "nails.test-manicure"))
         assert made.status_code == 201, made.text
         booking_id = made.json()["booking_id"]
     # The visit was done and paid in cash: 2 x 25.00 (the completion is the test's fact).
