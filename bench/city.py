@@ -139,6 +139,7 @@ WORK_METRICS = {
     "doorstep_http_request_seconds_count": "http_requests",
     "doorstep_events_published_total": "events_published",
     "doorstep_events_consumed_total": "events_consumed",
+    "doorstep_transaction_retries_total": "transaction_retries",
 }
 
 
@@ -159,6 +160,9 @@ async def work_done(urls: dict[str, str], mongo: AsyncMongoClient[Document]) -> 
                     done[what] = done.get(what, 0.0) + float(line.rpartition(" ")[2])
     status = await mongo.admin.command("serverStatus")
     done["mongo_transactions"] = float(status["transactions"]["totalCommitted"])
+    # Transactions that lost a write conflict (or another transient error) and ran again.
+    done["mongo_aborted"] = float(status["transactions"]["totalAborted"])
+    done["mongo_write_conflicts"] = float(status["metrics"]["operation"]["writeConflicts"])
     done["mongo_operations"] = float(
         sum(v for k, v in status["opcounters"].items() if k != "command")
     )
@@ -229,6 +233,9 @@ async def service_gauges(urls: dict[str, str]) -> dict[str, dict[str, float]]:
                         mine["transactions"] = float(value)
                     elif line.startswith("doorstep_consumer_run_events_sum{"):
                         mine["events"] = float(value)
+                    elif line.startswith("doorstep_transaction_retries_total{"):
+                        work = line.partition('work="')[2].partition('"')[0]
+                        mine[f"retried {work}"] = float(value)
     return found
 
 
@@ -247,6 +254,21 @@ def gauge_shares(
         if txns:
             per_txn[name] = (now.get("events", 0.0) - then.get("events", 0.0)) / txns
     return late, per_txn
+
+
+def retried(
+    before: dict[str, dict[str, float]], after: dict[str, dict[str, float]]
+) -> dict[str, float]:
+    """Over a phase: units of work started again (a write conflict, most often), by service
+    and what the work was."""
+    found = {}
+    for name, now in after.items():
+        for key, value in now.items():
+            if key.startswith("retried "):
+                more = value - before.get(name, {}).get(key, 0.0)
+                if more:
+                    found[f"{name} {key.removeprefix('retried ')}"] = more
+    return found
 
 
 async def latencies(
@@ -593,7 +615,9 @@ async def play_phase(
     work_after = await work_done(urls, mongo)
     work = {k: v - work_before.get(k, 0.0) for k, v in work_after.items()}
     mongo_cpu = await mongo_cpu_by_client(mongo, mongod, threads_before) if mongod else {}
-    loop_late, events_per_txn = gauge_shares(gauges_before, await service_gauges(urls))
+    gauges_after = await service_gauges(urls)
+    loop_late, events_per_txn = gauge_shares(gauges_before, gauges_after)
+    retries = retried(gauges_before, gauges_after)
     # Signatures per second over the arrival window shifted by the median journey time: when
     # the rate is held, what comes out equals what went in.
     lag = statistics.median(outcomes.took_s) if outcomes.took_s else 0.0
@@ -663,6 +687,12 @@ async def play_phase(
     )
     if outcomes.counts["signed"]:
         report_costs(phase, cpu, work, mongo_cpu, stolen)
+    if retries:
+        top = sorted(retries.items(), key=lambda kv: -kv[1])[:8]
+        print(
+            "    units of work started again (write conflicts), per 100 signed journeys: "
+            + ", ".join(f"{w} {100 * n / max(1, phase.signed):.1f}" for w, n in top)
+        )
     for line in slowest(to_assigned, hops):
         print(f"    slow to assigned: {line}")
     if to_assigned:

@@ -571,7 +571,7 @@ class EventConsumer:
             at[0] = None
 
         try:
-            await self._uow.run(work, causation=run[0].envelope)
+            await self._uow.run(work, causation=run[0].envelope, name=f"on {run[0].envelope.type}")
         except Exception as exc:
             raise _FailedAt(at[0]) from exc
 
@@ -682,7 +682,7 @@ class EventConsumer:
             await handler(tx, payload)
 
         try:
-            await self._uow.run(work, causation=envelope)
+            await self._uow.run(work, causation=envelope, name=f"on {envelope.type}")
         except AlreadyProcessed:
             return "duplicate"
         return "handled"

@@ -21,6 +21,12 @@ HANDLER_SECONDS = Histogram(
 HANDLER_RETRIES = Counter(
     "doorstep_handler_retries_total", "Handler attempts that failed and were retried", ["service"]
 )
+TRANSACTION_RETRIES = Counter(
+    "doorstep_transaction_retries_total",
+    "Units of work MongoDB made start again (a write conflict with another transaction, most"
+    " often), by what the work was",
+    ["service", "work"],
+)
 OUTBOX_BACKLOG = Gauge(
     "doorstep_outbox_backlog", "Outbox events committed but not yet published", ["service"]
 )

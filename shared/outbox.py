@@ -33,7 +33,7 @@ from shared import logs
 from shared.events.envelope import Envelope, EventPayload
 from shared.events.registry import spec_of, stream_topic
 from shared.faults import crash_point
-from shared.metrics import EVENTS_PUBLISHED, OUTBOX_BACKLOG
+from shared.metrics import EVENTS_PUBLISHED, OUTBOX_BACKLOG, TRANSACTION_RETRIES
 from shared.mongo import Database, Document
 from shared.settings import Settings
 
@@ -106,11 +106,19 @@ class UnitOfWork:
         self._on_timer_set = on_timer_set
 
     async def run(
-        self, work: Callable[[Transaction], Awaitable[T]], *, causation: Envelope | None = None
+        self,
+        work: Callable[[Transaction], Awaitable[T]],
+        *,
+        causation: Envelope | None = None,
+        name: str | None = None,
     ) -> T:
+        """`name` says what the work is in the retries metric (by default its function's)."""
+        attempts = 0
         async with self._client.start_session() as session:
 
             async def attempt(s: AsyncClientSession) -> tuple[T, list[Document], datetime | None]:
+                nonlocal attempts
+                attempts += 1
                 # with_transaction may call this again on a transient error: start clean each time.
                 tx = Transaction(
                     self._db, s, self._settings.service_name, self._settings, causation
@@ -124,13 +132,27 @@ class UnitOfWork:
                     await self._db[OUTBOX].insert_many(rows, session=s)
                 return result, rows, tx.timer_due
 
-            result, rows, timer_due = await session.with_transaction(attempt)
+            try:
+                result, rows, timer_due = await session.with_transaction(attempt)
+            finally:
+                if attempts > 1:
+                    TRANSACTION_RETRIES.labels(
+                        self._settings.service_name, name or work_name(work)
+                    ).inc(attempts - 1)
         crash_point("outbox.after_commit")
         if rows:
             self._on_commit(rows)
         if timer_due is not None:
             self._on_timer_set(timer_due)
         return result
+
+
+def work_name(work: Callable[..., object]) -> str:
+    """A unit of work's function, as the retries metric names it ("commands.make_offer")."""
+    fn = getattr(work, "func", work)  # a functools.partial
+    module = getattr(fn, "__module__", "") or ""
+    qualname = getattr(fn, "__qualname__", type(fn).__name__)
+    return f"{module.rpartition('.')[2]}.{qualname.replace('.<locals>', '')}"
 
 
 def outbox_row(settings: Settings, envelope: Envelope, now: datetime, seq: int) -> Document:

@@ -11,11 +11,19 @@ from datetime import UTC, datetime
 
 import pytest
 from aiokafka import AIOKafkaConsumer, AIOKafkaProducer
+from prometheus_client import REGISTRY
 
 from shared.events.envelope import Envelope
 from shared.kafka import ensure_topics, make_producer
 from shared.mongo import Database, connect
-from shared.outbox import OUTBOX, OutboxRelay, Transaction, UnitOfWork, ensure_outbox_indexes
+from shared.outbox import (
+    OUTBOX,
+    OutboxRelay,
+    Transaction,
+    UnitOfWork,
+    ensure_outbox_indexes,
+    work_name,
+)
 from shared.outbox import outbox_row as make_row
 from shared.settings import Settings
 from tests.conftest import settings_for
@@ -217,3 +225,46 @@ async def test_a_row_a_drain_sent_is_not_sent_again_when_its_hand_over_comes_lat
 
 async def _none(outbox: Outbox) -> bool:
     return await outbox.unpublished() == 0
+
+
+async def test_a_unit_of_work_that_loses_a_write_conflict_runs_again_and_is_counted(
+    outbox: Outbox,
+) -> None:
+    """Two units of work change one document at once: MongoDB makes the second start again,
+    it then sees the first's change, and the retries metric names the work that lost."""
+    await outbox.start()
+    assert outbox.uow is not None
+    counter = outbox.db["counters"]
+    await counter.insert_one({"_id": "c", "n": 0})
+    first_wrote, second_done = asyncio.Event(), asyncio.Event()
+    seen_by_second: list[int] = []
+
+    async def first(tx: Transaction) -> None:
+        await counter.update_one({"_id": "c"}, {"$inc": {"n": 1}}, session=tx.session)
+        first_wrote.set()
+        await asyncio.sleep(0.3)  # holds its write uncommitted while the second tries
+
+    async def second(tx: Transaction) -> None:
+        await first_wrote.wait()
+        doc = await counter.find_one({"_id": "c"}, session=tx.session)
+        assert doc is not None
+        seen_by_second.append(doc["n"])
+        await counter.update_one({"_id": "c"}, {"$inc": {"n": 10}}, session=tx.session)
+        second_done.set()
+
+    def retries(work: str) -> float:
+        value = REGISTRY.get_sample_value(
+            "doorstep_transaction_retries_total",
+            {"service": outbox.settings.service_name, "work": work},
+        )
+        return value or 0.0
+
+    before = retries("racing second")
+    await asyncio.gather(outbox.uow.run(first), outbox.uow.run(second, name="racing second"))
+    assert (await counter.find_one({"_id": "c"}) or {})["n"] == 11  # both, once each
+    assert seen_by_second[0] == 0, seen_by_second  # its first try read before the commit
+    assert seen_by_second[-1] == 1, seen_by_second  # its last, after
+    assert retries("racing second") - before == len(seen_by_second) - 1 >= 1
+    winner = work_name(first)
+    assert winner.endswith("_is_counted.first"), winner
+    assert retries(winner) == 0  # the winner ran once
