@@ -22,7 +22,7 @@ from shared.events.dispatch import (
     TechnicianEnRoute,
     TechnicianReassigned,
 )
-from shared.events.payments import PaymentSettled, ReceiptSigned
+from shared.events.payments import PaymentSettled, PaymentWrittenOff, ReceiptSigned
 from shared.events.types import PricedLine
 from shared.mongo import Document
 from tests.conftest import Platform
@@ -358,9 +358,11 @@ async def test_two_concurrent_changes_from_the_same_version_one_wins_the_other_g
 
 
 # ------------------------------------------------------ facts move it along --
+@pytest.mark.parametrize("ends", ["paid", "written_off"])
 async def test_facts_from_dispatch_and_payments_walk_the_booking_to_closed(
-    platform: Platform, kafka_producer: AIOKafkaProducer
+    platform: Platform, kafka_producer: AIOKafkaProducer, ends: str
 ) -> None:
+    """Paid in full, or written off unpaid by operations: either way the booking closes."""
     tech = unique("tech_")
     async with platform.client("booking", acting_as=OPS) as booking:
         code = await served_item(platform, booking, tech)
@@ -440,6 +442,20 @@ async def test_facts_from_dispatch_and_payments_walk_the_booking_to_closed(
                 amount=2500,
                 currency="EUR",
                 settled_at=now,
+            )
+            if ends == "paid"
+            else PaymentWrittenOff(
+                receipt_id="rc_1",
+                booking_id=booking_id,
+                customer_id=customer,
+                technician_id="tech_relief",
+                store_id="store_1",
+                amount=2500,
+                currency="EUR",
+                way="card",
+                reason="three reminders unanswered",
+                written_off_by="ops_1",
+                written_off_at=now,
             ),
         ):
             await publish(kafka_producer, platform.prefix, money)
@@ -468,6 +484,9 @@ async def test_facts_from_dispatch_and_payments_walk_the_booking_to_closed(
     ]
     assert still["version"] == closed["version"]
     assert still["status"] == "closed"
+    assert closed["timeline"][-1]["note"] == (
+        "paid in full" if ends == "paid" else "written off unpaid: three reminders unanswered"
+    )
 
 
 async def _with_technician(booking: httpx.AsyncClient, booking_id: str, tech: str) -> Any:

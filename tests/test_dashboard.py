@@ -449,14 +449,15 @@ async def test_operations_see_a_fee_owed_and_waive_it_from_the_page(
         assert (await api.get("/v1/board", headers=bearer(store))).json()["fees"] == []
 
 
-async def test_operations_see_a_visit_unpaid_after_a_declined_card_until_it_is_paid(
+async def test_operations_see_a_visit_unpaid_until_it_is_paid_or_they_write_it_off(
     platform: Platform,
     mongo: AsyncMongoClient[Document],
     browser: Browser,
     kafka_producer: AIOKafkaProducer,
 ) -> None:
     """The customer signed, their card was declined: the visit appears among those not paid,
-    with the reminders sent as they go; when the customer pays with another card, it leaves."""
+    with the reminders sent as they go; when the customer pays with another card, it leaves.
+    A visit whose cash was never recorded leaves when operations write it off, with a reason."""
     customer, store = f"cus_{uuid.uuid4().hex[:8]}", f"store_{uuid.uuid4().hex[:8]}"
     booking_id = f"bk_{uuid.uuid4().hex[:10]}"
     board = Dashboard(
@@ -474,23 +475,27 @@ async def test_operations_see_a_visit_unpaid_after_a_declined_card_until_it_is_p
             kafka_producer, platform.prefix, service_completed(booking_id, customer, store)
         )
 
-        async def issued() -> Any:
-            return await get_json(
-                payments, "/receipts", headers=as_customer(customer), booking_id=booking_id
+        async def signed(customer: str, booking_id: str) -> Any:
+            receipt = await eventually(
+                lambda: get_json(
+                    payments, "/receipts", headers=as_customer(customer), booking_id=booking_id
+                ),
+                what="the receipt issued",
             )
+            signature = {
+                "method": "drawn",
+                "artefact": hashlib.sha256(uuid.uuid4().bytes).hexdigest(),
+                "signed_at": datetime.now(UTC).isoformat(),
+            }
+            r = await payments.post(
+                f"/receipts/{receipt['receipt_id']}/sign",
+                json={"receipt_hash": receipt["content_hash"], "signature": signature},
+                headers=as_customer(customer),
+            )
+            assert r.status_code == 200, r.text
+            return receipt
 
-        receipt = await eventually(issued, what="the receipt issued")
-        signature = {
-            "method": "drawn",
-            "artefact": hashlib.sha256(uuid.uuid4().bytes).hexdigest(),
-            "signed_at": datetime.now(UTC).isoformat(),
-        }
-        r = await payments.post(
-            f"/receipts/{receipt['receipt_id']}/sign",
-            json={"receipt_hash": receipt["content_hash"], "signature": signature},
-            headers=as_customer(customer),
-        )
-        assert r.status_code == 200, r.text
+        receipt = await signed(customer, booking_id)
         row = board.page.locator(f'#unpaid tr[data-receipt="{receipt["receipt_id"]}"]')
         await expect(row).to_be_visible(timeout=LIVE)
         await expect(row).to_contain_text("card: the customer")
@@ -509,6 +514,33 @@ async def test_operations_see_a_visit_unpaid_after_a_declined_card_until_it_is_p
             headers=as_customer(customer),
         )
         assert r.status_code == 200, r.text
-    await expect(row).to_have_count(0, timeout=LIVE)
-    await expect(board.page.locator("#unpaid-today")).to_contain_text("Paid since today began")
-    await board.assert_never_reloaded_nor_left_the_platform()
+        await expect(row).to_have_count(0, timeout=LIVE)
+        today = board.page.locator("#unpaid-today")
+        await expect(today).to_have_text(re.compile(r"^Since today began: \d+ paid"))
+
+        # Nobody had a card, and the technician never recorded the cash.
+        cash_customer, cash_booking = f"cus_{uuid.uuid4().hex[:8]}", f"bk_{uuid.uuid4().hex[:10]}"
+        await publish(
+            kafka_producer, platform.prefix, service_completed(cash_booking, cash_customer, store)
+        )
+        unrecorded = await signed(cash_customer, cash_booking)
+        row = board.page.locator(f'#unpaid tr[data-receipt="{unrecorded["receipt_id"]}"]')
+        await expect(row).to_contain_text("cash: technician", timeout=LIVE)
+        await row.get_by_role(
+            "button", name=f"Write off receipt {unrecorded['receipt_id']}"
+        ).click()
+        dialog = board.page.get_by_role("dialog")
+        await expect(dialog).to_contain_text("60.00")
+        await dialog.get_by_label("Why the platform gives this money up").fill("store closed down")
+        await dialog.get_by_role("button", name="Write off").click()
+        await expect(dialog).to_be_hidden(timeout=LIVE)
+        await expect(row).to_have_count(0, timeout=LIVE)
+        await expect(today).to_contain_text("written off")
+        await board.shot("11-visit-written-off")
+        await board.assert_never_reloaded_nor_left_the_platform()
+        off = await get_json(
+            payments, f"/receipts/{unrecorded['receipt_id']}", headers=as_customer(cash_customer)
+        )
+    assert off["status"] == "written_off"
+    assert off["write_off"]["reason"] == "store closed down"
+    assert off["write_off"]["by"].startswith("staff-")  # who signed in to the page

@@ -1,6 +1,7 @@
 """Reminders of signed receipts left unpaid, on payments' own unit of work and real MongoDB:
 each reminder goes once however often its timer fires, none after the receipt is paid, and
 a receipt gets no more than the configured number, however many of its cards are declined.
+A write-off by operations ends them, and only a signed receipt with money due is written off.
 (The whole path, with the gateway's notifications and the board, is in
 test_payments_service.py.)"""
 
@@ -8,6 +9,7 @@ from __future__ import annotations
 
 import uuid
 from datetime import UTC, datetime
+from functools import partial
 
 import pytest
 from pymongo import AsyncMongoClient
@@ -22,6 +24,8 @@ from services.payments.domain import (
     SignatureMethod,
 )
 from services.payments.storage import Receipts, ensure_indexes
+from shared.errors import Conflict
+from shared.events.envelope import Envelope
 from shared.mongo import Database, Document
 from shared.outbox import Transaction, UnitOfWork, ensure_outbox_indexes
 from shared.timers import ensure_timer_indexes
@@ -73,6 +77,17 @@ async def signed_unpaid(db: Database) -> Receipt:
     return receipt
 
 
+async def paid_in_cash(db: Database) -> Receipt:
+    """A signed receipt the technician recorded the cash for."""
+    receipt = await signed_unpaid(db)
+    receipt.payments.append(
+        Payment(method="cash", amount=5000, reference="cash:tech_r", at=datetime.now(UTC))
+    )
+    receipt.status = ReceiptStatus.SETTLED
+    await Receipts(db).save(receipt)
+    return receipt
+
+
 async def overdue_count(db: Database, receipt: Receipt) -> int:
     return await db["outbox"].count_documents({"key": receipt.booking_id, "type": OVERDUE})
 
@@ -105,12 +120,7 @@ async def test_no_reminder_once_the_receipt_is_paid(
     infra: Infra, mongo: AsyncMongoClient[Document]
 ) -> None:
     uow, db = await payments_db(infra, mongo, reminders=3)
-    receipt = await signed_unpaid(db)
-    receipt.payments.append(
-        Payment(method="cash", amount=5000, reference="cash:tech_r", at=datetime.now(UTC))
-    )
-    receipt.status = ReceiptStatus.SETTLED
-    await Receipts(db).save(receipt)
+    receipt = await paid_in_cash(db)
 
     sent = await uow.run(lambda tx: commands.remind(tx, receipt.receipt_id, "cash", 1))
 
@@ -146,3 +156,71 @@ async def test_a_receipt_gets_no_more_reminders_than_configured_however_many_dec
     await uow.run(declined_again)
     assert await timer_of(db, receipt) is None
     assert await overdue_count(db, receipt) == 2
+
+
+WRITTEN_OFF = "payments.payment_written_off"
+
+
+async def written_off_events(db: Database, receipt: Receipt) -> list[Document]:
+    found = db["outbox"].find({"key": receipt.booking_id, "type": WRITTEN_OFF})
+    return [Envelope.from_bytes(row["value"]).payload async for row in found]
+
+
+async def test_a_write_off_ends_the_reminders_and_no_money_is_taken_after_it(
+    infra: Infra, mongo: AsyncMongoClient[Document]
+) -> None:
+    uow, db = await payments_db(infra, mongo, reminders=3)
+    receipt = await signed_unpaid(db)  # nobody had a card: cash the technician never recorded
+    assert await uow.run(lambda tx: commands.remind(tx, receipt.receipt_id, "cash", 1))
+    assert await timer_of(db, receipt) is not None  # the second reminder is set
+
+    done = await uow.run(
+        lambda tx: commands.write_off(tx, receipt.receipt_id, "ops_1", "customer moved abroad")
+    )
+
+    assert done.status is ReceiptStatus.WRITTEN_OFF
+    assert done.write_off is not None
+    assert (done.write_off.amount, done.write_off.by) == (5000, "ops_1")
+    assert await timer_of(db, receipt) is None  # cancelled in the same transaction
+    [event] = await written_off_events(db, receipt)
+    assert (event["amount"], event["way"], event["reason"]) == (
+        5000,
+        "cash",
+        "customer moved abroad",
+    )
+    assert (event["technician_id"], event["store_id"]) == ("tech_r", "store_r")
+    # A reminder already claimed by the timer loop when the write-off committed stays silent.
+    assert not await uow.run(lambda tx: commands.remind(tx, receipt.receipt_id, "cash", 2))
+    assert await overdue_count(db, receipt) == 1
+    # The technician cannot record cash against it now, and it is not written off twice.
+    with pytest.raises(Conflict, match="wrote this receipt off"):
+        await uow.run(lambda tx: commands.collect_cash(tx, receipt.receipt_id, "tech_r", 5000))
+    with pytest.raises(Conflict, match="is written off: nothing to write off"):
+        await uow.run(lambda tx: commands.write_off(tx, receipt.receipt_id, "ops_1", "again"))
+    assert len(await written_off_events(db, receipt)) == 1
+
+
+async def test_only_a_signed_receipt_with_money_due_and_no_charge_under_way_is_written_off(
+    infra: Infra, mongo: AsyncMongoClient[Document]
+) -> None:
+    uow, db = await payments_db(infra, mongo, reminders=3)
+    paid = await paid_in_cash(db)
+    unsigned = await signed_unpaid(db)
+    unsigned.status, unsigned.signature = ReceiptStatus.ISSUED, None
+    await Receipts(db).save(unsigned)
+    charging = await signed_unpaid(db)
+    await uow.run(lambda tx: commands.start_charge(tx, charging, "pm_card_ok"))
+
+    for receipt, why in (
+        (paid, "is settled"),
+        (unsigned, "is not signed yet"),
+        (charging, "a card charge for this receipt is under way"),
+    ):
+        before = await Receipts(db).existing(receipt.receipt_id, what="receipt")
+        with pytest.raises(Conflict, match=why):
+            await uow.run(
+                partial(commands.write_off, receipt_id=receipt.receipt_id, by="ops", reason="no")
+            )
+        after = await Receipts(db).existing(receipt.receipt_id, what="receipt")
+        assert after == before  # nothing stored changed
+        assert await written_off_events(db, receipt) == []

@@ -786,6 +786,91 @@ async def test_an_unpaid_visit_is_reminded_to_whoever_must_pay_and_on_the_board_
         assert (row["way"], row["technician_id"]) == ("cash", cash_tech)
 
 
+async def test_operations_write_off_a_visit_nobody_paid_and_the_board_shows_it_closed(
+    platform: Platform,
+    kafka_producer: AIOKafkaProducer,
+    infra: Infra,
+    mongo: AsyncMongoClient[Document],
+) -> None:
+    """Only operations write a receipt off, with a reason; bad input changes nothing. The
+    board then shows the visit written off (its store too, without the customer), and the
+    technician can no longer record cash against it."""
+    customer, store, tech = unique("cus_"), unique("store_"), unique("tech_")
+    token = {
+        who: bearer(await gateway_token(mongo, platform.prefix, actor))
+        for who, actor in {
+            customer: Actor(role=Role.CUSTOMER, subject=customer),
+            tech: Actor(role=Role.TECHNICIAN, subject=tech),
+            store: Actor(role=Role.STORE, subject="s@writeoff", store_id=store),
+            "ops": Actor(role=Role.OPS, subject="ops_writeoff"),
+        }.items()
+    }
+
+    async def unpaid_row(who: str, receipt_id: str, status: str) -> dict[str, Any] | None:
+        rows = (await api.get("/v1/board", headers=token[who])).json()["unpaid"]
+        row = next((r for r in rows if r["receipt_id"] == receipt_id), None)
+        return row if row and row["status"] == status else None
+
+    async with platform.client("payments") as payments, platform.client("gateway") as api:
+        # No card on file: the technician is to collect cash, and never records it.
+        booking_id = await complete_visit(
+            kafka_producer, platform, customer=customer, store=store, technician=tech
+        )
+        receipt = await issued(payments, booking_id, customer)
+        receipt_id = receipt["receipt_id"]
+        assert (await sign(payments, receipt, customer)).status_code == 200
+        await eventually(lambda: unpaid_row("ops", receipt_id, "due"), what="on the board")
+        path = f"/v1/receipts/{receipt_id}/write-off"
+        before = await get_json(payments, f"/receipts/{receipt_id}", headers=as_customer(customer))
+
+        for who, body, status, says in (
+            (customer, {"reason": "I would rather not pay"}, 403, "ops"),
+            (store, {"reason": "our technician forgot"}, 403, "ops"),
+            (tech, {"reason": "they had no cash"}, 403, "ops"),
+            ("ops", {"reason": "no"}, 422, "reason"),
+            ("ops", {}, 422, "reason"),
+            ("ops", {"reason": "customer abroad", "amount": 1}, 422, "amount"),
+        ):
+            refused = await api.post(path, json=body, headers=token[who])
+            assert refused.status_code == status, (who, body, refused.text)
+            assert says in refused.text, refused.text
+        still = await get_json(payments, f"/receipts/{receipt_id}", headers=as_customer(customer))
+        assert (still["status"], still["version"]) == ("sealed", before["version"])
+
+        done = await api.post(path, json={"reason": "customer abroad"}, headers=token["ops"])
+        assert done.status_code == 200, done.text
+        assert done.json()["status"] == "written_off"
+        assert done.json()["write_off"]["amount"] == 5000
+        assert done.json()["write_off"]["by"] == "ops_writeoff"
+        again = await api.post(path, json={"reason": "customer abroad"}, headers=token["ops"])
+        assert again.status_code == 409, again.text
+
+        events = await keyed_events(
+            infra,
+            f"{platform.prefix}.payments.events",
+            booking_id,
+            until=lambda found: "payments.payment_written_off" in {e["type"] for e in found},
+        )
+        [off] = [e["payload"] for e in events if e["type"] == "payments.payment_written_off"]
+        assert (off["amount"], off["way"], off["reason"]) == (5000, "cash", "customer abroad")
+
+        row = await eventually(
+            lambda: unpaid_row("ops", receipt_id, "written_off"), what="written off on the board"
+        )
+        assert (row["note"], row["customer_id"]) == ("written off: customer abroad", customer)
+        assert row["written_off_at"] is not None
+        theirs = await eventually(
+            lambda: unpaid_row(store, receipt_id, "written_off"), what="the store sees it"
+        )
+        assert theirs["customer_id"] is None
+
+        late = await api.post(
+            f"/v1/receipts/{receipt_id}/cash", json={"amount": 5000}, headers=token[tech]
+        )
+        assert late.status_code == 409, late.text
+        assert "wrote this receipt off" in late.text
+
+
 # --------------------------------------------------------------------- refunds --
 
 

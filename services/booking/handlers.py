@@ -30,7 +30,7 @@ from shared.events.dispatch import (
     TechnicianEnRoute,
     TechnicianReassigned,
 )
-from shared.events.payments import PaymentSettled, ReceiptSigned
+from shared.events.payments import PaymentSettled, PaymentWrittenOff, ReceiptSigned
 from shared.events.reviews import RedoRequested
 from shared.outbox import Transaction
 from shared.time import utcnow
@@ -166,6 +166,18 @@ async def payment_settled(tx: Transaction, event: PaymentSettled) -> None:
         event.booking_id,
         event.event_type,
         lambda b: b.observe(BookingStatus.CLOSED, event.settled_at, "paid in full"),
+    )
+
+
+@handlers.on(PaymentWrittenOff)
+async def payment_written_off(tx: Transaction, event: PaymentWrittenOff) -> None:
+    await _apply(
+        tx,
+        event.booking_id,
+        event.event_type,
+        lambda b: b.observe(
+            BookingStatus.CLOSED, event.written_off_at, f"written off unpaid: {event.reason}"
+        ),
     )
 
 

@@ -47,6 +47,7 @@ from shared.events.payments import (
     PaymentFailed,
     PaymentOverdue,
     PaymentSettled,
+    PaymentWrittenOff,
     ReceiptSigned,
 )
 from shared.events.reviews import ComplaintUpdated, ReviewSubmitted
@@ -318,10 +319,14 @@ async def fee_refunded(tx: Transaction, e: CancellationFeeRefunded) -> None:
 # A receipt's events share its booking's key too, so they arrive in the order they
 # happened. Only money left due makes a row: a card declined, or cash to collect at the door
 # (a row until the technician records it, usually moments later).
-def _unpaid(e: CashDue | PaymentFailed | PaymentOverdue, way: str, **fields: Any) -> dict[str, Any]:
+def _unpaid(
+    e: CashDue | PaymentFailed | PaymentOverdue | PaymentWrittenOff, way: str, **fields: Any
+) -> dict[str, Any]:
     about = e.model_dump(include={"booking_id", "customer_id", "amount", "currency"})
-    # Paid stays paid: a reminder that crossed the payment changes nothing.
-    due = Expr({"$cond": [{"$gt": ["$paid_at", None]}, "paid", "due"]})
+    # Paid stays paid, written off stays written off: a reminder that crossed either changes
+    # nothing.
+    written_off = {"$cond": [{"$gt": ["$written_off_at", None]}, "written_off", "due"]}
+    due = Expr({"$cond": [{"$gt": ["$paid_at", None]}, "paid", written_off]})
     return {**about, "way": way, "status": due, **fields}
 
 
@@ -367,6 +372,21 @@ async def payment_overdue(tx: Transaction, e: PaymentOverdue) -> None:
         due_since=_keep("due_since", e.due_since),
         reminders=e.reminder,
         last_reminded_at=occurred(tx),
+    )
+    await _set(tx, BOARD_UNPAID, e.receipt_id, row)
+
+
+@handlers.on(PaymentWrittenOff)
+async def payment_written_off(tx: Transaction, e: PaymentWrittenOff) -> None:
+    row = _unpaid(
+        e,
+        e.way,
+        technician_id=e.technician_id,
+        store_id=e.store_id,
+        status="written_off",  # payments writes off only what nobody paid
+        note=f"written off: {e.reason}",
+        due_since=_keep("due_since", occurred(tx)),
+        written_off_at=e.written_off_at,
     )
     await _set(tx, BOARD_UNPAID, e.receipt_id, row)
 
@@ -460,7 +480,9 @@ def unpaid_row(doc: Document, actor: Actor) -> UnpaidRow:
 
 
 async def unpaid(db: Database, actor: Actor, since: datetime, limit: int) -> list[UnpaidRow]:
-    """Every signed visit still unpaid, longest due first, and those paid today."""
-    query = {**scope_of(actor), "$or": [{"status": "due"}, {"paid_at": {"$gte": since}}]}
+    """Every signed visit still unpaid, longest due first, and those paid or written off
+    today."""
+    today = [{"paid_at": {"$gte": since}}, {"written_off_at": {"$gte": since}}]
+    query = {**scope_of(actor), "$or": [{"status": "due"}, *today]}
     docs = db[BOARD_UNPAID].find(query).sort("due_since", ASCENDING).limit(limit)
     return [unpaid_row(d, actor) async for d in docs]

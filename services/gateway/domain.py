@@ -146,7 +146,7 @@ class FeeRow(Row):
 
 class UnpaidRow(Row):
     """A signed visit whose money is still due (a declined card, cash not recorded), and
-    those paid today. Operations see all; a store its own, without the customer."""
+    those paid or written off today. Operations see all; a store its own, without the customer."""
 
     receipt_id: str
     booking_id: str
@@ -156,12 +156,15 @@ class UnpaidRow(Row):
     amount: int = Field(description="Still to pay, minor units")
     currency: str
     way: str = Field(description="card: the customer pays in the app; cash: the technician")
-    status: str  # due, or paid
-    note: str | None = Field(None, description="Why: the card's decline, or no card on file")
+    status: str  # due, paid, or written_off
+    note: str | None = Field(
+        None, description="Why: the card's decline, no card on file, or why it was written off"
+    )
     due_since: datetime | None = None
     reminders: int = Field(0, description="Reminders sent so far")
     last_reminded_at: datetime | None = None
     paid_at: datetime | None = None
+    written_off_at: datetime | None = None
     rev: int = 0
 
 

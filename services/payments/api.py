@@ -293,6 +293,27 @@ async def pay(
     return await runtime.uow.run(work)
 
 
+class WriteOffIn(Forbid):
+    reason: str = Field(
+        min_length=3, max_length=500, examples=["three reminders unanswered; customer abroad"]
+    )
+
+
+@router.post(
+    "/receipts/{receipt_id}/write-off",
+    tags=["payments"],
+    summary="Operations give up what a signed receipt still owes (no more reminders)",
+)
+async def write_off(
+    receipt_id: PathId, body: WriteOffIn, runtime: RuntimeDep, actor: ActorDep
+) -> ReceiptView:
+    actor.require(Role.OPS)
+    receipt = await runtime.uow.run(
+        lambda tx: commands.write_off(tx, receipt_id, actor.subject, body.reason)
+    )
+    return ReceiptView.of(receipt)
+
+
 @router.get(
     "/receipts/{receipt_id}/operations",
     tags=["payments"],

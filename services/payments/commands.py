@@ -51,6 +51,7 @@ from shared.events.payments import (
     PaymentFailed,
     PaymentOverdue,
     PaymentSettled,
+    PaymentWrittenOff,
     PrepaidDrawn,
     PrepaidPurchased,
     ReceiptIssued,
@@ -62,7 +63,7 @@ from shared.events.payments import (
 from shared.mongo import Database, Session
 from shared.outbox import Transaction
 from shared.time import utcnow
-from shared.timers import set_timer
+from shared.timers import cancel, set_timer
 
 log = logging.getLogger(__name__)
 
@@ -375,6 +376,8 @@ async def collect_cash(
         raise Conflict("money is collected only against a receipt the customer has signed")
     if receipt.status is ReceiptStatus.SETTLED:
         raise Conflict("this receipt is paid already")
+    if receipt.status is ReceiptStatus.WRITTEN_OFF:
+        raise Conflict("operations wrote this receipt off: ask them before taking cash")
     ops = await ProviderOps(tx.db).of_receipt(receipt_id, tx.session)
     if any(o.kind == "charge" and o.open for o in ops):
         raise Conflict("a card charge for this receipt is under way")
@@ -442,6 +445,31 @@ async def remind(
     )
     await remind_later(tx, receipt, way)
     return True
+
+
+async def write_off(tx: Transaction, receipt_id: str, by: str, reason: str) -> Receipt:
+    """Operations give up what a signed receipt still owes: no more reminders, and the
+    booking closes. Not while a card charge is under way (its outcome comes first)."""
+    receipt = await load(tx, receipt_id)
+    ops = await ProviderOps(tx.db).of_receipt(receipt_id, tx.session)
+    if any(o.kind == "charge" and o.open for o in ops):
+        raise Conflict("a card charge for this receipt is under way: wait for its outcome")
+    given_up = receipt.give_up(by, reason, utcnow())
+    # Saved with its version: a payment committing meanwhile conflicts, and one of the two
+    # finds the other done.
+    await Receipts(tx.db).save(receipt, tx.session)
+    await cancel(tx.db, tx.session, REMIND, receipt_id)
+    tx.emit(
+        PaymentWrittenOff(
+            **_still_due(receipt),  # what was due is what is given up
+            # Declined cards leave charges behind; cash nobody recorded leaves none.
+            way="card" if any(o.kind == "charge" for o in ops) else "cash",
+            reason=reason,
+            written_off_by=by,
+            written_off_at=given_up.at,
+        )
+    )
+    return receipt
 
 
 async def refund(

@@ -36,6 +36,7 @@ class ReceiptStatus(StrEnum):
     SEALED = "sealed"  # signed by the customer, sealed by the platform, payment under way
     SETTLED = "settled"  # the amount due is paid
     VOIDED = "voided"  # withdrawn unsigned: the booking had been cancelled before completion
+    WRITTEN_OFF = "written_off"  # signed, never paid in full: operations gave the rest up
 
 
 class ReceiptLine(Forbid):
@@ -131,6 +132,15 @@ CONTENT_FIELDS = {
 }
 
 
+class WriteOff(Forbid):
+    """What operations gave up on a signed receipt nobody paid, and why."""
+
+    amount: int
+    reason: str
+    by: str
+    at: StoredTime
+
+
 class Receipt(Forbid):
     receipt_id: str
     booking_id: str
@@ -155,6 +165,7 @@ class Receipt(Forbid):
     voided_at: StoredTime | None = None
     void_reason: str | None = None
     reminders_sent: int = 0  # while signed and unpaid (payments.payment_overdue)
+    write_off: WriteOff | None = None
     version: int = 0
 
     def content(self) -> dict[str, Any]:
@@ -180,7 +191,11 @@ class Receipt(Forbid):
     @property
     def signed(self) -> bool:
         """Signed by the customer and sealed: only then is anything drawn, charged or paid."""
-        return self.status in {ReceiptStatus.SEALED, ReceiptStatus.SETTLED}
+        return self.status in {
+            ReceiptStatus.SEALED,
+            ReceiptStatus.SETTLED,
+            ReceiptStatus.WRITTEN_OFF,
+        }
 
     def void(self, reason: str, at: datetime) -> bool:
         """Withdraw an unsigned receipt; False if it was voided already.
@@ -193,6 +208,17 @@ class Receipt(Forbid):
             raise Conflict(f"receipt {self.receipt_id} is signed: it cannot be voided")
         self.status, self.voided_at, self.void_reason = ReceiptStatus.VOIDED, at, reason
         return True
+
+    def give_up(self, by: str, reason: str, at: datetime) -> WriteOff:
+        """Write off what is still due: only on a signed receipt that is not paid in full.
+        (Whether a charge is under way is the caller's to check: it decides first.)"""
+        if self.status is not ReceiptStatus.SEALED:
+            issued = self.status is ReceiptStatus.ISSUED
+            state = "not signed yet" if issued else self.status.value.replace("_", " ")
+            raise Conflict(f"receipt {self.receipt_id} is {state}: nothing to write off")
+        self.write_off = WriteOff(amount=self.amount_due - self.paid, reason=reason, by=by, at=at)
+        self.status = ReceiptStatus.WRITTEN_OFF
+        return self.write_off
 
     @property
     def paid(self) -> int:

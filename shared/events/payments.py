@@ -154,6 +154,24 @@ class PaymentOverdue(EventPayload):
     reminder: int = Field(ge=1, description="1 for the first reminder, then 2, ...")
 
 
+@event("payments.payment_written_off", version=1, stream=STREAM, key="booking_id")
+class PaymentWrittenOff(EventPayload):
+    """Operations gave up what a signed receipt still owed (the reminders went unanswered):
+    the receipt is closed unpaid, nobody is reminded again, and the booking closes."""
+
+    receipt_id: str
+    booking_id: str
+    customer_id: str
+    technician_id: str
+    store_id: str
+    amount: MinorUnits = Field(description="What was still to pay and is given up")
+    currency: Currency
+    way: Literal["card", "cash"] = Field(description="How it was to be paid")
+    reason: str
+    written_off_by: str
+    written_off_at: datetime
+
+
 @event("payments.refund_issued", version=1, stream=STREAM, key="booking_id")
 class RefundIssued(EventPayload):
     """Money goes back the way it came: provider, cash handed back, card or package credit."""

@@ -358,15 +358,16 @@ function renderUnpaid() {
   const due = rows.filter((u) => u.status === "due")
     .sort((a, b) => (a.due_since || "").localeCompare(b.due_since || ""));
   $("unpaid-title").textContent = due.length ? `Visits not paid: ${due.length}` : "Visits not paid";
-  const paid = rows.length - due.length;
-  $("unpaid-today").textContent = paid ? `Paid since today began: ${paid}.` : "";
+  const closed = ["paid", "written_off"].map((s) => [s, rows.filter((u) => u.status === s).length]).filter(([, n]) => n);
+  $("unpaid-today").textContent = closed.length ? `Since today began: ${closed.map(([s, n]) => `${n} ${label(s)}`).join(", ")}.` : "";
   fill("unpaid", due.map((u) => h("tr", { "data-receipt": u.receipt_id },
     h("td", {}, u.booking_id, h("br"), h("small", {}, `receipt ${u.receipt_id}`)),
     h("td", {}, u.way === "cash" ? `cash: technician ${u.technician_id || ""}` : "card: the customer"),
     h("td", {}, isOps() ? u.customer_id || "" : ""), h("td", {}, money(u.amount, u.currency)),
     h("td", {}, u.note || ""), h("td", {}, h("span", { "data-since": u.due_since || "" }, "")),
-    h("td", {}, u.reminders ? `${u.reminders} sent` : "none yet"))),
-  "Every signed visit is paid.", 7);
+    h("td", {}, u.reminders ? `${u.reminders} sent` : "none yet"),
+    h("td", {}, isOps() && h("button", { type: "button", onclick: () => writeOff(u), "aria-label": `Write off receipt ${u.receipt_id}` }, "Write off…")))),
+  "Every signed visit is paid.", 8);
 }
 
 function renderMap() {
@@ -477,6 +478,15 @@ function waive(f) {
       ...field("waive-reason", "Why the customer need not pay (they are told)", reason)],
     "Waive",
     () => api(`/v1/cancellation-fees/${encodeURIComponent(f.fee_id)}/waive`, { method: "POST", body: { reason: reason.value } }));
+}
+
+function writeOff(u) {
+  const reason = h("input", { id: "write-off-reason", required: true, minlength: 3, maxlength: 500 });
+  dialog(`Write off receipt ${u.receipt_id}`,
+    [h("p", {}, `${money(u.amount, u.currency)} still due for booking ${u.booking_id} (${u.reminders || 0} reminders sent). Writing it off stops the reminders and closes the booking unpaid.`),
+      ...field("write-off-reason", "Why the platform gives this money up", reason)],
+    "Write off",
+    () => api(`/v1/receipts/${encodeURIComponent(u.receipt_id)}/write-off`, { method: "POST", body: { reason: reason.value } }));
 }
 
 // -------------------------------------------------------------------- start --
