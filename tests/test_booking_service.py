@@ -485,7 +485,9 @@ async def test_facts_from_dispatch_and_payments_walk_the_booking_to_closed(
     assert still["version"] == closed["version"]
     assert still["status"] == "closed"
     assert closed["timeline"][-1]["note"] == (
-        "paid in full" if ends == "paid" else "written off unpaid: three reminders unanswered"
+        "paid in full"
+        if ends == "paid"
+        else "written off unpaid"  # its reason is operations' alone
     )
 
 

@@ -7,6 +7,7 @@ test_payments_service.py.)"""
 
 from __future__ import annotations
 
+import asyncio
 import uuid
 from datetime import UTC, datetime
 from functools import partial
@@ -50,8 +51,8 @@ async def payments_db(
     return UnitOfWork(mongo, db, settings), db
 
 
-async def signed_unpaid(db: Database) -> Receipt:
-    """A signed receipt of 50.00 EUR with nothing paid yet."""
+async def signed_unpaid(db: Database, reminded: int = 0) -> Receipt:
+    """A signed receipt of 50.00 EUR with nothing paid yet (and `reminded` reminders sent)."""
     now = datetime.now(UTC)
     receipt = Receipt(
         receipt_id=f"rc_{uuid.uuid4().hex[:12]}",
@@ -72,6 +73,7 @@ async def signed_unpaid(db: Database) -> Receipt:
         signature=CustomerSignature(
             method=SignatureMethod.DRAWN, artefact="ab" * 32, signed_at=now
         ),
+        reminders_sent=reminded,
     )
     await Receipts(db).insert(receipt)
     return receipt
@@ -208,13 +210,20 @@ async def test_only_a_signed_receipt_with_money_due_and_no_charge_under_way_is_w
     unsigned = await signed_unpaid(db)
     unsigned.status, unsigned.signature = ReceiptStatus.ISSUED, None
     await Receipts(db).save(unsigned)
-    charging = await signed_unpaid(db)
+    voided = await signed_unpaid(db)
+    voided.status, voided.signature = ReceiptStatus.VOIDED, None
+    await Receipts(db).save(voided)
+    charging = await signed_unpaid(db, reminded=1)
     await uow.run(lambda tx: commands.start_charge(tx, charging, "pm_card_ok"))
+    # Cash may still be on its way from the door: not before a first reminder.
+    unreminded = await signed_unpaid(db)
 
     for receipt, why in (
         (paid, "is settled"),
         (unsigned, "is not signed yet"),
+        (voided, "is voided"),
         (charging, "a card charge for this receipt is under way"),
+        (unreminded, "has had no reminder yet"),
     ):
         before = await Receipts(db).existing(receipt.receipt_id, what="receipt")
         with pytest.raises(Conflict, match=why):
@@ -224,3 +233,39 @@ async def test_only_a_signed_receipt_with_money_due_and_no_charge_under_way_is_w
         after = await Receipts(db).existing(receipt.receipt_id, what="receipt")
         assert after == before  # nothing stored changed
         assert await written_off_events(db, receipt) == []
+
+
+async def test_a_write_off_and_a_cash_record_at_the_same_moment_never_both_happen(
+    infra: Infra, mongo: AsyncMongoClient[Document]
+) -> None:
+    """Operations write off as the technician records the cash: MongoDB lets one commit and
+    the other, retried, finds it done and is refused. Never cash taken on a written-off
+    receipt, never a receipt both settled and written off."""
+    uow, db = await payments_db(infra, mongo, reminders=3)
+    for _ in range(6):
+        receipt = await signed_unpaid(db, reminded=1)
+        off, cash = await asyncio.gather(
+            uow.run(
+                partial(commands.write_off, receipt_id=receipt.receipt_id, by="ops", reason="x")
+            ),
+            uow.run(
+                partial(
+                    commands.collect_cash,
+                    receipt_id=receipt.receipt_id,
+                    technician_id="tech_r",
+                    amount=5000,
+                )
+            ),
+            return_exceptions=True,
+        )
+        won = [isinstance(r, Receipt) for r in (off, cash)]
+        assert sum(won) == 1, (off, cash)
+        lost = cash if won[0] else off
+        assert isinstance(lost, Conflict), lost
+        stored = await Receipts(db).existing(receipt.receipt_id, what="receipt")
+        if won[0]:
+            assert (stored.status, stored.payments) == (ReceiptStatus.WRITTEN_OFF, [])
+        else:
+            assert stored.status is ReceiptStatus.SETTLED
+            assert stored.write_off is None
+        assert len(await written_off_events(db, receipt)) == (1 if won[0] else 0)

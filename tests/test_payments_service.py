@@ -819,7 +819,13 @@ async def test_operations_write_off_a_visit_nobody_paid_and_the_board_shows_it_c
         receipt = await issued(payments, booking_id, customer)
         receipt_id = receipt["receipt_id"]
         assert (await sign(payments, receipt, customer)).status_code == 200
-        await eventually(lambda: unpaid_row("ops", receipt_id, "due"), what="on the board")
+
+        async def reminded() -> dict[str, Any] | None:
+            row = await unpaid_row("ops", receipt_id, "due")
+            return row if row and row["reminders"] >= 1 else None
+
+        # Written off only once the technician was reminded (every 2 s in tests).
+        await eventually(reminded, what="on the board, the technician reminded")
         path = f"/v1/receipts/{receipt_id}/write-off"
         before = await get_json(payments, f"/receipts/{receipt_id}", headers=as_customer(customer))
 
@@ -828,6 +834,7 @@ async def test_operations_write_off_a_visit_nobody_paid_and_the_board_shows_it_c
             (store, {"reason": "our technician forgot"}, 403, "ops"),
             (tech, {"reason": "they had no cash"}, 403, "ops"),
             ("ops", {"reason": "no"}, 422, "reason"),
+            ("ops", {"reason": "      "}, 422, "reason"),
             ("ops", {}, 422, "reason"),
             ("ops", {"reason": "customer abroad", "amount": 1}, 422, "amount"),
         ):
@@ -857,18 +864,43 @@ async def test_operations_write_off_a_visit_nobody_paid_and_the_board_shows_it_c
         row = await eventually(
             lambda: unpaid_row("ops", receipt_id, "written_off"), what="written off on the board"
         )
-        assert (row["note"], row["customer_id"]) == ("written off: customer abroad", customer)
+        assert (row["note"], row["write_off_reason"]) == (
+            "written off by operations",
+            "customer abroad",
+        )
+        assert (row["customer_id"], row["way"]) == (customer, "cash")
         assert row["written_off_at"] is not None
         theirs = await eventually(
             lambda: unpaid_row(store, receipt_id, "written_off"), what="the store sees it"
         )
-        assert theirs["customer_id"] is None
+        # Why, and who the customer is, are operations' alone.
+        assert (theirs["customer_id"], theirs["write_off_reason"]) == (None, None)
+        seen = (await api.get(f"/v1/receipts/{receipt_id}", headers=token[customer])).json()
+        assert seen["write_off"] == {**done.json()["write_off"], "reason": None, "by": None}
+        ops_view = (await api.get(f"/v1/receipts/{receipt_id}", headers=token["ops"])).json()
+        assert ops_view["write_off"]["reason"] == "customer abroad"
+
+        async def technician_told() -> list[dict[str, Any]] | None:
+            mine = (await api.get("/v1/notifications", headers=token[tech])).json()
+            found = [n for n in mine if n["kind"] == "cash_written_off"]
+            return found or None
+
+        [told] = await eventually(technician_told, what="the technician told")
+        assert told["title"] == "No cash to record for this visit (50.00 EUR)"
+        assert "customer abroad" not in json.dumps(told)
 
         late = await api.post(
             f"/v1/receipts/{receipt_id}/cash", json={"amount": 5000}, headers=token[tech]
         )
         assert late.status_code == 409, late.text
         assert "wrote this receipt off" in late.text
+        card = await api.post(
+            f"/v1/receipts/{receipt_id}/pay",
+            json={"payment_method": "pm_card_ok"},
+            headers=token[customer],
+        )
+        assert card.status_code == 409, card.text
+    assert await sandbox_ops(mongo, platform, receipt_id) == []  # nothing sent to the provider
 
 
 # --------------------------------------------------------------------- refunds --

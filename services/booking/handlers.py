@@ -175,9 +175,8 @@ async def payment_written_off(tx: Transaction, event: PaymentWrittenOff) -> None
         tx,
         event.booking_id,
         event.event_type,
-        lambda b: b.observe(
-            BookingStatus.CLOSED, event.written_off_at, f"written off unpaid: {event.reason}"
-        ),
+        # The reason is operations' own; the timeline is the customer's and the store's too.
+        lambda b: b.observe(BookingStatus.CLOSED, event.written_off_at, "written off unpaid"),
     )
 
 

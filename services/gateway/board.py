@@ -384,7 +384,8 @@ async def payment_written_off(tx: Transaction, e: PaymentWrittenOff) -> None:
         technician_id=e.technician_id,
         store_id=e.store_id,
         status="written_off",  # payments writes off only what nobody paid
-        note=f"written off: {e.reason}",
+        note="written off by operations",
+        write_off_reason=e.reason,  # operations' alone: stores do not see it
         due_since=_keep("due_since", occurred(tx)),
         written_off_at=e.written_off_at,
     )
@@ -475,7 +476,7 @@ async def fees(db: Database, actor: Actor, since: datetime, limit: int) -> list[
 def unpaid_row(doc: Document, actor: Actor) -> UnpaidRow:
     row = UnpaidRow.model_validate({**doc, "receipt_id": doc["_id"]})
     if not actor.is_ops:  # a store follows its technicians' cash, not who the customer is
-        row.customer_id = None
+        row.customer_id = row.write_off_reason = None
     return row
 
 

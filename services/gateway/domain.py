@@ -158,13 +158,14 @@ class UnpaidRow(Row):
     way: str = Field(description="card: the customer pays in the app; cash: the technician")
     status: str  # due, paid, or written_off
     note: str | None = Field(
-        None, description="Why: the card's decline, no card on file, or why it was written off"
+        None, description="Why: the card's decline, no card on file, or written off"
     )
     due_since: datetime | None = None
     reminders: int = Field(0, description="Reminders sent so far")
     last_reminded_at: datetime | None = None
     paid_at: datetime | None = None
     written_off_at: datetime | None = None
+    write_off_reason: str | None = Field(None, description="Operations' note (theirs alone)")
     rev: int = 0
 
 

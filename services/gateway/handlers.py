@@ -25,6 +25,7 @@ from shared.events.payments import (
     CashDue,
     PaymentFailed,
     PaymentOverdue,
+    PaymentWrittenOff,
     PrepaidPurchased,
     ReceiptIssued,
     ReceiptSealed,
@@ -281,11 +282,36 @@ async def payment_overdue(tx: Transaction, event: PaymentOverdue) -> None:
         )
 
 
+@handlers.on(PaymentWrittenOff)
+async def payment_written_off(tx: Transaction, event: PaymentWrittenOff) -> None:
+    """Whoever was reminded hears that it is over, so nobody acts on a stale reminder (why it
+    was written off stays with operations)."""
+    due = _money(event.amount, event.currency)
+    if event.way == "card":
+        await tell_of_money_due(
+            tx,
+            f"customer:{event.customer_id}",
+            "payment_written_off",
+            event,
+            title="Nothing more to pay for your visit",
+            body=f"We closed the {due} still due on your receipt.",
+        )
+    else:
+        await tell_of_money_due(
+            tx,
+            f"technician:{event.technician_id}",
+            "cash_written_off",
+            event,
+            title=f"No cash to record for this visit ({due})",
+            body="Operations closed its payment. If you hold cash for it, tell your store.",
+        )
+
+
 async def tell_of_money_due(
     tx: Transaction,
     recipient: str,
     kind: str,
-    event: CashDue | PaymentFailed | PaymentOverdue,
+    event: CashDue | PaymentFailed | PaymentOverdue | PaymentWrittenOff,
     *,
     title: str,
     body: str,

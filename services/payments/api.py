@@ -13,7 +13,7 @@ from datetime import timedelta
 from typing import Annotated, Any
 
 from fastapi import APIRouter, Query, Request, Response, status
-from pydantic import Field, ValidationError, model_validator
+from pydantic import Field, StringConstraints, ValidationError, model_validator
 
 from services.payments import commands
 from services.payments.domain import (
@@ -82,8 +82,11 @@ class ReceiptView(Receipt):
     content_hash: str
 
     @classmethod
-    def of(cls, receipt: Receipt) -> ReceiptView:
-        return cls(**receipt.model_dump(), content_hash=receipt.digest)
+    def of(cls, receipt: Receipt, actor: Actor) -> ReceiptView:
+        view = cls(**receipt.model_dump(), content_hash=receipt.digest)
+        if view.write_off is not None:
+            view.write_off = view.write_off.seen_by(actor.is_ops)
+        return view
 
 
 # ------------------------------------------------------------------- receipts --
@@ -98,16 +101,16 @@ async def receipt_for_booking(
     receipt = await Receipts(runtime.db).by_booking(booking_id)
     if receipt is None or not may_read(actor, receipt):
         raise NotFound(f"no receipt for booking {booking_id} yet", field="booking_id")
-    return await as_now(runtime, receipt)
+    return await as_now(runtime, receipt, actor)
 
 
 @router.get("/receipts/{receipt_id}", tags=["receipts"], summary="A receipt, priced as it is now")
 async def get_receipt(receipt_id: PathId, runtime: RuntimeDep, actor: ActorDep) -> ReceiptView:
-    return await as_now(runtime, await readable(runtime, actor, receipt_id))
+    return await as_now(runtime, await readable(runtime, actor, receipt_id), actor)
 
 
-async def as_now(runtime: Runtime, receipt: Receipt) -> ReceiptView:
-    return ReceiptView.of(await priced_now(runtime, receipt))
+async def as_now(runtime: Runtime, receipt: Receipt, actor: Actor) -> ReceiptView:
+    return ReceiptView.of(await priced_now(runtime, receipt), actor)
 
 
 async def priced_now(runtime: Runtime, receipt: Receipt) -> Receipt:
@@ -161,7 +164,7 @@ async def sign(
         signed = await runtime.uow.run(
             lambda tx: commands.sign(tx, receipt_id, body.receipt_hash, body.signature)
         )
-    return ReceiptView.of(signed)
+    return ReceiptView.of(signed, actor)
 
 
 @router.get(
@@ -257,7 +260,7 @@ async def cash(
     receipt = await runtime.uow.run(
         lambda tx: commands.collect_cash(tx, receipt_id, actor.subject, body.amount)
     )
-    return ReceiptView.of(receipt)
+    return ReceiptView.of(receipt, actor)
 
 
 class PaymentMethodIn(Forbid):
@@ -294,9 +297,14 @@ async def pay(
 
 
 class WriteOffIn(Forbid):
-    reason: str = Field(
-        min_length=3, max_length=500, examples=["three reminders unanswered; customer abroad"]
-    )
+    reason: Annotated[
+        str,
+        StringConstraints(strip_whitespace=True, min_length=3, max_length=500),
+        Field(
+            description="Operations' own note: never shown to the customer, technician or store",
+            examples=["three reminders unanswered"],
+        ),
+    ]
 
 
 @router.post(
@@ -311,7 +319,7 @@ async def write_off(
     receipt = await runtime.uow.run(
         lambda tx: commands.write_off(tx, receipt_id, actor.subject, body.reason)
     )
-    return ReceiptView.of(receipt)
+    return ReceiptView.of(receipt, actor)
 
 
 @router.get(

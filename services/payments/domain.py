@@ -133,12 +133,16 @@ CONTENT_FIELDS = {
 
 
 class WriteOff(Forbid):
-    """What operations gave up on a signed receipt nobody paid, and why."""
+    """What operations gave up on a signed receipt nobody paid, and why (the why and the who
+    are operations' own: `seen_by` leaves them out for everyone else)."""
 
     amount: int
-    reason: str
-    by: str
+    reason: str | None
+    by: str | None
     at: StoredTime
+
+    def seen_by(self, ops: bool) -> WriteOff:
+        return self if ops else self.model_copy(update={"reason": None, "by": None})
 
 
 class Receipt(Forbid):
@@ -210,12 +214,20 @@ class Receipt(Forbid):
         return True
 
     def give_up(self, by: str, reason: str, at: datetime) -> WriteOff:
-        """Write off what is still due: only on a signed receipt that is not paid in full.
-        (Whether a charge is under way is the caller's to check: it decides first.)"""
+        """Write off what is still due: only on a signed receipt not paid in full, once a
+        reminder has gone. (Whether a charge is under way is the caller's to check: it
+        decides first.)"""
         if self.status is not ReceiptStatus.SEALED:
             issued = self.status is ReceiptStatus.ISSUED
             state = "not signed yet" if issued else self.status.value.replace("_", " ")
             raise Conflict(f"receipt {self.receipt_id} is {state}: nothing to write off")
+        if self.reminders_sent < 1:
+            # Cash may still be on its way from the door, or a new card a moment away:
+            # whoever must act is reminded at least once before the money is given up.
+            raise Conflict(
+                f"receipt {self.receipt_id} has had no reminder yet: it is written off only"
+                " once whoever must pay has been reminded"
+            )
         self.write_off = WriteOff(amount=self.amount_due - self.paid, reason=reason, by=by, at=at)
         self.status = ReceiptStatus.WRITTEN_OFF
         return self.write_off

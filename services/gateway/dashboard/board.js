@@ -366,7 +366,8 @@ function renderUnpaid() {
     h("td", {}, isOps() ? u.customer_id || "" : ""), h("td", {}, money(u.amount, u.currency)),
     h("td", {}, u.note || ""), h("td", {}, h("span", { "data-since": u.due_since || "" }, "")),
     h("td", {}, u.reminders ? `${u.reminders} sent` : "none yet"),
-    h("td", {}, isOps() && h("button", { type: "button", onclick: () => writeOff(u), "aria-label": `Write off receipt ${u.receipt_id}` }, "Write off…")))),
+    // Written off only once whoever must pay has been reminded (payments refuses before).
+    h("td", {}, isOps() && u.reminders > 0 && h("button", { type: "button", onclick: () => writeOff(u), "aria-label": `Write off receipt ${u.receipt_id}` }, "Write off…")))),
   "Every signed visit is paid.", 8);
 }
 
@@ -484,7 +485,7 @@ function writeOff(u) {
   const reason = h("input", { id: "write-off-reason", required: true, minlength: 3, maxlength: 500 });
   dialog(`Write off receipt ${u.receipt_id}`,
     [h("p", {}, `${money(u.amount, u.currency)} still due for booking ${u.booking_id} (${u.reminders || 0} reminders sent). Writing it off stops the reminders and closes the booking unpaid.`),
-      ...field("write-off-reason", "Why the platform gives this money up", reason)],
+      ...field("write-off-reason", "Why the platform gives this money up (seen by operations only)", reason)],
     "Write off",
     () => api(`/v1/receipts/${encodeURIComponent(u.receipt_id)}/write-off`, { method: "POST", body: { reason: reason.value } }));
 }
