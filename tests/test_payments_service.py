@@ -82,6 +82,16 @@ async def complete_visit(
     return booking_id
 
 
+async def unpaid_row(
+    api: httpx.AsyncClient, headers: dict[str, str], receipt_id: str, status: str
+) -> dict[str, Any] | None:
+    """The receipt's row on the board's unpaid list as these headers' holder sees it, once it
+    has this status."""
+    rows = (await api.get("/v1/board", headers=headers)).json()["unpaid"]
+    row = next((r for r in rows if r["receipt_id"] == receipt_id), None)
+    return row if row and row["status"] == status else None
+
+
 async def issued(payments: httpx.AsyncClient, booking_id: str, customer: str) -> Any:
     return await eventually(
         lambda: get_json(
@@ -690,11 +700,6 @@ async def test_an_unpaid_visit_is_reminded_to_whoever_must_pay_and_on_the_board_
         mine = (await api.get("/v1/notifications", headers=token[who])).json()
         return [n for n in mine if (n["kind"], n["booking_id"]) == (kind, booking_id)]
 
-    async def unpaid_row(who: str, receipt_id: str, status: str) -> dict[str, Any] | None:
-        rows = (await api.get("/v1/board", headers=token[who])).json()["unpaid"]
-        row = next((r for r in rows if r["receipt_id"] == receipt_id), None)
-        return row if row and row["status"] == status else None
-
     async with platform.client("payments") as payments, platform.client("gateway") as api:
         await set_card(payments, customer, "pm_card_declined")
         booking_id = await complete_visit(
@@ -731,7 +736,9 @@ async def test_an_unpaid_visit_is_reminded_to_whoever_must_pay_and_on_the_board_
         # Two reminders in tests, then no more: the reminder timer is gone.
         await eventually(lambda: no_reminder_set(receipt_id), what="no third reminder set")
 
-        row = await eventually(lambda: unpaid_row("ops", receipt_id, "due"), what="ops see it")
+        row = await eventually(
+            lambda: unpaid_row(api, token["ops"], receipt_id, "due"), what="ops see it"
+        )
         assert (row["way"], row["amount"], row["customer_id"], row["store_id"]) == (
             "card",
             5000,
@@ -739,9 +746,11 @@ async def test_an_unpaid_visit_is_reminded_to_whoever_must_pay_and_on_the_board_
             store,
         )
         assert (row["note"], row["reminders"]) == ("card declined by the issuer", 2)
-        mine = await eventually(lambda: unpaid_row(store, receipt_id, "due"), what="store sees it")
+        mine = await eventually(
+            lambda: unpaid_row(api, token[store], receipt_id, "due"), what="store sees it"
+        )
         assert mine["customer_id"] is None  # the store follows the money, not the customer
-        assert await unpaid_row("other", receipt_id, "due") is None
+        assert await unpaid_row(api, token["other"], receipt_id, "due") is None
 
         paid = await api.post(
             f"/v1/receipts/{receipt_id}/pay",
@@ -749,7 +758,9 @@ async def test_an_unpaid_visit_is_reminded_to_whoever_must_pay_and_on_the_board_
             headers=token[customer],
         )
         assert paid.status_code == 200, paid.text
-        done = await eventually(lambda: unpaid_row("ops", receipt_id, "paid"), what="paid")
+        done = await eventually(
+            lambda: unpaid_row(api, token["ops"], receipt_id, "paid"), what="paid"
+        )
         assert done["paid_at"] is not None
 
         # Nobody had a card: the technician is reminded to record the cash, never the customer.
@@ -781,7 +792,8 @@ async def test_an_unpaid_visit_is_reminded_to_whoever_must_pay_and_on_the_board_
         assert await db["outbox"].count_documents(overdue) == before
         assert await notes(cash_customer, "payment_overdue", cash_booking) == []
         row = await eventually(
-            lambda: unpaid_row("ops", cash_receipt["receipt_id"], "paid"), what="cash paid"
+            lambda: unpaid_row(api, token["ops"], cash_receipt["receipt_id"], "paid"),
+            what="cash paid",
         )
         assert (row["way"], row["technician_id"]) == ("cash", cash_tech)
 
@@ -806,11 +818,6 @@ async def test_operations_write_off_a_visit_nobody_paid_and_the_board_shows_it_c
         }.items()
     }
 
-    async def unpaid_row(who: str, receipt_id: str, status: str) -> dict[str, Any] | None:
-        rows = (await api.get("/v1/board", headers=token[who])).json()["unpaid"]
-        row = next((r for r in rows if r["receipt_id"] == receipt_id), None)
-        return row if row and row["status"] == status else None
-
     async with platform.client("payments") as payments, platform.client("gateway") as api:
         # No card on file: the technician is to collect cash, and never records it.
         booking_id = await complete_visit(
@@ -821,7 +828,7 @@ async def test_operations_write_off_a_visit_nobody_paid_and_the_board_shows_it_c
         assert (await sign(payments, receipt, customer)).status_code == 200
 
         async def reminded() -> dict[str, Any] | None:
-            row = await unpaid_row("ops", receipt_id, "due")
+            row = await unpaid_row(api, token["ops"], receipt_id, "due")
             return row if row and row["reminders"] >= 1 else None
 
         # Written off only once the technician was reminded (every 2 s in tests).
@@ -862,7 +869,8 @@ async def test_operations_write_off_a_visit_nobody_paid_and_the_board_shows_it_c
         assert (off["amount"], off["way"], off["reason"]) == (5000, "cash", "customer abroad")
 
         row = await eventually(
-            lambda: unpaid_row("ops", receipt_id, "written_off"), what="written off on the board"
+            lambda: unpaid_row(api, token["ops"], receipt_id, "written_off"),
+            what="written off on the board",
         )
         assert (row["note"], row["write_off_reason"]) == (
             "written off by operations",
@@ -871,7 +879,8 @@ async def test_operations_write_off_a_visit_nobody_paid_and_the_board_shows_it_c
         assert (row["customer_id"], row["way"]) == (customer, "cash")
         assert row["written_off_at"] is not None
         theirs = await eventually(
-            lambda: unpaid_row(store, receipt_id, "written_off"), what="the store sees it"
+            lambda: unpaid_row(api, token[store], receipt_id, "written_off"),
+            what="the store sees it",
         )
         # Why, and who the customer is, are operations' alone.
         assert (theirs["customer_id"], theirs["write_off_reason"]) == (None, None)
