@@ -9,6 +9,11 @@ runs (and opens its own units of work); success deletes the timer only if
 nobody moved it meanwhile. A process that dies mid-fire leaves the timer to be
 fired again when the lease runs out, so handlers must be idempotent (they look
 at the state they own before acting, like event handlers do).
+
+A gathered timer ("match the region's waiting visits") is asked for by many
+units of work at once. Each request is a document of its own, so no two
+transactions write the same one (they would make each other start again), and
+one firing answers every request that existed when it was claimed.
 """
 
 from __future__ import annotations
@@ -16,6 +21,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import uuid
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
@@ -79,7 +85,12 @@ class Timers:
 
 
 async def ensure_timer_indexes(db: Database) -> None:
-    await db[TIMERS].create_indexes([IndexModel([("due_at", ASCENDING)], name="due")])
+    await db[TIMERS].create_indexes(
+        [
+            IndexModel([("due_at", ASCENDING)], name="due"),
+            IndexModel([("kind", ASCENDING), ("subject", ASCENDING)], name="kind_subject"),
+        ]
+    )
 
 
 def timer_id(kind: str, subject: str) -> str:
@@ -94,22 +105,30 @@ async def schedule(
     due_at: datetime,
     *,
     data: dict[str, Any] | None = None,
-    earliest: bool = False,
+    gather: bool = False,
 ) -> str:
     """Set the timer `kind:subject` to fire at `due_at` (one timer per kind and subject).
 
-    `earliest=True` keeps an earlier due time already set: many requests, one round.
+    `gather=True` adds a request instead: the next firing of `kind:subject` answers every
+    request stored by then, and requests due later are answered by it too (the earliest
+    wins). Nothing is overwritten, so concurrent requests never conflict.
     """
     tid = timer_id(kind, subject)
     fields: Document = {"kind": kind, "subject": subject, "data": data or {}}
-    # `requests` counts every call: even when `$min` keeps an earlier due time, the timer
-    # document changes, so a firing that began before this request cannot delete it.
-    update: Document = (
-        {"$set": fields, "$min": {"due_at": due_at}, "$inc": {"requests": 1}}
-        if earliest
-        else {"$set": {**fields, "due_at": due_at}, "$inc": {"requests": 1}}
+    if gather:
+        request_id = f"{tid}:{uuid.uuid4().hex[:16]}"
+        await db[TIMERS].insert_one(
+            {"_id": request_id, **fields, "due_at": due_at, "gathered": True}, session=session
+        )
+        return request_id
+    # `requests` counts every call, so a firing that began before this one cannot delete
+    # the timer even if this call set the same due time.
+    await db[TIMERS].update_one(
+        {"_id": tid},
+        {"$set": {**fields, "due_at": due_at}, "$inc": {"requests": 1}},
+        upsert=True,
+        session=session,
     )
-    await db[TIMERS].update_one({"_id": tid}, update, upsert=True, session=session)
     return tid
 
 
@@ -120,14 +139,14 @@ async def set_timer(
     due_at: datetime,
     *,
     data: dict[str, Any] | None = None,
-    earliest: bool = False,
+    gather: bool = False,
 ) -> str:
     """`schedule` inside a unit of work, which wakes this process's timer loop once it
     commits if the timer is due before the loop's next look: a timer due now fires now,
     not at the next poll."""
     due = due_at if due_at.tzinfo else due_at.replace(tzinfo=UTC)  # stored times are UTC
     tx.timer_due = due if tx.timer_due is None else min(tx.timer_due, due)
-    return await schedule(tx.db, tx.session, kind, subject, due_at, data=data, earliest=earliest)
+    return await schedule(tx.db, tx.session, kind, subject, due_at, data=data, gather=gather)
 
 
 async def cancel(db: Database, session: AsyncClientSession | None, kind: str, subject: str) -> None:
@@ -157,27 +176,22 @@ class TimerLoop:
     async def fire_due(self) -> int:
         """Fire every timer due now; returns how many fired."""
         fired = 0
+        timers = self._ctx.db[TIMERS]
         while True:
             now = utcnow()
             # Read the earliest first: most wake-ups find nothing due yet, and a read costs
             # less than a claim that matches nothing (a write waiting on its write concern).
-            head = await self._ctx.db[TIMERS].find_one({}, sort=[("due_at", ASCENDING)])
+            head = await timers.find_one({}, sort=[("due_at", ASCENDING)])
             self._next_due = None if head is None else head["due_at"]
             if head is None or head["due_at"] > now:
                 return fired
-            # Claim exactly what was read: an update, not a find-and-modify (outside a
-            # transaction the server also writes that one's result aside, for a retry).
-            leased = stored_precision(
-                now + self._lease
-            )  # as the server stores it, to match it later
-            claimed = await self._ctx.db[TIMERS].update_one(
-                {"_id": head["_id"], "due_at": head["due_at"], "requests": head.get("requests")},
-                {"$set": {"due_at": leased}, "$inc": {"attempts": 1}},
-            )
-            if claimed.modified_count == 0:
+            # As the server stores it, to match it later.
+            leased = stored_precision(now + self._lease)
+            held = await self._claim(head, now, leased)
+            if held is None:
                 continue  # another process claimed it first, or it was asked for again
-            doc = {**head, "due_at": leased, "attempts": int(head.get("attempts", 0)) + 1}
-            timer = Timer(doc["_id"], doc["kind"], doc["subject"], doc["due_at"], doc["data"])
+            attempts = int(head.get("attempts", 0)) + 1
+            timer = Timer(head["_id"], head["kind"], head["subject"], leased, head["data"])
             handler = self._timers.handler(timer.kind)
             if handler is None:
                 log.error("no handler for timer %s; it stays for a later release", timer.timer_id)
@@ -188,26 +202,42 @@ class TimerLoop:
                 raise
             except Exception:
                 # The lease brings it back; back off so one failing timer does not spin.
-                attempts = int(doc.get("attempts", 1))
                 retry_at = utcnow() + timedelta(seconds=min(0.2 * 2**attempts, 60))
                 log.exception("timer %s failed (attempt %d)", timer.timer_id, attempts)
-                await self._ctx.db[TIMERS].update_one(
-                    {"_id": timer.timer_id, "due_at": timer.due_at}, {"$set": {"due_at": retry_at}}
-                )
+                await timers.update_many(held, {"$set": {"due_at": retry_at}})
                 continue
             crash_point("timers.after_fire")
-            # Delete only if nobody asked again meanwhile (a request during the firing, even
-            # one that kept the due time, means: fire again, it may have work for us).
-            done = await self._ctx.db[TIMERS].delete_one(
-                {"_id": timer.timer_id, "due_at": timer.due_at, "requests": doc.get("requests")}
-            )
-            if done.deleted_count == 0:
-                # Asked again while firing but still due at the lease's end: fire now.
-                await self._ctx.db[TIMERS].update_one(
-                    {"_id": timer.timer_id, "due_at": timer.due_at},
-                    {"$set": {"due_at": utcnow()}},
-                )
+            if head.get("gathered"):
+                # Requests made during the firing are documents of their own: they stay.
+                await timers.delete_many(held)
+            else:
+                # Delete only if nobody asked again meanwhile.
+                done = await timers.delete_one({**held, "requests": head.get("requests")})
+                if done.deleted_count == 0:
+                    # Asked again while firing but still due at the lease's end: fire now.
+                    await timers.update_one(held, {"$set": {"due_at": utcnow()}})
             fired += 1
+
+    async def _claim(self, head: Document, now: datetime, leased: datetime) -> Document | None:
+        """Lease what firing `head` answers; returns the filter that finds it, or None if
+        another process has it. Claims are updates, not find-and-modify (outside a
+        transaction the server also writes that one's result aside, for a retry)."""
+        timers = self._ctx.db[TIMERS]
+        if head.get("gathered"):
+            token = uuid.uuid4().hex
+            group = {"kind": head["kind"], "subject": head["subject"], "gathered": True}
+            # Every request stored by now, due or not, unless another firing holds it (a
+            # held request's `due_at` is its lease's end: past it, its firing died).
+            claimed = await timers.update_many(
+                {**group, "$or": [{"leased_by": {"$exists": False}}, {"due_at": {"$lte": now}}]},
+                {"$set": {"due_at": leased, "leased_by": token}, "$inc": {"attempts": 1}},
+            )
+            return {**group, "leased_by": token} if claimed.modified_count else None
+        claimed = await timers.update_one(
+            {"_id": head["_id"], "due_at": head["due_at"], "requests": head.get("requests")},
+            {"$set": {"due_at": leased}, "$inc": {"attempts": 1}},
+        )
+        return {"_id": head["_id"], "due_at": leased} if claimed.modified_count else None
 
     def next_due_in(self) -> float:
         """How long to sleep: until the earliest timer the last look saw, at most a poll."""

@@ -183,7 +183,7 @@ async def test_dispatch_killed_while_firing_a_timer_offers_once_and_deadlines_su
         visit = await db["visits"].find_one({"booking_id": booking_id})
         assert visit is not None
         assert visit["status"] == "offered"
-        assert await db["timers"].find_one({"_id": "match_round:lisbon"}) is not None
+        assert await db["timers"].find_one({"kind": "match_round", "subject": "lisbon"}) is not None
 
         dispatch.start(DOORSTEP_CRASH_AT="")
 

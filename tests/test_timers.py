@@ -1,18 +1,20 @@
 """Durable timers on the real MongoDB: a request that arrives while its timer is firing
-is never lost, even when it does not move the due time."""
+is never lost; gathered requests never make transactions start again."""
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
 import uuid
-from datetime import datetime, timedelta
+from datetime import timedelta
+from functools import partial
 
 import pytest
+from prometheus_client import REGISTRY
 from pymongo import AsyncMongoClient
 
 from shared.mongo import Database, Document
-from shared.outbox import UnitOfWork
+from shared.outbox import Transaction, UnitOfWork
 from shared.settings import Settings
 from shared.time import utcnow
 from shared.timers import (
@@ -41,28 +43,99 @@ async def timers_db(infra: Infra, mongo: AsyncMongoClient[Document]) -> tuple[Se
     return settings, db
 
 
-async def test_a_request_during_a_firing_fires_the_timer_again_even_if_it_keeps_the_due_time(
+async def test_a_request_during_a_firing_is_answered_by_the_next_firing(
     timers_db: tuple[Settings, Database], mongo: AsyncMongoClient[Document]
 ) -> None:
     settings, db = timers_db
-    fired: list[datetime] = []
+    fired: list[int] = []
     timers = Timers()
 
     @timers.on("match_round")
     async def round_(ctx: TimerContext, timer: Timer) -> None:
-        fired.append(utcnow())
+        fired.append(await db["timers"].count_documents({"leased_by": {"$exists": True}}))
         if len(fired) == 1:
-            # A booking asks for a round while this one runs. Its due time is later than
-            # the one the firing holds, so `$min` keeps the time as it is: before, the end of
-            # the firing deleted the timer and this booking waited for somebody else's round.
-            later = utcnow() + timedelta(seconds=settings.timer_lease_s + 60)
-            await schedule(db, None, "match_round", "lisbon", later, earliest=True)
+            # A booking asks for a round while this one runs: this round may have read the
+            # waiting visits before that booking's, so it must not answer it.
+            await schedule(db, None, "match_round", "lisbon", utcnow(), gather=True)
 
-    await schedule(db, None, "match_round", "lisbon", utcnow(), earliest=True)
+    for _ in range(3):
+        await schedule(db, None, "match_round", "lisbon", utcnow(), gather=True)
     loop = TimerLoop(timers, TimerContext(db, UnitOfWork(mongo, db, settings), settings), 0.05)
-    await loop.fire_due()
-    assert len(fired) == 2  # fired again at once, not after the lease
+    assert await loop.fire_due() == 2
+    assert fired == [3, 1]  # the three answered by one firing, the late one by the next
     assert await db["timers"].count_documents({}) == 0  # and then done
+
+
+async def test_requests_committed_together_never_conflict_and_one_firing_answers_them(
+    timers_db: tuple[Settings, Database], mongo: AsyncMongoClient[Document]
+) -> None:
+    """Bookings for one region commit at the same moment, each asking for the region's
+    round. Gathered requests are documents of their own: no transaction starts again.
+    A plain timer, which every request moves, makes them start again."""
+    settings, db = timers_db
+    uow = UnitOfWork(mongo, db, settings)
+
+    def retries(work: str) -> float:
+        value = REGISTRY.get_sample_value(
+            "doorstep_transaction_retries_total",
+            {"service": settings.service_name, "work": work},
+        )
+        return value or 0.0
+
+    async def ask(tx: Transaction, gather: bool) -> None:
+        await set_timer(tx, "match_round", "lisbon", utcnow(), gather=gather)
+        await asyncio.sleep(0.3)  # every request is open at once before any commits
+
+    async def ask_together(gather: bool, n: int) -> float:
+        work = f"ask gather={gather}"
+        before = retries(work)
+        await asyncio.gather(*(uow.run(partial(ask, gather=gather), name=work) for _ in range(n)))
+        return retries(work) - before
+
+    assert await ask_together(gather=True, n=12) == 0
+    assert await db["timers"].count_documents({"kind": "match_round"}) == 12
+    fired: list[str] = []
+    timers = Timers()
+
+    @timers.on("match_round")
+    async def round_(ctx: TimerContext, timer: Timer) -> None:
+        fired.append(timer.subject)
+
+    loop = TimerLoop(timers, TimerContext(db, uow, settings), 0.05)
+    assert await loop.fire_due() == 1
+    assert fired == ["lisbon"]
+    assert await db["timers"].count_documents({}) == 0
+
+    assert await ask_together(gather=False, n=4) >= 1  # the contrast: one document, conflicts
+
+
+async def test_a_firing_claims_requests_nobody_holds_and_those_whose_firing_died(
+    timers_db: tuple[Settings, Database], mongo: AsyncMongoClient[Document]
+) -> None:
+    settings, db = timers_db
+    now = utcnow()
+    held = {"kind": "match_round", "subject": "lisbon", "data": {}, "gathered": True}
+    await db["timers"].insert_many(
+        [
+            # Another process is firing this one: its lease runs for a while yet.
+            {**held, "_id": "alive", "due_at": now + timedelta(seconds=30), "leased_by": "b"},
+            # This one's firing died: its lease ran out.
+            {**held, "_id": "dead", "due_at": now - timedelta(seconds=1), "leased_by": "c"},
+        ]
+    )
+    await schedule(db, None, "match_round", "lisbon", now, gather=True)
+    answered: list[list[str]] = []
+    timers = Timers()
+
+    @timers.on("match_round")
+    async def round_(ctx: TimerContext, timer: Timer) -> None:
+        mine = db["timers"].find({"leased_by": {"$nin": ["b", "c"]}})
+        answered.append(sorted([doc["_id"].split(":")[0] async for doc in mine]))
+
+    loop = TimerLoop(timers, TimerContext(db, UnitOfWork(mongo, db, settings), settings), 0.05)
+    assert await loop.fire_due() == 1
+    assert answered == [["dead", "match_round"]]
+    assert [doc["_id"] async for doc in db["timers"].find({})] == ["alive"]
 
 
 class CountingLoop(TimerLoop):

@@ -51,7 +51,7 @@ from shared.timers import TimerContext, cancel, set_timer
 log = logging.getLogger(__name__)
 T = TypeVar("T")
 
-MATCH_ROUND = "match_round"  # timer per region: collect requests, then match them together
+MATCH_ROUND = "match_round"  # gathered timer per region: one round answers every request
 OFFER_DEADLINE = "offer_deadline"  # timer per offer
 ROUND_SIZE = 500  # waiting visits matched together at most
 CANDIDATES_PER_VISIT = 20
@@ -107,7 +107,7 @@ async def request_round(
     """
     wait_s = 0 if at_once else tx.settings.match_window_s if after_s is None else after_s
     due = utcnow() + timedelta(seconds=wait_s)
-    await set_timer(tx, MATCH_ROUND, region, due, earliest=True)
+    await set_timer(tx, MATCH_ROUND, region, due, gather=True)
 
 
 async def issue_code(tx: Transaction, visit: Visit) -> None:
