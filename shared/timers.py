@@ -13,7 +13,9 @@ at the state they own before acting, like event handlers do).
 A gathered timer ("match the region's waiting visits") is asked for by many
 units of work at once. Each request is a document of its own, so no two
 transactions write the same one (they would make each other start again), and
-one firing answers every request that existed when it was claimed.
+one firing answers every request that existed when it was claimed. While one
+process fires a gathered timer, the others leave it alone: its requests made
+meanwhile are fired next by whoever looks first once it is done.
 """
 
 from __future__ import annotations
@@ -88,7 +90,11 @@ async def ensure_timer_indexes(db: Database) -> None:
     await db[TIMERS].create_indexes(
         [
             IndexModel([("due_at", ASCENDING)], name="due"),
-            IndexModel([("kind", ASCENDING), ("subject", ASCENDING)], name="kind_subject"),
+            IndexModel(
+                [("kind", ASCENDING), ("subject", ASCENDING)],
+                name="gathered",
+                partialFilterExpression={"gathered": True},
+            ),
         ]
     )
 
@@ -111,8 +117,11 @@ async def schedule(
 
     `gather=True` adds a request instead: the next firing of `kind:subject` answers every
     request stored by then, and requests due later are answered by it too (the earliest
-    wins). Nothing is overwritten, so concurrent requests never conflict.
+    wins). Nothing is overwritten, so concurrent requests never conflict. A gathered
+    request carries no data (one firing answers many) and is not cancelled.
     """
+    if gather and data:
+        raise ValueError("a gathered timer's requests carry no data: one firing answers many")
     tid = timer_id(kind, subject)
     fields: Document = {"kind": kind, "subject": subject, "data": data or {}}
     if gather:
@@ -149,6 +158,11 @@ async def set_timer(
     return await schedule(tx.db, tx.session, kind, subject, due_at, data=data, gather=gather)
 
 
+def gathered_group(head: Document) -> Document:
+    """What finds every request of a gathered timer."""
+    return {"kind": head["kind"], "subject": head["subject"], "gathered": True}
+
+
 async def cancel(db: Database, session: AsyncClientSession | None, kind: str, subject: str) -> None:
     await db[TIMERS].delete_one({"_id": timer_id(kind, subject)}, session=session)
 
@@ -177,16 +191,24 @@ class TimerLoop:
         """Fire every timer due now; returns how many fired."""
         fired = 0
         timers = self._ctx.db[TIMERS]
+        busy: list[Document] = []  # gathered timers another process is firing: not ours
         while True:
             now = utcnow()
             # Read the earliest first: most wake-ups find nothing due yet, and a read costs
             # less than a claim that matches nothing (a write waiting on its write concern).
-            head = await timers.find_one({}, sort=[("due_at", ASCENDING)])
+            head = await timers.find_one(
+                {"$nor": busy} if busy else {}, sort=[("due_at", ASCENDING)]
+            )
             self._next_due = None if head is None else head["due_at"]
             if head is None or head["due_at"] > now:
                 return fired
             # As the server stores it, to match it later.
             leased = stored_precision(now + self._lease)
+            if head.get("gathered") and await self._held_elsewhere(head, now):
+                # One firing at a time: whoever fires it now fires what is asked meanwhile
+                # next (or, were it to die, anyone does once its lease is over).
+                busy.append(gathered_group(head))
+                continue
             held = await self._claim(head, now, leased)
             if held is None:
                 continue  # another process claimed it first, or it was asked for again
@@ -204,7 +226,11 @@ class TimerLoop:
                 # The lease brings it back; back off so one failing timer does not spin.
                 retry_at = utcnow() + timedelta(seconds=min(0.2 * 2**attempts, 60))
                 log.exception("timer %s failed (attempt %d)", timer.timer_id, attempts)
-                await timers.update_many(held, {"$set": {"due_at": retry_at}})
+                # Gathered requests are let go, not held through the back-off: a held one
+                # would keep every other process from firing their timer until then.
+                await timers.update_many(
+                    held, {"$set": {"due_at": retry_at}, "$unset": {"leased_by": ""}}
+                )
                 continue
             crash_point("timers.after_fire")
             if head.get("gathered"):
@@ -225,9 +251,11 @@ class TimerLoop:
         timers = self._ctx.db[TIMERS]
         if head.get("gathered"):
             token = uuid.uuid4().hex
-            group = {"kind": head["kind"], "subject": head["subject"], "gathered": True}
+            group = gathered_group(head)
             # Every request stored by now, due or not, unless another firing holds it (a
-            # held request's `due_at` is its lease's end: past it, its firing died).
+            # held request's `due_at` is its lease's end: past it, its firing died). Two
+            # processes that look at the same moment may both fire, on what each claimed:
+            # rare, and the handlers are safe to run side by side, only wasteful.
             claimed = await timers.update_many(
                 {**group, "$or": [{"leased_by": {"$exists": False}}, {"due_at": {"$lte": now}}]},
                 {"$set": {"due_at": leased, "leased_by": token}, "$inc": {"attempts": 1}},
@@ -238,6 +266,11 @@ class TimerLoop:
             {"$set": {"due_at": leased}, "$inc": {"attempts": 1}},
         )
         return {"_id": head["_id"], "due_at": leased} if claimed.modified_count else None
+
+    async def _held_elsewhere(self, head: Document, now: datetime) -> bool:
+        """Is a live firing (its lease not over) holding requests of `head`'s timer?"""
+        held = {**gathered_group(head), "leased_by": {"$exists": True}, "due_at": {"$gt": now}}
+        return await self._ctx.db[TIMERS].find_one(held, {"_id": 1}) is not None
 
     def next_due_in(self) -> float:
         """How long to sleep: until the earliest timer the last look saw, at most a poll."""

@@ -183,7 +183,8 @@ async def test_dispatch_killed_while_firing_a_timer_offers_once_and_deadlines_su
         visit = await db["visits"].find_one({"booking_id": booking_id})
         assert visit is not None
         assert visit["status"] == "offered"
-        assert await db["timers"].find_one({"kind": "match_round", "subject": "lisbon"}) is not None
+        claimed = {"kind": "match_round", "subject": "lisbon", "leased_by": {"$exists": True}}
+        assert await db["timers"].find_one(claimed) is not None  # held by the round that died
 
         dispatch.start(DOORSTEP_CRASH_AT="")
 

@@ -109,33 +109,104 @@ async def test_requests_committed_together_never_conflict_and_one_firing_answers
     assert await ask_together(gather=False, n=4) >= 1  # the contrast: one document, conflicts
 
 
-async def test_a_firing_claims_requests_nobody_holds_and_those_whose_firing_died(
+async def test_a_firing_takes_over_requests_whose_firing_died(
     timers_db: tuple[Settings, Database], mongo: AsyncMongoClient[Document]
 ) -> None:
     settings, db = timers_db
     now = utcnow()
-    held = {"kind": "match_round", "subject": "lisbon", "data": {}, "gathered": True}
-    await db["timers"].insert_many(
-        [
-            # Another process is firing this one: its lease runs for a while yet.
-            {**held, "_id": "alive", "due_at": now + timedelta(seconds=30), "leased_by": "b"},
-            # This one's firing died: its lease ran out.
-            {**held, "_id": "dead", "due_at": now - timedelta(seconds=1), "leased_by": "c"},
-        ]
-    )
-    await schedule(db, None, "match_round", "lisbon", now, gather=True)
+    request = {"kind": "match_round", "subject": "lisbon", "data": {}, "gathered": True}
+    # This one's firing died: its lease ran out.
+    dead = {**request, "_id": "dead", "due_at": now - timedelta(seconds=1), "leased_by": "c"}
+    await db["timers"].insert_one(dead)
+    later = await schedule(db, None, "match_round", "lisbon", now + timedelta(hours=1), gather=True)
     answered: list[list[str]] = []
     timers = Timers()
 
     @timers.on("match_round")
     async def round_(ctx: TimerContext, timer: Timer) -> None:
-        mine = db["timers"].find({"leased_by": {"$nin": ["b", "c"]}})
-        answered.append(sorted([doc["_id"].split(":")[0] async for doc in mine]))
+        mine = db["timers"].find({"leased_by": {"$exists": True, "$ne": "c"}})
+        answered.append(sorted([doc["_id"] async for doc in mine]))
 
     loop = TimerLoop(timers, TimerContext(db, UnitOfWork(mongo, db, settings), settings), 0.05)
     assert await loop.fire_due() == 1
-    assert answered == [["dead", "match_round"]]
-    assert [doc["_id"] async for doc in db["timers"].find({})] == ["alive"]
+    assert answered == [sorted(["dead", later])]  # the one not due yet is answered too
+    assert await db["timers"].count_documents({}) == 0
+
+
+async def test_while_one_process_fires_a_gathered_timer_another_leaves_it_alone(
+    timers_db: tuple[Settings, Database], mongo: AsyncMongoClient[Document]
+) -> None:
+    """Two dispatch processes: a round for a region runs in one at a time. Requests made
+    meanwhile are fired next, by the process that was firing, and nothing is lost."""
+    settings, db = timers_db
+    uow = UnitOfWork(mongo, db, settings)
+    in_first, let_first_end = asyncio.Event(), asyncio.Event()
+    rounds: list[tuple[str, int]] = []
+
+    def loop_named(name: str) -> TimerLoop:
+        timers = Timers()
+
+        @timers.on("match_round")
+        async def round_(ctx: TimerContext, timer: Timer) -> None:
+            held = await db["timers"].count_documents({"leased_by": {"$exists": True}})
+            rounds.append((name, held))
+            if len(rounds) == 1:
+                in_first.set()
+                await let_first_end.wait()
+
+        @timers.on("deadline")
+        async def deadline(ctx: TimerContext, timer: Timer) -> None:
+            rounds.append((f"{name} deadline", 0))
+
+        return TimerLoop(timers, TimerContext(db, uow, settings), 0.05)
+
+    first, second = loop_named("first"), loop_named("second")
+    await schedule(db, None, "match_round", "lisbon", utcnow(), gather=True)
+    firing = asyncio.create_task(first.fire_due())
+    async with asyncio.timeout(5):
+        await in_first.wait()
+    await schedule(db, None, "match_round", "lisbon", utcnow(), gather=True)  # meanwhile
+    await schedule(db, None, "deadline", "offer-1", utcnow())
+    # The second process fires what is not the first's, and leaves the round alone.
+    assert await second.fire_due() == 1
+    assert rounds == [("first", 1), ("second deadline", 0)]
+    let_first_end.set()
+    assert await firing == 2  # its round, then the one asked for meanwhile
+    assert rounds[2:] == [("first", 1)]
+    assert await db["timers"].count_documents({}) == 0
+
+
+async def test_a_failed_firing_lets_its_requests_go_to_be_fired_again_after_a_pause(
+    timers_db: tuple[Settings, Database], mongo: AsyncMongoClient[Document]
+) -> None:
+    settings, db = timers_db
+    calls: list[str] = []
+    timers = Timers()
+
+    @timers.on("match_round")
+    async def round_(ctx: TimerContext, timer: Timer) -> None:
+        calls.append(timer.subject)
+        if len(calls) == 1:
+            raise RuntimeError("MongoDB stepped down mid-round")
+
+    uow = UnitOfWork(mongo, db, settings)
+    await schedule(db, None, "match_round", "lisbon", utcnow(), gather=True)
+    loop = TimerLoop(timers, TimerContext(db, uow, settings), 0.05)
+    assert await loop.fire_due() == 0  # failed: not fired
+    (left,) = [doc async for doc in db["timers"].find({})]
+    assert "leased_by" not in left  # not held through the pause: nobody is kept out
+    assert left["due_at"] > utcnow()  # but not at once either
+    other = TimerLoop(timers, TimerContext(db, uow, settings), 0.05)
+    await schedule(db, None, "match_round", "lisbon", utcnow(), gather=True)
+    assert await other.fire_due() == 1  # a new request fires at once, answering both
+    assert calls == ["lisbon", "lisbon"]
+    assert await db["timers"].count_documents({}) == 0
+
+
+async def test_a_gathered_request_carries_no_data() -> None:
+    nowhere: Database = None  # type: ignore[assignment]  # refused before any write
+    with pytest.raises(ValueError, match="carry no data"):
+        await schedule(nowhere, None, "match_round", "lisbon", utcnow(), data={"a": 1}, gather=True)
 
 
 class CountingLoop(TimerLoop):

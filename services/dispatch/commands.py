@@ -339,7 +339,9 @@ async def run_round(ctx: TimerContext, region: str) -> None:
             *(settle(v, r, t) for v, r, t in zip(waiting, rows, chosen, strict=True))
         )
     )
-    if outcomes["again"]:
+    if outcomes["again"] or len(waiting) >= ROUND_SIZE:
+        # Some wait for the next round; or more were waiting than one round reads (this
+        # firing answered their requests too, so nothing else would bring them back).
         await ctx.uow.run(lambda tx: request_round(tx, region))
     elif outcomes["later"]:
         await ctx.uow.run(lambda tx: request_round(tx, region, after_s=tx.settings.busy_retry_s))
