@@ -85,6 +85,9 @@ class Settings(BaseSettings):
     signin_rate_per_s: float = Field(5.0, validation_alias="GATEWAY_SIGNIN_RATE_PER_S")
     signin_burst: int = Field(50, validation_alias="GATEWAY_SIGNIN_BURST")
     max_body_bytes: int = Field(64 * 1024, validation_alias="GATEWAY_MAX_BODY_BYTES")
+    # Rows per list on the operations board (its page stays light); beyond them the board
+    # says how many there are in all.
+    board_rows: int = Field(1000, ge=1, validation_alias="GATEWAY_BOARD_ROWS")
     # Development only: codes "sent" by SMS are readable at GET /v1/dev/sms (never in production).
     dev_sms_log: bool = Field(False, validation_alias="DOORSTEP_DEV_SMS_LOG")
 

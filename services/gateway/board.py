@@ -17,9 +17,10 @@ one stored changes nothing. Every write bumps `rev`, so a client keeps the newer
 from __future__ import annotations
 
 from datetime import datetime
-from typing import Any
+from typing import Any, TypeVar
 
 from pymongo import ASCENDING, DESCENDING, IndexModel
+from pymongo.asynchronous.collection import AsyncCollection
 
 from services.gateway.domain import AlertRow, BookingRow, ComplaintRow, FeeRow, UnpaidRow
 from shared.auth import Actor
@@ -429,7 +430,25 @@ def complaint_row(doc: Document) -> ComplaintRow:
     return ComplaintRow.model_validate({**doc, "complaint_id": doc["_id"]})
 
 
-async def bookings(db: Database, actor: Actor, since: datetime, limit: int) -> list[BookingRow]:
+R = TypeVar("R")
+Listed = tuple[list[R], int]  # the rows shown, and how many there are in all
+
+
+async def capped(
+    collection: AsyncCollection[Document],
+    query: Document,
+    sort: tuple[str, int],
+    limit: int,
+) -> tuple[list[Document], int]:
+    """At most `limit` documents, and how many match in all (counted only when some were
+    left out: a board that fits costs no count)."""
+    docs = await collection.find(query).sort(*sort).limit(limit + 1).to_list()
+    if len(docs) <= limit:
+        return docs, len(docs)
+    return docs[:limit], await collection.count_documents(query)
+
+
+async def bookings(db: Database, actor: Actor, since: datetime, limit: int) -> Listed[BookingRow]:
     """What is still going on, and everything that happened today."""
     query = {
         **scope_of(actor),
@@ -440,37 +459,39 @@ async def bookings(db: Database, actor: Actor, since: datetime, limit: int) -> l
             {"rated_at": {"$gte": since}},
         ],
     }
-    docs = db[BOARD_BOOKINGS].find(query).sort("requested_at", DESCENDING).limit(limit)
-    return [booking_row(d, actor) async for d in docs]
+    docs, total = await capped(db[BOARD_BOOKINGS], query, ("requested_at", DESCENDING), limit)
+    return [booking_row(d, actor) for d in docs], total
 
 
-async def alerts(db: Database, actor: Actor, since: datetime, limit: int) -> list[AlertRow]:
+async def alerts(db: Database, actor: Actor, since: datetime, limit: int) -> Listed[AlertRow]:
     """Every alert nobody acknowledged, and today's."""
     query = {
         **scope_of(actor),
         "$or": [{"acknowledged_at": None}, {"raised_at": {"$gte": since}}],
     }
-    docs = db[BOARD_ALERTS].find(query).sort("raised_at", DESCENDING).limit(limit)
-    return [alert_row(d) async for d in docs]
+    docs, total = await capped(db[BOARD_ALERTS], query, ("raised_at", DESCENDING), limit)
+    return [alert_row(d) for d in docs], total
 
 
-async def complaints(db: Database, actor: Actor, since: datetime, limit: int) -> list[ComplaintRow]:
+async def complaints(
+    db: Database, actor: Actor, since: datetime, limit: int
+) -> Listed[ComplaintRow]:
     query = {**scope_of(actor), "$or": [{"closed_at": None}, {"closed_at": {"$gte": since}}]}
-    docs = db[BOARD_COMPLAINTS].find(query).sort("opened_at", DESCENDING).limit(limit)
-    return [complaint_row(d) async for d in docs]
+    docs, total = await capped(db[BOARD_COMPLAINTS], query, ("opened_at", DESCENDING), limit)
+    return [complaint_row(d) for d in docs], total
 
 
 def fee_row(doc: Document) -> FeeRow:
     return FeeRow.model_validate({**doc, "fee_id": doc["_id"]})
 
 
-async def fees(db: Database, actor: Actor, since: datetime, limit: int) -> list[FeeRow]:
+async def fees(db: Database, actor: Actor, since: datetime, limit: int) -> Listed[FeeRow]:
     """Every fee still owed, and those settled today: operations' alone."""
     if not actor.is_ops:
-        return []
+        return [], 0
     query = {"$or": [{"status": "owed"}, {"settled_at": {"$gte": since}}]}
-    docs = db[BOARD_FEES].find(query).sort("owed_since", ASCENDING).limit(limit)
-    return [fee_row(d) async for d in docs]
+    docs, total = await capped(db[BOARD_FEES], query, ("owed_since", ASCENDING), limit)
+    return [fee_row(d) for d in docs], total
 
 
 def unpaid_row(doc: Document, actor: Actor) -> UnpaidRow:
@@ -480,10 +501,10 @@ def unpaid_row(doc: Document, actor: Actor) -> UnpaidRow:
     return row
 
 
-async def unpaid(db: Database, actor: Actor, since: datetime, limit: int) -> list[UnpaidRow]:
+async def unpaid(db: Database, actor: Actor, since: datetime, limit: int) -> Listed[UnpaidRow]:
     """Every signed visit still unpaid, longest due first, and those paid or written off
     today."""
     today = [{"paid_at": {"$gte": since}}, {"written_off_at": {"$gte": since}}]
     query = {**scope_of(actor), "$or": [{"status": "due"}, *today]}
-    docs = db[BOARD_UNPAID].find(query).sort("due_since", ASCENDING).limit(limit)
-    return [unpaid_row(d, actor) async for d in docs]
+    docs, total = await capped(db[BOARD_UNPAID], query, ("due_since", ASCENDING), limit)
+    return [unpaid_row(d, actor) for d in docs], total

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import asyncio
 import json
-from collections.abc import AsyncIterator, Callable, Mapping
+from collections.abc import AsyncIterator, Callable, Mapping, Sequence
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Annotated, Any
@@ -34,7 +34,7 @@ router = APIRouter(prefix="/v1/board", tags=["operations board"])
 pages = APIRouter(include_in_schema=False)
 STATIC = Path(__file__).parent / "dashboard"
 ASSETS = {"board.js": "text/javascript", "board.css": "text/css", "map.js": "text/javascript"}
-ROWS = 1000
+FIGURES_ROWS = 10_000  # today's figures are counted over this many rows at most
 # The page may talk to this origin only: no fonts, scripts, tiles or beacons from elsewhere.
 POLICY = (
     "default-src 'none'; script-src 'self'; style-src 'self'; img-src 'self' data:; "
@@ -105,19 +105,26 @@ async def with_contacts(request: Request, actor: Actor, alerts: list[AlertRow]) 
     return alerts
 
 
+def cut_short(**lists: tuple[Sequence[object], int]) -> dict[str, int]:
+    """The lists that hold more rows than they show, and how many they hold."""
+    return {name: total for name, (shown, total) in lists.items() if total > len(shown)}
+
+
 @router.get("", summary="The board: alerts, bookings, complaints, money owed and today's figures")
 async def read_board(
     request: Request, runtime: RuntimeDep, actor: EdgeActor, since: Since = None
 ) -> Board:
     day = start_of_day(since)
     db = runtime.db
-    bookings, alerts, complaints, fees, unpaid = await asyncio.gather(
-        board.bookings(db, actor, day, ROWS),
-        board.alerts(db, actor, day, ROWS),
-        board.complaints(db, actor, day, ROWS),
-        board.fees(db, actor, day, ROWS),
-        board.unpaid(db, actor, day, ROWS),
+    rows = runtime.settings.board_rows
+    listed = await asyncio.gather(
+        board.bookings(db, actor, day, rows),
+        board.alerts(db, actor, day, rows),
+        board.complaints(db, actor, day, rows),
+        board.fees(db, actor, day, rows),
+        board.unpaid(db, actor, day, rows),
     )
+    (bookings, _), (alerts, _), (complaints, _), (fees, _), (unpaid, _) = listed
     return Board(
         viewer=board.viewer(actor),
         at=utcnow(),
@@ -126,6 +133,13 @@ async def read_board(
         complaints=complaints,
         fees=fees,
         unpaid=unpaid,
+        cut=cut_short(
+            bookings=listed[0],
+            alerts=listed[1],
+            complaints=listed[2],
+            fees=listed[3],
+            unpaid=listed[4],
+        ),
         figures=figures(bookings, complaints, day),
     )
 
@@ -133,9 +147,9 @@ async def read_board(
 @router.get("/figures", summary="Today's figures only (the page refreshes them after changes)")
 async def read_figures(runtime: RuntimeDep, actor: EdgeActor, since: Since = None) -> Figures:
     day = start_of_day(since)
-    bookings, complaints = await asyncio.gather(
-        board.bookings(runtime.db, actor, day, ROWS * 10),
-        board.complaints(runtime.db, actor, day, ROWS * 10),
+    (bookings, _), (complaints, _) = await asyncio.gather(
+        board.bookings(runtime.db, actor, day, FIGURES_ROWS),
+        board.complaints(runtime.db, actor, day, FIGURES_ROWS),
     )
     return figures(bookings, complaints, day)
 

@@ -241,4 +241,9 @@ class Board(BaseModel):
     unpaid: list[UnpaidRow] = Field(
         description="Signed visits not yet paid, and those paid today (a store's: its own)"
     )
+    cut: dict[str, int] = Field(
+        default_factory=dict,
+        description="Lists cut short (each holds at most GATEWAY_BOARD_ROWS rows, the first in"
+        " its order): how many rows each holds in all. Absent: nothing left out",
+    )
     figures: Figures

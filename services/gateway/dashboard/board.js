@@ -10,7 +10,7 @@ const REMEDIES = ["apology", "refund", "coupon", "redo_visit", "coaching", "susp
 
 const state = {
   viewer: null, bookings: new Map(), alerts: new Map(), complaints: new Map(), fees: new Map(),
-  unpaid: new Map(), figures: null, map: null, stream: null,
+  unpaid: new Map(), cut: {}, figures: null, map: null, stream: null,
 };
 
 // ------------------------------------------------------------------ helpers --
@@ -128,6 +128,12 @@ async function loadBoard() {
   for (const f of board.fees) newer(state.fees, f.fee_id, f);
   for (const u of board.unpaid) newer(state.unpaid, u.receipt_id, u);
   state.figures = board.figures;
+  // Each list holds its first rows only; say which lists are longer, and by how much.
+  const names = { alerts: "alerts", bookings: "bookings", complaints: "complaints", fees: "fees owed or settled today", unpaid: "visits not paid or closed today" };
+  state.cut = board.cut || {};
+  const cut = Object.entries(state.cut);
+  $("cut-note").textContent = cut.length ? `Some lists are longer than the board shows: ${cut.map(([k, n]) => `${names[k] || k} ${n} (the first ${board[k].length} shown)`).join(", ")}. Reload once some have cleared to see the rest.` : "";
+  $("cut-note").hidden = !cut.length;
   $("viewer").textContent = isOps() ? "Operations: every store" : `Store ${myStore()}`;
   $("viewer").hidden = false;
   render();
@@ -340,7 +346,7 @@ function renderFees() {
   const fees = [...state.fees.values()];
   const owed = fees.filter((f) => f.status === "owed")
     .sort((a, b) => (a.owed_since || "").localeCompare(b.owed_since || ""));
-  $("fees-title").textContent = owed.length ? `Late-cancellation fees owed: ${owed.length}` : "Late-cancellation fees owed";
+  $("fees-title").textContent = owed.length ? `Late-cancellation fees owed: ${owed.length}${state.cut.fees ? "+" : ""}` : "Late-cancellation fees owed";
   const settled = ["paid", "waived", "refunded"].map((s) => [s, fees.filter((f) => f.status === s).length]).filter(([, n]) => n);
   $("fees-today").textContent = settled.length ? `Settled today: ${settled.map(([s, n]) => `${n} ${s}`).join(", ")}.` : "";
   fill("fees", owed.map((f) => h("tr", { "data-fee": f.fee_id },
@@ -357,7 +363,7 @@ function renderUnpaid() {
   const rows = [...state.unpaid.values()];
   const due = rows.filter((u) => u.status === "due")
     .sort((a, b) => (a.due_since || "").localeCompare(b.due_since || ""));
-  $("unpaid-title").textContent = due.length ? `Visits not paid: ${due.length}` : "Visits not paid";
+  $("unpaid-title").textContent = due.length ? `Visits not paid: ${due.length}${state.cut.unpaid ? "+" : ""}` : "Visits not paid";
   const closed = ["paid", "written_off"].map((s) => [s, rows.filter((u) => u.status === s).length]).filter(([, n]) => n);
   $("unpaid-today").textContent = closed.length ? `Since today began: ${closed.map(([s, n]) => `${n} ${label(s)}`).join(", ")}.` : "";
   fill("unpaid", due.map((u) => h("tr", { "data-receipt": u.receipt_id },

@@ -1,0 +1,90 @@
+"""The operations board's lists hold their first rows only (GATEWAY_BOARD_ROWS): a longer
+list says how long it is, so a count on the page is never quietly a cap."""
+
+from __future__ import annotations
+
+from datetime import timedelta
+from typing import Any
+
+import httpx
+import pytest
+from playwright.async_api import Browser, expect
+from pymongo import AsyncMongoClient
+
+from shared.auth import Actor, Role
+from shared.mongo import Document
+from shared.time import utcnow
+from tests.harness import Infra, ServiceProcess, new_prefix
+from tests.seed import bearer, gateway_token
+from tests.test_dashboard import LIVE, Dashboard, browser, staff
+
+__all__ = ["browser"]  # the Chromium fixture, shared with the dashboard's tests
+
+pytestmark = pytest.mark.integration
+
+
+def unpaid(n: int, store: str, hours_ago: int) -> Document:
+    return {
+        "_id": f"rc_{store}_{n}",
+        "booking_id": f"bk_{store}_{n}",
+        "customer_id": f"cus_{n}",
+        "technician_id": f"tech_{store}",
+        "store_id": store,
+        "amount": 2500,
+        "currency": "EUR",
+        "way": "cash",
+        "status": "due",
+        "due_since": utcnow() - timedelta(hours=hours_ago),
+        "reminders": 0,
+        "rev": 1,
+    }
+
+
+async def test_a_list_longer_than_the_board_shows_says_how_long_it_is(
+    infra: Infra, mongo: AsyncMongoClient[Document], browser: Browser
+) -> None:
+    prefix = new_prefix()
+    gateway = ServiceProcess("gateway", infra, prefix, extra_env={"GATEWAY_BOARD_ROWS": "2"})
+    gateway.start()
+    try:
+        async with httpx.AsyncClient(base_url=gateway.url, timeout=10) as api:
+            (await api.get("/v1/auth/keys")).raise_for_status()  # its first signing key
+        # The projection's rows as the gateway's consumer keeps them: three visits of one
+        # store, one of another, all unpaid.
+        await mongo[f"{prefix}_gateway"]["board_unpaid"].insert_many(
+            [unpaid(n, "store_a", hours_ago=10 - n) for n in range(3)]
+            + [unpaid(9, "store_b", hours_ago=1)]
+        )
+
+        async def board(actor: Actor) -> Any:
+            token = await gateway_token(mongo, prefix, actor)
+            async with httpx.AsyncClient(base_url=gateway.url, timeout=10) as api:
+                seen = await api.get("/v1/board", headers=bearer(token))
+            assert seen.status_code == 200, seen.text
+            return seen.json()
+
+        ops = await board(Actor(role=Role.OPS, subject="ops@x"))
+        # The two longest due, and the whole list's length.
+        assert [r["receipt_id"] for r in ops["unpaid"]] == ["rc_store_a_0", "rc_store_a_1"]
+        assert ops["cut"] == {"unpaid": 4}
+
+        # A store's list is its own: three rows, two shown, and nothing of the other store.
+        store = await board(Actor(role=Role.STORE, subject="s@x", store_id="store_a"))
+        assert len(store["unpaid"]) == 2
+        assert store["cut"] == {"unpaid": 3}
+        other = await board(Actor(role=Role.STORE, subject="s@y", store_id="store_b"))
+        assert [r["receipt_id"] for r in other["unpaid"]] == ["rc_store_b_9"]
+        assert other["cut"] == {}  # it fits: nothing said, nothing counted
+
+        # The page says so above the lists.
+        email, password = (await staff(mongo, prefix)).split()
+        page = Dashboard(await browser.new_page(), gateway.url)
+        await page.sign_in(email, password)
+        await expect(page.page.get_by_role("note")).to_contain_text(
+            "visits not paid or closed today 4 (the first 2 shown)", timeout=LIVE
+        )
+        # Its count is not quietly the cap.
+        await expect(page.page.locator("#unpaid-title")).to_have_text("Visits not paid: 2+")
+        await page.shot("board-cut-short")
+    finally:
+        gateway.stop()
