@@ -30,6 +30,7 @@ from typing import Any, TypeVar
 
 import httpx
 from aiokafka import AIOKafkaConsumer, AIOKafkaProducer
+from prometheus_client import REGISTRY
 
 from deploy.local.servers import Servers, local_servers
 from shared.events.envelope import Envelope, EventPayload
@@ -308,3 +309,10 @@ async def publish(producer: AIOKafkaProducer, prefix: str, payload: EventPayload
         f"{prefix}.{payload.stream}.events", envelope.to_bytes(), key=envelope.aggregate_id.encode()
     )
     return str(envelope.event_id)
+
+
+def transaction_retries(service: str, work: str) -> float:
+    """How often units of work named `work` were started again in this test process
+    (`doorstep_transaction_retries_total`)."""
+    labels = {"service": service, "work": work}
+    return REGISTRY.get_sample_value("doorstep_transaction_retries_total", labels) or 0.0

@@ -11,7 +11,6 @@ from datetime import UTC, datetime
 
 import pytest
 from aiokafka import AIOKafkaConsumer, AIOKafkaProducer
-from prometheus_client import REGISTRY
 
 from shared.events.envelope import Envelope
 from shared.kafka import ensure_topics, make_producer
@@ -27,7 +26,7 @@ from shared.outbox import (
 from shared.outbox import outbox_row as make_row
 from shared.settings import Settings
 from tests.conftest import settings_for
-from tests.harness import Infra, eventually, new_prefix
+from tests.harness import Infra, eventually, new_prefix, transaction_retries
 from tests.probe_events import ProbeNoted
 
 pytestmark = pytest.mark.integration
@@ -253,11 +252,7 @@ async def test_a_unit_of_work_that_loses_a_write_conflict_runs_again_and_is_coun
         second_done.set()
 
     def retries(work: str) -> float:
-        value = REGISTRY.get_sample_value(
-            "doorstep_transaction_retries_total",
-            {"service": outbox.settings.service_name, "work": work},
-        )
-        return value or 0.0
+        return transaction_retries(outbox.settings.service_name, work)
 
     before = retries("racing second")
     await asyncio.gather(outbox.uow.run(first), outbox.uow.run(second, name="racing second"))

@@ -10,7 +10,6 @@ from datetime import timedelta
 from functools import partial
 
 import pytest
-from prometheus_client import REGISTRY
 from pymongo import AsyncMongoClient
 
 from shared.mongo import Database, Document
@@ -27,7 +26,7 @@ from shared.timers import (
     set_timer,
 )
 from tests.conftest import settings_for
-from tests.harness import Infra, created_prefixes
+from tests.harness import Infra, created_prefixes, transaction_retries
 
 pytestmark = pytest.mark.integration
 
@@ -76,11 +75,7 @@ async def test_requests_committed_together_never_conflict_and_one_firing_answers
     uow = UnitOfWork(mongo, db, settings)
 
     def retries(work: str) -> float:
-        value = REGISTRY.get_sample_value(
-            "doorstep_transaction_retries_total",
-            {"service": settings.service_name, "work": work},
-        )
-        return value or 0.0
+        return transaction_retries(settings.service_name, work)
 
     async def ask(tx: Transaction, gather: bool) -> None:
         await set_timer(tx, "match_round", "lisbon", utcnow(), gather=gather)
