@@ -51,22 +51,45 @@ async def test_a_list_longer_than_the_board_shows_says_how_long_it_is(
             (await api.get("/v1/auth/keys")).raise_for_status()  # its first signing key
         # The projection's rows as the gateway's consumer keeps them: three visits of one
         # store, one of another, all unpaid.
-        await mongo[f"{prefix}_gateway"]["board_unpaid"].insert_many(
+        gateway_db = mongo[f"{prefix}_gateway"]
+        await gateway_db["board_unpaid"].insert_many(
             [unpaid(n, "store_a", hours_ago=10 - n) for n in range(3)]
             + [unpaid(9, "store_b", hours_ago=1)]
+        )
+        # And three visits booked in the last minutes, one already signed.
+        now = utcnow()
+        await gateway_db["board_bookings"].insert_many(
+            [
+                {
+                    "_id": f"bk_{n}",
+                    "status": "requested",
+                    "requested_at": now - timedelta(minutes=n),
+                    "active_at": now - timedelta(minutes=n),
+                }
+                for n in (1, 2, 3)
+            ]
+        )
+        await gateway_db["board_bookings"].update_one(
+            {"_id": "bk_3"},
+            {"$set": {"status": "closed", "receipt_signed_at": now, "receipt_total": 4500}},
         )
 
         async def board(actor: Actor) -> Any:
             token = await gateway_token(mongo, prefix, actor)
             async with httpx.AsyncClient(base_url=gateway.url, timeout=10) as api:
-                seen = await api.get("/v1/board", headers=bearer(token))
+                # "Today" began an hour ago, whatever the time of day the test runs.
+                since = (utcnow() - timedelta(hours=1)).isoformat()
+                seen = await api.get("/v1/board", params={"since": since}, headers=bearer(token))
             assert seen.status_code == 200, seen.text
             return seen.json()
 
         ops = await board(Actor(role=Role.OPS, subject="ops@x"))
         # The two longest due, and the whole list's length.
         assert [r["receipt_id"] for r in ops["unpaid"]] == ["rc_store_a_0", "rc_store_a_1"]
-        assert ops["cut"] == {"unpaid": 4}
+        assert ops["cut"] == {"unpaid": 4, "bookings": 3}
+        # Today's figures count every row of the day, not the rows the list holds.
+        assert len(ops["bookings"]) == 2
+        assert (ops["figures"]["bookings"], ops["figures"]["receipts_signed"]) == (3, 1)
 
         # A store's list is its own: three rows, two shown, and nothing of the other store.
         store = await board(Actor(role=Role.STORE, subject="s@x", store_id="store_a"))

@@ -16,13 +16,21 @@ one stored changes nothing. Every write bumps `rev`, so a client keeps the newer
 
 from __future__ import annotations
 
+import asyncio
 from datetime import datetime
 from typing import Any, TypeVar
 
 from pymongo import ASCENDING, DESCENDING, IndexModel
 from pymongo.asynchronous.collection import AsyncCollection
 
-from services.gateway.domain import AlertRow, BookingRow, ComplaintRow, FeeRow, UnpaidRow
+from services.gateway.domain import (
+    AlertRow,
+    BookingRow,
+    ComplaintRow,
+    DayTally,
+    FeeRow,
+    UnpaidRow,
+)
 from shared.auth import Actor
 from shared.consumer import Handlers
 from shared.events.booking import (
@@ -67,25 +75,57 @@ FINISHED = ("closed", "cancelled")
 handlers = Handlers()
 
 
+# What keeps a row on the board whatever its age (still going on, still owed), and the
+# moments its events stamp on it.
+OPEN: dict[str, Document] = {
+    BOARD_BOOKINGS: {"status": {"$nin": list(FINISHED)}},
+    BOARD_ALERTS: {"acknowledged_at": None},
+    BOARD_COMPLAINTS: {"closed_at": None},
+    BOARD_FEES: {"status": "owed"},
+    BOARD_UNPAID: {"status": "due"},
+}
+STAMPS: dict[str, tuple[str, ...]] = {
+    BOARD_BOOKINGS: (
+        "requested_at",
+        "status_at",
+        "assigned_at",
+        "completed_at",
+        "receipt_signed_at",
+        "rated_at",
+    ),
+    BOARD_ALERTS: ("raised_at", "acknowledged_at"),
+    BOARD_COMPLAINTS: ("opened_at", "first_response_at", "closed_at"),
+    BOARD_FEES: ("owed_since", "settled_at"),
+    BOARD_UNPAID: ("due_since", "last_reminded_at", "paid_at", "written_off_at"),
+}
+
+LEGACY_INDEXES = frozenset({"store", "requested", "raised", "status", "open"})
+
+
 async def ensure_indexes(db: Database) -> None:
+    """Every list is "open, or active since <the viewer's midnight>": an index for each half,
+    and each again behind the store (a store's board), so a board reads what it shows and
+    not every row the platform ever had."""
     for name in BOARD:
-        await db[name].create_indexes([IndexModel([("store_id", ASCENDING)], name="store")])
-    await db[BOARD_BOOKINGS].create_indexes(
-        [
-            IndexModel([("status", ASCENDING), ("requested_at", ASCENDING)], name="status"),
-            IndexModel([("requested_at", DESCENDING)], name="requested"),
-        ]
-    )
-    await db[BOARD_ALERTS].create_indexes([IndexModel([("raised_at", DESCENDING)], name="raised")])
-    await db[BOARD_COMPLAINTS].create_indexes(
-        [IndexModel([("closed_at", ASCENDING), ("opened_at", DESCENDING)], name="open")]
-    )
-    await db[BOARD_FEES].create_indexes(
-        [IndexModel([("status", ASCENDING), ("settled_at", DESCENDING)], name="status")]
-    )
-    await db[BOARD_UNPAID].create_indexes(
-        [IndexModel([("status", ASCENDING), ("paid_at", DESCENDING)], name="status")]
-    )
+        (opened,) = OPEN[name]
+        # The indexes of before: one that gives a list's order tempts the planner to walk
+        # every row in that order rather than the two halves.
+        kept = await db[name].index_information()
+        for legacy in LEGACY_INDEXES.intersection(kept):
+            await db[name].drop_index(legacy)
+        await db[name].create_indexes(
+            [
+                IndexModel([("active_at", ASCENDING)], name="active"),
+                IndexModel([(opened, ASCENDING)], name="open_now"),
+                IndexModel(
+                    [("store_id", ASCENDING), ("active_at", ASCENDING)], name="store_active"
+                ),
+                IndexModel([("store_id", ASCENDING), (opened, ASCENDING)], name="store_open"),
+            ]
+        )
+        # Rows kept before rows knew when they were last active: from their own stamps.
+        stamps = [f"${stamp}" for stamp in STAMPS[name]]
+        await db[name].update_many({"active_at": None}, [{"$set": {"active_at": {"$max": stamps}}}])
 
 
 def occurred(tx: Transaction) -> datetime:
@@ -100,14 +140,38 @@ async def _set(
     tx: Transaction, collection: str, row_id: str, fields: dict[str, Any], *, upsert: bool = True
 ) -> None:
     """Upsert the fields this event owns (expressions may read what is stored); with
-    `upsert=False`, only a row already there changes."""
+    `upsert=False`, only a row already there changes. The row's `active_at` moves up to the
+    event's moment (or a later stamp it brings), which puts the row on that day's board."""
     values = {k: v if isinstance(v, Expr) else {"$literal": v} for k, v in fields.items()}
+    # The row's own stamps only: a visit's window or a complaint's next deadline may lie
+    # ahead, and would keep the row on every board until then.
+    stamped = [m for f in STAMPS[collection] if f in fields for m in _moments(fields[f])]
+    latest = max([occurred(tx), *stamped])
     await tx.db[collection].update_one(
         {"_id": row_id},
-        [{"$set": values}, {"$set": {"rev": {"$add": [{"$ifNull": ["$rev", 0]}, 1]}}}],
+        [
+            {"$set": values},
+            {
+                "$set": {
+                    "rev": {"$add": [{"$ifNull": ["$rev", 0]}, 1]},
+                    "active_at": {"$max": ["$active_at", {"$literal": latest}]},
+                }
+            },
+        ],
         upsert=upsert,
         session=tx.session,
     )
+
+
+def _moments(value: object) -> list[datetime]:
+    """Every moment in a field's value, expressions included."""
+    if isinstance(value, datetime):
+        return [value]
+    if isinstance(value, dict):
+        return [m for v in value.values() for m in _moments(v)]
+    if isinstance(value, list | tuple):
+        return [m for v in value for m in _moments(v)]
+    return []
 
 
 def _keep(field: str, value: object) -> Expr:
@@ -448,27 +512,21 @@ async def capped(
     return docs[:limit], await collection.count_documents(query)
 
 
+def on_board(actor: Actor, name: str, since: datetime) -> Document:
+    """A list's rows for this viewer: open, or active since the viewer's midnight."""
+    return {**scope_of(actor), "$or": [OPEN[name], {"active_at": {"$gte": since}}]}
+
+
 async def bookings(db: Database, actor: Actor, since: datetime, limit: int) -> Listed[BookingRow]:
     """What is still going on, and everything that happened today."""
-    query = {
-        **scope_of(actor),
-        "$or": [
-            {"status": {"$nin": list(FINISHED)}},
-            {"requested_at": {"$gte": since}},
-            {"status_at": {"$gte": since}},
-            {"rated_at": {"$gte": since}},
-        ],
-    }
+    query = on_board(actor, BOARD_BOOKINGS, since)
     docs, total = await capped(db[BOARD_BOOKINGS], query, ("requested_at", DESCENDING), limit)
     return [booking_row(d, actor) for d in docs], total
 
 
 async def alerts(db: Database, actor: Actor, since: datetime, limit: int) -> Listed[AlertRow]:
     """Every alert nobody acknowledged, and today's."""
-    query = {
-        **scope_of(actor),
-        "$or": [{"acknowledged_at": None}, {"raised_at": {"$gte": since}}],
-    }
+    query = on_board(actor, BOARD_ALERTS, since)
     docs, total = await capped(db[BOARD_ALERTS], query, ("raised_at", DESCENDING), limit)
     return [alert_row(d) for d in docs], total
 
@@ -476,7 +534,8 @@ async def alerts(db: Database, actor: Actor, since: datetime, limit: int) -> Lis
 async def complaints(
     db: Database, actor: Actor, since: datetime, limit: int
 ) -> Listed[ComplaintRow]:
-    query = {**scope_of(actor), "$or": [{"closed_at": None}, {"closed_at": {"$gte": since}}]}
+    """Every complaint still open, and those that moved today."""
+    query = on_board(actor, BOARD_COMPLAINTS, since)
     docs, total = await capped(db[BOARD_COMPLAINTS], query, ("opened_at", DESCENDING), limit)
     return [complaint_row(d) for d in docs], total
 
@@ -489,7 +548,7 @@ async def fees(db: Database, actor: Actor, since: datetime, limit: int) -> Liste
     """Every fee still owed, and those settled today: operations' alone."""
     if not actor.is_ops:
         return [], 0
-    query = {"$or": [{"status": "owed"}, {"settled_at": {"$gte": since}}]}
+    query = on_board(actor, BOARD_FEES, since)
     docs, total = await capped(db[BOARD_FEES], query, ("owed_since", ASCENDING), limit)
     return [fee_row(d) for d in docs], total
 
@@ -504,7 +563,94 @@ def unpaid_row(doc: Document, actor: Actor) -> UnpaidRow:
 async def unpaid(db: Database, actor: Actor, since: datetime, limit: int) -> Listed[UnpaidRow]:
     """Every signed visit still unpaid, longest due first, and those paid or written off
     today."""
-    today = [{"paid_at": {"$gte": since}}, {"written_off_at": {"$gte": since}}]
-    query = {**scope_of(actor), "$or": [{"status": "due"}, *today]}
+    query = on_board(actor, BOARD_UNPAID, since)
     docs, total = await capped(db[BOARD_UNPAID], query, ("due_since", ASCENDING), limit)
     return [unpaid_row(d, actor) for d in docs], total
+
+
+def _since(field: str, since: datetime) -> Document:
+    return {field: {"$gte": since}}
+
+
+def _seconds(later: str, earlier: str) -> Document:
+    return {"$divide": [{"$subtract": [f"${later}", f"${earlier}"]}, 1000]}
+
+
+async def tally(db: Database, actor: Actor, since: datetime) -> DayTally:
+    """Today's sums over every row active today (not just the rows a list shows), counted by
+    MongoDB. The medians' inputs come back whole: one number per booking assigned today,
+    well within a reply for a city's day."""
+    today = {**scope_of(actor), "active_at": {"$gte": since}}
+    booked = _since("requested_at", since)
+    waited = {**booked, "assigned_at": {"$ne": None}}
+    per_booking: list[Document] = [
+        {"$match": today},
+        {
+            "$facet": {
+                "booked": [
+                    {"$match": booked},
+                    {
+                        "$group": {
+                            "_id": None,
+                            "n": {"$sum": 1},
+                            "assigned": {
+                                "$sum": {"$cond": [{"$gt": ["$assigned_at", None]}, 1, 0]}
+                            },
+                        }
+                    },
+                ],
+                "waits": [
+                    {"$match": waited},
+                    {
+                        "$group": {
+                            "_id": None,
+                            "s": {"$push": _seconds("assigned_at", "requested_at")},
+                        }
+                    },
+                ],
+                "completed": [{"$match": _since("completed_at", since)}, {"$count": "n"}],
+                "signed": [
+                    {"$match": _since("receipt_signed_at", since)},
+                    {
+                        "$group": {
+                            "_id": "$currency",
+                            "n": {"$sum": 1},
+                            "total": {"$sum": "$receipt_total"},
+                            "priced": {"$sum": {"$cond": [{"$isNumber": "$receipt_total"}, 1, 0]}},
+                        }
+                    },
+                ],
+                "rated": [
+                    {"$match": {**_since("rated_at", since), "rating": {"$gt": 0}}},
+                    {"$group": {"_id": None, "n": {"$sum": 1}, "sum": {"$sum": "$rating"}}},
+                ],
+            }
+        },
+    ]
+    responded: list[Document] = [
+        {"$match": {**today, **_since("first_response_at", since)}},
+        {"$group": {"_id": None, "s": {"$push": _seconds("first_response_at", "opened_at")}}},
+    ]
+    (counted,), responses = await asyncio.gather(
+        _aggregated(db[BOARD_BOOKINGS], per_booking),
+        _aggregated(db[BOARD_COMPLAINTS], responded),
+    )
+    first = {name: rows[0] if rows else {} for name, rows in counted.items()}
+    signed = counted["signed"]
+    return DayTally(
+        bookings=first["booked"].get("n", 0),
+        assigned=first["booked"].get("assigned", 0),
+        waits_s=tuple(first["waits"].get("s", ())),
+        completed=first["completed"].get("n", 0),
+        signed=sum(group["n"] for group in signed),
+        revenue={g["_id"]: g["total"] for g in signed if g["_id"] and g["priced"]},
+        ratings=first["rated"].get("n", 0),
+        rating_sum=first["rated"].get("sum", 0),
+        first_responses_s=tuple(responses[0]["s"]) if responses else (),
+    )
+
+
+async def _aggregated(
+    collection: AsyncCollection[Document], pipeline: list[Document]
+) -> list[Document]:
+    return await (await collection.aggregate(pipeline)).to_list()

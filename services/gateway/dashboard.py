@@ -34,7 +34,6 @@ router = APIRouter(prefix="/v1/board", tags=["operations board"])
 pages = APIRouter(include_in_schema=False)
 STATIC = Path(__file__).parent / "dashboard"
 ASSETS = {"board.js": "text/javascript", "board.css": "text/css", "map.js": "text/javascript"}
-FIGURES_ROWS = 10_000  # today's figures are counted over this many rows at most
 # The page may talk to this origin only: no fonts, scripts, tiles or beacons from elsewhere.
 POLICY = (
     "default-src 'none'; script-src 'self'; style-src 'self'; img-src 'self' data:; "
@@ -124,6 +123,7 @@ async def read_board(
         board.fees(db, actor, day, rows),
         board.unpaid(db, actor, day, rows),
     )
+    tally = await board.tally(db, actor, day)
     (bookings, _), (alerts, _), (complaints, _), (fees, _), (unpaid, _) = listed
     return Board(
         viewer=board.viewer(actor),
@@ -140,18 +140,14 @@ async def read_board(
             fees=listed[3],
             unpaid=listed[4],
         ),
-        figures=figures(bookings, complaints, day),
+        figures=figures(tally, day),  # over every row of the day, not just those shown
     )
 
 
 @router.get("/figures", summary="Today's figures only (the page refreshes them after changes)")
 async def read_figures(runtime: RuntimeDep, actor: EdgeActor, since: Since = None) -> Figures:
     day = start_of_day(since)
-    (bookings, _), (complaints, _) = await asyncio.gather(
-        board.bookings(runtime.db, actor, day, FIGURES_ROWS),
-        board.complaints(runtime.db, actor, day, FIGURES_ROWS),
-    )
-    return figures(bookings, complaints, day)
+    return figures(await board.tally(runtime.db, actor, day), day)
 
 
 class Area(BaseModel):

@@ -4,6 +4,8 @@ operations board's rows and figures."""
 from __future__ import annotations
 
 import statistics
+from collections.abc import Sequence
+from dataclasses import dataclass, field
 from datetime import datetime
 from typing import Any
 
@@ -185,43 +187,38 @@ class Figures(BaseModel):
     revenue: dict[str, int] = Field(description="Signed receipts' totals, minor units by currency")
 
 
-def _median(values: list[float]) -> float | None:
+def _median(values: Sequence[float]) -> float | None:
     return round(statistics.median(values), 1) if values else None
 
 
-def _on_or_after(at: datetime | None, since: datetime) -> bool:
-    return at is not None and at >= since
+@dataclass(frozen=True)
+class DayTally:
+    """What the board's rows add up to since the start of a day, counted where they are
+    stored: the raw sums today's figures are made of."""
+
+    bookings: int = 0  # requested since then
+    assigned: int = 0  # of those, assigned
+    waits_s: tuple[float, ...] = ()  # of those, booking -> assigned
+    completed: int = 0
+    signed: int = 0
+    revenue: dict[str, int] = field(default_factory=dict)  # signed receipts' totals
+    ratings: int = 0
+    rating_sum: int = 0
+    first_responses_s: tuple[float, ...] = ()  # complaint opened -> first response
 
 
-def figures(bookings: list[BookingRow], complaints: list[ComplaintRow], since: datetime) -> Figures:
-    booked = [b for b in bookings if _on_or_after(b.requested_at, since)]
-    assigned = [b for b in booked if b.assigned_at is not None and b.requested_at is not None]
-    waits = [
-        (b.assigned_at - b.requested_at).total_seconds()
-        for b in assigned
-        if b.assigned_at is not None and b.requested_at is not None
-    ]
-    signed = [b for b in bookings if _on_or_after(b.receipt_signed_at, since)]
-    revenue: dict[str, int] = {}
-    for b in signed:
-        if b.currency and b.receipt_total is not None:
-            revenue[b.currency] = revenue.get(b.currency, 0) + b.receipt_total
-    ratings = [b.rating for b in bookings if b.rating and _on_or_after(b.rated_at, since)]
-    responses = [
-        (c.first_response_at - c.opened_at).total_seconds()
-        for c in complaints
-        if c.first_response_at is not None and c.first_response_at >= since
-    ]
+def figures(tally: DayTally, since: datetime) -> Figures:
+    booked = tally.bookings
     return Figures(
         since=since,
-        bookings=len(booked),
-        share_assigned=round(len(assigned) / len(booked), 3) if booked else None,
-        median_time_to_assign_s=_median(waits),
-        visits_completed=sum(1 for b in bookings if _on_or_after(b.completed_at, since)),
-        receipts_signed=len(signed),
-        median_first_response_s=_median(responses),
-        average_rating=round(statistics.fmean(ratings), 2) if ratings else None,
-        revenue=revenue,
+        bookings=booked,
+        share_assigned=round(tally.assigned / booked, 3) if booked else None,
+        median_time_to_assign_s=_median(tally.waits_s),
+        visits_completed=tally.completed,
+        receipts_signed=tally.signed,
+        median_first_response_s=_median(tally.first_responses_s),
+        average_rating=round(tally.rating_sum / tally.ratings, 2) if tally.ratings else None,
+        revenue=dict(tally.revenue),
     )
 
 

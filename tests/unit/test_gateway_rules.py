@@ -10,7 +10,7 @@ from pathlib import Path
 import pytest
 
 from services.gateway import handlers
-from services.gateway.domain import BookingRow, ComplaintRow, figures, may_retry
+from services.gateway.domain import DayTally, figures, may_retry
 from services.gateway.limits import RateLimiter
 from services.gateway.tokens import SigningKey, VerifiedTokens, issue_access
 from shared.auth import Actor, Role
@@ -51,66 +51,34 @@ def test_a_caller_gets_its_burst_then_waits_for_the_refill_and_others_are_unaffe
 MIDNIGHT = datetime(2026, 11, 23, tzinfo=UTC)
 
 
-def at(minutes: float) -> datetime:
-    return MIDNIGHT + timedelta(minutes=minutes)
-
-
-def test_todays_figures_count_only_today_and_take_medians_of_waits() -> None:
-    bookings = [
-        # yesterday's booking completed today counts as a completed visit, not a booking
-        BookingRow(booking_id="b0", requested_at=at(-60), assigned_at=at(-59), completed_at=at(30)),
-        BookingRow(booking_id="b1", requested_at=at(10), assigned_at=at(11)),  # 60 s
-        BookingRow(booking_id="b2", requested_at=at(20), assigned_at=at(23)),  # 180 s
-        BookingRow(booking_id="b3", requested_at=at(25), assigned_at=at(35)),  # 600 s
-        BookingRow(booking_id="b4", requested_at=at(40)),  # still waiting
-        BookingRow(
-            booking_id="b5",
-            requested_at=at(-600),
-            receipt_signed_at=at(50),
-            receipt_total=4500,
-            currency="EUR",
-            rating=5,
-            rated_at=at(55),
-        ),
-        BookingRow(booking_id="b6", receipt_signed_at=at(-5), receipt_total=999, currency="EUR"),
-        BookingRow(booking_id="b7", rating=2, rated_at=at(70)),
-        BookingRow(booking_id="b8", rating=1, rated_at=at(-70)),  # yesterday's rating
-    ]
-    complaints = [
-        ComplaintRow(
-            complaint_id="c1",
-            booking_id="b1",
-            category="quality",
-            severity="low",
-            status="in_progress",
-            tier="agent",
-            opened_at=at(-10),
-            first_response_at=at(5),
-        ),
-        ComplaintRow(
-            complaint_id="c2",
-            booking_id="b2",
-            category="safety",
-            severity="critical",
-            status="open",
-            tier="agent",
-            opened_at=at(60),
-        ),
-    ]
-    f = figures(bookings, complaints, MIDNIGHT)
-    assert (f.bookings, f.share_assigned) == (4, 0.75)
+def test_todays_figures_are_shares_medians_and_averages_of_the_days_sums() -> None:
+    # Which rows count for which figure is MongoDB's part: tests/test_board_day.py.
+    tally = DayTally(
+        bookings=4,
+        assigned=3,
+        waits_s=(600.0, 60.0, 180.0),
+        completed=1,
+        signed=2,
+        revenue={"EUR": 4500},
+        ratings=3,
+        rating_sum=11,
+        first_responses_s=(900.0, 100.0),
+    )
+    f = figures(tally, MIDNIGHT)
+    assert (f.since, f.bookings, f.share_assigned) == (MIDNIGHT, 4, 0.75)
     assert f.median_time_to_assign_s == 180.0
-    assert (f.visits_completed, f.receipts_signed) == (1, 1)
+    assert (f.visits_completed, f.receipts_signed) == (1, 2)
     assert f.revenue == {"EUR": 4500}
-    assert f.average_rating == 3.5
-    assert f.median_first_response_s == 900.0
+    assert f.average_rating == 3.67
+    assert f.median_first_response_s == 500.0
 
 
 def test_a_quiet_day_has_no_made_up_figures() -> None:
-    f = figures([], [], MIDNIGHT)
+    f = figures(DayTally(), MIDNIGHT)
     assert (f.bookings, f.visits_completed, f.receipts_signed) == (0, 0, 0)
     assert f.share_assigned is None
     assert f.median_time_to_assign_s is None
+    assert f.median_first_response_s is None
     assert f.average_rating is None
     assert f.revenue == {}
 

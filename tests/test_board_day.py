@@ -1,0 +1,336 @@
+"""The board's day on the real MongoDB: rows are put on it by the gateway's own projection
+handlers (through a unit of work, as its consumer runs them), today's figures count every
+row of the day however long the lists, and a board reads the rows it shows, not every row
+the platform ever had."""
+
+from __future__ import annotations
+
+from datetime import UTC, datetime, timedelta
+from typing import Any
+
+import pytest
+from pymongo import AsyncMongoClient
+
+from services.gateway import board
+from services.gateway.domain import figures
+from shared.auth import Actor, Role
+from shared.events.booking import BookingRequested, BookingStatusChanged
+from shared.events.dispatch import ServiceCompleted, TechnicianAssigned
+from shared.events.envelope import Envelope, EventPayload
+from shared.events.payments import ReceiptSigned
+from shared.events.reviews import ComplaintUpdated, ReviewSubmitted
+from shared.events.types import GeoPoint, PricedLine
+from shared.mongo import Database, Document
+from shared.outbox import Transaction, UnitOfWork
+from tests.conftest import settings_for
+from tests.harness import Infra, new_prefix
+
+pytestmark = pytest.mark.integration
+
+MIDNIGHT = datetime(2026, 11, 23, tzinfo=UTC)
+OPS = Actor(role=Role.OPS, subject="ops@x")
+STORE_A = Actor(role=Role.STORE, subject="staff@a", store_id="store_a")
+LINE = PricedLine(
+    code="cut", name="Haircut", skill="hair", quantity=1, unit_price=4500, currency="EUR"
+)
+
+
+def at(minutes: float) -> datetime:
+    return MIDNIGHT + timedelta(minutes=minutes)
+
+
+class Projection:
+    """The gateway's board handlers, fed events that happened at chosen moments."""
+
+    def __init__(self, uow: UnitOfWork, db: Database) -> None:
+        self.uow, self.db = uow, db
+
+    async def play(self, when: datetime, payload: EventPayload) -> None:
+        versions = board.handlers.lookup(payload.event_type)
+        assert versions is not None, payload.event_type
+        handler = versions[payload.schema_version][1]
+        envelope = Envelope.wrap(payload, producer="test").model_copy(update={"occurred_at": when})
+
+        async def work(tx: Transaction) -> None:
+            await handler(tx, payload)
+
+        await self.uow.run(work, causation=envelope)
+
+    async def requested(self, booking: str, when: datetime) -> None:
+        await self.play(
+            when,
+            BookingRequested(
+                booking_id=booking,
+                customer_id=f"cus_{booking}",
+                region="lisbon",
+                location=GeoPoint(lat=38.72, lon=-9.14),
+                timing="window",
+                # the visit is days ahead: its window must not keep the row on the board
+                window_start=when + timedelta(days=6),
+                window_end=when + timedelta(days=6, hours=2),
+                duration_minutes=45,
+                lines=[LINE],
+                total=4500,
+                currency="EUR",
+            ),
+        )
+
+    async def assigned(self, booking: str, when: datetime, store: str = "store_a") -> None:
+        await self.play(
+            when,
+            TechnicianAssigned(
+                booking_id=booking,
+                visit_id=f"v_{booking}",
+                technician_id=f"tech_{store}",
+                technician_name="Ana",
+                badge_number="B-1",
+                store_id=store,
+            ),
+        )
+
+    async def status(self, booking: str, when: datetime, to: str, version: int) -> None:
+        await self.play(
+            when,
+            BookingStatusChanged(
+                booking_id=booking,
+                customer_id=f"cus_{booking}",
+                from_status="requested",
+                to_status=to,
+                at=when,
+                version=version,
+            ),
+        )
+
+    async def completed(self, booking: str, when: datetime) -> None:
+        await self.play(
+            when,
+            ServiceCompleted(
+                booking_id=booking,
+                visit_id=f"v_{booking}",
+                customer_id=f"cus_{booking}",
+                technician_id="tech_store_a",
+                store_id="store_a",
+                completed_at=when,
+                lines=[LINE],
+            ),
+        )
+
+    async def signed(self, booking: str, when: datetime, total: int) -> None:
+        await self.play(
+            when,
+            ReceiptSigned(
+                receipt_id=f"rc_{booking}",
+                booking_id=booking,
+                customer_id=f"cus_{booking}",
+                signed_at=when,
+                total=total,
+                amount_due=0,
+                currency="EUR",
+            ),
+        )
+
+    async def rated(self, booking: str, when: datetime, rating: int) -> None:
+        await self.play(
+            when,
+            ReviewSubmitted(
+                booking_id=booking,
+                customer_id=f"cus_{booking}",
+                technician_id="tech_store_a",
+                rating=rating,
+            ),
+        )
+
+    async def complaint(
+        self, complaint: str, when: datetime, opened: datetime, responded: datetime | None
+    ) -> None:
+        await self.play(
+            when,
+            ComplaintUpdated(
+                complaint_id=complaint,
+                booking_id=f"bk_{complaint}",
+                customer_id="cus_c",
+                technician_id="tech_store_a",
+                store_id="store_a",
+                category="quality",
+                severity="low",
+                status="in_progress" if responded else "open",
+                tier="agent",
+                opened_at=opened,
+                first_response_at=responded,
+                next_deadline_kind="resolution",
+                next_deadline=opened + timedelta(days=3),  # ahead: not an activity
+                breaches=0,
+                version=2 if responded else 1,
+            ),
+        )
+
+
+@pytest.fixture
+async def projection(infra: Infra, mongo: AsyncMongoClient[Document]) -> Projection:
+    settings = settings_for(infra, new_prefix(), "gateway")
+    db = mongo[settings.database_name]
+    await board.ensure_indexes(db)
+    return Projection(UnitOfWork(mongo, db, settings), db)
+
+
+async def test_todays_figures_count_each_rows_own_moment_of_today(projection: Projection) -> None:
+    p = projection
+    # Yesterday's booking completed today: a completed visit, not one of today's bookings.
+    await p.requested("b0", at(-60))
+    await p.assigned("b0", at(-59))
+    await p.completed("b0", at(30))
+    # Today's bookings: assigned after 60, 180 and 600 s; one still waiting.
+    for booking, requested, assigned in (("b1", 10, 11), ("b2", 20, 23), ("b3", 25, 35)):
+        await p.requested(booking, at(requested))
+        await p.assigned(booking, at(assigned))
+    await p.requested("b4", at(40))
+    # Booked days ago, signed and rated today.
+    await p.requested("b5", at(-600))
+    await p.signed("b5", at(50), total=4500)
+    await p.rated("b5", at(55), rating=5)
+    await p.signed("b6", at(-5), total=999)  # signed yesterday
+    await p.rated("b7", at(70), rating=2)
+    await p.rated("b8", at(-70), rating=1)  # yesterday's rating
+    await p.complaint("c1", at(5), opened=at(-10), responded=at(5))
+    await p.complaint("c2", at(60), opened=at(60), responded=None)
+    await p.complaint("c0", at(-30), opened=at(-300), responded=at(-30))  # yesterday's
+
+    f = figures(await board.tally(p.db, OPS, MIDNIGHT), MIDNIGHT)
+    assert (f.bookings, f.share_assigned) == (4, 0.75)
+    assert f.median_time_to_assign_s == 180.0
+    assert (f.visits_completed, f.receipts_signed) == (1, 1)
+    assert f.revenue == {"EUR": 4500}
+    assert f.average_rating == 3.5
+    assert f.median_first_response_s == 900.0
+    # Since noon the day before, from the same rows: what happened before midnight counts too.
+    before = MIDNIGHT - timedelta(hours=12)
+    y = figures(await board.tally(p.db, OPS, before), before)
+    assert (y.bookings, y.receipts_signed, y.revenue) == (6, 2, {"EUR": 5499})
+    assert y.average_rating == pytest.approx(8 / 3, abs=0.01)
+    # A store counts its own technicians' visits only (b0-b3 were theirs).
+    mine = figures(await board.tally(p.db, STORE_A, MIDNIGHT), MIDNIGHT)
+    assert (mine.bookings, mine.share_assigned, mine.visits_completed) == (3, 1.0, 1)
+
+
+async def test_a_row_is_on_the_board_while_open_or_on_the_day_it_last_moved(
+    projection: Projection,
+) -> None:
+    p = projection
+    await p.requested("done_yesterday", at(-300))
+    await p.status("done_yesterday", at(-200), "closed", version=5)
+    await p.requested("rated_today", at(-300))
+    await p.status("rated_today", at(-200), "closed", version=5)
+    await p.rated("rated_today", at(20), rating=4)
+    await p.requested("open_for_days", at(-3000))
+    await p.requested("booked_today", at(15))
+    await p.status("booked_today", at(16), "cancelled", version=1)
+
+    rows, total = await board.bookings(p.db, OPS, MIDNIGHT, limit=100)
+    shown = {r.booking_id for r in rows}
+    assert shown == {"rated_today", "open_for_days", "booked_today"}
+    assert total == 3
+    stamps = await p.db[board.BOARD_BOOKINGS].find({}, {"active_at": 1}).to_list()
+    # The row's latest moment, never the visit's window days ahead.
+    assert {d["_id"]: d["active_at"] for d in stamps} == {
+        "done_yesterday": at(-200),
+        "rated_today": at(20),
+        "open_for_days": at(-3000),
+        "booked_today": at(16),
+    }
+    # A late event about an earlier moment does not take the row back in time.
+    await p.status("rated_today", at(-250), "in_service", version=3)
+    row = await p.db[board.BOARD_BOOKINGS].find_one({"_id": "rated_today"})
+    assert row is not None
+    assert (row["status"], row["active_at"]) == ("closed", at(20))
+
+
+async def test_rows_kept_before_the_stamp_get_it_from_their_own_moments(
+    projection: Projection,
+) -> None:
+    p = projection
+    col = p.db[board.BOARD_BOOKINGS]
+    await col.insert_many(
+        [
+            {"_id": "old", "status": "closed", "requested_at": at(-900), "rated_at": at(-100)},
+            {"_id": "older", "status": "closed", "requested_at": at(-5000)},
+        ]
+    )
+    await board.ensure_indexes(p.db)  # as the gateway does at every start
+    stamped = {d["_id"]: d["active_at"] async for d in col.find({}, {"active_at": 1})}
+    assert stamped == {"old": at(-100), "older": at(-5000)}
+
+
+def _examined(explained: Any) -> tuple[int, list[str]]:
+    """Documents the server read, and the stages it read them with, wherever they sit in an
+    explain (a find's, or an aggregation's cursor stage)."""
+    docs, stages = 0, []
+
+    def walk(node: Any) -> None:
+        nonlocal docs
+        if isinstance(node, dict):
+            if isinstance(node.get("totalDocsExamined"), int):
+                docs += node["totalDocsExamined"]
+            if isinstance(node.get("stage"), str):
+                stages.append(node["stage"])
+            for value in node.values():
+                walk(value)
+        elif isinstance(node, list):
+            for value in node:
+                walk(value)
+
+    walk(explained)
+    return docs, stages
+
+
+async def test_a_board_reads_the_rows_it_shows_not_the_platforms_whole_past(
+    projection: Projection,
+) -> None:
+    p = projection
+    col = p.db[board.BOARD_BOOKINGS]
+    # A month of finished visits, two stores' worth, as the projection leaves them.
+    await col.insert_many(
+        [
+            {
+                "_id": f"past_{i}",
+                "status": "closed",
+                "store_id": f"store_{'ab'[i % 2]}",
+                "requested_at": at(-60 * 24 * (1 + i % 30)),
+                "active_at": at(-60 * 24 * (1 + i % 30) + 90),
+            }
+            for i in range(3000)
+        ]
+    )
+    for n in range(4):
+        await p.requested(f"today_{n}", at(10 + n))
+        await p.assigned(f"today_{n}", at(12 + n), store="store_a" if n < 3 else "store_b")
+    await p.requested("waiting_since_last_week", at(-60 * 24 * 7))
+
+    for actor, on_board in ((OPS, 5), (STORE_A, 3)):
+        rows, total = await board.bookings(p.db, actor, MIDNIGHT, limit=100)
+        assert total == len(rows) == on_board
+        query = board.on_board(actor, board.BOARD_BOOKINGS, MIDNIGHT)
+        explained = await p.db.command(
+            "explain",
+            {"find": board.BOARD_BOOKINGS, "filter": query, "sort": {"requested_at": -1}},
+            verbosity="executionStats",
+        )
+        docs, stages = _examined(explained["executionStats"])
+        assert "COLLSCAN" not in stages
+        assert docs <= on_board, (actor.subject, docs)
+
+        tally = await board.tally(p.db, actor, MIDNIGHT)
+        assert tally.bookings == on_board - (1 if actor is OPS else 0)
+        explained = await p.db.command(
+            "explain",
+            {
+                "aggregate": board.BOARD_BOOKINGS,
+                "pipeline": [
+                    {"$match": {**board.scope_of(actor), "active_at": {"$gte": MIDNIGHT}}}
+                ],
+                "cursor": {},
+            },
+            verbosity="executionStats",
+        )
+        docs, stages = _examined(explained)
+        assert "COLLSCAN" not in stages
+        assert docs <= on_board, (actor.subject, docs)
