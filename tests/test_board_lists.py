@@ -74,16 +74,20 @@ async def test_a_list_longer_than_the_board_shows_says_how_long_it_is(
             {"$set": {"status": "closed", "receipt_signed_at": now, "receipt_total": 4500}},
         )
 
-        async def board(actor: Actor) -> Any:
+        async def read(actor: Actor, path: str = "/v1/board", **params: Any) -> httpx.Response:
             token = await gateway_token(mongo, prefix, actor)
+            # "Today" began an hour ago, whatever the time of day the test runs.
+            since = (utcnow() - timedelta(hours=1)).isoformat()
             async with httpx.AsyncClient(base_url=gateway.url, timeout=10) as api:
-                # "Today" began an hour ago, whatever the time of day the test runs.
-                since = (utcnow() - timedelta(hours=1)).isoformat()
-                seen = await api.get("/v1/board", params={"since": since}, headers=bearer(token))
+                return await api.get(path, params={"since": since, **params}, headers=bearer(token))
+
+        async def board(actor: Actor) -> Any:
+            seen = await read(actor)
             assert seen.status_code == 200, seen.text
             return seen.json()
 
-        ops = await board(Actor(role=Role.OPS, subject="ops@x"))
+        ops_staff = Actor(role=Role.OPS, subject="ops@x")
+        ops = await board(ops_staff)
         # The two longest due, and the whole list's length.
         assert [r["receipt_id"] for r in ops["unpaid"]] == ["rc_store_a_0", "rc_store_a_1"]
         assert ops["cut"] == {"unpaid": 4, "bookings": 3}
@@ -91,10 +95,32 @@ async def test_a_list_longer_than_the_board_shows_says_how_long_it_is(
         assert len(ops["bookings"]) == 2
         assert (ops["figures"]["bookings"], ops["figures"]["receipts_signed"]) == (3, 1)
 
+        # The rest of a list, a page at a time, in the same order: no gap, no row twice.
+        rest = (await read(ops_staff, "/v1/board/unpaid", offset=2)).json()
+        assert [r["receipt_id"] for r in rest["rows"]] == ["rc_store_a_2", "rc_store_b_9"]
+        assert (rest["total"], rest["offset"], rest["next_offset"]) == (4, 2, None)
+        first = (await read(ops_staff, "/v1/board/bookings", limit=1)).json()
+        assert ([r["booking_id"] for r in first["rows"]], first["next_offset"]) == (["bk_1"], 1)
+        past = (await read(ops_staff, "/v1/board/bookings", offset=10)).json()
+        assert (past["rows"], past["total"], past["next_offset"]) == ([], 3, None)
+        # A page is never longer than the board's, and a bad page says why.
+        too_long = await read(ops_staff, "/v1/board/unpaid", limit=3)
+        assert too_long.status_code == 422, too_long.text
+        assert "at most 2" in too_long.text
+        negative = await read(ops_staff, "/v1/board/unpaid", offset=-1)
+        assert negative.status_code == 422, negative.text
+
         # A store's list is its own: three rows, two shown, and nothing of the other store.
-        store = await board(Actor(role=Role.STORE, subject="s@x", store_id="store_a"))
+        store_staff = Actor(role=Role.STORE, subject="s@x", store_id="store_a")
+        store = await board(store_staff)
         assert len(store["unpaid"]) == 2
         assert store["cut"] == {"unpaid": 3}
+        theirs = (await read(store_staff, "/v1/board/unpaid", offset=2)).json()
+        assert [r["receipt_id"] for r in theirs["rows"]] == ["rc_store_a_2"]
+        assert theirs["rows"][0]["customer_id"] is None  # a store never sees who the customer is
+        assert (theirs["total"], theirs["next_offset"]) == (3, None)
+        fees = await read(store_staff, "/v1/board/fees")
+        assert (fees.status_code, fees.json()["rows"]) == (200, [])  # operations' alone
         other = await board(Actor(role=Role.STORE, subject="s@y", store_id="store_b"))
         assert [r["receipt_id"] for r in other["unpaid"]] == ["rc_store_b_9"]
         assert other["cut"] == {}  # it fits: nothing said, nothing counted
@@ -108,6 +134,10 @@ async def test_a_list_longer_than_the_board_shows_says_how_long_it_is(
         )
         # Its count is not quietly the cap.
         await expect(page.page.locator("#unpaid-title")).to_have_text("Visits not paid: 2+")
+        # And the rest is a click away.
+        await page.page.get_by_role("button", name="Show more visits not paid").click()
+        await expect(page.page.locator("#unpaid-title")).to_have_text("Visits not paid: 4")
+        await expect(page.page.get_by_role("note")).not_to_contain_text("visits not paid")
         await page.shot("board-cut-short")
     finally:
         gateway.stop()

@@ -29,6 +29,7 @@ from tests.seed import (
 
 pytestmark = pytest.mark.integration
 
+BOARD_LISTS = ("bookings", "alerts", "complaints", "fees", "unpaid")  # each a page at a time
 WHO = (
     "owner",
     "other_customer",
@@ -179,7 +180,12 @@ async def test_every_object_route_answers_each_kind_of_caller_as_it_should(
             # The operations board and what feeds it: operations, and each store (its own).
             *[
                 ("GET", path, None, (403, 403, 403, 403, 200, 200, 401, 200))
-                for path in ("/v1/board", "/v1/board/figures", "/v1/board/map")
+                for path in (
+                    "/v1/board",
+                    "/v1/board/figures",
+                    "/v1/board/map",
+                    *(f"/v1/board/{name}" for name in BOARD_LISTS),
+                )
             ],
             ("GET", "/v1/safety-alerts", None, (403, 403, 403, 403, 200, 200, 401, 200)),
             (

@@ -17,11 +17,12 @@ one stored changes nothing. Every write bumps `rev`, so a client keeps the newer
 from __future__ import annotations
 
 import asyncio
-from datetime import datetime
+from datetime import UTC, datetime
 from typing import Any, TypeVar
 
 from pymongo import ASCENDING, DESCENDING, IndexModel
 from pymongo.asynchronous.collection import AsyncCollection
+from pymongo.errors import OperationFailure
 
 from services.gateway.domain import (
     AlertRow,
@@ -99,7 +100,11 @@ STAMPS: dict[str, tuple[str, ...]] = {
     BOARD_UNPAID: ("due_since", "last_reminded_at", "paid_at", "written_off_at"),
 }
 
+# Before rows carried `active_at`. Replace every gateway together when moving past them: an
+# older one would put its indexes back and write rows without the stamp (until the next
+# start stamps them).
 LEGACY_INDEXES = frozenset({"store", "requested", "raised", "status", "open"})
+INDEX_NOT_FOUND = 27
 
 
 async def ensure_indexes(db: Database) -> None:
@@ -112,7 +117,11 @@ async def ensure_indexes(db: Database) -> None:
         # every row in that order rather than the two halves.
         kept = await db[name].index_information()
         for legacy in LEGACY_INDEXES.intersection(kept):
-            await db[name].drop_index(legacy)
+            try:
+                await db[name].drop_index(legacy)
+            except OperationFailure as exc:
+                if exc.code != INDEX_NOT_FOUND:  # another gateway starting dropped it first
+                    raise
         await db[name].create_indexes(
             [
                 IndexModel([("active_at", ASCENDING)], name="active"),
@@ -166,7 +175,7 @@ async def _set(
 def _moments(value: object) -> list[datetime]:
     """Every moment in a field's value, expressions included."""
     if isinstance(value, datetime):
-        return [value]
+        return [value if value.tzinfo else value.replace(tzinfo=UTC)]
     if isinstance(value, dict):
         return [m for v in value.values() for m in _moments(v)]
     if isinstance(value, list | tuple):
@@ -503,13 +512,23 @@ async def capped(
     query: Document,
     sort: tuple[str, int],
     limit: int,
+    offset: int = 0,
 ) -> tuple[list[Document], int]:
-    """At most `limit` documents, and how many match in all (counted only when some were
-    left out: a board that fits costs no count)."""
-    docs = await collection.find(query).sort(*sort).limit(limit + 1).to_list()
-    if len(docs) <= limit:
-        return docs, len(docs)
-    return docs[:limit], await collection.count_documents(query)
+    """At most `limit` documents from the `offset`-th on, and how many match in all (counted
+    only when some were left out after them: a board that fits costs no count). `_id`
+    breaks ties, so pages meet without a gap or a row twice."""
+    docs = (
+        await collection.find(query)
+        .sort([sort, ("_id", ASCENDING)])
+        .skip(offset)
+        .limit(limit + 1)
+        .to_list()
+    )
+    if len(docs) > limit:
+        return docs[:limit], await collection.count_documents(query)
+    if docs or not offset:
+        return docs, offset + len(docs)
+    return docs, await collection.count_documents(query)  # past the end: how far it goes
 
 
 def on_board(actor: Actor, name: str, since: datetime) -> Document:
@@ -517,26 +536,34 @@ def on_board(actor: Actor, name: str, since: datetime) -> Document:
     return {**scope_of(actor), "$or": [OPEN[name], {"active_at": {"$gte": since}}]}
 
 
-async def bookings(db: Database, actor: Actor, since: datetime, limit: int) -> Listed[BookingRow]:
+async def bookings(
+    db: Database, actor: Actor, since: datetime, limit: int, offset: int = 0
+) -> Listed[BookingRow]:
     """What is still going on, and everything that happened today."""
     query = on_board(actor, BOARD_BOOKINGS, since)
-    docs, total = await capped(db[BOARD_BOOKINGS], query, ("requested_at", DESCENDING), limit)
+    docs, total = await capped(
+        db[BOARD_BOOKINGS], query, ("requested_at", DESCENDING), limit, offset
+    )
     return [booking_row(d, actor) for d in docs], total
 
 
-async def alerts(db: Database, actor: Actor, since: datetime, limit: int) -> Listed[AlertRow]:
+async def alerts(
+    db: Database, actor: Actor, since: datetime, limit: int, offset: int = 0
+) -> Listed[AlertRow]:
     """Every alert nobody acknowledged, and today's."""
     query = on_board(actor, BOARD_ALERTS, since)
-    docs, total = await capped(db[BOARD_ALERTS], query, ("raised_at", DESCENDING), limit)
+    docs, total = await capped(db[BOARD_ALERTS], query, ("raised_at", DESCENDING), limit, offset)
     return [alert_row(d) for d in docs], total
 
 
 async def complaints(
-    db: Database, actor: Actor, since: datetime, limit: int
+    db: Database, actor: Actor, since: datetime, limit: int, offset: int = 0
 ) -> Listed[ComplaintRow]:
     """Every complaint still open, and those that moved today."""
     query = on_board(actor, BOARD_COMPLAINTS, since)
-    docs, total = await capped(db[BOARD_COMPLAINTS], query, ("opened_at", DESCENDING), limit)
+    docs, total = await capped(
+        db[BOARD_COMPLAINTS], query, ("opened_at", DESCENDING), limit, offset
+    )
     return [complaint_row(d) for d in docs], total
 
 
@@ -544,12 +571,15 @@ def fee_row(doc: Document) -> FeeRow:
     return FeeRow.model_validate({**doc, "fee_id": doc["_id"]})
 
 
-async def fees(db: Database, actor: Actor, since: datetime, limit: int) -> Listed[FeeRow]:
+async def fees(
+    db: Database, actor: Actor, since: datetime, limit: int, offset: int = 0
+) -> Listed[FeeRow]:
     """Every fee still owed, and those settled today: operations' alone."""
+    scope_of(actor)  # anyone but operations and stores is refused here too
     if not actor.is_ops:
         return [], 0
     query = on_board(actor, BOARD_FEES, since)
-    docs, total = await capped(db[BOARD_FEES], query, ("owed_since", ASCENDING), limit)
+    docs, total = await capped(db[BOARD_FEES], query, ("owed_since", ASCENDING), limit, offset)
     return [fee_row(d) for d in docs], total
 
 
@@ -560,11 +590,13 @@ def unpaid_row(doc: Document, actor: Actor) -> UnpaidRow:
     return row
 
 
-async def unpaid(db: Database, actor: Actor, since: datetime, limit: int) -> Listed[UnpaidRow]:
+async def unpaid(
+    db: Database, actor: Actor, since: datetime, limit: int, offset: int = 0
+) -> Listed[UnpaidRow]:
     """Every signed visit still unpaid, longest due first, and those paid or written off
     today."""
     query = on_board(actor, BOARD_UNPAID, since)
-    docs, total = await capped(db[BOARD_UNPAID], query, ("due_since", ASCENDING), limit)
+    docs, total = await capped(db[BOARD_UNPAID], query, ("due_since", ASCENDING), limit, offset)
     return [unpaid_row(d, actor) for d in docs], total
 
 
@@ -576,10 +608,9 @@ def _seconds(later: str, earlier: str) -> Document:
     return {"$divide": [{"$subtract": [f"${later}", f"${earlier}"]}, 1000]}
 
 
-async def tally(db: Database, actor: Actor, since: datetime) -> DayTally:
-    """Today's sums over every row active today (not just the rows a list shows), counted by
-    MongoDB. The medians' inputs come back whole: one number per booking assigned today,
-    well within a reply for a city's day."""
+def tally_pipelines(actor: Actor, since: datetime) -> tuple[list[Document], list[Document]]:
+    """What `tally` asks of board_bookings and of board_complaints: each starts from the rows
+    active since `since` (an index), and sums them by the moment each figure is about."""
     today = {**scope_of(actor), "active_at": {"$gte": since}}
     booked = _since("requested_at", since)
     waited = {**booked, "assigned_at": {"$ne": None}}
@@ -631,6 +662,14 @@ async def tally(db: Database, actor: Actor, since: datetime) -> DayTally:
         {"$match": {**today, **_since("first_response_at", since)}},
         {"$group": {"_id": None, "s": {"$push": _seconds("first_response_at", "opened_at")}}},
     ]
+    return per_booking, responded
+
+
+async def tally(db: Database, actor: Actor, since: datetime) -> DayTally:
+    """Today's sums over every row active today (not just the rows a list shows), counted by
+    MongoDB. The medians' inputs come back whole: one number per booking assigned today,
+    well within a reply for a city's day."""
+    per_booking, responded = tally_pipelines(actor, since)
     (counted,), responses = await asyncio.gather(
         _aggregated(db[BOARD_BOOKINGS], per_booking),
         _aggregated(db[BOARD_COMPLAINTS], responded),

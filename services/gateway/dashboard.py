@@ -10,23 +10,33 @@ from __future__ import annotations
 
 import asyncio
 import json
-from collections.abc import AsyncIterator, Callable, Mapping, Sequence
+from collections.abc import AsyncIterator, Awaitable, Callable, Mapping, Sequence
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
-from typing import Annotated, Any
+from typing import Annotated, Any, Generic, TypeVar
 
 from fastapi import APIRouter, Query, Request
 from fastapi.responses import FileResponse, StreamingResponse
-from pydantic import AwareDatetime, BaseModel, ConfigDict
+from pydantic import AwareDatetime, BaseModel, ConfigDict, Field
 
 from services.gateway import board
-from services.gateway.domain import AlertRow, Board, Contacts, Figures, figures
+from services.gateway.domain import (
+    AlertRow,
+    Board,
+    BookingRow,
+    ComplaintRow,
+    Contacts,
+    FeeRow,
+    Figures,
+    UnpaidRow,
+    figures,
+)
 from services.gateway.hub import KEEP_ALIVE, ChangeHub, of, with_keep_alives
 from services.gateway.security import EdgeActor
 from services.gateway.upstream import Upstream
 from shared.auth import Actor
-from shared.errors import NotFound
-from shared.mongo import Document
+from shared.errors import NotFound, Unprocessable
+from shared.mongo import Database, Document
 from shared.service import RuntimeDep
 from shared.time import utcnow
 
@@ -116,14 +126,16 @@ async def read_board(
     day = start_of_day(since)
     db = runtime.db
     rows = runtime.settings.board_rows
-    listed = await asyncio.gather(
-        board.bookings(db, actor, day, rows),
-        board.alerts(db, actor, day, rows),
-        board.complaints(db, actor, day, rows),
-        board.fees(db, actor, day, rows),
-        board.unpaid(db, actor, day, rows),
+    listed, tally = await asyncio.gather(
+        asyncio.gather(
+            board.bookings(db, actor, day, rows),
+            board.alerts(db, actor, day, rows),
+            board.complaints(db, actor, day, rows),
+            board.fees(db, actor, day, rows),
+            board.unpaid(db, actor, day, rows),
+        ),
+        board.tally(db, actor, day),
     )
-    tally = await board.tally(db, actor, day)
     (bookings, _), (alerts, _), (complaints, _), (fees, _), (unpaid, _) = listed
     return Board(
         viewer=board.viewer(actor),
@@ -148,6 +160,67 @@ async def read_board(
 async def read_figures(runtime: RuntimeDep, actor: EdgeActor, since: Since = None) -> Figures:
     day = start_of_day(since)
     return figures(await board.tally(runtime.db, actor, day), day)
+
+
+R = TypeVar("R")
+
+
+class Page(BaseModel, Generic[R]):
+    """One page of a board list, in the list's own order (as `GET /v1/board` has it)."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    rows: list[R]
+    total: int = Field(description="How many rows the list holds in all")
+    offset: int
+    next_offset: int | None = Field(description="Where the next page starts; null: none left")
+
+
+Offset = Annotated[int, Query(ge=0, le=1_000_000, description="Rows of the list to pass over")]
+Limit = Annotated[
+    int | None, Query(ge=1, description="Rows at most (default and most: GATEWAY_BOARD_ROWS)")
+]
+Reader = Callable[[Database, Actor, datetime, int, int], Awaitable[tuple[list[Any], int]]]
+
+
+def _pages(name: str, read: Reader, row: type[BaseModel], what: str) -> None:
+    """GET /v1/board/<name>: the rest of a list the board cut short, a page at a time."""
+
+    async def page(
+        request: Request,
+        runtime: RuntimeDep,
+        *,
+        actor: EdgeActor,
+        since: Since = None,
+        offset: Offset = 0,
+        limit: Limit = None,
+    ) -> Any:
+        most = runtime.settings.board_rows
+        if limit is not None and limit > most:
+            raise Unprocessable(f"limit is at most {most} rows a page", field="limit")
+        rows, total = await read(runtime.db, actor, start_of_day(since), limit or most, offset)
+        if name == "alerts":
+            rows = await with_contacts(request, actor, rows)
+        after = offset + len(rows)
+        return Page[Any](
+            rows=rows, total=total, offset=offset, next_offset=after if after < total else None
+        )
+
+    router.add_api_route(
+        f"/{name}",
+        page,
+        methods=["GET"],
+        response_model=Page[row],  # type: ignore[valid-type]
+        summary=f"A page of the board's {what}, in the board's order",
+        name=f"board_{name}",
+    )
+
+
+_pages("bookings", board.bookings, BookingRow, "bookings")
+_pages("alerts", board.alerts, AlertRow, "safety alerts")
+_pages("complaints", board.complaints, ComplaintRow, "complaints")
+_pages("fees", board.fees, FeeRow, "late-cancellation fees (operations only)")
+_pages("unpaid", board.unpaid, UnpaidRow, "visits not paid")
 
 
 class Area(BaseModel):

@@ -10,7 +10,7 @@ const REMEDIES = ["apology", "refund", "coupon", "redo_visit", "coaching", "susp
 
 const state = {
   viewer: null, bookings: new Map(), alerts: new Map(), complaints: new Map(), fees: new Map(),
-  unpaid: new Map(), cut: {}, figures: null, map: null, stream: null,
+  unpaid: new Map(), cut: {}, loaded: {}, figures: null, map: null, stream: null,
 };
 
 // ------------------------------------------------------------------ helpers --
@@ -128,12 +128,9 @@ async function loadBoard() {
   for (const f of board.fees) newer(state.fees, f.fee_id, f);
   for (const u of board.unpaid) newer(state.unpaid, u.receipt_id, u);
   state.figures = board.figures;
-  // Each list holds its first rows only; say which lists are longer, and by how much.
-  const names = { alerts: "alerts", bookings: "bookings", complaints: "complaints", fees: "fees owed or settled today", unpaid: "visits not paid or closed today" };
   state.cut = board.cut || {};
-  const cut = Object.entries(state.cut);
-  $("cut-note").textContent = cut.length ? `Some lists are longer than the board shows: ${cut.map(([k, n]) => `${names[k] || k} ${n} (the first ${board[k].length} shown)`).join(", ")}. Reload once some have cleared to see the rest.` : "";
-  $("cut-note").hidden = !cut.length;
+  for (const list of Object.keys(LISTS)) state.loaded[list] = board[list].length;
+  noteCut();
   $("viewer").textContent = isOps() ? "Operations: every store" : `Store ${myStore()}`;
   $("viewer").hidden = false;
   render();
@@ -150,6 +147,41 @@ function refreshFiguresSoon() {
     const res = await api(`/v1/board/figures?since=${encodeURIComponent(localMidnight())}`);
     if (res.ok) { state.figures = await res.json(); renderFigures(); }
   }, 1000);
+}
+
+// Each list holds its first rows only: say which lists are longer, by how much, and fetch
+// the rest a page at a time (GET /v1/board/<list>, in the board's order).
+const LISTS = {
+  alerts: ["alerts", "alert_id"], bookings: ["bookings", "booking_id"],
+  complaints: ["complaints", "complaint_id"], fees: ["fees owed or settled today", "fee_id"],
+  unpaid: ["visits not paid or closed today", "receipt_id"],
+};
+
+function noteCut() {
+  const note = $("cut-note");
+  const cut = Object.entries(state.cut);
+  note.replaceChildren();
+  note.hidden = !cut.length;
+  if (!cut.length) return;
+  note.append("Some lists are longer than the board shows: ");
+  cut.forEach(([list, total], i) => {
+    const [name] = LISTS[list] || [list];
+    note.append(`${i ? ", " : ""}${name} ${total} (the first ${state.loaded[list]} shown) `,
+      h("button", { type: "button", class: "more", onclick: () => showMore(list) }, `Show more ${name}`));
+  });
+}
+
+async function showMore(list) {
+  const since = encodeURIComponent(localMidnight());
+  const res = await api(`/v1/board/${list}?since=${since}&offset=${state.loaded[list]}`);
+  if (!res.ok) { $("cut-note").append(` Could not fetch more: ${await problem(res)}`); return; }
+  const page = await res.json();
+  for (const row of page.rows) newer(state[list], row[LISTS[list][1]], row);
+  state.loaded[list] = page.offset + page.rows.length;
+  if (page.next_offset === null) delete state.cut[list];
+  else state.cut[list] = page.total;
+  noteCut();
+  render();
 }
 
 async function loadMap() {
