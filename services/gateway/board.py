@@ -536,14 +536,27 @@ def on_board(actor: Actor, name: str, since: datetime) -> Document:
     return {**scope_of(actor), "$or": [OPEN[name], {"active_at": {"$gte": since}}]}
 
 
+# Each list's order on the board: the newest first, or what has waited longest.
+ORDER: dict[str, tuple[str, int]] = {
+    BOARD_BOOKINGS: ("requested_at", DESCENDING),
+    BOARD_ALERTS: ("raised_at", DESCENDING),
+    BOARD_COMPLAINTS: ("opened_at", DESCENDING),
+    BOARD_FEES: ("owed_since", ASCENDING),
+    BOARD_UNPAID: ("due_since", ASCENDING),
+}
+
+
+async def _page(
+    db: Database, actor: Actor, name: str, since: datetime, *, limit: int, offset: int
+) -> tuple[list[Document], int]:
+    return await capped(db[name], on_board(actor, name, since), ORDER[name], limit, offset)
+
+
 async def bookings(
     db: Database, actor: Actor, since: datetime, limit: int, offset: int = 0
 ) -> Listed[BookingRow]:
     """What is still going on, and everything that happened today."""
-    query = on_board(actor, BOARD_BOOKINGS, since)
-    docs, total = await capped(
-        db[BOARD_BOOKINGS], query, ("requested_at", DESCENDING), limit, offset
-    )
+    docs, total = await _page(db, actor, BOARD_BOOKINGS, since, limit=limit, offset=offset)
     return [booking_row(d, actor) for d in docs], total
 
 
@@ -551,8 +564,7 @@ async def alerts(
     db: Database, actor: Actor, since: datetime, limit: int, offset: int = 0
 ) -> Listed[AlertRow]:
     """Every alert nobody acknowledged, and today's."""
-    query = on_board(actor, BOARD_ALERTS, since)
-    docs, total = await capped(db[BOARD_ALERTS], query, ("raised_at", DESCENDING), limit, offset)
+    docs, total = await _page(db, actor, BOARD_ALERTS, since, limit=limit, offset=offset)
     return [alert_row(d) for d in docs], total
 
 
@@ -560,10 +572,7 @@ async def complaints(
     db: Database, actor: Actor, since: datetime, limit: int, offset: int = 0
 ) -> Listed[ComplaintRow]:
     """Every complaint still open, and those that moved today."""
-    query = on_board(actor, BOARD_COMPLAINTS, since)
-    docs, total = await capped(
-        db[BOARD_COMPLAINTS], query, ("opened_at", DESCENDING), limit, offset
-    )
+    docs, total = await _page(db, actor, BOARD_COMPLAINTS, since, limit=limit, offset=offset)
     return [complaint_row(d) for d in docs], total
 
 
@@ -578,8 +587,7 @@ async def fees(
     scope_of(actor)  # anyone but operations and stores is refused here too
     if not actor.is_ops:
         return [], 0
-    query = on_board(actor, BOARD_FEES, since)
-    docs, total = await capped(db[BOARD_FEES], query, ("owed_since", ASCENDING), limit, offset)
+    docs, total = await _page(db, actor, BOARD_FEES, since, limit=limit, offset=offset)
     return [fee_row(d) for d in docs], total
 
 
@@ -595,8 +603,7 @@ async def unpaid(
 ) -> Listed[UnpaidRow]:
     """Every signed visit still unpaid, longest due first, and those paid or written off
     today."""
-    query = on_board(actor, BOARD_UNPAID, since)
-    docs, total = await capped(db[BOARD_UNPAID], query, ("due_since", ASCENDING), limit, offset)
+    docs, total = await _page(db, actor, BOARD_UNPAID, since, limit=limit, offset=offset)
     return [unpaid_row(d, actor) for d in docs], total
 
 
