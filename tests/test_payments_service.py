@@ -806,7 +806,9 @@ async def test_operations_write_off_a_visit_nobody_paid_and_the_board_shows_it_c
 ) -> None:
     """Only operations write a receipt off, with a reason; bad input changes nothing. The
     board then shows the visit written off (its store too, without the customer), and the
-    technician can no longer record cash against it."""
+    technician can no longer record cash against it. When the cash turns up after all,
+    operations take the write-off back: due again on the board, the technician told, and
+    the cash recorded once."""
     customer, store, tech = unique("cus_"), unique("store_"), unique("tech_")
     token = {
         who: bearer(await gateway_token(mongo, platform.prefix, actor))
@@ -909,7 +911,70 @@ async def test_operations_write_off_a_visit_nobody_paid_and_the_board_shows_it_c
             headers=token[customer],
         )
         assert card.status_code == 409, card.text
-    assert await sandbox_ops(mongo, platform, receipt_id) == []  # nothing sent to the provider
+        assert await sandbox_ops(mongo, platform, receipt_id) == []  # nothing sent to it
+
+        # The cash turned up after all: only operations take the write-off back, with a
+        # reason; bad input changes nothing.
+        reopen = f"/v1/receipts/{receipt_id}/reopen"
+        for who, body, status, says in (
+            (customer, {"reason": "I will pay now"}, 403, "ops"),
+            (store, {"reason": "our technician has it"}, 403, "ops"),
+            (tech, {"reason": "I have the cash"}, 403, "ops"),
+            ("ops", {"reason": "ok"}, 422, "reason"),
+            ("ops", {"reason": "the cash turned up", "status": "sealed"}, 422, "status"),
+        ):
+            refused = await api.post(reopen, json=body, headers=token[who])
+            assert refused.status_code == status, (who, body, refused.text)
+            assert says in refused.text, refused.text
+        still = await get_json(payments, f"/receipts/{receipt_id}", headers=as_customer(customer))
+        assert (still["status"], still["version"]) == ("written_off", done.json()["version"])
+
+        back = await api.post(
+            reopen, json={"reason": "the technician holds the cash"}, headers=token["ops"]
+        )
+        assert back.status_code == 200, back.text
+        assert (back.json()["status"], back.json()["write_off"]) == ("sealed", None)
+        [reopened] = back.json()["reopened"]
+        assert reopened["write_off"] == done.json()["write_off"]
+        assert (reopened["by"], reopened["reason"]) == (
+            "ops_writeoff",
+            "the technician holds the cash",
+        )
+        seen = (await api.get(f"/v1/receipts/{receipt_id}", headers=token[tech])).json()
+        assert (seen["reopened"][0]["reason"], seen["reopened"][0]["by"]) == (None, None)
+        row = await eventually(
+            lambda: unpaid_row(api, token["ops"], receipt_id, "due"),
+            what="due again on the board",
+        )
+        assert (row["note"], row["write_off_reason"], row["written_off_at"]) == (
+            "reopened by operations: due again",
+            None,
+            None,
+        )
+        assert row["reopened_at"] is not None
+
+        async def technician_told_again() -> list[dict[str, Any]] | None:
+            mine = (await api.get("/v1/notifications", headers=token[tech])).json()
+            found = [n for n in mine if n["kind"] == "cash_reopened"]
+            return found or None
+
+        [again_told] = await eventually(technician_told_again, what="the technician told again")
+        assert again_told["title"] == "Record the 50.00 EUR in cash for this visit"
+        assert "holds the cash" not in json.dumps(again_told)
+
+        # The technician records the cash, once; the board shows it paid.
+        paid = await api.post(
+            f"/v1/receipts/{receipt_id}/cash", json={"amount": 5000}, headers=token[tech]
+        )
+        assert paid.status_code == 200, paid.text
+        assert paid.json()["status"] == "settled"
+        await eventually(
+            lambda: unpaid_row(api, token["ops"], receipt_id, "paid"), what="paid on the board"
+        )
+        twice = await api.post(reopen, json={"reason": "once more"}, headers=token["ops"])
+        assert twice.status_code == 409, twice.text
+        assert "only a written-off receipt" in twice.text
+    assert await sandbox_ops(mongo, platform, receipt_id) == []  # cash: nothing at the provider
 
 
 # --------------------------------------------------------------------- refunds --

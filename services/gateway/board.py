@@ -59,6 +59,7 @@ from shared.events.payments import (
     PaymentSettled,
     PaymentWrittenOff,
     ReceiptSigned,
+    WriteOffReversed,
 )
 from shared.events.reviews import ComplaintUpdated, ReviewSubmitted
 from shared.mongo import Database, Document
@@ -97,7 +98,7 @@ STAMPS: dict[str, tuple[str, ...]] = {
     BOARD_ALERTS: ("raised_at", "acknowledged_at"),
     BOARD_COMPLAINTS: ("opened_at", "first_response_at", "closed_at"),
     BOARD_FEES: ("owed_since", "settled_at"),
-    BOARD_UNPAID: ("due_since", "last_reminded_at", "paid_at", "written_off_at"),
+    BOARD_UNPAID: ("due_since", "last_reminded_at", "paid_at", "written_off_at", "reopened_at"),
 }
 
 # Before rows carried `active_at`. Replace every gateway together when moving past them: an
@@ -394,7 +395,9 @@ async def fee_refunded(tx: Transaction, e: CancellationFeeRefunded) -> None:
 # happened. Only money left due makes a row: a card declined, or cash to collect at the door
 # (a row until the technician records it, usually moments later).
 def _unpaid(
-    e: CashDue | PaymentFailed | PaymentOverdue | PaymentWrittenOff, way: str, **fields: Any
+    e: CashDue | PaymentFailed | PaymentOverdue | PaymentWrittenOff | WriteOffReversed,
+    way: str,
+    **fields: Any,
 ) -> dict[str, Any]:
     about = e.model_dump(include={"booking_id", "customer_id", "amount", "currency"})
     # Paid stays paid, written off stays written off: a reminder that crossed either changes
@@ -464,6 +467,22 @@ async def payment_written_off(tx: Transaction, e: PaymentWrittenOff) -> None:
         written_off_at=e.written_off_at,
     )
     await _set(tx, BOARD_UNPAID, e.receipt_id, row)
+
+
+@handlers.on(WriteOffReversed)
+async def write_off_reversed(tx: Transaction, e: WriteOffReversed) -> None:
+    row = _unpaid(
+        e,
+        e.way,
+        technician_id=e.technician_id,
+        store_id=e.store_id,
+        note="reopened by operations: due again",
+        write_off_reason=None,
+        written_off_at=None,
+        reopened_at=e.reopened_at,
+    )
+    # Due again, whatever the write-off left in the row.
+    await _set(tx, BOARD_UNPAID, e.receipt_id, {**row, "status": "due"})
 
 
 @handlers.on(PaymentSettled)

@@ -168,6 +168,7 @@ class UnpaidRow(Row):
     paid_at: datetime | None = None
     written_off_at: datetime | None = None
     write_off_reason: str | None = Field(None, description="Operations' note (theirs alone)")
+    reopened_at: datetime | None = Field(None, description="When a write-off was taken back")
     rev: int = 0
 
 

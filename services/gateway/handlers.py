@@ -30,6 +30,7 @@ from shared.events.payments import (
     ReceiptIssued,
     ReceiptSealed,
     ReceiptVoided,
+    WriteOffReversed,
 )
 from shared.events.reviews import (
     ComplaintClosed,
@@ -307,11 +308,35 @@ async def payment_written_off(tx: Transaction, event: PaymentWrittenOff) -> None
         )
 
 
+@handlers.on(WriteOffReversed)
+async def write_off_reversed(tx: Transaction, event: WriteOffReversed) -> None:
+    """Whoever was told it was over hears that it is due again (why stays with operations)."""
+    due = _money(event.amount, event.currency)
+    if event.way == "card":
+        await tell_of_money_due(
+            tx,
+            f"customer:{event.customer_id}",
+            "payment_reopened",
+            event,
+            title=f"Your visit's {due} is due again",
+            body="Pay it in the app with a card of yours.",
+        )
+    else:
+        await tell_of_money_due(
+            tx,
+            f"technician:{event.technician_id}",
+            "cash_reopened",
+            event,
+            title=f"Record the {due} in cash for this visit",
+            body="Operations reopened its payment: record the cash you hold for it.",
+        )
+
+
 async def tell_of_money_due(
     tx: Transaction,
     recipient: str,
     kind: str,
-    event: CashDue | PaymentFailed | PaymentOverdue | PaymentWrittenOff,
+    event: CashDue | PaymentFailed | PaymentOverdue | PaymentWrittenOff | WriteOffReversed,
     *,
     title: str,
     body: str,

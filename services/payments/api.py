@@ -86,6 +86,7 @@ class ReceiptView(Receipt):
         view = cls(**receipt.model_dump(), content_hash=receipt.digest)
         if view.write_off is not None:
             view.write_off = view.write_off.seen_by(actor.is_ops)
+        view.reopened = [r.seen_by(actor.is_ops) for r in view.reopened]
         return view
 
 
@@ -318,6 +319,32 @@ async def write_off(
     actor.require(Role.OPS)
     receipt = await runtime.uow.run(
         lambda tx: commands.write_off(tx, receipt_id, actor.subject, body.reason)
+    )
+    return ReceiptView.of(receipt, actor)
+
+
+class ReopenIn(Forbid):
+    reason: Annotated[
+        str,
+        StringConstraints(strip_whitespace=True, min_length=3, max_length=500),
+        Field(
+            description="Operations' own note: never shown to the customer, technician or store",
+            examples=["the technician holds the cash: the customer paid at the door after all"],
+        ),
+    ]
+
+
+@router.post(
+    "/receipts/{receipt_id}/reopen",
+    tags=["payments"],
+    summary="Operations take a write-off back: the money is due again (no reminders restart)",
+)
+async def reopen(
+    receipt_id: PathId, body: ReopenIn, runtime: RuntimeDep, actor: ActorDep
+) -> ReceiptView:
+    actor.require(Role.OPS)
+    receipt = await runtime.uow.run(
+        lambda tx: commands.reopen(tx, receipt_id, actor.subject, body.reason)
     )
     return ReceiptView.of(receipt, actor)
 

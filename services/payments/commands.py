@@ -59,6 +59,7 @@ from shared.events.payments import (
     ReceiptSigned,
     ReceiptVoided,
     RefundIssued,
+    WriteOffReversed,
 )
 from shared.mongo import Database, Session
 from shared.outbox import Transaction
@@ -462,11 +463,35 @@ async def write_off(tx: Transaction, receipt_id: str, by: str, reason: str) -> R
     tx.emit(
         PaymentWrittenOff(
             **_still_due(receipt),  # what was due is what is given up
-            # Declined cards leave charges behind; cash nobody recorded leaves none.
-            way="card" if any(o.kind == "charge" for o in ops) else "cash",
+            way=_way(ops),
             reason=reason,
             written_off_by=by,
             written_off_at=given_up.at,
+        )
+    )
+    return receipt
+
+
+def _way(ops: list[ProviderOp]) -> Literal["card", "cash"]:
+    """Declined cards leave charges behind; cash nobody recorded leaves none."""
+    return "card" if any(o.kind == "charge" for o in ops) else "cash"
+
+
+async def reopen(tx: Transaction, receipt_id: str, by: str, reason: str) -> Receipt:
+    """Operations take a write-off back: the money is due again, to be paid as it was to be
+    (the technician records the cash, or the customer pays by card). No reminders start
+    again: operations reopen because the money is on its way."""
+    receipt = await load(tx, receipt_id)
+    reopening = receipt.reopen(by, reason, utcnow())
+    await Receipts(tx.db).save(receipt, tx.session)  # with its version: one of two wins
+    ops = await ProviderOps(tx.db).of_receipt(receipt_id, tx.session)
+    tx.emit(
+        WriteOffReversed(
+            **_still_due(receipt),
+            way=_way(ops),
+            reason=reason,
+            reopened_by=by,
+            reopened_at=reopening.at,
         )
     )
     return receipt

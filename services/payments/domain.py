@@ -145,6 +145,22 @@ class WriteOff(Forbid):
         return self if ops else self.model_copy(update={"reason": None, "by": None})
 
 
+class Reopening(Forbid):
+    """A write-off operations took back, and why (the why and the who are theirs alone)."""
+
+    write_off: WriteOff
+    reason: str | None
+    by: str | None
+    at: StoredTime
+
+    def seen_by(self, ops: bool) -> Reopening:
+        if ops:
+            return self
+        return self.model_copy(
+            update={"write_off": self.write_off.seen_by(ops), "reason": None, "by": None}
+        )
+
+
 class Receipt(Forbid):
     receipt_id: str
     booking_id: str
@@ -170,6 +186,7 @@ class Receipt(Forbid):
     void_reason: str | None = None
     reminders_sent: int = 0  # while signed and unpaid (payments.payment_overdue)
     write_off: WriteOff | None = None
+    reopened: list[Reopening] = Field(default_factory=list)  # write-offs taken back
     version: int = 0
 
     def content(self) -> dict[str, Any]:
@@ -231,6 +248,20 @@ class Receipt(Forbid):
         self.write_off = WriteOff(amount=self.amount_due - self.paid, reason=reason, by=by, at=at)
         self.status = ReceiptStatus.WRITTEN_OFF
         return self.write_off
+
+    def reopen(self, by: str, reason: str, at: datetime) -> Reopening:
+        """Take a write-off back: what was given up is due again (the write-off is kept in
+        `reopened`, with who took it back and why)."""
+        if self.status is not ReceiptStatus.WRITTEN_OFF or self.write_off is None:
+            state = self.status.value.replace("_", " ")
+            raise Conflict(
+                f"receipt {self.receipt_id} is {state}: only a written-off receipt is reopened"
+            )
+        reopening = Reopening(write_off=self.write_off, reason=reason, by=by, at=at)
+        self.reopened.append(reopening)
+        self.write_off = None
+        self.status = ReceiptStatus.SEALED
+        return reopening
 
     @property
     def paid(self) -> int:

@@ -172,6 +172,25 @@ class PaymentWrittenOff(EventPayload):
     written_off_at: datetime
 
 
+@event("payments.write_off_reversed", version=1, stream=STREAM, key="booking_id")
+class WriteOffReversed(EventPayload):
+    """Operations took a write-off back (the money turned up after all: cash a technician
+    holds, a customer who will pay): the receipt is due again, to be paid the way it was to
+    be. The booking stays closed; no reminders start again."""
+
+    receipt_id: str
+    booking_id: str
+    customer_id: str
+    technician_id: str
+    store_id: str
+    amount: MinorUnits = Field(description="What is due again")
+    currency: Currency
+    way: Literal["card", "cash"] = Field(description="How it is to be paid")
+    reason: str
+    reopened_by: str
+    reopened_at: datetime
+
+
 @event("payments.refund_issued", version=1, stream=STREAM, key="booking_id")
 class RefundIssued(EventPayload):
     """Money goes back the way it came: provider, cash handed back, card or package credit."""

@@ -268,6 +268,31 @@ def test_an_unsigned_receipt_is_voided_once_and_a_signed_one_never() -> None:
     assert signed.status is ReceiptStatus.SEALED
 
 
+def test_only_a_written_off_receipt_is_reopened_and_its_write_off_is_kept() -> None:
+    receipt = issue([line("nails.manicure")]).model_copy(
+        update={"status": ReceiptStatus.SEALED, "reminders_sent": 1}
+    )
+    with pytest.raises(Conflict, match="only a written-off receipt"):
+        receipt.reopen("ops_1", "cash turned up", NOW)
+    given_up = receipt.give_up("ops_1", "customer abroad", NOW)
+    later = NOW + timedelta(days=2)
+    reopening = receipt.reopen("ops_2", "the technician holds the cash", later)
+    assert (receipt.status, receipt.write_off) == (ReceiptStatus.SEALED, None)
+    assert receipt.reopened == [reopening]
+    assert (reopening.write_off, reopening.by, reopening.at) == (given_up, "ops_2", later)
+    # Only operations see who and why, of the write-off and of its reopening.
+    seen = reopening.seen_by(ops=False)
+    assert (seen.reason, seen.by, seen.write_off.reason, seen.write_off.by) == (None,) * 4
+    assert seen.write_off.amount == given_up.amount
+    # Due again: it can be written off again (the reminder was sent), or paid.
+    assert receipt.give_up("ops_1", "still nothing", later).amount == given_up.amount
+    receipt.reopen("ops_1", "again", later)
+    assert len(receipt.reopened) == 2
+    settled = receipt.model_copy(update={"status": ReceiptStatus.SETTLED})
+    with pytest.raises(Conflict, match="settled"):
+        settled.reopen("ops_1", "why", later)
+
+
 # ---------------------------------------------------------- cancellation fees --
 
 
