@@ -476,13 +476,13 @@ async def write_off_reversed(tx: Transaction, e: WriteOffReversed) -> None:
         e.way,
         technician_id=e.technician_id,
         store_id=e.store_id,
+        status="due",  # payments reopens only what it wrote off: nothing paid
         note="reopened by operations: due again",
         write_off_reason=None,
         written_off_at=None,
         reopened_at=e.reopened_at,
     )
-    # Due again, whatever the write-off left in the row.
-    await _set(tx, BOARD_UNPAID, e.receipt_id, {**row, "status": "due"})
+    await _set(tx, BOARD_UNPAID, e.receipt_id, row)
 
 
 @handlers.on(PaymentSettled)

@@ -181,10 +181,14 @@ Limit = Annotated[
     int | None, Query(ge=1, description="Rows at most (default and most: GATEWAY_BOARD_ROWS)")
 ]
 Reader = Callable[[Database, Actor, datetime, int, int], Awaitable[tuple[list[Any], int]]]
+Finisher = Callable[[Request, Actor, list[Any]], Awaitable[list[Any]]]
 
 
-def _pages(name: str, read: Reader, row: type[BaseModel], what: str) -> None:
-    """GET /v1/board/<name>: the rest of a list the board cut short, a page at a time."""
+def _pages(
+    name: str, read: Reader, row: type[BaseModel], what: str, finish: Finisher | None = None
+) -> None:
+    """GET /v1/board/<name>: the rest of a list the board cut short, a page at a time
+    (`finish` adds to the rows what the board adds to them)."""
 
     async def page(
         request: Request,
@@ -199,8 +203,8 @@ def _pages(name: str, read: Reader, row: type[BaseModel], what: str) -> None:
         if limit is not None and limit > most:
             raise Unprocessable(f"limit is at most {most} rows a page", field="limit")
         rows, total = await read(runtime.db, actor, start_of_day(since), limit or most, offset)
-        if name == "alerts":
-            rows = await with_contacts(request, actor, rows)
+        if finish is not None:
+            rows = await finish(request, actor, rows)
         after = offset + len(rows)
         return Page[Any](
             rows=rows, total=total, offset=offset, next_offset=after if after < total else None
@@ -217,7 +221,7 @@ def _pages(name: str, read: Reader, row: type[BaseModel], what: str) -> None:
 
 
 _pages("bookings", board.bookings, BookingRow, "bookings")
-_pages("alerts", board.alerts, AlertRow, "safety alerts")
+_pages("alerts", board.alerts, AlertRow, "safety alerts", with_contacts)
 _pages("complaints", board.complaints, ComplaintRow, "complaints")
 _pages("fees", board.fees, FeeRow, "late-cancellation fees (operations only)")
 _pages("unpaid", board.unpaid, UnpaidRow, "visits not paid")

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import json
 import uuid
+from collections.abc import Awaitable, Callable
 from datetime import timedelta
 from typing import Annotated, Any
 
@@ -48,6 +49,7 @@ from shared.auth import Actor, ActorDep, Role
 from shared.errors import Conflict, Forbidden, NotFound, Unauthenticated, Unprocessable
 from shared.events.types import Currency, MinorUnits
 from shared.locks import KeyedLocks
+from shared.outbox import Transaction
 from shared.schema import Forbid, PathId, idempotency_key
 from shared.service import Runtime, RuntimeDep
 from shared.time import utcnow
@@ -297,15 +299,34 @@ async def pay(
     return await runtime.uow.run(work)
 
 
+# Why operations write a receipt off, or take the write-off back.
+OpsReason = Annotated[
+    str,
+    StringConstraints(strip_whitespace=True, min_length=3, max_length=500),
+    Field(description="Operations' own note: never shown to the customer, technician or store"),
+]
+
+
 class WriteOffIn(Forbid):
-    reason: Annotated[
-        str,
-        StringConstraints(strip_whitespace=True, min_length=3, max_length=500),
-        Field(
-            description="Operations' own note: never shown to the customer, technician or store",
-            examples=["three reminders unanswered"],
-        ),
-    ]
+    reason: OpsReason = Field(examples=["three reminders unanswered"])
+
+
+class ReopenIn(Forbid):
+    reason: OpsReason = Field(
+        examples=["the technician holds the cash: the customer paid at the door after all"]
+    )
+
+
+async def _decided_by_operations(
+    runtime: RuntimeDep,
+    actor: Actor,
+    decide: Callable[[Transaction, str, str, str], Awaitable[Receipt]],
+    receipt_id: str,
+    reason: str,
+) -> ReceiptView:
+    actor.require(Role.OPS)
+    receipt = await runtime.uow.run(lambda tx: decide(tx, receipt_id, actor.subject, reason))
+    return ReceiptView.of(receipt, actor)
 
 
 @router.post(
@@ -316,22 +337,7 @@ class WriteOffIn(Forbid):
 async def write_off(
     receipt_id: PathId, body: WriteOffIn, runtime: RuntimeDep, actor: ActorDep
 ) -> ReceiptView:
-    actor.require(Role.OPS)
-    receipt = await runtime.uow.run(
-        lambda tx: commands.write_off(tx, receipt_id, actor.subject, body.reason)
-    )
-    return ReceiptView.of(receipt, actor)
-
-
-class ReopenIn(Forbid):
-    reason: Annotated[
-        str,
-        StringConstraints(strip_whitespace=True, min_length=3, max_length=500),
-        Field(
-            description="Operations' own note: never shown to the customer, technician or store",
-            examples=["the technician holds the cash: the customer paid at the door after all"],
-        ),
-    ]
+    return await _decided_by_operations(runtime, actor, commands.write_off, receipt_id, body.reason)
 
 
 @router.post(
@@ -342,11 +348,7 @@ class ReopenIn(Forbid):
 async def reopen(
     receipt_id: PathId, body: ReopenIn, runtime: RuntimeDep, actor: ActorDep
 ) -> ReceiptView:
-    actor.require(Role.OPS)
-    receipt = await runtime.uow.run(
-        lambda tx: commands.reopen(tx, receipt_id, actor.subject, body.reason)
-    )
-    return ReceiptView.of(receipt, actor)
+    return await _decided_by_operations(runtime, actor, commands.reopen, receipt_id, body.reason)
 
 
 @router.get(
