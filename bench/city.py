@@ -26,8 +26,9 @@ import httpx
 from pymongo import AsyncMongoClient
 from pymongo.asynchronous.database import AsyncDatabase
 
+from bench import disk
 from bench.booking_api import service_process
-from bench.sustained import Search, judge, next_rate, sustained
+from bench.sustained import Search, judge, next_rate, percentile, sustained
 from services.gateway.signin import add_staff
 from shared.mongo import Document
 from shared.settings import Settings
@@ -71,6 +72,11 @@ class Phase:
     mongo_cpu_s: dict[str, float] = field(default_factory=dict)
     loop_late: dict[str, float] = field(default_factory=dict)  # share of wake-ups >= 10 ms late
     events_per_txn: dict[str, float] = field(default_factory=dict)  # each service's consumer
+    # The disk beside MongoDB over the phase (bench.disk): each probe sync's ms, the stalls
+    # (seconds into the phase, ms), and booking -> assigned of the journeys no stall overlapped
+    fsync_ms: list[float] = field(default_factory=list)
+    disk_stalls: list[tuple[float, float]] = field(default_factory=list)
+    to_assigned_clear_s: list[float] = field(default_factory=list)
 
 
 @dataclass
@@ -426,11 +432,12 @@ def slowest(
     to_assigned: dict[str, tuple[datetime, float]],
     hops: dict[str, dict[str, float]],
     count: int = 5,
+    stalls: list[disk.Stall] | None = None,
 ) -> list[str]:
     """The slowest journeys to assigned, each with when it was requested (seconds after the
-    phase's first request) and its hops in ms: slow journeys booked in the same second point
-    at a moment (a bunch of arrivals, a stall), slow journeys spread over the phase at steady
-    queueing."""
+    phase's first request), its hops in ms and the disk stalls it waited through: slow
+    journeys booked in the same second point at a moment (a bunch of arrivals, a stall), slow
+    journeys spread over the phase at steady queueing."""
     if not to_assigned:
         return []
     first = min(at for at, _ in to_assigned.values())
@@ -442,6 +449,9 @@ def slowest(
         clock = at.strftime("%H:%M:%S.%f")[:-3]
         since = (at - first).total_seconds()
         detail = f"{clock}; {parts}" if parts else clock
+        held = [f"{s.ms:.0f}" for s in stalls or [] if s.overlaps(at, took)]
+        if held:
+            detail += f"; through a disk stall of {' + '.join(held)} ms"
         lines.append(f"{took * 1000:.0f} ms, requested at +{since:.1f} s ({detail})")
     return lines
 
@@ -456,6 +466,7 @@ class Stage:
     pids: dict[str, int]  # each service's process
     mongo: AsyncMongoClient[Document]
     city: City
+    disk_log: Path  # bench.disk's probe, running through every phase
 
 
 BACKLOG_EVERY_S = 3.0  # the backlog is sampled this often during arrivals
@@ -506,6 +517,7 @@ async def measure(
         )
         mongo: AsyncMongoClient[Document] = AsyncMongoClient(settings.mongodb_uri, tz_aware=True)
         stack.push_async_callback(mongo.close)
+        disk_log = stack.enter_context(disk.probe(run_dir))
         email, password = f"bench-{uuid.uuid4().hex[:6]}@doorstep.bench", uuid.uuid4().hex
         await add_staff(mongo[f"{settings.db_prefix}gateway"], email, password)
         plan = CityPlan(
@@ -533,7 +545,7 @@ async def measure(
             ),
         )
         city = City(plan)
-        stage = Stage(settings, run_dir, urls, pids, mongo, city)
+        stage = Stage(settings, run_dir, urls, pids, mongo, city, disk_log)
         phases: list[Phase] = []
         tried: dict[float, bool] = {}
         try:
@@ -599,7 +611,7 @@ async def play_phase(
     gauges_before = await service_gauges(urls)
     mongod = everyone.get("mongodb") or await local_mongod(mongo)
     threads_before = thread_cpu_s(mongod) if mongod else {}
-    t0 = time.monotonic()
+    t0, wall_t0 = time.monotonic(), time.time()
     play = asyncio.create_task(stage.city.play(rate, duration_s=seconds, drain_s=60))
     # The backlog through the arrivals (not the drain after): its trend says held or lost.
     samples: list[tuple[float, float]] = []
@@ -634,6 +646,11 @@ async def play_phase(
             break
         await asyncio.sleep(2)
     to_offer, offer_to_accept, hops = await offer_times(mongo, settings, outcomes.booked)
+    synced = disk.samples(stage.disk_log, wall_t0, time.time())
+    stalls = disk.stalls(synced)
+    clear = [
+        took for at, took in to_assigned.values() if not any(s.overlaps(at, took) for s in stalls)
+    ]
     print(
         f"    timed from the board and receipts: {len(to_assigned)} assignments, "
         f"{len(to_receipt)} receipts of {len(outcomes.booked)} bookings"
@@ -678,6 +695,9 @@ async def play_phase(
         mongo_cpu_s=mongo_cpu,
         loop_late=loop_late,
         events_per_txn=events_per_txn,
+        fsync_ms=[ms for _, ms in synced],
+        disk_stalls=[(s.at - wall_t0, s.ms) for s in stalls],
+        to_assigned_clear_s=clear,
     )
     print(
         f"    {outcomes.line()}; {phase.journeys_per_s:.1f} journeys/s, backlog "
@@ -693,8 +713,9 @@ async def play_phase(
             "    units of work started again (write conflicts), per 100 signed journeys: "
             + ", ".join(f"{w} {100 * n / max(1, phase.signed):.1f}" for w, n in top)
         )
-    for line in slowest(to_assigned, hops):
+    for line in slowest(to_assigned, hops, stalls=stalls):
         print(f"    slow to assigned: {line}")
+    report_disk(phase)
     if to_assigned:
         busiest, at = busiest_second([when for when, _ in to_assigned.values()])
         print(
@@ -708,6 +729,28 @@ async def play_phase(
         + ", ".join(f"{n} {v:.2f}" for n, v in sorted(events_per_txn.items()))
     )
     return phase
+
+
+def report_disk(phase: Phase) -> None:
+    """The disk's stalls over the phase, and what booking -> assigned was without them."""
+    if not phase.fsync_ms:
+        print("    disk: not probed")
+        return
+    synced = phase.fsync_ms
+    stalls = ", ".join(f"+{at:.1f} s {ms:.0f} ms" for at, ms in phase.disk_stalls) or "none"
+    line = (
+        f"    disk beside MongoDB, a 4 KB sync every {disk.EVERY_S * 1000:.0f} ms: p50 "
+        f"{percentile(synced, 0.5):.1f} ms, p99 {percentile(synced, 0.99):.1f} ms, max "
+        f"{max(synced):.0f} ms; stalls of "
+        f"{disk.STALL_MS:.0f} ms or more: {stalls}"
+    )
+    if phase.to_assigned_s:
+        through = len(phase.to_assigned_s) - len(phase.to_assigned_clear_s)
+        line += f"; {through} of {len(phase.to_assigned_s)} journeys to assigned waited through one"
+        if phase.to_assigned_clear_s:
+            rest = percentile(phase.to_assigned_clear_s, 0.99)
+            line += f", p99 of the others {rest * 1000:.0f} ms"
+    print(line)
 
 
 def report_costs(

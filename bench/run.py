@@ -38,11 +38,12 @@ from pydantic import Field
 from pymongo import AsyncMongoClient
 
 from bench import city as city_bench
+from bench import disk
 from bench import dispatch as dispatch_bench
 from bench import gateway as gateway_bench
 from bench import payments as payments_bench
 from bench.booking_api import booking_service, http_floor, post_bookings
-from bench.sustained import Search
+from bench.sustained import Search, percentile
 from deploy.local.servers import Servers, local_servers
 from shared.consumer import EventConsumer, Handlers, ensure_inbox_indexes
 from shared.events.envelope import Envelope, EventPayload
@@ -154,11 +155,6 @@ QUICK = Counts(
     city_customers=20,
     city_technicians=18,
 )
-
-
-def percentile(samples: list[float], q: float) -> float:
-    ordered = sorted(samples)
-    return ordered[min(len(ordered) - 1, round(q * (len(ordered) - 1)))]
 
 
 async def timed(work: Callable[[], Awaitable[Any]]) -> float:
@@ -898,6 +894,31 @@ async def city(bench: Bench) -> None:
         ):
             bench.record_p50_p99(
                 f"platform.city_{at}_{what}", samples, WHAT_IS_TIMED[what], "raw.kafka.e2e"
+            )
+        if phase.fsync_ms:
+            bench.record_p50_p99(
+                f"raw.disk.city_{at}_fsync",
+                [ms / 1000 for ms in phase.fsync_ms],
+                "the disk beside MongoDB over the phase: a 4 KB write synced every "
+                f"{disk.EVERY_S * 1000:.0f} ms (bench.disk)",
+            )
+            bench.record(
+                Figure(
+                    f"raw.disk.city_{at}_stalls",
+                    len(phase.disk_stalls),
+                    "stalls",
+                    f"syncs of {disk.STALL_MS:.0f} ms or more over the phase "
+                    "(every commit made meanwhile waits for the disk): "
+                    + (", ".join(f"{ms:.0f} ms" for _, ms in phase.disk_stalls) or "none"),
+                )
+            )
+            bench.record_p50_p99(
+                f"platform.city_{at}_to_assigned_clear_of_disk_stalls",
+                phase.to_assigned_clear_s,
+                f"{WHAT_IS_TIMED['to_assigned']}, of the "
+                f"{len(phase.to_assigned_clear_s)}/{len(phase.to_assigned_s)} journeys "
+                "no disk stall overlapped",
+                "raw.kafka.e2e",
             )
         for hop, samples in phase.hops_s.items():
             bench.record_p50_p99(

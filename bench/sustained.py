@@ -38,6 +38,12 @@ JOURNEY_RISE_FLOOR_S = 0.5
 KEEPS_UP = 0.9
 
 
+def percentile(samples: Sequence[float], q: float) -> float:
+    """The sample at quantile `q` (nearest rank)."""
+    ordered = sorted(samples)
+    return ordered[min(len(ordered) - 1, round(q * (len(ordered) - 1)))]
+
+
 @dataclass(frozen=True)
 class Search:
     start: float = 2.0  # journeys started per second, the first rate played

@@ -85,6 +85,15 @@ def test_quick_bench_reports_every_platform_figure_next_to_its_raw_baseline(
     split = next(line for line in run.stdout.splitlines() if "MongoDB's CPU ms" in line)
     for service in ("gateway", "dispatch", "booking"):
         assert f" {service} " in split, split
+    # The disk beside MongoDB, probed through the phase: its syncs, and the journeys no stall
+    # overlapped (at most all of them).
+    probed = figures["raw.disk.city_3_fsync_p99"]["value"]
+    assert probed >= figures["raw.disk.city_3_fsync_p50"]["value"] > 0, run.stdout
+    assert figures["raw.disk.city_3_stalls"]["value"] >= 0
+    clear = figures["platform.city_3_to_assigned_clear_of_disk_stalls_p50"]
+    assert clear["value"] > 0, run.stdout
+    assert clear["baseline"] == "raw.kafka.e2e_p50"
+    assert "disk beside MongoDB, a 4 KB sync every 50 ms: p50 " in run.stdout, run.stdout
     loops = next(line for line in run.stdout.splitlines() if "event loops, wake-ups" in line)
     assert "events per consumer transaction: " in loops, loops
     assert "gateway" in loops, loops

@@ -1,10 +1,12 @@
-"""The bench's account of a phase's slowest journeys: when they were booked, and the busiest
-second of arrivals they usually share."""
+"""The bench's account of a phase's slowest journeys: when they were booked, the busiest
+second of arrivals they usually share, and the disk stalls they waited through."""
 
 from __future__ import annotations
 
 from datetime import UTC, datetime, timedelta
+from pathlib import Path
 
+from bench import disk
 from bench.city import busiest_second, slowest
 
 T0 = datetime(2026, 11, 24, 14, 0, tzinfo=UTC)
@@ -39,3 +41,35 @@ def test_the_slowest_journeys_come_first_with_when_they_were_booked_and_their_ho
         "200 ms, requested at +30.0 s (14:00:30.000)",
     ]
     assert slowest({}, {}) == []
+
+
+def test_a_slow_journey_names_the_disk_stalls_it_waited_through() -> None:
+    to_assigned = {"bk_slow": (at(21.5), 0.912), "bk_after": (at(23.0), 0.300)}
+    # One stall inside the slow journey, one before it, one 10 ms into the second.
+    stalls = [
+        disk.Stall(at(21.9).timestamp(), 700.0),
+        disk.Stall(at(20.0).timestamp(), 400.0),
+        disk.Stall(at(23.29).timestamp(), 150.0),
+    ]
+    assert slowest(to_assigned, {}, stalls=stalls) == [
+        "912 ms, requested at +0.0 s (14:00:21.500; through a disk stall of 700 ms)",
+        "300 ms, requested at +1.5 s (14:00:23.000; through a disk stall of 150 ms)",
+    ]
+
+
+def test_a_stall_overlaps_a_journey_only_if_their_times_meet() -> None:
+    stall = disk.Stall(at(10.0).timestamp(), 500.0)  # 10.0 -> 10.5
+    assert stall.overlaps(at(9.0), 1.1)  # ends inside the stall
+    assert stall.overlaps(at(10.4), 2.0)  # begins inside it
+    assert stall.overlaps(at(9.0), 5.0)  # holds it whole
+    assert not stall.overlaps(at(9.0), 0.9)  # done before it began
+    assert not stall.overlaps(at(10.6), 1.0)  # begun after it ended
+
+
+def test_the_probe_log_gives_the_syncs_of_a_window_and_its_stalls(tmp_path: Path) -> None:
+    log = tmp_path / "disk-probe.log"
+    log.write_text("100.000 0.40\n100.050 250.00\nnot a line\n100.400 0.30\n200.000 900.00\n")
+    synced = disk.samples(log, 100.0, 150.0)
+    assert synced == [(100.0, 0.4), (100.05, 250.0), (100.4, 0.3)]
+    assert disk.stalls(synced) == [disk.Stall(100.05, 250.0)]
+    assert disk.samples(tmp_path / "never-written.log", 0, 1e12) == []
