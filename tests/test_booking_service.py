@@ -22,7 +22,12 @@ from shared.events.dispatch import (
     TechnicianEnRoute,
     TechnicianReassigned,
 )
-from shared.events.payments import PaymentSettled, PaymentWrittenOff, ReceiptSigned
+from shared.events.payments import (
+    PaymentSettled,
+    PaymentWrittenOff,
+    ReceiptSigned,
+    WriteOffReversed,
+)
 from shared.events.types import PricedLine
 from shared.mongo import Document
 from tests.conftest import Platform
@@ -489,6 +494,48 @@ async def test_facts_from_dispatch_and_payments_walk_the_booking_to_closed(
         if ends == "paid"
         else "written off unpaid"  # its reason is operations' alone
     )
+    if ends == "written_off":
+        # Operations take the write-off back and the money comes: the booking stays closed,
+        # and its timeline tells both (not the reason, operations' alone).
+        later = now + timedelta(days=2)
+        for after in (
+            WriteOffReversed(
+                receipt_id="rc_1",
+                booking_id=booking_id,
+                customer_id=customer,
+                technician_id="tech_relief",
+                store_id="store_1",
+                amount=2500,
+                currency="EUR",
+                way="card",
+                reason="the customer called to pay",
+                reopened_by="ops_1",
+                reopened_at=later,
+            ),
+            PaymentSettled(
+                receipt_id="rc_1",
+                booking_id=booking_id,
+                customer_id=customer,
+                amount=2500,
+                currency="EUR",
+                settled_at=later + timedelta(minutes=5),
+            ),
+        ):
+            await publish(kafka_producer, platform.prefix, after)
+
+        async def paid_after_all() -> Any:
+            async with platform.client("booking", acting_as=as_customer(customer)) as theirs:
+                b = await get_json(theirs, f"/bookings/{booking_id}")
+            return b if b["timeline"][-1]["note"] == "paid in full" else None
+
+        settled = await eventually(paid_after_all, what="paid after the write-off")
+        assert settled["status"] == "closed"
+        assert [(e["status"], e["note"]) for e in settled["timeline"][-3:]] == [
+            ("closed", "written off unpaid"),
+            ("closed", "write-off taken back: payment due again"),
+            ("closed", "paid in full"),
+        ]
+        assert "the customer called" not in json.dumps(settled)
 
 
 async def _with_technician(booking: httpx.AsyncClient, booking_id: str, tech: str) -> Any:

@@ -303,6 +303,7 @@ async def test_a_store_sees_only_its_own_technicians_work(
         page.page.get_by_role("button", name=f"Reassign booking {ours_booking}")
     ).to_have_count(0)
     await expect(page.page.locator("#fees-section")).to_be_hidden()  # customers' fees: not theirs
+    await expect(page.page.locator("#written-off-part")).to_be_hidden()  # reopening: operations'
     await page.shot("7-store-view")
 
     # A change to the other store's booking never reaches this page; one to ours does.
@@ -449,7 +450,7 @@ async def test_operations_see_a_fee_owed_and_waive_it_from_the_page(
         assert (await api.get("/v1/board", headers=bearer(store))).json()["fees"] == []
 
 
-async def test_operations_see_a_visit_unpaid_until_it_is_paid_or_they_write_it_off(
+async def test_operations_see_a_visit_unpaid_until_it_is_paid_or_they_write_it_off_and_back(
     platform: Platform,
     mongo: AsyncMongoClient[Document],
     browser: Browser,
@@ -538,10 +539,35 @@ async def test_operations_see_a_visit_unpaid_until_it_is_paid_or_they_write_it_o
         await expect(dialog).to_be_hidden(timeout=LIVE)
         await expect(row).to_have_count(0, timeout=LIVE)
         await expect(today).to_contain_text("written off")
+        given_up = board.page.locator(f'#written-off tr[data-receipt="{unrecorded["receipt_id"]}"]')
+        await expect(given_up).to_contain_text("store closed down", timeout=LIVE)
+        await expect(given_up).to_contain_text(cash_customer)
         await board.shot("11-visit-written-off")
+        async with platform.client("payments", acting_as=OPS) as as_ops:
+            off = await get_json(as_ops, f"/receipts/{unrecorded['receipt_id']}")
+        assert off["status"] == "written_off"
+        assert off["write_off"]["reason"] == "store closed down"
+        assert off["write_off"]["by"].startswith("staff-")  # who signed in to the page
+
+        # The technician turns up with the cash after all: operations take it back.
+        await given_up.get_by_role(
+            "button", name=f"Reopen receipt {unrecorded['receipt_id']}"
+        ).click()
+        await expect(dialog).to_contain_text("The booking stays closed")
+        await dialog.get_by_label("Why the money is due again").fill("the technician has it")
+        await dialog.get_by_role("button", name="Reopen").click()
+        await expect(dialog).to_be_hidden(timeout=LIVE)
+        await expect(given_up).to_have_count(0, timeout=LIVE)
+        await expect(board.page.locator("#written-off")).to_contain_text(
+            "Nothing written off today."
+        )
+        await expect(row).to_contain_text("reopened by operations: due again", timeout=LIVE)
+        await board.shot("12-write-off-taken-back")
         await board.assert_never_reloaded_nor_left_the_platform()
     async with platform.client("payments", acting_as=OPS) as payments:
-        off = await get_json(payments, f"/receipts/{unrecorded['receipt_id']}")
-    assert off["status"] == "written_off"
-    assert off["write_off"]["reason"] == "store closed down"
-    assert off["write_off"]["by"].startswith("staff-")  # who signed in to the page
+        back = await get_json(payments, f"/receipts/{unrecorded['receipt_id']}")
+    assert (back["status"], back["write_off"]) == ("sealed", None)
+    [taken_back] = back["reopened"]
+    assert taken_back["reason"] == "the technician has it"
+    assert taken_back["by"] == off["write_off"]["by"]  # the same operator, signed in
+    assert taken_back["write_off"] == off["write_off"]

@@ -79,6 +79,19 @@ CANCELLABLE = frozenset({S.REQUESTED, S.RESCHEDULED, S.DISPATCH_FAILED, S.ASSIGN
 RESCHEDULABLE = frozenset({S.REQUESTED, S.RESCHEDULED, S.DISPATCH_FAILED, S.ASSIGNED})
 
 
+# How a booking closed, and how its payment moved after it closed: a write-off taken back
+# leaves the booking closed, and its timeline says the money is due again, then paid.
+PAID = "paid in full"
+WRITTEN_OFF = "written off unpaid"  # the reason is operations' own: the timeline is shared
+REOPENED = "write-off taken back: payment due again"
+# Each payment fact after closing, and the note it follows.
+AFTER_CLOSE: Mapping[str, frozenset[str]] = {
+    REOPENED: frozenset({WRITTEN_OFF}),
+    PAID: frozenset({REOPENED}),
+    WRITTEN_OFF: frozenset({REOPENED}),  # written off again
+}
+
+
 class IllegalTransition(Conflict):
     code = "illegal_transition"
 
@@ -176,6 +189,17 @@ class Booking(BaseModel):
         if overtaken or status not in ALLOWED[self.status]:
             return False
         self.move_to(status, at, note)
+        return True
+
+    def settle(self, at: datetime, note: str) -> bool:
+        """Payments' last word on the visit (PAID, WRITTEN_OFF or REOPENED): the booking
+        closes; once closed, only a fact that follows the last one (AFTER_CLOSE) is added to
+        its timeline. False when it changes nothing."""
+        if self.status is not S.CLOSED:
+            return note != REOPENED and self.observe(S.CLOSED, at, note)
+        if self.timeline[-1].note not in AFTER_CLOSE.get(note, frozenset()):
+            return False  # repeated, or out of turn
+        self.timeline.append(TimelineEntry(status=S.CLOSED, at=at, note=note))
         return True
 
     # ------------------------------------------------------------------ who sees what --

@@ -11,6 +11,9 @@ from collections.abc import Callable
 
 from services.booking.commands import change, place
 from services.booking.domain import (
+    PAID,
+    REOPENED,
+    WRITTEN_OFF,
     Booking,
     BookingStatus,
     IllegalTransition,
@@ -30,7 +33,12 @@ from shared.events.dispatch import (
     TechnicianEnRoute,
     TechnicianReassigned,
 )
-from shared.events.payments import PaymentSettled, PaymentWrittenOff, ReceiptSigned
+from shared.events.payments import (
+    PaymentSettled,
+    PaymentWrittenOff,
+    ReceiptSigned,
+    WriteOffReversed,
+)
 from shared.events.reviews import RedoRequested
 from shared.outbox import Transaction
 from shared.time import utcnow
@@ -161,12 +169,7 @@ async def receipt_signed(tx: Transaction, event: ReceiptSigned) -> None:
 
 @handlers.on(PaymentSettled)
 async def payment_settled(tx: Transaction, event: PaymentSettled) -> None:
-    await _apply(
-        tx,
-        event.booking_id,
-        event.event_type,
-        lambda b: b.observe(BookingStatus.CLOSED, event.settled_at, "paid in full"),
-    )
+    await _apply(tx, event.booking_id, event.event_type, lambda b: b.settle(event.settled_at, PAID))
 
 
 @handlers.on(PaymentWrittenOff)
@@ -175,8 +178,15 @@ async def payment_written_off(tx: Transaction, event: PaymentWrittenOff) -> None
         tx,
         event.booking_id,
         event.event_type,
-        # The reason is operations' own; the timeline is the customer's and the store's too.
-        lambda b: b.observe(BookingStatus.CLOSED, event.written_off_at, "written off unpaid"),
+        lambda b: b.settle(event.written_off_at, WRITTEN_OFF),
+    )
+
+
+@handlers.on(WriteOffReversed)
+async def write_off_reversed(tx: Transaction, event: WriteOffReversed) -> None:
+    """The booking stays closed; its timeline says the money is due again."""
+    await _apply(
+        tx, event.booking_id, event.event_type, lambda b: b.settle(event.reopened_at, REOPENED)
     )
 
 

@@ -407,6 +407,17 @@ function renderUnpaid() {
     // Written off only once whoever must pay has been reminded (payments refuses before).
     h("td", {}, isOps() && u.reminders > 0 && h("button", { type: "button", onclick: () => writeOff(u), "aria-label": `Write off receipt ${u.receipt_id}` }, "Write off…")))),
   "Every signed visit is paid.", 8);
+  // Operations' alone: money given up today, to take back if it turns up after all.
+  $("written-off-part").hidden = !isOps();
+  const off = rows.filter((u) => u.status === "written_off")
+    .sort((a, b) => (b.written_off_at || "").localeCompare(a.written_off_at || ""));
+  fill("written-off", off.map((u) => h("tr", { "data-receipt": u.receipt_id },
+    h("td", {}, u.booking_id, h("br"), h("small", {}, `receipt ${u.receipt_id}`)),
+    h("td", {}, u.way === "cash" ? `cash: technician ${u.technician_id || ""}` : "card: the customer"),
+    h("td", {}, u.customer_id || ""), h("td", {}, money(u.amount, u.currency)),
+    h("td", {}, u.write_off_reason || ""), h("td", {}, clock(u.written_off_at)),
+    h("td", {}, h("button", { type: "button", onclick: () => reopen(u), "aria-label": `Reopen receipt ${u.receipt_id}` }, "Reopen…")))),
+  "Nothing written off today.", 7);
 }
 
 function renderMap() {
@@ -526,6 +537,15 @@ function writeOff(u) {
       ...field("write-off-reason", "Why the platform gives this money up (seen by operations only)", reason)],
     "Write off",
     () => api(`/v1/receipts/${encodeURIComponent(u.receipt_id)}/write-off`, { method: "POST", body: { reason: reason.value } }));
+}
+
+function reopen(u) {
+  const reason = h("input", { id: "reopen-reason", required: true, minlength: 3, maxlength: 500 });
+  dialog(`Reopen receipt ${u.receipt_id}`,
+    [h("p", {}, `${money(u.amount, u.currency)} written off for booking ${u.booking_id}: ${u.write_off_reason || ""}. Reopening makes it due again, to be paid the way it was to be (${u.way === "cash" ? "the technician records the cash" : "the customer pays in the app"}); they are told. The booking stays closed.`),
+      ...field("reopen-reason", "Why the money is due again (seen by operations only)", reason)],
+    "Reopen",
+    () => api(`/v1/receipts/${encodeURIComponent(u.receipt_id)}/reopen`, { method: "POST", body: { reason: reason.value } }));
 }
 
 // -------------------------------------------------------------------- start --
