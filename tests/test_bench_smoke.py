@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import signal
 import subprocess
 import sys
@@ -89,10 +90,14 @@ def test_quick_bench_reports_every_platform_figure_next_to_its_raw_baseline(
     # overlapped (at most all of them).
     probed = figures["raw.disk.city_3_fsync_p99"]["value"]
     assert probed >= figures["raw.disk.city_3_fsync_p50"]["value"] > 0, run.stdout
-    assert figures["raw.disk.city_3_stalls"]["value"] >= 0
-    clear = figures["platform.city_3_to_assigned_clear_of_disk_stalls_p50"]
-    assert clear["value"] > 0, run.stdout
-    assert clear["baseline"] == "raw.kafka.e2e_p50"
+    stalls = figures["raw.disk.city_3_stalls"]
+    assert "syncs of 100 ms or more over the phase" in stalls["note"], stalls
+    clear = figures.get("platform.city_3_to_assigned_clear_of_disk_stalls_p50")
+    if clear is None:  # every journey waited through a stall, and the phase says so
+        assert re.search(r"; (\d+) of \1 journeys to assigned waited through one", run.stdout)
+    else:
+        assert clear["value"] > 0, run.stdout
+        assert clear["baseline"] == "raw.kafka.e2e_p50"
     assert "disk beside MongoDB, a 4 KB sync every 50 ms: p50 " in run.stdout, run.stdout
     loops = next(line for line in run.stdout.splitlines() if "event loops, wake-ups" in line)
     assert "events per consumer transaction: " in loops, loops

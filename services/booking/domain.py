@@ -80,15 +80,20 @@ RESCHEDULABLE = frozenset({S.REQUESTED, S.RESCHEDULED, S.DISPATCH_FAILED, S.ASSI
 
 
 # How a booking closed, and how its payment moved after it closed: a write-off taken back
-# leaves the booking closed, and its timeline says the money is due again, then paid.
+# leaves the booking closed, and its timeline says the money is due again, then paid. The
+# timeline is the customer's and the store's too: no reason of operations' goes in it.
 PAID = "paid in full"
-WRITTEN_OFF = "written off unpaid"  # the reason is operations' own: the timeline is shared
-REOPENED = "write-off taken back: payment due again"
-# Each payment fact after closing, and the note it follows.
+WRITTEN_OFF = "written off unpaid"
+REOPENED = "write-off taken back: payment due again"  # the customer pays in the app
+# Cash the customer most likely handed over at the door: not theirs to pay again.
+REOPENED_CASH = "write-off taken back: the technician records the cash"
+# Each payment fact after closing, and the notes it may follow. Paid straight after a
+# write-off: the reversal was missed (payments takes money only once it is reopened).
 AFTER_CLOSE: Mapping[str, frozenset[str]] = {
     REOPENED: frozenset({WRITTEN_OFF}),
-    PAID: frozenset({REOPENED}),
-    WRITTEN_OFF: frozenset({REOPENED}),  # written off again
+    REOPENED_CASH: frozenset({WRITTEN_OFF}),
+    PAID: frozenset({REOPENED, REOPENED_CASH, WRITTEN_OFF}),
+    WRITTEN_OFF: frozenset({REOPENED, REOPENED_CASH}),  # written off again
 }
 
 
@@ -192,12 +197,13 @@ class Booking(BaseModel):
         return True
 
     def settle(self, at: datetime, note: str) -> bool:
-        """Payments' last word on the visit (PAID, WRITTEN_OFF or REOPENED): the booking
+        """Payments' last word on the visit (PAID, WRITTEN_OFF, REOPENED[_CASH]): the booking
         closes; once closed, only a fact that follows the last one (AFTER_CLOSE) is added to
         its timeline. False when it changes nothing."""
         if self.status is not S.CLOSED:
-            return note != REOPENED and self.observe(S.CLOSED, at, note)
-        if self.timeline[-1].note not in AFTER_CLOSE.get(note, frozenset()):
+            return note in (PAID, WRITTEN_OFF) and self.observe(S.CLOSED, at, note)
+        last = self.timeline[-1].note if self.timeline else None
+        if last not in AFTER_CLOSE.get(note, frozenset()):
             return False  # repeated, or out of turn
         self.timeline.append(TimelineEntry(status=S.CLOSED, at=at, note=note))
         return True

@@ -8,11 +8,13 @@ from __future__ import annotations
 
 import logging
 from collections.abc import Callable
+from datetime import datetime
 
 from services.booking.commands import change, place
 from services.booking.domain import (
     PAID,
     REOPENED,
+    REOPENED_CASH,
     WRITTEN_OFF,
     Booking,
     BookingStatus,
@@ -167,27 +169,42 @@ async def receipt_signed(tx: Transaction, event: ReceiptSigned) -> None:
     )
 
 
+def _settled(fact: str, at: datetime, note: str) -> Callable[[Booking], object]:
+    """Payments' word on a visit, told in the booking's timeline; one that does not follow
+    what the timeline says last is logged, not applied."""
+
+    def settle(booking: Booking) -> None:
+        if not booking.settle(at, note) and booking.status is BookingStatus.CLOSED:
+            last = booking.timeline[-1].note if booking.timeline else None
+            if last != note:
+                log.warning(
+                    "fact %s does not follow %r on booking %s; ignored",
+                    fact,
+                    last,
+                    booking.booking_id,
+                )
+
+    return settle
+
+
 @handlers.on(PaymentSettled)
 async def payment_settled(tx: Transaction, event: PaymentSettled) -> None:
-    await _apply(tx, event.booking_id, event.event_type, lambda b: b.settle(event.settled_at, PAID))
+    fact = event.event_type
+    await _apply(tx, event.booking_id, fact, _settled(fact, event.settled_at, PAID))
 
 
 @handlers.on(PaymentWrittenOff)
 async def payment_written_off(tx: Transaction, event: PaymentWrittenOff) -> None:
-    await _apply(
-        tx,
-        event.booking_id,
-        event.event_type,
-        lambda b: b.settle(event.written_off_at, WRITTEN_OFF),
-    )
+    fact = event.event_type
+    await _apply(tx, event.booking_id, fact, _settled(fact, event.written_off_at, WRITTEN_OFF))
 
 
 @handlers.on(WriteOffReversed)
 async def write_off_reversed(tx: Transaction, event: WriteOffReversed) -> None:
-    """The booking stays closed; its timeline says the money is due again."""
-    await _apply(
-        tx, event.booking_id, event.event_type, lambda b: b.settle(event.reopened_at, REOPENED)
-    )
+    """The booking stays closed; its timeline says who is to pay now."""
+    note = REOPENED_CASH if event.way == "cash" else REOPENED
+    fact = event.event_type
+    await _apply(tx, event.booking_id, fact, _settled(fact, event.reopened_at, note))
 
 
 @handlers.on(RedoRequested)

@@ -46,7 +46,9 @@ class BookingRequested(EventPayload):
 
 @event("booking.status_changed", version=1, stream=TIMELINE, key="booking_id")
 class BookingStatusChanged(EventPayload):
-    """Every transition of a booking, in order: the timeline as a stream (dashboards)."""
+    """Every transition of a booking, in order: the timeline as a stream (dashboards). Once
+    closed, a payment that moved after all is told as closed -> closed with its note (a
+    write-off taken back, then paid)."""
 
     booking_id: str
     customer_id: str

@@ -13,6 +13,7 @@ from services.booking.domain import (
     LIFECYCLE,
     PAID,
     REOPENED,
+    REOPENED_CASH,
     RESCHEDULABLE,
     WRITTEN_OFF,
     AddressSnapshot,
@@ -309,30 +310,40 @@ def test_payment_closes_the_booking_and_a_write_off_taken_back_then_paid_is_told
     assert paid.settle(NOW, PAID) is True
     assert (paid.status, paid.timeline[-1].note) == (S.CLOSED, PAID)
     # Paid is the last word: nothing is reopened, repeated or written off after it.
-    assert not any(paid.settle(NOW, note) for note in (PAID, REOPENED, WRITTEN_OFF))
+    assert not any(paid.settle(NOW, note) for note in (PAID, REOPENED, REOPENED_CASH, WRITTEN_OFF))
     assert len(paid.timeline) == 2
 
     b = booking(S.RECEIPT_SIGNED)
     assert b.settle(NOW, REOPENED) is False  # nothing written off to take back
     assert b.settle(NOW, WRITTEN_OFF) is True
-    assert b.settle(NOW + timedelta(hours=1), PAID) is False  # not before it is taken back
+    assert b.settle(NOW, WRITTEN_OFF) is False  # repeated
     later = [NOW + timedelta(days=d) for d in (1, 2, 3, 4)]
     assert b.settle(later[0], REOPENED) is True
     assert b.settle(later[0], REOPENED) is False  # repeated
+    assert b.settle(later[0], REOPENED_CASH) is False  # reopened once, one way
     assert b.settle(later[1], WRITTEN_OFF) is True  # written off again
-    assert b.settle(later[2], REOPENED) is True
+    assert b.settle(later[2], REOPENED_CASH) is True  # the technician holds the cash
     assert b.settle(later[3], PAID) is True
     assert b.status is S.CLOSED
     assert [(e.status, e.at, e.note) for e in b.timeline[1:]] == [
         (S.CLOSED, NOW, WRITTEN_OFF),
         (S.CLOSED, later[0], REOPENED),
         (S.CLOSED, later[1], WRITTEN_OFF),
-        (S.CLOSED, later[2], REOPENED),
+        (S.CLOSED, later[2], REOPENED_CASH),
         (S.CLOSED, later[3], PAID),
     ]
     gone = booking(S.CANCELLED)
     assert not any(gone.settle(NOW, note) for note in (PAID, WRITTEN_OFF, REOPENED))
     assert gone.timeline == booking(S.CANCELLED).timeline
+
+
+def test_paid_straight_after_a_write_off_is_told_though_the_reversal_never_came() -> None:
+    # Payments takes money only for a reopened receipt: a reversal this booking missed (a
+    # service replaced while it was published) must not leave "written off" on a paid visit.
+    b = booking(S.RECEIPT_SIGNED)
+    assert b.settle(NOW, WRITTEN_OFF) is True
+    assert b.settle(NOW + timedelta(days=1), PAID) is True
+    assert [e.note for e in b.timeline[-2:]] == [WRITTEN_OFF, PAID]
 
 
 def test_assign_then_reassign_reports_the_replaced_technician() -> None:

@@ -3,11 +3,15 @@ second of arrivals they usually share, and the disk stalls they waited through."
 
 from __future__ import annotations
 
+import subprocess
+import sys
+import time
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
 from bench import disk
 from bench.city import busiest_second, slowest
+from tests.harness import ROOT
 
 T0 = datetime(2026, 11, 24, 14, 0, tzinfo=UTC)
 
@@ -45,24 +49,29 @@ def test_the_slowest_journeys_come_first_with_when_they_were_booked_and_their_ho
 
 def test_a_slow_journey_names_the_disk_stalls_it_waited_through() -> None:
     to_assigned = {"bk_slow": (at(21.5), 0.912), "bk_after": (at(23.0), 0.300)}
-    # One stall inside the slow journey, one before it, one 10 ms into the second.
+    # Two stalls inside the slow journey, one before it (ended 1 s before it began), one
+    # begun 10 ms before the second journey ended.
     stalls = [
-        disk.Stall(at(21.9).timestamp(), 700.0),
-        disk.Stall(at(20.0).timestamp(), 400.0),
+        disk.Stall(at(21.6).timestamp(), 120.0),
+        disk.Stall(at(21.9).timestamp(), 400.0),
+        disk.Stall(at(20.0).timestamp(), 500.0),
         disk.Stall(at(23.29).timestamp(), 150.0),
     ]
     assert slowest(to_assigned, {}, stalls=stalls) == [
-        "912 ms, requested at +0.0 s (14:00:21.500; through a disk stall of 700 ms)",
+        "912 ms, requested at +0.0 s (14:00:21.500; through a disk stall of 120 + 400 ms)",
         "300 ms, requested at +1.5 s (14:00:23.000; through a disk stall of 150 ms)",
     ]
 
 
 def test_a_stall_overlaps_a_journey_only_if_their_times_meet() -> None:
-    stall = disk.Stall(at(10.0).timestamp(), 500.0)  # 10.0 -> 10.5
+    # A sync begun at 10.0 that took 500 ms: the disk held writes from as early as the
+    # probe's sync before (10.0 - 0.05) to 10.5.
+    stall = disk.Stall(at(10.0).timestamp(), 500.0)
     assert stall.overlaps(at(9.0), 1.1)  # ends inside the stall
+    assert stall.overlaps(at(9.0), 0.97)  # ends while the probe slept before the slow sync
     assert stall.overlaps(at(10.4), 2.0)  # begins inside it
     assert stall.overlaps(at(9.0), 5.0)  # holds it whole
-    assert not stall.overlaps(at(9.0), 0.9)  # done before it began
+    assert not stall.overlaps(at(9.0), 0.9)  # done before it can have begun
     assert not stall.overlaps(at(10.6), 1.0)  # begun after it ended
 
 
@@ -73,3 +82,36 @@ def test_the_probe_log_gives_the_syncs_of_a_window_and_its_stalls(tmp_path: Path
     assert synced == [(100.0, 0.4), (100.05, 250.0), (100.4, 0.3)]
     assert disk.stalls(synced) == [disk.Stall(100.05, 250.0)]
     assert disk.samples(tmp_path / "never-written.log", 0, 1e12) == []
+
+
+def test_the_probe_syncs_while_the_block_runs_and_leaves_nothing_behind(tmp_path: Path) -> None:
+    with disk.probe(tmp_path) as log:
+        time.sleep(0.6)
+        assert (tmp_path / "disk-probe.dat").exists()
+    synced = disk.samples(log, 0, time.time())
+    assert len(synced) >= 3, synced  # one every 50 ms, and a sync takes well under 0.6 s
+    assert all(ms >= 0 for _, ms in synced)
+    assert not (tmp_path / "disk-probe.dat").exists()
+    time.sleep(0.2)
+    assert disk.samples(log, 0, time.time()) == synced  # stopped
+
+
+def test_a_probe_whose_bench_died_stops_by_itself(tmp_path: Path) -> None:
+    log, synced = tmp_path / "disk-probe.log", tmp_path / "disk-probe.dat"
+    # A shell starts the probe and exits at once, as a bench killed outright would leave it.
+    subprocess.run(
+        [
+            "sh",
+            "-c",
+            f'"{sys.executable}" -m bench.disk --file "{synced}" --log "{log}" --parent $$ &',
+        ],
+        cwd=ROOT,
+        check=True,
+    )
+    deadline = time.monotonic() + 10
+    while synced.exists() or not log.exists():
+        assert time.monotonic() < deadline, "the orphaned probe is still syncing"
+        time.sleep(0.05)
+    written = log.read_text()
+    time.sleep(0.2)
+    assert log.read_text() == written

@@ -409,6 +409,7 @@ function renderUnpaid() {
   "Every signed visit is paid.", 8);
   // Operations' alone: money given up today, to take back if it turns up after all.
   $("written-off-part").hidden = !isOps();
+  $("written-off-title").textContent = `Written off since today began${state.cut.unpaid ? " (of the rows loaded: “Show more” above)" : ""}`;
   const off = rows.filter((u) => u.status === "written_off")
     .sort((a, b) => (b.written_off_at || "").localeCompare(a.written_off_at || ""));
   fill("written-off", off.map((u) => h("tr", { "data-receipt": u.receipt_id },
