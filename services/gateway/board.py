@@ -394,26 +394,31 @@ async def fee_refunded(tx: Transaction, e: CancellationFeeRefunded) -> None:
 # A receipt's events share its booking's key too, so they arrive in the order they
 # happened. Only money left due makes a row: a card declined, or cash to collect at the door
 # (a row until the technician records it, usually moments later).
+# What an unpaid row takes from each payment fact that carries it (a decline says nothing of
+# the way, the technician or the store; cash due says nothing of the way).
+UNPAID_FACTS = {
+    *("booking_id", "customer_id", "amount", "currency"),
+    *("way", "technician_id", "store_id"),
+}
+
+
 def _unpaid(
     e: CashDue | PaymentFailed | PaymentOverdue | PaymentWrittenOff | WriteOffReversed,
-    way: str,
     **fields: Any,
 ) -> dict[str, Any]:
-    about = e.model_dump(include={"booking_id", "customer_id", "amount", "currency"})
+    about = e.model_dump(include=UNPAID_FACTS)
     # Paid stays paid, written off stays written off: a reminder that crossed either changes
     # nothing.
     written_off = {"$cond": [{"$gt": ["$written_off_at", None]}, "written_off", "due"]}
     due = Expr({"$cond": [{"$gt": ["$paid_at", None]}, "paid", written_off]})
-    return {**about, "way": way, "status": due, **fields}
+    return {**about, "status": due, **fields}
 
 
 @handlers.on(CashDue)
 async def cash_due(tx: Transaction, e: CashDue) -> None:
     row = _unpaid(
         e,
-        "cash",
-        technician_id=e.technician_id,
-        store_id=e.store_id,
+        way="cash",
         note="no card on file: cash at the door",
         due_since=_keep("due_since", occurred(tx)),
     )
@@ -435,7 +440,7 @@ async def payment_failed(tx: Transaction, e: PaymentFailed) -> None:
                 "technician_id", (visit.get("technician") or {}).get("technician_id")
             ),
         }
-    row = _unpaid(e, "card", note=e.reason, due_since=_keep("due_since", occurred(tx)), **whose)
+    row = _unpaid(e, way="card", note=e.reason, due_since=_keep("due_since", occurred(tx)), **whose)
     await _set(tx, BOARD_UNPAID, e.receipt_id, row)
 
 
@@ -443,9 +448,6 @@ async def payment_failed(tx: Transaction, e: PaymentFailed) -> None:
 async def payment_overdue(tx: Transaction, e: PaymentOverdue) -> None:
     row = _unpaid(
         e,
-        e.way,
-        technician_id=e.technician_id,
-        store_id=e.store_id,
         due_since=_keep("due_since", e.due_since),
         reminders=e.reminder,
         last_reminded_at=occurred(tx),
@@ -457,9 +459,6 @@ async def payment_overdue(tx: Transaction, e: PaymentOverdue) -> None:
 async def payment_written_off(tx: Transaction, e: PaymentWrittenOff) -> None:
     row = _unpaid(
         e,
-        e.way,
-        technician_id=e.technician_id,
-        store_id=e.store_id,
         status="written_off",  # payments writes off only what nobody paid
         note="written off by operations",
         write_off_reason=e.reason,  # operations' alone: stores do not see it
@@ -473,9 +472,6 @@ async def payment_written_off(tx: Transaction, e: PaymentWrittenOff) -> None:
 async def write_off_reversed(tx: Transaction, e: WriteOffReversed) -> None:
     row = _unpaid(
         e,
-        e.way,
-        technician_id=e.technician_id,
-        store_id=e.store_id,
         status="due",  # payments reopens only what it wrote off: nothing paid
         note="reopened by operations: due again",
         write_off_reason=None,

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from typing import NamedTuple
+
 from services.gateway import webhooks
 from services.gateway.storage import BOOKING_OWNERS, Notification, Notifications
 from shared.consumer import Handlers
@@ -260,27 +262,22 @@ async def payment_failed(tx: Transaction, event: PaymentFailed) -> None:
 @handlers.on(PaymentOverdue)
 async def payment_overdue(tx: Transaction, event: PaymentOverdue) -> None:
     """A reminder goes to whoever must act: the customer whose card was declined, or the
-    technician who has not recorded the cash (never the customer then: they may have paid
-    it at the door)."""
+    technician who has not recorded the cash."""
     due = _money(event.amount, event.currency)
-    if event.way == "card":
-        await tell_of_money_due(
-            tx,
-            f"customer:{event.customer_id}",
+    await tell_whoever_pays(
+        tx,
+        event,
+        card=Notice(
             "payment_overdue",
-            event,
-            title=f"Still to pay for your visit: {due}",
-            body="Your card was declined. Pay with another card in the app.",
-        )
-    else:
-        await tell_of_money_due(
-            tx,
-            f"technician:{event.technician_id}",
+            f"Still to pay for your visit: {due}",
+            "Your card was declined. Pay with another card in the app.",
+        ),
+        cash=Notice(
             "cash_overdue",
-            event,
-            title=f"Record the {due} in cash for this visit",
-            body="The receipt is still unpaid. If the customer did not pay you, tell your store.",
-        )
+            f"Record the {due} in cash for this visit",
+            "The receipt is still unpaid. If the customer did not pay you, tell your store.",
+        ),
+    )
 
 
 @handlers.on(PaymentWrittenOff)
@@ -288,48 +285,62 @@ async def payment_written_off(tx: Transaction, event: PaymentWrittenOff) -> None
     """Whoever was reminded hears that it is over, so nobody acts on a stale reminder (why it
     was written off stays with operations)."""
     due = _money(event.amount, event.currency)
-    if event.way == "card":
-        await tell_of_money_due(
-            tx,
-            f"customer:{event.customer_id}",
+    await tell_whoever_pays(
+        tx,
+        event,
+        card=Notice(
             "payment_written_off",
-            event,
-            title="Nothing more to pay for your visit",
-            body=f"We closed the {due} still due on your receipt.",
-        )
-    else:
-        await tell_of_money_due(
-            tx,
-            f"technician:{event.technician_id}",
+            "Nothing more to pay for your visit",
+            f"We closed the {due} still due on your receipt.",
+        ),
+        cash=Notice(
             "cash_written_off",
-            event,
-            title=f"No cash to record for this visit ({due})",
-            body="Operations closed its payment. If you hold cash for it, tell your store.",
-        )
+            f"No cash to record for this visit ({due})",
+            "Operations closed its payment. If you hold cash for it, tell your store.",
+        ),
+    )
 
 
 @handlers.on(WriteOffReversed)
 async def write_off_reversed(tx: Transaction, event: WriteOffReversed) -> None:
     """Whoever was told it was over hears that it is due again (why stays with operations)."""
     due = _money(event.amount, event.currency)
-    if event.way == "card":
-        await tell_of_money_due(
-            tx,
-            f"customer:{event.customer_id}",
+    await tell_whoever_pays(
+        tx,
+        event,
+        card=Notice(
             "payment_reopened",
-            event,
-            title=f"Your visit's {due} is due again",
-            body="Pay it in the app with a card of yours.",
-        )
-    else:
-        await tell_of_money_due(
-            tx,
-            f"technician:{event.technician_id}",
+            f"Your visit's {due} is due again",
+            "Pay it in the app with a card of yours.",
+        ),
+        cash=Notice(
             "cash_reopened",
-            event,
-            title=f"Record the {due} in cash for this visit",
-            body="Operations reopened its payment: record the cash you hold for it.",
-        )
+            f"Record the {due} in cash for this visit",
+            "Operations reopened its payment: record the cash you hold for it.",
+        ),
+    )
+
+
+class Notice(NamedTuple):
+    kind: str
+    title: str
+    body: str
+
+
+async def tell_whoever_pays(
+    tx: Transaction,
+    event: PaymentOverdue | PaymentWrittenOff | WriteOffReversed,
+    *,
+    card: Notice,
+    cash: Notice,
+) -> None:
+    """The customer, for a card; the technician, for cash (never the customer then: they may
+    have paid it at the door)."""
+    if event.way == "card":
+        recipient, notice = f"customer:{event.customer_id}", card
+    else:
+        recipient, notice = f"technician:{event.technician_id}", cash
+    await tell_of_money_due(tx, recipient, notice.kind, event, title=notice.title, body=notice.body)
 
 
 async def tell_of_money_due(
