@@ -21,6 +21,7 @@ import uuid
 from dataclasses import dataclass, field
 from datetime import datetime
 from pathlib import Path
+from typing import NamedTuple
 
 import httpx
 from pymongo import AsyncMongoClient
@@ -78,6 +79,8 @@ class Phase:
     fsync_ms: list[float] = field(default_factory=list)
     disk_stalls: list[tuple[float, float]] = field(default_factory=list)
     to_assigned_clear_s: list[float] = field(default_factory=list)
+    # MongoDB's operations per signed journey by collection ("service.collection"), most first
+    by_collection: list[Spent] = field(default_factory=list)
 
 
 @dataclass
@@ -85,6 +88,58 @@ class CityFigures:
     phases: list[Phase]
     peak_rss_mb: dict[str, float]
     sustained: float | None = None  # the highest rate held (journeys started per second)
+    # CPU seconds per second of each process with no journey under way, before the first phase
+    idle_cores: dict[str, float] = field(default_factory=dict)
+
+
+class Spent(NamedTuple):
+    """What one collection cost MongoDB per signed journey, from the server's `top`."""
+
+    collection: str  # "service.collection" for the platform's own; else "db.collection"
+    operations: float  # finds, getMores, inserts, updates, removes and other commands
+    ms: float  # the time those operations held the collection
+
+
+Top = dict[str, tuple[int, float]]  # namespace -> (operations, seconds held) so far
+
+
+async def collection_work(mongo: AsyncMongoClient[Document]) -> Top:
+    """MongoDB's work so far by namespace, from the server's own `top` counters (cheap, unlike
+    the profiler: they are kept anyway)."""
+    totals = (await mongo.admin.command("top"))["totals"]
+    return {
+        ns: (int(v["total"]["count"]), v["total"]["time"] / 1e6)
+        for ns, v in totals.items()
+        if isinstance(v, dict) and "total" in v
+    }
+
+
+def by_collection(before: Top, after: Top, db_prefix: str, signed: int) -> list[Spent]:
+    """Each namespace's operations and time between two `top`s, per signed journey, most
+    operations first. The platform's databases are named `<db_prefix><service>`, so a
+    namespace there reads "service.collection"; MongoDB's own (the oplog, sessions) keep
+    their names."""
+    if signed <= 0:
+        return []
+    spent = []
+    for ns, (ops, held_s) in after.items():
+        ops_then, held_then = before.get(ns, (0, 0.0))
+        if ops - ops_then <= 0:
+            continue
+        db, _, collection = ns.partition(".")
+        name = f"{db.removeprefix(db_prefix)}.{collection}" if db.startswith(db_prefix) else ns
+        spent.append(Spent(name, (ops - ops_then) / signed, 1000 * (held_s - held_then) / signed))
+    return sorted(spent, key=lambda s: (-s.operations, s.collection))
+
+
+def by_service(spent: list[Spent], services: tuple[str, ...]) -> dict[str, float]:
+    """Operations per journey summed over each service's collections."""
+    found: dict[str, float] = {}
+    for s in spent:
+        service = s.collection.partition(".")[0]
+        if service in services:
+            found[service] = found.get(service, 0.0) + s.operations
+    return found
 
 
 def cpu_seconds(pid: int) -> float:
@@ -465,6 +520,7 @@ class Stage:
     run_dir: Path
     urls: dict[str, str]  # each service's and the gateway's base URL
     pids: dict[str, int]  # each service's process
+    servers: dict[str, int]  # Kafka's and MongoDB's, when they run on this machine
     mongo: AsyncMongoClient[Document]
     city: City
     disk_log: Path  # bench.disk's probe, running through every phase
@@ -486,10 +542,12 @@ async def measure(
     search: Search | None = None,
     shares: tuple[float, ...] = (),
     latency_seconds: float | None = None,
+    idle_s: float = 0.0,
 ) -> CityFigures:
     """Play every rate of `ladder`, then (with `search`) look for the highest rate held, then
     play each of `shares` of the highest rate held so far for `latency_seconds` (by default
-    `seconds`; its latencies are the issue's)."""
+    `seconds`; its latencies are the issue's). With `idle_s`, the platform's cost standing
+    still is measured first, after the warm-up."""
     # Topics and databases of its own: earlier sections' events must not stand in the queue.
     settings = settings.model_copy(
         update={
@@ -546,9 +604,11 @@ async def measure(
             ),
         )
         city = City(plan)
-        stage = Stage(settings, run_dir, urls, pids, mongo, city, disk_log)
+        servers = await server_pids(settings, mongo)
+        stage = Stage(settings, run_dir, urls, pids, servers, mongo, city, disk_log)
         phases: list[Phase] = []
         tried: dict[float, bool] = {}
+        idle: dict[str, float] = {}
         try:
             await city.start()
             first = ladder[0] if ladder else search.start if search else None
@@ -557,6 +617,8 @@ async def measure(
                 # the services have loaded what they load on first use. Not measured.
                 print(f"  warming up at {first:g} journeys/s for {warm_up_s:g} s (not measured)")
                 await city.play(first, duration_s=warm_up_s, drain_s=60)
+            if idle_s > 0:
+                idle = await idle_cost(stage, idle_s)
             for rate in ladder:
                 phases.append(await play_phase(stage, rate, seconds))
                 tried[rate] = phases[-1].held
@@ -579,16 +641,16 @@ async def measure(
         finally:
             await city.stop()
         rss = {name: peak_rss_mb(pid) for name, pid in pids.items()}  # while they still run
-        rss |= {name: peak_rss_mb(pid) for name, pid in server_pids(run_dir).items()}
-    return CityFigures(phases, rss, sustained=best)
+        rss |= {name: peak_rss_mb(pid) for name, pid in servers.items()}
+    return CityFigures(phases, rss, sustained=best, idle_cores=idle)
 
 
-async def settle(urls: dict[str, str], within_s: float = 120.0) -> float:
-    """Wait until the backlog an earlier phase left is down to SETTLED (a lost rate leaves
+async def settle(urls: dict[str, str], within_s: float = 120.0, down_to: float = SETTLED) -> float:
+    """Wait until the backlog an earlier phase left is down to `down_to` (a lost rate leaves
     one), or `within_s`; the backlog then."""
     until = time.monotonic() + within_s
     left = await backlog(urls)
-    while left > SETTLED and time.monotonic() < until:
+    while left > down_to and time.monotonic() < until:
         await asyncio.sleep(2)
         left = await backlog(urls)
     return left
@@ -605,13 +667,14 @@ async def play_phase(
     print(f"  city at {rate:g} journeys/s for {seconds:g} s{of}")
     if left > SETTLED:
         print(f"    (the phase before left a backlog of {left:.0f}, still there)")
-    everyone = {**stage.pids, **server_pids(stage.run_dir), "simulator": os.getpid()}
+    everyone = {**stage.pids, **stage.servers, "simulator": os.getpid()}
     cpu_before = {name: cpu_seconds(pid) for name, pid in everyone.items()}
     ticks_before = machine_ticks()
     work_before = await work_done(urls, mongo)
     gauges_before = await service_gauges(urls)
-    mongod = everyone.get("mongodb") or await local_mongod(mongo)
+    mongod = everyone.get("mongodb")
     threads_before = thread_cpu_s(mongod) if mongod else {}
+    top_before = await collection_work(mongo)
     t0, wall_t0 = time.monotonic(), time.time()
     play = asyncio.create_task(stage.city.play(rate, duration_s=seconds, drain_s=60))
     # The backlog through the arrivals (not the drain after): its trend says held or lost.
@@ -621,6 +684,8 @@ async def play_phase(
         await asyncio.sleep(min(BACKLOG_EVERY_S, max(seconds - (time.monotonic() - t0), 0)))
     samples.append((time.monotonic() - t0, await backlog(urls)))
     outcomes = await play
+    # Before the bench's own reads of the board and receipts below, which are not a journey's.
+    top_after = await collection_work(mongo)
     cpu = {n: cpu_seconds(pid) - cpu_before[n] for n, pid in everyone.items()}
     ticks_after = machine_ticks()
     all_ticks = ticks_after[0] - ticks_before[0]
@@ -701,6 +766,9 @@ async def play_phase(
         # From the phase's first request, as the slowest journeys and the busiest second are.
         disk_stalls=[(s.at - first_request, s.ms) for s in stalls],
         to_assigned_clear_s=clear,
+        by_collection=by_collection(
+            top_before, top_after, settings.db_prefix, outcomes.counts["signed"]
+        ),
     )
     print(
         f"    {outcomes.line()}; {phase.journeys_per_s:.1f} journeys/s, backlog "
@@ -710,6 +778,7 @@ async def play_phase(
     )
     if outcomes.counts["signed"]:
         report_costs(phase, cpu, work, mongo_cpu, stolen)
+        report_collections(phase.by_collection)
     if retries:
         top = sorted(retries.items(), key=lambda kv: -kv[1])[:8]
         print(
@@ -798,10 +867,80 @@ def report_costs(
     )
 
 
-def server_pids(run_dir: Path) -> dict[str, int]:
-    """Kafka's and MongoDB's processes, from the pid files the local servers keep."""
+def report_collections(spent: list[Spent], shown: int = 12) -> None:
+    """Where MongoDB's operations go, per signed journey: by service, then the busiest
+    collections."""
+    if not spent:
+        return
+    services = by_service(spent, (*SERVICES, "gateway"))
+    print(
+        f"    MongoDB operations per signed journey: {sum(services.values()):.1f} by the "
+        "services: "
+        + ", ".join(f"{n} {v:.1f}" for n, v in sorted(services.items(), key=lambda kv: -kv[1]))
+    )
+    print(
+        "    busiest collections, operations (ms held) per signed journey: "
+        + ", ".join(f"{s.collection} {s.operations:.1f} ({s.ms:.1f})" for s in spent[:shown])
+    )
+
+
+IDLE_AFTER_S = 5.0
+
+
+async def idle_cost(stage: Stage, seconds: float) -> dict[str, float]:
+    """CPU seconds per second of every process with no journey under way: what the platform
+    costs standing still (its timers, relays' and consumers' polls, Kafka's and MongoDB's own
+    housekeeping), the part of a journey's cost that is not the journey's."""
+    left = await settle(stage.urls, down_to=0)
+    await asyncio.sleep(IDLE_AFTER_S)  # the last events' timers and board rows, done
+    everyone = {**stage.pids, **stage.servers, "simulator": os.getpid()}
+    before = {name: cpu_seconds(pid) for name, pid in everyone.items()}
+    t0 = time.monotonic()
+    await asyncio.sleep(seconds)
+    took = time.monotonic() - t0
+    cores = {n: (cpu_seconds(pid) - before[n]) / took for n, pid in everyone.items()}
+    print(
+        f"  standing still for {seconds:g} s (backlog {left:.0f}), CPU ms per s: "
+        + ", ".join(f"{n} {1000 * v:.0f}" for n, v in sorted(cores.items()))
+        + f"; total {sum(cores.values()):.2f} cores"
+    )
+    return cores
+
+
+async def server_pids(settings: Settings, mongo: AsyncMongoClient[Document]) -> dict[str, int]:
+    """Kafka's and MongoDB's processes, found from the servers the run talks to (not from pid
+    files: another set of local servers may be up beside them), when they run here."""
     found = {}
-    for name, pidfile in (("kafka", "kafka/kafka.pid"), ("mongodb", "mongo/mongod.pid")):
-        with contextlib.suppress(ValueError, OSError):
-            found[name] = int((run_dir / pidfile).read_text().strip())
+    mongod = await local_mongod(mongo)
+    if mongod is not None:
+        found["mongodb"] = mongod
+    host, _, port = settings.kafka_bootstrap.split(",")[0].rpartition(":")
+    if host in LOCAL_HOSTS and port.isdigit() and (kafka := listening_pid(int(port))):
+        found["kafka"] = kafka
     return found
+
+
+LOCAL_HOSTS = ("127.0.0.1", "localhost", "::1", "[::1]", "0.0.0.0")
+
+
+def listening_pid(port: int) -> int | None:
+    """The process listening on this machine's TCP `port`: the socket's inode from the
+    kernel's tables, then the process holding that socket."""
+    inodes: set[str] = set()
+    for table in ("/proc/net/tcp", "/proc/net/tcp6"):
+        with contextlib.suppress(OSError), open(table) as f:
+            next(f, None)
+            for line in f:
+                cols = line.split()
+                listening = len(cols) > 9 and cols[3] == "0A"  # TCP_LISTEN
+                if listening and int(cols[1].rpartition(":")[2], 16) == port:
+                    inodes.add(f"socket:[{cols[9]}]")
+    if not inodes:
+        return None
+    for pid in filter(str.isdigit, os.listdir("/proc")):
+        with contextlib.suppress(OSError):
+            for fd in os.listdir(f"/proc/{pid}/fd"):
+                with contextlib.suppress(OSError):
+                    if os.readlink(f"/proc/{pid}/fd/{fd}") in inodes:
+                        return int(pid)
+    return None

@@ -126,6 +126,7 @@ class Counts:
     city_warm_up_s: float = 20.0  # played at the first rate before measuring, unmeasured
     city_customers: int = 300
     city_technicians: int = 200
+    city_idle_s: float = 20.0  # the platform standing still, measured after the warm-up
 
 
 FULL = Counts(
@@ -154,6 +155,7 @@ QUICK = Counts(
     city_warm_up_s=5.0,
     city_customers=20,
     city_technicians=18,
+    city_idle_s=3.0,
 )
 
 
@@ -836,7 +838,19 @@ async def city(bench: Bench) -> None:
         warm_up_s=counts.city_warm_up_s,
         customers=counts.city_customers,
         technicians=counts.city_technicians,
+        idle_s=counts.city_idle_s,
     )
+    if m.idle_cores:
+        bench.record(
+            Figure(
+                "platform.city_idle_cores",
+                sum(m.idle_cores.values()),
+                "cores",
+                "CPU of every process with no journey under way, after the warm-up (ms of CPU "
+                "per s): "
+                + ", ".join(f"{n} {1000 * v:.0f}" for n, v in sorted(m.idle_cores.items())),
+            )
+        )
     txn = bench.figures["raw.mongo.txn"].value
     for phase in m.phases:
         # A share of the sustained rate is named by its share: its rate may have been played
@@ -884,6 +898,22 @@ async def city(bench: Bench) -> None:
                     "txn",
                     "MongoDB transactions committed per signed journey; the raw transaction "
                     f"rate of this run divided by it caps journeys/s at {txn / per:.1f}",
+                )
+            )
+        services = city_bench.by_service(phase.by_collection, (*city_bench.SERVICES, "gateway"))
+        if services:
+            bench.record(
+                Figure(
+                    f"platform.city_{at}_mongo_ops_per_journey",
+                    sum(services.values()),
+                    "ops",
+                    "MongoDB operations on the services' collections per signed journey (the "
+                    "server's top counters), by service: "
+                    + ", ".join(f"{n} {v:.1f}" for n, v in sorted(services.items()))
+                    + "; busiest: "
+                    + ", ".join(
+                        f"{s.collection} {s.operations:.1f}" for s in phase.by_collection[:6]
+                    ),
                 )
             )
         for samples, what in (
@@ -1067,6 +1097,12 @@ def main() -> None:
     parser.add_argument(
         "--city-warm-up", type=float, help="seconds played at the first rate before measuring"
     )
+    parser.add_argument(
+        "--city-idle-seconds",
+        type=float,
+        help="how long the platform's cost standing still is measured before the first rate "
+        "(0: not measured)",
+    )
     parser.add_argument("--city-customers", type=int, help="customers in the city")
     parser.add_argument("--city-technicians", type=int, help="technicians in the city")
     args = parser.parse_args()
@@ -1079,6 +1115,7 @@ def main() -> None:
         "city_warm_up_s": args.city_warm_up,
         "city_customers": args.city_customers,
         "city_technicians": args.city_technicians,
+        "city_idle_s": args.city_idle_seconds,
     }
     counts = replace(counts, **{k: v for k, v in overrides.items() if v is not None})
     if args.city_rates:

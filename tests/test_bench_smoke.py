@@ -99,6 +99,18 @@ def test_quick_bench_reports_every_platform_figure_next_to_its_raw_baseline(
         assert clear["value"] > 0, run.stdout
         assert clear["baseline"] == "raw.kafka.e2e_p50"
     assert "disk beside MongoDB, a 4 KB sync every 50 ms: p50 " in run.stdout, run.stdout
+    # Where MongoDB's operations went, from its own top counters: every service's collections,
+    # the outbox and inbox among them; and the platform's cost standing still.
+    ops = figures["platform.city_3_mongo_ops_per_journey"]
+    assert ops["value"] > 0, run.stdout
+    for service in ("gateway", "dispatch", "booking", "payments"):
+        assert f"{service} " in ops["note"], ops
+    busiest = next(line for line in run.stdout.splitlines() if "busiest collections" in line)
+    assert ".inbox " in busiest or ".outbox " in busiest, busiest
+    idle = figures["platform.city_idle_cores"]
+    assert 0 < idle["value"] < (os.cpu_count() or 1), run.stdout
+    for server in ("kafka", "mongodb"):
+        assert f"{server} " in idle["note"], idle
     loops = next(line for line in run.stdout.splitlines() if "event loops, wake-ups" in line)
     assert "events per consumer transaction: " in loops, loops
     assert "gateway" in loops, loops
