@@ -9,6 +9,7 @@ import base64
 import json
 import random
 import uuid
+from collections.abc import AsyncIterator
 from typing import Any
 
 import httpx
@@ -261,3 +262,37 @@ async def test_a_caller_over_its_rate_gets_429_with_retry_after_and_big_bodies_4
         )
         assert big.status_code == 413
         assert big.json()["error"]["code"] == "too_large"
+
+
+async def test_a_chunked_body_over_the_ceiling_is_refused_before_anyone_is_asked_who_sent_it(
+    platform: Platform,
+) -> None:
+    """A chunked body carries no Content-Length: it is counted as it comes, and refused once
+    past the ceiling, before authentication (nobody signs in here) and without being held."""
+
+    async def chunks(total: int, size: int = 16_384) -> AsyncIterator[bytes]:
+        yield b'{"phone": "'
+        for _ in range(total // size):
+            yield b"1" * size
+        yield b'"}'
+
+    async with platform.client("gateway") as api:
+        big = await api.post(
+            "/v1/auth/otp",
+            content=chunks(4_000_000),
+            headers={"content-type": "application/json"},
+        )
+        assert "content-length" not in big.request.headers
+        assert big.status_code == 413, big.text
+        assert big.json()["error"]["code"] == "too_large"
+        # A small chunked body is read as any other: here refused for what it says.
+        small = await api.post(
+            "/v1/auth/otp",
+            content=chunks(0),
+            headers={"content-type": "application/json"},
+        )
+        assert small.status_code == 422, small.text
+        assert (await api.get("/v1/catalogue/prices", params={"region": "lisbon"})).status_code in (
+            200,
+            404,
+        )

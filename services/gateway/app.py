@@ -7,7 +7,7 @@ from collections.abc import AsyncIterator
 
 from fastapi import APIRouter, FastAPI
 from starlette.datastructures import Headers
-from starlette.types import ASGIApp, Receive, Scope, Send
+from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from services.booking import api as booking_api
 from services.dispatch import api as dispatch_api
@@ -89,22 +89,50 @@ SPEC = ServiceSpec(
 
 
 class BodyCeiling:
-    """Refuse a body larger than the ceiling before reading it (413); plain ASGI, as in
-    `shared.http.CorrelateAndMeasure`."""
+    """Refuse a body larger than the ceiling (413): at once when its Content-Length says so,
+    else (a chunked body has none) as soon as the bytes read pass it, so no body is ever held
+    whole before authentication. Plain ASGI, as in `shared.http.CorrelateAndMeasure`."""
 
     def __init__(self, app: ASGIApp, ceiling: int) -> None:
         self.app, self.ceiling = app, ceiling
 
+    def refusal(self) -> ASGIApp:
+        return error_response(
+            413, "too_large", f"request bodies are limited to {self.ceiling} bytes"
+        )
+
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
-        if scope["type"] == "http":
-            length = Headers(scope=scope).get("content-length")
-            if length is not None and (not length.isdigit() or int(length) > self.ceiling):
-                refusal = error_response(
-                    413, "too_large", f"request bodies are limited to {self.ceiling} bytes"
-                )
-                await refusal(scope, receive, send)
+        if scope["type"] != "http":
+            await self.app(scope, receive, send)
+            return
+        length = Headers(scope=scope).get("content-length")
+        if length is not None and (not length.isdigit() or int(length) > self.ceiling):
+            await self.refusal()(scope, receive, send)
+            return
+        read, started, refused = 0, False, False
+
+        async def counted() -> Message:
+            nonlocal read, refused
+            message = await receive()
+            if message["type"] == "http.request":
+                read += len(message.get("body", b""))
+                if read > self.ceiling:
+                    if not started and not refused:
+                        refused = True
+                        await self.refusal()(scope, receive, send)
+                    # The app stops reading as if the client had gone; after the refusal,
+                    # what it answers is dropped below.
+                    return {"type": "http.disconnect"}
+            return message
+
+        async def answered(message: Message) -> None:
+            nonlocal started
+            if refused:
                 return
-        await self.app(scope, receive, send)
+            started = True
+            await send(message)
+
+        await self.app(scope, counted, answered)
 
 
 def create_app(settings: Settings | None = None) -> FastAPI:
