@@ -17,6 +17,7 @@ import jwt
 import pytest
 from pymongo import AsyncMongoClient
 
+from deploy.local.demo_data import technician_file
 from services.gateway.signin import add_staff
 from shared.auth import Actor, Role
 from shared.mongo import Document
@@ -173,6 +174,15 @@ async def test_a_refresh_token_works_once_and_its_reuse_or_logout_ends_the_sign_
         assert after.status_code == 401
 
 
+async def file_technician(
+    api: httpx.AsyncClient, tech_id: str, store: str, headers: dict[str, str]
+) -> None:
+    badge = f"K-{random.randrange(10**6):06d}"
+    body = technician_file((tech_id, "Kim Store", badge, store, ["nails"], 38.72, -9.14))
+    filed = await api.put(f"/v1/technicians/{tech_id}", json=body, headers=headers)
+    assert filed.status_code == 200, filed.text
+
+
 async def test_operations_sign_in_issue_store_keys_that_rotate_and_revoke(
     platform: Platform, mongo: AsyncMongoClient[Document]
 ) -> None:
@@ -193,7 +203,13 @@ async def test_operations_sign_in_issue_store_keys_that_rotate_and_revoke(
         assert created.status_code == 201, created.text
         key = created.json()
         as_store = {"X-Api-Key": key["api_key"]}
-        register = {"technician_id": "tech_k", "phone": phone(), "store_id": store}
+        tech_id = f"tech_k{uuid.uuid4().hex[:6]}"
+        register = {"technician_id": tech_id, "phone": phone(), "store_id": store}
+        # Only a technician dispatch has on file as the store's can be given a sign-in.
+        unfiled = await api.post("/v1/technician-accounts", json=register, headers=as_store)
+        assert unfiled.status_code == 422, unfiled.text
+        assert unfiled.json()["error"]["field"] == "technician_id"
+        await file_technician(api, tech_id, store, as_store)
         ok = await api.post("/v1/technician-accounts", json=register, headers=as_store)
         assert ok.status_code == 201, ok.text
         elsewhere = await api.post(
@@ -204,7 +220,27 @@ async def test_operations_sign_in_issue_store_keys_that_rotate_and_revoke(
         assert elsewhere.status_code == 403
         # The registered technician can now sign in by phone, as a technician of the store.
         tech = await sign_in(api, register["phone"])
-        assert (tech["role"], tech["subject"]) == ("technician", "tech_k")
+        assert (tech["role"], tech["subject"]) == ("technician", tech_id)
+        # Another store cannot give itself a sign-in as this store's technician, neither by
+        # naming its own store nor this one.
+        rival = f"store_{uuid.uuid4().hex[:6]}"
+        as_rival = {
+            "X-Api-Key": (
+                await api.post(
+                    f"/v1/stores/{rival}/api-keys", json={"scopes": ["write"]}, headers=as_ops
+                )
+            ).json()["api_key"]
+        }
+        taken = {"technician_id": tech_id, "phone": phone()}
+        for claimed in (rival, store):
+            stolen = await api.post(
+                "/v1/technician-accounts", json={**taken, "store_id": claimed}, headers=as_rival
+            )
+            assert stolen.status_code == 403, stolen.text
+        assert (
+            await mongo[f"{platform.prefix}_gateway"]["accounts"].find_one({"_id": taken["phone"]})
+            is None
+        )
 
         read_only = (
             await api.post(

@@ -8,9 +8,10 @@ import uuid
 from datetime import timedelta
 from typing import Annotated, Protocol
 
-from fastapi import APIRouter, Depends, Query, Response, status
+from fastapi import APIRouter, Depends, Query, Request, Response, status
 from pydantic import Field
 
+from services.gateway.api import upstream
 from services.gateway.security import (
     EdgeActor,
     hash_password,
@@ -41,8 +42,16 @@ from services.gateway.tokens import (
     new_secret,
     same,
 )
+from services.gateway.upstream import UpstreamError
 from shared.auth import Actor, Role
-from shared.errors import Conflict, Forbidden, NotFound, TooManyRequests, Unauthenticated
+from shared.errors import (
+    Conflict,
+    Forbidden,
+    NotFound,
+    TooManyRequests,
+    Unauthenticated,
+    Unprocessable,
+)
 from shared.mongo import Database
 from shared.privacy import Phone
 from shared.schema import Forbid, PathId
@@ -313,10 +322,30 @@ class TechnicianAccountIn(Forbid):
     summary="A store (or operations) lets its technician sign in with their phone",
 )
 async def add_technician_account(
-    body: TechnicianAccountIn, runtime: RuntimeDep, actor: EdgeActor
+    body: TechnicianAccountIn, request: Request, runtime: RuntimeDep, actor: EdgeActor
 ) -> dict[str, str]:
     if not actor.speaks_for_store(body.store_id):
         raise Forbidden("a store registers only its own technicians")
+    # The sign-in is for a technician dispatch has on file as this store's: else a store could
+    # sign in as another store's technician (or claim an id before it is filed) and see that
+    # technician's offers, customers' addresses and file. Dispatch answers only a caller who
+    # may read the file.
+    filed = await upstream(request).call(
+        "dispatch", "GET", f"/technicians/{body.technician_id}", headers=actor.headers()
+    )
+    if filed.status_code == 404:
+        raise Unprocessable(
+            f"no technician {body.technician_id} on file: file them first "
+            f"(PUT /v1/technicians/{body.technician_id})",
+            field="technician_id",
+        )
+    if filed.status_code != 200:
+        raise UpstreamError.from_response(filed)
+    if filed.json().get("store_id") != body.store_id:
+        raise Forbidden(
+            f"technician {body.technician_id} is not on file as {body.store_id}'s",
+            field="technician_id",
+        )
     accounts = Accounts(runtime.db)
     existing = await accounts.get(body.phone)
     if existing is not None and existing.subject != body.technician_id:
