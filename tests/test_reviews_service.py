@@ -298,6 +298,48 @@ async def test_only_its_customer_or_operations_close_a_complaint_and_only_on_a_r
     ]
 
 
+async def test_operations_notes_stay_internal_and_a_store_does_not_learn_who_complained(
+    platform: Platform, kafka_producer: AIOKafkaProducer
+) -> None:
+    customer = unique("cus_")
+    booking_id = await completed(kafka_producer, platform.prefix, customer)
+    async with platform.client("reviews") as reviews:
+        await known(reviews, booking_id)
+        complaint = (await complain(reviews, booking_id, customer)).json()
+        url = f"/complaints/{complaint['complaint_id']}"
+        noted = await reviews.post(
+            f"{url}/notes", json={"text": "customer sounded angry; call back"}, headers=OPS
+        )
+        assert noted.status_code == 200, noted.text
+        assert [s["what"] for s in noted.json()["timeline"]] == ["opened", "note"]
+        ops_view = await get_json(reviews, url, headers=OPS)
+        assert "call back" in str(ops_view["timeline"])
+        store = as_store("store_r")
+        for who, headers in (("customer", as_customer(customer)), ("store", store)):
+            one = await get_json(reviews, url, headers=headers)
+            listed = (
+                await reviews.get("/complaints", params={"booking_id": booking_id}, headers=headers)
+            ).json()
+            assert [c["complaint_id"] for c in listed] == [complaint["complaint_id"]]
+            for seen in (one, listed[0]):
+                assert [s["what"] for s in seen["timeline"]] == ["opened"], (who, seen)
+                assert "call back" not in str(seen), who
+        for seen in (await get_json(reviews, url, headers=store), listed[0]):
+            assert customer not in str(seen)
+            assert seen["customer_id"] == ""
+            assert seen["timeline"][0]["by"] == "customer"
+        # The customer's own answer to a resolution comes back without the note as well.
+        await reviews.post(
+            f"{url}/resolution",
+            json={"text": "we are sorry", "remedies": [{"kind": "apology"}]},
+            headers=OPS,
+        )
+        accepted = await reviews.post(f"{url}/accept", headers=as_customer(customer))
+        assert accepted.status_code == 200, accepted.text
+        assert "note" not in [s["what"] for s in accepted.json()["timeline"]]
+        assert accepted.json()["customer_id"] == customer
+
+
 async def test_a_retried_complaint_with_its_idempotency_key_is_filed_once(
     platform: Platform, kafka_producer: AIOKafkaProducer
 ) -> None:

@@ -242,7 +242,14 @@ async def open_one(
                 field="Idempotency-Key",
             )
         response.status_code = 200
-    return filed
+    return shown(actor, filed)
+
+
+def shown(actor: Actor, complaint: Complaint) -> Complaint:
+    """The complaint as this reader may see it (operations: all of it)."""
+    return (
+        complaint if actor.is_ops else complaint.as_seen_by_outsider(store=actor.role is Role.STORE)
+    )
 
 
 def may_read(actor: Actor, complaint: Complaint) -> bool:
@@ -262,7 +269,7 @@ async def get_one(complaint_id: PathId, runtime: RuntimeDep, actor: ActorDep) ->
         raise NotFound(f"complaint {complaint_id} does not exist")
     if not may_read(actor, complaint):
         raise Forbidden("this complaint is not yours to read")
-    return complaint
+    return shown(actor, complaint)
 
 
 @router.get("/complaints", tags=["complaints"], summary="Complaints to work (operations)")
@@ -288,7 +295,8 @@ async def list_complaints(
         query["tier"] = tier.value
     if booking_id:
         query["booking_id"] = booking_id
-    return await Complaints(runtime.db).find(query, sort=[("opened_at", -1)], limit=limit)
+    found = await Complaints(runtime.db).find(query, sort=[("opened_at", -1)], limit=limit)
+    return [shown(actor, c) for c in found]
 
 
 class TextIn(Forbid):
@@ -320,9 +328,10 @@ class RejectIn(Forbid):
 
 
 async def _work(
-    runtime: RuntimeDep, complaint_id: str, change: commands.ComplaintChange
+    runtime: RuntimeDep, actor: Actor, complaint_id: str, change: commands.ComplaintChange
 ) -> Complaint:
-    return await runtime.uow.run(lambda tx: commands.change(tx, complaint_id, change))
+    changed = await runtime.uow.run(lambda tx: commands.change(tx, complaint_id, change))
+    return shown(actor, changed)
 
 
 @router.post("/complaints/{complaint_id}/respond", tags=["complaints"], summary="First response")
@@ -334,7 +343,7 @@ async def respond(
     async def change(tx: Transaction, c: Complaint) -> None:
         c.respond(f"ops:{actor.subject}", body.text, utcnow())
 
-    return await _work(runtime, complaint_id, change)
+    return await _work(runtime, actor, complaint_id, change)
 
 
 @router.post("/complaints/{complaint_id}/assign", tags=["complaints"], summary="Give it an owner")
@@ -346,7 +355,7 @@ async def assign(
     async def change(tx: Transaction, c: Complaint) -> None:
         c.assign(f"ops:{actor.subject}", body.owner, utcnow())
 
-    return await _work(runtime, complaint_id, change)
+    return await _work(runtime, actor, complaint_id, change)
 
 
 @router.post("/complaints/{complaint_id}/notes", tags=["complaints"], summary="An internal note")
@@ -358,7 +367,7 @@ async def note(
     async def change(tx: Transaction, c: Complaint) -> None:
         c.note(f"ops:{actor.subject}", body.text, utcnow())
 
-    return await _work(runtime, complaint_id, change)
+    return await _work(runtime, actor, complaint_id, change)
 
 
 @router.post(
@@ -377,7 +386,7 @@ async def resolve(
         decided = c.propose(f"ops:{actor.subject}", body.text, body.remedies, utcnow())
         commands.proposed(tx, c, decided)
 
-    return await _work(runtime, complaint_id, change)
+    return await _work(runtime, actor, complaint_id, change)
 
 
 def _customer_or_ops(actor: Actor, complaint: Complaint) -> str:
@@ -398,7 +407,7 @@ async def accept(complaint_id: PathId, runtime: RuntimeDep, actor: ActorDep) -> 
         c.accept(_customer_or_ops(actor, c), utcnow())
         commands.closed(tx, c)
 
-    return await _work(runtime, complaint_id, change)
+    return await _work(runtime, actor, complaint_id, change)
 
 
 @router.post(
@@ -414,7 +423,7 @@ async def reject(
         c.reject(_customer_or_ops(actor, c), body.reason, utcnow(), sla(c.category, c.severity))
         commands.escalated(tx, c, "the customer rejected the resolution", before.value)
 
-    return await _work(runtime, complaint_id, change)
+    return await _work(runtime, actor, complaint_id, change)
 
 
 # ----------------------------------------------------------------------- KPIs --

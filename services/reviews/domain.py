@@ -177,6 +177,9 @@ class Breach(Forbid):
     at: datetime
 
 
+INTERNAL_STEPS = frozenset({"note"})  # operations' own: never shown to customers or stores
+
+
 class Step(Forbid):
     at: datetime
     by: str
@@ -224,6 +227,23 @@ class Complaint(Forbid):
 
     def _log(self, at: datetime, by: str, what: str, detail: str = "") -> None:
         self.timeline.append(Step(at=at, by=by, what=what, detail=detail))
+
+    def as_seen_by_outsider(self, *, store: bool) -> Complaint:
+        """What the customer or the technician's store may read: not operations' internal
+        notes; and a store not who complained (the customer's id, in the complaint and in
+        who took its steps)."""
+        timeline = [s for s in self.timeline if s.what not in INTERNAL_STEPS]
+        if not store:
+            return self.model_copy(update={"timeline": timeline})
+        return self.model_copy(
+            update={
+                "customer_id": "",
+                "timeline": [
+                    s.model_copy(update={"by": "customer"}) if s.by.startswith("customer:") else s
+                    for s in timeline
+                ],
+            }
+        )
 
     def _open(self) -> None:
         if self.status is ComplaintStatus.CLOSED:
