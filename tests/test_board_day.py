@@ -12,11 +12,16 @@ from typing import Any
 import pytest
 from pymongo import AsyncMongoClient
 
-from services.gateway import board
+from services.gateway import board, dashboard
 from services.gateway.domain import figures
 from shared.auth import Actor, Role
 from shared.events.booking import BookingRequested, BookingStatusChanged
-from shared.events.dispatch import ServiceCompleted, TechnicianAssigned
+from shared.events.dispatch import (
+    SafetyAlert,
+    ServiceCompleted,
+    TechnicianAssigned,
+    TechnicianReassigned,
+)
 from shared.events.envelope import Envelope, EventPayload
 from shared.events.payments import ReceiptSigned
 from shared.events.reviews import ComplaintUpdated, ReviewSubmitted
@@ -31,6 +36,7 @@ pytestmark = pytest.mark.integration
 MIDNIGHT = datetime(2026, 11, 23, tzinfo=UTC)
 OPS = Actor(role=Role.OPS, subject="ops@x")
 STORE_A = Actor(role=Role.STORE, subject="staff@a", store_id="store_a")
+STORE_B = Actor(role=Role.STORE, subject="staff@b", store_id="store_b")
 LINE = PricedLine(
     code="cut", name="Haircut", skill="hair", quantity=1, unit_price=4500, currency="EUR"
 )
@@ -363,3 +369,75 @@ async def test_a_board_reads_the_rows_it_shows_not_the_platforms_whole_past(
             )
             assert "COLLSCAN" not in stages, (name, actor.subject, stages)
             assert docs <= 2 * 4, (name, actor.subject, docs)
+
+
+async def test_the_store_a_visit_was_taken_from_hears_that_change_only(
+    projection: Projection,
+) -> None:
+    """A reassignment tells the store that had the row, so its page drops it; what happens to
+    the visit afterwards is the new store's and operations' business."""
+    await projection.requested("bk_move", at(600))
+    await projection.assigned("bk_move", at(601), store="store_a")
+    await projection.play(
+        at(602),
+        TechnicianReassigned(
+            booking_id="bk_move",
+            visit_id="v_bk_move",
+            previous_technician_id="tech_store_a",
+            previous_badge_number="B-1",
+            technician_id="tech_store_b",
+            technician_name="Bea",
+            badge_number="B-2",
+            store_id="store_b",
+            reason="dropped out",
+        ),
+    )
+    rows = projection.db[board.BOARD_BOOKINGS]
+    moved = await rows.find_one({"_id": "bk_move"})
+    assert moved is not None
+    assert (moved["store_id"], moved["previous_store_id"]) == ("store_b", "store_a")
+    store_a_hears = dashboard.in_scope({"store_id": "store_a"})
+    change = {"ns": {"coll": board.BOARD_BOOKINGS}, "operationType": "update"}
+    assert store_a_hears({**change, "fullDocument": moved})
+    # What store_a is sent of it: that it left, not who goes now nor what the visit is.
+    gone = board.booking_row(moved, STORE_A)
+    assert (gone.booking_id, gone.store_id) == ("bk_move", "store_b")
+    assert gone.technician is None
+    assert gone.window_start is None
+    assert gone.region is None
+    await projection.completed("bk_move", at(700))
+    later = await rows.find_one({"_id": "bk_move"})
+    assert later is not None
+    assert later["previous_store_id"] is None
+    assert not store_a_hears({**change, "fullDocument": later})
+    assert dashboard.in_scope({"store_id": "store_b"})({**change, "fullDocument": later})
+    shown = board.booking_row(later, STORE_B)
+    assert shown.technician is not None
+    assert shown.technician.name == "Bea"
+    assert (shown.customer_id, shown.location) == (None, None)
+
+
+async def test_a_store_sees_its_alerts_without_the_customer_operations_with(
+    projection: Projection,
+) -> None:
+    await projection.play(
+        at(30),
+        SafetyAlert(
+            booking_id="bk_alert",
+            visit_id="v_bk_alert",
+            customer_id="cus_alert",
+            technician_id="tech_store_a",
+            kind="not_the_person",
+            severity="critical",
+            detail="the customer says this is not the technician shown",
+            at=at(30),
+            alert_id="al_1",
+            store_id="store_a",
+        ),
+    )
+    doc = await projection.db[board.BOARD_ALERTS].find_one({})
+    assert doc is not None
+    assert board.alert_row(doc, OPS).customer_id == "cus_alert"
+    assert board.alert_row(doc, STORE_A).customer_id is None
+    listed, _ = await board.alerts(projection.db, STORE_A, MIDNIGHT, limit=10)
+    assert [a.customer_id for a in listed] == [None]

@@ -152,6 +152,10 @@ async def _set(
     """Upsert the fields this event owns (expressions may read what is stored); with
     `upsert=False`, only a row already there changes. The row's `active_at` moves up to the
     event's moment (or a later stamp it brings), which puts the row on that day's board."""
+    if collection == BOARD_BOOKINGS and "previous_store_id" not in fields:
+        # The store a reassignment took the row from hears that change only (its page drops
+        # the row), not what happens to the visit afterwards.
+        fields = {**fields, "previous_store_id": None}
     values = {k: v if isinstance(v, Expr) else {"$literal": v} for k, v in fields.items()}
     # The row's own stamps only: a visit's window or a complaint's next deadline may lie
     # ahead, and would keep the row on every board until then.
@@ -504,14 +508,26 @@ def _row(doc: Document) -> dict[str, Any]:
 
 
 def booking_row(doc: Document, actor: Actor) -> BookingRow:
+    if not actor.is_ops and doc.get("store_id") != actor.store_id:
+        # A row that has just left this store (reassigned): enough for its page to drop it,
+        # nothing of the visit it no longer has.
+        return BookingRow(
+            booking_id=doc["_id"],
+            status=doc.get("status", "requested"),
+            store_id=doc.get("store_id"),
+            rev=doc.get("rev", 0),
+        )
     row = BookingRow.model_validate({**_row(doc), "booking_id": doc["_id"]})
     if not actor.is_ops:  # a store never sees where the customer lives, nor who they are
         row.location, row.customer_id = None, None
     return row
 
 
-def alert_row(doc: Document) -> AlertRow:
-    return AlertRow.model_validate({**doc, "alert_id": doc["_id"]})
+def alert_row(doc: Document, actor: Actor) -> AlertRow:
+    row = AlertRow.model_validate({**doc, "alert_id": doc["_id"]})
+    if not actor.is_ops:  # nor, on an alert, who the customer is
+        row.customer_id = None
+    return row
 
 
 def complaint_row(doc: Document) -> ComplaintRow:
@@ -580,7 +596,7 @@ async def alerts(
 ) -> Listed[AlertRow]:
     """Every alert nobody acknowledged, and today's."""
     docs, total = await _page(db, actor, BOARD_ALERTS, since, limit=limit, offset=offset)
-    return [alert_row(d) for d in docs], total
+    return [alert_row(d, actor) for d in docs], total
 
 
 async def complaints(

@@ -299,7 +299,7 @@ async def _event(request: Request, actor: Actor, collection: str, doc: Document)
     if collection == board.BOARD_BOOKINGS:
         return _frame("booking", board.booking_row(doc, actor))
     if collection == board.BOARD_ALERTS:
-        alert = (await with_contacts(request, actor, [board.alert_row(doc)]))[0]
+        alert = (await with_contacts(request, actor, [board.alert_row(doc, actor)]))[0]
         return _frame("alert", alert)
     if collection == board.BOARD_FEES:
         return _frame("fee", board.fee_row(doc))
