@@ -219,6 +219,7 @@ async def test_a_safety_alert_is_a_critical_safety_complaint_within_a_second(
         severity="critical",
         detail="the customer says this is not the person shown",
         at=datetime.now(UTC),
+        store_id="store_alerted",
     )
     for _ in range(2):  # redelivered: still one complaint
         await publish(kafka_producer, platform.prefix, alert)
@@ -234,6 +235,9 @@ async def test_a_safety_alert_is_a_critical_safety_complaint_within_a_second(
     assert len(complaints) == 1
     c = complaints[0]
     assert (c["category"], c["severity"], c["channel"]) == ("safety", "critical", "safety_alert")
+    # Before completion reviews knows no store for the booking: the alert's own is taken, so
+    # the store hears of the complaint.
+    assert c["store_id"] == "store_alerted"
     lag = datetime.fromisoformat(c["opened_at"]) - alert.at
     assert lag.total_seconds() < 1.0, lag
     opened = datetime.fromisoformat(c["opened_at"])

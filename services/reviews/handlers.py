@@ -102,7 +102,9 @@ async def safety_alert(tx: Transaction, event: SafetyAlert) -> None:
             booking_id=event.booking_id,
             customer_id=event.customer_id,
             technician_id=event.technician_id,
-            store_id=booking.store_id if booking else None,
+            # The alert names the store; reviews learns it from the booking only at completion,
+            # and an alert comes before.
+            store_id=event.store_id or (booking.store_id if booking else None),
             category=Category.SAFETY,
             severity=Severity.CRITICAL if event.severity == "critical" else Severity.HIGH,
             description=f"safety alert ({event.kind.replace('_', ' ')}): {event.detail}",
