@@ -39,6 +39,8 @@ from aiokafka import (
     ConsumerRecord,
     TopicPartition,
 )
+from aiokafka.coordinator.assignors.range import RangePartitionAssignor
+from aiokafka.coordinator.assignors.roundrobin import RoundRobinPartitionAssignor
 from aiokafka.errors import CommitFailedError, KafkaError
 from pydantic import ValidationError
 from pymongo import ASCENDING, IndexModel
@@ -241,6 +243,10 @@ class EventConsumer:
             group_id=self._settings.consumer_group,
             group_instance_id=self._settings.consumer_instance_id or None,
             client_id=f"{self._name}-consumer",
+            # Ranges: each member gets the same partition numbers of every topic, so one
+            # booking's events on several topics meet in one lane (see `_to_lane`). Round
+            # robin stays listed so a group can move over during a rolling deploy.
+            partition_assignment_strategy=(RangePartitionAssignor, RoundRobinPartitionAssignor),
             enable_auto_commit=False,
             auto_offset_reset="earliest",
             max_poll_interval_ms=300_000,
