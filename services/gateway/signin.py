@@ -15,7 +15,7 @@ from services.gateway.api import upstream
 from services.gateway.security import (
     EdgeActor,
     hash_password,
-    password_matches,
+    password_checked,
     signin_limited,
     token_keys,
 )
@@ -273,8 +273,9 @@ class OpsIn(Forbid):
 )
 async def ops_sign_in(body: OpsIn, runtime: RuntimeDep) -> Tokens:
     staff = await Staff(runtime.db).get(body.email.lower())
-    if staff is None or not password_matches(body.password, staff.password_hash):
+    if not await password_checked(body.password, staff.password_hash if staff else None):
         raise Unauthenticated("wrong e-mail or password")
+    assert staff is not None
     if staff.store_id:
         return await issue(
             runtime, Actor(role=Role.STORE, subject=staff.email, store_id=staff.store_id)
