@@ -1382,7 +1382,15 @@ async def test_a_coupon_takes_off_the_next_receipt_once_and_a_declined_card_can_
             ).json()
             return ops if ops and ops[-1]["status"] == "declined" else None
 
-        await eventually(charge_declined, what="charge declined")
+        declined = await eventually(charge_declined, what="charge declined")
+        assert declined[-1]["payment_method"] == "pm_card_declined"  # the customer's own card
+        # The technician and the store see the charge and its fate, not the customer's card.
+        for other in (as_technician("tech_p"), as_store(store)):
+            seen = await payments.get(
+                f"/receipts/{receipt['receipt_id']}/operations", headers=other
+            )
+            assert seen.status_code == 200, seen.text
+            assert [(o["status"], o["payment_method"]) for o in seen.json()] == [("declined", "")]
         again = await payments.post(
             f"/receipts/{receipt['receipt_id']}/pay",
             json={"payment_method": "pm_card_ok"},

@@ -358,7 +358,12 @@ async def reopen(
 )
 async def operations(receipt_id: PathId, runtime: RuntimeDep, actor: ActorDep) -> list[ProviderOp]:
     await readable(runtime, actor, receipt_id)
-    return await ProviderOps(runtime.db).of_receipt(receipt_id)
+    found = await ProviderOps(runtime.db).of_receipt(receipt_id)
+    if actor.is_ops or actor.role is Role.CUSTOMER:
+        return found
+    # The technician and the store see what was charged and whether it went through, not
+    # the customer's card.
+    return [op.model_copy(update={"payment_method": ""}) for op in found]
 
 
 @router.put(

@@ -159,7 +159,8 @@ async def get_review(booking_id: PathId, runtime: RuntimeDep, actor: ActorDep) -
         raise NotFound(f"no review of booking {booking_id}")
     allowed = (
         actor.is_ops
-        or actor.subject in (review.customer_id, review.technician_id)
+        or (actor.role is Role.CUSTOMER and actor.subject == review.customer_id)
+        or (actor.role is Role.TECHNICIAN and actor.subject == review.technician_id)
         or (actor.role is Role.STORE and actor.store_id == review.store_id)
     )
     if not allowed:
