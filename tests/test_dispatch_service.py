@@ -286,6 +286,43 @@ async def test_an_offer_is_accepted_once_and_only_by_its_technician(scene: Scene
     assert booking["technician"]["badge_number"] == seen["technician"]["badge_number"]
 
 
+async def test_where_the_customer_is_shows_to_the_technician_only_while_the_visit_is_theirs(
+    scene: Scene,
+) -> None:
+    """As booking shows the address: the technician sees where once they have accepted, and
+    no more once the visit is done; their store never; operations always."""
+    tech = await scene.technician(location=NEAR)
+    booking_id = await scene.book()
+    offer = await open_offer(scene.dispatch, tech, booking_id)
+    url = f"/visits/{booking_id}"
+    offered = (await scene.dispatch.get(url, headers=as_technician(tech))).json()
+    assert (offered["status"], offered["location"]) == ("offered", None)
+    accepted = await scene.dispatch.post(
+        f"/offers/{offer['offer']['offer_id']}/accept", headers=as_technician(tech)
+    )
+    assert accepted.status_code == 200, accepted.text
+    ops_view = await scene.visit(booking_id)
+    assert ops_view["location"] is not None
+    assert ops_view["customer_id"] == scene.customer
+    assert accepted.json()["location"] == ops_view["location"]
+    mine = (await scene.dispatch.get(url, headers=as_technician(tech))).json()
+    assert (mine["location"], mine["customer_id"]) == (ops_view["location"], scene.customer)
+    store = as_store("store_chiado")  # the technician's store
+    by_store = await scene.dispatch.get(url, headers=store)
+    assert by_store.status_code == 200, by_store.text
+    assert (by_store.json()["location"], by_store.json()["customer_id"]) == (None, None)
+    await walk_to_service(scene.dispatch, booking_id, tech, scene.customer)
+    done = await scene.dispatch.post(
+        f"/visits/{booking_id}/complete",
+        json={"performed": [{"code": scene.code, "quantity": 1}]},
+        headers=as_technician(tech),
+    )
+    assert done.status_code == 200, done.text
+    after = (await scene.dispatch.get(url, headers=as_technician(tech))).json()
+    assert (after["status"], after["location"]) == ("completed", None)
+    assert (await scene.visit(booking_id))["location"] == ops_view["location"]
+
+
 # ---------------------------------------------------------- never double-book --
 async def test_twenty_bookings_racing_for_five_technicians_never_double_book(
     scene: Scene,

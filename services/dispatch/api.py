@@ -229,13 +229,15 @@ def technician_actor(actor: Actor) -> str:
 
 
 class VisitView(Forbid):
-    """A visit as operations, the store and the assigned technician see it."""
+    """A visit as operations, the store and the assigned technician see it. Where the
+    customer is (and who) only operations see always; the technician while the visit is
+    theirs to do (accepted, not yet done), as booking shows the address; the store never."""
 
     visit_id: str
     booking_id: str
-    customer_id: str
+    customer_id: str | None
     status: VisitStatus
-    location: GeoPoint
+    location: GeoPoint | None
     window_start: datetime
     window_end: datetime
     lines: list[PricedLine]
@@ -254,8 +256,17 @@ class VisitView(Forbid):
     version: int
 
     @classmethod
-    def of(cls, visit: Visit) -> VisitView:
-        return cls.model_validate(visit.model_dump(include=set(cls.model_fields)))
+    def of(cls, visit: Visit, actor: Actor) -> VisitView:
+        view = cls.model_validate(visit.model_dump(include=set(cls.model_fields)))
+        if actor.is_ops:
+            return view
+        if actor.role is Role.TECHNICIAN and visit.status in ACCEPTED:
+            view.location = visit.location
+        else:
+            view.location = None
+        if actor.role is not Role.TECHNICIAN:
+            view.customer_id = None
+        return view
 
 
 class CustomerVisitView(Forbid):
@@ -278,7 +289,7 @@ class CustomerVisitView(Forbid):
 async def accept(offer_id: Id, actor: ActorDep, runtime: RuntimeDep) -> VisitView:
     technician_id = technician_actor(actor)
     visit = await runtime.uow.run(lambda tx: commands.accept_offer(tx, offer_id, technician_id))
-    return VisitView.of(visit)
+    return VisitView.of(visit, actor)
 
 
 @router.post("/offers/{offer_id}/decline", tags=["offers"], summary="Decline an offer")
@@ -313,7 +324,7 @@ async def get_visit(
     visit = await visible_visit(runtime, booking_id, actor)
     if actor.role is Role.CUSTOMER:
         return CustomerVisitView.of(visit)
-    return VisitView.of(visit)
+    return VisitView.of(visit, actor)
 
 
 class DoorCheck(Forbid):
@@ -398,7 +409,7 @@ async def en_route(booking_id: Id, actor: ActorDep, runtime: RuntimeDep) -> Visi
             )
         )
 
-    return VisitView.of(await step(runtime, booking_id, work))
+    return VisitView.of(await step(runtime, booking_id, work), actor)
 
 
 class ArriveIn(Forbid):
@@ -437,7 +448,7 @@ async def arrive(booking_id: Id, body: ArriveIn, actor: ActorDep, runtime: Runti
                 critical=False,
             )
 
-    return VisitView.of(await step(runtime, booking_id, work))
+    return VisitView.of(await step(runtime, booking_id, work), actor)
 
 
 class CodeIn(Forbid):
@@ -488,7 +499,7 @@ async def enter_code(
         )
     if outcome == [CodeResult.LOCKED]:
         raise Locked("wrong visit code too many times: the visit is locked, operations alerted")
-    return VisitView.of(visit)
+    return VisitView.of(visit, actor)
 
 
 @router.post(
@@ -545,7 +556,7 @@ async def start(booking_id: Id, actor: ActorDep, runtime: RuntimeDep) -> VisitVi
             )
         )
 
-    return VisitView.of(await step(runtime, booking_id, work))
+    return VisitView.of(await step(runtime, booking_id, work), actor)
 
 
 class PerformedItem(Forbid):
@@ -588,7 +599,7 @@ async def complete(
             )
         )
 
-    return VisitView.of(await step(runtime, booking_id, work))
+    return VisitView.of(await step(runtime, booking_id, work), actor)
 
 
 class DropIn(Forbid):
@@ -609,7 +620,7 @@ async def drop(booking_id: Id, body: DropIn, actor: ActorDep, runtime: RuntimeDe
             raise Forbidden(f"the visit for booking {booking_id} is not assigned to you")
         return await commands.replace_technician(tx, booking_id, body.reason)
 
-    return VisitView.of(await runtime.uow.run(work))
+    return VisitView.of(await runtime.uow.run(work), actor)
 
 
 class ReassignIn(Forbid):
@@ -634,7 +645,7 @@ async def reassign(
             return await commands.assign_by_hand(tx, booking_id, body.technician_id, body.reason)
         return await commands.replace_technician(tx, booking_id, body.reason)
 
-    return VisitView.of(await runtime.uow.run(work))
+    return VisitView.of(await runtime.uow.run(work), actor)
 
 
 # -------------------------------------------------------------- safety alerts --
