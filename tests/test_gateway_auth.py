@@ -49,6 +49,26 @@ async def sign_in(api: httpx.AsyncClient, number: str) -> dict[str, Any]:
     return body
 
 
+async def test_asking_a_code_as_a_technician_for_a_customers_phone_changes_nothing(
+    platform: Platform,
+) -> None:
+    """Nothing is sent to a phone no store registered, so nothing is stored either: the
+    customer's own code still works, and their hourly allowance is untouched."""
+    async with platform.client("gateway") as api:
+        number = phone()
+        sent = await api.post("/v1/auth/otp", json={"phone": number})
+        assert sent.status_code == 202, sent.text
+        code = await code_for(api, number)
+        for _ in range(8):  # more than the phone's hourly allowance
+            asked = await api.post("/v1/auth/otp", json={"phone": number, "role": "technician"})
+            assert asked.status_code == 202, asked.text  # says nothing either way
+        tokens = await api.post("/v1/auth/token", json={"phone": number, "code": code})
+        assert tokens.status_code == 200, tokens.text
+        assert tokens.json()["role"] == "customer"
+        again = await api.post("/v1/auth/otp", json={"phone": number})
+        assert again.status_code == 202, again.text
+
+
 async def test_a_customer_signs_in_with_a_one_time_code_and_reaches_only_their_own_data(
     platform: Platform,
 ) -> None:

@@ -157,6 +157,11 @@ async def request_code(body: OtpIn, runtime: RuntimeDep, response: Response) -> 
         retry = int((recent[0] + timedelta(hours=1) - now).total_seconds()) + 1
         raise TooManyRequests("too many codes asked for this phone; wait", retry_after=retry)
     account = await Accounts(runtime.db).get(body.phone)
+    # A technician's phone must be registered by their store; say nothing either way. When
+    # no code is sent, nothing is stored either: the phone's own code and its hourly count
+    # stay as they were, so asking as a "technician" cannot lock a customer out.
+    if body.role is Role.TECHNICIAN and (account is None or account.role != "technician"):
+        return OtpOut(expires_in=settings.otp_ttl_s)
     code = new_code()
     key = await service_secret(runtime.db, "otp", settings.otp_secret)
     fresh = OtpCode(
@@ -171,9 +176,7 @@ async def request_code(body: OtpIn, runtime: RuntimeDep, response: Response) -> 
         await codes.insert(fresh)
     else:
         await codes.save(fresh)
-    # A technician's phone must be registered by their store; say nothing either way.
-    if body.role is Role.CUSTOMER or (account is not None and account.role == "technician"):
-        await sender(runtime).send(body.phone, f"Your Doorstep code is {code}")
+    await sender(runtime).send(body.phone, f"Your Doorstep code is {code}")
     return OtpOut(expires_in=settings.otp_ttl_s)
 
 
