@@ -88,6 +88,10 @@ class Settings(BaseSettings):
     # Rows per list on the operations board (its page stays light); beyond them the board
     # says how many there are in all.
     board_rows: int = Field(1000, ge=1, validation_alias="GATEWAY_BOARD_ROWS")
+    # Development and tests only: stores' webhooks may target this machine or a private
+    # network, over plain http (in production: https to public addresses only, so a webhook
+    # cannot be used to probe the platform's own network).
+    webhook_private_targets: bool = Field(False, validation_alias="GATEWAY_WEBHOOK_PRIVATE_TARGETS")
     # Development only: codes "sent" by SMS are readable at GET /v1/dev/sms (never in production).
     dev_sms_log: bool = Field(False, validation_alias="DOORSTEP_DEV_SMS_LOG")
 

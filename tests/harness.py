@@ -183,6 +183,8 @@ class ServiceProcess:
             "PAYMENTS_REMINDERS": "2",
             # One-time sign-in codes readable at GET /v1/dev/sms, as in development.
             "DOORSTEP_DEV_SMS_LOG": "1",
+            # The tests' webhook receivers listen on this machine.
+            "GATEWAY_WEBHOOK_PRIVATE_TARGETS": "1",
             **self.extra_env,
         }
 

@@ -18,8 +18,8 @@ from shared.auth import Actor, Role
 from shared.events.envelope import Envelope
 from shared.events.payments import ReceiptSealed
 from shared.mongo import Document
-from tests.conftest import Platform
-from tests.harness import eventually, free_port
+from tests.conftest import Platform, running_platform
+from tests.harness import Infra, eventually, free_port
 from tests.seed import bearer, gateway_token
 
 pytestmark = pytest.mark.integration
@@ -137,3 +137,34 @@ async def test_a_webhook_is_signed_retried_past_failures_delivered_once_and_repl
     finally:
         receiver.server.should_exit = True
         await serving
+
+
+async def test_a_production_gateway_refuses_webhooks_into_its_own_network(
+    infra: Infra, mongo: AsyncMongoClient[Document]
+) -> None:
+    """As deployed (private targets not allowed), a store cannot point a webhook at this
+    machine, a private network or the cloud's metadata address, nor use plain http."""
+    store = f"store_{uuid.uuid4().hex[:8]}"
+    with running_platform(infra, GATEWAY_WEBHOOK_PRIVATE_TARGETS="0") as production:
+        async with production.client("gateway") as api:
+            ops = bearer(
+                await gateway_token(mongo, production.prefix, Actor(role=Role.OPS, subject="o"))
+            )
+            key = (await api.post(f"/v1/stores/{store}/api-keys", json={}, headers=ops)).json()
+            as_store = {"X-Api-Key": key["api_key"]}
+            for url in (
+                "https://127.0.0.1:8003/internal",
+                "https://localhost/hook",
+                "https://169.254.169.254/latest/meta-data/",
+                "https://10.0.0.8/hook",
+                "http://example.com/hook",
+            ):
+                refused = await api.post(
+                    "/v1/webhooks",
+                    json={"store_id": store, "url": url, "events": ["payments.receipt_sealed"]},
+                    headers=as_store,
+                )
+                assert refused.status_code == 422, (url, refused.text)
+                assert refused.json()["error"]["field"] == "url", url
+            listed = await api.get("/v1/webhooks", params={"store_id": store}, headers=as_store)
+            assert listed.json() == []

@@ -14,15 +14,19 @@ Every attempt is logged; a delivery can be replayed. Receivers should drop an
 
 from __future__ import annotations
 
+import asyncio
 import hashlib
 import hmac
+import ipaddress
 import json
 import logging
 import secrets
 import time
 import uuid
+from collections.abc import Iterable
 from datetime import timedelta
 from typing import Annotated
+from urllib.parse import urlsplit
 
 import httpx
 from fastapi import APIRouter, Query, status
@@ -89,6 +93,39 @@ class WebhookOut(Forbid):
     secret: str | None = Field(default=None, description="Shown once: verify signatures with it")
 
 
+def refused_target(scheme: str, addresses: Iterable[str], private_allowed: bool) -> str | None:
+    """Why a webhook may not be sent there, or None. A store's URL must not reach the
+    platform's own machines (loopback, private and link-local networks, the cloud's metadata
+    address): the gateway would post there for it, and show the store what came back."""
+    if private_allowed:
+        return None
+    if scheme != "https":
+        return "webhook URLs must use https"
+    found = list(addresses)
+    if not found:
+        return "the webhook's host does not resolve"
+    for address in found:
+        ip = ipaddress.ip_address(address.split("%")[0])
+        if not ip.is_global or ip.is_multicast:
+            return f"the webhook's host resolves to {address}, not a public address"
+    return None
+
+
+async def target_refusal(url: str, private_allowed: bool) -> str | None:
+    """`refused_target` for a URL, its host resolved now (at subscription, and again before
+    every delivery: a name may point elsewhere later)."""
+    if private_allowed:
+        return None
+    parts = urlsplit(url)
+    try:
+        infos = await asyncio.get_running_loop().getaddrinfo(
+            parts.hostname or "", parts.port or 443, proto=6
+        )
+    except OSError:
+        infos = []
+    return refused_target(parts.scheme, {str(info[4][0]) for info in infos}, private_allowed)
+
+
 def _store_or_ops(actor: Actor, store_id: str) -> None:
     if not actor.speaks_for_store(store_id):
         raise Forbidden("a store manages only its own webhooks")
@@ -108,6 +145,9 @@ async def subscribe(body: WebhookIn, runtime: RuntimeDep, actor: EdgeActor) -> W
             f"unknown event types {unknown}; a store may subscribe to {list(STORE_EVENTS)}",
             field="events",
         )
+    refusal = await target_refusal(str(body.url), runtime.settings.webhook_private_targets)
+    if refusal:
+        raise Unprocessable(refusal, field="url")
     hook = Webhook(
         webhook_id=f"wh_{uuid.uuid4().hex[:12]}",
         store_id=body.store_id,
@@ -244,12 +284,16 @@ async def deliver(ctx: TimerContext, timer: Timer) -> None:
         "X-Doorstep-Delivery": delivery.delivery_id,
     }
     attempt = Attempt(at=utcnow())
-    try:
-        async with httpx.AsyncClient(timeout=TIMEOUT_S) as client:
-            answer = await client.post(hook.url, content=delivery.body, headers=headers)
-        attempt.status = answer.status_code
-    except httpx.HTTPError as exc:
-        attempt.error = f"{type(exc).__name__}: {exc}"[:300]
+    refusal = await target_refusal(hook.url, ctx.settings.webhook_private_targets)
+    if refusal:
+        attempt.error = f"not sent: {refusal}"
+    else:
+        try:
+            async with httpx.AsyncClient(timeout=TIMEOUT_S) as client:
+                answer = await client.post(hook.url, content=delivery.body, headers=headers)
+            attempt.status = answer.status_code
+        except httpx.HTTPError as exc:
+            attempt.error = f"{type(exc).__name__}: {exc}"[:300]
 
     async def record(tx: Transaction) -> None:
         current = await Deliveries(tx.db).get(delivery.delivery_id, tx.session)
