@@ -196,6 +196,7 @@ class City:
         self.tag = "sim"  # the same people every run; the seed decides what they do
         self._halted: set[str] = set()  # visits the customer stopped at the door
         self._cash_handed: dict[str, asyncio.Event] = {}  # booking -> its cash was recorded
+        self._cash_counted: set[str] = set()  # receipts whose cash was counted
 
     # ------------------------------------------------------------------- setup --
     def point(self) -> tuple[float, float]:
@@ -768,13 +769,16 @@ class City:
     ) -> None:
         path = f"/v1/receipts/{receipt_id}/cash"
         r = await t.caller.call("POST", path, json={"amount": amount}, ok=(200, 409))
-        if r.status_code == 200:
-            self.outcomes.counts["cash"] += 1
-        else:  # paid already (a first try whose answer was lost), or by a card meanwhile
+        recorded = r.status_code == 200
+        if not recorded:  # paid already (a first try whose answer was lost), or by a card
             receipt = await t.caller.json("GET", f"/v1/receipts/{receipt_id}")
             if receipt["status"] != "settled":
                 log.warning("cash for %s not taken: %s", booking_id, r.text[:200])
                 return  # nothing handed over: the customer goes on waiting, and is counted
+            recorded = any(p.get("method") == "cash" for p in receipt.get("payments", []))
+        if recorded and receipt_id not in self._cash_counted:
+            self._cash_counted.add(receipt_id)
+            self.outcomes.counts["cash"] += 1
         handed = self._cash_handed.get(booking_id)
         if handed is not None:  # the customer is still at the door
             handed.set()
