@@ -525,6 +525,10 @@ class Stage:
     city: City
     disk_log: Path  # bench.disk's probe, running through every phase
 
+    def processes(self) -> dict[str, int]:
+        """Every process whose CPU a journey costs: the services, the servers, the simulator."""
+        return {**self.pids, **self.servers, "simulator": os.getpid()}
+
 
 BACKLOG_EVERY_S = 3.0  # the backlog is sampled this often during arrivals
 SETTLED = 50.0  # a phase starts only once the backlog of the one before is down to this
@@ -667,7 +671,7 @@ async def play_phase(
     print(f"  city at {rate:g} journeys/s for {seconds:g} s{of}")
     if left > SETTLED:
         print(f"    (the phase before left a backlog of {left:.0f}, still there)")
-    everyone = {**stage.pids, **stage.servers, "simulator": os.getpid()}
+    everyone = stage.processes()
     cpu_before = {name: cpu_seconds(pid) for name, pid in everyone.items()}
     ticks_before = machine_ticks()
     work_before = await work_done(urls, mongo)
@@ -893,7 +897,7 @@ async def idle_cost(stage: Stage, seconds: float) -> dict[str, float]:
     housekeeping), the part of a journey's cost that is not the journey's."""
     left = await settle(stage.urls, down_to=0)
     await asyncio.sleep(IDLE_AFTER_S)  # the last events' timers and board rows, done
-    everyone = {**stage.pids, **stage.servers, "simulator": os.getpid()}
+    everyone = stage.processes()
     before = {name: cpu_seconds(pid) for name, pid in everyone.items()}
     t0 = time.monotonic()
     await asyncio.sleep(seconds)

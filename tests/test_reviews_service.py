@@ -71,6 +71,18 @@ async def complain(
     return await reviews.post("/complaints", json=body, headers=as_customer(customer))
 
 
+async def complained(
+    reviews: httpx.AsyncClient, producer: AIOKafkaProducer, platform: Platform
+) -> tuple[str, dict[str, Any]]:
+    """A new customer's completed visit, known to reviews and complained about in the app:
+    (customer, complaint)."""
+    customer = unique("cus_")
+    booking_id = await completed(producer, platform.prefix, customer)
+    await known(reviews, booking_id)
+    complaint: dict[str, Any] = (await complain(reviews, booking_id, customer)).json()
+    return customer, complaint
+
+
 # -------------------------------------------------------------------- reviews --
 
 
@@ -251,11 +263,8 @@ async def test_a_safety_alert_is_a_critical_safety_complaint_within_a_second(
 async def test_only_its_customer_or_operations_close_a_complaint_and_only_on_a_resolution(
     platform: Platform, kafka_producer: AIOKafkaProducer
 ) -> None:
-    customer = unique("cus_")
-    booking_id = await completed(kafka_producer, platform.prefix, customer)
     async with platform.client("reviews") as reviews:
-        await known(reviews, booking_id)
-        complaint = (await complain(reviews, booking_id, customer)).json()
+        customer, complaint = await complained(reviews, kafka_producer, platform)
         url = f"/complaints/{complaint['complaint_id']}"
         early = await reviews.post(f"{url}/accept", headers=as_customer(customer))
         assert early.status_code == 409  # no resolution yet
@@ -305,12 +314,9 @@ async def test_only_its_customer_or_operations_close_a_complaint_and_only_on_a_r
 async def test_operations_notes_stay_internal_and_a_store_does_not_learn_who_complained(
     platform: Platform, kafka_producer: AIOKafkaProducer
 ) -> None:
-    customer = unique("cus_")
-    booking_id = await completed(kafka_producer, platform.prefix, customer)
     async with platform.client("reviews") as reviews:
-        await known(reviews, booking_id)
-        complaint = (await complain(reviews, booking_id, customer)).json()
-        url = f"/complaints/{complaint['complaint_id']}"
+        customer, complaint = await complained(reviews, kafka_producer, platform)
+        booking_id, url = complaint["booking_id"], f"/complaints/{complaint['complaint_id']}"
         noted = await reviews.post(
             f"{url}/notes", json={"text": "customer sounded angry; call back"}, headers=OPS
         )

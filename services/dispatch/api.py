@@ -260,9 +260,7 @@ class VisitView(Forbid):
         view = cls.model_validate(visit.model_dump(include=set(cls.model_fields)))
         if actor.is_ops:
             return view
-        if actor.role is Role.TECHNICIAN and visit.status in ACCEPTED:
-            view.location = visit.location
-        else:
+        if not (actor.role is Role.TECHNICIAN and visit.status in ACCEPTED):
             view.location = None
         if actor.role is not Role.TECHNICIAN:
             view.customer_id = None
