@@ -88,6 +88,9 @@ class CityPlan:
     pace: float = 1.0  # seconds of the technician's travel and work, scaled
     timeout_s: float = 30.0  # an app gives up on a call after this long (and tries again)
     shares: Shares = field(default_factory=Shares)
+    # Which people (0-99): the same number, the same customers, technicians and stores every
+    # run, with what earlier runs left them (cards, prepaid packages); another, other people.
+    population: int = 0
 
 
 @dataclass
@@ -193,7 +196,8 @@ class City:
         self.journeys: set[asyncio.Task[None]] = set()
         self.visits: set[asyncio.Task[None]] = set()
         self.workers: list[asyncio.Task[None]] = []
-        self.tag = "sim"  # the same people every run; the seed decides what they do
+        # The same people every run of a population; the seed decides what they do.
+        self.tag = "sim" if plan.population == 0 else f"sim{plan.population}"
         self._halted: set[str] = set()  # visits the customer stopped at the door
         self._cash_handed: dict[str, asyncio.Event] = {}  # booking -> its cash was recorded
         self._cash_counted: set[str] = set()  # receipts whose cash was counted
@@ -233,11 +237,11 @@ class City:
             keys[store] = Caller(self.http, api_key=made["api_key"])
         for i in range(plan.technicians):
             store, skill = stores[i % len(stores)], SKILLS[i % len(SKILLS)]
-            tech_id, badge = f"{self.tag}_tech_{i}", f"SIM-{i:04d}"
+            tech_id, badge = f"{self.tag}_tech_{i}", f"{self.tag.upper()}-{i:04d}"
             lat, lon = self.point()
             body = demo_file((tech_id, f"Technician {i}", badge, store, [skill], lat, lon))
             body["shifts"] = ROUND_THE_CLOCK  # the city lives at any hour
-            body["phone"] = phone = f"+3519600{i:05d}"
+            body["phone"] = phone = f"+35196{plan.population:02d}{i:05d}"
             await keys[store].call("PUT", f"/v1/technicians/{tech_id}", json=body)
             await keys[store].call(
                 "POST",
@@ -267,7 +271,7 @@ class City:
             )
         for i in range(plan.customers):
             caller = Caller(self.http)
-            await caller.sign_in_by_phone(f"+3519200{i:05d}")
+            await caller.sign_in_by_phone(f"+35192{plan.population:02d}{i:05d}")
             me, (lat, lon) = caller.subject, self.point()
             await caller.call(
                 "PUT",

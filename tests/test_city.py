@@ -102,6 +102,9 @@ async def test_customers_without_a_card_pay_cash_at_the_door_and_owe_a_late_canc
             journeys=journeys,
             pace=pace,
             shares=shares,
+            # People of their own: the city's usual people may hold prepaid visits from other
+            # tests, which would pay for a visit instead of cash.
+            population=7,
         )
 
     paying = await City(plan(3, quiet(cash=1), pace=0.05)).run()
