@@ -41,7 +41,7 @@ from aiokafka import (
 )
 from aiokafka.coordinator.assignors.range import RangePartitionAssignor
 from aiokafka.coordinator.assignors.roundrobin import RoundRobinPartitionAssignor
-from aiokafka.errors import CommitFailedError, KafkaError
+from aiokafka.errors import CommitFailedError, KafkaError, ProducerClosed
 from pydantic import ValidationError
 from pymongo import ASCENDING, IndexModel
 from pymongo.errors import DuplicateKeyError
@@ -709,18 +709,31 @@ class EventConsumer:
         if envelope is not None:
             headers.append(("dlq.event_id", str(envelope.event_id).encode()))
         # Waits for the broker's ack: the offset is committed only once the letter is safe.
+        value = message.value
         while True:
             try:
                 await self._producer.send_and_wait(
-                    self._settings.dead_letter_topic,
-                    value=message.value,
-                    key=message.key,
-                    headers=headers,
+                    self._settings.dead_letter_topic, value=value, key=message.key, headers=headers
                 )
                 break
-            except KafkaError:
-                log.exception("dead-letter publish failed; retrying")
-                await asyncio.sleep(1)
+            except ProducerClosed:
+                raise  # the service is stopping: not committed, so delivered again
+            except KafkaError as exc:
+                if exc.retriable:  # the broker away or electing a leader: it will take it
+                    log.exception("dead-letter publish failed; retrying")
+                    await asyncio.sleep(1)
+                    continue
+                if value is not None:
+                    # Refused for good (too large with its headers, say): the letter without
+                    # the body, which stays readable at its source offset for its retention.
+                    value = None
+                    headers.append(("dlq.body_dropped", _short(exc).encode()))
+                    log.error("dead letter refused (%s); sending it without its body", exc)
+                    continue
+                # Not even the headers: the log line below is all there is, with the
+                # source offset to replay it from. Waiting would stop the partition for good.
+                log.error("dead letter refused for good (%s); moving on", exc)
+                break
         DEAD_LETTERS.labels(self._name, letter.kind).inc()
         EVENTS_CONSUMED.labels(
             self._name, envelope.type if envelope else "unparsed", "dead_lettered"

@@ -13,6 +13,8 @@ from typing import Any
 
 import pytest
 from aiokafka import AIOKafkaConsumer, AIOKafkaProducer
+from aiokafka.admin import AIOKafkaAdminClient
+from aiokafka.admin.config_resource import ConfigResource, ConfigResourceType
 from prometheus_client import REGISTRY
 
 from shared.consumer import EventConsumer, Handlers, ensure_inbox_indexes
@@ -274,6 +276,43 @@ async def test_poison_messages_go_to_dead_letters_with_reasons_and_the_loop_goes
     assert attempts == [1, 1, 1, 1, 3]
     assert probe.attempts["doomed"] == 3
     assert await probe.effects("doomed") == 0
+
+
+async def _cap_messages(infra: Infra, topic: str, max_bytes: int) -> None:
+    admin = AIOKafkaAdminClient(bootstrap_servers=infra.kafka_bootstrap)
+    await admin.start()
+    try:
+        await admin.alter_configs(
+            [ConfigResource(ConfigResourceType.TOPIC, topic, {"max.message.bytes": str(max_bytes)})]
+        )
+    finally:
+        await admin.close()
+
+
+async def test_a_dead_letter_the_broker_refuses_goes_without_its_body_or_is_logged_and_loop_goes_on(
+    probe: Probe, kafka_producer: AIOKafkaProducer, infra: Infra
+) -> None:
+    """A letter the dead-letter topic will never take (too large) is sent without its body;
+    one it refuses even so is logged with its source offset. Either way the partition goes
+    on: retrying for ever would stop it for good."""
+    dead_letters = probe.settings.dead_letter_topic
+    await _cap_messages(infra, dead_letters, 2048)
+    large = b"not an envelope " + b"x" * 4000
+    await send(kafka_producer, probe.topic, large)
+    await send(kafka_producer, probe.topic, envelope_bytes("after-large"))
+    await eventually(lambda: _ge_async(probe.effects("after-large"), 1), what="loop went on")
+    (letter,) = await read_dead_letters(infra, dead_letters, 1)
+    headers = {k: v.decode() for k, v in letter.headers}
+    assert letter.value is None
+    assert "MessageSizeTooLarge" in headers["dlq.body_dropped"]
+    assert "malformed envelope" in headers["dlq.reason"]
+    assert int(headers["dlq.source.offset"]) >= 0
+
+    await _cap_messages(infra, dead_letters, 64)  # not even the headers fit now
+    await send(kafka_producer, probe.topic, b"also not an envelope")
+    await send(kafka_producer, probe.topic, envelope_bytes("after-refused"))
+    await eventually(lambda: _ge_async(probe.effects("after-refused"), 1), what="loop went on")
+    assert len(await read_dead_letters(infra, dead_letters, 1)) == 1, "the refused one landed"
 
 
 async def _ge(value: float, floor: float) -> bool:
