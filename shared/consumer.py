@@ -27,7 +27,7 @@ import contextlib
 import heapq
 import logging
 import time
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Collection
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Any, NamedTuple, TypeVar
@@ -146,11 +146,15 @@ class _CommitBeforeRevoke(ConsumerRebalanceListener):  # type: ignore[misc]
         self._owner = owner
 
     async def on_partitions_revoked(self, revoked: list[TopicPartition]) -> None:
-        await self._owner.drain()
-        await self._owner.commit_done()
+        self._owner.revoking(revoked)
+        try:
+            await self._owner.drain()
+            await self._owner.commit_done()
+        finally:
+            self._owner.revoking(())
 
     async def on_partitions_assigned(self, assigned: list[TopicPartition]) -> None:
-        pass
+        self._owner.assigned_afresh()
 
 
 class Ready(NamedTuple):
@@ -232,6 +236,12 @@ class EventConsumer:
         # (monotonic) and the attempts so far.
         self._waiting: dict[tuple[str, int, int], tuple[float, int]] = {}
         self._lane_progress = asyncio.Event()
+        self._revoking: frozenset[TopicPartition] = frozenset()
+        # Messages held behind an event that waits for another topic's, by lane: they do not
+        # count against LANES_HOLD_AT_MOST (their partitions are paused, so they cannot grow),
+        # or one wait would stop the polls of every other partition.
+        self._parked: dict[int, int] = {}
+        self._paused: dict[int, frozenset[TopicPartition]] = {}
 
     @property
     def topics(self) -> list[str]:
@@ -291,6 +301,8 @@ class EventConsumer:
             await asyncio.gather(*(lane.task for lane in lanes), return_exceptions=True)
             self._lanes.clear()
             self._queued = 0
+            self._parked.clear()
+            self._paused.clear()
             self._waiting.clear()  # what waited comes again, and waits afresh
             with contextlib.suppress(Exception):
                 await self.commit_done()  # a clean stop leaves nothing to redeliver
@@ -319,13 +331,15 @@ class EventConsumer:
         if lane is None:
             queue: asyncio.Queue[tuple[TopicPartition, list[ConsumerRecord[bytes, bytes]]]]
             queue = asyncio.Queue()
-            lane = _Lane(queue, asyncio.create_task(self._work_lane(queue)))
+            lane = _Lane(queue, asyncio.create_task(self._work_lane(tp.partition, queue)))
             self._lanes[tp.partition] = lane
         lane.queue.put_nowait((tp, messages))
         self._queued += len(messages)
 
     async def _work_lane(
-        self, queue: asyncio.Queue[tuple[TopicPartition, list[ConsumerRecord[bytes, bytes]]]]
+        self,
+        number: int,
+        queue: asyncio.Queue[tuple[TopicPartition, list[ConsumerRecord[bytes, bytes]]]],
     ) -> None:
         loop = asyncio.get_running_loop()
         held: dict[TopicPartition, list[ConsumerRecord[bytes, bytes]]] = {}
@@ -334,23 +348,17 @@ class EventConsumer:
         not_before: dict[TopicPartition, float] = {}
         pauses: dict[TopicPartition, float] = {}
         while True:
-            # Everything waiting by now, each partition's messages together: a lane that
-            # was busy takes the polls that came meanwhile in one go (longer runs, fewer
-            # transactions), as a poll loop that waited for its work would.
-            if not held:
-                tp, messages = await queue.get()
-                held[tp] = list(messages)
-            else:
-                wait = min(not_before.get(tp, 0.0) for tp in held) - loop.time()
-                if wait > 0:
-                    with contextlib.suppress(TimeoutError):
-                        async with asyncio.timeout(wait):
-                            tp, messages = await queue.get()
-                            held.setdefault(tp, []).extend(messages)
-            while not queue.empty():
-                tp, messages = queue.get_nowait()
-                held.setdefault(tp, []).extend(messages)
+            wait = min((not_before.get(tp, 0.0) for tp in held), default=None)
+            await _take(queue, held, None if wait is None else wait - loop.time())
             now = loop.time()
+            for tp in [tp for tp in held if tp in self._revoking and not_before.get(tp, 0) > now]:
+                # Waiting, and moving to another member: let it go uncommitted (the new owner
+                # reads it again) rather than hold the rebalance for the rest of the wait.
+                for m in held.pop(tp):
+                    self._queued -= 1
+                    self._waiting.pop((m.topic, m.partition, m.offset), None)
+                not_before.pop(tp, None)
+                pauses.pop(tp, None)
             # A partition still waiting is left out; its new messages stay behind it.
             due = [tp for tp in held if not_before.get(tp, 0.0) <= now]
             # The same keys' events on several topics: one transaction for them all, when
@@ -364,7 +372,7 @@ class EventConsumer:
                     not_before.pop(tp, None)
                     pauses.pop(tp, None)
                 self._lane_progress.set()
-                continue
+                due = []
             for tp in due:
                 messages = held.pop(tp)
                 try:
@@ -381,6 +389,35 @@ class EventConsumer:
                 else:
                     not_before.pop(tp, None)
                     pauses.pop(tp, None)
+            self._park(number, {tp: len(held[tp]) for tp in held if tp in not_before})
+
+    def _park(self, lane: int, waiting: dict[TopicPartition, int]) -> None:
+        """A lane's partitions that wait for another topic's event are paused (fetch no
+        more), and what they hold is set aside from the poll cap; the others fetch again."""
+        consumer = self._consumer
+        was = self._paused.get(lane, frozenset())
+        now = frozenset(waiting)
+        if consumer is not None and now != was:
+            assigned = consumer.assignment()  # a rebalance resumes every partition anyway
+            consumer.resume(*(tp for tp in was - now if tp in assigned))
+            consumer.pause(*(tp for tp in now - was if tp in assigned))
+            self._paused[lane] = now
+        parked = sum(waiting.values())
+        if self._parked.get(lane, 0) != parked:
+            self._parked[lane] = parked
+            self._lane_progress.set()  # the poll loop may have room again
+
+    def assigned_afresh(self) -> None:
+        """A new assignment starts with no partition paused."""
+        self._paused.clear()
+
+    def revoking(self, partitions: Collection[TopicPartition]) -> None:
+        """Partitions about to move: lanes let go of those that wait, waking to do it."""
+        self._revoking = frozenset(partitions)
+        for tp in self._revoking:
+            lane = self._lanes.get(tp.partition)
+            if lane is not None:
+                lane.queue.put_nowait((tp, []))
 
     def _dealt(
         self, tp: TopicPartition, messages: list[ConsumerRecord[bytes, bytes]], dealt: int
@@ -418,7 +455,9 @@ class EventConsumer:
 
     async def _room_in_lanes(self) -> None:
         """Poll again only while the lanes hold fewer than LANES_HOLD_AT_MOST messages."""
-        await self._lanes_until(lambda: self._queued < LANES_HOLD_AT_MOST)
+        await self._lanes_until(
+            lambda: self._queued - sum(self._parked.values()) < LANES_HOLD_AT_MOST
+        )
 
     async def drain(self) -> None:
         """Wait until every message handed to a lane is handled."""
@@ -748,6 +787,28 @@ class EventConsumer:
                 attempts=letter.attempts,
             ),
         )
+
+
+async def _take(
+    queue: asyncio.Queue[tuple[TopicPartition, list[ConsumerRecord[bytes, bytes]]]],
+    held: dict[TopicPartition, list[ConsumerRecord[bytes, bytes]]],
+    wait: float | None,
+) -> None:
+    """Everything waiting by now, each partition's messages together: a lane that was busy
+    takes the polls that came meanwhile in one go (longer runs, fewer transactions), as a
+    poll loop that waited for its work would. With nothing held (`wait` None) it waits for
+    the next poll; with only waiting partitions held, until the first is due or more comes.
+    (An empty list only wakes the lane: its partitions are being revoked.)"""
+    if wait is None or wait > 0:
+        with contextlib.suppress(TimeoutError):
+            async with asyncio.timeout(wait):
+                tp, messages = await queue.get()
+                if messages:
+                    held.setdefault(tp, []).extend(messages)
+    while not queue.empty():
+        tp, messages = queue.get_nowait()
+        if messages:
+            held.setdefault(tp, []).extend(messages)
 
 
 def _header(message: ConsumerRecord[bytes, bytes], name: str) -> str | None:

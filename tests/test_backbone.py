@@ -414,6 +414,80 @@ async def test_an_event_waiting_for_one_behind_it_in_its_lane_lets_that_one_thro
     assert probe.consumed("dead_lettered") == 0
 
 
+async def test_a_rebalance_lets_go_of_an_event_waiting_for_another_topic_which_is_handled_once(
+    probe: Probe, kafka_producer: AIOKafkaProducer
+) -> None:
+    """Partitions moving to another member are handed over at once, not after the rest of a
+    waiting event's wait (up to five minutes): the event is left uncommitted, read again by
+    whoever owns it, and handled once its cause comes."""
+    await kafka_producer.send_and_wait(
+        probe.topic, envelope_bytes("patient", waits_for="late-cause"), partition=0
+    )
+    await eventually(lambda: _ge(probe.attempts.get("patient", 0), 1), what="patient waits")
+    second = probe.member()
+    joined = asyncio.create_task(second.run_forever())
+    try:
+
+        async def rebalanced() -> bool:
+            return second.assigned.is_set()
+
+        # Well within the session timeout (10 s): a member that sat out the wait in its
+        # revocation was only dropped from the group when that ran out, and rejoined later.
+        await eventually(rebalanced, within=5, what="the group rebalanced while one waits")
+        await kafka_producer.send_and_wait(
+            probe.cause_topic, cause_bytes("late-cause"), partition=0
+        )
+        await eventually(lambda: _ge_async(probe.effects("patient"), 1), what="patient handled")
+        assert await probe.effects("patient") == 1
+        assert probe.consumed("dead_lettered") == 0
+    finally:
+        joined.cancel()
+        with contextlib.suppress(asyncio.CancelledError):
+            await joined
+
+
+async def _steady(count: Callable[[], int], for_s: float = 1.0) -> int:
+    """`count()` once it has not changed for `for_s` seconds."""
+    last, since = count(), time.monotonic()
+    async with asyncio.timeout(30):
+        while time.monotonic() - since < for_s:
+            await asyncio.sleep(0.1)
+            if count() != last:
+                last, since = count(), time.monotonic()
+    return last
+
+
+async def test_messages_held_behind_a_waiting_event_do_not_stop_other_partitions_polls(
+    probe: Probe, kafka_producer: AIOKafkaProducer
+) -> None:
+    """More than the lanes may hold queue behind an event that waits: its partition stops
+    fetching, and what it holds is not counted against the cap, so other partitions'
+    events are still polled and handled; then everything behind it, each once."""
+    await kafka_producer.send_and_wait(
+        probe.topic, envelope_bytes("blocked", waits_for="slow-cause"), partition=0
+    )
+    await eventually(lambda: _ge(probe.attempts.get("blocked", 0), 1), what="blocked waits")
+    behind = [f"behind-{i}" for i in range(1_100)]
+    sent = [await kafka_producer.send(probe.topic, envelope_bytes(b), partition=0) for b in behind]
+    await asyncio.gather(*sent)
+    await _steady(probe.in_lanes)  # polled as far as it will be
+
+    await kafka_producer.send_and_wait(probe.topic, envelope_bytes("elsewhere"), partition=1)
+    await eventually(
+        lambda: _ge_async(probe.effects("elsewhere"), 1), within=15, what="partition 1 polled"
+    )
+    await kafka_producer.send_and_wait(probe.cause_topic, cause_bytes("slow-cause"), partition=0)
+    ids = ["blocked", *behind]
+
+    async def all_handled() -> bool:
+        return await probe.db["effects"].count_documents({"_id": {"$in": ids}}) == len(ids)
+
+    await eventually(all_handled, within=60, what="everything behind the waiting one")
+    docs = await probe.db["effects"].find({"_id": {"$in": ids}}).to_list()
+    assert all(d["count"] == 1 for d in docs)
+    assert probe.consumed("dead_lettered") == 0
+
+
 async def _hold_lane_zero(probe: Probe, producer: AIOKafkaProducer) -> asyncio.Event:
     """Lane 0 busy with a gated event until the returned gate opens."""
     gate = probe.gates["blocker"] = asyncio.Event()
