@@ -28,7 +28,7 @@ import heapq
 import logging
 import time
 from collections.abc import Awaitable, Callable, Collection
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from typing import Any, NamedTuple, TypeVar
 
@@ -41,7 +41,14 @@ from aiokafka import (
 )
 from aiokafka.coordinator.assignors.range import RangePartitionAssignor
 from aiokafka.coordinator.assignors.roundrobin import RoundRobinPartitionAssignor
-from aiokafka.errors import CommitFailedError, KafkaError, ProducerClosed
+from aiokafka.errors import (
+    CommitFailedError,
+    KafkaError,
+    MessageSizeTooLargeError,
+    ProducerClosed,
+    RecordListTooLargeError,
+    RecordTooLargeError,
+)
 from pydantic import ValidationError
 from pymongo import ASCENDING, IndexModel
 from pymongo.errors import DuplicateKeyError
@@ -135,6 +142,8 @@ class _Lane:
     task: asyncio.Task[None]
 
 
+# What the broker never takes however often it is asked: a letter too large for the topic.
+TOO_LARGE = (MessageSizeTooLargeError, RecordListTooLargeError, RecordTooLargeError)
 LANES_HOLD_AT_MOST = 1_000  # messages polled and not yet handled, over all lanes
 
 
@@ -164,6 +173,42 @@ class Ready(NamedTuple):
     envelope: Envelope
     payload: EventPayload
     handler: Handler
+
+
+@dataclass
+class _Held:
+    """What a lane holds, by partition, and which partitions wait for another topic's event:
+    not before when, and the pause after their next try (doubling, as a handler's retries
+    do)."""
+
+    held: dict[TopicPartition, list[ConsumerRecord[bytes, bytes]]] = field(default_factory=dict)
+    not_before: dict[TopicPartition, float] = field(default_factory=dict)
+    pauses: dict[TopicPartition, float] = field(default_factory=dict)
+
+    def wait(self, now: float) -> float | None:
+        """How long until the first waiting partition is due (None: nothing held)."""
+        if not self.held:
+            return None
+        return min(self.not_before.get(tp, 0.0) for tp in self.held) - now
+
+    def due(self, now: float) -> list[TopicPartition]:
+        return [tp for tp in self.held if self.not_before.get(tp, 0.0) <= now]
+
+    def defer(
+        self,
+        tp: TopicPartition,
+        rest: list[ConsumerRecord[bytes, bytes]],
+        now: float,
+        settings: Settings,
+    ) -> None:
+        self.held[tp] = rest  # after the others: they may hold the cause
+        pause = self.pauses.get(tp, settings.consumer_backoff_s)
+        self.not_before[tp] = now + pause
+        self.pauses[tp] = min(pause * 2, settings.consumer_backoff_max_s)
+
+    def done(self, tp: TopicPartition) -> None:
+        self.not_before.pop(tp, None)
+        self.pauses.pop(tp, None)
 
 
 class _Deferred(Exception):
@@ -342,39 +387,25 @@ class EventConsumer:
         queue: asyncio.Queue[tuple[TopicPartition, list[ConsumerRecord[bytes, bytes]]]],
     ) -> None:
         loop = asyncio.get_running_loop()
-        held: dict[TopicPartition, list[ConsumerRecord[bytes, bytes]]] = {}
-        # A partition whose next event waits for another topic's: not before, and the pause
-        # after the next try (doubling, as a handler's retries do).
-        not_before: dict[TopicPartition, float] = {}
-        pauses: dict[TopicPartition, float] = {}
+        lane = _Held()
         while True:
-            wait = min((not_before.get(tp, 0.0) for tp in held), default=None)
-            await _take(queue, held, None if wait is None else wait - loop.time())
-            now = loop.time()
-            for tp in [tp for tp in held if tp in self._revoking and not_before.get(tp, 0) > now]:
-                # Waiting, and moving to another member: let it go uncommitted (the new owner
-                # reads it again) rather than hold the rebalance for the rest of the wait.
-                for m in held.pop(tp):
-                    self._queued -= 1
-                    self._waiting.pop((m.topic, m.partition, m.offset), None)
-                not_before.pop(tp, None)
-                pauses.pop(tp, None)
+            await _take(queue, lane.held, lane.wait(loop.time()))
+            self._let_go(number, lane)
             # A partition still waiting is left out; its new messages stay behind it.
-            due = [tp for tp in held if not_before.get(tp, 0.0) <= now]
+            due = lane.due(loop.time())
             # The same keys' events on several topics: one transaction for them all, when
             # they can go together.
             if len(due) > 1 and await self._handle_partitions_together(
-                {tp: held[tp] for tp in due}
+                {tp: lane.held[tp] for tp in due}
             ):
                 for tp in due:
-                    messages = held.pop(tp)
+                    messages = lane.held.pop(tp)
                     self._dealt(tp, messages, len(messages))
-                    not_before.pop(tp, None)
-                    pauses.pop(tp, None)
+                    lane.done(tp)
                 self._lane_progress.set()
                 due = []
             for tp in due:
-                messages = held.pop(tp)
+                messages = lane.held.pop(tp)
                 try:
                     dealt = await self._process_all(messages)
                     if dealt:
@@ -382,14 +413,21 @@ class EventConsumer:
                 finally:
                     self._lane_progress.set()  # also when the lane dies: its waiters see it
                 if dealt < len(messages):
-                    held[tp] = messages[dealt:]  # after the others: they may hold the cause
-                    pause = pauses.get(tp, self._settings.consumer_backoff_s)
-                    not_before[tp] = loop.time() + pause
-                    pauses[tp] = min(pause * 2, self._settings.consumer_backoff_max_s)
+                    lane.defer(tp, messages[dealt:], loop.time(), self._settings)
                 else:
-                    not_before.pop(tp, None)
-                    pauses.pop(tp, None)
-            self._park(number, {tp: len(held[tp]) for tp in held if tp in not_before})
+                    lane.done(tp)
+                self._let_go(number, lane)  # before the poll loop looks at the cap again
+            self._let_go(number, lane)
+
+    def _let_go(self, number: int, lane: _Held) -> None:
+        """Partitions moving to another member that wait (due for another try or not): let
+        go of uncommitted (the new owner reads them again), rather than hold the rebalance
+        for the rest of the wait. Their `_waiting` entries stay: if they come back here, the
+        wait goes on where it was. Then pause what still waits."""
+        for tp in [tp for tp in lane.not_before if tp in self._revoking]:
+            self._queued -= len(lane.held.pop(tp, ()))
+            lane.done(tp)
+        self._park(number, {tp: len(lane.held[tp]) for tp in lane.not_before})
 
     def _park(self, lane: int, waiting: dict[TopicPartition, int]) -> None:
         """A lane's partitions that wait for another topic's event are paused (fetch no
@@ -758,7 +796,7 @@ class EventConsumer:
             except ProducerClosed:
                 raise  # the service is stopping: not committed, so delivered again
             except KafkaError as exc:
-                if exc.retriable:  # the broker away or electing a leader: it will take it
+                if not isinstance(exc, TOO_LARGE):  # the broker away, say: it will take it
                     log.exception("dead-letter publish failed; retrying")
                     await asyncio.sleep(1)
                     continue

@@ -446,38 +446,29 @@ async def test_a_rebalance_lets_go_of_an_event_waiting_for_another_topic_which_i
             await joined
 
 
-async def _steady(count: Callable[[], int], for_s: float = 1.0) -> int:
-    """`count()` once it has not changed for `for_s` seconds."""
-    last, since = count(), time.monotonic()
-    async with asyncio.timeout(30):
-        while time.monotonic() - since < for_s:
-            await asyncio.sleep(0.1)
-            if count() != last:
-                last, since = count(), time.monotonic()
-    return last
-
-
 async def test_messages_held_behind_a_waiting_event_do_not_stop_other_partitions_polls(
     probe: Probe, kafka_producer: AIOKafkaProducer
 ) -> None:
-    """More than the lanes may hold queue behind an event that waits: its partition stops
-    fetching, and what it holds is not counted against the cap, so other partitions'
-    events are still polled and handled; then everything behind it, each once."""
-    await kafka_producer.send_and_wait(
-        probe.topic, envelope_bytes("blocked", waits_for="slow-cause"), partition=0
-    )
-    await eventually(lambda: _ge(probe.attempts.get("blocked", 0), 1), what="blocked waits")
+    """More than the lanes may hold are polled behind an event that then waits: what its
+    partition holds is not counted against the cap (the partition fetches no more), so
+    other partitions' events are still polled and handled; then everything behind it,
+    each once."""
+    gate = await _hold_lane_zero(probe, kafka_producer)
     behind = [f"behind-{i}" for i in range(1_100)]
-    sent = [await kafka_producer.send(probe.topic, envelope_bytes(b), partition=0) for b in behind]
+    values = [envelope_bytes("blocked", waits_for="slow-cause"), *map(envelope_bytes, behind)]
+    sent = [await kafka_producer.send(probe.topic, v, partition=0) for v in values]
     await asyncio.gather(*sent)
-    await _steady(probe.in_lanes)  # polled as far as it will be
+    await eventually(lambda: _ge(probe.in_lanes(), 1_000), what="the lanes full")
+    gate.set()
+    await eventually(lambda: _ge(probe.attempts.get("blocked", 0), 1), what="blocked waits")
 
     await kafka_producer.send_and_wait(probe.topic, envelope_bytes("elsewhere"), partition=1)
     await eventually(
         lambda: _ge_async(probe.effects("elsewhere"), 1), within=15, what="partition 1 polled"
     )
+    assert await probe.effects("blocked") == 0, "the waiting event went ahead of its cause"
     await kafka_producer.send_and_wait(probe.cause_topic, cause_bytes("slow-cause"), partition=0)
-    ids = ["blocked", *behind]
+    ids = ["blocker", "blocked", *behind]
 
     async def all_handled() -> bool:
         return await probe.db["effects"].count_documents({"_id": {"$in": ids}}) == len(ids)
