@@ -71,9 +71,10 @@ async def complete_visit(
     technician: str = "tech_p",
     lines: list[PricedLine] | None = None,
     times: int = 1,
+    booking_id: str | None = None,
 ) -> str:
     """Dispatch's fact, as it publishes it (`times` > 1: redelivered)."""
-    booking_id = unique("bk_")
+    booking_id = booking_id or unique("bk_")
     fact = service_completed(
         booking_id, customer, store, technician_id=technician, lines=lines or [manicure()]
     )
@@ -978,6 +979,61 @@ async def test_operations_write_off_a_visit_nobody_paid_and_the_board_shows_it_c
 
 
 # --------------------------------------------------------------------- refunds --
+
+
+async def test_a_refund_granted_before_the_money_came_is_made_once_when_the_receipt_is_paid(
+    platform: Platform, kafka_producer: AIOKafkaProducer, mongo: AsyncMongoClient[Document]
+) -> None:
+    """A complaint settled with a refund while the visit's receipt is not even issued: the
+    refund waits for the receipt, stays on it while nothing is paid, and is made once the
+    card charge settles (it used to be dropped: "nothing was paid there")."""
+    customer, store, booking_id = unique("cus_"), unique("store_"), unique("bk_")
+    complaint = unique("cmp_")
+    remedy = RefundGranted(
+        complaint_id=complaint,
+        booking_id=booking_id,
+        customer_id=customer,
+        amount=1000,
+        reason="late",
+    )
+    async with platform.client("payments") as payments:
+        await set_card(payments, customer, "pm_card_ok")
+        for _ in range(2):  # published twice (two events): one refund
+            await publish(kafka_producer, platform.prefix, remedy)
+        await complete_visit(
+            kafka_producer, platform, customer=customer, store=store, booking_id=booking_id
+        )
+        receipt = await issued(payments, booking_id, customer)
+        url = f"/receipts/{receipt['receipt_id']}"
+
+        async def kept() -> Any:
+            r = await get_json(payments, url, headers=OPS)
+            return r if r and r["refunds_granted"] else None
+
+        waiting = await eventually(kept, what="the granted refund kept on the receipt")
+        assert [g["refund_id"] for g in waiting["refunds_granted"]] == [f"complaint:{complaint}"]
+        assert waiting["refunds"] == []
+        assert (await sign(payments, waiting, customer)).status_code == 200
+        await receipt_status(payments, receipt["receipt_id"], customer, "settled")
+
+        async def refunded() -> Any:
+            r = await get_json(payments, url, headers=OPS)
+            return r if r and r["refunds"] else None
+
+        final = await eventually(refunded, what="the refund made once paid")
+        assert [(r["refund_id"], r["amount"]) for r in final["refunds"]] == [
+            (f"complaint:{complaint}", 1000)
+        ]
+        assert [(p["to"], p["amount"]) for p in final["refunds"][0]["parts"]] == [
+            ("provider", 1000)
+        ]
+
+    async def provider_refunded() -> Any:
+        ops = await sandbox_ops(mongo, platform, receipt["receipt_id"])
+        done = [o for o in ops if o["kind"] == "refund" and o["status"] == "succeeded"]
+        return done or None
+
+    assert [o["amount"] for o in await eventually(provider_refunded, what="refund")] == [1000]
 
 
 async def test_refunds_go_back_the_way_the_money_came_once_and_never_beyond_what_was_paid(

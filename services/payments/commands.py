@@ -17,6 +17,7 @@ from services.payments import domain
 from services.payments.domain import (
     Coupon,
     CustomerSignature,
+    GrantedRefund,
     Payment,
     Receipt,
     ReceiptStatus,
@@ -38,7 +39,7 @@ from services.payments.storage import (
     SealingKeys,
     Wallets,
 )
-from shared.errors import Conflict, NotFound, Unprocessable
+from shared.errors import Conflict, NotFound, NotYet, Unprocessable
 from shared.events.booking import BookingCancelled
 from shared.events.dispatch import ServiceCompleted, ServiceVoided
 from shared.events.payments import (
@@ -61,6 +62,7 @@ from shared.events.payments import (
     RefundIssued,
     WriteOffReversed,
 )
+from shared.events.reviews import RefundGranted
 from shared.mongo import Database, Session
 from shared.outbox import Transaction
 from shared.time import utcnow
@@ -72,6 +74,7 @@ SUBMIT = "provider_submit"  # send a pending charge or refund to the provider
 CHECK = "provider_check"  # no webhook came: ask the provider
 EXPIRE = "holding_expiry"  # write off what is left on an expired card or package
 REMIND = "payment_reminder"  # a signed receipt still unpaid: remind whoever must act
+GRANTED = "granted_refunds"  # refunds a complaint granted before the money came: make them
 
 
 async def issue_receipt(tx: Transaction, event: ServiceCompleted) -> Receipt:
@@ -220,7 +223,7 @@ async def sign(
         )
     )
     if receipt.amount_due == 0:
-        _settle(tx, receipt, now)
+        await _settle(tx, receipt, now)
     else:
         method = await Wallets(tx.db).method_of(receipt.customer_id, tx.session)
         if method is not None:
@@ -277,8 +280,10 @@ async def _seal(tx: Transaction, receipt: Receipt) -> None:
     )
 
 
-def _settle(tx: Transaction, receipt: Receipt, at: datetime) -> None:
+async def _settle(tx: Transaction, receipt: Receipt, at: datetime) -> None:
     receipt.status = ReceiptStatus.SETTLED
+    if receipt.refunds_granted:  # after this commit, in a transaction of their own
+        await set_timer(tx, GRANTED, receipt.receipt_id, at)
     tx.emit(
         PaymentSettled(
             receipt_id=receipt.receipt_id,
@@ -350,7 +355,7 @@ async def apply_outcome(tx: Transaction, op_id: str, result: ProviderResult) -> 
             Payment(method="provider", amount=op.amount, reference=op.reference, at=now)
         )
         if receipt.paid >= receipt.amount_due:
-            _settle(tx, receipt, now)
+            await _settle(tx, receipt, now)
         await Receipts(tx.db).save(receipt, tx.session)
     else:
         tx.emit(
@@ -389,7 +394,7 @@ async def collect_cash(
     receipt.payments.append(
         Payment(method="cash", amount=amount, reference=f"cash:{technician_id}", at=now)
     )
-    _settle(tx, receipt, now)
+    await _settle(tx, receipt, now)
     await Receipts(tx.db).save(receipt, tx.session)
     return receipt
 
@@ -563,6 +568,52 @@ async def refund(
         )
     )
     return issued
+
+
+async def grant_refund(tx: Transaction, event: RefundGranted) -> None:
+    """A complaint's refund: made at once on a paid receipt; on one whose money has not come
+    in yet (not signed, a charge under way, cash or a card still due), kept on the receipt
+    and made when it is paid, so the customer is not charged for what was granted back."""
+    receipt = await Receipts(tx.db).by_booking(event.booking_id, tx.session)
+    if receipt is None:  # the visit's completion may still be on its way to us
+        raise NotYet(f"no receipt for booking {event.booking_id} yet")
+    refund_id = f"complaint:{event.complaint_id}"
+    if receipt.status is ReceiptStatus.VOIDED:
+        log.warning("%s: receipt %s was withdrawn unpaid", refund_id, receipt.receipt_id)
+        return
+    if receipt.status is not ReceiptStatus.SETTLED:
+        if all(g.refund_id != refund_id for g in receipt.refunds_granted):
+            receipt.refunds_granted.append(
+                GrantedRefund(
+                    refund_id=refund_id,
+                    amount=event.amount,
+                    reason=event.reason,
+                    granted_at=utcnow(),
+                )
+            )
+            await Receipts(tx.db).save(receipt, tx.session)
+        return
+    await make_granted_refund(tx, receipt, refund_id, event.amount, event.reason)
+
+
+async def make_granted_refund(
+    tx: Transaction, receipt: Receipt, refund_id: str, amount: int | None, reason: str
+) -> None:
+    if any(r.refund_id == refund_id for r in receipt.refunds):
+        return  # made already
+    if receipt.refundable <= 0:
+        log.warning("%s: nothing left to give back on %s", refund_id, receipt.receipt_id)
+        return
+    wanted = None if amount is None else min(amount, receipt.refundable)
+    await refund(tx, receipt.receipt_id, refund_id, wanted, reason)
+
+
+async def make_refunds_granted(tx: Transaction, receipt_id: str) -> None:
+    """The refunds granted while the receipt was unpaid, now that it is paid (each once)."""
+    receipt = await load(tx, receipt_id)
+    for granted in receipt.refunds_granted:
+        await make_granted_refund(tx, receipt, granted.refund_id, granted.amount, granted.reason)
+        receipt = await load(tx, receipt_id)  # `refund` saved it
 
 
 async def sell_plan(tx: Transaction, plan: Plan, customer_id: str, holding_id: str) -> Holding:

@@ -115,6 +115,15 @@ class Refund(Forbid):
     at: datetime
 
 
+class GrantedRefund(Forbid):
+    """A refund a complaint granted before the money came in: made once it has."""
+
+    refund_id: str
+    amount: int | None  # None: everything paid
+    reason: str
+    granted_at: datetime
+
+
 CONTENT_FIELDS = {
     "receipt_id",
     "booking_id",
@@ -182,6 +191,7 @@ class Receipt(Forbid):
     chain_position: int | None = None  # its place in the store's chain, from 0
     payments: list[Payment] = Field(default_factory=list)
     refunds: list[Refund] = Field(default_factory=list)
+    refunds_granted: list[GrantedRefund] = Field(default_factory=list)  # made at settlement
     voided_at: StoredTime | None = None
     void_reason: str | None = None
     reminders_sent: int = 0  # while signed and unpaid (payments.payment_overdue)

@@ -9,7 +9,7 @@ from typing import Literal
 from services.payments import commands
 from services.payments.domain import Coupon
 from services.payments.provider import ProviderTimeout, provider_for
-from services.payments.storage import ProviderOps, Receipts
+from services.payments.storage import ProviderOps
 from shared.consumer import Handlers
 from shared.events.booking import BookingCancelled
 from shared.events.dispatch import ServiceCompleted, ServiceVoided
@@ -42,18 +42,7 @@ async def withdraw_receipt(tx: Transaction, event: ServiceVoided) -> None:
 
 @handlers.on(RefundGranted)
 async def complaint_refund(tx: Transaction, event: RefundGranted) -> None:
-    receipt = await Receipts(tx.db).by_booking(event.booking_id, tx.session)
-    if receipt is None or not receipt.signed or receipt.refundable <= 0:
-        log.warning(
-            "complaint %s grants a refund on %s, but nothing was paid there",
-            event.complaint_id,
-            event.booking_id,
-        )
-        return
-    amount = None if event.amount is None else min(event.amount, receipt.refundable)
-    await commands.refund(
-        tx, receipt.receipt_id, f"complaint:{event.complaint_id}", amount, event.reason
-    )
+    await commands.grant_refund(tx, event)
 
 
 @handlers.on(CouponRemedy)
@@ -119,6 +108,11 @@ async def payment_reminder(ctx: TimerContext, timer: Timer) -> None:
     way: Literal["card", "cash"] = "cash" if timer.data.get("way") == "cash" else "card"
     reminder = int(timer.data.get("reminder", 1))
     await ctx.uow.run(lambda tx: commands.remind(tx, timer.subject, way, reminder))
+
+
+@timers.on(commands.GRANTED)
+async def granted_refunds(ctx: TimerContext, timer: Timer) -> None:
+    await ctx.uow.run(lambda tx: commands.make_refunds_granted(tx, timer.subject))
 
 
 @timers.on(commands.EXPIRE)
