@@ -572,6 +572,8 @@ async def measure(
             "GATEWAY_OTP_REQUESTS_PER_HOUR": UNLIMITED,
             "GATEWAY_SIGNIN_RATE_PER_S": UNLIMITED,
             "GATEWAY_SIGNIN_BURST": UNLIMITED,
+            "GATEWAY_SMS_PER_S": UNLIMITED,
+            "GATEWAY_SMS_BURST": UNLIMITED,
         }
         urls["gateway"] = await stack.enter_async_context(
             service_process(

@@ -84,6 +84,12 @@ class Settings(BaseSettings):
     gateway_burst: int = Field(40, validation_alias="GATEWAY_BURST")
     signin_rate_per_s: float = Field(5.0, validation_alias="GATEWAY_SIGNIN_RATE_PER_S")
     signin_burst: int = Field(50, validation_alias="GATEWAY_SIGNIN_BURST")
+    # Codes texted per second over every phone, and the burst: what SMS can cost at worst.
+    sms_per_s: float = Field(10.0, validation_alias="GATEWAY_SMS_PER_S")
+    sms_burst: int = Field(100, validation_alias="GATEWAY_SMS_BURST")
+    # Wrong passwords a staff account may take at once, and one more each minute after.
+    staff_failures: int = Field(10, validation_alias="GATEWAY_STAFF_FAILURES")
+    staff_failures_per_s: float = Field(1 / 60, validation_alias="GATEWAY_STAFF_FAILURES_PER_S")
     max_body_bytes: int = Field(64 * 1024, validation_alias="GATEWAY_MAX_BODY_BYTES")
     # Rows per list on the operations board (its page stays light); beyond them the board
     # says how many there are in all.

@@ -65,6 +65,8 @@ def city_platform(infra: Infra) -> Iterator[Platform]:
         GATEWAY_OTP_REQUESTS_PER_HOUR=UNLIMITED,
         GATEWAY_SIGNIN_RATE_PER_S=UNLIMITED,
         GATEWAY_SIGNIN_BURST=UNLIMITED,
+        GATEWAY_SMS_PER_S=UNLIMITED,
+        GATEWAY_SMS_BURST=UNLIMITED,
         UPSTREAM_TIMEOUT_S="2",
         # The suite's 4 s offer deadline would pass technicians over while a restart holds
         # up their pushes; a minute is still well under production's two.

@@ -41,6 +41,8 @@ async def edge_state(app: FastAPI) -> AsyncIterator[None]:
     settings = Settings()
     app.state.limiter = RateLimiter(settings.gateway_rate_per_s, settings.gateway_burst)
     app.state.signin_limiter = RateLimiter(settings.signin_rate_per_s, settings.signin_burst)
+    app.state.sms_limiter = RateLimiter(settings.sms_per_s, settings.sms_burst)
+    app.state.staff_failures = RateLimiter(settings.staff_failures_per_s, settings.staff_failures)
     app.state.upstream = Upstream(UpstreamSettings())
     app.state.verifying_keys = VerifyingKeys()
     app.state.verified_tokens = VerifiedTokens()

@@ -1,5 +1,9 @@
 """Rate limits per principal, and a ceiling on request bodies, at the edge.
 
+Also two that are not per caller: the codes texted over all phones (a flood of sign-ins
+from many addresses must not run up the SMS bill), and wrong passwords per staff account
+(guessed from many addresses, each under its own limit).
+
 A token bucket per caller (the verified principal; the client address for
 sign-in calls, which have none yet): `burst` requests at once, refilled at
 `rate` per second. Over the limit: 429 with `Retry-After`. Buckets live in the
@@ -29,8 +33,33 @@ class RateLimiter:
         self.burst = burst
         self._buckets: dict[str, Bucket] = {}
 
-    def check(self, principal: str, now: float | None = None) -> None:
-        """Take one token for `principal`, or raise TooManyRequests."""
+    def check(
+        self, principal: str, now: float | None = None, *, what: str = "too many requests"
+    ) -> None:
+        """Take one token for `principal`, or raise TooManyRequests (`what` says of what)."""
+        bucket = self._bucket(principal, now)
+        if bucket.tokens < 1:
+            raise TooManyRequests(
+                f"{what} (at most {self.rate:g} a second)", retry_after=self._wait(bucket)
+            )
+        bucket.tokens -= 1
+
+    def ensure_room(self, principal: str, what: str, now: float | None = None) -> None:
+        """Raise TooManyRequests if `principal` has no token left, taking none: for limits
+        that count failures only (`spend` them as they happen)."""
+        bucket = self._bucket(principal, now)
+        if bucket.tokens < 1:
+            raise TooManyRequests(what, retry_after=self._wait(bucket))
+
+    def spend(self, principal: str, now: float | None = None) -> None:
+        """Take a token if there is one (a failure counted; never refused itself)."""
+        bucket = self._bucket(principal, now)
+        bucket.tokens = max(0.0, bucket.tokens - 1)
+
+    def _wait(self, bucket: Bucket) -> int:
+        return math.ceil((1 - bucket.tokens) / self.rate)
+
+    def _bucket(self, principal: str, now: float | None) -> Bucket:
         now = time.monotonic() if now is None else now
         bucket = self._buckets.get(principal)
         if bucket is None:
@@ -39,12 +68,7 @@ class RateLimiter:
             bucket = self._buckets[principal] = Bucket(float(self.burst), now)
         bucket.tokens = min(self.burst, bucket.tokens + (now - bucket.at) * self.rate)
         bucket.at = now
-        if bucket.tokens < 1:
-            wait = math.ceil((1 - bucket.tokens) / self.rate)
-            raise TooManyRequests(
-                f"too many requests; at most {self.rate:g} a second", retry_after=wait
-            )
-        bucket.tokens -= 1
+        return bucket
 
     def _forget_full(self, now: float) -> None:
         """Drop callers whose buckets have refilled: they would start full anyway."""

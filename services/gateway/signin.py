@@ -12,6 +12,7 @@ from fastapi import APIRouter, Depends, Query, Request, Response, status
 from pydantic import Field
 
 from services.gateway.api import upstream
+from services.gateway.limits import RateLimiter
 from services.gateway.security import (
     EdgeActor,
     hash_password,
@@ -146,7 +147,9 @@ class OtpOut(Forbid):
     status_code=status.HTTP_202_ACCEPTED,
     summary="Send a one-time sign-in code to a phone",
 )
-async def request_code(body: OtpIn, runtime: RuntimeDep, response: Response) -> OtpOut:
+async def request_code(
+    body: OtpIn, runtime: RuntimeDep, request: Request, response: Response
+) -> OtpOut:
     if body.role not in (Role.CUSTOMER, Role.TECHNICIAN):
         raise Forbidden("phone sign-in is for customers and technicians")
     settings, now = runtime.settings, utcnow()
@@ -162,6 +165,8 @@ async def request_code(body: OtpIn, runtime: RuntimeDep, response: Response) -> 
     # stay as they were, so asking as a "technician" cannot lock a customer out.
     if body.role is Role.TECHNICIAN and (account is None or account.role != "technician"):
         return OtpOut(expires_in=settings.otp_ttl_s)
+    sms: RateLimiter = request.app.state.sms_limiter
+    sms.check("all", what="the platform is texting too many codes right now; try again")
     code = new_code()
     key = await service_secret(runtime.db, "otp", settings.otp_secret)
     fresh = OtpCode(
@@ -274,9 +279,15 @@ class OpsIn(Forbid):
     dependencies=limited,
     summary="Staff sign in: operations, or a partner store's staff (their store's board)",
 )
-async def ops_sign_in(body: OpsIn, runtime: RuntimeDep) -> Tokens:
-    staff = await Staff(runtime.db).get(body.email.lower())
+async def ops_sign_in(body: OpsIn, runtime: RuntimeDep, request: Request) -> Tokens:
+    email = body.email.lower()
+    # Wrong passwords are counted per account too: guesses spread over many addresses each
+    # stay under the per-address limit. (Unknown e-mails are counted alike: no tell.)
+    failures: RateLimiter = request.app.state.staff_failures
+    failures.ensure_room(email, "too many wrong passwords for this account; wait and try again")
+    staff = await Staff(runtime.db).get(email)
     if not await password_checked(body.password, staff.password_hash if staff else None):
+        failures.spend(email)
         raise Unauthenticated("wrong e-mail or password")
     assert staff is not None
     if staff.store_id:
