@@ -1,5 +1,6 @@
 """Notifications through the gateway on the real platform: the live stream (server-sent
-events) tells the right customer, and nobody else, who is coming."""
+events) tells the right customer, and nobody else, who is coming; complaints' news reaches
+the customer who complained."""
 
 from __future__ import annotations
 
@@ -7,16 +8,19 @@ import asyncio
 import contextlib
 import json
 import uuid
+from datetime import UTC, datetime, timedelta
 from typing import Any
 
 import httpx
 import pytest
+from aiokafka import AIOKafkaProducer
 from pymongo import AsyncMongoClient
 
 from shared.auth import Actor, Role
+from shared.events.reviews import ComplaintClosed, ComplaintEscalated, ComplaintOpened
 from shared.mongo import Document
 from tests.conftest import Platform
-from tests.harness import eventually
+from tests.harness import eventually, publish
 from tests.seed import (
     OPS,
     accept_offer,
@@ -100,3 +104,51 @@ async def test_the_live_stream_tells_the_right_customer_who_is_coming_and_nobody
     assert note["notification_id"] in [n["notification_id"] for n in listed]
     assert others == []
     assert read.status_code == 404  # not theirs
+
+
+async def test_a_complaints_escalation_and_closing_reach_its_customer_when_the_booking_is_unknown(
+    platform: Platform, mongo: AsyncMongoClient[Document], kafka_producer: AIOKafkaProducer
+) -> None:
+    """A complaint about a booking the gateway never saw requested (made before it kept
+    bookings' owners): its escalation and its closing name no customer, and used to be
+    dropped. The opening names them, so the customer hears both."""
+    customer, booking_id = f"cus_{uuid.uuid4().hex[:8]}", f"bk_{uuid.uuid4().hex[:8]}"
+    complaint_id, now = f"cmp_{uuid.uuid4().hex[:8]}", datetime.now(UTC)
+    opened = ComplaintOpened(
+        complaint_id=complaint_id,
+        booking_id=booking_id,
+        customer_id=customer,
+        technician_id=None,
+        store_id=None,
+        category="quality",
+        severity="low",
+        channel="app",
+        tier="agent",
+        first_response_due=now + timedelta(hours=1),
+        resolution_due=now + timedelta(days=1),
+    )
+    escalated = ComplaintEscalated(
+        complaint_id=complaint_id,
+        booking_id=booking_id,
+        reason="first response deadline missed",
+        from_tier="agent",
+        tier="supervisor",
+        owner=None,
+        next_deadline=None,
+    )
+    closed = ComplaintClosed(
+        complaint_id=complaint_id, booking_id=booking_id, closed_by="customer", at=now
+    )
+    for fact in (opened, escalated, closed):
+        await publish(kafka_producer, platform.prefix, fact)
+    async with platform.client("gateway") as api:
+        token = bearer(
+            await gateway_token(mongo, platform.prefix, Actor(role=Role.CUSTOMER, subject=customer))
+        )
+
+        async def told() -> list[str] | None:
+            kinds = [n["kind"] for n in (await api.get("/v1/notifications", headers=token)).json()]
+            return kinds if {"complaint_update", "complaint_closed"} <= set(kinds) else None
+
+        kinds = await eventually(told, what="the customer told of both")
+        assert sorted(kinds) == ["complaint_closed", "complaint_update"]

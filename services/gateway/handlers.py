@@ -116,15 +116,16 @@ def _money(amount: int, currency: str) -> str:
     return f"{amount / 100:.2f} {currency}"
 
 
+async def _learn_owner(tx: Transaction, booking_id: str, customer_id: str) -> None:
+    await tx.db[BOOKING_OWNERS].update_one(
+        {"_id": booking_id}, {"$set": {"customer_id": customer_id}}, upsert=True, session=tx.session
+    )
+    _keep_owner(tx.db.name, booking_id, customer_id)
+
+
 @handlers.on(BookingRequested)
 async def booking_requested(tx: Transaction, event: BookingRequested) -> None:
-    await tx.db[BOOKING_OWNERS].update_one(
-        {"_id": event.booking_id},
-        {"$set": {"customer_id": event.customer_id}},
-        upsert=True,
-        session=tx.session,
-    )
-    _keep_owner(tx.db.name, event.booking_id, event.customer_id)
+    await _learn_owner(tx, event.booking_id, event.customer_id)
 
 
 def identity(e: TechnicianAssigned | TechnicianReassigned) -> dict[str, object]:
@@ -444,9 +445,9 @@ async def resolution(tx: Transaction, event: ComplaintResolutionProposed) -> Non
 
 @handlers.on(ComplaintEscalated)
 async def escalated(tx: Transaction, event: ComplaintEscalated) -> None:
-    customer = await known_owner(tx, event.booking_id)
-    if customer is None:
-        return  # a complaint about a booking made before the gateway kept owners
+    # Known from the booking, or from the complaint's opening (same topic and key, so it
+    # came first), even for a booking made before the gateway kept owners.
+    customer = await owner(tx, event.booking_id)
     await tell(
         tx,
         f"customer:{customer}",
@@ -460,9 +461,7 @@ async def escalated(tx: Transaction, event: ComplaintEscalated) -> None:
 
 @handlers.on(ComplaintClosed)
 async def closed(tx: Transaction, event: ComplaintClosed) -> None:
-    customer = await known_owner(tx, event.booking_id)
-    if customer is None:
-        return
+    customer = await owner(tx, event.booking_id)
     await tell(
         tx,
         f"customer:{customer}",
@@ -499,6 +498,9 @@ async def prepaid_purchased(tx: Transaction, event: PrepaidPurchased) -> None:
 
 @handlers.on(ComplaintOpened)
 async def complaint_opened(tx: Transaction, event: ComplaintOpened) -> None:
+    if await known_owner(tx, event.booking_id) is None:
+        # Its updates (escalated, closed) do not say whose it is; from here they know.
+        await _learn_owner(tx, event.booking_id, event.customer_id)
     await about_store(tx, event.store_id)
 
 
