@@ -699,11 +699,14 @@ class City:
         collect cash adds it to their list."""
         while self.running:
             try:
+                sent_with = who.access
                 async with self.streams.get(
                     "/v1/notifications/stream", headers=who.headers()
                 ) as stream:
                     if stream.status == 401:
-                        await who.refresh()
+                        await who.refresh(sent_with)
+                        if who.access == sent_with:  # not refreshed: do not hammer
+                            await asyncio.sleep(1)
                         continue
                     if stream.status != 200:  # the gateway is starting or failing: soon
                         await asyncio.sleep(1)

@@ -69,6 +69,9 @@ class Caller:
         self.access: str | None = None
         self.refresh_token: str | None = None
         self.subject = ""
+        # Calls under way at once that find the token expired refresh it once, as an app
+        # must: a refresh token works once, and its reuse ends the whole sign-in.
+        self._refreshing = asyncio.Lock()
 
     def headers(self) -> dict[str, str]:
         if self.api_key:
@@ -91,6 +94,7 @@ class Caller:
         land answers 409 (already done): that counts as done.
         """
         headers = {**self.headers(), **kw.pop("headers", {})}
+        sent_with = self.access
         deadline = time.monotonic() + RETRY_FOR_S
         refreshed, retried, pause = False, False, 0.25
         while True:
@@ -108,8 +112,8 @@ class Caller:
                 continue
             if r.status_code == 401 and self.refresh_token and not refreshed:
                 refreshed = True
-                await self.refresh()
-                headers = {**headers, **self.headers()}
+                await self.refresh(sent_with)
+                headers, sent_with = {**headers, **self.headers()}, self.access
                 continue
             if r.status_code in (502, 503, 504) and time.monotonic() < deadline:
                 retried = True
@@ -130,15 +134,19 @@ class Caller:
         self.access, self.refresh_token = tokens["access_token"], tokens["refresh_token"]
         self.subject = tokens["subject"]
 
-    async def refresh(self) -> None:
-        try:
-            r = await self.send(
-                "POST", "/v1/auth/refresh", json={"refresh_token": self.refresh_token}
-            )
-        except UNREACHABLE:
-            return  # the next call tries again
-        if r.status_code == 200:
-            self._take(r.json())
+    async def refresh(self, expired: str | None) -> None:
+        """New tokens for the `expired` access token, unless another call got them already."""
+        async with self._refreshing:
+            if self.access != expired:
+                return
+            try:
+                r = await self.send(
+                    "POST", "/v1/auth/refresh", json={"refresh_token": self.refresh_token}
+                )
+            except UNREACHABLE:
+                return  # the next call tries again
+            if r.status_code == 200:
+                self._take(r.json())
 
     async def sign_in_by_phone(self, phone: str) -> None:
         """As the apps do: a code by SMS (the development log stands in for the SMS)."""
