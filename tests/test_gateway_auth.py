@@ -9,7 +9,7 @@ import base64
 import json
 import random
 import uuid
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Iterator
 from typing import Any
 
 import httpx
@@ -355,18 +355,35 @@ async def test_a_chunked_body_over_the_ceiling_is_refused_before_anyone_is_asked
         )
 
 
+UNLIMITED = "1000000"
+
+
+@pytest.fixture(scope="module")
+def edge_limits(infra: Infra) -> Iterator[Platform]:
+    """A platform whose per-address sign-in limit is lifted (as if every call came from
+    another address) and that texts at most three codes in all."""
+    with running_platform(
+        infra,
+        GATEWAY_SIGNIN_RATE_PER_S=UNLIMITED,
+        GATEWAY_SIGNIN_BURST=UNLIMITED,
+        GATEWAY_SMS_BURST="3",
+        GATEWAY_SMS_PER_S="0.01",
+    ) as running:
+        yield running
+
+
 async def test_wrong_staff_passwords_are_limited_per_account_and_hold_up_no_other(
-    platform: Platform, mongo: AsyncMongoClient[Document]
+    edge_limits: Platform, mongo: AsyncMongoClient[Document]
 ) -> None:
     """Guesses at one staff account are counted for the account, not only per address
     (many addresses would each stay under their own limit): after ten wrong passwords even
     the right one waits; another account signs in as ever."""
-    db = mongo[f"{platform.prefix}_gateway"]
+    db = mongo[f"{edge_limits.prefix}_gateway"]
     email, password = f"ops-{uuid.uuid4().hex[:6]}@doorstep.test", uuid.uuid4().hex
     other, other_password = f"ops-{uuid.uuid4().hex[:6]}@doorstep.test", uuid.uuid4().hex
     await add_staff(db, email, password)
     await add_staff(db, other, other_password)
-    async with platform.client("gateway") as api:
+    async with edge_limits.client("gateway") as api:
         for _ in range(10):
             wrong = await api.post("/v1/auth/ops", json={"email": email, "password": "guess-123"})
             assert wrong.status_code == 401, wrong.text
@@ -379,23 +396,22 @@ async def test_wrong_staff_passwords_are_limited_per_account_and_hold_up_no_othe
 
 
 async def test_codes_texted_over_all_phones_are_capped_and_one_refused_is_not_stored(
-    infra: Infra,
+    edge_limits: Platform,
 ) -> None:
     """A flood of sign-ins from many addresses, each to another phone, stays under every
     per-address and per-phone limit: the platform caps the codes it texts in all, and a
     code refused is neither sent nor kept."""
-    with running_platform(infra, GATEWAY_SMS_BURST="3", GATEWAY_SMS_PER_S="0.01") as capped:
-        async with capped.client("gateway") as api:
-            phones = [phone() for _ in range(4)]
-            for number in phones[:3]:
-                sent = await api.post("/v1/auth/otp", json={"phone": number})
-                assert sent.status_code == 202, sent.text
-            refused = await api.post("/v1/auth/otp", json={"phone": phones[3]})
-            assert refused.status_code == 429, refused.text
-            assert "texting too many codes" in refused.json()["error"]["message"]
-            assert int(refused.headers["Retry-After"]) > 0
-            texted = await api.get("/v1/dev/sms", params={"phone": phones[3]})
-            assert texted.json() == []
-            nothing = await api.post("/v1/auth/token", json={"phone": phones[3], "code": "123456"})
-            assert nothing.status_code == 401
-            assert "no valid code" in nothing.text
+    async with edge_limits.client("gateway") as api:
+        phones = [phone() for _ in range(4)]
+        for number in phones[:3]:
+            sent = await api.post("/v1/auth/otp", json={"phone": number})
+            assert sent.status_code == 202, sent.text
+        refused = await api.post("/v1/auth/otp", json={"phone": phones[3]})
+        assert refused.status_code == 429, refused.text
+        assert "texting too many codes" in refused.json()["error"]["message"]
+        assert int(refused.headers["Retry-After"]) > 0
+        texted = await api.get("/v1/dev/sms", params={"phone": phones[3]})
+        assert texted.json() == []
+        nothing = await api.post("/v1/auth/token", json={"phone": phones[3], "code": "123456"})
+        assert nothing.status_code == 401
+        assert "no valid code" in nothing.text
