@@ -345,6 +345,19 @@ async def test_an_event_does_not_wait_for_a_slow_handler_on_another_partition(
     assert (await probe.effects("slow"), await probe.effects("quick")) == (1, 1)
 
 
+@contextlib.asynccontextmanager
+async def second_member(probe: Probe) -> AsyncIterator[EventConsumer]:
+    """Another member of the probe's consumer group, running until the block ends."""
+    second = probe.member()
+    joined = asyncio.create_task(second.run_forever())
+    try:
+        yield second
+    finally:
+        joined.cancel()
+        with contextlib.suppress(asyncio.CancelledError):
+            await joined
+
+
 async def test_a_member_joining_takes_partitions_over_with_nothing_handled_twice(
     probe: Probe, kafka_producer: AIOKafkaProducer
 ) -> None:
@@ -358,9 +371,7 @@ async def test_a_member_joining_takes_partitions_over_with_nothing_handled_twice
             await asyncio.sleep(0.02)
 
     await send_spread(ids[:40])
-    second = probe.member()
-    joined = asyncio.create_task(second.run_forever())
-    try:
+    async with second_member(probe) as second:
         await send_spread(ids[40:])  # while the group rebalances
 
         async def all_handled() -> bool:
@@ -381,10 +392,6 @@ async def test_a_member_joining_takes_partitions_over_with_nothing_handled_twice
         assert all(d["count"] == 1 for d in docs)
         assert probe.consumed("duplicate") == 0, "an event was delivered again after the move"
         assert probe.consumed("handled") == len(ids)
-    finally:
-        joined.cancel()
-        with contextlib.suppress(asyncio.CancelledError):
-            await joined
 
 
 async def test_an_event_waiting_for_one_behind_it_in_its_lane_lets_that_one_through(
@@ -424,9 +431,7 @@ async def test_a_rebalance_lets_go_of_an_event_waiting_for_another_topic_which_i
         probe.topic, envelope_bytes("patient", waits_for="late-cause"), partition=0
     )
     await eventually(lambda: _ge(probe.attempts.get("patient", 0), 1), what="patient waits")
-    second = probe.member()
-    joined = asyncio.create_task(second.run_forever())
-    try:
+    async with second_member(probe) as second:
 
         async def rebalanced() -> bool:
             return second.assigned.is_set()
@@ -440,10 +445,6 @@ async def test_a_rebalance_lets_go_of_an_event_waiting_for_another_topic_which_i
         await eventually(lambda: _ge_async(probe.effects("patient"), 1), what="patient handled")
         assert await probe.effects("patient") == 1
         assert probe.consumed("dead_lettered") == 0
-    finally:
-        joined.cancel()
-        with contextlib.suppress(asyncio.CancelledError):
-            await joined
 
 
 async def test_messages_held_behind_a_waiting_event_do_not_stop_other_partitions_polls(
