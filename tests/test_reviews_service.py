@@ -11,8 +11,12 @@ from typing import Any
 import httpx
 import pytest
 from aiokafka import AIOKafkaProducer
+from pymongo import AsyncMongoClient
 
+from services.reviews.domain import Complaint, Review
+from services.reviews.storage import Complaints, Reviews
 from shared.events.dispatch import SafetyAlert
+from shared.mongo import Document
 from tests.conftest import Platform
 from tests.harness import Infra, ServiceProcess, eventually, keyed_events, new_prefix, publish
 from tests.seed import (
@@ -633,6 +637,87 @@ async def test_a_refund_and_a_redo_reach_payments_and_booking_from_the_complaint
     assert redo["redo_for_complaint"] == complaint["complaint_id"]
     assert redo["total"] == 0
     assert redo["timing"] == "asap"
+
+
+async def test_kpis_match_a_hand_count_with_medians_of_even_and_odd_counts_in_the_period(
+    platform: Platform, mongo: AsyncMongoClient[Document]
+) -> None:
+    """Figures worked out by hand for a store's complaints and reviews of one day: the
+    medians of an even and of an odd number of durations, the breach rate, counts by
+    category, technician and store; what lies outside the period is not counted."""
+    store = unique("store_")
+    db = mongo[f"{platform.prefix}_reviews"]
+    day = datetime(2020, 3, 1, 8, tzinfo=UTC)
+
+    def complaint(n: int, category: str, **over: Any) -> Complaint:
+        opened = over.pop("opened_at", day + timedelta(hours=n))
+        fields: dict[str, Any] = {
+            "complaint_id": unique("cmp_"),
+            "booking_id": unique("bk_"),
+            "customer_id": "cus_kpi",
+            "technician_id": "tech_a",
+            "store_id": store,
+            "category": category,
+            "severity": "medium",
+            "description": "late",
+            "channel": "app",
+            "opened_at": opened,
+            "first_response_due": opened + timedelta(hours=1),
+            "resolution_due": opened + timedelta(days=2),
+        }
+        for moment in ("first_response_at", "closed_at"):
+            if moment in over:
+                over[moment] = opened + over[moment]
+        return Complaint.model_validate({**fields, **over})
+
+    breach = {"deadline": "first_response", "tier": "agent", "at": day}
+
+    def minutes(n: int) -> timedelta:
+        return timedelta(minutes=n)
+
+    def hours(n: int) -> timedelta:
+        return timedelta(hours=n)
+
+    kept = [
+        complaint(0, "quality", first_response_at=minutes(10), closed_at=hours(1)),
+        complaint(1, "quality", first_response_at=minutes(50), closed_at=hours(8)),
+        complaint(2, "late_or_missed", first_response_at=minutes(20), breaches=[breach]),
+        complaint(3, "late_or_missed", first_response_at=minutes(30), closed_at=hours(3)),
+        complaint(4, "safety", technician_id=None),
+    ]
+    outside = complaint(0, "quality", opened_at=day - timedelta(days=2), breaches=[breach])
+    for c in [*kept, outside]:
+        await Complaints(db).insert(c)
+    for n, stars in enumerate([5, 4, 4, 1]):
+        await Reviews(db).insert(
+            Review(
+                booking_id=unique("bk_"),
+                customer_id="cus_kpi",
+                technician_id="tech_a",
+                store_id=store,
+                rating=stars,
+                created_at=day + timedelta(hours=n),
+                updated_at=day + timedelta(hours=n),
+            )
+        )
+    period = {"from": day.isoformat(), "to": (day + timedelta(days=1)).isoformat()}
+    async with platform.client("reviews") as reviews:
+        seen = await reviews.get("/kpis", params=period, headers=as_store(store))
+    assert seen.status_code == 200, seen.text
+    assert seen.json() == {
+        "period_from": "2020-03-01T08:00:00Z",
+        "period_to": "2020-03-02T08:00:00Z",
+        "complaints": 5,
+        "first_response_minutes_median": 25.0,  # 10, 20, 30, 50
+        "resolution_hours_median": 3.0,  # 1, 3, 8
+        "breach_rate": 0.2,
+        "by_category": {"quality": 2, "late_or_missed": 2, "safety": 1},
+        "per_technician": {"tech_a": 4, "unknown": 1},
+        "per_store": {store: 5},
+        "reviews": 4,
+        "average_rating": 3.5,
+        "rating_distribution": {"1": 1, "2": 0, "3": 0, "4": 2, "5": 1},
+    }
 
 
 async def test_kpis_over_a_period_for_operations_and_for_a_store_its_own_only(

@@ -7,6 +7,7 @@ them and may close them; a store reads its own technicians' complaints.
 
 from __future__ import annotations
 
+import asyncio
 from datetime import datetime, timedelta
 from typing import Annotated
 
@@ -448,7 +449,8 @@ async def read_kpis(
         )
     scope = actor.store_scope(what="KPIs")
     opened = {"opened_at": {"$gte": period_from, "$lt": period_to}, **scope}
-    complaints = await Complaints(runtime.db).find(opened, limit=100_000)
     written = {"created_at": {"$gte": period_from, "$lt": period_to}, **scope}
-    ratings = [r.rating for r in await Reviews(runtime.db).find(written, limit=100_000)]
-    return kpis(complaints, ratings, period_from, period_to)
+    complaints, stars = await asyncio.gather(
+        Complaints(runtime.db).figures(opened), Reviews(runtime.db).stars_given(written)
+    )
+    return kpis(complaints, stars, period_from, period_to)

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import hashlib
 import uuid
+from dataclasses import dataclass, field
 from datetime import datetime, timedelta
 from enum import StrEnum
 
@@ -404,50 +405,52 @@ class Kpis(Forbid):
     rating_distribution: dict[str, int]
 
 
-def _median(values: list[float]) -> float | None:
-    if not values:
-        return None
-    ordered = sorted(values)
-    mid = len(ordered) // 2
-    return ordered[mid] if len(ordered) % 2 else (ordered[mid - 1] + ordered[mid]) / 2
+@dataclass(frozen=True)
+class ComplaintFigures:
+    """A period's complaints, counted where they are stored (no complaint is loaded)."""
+
+    complaints: int = 0
+    breached: int = 0  # missed at least one deadline
+    by_category: dict[str, int] = field(default_factory=dict)
+    per_technician: dict[str | None, int] = field(default_factory=dict)
+    per_store: dict[str | None, int] = field(default_factory=dict)
+    first_response_minutes_median: float | None = None
+    resolution_hours_median: float | None = None
+
+
+def middle_of(count: int) -> tuple[int, int]:
+    """Which of `count` ordered values make their median: (how many to skip, how many to
+    take); the median is the mean of those taken."""
+    return (count - 1) // 2, 1 if count % 2 else 2
 
 
 def kpis(
-    complaints: list[Complaint], ratings: list[int], period_from: datetime, period_to: datetime
+    figures: ComplaintFigures,
+    ratings: dict[int, int],
+    period_from: datetime,
+    period_to: datetime,
 ) -> Kpis:
-    def count(key: str | None) -> str:
-        return key or "unknown"
+    """`ratings`: how many reviews gave each number of stars."""
 
-    by_category: dict[str, int] = {}
-    per_technician: dict[str, int] = {}
-    per_store: dict[str, int] = {}
-    for c in complaints:
-        by_category[c.category.value] = by_category.get(c.category.value, 0) + 1
-        per_technician[count(c.technician_id)] = per_technician.get(count(c.technician_id), 0) + 1
-        per_store[count(c.store_id)] = per_store.get(count(c.store_id), 0) + 1
-    responded = [
-        (c.first_response_at - c.opened_at).total_seconds() / 60
-        for c in complaints
-        if c.first_response_at is not None
-    ]
-    resolved = [
-        (c.closed_at - c.opened_at).total_seconds() / 3600
-        for c in complaints
-        if c.closed_at is not None
-    ]
+    def named(counts: dict[str | None, int]) -> dict[str, int]:
+        merged: dict[str, int] = {}
+        for key, n in counts.items():
+            merged[key or "unknown"] = merged.get(key or "unknown", 0) + n
+        return merged
+
+    reviews = sum(ratings.values())
+    stars = sum(stars * n for stars, n in ratings.items())
     return Kpis(
         period_from=period_from,
         period_to=period_to,
-        complaints=len(complaints),
-        first_response_minutes_median=_median(responded),
-        resolution_hours_median=_median(resolved),
-        breach_rate=(
-            sum(1 for c in complaints if c.breaches) / len(complaints) if complaints else None
-        ),
-        by_category=by_category,
-        per_technician=per_technician,
-        per_store=per_store,
-        reviews=len(ratings),
-        average_rating=round(sum(ratings) / len(ratings), 3) if ratings else None,
-        rating_distribution={str(n): ratings.count(n) for n in range(1, 6)},
+        complaints=figures.complaints,
+        first_response_minutes_median=figures.first_response_minutes_median,
+        resolution_hours_median=figures.resolution_hours_median,
+        breach_rate=figures.breached / figures.complaints if figures.complaints else None,
+        by_category=dict(figures.by_category),
+        per_technician=named(figures.per_technician),
+        per_store=named(figures.per_store),
+        reviews=reviews,
+        average_rating=round(stars / reviews, 3) if reviews else None,
+        rating_distribution={str(n): ratings.get(n, 0) for n in range(1, 6)},
     )

@@ -13,13 +13,14 @@ from datetime import datetime
 from pydantic import BaseModel, ConfigDict
 from pymongo import ASCENDING, IndexModel
 
-from services.reviews.domain import Complaint, Review, ReviewRequest
-from shared.mongo import Database, Session, Versioned
+from services.reviews.domain import Complaint, ComplaintFigures, Review, ReviewRequest, middle_of
+from shared.mongo import Database, Document, Session, Versioned
 
 BOOKINGS = "bookings"
 REVIEW_REQUESTS = "review_requests"
 REVIEWS = "reviews"
 COMPLAINTS = "complaints"
+MINUTE_MS, HOUR_MS = 60_000, 3_600_000
 
 
 async def ensure_indexes(db: Database) -> None:
@@ -79,6 +80,18 @@ class Reviews(Versioned[Review]):
         cursor = self.col.find({"technician_id": technician_id}, {"rating": 1}, session=session)
         return [int(d["rating"]) async for d in cursor]
 
+    async def stars_given(self, match: Document) -> dict[int, int]:
+        """How many of the matching reviews gave each number of stars (counted by MongoDB)."""
+        pipeline: list[Document] = [
+            {"$match": match},
+            {"$group": {"_id": "$rating", "n": {"$sum": 1}}},
+        ]
+        return {int(g["_id"]): g["n"] async for g in await self.col.aggregate(pipeline)}
+
+
+def _having(moment: str) -> list[Document]:
+    return [{"$match": {moment: {"$ne": None}}}, {"$count": "n"}]
+
 
 class Complaints(Versioned[Complaint]):
     def __init__(self, db: Database) -> None:
@@ -86,3 +99,59 @@ class Complaints(Versioned[Complaint]):
 
     async def count_against(self, technician_id: str, session: Session = None) -> int:
         return await self.col.count_documents({"technician_id": technician_id}, session=session)
+
+    async def figures(self, match: Document) -> ComplaintFigures:
+        """The KPIs' complaint figures over the matching complaints, counted and ordered by
+        MongoDB: a year of a city's complaints is never loaded into the service."""
+        counted: list[Document] = [
+            {"$match": match},
+            {
+                "$facet": {
+                    "all": [{"$count": "n"}],
+                    "breached": [{"$match": {"breaches.0": {"$exists": True}}}, {"$count": "n"}],
+                    "category": [{"$group": {"_id": "$category", "n": {"$sum": 1}}}],
+                    "technician": [{"$group": {"_id": "$technician_id", "n": {"$sum": 1}}}],
+                    "store": [{"$group": {"_id": "$store_id", "n": {"$sum": 1}}}],
+                    "responded": _having("first_response_at"),
+                    "closed": _having("closed_at"),
+                }
+            },
+        ]
+        (facets,) = await (await self.col.aggregate(counted)).to_list()
+
+        def total(name: str) -> int:
+            return int(facets[name][0]["n"]) if facets[name] else 0
+
+        def by(name: str) -> dict[str | None, int]:
+            return {g["_id"]: int(g["n"]) for g in facets[name]}
+
+        return ComplaintFigures(
+            complaints=total("all"),
+            breached=total("breached"),
+            by_category={str(k): n for k, n in by("category").items()},
+            per_technician=by("technician"),
+            per_store=by("store"),
+            first_response_minutes_median=await self._median(
+                match, "first_response_at", total("responded"), MINUTE_MS
+            ),
+            resolution_hours_median=await self._median(
+                match, "closed_at", total("closed"), HOUR_MS
+            ),
+        )
+
+    async def _median(self, match: Document, until: str, count: int, unit_ms: int) -> float | None:
+        """The median time from opening to `until` over the `count` matching complaints that
+        have it, in units of `unit_ms`: MongoDB orders them and returns the middle one or two."""
+        if not count:
+            return None
+        skip, take = middle_of(count)
+        took = {"$divide": [{"$subtract": [f"${until}", "$opened_at"]}, unit_ms]}
+        pipeline: list[Document] = [
+            {"$match": {**match, until: {"$ne": None}}},
+            {"$project": {"_id": 0, "took": took}},
+            {"$sort": {"took": 1}},
+            {"$skip": skip},
+            {"$limit": take},
+        ]
+        middle = [float(d["took"]) async for d in await self.col.aggregate(pipeline)]
+        return sum(middle) / len(middle) if middle else None

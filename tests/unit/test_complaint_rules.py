@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import statistics
 from datetime import UTC, datetime, timedelta
 
 import pytest
@@ -11,6 +12,7 @@ from services.reviews.domain import (
     Category,
     Channel,
     Complaint,
+    ComplaintFigures,
     ComplaintStatus,
     RemedyIn,
     RemedyKind,
@@ -19,6 +21,7 @@ from services.reviews.domain import (
     Tier,
     bayesian_rating,
     kpis,
+    middle_of,
     open_complaint,
     sla,
 )
@@ -155,20 +158,32 @@ def test_a_review_is_changed_only_by_its_customer_within_the_window() -> None:
         review.edit("cus_1", NOW + REVIEW_EDIT_WINDOW + timedelta(seconds=1), rating=5)
 
 
-def test_kpis_count_times_breaches_and_ratings_over_the_complaints_given() -> None:
-    quick, slow, breached = complaint(), complaint(), complaint(Category.SAFETY)
-    quick.respond("ops:ana", "on it", NOW + timedelta(minutes=10))
-    slow.respond("ops:ana", "on it", NOW + timedelta(minutes=50))
-    slow.propose("ops:ana", "sorry", [RemedyIn(kind=RemedyKind.APOLOGY)], NOW + timedelta(hours=1))
-    slow.accept("customer:cus_1", NOW + timedelta(hours=2))
-    breached.escalate_if_due(breached.first_response_due, sla(Category.SAFETY, Severity.MEDIUM))
-    k = kpis([quick, slow, breached], [5, 4, 4, 1], NOW, NOW + timedelta(days=1))
-    assert k.complaints == 3
-    assert k.first_response_minutes_median == 30  # of 10 and 50
-    assert k.resolution_hours_median == 2
-    assert k.breach_rate == pytest.approx(1 / 3)
-    assert k.by_category == {"quality": 2, "safety": 1}
-    assert k.per_technician == {"tech_1": 3}
-    assert k.per_store == {"store_1": 3}
+@pytest.mark.parametrize(
+    "values", [[7.0], [3.0, 1.0], [5.0, 1.0, 3.0], [4.0, 1.0, 3.0, 2.0], [9.0, 9.0, 1.0, 2.0, 2.0]]
+)
+def test_the_median_is_the_mean_of_the_middle_one_or_two_values(values: list[float]) -> None:
+    skip, take = middle_of(len(values))
+    middle = sorted(values)[skip : skip + take]
+    assert sum(middle) / len(middle) == statistics.median(values)
+
+
+def test_kpis_rate_breaches_and_ratings_and_name_the_unknown_technician_or_store() -> None:
+    figures = ComplaintFigures(
+        complaints=4,
+        breached=1,
+        by_category={"quality": 3, "safety": 1},
+        per_technician={"tech_1": 3, None: 1},
+        per_store={"store_1": 4},
+        first_response_minutes_median=30,
+    )
+    k = kpis(figures, {5: 1, 4: 2, 1: 1}, NOW, NOW + timedelta(days=1))
+    assert k.complaints == 4
+    assert k.breach_rate == 0.25
+    assert k.first_response_minutes_median == 30
+    assert k.resolution_hours_median is None
+    assert k.per_technician == {"tech_1": 3, "unknown": 1}
     assert k.rating_distribution == {"1": 1, "2": 0, "3": 0, "4": 2, "5": 1}
+    assert k.reviews == 4
     assert k.average_rating == 3.5
+    nothing = kpis(ComplaintFigures(), {}, NOW, NOW + timedelta(days=1))
+    assert (nothing.breach_rate, nothing.average_rating, nothing.reviews) == (None, None, 0)
