@@ -10,6 +10,10 @@ durable timer sends it, outside any transaction, signed:
 and retries a failing receiver with backoff (1 s, 2 s, 4 s ... up to 8 tries).
 Every attempt is logged; a delivery can be replayed. Receivers should drop an
 `X-Doorstep-Event-Id` they have seen (a replay sends the same one).
+
+A URL must reach a public address over https. Its host is resolved and checked before
+every attempt, and the attempt connects to the address checked (the name stays in the
+Host header and TLS), so a name rebound to an internal address in between gains nothing.
 """
 
 from __future__ import annotations
@@ -23,9 +27,10 @@ import logging
 import secrets
 import time
 import uuid
-from collections.abc import Iterable
+from collections.abc import Awaitable, Callable, Iterable
+from dataclasses import dataclass
 from datetime import timedelta
-from typing import Annotated
+from typing import Annotated, Any
 from urllib.parse import urlsplit
 
 import httpx
@@ -111,19 +116,66 @@ def refused_target(scheme: str, addresses: Iterable[str], private_allowed: bool)
     return None
 
 
-async def target_refusal(url: str, private_allowed: bool) -> str | None:
+Resolve = Callable[[str, int], Awaitable[list[str]]]
+
+
+async def resolve(host: str, port: int) -> list[str]:
+    """The host's addresses, in the resolver's order (none if it does not resolve)."""
+    try:
+        infos = await asyncio.get_running_loop().getaddrinfo(host, port, proto=6)
+    except OSError:
+        return []
+    return list(dict.fromkeys(str(info[4][0]) for info in infos))
+
+
+@dataclass(frozen=True)
+class Target:
+    """Where a webhook goes: refused (and why), or the URL and the address that was checked,
+    which the delivery connects to (None: sent by name, where private targets are allowed)."""
+
+    url: str
+    address: str | None = None
+    refusal: str | None = None
+
+
+async def checked_target(url: str, private_allowed: bool, resolver: Resolve = resolve) -> Target:
     """`refused_target` for a URL, its host resolved now (at subscription, and again before
     every delivery: a name may point elsewhere later)."""
     if private_allowed:
-        return None
+        return Target(url)
     parts = urlsplit(url)
-    try:
-        infos = await asyncio.get_running_loop().getaddrinfo(
-            parts.hostname or "", parts.port or 443, proto=6
-        )
-    except OSError:
-        infos = []
-    return refused_target(parts.scheme, {str(info[4][0]) for info in infos}, private_allowed)
+    addresses = await resolver(parts.hostname or "", parts.port or 443)
+    refusal = refused_target(parts.scheme, addresses, private_allowed)
+    return Target(url, refusal=refusal) if refusal else Target(url, address=addresses[0])
+
+
+async def target_refusal(url: str, private_allowed: bool) -> str | None:
+    return (await checked_target(url, private_allowed)).refusal
+
+
+def pinned(
+    target: Target, headers: dict[str, str]
+) -> tuple[httpx.URL, dict[str, str], dict[str, Any]]:
+    """The request for a checked target goes to the address that was checked, not to what
+    the name resolves to a moment later (a name rebound to 127.0.0.1 between the check and
+    the connection would reach the platform's own network). The name stays in the Host
+    header, and TLS still sends it (SNI) and verifies the certificate against it."""
+    url = httpx.URL(target.url)
+    if target.address is None:
+        return url, headers, {}
+    named = {**headers, "Host": url.netloc.decode("ascii")}
+    return url.copy_with(host=target.address), named, {"sni_hostname": url.host}
+
+
+async def post(
+    target: Target,
+    body: str,
+    headers: dict[str, str],
+    transport: httpx.AsyncBaseTransport | None = None,
+) -> httpx.Response:
+    url, headers, extensions = pinned(target, headers)
+    async with httpx.AsyncClient(timeout=TIMEOUT_S, transport=transport) as client:
+        return await client.post(url, content=body, headers=headers, extensions=extensions)
 
 
 def _store_or_ops(actor: Actor, store_id: str) -> None:
@@ -284,14 +336,12 @@ async def deliver(ctx: TimerContext, timer: Timer) -> None:
         "X-Doorstep-Delivery": delivery.delivery_id,
     }
     attempt = Attempt(at=utcnow())
-    refusal = await target_refusal(hook.url, ctx.settings.webhook_private_targets)
-    if refusal:
-        attempt.error = f"not sent: {refusal}"
+    target = await checked_target(hook.url, ctx.settings.webhook_private_targets)
+    if target.refusal:
+        attempt.error = f"not sent: {target.refusal}"
     else:
         try:
-            async with httpx.AsyncClient(timeout=TIMEOUT_S) as client:
-                answer = await client.post(hook.url, content=delivery.body, headers=headers)
-            attempt.status = answer.status_code
+            attempt.status = (await post(target, delivery.body, headers)).status_code
         except httpx.HTTPError as exc:
             attempt.error = f"{type(exc).__name__}: {exc}"[:300]
 
