@@ -90,6 +90,8 @@ class Settings(BaseSettings):
     # Wrong passwords a staff account may take at once, and one more each minute after.
     staff_failures: int = Field(10, validation_alias="GATEWAY_STAFF_FAILURES")
     staff_failures_per_s: float = Field(1 / 60, validation_alias="GATEWAY_STAFF_FAILURES_PER_S")
+    # Live streams (notifications, the board) one principal may hold open at once.
+    streams_per_principal: int = Field(8, ge=1, validation_alias="GATEWAY_STREAMS_PER_PRINCIPAL")
     max_body_bytes: int = Field(64 * 1024, validation_alias="GATEWAY_MAX_BODY_BYTES")
     # Rows per list on the operations board (its page stays light); beyond them the board
     # says how many there are in all.

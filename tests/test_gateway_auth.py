@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import asyncio
 import base64
+import contextlib
 import json
 import random
 import uuid
@@ -22,7 +23,7 @@ from services.gateway.signin import add_staff
 from shared.auth import Actor, Role
 from shared.mongo import Document
 from tests.conftest import Platform, running_platform
-from tests.harness import Infra
+from tests.harness import Infra, eventually
 from tests.seed import bearer, gateway_token
 
 pytestmark = pytest.mark.integration
@@ -361,13 +362,15 @@ UNLIMITED = "1000000"
 @pytest.fixture(scope="module")
 def edge_limits(infra: Infra) -> Iterator[Platform]:
     """A platform whose per-address sign-in limit is lifted (as if every call came from
-    another address) and that texts at most three codes in all."""
+    another address), that texts at most three codes in all and lets a caller hold two live
+    streams at once."""
     with running_platform(
         infra,
         GATEWAY_SIGNIN_RATE_PER_S=UNLIMITED,
         GATEWAY_SIGNIN_BURST=UNLIMITED,
         GATEWAY_SMS_BURST="3",
         GATEWAY_SMS_PER_S="0.01",
+        GATEWAY_STREAMS_PER_PRINCIPAL="2",
     ) as running:
         yield running
 
@@ -415,3 +418,49 @@ async def test_codes_texted_over_all_phones_are_capped_and_one_refused_is_not_st
         nothing = await api.post("/v1/auth/token", json={"phone": phones[3], "code": "123456"})
         assert nothing.status_code == 401
         assert "no valid code" in nothing.text
+
+
+async def test_a_caller_holds_only_so_many_live_streams_and_a_closed_one_frees_its_place(
+    edge_limits: Platform, mongo: AsyncMongoClient[Document]
+) -> None:
+    """Two live streams at once per caller on this platform, notifications and the board
+    counted together: the third is refused with a clear 429; another caller is not held up;
+    once a client goes away, its place is free again."""
+
+    async def token(role: Role, subject: str) -> dict[str, str]:
+        actor = Actor(role=role, subject=subject, store_id=subject if role is Role.STORE else None)
+        return bearer(await gateway_token(mongo, edge_limits.prefix, actor))
+
+    ana, rui = (
+        await token(Role.CUSTOMER, f"cus_{uuid.uuid4().hex[:8]}"),
+        await token(Role.CUSTOMER, f"cus_{uuid.uuid4().hex[:8]}"),
+    )
+    store = await token(Role.STORE, f"store_{uuid.uuid4().hex[:8]}")
+    notifications, board = "/v1/notifications/stream", "/v1/board/stream"
+    async with (
+        httpx.AsyncClient(base_url=edge_limits.url("gateway"), timeout=10) as api,
+        contextlib.AsyncExitStack() as held,
+    ):
+        first = await held.enter_async_context(api.stream("GET", notifications, headers=ana))
+        async with api.stream("GET", notifications, headers=ana) as second:
+            assert (first.status_code, second.status_code) == (200, 200)
+            third = await api.get(notifications, headers=ana)
+            assert third.status_code == 429, third.text
+            assert "too many live streams open for this account" in third.json()["error"]["message"]
+            assert int(third.headers["Retry-After"]) > 0
+            other = await held.enter_async_context(api.stream("GET", notifications, headers=rui))
+            assert other.status_code == 200
+            for _ in range(2):
+                opened = await held.enter_async_context(api.stream("GET", board, headers=store))
+                assert opened.status_code == 200
+            assert (await api.get(board, headers=store)).status_code == 429
+        # The second stream's client went away: its place comes free.
+
+        async def reopened() -> bool:
+            again = await held.enter_async_context(api.stream("GET", notifications, headers=ana))
+            if again.status_code == 200:
+                return True
+            await again.aclose()
+            return False
+
+        await eventually(reopened, what="a closed stream's place freed")

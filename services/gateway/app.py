@@ -23,7 +23,7 @@ from services.gateway import (
     webhooks,
 )
 from services.gateway.hub import running, watching
-from services.gateway.limits import RateLimiter
+from services.gateway.limits import RateLimiter, StreamSlots
 from services.gateway.security import VerifyingKeys
 from services.gateway.tokens import VerifiedTokens
 from services.gateway.upstream import Upstream, UpstreamSettings
@@ -43,6 +43,7 @@ async def edge_state(app: FastAPI) -> AsyncIterator[None]:
     app.state.signin_limiter = RateLimiter(settings.signin_rate_per_s, settings.signin_burst)
     app.state.sms_limiter = RateLimiter(settings.sms_per_s, settings.sms_burst)
     app.state.staff_failures = RateLimiter(settings.staff_failures_per_s, settings.staff_failures)
+    app.state.stream_slots = StreamSlots(settings.streams_per_principal)
     app.state.upstream = Upstream(UpstreamSettings())
     app.state.verifying_keys = VerifyingKeys()
     app.state.verified_tokens = VerifiedTokens()

@@ -1,8 +1,9 @@
 """Rate limits per principal, and a ceiling on request bodies, at the edge.
 
-Also two that are not per caller: the codes texted over all phones (a flood of sign-ins
-from many addresses must not run up the SMS bill), and wrong passwords per staff account
-(guessed from many addresses, each under its own limit).
+Also the live streams a principal holds open at once, and two limits that are not per
+caller: the codes texted over all phones (a flood of sign-ins from many addresses must not
+run up the SMS bill), and wrong passwords per staff account (guessed from many addresses,
+each under its own limit).
 
 A token bucket per caller (the verified principal; the client address for
 sign-in calls, which have none yet): `burst` requests at once, refilled at
@@ -14,11 +15,15 @@ from __future__ import annotations
 
 import math
 import time
+import weakref
+from collections.abc import AsyncGenerator, AsyncIterator
 from dataclasses import dataclass
+from typing import TypeVar
 
 from shared.errors import TooManyRequests
 
 MAX_BUCKETS = 100_000  # forget idle callers beyond this many
+T = TypeVar("T")
 
 
 @dataclass
@@ -77,3 +82,65 @@ class RateLimiter:
         ]
         for principal in full:
             del self._buckets[principal]
+
+
+class StreamSlots:
+    """Live streams open at once per principal. Each holds a connection and a subscription
+    for as long as it lasts, which a rate limit on opening them does not bound: a client
+    that opens streams in a loop and never closes them would hold the gateway's memory."""
+
+    RETRY_AFTER_S = 5
+
+    def __init__(self, per_principal: int) -> None:
+        self.per_principal = per_principal
+        self._open: dict[str, int] = {}
+
+    def open_for(self, principal: str) -> int:
+        return self._open.get(principal, 0)
+
+    def take(self, principal: str) -> Slot:
+        """A slot for one more stream, or TooManyRequests if `principal` holds them all."""
+        if self.open_for(principal) >= self.per_principal:
+            raise TooManyRequests(
+                f"too many live streams open for this account (at most {self.per_principal});"
+                " close one first",
+                retry_after=self.RETRY_AFTER_S,
+            )
+        self._open[principal] = self.open_for(principal) + 1
+        return Slot(self, principal)
+
+    def _release(self, principal: str) -> None:
+        left = self.open_for(principal) - 1
+        if left > 0:
+            self._open[principal] = left
+        else:
+            self._open.pop(principal, None)
+
+
+class Slot:
+    def __init__(self, slots: StreamSlots, principal: str) -> None:
+        self._slots, self._principal, self._held = slots, principal, True
+
+    def release(self) -> None:
+        """Give the slot back (once, however often it is called)."""
+        if self._held:
+            self._held = False
+            self._slots._release(self._principal)
+
+    def holding(self, body: AsyncIterator[T]) -> AsyncGenerator[T]:
+        """`body`, giving the slot back when it ends or is closed. A response dropped before
+        its body was first read never runs the body's `finally`: the slot is then given back
+        when the body is garbage-collected."""
+
+        async def held() -> AsyncGenerator[T]:
+            try:
+                async for chunk in body:
+                    yield chunk
+            finally:
+                self.release()
+                if isinstance(body, AsyncGenerator):
+                    await body.aclose()  # its own clean-up (a subscription) runs now
+
+        stream = held()
+        weakref.finalize(stream, self.release)
+        return stream

@@ -16,7 +16,7 @@ from fastapi import APIRouter, Header, Query, Request
 from fastapi.responses import StreamingResponse
 
 from services.gateway.hub import KEEP_ALIVE, ChangeHub, with_keep_alives
-from services.gateway.security import EdgeActor
+from services.gateway.security import EdgeActor, stream_slot
 from services.gateway.storage import NOTIFICATIONS, Notification, Notifications
 from shared.auth import Actor
 from shared.errors import NotFound
@@ -109,7 +109,7 @@ async def stream(
                     yield frame(change["fullDocument"])
 
     return StreamingResponse(
-        events(),
+        stream_slot(request, actor).holding(events()),
         media_type="text/event-stream",
         headers={"Cache-Control": "no-cache", "X-Accel-Buffering": "no"},
     )

@@ -20,7 +20,7 @@ from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PublicKey
 from fastapi import Depends, Request, Security
 from fastapi.security import APIKeyHeader, HTTPAuthorizationCredentials, HTTPBearer
 
-from services.gateway.limits import RateLimiter
+from services.gateway.limits import RateLimiter, Slot, StreamSlots
 from services.gateway.storage import SIGNING_KEYS, ApiKeys
 from services.gateway.tokens import VerifiedTokens, digest, parse_api_key, same
 from shared.auth import Actor, Role
@@ -71,8 +71,19 @@ async def edge_actor(
         raise Unauthenticated("the credential is too long to be one of ours")
     actor = await _verified(request, authorization, x_api_key)
     limiter: RateLimiter = request.app.state.limiter
-    limiter.check(f"{actor.role.value}:{actor.subject}")
+    limiter.check(principal(actor))
     return actor
+
+
+def principal(actor: Actor) -> str:
+    """Whom a limit counts: a verified caller (every store API key of a store is the store)."""
+    return f"{actor.role.value}:{actor.subject}"
+
+
+def stream_slot(request: Request, actor: Actor) -> Slot:
+    """A slot for one more live stream of this caller's, or 429."""
+    slots: StreamSlots = request.app.state.stream_slots
+    return slots.take(principal(actor))
 
 
 async def signin_limited(request: Request) -> None:

@@ -256,6 +256,7 @@ async def refresh(body: RefreshIn, runtime: RuntimeDep) -> Tokens:
     "/auth/logout",
     tags=["sign-in"],
     status_code=status.HTTP_204_NO_CONTENT,
+    dependencies=limited,
     summary="Revoke a refresh token and every token of its sign-in",
 )
 async def logout(body: RefreshIn, runtime: RuntimeDep) -> Response:
@@ -314,7 +315,12 @@ class SigningKeysOut(Forbid):
     algorithm: str = "EdDSA"
 
 
-@router.get("/auth/keys", tags=["sign-in"], summary="Public keys that verify access tokens")
+@router.get(
+    "/auth/keys",
+    tags=["sign-in"],
+    dependencies=limited,
+    summary="Public keys that verify access tokens",
+)
 async def signing_keys(runtime: RuntimeDep) -> SigningKeysOut:
     ring = token_keys(runtime.db, runtime.settings)
     await ring.current()  # the first key exists once anybody asks

@@ -2,16 +2,23 @@
 
 from __future__ import annotations
 
+import gc
 import subprocess
 import sys
+from collections.abc import AsyncIterator, Iterator
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
+from typing import Any
 
 import pytest
+from fastapi.dependencies.models import Dependant
+from fastapi.routing import APIRoute
 
 from services.gateway import handlers
+from services.gateway.app import create_app
 from services.gateway.domain import DayTally, figures, may_retry
-from services.gateway.limits import RateLimiter
+from services.gateway.limits import RateLimiter, StreamSlots
+from services.gateway.security import edge_actor, signin_limited
 from services.gateway.tokens import SigningKey, VerifiedTokens, issue_access
 from shared.auth import Actor, Role
 from shared.errors import TooManyRequests, Unauthenticated
@@ -144,3 +151,71 @@ def test_the_gateway_does_not_load_dispatchs_matching_libraries() -> None:
         [sys.executable, "-c", probe], cwd=ROOT, capture_output=True, text=True, check=True
     )
     assert loaded.stdout.strip() == "[]", loaded.stdout + loaded.stderr
+
+
+async def _chunks(n: int) -> AsyncIterator[str]:
+    for i in range(n):
+        yield str(i)
+
+
+async def test_a_principal_holds_at_most_so_many_live_streams_and_every_end_frees_one() -> None:
+    slots = StreamSlots(per_principal=2)
+    first, second = slots.take("customer:ana"), slots.take("customer:ana")
+    with pytest.raises(TooManyRequests) as refused:
+        slots.take("customer:ana")
+    assert "at most 2" in str(refused.value)
+    assert refused.value.retry_after == StreamSlots.RETRY_AFTER_S
+    slots.take("customer:rui")  # another principal has slots of its own
+
+    # A stream read to its end frees its slot, once however often it is released.
+    assert [chunk async for chunk in first.holding(_chunks(3))] == ["0", "1", "2"]
+    first.release()
+    assert slots.open_for("customer:ana") == 1
+    # A stream closed midway (the client went away) frees its slot.
+    midway = second.holding(_chunks(5))
+    assert await anext(midway) == "0"
+    await midway.aclose()
+    assert slots.open_for("customer:ana") == 0
+    # A response dropped before its body was read frees it when collected.
+    never_read = slots.take("customer:ana").holding(_chunks(1))
+    assert slots.open_for("customer:ana") == 1
+    del never_read
+    gc.collect()
+    assert slots.open_for("customer:ana") == 0
+
+
+# Routes anyone may call as often as they like: static, or for the platform's own probes.
+UNLIMITED_ROUTES = {
+    "/dashboard",  # the page and its assets: files, no database
+    "/dashboard/{asset}",
+    "/healthz",
+    "/readyz",
+    "/metrics",
+    "/v1/dev/sms",  # development only (404 unless DOORSTEP_DEV_SMS_LOG is set)
+}
+
+
+def _routes(routes: list[Any], prefix: str = "") -> Iterator[tuple[str, APIRoute]]:
+    for route in routes:
+        if hasattr(route, "original_router"):  # a router included in the app
+            included = prefix + route.include_context.prefix
+            yield from _routes(route.original_router.routes, included)
+        elif isinstance(route, APIRoute):
+            yield prefix + route.path, route
+
+
+def _dependencies(dependant: Dependant) -> Iterator[Any]:
+    for sub in dependant.dependencies:
+        yield sub.call
+        yield from _dependencies(sub)
+
+
+def test_every_gateway_route_is_rate_limited_per_caller_or_address_or_known_to_be_free() -> None:
+    free, found = [], set()
+    for path, route in _routes(create_app().router.routes):
+        found.add(path)
+        calls = set(_dependencies(route.dependant))
+        if not calls & {edge_actor, signin_limited} and path not in UNLIMITED_ROUTES:
+            free.append(f"{sorted(route.methods or ())} {path}")
+    assert free == []
+    assert {"/v1/auth/logout", "/v1/auth/keys", "/v1/notifications/stream"} <= found
