@@ -441,3 +441,35 @@ async def test_a_store_sees_its_alerts_without_the_customer_operations_with(
     assert board.alert_row(doc, STORE_A).customer_id is None
     listed, _ = await board.alerts(projection.db, STORE_A, MIDNIGHT, limit=10)
     assert [a.customer_id for a in listed] == [None]
+
+
+@pytest.mark.parametrize("name", [board.BOARD_BOOKINGS, board.BOARD_UNPAID])
+async def test_pages_after_a_row_meet_the_whole_list_in_order_with_ties_and_rows_missing_the_stamp(
+    projection: Projection, name: str
+) -> None:
+    """Rows sharing a stamp (ordered by id) and rows without one (MongoDB puts them first
+    ascending, last descending): page after page, whatever the page size, is the list."""
+    field, _ = board.ORDER[name]
+    stamps = [at(5), at(5), at(5), at(1), None, None, at(9)]
+    await projection.db[name].insert_many(
+        [
+            {"_id": f"r{n}", "active_at": at(30), **({field: s} if s is not None else {})}
+            for n, s in enumerate(stamps)
+        ]
+    )
+    (whole, total) = await board._page(projection.db, OPS, name, MIDNIGHT, limit=100, after=None)
+    order = [doc["_id"] for doc in whole]
+    assert total == len(order) == len(stamps)
+    for size in (1, 2, 3):
+        paged: list[str] = []
+        after: str | None = None
+        while True:
+            docs, total = await board._page(
+                projection.db, OPS, name, MIDNIGHT, limit=size + 1, after=after
+            )
+            paged += [doc["_id"] for doc in docs[:size]]
+            assert total == len(stamps)
+            if len(docs) <= size:
+                break
+            after = paged[-1]
+        assert paged == order, size

@@ -34,6 +34,7 @@ from services.gateway.domain import (
 )
 from shared.auth import Actor
 from shared.consumer import Handlers
+from shared.errors import Unprocessable
 from shared.events.booking import (
     BookingAwaitingOperations,
     BookingRequested,
@@ -543,23 +544,32 @@ async def capped(
     query: Document,
     sort: tuple[str, int],
     limit: int,
-    offset: int = 0,
+    after: Document | None = None,
 ) -> tuple[list[Document], int]:
-    """At most `limit` documents from the `offset`-th on, and how many match in all (counted
-    only when some were left out after them: a board that fits costs no count). `_id`
-    breaks ties, so pages meet without a gap or a row twice."""
+    """At most `limit` documents in the order `sort` (then `_id`), those after the row
+    `after` if given, and how many match in all (counted only when some were left out: a
+    board that fits costs no count). Pages meet without a gap or a row twice, however many
+    rows come or go before the page read last."""
+    narrowed = {"$and": [query, following(sort, after)]} if after is not None else query
     docs = (
-        await collection.find(query)
-        .sort([sort, ("_id", ASCENDING)])
-        .skip(offset)
-        .limit(limit + 1)
-        .to_list()
+        await collection.find(narrowed).sort([sort, ("_id", ASCENDING)]).limit(limit + 1).to_list()
     )
-    if len(docs) > limit:
+    if len(docs) > limit or after is not None:
         return docs[:limit], await collection.count_documents(query)
-    if docs or not offset:
-        return docs, offset + len(docs)
-    return docs, await collection.count_documents(query)  # past the end: how far it goes
+    return docs, len(docs)
+
+
+def following(sort: tuple[str, int], row: Document) -> Document:
+    """The rows after `row` in the order `sort`, then `_id`. MongoDB orders a missing or null
+    field before every date: first when ascending, last when descending."""
+    field, direction = sort
+    value, row_id = row.get(field), row["_id"]
+    tie = {field: value, "_id": {"$gt": row_id}}
+    if value is None:
+        return {"$or": [tie, {field: {"$ne": None}}]} if direction == ASCENDING else tie
+    beyond = {field: {"$gt" if direction == ASCENDING else "$lt": value}}
+    rest = [beyond, tie] if direction == ASCENDING else [beyond, tie, {field: None}]
+    return {"$or": rest}
 
 
 def on_board(actor: Actor, name: str, since: datetime) -> Document:
@@ -578,32 +588,39 @@ ORDER: dict[str, tuple[str, int]] = {
 
 
 async def _page(
-    db: Database, actor: Actor, name: str, since: datetime, *, limit: int, offset: int
+    db: Database, actor: Actor, name: str, since: datetime, *, limit: int, after: str | None
 ) -> tuple[list[Document], int]:
-    return await capped(db[name], on_board(actor, name, since), ORDER[name], limit, offset)
+    last = None
+    if after is not None:
+        # The row itself may have left the list since (its place in the order stays); it
+        # must be one this viewer may see.
+        last = await db[name].find_one({**scope_of(actor), "_id": after}, {ORDER[name][0]: 1})
+        if last is None:
+            raise Unprocessable(f"after: there is no row {after} on this board", field="after")
+    return await capped(db[name], on_board(actor, name, since), ORDER[name], limit, last)
 
 
 async def bookings(
-    db: Database, actor: Actor, since: datetime, limit: int, offset: int = 0
+    db: Database, actor: Actor, since: datetime, limit: int, after: str | None = None
 ) -> Listed[BookingRow]:
     """What is still going on, and everything that happened today."""
-    docs, total = await _page(db, actor, BOARD_BOOKINGS, since, limit=limit, offset=offset)
+    docs, total = await _page(db, actor, BOARD_BOOKINGS, since, limit=limit, after=after)
     return [booking_row(d, actor) for d in docs], total
 
 
 async def alerts(
-    db: Database, actor: Actor, since: datetime, limit: int, offset: int = 0
+    db: Database, actor: Actor, since: datetime, limit: int, after: str | None = None
 ) -> Listed[AlertRow]:
     """Every alert nobody acknowledged, and today's."""
-    docs, total = await _page(db, actor, BOARD_ALERTS, since, limit=limit, offset=offset)
+    docs, total = await _page(db, actor, BOARD_ALERTS, since, limit=limit, after=after)
     return [alert_row(d, actor) for d in docs], total
 
 
 async def complaints(
-    db: Database, actor: Actor, since: datetime, limit: int, offset: int = 0
+    db: Database, actor: Actor, since: datetime, limit: int, after: str | None = None
 ) -> Listed[ComplaintRow]:
     """Every complaint still open, and those that moved today."""
-    docs, total = await _page(db, actor, BOARD_COMPLAINTS, since, limit=limit, offset=offset)
+    docs, total = await _page(db, actor, BOARD_COMPLAINTS, since, limit=limit, after=after)
     return [complaint_row(d) for d in docs], total
 
 
@@ -612,13 +629,13 @@ def fee_row(doc: Document) -> FeeRow:
 
 
 async def fees(
-    db: Database, actor: Actor, since: datetime, limit: int, offset: int = 0
+    db: Database, actor: Actor, since: datetime, limit: int, after: str | None = None
 ) -> Listed[FeeRow]:
     """Every fee still owed, and those settled today: operations' alone."""
     scope_of(actor)  # anyone but operations and stores is refused here too
     if not actor.is_ops:
         return [], 0
-    docs, total = await _page(db, actor, BOARD_FEES, since, limit=limit, offset=offset)
+    docs, total = await _page(db, actor, BOARD_FEES, since, limit=limit, after=after)
     return [fee_row(d) for d in docs], total
 
 
@@ -630,11 +647,11 @@ def unpaid_row(doc: Document, actor: Actor) -> UnpaidRow:
 
 
 async def unpaid(
-    db: Database, actor: Actor, since: datetime, limit: int, offset: int = 0
+    db: Database, actor: Actor, since: datetime, limit: int, after: str | None = None
 ) -> Listed[UnpaidRow]:
     """Every signed visit still unpaid, longest due first, and those paid or written off
     today."""
-    docs, total = await _page(db, actor, BOARD_UNPAID, since, limit=limit, offset=offset)
+    docs, total = await _page(db, actor, BOARD_UNPAID, since, limit=limit, after=after)
     return [unpaid_row(d, actor) for d in docs], total
 
 

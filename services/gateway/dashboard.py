@@ -172,16 +172,32 @@ class Page(BaseModel, Generic[R]):
 
     rows: list[R]
     total: int = Field(description="How many rows the list holds in all")
-    offset: int
-    next_offset: int | None = Field(description="Where the next page starts; null: none left")
+    next_after: str | None = Field(
+        description="The last row's id, to pass as `after` for the next page; null: none left"
+    )
 
 
-Offset = Annotated[int, Query(ge=0, le=1_000_000, description="Rows of the list to pass over")]
+After = Annotated[
+    str | None,
+    Query(
+        min_length=1,
+        max_length=200,
+        description="The id of the last row already shown (a booking, alert, complaint, fee or"
+        " receipt id): the page starts after it. Rows that come or go meanwhile shift nothing",
+    ),
+]
 Limit = Annotated[
     int | None, Query(ge=1, description="Rows at most (default and most: GATEWAY_BOARD_ROWS)")
 ]
-Reader = Callable[[Database, Actor, datetime, int, int], Awaitable[tuple[list[Any], int]]]
+Reader = Callable[[Database, Actor, datetime, int, str | None], Awaitable[tuple[list[Any], int]]]
 Finisher = Callable[[Request, Actor, list[Any]], Awaitable[list[Any]]]
+ROW_IDS = {
+    "bookings": "booking_id",
+    "alerts": "alert_id",
+    "complaints": "complaint_id",
+    "fees": "fee_id",
+    "unpaid": "receipt_id",
+}
 
 
 def _pages(
@@ -196,19 +212,20 @@ def _pages(
         *,
         actor: EdgeActor,
         since: Since = None,
-        offset: Offset = 0,
+        after: After = None,
         limit: Limit = None,
     ) -> Any:
         most = runtime.settings.board_rows
         if limit is not None and limit > most:
             raise Unprocessable(f"limit is at most {most} rows a page", field="limit")
-        rows, total = await read(runtime.db, actor, start_of_day(since), limit or most, offset)
+        size = limit or most
+        # One row more than the page: whether any are left after it.
+        rows, total = await read(runtime.db, actor, start_of_day(since), size + 1, after)
+        rows, more = rows[:size], len(rows) > size
         if finish is not None:
             rows = await finish(request, actor, rows)
-        after = offset + len(rows)
-        return Page[Any](
-            rows=rows, total=total, offset=offset, next_offset=after if after < total else None
-        )
+        last = getattr(rows[-1], ROW_IDS[name]) if more else None
+        return Page[Any](rows=rows, total=total, next_after=last)
 
     router.add_api_route(
         f"/{name}",

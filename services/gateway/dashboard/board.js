@@ -10,7 +10,8 @@ const REMEDIES = ["apology", "refund", "coupon", "redo_visit", "coaching", "susp
 
 const state = {
   viewer: null, bookings: new Map(), alerts: new Map(), complaints: new Map(), fees: new Map(),
-  unpaid: new Map(), cut: {}, loaded: {}, figures: null, map: null, stream: null,
+  unpaid: new Map(), cut: {}, loaded: {}, after: {}, since: null, figures: null, map: null,
+  stream: null,
 };
 
 // ------------------------------------------------------------------ helpers --
@@ -118,7 +119,9 @@ function signOut(message) {
 
 // -------------------------------------------------------------- the board --
 async function loadBoard() {
-  const res = await api(`/v1/board?since=${encodeURIComponent(localMidnight())}`);
+  // "Show more" pages continue this board's day, even past midnight.
+  state.since = localMidnight();
+  const res = await api(`/v1/board?since=${encodeURIComponent(state.since)}`);
   if (!res.ok) { $("connection").textContent = await problem(res); return; }
   const board = await res.json();
   state.viewer = board.viewer;
@@ -129,7 +132,10 @@ async function loadBoard() {
   for (const u of board.unpaid) newer(state.unpaid, u.receipt_id, u);
   state.figures = board.figures;
   state.cut = board.cut || {};
-  for (const list of Object.keys(LISTS)) state.loaded[list] = board[list].length;
+  for (const [list, [, id]] of Object.entries(LISTS)) {
+    state.loaded[list] = board[list].length;
+    state.after[list] = board[list].at(-1)?.[id];  // the next page starts after this row
+  }
   noteCut();
   $("viewer").textContent = isOps() ? "Operations: every store" : `Store ${myStore()}`;
   $("viewer").hidden = false;
@@ -172,13 +178,14 @@ function noteCut() {
 }
 
 async function showMore(list) {
-  const since = encodeURIComponent(localMidnight());
-  const res = await api(`/v1/board/${list}?since=${since}&offset=${state.loaded[list]}`);
+  const query = new URLSearchParams({ since: state.since, after: state.after[list] });
+  const res = await api(`/v1/board/${list}?${query}`);
   if (!res.ok) { $("cut-note").append(` Could not fetch more: ${await problem(res)}`); return; }
   const page = await res.json();
   for (const row of page.rows) newer(state[list], row[LISTS[list][1]], row);
-  state.loaded[list] = page.offset + page.rows.length;
-  if (page.next_offset === null) delete state.cut[list];
+  state.loaded[list] += page.rows.length;
+  state.after[list] = page.next_after;
+  if (page.next_after === null) delete state.cut[list];
   else state.cut[list] = page.total;
   noteCut();
   render();
