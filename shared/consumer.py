@@ -163,7 +163,7 @@ class _CommitBeforeRevoke(ConsumerRebalanceListener):  # type: ignore[misc]
             self._owner.revoking(())
 
     async def on_partitions_assigned(self, assigned: list[TopicPartition]) -> None:
-        self._owner.assigned_afresh()
+        self._owner.assigned_afresh(assigned)
 
 
 class Ready(NamedTuple):
@@ -422,8 +422,8 @@ class EventConsumer:
     def _let_go(self, number: int, lane: _Held) -> None:
         """Partitions moving to another member that wait (due for another try or not): let
         go of uncommitted (the new owner reads them again), rather than hold the rebalance
-        for the rest of the wait. Their `_waiting` entries stay: if they come back here, the
-        wait goes on where it was. Then pause what still waits."""
+        for the rest of the wait. Their `_waiting` entries stay until the new assignment: if
+        they come back here, the wait goes on where it was. Then pause what still waits."""
         for tp in [tp for tp in lane.not_before if tp in self._revoking]:
             self._queued -= len(lane.held.pop(tp, ()))
             lane.done(tp)
@@ -445,9 +445,14 @@ class EventConsumer:
             self._parked[lane] = parked
             self._lane_progress.set()  # the poll loop may have room again
 
-    def assigned_afresh(self) -> None:
-        """A new assignment starts with no partition paused."""
+    def assigned_afresh(self, assigned: Collection[TopicPartition] = ()) -> None:
+        """A new assignment starts with no partition paused. The waits of partitions that
+        went elsewhere are forgotten: their events are the new owner's now (a partition that
+        stays keeps its waits' clocks)."""
         self._paused.clear()
+        mine = {(tp.topic, tp.partition) for tp in assigned}
+        for where in [w for w in self._waiting if w[:2] not in mine]:
+            del self._waiting[where]
 
     def revoking(self, partitions: Collection[TopicPartition]) -> None:
         """Partitions about to move: lanes let go of those that wait, waking to do it."""
@@ -468,11 +473,22 @@ class EventConsumer:
         self._uncommitted[tp] = done
         self._next_offset[tp] = done
         self._queued -= dealt
+        if self._waiting:
+            # Handled in order: a wait still kept before `done` is for an event handled
+            # since, here or (while the partition was elsewhere) by another member.
+            for where in [w for w in self._waiting if w[:2] == (tp.topic, tp.partition)]:
+                if where[2] < done:
+                    del self._waiting[where]
 
     @property
     def in_lanes(self) -> int:
         """Messages polled and not yet handled."""
         return self._queued
+
+    @property
+    def waits_kept(self) -> int:
+        """Events whose wait for another topic's event this member keeps the clock of."""
+        return len(self._waiting)
 
     def _check_lanes(self) -> None:
         """A lane that died of an unexpected error takes the consumer down with it (the

@@ -45,6 +45,7 @@ class Probe:
     gates: dict[str, asyncio.Event]  # a probe with a gate is handled once the gate opens
     member: Callable[[], EventConsumer]  # another member of the same consumer group
     in_lanes: Callable[[], int]  # messages the running consumer polled and has not handled
+    waits_kept: Callable[[], int]  # waits the running consumer keeps the clock of
 
     async def transaction_of(self, collection: str, probe_id: str) -> int:
         doc = await self.db[collection].find_one({"_id": probe_id})
@@ -123,6 +124,7 @@ async def probe(infra: Infra) -> AsyncIterator[Probe]:
             gates,
             member,
             lambda: consumer.in_lanes,
+            lambda: consumer.waits_kept,
         )
     finally:
         task.cancel()
@@ -421,16 +423,22 @@ async def test_an_event_waiting_for_one_behind_it_in_its_lane_lets_that_one_thro
     assert probe.consumed("dead_lettered") == 0
 
 
-async def test_a_rebalance_lets_go_of_an_event_waiting_for_another_topic_which_is_handled_once(
+async def test_a_rebalance_lets_go_of_events_waiting_for_another_topic_each_handled_once(
     probe: Probe, kafka_producer: AIOKafkaProducer
 ) -> None:
     """Partitions moving to another member are handed over at once, not after the rest of a
     waiting event's wait (up to five minutes): the event is left uncommitted, read again by
-    whoever owns it, and handled once its cause comes."""
-    await kafka_producer.send_and_wait(
-        probe.topic, envelope_bytes("patient", waits_for="late-cause"), partition=0
-    )
-    await eventually(lambda: _ge(probe.attempts.get("patient", 0), 1), what="patient waits")
+    whoever owns it, and handled once its cause comes; no member keeps its wait after."""
+    patients = [f"patient-{p}" for p in range(probe.settings.topic_partitions)]
+    for partition, patient in enumerate(patients):  # one in each: some of them move
+        await kafka_producer.send_and_wait(
+            probe.topic, envelope_bytes(patient, waits_for="late-cause"), partition=partition
+        )
+
+    async def all_wait() -> bool:
+        return all(probe.attempts.get(patient, 0) >= 1 for patient in patients)
+
+    await eventually(all_wait, what="every patient waits")
     async with second_member(probe) as second:
 
         async def rebalanced() -> bool:
@@ -438,13 +446,25 @@ async def test_a_rebalance_lets_go_of_an_event_waiting_for_another_topic_which_i
 
         # Well within the session timeout (10 s): a member that sat out the wait in its
         # revocation was only dropped from the group when that ran out, and rejoined later.
-        await eventually(rebalanced, within=5, what="the group rebalanced while one waits")
+        await eventually(rebalanced, within=5, what="the group rebalanced while they wait")
         await kafka_producer.send_and_wait(
             probe.cause_topic, cause_bytes("late-cause"), partition=0
         )
-        await eventually(lambda: _ge_async(probe.effects("patient"), 1), what="patient handled")
-        assert await probe.effects("patient") == 1
+
+        async def all_handled() -> bool:
+            handled = await probe.db["effects"].count_documents({"_id": {"$in": patients}})
+            return handled == len(patients)
+
+        await eventually(all_handled, what="every patient handled")
+        assert [await probe.effects(patient) for patient in patients] == [1] * len(patients)
         assert probe.consumed("dead_lettered") == 0
+
+        # Neither member keeps a wait's clock for them: whoever handled one dropped its own,
+        # and a member a partition left forgot its clock at the new assignment.
+        async def no_wait_kept() -> bool:
+            return probe.waits_kept() == second.waits_kept == 0
+
+        await eventually(no_wait_kept, within=5, what="no wait kept for the events handled")
 
 
 async def test_messages_held_behind_a_waiting_event_do_not_stop_other_partitions_polls(
