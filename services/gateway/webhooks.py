@@ -19,6 +19,7 @@ Host header and TLS), so a name rebound to an internal address in between gains 
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import hashlib
 import hmac
 import ipaddress
@@ -130,11 +131,12 @@ async def resolve(host: str, port: int) -> list[str]:
 
 @dataclass(frozen=True)
 class Target:
-    """Where a webhook goes: refused (and why), or the URL and the address that was checked,
-    which the delivery connects to (None: sent by name, where private targets are allowed)."""
+    """Where a webhook goes: refused (and why), or the URL and the addresses that were
+    checked, in the resolver's order, which the delivery connects to (none: sent by name,
+    where private targets are allowed)."""
 
     url: str
-    address: str | None = None
+    addresses: tuple[str, ...] = ()
     refusal: str | None = None
 
 
@@ -146,25 +148,28 @@ async def checked_target(url: str, private_allowed: bool, resolver: Resolve = re
     parts = urlsplit(url)
     addresses = await resolver(parts.hostname or "", parts.port or 443)
     refusal = refused_target(parts.scheme, addresses, private_allowed)
-    return Target(url, refusal=refusal) if refusal else Target(url, address=addresses[0])
+    return Target(url, refusal=refusal) if refusal else Target(url, addresses=tuple(addresses))
 
 
 async def target_refusal(url: str, private_allowed: bool) -> str | None:
     return (await checked_target(url, private_allowed)).refusal
 
 
-def pinned(
-    target: Target, headers: dict[str, str]
-) -> tuple[httpx.URL, dict[str, str], dict[str, Any]]:
-    """The request for a checked target goes to the address that was checked, not to what
-    the name resolves to a moment later (a name rebound to 127.0.0.1 between the check and
-    the connection would reach the platform's own network). The name stays in the Host
-    header, and TLS still sends it (SNI) and verifies the certificate against it."""
-    url = httpx.URL(target.url)
-    if target.address is None:
-        return url, headers, {}
-    named = {**headers, "Host": url.netloc.decode("ascii")}
-    return url.copy_with(host=target.address), named, {"sni_hostname": url.host}
+Request = tuple[httpx.URL, dict[str, str], dict[str, Any]]  # url, headers, extensions
+
+
+def pinned(url: str, address: str | None, headers: dict[str, str]) -> Request:
+    """The request to one checked address, not to what the name resolves to a moment later
+    (a name rebound to 127.0.0.1 between the check and the connection would reach the
+    platform's own network). The name stays in the Host header, and TLS still sends it
+    (SNI) and verifies the certificate against it; an internationalised name goes as its
+    ASCII form, as DNS and certificates have it."""
+    parsed = httpx.URL(url)
+    if address is None:
+        return parsed, headers, {}
+    name = parsed.raw_host.decode("ascii")
+    named = {**headers, "Host": parsed.netloc.decode("ascii")}
+    return parsed.copy_with(host=address), named, {"sni_hostname": name}
 
 
 async def post(
@@ -173,9 +178,21 @@ async def post(
     headers: dict[str, str],
     transport: httpx.AsyncBaseTransport | None = None,
 ) -> httpx.Response:
-    url, headers, extensions = pinned(target, headers)
-    async with httpx.AsyncClient(timeout=TIMEOUT_S, transport=transport) as client:
-        return await client.post(url, content=body, headers=headers, extensions=extensions)
+    """Post to the first checked address that takes the connection (as a client connecting
+    by name would try them), or by name where nothing was checked. No proxy from the
+    environment: it would connect by name again, and check the certificate against the
+    address."""
+    *others, last = target.addresses or (None,)
+    async with httpx.AsyncClient(timeout=TIMEOUT_S, transport=transport, trust_env=False) as client:
+
+        async def send(address: str | None) -> httpx.Response:
+            url, sent, extensions = pinned(target.url, address, headers)
+            return await client.post(url, content=body, headers=sent, extensions=extensions)
+
+        for address in others:
+            with contextlib.suppress(httpx.ConnectError, httpx.ConnectTimeout):
+                return await send(address)
+        return await send(last)
 
 
 def _store_or_ops(actor: Actor, store_id: str) -> None:
@@ -342,7 +359,7 @@ async def deliver(ctx: TimerContext, timer: Timer) -> None:
     else:
         try:
             attempt.status = (await post(target, delivery.body, headers)).status_code
-        except httpx.HTTPError as exc:
+        except (httpx.HTTPError, httpx.InvalidURL) as exc:
             attempt.error = f"{type(exc).__name__}: {exc}"[:300]
 
     async def record(tx: Transaction) -> None:

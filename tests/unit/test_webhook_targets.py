@@ -90,7 +90,7 @@ async def test_a_delivery_connects_to_the_address_checked_not_to_a_name_rebound_
 ) -> None:
     resolver = Rebinding(address)
     target = await checked_target("https://hooks.example.com:8443/in?x=1", False, resolver)
-    assert target == Target("https://hooks.example.com:8443/in?x=1", address=address)
+    assert target == Target("https://hooks.example.com:8443/in?x=1", addresses=(address,))
     assert await resolver("hooks.example.com", 8443) == ["127.0.0.1"]  # rebound now
     seen: list[httpx.Request] = []
 
@@ -112,8 +112,36 @@ async def test_a_delivery_connects_to_the_address_checked_not_to_a_name_rebound_
 async def test_where_private_targets_are_allowed_a_delivery_goes_by_name() -> None:
     target = await checked_target("http://localhost:9/hook", True)
     assert target == Target("http://localhost:9/hook")
-    url, headers, extensions = pinned(target, {"a": "b"})
+    url, headers, extensions = pinned(target.url, None, {"a": "b"})
     assert (str(url), headers, extensions) == ("http://localhost:9/hook", {"a": "b"}, {})
+
+
+def test_an_internationalised_name_goes_to_tls_and_host_in_its_ascii_form() -> None:
+    # httpx would decode it (xn--fa-hia is "faß"), and ssl encode it again as "fass".
+    url, headers, extensions = pinned("https://xn--fa-hia.de/in", "93.184.215.14", {})
+    assert str(url) == "https://93.184.215.14/in"
+    assert (headers["Host"], extensions["sni_hostname"]) == ("xn--fa-hia.de", "xn--fa-hia.de")
+    # A name pydantic takes but IDNA 2008 refuses is still sent as it was given.
+    _, headers, extensions = pinned("https://xn--ls8h.la/", "93.184.215.14", {})
+    assert extensions["sni_hostname"] == "xn--ls8h.la"
+
+
+async def test_a_delivery_tries_the_next_checked_address_when_one_takes_no_connection() -> None:
+    target = Target("https://hooks.example.com/in", addresses=("2606:2800::1", "93.184.215.14"))
+    tried: list[str] = []
+
+    def network(request: httpx.Request) -> httpx.Response:
+        tried.append(request.url.host)
+        if request.url.host == "2606:2800::1":  # no route for IPv6 here
+            raise httpx.ConnectError("network unreachable", request=request)
+        return httpx.Response(200)
+
+    answer = await post(target, "{}", {}, httpx.MockTransport(network))
+    assert (answer.status_code, tried) == (200, ["2606:2800::1", "93.184.215.14"])
+    with pytest.raises(httpx.ConnectError):  # none takes it: the last one's error
+        await post(
+            Target(target.url, addresses=("2606:2800::1",)), "{}", {}, httpx.MockTransport(network)
+        )
 
 
 def _certificate(name: str, directory: Path) -> tuple[Path, Path]:
@@ -174,7 +202,7 @@ async def test_over_tls_a_pinned_delivery_names_the_host_and_checks_its_certific
     server = await asyncio.start_server(answer, "127.0.0.1", 0, ssl=server_side)
     port = server.sockets[0].getsockname()[1]
     trusting = ssl.create_default_context(cafile=str(cert_file))
-    target = Target(f"https://hooks.example.test:{port}/in", address="127.0.0.1")
+    target = Target(f"https://hooks.example.test:{port}/in", addresses=("127.0.0.1",))
     try:
         async with server:
             if certified == "hooks.example.test":
