@@ -32,7 +32,7 @@ from services.gateway.domain import (
     figures,
 )
 from services.gateway.hub import KEEP_ALIVE, ChangeHub, of, with_keep_alives
-from services.gateway.security import EdgeActor, stream_slot
+from services.gateway.security import EdgeActor, live_stream
 from services.gateway.upstream import Upstream
 from shared.auth import Actor
 from shared.errors import NotFound, Unprocessable
@@ -333,9 +333,4 @@ async def _event(request: Request, actor: Actor, collection: str, doc: Document)
 )
 async def stream(request: Request, runtime: RuntimeDep, actor: EdgeActor) -> StreamingResponse:
     scope = board.scope_of(actor)
-    slot = stream_slot(request, actor)
-    return StreamingResponse(
-        slot.holding(_changes(request, actor, scope)),
-        media_type="text/event-stream",
-        headers={"Cache-Control": "no-cache", "X-Accel-Buffering": "no"},
-    )
+    return live_stream(request, actor, _changes(request, actor, scope))

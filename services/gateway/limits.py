@@ -15,15 +15,15 @@ from __future__ import annotations
 
 import math
 import time
-import weakref
-from collections.abc import AsyncGenerator, AsyncIterator
+from collections.abc import AsyncIterator
 from dataclasses import dataclass
-from typing import TypeVar
+
+from starlette.responses import StreamingResponse
+from starlette.types import Receive, Scope, Send
 
 from shared.errors import TooManyRequests
 
 MAX_BUCKETS = 100_000  # forget idle callers beyond this many
-T = TypeVar("T")
 
 
 @dataclass
@@ -127,20 +127,21 @@ class Slot:
             self._held = False
             self._slots._release(self._principal)
 
-    def holding(self, body: AsyncIterator[T]) -> AsyncGenerator[T]:
-        """`body`, giving the slot back when it ends or is closed. A response dropped before
-        its body was first read never runs the body's `finally`: the slot is then given back
-        when the body is garbage-collected."""
 
-        async def held() -> AsyncGenerator[T]:
-            try:
-                async for chunk in body:
-                    yield chunk
-            finally:
-                self.release()
-                if isinstance(body, AsyncGenerator):
-                    await body.aclose()  # its own clean-up (a subscription) runs now
+class HeldStream(StreamingResponse):
+    """A live stream holding a slot, given back when the response ends however it ends:
+    read to its end, the client gone (before the first byte too), the server stopping."""
 
-        stream = held()
-        weakref.finalize(stream, self.release)
-        return stream
+    def __init__(self, slot: Slot, body: AsyncIterator[str]) -> None:
+        super().__init__(
+            body,
+            media_type="text/event-stream",
+            headers={"Cache-Control": "no-cache", "X-Accel-Buffering": "no"},
+        )
+        self._slot = slot
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        try:
+            await super().__call__(scope, receive, send)
+        finally:
+            self._slot.release()

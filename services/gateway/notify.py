@@ -16,7 +16,7 @@ from fastapi import APIRouter, Header, Query, Request
 from fastapi.responses import StreamingResponse
 
 from services.gateway.hub import KEEP_ALIVE, ChangeHub, with_keep_alives
-from services.gateway.security import EdgeActor, stream_slot
+from services.gateway.security import EdgeActor, live_stream
 from services.gateway.storage import NOTIFICATIONS, Notification, Notifications
 from shared.auth import Actor
 from shared.errors import NotFound
@@ -108,8 +108,4 @@ async def stream(
                     sent.add(change["fullDocument"]["_id"])
                     yield frame(change["fullDocument"])
 
-    return StreamingResponse(
-        stream_slot(request, actor).holding(events()),
-        media_type="text/event-stream",
-        headers={"Cache-Control": "no-cache", "X-Accel-Buffering": "no"},
-    )
+    return live_stream(request, actor, events())

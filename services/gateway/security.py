@@ -13,14 +13,16 @@ import hashlib
 import hmac
 import secrets
 import time
+from collections.abc import AsyncIterator
 from typing import Annotated
 
 import jwt
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PublicKey
 from fastapi import Depends, Request, Security
+from fastapi.responses import StreamingResponse
 from fastapi.security import APIKeyHeader, HTTPAuthorizationCredentials, HTTPBearer
 
-from services.gateway.limits import RateLimiter, Slot, StreamSlots
+from services.gateway.limits import HeldStream, RateLimiter, StreamSlots
 from services.gateway.storage import SIGNING_KEYS, ApiKeys
 from services.gateway.tokens import VerifiedTokens, digest, parse_api_key, same
 from shared.auth import Actor, Role
@@ -80,10 +82,10 @@ def principal(actor: Actor) -> str:
     return f"{actor.role.value}:{actor.subject}"
 
 
-def stream_slot(request: Request, actor: Actor) -> Slot:
-    """A slot for one more live stream of this caller's, or 429."""
+def live_stream(request: Request, actor: Actor, body: AsyncIterator[str]) -> StreamingResponse:
+    """A live stream (server-sent events) holding one of this caller's slots, or 429."""
     slots: StreamSlots = request.app.state.stream_slots
-    return slots.take(principal(actor))
+    return HeldStream(slots.take(principal(actor)), body)
 
 
 async def signin_limited(request: Request) -> None:

@@ -2,10 +2,10 @@
 
 from __future__ import annotations
 
-import gc
+import asyncio
 import subprocess
 import sys
-from collections.abc import AsyncIterator, Iterator
+from collections.abc import AsyncIterator, Iterator, MutableMapping
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
@@ -17,7 +17,7 @@ from fastapi.routing import APIRoute
 from services.gateway import handlers
 from services.gateway.app import create_app
 from services.gateway.domain import DayTally, figures, may_retry
-from services.gateway.limits import RateLimiter, StreamSlots
+from services.gateway.limits import HeldStream, RateLimiter, StreamSlots
 from services.gateway.security import edge_actor, signin_limited
 from services.gateway.tokens import SigningKey, VerifiedTokens, issue_access
 from shared.auth import Actor, Role
@@ -153,9 +153,28 @@ def test_the_gateway_does_not_load_dispatchs_matching_libraries() -> None:
     assert loaded.stdout.strip() == "[]", loaded.stdout + loaded.stderr
 
 
-async def _chunks(n: int) -> AsyncIterator[str]:
+async def _chunks(n: int, then: asyncio.Event | None = None) -> AsyncIterator[str]:
     for i in range(n):
-        yield str(i)
+        yield f"data: {i}\n\n"
+    if then is not None:
+        await then.wait()  # a live stream: goes on until the client leaves
+
+
+async def _serve(response: HeldStream, client_leaves: asyncio.Event) -> list[bytes]:
+    """The response served as uvicorn would (ASGI 2.3), to a client that stays until
+    `client_leaves` is set; what it was sent."""
+    sent: list[bytes] = []
+
+    async def receive() -> dict[str, Any]:
+        await client_leaves.wait()
+        return {"type": "http.disconnect"}
+
+    async def send(message: MutableMapping[str, Any]) -> None:
+        sent.append(message.get("body", b""))
+
+    scope = {"type": "http", "asgi": {"spec_version": "2.3"}, "method": "GET"}
+    await response(scope, receive, send)
+    return sent
 
 
 async def test_a_principal_holds_at_most_so_many_live_streams_and_every_end_frees_one() -> None:
@@ -168,19 +187,22 @@ async def test_a_principal_holds_at_most_so_many_live_streams_and_every_end_free
     slots.take("customer:rui")  # another principal has slots of its own
 
     # A stream read to its end frees its slot, once however often it is released.
-    assert [chunk async for chunk in first.holding(_chunks(3))] == ["0", "1", "2"]
+    sent = await _serve(HeldStream(first, _chunks(2)), asyncio.Event())
+    assert b"data: 1\n\n" in sent
     first.release()
     assert slots.open_for("customer:ana") == 1
-    # A stream closed midway (the client went away) frees its slot.
-    midway = second.holding(_chunks(5))
-    assert await anext(midway) == "0"
-    await midway.aclose()
-    assert slots.open_for("customer:ana") == 0
-    # A response dropped before its body was read frees it when collected.
-    never_read = slots.take("customer:ana").holding(_chunks(1))
+    # A live stream the client leaves frees its slot.
+    leaves = asyncio.Event()
+    serving = asyncio.create_task(_serve(HeldStream(second, _chunks(1, asyncio.Event())), leaves))
+    await asyncio.sleep(0.05)
     assert slots.open_for("customer:ana") == 1
-    del never_read
-    gc.collect()
+    leaves.set()
+    await asyncio.wait_for(serving, 5)
+    assert slots.open_for("customer:ana") == 0
+    # So does one the client left before its first byte.
+    gone = asyncio.Event()
+    gone.set()
+    await _serve(HeldStream(slots.take("customer:ana"), _chunks(0, asyncio.Event())), gone)
     assert slots.open_for("customer:ana") == 0
 
 
