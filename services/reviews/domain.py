@@ -418,12 +418,6 @@ class ComplaintFigures:
     resolution_hours_median: float | None = None
 
 
-def middle_of(count: int) -> tuple[int, int]:
-    """Which of `count` ordered values make their median: (how many to skip, how many to
-    take); the median is the mean of those taken."""
-    return (count - 1) // 2, 1 if count % 2 else 2
-
-
 def kpis(
     figures: ComplaintFigures,
     ratings: dict[int, int],

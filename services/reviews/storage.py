@@ -13,7 +13,7 @@ from datetime import datetime
 from pydantic import BaseModel, ConfigDict
 from pymongo import ASCENDING, IndexModel
 
-from services.reviews.domain import Complaint, ComplaintFigures, Review, ReviewRequest, middle_of
+from services.reviews.domain import Complaint, ComplaintFigures, Review, ReviewRequest
 from shared.mongo import Database, Document, Session, Versioned
 
 BOOKINGS = "bookings"
@@ -25,13 +25,18 @@ MINUTE_MS, HOUR_MS = 60_000, 3_600_000
 
 async def ensure_indexes(db: Database) -> None:
     await db[REVIEWS].create_indexes(
-        [IndexModel([("technician_id", ASCENDING)]), IndexModel([("created_at", ASCENDING)])]
+        [
+            IndexModel([("technician_id", ASCENDING)]),
+            IndexModel([("created_at", ASCENDING)]),
+            IndexModel([("store_id", ASCENDING), ("created_at", ASCENDING)]),  # a store's KPIs
+        ]
     )
     await db[COMPLAINTS].create_indexes(
         [
             IndexModel([("booking_id", ASCENDING)]),
             IndexModel([("technician_id", ASCENDING)]),
             IndexModel([("opened_at", ASCENDING)]),
+            IndexModel([("store_id", ASCENDING), ("opened_at", ASCENDING)]),  # a store's KPIs
             IndexModel([("customer_id", ASCENDING)]),
         ]
     )
@@ -89,10 +94,6 @@ class Reviews(Versioned[Review]):
         return {int(g["_id"]): g["n"] async for g in await self.col.aggregate(pipeline)}
 
 
-def _having(moment: str) -> list[Document]:
-    return [{"$match": {moment: {"$ne": None}}}, {"$count": "n"}]
-
-
 class Complaints(Versioned[Complaint]):
     def __init__(self, db: Database) -> None:
         super().__init__(db, COMPLAINTS, Complaint, "complaint_id")
@@ -112,8 +113,6 @@ class Complaints(Versioned[Complaint]):
                     "category": [{"$group": {"_id": "$category", "n": {"$sum": 1}}}],
                     "technician": [{"$group": {"_id": "$technician_id", "n": {"$sum": 1}}}],
                     "store": [{"$group": {"_id": "$store_id", "n": {"$sum": 1}}}],
-                    "responded": _having("first_response_at"),
-                    "closed": _having("closed_at"),
                 }
             },
         ]
@@ -131,27 +130,35 @@ class Complaints(Versioned[Complaint]):
             by_category={str(k): n for k, n in by("category").items()},
             per_technician=by("technician"),
             per_store=by("store"),
-            first_response_minutes_median=await self._median(
-                match, "first_response_at", total("responded"), MINUTE_MS
-            ),
-            resolution_hours_median=await self._median(
-                match, "closed_at", total("closed"), HOUR_MS
-            ),
+            first_response_minutes_median=await self._median(match, "first_response_at", MINUTE_MS),
+            resolution_hours_median=await self._median(match, "closed_at", HOUR_MS),
         )
 
-    async def _median(self, match: Document, until: str, count: int, unit_ms: int) -> float | None:
-        """The median time from opening to `until` over the `count` matching complaints that
-        have it, in units of `unit_ms`: MongoDB orders them and returns the middle one or two."""
-        if not count:
-            return None
-        skip, take = middle_of(count)
+    async def _median(self, match: Document, until: str, unit_ms: int) -> float | None:
+        """The median time from opening to `until` over the matching complaints that have
+        it, in units of `unit_ms`: MongoDB ranks them and returns the middle one or two, in
+        one query (a count taken apart could be out of date by then)."""
         took = {"$divide": [{"$subtract": [f"${until}", "$opened_at"]}, unit_ms]}
+        everyone = {"documents": ["unbounded", "unbounded"]}
+        middle_ranks = {  # ranks from 1: (n+1)//2 up to n//2 + 1, one of them when n is odd
+            "$and": [
+                {"$gte": ["$rank", {"$floor": {"$divide": [{"$add": ["$n", 1]}, 2]}}]},
+                {"$lte": ["$rank", {"$add": [{"$floor": {"$divide": ["$n", 2]}}, 1]}]},
+            ]
+        }
         pipeline: list[Document] = [
             {"$match": {**match, until: {"$ne": None}}},
             {"$project": {"_id": 0, "took": took}},
-            {"$sort": {"took": 1}},
-            {"$skip": skip},
-            {"$limit": take},
+            {
+                "$setWindowFields": {
+                    "sortBy": {"took": 1},
+                    "output": {
+                        "rank": {"$documentNumber": {}},
+                        "n": {"$count": {}, "window": everyone},
+                    },
+                }
+            },
+            {"$match": {"$expr": middle_ranks}},
         ]
         middle = [float(d["took"]) async for d in await self.col.aggregate(pipeline)]
         return sum(middle) / len(middle) if middle else None

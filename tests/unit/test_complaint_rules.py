@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import statistics
 from datetime import UTC, datetime, timedelta
 
 import pytest
@@ -21,7 +20,6 @@ from services.reviews.domain import (
     Tier,
     bayesian_rating,
     kpis,
-    middle_of,
     open_complaint,
     sla,
 )
@@ -156,15 +154,6 @@ def test_a_review_is_changed_only_by_its_customer_within_the_window() -> None:
         review.edit("cus_2", NOW, rating=1)
     with pytest.raises(Conflict):
         review.edit("cus_1", NOW + REVIEW_EDIT_WINDOW + timedelta(seconds=1), rating=5)
-
-
-@pytest.mark.parametrize(
-    "values", [[7.0], [3.0, 1.0], [5.0, 1.0, 3.0], [4.0, 1.0, 3.0, 2.0], [9.0, 9.0, 1.0, 2.0, 2.0]]
-)
-def test_the_median_is_the_mean_of_the_middle_one_or_two_values(values: list[float]) -> None:
-    skip, take = middle_of(len(values))
-    middle = sorted(values)[skip : skip + take]
-    assert sum(middle) / len(middle) == statistics.median(values)
 
 
 def test_kpis_rate_breaches_and_ratings_and_name_the_unknown_technician_or_store() -> None:
