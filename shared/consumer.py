@@ -445,7 +445,7 @@ class EventConsumer:
             self._parked[lane] = parked
             self._lane_progress.set()  # the poll loop may have room again
 
-    def assigned_afresh(self, assigned: Collection[TopicPartition] = ()) -> None:
+    def assigned_afresh(self, assigned: Collection[TopicPartition]) -> None:
         """A new assignment starts with no partition paused. The waits of partitions that
         went elsewhere are forgotten: their events are the new owner's now (a partition that
         stays keeps its waits' clocks)."""
