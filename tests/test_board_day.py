@@ -471,5 +471,31 @@ async def test_pages_after_a_row_meet_the_whole_list_in_order_with_ties_and_rows
             assert total == len(stamps)
             if len(docs) <= size:
                 break
-            after = paged[-1]
+            after = board.cursor(docs[size - 1].get(field), docs[size - 1]["_id"])
         assert paged == order, size
+
+
+async def test_a_stores_next_page_follows_on_after_its_last_row_moved_to_another_store(
+    projection: Projection,
+) -> None:
+    """A reassignment takes a booking row to another store: the store's next page starts
+    where its last one ended all the same (a page that needed the row failed for good)."""
+    store_a = Actor(role=Role.STORE, subject="s@a", store_id="store_a")
+    await projection.db[board.BOARD_BOOKINGS].insert_many(
+        [
+            {"_id": f"b{n}", "store_id": "store_a", "requested_at": at(50 - n), "active_at": at(60)}
+            for n in range(4)
+        ]
+    )
+    first, _ = await board._page(
+        projection.db, store_a, board.BOARD_BOOKINGS, MIDNIGHT, limit=2, after=None
+    )
+    assert [d["_id"] for d in first] == ["b0", "b1"]
+    await projection.db[board.BOARD_BOOKINGS].update_one(
+        {"_id": "b1"}, {"$set": {"store_id": "store_b", "previous_store_id": "store_a"}}
+    )
+    after = board.cursor(first[-1]["requested_at"], "b1")
+    rest, total = await board._page(
+        projection.db, store_a, board.BOARD_BOOKINGS, MIDNIGHT, limit=2, after=after
+    )
+    assert ([d["_id"] for d in rest], total) == (["b2", "b3"], 3)

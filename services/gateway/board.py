@@ -17,6 +17,8 @@ one stored changes nothing. Every write bumps `rev`, so a client keeps the newer
 from __future__ import annotations
 
 import asyncio
+import base64
+import json
 from datetime import UTC, datetime
 from typing import Any, TypeVar
 
@@ -587,16 +589,33 @@ ORDER: dict[str, tuple[str, int]] = {
 }
 
 
+def cursor(stamp: datetime | None, row_id: str) -> str:
+    """Where a page ends: the last row's place in its list's order (its stamp and id), not
+    the row itself, which may since have moved elsewhere or out of this viewer's sight."""
+    place = {"at": stamp.isoformat() if stamp else None, "id": row_id}
+    return base64.urlsafe_b64encode(json.dumps(place).encode()).decode().rstrip("=")
+
+
+def _place(name: str, after: str) -> Document:
+    """The order's key at a cursor. A forged one only moves within the viewer's own rows:
+    the query it narrows is scoped to the viewer all the same."""
+    try:
+        place = json.loads(base64.urlsafe_b64decode(after + "=" * (-len(after) % 4)))
+        stamp = datetime.fromisoformat(place["at"]) if place["at"] is not None else None
+        row_id = place["id"]
+        if not isinstance(row_id, str):
+            raise TypeError(row_id)
+    except (ValueError, TypeError, KeyError) as exc:
+        raise Unprocessable(
+            "after: not a cursor this list gave (next_after)", field="after"
+        ) from exc
+    return {"_id": row_id, ORDER[name][0]: stamp}
+
+
 async def _page(
     db: Database, actor: Actor, name: str, since: datetime, *, limit: int, after: str | None
 ) -> tuple[list[Document], int]:
-    last = None
-    if after is not None:
-        # The row itself may have left the list since (its place in the order stays); it
-        # must be one this viewer may see.
-        last = await db[name].find_one({**scope_of(actor), "_id": after}, {ORDER[name][0]: 1})
-        if last is None:
-            raise Unprocessable(f"after: there is no row {after} on this board", field="after")
+    last = _place(name, after) if after is not None else None
     return await capped(db[name], on_board(actor, name, since), ORDER[name], limit, last)
 
 

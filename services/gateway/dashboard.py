@@ -137,6 +137,14 @@ async def read_board(
         board.tally(db, actor, day),
     )
     (bookings, _), (alerts, _), (complaints, _), (fees, _), (unpaid, _) = listed
+    lists: dict[str, Sequence[BaseModel]] = {
+        "bookings": bookings,
+        "alerts": alerts,
+        "complaints": complaints,
+        "fees": fees,
+        "unpaid": unpaid,
+    }
+    cut = cut_short(**{name: listed[n] for n, name in enumerate(lists)})
     return Board(
         viewer=board.viewer(actor),
         at=utcnow(),
@@ -145,13 +153,8 @@ async def read_board(
         complaints=complaints,
         fees=fees,
         unpaid=unpaid,
-        cut=cut_short(
-            bookings=listed[0],
-            alerts=listed[1],
-            complaints=listed[2],
-            fees=listed[3],
-            unpaid=listed[4],
-        ),
+        cut=cut,
+        more={name: next_after(name, shown) for name, shown in lists.items() if name in cut},
         figures=figures(tally, day),  # over every row of the day, not just those shown
     )
 
@@ -173,7 +176,8 @@ class Page(BaseModel, Generic[R]):
     rows: list[R]
     total: int = Field(description="How many rows the list holds in all")
     next_after: str | None = Field(
-        description="The last row's id, to pass as `after` for the next page; null: none left"
+        description="Where the next page starts (the last row's place): pass it as `after`;"
+        " null: none left"
     )
 
 
@@ -182,8 +186,8 @@ After = Annotated[
     Query(
         min_length=1,
         max_length=200,
-        description="The id of the last row already shown (a booking, alert, complaint, fee or"
-        " receipt id): the page starts after it. Rows that come or go meanwhile shift nothing",
+        description="Where the page starts: `next_after` of the page before, or the board's"
+        " `more` for the list. Rows that come or go meanwhile shift nothing",
     ),
 ]
 Limit = Annotated[
@@ -192,12 +196,19 @@ Limit = Annotated[
 Reader = Callable[[Database, Actor, datetime, int, str | None], Awaitable[tuple[list[Any], int]]]
 Finisher = Callable[[Request, Actor, list[Any]], Awaitable[list[Any]]]
 ROW_IDS = {
-    "bookings": "booking_id",
-    "alerts": "alert_id",
-    "complaints": "complaint_id",
-    "fees": "fee_id",
-    "unpaid": "receipt_id",
+    "bookings": (board.BOARD_BOOKINGS, "booking_id"),
+    "alerts": (board.BOARD_ALERTS, "alert_id"),
+    "complaints": (board.BOARD_COMPLAINTS, "complaint_id"),
+    "fees": (board.BOARD_FEES, "fee_id"),
+    "unpaid": (board.BOARD_UNPAID, "receipt_id"),
 }
+
+
+def next_after(name: str, rows: Sequence[BaseModel]) -> str:
+    """The cursor after a list's last row shown: its stamp in the list's order, and id."""
+    collection, id_field = ROW_IDS[name]
+    last = rows[-1]
+    return board.cursor(getattr(last, board.ORDER[collection][0]), getattr(last, id_field))
 
 
 def _pages(
@@ -224,8 +235,9 @@ def _pages(
         rows, more = rows[:size], len(rows) > size
         if finish is not None:
             rows = await finish(request, actor, rows)
-        last = getattr(rows[-1], ROW_IDS[name]) if more else None
-        return Page[Any](rows=rows, total=total, next_after=last)
+        return Page[Any](
+            rows=rows, total=total, next_after=next_after(name, rows) if more else None
+        )
 
     router.add_api_route(
         f"/{name}",

@@ -244,4 +244,9 @@ class Board(BaseModel):
         description="Lists cut short (each holds at most GATEWAY_BOARD_ROWS rows, the first in"
         " its order): how many rows each holds in all. Absent: nothing left out",
     )
+    more: dict[str, str] = Field(
+        default_factory=dict,
+        description="For each list cut short, where its next page starts: pass it as `after`"
+        " to GET /v1/board/<list>",
+    )
     figures: Figures

@@ -10,8 +10,8 @@ const REMEDIES = ["apology", "refund", "coupon", "redo_visit", "coaching", "susp
 
 const state = {
   viewer: null, bookings: new Map(), alerts: new Map(), complaints: new Map(), fees: new Map(),
-  unpaid: new Map(), cut: {}, loaded: {}, after: {}, since: null, figures: null, map: null,
-  stream: null,
+  unpaid: new Map(), cut: {}, loaded: {}, after: {}, fetching: {}, since: null, figures: null,
+  map: null, stream: null,
 };
 
 // ------------------------------------------------------------------ helpers --
@@ -119,11 +119,13 @@ function signOut(message) {
 
 // -------------------------------------------------------------- the board --
 async function loadBoard() {
-  // "Show more" pages continue this board's day, even past midnight.
-  state.since = localMidnight();
-  const res = await api(`/v1/board?since=${encodeURIComponent(state.since)}`);
+  const since = localMidnight();
+  const res = await api(`/v1/board?since=${encodeURIComponent(since)}`);
   if (!res.ok) { $("connection").textContent = await problem(res); return; }
   const board = await res.json();
+  // "Show more" pages continue this board's day, even past midnight, from where each list
+  // was cut. (Rows already held stay: a change the stream brought meanwhile may be newer.)
+  state.since = since;
   state.viewer = board.viewer;
   for (const b of board.bookings) newer(state.bookings, b.booking_id, b);
   for (const a of board.alerts) newer(state.alerts, a.alert_id, a);
@@ -132,10 +134,8 @@ async function loadBoard() {
   for (const u of board.unpaid) newer(state.unpaid, u.receipt_id, u);
   state.figures = board.figures;
   state.cut = board.cut || {};
-  for (const [list, [, id]] of Object.entries(LISTS)) {
-    state.loaded[list] = board[list].length;
-    state.after[list] = board[list].at(-1)?.[id];  // the next page starts after this row
-  }
+  for (const list of Object.keys(LISTS)) state.loaded[list] = board[list].length;
+  state.after = board.more || {};
   noteCut();
   $("viewer").textContent = isOps() ? "Operations: every store" : `Store ${myStore()}`;
   $("viewer").hidden = false;
@@ -178,8 +178,16 @@ function noteCut() {
 }
 
 async function showMore(list) {
-  const query = new URLSearchParams({ since: state.since, after: state.after[list] });
-  const res = await api(`/v1/board/${list}?${query}`);
+  if (!state.after[list]) return loadBoard();
+  if (state.fetching[list]) return;  // a second click while the page is on its way
+  state.fetching[list] = true;
+  let res;
+  try {
+    const query = new URLSearchParams({ since: state.since, after: state.after[list] });
+    res = await api(`/v1/board/${list}?${query}`);
+  } finally {
+    state.fetching[list] = false;
+  }
   if (!res.ok) { $("cut-note").append(` Could not fetch more: ${await problem(res)}`); return; }
   const page = await res.json();
   for (const row of page.rows) newer(state[list], row[LISTS[list][1]], row);
