@@ -13,7 +13,7 @@ import json
 from collections.abc import AsyncIterator, Awaitable, Callable, Mapping, Sequence
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
-from typing import Annotated, Any, Generic, TypeVar
+from typing import Annotated, Any, Generic, NamedTuple, TypeVar
 
 from fastapi import APIRouter, Query, Request
 from fastapi.responses import FileResponse, StreamingResponse
@@ -126,35 +126,23 @@ async def read_board(
     day = start_of_day(since)
     db = runtime.db
     rows = runtime.settings.board_rows
-    listed, tally = await asyncio.gather(
-        asyncio.gather(
-            board.bookings(db, actor, day, rows),
-            board.alerts(db, actor, day, rows),
-            board.complaints(db, actor, day, rows),
-            board.fees(db, actor, day, rows),
-            board.unpaid(db, actor, day, rows),
-        ),
+    read, tally = await asyncio.gather(
+        asyncio.gather(*(of.read(db, actor, day, rows, None) for of in LISTS.values())),
         board.tally(db, actor, day),
     )
-    (bookings, _), (alerts, _), (complaints, _), (fees, _), (unpaid, _) = listed
-    lists: dict[str, Sequence[BaseModel]] = {
-        "bookings": bookings,
-        "alerts": alerts,
-        "complaints": complaints,
-        "fees": fees,
-        "unpaid": unpaid,
-    }
-    cut = cut_short(**{name: listed[n] for n, name in enumerate(lists)})
+    listed = dict(zip(LISTS, read, strict=True))
+    shown = {name: rows for name, (rows, _) in listed.items()}
+    cut = cut_short(**listed)
     return Board(
         viewer=board.viewer(actor),
         at=utcnow(),
-        alerts=await with_contacts(request, actor, alerts),
-        bookings=bookings,
-        complaints=complaints,
-        fees=fees,
-        unpaid=unpaid,
+        alerts=await with_contacts(request, actor, shown["alerts"]),
+        bookings=shown["bookings"],
+        complaints=shown["complaints"],
+        fees=shown["fees"],
+        unpaid=shown["unpaid"],
         cut=cut,
-        more={name: next_after(name, shown) for name, shown in lists.items() if name in cut},
+        more={name: next_after(name, shown[name]) for name in cut},
         figures=figures(tally, day),  # over every row of the day, not just those shown
     )
 
@@ -195,25 +183,32 @@ Limit = Annotated[
 ]
 Reader = Callable[[Database, Actor, datetime, int, str | None], Awaitable[tuple[list[Any], int]]]
 Finisher = Callable[[Request, Actor, list[Any]], Awaitable[list[Any]]]
-ROW_IDS = {
-    "bookings": (board.BOARD_BOOKINGS, "booking_id"),
-    "alerts": (board.BOARD_ALERTS, "alert_id"),
-    "complaints": (board.BOARD_COMPLAINTS, "complaint_id"),
-    "fees": (board.BOARD_FEES, "fee_id"),
-    "unpaid": (board.BOARD_UNPAID, "receipt_id"),
+
+
+class ListOf(NamedTuple):
+    """One of the board's lists: how it is read, where its rows live, and their id."""
+
+    read: Reader
+    collection: str
+    id_field: str
+
+
+LISTS = {
+    "bookings": ListOf(board.bookings, board.BOARD_BOOKINGS, "booking_id"),
+    "alerts": ListOf(board.alerts, board.BOARD_ALERTS, "alert_id"),
+    "complaints": ListOf(board.complaints, board.BOARD_COMPLAINTS, "complaint_id"),
+    "fees": ListOf(board.fees, board.BOARD_FEES, "fee_id"),
+    "unpaid": ListOf(board.unpaid, board.BOARD_UNPAID, "receipt_id"),
 }
 
 
 def next_after(name: str, rows: Sequence[BaseModel]) -> str:
     """The cursor after a list's last row shown: its stamp in the list's order, and id."""
-    collection, id_field = ROW_IDS[name]
-    last = rows[-1]
-    return board.cursor(getattr(last, board.ORDER[collection][0]), getattr(last, id_field))
+    of, last = LISTS[name], rows[-1]
+    return board.cursor(getattr(last, board.ORDER[of.collection][0]), getattr(last, of.id_field))
 
 
-def _pages(
-    name: str, read: Reader, row: type[BaseModel], what: str, finish: Finisher | None = None
-) -> None:
+def _pages(name: str, row: type[BaseModel], what: str, finish: Finisher | None = None) -> None:
     """GET /v1/board/<name>: the rest of a list the board cut short, a page at a time
     (`finish` adds to the rows what the board adds to them)."""
 
@@ -231,7 +226,9 @@ def _pages(
             raise Unprocessable(f"limit is at most {most} rows a page", field="limit")
         size = limit or most
         # One row more than the page: whether any are left after it.
-        rows, total = await read(runtime.db, actor, start_of_day(since), size + 1, after)
+        rows, total = await LISTS[name].read(
+            runtime.db, actor, start_of_day(since), size + 1, after
+        )
         rows, more = rows[:size], len(rows) > size
         if finish is not None:
             rows = await finish(request, actor, rows)
@@ -249,11 +246,11 @@ def _pages(
     )
 
 
-_pages("bookings", board.bookings, BookingRow, "bookings")
-_pages("alerts", board.alerts, AlertRow, "safety alerts", with_contacts)
-_pages("complaints", board.complaints, ComplaintRow, "complaints")
-_pages("fees", board.fees, FeeRow, "late-cancellation fees (operations only)")
-_pages("unpaid", board.unpaid, UnpaidRow, "visits not paid")
+_pages("bookings", BookingRow, "bookings")
+_pages("alerts", AlertRow, "safety alerts", with_contacts)
+_pages("complaints", ComplaintRow, "complaints")
+_pages("fees", FeeRow, "late-cancellation fees (operations only)")
+_pages("unpaid", UnpaidRow, "visits not paid")
 
 
 class Area(BaseModel):
