@@ -8,6 +8,7 @@ complaints       every complaint with its deadlines, tier, remedies and timeline
 
 from __future__ import annotations
 
+import asyncio
 from datetime import datetime
 
 from pydantic import BaseModel, ConfigDict
@@ -116,7 +117,12 @@ class Complaints(Versioned[Complaint]):
                 }
             },
         ]
-        (facets,) = await (await self.col.aggregate(counted)).to_list()
+        # The counts and the two medians are independent reads: asked at once.
+        (facets,), responded, resolved = await asyncio.gather(
+            self._all(counted),
+            self._median(match, "first_response_at", MINUTE_MS),
+            self._median(match, "closed_at", HOUR_MS),
+        )
 
         def total(name: str) -> int:
             return int(facets[name][0]["n"]) if facets[name] else 0
@@ -130,9 +136,12 @@ class Complaints(Versioned[Complaint]):
             by_category={str(k): n for k, n in by("category").items()},
             per_technician=by("technician"),
             per_store=by("store"),
-            first_response_minutes_median=await self._median(match, "first_response_at", MINUTE_MS),
-            resolution_hours_median=await self._median(match, "closed_at", HOUR_MS),
+            first_response_minutes_median=responded,
+            resolution_hours_median=resolved,
         )
+
+    async def _all(self, pipeline: list[Document]) -> list[Document]:
+        return await (await self.col.aggregate(pipeline)).to_list()
 
     async def _median(self, match: Document, until: str, unit_ms: int) -> float | None:
         """The median time from opening to `until` over the matching complaints that have
