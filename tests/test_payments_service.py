@@ -23,7 +23,7 @@ from services.payments.sealing import verify_chain
 from services.payments.verify import main as verify_offline
 from shared.auth import Actor, Role
 from shared.events.booking import BookingCancelled
-from shared.events.reviews import RefundGranted
+from shared.events.reviews import RefundGranted, RefundGrantedV1
 from shared.events.types import PricedLine
 from shared.mongo import Document
 from tests.conftest import Platform
@@ -995,6 +995,7 @@ async def test_a_refund_granted_before_the_money_came_is_made_once_when_the_rece
         customer_id=customer,
         amount=1000,
         reason="late",
+        remedy_id="rm_late",
     )
     async with platform.client("payments") as payments:
         await set_card(payments, customer, "pm_card_ok")
@@ -1011,7 +1012,9 @@ async def test_a_refund_granted_before_the_money_came_is_made_once_when_the_rece
             return r if r and r["refunds_granted"] else None
 
         waiting = await eventually(kept, what="the granted refund kept on the receipt")
-        assert [g["refund_id"] for g in waiting["refunds_granted"]] == [f"complaint:{complaint}"]
+        assert [g["refund_id"] for g in waiting["refunds_granted"]] == [
+            f"complaint:{complaint}:rm_late"
+        ]
         assert waiting["refunds"] == []
         assert (await sign(payments, waiting, customer)).status_code == 200
         await receipt_status(payments, receipt["receipt_id"], customer, "settled")
@@ -1022,7 +1025,7 @@ async def test_a_refund_granted_before_the_money_came_is_made_once_when_the_rece
 
         final = await eventually(refunded, what="the refund made once paid")
         assert [(r["refund_id"], r["amount"]) for r in final["refunds"]] == [
-            (f"complaint:{complaint}", 1000)
+            (f"complaint:{complaint}:rm_late", 1000)
         ]
         assert [(p["to"], p["amount"]) for p in final["refunds"][0]["parts"]] == [
             ("provider", 1000)
@@ -1063,8 +1066,9 @@ async def test_refunds_go_back_the_way_the_money_came_once_and_never_beyond_what
         )
         assert by_customer.status_code == 403
         # The complaint's remedy refunds the rest: provider first, then the package's visit.
+        # A version 1 event (published before remedies were named) is still made, once.
         complaint = unique("cmp_")
-        remedy = RefundGranted(
+        remedy = RefundGrantedV1(
             complaint_id=complaint, booking_id=booking_id, customer_id=customer, reason="redo"
         )
         for _ in range(2):  # redelivered: one refund

@@ -435,8 +435,9 @@ async def test_remedies_reach_their_services_and_the_complaint_shows_when_they_t
                 "/coupons", params={"customer_id": customer}, headers=as_customer(customer)
             )
         ).json()
+        [coupon] = [r["remedy_id"] for r in settled["remedies"] if r["kind"] == "coupon"]
         assert [(c["coupon_id"], c["amount"]) for c in coupons] == [
-            (f"cp_{complaint['complaint_id']}", 1000)
+            (f"cp_{complaint['complaint_id']}:{coupon}", 1000)
         ]
     # The suspended technician is the only one with this skill: nobody is offered the visit.
     async with platform.client("booking", acting_as=OPS) as booking:
@@ -561,9 +562,12 @@ async def test_bad_input_answers_a_clear_4xx_and_stores_nothing(
             assert await state() == before, (method, path, body)
 
 
-async def test_a_refund_and_a_redo_reach_payments_and_booking_from_the_complaint(
+async def test_a_refund_and_a_redo_reach_payments_and_booking_and_the_next_tiers_refund_too(
     platform: Platform, kafka_producer: AIOKafkaProducer
 ) -> None:
+    """The customer rejects the first resolution; the supervisor's refunds more. Each
+    proposal's refund is made, once (payments used to make one refund per complaint, so the
+    second was dropped)."""
     customer, tech = unique("cus_"), unique("tech_")
     async with platform.client("booking", acting_as=OPS) as booking:
         await seed_item(booking, "nails.test-manicure")
@@ -625,10 +629,25 @@ async def test_a_refund_and_a_redo_reach_payments_and_booking_from_the_complaint
             return c if done else None
 
         await eventually(all_took_effect, what="refund and redo took effect")
+        rejected = await reviews.post(
+            f"{url}/reject", json={"reason": "not enough"}, headers=as_customer(customer)
+        )
+        assert rejected.status_code == 200, rejected.text
+        again = await reviews.post(
+            f"{url}/resolution",
+            json={"text": "and 10.00 more back", "remedies": [{"kind": "refund", "amount": 1000}]},
+            headers=OPS,
+        )
+        assert again.status_code == 200, again.text
+        settled = await eventually(all_took_effect, what="the second refund took effect")
+    refunds = [r["remedy_id"] for r in settled["remedies"] if r["kind"] == "refund"]
+    assert len(refunds) == 2
+    cid = complaint["complaint_id"]
     async with platform.client("payments") as payments:
         refunded = await get_json(payments, f"/receipts/{receipt['receipt_id']}", headers=OPS)
     assert [(r["refund_id"], r["amount"]) for r in refunded["refunds"]] == [
-        (f"complaint:{complaint['complaint_id']}", 1500)
+        (f"complaint:{cid}:{refunds[0]}", 1500),
+        (f"complaint:{cid}:{refunds[1]}", 1000),
     ]
     async with platform.client("booking", acting_as=OPS) as booking:
         redo = await get_json(booking, f"/bookings/bk_redo_{complaint['complaint_id']}")

@@ -62,7 +62,7 @@ from shared.events.payments import (
     RefundIssued,
     WriteOffReversed,
 )
-from shared.events.reviews import RefundGranted
+from shared.events.reviews import REMEDY_REFUND, RefundGranted, RefundGrantedV1, remedy_made_id
 from shared.mongo import Database, Session
 from shared.outbox import Transaction
 from shared.time import utcnow
@@ -570,14 +570,16 @@ async def refund(
     return issued
 
 
-async def grant_refund(tx: Transaction, event: RefundGranted) -> None:
+async def grant_refund(tx: Transaction, event: RefundGrantedV1) -> None:
     """A complaint's refund: made at once on a paid receipt; on one whose money has not come
     in yet (not signed, a charge under way, cash or a card still due), kept on the receipt
-    and made when it is paid, so the customer is not charged for what was granted back."""
+    and made when it is paid, so the customer is not charged for what was granted back.
+    Once per remedy (version 1 events name none: once per complaint)."""
     receipt = await Receipts(tx.db).by_booking(event.booking_id, tx.session)
     if receipt is None:  # the visit's completion may still be on its way to us
         raise NotYet(f"no receipt for booking {event.booking_id} yet")
-    refund_id = f"complaint:{event.complaint_id}"
+    remedy_id = event.remedy_id if isinstance(event, RefundGranted) else None
+    refund_id = remedy_made_id(REMEDY_REFUND, event.complaint_id, remedy_id)
     if receipt.status is ReceiptStatus.VOIDED:
         log.warning("%s: receipt %s was withdrawn unpaid", refund_id, receipt.receipt_id)
         return

@@ -13,7 +13,14 @@ from services.payments.storage import ProviderOps
 from shared.consumer import Handlers
 from shared.events.booking import BookingCancelled
 from shared.events.dispatch import ServiceCompleted, ServiceVoided
-from shared.events.reviews import CouponRemedy, RefundGranted
+from shared.events.reviews import (
+    REMEDY_COUPON,
+    CouponRemedy,
+    CouponRemedyV1,
+    RefundGranted,
+    RefundGrantedV1,
+    remedy_made_id,
+)
 from shared.faults import crash_point
 from shared.outbox import Transaction
 from shared.time import utcnow
@@ -41,16 +48,19 @@ async def withdraw_receipt(tx: Transaction, event: ServiceVoided) -> None:
 
 
 @handlers.on(RefundGranted)
-async def complaint_refund(tx: Transaction, event: RefundGranted) -> None:
+@handlers.on(RefundGrantedV1)
+async def complaint_refund(tx: Transaction, event: RefundGrantedV1) -> None:
     await commands.grant_refund(tx, event)
 
 
 @handlers.on(CouponRemedy)
-async def complaint_coupon(tx: Transaction, event: CouponRemedy) -> None:
+@handlers.on(CouponRemedyV1)
+async def complaint_coupon(tx: Transaction, event: CouponRemedyV1) -> None:
+    remedy_id = event.remedy_id if isinstance(event, CouponRemedy) else None
     await commands.grant_coupon(
         tx,
         Coupon(
-            coupon_id=f"cp_{event.complaint_id}",
+            coupon_id=remedy_made_id(REMEDY_COUPON, event.complaint_id, remedy_id),
             customer_id=event.customer_id,
             currency=event.currency,
             amount=event.amount,

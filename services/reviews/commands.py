@@ -156,6 +156,7 @@ def remedy_events(tx: Transaction, complaint: Complaint, remedies: list[Remedy])
                     customer_id=complaint.customer_id,
                     amount=remedy.amount,
                     reason=reason,
+                    remedy_id=remedy.remedy_id,
                 )
             )
         elif remedy.kind is RemedyKind.COUPON:
@@ -167,6 +168,7 @@ def remedy_events(tx: Transaction, complaint: Complaint, remedies: list[Remedy])
                     percent=remedy.percent,
                     currency=remedy.currency or "EUR",
                     reason=reason,
+                    remedy_id=remedy.remedy_id,
                 )
             )
         elif remedy.kind is RemedyKind.SUSPENSION and complaint.technician_id:
@@ -222,9 +224,11 @@ async def close_if_quiet(tx: Transaction, complaint_id: str) -> None:
         closed(tx, complaint)
 
 
-async def remedy_took_effect(tx: Transaction, complaint_id: str, kind: RemedyKind) -> None:
+async def remedy_took_effect(
+    tx: Transaction, complaint_id: str, kind: RemedyKind, remedy_id: str | None = None
+) -> None:
     complaint = await Complaints(tx.db).get(complaint_id, tx.session)
-    if complaint is not None and complaint.took_effect(kind, utcnow()):
+    if complaint is not None and complaint.took_effect(kind, utcnow(), remedy_id):
         await Complaints(tx.db).save(complaint, tx.session)
 
 

@@ -335,9 +335,11 @@ class Complaint(Forbid):
         self._log(at, "platform", f"{kind} deadline missed; escalated", self.tier.value)
         return breach
 
-    def took_effect(self, kind: RemedyKind, at: datetime) -> bool:
+    def took_effect(self, kind: RemedyKind, at: datetime, remedy_id: str | None = None) -> bool:
+        """The remedy named (else the first of its kind still pending) was carried out."""
         for remedy in self.remedies:
-            if remedy.kind is kind and remedy.took_effect_at is None:
+            named = remedy_id is None or remedy.remedy_id == remedy_id
+            if remedy.kind is kind and remedy.took_effect_at is None and named:
                 remedy.took_effect_at = at
                 self._log(at, "platform", f"{kind.value} took effect")
                 return True

@@ -24,17 +24,13 @@ from shared.events.dispatch import (
     TechnicianStatusChanged,
 )
 from shared.events.payments import CouponGranted, RefundIssued
-from shared.events.reviews import ReviewRequested
+from shared.events.reviews import REMEDY_COUPON, REMEDY_REFUND, ReviewRequested, remedy_named
 from shared.outbox import Transaction
 from shared.time import utcnow
 from shared.timers import Timer, TimerContext, Timers
 
 handlers = Handlers()
 timers = Timers()
-
-COMPLAINT_REFUND = "complaint:"  # payments' refund id for a complaint's refund
-COMPLAINT_COUPON = "cp_"  # payments' coupon id for a complaint's coupon
-
 
 # ------------------------------------------------- what reviews knows of bookings --
 
@@ -120,16 +116,18 @@ async def safety_alert(tx: Transaction, event: SafetyAlert) -> None:
 
 @handlers.on(RefundIssued)
 async def refund_issued(tx: Transaction, event: RefundIssued) -> None:
-    if event.refund_id.startswith(COMPLAINT_REFUND):
-        complaint_id = event.refund_id.removeprefix(COMPLAINT_REFUND)
-        await commands.remedy_took_effect(tx, complaint_id, RemedyKind.REFUND)
+    named = remedy_named(event.refund_id, REMEDY_REFUND)
+    if named is not None:
+        complaint_id, remedy_id = named
+        await commands.remedy_took_effect(tx, complaint_id, RemedyKind.REFUND, remedy_id)
 
 
 @handlers.on(CouponGranted)
 async def coupon_granted(tx: Transaction, event: CouponGranted) -> None:
-    if event.coupon_id.startswith(COMPLAINT_COUPON + "cmp_"):
-        complaint_id = event.coupon_id.removeprefix(COMPLAINT_COUPON)
-        await commands.remedy_took_effect(tx, complaint_id, RemedyKind.COUPON)
+    named = remedy_named(event.coupon_id, REMEDY_COUPON)
+    if named is not None:
+        complaint_id, remedy_id = named
+        await commands.remedy_took_effect(tx, complaint_id, RemedyKind.COUPON, remedy_id)
 
 
 @handlers.on(TechnicianStatusChanged)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import inspect
 from collections.abc import Callable
 from dataclasses import dataclass
 from typing import TypeVar
@@ -28,7 +29,7 @@ class EventSpec:
 
     @property
     def description(self) -> str:
-        return (self.model.__doc__ or "").strip()
+        return inspect.cleandoc(self.model.__doc__ or "")
 
 
 _REGISTRY: dict[tuple[str, int], EventSpec] = {}

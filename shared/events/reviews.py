@@ -23,8 +23,10 @@ class ReviewRequested(EventPayload):
 
 
 @event("reviews.refund_granted", version=1, stream=STREAM, key="booking_id")
-class RefundGranted(EventPayload):
-    """A complaint's remedy: give money back for the booking (payments acts on it)."""
+class RefundGrantedV1(EventPayload):
+    """A complaint's refund, before remedies were named: payments made one per complaint, so
+    a second proposal's refund (after the customer rejected the first) was dropped. Still
+    read, for events published before version 2."""
 
     complaint_id: str
     booking_id: str
@@ -33,9 +35,18 @@ class RefundGranted(EventPayload):
     reason: str = Field(min_length=1, max_length=500)
 
 
+@event("reviews.refund_granted", version=2, stream=STREAM, key="booking_id")
+class RefundGranted(RefundGrantedV1):
+    """A complaint's remedy: give money back for the booking (payments acts on it, once per
+    remedy: each resolution proposed, a tier up after a rejection, refunds what it says)."""
+
+    remedy_id: str = Field(min_length=1, max_length=64)
+
+
 @event("reviews.coupon_granted", version=1, stream=STREAM, key="customer_id")
-class CouponRemedy(EventPayload):
-    """A complaint's remedy: a coupon on the customer's next visit (payments issues it)."""
+class CouponRemedyV1(EventPayload):
+    """A complaint's coupon, before remedies were named (one per complaint). Still read, for
+    events published before version 2."""
 
     complaint_id: str
     customer_id: str
@@ -44,6 +55,14 @@ class CouponRemedy(EventPayload):
     currency: Currency
     valid_days: int = Field(default=90, ge=1, le=730)
     reason: str = Field(min_length=1, max_length=500)
+
+
+@event("reviews.coupon_granted", version=2, stream=STREAM, key="customer_id")
+class CouponRemedy(CouponRemedyV1):
+    """A complaint's remedy: a coupon on the customer's next visit (payments issues it, once
+    per remedy)."""
+
+    remedy_id: str = Field(min_length=1, max_length=64)
 
 
 @event("reviews.review_submitted", version=1, stream=STREAM, key="booking_id")
@@ -163,3 +182,23 @@ class RedoRequested(EventPayload):
     booking_id: str
     customer_id: str
     reason: str = Field(min_length=1, max_length=500)
+
+
+# What payments names the refund or coupon it makes for a complaint's remedy; reviews reads
+# the complaint and the remedy back from it (in RefundIssued and CouponGranted).
+REMEDY_REFUND = "complaint:"
+REMEDY_COUPON = "cp_"
+
+
+def remedy_made_id(prefix: str, complaint_id: str, remedy_id: str | None) -> str:
+    """`prefix` + the complaint (+ ":" + the remedy, for version 2 events)."""
+    return f"{prefix}{complaint_id}" + (f":{remedy_id}" if remedy_id else "")
+
+
+def remedy_named(made_id: str, prefix: str) -> tuple[str, str | None] | None:
+    """(complaint, remedy or None) from an id `remedy_made_id` gave; None for any other (a
+    refund or coupon operations made by hand)."""
+    if not made_id.startswith(prefix + "cmp_"):
+        return None
+    complaint_id, _, remedy_id = made_id.removeprefix(prefix).partition(":")
+    return complaint_id, remedy_id or None
