@@ -5,8 +5,9 @@ packages; technicians sign in by phone, answer offers (sometimes no), drive over
 where they are, check in at the door, type the customer's code (sometimes wrongly) and
 complete the visit, and collect the cash from customers who have no card on file;
 customers sign in by phone, book, sometimes cancel or reschedule, give their code at the
-door (rarely: "this is not the person"), sign the receipt, review, and sometimes complain.
-Rate, seed and size are parameters; the same seed plays the same city.
+door (rarely: "this is not the person"), sign the receipt, review, and sometimes complain,
+then answer the resolution operations propose (`sim/desk.py`, which also takes the safety
+alerts). Rate, seed and size are parameters; the same seed plays the same city.
 """
 
 from __future__ import annotations
@@ -37,6 +38,7 @@ from deploy.local.demo_data import (
 )
 from deploy.local.demo_data import technician_file as demo_file
 from sim.client import UNREACHABLE, Answer, Caller, Refused, session
+from sim.desk import DESK_EVERY_S, Desk
 
 log = logging.getLogger("sim")
 SKILLS = sorted({skill for (_, _, _, skill, *_) in CATALOGUE.values() if skill})
@@ -71,6 +73,8 @@ class Shares:
     cash: float = 0.1  # customers with no card on file: they pay the technician in cash
     # Customers whose card on file is declined: told so, they pay with another in the app.
     declined: float = 0.05
+    # Complaints whose first resolution the customer turns down (the next tier's they take).
+    reject_resolution: float = 0.2
 
 
 @dataclass(frozen=True)
@@ -91,6 +95,7 @@ class CityPlan:
     # Which people (0-99): the same number, the same customers, technicians and stores every
     # run, with what earlier runs left them (cards, prepaid packages); another, other people.
     population: int = 0
+    desk_every_s: float = DESK_EVERY_S  # how often operations look at alerts and complaints
 
 
 @dataclass
@@ -104,6 +109,7 @@ class Outcomes:
     took_s: list[float] = field(default_factory=list)  # booking to signature, per journey
     to_assigned_ms: list[float] = field(default_factory=list)
     complained: list[str] = field(default_factory=list)  # bookings with a complaint filed
+    complaints: list[str] = field(default_factory=list)  # the complaints filed
 
     def line(self) -> str:
         c = self.counts
@@ -188,6 +194,7 @@ class City:
         self.looks = random.Random(plan.seed + 2)  # when idle apps look, apart from both
         self.wallets = random.Random(plan.seed + 3)  # who has a card, apart from all three
         self.ops = Caller(self.http)
+        self.desk = Desk(self.ops, self.outcomes_count, plan.desk_every_s)
         self.technicians: list[Technician] = []
         self.customers: list[Customer] = []
         self.customer_of: dict[str, Customer] = {}  # booking -> who is at home
@@ -333,6 +340,10 @@ class City:
             asyncio.create_task(self.listen(c.caller, c.nudged, receipt_ready=c.receipt_ready))
             for c in self.customers
         ]
+        self.workers.append(asyncio.create_task(self.desk.run(lambda: self.running)))
+
+    def outcomes_count(self, what: str) -> None:
+        self.outcomes.counts[what] += 1  # `play` starts new outcomes: counted in the current
 
     async def play(
         self, rate: float, duration_s: float = 0.0, journeys: int = 0, drain_s: float = 300.0
@@ -384,9 +395,14 @@ class City:
         self.running = False
         for w in self.workers:
             w.cancel()
+        await asyncio.gather(*self.workers, return_exceptions=True)
+        if self.ops.access:  # the shift ends with the queue cleared: the last alerts taken
+            try:
+                await asyncio.wait_for(self.desk.look(), timeout=30)
+            except (Refused, *UNREACHABLE) as exc:
+                log.warning("operations desk, last look: %r", exc)
         for v in list(self.visits):
             v.cancel()
-        await asyncio.gather(*self.workers, return_exceptions=True)
         await self.streams.close()
         await self.off_duty()
         await self.http.close()
@@ -502,9 +518,47 @@ class City:
                     ok=(200, 201, 404, 409, 422),
                 )
             )
-            if filed.status_code in (200, 201):
-                self.outcomes.complained.append(booking_id)
             counts["complaints"] += 1
+            if filed.status_code in (200, 201):
+                complaint_id = filed.json()["complaint_id"]
+                self.outcomes.complained.append(booking_id)
+                self.outcomes.complaints.append(complaint_id)
+                await self.settle_complaint(customer, complaint_id)
+
+    async def settle_complaint(
+        self, customer: Customer, complaint_id: str, within_s: float = 300.0
+    ) -> None:
+        """Wait for operations' resolution (pushed, or seen when the app looks) and answer
+        it: turned down now and then (the next tier proposes more), else accepted."""
+        me, counts, url = customer.caller, self.outcomes.counts, f"/v1/complaints/{complaint_id}"
+        rejected = False
+        deadline = time.monotonic() + within_s
+        while time.monotonic() < deadline and self.running:
+            customer.nudged.clear()
+            status = (await me.json("GET", url))["status"]
+            if status == "closed":
+                counts["complaints_closed"] += 1
+                return
+            if status == "resolution_proposed":
+                if not rejected and self.rng.random() < self.plan.shares.reject_resolution:
+                    rejected = True
+                    await me.call(
+                        "POST",
+                        f"{url}/reject",
+                        json={"reason": "that does not put it right"},
+                        ok=(200, 409),
+                    )
+                    counts["resolutions_rejected"] += 1
+                else:
+                    # 409: answered already by a try that timed out; the next look tells.
+                    await me.call("POST", f"{url}/accept", ok=(200, 409))
+                continue
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(customer.nudged.wait(), timeout=self.look_in())
+        if not self.running:
+            raise CityStopped
+        counts["complaints_unsettled"] += 1
+        log.warning("complaint %s: no resolution within %.0f s", complaint_id, within_s)
 
     async def sign(self, customer: Customer, booking_id: str, receipt: dict[str, Any]) -> int:
         """Sign the receipt as shown; what is left to pay (a package may have paid it all)."""

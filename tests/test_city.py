@@ -15,7 +15,7 @@ from pymongo import AsyncMongoClient
 from deploy.local.demo_data import CATALOGUE, price_body
 from services.gateway.signin import add_staff
 from shared.mongo import Document
-from sim.city import City, CityPlan, Shares
+from sim.city import City, CityPlan, Outcomes, Shares
 from tests.conftest import Platform
 from tests.harness import eventually
 from tests.seed import OPS, get_json
@@ -39,19 +39,22 @@ async def test_simulated_journeys_end_signed_and_sealed_through_the_gateway(
         stores=2,
         journeys=5,
         pace=0.05,
-        # Every journey ends signed; half the doors see a wrong code first, half complain.
+        # Every journey ends signed; half the doors see a wrong code first, half complain, and
+        # every technician checks in far from the door (a safety alert for operations).
         shares=Shares(
             decline=0,
             wrong_code=0.5,
             not_the_person=0,
-            far_check_in=0,
+            far_check_in=1,
             cancel=0,
             reschedule=0,
             review=1,
             complaint=0.5,
             prepaid=0.5,
             cash=0,
+            reject_resolution=1,  # the first resolution turned down, the next tier's taken
         ),
+        desk_every_s=0.5,
     )
     outcomes = await City(plan).run()
     counts = outcomes.counts
@@ -74,6 +77,57 @@ async def test_simulated_journeys_end_signed_and_sealed_through_the_gateway(
                 return found is not None and found["status"] == "closed"
 
             await eventually(closed, what=f"booking {booking_id} closed")
+    await operations_worked_the_queue(platform, outcomes)
+
+
+async def operations_worked_the_queue(platform: Platform, outcomes: Outcomes) -> None:
+    """The city's operations desk took every safety alert; every complaint got a first
+    response in time and a resolution the customer accepted after turning the first down, and
+    each refund it proposed, the agent's and the supervisor's, was made once."""
+    counts = outcomes.counts
+    assert outcomes.complaints, counts  # some complained
+    assert counts["complaints_closed"] == len(outcomes.complaints), counts
+    async with (
+        platform.client("reviews", acting_as=OPS) as reviews,
+        platform.client("payments", acting_as=OPS) as payments,
+        platform.client("dispatch", acting_as=OPS) as dispatch,
+    ):
+        alerts = (await dispatch.get("/safety-alerts", params={"open_only": False})).json()
+        ours = [a for a in alerts if a["booking_id"] in outcomes.booked]
+        assert len(ours) == len(outcomes.booked)  # one far check-in each
+        assert all(a["acknowledged_at"] and a["acknowledged_by"] for a in ours), ours
+        rejected = 0
+        for complaint_id in outcomes.complaints:
+            c = await get_json(reviews, f"/complaints/{complaint_id}")
+            assert c is not None
+            assert c["status"] == "closed", c
+            assert c["closed_by"].startswith("customer:"), c
+            assert c["first_response_at"], c
+            assert c["breaches"] == [], c
+            refunds = [r for r in c["remedies"] if r["kind"] == "refund"]
+            # One refund per resolution: two when the customer turned the first down.
+            tiers = {"agent"} if len(refunds) == 1 else {"supervisor"}
+            assert c["tier"] in tiers, c
+            rejected += len(refunds) - 1
+
+            async def made(c: dict[str, Any] = c, refunds: list[Any] = refunds) -> Any:
+                """The refunds made for this complaint: each proposal's, unless an earlier
+                one gave everything back (a prepaid visit goes back whole)."""
+                receipt = await get_json(payments, "/receipts", booking_id=c["booking_id"])
+                if receipt is None:
+                    return None
+                made = {r["refund_id"]: r["amount"] for r in receipt["refunds"]}
+                wanted = [f"complaint:{c['complaint_id']}:{r['remedy_id']}" for r in refunds]
+                paid = sum(p["amount"] for p in receipt["payments"]) + sum(
+                    d["amount"] for d in receipt["prepaid"]
+                )
+                left = paid - sum(made.values())
+                done = wanted[0] in made and all(w in made or left == 0 for w in wanted)
+                return [r["refund_id"] for r in receipt["refunds"]] if done else None
+
+            ids = await eventually(made, what=f"the refunds of {complaint_id} made")
+            assert len(ids) == len(set(ids)), ids  # each once
+        assert rejected == counts["resolutions_rejected"] == len(outcomes.complaints), counts
 
 
 def quiet(**shares: float) -> Shares:

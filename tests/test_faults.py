@@ -360,6 +360,63 @@ async def test_journeys_survive_kill_9_of_every_service_and_restarts_of_kafka_an
     twice = [b for b in outcomes.complained if complaints[b] > 1]
     assert not twice, twice  # each filed once, though retried through the outages
 
+    # Operations worked the queue through the faults: every complaint answered and settled
+    # with its customer, each refund proposed made once (unless an earlier one gave back
+    # everything), every safety alert taken; the provider saw each card refund once.
+    assert counts["complaints_unsettled"] == 0, counts
+    assert counts["complaints_closed"] == len(outcomes.complaints), counts
+    filed = (
+        await mongo[f"{platform.prefix}_reviews"]["complaints"]
+        .find({"_id": {"$in": outcomes.complaints}})
+        .to_list()
+    )
+    assert len(filed) == len(outcomes.complaints)
+    assert all(c["status"] == "closed" and c["first_response_at"] for c in filed)
+    granted: dict[str, str] = {}  # refund id -> the booking whose receipt it is made on
+    first_refunds: set[str] = set()  # each complaint's first resolution gives something back
+    for c in filed:
+        ids = [
+            f"complaint:{c['_id']}:{r['remedy_id']}" for r in c["remedies"] if r["kind"] == "refund"
+        ]
+        granted.update(dict.fromkeys(ids, str(c["booking_id"])))
+        first_refunds.add(ids[0])
+
+    async def made_refunds() -> Counter[str] | None:
+        made = Counter(
+            [
+                r["refund_id"]
+                async for receipt in payments_db["receipts"].find(
+                    {"booking_id": {"$in": list(set(granted.values()))}}
+                )
+                for r in receipt.get("refunds", [])
+                if r["refund_id"] in granted
+            ]
+        )
+        return made if first_refunds <= set(made) else None
+
+    refunds_made = await eventually(made_refunds, within=60, what="complaints' refunds made")
+    assert not refunds_made or max(refunds_made.values()) == 1, refunds_made.most_common(3)
+    card_refunds = [
+        op["_id"]
+        async for op in payments_db["provider_ops"].find(
+            {"kind": "refund", "refund_id": {"$in": list(granted)}}
+        )
+    ]
+
+    async def at_the_provider() -> bool:
+        found = await sandbox.count_documents({"_id": {"$in": card_refunds}, "kind": "refund"})
+        return found == len(card_refunds)
+
+    await eventually(at_the_provider, within=60, what="card refunds at the provider")
+    alerts = (
+        await mongo[f"{platform.prefix}_dispatch"]["safety_alerts"]
+        .find({"booking_id": {"$in": booked}})
+        .to_list()
+    )
+    assert all(a.get("acknowledged_at") for a in alerts), [
+        a["_id"] for a in alerts if not a.get("acknowledged_at")
+    ]
+
     recovered = faults.recovery()
     assert len(recovered) == 7
     # Every fault hit a platform at work: journeys under way, more started after it, and the
@@ -389,6 +446,11 @@ async def test_journeys_survive_kill_9_of_every_service_and_restarts_of_kafka_an
             "provider_charges": at_provider,
             "complaints_checked": len(outcomes.complained),
             "complaints_filed_twice": sum(1 for n in complaints.values() if n > 1),
+            "complaints_closed": counts["complaints_closed"],
+            "resolutions_rejected": counts["resolutions_rejected"],
+            "complaint_refunds_made": sum(refunds_made.values()),
+            "card_refunds_at_provider": len(card_refunds),
+            "safety_alerts_acknowledged": len(alerts),
             "faults": recovered,
         },
     )

@@ -1,0 +1,83 @@
+"""Operations at their desk in the living city: they take every safety alert and answer
+every complaint, then propose how to put it right, a tier more generous after the customer
+turns a resolution down. Without them the dashboard's alerts and complaints only pile up and
+every complaint breaches its deadlines."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from collections.abc import Callable
+from typing import Any
+
+from sim.client import UNREACHABLE, Caller, Refused
+
+log = logging.getLogger("sim")
+
+# How often the desk looks at its queues: a first response within seconds, well inside
+# every deadline, and a few calls a minute whatever the city's rate.
+DESK_EVERY_S = 5.0
+# What a quality complaint gets back, by the tier that proposes: more after a rejection.
+REFUND_BY_TIER = {"agent": 500, "supervisor": 1000, "manager": 2000}
+
+
+def resolution(complaint: dict[str, Any]) -> dict[str, Any]:
+    """The desk's resolution: money back for the visit; for safety, no money but the
+    technician coached (the alert that opened it was acted on already)."""
+    if complaint["category"] == "safety":
+        return {
+            "text": "we are sorry; the technician's store goes over what happened with them",
+            "remedies": [{"kind": "apology"}, {"kind": "coaching"}],
+        }
+    refund = REFUND_BY_TIER.get(complaint["tier"], REFUND_BY_TIER["manager"])
+    return {
+        "text": f"we are sorry: {refund / 100:.2f} back on your visit",
+        "remedies": [{"kind": "apology"}, {"kind": "refund", "amount": refund}],
+    }
+
+
+class Desk:
+    """Looks every `every_s`: proposes a resolution for each complaint answered at an
+    earlier look (or reopened by the customer), answers the new ones, takes the alerts."""
+
+    def __init__(self, ops: Caller, tally: Callable[[str], None], every_s: float) -> None:
+        self.ops, self.tally, self.every_s = ops, tally, every_s
+
+    async def run(self, running: Callable[[], bool]) -> None:
+        while running():
+            try:
+                await self.look()
+            except (Refused, *UNREACHABLE) as exc:
+                log.warning("operations desk: %r", exc)  # a restart: the next look goes on
+            await asyncio.sleep(self.every_s)
+
+    async def look(self) -> None:
+        ops = self.ops
+        # Answered at an earlier look: first the response, then the proposal, as people do.
+        for c in await ops.json("GET", "/v1/complaints", params={"status": "in_progress"}):
+            proposed = await ops.call(
+                "POST",
+                f"/v1/complaints/{c['complaint_id']}/resolution",
+                json=resolution(c),
+                ok=(200, 409),
+            )
+            if proposed.status_code == 200:
+                self.tally("resolutions_proposed")
+        for c in await ops.json("GET", "/v1/complaints", params={"status": "open"}):
+            answered = await ops.call(
+                "POST",
+                f"/v1/complaints/{c['complaint_id']}/respond",
+                json={"text": "we are looking into it and come back to you shortly"},
+                ok=(200, 409),
+            )
+            if answered.status_code == 200:
+                self.tally("complaints_answered")
+        for alert in await ops.json("GET", "/v1/safety-alerts", params={"open_only": "true"}):
+            taken = await ops.call(
+                "POST",
+                f"/v1/safety-alerts/{alert['alert_id']}/acknowledge",
+                json={"note": "called the customer and the technician's store"},
+                ok=(200, 409),
+            )
+            if taken.status_code == 200:
+                self.tally("alerts_acknowledged")
