@@ -395,14 +395,14 @@ class City:
         self.running = False
         for w in self.workers:
             w.cancel()
-        await asyncio.gather(*self.workers, return_exceptions=True)
+        for v in list(self.visits):
+            v.cancel()
+        await asyncio.gather(*self.workers, *self.visits, return_exceptions=True)
         if self.ops.access:  # the shift ends with the queue cleared: the last alerts taken
             try:
                 await asyncio.wait_for(self.desk.look(), timeout=30)
             except (Refused, *UNREACHABLE) as exc:
                 log.warning("operations desk, last look: %r", exc)
-        for v in list(self.visits):
-            v.cancel()
         await self.streams.close()
         await self.off_duty()
         await self.http.close()
@@ -526,7 +526,7 @@ class City:
                 await self.settle_complaint(customer, complaint_id)
 
     async def settle_complaint(
-        self, customer: Customer, complaint_id: str, within_s: float = 300.0
+        self, customer: Customer, complaint_id: str, within_s: float = 120.0
     ) -> None:
         """Wait for operations' resolution (pushed, or seen when the app looks) and answer
         it: turned down now and then (the next tier proposes more), else accepted."""

@@ -49,6 +49,8 @@ class Desk:
                 await self.look()
             except (Refused, *UNREACHABLE) as exc:
                 log.warning("operations desk: %r", exc)  # a restart: the next look goes on
+            except Exception:
+                log.exception("operations desk: the look failed; the next goes on")
             await asyncio.sleep(self.every_s)
 
     async def look(self) -> None:
@@ -61,7 +63,7 @@ class Desk:
                 json=resolution(c),
                 ok=(200, 409),
             )
-            if proposed.status_code == 200:
+            if proposed.status_code == 200:  # 409: a retry of one that landed
                 self.tally("resolutions_proposed")
         for c in await ops.json("GET", "/v1/complaints", params={"status": "open"}):
             answered = await ops.call(

@@ -290,3 +290,15 @@ async def gateway_token(
 
 def bearer(token: str) -> dict[str, str]:
     return {"Authorization": f"Bearer {token}"}
+
+
+def complaint_refunds_made(receipt: dict[str, Any], wanted: list[str]) -> bool:
+    """Are the refunds a complaint's resolutions proposed (their refund ids, in order) on the
+    receipt? Each one is, unless an earlier refund gave back everything paid (a prepaid visit
+    goes back whole); the first always is."""
+    made = {r["refund_id"]: r["amount"] for r in receipt.get("refunds", [])}
+    paid = sum(p["amount"] for p in receipt["payments"]) + sum(
+        d["amount"] for d in receipt["prepaid"]
+    )
+    left = paid - sum(made.values())
+    return bool(wanted) and wanted[0] in made and all(w in made or left == 0 for w in wanted)

@@ -16,9 +16,10 @@ from deploy.local.demo_data import CATALOGUE, price_body
 from services.gateway.signin import add_staff
 from shared.mongo import Document
 from sim.city import City, CityPlan, Outcomes, Shares
+from sim.desk import REFUND_BY_TIER
 from tests.conftest import Platform
 from tests.harness import eventually
-from tests.seed import OPS, get_json
+from tests.seed import OPS, complaint_refunds_made, get_json
 
 pytestmark = pytest.mark.integration
 
@@ -39,7 +40,7 @@ async def test_simulated_journeys_end_signed_and_sealed_through_the_gateway(
         stores=2,
         journeys=5,
         pace=0.05,
-        # Every journey ends signed; half the doors see a wrong code first, half complain, and
+        # Every journey ends signed; half the doors see a wrong code first, everyone complains, and
         # every technician checks in far from the door (a safety alert for operations).
         shares=Shares(
             decline=0,
@@ -49,7 +50,7 @@ async def test_simulated_journeys_end_signed_and_sealed_through_the_gateway(
             cancel=0,
             reschedule=0,
             review=1,
-            complaint=0.5,
+            complaint=1,
             prepaid=0.5,
             cash=0,
             reject_resolution=1,  # the first resolution turned down, the next tier's taken
@@ -77,10 +78,12 @@ async def test_simulated_journeys_end_signed_and_sealed_through_the_gateway(
                 return found is not None and found["status"] == "closed"
 
             await eventually(closed, what=f"booking {booking_id} closed")
-    await operations_worked_the_queue(platform, outcomes)
+    await operations_worked_the_queue(platform, mongo, outcomes)
 
 
-async def operations_worked_the_queue(platform: Platform, outcomes: Outcomes) -> None:
+async def operations_worked_the_queue(
+    platform: Platform, mongo: AsyncMongoClient[Document], outcomes: Outcomes
+) -> None:
     """The city's operations desk took every safety alert; every complaint got a first
     response in time and a resolution the customer accepted after turning the first down, and
     each refund it proposed, the agent's and the supervisor's, was made once."""
@@ -92,7 +95,9 @@ async def operations_worked_the_queue(platform: Platform, outcomes: Outcomes) ->
         platform.client("payments", acting_as=OPS) as payments,
         platform.client("dispatch", acting_as=OPS) as dispatch,
     ):
-        alerts = (await dispatch.get("/safety-alerts", params={"open_only": False})).json()
+        alerts = (
+            await dispatch.get("/safety-alerts", params={"open_only": False, "limit": 500})
+        ).json()
         ours = [a for a in alerts if a["booking_id"] in outcomes.booked]
         assert len(ours) == len(outcomes.booked)  # one far check-in each
         assert all(a["acknowledged_at"] and a["acknowledged_by"] for a in ours), ours
@@ -105,28 +110,25 @@ async def operations_worked_the_queue(platform: Platform, outcomes: Outcomes) ->
             assert c["first_response_at"], c
             assert c["breaches"] == [], c
             refunds = [r for r in c["remedies"] if r["kind"] == "refund"]
-            # One refund per resolution: two when the customer turned the first down.
-            tiers = {"agent"} if len(refunds) == 1 else {"supervisor"}
-            assert c["tier"] in tiers, c
+            assert c["tier"] == ("agent", "supervisor")[len(refunds) - 1], c
             rejected += len(refunds) - 1
+            # One refund per resolution: the agent's, and the supervisor's after the first
+            # was turned down (a retried proposal must not add one).
+            assert [r["amount"] for r in refunds] == [
+                REFUND_BY_TIER[t] for t in ("agent", "supervisor")[: len(refunds)]
+            ], c
 
             async def made(c: dict[str, Any] = c, refunds: list[Any] = refunds) -> Any:
-                """The refunds made for this complaint: each proposal's, unless an earlier
-                one gave everything back (a prepaid visit goes back whole)."""
                 receipt = await get_json(payments, "/receipts", booking_id=c["booking_id"])
-                if receipt is None:
-                    return None
-                made = {r["refund_id"]: r["amount"] for r in receipt["refunds"]}
                 wanted = [f"complaint:{c['complaint_id']}:{r['remedy_id']}" for r in refunds]
-                paid = sum(p["amount"] for p in receipt["payments"]) + sum(
-                    d["amount"] for d in receipt["prepaid"]
-                )
-                left = paid - sum(made.values())
-                done = wanted[0] in made and all(w in made or left == 0 for w in wanted)
-                return [r["refund_id"] for r in receipt["refunds"]] if done else None
+                return receipt if receipt and complaint_refunds_made(receipt, wanted) else None
 
-            ids = await eventually(made, what=f"the refunds of {complaint_id} made")
-            assert len(ids) == len(set(ids)), ids  # each once
+            receipt = await eventually(made, what=f"the refunds of {complaint_id} made")
+            # Each refund issued once: one event per refund on the receipt.
+            issued = await mongo[f"{platform.prefix}_payments"]["outbox"].count_documents(
+                {"type": "payments.refund_issued", "key": c["booking_id"]}
+            )
+            assert issued == len(receipt["refunds"]), (issued, receipt["refunds"])
         assert rejected == counts["resolutions_rejected"] == len(outcomes.complaints), counts
 
 

@@ -278,6 +278,14 @@ async def test_only_its_customer_or_operations_close_a_complaint_and_only_on_a_r
             headers=OPS,
         )
         assert proposed.status_code == 200, proposed.text
+        # A second proposal waits for the customer's answer (a retry must not add remedies).
+        twice = await reviews.post(
+            f"{url}/resolution",
+            json={"text": "and more", "remedies": [{"kind": "refund", "amount": 500}]},
+            headers=OPS,
+        )
+        assert twice.status_code == 409, twice.text
+        assert "waiting for the customer's answer" in twice.text
         for stranger in (as_customer("cus_other"), as_technician("tech_r"), as_store("store_r")):
             r = await reviews.post(f"{url}/accept", headers=stranger)
             assert r.status_code == 403, r.text

@@ -270,6 +270,10 @@ class Complaint(Forbid):
         """Operations propose how to put it right; the remedies are decided now (be generous:
         a refund or a redo goes out at once, it does not wait for the customer's answer)."""
         self._open()
+        if self.status is ComplaintStatus.RESOLUTION_PROPOSED:
+            # One at a time, so a retried proposal (the first landed after a timeout) is not
+            # a second one with remedies of its own: the customer answers this one first.
+            raise Conflict("a resolution is already waiting for the customer's answer")
         if not remedies:
             raise Unprocessable("a resolution names at least one remedy", field="remedies")
         if self.first_response_at is None:
