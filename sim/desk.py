@@ -19,6 +19,8 @@ log = logging.getLogger("sim")
 DESK_EVERY_S = 5.0
 # What a quality complaint gets back, by the tier that proposes: more after a rejection.
 REFUND_BY_TIER = {"agent": 500, "supervisor": 1000, "manager": 2000}
+ANSWER = "we are looking into it and come back to you shortly"
+TAKEN = "called the customer and the technician's store"
 
 
 def resolution(complaint: dict[str, Any]) -> dict[str, Any]:
@@ -57,29 +59,18 @@ class Desk:
         ops = self.ops
         # Answered at an earlier look: first the response, then the proposal, as people do.
         for c in await ops.json("GET", "/v1/complaints", params={"status": "in_progress"}):
-            proposed = await ops.call(
-                "POST",
-                f"/v1/complaints/{c['complaint_id']}/resolution",
-                json=resolution(c),
-                ok=(200, 409),
-            )
-            if proposed.status_code == 200:  # 409: a retry of one that landed
-                self.tally("resolutions_proposed")
+            path = f"/v1/complaints/{c['complaint_id']}/resolution"
+            await self.act(path, resolution(c), "resolutions_proposed")
         for c in await ops.json("GET", "/v1/complaints", params={"status": "open"}):
-            answered = await ops.call(
-                "POST",
-                f"/v1/complaints/{c['complaint_id']}/respond",
-                json={"text": "we are looking into it and come back to you shortly"},
-                ok=(200, 409),
-            )
-            if answered.status_code == 200:
-                self.tally("complaints_answered")
+            path = f"/v1/complaints/{c['complaint_id']}/respond"
+            await self.act(path, {"text": ANSWER}, "complaints_answered")
         for alert in await ops.json("GET", "/v1/safety-alerts", params={"open_only": "true"}):
-            taken = await ops.call(
-                "POST",
-                f"/v1/safety-alerts/{alert['alert_id']}/acknowledge",
-                json={"note": "called the customer and the technician's store"},
-                ok=(200, 409),
-            )
-            if taken.status_code == 200:
-                self.tally("alerts_acknowledged")
+            path = f"/v1/safety-alerts/{alert['alert_id']}/acknowledge"
+            await self.act(path, {"note": TAKEN}, "alerts_acknowledged")
+
+    async def act(self, path: str, body: dict[str, Any], done: str) -> None:
+        """POST `body`; counted as `done` unless a 409 says it was done already (a retry of
+        one that landed) or someone else did it first."""
+        answer = await self.ops.call("POST", path, json=body, ok=(200, 409))
+        if answer.status_code == 200:
+            self.tally(done)
