@@ -6,6 +6,7 @@ import asyncio
 import json
 import uuid
 from datetime import UTC, datetime, time, timedelta
+from functools import partial
 from typing import Any
 
 import httpx
@@ -28,6 +29,7 @@ from shared.events.payments import (
     ReceiptSigned,
     WriteOffReversed,
 )
+from shared.events.reviews import RedoRequested, RedoRequestedV1
 from shared.events.types import PricedLine
 from shared.mongo import Document
 from tests.conftest import Platform
@@ -541,6 +543,42 @@ async def test_facts_from_dispatch_and_payments_walk_the_booking_to_closed(
 async def _with_technician(booking: httpx.AsyncClient, booking_id: str, tech: str) -> Any:
     b = await get_json(booking, f"/bookings/{booking_id}")
     return b if b and b["technician"] and b["technician"]["technician_id"] == tech else None
+
+
+async def test_a_redo_is_one_free_booking_per_remedy_and_one_per_complaint_in_version_1(
+    platform: Platform, kafka_producer: AIOKafkaProducer
+) -> None:
+    """Each remedy named (version 2) is its own redo, made once however often it comes; a
+    version 1 event (published before remedies were named) is one redo per complaint."""
+    async with platform.client("booking", acting_as=OPS) as booking:
+        customer = await new_customer(booking)
+        made = await booking.post(
+            "/bookings", json=booking_body(customer, await unserved_item(booking))
+        )
+        assert made.status_code == 201, made.text
+        booking_id, complaint = made.json()["booking_id"], unique("cmp_")
+        base = {"complaint_id": complaint, "booking_id": booking_id, "customer_id": customer}
+        remedies = [unique("rm_"), unique("rm_")]
+        sent = [
+            RedoRequested(**base, reason="come back", remedy_id=remedies[0]),
+            RedoRequested(**base, reason="come back", remedy_id=remedies[0]),  # a replay
+            RedoRequestedV1(**base, reason="before names"),
+            RedoRequestedV1(**base, reason="before names"),
+            RedoRequested(**base, reason="once more", remedy_id=remedies[1]),
+        ]
+        for event in sent:
+            await publish(kafka_producer, platform.prefix, event)
+        for redo_id in [f"bk_redo_{complaint}", *(f"bk_redo_{complaint}_{r}" for r in remedies)]:
+            redo = await eventually(
+                partial(get_json, booking, f"/bookings/{redo_id}"), what=redo_id
+            )
+            assert redo["rebooked_from"] == booking_id
+            assert redo["total"] == 0
+        # The last redo is there, so every event before it was handled (one key, in order).
+        mine = await get_json(booking, "/bookings", customer_id=customer)
+    assert sorted(b["booking_id"] for b in mine if b["redo_for_complaint"] == complaint) == sorted(
+        [f"bk_redo_{complaint}_{r}" for r in remedies] + [f"bk_redo_{complaint}"]
+    )
 
 
 # ---------------------------------------------------- catalogue and privacy --

@@ -548,6 +548,14 @@ async def test_bad_input_answers_a_clear_4xx_and_stores_nothing(
             "tags.0",
         ),
         ("POST", "/complaints/cmp_missing/respond", {"text": "hello"}, OPS, 404, ""),
+        (
+            "POST",
+            "/complaints/cmp_missing/resolution",
+            {"text": "twice", "remedies": [{"kind": "redo_visit"}, {"kind": "redo_visit"}]},
+            OPS,
+            422,
+            "remedies",
+        ),
         ("POST", "/complaints/cmp_missing/accept", None, as_customer(customer), 404, ""),
     ]
     async with platform.client("reviews") as reviews:
@@ -570,12 +578,12 @@ async def test_bad_input_answers_a_clear_4xx_and_stores_nothing(
             assert await state() == before, (method, path, body)
 
 
-async def test_a_refund_and_a_redo_reach_payments_and_booking_and_the_next_tiers_refund_too(
+async def test_a_refund_and_a_redo_reach_payments_and_booking_and_the_next_tiers_too(
     platform: Platform, kafka_producer: AIOKafkaProducer
 ) -> None:
-    """The customer rejects the first resolution; the supervisor's refunds more. Each
-    proposal's refund is made, once (payments used to make one refund per complaint, so the
-    second was dropped)."""
+    """The customer rejects the first resolution; the supervisor's refunds more and sends
+    someone again. Each proposal's refund and redo visit is made, once (payments used to make
+    one refund per complaint, and booking one redo, so the second of each was dropped)."""
     customer, tech = unique("cus_"), unique("tech_")
     async with platform.client("booking", acting_as=OPS) as booking:
         await seed_item(booking, "nails.test-manicure")
@@ -643,7 +651,10 @@ async def test_a_refund_and_a_redo_reach_payments_and_booking_and_the_next_tiers
         assert rejected.status_code == 200, rejected.text
         again = await reviews.post(
             f"{url}/resolution",
-            json={"text": "and 10.00 more back", "remedies": [{"kind": "refund", "amount": 1000}]},
+            json={
+                "text": "we come back again, and 10.00 more back",
+                "remedies": [{"kind": "refund", "amount": 1000}, {"kind": "redo_visit"}],
+            },
             headers=OPS,
         )
         assert again.status_code == 200, again.text
@@ -657,13 +668,20 @@ async def test_a_refund_and_a_redo_reach_payments_and_booking_and_the_next_tiers
         (f"complaint:{cid}:{refunds[0]}", 1500),
         (f"complaint:{cid}:{refunds[1]}", 1000),
     ]
+    redos = [r["remedy_id"] for r in settled["remedies"] if r["kind"] == "redo_visit"]
+    assert len(redos) == 2
     async with platform.client("booking", acting_as=OPS) as booking:
-        redo = await get_json(booking, f"/bookings/bk_redo_{complaint['complaint_id']}")
-    assert redo is not None
-    assert redo["rebooked_from"] == booking_id
-    assert redo["redo_for_complaint"] == complaint["complaint_id"]
-    assert redo["total"] == 0
-    assert redo["timing"] == "asap"
+        for remedy_id in redos:
+            redo = await get_json(booking, f"/bookings/bk_redo_{cid}_{remedy_id}")
+            assert redo is not None, remedy_id
+            assert redo["rebooked_from"] == booking_id
+            assert redo["redo_for_complaint"] == cid
+            assert redo["total"] == 0
+            assert redo["timing"] == "asap"
+        mine = await get_json(booking, "/bookings", customer_id=customer)
+    assert mine is not None
+    redone = [b for b in mine if b.get("redo_for_complaint") == cid]
+    assert len(redone) == 2, mine
 
 
 async def test_kpis_match_a_hand_count_with_medians_of_even_and_odd_counts_in_the_period(

@@ -379,9 +379,10 @@ def new_booking_id() -> str:
     return f"bk_{uuid.uuid4().hex}"
 
 
-def redo_of(original: Booking, complaint_id: str, now: datetime) -> Booking:
+def redo_of(original: Booking, complaint_id: str, remedy_id: str | None, now: datetime) -> Booking:
     """A complaint's remedy: the same services at the same address, as soon as possible, at
-    no charge (every price of the redo is zero, so its receipt is zero too)."""
+    no charge (every price of the redo is zero, so its receipt is zero too). One per remedy
+    (one per complaint for remedies not named, as version 1 events were)."""
     free = [
         t.model_copy(
             update={
@@ -411,7 +412,7 @@ def redo_of(original: Booking, complaint_id: str, now: datetime) -> Booking:
         }
     )
     return Booking(
-        booking_id=f"bk_redo_{complaint_id}"[:64],
+        booking_id=f"bk_redo_{complaint_id}" + (f"_{remedy_id}" if remedy_id else ""),
         customer_id=original.customer_id,
         region=original.region,
         address=original.address,

@@ -41,7 +41,7 @@ from shared.events.payments import (
     ReceiptSigned,
     WriteOffReversed,
 )
-from shared.events.reviews import RedoRequested
+from shared.events.reviews import RedoRequested, RedoRequestedV1
 from shared.outbox import Transaction
 from shared.time import utcnow
 
@@ -208,13 +208,15 @@ async def write_off_reversed(tx: Transaction, event: WriteOffReversed) -> None:
 
 
 @handlers.on(RedoRequested)
-async def redo_requested(tx: Transaction, event: RedoRequested) -> None:
-    """A complaint's remedy: a free priority booking redoing the visit (once per complaint)."""
+@handlers.on(RedoRequestedV1)
+async def redo_requested(tx: Transaction, event: RedoRequestedV1) -> None:
+    """A complaint's remedy: a free priority booking redoing the visit (once per remedy)."""
     original = await Bookings(tx.db).get(event.booking_id, tx.session)
     if original is None:
         log.warning("redo for unknown booking %s ignored", event.booking_id)
         return
-    redo = redo_of(original, event.complaint_id, utcnow())
+    remedy_id = event.remedy_id if isinstance(event, RedoRequested) else None
+    redo = redo_of(original, event.complaint_id, remedy_id, utcnow())
     if await Bookings(tx.db).get(redo.booking_id, tx.session) is not None:
         return  # the remedy redelivered: one redo
     await place(tx, redo)

@@ -12,7 +12,7 @@ from datetime import datetime, timedelta
 from typing import Annotated
 
 from fastapi import APIRouter, Query, Response
-from pydantic import Field, model_validator
+from pydantic import Field, field_validator, model_validator
 from pymongo.errors import DuplicateKeyError
 
 from services.reviews import commands
@@ -312,6 +312,15 @@ class AssignIn(Forbid):
 class ResolutionIn(Forbid):
     text: Text
     remedies: list[RemedyIn] = Field(min_length=1, max_length=6)
+
+    @field_validator("remedies")
+    @classmethod
+    def some_remedies_once(cls, remedies: list[RemedyIn]) -> list[RemedyIn]:
+        # Two redo visits (or suspensions) in one resolution is a slip, not a remedy.
+        for once in (RemedyKind.REDO_VISIT, RemedyKind.SUSPENSION):
+            if sum(r.kind is once for r in remedies) > 1:
+                raise ValueError(f"a resolution names {once.value} once at most")
+        return remedies
 
     @model_validator(mode="after")
     def remedies_are_complete(self) -> ResolutionIn:

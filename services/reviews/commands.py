@@ -186,6 +186,7 @@ def remedy_events(tx: Transaction, complaint: Complaint, remedies: list[Remedy])
                     booking_id=complaint.booking_id,
                     customer_id=complaint.customer_id,
                     reason=reason,
+                    remedy_id=remedy.remedy_id,
                 )
             )
 

@@ -175,13 +175,23 @@ class TechnicianSuspended(EventPayload):
 
 
 @event("reviews.redo_requested", version=1, stream=STREAM, key="booking_id")
-class RedoRequested(EventPayload):
-    """A complaint's remedy: booking makes a priority booking redoing the visit, free."""
+class RedoRequestedV1(EventPayload):
+    """A complaint's redo, before remedies were named: booking made one per complaint, so a
+    second proposal's redo (after the customer rejected the first) was dropped. Still read,
+    for events published before version 2."""
 
     complaint_id: str
     booking_id: str
     customer_id: str
     reason: str = Field(min_length=1, max_length=500)
+
+
+@event("reviews.redo_requested", version=2, stream=STREAM, key="booking_id")
+class RedoRequested(RedoRequestedV1):
+    """A complaint's remedy: booking makes a priority booking redoing the visit, free (once
+    per remedy: a resolution proposed again after a rejection may send someone again)."""
+
+    remedy_id: str = Field(min_length=1, max_length=64)
 
 
 # What payments names the refund or coupon it makes for a complaint's remedy; reviews reads
