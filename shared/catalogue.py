@@ -51,6 +51,10 @@ def _fields(schema: dict[str, Any]) -> list[str]:
     rows = []
     for name, prop in schema.get("properties", {}).items():
         notes = []
+        if "enum" in prop:
+            notes.append("one of " + ", ".join(f"`{v}`" for v in prop["enum"]))
+        if "const" in prop:
+            notes.append(f"always `{prop['const']}`")
         for key in ("minimum", "maximum", "minLength", "maxLength", "minItems", "pattern"):
             if key in prop:
                 notes.append(f"{key} {prop[key]}")
@@ -85,6 +89,30 @@ def _section(spec: EventSpec, consumers: list[str]) -> list[str]:
     return lines
 
 
+def _by_service(specs: list[EventSpec], consumers: dict[tuple[str, int], list[str]]) -> list[str]:
+    """What each service publishes and reacts to (any version), for a reader who starts
+    from a service rather than from an event."""
+    publishes: dict[str, set[str]] = {}
+    reacts: dict[str, set[str]] = {}
+    for spec in specs:
+        publishes.setdefault(spec.producer, set()).add(spec.event_type)
+        for service in consumers.get((spec.event_type, spec.version), []):
+            reacts.setdefault(service, set()).add(spec.event_type)
+    lines = [
+        "## By service",
+        "",
+        "| service | publishes | reacts to |",
+        "|---|---|---|",
+    ]
+    for service in sorted(publishes.keys() | reacts.keys()):
+        listed = [
+            ", ".join(f"`{t}`" for t in sorted(kind.get(service, ()))) or "-"
+            for kind in (publishes, reacts)
+        ]
+        lines.append(f"| `services/{service}` | {listed[0]} | {listed[1]} |")
+    return lines
+
+
 def render() -> str:
     consumers = consumers_by_event()
     specs = sorted(
@@ -115,7 +143,7 @@ def render() -> str:
             f"| [`{spec.event_type}`](#{anchor}) | {spec.version} | {spec.producer} | {who} "
             f"| `{stream_topic(spec.stream)}` | `{spec.key_field}` |"
         )
-    out.append("")
+    out += ["", *_by_service(specs, consumers), ""]
     for spec in specs:
         out += _section(spec, consumers.get((spec.event_type, spec.version), []))
     return "\n".join(out).rstrip() + "\n"

@@ -313,6 +313,37 @@ async def publish(producer: AIOKafkaProducer, prefix: str, payload: EventPayload
     return str(envelope.event_id)
 
 
+async def keyed_so_far(infra: Infra, topic: str, key: str) -> list[bytes]:
+    """Every message on `topic` under `key` up to its end now (none if the topic was never
+    made): what a test asserts there is none of, such as dead letters."""
+    consumer = AIOKafkaConsumer(
+        bootstrap_servers=infra.kafka_bootstrap,
+        enable_auto_commit=False,
+        group_id=None,
+        auto_offset_reset="earliest",
+    )
+    await consumer.start()
+    try:
+        if topic not in await consumer.topics():
+            return []
+        consumer.subscribe([topic])  # with no group: every partition, from the start
+        deadline = time.monotonic() + 10
+        while not consumer.assignment():
+            if time.monotonic() > deadline:
+                raise TimeoutError(f"no partitions of {topic} assigned")
+            await asyncio.sleep(0.05)
+        parts = sorted(consumer.assignment())
+        ends = await consumer.end_offsets(parts)
+        found: list[bytes] = []
+        while [p for p in parts if await consumer.position(p) < ends[p]]:
+            batches = await consumer.getmany(*parts, timeout_ms=300)
+            for messages in batches.values():
+                found += [m.value or b"" for m in messages if m.key == key.encode()]
+        return found
+    finally:
+        await consumer.stop()
+
+
 def transaction_retries(service: str, work: str) -> float:
     """How often units of work named `work` were started again in this test process
     (`doorstep_transaction_retries_total`)."""

@@ -33,7 +33,7 @@ from shared.events.reviews import RedoRequested, RedoRequestedV1
 from shared.events.types import PricedLine
 from shared.mongo import Document
 from tests.conftest import Platform
-from tests.harness import Infra, eventually, keyed_events, publish
+from tests.harness import Infra, eventually, keyed_events, keyed_so_far, publish
 from tests.seed import (
     OPS,
     accept_offer,
@@ -546,10 +546,11 @@ async def _with_technician(booking: httpx.AsyncClient, booking_id: str, tech: st
 
 
 async def test_a_redo_is_one_free_booking_per_remedy_and_one_per_complaint_in_version_1(
-    platform: Platform, kafka_producer: AIOKafkaProducer
+    platform: Platform, kafka_producer: AIOKafkaProducer, infra: Infra
 ) -> None:
-    """Each remedy named (version 2) is its own redo, made once however often it comes; a
-    version 1 event (published before remedies were named) is one redo per complaint."""
+    """Each remedy named (version 2) is its own redo, made once however often it comes (a
+    replay is taken as done, not dead-lettered); a version 1 event (published before
+    remedies were named) is one redo per complaint."""
     async with platform.client("booking", acting_as=OPS) as booking:
         customer = await new_customer(booking)
         made = await booking.post(
@@ -576,9 +577,20 @@ async def test_a_redo_is_one_free_booking_per_remedy_and_one_per_complaint_in_ve
             assert redo["total"] == 0
         # The last redo is there, so every event before it was handled (one key, in order).
         mine = await get_json(booking, "/bookings", customer_id=customer)
+    redos = [f"bk_redo_{complaint}", *(f"bk_redo_{complaint}_{r}" for r in remedies)]
     assert sorted(b["booking_id"] for b in mine if b["redo_for_complaint"] == complaint) == sorted(
-        [f"bk_redo_{complaint}_{r}" for r in remedies] + [f"bk_redo_{complaint}"]
+        redos
     )
+    for redo_id in redos:
+        requested = await keyed_events(
+            infra,
+            f"{platform.prefix}.booking.events",
+            redo_id,
+            until=lambda found: any(e["type"] == "booking.requested" for e in found),
+        )
+        assert [e["type"] for e in requested].count("booking.requested") == 1, redo_id
+    dead = await keyed_so_far(infra, f"{platform.prefix}.dlq.booking", booking_id)
+    assert dead == [], dead
 
 
 # ---------------------------------------------------- catalogue and privacy --

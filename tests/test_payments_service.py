@@ -1001,6 +1001,15 @@ async def test_a_refund_granted_before_the_money_came_is_made_once_when_the_rece
         await set_card(payments, customer, "pm_card_ok")
         for _ in range(2):  # published twice (two events): one refund
             await publish(kafka_producer, platform.prefix, remedy)
+
+        async def stored() -> Any:
+            return await mongo[f"{platform.prefix}_payments"]["refunds_waiting"].find_one(
+                {"_id": booking_id, "refunds.1": {"$exists": False}, "refunds.0": {"$exists": True}}
+            )
+
+        # Kept for the receipt, however long the visit takes (the consumer used to hold the
+        # event for at most five minutes, then dead-letter it: the refund was lost).
+        await eventually(stored, what="the refund kept for the receipt to come")
         await complete_visit(
             kafka_producer, platform, customer=customer, store=store, booking_id=booking_id
         )
@@ -1037,6 +1046,71 @@ async def test_a_refund_granted_before_the_money_came_is_made_once_when_the_rece
         return done or None
 
     assert [o["amount"] for o in await eventually(provider_refunded, what="refund")] == [1000]
+
+
+async def not_made(infra: Infra, platform: Platform, booking_id: str, count: int) -> list[Any]:
+    """The booking's `payments.refund_not_made` events, once there are `count`."""
+
+    def told(found: list[dict[str, Any]]) -> list[dict[str, Any]]:
+        return [e for e in found if e["type"] == "payments.refund_not_made"]
+
+    found = await keyed_events(
+        infra,
+        f"{platform.prefix}.payments.events",
+        booking_id,
+        until=lambda found: len(told(found)) >= count,
+    )
+    return [e["payload"] for e in told(found)]
+
+
+async def test_a_refund_that_cannot_be_made_is_told_with_why_and_nothing_moves(
+    platform: Platform, infra: Infra, kafka_producer: AIOKafkaProducer
+) -> None:
+    """Granted on a booking cancelled before its visit (waiting for a receipt, or after the
+    cancellation), or on a receipt with nothing left to give back: not made, and said so
+    (reviews shows it on the complaint), where it used to wait for ever or be dropped."""
+    customer, complaint = unique("cus_"), unique("cmp_")
+
+    def remedy(booking_id: str, remedy_id: str) -> RefundGranted:
+        return RefundGranted(
+            complaint_id=complaint,
+            booking_id=booking_id,
+            customer_id=customer,
+            amount=500,
+            reason="late",
+            remedy_id=remedy_id,
+        )
+
+    gone = unique("bk_")
+    await publish(kafka_producer, platform.prefix, remedy(gone, "rm_before"))
+    await publish(kafka_producer, platform.prefix, cancelled(gone, customer, fee=0))
+    await publish(kafka_producer, platform.prefix, remedy(gone, "rm_after"))
+    told = await not_made(infra, platform, gone, 2)
+    assert [t["refund_id"] for t in told] == [
+        f"complaint:{complaint}:rm_before",
+        f"complaint:{complaint}:rm_after",
+    ]
+    assert all("cancelled before its visit" in t["reason"] for t in told)
+
+    store = unique("store_")
+    async with platform.client("payments") as payments:
+        await set_card(payments, customer, "pm_card_ok")
+        paid = await complete_visit(kafka_producer, platform, customer=customer, store=store)
+        receipt = await issued(payments, paid, customer)
+        assert (await sign(payments, receipt, customer)).status_code == 200
+        await receipt_status(payments, receipt["receipt_id"], customer, "settled")
+        everything = await payments.post(
+            f"/receipts/{receipt['receipt_id']}/refunds",
+            json={"reason": "all of it back"},
+            headers={**OPS, "Idempotency-Key": unique("refund-")},
+        )
+        assert everything.status_code == 200, everything.text
+        await publish(kafka_producer, platform.prefix, remedy(paid, "rm_late"))
+        (told,) = await not_made(infra, platform, paid, 1)
+        assert told["refund_id"] == f"complaint:{complaint}:rm_late"
+        assert f"nothing is left to give back on {receipt['receipt_id']}" in told["reason"]
+        final = await get_json(payments, f"/receipts/{receipt['receipt_id']}", headers=OPS)
+    assert [r["refund_id"] for r in final["refunds"]] == [everything.json()["refund_id"]]
 
 
 async def test_refunds_go_back_the_way_the_money_came_once_and_never_beyond_what_was_paid(
@@ -1254,6 +1328,14 @@ async def test_bad_input_answers_a_clear_4xx_and_changes_nothing(
             f"/receipts/{paid_id}/refunds",
             {"amount": 100, "reason": "late"},
             OPS,
+            422,
+            "Idempotency-Key",
+        ),
+        (
+            "POST",
+            f"/receipts/{paid_id}/refunds",
+            {"amount": 100, "reason": "late"},
+            {**OPS, "Idempotency-Key": "complaint:cmp_0123456789abcdef:rm_0123456789ab"},
             422,
             "Idempotency-Key",
         ),

@@ -264,7 +264,7 @@ async def test_a_safety_alert_is_a_critical_safety_complaint_within_a_second(
 # ------------------------------------------------------------------- closing --
 
 
-async def test_only_its_customer_or_operations_close_a_complaint_and_only_on_a_resolution(
+async def test_only_its_customer_rejects_and_its_customer_or_operations_close_on_a_resolution(
     platform: Platform, kafka_producer: AIOKafkaProducer
 ) -> None:
     async with platform.client("reviews") as reviews:
@@ -288,6 +288,10 @@ async def test_only_its_customer_or_operations_close_a_complaint_and_only_on_a_r
         assert "waiting for the customer's answer" in twice.text
         for stranger in (as_customer("cus_other"), as_technician("tech_r"), as_store("store_r")):
             r = await reviews.post(f"{url}/accept", headers=stranger)
+            assert r.status_code == 403, r.text
+        # Rejecting is the customer's word alone (each new proposal's remedies are made).
+        for not_them in (OPS, as_customer("cus_other"), as_store("store_r")):
+            r = await reviews.post(f"{url}/reject", json={"reason": "no"}, headers=not_them)
             assert r.status_code == 403, r.text
         rejected = await reviews.post(
             f"{url}/reject",
@@ -649,6 +653,7 @@ async def test_a_refund_and_a_redo_reach_payments_and_booking_and_the_next_tiers
             f"{url}/reject", json={"reason": "not enough"}, headers=as_customer(customer)
         )
         assert rejected.status_code == 200, rejected.text
+        assert rejected.json()["tier"] == "supervisor"
         again = await reviews.post(
             f"{url}/resolution",
             json={
@@ -682,6 +687,50 @@ async def test_a_refund_and_a_redo_reach_payments_and_booking_and_the_next_tiers
     assert mine is not None
     redone = [b for b in mine if b.get("redo_for_complaint") == cid]
     assert len(redone) == 2, mine
+
+
+async def test_a_refund_for_a_visit_cancelled_unpaid_shows_on_the_complaint_as_not_made(
+    platform: Platform,
+) -> None:
+    """The customer cancelled before the visit and complains it never came: a refund has
+    nothing to give back. Payments says so and the complaint shows why, where the remedy
+    used to stay pending for ever, so operations put it right another way."""
+    customer = unique("cus_")
+    async with platform.client("booking", acting_as=OPS) as booking:
+        code = unique("solo.")
+        await seed_item(booking, code, skill=unique("skill-"))  # nobody to send: it waits
+        await seed_customer(booking, customer)
+        made = await booking.post("/bookings", json=booking_body(customer, code))
+        assert made.status_code == 201, made.text
+        booking_id = made.json()["booking_id"]
+        off = await booking.post(f"/bookings/{booking_id}/cancel", headers=as_customer(customer))
+        assert off.status_code == 200, off.text
+    async with platform.client("reviews") as reviews:
+
+        async def filed() -> Any:
+            r = await complain(reviews, booking_id, customer, category="late_or_missed")
+            return r.json() if r.status_code == 201 else None
+
+        complaint = await eventually(filed, what="the booking known to reviews")
+        url = f"/complaints/{complaint['complaint_id']}"
+        proposed = await reviews.post(
+            f"{url}/resolution",
+            json={"text": "sorry, your money back", "remedies": [{"kind": "refund"}]},
+            headers=OPS,
+        )
+        assert proposed.status_code == 200, proposed.text
+
+        async def answered() -> Any:
+            c = await get_json(reviews, url, headers=OPS)
+            return c if c and c["remedies"][0]["not_made"] else None
+
+        seen = await eventually(answered, what="the refund reported not made")
+        mine = await get_json(reviews, url, headers=as_customer(customer))
+    (refund,) = seen["remedies"]
+    assert refund["took_effect_at"] is None
+    assert "cancelled before its visit" in refund["not_made"]
+    assert "refund not made" in [s["what"] for s in seen["timeline"]]
+    assert mine["remedies"][0]["not_made"] == refund["not_made"]  # the customer sees why too
 
 
 async def test_kpis_match_a_hand_count_with_medians_of_even_and_odd_counts_in_the_period(

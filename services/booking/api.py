@@ -15,6 +15,7 @@ from services.booking import commands
 from services.booking.domain import (
     MAX_ADDRESSES,
     MAX_FAVOURITES,
+    MAX_ID,
     Address,
     AddressSnapshot,
     Booking,
@@ -54,7 +55,7 @@ router = APIRouter()
 
 Code = Annotated[str, Field(min_length=1, max_length=64, pattern=r"^[a-z0-9][a-z0-9._-]*$")]
 Slug = Annotated[str, Field(min_length=1, max_length=64, pattern=r"^[a-z0-9][a-z0-9-]*$")]
-Id = Annotated[str, Field(min_length=1, max_length=64, pattern=r"^[A-Za-z0-9_.-]+$")]
+Id = Annotated[str, Field(min_length=1, max_length=MAX_ID, pattern=r"^[A-Za-z0-9_.-]+$")]
 IdempotencyKey = Annotated[str | None, idempotency_key("a second booking")]
 IfMatch = Annotated[
     str | None,

@@ -15,8 +15,10 @@ from pydantic import BaseModel, ConfigDict, Field
 from services.booking.pricing import LineTerms, Quote, ServiceHours, Timing, cancellation_fee, quote
 from shared.auth import Actor, Role
 from shared.errors import Conflict, Forbidden, Unprocessable
+from shared.events.reviews import redo_booking_id
 from shared.events.types import GeoPoint
 
+MAX_ID = 64  # any id the API takes in a path or a body
 MAX_WINDOW = timedelta(hours=12)
 MIN_WINDOW = timedelta(minutes=30)
 MAX_LEAD = timedelta(days=90)
@@ -398,6 +400,8 @@ def redo_of(original: Booking, complaint_id: str, remedy_id: str | None, now: da
         )
         for t in original.terms
     ]
+    if len(redo_booking_id(complaint_id, remedy_id)) > MAX_ID:  # a producer's bug: not made
+        raise ValueError(f"redo id for {complaint_id} / {remedy_id} is over {MAX_ID} characters")
     quote = original.quote.model_copy(
         update={
             "lines": [
@@ -412,7 +416,7 @@ def redo_of(original: Booking, complaint_id: str, remedy_id: str | None, now: da
         }
     )
     return Booking(
-        booking_id=f"bk_redo_{complaint_id}" + (f"_{remedy_id}" if remedy_id else ""),
+        booking_id=redo_booking_id(complaint_id, remedy_id),
         customer_id=original.customer_id,
         region=original.region,
         address=original.address,

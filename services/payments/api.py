@@ -47,6 +47,7 @@ from services.payments.storage import (
 )
 from shared.auth import Actor, ActorDep, Role
 from shared.errors import Conflict, Forbidden, NotFound, Unauthenticated, Unprocessable
+from shared.events.reviews import REMEDY_REFUND
 from shared.events.types import Currency, MinorUnits
 from shared.locks import KeyedLocks
 from shared.outbox import Transaction
@@ -416,6 +417,13 @@ async def refund(
     actor.require(Role.OPS)
     if body.amount == 0:
         raise Unprocessable("a refund must be a positive amount", field="amount")
+    if idempotency_key.startswith(REMEDY_REFUND):
+        # Those name a complaint's remedies: taking one would stand for (or stand in for)
+        # the refund the complaint's resolution makes.
+        raise Unprocessable(
+            f"an Idempotency-Key starting {REMEDY_REFUND!r} is the platform's own",
+            field="Idempotency-Key",
+        )
     return await runtime.uow.run(
         lambda tx: commands.refund(tx, receipt_id, idempotency_key, body.amount, body.reason)
     )

@@ -37,9 +37,10 @@ from services.payments.storage import (
     ProviderOps,
     Receipts,
     SealingKeys,
+    WaitingRefunds,
     Wallets,
 )
-from shared.errors import Conflict, NotFound, NotYet, Unprocessable
+from shared.errors import Conflict, NotFound, Unprocessable
 from shared.events.booking import BookingCancelled
 from shared.events.dispatch import ServiceCompleted, ServiceVoided
 from shared.events.payments import (
@@ -60,6 +61,7 @@ from shared.events.payments import (
     ReceiptSigned,
     ReceiptVoided,
     RefundIssued,
+    RefundNotMade,
     WriteOffReversed,
 )
 from shared.events.reviews import REMEDY_REFUND, RefundGranted, RefundGrantedV1, remedy_made_id
@@ -94,6 +96,12 @@ async def issue_receipt(tx: Transaction, event: ServiceCompleted) -> Receipt:
         coupons=await Coupons(tx.db).of_customer(event.customer_id, tx.session),
         at=now,
     )
+    waiting = await WaitingRefunds(tx.db).get(event.booking_id, tx.session)
+    if waiting is not None and waiting.refunds:
+        # Granted during the visit: made once the receipt is paid, as if granted now.
+        receipt.refunds_granted = waiting.refunds
+        waiting.refunds = []
+        await WaitingRefunds(tx.db).save(waiting, tx.session)
     await receipts.insert(receipt, tx.session)
     tx.emit(
         ReceiptIssued(
@@ -134,6 +142,8 @@ async def void_receipt(tx: Transaction, event: ServiceVoided) -> Receipt | None:
     now = utcnow()
     reason = f"the booking was cancelled before the visit was completed ({event.reason})"
     if receipt.void(reason, now):
+        for granted in receipt.refunds_granted:  # nothing was paid: nothing to give back
+            not_made(tx, receipt.booking_id, granted.refund_id, VOIDED_UNPAID)
         await Receipts(tx.db).save(receipt, tx.session)
         tx.emit(
             ReceiptVoided(
@@ -575,27 +585,63 @@ async def grant_refund(tx: Transaction, event: RefundGrantedV1) -> None:
     in yet (not signed, a charge under way, cash or a card still due), kept on the receipt
     and made when it is paid, so the customer is not charged for what was granted back.
     Once per remedy (version 1 events name none: once per complaint)."""
-    receipt = await Receipts(tx.db).by_booking(event.booking_id, tx.session)
-    if receipt is None:  # the visit's completion may still be on its way to us
-        raise NotYet(f"no receipt for booking {event.booking_id} yet")
     remedy_id = event.remedy_id if isinstance(event, RefundGranted) else None
-    refund_id = remedy_made_id(REMEDY_REFUND, event.complaint_id, remedy_id)
-    if receipt.status is ReceiptStatus.VOIDED:
-        log.warning("%s: receipt %s was withdrawn unpaid", refund_id, receipt.receipt_id)
-        return
-    if receipt.status is not ReceiptStatus.SETTLED:
-        if all(g.refund_id != refund_id for g in receipt.refunds_granted):
-            receipt.refunds_granted.append(
-                GrantedRefund(
-                    refund_id=refund_id,
-                    amount=event.amount,
-                    reason=event.reason,
-                    granted_at=utcnow(),
-                )
-            )
+    granted = GrantedRefund(
+        refund_id=remedy_made_id(REMEDY_REFUND, event.complaint_id, remedy_id),
+        amount=event.amount,
+        reason=event.reason,
+        granted_at=utcnow(),
+    )
+    receipt = await Receipts(tx.db).by_booking(event.booking_id, tx.session)
+    if receipt is None:
+        await _wait_for_receipt(tx, event.booking_id, granted)
+    elif receipt.status is ReceiptStatus.VOIDED:
+        not_made(tx, event.booking_id, granted.refund_id, VOIDED_UNPAID)
+    elif receipt.status is not ReceiptStatus.SETTLED:
+        if all(g.refund_id != granted.refund_id for g in receipt.refunds_granted):
+            receipt.refunds_granted.append(granted)
             await Receipts(tx.db).save(receipt, tx.session)
+    else:
+        await make_granted_refund(tx, receipt, granted.refund_id, event.amount, event.reason)
+
+
+VOIDED_UNPAID = "the visit's receipt was withdrawn unpaid: nothing was paid for it"
+CANCELLED_UNPAID = (
+    "the booking was cancelled before its visit was done: nothing was paid for it (a "
+    "cancellation fee is refunded from the fees list)"
+)
+
+
+def not_made(tx: Transaction, booking_id: str, refund_id: str, reason: str) -> None:
+    """Reviews shows it on the complaint, so operations can put it right another way."""
+    log.warning("%s not made: %s", refund_id, reason)
+    tx.emit(RefundNotMade(refund_id=refund_id, booking_id=booking_id, reason=reason))
+
+
+async def _wait_for_receipt(tx: Transaction, booking_id: str, granted: GrantedRefund) -> None:
+    """Granted before the visit's receipt (a complaint during the visit, or its completion
+    still on its way to us): kept for the receipt, however long the visit takes."""
+    waiting, new = await WaitingRefunds(tx.db).of_booking(booking_id, tx.session)
+    if waiting.cancelled_at is not None:
+        not_made(tx, booking_id, granted.refund_id, CANCELLED_UNPAID)
+    elif all(g.refund_id != granted.refund_id for g in waiting.refunds):
+        waiting.refunds.append(granted)
+        await WaitingRefunds(tx.db).keep(waiting, tx.session, new=new)
+
+
+async def refunds_after_cancelling(tx: Transaction, event: BookingCancelled) -> None:
+    """Cancelled with no receipt: the refunds waiting for one are not made, nor any granted
+    later. (One that crosses a visit done and signed for is, once its receipt is issued:
+    the receipt stands, and so does what is granted on it from then on.)"""
+    if await Receipts(tx.db).by_booking(event.booking_id, tx.session) is not None:
         return
-    await make_granted_refund(tx, receipt, refund_id, event.amount, event.reason)
+    waiting, new = await WaitingRefunds(tx.db).of_booking(event.booking_id, tx.session)
+    if waiting.cancelled_at is not None:
+        return  # the cancellation redelivered
+    for granted in waiting.refunds:
+        not_made(tx, event.booking_id, granted.refund_id, CANCELLED_UNPAID)
+    waiting.refunds, waiting.cancelled_at = [], event.cancelled_at
+    await WaitingRefunds(tx.db).keep(waiting, tx.session, new=new)
 
 
 async def make_granted_refund(
@@ -604,7 +650,12 @@ async def make_granted_refund(
     if any(r.refund_id == refund_id for r in receipt.refunds):
         return  # made already
     if receipt.refundable <= 0:
-        log.warning("%s: nothing left to give back on %s", refund_id, receipt.receipt_id)
+        not_made(
+            tx,
+            receipt.booking_id,
+            refund_id,
+            f"nothing is left to give back on {receipt.receipt_id}",
+        )
         return
     wanted = None if amount is None else min(amount, receipt.refundable)
     await refund(tx, receipt.receipt_id, refund_id, wanted, reason)

@@ -124,6 +124,17 @@ class GrantedRefund(Forbid):
     granted_at: datetime
 
 
+class RefundsWaiting(Forbid):
+    """A booking's refunds a complaint granted before its visit's receipt exists (a complaint
+    during the visit): handed to the receipt when it is issued. A cancellation without a
+    receipt is kept too: a refund granted then (or waiting) is not made, nothing was paid."""
+
+    booking_id: str
+    refunds: list[GrantedRefund] = Field(default_factory=list)
+    cancelled_at: datetime | None = None
+    version: int = 0
+
+
 CONTENT_FIELDS = {
     "receipt_id",
     "booking_id",

@@ -38,7 +38,8 @@ async def issue_receipt(tx: Transaction, event: ServiceCompleted) -> None:
 
 
 @handlers.on(BookingCancelled)
-async def cancellation_fee(tx: Transaction, event: BookingCancelled) -> None:
+async def cancelled(tx: Transaction, event: BookingCancelled) -> None:
+    await commands.refunds_after_cancelling(tx, event)
     await commands.owe_cancellation_fee(tx, event)
 
 

@@ -9,6 +9,7 @@ coupons        discounts granted to a customer (complaint remedies, goodwill)
 wallets        a customer's payment method (a provider token, never a card number)
 provider_ops   every charge and refund sent to the provider, by idempotency key
 cancellation_fees  late-cancellation fees owed, charged, paid or waived; one per booking
+refunds_waiting    complaints' refunds granted before the booking's receipt exists
 """
 
 from __future__ import annotations
@@ -18,7 +19,7 @@ from datetime import datetime
 from pydantic import BaseModel, ConfigDict
 from pymongo import ASCENDING, DESCENDING, IndexModel
 
-from services.payments.domain import Coupon, Receipt
+from services.payments.domain import Coupon, Receipt, RefundsWaiting
 from services.payments.fees import CancellationFee, FeeStatus
 from services.payments.ledger import Holding, Plan
 from services.payments.sealing import GENESIS, SealingKey, digest
@@ -37,6 +38,7 @@ COUPONS = "coupons"
 WALLETS = "wallets"
 PROVIDER_OPS = "provider_ops"
 CANCELLATION_FEES = "cancellation_fees"
+REFUNDS_WAITING = "refunds_waiting"
 
 
 async def ensure_indexes(db: Database) -> None:
@@ -159,6 +161,21 @@ class Coupons(Versioned[Coupon]):
         )
         if result.modified_count != 1:
             raise VersionMismatch(f"coupon {coupon_id} was used meanwhile")
+
+
+class WaitingRefunds(Versioned[RefundsWaiting]):
+    def __init__(self, db: Database) -> None:
+        super().__init__(db, REFUNDS_WAITING, RefundsWaiting, "booking_id")
+
+    async def of_booking(self, booking_id: str, session: Session) -> tuple[RefundsWaiting, bool]:
+        """The booking's (and whether it is new: nothing stored yet)."""
+        stored = await self.get(booking_id, session)
+        return (stored, False) if stored else (RefundsWaiting(booking_id=booking_id), True)
+
+    async def keep(self, waiting: RefundsWaiting, session: Session, *, new: bool) -> None:
+        # A new one inserted by a concurrent transaction conflicts with this one, which is
+        # run again and then reads it.
+        await (self.insert if new else self.save)(waiting, session)
 
 
 class Wallets:

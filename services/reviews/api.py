@@ -424,14 +424,18 @@ async def accept(complaint_id: PathId, runtime: RuntimeDep, actor: ActorDep) -> 
 @router.post(
     "/complaints/{complaint_id}/reject",
     tags=["complaints"],
-    summary="The customer rejects the resolution: reopened a tier up",
+    summary="The customer rejects the resolution: reopened a tier up (the customer only)",
 )
 async def reject(
     complaint_id: PathId, body: RejectIn, runtime: RuntimeDep, actor: ActorDep
 ) -> Complaint:
     async def change(tx: Transaction, c: Complaint) -> None:
+        # The customer's word only: each resolution's refund, coupon and redo is made, so
+        # staff rejecting and proposing again could hand out remedies nobody asked for.
+        if not (actor.role is Role.CUSTOMER and actor.subject == c.customer_id):
+            raise Forbidden("only the complaint's customer may reject the resolution")
         before = c.tier
-        c.reject(_customer_or_ops(actor, c), body.reason, utcnow(), sla(c.category, c.severity))
+        c.reject(f"customer:{actor.subject}", body.reason, utcnow(), sla(c.category, c.severity))
         commands.escalated(tx, c, "the customer rejected the resolution", before.value)
 
     return await _work(runtime, actor, complaint_id, change)

@@ -233,6 +233,14 @@ async def remedy_took_effect(
         await Complaints(tx.db).save(complaint, tx.session)
 
 
+async def remedy_not_made(
+    tx: Transaction, complaint_id: str, kind: RemedyKind, remedy_id: str | None, why: str
+) -> None:
+    complaint = await Complaints(tx.db).get(complaint_id, tx.session)
+    if complaint is not None and complaint.not_carried_out(kind, utcnow(), remedy_id, why):
+        await Complaints(tx.db).save(complaint, tx.session)
+
+
 async def publish_quality(tx: Transaction, technician_id: str) -> None:
     ratings = await Reviews(tx.db).ratings_of(technician_id, tx.session)
     complaints = await Complaints(tx.db).count_against(technician_id, tx.session)

@@ -170,6 +170,11 @@ class Remedy(RemedyIn):
     remedy_id: str
     decided_at: datetime
     took_effect_at: datetime | None = None
+    not_made: str | None = None  # why the service that carries it out could not
+
+    @property
+    def pending(self) -> bool:
+        return self.took_effect_at is None and self.not_made is None
 
 
 class Breach(Forbid):
@@ -339,15 +344,34 @@ class Complaint(Forbid):
         self._log(at, "platform", f"{kind} deadline missed; escalated", self.tier.value)
         return breach
 
-    def took_effect(self, kind: RemedyKind, at: datetime, remedy_id: str | None = None) -> bool:
-        """The remedy named (else the first of its kind still pending) was carried out."""
+    def _pending(self, kind: RemedyKind, remedy_id: str | None) -> Remedy | None:
+        """The remedy named (else the first of its kind still pending)."""
         for remedy in self.remedies:
             named = remedy_id is None or remedy.remedy_id == remedy_id
-            if remedy.kind is kind and remedy.took_effect_at is None and named:
-                remedy.took_effect_at = at
-                self._log(at, "platform", f"{kind.value} took effect")
-                return True
-        return False
+            if remedy.kind is kind and remedy.pending and named:
+                return remedy
+        return None
+
+    def took_effect(self, kind: RemedyKind, at: datetime, remedy_id: str | None = None) -> bool:
+        """The remedy was carried out."""
+        remedy = self._pending(kind, remedy_id)
+        if remedy is None:
+            return False
+        remedy.took_effect_at = at
+        self._log(at, "platform", f"{kind.value} took effect")
+        return True
+
+    def not_carried_out(
+        self, kind: RemedyKind, at: datetime, remedy_id: str | None, why: str
+    ) -> bool:
+        """The service that carries the remedy out could not (a refund with nothing paid):
+        shown on the complaint, for operations to put it right another way."""
+        remedy = self._pending(kind, remedy_id)
+        if remedy is None:
+            return False
+        remedy.not_made = why
+        self._log(at, "platform", f"{kind.value} not made", why)
+        return True
 
 
 def keyed_complaint_id(customer_id: str, idempotency_key: str) -> str:

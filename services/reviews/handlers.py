@@ -23,8 +23,14 @@ from shared.events.dispatch import (
     TechnicianReassigned,
     TechnicianStatusChanged,
 )
-from shared.events.payments import CouponGranted, RefundIssued
-from shared.events.reviews import REMEDY_COUPON, REMEDY_REFUND, ReviewRequested, remedy_named
+from shared.events.payments import CouponGranted, RefundIssued, RefundNotMade
+from shared.events.reviews import (
+    REMEDY_COUPON,
+    REMEDY_REFUND,
+    ReviewRequested,
+    redo_remedy_of,
+    remedy_named,
+)
 from shared.outbox import Transaction
 from shared.time import utcnow
 from shared.timers import Timer, TimerContext, Timers
@@ -39,7 +45,9 @@ timers = Timers()
 async def booking_requested(tx: Transaction, event: BookingRequested) -> None:
     await Bookings(tx.db).learn(event.booking_id, tx.session, customer_id=event.customer_id)
     if event.redo_for_complaint:
-        await commands.remedy_took_effect(tx, event.redo_for_complaint, RemedyKind.REDO_VISIT)
+        complaint_id = event.redo_for_complaint
+        remedy_id = redo_remedy_of(event.booking_id, complaint_id)
+        await commands.remedy_took_effect(tx, complaint_id, RemedyKind.REDO_VISIT, remedy_id)
 
 
 @handlers.on(TechnicianAssigned)
@@ -120,6 +128,14 @@ async def refund_issued(tx: Transaction, event: RefundIssued) -> None:
     if named is not None:
         complaint_id, remedy_id = named
         await commands.remedy_took_effect(tx, complaint_id, RemedyKind.REFUND, remedy_id)
+
+
+@handlers.on(RefundNotMade)
+async def refund_not_made(tx: Transaction, event: RefundNotMade) -> None:
+    named = remedy_named(event.refund_id, REMEDY_REFUND)
+    if named is not None:
+        complaint_id, remedy_id = named
+        await commands.remedy_not_made(tx, complaint_id, RemedyKind.REFUND, remedy_id, event.reason)
 
 
 @handlers.on(CouponGranted)

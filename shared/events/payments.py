@@ -207,6 +207,17 @@ class RefundIssued(EventPayload):
     reason: str
 
 
+@event("payments.refund_not_made", version=1, stream=STREAM, key="booking_id")
+class RefundNotMade(EventPayload):
+    """A refund a complaint granted that payments cannot make: nothing was paid (the visit's
+    receipt was withdrawn, or the booking was cancelled before its visit), or nothing is
+    left to give back. Operations pick another remedy."""
+
+    refund_id: str
+    booking_id: str
+    reason: str = Field(min_length=1, max_length=500)
+
+
 @event("payments.coupon_granted", version=1, stream=STREAM, key="customer_id")
 class CouponGranted(EventPayload):
     """A discount on the customer's next receipt (a remedy or goodwill)."""

@@ -205,6 +205,18 @@ def remedy_made_id(prefix: str, complaint_id: str, remedy_id: str | None) -> str
     return f"{prefix}{complaint_id}" + (f":{remedy_id}" if remedy_id else "")
 
 
+def redo_booking_id(complaint_id: str, remedy_id: str | None) -> str:
+    """The booking booking makes for a redo remedy (version 1 events name none: one per
+    complaint); reviews reads the remedy back from it (`redo_remedy_of`)."""
+    return f"bk_redo_{complaint_id}" + (f"_{remedy_id}" if remedy_id else "")
+
+
+def redo_remedy_of(booking_id: str, complaint_id: str) -> str | None:
+    """The remedy a complaint's redo booking was made for; None for one per complaint."""
+    named = redo_booking_id(complaint_id, None) + "_"
+    return booking_id.removeprefix(named) if booking_id.startswith(named) else None
+
+
 def remedy_named(made_id: str, prefix: str) -> tuple[str, str | None] | None:
     """(complaint, remedy or None) from an id `remedy_made_id` gave; None for any other (a
     refund or coupon operations made by hand)."""

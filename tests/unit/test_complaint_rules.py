@@ -24,6 +24,7 @@ from services.reviews.domain import (
     sla,
 )
 from shared.errors import Conflict, Forbidden, Unprocessable
+from shared.events.reviews import redo_booking_id, redo_remedy_of
 
 NOW = datetime(2030, 5, 1, 8, 0, tzinfo=UTC)
 
@@ -176,3 +177,28 @@ def test_kpis_rate_breaches_and_ratings_and_name_the_unknown_technician_or_store
     assert k.average_rating == 3.5
     nothing = kpis(ComplaintFigures(), {}, NOW, NOW + timedelta(days=1))
     assert (nothing.breach_rate, nothing.average_rating, nothing.reviews) == (None, None, 0)
+
+
+def test_each_redo_booking_marks_the_redo_it_was_made_for_whichever_comes_first() -> None:
+    """Redo bookings reach reviews in any order (each is keyed by its own id): each marks its
+    own remedy; a version 1 redo (one per complaint, no remedy in its id) marks the first
+    still pending."""
+    c = complaint()
+    (first,) = c.propose("ops:ana", "redo", [RemedyIn(kind=RemedyKind.REDO_VISIT)], NOW)
+    c.reject("customer:cus_1", "still chipped", NOW, sla(c.category, c.severity))
+    (second,) = c.propose("ops:bo", "redo", [RemedyIn(kind=RemedyKind.REDO_VISIT)], NOW)
+    later = NOW + timedelta(minutes=5)
+    second_booking = redo_booking_id(c.complaint_id, second.remedy_id)
+    assert redo_remedy_of(second_booking, c.complaint_id) == second.remedy_id
+    assert c.took_effect(
+        RemedyKind.REDO_VISIT, later, redo_remedy_of(second_booking, c.complaint_id)
+    )
+    took = {r.remedy_id: r.took_effect_at for r in c.remedies}
+    assert took == {first.remedy_id: None, second.remedy_id: later}
+    # Version 1: the complaint's one redo booking names no remedy.
+    v1_booking = redo_booking_id(c.complaint_id, None)
+    assert redo_remedy_of(v1_booking, c.complaint_id) is None
+    assert redo_remedy_of("bk_0123", c.complaint_id) is None
+    assert c.took_effect(RemedyKind.REDO_VISIT, NOW, redo_remedy_of(v1_booking, c.complaint_id))
+    assert {r.remedy_id: r.took_effect_at for r in c.remedies}[first.remedy_id] == NOW
+    assert not c.took_effect(RemedyKind.REDO_VISIT, NOW, None)  # none left pending
