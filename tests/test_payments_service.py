@@ -7,6 +7,7 @@ import base64
 import hashlib
 import json
 import uuid
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
@@ -1015,6 +1016,11 @@ async def test_a_refund_granted_before_the_money_came_is_made_once_when_the_rece
         )
         receipt = await issued(payments, booking_id, customer)
         url = f"/receipts/{receipt['receipt_id']}"
+        handed = await mongo[f"{platform.prefix}_payments"]["refunds_waiting"].find_one(
+            {"_id": booking_id}
+        )
+        assert handed is not None
+        assert (handed["refunds"], handed["receipt_id"]) == ([], receipt["receipt_id"])
 
         async def kept() -> Any:
             r = await get_json(payments, url, headers=OPS)
@@ -1064,7 +1070,10 @@ async def not_made(infra: Infra, platform: Platform, booking_id: str, count: int
 
 
 async def test_a_refund_that_cannot_be_made_is_told_with_why_and_nothing_moves(
-    platform: Platform, infra: Infra, kafka_producer: AIOKafkaProducer
+    platform: Platform,
+    infra: Infra,
+    kafka_producer: AIOKafkaProducer,
+    mongo: AsyncMongoClient[Document],
 ) -> None:
     """Granted on a booking cancelled before its visit (waiting for a receipt, or after the
     cancellation), or on a receipt with nothing left to give back: not made, and said so
@@ -1082,8 +1091,16 @@ async def test_a_refund_that_cannot_be_made_is_told_with_why_and_nothing_moves(
         )
 
     gone = unique("bk_")
+    waiting = mongo[f"{platform.prefix}_payments"]["refunds_waiting"]
+
+    def kept(**fields: Any) -> Callable[[], Awaitable[Any]]:
+        return lambda: waiting.find_one({"_id": gone, **fields})
+
+    # One at a time (they come on three topics): waiting, cancelled, then granted after.
     await publish(kafka_producer, platform.prefix, remedy(gone, "rm_before"))
+    await eventually(kept(**{"refunds.0": {"$exists": True}}), what="the refund waiting")
     await publish(kafka_producer, platform.prefix, cancelled(gone, customer, fee=0))
+    await eventually(kept(cancelled_at={"$ne": None}), what="the cancellation noted")
     await publish(kafka_producer, platform.prefix, remedy(gone, "rm_after"))
     told = await not_made(infra, platform, gone, 2)
     assert [t["refund_id"] for t in told] == [
@@ -1091,6 +1108,11 @@ async def test_a_refund_that_cannot_be_made_is_told_with_why_and_nothing_moves(
         f"complaint:{complaint}:rm_after",
     ]
     assert all("cancelled before its visit" in t["reason"] for t in told)
+    # Kept all the same, for a receipt that a cancellation crossing the visit still gets.
+    record = await waiting.find_one({"_id": gone})
+    assert record is not None
+    assert [g["refund_id"] for g in record["refunds"]] == [t["refund_id"] for t in told]
+    assert record["receipt_id"] is None
 
     store = unique("store_")
     async with platform.client("payments") as payments:

@@ -96,12 +96,12 @@ async def issue_receipt(tx: Transaction, event: ServiceCompleted) -> Receipt:
         coupons=await Coupons(tx.db).of_customer(event.customer_id, tx.session),
         at=now,
     )
-    waiting = await WaitingRefunds(tx.db).get(event.booking_id, tx.session)
-    if waiting is not None and waiting.refunds:
-        # Granted during the visit: made once the receipt is paid, as if granted now.
-        receipt.refunds_granted = waiting.refunds
-        waiting.refunds = []
-        await WaitingRefunds(tx.db).save(waiting, tx.session)
+    # Granted during the visit: made once the receipt is paid, as if granted now. Taken
+    # with a write, so a grant committing meanwhile conflicts and is run again (it then
+    # finds the receipt).
+    receipt.refunds_granted = await WaitingRefunds(tx.db).hand_over(
+        event.booking_id, receipt.receipt_id, tx.session
+    )
     await receipts.insert(receipt, tx.session)
     tx.emit(
         ReceiptIssued(
@@ -144,6 +144,7 @@ async def void_receipt(tx: Transaction, event: ServiceVoided) -> Receipt | None:
     if receipt.void(reason, now):
         for granted in receipt.refunds_granted:  # nothing was paid: nothing to give back
             not_made(tx, receipt.booking_id, granted.refund_id, VOIDED_UNPAID)
+        receipt.refunds_granted = []
         await Receipts(tx.db).save(receipt, tx.session)
         tx.emit(
             ReceiptVoided(
@@ -622,17 +623,18 @@ async def _wait_for_receipt(tx: Transaction, booking_id: str, granted: GrantedRe
     """Granted before the visit's receipt (a complaint during the visit, or its completion
     still on its way to us): kept for the receipt, however long the visit takes."""
     waiting, new = await WaitingRefunds(tx.db).of_booking(booking_id, tx.session)
+    if any(g.refund_id == granted.refund_id for g in waiting.refunds):
+        return  # granted again (a replay): kept once
+    waiting.refunds.append(granted)
+    await WaitingRefunds(tx.db).keep(waiting, tx.session, new=new)
     if waiting.cancelled_at is not None:
         not_made(tx, booking_id, granted.refund_id, CANCELLED_UNPAID)
-    elif all(g.refund_id != granted.refund_id for g in waiting.refunds):
-        waiting.refunds.append(granted)
-        await WaitingRefunds(tx.db).keep(waiting, tx.session, new=new)
 
 
 async def refunds_after_cancelling(tx: Transaction, event: BookingCancelled) -> None:
-    """Cancelled with no receipt: the refunds waiting for one are not made, nor any granted
-    later. (One that crosses a visit done and signed for is, once its receipt is issued:
-    the receipt stands, and so does what is granted on it from then on.)"""
+    """Cancelled with no receipt: the refunds waiting for one are told not made, and so is
+    any granted later. They are kept all the same: a cancellation that crossed a visit
+    done and signed for still gets its receipt, and they are made on it after all."""
     if await Receipts(tx.db).by_booking(event.booking_id, tx.session) is not None:
         return
     waiting, new = await WaitingRefunds(tx.db).of_booking(event.booking_id, tx.session)
@@ -640,7 +642,7 @@ async def refunds_after_cancelling(tx: Transaction, event: BookingCancelled) -> 
         return  # the cancellation redelivered
     for granted in waiting.refunds:
         not_made(tx, event.booking_id, granted.refund_id, CANCELLED_UNPAID)
-    waiting.refunds, waiting.cancelled_at = [], event.cancelled_at
+    waiting.cancelled_at = event.cancelled_at
     await WaitingRefunds(tx.db).keep(waiting, tx.session, new=new)
 
 

@@ -132,6 +132,8 @@ class RefundsWaiting(Forbid):
     booking_id: str
     refunds: list[GrantedRefund] = Field(default_factory=list)
     cancelled_at: datetime | None = None
+    receipt_id: str | None = None  # handed over to it
+    noted_at: datetime | None = None  # last changed: kept 180 days after
     version: int = 0
 
 

@@ -19,7 +19,7 @@ from datetime import datetime
 from pydantic import BaseModel, ConfigDict
 from pymongo import ASCENDING, DESCENDING, IndexModel
 
-from services.payments.domain import Coupon, Receipt, RefundsWaiting
+from services.payments.domain import Coupon, GrantedRefund, Receipt, RefundsWaiting
 from services.payments.fees import CancellationFee, FeeStatus
 from services.payments.ledger import Holding, Plan
 from services.payments.sealing import GENESIS, SealingKey, digest
@@ -39,6 +39,7 @@ WALLETS = "wallets"
 PROVIDER_OPS = "provider_ops"
 CANCELLATION_FEES = "cancellation_fees"
 REFUNDS_WAITING = "refunds_waiting"
+REFUNDS_WAITING_KEPT_S = 180 * 24 * 3600
 
 
 async def ensure_indexes(db: Database) -> None:
@@ -54,6 +55,11 @@ async def ensure_indexes(db: Database) -> None:
     await db[PLANS].create_indexes([IndexModel([("store_id", ASCENDING)])])
     await db[PROVIDER_OPS].create_indexes(
         [IndexModel([("receipt_id", ASCENDING)]), IndexModel([("fee_id", ASCENDING)])]
+    )
+    # Kept while a complaint may still grant a refund on the booking (a grant later than
+    # that, on a booking cancelled unpaid, waits for a receipt that never comes).
+    await db[REFUNDS_WAITING].create_indexes(
+        [IndexModel("noted_at", name="expire", expireAfterSeconds=REFUNDS_WAITING_KEPT_S)]
     )
     await db[CANCELLATION_FEES].create_indexes(
         [
@@ -175,7 +181,26 @@ class WaitingRefunds(Versioned[RefundsWaiting]):
     async def keep(self, waiting: RefundsWaiting, session: Session, *, new: bool) -> None:
         # A new one inserted by a concurrent transaction conflicts with this one, which is
         # run again and then reads it.
+        waiting.noted_at = utcnow()
         await (self.insert if new else self.save)(waiting, session)
+
+    async def hand_over(
+        self, booking_id: str, receipt_id: str, session: Session
+    ) -> list[GrantedRefund]:
+        """The booking's refunds waiting, for its receipt, now issued: marked handed over
+        (a write even when there are none, so a grant committing at the same moment
+        conflicts with the receipt's transaction rather than slipping past it)."""
+        before = await self.col.find_one_and_update(
+            {"_id": booking_id},
+            {
+                "$set": {"receipt_id": receipt_id, "refunds": [], "noted_at": utcnow()},
+                "$setOnInsert": {"cancelled_at": None},
+                "$inc": {"version": 1},
+            },
+            upsert=True,
+            session=session,
+        )
+        return [GrantedRefund.model_validate(g) for g in (before or {}).get("refunds", [])]
 
 
 class Wallets:

@@ -353,11 +353,19 @@ class Complaint(Forbid):
         return None
 
     def took_effect(self, kind: RemedyKind, at: datetime, remedy_id: str | None = None) -> bool:
-        """The remedy was carried out."""
-        remedy = self._pending(kind, remedy_id)
+        """The remedy was carried out: one named wins over an earlier "not made" (a booking
+        thought cancelled unpaid whose visit was done and paid after all)."""
+        remedy = self._pending(kind, remedy_id) or next(
+            (
+                r
+                for r in self.remedies
+                if remedy_id and r.remedy_id == remedy_id and r.took_effect_at is None
+            ),
+            None,
+        )
         if remedy is None:
             return False
-        remedy.took_effect_at = at
+        remedy.took_effect_at, remedy.not_made = at, None
         self._log(at, "platform", f"{kind.value} took effect")
         return True
 

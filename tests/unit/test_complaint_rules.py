@@ -202,3 +202,16 @@ def test_each_redo_booking_marks_the_redo_it_was_made_for_whichever_comes_first(
     assert c.took_effect(RemedyKind.REDO_VISIT, NOW, redo_remedy_of(v1_booking, c.complaint_id))
     assert {r.remedy_id: r.took_effect_at for r in c.remedies}[first.remedy_id] == NOW
     assert not c.took_effect(RemedyKind.REDO_VISIT, NOW, None)  # none left pending
+
+
+def test_a_refund_said_not_made_and_then_made_shows_made() -> None:
+    """Payments told a refund not made (the booking looked cancelled unpaid), then made it
+    once the visit's receipt came after all: the complaint shows it made."""
+    c = complaint()
+    (refund,) = c.propose("ops:ana", "back", [RemedyIn(kind=RemedyKind.REFUND)], NOW)
+    assert c.not_carried_out(RemedyKind.REFUND, NOW, refund.remedy_id, "cancelled unpaid")
+    assert not c.not_carried_out(RemedyKind.REFUND, NOW, refund.remedy_id, "again")  # once
+    assert not c.took_effect(RemedyKind.REFUND, NOW, None)  # not pending: v1 passes it by
+    later = NOW + timedelta(hours=1)
+    assert c.took_effect(RemedyKind.REFUND, later, refund.remedy_id)
+    assert (c.remedies[0].took_effect_at, c.remedies[0].not_made) == (later, None)
