@@ -225,19 +225,24 @@ async def close_if_quiet(tx: Transaction, complaint_id: str) -> None:
         closed(tx, complaint)
 
 
-async def remedy_took_effect(
-    tx: Transaction, complaint_id: str, kind: RemedyKind, remedy_id: str | None = None
+async def remedy_outcome(
+    tx: Transaction,
+    complaint_id: str,
+    kind: RemedyKind,
+    remedy_id: str | None = None,
+    *,
+    not_made: str | None = None,
 ) -> None:
+    """A remedy another service carries out took effect, or (`not_made`: why) could not."""
     complaint = await Complaints(tx.db).get(complaint_id, tx.session)
-    if complaint is not None and complaint.took_effect(kind, utcnow(), remedy_id):
-        await Complaints(tx.db).save(complaint, tx.session)
-
-
-async def remedy_not_made(
-    tx: Transaction, complaint_id: str, kind: RemedyKind, remedy_id: str | None, why: str
-) -> None:
-    complaint = await Complaints(tx.db).get(complaint_id, tx.session)
-    if complaint is not None and complaint.not_carried_out(kind, utcnow(), remedy_id, why):
+    if complaint is None:
+        return
+    now = utcnow()
+    if not_made is not None:
+        changed = complaint.not_carried_out(kind, now, remedy_id, not_made)
+    else:
+        changed = complaint.took_effect(kind, now, remedy_id)
+    if changed:
         await Complaints(tx.db).save(complaint, tx.session)
 
 

@@ -359,7 +359,7 @@ class Complaint(Forbid):
             (
                 r
                 for r in self.remedies
-                if remedy_id and r.remedy_id == remedy_id and r.took_effect_at is None
+                if r.kind is kind and r.remedy_id == remedy_id and r.took_effect_at is None
             ),
             None,
         )

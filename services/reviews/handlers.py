@@ -47,7 +47,7 @@ async def booking_requested(tx: Transaction, event: BookingRequested) -> None:
     if event.redo_for_complaint:
         complaint_id = event.redo_for_complaint
         remedy_id = redo_remedy_of(event.booking_id, complaint_id)
-        await commands.remedy_took_effect(tx, complaint_id, RemedyKind.REDO_VISIT, remedy_id)
+        await commands.remedy_outcome(tx, complaint_id, RemedyKind.REDO_VISIT, remedy_id)
 
 
 @handlers.on(TechnicianAssigned)
@@ -122,34 +122,36 @@ async def safety_alert(tx: Transaction, event: SafetyAlert) -> None:
 # --------------------------------------------- remedies taking effect elsewhere --
 
 
-@handlers.on(RefundIssued)
-async def refund_issued(tx: Transaction, event: RefundIssued) -> None:
-    named = remedy_named(event.refund_id, REMEDY_REFUND)
+async def _made_elsewhere(
+    tx: Transaction, made_id: str, prefix: str, kind: RemedyKind, not_made: str | None = None
+) -> None:
+    """A refund or coupon payments made (or could not) under an id naming the complaint's
+    remedy; one operations made by hand names none and changes no complaint."""
+    named = remedy_named(made_id, prefix)
     if named is not None:
         complaint_id, remedy_id = named
-        await commands.remedy_took_effect(tx, complaint_id, RemedyKind.REFUND, remedy_id)
+        await commands.remedy_outcome(tx, complaint_id, kind, remedy_id, not_made=not_made)
+
+
+@handlers.on(RefundIssued)
+async def refund_issued(tx: Transaction, event: RefundIssued) -> None:
+    await _made_elsewhere(tx, event.refund_id, REMEDY_REFUND, RemedyKind.REFUND)
 
 
 @handlers.on(RefundNotMade)
 async def refund_not_made(tx: Transaction, event: RefundNotMade) -> None:
-    named = remedy_named(event.refund_id, REMEDY_REFUND)
-    if named is not None:
-        complaint_id, remedy_id = named
-        await commands.remedy_not_made(tx, complaint_id, RemedyKind.REFUND, remedy_id, event.reason)
+    await _made_elsewhere(tx, event.refund_id, REMEDY_REFUND, RemedyKind.REFUND, event.reason)
 
 
 @handlers.on(CouponGranted)
 async def coupon_granted(tx: Transaction, event: CouponGranted) -> None:
-    named = remedy_named(event.coupon_id, REMEDY_COUPON)
-    if named is not None:
-        complaint_id, remedy_id = named
-        await commands.remedy_took_effect(tx, complaint_id, RemedyKind.COUPON, remedy_id)
+    await _made_elsewhere(tx, event.coupon_id, REMEDY_COUPON, RemedyKind.COUPON)
 
 
 @handlers.on(TechnicianStatusChanged)
 async def technician_status(tx: Transaction, event: TechnicianStatusChanged) -> None:
     if event.status == "suspended" and event.complaint_id:
-        await commands.remedy_took_effect(tx, event.complaint_id, RemedyKind.SUSPENSION)
+        await commands.remedy_outcome(tx, event.complaint_id, RemedyKind.SUSPENSION)
 
 
 # --------------------------------------------------------------------- clocks --
