@@ -27,6 +27,7 @@ from services.payments.domain import (
 from services.payments.storage import Receipts, ensure_indexes
 from shared.errors import Conflict
 from shared.events.envelope import Envelope
+from shared.events.reviews import RefundGranted
 from shared.mongo import Database, Document
 from shared.outbox import Transaction, UnitOfWork, ensure_outbox_indexes
 from shared.timers import ensure_timer_indexes
@@ -269,3 +270,79 @@ async def test_a_write_off_and_a_cash_record_at_the_same_moment_never_both_happe
             assert stored.status is ReceiptStatus.SETTLED
             assert stored.write_off is None
         assert len(await written_off_events(db, receipt)) == (1 if won[0] else 0)
+
+
+NOT_MADE = "payments.refund_not_made"
+
+
+async def not_made_events(db: Database, receipt: Receipt) -> list[Document]:
+    found = db["outbox"].find({"key": receipt.booking_id, "type": NOT_MADE})
+    told = [Envelope.from_bytes(row["value"]).payload async for row in found]
+    return sorted(told, key=lambda t: str(t["refund_id"]))
+
+
+async def granted_refunds_fire(uow: UnitOfWork, db: Database, receipt: Receipt) -> bool:
+    """As the timer loop fires it, if it is set: taken, then its handler run."""
+    taken = await db["timers"].find_one_and_delete(
+        {"_id": f"{commands.GRANTED}:{receipt.receipt_id}"}
+    )
+    if taken is None:
+        return False
+    await uow.run(lambda tx: commands.make_refunds_granted(tx, receipt.receipt_id))
+    return True
+
+
+async def test_a_refund_on_a_written_off_visit_is_said_not_made_and_made_if_it_is_paid_after_all(
+    infra: Infra, mongo: AsyncMongoClient[Document]
+) -> None:
+    """A complaint's refund granted on a receipt nobody paid stays on the receipt for the
+    payment. If operations write the money off instead, nothing paid is there to give back:
+    reviews is told it is not made, and why (it used to stay pending for ever). Taken back
+    and paid after all, the receipt makes it then."""
+    uow, db = await payments_db(infra, mongo, reminders=3)
+    receipt = await signed_unpaid(db, reminded=1)
+
+    def granted(remedy_id: str) -> RefundGranted:
+        return RefundGranted(
+            complaint_id="cmp_w",
+            booking_id=receipt.booking_id,
+            customer_id=receipt.customer_id,
+            amount=1000,
+            reason="late",
+            remedy_id=remedy_id,
+        )
+
+    await uow.run(lambda tx: commands.grant_refund(tx, granted("rm_1")))
+    assert not await granted_refunds_fire(uow, db, receipt)  # waits for the money
+
+    await uow.run(lambda tx: commands.write_off(tx, receipt.receipt_id, "ops_1", "moved abroad"))
+    assert await granted_refunds_fire(uow, db, receipt)
+    await uow.run(lambda tx: commands.grant_refund(tx, granted("rm_2")))  # granted after it
+    await uow.run(lambda tx: commands.grant_refund(tx, granted("rm_2")))  # and again: once
+    assert not await granted_refunds_fire(uow, db, receipt)
+
+    told = await not_made_events(db, receipt)
+    assert [t["refund_id"] for t in told] == ["complaint:cmp_w:rm_1", "complaint:cmp_w:rm_2"]
+    assert all("wrote off" in t["reason"] and receipt.receipt_id in t["reason"] for t in told)
+    stored = await Receipts(db).existing(receipt.receipt_id, what="receipt")
+    assert stored.refunds == []
+    assert sorted(g.refund_id for g in stored.refunds_granted) == [t["refund_id"] for t in told]
+
+    # Taken back, written off and taken back again before the timer fired: due again, so
+    # the timer makes nothing and says nothing.
+    await uow.run(lambda tx: commands.reopen(tx, receipt.receipt_id, "ops_1", "paying"))
+    await uow.run(lambda tx: commands.write_off(tx, receipt.receipt_id, "ops_1", "not paying"))
+    await uow.run(lambda tx: commands.reopen(tx, receipt.receipt_id, "ops_1", "paying now"))
+    assert await granted_refunds_fire(uow, db, receipt)
+    assert len(await not_made_events(db, receipt)) == 2
+    assert (await Receipts(db).existing(receipt.receipt_id, what="receipt")).refunds == []
+
+    await uow.run(lambda tx: commands.collect_cash(tx, receipt.receipt_id, "tech_r", 5000))
+    assert await granted_refunds_fire(uow, db, receipt)
+    paid = await Receipts(db).existing(receipt.receipt_id, what="receipt")
+    assert paid.status is ReceiptStatus.SETTLED
+    assert [(r.refund_id, r.amount) for r in paid.refunds] == [
+        ("complaint:cmp_w:rm_1", 1000),
+        ("complaint:cmp_w:rm_2", 1000),
+    ]
+    assert len(await not_made_events(db, receipt)) == 2

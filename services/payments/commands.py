@@ -476,6 +476,10 @@ async def write_off(tx: Transaction, receipt_id: str, by: str, reason: str) -> R
     # finds the other done.
     await Receipts(tx.db).save(receipt, tx.session)
     await cancel(tx.db, tx.session, REMIND, receipt_id)
+    if receipt.refunds_granted:
+        # What a complaint granted back: made from what was paid (prepaid units drawn),
+        # else said not made. Kept, so a reversed write-off's payment still makes them.
+        await set_timer(tx, GRANTED, receipt.receipt_id, given_up.at)
     tx.emit(
         PaymentWrittenOff(
             **_still_due(receipt),  # what was due is what is given up
@@ -602,11 +606,19 @@ async def grant_refund(tx: Transaction, event: RefundGrantedV1) -> None:
         if all(g.refund_id != granted.refund_id for g in receipt.refunds_granted):
             receipt.refunds_granted.append(granted)
             await Receipts(tx.db).save(receipt, tx.session)
+            if receipt.status is ReceiptStatus.WRITTEN_OFF:  # no money is coming: now
+                await make_granted_refund(
+                    tx, receipt, granted.refund_id, granted.amount, granted.reason
+                )
     else:
         await make_granted_refund(tx, receipt, granted.refund_id, event.amount, event.reason)
 
 
 VOIDED_UNPAID = "the visit's receipt was withdrawn unpaid: nothing was paid for it"
+WRITTEN_OFF_UNPAID = (
+    "operations wrote off what the visit's receipt {receipt_id} still owed: nothing paid is"
+    " left to give back (the refund is made if the write-off is taken back and paid)"
+)
 CANCELLED_UNPAID = (
     "the booking was cancelled before its visit was done: nothing was paid for it (a "
     "cancellation fee is refunded from the fees list)"
@@ -652,20 +664,22 @@ async def make_granted_refund(
     if any(r.refund_id == refund_id for r in receipt.refunds):
         return  # made already
     if receipt.refundable <= 0:
-        not_made(
-            tx,
-            receipt.booking_id,
-            refund_id,
-            f"nothing is left to give back on {receipt.receipt_id}",
-        )
+        if receipt.status is ReceiptStatus.WRITTEN_OFF:
+            why = WRITTEN_OFF_UNPAID.format(receipt_id=receipt.receipt_id)
+        else:
+            why = f"nothing is left to give back on {receipt.receipt_id}"
+        not_made(tx, receipt.booking_id, refund_id, why)
         return
     wanted = None if amount is None else min(amount, receipt.refundable)
     await refund(tx, receipt.receipt_id, refund_id, wanted, reason)
 
 
 async def make_refunds_granted(tx: Transaction, receipt_id: str) -> None:
-    """The refunds granted while the receipt was unpaid, now that it is paid (each once)."""
+    """The refunds granted while the receipt was unpaid, now that it is paid or written off
+    (each once)."""
     receipt = await load(tx, receipt_id)
+    if receipt.status not in (ReceiptStatus.SETTLED, ReceiptStatus.WRITTEN_OFF):
+        return  # a write-off taken back meanwhile: made when the money comes
     for granted in receipt.refunds_granted:
         await make_granted_refund(tx, receipt, granted.refund_id, granted.amount, granted.reason)
         receipt = await load(tx, receipt_id)  # `refund` saved it

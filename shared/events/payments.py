@@ -210,8 +210,10 @@ class RefundIssued(EventPayload):
 @event("payments.refund_not_made", version=1, stream=STREAM, key="booking_id")
 class RefundNotMade(EventPayload):
     """A refund a complaint granted that payments cannot make: nothing was paid (the visit's
-    receipt was withdrawn, or the booking was cancelled before its visit), or nothing is
-    left to give back. Operations pick another remedy."""
+    receipt was withdrawn, the booking was cancelled before its visit, or operations wrote
+    off what the visit owed), or nothing is left to give back. Operations pick another
+    remedy. A refund told not made may still be made later (a cancellation that crossed a
+    signed visit, a write-off taken back and paid): `payments.refund_issued` then says so."""
 
     refund_id: str
     booking_id: str
