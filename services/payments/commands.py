@@ -472,14 +472,11 @@ async def write_off(tx: Transaction, receipt_id: str, by: str, reason: str) -> R
     if any(o.kind == "charge" and o.open for o in ops):
         raise Conflict("a card charge for this receipt is under way: wait for its outcome")
     given_up = receipt.give_up(by, reason, utcnow())
+    _tell_written_off(tx, receipt)
     # Saved with its version: a payment committing meanwhile conflicts, and one of the two
     # finds the other done.
     await Receipts(tx.db).save(receipt, tx.session)
     await cancel(tx.db, tx.session, REMIND, receipt_id)
-    if receipt.refunds_granted:
-        # What a complaint granted back: made from what was paid (prepaid units drawn),
-        # else said not made. Kept, so a reversed write-off's payment still makes them.
-        await set_timer(tx, GRANTED, receipt.receipt_id, given_up.at)
     tx.emit(
         PaymentWrittenOff(
             **_still_due(receipt),  # what was due is what is given up
@@ -490,6 +487,19 @@ async def write_off(tx: Transaction, receipt_id: str, by: str, reason: str) -> R
         )
     )
     return receipt
+
+
+def _tell_written_off(tx: Transaction, receipt: Receipt) -> None:
+    """The refunds a complaint granted on a receipt written off: none is made (not even from
+    prepaid units drawn, which would leave the rest unmade if the money came after all);
+    each is told not made once, and kept to be made in full if the write-off is taken back
+    and paid. The caller saves the receipt, so a reopening at the same moment conflicts."""
+    assert receipt.write_off is not None
+    why = WRITTEN_OFF_UNPAID.format(receipt_id=receipt.receipt_id)
+    for granted in receipt.refunds_granted:
+        if granted.not_made is None:
+            granted.not_made = why
+            not_made(tx, receipt.booking_id, granted.refund_id, why)
 
 
 def _way(ops: list[ProviderOp]) -> Literal["card", "cash"]:
@@ -588,8 +598,9 @@ async def refund(
 async def grant_refund(tx: Transaction, event: RefundGrantedV1) -> None:
     """A complaint's refund: made at once on a paid receipt; on one whose money has not come
     in yet (not signed, a charge under way, cash or a card still due), kept on the receipt
-    and made when it is paid, so the customer is not charged for what was granted back.
-    Once per remedy (version 1 events name none: once per complaint)."""
+    and made when it is paid, so the customer is not charged for what was granted back; on
+    one written off, told not made (and kept, should it be paid after all). Once per remedy
+    (version 1 events name none: once per complaint)."""
     remedy_id = event.remedy_id if isinstance(event, RefundGranted) else None
     granted = GrantedRefund(
         refund_id=remedy_made_id(REMEDY_REFUND, event.complaint_id, remedy_id),
@@ -605,19 +616,17 @@ async def grant_refund(tx: Transaction, event: RefundGrantedV1) -> None:
     elif receipt.status is not ReceiptStatus.SETTLED:
         if all(g.refund_id != granted.refund_id for g in receipt.refunds_granted):
             receipt.refunds_granted.append(granted)
+            if receipt.status is ReceiptStatus.WRITTEN_OFF:  # no money is coming
+                _tell_written_off(tx, receipt)
             await Receipts(tx.db).save(receipt, tx.session)
-            if receipt.status is ReceiptStatus.WRITTEN_OFF:  # no money is coming: now
-                await make_granted_refund(
-                    tx, receipt, granted.refund_id, granted.amount, granted.reason
-                )
     else:
         await make_granted_refund(tx, receipt, granted.refund_id, event.amount, event.reason)
 
 
 VOIDED_UNPAID = "the visit's receipt was withdrawn unpaid: nothing was paid for it"
 WRITTEN_OFF_UNPAID = (
-    "operations wrote off what the visit's receipt {receipt_id} still owed: nothing paid is"
-    " left to give back (the refund is made if the write-off is taken back and paid)"
+    "operations wrote off what the visit's receipt {receipt_id} still owed: it is made only"
+    " if the write-off is taken back and the visit paid"
 )
 CANCELLED_UNPAID = (
     "the booking was cancelled before its visit was done: nothing was paid for it (a "
@@ -664,10 +673,7 @@ async def make_granted_refund(
     if any(r.refund_id == refund_id for r in receipt.refunds):
         return  # made already
     if receipt.refundable <= 0:
-        if receipt.status is ReceiptStatus.WRITTEN_OFF:
-            why = WRITTEN_OFF_UNPAID.format(receipt_id=receipt.receipt_id)
-        else:
-            why = f"nothing is left to give back on {receipt.receipt_id}"
+        why = f"nothing is left to give back on {receipt.receipt_id}"
         not_made(tx, receipt.booking_id, refund_id, why)
         return
     wanted = None if amount is None else min(amount, receipt.refundable)
@@ -675,11 +681,8 @@ async def make_granted_refund(
 
 
 async def make_refunds_granted(tx: Transaction, receipt_id: str) -> None:
-    """The refunds granted while the receipt was unpaid, now that it is paid or written off
-    (each once)."""
+    """The refunds granted while the receipt was unpaid, now that it is paid (each once)."""
     receipt = await load(tx, receipt_id)
-    if receipt.status not in (ReceiptStatus.SETTLED, ReceiptStatus.WRITTEN_OFF):
-        return  # a write-off taken back meanwhile: made when the money comes
     for granted in receipt.refunds_granted:
         await make_granted_refund(tx, receipt, granted.refund_id, granted.amount, granted.reason)
         receipt = await load(tx, receipt_id)  # `refund` saved it

@@ -122,6 +122,9 @@ class GrantedRefund(Forbid):
     amount: int | None  # None: everything paid
     reason: str
     granted_at: datetime
+    # Why it was told not made, once (operations wrote the money off): made all the same if
+    # the write-off is taken back and paid.
+    not_made: str | None = None
 
 
 class RefundsWaiting(Forbid):
@@ -204,7 +207,8 @@ class Receipt(Forbid):
     chain_position: int | None = None  # its place in the store's chain, from 0
     payments: list[Payment] = Field(default_factory=list)
     refunds: list[Refund] = Field(default_factory=list)
-    refunds_granted: list[GrantedRefund] = Field(default_factory=list)  # made at settlement
+    # Made at settlement (in full, each once); told not made if the rest is written off.
+    refunds_granted: list[GrantedRefund] = Field(default_factory=list)
     voided_at: StoredTime | None = None
     void_reason: str | None = None
     reminders_sent: int = 0  # while signed and unpaid (payments.payment_overdue)
