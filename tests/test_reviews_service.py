@@ -15,10 +15,23 @@ from pymongo import AsyncMongoClient
 
 from services.reviews.domain import Complaint, Review
 from services.reviews.storage import Complaints, Reviews
-from shared.events.dispatch import SafetyAlert
+from shared.events.dispatch import (
+    SafetyAlert,
+    TechnicianStatusChanged,
+    TechnicianStatusChangedV1,
+)
+from shared.events.reviews import TechnicianSuspendedV1
 from shared.mongo import Document
 from tests.conftest import Platform
-from tests.harness import Infra, ServiceProcess, eventually, keyed_events, new_prefix, publish
+from tests.harness import (
+    Infra,
+    ServiceProcess,
+    eventually,
+    keyed_events,
+    keyed_so_far,
+    new_prefix,
+    publish,
+)
 from tests.seed import (
     OPS,
     as_customer,
@@ -398,13 +411,15 @@ async def test_a_retried_complaint_with_its_idempotency_key_is_filed_once(
 
 
 # ------------------------------------------------------------------- remedies --
+STATUS_CHANGED = "dispatch.technician_status_changed"
 
 
 async def test_remedies_reach_their_services_and_the_complaint_shows_when_they_took_effect(
-    platform: Platform, kafka_producer: AIOKafkaProducer
+    platform: Platform, infra: Infra, kafka_producer: AIOKafkaProducer
 ) -> None:
-    """Suspension: dispatch stops offering the technician work. Coupon: payments grants it.
-    (Refunds end to end are in the payments tests, driven by the same event.)"""
+    """Suspension: dispatch stops offering the technician work, and says so naming the
+    remedy. Coupon: payments grants it. (Refunds end to end are in the payments tests, driven
+    by the same event.)"""
     skill = unique("skill-")
     code = f"{skill}.visit"
     customer, tech = unique("cus_"), unique("tech_")
@@ -437,6 +452,18 @@ async def test_remedies_reach_their_services_and_the_complaint_shows_when_they_t
 
         settled = await eventually(all_took_effect, what="remedies took effect")
     assert {r["kind"] for r in settled["remedies"]} == {"suspension", "coupon"}
+    [suspension] = [r["remedy_id"] for r in settled["remedies"] if r["kind"] == "suspension"]
+    changed = [
+        e
+        for e in await keyed_events(
+            infra,
+            f"{platform.prefix}.dispatch.events",
+            tech,
+            until=lambda found: any(e["type"] == STATUS_CHANGED for e in found),
+        )
+        if e["type"] == STATUS_CHANGED
+    ]
+    assert [(e["schema_version"], e["payload"]["remedy_id"]) for e in changed] == [(2, suspension)]
 
     async with platform.client("dispatch") as dispatch:
         file = (await dispatch.get(f"/technicians/{tech}", headers=OPS)).json()
@@ -463,6 +490,94 @@ async def test_remedies_reach_their_services_and_the_complaint_shows_when_they_t
             return b if b and b["status"] == "dispatch_failed" else None
 
         await eventually(failed, what="no offer to a suspended technician")
+
+
+async def test_a_suspension_is_marked_by_the_remedy_it_names_and_version_1_marks_the_first(
+    platform: Platform,
+    infra: Infra,
+    kafka_producer: AIOKafkaProducer,
+    mongo: AsyncMongoClient[Document],
+) -> None:
+    """Dispatch's word that a technician is suspended marks the remedy it names; one from
+    before remedies were named (version 1) marks the complaint's first suspension pending.
+    (The technician is not on dispatch's files here, so only these events say it.)"""
+    customer, tech = unique("cus_"), unique("tech_")
+    booking_id = await completed(kafka_producer, platform.prefix, customer, tech)
+    async with platform.client("reviews") as reviews:
+        await known(reviews, booking_id)
+        complaint = (await complain(reviews, booking_id, customer, category="conduct")).json()
+        cmp = complaint["complaint_id"]
+        url = f"/complaints/{cmp}"
+        proposed = await reviews.post(
+            f"{url}/resolution",
+            json={"text": "suspended", "remedies": [{"kind": "suspension"}]},
+            headers=OPS,
+        )
+        assert proposed.status_code == 200, proposed.text
+        [remedy] = proposed.json()["remedies"]
+
+        async def suspension_done() -> Any:
+            c = await get_json(reviews, url, headers=OPS)
+            return c if c and c["remedies"][0]["took_effect_at"] else None
+
+        def changed(version: int, **named: str) -> TechnicianStatusChangedV1:
+            kind = TechnicianStatusChanged if version == 2 else TechnicianStatusChangedV1
+            return kind(
+                technician_id=tech,
+                status="suspended",
+                reason="suspended",
+                complaint_id=cmp,
+                **named,
+            )
+
+        inbox = mongo[f"{platform.prefix}_reviews"]["inbox"]
+        another = await publish(kafka_producer, platform.prefix, changed(2, remedy_id="rm_x"))
+        await eventually(lambda: inbox.find_one({"event_id": another}), what="handled")
+        still = await get_json(reviews, url, headers=OPS)
+        assert still["remedies"][0]["took_effect_at"] is None  # another remedy's word
+
+        await publish(kafka_producer, platform.prefix, changed(1))
+        done = await eventually(suspension_done, what="the suspension taken effect")
+    assert done["remedies"][0]["remedy_id"] == remedy["remedy_id"]
+    assert [s["what"] for s in done["timeline"] if "took effect" in s["what"]] == [
+        "suspension took effect"
+    ]
+    dead = await keyed_so_far(infra, f"{platform.prefix}.dlq.reviews", tech)
+    assert dead == [], dead
+
+
+async def test_a_suspension_from_before_remedies_were_named_still_suspends(
+    platform: Platform, infra: Infra, kafka_producer: AIOKafkaProducer
+) -> None:
+    """Version 1 of `reviews.technician_suspended` (no remedy named) is still read by
+    dispatch: the technician gets no more offers, and dispatch says so, naming no remedy."""
+    tech = unique("tech_")
+    async with platform.client("dispatch") as dispatch:
+        await seed_technician(dispatch, tech, unique("LX-").upper(), skills=[unique("skill-")])
+        cmp = unique("cmp_")
+        await publish(
+            kafka_producer,
+            platform.prefix,
+            TechnicianSuspendedV1(complaint_id=cmp, technician_id=tech, reason="conduct"),
+        )
+
+        async def suspended() -> Any:
+            file = await get_json(dispatch, f"/technicians/{tech}", headers=OPS)
+            return file if file and file["status"] == "suspended" else None
+
+        await eventually(suspended, what="suspended")
+    [said] = [
+        e
+        for e in await keyed_events(
+            infra,
+            f"{platform.prefix}.dispatch.events",
+            tech,
+            until=lambda found: any(e["type"] == STATUS_CHANGED for e in found),
+        )
+        if e["type"] == STATUS_CHANGED
+    ]
+    assert (said["payload"]["complaint_id"], said["payload"]["remedy_id"]) == (cmp, None)
+    assert await keyed_so_far(infra, f"{platform.prefix}.dlq.dispatch", tech) == []
 
 
 # ------------------------------------------------------------------ bad input --

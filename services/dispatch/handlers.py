@@ -17,7 +17,11 @@ from services.dispatch.storage import Technicians, Visits
 from shared.consumer import Handlers
 from shared.events.booking import BookingCancelled, BookingRequested, BookingRescheduled
 from shared.events.dispatch import ServiceVoided, TechnicianStatusChanged
-from shared.events.reviews import TechnicianQualityChanged, TechnicianSuspended
+from shared.events.reviews import (
+    TechnicianQualityChanged,
+    TechnicianSuspended,
+    TechnicianSuspendedV1,
+)
 from shared.outbox import Transaction
 from shared.time import utcnow
 from shared.timers import Timer, TimerContext, Timers, cancel
@@ -28,9 +32,11 @@ log = logging.getLogger(__name__)
 
 
 @handlers.on(TechnicianSuspended)
-async def suspend(tx: Transaction, event: TechnicianSuspended) -> None:
+@handlers.on(TechnicianSuspendedV1)
+async def suspend(tx: Transaction, event: TechnicianSuspendedV1) -> None:
     """A complaint's remedy: no more offers to this technician (the matching query skips any
-    file that is not active)."""
+    file that is not active). Said done with the remedy's name, so reviews marks that one
+    (version 1 names none: the complaint's first still pending)."""
     if not await Technicians(tx.db).set_fields(
         event.technician_id, tx.session, status=TechnicianStatus.SUSPENDED.value
     ):
@@ -42,6 +48,7 @@ async def suspend(tx: Transaction, event: TechnicianSuspended) -> None:
             status=TechnicianStatus.SUSPENDED.value,
             reason=event.reason,
             complaint_id=event.complaint_id,
+            remedy_id=event.remedy_id if isinstance(event, TechnicianSuspended) else None,
         )
     )
 

@@ -177,6 +177,7 @@ def remedy_events(tx: Transaction, complaint: Complaint, remedies: list[Remedy])
                     complaint_id=complaint.complaint_id,
                     technician_id=complaint.technician_id,
                     reason=reason,
+                    remedy_id=remedy.remedy_id,
                 )
             )
         elif remedy.kind is RemedyKind.REDO_VISIT:

@@ -22,6 +22,7 @@ from shared.events.dispatch import (
     TechnicianAssigned,
     TechnicianReassigned,
     TechnicianStatusChanged,
+    TechnicianStatusChangedV1,
 )
 from shared.events.payments import CouponGranted, RefundIssued, RefundNotMade
 from shared.events.reviews import (
@@ -149,9 +150,11 @@ async def coupon_granted(tx: Transaction, event: CouponGranted) -> None:
 
 
 @handlers.on(TechnicianStatusChanged)
-async def technician_status(tx: Transaction, event: TechnicianStatusChanged) -> None:
+@handlers.on(TechnicianStatusChangedV1)
+async def technician_status(tx: Transaction, event: TechnicianStatusChangedV1) -> None:
     if event.status == "suspended" and event.complaint_id:
-        await commands.remedy_outcome(tx, event.complaint_id, RemedyKind.SUSPENSION)
+        remedy_id = event.remedy_id if isinstance(event, TechnicianStatusChanged) else None
+        await commands.remedy_outcome(tx, event.complaint_id, RemedyKind.SUSPENSION, remedy_id)
 
 
 # --------------------------------------------------------------------- clocks --

@@ -185,10 +185,19 @@ class SafetyAlertAcknowledged(EventPayload):
 
 
 @event("dispatch.technician_status_changed", version=1, stream=STREAM, key="technician_id")
-class TechnicianStatusChanged(EventPayload):
-    """A technician was suspended (no more offers) or reinstated."""
+class TechnicianStatusChangedV1(EventPayload):
+    """A technician was suspended or reinstated, before a complaint's remedies were named.
+    Still read, for events published before version 2."""
 
     technician_id: str
     status: str = Field(pattern=r"^(active|suspended)$")
     reason: str
     complaint_id: str | None = None
+
+
+@event("dispatch.technician_status_changed", version=2, stream=STREAM, key="technician_id")
+class TechnicianStatusChanged(TechnicianStatusChangedV1):
+    """A technician was suspended (no more offers) or reinstated; for a complaint's
+    suspension, the complaint and the remedy it carries out."""
+
+    remedy_id: str | None = Field(default=None, min_length=1, max_length=64)

@@ -166,12 +166,22 @@ class ComplaintClosed(EventPayload):
 
 
 @event("reviews.technician_suspended", version=1, stream=STREAM, key="technician_id")
-class TechnicianSuspended(EventPayload):
-    """A complaint's remedy: dispatch stops offering this technician work."""
+class TechnicianSuspendedV1(EventPayload):
+    """A complaint's suspension, before remedies were named: reviews marked the complaint's
+    first suspension still pending when dispatch said it was done. Still read, for events
+    published before version 2."""
 
     complaint_id: str
     technician_id: str
     reason: str = Field(min_length=1, max_length=500)
+
+
+@event("reviews.technician_suspended", version=2, stream=STREAM, key="technician_id")
+class TechnicianSuspended(TechnicianSuspendedV1):
+    """A complaint's remedy: dispatch stops offering this technician work, and names the
+    remedy back when it has (`dispatch.technician_status_changed` version 2)."""
+
+    remedy_id: str = Field(min_length=1, max_length=64)
 
 
 @event("reviews.redo_requested", version=1, stream=STREAM, key="booking_id")
