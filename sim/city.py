@@ -794,8 +794,8 @@ class City:
                 await t.caller.call("POST", f"/v1/offers/{offer_id}/decline", ok=(200, 409))
                 continue
             r = await t.caller.call("POST", f"/v1/offers/{offer_id}/accept", ok=(200, 409))
-            if r.status_code == 200:
-                self.work_on(t, {**offer, "status": "assigned"})
+            if r.status_code == 200:  # the visit, now theirs: where the door is, at last
+                self.work_on(t, {**offer, **r.json()})
         # The job list: a visit accepted when the answer was lost (a retried accept answers
         # 409), or one whose app gave up half-way, is picked up again where it stands.
         if offers or t.working or t.resume or t.looks % 3 == 0:

@@ -289,14 +289,29 @@ async def test_an_offer_is_accepted_once_and_only_by_its_technician(scene: Scene
 async def test_where_the_customer_is_shows_to_the_technician_only_while_the_visit_is_theirs(
     scene: Scene,
 ) -> None:
-    """As booking shows the address: the technician sees where once they have accepted, and
-    no more once the visit is done; their store never; operations always."""
+    """As booking shows the address: the technician sees where (and whose) once they have
+    accepted, and no more once the visit is done; their store never; operations always. An
+    offer shows the neighbourhood and how far, not the door: a technician declining offer
+    after offer would otherwise collect customers' homes."""
     tech = await scene.technician(location=NEAR)
     booking_id = await scene.book()
+    reported = await scene.dispatch.post(
+        f"/technicians/{tech}/location", json={"location": NEAR}, headers=as_technician(tech)
+    )
+    assert reported.status_code == 204, reported.text
     offer = await open_offer(scene.dispatch, tech, booking_id)
+    door = (await scene.visit(booking_id))["location"]
+    assert "location" not in offer
+    assert offer["area"] == {"lat": round(door["lat"], 2), "lon": round(door["lon"], 2)}
+    assert offer["area"] != door
+    assert 50 < offer["distance_m"] < 200  # NEAR is about 100 m from the door
     url = f"/visits/{booking_id}"
     offered = (await scene.dispatch.get(url, headers=as_technician(tech))).json()
-    assert (offered["status"], offered["location"]) == ("offered", None)
+    assert (offered["status"], offered["location"], offered["customer_id"]) == (
+        "offered",
+        None,
+        None,
+    )
     accepted = await scene.dispatch.post(
         f"/offers/{offer['offer']['offer_id']}/accept", headers=as_technician(tech)
     )
@@ -319,7 +334,7 @@ async def test_where_the_customer_is_shows_to_the_technician_only_while_the_visi
     )
     assert done.status_code == 200, done.text
     after = (await scene.dispatch.get(url, headers=as_technician(tech))).json()
-    assert (after["status"], after["location"]) == ("completed", None)
+    assert (after["status"], after["location"], after["customer_id"]) == ("completed", None, None)
     assert (await scene.visit(booking_id))["location"] == ops_view["location"]
 
 

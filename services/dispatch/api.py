@@ -160,12 +160,26 @@ async def report_location(
         raise NotFound(f"technician {technician_id} does not exist")
 
 
+AREA_DECIMALS = 2  # a point rounded to about a kilometre: the neighbourhood, not the door
+
+
+def area_of(point: GeoPoint) -> GeoPoint:
+    return GeoPoint(lat=round(point.lat, AREA_DECIMALS), lon=round(point.lon, AREA_DECIMALS))
+
+
 class OfferView(Forbid):
+    """What a technician decides on: the work, the window, how far it is and roughly where.
+    The customer's door (and who they are) only once the visit is accepted: a technician
+    declining offer after offer would otherwise collect homes."""
+
     booking_id: str
     offer: Offer
     window_start: datetime
     window_end: datetime
-    location: GeoPoint
+    area: GeoPoint = Field(description="the visit's place rounded to about a kilometre")
+    distance_m: float | None = Field(
+        description="from where the technician's app last reported them (None: not known)"
+    )
     lines: list[PricedLine]
 
 
@@ -174,17 +188,24 @@ async def open_offers(technician_id: Id, actor: ActorDep, runtime: RuntimeDep) -
     if not (actor.is_ops or (actor.role is Role.TECHNICIAN and actor.subject == technician_id)):
         raise Forbidden("a technician sees only their own offers")
     visits = await Visits(runtime.db).for_technician(technician_id, {VisitStatus.OFFERED})
+    offered = [
+        (v, offer)
+        for v in visits
+        if (offer := v.open_offer) is not None and offer.technician_id == technician_id
+    ]
+    tech = await Technicians(runtime.db).get(technician_id) if offered else None
+    here = tech.location if tech is not None and tech.location_at is not None else None
     return [
         OfferView(
             booking_id=v.booking_id,
             offer=offer,
             window_start=v.window_start,
             window_end=v.window_end,
-            location=v.location,
+            area=area_of(v.location),
+            distance_m=round(here.distance_m(v.location)) if here is not None else None,
             lines=v.lines,
         )
-        for v in visits
-        if (offer := v.open_offer) is not None and offer.technician_id == technician_id
+        for v, offer in offered
     ]
 
 
@@ -261,8 +282,8 @@ class VisitView(Forbid):
         if actor.is_ops:
             return view
         if not (actor.role is Role.TECHNICIAN and visit.status in ACCEPTED):
+            # Offered only, or done: neither the door nor who lives there.
             view.location = None
-        if actor.role is not Role.TECHNICIAN:
             view.customer_id = None
         return view
 
