@@ -43,6 +43,7 @@ from tests.seed import (
     seed_item,
     seed_technician,
     service_completed,
+    technician_file,
 )
 
 pytestmark = pytest.mark.integration
@@ -467,7 +468,28 @@ async def test_remedies_reach_their_services_and_the_complaint_shows_when_they_t
 
     async with platform.client("dispatch") as dispatch:
         file = (await dispatch.get(f"/technicians/{tech}", headers=OPS)).json()
-        assert file["status"] == "suspended"
+        assert (file["status"], file["suspended_for_complaint"]) == (
+            "suspended",
+            complaint["complaint_id"],
+        )
+        # Their store may not lift it, neither by its status nor by writing the file again.
+        store = as_store(file["store_id"])
+        status_url = f"/technicians/{tech}/status"
+        lifted = await dispatch.put(
+            status_url, json={"status": "active", "reason": "we trust her"}, headers=store
+        )
+        assert lifted.status_code == 403, lifted.text
+        assert "only operations" in lifted.json()["error"]["message"]
+        own = {k: file[k] for k in technician_file("X-1") if k != "status"}
+        rewritten = await dispatch.put(f"/technicians/{tech}", json=own, headers=store)
+        assert rewritten.status_code == 200, rewritten.text
+        assert rewritten.json()["status"] == "suspended"
+        reactivated = await dispatch.put(
+            f"/technicians/{tech}", json={**own, "status": "active"}, headers=store
+        )
+        assert reactivated.status_code == 422, reactivated.text
+        assert "PUT /technicians/" in reactivated.json()["error"]["message"]
+        assert (await dispatch.get(f"/technicians/{tech}", headers=OPS)).json() == file
     async with platform.client("payments") as payments:
         coupons = (
             await payments.get(
@@ -490,6 +512,14 @@ async def test_remedies_reach_their_services_and_the_complaint_shows_when_they_t
             return b if b and b["status"] == "dispatch_failed" else None
 
         await eventually(failed, what="no offer to a suspended technician")
+    async with platform.client("dispatch") as dispatch:
+        back = await dispatch.put(
+            f"/technicians/{tech}/status",
+            json={"status": "active", "reason": "complaint reviewed again"},
+            headers=OPS,
+        )
+        assert back.status_code == 200, back.text
+        assert (back.json()["status"], back.json()["suspended_for_complaint"]) == ("active", None)
 
 
 async def test_a_suspension_is_marked_by_the_remedy_it_names_and_version_1_marks_the_first(

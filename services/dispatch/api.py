@@ -40,6 +40,7 @@ from shared.events.dispatch import (
     ServiceStarted,
     TechnicianArrived,
     TechnicianEnRoute,
+    TechnicianStatusChanged,
 )
 from shared.events.types import GeoPoint, PricedLine
 from shared.outbox import Transaction
@@ -72,6 +73,11 @@ async def existing(runtime: Any, technician_id: str) -> Technician:
     return tech
 
 
+# What a file written again keeps: dispatch's own figures, and the status (changed by
+# PUT /technicians/{id}/status alone).
+KEPT = ("rating", "location_at", "schedule_version", "status", "suspended_for_complaint")
+
+
 @router.put(
     "/technicians/{technician_id}",
     tags=["technicians"],
@@ -85,12 +91,15 @@ async def put_technician(
     before = await techs.get(technician_id)
     if before is not None:
         may_manage(actor, before.store_id)  # a store cannot take over another store's technician
-    kept = (
-        {k: getattr(before, k) for k in ("rating", "location_at", "schedule_version")}
-        if before
-        else {}
-    )
-    tech = Technician(technician_id=technician_id, **body.model_dump(), **kept)
+        if "status" in body.model_fields_set and body.status is not before.status:
+            raise Unprocessable(
+                f"status: the technician is {before.status.value}; suspend or reinstate with "
+                f"PUT /technicians/{technician_id}/status",
+                field="status",
+            )
+    kept = {k: getattr(before, k) for k in KEPT} if before else {}
+    file = body.model_dump(exclude=set(kept))
+    tech = Technician(technician_id=technician_id, **file, **kept)
     try:
         await techs.put(tech)
     except DuplicateKeyError:
@@ -131,11 +140,27 @@ class StatusIn(Forbid):
 async def put_status(
     technician_id: Id, body: StatusIn, actor: ActorDep, runtime: RuntimeDep
 ) -> Technician:
+    """The store suspends or reinstates its own technicians; a suspension a complaint made
+    only operations lift. Said to everyone (`dispatch.technician_status_changed`)."""
     tech = await existing(runtime, technician_id)
     may_manage(actor, tech.store_id)
-    tech.status = body.status
-    await Technicians(runtime.db).put(tech)
-    return tech
+
+    async def change(tx: Transaction) -> None:
+        if not await Technicians(tx.db).change_status(
+            technician_id, body.status.value, tx.session, lifting_a_complaint=actor.is_ops
+        ):
+            raise Forbidden(
+                f"technician {technician_id} was suspended on a complaint: only operations "
+                "change their status now"
+            )
+        tx.emit(
+            TechnicianStatusChanged(
+                technician_id=technician_id, status=body.status.value, reason=body.reason
+            )
+        )
+
+    await runtime.uow.run(change)
+    return await existing(runtime, technician_id)
 
 
 class LocationIn(Forbid):

@@ -121,6 +121,8 @@ class Technician(TechnicianFile):
     rating: float | None = Field(default=None, ge=0, le=5)
     location_at: datetime | None = None
     schedule_version: int = 0  # bumped by every reservation: two reservations, one winner
+    # A complaint's suspension: only operations lift it (the store could otherwise undo it).
+    suspended_for_complaint: str | None = None
 
     def identity(self) -> TechnicianIdentity:
         return TechnicianIdentity(

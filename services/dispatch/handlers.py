@@ -37,8 +37,11 @@ async def suspend(tx: Transaction, event: TechnicianSuspendedV1) -> None:
     """A complaint's remedy: no more offers to this technician (the matching query skips any
     file that is not active). Said done with the remedy's name, so reviews marks that one
     (version 1 names none: the complaint's first still pending)."""
-    if not await Technicians(tx.db).set_fields(
-        event.technician_id, tx.session, status=TechnicianStatus.SUSPENDED.value
+    if not await Technicians(tx.db).change_status(
+        event.technician_id,
+        TechnicianStatus.SUSPENDED.value,
+        tx.session,
+        complaint_id=event.complaint_id,
     ):
         log.warning("suspension of unknown technician %s ignored", event.technician_id)
         return

@@ -33,6 +33,7 @@ from shared.secrets import service_secret
 from shared.settings import Settings
 
 TECHNICIANS = "technicians"
+STATUS_FIELDS = ("status", "suspended_for_complaint")  # set when a file is made, then by status
 VISITS = "visits"
 SAFETY_ALERTS = "safety_alerts"
 Session = AsyncClientSession | None
@@ -126,14 +127,39 @@ class Technicians:
         self._col = db[TECHNICIANS]
 
     async def put(self, tech: Technician, session: Session = None) -> None:
-        """Create or update the file; the time the technician holds is kept."""
+        """Create or update the file; the time the technician holds is kept, and so is their
+        status (changed by `change_status` alone: a file written back never lifts a
+        suspension made meanwhile)."""
         doc = technician_doc(tech)
+        kept = {k: doc.pop(k) for k in STATUS_FIELDS}
         await self._col.update_one(
             {"_id": tech.technician_id},
-            {"$set": {k: v for k, v in doc.items() if k != "_id"}},
+            {"$set": {k: v for k, v in doc.items() if k != "_id"}, "$setOnInsert": kept},
             upsert=True,
             session=session,
         )
+
+    async def change_status(
+        self,
+        technician_id: str,
+        status: str,
+        session: Session,
+        *,
+        complaint_id: str | None = None,
+        lifting_a_complaint: bool = True,
+    ) -> bool:
+        """Suspend (for `complaint_id`, if a complaint's remedy) or reinstate; with
+        `lifting_a_complaint=False`, not a technician a complaint suspended. False if no file
+        changed."""
+        query: dict[str, Any] = {"_id": technician_id}
+        if not lifting_a_complaint:
+            query["suspended_for_complaint"] = None
+        result = await self._col.update_one(
+            query,
+            {"$set": {"status": status, "suspended_for_complaint": complaint_id}},
+            session=session,
+        )
+        return result.matched_count == 1
 
     async def get(self, technician_id: str, session: Session = None) -> Technician | None:
         doc = await self._col.find_one({"_id": technician_id}, session=session)
@@ -183,7 +209,7 @@ class Technicians:
         return [(t, need.location.distance_m(t.location)) for t in found]
 
     async def set_fields(self, technician_id: str, session: Session, **fields: object) -> bool:
-        """Change the file's status or rating (from reviews); False if the file is unknown."""
+        """Change the file's rating (from reviews); False if the file is unknown."""
         result = await self._col.update_one(
             {"_id": technician_id}, {"$set": fields}, session=session
         )
