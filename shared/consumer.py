@@ -699,7 +699,7 @@ class EventConsumer:
             return said, None, None
         try:
             envelope = Envelope.from_bytes(message.value)
-        except (ValueError, ValidationError) as exc:
+        except (ValueError, ValidationError, RecursionError) as exc:  # JSON nested too deep
             raise Rejected(f"malformed envelope: {_short(exc)}") from exc
         versions = self._handlers.lookup(envelope.type)
         if versions is None:
@@ -805,8 +805,10 @@ class EventConsumer:
         value = message.value
         while True:
             try:
+                # A record needs a key or a body: one with neither is sent under an empty key.
+                key = message.key if message.key is not None or value is not None else b""
                 await self._producer.send_and_wait(
-                    self._settings.dead_letter_topic, value=value, key=message.key, headers=headers
+                    self._settings.dead_letter_topic, value=value, key=key, headers=headers
                 )
                 break
             except ProducerClosed:

@@ -249,6 +249,7 @@ async def test_poison_messages_go_to_dead_letters_with_reasons_and_the_loop_goes
     bad_payload["payload"]["surprise"] = True
     poison = [
         (b"this is not json", "rejected", "malformed envelope"),
+        (b"[" * 50_000 + b"]" * 50_000, "rejected", "malformed envelope"),  # too deep to read
         (
             json.dumps(unknown_type).encode(),
             "rejected",
@@ -275,7 +276,7 @@ async def test_poison_messages_go_to_dead_letters_with_reasons_and_the_loop_goes
         assert headers["dlq.consumer"] == probe.settings.service_name
         assert int(headers["dlq.source.offset"]) >= 0
     attempts = [int(dict(letter.headers)["dlq.attempts"]) for letter in letters]
-    assert attempts == [1, 1, 1, 1, 3]
+    assert attempts == [1, 1, 1, 1, 1, 3]
     assert probe.attempts["doomed"] == 3
     assert await probe.effects("doomed") == 0
 
