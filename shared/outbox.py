@@ -236,13 +236,24 @@ class OutboxRelay:
     def producer(self) -> AIOKafkaProducer:
         return self._producer
 
-    async def _renew_producer(self) -> None:
+    async def _renew_producer(self) -> bool:
+        """A new producer in place of one that lost its sequence state; False, keeping the
+        old one, if the new one cannot start (the broker still away): tried again at the
+        next failure. A producer that never started would wait for metadata for ever."""
         assert self._fresh_producer is not None
-        stale, self._producer = self._producer, self._fresh_producer()
-        await self._producer.start()
+        fresh = self._fresh_producer()
+        try:
+            await fresh.start()
+        except Exception:
+            log.exception("outbox relay: a new producer could not start; will try again")
+            with contextlib.suppress(Exception):
+                await fresh.stop()
+            return False
+        stale, self._producer = self._producer, fresh
         with contextlib.suppress(Exception):
             await stale.stop()
         log.warning("outbox relay: the producer's sequence state was lost; a new one took over")
+        return True
 
     async def publish_pending(self) -> int:
         """Drain: publish the oldest batch of rows the outbox holds unpublished; returns how
