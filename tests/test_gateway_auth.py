@@ -243,6 +243,17 @@ async def test_operations_sign_in_issue_store_keys_that_rotate_and_revoke(
         # The registered technician can now sign in by phone, as a technician of the store.
         tech = await sign_in(api, register["phone"])
         assert (tech["role"], tech["subject"]) == ("technician", tech_id)
+        # A store cannot take a customer's phone over, by filing a technician under the
+        # customer's id and registering their phone for it.
+        victim_phone = phone()
+        victim = await sign_in(api, victim_phone)
+        assert victim["role"] == "customer"
+        await file_technician(api, victim["subject"], store, as_store)
+        hijack = {"technician_id": victim["subject"], "phone": victim_phone, "store_id": store}
+        taken_over = await api.post("/v1/technician-accounts", json=hijack, headers=as_store)
+        assert taken_over.status_code == 409, taken_over.text
+        again = await sign_in(api, victim_phone)
+        assert (again["role"], again["subject"]) == ("customer", victim["subject"])
         # Another store cannot give itself a sign-in as this store's technician, neither by
         # naming its own store nor this one.
         rival = f"store_{uuid.uuid4().hex[:6]}"

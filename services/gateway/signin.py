@@ -369,7 +369,10 @@ async def add_technician_account(
         )
     accounts = Accounts(runtime.db)
     existing = await accounts.get(body.phone)
-    if existing is not None and existing.subject != body.technician_id:
+    if existing is not None and (
+        existing.subject != body.technician_id or existing.role != Role.TECHNICIAN.value
+    ):
+        # A customer's own phone (say) is never taken over by a technician filed under their id.
         raise Conflict("this phone belongs to another account", field="phone")
     account = Account(
         phone=body.phone,
