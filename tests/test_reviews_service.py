@@ -415,6 +415,17 @@ async def test_a_retried_complaint_with_its_idempotency_key_is_filed_once(
 STATUS_CHANGED = "dispatch.technician_status_changed"
 
 
+async def status_changes(infra: Infra, platform: Platform, tech: str) -> list[dict[str, Any]]:
+    """Dispatch's word that the technician's status changed, once there is some."""
+    found = await keyed_events(
+        infra,
+        f"{platform.prefix}.dispatch.events",
+        tech,
+        until=lambda found: any(e["type"] == STATUS_CHANGED for e in found),
+    )
+    return [e for e in found if e["type"] == STATUS_CHANGED]
+
+
 async def test_remedies_reach_their_services_and_the_complaint_shows_when_they_took_effect(
     platform: Platform, infra: Infra, kafka_producer: AIOKafkaProducer
 ) -> None:
@@ -454,16 +465,7 @@ async def test_remedies_reach_their_services_and_the_complaint_shows_when_they_t
         settled = await eventually(all_took_effect, what="remedies took effect")
     assert {r["kind"] for r in settled["remedies"]} == {"suspension", "coupon"}
     [suspension] = [r["remedy_id"] for r in settled["remedies"] if r["kind"] == "suspension"]
-    changed = [
-        e
-        for e in await keyed_events(
-            infra,
-            f"{platform.prefix}.dispatch.events",
-            tech,
-            until=lambda found: any(e["type"] == STATUS_CHANGED for e in found),
-        )
-        if e["type"] == STATUS_CHANGED
-    ]
+    changed = await status_changes(infra, platform, tech)
     assert [(e["schema_version"], e["payload"]["remedy_id"]) for e in changed] == [(2, suspension)]
 
     async with platform.client("dispatch") as dispatch:
@@ -596,16 +598,7 @@ async def test_a_suspension_from_before_remedies_were_named_still_suspends(
             return file if file and file["status"] == "suspended" else None
 
         await eventually(suspended, what="suspended")
-    [said] = [
-        e
-        for e in await keyed_events(
-            infra,
-            f"{platform.prefix}.dispatch.events",
-            tech,
-            until=lambda found: any(e["type"] == STATUS_CHANGED for e in found),
-        )
-        if e["type"] == STATUS_CHANGED
-    ]
+    [said] = await status_changes(infra, platform, tech)
     assert (said["payload"]["complaint_id"], said["payload"]["remedy_id"]) == (cmp, None)
     assert await keyed_so_far(infra, f"{platform.prefix}.dlq.dispatch", tech) == []
 
