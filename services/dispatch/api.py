@@ -31,7 +31,13 @@ from services.dispatch.domain import (
     code_matches,
     visit_code,
 )
-from services.dispatch.storage import SafetyAlerts, Technicians, Visits, visit_code_key
+from services.dispatch.storage import (
+    STATUS_FIELDS,
+    SafetyAlerts,
+    Technicians,
+    Visits,
+    visit_code_key,
+)
 from shared.auth import Actor, ActorDep, Role
 from shared.errors import Conflict, Forbidden, Locked, NotFound, Unprocessable
 from shared.events.dispatch import (
@@ -75,7 +81,7 @@ async def existing(runtime: Any, technician_id: str) -> Technician:
 
 # What a file written again keeps: dispatch's own figures, and the status (changed by
 # PUT /technicians/{id}/status alone).
-KEPT = ("rating", "location_at", "schedule_version", "status", "suspended_for_complaint")
+KEPT = ("rating", "location_at", "schedule_version", *STATUS_FIELDS)
 
 
 @router.put(

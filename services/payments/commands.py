@@ -673,8 +673,12 @@ async def make_granted_refund(
     if any(r.refund_id == refund_id for r in receipt.refunds):
         return  # made already
     if receipt.refundable <= 0:
-        why = f"nothing is left to give back on {receipt.receipt_id}"
-        not_made(tx, receipt.booking_id, refund_id, why)
+        not_made(
+            tx,
+            receipt.booking_id,
+            refund_id,
+            f"nothing is left to give back on {receipt.receipt_id}",
+        )
         return
     wanted = None if amount is None else min(amount, receipt.refundable)
     await refund(tx, receipt.receipt_id, refund_id, wanted, reason)
