@@ -20,6 +20,7 @@ from zoneinfo import ZoneInfo
 
 import httpx
 
+from shared.auth import SignedActor
 from shared.settings import Settings
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -166,7 +167,10 @@ async def post_bookings(url: str, total: int, concurrency: int) -> tuple[list[fl
     limits = httpx.Limits(max_connections=concurrency)
     # The caller the gateway would vouch for: operations (the seed publishes the catalogue).
     caller = {"X-Actor-Role": "ops", "X-Actor-Id": "ops_bench"}
-    async with httpx.AsyncClient(base_url=url, timeout=30, limits=limits, headers=caller) as http:
+    signed = SignedActor.from_environment()  # as the gateway signs the caller
+    async with httpx.AsyncClient(
+        base_url=url, timeout=30, limits=limits, headers=caller, auth=signed
+    ) as http:
         body = await seed(http)
         for _ in range(20):  # warm-up: connections, caches, the first topic metadata
             (await http.post("/bookings", json=body)).raise_for_status()

@@ -19,6 +19,7 @@ from pathlib import Path
 import httpx
 
 from bench.booking_api import seed, service_process
+from shared.auth import SignedActor
 from shared.events.dispatch import TechnicianAssigned
 from shared.events.envelope import Envelope
 from shared.events.registry import stream_topic
@@ -67,7 +68,9 @@ async def sign_in(http: httpx.AsyncClient) -> tuple[str, dict[str, str]]:
 async def measure(settings: Settings, run_dir: Path, reads: int, events: int) -> GatewayFigures:
     async with (
         platform_edge(settings, run_dir) as (booking_url, gateway_url),
-        httpx.AsyncClient(base_url=booking_url, timeout=30, headers=OPS) as booking,
+        httpx.AsyncClient(
+            base_url=booking_url, timeout=30, headers=OPS, auth=SignedActor.from_environment()
+        ) as booking,
         httpx.AsyncClient(base_url=gateway_url, timeout=30) as edge,
     ):
         request = await seed(booking)  # the catalogue and region, as operations

@@ -21,6 +21,7 @@ import os
 import platform
 import random
 import re
+import secrets
 import statistics
 import time
 import uuid
@@ -1121,6 +1122,9 @@ def main() -> None:
     if args.city_rates:
         counts = replace(counts, city_search=None)
     os.environ.setdefault("LOG_LEVEL", "WARNING")
+    # The key that signs callers' identities between the gateway and the services this run
+    # starts (and the load generator's direct calls to them).
+    os.environ.setdefault("DOORSTEP_ACTOR_KEY", secrets.token_urlsafe(32))
     with servers() as target:
         freeze_startup_heap()  # the load generator's pauses would count as the platform's
         results = uvloop.run(run(counts, target, tuple(args.only)))

@@ -2,19 +2,35 @@
 
 The gateway authenticates the caller (customer or technician token, a store's
 API key, an operations session) and forwards the identity it verified in the
-`X-Actor-*` headers. Services never trust a client for *which objects* it may
-touch: every handler checks the actor against the object's owner.
+`X-Actor-*` headers, signed with a key only the gateway and the services hold
+(`DOORSTEP_ACTOR_KEY`). A service believes no identity without that signature, so
+reaching a service's port is not enough to act as somebody. Services never trust a
+client for *which objects* it may touch: every handler checks the actor against
+the object's owner.
 """
 
 from __future__ import annotations
 
+import hashlib
+import hmac
+import os
+import time
+from collections.abc import Generator, Mapping
 from enum import StrEnum
 from typing import Annotated
 
-from fastapi import Depends, Header
+import httpx
+from fastapi import Depends, Header, Request
 from pydantic import BaseModel, ConfigDict
 
 from shared.errors import Forbidden, Unauthenticated
+
+ROLE_HEADER, ID_HEADER, STORE_HEADER = "X-Actor-Role", "X-Actor-Id", "X-Actor-Store"
+SIGNATURE_HEADER = "X-Actor-Signature"
+# A signature is good this long either side of its time: long enough for the gateway's
+# retries and for clocks a little apart, short enough that a copied one soon expires.
+SIGNATURE_MAX_AGE_S = 60
+MIN_KEY_CHARS = 32
 
 
 class Role(StrEnum):
@@ -52,9 +68,9 @@ class Actor(BaseModel):
 
     def headers(self) -> dict[str, str]:
         """How this identity travels from the gateway to a service."""
-        out = {"X-Actor-Role": self.role.value, "X-Actor-Id": self.subject}
+        out = {ROLE_HEADER: self.role.value, ID_HEADER: self.subject}
         if self.store_id:
-            out["X-Actor-Store"] = self.store_id
+            out[STORE_HEADER] = self.store_id
         return out
 
     def require(self, *roles: Role) -> None:
@@ -63,13 +79,131 @@ class Actor(BaseModel):
             raise Forbidden(f"a {self.role.value} may not do this (only {allowed})")
 
 
+def actor_key(text: str | None) -> bytes:
+    """The key that signs identities, from its setting; a process without one cannot start."""
+    if not text or len(text) < MIN_KEY_CHARS:
+        raise RuntimeError(
+            "DOORSTEP_ACTOR_KEY must be set, to the same random value of at least "
+            f"{MIN_KEY_CHARS} characters in the gateway and every service: it signs who is "
+            "calling (./dev and the tests make one; in production, take it from a secret store)"
+        )
+    return text.encode()
+
+
+def _signed_text(
+    method: str, path: str, body: bytes, identity: Mapping[str, str], at: int
+) -> bytes:
+    # Bound to the request's method, path and body, so a copied signature cannot carry its
+    # identity to another call.
+    return "\n".join(
+        (
+            method.upper(),
+            path,
+            identity.get(ROLE_HEADER, ""),
+            identity.get(ID_HEADER, ""),
+            identity.get(STORE_HEADER, ""),
+            str(at),
+            hashlib.sha256(body).hexdigest(),
+        )
+    ).encode()
+
+
+def actor_signature(
+    key: bytes,
+    *,
+    method: str,
+    path: str,
+    body: bytes,
+    identity: Mapping[str, str],
+    at: int | None = None,
+) -> str:
+    """The X-Actor-Signature for a call carrying `identity` (its X-Actor-* headers)."""
+    at = int(time.time()) if at is None else at
+    mac = hmac.new(key, _signed_text(method, path, body, identity, at), hashlib.sha256)
+    return f"{at}.{mac.hexdigest()}"
+
+
+def signature_fault(
+    key: bytes,
+    signature: str | None,
+    *,
+    method: str,
+    path: str,
+    body: bytes,
+    identity: Mapping[str, str],
+    now: float | None = None,
+) -> str | None:
+    """Why this signature does not vouch for this call, or None if it does."""
+    if not signature:
+        return "the caller's identity is not signed: services are called through the gateway"
+    at_text, _, mac = signature.partition(".")
+    if not at_text.isdigit() or len(at_text) > 12 or not mac:
+        return "the identity signature is malformed"
+    now = time.time() if now is None else now
+    if abs(now - int(at_text)) > SIGNATURE_MAX_AGE_S:
+        return "the identity signature has expired"
+    expected = actor_signature(
+        key, method=method, path=path, body=body, identity=identity, at=int(at_text)
+    )
+    if not hmac.compare_digest(expected, signature):
+        return "the identity signature does not match this call"
+    return None
+
+
+class SignedActor(httpx.Auth):
+    """Signs the X-Actor-* headers of an httpx client's calls, as the gateway does: for
+    tools and tests that call a service directly with the platform's key."""
+
+    requires_request_body = True
+
+    def __init__(self, key: bytes) -> None:
+        self.key = key
+
+    def auth_flow(self, request: httpx.Request) -> Generator[httpx.Request, httpx.Response]:
+        if ROLE_HEADER in request.headers:
+            identity = {
+                h: request.headers[h]
+                for h in (ROLE_HEADER, ID_HEADER, STORE_HEADER)
+                if h in request.headers
+            }
+            request.headers[SIGNATURE_HEADER] = actor_signature(
+                self.key,
+                method=request.method,
+                path=request.url.path,
+                body=request.content,
+                identity=identity,
+            )
+        yield request
+
+    @classmethod
+    def from_environment(cls) -> SignedActor:
+        return cls(actor_key(os.environ.get("DOORSTEP_ACTOR_KEY")))
+
+
 async def current_actor(
+    request: Request,
     x_actor_role: Annotated[str | None, Header()] = None,
     x_actor_id: Annotated[str | None, Header()] = None,
     x_actor_store: Annotated[str | None, Header()] = None,
+    x_actor_signature: Annotated[
+        str | None, Header(description="The gateway's signature of the X-Actor headers")
+    ] = None,
 ) -> Actor:
     if not x_actor_role or not x_actor_id:
         raise Unauthenticated("this call needs an authenticated caller")
+    identity = {ROLE_HEADER: x_actor_role, ID_HEADER: x_actor_id}
+    if x_actor_store is not None:
+        identity[STORE_HEADER] = x_actor_store
+    fault = signature_fault(
+        request.app.state.actor_key,
+        x_actor_signature,
+        method=request.method,
+        path=request.url.path,
+        body=await request.body(),
+        identity=identity,
+    )
+    if fault:
+        raise Unauthenticated(fault)
     try:
         role = Role(x_actor_role)
     except ValueError:

@@ -22,6 +22,7 @@ from pydantic import BaseModel, ConfigDict, Field
 from pymongo import AsyncMongoClient
 
 from shared import logs
+from shared.auth import actor_key
 from shared.consumer import EventConsumer, Handlers, ensure_inbox_indexes
 from shared.events.registry import stream_topic
 from shared.http import document_errors, install_error_handlers, install_middleware
@@ -219,6 +220,9 @@ def create_service_app(spec: ServiceSpec, settings: Settings | None = None) -> F
 
     @contextlib.asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
+        app.state.actor_key = actor_key(
+            settings.actor_key.get_secret_value() if settings.actor_key else None
+        )
         runtime = Runtime(spec, settings)
         app.state.runtime = runtime
         await runtime.start()

@@ -23,6 +23,9 @@ class Settings(BaseSettings):
     http_port: int = Field(8000, validation_alias=AliasChoices("HTTP_PORT", "PORT"))
     log_level: str = Field("INFO", validation_alias="LOG_LEVEL")
     log_json: bool = Field(True, validation_alias="LOG_JSON")
+    # Signs the caller's identity from the gateway to the services (shared.auth). Required:
+    # the same random value everywhere, from a secret store; ./dev keeps one in .run.
+    actor_key: SecretStr | None = Field(None, validation_alias="DOORSTEP_ACTOR_KEY")
 
     topic_partitions: int = Field(3, validation_alias="DOORSTEP_TOPIC_PARTITIONS")
     outbox_poll_interval_s: float = Field(0.25, validation_alias="OUTBOX_POLL_INTERVAL_S")

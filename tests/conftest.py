@@ -19,6 +19,7 @@ from tests.harness import (
     Infra,
     ServiceProcess,
     created_prefixes,
+    direct,
     new_prefix,
     session_infra,
     started_services,
@@ -74,9 +75,8 @@ class Platform:
         return self.services[service].url
 
     def client(self, service: str, acting_as: dict[str, str] | None = None) -> httpx.AsyncClient:
-        """A client straight to one service; `acting_as` the caller the gateway would vouch for
-        (services check every object against it)."""
-        return httpx.AsyncClient(base_url=self.url(service), timeout=10, headers=acting_as)
+        """A client straight to one service, signed as the gateway signs (harness.direct)."""
+        return direct(self.url(service), acting_as)
 
 
 @contextlib.contextmanager

@@ -16,6 +16,7 @@ import asyncio
 import contextlib
 import json
 import os
+import secrets
 import shutil
 import signal
 import socket
@@ -33,6 +34,7 @@ from aiokafka import AIOKafkaConsumer, AIOKafkaProducer
 from prometheus_client import REGISTRY
 
 from deploy.local.servers import Servers, local_servers
+from shared.auth import SignedActor
 from shared.events.envelope import Envelope, EventPayload
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -40,6 +42,17 @@ TEST_RUN_DIR = ROOT / ".run" / "test"
 LOG_DIR = TEST_RUN_DIR / "service-logs"
 T = TypeVar("T")
 SERVICES = ("booking", "dispatch", "payments", "reviews", "gateway")
+# The key that signs callers' identities from the gateway to the services: one per session,
+# given to every service process, and used by the tests that call a service directly.
+os.environ.setdefault("DOORSTEP_ACTOR_KEY", secrets.token_urlsafe(32))
+SIGNED = SignedActor.from_environment()
+
+
+def direct(url: str, acting_as: dict[str, str] | None = None) -> httpx.AsyncClient:
+    """A client straight to one service; `acting_as` the caller the gateway would vouch for
+    (services check every object against it), signed with the session's key as the gateway
+    signs it."""
+    return httpx.AsyncClient(base_url=url, timeout=10, headers=acting_as, auth=SIGNED)
 
 
 Infra = Servers

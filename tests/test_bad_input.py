@@ -5,13 +5,13 @@ from __future__ import annotations
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
-import httpx
 import pytest
 from pymongo import AsyncMongoClient
 
 from shared.auth import Actor, Role
 from shared.mongo import Document
 from tests.conftest import Platform
+from tests.harness import direct
 from tests.seed import (
     OCEAN,
     OPS,
@@ -524,7 +524,7 @@ async def test_bad_input_answers_clear_error_and_stores_nothing(
         actor = Actor(role=Role.CUSTOMER, subject=CUSTOMER)
         headers = bearer(await gateway_token(mongo, platform.prefix, actor))
     before = await snapshot(mongo, platform.prefix, service)
-    async with httpx.AsyncClient(base_url=platform.url(service), timeout=10) as client:
+    async with direct(platform.url(service)) as client:
         response = await client.request(method, path, json=body, headers=headers)
     assert response.status_code == status, response.text
     error = response.json()["error"]

@@ -24,7 +24,15 @@ from pymongo.errors import OperationFailure
 from shared.events.envelope import Envelope
 from shared.faults import CRASH_EXIT_CODE
 from shared.mongo import Document
-from tests.harness import Infra, ServiceProcess, eventually, keyed_events, new_prefix, publish
+from tests.harness import (
+    Infra,
+    ServiceProcess,
+    direct,
+    eventually,
+    keyed_events,
+    new_prefix,
+    publish,
+)
 from tests.seed import (
     OPS,
     PORTO,
@@ -71,12 +79,12 @@ async def test_event_committed_but_not_published_is_published_after_restart(
     booking.start(DOORSTEP_CRASH_AT="outbox.after_commit")
     try:
         # Seeding writes no events (no unit of work), so it passes the crash point.
-        async with httpx.AsyncClient(base_url=booking.url, timeout=10, headers=OPS) as client:
+        async with direct(booking.url, OPS) as client:
             await seed_item(client, "clean.deep", skill="cleaning", region="porto")
             await seed_customer(client, "cus_crash", location=PORTO)
         request = booking_body("cus_crash", "clean.deep", quantity=1)
         # The process dies between the MongoDB commit and any publishing.
-        async with httpx.AsyncClient(base_url=booking.url, timeout=10, headers=OPS) as client:
+        async with direct(booking.url, OPS) as client:
             with pytest.raises(httpx.TransportError):
                 await client.post("/bookings", json=request)
         assert await asyncio.to_thread(booking.wait_exit) == CRASH_EXIT_CODE
@@ -165,15 +173,15 @@ async def test_dispatch_killed_while_firing_a_timer_offers_once_and_deadlines_su
     skill = f"skill-{uuid.uuid4().hex[:6]}"
     code = f"{skill}.visit"
     try:
-        async with httpx.AsyncClient(base_url=booking.url, timeout=10, headers=OPS) as client:
+        async with direct(booking.url, OPS) as client:
             await seed_item(client, code, skill=skill)
             await seed_customer(client, "cus_timer")
-        async with httpx.AsyncClient(base_url=dispatch.url, timeout=10) as client:
+        async with direct(dispatch.url) as client:
             await seed_technician(client, "tech_near", "LX-T1", skills=[skill])
             await seed_technician(
                 client, "tech_far", "LX-T2", skills=[skill], location={"lat": 38.77, "lon": -9.2}
             )
-        async with httpx.AsyncClient(base_url=booking.url, timeout=10, headers=OPS) as client:
+        async with direct(booking.url, OPS) as client:
             made = await client.post("/bookings", json=booking_body("cus_timer", code))
             assert made.status_code == 201, made.text
             booking_id = made.json()["booking_id"]
@@ -221,7 +229,7 @@ async def test_payments_killed_after_the_provider_charged_charges_once_after_res
     payments.start(DOORSTEP_CRASH_AT="payments.after_provider_call")
     customer, booking_id = "cus_crash", f"bk_{uuid.uuid4().hex[:10]}"
     try:
-        async with httpx.AsyncClient(base_url=payments.url, timeout=10) as api:
+        async with direct(payments.url) as api:
             r = await api.put(
                 f"/customers/{customer}/payment-method",
                 json={"payment_method": "pm_card_ok"},

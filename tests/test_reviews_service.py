@@ -26,6 +26,7 @@ from tests.conftest import Platform
 from tests.harness import (
     Infra,
     ServiceProcess,
+    direct,
     eventually,
     keyed_events,
     keyed_so_far,
@@ -170,7 +171,7 @@ async def test_complaint_escalates_through_every_tier_on_the_clock_across_a_rest
     customer = unique("cus_")
     try:
         booking_id = await completed(kafka_producer, prefix, customer)
-        async with httpx.AsyncClient(base_url=reviews.url, timeout=10) as api:
+        async with direct(reviews.url) as api:
             await known(api, booking_id)
             opened = await complain(api, booking_id, customer)  # medium: answer within 8 h
             assert opened.status_code == 201, opened.text
@@ -190,7 +191,7 @@ async def test_complaint_escalates_through_every_tier_on_the_clock_across_a_rest
 
         reviews.kill()  # kill -9 mid-way: the next deadline lives in MongoDB
         reviews.start(DOORSTEP_TEST_CLOCK="1", DOORSTEP_CLOCK_OFFSET_S=str(offset))
-        async with httpx.AsyncClient(base_url=reviews.url, timeout=10) as api:
+        async with direct(reviews.url) as api:
             await api.post("/testing/clock", json={"advance_s": 8 * 3600 + 1})
             at_manager = await tier_is("manager")
             # The manager proposes a resolution; nobody answers for the quiet week: closed.

@@ -18,6 +18,8 @@ from zoneinfo import ZoneInfo
 
 import httpx
 
+from shared.auth import SignedActor
+
 REGION = "lisbon"
 LISBON = ZoneInfo("Europe/Lisbon")
 BOUNDS = (-9.35, 38.60, -9.00, 38.85)  # west, south, east, north
@@ -197,7 +199,8 @@ def accept_offers(http: httpx.Client, dispatch: str, bookings: list[str]) -> Non
 
 
 def main(gateway: str, booking: str, dispatch: str) -> None:
-    with httpx.Client(timeout=10) as http:
+    # Straight to the services, signed with the platform's key as the gateway would.
+    with httpx.Client(timeout=10, auth=SignedActor.from_environment()) as http:
         publish_catalogue(http, booking)
         for row in TECHNICIANS:
             http.put(

@@ -9,11 +9,12 @@ from dataclasses import dataclass
 from typing import Any
 
 import aiohttp
-from pydantic import Field
+from pydantic import Field, SecretStr
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 from services.gateway.domain import may_retry
 from shared import logs
+from shared.auth import ROLE_HEADER, SIGNATURE_HEADER, actor_key, actor_signature
 from shared.errors import DomainError
 from shared.http import CORRELATION_HEADER
 
@@ -27,6 +28,7 @@ class UpstreamSettings(BaseSettings):
     reviews_url: str = Field("http://127.0.0.1:8004", validation_alias="REVIEWS_URL")
     timeout_s: float = Field(3.0, validation_alias="UPSTREAM_TIMEOUT_S")
     retries: int = Field(2, validation_alias="UPSTREAM_RETRIES")
+    actor_key: SecretStr | None = Field(None, validation_alias="DOORSTEP_ACTOR_KEY")
 
 
 class ServiceUnavailable(DomainError):
@@ -82,6 +84,9 @@ class Upstream:
 
     def __init__(self, settings: UpstreamSettings) -> None:
         self.settings = settings
+        self._actor_key = actor_key(
+            settings.actor_key.get_secret_value() if settings.actor_key else None
+        )
         bases = {
             "booking": settings.booking_url,
             "dispatch": settings.dispatch_url,
@@ -124,6 +129,10 @@ class Upstream:
         cid = logs.correlation_id.get()
         if cid:
             headers[CORRELATION_HEADER] = cid
+        if ROLE_HEADER in headers:  # the identity this gateway verified, signed for the service
+            headers[SIGNATURE_HEADER] = actor_signature(
+                self._actor_key, method=method, path=path, body=content or b"", identity=headers
+            )
         attempts = 1 + (
             self.settings.retries if may_retry(method, headers.get("Idempotency-Key")) else 0
         )

@@ -55,9 +55,11 @@ def test_every_service_runs_in_compose_with_its_settings(name: str) -> None:
     if name == "gateway":
         assert published_ports(service) == [(int(env["HTTP_PORT"]), int(env["HTTP_PORT"]))]
     else:
-        # Only the gateway is reachable from outside: a service believes the caller named in
-        # the X-Actor headers, which only the gateway may set.
+        # Only the gateway is reachable from outside; a service believes the caller named in
+        # the X-Actor headers only with the gateway's signature.
         assert published_ports(service) == []
+        # The signing key comes from the environment, never a value in the file.
+        assert env["DOORSTEP_ACTOR_KEY"].startswith("${DOORSTEP_ACTOR_KEY:?")
         assert [str(p) for p in service["expose"]] == [str(env["HTTP_PORT"])]
     assert "readyz" in " ".join(service["healthcheck"]["test"])
     depends = service["depends_on"]
