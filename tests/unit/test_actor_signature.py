@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from typing import Any
+
 import httpx
 import pytest
 
@@ -19,7 +21,7 @@ from shared.auth import (
 
 KEY = b"k" * 32
 NOW = 1_800_000_000
-CALL = {
+CALL: dict[str, Any] = {
     "method": "POST",
     "path": "/receipts/rc_1/sign",
     "body": b'{"accepted": true}',
@@ -27,21 +29,21 @@ CALL = {
 }
 
 
-def fault(signature: str | None, now: float = NOW, **changed: object) -> str | None:
+def fault(signature: str | None, now: float = NOW, **changed: Any) -> str | None:
     call = {**CALL, **changed}
     return signature_fault(
         KEY,
         signature,
         method=str(call["method"]),
         path=str(call["path"]),
-        body=call["body"],  # type: ignore[arg-type]
-        identity=call["identity"],  # type: ignore[arg-type]
+        body=call["body"],
+        identity=call["identity"],
         now=now,
     )
 
 
 def signed(key: bytes = KEY, at: int = NOW) -> str:
-    return actor_signature(key, at=at, **CALL)  # type: ignore[arg-type]
+    return actor_signature(key, at=at, **CALL)
 
 
 def test_the_call_it_was_made_for_is_vouched_for() -> None:
@@ -60,7 +62,7 @@ def test_the_call_it_was_made_for_is_vouched_for() -> None:
     ],
     ids=["role", "subject", "store", "method", "path", "body"],
 )
-def test_a_signature_carries_its_identity_to_no_other_call(changed: dict[str, object]) -> None:
+def test_a_signature_carries_its_identity_to_no_other_call(changed: dict[str, Any]) -> None:
     assert fault(signed(), **changed) == "the identity signature does not match this call"
 
 
@@ -102,8 +104,8 @@ def test_the_httpx_signer_signs_what_it_sends_and_only_calls_that_name_a_caller(
     request = httpx.Request(
         "POST",
         "http://booking/receipts/rc_1/sign?x=1",
-        headers=CALL["identity"],  # type: ignore[arg-type]
-        content=CALL["body"],  # type: ignore[arg-type]
+        headers=CALL["identity"],
+        content=CALL["body"],
     )
     sent = next(auth.auth_flow(request))
     signature = sent.headers[SIGNATURE_HEADER]
