@@ -14,10 +14,13 @@ from __future__ import annotations
 import hashlib
 import hmac
 import os
+import re
 import time
-from collections.abc import Generator, Mapping
+from collections.abc import Generator, Iterable, Mapping
+from dataclasses import dataclass
 from enum import StrEnum
 from typing import Annotated
+from urllib.parse import urlencode
 
 import httpx
 from fastapi import Depends, Header, Request
@@ -90,64 +93,64 @@ def actor_key(text: str | None) -> bytes:
     return text.encode()
 
 
-def _signed_text(
-    method: str, path: str, body: bytes, identity: Mapping[str, str], at: int
-) -> bytes:
-    # Bound to the request's method, path and body, so a copied signature cannot carry its
-    # identity to another call.
-    return "\n".join(
-        (
-            method.upper(),
-            path,
-            identity.get(ROLE_HEADER, ""),
-            identity.get(ID_HEADER, ""),
-            identity.get(STORE_HEADER, ""),
-            str(at),
-            hashlib.sha256(body).hexdigest(),
-        )
-    ).encode()
+# Headers whose value changes what a call does, signed with the identity.
+SIGNED_HEADERS = (ROLE_HEADER, ID_HEADER, STORE_HEADER, "Idempotency-Key", "If-Match")
+_MAC = re.compile(r"[0-9a-f]{64}")
 
 
-def actor_signature(
-    key: bytes,
-    *,
-    method: str,
-    path: str,
-    body: bytes,
-    identity: Mapping[str, str],
-    at: int | None = None,
-) -> str:
-    """The X-Actor-Signature for a call carrying `identity` (its X-Actor-* headers)."""
+@dataclass(frozen=True, slots=True)
+class Call:
+    """What a signature is bound to: the method, the path, the query, the body and the
+    headers that change what the call does. A copied signature vouches for no other call
+    (an exact copy, within its minute, repeats the same call: writes that must not happen
+    twice carry an Idempotency-Key)."""
+
+    method: str
+    path: str
+    query: Iterable[tuple[str, str]]
+    body: bytes
+    headers: Mapping[str, str]  # looked up by SIGNED_HEADERS' names
+
+    def text(self, at: int) -> bytes:
+        signed = (self.headers.get(h, "") for h in SIGNED_HEADERS)
+        return "\n".join(
+            (
+                self.method.upper(),
+                self.path,
+                urlencode(sorted(self.query)),
+                *signed,
+                str(at),
+                hashlib.sha256(self.body).hexdigest(),
+            )
+        ).encode()
+
+
+def actor_signature(key: bytes, call: Call, at: int | None = None) -> str:
+    """The X-Actor-Signature for a call carrying an identity (its X-Actor-* headers)."""
     at = int(time.time()) if at is None else at
-    mac = hmac.new(key, _signed_text(method, path, body, identity, at), hashlib.sha256)
-    return f"{at}.{mac.hexdigest()}"
+    return f"{at}.{hmac.new(key, call.text(at), hashlib.sha256).hexdigest()}"
 
 
-def signature_fault(
-    key: bytes,
-    signature: str | None,
-    *,
-    method: str,
-    path: str,
-    body: bytes,
-    identity: Mapping[str, str],
-    now: float | None = None,
-) -> str | None:
-    """Why this signature does not vouch for this call, or None if it does."""
+def signature_fault(signature: str | None, now: float | None = None) -> str | None:
+    """What is wrong with a signature on its face (missing, malformed, expired): checked
+    before the body is read."""
     if not signature:
         return "the caller's identity is not signed: services are called through the gateway"
     at_text, _, mac = signature.partition(".")
-    if not at_text.isdigit() or len(at_text) > 12 or not mac:
+    if not (at_text.isascii() and at_text.isdigit() and len(at_text) <= 12):
+        return "the identity signature is malformed"
+    if not _MAC.fullmatch(mac):
         return "the identity signature is malformed"
     now = time.time() if now is None else now
     if abs(now - int(at_text)) > SIGNATURE_MAX_AGE_S:
         return "the identity signature has expired"
-    expected = actor_signature(
-        key, method=method, path=path, body=body, identity=identity, at=int(at_text)
-    )
-    if not hmac.compare_digest(expected, signature):
-        return "the identity signature does not match this call"
     return None
+
+
+def signature_matches(key: bytes, signature: str, call: Call) -> bool:
+    """Whether a signature that passed `signature_fault` was made for this very call."""
+    expected = actor_signature(key, call, int(signature.partition(".")[0]))
+    return hmac.compare_digest(expected.encode(), signature.encode())
 
 
 class SignedActor(httpx.Auth):
@@ -161,18 +164,14 @@ class SignedActor(httpx.Auth):
 
     def auth_flow(self, request: httpx.Request) -> Generator[httpx.Request, httpx.Response]:
         if ROLE_HEADER in request.headers:
-            identity = {
-                h: request.headers[h]
-                for h in (ROLE_HEADER, ID_HEADER, STORE_HEADER)
-                if h in request.headers
-            }
-            request.headers[SIGNATURE_HEADER] = actor_signature(
-                self.key,
-                method=request.method,
-                path=request.url.path,
-                body=request.content,
-                identity=identity,
+            call = Call(
+                request.method,
+                request.url.path,
+                request.url.params.multi_items(),
+                request.content,
+                request.headers,
             )
+            request.headers[SIGNATURE_HEADER] = actor_signature(self.key, call)
         yield request
 
     @classmethod
@@ -191,19 +190,19 @@ async def current_actor(
 ) -> Actor:
     if not x_actor_role or not x_actor_id:
         raise Unauthenticated("this call needs an authenticated caller")
-    identity = {ROLE_HEADER: x_actor_role, ID_HEADER: x_actor_id}
-    if x_actor_store is not None:
-        identity[STORE_HEADER] = x_actor_store
-    fault = signature_fault(
-        request.app.state.actor_key,
-        x_actor_signature,
-        method=request.method,
-        path=request.url.path,
-        body=await request.body(),
-        identity=identity,
-    )
+    fault = signature_fault(x_actor_signature)
     if fault:
         raise Unauthenticated(fault)
+    assert x_actor_signature is not None
+    call = Call(
+        request.method,
+        request.url.path,
+        request.query_params.multi_items(),
+        await request.body(),  # only now: an unsigned caller's body is never read
+        request.headers,
+    )
+    if not signature_matches(request.app.state.actor_key, x_actor_signature, call):
+        raise Unauthenticated("the identity signature does not match this call")
     try:
         role = Role(x_actor_role)
     except ValueError:

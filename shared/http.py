@@ -218,5 +218,55 @@ class CorrelateAndMeasure:
             logs.correlation_id.reset(token)
 
 
-def install_middleware(app: FastAPI, service: str) -> None:
+class BodyCeiling:
+    """Refuse a body larger than the ceiling (413): at once when its Content-Length says so,
+    else (a chunked body has none) as soon as the bytes read pass it, so no body is ever held
+    whole before authentication. Plain ASGI, as `CorrelateAndMeasure`."""
+
+    def __init__(self, app: ASGIApp, ceiling: int) -> None:
+        self.app, self.ceiling = app, ceiling
+
+    def refusal(self) -> ASGIApp:
+        return error_response(
+            413, "too_large", f"request bodies are limited to {self.ceiling} bytes"
+        )
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http":
+            await self.app(scope, receive, send)
+            return
+        length = Headers(scope=scope).get("content-length")
+        if length is not None and (not length.isdigit() or int(length) > self.ceiling):
+            await self.refusal()(scope, receive, send)
+            return
+        read, started, refused = 0, False, False
+
+        async def counted() -> Message:
+            nonlocal read, refused
+            message = await receive()
+            if message["type"] == "http.request":
+                read += len(message.get("body", b""))
+                if read > self.ceiling:
+                    if not started and not refused:
+                        refused = True
+                        await self.refusal()(scope, receive, send)
+                    # The app stops reading as if the client had gone; after the refusal,
+                    # what it answers is dropped below.
+                    return {"type": "http.disconnect"}
+            return message
+
+        async def answered(message: Message) -> None:
+            nonlocal started
+            if refused:
+                return
+            started = True
+            await send(message)
+
+        await self.app(scope, counted, answered)
+
+
+def install_middleware(app: FastAPI, service: str, max_body_bytes: int) -> None:
     app.add_middleware(CorrelateAndMeasure, service=service)
+    # In every service, not the gateway alone: a body is read (to check the caller's
+    # signature, say) only once it is known to be of a sane size.
+    app.add_middleware(BodyCeiling, ceiling=max_body_bytes)

@@ -238,7 +238,7 @@ def create_service_app(spec: ServiceSpec, settings: Settings | None = None) -> F
         title=spec.title, description=spec.description, version="0.1.0", lifespan=lifespan
     )
     install_error_handlers(app)
-    install_middleware(app, spec.name)
+    install_middleware(app, spec.name, settings.max_body_bytes)
     document_errors(app)
     app.include_router(spec.router)
     if settings.test_clock:

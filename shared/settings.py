@@ -78,6 +78,12 @@ class Settings(BaseSettings):
     gateway_token_key_id: str = Field("env-1", validation_alias="GATEWAY_TOKEN_KEY_ID")
     access_token_ttl_s: int = Field(900, validation_alias="GATEWAY_ACCESS_TOKEN_TTL_S")
     refresh_token_ttl_s: int = Field(30 * 86400, validation_alias="GATEWAY_REFRESH_TOKEN_TTL_S")
+    # However often it is refreshed, a sign-in ends this long after it began: a customer or
+    # technician signs in again after 90 days, staff (who see personal data) after 12 hours.
+    session_max_s: int = Field(90 * 86400, gt=0, validation_alias="GATEWAY_SESSION_MAX_S")
+    staff_session_max_s: int = Field(
+        12 * 3600, gt=0, validation_alias="GATEWAY_STAFF_SESSION_MAX_S"
+    )
     otp_ttl_s: int = Field(300, validation_alias="GATEWAY_OTP_TTL_S")
     otp_attempts: int = Field(5, validation_alias="GATEWAY_OTP_ATTEMPTS")  # per code
     otp_requests_per_hour: int = Field(5, validation_alias="GATEWAY_OTP_REQUESTS_PER_HOUR")
@@ -95,7 +101,9 @@ class Settings(BaseSettings):
     staff_failures_per_s: float = Field(1 / 60, validation_alias="GATEWAY_STAFF_FAILURES_PER_S")
     # Live streams (notifications, the board) one principal may hold open at once.
     streams_per_principal: int = Field(8, ge=1, validation_alias="GATEWAY_STREAMS_PER_PRINCIPAL")
-    max_body_bytes: int = Field(64 * 1024, validation_alias="GATEWAY_MAX_BODY_BYTES")
+    max_body_bytes: int = Field(
+        64 * 1024, validation_alias=AliasChoices("MAX_BODY_BYTES", "GATEWAY_MAX_BODY_BYTES")
+    )
     # Rows per list on the operations board (its page stays light); beyond them the board
     # says how many there are in all.
     board_rows: int = Field(1000, ge=1, validation_alias="GATEWAY_BOARD_ROWS")

@@ -456,7 +456,7 @@ CASES: list[tuple[str, str, str, Any, dict[str, str], int, str]] = [
     ("payments", "GET", "/receipts", None, OPS, 422, "booking_id"),
     ("payments", "GET", "/receipts/rc_missing", None, OPS, 404, ""),
     ("payments", "GET", "/receipts/rc_missing", None, {}, 401, ""),
-    ("reviews", "GET", "/review-requests/bk_missing", None, {}, 404, ""),
+    ("reviews", "GET", "/review-requests/bk_missing", None, OPS, 404, ""),
     # --- gateway validates before forwarding
     ("gateway", "POST", "/v1/bookings", with_({"total": 0}), AS_CUSTOMER_AT_EDGE, 422, "total"),
     ("gateway", "POST", "/v1/bookings", with_({}), {}, 401, ""),

@@ -69,7 +69,7 @@ async def test_every_object_route_answers_each_kind_of_caller_as_it_should(
             ),
             what="receipt",
         )
-    async with platform.client("reviews") as reviews:
+    async with platform.client("reviews", OPS) as reviews:
         await eventually(
             lambda: get_json(reviews, f"/review-requests/{booking_id}"), what="reviews knows it"
         )

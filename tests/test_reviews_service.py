@@ -69,7 +69,8 @@ async def completed(
 async def known(reviews: httpx.AsyncClient, booking_id: str) -> None:
     """Reviews has learnt of the booking (its review invitation exists)."""
     await eventually(
-        lambda: get_json(reviews, f"/review-requests/{booking_id}"), what="booking known"
+        lambda: get_json(reviews, f"/review-requests/{booking_id}", headers=OPS),
+        what="booking known",
     )
 
 

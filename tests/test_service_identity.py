@@ -76,6 +76,7 @@ async def test_a_copied_signature_vouches_for_no_other_caller_path_or_body(
             ("PUT", f"/customers/{bea}", profile(), as_customer(bea)),
             ("PUT", f"/customers/{bea}", profile(), as_customer(ana)),
             ("PUT", f"/customers/{ana}", profile(), OPS),
+            ("PUT", f"/customers/{ana}?as=ops", profile(), as_customer(ana)),
         ]
         for method, path, body, caller in attempts:
             r = await raw.request(
@@ -101,3 +102,11 @@ async def test_a_service_without_the_key_does_not_start(infra: Infra, key: str) 
     finally:
         booking.kill()
     assert "DOORSTEP_ACTOR_KEY must be set" in booking.tail_log(80)
+
+
+async def test_a_service_refuses_a_body_too_large_before_reading_it(platform: Platform) -> None:
+    """Services read a body to check the signature over it: only once it is of a sane size."""
+    async with httpx.AsyncClient(base_url=platform.url("booking"), timeout=10) as raw:
+        big = await raw.post("/bookings", content=b"x" * (65 * 1024), headers=OPS)
+        assert big.status_code == 413, big.text
+        assert big.json()["error"]["code"] == "too_large"

@@ -87,7 +87,7 @@ async def test_booking_is_confirmed_then_completed_visit_yields_receipt_and_revi
     assert receipt["subtotal"] == 5000
     assert [line["code"] for line in receipt["lines"]] == [code]
 
-    async with platform.client("reviews") as reviews:
+    async with platform.client("reviews", OPS) as reviews:
         invite = await eventually(
             lambda: get_json(reviews, f"/review-requests/{booking_id}"), what="review requested"
         )

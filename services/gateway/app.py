@@ -6,8 +6,6 @@ import contextlib
 from collections.abc import AsyncIterator
 
 from fastapi import APIRouter, FastAPI
-from starlette.datastructures import Headers
-from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from services.booking import api as booking_api
 from services.dispatch import api as dispatch_api
@@ -29,7 +27,6 @@ from services.gateway.tokens import VerifiedTokens
 from services.gateway.upstream import Upstream, UpstreamSettings
 from services.payments import api as payments_api
 from services.reviews import api as reviews_api
-from shared.http import error_response
 from shared.mongo import Database
 from shared.service import ServiceSpec, create_service_app
 from shared.settings import Settings
@@ -91,54 +88,5 @@ SPEC = ServiceSpec(
 )
 
 
-class BodyCeiling:
-    """Refuse a body larger than the ceiling (413): at once when its Content-Length says so,
-    else (a chunked body has none) as soon as the bytes read pass it, so no body is ever held
-    whole before authentication. Plain ASGI, as in `shared.http.CorrelateAndMeasure`."""
-
-    def __init__(self, app: ASGIApp, ceiling: int) -> None:
-        self.app, self.ceiling = app, ceiling
-
-    def refusal(self) -> ASGIApp:
-        return error_response(
-            413, "too_large", f"request bodies are limited to {self.ceiling} bytes"
-        )
-
-    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
-        if scope["type"] != "http":
-            await self.app(scope, receive, send)
-            return
-        length = Headers(scope=scope).get("content-length")
-        if length is not None and (not length.isdigit() or int(length) > self.ceiling):
-            await self.refusal()(scope, receive, send)
-            return
-        read, started, refused = 0, False, False
-
-        async def counted() -> Message:
-            nonlocal read, refused
-            message = await receive()
-            if message["type"] == "http.request":
-                read += len(message.get("body", b""))
-                if read > self.ceiling:
-                    if not started and not refused:
-                        refused = True
-                        await self.refusal()(scope, receive, send)
-                    # The app stops reading as if the client had gone; after the refusal,
-                    # what it answers is dropped below.
-                    return {"type": "http.disconnect"}
-            return message
-
-        async def answered(message: Message) -> None:
-            nonlocal started
-            if refused:
-                return
-            started = True
-            await send(message)
-
-        await self.app(scope, counted, answered)
-
-
 def create_app(settings: Settings | None = None) -> FastAPI:
-    app = create_service_app(SPEC, settings)
-    app.add_middleware(BodyCeiling, ceiling=(settings or Settings()).max_body_bytes)
-    return app
+    return create_service_app(SPEC, settings)

@@ -83,9 +83,43 @@ def principal(actor: Actor) -> str:
 
 
 def live_stream(request: Request, actor: Actor, body: AsyncIterator[str]) -> StreamingResponse:
-    """A live stream (server-sent events) holding one of this caller's slots, or 429."""
+    """A live stream (server-sent events) holding one of this caller's slots, or 429.
+
+    It lasts as long as the credential that opened it: the access token's life, or as long
+    as one for an API key. The client then opens it again, so a revoked key, a signed-out
+    or removed staff member, or a sign-in past its end stops receiving within one keep-alive.
+    """
     slots: StreamSlots = request.app.state.stream_slots
-    return HeldStream(slots.take(principal(actor)), body)
+    expires_at: int | None = getattr(request.state, "credential_expires_at", None)
+    if expires_at is None:
+        lasts_s = float(runtime_of(request).settings.access_token_ttl_s)
+    else:
+        lasts_s = expires_at - utcnow().timestamp()
+    return HeldStream(slots.take(principal(actor)), until(body, lasts_s))
+
+
+CREDENTIAL_ENDED = "event: credential_expired\ndata: {}\n\n"
+
+
+async def until(body: AsyncIterator[str], lasts_s: float) -> AsyncIterator[str]:
+    """`body` for `lasts_s`, then a last event that says why it ends."""
+    ends = asyncio.get_running_loop().time() + lasts_s
+    frames = aiter(body)
+    try:
+        while True:
+            try:
+                async with asyncio.timeout_at(ends):  # in this task: no task per frame
+                    frame = await anext(frames)
+            except StopAsyncIteration:
+                return
+            except TimeoutError:
+                yield CREDENTIAL_ENDED
+                return
+            yield frame
+    finally:
+        close = getattr(body, "aclose", None)  # its subscription ends with it, now
+        if close is not None:
+            await close()
 
 
 async def signin_limited(request: Request) -> None:
@@ -113,7 +147,9 @@ async def _verified(request: Request, authorization: str | None, x_api_key: str 
         verifying: VerifyingKeys = state.verifying_keys
         verified: VerifiedTokens = state.verified_tokens
         keys = await verifying.get(token_keys(runtime.db, runtime.settings), token)
-        return verified.actor(token.strip(), keys, utcnow())
+        access = verified.access(token.strip(), keys, utcnow())
+        request.state.credential_expires_at = access.expires_at
+        return access.actor
     raise Unauthenticated("sign in: an access token, or a store's API key")
 
 

@@ -4,6 +4,7 @@
 from __future__ import annotations
 
 import logging
+import re
 import uuid
 from datetime import timedelta
 from typing import Annotated, Protocol
@@ -100,9 +101,20 @@ class Tokens(Forbid):
     subject: str
 
 
-async def issue(runtime: Runtime, actor: Actor, family: str | None = None) -> Tokens:
+STAFF_ROLES = (Role.OPS.value, Role.STORE.value)  # refresh tokens of these: staff's sign-ins
+
+
+async def issue(runtime: Runtime, actor: Actor, of: RefreshToken | None = None) -> Tokens:
+    """Tokens for a new sign-in, or (`of` its last refresh token) for the next of a sign-in,
+    which ends when it was due to, however often it is refreshed."""
     now = utcnow()
     settings = runtime.settings
+    if of is None:
+        staff = actor.role.value in STAFF_ROLES
+        lasts_s = settings.staff_session_max_s if staff else settings.session_max_s
+        family, session_ends_at = uuid.uuid4().hex, now + timedelta(seconds=lasts_s)
+    else:  # a token from before sign-ins had an end: its sign-in ends when it expires
+        family, session_ends_at = of.family, of.session_ends_at or of.expires_at
     key = await token_keys(runtime.db, settings).current()
     access = issue_access(
         SigningKey(key.key_id, key.private),
@@ -114,11 +126,12 @@ async def issue(runtime: Runtime, actor: Actor, family: str | None = None) -> To
     await RefreshTokens(runtime.db).insert(
         RefreshToken(
             token_digest=digest(refresh),
-            family=family or uuid.uuid4().hex,
+            family=family,
             role=actor.role.value,
             subject=actor.subject,
             store_id=actor.store_id,
-            expires_at=now + timedelta(seconds=settings.refresh_token_ttl_s),
+            expires_at=min(now + timedelta(seconds=settings.refresh_token_ttl_s), session_ends_at),
+            session_ends_at=session_ends_at,
         )
     )
     return Tokens(
@@ -245,11 +258,13 @@ async def refresh(body: RefreshIn, runtime: RuntimeDep) -> Tokens:
         log.warning("refresh token reused; sign-in family %s revoked", stored.family)
         raise Unauthenticated("this refresh token was already used or revoked; sign in again")
     if now >= stored.expires_at:
+        if stored.session_ends_at is not None and stored.expires_at >= stored.session_ends_at:
+            raise Unauthenticated("this sign-in has reached its end; sign in again")
         raise Unauthenticated("the refresh token has expired; sign in again")
     stored.revoked_at = now
     await tokens.save(stored)
     actor = Actor(role=Role(stored.role), subject=stored.subject, store_id=stored.store_id)
-    return await issue(runtime, actor, family=stored.family)
+    return await issue(runtime, actor, of=stored)
 
 
 @router.post(
@@ -269,8 +284,13 @@ async def logout(body: RefreshIn, runtime: RuntimeDep) -> Response:
     return Response(status_code=status.HTTP_204_NO_CONTENT)
 
 
+# Staff e-mails are plain ASCII: one travels to the services as the caller's id, in a
+# header, and must read the same at both ends.
+STAFF_EMAIL = r"^[!-?A-~]+@[!-?A-~]+$"
+
+
 class OpsIn(Forbid):
-    email: str = Field(min_length=3, max_length=200, pattern=r"^[^@\s]+@[^@\s]+$")
+    email: str = Field(min_length=3, max_length=200, pattern=STAFF_EMAIL)
     password: str = Field(min_length=8, max_length=200)
 
 
@@ -299,7 +319,10 @@ async def ops_sign_in(body: OpsIn, runtime: RuntimeDep, request: Request) -> Tok
 
 
 async def add_staff(db: Database, email: str, password: str, store_id: str | None = None) -> None:
-    """Create or reset a staff account (the `staff` command and tests use this)."""
+    """Create or reset a staff account (the `staff` command and tests use this). A reset
+    ends the account's sign-ins: whoever knew the old password is signed out."""
+    if not re.fullmatch(STAFF_EMAIL, email) or len(email) > 200:
+        raise ValueError(f"{email!r} is not a staff e-mail (plain ASCII, one @)")
     staff = Staff(db)
     account = OpsStaff(
         email=email.lower(),
@@ -308,6 +331,24 @@ async def add_staff(db: Database, email: str, password: str, store_id: str | Non
         created_at=utcnow(),
     )
     await staff.col.replace_one({"_id": account.email}, staff.to_doc(account), upsert=True)
+    await end_staff_sign_ins(db, account.email)
+
+
+async def remove_staff(db: Database, email: str) -> bool:
+    """Remove a staff account and end its sign-ins; False if there was none."""
+    removed = await Staff(db).col.delete_one({"_id": email.lower()})
+    await end_staff_sign_ins(db, email.lower())
+    return removed.deleted_count == 1
+
+
+async def end_staff_sign_ins(db: Database, email: str) -> int:
+    """Revoke every refresh token of this staff member's sign-ins. Access tokens already
+    issued run out within their life (15 minutes), and live streams with them."""
+    ended = await RefreshTokens(db).col.update_many(
+        {"subject": email, "role": {"$in": list(STAFF_ROLES)}, "revoked_at": None},
+        {"$set": {"revoked_at": utcnow()}},
+    )
+    return ended.modified_count
 
 
 class SigningKeysOut(Forbid):

@@ -36,7 +36,14 @@ async def ensure_indexes(db: Database) -> None:
     await db[ACCOUNTS].create_indexes(
         [IndexModel([("subject", ASCENDING), ("role", ASCENDING)], unique=True)]
     )
-    await db[REFRESH_TOKENS].create_indexes([IndexModel([("family", ASCENDING)])])
+    await db[REFRESH_TOKENS].create_indexes(
+        [
+            IndexModel([("family", ASCENDING)]),
+            IndexModel([("subject", ASCENDING)]),
+            # Gone a day after they expire: no sign-in can use them by then.
+            IndexModel([("expires_at", ASCENDING)], expireAfterSeconds=86400),
+        ]
+    )
     await db[API_KEYS].create_indexes([IndexModel([("store_id", ASCENDING)])])
     await db[SMS_LOG].create_indexes([IndexModel([("phone", ASCENDING), ("at", ASCENDING)])])
     await db[WEBHOOKS].create_indexes([IndexModel([("store_id", ASCENDING)])])
@@ -81,6 +88,9 @@ class RefreshToken(Forbid):
     subject: str
     store_id: str | None = None
     expires_at: datetime
+    # When the sign-in ends whatever its refreshes (None: a token from before this rule,
+    # whose sign-in ends when it expires).
+    session_ends_at: datetime | None = None
     revoked_at: datetime | None = None
     replaced_by: str | None = None
     version: int = 0

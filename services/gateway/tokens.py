@@ -64,6 +64,9 @@ def issue_access(key: SigningKey, actor: Actor, now: datetime, ttl: timedelta) -
     return jwt.encode(claims, key.private, algorithm=ALGORITHM, headers={"kid": key.key_id})
 
 
+ISSUED_AHEAD_S = 60  # how far ahead another replica's clock may be
+
+
 @dataclass(frozen=True)
 class VerifiedAccess:
     actor: Actor
@@ -90,15 +93,22 @@ def verify_access(token: str, keys: dict[str, Ed25519PublicKey], now: datetime) 
             algorithms=[ALGORITHM],
             audience=AUDIENCE,
             issuer=ISSUER,
-            options={"require": ["exp", "iat", "sub", "aud", "iss"], "verify_exp": False},
+            options={
+                "require": ["exp", "iat", "sub", "aud", "iss"],
+                "verify_exp": False,
+                "verify_iat": False,
+            },
         )
     except jwt.InvalidAudienceError:
         raise Unauthenticated("the access token is for another audience") from None
     except jwt.InvalidTokenError as exc:
         raise Unauthenticated(f"the access token is not valid: {exc}") from None
-    # Expiry against our clock (tests move it), not the library's.
+    # Times against our clock (tests move it), not the library's; a token from a replica
+    # whose clock runs a little ahead is not "issued in the future".
     if int(claims["exp"]) <= int(now.timestamp()):
         raise Unauthenticated("the access token has expired; refresh it")
+    if int(claims["iat"]) > now.timestamp() + ISSUED_AHEAD_S:
+        raise Unauthenticated("the access token was issued in the future")
     try:
         role = Role(str(claims.get("role")))
     except ValueError:
@@ -124,16 +134,21 @@ class VerifiedTokens:
     def __len__(self) -> int:
         return len(self._known)
 
-    def actor(self, token: str, keys: dict[str, Ed25519PublicKey], now: datetime) -> Actor:
+    def access(
+        self, token: str, keys: dict[str, Ed25519PublicKey], now: datetime
+    ) -> VerifiedAccess:
         known = self._known.get(token)
         if known is not None and known.key_id in keys and known.expires_at > int(now.timestamp()):
             self._known.move_to_end(token)
-            return known.actor
+            return known
         verified = verify_access(token, keys, now)  # raises with the reason
         self._known[token] = verified
         if len(self._known) > self._size:
             self._known.popitem(last=False)
-        return verified.actor
+        return verified
+
+    def actor(self, token: str, keys: dict[str, Ed25519PublicKey], now: datetime) -> Actor:
+        return self.access(token, keys, now).actor
 
 
 def new_secret() -> str:

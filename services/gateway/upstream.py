@@ -14,7 +14,7 @@ from pydantic_settings import BaseSettings, SettingsConfigDict
 
 from services.gateway.domain import may_retry
 from shared import logs
-from shared.auth import ROLE_HEADER, SIGNATURE_HEADER, actor_key, actor_signature
+from shared.auth import ROLE_HEADER, SIGNATURE_HEADER, Call, actor_key, actor_signature
 from shared.errors import DomainError
 from shared.http import CORRELATION_HEADER
 
@@ -130,9 +130,8 @@ class Upstream:
         if cid:
             headers[CORRELATION_HEADER] = cid
         if ROLE_HEADER in headers:  # the identity this gateway verified, signed for the service
-            headers[SIGNATURE_HEADER] = actor_signature(
-                self._actor_key, method=method, path=path, body=content or b"", identity=headers
-            )
+            call = Call(method, path, (params or {}).items(), content or b"", headers)
+            headers[SIGNATURE_HEADER] = actor_signature(self._actor_key, call)
         attempts = 1 + (
             self.settings.retries if may_retry(method, headers.get("Idempotency-Key")) else 0
         )

@@ -53,10 +53,14 @@ Tag = Annotated[str, Field(min_length=1, max_length=40, pattern=r"^[a-z0-9_-]+$"
 @router.get(
     "/review-requests/{booking_id}", tags=["reviews"], summary="The review invitation of a booking"
 )
-async def get_review_request(booking_id: PathId, runtime: RuntimeDep) -> ReviewRequest:
+async def get_review_request(
+    booking_id: PathId, runtime: RuntimeDep, actor: ActorDep
+) -> ReviewRequest:
     request = await ReviewRequests(runtime.db).get(booking_id)
     if request is None:
         raise NotFound(f"no review request for booking {booking_id} yet")
+    if not (actor.is_ops or (actor.role is Role.CUSTOMER and actor.subject == request.customer_id)):
+        raise Forbidden("a review invitation is for operations and the customer it invites")
     return request
 
 

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from typing import Any
+from dataclasses import replace
 
 import httpx
 import pytest
@@ -13,83 +13,105 @@ from shared.auth import (
     SIGNATURE_HEADER,
     SIGNATURE_MAX_AGE_S,
     STORE_HEADER,
+    Call,
     SignedActor,
     actor_key,
     actor_signature,
     signature_fault,
+    signature_matches,
 )
 
 KEY = b"k" * 32
 NOW = 1_800_000_000
-CALL: dict[str, Any] = {
-    "method": "POST",
-    "path": "/receipts/rc_1/sign",
-    "body": b'{"accepted": true}',
-    "identity": {ROLE_HEADER: "customer", ID_HEADER: "cus_ana"},
-}
+CUSTOMER = {ROLE_HEADER: "customer", ID_HEADER: "cus_ana"}
+CALL = Call(
+    "POST",
+    "/coupons",
+    [("customer_id", "cus_ana")],
+    b'{"amount": 500}',
+    {**CUSTOMER, "Idempotency-Key": "grant-1"},
+)
 
 
-def fault(signature: str | None, now: float = NOW, **changed: Any) -> str | None:
-    call = {**CALL, **changed}
-    return signature_fault(
-        KEY,
-        signature,
-        method=str(call["method"]),
-        path=str(call["path"]),
-        body=call["body"],
-        identity=call["identity"],
-        now=now,
-    )
-
-
-def signed(key: bytes = KEY, at: int = NOW) -> str:
-    return actor_signature(key, at=at, **CALL)
+def vouches(signature: str, call: Call = CALL, now: float = NOW) -> bool:
+    return signature_fault(signature, now) is None and signature_matches(KEY, signature, call)
 
 
 def test_the_call_it_was_made_for_is_vouched_for() -> None:
-    assert fault(signed()) is None
+    assert vouches(actor_signature(KEY, CALL, NOW))
 
 
 @pytest.mark.parametrize(
     "changed",
     [
-        {"identity": {ROLE_HEADER: "ops", ID_HEADER: "cus_ana"}},
-        {"identity": {ROLE_HEADER: "customer", ID_HEADER: "cus_bea"}},
-        {"identity": {ROLE_HEADER: "customer", ID_HEADER: "cus_ana", STORE_HEADER: "st_1"}},
+        {"headers": {**CALL.headers, ROLE_HEADER: "ops"}},
+        {"headers": {**CALL.headers, ID_HEADER: "cus_bea"}},
+        {"headers": {**CALL.headers, STORE_HEADER: "st_1"}},
+        {"headers": {**CALL.headers, "Idempotency-Key": "grant-2"}},
+        {"headers": {**CALL.headers, "If-Match": '"3"'}},
         {"method": "PUT"},
-        {"path": "/receipts/rc_2/sign"},
-        {"body": b'{"accepted": false}'},
+        {"path": "/holdings"},
+        {"query": [("customer_id", "cus_bea")]},
+        {"query": [("customer_id", "cus_ana"), ("store_id", "st_1")]},
+        {"body": b'{"amount": 50000}'},
     ],
-    ids=["role", "subject", "store", "method", "path", "body"],
+    ids=[
+        "role",
+        "subject",
+        "store",
+        "idempotency-key",
+        "if-match",
+        "method",
+        "path",
+        "query",
+        "more-query",
+        "body",
+    ],
 )
-def test_a_signature_carries_its_identity_to_no_other_call(changed: dict[str, Any]) -> None:
-    assert fault(signed(), **changed) == "the identity signature does not match this call"
+def test_a_signature_carries_its_identity_to_no_other_call(changed: dict[str, object]) -> None:
+    signature = actor_signature(KEY, CALL, NOW)
+    assert not vouches(signature, replace(CALL, **changed))  # type: ignore[arg-type]
+
+
+def test_the_querys_order_does_not_matter() -> None:
+    two = replace(CALL, query=[("a", "1"), ("b", "2")])
+    assert vouches(actor_signature(KEY, two, NOW), replace(two, query=[("b", "2"), ("a", "1")]))
 
 
 def test_another_key_signs_nothing() -> None:
-    assert fault(signed(key=b"x" * 32)) == "the identity signature does not match this call"
+    assert not vouches(actor_signature(b"x" * 32, CALL, NOW))
 
 
 def test_a_signature_holds_a_minute_either_side_of_its_time() -> None:
-    assert fault(signed(), now=NOW + SIGNATURE_MAX_AGE_S) is None
-    assert fault(signed(), now=NOW - SIGNATURE_MAX_AGE_S) is None  # a clock a little behind
-    assert fault(signed(), now=NOW + SIGNATURE_MAX_AGE_S + 1) == (
-        "the identity signature has expired"
-    )
-    assert fault(signed(), now=NOW - SIGNATURE_MAX_AGE_S - 1) == (
-        "the identity signature has expired"
-    )
+    signature = actor_signature(KEY, CALL, NOW)
+    assert vouches(signature, now=NOW + SIGNATURE_MAX_AGE_S)
+    assert vouches(signature, now=NOW - SIGNATURE_MAX_AGE_S)  # a clock a little behind
+    for now in (NOW + SIGNATURE_MAX_AGE_S + 1, NOW - SIGNATURE_MAX_AGE_S - 1):
+        assert signature_fault(signature, now) == "the identity signature has expired"
 
 
 def test_an_unsigned_identity_is_refused() -> None:
-    assert fault(None) == (
+    assert signature_fault(None, NOW) == (
         "the caller's identity is not signed: services are called through the gateway"
     )
 
 
-@pytest.mark.parametrize("text", ["abc", f"{NOW}", f"{NOW}.", "-5.ab", f"{'9' * 13}.ab"])
-def test_a_malformed_signature_is_refused(text: str) -> None:
-    assert fault(text) == "the identity signature is malformed"
+@pytest.mark.parametrize(
+    "text",
+    [
+        "abc",
+        f"{NOW}",
+        f"{NOW}.",
+        "-5." + "a" * 64,
+        f"{'9' * 13}." + "a" * 64,
+        f"{NOW}." + "g" * 64,
+        f"{NOW}." + "a" * 63,
+        "\u00b2." + "a" * 64,  # a digit to str.isdigit, not to int()
+        f"{NOW}." + "\u00e9" * 64,  # not ASCII: compare_digest would raise
+    ],
+)
+def test_a_malformed_signature_is_refused_without_an_error(text: str) -> None:
+    assert signature_fault(text, NOW) == "the identity signature is malformed"
 
 
 def test_a_process_needs_a_key_of_some_length() -> None:
@@ -103,12 +125,12 @@ def test_the_httpx_signer_signs_what_it_sends_and_only_calls_that_name_a_caller(
     auth = SignedActor(KEY)
     request = httpx.Request(
         "POST",
-        "http://booking/receipts/rc_1/sign?x=1",
-        headers=CALL["identity"],
-        content=CALL["body"],
+        "http://payments/coupons?customer_id=cus_ana",
+        headers={**CUSTOMER, "idempotency-key": "grant-1"},  # any case: headers are headers
+        content=CALL.body,
     )
     sent = next(auth.auth_flow(request))
     signature = sent.headers[SIGNATURE_HEADER]
-    assert fault(signature, now=int(signature.split(".")[0])) is None
+    assert vouches(signature, now=int(signature.split(".")[0]))
     anonymous = next(auth.auth_flow(httpx.Request("GET", "http://booking/healthz")))
     assert SIGNATURE_HEADER not in anonymous.headers

@@ -115,6 +115,18 @@ def test_a_remembered_token_still_needs_its_key_in_rotation_and_an_unexpired_exp
         verified.actor(token, {"k1": key.public}, now + timedelta(seconds=61))
 
 
+def test_a_token_from_a_clock_a_little_ahead_is_taken_by_our_clock_not_the_librarys() -> None:
+    """Times are checked against the gateway's clock (which tests move, and which another
+    replica's may lead by a little), never the machine's."""
+    now = datetime.now(UTC) + timedelta(days=90)  # a moved clock: iat is "in the future"
+    key = SigningKey.from_seed("k1", b"\x01" * 32)
+    ahead = _token(key, now + timedelta(seconds=30))  # issued by a replica 30 s ahead
+    assert VerifiedTokens().actor(ahead, {"k1": key.public}, now).subject == "cu_1"
+    too_far = _token(key, now + timedelta(seconds=120))
+    with pytest.raises(Unauthenticated, match="issued in the future"):
+        VerifiedTokens().actor(too_far, {"k1": key.public}, now)
+
+
 def test_a_token_that_fails_verification_is_never_remembered() -> None:
     now = datetime(2026, 11, 23, 12, 0, tzinfo=UTC)
     key = SigningKey.from_seed("k1", b"\x01" * 32)

@@ -12,7 +12,7 @@ from shared.http import install_error_handlers, install_middleware
 def app_raising(exc: Exception) -> FastAPI:
     app = FastAPI()
     install_error_handlers(app)
-    install_middleware(app, "test")
+    install_middleware(app, "test", 64 * 1024)
 
     @app.get("/thing")
     async def thing() -> None:

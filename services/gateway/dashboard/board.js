@@ -254,6 +254,8 @@ async function listen() {
             if (line.startsWith("event: ")) kind = line.slice(7);
             else if (line.startsWith("data: ")) data += line.slice(6);
           }
+          // The token that opened the stream ran out: it ends, and opens again refreshed.
+          if (kind === "credential_expired") continue;
           if (data) apply(kind, JSON.parse(data));
         }
       }

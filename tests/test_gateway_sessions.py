@@ -1,0 +1,179 @@
+"""How long a sign-in lasts, on a real gateway: refreshing keeps it going only up to its
+end (90 days for customers and technicians, 12 hours for staff); resetting a staff
+password or removing the account ends that account's sign-ins; a live stream lasts as long
+as the access token that opened it.
+
+One gateway for the module, with a clock the tests move (POST /testing/clock) and access
+tokens that last 3 s."""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import subprocess
+import sys
+import uuid
+from collections.abc import AsyncIterator, Iterator
+from typing import Any
+
+import httpx
+import pytest
+from pymongo import AsyncMongoClient
+
+from services.gateway.signin import add_staff
+from shared.mongo import Document
+from tests.harness import ROOT, Infra, ServiceProcess, new_prefix
+from tests.seed import bearer
+from tests.test_gateway_auth import phone, sign_in
+
+pytestmark = pytest.mark.integration
+
+ENDED = "this sign-in has reached its end; sign in again"
+DAY = 86400
+
+
+@pytest.fixture(scope="module")
+def gateway(infra: Infra) -> Iterator[ServiceProcess]:
+    alone = ServiceProcess(
+        "gateway",
+        infra,
+        new_prefix(),
+        extra_env={
+            "DOORSTEP_TEST_CLOCK": "1",
+            "GATEWAY_ACCESS_TOKEN_TTL_S": "3",
+            "GATEWAY_SIGNIN_BURST": "1000",
+        },
+    )
+    alone.start()
+    try:
+        yield alone
+    finally:
+        alone.stop()
+
+
+@pytest.fixture
+async def api(gateway: ServiceProcess) -> AsyncIterator[httpx.AsyncClient]:
+    async with httpx.AsyncClient(base_url=gateway.url, timeout=20) as client:
+        yield client
+
+
+async def staff_db(mongo: AsyncMongoClient[Document], gateway: ServiceProcess) -> Any:
+    return mongo[f"{gateway.prefix}_gateway"]
+
+
+async def later(api: httpx.AsyncClient, seconds: float) -> None:
+    moved = await api.post("/testing/clock", json={"advance_s": seconds})
+    assert moved.status_code == 200, moved.text
+
+
+async def refreshed(api: httpx.AsyncClient, tokens: dict[str, Any]) -> httpx.Response:
+    return await api.post("/v1/auth/refresh", json={"refresh_token": tokens["refresh_token"]})
+
+
+async def staff_sign_in(api: httpx.AsyncClient, email: str, password: str) -> dict[str, Any]:
+    r = await api.post("/v1/auth/ops", json={"email": email, "password": password})
+    assert r.status_code == 200, r.text
+    body: dict[str, Any] = r.json()
+    return body
+
+
+async def test_a_customers_sign_in_ends_90_days_after_it_began_however_often_refreshed(
+    api: httpx.AsyncClient,
+) -> None:
+    tokens = await sign_in(api, phone())
+    for _ in range(3):  # days 29, 58 and 87: each refresh well within the token's 30 days
+        await later(api, 29 * DAY)
+        r = await refreshed(api, tokens)
+        assert r.status_code == 200, r.text
+        tokens = r.json()
+    await later(api, 3 * DAY + 1)
+    ended = await refreshed(api, tokens)
+    assert ended.status_code == 401, ended.text
+    assert ended.json()["error"]["message"] == ENDED
+    # A new sign-in starts a new 90 days.
+    again = await sign_in(api, phone())
+    assert (await refreshed(api, again)).status_code == 200
+
+
+async def test_a_staff_sign_in_ends_after_12_hours(
+    api: httpx.AsyncClient, gateway: ServiceProcess, mongo: AsyncMongoClient[Document]
+) -> None:
+    email, password = f"ops-{uuid.uuid4().hex[:6]}@doorstep.test", uuid.uuid4().hex
+    await add_staff(await staff_db(mongo, gateway), email, password)
+    tokens = await staff_sign_in(api, email, password)
+    await later(api, 11 * 3600)
+    r = await refreshed(api, tokens)
+    assert r.status_code == 200, r.text
+    await later(api, 3600 + 1)
+    ended = await refreshed(api, r.json())
+    assert ended.status_code == 401, ended.text
+    assert ended.json()["error"]["message"] == ENDED
+
+
+async def test_resetting_a_staff_password_ends_that_accounts_sign_ins_only(
+    api: httpx.AsyncClient, gateway: ServiceProcess, mongo: AsyncMongoClient[Document]
+) -> None:
+    db = await staff_db(mongo, gateway)
+    email, other = (f"{who}-{uuid.uuid4().hex[:6]}@doorstep.test" for who in ("ops", "chiado"))
+    await add_staff(db, email, "old-password-1")
+    await add_staff(db, other, "other-password", store_id="store_chiado")
+    mine = [await staff_sign_in(api, email, "old-password-1") for _ in range(2)]
+    theirs = await staff_sign_in(api, other, "other-password")
+    customer = await sign_in(api, phone())
+
+    await add_staff(db, email, "new-password-2")
+
+    for tokens in mine:
+        r = await refreshed(api, tokens)
+        assert r.status_code == 401, r.text
+    old = await api.post("/v1/auth/ops", json={"email": email, "password": "old-password-1"})
+    assert old.status_code == 401
+    assert (await refreshed(api, theirs)).status_code == 200
+    assert (await refreshed(api, customer)).status_code == 200
+    await staff_sign_in(api, email, "new-password-2")
+
+
+async def test_removing_a_staff_account_with_the_command_ends_its_sign_ins(
+    api: httpx.AsyncClient, gateway: ServiceProcess, mongo: AsyncMongoClient[Document]
+) -> None:
+    email, password = f"gone-{uuid.uuid4().hex[:6]}@doorstep.test", uuid.uuid4().hex
+    await add_staff(await staff_db(mongo, gateway), email, password)
+    tokens = await staff_sign_in(api, email, password)
+    env = {**os.environ, **gateway.env()}
+    command = [sys.executable, "-m", "services.gateway.staff", "remove", email.upper()]
+    done = await asyncio.to_thread(
+        subprocess.run, command, cwd=ROOT, env=env, capture_output=True, text=True, check=False
+    )
+    assert done.returncode == 0, done.stderr
+    assert "removed" in done.stdout
+    assert (await refreshed(api, tokens)).status_code == 401
+    gone = await api.post("/v1/auth/ops", json={"email": email, "password": password})
+    assert gone.status_code == 401
+    again = await asyncio.to_thread(
+        subprocess.run, command, cwd=ROOT, env=env, capture_output=True, text=True, check=False
+    )
+    assert again.returncode == 1
+    assert "no such staff account" in again.stdout
+
+
+async def test_a_live_stream_ends_when_the_token_that_opened_it_runs_out(
+    api: httpx.AsyncClient,
+) -> None:
+    tokens = await sign_in(api, phone())
+    lines: list[str] = []
+    async with api.stream(
+        "GET", "/v1/notifications/stream", headers=bearer(tokens["access_token"])
+    ) as stream:
+        assert stream.status_code == 200, await stream.aread()
+        async with asyncio.timeout(15):  # the token lasts 3 s; a keep-alive comes every 15
+            async for line in stream.aiter_lines():
+                lines.append(line)
+    assert lines[0] == ": connected"
+    assert "event: credential_expired" in lines
+    # The app refreshes and opens it again.
+    fresh = await refreshed(api, tokens)
+    assert fresh.status_code == 200, fresh.text
+    async with api.stream(
+        "GET", "/v1/notifications/stream", headers=bearer(fresh.json()["access_token"])
+    ) as stream:
+        assert stream.status_code == 200
