@@ -503,6 +503,12 @@ async def test_operations_see_a_visit_unpaid_until_it_is_paid_or_they_write_it_o
         await expect(row).to_contain_text(customer)
         await expect(row).to_contain_text("60.00")
         await expect(row).to_contain_text("card declined by the issuer")
+        # Kept apart from the note, so a store is not shown what the bank said (unit tested).
+        stored = await mongo[f"{platform.prefix}_gateway"]["board_unpaid"].find_one(
+            {"_id": receipt["receipt_id"]}
+        )
+        assert stored is not None
+        assert stored["declined_because"] == "card declined by the issuer"
         await expect(row).to_contain_text("2 sent", timeout=LIVE)  # every 2 s in tests, twice
         await expect(board.page.locator("#unpaid-title")).to_have_text(
             re.compile(r"^Visits not paid: \d+$")

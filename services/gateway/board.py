@@ -447,7 +447,14 @@ async def payment_failed(tx: Transaction, e: PaymentFailed) -> None:
                 "technician_id", (visit.get("technician") or {}).get("technician_id")
             ),
         }
-    row = _unpaid(e, way="card", note=e.reason, due_since=_keep("due_since", occurred(tx)), **whose)
+    row = _unpaid(
+        e,
+        way="card",
+        note=e.reason,
+        declined_because=e.reason,  # operations see why; a store only that it was declined
+        due_since=_keep("due_since", occurred(tx)),
+        **whose,
+    )
     await _set(tx, BOARD_UNPAID, e.receipt_id, row)
 
 
@@ -658,9 +665,17 @@ async def fees(
     return [fee_row(d) for d in docs], total
 
 
+CARD_DECLINED = "the customer's card was declined"
+
+
 def unpaid_row(doc: Document, actor: Actor) -> UnpaidRow:
     row = UnpaidRow.model_validate({**doc, "receipt_id": doc["_id"]})
-    if not actor.is_ops:  # a store follows its technicians' cash, not who the customer is
+    declined_because = doc.get("declined_because")
+    if not actor.is_ops:
+        # A store follows its technicians' cash: not who the customer is, nor what their
+        # bank said of their card.
+        if declined_because is not None and row.note == declined_because:
+            row.note = CARD_DECLINED
         row.customer_id = row.write_off_reason = None
     return row
 

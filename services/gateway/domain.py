@@ -160,7 +160,9 @@ class UnpaidRow(Row):
     way: str = Field(description="card: the customer pays in the app; cash: the technician")
     status: str  # due, paid, or written_off
     note: str | None = Field(
-        None, description="Why: the card's decline, no card on file, or written off"
+        None,
+        description="Why: the card was declined (with the bank's reason for operations), "
+        "no card on file, or written off",
     )
     due_since: datetime | None = None
     reminders: int = Field(0, description="Reminders sent so far")

@@ -16,6 +16,7 @@ from fastapi.routing import APIRoute
 
 from services.gateway import handlers
 from services.gateway.app import create_app
+from services.gateway.board import unpaid_row
 from services.gateway.domain import DayTally, figures, may_retry
 from services.gateway.limits import HeldStream, RateLimiter, StreamSlots
 from services.gateway.security import edge_actor, signin_limited
@@ -253,3 +254,27 @@ def test_every_gateway_route_is_rate_limited_per_caller_or_address_or_known_to_b
             free.append(f"{sorted(route.methods or ())} {path}")
     assert free == []
     assert {"/v1/auth/logout", "/v1/auth/keys", "/v1/notifications/stream"} <= found
+
+
+def test_a_store_sees_its_visit_unpaid_but_not_whose_nor_what_the_bank_said() -> None:
+    declined = {
+        "_id": "rc_1",
+        "booking_id": "bk_1",
+        "customer_id": "cus_ana",
+        "store_id": "store_chiado",
+        "amount": 6000,
+        "currency": "EUR",
+        "way": "card",
+        "status": "due",
+        "note": "insufficient funds",
+        "declined_because": "insufficient funds",
+    }
+    ops = unpaid_row(declined, Actor(role=Role.OPS, subject="ops_1"))
+    assert (ops.note, ops.customer_id) == ("insufficient funds", "cus_ana")
+    store = Actor(role=Role.STORE, subject="s@x", store_id="store_chiado")
+    theirs = unpaid_row(declined, store)
+    assert (theirs.note, theirs.customer_id) == ("the customer's card was declined", None)
+    assert "insufficient" not in theirs.model_dump_json()
+    # A note written since (operations wrote it off) is the store's to read.
+    written_off = {**declined, "status": "written_off", "note": "written off by operations"}
+    assert unpaid_row(written_off, store).note == "written off by operations"
