@@ -27,6 +27,11 @@ TRANSACTION_RETRIES = Counter(
     " often), by what the work was",
     ["service", "work"],
 )
+EVENTS_REFUSED = Counter(
+    "doorstep_outbox_refused_total",
+    "Outbox events Kafka refuses for good (too large, say), set aside in outbox_refused",
+    ["service", "type"],
+)
 OUTBOX_BACKLOG = Gauge(
     "doorstep_outbox_backlog", "Outbox events committed but not yet published", ["service"]
 )

@@ -21,8 +21,12 @@ from typing import TypeVar
 
 from aiokafka import AIOKafkaProducer
 from aiokafka.errors import (
+    CorruptRecordException,
     InvalidProducerIdMapping,
+    MessageSizeTooLargeError,
     OutOfOrderSequenceNumber,
+    RecordListTooLargeError,
+    RecordTooLargeError,
     UnknownProducerId,
 )
 from pymongo import ASCENDING, AsyncMongoClient, IndexModel, UpdateMany, WriteConcern
@@ -33,7 +37,7 @@ from shared import logs
 from shared.events.envelope import Envelope, EventPayload
 from shared.events.registry import spec_of, stream_topic
 from shared.faults import crash_point
-from shared.metrics import EVENTS_PUBLISHED, OUTBOX_BACKLOG, TRANSACTION_RETRIES
+from shared.metrics import EVENTS_PUBLISHED, EVENTS_REFUSED, OUTBOX_BACKLOG, TRANSACTION_RETRIES
 from shared.mongo import Database, Document
 from shared.settings import Settings
 
@@ -41,6 +45,9 @@ log = logging.getLogger(__name__)
 T = TypeVar("T")
 
 OUTBOX = "outbox"
+# Rows Kafka will never take (too large, say), set aside with the reason for someone to look
+# at, so they do not stop every row behind them.
+OUTBOX_REFUSED = "outbox_refused"
 # A published row stays a week without its payload (Kafka has that): when each event was
 # committed and went out, for whoever traces a journey.
 PUBLISHED_RETENTION_S = 7 * 24 * 3600
@@ -176,6 +183,14 @@ def outbox_row(settings: Settings, envelope: Envelope, now: datetime, seq: int) 
 MARKS = WriteConcern(w=1)
 
 PRODUCER_LOST = (OutOfOrderSequenceNumber, UnknownProducerId, InvalidProducerIdMapping)
+# What Kafka answers a record it will never take however often it is sent. (Refusals that
+# would stop every row, such as authorisation, are a setting to fix: those are retried.)
+REFUSED_FOR_GOOD = (
+    MessageSizeTooLargeError,
+    RecordTooLargeError,
+    RecordListTooLargeError,
+    CorruptRecordException,
+)
 
 
 class OutboxRelay:
@@ -252,7 +267,7 @@ class OutboxRelay:
         stale, self._producer = self._producer, fresh
         with contextlib.suppress(Exception):
             await stale.stop()
-        log.warning("outbox relay: the producer's sequence state was lost; a new one took over")
+        log.warning("outbox relay: the producer lost its sequence state; a new one took over")
         return True
 
     async def publish_pending(self) -> int:
@@ -325,22 +340,82 @@ class OutboxRelay:
         if not rows:
             return
         # Send in order without waiting one by one; the idempotent producer keeps order per key.
-        futures = [
-            await self._producer.send(
-                row["topic"],
-                value=row["value"],
-                key=row["key"].encode(),
-                headers=[("event_type", row["type"].encode())],
-            )
-            for row in rows
+        sending: list[tuple[Document, asyncio.Future[object]]] = []
+        refused: list[tuple[Document, Exception]] = []
+        for row in rows:
+            try:
+                sending.append((row, await self._produce(row)))
+            except REFUSED_FOR_GOOD as exc:  # refused before it left (larger than a request)
+                refused.append((row, exc))
+        results = await asyncio.gather(*(sent for _, sent in sending), return_exceptions=True)
+        failed = [
+            (row, result)
+            for (row, _), result in zip(sending, results, strict=True)
+            if isinstance(result, BaseException)
         ]
-        await asyncio.gather(*futures)
+        if any(isinstance(result, REFUSED_FOR_GOOD) for _, result in failed):
+            await self._send_alone(failed, refused)
+        elif failed:
+            raise failed[0][1]  # the whole batch again: what arrived is dropped by the inboxes
+        if refused:
+            await self._set_aside(refused)
         crash_point("outbox.after_publish")
         sent_at = datetime.now(UTC)
+        set_aside = {row["_id"] for row, _ in refused}
         for row in rows:
+            if row["_id"] in set_aside:
+                continue
             self._to_mark[row["_id"]] = (row["created_at"], sent_at)
             EVENTS_PUBLISHED.labels(self._settings.service_name, row["type"]).inc()
         self._keep_marking()
+
+    async def _send_alone(
+        self,
+        failed: list[tuple[Document, BaseException]],
+        refused: list[tuple[Document, Exception]],
+    ) -> None:
+        """The broker refused a whole batch for one record in it, and the idempotent
+        producer's sequence behind that batch is lost (every later batch fails as out of
+        order): a new producer sends each failed row again alone, in order, and only a row
+        refused alone joins `refused`."""
+        if self._fresh_producer is None or not await self._renew_producer():
+            raise next(r for _, r in failed if isinstance(r, REFUSED_FOR_GOOD))
+        for row, _ in failed:
+            try:
+                await (await self._produce(row))
+            except REFUSED_FOR_GOOD as exc:
+                refused.append((row, exc))
+                if not await self._renew_producer():  # its sequence is lost again
+                    raise
+
+    async def _produce(self, row: Document) -> asyncio.Future[object]:
+        sent: asyncio.Future[object] = await self._producer.send(
+            row["topic"],
+            value=row["value"],
+            key=row["key"].encode(),
+            headers=[("event_type", row["type"].encode())],
+        )
+        return sent
+
+    async def _set_aside(self, refused: list[tuple[Document, Exception]]) -> None:
+        """Move rows Kafka refuses for good out of the outbox, with the reason: kept for
+        whoever looks into it (an alert on doorstep_outbox_refused_total), and the rows
+        behind them go on."""
+        now = datetime.now(UTC)
+        for row, exc in refused:
+            reason = f"{type(exc).__name__}: {exc}"
+            await self._db[OUTBOX_REFUSED].replace_one(
+                {"_id": row["_id"]}, {**row, "refused_at": now, "reason": reason}, upsert=True
+            )
+            log.error(
+                "outbox relay: Kafka refuses %s %s for good (%s); set aside in %s",
+                row["type"],
+                row["_id"],
+                reason,
+                OUTBOX_REFUSED,
+            )
+            EVENTS_REFUSED.labels(self._settings.service_name, row["type"]).inc()
+        await self._db[OUTBOX].delete_many({"_id": {"$in": [row["_id"] for row, _ in refused]}})
 
     def _keep_marking(self) -> None:
         if self._to_mark and (self._marking is None or self._marking.done()):

@@ -11,12 +11,15 @@ from datetime import UTC, datetime
 
 import pytest
 from aiokafka import AIOKafkaConsumer, AIOKafkaProducer
+from aiokafka.admin import AIOKafkaAdminClient
+from aiokafka.admin.config_resource import ConfigResource, ConfigResourceType
 
 from shared.events.envelope import Envelope
 from shared.kafka import ensure_topics, make_producer
 from shared.mongo import Database, connect
 from shared.outbox import (
     OUTBOX,
+    OUTBOX_REFUSED,
     OutboxRelay,
     Transaction,
     UnitOfWork,
@@ -51,7 +54,12 @@ class Outbox:
         producer = make_producer(settings)
         await producer.start()
         self.producers.append(producer)
-        self.relay = OutboxRelay(self.db, producer, settings)
+
+        def fresh() -> AIOKafkaProducer:  # as a service's relay renews its producer
+            self.producers.append(make_producer(settings))
+            return self.producers[-1]
+
+        self.relay = OutboxRelay(self.db, producer, settings, fresh_producer=fresh)
         self.uow = UnitOfWork(self.db.client, self.db, settings, on_commit=self.relay.committed)
         return self.resume()
 
@@ -263,3 +271,35 @@ async def test_a_unit_of_work_that_loses_a_write_conflict_runs_again_and_is_coun
     winner = work_name(first)
     assert winner.endswith("_is_counted.first"), winner
     assert retries(winner) == 0  # the winner ran once
+
+
+async def test_a_row_kafka_refuses_for_good_is_set_aside_and_the_rows_behind_it_go_out(
+    outbox: Outbox,
+) -> None:
+    """The topic takes at most 8 KB a batch; one event is larger. The broker refuses the
+    whole batch it went in: each row is then sent alone, the large one is set aside with
+    Kafka's reason, and the relay goes on instead of sending it for ever."""
+    admin = AIOKafkaAdminClient(bootstrap_servers=outbox.infra.kafka_bootstrap)
+    await admin.start()
+    try:
+        limit = {"max.message.bytes": "8000"}
+        await admin.alter_configs([ConfigResource(ConfigResourceType.TOPIC, outbox.topic, limit)])
+    finally:
+        await admin.close()
+    large = "L" * 6000  # in the key and the event: about 12 KB
+    async with running(await outbox.start()):
+        await outbox.commit("before", large, "after-1", "after-2")  # one hand-over, one batch
+        assert await outbox.published(3) == ["before", "after-1", "after-2"]
+        refused = await eventually(
+            lambda: outbox.db[OUTBOX_REFUSED].find_one({"key": large}), what="set aside"
+        )
+        assert "MessageSizeTooLarge" in refused["reason"], refused
+        assert refused["value"], "kept whole, for whoever looks into it"
+        await eventually(lambda: _none_left(outbox), what="nothing left to publish")
+        # The relay goes on.
+        await outbox.commit("later")
+        assert (await outbox.published(4))[-1] == "later"
+
+
+async def _none_left(outbox: Outbox) -> bool:
+    return await outbox.unpublished() == 0 and await outbox.db[OUTBOX].count_documents({}) == 3
