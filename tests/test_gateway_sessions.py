@@ -57,8 +57,17 @@ async def api(gateway: ServiceProcess) -> AsyncIterator[httpx.AsyncClient]:
         yield client
 
 
-async def staff_db(mongo: AsyncMongoClient[Document], gateway: ServiceProcess) -> Any:
+def staff_db(mongo: AsyncMongoClient[Document], gateway: ServiceProcess) -> Any:
     return mongo[f"{gateway.prefix}_gateway"]
+
+
+async def signed_in_staff(
+    api: httpx.AsyncClient, mongo: AsyncMongoClient[Document], gateway: ServiceProcess
+) -> tuple[str, str, dict[str, Any]]:
+    """A new operations account (e-mail, password) and a sign-in of it."""
+    email, password = f"ops-{uuid.uuid4().hex[:6]}@doorstep.test", uuid.uuid4().hex
+    await add_staff(staff_db(mongo, gateway), email, password)
+    return email, password, await staff_sign_in(api, email, password)
 
 
 async def later(api: httpx.AsyncClient, seconds: float) -> None:
@@ -98,9 +107,7 @@ async def test_a_customers_sign_in_ends_90_days_after_it_began_however_often_ref
 async def test_a_staff_sign_in_ends_after_12_hours(
     api: httpx.AsyncClient, gateway: ServiceProcess, mongo: AsyncMongoClient[Document]
 ) -> None:
-    email, password = f"ops-{uuid.uuid4().hex[:6]}@doorstep.test", uuid.uuid4().hex
-    await add_staff(await staff_db(mongo, gateway), email, password)
-    tokens = await staff_sign_in(api, email, password)
+    _, _, tokens = await signed_in_staff(api, mongo, gateway)
     await later(api, 11 * 3600)
     r = await refreshed(api, tokens)
     assert r.status_code == 200, r.text
@@ -113,7 +120,7 @@ async def test_a_staff_sign_in_ends_after_12_hours(
 async def test_resetting_a_staff_password_ends_that_accounts_sign_ins_only(
     api: httpx.AsyncClient, gateway: ServiceProcess, mongo: AsyncMongoClient[Document]
 ) -> None:
-    db = await staff_db(mongo, gateway)
+    db = staff_db(mongo, gateway)
     email, other = (f"{who}-{uuid.uuid4().hex[:6]}@doorstep.test" for who in ("ops", "chiado"))
     await add_staff(db, email, "old-password-1")
     await add_staff(db, other, "other-password", store_id="store_chiado")
@@ -136,9 +143,7 @@ async def test_resetting_a_staff_password_ends_that_accounts_sign_ins_only(
 async def test_removing_a_staff_account_with_the_command_ends_its_sign_ins(
     api: httpx.AsyncClient, gateway: ServiceProcess, mongo: AsyncMongoClient[Document]
 ) -> None:
-    email, password = f"gone-{uuid.uuid4().hex[:6]}@doorstep.test", uuid.uuid4().hex
-    await add_staff(await staff_db(mongo, gateway), email, password)
-    tokens = await staff_sign_in(api, email, password)
+    email, password, tokens = await signed_in_staff(api, mongo, gateway)
     env = {**os.environ, **gateway.env()}
     command = [sys.executable, "-m", "services.gateway.staff", "remove", email.upper()]
     done = await asyncio.to_thread(
