@@ -24,7 +24,7 @@ from urllib.parse import urlencode
 
 import httpx
 from fastapi import Depends, Header, Request
-from pydantic import BaseModel, ConfigDict
+from pydantic import BaseModel, ConfigDict, SecretStr
 
 from shared.errors import Forbidden, Unauthenticated
 
@@ -82,8 +82,9 @@ class Actor(BaseModel):
             raise Forbidden(f"a {self.role.value} may not do this (only {allowed})")
 
 
-def actor_key(text: str | None) -> bytes:
+def actor_key(setting: SecretStr | str | None) -> bytes:
     """The key that signs identities, from its setting; a process without one cannot start."""
+    text = setting.get_secret_value() if isinstance(setting, SecretStr) else setting
     if not text or len(text) < MIN_KEY_CHARS:
         raise RuntimeError(
             "DOORSTEP_ACTOR_KEY must be set, to the same random value of at least "
@@ -137,9 +138,8 @@ def signature_fault(signature: str | None, now: float | None = None) -> str | No
     if not signature:
         return "the caller's identity is not signed: services are called through the gateway"
     at_text, _, mac = signature.partition(".")
-    if not (at_text.isascii() and at_text.isdigit() and len(at_text) <= 12):
-        return "the identity signature is malformed"
-    if not _MAC.fullmatch(mac):
+    well_formed = at_text.isascii() and at_text.isdigit() and len(at_text) <= 12
+    if not well_formed or not _MAC.fullmatch(mac):
         return "the identity signature is malformed"
     now = time.time() if now is None else now
     if abs(now - int(at_text)) > SIGNATURE_MAX_AGE_S:

@@ -220,9 +220,7 @@ def create_service_app(spec: ServiceSpec, settings: Settings | None = None) -> F
 
     @contextlib.asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
-        app.state.actor_key = actor_key(
-            settings.actor_key.get_secret_value() if settings.actor_key else None
-        )
+        app.state.actor_key = actor_key(settings.actor_key)
         runtime = Runtime(spec, settings)
         app.state.runtime = runtime
         await runtime.start()

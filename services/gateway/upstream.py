@@ -84,9 +84,7 @@ class Upstream:
 
     def __init__(self, settings: UpstreamSettings) -> None:
         self.settings = settings
-        self._actor_key = actor_key(
-            settings.actor_key.get_secret_value() if settings.actor_key else None
-        )
+        self._actor_key = actor_key(settings.actor_key)
         bases = {
             "booking": settings.booking_url,
             "dispatch": settings.dispatch_url,
