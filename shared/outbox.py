@@ -399,7 +399,7 @@ class OutboxRelay:
 
     async def _set_aside(self, refused: list[tuple[Document, Exception]]) -> None:
         """Move rows Kafka refuses for good out of the outbox, with the reason: kept for
-        whoever looks into it (an alert on doorstep_outbox_refused_total), and the rows
+        whoever looks into it (an alert on doorstep_events_refused_total), and the rows
         behind them go on."""
         now = datetime.now(UTC)
         for row, exc in refused:
