@@ -58,6 +58,7 @@ from shared.errors import NotYet
 from shared.events.envelope import Envelope, EventPayload
 from shared.events.registry import is_known_type, stream_topic
 from shared.faults import crash_point
+from shared.kafka import PRODUCER_LOST, started_producer
 from shared.metrics import (
     CONSUMER_LAG,
     CONSUMER_RUN_EVENTS,
@@ -264,11 +265,17 @@ class EventConsumer:
         uow: UnitOfWork,
         producer: AIOKafkaProducer,
         handlers: Handlers,
+        *,
+        fresh_producer: Callable[[], AIOKafkaProducer] | None = None,
     ) -> None:
         self._settings = settings
         self._db = db
         self._uow = uow
+        # The dead letters' producer, and how to make a new one when it loses its sequence
+        # state (a broker restart, a letter the broker refused): it never recovers alone.
         self._producer = producer
+        self._fresh_producer = fresh_producer
+        self._renewing = asyncio.Lock()  # lanes that lost it together renew it once
         self._handlers = handlers
         self._name = settings.service_name
         self._consumer: AIOKafkaConsumer | None = None
@@ -291,6 +298,10 @@ class EventConsumer:
     @property
     def topics(self) -> list[str]:
         return self._handlers.topics(self._settings)
+
+    @property
+    def producer(self) -> AIOKafkaProducer:
+        return self._producer
 
     async def run_forever(self) -> None:
         consumer = AIOKafkaConsumer(
@@ -342,7 +353,9 @@ class EventConsumer:
         finally:
             lanes = list(self._lanes.values())
             for lane in lanes:
-                lane.task.cancel()  # a transaction under way is not committed: redelivered
+                # A transaction under way finishes or is cut short (UnitOfWork.run); its
+                # offset is not committed, so it comes again (the inbox drops it if done).
+                lane.task.cancel()
             await asyncio.gather(*(lane.task for lane in lanes), return_exceptions=True)
             self._lanes.clear()
             self._queued = 0
@@ -786,6 +799,22 @@ class EventConsumer:
             return "duplicate"
         return "handled"
 
+    async def _renew_producer(self, lost: AIOKafkaProducer) -> bool:
+        """A new dead-letter producer in place of `lost`; True once one is in place (by this
+        lane or another that lost it too), False if none could start."""
+        if self._fresh_producer is None:
+            return False
+        async with self._renewing:
+            if self._producer is not lost:
+                return True  # another lane renewed it meanwhile
+            fresh = await started_producer(self._fresh_producer, f"{self._name} dead letters")
+            if fresh is None:
+                return False
+            self._producer = fresh
+        with contextlib.suppress(Exception):
+            await lost.stop()  # a lane still sending with it sends again with the new one
+        return True
+
     async def _dead_letter(
         self, message: ConsumerRecord[bytes, bytes], letter: DeadLetter, envelope: Envelope | None
     ) -> None:
@@ -804,15 +833,24 @@ class EventConsumer:
         # Waits for the broker's ack: the offset is committed only once the letter is safe.
         value = message.value
         while True:
+            producer = self._producer
             try:
                 # A record needs a key or a body: one with neither is sent under an empty key.
                 key = message.key if message.key is not None or value is not None else b""
-                await self._producer.send_and_wait(
+                await producer.send_and_wait(
                     self._settings.dead_letter_topic, value=value, key=key, headers=headers
                 )
                 break
             except ProducerClosed:
+                if producer is not self._producer:
+                    continue  # another lane renewed it meanwhile: sent with the new one
                 raise  # the service is stopping: not committed, so delivered again
+            except PRODUCER_LOST:
+                # Sent again by this producer it fails the same way for ever, and the lane
+                # stops behind it: a new one sends it.
+                log.exception("dead-letter producer lost its sequence state")
+                if not await self._renew_producer(producer):
+                    await asyncio.sleep(1)
             except KafkaError as exc:
                 if not isinstance(exc, TOO_LARGE):  # the broker away, say: it will take it
                     log.exception("dead-letter publish failed; retrying")

@@ -5,10 +5,17 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+from collections.abc import Callable
 
 from aiokafka import AIOKafkaProducer
 from aiokafka.admin import AIOKafkaAdminClient, NewTopic
-from aiokafka.errors import KafkaConnectionError, TopicAlreadyExistsError
+from aiokafka.errors import (
+    InvalidProducerIdMapping,
+    KafkaConnectionError,
+    OutOfOrderSequenceNumber,
+    TopicAlreadyExistsError,
+    UnknownProducerId,
+)
 
 from shared.settings import Settings
 
@@ -25,6 +32,32 @@ def make_producer(settings: Settings) -> AIOKafkaProducer:
         linger_ms=2,
         request_timeout_ms=15000,
     )
+
+
+# An idempotent producer that lost its sequence state for a partition (after a broker
+# restart, or a batch the broker refused) answers these to every later send there, for good.
+PRODUCER_LOST = (OutOfOrderSequenceNumber, UnknownProducerId, InvalidProducerIdMapping)
+
+
+async def started_producer(
+    make: Callable[[], AIOKafkaProducer], who: str
+) -> AIOKafkaProducer | None:
+    """A new producer, started, to take over from one that lost its sequence state; None if
+    it cannot start (the broker still away): the caller keeps the old one and tries again at
+    its next failure. (One that never started would wait for metadata for ever.) The caller
+    puts it in place before stopping the old one, which others may be sending with."""
+    fresh = make()
+    try:
+        await fresh.start()
+    except BaseException as exc:
+        with contextlib.suppress(Exception):
+            await fresh.stop()
+        if not isinstance(exc, Exception):
+            raise  # cancelled: let go of what it opened, and stop
+        log.exception("%s: a new producer could not start; will try again", who)
+        return None
+    log.warning("%s: the producer lost its sequence state; a new one took over", who)
+    return fresh
 
 
 async def ensure_topics(settings: Settings, topics: list[str], attempts: int = 30) -> None:

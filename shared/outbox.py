@@ -22,12 +22,9 @@ from typing import TypeVar
 from aiokafka import AIOKafkaProducer
 from aiokafka.errors import (
     CorruptRecordException,
-    InvalidProducerIdMapping,
     MessageSizeTooLargeError,
-    OutOfOrderSequenceNumber,
     RecordListTooLargeError,
     RecordTooLargeError,
-    UnknownProducerId,
 )
 from pymongo import ASCENDING, AsyncMongoClient, IndexModel, UpdateMany, WriteConcern
 from pymongo.asynchronous.client_session import AsyncClientSession
@@ -37,6 +34,7 @@ from shared import logs
 from shared.events.envelope import Envelope, EventPayload
 from shared.events.registry import spec_of, stream_topic
 from shared.faults import crash_point
+from shared.kafka import PRODUCER_LOST, started_producer
 from shared.metrics import EVENTS_PUBLISHED, EVENTS_REFUSED, OUTBOX_BACKLOG, TRANSACTION_RETRIES
 from shared.mongo import Database, Document
 from shared.settings import Settings
@@ -182,7 +180,6 @@ def outbox_row(settings: Settings, envelope: Envelope, now: datetime, seq: int) 
 # inboxes drop them.
 MARKS = WriteConcern(w=1)
 
-PRODUCER_LOST = (OutOfOrderSequenceNumber, UnknownProducerId, InvalidProducerIdMapping)
 # What Kafka answers a record it will never take however often it is sent. (Refusals that
 # would stop every row, such as authorisation, are a setting to fix: those are retried.)
 REFUSED_FOR_GOOD = (
@@ -253,21 +250,14 @@ class OutboxRelay:
 
     async def _renew_producer(self) -> bool:
         """A new producer in place of one that lost its sequence state; False, keeping the
-        old one, if the new one cannot start (the broker still away): tried again at the
-        next failure. A producer that never started would wait for metadata for ever."""
+        old one, if the new one cannot start (tried again at the next failure)."""
         assert self._fresh_producer is not None
-        fresh = self._fresh_producer()
-        try:
-            await fresh.start()
-        except Exception:
-            log.exception("outbox relay: a new producer could not start; will try again")
-            with contextlib.suppress(Exception):
-                await fresh.stop()
+        fresh = await started_producer(self._fresh_producer, "outbox relay")
+        if fresh is None:
             return False
         stale, self._producer = self._producer, fresh
         with contextlib.suppress(Exception):
             await stale.stop()
-        log.warning("outbox relay: the producer lost its sequence state; a new one took over")
         return True
 
     async def publish_pending(self) -> int:

@@ -62,8 +62,8 @@ class Runtime:
         self.settings = settings
         self.client: AsyncMongoClient[Document] = connect(settings)
         self.db: Database = self.client[settings.database_name]
-        self.producer = make_producer(settings)
-        # The relay has a producer of its own, which it may replace after a broker restart.
+        # The relay and the consumer's dead letters each have a producer of their own, which
+        # each replaces when it loses its sequence state.
         self.relay = OutboxRelay(
             self.db,
             make_producer(settings),
@@ -78,7 +78,14 @@ class Runtime:
             on_timer_set=self._wake_timers,
         )
         self.consumer = (
-            EventConsumer(settings, self.db, self.uow, self.producer, spec.handlers)
+            EventConsumer(
+                settings,
+                self.db,
+                self.uow,
+                make_producer(settings),
+                spec.handlers,
+                fresh_producer=lambda: make_producer(settings),
+            )
             if spec.handlers.models()
             else None
         )
@@ -104,7 +111,8 @@ class Runtime:
         if self.consumer:
             topics += [*self.consumer.topics, self.settings.dead_letter_topic]
         await ensure_topics(self.settings, topics)
-        await self.producer.start()
+        if self.consumer:
+            await self.consumer.producer.start()
         await self.relay.producer.start()
         self._tasks.append(
             asyncio.create_task(self._supervise("outbox-relay", self.relay.run_forever))
@@ -126,7 +134,8 @@ class Runtime:
         for task in self._tasks:
             with contextlib.suppress(asyncio.CancelledError):
                 await task
-        await self.producer.stop()
+        if self.consumer:
+            await self.consumer.producer.stop()
         await self.relay.producer.stop()
         await self.client.close()
 

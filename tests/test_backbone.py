@@ -105,14 +105,19 @@ async def probe(infra: Infra) -> AsyncIterator[Probe]:
             {"_id": event.probe_id, "transaction": id(tx)}, session=tx.session
         )
 
-    producer = make_producer(settings)
+    producers = [make_producer(settings)]
+
+    def fresh() -> AIOKafkaProducer:  # as a service's consumer renews its producer
+        producers.append(make_producer(settings))
+        return producers[-1]
 
     def member() -> EventConsumer:
-        return EventConsumer(settings, db, UnitOfWork(client, db, settings), producer, handlers)
+        uow = UnitOfWork(client, db, settings)
+        return EventConsumer(settings, db, uow, producers[0], handlers, fresh_producer=fresh)
 
     consumer = member()
     await ensure_topics(settings, [*consumer.topics, settings.dead_letter_topic])
-    await producer.start()
+    await producers[0].start()
     task = asyncio.create_task(consumer.run_forever())
     try:
         yield Probe(
@@ -130,7 +135,8 @@ async def probe(infra: Infra) -> AsyncIterator[Probe]:
         task.cancel()
         with contextlib.suppress(asyncio.CancelledError):
             await task
-        await producer.stop()
+        for producer in producers:
+            await producer.stop()
         await client.close()
 
 
@@ -316,6 +322,30 @@ async def test_a_dead_letter_the_broker_refuses_goes_without_its_body_or_is_logg
     await send(kafka_producer, probe.topic, envelope_bytes("after-refused"))
     await eventually(lambda: _ge_async(probe.effects("after-refused"), 1), what="loop went on")
     assert len(await read_dead_letters(infra, dead_letters, 1)) == 1, "the refused one landed"
+
+
+async def test_a_letter_the_broker_refused_does_not_stop_the_letters_behind_it(
+    probe: Probe, kafka_producer: AIOKafkaProducer, infra: Infra
+) -> None:
+    """The broker refusing a letter costs the idempotent producer its sequence on that
+    partition: every later letter there failed as out of order, retried each second for
+    ever, and the source partition stopped behind it. A new producer now sends it."""
+    dead_letters = probe.settings.dead_letter_topic
+    await _cap_messages(infra, dead_letters, 2048)
+    # One key: every letter goes to one partition of the dead-letter topic.
+    for value in (b"first, not an envelope", b"large, not an envelope " + b"x" * 4000):
+        await send(kafka_producer, probe.topic, value)
+    await send(kafka_producer, probe.topic, b"behind it, not an envelope")
+    await send(kafka_producer, probe.topic, envelope_bytes("after-refusal"))
+
+    await eventually(lambda: _ge_async(probe.effects("after-refusal"), 1), what="loop went on")
+    letters = await read_dead_letters(infra, dead_letters, 3)
+    assert [letter.value for letter in letters] == [
+        b"first, not an envelope",
+        None,  # sent without its body
+        b"behind it, not an envelope",
+    ]
+    assert len({letter.partition for letter in letters}) == 1
 
 
 async def _ge(value: float, floor: float) -> bool:
