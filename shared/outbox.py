@@ -93,6 +93,10 @@ class Transaction:
         return envelope
 
 
+# How long a unit of work whose caller was cancelled may go on to finish its transaction.
+FINISH_AFTER_CANCEL_S = 5.0
+
+
 class UnitOfWork:
     """Runs work in one MongoDB transaction together with the outbox rows it emits."""
 
@@ -137,19 +141,45 @@ class UnitOfWork:
                     await self._db[OUTBOX].insert_many(rows, session=s)
                 return result, rows, tx.timer_due
 
+            running = asyncio.ensure_future(session.with_transaction(attempt))
             try:
-                result, rows, timer_due = await session.with_transaction(attempt)
+                result, rows, timer_due = await asyncio.shield(running)
+            except asyncio.CancelledError:
+                await self._finish_cancelled(running)
+                raise
             finally:
                 if attempts > 1:
                     TRANSACTION_RETRIES.labels(
                         self._settings.service_name, name or work_name(work)
                     ).inc(attempts - 1)
         crash_point("outbox.after_commit")
+        self._committed(rows, timer_due)
+        return result
+
+    async def _finish_cancelled(
+        self, running: asyncio.Future[tuple[T, list[Document], datetime | None]]
+    ) -> None:
+        """Cancelled (its lane stopping, say) with the transaction under way, perhaps
+        committing: it may finish for a few seconds, and what it committed is handed over
+        now. Left to the sweep, its events would go out after later ones for the same key.
+        Not done by then (or cancelled again), it is cut short: the sweep has what it
+        committed."""
+        try:
+            await asyncio.wait({running}, timeout=FINISH_AFTER_CANCEL_S)
+        finally:
+            if not running.done():
+                running.cancel()
+                # Its session ends when the caller leaves: wait for the task to let go of it.
+                await asyncio.wait({running})
+        if not running.cancelled() and running.exception() is None:
+            _, rows, timer_due = running.result()
+            self._committed(rows, timer_due)
+
+    def _committed(self, rows: list[Document], timer_due: datetime | None) -> None:
         if rows:
             self._on_commit(rows)
         if timer_due is not None:
             self._on_timer_set(timer_due)
-        return result
 
 
 def work_name(work: Callable[..., object]) -> str:

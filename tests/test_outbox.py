@@ -187,6 +187,36 @@ async def test_a_row_nobody_handed_over_is_swept_once_it_is_old_enough(outbox: O
         await eventually(lambda: _none(outbox), what="the swept row marked published")
 
 
+async def test_a_unit_of_work_cancelled_midway_commits_and_its_events_go_out_first(
+    outbox: Outbox,
+) -> None:
+    """A lane cancelled while its transaction was committing left the rows to the sweep
+    (seconds later), so an event for the same key committed after them went out first. A
+    transaction whose caller is cancelled now finishes as it would have (for a few seconds
+    at most), and its rows are handed over at once. Here the cancellation comes while the
+    work itself still runs, the widest form of that window."""
+    async with running(await outbox.start(outbox_sweep_after_s=600)):
+        assert outbox.uow is not None
+        midway, go_on = asyncio.Event(), asyncio.Event()
+
+        async def slow(tx: Transaction) -> None:
+            tx.emit(ProbeNoted(probe_id="cancelled-midway"))
+            midway.set()
+            await go_on.wait()
+
+        work = asyncio.create_task(outbox.uow.run(slow))
+        async with asyncio.timeout(10):
+            await midway.wait()
+        work.cancel()
+        await asyncio.sleep(0.1)  # the cancellation is in; the transaction is still open
+        go_on.set()
+        with pytest.raises(asyncio.CancelledError):
+            await work
+        await outbox.commit("committed-after")
+        # One partition: the order read is the order sent. The sweep waits 10 minutes.
+        assert await outbox.published(2, within_s=5) == ["cancelled-midway", "committed-after"]
+
+
 async def test_an_overflowing_hand_over_queue_is_read_back_from_mongodb_in_order(
     outbox: Outbox,
 ) -> None:
