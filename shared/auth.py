@@ -15,6 +15,7 @@ import hashlib
 import hmac
 import os
 import re
+import secrets
 import time
 from collections.abc import Generator, Iterable, Mapping
 from dataclasses import dataclass
@@ -34,6 +35,7 @@ SIGNATURE_HEADER = "X-Actor-Signature"
 # retries and for clocks a little apart, short enough that a copied one soon expires.
 SIGNATURE_MAX_AGE_S = 60
 MIN_KEY_CHARS = 32
+REPLAYED = "this signed call was made already: a signature vouches for one call only"
 
 
 class Role(StrEnum):
@@ -96,15 +98,16 @@ def actor_key(setting: SecretStr | str | None) -> bytes:
 
 # Headers whose value changes what a call does, signed with the identity.
 SIGNED_HEADERS = (ROLE_HEADER, ID_HEADER, STORE_HEADER, "Idempotency-Key", "If-Match")
-_MAC = re.compile(r"[0-9a-f]{64}")
+# time.nonce.mac: the nonce makes each call's signature its own, so a copy is told apart.
+_SIGNATURE = re.compile(r"([0-9]{1,12})\.([0-9a-f]{16})\.([0-9a-f]{64})")
 
 
 @dataclass(frozen=True, slots=True)
 class Call:
     """What a signature is bound to: the method, the path, the query, the body and the
-    headers that change what the call does. A copied signature vouches for no other call
-    (an exact copy, within its minute, repeats the same call: writes that must not happen
-    twice carry an Idempotency-Key)."""
+    headers that change what the call does. A copied signature vouches for no other call,
+    and an exact copy of the call is refused by the process that saw it first
+    (`UsedSignatures`)."""
 
     method: str
     path: str
@@ -112,10 +115,11 @@ class Call:
     body: bytes
     headers: Mapping[str, str]  # looked up by SIGNED_HEADERS' names
 
-    def text(self, at: int) -> bytes:
+    def text(self, at: int, nonce: str) -> bytes:
         signed = (self.headers.get(h, "") for h in SIGNED_HEADERS)
         return "\n".join(
             (
+                nonce,
                 self.method.upper(),
                 self.path,
                 urlencode(sorted(self.query)),
@@ -126,10 +130,12 @@ class Call:
         ).encode()
 
 
-def actor_signature(key: bytes, call: Call, at: int | None = None) -> str:
-    """The X-Actor-Signature for a call carrying an identity (its X-Actor-* headers)."""
+def actor_signature(key: bytes, call: Call, at: int | None = None, nonce: str | None = None) -> str:
+    """The X-Actor-Signature for a call carrying an identity (its X-Actor-* headers): made
+    for each attempt of a call, a retry included."""
     at = int(time.time()) if at is None else at
-    return f"{at}.{hmac.new(key, call.text(at), hashlib.sha256).hexdigest()}"
+    nonce = secrets.token_hex(8) if nonce is None else nonce
+    return f"{at}.{nonce}.{hmac.new(key, call.text(at, nonce), hashlib.sha256).hexdigest()}"
 
 
 def signature_fault(signature: str | None, now: float | None = None) -> str | None:
@@ -137,20 +143,46 @@ def signature_fault(signature: str | None, now: float | None = None) -> str | No
     before the body is read."""
     if not signature:
         return "the caller's identity is not signed: services are called through the gateway"
-    at_text, _, mac = signature.partition(".")
-    well_formed = at_text.isascii() and at_text.isdigit() and len(at_text) <= 12
-    if not well_formed or not _MAC.fullmatch(mac):
+    parts = _SIGNATURE.fullmatch(signature)
+    if parts is None:
         return "the identity signature is malformed"
     now = time.time() if now is None else now
-    if abs(now - int(at_text)) > SIGNATURE_MAX_AGE_S:
+    if abs(now - int(parts[1])) > SIGNATURE_MAX_AGE_S:
         return "the identity signature has expired"
     return None
 
 
 def signature_matches(key: bytes, signature: str, call: Call) -> bool:
     """Whether a signature that passed `signature_fault` was made for this very call."""
-    expected = actor_signature(key, call, int(signature.partition(".")[0]))
+    at, nonce, _ = signature.split(".")
+    expected = actor_signature(key, call, int(at), nonce)
     return hmac.compare_digest(expected.encode(), signature.encode())
+
+
+class UsedSignatures:
+    """The signatures this process accepted lately: a second call with one is an exact
+    copy of a call already made (someone replaying what they overheard), and is refused.
+    One is kept as long as it could pass its time check: twice the allowed age after it
+    came. Per process: a copy sent to another replica of the service is not caught there."""
+
+    def __init__(self, keep_s: float = 2 * SIGNATURE_MAX_AGE_S) -> None:
+        self._keep_s = keep_s
+        self._seen: dict[str, float] = {}  # signature -> when it came (monotonic), oldest first
+
+    def __len__(self) -> int:
+        return len(self._seen)
+
+    def first_use(self, signature: str, now: float | None = None) -> bool:
+        now = time.monotonic() if now is None else now
+        while self._seen:
+            oldest, came = next(iter(self._seen.items()))
+            if came > now - self._keep_s:
+                break
+            del self._seen[oldest]
+        if signature in self._seen:
+            return False
+        self._seen[signature] = now
+        return True
 
 
 class SignedActor(httpx.Auth):
@@ -203,6 +235,9 @@ async def current_actor(
     )
     if not signature_matches(request.app.state.actor_key, x_actor_signature, call):
         raise Unauthenticated("the identity signature does not match this call")
+    used: UsedSignatures = request.app.state.used_signatures
+    if not used.first_use(x_actor_signature):
+        raise Unauthenticated(REPLAYED)
     try:
         role = Role(x_actor_role)
     except ValueError:

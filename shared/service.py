@@ -22,7 +22,7 @@ from pydantic import BaseModel, ConfigDict, Field
 from pymongo import AsyncMongoClient
 
 from shared import logs
-from shared.auth import actor_key
+from shared.auth import UsedSignatures, actor_key
 from shared.consumer import EventConsumer, Handlers, ensure_inbox_indexes
 from shared.events.registry import stream_topic
 from shared.http import document_errors, install_error_handlers, install_middleware
@@ -230,6 +230,7 @@ def create_service_app(spec: ServiceSpec, settings: Settings | None = None) -> F
     @contextlib.asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
         app.state.actor_key = actor_key(settings.actor_key)
+        app.state.used_signatures = UsedSignatures()
         runtime = Runtime(spec, settings)
         app.state.runtime = runtime
         await runtime.start()

@@ -1,6 +1,7 @@
 """Services believe a caller's identity only with the gateway's signature: on the real
-services, an identity sent without it, signed with another key, or copied from another
-call is refused with 401 and changes nothing; a process without the key does not start."""
+services, an identity sent without it, signed with another key, copied from another call
+or sent again with the very call it was made for is refused with 401 and changes nothing; a
+process without the key does not start."""
 
 from __future__ import annotations
 
@@ -10,7 +11,7 @@ import uuid
 import httpx
 import pytest
 
-from shared.auth import SIGNATURE_HEADER, SignedActor
+from shared.auth import REPLAYED, SIGNATURE_HEADER, SignedActor
 from tests.conftest import Platform
 from tests.harness import Infra, ServiceProcess, new_prefix
 from tests.seed import OPS, as_customer
@@ -87,6 +88,25 @@ async def test_a_copied_signature_vouches_for_no_other_caller_path_or_body(
     async with platform.client("booking", OPS) as ops:
         assert (await ops.get(f"/customers/{ana}")).json()["name"] == "Ana Ribeiro"
         assert (await ops.get(f"/customers/{bea}")).status_code == 404
+
+
+async def test_an_exact_copy_of_a_signed_call_is_refused(platform: Platform) -> None:
+    """Overheard between the gateway and a service, a signed call could be sent again as it
+    was, within its minute. Each signature is good for one call now."""
+    ana = f"cus_{uuid.uuid4().hex[:8]}"
+    seen: list[httpx.Request] = []
+    async with platform.client("booking", as_customer(ana)) as signed:
+        signed.event_hooks["request"].append(lambda request: _keep(seen, request))
+        assert (await signed.put(f"/customers/{ana}", json=profile())).status_code == 200
+        again = await signed.put(f"/customers/{ana}", json=profile())
+        assert again.status_code == 200, "the same call, signed afresh, is another call"
+    first = seen[0]
+    async with httpx.AsyncClient(base_url=platform.url("booking"), timeout=10) as raw:
+        copy = await raw.send(
+            httpx.Request(first.method, first.url, headers=first.headers, content=first.content)
+        )
+    assert copy.status_code == 401, copy.text
+    assert copy.json()["error"]["message"] == REPLAYED
 
 
 async def _keep(seen: list[httpx.Request], request: httpx.Request) -> None:

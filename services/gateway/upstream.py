@@ -127,13 +127,15 @@ class Upstream:
         cid = logs.correlation_id.get()
         if cid:
             headers[CORRELATION_HEADER] = cid
-        if ROLE_HEADER in headers:  # the identity this gateway verified, signed for the service
-            call = Call(method, path, (params or {}).items(), content or b"", headers)
-            headers[SIGNATURE_HEADER] = actor_signature(self._actor_key, call)
+        # The identity this gateway verified, signed for the service at each attempt (a
+        # service takes a signature once).
+        call = Call(method, path, (params or {}).items(), content or b"", dict(headers))
         attempts = 1 + (
             self.settings.retries if may_retry(method, headers.get("Idempotency-Key")) else 0
         )
         for attempt in range(1, attempts + 1):
+            if ROLE_HEADER in headers:
+                headers[SIGNATURE_HEADER] = actor_signature(self._actor_key, call)
             try:
                 async with self._sessions[service].request(
                     method, path, data=content, params=params, headers=headers

@@ -15,6 +15,7 @@ from shared.auth import (
     STORE_HEADER,
     Call,
     SignedActor,
+    UsedSignatures,
     actor_key,
     actor_signature,
     signature_fault,
@@ -106,12 +107,34 @@ def test_an_unsigned_identity_is_refused() -> None:
         f"{'9' * 13}." + "a" * 64,
         f"{NOW}." + "g" * 64,
         f"{NOW}." + "a" * 63,
+        f"{NOW}." + "a" * 64,  # no nonce
+        f"{NOW}.{'a' * 15}." + "a" * 64,
+        f"{NOW}.{'G' * 16}." + "a" * 64,
+        f"{NOW}.{'a' * 16}." + "a" * 65,
         "\u00b2." + "a" * 64,  # a digit to str.isdigit, not to int()
         f"{NOW}." + "\u00e9" * 64,  # not ASCII: compare_digest would raise
     ],
 )
 def test_a_malformed_signature_is_refused_without_an_error(text: str) -> None:
     assert signature_fault(text, NOW) == "the identity signature is malformed"
+
+
+def test_each_signature_is_its_own_even_for_the_same_call_at_the_same_second() -> None:
+    first, second = actor_signature(KEY, CALL, NOW), actor_signature(KEY, CALL, NOW)
+    assert first != second
+    assert vouches(first)
+    assert vouches(second)
+
+
+def test_a_signature_is_taken_once_while_it_could_still_pass() -> None:
+    used = UsedSignatures(keep_s=120)
+    first, other = actor_signature(KEY, CALL, NOW), actor_signature(KEY, CALL, NOW)
+    assert used.first_use(first, now=0.0)
+    assert not used.first_use(first, now=1.0)
+    assert used.first_use(other, now=2.0)
+    assert not used.first_use(first, now=119.0)
+    assert used.first_use(actor_signature(KEY, CALL, NOW), now=130.0)
+    assert len(used) == 1  # the two from the first seconds let go: past their time check
 
 
 def test_a_process_needs_a_key_of_some_length() -> None:
