@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import uuid
 from datetime import UTC, date, datetime, time, timedelta
 from typing import Any
 from zoneinfo import ZoneInfo
@@ -9,9 +10,11 @@ from zoneinfo import ZoneInfo
 import httpx
 import jwt
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
-from pymongo import AsyncMongoClient
+from pymongo import AsyncMongoClient, ReturnDocument
 
-from shared.auth import Actor
+from services.gateway.security import stand_in_hash
+from services.gateway.storage import OPS_STAFF, OpsStaff, Staff
+from shared.auth import Actor, Role
 from shared.events.dispatch import ServiceCompleted
 from shared.events.types import PricedLine
 from shared.mongo import Document
@@ -268,10 +271,27 @@ async def gateway_token(
     **claims: Any,
 ) -> str:
     """An access token as the gateway issues it, signed with its current key (read from
-    its database), for any caller; `claims` override what the gateway would put in."""
-    doc = await mongo[f"{prefix}_gateway"]["signing_keys"].find_one(
-        {"current": True}, sort=[("created_at", -1)]
-    )
+    its database), for any caller; `claims` override what the gateway would put in. A
+    staff member's (operations, a store's staff) names their account's sign-ins, the
+    account made here if it is not there yet, as the gateway checks on every call."""
+    gateway = mongo[f"{prefix}_gateway"]
+    if actor.role in (Role.OPS, Role.STORE):
+        staff = OpsStaff(
+            email=actor.subject,
+            password_hash=stand_in_hash(),
+            store_id=actor.store_id,
+            created_at=datetime.now(UTC),
+            sign_ins=uuid.uuid4().hex,
+        )
+        account = await gateway[OPS_STAFF].find_one_and_update(
+            {"_id": staff.email},
+            {"$setOnInsert": Staff(gateway).to_doc(staff)},
+            upsert=True,
+            return_document=ReturnDocument.AFTER,
+        )
+        assert account is not None
+        claims = {"staff": account["sign_ins"], **claims}
+    doc = await gateway["signing_keys"].find_one({"current": True}, sort=[("created_at", -1)])
     assert doc is not None, "the gateway has made no signing key yet (GET /v1/auth/keys)"
     key = Ed25519PrivateKey.from_private_bytes(bytes(doc["seed"]))
     now = datetime.now(UTC)

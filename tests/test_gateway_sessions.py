@@ -1,7 +1,7 @@
 """How long a sign-in lasts, on a real gateway: refreshing keeps it going only up to its
 end (90 days for customers and technicians, 12 hours for staff); resetting a staff
-password or removing the account ends that account's sign-ins; a live stream lasts as long
-as the access token that opened it.
+password or removing the account ends that account's sign-ins, access tokens included; a
+live stream lasts as long as the access token that opened it.
 
 One gateway for the module, with a clock the tests move (POST /testing/clock) and access
 tokens that last 3 s."""
@@ -20,7 +20,8 @@ import httpx
 import pytest
 from pymongo import AsyncMongoClient
 
-from services.gateway.signin import add_staff
+from services.gateway.security import STAFF_SIGN_IN_ENDED
+from services.gateway.signin import add_staff, remove_staff
 from shared.mongo import Document
 from tests.harness import ROOT, Infra, ServiceProcess, new_prefix
 from tests.seed import bearer
@@ -159,6 +160,33 @@ async def test_removing_a_staff_account_with_the_command_ends_its_sign_ins(
     )
     assert again.returncode == 1
     assert "no such staff account" in again.stdout
+
+
+async def test_a_reset_or_removed_staff_members_access_token_stops_working_at_once(
+    api: httpx.AsyncClient, gateway: ServiceProcess, mongo: AsyncMongoClient[Document]
+) -> None:
+    """Ending the sign-ins revokes their refresh tokens; the access tokens already out used
+    to work on until they expired (15 minutes), board and streams included."""
+    db = staff_db(mongo, gateway)
+    email, _, tokens = await signed_in_staff(api, mongo, gateway)
+    _, _, colleague = await signed_in_staff(api, mongo, gateway)
+
+    async def board(tokens: dict[str, Any]) -> httpx.Response:
+        return await api.get("/v1/board", headers=bearer(tokens["access_token"]))
+
+    assert (await board(tokens)).status_code == 200
+    await add_staff(db, email, "a-new-password-3")
+    reset = await board(tokens)
+    assert reset.status_code == 401, reset.text
+    assert reset.json()["error"]["message"] == STAFF_SIGN_IN_ENDED
+    assert (await board(colleague)).status_code == 200  # nobody else's
+
+    again = await staff_sign_in(api, email, "a-new-password-3")
+    assert (await board(again)).status_code == 200
+    assert await remove_staff(db, email)
+    removed = await board(again)
+    assert removed.status_code == 401, removed.text
+    assert removed.json()["error"]["message"] == STAFF_SIGN_IN_ENDED
 
 
 async def test_a_live_stream_ends_when_the_token_that_opened_it_runs_out(

@@ -13,7 +13,7 @@ import hashlib
 import hmac
 import secrets
 import time
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Awaitable, Callable
 from typing import Annotated
 
 import jwt
@@ -23,8 +23,8 @@ from fastapi.responses import StreamingResponse
 from fastapi.security import APIKeyHeader, HTTPAuthorizationCredentials, HTTPBearer
 
 from services.gateway.limits import HeldStream, RateLimiter, StreamSlots
-from services.gateway.storage import SIGNING_KEYS, ApiKeys
-from services.gateway.tokens import VerifiedTokens, digest, parse_api_key, same
+from services.gateway.storage import SIGNING_KEYS, ApiKeys, Staff
+from services.gateway.tokens import VerifiedAccess, VerifiedTokens, digest, parse_api_key, same
 from shared.auth import Actor, Role
 from shared.errors import Forbidden, Unauthenticated
 from shared.keyring import KeyRing
@@ -87,7 +87,8 @@ def live_stream(request: Request, actor: Actor, body: AsyncIterator[str]) -> Str
 
     It lasts as long as the credential that opened it: the access token's life, or as long
     as one for an API key. The client then opens it again, so a revoked key, a signed-out
-    or removed staff member, or a sign-in past its end stops receiving within one keep-alive.
+    customer or a sign-in past its end stops receiving then. A staff member's stream also
+    ends within a keep-alive or two once their account is reset or removed.
     """
     slots: StreamSlots = request.app.state.stream_slots
     expires_at: int | None = getattr(request.state, "credential_expires_at", None)
@@ -95,15 +96,25 @@ def live_stream(request: Request, actor: Actor, body: AsyncIterator[str]) -> Str
         lasts_s = float(runtime_of(request).settings.access_token_ttl_s)
     else:
         lasts_s = expires_at - utcnow().timestamp()
-    return HeldStream(slots.take(principal(actor)), until(body, lasts_s))
+    still: StillSignedIn | None = getattr(request.state, "still_signed_in", None)
+    return HeldStream(slots.take(principal(actor)), until(body, lasts_s, still))
 
 
 CREDENTIAL_ENDED = "event: credential_expired\ndata: {}\n\n"
+StillSignedIn = Callable[[], Awaitable[bool]]
 
 
-async def until(body: AsyncIterator[str], lasts_s: float) -> AsyncIterator[str]:
-    """`body` for `lasts_s`, then a last event that says why it ends."""
-    ends = asyncio.get_running_loop().time() + lasts_s
+async def until(
+    body: AsyncIterator[str],
+    lasts_s: float,
+    still_signed_in: StillSignedIn | None = None,
+    recheck_s: float = 15.0,
+) -> AsyncIterator[str]:
+    """`body` for `lasts_s`, then a last event that says why it ends; with `still_signed_in`,
+    asked again once `recheck_s` has passed (at the next frame: a keep-alive comes at least
+    that often), it also ends when that says no (a staff account reset or removed)."""
+    loop = asyncio.get_running_loop()
+    ends, checked = loop.time() + lasts_s, loop.time()
     frames = aiter(body)
     try:
         while True:
@@ -115,6 +126,11 @@ async def until(body: AsyncIterator[str], lasts_s: float) -> AsyncIterator[str]:
             except TimeoutError:
                 yield CREDENTIAL_ENDED
                 return
+            if still_signed_in is not None and loop.time() - checked >= recheck_s:
+                checked = loop.time()
+                if not await still_signed_in():
+                    yield CREDENTIAL_ENDED
+                    return
             yield frame
     finally:
         close = getattr(body, "aclose", None)  # its subscription ends with it, now
@@ -149,11 +165,28 @@ async def _verified(request: Request, authorization: str | None, x_api_key: str 
         keys = await verifying.get(token_keys(runtime.db, runtime.settings), token)
         access = verified.access(token.strip(), keys, utcnow())
         request.state.credential_expires_at = access.expires_at
+        if access.actor.role in STAFF:
+            signed_in = functools.partial(staff_signed_in, runtime.db, access)
+            if not await signed_in():
+                raise Unauthenticated(STAFF_SIGN_IN_ENDED)
+            request.state.still_signed_in = signed_in
         return access.actor
     raise Unauthenticated("sign in: an access token, or a store's API key")
 
 
 EdgeActor = Annotated[Actor, Depends(edge_actor)]
+
+STAFF = (Role.OPS, Role.STORE)  # the roles of staff's tokens (a store's API key is no token)
+STAFF_SIGN_IN_ENDED = (
+    "this staff sign-in has ended (the account was removed or its password reset); sign in again"
+)
+
+
+async def staff_signed_in(db: Database, access: VerifiedAccess) -> bool:
+    """A staff member's token counts while their account is there and its sign-ins are
+    the ones the token names: one read a call, and staff make few of them."""
+    staff = await Staff(db).get(access.actor.subject)
+    return staff is not None and staff.sign_ins == access.staff_sign_ins
 
 
 class VerifyingKeys:

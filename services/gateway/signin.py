@@ -15,6 +15,7 @@ from pydantic import Field
 from services.gateway.api import upstream
 from services.gateway.limits import RateLimiter
 from services.gateway.security import (
+    STAFF_SIGN_IN_ENDED,
     EdgeActor,
     hash_password,
     password_checked,
@@ -104,9 +105,16 @@ class Tokens(Forbid):
 STAFF_ROLES = (Role.OPS.value, Role.STORE.value)  # refresh tokens of these: staff's sign-ins
 
 
-async def issue(runtime: Runtime, actor: Actor, of: RefreshToken | None = None) -> Tokens:
+async def issue(
+    runtime: Runtime,
+    actor: Actor,
+    of: RefreshToken | None = None,
+    staff_sign_ins: str | None = None,
+) -> Tokens:
     """Tokens for a new sign-in, or (`of` its last refresh token) for the next of a sign-in,
-    which ends when it was due to, however often it is refreshed."""
+    which ends when it was due to, however often it is refreshed. A staff member's name
+    their account's sign-ins as they were when the password was checked (`staff_sign_ins`),
+    so a reset meanwhile ends them too."""
     now = utcnow()
     settings = runtime.settings
     if of is None:
@@ -121,6 +129,7 @@ async def issue(runtime: Runtime, actor: Actor, of: RefreshToken | None = None) 
         actor,
         now,
         timedelta(seconds=settings.access_token_ttl_s),
+        staff_sign_ins,
     )
     refresh = new_secret()
     await RefreshTokens(runtime.db).insert(
@@ -132,6 +141,7 @@ async def issue(runtime: Runtime, actor: Actor, of: RefreshToken | None = None) 
             store_id=actor.store_id,
             expires_at=min(now + timedelta(seconds=settings.refresh_token_ttl_s), session_ends_at),
             session_ends_at=session_ends_at,
+            staff_sign_ins=staff_sign_ins,
         )
     )
     return Tokens(
@@ -261,10 +271,14 @@ async def refresh(body: RefreshIn, runtime: RuntimeDep) -> Tokens:
         if stored.session_ends_at is not None and stored.expires_at >= stored.session_ends_at:
             raise Unauthenticated("this sign-in has reached its end; sign in again")
         raise Unauthenticated("the refresh token has expired; sign in again")
+    if stored.role in STAFF_ROLES:
+        staff = await Staff(runtime.db).get(stored.subject)
+        if staff is None or staff.sign_ins != stored.staff_sign_ins:
+            raise Unauthenticated(STAFF_SIGN_IN_ENDED)  # reset or removed since
     stored.revoked_at = now
     await tokens.save(stored)
     actor = Actor(role=Role(stored.role), subject=stored.subject, store_id=stored.store_id)
-    return await issue(runtime, actor, of=stored)
+    return await issue(runtime, actor, of=stored, staff_sign_ins=stored.staff_sign_ins)
 
 
 @router.post(
@@ -312,10 +326,10 @@ async def ops_sign_in(body: OpsIn, runtime: RuntimeDep, request: Request) -> Tok
         raise Unauthenticated("wrong e-mail or password")
     assert staff is not None
     if staff.store_id:
-        return await issue(
-            runtime, Actor(role=Role.STORE, subject=staff.email, store_id=staff.store_id)
-        )
-    return await issue(runtime, Actor(role=Role.OPS, subject=staff.email))
+        actor = Actor(role=Role.STORE, subject=staff.email, store_id=staff.store_id)
+    else:
+        actor = Actor(role=Role.OPS, subject=staff.email)
+    return await issue(runtime, actor, staff_sign_ins=staff.sign_ins)
 
 
 async def add_staff(db: Database, email: str, password: str, store_id: str | None = None) -> None:
@@ -329,6 +343,7 @@ async def add_staff(db: Database, email: str, password: str, store_id: str | Non
         password_hash=hash_password(password),
         store_id=store_id,
         created_at=utcnow(),
+        sign_ins=uuid.uuid4().hex,  # the access tokens issued before stop working
     )
     await staff.col.replace_one({"_id": account.email}, staff.to_doc(account), upsert=True)
     await end_staff_sign_ins(db, account.email)
@@ -342,8 +357,9 @@ async def remove_staff(db: Database, email: str) -> bool:
 
 
 async def end_staff_sign_ins(db: Database, email: str) -> int:
-    """Revoke every refresh token of this staff member's sign-ins. Access tokens already
-    issued run out within their life (15 minutes), and live streams with them."""
+    """Revoke every refresh token of this staff member's sign-ins. (Their access tokens name
+    the account's sign-ins, which the caller has just replaced or removed: the gateway
+    refuses them from now on, and ends their live streams.)"""
     ended = await RefreshTokens(db).col.update_many(
         {"subject": email, "role": {"$in": list(STAFF_ROLES)}, "revoked_at": None},
         {"$set": {"revoked_at": utcnow()}},

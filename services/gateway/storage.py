@@ -91,6 +91,7 @@ class RefreshToken(Forbid):
     # When the sign-in ends whatever its refreshes (None: a token from before this rule,
     # whose sign-in ends when it expires).
     session_ends_at: datetime | None = None
+    staff_sign_ins: str | None = None  # a staff account's sign-ins (OpsStaff.sign_ins)
     revoked_at: datetime | None = None
     replaced_by: str | None = None
     version: int = 0
@@ -114,6 +115,10 @@ class OpsStaff(Forbid):
     password_hash: str  # scrypt, never leaves this collection
     store_id: str | None = None  # None: operations; else this store's staff (its board)
     created_at: datetime
+    # Named by every access token of this account's sign-ins; a password reset draws a new
+    # one, so the tokens issued before stop working at once, as they do once it is removed.
+    # (None: an account from before this rule, whose tokens name none.)
+    sign_ins: str | None = None
     version: int = 0
 
 

@@ -49,7 +49,15 @@ class SigningKey:
         return self.private.public_key()
 
 
-def issue_access(key: SigningKey, actor: Actor, now: datetime, ttl: timedelta) -> str:
+def issue_access(
+    key: SigningKey,
+    actor: Actor,
+    now: datetime,
+    ttl: timedelta,
+    staff_sign_ins: str | None = None,
+) -> str:
+    """`staff_sign_ins`: a staff account's current sign-ins, which the token is good for only
+    while they last (the account is not reset or removed)."""
     claims: dict[str, Any] = {
         "iss": ISSUER,
         "aud": AUDIENCE,
@@ -61,6 +69,8 @@ def issue_access(key: SigningKey, actor: Actor, now: datetime, ttl: timedelta) -
     }
     if actor.store_id:
         claims["store"] = actor.store_id
+    if staff_sign_ins:
+        claims["staff"] = staff_sign_ins
     return jwt.encode(claims, key.private, algorithm=ALGORITHM, headers={"kid": key.key_id})
 
 
@@ -72,6 +82,7 @@ class VerifiedAccess:
     actor: Actor
     key_id: str
     expires_at: int  # the token's `exp`, seconds since the epoch
+    staff_sign_ins: str | None = None  # a staff account's sign-ins it belongs to
 
 
 def verify_access(token: str, keys: dict[str, Ed25519PublicKey], now: datetime) -> VerifiedAccess:
@@ -119,6 +130,7 @@ def verify_access(token: str, keys: dict[str, Ed25519PublicKey], now: datetime) 
         Actor(role=role, subject=str(claims["sub"]), store_id=claims.get("store")),
         str(header.get("kid")),
         int(claims["exp"]),
+        str(claims["staff"]) if claims.get("staff") else None,
     )
 
 

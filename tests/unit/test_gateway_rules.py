@@ -19,7 +19,7 @@ from services.gateway.app import create_app
 from services.gateway.board import unpaid_row
 from services.gateway.domain import DayTally, figures, may_retry
 from services.gateway.limits import HeldStream, RateLimiter, StreamSlots
-from services.gateway.security import edge_actor, signin_limited
+from services.gateway.security import CREDENTIAL_ENDED, edge_actor, signin_limited, until
 from services.gateway.tokens import SigningKey, VerifiedTokens, issue_access
 from shared.auth import Actor, Role
 from shared.errors import TooManyRequests, Unauthenticated
@@ -278,3 +278,29 @@ def test_a_store_sees_its_visit_unpaid_but_not_whose_nor_what_the_bank_said() ->
     # A note written since (operations wrote it off) is the store's to read.
     written_off = {**declined, "status": "written_off", "note": "written off by operations"}
     assert unpaid_row(written_off, store).note == "written off by operations"
+
+
+async def test_a_staff_stream_ends_once_the_account_says_its_sign_in_is_over() -> None:
+    """A live stream is asked whether its staff member is still signed in once `recheck_s`
+    has passed, at the next frame (keep-alives come that often), and ends with the event
+    that sends the page to refresh its token."""
+    answers = iter([True, False])
+    asked: list[int] = []
+
+    async def still_signed_in() -> bool:
+        asked.append(len(asked))
+        return next(answers)
+
+    async def frames() -> AsyncIterator[str]:
+        for n in range(100):
+            await asyncio.sleep(0.01)
+            yield f"data: {n}\n\n"
+
+    seen = [f async for f in until(frames(), 60.0, still_signed_in, recheck_s=0.1)]
+
+    assert seen[-1] == CREDENTIAL_ENDED
+    assert len(asked) == 2  # not at every frame
+    assert 2 <= len(seen) - 1 < 100  # frames went on past the first check, then stopped
+    ended = [f async for f in until(frames(), 60.0, None, recheck_s=0.01)]
+    assert len(ended) == 100  # no check without one
+    assert CREDENTIAL_ENDED not in ended
