@@ -126,6 +126,12 @@ def test_each_signature_is_its_own_even_for_the_same_call_at_the_same_second() -
     assert vouches(second)
 
 
+def test_the_nonce_is_signed_too() -> None:
+    at, nonce, mac = actor_signature(KEY, CALL, NOW).split(".")
+    other_nonce = ("0" if nonce[0] != "0" else "1") + nonce[1:]
+    assert not vouches(f"{at}.{other_nonce}.{mac}")
+
+
 def test_a_signature_is_taken_once_while_it_could_still_pass() -> None:
     used = UsedSignatures(keep_s=120)
     first, other = actor_signature(KEY, CALL, NOW), actor_signature(KEY, CALL, NOW)
