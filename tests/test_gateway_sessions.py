@@ -22,7 +22,9 @@ from pymongo import AsyncMongoClient
 
 from services.gateway.security import STAFF_SIGN_IN_ENDED
 from services.gateway.signin import add_staff, remove_staff
+from services.gateway.storage import Account, Accounts
 from shared.mongo import Document
+from shared.time import utcnow
 from tests.harness import ROOT, Infra, ServiceProcess, new_prefix
 from tests.seed import bearer
 from tests.test_gateway_auth import phone, sign_in
@@ -187,6 +189,45 @@ async def test_a_reset_or_removed_staff_members_access_token_stops_working_at_on
     removed = await board(again)
     assert removed.status_code == 401, removed.text
     assert removed.json()["error"]["message"] == STAFF_SIGN_IN_ENDED
+
+
+async def test_a_store_takes_back_its_technicians_sign_in_and_no_other_stores(
+    api: httpx.AsyncClient, gateway: ServiceProcess, mongo: AsyncMongoClient[Document]
+) -> None:
+    """A technician who left the store kept their sign-in: nothing took it back, and a
+    refresh token kept it going for 90 days. (Registering one asks dispatch, which this
+    lone gateway lacks: the account is stored as registration stores it.)"""
+    db = staff_db(mongo, gateway)
+    store, rival = (f"store_{uuid.uuid4().hex[:6]}" for _ in range(2))
+    tech_id, number = f"tech_k{uuid.uuid4().hex[:6]}", phone()
+    accounts = Accounts(db)
+    account = Account(
+        phone=number, role="technician", subject=tech_id, store_id=store, created_at=utcnow()
+    )
+    await accounts.col.insert_one(accounts.to_doc(account))
+    tech = await sign_in(api, number)
+    assert (tech["role"], tech["subject"]) == ("technician", tech_id)
+    _, _, ops = await signed_in_staff(api, mongo, gateway)
+
+    async def writer(of: str) -> dict[str, str]:
+        made = await api.post(
+            f"/v1/stores/{of}/api-keys",
+            json={"scopes": ["write"]},
+            headers=bearer(ops["access_token"]),
+        )
+        assert made.status_code == 201, made.text
+        return {"X-Api-Key": made.json()["api_key"]}
+
+    as_store, as_rival = await writer(store), await writer(rival)
+    path = f"/v1/technician-accounts/{tech_id}"
+    refused = await api.delete(path, headers=as_rival)
+    assert refused.status_code == 403, refused.text
+    assert (await api.delete(path, headers=as_store)).status_code == 204
+    assert (await api.delete(path, headers=as_store)).status_code == 404
+
+    ended = await refreshed(api, tech)
+    assert ended.status_code == 401, ended.text
+    assert await accounts.col.find_one({"subject": tech_id}) is None  # the phone is nobody's
 
 
 async def test_a_live_stream_ends_when_the_token_that_opened_it_runs_out(

@@ -15,6 +15,7 @@ from pydantic import Field
 from services.gateway.api import upstream
 from services.gateway.limits import RateLimiter
 from services.gateway.security import (
+    STAFF,
     STAFF_SIGN_IN_ENDED,
     EdgeActor,
     hash_password,
@@ -102,7 +103,7 @@ class Tokens(Forbid):
     subject: str
 
 
-STAFF_ROLES = (Role.OPS.value, Role.STORE.value)  # refresh tokens of these: staff's sign-ins
+STAFF_ROLES = tuple(role.value for role in STAFF)  # refresh tokens of these: staff's sign-ins
 
 
 async def issue(
@@ -112,9 +113,9 @@ async def issue(
     staff_sign_ins: str | None = None,
 ) -> Tokens:
     """Tokens for a new sign-in, or (`of` its last refresh token) for the next of a sign-in,
-    which ends when it was due to, however often it is refreshed. A staff member's name
-    their account's sign-ins as they were when the password was checked (`staff_sign_ins`),
-    so a reset meanwhile ends them too."""
+    which ends when it was due to, however often it is refreshed. A staff member's tokens
+    name their account's sign-ins as they were when the password was checked
+    (`staff_sign_ins`), so a reset meanwhile ends them too."""
     now = utcnow()
     settings = runtime.settings
     if of is None:
@@ -440,6 +441,31 @@ async def add_technician_account(
     )
     await accounts.col.replace_one({"_id": body.phone}, accounts.to_doc(account), upsert=True)
     return {"technician_id": body.technician_id, "phone": "registered"}
+
+
+@router.delete(
+    "/technician-accounts/{technician_id}",
+    tags=["sign-in"],
+    status_code=status.HTTP_204_NO_CONTENT,
+    summary="A store (or operations) takes back its technician's sign-in: it ends at once",
+)
+async def remove_technician_account(
+    technician_id: PathId, runtime: RuntimeDep, actor: EdgeActor
+) -> Response:
+    """For a technician who leaves the store: their phone no longer signs in as them, and
+    their sign-ins end (an access token already out runs out within its life)."""
+    accounts = Accounts(runtime.db)
+    theirs = {"role": Role.TECHNICIAN.value, "subject": technician_id}
+    found = await accounts.col.find_one(theirs)  # one a technician (a unique index)
+    if found is None:
+        raise NotFound(f"technician {technician_id} has no sign-in")
+    if not actor.speaks_for_store(found.get("store_id")):
+        raise Forbidden("a store takes back only its own technicians' sign-ins")
+    await accounts.col.delete_one({"_id": found["_id"]})
+    await RefreshTokens(runtime.db).col.update_many(
+        {**theirs, "revoked_at": None}, {"$set": {"revoked_at": utcnow()}}
+    )
+    return Response(status_code=status.HTTP_204_NO_CONTENT)
 
 
 # ---------------------------------------------------------------- API keys --
