@@ -263,9 +263,7 @@ async def refresh(body: RefreshIn, runtime: RuntimeDep) -> Tokens:
         raise Unauthenticated("unknown refresh token")
     if stored.revoked_at is not None:
         # A used or revoked token shown again: someone copied it. End the whole sign-in.
-        await tokens.col.update_many(
-            {"family": stored.family, "revoked_at": None}, {"$set": {"revoked_at": now}}
-        )
+        await tokens.revoke({"family": stored.family}, now)
         log.warning("refresh token reused; sign-in family %s revoked", stored.family)
         raise Unauthenticated("this refresh token was already used or revoked; sign in again")
     if now >= stored.expires_at:
@@ -293,9 +291,7 @@ async def logout(body: RefreshIn, runtime: RuntimeDep) -> Response:
     tokens = RefreshTokens(runtime.db)
     stored = await tokens.get(digest(body.refresh_token))
     if stored is not None:
-        await tokens.col.update_many(
-            {"family": stored.family, "revoked_at": None}, {"$set": {"revoked_at": utcnow()}}
-        )
+        await tokens.revoke({"family": stored.family}, utcnow())
     return Response(status_code=status.HTTP_204_NO_CONTENT)
 
 
@@ -361,11 +357,9 @@ async def end_staff_sign_ins(db: Database, email: str) -> int:
     """Revoke every refresh token of this staff member's sign-ins. (Their access tokens name
     the account's sign-ins, which the caller has just replaced or removed: the gateway
     refuses them from now on, and ends their live streams.)"""
-    ended = await RefreshTokens(db).col.update_many(
-        {"subject": email, "role": {"$in": list(STAFF_ROLES)}, "revoked_at": None},
-        {"$set": {"revoked_at": utcnow()}},
+    return await RefreshTokens(db).revoke(
+        {"subject": email, "role": {"$in": list(STAFF_ROLES)}}, utcnow()
     )
-    return ended.modified_count
 
 
 class SigningKeysOut(Forbid):
@@ -462,9 +456,7 @@ async def remove_technician_account(
     if not actor.speaks_for_store(found.get("store_id")):
         raise Forbidden("a store takes back only its own technicians' sign-ins")
     await accounts.col.delete_one({"_id": found["_id"]})
-    await RefreshTokens(runtime.db).col.update_many(
-        {**theirs, "revoked_at": None}, {"$set": {"revoked_at": utcnow()}}
-    )
+    await RefreshTokens(runtime.db).revoke(theirs, utcnow())
     return Response(status_code=status.HTTP_204_NO_CONTENT)
 
 

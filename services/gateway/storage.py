@@ -21,7 +21,7 @@ from datetime import datetime
 from pydantic import BaseModel, ConfigDict, Field
 from pymongo import ASCENDING, IndexModel
 
-from shared.mongo import Database, Versioned
+from shared.mongo import Database, Document, Versioned
 
 SIGNING_KEYS = "signing_keys"
 ACCOUNTS = "accounts"
@@ -135,6 +135,14 @@ class OtpCodes(Versioned[OtpCode]):
 class RefreshTokens(Versioned[RefreshToken]):
     def __init__(self, db: Database) -> None:
         super().__init__(db, REFRESH_TOKENS, RefreshToken, "token_digest")
+
+    async def revoke(self, which: Document, at: datetime) -> int:
+        """Revoke the live refresh tokens `which` matches (a sign-in's family, an account's
+        every sign-in); how many."""
+        ended = await self.col.update_many(
+            {**which, "revoked_at": None}, {"$set": {"revoked_at": at}}
+        )
+        return ended.modified_count
 
 
 class ApiKeys(Versioned[ApiKey]):
