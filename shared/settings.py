@@ -99,6 +99,9 @@ class Settings(BaseSettings):
     # Wrong passwords a staff account may take at once, and one more each minute after.
     staff_failures: int = Field(10, validation_alias="GATEWAY_STAFF_FAILURES")
     staff_failures_per_s: float = Field(1 / 60, validation_alias="GATEWAY_STAFF_FAILURES_PER_S")
+    # How long a gateway trusts a technician's sign-ins it has read (another replica's taking
+    # one back reaches it within this; its own, at once).
+    technician_recheck_s: float = Field(30.0, ge=0, validation_alias="GATEWAY_TECHNICIAN_RECHECK_S")
     # Live streams (notifications, the board) one principal may hold open at once.
     streams_per_principal: int = Field(8, ge=1, validation_alias="GATEWAY_STREAMS_PER_PRINCIPAL")
     max_body_bytes: int = Field(

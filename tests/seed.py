@@ -13,7 +13,7 @@ from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 from pymongo import AsyncMongoClient, ReturnDocument
 
 from services.gateway.security import stand_in_hash
-from services.gateway.storage import OPS_STAFF, OpsStaff, Staff
+from services.gateway.storage import ACCOUNTS, OPS_STAFF, Account, Accounts, OpsStaff, Staff
 from shared.auth import Actor, Role
 from shared.events.dispatch import ServiceCompleted
 from shared.events.types import PricedLine
@@ -272,9 +272,10 @@ async def gateway_token(
 ) -> str:
     """An access token as the gateway issues it, signed with its current key (read from
     its database), for any caller; `claims` override what the gateway would put in. A
-    staff member's (operations, a store's staff) names their account's sign-ins, the
-    account made here if it is not there yet, as the gateway checks on every call."""
+    staff member's (operations, a store's staff) or a technician's names their account's
+    sign-ins, the account made here if it is not there yet, as the gateway checks them."""
     gateway = mongo[f"{prefix}_gateway"]
+    account: Document | None = None
     if actor.role in (Role.OPS, Role.STORE):
         staff = OpsStaff(
             email=actor.subject,
@@ -289,8 +290,25 @@ async def gateway_token(
             upsert=True,
             return_document=ReturnDocument.AFTER,
         )
-        assert account is not None
-        claims = {"staff": account["sign_ins"], **claims}
+    elif actor.role is Role.TECHNICIAN:
+        # A phone of their own that no test dials: the store's registration, as it were.
+        phone = Account(
+            phone=f"seed:{actor.subject}",
+            role=actor.role.value,
+            subject=actor.subject,
+            store_id=actor.store_id,
+            created_at=datetime.now(UTC),
+            sign_ins=uuid.uuid4().hex,
+        )
+        theirs = {"role": phone.role, "subject": phone.subject}
+        account = await gateway[ACCOUNTS].find_one_and_update(
+            theirs,
+            {"$setOnInsert": Accounts(gateway).to_doc(phone)},
+            upsert=True,
+            return_document=ReturnDocument.AFTER,
+        )
+    if account is not None and account.get("sign_ins"):
+        claims = {"sign_ins": account["sign_ins"], **claims}
     doc = await gateway["signing_keys"].find_one({"current": True}, sort=[("created_at", -1)])
     assert doc is not None, "the gateway has made no signing key yet (GET /v1/auth/keys)"
     key = Ed25519PrivateKey.from_private_bytes(bytes(doc["seed"]))

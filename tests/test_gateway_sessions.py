@@ -1,10 +1,11 @@
 """How long a sign-in lasts, on a real gateway: refreshing keeps it going only up to its
 end (90 days for customers and technicians, 12 hours for staff); resetting a staff
-password or removing the account ends that account's sign-ins, access tokens included; a
-live stream lasts as long as the access token that opened it.
+password or removing the account ends that account's sign-ins, access tokens included, and
+so does a store taking back its technician's sign-in or registering another phone; a live
+stream lasts as long as the access token that opened it.
 
 One gateway for the module, with a clock the tests move (POST /testing/clock) and access
-tokens that last 3 s."""
+tokens that last 3 s, and dispatch behind it (registering a technician's phone asks it)."""
 
 from __future__ import annotations
 
@@ -20,14 +21,14 @@ import httpx
 import pytest
 from pymongo import AsyncMongoClient
 
-from services.gateway.security import STAFF_SIGN_IN_ENDED
+from deploy.local.demo_data import technician_file
+from services.gateway.security import STAFF_SIGN_IN_ENDED, TECHNICIAN_SIGN_IN_ENDED
 from services.gateway.signin import add_staff, remove_staff
-from services.gateway.storage import Account, Accounts
+from services.gateway.storage import Accounts
 from shared.mongo import Document
-from shared.time import utcnow
 from tests.harness import ROOT, Infra, ServiceProcess, new_prefix
 from tests.seed import bearer
-from tests.test_gateway_auth import phone, sign_in
+from tests.test_gateway_auth import file_technician, phone, sign_in
 
 pytestmark = pytest.mark.integration
 
@@ -37,21 +38,28 @@ DAY = 86400
 
 @pytest.fixture(scope="module")
 def gateway(infra: Infra) -> Iterator[ServiceProcess]:
-    alone = ServiceProcess(
+    prefix = new_prefix()
+    dispatch = ServiceProcess("dispatch", infra, prefix)
+    edge = ServiceProcess(
         "gateway",
         infra,
-        new_prefix(),
+        prefix,
         extra_env={
             "DOORSTEP_TEST_CLOCK": "1",
             "GATEWAY_ACCESS_TOKEN_TTL_S": "3",
             "GATEWAY_SIGNIN_BURST": "1000",
+            "DISPATCH_URL": dispatch.url,
         },
     )
-    alone.start()
+    dispatch.start()
     try:
-        yield alone
+        edge.start()
+        try:
+            yield edge
+        finally:
+            edge.stop()
     finally:
-        alone.stop()
+        dispatch.stop()
 
 
 @pytest.fixture
@@ -191,43 +199,119 @@ async def test_a_reset_or_removed_staff_members_access_token_stops_working_at_on
     assert removed.json()["error"]["message"] == STAFF_SIGN_IN_ENDED
 
 
-async def test_a_store_takes_back_its_technicians_sign_in_and_no_other_stores(
-    api: httpx.AsyncClient, gateway: ServiceProcess, mongo: AsyncMongoClient[Document]
-) -> None:
-    """A technician who left the store kept their sign-in: nothing took it back, and a
-    refresh token kept it going for 90 days. (Registering one asks dispatch, which this
-    lone gateway lacks: the account is stored as registration stores it.)"""
-    db = staff_db(mongo, gateway)
-    store, rival = (f"store_{uuid.uuid4().hex[:6]}" for _ in range(2))
-    tech_id, number = f"tech_k{uuid.uuid4().hex[:6]}", phone()
-    accounts = Accounts(db)
-    account = Account(
-        phone=number, role="technician", subject=tech_id, store_id=store, created_at=utcnow()
-    )
-    await accounts.col.insert_one(accounts.to_doc(account))
-    tech = await sign_in(api, number)
-    assert (tech["role"], tech["subject"]) == ("technician", tech_id)
-    _, _, ops = await signed_in_staff(api, mongo, gateway)
-
-    async def writer(of: str) -> dict[str, str]:
+async def store_keys(
+    api: httpx.AsyncClient, ops: dict[str, Any], *stores: str
+) -> list[dict[str, str]]:
+    """A writing API key of each store, made by operations."""
+    keys = []
+    for store in stores:
         made = await api.post(
-            f"/v1/stores/{of}/api-keys",
-            json={"scopes": ["write"]},
+            f"/v1/stores/{store}/api-keys",
+            json={"scopes": ["read", "write"]},
             headers=bearer(ops["access_token"]),
         )
         assert made.status_code == 201, made.text
-        return {"X-Api-Key": made.json()["api_key"]}
+        keys.append({"X-Api-Key": made.json()["api_key"]})
+    return keys
 
-    as_store, as_rival = await writer(store), await writer(rival)
+
+async def technician_of(
+    api: httpx.AsyncClient, store: str, headers: dict[str, str], tech_id: str | None = None
+) -> tuple[str, str]:
+    """A technician filed with dispatch as the store's, their phone registered: (id, phone)."""
+    tech_id, number = tech_id or f"tech_k{uuid.uuid4().hex[:6]}", phone()
+    await file_technician(api, tech_id, store, headers)
+    register = {"technician_id": tech_id, "phone": number, "store_id": store}
+    made = await api.post("/v1/technician-accounts", json=register, headers=headers)
+    assert made.status_code == 201, made.text
+    return tech_id, number
+
+
+async def my_notifications(api: httpx.AsyncClient, tokens: dict[str, Any]) -> httpx.Response:
+    return await api.get("/v1/notifications", headers=bearer(tokens["access_token"]))
+
+
+def ended_for_technician(r: httpx.Response) -> bool:
+    return r.status_code == 401 and r.json()["error"]["message"] == TECHNICIAN_SIGN_IN_ENDED
+
+
+async def test_a_store_takes_back_its_technicians_sign_in_and_no_other_stores(
+    api: httpx.AsyncClient, gateway: ServiceProcess, mongo: AsyncMongoClient[Document]
+) -> None:
+    """A technician who left the store kept their sign-in: nothing took it back, a refresh
+    token kept it going for 90 days, and an access token already out worked on for up to 15
+    minutes (offers, customers' addresses)."""
+    db = staff_db(mongo, gateway)
+    store, rival = (f"store_{uuid.uuid4().hex[:6]}" for _ in range(2))
+    _, _, ops = await signed_in_staff(api, mongo, gateway)
+    as_store, as_rival = await store_keys(api, ops, store, rival)
+    tech_id, number = await technician_of(api, store, as_store)
+    _, colleague_phone = await technician_of(api, store, as_store)
+    colleague = await sign_in(api, colleague_phone)
+    tech = await sign_in(api, number)
+    assert (tech["role"], tech["subject"]) == ("technician", tech_id)
+    assert (await my_notifications(api, tech)).status_code == 200
+
     path = f"/v1/technician-accounts/{tech_id}"
     refused = await api.delete(path, headers=as_rival)
     assert refused.status_code == 403, refused.text
+    assert (await my_notifications(api, tech)).status_code == 200  # nothing changed
     assert (await api.delete(path, headers=as_store)).status_code == 204
+    assert ended_for_technician(await my_notifications(api, tech))  # at once, not in 15 min
     assert (await api.delete(path, headers=as_store)).status_code == 404
 
     ended = await refreshed(api, tech)
     assert ended.status_code == 401, ended.text
-    assert await accounts.col.find_one({"subject": tech_id}) is None  # the phone is nobody's
+    assert await Accounts(db).col.find_one({"subject": tech_id}) is None  # the phone is nobody's
+    assert (await my_notifications(api, colleague)).status_code == 200  # nobody else's
+
+
+async def test_a_technicians_new_phone_or_new_store_ends_the_sign_ins_before_it(
+    api: httpx.AsyncClient, gateway: ServiceProcess, mongo: AsyncMongoClient[Document]
+) -> None:
+    """A lost phone: the store registers the new one, and whoever holds the old one is
+    signed out (before, the unique technician index answered 500). A technician moving
+    stores: their sign-in as the store they left ends. The same registration again changes
+    nothing."""
+    db = staff_db(mongo, gateway)
+    store, other = (f"store_{uuid.uuid4().hex[:6]}" for _ in range(2))
+    _, _, ops = await signed_in_staff(api, mongo, gateway)
+    as_store, as_other = await store_keys(api, ops, store, other)
+    tech_id, lost = await technician_of(api, store, as_store)
+    on_lost = await sign_in(api, lost)
+
+    new_phone = phone()
+    again = {"technician_id": tech_id, "phone": new_phone, "store_id": store}
+    moved = await api.post("/v1/technician-accounts", json=again, headers=as_store)
+    assert moved.status_code == 201, moved.text
+    assert ended_for_technician(await my_notifications(api, on_lost))
+    assert (await refreshed(api, on_lost)).status_code == 401
+    assert await Accounts(db).get(lost) is None
+    on_new = await sign_in(api, new_phone)
+    assert (on_new["role"], on_new["subject"]) == ("technician", tech_id)
+
+    same = await api.post("/v1/technician-accounts", json=again, headers=as_store)
+    assert same.status_code == 201, same.text
+    assert (await my_notifications(api, on_new)).status_code == 200  # still signed in
+
+    # Operations move them to the other store, which registers the same phone.
+    badge = f"K-{uuid.uuid4().int % 10**6:06d}"
+    refiled = await api.put(
+        f"/v1/technicians/{tech_id}",
+        json=technician_file((tech_id, "Kim Store", badge, other, ["nails"], 38.72, -9.14)),
+        headers=bearer(ops["access_token"]),
+    )
+    assert refiled.status_code == 200, refiled.text
+    taken_on = await api.post(
+        "/v1/technician-accounts", json={**again, "store_id": other}, headers=as_other
+    )
+    assert taken_on.status_code == 201, taken_on.text
+    assert ended_for_technician(await my_notifications(api, on_new))
+    assert (await refreshed(api, on_new)).status_code == 401
+    account = await Accounts(db).get(new_phone)
+    assert account is not None
+    assert account.store_id == other
+    assert (await my_notifications(api, await sign_in(api, new_phone))).status_code == 200
 
 
 async def test_a_live_stream_ends_when_the_token_that_opened_it_runs_out(

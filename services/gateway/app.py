@@ -22,7 +22,7 @@ from services.gateway import (
 )
 from services.gateway.hub import running, watching
 from services.gateway.limits import RateLimiter, StreamSlots
-from services.gateway.security import VerifyingKeys
+from services.gateway.security import SignInChecks, VerifyingKeys
 from services.gateway.tokens import VerifiedTokens
 from services.gateway.upstream import Upstream, UpstreamSettings
 from services.payments import api as payments_api
@@ -44,6 +44,7 @@ async def edge_state(app: FastAPI) -> AsyncIterator[None]:
     app.state.upstream = Upstream(UpstreamSettings())
     app.state.verifying_keys = VerifyingKeys()
     app.state.verified_tokens = VerifiedTokens()
+    app.state.sign_in_checks = SignInChecks(settings.technician_recheck_s)
     db = app.state.runtime.db  # the runtime starts before this lifespan
     # One change stream for every live stream, the notifications' and the board's.
     app.state.live_hub = watching(db, {**notify.WATCHED, **dashboard.WATCHED}, notify.KEYS)

@@ -23,7 +23,7 @@ from fastapi.responses import StreamingResponse
 from fastapi.security import APIKeyHeader, HTTPAuthorizationCredentials, HTTPBearer
 
 from services.gateway.limits import HeldStream, RateLimiter, StreamSlots
-from services.gateway.storage import SIGNING_KEYS, ApiKeys, Staff
+from services.gateway.storage import ACCOUNTS, SIGNING_KEYS, ApiKeys, Staff
 from services.gateway.tokens import VerifiedAccess, VerifiedTokens, digest, parse_api_key, same
 from shared.auth import Actor, Role
 from shared.errors import Forbidden, Unauthenticated
@@ -87,8 +87,8 @@ def live_stream(request: Request, actor: Actor, body: AsyncIterator[str]) -> Str
 
     It lasts as long as the credential that opened it: the access token's life, or as long
     as one for an API key. The client then opens it again, so a revoked key, a signed-out
-    customer or a sign-in past its end stops receiving then. A staff member's stream also
-    ends within a keep-alive or two once their account is reset or removed.
+    customer or a sign-in past its end stops receiving then. A staff member's or a
+    technician's stream also ends within a keep-alive or two once their sign-ins end.
     """
     slots: StreamSlots = request.app.state.stream_slots
     expires_at: int | None = getattr(request.state, "credential_expires_at", None)
@@ -112,7 +112,8 @@ async def until(
 ) -> AsyncIterator[str]:
     """`body` for `lasts_s`, then a last event that says why it ends; with `still_signed_in`,
     asked again once `recheck_s` has passed (at the next frame: a keep-alive comes at least
-    that often), it also ends when that says no (a staff account reset or removed)."""
+    that often), it also ends when that says no (a staff account reset or removed, a
+    technician's sign-in taken back)."""
     loop = asyncio.get_running_loop()
     ends, checked = loop.time() + lasts_s, loop.time()
     frames = aiter(body)
@@ -165,10 +166,11 @@ async def _verified(request: Request, authorization: str | None, x_api_key: str 
         keys = await verifying.get(token_keys(runtime.db, runtime.settings), token)
         access = verified.access(token.strip(), keys, utcnow())
         request.state.credential_expires_at = access.expires_at
-        if access.actor.role in STAFF:
-            signed_in = functools.partial(staff_signed_in, runtime.db, access)
+        if access.actor.role in SIGNED_IN:
+            checks: SignInChecks = state.sign_in_checks
+            signed_in = functools.partial(checks.standing, runtime.db, access)
             if not await signed_in():
-                raise Unauthenticated(STAFF_SIGN_IN_ENDED)
+                raise Unauthenticated(sign_in_ended(access.actor.role))
             request.state.still_signed_in = signed_in
         return access.actor
     raise Unauthenticated("sign in: an access token, or a store's API key")
@@ -177,16 +179,69 @@ async def _verified(request: Request, authorization: str | None, x_api_key: str 
 EdgeActor = Annotated[Actor, Depends(edge_actor)]
 
 STAFF = (Role.OPS, Role.STORE)  # the roles of staff's tokens (a store's API key is no token)
+# Whose tokens last only while their account's sign-ins do: staff (a password reset, an
+# account removed) and technicians (a store takes the sign-in back, registers another
+# phone, or another store takes them on). A customer's account is never taken away.
+SIGNED_IN = (*STAFF, Role.TECHNICIAN)
 STAFF_SIGN_IN_ENDED = (
     "this staff sign-in has ended (the account was removed or its password reset); sign in again"
 )
+TECHNICIAN_SIGN_IN_ENDED = (
+    "this technician sign-in has ended (their store took it back or registered another "
+    "phone); sign in again"
+)
 
 
-async def staff_signed_in(db: Database, access: VerifiedAccess) -> bool:
-    """A staff member's token counts while their account is there and its sign-ins are
-    the ones the token names: one read a call, and staff make few of them."""
-    staff = await Staff(db).get(access.actor.subject)
-    return staff is not None and staff.sign_ins == access.staff_sign_ins
+def sign_in_ended(role: Role) -> str:
+    return TECHNICIAN_SIGN_IN_ENDED if role is Role.TECHNICIAN else STAFF_SIGN_IN_ENDED
+
+
+async def account_sign_ins(db: Database, role: Role, subject: str) -> tuple[bool, str | None]:
+    """Whether the account a token was issued for is still there, and its sign-ins."""
+    if role is Role.TECHNICIAN:
+        theirs = {"role": role.value, "subject": subject}  # one per technician (unique)
+        account = await db[ACCOUNTS].find_one(theirs, projection={"sign_ins": 1})
+        return account is not None, (account or {}).get("sign_ins")
+    staff = await Staff(db).get(subject)
+    return staff is not None, staff.sign_ins if staff else None
+
+
+class SignInChecks:
+    """Whether a token's sign-ins still stand.
+
+    Staff's are read on every call: staff make few. A technician's app calls all day
+    (offers, check-ins, codes), so theirs are remembered for `technician_s`, and forgotten at
+    once when this gateway takes the sign-in back or registers another phone: it ends at
+    once here, and within `technician_s` on any other replica.
+    """
+
+    def __init__(self, technician_s: float = 30.0, size: int = 50_000) -> None:
+        self._technician_s, self._size = technician_s, size
+        self._known: dict[str, tuple[float, bool, str | None]] = {}
+        self._forgets = 0  # a read that a forget overtook is not remembered
+
+    async def standing(self, db: Database, access: VerifiedAccess) -> bool:
+        role, subject = access.actor.role, access.actor.subject
+        if role is not Role.TECHNICIAN:
+            there, sign_ins = await account_sign_ins(db, role, subject)
+            return there and sign_ins == access.sign_ins
+        now, forgets = time.monotonic(), self._forgets
+        known = self._known.get(subject)
+        if known is not None and now - known[0] <= self._technician_s:
+            _, there, sign_ins = known
+        else:
+            there, sign_ins = await account_sign_ins(db, role, subject)
+            if forgets == self._forgets:
+                if len(self._known) >= self._size:
+                    self._known = {
+                        k: v for k, v in self._known.items() if now - v[0] <= self._technician_s
+                    }
+                self._known[subject] = (now, there, sign_ins)
+        return there and sign_ins == access.sign_ins
+
+    def forget(self, technician_id: str) -> None:
+        self._forgets += 1
+        self._known.pop(technician_id, None)
 
 
 class VerifyingKeys:

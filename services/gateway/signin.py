@@ -11,15 +11,19 @@ from typing import Annotated, Protocol
 
 from fastapi import APIRouter, Depends, Query, Request, Response, status
 from pydantic import Field
+from pymongo.errors import DuplicateKeyError
 
 from services.gateway.api import upstream
 from services.gateway.limits import RateLimiter
 from services.gateway.security import (
+    SIGNED_IN,
     STAFF,
-    STAFF_SIGN_IN_ENDED,
     EdgeActor,
+    SignInChecks,
+    account_sign_ins,
     hash_password,
     password_checked,
+    sign_in_ended,
     signin_limited,
     token_keys,
 )
@@ -57,6 +61,7 @@ from shared.errors import (
     Unprocessable,
 )
 from shared.mongo import Database
+from shared.outbox import Transaction
 from shared.privacy import Phone
 from shared.schema import Forbid, PathId
 from shared.secrets import service_secret
@@ -110,12 +115,12 @@ async def issue(
     runtime: Runtime,
     actor: Actor,
     of: RefreshToken | None = None,
-    staff_sign_ins: str | None = None,
+    sign_ins: str | None = None,
 ) -> Tokens:
     """Tokens for a new sign-in, or (`of` its last refresh token) for the next of a sign-in,
-    which ends when it was due to, however often it is refreshed. A staff member's tokens
-    name their account's sign-ins as they were when the password was checked
-    (`staff_sign_ins`), so a reset meanwhile ends them too."""
+    which ends when it was due to, however often it is refreshed. A staff member's or a
+    technician's tokens name their account's sign-ins as they were when the password or the
+    code was checked (`sign_ins`), so a reset or a take-back meanwhile ends them too."""
     now = utcnow()
     settings = runtime.settings
     if of is None:
@@ -130,7 +135,7 @@ async def issue(
         actor,
         now,
         timedelta(seconds=settings.access_token_ttl_s),
-        staff_sign_ins,
+        sign_ins,
     )
     refresh = new_secret()
     await RefreshTokens(runtime.db).insert(
@@ -142,7 +147,7 @@ async def issue(
             store_id=actor.store_id,
             expires_at=min(now + timedelta(seconds=settings.refresh_token_ttl_s), session_ends_at),
             session_ends_at=session_ends_at,
-            staff_sign_ins=staff_sign_ins,
+            sign_ins=sign_ins,
         )
     )
     return Tokens(
@@ -243,7 +248,7 @@ async def exchange_code(body: CodeIn, runtime: RuntimeDep) -> Tokens:
         )
         await accounts.insert(account)
     actor = Actor(role=Role(account.role), subject=account.subject, store_id=account.store_id)
-    return await issue(runtime, actor)
+    return await issue(runtime, actor, sign_ins=account.sign_ins)
 
 
 class RefreshIn(Forbid):
@@ -270,14 +275,15 @@ async def refresh(body: RefreshIn, runtime: RuntimeDep) -> Tokens:
         if stored.session_ends_at is not None and stored.expires_at >= stored.session_ends_at:
             raise Unauthenticated("this sign-in has reached its end; sign in again")
         raise Unauthenticated("the refresh token has expired; sign in again")
-    if stored.role in STAFF_ROLES:
-        staff = await Staff(runtime.db).get(stored.subject)
-        if staff is None or staff.sign_ins != stored.staff_sign_ins:
-            raise Unauthenticated(STAFF_SIGN_IN_ENDED)  # reset or removed since
+    role = Role(stored.role)
+    if role in SIGNED_IN:
+        there, sign_ins = await account_sign_ins(runtime.db, role, stored.subject)
+        if not there or sign_ins != stored.sign_ins:
+            raise Unauthenticated(sign_in_ended(role))  # reset, taken back or removed since
     stored.revoked_at = now
     await tokens.save(stored)
-    actor = Actor(role=Role(stored.role), subject=stored.subject, store_id=stored.store_id)
-    return await issue(runtime, actor, of=stored, staff_sign_ins=stored.staff_sign_ins)
+    actor = Actor(role=role, subject=stored.subject, store_id=stored.store_id)
+    return await issue(runtime, actor, of=stored, sign_ins=stored.sign_ins)
 
 
 @router.post(
@@ -326,7 +332,7 @@ async def ops_sign_in(body: OpsIn, runtime: RuntimeDep, request: Request) -> Tok
         actor = Actor(role=Role.STORE, subject=staff.email, store_id=staff.store_id)
     else:
         actor = Actor(role=Role.OPS, subject=staff.email)
-    return await issue(runtime, actor, staff_sign_ins=staff.sign_ins)
+    return await issue(runtime, actor, sign_ins=staff.sign_ins)
 
 
 async def add_staff(db: Database, email: str, password: str, store_id: str | None = None) -> None:
@@ -397,6 +403,9 @@ class TechnicianAccountIn(Forbid):
 async def add_technician_account(
     body: TechnicianAccountIn, request: Request, runtime: RuntimeDep, actor: EdgeActor
 ) -> dict[str, str]:
+    """One phone a technician. Registering another (a lost phone), or the technician at the
+    store they moved to, ends every sign-in before it; the same registration again changes
+    nothing."""
     if not actor.speaks_for_store(body.store_id):
         raise Forbidden("a store registers only its own technicians")
     # The sign-in is for a technician dispatch has on file as this store's: else a store could
@@ -420,20 +429,49 @@ async def add_technician_account(
             field="technician_id",
         )
     accounts = Accounts(runtime.db)
-    existing = await accounts.get(body.phone)
-    if existing is not None and (
-        existing.subject != body.technician_id or existing.role != Role.TECHNICIAN.value
-    ):
-        # A customer's own phone (say) is never taken over by a technician filed under their id.
-        raise Conflict("this phone belongs to another account", field="phone")
-    account = Account(
-        phone=body.phone,
-        role=Role.TECHNICIAN.value,
-        subject=body.technician_id,
-        store_id=body.store_id,
-        created_at=utcnow(),
-    )
-    await accounts.col.replace_one({"_id": body.phone}, accounts.to_doc(account), upsert=True)
+    theirs = {"role": Role.TECHNICIAN.value, "subject": body.technician_id}
+
+    async def register(tx: Transaction) -> bool:
+        """The phone is theirs now; True when their sign-ins before end (another phone or
+        another store). In one transaction: the phone they had is let go of first (one phone
+        a technician), and a registration racing this one fails it rather than interleave."""
+        existing = await accounts.get(body.phone, session=tx.session)
+        if existing is not None and (
+            existing.subject != body.technician_id or existing.role != Role.TECHNICIAN.value
+        ):
+            # A customer's own phone (say) is never taken over by a technician filed under
+            # their id.
+            raise Conflict("this phone belongs to another account", field="phone")
+        before = await accounts.col.find_one(theirs, session=tx.session)
+        if before is not None and (before["_id"], before.get("store_id")) == (
+            body.phone,
+            body.store_id,
+        ):
+            return False  # registered as it was: their sign-ins go on
+        if before is not None:
+            await accounts.col.delete_one({"_id": before["_id"]}, session=tx.session)
+        account = Account(
+            phone=body.phone,
+            role=Role.TECHNICIAN.value,
+            subject=body.technician_id,
+            store_id=body.store_id,
+            created_at=utcnow(),
+            sign_ins=uuid.uuid4().hex,
+        )
+        await accounts.insert(account, session=tx.session)
+        return before is not None
+
+    try:
+        moved = await runtime.uow.run(register, name="register technician phone")
+    except DuplicateKeyError:
+        raise Conflict(
+            "this technician's phone was registered by another call meanwhile; try again",
+            field="phone",
+        ) from None
+    if moved:
+        # A lost phone, or a technician who changed stores: whoever holds the phone they had,
+        # or their sign-in as the store they left, is signed out.
+        await end_technician_sign_ins(request, runtime.db, body.technician_id)
     return {"technician_id": body.technician_id, "phone": "registered"}
 
 
@@ -444,10 +482,10 @@ async def add_technician_account(
     summary="A store (or operations) takes back its technician's sign-in: it ends at once",
 )
 async def remove_technician_account(
-    technician_id: PathId, runtime: RuntimeDep, actor: EdgeActor
+    technician_id: PathId, request: Request, runtime: RuntimeDep, actor: EdgeActor
 ) -> Response:
     """For a technician who leaves the store: their phone no longer signs in as them, and
-    their sign-ins end (an access token already out runs out within its life)."""
+    their sign-ins end, access tokens already out and live streams included."""
     accounts = Accounts(runtime.db)
     theirs = {"role": Role.TECHNICIAN.value, "subject": technician_id}
     found = await accounts.col.find_one(theirs)  # one a technician (a unique index)
@@ -456,8 +494,18 @@ async def remove_technician_account(
     if not actor.speaks_for_store(found.get("store_id")):
         raise Forbidden("a store takes back only its own technicians' sign-ins")
     await accounts.col.delete_one({"_id": found["_id"]})
-    await RefreshTokens(runtime.db).revoke(theirs, utcnow())
+    await end_technician_sign_ins(request, runtime.db, technician_id)
     return Response(status_code=status.HTTP_204_NO_CONTENT)
+
+
+async def end_technician_sign_ins(request: Request, db: Database, technician_id: str) -> None:
+    """Their refresh tokens are revoked; their access tokens name sign-ins that are gone or
+    drawn again, which this gateway knows at once (another replica within its recheck)."""
+    checks: SignInChecks = request.app.state.sign_in_checks
+    checks.forget(technician_id)
+    await RefreshTokens(db).revoke(
+        {"role": Role.TECHNICIAN.value, "subject": technician_id}, utcnow()
+    )
 
 
 # ---------------------------------------------------------------- API keys --

@@ -44,6 +44,10 @@ async def ensure_indexes(db: Database) -> None:
             IndexModel([("expires_at", ASCENDING)], expireAfterSeconds=86400),
         ]
     )
+    # Refresh tokens kept before technicians' named their sign-ins too.
+    await db[REFRESH_TOKENS].update_many(
+        {"staff_sign_ins": {"$exists": True}}, {"$rename": {"staff_sign_ins": "sign_ins"}}
+    )
     await db[API_KEYS].create_indexes([IndexModel([("store_id", ASCENDING)])])
     await db[SMS_LOG].create_indexes([IndexModel([("phone", ASCENDING), ("at", ASCENDING)])])
     await db[WEBHOOKS].create_indexes([IndexModel([("store_id", ASCENDING)])])
@@ -67,6 +71,11 @@ class Account(Forbid):
     subject: str
     store_id: str | None = None  # a technician's store
     created_at: datetime
+    # A technician's sign-ins, named by every token they are issued: drawn again when their
+    # store registers another phone or another store takes them on, and gone with the
+    # account when the store takes it back, so the tokens issued before stop working.
+    # (None: a customer, or a technician registered before this rule.)
+    sign_ins: str | None = None
     version: int = 0
 
 
@@ -91,7 +100,7 @@ class RefreshToken(Forbid):
     # When the sign-in ends whatever its refreshes (None: a token from before this rule,
     # whose sign-in ends when it expires).
     session_ends_at: datetime | None = None
-    staff_sign_ins: str | None = None  # a staff account's sign-ins (OpsStaff.sign_ins)
+    sign_ins: str | None = None  # its account's sign-ins (OpsStaff's, a technician's Account's)
     revoked_at: datetime | None = None
     replaced_by: str | None = None
     version: int = 0

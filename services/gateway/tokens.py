@@ -54,10 +54,10 @@ def issue_access(
     actor: Actor,
     now: datetime,
     ttl: timedelta,
-    staff_sign_ins: str | None = None,
+    sign_ins: str | None = None,
 ) -> str:
-    """`staff_sign_ins`: a staff account's current sign-ins, which the token is good for only
-    while they last (the account is not reset or removed)."""
+    """`sign_ins`: the account's sign-ins (a staff member's, a technician's phone), which the
+    token is good for only while they last (not reset, taken back or removed)."""
     claims: dict[str, Any] = {
         "iss": ISSUER,
         "aud": AUDIENCE,
@@ -69,8 +69,8 @@ def issue_access(
     }
     if actor.store_id:
         claims["store"] = actor.store_id
-    if staff_sign_ins:
-        claims["staff"] = staff_sign_ins
+    if sign_ins:
+        claims["sign_ins"] = sign_ins
     return jwt.encode(claims, key.private, algorithm=ALGORITHM, headers={"kid": key.key_id})
 
 
@@ -82,7 +82,7 @@ class VerifiedAccess:
     actor: Actor
     key_id: str
     expires_at: int  # the token's `exp`, seconds since the epoch
-    staff_sign_ins: str | None = None  # a staff account's sign-ins it belongs to
+    sign_ins: str | None = None  # the account's sign-ins it belongs to (staff, technicians)
 
 
 def verify_access(token: str, keys: dict[str, Ed25519PublicKey], now: datetime) -> VerifiedAccess:
@@ -126,11 +126,14 @@ def verify_access(token: str, keys: dict[str, Ed25519PublicKey], now: datetime) 
         raise Unauthenticated("the access token carries no known role") from None
     if role is Role.STORE and not claims.get("store"):
         raise Unauthenticated("a store's token names its store")
+    # `staff`: the same claim in staff tokens issued before technicians' had it (15 minutes
+    # at most before the gateway that reads `sign_ins` started).
+    sign_ins = claims.get("sign_ins") or claims.get("staff")
     return VerifiedAccess(
         Actor(role=role, subject=str(claims["sub"]), store_id=claims.get("store")),
         str(header.get("kid")),
         int(claims["exp"]),
-        str(claims["staff"]) if claims.get("staff") else None,
+        str(sign_ins) if sign_ins else None,
     )
 
 

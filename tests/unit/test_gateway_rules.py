@@ -19,8 +19,15 @@ from services.gateway.app import create_app
 from services.gateway.board import unpaid_row
 from services.gateway.domain import DayTally, figures, may_retry
 from services.gateway.limits import HeldStream, RateLimiter, StreamSlots
-from services.gateway.security import CREDENTIAL_ENDED, edge_actor, signin_limited, until
-from services.gateway.tokens import SigningKey, VerifiedTokens, issue_access
+from services.gateway.security import (
+    CREDENTIAL_ENDED,
+    SignInChecks,
+    edge_actor,
+    signin_limited,
+    until,
+)
+from services.gateway.storage import ACCOUNTS
+from services.gateway.tokens import SigningKey, VerifiedAccess, VerifiedTokens, issue_access
 from shared.auth import Actor, Role
 from shared.errors import TooManyRequests, Unauthenticated
 
@@ -304,3 +311,61 @@ async def test_a_staff_stream_ends_once_the_account_says_its_sign_in_is_over() -
     ended = [f async for f in until(frames(), 60.0, None, recheck_s=0.01)]
     assert len(ended) == 100  # no check without one
     assert CREDENTIAL_ENDED not in ended
+
+
+class _Accounts:
+    """The accounts collection as far as a sign-in check reads it: one technician's
+    account, and a gate that holds a read until the test lets it finish."""
+
+    def __init__(self, sign_ins: str | None) -> None:
+        self.account: dict[str, Any] | None = {"_id": "+351910000001", "sign_ins": sign_ins}
+        self.reads = 0
+        self.gate = asyncio.Event()
+        self.gate.set()
+
+    async def find_one(self, _query: Any, projection: Any = None) -> dict[str, Any] | None:
+        self.reads += 1
+        account = self.account
+        await self.gate.wait()
+        return account
+
+
+def _technician_access(sign_ins: str | None) -> VerifiedAccess:
+    return VerifiedAccess(Actor(role=Role.TECHNICIAN, subject="tech_1"), "k1", 2**40, sign_ins)
+
+
+async def test_a_technicians_sign_ins_are_read_once_a_recheck_and_again_once_forgotten() -> None:
+    accounts = _Accounts("s1")
+    db: Any = {ACCOUNTS: accounts}
+    checks = SignInChecks(technician_s=60.0)
+    token = _technician_access("s1")
+
+    assert await checks.standing(db, token)
+    assert await checks.standing(db, token)
+    assert accounts.reads == 1  # a busy technician app costs one read a minute, not one a call
+    assert not await checks.standing(db, _technician_access("s0"))  # drawn again since
+
+    accounts.account = None  # taken back, by this gateway: it forgets at once
+    checks.forget("tech_1")
+    assert not await checks.standing(db, token)
+    assert accounts.reads == 2
+
+    # A read under way when the sign-in is taken back is not remembered: the next call
+    # reads again rather than trust what it saw before.
+    accounts.account = {"sign_ins": "s1"}
+    checks.forget("tech_1")
+    accounts.gate.clear()
+    reading = asyncio.create_task(checks.standing(db, token))
+    await asyncio.sleep(0)
+    accounts.account = None
+    checks.forget("tech_1")
+    accounts.gate.set()
+    assert await reading  # what it read, before
+    assert not await checks.standing(db, token)
+    assert accounts.reads == 4
+
+    every_call = SignInChecks(technician_s=0.0)
+    accounts.account = {"sign_ins": "s1"}
+    for _ in range(3):
+        assert await every_call.standing(db, token)
+    assert accounts.reads == 7
