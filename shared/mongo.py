@@ -7,9 +7,11 @@ from typing import Any, Generic, TypeVar
 from pydantic import BaseModel
 from pymongo import AsyncMongoClient
 from pymongo.asynchronous.client_session import AsyncClientSession
+from pymongo.asynchronous.collection import AsyncCollection
 from pymongo.asynchronous.database import AsyncDatabase
+from pymongo.errors import DuplicateKeyError
 
-from shared.errors import NotFound, VersionMismatch
+from shared.errors import Conflict, NotFound, VersionMismatch
 from shared.settings import Settings
 
 Document = dict[str, Any]
@@ -27,6 +29,36 @@ def connect(settings: Settings) -> AsyncMongoClient[Document]:
         appname=settings.service_name,
         serverSelectionTimeoutMS=5000,
     )
+
+
+async def put_owned(
+    col: AsyncCollection[Document],
+    item_id: str,
+    owner: str | None,
+    fields: Document,
+    on_insert: Document | None = None,
+    *,
+    what: str,
+    session: Session = None,
+) -> None:
+    """Create or update a store's object (`fields` set, `on_insert` only when new) in one
+    write that holds only while the object is `owner`'s, as the caller read it: of two stores
+    creating the same id at once, the later gets 409 instead of taking it over, and an
+    update does not undo a move made meanwhile. (`owner` None: the platform's own.)"""
+    update: Document = {"$set": fields}
+    if on_insert:
+        update["$setOnInsert"] = on_insert
+    try:
+        await col.update_one(
+            {"_id": item_id, "store_id": owner}, update, upsert=True, session=session
+        )
+    except DuplicateKeyError as exc:
+        if "_id" not in (exc.details or {}).get("keyPattern", {}):
+            raise  # another unique field: the caller says which
+        raise Conflict(
+            f"{what} {item_id} belongs to another store (it changed meanwhile): read it again",
+            field="store_id",
+        ) from None
 
 
 class Versioned(Generic[M]):

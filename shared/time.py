@@ -34,11 +34,26 @@ def clock_offset() -> timedelta:
     return _offset
 
 
+# The years a time a caller sends may fall in. Python cannot move a time in year 1 or 9999 to
+# UTC (OverflowError), nor MongoDB store it; no visit, price or report lies outside these.
+EARLIEST_YEAR, LATEST_YEAR = 1970, 2999
+
+
+def within_reach(value: datetime) -> datetime:
+    if not EARLIEST_YEAR <= value.year <= LATEST_YEAR:
+        raise ValueError(f"a time must fall between the years {EARLIEST_YEAR} and {LATEST_YEAR}")
+    return value
+
+
+# Every time a caller sends: checked before anything converts, stores or adds to it.
+Moment = Annotated[datetime, AfterValidator(within_reach)]
+
+
 def stored_precision(value: datetime) -> datetime:
     """UTC at millisecond precision: what MongoDB keeps, so a hash over it survives a reload."""
     if value.tzinfo is None:
         raise ValueError("a time must carry its time zone")
-    value = value.astimezone(UTC)
+    value = within_reach(value).astimezone(UTC)
     return value.replace(microsecond=value.microsecond // 1000 * 1000)
 
 

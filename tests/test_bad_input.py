@@ -70,6 +70,10 @@ def region(**changes: Any) -> dict[str, Any]:
 
 PROFILE = {"name": "Ana", "phone": "+351912345678", "preferred_language": "pt"}
 TECH = technician_file("LX-9000", full_name="Rui Lopes")
+BOW_TIE = {
+    "type": "Polygon",
+    "coordinates": [[[-9.2, 38.7], [-9.1, 38.8], [-9.1, 38.7], [-9.2, 38.8], [-9.2, 38.7]]],
+}
 TECH_DONE = as_technician("tech_bad_input")
 B = ("booking", "POST", "/bookings")
 
@@ -320,6 +324,8 @@ CASES: list[tuple[str, str, str, Any, dict[str, str], int, str]] = [
         "location.lon",
     ),
     ("dispatch", "PUT", "/technicians/tech_x", {**TECH, "areas": []}, OPS, 422, "areas"),
+    # An area whose edges cross: only MongoDB's geometry check sees it (it answered 500).
+    ("dispatch", "PUT", "/technicians/tech_x", {**TECH, "areas": [BOW_TIE]}, OPS, 422, "areas"),
     (
         "dispatch",
         "PUT",
@@ -408,6 +414,50 @@ CASES: list[tuple[str, str, str, Any, dict[str, str], int, str]] = [
         "",
     ),
     ("dispatch", "GET", "/technicians/tech_bad_input/offers", None, as_technician("x"), 403, ""),
+    # Times at the ends of the calendar cannot be moved to UTC nor stored (they answered 500).
+    (
+        "dispatch",
+        "POST",
+        "/technicians/tech_bad_input/location",
+        {"location": {"lat": 38.7, "lon": -9.1}, "at": "9999-12-31T23:00:00-05:00"},
+        TECH_DONE,
+        422,
+        "at",
+    ),
+    (
+        "booking",
+        "POST",
+        "/catalogue/items/nails.test-manicure/prices",
+        price(effective_from="9999-12-31T23:00:00-05:00"),
+        OPS,
+        422,
+        "effective_from",
+    ),
+    (
+        "reviews",
+        "GET",
+        "/kpis?from=9999-06-01T00:00:00Z&to=9999-12-01T00:00:00Z",
+        None,
+        OPS,
+        422,
+        "from",
+    ),
+    (
+        "payments",
+        "POST",
+        "/receipts/rc_missing/sign",
+        {
+            "receipt_hash": "0" * 64,
+            "signature": {
+                "method": "drawn",
+                "artefact": "0" * 64,
+                "signed_at": "0001-01-01T00:00:00+01:00",
+            },
+        },
+        as_customer(CUSTOMER),
+        422,
+        "signature.signed_at",
+    ),
     # --- dispatch: offers and visits that do not exist, or input that is not there
     ("dispatch", "POST", "/offers/of_missing/accept", None, TECH_DONE, 404, ""),
     ("dispatch", "POST", "/offers/of_missing/decline", None, TECH_DONE, 404, ""),

@@ -50,11 +50,10 @@ async def dispatch_db(
 async def seed(db: Database, technicians: int, visits: int) -> tuple[list[str], list[Visit]]:
     techs = [f"tech_{i}" for i in range(technicians)]
     for i, tech in enumerate(techs):
-        await Technicians(db).put(
-            Technician.model_validate(
-                {"technician_id": tech, **technician_file(f"LX-R{i:03d}", skills=["nails"])}
-            )
+        filed = Technician.model_validate(
+            {"technician_id": tech, **technician_file(f"LX-R{i:03d}", skills=["nails"])}
         )
+        await Technicians(db).put(filed, filed.store_id)
     start = datetime.now(UTC).replace(microsecond=0) + timedelta(days=1)
     line = PricedLine(
         code="nails.manicure",

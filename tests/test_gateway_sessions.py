@@ -314,6 +314,45 @@ async def test_a_technicians_new_phone_or_new_store_ends_the_sign_ins_before_it(
     assert (await my_notifications(api, await sign_in(api, new_phone))).status_code == 200
 
 
+async def test_rotations_of_one_key_at_once_leave_one_live_key(
+    api: httpx.AsyncClient, gateway: ServiceProcess, mongo: AsyncMongoClient[Document]
+) -> None:
+    """Each rotation made its new key before revoking the old one: the losers of a race got
+    409, and their new keys, shown to nobody, stayed live."""
+    store = f"store_{uuid.uuid4().hex[:6]}"
+    _, _, ops = await signed_in_staff(api, mongo, gateway)
+    as_ops = bearer(ops["access_token"])
+    made = await api.post(f"/v1/stores/{store}/api-keys", json={"scopes": ["read"]}, headers=as_ops)
+    assert made.status_code == 201, made.text
+    key_id = made.json()["key_id"]
+    rotations = await asyncio.gather(
+        *(api.post(f"/v1/api-keys/{key_id}/rotate", headers=as_ops) for _ in range(6))
+    )
+    assert sorted(r.status_code for r in rotations) == [201, 409, 409, 409, 409, 409], [
+        r.text for r in rotations
+    ]
+    live = await staff_db(mongo, gateway)["api_keys"].find({"store_id": store}).to_list()
+    assert [k["_id"] for k in live if k["revoked_at"] is None] == [
+        next(r.json()["key_id"] for r in rotations if r.status_code == 201)
+    ]
+
+
+async def test_twin_requests_for_a_phones_first_code_are_answered_not_crashed(
+    api: httpx.AsyncClient,
+) -> None:
+    """Two first requests for one phone at once both found no code, and the second insert
+    hit the first's: a 500. One is sent; the other is told to use it."""
+    for _ in range(5):
+        number = phone()
+        asked = await asyncio.gather(
+            *(api.post("/v1/auth/otp", json={"phone": number}) for _ in range(3))
+        )
+        statuses = [r.status_code for r in asked]
+        assert set(statuses) <= {202, 429}, [r.text for r in asked]
+        assert 202 in statuses
+        assert (await sign_in(api, number))["role"] == "customer"
+
+
 async def test_a_live_stream_ends_when_the_token_that_opened_it_runs_out(
     api: httpx.AsyncClient,
 ) -> None:

@@ -49,7 +49,7 @@ from shared.outbox import Transaction
 from shared.privacy import Phone
 from shared.schema import Forbid, idempotency_key
 from shared.service import RuntimeDep
-from shared.time import utcnow
+from shared.time import Moment, utcnow
 
 router = APIRouter()
 
@@ -157,7 +157,7 @@ class PriceIn(Forbid):
     region: Slug
     unit_price: MinorUnits
     currency: Currency
-    effective_from: datetime | None = Field(
+    effective_from: Moment | None = Field(
         default=None, description="When the price takes effect (default: now; never the past)"
     )
     after_hours_surcharge: MinorUnits = 0
@@ -440,8 +440,8 @@ class RequestedItem(Forbid):
 
 class TimingIn(Forbid):
     timing: Timing = Timing.WINDOW
-    window_start: datetime | None = None
-    window_end: datetime | None = None
+    window_start: Moment | None = None
+    window_end: Moment | None = None
 
 
 class BookingRequest(TimingIn):
@@ -470,8 +470,8 @@ class BookingRequest(TimingIn):
 
 
 class RescheduleIn(Forbid):
-    window_start: datetime
-    window_end: datetime
+    window_start: Moment
+    window_end: Moment
 
 
 class CancelIn(Forbid):

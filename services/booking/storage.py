@@ -14,7 +14,7 @@ from services.booking.domain import Booking, Customer
 from services.booking.pricing import CatalogueItem, PriceVersion, ServiceHours, price_in_force
 from shared.errors import Conflict
 from shared.events.types import Currency, GeoPoint
-from shared.mongo import Database, Document
+from shared.mongo import Database, Document, put_owned
 
 ITEMS = "catalogue_items"
 PRICES = "prices"
@@ -107,8 +107,9 @@ class Catalogue:
         self._prices = db[PRICES]
 
     async def put_item(self, item: CatalogueItem) -> None:
+        """Create or update an item while it is its store's (items never change store)."""
         doc = item.model_dump(mode="json", exclude={"code"})
-        await self._items.replace_one({"_id": item.code}, doc, upsert=True)
+        await put_owned(self._items, item.code, item.store_id, doc, what="catalogue item")
 
     async def item(self, code: str) -> CatalogueItem | None:
         doc = await self._items.find_one({"_id": code})

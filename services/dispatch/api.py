@@ -12,7 +12,7 @@ from typing import Annotated, Any
 
 from fastapi import APIRouter, Path, Query
 from pydantic import Field
-from pymongo.errors import DuplicateKeyError
+from pymongo.errors import DuplicateKeyError, WriteError
 
 from services.dispatch import commands
 from services.dispatch.domain import (
@@ -52,7 +52,7 @@ from shared.events.types import GeoPoint, PricedLine
 from shared.outbox import Transaction
 from shared.schema import Forbid
 from shared.service import RuntimeDep
-from shared.time import utcnow
+from shared.time import Moment, utcnow
 
 router = APIRouter()
 
@@ -107,12 +107,14 @@ async def put_technician(
     file = body.model_dump(exclude=set(kept))
     tech = Technician(technician_id=technician_id, **file, **kept)
     try:
-        await techs.put(tech)
+        await techs.put(tech, before.store_id if before else body.store_id)
     except DuplicateKeyError:
         raise Conflict(
             f"badge number {body.badge_number} belongs to another technician",
             field="badge_number",
         ) from None
+    except WriteError as exc:  # MongoDB's own geometry check (self-intersection, ...)
+        raise Unprocessable(f"invalid area: {exc.details or exc}", field="areas") from exc
     return tech
 
 
@@ -171,7 +173,7 @@ async def put_status(
 
 class LocationIn(Forbid):
     location: GeoPoint
-    at: datetime | None = None
+    at: Moment | None = None
 
 
 @router.post(

@@ -28,7 +28,7 @@ from services.dispatch.domain import (
     VisitStatus,
 )
 from shared.events.types import GeoPoint
-from shared.mongo import Database, Document, Versioned
+from shared.mongo import Database, Document, Versioned, put_owned
 from shared.secrets import service_secret
 from shared.settings import Settings
 
@@ -126,17 +126,16 @@ class Technicians:
     def __init__(self, db: Database) -> None:
         self._col = db[TECHNICIANS]
 
-    async def put(self, tech: Technician, session: Session = None) -> None:
-        """Create or update the file; the time the technician holds is kept, and so is their
-        status (changed by `change_status` alone: a file written back never lifts a
-        suspension made meanwhile)."""
+    async def put(self, tech: Technician, owner: str, session: Session = None) -> None:
+        """Create or update the file while it is still `owner`'s (the store it was read
+        with: a move made meanwhile is not undone); the time the technician holds is kept,
+        and so is their status (changed by `change_status` alone: a file written back never
+        lifts a suspension made meanwhile)."""
         doc = technician_doc(tech)
         kept = {k: doc.pop(k) for k in STATUS_FIELDS}
-        await self._col.update_one(
-            {"_id": tech.technician_id},
-            {"$set": {k: v for k, v in doc.items() if k != "_id"}, "$setOnInsert": kept},
-            upsert=True,
-            session=session,
+        fields = {k: v for k, v in doc.items() if k != "_id"}
+        await put_owned(
+            self._col, tech.technician_id, owner, fields, kept, what="technician", session=session
         )
 
     async def change_status(

@@ -67,7 +67,7 @@ from shared.events.payments import (
 from shared.events.reviews import ComplaintUpdated, ReviewSubmitted
 from shared.mongo import Database, Document
 from shared.outbox import Transaction
-from shared.time import utcnow
+from shared.time import utcnow, within_reach
 
 BOARD_BOOKINGS = "board_bookings"
 BOARD_ALERTS = "board_alerts"
@@ -608,7 +608,8 @@ def _place(name: str, after: str) -> Document:
     the query it narrows is scoped to the viewer all the same."""
     try:
         place = json.loads(base64.urlsafe_b64decode(after + "=" * (-len(after) % 4)))
-        stamp = datetime.fromisoformat(place["at"]) if place["at"] is not None else None
+        at = place["at"]
+        stamp = within_reach(datetime.fromisoformat(at)) if at is not None else None
         row_id = place["id"]
         if not isinstance(row_id, str):
             raise TypeError(row_id)

@@ -60,7 +60,7 @@ from shared.errors import (
     Unauthenticated,
     Unprocessable,
 )
-from shared.mongo import Database
+from shared.mongo import Database, Session
 from shared.outbox import Transaction
 from shared.privacy import Phone
 from shared.schema import Forbid, PathId
@@ -207,7 +207,11 @@ async def request_code(
         version=current.version if current else 0,
     )
     if current is None:
-        await codes.insert(fresh)
+        if not await codes.insert_if_absent(fresh):  # a twin request's code went first
+            raise TooManyRequests(
+                "a code was sent to this phone just now: use it, or ask again in a moment",
+                retry_after=1,
+            )
     else:
         await codes.save(fresh)
     await sender(runtime).send(body.phone, f"Your Doorstep code is {code}")
@@ -246,7 +250,11 @@ async def exchange_code(body: CodeIn, runtime: RuntimeDep) -> Tokens:
             subject=f"cus_{uuid.uuid4().hex[:16]}",
             created_at=now,
         )
-        await accounts.insert(account)
+        if not await accounts.insert_if_absent(account):
+            # Made meanwhile (a store registering this phone, a twin call): that one it is.
+            account = await accounts.get(body.phone)
+            if account is None:  # and removed again since
+                raise Conflict("this phone's account changed meanwhile; sign in again")
     actor = Actor(role=Role(account.role), subject=account.subject, store_id=account.store_id)
     return await issue(runtime, actor, sign_ins=account.sign_ins)
 
@@ -525,7 +533,11 @@ class ApiKeyOut(Forbid):
 
 
 async def _new_key(
-    runtime: Runtime, store_id: str, scopes: list[str], replaces: str | None
+    runtime: Runtime,
+    store_id: str,
+    scopes: list[str],
+    replaces: str | None,
+    session: Session = None,
 ) -> ApiKeyOut:
     if any(s not in SCOPES for s in scopes):
         raise Forbidden(f"scopes are {', '.join(SCOPES)}")
@@ -538,7 +550,8 @@ async def _new_key(
             secret_digest=digest(secret),
             created_at=utcnow(),
             replaces=replaces,
-        )
+        ),
+        session=session,
     )
     return ApiKeyOut(key_id=key_id, store_id=store_id, scopes=sorted(set(scopes)), api_key=whole)
 
@@ -572,13 +585,19 @@ async def _own_key(runtime: Runtime, actor: Actor, key_id: str) -> ApiKey:
     summary="A new key for the same store and scopes; the old one stops working",
 )
 async def rotate_api_key(key_id: PathId, runtime: RuntimeDep, actor: EdgeActor) -> ApiKeyOut:
-    key = await _own_key(runtime, actor, key_id)
-    if key.revoked_at is not None:
-        raise Conflict("this key is revoked already")
-    new = await _new_key(runtime, key.store_id, key.scopes, key.key_id)
-    key.revoked_at = utcnow()
-    await ApiKeys(runtime.db).save(key)
-    return new
+    await _own_key(runtime, actor, key_id)
+    keys = ApiKeys(runtime.db)
+
+    async def rotate(tx: Transaction) -> ApiKeyOut:
+        """The old key revoked and the new one made together: of two rotations at once,
+        one makes a key and the other 409, not a second live key nobody was shown."""
+        key = await keys.get(key_id, session=tx.session)
+        if key is None or key.revoked_at is not None:
+            raise Conflict("this key is revoked already")
+        await keys.save(key.model_copy(update={"revoked_at": utcnow()}), session=tx.session)
+        return await _new_key(runtime, key.store_id, key.scopes, key.key_id, tx.session)
+
+    return await runtime.uow.run(rotate, name="rotate API key")
 
 
 @router.delete(

@@ -79,7 +79,7 @@ def signature_is_valid(secret: str, header: str, body: str, tolerance_s: int = 3
         return False
     if abs(time.time() - timestamp) > tolerance_s:
         return False
-    return hmac.compare_digest(sign(secret, timestamp, body), header)
+    return hmac.compare_digest(sign(secret, timestamp, body).encode(), header.encode())
 
 
 # ----------------------------------------------------------- subscriptions --

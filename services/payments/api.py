@@ -50,6 +50,7 @@ from shared.errors import Conflict, Forbidden, NotFound, Unauthenticated, Unproc
 from shared.events.reviews import REMEDY_REFUND
 from shared.events.types import Currency, MinorUnits
 from shared.locks import KeyedLocks
+from shared.mongo import put_owned
 from shared.outbox import Transaction
 from shared.schema import Forbid, PathId, idempotency_key
 from shared.service import Runtime, RuntimeDep
@@ -574,7 +575,9 @@ async def put_plan(plan_id: PathId, body: PlanIn, runtime: RuntimeDep, actor: Ac
             raise Conflict("a plan stays with its store", field="store_id")
     plan = Plan(plan_id=plan_id, **body.model_dump())
     # Holdings keep their own copy of the terms: changing a plan changes future sales only.
-    await plans.col.replace_one({"_id": plan_id}, plans.to_doc(plan), upsert=True)
+    doc = plans.to_doc(plan)
+    del doc["_id"]
+    await put_owned(plans.col, plan_id, body.store_id, doc, what="plan")
     return plan
 
 

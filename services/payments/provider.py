@@ -73,7 +73,10 @@ def sign_webhook(secret: bytes, body: bytes) -> str:
 
 
 def webhook_is_authentic(secret: bytes, body: bytes, signature: str | None) -> bool:
-    return signature is not None and hmac.compare_digest(sign_webhook(secret, body), signature)
+    # As bytes: compare_digest refuses a str with a character outside ASCII (TypeError, a
+    # 500 for anyone who sends one), and this route takes calls from anywhere.
+    expected = sign_webhook(secret, body).encode()
+    return signature is not None and hmac.compare_digest(expected, signature.encode())
 
 
 class SandboxProvider:

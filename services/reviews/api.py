@@ -8,7 +8,7 @@ them and may close them; a store reads its own technicians' complaints.
 from __future__ import annotations
 
 import asyncio
-from datetime import datetime, timedelta
+from datetime import timedelta
 from typing import Annotated
 
 from fastapi import APIRouter, Query, Response
@@ -42,7 +42,7 @@ from shared.events.reviews import ReviewSubmitted
 from shared.outbox import Transaction
 from shared.schema import Forbid, PathId, idempotency_key
 from shared.service import RuntimeDep
-from shared.time import utcnow
+from shared.time import Moment, utcnow
 
 router = APIRouter()
 
@@ -454,8 +454,8 @@ MAX_KPI_DAYS = 366
 async def read_kpis(
     runtime: RuntimeDep,
     actor: ActorDep,
-    period_from: Annotated[datetime, Query(alias="from")],
-    period_to: Annotated[datetime, Query(alias="to")],
+    period_from: Annotated[Moment, Query(alias="from")],
+    period_to: Annotated[Moment, Query(alias="to")],
 ) -> Kpis:
     """Operations see the whole platform; a store sees its own technicians only."""
     if period_from.tzinfo is None or period_to.tzinfo is None:

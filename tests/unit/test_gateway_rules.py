@@ -6,7 +6,7 @@ import asyncio
 import subprocess
 import sys
 from collections.abc import AsyncIterator, Iterator, MutableMapping
-from datetime import UTC, datetime, timedelta
+from datetime import UTC, datetime, timedelta, timezone
 from pathlib import Path
 from typing import Any
 
@@ -16,7 +16,7 @@ from fastapi.routing import APIRoute
 
 from services.gateway import handlers
 from services.gateway.app import create_app
-from services.gateway.board import unpaid_row
+from services.gateway.board import BOARD_BOOKINGS, _place, cursor, unpaid_row
 from services.gateway.domain import DayTally, figures, may_retry
 from services.gateway.limits import HeldStream, RateLimiter, StreamSlots
 from services.gateway.security import (
@@ -29,7 +29,8 @@ from services.gateway.security import (
 from services.gateway.storage import ACCOUNTS
 from services.gateway.tokens import SigningKey, VerifiedAccess, VerifiedTokens, issue_access
 from shared.auth import Actor, Role
-from shared.errors import TooManyRequests, Unauthenticated
+from shared.errors import TooManyRequests, Unauthenticated, Unprocessable
+from shared.time import within_reach
 
 ROOT = Path(__file__).resolve().parents[2]
 
@@ -369,3 +370,17 @@ async def test_a_technicians_sign_ins_are_read_once_a_recheck_and_again_once_for
     for _ in range(3):
         assert await every_call.standing(db, token)
     assert accounts.reads == 7
+
+
+def test_a_board_cursor_or_day_at_the_ends_of_the_calendar_is_refused_clearly() -> None:
+    """A forged cursor naming year 1 reached the database query, which could not store the
+    time: a 500. Every time a caller sends falls between 1970 and 2999."""
+    forged = cursor(datetime(1, 1, 1, tzinfo=timezone(timedelta(hours=1))), "bk_1")
+    with pytest.raises(Unprocessable) as refused:
+        _place(BOARD_BOOKINGS, forged)
+    assert refused.value.field == "after"
+    fine = cursor(datetime(2026, 11, 25, tzinfo=UTC), "bk_1")
+    assert _place(BOARD_BOOKINGS, fine)["_id"] == "bk_1"
+    for year in (1, 1969, 3000, 9999):
+        with pytest.raises(ValueError, match="between the years 1970 and 2999"):
+            within_reach(datetime(year, 6, 1, tzinfo=UTC))

@@ -11,6 +11,7 @@ from services.payments import domain
 from services.payments.domain import Coupon, Payment, Receipt, ReceiptStatus
 from services.payments.fees import CancellationFee, FeeStatus, FeeStep
 from services.payments.ledger import EntryKind, Holding, Plan, PlanKind, Unit, sell
+from services.payments.provider import sign_webhook, webhook_is_authentic
 from shared.errors import Conflict, Unprocessable
 from shared.events.types import PricedLine
 
@@ -388,3 +389,12 @@ def test_a_fee_withdrawn_while_charged_is_refunded_or_waived_by_the_outcome() ->
     )
     with pytest.raises(Conflict, match="waived"):
         fails.charge()  # nothing left for the customer to pay
+
+
+def test_a_provider_webhook_signature_outside_ascii_is_refused_not_a_crash() -> None:
+    """The route takes calls from anywhere; comparing a str with a character outside ASCII
+    raised TypeError (a 500) instead of saying the signature does not match."""
+    secret, body = b"webhook-secret", b'{"reference": "ch_1"}'
+    assert webhook_is_authentic(secret, body, sign_webhook(secret, body))
+    assert not webhook_is_authentic(secret, body, "\xe9" + sign_webhook(secret, body)[1:])
+    assert not webhook_is_authentic(secret, body, None)
