@@ -9,7 +9,7 @@ from pymongo import AsyncMongoClient
 from pymongo.asynchronous.client_session import AsyncClientSession
 from pymongo.asynchronous.collection import AsyncCollection
 from pymongo.asynchronous.database import AsyncDatabase
-from pymongo.errors import DuplicateKeyError
+from pymongo.errors import DuplicateKeyError, WriteError
 
 from shared.errors import Conflict, NotFound, VersionMismatch
 from shared.settings import Settings
@@ -29,6 +29,15 @@ def connect(settings: Settings) -> AsyncMongoClient[Document]:
         appname=settings.service_name,
         serverSelectionTimeoutMS=5000,
     )
+
+
+CANNOT_EXTRACT_GEO_KEYS = 16755  # a shape MongoDB's 2dsphere index refuses
+
+
+def bad_geometry(exc: WriteError) -> bool:
+    """MongoDB's own geometry check refused the write (edges crossing, points repeated...):
+    the caller's shape is wrong, which validation before it cannot all see."""
+    return exc.code == CANNOT_EXTRACT_GEO_KEYS
 
 
 async def put_owned(

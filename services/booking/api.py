@@ -45,6 +45,7 @@ from services.booking.storage import Bookings, Catalogue, Customers, Region, Reg
 from shared.auth import Actor, ActorDep, Role
 from shared.errors import Conflict, Forbidden, NotFound, Unprocessable
 from shared.events.types import Currency, GeoPoint, GeoPolygon, MinorUnits, PricedLine
+from shared.mongo import bad_geometry
 from shared.outbox import Transaction
 from shared.privacy import Phone
 from shared.schema import Forbid, idempotency_key
@@ -116,7 +117,9 @@ async def put_region(
                 area=body.area.model_dump(),
             )
         )
-    except WriteError as exc:  # MongoDB's own geometry check (self-intersection, ...)
+    except WriteError as exc:
+        if not bad_geometry(exc):
+            raise
         raise Unprocessable(f"invalid area: {exc.details or exc}", field="area") from exc
     return Response(status_code=status.HTTP_204_NO_CONTENT)
 

@@ -49,6 +49,7 @@ from shared.events.dispatch import (
     TechnicianStatusChanged,
 )
 from shared.events.types import GeoPoint, PricedLine
+from shared.mongo import bad_geometry
 from shared.outbox import Transaction
 from shared.schema import Forbid
 from shared.service import RuntimeDep
@@ -113,7 +114,9 @@ async def put_technician(
             f"badge number {body.badge_number} belongs to another technician",
             field="badge_number",
         ) from None
-    except WriteError as exc:  # MongoDB's own geometry check (self-intersection, ...)
+    except WriteError as exc:
+        if not bad_geometry(exc):
+            raise
         raise Unprocessable(f"invalid area: {exc.details or exc}", field="areas") from exc
     return tech
 

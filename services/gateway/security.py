@@ -13,6 +13,7 @@ import hashlib
 import hmac
 import secrets
 import time
+from collections import OrderedDict
 from collections.abc import AsyncIterator, Awaitable, Callable
 from typing import Annotated
 
@@ -212,12 +213,14 @@ class SignInChecks:
     Staff's are read on every call: staff make few. A technician's app calls all day
     (offers, check-ins, codes), so theirs are remembered for `technician_s`, and forgotten at
     once when this gateway takes the sign-in back or registers another phone: it ends at
-    once here, and within `technician_s` on any other replica.
+    once here, and within `technician_s` on any other replica. Only a yes is taken from
+    memory: a token the remembered sign-ins do not match (a new phone's, signed in through
+    another replica) is checked afresh before it is refused.
     """
 
     def __init__(self, technician_s: float = 30.0, size: int = 50_000) -> None:
         self._technician_s, self._size = technician_s, size
-        self._known: dict[str, tuple[float, bool, str | None]] = {}
+        self._known: OrderedDict[str, tuple[float, bool, str | None]] = OrderedDict()
         self._forgets = 0  # a read that a forget overtook is not remembered
 
     async def standing(self, db: Database, access: VerifiedAccess) -> bool:
@@ -227,16 +230,16 @@ class SignInChecks:
             return there and sign_ins == access.sign_ins
         now, forgets = time.monotonic(), self._forgets
         known = self._known.get(subject)
-        if known is not None and now - known[0] <= self._technician_s:
+        if known is not None and now - known[0] < self._technician_s:
             _, there, sign_ins = known
-        else:
-            there, sign_ins = await account_sign_ins(db, role, subject)
-            if forgets == self._forgets:
-                if len(self._known) >= self._size:
-                    self._known = {
-                        k: v for k, v in self._known.items() if now - v[0] <= self._technician_s
-                    }
-                self._known[subject] = (now, there, sign_ins)
+            if there and sign_ins == access.sign_ins:
+                return True
+        there, sign_ins = await account_sign_ins(db, role, subject)
+        if forgets == self._forgets:
+            self._known.pop(subject, None)
+            self._known[subject] = (now, there, sign_ins)  # the newest read last
+            if len(self._known) > self._size:
+                self._known.popitem(last=False)
         return there and sign_ins == access.sign_ins
 
     def forget(self, technician_id: str) -> None:

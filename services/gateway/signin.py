@@ -59,6 +59,7 @@ from shared.errors import (
     TooManyRequests,
     Unauthenticated,
     Unprocessable,
+    VersionMismatch,
 )
 from shared.mongo import Database, Session
 from shared.outbox import Transaction
@@ -206,14 +207,17 @@ async def request_code(
         requested=[*recent, now],
         version=current.version if current else 0,
     )
-    if current is None:
-        if not await codes.insert_if_absent(fresh):  # a twin request's code went first
-            raise TooManyRequests(
-                "a code was sent to this phone just now: use it, or ask again in a moment",
-                retry_after=1,
-            )
-    else:
-        await codes.save(fresh)
+    try:
+        if current is None:
+            if not await codes.insert_if_absent(fresh):
+                raise VersionMismatch(body.phone)
+        else:
+            await codes.save(fresh)
+    except VersionMismatch:  # a twin request's code went first
+        raise TooManyRequests(
+            "a code was sent to this phone just now: use it, or ask again in a moment",
+            retry_after=1,
+        ) from None
     await sender(runtime).send(body.phone, f"Your Doorstep code is {code}")
     return OtpOut(expires_in=settings.otp_ttl_s)
 
@@ -439,9 +443,9 @@ async def add_technician_account(
     accounts = Accounts(runtime.db)
     theirs = {"role": Role.TECHNICIAN.value, "subject": body.technician_id}
 
-    async def register(tx: Transaction) -> bool:
-        """The phone is theirs now; True when their sign-ins before end (another phone or
-        another store). In one transaction: the phone they had is let go of first (one phone
+    async def register(tx: Transaction) -> str | None:
+        """The phone is theirs now; their new sign-ins when those before end (another phone
+        or another store). In one transaction: the phone they had is let go of first (one phone
         a technician), and a registration racing this one fails it rather than interleave."""
         existing = await accounts.get(body.phone, session=tx.session)
         if existing is not None and (
@@ -455,7 +459,7 @@ async def add_technician_account(
             body.phone,
             body.store_id,
         ):
-            return False  # registered as it was: their sign-ins go on
+            return None  # registered as it was: their sign-ins go on
         if before is not None:
             await accounts.col.delete_one({"_id": before["_id"]}, session=tx.session)
         account = Account(
@@ -467,7 +471,7 @@ async def add_technician_account(
             sign_ins=uuid.uuid4().hex,
         )
         await accounts.insert(account, session=tx.session)
-        return before is not None
+        return account.sign_ins if before is not None else None
 
     try:
         moved = await runtime.uow.run(register, name="register technician phone")
@@ -476,10 +480,11 @@ async def add_technician_account(
             "this technician's phone was registered by another call meanwhile; try again",
             field="phone",
         ) from None
-    if moved:
+    if moved is not None:
         # A lost phone, or a technician who changed stores: whoever holds the phone they had,
-        # or their sign-in as the store they left, is signed out.
-        await end_technician_sign_ins(request, runtime.db, body.technician_id)
+        # or their sign-in as the store they left, is signed out (the new phone, signed in
+        # already maybe, is not).
+        await end_technician_sign_ins(request, runtime.db, body.technician_id, keep=moved)
     return {"technician_id": body.technician_id, "phone": "registered"}
 
 
@@ -501,19 +506,27 @@ async def remove_technician_account(
         raise NotFound(f"technician {technician_id} has no sign-in")
     if not actor.speaks_for_store(found.get("store_id")):
         raise Forbidden("a store takes back only its own technicians' sign-ins")
-    await accounts.col.delete_one({"_id": found["_id"]})
+    # Only the account as read: one another store registered meanwhile is not this store's.
+    as_read = {**theirs, "_id": found["_id"], "store_id": found.get("store_id")}
+    removed = await accounts.col.delete_one({**as_read, "sign_ins": found.get("sign_ins")})
+    if removed.deleted_count != 1:
+        raise Conflict(f"technician {technician_id}'s sign-in changed meanwhile: look again")
     await end_technician_sign_ins(request, runtime.db, technician_id)
     return Response(status_code=status.HTTP_204_NO_CONTENT)
 
 
-async def end_technician_sign_ins(request: Request, db: Database, technician_id: str) -> None:
-    """Their refresh tokens are revoked; their access tokens name sign-ins that are gone or
-    drawn again, which this gateway knows at once (another replica within its recheck)."""
+async def end_technician_sign_ins(
+    request: Request, db: Database, technician_id: str, keep: str | None = None
+) -> None:
+    """Their refresh tokens are revoked (but those of the sign-ins `keep`); their access
+    tokens name sign-ins that are gone or drawn again, which this gateway knows at once
+    (another replica within its recheck)."""
     checks: SignInChecks = request.app.state.sign_in_checks
     checks.forget(technician_id)
-    await RefreshTokens(db).revoke(
-        {"role": Role.TECHNICIAN.value, "subject": technician_id}, utcnow()
-    )
+    theirs: dict[str, object] = {"role": Role.TECHNICIAN.value, "subject": technician_id}
+    if keep is not None:
+        theirs["sign_ins"] = {"$ne": keep}
+    await RefreshTokens(db).revoke(theirs, utcnow())
 
 
 # ---------------------------------------------------------------- API keys --

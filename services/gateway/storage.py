@@ -18,7 +18,7 @@ from __future__ import annotations
 
 from datetime import datetime
 
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import AliasChoices, BaseModel, ConfigDict, Field
 from pymongo import ASCENDING, IndexModel
 
 from shared.mongo import Database, Document, Versioned
@@ -43,10 +43,6 @@ async def ensure_indexes(db: Database) -> None:
             # Gone a day after they expire: no sign-in can use them by then.
             IndexModel([("expires_at", ASCENDING)], expireAfterSeconds=86400),
         ]
-    )
-    # Refresh tokens kept before technicians' named their sign-ins too.
-    await db[REFRESH_TOKENS].update_many(
-        {"staff_sign_ins": {"$exists": True}}, {"$rename": {"staff_sign_ins": "sign_ins"}}
     )
     await db[API_KEYS].create_indexes([IndexModel([("store_id", ASCENDING)])])
     await db[SMS_LOG].create_indexes([IndexModel([("phone", ASCENDING), ("at", ASCENDING)])])
@@ -100,7 +96,11 @@ class RefreshToken(Forbid):
     # When the sign-in ends whatever its refreshes (None: a token from before this rule,
     # whose sign-in ends when it expires).
     session_ends_at: datetime | None = None
-    sign_ins: str | None = None  # its account's sign-ins (OpsStaff's, a technician's Account's)
+    # Its account's sign-ins (OpsStaff's, a technician's Account's); `staff_sign_ins` in
+    # tokens stored before technicians' had them.
+    sign_ins: str | None = Field(
+        default=None, validation_alias=AliasChoices("sign_ins", "staff_sign_ins")
+    )
     revoked_at: datetime | None = None
     replaced_by: str | None = None
     version: int = 0

@@ -344,12 +344,19 @@ async def test_a_technicians_sign_ins_are_read_once_a_recheck_and_again_once_for
     assert await checks.standing(db, token)
     assert await checks.standing(db, token)
     assert accounts.reads == 1  # a busy technician app costs one read a minute, not one a call
-    assert not await checks.standing(db, _technician_access("s0"))  # drawn again since
+
+    # A new phone registered through another replica: its token does not match what this
+    # one remembers, and is read afresh rather than refused.
+    accounts.account = {"sign_ins": "s2"}
+    assert await checks.standing(db, _technician_access("s2"))
+    assert accounts.reads == 2
+    assert not await checks.standing(db, token)  # the old phone's, refused once read
+    assert accounts.reads == 3
 
     accounts.account = None  # taken back, by this gateway: it forgets at once
     checks.forget("tech_1")
-    assert not await checks.standing(db, token)
-    assert accounts.reads == 2
+    assert not await checks.standing(db, _technician_access("s2"))
+    assert accounts.reads == 4
 
     # A read under way when the sign-in is taken back is not remembered: the next call
     # reads again rather than trust what it saw before.
@@ -363,13 +370,28 @@ async def test_a_technicians_sign_ins_are_read_once_a_recheck_and_again_once_for
     accounts.gate.set()
     assert await reading  # what it read, before
     assert not await checks.standing(db, token)
-    assert accounts.reads == 4
+    assert accounts.reads == 6
 
     every_call = SignInChecks(technician_s=0.0)
     accounts.account = {"sign_ins": "s1"}
     for _ in range(3):
         assert await every_call.standing(db, token)
-    assert accounts.reads == 7
+    assert accounts.reads == 9
+
+    few = SignInChecks(technician_s=60.0, size=2)
+    for n in range(3):  # three technicians: the first one read is let go of
+        await few.standing(
+            db, VerifiedAccess(Actor(role=Role.TECHNICIAN, subject=f"t{n}"), "k1", 2**40, "s1")
+        )
+    assert accounts.reads == 12
+    await few.standing(
+        db, VerifiedAccess(Actor(role=Role.TECHNICIAN, subject="t2"), "k1", 2**40, "s1")
+    )
+    assert accounts.reads == 12  # still remembered
+    await few.standing(
+        db, VerifiedAccess(Actor(role=Role.TECHNICIAN, subject="t0"), "k1", 2**40, "s1")
+    )
+    assert accounts.reads == 13  # let go of, so read again
 
 
 def test_a_board_cursor_or_day_at_the_ends_of_the_calendar_is_refused_clearly() -> None:
