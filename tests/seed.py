@@ -13,7 +13,15 @@ from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 from pymongo import AsyncMongoClient, ReturnDocument
 
 from services.gateway.security import stand_in_hash
-from services.gateway.storage import ACCOUNTS, OPS_STAFF, Account, Accounts, OpsStaff, Staff
+from services.gateway.storage import (
+    ACCOUNTS,
+    OPS_STAFF,
+    Account,
+    Accounts,
+    OpsStaff,
+    Staff,
+    of_technician,
+)
 from shared.auth import Actor, Role
 from shared.events.dispatch import ServiceCompleted
 from shared.events.types import PricedLine
@@ -275,21 +283,17 @@ async def gateway_token(
     staff member's (operations, a store's staff) or a technician's names their account's
     sign-ins, the account made here if it is not there yet, as the gateway checks them."""
     gateway = mongo[f"{prefix}_gateway"]
-    account: Document | None = None
+    made = (datetime.now(UTC), uuid.uuid4().hex)  # created_at, sign_ins
+    kept: tuple[str, Document, Document] | None = None  # collection, query, the new account
     if actor.role in (Role.OPS, Role.STORE):
         staff = OpsStaff(
             email=actor.subject,
             password_hash=stand_in_hash(),
             store_id=actor.store_id,
-            created_at=datetime.now(UTC),
-            sign_ins=uuid.uuid4().hex,
+            created_at=made[0],
+            sign_ins=made[1],
         )
-        account = await gateway[OPS_STAFF].find_one_and_update(
-            {"_id": staff.email},
-            {"$setOnInsert": Staff(gateway).to_doc(staff)},
-            upsert=True,
-            return_document=ReturnDocument.AFTER,
-        )
+        kept = (OPS_STAFF, {"_id": staff.email}, Staff(gateway).to_doc(staff))
     elif actor.role is Role.TECHNICIAN:
         # A phone of their own that no test dials: the store's registration, as it were.
         phone = Account(
@@ -297,15 +301,15 @@ async def gateway_token(
             role=actor.role.value,
             subject=actor.subject,
             store_id=actor.store_id,
-            created_at=datetime.now(UTC),
-            sign_ins=uuid.uuid4().hex,
+            created_at=made[0],
+            sign_ins=made[1],
         )
-        theirs = {"role": phone.role, "subject": phone.subject}
-        account = await gateway[ACCOUNTS].find_one_and_update(
-            theirs,
-            {"$setOnInsert": Accounts(gateway).to_doc(phone)},
-            upsert=True,
-            return_document=ReturnDocument.AFTER,
+        kept = (ACCOUNTS, of_technician(actor.subject), Accounts(gateway).to_doc(phone))
+    account: Document | None = None
+    if kept is not None:
+        collection, query, new = kept
+        account = await gateway[collection].find_one_and_update(
+            query, {"$setOnInsert": new}, upsert=True, return_document=ReturnDocument.AFTER
         )
     if account is not None and account.get("sign_ins"):
         claims = {"sign_ins": account["sign_ins"], **claims}

@@ -24,7 +24,7 @@ from fastapi.responses import StreamingResponse
 from fastapi.security import APIKeyHeader, HTTPAuthorizationCredentials, HTTPBearer
 
 from services.gateway.limits import HeldStream, RateLimiter, StreamSlots
-from services.gateway.storage import ACCOUNTS, SIGNING_KEYS, ApiKeys, Staff
+from services.gateway.storage import ACCOUNTS, SIGNING_KEYS, ApiKeys, Staff, of_technician
 from services.gateway.tokens import VerifiedAccess, VerifiedTokens, digest, parse_api_key, same
 from shared.auth import Actor, Role
 from shared.errors import Forbidden, Unauthenticated
@@ -200,8 +200,7 @@ def sign_in_ended(role: Role) -> str:
 async def account_sign_ins(db: Database, role: Role, subject: str) -> tuple[bool, str | None]:
     """Whether the account a token was issued for is still there, and its sign-ins."""
     if role is Role.TECHNICIAN:
-        theirs = {"role": role.value, "subject": subject}  # one per technician (unique)
-        account = await db[ACCOUNTS].find_one(theirs, projection={"sign_ins": 1})
+        account = await db[ACCOUNTS].find_one(of_technician(subject), projection={"sign_ins": 1})
         return account is not None, (account or {}).get("sign_ins")
     staff = await Staff(db).get(subject)
     return staff is not None, staff.sign_ins if staff else None
@@ -220,7 +219,9 @@ class SignInChecks:
 
     def __init__(self, technician_s: float = 30.0, size: int = 50_000) -> None:
         self._technician_s, self._size = technician_s, size
-        self._known: OrderedDict[str, tuple[float, bool, str | None]] = OrderedDict()
+        # A technician's sign-ins as read, and when: only accounts that are there, since only
+        # a yes is taken from memory.
+        self._known: OrderedDict[str, tuple[float, str | None]] = OrderedDict()
         self._forgets = 0  # a read that a forget overtook is not remembered
 
     async def standing(self, db: Database, access: VerifiedAccess) -> bool:
@@ -229,17 +230,16 @@ class SignInChecks:
             there, sign_ins = await account_sign_ins(db, role, subject)
             return there and sign_ins == access.sign_ins
         now, forgets = time.monotonic(), self._forgets
-        known = self._known.get(subject)
-        if known is not None and now - known[0] < self._technician_s:
-            _, there, sign_ins = known
-            if there and sign_ins == access.sign_ins:
-                return True
+        read_at, sign_ins = self._known.get(subject, (float("-inf"), None))
+        if now - read_at < self._technician_s and sign_ins == access.sign_ins:
+            return True
         there, sign_ins = await account_sign_ins(db, role, subject)
         if forgets == self._forgets:
             self._known.pop(subject, None)
-            self._known[subject] = (now, there, sign_ins)  # the newest read last
-            if len(self._known) > self._size:
-                self._known.popitem(last=False)
+            if there:
+                self._known[subject] = (now, sign_ins)  # the newest read last
+                if len(self._known) > self._size:
+                    self._known.popitem(last=False)
         return there and sign_ins == access.sign_ins
 
     def forget(self, technician_id: str) -> None:

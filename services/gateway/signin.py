@@ -39,6 +39,7 @@ from services.gateway.storage import (
     RefreshToken,
     RefreshTokens,
     Staff,
+    of_technician,
 )
 from services.gateway.tokens import (
     SigningKey,
@@ -441,7 +442,6 @@ async def add_technician_account(
             field="technician_id",
         )
     accounts = Accounts(runtime.db)
-    theirs = {"role": Role.TECHNICIAN.value, "subject": body.technician_id}
 
     async def register(tx: Transaction) -> str | None:
         """The phone is theirs now; their new sign-ins when those before end (another phone
@@ -454,7 +454,7 @@ async def add_technician_account(
             # A customer's own phone (say) is never taken over by a technician filed under
             # their id.
             raise Conflict("this phone belongs to another account", field="phone")
-        before = await accounts.col.find_one(theirs, session=tx.session)
+        before = await accounts.col.find_one(of_technician(body.technician_id), session=tx.session)
         if before is not None and (before["_id"], before.get("store_id")) == (
             body.phone,
             body.store_id,
@@ -500,8 +500,8 @@ async def remove_technician_account(
     """For a technician who leaves the store: their phone no longer signs in as them, and
     their sign-ins end, access tokens already out and live streams included."""
     accounts = Accounts(runtime.db)
-    theirs = {"role": Role.TECHNICIAN.value, "subject": technician_id}
-    found = await accounts.col.find_one(theirs)  # one a technician (a unique index)
+    theirs = of_technician(technician_id)
+    found = await accounts.col.find_one(theirs)
     if found is None:
         raise NotFound(f"technician {technician_id} has no sign-in")
     if not actor.speaks_for_store(found.get("store_id")):
@@ -523,7 +523,7 @@ async def end_technician_sign_ins(
     (another replica within its recheck)."""
     checks: SignInChecks = request.app.state.sign_in_checks
     checks.forget(technician_id)
-    theirs: dict[str, object] = {"role": Role.TECHNICIAN.value, "subject": technician_id}
+    theirs = of_technician(technician_id)
     if keep is not None:
         theirs["sign_ins"] = {"$ne": keep}
     await RefreshTokens(db).revoke(theirs, utcnow())

@@ -131,6 +131,12 @@ class OpsStaff(Forbid):
     version: int = 0
 
 
+def of_technician(technician_id: str) -> Document:
+    """What finds a technician's one account (unique by subject and role), and the refresh
+    tokens of their sign-ins (which carry the same two fields)."""
+    return {"role": "technician", "subject": technician_id}
+
+
 class Accounts(Versioned[Account]):
     def __init__(self, db: Database) -> None:
         super().__init__(db, ACCOUNTS, Account, "phone")
