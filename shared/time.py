@@ -12,7 +12,7 @@ import os
 from datetime import UTC, datetime, timedelta
 from typing import Annotated
 
-from pydantic import AfterValidator
+from pydantic import AfterValidator, AwareDatetime
 
 _offset = timedelta(seconds=float(os.environ.get("DOORSTEP_CLOCK_OFFSET_S") or 0))
 
@@ -45,8 +45,9 @@ def within_reach(value: datetime) -> datetime:
     return value
 
 
-# Every time a caller sends: checked before anything converts, stores or adds to it.
-Moment = Annotated[datetime, AfterValidator(within_reach)]
+# Every time a caller sends: with its zone (a bare "09:00" is nobody's nine o'clock),
+# checked before anything converts, stores or adds to it.
+Moment = Annotated[AwareDatetime, AfterValidator(within_reach)]
 
 
 def stored_precision(value: datetime) -> datetime:

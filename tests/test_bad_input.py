@@ -414,6 +414,26 @@ CASES: list[tuple[str, str, str, Any, dict[str, str], int, str]] = [
         "",
     ),
     ("dispatch", "GET", "/technicians/tech_bad_input/offers", None, as_technician("x"), 403, ""),
+    # A time without its zone is refused, not stored as if it were UTC.
+    (
+        "dispatch",
+        "POST",
+        "/technicians/tech_bad_input/location",
+        {"location": {"lat": 38.7, "lon": -9.1}, "at": "2026-11-25T09:00:00"},
+        TECH_DONE,
+        422,
+        "at",
+    ),
+    (*B, with_({"window_start": "2030-05-01T09:00:00"}), OPS, 422, "window_start"),
+    (
+        "reviews",
+        "GET",
+        "/kpis?from=2026-11-01T00:00:00&to=2026-11-02T00:00:00Z",
+        None,
+        OPS,
+        422,
+        "from",
+    ),
     # Times at the ends of the calendar cannot be moved to UTC nor stored (they answered 500).
     (
         "dispatch",

@@ -236,8 +236,6 @@ async def add_price(
             field="currency",
         )
     effective = body.effective_from or now
-    if effective.tzinfo is None:
-        raise Unprocessable("effective_from must carry a timezone", field="effective_from")
     if effective < now - timedelta(minutes=1):
         raise Unprocessable(
             "a price cannot take effect in the past: history is never rewritten",

@@ -17,7 +17,7 @@ from typing import Annotated, Any, Generic, NamedTuple, TypeVar
 
 from fastapi import APIRouter, Query, Request
 from fastapi.responses import FileResponse, StreamingResponse
-from pydantic import AfterValidator, AwareDatetime, BaseModel, ConfigDict, Field
+from pydantic import BaseModel, ConfigDict, Field
 
 from services.gateway import board
 from services.gateway.domain import (
@@ -38,7 +38,7 @@ from shared.auth import Actor
 from shared.errors import NotFound, Unprocessable
 from shared.mongo import Database, Document
 from shared.service import RuntimeDep
-from shared.time import utcnow, within_reach
+from shared.time import Moment, utcnow
 
 router = APIRouter(prefix="/v1/board", tags=["operations board"])
 pages = APIRouter(include_in_schema=False)
@@ -70,7 +70,7 @@ async def dashboard_asset(asset: str) -> FileResponse:
 
 
 Since = Annotated[
-    Annotated[AwareDatetime, AfterValidator(within_reach)] | None,
+    Moment | None,
     Query(description="Start of 'today' for the figures (the viewer's midnight); default UTC"),
 ]
 
