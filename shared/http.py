@@ -92,6 +92,15 @@ def install_error_handlers(app: FastAPI) -> None:
             response.headers["Retry-After"] = str(exc.retry_after)
         return response
 
+    @app.exception_handler(UnicodeEncodeError)
+    async def not_text(_: Request, exc: UnicodeEncodeError) -> JSONResponse:
+        # Free-form input (a receipt to verify, a model without Forbid's check) that reached
+        # an encoder: BSON and hashes need real text. Raised before anything is written.
+        log.warning("refused text that is not Unicode: %s", exc.reason)
+        return error_response(
+            422, "invalid_request", "text must be valid Unicode (no lone surrogates)"
+        )
+
     @app.exception_handler(PyMongoError)
     async def database_error(request: Request, exc: PyMongoError) -> JSONResponse:
         if database_unreachable(exc):

@@ -36,6 +36,11 @@ CUSTOMER = "cus_bad_input"
 AS_CUSTOMER_AT_EDGE = {"Authorization": "customer token"}
 
 
+class RawJson(bytes):
+    """A body sent as these bytes: text that is not Unicode (a lone surrogate, which JSON
+    carries as an escape) cannot be sent from a Python object."""
+
+
 def with_(changes: dict[str, Any], drop: tuple[str, ...] = ()) -> dict[str, Any]:
     body = {**booking_body(CUSTOMER, "nails.test-manicure"), **changes}
     for key in drop:
@@ -434,6 +439,77 @@ CASES: list[tuple[str, str, str, Any, dict[str, str], int, str]] = [
         422,
         "from",
     ),
+    # Text that is not Unicode cannot be stored (these answered 500).
+    (
+        "booking",
+        "PUT",
+        f"/customers/{CUSTOMER}/care-profile",
+        RawJson(b'{"allergies": ["\\ud800"]}'),
+        as_customer(CUSTOMER),
+        422,
+        "allergies.0",
+    ),
+    (
+        "payments",
+        "PUT",
+        "/plans/pl_bad_input",
+        RawJson(
+            b'{"store_id": "st_bad", "name": "x", "kind": "package", "price": 100,'
+            b' "currency": "EUR", "visits": 1, "covers": ["\\ud800"]}'
+        ),
+        as_store("st_bad"),
+        422,
+        "covers.0",
+    ),
+    (
+        "payments",
+        "POST",
+        "/receipts/verify",
+        RawJson(
+            b'{"receipt": {"receipt_id": "\\ud800"}, "seal": {"key_id": "k", "store_id": "s",'
+            b' "previous": "' + b"0" * 64 + b'", "receipt_hash": "' + b"0" * 64 + b'",'
+            b' "signature": "AA"}}'
+        ),
+        OPS,
+        422,
+        "",
+    ),
+    # Amounts beyond any price: 10^20 cannot be stored; 2^62 could, and then every booking
+    # of two of the item overflowed (both answered 500).
+    (
+        "booking",
+        "POST",
+        "/catalogue/items/nails.test-manicure/prices",
+        price(unit_price=10**20),
+        OPS,
+        422,
+        "unit_price",
+    ),
+    (
+        "booking",
+        "POST",
+        "/catalogue/items/nails.test-manicure/prices",
+        price(unit_price=2**62),
+        OPS,
+        422,
+        "unit_price",
+    ),
+    (
+        "payments",
+        "PUT",
+        "/plans/pl_bad_input",
+        {
+            "store_id": "st_bad",
+            "name": "x",
+            "kind": "package",
+            "price": 10**13,
+            "currency": "EUR",
+            "visits": 1,
+        },
+        as_store("st_bad"),
+        422,
+        "price",
+    ),
     # Times at the ends of the calendar cannot be moved to UTC nor stored (they answered 500).
     (
         "dispatch",
@@ -595,7 +671,11 @@ async def test_bad_input_answers_clear_error_and_stores_nothing(
         headers = bearer(await gateway_token(mongo, platform.prefix, actor))
     before = await snapshot(mongo, platform.prefix, service)
     async with direct(platform.url(service)) as client:
-        response = await client.request(method, path, json=body, headers=headers)
+        if isinstance(body, RawJson):
+            headers = {**headers, "content-type": "application/json"}
+            response = await client.request(method, path, content=bytes(body), headers=headers)
+        else:
+            response = await client.request(method, path, json=body, headers=headers)
     assert response.status_code == status, response.text
     error = response.json()["error"]
     assert error["code"], error

@@ -15,6 +15,7 @@ from typing import Any
 import httpx
 import pytest
 
+from shared.events.types import GeoPoint
 from tests.conftest import Platform
 from tests.harness import Infra, eventually, keyed_events
 from tests.seed import (
@@ -304,7 +305,10 @@ async def test_where_the_customer_is_shows_to_the_technician_only_while_the_visi
     assert "location" not in offer
     assert offer["area"] == {"lat": round(door["lat"], 2), "lon": round(door["lon"], 2)}
     assert offer["area"] != door
-    assert 50 < offer["distance_m"] < 200  # NEAR is about 100 m from the door
+    # How far the area is, in 100 m steps: exact distances from three places the app made
+    # up would pin the door down. NEAR is about 100 m from the door, 345 m from the area.
+    to_area = GeoPoint(**NEAR).distance_m(GeoPoint(**offer["area"]))
+    assert offer["distance_m"] == round(to_area / 100) * 100 == 300
     url = f"/visits/{booking_id}"
     offered = (await scene.dispatch.get(url, headers=as_technician(tech))).json()
     assert (offered["status"], offered["location"], offered["customer_id"]) == (
@@ -410,6 +414,40 @@ async def test_a_dropped_visit_goes_to_another_technician_and_the_customer_sees_
         assert wrong.status_code == 422, wrong.text
     right = await enter(scene, booking_id, second, new_code)
     assert right.status_code == 200, right.text
+
+
+async def test_a_technician_who_drops_out_loses_the_home_at_once(scene: Scene) -> None:
+    """Not when somebody else accepts (if anyone does: nobody else qualifies here, and the
+    search soon fails): they may be in the street already."""
+    tech = await scene.technician(location=NEAR)
+    booking_id = await scene.book()
+    await accept_offer(scene.dispatch, tech, booking_id)
+    await scene.booking_status(booking_id, "assigned", tech)
+    path = f"/bookings/{booking_id}"
+    seen = await scene.booking.get(path, headers=as_technician(tech))
+    assert seen.status_code == 200, seen.text
+    assert seen.json()["address"] is not None
+    assert (await scene.booking.get(f"{path}/care-profile", headers=as_technician(tech))).is_success
+    dropped = await scene.dispatch.post(
+        f"/visits/{booking_id}/drop", json={"reason": "car broke down"}, headers=as_technician(tech)
+    )
+    assert dropped.status_code == 200, dropped.text
+
+    async def released() -> Any:
+        b = await get_json(scene.booking, path)
+        return b if b and len(b["timeline"]) > 2 else None
+
+    waiting = await eventually(released, what=f"booking {booking_id} released")
+    assert waiting["technician"] is None
+    assert (waiting["timeline"][2]["status"], waiting["timeline"][2]["note"]) == (
+        "requested",
+        f"technician {seen.json()['technician']['badge_number']} is no longer coming; "
+        "finding another",
+    )
+    assert "car broke down" not in str(waiting["timeline"])  # their words, not the customer's
+    for view in (path, f"{path}/care-profile"):
+        refused = await scene.booking.get(view, headers=as_technician(tech))
+        assert refused.status_code in (403, 404), (view, refused.text)
 
 
 async def test_operations_reassign_by_hand_with_every_rule_still_checked(scene: Scene) -> None:

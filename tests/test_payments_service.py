@@ -251,6 +251,17 @@ async def test_a_completed_visit_is_receipted_signed_sealed_drawn_charged_and_cl
         ).json()
         check = (await payments.post("/receipts/verify", json=sealed)).json()
         assert check == {"valid": True, "problems": [], "matches_record": True}
+        # Text that is not Unicode (a lone surrogate, which JSON carries) cannot be hashed:
+        # the receipt is invalid, not a 500.
+        broken = {**sealed, "receipt": {**sealed["receipt"], "note": "\ud800"}}
+        answer = await payments.post(
+            "/receipts/verify",
+            content=json.dumps(broken).encode(),
+            headers={"content-type": "application/json"},
+        )
+        assert answer.status_code == 200, answer.text
+        assert answer.json()["valid"] is False
+        assert "not canonical" in answer.json()["problems"][0]
         keys = (await payments.get("/sealing-keys")).json()["keys"]
     (tmp_path / "receipt.json").write_text(json.dumps(sealed))
     (tmp_path / "keys.json").write_text(json.dumps(keys))

@@ -44,7 +44,7 @@ from services.booking.pricing import (
 from services.booking.storage import Bookings, Catalogue, Customers, Region, Regions
 from shared.auth import Actor, ActorDep, Role
 from shared.errors import Conflict, Forbidden, NotFound, Unprocessable
-from shared.events.types import Currency, GeoPoint, GeoPolygon, MinorUnits, PricedLine
+from shared.events.types import Amount, Currency, GeoPoint, GeoPolygon, MinorUnits, PricedLine
 from shared.mongo import bad_geometry
 from shared.outbox import Transaction
 from shared.privacy import Phone
@@ -158,14 +158,14 @@ class CatalogueItemIn(Forbid):
 
 class PriceIn(Forbid):
     region: Slug
-    unit_price: MinorUnits
+    unit_price: Amount
     currency: Currency
     effective_from: Moment | None = Field(
         default=None, description="When the price takes effect (default: now; never the past)"
     )
-    after_hours_surcharge: MinorUnits = 0
-    urgent_surcharge: MinorUnits = 0
-    cancellation_fee: MinorUnits = 0
+    after_hours_surcharge: Amount = 0
+    urgent_surcharge: Amount = 0
+    cancellation_fee: Amount = 0
     free_cancellation_hours: int = Field(default=24, ge=0, le=24 * 14)
 
 

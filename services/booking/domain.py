@@ -8,7 +8,7 @@ import uuid
 from collections.abc import Mapping
 from datetime import datetime, timedelta
 from enum import StrEnum
-from typing import Any
+from typing import Annotated, Any
 
 from pydantic import BaseModel, ConfigDict, Field
 
@@ -64,11 +64,15 @@ ALLOWED: Mapping[BookingStatus, frozenset[BookingStatus]] = {
     S.REQUESTED: frozenset({S.ASSIGNED, S.DISPATCH_FAILED, S.CANCELLED, S.RESCHEDULED}),
     S.RESCHEDULED: frozenset({S.ASSIGNED, S.DISPATCH_FAILED, S.CANCELLED, S.RESCHEDULED}),
     S.DISPATCH_FAILED: frozenset({S.ASSIGNED, S.CANCELLED, S.RESCHEDULED}),
-    # assigned -> assigned is a reassignment: a new technician, the customer told at once.
+    # assigned -> assigned is a reassignment: a new technician, the customer told at once;
+    # -> requested, the technician no longer comes and the search starts again.
     S.ASSIGNED: frozenset(
-        {S.ASSIGNED, S.EN_ROUTE, S.CANCELLED, S.RESCHEDULED, S.DISPATCH_FAILED} | set(LIFECYCLE[3:])
+        {S.REQUESTED, S.ASSIGNED, S.EN_ROUTE, S.CANCELLED, S.RESCHEDULED, S.DISPATCH_FAILED}
+        | set(LIFECYCLE[3:])
     ),
-    S.EN_ROUTE: frozenset({S.ASSIGNED, S.CANCELLED, S.DISPATCH_FAILED} | set(LIFECYCLE[3:])),
+    S.EN_ROUTE: frozenset(
+        {S.REQUESTED, S.ASSIGNED, S.CANCELLED, S.DISPATCH_FAILED} | set(LIFECYCLE[3:])
+    ),
     S.ARRIVED: frozenset(LIFECYCLE[4:]),
     S.IDENTITY_CONFIRMED: frozenset(LIFECYCLE[5:]),
     S.IN_SERVICE: frozenset(LIFECYCLE[6:]),
@@ -241,16 +245,34 @@ class Booking(BaseModel):
             and self.status in TECHNICIAN_SEES_HOME
         )
 
-    def assign(self, technician: TechnicianIdentity, at: datetime) -> TechnicianIdentity | None:
-        """A technician accepted; returns the one replaced, if any (the customer must be told)."""
+    def release(self, technician_id: str, at: datetime) -> bool:
+        """The technician no longer comes: from now on they (and their store) see neither the
+        home nor the booking, and it waits for somebody else. False when it is stale."""
+        tech = self.technician
+        if tech is None or tech.technician_id != technician_id:
+            return False  # somebody else is coming already
+        if self.status in (S.ASSIGNED, S.EN_ROUTE):
+            note = f"technician {tech.badge_number} is no longer coming; finding another"
+            self.move_to(S.REQUESTED, at, note)
+        elif self.status not in WAITING:
+            return False  # at the door or later: dispatch replaces nobody then
+        self.technician = None
+        return True
+
+    def assign(
+        self, technician: TechnicianIdentity, at: datetime, *, replacing: str | None = None
+    ) -> TechnicianIdentity | None:
+        """A technician accepted; returns the one replaced, if any (the customer must be told).
+        `replacing`: the badge of one released before (already told, and gone from here)."""
         previous = self.technician
         if previous is not None and previous.technician_id == technician.technician_id:
             if self.status in WAITING:  # the same technician, re-confirmed after a reschedule
                 self.move_to(S.ASSIGNED, at, f"technician {technician.badge_number} confirmed")
             return None
+        was = previous.badge_number if previous else replacing
         note = (
-            f"technician changed from {previous.badge_number} to {technician.badge_number}"
-            if previous
+            f"technician changed from {was} to {technician.badge_number}"
+            if was
             else f"technician {technician.badge_number} assigned"
         )
         self.move_to(S.ASSIGNED, at, note)
@@ -294,15 +316,19 @@ class Address(BaseModel):
     location: GeoPoint
 
 
+# One entry of a list a person types (an allergy, a product): bounded, and checked as text.
+Phrase = Annotated[str, Field(max_length=200)]
+
+
 class CareProfile(BaseModel):
     """What the assigned technician may read before the visit (never the phone)."""
 
     model_config = ConfigDict(extra="forbid", frozen=True)
 
     preferences: str = Field(default="", max_length=2000)
-    allergies: list[str] = Field(default_factory=list, max_length=50)
+    allergies: list[Phrase] = Field(default_factory=list, max_length=50)
     appliance_condition: str = Field(default="", max_length=2000)
-    products_last_used: list[str] = Field(default_factory=list, max_length=50)
+    products_last_used: list[Phrase] = Field(default_factory=list, max_length=50)
     notes: str = Field(default="", max_length=4000)
 
 

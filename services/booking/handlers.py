@@ -34,6 +34,7 @@ from shared.events.dispatch import (
     TechnicianAssigned,
     TechnicianEnRoute,
     TechnicianReassigned,
+    TechnicianReleased,
 )
 from shared.events.payments import (
     PaymentSettled,
@@ -89,8 +90,16 @@ async def technician_assigned(tx: Transaction, event: TechnicianAssigned) -> Non
 
 @handlers.on(TechnicianReassigned)
 async def technician_reassigned(tx: Transaction, event: TechnicianReassigned) -> None:
+    def assign(booking: Booking) -> None:
+        booking.assign(_identity(event), utcnow(), replacing=event.previous_badge_number)
+
+    await _apply(tx, event.booking_id, event.event_type, assign)
+
+
+@handlers.on(TechnicianReleased)
+async def technician_released(tx: Transaction, event: TechnicianReleased) -> None:
     await _apply(
-        tx, event.booking_id, event.event_type, lambda b: b.assign(_identity(event), utcnow())
+        tx, event.booking_id, event.event_type, lambda b: b.release(event.technician_id, utcnow())
     )
 
 

@@ -203,6 +203,16 @@ def area_of(point: GeoPoint) -> GeoPoint:
     return GeoPoint(lat=round(point.lat, AREA_DECIMALS), lon=round(point.lon, AREA_DECIMALS))
 
 
+DISTANCE_STEP_M = 100
+
+
+def offered_distance(here: GeoPoint, place: GeoPoint) -> float:
+    """How far the visit's area is, in steps of 100 m. Not the door's distance: the app
+    reports wherever it likes, and three exact distances from three made-up places would
+    pin the door down."""
+    return round(here.distance_m(area_of(place)) / DISTANCE_STEP_M) * DISTANCE_STEP_M
+
+
 class OfferView(Forbid):
     """What a technician decides on: the work, the window, how far it is and roughly where.
     The customer's door (and who they are) only once the visit is accepted: a technician
@@ -214,7 +224,8 @@ class OfferView(Forbid):
     window_end: datetime
     area: GeoPoint = Field(description="the visit's place rounded to about a kilometre")
     distance_m: float | None = Field(
-        description="from where the technician's app last reported them (None: not known)"
+        description="to the visit's area, in steps of 100 m, from where the technician's app "
+        "last reported them (None: not known)"
     )
     lines: list[PricedLine]
 
@@ -238,7 +249,7 @@ async def open_offers(technician_id: Id, actor: ActorDep, runtime: RuntimeDep) -
             window_start=v.window_start,
             window_end=v.window_end,
             area=area_of(v.location),
-            distance_m=round(here.distance_m(v.location)) if here is not None else None,
+            distance_m=offered_distance(here, v.location) if here is not None else None,
             lines=v.lines,
         )
         for v, offer in offered

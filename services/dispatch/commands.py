@@ -43,6 +43,7 @@ from shared.events.dispatch import (
     SafetyAlertAcknowledged,
     TechnicianAssigned,
     TechnicianReassigned,
+    TechnicianReleased,
 )
 from shared.outbox import Transaction
 from shared.time import utcnow
@@ -115,6 +116,22 @@ async def issue_code(tx: Transaction, visit: Visit) -> None:
     key = await visit_code_key(tx.db, tx.settings)
     code = visit_code(key, visit.visit_id, visit.assignment)
     visit.code_digest = code_digest(key, visit.visit_id, visit.assignment, code)
+
+
+def replace(tx: Transaction, visit: Visit, reason: str) -> None:
+    """Search again; the technician who had accepted is told to booking at once, so they
+    stop seeing the customer's home (not when, or if, somebody else accepts)."""
+    leaving = visit.replace(reason)
+    if leaving is not None:
+        tx.emit(
+            TechnicianReleased(
+                booking_id=visit.booking_id,
+                visit_id=visit.visit_id,
+                technician_id=leaving.technician_id,
+                badge_number=leaving.badge_number,
+                reason=reason,
+            )
+        )
 
 
 def announce(
@@ -476,7 +493,7 @@ async def replace_technician(tx: Transaction, booking_id: str, reason: str) -> V
     """Search again for this visit (the technician dropped out, or operations moved it)."""
     visit = await load(tx, booking_id)
     open_offer = visit.open_offer
-    visit.replace(reason)
+    replace(tx, visit, reason)
     await save(tx, visit)
     if open_offer is not None:
         await cancel(tx.db, tx.session, OFFER_DEADLINE, open_offer.offer_id)
@@ -537,7 +554,7 @@ async def recheck_after_reschedule(tx: Transaction, visit: Visit) -> None:
         )  # the same technician, confirmed for the new window
         return
     open_offer = visit.open_offer
-    visit.replace("the technician cannot come in the new window")
+    replace(tx, visit, "the technician cannot come in the new window")
     # Not the technician's fault: they may be asked again for a later window.
     visit.passed_over = [t for t in visit.passed_over if t != (tech.technician_id if tech else "")]
     await save(tx, visit)

@@ -49,6 +49,7 @@ from shared.events.dispatch import (
     TechnicianArrived,
     TechnicianAssigned,
     TechnicianReassigned,
+    TechnicianReleased,
 )
 from shared.events.payments import (
     CancellationFeeEvent,
@@ -281,6 +282,23 @@ async def reassigned(tx: Transaction, e: TechnicianReassigned) -> None:
             "store_id": e.store_id,
             "assigned_at": _keep("assigned_at", occurred(tx)),
             "dispatch_failed_reason": None,
+            "arrival_distance_m": None,
+            "arrival_flagged": False,
+        },
+    )
+
+
+@handlers.on(TechnicianReleased)
+async def released(tx: Transaction, e: TechnicianReleased) -> None:
+    await _set(
+        tx,
+        BOARD_BOOKINGS,
+        e.booking_id,
+        {
+            # The store that had it hears once more, so its board drops the row.
+            "previous_store_id": Expr({"$ifNull": ["$store_id", None]}),
+            "technician": None,
+            "store_id": None,
             "arrival_distance_m": None,
             "arrival_flagged": False,
         },

@@ -17,6 +17,7 @@ from shared.events.dispatch import (
     TechnicianAssigned,
     TechnicianEnRoute,
     TechnicianReassigned,
+    TechnicianReleased,
 )
 from shared.events.payments import (
     CancellationFeeEvent,
@@ -181,6 +182,22 @@ async def reassigned(tx: Transaction, event: TechnicianReassigned) -> None:
         booking_id=event.booking_id,
         technician=identity(event),
         previous_badge_number=event.previous_badge_number,
+    )
+
+
+@handlers.on(TechnicianReleased)
+async def released(tx: Transaction, event: TechnicianReleased) -> None:
+    """At once, not when somebody else accepts: the one who dropped out may still knock."""
+    customer = await owner(tx, event.booking_id)
+    await tell(
+        tx,
+        f"customer:{customer}",
+        "technician_released",
+        title=f"Technician {event.badge_number} is no longer coming",
+        body="Do not open the door to them. We are finding someone else and will tell you "
+        "who, with their name, photo and badge number.",
+        booking_id=event.booking_id,
+        previous_badge_number=event.badge_number,
     )
 
 

@@ -48,7 +48,7 @@ from services.payments.storage import (
 from shared.auth import Actor, ActorDep, Role
 from shared.errors import Conflict, Forbidden, NotFound, Unauthenticated, Unprocessable
 from shared.events.reviews import REMEDY_REFUND
-from shared.events.types import Currency, MinorUnits
+from shared.events.types import Amount, Currency
 from shared.locks import KeyedLocks
 from shared.mongo import put_owned
 from shared.outbox import Transaction
@@ -250,7 +250,7 @@ async def rotate_sealing_key(runtime: RuntimeDep, actor: ActorDep) -> SealingKey
 
 
 class CashIn(Forbid):
-    amount: MinorUnits
+    amount: Amount
 
 
 @router.post(
@@ -399,7 +399,7 @@ async def remove_payment_method(
 
 
 class RefundIn(Forbid):
-    amount: MinorUnits | None = Field(default=None, description="None: all that was paid")
+    amount: Amount | None = Field(default=None, description="None: all that was paid")
     reason: str = Field(min_length=3, max_length=500)
 
 
@@ -542,11 +542,13 @@ class PlanIn(Forbid):
     store_id: str = Field(min_length=1, max_length=64)
     name: str = Field(min_length=1, max_length=120)
     kind: PlanKind
-    price: MinorUnits
+    price: Amount
     currency: Currency
     visits: int | None = Field(default=None, ge=1, le=1000)
-    value: MinorUnits | None = None
-    covers: list[str] = Field(default_factory=list, max_length=50)
+    value: Amount | None = None
+    covers: list[Annotated[str, Field(min_length=1, max_length=100)]] = Field(
+        default_factory=list, max_length=50
+    )
     validity_days: int = Field(default=365, ge=1, le=3660)
 
     @model_validator(mode="after")
@@ -636,7 +638,7 @@ async def list_holdings(
 class CouponIn(Forbid):
     customer_id: str = Field(min_length=1, max_length=64)
     currency: Currency
-    amount: MinorUnits | None = None
+    amount: Amount | None = None
     percent: int | None = Field(default=None, ge=1, le=100)
     valid_days: int = Field(default=90, ge=1, le=730)
     reason: str = Field(min_length=3, max_length=200)

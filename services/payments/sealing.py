@@ -141,7 +141,7 @@ def verify(sealed: Mapping[str, Any], public_keys: Mapping[str, str]) -> list[st
         if digest(receipt) != seal.receipt_hash:
             problems.append("the receipt does not match its sealed hash: it was altered")
         message = _signed_bytes(receipt, seal.key_id, seal.store_id, seal.previous)
-    except TypeError as exc:
+    except (TypeError, UnicodeEncodeError) as exc:
         return [f"the receipt is not canonical: {exc}"]
     public = public_keys.get(seal.key_id)
     if public is None:

@@ -16,7 +16,7 @@ from enum import StrEnum
 from pydantic import Field
 
 from shared.errors import Conflict, Forbidden, Unprocessable
-from shared.events.types import Currency, MinorUnits
+from shared.events.types import Amount, Currency
 from shared.schema import Forbid
 
 REVIEW_EDIT_WINDOW = timedelta(hours=24)  # a review may be corrected for a day
@@ -160,7 +160,7 @@ class RemedyKind(StrEnum):
 
 class RemedyIn(Forbid):
     kind: RemedyKind
-    amount: MinorUnits | None = Field(default=None, description="Refund or coupon amount")
+    amount: Amount | None = Field(default=None, description="Refund or coupon amount")
     percent: int | None = Field(default=None, ge=1, le=100, description="Coupon percent")
     currency: Currency | None = None
     note: str = Field(default="", max_length=500)

@@ -48,6 +48,20 @@ class TechnicianReassigned(EventPayload):
     reason: str
 
 
+@event("dispatch.technician_released", version=1, stream=STREAM, key="booking_id")
+class TechnicianReleased(EventPayload):
+    """The technician no longer comes (they dropped out, operations moved the visit, or the
+    new window does not suit them) and the search starts again. From now on they see neither
+    the customer's home nor their care profile, and the customer is told not to open to
+    them. `dispatch.technician_reassigned` follows when someone else accepts."""
+
+    booking_id: str
+    visit_id: str
+    technician_id: str
+    badge_number: str
+    reason: str = Field(description="Operations' and the technician's words: not the customer's")
+
+
 @event("dispatch.failed", version=1, stream=STREAM, key="booking_id")
 class DispatchFailed(EventPayload):
     """No qualified technician could be found; operations must step in."""

@@ -30,6 +30,14 @@ Currency = Annotated[
     str, Field(pattern=r"^[A-Z]{3}$", examples=["EUR"]), AfterValidator(_known_currency)
 ]
 MinorUnits = Annotated[int, Field(ge=0, description="Integer minor units (cents); never floats")]
+# What a caller may name as one price, payment, plan or remedy: ten million in a currency's
+# major units. Nothing at a doorstep costs more, and sums of such amounts stay far inside
+# the 64-bit integers MongoDB stores (a larger one answered 500, or broke every booking of
+# an item priced near the limit).
+MAX_AMOUNT = 1_000_000_000
+Amount = Annotated[
+    int, Field(ge=0, le=MAX_AMOUNT, description="Integer minor units (cents); never floats")
+]
 
 
 class GeoPoint(BaseModel):

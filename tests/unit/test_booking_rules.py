@@ -39,6 +39,7 @@ from services.booking.pricing import (
     quote,
     terms_for,
 )
+from shared.auth import Actor, Role
 from shared.errors import Conflict, Unprocessable
 from shared.events.types import GeoPoint
 
@@ -356,6 +357,31 @@ def test_assign_then_reassign_reports_the_replaced_technician() -> None:
     assert previous == tech()
     assert b.technician == tech("tech_2", "LX-2")
     assert "LX-1 to LX-2" in (b.timeline[-1].note or "")
+
+
+def test_a_released_technician_loses_the_booking_at_once_and_the_next_is_told_as_a_change() -> None:
+    b = booking()
+    b.assign(tech(), NOW)
+    assert b.release("tech_other", NOW) is False  # stale: somebody else's
+    assert b.release("tech_1", NOW) is True
+    assert (b.status, b.technician) == (S.REQUESTED, None)
+    assert "LX-1 is no longer coming" in (b.timeline[-1].note or "")
+    assert not b.serves(Actor(role=Role.TECHNICIAN, subject="tech_1"))
+    assert b.release("tech_1", NOW) is False  # repeated
+    assert b.assign(tech("tech_2", "LX-2"), NOW, replacing="LX-1") is None
+    assert (b.status, b.timeline[-1].note) == (S.ASSIGNED, "technician changed from LX-1 to LX-2")
+
+
+def test_a_release_waiting_for_a_new_window_keeps_it_and_one_at_the_door_is_too_late() -> None:
+    b = booking()
+    b.assign(tech(), NOW)
+    b.reschedule(NOW + timedelta(days=4), NOW + timedelta(days=4, hours=2), HOURS, NOW)
+    assert b.release("tech_1", NOW) is True
+    assert (b.status, b.technician) == (S.RESCHEDULED, None)
+    arrived = booking(S.ARRIVED)
+    arrived.technician = tech()
+    assert arrived.release("tech_1", NOW) is False
+    assert arrived.technician == tech()
 
 
 def test_the_same_technician_reconfirmed_after_a_reschedule_assigns_again() -> None:
