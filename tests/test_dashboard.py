@@ -191,6 +191,16 @@ async def test_operations_watch_bookings_move_live_and_act_from_the_page(
             return next((n for n in r.json() if n["kind"] == "technician_changed"), None)
 
         note = await eventually(told, what="the customer's 'technician changed' notification")
+        # And the first technician's app drops the visit at once.
+        as_first = Actor(role=Role.TECHNICIAN, subject=first)
+        first_token = await gateway_token(mongo, platform.prefix, as_first)
+
+        async def withdrawn() -> dict[str, Any] | None:
+            r = await api.get("/v1/notifications", headers=bearer(first_token))
+            return next((n for n in r.json() if n["kind"] == "visit_withdrawn"), None)
+
+        gone = await eventually(withdrawn, what="the first technician's 'withdrawn' notification")
+        assert gone["booking_id"] == booking_id
     assert second_badge in note["title"]
     assert note["data"]["technician"]["badge_number"] == second_badge
 

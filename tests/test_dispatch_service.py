@@ -450,6 +450,31 @@ async def test_a_technician_who_drops_out_loses_the_home_at_once(scene: Scene) -
         assert refused.status_code in (403, 404), (view, refused.text)
 
 
+async def test_a_suspended_technician_leaves_the_visits_not_yet_begun(scene: Scene) -> None:
+    """Suspended for a safety complaint, say: no more offers, and none of the homes they
+    were to visit (nobody else qualifies here, so each search soon fails)."""
+    tech = await scene.technician(location=NEAR)
+    booking_id = await scene.book()
+    await accept_offer(scene.dispatch, tech, booking_id)
+    await scene.booking_status(booking_id, "assigned", tech)
+    r = await scene.dispatch.put(
+        f"/technicians/{tech}/status",
+        json={"status": "suspended", "reason": "complaint"},
+        headers=OPS,
+    )
+    assert r.status_code == 200, r.text
+    visit = await scene.settled(booking_id, "searching", "failed")
+    assert visit["technician"] is None
+
+    async def released() -> Any:
+        b = await get_json(scene.booking, f"/bookings/{booking_id}")
+        return b if b and b["technician"] is None else None
+
+    await eventually(released, what=f"booking {booking_id} released")
+    refused = await scene.booking.get(f"/bookings/{booking_id}", headers=as_technician(tech))
+    assert refused.status_code in (403, 404), refused.text
+
+
 async def test_operations_reassign_by_hand_with_every_rule_still_checked(scene: Scene) -> None:
     first = await scene.technician(location=NEAR)
     chosen = await scene.technician(location=FAR)

@@ -169,6 +169,8 @@ async def put_status(
                 technician_id=technician_id, status=body.status.value, reason=body.reason
             )
         )
+        if body.status is TechnicianStatus.SUSPENDED:
+            await commands.stand_down(tx, technician_id)
 
     await runtime.uow.run(change)
     return await existing(runtime, technician_id)

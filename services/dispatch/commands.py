@@ -19,6 +19,7 @@ from typing import TypeVar
 
 from services.dispatch.domain import (
     HOLDS_TIME,
+    REPLACEABLE,
     AlertKind,
     RaisedAlert,
     Technician,
@@ -499,6 +500,16 @@ async def replace_technician(tx: Transaction, booking_id: str, reason: str) -> V
         await cancel(tx.db, tx.session, OFFER_DEADLINE, open_offer.offer_id)
     await request_round(tx, visit.region, at_once=True)
     return visit
+
+
+async def stand_down(tx: Transaction, technician_id: str) -> int:
+    """A suspended technician leaves every visit not yet begun (their open offers too):
+    each is searched for again, and those they had accepted are taken from them at once.
+    A visit at the door or under way is operations' to handle. How many were left."""
+    visits = await Visits(tx.db).for_technician(technician_id, set(REPLACEABLE), tx.session)
+    for visit in visits:
+        await replace_technician(tx, visit.booking_id, "the technician was suspended")
+    return len(visits)
 
 
 async def assign_by_hand(

@@ -45,6 +45,7 @@ async def suspend(tx: Transaction, event: TechnicianSuspendedV1) -> None:
     ):
         log.warning("suspension of unknown technician %s ignored", event.technician_id)
         return
+    await commands.stand_down(tx, event.technician_id)
     tx.emit(
         TechnicianStatusChanged(
             technician_id=event.technician_id,

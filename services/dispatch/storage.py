@@ -336,10 +336,13 @@ class Visits:
         )
         return Counter([d["technician_id"] async for d in docs])
 
-    async def for_technician(self, technician_id: str, statuses: set[VisitStatus]) -> list[Visit]:
+    async def for_technician(
+        self, technician_id: str, statuses: set[VisitStatus], session: Session = None
+    ) -> list[Visit]:
         docs = (
             await self._col.find(
-                {"technician_id": technician_id, "status": {"$in": [s.value for s in statuses]}}
+                {"technician_id": technician_id, "status": {"$in": [s.value for s in statuses]}},
+                session=session,
             )
             .sort("window_start", ASCENDING)
             .limit(200)

@@ -299,6 +299,7 @@ async def released(tx: Transaction, e: TechnicianReleased) -> None:
             "previous_store_id": Expr({"$ifNull": ["$store_id", None]}),
             "technician": None,
             "store_id": None,
+            "assigned_at": None,  # today's figures count the next assignment, if any
             "arrival_distance_m": None,
             "arrival_flagged": False,
         },

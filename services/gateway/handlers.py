@@ -183,6 +183,19 @@ async def reassigned(tx: Transaction, event: TechnicianReassigned) -> None:
         technician=identity(event),
         previous_badge_number=event.previous_badge_number,
     )
+    await no_longer_yours(tx, event.previous_technician_id, event.booking_id)
+
+
+async def no_longer_yours(tx: Transaction, technician_id: str, booking_id: str) -> None:
+    """Their app drops the visit (and the address it may hold) now, not at its next look."""
+    await tell(
+        tx,
+        f"technician:{technician_id}",
+        "visit_withdrawn",
+        title="This visit is no longer yours",
+        body="Do not go to it. The customer has been told someone else is coming.",
+        booking_id=booking_id,
+    )
 
 
 @handlers.on(TechnicianReleased)
@@ -199,6 +212,7 @@ async def released(tx: Transaction, event: TechnicianReleased) -> None:
         booking_id=event.booking_id,
         previous_badge_number=event.badge_number,
     )
+    await no_longer_yours(tx, event.technician_id, event.booking_id)
 
 
 @handlers.on(TechnicianEnRoute)

@@ -48,7 +48,7 @@ from services.payments.storage import (
 from shared.auth import Actor, ActorDep, Role
 from shared.errors import Conflict, Forbidden, NotFound, Unauthenticated, Unprocessable
 from shared.events.reviews import REMEDY_REFUND
-from shared.events.types import Amount, Currency
+from shared.events.types import Amount, Currency, Sum
 from shared.locks import KeyedLocks
 from shared.mongo import put_owned
 from shared.outbox import Transaction
@@ -250,7 +250,7 @@ async def rotate_sealing_key(runtime: RuntimeDep, actor: ActorDep) -> SealingKey
 
 
 class CashIn(Forbid):
-    amount: Amount
+    amount: Sum
 
 
 @router.post(
@@ -399,7 +399,7 @@ async def remove_payment_method(
 
 
 class RefundIn(Forbid):
-    amount: Amount | None = Field(default=None, description="None: all that was paid")
+    amount: Sum | None = Field(default=None, description="None: all that was paid")
     reason: str = Field(min_length=3, max_length=500)
 
 

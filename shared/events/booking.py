@@ -72,7 +72,10 @@ class BookingConfirmed(EventPayload):
 
 @event("booking.technician_changed", version=1, stream=STREAM, key="booking_id")
 class BookingTechnicianChanged(EventPayload):
-    """Another technician is coming; the customer must be told at once, with both identities."""
+    """Operations swapped the technician: the customer must be told at once, with both
+    identities. When the first was released before anybody else accepted
+    (`dispatch.technician_released`), the customer was told then, and `booking.confirmed`
+    names the next."""
 
     booking_id: str
     customer_id: str

@@ -30,13 +30,19 @@ Currency = Annotated[
     str, Field(pattern=r"^[A-Z]{3}$", examples=["EUR"]), AfterValidator(_known_currency)
 ]
 MinorUnits = Annotated[int, Field(ge=0, description="Integer minor units (cents); never floats")]
-# What a caller may name as one price, payment, plan or remedy: ten million in a currency's
-# major units. Nothing at a doorstep costs more, and sums of such amounts stay far inside
-# the 64-bit integers MongoDB stores (a larger one answered 500, or broke every booking of
-# an item priced near the limit).
-MAX_AMOUNT = 1_000_000_000
+# What a caller may name as one price, plan or remedy: 10^12 minor units, ten billion in
+# a currency of cents (and still enough in one whose minor unit is worth little). A
+# booking's sums of such amounts (20 lines of 20, three parts each) stay under 2^53, far
+# inside the 64-bit integers MongoDB stores: a larger one answered 500, or broke every
+# booking of an item priced near the limit.
+MAX_AMOUNT = 10**12
 Amount = Annotated[
     int, Field(ge=0, le=MAX_AMOUNT, description="Integer minor units (cents); never floats")
+]
+# What a caller may name as a whole sum (cash handed over, a refund): any booking's total.
+MAX_SUM = 2**53
+Sum = Annotated[
+    int, Field(ge=0, le=MAX_SUM, description="Integer minor units (cents); never floats")
 ]
 
 
