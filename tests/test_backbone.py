@@ -294,6 +294,17 @@ async def _cap_messages(infra: Infra, topic: str, max_bytes: int) -> None:
         await admin.alter_configs(
             [ConfigResource(ConfigResourceType.TOPIC, topic, {"max.message.bytes": str(max_bytes)})]
         )
+
+        # The controller takes the change at once; the broker applies it a moment later, and
+        # a letter sent meanwhile was taken whole (a flake in one fresh-clone run).
+        async def applied() -> bool:
+            (response,) = await admin.describe_configs(
+                [ConfigResource(ConfigResourceType.TOPIC, topic)]
+            )
+            entries = response.resources[0][4]
+            return any(e[0] == "max.message.bytes" and e[1] == str(max_bytes) for e in entries)
+
+        await eventually(applied, what=f"{topic} capped at {max_bytes} bytes")
     finally:
         await admin.close()
 
