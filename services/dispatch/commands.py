@@ -493,23 +493,25 @@ async def expire_offer(tx: Transaction, offer_id: str) -> None:
 async def replace_technician(tx: Transaction, booking_id: str, reason: str) -> Visit:
     """Search again for this visit (the technician dropped out, or operations moved it)."""
     visit = await load(tx, booking_id)
+    await _search_again(tx, visit, reason)
+    return visit
+
+
+async def _search_again(tx: Transaction, visit: Visit, reason: str) -> None:
     open_offer = visit.open_offer
     replace(tx, visit, reason)
     await save(tx, visit)
     if open_offer is not None:
         await cancel(tx.db, tx.session, OFFER_DEADLINE, open_offer.offer_id)
     await request_round(tx, visit.region, at_once=True)
-    return visit
 
 
-async def stand_down(tx: Transaction, technician_id: str) -> int:
+async def stand_down(tx: Transaction, technician_id: str) -> None:
     """A suspended technician leaves every visit not yet begun (their open offers too):
     each is searched for again, and those they had accepted are taken from them at once.
-    A visit at the door or under way is operations' to handle. How many were left."""
-    visits = await Visits(tx.db).for_technician(technician_id, set(REPLACEABLE), tx.session)
-    for visit in visits:
-        await replace_technician(tx, visit.booking_id, "the technician was suspended")
-    return len(visits)
+    A visit at the door or under way is operations' to handle."""
+    for visit in await Visits(tx.db).for_technician(technician_id, set(REPLACEABLE), tx.session):
+        await _search_again(tx, visit, "the technician was suspended")
 
 
 async def assign_by_hand(

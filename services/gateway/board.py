@@ -269,6 +269,16 @@ async def assigned(tx: Transaction, e: TechnicianAssigned) -> None:
     )
 
 
+def _technician_left() -> dict[str, object]:
+    """The technician who had the visit is gone: the store that sent them hears once more,
+    so its board drops the row, and their arrival is no longer the visit's."""
+    return {
+        "previous_store_id": Expr({"$ifNull": ["$store_id", None]}),
+        "arrival_distance_m": None,
+        "arrival_flagged": False,
+    }
+
+
 @handlers.on(TechnicianReassigned)
 async def reassigned(tx: Transaction, e: TechnicianReassigned) -> None:
     await _set(
@@ -276,14 +286,11 @@ async def reassigned(tx: Transaction, e: TechnicianReassigned) -> None:
         BOARD_BOOKINGS,
         e.booking_id,
         {
-            # The store that had it hears once more, so its board drops the row.
-            "previous_store_id": Expr({"$ifNull": ["$store_id", None]}),
+            **_technician_left(),
             "technician": _technician(e),
             "store_id": e.store_id,
             "assigned_at": _keep("assigned_at", occurred(tx)),
             "dispatch_failed_reason": None,
-            "arrival_distance_m": None,
-            "arrival_flagged": False,
         },
     )
 
@@ -295,13 +302,10 @@ async def released(tx: Transaction, e: TechnicianReleased) -> None:
         BOARD_BOOKINGS,
         e.booking_id,
         {
-            # The store that had it hears once more, so its board drops the row.
-            "previous_store_id": Expr({"$ifNull": ["$store_id", None]}),
+            **_technician_left(),
             "technician": None,
             "store_id": None,
             "assigned_at": None,  # today's figures count the next assignment, if any
-            "arrival_distance_m": None,
-            "arrival_flagged": False,
         },
     )
 
