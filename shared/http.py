@@ -94,8 +94,8 @@ def install_error_handlers(app: FastAPI) -> None:
 
     @app.exception_handler(UnicodeEncodeError)
     async def not_text(_: Request, exc: UnicodeEncodeError) -> JSONResponse:
-        # Free-form input (a receipt to verify, a model without Forbid's check) that reached
-        # an encoder: BSON and hashes need real text. Raised before anything is written.
+        # Text no model bounded (a lone surrogate: JSON carries it, a plain `str` keeps it)
+        # that reached an encoder: BSON needs real text. Raised before anything is written.
         log.warning("refused text that is not Unicode: %s", exc.reason)
         return error_response(
             422, "invalid_request", "text must be valid Unicode (no lone surrogates)"
