@@ -1199,6 +1199,22 @@ async def test_refunds_go_back_the_way_the_money_came_once_and_never_beyond_what
         ).json()
         assert holdings[0]["holding"]["holding_id"] == package["holding_id"]
         assert holdings[0]["spendable"] == 1  # the visit is back on the package
+        # Why money went back is the customer's and operations': the store and the
+        # technician see the amounts only.
+        path = f"/receipts/{receipt['receipt_id']}"
+        for reader in (as_store(store), as_technician("tech_p")):
+            seen = await get_json(payments, path, headers=reader)
+            assert [(r["amount"], r["reason"]) for r in seen["refunds"]] == [(1000, ""), (4000, "")]
+        mine = await get_json(payments, path, headers=as_customer(customer))
+        assert [r["reason"] for r in mine["refunds"]] == ["late", "redo"]
+        stores = await get_json(
+            payments, "/holdings", headers=as_store(store), customer_id=customer
+        )
+        back = [e for e in stores[0]["holding"]["entries"] if e["kind"] == "refund"]
+        assert [(e["units"], e["note"]) for e in back] == [(1, "")]
+        assert "redo" in [
+            e["note"] for e in holdings[0]["holding"]["entries"] if e["kind"] == "refund"
+        ]
         nothing_left = await payments.post(
             url,
             json={"amount": 1, "reason": "more"},
@@ -1223,6 +1239,82 @@ async def test_refunds_go_back_the_way_the_money_came_once_and_never_beyond_what
         )
         == 2
     )
+
+
+async def test_a_refund_the_card_refuses_is_the_customers_still_and_everyone_is_told(
+    platform: Platform,
+    kafka_producer: AIOKafkaProducer,
+    infra: Infra,
+    mongo: AsyncMongoClient[Document],
+) -> None:
+    """The provider declines a card refund after it was booked (a card whose account has
+    closed): the money counts as not given back, so operations can refund it again; the
+    customer is told, and operations see it on the board."""
+    customer, store = unique("cus_"), unique("store_")
+    async with platform.client("payments") as payments:
+        await set_card(payments, customer, "pm_card_refund_fails")
+        booking_id = await complete_visit(kafka_producer, platform, customer=customer, store=store)
+        receipt = await issued(payments, booking_id, customer)
+        assert (await sign(payments, receipt, customer)).status_code == 200
+        await receipt_status(payments, receipt["receipt_id"], customer, "settled")
+        url, paid = f"/receipts/{receipt['receipt_id']}/refunds", receipt["amount_due"]
+        first = await payments.post(
+            url,
+            json={"amount": 1000, "reason": "late"},
+            headers={**OPS, "Idempotency-Key": unique("refund-")},
+        )
+        assert first.status_code == 200, first.text
+
+        async def declined() -> Any:
+            r = await get_json(payments, f"/receipts/{receipt['receipt_id']}", headers=OPS)
+            return r if r and r["refunds"][0]["parts"][0]["declined"] else None
+
+        after = await eventually(declined, what="the refund declined")
+        assert after["refunds"][0]["parts"][0]["declined"] == "the card's account is closed"
+        # Nothing went back: all that was paid may still be refunded (once, not twice).
+        whole = await payments.post(
+            url,
+            json={"amount": paid, "reason": "late, again"},
+            headers={**OPS, "Idempotency-Key": unique("refund-")},
+        )
+        assert whole.status_code == 200, whole.text
+        more = await payments.post(
+            url,
+            json={"amount": 1, "reason": "more"},
+            headers={**OPS, "Idempotency-Key": unique("refund-")},
+        )
+        assert more.status_code == 409, more.text
+
+    events = await keyed_events(
+        infra,
+        f"{platform.prefix}.payments.events",
+        booking_id,
+        until=lambda found: sum(e["type"] == "payments.refund_declined" for e in found) == 2,
+    )
+    refused = [e["payload"] for e in events if e["type"] == "payments.refund_declined"]
+    assert [(e["amount"], e["receipt_id"], e["fee_id"]) for e in refused] == [
+        (1000, receipt["receipt_id"], None),
+        (paid, receipt["receipt_id"], None),
+    ]
+    async with platform.client("gateway") as api:
+        me = bearer(
+            await gateway_token(mongo, platform.prefix, Actor(role=Role.CUSTOMER, subject=customer))
+        )
+
+        async def told() -> Any:
+            mine = (await api.get("/v1/notifications", headers=me)).json()
+            return [n for n in mine if n["kind"] == "refund_declined"] or None
+
+        notes = await eventually(told, what="the customer told the refund was declined")
+        assert {n["booking_id"] for n in notes} == {booking_id}
+    board = mongo[f"{platform.prefix}_gateway"]["board_bookings"]
+
+    async def on_the_board() -> Any:
+        row = await board.find_one({"_id": booking_id})
+        return row if row and row.get("refund_declined") == paid else None
+
+    row = await eventually(on_the_board, what="the declined refund on the board")
+    assert "the card's account is closed" in row["refund_declined_note"]
 
 
 # ---------------------------------------------------------------------- chains --
@@ -1534,18 +1626,27 @@ async def test_a_coupon_takes_off_the_next_receipt_once_and_a_declined_card_can_
 ) -> None:
     customer, store = unique("cus_"), unique("store_")
     async with platform.client("payments") as payments:
-        granted = await payments.post(
-            "/coupons",
-            json={"customer_id": customer, "currency": "EUR", "percent": 20, "reason": "sorry"},
-            headers={**OPS, "Idempotency-Key": unique("coupon-")},
-        )
+        coupon_key = {**OPS, "Idempotency-Key": unique("coupon-")}
+        sorry = {"customer_id": customer, "currency": "EUR", "percent": 20, "reason": "sorry"}
+        granted = await payments.post("/coupons", json=sorry, headers=coupon_key)
         assert granted.status_code == 200, granted.text
+        again = await payments.post("/coupons", json=sorry, headers=coupon_key)
+        assert again.json()["coupon_id"] == granted.json()["coupon_id"]  # a retry: the same
+        # The key reused for someone else: refused, not the first customer's coupon handed back.
+        other = await payments.post(
+            "/coupons", json={**sorry, "customer_id": unique("cus_")}, headers=coupon_key
+        )
+        assert other.status_code == 409, other.text
+        assert other.json()["error"]["field"] == "Idempotency-Key"
         await set_card(payments, customer, "pm_card_declined")
         first = await complete_visit(kafka_producer, platform, customer=customer, store=store)
         receipt = await issued(payments, first, customer)
         assert [(d["coupon_id"], d["amount"]) for d in receipt["discounts"]] == [
             (granted.json()["coupon_id"], 1000)  # 20 % of 50.00
         ]
+        # Why it was granted stays with operations: the receipt is the technician's and the
+        # store's to read too, and is sealed for good.
+        assert receipt["discounts"][0]["description"] == "coupon: 20 % off"
         assert receipt["amount_due"] == 4000
         assert (await sign(payments, receipt, customer)).status_code == 200
 
@@ -1560,9 +1661,9 @@ async def test_a_coupon_takes_off_the_next_receipt_once_and_a_declined_card_can_
         declined = await eventually(charge_declined, what="charge declined")
         assert declined[-1]["payment_method"] == "pm_card_declined"  # the customer's own card
         # The technician and the store see the charge and its fate, not the customer's card.
-        for other in (as_technician("tech_p"), as_store(store)):
+        for reader in (as_technician("tech_p"), as_store(store)):
             seen = await payments.get(
-                f"/receipts/{receipt['receipt_id']}/operations", headers=other
+                f"/receipts/{receipt['receipt_id']}/operations", headers=reader
             )
             assert seen.status_code == 200, seen.text
             assert [(o["status"], o["payment_method"]) for o in seen.json()] == [("declined", "")]
@@ -1783,6 +1884,16 @@ async def test_a_fee_without_a_card_is_owed_and_operations_may_waive_it(
         assert r.status_code == 200, r.text
         assert (r.json()["status"], r.json()["waived_by"]) == ("waived", OPS["X-Actor-Id"])
         assert fee_id not in await owed_for_ops()
+        # The customer is told it was waived and why, not which staff member waived it.
+        theirs = await get_json(payments, path, headers=mine)
+        assert (theirs["waived_by"], theirs["waiver_reason"]) == (
+            "operations",
+            "the technician was running late",
+        )
+        listed = await payments.get(
+            "/cancellation-fees", params={"customer_id": customer}, headers=mine
+        )
+        assert {f["waived_by"] for f in listed.json() if f["fee_id"] == fee_id} == {"operations"}
         r = await payments.post(f"{path}/waive", json={"reason": "once more"}, headers=OPS)
         assert r.status_code == 409, r.text
         r = await payments.post(f"{path}/pay", json={"payment_method": "pm_card_ok"}, headers=mine)
@@ -1825,6 +1936,13 @@ async def test_a_late_cancellation_that_crossed_a_signed_visit_costs_no_fee(
         ),
         # The card declined it: nothing to give back, the customer owes nothing.
         ("pm_card_declined", "owed", "waived", [("charge", "declined")]),
+        # The card took the fee but will not take it back: operations must repay it.
+        (
+            "pm_card_refund_fails",
+            "paid",
+            "refund_declined",
+            [("charge", "succeeded"), ("refund", "declined")],
+        ),
     ],
 )
 async def test_signing_a_visit_after_its_late_cancellation_withdraws_the_fee(
@@ -1864,8 +1982,10 @@ async def test_signing_a_visit_after_its_late_cancellation_withdraws_the_fee(
             assert fee["refunded_at"] is not None
         signed = await get_json(payments, f"/receipts/{receipt['receipt_id']}", headers=mine)
         assert signed["seal"] is not None  # the visit's receipt stands
-        if after == "refunded":  # the customer's card paid the visit too: a card that works
+        if after != "waived":  # the customer's card paid the visit too: a card that works
             await receipt_status(payments, receipt["receipt_id"], customer, "settled")
+        if after == "refund_declined":
+            assert fee["refund_failure"] == "the card's account is closed"
 
     async def fee_ops() -> list[tuple[str, str]] | None:
         found = await sandbox_ops(mongo, platform, fee_id)
@@ -1877,23 +1997,36 @@ async def test_signing_a_visit_after_its_late_cancellation_withdraws_the_fee(
     kinds = ["payments.cancellation_fee_paid", f"payments.cancellation_fee_{after}"]
     if before == "owed":
         kinds = ["payments.cancellation_fee_owed", "payments.cancellation_fee_waived"]
+    if after == "refund_declined":
+        kinds = [*kinds[:1], "payments.cancellation_fee_refunded", "payments.refund_declined"]
     events = await keyed_events(
         infra,
         f"{platform.prefix}.payments.events",
         booking_id,
         until=lambda found: kinds[-1] in {e["type"] for e in found},
     )
-    assert [e["type"] for e in events if "cancellation_fee" in e["type"]] == kinds
+    fee_events = [e for e in events if "cancellation_fee" in e["type"] or "refund" in e["type"]]
+    assert [e["type"] for e in fee_events] == kinds
+    if after == "refund_declined":
+        assert (fee_events[-1]["payload"]["fee_id"], fee_events[-1]["payload"]["amount"]) == (
+            fee_id,
+            1000,
+        )
 
     async with platform.client("gateway") as api:  # the customer is told, in the app
         me = bearer(
             await gateway_token(mongo, platform.prefix, Actor(role=Role.CUSTOMER, subject=customer))
         )
 
+        told_of = "refund_declined" if after == "refund_declined" else f"cancellation_fee_{after}"
+
         async def told() -> Any:
             mine = (await api.get("/v1/notifications", headers=me)).json()
-            return next((n for n in mine if n["kind"] == f"cancellation_fee_{after}"), None)
+            return next((n for n in mine if n["kind"] == told_of), None)
 
         note = await eventually(told, what="the customer told the fee is withdrawn")
         assert note["booking_id"] == booking_id
-        assert "signed its receipt" in note["body"]
+        if after == "refund_declined":
+            assert "the card's account is closed" in note["body"]
+        else:
+            assert "signed its receipt" in note["body"]

@@ -15,12 +15,15 @@ from pymongo import AsyncMongoClient
 
 from services.reviews.domain import Complaint, Review
 from services.reviews.storage import Complaints, Reviews
+from shared.events.booking import BookingRequested
 from shared.events.dispatch import (
     SafetyAlert,
+    TechnicianAssigned,
     TechnicianStatusChanged,
     TechnicianStatusChangedV1,
 )
 from shared.events.reviews import TechnicianSuspendedV1
+from shared.events.types import GeoPoint, PricedLine
 from shared.mongo import Document
 from tests.conftest import Platform
 from tests.harness import (
@@ -145,7 +148,15 @@ async def test_a_review_only_by_its_customer_after_completion_once_and_quality_r
         assert edited.status_code == 200, edited.text
         assert edited.json()["rating"] == 1
         quality = (await reviews.get(f"/technicians/{tech}/quality", headers=OPS)).json()
+        # Complaints are part of the technician's file: theirs, their store's, operations'.
+        file_readers = (as_technician(tech), as_store("store_r"))
+        others = (as_store(unique("store_")), as_customer(customer))
+        for reader, counted in [(r, True) for r in file_readers] + [(r, False) for r in others]:
+            seen = (await reviews.get(f"/technicians/{tech}/quality", headers=reader)).json()
+            assert seen["rating"] == quality["rating"]
+            assert (seen["complaints"] is not None) is counted, (reader, seen)
     assert quality["reviews"] == 1
+    assert quality["complaints"] == 0
     assert quality["rating"] == pytest.approx((4.0 * 5 + 1) / 6, abs=0.001)  # not 1.0
 
     async with platform.client("dispatch") as dispatch:
@@ -158,6 +169,42 @@ async def test_a_review_only_by_its_customer_after_completion_once_and_quality_r
         assert await eventually(rated, what="dispatch ranks by the new rating") == pytest.approx(
             quality["rating"]
         )
+
+
+async def test_reviews_of_one_technician_at_once_each_count_in_the_last_quality_told(
+    platform: Platform, kafka_producer: AIOKafkaProducer, infra: Infra
+) -> None:
+    """Eight customers rate the same technician at the same moment: the last quality event
+    dispatch hears counts all eight (each review counted from its own snapshot told 1 or 2)."""
+    tech, n = unique("tech_"), 8
+    customers = [unique("cus_") for _ in range(n)]
+    async with platform.client("reviews") as reviews:
+        bookings = [await completed(kafka_producer, platform.prefix, c, tech) for c in customers]
+        for booking_id in bookings:
+            await known(reviews, booking_id)
+        answers = await asyncio.gather(
+            *(
+                reviews.post(
+                    "/reviews",
+                    json={"booking_id": b, "rating": 4},
+                    headers=as_customer(c),
+                )
+                for b, c in zip(bookings, customers, strict=True)
+            )
+        )
+        assert [a.status_code for a in answers] == [201] * n
+    events = await keyed_events(
+        infra,
+        f"{platform.prefix}.reviews.events",
+        tech,
+        until=lambda found: sum(e["type"] == QUALITY for e in found) == n,
+    )
+    counted = [e["payload"]["reviews"] for e in events if e["type"] == QUALITY]
+    assert sorted(counted) == list(range(1, n + 1))  # each review told once, none missed
+    assert counted[-1] == n
+
+
+QUALITY = "reviews.technician_quality_changed"
 
 
 # ----------------------------------------------------------------- escalation --
@@ -380,6 +427,72 @@ async def test_operations_notes_stay_internal_and_a_store_does_not_learn_who_com
         assert accepted.status_code == 200, accepted.text
         assert "note" not in [s["what"] for s in accepted.json()["timeline"]]
         assert accepted.json()["customer_id"] == customer
+        # Closed by the customer: the store reads that, not which customer.
+        closed = await get_json(reviews, url, headers=store)
+        assert (closed["status"], closed["closed_by"]) == ("closed", "customer")
+        assert customer not in str(closed)
+
+
+async def test_a_complaint_before_the_visit_is_done_is_its_stores_to_see(
+    platform: Platform, kafka_producer: AIOKafkaProducer, mongo: AsyncMongoClient[Document]
+) -> None:
+    """The technician is late: the customer complains before any completion told reviews the
+    visit's store. The assignment did: the store sees the complaint about its technician."""
+    customer, store, booking_id = unique("cus_"), unique("store_"), unique("bk_")
+    now = datetime.now(UTC)
+    line = PricedLine(
+        code="nails.manicure",
+        name="Manicure",
+        skill="nails",
+        quantity=1,
+        unit_price=2500,
+        currency="EUR",
+    )
+    requested = BookingRequested(
+        booking_id=booking_id,
+        customer_id=customer,
+        region="lisbon",
+        location=GeoPoint(lat=38.72, lon=-9.14),
+        timing="window",
+        window_start=now,
+        window_end=now + timedelta(hours=2),
+        duration_minutes=45,
+        lines=[line],
+        total=2500,
+        currency="EUR",
+    )
+    assigned = TechnicianAssigned(
+        booking_id=booking_id,
+        visit_id=unique("v_"),
+        technician_id=unique("tech_"),
+        technician_name="Ana",
+        badge_number="B-7",
+        store_id=store,
+    )
+    await publish(kafka_producer, platform.prefix, requested)
+    await publish(kafka_producer, platform.prefix, assigned)
+    async with platform.client("reviews") as reviews:
+
+        async def filed() -> Any:
+            bookings = mongo[f"{platform.prefix}_reviews"]["bookings"]
+            known = await bookings.find_one({"_id": booking_id, "store_id": store})
+            if known is None:
+                return None
+            r = await complain(reviews, booking_id, customer, category="late_or_missed")
+            return r.json() if r.status_code == 201 else None
+
+        complaint = await eventually(filed, what="the assignment known to reviews")
+        assert (complaint["store_id"], complaint["technician_id"]) == (
+            store,
+            assigned.technician_id,
+        )
+        url = f"/complaints/{complaint['complaint_id']}"
+        theirs = await reviews.get(url, headers=as_store(store))
+        assert theirs.status_code == 200, theirs.text
+        listed = await reviews.get("/complaints", headers=as_store(store))
+        assert [c["complaint_id"] for c in listed.json()] == [complaint["complaint_id"]]
+        other = await reviews.get(url, headers=as_store(unique("store_")))
+        assert other.status_code in (403, 404), other.text
 
 
 async def test_a_retried_complaint_with_its_idempotency_key_is_filed_once(

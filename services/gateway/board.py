@@ -63,6 +63,7 @@ from shared.events.payments import (
     PaymentSettled,
     PaymentWrittenOff,
     ReceiptSigned,
+    RefundDeclined,
     WriteOffReversed,
 )
 from shared.events.reviews import ComplaintUpdated, ReviewSubmitted
@@ -87,7 +88,7 @@ OPEN: dict[str, Document] = {
     BOARD_BOOKINGS: {"status": {"$nin": list(FINISHED)}},
     BOARD_ALERTS: {"acknowledged_at": None},
     BOARD_COMPLAINTS: {"closed_at": None},
-    BOARD_FEES: {"status": "owed"},
+    BOARD_FEES: {"status": {"$in": ["owed", "refund_declined"]}},  # operations' to act on
     BOARD_UNPAID: {"status": "due"},
 }
 STAMPS: dict[str, tuple[str, ...]] = {
@@ -98,10 +99,11 @@ STAMPS: dict[str, tuple[str, ...]] = {
         "completed_at",
         "receipt_signed_at",
         "rated_at",
+        "refund_declined_at",
     ),
     BOARD_ALERTS: ("raised_at", "acknowledged_at"),
     BOARD_COMPLAINTS: ("opened_at", "first_response_at", "closed_at"),
-    BOARD_FEES: ("owed_since", "settled_at"),
+    BOARD_FEES: ("owed_since", "settled_at", "refund_declined_at"),
     BOARD_UNPAID: ("due_since", "last_reminded_at", "paid_at", "written_off_at", "reopened_at"),
 }
 
@@ -420,6 +422,22 @@ async def fee_refunded(tx: Transaction, e: CancellationFeeRefunded) -> None:
     await _set(tx, BOARD_FEES, e.fee_id, refunded)
 
 
+@handlers.on(RefundDeclined)
+async def refund_declined(tx: Transaction, e: RefundDeclined) -> None:
+    """The card would not take the money back: operations repay it (a fee's stays on their
+    list of fees until they do; a visit's refund shows on its row, theirs alone)."""
+    note = f"refund declined by the provider: {e.reason}"
+    if e.fee_id is not None:
+        fee = {"booking_id": e.booking_id, "customer_id": e.customer_id}
+        fields = {**fee, "amount": e.amount, "currency": e.currency, "note": note}
+        declined = {**fields, "status": "refund_declined", "refund_declined_at": e.declined_at}
+        await _set(tx, BOARD_FEES, e.fee_id, declined)
+        return
+    row = {"refund_declined": e.amount, "refund_declined_note": note, "currency": e.currency}
+    declined_at = {"refund_declined_at": e.declined_at}
+    await _set(tx, BOARD_BOOKINGS, e.booking_id, {**row, **declined_at})
+
+
 # -------------------------------------------------------------------- unpaid --
 # A receipt's events share its booking's key too, so they arrive in the order they
 # happened. Only money left due makes a row: a card declined, or cash to collect at the door
@@ -553,6 +571,7 @@ def booking_row(doc: Document, actor: Actor) -> BookingRow:
     row = BookingRow.model_validate({**_row(doc), "booking_id": doc["_id"]})
     if not actor.is_ops:  # a store never sees where the customer lives, nor who they are
         row.location, row.customer_id = None, None
+        row.refund_declined = row.refund_declined_note = row.refund_declined_at = None
     return row
 
 

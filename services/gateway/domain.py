@@ -82,6 +82,11 @@ class BookingRow(Row):
     currency: str | None = None
     rating: int | None = None
     rated_at: datetime | None = None
+    refund_declined: int | None = Field(
+        None, description="A refund the card would not take back (operations only)"
+    )
+    refund_declined_note: str | None = None
+    refund_declined_at: datetime | None = None
     rev: int = 0
 
 
@@ -137,12 +142,15 @@ class FeeRow(Row):
     customer_id: str
     amount: int
     currency: str
-    status: str  # owed, paid, waived, refunded (charging is not told: it ends in one of them)
+    # owed, paid, waived, refunded, refund_declined (charging is not told: it ends in one of
+    # them)
+    status: str
     note: str | None = Field(
         None, description="Why it is owed (no card, the decline), waived or refunded"
     )
     owed_since: datetime | None = None
     settled_at: datetime | None = None  # paid, waived or refunded
+    refund_declined_at: datetime | None = None  # the refund failed: operations repay it
     rev: int = 0
 
 

@@ -33,6 +33,7 @@ from shared.events.payments import (
     ReceiptIssued,
     ReceiptSealed,
     ReceiptVoided,
+    RefundDeclined,
     WriteOffReversed,
 )
 from shared.events.reviews import (
@@ -447,6 +448,21 @@ async def fee_waived(tx: Transaction, event: CancellationFeeWaived) -> None:
 async def fee_refunded(tx: Transaction, event: CancellationFeeRefunded) -> None:
     title = "Your late-cancellation fee goes back to your card"
     await tell_of_fee(tx, event, title, f"{_money(event.amount, event.currency)}: {event.reason}")
+
+
+@handlers.on(RefundDeclined)
+async def refund_declined(tx: Transaction, event: RefundDeclined) -> None:
+    await tell(
+        tx,
+        f"customer:{event.customer_id}",
+        "refund_declined",
+        title="Your card would not take a refund back",
+        body=f"{_money(event.amount, event.currency)} could not go back to your card "
+        f"({event.reason}). It is still yours: our team will repay it another way.",
+        booking_id=event.booking_id,
+        amount=event.amount,
+        currency=event.currency,
+    )
 
 
 @handlers.on(ServiceVoided)

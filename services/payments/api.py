@@ -25,7 +25,7 @@ from services.payments.domain import (
     Refund,
 )
 from services.payments.fees import CancellationFee, FeeStatus
-from services.payments.ledger import Holding, Plan, PlanKind
+from services.payments.ledger import EntryKind, Holding, Plan, PlanKind
 from services.payments.provider import (
     SIGNATURE_HEADER,
     ProviderResult,
@@ -91,6 +91,13 @@ class ReceiptView(Receipt):
         if view.write_off is not None:
             view.write_off = view.write_off.seen_by(actor.is_ops)
         view.reopened = [r.seen_by(actor.is_ops) for r in view.reopened]
+        if not (actor.is_ops or actor.role is Role.CUSTOMER):
+            # Why money went back (often a complaint's resolution) is the customer's and
+            # operations': the technician and the store see how much, not why.
+            view.refunds = [r.model_copy(update={"reason": ""}) for r in view.refunds]
+            view.refunds_granted = [
+                g.model_copy(update={"reason": ""}) for g in view.refunds_granted
+            ]
         return view
 
 
@@ -452,7 +459,8 @@ async def list_cancellation_fees(
 ) -> list[CancellationFee]:
     if not (actor.is_ops or (customer_id is not None and _customer_or_ops(actor, customer_id))):
         raise Forbidden("a customer's fees are theirs and operations'")
-    return await CancellationFees(runtime.db).listed(customer_id, status, limit)
+    fees = await CancellationFees(runtime.db).listed(customer_id, status, limit)
+    return [fee.seen_by(actor.is_ops) for fee in fees]
 
 
 async def _fee_of(runtime: Runtime, actor: Actor, fee_id: str) -> CancellationFee:
@@ -470,7 +478,7 @@ async def _fee_of(runtime: Runtime, actor: Actor, fee_id: str) -> CancellationFe
 async def get_cancellation_fee(
     fee_id: PathId, runtime: RuntimeDep, actor: ActorDep
 ) -> CancellationFee:
-    return await _fee_of(runtime, actor, fee_id)
+    return (await _fee_of(runtime, actor, fee_id)).seen_by(actor.is_ops)
 
 
 @router.post(
@@ -615,7 +623,13 @@ class HoldingView(Forbid):
     spendable: int = Field(description="What may be spent now (nothing once expired)")
 
     @classmethod
-    def of(cls, holding: Holding) -> HoldingView:
+    def of(cls, holding: Holding, *, store: bool = False) -> HoldingView:
+        if store:  # a refund's why (a complaint's resolution) is not the store's to read
+            entries = [
+                e.model_copy(update={"note": ""}) if e.kind is EntryKind.REFUND else e
+                for e in holding.entries
+            ]
+            holding = holding.model_copy(update={"entries": entries})
         return cls(holding=holding, balance=holding.balance, spendable=holding.spendable(utcnow()))
 
 
@@ -632,7 +646,7 @@ async def list_holdings(
         visible = [h for h in holdings if h.store_id == actor.store_id]
     else:
         raise Forbidden("a customer's cards are theirs, their stores' and operations'")
-    return [HoldingView.of(h) for h in visible]
+    return [HoldingView.of(h, store=actor.role is Role.STORE) for h in visible]
 
 
 class CouponIn(Forbid):

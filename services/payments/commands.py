@@ -24,7 +24,7 @@ from services.payments.domain import (
     Refund,
     SignatureMethod,
 )
-from services.payments.fees import CancellationFee, FeeStep
+from services.payments.fees import PAYMENTS, CancellationFee, FeeStep
 from services.payments.ledger import Holding, Plan, sell
 from services.payments.provider import ProviderResult, ProviderStatus
 from services.payments.sealing import chain_hash, check_device_signature
@@ -60,6 +60,7 @@ from shared.events.payments import (
     ReceiptSealed,
     ReceiptSigned,
     ReceiptVoided,
+    RefundDeclined,
     RefundIssued,
     RefundNotMade,
     WriteOffReversed,
@@ -356,7 +357,10 @@ async def apply_outcome(tx: Transaction, op_id: str, result: ProviderResult) -> 
     op.reference = op.reference or result.reference
     await ops.save(op, tx.session)
     if op.kind != "charge":
-        return True  # refunds were booked when issued; the provider just confirmed
+        # Refunds were booked when issued: the provider confirmed, or refused after all.
+        if result.status is not ProviderStatus.SUCCEEDED:
+            await _refund_declined(tx, op, result.reason or "declined", now)
+        return True
     if op.fee_id is not None:
         await _fee_outcome(tx, op, result, now)
         return True
@@ -381,6 +385,36 @@ async def apply_outcome(tx: Transaction, op_id: str, result: ProviderResult) -> 
         )
         await remind_later(tx, receipt, "card")
     return True
+
+
+async def _refund_declined(tx: Transaction, op: ProviderOp, reason: str, at: datetime) -> None:
+    """The money did not go back to the card: it counts as the customer's again (what may
+    be refunded), and everyone who was told it went back hears that it did not."""
+    if op.fee_id is not None:
+        fee = await _load_fee(tx, op.fee_id)
+        if not fee.refund_declined(reason):
+            return
+        await CancellationFees(tx.db).save(fee, tx.session)
+    else:
+        receipt = await load(tx, op.receipt_id or "")
+        refund = next(r for r in receipt.refunds if r.refund_id == op.refund_id)
+        for part in refund.parts:
+            if part.to == "provider":
+                part.declined = reason
+        await Receipts(tx.db).save(receipt, tx.session)
+    tx.emit(
+        RefundDeclined(
+            refund_id=op.refund_id or op.op_id,
+            receipt_id=op.receipt_id,
+            fee_id=op.fee_id,
+            booking_id=op.booking_id,
+            customer_id=op.customer_id,
+            amount=op.amount,
+            currency=op.currency,
+            reason=reason,
+            declined_at=at,
+        )
+    )
 
 
 async def collect_cash(
@@ -730,6 +764,13 @@ async def grant_coupon(tx: Transaction, coupon: Coupon) -> Coupon:
     coupons = Coupons(tx.db)
     existing = await coupons.get(coupon.coupon_id, tx.session)
     if existing is not None:
+        same = ("customer_id", "amount", "percent", "currency")
+        if any(getattr(existing, f) != getattr(coupon, f) for f in same):
+            raise Conflict(
+                f"coupon {coupon.coupon_id} was granted with this key for another customer "
+                "or value: a new coupon needs a new Idempotency-Key",
+                field="Idempotency-Key",
+            )
         return existing
     await coupons.insert(coupon, tx.session)
     tx.emit(
@@ -749,7 +790,6 @@ async def grant_coupon(tx: Transaction, coupon: Coupon) -> Coupon:
 # ---------------------------------------------------------- cancellation fees --
 
 NO_CARD = "no card on file"
-PAYMENTS = "payments"  # who waived a fee, when nobody in operations had to
 SIGNED_FOR = "the visit was performed and the customer signed its receipt"
 
 

@@ -105,6 +105,13 @@ class RefundPart(Forbid):
     amount: int
     holding_id: str | None = None
     units: int | None = None  # for a holding
+    # Why the provider refused to give this part back: the money is still the customer's
+    # to be refunded (another refund may give it back), and operations are told.
+    declined: str | None = None
+
+    @property
+    def given_back(self) -> int:
+        return 0 if self.declined is not None else self.amount
 
 
 class Refund(Forbid):
@@ -300,7 +307,7 @@ class Receipt(Forbid):
 
     @property
     def refunded(self) -> int:
-        return sum(r.amount for r in self.refunds)
+        return sum(p.given_back for r in self.refunds for p in r.parts)
 
     @property
     def refundable(self) -> int:
@@ -392,7 +399,9 @@ def price(
             discounts.append(
                 Discount(
                     coupon_id=best.coupon_id,
-                    description=best.reason or "coupon",
+                    # Not the coupon's reason: a complaint's words would be sealed into a
+                    # receipt the next visit's technician and store read.
+                    description=f"coupon: {best.percent} % off" if best.percent else "coupon",
                     amount=worth,
                 )
             )
@@ -504,6 +513,8 @@ def _refunded_so_far(
     back_units: dict[str, int] = {}
     for r in receipt.refunds:
         for part in r.parts:
+            if part.declined is not None:
+                continue
             if part.to == "holding" and part.holding_id:
                 back_amount[part.holding_id] = back_amount.get(part.holding_id, 0) + part.amount
                 back_units[part.holding_id] = back_units.get(part.holding_id, 0) + (part.units or 0)

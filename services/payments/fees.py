@@ -12,8 +12,8 @@ so the fee no longer stands and is withdrawn: waived if owed, refunded if paid,
 and a charge under way is let finish and then waived or refunded.
 
     owed ──charge──> charging ──provider succeeded──> paid ──withdrawn──> refunded
-     ^                  │
-     └──declined────────┘
+     ^                  │                                                    │
+     └──declined────────┘                       refund_declined <──provider refused
     owed ──operations, or withdrawn──> waived
 """
 
@@ -27,6 +27,8 @@ from shared.events.types import Currency, MinorUnits
 from shared.schema import Forbid
 from shared.time import StoredTime
 
+PAYMENTS = "payments"  # who waived a fee, when nobody in operations had to
+
 
 class FeeStatus(StrEnum):
     OWED = "owed"  # no card on file, or its charge was declined
@@ -34,6 +36,8 @@ class FeeStatus(StrEnum):
     PAID = "paid"
     WAIVED = "waived"
     REFUNDED = "refunded"  # paid, then given back: the visit was performed and signed for
+    # Paid, withdrawn, and the provider would not give it back: operations repay it by hand.
+    REFUND_DECLINED = "refund_declined"
 
 
 class FeeStep(StrEnum):
@@ -65,7 +69,14 @@ class CancellationFee(Forbid):
     waived_at: StoredTime | None = None
     withdrawn: str = ""  # why the fee no longer stands ("" while it does)
     refunded_at: StoredTime | None = None
+    refund_failure: str = ""  # why the provider would not give it back
     version: int = 0
+
+    def seen_by(self, ops: bool) -> CancellationFee:
+        """The customer is told a fee was waived, and why, not which staff member did it."""
+        if ops or self.waived_by in (None, PAYMENTS):
+            return self
+        return self.model_copy(update={"waived_by": "operations"})
 
     def charge(self) -> int:
         """Start a charge; returns its attempt number (part of its idempotency key)."""
@@ -101,7 +112,11 @@ class CancellationFee(Forbid):
     def withdraw(self, by: str, reason: str, at: datetime) -> FeeStep:
         """The fee no longer stands (the visit was performed and signed for): waive it if
         owed, refund it if paid; a charge under way is noted, and its outcome decides."""
-        if self.withdrawn or self.status in (FeeStatus.WAIVED, FeeStatus.REFUNDED):
+        if self.withdrawn or self.status in (
+            FeeStatus.WAIVED,
+            FeeStatus.REFUNDED,
+            FeeStatus.REFUND_DECLINED,
+        ):
             return FeeStep.NONE
         self.withdrawn = reason
         if self.status is FeeStatus.OWED:
@@ -110,6 +125,13 @@ class CancellationFee(Forbid):
         if self.status is FeeStatus.PAID:
             return self._refund(at)
         return FeeStep.NOTED
+
+    def refund_declined(self, reason: str) -> bool:
+        """The provider refused to give the fee back; False if that was already known."""
+        if self.status is not FeeStatus.REFUNDED:
+            return False
+        self.status, self.refund_failure = FeeStatus.REFUND_DECLINED, reason
+        return True
 
     def _must_be_charging(self) -> None:
         if self.status is not FeeStatus.CHARGING:

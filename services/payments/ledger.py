@@ -170,6 +170,9 @@ class Holding(Forbid):
                 f"from {self.holding_id}: {units} cannot go back"
             )
         if self.expired(at):
+            # What expired unused stays expired (its timer may not have run yet): only the
+            # units given back get the grace.
+            self.expire(at)
             self.expires_at = at + REFUND_GRACE
         return self._add(EntryKind.REFUND, units, at, receipt_id=receipt_id, note=note)
 

@@ -10,7 +10,9 @@ for the real thing:
 - confirmation comes asynchronously, signed with the webhook secret, twice;
 - the payment-method token picks the behaviour: `pm_card_ok`, `pm_card_declined`,
   `pm_card_timeout` (the first request's answer is lost, as on a dropped
-  connection), `pm_card_silent` (no webhook at all: the service must ask).
+  connection), `pm_card_silent` (no webhook at all: the service must ask),
+  `pm_card_refund_fails` (charges go through; refunds of them are declined, as
+  for a card whose account has since closed).
 
 The sandbox keeps its operations in its own database, as an outside system would.
 """
@@ -38,6 +40,7 @@ from shared.time import utcnow
 log = logging.getLogger(__name__)
 
 SIGNATURE_HEADER = "X-Provider-Signature"
+REFUND_FAILS = "pm_card_refund_fails"
 
 
 class ProviderStatus(StrEnum):
@@ -119,6 +122,8 @@ class SandboxProvider:
         charge = await self._ops.find_one({"reference": charge_reference, "kind": "charge"})
         if charge is None or charge["status"] != ProviderStatus.SUCCEEDED:
             outcome = ProviderStatus.DECLINED, "no such settled charge"
+        elif charge.get("method") == REFUND_FAILS:
+            outcome = ProviderStatus.DECLINED, "the card's account is closed"
         else:
             refunds = await self._ops.find(
                 {"charge": charge_reference, "kind": "refund", "status": "succeeded"}

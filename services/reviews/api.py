@@ -177,7 +177,10 @@ class Quality(Forbid):
     technician_id: str
     rating: float
     reviews: int
-    complaints: int
+    complaints: int | None = Field(
+        description="Part of the technician's file: for operations, the technician and "
+        "their store (null for anyone else)"
+    )
 
 
 @router.get(
@@ -187,7 +190,16 @@ class Quality(Forbid):
 )
 async def quality(technician_id: PathId, runtime: RuntimeDep, actor: ActorDep) -> Quality:
     ratings = await Reviews(runtime.db).ratings_of(technician_id)
-    complaints = await Complaints(runtime.db).count_against(technician_id)
+    complaints: int | None = None
+    if (
+        actor.is_ops
+        or (actor.role is Role.TECHNICIAN and actor.subject == technician_id)
+        or (
+            actor.role is Role.STORE
+            and await Bookings(runtime.db).sent_by(technician_id, actor.store_id or "")
+        )
+    ):
+        complaints = await Complaints(runtime.db).count_against(technician_id)
     return Quality(
         technician_id=technician_id,
         rating=bayesian_rating(ratings),

@@ -12,7 +12,7 @@ from services.reviews.domain import (
     bayesian_rating,
     sla,
 )
-from services.reviews.storage import Complaints, Reviews
+from services.reviews.storage import QUALITY_TURNS, Complaints, Reviews
 from shared.events.reviews import (
     ComplaintClosed,
     ComplaintEscalated,
@@ -141,7 +141,9 @@ async def escalate_if_due(tx: Transaction, complaint_id: str) -> None:
         await _arm(tx, complaint)  # not due (moved meanwhile): keep the clock right
         return
     await save(tx, complaint)
-    escalated(tx, complaint, f"{breach.deadline.replace('_', ' ')} deadline missed", before.value)
+    if complaint.tier is not before:  # at the top already: a breach, nobody new to tell
+        missed = f"{breach.deadline.replace('_', ' ')} deadline missed"
+        escalated(tx, complaint, missed, before.value)
 
 
 def remedy_events(tx: Transaction, complaint: Complaint, remedies: list[Remedy]) -> None:
@@ -224,6 +226,8 @@ async def close_if_quiet(tx: Transaction, complaint_id: str) -> None:
     if complaint.close_quietly(utcnow()):
         await save(tx, complaint)
         closed(tx, complaint)
+    else:
+        await _arm(tx, complaint)  # not quiet long enough yet (the clock stepped): kept
 
 
 async def remedy_outcome(
@@ -233,14 +237,16 @@ async def remedy_outcome(
     remedy_id: str | None = None,
     *,
     not_made: str | None = None,
+    undone: bool = False,
 ) -> None:
-    """A remedy another service carries out took effect, or (`not_made`: why) could not."""
+    """A remedy another service carries out took effect, or (`not_made`: why) could not;
+    `undone`: it was said made and was not after all."""
     complaint = await Complaints(tx.db).get(complaint_id, tx.session)
     if complaint is None:
         return
     now = utcnow()
     if not_made is not None:
-        changed = complaint.not_carried_out(kind, now, remedy_id, not_made)
+        changed = complaint.not_carried_out(kind, now, remedy_id, not_made, undone=undone)
     else:
         changed = complaint.took_effect(kind, now, remedy_id)
     if changed:
@@ -248,6 +254,12 @@ async def remedy_outcome(
 
 
 async def publish_quality(tx: Transaction, technician_id: str) -> None:
+    # Two reviews of one technician at once would each count from their own snapshot, and
+    # the later event would miss the other: touching one document per technician makes them
+    # conflict, and the one retried counts both.
+    await tx.db[QUALITY_TURNS].update_one(
+        {"_id": technician_id}, {"$inc": {"turn": 1}}, upsert=True, session=tx.session
+    )
     ratings = await Reviews(tx.db).ratings_of(technician_id, tx.session)
     complaints = await Complaints(tx.db).count_against(technician_id, tx.session)
     tx.emit(

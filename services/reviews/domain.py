@@ -241,9 +241,13 @@ class Complaint(Forbid):
         timeline = [s for s in self.timeline if s.what not in INTERNAL_STEPS]
         if not store:
             return self.model_copy(update={"timeline": timeline})
+        closed_by = self.closed_by
+        if closed_by is not None and closed_by.startswith("customer:"):
+            closed_by = "customer"
         return self.model_copy(
             update={
                 "customer_id": "",
+                "closed_by": closed_by,
                 "timeline": [
                     s.model_copy(update={"by": "customer"}) if s.by.startswith("customer:") else s
                     for s in timeline
@@ -336,11 +340,16 @@ class Complaint(Forbid):
         kind, _ = due
         breach = Breach(deadline=kind, tier=self.tier, at=at)
         self.breaches.append(breach)
-        self.tier, self.owner = self.tier.above(), None
         if kind == "first_response":
             self.first_response_due = at + policy.first_response
         else:
             self.resolution_due = at + policy.resolution
+        if self.tier.above() is self.tier:
+            # Nowhere higher to go: the breach counts on the board, and whoever at the top
+            # took it on keeps it (the customer was told it went up already).
+            self._log(at, "platform", f"{kind} deadline missed at the top tier", self.tier.value)
+            return breach
+        self.tier, self.owner = self.tier.above(), None
         self._log(at, "platform", f"{kind} deadline missed; escalated", self.tier.value)
         return breach
 
@@ -370,14 +379,32 @@ class Complaint(Forbid):
         return True
 
     def not_carried_out(
-        self, kind: RemedyKind, at: datetime, remedy_id: str | None, why: str
+        self,
+        kind: RemedyKind,
+        at: datetime,
+        remedy_id: str | None,
+        why: str,
+        *,
+        undone: bool = False,
     ) -> bool:
         """The service that carries the remedy out could not (a refund with nothing paid):
-        shown on the complaint, for operations to put it right another way."""
+        shown on the complaint, for operations to put it right another way. `undone`: it
+        was said made and was not after all (the card would not take the refund back)."""
         remedy = self._pending(kind, remedy_id)
+        if remedy is None and undone:
+            remedy = next(
+                (
+                    r
+                    for r in self.remedies
+                    if r.kind is kind
+                    and r.took_effect_at is not None
+                    and remedy_id in (None, r.remedy_id)
+                ),
+                None,
+            )
         if remedy is None:
             return False
-        remedy.not_made = why
+        remedy.took_effect_at, remedy.not_made = None, why
         self._log(at, "platform", f"{kind.value} not made", why)
         return True
 

@@ -24,7 +24,7 @@ from shared.events.dispatch import (
     TechnicianStatusChanged,
     TechnicianStatusChangedV1,
 )
-from shared.events.payments import CouponGranted, RefundIssued, RefundNotMade
+from shared.events.payments import CouponGranted, RefundDeclined, RefundIssued, RefundNotMade
 from shared.events.reviews import (
     REMEDY_COUPON,
     REMEDY_REFUND,
@@ -52,13 +52,15 @@ async def booking_requested(tx: Transaction, event: BookingRequested) -> None:
 
 
 @handlers.on(TechnicianAssigned)
-async def technician_assigned(tx: Transaction, event: TechnicianAssigned) -> None:
-    await Bookings(tx.db).learn(event.booking_id, tx.session, technician_id=event.technician_id)
-
-
 @handlers.on(TechnicianReassigned)
-async def technician_reassigned(tx: Transaction, event: TechnicianReassigned) -> None:
-    await Bookings(tx.db).learn(event.booking_id, tx.session, technician_id=event.technician_id)
+async def technician_assigned(
+    tx: Transaction, event: TechnicianAssigned | TechnicianReassigned
+) -> None:
+    # The store too, from now: a complaint filed before the visit is done (the technician
+    # late, or never came) is the store's to see as well.
+    await Bookings(tx.db).assigned(
+        event.booking_id, tx.session, event.technician_id, event.store_id
+    )
 
 
 @handlers.on(ServiceCompleted)
@@ -124,14 +126,22 @@ async def safety_alert(tx: Transaction, event: SafetyAlert) -> None:
 
 
 async def _made_elsewhere(
-    tx: Transaction, made_id: str, prefix: str, kind: RemedyKind, not_made: str | None = None
+    tx: Transaction,
+    made_id: str,
+    prefix: str,
+    kind: RemedyKind,
+    not_made: str | None = None,
+    *,
+    undone: bool = False,
 ) -> None:
     """A refund or coupon payments made (or could not) under an id naming the complaint's
     remedy; one operations made by hand names none and changes no complaint."""
     named = remedy_named(made_id, prefix)
     if named is not None:
         complaint_id, remedy_id = named
-        await commands.remedy_outcome(tx, complaint_id, kind, remedy_id, not_made=not_made)
+        await commands.remedy_outcome(
+            tx, complaint_id, kind, remedy_id, not_made=not_made, undone=undone
+        )
 
 
 @handlers.on(RefundIssued)
@@ -142,6 +152,12 @@ async def refund_issued(tx: Transaction, event: RefundIssued) -> None:
 @handlers.on(RefundNotMade)
 async def refund_not_made(tx: Transaction, event: RefundNotMade) -> None:
     await _made_elsewhere(tx, event.refund_id, REMEDY_REFUND, RemedyKind.REFUND, event.reason)
+
+
+@handlers.on(RefundDeclined)
+async def refund_declined(tx: Transaction, event: RefundDeclined) -> None:
+    why = f"the card would not take the refund back: {event.reason}"
+    await _made_elsewhere(tx, event.refund_id, REMEDY_REFUND, RemedyKind.REFUND, why, undone=True)
 
 
 @handlers.on(CouponGranted)

@@ -4,6 +4,8 @@ bookings         what reviews knows of each booking (customer, technician, store
 review_requests  one invitation per completed booking
 reviews          one review per booking (`_id` is the booking id)
 complaints       every complaint with its deadlines, tier, remedies and timeline
+quality_turns    one document per technician, touched by each change to their reviews or
+                 complaints: two at once conflict, so each quality event counts both
 """
 
 from __future__ import annotations
@@ -21,10 +23,13 @@ BOOKINGS = "bookings"
 REVIEW_REQUESTS = "review_requests"
 REVIEWS = "reviews"
 COMPLAINTS = "complaints"
+QUALITY_TURNS = "quality_turns"
 MINUTE_MS, HOUR_MS = 60_000, 3_600_000
 
 
 async def ensure_indexes(db: Database) -> None:
+    # Whether a store has sent a technician (their file is its to read).
+    await db[BOOKINGS].create_index([("technician_id", ASCENDING), ("store_id", ASCENDING)])
     await db[REVIEWS].create_indexes(
         [
             IndexModel([("technician_id", ASCENDING)]),
@@ -64,6 +69,22 @@ class Bookings:
         await self._col.update_one(
             {"_id": booking_id}, {"$set": known}, upsert=True, session=session
         )
+
+    async def assigned(
+        self, booking_id: str, session: Session, technician_id: str, store_id: str | None
+    ) -> None:
+        """Who is coming, and from which store (none: the platform's own technician)."""
+        await self._col.update_one(
+            {"_id": booking_id},
+            {"$set": {"technician_id": technician_id, "store_id": store_id}},
+            upsert=True,
+            session=session,
+        )
+
+    async def sent_by(self, technician_id: str, store_id: str) -> bool:
+        """Whether the store has sent this technician on a visit (their file is its to read)."""
+        found = await self._col.find_one({"technician_id": technician_id, "store_id": store_id})
+        return found is not None
 
     async def get(self, booking_id: str, session: Session = None) -> BookingFacts | None:
         doc = await self._col.find_one({"_id": booking_id}, session=session)

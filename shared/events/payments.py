@@ -207,6 +207,24 @@ class RefundIssued(EventPayload):
     reason: str
 
 
+@event("payments.refund_declined", version=1, stream=STREAM, key="booking_id")
+class RefundDeclined(EventPayload):
+    """The provider refused a card refund after `payments.refund_issued` (or
+    `payments.cancellation_fee_refunded`) said it was made: a closed card, a disputed
+    charge, a refund window passed. The money is the customer's still: it counts again as
+    what may be refunded, and operations put it right (refund again, or another way)."""
+
+    refund_id: str
+    receipt_id: str | None = Field(default=None, description="The visit's receipt, if any")
+    fee_id: str | None = Field(default=None, description="The cancellation fee, if a fee's")
+    booking_id: str
+    customer_id: str
+    amount: MinorUnits = Field(description="What did not go back to the card")
+    currency: Currency
+    reason: str = Field(description="The provider's")
+    declined_at: datetime
+
+
 @event("payments.refund_not_made", version=1, stream=STREAM, key="booking_id")
 class RefundNotMade(EventPayload):
     """A refund a complaint granted that payments cannot make: nothing was paid (the visit's

@@ -74,6 +74,22 @@ def test_a_missed_first_response_escalates_through_every_tier_and_stays_owned() 
     assert [b.tier for b in c.breaches] == [Tier.AGENT, Tier.SUPERVISOR, Tier.MANAGER]
 
 
+def test_a_deadline_missed_at_the_top_tier_counts_and_leaves_its_owner() -> None:
+    """A manager took it on and missed the next deadline too: the breach counts, the clock
+    runs on, and it stays theirs (there is no higher queue to hand it to)."""
+    c = complaint()
+    policy = sla(c.category, c.severity)
+    for _ in range(2):
+        assert c.escalate_if_due(c.first_response_due, policy) is not None
+    assert c.tier is Tier.MANAGER
+    c.assign("ops:mia", "ops:mia", NOW)
+    missed = c.first_response_due
+    assert c.escalate_if_due(missed, policy) is not None
+    assert (c.tier, c.owner, len(c.breaches)) == (Tier.MANAGER, "ops:mia", 3)
+    assert c.first_response_due > missed  # the clock goes on
+    assert "top tier" in c.timeline[-1].what
+
+
 def test_after_the_first_response_the_resolution_deadline_escalates() -> None:
     c = complaint()
     c.respond("ops:ana", "we are looking into it", NOW + timedelta(minutes=5))
@@ -215,3 +231,21 @@ def test_a_refund_said_not_made_and_then_made_shows_made() -> None:
     later = NOW + timedelta(hours=1)
     assert c.took_effect(RemedyKind.REFUND, later, refund.remedy_id)
     assert (c.remedies[0].took_effect_at, c.remedies[0].not_made) == (later, None)
+
+
+def test_a_refund_the_card_refused_after_it_was_made_shows_not_made() -> None:
+    """Payments said the refund was made, then the provider declined it: the complaint shows
+    it not made (with why), for operations to put it right; only a refund made is undone."""
+    c = complaint()
+    (refund,) = c.propose("ops:ana", "back", [RemedyIn(kind=RemedyKind.REFUND)], NOW)
+    assert not c.not_carried_out(RemedyKind.REFUND, NOW, "rm_other", "declined", undone=True)
+    assert c.took_effect(RemedyKind.REFUND, NOW, refund.remedy_id)
+    assert not c.not_carried_out(RemedyKind.REFUND, NOW, refund.remedy_id, "declined")
+    assert c.not_carried_out(RemedyKind.REFUND, NOW, refund.remedy_id, "declined", undone=True)
+    assert (c.remedies[0].took_effect_at, c.remedies[0].not_made) == (None, "declined")
+    # A version 1 refund (naming no remedy) is undone too.
+    v1 = complaint()
+    v1.propose("ops:ana", "back", [RemedyIn(kind=RemedyKind.REFUND)], NOW)
+    assert v1.took_effect(RemedyKind.REFUND, NOW, None)
+    assert v1.not_carried_out(RemedyKind.REFUND, NOW, None, "declined", undone=True)
+    assert v1.remedies[0].not_made == "declined"

@@ -254,6 +254,17 @@ def test_a_refund_to_an_expired_package_stays_usable_for_a_while() -> None:
         package.refund(2, "rc_1", after)  # only one more visit was drawn by rc_1
 
 
+def test_a_refund_to_a_package_not_yet_written_off_revives_only_what_it_gives_back() -> None:
+    """The package expired with visits unused, and its expiry had not run yet (payments was
+    down): a refund gives back its visit for a while, not the ones that expired."""
+    package = holding(validity_days=10)  # 5 visits
+    package.draw(2, "rc_1", NOW)
+    after = package.expires_at + timedelta(days=1)
+    package.refund(1, "rc_1", after)
+    assert package.spendable(after) == 1
+    assert package.expire(after) is None  # nothing left to write off twice
+
+
 def test_an_unsigned_receipt_is_voided_once_and_a_signed_one_never() -> None:
     receipt = issue([line("nails.manicure")])
     assert not receipt.signed

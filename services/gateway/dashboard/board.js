@@ -279,7 +279,7 @@ function scheduleRender() {
 
 function render() {
   renderAlerts(); renderFigures(); renderStates(); renderWaiting(); renderFailed();
-  renderVisits(); renderComplaints(); renderFees(); renderUnpaid(); renderMap(); tick();
+  renderVisits(); renderComplaints(); renderFees(); renderRefunds(); renderUnpaid(); renderMap(); tick();
 }
 
 function fill(tableId, rows, empty, columns) {
@@ -393,7 +393,8 @@ function renderComplaints() {
 function renderFees() {
   $("fees-section").hidden = !isOps();
   const fees = [...state.fees.values()];
-  const owed = fees.filter((f) => f.status === "owed")
+  // A fee the card would not take back is operations' to repay: on the list until they do.
+  const owed = fees.filter((f) => f.status === "owed" || f.status === "refund_declined")
     .sort((a, b) => (a.owed_since || "").localeCompare(b.owed_since || ""));
   $("fees-title").textContent = owed.length ? `Late-cancellation fees owed: ${owed.length}${state.cut.fees ? "+" : ""}` : "Late-cancellation fees owed";
   const settled = ["paid", "waived", "refunded"].map((s) => [s, fees.filter((f) => f.status === s).length]).filter(([, n]) => n);
@@ -401,9 +402,22 @@ function renderFees() {
   fill("fees", owed.map((f) => h("tr", { "data-fee": f.fee_id },
     h("td", {}, f.fee_id, h("br"), h("small", {}, `booking ${f.booking_id}`)),
     h("td", {}, f.customer_id), h("td", {}, money(f.amount, f.currency)), h("td", {}, f.note || ""),
-    h("td", {}, h("span", { "data-since": f.owed_since || "" }, "")),
-    h("td", {}, h("button", { type: "button", onclick: () => waive(f), "aria-label": `Waive fee ${f.fee_id}` }, "Waive…")))),
+    h("td", {}, h("span", { "data-since": f.owed_since || f.refund_declined_at || "" }, "")),
+    h("td", {}, f.status === "owed" && h("button", { type: "button", onclick: () => waive(f), "aria-label": `Waive fee ${f.fee_id}` }, "Waive…")))),
   "No fees owed.", 6);
+}
+
+// Operations' alone: refunds of visits the card would not take back today (the customer was
+// told; the money is theirs still, to refund again or repay another way).
+function renderRefunds() {
+  $("refunds-section").hidden = !isOps();
+  const rows = [...state.bookings.values()].filter((b) => b.refund_declined)
+    .sort((a, b) => (a.refund_declined_at || "").localeCompare(b.refund_declined_at || ""));
+  fill("refunds-declined", rows.map((b) => h("tr", { "data-booking": b.booking_id },
+    h("td", {}, b.booking_id), h("td", {}, b.customer_id || ""),
+    h("td", {}, money(b.refund_declined, b.currency)), h("td", {}, b.refund_declined_note || ""),
+    h("td", {}, h("span", { "data-since": b.refund_declined_at || "" }, "")))),
+  "No refund declined today.", 5);
 }
 
 // Signed visits whose money is still due: a declined card (the customer pays in the app) or
