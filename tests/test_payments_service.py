@@ -1271,6 +1271,9 @@ async def test_a_refund_the_card_refuses_is_the_customers_still_and_everyone_is_
 
         after = await eventually(declined, what="the refund declined")
         assert after["refunds"][0]["parts"][0]["declined"] == "the card's account is closed"
+        path = f"/receipts/{receipt['receipt_id']}"
+        technicians = await get_json(payments, path, headers=as_technician("tech_p"))
+        assert technicians["refunds"][0]["parts"][0]["declined"] == "declined"  # not the bank's
         # Nothing went back: all that was paid may still be refunded (once, not twice).
         whole = await payments.post(
             url,

@@ -64,6 +64,7 @@ from shared.events.payments import (
     PaymentWrittenOff,
     ReceiptSigned,
     RefundDeclined,
+    RefundIssued,
     WriteOffReversed,
 )
 from shared.events.reviews import ComplaintUpdated, ReviewSubmitted
@@ -88,7 +89,7 @@ OPEN: dict[str, Document] = {
     BOARD_BOOKINGS: {"status": {"$nin": list(FINISHED)}},
     BOARD_ALERTS: {"acknowledged_at": None},
     BOARD_COMPLAINTS: {"closed_at": None},
-    BOARD_FEES: {"status": {"$in": ["owed", "refund_declined"]}},  # operations' to act on
+    BOARD_FEES: {"status": "owed"},
     BOARD_UNPAID: {"status": "due"},
 }
 STAMPS: dict[str, tuple[str, ...]] = {
@@ -424,8 +425,8 @@ async def fee_refunded(tx: Transaction, e: CancellationFeeRefunded) -> None:
 
 @handlers.on(RefundDeclined)
 async def refund_declined(tx: Transaction, e: RefundDeclined) -> None:
-    """The card would not take the money back: operations repay it (a fee's stays on their
-    list of fees until they do; a visit's refund shows on its row, theirs alone)."""
+    """The card would not take the money back: operations repay it (on the day's board: a
+    fee's on their list of fees, a visit's on its row, theirs alone)."""
     note = f"refund declined by the provider: {e.reason}"
     if e.fee_id is not None:
         fee = {"booking_id": e.booking_id, "customer_id": e.customer_id}
@@ -436,6 +437,14 @@ async def refund_declined(tx: Transaction, e: RefundDeclined) -> None:
     row = {"refund_declined": e.amount, "refund_declined_note": note, "currency": e.currency}
     declined_at = {"refund_declined_at": e.declined_at}
     await _set(tx, BOARD_BOOKINGS, e.booking_id, {**row, **declined_at})
+
+
+@handlers.on(RefundIssued)
+async def refund_issued(tx: Transaction, e: RefundIssued) -> None:
+    """Operations refunded again: the decline is behind them (a new one says so again; a
+    booking's refunds share its key, so they come in order)."""
+    cleared = {"refund_declined": None, "refund_declined_note": None}
+    await _set(tx, BOARD_BOOKINGS, e.booking_id, cleared, upsert=False)
 
 
 # -------------------------------------------------------------------- unpaid --

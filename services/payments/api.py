@@ -94,7 +94,19 @@ class ReceiptView(Receipt):
         if not (actor.is_ops or actor.role is Role.CUSTOMER):
             # Why money went back (often a complaint's resolution) is the customer's and
             # operations': the technician and the store see how much, not why.
-            view.refunds = [r.model_copy(update={"reason": ""}) for r in view.refunds]
+            view.refunds = [
+                r.model_copy(
+                    update={
+                        "reason": "",
+                        # nor what the customer's bank said of their card
+                        "parts": [
+                            p.model_copy(update={"declined": "declined"}) if p.declined else p
+                            for p in r.parts
+                        ],
+                    }
+                )
+                for r in view.refunds
+            ]
             view.refunds_granted = [
                 g.model_copy(update={"reason": ""}) for g in view.refunds_granted
             ]

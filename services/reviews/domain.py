@@ -390,8 +390,9 @@ class Complaint(Forbid):
         """The service that carries the remedy out could not (a refund with nothing paid):
         shown on the complaint, for operations to put it right another way. `undone`: it
         was said made and was not after all (the card would not take the refund back)."""
-        remedy = self._pending(kind, remedy_id)
-        if remedy is None and undone:
+        if not undone:
+            remedy = self._pending(kind, remedy_id)
+        else:  # the one made (a version 1 id names none: not another still pending)
             remedy = next(
                 (
                     r

@@ -156,7 +156,9 @@ async def refund_not_made(tx: Transaction, event: RefundNotMade) -> None:
 
 @handlers.on(RefundDeclined)
 async def refund_declined(tx: Transaction, event: RefundDeclined) -> None:
-    why = f"the card would not take the refund back: {event.reason}"
+    # Not the bank's words: the complaint is the technician's store's to read too.
+    part = f"{event.amount / 100:.2f} {event.currency}"
+    why = f"the card would not take {part} of the refund back: operations repay it"
     await _made_elsewhere(tx, event.refund_id, REMEDY_REFUND, RemedyKind.REFUND, why, undone=True)
 
 

@@ -249,3 +249,14 @@ def test_a_refund_the_card_refused_after_it_was_made_shows_not_made() -> None:
     assert v1.took_effect(RemedyKind.REFUND, NOW, None)
     assert v1.not_carried_out(RemedyKind.REFUND, NOW, None, "declined", undone=True)
     assert v1.remedies[0].not_made == "declined"
+    # Undone, a version 1 refund is the one made, never another still pending.
+    both = complaint()
+    made, _ = both.propose(
+        "ops:ana", "back", [RemedyIn(kind=RemedyKind.REFUND), RemedyIn(kind=RemedyKind.REFUND)], NOW
+    )
+    assert both.took_effect(RemedyKind.REFUND, NOW, made.remedy_id)
+    assert both.not_carried_out(RemedyKind.REFUND, NOW, None, "declined", undone=True)
+    assert [(r.took_effect_at, r.not_made) for r in both.remedies] == [
+        (None, "declined"),
+        (None, None),
+    ]

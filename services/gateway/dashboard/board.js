@@ -393,7 +393,7 @@ function renderComplaints() {
 function renderFees() {
   $("fees-section").hidden = !isOps();
   const fees = [...state.fees.values()];
-  // A fee the card would not take back is operations' to repay: on the list until they do.
+  // A fee the card would not take back today is operations' to repay another way.
   const owed = fees.filter((f) => f.status === "owed" || f.status === "refund_declined")
     .sort((a, b) => (a.owed_since || "").localeCompare(b.owed_since || ""));
   $("fees-title").textContent = owed.length ? `Late-cancellation fees owed: ${owed.length}${state.cut.fees ? "+" : ""}` : "Late-cancellation fees owed";
@@ -402,7 +402,7 @@ function renderFees() {
   fill("fees", owed.map((f) => h("tr", { "data-fee": f.fee_id },
     h("td", {}, f.fee_id, h("br"), h("small", {}, `booking ${f.booking_id}`)),
     h("td", {}, f.customer_id), h("td", {}, money(f.amount, f.currency)), h("td", {}, f.note || ""),
-    h("td", {}, h("span", { "data-since": f.owed_since || f.refund_declined_at || "" }, "")),
+    h("td", {}, h("span", { "data-since": (f.status === "refund_declined" ? f.refund_declined_at : f.owed_since) || "" }, "")),
     h("td", {}, f.status === "owed" && h("button", { type: "button", onclick: () => waive(f), "aria-label": `Waive fee ${f.fee_id}` }, "Waive…")))),
   "No fees owed.", 6);
 }
