@@ -395,7 +395,7 @@ async def complaint_updated(tx: Transaction, e: ComplaintUpdated) -> None:
 
 # ---------------------------------------------------------------------- fees --
 # A fee's events share its booking's key, so they arrive in the order they happened.
-def _fee(e: CancellationFeeEvent, status: str, **fields: Any) -> dict[str, Any]:
+def _fee(e: CancellationFeeEvent | RefundDeclined, status: str, **fields: Any) -> dict[str, Any]:
     about = e.model_dump(include={"booking_id", "customer_id", "amount", "currency"})
     return {**about, "status": status, **fields}
 
@@ -429,14 +429,16 @@ async def refund_declined(tx: Transaction, e: RefundDeclined) -> None:
     fee's on their list of fees, a visit's on its row, theirs alone)."""
     note = f"refund declined by the provider: {e.reason}"
     if e.fee_id is not None:
-        fee = {"booking_id": e.booking_id, "customer_id": e.customer_id}
-        fields = {**fee, "amount": e.amount, "currency": e.currency, "note": note}
-        declined = {**fields, "status": "refund_declined", "refund_declined_at": e.declined_at}
-        await _set(tx, BOARD_FEES, e.fee_id, declined)
+        fee = _fee(e, "refund_declined", note=note, refund_declined_at=e.declined_at)
+        await _set(tx, BOARD_FEES, e.fee_id, fee)
         return
-    row = {"refund_declined": e.amount, "refund_declined_note": note, "currency": e.currency}
-    declined_at = {"refund_declined_at": e.declined_at}
-    await _set(tx, BOARD_BOOKINGS, e.booking_id, {**row, **declined_at})
+    row = {
+        "refund_declined": e.amount,
+        "refund_declined_note": note,
+        "refund_declined_at": e.declined_at,
+        "currency": e.currency,
+    }
+    await _set(tx, BOARD_BOOKINGS, e.booking_id, row)
 
 
 @handlers.on(RefundIssued)

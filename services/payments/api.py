@@ -25,7 +25,7 @@ from services.payments.domain import (
     Refund,
 )
 from services.payments.fees import CancellationFee, FeeStatus
-from services.payments.ledger import EntryKind, Holding, Plan, PlanKind
+from services.payments.ledger import Holding, Plan, PlanKind
 from services.payments.provider import (
     SIGNATURE_HEADER,
     ProviderResult,
@@ -91,25 +91,9 @@ class ReceiptView(Receipt):
         if view.write_off is not None:
             view.write_off = view.write_off.seen_by(actor.is_ops)
         view.reopened = [r.seen_by(actor.is_ops) for r in view.reopened]
-        if not (actor.is_ops or actor.role is Role.CUSTOMER):
-            # Why money went back (often a complaint's resolution) is the customer's and
-            # operations': the technician and the store see how much, not why.
-            view.refunds = [
-                r.model_copy(
-                    update={
-                        "reason": "",
-                        # nor what the customer's bank said of their card
-                        "parts": [
-                            p.model_copy(update={"declined": "declined"}) if p.declined else p
-                            for p in r.parts
-                        ],
-                    }
-                )
-                for r in view.refunds
-            ]
-            view.refunds_granted = [
-                g.model_copy(update={"reason": ""}) for g in view.refunds_granted
-            ]
+        insider = actor.is_ops or actor.role is Role.CUSTOMER
+        view.refunds = [r.seen_by(insider) for r in view.refunds]
+        view.refunds_granted = [g.seen_by(insider) for g in view.refunds_granted]
         return view
 
 
@@ -636,12 +620,7 @@ class HoldingView(Forbid):
 
     @classmethod
     def of(cls, holding: Holding, *, store: bool = False) -> HoldingView:
-        if store:  # a refund's why (a complaint's resolution) is not the store's to read
-            entries = [
-                e.model_copy(update={"note": ""}) if e.kind is EntryKind.REFUND else e
-                for e in holding.entries
-            ]
-            holding = holding.model_copy(update={"entries": entries})
+        holding = holding.seen_by(store=store)
         return cls(holding=holding, balance=holding.balance, spendable=holding.spendable(utcnow()))
 
 

@@ -397,10 +397,7 @@ async def _refund_declined(tx: Transaction, op: ProviderOp, reason: str, at: dat
         await CancellationFees(tx.db).save(fee, tx.session)
     else:
         receipt = await load(tx, op.receipt_id or "")
-        refund = next(r for r in receipt.refunds if r.refund_id == op.refund_id)
-        for part in refund.parts:
-            if part.to == "provider":
-                part.declined = reason
+        next(r for r in receipt.refunds if r.refund_id == op.refund_id).card_declined(reason)
         await Receipts(tx.db).save(receipt, tx.session)
     tx.emit(
         RefundDeclined(

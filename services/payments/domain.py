@@ -121,6 +121,23 @@ class Refund(Forbid):
     parts: list[RefundPart]
     at: datetime
 
+    def seen_by(self, insider: bool) -> Refund:
+        """Why money went back (often a complaint's resolution), and what the customer's bank
+        said of their card, are the customer's and operations': the technician and the
+        store see how much went back, and that a part was declined."""
+        if insider:
+            return self
+        parts = [
+            p.model_copy(update={"declined": "declined"}) if p.declined else p for p in self.parts
+        ]
+        return self.model_copy(update={"reason": "", "parts": parts})
+
+    def card_declined(self, reason: str) -> None:
+        """The provider refused the card part: it counts as not given back."""
+        for part in self.parts:
+            if part.to == "provider":
+                part.declined = reason
+
 
 class GrantedRefund(Forbid):
     """A refund a complaint granted before the money came in: made once it has."""
@@ -132,6 +149,9 @@ class GrantedRefund(Forbid):
     # Why it was told not made, once (operations wrote the money off): made all the same if
     # the write-off is taken back and paid.
     not_made: str | None = None
+
+    def seen_by(self, insider: bool) -> GrantedRefund:
+        return self if insider else self.model_copy(update={"reason": ""})
 
 
 class RefundsWaiting(Forbid):

@@ -176,6 +176,16 @@ class Holding(Forbid):
             self.expires_at = at + REFUND_GRACE
         return self._add(EntryKind.REFUND, units, at, receipt_id=receipt_id, note=note)
 
+    def seen_by(self, *, store: bool) -> Holding:
+        """A refund's why (a complaint's resolution) is not the store's to read."""
+        if not store:
+            return self
+        entries = [
+            e.model_copy(update={"note": ""}) if e.kind is EntryKind.REFUND else e
+            for e in self.entries
+        ]
+        return self.model_copy(update={"entries": entries})
+
     def expire(self, at: datetime) -> Entry | None:
         """Write off what is left once the holding has expired (idempotent)."""
         if not self.expired(at) or self.balance <= 0:

@@ -65,20 +65,19 @@ class Bookings:
         self._col = db[BOOKINGS]
 
     async def learn(self, booking_id: str, session: Session, **facts: object) -> None:
+        """The facts an event tells (one it does not tell, None, leaves what is known)."""
         known = {k: v for k, v in facts.items() if v is not None}
-        await self._col.update_one(
-            {"_id": booking_id}, {"$set": known}, upsert=True, session=session
-        )
+        await self._set(booking_id, known, session)
 
     async def assigned(
         self, booking_id: str, session: Session, technician_id: str, store_id: str | None
     ) -> None:
         """Who is coming, and from which store (none: the platform's own technician)."""
+        await self._set(booking_id, {"technician_id": technician_id, "store_id": store_id}, session)
+
+    async def _set(self, booking_id: str, fields: Document, session: Session) -> None:
         await self._col.update_one(
-            {"_id": booking_id},
-            {"$set": {"technician_id": technician_id, "store_id": store_id}},
-            upsert=True,
-            session=session,
+            {"_id": booking_id}, {"$set": fields}, upsert=True, session=session
         )
 
     async def sent_by(self, technician_id: str, store_id: str) -> bool:
