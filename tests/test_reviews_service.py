@@ -18,6 +18,7 @@ from services.reviews.storage import Complaints, Reviews
 from shared.events.booking import BookingRequested
 from shared.events.dispatch import (
     SafetyAlert,
+    ServiceVoided,
     TechnicianAssigned,
     TechnicianStatusChanged,
     TechnicianStatusChangedV1,
@@ -202,6 +203,85 @@ async def test_reviews_of_one_technician_at_once_each_count_in_the_last_quality_
     counted = [e["payload"]["reviews"] for e in events if e["type"] == QUALITY]
     assert sorted(counted) == list(range(1, n + 1))  # each review told once, none missed
     assert counted[-1] == n
+
+
+def voided(booking_id: str, customer: str, technician: str) -> ServiceVoided:
+    now = datetime.now(UTC)
+    return ServiceVoided(
+        booking_id=booking_id,
+        visit_id=f"vs_{booking_id}",
+        customer_id=customer,
+        technician_id=technician,
+        completed_at=now - timedelta(seconds=5),
+        cancelled_at=now - timedelta(seconds=10),
+        reason="plans changed",
+    )
+
+
+async def test_a_voided_visit_is_not_rated_and_a_review_written_before_counts_no_more(
+    platform: Platform, kafka_producer: AIOKafkaProducer, infra: Infra
+) -> None:
+    """The customer's cancellation crossed the technician's completion and stands: nothing to
+    rate. A review written in the gap stays readable, cannot be changed, and leaves the
+    technician's rating; a complaint about the visit may still be filed."""
+    tech = unique("tech_")
+    pleased, rated, unrated = unique("cus_"), unique("cus_"), unique("cus_")
+    async with platform.client("reviews") as reviews:
+        kept = await completed(kafka_producer, platform.prefix, pleased, tech)
+        gap = await completed(kafka_producer, platform.prefix, rated, tech)
+        never = await completed(kafka_producer, platform.prefix, unrated, tech)
+        for booking_id in (kept, gap, never):
+            await known(reviews, booking_id)
+        for booking_id, customer, stars in [
+            (kept, pleased, 5),
+            (gap, rated, 1),
+        ]:
+            r = await reviews.post(
+                "/reviews",
+                json={"booking_id": booking_id, "rating": stars},
+                headers=as_customer(customer),
+            )
+            assert r.status_code == 201, r.text
+        before = (await reviews.get(f"/technicians/{tech}/quality", headers=OPS)).json()
+        assert before["reviews"] == 2
+
+        await publish(kafka_producer, platform.prefix, voided(gap, rated, tech))
+        await publish(kafka_producer, platform.prefix, voided(never, unrated, tech))
+
+        async def withdrawn() -> Any:
+            request = await get_json(reviews, f"/review-requests/{never}", headers=OPS)
+            review = await get_json(reviews, f"/reviews/{gap}", headers=as_customer(rated))
+            done = request and request["status"] == "withdrawn" and review["withdrawn_at"]
+            return review if done else None
+
+        review = await eventually(withdrawn, what="the voided visits' reviews withdrawn")
+        assert review["rating"] == 1  # kept as written, for the record
+        after = (await reviews.get(f"/technicians/{tech}/quality", headers=OPS)).json()
+        assert (after["reviews"], after["rating"]) == (
+            1,
+            pytest.approx((4.0 * 5 + 5) / 6, abs=0.001),
+        )
+
+        late = await reviews.post(
+            "/reviews", json={"booking_id": never, "rating": 2}, headers=as_customer(unrated)
+        )
+        assert late.status_code == 409, late.text
+        assert "cancelled before its visit was completed" in late.json()["error"]["message"]
+        assert await get_json(reviews, f"/reviews/{never}", headers=OPS) is None
+        edit = await reviews.put(f"/reviews/{gap}", json={"rating": 5}, headers=as_customer(rated))
+        assert edit.status_code == 409, edit.text
+        assert (await reviews.get(f"/reviews/{gap}", headers=OPS)).json()["rating"] == 1
+        complaint = await complain(reviews, never, unrated, category="conduct")
+        assert complaint.status_code == 201, complaint.text
+
+    events = await keyed_events(
+        infra,
+        f"{platform.prefix}.reviews.events",
+        tech,
+        until=lambda found: sum(e["type"] == QUALITY for e in found) >= 3,
+    )
+    told = [e["payload"]["reviews"] for e in events if e["type"] == QUALITY]
+    assert told[:3] == [1, 2, 1]  # dispatch hears the withdrawn review leave the rating
 
 
 QUALITY = "reviews.technician_quality_changed"

@@ -101,6 +101,15 @@ async def post_review(body: ReviewIn, runtime: RuntimeDep, actor: ActorDep) -> R
         reviews = Reviews(tx.db)
         if await reviews.get(body.booking_id, tx.session) is not None:
             raise Conflict("this visit is reviewed already; change the review instead")
+        # Read in the transaction: a voiding at this moment also writes the invitation below,
+        # so the two conflict and the one retried sees the other.
+        now_known = await Bookings(tx.db).get(body.booking_id, tx.session)
+        if now_known is not None and now_known.voided_at is not None:
+            raise Conflict(
+                "the booking was cancelled before its visit was completed: there is no visit "
+                "to rate",
+                field="booking_id",
+            )
         now = utcnow()
         review = Review(
             booking_id=body.booking_id,

@@ -31,6 +31,7 @@ PRIOR_WEIGHT = 5  # the prior counts as this many reviews
 class ReviewRequestStatus(StrEnum):
     OPEN = "open"  # the customer may rate the visit
     REVIEWED = "reviewed"
+    WITHDRAWN = "withdrawn"  # the visit was voided: there is nothing to rate
 
 
 class ReviewRequest(Forbid):
@@ -54,16 +55,32 @@ class Review(Forbid):
     text: str = Field(default="", max_length=2000)
     created_at: datetime
     updated_at: datetime
+    withdrawn_at: datetime | None = Field(
+        default=None,
+        description="The visit was voided (the customer's cancellation crossed its completion): "
+        "the review no longer counts towards the technician",
+    )
     version: int = 0
 
     def edit(self, customer_id: str, at: datetime, **changes: object) -> None:
         if customer_id != self.customer_id:
             raise Forbidden("only the customer who wrote a review may change it")
+        if self.withdrawn_at is not None:
+            raise Conflict(
+                "the booking was cancelled before its visit was completed: its review is withdrawn"
+            )
         if at - self.created_at > REVIEW_EDIT_WINDOW:
             raise Conflict("a review can be changed only within a day of writing it")
         for name, value in changes.items():
             setattr(self, name, value)
         self.updated_at = at
+
+    def withdraw(self, at: datetime) -> bool:
+        """Whether this withdrew it (a second voiding changes nothing)."""
+        if self.withdrawn_at is not None:
+            return False
+        self.withdrawn_at = self.updated_at = at
+        return True
 
 
 def bayesian_rating(ratings: list[int]) -> float:

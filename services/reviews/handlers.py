@@ -10,15 +10,17 @@ from services.reviews.domain import (
     Channel,
     RemedyKind,
     ReviewRequest,
+    ReviewRequestStatus,
     Severity,
     open_complaint,
 )
-from services.reviews.storage import Bookings, ReviewRequests
+from services.reviews.storage import Bookings, ReviewRequests, Reviews
 from shared.consumer import Handlers
 from shared.events.booking import BookingRequested
 from shared.events.dispatch import (
     SafetyAlert,
     ServiceCompleted,
+    ServiceVoided,
     TechnicianAssigned,
     TechnicianReassigned,
     TechnicianStatusChanged,
@@ -92,6 +94,24 @@ async def invite_review(tx: Transaction, event: ServiceCompleted) -> None:
             technician_id=event.technician_id,
         )
     )
+
+
+@handlers.on(ServiceVoided)
+async def visit_voided(tx: Transaction, event: ServiceVoided) -> None:
+    """The customer's cancellation crossed the technician's completion, and it stands: there
+    is no visit to rate. A review written in between is kept, and no longer counts towards the
+    technician's rating. A complaint may still be filed: what happened at the door matters."""
+    await Bookings(tx.db).learn(event.booking_id, tx.session, voided_at=event.cancelled_at)
+    requests = ReviewRequests(tx.db)
+    request = await requests.get(event.booking_id, tx.session)
+    if request is not None and request.status is ReviewRequestStatus.OPEN:
+        request.status = ReviewRequestStatus.WITHDRAWN
+        await requests.save(request, tx.session)
+    reviews = Reviews(tx.db)
+    review = await reviews.get(event.booking_id, tx.session)
+    if review is not None and review.withdraw(utcnow()):
+        await reviews.save(review, tx.session)
+        await commands.publish_quality(tx, review.technician_id)
 
 
 # -------------------------------------------------------------- safety alerts --

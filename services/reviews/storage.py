@@ -25,6 +25,7 @@ REVIEWS = "reviews"
 COMPLAINTS = "complaints"
 QUALITY_TURNS = "quality_turns"
 MINUTE_MS, HOUR_MS = 60_000, 3_600_000
+COUNTED = {"withdrawn_at": None}  # a review of a voided visit is kept, and counts nowhere
 
 
 async def ensure_indexes(db: Database) -> None:
@@ -58,6 +59,7 @@ class BookingFacts(BaseModel):
     technician_id: str | None = None
     store_id: str | None = None
     completed_at: datetime | None = None
+    voided_at: datetime | None = None  # the customer's cancellation crossed the completion
 
 
 class Bookings:
@@ -103,13 +105,14 @@ class Reviews(Versioned[Review]):
         super().__init__(db, REVIEWS, Review, "booking_id")
 
     async def ratings_of(self, technician_id: str, session: Session = None) -> list[int]:
-        cursor = self.col.find({"technician_id": technician_id}, {"rating": 1}, session=session)
+        counted = {"technician_id": technician_id, **COUNTED}
+        cursor = self.col.find(counted, {"rating": 1}, session=session)
         return [int(d["rating"]) async for d in cursor]
 
     async def stars_given(self, match: Document) -> dict[int, int]:
         """How many of the matching reviews gave each number of stars (counted by MongoDB)."""
         pipeline: list[Document] = [
-            {"$match": match},
+            {"$match": {**match, **COUNTED}},
             {"$group": {"_id": "$rating", "n": {"$sum": 1}}},
         ]
         return {int(g["_id"]): g["n"] async for g in await self.col.aggregate(pipeline)}
