@@ -1241,7 +1241,7 @@ async def test_refunds_go_back_the_way_the_money_came_once_and_never_beyond_what
     )
 
 
-async def test_a_refund_the_card_refuses_is_the_customers_still_and_everyone_is_told(
+async def test_a_refund_the_card_refuses_is_the_customers_still_until_operations_repay_it(
     platform: Platform,
     kafka_producer: AIOKafkaProducer,
     infra: Infra,
@@ -1249,7 +1249,8 @@ async def test_a_refund_the_card_refuses_is_the_customers_still_and_everyone_is_
 ) -> None:
     """The provider declines a card refund after it was booked (a card whose account has
     closed): the money counts as not given back, so operations can refund it again; the
-    customer is told, and operations see it on the board."""
+    customer is told, and operations see it on the board until they record that they repaid
+    it another way (once, and never more than was paid)."""
     customer, store = unique("cus_"), unique("store_")
     async with platform.client("payments") as payments:
         await set_card(payments, customer, "pm_card_refund_fails")
@@ -1318,6 +1319,71 @@ async def test_a_refund_the_card_refuses_is_the_customers_still_and_everyone_is_
 
     row = await eventually(on_the_board, what="the declined refund on the board")
     assert "the card's account is closed" in row["refund_declined_note"]
+
+    # Operations repay the first another way: once, theirs alone to record.
+    first_id, whole_id = first.json()["refund_id"], whole.json()["refund_id"]
+    repaid_path = f"{url}/{first_id}/repaid"
+    transfer = {"way": "bank_transfer", "reference": "TR-2026-0042"}
+    async with platform.client("payments") as payments:
+        for body, headers, code in [
+            (transfer, as_customer(customer), 403),
+            ({**transfer, "way": "cheque"}, OPS, 422),
+            ({**transfer, "reference": ""}, OPS, 422),
+            ({**transfer, "note": "x"}, OPS, 422),
+        ]:
+            r = await payments.post(repaid_path, json=body, headers=headers)
+            assert r.status_code == code, (body, r.text)
+        unknown = await payments.post(f"{url}/rf_nobody/repaid", json=transfer, headers=OPS)
+        assert unknown.status_code == 404, unknown.text
+        unchanged = await get_json(payments, path, headers=OPS)
+        assert [r["parts"][0]["repaid"] for r in unchanged["refunds"]] == [None, None]
+        repaid = await payments.post(repaid_path, json=transfer, headers=OPS)
+        assert repaid.status_code == 200, repaid.text
+        twice = await payments.post(repaid_path, json=transfer, headers=OPS)
+        assert twice.status_code == 409, twice.text
+        # The whole refund was declined too: repaying it as well would give back more than
+        # was paid (1000 of it went back just now).
+        too_much = await payments.post(f"{url}/{whole_id}/repaid", json=transfer, headers=OPS)
+        assert too_much.status_code == 409, too_much.text
+        assert "would pay twice" in too_much.json()["error"]["message"]
+        now = await get_json(payments, path, headers=OPS)
+        assert now["refunds"][0]["parts"][0]["repaid"]["reference"] == "TR-2026-0042"
+        assert now["refunds"][1]["parts"][0]["repaid"] is None
+        seen = await get_json(payments, path, headers=as_customer(customer))
+        assert seen["refunds"][0]["parts"][0]["repaid"]["way"] == "bank_transfer"
+        assert seen["refunds"][0]["parts"][0]["repaid"]["by"] is None  # not which staff
+        # What was paid, less the 1000 repaid, may still be refunded; not a cent more.
+        beyond = await payments.post(
+            url,
+            json={"amount": paid - 1000 + 1, "reason": "more"},
+            headers={**OPS, "Idempotency-Key": unique("refund-")},
+        )
+        assert beyond.status_code == 409, beyond.text
+
+    events = await keyed_events(
+        infra,
+        f"{platform.prefix}.payments.events",
+        booking_id,
+        until=lambda found: "payments.refund_repaid" in {e["type"] for e in found},
+    )
+    told_repaid = [e["payload"] for e in events if e["type"] == "payments.refund_repaid"]
+    assert [(e["refund_id"], e["amount"], e["way"]) for e in told_repaid] == [
+        (first_id, 1000, "bank_transfer")
+    ]
+    async with platform.client("gateway") as api:
+
+        async def told_repaid_note() -> Any:
+            mine = (await api.get("/v1/notifications", headers=me)).json()
+            return next((n for n in mine if n["kind"] == "refund_repaid"), None)
+
+        note = await eventually(told_repaid_note, what="the customer told it was repaid")
+        assert "by bank transfer" in note["body"]
+
+    async def cleared() -> Any:
+        row = await board.find_one({"_id": booking_id})
+        return row if row and row.get("refund_declined") is None else None
+
+    await eventually(cleared, what="the decline off the booking's row once repaid")
 
 
 # ---------------------------------------------------------------------- chains --
@@ -2033,3 +2099,30 @@ async def test_signing_a_visit_after_its_late_cancellation_withdraws_the_fee(
             assert "the card's account is closed" in note["body"]
         else:
             assert "signed its receipt" in note["body"]
+    if after != "refund_declined":
+        return
+    # Operations repay the fee another way: refunded, and off their list of fees to act on.
+    fees_board = mongo[f"{platform.prefix}_gateway"]["board_fees"]
+    assert (await fees_board.find_one({"_id": fee_id}) or {}).get("status") == "refund_declined"
+    async with platform.client("payments") as payments:
+        repay = f"{path}/refund-repaid"
+        cash = {"way": "cash", "reference": "CASH-77"}
+        refused = await payments.post(repay, json=cash, headers=mine)
+        assert refused.status_code == 403, refused.text
+        r = await payments.post(repay, json=cash, headers=OPS)
+        assert r.status_code == 200, r.text
+        assert (r.json()["status"], r.json()["refund_repaid"]["reference"]) == (
+            "refunded",
+            "CASH-77",
+        )
+        again = await payments.post(repay, json=cash, headers=OPS)
+        assert again.status_code == 409, again.text
+        seen = await fee_is(payments, path, mine, "refunded")
+        assert seen["refund_repaid"]["reference"] is None  # the customer: the way, not the books
+
+    async def settled_on_board() -> Any:
+        row = await fees_board.find_one({"_id": fee_id})
+        return row if row and row["status"] == "refunded" else None
+
+    row = await eventually(settled_on_board, what="the fee repaid on the board")
+    assert row["note"] == "refund repaid in cash"

@@ -23,7 +23,8 @@ from shared.events.dispatch import (
     TechnicianStatusChanged,
     TechnicianStatusChangedV1,
 )
-from shared.events.reviews import TechnicianSuspendedV1
+from shared.events.payments import RefundDeclined, RefundIssued, RefundRepaid
+from shared.events.reviews import REMEDY_REFUND, TechnicianSuspendedV1, remedy_made_id
 from shared.events.types import GeoPoint, PricedLine
 from shared.mongo import Document
 from tests.conftest import Platform
@@ -1064,6 +1065,61 @@ async def test_a_refund_for_a_visit_cancelled_unpaid_shows_on_the_complaint_as_n
     assert "cancelled before its visit" in refund["not_made"]
     assert "refund not made" in [s["what"] for s in seen["timeline"]]
     assert mine["remedies"][0]["not_made"] == refund["not_made"]  # the customer sees why too
+
+
+async def test_a_refund_the_card_declined_is_not_made_until_operations_repay_it(
+    platform: Platform, kafka_producer: AIOKafkaProducer
+) -> None:
+    """Payments made a complaint's refund, the card would not take it back, and operations
+    repaid it by bank transfer (payments' three facts, as it publishes them): the remedy
+    shows made, then not made with what did not go back, then made again."""
+    async with platform.client("reviews") as reviews:
+        customer, complaint = await complained(reviews, kafka_producer, platform)
+        url = f"/complaints/{complaint['complaint_id']}"
+        proposed = await reviews.post(
+            f"{url}/resolution",
+            json={"text": "your money back", "remedies": [{"kind": "refund", "amount": 1500}]},
+            headers=OPS,
+        )
+        assert proposed.status_code == 200, proposed.text
+        (remedy,) = proposed.json()["remedies"]
+        refund_id = remedy_made_id(REMEDY_REFUND, complaint["complaint_id"], remedy["remedy_id"])
+        about = {
+            "refund_id": refund_id,
+            "receipt_id": "rc_test",
+            "booking_id": complaint["booking_id"],
+            "customer_id": customer,
+            "amount": 1500,
+            "currency": "EUR",
+        }
+        now = datetime.now(UTC)
+        for fact, shows in [
+            (
+                RefundIssued(**about, to_provider=1500, to_cash=0, to_prepaid=0, reason="sorry"),
+                lambda r: r["took_effect_at"] is not None,
+            ),
+            (
+                RefundDeclined(**about, reason="the card's account is closed", declined_at=now),
+                lambda r: r["took_effect_at"] is None and r["not_made"],
+            ),
+            (
+                RefundRepaid(**about, way="bank_transfer", repaid_at=now),
+                lambda r: r["took_effect_at"] is not None and r["not_made"] is None,
+            ),
+        ]:
+            await publish(kafka_producer, platform.prefix, fact)
+
+            async def marked(shows: Any = shows) -> Any:
+                c = await get_json(reviews, url, headers=OPS)
+                return c if c and shows(c["remedies"][0]) else None
+
+            seen = await eventually(marked, what=f"the remedy after {type(fact).__name__}")
+            if isinstance(fact, RefundDeclined):
+                not_made = seen["remedies"][0]["not_made"]
+                assert "15.00 EUR" in not_made
+                assert "closed" not in not_made  # the bank's words are operations' alone
+    took = [s["what"] for s in seen["timeline"]]
+    assert (took.count("refund took effect"), took.count("refund not made")) == (2, 1)
 
 
 async def test_kpis_match_a_hand_count_with_medians_of_even_and_odd_counts_in_the_period(

@@ -52,6 +52,7 @@ from shared.events.dispatch import (
     TechnicianReleased,
 )
 from shared.events.payments import (
+    REPAID,
     CancellationFeeEvent,
     CancellationFeeOwed,
     CancellationFeePaid,
@@ -65,6 +66,7 @@ from shared.events.payments import (
     ReceiptSigned,
     RefundDeclined,
     RefundIssued,
+    RefundRepaid,
     WriteOffReversed,
 )
 from shared.events.reviews import ComplaintUpdated, ReviewSubmitted
@@ -89,7 +91,8 @@ OPEN: dict[str, Document] = {
     BOARD_BOOKINGS: {"status": {"$nin": list(FINISHED)}},
     BOARD_ALERTS: {"acknowledged_at": None},
     BOARD_COMPLAINTS: {"closed_at": None},
-    BOARD_FEES: {"status": "owed"},
+    # Owed by the customer, or theirs to be repaid (the card would not take a refund back).
+    BOARD_FEES: {"status": {"$in": ["owed", "refund_declined"]}},
     BOARD_UNPAID: {"status": "due"},
 }
 STAMPS: dict[str, tuple[str, ...]] = {
@@ -395,7 +398,9 @@ async def complaint_updated(tx: Transaction, e: ComplaintUpdated) -> None:
 
 # ---------------------------------------------------------------------- fees --
 # A fee's events share its booking's key, so they arrive in the order they happened.
-def _fee(e: CancellationFeeEvent | RefundDeclined, status: str, **fields: Any) -> dict[str, Any]:
+def _fee(
+    e: CancellationFeeEvent | RefundDeclined | RefundRepaid, status: str, **fields: Any
+) -> dict[str, Any]:
     about = e.model_dump(include={"booking_id", "customer_id", "amount", "currency"})
     return {**about, "status": status, **fields}
 
@@ -442,9 +447,14 @@ async def refund_declined(tx: Transaction, e: RefundDeclined) -> None:
 
 
 @handlers.on(RefundIssued)
-async def refund_issued(tx: Transaction, e: RefundIssued) -> None:
-    """Operations refunded again: the decline is behind them (a new one says so again; a
-    booking's refunds share its key, so they come in order)."""
+@handlers.on(RefundRepaid)
+async def refund_issued(tx: Transaction, e: RefundIssued | RefundRepaid) -> None:
+    """Operations refunded again, or repaid another way: the decline is behind them (a new
+    one says so again; a booking's refunds share its key, so they come in order)."""
+    if isinstance(e, RefundRepaid) and e.fee_id is not None:
+        note = f"refund repaid {REPAID[e.way]}"
+        await _set(tx, BOARD_FEES, e.fee_id, _fee(e, "refunded", note=note, settled_at=e.repaid_at))
+        return
     cleared = {"refund_declined": None, "refund_declined_note": None}
     await _set(tx, BOARD_BOOKINGS, e.booking_id, cleared, upsert=False)
 

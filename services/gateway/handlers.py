@@ -20,6 +20,7 @@ from shared.events.dispatch import (
     TechnicianReleased,
 )
 from shared.events.payments import (
+    REPAID,
     CancellationFeeEvent,
     CancellationFeeOwed,
     CancellationFeePaid,
@@ -34,6 +35,7 @@ from shared.events.payments import (
     ReceiptSealed,
     ReceiptVoided,
     RefundDeclined,
+    RefundRepaid,
     WriteOffReversed,
 )
 from shared.events.reviews import (
@@ -459,6 +461,21 @@ async def refund_declined(tx: Transaction, event: RefundDeclined) -> None:
         title="Your card would not take a refund back",
         body=f"{_money(event.amount, event.currency)} could not go back to your card "
         f"({event.reason}). It is still yours: our team will repay it another way.",
+        booking_id=event.booking_id,
+        amount=event.amount,
+        currency=event.currency,
+    )
+
+
+@handlers.on(RefundRepaid)
+async def refund_repaid(tx: Transaction, event: RefundRepaid) -> None:
+    await tell(
+        tx,
+        f"customer:{event.customer_id}",
+        "refund_repaid",
+        title="We have repaid your refund",
+        body=f"{_money(event.amount, event.currency)} that your card would not take back was "
+        f"repaid to you {REPAID[event.way]}.",
         booking_id=event.booking_id,
         amount=event.amount,
         currency=event.currency,

@@ -23,6 +23,7 @@ from services.payments.domain import (
     Receipt,
     ReceiptStatus,
     Refund,
+    Repayment,
 )
 from services.payments.fees import CancellationFee, FeeStatus
 from services.payments.ledger import Holding, Plan, PlanKind
@@ -47,6 +48,7 @@ from services.payments.storage import (
 )
 from shared.auth import Actor, ActorDep, Role
 from shared.errors import Conflict, Forbidden, NotFound, Unauthenticated, Unprocessable
+from shared.events.payments import RepaidWay
 from shared.events.reviews import REMEDY_REFUND
 from shared.events.types import Amount, Currency, Sum
 from shared.locks import KeyedLocks
@@ -92,7 +94,7 @@ class ReceiptView(Receipt):
             view.write_off = view.write_off.seen_by(actor.is_ops)
         view.reopened = [r.seen_by(actor.is_ops) for r in view.reopened]
         insider = actor.is_ops or actor.role is Role.CUSTOMER
-        view.refunds = [r.seen_by(insider) for r in view.refunds]
+        view.refunds = [r.seen_by(insider, actor.is_ops) for r in view.refunds]
         view.refunds_granted = [g.seen_by(insider) for g in view.refunds_granted]
         return view
 
@@ -433,6 +435,33 @@ async def refund(
     )
 
 
+class RepaidIn(Forbid):
+    way: RepaidWay = Field(description="How the money went back instead of to the card")
+    reference: str = Field(
+        min_length=3,
+        max_length=120,
+        description="The bank transfer's reference, or the cash receipt's number",
+    )
+
+    def by(self, actor: Actor) -> Repayment:
+        return Repayment(way=self.way, reference=self.reference, by=actor.subject, at=utcnow())
+
+
+@router.post(
+    "/receipts/{receipt_id}/refunds/{refund_id}/repaid",
+    tags=["payments"],
+    summary="Operations record that they repaid another way a refund the card declined",
+)
+async def refund_repaid(
+    receipt_id: PathId, refund_id: PathId, body: RepaidIn, runtime: RuntimeDep, actor: ActorDep
+) -> Refund:
+    actor.require(Role.OPS)
+    repaid = body.by(actor)
+    return await runtime.uow.run(
+        lambda tx: commands.repay_refund(tx, receipt_id, refund_id, repaid)
+    )
+
+
 # ---------------------------------------------------------- cancellation fees --
 
 
@@ -507,6 +536,19 @@ async def waive_cancellation_fee(
     return await runtime.uow.run(
         lambda tx: commands.waive_cancellation_fee(tx, fee_id, actor.subject, body.reason)
     )
+
+
+@router.post(
+    "/cancellation-fees/{fee_id}/refund-repaid",
+    tags=["payments"],
+    summary="Operations record that they repaid another way a fee the card would not take back",
+)
+async def fee_refund_repaid(
+    fee_id: PathId, body: RepaidIn, runtime: RuntimeDep, actor: ActorDep
+) -> CancellationFee:
+    actor.require(Role.OPS)
+    repaid = body.by(actor)
+    return await runtime.uow.run(lambda tx: commands.repay_fee_refund(tx, fee_id, repaid))
 
 
 class WebhookIn(Forbid):

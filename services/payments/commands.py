@@ -22,6 +22,7 @@ from services.payments.domain import (
     Receipt,
     ReceiptStatus,
     Refund,
+    Repayment,
     SignatureMethod,
 )
 from services.payments.fees import PAYMENTS, CancellationFee, FeeStep
@@ -63,6 +64,7 @@ from shared.events.payments import (
     RefundDeclined,
     RefundIssued,
     RefundNotMade,
+    RefundRepaid,
     WriteOffReversed,
 )
 from shared.events.reviews import REMEDY_REFUND, RefundGranted, RefundGrantedV1, remedy_made_id
@@ -412,6 +414,43 @@ async def _refund_declined(tx: Transaction, op: ProviderOp, reason: str, at: dat
             declined_at=at,
         )
     )
+
+
+def fee_refund_id(fee_id: str) -> str:
+    """A fee's refund: its provider operation, and the refund its events name."""
+    return f"refund:{fee_id}:1"  # a fee is refunded once, whole
+
+
+async def repay_refund(
+    tx: Transaction, receipt_id: str, refund_id: str, repayment: Repayment
+) -> Refund:
+    """Operations gave back another way what a visit's card refund could not."""
+    receipt = await load(tx, receipt_id)
+    refund, amount = receipt.repay(refund_id, repayment)
+    await Receipts(tx.db).save(receipt, tx.session)
+    tx.emit(
+        RefundRepaid(
+            refund_id=refund_id,
+            receipt_id=receipt_id,
+            booking_id=receipt.booking_id,
+            customer_id=receipt.customer_id,
+            amount=amount,
+            currency=receipt.currency,
+            way=repayment.way,
+            repaid_at=repayment.at,
+        )
+    )
+    return refund
+
+
+async def repay_fee_refund(tx: Transaction, fee_id: str, repayment: Repayment) -> CancellationFee:
+    """Operations gave back another way the fee the card would not take back."""
+    fee = await _load_fee(tx, fee_id)
+    fee.repaid_by_hand(repayment)
+    await CancellationFees(tx.db).save(fee, tx.session)
+    repaid = {"way": repayment.way, "repaid_at": repayment.at}
+    tx.emit(RefundRepaid(**_about(fee), refund_id=fee_refund_id(fee_id), **repaid))
+    return fee
 
 
 async def collect_cash(
@@ -933,7 +972,7 @@ async def _fee_step(tx: Transaction, fee: CancellationFee, step: FeeStep) -> Non
         await _send(
             tx,
             ProviderOp(
-                op_id=f"refund:{fee.fee_id}:1",  # a fee is refunded once, whole
+                op_id=fee_refund_id(fee.fee_id),
                 kind="refund",
                 fee_id=fee.fee_id,
                 booking_id=fee.booking_id,

@@ -25,7 +25,8 @@ from pydantic import Field
 
 from services.payments.ledger import Holding, Unit
 from services.payments.sealing import Seal, digest
-from shared.errors import Conflict, Unprocessable
+from shared.errors import Conflict, NotFound, Unprocessable
+from shared.events.payments import RepaidWay
 from shared.events.types import Currency, MinorUnits, PricedLine
 from shared.schema import Forbid
 from shared.time import StoredTime
@@ -100,6 +101,19 @@ class Payment(Forbid):
     at: datetime
 
 
+class Repayment(Forbid):
+    """Money a declined card refund still owed, given back another way by operations."""
+
+    way: RepaidWay
+    # The transfer's, or the cash receipt's, and who: operations' own (`seen_by`).
+    reference: str | None
+    by: str | None
+    at: StoredTime
+
+    def seen_by(self, ops: bool) -> Repayment:
+        return self if ops else self.model_copy(update={"reference": None, "by": None})
+
+
 class RefundPart(Forbid):
     to: str  # provider, cash, holding
     amount: int
@@ -108,10 +122,26 @@ class RefundPart(Forbid):
     # Why the provider refused to give this part back: the money is still the customer's
     # to be refunded (another refund may give it back), and operations are told.
     declined: str | None = None
+    repaid: Repayment | None = None  # operations gave it back another way after all
+
+    def seen_by(self, insider: bool, ops: bool) -> RefundPart:
+        if self.declined is None:
+            return self
+        return self.model_copy(
+            update={
+                "declined": self.declined if insider else "declined",
+                "repaid": self.repaid.seen_by(ops) if self.repaid else None,
+            }
+        )
+
+    @property
+    def owed(self) -> bool:
+        """Declined by the card and not repaid another way: still the customer's money."""
+        return self.declined is not None and self.repaid is None
 
     @property
     def given_back(self) -> int:
-        return 0 if self.declined is not None else self.amount
+        return 0 if self.owed else self.amount
 
 
 class Refund(Forbid):
@@ -121,22 +151,31 @@ class Refund(Forbid):
     parts: list[RefundPart]
     at: datetime
 
-    def seen_by(self, insider: bool) -> Refund:
+    def seen_by(self, insider: bool, ops: bool) -> Refund:
         """Why money went back (often a complaint's resolution), and what the customer's bank
         said of their card, are the customer's and operations': the technician and the
-        store see how much went back, and that a part was declined."""
-        if insider:
-            return self
-        parts = [
-            p.model_copy(update={"declined": "declined"}) if p.declined else p for p in self.parts
-        ]
-        return self.model_copy(update={"reason": "", "parts": parts})
+        store see how much went back, and that a part was declined. How operations repaid
+        it is theirs to know in full; everyone else sees the way and when."""
+        parts = [part.seen_by(insider, ops) for part in self.parts]
+        return self.model_copy(update={"reason": self.reason if insider else "", "parts": parts})
 
     def card_declined(self, reason: str) -> None:
         """The provider refused the card part: it counts as not given back."""
         for part in self.parts:
             if part.to == "provider":
                 part.declined = reason
+
+    def repaid_by_hand(self, repayment: Repayment) -> int:
+        """Operations gave the declined card part back another way: what they gave."""
+        owed = [part for part in self.parts if part.owed]
+        if not owed:
+            raise Conflict(
+                f"refund {self.refund_id} has no declined card part left to repay",
+                field="refund_id",
+            )
+        for part in owed:
+            part.repaid = repayment
+        return sum(part.amount for part in owed)
 
 
 class GrantedRefund(Forbid):
@@ -316,6 +355,20 @@ class Receipt(Forbid):
         self.write_off = None
         self.status = ReceiptStatus.SEALED
         return reopening
+
+    def repay(self, refund_id: str, repayment: Repayment) -> tuple[Refund, int]:
+        """Operations gave back another way what the card would not take back of a refund:
+        the refund, and how much they gave."""
+        refund = next((r for r in self.refunds if r.refund_id == refund_id), None)
+        if refund is None:
+            raise NotFound(f"receipt {self.receipt_id} has no refund {refund_id}")
+        if self.refundable < sum(part.amount for part in refund.parts if part.owed):
+            raise Conflict(
+                f"what the card would not take back of {refund_id} went back since, by another "
+                "refund: repaying it again would pay twice",
+                field="refund_id",
+            )
+        return refund, refund.repaid_by_hand(repayment)
 
     @property
     def paid(self) -> int:
@@ -533,7 +586,7 @@ def _refunded_so_far(
     back_units: dict[str, int] = {}
     for r in receipt.refunds:
         for part in r.parts:
-            if part.declined is not None:
+            if part.owed:
                 continue
             if part.to == "holding" and part.holding_id:
                 back_amount[part.holding_id] = back_amount.get(part.holding_id, 0) + part.amount

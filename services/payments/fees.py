@@ -14,6 +14,7 @@ and a charge under way is let finish and then waived or refunded.
     owed ──charge──> charging ──provider succeeded──> paid ──withdrawn──> refunded
      ^                  │                                                    │
      └──declined────────┘                       refund_declined <──provider refused
+                                          operations repaid it another way ──> refunded
     owed ──operations, or withdrawn──> waived
 """
 
@@ -22,6 +23,7 @@ from __future__ import annotations
 from datetime import datetime
 from enum import StrEnum
 
+from services.payments.domain import Repayment
 from shared.errors import Conflict
 from shared.events.types import Currency, MinorUnits
 from shared.schema import Forbid
@@ -70,13 +72,16 @@ class CancellationFee(Forbid):
     withdrawn: str = ""  # why the fee no longer stands ("" while it does)
     refunded_at: StoredTime | None = None
     refund_failure: str = ""  # why the provider would not give it back
+    refund_repaid: Repayment | None = None  # and how operations gave it back instead
     version: int = 0
 
     def seen_by(self, ops: bool) -> CancellationFee:
         """The customer is told a fee was waived, and why, not which staff member did it."""
-        if ops or self.waived_by in (None, PAYMENTS):
+        if ops:
             return self
-        return self.model_copy(update={"waived_by": "operations"})
+        waived_by = "operations" if self.waived_by not in (None, PAYMENTS) else self.waived_by
+        repaid = self.refund_repaid.seen_by(ops) if self.refund_repaid else None
+        return self.model_copy(update={"waived_by": waived_by, "refund_repaid": repaid})
 
     def charge(self) -> int:
         """Start a charge; returns its attempt number (part of its idempotency key)."""
@@ -132,6 +137,15 @@ class CancellationFee(Forbid):
             return False
         self.status, self.refund_failure = FeeStatus.REFUND_DECLINED, reason
         return True
+
+    def repaid_by_hand(self, repayment: Repayment) -> None:
+        """Operations gave back, another way, the fee the card would not take back."""
+        if self.status is not FeeStatus.REFUND_DECLINED:
+            raise Conflict(
+                f"the cancellation fee is {self.status.value}: only a refund the card declined "
+                "is repaid another way"
+            )
+        self.status, self.refund_repaid = FeeStatus.REFUNDED, repayment
 
     def _must_be_charging(self) -> None:
         if self.status is not FeeStatus.CHARGING:

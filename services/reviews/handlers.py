@@ -26,7 +26,13 @@ from shared.events.dispatch import (
     TechnicianStatusChanged,
     TechnicianStatusChangedV1,
 )
-from shared.events.payments import CouponGranted, RefundDeclined, RefundIssued, RefundNotMade
+from shared.events.payments import (
+    CouponGranted,
+    RefundDeclined,
+    RefundIssued,
+    RefundNotMade,
+    RefundRepaid,
+)
 from shared.events.reviews import (
     REMEDY_COUPON,
     REMEDY_REFUND,
@@ -180,6 +186,12 @@ async def refund_declined(tx: Transaction, event: RefundDeclined) -> None:
     part = f"{event.amount / 100:.2f} {event.currency}"
     why = f"the card would not take {part} of the refund back: operations repay it"
     await _made_elsewhere(tx, event.refund_id, REMEDY_REFUND, RemedyKind.REFUND, why, undone=True)
+
+
+@handlers.on(RefundRepaid)
+async def refund_repaid(tx: Transaction, event: RefundRepaid) -> None:
+    # Operations gave back another way what the card would not take: made after all.
+    await _made_elsewhere(tx, event.refund_id, REMEDY_REFUND, RemedyKind.REFUND)
 
 
 @handlers.on(CouponGranted)

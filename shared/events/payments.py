@@ -225,6 +225,30 @@ class RefundDeclined(EventPayload):
     declined_at: datetime
 
 
+RepaidWay = Literal["bank_transfer", "cash", "other"]
+REPAID: dict[str, str] = {
+    "bank_transfer": "by bank transfer",
+    "cash": "in cash",
+    "other": "another way",
+}
+
+
+@event("payments.refund_repaid", version=1, stream=STREAM, key="booking_id")
+class RefundRepaid(EventPayload):
+    """Operations gave back, another way, the money of a card refund the provider declined
+    (`payments.refund_declined`): the refund is made after all."""
+
+    refund_id: str = Field(description="As `payments.refund_declined` named it")
+    receipt_id: str | None = Field(default=None, description="The visit's receipt, if any")
+    fee_id: str | None = Field(default=None, description="The cancellation fee, if a fee's")
+    booking_id: str
+    customer_id: str
+    amount: MinorUnits = Field(description="What the card would not take back, now repaid")
+    currency: Currency
+    way: RepaidWay
+    repaid_at: datetime
+
+
 @event("payments.refund_not_made", version=1, stream=STREAM, key="booking_id")
 class RefundNotMade(EventPayload):
     """A refund a complaint granted that payments cannot make: nothing was paid (the visit's

@@ -8,11 +8,11 @@ from datetime import UTC, datetime, timedelta
 import pytest
 
 from services.payments import domain
-from services.payments.domain import Coupon, Payment, Receipt, ReceiptStatus
+from services.payments.domain import Coupon, Payment, Receipt, ReceiptStatus, Refund, Repayment
 from services.payments.fees import CancellationFee, FeeStatus, FeeStep
 from services.payments.ledger import EntryKind, Holding, Plan, PlanKind, Unit, sell
 from services.payments.provider import sign_webhook, webhook_is_authentic
-from shared.errors import Conflict, Unprocessable
+from shared.errors import Conflict, NotFound, Unprocessable
 from shared.events.types import PricedLine
 
 NOW = datetime(2030, 5, 1, 8, 0, tzinfo=UTC)
@@ -199,6 +199,62 @@ def test_a_refund_goes_back_to_the_provider_first_and_never_beyond_what_was_paid
         domain.allocate_refund(receipt, 6001)
     with pytest.raises(Unprocessable):
         domain.allocate_refund(receipt, -5)
+
+
+def refunded(receipt: Receipt, refund_id: str, amount: int) -> Refund:
+    parts = domain.allocate_refund(receipt, amount)
+    refund = Refund(refund_id=refund_id, amount=amount, reason="late", parts=parts, at=NOW)
+    receipt.refunds.append(refund)
+    return refund
+
+
+BY_TRANSFER = Repayment(way="bank_transfer", reference="TR-1", by="ops_1", at=NOW)
+
+
+def test_a_declined_card_refund_is_owed_until_repaid_another_way_once() -> None:
+    receipt = paid_receipt(("provider", 6000))
+    refunded(receipt, "rf_1", 2000).card_declined("the card's account is closed")
+    assert (receipt.refunded, receipt.refundable) == (0, 6000)  # still the customer's
+    with pytest.raises(NotFound):
+        receipt.repay("rf_none", BY_TRANSFER)
+    refund, amount = receipt.repay("rf_1", BY_TRANSFER)
+    assert (amount, refund.parts[0].repaid) == (2000, BY_TRANSFER)
+    assert (receipt.refunded, receipt.refundable) == (2000, 4000)
+    with pytest.raises(Conflict, match="no declined card part"):
+        receipt.repay("rf_1", BY_TRANSFER)  # repaid once
+    # Nobody but operations reads how, or who; the technician not the bank's words either.
+    seen = refund.seen_by(insider=False, ops=False).parts[0]
+    assert (seen.declined, seen.repaid) == (
+        "declined",
+        BY_TRANSFER.model_copy(update={"reference": None, "by": None}),
+    )
+    assert refund.seen_by(insider=True, ops=True) == refund
+
+
+def test_a_declined_refund_given_back_since_by_another_is_not_repaid_twice() -> None:
+    receipt = paid_receipt(("provider", 6000))
+    refunded(receipt, "rf_1", 6000).card_declined("disputed")
+    refunded(receipt, "rf_2", 6000)  # operations refunded it all again, and it went through
+    assert receipt.refundable == 0
+    with pytest.raises(Conflict, match="would pay twice"):
+        receipt.repay("rf_1", BY_TRANSFER)
+
+
+def test_only_a_fee_whose_refund_the_card_declined_is_repaid_by_hand() -> None:
+    fee = late_fee()
+    with pytest.raises(Conflict, match="owed"):
+        fee.repaid_by_hand(BY_TRANSFER)
+    fee.charge()
+    fee.paid("sbx_1", NOW)
+    fee.withdraw("payments", SIGNED, NOW)
+    assert fee.refund_declined("disputed")
+    fee.repaid_by_hand(BY_TRANSFER)
+    assert (fee.status, fee.refund_repaid) == (FeeStatus.REFUNDED, BY_TRANSFER)
+    assert fee.seen_by(ops=False).refund_repaid == BY_TRANSFER.model_copy(
+        update={"reference": None, "by": None}
+    )
+    with pytest.raises(Conflict, match="refunded"):
+        fee.repaid_by_hand(BY_TRANSFER)
 
 
 def test_a_refund_reaching_a_package_gives_back_whole_visits_and_nothing_twice() -> None:
