@@ -629,6 +629,34 @@ async def test_not_the_person_halts_the_visit_at_once_with_a_safety_alert(
         ("not_the_person", "critical", tech)
     ]
 
+    # Booking stops too (it used to wait at "arrived" for ever, not cancellable): the person
+    # at the door no longer reads the home, and the customer cancels it, free.
+    async def stopped() -> Any:
+        b = await get_json(scene.booking, f"/bookings/{booking_id}")
+        return b if b and b["halted_at"] else None
+
+    halted = await eventually(stopped, what="booking stopped by the alert")
+    assert halted["status"] == "arrived"
+    assert "not the one shown" in halted["timeline"][-1]["note"]
+    theirs = await scene.booking.get(f"/bookings/{booking_id}", headers=as_technician(tech))
+    assert theirs.status_code == 200, theirs.text
+    assert theirs.json()["address"] is None
+    care = await scene.booking.get(
+        f"/bookings/{booking_id}/care-profile", headers=as_technician(tech)
+    )
+    assert care.status_code == 403, care.text
+    off = await scene.booking.post(
+        f"/bookings/{booking_id}/cancel", headers=as_customer(scene.customer)
+    )
+    assert off.status_code == 200, off.text
+    assert (off.json()["status"], off.json()["cancellation_fee"]) == ("cancelled", 0)
+
+    async def visit_cancelled() -> Any:
+        visit = await scene.visit(booking_id)
+        return visit if visit["status"] == "cancelled" else None
+
+    await eventually(visit_cancelled, what="dispatch cancels the halted visit")
+
 
 async def test_the_customer_may_confirm_in_the_app_instead_of_the_code(scene: Scene) -> None:
     tech, booking_id = await assigned_scene(scene)

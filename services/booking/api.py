@@ -488,7 +488,7 @@ class BookingView(BaseModel):
     region: str
     address: AddressSnapshot | None = Field(
         description="To the customer and operations; to the technician only from accepting "
-        "the visit until it closes; never to a store"
+        "the visit until it is done (and not once a safety alert stopped it); never to a store"
     )
     timing: Timing
     window_start: datetime
@@ -502,6 +502,11 @@ class BookingView(BaseModel):
     cancellation_fee_after_cutoff: MinorUnits
     free_cancellation_until: datetime
     cancellation_fee: MinorUnits | None
+    halted_at: datetime | None = Field(
+        None,
+        description="A safety alert stopped the visit (wrong codes, or not the person shown): "
+        "it goes no further, and the customer or operations cancel it, free",
+    )
     technician: TechnicianIdentity | None
     preferred_technician_id: str | None
     rebooked_from: str | None
@@ -540,6 +545,7 @@ def view(
                 "window_start",
                 "window_end",
                 "cancellation_fee",
+                "halted_at",
                 "technician",
                 "preferred_technician_id",
                 "rebooked_from",
@@ -857,7 +863,7 @@ async def care_profile_for_technician(
     if not booking.address_visible_to(actor):
         raise Forbidden(
             "only the technician assigned to this visit reads the care profile, "
-            "from accepting the visit until it closes"
+            "from accepting the visit until it is done"
         )
     customer = await _customer(runtime, booking.customer_id)
     return CareProfileView(

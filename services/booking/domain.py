@@ -73,9 +73,10 @@ ALLOWED: Mapping[BookingStatus, frozenset[BookingStatus]] = {
     S.EN_ROUTE: frozenset(
         {S.REQUESTED, S.ASSIGNED, S.CANCELLED, S.DISPATCH_FAILED} | set(LIFECYCLE[3:])
     ),
-    S.ARRIVED: frozenset(LIFECYCLE[4:]),
-    S.IDENTITY_CONFIRMED: frozenset(LIFECYCLE[5:]),
-    S.IN_SERVICE: frozenset(LIFECYCLE[6:]),
+    # At the door or inside, cancelled only once a safety alert stopped the visit (`halt`).
+    S.ARRIVED: frozenset({S.CANCELLED} | set(LIFECYCLE[4:])),
+    S.IDENTITY_CONFIRMED: frozenset({S.CANCELLED} | set(LIFECYCLE[5:])),
+    S.IN_SERVICE: frozenset({S.CANCELLED} | set(LIFECYCLE[6:])),
     S.COMPLETED: frozenset(LIFECYCLE[7:]),
     S.RECEIPT_SIGNED: frozenset({S.CLOSED}),
     S.CLOSED: frozenset(),
@@ -115,8 +116,17 @@ class TimelineEntry(BaseModel):
     note: str | None = None
 
 
-# From accepting the visit until it closes: the technician may read the address and care profile.
-TECHNICIAN_SEES_HOME = frozenset(LIFECYCLE[LIFECYCLE.index(S.ASSIGNED) : LIFECYCLE.index(S.CLOSED)])
+# From accepting the visit until it is done: the technician may read the address and care
+# profile (dispatch hides the door from the completion on too). Not after, however long the
+# receipt waits for a signature or the money.
+TECHNICIAN_SEES_HOME = frozenset(
+    LIFECYCLE[LIFECYCLE.index(S.ASSIGNED) : LIFECYCLE.index(S.COMPLETED)]
+)
+# The safety alerts that stop a visit where it stands (dispatch halts it).
+HALTING_ALERTS = {
+    "wrong_code_lockout": "the visit code was entered wrong too many times",
+    "not_the_person": "the customer said the person at the door was not the one shown",
+}
 
 
 def require_own_customer(actor: Actor, customer_id: str) -> None:
@@ -168,6 +178,7 @@ class Booking(BaseModel):
     rebooked_from: str | None = None
     redo_for_complaint: str | None = None  # a free visit putting a complaint right
     cancellation_fee: int | None = None
+    halted_at: datetime | None = None  # a safety alert stopped the visit: see `halt`
     timeline: list[TimelineEntry] = Field(default_factory=list)
     version: int = 0
     idempotency_key: str | None = None
@@ -236,13 +247,15 @@ class Booking(BaseModel):
 
     def address_visible_to(self, actor: Actor) -> bool:
         """The customer's address (and care profile): to the technician only from accepting
-        the visit until it closes; never to a store."""
+        the visit until it is done, and not once a safety alert stopped it; never to a
+        store."""
         if actor.is_ops or self.owned_by(actor):
             return True
         return (
             actor.role is Role.TECHNICIAN
             and self.serves(actor)
             and self.status in TECHNICIAN_SEES_HOME
+            and self.halted_at is None
         )
 
     def release(self, technician_id: str, at: datetime) -> bool:
@@ -279,14 +292,26 @@ class Booking(BaseModel):
         self.technician = technician
         return previous
 
+    def halt(self, at: datetime, kind: str) -> bool:
+        """A safety alert stopped the visit where it stands: the technician no longer sees the
+        home, nothing moves the visit on, and the customer or operations cancel it, free.
+        False if it was over already, or halted before."""
+        if self.halted_at is not None or self.status not in TECHNICIAN_SEES_HOME:
+            return False
+        self.halted_at = at
+        why = HALTING_ALERTS.get(kind, kind.replace("_", " "))
+        self.timeline.append(TimelineEntry(status=self.status, at=at, note=f"stopped: {why}"))
+        return True
+
     def cancel(self, at: datetime, reason: str) -> int:
-        """Cancel; returns the fee: free until the cut-off before the window, then the fee."""
-        if self.status not in CANCELLABLE:
+        """Cancel; returns the fee: free until the cut-off before the window, then the fee;
+        free, and at any stage, once a safety alert stopped the visit."""
+        if self.status not in CANCELLABLE and self.halted_at is None:
             raise IllegalTransition(
                 f"booking {self.booking_id} cannot be cancelled once {self.status}",
                 field="status",
             )
-        fee = cancellation_fee(self.quote, at)
+        fee = 0 if self.halted_at is not None else cancellation_fee(self.quote, at)
         self.move_to(S.CANCELLED, at, f"{reason}; fee {fee}")
         self.cancellation_fee = fee
         return fee
@@ -296,6 +321,12 @@ class Booking(BaseModel):
         if self.status not in RESCHEDULABLE:
             raise IllegalTransition(
                 f"booking {self.booking_id} cannot be rescheduled once {self.status}",
+                field="status",
+            )
+        if self.halted_at is not None:
+            raise IllegalTransition(
+                f"booking {self.booking_id} was stopped by a safety alert: cancel it (free) and "
+                "book again",
                 field="status",
             )
         check_window(start, end, at)

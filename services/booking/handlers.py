@@ -12,6 +12,7 @@ from datetime import datetime
 
 from services.booking.commands import change, place
 from services.booking.domain import (
+    HALTING_ALERTS,
     PAID,
     REOPENED,
     REOPENED_CASH,
@@ -28,6 +29,7 @@ from shared.consumer import Handlers
 from shared.events.dispatch import (
     DispatchFailed,
     IdentityConfirmed,
+    SafetyAlert,
     ServiceCompleted,
     ServiceStarted,
     TechnicianArrived,
@@ -111,6 +113,14 @@ async def dispatch_failed(tx: Transaction, event: DispatchFailed) -> None:
         event.event_type,
         lambda b: b.observe(BookingStatus.DISPATCH_FAILED, utcnow(), event.reason),
     )
+
+
+@handlers.on(SafetyAlert)
+async def safety_alert(tx: Transaction, event: SafetyAlert) -> None:
+    """Wrong codes, or not the person shown: dispatch halted the visit. The booking stops
+    too, so the customer or operations can cancel it; a far check-in is only a warning."""
+    if event.kind in HALTING_ALERTS:
+        await _apply(tx, event.booking_id, event.event_type, lambda b: b.halt(event.at, event.kind))
 
 
 @handlers.on(TechnicianEnRoute)

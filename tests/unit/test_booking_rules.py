@@ -410,6 +410,45 @@ def test_cancel_is_refused_once_the_visit_is_under_way_or_over(status: BookingSt
     assert b.status is status
 
 
+def on_visit(status: BookingStatus, start: datetime | None = None) -> Booking:
+    b = booking(start=start)
+    b.assign(tech(), NOW)
+    b.status = status
+    return b
+
+
+THEIR_TECHNICIAN = Actor(role=Role.TECHNICIAN, subject="tech_1")
+
+
+@pytest.mark.parametrize("status", LIFECYCLE)
+def test_the_technician_sees_the_home_from_accepting_until_the_visit_is_done(
+    status: BookingStatus,
+) -> None:
+    """Not while the receipt waits for a signature or the money: that may never end."""
+    on_the_way_or_inside = {S.ASSIGNED, S.EN_ROUTE, S.ARRIVED, S.IDENTITY_CONFIRMED, S.IN_SERVICE}
+    seen = on_visit(status).address_visible_to(THEIR_TECHNICIAN)
+    assert seen is (status in on_the_way_or_inside)
+    assert on_visit(status).address_visible_to(Actor(role=Role.TECHNICIAN, subject="x")) is False
+
+
+def test_a_visit_a_safety_alert_stopped_hides_the_home_and_is_cancelled_free_not_moved() -> None:
+    late = NOW + timedelta(hours=5)  # past the free cut-off: a fee, were it not for the alert
+    at_door, before = on_visit(S.ARRIVED, late), on_visit(S.ASSIGNED, late)
+    for b in (at_door, before):
+        assert b.halt(NOW, "not_the_person") is True
+        assert b.halt(NOW, "not_the_person") is False  # once
+        assert b.address_visible_to(THEIR_TECHNICIAN) is False
+        assert "not the one shown" in (b.timeline[-1].note or "")
+    with pytest.raises(IllegalTransition, match="safety alert"):
+        before.reschedule(NOW + timedelta(days=4), NOW + timedelta(days=4, hours=2), HOURS, NOW)
+    assert before.status is S.ASSIGNED
+    for b in (at_door, before):
+        assert b.cancel(NOW, "not the person shown") == 0
+        assert b.status is S.CANCELLED
+    done = on_visit(S.COMPLETED)
+    assert done.halt(NOW, "wrong_code_lockout") is False  # over already: nothing to stop
+
+
 def test_reschedule_keeps_booked_prices_and_recomputes_the_after_hours_surcharge() -> None:
     b = booking()
     late = datetime(2030, 6, 15, 20, 0, tzinfo=UTC)  # 21:00 in Lisbon
