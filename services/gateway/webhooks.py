@@ -124,7 +124,7 @@ async def resolve(host: str, port: int) -> list[str]:
     """The host's addresses, in the resolver's order (none if it does not resolve)."""
     try:
         infos = await asyncio.get_running_loop().getaddrinfo(host, port, proto=6)
-    except OSError:
+    except (OSError, UnicodeError):  # a label over 63 characters fails its IDNA encoding
         return []
     return list(dict.fromkeys(str(info[4][0]) for info in infos))
 

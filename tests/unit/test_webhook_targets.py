@@ -59,6 +59,12 @@ def test_a_host_that_does_not_resolve_is_refused() -> None:
     assert refused_target("https", [], False) == "the webhook's host does not resolve"
 
 
+async def test_a_host_with_a_label_too_long_to_encode_is_refused_not_a_crash() -> None:
+    # getaddrinfo raises UnicodeError (not OSError) for a label over 63 characters.
+    url = f"https://{'a' * 64}.example.com/hook"
+    assert await target_refusal(url, private_allowed=False) == "the webhook's host does not resolve"
+
+
 def test_development_allows_this_machine_and_plain_http() -> None:
     assert refused_target("http", ["127.0.0.1"], private_allowed=True) is None
 
