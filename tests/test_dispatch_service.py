@@ -14,8 +14,10 @@ from typing import Any
 
 import httpx
 import pytest
+from pymongo import AsyncMongoClient
 
 from shared.events.types import GeoPoint
+from shared.mongo import Document
 from tests.conftest import Platform
 from tests.harness import Infra, eventually, keyed_events
 from tests.seed import (
@@ -379,13 +381,21 @@ async def test_twenty_bookings_racing_for_five_technicians_never_double_book(
 
 # --------------------------------------------------------------- reassignment --
 async def test_a_dropped_visit_goes_to_another_technician_and_the_customer_sees_both(
-    scene: Scene, infra: Infra
+    scene: Scene, infra: Infra, mongo: AsyncMongoClient[Document]
 ) -> None:
     first = await scene.technician(location=NEAR)
     second = await scene.technician(location=FAR)
     booking_id = await scene.book()
     await accept_offer(scene.dispatch, first, booking_id)
     old_code = await door_code(scene, booking_id)
+    # As if booked days ago: the first search's time ran out long before the drop (the new
+    # search used to inherit it, and failed the visit without a single offer).
+    ran_out = datetime.now(UTC) - timedelta(days=2)
+    visits = mongo[f"{scene.platform.prefix}_dispatch"]["visits"]
+    moved = await visits.update_one(
+        {"booking_id": booking_id}, {"$set": {"booked_at": ran_out, "search_deadline": ran_out}}
+    )
+    assert moved.modified_count == 1
     r = await scene.dispatch.post(
         f"/visits/{booking_id}/drop",
         json={"reason": "car broke down"},

@@ -123,6 +123,7 @@ def replace(tx: Transaction, visit: Visit, reason: str) -> None:
     """Search again; the technician who had accepted is told to booking at once, so they
     stop seeing the customer's home (not when, or if, somebody else accepts)."""
     leaving = visit.replace(reason)
+    visit.search_from(utcnow(), timedelta(seconds=tx.settings.search_timeout_s))
     if leaving is not None:
         tx.emit(
             TechnicianReleased(
@@ -547,6 +548,7 @@ async def recheck_after_reschedule(tx: Transaction, visit: Visit) -> None:
     if visit.status not in HOLDS_TIME:
         if visit.status in {VisitStatus.SEARCHING, VisitStatus.FAILED}:
             visit.status = VisitStatus.SEARCHING
+            visit.search_from(utcnow(), timedelta(seconds=tx.settings.search_timeout_s))
             await save(tx, visit)
             await request_round(tx, visit.region)
         return

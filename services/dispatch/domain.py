@@ -542,6 +542,13 @@ class Visit(Forbid):
         self.code_digest, self.failure = None, reason
         return leaving
 
+    def search_from(self, now: datetime, timeout: timedelta) -> None:
+        """A search starting again (the technician left, the window moved) has its own
+        search time from now, never past the window: not what was left of the first one."""
+        self.search_deadline = max(
+            self.search_deadline, search_deadline(now, self.window_end, timeout)
+        )
+
     def assign_by_hand(self, tech: Technician) -> TechnicianIdentity | None:
         """Operations choose the technician; returns the one replaced, if any."""
         if self.status not in {V.SEARCHING, V.FAILED} | REPLACEABLE:
@@ -684,9 +691,9 @@ class Visit(Forbid):
         return done
 
 
-def search_deadline(booked_at: datetime, window_end: datetime, timeout: timedelta) -> datetime:
+def search_deadline(since: datetime, window_end: datetime, timeout: timedelta) -> datetime:
     """How long a booking may wait for anybody: the search time, never past its window."""
-    return min(booked_at + timeout, window_end)
+    return min(since + timeout, window_end)
 
 
 def new_visit_id() -> str:

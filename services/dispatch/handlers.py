@@ -100,12 +100,6 @@ async def booking_rescheduled(tx: Transaction, event: BookingRescheduled) -> Non
         return
     visit.window_start, visit.window_end = event.window_start, event.window_end
     visit.duration_minutes = event.duration_minutes
-    visit.search_deadline = max(
-        visit.search_deadline,
-        search_deadline(
-            visit.booked_at, event.window_end, timedelta(seconds=tx.settings.search_timeout_s)
-        ),
-    )
     await commands.recheck_after_reschedule(tx, visit)
 
 

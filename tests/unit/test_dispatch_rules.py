@@ -285,6 +285,19 @@ def test_decline_and_silence_release_the_technician_and_pass_them_over() -> None
     assert v.expire(second.offer_id, NOW + WAIT) is None  # fired twice: nothing more
 
 
+def test_a_search_starting_again_has_its_own_search_time_never_past_the_window() -> None:
+    """Booked days ahead, the first search ran out long ago: a technician dropping out the
+    day before must not fail the visit without a single offer."""
+    timeout = timedelta(minutes=15)
+    v = visit(booked_at=NOW - timedelta(days=3), search_deadline=NOW - timedelta(days=3) + timeout)
+    v.search_from(NOW, timeout)
+    assert v.search_deadline == NOW + timeout
+    v.search_from(NOW - timedelta(hours=1), timeout)
+    assert v.search_deadline == NOW + timeout  # never shortened
+    v.search_from(END - timedelta(minutes=5), timeout)
+    assert v.search_deadline == END  # and never past the window
+
+
 def test_replacing_remembers_the_previous_identity_and_voids_the_code() -> None:
     v = assigned()
     v.code_digest = "digest"
