@@ -361,10 +361,11 @@ async def test_a_safety_alert_is_acknowledged_once_and_only_by_operations(
         listed = await dispatch.get("/safety-alerts", headers=as_store(store))
         assert listed.status_code == 200, listed.text
         (alert,) = listed.json()
-        assert (alert["kind"], alert["severity"], alert["store_id"]) == (
+        assert (alert["kind"], alert["severity"], alert["store_id"], alert["customer_id"]) == (
             "not_the_person",
             "critical",
             store,
+            None,
         )
         other = await dispatch.get(
             "/safety-alerts", params={"store_id": "store_else"}, headers=as_store(store)
@@ -387,6 +388,19 @@ async def test_a_safety_alert_is_acknowledged_once_and_only_by_operations(
         assert "acknowledged by ops:ops_test" in again.json()["error"]["message"]
         left = await dispatch.get("/safety-alerts", headers=as_store(store))
         assert left.json() == []  # nothing open any more
+        # The store reads what is being done, not who raised it nor which staff member.
+        (taken,) = (
+            await dispatch.get("/safety-alerts?open_only=false", headers=as_store(store))
+        ).json()
+        assert (taken["customer_id"], taken["acknowledged_by"], taken["note"]) == (
+            None,
+            "operations",
+            "on it",
+        )
+        (ours,) = (
+            await dispatch.get(f"/safety-alerts?open_only=false&store_id={store}", headers=OPS)
+        ).json()
+        assert (ours["customer_id"], ours["acknowledged_by"]) == (customer, "ops:ops_test")
         unknown = await dispatch.post("/safety-alerts/al_nope/acknowledge", json=note, headers=OPS)
         assert unknown.status_code == 404
 

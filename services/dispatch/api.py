@@ -732,7 +732,8 @@ async def list_alerts(
     query: dict[str, object] = {**actor.store_scope(store_id, what="the safety alerts list")}
     if open_only:
         query["acknowledged_at"] = None
-    return await SafetyAlerts(runtime.db).find(query, sort=[("raised_at", -1)], limit=limit)
+    found = await SafetyAlerts(runtime.db).find(query, sort=[("raised_at", -1)], limit=limit)
+    return [alert.seen_by(actor.is_ops) for alert in found]
 
 
 class AcknowledgeIn(Forbid):

@@ -384,7 +384,7 @@ class RaisedAlert(Forbid):
     alert_id: str
     booking_id: str
     visit_id: str
-    customer_id: str
+    customer_id: str | None = Field(description="Operations' to know (null for a store)")
     technician_id: str | None
     store_id: str | None
     kind: AlertKind
@@ -395,6 +395,14 @@ class RaisedAlert(Forbid):
     acknowledged_at: datetime | None = None
     note: str | None = None
     version: int = 0
+
+    def seen_by(self, ops: bool) -> RaisedAlert:
+        """A store follows its technicians' alerts and what is being done: not which customer
+        raised it, nor which staff member took it."""
+        if ops:
+            return self
+        by = "operations" if self.acknowledged_by is not None else None
+        return self.model_copy(update={"customer_id": None, "acknowledged_by": by})
 
     def acknowledge(self, by: str, note: str, at: datetime) -> None:
         if self.acknowledged_at is not None:
