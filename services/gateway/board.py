@@ -447,16 +447,25 @@ async def refund_declined(tx: Transaction, e: RefundDeclined) -> None:
 
 
 @handlers.on(RefundIssued)
+async def refund_issued(tx: Transaction, e: RefundIssued) -> None:
+    """Operations refunded again: the decline is behind them (a new one says so again; a
+    booking's refunds share its key, so they come in order)."""
+    await _decline_cleared(tx, e.booking_id)
+
+
 @handlers.on(RefundRepaid)
-async def refund_issued(tx: Transaction, e: RefundIssued | RefundRepaid) -> None:
-    """Operations refunded again, or repaid another way: the decline is behind them (a new
-    one says so again; a booking's refunds share its key, so they come in order)."""
-    if isinstance(e, RefundRepaid) and e.fee_id is not None:
-        note = f"refund repaid {REPAID[e.way]}"
-        await _set(tx, BOARD_FEES, e.fee_id, _fee(e, "refunded", note=note, settled_at=e.repaid_at))
+async def refund_repaid(tx: Transaction, e: RefundRepaid) -> None:
+    """Operations repaid another way what the card would not take back."""
+    if e.fee_id is None:
+        await _decline_cleared(tx, e.booking_id)
         return
+    note = f"refund repaid {REPAID[e.way]}"
+    await _set(tx, BOARD_FEES, e.fee_id, _fee(e, "refunded", note=note, settled_at=e.repaid_at))
+
+
+async def _decline_cleared(tx: Transaction, booking_id: str) -> None:
     cleared = {"refund_declined": None, "refund_declined_note": None}
-    await _set(tx, BOARD_BOOKINGS, e.booking_id, cleared, upsert=False)
+    await _set(tx, BOARD_BOOKINGS, booking_id, cleared, upsert=False)
 
 
 # -------------------------------------------------------------------- unpaid --

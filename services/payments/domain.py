@@ -165,17 +165,23 @@ class Refund(Forbid):
             if part.to == "provider":
                 part.declined = reason
 
+    @property
+    def owed(self) -> int:
+        """What the card would not take back and nobody repaid yet."""
+        return sum(part.amount for part in self.parts if part.owed)
+
     def repaid_by_hand(self, repayment: Repayment) -> int:
         """Operations gave the declined card part back another way: what they gave."""
-        owed = [part for part in self.parts if part.owed]
+        owed = self.owed
         if not owed:
             raise Conflict(
                 f"refund {self.refund_id} has no declined card part left to repay",
                 field="refund_id",
             )
-        for part in owed:
-            part.repaid = repayment
-        return sum(part.amount for part in owed)
+        for part in self.parts:
+            if part.owed:
+                part.repaid = repayment
+        return owed
 
 
 class GrantedRefund(Forbid):
@@ -362,7 +368,7 @@ class Receipt(Forbid):
         refund = next((r for r in self.refunds if r.refund_id == refund_id), None)
         if refund is None:
             raise NotFound(f"receipt {self.receipt_id} has no refund {refund_id}")
-        if self.refundable < sum(part.amount for part in refund.parts if part.owed):
+        if self.refundable < refund.owed:
             raise Conflict(
                 f"what the card would not take back of {refund_id} went back since, by another "
                 "refund: repaying it again would pay twice",
