@@ -96,7 +96,14 @@ class Settings(BaseSettings):
     # Codes texted per second over every phone, and the burst: what SMS can cost at worst.
     sms_per_s: float = Field(10.0, validation_alias="GATEWAY_SMS_PER_S")
     sms_burst: int = Field(100, validation_alias="GATEWAY_SMS_BURST")
-    # Wrong passwords a staff account may take at once, and one more each minute after.
+    # Codes texted to the phones one client address asks for (at once, then one each 30 s):
+    # a few addresses cannot use up the platform's whole allowance and stop every sign-in.
+    sms_per_address: int = Field(20, ge=1, validation_alias="GATEWAY_SMS_PER_ADDRESS")
+    sms_per_address_per_s: float = Field(
+        1 / 30, gt=0, validation_alias="GATEWAY_SMS_PER_ADDRESS_PER_S"
+    )
+    # Wrong passwords a staff account may take at once, and one more each minute after: from
+    # any one address, and from all the addresses it has not signed in from lately.
     staff_failures: int = Field(10, validation_alias="GATEWAY_STAFF_FAILURES")
     staff_failures_per_s: float = Field(1 / 60, validation_alias="GATEWAY_STAFF_FAILURES_PER_S")
     # How long a gateway trusts a technician's sign-ins it has read (another replica's taking

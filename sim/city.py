@@ -170,6 +170,14 @@ class Customer:
     receipt_ready: asyncio.Event = field(default_factory=asyncio.Event)  # that one was pushed
 
 
+# Private networks the city's people call from: each phone its own address.
+CUSTOMERS_NET, TECHNICIANS_NET = 1, 2
+
+
+def home_network(net: int, i: int) -> str:
+    return f"10.{net}.{i // 256 % 256}.{i % 256}"
+
+
 def arrival_moments(rng: random.Random, rate: float, duration_s: float) -> list[float]:
     """Exactly `rate` x `duration_s` arrivals, at uniformly random moments of the window, in
     order: a Poisson process given its count."""
@@ -255,7 +263,7 @@ class City:
                 "/v1/technician-accounts",
                 json={"technician_id": tech_id, "phone": phone, "store_id": store},
             )
-            caller = Caller(self.http)
+            caller = Caller(self.http, address=home_network(TECHNICIANS_NET, i))
             await caller.sign_in_by_phone(phone)
             self.technicians.append(
                 Technician(caller, tech_id, store, skill, (lat, lon), keys[store], body)
@@ -277,7 +285,7 @@ class City:
                 },
             )
         for i in range(plan.customers):
-            caller = Caller(self.http)
+            caller = Caller(self.http, address=home_network(CUSTOMERS_NET, i))
             await caller.sign_in_by_phone(f"+35192{plan.population:02d}{i:05d}")
             me, (lat, lon) = caller.subject, self.point()
             await caller.call(

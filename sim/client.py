@@ -63,9 +63,15 @@ class Refused(Exception):
 class Caller:
     """One person's or store's session with the gateway."""
 
-    def __init__(self, http: aiohttp.ClientSession, *, api_key: str | None = None) -> None:
+    def __init__(
+        self, http: aiohttp.ClientSession, *, api_key: str | None = None, address: str | None = None
+    ) -> None:
         self.http = http
         self.api_key = api_key
+        # Where this person's phone calls from. A city's people are not all on one address:
+        # the gateway's limits per address (sign-in, codes texted) count each apart. (The
+        # gateway believes X-Forwarded-For from its own machine only, as from a proxy.)
+        self.address = address
         self.access: str | None = None
         self.refresh_token: str | None = None
         self.subject = ""
@@ -80,6 +86,8 @@ class Caller:
 
     async def send(self, method: str, path: str, **kw: Any) -> Answer:
         """One call, its answer read in full; aiohttp's errors when it cannot be had."""
+        if self.address:
+            kw["headers"] = {**kw.get("headers", {}), "X-Forwarded-For": self.address}
         async with self.http.request(method, path, **kw) as r:
             content = await r.read()
         return Answer(method, path, r.status, r.headers, content)

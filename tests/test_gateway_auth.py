@@ -124,6 +124,34 @@ async def test_wrong_codes_run_out_and_asking_too_often_is_limited_with_retry_af
         assert limited.json()["error"]["code"] == "rate_limited"
 
 
+async def test_a_code_asked_for_again_is_the_same_code_so_the_one_in_hand_still_works(
+    platform: Platform,
+) -> None:
+    """Someone asking for a code to your phone (or you, when the text is slow) texts the
+    code already sent again, with its time and tries: the code in hand is not voided. Once
+    it is used up, the next ask draws a new one."""
+    # From an address of its own: the other tests' sign-ins take from its address's limit.
+    own = sent_from("203.0.113.30")
+    async with httpx.AsyncClient(base_url=platform.url("gateway"), headers=own) as api:
+        number = phone()
+        assert (await api.post("/v1/auth/otp", json={"phone": number})).status_code == 202
+        in_hand = await code_for(api, number)
+        wrong = f"{(int(in_hand) + 1) % 1_000_000:06d}"
+        tried = await api.post("/v1/auth/token", json={"phone": number, "code": wrong})
+        assert "4 attempts left" in tried.text
+        assert (await api.post("/v1/auth/otp", json={"phone": number})).status_code == 202
+        texts = (await api.get("/v1/dev/sms", params={"phone": number})).json()
+        assert [t["text"] for t in texts] == [f"Your Doorstep code is {in_hand}"] * 2
+        tried = await api.post("/v1/auth/token", json={"phone": number, "code": wrong})
+        assert "3 attempts left" in tried.text  # asking again gives no more tries
+        tokens = await api.post("/v1/auth/token", json={"phone": number, "code": in_hand})
+        assert tokens.status_code == 200, tokens.text
+        assert (await api.post("/v1/auth/otp", json={"phone": number})).status_code == 202
+        assert await code_for(api, number) != in_hand
+        again = await api.post("/v1/auth/token", json={"phone": number, "code": in_hand})
+        assert again.status_code == 401
+
+
 def tampered(token: str, **changes: Any) -> str:
     head, payload, signature = token.split(".")
     claims = json.loads(base64.urlsafe_b64decode(payload + "=" * (-len(payload) % 4)))
@@ -373,60 +401,127 @@ UNLIMITED = "1000000"
 @pytest.fixture(scope="module")
 def edge_limits(infra: Infra) -> Iterator[Platform]:
     """A platform whose per-address sign-in limit is lifted (as if every call came from
-    another address), that texts at most three codes in all and lets a caller hold two live
-    streams at once."""
+    another address), that texts at most five codes in all and two asked from any one
+    address, and lets a caller hold two live streams at once."""
     with running_platform(
         infra,
         GATEWAY_SIGNIN_RATE_PER_S=UNLIMITED,
         GATEWAY_SIGNIN_BURST=UNLIMITED,
-        GATEWAY_SMS_BURST="3",
+        GATEWAY_SMS_BURST="5",
         GATEWAY_SMS_PER_S="0.01",
+        GATEWAY_SMS_PER_ADDRESS="2",
         GATEWAY_STREAMS_PER_PRINCIPAL="2",
     ) as running:
         yield running
 
 
-async def test_wrong_staff_passwords_are_limited_per_account_and_hold_up_no_other(
+def sent_from(address: str) -> dict[str, str]:
+    """As if the call came from `address` (the gateway believes X-Forwarded-For from a
+    proxy on its own machine, as the tests are)."""
+    return {"X-Forwarded-For": address}
+
+
+async def test_wrong_staff_passwords_are_limited_per_account_yet_keep_no_one_out_where_they_work(
     edge_limits: Platform, mongo: AsyncMongoClient[Document]
 ) -> None:
-    """Guesses at one staff account are counted for the account, not only per address
-    (many addresses would each stay under their own limit): after ten wrong passwords even
-    the right one waits; another account signs in as ever."""
+    """Guesses at one staff account are counted for the account, not only per address (many
+    addresses would each stay under their own limit), and twenty sent at once are counted
+    as twenty: ten are tried, ten refused. The right password then waits too, from anywhere
+    new; but from where the staff member signed in before they sign in as ever, and another
+    account is not held up."""
     db = mongo[f"{edge_limits.prefix}_gateway"]
     email, password = f"ops-{uuid.uuid4().hex[:6]}@doorstep.test", uuid.uuid4().hex
     other, other_password = f"ops-{uuid.uuid4().hex[:6]}@doorstep.test", uuid.uuid4().hex
     await add_staff(db, email, password)
     await add_staff(db, other, other_password)
+    office = sent_from("203.0.113.7")
     async with edge_limits.client("gateway") as api:
-        for _ in range(10):
-            wrong = await api.post("/v1/auth/ops", json={"email": email, "password": "guess-123"})
-            assert wrong.status_code == 401, wrong.text
-        held = await api.post("/v1/auth/ops", json={"email": email.upper(), "password": password})
+        signed_in = await api.post(
+            "/v1/auth/ops", json={"email": email, "password": password}, headers=office
+        )
+        assert signed_in.status_code == 200, signed_in.text
+        guesses = await asyncio.gather(
+            *(
+                api.post(
+                    "/v1/auth/ops",
+                    json={"email": email, "password": "guess-123"},
+                    headers=sent_from(f"198.51.100.{i}"),
+                )
+                for i in range(1, 21)
+            )
+        )
+        assert sorted(g.status_code for g in guesses) == [401] * 10 + [429] * 10
+        right = {"email": email.upper(), "password": password}
+        held = await api.post("/v1/auth/ops", json=right, headers=sent_from("192.0.2.50"))
         assert held.status_code == 429, held.text
         assert "too many wrong passwords for this account" in held.json()["error"]["message"]
         assert int(held.headers["Retry-After"]) > 0
-        fine = await api.post("/v1/auth/ops", json={"email": other, "password": other_password})
+        at_work = await api.post("/v1/auth/ops", json=right, headers=office)
+        assert at_work.status_code == 200, at_work.text
+        fine = await api.post(
+            "/v1/auth/ops",
+            json={"email": other, "password": other_password},
+            headers=sent_from("198.51.100.1"),
+        )
         assert fine.status_code == 200, fine.text
 
 
-async def test_codes_texted_over_all_phones_are_capped_and_one_refused_is_not_stored(
+async def test_guesses_from_one_ipv6_network_count_as_from_one_address(
+    edge_limits: Platform, mongo: AsyncMongoClient[Document]
+) -> None:
+    """One subscriber holds a whole /64: a fresh address for each guess is still the same
+    address to the limit. Another network where the staff member signed in is not held."""
+    db = mongo[f"{edge_limits.prefix}_gateway"]
+    email, password = f"ops-{uuid.uuid4().hex[:6]}@doorstep.test", uuid.uuid4().hex
+    await add_staff(db, email, password)
+    home = sent_from("2001:db8:1:3::1")
+    async with edge_limits.client("gateway") as api:
+        right = {"email": email, "password": password}
+        assert (await api.post("/v1/auth/ops", json=right, headers=home)).status_code == 200
+        for i in range(1, 11):
+            wrong = await api.post(
+                "/v1/auth/ops",
+                json={"email": email, "password": "guess-123"},
+                headers=sent_from(f"2001:db8:1:2::{i:x}"),
+            )
+            assert wrong.status_code == 401, wrong.text
+        held = await api.post("/v1/auth/ops", json=right, headers=sent_from("2001:db8:1:2::ff"))
+        assert held.status_code == 429, held.text
+        assert "from this address" in held.json()["error"]["message"]
+        from_home = await api.post("/v1/auth/ops", json=right, headers=sent_from("2001:db8:1:3::9"))
+        assert from_home.status_code == 200, from_home.text
+
+
+async def test_codes_texted_are_capped_per_address_and_in_all_and_one_refused_is_not_stored(
     edge_limits: Platform,
 ) -> None:
-    """A flood of sign-ins from many addresses, each to another phone, stays under every
-    per-address and per-phone limit: the platform caps the codes it texts in all, and a
-    code refused is neither sent nor kept."""
+    """One address cannot use up what the platform texts: it is refused after its own two.
+    A flood from many addresses, each to another phone, stays under every per-address and
+    per-phone limit: the platform caps the codes it texts in all. A code refused is neither
+    sent nor kept."""
     async with edge_limits.client("gateway") as api:
-        phones = [phone() for _ in range(4)]
-        for number in phones[:3]:
-            sent = await api.post("/v1/auth/otp", json={"phone": number})
+        phones = [phone() for _ in range(6)]
+        crowd = sent_from("203.0.113.20")
+        for number in phones[:2]:
+            sent = await api.post("/v1/auth/otp", json={"phone": number}, headers=crowd)
             assert sent.status_code == 202, sent.text
-        refused = await api.post("/v1/auth/otp", json={"phone": phones[3]})
+        crowded = await api.post("/v1/auth/otp", json={"phone": phones[2]}, headers=crowd)
+        assert crowded.status_code == 429, crowded.text
+        assert "too many codes asked from this address" in crowded.json()["error"]["message"]
+        for i, number in enumerate(phones[2:5], start=1):
+            sent = await api.post(
+                "/v1/auth/otp", json={"phone": number}, headers=sent_from(f"198.51.100.{i}")
+            )
+            assert sent.status_code == 202, sent.text
+        refused = await api.post(
+            "/v1/auth/otp", json={"phone": phones[5]}, headers=sent_from("198.51.100.9")
+        )
         assert refused.status_code == 429, refused.text
         assert "texting too many codes" in refused.json()["error"]["message"]
         assert int(refused.headers["Retry-After"]) > 0
-        texted = await api.get("/v1/dev/sms", params={"phone": phones[3]})
+        texted = await api.get("/v1/dev/sms", params={"phone": phones[5]})
         assert texted.json() == []
-        nothing = await api.post("/v1/auth/token", json={"phone": phones[3], "code": "123456"})
+        nothing = await api.post("/v1/auth/token", json={"phone": phones[5], "code": "123456"})
         assert nothing.status_code == 401
         assert "no valid code" in nothing.text
 

@@ -39,7 +39,13 @@ async def edge_state(app: FastAPI) -> AsyncIterator[None]:
     app.state.limiter = RateLimiter(settings.gateway_rate_per_s, settings.gateway_burst)
     app.state.signin_limiter = RateLimiter(settings.signin_rate_per_s, settings.signin_burst)
     app.state.sms_limiter = RateLimiter(settings.sms_per_s, settings.sms_burst)
+    app.state.sms_per_address = RateLimiter(
+        settings.sms_per_address_per_s, settings.sms_per_address
+    )
     app.state.staff_failures = RateLimiter(settings.staff_failures_per_s, settings.staff_failures)
+    app.state.staff_failures_here = RateLimiter(
+        settings.staff_failures_per_s, settings.staff_failures
+    )
     app.state.stream_slots = StreamSlots(settings.streams_per_principal)
     app.state.upstream = Upstream(UpstreamSettings())
     app.state.verifying_keys = VerifyingKeys()

@@ -1,9 +1,9 @@
 """Rate limits per principal, and a ceiling on request bodies, at the edge.
 
-Also the live streams a principal holds open at once, and two limits that are not per
-caller: the codes texted over all phones (a flood of sign-ins from many addresses must not
-run up the SMS bill), and wrong passwords per staff account (guessed from many addresses,
-each under its own limit).
+Also the live streams a principal holds open at once, and limits of sign-in's own: the codes
+texted per address and over all phones (a flood of sign-ins from many addresses must not run
+up the SMS bill), and wrong passwords per staff account, from one address and from all
+(guessed from many addresses, each under its own limit).
 
 A token bucket per caller (the verified principal; the client address for
 sign-in calls, which have none yet): `burst` requests at once, refilled at
@@ -13,6 +13,7 @@ gateway process; with several gateway replicas each allows its share.
 
 from __future__ import annotations
 
+import ipaddress
 import math
 import time
 from collections.abc import AsyncIterator
@@ -24,6 +25,30 @@ from starlette.types import Receive, Scope, Send
 from shared.errors import TooManyRequests
 
 MAX_BUCKETS = 100_000  # forget idle callers beyond this many
+
+
+def caller_address(host: str | None) -> str:
+    """The client address a limit counts: an IPv6 address by its /64, since one subscriber
+    holds a whole /64 and could otherwise take a fresh address for every try."""
+    if not host:
+        return "unknown"
+    try:
+        address = ipaddress.ip_address(host)
+    except ValueError:
+        return host
+    if isinstance(address, ipaddress.IPv6Address):
+        if address.ipv4_mapped is not None:
+            return str(address.ipv4_mapped)
+        return str(ipaddress.IPv6Network((address, 64), strict=False))
+    return str(address)
+
+
+def per(rate_per_s: float) -> str:
+    """A rate as people say it: '5 a second', '1 a minute', '20 an hour'."""
+    for unit, seconds in (("a second", 1), ("a minute", 60), ("an hour", 3600)):
+        if rate_per_s * seconds >= 1 or unit == "an hour":
+            return f"{rate_per_s * seconds:.3g} {unit}"
+    raise AssertionError("unreachable")
 
 
 @dataclass
@@ -45,21 +70,16 @@ class RateLimiter:
         bucket = self._bucket(principal, now)
         if bucket.tokens < 1:
             raise TooManyRequests(
-                f"{what} (at most {self.rate:g} a second)", retry_after=self._wait(bucket)
+                f"{what} (at most {per(self.rate)})", retry_after=self._wait(bucket)
             )
         bucket.tokens -= 1
 
-    def ensure_room(self, principal: str, what: str, now: float | None = None) -> None:
-        """Raise TooManyRequests if `principal` has no token left, taking none: for limits
-        that count failures only (`spend` them as they happen)."""
+    def give_back(self, principal: str, now: float | None = None) -> None:
+        """Return a token `check` took: for limits that count failures only. Taking it
+        before the attempt and giving it back after a success bounds attempts in flight
+        at once too, which counting failures afterwards would not."""
         bucket = self._bucket(principal, now)
-        if bucket.tokens < 1:
-            raise TooManyRequests(what, retry_after=self._wait(bucket))
-
-    def spend(self, principal: str, now: float | None = None) -> None:
-        """Take a token if there is one (a failure counted; never refused itself)."""
-        bucket = self._bucket(principal, now)
-        bucket.tokens = max(0.0, bucket.tokens - 1)
+        bucket.tokens = min(float(self.burst), bucket.tokens + 1)
 
     def _wait(self, bucket: Bucket) -> int:
         return math.ceil((1 - bucket.tokens) / self.rate)

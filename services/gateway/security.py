@@ -23,7 +23,7 @@ from fastapi import Depends, Request, Security
 from fastapi.responses import StreamingResponse
 from fastapi.security import APIKeyHeader, HTTPAuthorizationCredentials, HTTPBearer
 
-from services.gateway.limits import HeldStream, RateLimiter, StreamSlots
+from services.gateway.limits import HeldStream, RateLimiter, StreamSlots, caller_address
 from services.gateway.storage import ACCOUNTS, SIGNING_KEYS, ApiKeys, Staff, of_technician
 from services.gateway.tokens import VerifiedAccess, VerifiedTokens, digest, parse_api_key, same
 from shared.auth import Actor, Role
@@ -143,7 +143,12 @@ async def until(
 async def signin_limited(request: Request) -> None:
     """Sign-in calls have no principal yet: limit them per client address."""
     limiter: RateLimiter = request.app.state.signin_limiter
-    limiter.check(f"ip:{request.client.host if request.client else 'unknown'}")
+    limiter.check(f"ip:{client_address(request)}")
+
+
+def client_address(request: Request) -> str:
+    """Where a call comes from, as the limits count it (an IPv6 address by its /64)."""
+    return caller_address(request.client.host if request.client else None)
 
 
 async def _verified(request: Request, authorization: str | None, x_api_key: str | None) -> Actor:

@@ -6,7 +6,7 @@ from __future__ import annotations
 import logging
 import re
 import uuid
-from datetime import timedelta
+from datetime import datetime, timedelta
 from typing import Annotated, Protocol
 
 from fastapi import APIRouter, Depends, Query, Request, Response, status
@@ -21,6 +21,7 @@ from services.gateway.security import (
     EdgeActor,
     SignInChecks,
     account_sign_ins,
+    client_address,
     hash_password,
     password_checked,
     sign_in_ended,
@@ -44,10 +45,11 @@ from services.gateway.storage import (
 from services.gateway.tokens import (
     SigningKey,
     code_digest,
+    code_of,
     digest,
     issue_access,
     new_api_key,
-    new_code,
+    new_nonce,
     new_secret,
     same,
 )
@@ -196,16 +198,28 @@ async def request_code(
     # stay as they were, so asking as a "technician" cannot lock a customer out.
     if body.role is Role.TECHNICIAN and (account is None or account.role != "technician"):
         return OtpOut(expires_in=settings.otp_ttl_s)
+    # Texts are counted per address first: a few addresses cannot use up the platform's
+    # allowance (which bounds what a flood from many can cost) and stop every sign-in.
+    per_address: RateLimiter = request.app.state.sms_per_address
+    per_address.check(client_address(request), what="too many codes asked from this address")
     sms: RateLimiter = request.app.state.sms_limiter
     sms.check("all", what="the platform is texting too many codes right now; try again")
-    code = new_code()
     key = await service_secret(runtime.db, "otp", settings.otp_secret)
+    if current is not None and current.nonce and still_live(current, now):
+        # Asked again (the text did not come; or a stranger asked for this phone): the same
+        # code again, with what is left of its time and tries, so the one in hand still works.
+        nonce, expires_at, attempts_left = current.nonce, current.expires_at, current.attempts_left
+    else:
+        nonce, expires_at = new_nonce(), now + timedelta(seconds=settings.otp_ttl_s)
+        attempts_left = settings.otp_attempts
+    code = code_of(key, body.phone, nonce)
     fresh = OtpCode(
         phone=body.phone,
         digest=code_digest(key, body.phone, code),
-        expires_at=now + timedelta(seconds=settings.otp_ttl_s),
-        attempts_left=settings.otp_attempts,
+        expires_at=expires_at,
+        attempts_left=attempts_left,
         requested=[*recent, now],
+        nonce=nonce,
         version=current.version if current else 0,
     )
     try:
@@ -221,6 +235,14 @@ async def request_code(
         ) from None
     await sender(runtime).send(body.phone, f"Your Doorstep code is {code}")
     return OtpOut(expires_in=settings.otp_ttl_s)
+
+
+# A code asked for again with less time than this left is not sent again: a new one is.
+RESEND_WITHIN = timedelta(seconds=60)
+
+
+def still_live(otp: OtpCode, now: datetime) -> bool:
+    return otp.attempts_left > 0 and now < otp.expires_at - RESEND_WITHIN
 
 
 class CodeIn(Forbid):
@@ -331,16 +353,35 @@ class OpsIn(Forbid):
     summary="Staff sign in: operations, or a partner store's staff (their store's board)",
 )
 async def ops_sign_in(body: OpsIn, runtime: RuntimeDep, request: Request) -> Tokens:
-    email = body.email.lower()
-    # Wrong passwords are counted per account too: guesses spread over many addresses each
-    # stay under the per-address limit. (Unknown e-mails are counted alike: no tell.)
-    failures: RateLimiter = request.app.state.staff_failures
-    failures.ensure_room(email, "too many wrong passwords for this account; wait and try again")
-    staff = await Staff(runtime.db).get(email)
+    email, address, now = body.email.lower(), client_address(request), utcnow()
+    staff_accounts = Staff(runtime.db)
+    staff = await staff_accounts.get(email)
+    # Guesses are counted per account from this address, and per account from every address
+    # it has not signed in from lately (spread over many, each would stay under its own
+    # limit): guesses from elsewhere cannot keep the staff member out. Each try takes its
+    # token first and a success gives it back, so tries at once are bounded as well.
+    # (Unknown e-mails are counted alike: no tell.)
+    state = request.app.state
+    limits: list[tuple[RateLimiter, str, str]] = [
+        (state.staff_failures_here, f"{email} {address}", "from this address"),
+    ]
+    if staff is None or not staff.signed_in_lately_from(address, now):
+        limits.append((state.staff_failures, email, "from addresses it has not signed in from"))
+    taken: list[tuple[RateLimiter, str]] = []
+    try:
+        for limiter, key, where in limits:
+            limiter.check(key, what=f"too many wrong passwords for this account {where}; wait")
+            taken.append((limiter, key))
+    except TooManyRequests:
+        for limiter, key in taken:
+            limiter.give_back(key)
+        raise
     if not await password_checked(body.password, staff.password_hash if staff else None):
-        failures.spend(email)
         raise Unauthenticated("wrong e-mail or password")
     assert staff is not None
+    for limiter, key in taken:
+        limiter.give_back(key)
+    await staff_accounts.signed_in(staff, address, now)
     if staff.store_id:
         actor = Actor(role=Role.STORE, subject=staff.email, store_id=staff.store_id)
     else:

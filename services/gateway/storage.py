@@ -16,7 +16,7 @@ keys            the secret that keys one-time code digests
 
 from __future__ import annotations
 
-from datetime import datetime
+from datetime import datetime, timedelta
 
 from pydantic import AliasChoices, BaseModel, ConfigDict, Field
 from pymongo import ASCENDING, IndexModel
@@ -81,6 +81,10 @@ class OtpCode(Forbid):
     expires_at: datetime
     attempts_left: int
     requested: list[datetime] = Field(default_factory=list)  # recent requests, for the limit
+    # What the code is drawn from (with the gateway's key): asked for again while it is
+    # live, the same code is texted again, so a stranger asking for one to your phone does
+    # not void the code you are typing. (None: a code from before this rule.)
+    nonce: str | None = None
     version: int = 0
 
 
@@ -117,6 +121,15 @@ class ApiKey(Forbid):
     version: int = 0
 
 
+KNOWN_ADDRESS_FOR = timedelta(days=30)
+KNOWN_ADDRESSES = 5
+
+
+class SignedInFrom(Forbid):
+    address: str  # as the limits count it: an IPv6 address by its /64
+    at: datetime
+
+
 class OpsStaff(Forbid):
     """Staff who sign in with a password: operations, or a partner store's own staff."""
 
@@ -128,7 +141,15 @@ class OpsStaff(Forbid):
     # one, so the tokens issued before stop working at once, as they do once it is removed.
     # (None: an account from before this rule, whose tokens name none.)
     sign_ins: str | None = None
+    # The last few addresses this account signed in from: guesses from elsewhere cannot keep
+    # its owner out (a reset forgets them with the rest).
+    signed_in_from: list[SignedInFrom] = Field(default_factory=list)
     version: int = 0
+
+    def signed_in_lately_from(self, address: str, now: datetime) -> bool:
+        return any(
+            k.address == address and now - k.at < KNOWN_ADDRESS_FOR for k in self.signed_in_from
+        )
 
 
 def of_technician(technician_id: str) -> Document:
@@ -168,6 +189,21 @@ class ApiKeys(Versioned[ApiKey]):
 class Staff(Versioned[OpsStaff]):
     def __init__(self, db: Database) -> None:
         super().__init__(db, OPS_STAFF, OpsStaff, "email")
+
+    async def signed_in(self, staff: OpsStaff, address: str, at: datetime) -> None:
+        """Remember `address` among the account's last few, unless the account was reset
+        or removed meanwhile (its new password was not what was shown here)."""
+        others = {
+            "$filter": {
+                "input": {"$ifNull": ["$signed_in_from", []]},
+                "cond": {"$ne": ["$$this.address", address]},
+            }
+        }
+        last = {"$concatArrays": [others, [{"address": address, "at": at}]]}
+        await self.col.update_one(
+            {"_id": staff.email, "sign_ins": staff.sign_ins},
+            [{"$set": {"signed_in_from": {"$slice": [last, -KNOWN_ADDRESSES]}}}],
+        )
 
 
 # ------------------------------------------------------------- notifications --

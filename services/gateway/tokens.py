@@ -174,9 +174,16 @@ def digest(secret: str) -> str:
     return hashlib.sha256(secret.encode()).hexdigest()
 
 
-def new_code() -> str:
-    """A one-time sign-in code: six digits."""
-    return f"{secrets.randbelow(1_000_000):06d}"
+def new_nonce() -> str:
+    """What a one-time code is drawn from (`code_of`)."""
+    return secrets.token_hex(16)
+
+
+def code_of(key: bytes, phone: str, nonce: str) -> str:
+    """A one-time sign-in code, six digits: drawn from a random nonce and the key, so that
+    the same code can be texted again while it is live without being stored."""
+    drawn = hmac.new(key, f"code:{phone}:{nonce}".encode(), hashlib.sha256).digest()
+    return f"{int.from_bytes(drawn[:8]) % 1_000_000:06d}"
 
 
 def code_digest(key: bytes, phone: str, code: str) -> str:

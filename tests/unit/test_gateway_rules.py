@@ -18,7 +18,7 @@ from services.gateway import handlers
 from services.gateway.app import create_app
 from services.gateway.board import BOARD_BOOKINGS, _place, cursor, unpaid_row
 from services.gateway.domain import DayTally, figures, may_retry
-from services.gateway.limits import HeldStream, RateLimiter, StreamSlots
+from services.gateway.limits import HeldStream, RateLimiter, StreamSlots, caller_address, per
 from services.gateway.security import (
     CREDENTIAL_ENDED,
     SignInChecks,
@@ -61,6 +61,44 @@ def test_a_caller_gets_its_burst_then_waits_for_the_refill_and_others_are_unaffe
     limiter.check("customer:a", now=100.5)  # half a second: one token back
     with pytest.raises(TooManyRequests):
         limiter.check("customer:a", now=100.5)
+
+
+def test_a_token_given_back_after_a_success_is_not_counted_and_never_passes_the_burst() -> None:
+    limiter = RateLimiter(rate_per_s=1 / 60, burst=2)
+    limiter.check("staff", now=0.0)
+    limiter.give_back("staff", now=0.0)  # the try succeeded: it does not count
+    limiter.give_back("staff", now=0.0)  # nor can one more be given than was taken
+    limiter.check("staff", now=0.0)
+    limiter.check("staff", now=0.0)
+    with pytest.raises(TooManyRequests) as refused:
+        limiter.check("staff", now=0.0, what="too many wrong passwords")
+    assert "(at most 1 a minute)" in str(refused.value)
+    assert refused.value.retry_after == 60
+
+
+@pytest.mark.parametrize(
+    ("host", "counted_as"),
+    [
+        ("198.51.100.7", "198.51.100.7"),
+        ("2001:db8:1:2::1", "2001:db8:1:2::/64"),
+        ("2001:db8:1:2:ffff:1:2:3", "2001:db8:1:2::/64"),
+        ("::ffff:198.51.100.7", "198.51.100.7"),  # an IPv4 caller on a dual-stack socket
+        ("testclient", "testclient"),
+        (None, "unknown"),
+    ],
+)
+def test_an_ipv6_caller_is_counted_by_its_64_and_an_ipv4_one_by_its_address(
+    host: str | None, counted_as: str
+) -> None:
+    assert caller_address(host) == counted_as
+
+
+@pytest.mark.parametrize(
+    ("rate", "said"),
+    [(5.0, "5 a second"), (0.5, "30 a minute"), (1 / 60, "1 a minute"), (1 / 600, "6 an hour")],
+)
+def test_a_rate_is_said_as_people_say_it(rate: float, said: str) -> None:
+    assert per(rate) == said
 
 
 # ------------------------------------------------------------ the ops board's figures --
