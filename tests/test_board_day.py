@@ -15,8 +15,9 @@ from pymongo import AsyncMongoClient
 from services.gateway import board, dashboard
 from services.gateway.domain import figures
 from shared.auth import Actor, Role
-from shared.events.booking import BookingRequested, BookingStatusChanged
+from shared.events.booking import BookingRequested, BookingRescheduled, BookingStatusChanged
 from shared.events.dispatch import (
+    RescheduleRefused,
     SafetyAlert,
     ServiceCompleted,
     TechnicianAssigned,
@@ -415,6 +416,62 @@ async def test_the_store_a_visit_was_taken_from_hears_that_change_only(
     assert shown.technician is not None
     assert shown.technician.name == "Bea"
     assert (shown.customer_id, shown.location) == (None, None)
+
+
+async def test_the_board_shows_the_window_a_visit_was_moved_to_or_kept_whatever_arrives_first(
+    projection: Projection,
+) -> None:
+    """A move (booking's topic) and dispatch keeping the window when the move came too late
+    (dispatch's topic) may reach the board in either order: the later of the two stands."""
+    rows = projection.db[board.BOARD_BOOKINGS]
+
+    def moved(booking: str, start: datetime) -> BookingRescheduled:
+        return BookingRescheduled(
+            booking_id=booking,
+            customer_id=f"cus_{booking}",
+            region="lisbon",
+            location=GeoPoint(lat=38.72, lon=-9.14),
+            window_start=start,
+            window_end=start + timedelta(hours=2),
+            duration_minutes=45,
+            lines=[LINE],
+            total=4500,
+            currency="EUR",
+        )
+
+    def kept(booking: str, start: datetime) -> RescheduleRefused:
+        return RescheduleRefused(
+            booking_id=booking,
+            visit_id=f"v_{booking}",
+            customer_id=f"cus_{booking}",
+            window_start=start,
+            window_end=start + timedelta(hours=2),
+            lines=[LINE],
+            stage="arrived",
+            reason="the technician was already at the door",
+        )
+
+    first, later = at(600) + timedelta(days=6), at(600) + timedelta(days=9)
+    await projection.requested("bk_moved", at(600))
+    await projection.play(at(610), moved("bk_moved", later))
+    row = await rows.find_one({"_id": "bk_moved"})
+    assert row is not None
+    assert board.booking_row(row, OPS).window_start == later
+    # The move, then dispatch keeping the first window: the first again.
+    await projection.play(at(611), kept("bk_moved", first))
+    row = await rows.find_one({"_id": "bk_moved"})
+    assert row is not None
+    assert board.booking_row(row, OPS).window_start == first
+    # The same two overtaken: dispatch's word, then the move it answered, read late.
+    await projection.requested("bk_crossed", at(600))
+    await projection.play(at(611), kept("bk_crossed", first))
+    await projection.play(at(610), moved("bk_crossed", later))
+    row = await rows.find_one({"_id": "bk_crossed"})
+    assert row is not None
+    assert (board.booking_row(row, OPS).window_start, row["window_end"]) == (
+        first,
+        first + timedelta(hours=2),
+    )
 
 
 async def test_a_store_sees_its_alerts_without_the_customer_operations_with(

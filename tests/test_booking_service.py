@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import signal
 import uuid
 from datetime import UTC, datetime, time, timedelta
 from functools import partial
@@ -15,8 +16,10 @@ from aiokafka import AIOKafkaConsumer, AIOKafkaProducer
 from pymongo import AsyncMongoClient
 
 from shared.auth import Actor, Role
+from shared.events.booking import BookingRescheduled
 from shared.events.dispatch import (
     IdentityConfirmed,
+    RescheduleRefused,
     ServiceCompleted,
     ServiceStarted,
     TechnicianArrived,
@@ -30,11 +33,12 @@ from shared.events.payments import (
     WriteOffReversed,
 )
 from shared.events.reviews import RedoRequested, RedoRequestedV1
-from shared.events.types import PricedLine
+from shared.events.types import GeoPoint, PricedLine
 from shared.mongo import Document
 from tests.conftest import Platform
 from tests.harness import Infra, eventually, keyed_events, keyed_so_far, publish
 from tests.seed import (
+    LISBON,
     OPS,
     accept_offer,
     as_customer,
@@ -48,6 +52,7 @@ from tests.seed import (
     seed_customer,
     seed_item,
     seed_technician,
+    walk_to_service,
 )
 
 pytestmark = pytest.mark.integration
@@ -303,6 +308,171 @@ async def test_reschedule_keeps_the_booked_prices_and_dispatch_reconfirms_the_te
         "rescheduled",
         "assigned",
     ]
+    assert back["technician"]["technician_id"] == tech
+
+
+async def test_a_visit_moved_into_the_evening_is_charged_the_evening_price_it_was_moved_at(
+    platform: Platform,
+) -> None:
+    """The new window's prices (here an after-hours surcharge) are what the customer saw
+    when moving the visit; the receipt charges them, not the first window's."""
+    tech = unique("tech_")
+    async with platform.client("booking", acting_as=OPS) as booking:
+        code = await served_item(
+            platform, booking, tech, unit_price=2000, after_hours_surcharge=700
+        )
+        customer = await new_customer(booking)
+        made = (
+            await booking.post("/bookings", json=booking_body(customer, code, quantity=1))
+        ).json()
+        assert made["total"] == 2000
+        booking_id = made["booking_id"]
+        assigned = await accepted(platform, booking, booking_id, tech)
+        start, end = lisbon_window(days=2, at=time(21, 0))
+        moved = await booking.post(
+            f"/bookings/{booking_id}/reschedule",
+            json={"window_start": start, "window_end": end},
+            headers={"If-Match": f'"{assigned["version"]}"'},
+        )
+        assert moved.status_code == 200, moved.text
+        assert moved.json()["total"] == 2700
+        await status_is(booking, booking_id, "assigned")  # the technician works evenings
+    async with platform.client("dispatch") as dispatch:
+        await walk_to_service(dispatch, booking_id, tech, customer)
+        done = await dispatch.post(
+            f"/visits/{booking_id}/complete",
+            json={"performed": [{"code": code, "quantity": 1}]},
+            headers=as_technician(tech),
+        )
+        assert done.status_code == 200, done.text
+    async with platform.client("payments") as payments:
+        receipt = await eventually(
+            partial(get_json, payments, "/receipts", as_customer(customer), booking_id=booking_id),
+            what="receipt issued",
+        )
+    assert receipt["subtotal"] == 2700
+    assert [line["surcharge"] for line in receipt["lines"]] == [700]
+
+
+async def test_a_move_that_reaches_dispatch_after_the_technician_set_off_is_refused(
+    platform: Platform, infra: Infra, kafka_producer: AIOKafkaProducer
+) -> None:
+    """The customer moved the visit as the technician checked in (booking had not heard
+    yet): dispatch keeps the visit where it is and says so, with the window and prices the
+    visit keeps and how far it got, rather than dead-lettering the move."""
+    tech = unique("tech_")
+    async with platform.client("booking", acting_as=OPS) as booking:
+        code = await served_item(platform, booking, tech, unit_price=3000)
+        customer = await new_customer(booking)
+        made = (
+            await booking.post("/bookings", json=booking_body(customer, code, quantity=1))
+        ).json()
+        booking_id = made["booking_id"]
+        await accepted(platform, booking, booking_id, tech)
+        async with platform.client("dispatch") as dispatch:
+            for step, body in (("en-route", None), ("arrive", {"location": LISBON})):
+                r = await dispatch.post(
+                    f"/visits/{booking_id}/{step}", json=body, headers=as_technician(tech)
+                )
+                assert r.status_code == 200, r.text
+        await status_is(booking, booking_id, "arrived")
+        start, end = lisbon_window(days=3, at=time(21, 0))
+        # The move as booking published it, had it been asked a moment before it heard.
+        await publish(
+            kafka_producer,
+            platform.prefix,
+            BookingRescheduled(
+                booking_id=booking_id,
+                customer_id=customer,
+                region="lisbon",
+                location=GeoPoint(**LISBON),
+                window_start=datetime.fromisoformat(start),
+                window_end=datetime.fromisoformat(end),
+                duration_minutes=45,
+                lines=[PricedLine(**{**made["lines"][0], "surcharge": 500})],
+                technician_id=tech,
+                total=3500,
+                currency="EUR",
+            ),
+        )
+        events = await keyed_events(
+            infra,
+            f"{platform.prefix}.dispatch.events",
+            booking_id,
+            until=lambda found: any(e["type"] == "dispatch.reschedule_refused" for e in found),
+        )
+        refused = next(e for e in events if e["type"] == "dispatch.reschedule_refused")["payload"]
+        async with platform.client("dispatch") as dispatch:
+            visit = await get_json(dispatch, f"/visits/{booking_id}", as_customer(customer))
+        still = await get_json(booking, f"/bookings/{booking_id}")
+    assert refused["stage"] == "arrived"
+    assert refused["reason"] == "the technician was already at the door"
+    assert datetime.fromisoformat(refused["window_start"]) == datetime.fromisoformat(
+        made["window_start"]
+    )
+    assert [line["surcharge"] for line in refused["lines"]] == [0]
+    assert visit["status"] == "arrived"
+    assert datetime.fromisoformat(visit["window_start"]) == datetime.fromisoformat(
+        made["window_start"]
+    )
+    assert still["status"] == "arrived"  # booking had moved nothing: nothing to take back
+    assert await keyed_so_far(infra, f"{platform.prefix}.dlq.dispatch", booking_id) == []
+
+
+async def test_a_booking_whose_move_came_too_late_goes_back_to_its_window_and_prices(
+    platform: Platform, kafka_producer: AIOKafkaProducer
+) -> None:
+    """Booking took a new window while dispatch was busy; dispatch then refuses it (the
+    technician had set off): the booking is back on the window and total it had, at the
+    step the visit reached, not left "rescheduled" for good."""
+    tech = unique("tech_")
+    async with platform.client("booking", acting_as=OPS) as booking:
+        code = await served_item(
+            platform, booking, tech, unit_price=3000, after_hours_surcharge=900
+        )
+        customer = await new_customer(booking)
+        made = (
+            await booking.post("/bookings", json=booking_body(customer, code, quantity=1))
+        ).json()
+        booking_id = made["booking_id"]
+        assigned = await accepted(platform, booking, booking_id, tech)
+        dispatch = platform.services["dispatch"].proc
+        assert dispatch is not None
+        dispatch.send_signal(signal.SIGSTOP)  # busy: the move waits for it
+        try:
+            start, end = lisbon_window(days=3, at=time(21, 0))
+            moved = await booking.post(
+                f"/bookings/{booking_id}/reschedule",
+                json={"window_start": start, "window_end": end},
+                headers={"If-Match": f'"{assigned["version"]}"'},
+            )
+            assert moved.status_code == 200, moved.text
+            assert (moved.json()["status"], moved.json()["total"]) == ("rescheduled", 3900)
+            # What dispatch answers when the technician had set off before the move came.
+            await publish(
+                kafka_producer,
+                platform.prefix,
+                RescheduleRefused(
+                    booking_id=booking_id,
+                    visit_id=f"vs_{booking_id}",
+                    customer_id=customer,
+                    window_start=datetime.fromisoformat(made["window_start"]),
+                    window_end=datetime.fromisoformat(made["window_end"]),
+                    lines=[PricedLine(**line) for line in made["lines"]],
+                    stage="en_route",
+                    reason="the technician had already set off",
+                ),
+            )
+            back = await status_is(booking, booking_id, "en_route")
+        finally:
+            dispatch.send_signal(signal.SIGCONT)
+    assert back["total"] == 3000
+    assert datetime.fromisoformat(back["window_start"]) == datetime.fromisoformat(
+        made["window_start"]
+    )
+    assert back["timeline"][-1]["note"] == (
+        "not moved: the technician had already set off; the visit keeps its window"
+    )
     assert back["technician"]["technician_id"] == tech
 
 

@@ -5,7 +5,7 @@ from __future__ import annotations
 import hashlib
 import json
 import uuid
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from datetime import datetime, timedelta
 from enum import StrEnum
 from typing import Annotated, Any
@@ -16,7 +16,7 @@ from services.booking.pricing import LineTerms, Quote, ServiceHours, Timing, can
 from shared.auth import Actor, Role
 from shared.errors import Conflict, Forbidden, Unprocessable
 from shared.events.reviews import redo_booking_id
-from shared.events.types import GeoPoint
+from shared.events.types import GeoPoint, PricedLine
 
 MAX_ID = 64  # any id the API takes in a path or a body
 MAX_WINDOW = timedelta(hours=12)
@@ -150,6 +150,17 @@ class TechnicianIdentity(BaseModel):
     phone_masked: str | None = None
 
 
+class KeptWindow(BaseModel):
+    """The window and prices dispatch last confirmed, kept while a new one waits for it."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    window_start: datetime
+    window_end: datetime
+    timing: Timing
+    quote: Quote
+
+
 class AddressSnapshot(BaseModel):
     """The address as it was when booked: a later edit of the profile changes no booking."""
 
@@ -179,6 +190,7 @@ class Booking(BaseModel):
     redo_for_complaint: str | None = None  # a free visit putting a complaint right
     cancellation_fee: int | None = None
     halted_at: datetime | None = None  # a safety alert stopped the visit: see `halt`
+    rescheduled_from: KeptWindow | None = None  # while a new window waits: see `keep_window`
     timeline: list[TimelineEntry] = Field(default_factory=list)
     version: int = 0
     idempotency_key: str | None = None
@@ -330,12 +342,53 @@ class Booking(BaseModel):
                 field="status",
             )
         check_window(start, end, at)
+        if self.status is not S.RESCHEDULED:  # moved again before dispatch answered: the first
+            self.rescheduled_from = KeptWindow(
+                window_start=self.window_start,
+                window_end=self.window_end,
+                timing=self.timing,
+                quote=self.quote,
+            )
         after_hours = not hours.covers(start, end)
         self.quote = quote(self.terms, start, after_hours=after_hours, urgent=False)
         self.timing = Timing.WINDOW
         old = f"{self.window_start:%Y-%m-%d %H:%M}"
         self.window_start, self.window_end = start, end
         self.move_to(S.RESCHEDULED, at, f"from {old} to {start:%Y-%m-%d %H:%M} UTC")
+
+    def keep_window(
+        self,
+        start: datetime,
+        end: datetime,
+        *,
+        lines: Sequence[PricedLine],
+        stage: BookingStatus,
+        at: datetime,
+        reason: str,
+        halted_by: str | None = None,
+    ) -> None:
+        """Dispatch refused the new window: it came too late (the technician had set off,
+        or the visit was under way, done or stopped). The booking goes back to the window
+        and prices the visit kept, at the step the visit reached: the facts of the steps in
+        between were passed over while the booking waited, and this one sums them up."""
+        if self.status is not S.RESCHEDULED:
+            raise IllegalTransition(
+                f"booking {self.booking_id} is {self.status}: no new window waits",
+                field="status",
+            )
+        kept = self.rescheduled_from
+        if kept is not None and (kept.window_start, kept.window_end) == (start, end):
+            self.timing, self.quote = kept.timing, kept.quote
+        else:  # moved twice, and dispatch had taken the first move: its prices are the visit's
+            total = sum(line.amount for line in lines)
+            self.quote = self.quote.model_copy(update={"lines": list(lines), "total": total})
+        self.window_start, self.window_end, self.rescheduled_from = start, end, None
+        # Not one of ALLOWED's moves: the steps between happened while the booking waited.
+        self.status = stage
+        note = f"not moved: {reason}; the visit keeps its window"
+        self.timeline.append(TimelineEntry(status=stage, at=at, note=note))
+        if halted_by is not None:
+            self.halt(at, halted_by)
 
 
 class Address(BaseModel):

@@ -29,6 +29,7 @@ from shared.consumer import Handlers
 from shared.events.dispatch import (
     DispatchFailed,
     IdentityConfirmed,
+    RescheduleRefused,
     SafetyAlert,
     ServiceCompleted,
     ServiceStarted,
@@ -121,6 +122,22 @@ async def safety_alert(tx: Transaction, event: SafetyAlert) -> None:
     too, so the customer or operations can cancel it; a far check-in is only a warning."""
     if event.kind in HALTING_ALERTS:
         await _apply(tx, event.booking_id, event.event_type, lambda b: b.halt(event.at, event.kind))
+
+
+@handlers.on(RescheduleRefused)
+async def reschedule_refused(tx: Transaction, event: RescheduleRefused) -> None:
+    def keep(booking: Booking) -> None:
+        booking.keep_window(
+            event.window_start,
+            event.window_end,
+            lines=event.lines,
+            stage=BookingStatus(event.stage),
+            at=utcnow(),
+            reason=event.reason,
+            halted_by=event.halted_by,
+        )
+
+    await _apply(tx, event.booking_id, event.event_type, keep)
 
 
 @handlers.on(TechnicianEnRoute)

@@ -22,6 +22,7 @@ from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 from pydantic import Field, field_validator, model_validator
 
 from shared.errors import Conflict, Forbidden, Locked, Unprocessable
+from shared.events.dispatch import VisitStage
 from shared.events.types import GeoPoint, GeoPolygon, PricedLine
 from shared.privacy import Phone, mask_phone
 from shared.schema import Forbid
@@ -353,6 +354,25 @@ UNDER_WAY = frozenset({V.EN_ROUTE, V.ARRIVED, V.IDENTITY_CONFIRMED, V.IN_SERVICE
 ACCEPTED = frozenset({V.ASSIGNED, *UNDER_WAY})
 # Before arrival a technician can still drop out or be replaced.
 REPLACEABLE = frozenset({V.OFFERED, V.ASSIGNED, V.EN_ROUTE})
+# Why a new window can no longer move the visit (booking refuses one as well once the
+# technician set off; this is a reschedule that crossed that step on its way here).
+TOO_LATE_TO_MOVE = {
+    V.EN_ROUTE: "the technician had already set off",
+    V.ARRIVED: "the technician was already at the door",
+    V.IDENTITY_CONFIRMED: "the technician was already at the door",
+    V.IN_SERVICE: "the service had already begun",
+    V.COMPLETED: "the visit was already done",
+    V.HALTED: "a safety alert had stopped the visit",
+}
+# The steps of a visit the customer follows, as its status names them.
+STAGES: dict[VisitStatus, VisitStage] = {
+    V.ASSIGNED: "assigned",
+    V.EN_ROUTE: "en_route",
+    V.ARRIVED: "arrived",
+    V.IDENTITY_CONFIRMED: "identity_confirmed",
+    V.IN_SERVICE: "in_service",
+    V.COMPLETED: "completed",
+}
 
 
 class OfferStatus(StrEnum):
@@ -454,6 +474,27 @@ class Visit(Forbid):
     alerts: list[AlertKind] = Field(default_factory=list)
     failure: str | None = None
     version: int = 0
+
+    def stage(self) -> VisitStage:
+        """The last step the customer follows that the visit reached (a halted visit: the
+        step it was stopped at, as far as it shows; before the door, "assigned")."""
+        if self.status in STAGES:
+            return STAGES[self.status]
+        reached: tuple[tuple[datetime | None, VisitStage], ...] = (
+            (self.completed_at, "completed"),
+            (self.started_at, "in_service"),
+            (self.identity_confirmed_at, "identity_confirmed"),
+            (self.arrived_at, "arrived"),
+        )
+        return next((stage for at, stage in reached if at is not None), "assigned")
+
+    @property
+    def halted_by(self) -> AlertKind | None:
+        """The safety alert that stopped the visit, if one did."""
+        if self.status is not V.HALTED:
+            return None
+        halting = (AlertKind.WRONG_CODE_LOCKOUT, AlertKind.NOT_THE_PERSON)
+        return next((a for a in reversed(self.alerts) if a in halting), None)
 
     # -- matching --
     @property

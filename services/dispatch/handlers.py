@@ -7,6 +7,7 @@ from datetime import timedelta
 
 from services.dispatch import commands
 from services.dispatch.domain import (
+    TOO_LATE_TO_MOVE,
     TechnicianStatus,
     Visit,
     VisitStatus,
@@ -16,7 +17,7 @@ from services.dispatch.domain import (
 from services.dispatch.storage import Technicians, Visits
 from shared.consumer import Handlers
 from shared.events.booking import BookingCancelled, BookingRequested, BookingRescheduled
-from shared.events.dispatch import ServiceVoided, TechnicianStatusChanged
+from shared.events.dispatch import RescheduleRefused, ServiceVoided, TechnicianStatusChanged
 from shared.events.reviews import (
     TechnicianQualityChanged,
     TechnicianSuspended,
@@ -96,10 +97,30 @@ async def booking_requested(tx: Transaction, event: BookingRequested) -> None:
 @handlers.on(BookingRescheduled)
 async def booking_rescheduled(tx: Transaction, event: BookingRescheduled) -> None:
     visit = await Visits(tx.db).by_booking(event.booking_id, tx.session)
-    if visit is None or visit.status in {VisitStatus.CANCELLED, VisitStatus.COMPLETED}:
+    if visit is None or visit.status is VisitStatus.CANCELLED:
+        return
+    too_late = TOO_LATE_TO_MOVE.get(visit.status)
+    if too_late is not None:
+        # The customer moved the visit as the technician set off (or later): the visit keeps
+        # its window and prices, and booking is told so, or it would wait for good.
+        tx.emit(
+            RescheduleRefused(
+                booking_id=visit.booking_id,
+                visit_id=visit.visit_id,
+                customer_id=visit.customer_id,
+                window_start=visit.window_start,
+                window_end=visit.window_end,
+                lines=visit.lines,
+                stage=visit.stage(),
+                halted_by=visit.halted_by,
+                reason=too_late,
+            )
+        )
+        log.info("reschedule of booking %s refused: %s", visit.booking_id, too_late)
         return
     visit.window_start, visit.window_end = event.window_start, event.window_end
     visit.duration_minutes = event.duration_minutes
+    visit.lines = event.lines  # the new window's prices (a surcharge on or off): the receipt's
     await commands.recheck_after_reschedule(tx, visit)
 
 

@@ -40,9 +40,11 @@ from shared.errors import Unprocessable
 from shared.events.booking import (
     BookingAwaitingOperations,
     BookingRequested,
+    BookingRescheduled,
     BookingStatusChanged,
 )
 from shared.events.dispatch import (
+    RescheduleRefused,
     SafetyAlert,
     SafetyAlertAcknowledged,
     ServiceCompleted,
@@ -209,6 +211,21 @@ def _if_newer(version: int, version_field: str, field: str, value: object) -> Ex
     return Expr({"$cond": [newer, {"$literal": value}, f"${field}"]})
 
 
+EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
+
+
+def _window(tx: Transaction, start: datetime, end: datetime) -> dict[str, Any]:
+    """The visit's window, from the latest event that set it: booked, moved, or kept by
+    dispatch when the move came too late (two topics: one may overtake the other)."""
+    at = occurred(tx)
+    later = {"$gt": [{"$literal": at}, {"$ifNull": ["$window_at", {"$literal": EPOCH}]}]}
+    return {
+        "window_start": Expr({"$cond": [later, {"$literal": start}, "$window_start"]}),
+        "window_end": Expr({"$cond": [later, {"$literal": end}, "$window_end"]}),
+        "window_at": Expr({"$cond": [later, {"$literal": at}, "$window_at"]}),
+    }
+
+
 # ------------------------------------------------------------------ bookings --
 @handlers.on(BookingRequested)
 async def requested(tx: Transaction, e: BookingRequested) -> None:
@@ -221,13 +238,22 @@ async def requested(tx: Transaction, e: BookingRequested) -> None:
             "region": e.region,
             "timing": e.timing,
             "location": e.location.model_dump(),
-            "window_start": e.window_start,
-            "window_end": e.window_end,
+            **_window(tx, e.window_start, e.window_end),
             "requested_at": _keep("requested_at", occurred(tx)),
             "status": _keep("status", "requested"),
             "currency": e.currency,
         },
     )
+
+
+@handlers.on(BookingRescheduled)
+async def rescheduled(tx: Transaction, e: BookingRescheduled) -> None:
+    await _set(tx, BOARD_BOOKINGS, e.booking_id, _window(tx, e.window_start, e.window_end))
+
+
+@handlers.on(RescheduleRefused)
+async def reschedule_refused(tx: Transaction, e: RescheduleRefused) -> None:
+    await _set(tx, BOARD_BOOKINGS, e.booking_id, _window(tx, e.window_start, e.window_end))
 
 
 @handlers.on(BookingStatusChanged)

@@ -11,6 +11,7 @@ from shared.errors import NotYet
 from shared.events.booking import BookingRequested
 from shared.events.dispatch import (
     OfferMade,
+    RescheduleRefused,
     ServiceCompleted,
     ServiceVoided,
     TechnicianArrived,
@@ -216,6 +217,21 @@ async def released(tx: Transaction, event: TechnicianReleased) -> None:
         previous_badge_number=event.badge_number,
     )
     await no_longer_yours(tx, event.technician_id, event.booking_id)
+
+
+@handlers.on(RescheduleRefused)
+async def reschedule_refused(tx: Transaction, event: RescheduleRefused) -> None:
+    await tell(
+        tx,
+        f"customer:{event.customer_id}",
+        "reschedule_refused",
+        title="Too late to move this visit",
+        body=f"{event.reason[0].upper()}{event.reason[1:]}: the visit keeps its window, "
+        f"{event.window_start:%Y-%m-%d %H:%M}-{event.window_end:%H:%M} UTC, and its prices.",
+        booking_id=event.booking_id,
+        window_start=event.window_start.isoformat(),
+        window_end=event.window_end.isoformat(),
+    )
 
 
 @handlers.on(TechnicianEnRoute)

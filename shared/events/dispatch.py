@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from datetime import datetime
+from typing import Literal
 
 from pydantic import Field
 
@@ -11,6 +12,10 @@ from shared.events.registry import event
 from shared.events.types import PricedLine
 
 STREAM = "dispatch"
+# The steps of a visit the customer follows, from a technician's acceptance to its end.
+VisitStage = Literal[
+    "assigned", "en_route", "arrived", "identity_confirmed", "in_service", "completed"
+]
 
 
 @event("dispatch.technician_assigned", version=1, stream=STREAM, key="booking_id")
@@ -136,6 +141,26 @@ class ServiceVoided(EventPayload):
     technician_id: str
     completed_at: datetime
     cancelled_at: datetime = Field(description="When the customer's cancellation was accepted")
+    reason: str
+
+
+@event("dispatch.reschedule_refused", version=1, stream=STREAM, key="booking_id")
+class RescheduleRefused(EventPayload):
+    """A new window reached dispatch too late: the technician had set off already, or the
+    visit was under way, done or stopped by a safety alert. The visit keeps its window and
+    its prices (`lines`), and booking puts the booking back on them, at `stage`, the last
+    step the visit reached."""
+
+    booking_id: str
+    visit_id: str
+    customer_id: str
+    window_start: datetime
+    window_end: datetime
+    lines: list[PricedLine] = Field(min_length=1)
+    stage: VisitStage
+    halted_by: str | None = Field(
+        default=None, description="The safety alert that stopped the visit, if one did"
+    )
     reason: str
 
 

@@ -460,6 +460,63 @@ def test_reschedule_keeps_booked_prices_and_recomputes_the_after_hours_surcharge
     assert b.window_start == late
 
 
+def test_a_move_dispatch_refused_puts_the_booking_back_on_its_window_and_prices() -> None:
+    b = on_visit(S.ASSIGNED)
+    first = (b.window_start, b.window_end, b.quote)
+    late = datetime(2030, 6, 15, 20, 0, tzinfo=UTC)  # 21:00 in Lisbon: a surcharge
+    b.reschedule(late, late + timedelta(hours=1), HOURS, NOW)
+    b.reschedule(late + timedelta(days=1), late + timedelta(days=1, hours=1), HOURS, NOW)
+    b.keep_window(
+        first[0],
+        first[1],
+        lines=first[2].lines,
+        stage=S.IN_SERVICE,
+        at=NOW,
+        reason="the service had already begun",
+    )
+    assert (b.window_start, b.window_end, b.quote) == first  # the first, not the one between
+    assert b.status is S.IN_SERVICE
+    assert b.rescheduled_from is None
+    assert b.timeline[-1].note == (
+        "not moved: the service had already begun; the visit keeps its window"
+    )
+    with pytest.raises(IllegalTransition, match="no new window waits"):
+        b.keep_window(first[0], first[1], lines=first[2].lines, stage=S.ARRIVED, at=NOW, reason="")
+
+
+def test_a_move_refused_after_a_safety_alert_stops_the_booking_there() -> None:
+    b = on_visit(S.ASSIGNED)
+    start, end, lines = b.window_start, b.window_end, b.quote.lines
+    b.reschedule(NOW + timedelta(days=4), NOW + timedelta(days=4, hours=2), HOURS, NOW)
+    b.keep_window(
+        start,
+        end,
+        lines=lines,
+        stage=S.ARRIVED,
+        at=NOW,
+        reason="a safety alert had stopped the visit",
+        halted_by="wrong_code_lockout",
+    )
+    assert b.status is S.ARRIVED
+    assert b.halted_at == NOW
+    assert b.address_visible_to(THEIR_TECHNICIAN) is False
+    assert b.cancel(NOW, "stopped at the door") == 0
+
+
+def test_a_move_dispatch_refused_after_taking_an_earlier_one_carries_that_ones_prices() -> None:
+    """Moved twice; dispatch had taken the first move before the second came too late."""
+    b = on_visit(S.ASSIGNED)
+    late = datetime(2030, 6, 15, 20, 0, tzinfo=UTC)
+    b.reschedule(late, late + timedelta(hours=1), HOURS, NOW)
+    evening = b.quote.lines
+    b.reschedule(NOW + timedelta(days=4), NOW + timedelta(days=4, hours=2), HOURS, NOW)
+    b.keep_window(
+        late, late + timedelta(hours=1), lines=evening, stage=S.EN_ROUTE, at=NOW, reason="set off"
+    )
+    assert b.window_start == late
+    assert b.total == 3000  # 25.00 and the 5.00 evening surcharge
+
+
 @pytest.mark.parametrize("status", sorted(set(S) - RESCHEDULABLE))
 def test_reschedule_is_refused_once_the_technician_is_on_the_way(status: BookingStatus) -> None:
     b = booking(status)

@@ -454,3 +454,18 @@ def test_dates_used_are_the_technicians_local_day() -> None:
     always = [{"weekday": d, "start": "00:00", "end": "00:00"} for d in range(7)]
     found = why_not(tech(certificates=expiring, shifts=always), need, [])
     assert found == f"no valid certificate gel on {date(2030, 5, 1)}"
+
+
+def test_a_visit_names_the_last_step_it_reached_and_the_alert_that_stopped_it() -> None:
+    v = assigned()
+    assert (v.stage(), v.halted_by) == ("assigned", None)
+    v.set_off("t1")
+    v.arrive("t1", HOME, NOW, max_m=500)
+    assert v.stage() == "arrived"
+    for _ in range(3):
+        v.enter_code("t1", False, NOW, attempts=3)
+    assert v.status is VisitStatus.HALTED
+    assert (v.stage(), v.halted_by) == ("arrived", AlertKind.WRONG_CODE_LOCKOUT)
+    stopped_early = assigned()
+    stopped_early.not_the_person("cus_1")
+    assert (stopped_early.stage(), stopped_early.halted_by) == ("assigned", "not_the_person")
