@@ -470,14 +470,17 @@ async def test_guesses_from_one_ipv6_network_count_as_from_one_address(
     edge_limits: Platform, mongo: AsyncMongoClient[Document]
 ) -> None:
     """One subscriber holds a whole /64: a fresh address for each guess is still the same
-    address to the limit. Another network where the staff member signed in is not held."""
+    address to the limit. Another network where the staff member signed in is not held,
+    but the account's usual addresses share one allowance of their own."""
     db = mongo[f"{edge_limits.prefix}_gateway"]
     email, password = f"ops-{uuid.uuid4().hex[:6]}@doorstep.test", uuid.uuid4().hex
     await add_staff(db, email, password)
     home = sent_from("2001:db8:1:3::1")
     async with edge_limits.client("gateway") as api:
         right = {"email": email, "password": password}
-        assert (await api.post("/v1/auth/ops", json=right, headers=home)).status_code == 200
+        cafe = sent_from("203.0.113.99")
+        for usual in (home, cafe):
+            assert (await api.post("/v1/auth/ops", json=right, headers=usual)).status_code == 200
         for i in range(1, 11):
             wrong = await api.post(
                 "/v1/auth/ops",
@@ -490,6 +493,16 @@ async def test_guesses_from_one_ipv6_network_count_as_from_one_address(
         assert "from this address" in held.json()["error"]["message"]
         from_home = await api.post("/v1/auth/ops", json=right, headers=sent_from("2001:db8:1:3::9"))
         assert from_home.status_code == 200, from_home.text
+        # The account's usual addresses share one allowance: one of them may be a shared
+        # exit, whose other users must not bring the account a fresh one each.
+        for _ in range(10):
+            wrong = await api.post(
+                "/v1/auth/ops", json={"email": email, "password": "guess-123"}, headers=cafe
+            )
+            assert wrong.status_code == 401, wrong.text
+        held = await api.post("/v1/auth/ops", json=right, headers=home)
+        assert held.status_code == 429, held.text
+        assert "from its usual addresses" in held.json()["error"]["message"]
 
 
 async def test_codes_texted_are_capped_per_address_and_in_all_and_one_refused_is_not_stored(

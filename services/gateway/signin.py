@@ -200,10 +200,15 @@ async def request_code(
         return OtpOut(expires_in=settings.otp_ttl_s)
     # Texts are counted per address first: a few addresses cannot use up the platform's
     # allowance (which bounds what a flood from many can cost) and stop every sign-in.
+    address = client_address(request)
     per_address: RateLimiter = request.app.state.sms_per_address
-    per_address.check(client_address(request), what="too many codes asked from this address")
+    per_address.check(address, what="too many codes asked from this address")
     sms: RateLimiter = request.app.state.sms_limiter
-    sms.check("all", what="the platform is texting too many codes right now; try again")
+    try:
+        sms.check("all", what="the platform is texting too many codes right now; try again")
+    except TooManyRequests:
+        per_address.give_back(address)  # nothing was sent
+        raise
     key = await service_secret(runtime.db, "otp", settings.otp_secret)
     if current is not None and current.nonce and still_live(current, now):
         # Asked again (the text did not come; or a stranger asked for this phone): the same
@@ -228,13 +233,15 @@ async def request_code(
                 raise VersionMismatch(body.phone)
         else:
             await codes.save(fresh)
-    except VersionMismatch:  # a twin request's code went first
+    except VersionMismatch:  # a twin request's code went first; this one sends nothing
+        per_address.give_back(address)
+        sms.give_back("all")
         raise TooManyRequests(
             "a code was sent to this phone just now: use it, or ask again in a moment",
             retry_after=1,
         ) from None
     await sender(runtime).send(body.phone, f"Your Doorstep code is {code}")
-    return OtpOut(expires_in=settings.otp_ttl_s)
+    return OtpOut(expires_in=int((expires_at - now).total_seconds()))
 
 
 # A code asked for again with less time than this left is not sent again: a new one is.
@@ -365,7 +372,11 @@ async def ops_sign_in(body: OpsIn, runtime: RuntimeDep, request: Request) -> Tok
     limits: list[tuple[RateLimiter, str, str]] = [
         (state.staff_failures_here, f"{email} {address}", "from this address"),
     ]
-    if staff is None or not staff.signed_in_lately_from(address, now):
+    if staff is not None and staff.signed_in_lately_from(address, now):
+        # The account's own addresses share one allowance too: one of them may be a shared
+        # exit (a carrier's, a café's), and each must not bring the account a fresh one.
+        limits.append((state.staff_failures, f"{email} known", "from its usual addresses"))
+    else:
         limits.append((state.staff_failures, email, "from addresses it has not signed in from"))
     taken: list[tuple[RateLimiter, str]] = []
     try:

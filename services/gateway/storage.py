@@ -196,10 +196,11 @@ class Staff(Versioned[OpsStaff]):
         others = {
             "$filter": {
                 "input": {"$ifNull": ["$signed_in_from", []]},
-                "cond": {"$ne": ["$$this.address", address]},
+                "cond": {"$ne": ["$$this.address", {"$literal": address}]},
             }
         }
-        last = {"$concatArrays": [others, [{"address": address, "at": at}]]}
+        here = {"address": {"$literal": address}, "at": {"$literal": at}}
+        last = {"$concatArrays": [others, [here]]}
         await self.col.update_one(
             {"_id": staff.email, "sign_ins": staff.sign_ins},
             [{"$set": {"signed_in_from": {"$slice": [last, -KNOWN_ADDRESSES]}}}],
