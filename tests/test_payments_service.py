@@ -335,6 +335,10 @@ async def test_a_cancellation_dispatch_hears_of_after_completion_voids_the_unsig
     async with platform.client("payments") as payments:
         voided = await receipt_status(payments, receipt["receipt_id"], customer, "voided")
         assert "cancelled before the visit was completed" in voided["void_reason"]
+        # The customer's own words stay with booking: the receipt is the store's to read.
+        for reader in (as_technician(tech), as_customer(customer)):
+            seen = await get_json(payments, f"/receipts/{receipt['receipt_id']}", reader)
+            assert "plans changed" not in str(seen)
         refused = await sign(payments, voided, customer)
         assert refused.status_code == 409, refused.text
         assert "withdrawn" in refused.json()["error"]["message"]
@@ -368,6 +372,7 @@ async def test_a_cancellation_dispatch_hears_of_after_completion_voids_the_unsig
         until=lambda found: "payments.receipt_voided" in {e["type"] for e in found},
     )
     assert [e["type"] for e in paid] == ["payments.receipt_issued", "payments.receipt_voided"]
+    assert "plans changed" not in paid[-1]["payload"]["reason"]  # it reaches stores' webhooks
 
     # The customer is told there is nothing to sign, and the technician why.
     told = mongo[f"{platform.prefix}_gateway"]["notifications"]
@@ -593,6 +598,39 @@ async def test_a_declined_card_leaves_the_receipt_to_cash_of_exactly_the_amount_
         assert paid.json()["status"] == "settled"
         twice = await payments.post(cash_url, json={"amount": 5000}, headers=as_technician(tech))
         assert twice.status_code == 409
+        # Cash goes back by somebody's hand: the refund is owed until operations record it.
+        refund = await payments.post(
+            f"/receipts/{receipt['receipt_id']}/refunds",
+            json={"amount": 2000, "reason": "late"},
+            headers={**OPS, "Idempotency-Key": unique("refund-")},
+        )
+        assert refund.status_code == 200, refund.text
+        assert [(p["to"], p["amount"]) for p in refund.json()["parts"]] == [("cash", 2000)]
+        # Promised already: the rest, not the same money again.
+        more = await payments.post(
+            f"/receipts/{receipt['receipt_id']}/refunds",
+            json={"amount": 3001, "reason": "more"},
+            headers={**OPS, "Idempotency-Key": unique("refund-")},
+        )
+        assert more.status_code == 409, more.text
+        repaid_url = (
+            f"/receipts/{receipt['receipt_id']}/refunds/{refund.json()['refund_id']}/repaid"
+        )
+        handed = {"way": "cash", "reference": "handed back at the shop"}
+        done = await payments.post(repaid_url, json=handed, headers=OPS)
+        assert done.status_code == 200, done.text
+        assert done.json()["parts"][0]["repaid"]["way"] == "cash"
+        again = await payments.post(repaid_url, json=handed, headers=OPS)
+        assert again.status_code == 409, again.text
+        assert "owes nothing" in again.json()["error"]["message"]
+        repaid = await keyed_events(
+            infra,
+            f"{platform.prefix}.payments.events",
+            booking_id,
+            until=lambda found: "payments.refund_repaid" in {e["type"] for e in found},
+        )
+        issued_event = next(e for e in repaid if e["type"] == "payments.refund_issued")
+        assert issued_event["payload"]["to_cash"] == 2000
 
 
 async def test_a_customer_who_removed_their_card_pays_cash_the_technician_is_told_to_collect(
@@ -1091,12 +1129,12 @@ async def test_a_refund_that_cannot_be_made_is_told_with_why_and_nothing_moves(
     (reviews shows it on the complaint), where it used to wait for ever or be dropped."""
     customer, complaint = unique("cus_"), unique("cmp_")
 
-    def remedy(booking_id: str, remedy_id: str) -> RefundGranted:
+    def remedy(booking_id: str, remedy_id: str, amount: int = 500) -> RefundGranted:
         return RefundGranted(
             complaint_id=complaint,
             booking_id=booking_id,
             customer_id=customer,
-            amount=500,
+            amount=amount,
             reason="late",
             remedy_id=remedy_id,
         )
@@ -1132,6 +1170,11 @@ async def test_a_refund_that_cannot_be_made_is_told_with_why_and_nothing_moves(
         receipt = await issued(payments, paid, customer)
         assert (await sign(payments, receipt, customer)).status_code == 200
         await receipt_status(payments, receipt["receipt_id"], customer, "settled")
+        # A refund of nothing (the schema lets 0 through): said not made, not dead-lettered.
+        await publish(kafka_producer, platform.prefix, remedy(paid, "rm_nothing", amount=0))
+        (told,) = await not_made(infra, platform, paid, 1)
+        assert told["refund_id"] == f"complaint:{complaint}:rm_nothing"
+        assert "a refund of nothing" in told["reason"]
         everything = await payments.post(
             f"/receipts/{receipt['receipt_id']}/refunds",
             json={"reason": "all of it back"},
@@ -1139,7 +1182,7 @@ async def test_a_refund_that_cannot_be_made_is_told_with_why_and_nothing_moves(
         )
         assert everything.status_code == 200, everything.text
         await publish(kafka_producer, platform.prefix, remedy(paid, "rm_late"))
-        (told,) = await not_made(infra, platform, paid, 1)
+        told = (await not_made(infra, platform, paid, 2))[-1]
         assert told["refund_id"] == f"complaint:{complaint}:rm_late"
         assert f"nothing is left to give back on {receipt['receipt_id']}" in told["reason"]
         final = await get_json(payments, f"/receipts/{receipt['receipt_id']}", headers=OPS)
@@ -1729,13 +1772,17 @@ async def test_a_coupon_takes_off_the_next_receipt_once_and_a_declined_card_can_
 
         declined = await eventually(charge_declined, what="charge declined")
         assert declined[-1]["payment_method"] == "pm_card_declined"  # the customer's own card
-        # The technician and the store see the charge and its fate, not the customer's card.
+        assert declined[-1]["reason"] not in ("", "declined")  # the bank's words: theirs
+        # The technician and the store see the charge and its fate: not the customer's card,
+        # the bank's words about it, nor the provider's references.
         for reader in (as_technician("tech_p"), as_store(store)):
             seen = await payments.get(
                 f"/receipts/{receipt['receipt_id']}/operations", headers=reader
             )
             assert seen.status_code == 200, seen.text
-            assert [(o["status"], o["payment_method"]) for o in seen.json()] == [("declined", "")]
+            assert [
+                (o["status"], o["payment_method"], o["reason"], o["reference"]) for o in seen.json()
+            ] == [("declined", "", "declined", None)]
         again = await payments.post(
             f"/receipts/{receipt['receipt_id']}/pay",
             json={"payment_method": "pm_card_ok"},

@@ -1122,6 +1122,55 @@ async def test_a_refund_the_card_declined_is_not_made_until_operations_repay_it(
     assert (took.count("refund took effect"), took.count("refund not made")) == (2, 1)
 
 
+async def test_a_refund_in_cash_is_not_made_until_operations_record_it_handed_back(
+    platform: Platform, kafka_producer: AIOKafkaProducer
+) -> None:
+    """The visit was paid in cash: its refund is cash somebody must hand back. The remedy
+    shows not made, with how much, until operations record it given."""
+    async with platform.client("reviews") as reviews:
+        customer, complaint = await complained(reviews, kafka_producer, platform)
+        url = f"/complaints/{complaint['complaint_id']}"
+        proposed = await reviews.post(
+            f"{url}/resolution",
+            json={"text": "your money back", "remedies": [{"kind": "refund", "amount": 1500}]},
+            headers=OPS,
+        )
+        assert proposed.status_code == 200, proposed.text
+        (remedy,) = proposed.json()["remedies"]
+        about = {
+            "refund_id": remedy_made_id(
+                REMEDY_REFUND, complaint["complaint_id"], remedy["remedy_id"]
+            ),
+            "receipt_id": "rc_test",
+            "booking_id": complaint["booking_id"],
+            "customer_id": customer,
+            "amount": 1500,
+            "currency": "EUR",
+        }
+        for fact, shows in [
+            (
+                RefundIssued(**about, to_provider=0, to_cash=1500, to_prepaid=0, reason="sorry"),
+                lambda r: r["took_effect_at"] is None and r["not_made"],
+            ),
+            (
+                RefundRepaid(**about, way="cash", repaid_at=datetime.now(UTC)),
+                lambda r: r["took_effect_at"] is not None and r["not_made"] is None,
+            ),
+        ]:
+            await publish(kafka_producer, platform.prefix, fact)
+
+            async def marked(shows: Any = shows) -> Any:
+                c = await get_json(reviews, url, headers=OPS)
+                return c if c and shows(c["remedies"][0]) else None
+
+            seen = await eventually(marked, what=f"the remedy after {type(fact).__name__}")
+            if isinstance(fact, RefundIssued):
+                assert (
+                    "15.00 EUR of the refund is cash to hand back"
+                    in seen["remedies"][0]["not_made"]
+                )
+
+
 async def test_kpis_match_a_hand_count_with_medians_of_even_and_odd_counts_in_the_period(
     platform: Platform, mongo: AsyncMongoClient[Document]
 ) -> None:

@@ -475,7 +475,17 @@ async def refund_declined(tx: Transaction, e: RefundDeclined) -> None:
 @handlers.on(RefundIssued)
 async def refund_issued(tx: Transaction, e: RefundIssued) -> None:
     """Operations refunded again: the decline is behind them (a new one says so again; a
-    booking's refunds share its key, so they come in order)."""
+    booking's refunds share its key, so they come in order). Cash to hand back stays on
+    the row, like a decline, until operations record it given."""
+    if e.to_cash > 0:
+        row = {
+            "refund_declined": e.to_cash,
+            "refund_declined_note": "refund to hand back in cash",
+            "refund_declined_at": occurred(tx),
+            "currency": e.currency,
+        }
+        await _set(tx, BOARD_BOOKINGS, e.booking_id, row)
+        return
     await _decline_cleared(tx, e.booking_id)
 
 

@@ -490,8 +490,8 @@ async def refund_repaid(tx: Transaction, event: RefundRepaid) -> None:
         f"customer:{event.customer_id}",
         "refund_repaid",
         title="We have repaid your refund",
-        body=f"{_money(event.amount, event.currency)} that your card would not take back was "
-        f"repaid to you {REPAID[event.way]}.",
+        body=f"{_money(event.amount, event.currency)} of your refund was repaid to you "
+        f"{REPAID[event.way]}.",
         booking_id=event.booking_id,
         amount=event.amount,
         currency=event.currency,

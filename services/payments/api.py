@@ -368,9 +368,19 @@ async def operations(receipt_id: PathId, runtime: RuntimeDep, actor: ActorDep) -
     found = await ProviderOps(runtime.db).of_receipt(receipt_id)
     if actor.is_ops or actor.role is Role.CUSTOMER:
         return found
-    # The technician and the store see what was charged and whether it went through, not
-    # the customer's card.
-    return [op.model_copy(update={"payment_method": ""}) for op in found]
+    # The technician and the store see what was charged and whether it went through: not the
+    # customer's card, nor the bank's words about it, nor the provider's references.
+    return [
+        op.model_copy(
+            update={
+                "payment_method": "",
+                "reason": "declined" if op.status == "declined" else "",
+                "reference": None,
+                "charge_reference": None,
+            }
+        )
+        for op in found
+    ]
 
 
 @router.put(
@@ -450,7 +460,8 @@ class RepaidIn(Forbid):
 @router.post(
     "/receipts/{receipt_id}/refunds/{refund_id}/repaid",
     tags=["payments"],
-    summary="Operations record that they repaid another way a refund the card declined",
+    summary="Operations record a refund's money given back by hand: what the card declined, "
+    "or cash to hand back",
 )
 async def refund_repaid(
     receipt_id: PathId, refund_id: PathId, body: RepaidIn, runtime: RuntimeDep, actor: ActorDep

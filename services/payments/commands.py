@@ -143,7 +143,10 @@ async def void_receipt(tx: Transaction, event: ServiceVoided) -> Receipt | None:
         )
         return receipt
     now = utcnow()
-    reason = f"the booking was cancelled before the visit was completed ({event.reason})"
+    # Not the customer's words: the receipt is the technician's and the store's to read, and
+    # its withdrawal reaches the store's webhooks.
+    reason = "the booking was cancelled before the visit was completed"
+    log.info("booking %s voided: %s", event.booking_id, event.reason)
     if receipt.void(reason, now):
         for granted in receipt.refunds_granted:  # nothing was paid: nothing to give back
             not_made(tx, receipt.booking_id, granted.refund_id, VOIDED_UNPAID)
@@ -742,6 +745,9 @@ async def make_granted_refund(
 ) -> None:
     if any(r.refund_id == refund_id for r in receipt.refunds):
         return  # made already
+    if amount is not None and amount <= 0:  # the schema lets 0 through; nothing to make
+        not_made(tx, receipt.booking_id, refund_id, "a refund of nothing was granted")
+        return
     if receipt.refundable <= 0:
         not_made(
             tx,

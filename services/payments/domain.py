@@ -102,7 +102,8 @@ class Payment(Forbid):
 
 
 class Repayment(Forbid):
-    """Money a declined card refund still owed, given back another way by operations."""
+    """Money a refund still owed (the card would not take it back, or it is cash to hand
+    back), given back by operations: by transfer, in cash, or another way."""
 
     way: RepaidWay
     # The transfer's, or the cash receipt's, and who: operations' own (`seen_by`).
@@ -122,26 +123,34 @@ class RefundPart(Forbid):
     # Why the provider refused to give this part back: the money is still the customer's
     # to be refunded (another refund may give it back), and operations are told.
     declined: str | None = None
-    repaid: Repayment | None = None  # operations gave it back another way after all
+    repaid: Repayment | None = None  # operations gave it back (another way) after all
 
     def seen_by(self, insider: bool, ops: bool) -> RefundPart:
-        if self.declined is None:
+        if self.declined is None and self.repaid is None:
             return self
         return self.model_copy(
             update={
-                "declined": self.declined if insider else "declined",
+                "declined": self.declined if insider or self.declined is None else "declined",
                 "repaid": self.repaid.seen_by(ops) if self.repaid else None,
             }
         )
 
     @property
     def owed(self) -> bool:
-        """Declined by the card and not repaid another way: still the customer's money."""
+        """Still the customer's money: the card would not take it back, or it is cash that
+        somebody must hand back (nothing moves it by itself), and operations have not
+        recorded giving it back."""
+        return (self.declined is not None or self.to == "cash") and self.repaid is None
+
+    @property
+    def refused(self) -> bool:
+        """The card would not take it back and nobody repaid it: it may be refunded again
+        (cash to hand back is promised already: refunding it again would pay twice)."""
         return self.declined is not None and self.repaid is None
 
     @property
     def given_back(self) -> int:
-        return 0 if self.owed else self.amount
+        return 0 if self.refused else self.amount
 
 
 class Refund(Forbid):
@@ -167,15 +176,16 @@ class Refund(Forbid):
 
     @property
     def owed(self) -> int:
-        """What the card would not take back and nobody repaid yet."""
+        """What the card would not take back, or is cash to hand back, not given yet."""
         return sum(part.amount for part in self.parts if part.owed)
 
     def repaid_by_hand(self, repayment: Repayment) -> int:
-        """Operations gave the declined card part back another way: what they gave."""
+        """Operations gave back what the refund still owed: what they gave."""
         owed = self.owed
         if not owed:
             raise Conflict(
-                f"refund {self.refund_id} has no declined card part left to repay",
+                f"refund {self.refund_id} owes nothing: no declined card part and no cash left "
+                "to give back",
                 field="refund_id",
             )
         for part in self.parts:
@@ -363,12 +373,13 @@ class Receipt(Forbid):
         return reopening
 
     def repay(self, refund_id: str, repayment: Repayment) -> tuple[Refund, int]:
-        """Operations gave back another way what the card would not take back of a refund:
-        the refund, and how much they gave."""
+        """Operations gave back what a refund still owed (the card would not take it back,
+        or it was cash to hand back): the refund, and how much they gave."""
         refund = next((r for r in self.refunds if r.refund_id == refund_id), None)
         if refund is None:
             raise NotFound(f"receipt {self.receipt_id} has no refund {refund_id}")
-        if self.refundable < refund.owed:
+        refused = sum(part.amount for part in refund.parts if part.refused)
+        if self.refundable < refused:
             raise Conflict(
                 f"what the card would not take back of {refund_id} went back since, by another "
                 "refund: repaying it again would pay twice",
@@ -592,7 +603,7 @@ def _refunded_so_far(
     back_units: dict[str, int] = {}
     for r in receipt.refunds:
         for part in r.parts:
-            if part.owed:
+            if part.refused:
                 continue
             if part.to == "holding" and part.holding_id:
                 back_amount[part.holding_id] = back_amount.get(part.holding_id, 0) + part.amount

@@ -8,7 +8,7 @@ that could disagree. The rules every change obeys:
 - expired value cannot be spent, and expiring writes the rest off as an entry;
 - a receipt draws from a holding once: a second draw for the same receipt is refused;
 - a refund gives back at most what that receipt drew, and keeps it usable for a while
-  even if the holding has expired meanwhile (be generous: the fault was ours).
+  even if the holding has expired, or is about to (be generous: the fault was ours).
 """
 
 from __future__ import annotations
@@ -174,6 +174,10 @@ class Holding(Forbid):
             # units given back get the grace.
             self.expire(at)
             self.expires_at = at + REFUND_GRACE
+        else:
+            # About to expire: the visit given back would go unused in a day or two. The
+            # holding keeps going until the grace is over (its other units with it).
+            self.expires_at = max(self.expires_at, at + REFUND_GRACE)
         return self._add(EntryKind.REFUND, units, at, receipt_id=receipt_id, note=note)
 
     def seen_by(self, *, store: bool) -> Holding:

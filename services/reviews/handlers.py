@@ -172,6 +172,12 @@ async def _made_elsewhere(
 
 @handlers.on(RefundIssued)
 async def refund_issued(tx: Transaction, event: RefundIssued) -> None:
+    if event.to_cash > 0:
+        # Cash goes back only by somebody's hand: not made until operations record it.
+        part = f"{event.to_cash / 100:.2f} {event.currency}"
+        why = f"{part} of the refund is cash to hand back: operations record it when given"
+        await _made_elsewhere(tx, event.refund_id, REMEDY_REFUND, RemedyKind.REFUND, why)
+        return
     await _made_elsewhere(tx, event.refund_id, REMEDY_REFUND, RemedyKind.REFUND)
 
 
@@ -190,7 +196,7 @@ async def refund_declined(tx: Transaction, event: RefundDeclined) -> None:
 
 @handlers.on(RefundRepaid)
 async def refund_repaid(tx: Transaction, event: RefundRepaid) -> None:
-    # Operations gave back another way what the card would not take: made after all.
+    # Operations gave back what the card would not take, or the cash: made after all.
     await _made_elsewhere(tx, event.refund_id, REMEDY_REFUND, RemedyKind.REFUND)
 
 

@@ -10,7 +10,7 @@ import pytest
 from services.payments import domain
 from services.payments.domain import Coupon, Payment, Receipt, ReceiptStatus, Refund, Repayment
 from services.payments.fees import CancellationFee, FeeStatus, FeeStep
-from services.payments.ledger import EntryKind, Holding, Plan, PlanKind, Unit, sell
+from services.payments.ledger import REFUND_GRACE, EntryKind, Holding, Plan, PlanKind, Unit, sell
 from services.payments.provider import sign_webhook, webhook_is_authentic
 from shared.errors import Conflict, NotFound, Unprocessable
 from shared.events.types import PricedLine
@@ -220,7 +220,7 @@ def test_a_declined_card_refund_is_owed_until_repaid_another_way_once() -> None:
     refund, amount = receipt.repay("rf_1", BY_TRANSFER)
     assert (amount, refund.parts[0].repaid) == (2000, BY_TRANSFER)
     assert (receipt.refunded, receipt.refundable) == (2000, 4000)
-    with pytest.raises(Conflict, match="no declined card part"):
+    with pytest.raises(Conflict, match="owes nothing"):
         receipt.repay("rf_1", BY_TRANSFER)  # repaid once
     # Nobody but operations reads how, or who; the technician not the bank's words either.
     seen = refund.seen_by(insider=False, ops=False).parts[0]
@@ -229,6 +229,30 @@ def test_a_declined_card_refund_is_owed_until_repaid_another_way_once() -> None:
         BY_TRANSFER.model_copy(update={"reference": None, "by": None}),
     )
     assert refund.seen_by(insider=True, ops=True) == refund
+
+
+def test_a_cash_refund_is_owed_until_operations_record_it_handed_back() -> None:
+    """Nothing moves cash by itself: the refund is the customer's money still until somebody
+    hands it back and operations record it."""
+    receipt = paid_receipt(("cash", 5000))
+    refund = refunded(receipt, "rf_1", 2000)
+    assert [(p.to, p.amount, p.owed) for p in refund.parts] == [("cash", 2000, True)]
+    # Promised: not to be refunded again (that would pay twice), yet owed till handed back.
+    assert (receipt.refunded, receipt.refundable, refund.owed) == (2000, 3000, 2000)
+    again = domain.allocate_refund(receipt, receipt.refundable)
+    assert [(p.to, p.amount) for p in again] == [("cash", 3000)]
+    in_hand = Repayment(way="cash", reference="handed back by tech_1", by="ops_1", at=NOW)
+    _, amount = receipt.repay("rf_1", in_hand)
+    assert amount == 2000
+    assert (receipt.refunded, receipt.refundable, refund.owed) == (2000, 3000, 0)
+    with pytest.raises(Conflict, match="owes nothing"):
+        receipt.repay("rf_1", in_hand)
+    # Not the bank's refusal: there was none. Who recorded it is operations' alone.
+    seen = refund.seen_by(insider=False, ops=False).parts[0]
+    assert (seen.declined, seen.repaid) == (
+        None,
+        in_hand.model_copy(update={"reference": None, "by": None}),
+    )
 
 
 def test_a_declined_refund_given_back_since_by_another_is_not_repaid_twice() -> None:
@@ -308,6 +332,20 @@ def test_a_refund_to_an_expired_package_stays_usable_for_a_while() -> None:
     assert package.spendable(after) == 1
     with pytest.raises(Conflict):
         package.refund(2, "rc_1", after)  # only one more visit was drawn by rc_1
+
+
+def test_a_refund_to_a_package_about_to_expire_stays_usable_for_the_grace_too() -> None:
+    package = holding(validity_days=10)
+    package.draw(1, "rc_1", NOW)
+    almost = package.expires_at - timedelta(days=2)
+    package.refund(1, "rc_1", almost)
+    assert package.expires_at == almost + REFUND_GRACE
+    assert package.spendable(almost + REFUND_GRACE - timedelta(days=1)) == 5
+    roomy = holding(validity_days=90)
+    roomy.draw(1, "rc_2", NOW)
+    until = roomy.expires_at
+    roomy.refund(1, "rc_2", NOW)
+    assert roomy.expires_at == until  # time enough left: nothing changes
 
 
 def test_a_refund_to_a_package_not_yet_written_off_revives_only_what_it_gives_back() -> None:
