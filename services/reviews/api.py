@@ -350,12 +350,25 @@ class ResolutionIn(Forbid):
     @model_validator(mode="after")
     def remedies_are_complete(self) -> ResolutionIn:
         for r in self.remedies:
-            if r.kind is RemedyKind.COUPON and (r.amount is None) == (r.percent is None):
-                raise ValueError("a coupon is either an amount or a percent")
-            if r.kind is RemedyKind.COUPON and r.currency is None:
-                raise ValueError("a coupon names its currency")
-            if r.kind is RemedyKind.REFUND and r.amount == 0:
-                raise ValueError("a refund is a positive amount, or none for everything paid")
+            if r.kind is RemedyKind.COUPON:
+                if (r.amount is None) == (r.percent is None):
+                    raise ValueError("a coupon is either an amount or a percent")
+                if r.amount == 0:
+                    raise ValueError("a coupon of an amount is a positive amount")
+                if r.currency is None:
+                    raise ValueError("a coupon names its currency")
+            elif r.kind is RemedyKind.REFUND:
+                # Payments refunds an amount or all that was paid, in the receipt's currency:
+                # a percent or another currency would be refunded as everything paid.
+                if r.amount == 0:
+                    raise ValueError("a refund is a positive amount, or none for everything paid")
+                if r.percent is not None or r.currency is not None:
+                    raise ValueError(
+                        "a refund is an amount in the visit's currency, or none for everything "
+                        "paid: no percent, no currency"
+                    )
+            elif r.amount is not None or r.percent is not None or r.currency is not None:
+                raise ValueError(f"{r.kind.value} takes no amount, percent or currency")
         return self
 
 
@@ -461,7 +474,8 @@ async def reject(
             raise Forbidden("only the complaint's customer may reject the resolution")
         before = c.tier
         c.reject(f"customer:{actor.subject}", body.reason, utcnow(), sla(c.category, c.severity))
-        commands.escalated(tx, c, "the customer rejected the resolution", before.value)
+        if c.tier is not before:  # the top tier reopens where it is: nobody above to go to
+            commands.escalated(tx, c, "the customer rejected the resolution", before.value)
 
     return await _work(runtime, actor, complaint_id, change)
 

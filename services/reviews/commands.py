@@ -7,6 +7,7 @@ from collections.abc import Awaitable, Callable
 
 from services.reviews.domain import (
     Complaint,
+    ComplaintStatus,
     Remedy,
     RemedyKind,
     bayesian_rating,
@@ -225,7 +226,8 @@ async def close_if_quiet(tx: Transaction, complaint_id: str) -> None:
     complaint = await load(tx, complaint_id)
     if complaint.close_quietly(utcnow()):
         await save(tx, complaint)
-        closed(tx, complaint)
+        if complaint.status is ComplaintStatus.CLOSED:
+            closed(tx, complaint)
     else:
         await _arm(tx, complaint)  # not quiet long enough yet (the clock stepped): kept
 

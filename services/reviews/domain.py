@@ -253,24 +253,32 @@ class Complaint(Forbid):
 
     def as_seen_by_outsider(self, *, store: bool) -> Complaint:
         """What the customer or the technician's store may read: not operations' internal
-        notes; and a store not who complained (the customer's id, in the complaint and in
-        who took its steps)."""
-        timeline = [s for s in self.timeline if s.what not in INTERNAL_STEPS]
-        if not store:
-            return self.model_copy(update={"timeline": timeline})
-        closed_by = self.closed_by
-        if closed_by is not None and closed_by.startswith("customer:"):
-            closed_by = "customer"
-        return self.model_copy(
-            update={
-                "customer_id": "",
-                "closed_by": closed_by,
-                "timeline": [
-                    s.model_copy(update={"by": "customer"}) if s.by.startswith("customer:") else s
-                    for s in timeline
-                ],
-            }
-        )
+        notes, nor which staff member did what (their id is their e-mail): "operations";
+        and a store not who complained (the customer's id, in the complaint and in who took
+        its steps)."""
+
+        def who(by: str) -> str:
+            if by.startswith("ops:"):
+                return "operations"
+            if store and by.startswith("customer:"):
+                return "customer"
+            return by
+
+        timeline = [
+            s.model_copy(
+                update={"by": who(s.by), "detail": "" if s.what == "assigned" else s.detail}
+            )
+            for s in self.timeline
+            if s.what not in INTERNAL_STEPS
+        ]
+        update: dict[str, object] = {
+            "timeline": timeline,
+            "owner": None,
+            "closed_by": who(self.closed_by) if self.closed_by is not None else None,
+        }
+        if store:
+            update["customer_id"] = ""
+        return self.model_copy(update=update)
 
     def _open(self) -> None:
         if self.status is ComplaintStatus.CLOSED:
@@ -335,12 +343,25 @@ class Complaint(Forbid):
         self._log(at, by, "rejected; reopened", f"{reason} (now {self.tier.value})")
 
     def close_quietly(self, at: datetime) -> bool:
+        """The customer did not answer within the quiet period: closed, unless one of its
+        remedies was not made (a refund with nothing paid, a card that would not take it,
+        cash not handed back yet). Closing would bury that: it goes back to operations with
+        its resolution due now, so it escalates. True when it changed."""
         if (
             self.status is not ComplaintStatus.RESOLUTION_PROPOSED
             or self.quiet_until is None
             or at < self.quiet_until
         ):
             return False
+        unmade = [r.kind.value for r in self.remedies if r.not_made is not None]
+        if unmade:
+            self.status, self.quiet_until, self.resolution_due = (
+                ComplaintStatus.IN_PROGRESS,
+                None,
+                at,
+            )
+            self._log(at, "platform", "reopened", f"not made: {', '.join(unmade)}")
+            return True
         self._close("platform", at, "no answer within the quiet period")
         return True
 

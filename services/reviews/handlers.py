@@ -143,7 +143,9 @@ async def safety_alert(tx: Transaction, event: SafetyAlert) -> None:
             description=f"safety alert ({event.kind.replace('_', ' ')}): {event.detail}",
             channel=Channel.SAFETY_ALERT,
             by="platform",
-            at=utcnow(),
+            # Its clock runs from the alert, not from when reviews read it (a restart, a
+            # backlog): a first response already late escalates at once.
+            at=event.at,
         ),
     )
 

@@ -220,6 +220,21 @@ def test_each_redo_booking_marks_the_redo_it_was_made_for_whichever_comes_first(
     assert not c.took_effect(RemedyKind.REDO_VISIT, NOW, None)  # none left pending
 
 
+def test_a_resolution_whose_remedy_was_not_made_goes_back_to_operations_not_closed() -> None:
+    """Nobody answered within the quiet week, but its refund never happened: closing would
+    bury it. It goes back to operations, its resolution due now (so it escalates)."""
+    c = complaint()
+    (refund,) = c.propose("ops:ana", "back", [RemedyIn(kind=RemedyKind.REFUND)], NOW)
+    assert c.not_carried_out(RemedyKind.REFUND, NOW, refund.remedy_id, "cash to hand back")
+    assert c.quiet_until is not None
+    quiet = c.quiet_until
+    assert c.close_quietly(quiet)
+    assert (c.status, c.closed_at, c.resolution_due) == (ComplaintStatus.IN_PROGRESS, None, quiet)
+    assert c.next_deadline == ("resolution", quiet)
+    assert (c.timeline[-1].what, c.timeline[-1].detail) == ("reopened", "not made: refund")
+    assert not c.close_quietly(quiet)  # not waiting for the customer any more
+
+
 def test_a_refund_said_not_made_and_then_made_shows_made() -> None:
     """Payments told a refund not made (the booking looked cancelled unpaid), then made it
     once the visit's receipt came after all: the complaint shows it made."""
