@@ -311,6 +311,17 @@ async def test_reschedule_keeps_the_booked_prices_and_dispatch_reconfirms_the_te
     assert back["technician"]["technician_id"] == tech
 
 
+async def booked_and_assigned(
+    platform: Platform, booking: httpx.AsyncClient, tech: str, **price: Any
+) -> tuple[str, Any, Any]:
+    """One visit of an item only `tech` does, booked for tomorrow and accepted by them:
+    (the customer, the booking as made, the booking once assigned)."""
+    code = await served_item(platform, booking, tech, **price)
+    customer = await new_customer(booking)
+    made = (await booking.post("/bookings", json=booking_body(customer, code, quantity=1))).json()
+    return customer, made, await accepted(platform, booking, made["booking_id"], tech)
+
+
 async def test_a_visit_moved_into_the_evening_is_charged_the_evening_price_it_was_moved_at(
     platform: Platform,
 ) -> None:
@@ -318,16 +329,11 @@ async def test_a_visit_moved_into_the_evening_is_charged_the_evening_price_it_wa
     when moving the visit; the receipt charges them, not the first window's."""
     tech = unique("tech_")
     async with platform.client("booking", acting_as=OPS) as booking:
-        code = await served_item(
+        customer, made, assigned = await booked_and_assigned(
             platform, booking, tech, unit_price=2000, after_hours_surcharge=700
         )
-        customer = await new_customer(booking)
-        made = (
-            await booking.post("/bookings", json=booking_body(customer, code, quantity=1))
-        ).json()
         assert made["total"] == 2000
-        booking_id = made["booking_id"]
-        assigned = await accepted(platform, booking, booking_id, tech)
+        booking_id, code = made["booking_id"], made["lines"][0]["code"]
         start, end = lisbon_window(days=2, at=time(21, 0))
         moved = await booking.post(
             f"/bookings/{booking_id}/reschedule",
@@ -362,13 +368,8 @@ async def test_a_move_that_reaches_dispatch_after_the_technician_set_off_is_refu
     visit keeps and how far it got, rather than dead-lettering the move."""
     tech = unique("tech_")
     async with platform.client("booking", acting_as=OPS) as booking:
-        code = await served_item(platform, booking, tech, unit_price=3000)
-        customer = await new_customer(booking)
-        made = (
-            await booking.post("/bookings", json=booking_body(customer, code, quantity=1))
-        ).json()
+        customer, made, _ = await booked_and_assigned(platform, booking, tech, unit_price=3000)
         booking_id = made["booking_id"]
-        await accepted(platform, booking, booking_id, tech)
         async with platform.client("dispatch") as dispatch:
             for step, body in (("en-route", None), ("arrive", {"location": LISBON})):
                 r = await dispatch.post(
@@ -427,15 +428,10 @@ async def test_a_booking_whose_move_came_too_late_goes_back_to_its_window_and_pr
     step the visit reached, not left "rescheduled" for good."""
     tech = unique("tech_")
     async with platform.client("booking", acting_as=OPS) as booking:
-        code = await served_item(
+        customer, made, assigned = await booked_and_assigned(
             platform, booking, tech, unit_price=3000, after_hours_surcharge=900
         )
-        customer = await new_customer(booking)
-        made = (
-            await booking.post("/bookings", json=booking_body(customer, code, quantity=1))
-        ).json()
         booking_id = made["booking_id"]
-        assigned = await accepted(platform, booking, booking_id, tech)
         dispatch = platform.services["dispatch"].proc
         assert dispatch is not None
         dispatch.send_signal(signal.SIGSTOP)  # busy: the move waits for it

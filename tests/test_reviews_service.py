@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import asyncio
 import uuid
+from collections.abc import Awaitable, Callable
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
@@ -1117,6 +1118,55 @@ async def test_a_refund_for_a_visit_cancelled_unpaid_shows_on_the_complaint_as_n
     assert mine["remedies"][0]["not_made"] == refund["not_made"]  # the customer sees why too
 
 
+async def a_refund_proposed(
+    reviews: httpx.AsyncClient, kafka_producer: AIOKafkaProducer, platform: Platform
+) -> tuple[str, dict[str, Any]]:
+    """A complaint whose resolution refunds 15.00: its url, and what payments' facts about
+    that refund say of it."""
+    customer, complaint = await complained(reviews, kafka_producer, platform)
+    url = f"/complaints/{complaint['complaint_id']}"
+    proposed = await reviews.post(
+        f"{url}/resolution",
+        json={"text": "your money back", "remedies": [{"kind": "refund", "amount": 1500}]},
+        headers=OPS,
+    )
+    assert proposed.status_code == 200, proposed.text
+    (remedy,) = proposed.json()["remedies"]
+    return url, {
+        "refund_id": remedy_made_id(REMEDY_REFUND, complaint["complaint_id"], remedy["remedy_id"]),
+        "receipt_id": "rc_test",
+        "booking_id": complaint["booking_id"],
+        "customer_id": customer,
+        "amount": 1500,
+        "currency": "EUR",
+    }
+
+
+async def the_remedy_after(
+    reviews: httpx.AsyncClient,
+    url: str,
+    published: Awaitable[object],
+    shows: Callable[[dict[str, Any]], bool],
+    what: str,
+) -> Any:
+    """The complaint once payments' fact (being `published`) shows on its one remedy."""
+    await published
+
+    async def marked() -> Any:
+        c = await get_json(reviews, url, headers=OPS)
+        return c if c and shows(c["remedies"][0]) else None
+
+    return await eventually(marked, what=f"the remedy after {what}")
+
+
+def made(r: dict[str, Any]) -> bool:
+    return r["took_effect_at"] is not None and r["not_made"] is None
+
+
+def not_made_yet(r: dict[str, Any]) -> bool:
+    return r["took_effect_at"] is None and bool(r["not_made"])
+
+
 async def test_a_refund_the_card_declined_is_not_made_until_operations_repay_it(
     platform: Platform, kafka_producer: AIOKafkaProducer
 ) -> None:
@@ -1124,46 +1174,22 @@ async def test_a_refund_the_card_declined_is_not_made_until_operations_repay_it(
     repaid it by bank transfer (payments' three facts, as it publishes them): the remedy
     shows made, then not made with what did not go back, then made again."""
     async with platform.client("reviews") as reviews:
-        customer, complaint = await complained(reviews, kafka_producer, platform)
-        url = f"/complaints/{complaint['complaint_id']}"
-        proposed = await reviews.post(
-            f"{url}/resolution",
-            json={"text": "your money back", "remedies": [{"kind": "refund", "amount": 1500}]},
-            headers=OPS,
-        )
-        assert proposed.status_code == 200, proposed.text
-        (remedy,) = proposed.json()["remedies"]
-        refund_id = remedy_made_id(REMEDY_REFUND, complaint["complaint_id"], remedy["remedy_id"])
-        about = {
-            "refund_id": refund_id,
-            "receipt_id": "rc_test",
-            "booking_id": complaint["booking_id"],
-            "customer_id": customer,
-            "amount": 1500,
-            "currency": "EUR",
-        }
+        url, about = await a_refund_proposed(reviews, kafka_producer, platform)
         now = datetime.now(UTC)
-        for fact, shows in [
+        facts = [
             (
                 RefundIssued(**about, to_provider=1500, to_cash=0, to_prepaid=0, reason="sorry"),
-                lambda r: r["took_effect_at"] is not None,
+                made,
             ),
             (
                 RefundDeclined(**about, reason="the card's account is closed", declined_at=now),
-                lambda r: r["took_effect_at"] is None and r["not_made"],
+                not_made_yet,
             ),
-            (
-                RefundRepaid(**about, way="bank_transfer", repaid_at=now),
-                lambda r: r["took_effect_at"] is not None and r["not_made"] is None,
-            ),
-        ]:
-            await publish(kafka_producer, platform.prefix, fact)
-
-            async def marked(shows: Any = shows) -> Any:
-                c = await get_json(reviews, url, headers=OPS)
-                return c if c and shows(c["remedies"][0]) else None
-
-            seen = await eventually(marked, what=f"the remedy after {type(fact).__name__}")
+            (RefundRepaid(**about, way="bank_transfer", repaid_at=now), made),
+        ]
+        for fact, shows in facts:
+            published = publish(kafka_producer, platform.prefix, fact)
+            seen = await the_remedy_after(reviews, url, published, shows, type(fact).__name__)
             if isinstance(fact, RefundDeclined):
                 not_made = seen["remedies"][0]["not_made"]
                 assert "15.00 EUR" in not_made
@@ -1178,47 +1204,14 @@ async def test_a_refund_in_cash_is_not_made_until_operations_record_it_handed_ba
     """The visit was paid in cash: its refund is cash somebody must hand back. The remedy
     shows not made, with how much, until operations record it given."""
     async with platform.client("reviews") as reviews:
-        customer, complaint = await complained(reviews, kafka_producer, platform)
-        url = f"/complaints/{complaint['complaint_id']}"
-        proposed = await reviews.post(
-            f"{url}/resolution",
-            json={"text": "your money back", "remedies": [{"kind": "refund", "amount": 1500}]},
-            headers=OPS,
-        )
-        assert proposed.status_code == 200, proposed.text
-        (remedy,) = proposed.json()["remedies"]
-        about = {
-            "refund_id": remedy_made_id(
-                REMEDY_REFUND, complaint["complaint_id"], remedy["remedy_id"]
-            ),
-            "receipt_id": "rc_test",
-            "booking_id": complaint["booking_id"],
-            "customer_id": customer,
-            "amount": 1500,
-            "currency": "EUR",
-        }
-        for fact, shows in [
-            (
-                RefundIssued(**about, to_provider=0, to_cash=1500, to_prepaid=0, reason="sorry"),
-                lambda r: r["took_effect_at"] is None and r["not_made"],
-            ),
-            (
-                RefundRepaid(**about, way="cash", repaid_at=datetime.now(UTC)),
-                lambda r: r["took_effect_at"] is not None and r["not_made"] is None,
-            ),
-        ]:
-            await publish(kafka_producer, platform.prefix, fact)
-
-            async def marked(shows: Any = shows) -> Any:
-                c = await get_json(reviews, url, headers=OPS)
-                return c if c and shows(c["remedies"][0]) else None
-
-            seen = await eventually(marked, what=f"the remedy after {type(fact).__name__}")
-            if isinstance(fact, RefundIssued):
-                assert (
-                    "15.00 EUR of the refund is cash to hand back"
-                    in seen["remedies"][0]["not_made"]
-                )
+        url, about = await a_refund_proposed(reviews, kafka_producer, platform)
+        issued = RefundIssued(**about, to_provider=0, to_cash=1500, to_prepaid=0, reason="sorry")
+        published = publish(kafka_producer, platform.prefix, issued)
+        seen = await the_remedy_after(reviews, url, published, not_made_yet, "the cash refund")
+        assert "15.00 EUR of the refund is cash to hand back" in seen["remedies"][0]["not_made"]
+        handed = RefundRepaid(**about, way="cash", repaid_at=datetime.now(UTC))
+        published = publish(kafka_producer, platform.prefix, handed)
+        await the_remedy_after(reviews, url, published, made, "the cash handed back")
 
 
 async def test_kpis_match_a_hand_count_with_medians_of_even_and_odd_counts_in_the_period(
