@@ -480,8 +480,7 @@ class Visit(Forbid):
         step it was stopped at, as far as it shows; before the door, "assigned")."""
         if self.status in STAGES:
             return STAGES[self.status]
-        reached: tuple[tuple[datetime | None, VisitStage], ...] = (
-            (self.completed_at, "completed"),
+        reached: tuple[tuple[datetime | None, VisitStage], ...] = (  # halted: never completed
             (self.started_at, "in_service"),
             (self.identity_confirmed_at, "identity_confirmed"),
             (self.arrived_at, "arrived"),

@@ -247,12 +247,9 @@ async def requested(tx: Transaction, e: BookingRequested) -> None:
 
 
 @handlers.on(BookingRescheduled)
-async def rescheduled(tx: Transaction, e: BookingRescheduled) -> None:
-    await _set(tx, BOARD_BOOKINGS, e.booking_id, _window(tx, e.window_start, e.window_end))
-
-
 @handlers.on(RescheduleRefused)
-async def reschedule_refused(tx: Transaction, e: RescheduleRefused) -> None:
+async def window_set(tx: Transaction, e: BookingRescheduled | RescheduleRefused) -> None:
+    """Moved by the customer, or kept by dispatch when the move came too late."""
     await _set(tx, BOARD_BOOKINGS, e.booking_id, _window(tx, e.window_start, e.window_end))
 
 
@@ -463,13 +460,7 @@ async def refund_declined(tx: Transaction, e: RefundDeclined) -> None:
         fee = _fee(e, "refund_declined", note=note, refund_declined_at=e.declined_at)
         await _set(tx, BOARD_FEES, e.fee_id, fee)
         return
-    row = {
-        "refund_declined": e.amount,
-        "refund_declined_note": note,
-        "refund_declined_at": e.declined_at,
-        "currency": e.currency,
-    }
-    await _set(tx, BOARD_BOOKINGS, e.booking_id, row)
+    await _refund_owed(tx, e.booking_id, e.amount, e.currency, note=note, since=e.declined_at)
 
 
 @handlers.on(RefundIssued)
@@ -478,13 +469,8 @@ async def refund_issued(tx: Transaction, e: RefundIssued) -> None:
     booking's refunds share its key, so they come in order). Cash to hand back stays on
     the row, like a decline, until operations record it given."""
     if e.to_cash > 0:
-        row = {
-            "refund_declined": e.to_cash,
-            "refund_declined_note": "refund to hand back in cash",
-            "refund_declined_at": occurred(tx),
-            "currency": e.currency,
-        }
-        await _set(tx, BOARD_BOOKINGS, e.booking_id, row)
+        note = "refund to hand back in cash"
+        await _refund_owed(tx, e.booking_id, e.to_cash, e.currency, note=note, since=occurred(tx))
         return
     await _decline_cleared(tx, e.booking_id)
 
@@ -497,6 +483,20 @@ async def refund_repaid(tx: Transaction, e: RefundRepaid) -> None:
         return
     note = f"refund repaid {REPAID[e.way]}"
     await _set(tx, BOARD_FEES, e.fee_id, _fee(e, "refunded", note=note, settled_at=e.repaid_at))
+
+
+async def _refund_owed(
+    tx: Transaction, booking_id: str, amount: int, currency: str, *, note: str, since: datetime
+) -> None:
+    """A visit's refund still the customer's money (declined, or cash to hand back): on its
+    row until operations record it given (`_decline_cleared`)."""
+    row = {
+        "refund_declined": amount,
+        "refund_declined_note": note,
+        "refund_declined_at": since,
+        "currency": currency,
+    }
+    await _set(tx, BOARD_BOOKINGS, booking_id, row)
 
 
 async def _decline_cleared(tx: Transaction, booking_id: str) -> None:
