@@ -70,6 +70,7 @@ from shared.metrics import (
 from shared.mongo import Database
 from shared.outbox import Transaction, UnitOfWork
 from shared.settings import Settings
+from shared.time import backoff
 
 log = logging.getLogger(__name__)
 
@@ -761,18 +762,16 @@ class EventConsumer:
                     )
                     return
                 HANDLER_RETRIES.labels(self._name).inc()
-                backoff = min(
-                    self._settings.consumer_backoff_s * 2 ** (attempt - 1),
-                    self._settings.consumer_backoff_max_s,
-                )
+                tuning = self._settings
+                wait = backoff(attempt, tuning.consumer_backoff_s, tuning.consumer_backoff_max_s)
                 log.warning(
                     "handler for %s failed (attempt %d), retrying in %.2fs: %s",
                     envelope.type,
                     attempt,
-                    backoff,
+                    wait,
                     _short(exc),
                 )
-                await asyncio.sleep(backoff)
+                await asyncio.sleep(wait)
                 continue
             self._waiting.pop(where, None)
             if outcome == "handled":

@@ -38,6 +38,7 @@ from shared.kafka import PRODUCER_LOST, started_producer
 from shared.metrics import EVENTS_PUBLISHED, EVENTS_REFUSED, OUTBOX_BACKLOG, TRANSACTION_RETRIES
 from shared.mongo import Database, Document
 from shared.settings import Settings
+from shared.time import backoff
 
 log = logging.getLogger(__name__)
 T = TypeVar("T")
@@ -514,7 +515,7 @@ class OutboxRelay:
                         # Rows stay unpublished until sent: the new producer sends them
                         # again (consumers' inboxes drop what had arrived already).
                         await self._renew_producer()
-                    await asyncio.sleep(min(0.2 * 2**failures, 5.0))
+                    await asyncio.sleep(backoff(failures, 0.4, 5.0))
                     continue
                 with contextlib.suppress(TimeoutError):
                     await asyncio.wait_for(self._wake.wait(), self._settings.outbox_poll_interval_s)

@@ -138,6 +138,13 @@ class Settings(BaseSettings):
     sandbox_confirm_delay_s: float = Field(0.3, validation_alias="PAYMENTS_SANDBOX_CONFIRM_DELAY_S")
     # A charge or refund with no webhook after this long is looked up at the provider.
     provider_check_after_s: float = Field(30.0, validation_alias="PAYMENTS_PROVIDER_CHECK_AFTER_S")
+    # A provider that does not answer is asked again (same key) after this long, then twice
+    # as long each time up to the cap; operations are told after this many unanswered asks.
+    provider_retry_s: float = Field(2.0, gt=0, validation_alias="PAYMENTS_PROVIDER_RETRY_S")
+    provider_retry_max_s: float = Field(
+        300.0, gt=0, validation_alias="PAYMENTS_PROVIDER_RETRY_MAX_S"
+    )
+    provider_alert_after: int = Field(5, ge=1, validation_alias="PAYMENTS_PROVIDER_ALERT_AFTER")
     # A signed receipt still unpaid (a declined card, cash nobody recorded) is reminded of
     # this long after, and again as long again, at most this many times.
     payment_reminder_after_s: float = Field(

@@ -9,6 +9,7 @@ Production never sets either, and the offset stays zero.
 from __future__ import annotations
 
 import os
+import random
 from datetime import UTC, datetime, timedelta
 from typing import Annotated
 
@@ -32,6 +33,14 @@ def advance_clock(seconds: float) -> timedelta:
 
 def clock_offset() -> timedelta:
     return _offset
+
+
+def backoff(attempt: int, first_s: float, cap_s: float, *, spread: float = 0.0) -> float:
+    """Seconds to wait after failed attempt `attempt` (1, 2, ...): `first_s`, then twice as
+    long each time, at most `cap_s`. `spread` takes up to that share off at random, so the
+    many callers one outage stopped do not all come back at the same moment."""
+    wait = min(first_s * 2.0 ** min(max(attempt - 1, 0), 64), cap_s)  # 2**64: past any cap
+    return wait * (1.0 - spread * random.random())  # noqa: S311 - jitter, not a secret
 
 
 # The years a time a caller sends may fall in. Python cannot move a time in year 1 or 9999 to

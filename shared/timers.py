@@ -36,7 +36,7 @@ from shared.faults import crash_point
 from shared.mongo import Database, Document
 from shared.outbox import Transaction, UnitOfWork
 from shared.settings import Settings
-from shared.time import stored_precision, utcnow
+from shared.time import backoff, stored_precision, utcnow
 
 log = logging.getLogger(__name__)
 
@@ -224,7 +224,7 @@ class TimerLoop:
                 raise
             except Exception:
                 # The lease brings it back; back off so one failing timer does not spin.
-                retry_at = utcnow() + timedelta(seconds=min(0.2 * 2**attempts, 60))
+                retry_at = utcnow() + timedelta(seconds=backoff(attempts, 0.4, 60))
                 log.exception("timer %s failed (attempt %d)", timer.timer_id, attempts)
                 # Gathered requests are let go, not held through the back-off: a held one
                 # would keep every other process from firing their timer until then.

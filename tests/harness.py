@@ -191,6 +191,11 @@ class ServiceProcess:
             # A quick sandbox, and a quick look-up when its webhook stays silent.
             "PAYMENTS_SANDBOX_CONFIRM_DELAY_S": "0.1",
             "PAYMENTS_PROVIDER_CHECK_AFTER_S": "2",
+            # A provider that does not answer: asked again after 0.2 s, 0.4, 0.8 ... (at most
+            # 2 s), operations told after the third ask goes unanswered.
+            "PAYMENTS_PROVIDER_RETRY_S": "0.2",
+            "PAYMENTS_PROVIDER_RETRY_MAX_S": "2",
+            "PAYMENTS_PROVIDER_ALERT_AFTER": "3",
             # Unpaid receipts reminded within seconds, twice, instead of every 6 hours.
             "PAYMENTS_REMINDER_AFTER_S": "2",
             "PAYMENTS_REMINDERS": "2",

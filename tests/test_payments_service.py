@@ -10,6 +10,7 @@ import uuid
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from datetime import UTC, datetime
+from itertools import pairwise
 from pathlib import Path
 from typing import Any
 
@@ -19,7 +20,7 @@ from aiokafka import AIOKafkaProducer
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 from pymongo import AsyncMongoClient
 
-from services.payments.provider import SIGNATURE_HEADER, sign_webhook
+from services.payments.provider import OUTAGE, OUTAGE_ASKS, SIGNATURE_HEADER, sign_webhook
 from services.payments.sealing import verify_chain
 from services.payments.verify import main as verify_offline
 from shared.auth import Actor, Role
@@ -543,6 +544,59 @@ async def test_a_timed_out_charge_is_asked_again_with_its_key_and_a_silent_one_l
             assert len(ops) == 1, token  # one charge at the provider
             if token == "pm_card_timeout":
                 assert ops[0]["answered"] >= 2  # asked again, same key
+
+
+async def test_a_provider_that_does_not_answer_is_asked_less_often_and_operations_are_told(
+    platform: Platform,
+    kafka_producer: AIOKafkaProducer,
+    infra: Infra,
+    mongo: AsyncMongoClient[Document],
+) -> None:
+    customer, store = unique("cus_"), unique("store_")
+    async with platform.client("payments") as payments:
+        await set_card(payments, customer, OUTAGE)
+        booking_id = await complete_visit(kafka_producer, platform, customer=customer, store=store)
+        receipt = await issued(payments, booking_id, customer)
+        assert (await sign(payments, receipt, customer)).status_code == 200
+        settled = await receipt_status(payments, receipt["receipt_id"], customer, "settled")
+        assert [p["amount"] for p in settled["payments"]] == [5000]
+        url = f"/receipts/{receipt['receipt_id']}/operations"
+        (op,) = (await payments.get(url, headers=OPS)).json()
+    assert (op["unanswered"], op["alerted"]) == (OUTAGE_ASKS, False)
+
+    (charge,) = await sandbox_ops(mongo, platform, receipt["receipt_id"])
+    asked = charge["asked_at"]
+    assert len(asked) == OUTAGE_ASKS + 1  # asked until it answered, and not once more
+    # Asked again after 0.2 s, then 0.4, 0.8, 1.6 (the harness's settings), each at most
+    # half less at random: never at once, as when every ask came straight after the last.
+    gaps = [(later - before).total_seconds() for before, later in pairwise(asked)]
+    assert all(gap >= 0.5 * 0.2 * 2**n for n, gap in enumerate(gaps)), gaps
+
+    events = await keyed_events(
+        infra,
+        f"{platform.prefix}.payments.events",
+        booking_id,
+        until=lambda found: any(e["type"] == "payments.provider_answered" for e in found),
+    )
+    kinds = [e["type"] for e in events if e["type"].startswith("payments.provider_")]
+    assert kinds == ["payments.provider_not_answering", "payments.provider_answered"]
+    told, answered = (e["payload"] for e in events if e["type"].startswith("payments.provider_"))
+    assert (told["op_id"], told["kind"], told["asks"]) == (op["op_id"], "charge", 3)
+    assert (told["amount"], told["receipt_id"]) == (5000, receipt["receipt_id"])
+    assert answered["asks"] == OUTAGE_ASKS
+
+    # The board showed it to operations, and took it off once the provider answered.
+    gateway = mongo[f"{platform.prefix}_gateway"]
+    answered_id = next(e["event_id"] for e in events if e["type"] == "payments.provider_answered")
+
+    async def cleared() -> Any:
+        if not await gateway["inbox"].find_one({"event_id": answered_id}):
+            return None
+        return await gateway["board_bookings"].find_one({"_id": booking_id})
+
+    row = await eventually(cleared, what="the board past the provider's silence")
+    assert row["provider_unanswered"] is None
+    assert row["provider_unanswered_since"] is not None  # it was there
 
 
 async def told(

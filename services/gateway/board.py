@@ -65,6 +65,8 @@ from shared.events.payments import (
     PaymentOverdue,
     PaymentSettled,
     PaymentWrittenOff,
+    ProviderAnswered,
+    ProviderNotAnswering,
     ReceiptSigned,
     RefundDeclined,
     RefundIssued,
@@ -106,6 +108,7 @@ STAMPS: dict[str, tuple[str, ...]] = {
         "receipt_signed_at",
         "rated_at",
         "refund_declined_at",
+        "provider_unanswered_since",
     ),
     BOARD_ALERTS: ("raised_at", "acknowledged_at"),
     BOARD_COMPLAINTS: ("opened_at", "first_response_at", "closed_at"),
@@ -504,6 +507,24 @@ async def _decline_cleared(tx: Transaction, booking_id: str) -> None:
     await _set(tx, BOARD_BOOKINGS, booking_id, cleared, upsert=False)
 
 
+@handlers.on(ProviderNotAnswering)
+async def provider_not_answering(tx: Transaction, e: ProviderNotAnswering) -> None:
+    """Payments keeps asking; operations look into the provider (their row alone)."""
+    what = f"{e.kind} of {e.amount / 100:.2f} {e.currency}"
+    row = {
+        "provider_unanswered": e.asks,
+        "provider_unanswered_note": f"{what}: {e.asks} asks unanswered",
+        "provider_unanswered_since": e.first_asked_at,
+    }
+    await _set(tx, BOARD_BOOKINGS, e.booking_id, row)
+
+
+@handlers.on(ProviderAnswered)
+async def provider_answered(tx: Transaction, e: ProviderAnswered) -> None:
+    cleared = {"provider_unanswered": None, "provider_unanswered_note": None}
+    await _set(tx, BOARD_BOOKINGS, e.booking_id, cleared, upsert=False)
+
+
 # -------------------------------------------------------------------- unpaid --
 # A receipt's events share its booking's key too, so they arrive in the order they
 # happened. Only money left due makes a row: a card declined, or cash to collect at the door
@@ -638,6 +659,8 @@ def booking_row(doc: Document, actor: Actor) -> BookingRow:
     if not actor.is_ops:  # a store never sees where the customer lives, nor who they are
         row.location, row.customer_id = None, None
         row.refund_declined = row.refund_declined_note = row.refund_declined_at = None
+        row.provider_unanswered = row.provider_unanswered_note = None
+        row.provider_unanswered_since = None
     return row
 
 

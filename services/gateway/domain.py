@@ -87,6 +87,13 @@ class BookingRow(Row):
     )
     refund_declined_note: str | None = None
     refund_declined_at: datetime | None = None
+    provider_unanswered: int | None = Field(
+        None,
+        description="Asks the card provider left unanswered for this visit's money "
+        "(operations only; gone when it answers)",
+    )
+    provider_unanswered_note: str | None = None
+    provider_unanswered_since: datetime | None = None
     rev: int = 0
 
 

@@ -46,7 +46,7 @@ from shared.events.envelope import Envelope
 from shared.outbox import Transaction
 from shared.schema import Forbid, PathId
 from shared.service import RuntimeDep
-from shared.time import utcnow
+from shared.time import backoff, utcnow
 from shared.timers import Timer, TimerContext, set_timer
 
 log = logging.getLogger(__name__)
@@ -373,8 +373,8 @@ async def deliver(ctx: TimerContext, timer: Timer) -> None:
             current.status = "failed"
             log.warning("webhook delivery %s failed for good", current.delivery_id)
         else:
-            backoff = timedelta(seconds=2 ** (len(current.attempts) - 1))
-            await set_timer(tx, DELIVER, current.delivery_id, utcnow() + backoff)
+            wait = timedelta(seconds=backoff(len(current.attempts), 1.0, 3600.0))
+            await set_timer(tx, DELIVER, current.delivery_id, utcnow() + wait)
         await Deliveries(tx.db).save(current, tx.session)
 
     await ctx.uow.run(record)

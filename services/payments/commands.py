@@ -57,6 +57,8 @@ from shared.events.payments import (
     PaymentWrittenOff,
     PrepaidDrawn,
     PrepaidPurchased,
+    ProviderAnswered,
+    ProviderNotAnswering,
     ReceiptIssued,
     ReceiptSealed,
     ReceiptSigned,
@@ -70,7 +72,7 @@ from shared.events.payments import (
 from shared.events.reviews import REMEDY_REFUND, RefundGranted, RefundGrantedV1, remedy_made_id
 from shared.mongo import Database, Session
 from shared.outbox import Transaction
-from shared.time import utcnow
+from shared.time import backoff, utcnow
 from shared.timers import cancel, set_timer
 
 log = logging.getLogger(__name__)
@@ -334,6 +336,56 @@ async def start_charge(tx: Transaction, receipt: Receipt, method: str) -> Provid
     return op
 
 
+async def ask_again(tx: Transaction, op_id: str) -> None:
+    """The provider did not answer (it may have acted: the same key asks again). Asked again
+    later each time, so an outage is not met with a storm of asks; operations are told once
+    it has gone on for a while."""
+    ops = ProviderOps(tx.db)
+    op = await ops.get(op_id, tx.session)
+    if op is None or op.status != "pending":
+        return
+    now, settings = utcnow(), tx.settings
+    op.unanswered += 1
+    op.last_unanswered_at = now
+    wait = backoff(
+        op.unanswered, settings.provider_retry_s, settings.provider_retry_max_s, spread=0.5
+    )
+    next_ask = now + timedelta(seconds=wait)
+    if op.unanswered >= settings.provider_alert_after and not op.alerted:
+        op.alerted = True
+        tx.emit(
+            ProviderNotAnswering(
+                op_id=op.op_id,
+                kind=op.kind,
+                receipt_id=op.receipt_id,
+                fee_id=op.fee_id,
+                booking_id=op.booking_id,
+                amount=op.amount,
+                currency=op.currency,
+                asks=op.unanswered,
+                first_asked_at=op.created_at,
+                next_ask_at=next_ask,
+            )
+        )
+    await ops.save(op, tx.session)
+    await set_timer(tx, SUBMIT, op.op_id, next_ask)
+
+
+def _answered(tx: Transaction, op: ProviderOp, at: datetime) -> None:
+    """The provider answered at last: operations, told it did not, hear that it did."""
+    if op.alerted:
+        op.alerted = False
+        tx.emit(
+            ProviderAnswered(
+                op_id=op.op_id,
+                kind=op.kind,
+                booking_id=op.booking_id,
+                asks=op.unanswered,
+                answered_at=at,
+            )
+        )
+
+
 async def record_submission(tx: Transaction, op_id: str, result: ProviderResult) -> None:
     """The provider answered the request (often 'pending'); the webhook or a check follows."""
     ops = ProviderOps(tx.db)
@@ -341,6 +393,7 @@ async def record_submission(tx: Transaction, op_id: str, result: ProviderResult)
     if op is None or op.status != "pending":
         return
     op.status, op.reference = "submitted", result.reference
+    _answered(tx, op, utcnow())
     await ops.save(op, tx.session)
     due = utcnow() + timedelta(seconds=tx.settings.provider_check_after_s)
     await set_timer(tx, CHECK, op.op_id, due)
@@ -360,6 +413,7 @@ async def apply_outcome(tx: Transaction, op_id: str, result: ProviderResult) -> 
     now = utcnow()
     op.status, op.reason, op.decided_at = result.status.value, result.reason, now
     op.reference = op.reference or result.reference
+    _answered(tx, op, now)  # a webhook can beat the answer to an ask that timed out
     await ops.save(op, tx.session)
     if op.kind != "charge":
         # Refunds were booked when issued: the provider confirmed, or refused after all.

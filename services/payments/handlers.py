@@ -85,12 +85,8 @@ async def submit(ctx: TimerContext, timer: Timer) -> None:
         else:
             result = await provider.refund(op.op_id, op.charge_reference or "", op.amount)
     except ProviderTimeout:
-        log.warning("provider did not answer for %s; asking again with the same key", op.op_id)
-
-        async def again(tx: Transaction) -> None:
-            await set_timer(tx, commands.SUBMIT, op.op_id, utcnow())
-
-        await ctx.uow.run(again)
+        log.warning("provider did not answer for %s; asking again later, same key", op.op_id)
+        await ctx.uow.run(lambda tx: commands.ask_again(tx, op.op_id))
         return
     # A crash here: the provider acted, we did not record it. The timer fires again after
     # its lease and the same idempotency key gets the same operation back.

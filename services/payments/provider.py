@@ -10,7 +10,8 @@ for the real thing:
 - confirmation comes asynchronously, signed with the webhook secret, twice;
 - the payment-method token picks the behaviour: `pm_card_ok`, `pm_card_declined`,
   `pm_card_timeout` (the first request's answer is lost, as on a dropped
-  connection), `pm_card_silent` (no webhook at all: the service must ask),
+  connection), `pm_card_outage` (the first few requests go unanswered, as while
+  the provider is down), `pm_card_silent` (no webhook at all: the service must ask),
   `pm_card_refund_fails` (charges go through; refunds of them are declined, as
   for a card whose account has since closed).
 
@@ -35,12 +36,13 @@ from pymongo import ReturnDocument
 from shared.mongo import Database
 from shared.secrets import service_secret
 from shared.settings import Settings
-from shared.time import utcnow
+from shared.time import backoff, utcnow
 
 log = logging.getLogger(__name__)
 
 SIGNATURE_HEADER = "X-Provider-Signature"
 REFUND_FAILS = "pm_card_refund_fails"
+OUTAGE, OUTAGE_ASKS = "pm_card_outage", 4  # asks left unanswered, as while the provider is down
 
 
 class ProviderStatus(StrEnum):
@@ -170,9 +172,11 @@ class SandboxProvider:
             return_document=ReturnDocument.AFTER,
         )
         assert first is not None  # upserted
-        await self._ops.update_one({"_id": key}, {"$inc": {"answered": 1}})
-        if fields.get("method") == "pm_card_timeout" and first["answered"] == 0:
-            raise ProviderTimeout(f"no answer for {key} (the charge was recorded)")
+        asked = {"$inc": {"answered": 1}, "$push": {"asked_at": utcnow()}}
+        await self._ops.update_one({"_id": key}, asked)
+        unanswered = {"pm_card_timeout": 1, OUTAGE: OUTAGE_ASKS}.get(str(fields.get("method")), 0)
+        if first["answered"] < unanswered:
+            raise ProviderTimeout(f"no answer for {key} (the operation was recorded)")
         if first["status"] == ProviderStatus.PENDING and fields.get("method") != "pm_card_silent":
             self._later(self._confirm(key))
         return ProviderResult(
@@ -220,7 +224,7 @@ class SandboxProvider:
                     return
             except httpx.HTTPError:
                 pass
-            await asyncio.sleep(0.2 * 2**attempt)
+            await asyncio.sleep(backoff(attempt + 1, 0.2, 3.2))
         log.warning("sandbox webhook to %s gave up", self._url)
 
     async def close(self) -> None:

@@ -15,6 +15,7 @@ refunds_waiting    complaints' refunds granted before the booking's receipt exis
 from __future__ import annotations
 
 from datetime import datetime
+from typing import Literal
 
 from pydantic import BaseModel, ConfigDict
 from pymongo import ASCENDING, DESCENDING, IndexModel
@@ -231,7 +232,7 @@ class ProviderOp(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
     op_id: str
-    kind: str  # charge, refund
+    kind: Literal["charge", "refund"]
     receipt_id: str | None = None
     fee_id: str | None = None
     booking_id: str
@@ -246,6 +247,10 @@ class ProviderOp(BaseModel):
     reason: str = ""
     created_at: datetime
     decided_at: datetime | None = None
+    # Asks the provider left unanswered (timed out), and whether operations were told.
+    unanswered: int = 0
+    last_unanswered_at: datetime | None = None
+    alerted: bool = False
     version: int = 0
 
     @property

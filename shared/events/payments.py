@@ -262,6 +262,37 @@ class RefundNotMade(EventPayload):
     reason: str = Field(min_length=1, max_length=500)
 
 
+@event("payments.provider_not_answering", version=1, stream=STREAM, key="booking_id")
+class ProviderNotAnswering(EventPayload):
+    """The card provider has not answered a charge or refund, asked several times. Each ask
+    carries the same key, so whenever the provider answers the money moves once. Payments
+    keeps asking, less and less often; operations look into the provider meanwhile.
+    `payments.provider_answered` follows when it answers."""
+
+    op_id: str = Field(description="The operation, and the key each ask carries")
+    kind: Literal["charge", "refund"]
+    receipt_id: str | None = Field(default=None, description="The visit's receipt, if any")
+    fee_id: str | None = Field(default=None, description="The cancellation fee, if a fee's")
+    booking_id: str
+    amount: MinorUnits
+    currency: Currency
+    asks: int = Field(ge=1, description="Asks left unanswered so far")
+    first_asked_at: datetime
+    next_ask_at: datetime
+
+
+@event("payments.provider_answered", version=1, stream=STREAM, key="booking_id")
+class ProviderAnswered(EventPayload):
+    """The provider answered an operation `payments.provider_not_answering` was about. What
+    it answered follows as usual (settled, declined, refund issued or declined)."""
+
+    op_id: str
+    kind: Literal["charge", "refund"]
+    booking_id: str
+    asks: int = Field(ge=1, description="Asks it left unanswered before this one")
+    answered_at: datetime
+
+
 @event("payments.coupon_granted", version=1, stream=STREAM, key="customer_id")
 class CouponGranted(EventPayload):
     """A discount on the customer's next receipt (a remedy or goodwill)."""

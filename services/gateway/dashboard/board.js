@@ -279,7 +279,7 @@ function scheduleRender() {
 
 function render() {
   renderAlerts(); renderFigures(); renderStates(); renderWaiting(); renderFailed();
-  renderVisits(); renderComplaints(); renderFees(); renderRefunds(); renderUnpaid(); renderMap(); tick();
+  renderVisits(); renderComplaints(); renderFees(); renderRefunds(); renderProvider(); renderUnpaid(); renderMap(); tick();
 }
 
 function fill(tableId, rows, empty, columns) {
@@ -418,6 +418,18 @@ function renderRefunds() {
     h("td", {}, money(b.refund_declined, b.currency)), h("td", {}, b.refund_declined_note || ""),
     h("td", {}, h("span", { "data-since": b.refund_declined_at || "" }, "")))),
   "No refund declined today.", 5);
+}
+
+// Operations' alone: charges and refunds the provider has not answered (payments keeps
+// asking; the section is hidden while there are none).
+function renderProvider() {
+  const rows = [...state.bookings.values()].filter((b) => b.provider_unanswered)
+    .sort((a, b) => (a.provider_unanswered_since || "").localeCompare(b.provider_unanswered_since || ""));
+  $("provider-section").hidden = !isOps() || !rows.length;
+  fill("provider-unanswered", rows.map((b) => h("tr", { "data-booking": b.booking_id },
+    h("td", {}, b.booking_id), h("td", {}, b.provider_unanswered_note || ""),
+    h("td", {}, h("span", { "data-since": b.provider_unanswered_since || "" }, "")))),
+  "None.", 3);
 }
 
 // Signed visits whose money is still due: a declined card (the customer pays in the app) or
