@@ -256,6 +256,10 @@ async def test_operations_watch_bookings_move_live_and_act_from_the_page(
     await dialog.get_by_role("button", name="Propose").click()
     await expect(complaint).to_contain_text("resolution proposed", timeout=LIVE)
     await board.shot("6-complaint-remedied")
+    async with platform.client("reviews", acting_as=OPS) as reviews:
+        proposed = (await reviews.get(f"/complaints/{complaint_id}")).json()
+    # Sent with a key, so pressing Propose again after a lost answer proposes nothing twice.
+    assert [r["proposal"][:8] for r in proposed["remedies"]] == ["resolve-"]
 
     await board.assert_never_reloaded_nor_left_the_platform()
 

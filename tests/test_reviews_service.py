@@ -418,6 +418,55 @@ async def test_a_safety_alert_is_a_critical_safety_complaint_on_the_alerts_own_c
 # ------------------------------------------------------------------- closing --
 
 
+async def test_a_resolution_sent_again_under_its_key_after_a_rejection_makes_no_second_remedies(
+    platform: Platform, kafka_producer: AIOKafkaProducer, mongo: AsyncMongoClient[Document]
+) -> None:
+    async with platform.client("reviews") as reviews:
+        customer, complaint = await complained(reviews, kafka_producer, platform)
+        url = f"/complaints/{complaint['complaint_id']}/resolution"
+        coupon = {"kind": "coupon", "amount": 500, "currency": "EUR"}
+        body = {"text": "sorry: 5.00 off your next visit", "remedies": [coupon]}
+        key = {**OPS, "Idempotency-Key": unique("resolve-")}
+        first = await reviews.post(url, json=body, headers=key)
+        assert first.status_code == 200, first.text
+        # The customer says no at once, while operations' answer is lost on the way back.
+        rejected = await reviews.post(
+            f"/complaints/{complaint['complaint_id']}/reject",
+            json={"reason": "not enough"},
+            headers=as_customer(customer),
+        )
+        assert rejected.status_code == 200, rejected.text
+        # Their app (or the gateway) sends the same proposal again: it was made already.
+        retried = await reviews.post(url, json=body, headers=key)
+        assert retried.status_code == 200, retried.text
+        assert retried.json()["status"] == "in_progress"  # still rejected, a tier up
+        ids = [r["remedy_id"] for r in first.json()["remedies"]]
+        assert [r["remedy_id"] for r in retried.json()["remedies"]] == ids
+        reused = await reviews.post(
+            url, json={**body, "remedies": [{"kind": "apology"}]}, headers=key
+        )
+        assert reused.status_code == 409, reused.text
+        assert "Idempotency-Key" in reused.text
+        # A new proposal, under a new key, is one.
+        key = {**OPS, "Idempotency-Key": unique("resolve-")}
+        second = await reviews.post(url, json=body, headers=key)
+        assert second.status_code == 200, second.text
+        assert len(second.json()["remedies"]) == 2
+        assert (await reviews.post(url, json=body, headers=key)).status_code == 200
+        mine = await get_json(
+            reviews, f"/complaints/{complaint['complaint_id']}", headers=as_customer(customer)
+        )
+        assert len(mine["remedies"]) == 2
+        assert all(r["proposal"] is None for r in mine["remedies"])  # operations' keys
+    outbox = mongo[f"{platform.prefix}_reviews"]["outbox"]
+    about = {"key": complaint["booking_id"]}
+    proposals = await outbox.count_documents(
+        {**about, "type": "reviews.complaint_resolution_proposed"}
+    )
+    coupons = await outbox.count_documents({"key": customer, "type": "reviews.coupon_granted"})
+    assert (proposals, coupons) == (2, 2)
+
+
 async def test_only_its_customer_rejects_and_its_customer_or_operations_close_on_a_resolution(
     platform: Platform, kafka_producer: AIOKafkaProducer
 ) -> None:

@@ -425,15 +425,20 @@ async def note(
     summary="Propose a resolution; its remedies go to the services that carry them out",
 )
 async def resolve(
-    complaint_id: PathId, body: ResolutionIn, runtime: RuntimeDep, actor: ActorDep
+    complaint_id: PathId,
+    body: ResolutionIn,
+    runtime: RuntimeDep,
+    actor: ActorDep,
+    key: Annotated[str | None, idempotency_key("a second set of remedies")] = None,
 ) -> Complaint:
     actor.require(Role.OPS)
 
     async def change(tx: Transaction, c: Complaint) -> None:
         if any(r.kind is RemedyKind.SUSPENSION for r in body.remedies) and not c.technician_id:
             raise Unprocessable("no technician to suspend on this booking", field="remedies")
-        decided = c.propose(f"ops:{actor.subject}", body.text, body.remedies, utcnow())
-        commands.proposed(tx, c, decided)
+        decided = c.propose(f"ops:{actor.subject}", body.text, body.remedies, utcnow(), key)
+        if decided:  # none: proposed before under this key, and told already
+            commands.proposed(tx, c, decided)
 
     return await _work(runtime, actor, complaint_id, change)
 

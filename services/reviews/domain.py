@@ -186,6 +186,9 @@ class RemedyIn(Forbid):
 class Remedy(RemedyIn):
     remedy_id: str
     decided_at: datetime
+    # The Idempotency-Key its resolution was proposed under (operations' own): a proposal
+    # retried after the customer already rejected it is not a second set of remedies.
+    proposal: str | None = None
     took_effect_at: datetime | None = None
     not_made: str | None = None  # why the service that carries it out could not
 
@@ -273,6 +276,7 @@ class Complaint(Forbid):
         ]
         update: dict[str, object] = {
             "timeline": timeline,
+            "remedies": [r.model_copy(update={"proposal": None}) for r in self.remedies],
             "owner": None,
             "closed_by": who(self.closed_by) if self.closed_by is not None else None,
         }
@@ -300,9 +304,14 @@ class Complaint(Forbid):
     def note(self, by: str, text: str, at: datetime) -> None:
         self._log(at, by, "note", text)
 
-    def propose(self, by: str, text: str, remedies: list[RemedyIn], at: datetime) -> list[Remedy]:
+    def propose(
+        self, by: str, text: str, remedies: list[RemedyIn], at: datetime, key: str | None = None
+    ) -> list[Remedy]:
         """Operations propose how to put it right; the remedies are decided now (be generous:
-        a refund or a redo goes out at once, it does not wait for the customer's answer)."""
+        a refund or a redo goes out at once, it does not wait for the customer's answer).
+        A proposal retried under its `key` decides nothing again: none are returned."""
+        if key is not None and self._proposed_under(key, remedies):
+            return []
         self._open()
         if self.status is ComplaintStatus.RESOLUTION_PROPOSED:
             # One at a time, so a retried proposal (the first landed after a timeout) is not
@@ -313,7 +322,12 @@ class Complaint(Forbid):
         if self.first_response_at is None:
             self.respond(by, text, at)
         decided = [
-            Remedy(**r.model_dump(), remedy_id=f"rm_{uuid.uuid4().hex[:12]}", decided_at=at)
+            Remedy(
+                **r.model_dump(),
+                remedy_id=f"rm_{uuid.uuid4().hex[:12]}",
+                decided_at=at,
+                proposal=key,
+            )
             for r in remedies
         ]
         for remedy in decided:
@@ -326,6 +340,19 @@ class Complaint(Forbid):
         self.status = ComplaintStatus.RESOLUTION_PROPOSED
         self._log(at, by, "resolution proposed", ", ".join(r.kind.value for r in decided))
         return decided
+
+    def _proposed_under(self, key: str, remedies: list[RemedyIn]) -> bool:
+        """Was a resolution proposed under this key already (the same one, or it is a 409)?"""
+        earlier = [r for r in self.remedies if r.proposal == key]
+        if not earlier:
+            return False
+        fields = set(RemedyIn.model_fields)
+        if [r.model_dump(include=fields) for r in earlier] != [r.model_dump() for r in remedies]:
+            raise Conflict(
+                "this Idempotency-Key was already used for a different resolution",
+                field="Idempotency-Key",
+            )
+        return True
 
     def accept(self, by: str, at: datetime) -> None:
         if self.status is not ComplaintStatus.RESOLUTION_PROPOSED:

@@ -553,6 +553,8 @@ function resolve(c) {
   const kind = h("select", { id: "remedy-kind" }, ...REMEDIES.map((r) => h("option", { value: r }, label(r))));
   const amount = h("input", { id: "remedy-amount", type: "number", min: 1, step: 1, placeholder: "minor units; empty: all paid" });
   const currency = h("input", { id: "remedy-currency", value: "EUR", maxlength: 3, pattern: "[A-Z]{3}" });
+  // One key per dialog: pressing Propose again after a lost answer proposes nothing twice.
+  const key = `resolve-${Array.from(crypto.getRandomValues(new Uint8Array(12)), (b) => b.toString(16).padStart(2, "0")).join("")}`;
   dialog(`Remedy for complaint ${c.complaint_id}`,
     [...field("resolution-text", "Resolution proposed to the customer", text), ...field("remedy-kind", "Remedy", kind),
       ...field("remedy-amount", "Amount (refund or coupon, minor units)", amount), ...field("remedy-currency", "Currency", currency)],
@@ -561,7 +563,7 @@ function resolve(c) {
       const remedy = { kind: kind.value };
       if (amount.value) remedy.amount = Number(amount.value);
       if (kind.value === "coupon") remedy.currency = currency.value;
-      return api(`/v1/complaints/${encodeURIComponent(c.complaint_id)}/resolution`, { method: "POST", body: { text: text.value, remedies: [remedy] } });
+      return api(`/v1/complaints/${encodeURIComponent(c.complaint_id)}/resolution`, { method: "POST", headers: { "Idempotency-Key": key }, body: { text: text.value, remedies: [remedy] } });
     });
 }
 
