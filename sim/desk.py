@@ -21,6 +21,9 @@ DESK_EVERY_S = 5.0
 REFUND_BY_TIER = {"agent": 500, "supervisor": 1000, "manager": 2000}
 ANSWER = "we are looking into it and come back to you shortly"
 TAKEN = "called the customer and the technician's store"
+CLEARED = "the store vouched for them: the alert was a misunderstanding at the door"
+# The alerts that stop a visit, and with it its technician's work until operations clear them.
+HALTING = ("wrong_code_lockout", "not_the_person")
 
 
 def resolution(complaint: dict[str, Any]) -> dict[str, Any]:
@@ -60,17 +63,27 @@ class Desk:
         # Answered at an earlier look: first the response, then the proposal, as people do.
         for c in await ops.json("GET", "/v1/complaints", params={"status": "in_progress"}):
             path = f"/v1/complaints/{c['complaint_id']}/resolution"
-            await self.act(path, resolution(c), "resolutions_proposed")
+            # One key per proposal: a retry whose first try landed proposes nothing twice.
+            key = f"desk-{c['complaint_id']}-{len(c['remedies'])}"
+            await self.act(path, resolution(c), "resolutions_proposed", key=key)
         for c in await ops.json("GET", "/v1/complaints", params={"status": "open"}):
             path = f"/v1/complaints/{c['complaint_id']}/respond"
             await self.act(path, {"text": ANSWER}, "complaints_answered")
         for alert in await ops.json("GET", "/v1/safety-alerts", params={"open_only": "true"}):
             path = f"/v1/safety-alerts/{alert['alert_id']}/acknowledge"
             await self.act(path, {"note": TAKEN}, "alerts_acknowledged")
+            if alert["kind"] in HALTING and alert.get("technician_id"):
+                # The store vouched for them (in the city, always): back to work.
+                path = f"/v1/technicians/{alert['technician_id']}/status"
+                reinstated = {"status": "active", "reason": CLEARED}
+                await self.act(path, reinstated, "technicians_reinstated", method="PUT")
 
-    async def act(self, path: str, body: dict[str, Any], done: str) -> None:
-        """POST `body`; counted as `done` unless a 409 says it was done already (a retry of
+    async def act(
+        self, path: str, body: dict[str, Any], done: str, *, key: str = "", method: str = "POST"
+    ) -> None:
+        """Send `body`; counted as `done` unless a 409 says it was done already (a retry of
         one that landed) or someone else did it first."""
-        answer = await self.ops.call("POST", path, json=body, ok=(200, 409))
+        headers = {"Idempotency-Key": key} if key else {}
+        answer = await self.ops.call(method, path, json=body, ok=(200, 409), headers=headers)
         if answer.status_code == 200:
             self.tally(done)

@@ -236,6 +236,19 @@ async def test_operations_watch_bookings_move_live_and_act_from_the_page(
         recorded = next(a for a in r.json() if a["booking_id"] == booking_id)
     assert recorded["acknowledged_by"].startswith("ops:staff-")
     assert recorded["note"] == "called the customer; police on the way"
+    # The alert stopped the technician's work too; operations put them back from the page.
+    async with platform.client("dispatch", acting_as=OPS) as dispatch:
+        assert (await dispatch.get(f"/technicians/{second}")).json()["status"] == "suspended"
+    await alert.get_by_role("button", name=f"Reinstate technician {second}").click()
+    await dialog.get_by_label("What you found").fill("the customer's partner opened the door")
+    await dialog.get_by_role("button", name="Reinstate").click()
+
+    async def back_at_work() -> Any:
+        async with platform.client("dispatch", acting_as=OPS) as dispatch:
+            file = (await dispatch.get(f"/technicians/{second}")).json()
+        return file if file["status"] == "active" else None
+
+    await eventually(back_at_work, what="the technician reinstated from the board")
 
     # Reviews opened a critical safety complaint by itself: its first-response clock runs on
     # the page; operations respond, then propose a remedy, from the page.

@@ -668,6 +668,46 @@ async def test_not_the_person_halts_the_visit_at_once_with_a_safety_alert(
     await eventually(visit_cancelled, what="dispatch cancels the halted visit")
 
 
+async def test_a_technician_whose_visit_an_alert_stopped_gets_no_work_until_operations_say_so(
+    scene: Scene, infra: Infra
+) -> None:
+    tech, booking_id = await assigned_scene(scene)
+    later = await scene.book(window=lisbon_window(at=time(15, 0), hours=1))
+    await accept_offer(scene.dispatch, tech, later)
+    # The customer stops the visit before anyone set off (the photo is not who they expect).
+    r = await scene.dispatch.post(
+        f"/visits/{booking_id}/not-the-person", headers=as_customer(scene.customer)
+    )
+    assert r.status_code == 200, r.text
+    assert r.json()["status"] == "halted"
+    file = (await scene.dispatch.get(f"/technicians/{tech}", headers=OPS)).json()
+    assert file["status"] == "suspended"
+    assert file["suspended_for_alert"] is not None
+    # Their afternoon visit is searched for again at once: nobody sends them to a home.
+    assert ((await scene.visit(later))["technician"] or {}).get("technician_id") != tech
+    events = await keyed_events(
+        infra,
+        f"{scene.platform.prefix}.dispatch.events",
+        tech,
+        until=lambda found: any(e["type"] == "dispatch.technician_status_changed" for e in found),
+    )
+    (changed,) = [e["payload"] for e in events if e["type"] == "dispatch.technician_status_changed"]
+    assert changed["status"] == "suspended"
+    assert "safety alert" in changed["reason"]
+    # Their store cannot put them back to work; operations can, once they have looked.
+    back = {"status": "active", "reason": "checked with the store"}
+    url = f"/technicians/{tech}/status"
+    refused = await scene.dispatch.put(url, json=back, headers=as_store(file["store_id"]))
+    assert refused.status_code == 403, refused.text
+    assert "safety alert" in refused.json()["error"]["message"]
+    reinstated = await scene.dispatch.put(url, json=back, headers=OPS)
+    assert reinstated.status_code == 200, reinstated.text
+    assert (reinstated.json()["status"], reinstated.json()["suspended_for_alert"]) == (
+        "active",
+        None,
+    )
+
+
 async def test_the_customer_may_confirm_in_the_app_instead_of_the_code(scene: Scene) -> None:
     tech, booking_id = await assigned_scene(scene)
     before = await scene.dispatch.post(

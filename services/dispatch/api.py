@@ -158,11 +158,11 @@ async def put_status(
 
     async def change(tx: Transaction) -> None:
         if not await Technicians(tx.db).change_status(
-            technician_id, body.status.value, tx.session, lifting_a_complaint=actor.is_ops
+            technician_id, body.status.value, tx.session, by_operations=actor.is_ops
         ):
             raise Forbidden(
-                f"technician {technician_id} was suspended on a complaint: only operations "
-                "change their status now"
+                f"technician {technician_id} was suspended on a complaint or a safety alert: "
+                "only operations change their status now"
             )
         tx.emit(
             TechnicianStatusChanged(

@@ -18,12 +18,14 @@ from functools import partial
 from typing import TypeVar
 
 from services.dispatch.domain import (
+    HALTING_ALERTS,
     HOLDS_TIME,
     REPLACEABLE,
     AlertKind,
     RaisedAlert,
     Technician,
     TechnicianIdentity,
+    TechnicianStatus,
     Visit,
     VisitStatus,
     code_digest,
@@ -45,6 +47,7 @@ from shared.events.dispatch import (
     TechnicianAssigned,
     TechnicianReassigned,
     TechnicianReleased,
+    TechnicianStatusChanged,
 )
 from shared.outbox import Transaction
 from shared.time import utcnow
@@ -172,7 +175,8 @@ def announce(
 async def alert(
     tx: Transaction, visit: Visit, kind: AlertKind, detail: str, *, critical: bool = True
 ) -> None:
-    """Record the alert for operations to acknowledge, and raise it."""
+    """Record the alert for operations to acknowledge, and raise it. One that stopped the
+    visit also stops its technician's work until operations reinstate them."""
     raised = RaisedAlert(
         alert_id=f"al_{uuid.uuid4().hex[:20]}",
         booking_id=visit.booking_id,
@@ -198,6 +202,24 @@ async def alert(
             at=raised.raised_at,
             alert_id=raised.alert_id,
             store_id=raised.store_id,
+        )
+    )
+    if kind in HALTING_ALERTS and visit.technician_id:
+        await _suspend_for_alert(tx, visit, raised.alert_id, detail)
+
+
+async def _suspend_for_alert(tx: Transaction, visit: Visit, alert_id: str, detail: str) -> None:
+    technician_id = str(visit.technician_id)
+    if not await Technicians(tx.db).change_status(
+        technician_id, TechnicianStatus.SUSPENDED.value, tx.session, alert_id=alert_id
+    ):
+        return  # no file (removed meanwhile): nobody to send anywhere
+    await stand_down(tx, technician_id, besides=visit.visit_id)
+    tx.emit(
+        TechnicianStatusChanged(
+            technician_id=technician_id,
+            status=TechnicianStatus.SUSPENDED.value,
+            reason=f"a safety alert stopped their visit ({detail}): until operations reinstate",
         )
     )
 
@@ -507,12 +529,14 @@ async def _search_again(tx: Transaction, visit: Visit, reason: str) -> None:
     await request_round(tx, visit.region, at_once=True)
 
 
-async def stand_down(tx: Transaction, technician_id: str) -> None:
-    """A suspended technician leaves every visit not yet begun (their open offers too):
-    each is searched for again, and those they had accepted are taken from them at once.
-    A visit at the door or under way is operations' to handle."""
+async def stand_down(tx: Transaction, technician_id: str, *, besides: str | None = None) -> None:
+    """A suspended technician leaves every visit not yet begun (their open offers too),
+    `besides` the one being changed by the caller: each is searched for again, and those
+    they had accepted are taken from them at once. A visit at the door or under way is
+    operations' to handle."""
     for visit in await Visits(tx.db).for_technician(technician_id, set(REPLACEABLE), tx.session):
-        await _search_again(tx, visit, "the technician was suspended")
+        if visit.visit_id != besides:
+            await _search_again(tx, visit, "the technician was suspended")
 
 
 async def assign_by_hand(

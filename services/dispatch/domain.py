@@ -122,8 +122,10 @@ class Technician(TechnicianFile):
     rating: float | None = Field(default=None, ge=0, le=5)
     location_at: datetime | None = None
     schedule_version: int = 0  # bumped by every reservation: two reservations, one winner
-    # A complaint's suspension: only operations lift it (the store could otherwise undo it).
+    # A complaint's suspension, or a safety alert's that stopped their visit: only
+    # operations lift either (the store could otherwise undo it).
     suspended_for_complaint: str | None = None
+    suspended_for_alert: str | None = None
 
     def identity(self) -> TechnicianIdentity:
         return TechnicianIdentity(
@@ -398,6 +400,11 @@ class AlertKind(StrEnum):
     CHECK_IN_FAR = "check_in_far_from_address"
 
 
+# The alerts that stop a visit at the door; its technician gets no work until operations
+# have looked into it (an impostor, or a stolen phone, must not be sent to the next home).
+HALTING_ALERTS = frozenset({AlertKind.WRONG_CODE_LOCKOUT, AlertKind.NOT_THE_PERSON})
+
+
 class RaisedAlert(Forbid):
     """A safety alert as operations work it: raised by the platform, acknowledged by a person."""
 
@@ -492,8 +499,7 @@ class Visit(Forbid):
         """The safety alert that stopped the visit, if one did."""
         if self.status is not V.HALTED:
             return None
-        halting = (AlertKind.WRONG_CODE_LOCKOUT, AlertKind.NOT_THE_PERSON)
-        return next((a for a in reversed(self.alerts) if a in halting), None)
+        return next((a for a in reversed(self.alerts) if a in HALTING_ALERTS), None)
 
     # -- matching --
     @property

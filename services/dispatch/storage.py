@@ -33,7 +33,8 @@ from shared.secrets import service_secret
 from shared.settings import Settings
 
 TECHNICIANS = "technicians"
-STATUS_FIELDS = ("status", "suspended_for_complaint")  # set when a file is made, then by status
+# Set when a file is made, then by status changes alone.
+STATUS_FIELDS = ("status", "suspended_for_complaint", "suspended_for_alert")
 VISITS = "visits"
 SAFETY_ALERTS = "safety_alerts"
 Session = AsyncClientSession | None
@@ -145,18 +146,18 @@ class Technicians:
         session: Session,
         *,
         complaint_id: str | None = None,
-        lifting_a_complaint: bool = True,
+        alert_id: str | None = None,
+        by_operations: bool = True,
     ) -> bool:
-        """Suspend (for `complaint_id`, if a complaint's remedy) or reinstate; with
-        `lifting_a_complaint=False`, not a technician a complaint suspended. False if no file
-        changed."""
+        """Suspend (for `complaint_id`, a complaint's remedy, or `alert_id`, a safety alert
+        that stopped their visit) or reinstate; unless `by_operations`, not a technician a
+        complaint or an alert suspended. False if no file changed."""
         query: dict[str, Any] = {"_id": technician_id}
-        if not lifting_a_complaint:
-            query["suspended_for_complaint"] = None
+        if not by_operations:
+            query |= {"suspended_for_complaint": None, "suspended_for_alert": None}
+        why = {"suspended_for_complaint": complaint_id, "suspended_for_alert": alert_id}
         result = await self._col.update_one(
-            query,
-            {"$set": {"status": status, "suspended_for_complaint": complaint_id}},
-            session=session,
+            query, {"$set": {"status": status, **why}}, session=session
         )
         return result.matched_count == 1
 

@@ -315,6 +315,10 @@ function renderAlerts() {
       done ? h("p", {}, `Acknowledged by ${a.acknowledged_by} at ${clock(a.acknowledged_at)}: ${a.note}`)
         : isOps() && h("button", { type: "button", class: "primary", onclick: () => acknowledge(a),
           "aria-label": `Acknowledge alert on booking ${a.booking_id}` }, "Acknowledge"),
+      // An alert that stopped the visit stopped its technician's work too: operations put
+      // them back once they have looked into it.
+      done && isOps() && HALTING.includes(a.kind) && a.technician && h("button", { type: "button",
+        onclick: () => reinstate(a), "aria-label": `Reinstate technician ${a.technician.technician_id}` }, "Reinstate technician…"),
     );
   }));
 }
@@ -512,6 +516,17 @@ function dialog(title, body, submitLabel, onSubmit) {
 }
 
 function field(id, text, input) { return [h("label", { for: id }, text), input]; }
+
+const HALTING = ["wrong_code_lockout", "not_the_person"];
+
+function reinstate(a) {
+  const reason = h("input", { id: "reinstate-reason", required: true, minlength: 3, maxlength: 500 });
+  dialog(`Reinstate ${technicianText(a.technician)}`,
+    [h("p", {}, `No offers reach them since the alert on booking ${a.booking_id}. Put them back to work?`),
+      ...field("reinstate-reason", "What you found", reason)],
+    "Reinstate",
+    () => api(`/v1/technicians/${encodeURIComponent(a.technician.technician_id)}/status`, { method: "PUT", body: { status: "active", reason: reason.value } }));
+}
 
 function acknowledge(a) {
   const note = h("textarea", { id: "ack-note", required: true, minlength: 3, maxlength: 500, rows: 3 });
