@@ -49,9 +49,8 @@ from aiokafka.errors import (
     RecordListTooLargeError,
     RecordTooLargeError,
 )
-from pydantic import ValidationError
 from pymongo import ASCENDING, IndexModel
-from pymongo.errors import DuplicateKeyError
+from pymongo.errors import ConnectionFailure, DuplicateKeyError, PyMongoError
 
 from shared import logs
 from shared.errors import NotYet
@@ -79,9 +78,21 @@ P = TypeVar("P", bound=EventPayload)
 Handler = Callable[[Transaction, Any], Awaitable[None]]
 
 
+# How long an event's id is remembered. Longer than Kafka keeps events (24 h locally, a week
+# at most as deployed) and than a service may be down with sent rows it has not marked
+# (those go out again at its start): nothing older can come twice. The inbox would otherwise
+# grow for ever, and the unique index with it.
+INBOX_RETENTION_S = 30 * 24 * 3600
+
+
 async def ensure_inbox_indexes(db: Database) -> None:
     await db[INBOX].create_indexes(
-        [IndexModel([("consumer", ASCENDING), ("event_id", ASCENDING)], unique=True, name="once")]
+        [
+            IndexModel(
+                [("consumer", ASCENDING), ("event_id", ASCENDING)], unique=True, name="once"
+            ),
+            IndexModel("received_at", name="forget", expireAfterSeconds=INBOX_RETENTION_S),
+        ]
     )
 
 
@@ -238,6 +249,16 @@ def inbox_row(consumer: str, envelope: Envelope, now: datetime) -> dict[str, Any
     }
 
 
+def _database_unreachable(exc: BaseException) -> bool:
+    """MongoDB down, unreachable or without a primary, past the driver's own retries."""
+    if isinstance(exc, ConnectionFailure):
+        return True
+    return isinstance(exc, PyMongoError) and (
+        exc.has_error_label("TransientTransactionError")
+        or exc.has_error_label("UnknownTransactionCommitResult")
+    )
+
+
 class AlreadyProcessed(Exception):
     """The inbox already holds this (consumer, event_id)."""
 
@@ -268,10 +289,15 @@ class EventConsumer:
         handlers: Handlers,
         *,
         fresh_producer: Callable[[], AIOKafkaProducer] | None = None,
+        before_leaving: Callable[[], Awaitable[object]] | None = None,
     ) -> None:
         self._settings = settings
         self._db = db
         self._uow = uow
+        # Run once the lanes are done and before the group hears this member leave: the
+        # relay sends what they committed, so the next owner's events for those keys come
+        # after theirs, not before.
+        self._before_leaving = before_leaving
         # The dead letters' producer, and how to make a new one when it loses its sequence
         # state (a broker restart, a letter the broker refused): it never recovers alone.
         self._producer = producer
@@ -365,6 +391,9 @@ class EventConsumer:
             self._waiting.clear()  # what waited comes again, and waits afresh
             with contextlib.suppress(Exception):
                 await self.commit_done()  # a clean stop leaves nothing to redeliver
+            if self._before_leaving is not None:
+                with contextlib.suppress(Exception):
+                    await self._before_leaving()
             self._consumer = None
             await consumer.stop()
 
@@ -419,6 +448,9 @@ class EventConsumer:
                 self._lane_progress.set()
                 due = []
             for tp in due:
+                # Let go meanwhile (a rebalance took it while the one before was handled).
+                if tp not in lane.held:
+                    continue
                 messages = lane.held.pop(tp)
                 try:
                     dealt = await self._process_all(messages)
@@ -696,7 +728,9 @@ class EventConsumer:
             return envelope if isinstance(envelope, str) else envelope.type
         try:
             payload = model.model_validate(envelope.payload)
-        except ValidationError as exc:
+        except Exception as exc:  # whatever a payload raises, it never parses
+            # Not only ValidationError: a validator's OverflowError or RecursionError passes
+            # through pydantic, and would stop the partition here for ever.
             reason = f"payload does not match {envelope.type} v{envelope.schema_version}: {exc}"
             raise Rejected(reason, "invalid_payload", envelope) from exc
         return Ready(message, envelope, payload, handler)
@@ -713,7 +747,7 @@ class EventConsumer:
             return said, None, None
         try:
             envelope = Envelope.from_bytes(message.value)
-        except (ValueError, ValidationError, RecursionError) as exc:  # JSON nested too deep
+        except Exception as exc:  # bad JSON, nested too deep, a validator's own error
             raise Rejected(f"malformed envelope: {_short(exc)}") from exc
         versions = self._handlers.lookup(envelope.type)
         if versions is None:
@@ -734,7 +768,7 @@ class EventConsumer:
         where = (message.topic, message.partition, message.offset)
         since, waited = self._waiting.get(where, (time.monotonic(), 0))
         waiting_until = since + self._settings.consumer_wait_for_s
-        attempt = tried
+        attempt, outage = tried, 0
         while True:
             attempt += 1
             started = time.perf_counter()
@@ -753,6 +787,20 @@ class EventConsumer:
                         _short(exc),
                     )
                     raise _Deferred(ready) from exc
+                if _database_unreachable(exc):
+                    # Not the event's fault: it keeps its attempts and waits for MongoDB (a
+                    # long outage used to dead-letter good events and commit past them).
+                    attempt -= 1
+                    outage += 1
+                    wait = backoff(outage, self._settings.consumer_backoff_s, 30.0)
+                    log.warning(
+                        "MongoDB unreachable handling %s; again in %.1fs: %s",
+                        envelope.type,
+                        wait,
+                        _short(exc),
+                    )
+                    await asyncio.sleep(wait)
+                    continue
                 if attempt >= attempts:
                     self._waiting.pop(where, None)
                     reason = f"handler failed after {attempt + waited} attempts: {_short(exc)}"

@@ -85,6 +85,7 @@ class Runtime:
                 make_producer(settings),
                 spec.handlers,
                 fresh_producer=lambda: make_producer(settings),
+                before_leaving=self.relay.sent_what_was_handed,
             )
             if spec.handlers.models()
             else None
@@ -99,6 +100,7 @@ class Runtime:
             else None
         )
         self._tasks: list[asyncio.Task[None]] = []
+        self._relay_task: asyncio.Task[None] | None = None
         self.started = False
 
     async def start(self) -> None:
@@ -114,8 +116,8 @@ class Runtime:
         if self.consumer:
             await self.consumer.producer.start()
         await self.relay.producer.start()
-        self._tasks.append(
-            asyncio.create_task(self._supervise("outbox-relay", self.relay.run_forever))
+        self._relay_task = asyncio.create_task(
+            self._supervise("outbox-relay", self.relay.run_forever)
         )
         if self.consumer:
             self._tasks.append(
@@ -129,11 +131,20 @@ class Runtime:
         self.started = True
 
     async def stop(self) -> None:
+        """The work first (the consumer's lanes, timers), then the relay once it has sent
+        what that work committed: stopping all at once left those rows to another replica's
+        sweep, seconds after the next owner of their keys had published what came next."""
         for task in self._tasks:
             task.cancel()
         for task in self._tasks:
             with contextlib.suppress(asyncio.CancelledError):
                 await task
+        if self._relay_task is not None:
+            with contextlib.suppress(Exception):
+                await self.relay.sent_what_was_handed()
+            self._relay_task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._relay_task
         if self.consumer:
             await self.consumer.producer.stop()
         await self.relay.producer.stop()

@@ -14,6 +14,7 @@ class ProbeNoted(EventPayload):
     fail_times: int = 0  # the handler fails this many attempts, then succeeds (-1: always)
     waits_times: int = 0  # before that, it waits this many attempts for another event (NotYet)
     waits_for: str | None = None  # it waits (NotYet) until this ProbeCause has been handled
+    unreachable_times: int = 0  # first, MongoDB is unreachable for this many attempts
 
 
 @event("probe_cause.noted", version=1, stream="probe_cause", key="probe_id")

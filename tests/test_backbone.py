@@ -16,6 +16,7 @@ from aiokafka import AIOKafkaConsumer, AIOKafkaProducer
 from aiokafka.admin import AIOKafkaAdminClient
 from aiokafka.admin.config_resource import ConfigResource, ConfigResourceType
 from prometheus_client import REGISTRY
+from pymongo.errors import AutoReconnect
 
 from shared.consumer import EventConsumer, Handlers, ensure_inbox_indexes
 from shared.errors import NotYet
@@ -83,6 +84,8 @@ async def probe(infra: Infra) -> AsyncIterator[Probe]:
         seen.append(tx)
         if event.probe_id in gates:
             await gates[event.probe_id].wait()
+        if attempts[event.probe_id] <= event.unreachable_times:
+            raise AutoReconnect(f"probe {event.probe_id}: no primary reachable (on purpose)")
         if attempts[event.probe_id] <= event.waits_times:
             raise NotYet(f"probe {event.probe_id} waits for another event")
         if event.waits_for and not await tx.db["causes"].find_one(
@@ -181,6 +184,15 @@ async def test_same_event_delivered_twice_changes_state_once(
     assert await probe.db["inbox"].count_documents({}) == 1
 
 
+async def test_the_inbox_forgets_an_event_only_long_after_kafka_could_bring_it_again(
+    probe: Probe,
+) -> None:
+    indexes = await probe.db["inbox"].index_information()
+    week = 7 * 24 * 3600  # the longest any topic keeps its events as deployed
+    assert indexes["forget"]["key"] == [("received_at", 1)]
+    assert indexes["forget"]["expireAfterSeconds"] > week
+
+
 async def test_failing_handler_is_retried_with_backoff_then_succeeds_once(
     probe: Probe, kafka_producer: AIOKafkaProducer
 ) -> None:
@@ -188,6 +200,26 @@ async def test_failing_handler_is_retried_with_backoff_then_succeeds_once(
     await eventually(lambda: _ge_async(probe.effects("flaky"), 1), what="flaky handled")
     assert probe.attempts["flaky"] == 3
     assert await probe.effects("flaky") == 1
+
+
+async def test_an_event_met_by_an_unreachable_mongodb_waits_for_it_past_the_attempts(
+    probe: Probe, kafka_producer: AIOKafkaProducer, infra: Infra
+) -> None:
+    """MongoDB down is not the event's fault: three attempts are allowed for failures, and a
+    long outage used to spend them, dead-letter good events and commit past them."""
+    await send(kafka_producer, probe.topic, envelope_bytes("outage", unreachable_times=5))
+    await send(
+        kafka_producer,
+        probe.topic,
+        envelope_bytes("then-broken", unreachable_times=1, fail_times=-1),
+    )
+    await eventually(lambda: _ge_async(probe.effects("outage"), 1), what="handled once back")
+    assert probe.attempts["outage"] == 6
+    assert await probe.effects("outage") == 1
+    # Its own failures still count: dead-lettered after three, the outage not among them.
+    letters = await read_dead_letters(infra, probe.settings.dead_letter_topic, 1)
+    assert "handler failed after 3 attempts" in dict(letters[0].headers)["dlq.reason"].decode()
+    assert probe.attempts["then-broken"] == 4
 
 
 async def test_an_event_waiting_for_another_topic_is_retried_past_the_attempts_not_dead_lettered(
@@ -253,9 +285,14 @@ async def test_poison_messages_go_to_dead_letters_with_reasons_and_the_loop_goes
     newer_version["schema_version"] = 7
     bad_payload = json.loads(envelope_bytes("p"))
     bad_payload["payload"]["surprise"] = True
+    # A time that cannot be moved to UTC (OverflowError, which pydantic lets through): it
+    # used to kill the consumer at every restart, the partition stuck behind it.
+    out_of_time = json.loads(envelope_bytes("t"))
+    out_of_time["occurred_at"] = "0001-01-01T00:00:00+01:00"
     poison = [
         (b"this is not json", "rejected", "malformed envelope"),
         (b"[" * 50_000 + b"]" * 50_000, "rejected", "malformed envelope"),  # too deep to read
+        (json.dumps(out_of_time).encode(), "rejected", "malformed envelope"),
         (
             json.dumps(unknown_type).encode(),
             "rejected",
@@ -282,7 +319,7 @@ async def test_poison_messages_go_to_dead_letters_with_reasons_and_the_loop_goes
         assert headers["dlq.consumer"] == probe.settings.service_name
         assert int(headers["dlq.source.offset"]) >= 0
     attempts = [int(dict(letter.headers)["dlq.attempts"]) for letter in letters]
-    assert attempts == [1, 1, 1, 1, 1, 3]
+    assert attempts == [1, 1, 1, 1, 1, 1, 3]
     assert probe.attempts["doomed"] == 3
     assert await probe.effects("doomed") == 0
 

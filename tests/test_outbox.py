@@ -187,6 +187,23 @@ async def test_a_row_nobody_handed_over_is_swept_once_it_is_old_enough(outbox: O
         await eventually(lambda: _none(outbox), what="the swept row marked published")
 
 
+async def test_what_was_handed_over_is_sent_before_a_stopping_relay_is_cancelled(
+    outbox: Outbox,
+) -> None:
+    """A stopping service waits for this before it cancels its relay: cancelled at once, the
+    rows went out only with another replica's sweep, after what that replica published next
+    for the same keys."""
+    last = [f"last-{n}" for n in range(300)]
+    task = await outbox.start(outbox_sweep_after_s=600)  # no sweep to save them
+    await outbox.commit(*last)
+    assert outbox.relay is not None
+    assert await outbox.relay.sent_what_was_handed(within_s=30)
+    task.cancel()
+    with contextlib.suppress(asyncio.CancelledError):
+        await task
+    assert await outbox.published(len(last)) == last
+
+
 async def test_a_unit_of_work_cancelled_midway_commits_and_its_events_go_out_first(
     outbox: Outbox,
 ) -> None:

@@ -9,6 +9,8 @@ from typing import Any, ClassVar
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator
 
+from shared.time import within_reach
+
 
 class EventPayload(BaseModel):
     """Base of every event payload. Subclasses are registered with `@event`.
@@ -49,7 +51,9 @@ class Envelope(BaseModel):
     def _utc(cls, value: datetime) -> datetime:
         if value.tzinfo is None:
             raise ValueError("occurred_at must carry a timezone (UTC)")
-        return value.astimezone(UTC)
+        # Checked first: a time in year 1 or 9999 cannot move to UTC (OverflowError, which
+        # pydantic does not turn into a validation error).
+        return within_reach(value).astimezone(UTC)
 
     @classmethod
     def wrap(
