@@ -787,7 +787,7 @@ class EventConsumer:
                         _short(exc),
                     )
                     raise _Deferred(ready) from exc
-                if _database_unreachable(exc):
+                if _database_unreachable(exc) and not await self._database_answers():
                     # Not the event's fault: it keeps its attempts and waits for MongoDB (a
                     # long outage used to dead-letter good events and commit past them).
                     attempt -= 1
@@ -827,6 +827,17 @@ class EventConsumer:
             HANDLER_SECONDS.labels(self._name, envelope.type).observe(time.perf_counter() - started)
             EVENTS_CONSUMED.labels(self._name, envelope.type, outcome).inc()
             return
+
+    async def _database_answers(self) -> bool:
+        """Does MongoDB answer now? A transaction that keeps failing while it does (a write
+        conflict on one hot document, one too large) is the event's failure, not an
+        outage: it spends attempts and is dead-lettered in the end."""
+        try:
+            async with asyncio.timeout(2.0):
+                await self._db.command("ping")
+        except Exception:  # unreachable, or not answering in time
+            return False
+        return True
 
     async def _handle_once(
         self, envelope: Envelope, payload: EventPayload, handler: Handler

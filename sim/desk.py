@@ -71,8 +71,8 @@ class Desk:
             await self.act(path, {"text": ANSWER}, "complaints_answered")
         for alert in await ops.json("GET", "/v1/safety-alerts", params={"open_only": "true"}):
             path = f"/v1/safety-alerts/{alert['alert_id']}/acknowledge"
-            await self.act(path, {"note": TAKEN}, "alerts_acknowledged")
-            if alert["kind"] in HALTING and alert.get("technician_id"):
+            taken = await self.act(path, {"note": TAKEN}, "alerts_acknowledged")
+            if taken and alert["kind"] in HALTING and alert.get("technician_id"):
                 # The store vouched for them (in the city, always): back to work.
                 path = f"/v1/technicians/{alert['technician_id']}/status"
                 reinstated = {"status": "active", "reason": CLEARED}
@@ -80,10 +80,11 @@ class Desk:
 
     async def act(
         self, path: str, body: dict[str, Any], done: str, *, key: str = "", method: str = "POST"
-    ) -> None:
-        """Send `body`; counted as `done` unless a 409 says it was done already (a retry of
-        one that landed) or someone else did it first."""
+    ) -> bool:
+        """Send `body`; counted as `done` (True) unless a 409 says it was done already (a
+        retry of one that landed) or someone else did it first."""
         headers = {"Idempotency-Key": key} if key else {}
         answer = await self.ops.call(method, path, json=body, ok=(200, 409), headers=headers)
         if answer.status_code == 200:
             self.tally(done)
+        return answer.status_code == 200

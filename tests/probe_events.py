@@ -14,7 +14,11 @@ class ProbeNoted(EventPayload):
     fail_times: int = 0  # the handler fails this many attempts, then succeeds (-1: always)
     waits_times: int = 0  # before that, it waits this many attempts for another event (NotYet)
     waits_for: str | None = None  # it waits (NotYet) until this ProbeCause has been handled
-    unreachable_times: int = 0  # first, MongoDB is unreachable for this many attempts
+    # First, its transaction fails as if MongoDB were unreachable this many attempts (-1:
+    # always); `database_down` says whether MongoDB stops answering meanwhile too (False: only
+    # this transaction keeps failing, as on a hot document).
+    unreachable_times: int = 0
+    database_down: bool = True
 
 
 @event("probe_cause.noted", version=1, stream="probe_cause", key="probe_id")

@@ -671,10 +671,20 @@ async def test_not_the_person_halts_the_visit_at_once_with_a_safety_alert(
 async def test_a_technician_whose_visit_an_alert_stopped_gets_no_work_until_operations_say_so(
     scene: Scene, infra: Infra
 ) -> None:
+    # Before anyone arrived, "not the person" stops that visit alone: a customer cannot take
+    # a technician off their days ahead.
+    early_tech, early = await assigned_scene(scene)
+    r = await scene.dispatch.post(
+        f"/visits/{early}/not-the-person", headers=as_customer(scene.customer)
+    )
+    assert r.status_code == 200, r.text
+    file = (await scene.dispatch.get(f"/technicians/{early_tech}", headers=OPS)).json()
+    assert (file["status"], file["suspended_for_alert"]) == ("active", None)
+
     tech, booking_id = await assigned_scene(scene)
     later = await scene.book(window=lisbon_window(at=time(15, 0), hours=1))
     await accept_offer(scene.dispatch, tech, later)
-    # The customer stops the visit before anyone set off (the photo is not who they expect).
+    await arrive(scene, booking_id, tech)
     r = await scene.dispatch.post(
         f"/visits/{booking_id}/not-the-person", headers=as_customer(scene.customer)
     )
@@ -700,6 +710,11 @@ async def test_a_technician_whose_visit_an_alert_stopped_gets_no_work_until_oper
     refused = await scene.dispatch.put(url, json=back, headers=as_store(file["store_id"]))
     assert refused.status_code == 403, refused.text
     assert "safety alert" in refused.json()["error"]["message"]
+    # Operations keeping them off for a reason of their own keep the alert's as well.
+    held = {"status": "suspended", "reason": "until the police have called back"}
+    assert (await scene.dispatch.put(url, json=held, headers=OPS)).status_code == 200
+    again = await scene.dispatch.put(url, json=back, headers=as_store(file["store_id"]))
+    assert again.status_code == 403, again.text
     reinstated = await scene.dispatch.put(url, json=back, headers=OPS)
     assert reinstated.status_code == 200, reinstated.text
     assert (reinstated.json()["status"], reinstated.json()["suspended_for_alert"]) == (

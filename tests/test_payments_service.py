@@ -562,7 +562,9 @@ async def test_a_provider_that_does_not_answer_is_asked_less_often_and_operation
         assert [p["amount"] for p in settled["payments"]] == [5000]
         url = f"/receipts/{receipt['receipt_id']}/operations"
         (op,) = (await payments.get(url, headers=OPS)).json()
+        (theirs,) = (await payments.get(url, headers=as_customer(customer))).json()
     assert (op["unanswered"], op["alerted"]) == (OUTAGE_ASKS, False)
+    assert (theirs["unanswered"], theirs["last_unanswered_at"]) == (0, None)  # operations'
 
     (charge,) = await sandbox_ops(mongo, platform, receipt["receipt_id"])
     asked = charge["asked_at"]

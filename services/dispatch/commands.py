@@ -204,7 +204,9 @@ async def alert(
             store_id=raised.store_id,
         )
     )
-    if kind in HALTING_ALERTS and visit.technician_id:
+    # At the door only: before anyone arrived, "not the person" stops this visit alone (a
+    # customer could otherwise take a technician off all their work days ahead).
+    if kind in HALTING_ALERTS and visit.technician_id and visit.arrived_at is not None:
         await _suspend_for_alert(tx, visit, raised.alert_id, detail)
 
 

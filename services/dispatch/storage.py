@@ -155,7 +155,12 @@ class Technicians:
         query: dict[str, Any] = {"_id": technician_id}
         if not by_operations:
             query |= {"suspended_for_complaint": None, "suspended_for_alert": None}
-        why = {"suspended_for_complaint": complaint_id, "suspended_for_alert": alert_id}
+        why: dict[str, str | None]
+        if status == "active":  # reinstated: no reason left to keep them off
+            why = {"suspended_for_complaint": None, "suspended_for_alert": None}
+        else:  # a new reason joins any already there; operations' own suspension adds none
+            given = {"suspended_for_complaint": complaint_id, "suspended_for_alert": alert_id}
+            why = {field: value for field, value in given.items() if value is not None}
         result = await self._col.update_one(
             query, {"$set": {"status": status, **why}}, session=session
         )

@@ -366,8 +366,12 @@ async def reopen(
 async def operations(receipt_id: PathId, runtime: RuntimeDep, actor: ActorDep) -> list[ProviderOp]:
     await readable(runtime, actor, receipt_id)
     found = await ProviderOps(runtime.db).of_receipt(receipt_id)
-    if actor.is_ops or actor.role is Role.CUSTOMER:
+    if actor.is_ops:
         return found
+    # Whether the provider answered is operations' to chase, as on the board.
+    unanswered = {"unanswered": 0, "last_unanswered_at": None, "alerted": False}
+    if actor.role is Role.CUSTOMER:
+        return [op.model_copy(update=unanswered) for op in found]
     # The technician and the store see what was charged and whether it went through: not the
     # customer's card, nor the bank's words about it, nor the provider's references.
     return [
@@ -377,6 +381,7 @@ async def operations(receipt_id: PathId, runtime: RuntimeDep, actor: ActorDep) -
                 "reason": "declined" if op.status == "declined" else "",
                 "reference": None,
                 "charge_reference": None,
+                **unanswered,
             }
         )
         for op in found
