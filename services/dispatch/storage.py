@@ -33,8 +33,9 @@ from shared.secrets import service_secret
 from shared.settings import Settings
 
 TECHNICIANS = "technicians"
-# Set when a file is made, then by status changes alone.
-STATUS_FIELDS = ("status", "suspended_for_complaint", "suspended_for_alert")
+# Why operations alone may reinstate a technician: a complaint's suspension, an alert's.
+SUSPENDED_FOR = ("suspended_for_complaint", "suspended_for_alert")
+STATUS_FIELDS = ("status", *SUSPENDED_FOR)  # set when a file is made, then by status changes
 VISITS = "visits"
 SAFETY_ALERTS = "safety_alerts"
 Session = AsyncClientSession | None
@@ -154,12 +155,10 @@ class Technicians:
         complaint or an alert suspended. False if no file changed."""
         query: dict[str, Any] = {"_id": technician_id}
         if not by_operations:
-            query |= {"suspended_for_complaint": None, "suspended_for_alert": None}
-        why: dict[str, str | None]
-        if status == "active":  # reinstated: no reason left to keep them off
-            why = {"suspended_for_complaint": None, "suspended_for_alert": None}
-        else:  # a new reason joins any already there; operations' own suspension adds none
-            given = {"suspended_for_complaint": complaint_id, "suspended_for_alert": alert_id}
+            query |= dict.fromkeys(SUSPENDED_FOR)
+        why: dict[str, str | None] = dict.fromkeys(SUSPENDED_FOR)
+        if status != "active":  # a new reason joins any already there; operations' adds none
+            given = dict(zip(SUSPENDED_FOR, (complaint_id, alert_id), strict=True))
             why = {field: value for field, value in given.items() if value is not None}
         result = await self._col.update_one(
             query, {"$set": {"status": status, **why}}, session=session
