@@ -75,7 +75,7 @@ class Desk:
             if taken and alert["kind"] in HALTING and alert.get("technician_id"):
                 # The store vouched for them (in the city, always): back to work.
                 path = f"/v1/technicians/{alert['technician_id']}/status"
-                reinstated = {"status": "active", "reason": CLEARED}
+                reinstated = {"status": "active", "reason": CLEARED, "alert_id": alert["alert_id"]}
                 await self.act(path, reinstated, "technicians_reinstated", method="PUT")
 
     async def act(

@@ -249,6 +249,12 @@ async def test_operations_watch_bookings_move_live_and_act_from_the_page(
         return file if file["status"] == "active" else None
 
     await eventually(back_at_work, what="the technician reinstated from the board")
+    # The button lifts that alert's suspension only: pressed again, it says why not.
+    await alert.get_by_role("button", name=f"Reinstate technician {second}").click()
+    await dialog.get_by_label("What you found").fill("pressed twice")
+    await dialog.get_by_role("button", name="Reinstate").click()
+    await expect(dialog).to_contain_text(f"not suspended for safety alert {recorded['alert_id']}")
+    await dialog.get_by_role("button", name="Cancel").click()
 
     # Reviews opened a critical safety complaint by itself: its first-response clock runs on
     # the page; operations respond, then propose a remedy, from the page.

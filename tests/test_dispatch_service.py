@@ -715,12 +715,26 @@ async def test_a_technician_whose_visit_an_alert_stopped_gets_no_work_until_oper
     assert (await scene.dispatch.put(url, json=held, headers=OPS)).status_code == 200
     again = await scene.dispatch.put(url, json=back, headers=as_store(file["store_id"]))
     assert again.status_code == 403, again.text
-    reinstated = await scene.dispatch.put(url, json=back, headers=OPS)
+    # Reinstating on an alert lifts that alert's suspension, not whatever holds them now.
+    alert_id = file["suspended_for_alert"]
+    other = await scene.dispatch.put(url, json=back | {"alert_id": "al_other"}, headers=OPS)
+    assert other.status_code == 409, other.text
+    why = other.json()["error"]["message"]
+    held_by = f"suspended for another safety alert ({alert_id})"
+    assert f"not suspended for safety alert al_other (now: {held_by})" in why
+    on_alert = back | {"alert_id": alert_id}
+    theirs = await scene.dispatch.put(url, json=on_alert, headers=as_store(file["store_id"]))
+    assert theirs.status_code == 403, theirs.text
+    reinstated = await scene.dispatch.put(url, json=on_alert, headers=OPS)
     assert reinstated.status_code == 200, reinstated.text
     assert (reinstated.json()["status"], reinstated.json()["suspended_for_alert"]) == (
         "active",
         None,
     )
+    # Pressed twice (or after someone else): refused with the reason, nothing said again.
+    twice = await scene.dispatch.put(url, json=on_alert, headers=OPS)
+    assert twice.status_code == 409, twice.text
+    assert "(now: active)" in twice.json()["error"]["message"]
 
 
 async def test_the_customer_may_confirm_in_the_app_instead_of_the_code(scene: Scene) -> None:

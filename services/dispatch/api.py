@@ -141,6 +141,13 @@ async def list_technicians(
 class StatusIn(Forbid):
     status: TechnicianStatus
     reason: str = Field(min_length=3, max_length=500)
+    alert_id: str | None = Field(
+        default=None,
+        min_length=1,
+        max_length=64,
+        description="Operations reinstating a technician a safety alert suspended: lifted "
+        "only if that alert is what keeps them off work now (409 otherwise).",
+    )
 
 
 @router.put(
@@ -155,9 +162,21 @@ async def put_status(
     only operations lift. Said to everyone (`dispatch.technician_status_changed`)."""
     tech = await existing(runtime, technician_id)
     may_manage(actor, tech.store_id)
+    if body.alert_id is not None:
+        if not actor.is_ops:
+            raise Forbidden("only operations reinstate a technician a safety alert suspended")
+        if body.status is not TechnicianStatus.ACTIVE:
+            raise Unprocessable(
+                "alert_id: only with status active (it names the alert whose suspension is lifted)",
+                field="alert_id",
+            )
 
     async def change(tx: Transaction) -> None:
-        if not await Technicians(tx.db).change_status(
+        techs = Technicians(tx.db)
+        if body.alert_id is not None:
+            if not await techs.lift_alert(technician_id, body.alert_id, tx.session):
+                raise Conflict(still_held(await existing(runtime, technician_id), body.alert_id))
+        elif not await techs.change_status(
             technician_id, body.status.value, tx.session, by_operations=actor.is_ops
         ):
             raise Forbidden(
@@ -174,6 +193,22 @@ async def put_status(
 
     await runtime.uow.run(change)
     return await existing(runtime, technician_id)
+
+
+def still_held(tech: Technician, alert_id: str) -> str:
+    """Why reinstating on `alert_id` was refused: the dashboard shows it as it is."""
+    who = f"technician {tech.technician_id}"
+    if tech.suspended_for_alert != alert_id:
+        now = (
+            f"suspended for another safety alert ({tech.suspended_for_alert})"
+            if tech.suspended_for_alert
+            else tech.status.value
+        )
+        return f"{who} is not suspended for safety alert {alert_id} (now: {now})"
+    return (
+        f"{who} is also suspended on complaint {tech.suspended_for_complaint}: "
+        "reinstate without alert_id once that is looked into"
+    )
 
 
 class LocationIn(Forbid):

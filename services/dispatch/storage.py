@@ -165,6 +165,20 @@ class Technicians:
         )
         return result.matched_count == 1
 
+    async def lift_alert(self, technician_id: str, alert_id: str, session: Session) -> bool:
+        """Reinstate a technician whom `alert_id` alone keeps off work; False if that alert
+        is not why they are suspended now, or a complaint keeps them off as well."""
+        result = await self._col.update_one(
+            {
+                "_id": technician_id,
+                "suspended_for_alert": alert_id,
+                "suspended_for_complaint": None,
+            },
+            {"$set": {"status": "active", **dict.fromkeys(SUSPENDED_FOR)}},
+            session=session,
+        )
+        return result.modified_count == 1
+
     async def get(self, technician_id: str, session: Session = None) -> Technician | None:
         doc = await self._col.find_one({"_id": technician_id}, session=session)
         return technician_from(doc) if doc else None

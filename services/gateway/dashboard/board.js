@@ -519,13 +519,15 @@ function field(id, text, input) { return [h("label", { for: id }, text), input];
 
 const HALTING = ["wrong_code_lockout", "not_the_person"];
 
+// Names the alert: only its suspension is lifted (the service refuses, with the reason, if
+// another alert or a complaint keeps them off work now).
 function reinstate(a) {
   const reason = h("input", { id: "reinstate-reason", required: true, minlength: 3, maxlength: 500 });
   dialog(`Reinstate ${technicianText(a.technician)}`,
     [h("p", {}, `No offers reach them since the alert on booking ${a.booking_id}. Put them back to work?`),
       ...field("reinstate-reason", "What you found", reason)],
     "Reinstate",
-    () => api(`/v1/technicians/${encodeURIComponent(a.technician.technician_id)}/status`, { method: "PUT", body: { status: "active", reason: reason.value } }));
+    () => api(`/v1/technicians/${encodeURIComponent(a.technician.technician_id)}/status`, { method: "PUT", body: { status: "active", reason: reason.value, alert_id: a.alert_id } }));
 }
 
 function acknowledge(a) {
