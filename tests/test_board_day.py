@@ -24,7 +24,13 @@ from shared.events.dispatch import (
     TechnicianReassigned,
 )
 from shared.events.envelope import Envelope, EventPayload
-from shared.events.payments import ReceiptSigned
+from shared.events.payments import (
+    ProviderAnswered,
+    ProviderNotAnswering,
+    ReceiptSigned,
+    RefundDeclined,
+    RefundRepaid,
+)
 from shared.events.reviews import ComplaintUpdated, ReviewSubmitted
 from shared.events.types import GeoPoint, PricedLine
 from shared.mongo import Database, Document
@@ -252,6 +258,89 @@ async def test_a_row_is_on_the_board_while_open_or_on_the_day_it_last_moved(
     assert (row["status"], row["active_at"]) == ("closed", at(20))
 
 
+def not_answering(op_id: str, kind: str, amount: int, first: datetime) -> ProviderNotAnswering:
+    return ProviderNotAnswering(
+        op_id=op_id,
+        kind=kind,
+        booking_id="bk_money",
+        amount=amount,
+        currency="EUR",
+        asks=5,
+        first_asked_at=first,
+        next_ask_at=first + timedelta(minutes=5),
+    )
+
+
+def answered(op_id: str, kind: str, when: datetime) -> ProviderAnswered:
+    return ProviderAnswered(op_id=op_id, kind=kind, booking_id="bk_money", asks=6, answered_at=when)
+
+
+async def test_a_visits_money_in_question_keeps_it_on_operations_board_each_operation_apart(
+    projection: Projection,
+) -> None:
+    """Two refunds the provider has not answered, on a visit that closed days ago: each
+    leaves when it is answered, and the row stays on operations' board (not a store's)
+    past every midnight until the last does, or while a declined refund is still owed."""
+    p = projection
+    await p.requested("bk_money", at(-6000))
+    await p.assigned("bk_money", at(-5990))
+    await p.status("bk_money", at(-5000), "closed", version=5)
+    await p.play(at(-3000), not_answering("rf_1", "refund", 1000, at(-3010)))
+    await p.play(at(-2000), not_answering("rf_2", "refund", 2500, at(-2020)))
+
+    async def shown(actor: Actor) -> Any:
+        rows, _ = await board.bookings(p.db, actor, MIDNIGHT, limit=100)
+        return next((r for r in rows if r.booking_id == "bk_money"), None)
+
+    row = await shown(OPS)
+    assert row is not None  # a day after it last moved: held, not today's
+    assert row.provider_unanswered == 10
+    assert row.provider_unanswered_note == (
+        "refund of 10.00 EUR: 5 asks unanswered; refund of 25.00 EUR: 5 asks unanswered"
+    )
+    assert row.provider_unanswered_since == at(-3010)
+    assert await shown(STORE_A) is None  # a store's board does not show that money
+
+    await p.play(at(-1000), answered("rf_1", "refund", at(-1000)))
+    row = await shown(OPS)
+    assert row is not None
+    assert (row.provider_unanswered, row.provider_unanswered_since) == (5, at(-2020))
+    assert row.provider_unanswered_note == "refund of 25.00 EUR: 5 asks unanswered"
+
+    declined = RefundDeclined(
+        refund_id="rf_3",
+        receipt_id="rc_money",
+        booking_id="bk_money",
+        customer_id="cus_bk_money",
+        amount=700,
+        currency="EUR",
+        reason="card closed",
+        declined_at=at(-900),
+    )
+    await p.play(at(-900), declined)
+    await p.play(at(-800), answered("rf_2", "refund", at(-800)))
+    row = await shown(OPS)
+    assert row is not None  # the declined refund is still the customer's
+    assert (row.provider_unanswered, row.provider_unanswered_note) == (None, None)
+    assert row.refund_declined == 700
+
+    repaid = RefundRepaid(
+        refund_id="rf_3",
+        receipt_id="rc_money",
+        booking_id="bk_money",
+        customer_id="cus_bk_money",
+        amount=700,
+        currency="EUR",
+        way="bank_transfer",
+        repaid_at=at(-700),
+    )
+    await p.play(at(-700), repaid)
+    assert await shown(OPS) is None  # nothing in question: off the board at midnight again
+    query = board.on_board(OPS, board.BOARD_BOOKINGS, MIDNIGHT)
+    _, stages = await explain(p.db, {"find": board.BOARD_BOOKINGS, "filter": query})
+    assert "COLLSCAN" not in stages, stages
+
+
 async def test_rows_kept_before_the_stamp_get_it_from_their_own_moments(
     projection: Projection,
 ) -> None:
@@ -276,6 +365,7 @@ async def test_rows_kept_before_the_stamp_get_it_from_their_own_moments(
         "open_now",
         "store_active",
         "store_open",
+        "held",
     }
 
 

@@ -99,6 +99,23 @@ OPEN: dict[str, Document] = {
     BOARD_FEES: {"status": {"$in": ["owed", "refund_declined"]}},
     BOARD_UNPAID: {"status": "due"},
 }
+# What keeps a visit on operations' board besides being under way: its money still in
+# question (a refund the card would not take back, a provider not answering), however long
+# ago the visit closed. `held` is kept on the row by every write (`_set`); a store's board
+# does not show that money, so it is not held there.
+HELD: dict[str, Document] = {BOARD_BOOKINGS: {"held": True}}
+HELD_NOW = {
+    "$cond": [
+        {
+            "$or": [
+                {"$ne": [{"$ifNull": ["$refund_declined", None]}, None]},
+                {"$gt": [{"$size": {"$objectToArray": {"$ifNull": ["$provider_ops", {}]}}}, 0]},
+            ]
+        },
+        True,
+        "$$REMOVE",
+    ]
+}
 STAMPS: dict[str, tuple[str, ...]] = {
     BOARD_BOOKINGS: (
         "requested_at",
@@ -148,6 +165,8 @@ async def ensure_indexes(db: Database) -> None:
                 IndexModel([("store_id", ASCENDING), (opened, ASCENDING)], name="store_open"),
             ]
         )
+        for held in HELD.get(name, {}):
+            await db[name].create_indexes([IndexModel([(held, ASCENDING)], name=held, sparse=True)])
         # Rows kept before rows knew when they were last active: from their own stamps.
         stamps = [f"${stamp}" for stamp in STAMPS[name]]
         await db[name].update_many({"active_at": None}, [{"$set": {"active_at": {"$max": stamps}}}])
@@ -176,17 +195,15 @@ async def _set(
     # ahead, and would keep the row on every board until then.
     stamped = [m for f in STAMPS[collection] if f in fields for m in _moments(fields[f])]
     latest = max([occurred(tx), *stamped])
+    after: dict[str, Any] = {
+        "rev": {"$add": [{"$ifNull": ["$rev", 0]}, 1]},
+        "active_at": {"$max": ["$active_at", {"$literal": latest}]},
+    }
+    if collection in HELD:
+        after["held"] = HELD_NOW
     await tx.db[collection].update_one(
         {"_id": row_id},
-        [
-            {"$set": values},
-            {
-                "$set": {
-                    "rev": {"$add": [{"$ifNull": ["$rev", 0]}, 1]},
-                    "active_at": {"$max": ["$active_at", {"$literal": latest}]},
-                }
-            },
-        ],
+        [{"$set": values}, {"$set": after}],
         upsert=upsert,
         session=tx.session,
     )
@@ -507,22 +524,43 @@ async def _decline_cleared(tx: Transaction, booking_id: str) -> None:
     await _set(tx, BOARD_BOOKINGS, booking_id, cleared, upsert=False)
 
 
+# Kept per operation (`provider_ops`, by op_id): a visit may have a charge and refunds
+# unanswered at once, and each leaves the board when the provider answers it.
 @handlers.on(ProviderNotAnswering)
 async def provider_not_answering(tx: Transaction, e: ProviderNotAnswering) -> None:
     """Payments keeps asking; operations look into the provider (their row alone)."""
     what = f"{e.kind} of {e.amount / 100:.2f} {e.currency}"
-    row = {
-        "provider_unanswered": e.asks,
-        "provider_unanswered_note": f"{what}: {e.asks} asks unanswered",
-        "provider_unanswered_since": e.first_asked_at,
-    }
-    await _set(tx, BOARD_BOOKINGS, e.booking_id, row)
+    op = {"asks": e.asks, "note": f"{what}: {e.asks} asks unanswered", "since": e.first_asked_at}
+    ops = Expr({"$mergeObjects": [{"$ifNull": ["$provider_ops", {}]}, {"$literal": {e.op_id: op}}]})
+    await _set(tx, BOARD_BOOKINGS, e.booking_id, {"provider_ops": ops})
 
 
 @handlers.on(ProviderAnswered)
 async def provider_answered(tx: Transaction, e: ProviderAnswered) -> None:
-    cleared = {"provider_unanswered": None, "provider_unanswered_note": None}
+    answered = {"field": {"$literal": e.op_id}, "input": {"$ifNull": ["$provider_ops", {}]}}
+    cleared = {
+        "provider_ops": Expr({"$unsetField": answered}),
+        # Rows written before operations were kept apart.
+        "provider_unanswered": None,
+        "provider_unanswered_note": None,
+    }
     await _set(tx, BOARD_BOOKINGS, e.booking_id, cleared, upsert=False)
+
+
+def _provider_unanswered(doc: Document) -> dict[str, Any]:
+    """The row's provider fields, from the operations it has not answered: their asks
+    summed, their notes, and since when the first was asked."""
+    ops = sorted(doc["provider_ops"].values(), key=lambda op: op["since"])
+    if not ops:
+        return dict.fromkeys(PROVIDER_FIELDS)
+    return {
+        "provider_unanswered": sum(op["asks"] for op in ops),
+        "provider_unanswered_note": "; ".join(op["note"] for op in ops),
+        "provider_unanswered_since": ops[0]["since"],
+    }
+
+
+PROVIDER_FIELDS = ("provider_unanswered", "provider_unanswered_note", "provider_unanswered_since")
 
 
 # -------------------------------------------------------------------- unpaid --
@@ -655,12 +693,15 @@ def booking_row(doc: Document, actor: Actor) -> BookingRow:
             store_id=doc.get("store_id"),
             rev=doc.get("rev", 0),
         )
-    row = BookingRow.model_validate({**_row(doc), "booking_id": doc["_id"]})
+    fields = _row(doc)
+    if "provider_ops" in doc:
+        fields |= _provider_unanswered(doc)
+    row = BookingRow.model_validate({**fields, "booking_id": doc["_id"]})
     if not actor.is_ops:  # a store never sees where the customer lives, nor who they are
         row.location, row.customer_id = None, None
         row.refund_declined = row.refund_declined_note = row.refund_declined_at = None
-        row.provider_unanswered = row.provider_unanswered_note = None
-        row.provider_unanswered_since = None
+        for field in PROVIDER_FIELDS:
+            setattr(row, field, None)
     return row
 
 
@@ -713,8 +754,12 @@ def following(sort: tuple[str, int], row: Document) -> Document:
 
 
 def on_board(actor: Actor, name: str, since: datetime) -> Document:
-    """A list's rows for this viewer: open, or active since the viewer's midnight."""
-    return {**scope_of(actor), "$or": [OPEN[name], {"active_at": {"$gte": since}}]}
+    """A list's rows for this viewer: open, or active since the viewer's midnight (and for
+    operations, visits whose money is still in question)."""
+    shown = [OPEN[name], {"active_at": {"$gte": since}}]
+    if actor.is_ops and name in HELD:
+        shown.append(HELD[name])
+    return {**scope_of(actor), "$or": shown}
 
 
 # Each list's order on the board: the newest first, or what has waited longest.

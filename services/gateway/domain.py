@@ -89,8 +89,9 @@ class BookingRow(Row):
     refund_declined_at: datetime | None = None
     provider_unanswered: int | None = Field(
         None,
-        description="Asks the card provider left unanswered for this visit's money "
-        "(operations only; gone when it answers)",
+        description="Asks the card provider left unanswered for this visit's money, summed "
+        "over its charges and refunds not answered yet (operations only; each leaves when "
+        "the provider answers it, and the visit stays on operations' board until then)",
     )
     provider_unanswered_note: str | None = None
     provider_unanswered_since: datetime | None = None
