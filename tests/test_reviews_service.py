@@ -440,6 +440,8 @@ async def test_a_resolution_sent_again_under_its_key_after_a_rejection_makes_no_
         retried = await reviews.post(url, json=body, headers=key)
         assert retried.status_code == 200, retried.text
         assert retried.json()["status"] == "in_progress"  # still rejected, a tier up
+        # Nothing saved or said again: the complaint is as the rejection left it.
+        assert retried.json()["version"] == rejected.json()["version"]
         ids = [r["remedy_id"] for r in first.json()["remedies"]]
         assert [r["remedy_id"] for r in retried.json()["remedies"]] == ids
         reused = await reviews.post(
@@ -447,6 +449,11 @@ async def test_a_resolution_sent_again_under_its_key_after_a_rejection_makes_no_
         )
         assert reused.status_code == 409, reused.text
         assert "Idempotency-Key" in reused.text
+        reworded = await reviews.post(
+            url, json={**body, "text": "sorry: 5.00 off, and our apologies"}, headers=key
+        )
+        assert reworded.status_code == 409, reworded.text
+        assert "Idempotency-Key" in reworded.text
         # A new proposal, under a new key, is one.
         key = {**OPS, "Idempotency-Key": unique("resolve-")}
         second = await reviews.post(url, json=body, headers=key)
@@ -457,7 +464,8 @@ async def test_a_resolution_sent_again_under_its_key_after_a_rejection_makes_no_
             reviews, f"/complaints/{complaint['complaint_id']}", headers=as_customer(customer)
         )
         assert len(mine["remedies"]) == 2
-        assert all(r["proposal"] is None for r in mine["remedies"])  # operations' keys
+        # Operations' keys, and the digests of their words.
+        assert all((r["proposal"], r["proposal_digest"]) == (None, None) for r in mine["remedies"])
     outbox = mongo[f"{platform.prefix}_reviews"]["outbox"]
     about = {"key": complaint["booking_id"]}
     proposals = await outbox.count_documents(
@@ -465,6 +473,9 @@ async def test_a_resolution_sent_again_under_its_key_after_a_rejection_makes_no_
     )
     coupons = await outbox.count_documents({"key": customer, "type": "reviews.coupon_granted"})
     assert (proposals, coupons) == (2, 2)
+    # Said each time it changed (filed, proposed, rejected, proposed), never for a retry.
+    updates = await outbox.count_documents({**about, "type": "reviews.complaint_updated"})
+    assert updates == 4
 
 
 async def test_only_its_customer_rejects_and_its_customer_or_operations_close_on_a_resolution(

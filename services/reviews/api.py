@@ -433,12 +433,14 @@ async def resolve(
 ) -> Complaint:
     actor.require(Role.OPS)
 
-    async def change(tx: Transaction, c: Complaint) -> None:
+    async def change(tx: Transaction, c: Complaint) -> bool:
         if any(r.kind is RemedyKind.SUSPENSION for r in body.remedies) and not c.technician_id:
             raise Unprocessable("no technician to suspend on this booking", field="remedies")
         decided = c.propose(f"ops:{actor.subject}", body.text, body.remedies, utcnow(), key)
-        if decided:  # none: proposed before under this key, and told already
-            commands.proposed(tx, c, decided)
+        if not decided:  # proposed before under this key, and told already
+            return False
+        commands.proposed(tx, c, decided)
+        return True
 
     return await _work(runtime, actor, complaint_id, change)
 

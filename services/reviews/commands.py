@@ -39,14 +39,16 @@ async def load(tx: Transaction, complaint_id: str) -> Complaint:
 
 
 # A change to a loaded complaint; it may emit events through the transaction.
-ComplaintChange = Callable[[Transaction, Complaint], Awaitable[None]]
+# A change returns False when it finds it was made already (a retry): nothing is saved or
+# said again.
+ComplaintChange = Callable[[Transaction, Complaint], Awaitable[bool | None]]
 
 
 async def change(tx: Transaction, complaint_id: str, work: ComplaintChange) -> Complaint:
     """Load, change, save and re-arm the clock, in one transaction."""
     complaint = await load(tx, complaint_id)
-    await work(tx, complaint)
-    await save(tx, complaint)
+    if await work(tx, complaint) is not False:
+        await save(tx, complaint)
     return complaint
 
 

@@ -189,6 +189,8 @@ class Remedy(RemedyIn):
     # The Idempotency-Key its resolution was proposed under (operations' own): a proposal
     # retried after the customer already rejected it is not a second set of remedies.
     proposal: str | None = None
+    # And a digest of the text it was proposed with: the same key with other words is a 409.
+    proposal_digest: str | None = None
     took_effect_at: datetime | None = None
     not_made: str | None = None  # why the service that carries it out could not
 
@@ -276,7 +278,10 @@ class Complaint(Forbid):
         ]
         update: dict[str, object] = {
             "timeline": timeline,
-            "remedies": [r.model_copy(update={"proposal": None}) for r in self.remedies],
+            "remedies": [
+                r.model_copy(update={"proposal": None, "proposal_digest": None})
+                for r in self.remedies
+            ],
             "owner": None,
             "closed_by": who(self.closed_by) if self.closed_by is not None else None,
         }
@@ -310,7 +315,8 @@ class Complaint(Forbid):
         """Operations propose how to put it right; the remedies are decided now (be generous:
         a refund or a redo goes out at once, it does not wait for the customer's answer).
         A proposal retried under its `key` decides nothing again: none are returned."""
-        if key is not None and self._proposed_under(key, remedies):
+        digest = hashlib.sha256(text.encode()).hexdigest()[:16]
+        if key is not None and self._proposed_under(key, digest, remedies):
             return []
         self._open()
         if self.status is ComplaintStatus.RESOLUTION_PROPOSED:
@@ -327,6 +333,7 @@ class Complaint(Forbid):
                 remedy_id=f"rm_{uuid.uuid4().hex[:12]}",
                 decided_at=at,
                 proposal=key,
+                proposal_digest=digest if key is not None else None,
             )
             for r in remedies
         ]
@@ -341,13 +348,17 @@ class Complaint(Forbid):
         self._log(at, by, "resolution proposed", ", ".join(r.kind.value for r in decided))
         return decided
 
-    def _proposed_under(self, key: str, remedies: list[RemedyIn]) -> bool:
+    def _proposed_under(self, key: str, digest: str, remedies: list[RemedyIn]) -> bool:
         """Was a resolution proposed under this key already (the same one, or it is a 409)?"""
         earlier = [r for r in self.remedies if r.proposal == key]
         if not earlier:
             return False
         fields = set(RemedyIn.model_fields)
-        if [r.model_dump(include=fields) for r in earlier] != [r.model_dump() for r in remedies]:
+        same_words = all(r.proposal_digest in (None, digest) for r in earlier)  # None: before
+        same_remedies = [r.model_dump(include=fields) for r in earlier] == [
+            r.model_dump() for r in remedies
+        ]
+        if not (same_words and same_remedies):
             raise Conflict(
                 "this Idempotency-Key was already used for a different resolution",
                 field="Idempotency-Key",
