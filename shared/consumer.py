@@ -162,7 +162,9 @@ LANES_HOLD_AT_MOST = 1_000  # messages polled and not yet handled, over all lane
 
 class _CommitBeforeRevoke(ConsumerRebalanceListener):  # type: ignore[misc]
     """Partitions about to move to another member: finish what the lanes hold and commit it
-    first, so the new owner does not handle it again (its inbox would drop it, at a cost)."""
+    first, so the new owner does not handle it again (its inbox would drop it, at a cost);
+    then let the relay send what that work wrote, so the new owner's events for those keys
+    come after these, as when this member stops."""
 
     def __init__(self, owner: EventConsumer) -> None:
         self._owner = owner
@@ -172,6 +174,8 @@ class _CommitBeforeRevoke(ConsumerRebalanceListener):  # type: ignore[misc]
         try:
             await self._owner.drain()
             await self._owner.commit_done()
+            if revoked:
+                await self._owner.before_handing_over()
         finally:
             self._owner.revoking(())
 
@@ -391,11 +395,19 @@ class EventConsumer:
             self._waiting.clear()  # what waited comes again, and waits afresh
             with contextlib.suppress(Exception):
                 await self.commit_done()  # a clean stop leaves nothing to redeliver
-            if self._before_leaving is not None:
-                with contextlib.suppress(Exception):
-                    await self._before_leaving()
+            await self.before_handing_over()
             self._consumer = None
             await consumer.stop()
+
+    async def before_handing_over(self) -> None:
+        """Partitions leave this member (a rebalance, or it stops): what its work wrote goes
+        out first (`before_leaving`); a failure there is the relay's sweep's to mend."""
+        if self._before_leaving is None:
+            return
+        try:
+            await self._before_leaving()
+        except Exception:
+            log.exception("%s: sending what was handled before handing over failed", self._name)
 
     async def commit_done(self) -> None:
         """Commit the offsets of everything handled so far (one request for all partitions)."""

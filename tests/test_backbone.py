@@ -47,6 +47,8 @@ class Probe:
     member: Callable[[], EventConsumer]  # another member of the same consumer group
     in_lanes: Callable[[], int]  # messages the running consumer polled and has not handled
     waits_kept: Callable[[], int]  # waits the running consumer keeps the clock of
+    # Each time a member had its work sent before its partitions left it (`before_leaving`).
+    handed_over: list[EventConsumer]
 
     async def transaction_of(self, collection: str, probe_id: str) -> int:
         doc = await self.db[collection].find_one({"_id": probe_id})
@@ -119,9 +121,23 @@ async def probe(infra: Infra) -> AsyncIterator[Probe]:
         producers.append(make_producer(settings))
         return producers[-1]
 
+    handed_over: list[EventConsumer] = []
+
     def member() -> EventConsumer:
         uow = UnitOfWork(client, db, settings)
-        made = EventConsumer(settings, db, uow, producers[0], handlers, fresh_producer=fresh)
+
+        async def before_leaving() -> None:  # as a service's relay sends what was handed
+            handed_over.append(made)
+
+        made = EventConsumer(
+            settings,
+            db,
+            uow,
+            producers[0],
+            handlers,
+            fresh_producer=fresh,
+            before_leaving=before_leaving,
+        )
         real_ping = made._database_answers
 
         async def answers() -> bool:
@@ -145,6 +161,7 @@ async def probe(infra: Infra) -> AsyncIterator[Probe]:
             member,
             lambda: consumer.in_lanes,
             lambda: consumer.waits_kept,
+            handed_over,
         )
     finally:
         task.cancel()
@@ -479,6 +496,10 @@ async def test_a_member_joining_takes_partitions_over_with_nothing_handled_twice
             return second.assigned.is_set()
 
         await eventually(second_took_partitions, what="the second member took partitions")
+        # And the first had what it handled sent before they left it (the outbox relay, in
+        # a service): the second's events for those keys come after.
+        assert probe.handed_over, "the first member's partitions left it unsent"
+        assert probe.handed_over[0] is not second
         docs = await probe.db["effects"].find({"_id": {"$in": ids}}).to_list()
         assert all(d["count"] == 1 for d in docs)
         assert probe.consumed("duplicate") == 0, "an event was delivered again after the move"
