@@ -179,6 +179,9 @@ async def get_review(booking_id: PathId, runtime: RuntimeDep, actor: ActorDep) -
     )
     if not allowed:
         raise Forbidden("this review is not yours to read")
+    if actor.role in (Role.TECHNICIAN, Role.STORE):
+        # Not who wrote it: a complaint about the same visit does not name them either.
+        return review.model_copy(update={"customer_id": ""})
     return review
 
 
@@ -341,8 +344,9 @@ class ResolutionIn(Forbid):
     @field_validator("remedies")
     @classmethod
     def some_remedies_once(cls, remedies: list[RemedyIn]) -> list[RemedyIn]:
-        # Two redo visits (or suspensions) in one resolution is a slip, not a remedy.
-        for once in (RemedyKind.REDO_VISIT, RemedyKind.SUSPENSION):
+        # Two refunds (or coupons, or redo visits) in one resolution is a slip, not a remedy:
+        # each would be carried out.
+        for once in RemedyKind:
             if sum(r.kind is once for r in remedies) > 1:
                 raise ValueError(f"a resolution names {once.value} once at most")
         return remedies

@@ -5,7 +5,9 @@ from __future__ import annotations
 from datetime import UTC, datetime, timedelta
 
 import pytest
+from pydantic import ValidationError
 
+from services.reviews.api import ResolutionIn
 from services.reviews.domain import (
     REVIEW_EDIT_WINDOW,
     Category,
@@ -233,6 +235,51 @@ def test_a_resolution_whose_remedy_was_not_made_goes_back_to_operations_not_clos
     assert c.next_deadline == ("resolution", quiet)
     assert (c.timeline[-1].what, c.timeline[-1].detail) == ("reopened", "not made: refund")
     assert not c.close_quietly(quiet)  # not waiting for the customer any more
+
+
+def test_a_refund_the_card_refused_after_the_complaint_closed_reopens_it() -> None:
+    """The customer accepted a refund; the card would not take it back. What they were
+    promised did not happen: the complaint goes back to operations, its resolution due now."""
+    c = complaint()
+    (refund,) = c.propose("ops:ana", "back", [RemedyIn(kind=RemedyKind.REFUND)], NOW)
+    assert c.took_effect(RemedyKind.REFUND, NOW, refund.remedy_id)
+    c.accept("customer:cus_1", NOW)
+    later = NOW + timedelta(days=2)
+    assert c.not_carried_out(RemedyKind.REFUND, later, refund.remedy_id, "card closed", undone=True)
+    assert (c.status, c.closed_at, c.closed_by) == (ComplaintStatus.IN_PROGRESS, None, None)
+    assert c.next_deadline == ("resolution", later)
+    assert (c.timeline[-1].what, c.timeline[-1].detail) == ("reopened", "not made: refund")
+
+
+def test_a_remedy_an_earlier_resolution_left_unmade_does_not_keep_the_next_open() -> None:
+    """The first refund was never made; the complaint came back, and operations proposed a
+    coupon instead. Quiet for the week, that resolution closes: the old refund was answered."""
+    c = complaint()
+    (refund,) = c.propose("ops:ana", "back", [RemedyIn(kind=RemedyKind.REFUND)], NOW)
+    assert c.not_carried_out(RemedyKind.REFUND, NOW, refund.remedy_id, "nothing was paid")
+    assert c.quiet_until is not None
+    assert c.close_quietly(c.quiet_until)  # reopened: its refund was not made
+    assert c.status is ComplaintStatus.IN_PROGRESS
+    then = c.quiet_until or c.resolution_due
+    coupon = RemedyIn(kind=RemedyKind.COUPON, amount=500, currency="EUR")
+    (instead,) = c.propose("ops:ana", "5.00 off instead", [coupon], then)
+    assert c.took_effect(RemedyKind.COUPON, then, instead.remedy_id)
+    assert c.quiet_until is not None
+    assert c.close_quietly(c.quiet_until)
+    assert (c.status, c.closed_by) == (ComplaintStatus.CLOSED, "platform")
+
+
+def test_a_resolution_names_each_kind_of_remedy_once() -> None:
+    """Two refunds, or two coupons, in one resolution would each be carried out: refused."""
+    for kind in RemedyKind:
+        one: dict[str, object] = {"kind": kind.value}
+        if kind is RemedyKind.COUPON:
+            one |= {"amount": 500, "currency": "EUR"}
+        elif kind is RemedyKind.REFUND:
+            one |= {"amount": 500}
+        ResolutionIn.model_validate({"text": "sorry", "remedies": [one]})
+        with pytest.raises(ValidationError, match=f"names {kind.value} once at most"):
+            ResolutionIn.model_validate({"text": "sorry", "remedies": [one, one]})
 
 
 def test_a_refund_said_not_made_and_then_made_shows_made() -> None:
