@@ -307,33 +307,22 @@ async def test_a_visits_money_in_question_keeps_it_on_operations_board_each_oper
     assert (row.provider_unanswered, row.provider_unanswered_since) == (5, at(-2020))
     assert row.provider_unanswered_note == "refund of 25.00 EUR: 5 asks unanswered"
 
-    declined = RefundDeclined(
-        refund_id="rf_3",
-        receipt_id="rc_money",
-        booking_id="bk_money",
-        customer_id="cus_bk_money",
-        amount=700,
-        currency="EUR",
-        reason="card closed",
-        declined_at=at(-900),
-    )
-    await p.play(at(-900), declined)
+    refund = {
+        "refund_id": "rf_3",
+        "receipt_id": "rc_money",
+        "booking_id": "bk_money",
+        "customer_id": "cus_bk_money",
+        "amount": 700,
+        "currency": "EUR",
+    }
+    await p.play(at(-900), RefundDeclined(**refund, reason="card closed", declined_at=at(-900)))
     await p.play(at(-800), answered("rf_2", "refund", at(-800)))
     row = await shown(OPS)
     assert row is not None  # the declined refund is still the customer's
     assert (row.provider_unanswered, row.provider_unanswered_note) == (None, None)
     assert row.refund_declined == 700
 
-    repaid = RefundRepaid(
-        refund_id="rf_3",
-        receipt_id="rc_money",
-        booking_id="bk_money",
-        customer_id="cus_bk_money",
-        amount=700,
-        currency="EUR",
-        way="bank_transfer",
-        repaid_at=at(-700),
-    )
+    repaid = RefundRepaid(**refund, way="bank_transfer", repaid_at=at(-700))
     await p.play(at(-700), repaid)
     assert await shown(OPS) is None  # nothing in question: off the board at midnight again
     query = board.on_board(OPS, board.BOARD_BOOKINGS, MIDNIGHT)

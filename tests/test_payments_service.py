@@ -20,7 +20,13 @@ from aiokafka import AIOKafkaProducer
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 from pymongo import AsyncMongoClient
 
-from services.payments.provider import OUTAGE, OUTAGE_ASKS, SIGNATURE_HEADER, sign_webhook
+from services.payments.provider import (
+    LOOKUP_OUTAGE,
+    OUTAGE,
+    OUTAGE_ASKS,
+    SIGNATURE_HEADER,
+    sign_webhook,
+)
 from services.payments.sealing import verify_chain
 from services.payments.verify import main as verify_offline
 from shared.auth import Actor, Role
@@ -546,24 +552,35 @@ async def test_a_timed_out_charge_is_asked_again_with_its_key_and_a_silent_one_l
                 assert ops[0]["answered"] >= 2  # asked again, same key
 
 
+async def settled_with(
+    payments: httpx.AsyncClient, kafka_producer: AIOKafkaProducer, platform: Platform, card: str
+) -> tuple[str, str, dict[str, Any]]:
+    """A new customer's visit paid with `card`, signed, settled at 50.00: the customer, the
+    booking and the receipt."""
+    customer, store = unique("cus_"), unique("store_")
+    await set_card(payments, customer, card)
+    booking_id = await complete_visit(kafka_producer, platform, customer=customer, store=store)
+    receipt = await issued(payments, booking_id, customer)
+    assert (await sign(payments, receipt, customer)).status_code == 200
+    settled = await receipt_status(payments, receipt["receipt_id"], customer, "settled")
+    assert [p["amount"] for p in settled["payments"]] == [5000], card
+    return customer, booking_id, receipt
+
+
 async def test_a_provider_that_does_not_answer_is_asked_less_often_and_operations_are_told(
     platform: Platform,
     kafka_producer: AIOKafkaProducer,
     infra: Infra,
     mongo: AsyncMongoClient[Document],
 ) -> None:
-    customer, store = unique("cus_"), unique("store_")
     async with platform.client("payments") as payments:
-        await set_card(payments, customer, OUTAGE)
-        booking_id = await complete_visit(kafka_producer, platform, customer=customer, store=store)
-        receipt = await issued(payments, booking_id, customer)
-        assert (await sign(payments, receipt, customer)).status_code == 200
-        settled = await receipt_status(payments, receipt["receipt_id"], customer, "settled")
-        assert [p["amount"] for p in settled["payments"]] == [5000]
+        customer, booking_id, receipt = await settled_with(
+            payments, kafka_producer, platform, OUTAGE
+        )
         url = f"/receipts/{receipt['receipt_id']}/operations"
         (op,) = (await payments.get(url, headers=OPS)).json()
         (theirs,) = (await payments.get(url, headers=as_customer(customer))).json()
-    assert (op["unanswered"], op["alerted"]) == (OUTAGE_ASKS, False)
+    assert (op["unanswered"], op["alerted"]) == (0, False)  # it answered: counted afresh
     assert (theirs["unanswered"], theirs["last_unanswered_at"]) == (0, None)  # operations'
 
     (charge,) = await sandbox_ops(mongo, platform, receipt["receipt_id"])
@@ -599,6 +616,36 @@ async def test_a_provider_that_does_not_answer_is_asked_less_often_and_operation
     row = await eventually(cleared, what="the board past the provider's silence")
     assert row["provider_ops"] == {}  # it was there (the row exists only for it)
     assert "held" not in row  # nothing keeps the visit on the board past its day now
+
+
+async def test_a_provider_that_took_a_charge_and_does_not_answer_its_lookups_is_told_of_too(
+    platform: Platform,
+    kafka_producer: AIOKafkaProducer,
+    infra: Infra,
+    mongo: AsyncMongoClient[Document],
+) -> None:
+    """No webhook came, and the provider left the lookups of the charge unanswered: looked
+    up again less and less often, operations told, and the charge settles when it answers
+    (it used to be retried by the timers' own loop, silently)."""
+    async with platform.client("payments") as payments:
+        _, booking_id, receipt = await settled_with(
+            payments, kafka_producer, platform, LOOKUP_OUTAGE
+        )
+    (charge,) = await sandbox_ops(mongo, platform, receipt["receipt_id"])
+    assert charge["answered"] == 1  # taken at the first ask
+    looked = charge["looked_up_at"]
+    assert len(looked) == OUTAGE_ASKS + 1  # looked up until it answered, and not once more
+    gaps = [(later - before).total_seconds() for before, later in pairwise(looked)]
+    assert all(gap >= 0.5 * 0.2 * 2**n for n, gap in enumerate(gaps)), gaps
+
+    events = await keyed_events(
+        infra,
+        f"{platform.prefix}.payments.events",
+        booking_id,
+        until=lambda found: any(e["type"] == "payments.provider_answered" for e in found),
+    )
+    told, answered = (e["payload"] for e in events if e["type"].startswith("payments.provider_"))
+    assert (told["kind"], told["asks"], answered["asks"]) == ("charge", 3, OUTAGE_ASKS)
 
 
 async def told(
@@ -1265,6 +1312,22 @@ async def test_refunds_go_back_the_way_the_money_came_once_and_never_beyond_what
         assert [(p["to"], p["amount"]) for p in partial.json()["parts"]] == [("provider", 1000)]
         repeat = await payments.post(url, json={"amount": 1000, "reason": "late"}, headers=key)
         assert repeat.json()["refund_id"] == partial.json()["refund_id"]
+        # The same key asking for something else (less, other words, "everything"): refused.
+        for other in (
+            {"amount": 500, "reason": "late"},
+            {"amount": 1000, "reason": "rude"},
+            {"reason": "late"},
+        ):
+            reused = await payments.post(url, json=other, headers=key)
+            assert reused.status_code == 409, (other, reused.text)
+            assert reused.json()["error"]["field"] == "Idempotency-Key"
+        # The provider's charge reference is the customer's and operations', not the store's.
+        paid = {
+            who: (await payments.get(f"/receipts/{receipt['receipt_id']}", headers=h)).json()
+            for who, h in (("ops", OPS), ("store", as_store(store)))
+        }
+        assert paid["ops"]["payments"][0]["reference"].startswith("sbx_")
+        assert paid["store"]["payments"][0]["reference"] == ""
         by_customer = await payments.post(
             url,
             json={"amount": 10, "reason": "refund me"},

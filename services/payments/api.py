@@ -96,6 +96,11 @@ class ReceiptView(Receipt):
         insider = actor.is_ops or actor.role is Role.CUSTOMER
         view.refunds = [r.seen_by(insider, actor.is_ops) for r in view.refunds]
         view.refunds_granted = [g.seen_by(insider) for g in view.refunds_granted]
+        if not insider:  # the provider's charge reference: the customer's and operations'
+            view.payments = [
+                p.model_copy(update={"reference": ""}) if p.method == "provider" else p
+                for p in view.payments
+            ]
         return view
 
 
@@ -446,7 +451,9 @@ async def refund(
             field="Idempotency-Key",
         )
     return await runtime.uow.run(
-        lambda tx: commands.refund(tx, receipt_id, idempotency_key, body.amount, body.reason)
+        lambda tx: commands.refund(
+            tx, receipt_id, idempotency_key, body.amount, body.reason, same_request=True
+        )
     )
 
 

@@ -336,13 +336,14 @@ async def start_charge(tx: Transaction, receipt: Receipt, method: str) -> Provid
     return op
 
 
-async def ask_again(tx: Transaction, op_id: str) -> None:
-    """The provider did not answer (it may have acted: the same key asks again). Asked again
-    later each time, so an outage is not met with a storm of asks; operations are told once
-    it has gone on for a while."""
+async def ask_again(tx: Transaction, op_id: str, *, looking_up: bool = False) -> None:
+    """The provider did not answer (it may have acted: the same key asks again), or did not
+    answer a lookup of an operation it took (`looking_up`). Asked again later each time, so
+    an outage is not met with a storm of asks; operations are told once it has gone on for
+    a while."""
     ops = ProviderOps(tx.db)
     op = await ops.get(op_id, tx.session)
-    if op is None or op.status != "pending":
+    if op is None or op.status != ("submitted" if looking_up else "pending"):
         return
     now, settings = utcnow(), tx.settings
     op.unanswered += 1
@@ -368,11 +369,21 @@ async def ask_again(tx: Transaction, op_id: str) -> None:
             )
         )
     await ops.save(op, tx.session)
-    await set_timer(tx, SUBMIT, op.op_id, next_ask)
+    await set_timer(tx, CHECK if looking_up else SUBMIT, op.op_id, next_ask)
+
+
+async def looked_up(tx: Transaction, op_id: str) -> None:
+    """The provider answered a lookup (whatever it said): its silence is over."""
+    ops = ProviderOps(tx.db)
+    op = await ops.get(op_id, tx.session)
+    if op is not None and op.open and op.unanswered:
+        _answered(tx, op, utcnow())
+        await ops.save(op, tx.session)
 
 
 def _answered(tx: Transaction, op: ProviderOp, at: datetime) -> None:
-    """The provider answered at last: operations, told it did not, hear that it did."""
+    """The provider answered at last: operations, told it did not, hear that it did. The
+    count starts again (a later silence, say of its lookups, is waited out afresh)."""
     if op.alerted:
         op.alerted = False
         tx.emit(
@@ -384,6 +395,7 @@ def _answered(tx: Transaction, op: ProviderOp, at: datetime) -> None:
                 answered_at=at,
             )
         )
+    op.unanswered = 0
 
 
 async def record_submission(tx: Transaction, op_id: str, result: ProviderResult) -> None:
@@ -655,14 +667,29 @@ async def reopen(tx: Transaction, receipt_id: str, by: str, reason: str) -> Rece
 
 
 async def refund(
-    tx: Transaction, receipt_id: str, refund_id: str, amount: int | None, reason: str
+    tx: Transaction,
+    receipt_id: str,
+    refund_id: str,
+    amount: int | None,
+    reason: str,
+    *,
+    same_request: bool = False,
 ) -> Refund:
-    """Give money back (None: all that is left). The same refund id twice: one refund."""
+    """Give money back (None: all that is left). The same refund id twice: one refund;
+    `same_request` (operations' Idempotency-Key): only if asked for in the same words."""
     receipt = await load(tx, receipt_id)
     done = next((r for r in receipt.refunds if r.refund_id == refund_id), None)
     if done is not None:
         if amount is not None and amount > done.amount:
             raise Conflict(f"refund {refund_id} was made for {done.amount}", field="amount")
+        # "Everything" once more while money is left: that key made a smaller refund.
+        other_amount = done.amount != amount if amount is not None else receipt.refundable > 0
+        if same_request and (other_amount or done.reason != reason):
+            raise Conflict(
+                f"this Idempotency-Key was already used for a different refund ({done.amount}: "
+                f"{done.reason!r}); a new refund takes a new key",
+                field="Idempotency-Key",
+            )
         return done
     if not receipt.signed:
         raise Conflict("nothing was paid on an unsigned receipt")

@@ -379,7 +379,12 @@ class Receipt(Forbid):
         if refund is None:
             raise NotFound(f"receipt {self.receipt_id} has no refund {refund_id}")
         refused = sum(part.amount for part in refund.parts if part.refused)
-        if self.refundable < refused:
+        # Against the card's own money not given back, not all that is refundable: on a
+        # receipt also paid from a package, that would let two refused refunds of the same
+        # card money both be repaid.
+        given_back, _, _ = _refunded_so_far(self)
+        card = sum(p.amount for p in self.payments if p.method == "provider")
+        if card - given_back.get("provider", 0) < refused:
             raise Conflict(
                 f"what the card would not take back of {refund_id} went back since, by another "
                 "refund: repaying it again would pay twice",

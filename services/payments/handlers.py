@@ -100,10 +100,16 @@ async def check(ctx: TimerContext, timer: Timer) -> None:
     op = await ProviderOps(ctx.db).get(timer.subject)
     if op is None or not op.open:
         return
-    result = await (await provider_for(ctx.db, ctx.settings)).status(op.op_id)
+    try:
+        result = await (await provider_for(ctx.db, ctx.settings)).status(op.op_id)
+    except ProviderTimeout:
+        log.warning("provider did not answer a lookup of %s; looking again later", op.op_id)
+        await ctx.uow.run(lambda tx: commands.ask_again(tx, op.op_id, looking_up=True))
+        return
     later = utcnow() + timedelta(seconds=ctx.settings.provider_check_after_s)
 
     async def apply(tx: Transaction) -> None:
+        await commands.looked_up(tx, op.op_id)
         if result is None or not await commands.apply_outcome(tx, op.op_id, result):
             await set_timer(tx, commands.CHECK, op.op_id, later)
 

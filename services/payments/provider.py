@@ -43,6 +43,9 @@ log = logging.getLogger(__name__)
 SIGNATURE_HEADER = "X-Provider-Signature"
 REFUND_FAILS = "pm_card_refund_fails"
 OUTAGE, OUTAGE_ASKS = "pm_card_outage", 4  # asks left unanswered, as while the provider is down
+# Takes the charge, sends no webhook, and leaves OUTAGE_ASKS lookups of it unanswered.
+LOOKUP_OUTAGE = "pm_card_lookup_outage"
+SILENT = ("pm_card_silent", LOOKUP_OUTAGE)  # no webhook: the operation is looked up
 
 
 class ProviderStatus(StrEnum):
@@ -145,6 +148,11 @@ class SandboxProvider:
         op = await self._ops.find_one({"_id": key})
         if op is None:
             return None
+        if op.get("method") == LOOKUP_OUTAGE:
+            looked = {"$inc": {"lookups": 1}, "$push": {"looked_up_at": utcnow()}}
+            await self._ops.update_one({"_id": key}, looked)
+            if op.get("lookups", 0) < OUTAGE_ASKS:
+                raise ProviderTimeout(f"no answer about {key}")
         # Asked about it: a silent operation decides now, as a provider's API would show.
         if op["status"] == ProviderStatus.PENDING and op.get("decided"):
             await self._ops.update_one({"_id": key}, {"$set": {"status": op["decided"]}})
@@ -177,7 +185,7 @@ class SandboxProvider:
         unanswered = {"pm_card_timeout": 1, OUTAGE: OUTAGE_ASKS}.get(str(fields.get("method")), 0)
         if first["answered"] < unanswered:
             raise ProviderTimeout(f"no answer for {key} (the operation was recorded)")
-        if first["status"] == ProviderStatus.PENDING and fields.get("method") != "pm_card_silent":
+        if first["status"] == ProviderStatus.PENDING and fields.get("method") not in SILENT:
             self._later(self._confirm(key))
         return ProviderResult(
             key, first["reference"], ProviderStatus(first["status"]), first["reason"]

@@ -247,7 +247,8 @@ class ProviderOp(BaseModel):
     reason: str = ""
     created_at: datetime
     decided_at: datetime | None = None
-    # Asks the provider left unanswered (timed out), and whether operations were told.
+    # Asks the provider left unanswered (timed out) since it last answered, and whether
+    # operations were told.
     unanswered: int = 0
     last_unanswered_at: datetime | None = None
     alerted: bool = False

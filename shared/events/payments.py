@@ -264,8 +264,9 @@ class RefundNotMade(EventPayload):
 
 @event("payments.provider_not_answering", version=1, stream=STREAM, key="booking_id")
 class ProviderNotAnswering(EventPayload):
-    """The card provider has not answered a charge or refund, asked several times. Each ask
-    carries the same key, so whenever the provider answers the money moves once. Payments
+    """The card provider has not answered a charge or refund, asked several times (or, having
+    taken one, not answered the lookups of it). Each ask carries the same key, so whenever
+    the provider answers the money moves once. Payments
     keeps asking, less and less often; operations look into the provider meanwhile.
     `payments.provider_answered` follows when it answers."""
 

@@ -264,6 +264,22 @@ def test_a_declined_refund_given_back_since_by_another_is_not_repaid_twice() -> 
         receipt.repay("rf_1", BY_TRANSFER)
 
 
+def test_two_refused_refunds_of_the_same_card_money_are_not_both_repaid() -> None:
+    """Paid 1000 by card and the rest from a package: both refunds of the card's 1000 were
+    refused (the account is closed). Repaying one gives that money back; the other would
+    pay it twice, however much the package still holds."""
+    package = holding(covers=["nails.manicure"])
+    receipt = paid_receipt(("provider", 1000), prepaid=[package])
+    assert receipt.refundable == 6000
+    refunded(receipt, "rf_1", 1000).card_declined("account closed")
+    refunded(receipt, "rf_2", 1000).card_declined("account closed")
+    _, amount = receipt.repay("rf_1", BY_TRANSFER)
+    assert amount == 1000
+    with pytest.raises(Conflict, match="would pay twice"):
+        receipt.repay("rf_2", BY_TRANSFER)
+    assert (receipt.refunded, receipt.refundable) == (1000, 5000)
+
+
 def test_only_a_fee_whose_refund_the_card_declined_is_repaid_by_hand() -> None:
     fee = late_fee()
     with pytest.raises(Conflict, match="owed"):
