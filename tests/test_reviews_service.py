@@ -447,8 +447,6 @@ async def test_a_resolution_sent_again_under_its_key_after_a_rejection_makes_no_
         retried = await reviews.post(url, json=body, headers=key)
         assert retried.status_code == 200, retried.text
         assert retried.json()["status"] == "in_progress"  # still rejected, a tier up
-        # Nothing saved or said again: the complaint is as the rejection left it.
-        assert retried.json()["version"] == rejected.json()["version"]
         ids = [r["remedy_id"] for r in first.json()["remedies"]]
         assert [r["remedy_id"] for r in retried.json()["remedies"]] == ids
         reused = await reviews.post(
@@ -481,6 +479,7 @@ async def test_a_resolution_sent_again_under_its_key_after_a_rejection_makes_no_
     coupons = await outbox.count_documents({"key": customer, "type": "reviews.coupon_granted"})
     assert (proposals, coupons) == (2, 2)
     # Said each time it changed (filed, proposed, rejected, proposed), never for a retry.
+    # (Not the complaint's version: the coupon taking effect may move it in between.)
     updates = await outbox.count_documents({**about, "type": "reviews.complaint_updated"})
     assert updates == 4
 
@@ -1263,48 +1262,6 @@ async def test_a_refund_the_card_declined_is_not_made_until_operations_repay_it(
                 assert "closed" not in not_made  # the bank's words are operations' alone
     took = [s["what"] for s in seen["timeline"]]
     assert (took.count("refund took effect"), took.count("refund not made")) == (2, 1)
-
-
-UPDATED = "reviews.complaint_updated"
-
-
-async def test_a_refund_the_card_declined_after_the_customer_accepted_reopens_the_complaint(
-    platform: Platform, kafka_producer: AIOKafkaProducer, infra: Infra
-) -> None:
-    """The customer accepted their refund and the complaint closed; then the card would not
-    take the money back. The complaint goes back to operations (and the board hears it):
-    closed, nobody would have seen the promise broken."""
-    async with platform.client("reviews") as reviews:
-        url, about = await a_refund_proposed(reviews, kafka_producer, platform)
-        issued = RefundIssued(**about, to_provider=1500, to_cash=0, to_prepaid=0, reason="sorry")
-        await the_remedy_after(
-            reviews, url, publish(kafka_producer, platform.prefix, issued), made, "issued"
-        )
-        accepted = await reviews.post(f"{url}/accept", headers=as_customer(about["customer_id"]))
-        assert accepted.status_code == 200, accepted.text
-        assert accepted.json()["status"] == "closed"
-        declined = RefundDeclined(**about, reason="card closed", declined_at=datetime.now(UTC))
-        seen = await the_remedy_after(
-            reviews, url, publish(kafka_producer, platform.prefix, declined), not_made_yet, "no"
-        )
-    assert (seen["status"], seen["closed_at"]) == ("in_progress", None)
-    steps = [(step["what"], step["detail"]) for step in seen["timeline"]]
-    assert steps[steps.index(("closed", "accepted by the customer")) + 2] == (
-        "reopened",
-        "not made: refund",
-    )  # after "refund not made"; its resolution due now, it may have gone up a tier since
-
-    def reopened(found: list[dict[str, Any]]) -> bool:
-        statuses = [e["payload"]["status"] for e in found if e["type"] == UPDATED]
-        return (
-            "in_progress" in statuses[statuses.index("closed") :] if "closed" in statuses else False
-        )
-
-    said = await keyed_events(
-        infra, f"{platform.prefix}.reviews.events", about["booking_id"], until=reopened
-    )
-    statuses = [e["payload"]["status"] for e in said if e["type"] == UPDATED]
-    assert statuses[statuses.index("closed") + 1] == "in_progress"
 
 
 async def test_a_refund_in_cash_is_not_made_until_operations_record_it_handed_back(

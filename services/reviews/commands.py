@@ -249,14 +249,11 @@ async def remedy_outcome(
     if complaint is None:
         return
     now = utcnow()
-    closed = complaint.status is ComplaintStatus.CLOSED
     if not_made is not None:
         changed = complaint.not_carried_out(kind, now, remedy_id, not_made, undone=undone)
     else:
         changed = complaint.took_effect(kind, now, remedy_id)
-    if closed and complaint.status is not ComplaintStatus.CLOSED:
-        await save(tx, complaint)  # reopened: its clock runs again, and everyone hears it
-    elif changed:
+    if changed:
         await Complaints(tx.db).save(complaint, tx.session)
 
 

@@ -399,16 +399,15 @@ class Complaint(Forbid):
             if r.not_made is not None and r.decided_at == self.resolution_proposed_at
         ]
         if unmade:
-            self._reopen(at, unmade)
+            self.status, self.quiet_until, self.resolution_due = (
+                ComplaintStatus.IN_PROGRESS,
+                None,
+                at,
+            )
+            self._log(at, "platform", "reopened", f"not made: {', '.join(unmade)}")
             return True
         self._close("platform", at, "no answer within the quiet period")
         return True
-
-    def _reopen(self, at: datetime, unmade: list[str]) -> None:
-        """Back to operations, its resolution due now (so it escalates if nobody acts)."""
-        self.status, self.quiet_until, self.resolution_due = ComplaintStatus.IN_PROGRESS, None, at
-        self.closed_at = self.closed_by = None
-        self._log(at, "platform", "reopened", f"not made: {', '.join(unmade)}")
 
     def _close(self, by: str, at: datetime, why: str) -> None:
         self.status, self.closed_at, self.closed_by = ComplaintStatus.CLOSED, at, by
@@ -489,11 +488,9 @@ class Complaint(Forbid):
         if remedy is None:
             return False
         remedy.took_effect_at, remedy.not_made = None, why
+        # On a complaint closed already it stays closed (the customer accepted): the money
+        # still owed is on operations' board, from payments, until they give it back.
         self._log(at, "platform", f"{kind.value} not made", why)
-        if self.status is ComplaintStatus.CLOSED:
-            # Accepted, or closed quietly, before the money moved: what the customer was
-            # promised did not happen, so the complaint is not over.
-            self._reopen(at, [kind.value])
         return True
 
 

@@ -237,18 +237,22 @@ def test_a_resolution_whose_remedy_was_not_made_goes_back_to_operations_not_clos
     assert not c.close_quietly(quiet)  # not waiting for the customer any more
 
 
-def test_a_refund_the_card_refused_after_the_complaint_closed_reopens_it() -> None:
-    """The customer accepted a refund; the card would not take it back. What they were
-    promised did not happen: the complaint goes back to operations, its resolution due now."""
+def test_a_refund_the_card_refused_after_the_customer_accepted_shows_on_the_closed_one() -> None:
+    """The customer accepted a refund; the card would not take it back. The complaint says
+    so and stays closed (the customer's answer stands); the money still owed is operations'
+    to give back, on their board from payments."""
     c = complaint()
     (refund,) = c.propose("ops:ana", "back", [RemedyIn(kind=RemedyKind.REFUND)], NOW)
     assert c.took_effect(RemedyKind.REFUND, NOW, refund.remedy_id)
     c.accept("customer:cus_1", NOW)
     later = NOW + timedelta(days=2)
     assert c.not_carried_out(RemedyKind.REFUND, later, refund.remedy_id, "card closed", undone=True)
-    assert (c.status, c.closed_at, c.closed_by) == (ComplaintStatus.IN_PROGRESS, None, None)
-    assert c.next_deadline == ("resolution", later)
-    assert (c.timeline[-1].what, c.timeline[-1].detail) == ("reopened", "not made: refund")
+    assert (c.status, c.closed_at, c.remedies[0].not_made) == (
+        ComplaintStatus.CLOSED,
+        NOW,
+        "card closed",
+    )
+    assert c.next_deadline is None
 
 
 def test_a_remedy_an_earlier_resolution_left_unmade_does_not_keep_the_next_open() -> None:
