@@ -339,6 +339,8 @@ async def test_rows_kept_before_the_stamp_get_it_from_their_own_moments(
         [
             {"_id": "old", "status": "closed", "requested_at": at(-900), "rated_at": at(-100)},
             {"_id": "older", "status": "closed", "requested_at": at(-5000)},
+            # A refund the card declined, kept before rows knew it held them on the board.
+            {"_id": "owed", "status": "closed", "requested_at": at(-5000), "refund_declined": 700},
         ]
     )
     # The indexes of before too, which would tempt the planner to walk every row.
@@ -347,7 +349,9 @@ async def test_rows_kept_before_the_stamp_get_it_from_their_own_moments(
     # As each gateway does at start; two starting at once both get through.
     await asyncio.gather(board.ensure_indexes(p.db), board.ensure_indexes(p.db))
     stamped = {d["_id"]: d["active_at"] async for d in col.find({}, {"active_at": 1})}
-    assert stamped == {"old": at(-100), "older": at(-5000)}
+    assert stamped == {"old": at(-100), "older": at(-5000), "owed": at(-5000)}
+    held = await col.find({"held": True}, {"_id": 1}).to_list()
+    assert held == [{"_id": "owed"}]
     assert set(await col.index_information()) == {
         "_id_",
         "active",

@@ -167,6 +167,14 @@ async def ensure_indexes(db: Database) -> None:
         )
         for held in HELD.get(name, {}):
             await db[name].create_indexes([IndexModel([(held, ASCENDING)], name=held, sparse=True)])
+            # Rows kept before `held` was: those whose money was in question then.
+            in_question = [
+                {"refund_declined": {"$ne": None}},
+                {"provider_unanswered": {"$ne": None}},
+            ]
+            await db[name].update_many(
+                {held: {"$exists": False}, "$or": in_question}, {"$set": {held: True}}
+            )
         # Rows kept before rows knew when they were last active: from their own stamps.
         stamps = [f"${stamp}" for stamp in STAMPS[name]]
         await db[name].update_many({"active_at": None}, [{"$set": {"active_at": {"$max": stamps}}}])
