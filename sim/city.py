@@ -550,11 +550,13 @@ class City:
             if status == "resolution_proposed":
                 if not rejected and self.rng.random() < self.plan.shares.reject_resolution:
                     rejected = True
+                    # A key: retried after a restart, it must not turn down the next one.
                     await me.call(
                         "POST",
                         f"{url}/reject",
                         json={"reason": "that does not put it right"},
                         ok=(200, 409),
+                        headers={"Idempotency-Key": f"reject-{complaint_id}"},
                     )
                     counts["resolutions_rejected"] += 1
                 else:

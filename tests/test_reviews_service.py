@@ -484,6 +484,36 @@ async def test_a_resolution_sent_again_under_its_key_after_a_rejection_makes_no_
     assert updates == 4
 
 
+async def test_a_rejection_sent_again_under_its_key_does_not_turn_down_the_next_resolution(
+    platform: Platform, kafka_producer: AIOKafkaProducer
+) -> None:
+    """The customer's rejection landed but its answer was lost; operations proposed again
+    meanwhile; the app sends the rejection again. It was made already: the new resolution
+    stands (it used to be turned down too, and a third tier proposed a third refund)."""
+    async with platform.client("reviews") as reviews:
+        customer, complaint = await complained(reviews, kafka_producer, platform)
+        url = f"/complaints/{complaint['complaint_id']}"
+        body = {"text": "sorry", "remedies": [{"kind": "apology"}]}
+        assert (await reviews.post(f"{url}/resolution", json=body, headers=OPS)).is_success
+        theirs = {**as_customer(customer), "Idempotency-Key": unique("reject-")}
+        no = {"reason": "not enough"}
+        first = await reviews.post(f"{url}/reject", json=no, headers=theirs)
+        assert first.status_code == 200, first.text
+        assert (first.json()["status"], first.json()["tier"]) == ("in_progress", "supervisor")
+        assert (await reviews.post(f"{url}/resolution", json=body, headers=OPS)).is_success
+        again = await reviews.post(f"{url}/reject", json=no, headers=theirs)
+        assert again.status_code == 200, again.text
+        assert (again.json()["status"], again.json()["tier"]) == (
+            "resolution_proposed",
+            "supervisor",
+        )
+        assert again.json()["rejected_under"] == []  # the customer's keys are not shown back
+        # A new rejection, under a new key (or none), is one.
+        other = {**as_customer(customer), "Idempotency-Key": unique("reject-")}
+        second = await reviews.post(f"{url}/reject", json=no, headers=other)
+        assert (second.json()["status"], second.json()["tier"]) == ("in_progress", "manager")
+
+
 async def test_only_its_customer_rejects_and_its_customer_or_operations_close_on_a_resolution(
     platform: Platform, kafka_producer: AIOKafkaProducer
 ) -> None:

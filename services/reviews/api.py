@@ -476,17 +476,24 @@ async def accept(complaint_id: PathId, runtime: RuntimeDep, actor: ActorDep) -> 
     summary="The customer rejects the resolution: reopened a tier up (the customer only)",
 )
 async def reject(
-    complaint_id: PathId, body: RejectIn, runtime: RuntimeDep, actor: ActorDep
+    complaint_id: PathId,
+    body: RejectIn,
+    runtime: RuntimeDep,
+    actor: ActorDep,
+    key: Annotated[str | None, idempotency_key("the rejection of a later resolution")] = None,
 ) -> Complaint:
-    async def change(tx: Transaction, c: Complaint) -> None:
+    async def change(tx: Transaction, c: Complaint) -> bool:
         # The customer's word only: each resolution's refund, coupon and redo is made, so
         # staff rejecting and proposing again could hand out remedies nobody asked for.
         if not (actor.role is Role.CUSTOMER and actor.subject == c.customer_id):
             raise Forbidden("only the complaint's customer may reject the resolution")
         before = c.tier
-        c.reject(f"customer:{actor.subject}", body.reason, utcnow(), sla(c.category, c.severity))
+        policy = sla(c.category, c.severity)
+        if not c.reject(f"customer:{actor.subject}", body.reason, utcnow(), policy, key):
+            return False  # rejected before under this key
         if c.tier is not before:  # the top tier reopens where it is: nobody above to go to
             commands.escalated(tx, c, "the customer rejected the resolution", before.value)
+        return True
 
     return await _work(runtime, actor, complaint_id, change)
 

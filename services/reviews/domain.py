@@ -238,6 +238,9 @@ class Complaint(Forbid):
     closed_at: datetime | None = None
     closed_by: str | None = None
     remedies: list[Remedy] = Field(default_factory=list)
+    # The Idempotency-Keys the customer rejected under: a rejection retried after operations
+    # proposed again must not turn down the new resolution too.
+    rejected_under: list[str] = Field(default_factory=list)
     breaches: list[Breach] = Field(default_factory=list)
     timeline: list[Step] = Field(default_factory=list)
     version: int = 0
@@ -283,6 +286,7 @@ class Complaint(Forbid):
                 for r in self.remedies
             ],
             "owner": None,
+            "rejected_under": [],
             "closed_by": who(self.closed_by) if self.closed_by is not None else None,
         }
         if store:
@@ -370,15 +374,23 @@ class Complaint(Forbid):
             raise Conflict("there is no proposed resolution to accept")
         self._close(by, at, "accepted by the customer")
 
-    def reject(self, by: str, reason: str, at: datetime, policy: Sla) -> None:
-        """The customer is not satisfied: the complaint goes up a tier with fresh deadlines."""
+    def reject(
+        self, by: str, reason: str, at: datetime, policy: Sla, key: str | None = None
+    ) -> bool:
+        """The customer is not satisfied: the complaint goes up a tier with fresh deadlines.
+        A rejection retried under its `key` changes nothing (False), whatever came since."""
+        if key is not None and key in self.rejected_under:
+            return False
         if self.status is not ComplaintStatus.RESOLUTION_PROPOSED:
             raise Conflict("there is no proposed resolution to reject")
+        if key is not None:
+            self.rejected_under.append(key)
         self.status = ComplaintStatus.IN_PROGRESS
         self.quiet_until = None
         self.tier, self.owner = self.tier.above(), None
         self.resolution_due = at + policy.resolution
         self._log(at, by, "rejected; reopened", f"{reason} (now {self.tier.value})")
+        return True
 
     def close_quietly(self, at: datetime) -> bool:
         """The customer did not answer within the quiet period: closed, unless one of its
