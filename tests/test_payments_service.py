@@ -567,6 +567,25 @@ async def settled_with(
     return customer, booking_id, receipt
 
 
+def asked_less_and_less_often(moments: list[datetime]) -> None:
+    """Asked until it answered, and not once more: again after 0.2 s, then 0.4, 0.8, 1.6
+    (the harness's settings), each at most half less at random; never at once, as when
+    every ask came straight after the last."""
+    assert len(moments) == OUTAGE_ASKS + 1
+    gaps = [(later - before).total_seconds() for before, later in pairwise(moments)]
+    assert all(gap >= 0.5 * 0.2 * 2**n for n, gap in enumerate(gaps)), gaps
+
+
+async def provider_events(infra: Infra, platform: Platform, booking_id: str) -> list[Any]:
+    """The booking's payments events, up to the provider's answer after its silence."""
+    return await keyed_events(
+        infra,
+        f"{platform.prefix}.payments.events",
+        booking_id,
+        until=lambda found: any(e["type"] == "payments.provider_answered" for e in found),
+    )
+
+
 async def test_a_provider_that_does_not_answer_is_asked_less_often_and_operations_are_told(
     platform: Platform,
     kafka_producer: AIOKafkaProducer,
@@ -584,19 +603,8 @@ async def test_a_provider_that_does_not_answer_is_asked_less_often_and_operation
     assert (theirs["unanswered"], theirs["last_unanswered_at"]) == (0, None)  # operations'
 
     (charge,) = await sandbox_ops(mongo, platform, receipt["receipt_id"])
-    asked = charge["asked_at"]
-    assert len(asked) == OUTAGE_ASKS + 1  # asked until it answered, and not once more
-    # Asked again after 0.2 s, then 0.4, 0.8, 1.6 (the harness's settings), each at most
-    # half less at random: never at once, as when every ask came straight after the last.
-    gaps = [(later - before).total_seconds() for before, later in pairwise(asked)]
-    assert all(gap >= 0.5 * 0.2 * 2**n for n, gap in enumerate(gaps)), gaps
-
-    events = await keyed_events(
-        infra,
-        f"{platform.prefix}.payments.events",
-        booking_id,
-        until=lambda found: any(e["type"] == "payments.provider_answered" for e in found),
-    )
+    asked_less_and_less_often(charge["asked_at"])
+    events = await provider_events(infra, platform, booking_id)
     kinds = [e["type"] for e in events if e["type"].startswith("payments.provider_")]
     assert kinds == ["payments.provider_not_answering", "payments.provider_answered"]
     told, answered = (e["payload"] for e in events if e["type"].startswith("payments.provider_"))
@@ -633,17 +641,8 @@ async def test_a_provider_that_took_a_charge_and_does_not_answer_its_lookups_is_
         )
     (charge,) = await sandbox_ops(mongo, platform, receipt["receipt_id"])
     assert charge["answered"] == 1  # taken at the first ask
-    looked = charge["looked_up_at"]
-    assert len(looked) == OUTAGE_ASKS + 1  # looked up until it answered, and not once more
-    gaps = [(later - before).total_seconds() for before, later in pairwise(looked)]
-    assert all(gap >= 0.5 * 0.2 * 2**n for n, gap in enumerate(gaps)), gaps
-
-    events = await keyed_events(
-        infra,
-        f"{platform.prefix}.payments.events",
-        booking_id,
-        until=lambda found: any(e["type"] == "payments.provider_answered" for e in found),
-    )
+    asked_less_and_less_often(charge["looked_up_at"])  # the lookups, this time
+    events = await provider_events(infra, platform, booking_id)
     told, answered = (e["payload"] for e in events if e["type"].startswith("payments.provider_"))
     assert (told["kind"], told["asks"], answered["asks"]) == ("charge", 3, OUTAGE_ASKS)
 
