@@ -38,7 +38,7 @@ from shared.kafka import PRODUCER_LOST, started_producer
 from shared.metrics import EVENTS_PUBLISHED, EVENTS_REFUSED, OUTBOX_BACKLOG, TRANSACTION_RETRIES
 from shared.mongo import Database, Document
 from shared.settings import Settings
-from shared.time import backoff
+from shared.time import backoff, woken
 
 log = logging.getLogger(__name__)
 T = TypeVar("T")
@@ -538,8 +538,7 @@ class OutboxRelay:
                         await self._renew_producer()
                     await asyncio.sleep(backoff(failures, 0.4, 5.0))
                     continue
-                with contextlib.suppress(TimeoutError):
-                    await asyncio.wait_for(self._wake.wait(), self._settings.outbox_poll_interval_s)
+                await woken(self._wake, self._settings.outbox_poll_interval_s)
                 self._wake.clear()
         finally:
             # Let the last rows be marked, so a clean shutdown republishes nothing.

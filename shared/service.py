@@ -171,7 +171,8 @@ class Runtime:
     async def readiness(self) -> dict[str, Any]:
         checks: dict[str, Any] = {"started": self.started}
         try:
-            await asyncio.wait_for(self.client.admin.command("ping"), 2)
+            async with asyncio.timeout(2):  # not wait_for: it may lose a cancellation
+                await self.client.admin.command("ping")
             checks["mongodb"] = "ok"
         except Exception as exc:  # any failure means not ready; say which
             checks["mongodb"] = f"error: {type(exc).__name__}"

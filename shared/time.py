@@ -8,6 +8,7 @@ Production never sets either, and the offset stays zero.
 
 from __future__ import annotations
 
+import asyncio
 import os
 import random
 from datetime import UTC, datetime, timedelta
@@ -16,6 +17,19 @@ from typing import Annotated
 from pydantic import AfterValidator, AwareDatetime
 
 _offset = timedelta(seconds=float(os.environ.get("DOORSTEP_CLOCK_OFFSET_S") or 0))
+
+
+async def woken(event: asyncio.Event, within_s: float) -> bool:
+    """Wait at most `within_s` for `event`; True if it was set. Not `asyncio.wait_for`: on
+    Python 3.11 it loses a cancellation that comes just as the event is set (gh-86296), so
+    the task never stops. A stopping service hung that way on its relay, whose wake the
+    stop itself had just set."""
+    try:
+        async with asyncio.timeout(within_s):
+            await event.wait()
+    except TimeoutError:
+        return False
+    return True
 
 
 def utcnow() -> datetime:

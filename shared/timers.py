@@ -21,7 +21,6 @@ meanwhile are fired next by whoever looks first once it is done.
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import logging
 import uuid
 from collections.abc import Awaitable, Callable
@@ -36,7 +35,7 @@ from shared.faults import crash_point
 from shared.mongo import Database, Document
 from shared.outbox import Transaction, UnitOfWork
 from shared.settings import Settings
-from shared.time import backoff, stored_precision, utcnow
+from shared.time import backoff, stored_precision, utcnow, woken
 
 log = logging.getLogger(__name__)
 
@@ -285,7 +284,6 @@ class TimerLoop:
             sleep_s = self.next_due_in()
             self._asleep_until = utcnow() + timedelta(seconds=sleep_s)
             try:
-                with contextlib.suppress(TimeoutError):
-                    await asyncio.wait_for(self._woken.wait(), sleep_s)
+                await woken(self._woken, sleep_s)
             finally:
                 self._asleep_until = None

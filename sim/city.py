@@ -13,7 +13,6 @@ alerts). Rate, seed and size are parameters; the same seed plays the same city.
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import hashlib
 import json
 import logging
@@ -37,6 +36,7 @@ from deploy.local.demo_data import (
     region_body,
 )
 from deploy.local.demo_data import technician_file as demo_file
+from shared.time import woken
 from sim.client import UNREACHABLE, Answer, Caller, Refused, session
 from sim.desk import DESK_EVERY_S, Desk
 
@@ -563,8 +563,7 @@ class City:
                     # 409: answered already by a try that timed out; the next look tells.
                     await me.call("POST", f"{url}/accept", ok=(200, 409))
                 continue
-            with contextlib.suppress(TimeoutError):
-                await asyncio.wait_for(customer.nudged.wait(), timeout=self.look_in())
+            await woken(customer.nudged, self.look_in())
         if not self.running:
             raise CityStopped
         counts["complaints_unsettled"] += 1
@@ -599,13 +598,13 @@ class City:
         collect, records the cash (the visit then closes)."""
         handed = self._cash_handed[booking_id]
         try:
-            if due > 0:
-                await asyncio.wait_for(handed.wait(), within_s)
-        except TimeoutError:
-            self.outcomes.counts["cash_not_recorded"] += 1
-            log.warning(
-                "booking %s: the technician recorded no cash within %.0f s", booking_id, within_s
-            )
+            if due > 0 and not await woken(handed, within_s):
+                self.outcomes.counts["cash_not_recorded"] += 1
+                log.warning(
+                    "booking %s: the technician recorded no cash within %.0f s",
+                    booking_id,
+                    within_s,
+                )
         finally:
             self._cash_handed.pop(booking_id, None)
 
@@ -643,8 +642,7 @@ class City:
                     counts["paid_after_decline"] += 1
                     return
                 continue  # an earlier try is under way, or paid: look again
-            with contextlib.suppress(TimeoutError):
-                await asyncio.wait_for(customer.nudged.wait(), timeout=self.look_in())
+            await woken(customer.nudged, self.look_in())
         if not self.running:
             raise CityStopped
         counts["decline_not_paid"] += 1
@@ -665,8 +663,7 @@ class City:
             status = await self.status_of(me, booking_id)
             if status in statuses:
                 return status
-            with contextlib.suppress(TimeoutError):
-                await asyncio.wait_for(nudged.wait(), timeout=self.look_in())
+            await woken(nudged, self.look_in())
         if not self.running:
             raise CityStopped
         return None
@@ -698,8 +695,7 @@ class City:
                 return dict(r.json())
             if self.halted(booking_id):
                 return None
-            with contextlib.suppress(TimeoutError):
-                await asyncio.wait_for(nudged.wait(), timeout=self.look_in())
+            await woken(nudged, self.look_in())
         if not self.running:
             raise CityStopped
         log.warning("booking %s: no receipt within %.0f s", booking_id, within_s)
@@ -744,8 +740,7 @@ class City:
                         await look(t)
                     except (Refused, *UNREACHABLE) as exc:
                         log.warning("technician %s: %s", t.technician_id, exc)
-                with contextlib.suppress(TimeoutError):
-                    await asyncio.wait_for(t.nudged.wait(), timeout=self.look_in())
+                await woken(t.nudged, self.look_in())
                 t.nudged.clear()
         finally:
             listener.cancel()
