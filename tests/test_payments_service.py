@@ -1871,8 +1871,17 @@ async def test_a_coupon_takes_off_the_next_receipt_once_and_a_declined_card_can_
         await set_card(payments, customer, "pm_card_declined")
         first = await complete_visit(kafka_producer, platform, customer=customer, store=store)
         receipt = await issued(payments, first, customer)
+        listed = (
+            await payments.get(
+                "/coupons", params={"customer_id": customer}, headers=as_customer(customer)
+            )
+        ).json()
+        # The receipt names the coupon by the reference the customer's list shows, not by its
+        # id (a remedy's names the complaint).
+        reference = listed[0]["reference"]
+        assert reference != granted.json()["coupon_id"]
         assert [(d["coupon_id"], d["amount"]) for d in receipt["discounts"]] == [
-            (granted.json()["coupon_id"], 1000)  # 20 % of 50.00
+            (reference, 1000)  # 20 % of 50.00
         ]
         # Why it was granted stays with operations: the receipt is the technician's and the
         # store's to read too, and is sealed for good.
@@ -1914,7 +1923,10 @@ async def test_a_coupon_takes_off_the_next_receipt_once_and_a_declined_card_can_
                 "/coupons", params={"customer_id": customer}, headers=as_customer(customer)
             )
         ).json()
-        assert [c["used_by"] for c in coupons] == [receipt["receipt_id"]]
+        # Signing spent the coupon its reference names.
+        assert [(c["reference"], c["used_by"]) for c in coupons] == [
+            (reference, receipt["receipt_id"])
+        ]
         second = await complete_visit(kafka_producer, platform, customer=customer, store=store)
         later = await issued(payments, second, customer)
         assert later["discounts"] == []

@@ -24,6 +24,7 @@ from services.payments.domain import (
     ReceiptStatus,
     Refund,
     Repayment,
+    coupon_reference,
 )
 from services.payments.fees import CancellationFee, FeeStatus
 from services.payments.ledger import Holding, Plan, PlanKind
@@ -739,12 +740,19 @@ async def grant_coupon(
     return await runtime.uow.run(lambda tx: commands.grant_coupon(tx, coupon))
 
 
+class CouponView(Coupon):
+    reference: str = Field(description="What a receipt's discount names this coupon by")
+
+
 @router.get("/coupons", tags=["prepaid"], summary="A customer's coupons")
 async def list_coupons(
     runtime: RuntimeDep,
     actor: ActorDep,
     customer_id: Annotated[str, Query(min_length=1, max_length=64)],
-) -> list[Coupon]:
+) -> list[CouponView]:
     if not (actor.is_ops or (actor.role is Role.CUSTOMER and actor.subject == customer_id)):
         raise Forbidden("a customer's coupons are theirs and operations'")
-    return await Coupons(runtime.db).of_customer(customer_id)
+    return [
+        CouponView(**c.model_dump(), reference=coupon_reference(c.coupon_id))
+        for c in await Coupons(runtime.db).of_customer(customer_id)
+    ]

@@ -24,6 +24,7 @@ from services.payments.domain import (
     Refund,
     Repayment,
     SignatureMethod,
+    spent_coupon,
 )
 from services.payments.fees import PAYMENTS, CancellationFee, FeeStep
 from services.payments.ledger import Holding, Plan, sell
@@ -226,8 +227,14 @@ async def sign(
         )
     now = utcnow()
     await _draw_prepaid(tx, receipt, now)
-    for discount in receipt.discounts:
-        await Coupons(tx.db).spend(discount.coupon_id, receipt.receipt_id, tx.session)
+    if receipt.discounts:
+        coupons = Coupons(tx.db)
+        mine = await coupons.of_customer(receipt.customer_id, tx.session)
+        for discount in receipt.discounts:
+            coupon_id = spent_coupon(discount, mine)
+            if coupon_id is None:
+                raise Conflict(f"coupon {discount.coupon_id} is not the customer's to spend")
+            await coupons.spend(coupon_id, receipt.receipt_id, tx.session)
     receipt.signature = signature
     await _seal(tx, receipt)
     tx.emit(

@@ -15,6 +15,7 @@ and its hash, change and the customer must look again.
 
 from __future__ import annotations
 
+import hashlib
 import math
 from collections.abc import Sequence
 from datetime import datetime
@@ -51,7 +52,10 @@ class ReceiptLine(Forbid):
 
 
 class Discount(Forbid):
-    coupon_id: str
+    # The coupon's reference (`coupon_reference`), not its id: a remedy's coupon id names
+    # the complaint (a safety complaint's its kind too), and this receipt is sealed and read
+    # by the next visit's technician and store. Receipts issued before kept the id itself.
+    coupon_id: str = Field(description="The coupon's reference, as the customer's list shows it")
     description: str
     amount: int
 
@@ -78,6 +82,25 @@ class Coupon(Forbid):
     def worth(self, on: int) -> int:
         value = self.amount if self.amount is not None else on * (self.percent or 0) // 100
         return min(value, on)
+
+
+COUPON_REFERENCE = "cpn_"
+
+
+def coupon_reference(coupon_id: str) -> str:
+    """What a receipt names a coupon by: it says which of the customer's coupons was spent,
+    and nothing of where that coupon came from."""
+    return COUPON_REFERENCE + hashlib.sha256(coupon_id.encode()).hexdigest()[:24]
+
+
+def spent_coupon(discount: Discount, coupons: Sequence[Coupon]) -> str | None:
+    """The id of the coupon a receipt's discount spends (None: none of these coupons)."""
+    if not discount.coupon_id.startswith(COUPON_REFERENCE):
+        return discount.coupon_id  # issued before references: the id itself
+    return next(
+        (c.coupon_id for c in coupons if coupon_reference(c.coupon_id) == discount.coupon_id),
+        None,
+    )
 
 
 class SignatureMethod(StrEnum):
@@ -493,7 +516,7 @@ def price(
         if worth > 0:
             discounts.append(
                 Discount(
-                    coupon_id=best.coupon_id,
+                    coupon_id=coupon_reference(best.coupon_id),
                     # Not the coupon's reason: a complaint's words would be sealed into a
                     # receipt the next visit's technician and store read.
                     description=f"coupon: {best.percent} % off" if best.percent else "coupon",

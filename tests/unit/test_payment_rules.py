@@ -3,12 +3,23 @@ specification."""
 
 from __future__ import annotations
 
+import json
 from datetime import UTC, datetime, timedelta
 
 import pytest
 
 from services.payments import domain
-from services.payments.domain import Coupon, Payment, Receipt, ReceiptStatus, Refund, Repayment
+from services.payments.domain import (
+    Coupon,
+    Discount,
+    Payment,
+    Receipt,
+    ReceiptStatus,
+    Refund,
+    Repayment,
+    coupon_reference,
+    spent_coupon,
+)
 from services.payments.fees import CancellationFee, FeeStatus, FeeStep
 from services.payments.ledger import REFUND_GRACE, EntryKind, Holding, Plan, PlanKind, Unit, sell
 from services.payments.provider import sign_webhook, webhook_is_authentic
@@ -150,10 +161,26 @@ def test_the_best_coupon_applies_once_and_never_below_zero() -> None:
     receipt = issue(
         [line("a", price=1000)], [], [coupon(300, cid="cp_a"), coupon(None, 50, "cp_b")]
     )
-    assert [(d.coupon_id, d.amount) for d in receipt.discounts] == [("cp_b", 500)]
+    assert [(d.coupon_id, d.amount) for d in receipt.discounts] == [(coupon_reference("cp_b"), 500)]
     big = issue([line("a", price=1000)], [], [coupon(5000)])
     assert big.discounts[0].amount == 1000
     assert big.amount_due == 0
+
+
+def test_a_receipt_names_a_remedy_coupon_without_naming_its_complaint() -> None:
+    # A safety complaint's coupon: its id names the complaint, and the complaint's kind.
+    remedy = coupon(500, cid="cp_cmp_sa_0123456789abcdef:rm_2")
+    receipt = issue([line("a", price=1000)], [], [remedy, coupon(100, cid="cp_other")])
+    (discount,) = receipt.discounts
+    assert discount.coupon_id == coupon_reference(remedy.coupon_id)
+    assert "0123456789abcdef" not in json.dumps(receipt.content())  # nothing sealed names it
+    assert "cmp" not in json.dumps(receipt.content())
+    # Signing finds the coupon to spend from the customer's own.
+    assert spent_coupon(discount, [coupon(100, cid="cp_other"), remedy]) == remedy.coupon_id
+    assert spent_coupon(discount, [coupon(100, cid="cp_other")]) is None
+    # A receipt issued before references named the coupon itself.
+    before = Discount(coupon_id="cp_cmp_1:rm_1", description="coupon", amount=500)
+    assert spent_coupon(before, []) == "cp_cmp_1:rm_1"
 
 
 def test_the_content_hash_names_exactly_what_the_customer_sees() -> None:
