@@ -181,6 +181,38 @@ async def test_a_review_only_by_its_customer_after_completion_once_and_quality_r
         )
 
 
+async def test_a_store_counts_the_complaints_about_the_visits_it_sent_not_the_whole_file(
+    platform: Platform, kafka_producer: AIOKafkaProducer
+) -> None:
+    """A technician sent by one store and then by another: each store counts the complaints
+    about its own visits; the technician and operations count them all."""
+    tech, customer = unique("tech_"), unique("cus_")
+    first, then = unique("store_"), unique("store_")
+    sent = [(first, unique("bk_")), (then, unique("bk_")), (then, unique("bk_"))]
+    for store, booking_id in sent:
+        await publish(
+            kafka_producer,
+            platform.prefix,
+            service_completed(booking_id, customer, store, technician_id=tech),
+        )
+    async with platform.client("reviews") as reviews:
+        for _, booking_id in sent:
+            await known(reviews, booking_id)
+            assert (await complain(reviews, booking_id, customer)).status_code == 201
+        counted = {}
+        for name, reader in [
+            ("ops", OPS),
+            ("technician", as_technician(tech)),
+            ("first", as_store(first)),
+            ("then", as_store(then)),
+            ("stranger", as_store(unique("store_"))),
+        ]:
+            seen = await reviews.get(f"/technicians/{tech}/quality", headers=reader)
+            assert seen.status_code == 200, seen.text
+            counted[name] = seen.json()["complaints"]
+    assert counted == {"ops": 3, "technician": 3, "first": 1, "then": 2, "stranger": None}
+
+
 async def test_reviews_of_one_technician_at_once_each_count_in_the_last_quality_told(
     platform: Platform, kafka_producer: AIOKafkaProducer, infra: Infra
 ) -> None:

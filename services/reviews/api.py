@@ -190,8 +190,8 @@ class Quality(Forbid):
     rating: float
     reviews: int
     complaints: int | None = Field(
-        description="Part of the technician's file: for operations, the technician and "
-        "their store (null for anyone else)"
+        description="Part of the technician's file: for operations and the technician all of "
+        "them, for a store those on the visits it sent (null for anyone else)"
     )
 
 
@@ -203,15 +203,16 @@ class Quality(Forbid):
 async def quality(technician_id: PathId, runtime: RuntimeDep, actor: ActorDep) -> Quality:
     ratings = await Reviews(runtime.db).ratings_of(technician_id)
     complaints: int | None = None
-    if (
-        actor.is_ops
-        or (actor.role is Role.TECHNICIAN and actor.subject == technician_id)
-        or (
-            actor.role is Role.STORE
-            and await Bookings(runtime.db).sent_by(technician_id, actor.store_id or "")
-        )
-    ):
+    if actor.is_ops or (actor.role is Role.TECHNICIAN and actor.subject == technician_id):
         complaints = await Complaints(runtime.db).count_against(technician_id)
+    elif actor.role is Role.STORE and await Bookings(runtime.db).sent_by(
+        technician_id, actor.store_id or ""
+    ):
+        # The complaints about the visits it sent, as its complaints list shows: a
+        # technician who moves to another store takes the rest of their file with them.
+        complaints = await Complaints(runtime.db).count_against(
+            technician_id, store_id=actor.store_id
+        )
     return Quality(
         technician_id=technician_id,
         rating=bayesian_rating(ratings),

@@ -122,8 +122,14 @@ class Complaints(Versioned[Complaint]):
     def __init__(self, db: Database) -> None:
         super().__init__(db, COMPLAINTS, Complaint, "complaint_id")
 
-    async def count_against(self, technician_id: str, session: Session = None) -> int:
-        return await self.col.count_documents({"technician_id": technician_id}, session=session)
+    async def count_against(
+        self, technician_id: str, session: Session = None, *, store_id: str | None = None
+    ) -> int:
+        """The complaints against the technician; with `store_id`, on that store's visits."""
+        query = {"technician_id": technician_id}
+        if store_id is not None:
+            query["store_id"] = store_id
+        return await self.col.count_documents(query, session=session)
 
     async def figures(self, match: Document) -> ComplaintFigures:
         """The KPIs' complaint figures over the matching complaints, counted and ordered by
