@@ -152,6 +152,41 @@ async def test_a_code_asked_for_again_is_the_same_code_so_the_one_in_hand_still_
         assert again.status_code == 401
 
 
+async def test_a_stranger_guessing_at_your_code_uses_up_none_of_your_tries(
+    platform: Platform,
+) -> None:
+    """Wrong guesses count per address, and the addresses that did not ask for the code
+    share one allowance: a stranger cannot burn the code you are typing, and no number of
+    addresses guesses more than that allowance."""
+    url = platform.url("gateway")
+    number = phone()
+    async with httpx.AsyncClient(base_url=url, headers=sent_from("203.0.113.41")) as me:
+        assert (await me.post("/v1/auth/otp", json={"phone": number})).status_code == 202
+        in_hand = await code_for(me, number)
+        wrong = f"{(int(in_hand) + 1) % 1_000_000:06d}"
+        for address in ("198.51.100.7", "198.51.100.8"):
+            async with httpx.AsyncClient(base_url=url, headers=sent_from(address)) as stranger:
+                for left in range(4, -1, -1):
+                    r = await stranger.post("/v1/auth/token", json={"phone": number, "code": wrong})
+                    assert r.status_code == 401
+                    assert f"({left} attempts left)" in r.text, r.text
+                barred = await stranger.post(
+                    "/v1/auth/token", json={"phone": number, "code": in_hand}
+                )
+                assert barred.status_code == 401
+                assert "too many wrong codes for this phone from here" in barred.text
+        # The strangers' ten are spent: a third address is refused even the right code.
+        async with httpx.AsyncClient(base_url=url, headers=sent_from("198.51.100.9")) as third:
+            r = await third.post("/v1/auth/token", json={"phone": number, "code": in_hand})
+            assert r.status_code == 401
+            assert "no valid code for this phone from here" in r.text
+        # The one who asked has all five of theirs, and the code in hand works.
+        mistyped = await me.post("/v1/auth/token", json={"phone": number, "code": wrong})
+        assert "(4 attempts left)" in mistyped.text, mistyped.text
+        tokens = await me.post("/v1/auth/token", json={"phone": number, "code": in_hand})
+        assert tokens.status_code == 200, tokens.text
+
+
 def tampered(token: str, **changes: Any) -> str:
     head, payload, signature = token.split(".")
     claims = json.loads(base64.urlsafe_b64decode(payload + "=" * (-len(payload) % 4)))

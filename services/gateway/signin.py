@@ -44,6 +44,7 @@ from services.gateway.storage import (
 )
 from services.gateway.tokens import (
     SigningKey,
+    address_tag,
     code_digest,
     code_of,
     digest,
@@ -210,23 +211,29 @@ async def request_code(
         per_address.give_back(address)  # nothing was sent
         raise
     key = await service_secret(runtime.db, "otp", settings.otp_secret)
+    here = address_tag(key, address)
     if current is not None and current.nonce and still_live(current, now):
         # Asked again (the text did not come; or a stranger asked for this phone): the same
         # code again, with what is left of its time and tries, so the one in hand still works.
-        nonce, expires_at, attempts_left = current.nonce, current.expires_at, current.attempts_left
+        fresh = current.model_copy(
+            update={
+                "requested": [*recent, now],
+                "asked_from": sorted({*current.asked_from, here}),
+            }
+        )
     else:
-        nonce, expires_at = new_nonce(), now + timedelta(seconds=settings.otp_ttl_s)
-        attempts_left = settings.otp_attempts
-    code = code_of(key, body.phone, nonce)
-    fresh = OtpCode(
-        phone=body.phone,
-        digest=code_digest(key, body.phone, code),
-        expires_at=expires_at,
-        attempts_left=attempts_left,
-        requested=[*recent, now],
-        nonce=nonce,
-        version=current.version if current else 0,
-    )
+        nonce = new_nonce()
+        fresh = OtpCode(
+            phone=body.phone,
+            digest=code_digest(key, body.phone, code_of(key, body.phone, nonce)),
+            expires_at=now + timedelta(seconds=settings.otp_ttl_s),
+            attempts_left=settings.otp_attempts_unasked,
+            asked_from=[here],
+            requested=[*recent, now],
+            nonce=nonce,
+            version=current.version if current else 0,
+        )
+    code = code_of(key, body.phone, fresh.nonce or "")
     try:
         if current is None:
             if not await codes.insert_if_absent(fresh):
@@ -241,7 +248,7 @@ async def request_code(
             retry_after=1,
         ) from None
     await sender(runtime).send(body.phone, f"Your Doorstep code is {code}")
-    return OtpOut(expires_in=int((expires_at - now).total_seconds()))
+    return OtpOut(expires_in=int((fresh.expires_at - now).total_seconds()))
 
 
 # A code asked for again with less time than this left is not sent again: a new one is.
@@ -249,7 +256,13 @@ RESEND_WITHIN = timedelta(seconds=60)
 
 
 def still_live(otp: OtpCode, now: datetime) -> bool:
-    return otp.attempts_left > 0 and now < otp.expires_at - RESEND_WITHIN
+    """Not used, and not about to expire. A code strangers have guessed at for all their
+    tries is still live for the addresses that asked for it; and one an address guessed
+    wrong at too often stays barred to that address until it runs out, rather than a new
+    one being drawn (which would void the code someone else holds)."""
+    # (A code from before addresses were kept has no askers: it is live while tries are left.)
+    tried_out = otp.attempts_left <= 0 and not otp.asked_from
+    return not otp.used and not tried_out and now < otp.expires_at - RESEND_WITHIN
 
 
 class CodeIn(Forbid):
@@ -263,17 +276,32 @@ class CodeIn(Forbid):
     dependencies=limited,
     summary="Exchange a one-time code for tokens",
 )
-async def exchange_code(body: CodeIn, runtime: RuntimeDep) -> Tokens:
-    codes, now = OtpCodes(runtime.db), utcnow()
+async def exchange_code(body: CodeIn, runtime: RuntimeDep, request: Request) -> Tokens:
+    codes, now, settings = OtpCodes(runtime.db), utcnow(), runtime.settings
     otp = await codes.get(body.phone)
-    if otp is None or otp.attempts_left <= 0 or now >= otp.expires_at:
+    if otp is None or otp.used or now >= otp.expires_at:
         raise Unauthenticated("no valid code for this phone: ask for a new one")
-    key = await service_secret(runtime.db, "otp", runtime.settings.otp_secret)
+    key = await service_secret(runtime.db, "otp", settings.otp_secret)
+    here = address_tag(key, client_address(request))
+    # Codes from before addresses were kept: everyone a stranger, sharing what is left.
+    asked = here in otp.asked_from
+    tries = settings.otp_attempts - otp.wrong.get(here, 0)
+    if not asked:
+        tries = min(tries, otp.attempts_left)
+    if tries <= 0:
+        if otp.wrong.get(here, 0) < settings.otp_attempts:  # strangers' tries are used up
+            raise Unauthenticated("no valid code for this phone from here: ask for one")
+        wait = max(int((otp.expires_at - RESEND_WITHIN - now).total_seconds()), 0) + 1
+        raise Unauthenticated(
+            f"too many wrong codes for this phone from here: ask for a new one in {wait} s"
+        )
     if not same(otp.digest, code_digest(key, body.phone, body.code)):
-        otp.attempts_left -= 1
+        otp.wrong[here] = otp.wrong.get(here, 0) + 1
+        if not asked:
+            otp.attempts_left -= 1
         await codes.save(otp)
-        raise Unauthenticated(f"wrong code ({otp.attempts_left} attempts left)")
-    otp.attempts_left = 0  # used: one sign-in per code
+        raise Unauthenticated(f"wrong code ({tries - 1} attempts left)")
+    otp.used, otp.attempts_left = True, 0  # one sign-in per code
     await codes.save(otp)
     accounts = Accounts(runtime.db)
     account = await accounts.get(body.phone)

@@ -79,7 +79,12 @@ class OtpCode(Forbid):
     phone: str
     digest: str
     expires_at: datetime
+    # Wrong guesses left to the addresses that did not ask for this code, together; each
+    # address also has its own allowance (`wrong`). 0 once the code is used.
     attempts_left: int
+    used: bool = False
+    asked_from: list[str] = Field(default_factory=list)  # addresses (keyed tags) that asked
+    wrong: dict[str, int] = Field(default_factory=dict)  # wrong guesses, by address tag
     requested: list[datetime] = Field(default_factory=list)  # recent requests, for the limit
     # What the code is drawn from (with the gateway's key): asked for again while it is
     # live, the same code is texted again, so a stranger asking for one to your phone does

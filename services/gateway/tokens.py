@@ -191,6 +191,12 @@ def code_digest(key: bytes, phone: str, code: str) -> str:
     return hmac.new(key, f"{phone}:{code}".encode(), hashlib.sha256).hexdigest()
 
 
+def address_tag(key: bytes, address: str) -> str:
+    """An address as a code's record keeps it: enough to tell callers apart, keyed so the
+    record does not keep where people sign in from."""
+    return hmac.new(key, f"address:{address}".encode(), hashlib.sha256).hexdigest()[:16]
+
+
 def new_api_key() -> tuple[str, str, str]:
     """(key id, secret, the whole key shown once): `dsk_<id>_<secret>`."""
     key_id = f"ak_{secrets.token_hex(6)}"
