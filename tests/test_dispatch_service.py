@@ -204,6 +204,60 @@ async def test_the_nearest_qualified_technician_is_offered_first(scene: Scene) -
     assert [c["technician"]["technician_id"] for c in ranked] == [near, far]  # its own hold aside
 
 
+async def test_operations_send_a_visit_nobody_took_back_to_matching(
+    scene: Scene, infra: Infra, mongo: AsyncMongoClient[Document]
+) -> None:
+    """Nobody could be found; a technician joins, and operations send the visit back to
+    matching without choosing who: the booking waits again, and the newcomer is offered it
+    (the one who declined is not asked again)."""
+    first = await scene.technician(location=NEAR)
+    booking_id = await scene.book()
+    offer = await open_offer(scene.dispatch, first, booking_id)
+    r = await scene.dispatch.post(
+        f"/offers/{offer['offer']['offer_id']}/decline", headers=as_technician(first)
+    )
+    assert r.status_code == 200, r.text
+    await scene.booking_status(booking_id, "dispatch_failed")
+    board = mongo[f"{scene.platform.prefix}_gateway"]["board_bookings"]
+
+    async def on_the_board(status: str) -> Any:
+        row = await board.find_one({"_id": booking_id, "status": status})
+        return row
+
+    failed_row = await eventually(lambda: on_the_board("dispatch_failed"), what="failed row")
+    assert failed_row["dispatch_failed_reason"] == "no qualified technician free for this window"
+    newcomer = await scene.technician(location=FAR)
+    again = await scene.dispatch.post(
+        f"/visits/{booking_id}/reassign", json={"reason": "a technician joined"}, headers=OPS
+    )
+    assert again.status_code == 200, again.text
+    assert again.json()["status"] in ("searching", "offered")
+    waiting = await scene.booking_status(booking_id, "requested")
+    assert waiting["timeline"][-1]["note"] == "searching again: a technician joined"
+    # Operations' board: waiting again, no longer saying why nobody was found.
+    searching_row = await eventually(lambda: on_the_board("requested"), what="waiting row")
+    assert searching_row["dispatch_failed_reason"] is None
+    await accept_offer(scene.dispatch, newcomer, booking_id)
+    await scene.booking_status(booking_id, "assigned", newcomer)
+    visit = await scene.visit(booking_id)
+    assert [(o["technician_id"], o["status"]) for o in visit["offers"]] == [
+        (first, "declined"),
+        (newcomer, "accepted"),
+    ]
+    events = await keyed_events(
+        infra,
+        f"{scene.platform.prefix}.dispatch.events",
+        booking_id,
+        until=lambda found: any(e["type"] == "dispatch.technician_assigned" for e in found),
+    )
+    assert [e["type"] for e in events][2:] == [
+        "dispatch.failed",
+        "dispatch.search_resumed",
+        "dispatch.offer_made",
+        "dispatch.technician_assigned",
+    ]
+
+
 async def test_the_customers_favourite_is_preferred_when_free(scene: Scene) -> None:
     await scene.technician(location=NEAR)
     favourite = await scene.technician(location=FAR)

@@ -63,7 +63,8 @@ WAITING = frozenset({S.REQUESTED, S.RESCHEDULED, S.DISPATCH_FAILED})
 ALLOWED: Mapping[BookingStatus, frozenset[BookingStatus]] = {
     S.REQUESTED: frozenset({S.ASSIGNED, S.DISPATCH_FAILED, S.CANCELLED, S.RESCHEDULED}),
     S.RESCHEDULED: frozenset({S.ASSIGNED, S.DISPATCH_FAILED, S.CANCELLED, S.RESCHEDULED}),
-    S.DISPATCH_FAILED: frozenset({S.ASSIGNED, S.CANCELLED, S.RESCHEDULED}),
+    # -> requested: operations sent it back to matching.
+    S.DISPATCH_FAILED: frozenset({S.REQUESTED, S.ASSIGNED, S.CANCELLED, S.RESCHEDULED}),
     # assigned -> assigned is a reassignment: a new technician, the customer told at once;
     # -> requested, the technician no longer comes and the search starts again.
     S.ASSIGNED: frozenset(

@@ -31,6 +31,7 @@ from shared.events.dispatch import (
     IdentityConfirmed,
     RescheduleRefused,
     SafetyAlert,
+    SearchResumed,
     ServiceCompleted,
     ServiceStarted,
     TechnicianArrived,
@@ -113,6 +114,16 @@ async def dispatch_failed(tx: Transaction, event: DispatchFailed) -> None:
         event.booking_id,
         event.event_type,
         lambda b: b.observe(BookingStatus.DISPATCH_FAILED, utcnow(), event.reason),
+    )
+
+
+@handlers.on(SearchResumed)
+async def search_resumed(tx: Transaction, event: SearchResumed) -> None:
+    await _apply(
+        tx,
+        event.booking_id,
+        event.event_type,
+        lambda b: b.observe(BookingStatus.REQUESTED, utcnow(), f"searching again: {event.reason}"),
     )
 
 

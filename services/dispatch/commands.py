@@ -44,6 +44,7 @@ from shared.events.dispatch import (
     OfferMade,
     SafetyAlert,
     SafetyAlertAcknowledged,
+    SearchResumed,
     TechnicianAssigned,
     TechnicianReassigned,
     TechnicianReleased,
@@ -516,9 +517,18 @@ async def expire_offer(tx: Transaction, offer_id: str) -> None:
 
 # -------------------------------------------------------------- reassignment --
 async def replace_technician(tx: Transaction, booking_id: str, reason: str) -> Visit:
-    """Search again for this visit (the technician dropped out, or operations moved it)."""
+    """Search again for this visit (the technician dropped out, operations moved it, or
+    operations send a visit nobody could be found for back to matching)."""
     visit = await load(tx, booking_id)
+    failed = visit.status is VisitStatus.FAILED
+    if failed and utcnow() >= visit.window_end:
+        raise Conflict(
+            f"the window of visit {visit.visit_id} has passed: reschedule the booking, or "
+            "assign a technician by hand"
+        )
     await _search_again(tx, visit, reason)
+    if failed:
+        tx.emit(SearchResumed(booking_id=visit.booking_id, visit_id=visit.visit_id, reason=reason))
     return visit
 
 

@@ -578,12 +578,13 @@ class Visit(Forbid):
         self.status, self.technician_id = V.SEARCHING, None
 
     def replace(self, reason: str) -> TechnicianIdentity | None:
-        """The technician drops out or operations move the visit: search again.
+        """The technician drops out or operations move the visit (or send one nobody could
+        be found for back to matching): search again.
 
         The current technician is remembered as `previous` so the customer is told
         both identities when the next one accepts; their visit code is void at once.
         """
-        if self.status not in REPLACEABLE:
+        if self.status not in REPLACEABLE | {V.FAILED}:
             raise Conflict(f"visit {self.visit_id} is {self.status}: too late to replace")
         leaving = self.technician
         if open_offer := self.open_offer:

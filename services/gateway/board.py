@@ -290,7 +290,18 @@ async def status_changed(tx: Transaction, e: BookingStatusChanged) -> None:
         {
             "status": _if_newer(e.version, "status_version", "status", e.to_status),
             "status_at": _if_newer(e.version, "status_version", "status_at", e.at),
-            # last: the two above compare with the version stored before this event
+            # Why nobody was found holds while the booking waits for operations only (they
+            # may send it back to matching: `dispatch.search_resumed`).
+            **(
+                {}
+                if e.to_status == "dispatch_failed"
+                else {
+                    "dispatch_failed_reason": _if_newer(
+                        e.version, "status_version", "dispatch_failed_reason", None
+                    )
+                }
+            ),
+            # last: those above compare with the version stored before this event
             "status_version": _if_newer(e.version, "status_version", "status_version", e.version),
             "customer_id": e.customer_id,
         },

@@ -121,7 +121,8 @@ class BookingCancelled(EventPayload):
 
 @event("booking.dispatch_failed", version=1, stream=STREAM, key="booking_id")
 class BookingAwaitingOperations(EventPayload):
-    """Dispatch found nobody; the booking waits for operations to assign by hand."""
+    """Dispatch found nobody; the booking waits for operations to assign a technician by
+    hand or send the visit back to matching."""
 
     booking_id: str
     reason: str

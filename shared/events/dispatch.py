@@ -75,6 +75,17 @@ class DispatchFailed(EventPayload):
     reason: str
 
 
+@event("dispatch.search_resumed", version=1, stream=STREAM, key="booking_id")
+class SearchResumed(EventPayload):
+    """Operations sent a visit nobody could be found for back to matching, with a search
+    time of its own. `dispatch.technician_assigned` follows when someone accepts, and
+    `dispatch.failed` again if nobody does."""
+
+    booking_id: str
+    visit_id: str
+    reason: str = Field(description="Operations' words")
+
+
 @event("dispatch.technician_en_route", version=1, stream=STREAM, key="booking_id")
 class TechnicianEnRoute(EventPayload):
     """The technician set off to the address."""
