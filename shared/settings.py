@@ -85,10 +85,11 @@ class Settings(BaseSettings):
         12 * 3600, gt=0, validation_alias="GATEWAY_STAFF_SESSION_MAX_S"
     )
     otp_ttl_s: int = Field(300, validation_alias="GATEWAY_OTP_TTL_S")
-    # Wrong guesses at a code: per address; and from addresses that did not ask for the code,
-    # all together (a stranger guessing never uses up the tries of whoever asked).
+    # Wrong guesses at a code: per address; and from every address but the one whose request
+    # drew the code, all together (a stranger guessing never uses up the tries of whoever
+    # asked for it, and asking again gives nobody tries of their own).
     otp_attempts: int = Field(5, validation_alias="GATEWAY_OTP_ATTEMPTS")
-    otp_attempts_unasked: int = Field(10, validation_alias="GATEWAY_OTP_ATTEMPTS_UNASKED")
+    otp_attempts_elsewhere: int = Field(5, validation_alias="GATEWAY_OTP_ATTEMPTS_ELSEWHERE")
     otp_requests_per_hour: int = Field(5, validation_alias="GATEWAY_OTP_REQUESTS_PER_HOUR")
     otp_secret: SecretStr | None = Field(None, validation_alias="GATEWAY_OTP_SECRET")
     # Requests per second (and burst) per signed-in caller, and per address for sign-in calls.

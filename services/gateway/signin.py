@@ -215,20 +215,16 @@ async def request_code(
     if current is not None and current.nonce and still_live(current, now):
         # Asked again (the text did not come; or a stranger asked for this phone): the same
         # code again, with what is left of its time and tries, so the one in hand still works.
-        fresh = current.model_copy(
-            update={
-                "requested": [*recent, now],
-                "asked_from": sorted({*current.asked_from, here}),
-            }
-        )
+        # The asker gets no tries of their own: anyone may ask for anyone's phone.
+        fresh = current.model_copy(update={"requested": [*recent, now]})
     else:
         nonce = new_nonce()
         fresh = OtpCode(
             phone=body.phone,
             digest=code_digest(key, body.phone, code_of(key, body.phone, nonce)),
             expires_at=now + timedelta(seconds=settings.otp_ttl_s),
-            attempts_left=settings.otp_attempts_unasked,
-            asked_from=[here],
+            attempts_left=settings.otp_attempts_elsewhere,
+            drawn_for=here,
             requested=[*recent, now],
             nonce=nonce,
             version=current.version if current else 0,
@@ -257,11 +253,11 @@ RESEND_WITHIN = timedelta(seconds=60)
 
 def still_live(otp: OtpCode, now: datetime) -> bool:
     """Not used, and not about to expire. A code strangers have guessed at for all their
-    tries is still live for the addresses that asked for it; and one an address guessed
-    wrong at too often stays barred to that address until it runs out, rather than a new
-    one being drawn (which would void the code someone else holds)."""
-    # (A code from before addresses were kept has no askers: it is live while tries are left.)
-    tried_out = otp.attempts_left <= 0 and not otp.asked_from
+    tries is still live for the address that drew it; and one an address guessed wrong at
+    too often stays barred to that address until it runs out, rather than a new one being
+    drawn (which would void the code someone else holds)."""
+    # (A code from before addresses were kept was drawn for nobody: live while tries are left.)
+    tried_out = otp.attempts_left <= 0 and otp.drawn_for is None
     return not otp.used and not tried_out and now < otp.expires_at - RESEND_WITHIN
 
 
@@ -283,21 +279,19 @@ async def exchange_code(body: CodeIn, runtime: RuntimeDep, request: Request) -> 
         raise Unauthenticated("no valid code for this phone: ask for a new one")
     key = await service_secret(runtime.db, "otp", settings.otp_secret)
     here = address_tag(key, client_address(request))
-    # Codes from before addresses were kept: everyone a stranger, sharing what is left.
-    asked = here in otp.asked_from
+    # (A code from before addresses were kept was drawn for nobody: all share what is left.)
+    drew = here == otp.drawn_for
     tries = settings.otp_attempts - otp.wrong.get(here, 0)
-    if not asked:
+    if not drew:
         tries = min(tries, otp.attempts_left)
     if tries <= 0:
-        if otp.wrong.get(here, 0) < settings.otp_attempts:  # strangers' tries are used up
-            raise Unauthenticated("no valid code for this phone from here: ask for one")
         wait = max(int((otp.expires_at - RESEND_WITHIN - now).total_seconds()), 0) + 1
         raise Unauthenticated(
             f"too many wrong codes for this phone from here: ask for a new one in {wait} s"
         )
     if not same(otp.digest, code_digest(key, body.phone, body.code)):
         otp.wrong[here] = otp.wrong.get(here, 0) + 1
-        if not asked:
+        if not drew:
             otp.attempts_left -= 1
         await codes.save(otp)
         raise Unauthenticated(f"wrong code ({tries - 1} attempts left)")

@@ -79,11 +79,11 @@ class OtpCode(Forbid):
     phone: str
     digest: str
     expires_at: datetime
-    # Wrong guesses left to the addresses that did not ask for this code, together; each
-    # address also has its own allowance (`wrong`). 0 once the code is used.
+    # Wrong guesses left to every address but the one whose request drew this code,
+    # together; each address also has its own allowance (`wrong`). 0 once the code is used.
     attempts_left: int
     used: bool = False
-    asked_from: list[str] = Field(default_factory=list)  # addresses (keyed tags) that asked
+    drawn_for: str | None = None  # the address (keyed tag) whose request drew the code
     wrong: dict[str, int] = Field(default_factory=dict)  # wrong guesses, by address tag
     requested: list[datetime] = Field(default_factory=list)  # recent requests, for the limit
     # What the code is drawn from (with the gateway's key): asked for again while it is
