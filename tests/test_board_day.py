@@ -35,6 +35,7 @@ from shared.events.reviews import ComplaintUpdated, ReviewSubmitted
 from shared.events.types import GeoPoint, PricedLine
 from shared.mongo import Database, Document
 from shared.outbox import Transaction, UnitOfWork
+from shared.time import utcnow
 from tests.conftest import settings_for
 from tests.harness import Infra, new_prefix
 
@@ -360,6 +361,37 @@ async def test_rows_kept_before_the_stamp_get_it_from_their_own_moments(
         "store_open",
         "held",
     }
+
+
+async def test_a_later_start_marks_the_rows_written_since_the_last_and_reads_no_others(
+    projection: Projection,
+) -> None:
+    """The first start (the fixture's) read every row for money in question without the
+    `held` mark; a later one reads only rows active since, less a day, as an older gateway
+    writes them during a rolling deploy, on the `active` index: not the whole board."""
+    p = projection
+    col = p.db[board.BOARD_BOOKINGS]
+    now = utcnow()
+    await col.insert_many(
+        [
+            # An older gateway's write during the deploy: a refund declined, no mark.
+            {"_id": "late", "status": "closed", "active_at": now, "refund_declined": 700},
+            # Untouched since long before the first start (which would have marked it).
+            {
+                "_id": "untouched",
+                "status": "closed",
+                "active_at": now - timedelta(days=30),
+                "refund_declined": 700,
+            },
+        ]
+    )
+    await board.ensure_indexes(p.db)
+    held = await col.find({"held": True}, {"_id": 1}).to_list()
+    assert held == [{"_id": "late"}]
+    since = now - board.BACKFILL_OVERLAP
+    query = board.held_backfill("held", since)
+    _, stages = await explain(p.db, {"find": board.BOARD_BOOKINGS, "filter": query})
+    assert "COLLSCAN" not in stages, stages
 
 
 def _examined(explained: Any) -> tuple[int, list[str]]:

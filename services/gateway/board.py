@@ -19,7 +19,7 @@ from __future__ import annotations
 import asyncio
 import base64
 import json
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 from typing import Any, TypeVar
 
 from pymongo import ASCENDING, DESCENDING, IndexModel
@@ -167,17 +167,39 @@ async def ensure_indexes(db: Database) -> None:
         )
         for held in HELD.get(name, {}):
             await db[name].create_indexes([IndexModel([(held, ASCENDING)], name=held, sparse=True)])
-            # Rows kept before `held` was: those whose money was in question then.
-            in_question = [
-                {"refund_declined": {"$ne": None}},
-                {"provider_unanswered": {"$ne": None}},
-            ]
-            await db[name].update_many(
-                {held: {"$exists": False}, "$or": in_question}, {"$set": {held: True}}
-            )
+            await _backfill_held(db, name, held)
         # Rows kept before rows knew when they were last active: from their own stamps.
         stamps = [f"${stamp}" for stamp in STAMPS[name]]
         await db[name].update_many({"active_at": None}, [{"$set": {"active_at": {"$max": stamps}}}])
+
+
+# Rows kept before `held` was, and rows an older gateway still writes during a rolling
+# deploy, get it at each start. The first start reads every row; a later one only the rows
+# active since the last backfill began, less a day, on the `active` index: an older
+# gateway's write moves a row's `active_at` up to its event's moment, and no consumer lags
+# a day. Without that bound every start read the whole board, every visit ever.
+BACKFILLS = "board_backfills"
+BACKFILL_OVERLAP = timedelta(days=1)
+
+
+def held_backfill(held: str, since: datetime | None) -> Document:
+    """The rows to mark `held`: money in question then (an older gateway's fields), no mark."""
+    query: Document = {
+        held: {"$exists": False},
+        "$or": [{"refund_declined": {"$ne": None}}, {"provider_unanswered": {"$ne": None}}],
+    }
+    if since is not None:
+        # (A row of a gateway from before `active_at` has none yet: this start stamps it.)
+        query["$and"] = [{"$or": [{"active_at": {"$gte": since}}, {"active_at": None}]}]
+    return query
+
+
+async def _backfill_held(db: Database, name: str, held: str) -> None:
+    began, marker = utcnow(), f"{name}.{held}"
+    last = await db[BACKFILLS].find_one({"_id": marker})
+    since = last["began"] - BACKFILL_OVERLAP if last is not None else None
+    await db[name].update_many(held_backfill(held, since), {"$set": {held: True}})
+    await db[BACKFILLS].update_one({"_id": marker}, {"$max": {"began": began}}, upsert=True)
 
 
 def occurred(tx: Transaction) -> datetime:
