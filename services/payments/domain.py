@@ -95,10 +95,14 @@ def coupon_reference(coupon_id: str) -> str:
 
 def spent_coupon(discount: Discount, coupons: Sequence[Coupon]) -> str | None:
     """The id of the coupon a receipt's discount spends (None: none of these coupons)."""
-    if not discount.coupon_id.startswith(COUPON_REFERENCE):
-        return discount.coupon_id  # issued before references: the id itself
+    # (A receipt issued before references named the coupon by its id.)
+    old = not discount.coupon_id.startswith(COUPON_REFERENCE)
     return next(
-        (c.coupon_id for c in coupons if coupon_reference(c.coupon_id) == discount.coupon_id),
+        (
+            c.coupon_id
+            for c in coupons
+            if discount.coupon_id == (c.coupon_id if old else coupon_reference(c.coupon_id))
+        ),
         None,
     )
 

@@ -205,8 +205,10 @@ async def quality(technician_id: PathId, runtime: RuntimeDep, actor: ActorDep) -
     complaints: int | None = None
     if actor.is_ops or (actor.role is Role.TECHNICIAN and actor.subject == technician_id):
         complaints = await Complaints(runtime.db).count_against(technician_id)
-    elif actor.role is Role.STORE and await Bookings(runtime.db).sent_by(
-        technician_id, actor.store_id or ""
+    elif (
+        actor.role is Role.STORE
+        and actor.store_id
+        and await Bookings(runtime.db).sent_by(technician_id, actor.store_id)
     ):
         # The complaints about the visits it sent, as its complaints list shows: a
         # technician who moves to another store takes the rest of their file with them.

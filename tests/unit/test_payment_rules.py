@@ -180,7 +180,8 @@ def test_a_receipt_names_a_remedy_coupon_without_naming_its_complaint() -> None:
     assert spent_coupon(discount, [coupon(100, cid="cp_other")]) is None
     # A receipt issued before references named the coupon itself.
     before = Discount(coupon_id="cp_cmp_1:rm_1", description="coupon", amount=500)
-    assert spent_coupon(before, []) == "cp_cmp_1:rm_1"
+    assert spent_coupon(before, [coupon(500, cid="cp_cmp_1:rm_1")]) == "cp_cmp_1:rm_1"
+    assert spent_coupon(before, [coupon(100, cid="cp_other")]) is None  # not the customer's
 
 
 def test_the_content_hash_names_exactly_what_the_customer_sees() -> None:
