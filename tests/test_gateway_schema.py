@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import asyncio
 import itertools
+import re
 from collections.abc import Iterator
 from typing import Any
 
@@ -71,6 +72,28 @@ def needs_credentials(case: Any) -> bool:
     return bool(case.operation.definition.raw.get("security"))
 
 
+HEADER_NAME = re.compile(r"^[!#$%&'*+\-.^_`|~0-9A-Za-z]+$")  # an HTTP token (RFC 9110)
+
+
+def not_http(case: Any) -> bool:
+    """Headers no HTTP server takes (a name that is not a token, a Content-Length that is
+    not a number): uvicorn refuses such a message itself, 400 in plain text, before any
+    route is reached, so the API's document has nothing to say about the answer."""
+    return any(
+        not HEADER_NAME.match(name)
+        or (name.lower() == "content-length" and not str(value).isdigit())
+        for name, value in (case.headers or {}).items()
+    )
+
+
+def refused_as_not_http(case: Any, response: Any) -> bool:
+    """A message that is not HTTP is refused (400), whoever sends it."""
+    if not not_http(case):
+        return False
+    assert response.status_code == 400, (case.headers, response.text[:300])
+    return True
+
+
 @pytest.fixture(scope="module")
 def callers(infra: Infra, platform: Platform) -> Iterator[dict[str, str]]:
     """Signed-in callers taken in turn, so that no one of them meets its rate limit."""
@@ -105,6 +128,8 @@ def test_without_credentials_only_public_routes_answer_and_nothing_breaks(
     case: Any, platform: Platform
 ) -> None:
     response = case.call(base_url=platform.url("gateway"))
+    if refused_as_not_http(case, response):
+        return
     case.validate_response(response, checks=CHECKS)
     if case.method.upper() != case.operation.method.upper():
         # Schemathesis also tries methods the path does not offer.
@@ -123,4 +148,6 @@ def test_signed_in_callers_get_documented_answers_and_never_a_5xx(
 ) -> None:
     headers = next(callers) if needs_credentials(case) else {}
     response = case.call(base_url=platform.url("gateway"), headers=headers)
+    if refused_as_not_http(case, response):
+        return
     case.validate_response(response, checks=CHECKS)
