@@ -72,6 +72,19 @@ async def _apply(
     return await change(tx, booking_id, guarded)
 
 
+async def _observe(
+    tx: Transaction,
+    booking_id: str,
+    fact: str,
+    status: BookingStatus,
+    at: datetime,
+    *,
+    note: str | None = None,
+) -> Booking:
+    """A fact from another service that moves the booking to `status` (`Booking.observe`)."""
+    return await _apply(tx, booking_id, fact, lambda b: b.observe(status, at, note))
+
+
 def _identity(event: TechnicianAssigned | TechnicianReassigned) -> TechnicianIdentity:
     return TechnicianIdentity(
         technician_id=event.technician_id,
@@ -109,21 +122,25 @@ async def technician_released(tx: Transaction, event: TechnicianReleased) -> Non
 
 @handlers.on(DispatchFailed)
 async def dispatch_failed(tx: Transaction, event: DispatchFailed) -> None:
-    await _apply(
+    await _observe(
         tx,
         event.booking_id,
         event.event_type,
-        lambda b: b.observe(BookingStatus.DISPATCH_FAILED, utcnow(), event.reason),
+        BookingStatus.DISPATCH_FAILED,
+        utcnow(),
+        note=event.reason,
     )
 
 
 @handlers.on(SearchResumed)
 async def search_resumed(tx: Transaction, event: SearchResumed) -> None:
-    await _apply(
+    await _observe(
         tx,
         event.booking_id,
         event.event_type,
-        lambda b: b.observe(BookingStatus.REQUESTED, utcnow(), f"searching again: {event.reason}"),
+        BookingStatus.REQUESTED,
+        utcnow(),
+        note=f"searching again: {event.reason}",
     )
 
 
@@ -153,52 +170,33 @@ async def reschedule_refused(tx: Transaction, event: RescheduleRefused) -> None:
 
 @handlers.on(TechnicianEnRoute)
 async def en_route(tx: Transaction, event: TechnicianEnRoute) -> None:
-    await _apply(
-        tx,
-        event.booking_id,
-        event.event_type,
-        lambda b: b.observe(BookingStatus.EN_ROUTE, event.at),
-    )
+    await _observe(tx, event.booking_id, event.event_type, BookingStatus.EN_ROUTE, event.at)
 
 
 @handlers.on(TechnicianArrived)
 async def arrived(tx: Transaction, event: TechnicianArrived) -> None:
     note = f"checked in {event.distance_m:.0f} m from the address"
-    await _apply(
-        tx,
-        event.booking_id,
-        event.event_type,
-        lambda b: b.observe(BookingStatus.ARRIVED, event.at, note),
+    await _observe(
+        tx, event.booking_id, event.event_type, BookingStatus.ARRIVED, event.at, note=note
     )
 
 
 @handlers.on(IdentityConfirmed)
 async def identity_confirmed(tx: Transaction, event: IdentityConfirmed) -> None:
-    await _apply(
-        tx,
-        event.booking_id,
-        event.event_type,
-        lambda b: b.observe(BookingStatus.IDENTITY_CONFIRMED, event.at),
+    await _observe(
+        tx, event.booking_id, event.event_type, BookingStatus.IDENTITY_CONFIRMED, event.at
     )
 
 
 @handlers.on(ServiceStarted)
 async def service_started(tx: Transaction, event: ServiceStarted) -> None:
-    await _apply(
-        tx,
-        event.booking_id,
-        event.event_type,
-        lambda b: b.observe(BookingStatus.IN_SERVICE, event.at),
-    )
+    await _observe(tx, event.booking_id, event.event_type, BookingStatus.IN_SERVICE, event.at)
 
 
 @handlers.on(ServiceCompleted)
 async def service_completed(tx: Transaction, event: ServiceCompleted) -> None:
-    booking = await _apply(
-        tx,
-        event.booking_id,
-        event.event_type,
-        lambda b: b.observe(BookingStatus.COMPLETED, event.completed_at),
+    booking = await _observe(
+        tx, event.booking_id, event.event_type, BookingStatus.COMPLETED, event.completed_at
     )
     # "The products used last time" on the care profile, for the next technician.
     products = [line.name for line in event.lines if line.kind == "product"]
@@ -208,11 +206,8 @@ async def service_completed(tx: Transaction, event: ServiceCompleted) -> None:
 
 @handlers.on(ReceiptSigned)
 async def receipt_signed(tx: Transaction, event: ReceiptSigned) -> None:
-    await _apply(
-        tx,
-        event.booking_id,
-        event.event_type,
-        lambda b: b.observe(BookingStatus.RECEIPT_SIGNED, event.signed_at),
+    await _observe(
+        tx, event.booking_id, event.event_type, BookingStatus.RECEIPT_SIGNED, event.signed_at
     )
 
 
