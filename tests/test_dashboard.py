@@ -624,3 +624,83 @@ async def test_operations_see_a_visit_unpaid_until_it_is_paid_or_they_write_it_o
     assert taken_back["reason"] == "the technician has it"
     assert taken_back["by"] == off["write_off"]["by"]  # the same operator, signed in
     assert taken_back["write_off"] == off["write_off"]
+
+
+async def test_operations_record_a_refund_the_card_refused_as_repaid_from_the_page(
+    platform: Platform,
+    mongo: AsyncMongoClient[Document],
+    browser: Browser,
+    kafka_producer: AIOKafkaProducer,
+) -> None:
+    """A refund the card would not take back appears among the refunds declined; operations
+    record there how the money went back instead (a bank transfer and its reference), and it
+    leaves the list. Before, that took a call to the API."""
+    customer, store = f"cus_{uuid.uuid4().hex[:8]}", f"store_{uuid.uuid4().hex[:8]}"
+    booking_id = f"bk_{uuid.uuid4().hex[:10]}"
+    board = Dashboard(
+        await browser.new_page(viewport={"width": 1280, "height": 1400}), platform.url("gateway")
+    )
+    await board.sign_in(*(await staff(mongo, platform.prefix)).split())
+    async with platform.client("payments") as payments:
+        r = await payments.put(
+            f"/customers/{customer}/payment-method",
+            json={"payment_method": "pm_card_refund_fails"},
+            headers=as_customer(customer),
+        )
+        assert r.status_code == 200, r.text
+        await publish(
+            kafka_producer, platform.prefix, service_completed(booking_id, customer, store)
+        )
+        receipt = await eventually(
+            lambda: get_json(
+                payments, "/receipts", headers=as_customer(customer), booking_id=booking_id
+            ),
+            what="the receipt issued",
+        )
+        signature = {
+            "method": "drawn",
+            "artefact": hashlib.sha256(uuid.uuid4().bytes).hexdigest(),
+            "signed_at": datetime.now(UTC).isoformat(),
+        }
+        r = await payments.post(
+            f"/receipts/{receipt['receipt_id']}/sign",
+            json={"receipt_hash": receipt["content_hash"], "signature": signature},
+            headers=as_customer(customer),
+        )
+        assert r.status_code == 200, r.text
+
+        async def settled() -> Any:
+            seen = await get_json(payments, f"/receipts/{receipt['receipt_id']}", headers=OPS)
+            return seen if seen and seen["status"] == "settled" else None
+
+        await eventually(settled, what="the visit paid")
+        r = await payments.post(
+            f"/receipts/{receipt['receipt_id']}/refunds",
+            json={"amount": 1000, "reason": "late"},
+            headers={**OPS, "Idempotency-Key": uuid.uuid4().hex},
+        )
+        assert r.status_code == 200, r.text
+        refund_id = r.json()["refund_id"]
+
+    row = board.row("refunds-declined", booking_id)
+    await expect(row).to_be_visible(timeout=LIVE)
+    await expect(row).to_contain_text("10.00")
+    await board.shot("12-refund-declined")
+    name = f"Record the refund of booking {booking_id} repaid"
+    await row.get_by_role("button", name=name).click()
+    dialog = board.page.get_by_role("dialog")
+    await expect(dialog).to_contain_text("10.00")
+    await dialog.get_by_label("How").select_option("bank_transfer")
+    await dialog.get_by_label("Reference").fill("TRF-2026-0042")
+    await dialog.get_by_role("button", name="Record repaid").click()
+    await expect(dialog).to_be_hidden(timeout=LIVE)
+    await expect(row).to_have_count(0, timeout=LIVE)
+    await board.shot("13-refund-repaid")
+    await board.assert_never_reloaded_nor_left_the_platform()
+
+    async with platform.client("payments", acting_as=OPS) as as_ops:
+        seen = await get_json(as_ops, f"/receipts/{receipt['receipt_id']}")
+    (refund,) = [f for f in seen["refunds"] if f["refund_id"] == refund_id]
+    (repaid,) = [part["repaid"] for part in refund["parts"] if part["repaid"]]
+    assert (repaid["way"], repaid["reference"]) == ("bank_transfer", "TRF-2026-0042")
+    assert repaid["by"].startswith("staff-")  # who signed in to the page

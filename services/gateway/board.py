@@ -521,7 +521,7 @@ async def refund_declined(tx: Transaction, e: RefundDeclined) -> None:
         fee = _fee(e, "refund_declined", note=note, refund_declined_at=e.declined_at)
         await _set(tx, BOARD_FEES, e.fee_id, fee)
         return
-    await _refund_owed(tx, e.booking_id, e.amount, e.currency, note=note, since=e.declined_at)
+    await _refund_owed(tx, e, e.amount, note=note, since=e.declined_at)
 
 
 @handlers.on(RefundIssued)
@@ -531,7 +531,7 @@ async def refund_issued(tx: Transaction, e: RefundIssued) -> None:
     the row, like a decline, until operations record it given."""
     if e.to_cash > 0:
         note = "refund to hand back in cash"
-        await _refund_owed(tx, e.booking_id, e.to_cash, e.currency, note=note, since=occurred(tx))
+        await _refund_owed(tx, e, e.to_cash, note=note, since=occurred(tx))
         return
     await _decline_cleared(tx, e.booking_id)
 
@@ -547,7 +547,7 @@ async def refund_repaid(tx: Transaction, e: RefundRepaid) -> None:
 
 
 async def _refund_owed(
-    tx: Transaction, booking_id: str, amount: int, currency: str, *, note: str, since: datetime
+    tx: Transaction, e: RefundDeclined | RefundIssued, amount: int, *, note: str, since: datetime
 ) -> None:
     """A visit's refund still the customer's money (declined, or cash to hand back): on its
     row until operations record it given (`_decline_cleared`)."""
@@ -555,13 +555,20 @@ async def _refund_owed(
         "refund_declined": amount,
         "refund_declined_note": note,
         "refund_declined_at": since,
-        "currency": currency,
+        "refund_declined_id": e.refund_id,
+        "refund_declined_receipt_id": e.receipt_id,
+        "currency": e.currency,
     }
-    await _set(tx, BOARD_BOOKINGS, booking_id, row)
+    await _set(tx, BOARD_BOOKINGS, e.booking_id, row)
 
 
 async def _decline_cleared(tx: Transaction, booking_id: str) -> None:
-    cleared = {"refund_declined": None, "refund_declined_note": None}
+    cleared = {
+        "refund_declined": None,
+        "refund_declined_note": None,
+        "refund_declined_id": None,
+        "refund_declined_receipt_id": None,
+    }
     await _set(tx, BOARD_BOOKINGS, booking_id, cleared, upsert=False)
 
 
@@ -741,6 +748,7 @@ def booking_row(doc: Document, actor: Actor) -> BookingRow:
     if not actor.is_ops:  # a store never sees where the customer lives, nor who they are
         row.location, row.customer_id = None, None
         row.refund_declined = row.refund_declined_note = row.refund_declined_at = None
+        row.refund_declined_id = row.refund_declined_receipt_id = None
         for field in PROVIDER_FIELDS:
             setattr(row, field, None)
     return row

@@ -87,6 +87,9 @@ class BookingRow(Row):
     )
     refund_declined_note: str | None = None
     refund_declined_at: datetime | None = None
+    # Which refund that is, for operations to record it given back another way.
+    refund_declined_id: str | None = None
+    refund_declined_receipt_id: str | None = None
     provider_unanswered: int | None = Field(
         None,
         description="Asks the card provider left unanswered for this visit's money, summed "

@@ -407,7 +407,9 @@ function renderFees() {
     h("td", {}, f.fee_id, h("br"), h("small", {}, `booking ${f.booking_id}`)),
     h("td", {}, f.customer_id), h("td", {}, money(f.amount, f.currency)), h("td", {}, f.note || ""),
     h("td", {}, h("span", { "data-since": (f.status === "refund_declined" ? f.refund_declined_at : f.owed_since) || "" }, "")),
-    h("td", {}, f.status === "owed" && h("button", { type: "button", onclick: () => waive(f), "aria-label": `Waive fee ${f.fee_id}` }, "Waive…")))),
+    h("td", {}, f.status === "owed" && h("button", { type: "button", onclick: () => waive(f), "aria-label": `Waive fee ${f.fee_id}` }, "Waive…"),
+      f.status === "refund_declined" && h("button", { type: "button", "aria-label": `Record fee ${f.fee_id} repaid`,
+        onclick: () => repaid(`fee ${f.fee_id}`, money(f.amount, f.currency), `/v1/cancellation-fees/${encodeURIComponent(f.fee_id)}/refund-repaid`) }, "Record repaid…")))),
   "No fees owed.", 6);
 }
 
@@ -420,8 +422,11 @@ function renderRefunds() {
   fill("refunds-declined", rows.map((b) => h("tr", { "data-booking": b.booking_id },
     h("td", {}, b.booking_id), h("td", {}, b.customer_id || ""),
     h("td", {}, money(b.refund_declined, b.currency)), h("td", {}, b.refund_declined_note || ""),
-    h("td", {}, h("span", { "data-since": b.refund_declined_at || "" }, "")))),
-  "No refund declined today.", 5);
+    h("td", {}, h("span", { "data-since": b.refund_declined_at || "" }, "")),
+    h("td", {}, b.refund_declined_id && b.refund_declined_receipt_id && h("button", { type: "button", "aria-label": `Record the refund of booking ${b.booking_id} repaid`,
+      onclick: () => repaid(`the refund of booking ${b.booking_id}`, money(b.refund_declined, b.currency),
+        `/v1/receipts/${encodeURIComponent(b.refund_declined_receipt_id)}/refunds/${encodeURIComponent(b.refund_declined_id)}/repaid`) }, "Record repaid…")))),
+  "No refund declined today.", 6);
 }
 
 // Operations' alone: charges and refunds the provider has not answered (payments keeps
@@ -591,6 +596,20 @@ function waive(f) {
       ...field("waive-reason", "Why the customer need not pay (they are told)", reason)],
     "Waive",
     () => api(`/v1/cancellation-fees/${encodeURIComponent(f.fee_id)}/waive`, { method: "POST", body: { reason: reason.value } }));
+}
+
+// Money the card would not take back (or cash to hand back), given back by hand: how, and
+// the transfer's or cash receipt's reference. Payments refuses it twice, or once the card's
+// own money went back already.
+function repaid(what, amount, path) {
+  const way = h("select", { id: "repaid-way" }, ...[["bank_transfer", "By bank transfer"], ["cash", "In cash"], ["other", "Another way"]]
+    .map(([value, text]) => h("option", { value }, text)));
+  const reference = h("input", { id: "repaid-reference", required: true, minlength: 3, maxlength: 120 });
+  dialog(`Record ${what} repaid`,
+    [h("p", {}, `${amount} is still the customer's: record how it went back to them.`),
+      ...field("repaid-way", "How", way), ...field("repaid-reference", "Reference (the transfer's, or the cash receipt's number)", reference)],
+    "Record repaid",
+    () => api(path, { method: "POST", body: { way: way.value, reference: reference.value } }));
 }
 
 function writeOff(u) {
