@@ -570,6 +570,7 @@ async def measure(
             **{f"{name.upper()}_URL": url for name, url in urls.items()},
             "DOORSTEP_DEV_SMS_LOG": "1",
             "GATEWAY_OTP_REQUESTS_PER_HOUR": UNLIMITED,
+            "GATEWAY_OTP_REQUESTS_PER_HOUR_ALL": UNLIMITED,
             "GATEWAY_SIGNIN_RATE_PER_S": UNLIMITED,
             "GATEWAY_SIGNIN_BURST": UNLIMITED,
             "GATEWAY_SMS_PER_S": UNLIMITED,

@@ -90,7 +90,9 @@ class Settings(BaseSettings):
     # asked for it, and asking again gives nobody tries of their own).
     otp_attempts: int = Field(5, validation_alias="GATEWAY_OTP_ATTEMPTS")
     otp_attempts_elsewhere: int = Field(5, validation_alias="GATEWAY_OTP_ATTEMPTS_ELSEWHERE")
+    # Codes asked for one phone in an hour: from one address, and from all together.
     otp_requests_per_hour: int = Field(5, validation_alias="GATEWAY_OTP_REQUESTS_PER_HOUR")
+    otp_requests_per_hour_all: int = Field(20, validation_alias="GATEWAY_OTP_REQUESTS_PER_HOUR_ALL")
     otp_secret: SecretStr | None = Field(None, validation_alias="GATEWAY_OTP_SECRET")
     # Requests per second (and burst) per signed-in caller, and per address for sign-in calls.
     gateway_rate_per_s: float = Field(20.0, validation_alias="GATEWAY_RATE_PER_S")

@@ -65,6 +65,7 @@ def city_platform(infra: Infra) -> Iterator[Platform]:
     with running_platform(
         infra,
         GATEWAY_OTP_REQUESTS_PER_HOUR=UNLIMITED,
+        GATEWAY_OTP_REQUESTS_PER_HOUR_ALL=UNLIMITED,
         GATEWAY_SIGNIN_RATE_PER_S=UNLIMITED,
         GATEWAY_SIGNIN_BURST=UNLIMITED,
         GATEWAY_SMS_PER_S=UNLIMITED,

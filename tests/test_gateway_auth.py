@@ -187,6 +187,35 @@ async def test_a_stranger_guessing_at_your_code_uses_up_none_of_your_tries(
         assert tokens.status_code == 200, tokens.text
 
 
+async def test_strangers_asking_for_your_phone_do_not_use_up_your_own_asks(
+    platform: Platform,
+) -> None:
+    """Codes asked for one phone are counted per address (five an hour) and all together
+    (twenty): a stranger who asks five times is stopped, and the phone's owner can still
+    ask; only many addresses together reach the phone's limit."""
+    url = platform.url("gateway")
+    number = phone()
+
+    async def ask(address: str) -> httpx.Response:
+        async with httpx.AsyncClient(base_url=url, headers=sent_from(address)) as caller:
+            return await caller.post("/v1/auth/otp", json={"phone": number})
+
+    for _ in range(5):
+        assert (await ask("198.51.100.20")).status_code == 202
+    stopped = await ask("198.51.100.20")
+    assert stopped.status_code == 429
+    assert "too many codes asked for this phone from here" in stopped.text
+    mine = await ask("203.0.113.50")  # the owner, elsewhere
+    assert mine.status_code == 202, mine.text
+    for address, times in (("198.51.100.21", 5), ("198.51.100.22", 5), ("198.51.100.23", 4)):
+        for _ in range(times):
+            assert (await ask(address)).status_code == 202
+    everyone = await ask("198.51.100.24")  # the twenty-first in the hour
+    assert everyone.status_code == 429
+    assert "too many codes asked for this phone in all" in everyone.text
+    assert int(everyone.headers["Retry-After"]) > 0
+
+
 def tampered(token: str, **changes: Any) -> str:
     head, payload, signature = token.split(".")
     claims = json.loads(base64.urlsafe_b64decode(payload + "=" * (-len(payload) % 4)))

@@ -189,10 +189,22 @@ async def request_code(
     settings, now = runtime.settings, utcnow()
     codes = OtpCodes(runtime.db)
     current = await codes.get(body.phone)
-    recent = [t for t in (current.requested if current else []) if now - t < timedelta(hours=1)]
-    if len(recent) >= settings.otp_requests_per_hour:
-        retry = int((recent[0] + timedelta(hours=1) - now).total_seconds()) + 1
-        raise TooManyRequests("too many codes asked for this phone; wait", retry_after=retry)
+    key = await service_secret(runtime.db, "otp", settings.otp_secret)
+    address = client_address(request)
+    here = address_tag(key, address)
+    # The last hour's asks for this phone, each with where it came from. Counted per address
+    # first, so that strangers asking for your phone do not use up your own asks; and all
+    # together, which bounds the texts a phone can be sent.
+    recent = [(t, by) for t, by in _asks(current) if now - t < timedelta(hours=1)]
+    for mine, limit, what in (
+        ([t for t, by in recent if by == here], settings.otp_requests_per_hour, "from here"),
+        ([t for t, _ in recent], settings.otp_requests_per_hour_all, "in all"),
+    ):
+        if len(mine) >= limit:
+            retry = int((min(mine) + timedelta(hours=1) - now).total_seconds()) + 1
+            raise TooManyRequests(
+                f"too many codes asked for this phone {what}; wait", retry_after=retry
+            )
     account = await Accounts(runtime.db).get(body.phone)
     # A technician's phone must be registered by their store; say nothing either way. When
     # no code is sent, nothing is stored either: the phone's own code and its hourly count
@@ -201,7 +213,6 @@ async def request_code(
         return OtpOut(expires_in=settings.otp_ttl_s)
     # Texts are counted per address first: a few addresses cannot use up the platform's
     # allowance (which bounds what a flood from many can cost) and stop every sign-in.
-    address = client_address(request)
     per_address: RateLimiter = request.app.state.sms_per_address
     per_address.check(address, what="too many codes asked from this address")
     sms: RateLimiter = request.app.state.sms_limiter
@@ -210,13 +221,11 @@ async def request_code(
     except TooManyRequests:
         per_address.give_back(address)  # nothing was sent
         raise
-    key = await service_secret(runtime.db, "otp", settings.otp_secret)
-    here = address_tag(key, address)
     if current is not None and current.nonce and still_live(current, now):
         # Asked again (the text did not come; or a stranger asked for this phone): the same
         # code again, with what is left of its time and tries, so the one in hand still works.
         # The asker gets no tries of their own: anyone may ask for anyone's phone.
-        fresh = current.model_copy(update={"requested": [*recent, now]})
+        fresh = current.model_copy(update=_asked(recent, now, here))
     else:
         nonce = new_nonce()
         fresh = OtpCode(
@@ -225,7 +234,7 @@ async def request_code(
             expires_at=now + timedelta(seconds=settings.otp_ttl_s),
             attempts_left=settings.otp_attempts_elsewhere,
             drawn_for=here,
-            requested=[*recent, now],
+            **_asked(recent, now, here),
             nonce=nonce,
             version=current.version if current else 0,
         )
@@ -245,6 +254,22 @@ async def request_code(
         ) from None
     await sender(runtime).send(body.phone, f"Your Doorstep code is {code}")
     return OtpOut(expires_in=int((fresh.expires_at - now).total_seconds()))
+
+
+def _asks(otp: OtpCode | None) -> list[tuple[datetime, str]]:
+    """The phone's recent asks, each with where it came from ("": kept before that was)."""
+    if otp is None:
+        return []
+    by = [*otp.requested_by, *[""] * (len(otp.requested) - len(otp.requested_by))]
+    return list(zip(otp.requested, by, strict=True))
+
+
+def _asked(recent: list[tuple[datetime, str]], now: datetime, here: str) -> dict[str, object]:
+    """The asks to keep: the last hour's, and this one."""
+    return {
+        "requested": [*(t for t, _ in recent), now],
+        "requested_by": [*(by for _, by in recent), here],
+    }
 
 
 # A code asked for again with less time than this left is not sent again: a new one is.

@@ -86,6 +86,7 @@ class OtpCode(Forbid):
     drawn_for: str | None = None  # the address (keyed tag) whose request drew the code
     wrong: dict[str, int] = Field(default_factory=dict)  # wrong guesses, by address tag
     requested: list[datetime] = Field(default_factory=list)  # recent requests, for the limit
+    requested_by: list[str] = Field(default_factory=list)  # and where from (address tags)
     # What the code is drawn from (with the gateway's key): asked for again while it is
     # live, the same code is texted again, so a stranger asking for one to your phone does
     # not void the code you are typing. (None: a code from before this rule.)
