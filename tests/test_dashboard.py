@@ -121,6 +121,17 @@ async def staff(mongo: AsyncMongoClient[Document], prefix: str, store: str | Non
     return f"{email} {password}"
 
 
+async def operations_board(
+    browser: Browser, platform: Platform, mongo: AsyncMongoClient[Document]
+) -> Dashboard:
+    """A new page, signed in by a new member of operations' staff."""
+    board = Dashboard(
+        await browser.new_page(viewport={"width": 1280, "height": 1400}), platform.url("gateway")
+    )
+    await board.sign_in(*(await staff(mongo, platform.prefix)).split())
+    return board
+
+
 async def book(booking: httpx.AsyncClient, customer: str, code: str) -> str:
     r = await booking.post(
         "/bookings",
@@ -442,10 +453,7 @@ async def test_operations_see_a_fee_owed_and_waive_it_from_the_page(
         )
         await seed_customer(booking, customer)
 
-    board = Dashboard(
-        await browser.new_page(viewport={"width": 1280, "height": 1400}), platform.url("gateway")
-    )
-    await board.sign_in(*(await staff(mongo, platform.prefix)).split())
+    board = await operations_board(browser, platform, mongo)
     async with platform.client("booking") as booking:
         booking_id = await book(booking, customer, code)
         r = await booking.post(f"/bookings/{booking_id}/cancel", headers=as_customer(customer))
@@ -497,6 +505,57 @@ async def test_operations_see_a_fee_owed_and_waive_it_from_the_page(
         assert (await api.get("/v1/board", headers=bearer(store))).json()["fees"] == []
 
 
+def visit_ids() -> tuple[str, str, str]:
+    """A new customer, store and booking."""
+    return (
+        f"cus_{uuid.uuid4().hex[:8]}",
+        f"store_{uuid.uuid4().hex[:8]}",
+        f"bk_{uuid.uuid4().hex[:10]}",
+    )
+
+
+async def completed_paying_with(
+    payments: httpx.AsyncClient,
+    producer: AIOKafkaProducer,
+    platform: Platform,
+    *,
+    card: str,
+    ids: tuple[str, str, str],
+) -> None:
+    """The customer's card on file is `card`, and the store's technician completed the
+    booking's visit."""
+    customer, store, booking_id = ids
+    r = await payments.put(
+        f"/customers/{customer}/payment-method",
+        json={"payment_method": card},
+        headers=as_customer(customer),
+    )
+    assert r.status_code == 200, r.text
+    await publish(producer, platform.prefix, service_completed(booking_id, customer, store))
+
+
+async def signed(payments: httpx.AsyncClient, customer: str, booking_id: str) -> Any:
+    """The visit's receipt, once issued, signed by its customer in the app."""
+    receipt = await eventually(
+        lambda: get_json(
+            payments, "/receipts", headers=as_customer(customer), booking_id=booking_id
+        ),
+        what="the receipt issued",
+    )
+    signature = {
+        "method": "drawn",
+        "artefact": hashlib.sha256(uuid.uuid4().bytes).hexdigest(),
+        "signed_at": datetime.now(UTC).isoformat(),
+    }
+    r = await payments.post(
+        f"/receipts/{receipt['receipt_id']}/sign",
+        json={"receipt_hash": receipt["content_hash"], "signature": signature},
+        headers=as_customer(customer),
+    )
+    assert r.status_code == 200, r.text
+    return receipt
+
+
 async def test_operations_see_a_visit_unpaid_until_it_is_paid_or_they_write_it_off_and_back(
     platform: Platform,
     mongo: AsyncMongoClient[Document],
@@ -506,44 +565,14 @@ async def test_operations_see_a_visit_unpaid_until_it_is_paid_or_they_write_it_o
     """The customer signed, their card was declined: the visit appears among those not paid,
     with the reminders sent as they go; when the customer pays with another card, it leaves.
     A visit whose cash was never recorded leaves when operations write it off, with a reason."""
-    customer, store = f"cus_{uuid.uuid4().hex[:8]}", f"store_{uuid.uuid4().hex[:8]}"
-    booking_id = f"bk_{uuid.uuid4().hex[:10]}"
-    board = Dashboard(
-        await browser.new_page(viewport={"width": 1280, "height": 1400}), platform.url("gateway")
-    )
-    await board.sign_in(*(await staff(mongo, platform.prefix)).split())
+    ids = customer, store, booking_id = visit_ids()
+    board = await operations_board(browser, platform, mongo)
     async with platform.client("payments") as payments:
-        r = await payments.put(
-            f"/customers/{customer}/payment-method",
-            json={"payment_method": "pm_card_declined"},
-            headers=as_customer(customer),
-        )
-        assert r.status_code == 200, r.text
-        await publish(
-            kafka_producer, platform.prefix, service_completed(booking_id, customer, store)
+        await completed_paying_with(
+            payments, kafka_producer, platform, card="pm_card_declined", ids=ids
         )
 
-        async def signed(customer: str, booking_id: str) -> Any:
-            receipt = await eventually(
-                lambda: get_json(
-                    payments, "/receipts", headers=as_customer(customer), booking_id=booking_id
-                ),
-                what="the receipt issued",
-            )
-            signature = {
-                "method": "drawn",
-                "artefact": hashlib.sha256(uuid.uuid4().bytes).hexdigest(),
-                "signed_at": datetime.now(UTC).isoformat(),
-            }
-            r = await payments.post(
-                f"/receipts/{receipt['receipt_id']}/sign",
-                json={"receipt_hash": receipt["content_hash"], "signature": signature},
-                headers=as_customer(customer),
-            )
-            assert r.status_code == 200, r.text
-            return receipt
-
-        receipt = await signed(customer, booking_id)
+        receipt = await signed(payments, customer, booking_id)
         row = board.page.locator(f'#unpaid tr[data-receipt="{receipt["receipt_id"]}"]')
         await expect(row).to_be_visible(timeout=LIVE)
         await expect(row).to_contain_text("card: the customer")
@@ -577,7 +606,7 @@ async def test_operations_see_a_visit_unpaid_until_it_is_paid_or_they_write_it_o
         await publish(
             kafka_producer, platform.prefix, service_completed(cash_booking, cash_customer, store)
         )
-        unrecorded = await signed(cash_customer, cash_booking)
+        unrecorded = await signed(payments, cash_customer, cash_booking)
         row = board.page.locator(f'#unpaid tr[data-receipt="{unrecorded["receipt_id"]}"]')
         await expect(row).to_contain_text("cash: technician", timeout=LIVE)
         # The button comes once the technician was reminded (payments refuses before).
@@ -635,39 +664,13 @@ async def test_operations_record_a_refund_the_card_refused_as_repaid_from_the_pa
     """A refund the card would not take back appears among the refunds declined; operations
     record there how the money went back instead (a bank transfer and its reference), and it
     leaves the list. Before, that took a call to the API."""
-    customer, store = f"cus_{uuid.uuid4().hex[:8]}", f"store_{uuid.uuid4().hex[:8]}"
-    booking_id = f"bk_{uuid.uuid4().hex[:10]}"
-    board = Dashboard(
-        await browser.new_page(viewport={"width": 1280, "height": 1400}), platform.url("gateway")
-    )
-    await board.sign_in(*(await staff(mongo, platform.prefix)).split())
+    ids = customer, _, booking_id = visit_ids()
+    board = await operations_board(browser, platform, mongo)
     async with platform.client("payments") as payments:
-        r = await payments.put(
-            f"/customers/{customer}/payment-method",
-            json={"payment_method": "pm_card_refund_fails"},
-            headers=as_customer(customer),
+        await completed_paying_with(
+            payments, kafka_producer, platform, card="pm_card_refund_fails", ids=ids
         )
-        assert r.status_code == 200, r.text
-        await publish(
-            kafka_producer, platform.prefix, service_completed(booking_id, customer, store)
-        )
-        receipt = await eventually(
-            lambda: get_json(
-                payments, "/receipts", headers=as_customer(customer), booking_id=booking_id
-            ),
-            what="the receipt issued",
-        )
-        signature = {
-            "method": "drawn",
-            "artefact": hashlib.sha256(uuid.uuid4().bytes).hexdigest(),
-            "signed_at": datetime.now(UTC).isoformat(),
-        }
-        r = await payments.post(
-            f"/receipts/{receipt['receipt_id']}/sign",
-            json={"receipt_hash": receipt["content_hash"], "signature": signature},
-            headers=as_customer(customer),
-        )
-        assert r.status_code == 200, r.text
+        receipt = await signed(payments, customer, booking_id)
 
         async def settled() -> Any:
             seen = await get_json(payments, f"/receipts/{receipt['receipt_id']}", headers=OPS)
