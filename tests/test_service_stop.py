@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import asyncio
 import uuid
+from typing import Any
 
 import pytest
 from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, TopicPartition
@@ -25,6 +26,21 @@ from tests.probe_events import ProbeCause, ProbeNoted
 pytestmark = pytest.mark.integration
 
 CAUSES = 300
+FIRST = 30  # handled and committed before the rest is sent
+
+
+async def committed_offsets(infra: Infra, group: str) -> dict[TopicPartition, Any]:
+    admin = AIOKafkaAdminClient(bootstrap_servers=infra.kafka_bootstrap)
+    await admin.start()
+    try:
+        return dict(await admin.list_consumer_group_offsets(group))
+    finally:
+        await admin.close()
+
+
+async def committed_at_least(infra: Infra, group: str, count: int) -> bool:
+    offsets: list[int] = [o.offset for o in (await committed_offsets(infra, group)).values()]
+    return sum(offsets) >= count
 
 
 async def read_to_the_end(
@@ -58,12 +74,16 @@ async def test_a_service_stopped_mid_flow_has_sent_what_it_handled_and_committed
     infra: Infra,
 ) -> None:
     prefix = new_prefix()
-    settings = settings_for(infra, prefix, f"stopping-{prefix}")
+    # Small runs, so the work commits a little at a time: with the default, each lane's
+    # first run held a hundred events, and the three came in together, all 300 at once.
+    settings = settings_for(infra, prefix, f"stopping-{prefix}").model_copy(
+        update={"consumer_batch_size": 5}
+    )
     handlers = Handlers()
 
     @handlers.on(ProbeCause)
     async def noted(tx: Transaction, event: ProbeCause) -> None:
-        await asyncio.sleep(0.002)  # some work, so the stop finds transactions under way
+        await asyncio.sleep(0.005)  # some work, so the stop finds transactions under way
         tx.emit(ProbeNoted(probe_id=event.probe_id))
 
     spec = ServiceSpec(
@@ -87,18 +107,26 @@ async def test_a_service_stopped_mid_flow_has_sent_what_it_handled_and_committed
             return consumer.assigned.is_set()
 
         await eventually(assigned)
-        for n in range(CAUSES):
-            probe_id = f"p{n}-{uuid.uuid4().hex[:6]}"
-            value = Envelope.wrap(ProbeCause(probe_id=probe_id), producer="test").to_bytes()
-            await producer.send(causes, value=value, key=probe_id.encode())
-        await producer.flush()
         inbox = runtime.db[INBOX]
 
-        async def under_way() -> int | None:  # a tenth handled: stop in the thick of it
-            n = await inbox.count_documents({})
-            return n if n >= CAUSES // 10 else None
+        async def send(numbers: range) -> None:
+            for n in numbers:
+                probe_id = f"p{n}-{uuid.uuid4().hex[:6]}"
+                value = Envelope.wrap(ProbeCause(probe_id=probe_id), producer="test").to_bytes()
+                await producer.send(causes, value=value, key=probe_id.encode())
+            await producer.flush()
 
-        await eventually(under_way, within=60)
+        async def handled_at_least(count: int) -> int | None:
+            n = await inbox.count_documents({})
+            return n if n >= count else None
+
+        # A first wave, handled and committed (the consumer commits once it falls quiet).
+        await send(range(FIRST))
+        await eventually(lambda: handled_at_least(FIRST), within=60)
+        await eventually(lambda: committed_at_least(infra, settings.consumer_group, FIRST))
+        # Then the rest, stopped in the thick of it.
+        await send(range(FIRST, CAUSES))
+        await eventually(lambda: handled_at_least(2 * FIRST), within=60)
     finally:
         await producer.stop()
         await runtime.stop()
@@ -114,7 +142,7 @@ async def test_a_service_stopped_mid_flow_has_sent_what_it_handled_and_committed
         }
     finally:
         await client.close()
-    assert 0 < len(handled) < CAUSES, "the stop came too early or too late to say anything"
+    assert 2 * FIRST <= len(handled) < CAUSES, "the stop came too late to say anything"
 
     # Everything it handled is on Kafka already: its effects went out before it returned.
     sent = {
@@ -124,16 +152,11 @@ async def test_a_service_stopped_mid_flow_has_sent_what_it_handled_and_committed
     assert handled <= sent, f"{len(handled - sent)} handled causes not sent before the stop"
 
     # And its committed offsets cover handled causes only: nothing below them is lost.
-    admin = AIOKafkaAdminClient(bootstrap_servers=infra.kafka_bootstrap)
-    await admin.start()
-    try:
-        committed = await admin.list_consumer_group_offsets(settings.consumer_group)
-    finally:
-        await admin.close()
+    committed = await committed_offsets(infra, settings.consumer_group)
     below = [
         str(Envelope.from_bytes(value).event_id)
         for tp, offset, value in await read_to_the_end(infra, causes, settings.topic_partitions)
         if tp in committed and offset < committed[tp].offset
     ]
-    assert below, "nothing committed at all"
+    assert len(below) >= FIRST
     assert set(below) <= handled, "an offset was committed past an event not handled"
