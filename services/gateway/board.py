@@ -562,13 +562,18 @@ async def _refund_owed(
     await _set(tx, BOARD_BOOKINGS, e.booking_id, row)
 
 
+# What a visit's row says of a refund still owed (operations' alone); the moment it was
+# owed stays on the row once it is given (a stamp of the row's day).
+REFUND_OWED_FIELDS = (
+    "refund_declined",
+    "refund_declined_note",
+    "refund_declined_id",
+    "refund_declined_receipt_id",
+)
+
+
 async def _decline_cleared(tx: Transaction, booking_id: str) -> None:
-    cleared = {
-        "refund_declined": None,
-        "refund_declined_note": None,
-        "refund_declined_id": None,
-        "refund_declined_receipt_id": None,
-    }
+    cleared = dict.fromkeys(REFUND_OWED_FIELDS)
     await _set(tx, BOARD_BOOKINGS, booking_id, cleared, upsert=False)
 
 
@@ -747,9 +752,7 @@ def booking_row(doc: Document, actor: Actor) -> BookingRow:
     row = BookingRow.model_validate({**fields, "booking_id": doc["_id"]})
     if not actor.is_ops:  # a store never sees where the customer lives, nor who they are
         row.location, row.customer_id = None, None
-        row.refund_declined = row.refund_declined_note = row.refund_declined_at = None
-        row.refund_declined_id = row.refund_declined_receipt_id = None
-        for field in PROVIDER_FIELDS:
+        for field in (*REFUND_OWED_FIELDS, "refund_declined_at", *PROVIDER_FIELDS):
             setattr(row, field, None)
     return row
 
