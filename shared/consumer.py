@@ -158,6 +158,9 @@ class _Lane:
 # What the broker never takes however often it is asked: a letter too large for the topic.
 TOO_LARGE = (MessageSizeTooLargeError, RecordListTooLargeError, RecordTooLargeError)
 LANES_HOLD_AT_MOST = 1_000  # messages polled and not yet handled, over all lanes
+# A stop lets each lane finish the run under way (tens of milliseconds) and commit it; a
+# lane still busy after this (retrying while MongoDB is away) is cut short.
+LANES_FINISH_WITHIN_S = 5.0
 
 
 class _CommitBeforeRevoke(ConsumerRebalanceListener):  # type: ignore[misc]
@@ -236,6 +239,15 @@ class _Deferred(Exception):
     def __init__(self, ready: Ready) -> None:
         super().__init__(ready.envelope.type)
         self.ready = ready
+
+
+class _Stopping(Exception):
+    """The consumer is stopping: the run that would start at `before` is left for whoever
+    consumes the partition next (what came before it is handled, and committed)."""
+
+    def __init__(self, before: int) -> None:
+        super().__init__(before)
+        self.before = before
 
 
 class _FailedAt(Exception):
@@ -325,6 +337,7 @@ class EventConsumer:
         # or one wait would stop the polls of every other partition.
         self._parked: dict[int, int] = {}
         self._paused: dict[int, frozenset[TopicPartition]] = {}
+        self._stopping = False  # lanes end after the run under way
 
     @property
     def topics(self) -> list[str]:
@@ -356,6 +369,7 @@ class EventConsumer:
         )
         consumer.subscribe(self.topics, listener=_CommitBeforeRevoke(self))
         self._consumer = consumer
+        self._stopping = False
         await consumer.start()
         seen: frozenset[str] = frozenset()
         loop = asyncio.get_running_loop()
@@ -382,12 +396,7 @@ class EventConsumer:
                     committed_at = loop.time()
                 self._report_lag(consumer)
         finally:
-            lanes = list(self._lanes.values())
-            for lane in lanes:
-                # A transaction under way finishes or is cut short (UnitOfWork.run); its
-                # offset is not committed, so it comes again (the inbox drops it if done).
-                lane.task.cancel()
-            await asyncio.gather(*(lane.task for lane in lanes), return_exceptions=True)
+            await self._end_lanes()
             self._lanes.clear()
             self._queued = 0
             self._parked.clear()
@@ -398,6 +407,24 @@ class EventConsumer:
             await self.before_handing_over()
             self._consumer = None
             await consumer.stop()
+
+    async def _end_lanes(self) -> None:
+        """Each lane finishes the run under way and records it, and starts no other: a clean
+        stop commits every event it handled, and leaves nothing handled to come again. A lane
+        still busy after LANES_FINISH_WITHIN_S is cancelled: its transaction finishes or is
+        cut short (UnitOfWork.run), its offset is not committed, and it comes again (the
+        inbox drops it if it was done)."""
+        self._stopping = True
+        lanes = list(self._lanes.items())
+        for number, lane in lanes:
+            lane.queue.put_nowait((TopicPartition("", number), []))  # wakes an idle lane
+        tasks = [lane.task for _, lane in lanes]
+        if tasks:
+            with contextlib.suppress(Exception):
+                await asyncio.wait(tasks, timeout=LANES_FINISH_WITHIN_S)
+        for task in tasks:
+            task.cancel()
+        await asyncio.gather(*tasks, return_exceptions=True)
 
     async def before_handing_over(self) -> None:
         """Partitions leave this member (a rebalance, or it stops): what its work wrote goes
@@ -445,6 +472,8 @@ class EventConsumer:
         lane = _Held()
         while True:
             await _take(queue, lane.held, lane.wait(loop.time()))
+            if self._stopping:
+                return
             self._let_go(number, lane)
             # A partition still waiting is left out; its new messages stay behind it.
             due = lane.due(loop.time())
@@ -455,21 +484,21 @@ class EventConsumer:
             ):
                 for tp in due:
                     messages = lane.held.pop(tp)
-                    self._dealt(tp, messages, len(messages))
+                    self._dealt(tp, messages[-1], len(messages))
                     lane.done(tp)
                 self._lane_progress.set()
                 due = []
             for tp in due:
                 # Let go meanwhile (a rebalance took it while the one before was handled).
-                if tp not in lane.held:
+                if tp not in lane.held or self._stopping:
                     continue
                 messages = lane.held.pop(tp)
                 try:
-                    dealt = await self._process_all(messages)
-                    if dealt:
-                        self._dealt(tp, messages, dealt)
+                    dealt = await self._process_all(tp, messages)
                 finally:
                     self._lane_progress.set()  # also when the lane dies: its waiters see it
+                if self._stopping:
+                    return
                 if dealt < len(messages):
                     lane.defer(tp, messages[dealt:], loop.time(), self._settings)
                 else:
@@ -520,17 +549,15 @@ class EventConsumer:
             if lane is not None:
                 lane.queue.put_nowait((tp, []))
 
-    def _dealt(
-        self, tp: TopicPartition, messages: list[ConsumerRecord[bytes, bytes]], dealt: int
-    ) -> None:
-        """The first `dealt` of a partition's messages are handled: their offsets may be
-        committed."""
+    def _dealt(self, tp: TopicPartition, last: ConsumerRecord[bytes, bytes], count: int) -> None:
+        """A partition's messages up to `last` are handled (`count` of them since the last
+        call): their offsets may be committed."""
         crash_point("consumer.after_handle")
         # One lane per partition number: a partition's offsets only move forward.
-        done = messages[dealt - 1].offset + 1
+        done = last.offset + 1
         self._uncommitted[tp] = done
         self._next_offset[tp] = done
-        self._queued -= dealt
+        self._queued -= count
         if self._waiting:
             # Handled in order: a wait still kept before `done` is for an event handled
             # since, here or (while the partition was elsewhere) by another member.
@@ -602,36 +629,66 @@ class EventConsumer:
                     max(highwater - done, 0)
                 )
 
-    async def _process_all(self, messages: list[ConsumerRecord[bytes, bytes]]) -> int:
-        """Handle a partition's messages in order; returns how many were dealt with: all,
-        or those before an event that waits for another topic's (the rest wait with it)."""
-        try:
-            await self._process_in_order(messages)
-        except _Deferred as deferred:
-            return next(i for i, m in enumerate(messages) if m is deferred.ready.message)
-        return len(messages)
+    async def _process_all(
+        self, tp: TopicPartition, messages: list[ConsumerRecord[bytes, bytes]]
+    ) -> int:
+        """Handle a partition's messages in order, each run recorded as handled once it is
+        (a commit meanwhile, or a stop, covers it); returns how many were dealt with: all,
+        those before an event that waits for another topic's (the rest wait with it), or
+        those before the run a stop came ahead of."""
+        done = 0
 
-    async def _process_in_order(self, messages: list[ConsumerRecord[bytes, bytes]]) -> None:
+        def upto(end: int) -> None:
+            nonlocal done
+            if end > done:
+                self._dealt(tp, messages[end - 1], end - done)
+                done = end
+
+        try:
+            await self._process_in_order(messages, upto)
+        except _Deferred as deferred:
+            upto(next(i for i, m in enumerate(messages) if m is deferred.ready.message))
+        except _Stopping as stopping:
+            upto(stopping.before)
+        return done
+
+    async def _process_in_order(
+        self, messages: list[ConsumerRecord[bytes, bytes]], upto: Callable[[int], None]
+    ) -> None:
         """Runs of good events together in one transaction, a poison message dead-lettered
-        where it stands."""
+        where it stands; `upto(n)` once the first n messages are dealt with."""
         run: list[Ready] = []
-        for message in messages:
+        begins = 0  # where the run under construction begins
+
+        async def handle(end: int) -> None:
+            nonlocal run
+            if run:
+                if self._stopping:
+                    raise _Stopping(begins)
+                await self._handle_run(run)
+                run = []
+            upto(end)
+
+        for i, message in enumerate(messages):
             try:
                 ready = self._prepare(message)
             except Rejected as exc:
-                await self._handle_run(run)
-                run = []
+                await handle(i)
+                if self._stopping:
+                    raise _Stopping(i) from None
                 letter = DeadLetter(str(exc), exc.kind, 1)
                 await self._dead_letter(message, letter, exc.envelope)
+                upto(i + 1)
                 continue
             if isinstance(ready, str):
                 EVENTS_CONSUMED.labels(self._name, ready, "ignored").inc()
                 continue
+            if not run:
+                begins = i
             run.append(ready)
             if len(run) >= self._settings.consumer_batch_size:
-                await self._handle_run(run)
-                run = []
-        await self._handle_run(run)
+                await handle(i + 1)
+        await handle(len(messages))
 
     async def _handle_run(self, run: list[Ready]) -> None:
         """One transaction for the whole run (one inbox write, one commit: what a busy
