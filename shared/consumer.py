@@ -399,6 +399,8 @@ class EventConsumer:
             await self._end_lanes()
             self._lanes.clear()
             self._queued = 0
+            # A rebalance's drain waiting for the lanes' messages: none will be handled here.
+            self._lane_progress.set()
             self._parked.clear()
             self._paused.clear()
             self._waiting.clear()  # what waited comes again, and waits afresh
@@ -419,12 +421,13 @@ class EventConsumer:
         for number, lane in lanes:
             lane.queue.put_nowait((TopicPartition("", number), []))  # wakes an idle lane
         tasks = [lane.task for _, lane in lanes]
-        if tasks:
-            with contextlib.suppress(Exception):
+        try:
+            if tasks:
                 await asyncio.wait(tasks, timeout=LANES_FINISH_WITHIN_S)
-        for task in tasks:
-            task.cancel()
-        await asyncio.gather(*tasks, return_exceptions=True)
+        finally:  # also when the stop itself is cancelled meanwhile: no lane outlives it
+            for task in tasks:
+                task.cancel()
+            await asyncio.gather(*tasks, return_exceptions=True)
 
     async def before_handing_over(self) -> None:
         """Partitions leave this member (a rebalance, or it stops): what its work wrote goes
@@ -464,6 +467,16 @@ class EventConsumer:
         self._queued += len(messages)
 
     async def _work_lane(
+        self,
+        number: int,
+        queue: asyncio.Queue[tuple[TopicPartition, list[ConsumerRecord[bytes, bytes]]]],
+    ) -> None:
+        try:
+            await self._lane_loop(number, queue)
+        finally:
+            self._lane_progress.set()  # however the lane ends, whoever waits on it looks again
+
+    async def _lane_loop(
         self,
         number: int,
         queue: asyncio.Queue[tuple[TopicPartition, list[ConsumerRecord[bytes, bytes]]]],
