@@ -258,13 +258,15 @@ class City:
             body["shifts"] = ROUND_THE_CLOCK  # the city lives at any hour
             body["phone"] = phone = f"+35196{plan.population:02d}{i:05d}"
             await keys[store].call("PUT", f"/v1/technicians/{tech_id}", json=body)
-            await keys[store].call(
+            registered = await keys[store].json(
                 "POST",
                 "/v1/technician-accounts",
                 json={"technician_id": tech_id, "phone": phone, "store_id": store},
             )
             caller = Caller(self.http, address=home_network(TECHNICIANS_NET, i))
-            await caller.sign_in_by_phone(phone)
+            # The store hands the enrolment code over with the work card (none when the
+            # technician signed in on this phone in an earlier run).
+            await caller.sign_in_by_phone(phone, registered["enrolment_code"])
             self.technicians.append(
                 Technician(caller, tech_id, store, skill, (lat, lon), keys[store], body)
             )

@@ -156,12 +156,15 @@ class Caller:
             if r.status_code == 200:
                 self._take(r.json())
 
-    async def sign_in_by_phone(self, phone: str) -> None:
-        """As the apps do: a code by SMS (the development log stands in for the SMS)."""
+    async def sign_in_by_phone(self, phone: str, enrolment_code: str | None = None) -> None:
+        """As the apps do: a code by SMS (the development log stands in for the SMS); a
+        technician's first sign-in on a phone also gives the code their store handed them."""
         await self.call("POST", "/v1/auth/otp", json={"phone": phone})
         sms = await self.json("GET", "/v1/dev/sms", params={"phone": phone})
-        code = sms[0]["text"].rsplit(" ", 1)[-1]
-        self._take(await self.json("POST", "/v1/auth/token", json={"phone": phone, "code": code}))
+        body = {"phone": phone, "code": sms[0]["text"].rsplit(" ", 1)[-1]}
+        if enrolment_code is not None:
+            body["enrolment_code"] = enrolment_code
+        self._take(await self.json("POST", "/v1/auth/token", json=body))
 
     async def sign_in_as_staff(self, email: str, password: str) -> None:
         self._take(

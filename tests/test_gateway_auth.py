@@ -40,12 +40,16 @@ async def code_for(api: httpx.AsyncClient, number: str) -> str:
     return text.rsplit(" ", 1)[-1]
 
 
-async def sign_in(api: httpx.AsyncClient, number: str) -> dict[str, Any]:
+async def sign_in(
+    api: httpx.AsyncClient, number: str, enrolment_code: str | None = None
+) -> dict[str, Any]:
+    """A phone's sign-in (a technician's first on a phone gives their store's code too)."""
     sent = await api.post("/v1/auth/otp", json={"phone": number})
     assert sent.status_code == 202, sent.text
-    tokens = await api.post(
-        "/v1/auth/token", json={"phone": number, "code": await code_for(api, number)}
-    )
+    asked = {"phone": number, "code": await code_for(api, number)}
+    if enrolment_code is not None:
+        asked["enrolment_code"] = enrolment_code
+    tokens = await api.post("/v1/auth/token", json=asked)
     assert tokens.status_code == 200, tokens.text
     body: dict[str, Any] = tokens.json()
     return body
@@ -332,8 +336,9 @@ async def test_operations_sign_in_issue_store_keys_that_rotate_and_revoke(
             headers=as_store,
         )
         assert elsewhere.status_code == 403
-        # The registered technician can now sign in by phone, as a technician of the store.
-        tech = await sign_in(api, register["phone"])
+        # The registered technician can now sign in by phone, as a technician of the store,
+        # with the enrolment code the store was shown.
+        tech = await sign_in(api, register["phone"], ok.json()["enrolment_code"])
         assert (tech["role"], tech["subject"]) == ("technician", tech_id)
         # A store cannot take a customer's phone over, by filing a technician under the
         # customer's id and registering their phone for it.

@@ -28,7 +28,7 @@ from services.gateway.storage import Accounts
 from shared.mongo import Document
 from tests.harness import ROOT, Infra, ServiceProcess, new_prefix
 from tests.seed import bearer
-from tests.test_gateway_auth import file_technician, phone, sign_in
+from tests.test_gateway_auth import code_for, file_technician, phone, sign_in
 
 pytestmark = pytest.mark.integration
 
@@ -217,14 +217,15 @@ async def store_keys(
 
 async def technician_of(
     api: httpx.AsyncClient, store: str, headers: dict[str, str], tech_id: str | None = None
-) -> tuple[str, str]:
-    """A technician filed with dispatch as the store's, their phone registered: (id, phone)."""
+) -> tuple[str, str, str]:
+    """A technician filed with dispatch as the store's, their phone registered: (id, phone,
+    the enrolment code their first sign-in on it needs)."""
     tech_id, number = tech_id or f"tech_k{uuid.uuid4().hex[:6]}", phone()
     await file_technician(api, tech_id, store, headers)
     register = {"technician_id": tech_id, "phone": number, "store_id": store}
     made = await api.post("/v1/technician-accounts", json=register, headers=headers)
     assert made.status_code == 201, made.text
-    return tech_id, number
+    return tech_id, number, made.json()["enrolment_code"]
 
 
 async def my_notifications(api: httpx.AsyncClient, tokens: dict[str, Any]) -> httpx.Response:
@@ -245,10 +246,10 @@ async def test_a_store_takes_back_its_technicians_sign_in_and_no_other_stores(
     store, rival = (f"store_{uuid.uuid4().hex[:6]}" for _ in range(2))
     _, _, ops = await signed_in_staff(api, mongo, gateway)
     as_store, as_rival = await store_keys(api, ops, store, rival)
-    tech_id, number = await technician_of(api, store, as_store)
-    _, colleague_phone = await technician_of(api, store, as_store)
-    colleague = await sign_in(api, colleague_phone)
-    tech = await sign_in(api, number)
+    tech_id, number, enrolment = await technician_of(api, store, as_store)
+    _, colleague_phone, colleagues = await technician_of(api, store, as_store)
+    colleague = await sign_in(api, colleague_phone, colleagues)
+    tech = await sign_in(api, number, enrolment)
     assert (tech["role"], tech["subject"]) == ("technician", tech_id)
     assert (await my_notifications(api, tech)).status_code == 200
 
@@ -277,8 +278,8 @@ async def test_a_technicians_new_phone_or_new_store_ends_the_sign_ins_before_it(
     store, other = (f"store_{uuid.uuid4().hex[:6]}" for _ in range(2))
     _, _, ops = await signed_in_staff(api, mongo, gateway)
     as_store, as_other = await store_keys(api, ops, store, other)
-    tech_id, lost = await technician_of(api, store, as_store)
-    on_lost = await sign_in(api, lost)
+    tech_id, lost, enrolment = await technician_of(api, store, as_store)
+    on_lost = await sign_in(api, lost, enrolment)
 
     new_phone = phone()
     again = {"technician_id": tech_id, "phone": new_phone, "store_id": store}
@@ -287,11 +288,12 @@ async def test_a_technicians_new_phone_or_new_store_ends_the_sign_ins_before_it(
     assert ended_for_technician(await my_notifications(api, on_lost))
     assert (await refreshed(api, on_lost)).status_code == 401
     assert await Accounts(db).get(lost) is None
-    on_new = await sign_in(api, new_phone)
+    on_new = await sign_in(api, new_phone, moved.json()["enrolment_code"])
     assert (on_new["role"], on_new["subject"]) == ("technician", tech_id)
 
     same = await api.post("/v1/technician-accounts", json=again, headers=as_store)
     assert same.status_code == 201, same.text
+    assert same.json()["enrolment_code"] is None  # signed in on this phone already
     assert (await my_notifications(api, on_new)).status_code == 200  # still signed in
 
     # Operations move them to the other store, which registers the same phone.
@@ -306,12 +308,115 @@ async def test_a_technicians_new_phone_or_new_store_ends_the_sign_ins_before_it(
         "/v1/technician-accounts", json={**again, "store_id": other}, headers=as_other
     )
     assert taken_on.status_code == 201, taken_on.text
+    assert taken_on.json()["enrolment_code"] is None  # the phone was proven theirs
     assert ended_for_technician(await my_notifications(api, on_new))
     assert (await refreshed(api, on_new)).status_code == 401
     account = await Accounts(db).get(new_phone)
     assert account is not None
     assert account.store_id == other
     assert (await my_notifications(api, await sign_in(api, new_phone))).status_code == 200
+
+
+async def enrolling(
+    api: httpx.AsyncClient, number: str, enrolment_code: str | None
+) -> httpx.Response:
+    """A sign-in on the phone with a fresh one-time code and this enrolment code, an hour
+    after the last (each wrong enrolment code uses up a one-time code, and a phone is sent
+    five an hour from one address)."""
+    await later(api, 3600)
+    sent = await api.post("/v1/auth/otp", json={"phone": number})
+    assert sent.status_code == 202, sent.text
+    body = {"phone": number, "code": await code_for(api, number)}
+    if enrolment_code is not None:
+        body["enrolment_code"] = enrolment_code
+    return await api.post("/v1/auth/token", json=body)
+
+
+def refused_with(r: httpx.Response, words: str) -> bool:
+    return r.status_code == 401 and words in r.json()["error"]["message"]
+
+
+def another_code(code: str) -> str:
+    """A well-formed enrolment code that is not `code`."""
+    return "AAAA-AAAA" if code != "AAAA-AAAA" else "BBBB-BBBB"
+
+
+async def test_a_technicians_first_sign_in_on_a_phone_needs_the_code_their_store_was_given(
+    api: httpx.AsyncClient, gateway: ServiceProcess, mongo: AsyncMongoClient[Document]
+) -> None:
+    """A number the store mistyped made whoever owns it the technician (their offers, the
+    customers' addresses) at the first sign-in. Now that sign-in also needs the enrolment
+    code the store was shown when it registered the phone."""
+    db = staff_db(mongo, gateway)
+    store = f"store_{uuid.uuid4().hex[:6]}"
+    _, _, ops = await signed_in_staff(api, mongo, gateway)
+    (as_store,) = await store_keys(api, ops, store)
+    tech_id, number, enrolment = await technician_of(api, store, as_store)
+    stored = await Accounts(db).get(number)
+    assert stored is not None
+    assert stored.enrolment is not None
+    assert enrolment.replace("-", "") not in str(stored.model_dump())  # a keyed digest only
+
+    # The phone's own code alone (its owner may not be the technician): refused, and the
+    # code is not used up, so the technician can send it again with the enrolment code.
+    sent = await api.post("/v1/auth/otp", json={"phone": number})
+    assert sent.status_code == 202, sent.text
+    code = await code_for(api, number)
+    bare = await api.post("/v1/auth/token", json={"phone": number, "code": code})
+    assert refused_with(bare, "needs the enrolment code"), bare.text
+    # A wrong enrolment code: refused, and that one-time code is used up.
+    wrong = {"phone": number, "code": code, "enrolment_code": another_code(enrolment)}
+    assert refused_with(await api.post("/v1/auth/token", json=wrong), "4 tries left")
+    right = {"phone": number, "code": code, "enrolment_code": enrolment}
+    assert refused_with(await api.post("/v1/auth/token", json=right), "no valid code")
+
+    # With a new one-time code and the store's code, typed in any case, without its dash.
+    first = await enrolling(api, number, enrolment.replace("-", "").lower())
+    assert first.status_code == 200, first.text
+    assert (first.json()["role"], first.json()["subject"]) == ("technician", tech_id)
+    assert (await my_notifications(api, first.json())).status_code == 200
+    # Signed in on this phone once: the phone alone signs them in from now on.
+    later_on = await enrolling(api, number, None)
+    assert later_on.status_code == 200, later_on.text
+    assert later_on.json()["subject"] == tech_id
+    enrolled = await Accounts(db).get(number)
+    assert enrolled is not None
+    assert (enrolled.enrolment, enrolled.enrol_by) == (None, None)
+
+
+async def test_an_enrolment_code_is_drawn_again_runs_out_and_is_void_after_five_wrong(
+    api: httpx.AsyncClient, gateway: ServiceProcess, mongo: AsyncMongoClient[Document]
+) -> None:
+    store = f"store_{uuid.uuid4().hex[:6]}"
+    _, _, ops = await signed_in_staff(api, mongo, gateway)
+    (as_store,) = await store_keys(api, ops, store)
+    tech_id, number, lost = await technician_of(api, store, as_store)
+    register = {"technician_id": tech_id, "phone": number, "store_id": store}
+
+    async def registered_again() -> str:
+        made = await api.post("/v1/technician-accounts", json=register, headers=as_store)
+        assert made.status_code == 201, made.text
+        code: str = made.json()["enrolment_code"]
+        return code
+
+    # The code was lost and the store registers the phone again: a new code, the old void.
+    drawn = await registered_again()
+    assert drawn != lost
+    assert refused_with(await enrolling(api, number, lost), "wrong enrolment code")
+    # A week on, it has run out; registering again gives one that works.
+    await later(api, 7 * DAY)
+    assert refused_with(await enrolling(api, number, drawn), "has run out")
+    fresh = await registered_again()
+    # Five wrong codes void it, the right one included.
+    for left in (4, 3, 2, 1):
+        r = await enrolling(api, number, another_code(fresh))
+        assert refused_with(r, f"{left} tries left"), r.text
+    assert refused_with(await enrolling(api, number, another_code(fresh)), "too often")
+    assert refused_with(await enrolling(api, number, fresh), "has run out")
+    last = await registered_again()
+    signed = await enrolling(api, number, last)
+    assert signed.status_code == 200, signed.text
+    assert signed.json()["subject"] == tech_id
 
 
 async def test_rotations_of_one_key_at_once_leave_one_live_key(

@@ -48,8 +48,10 @@ from services.gateway.tokens import (
     code_digest,
     code_of,
     digest,
+    enrolment_digest,
     issue_access,
     new_api_key,
+    new_enrolment_code,
     new_nonce,
     new_secret,
     same,
@@ -289,6 +291,12 @@ def still_live(otp: OtpCode, now: datetime) -> bool:
 class CodeIn(Forbid):
     phone: Phone
     code: str = Field(pattern=r"^[0-9]{6}$")
+    enrolment_code: str | None = Field(
+        None,
+        pattern=r"^[A-Za-z0-9]{4}[- ]?[A-Za-z0-9]{4}$",
+        description="A technician's first sign-in on a phone: the code their store was "
+        "given when it registered the phone",
+    )
 
 
 @router.post(
@@ -320,10 +328,12 @@ async def exchange_code(body: CodeIn, runtime: RuntimeDep, request: Request) -> 
             otp.attempts_left -= 1
         await codes.save(otp)
         raise Unauthenticated(f"wrong code ({tries - 1} attempts left)")
-    otp.used, otp.attempts_left = True, 0  # one sign-in per code
-    await codes.save(otp)
     accounts = Accounts(runtime.db)
     account = await accounts.get(body.phone)
+    if account is not None and account.enrolment is not None:
+        account = await _enrol(runtime.db, account, otp, body, key=key, now=now)
+    otp.used, otp.attempts_left = True, 0  # one sign-in per code
+    await codes.save(otp)
     if account is None:
         account = Account(
             phone=body.phone,
@@ -338,6 +348,43 @@ async def exchange_code(body: CodeIn, runtime: RuntimeDep, request: Request) -> 
                 raise Conflict("this phone's account changed meanwhile; sign in again")
     actor = Actor(role=Role(account.role), subject=account.subject, store_id=account.store_id)
     return await issue(runtime, actor, sign_ins=account.sign_ins)
+
+
+async def _enrol(
+    db: Database, account: Account, otp: OtpCode, body: CodeIn, *, key: bytes, now: datetime
+) -> Account:
+    """A technician's first sign-in on a phone their store registered: the phone's own code
+    is right, and the store's enrolment code must be too. Without it, nothing is used up
+    (the phone's owner may not know they need it); a wrong one uses up the phone's code and
+    one of ENROLMENT_TRIES."""
+    if account.enrol_by is None or now >= account.enrol_by:
+        raise Unauthenticated(
+            "this phone's enrolment code has run out: the technician's store registers the "
+            "phone again for a new one"
+        )
+    if body.enrolment_code is None:
+        raise Unauthenticated(
+            "the first sign-in on this phone is a technician's, and needs the enrolment "
+            "code their store was given (enrolment_code); if you are not their technician, "
+            "call operations"
+        )
+    if not same(account.enrolment or "", enrolment_digest(key, body.phone, body.enrolment_code)):
+        wrong = account.enrolment_wrong + 1
+        void = {"enrol_by": now} if wrong >= ENROLMENT_TRIES else {}
+        await Accounts(db).save(account.model_copy(update={"enrolment_wrong": wrong, **void}))
+        otp.used, otp.attempts_left = True, 0
+        await OtpCodes(db).save(otp)
+        left = ENROLMENT_TRIES - wrong
+        raise Unauthenticated(
+            f"wrong enrolment code; ask for a new sign-in code ({left} tries left)"
+            if left > 0
+            else "wrong enrolment code, too often: the store registers the phone again"
+        )
+    enrolled = account.model_copy(
+        update={"enrolment": None, "enrol_by": None, "enrolment_wrong": 0}
+    )
+    await Accounts(db).save(enrolled)
+    return enrolled
 
 
 class RefreshIn(Forbid):
@@ -506,6 +553,23 @@ class TechnicianAccountIn(Forbid):
     store_id: str = Field(min_length=1, max_length=64)
 
 
+class TechnicianAccountOut(Forbid):
+    technician_id: str
+    phone: str = Field("registered", description="Never the number: only that it is registered")
+    enrolment_code: str | None = Field(
+        description="Shown once: the store hands it to its technician, whose first sign-in "
+        "on this phone needs it (`enrolment_code` on `POST /v1/auth/token`). None when the "
+        "technician has signed in on this phone already."
+    )
+    enrol_by: datetime | None = Field(description="The code works until then")
+
+
+# How long a store's enrolment code works, and how many wrong ones void it (each wrong one
+# also uses up the one-time code it came with, so guesses cost texts too).
+ENROLMENT_VALID = timedelta(days=7)
+ENROLMENT_TRIES = 5
+
+
 @router.post(
     "/technician-accounts",
     tags=["sign-in"],
@@ -514,10 +578,11 @@ class TechnicianAccountIn(Forbid):
 )
 async def add_technician_account(
     body: TechnicianAccountIn, request: Request, runtime: RuntimeDep, actor: EdgeActor
-) -> dict[str, str]:
+) -> TechnicianAccountOut:
     """One phone a technician. Registering another (a lost phone), or the technician at the
     store they moved to, ends every sign-in before it; the same registration again changes
-    nothing."""
+    nothing. A phone the technician has not signed in on yet comes with an enrolment code,
+    which their first sign-in on it needs: the same registration again draws a new one."""
     if not actor.speaks_for_store(body.store_id):
         raise Forbidden("a store registers only its own technicians")
     # The sign-in is for a technician dispatch has on file as this store's: else a store could
@@ -541,11 +606,19 @@ async def add_technician_account(
             field="technician_id",
         )
     accounts = Accounts(runtime.db)
+    key = await service_secret(runtime.db, "otp", runtime.settings.otp_secret)
+    code, now = new_enrolment_code(), utcnow()
+    pending = {
+        "enrolment": enrolment_digest(key, body.phone, code),
+        "enrol_by": now + ENROLMENT_VALID,
+        "enrolment_wrong": 0,
+    }
 
-    async def register(tx: Transaction) -> str | None:
+    async def register(tx: Transaction) -> tuple[str | None, bool]:
         """The phone is theirs now; their new sign-ins when those before end (another phone
-        or another store). In one transaction: the phone they had is let go of first (one phone
-        a technician), and a registration racing this one fails it rather than interleave."""
+        or another store), and whether it waits for the enrolment code. In one transaction:
+        the phone they had is let go of first (one phone a technician), and a registration
+        racing this one fails it rather than interleave."""
         existing = await accounts.get(body.phone, session=tx.session)
         if existing is not None and (
             existing.subject != body.technician_id or existing.role != Role.TECHNICIAN.value
@@ -553,27 +626,31 @@ async def add_technician_account(
             # A customer's own phone (say) is never taken over by a technician filed under
             # their id.
             raise Conflict("this phone belongs to another account", field="phone")
+        if existing is not None and existing.store_id == body.store_id:
+            if existing.enrolment is None:
+                return None, False  # registered as it was: their sign-ins go on
+            # Not signed in on yet, and the store asks again (the code was lost): a new one.
+            await accounts.save(existing.model_copy(update=pending), session=tx.session)
+            return None, True
         before = await accounts.col.find_one(of_technician(body.technician_id), session=tx.session)
-        if before is not None and (before["_id"], before.get("store_id")) == (
-            body.phone,
-            body.store_id,
-        ):
-            return None  # registered as it was: their sign-ins go on
         if before is not None:
             await accounts.col.delete_one({"_id": before["_id"]}, session=tx.session)
+        # The same phone at the store they moved to was proven theirs already: no new code.
+        proven = existing is not None and existing.enrolment is None
         account = Account(
             phone=body.phone,
             role=Role.TECHNICIAN.value,
             subject=body.technician_id,
             store_id=body.store_id,
-            created_at=utcnow(),
+            created_at=now,
             sign_ins=uuid.uuid4().hex,
+            **({} if proven else pending),
         )
         await accounts.insert(account, session=tx.session)
-        return account.sign_ins if before is not None else None
+        return (account.sign_ins if before is not None else None), not proven
 
     try:
-        moved = await runtime.uow.run(register, name="register technician phone")
+        moved, enrolling = await runtime.uow.run(register, name="register technician phone")
     except DuplicateKeyError:
         raise Conflict(
             "this technician's phone was registered by another call meanwhile; try again",
@@ -584,7 +661,11 @@ async def add_technician_account(
         # or their sign-in as the store they left, is signed out (the new phone, signed in
         # already maybe, is not).
         await end_technician_sign_ins(request, runtime.db, body.technician_id, keep=moved)
-    return {"technician_id": body.technician_id, "phone": "registered"}
+    return TechnicianAccountOut(
+        technician_id=body.technician_id,
+        enrolment_code=code if enrolling else None,
+        enrol_by=pending["enrol_by"] if enrolling else None,
+    )
 
 
 @router.delete(

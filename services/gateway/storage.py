@@ -72,6 +72,13 @@ class Account(Forbid):
     # account when the store takes it back, so the tokens issued before stop working.
     # (None: a customer, or a technician registered before this rule.)
     sign_ins: str | None = None
+    # A technician's first sign-in on this phone also needs the code their store was shown
+    # when it registered the phone (its keyed digest), before `enrol_by`: a number mistyped
+    # by the store does not make its owner the technician, with the customers' addresses
+    # that come with it. (None: signed in since, a customer, or registered before this rule.)
+    enrolment: str | None = None
+    enrol_by: datetime | None = None
+    enrolment_wrong: int = 0
     version: int = 0
 
 

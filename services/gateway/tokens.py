@@ -191,6 +191,23 @@ def code_digest(key: bytes, phone: str, code: str) -> str:
     return hmac.new(key, f"{phone}:{code}".encode(), hashlib.sha256).hexdigest()
 
 
+# Letters and digits nobody mistakes for each other when read off a screen or paper.
+ENROLMENT_ALPHABET = "ABCDEFGHJKMNPQRSTUVWXYZ23456789"
+
+
+def new_enrolment_code() -> str:
+    """What a store hands its technician with the work card: eight characters (about 40
+    bits), shown as `ABCD-EFGH`."""
+    drawn = "".join(secrets.choice(ENROLMENT_ALPHABET) for _ in range(8))
+    return f"{drawn[:4]}-{drawn[4:]}"
+
+
+def enrolment_digest(key: bytes, phone: str, code: str) -> str:
+    """Keyed, of the code as typed in any case, with or without its dash or spaces."""
+    typed = "".join(c for c in code.upper() if c not in "- ")
+    return code_digest(key, phone, f"enrol:{typed}")
+
+
 def address_tag(key: bytes, address: str) -> str:
     """An address as a code's record keeps it: enough to tell callers apart, keyed so the
     record does not keep where people sign in from."""
