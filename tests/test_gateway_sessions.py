@@ -22,9 +22,11 @@ import pytest
 from pymongo import AsyncMongoClient
 
 from deploy.local.demo_data import technician_file
+from services.gateway import signin
 from services.gateway.security import STAFF_SIGN_IN_ENDED, TECHNICIAN_SIGN_IN_ENDED
-from services.gateway.signin import add_staff, remove_staff
+from services.gateway.signin import CodeIn, add_staff, remove_staff
 from services.gateway.storage import Accounts
+from shared.errors import Conflict
 from shared.mongo import Document
 from tests.harness import ROOT, Infra, ServiceProcess, new_prefix
 from tests.seed import bearer
@@ -288,6 +290,10 @@ async def test_a_technicians_new_phone_or_new_store_ends_the_sign_ins_before_it(
     assert ended_for_technician(await my_notifications(api, on_lost))
     assert (await refreshed(api, on_lost)).status_code == 401
     assert await Accounts(db).get(lost) is None
+    # The new phone, like any not yet signed in on, needs the store's code too.
+    assert (await api.post("/v1/auth/otp", json={"phone": new_phone})).status_code == 202
+    bare = {"phone": new_phone, "code": await code_for(api, new_phone)}
+    assert refused_with(await api.post("/v1/auth/token", json=bare), "needs the enrolment code")
     on_new = await sign_in(api, new_phone, moved.json()["enrolment_code"])
     assert (on_new["role"], on_new["subject"]) == ("technician", tech_id)
 
@@ -417,6 +423,42 @@ async def test_an_enrolment_code_is_drawn_again_runs_out_and_is_void_after_five_
     signed = await enrolling(api, number, last)
     assert signed.status_code == 200, signed.text
     assert signed.json()["subject"] == tech_id
+
+
+async def test_an_enrolment_read_before_the_phone_was_registered_again_changes_nothing(
+    api: httpx.AsyncClient, gateway: ServiceProcess, mongo: AsyncMongoClient[Document]
+) -> None:
+    """A phone registered again is a new account (version 0 again): a sign-in that read the
+    registration before, and writes after, must not put it back (the store the technician
+    left, and its code), as a save checking the version alone did."""
+    db = staff_db(mongo, gateway)
+    store, other = (f"store_{uuid.uuid4().hex[:6]}" for _ in range(2))
+    _, _, ops = await signed_in_staff(api, mongo, gateway)
+    as_store, as_other = await store_keys(api, ops, store, other)
+    tech_id, number, _ = await technician_of(api, store, as_store)
+    stale = await Accounts(db).get(number)
+    assert stale is not None
+    badge = f"K-{uuid.uuid4().int % 10**6:06d}"
+    refiled = await api.put(
+        f"/v1/technicians/{tech_id}",
+        json=technician_file((tech_id, "Kim Store", badge, other, ["nails"], 38.72, -9.14)),
+        headers=bearer(ops["access_token"]),
+    )
+    assert refiled.status_code == 200, refiled.text
+    register = {"technician_id": tech_id, "phone": number, "store_id": other}
+    taken_on = await api.post("/v1/technician-accounts", json=register, headers=as_other)
+    assert taken_on.status_code == 201, taken_on.text
+    fresh = taken_on.json()["enrolment_code"]
+    assert fresh is not None  # never signed in on: not proven theirs
+
+    late = CodeIn(phone=number, code="000000", enrolment_code="AAAA-AAAA")
+    with pytest.raises(Conflict):
+        await signin._enrol(db, stale, late, key=b"any", now=stale.created_at)
+    kept = await Accounts(db).get(number)
+    assert kept is not None
+    assert (kept.store_id, kept.enrolment_wrong) == (other, 0)
+    signed = await enrolling(api, number, fresh)
+    assert signed.status_code == 200, signed.text
 
 
 async def test_rotations_of_one_key_at_once_leave_one_live_key(

@@ -6,6 +6,7 @@ from __future__ import annotations
 import logging
 import re
 import uuid
+from collections.abc import Mapping
 from datetime import datetime, timedelta
 from typing import Annotated, Protocol
 
@@ -330,10 +331,16 @@ async def exchange_code(body: CodeIn, runtime: RuntimeDep, request: Request) -> 
         raise Unauthenticated(f"wrong code ({tries - 1} attempts left)")
     accounts = Accounts(runtime.db)
     account = await accounts.get(body.phone)
-    if account is not None and account.enrolment is not None:
-        account = await _enrol(runtime.db, account, otp, body, key=key, now=now)
+    enrolling = account is not None and account.enrolment is not None
+    if account is not None and enrolling:
+        _may_enrol(account, body, now)  # nothing is used up when the code is missing
     otp.used, otp.attempts_left = True, 0  # one sign-in per code
-    await codes.save(otp)
+    try:
+        await codes.save(otp)
+    except VersionMismatch:  # a twin call used it, or a wrong guess came meanwhile
+        raise Conflict("this code was tried meanwhile: try it again") from None
+    if account is not None and enrolling:
+        account = await _enrol(runtime.db, account, body, key=key, now=now)
     if account is None:
         account = Account(
             phone=body.phone,
@@ -342,21 +349,24 @@ async def exchange_code(body: CodeIn, runtime: RuntimeDep, request: Request) -> 
             created_at=now,
         )
         if not await accounts.insert_if_absent(account):
-            # Made meanwhile (a store registering this phone, a twin call): that one it is.
+            # Made meanwhile (a twin call; a store registering this phone): that one it is,
+            # unless it waits for its technician's enrolment code, which this call lacks.
             account = await accounts.get(body.phone)
             if account is None:  # and removed again since
                 raise Conflict("this phone's account changed meanwhile; sign in again")
+            if account.enrolment is not None:
+                raise Unauthenticated(
+                    "this phone was registered for a technician meanwhile: ask for a new "
+                    "code, and sign in with the enrolment code their store was given"
+                )
     actor = Actor(role=Role(account.role), subject=account.subject, store_id=account.store_id)
     return await issue(runtime, actor, sign_ins=account.sign_ins)
 
 
-async def _enrol(
-    db: Database, account: Account, otp: OtpCode, body: CodeIn, *, key: bytes, now: datetime
-) -> Account:
-    """A technician's first sign-in on a phone their store registered: the phone's own code
-    is right, and the store's enrolment code must be too. Without it, nothing is used up
-    (the phone's owner may not know they need it); a wrong one uses up the phone's code and
-    one of ENROLMENT_TRIES."""
+def _may_enrol(account: Account, body: CodeIn, now: datetime) -> None:
+    """A technician's first sign-in on a phone their store registered: the store's
+    enrolment code must come with the phone's own, and still be good. Without it nothing is
+    used up (the phone's owner may not know they need it)."""
     if account.enrol_by is None or now >= account.enrol_by:
         raise Unauthenticated(
             "this phone's enrolment code has run out: the technician's store registers the "
@@ -368,23 +378,43 @@ async def _enrol(
             "code their store was given (enrolment_code); if you are not their technician, "
             "call operations"
         )
-    if not same(account.enrolment or "", enrolment_digest(key, body.phone, body.enrolment_code)):
+
+
+async def _enrol(
+    db: Database, account: Account, body: CodeIn, *, key: bytes, now: datetime
+) -> Account:
+    """The phone's own code is right (and used up): so must the store's code be. A wrong one
+    counts against ENROLMENT_TRIES."""
+    typed = enrolment_digest(key, body.phone, body.enrolment_code or "")
+    if not same(account.enrolment or "", typed):
         wrong = account.enrolment_wrong + 1
         void = {"enrol_by": now} if wrong >= ENROLMENT_TRIES else {}
-        await Accounts(db).save(account.model_copy(update={"enrolment_wrong": wrong, **void}))
-        otp.used, otp.attempts_left = True, 0
-        await OtpCodes(db).save(otp)
+        await _registration_kept(db, account, {"enrolment_wrong": wrong, **void})
         left = ENROLMENT_TRIES - wrong
         raise Unauthenticated(
             f"wrong enrolment code; ask for a new sign-in code ({left} tries left)"
             if left > 0
             else "wrong enrolment code, too often: the store registers the phone again"
         )
-    enrolled = account.model_copy(
-        update={"enrolment": None, "enrol_by": None, "enrolment_wrong": 0}
-    )
-    await Accounts(db).save(enrolled)
-    return enrolled
+    enrolled = {"enrolment": None, "enrol_by": None, "enrolment_wrong": 0}
+    await _registration_kept(db, account, enrolled)
+    return account.model_copy(update=enrolled)
+
+
+async def _registration_kept(db: Database, account: Account, fields: Mapping[str, object]) -> None:
+    """Change the account as read, only if it is still the registration read: a phone's
+    account is made anew (version 0) when a store registers it again, and its version alone
+    would let a stale write undo that registration (its store, its new code)."""
+    as_read = {
+        "_id": account.phone,
+        "version": account.version,
+        "sign_ins": account.sign_ins,
+        "store_id": account.store_id,
+        "enrolment": account.enrolment,
+    }
+    changed = await Accounts(db).col.update_one(as_read, {"$set": fields, "$inc": {"version": 1}})
+    if changed.matched_count != 1:
+        raise Conflict("this phone's registration changed meanwhile: ask for a new code")
 
 
 class RefreshIn(Forbid):
