@@ -45,6 +45,7 @@ from tests.seed import (
     seed_technician,
     service_completed,
 )
+from tests.test_payments_service import cancelled, fee_is
 
 pytestmark = pytest.mark.integration
 
@@ -706,4 +707,51 @@ async def test_operations_record_a_refund_the_card_refused_as_repaid_from_the_pa
     (refund,) = [f for f in seen["refunds"] if f["refund_id"] == refund_id]
     (repaid,) = [part["repaid"] for part in refund["parts"] if part["repaid"]]
     assert (repaid["way"], repaid["reference"]) == ("bank_transfer", "TRF-2026-0042")
+    assert repaid["by"].startswith("staff-")  # who signed in to the page
+
+
+async def test_operations_record_a_fee_the_card_would_not_take_back_as_repaid_from_the_page(
+    platform: Platform,
+    mongo: AsyncMongoClient[Document],
+    browser: Browser,
+    kafka_producer: AIOKafkaProducer,
+) -> None:
+    """A late cancellation charged its fee, then the customer signed for the visit done after
+    all: the fee goes back to the card, which will not take it. The fee is among those owed
+    on operations' page; they record there how it went back instead, and it leaves the list
+    as refunded."""
+    ids = customer, _, booking_id = visit_ids()
+    fee_id = f"fee_{booking_id}"
+    path = f"/cancellation-fees/{fee_id}"
+    board = await operations_board(browser, platform, mongo)
+    async with platform.client("payments") as payments:
+        await completed_paying_with(
+            payments, kafka_producer, platform, card="pm_card_refund_fails", ids=ids
+        )
+        await publish(kafka_producer, platform.prefix, cancelled(booking_id, customer, 1000))
+        await fee_is(payments, path, as_customer(customer), "paid")
+        await signed(payments, customer, booking_id)
+        await fee_is(payments, path, as_customer(customer), "refund_declined")
+
+    row = board.page.locator(f'#fees tr[data-fee="{fee_id}"]')
+    await expect(row).to_be_visible(timeout=LIVE)
+    await expect(row).to_contain_text("10.00")
+    await expect(row).to_contain_text("refund declined")
+    await row.get_by_role("button", name=f"Record fee {fee_id} repaid").click()
+    dialog = board.page.get_by_role("dialog")
+    await expect(dialog).to_contain_text("10.00")
+    await dialog.get_by_label("How").select_option("cash")
+    await dialog.get_by_label("Reference").fill("CASH-0042")
+    await dialog.get_by_role("button", name="Record repaid").click()
+    await expect(dialog).to_be_hidden(timeout=LIVE)
+    await expect(row).to_have_count(0, timeout=LIVE)
+    await expect(board.page.locator("#fees-today")).to_contain_text("refunded")
+    await board.shot("14-fee-refund-repaid")
+    await board.assert_never_reloaded_nor_left_the_platform()
+
+    async with platform.client("payments", acting_as=OPS) as as_ops:
+        fee = await get_json(as_ops, path)
+    assert fee["status"] == "refunded"
+    repaid = fee["refund_repaid"]
+    assert (repaid["way"], repaid["reference"]) == ("cash", "CASH-0042")
     assert repaid["by"].startswith("staff-")  # who signed in to the page
