@@ -108,6 +108,12 @@ class Settings(BaseSettings):
     sms_per_address_per_s: float = Field(
         1 / 30, gt=0, validation_alias="GATEWAY_SMS_PER_ADDRESS_PER_S"
     )
+    # And per IPv6 site (/48), looser (many people may sign in from one office), so one
+    # site cannot take a fresh /64 for every ask and use up the platform's allowance.
+    sms_per_network: int = Field(100, ge=1, validation_alias="GATEWAY_SMS_PER_NETWORK")
+    sms_per_network_per_s: float = Field(
+        1 / 3, gt=0, validation_alias="GATEWAY_SMS_PER_NETWORK_PER_S"
+    )
     # Wrong passwords a staff account may take at once, and one more each minute after: from
     # any one address, and from all the addresses it has not signed in from lately.
     staff_failures: int = Field(10, validation_alias="GATEWAY_STAFF_FAILURES")

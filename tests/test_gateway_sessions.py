@@ -50,6 +50,7 @@ def gateway(infra: Infra) -> Iterator[ServiceProcess]:
             "DOORSTEP_TEST_CLOCK": "1",
             "GATEWAY_ACCESS_TOKEN_TTL_S": "3",
             "GATEWAY_SIGNIN_BURST": "1000",
+            "GATEWAY_SMS_PER_NETWORK": "3",  # IPv6 sites only: these tests ask from 127.0.0.1
             "DISPATCH_URL": dispatch.url,
         },
     )
@@ -459,6 +460,28 @@ async def test_an_enrolment_read_before_the_phone_was_registered_again_changes_n
     assert (kept.store_id, kept.enrolment_wrong) == (other, 0)
     signed = await enrolling(api, number, fresh)
     assert signed.status_code == 200, signed.text
+
+
+async def test_codes_asked_from_one_ipv6_site_are_capped_there_and_nowhere_else(
+    api: httpx.AsyncClient,
+) -> None:
+    """One site holds a /48: a fresh /64 for each ask stays under each address's limit, so
+    the site had the platform's whole allowance to use up. Now it has its own (three
+    here); another site asks as before, and a code refused is neither sent nor kept."""
+    numbers = [phone() for _ in range(4)]
+    for i, number in enumerate(numbers[:3], start=1):
+        asked = {"X-Forwarded-For": f"2001:db8:4a:{i:x}::1"}
+        sent = await api.post("/v1/auth/otp", json={"phone": number}, headers=asked)
+        assert sent.status_code == 202, sent.text
+    fresh_64 = {"X-Forwarded-For": "2001:db8:4a:99::7"}
+    refused = await api.post("/v1/auth/otp", json={"phone": numbers[3]}, headers=fresh_64)
+    assert refused.status_code == 429, refused.text
+    assert "too many codes asked from this network" in refused.json()["error"]["message"]
+    assert int(refused.headers["Retry-After"]) > 0
+    assert (await api.get("/v1/dev/sms", params={"phone": numbers[3]})).json() == []
+    elsewhere = {"X-Forwarded-For": "2001:db8:4b::1"}
+    sent = await api.post("/v1/auth/otp", json={"phone": numbers[3]}, headers=elsewhere)
+    assert sent.status_code == 202, sent.text
 
 
 async def test_rotations_of_one_key_at_once_leave_one_live_key(

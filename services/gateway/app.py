@@ -42,6 +42,9 @@ async def edge_state(app: FastAPI) -> AsyncIterator[None]:
     app.state.sms_per_address = RateLimiter(
         settings.sms_per_address_per_s, settings.sms_per_address
     )
+    app.state.sms_per_network = RateLimiter(
+        settings.sms_per_network_per_s, settings.sms_per_network
+    )
     app.state.staff_failures = RateLimiter(settings.staff_failures_per_s, settings.staff_failures)
     app.state.staff_failures_here = RateLimiter(
         settings.staff_failures_per_s, settings.staff_failures

@@ -43,6 +43,19 @@ def caller_address(host: str | None) -> str:
     return str(address)
 
 
+def caller_network(host: str | None) -> str | None:
+    """The IPv6 site an address belongs to, its /48 (what one customer of a provider, or one
+    office, is routed): a looser limit there stops one site taking a fresh /64 for every
+    try. None for IPv4, where an address is scarce enough to count alone."""
+    try:
+        address = ipaddress.ip_address(host or "")
+    except ValueError:
+        return None
+    if not isinstance(address, ipaddress.IPv6Address) or address.ipv4_mapped is not None:
+        return None
+    return str(ipaddress.IPv6Network((address, 48), strict=False))
+
+
 def per(rate_per_s: float) -> str:
     """A rate as people say it: '5 a second', '1 a minute', '20 an hour'."""
     for unit, seconds in (("a second", 1), ("a minute", 60), ("an hour", 3600)):

@@ -23,7 +23,13 @@ from fastapi import Depends, Request, Security
 from fastapi.responses import StreamingResponse
 from fastapi.security import APIKeyHeader, HTTPAuthorizationCredentials, HTTPBearer
 
-from services.gateway.limits import HeldStream, RateLimiter, StreamSlots, caller_address
+from services.gateway.limits import (
+    HeldStream,
+    RateLimiter,
+    StreamSlots,
+    caller_address,
+    caller_network,
+)
 from services.gateway.storage import ACCOUNTS, SIGNING_KEYS, ApiKeys, Staff, of_technician
 from services.gateway.tokens import VerifiedAccess, VerifiedTokens, digest, parse_api_key, same
 from shared.auth import Actor, Role
@@ -149,6 +155,11 @@ async def signin_limited(request: Request) -> None:
 def client_address(request: Request) -> str:
     """Where a call comes from, as the limits count it (an IPv6 address by its /64)."""
     return caller_address(request.client.host if request.client else None)
+
+
+def client_network(request: Request) -> str | None:
+    """The IPv6 site a call comes from (its /48); None for IPv4."""
+    return caller_network(request.client.host if request.client else None)
 
 
 async def _verified(request: Request, authorization: str | None, x_api_key: str | None) -> Actor:

@@ -23,6 +23,7 @@ from services.gateway.security import (
     SignInChecks,
     account_sign_ins,
     client_address,
+    client_network,
     hash_password,
     password_checked,
     sign_in_ended,
@@ -214,16 +215,7 @@ async def request_code(
     # stay as they were, so asking as a "technician" cannot lock a customer out.
     if body.role is Role.TECHNICIAN and (account is None or account.role != "technician"):
         return OtpOut(expires_in=settings.otp_ttl_s)
-    # Texts are counted per address first: a few addresses cannot use up the platform's
-    # allowance (which bounds what a flood from many can cost) and stop every sign-in.
-    per_address: RateLimiter = request.app.state.sms_per_address
-    per_address.check(address, what="too many codes asked from this address")
-    sms: RateLimiter = request.app.state.sms_limiter
-    try:
-        sms.check("all", what="the platform is texting too many codes right now; try again")
-    except TooManyRequests:
-        per_address.give_back(address)  # nothing was sent
-        raise
+    texts = _take_texts(request, address)
     if current is not None and current.nonce and still_live(current, now):
         # Asked again (the text did not come; or a stranger asked for this phone): the same
         # code again, with what is left of its time and tries, so the one in hand still works.
@@ -249,14 +241,42 @@ async def request_code(
         else:
             await codes.save(fresh)
     except VersionMismatch:  # a twin request's code went first; this one sends nothing
-        per_address.give_back(address)
-        sms.give_back("all")
+        _give_back(texts)
         raise TooManyRequests(
             "a code was sent to this phone just now: use it, or ask again in a moment",
             retry_after=1,
         ) from None
     await sender(runtime).send(body.phone, f"Your Doorstep code is {code}")
     return OtpOut(expires_in=int((fresh.expires_at - now).total_seconds()))
+
+
+def _take_texts(request: Request, address: str) -> list[tuple[RateLimiter, str]]:
+    """One text from each allowance it counts against, or none (429) when one is used up:
+    the address's first, so a few addresses cannot use up the platform's (which bounds what
+    a flood from many can cost) and stop every sign-in; then its IPv6 site's, so one site
+    cannot take a fresh /64 for each ask; then the platform's."""
+    state = request.app.state
+    wanted = [(state.sms_per_address, address, "too many codes asked from this address")]
+    network = client_network(request)
+    if network is not None:
+        wanted.append((state.sms_per_network, network, "too many codes asked from this network"))
+    wanted.append(
+        (state.sms_limiter, "all", "the platform is texting too many codes right now; try again")
+    )
+    taken: list[tuple[RateLimiter, str]] = []
+    try:
+        for limiter, key, what in wanted:
+            limiter.check(key, what=what)
+            taken.append((limiter, key))
+    except TooManyRequests:
+        _give_back(taken)  # nothing is sent
+        raise
+    return taken
+
+
+def _give_back(texts: list[tuple[RateLimiter, str]]) -> None:
+    for limiter, key in texts:
+        limiter.give_back(key)
 
 
 def _asks(otp: OtpCode | None) -> list[tuple[datetime, str]]:

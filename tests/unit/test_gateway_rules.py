@@ -18,7 +18,14 @@ from services.gateway import handlers
 from services.gateway.app import create_app
 from services.gateway.board import BOARD_BOOKINGS, _place, cursor, unpaid_row
 from services.gateway.domain import DayTally, figures, may_retry
-from services.gateway.limits import HeldStream, RateLimiter, StreamSlots, caller_address, per
+from services.gateway.limits import (
+    HeldStream,
+    RateLimiter,
+    StreamSlots,
+    caller_address,
+    caller_network,
+    per,
+)
 from services.gateway.security import (
     CREDENTIAL_ENDED,
     SignInChecks,
@@ -91,6 +98,23 @@ def test_an_ipv6_caller_is_counted_by_its_64_and_an_ipv4_one_by_its_address(
     host: str | None, counted_as: str
 ) -> None:
     assert caller_address(host) == counted_as
+
+
+@pytest.mark.parametrize(
+    ("host", "site"),
+    [
+        ("2001:db8:1:2::1", "2001:db8:1::/48"),
+        ("2001:db8:1:ffff:1:2:3:4", "2001:db8:1::/48"),
+        ("198.51.100.7", None),  # an IPv4 address counts alone
+        ("::ffff:198.51.100.7", None),
+        ("testclient", None),
+        (None, None),
+    ],
+)
+def test_an_ipv6_caller_belongs_to_its_48_and_an_ipv4_one_to_no_site(
+    host: str | None, site: str | None
+) -> None:
+    assert caller_network(host) == site
 
 
 @pytest.mark.parametrize(
