@@ -231,6 +231,17 @@ async def technician_of(
     return tech_id, number, made.json()["enrolment_code"]
 
 
+async def refiled_at(api: httpx.AsyncClient, ops: dict[str, Any], tech_id: str, store: str) -> None:
+    """Operations move the technician's file to `store` (dispatch's record of whose they are)."""
+    badge = f"K-{uuid.uuid4().int % 10**6:06d}"
+    refiled = await api.put(
+        f"/v1/technicians/{tech_id}",
+        json=technician_file((tech_id, "Kim Store", badge, store, ["nails"], 38.72, -9.14)),
+        headers=bearer(ops["access_token"]),
+    )
+    assert refiled.status_code == 200, refiled.text
+
+
 async def my_notifications(api: httpx.AsyncClient, tokens: dict[str, Any]) -> httpx.Response:
     return await api.get("/v1/notifications", headers=bearer(tokens["access_token"]))
 
@@ -304,13 +315,7 @@ async def test_a_technicians_new_phone_or_new_store_ends_the_sign_ins_before_it(
     assert (await my_notifications(api, on_new)).status_code == 200  # still signed in
 
     # Operations move them to the other store, which registers the same phone.
-    badge = f"K-{uuid.uuid4().int % 10**6:06d}"
-    refiled = await api.put(
-        f"/v1/technicians/{tech_id}",
-        json=technician_file((tech_id, "Kim Store", badge, other, ["nails"], 38.72, -9.14)),
-        headers=bearer(ops["access_token"]),
-    )
-    assert refiled.status_code == 200, refiled.text
+    await refiled_at(api, ops, tech_id, other)
     taken_on = await api.post(
         "/v1/technician-accounts", json={**again, "store_id": other}, headers=as_other
     )
@@ -439,13 +444,7 @@ async def test_an_enrolment_read_before_the_phone_was_registered_again_changes_n
     tech_id, number, _ = await technician_of(api, store, as_store)
     stale = await Accounts(db).get(number)
     assert stale is not None
-    badge = f"K-{uuid.uuid4().int % 10**6:06d}"
-    refiled = await api.put(
-        f"/v1/technicians/{tech_id}",
-        json=technician_file((tech_id, "Kim Store", badge, other, ["nails"], 38.72, -9.14)),
-        headers=bearer(ops["access_token"]),
-    )
-    assert refiled.status_code == 200, refiled.text
+    await refiled_at(api, ops, tech_id, other)
     register = {"technician_id": tech_id, "phone": number, "store_id": other}
     taken_on = await api.post("/v1/technician-accounts", json=register, headers=as_other)
     assert taken_on.status_code == 201, taken_on.text
