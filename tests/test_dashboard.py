@@ -103,6 +103,20 @@ class Dashboard:
     def row(self, table: str, booking_id: str) -> Any:
         return self.page.locator(f'#{table} tr[data-booking="{booking_id}"]')
 
+    async def record_repaid(
+        self, row: Any, button: str, amount: str, way: str, reference: str
+    ) -> None:
+        """Record from `row` (its `button`) a refund owed of `amount` as repaid `way`, with
+        its reference; the row leaves the list."""
+        await row.get_by_role("button", name=button).click()
+        dialog = self.page.get_by_role("dialog")
+        await expect(dialog).to_contain_text(amount)
+        await dialog.get_by_label("How").select_option(way)
+        await dialog.get_by_label("Reference").fill(reference)
+        await dialog.get_by_role("button", name="Record repaid").click()
+        await expect(dialog).to_be_hidden(timeout=LIVE)
+        await expect(row).to_have_count(0, timeout=LIVE)
+
     async def assert_never_reloaded_nor_left_the_platform(self) -> None:
         assert await self.page.evaluate("window.__sameDocument === true")
         foreign = [u for u in self.requests if not _same_origin(u, self.origin)]
@@ -691,14 +705,7 @@ async def test_operations_record_a_refund_the_card_refused_as_repaid_from_the_pa
     await expect(row).to_contain_text("10.00")
     await board.shot("12-refund-declined")
     name = f"Record the refund of booking {booking_id} repaid"
-    await row.get_by_role("button", name=name).click()
-    dialog = board.page.get_by_role("dialog")
-    await expect(dialog).to_contain_text("10.00")
-    await dialog.get_by_label("How").select_option("bank_transfer")
-    await dialog.get_by_label("Reference").fill("TRF-2026-0042")
-    await dialog.get_by_role("button", name="Record repaid").click()
-    await expect(dialog).to_be_hidden(timeout=LIVE)
-    await expect(row).to_have_count(0, timeout=LIVE)
+    await board.record_repaid(row, name, "10.00", "bank_transfer", "TRF-2026-0042")
     await board.shot("13-refund-repaid")
     await board.assert_never_reloaded_nor_left_the_platform()
 
@@ -737,14 +744,7 @@ async def test_operations_record_a_fee_the_card_would_not_take_back_as_repaid_fr
     await expect(row).to_be_visible(timeout=LIVE)
     await expect(row).to_contain_text("10.00")
     await expect(row).to_contain_text("refund declined")
-    await row.get_by_role("button", name=f"Record fee {fee_id} repaid").click()
-    dialog = board.page.get_by_role("dialog")
-    await expect(dialog).to_contain_text("10.00")
-    await dialog.get_by_label("How").select_option("cash")
-    await dialog.get_by_label("Reference").fill("CASH-0042")
-    await dialog.get_by_role("button", name="Record repaid").click()
-    await expect(dialog).to_be_hidden(timeout=LIVE)
-    await expect(row).to_have_count(0, timeout=LIVE)
+    await board.record_repaid(row, f"Record fee {fee_id} repaid", "10.00", "cash", "CASH-0042")
     await expect(board.page.locator("#fees-today")).to_contain_text("refunded")
     await board.shot("14-fee-refund-repaid")
     await board.assert_never_reloaded_nor_left_the_platform()
