@@ -1409,9 +1409,10 @@ async def test_a_refund_the_card_refuses_is_the_customers_still_until_operations
     mongo: AsyncMongoClient[Document],
 ) -> None:
     """The provider declines a card refund after it was booked (a card whose account has
-    closed): the money counts as not given back, so operations can refund it again; the
-    customer is told, and operations see it on the board until they record that they repaid
-    it another way (once, and never more than was paid)."""
+    closed): the money is the customer's still, owed by that refund and by no other, so a
+    later refund cannot take its place (which settled which would not be known, and it would
+    be repaid twice). The customer is told, and operations see it on the board until they
+    record that they repaid it another way (once)."""
     customer, store = unique("cus_"), unique("store_")
     async with platform.client("payments") as payments:
         await set_card(payments, customer, "pm_card_refund_fails")
@@ -1426,6 +1427,7 @@ async def test_a_refund_the_card_refuses_is_the_customers_still_until_operations
             headers={**OPS, "Idempotency-Key": unique("refund-")},
         )
         assert first.status_code == 200, first.text
+        first_id = first.json()["refund_id"]
 
         async def declined() -> Any:
             r = await get_json(payments, f"/receipts/{receipt['receipt_id']}", headers=OPS)
@@ -1436,13 +1438,22 @@ async def test_a_refund_the_card_refuses_is_the_customers_still_until_operations
         path = f"/receipts/{receipt['receipt_id']}"
         technicians = await get_json(payments, path, headers=as_technician("tech_p"))
         assert technicians["refunds"][0]["parts"][0]["declined"] == "declined"  # not the bank's
-        # Nothing went back: all that was paid may still be refunded (once, not twice).
+        # Nothing went back, but the 1000 stays the first refund's to give: the rest may be
+        # refunded, not all that was paid.
         whole = await payments.post(
             url,
             json={"amount": paid, "reason": "late, again"},
             headers={**OPS, "Idempotency-Key": unique("refund-")},
         )
-        assert whole.status_code == 200, whole.text
+        assert whole.status_code == 409, whole.text
+        assert f"stays owed by {first_id}" in whole.json()["error"]["message"]
+        rest = await payments.post(
+            url,
+            json={"amount": paid - 1000, "reason": "late, the rest"},
+            headers={**OPS, "Idempotency-Key": unique("refund-")},
+        )
+        assert rest.status_code == 200, rest.text
+        rest_id = rest.json()["refund_id"]
         more = await payments.post(
             url,
             json={"amount": 1, "reason": "more"},
@@ -1457,9 +1468,9 @@ async def test_a_refund_the_card_refuses_is_the_customers_still_until_operations
         until=lambda found: sum(e["type"] == "payments.refund_declined" for e in found) == 2,
     )
     refused = [e["payload"] for e in events if e["type"] == "payments.refund_declined"]
-    assert [(e["amount"], e["receipt_id"], e["fee_id"]) for e in refused] == [
-        (1000, receipt["receipt_id"], None),
-        (paid, receipt["receipt_id"], None),
+    assert [(e["refund_id"], e["amount"], e["receipt_id"], e["fee_id"]) for e in refused] == [
+        (first_id, 1000, receipt["receipt_id"], None),
+        (rest_id, paid - 1000, receipt["receipt_id"], None),
     ]
     async with platform.client("gateway") as api:
         me = bearer(
@@ -1476,13 +1487,12 @@ async def test_a_refund_the_card_refuses_is_the_customers_still_until_operations
 
     async def on_the_board() -> Any:
         row = await board.find_one({"_id": booking_id})
-        return row if row and row.get("refund_declined") == paid else None
+        return row if row and row.get("refund_declined") == paid - 1000 else None
 
     row = await eventually(on_the_board, what="the declined refund on the board")
     assert "the card's account is closed" in row["refund_declined_note"]
 
-    # Operations repay the first another way: once, theirs alone to record.
-    first_id, whole_id = first.json()["refund_id"], whole.json()["refund_id"]
+    # Operations repay each another way: once, theirs alone to record.
     repaid_path = f"{url}/{first_id}/repaid"
     transfer = {"way": "bank_transfer", "reference": "TR-2026-0042"}
     async with platform.client("payments") as payments:
@@ -1502,21 +1512,19 @@ async def test_a_refund_the_card_refuses_is_the_customers_still_until_operations
         assert repaid.status_code == 200, repaid.text
         twice = await payments.post(repaid_path, json=transfer, headers=OPS)
         assert twice.status_code == 409, twice.text
-        # The whole refund was declined too: repaying it as well would give back more than
-        # was paid (1000 of it went back just now).
-        too_much = await payments.post(f"{url}/{whole_id}/repaid", json=transfer, headers=OPS)
-        assert too_much.status_code == 409, too_much.text
-        assert "would pay twice" in too_much.json()["error"]["message"]
         now = await get_json(payments, path, headers=OPS)
         assert now["refunds"][0]["parts"][0]["repaid"]["reference"] == "TR-2026-0042"
-        assert now["refunds"][1]["parts"][0]["repaid"] is None
+        assert now["refunds"][1]["parts"][0]["repaid"] is None  # the rest, still owed
         seen = await get_json(payments, path, headers=as_customer(customer))
         assert seen["refunds"][0]["parts"][0]["repaid"]["way"] == "bank_transfer"
         assert seen["refunds"][0]["parts"][0]["repaid"]["by"] is None  # not which staff
-        # What was paid, less the 1000 repaid, may still be refunded; not a cent more.
+        in_cash = {"way": "cash", "reference": "CASH-2026-7"}
+        r = await payments.post(f"{url}/{rest_id}/repaid", json=in_cash, headers=OPS)
+        assert r.status_code == 200, r.text
+        # All that was paid went back, each part once: not a cent more.
         beyond = await payments.post(
             url,
-            json={"amount": paid - 1000 + 1, "reason": "more"},
+            json={"amount": 1, "reason": "more"},
             headers={**OPS, "Idempotency-Key": unique("refund-")},
         )
         assert beyond.status_code == 409, beyond.text
@@ -1525,11 +1533,12 @@ async def test_a_refund_the_card_refuses_is_the_customers_still_until_operations
         infra,
         f"{platform.prefix}.payments.events",
         booking_id,
-        until=lambda found: "payments.refund_repaid" in {e["type"] for e in found},
+        until=lambda found: sum(e["type"] == "payments.refund_repaid" for e in found) == 2,
     )
     told_repaid = [e["payload"] for e in events if e["type"] == "payments.refund_repaid"]
     assert [(e["refund_id"], e["amount"], e["way"]) for e in told_repaid] == [
-        (first_id, 1000, "bank_transfer")
+        (first_id, 1000, "bank_transfer"),
+        (rest_id, paid - 1000, "cash"),
     ]
     async with platform.client("gateway") as api:
 
@@ -1538,7 +1547,7 @@ async def test_a_refund_the_card_refuses_is_the_customers_still_until_operations
             return next((n for n in mine if n["kind"] == "refund_repaid"), None)
 
         note = await eventually(told_repaid_note, what="the customer told it was repaid")
-        assert "by bank transfer" in note["body"]
+        assert "by bank transfer" in note["body"] or "in cash" in note["body"]
 
     async def cleared() -> Any:
         row = await board.find_one({"_id": booking_id})

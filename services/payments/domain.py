@@ -147,8 +147,9 @@ class RefundPart(Forbid):
     amount: int
     holding_id: str | None = None
     units: int | None = None  # for a holding
-    # Why the provider refused to give this part back: the money is still the customer's
-    # to be refunded (another refund may give it back), and operations are told.
+    # Why the provider refused to give this part back: the money is still the customer's,
+    # owed by this refund until operations give it back another way (no other refund takes
+    # its place: which one settled which would not be known), and operations are told.
     declined: str | None = None
     repaid: Repayment | None = None  # operations gave it back (another way) after all
 
@@ -171,8 +172,7 @@ class RefundPart(Forbid):
 
     @property
     def refused(self) -> bool:
-        """The card would not take it back and nobody repaid it: it may be refunded again
-        (cash to hand back is promised already: refunding it again would pay twice)."""
+        """The card would not take it back and nobody repaid it."""
         return self.declined is not None and self.repaid is None
 
     @property
@@ -406,9 +406,9 @@ class Receipt(Forbid):
         if refund is None:
             raise NotFound(f"receipt {self.receipt_id} has no refund {refund_id}")
         refused = sum(part.amount for part in refund.parts if part.refused)
-        # Against the card's own money not given back, not all that is refundable: on a
-        # receipt also paid from a package, that would let two refused refunds of the same
-        # card money both be repaid.
+        # Against the card's own money not given back, not all that is refundable. Refused
+        # money is no longer refunded again, but receipts from before may have refunded it
+        # again (or twice over, refused twice): repaying it would then pay twice.
         given_back, _, _ = _refunded_so_far(self)
         card = sum(p.amount for p in self.payments if p.method == "provider")
         if card - given_back.get("provider", 0) < refused:
@@ -429,12 +429,16 @@ class Receipt(Forbid):
 
     @property
     def refunded(self) -> int:
-        return sum(p.given_back for r in self.refunds for p in r.parts)
+        """Given back, or promised by a refund that still owes it (cash to hand back, what
+        the card would not take back): a refund made again of that money would pay twice."""
+        return sum(p.amount for r in self.refunds for p in r.parts)
 
     @property
     def refundable(self) -> int:
-        """What came from the customer and has not gone back (coupons are not money paid)."""
-        return self.paid + self.prepaid_amount - self.refunded
+        """What came from the customer and no refund has given or promised back (coupons are
+        not money paid). Never below nothing, even on a receipt refunded twice over before
+        refused money was kept promised."""
+        return max(0, self.paid + self.prepaid_amount - self.refunded)
 
 
 def receipt_lines(performed: Sequence[PricedLine]) -> tuple[list[ReceiptLine], str]:
@@ -592,11 +596,18 @@ def allocate_refund(receipt: Receipt, amount: int) -> list[RefundPart]:
     if amount <= 0:
         raise Unprocessable("a refund must be a positive amount", field="amount")
     if amount > receipt.refundable:
+        owing = [r.refund_id for r in receipt.refunds if any(p.refused for p in r.parts)]
+        why = (
+            f"; what the card would not take back stays owed by {', '.join(owing)}: record it "
+            "repaid another way"
+            if owing
+            else ""
+        )
         raise Conflict(
-            f"{amount} is more than was paid and not yet refunded ({receipt.refundable})",
+            f"{amount} is more than was paid and not yet refunded ({receipt.refundable}){why}",
             field="amount",
         )
-    refunded_to, back_amount, back_units = _refunded_so_far(receipt)
+    refunded_to, back_amount, back_units = _refunded_so_far(receipt, promised=True)
     parts: list[RefundPart] = []
     left = amount
     for method in ("provider", "cash"):
@@ -627,15 +638,16 @@ def allocate_refund(receipt: Receipt, amount: int) -> list[RefundPart]:
 
 
 def _refunded_so_far(
-    receipt: Receipt,
+    receipt: Receipt, *, promised: bool = False
 ) -> tuple[dict[str, int], dict[str, int], dict[str, int]]:
-    """Refunded by method, and per holding the amount and units given back."""
+    """Refunded by method, and per holding the amount and units given back; `promised`:
+    what refused refunds still owe too (no new refund may take that money)."""
     by_method: dict[str, int] = {}
     back_amount: dict[str, int] = {}
     back_units: dict[str, int] = {}
     for r in receipt.refunds:
         for part in r.parts:
-            if part.refused:
+            if part.refused and not promised:
                 continue
             if part.to == "holding" and part.holding_id:
                 back_amount[part.holding_id] = back_amount.get(part.holding_id, 0) + part.amount

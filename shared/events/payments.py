@@ -211,8 +211,9 @@ class RefundIssued(EventPayload):
 class RefundDeclined(EventPayload):
     """The provider refused a card refund after `payments.refund_issued` (or
     `payments.cancellation_fee_refunded`) said it was made: a closed card, a disputed
-    charge, a refund window passed. The money is the customer's still: it counts again as
-    what may be refunded, and operations put it right (refund again, or another way)."""
+    charge, a refund window passed. The money is the customer's still, owed by this refund
+    until operations give it back another way (`payments.refund_repaid` names it); no other
+    refund takes its place."""
 
     refund_id: str
     receipt_id: str | None = Field(default=None, description="The visit's receipt, if any")

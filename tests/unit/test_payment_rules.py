@@ -241,13 +241,17 @@ BY_TRANSFER = Repayment(way="bank_transfer", reference="TR-1", by="ops_1", at=NO
 
 def test_a_declined_card_refund_is_owed_until_repaid_another_way_once() -> None:
     receipt = paid_receipt(("provider", 6000))
-    refunded(receipt, "rf_1", 2000).card_declined("the card's account is closed")
-    assert (receipt.refunded, receipt.refundable) == (0, 6000)  # still the customer's
+    declined = refunded(receipt, "rf_1", 2000)
+    declined.card_declined("the card's account is closed")
+    # Still the customer's, and owed by that refund: no other refund may take its place.
+    assert (receipt.refunded, receipt.refundable, declined.owed) == (2000, 4000, 2000)
+    with pytest.raises(Conflict, match="stays owed by rf_1: record it repaid"):
+        domain.allocate_refund(receipt, 4001)
     with pytest.raises(NotFound):
         receipt.repay("rf_none", BY_TRANSFER)
     refund, amount = receipt.repay("rf_1", BY_TRANSFER)
     assert (amount, refund.parts[0].repaid) == (2000, BY_TRANSFER)
-    assert (receipt.refunded, receipt.refundable) == (2000, 4000)
+    assert (receipt.refunded, receipt.refundable, declined.owed) == (2000, 4000, 0)
     with pytest.raises(Conflict, match="owes nothing"):
         receipt.repay("rf_1", BY_TRANSFER)  # repaid once
     # Nobody but operations reads how, or who; the technician not the bank's words either.
@@ -283,28 +287,44 @@ def test_a_cash_refund_is_owed_until_operations_record_it_handed_back() -> None:
     )
 
 
-def test_a_declined_refund_given_back_since_by_another_is_not_repaid_twice() -> None:
+def test_a_refused_refund_and_another_each_owe_their_own_money() -> None:
+    """Two refunds of one visit, the first refused by the card: the second takes none of the
+    first's money, so each is settled on its own (the first by hand) and neither pays twice."""
+    receipt = paid_receipt(("provider", 6000))
+    refunded(receipt, "rf_1", 2000).card_declined("disputed")
+    second = domain.allocate_refund(receipt, receipt.refundable)
+    assert [(p.to, p.amount) for p in second] == [("provider", 4000)]
+    receipt.refunds.append(
+        Refund(refund_id="rf_2", amount=4000, reason="all", parts=second, at=NOW)
+    )
+    assert receipt.refundable == 0
+    _, amount = receipt.repay("rf_1", BY_TRANSFER)
+    assert (amount, receipt.refunded, receipt.refundable) == (2000, 6000, 0)
+
+
+def test_a_receipt_refunded_again_before_refused_money_was_kept_is_not_repaid_twice() -> None:
+    """Receipts from before the rule: refused money was refundable again, and was. Repaying
+    the refused refund as well would pay twice; nothing is refundable, never less."""
     receipt = paid_receipt(("provider", 6000))
     refunded(receipt, "rf_1", 6000).card_declined("disputed")
-    refunded(receipt, "rf_2", 6000)  # operations refunded it all again, and it went through
+    gone = [domain.RefundPart(to="provider", amount=6000)]  # as the old rule allocated it
+    receipt.refunds.append(Refund(refund_id="rf_2", amount=6000, reason="r", parts=gone, at=NOW))
     assert receipt.refundable == 0
     with pytest.raises(Conflict, match="would pay twice"):
         receipt.repay("rf_1", BY_TRANSFER)
 
 
-def test_two_refused_refunds_of_the_same_card_money_are_not_both_repaid() -> None:
-    """Paid 1000 by card and the rest from a package: both refunds of the card's 1000 were
-    refused (the account is closed). Repaying one gives that money back; the other would
-    pay it twice, however much the package still holds."""
+def test_the_card_money_of_a_refused_refund_is_not_refunded_again_however_much_is_left() -> None:
+    """Paid 1000 by card and the rest from a package, and the card's 1000 refused (the account
+    is closed): a second refund gives back from the package, not the card's 1000 again."""
     package = holding(covers=["nails.manicure"])
     receipt = paid_receipt(("provider", 1000), prepaid=[package])
     assert receipt.refundable == 6000
     refunded(receipt, "rf_1", 1000).card_declined("account closed")
-    refunded(receipt, "rf_2", 1000).card_declined("account closed")
+    parts = domain.allocate_refund(receipt, 1000)
+    assert [p.to for p in parts] == ["holding"]
     _, amount = receipt.repay("rf_1", BY_TRANSFER)
     assert amount == 1000
-    with pytest.raises(Conflict, match="would pay twice"):
-        receipt.repay("rf_2", BY_TRANSFER)
     assert (receipt.refunded, receipt.refundable) == (1000, 5000)
 
 
