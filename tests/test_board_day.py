@@ -29,6 +29,7 @@ from shared.events.payments import (
     ProviderNotAnswering,
     ReceiptSigned,
     RefundDeclined,
+    RefundIssued,
     RefundRepaid,
 )
 from shared.events.reviews import ComplaintUpdated, ReviewSubmitted
@@ -329,6 +330,116 @@ async def test_a_visits_money_in_question_keeps_it_on_operations_board_each_oper
     query = board.on_board(OPS, board.BOARD_BOOKINGS, MIDNIGHT)
     _, stages = await explain(p.db, {"find": board.BOARD_BOOKINGS, "filter": query})
     assert "COLLSCAN" not in stages, stages
+
+
+def refund_of(refund_id: str, amount: int, booking: str = "bk_owed") -> dict[str, Any]:
+    return {
+        "refund_id": refund_id,
+        "receipt_id": f"rc_{booking}",
+        "booking_id": booking,
+        "customer_id": f"cus_{booking}",
+        "amount": amount,
+        "currency": "EUR",
+    }
+
+
+def issued(refund_id: str, amount: int, *, to_cash: int = 0) -> RefundIssued:
+    return RefundIssued(
+        **refund_of(refund_id, amount),
+        to_provider=amount - to_cash,
+        to_cash=to_cash,
+        to_prepaid=0,
+        reason="late",
+    )
+
+
+async def test_each_refund_owed_stays_on_the_row_until_that_one_is_repaid(
+    projection: Projection,
+) -> None:
+    """A visit owing two refunds the card refused, and cash to hand back: each is listed on
+    its own, a later refund to the card settles none of them (before, any refund cleared
+    the row's one decline, and a second decline replaced the first), and each leaves when
+    operations record that one repaid. A store sees none of it."""
+    p = projection
+    await p.requested("bk_owed", at(-6000))
+    await p.assigned("bk_owed", at(-5990))
+    await p.status("bk_owed", at(-5000), "closed", version=5)
+    for refund_id, amount, when in [("rf_a", 1000, -3000), ("rf.b", 2500, -2000)]:
+        await p.play(at(when), issued(refund_id, amount))
+        declined = RefundDeclined(
+            **refund_of(refund_id, amount), reason="card closed", declined_at=at(when + 5)
+        )
+        await p.play(at(when + 5), declined)
+    await p.play(at(-1500), issued("rf_c", 700, to_cash=700))
+    await p.play(at(-1000), issued("rf_d", 300))  # to the card: settles nothing owed
+
+    async def shown(actor: Actor) -> Any:
+        rows, _ = await board.bookings(p.db, actor, MIDNIGHT, limit=100)
+        return next((r for r in rows if r.booking_id == "bk_owed"), None)
+
+    row = await shown(OPS)
+    assert row is not None  # days after it closed: held on operations' board
+    assert [(o.refund_id, o.receipt_id, o.amount) for o in row.refunds_owed] == [
+        ("rf_a", "rc_bk_owed", 1000),
+        ("rf.b", "rc_bk_owed", 2500),
+        ("rf_c", "rc_bk_owed", 700),
+    ]
+    assert (row.refund_declined, row.refund_declined_at) == (4200, at(-2995))
+    assert row.refunds_owed[2].note == "refund to hand back in cash"
+    assert await shown(STORE_A) is None  # not held on a store's board
+    await p.rated("bk_owed", at(10), 5)  # active today: the store sees the visit, no money
+    seen = await shown(STORE_A)
+    assert seen is not None
+    assert (seen.refunds_owed, seen.refund_declined, seen.refund_declined_note) == ([], None, None)
+
+    repaid = RefundRepaid(**refund_of("rf.b", 2500), way="bank_transfer", repaid_at=at(20))
+    await p.play(at(20), repaid)
+    row = await shown(OPS)
+    assert [o.refund_id for o in row.refunds_owed] == ["rf_a", "rf_c"]
+    assert row.refund_declined == 1700
+    for refund_id, amount in [("rf_a", 1000), ("rf_c", 700)]:
+        given = RefundRepaid(**refund_of(refund_id, amount), way="cash", repaid_at=at(30))
+        await p.play(at(30), given)
+    row = await shown(OPS)
+    assert (row.refunds_owed, row.refund_declined) == ([], None)
+    stored = await p.db[board.BOARD_BOOKINGS].find_one({"_id": "bk_owed"})
+    assert stored is not None
+    assert "held" not in stored  # nothing owed: not held past midnight
+
+
+async def test_a_row_kept_before_shows_its_one_refund_owed_until_that_refund_is_repaid(
+    projection: Projection,
+) -> None:
+    """A row an older gateway wrote kept one refund owed in fields of its own: it reads as
+    one of the row's refunds owed, another refund repaid leaves it, its own clears it."""
+    p = projection
+    await p.requested("bk_owed", at(-6000))
+    legacy = {
+        "refund_declined": 900,
+        "refund_declined_note": "refund declined by the provider: closed",
+        "refund_declined_at": at(-4000),
+        "refund_declined_id": "rf_old",
+        "refund_declined_receipt_id": "rc_bk_owed",
+        "held": True,
+    }
+    await p.db[board.BOARD_BOOKINGS].update_one({"_id": "bk_owed"}, {"$set": legacy})
+    await p.play(
+        at(-3000),
+        RefundDeclined(**refund_of("rf_new", 100), reason="closed", declined_at=at(-3000)),
+    )
+
+    async def owed() -> list[tuple[str | None, int]]:
+        rows, _ = await board.bookings(p.db, OPS, MIDNIGHT, limit=100)
+        row = next(r for r in rows if r.booking_id == "bk_owed")
+        return [(o.refund_id, o.amount) for o in row.refunds_owed]
+
+    assert await owed() == [("rf_old", 900), ("rf_new", 100)]
+    new = RefundRepaid(**refund_of("rf_new", 100), way="cash", repaid_at=at(-2000))
+    await p.play(at(-2000), new)
+    assert await owed() == [("rf_old", 900)]
+    old = RefundRepaid(**refund_of("rf_old", 900), way="cash", repaid_at=at(-1000))
+    await p.play(at(-1000), old)
+    assert await owed() == []
 
 
 async def test_rows_kept_before_the_stamp_get_it_from_their_own_moments(

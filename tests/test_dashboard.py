@@ -676,9 +676,10 @@ async def test_operations_record_a_refund_the_card_refused_as_repaid_from_the_pa
     browser: Browser,
     kafka_producer: AIOKafkaProducer,
 ) -> None:
-    """A refund the card would not take back appears among the refunds declined; operations
-    record there how the money went back instead (a bank transfer and its reference), and it
-    leaves the list. Before, that took a call to the API."""
+    """Two refunds of one visit the card would not take back appear among the refunds owed,
+    each on its line; operations record there how one went back instead (a bank transfer
+    and its reference), and that one leaves the list while the other stays. Before, the
+    visit showed one refund declined, the later one, and recording it cleared both."""
     ids = customer, _, booking_id = visit_ids()
     board = await operations_board(browser, platform, mongo)
     async with platform.client("payments") as payments:
@@ -692,29 +693,38 @@ async def test_operations_record_a_refund_the_card_refused_as_repaid_from_the_pa
             return seen if seen and seen["status"] == "settled" else None
 
         await eventually(settled, what="the visit paid")
-        r = await payments.post(
-            f"/receipts/{receipt['receipt_id']}/refunds",
-            json={"amount": 1000, "reason": "late"},
-            headers={**OPS, "Idempotency-Key": uuid.uuid4().hex},
-        )
-        assert r.status_code == 200, r.text
-        refund_id = r.json()["refund_id"]
+        refund_ids = []
+        for amount in (1000, 500):
+            r = await payments.post(
+                f"/receipts/{receipt['receipt_id']}/refunds",
+                json={"amount": amount, "reason": "late"},
+                headers={**OPS, "Idempotency-Key": uuid.uuid4().hex},
+            )
+            assert r.status_code == 200, r.text
+            refund_ids.append(r.json()["refund_id"])
 
-    row = board.row("refunds-declined", booking_id)
-    await expect(row).to_be_visible(timeout=LIVE)
-    await expect(row).to_contain_text("10.00")
+    first, second = (
+        board.page.locator(f'#refunds-declined tr[data-refund="{refund_id}"]')
+        for refund_id in refund_ids
+    )
+    await expect(first).to_be_visible(timeout=LIVE)
+    await expect(second).to_be_visible(timeout=LIVE)
+    await expect(first).to_contain_text("10.00")
+    await expect(second).to_contain_text("5.00")
     await board.shot("12-refund-declined")
-    name = f"Record the refund of booking {booking_id} repaid"
-    await board.record_repaid(row, name, "10.00", "bank_transfer", "TRF-2026-0042")
+    name = f"Record refund {refund_ids[0]} of booking {booking_id} repaid"
+    await board.record_repaid(first, name, "10.00", "bank_transfer", "TRF-2026-0042")
+    await expect(second).to_be_visible()
     await board.shot("13-refund-repaid")
     await board.assert_never_reloaded_nor_left_the_platform()
 
     async with platform.client("payments", acting_as=OPS) as as_ops:
         seen = await get_json(as_ops, f"/receipts/{receipt['receipt_id']}")
-    (refund,) = [f for f in seen["refunds"] if f["refund_id"] == refund_id]
-    (repaid,) = [part["repaid"] for part in refund["parts"] if part["repaid"]]
+    repaid_of = {r["refund_id"]: [p["repaid"] for p in r["parts"]] for r in seen["refunds"]}
+    (repaid,) = repaid_of[refund_ids[0]]
     assert (repaid["way"], repaid["reference"]) == ("bank_transfer", "TRF-2026-0042")
     assert repaid["by"].startswith("staff-")  # who signed in to the page
+    assert repaid_of[refund_ids[1]] == [None]  # still owed
 
 
 async def test_operations_record_a_fee_the_card_would_not_take_back_as_repaid_from_the_page(

@@ -1487,10 +1487,12 @@ async def test_a_refund_the_card_refuses_is_the_customers_still_until_operations
 
     async def on_the_board() -> Any:
         row = await board.find_one({"_id": booking_id})
-        return row if row and row.get("refund_declined") == paid - 1000 else None
+        return row if row and len(row.get("refunds_owed") or []) == 2 else None
 
-    row = await eventually(on_the_board, what="the declined refund on the board")
-    assert "the card's account is closed" in row["refund_declined_note"]
+    row = await eventually(on_the_board, what="both declined refunds on the board")
+    owed = [(o["refund_id"], o["amount"]) for o in row["refunds_owed"]]
+    assert owed == [(first_id, 1000), (rest_id, paid - 1000)]
+    assert all("the card's account is closed" in o["note"] for o in row["refunds_owed"])
 
     # Operations repay each another way: once, theirs alone to record.
     repaid_path = f"{url}/{first_id}/repaid"
@@ -1551,9 +1553,9 @@ async def test_a_refund_the_card_refuses_is_the_customers_still_until_operations
 
     async def cleared() -> Any:
         row = await board.find_one({"_id": booking_id})
-        return row if row and row.get("refund_declined") is None else None
+        return row if row and row.get("refunds_owed") == [] else None
 
-    await eventually(cleared, what="the decline off the booking's row once repaid")
+    await eventually(cleared, what="each decline off the booking's row once repaid")
 
 
 # ---------------------------------------------------------------------- chains --

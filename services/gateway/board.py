@@ -32,6 +32,7 @@ from services.gateway.domain import (
     ComplaintRow,
     DayTally,
     FeeRow,
+    RefundOwed,
     UnpaidRow,
 )
 from shared.auth import Actor
@@ -108,7 +109,8 @@ HELD_NOW = {
     "$cond": [
         {
             "$or": [
-                {"$ne": [{"$ifNull": ["$refund_declined", None]}, None]},
+                {"$gt": [{"$size": {"$ifNull": ["$refunds_owed", []]}}, 0]},
+                {"$ne": [{"$ifNull": ["$refund_declined", None]}, None]},  # rows kept before
                 {"$gt": [{"$size": {"$objectToArray": {"$ifNull": ["$provider_ops", {}]}}}, 0]},
             ]
         },
@@ -526,44 +528,49 @@ async def refund_declined(tx: Transaction, e: RefundDeclined) -> None:
 
 @handlers.on(RefundIssued)
 async def refund_issued(tx: Transaction, e: RefundIssued) -> None:
-    """Operations refunded again: the decline is behind them (a new one says so again; a
-    booking's refunds share its key, so they come in order). Cash to hand back stays on
-    the row, like a decline, until operations record it given."""
+    """Cash to hand back stays on the row, like a decline, until operations record it given.
+    A refund to the card settles nothing owed before: each refund owes its own money."""
     if e.to_cash > 0:
         note = "refund to hand back in cash"
         await _refund_owed(tx, e, e.to_cash, note=note, since=occurred(tx))
-        return
-    await _decline_cleared(tx, e.booking_id)
 
 
 @handlers.on(RefundRepaid)
 async def refund_repaid(tx: Transaction, e: RefundRepaid) -> None:
-    """Operations repaid another way what the card would not take back."""
+    """Operations repaid another way what the card would not take back (or the cash)."""
     if e.fee_id is None:
-        await _decline_cleared(tx, e.booking_id)
+        await _refund_given(tx, e.booking_id, e.refund_id)
         return
     note = f"refund repaid {REPAID[e.way]}"
     await _set(tx, BOARD_FEES, e.fee_id, _fee(e, "refunded", note=note, settled_at=e.repaid_at))
+
+
+# A visit's refunds still owed, each on its own (`refunds_owed`, a list: ids may hold dots),
+# until operations record that one given. A visit may owe two (a complaint's refund and
+# another, both refused), and a refund to the card settles neither.
+def _others(refund_id: str) -> dict[str, Any]:
+    stored = {"$ifNull": ["$refunds_owed", []]}
+    return {"$filter": {"input": stored, "cond": {"$ne": ["$$this.refund_id", refund_id]}}}
 
 
 async def _refund_owed(
     tx: Transaction, e: RefundDeclined | RefundIssued, amount: int, *, note: str, since: datetime
 ) -> None:
     """A visit's refund still the customer's money (declined, or cash to hand back): on its
-    row until operations record it given (`_decline_cleared`)."""
-    row = {
-        "refund_declined": amount,
-        "refund_declined_note": note,
-        "refund_declined_at": since,
-        "refund_declined_id": e.refund_id,
-        "refund_declined_receipt_id": e.receipt_id,
-        "currency": e.currency,
+    row until operations record it given (`_refund_given`)."""
+    owed = {
+        "refund_id": e.refund_id,
+        "receipt_id": e.receipt_id,
+        "amount": amount,
+        "note": note,
+        "since": since,
     }
-    await _set(tx, BOARD_BOOKINGS, e.booking_id, row)
+    listed = Expr({"$concatArrays": [_others(e.refund_id), [{"$literal": owed}]]})
+    await _set(tx, BOARD_BOOKINGS, e.booking_id, {"refunds_owed": listed, "currency": e.currency})
 
 
-# What a visit's row says of a refund still owed (operations' alone); the moment it was
-# owed stays on the row once it is given (a stamp of the row's day).
+# What a visit's row said of its one refund owed, before each was kept on its own: read as
+# one of `refunds_owed`, and cleared when that refund is given (or any, if it named none).
 REFUND_OWED_FIELDS = (
     "refund_declined",
     "refund_declined_note",
@@ -572,9 +579,40 @@ REFUND_OWED_FIELDS = (
 )
 
 
-async def _decline_cleared(tx: Transaction, booking_id: str) -> None:
-    cleared = dict.fromkeys(REFUND_OWED_FIELDS)
+async def _refund_given(tx: Transaction, booking_id: str, refund_id: str) -> None:
+    given = {"$literal": refund_id}
+    theirs = {"$eq": [{"$ifNull": ["$refund_declined_id", given]}, given]}
+    cleared: dict[str, Any] = {
+        field: Expr({"$cond": [theirs, None, f"${field}"]}) for field in REFUND_OWED_FIELDS
+    }
+    cleared["refunds_owed"] = Expr(_others(refund_id))
     await _set(tx, BOARD_BOOKINGS, booking_id, cleared, upsert=False)
+
+
+def _refunds_owed(doc: Document) -> dict[str, Any]:
+    """The row's refunds owed, oldest first, and their sum, notes and since when."""
+    owed = [RefundOwed.model_validate(o) for o in doc.get("refunds_owed") or []]
+    if doc.get("refund_declined") is not None:  # a row kept before
+        legacy = {
+            "refund_id": doc.get("refund_declined_id"),
+            "receipt_id": doc.get("refund_declined_receipt_id"),
+            "amount": doc["refund_declined"],
+            "note": doc.get("refund_declined_note") or "",
+            "since": doc.get("refund_declined_at"),
+        }
+        owed.append(RefundOwed.model_validate(legacy))
+    owed.sort(key=lambda o: o.since or EPOCH)
+    if not owed:
+        return {"refunds_owed": [], **dict.fromkeys(REFUND_SUMMARY)}
+    return {
+        "refunds_owed": owed,
+        "refund_declined": sum(o.amount for o in owed),
+        "refund_declined_note": "; ".join(o.note for o in owed if o.note),
+        "refund_declined_at": owed[0].since,
+    }
+
+
+REFUND_SUMMARY = ("refund_declined", "refund_declined_note", "refund_declined_at")
 
 
 # Kept per operation (`provider_ops`, by op_id): a visit may have a charge and refunds
@@ -746,13 +784,14 @@ def booking_row(doc: Document, actor: Actor) -> BookingRow:
             store_id=doc.get("store_id"),
             rev=doc.get("rev", 0),
         )
-    fields = _row(doc)
+    fields = {k: v for k, v in _row(doc).items() if k not in REFUND_OWED_FIELDS}
     if "provider_ops" in doc:
         fields |= _provider_unanswered(doc)
+    fields |= _refunds_owed(doc)
     row = BookingRow.model_validate({**fields, "booking_id": doc["_id"]})
     if not actor.is_ops:  # a store never sees where the customer lives, nor who they are
-        row.location, row.customer_id = None, None
-        for field in (*REFUND_OWED_FIELDS, "refund_declined_at", *PROVIDER_FIELDS):
+        row.location, row.customer_id, row.refunds_owed = None, None, []
+        for field in (*REFUND_SUMMARY, *PROVIDER_FIELDS):
             setattr(row, field, None)
     return row
 

@@ -60,6 +60,17 @@ class Point(Row):
     lon: float
 
 
+class RefundOwed(Row):
+    """One refund of a visit still owed to the customer, for operations to record repaid
+    (`POST /v1/receipts/{receipt_id}/refunds/{refund_id}/repaid`)."""
+
+    refund_id: str | None = Field(description="None only on a row kept before refunds were")
+    receipt_id: str | None
+    amount: int
+    note: str = ""
+    since: datetime | None = None
+
+
 class BookingRow(Row):
     booking_id: str
     status: str = "requested"
@@ -82,14 +93,17 @@ class BookingRow(Row):
     currency: str | None = None
     rating: int | None = None
     rated_at: datetime | None = None
-    refund_declined: int | None = Field(
-        None, description="A refund the card would not take back (operations only)"
+    refunds_owed: list[RefundOwed] = Field(
+        default_factory=list,
+        description="Refunds of this visit still the customer's money, oldest first: the "
+        "card would not take them back, or cash to hand back (operations only). Each leaves "
+        "when operations record that one repaid; a later refund settles none of them",
     )
-    refund_declined_note: str | None = None
-    refund_declined_at: datetime | None = None
-    # Which refund that is, for operations to record it given back another way.
-    refund_declined_id: str | None = None
-    refund_declined_receipt_id: str | None = None
+    refund_declined: int | None = Field(
+        None, description="What `refunds_owed` owe in all (operations only)"
+    )
+    refund_declined_note: str | None = Field(None, description="Their notes, oldest first")
+    refund_declined_at: datetime | None = Field(None, description="Since when the oldest is owed")
     provider_unanswered: int | None = Field(
         None,
         description="Asks the card provider left unanswered for this visit's money, summed "

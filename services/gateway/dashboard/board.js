@@ -413,20 +413,22 @@ function renderFees() {
   "No fees owed.", 6);
 }
 
-// Operations' alone: refunds of visits the card would not take back today (the customer was
-// told; the money is theirs still, to refund again or repay another way).
+// Operations' alone: refunds of visits the card would not take back, and cash to hand back
+// (the customer was told; the money is theirs still, owed by that refund until operations
+// repay it another way). One line per refund: a visit may owe two.
 function renderRefunds() {
   $("refunds-section").hidden = !isOps();
-  const rows = [...state.bookings.values()].filter((b) => b.refund_declined)
-    .sort((a, b) => (a.refund_declined_at || "").localeCompare(b.refund_declined_at || ""));
-  fill("refunds-declined", rows.map((b) => h("tr", { "data-booking": b.booking_id },
-    h("td", {}, b.booking_id), h("td", {}, b.customer_id || ""),
-    h("td", {}, money(b.refund_declined, b.currency)), h("td", {}, b.refund_declined_note || ""),
-    h("td", {}, h("span", { "data-since": b.refund_declined_at || "" }, "")),
-    h("td", {}, b.refund_declined_id && b.refund_declined_receipt_id && h("button", { type: "button", "aria-label": `Record the refund of booking ${b.booking_id} repaid`,
-      onclick: () => repaid(`the refund of booking ${b.booking_id}`, money(b.refund_declined, b.currency),
-        `/v1/receipts/${encodeURIComponent(b.refund_declined_receipt_id)}/refunds/${encodeURIComponent(b.refund_declined_id)}/repaid`) }, "Record repaid…")))),
-  "No refund declined today.", 6);
+  const owed = [...state.bookings.values()].flatMap((b) => (b.refunds_owed || []).map((r) => [b, r]))
+    .sort(([, a], [, b]) => (a.since || "").localeCompare(b.since || ""));
+  fill("refunds-declined", owed.map(([b, r]) => h("tr", { "data-booking": b.booking_id, "data-refund": r.refund_id || "" },
+    h("td", {}, b.booking_id, r.refund_id && h("br"), r.refund_id && h("small", {}, `refund ${r.refund_id}`)),
+    h("td", {}, b.customer_id || ""),
+    h("td", {}, money(r.amount, b.currency)), h("td", {}, r.note || ""),
+    h("td", {}, h("span", { "data-since": r.since || "" }, "")),
+    h("td", {}, r.refund_id && r.receipt_id && h("button", { type: "button", "aria-label": `Record refund ${r.refund_id} of booking ${b.booking_id} repaid`,
+      onclick: () => repaid(`refund ${r.refund_id} of booking ${b.booking_id}`, money(r.amount, b.currency),
+        `/v1/receipts/${encodeURIComponent(r.receipt_id)}/refunds/${encodeURIComponent(r.refund_id)}/repaid`) }, "Record repaid…")))),
+  "No refund owed.", 6);
 }
 
 // Operations' alone: charges and refunds the provider has not answered (payments keeps
