@@ -1306,6 +1306,14 @@ async def test_refunds_go_back_the_way_the_money_came_once_and_never_beyond_what
         key = {**OPS, "Idempotency-Key": unique("refund-")}
         too_much = await payments.post(url, json={"amount": 5001, "reason": "late"}, headers=key)
         assert too_much.status_code == 409, too_much.text
+        # The key names the refund, and operations name it again to record it repaid: no
+        # longer than an id in a path may be.
+        unaddressable = {**OPS, "Idempotency-Key": "k" * 65}
+        long_key = await payments.post(
+            url, json={"amount": 10, "reason": "late"}, headers=unaddressable
+        )
+        assert long_key.status_code == 422, long_key.text
+        assert long_key.json()["error"]["field"] == "Idempotency-Key"
         partial = await payments.post(url, json={"amount": 1000, "reason": "late"}, headers=key)
         assert partial.status_code == 200, partial.text
         assert [(p["to"], p["amount"]) for p in partial.json()["parts"]] == [("provider", 1000)]

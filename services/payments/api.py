@@ -55,14 +55,16 @@ from shared.events.types import Amount, Currency, Sum
 from shared.locks import KeyedLocks
 from shared.mongo import put_owned
 from shared.outbox import Transaction
-from shared.schema import Forbid, PathId, idempotency_key
+from shared.schema import PATH_ID_MAX, Forbid, PathId, idempotency_key
 from shared.service import Runtime, RuntimeDep
 from shared.time import utcnow
 
 router = APIRouter()
 SEALING = KeyedLocks()  # per store: see shared/locks.py
 
-IdempotencyKey = Annotated[str, idempotency_key("a second refund or sale")]
+IdempotencyKey = Annotated[str, idempotency_key("a second sale or coupon")]
+# A refund's key is its id, named again in a path to record it repaid.
+RefundKey = Annotated[str, idempotency_key("a second refund", max_length=PATH_ID_MAX)]
 
 
 def may_read(actor: Actor, receipt: Receipt) -> bool:
@@ -439,7 +441,7 @@ async def refund(
     body: RefundIn,
     runtime: RuntimeDep,
     actor: ActorDep,
-    idempotency_key: IdempotencyKey,
+    idempotency_key: RefundKey,
 ) -> Refund:
     actor.require(Role.OPS)
     if body.amount == 0:
