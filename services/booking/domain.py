@@ -330,7 +330,9 @@ class Booking(BaseModel):
         return fee
 
     def reschedule(self, start: datetime, end: datetime, hours: ServiceHours, at: datetime) -> None:
-        """A new window at the prices kept on the booking; dispatch re-checks the technician."""
+        """A new window at the prices kept on the booking; dispatch re-checks the technician.
+        Before the free cancellation's cut-off, the new window brings its own; after it, the
+        cut-off stays passed."""
         if self.status not in RESCHEDULABLE:
             raise IllegalTransition(
                 f"booking {self.booking_id} cannot be rescheduled once {self.status}",
@@ -351,7 +353,12 @@ class Booking(BaseModel):
                 quote=self.quote,
             )
         after_hours = not hours.covers(start, end)
+        cutoff = self.quote.free_cancellation_until
         self.quote = quote(self.terms, start, after_hours=after_hours, urgent=False)
+        if at >= cutoff:
+            # Moved once cancelling cost the fee: still costs it. A late move would otherwise
+            # make a late cancellation free, with the technician's slot lost all the same.
+            self.quote = self.quote.model_copy(update={"free_cancellation_until": cutoff})
         self.timing = Timing.WINDOW
         old = f"{self.window_start:%Y-%m-%d %H:%M}"
         self.window_start, self.window_end = start, end

@@ -402,6 +402,22 @@ def test_cancel_charges_nothing_before_the_cutoff_and_the_fee_after() -> None:
     assert late.cancellation_fee == 1000
 
 
+def test_a_move_after_the_cutoff_keeps_cancelling_charged_and_one_before_moves_the_cutoff() -> None:
+    """Moving a visit five hours away to next week once cancelling costs the fee does not
+    make cancelling free again (the technician's slot is lost all the same); moving it
+    before its cut-off brings the new window's cut-off."""
+    late = booking(start=NOW + timedelta(hours=5))
+    passed = late.quote.free_cancellation_until
+    late.reschedule(NOW + timedelta(days=7), NOW + timedelta(days=7, hours=2), HOURS, NOW)
+    assert late.quote.free_cancellation_until == passed
+    assert late.cancel(NOW + timedelta(minutes=5), "plans changed") == 1000
+    early = booking(start=NOW + timedelta(days=3))
+    moved_to = NOW + timedelta(days=7)
+    early.reschedule(moved_to, moved_to + timedelta(hours=2), HOURS, NOW)
+    assert early.quote.free_cancellation_until == moved_to - timedelta(hours=24)
+    assert early.cancel(NOW + timedelta(days=5), "plans changed") == 0
+
+
 @pytest.mark.parametrize("status", sorted(set(S) - CANCELLABLE))
 def test_cancel_is_refused_once_the_visit_is_under_way_or_over(status: BookingStatus) -> None:
     b = booking(status)
