@@ -1454,7 +1454,7 @@ async def test_a_refund_the_card_refuses_is_the_customers_still_until_operations
             headers={**OPS, "Idempotency-Key": unique("refund-")},
         )
         assert whole.status_code == 409, whole.text
-        assert f"stays owed by {first_id}" in whole.json()["error"]["message"]
+        assert f"the rest is owed by {first_id}" in whole.json()["error"]["message"]
         rest = await payments.post(
             url,
             json={"amount": paid - 1000, "reason": "late, the rest"},

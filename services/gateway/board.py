@@ -188,7 +188,11 @@ def held_backfill(held: str, since: datetime | None) -> Document:
     """The rows to mark `held`: money in question then (an older gateway's fields), no mark."""
     query: Document = {
         held: {"$exists": False},
-        "$or": [{"refund_declined": {"$ne": None}}, {"provider_unanswered": {"$ne": None}}],
+        "$or": [
+            {"refund_declined": {"$ne": None}},
+            {"refunds_owed.0": {"$exists": True}},
+            {"provider_unanswered": {"$ne": None}},
+        ],
     }
     if since is not None:
         # (A row of a gateway from before `active_at` has none yet: this start stamps it.)
@@ -550,7 +554,8 @@ async def refund_repaid(tx: Transaction, e: RefundRepaid) -> None:
 # another, both refused), and a refund to the card settles neither.
 def _others(refund_id: str) -> dict[str, Any]:
     stored = {"$ifNull": ["$refunds_owed", []]}
-    return {"$filter": {"input": stored, "cond": {"$ne": ["$$this.refund_id", refund_id]}}}
+    given = {"$literal": refund_id}
+    return {"$filter": {"input": stored, "cond": {"$ne": ["$$this.refund_id", given]}}}
 
 
 async def _refund_owed(

@@ -13,7 +13,7 @@ from collections.abc import Awaitable, Callable
 from datetime import timedelta
 from typing import Annotated, Any
 
-from fastapi import APIRouter, Query, Request, Response, status
+from fastapi import APIRouter, Path, Query, Request, Response, status
 from pydantic import Field, StringConstraints, ValidationError, model_validator
 
 from services.payments import commands
@@ -65,6 +65,8 @@ SEALING = KeyedLocks()  # per store: see shared/locks.py
 IdempotencyKey = Annotated[str, idempotency_key("a second sale or coupon")]
 # A refund's key is its id, named again in a path to record it repaid.
 RefundKey = Annotated[str, idempotency_key("a second refund", max_length=PATH_ID_MAX)]
+# Refunds made before keys were held to that were named by keys of up to 128 characters.
+RefundId = Annotated[str, Path(min_length=1, max_length=128, pattern=r"^[A-Za-z0-9_.:-]+$")]
 
 
 def may_read(actor: Actor, receipt: Receipt) -> bool:
@@ -479,7 +481,7 @@ class RepaidIn(Forbid):
     "or cash to hand back",
 )
 async def refund_repaid(
-    receipt_id: PathId, refund_id: PathId, body: RepaidIn, runtime: RuntimeDep, actor: ActorDep
+    receipt_id: PathId, refund_id: RefundId, body: RepaidIn, runtime: RuntimeDep, actor: ActorDep
 ) -> Refund:
     actor.require(Role.OPS)
     repaid = body.by(actor)

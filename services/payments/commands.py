@@ -466,8 +466,9 @@ async def apply_outcome(tx: Transaction, op_id: str, result: ProviderResult) -> 
 
 
 async def _refund_declined(tx: Transaction, op: ProviderOp, reason: str, at: datetime) -> None:
-    """The money did not go back to the card: it counts as the customer's again (what may
-    be refunded), and everyone who was told it went back hears that it did not."""
+    """The money did not go back to the card: it is the customer's still, owed by that
+    refund until operations repay it another way, and everyone who was told it went back
+    hears that it did not."""
     if op.fee_id is not None:
         fee = await _load_fee(tx, op.fee_id)
         if not fee.refund_declined(reason):

@@ -405,19 +405,35 @@ class Receipt(Forbid):
         refund = next((r for r in self.refunds if r.refund_id == refund_id), None)
         if refund is None:
             raise NotFound(f"receipt {self.receipt_id} has no refund {refund_id}")
-        refused = sum(part.amount for part in refund.parts if part.refused)
-        # Against the card's own money not given back, not all that is refundable. Refused
-        # money is no longer refunded again, but receipts from before may have refunded it
-        # again (or twice over, refused twice): repaying it would then pay twice.
-        given_back, _, _ = _refunded_so_far(self)
-        card = sum(p.amount for p in self.payments if p.method == "provider")
-        if card - given_back.get("provider", 0) < refused:
+        amount = self.repayable(refund)
+        if refund.owed and not amount:
             raise Conflict(
                 f"what the card would not take back of {refund_id} went back since, by another "
                 "refund: repaying it again would pay twice",
                 field="refund_id",
             )
-        return refund, refund.repaid_by_hand(repayment)
+        refund.repaid_by_hand(repayment)
+        return refund, amount
+
+    def repayable(self, refund: Refund) -> int:
+        """What repaying `refund` gives back: its cash to hand back, and what the card would
+        not take back, but no more of the card's money than other refunds left. Refused
+        money is no longer refunded again; receipts from before may have refunded some of it
+        again (or refused it twice): only the rest is owed."""
+        cash = sum(p.amount for p in refund.parts if p.owed and not p.refused)
+        refused = sum(p.amount for p in refund.parts if p.refused)
+        given_back, _, _ = _refunded_so_far(self)
+        left_on_card = max(0, self._card - given_back.get("provider", 0))
+        return cash + min(refused, left_on_card)
+
+    @property
+    def _card(self) -> int:
+        return sum(p.amount for p in self.payments if p.method == "provider")
+
+    @property
+    def owing(self) -> list[str]:
+        """The refunds that still owe money operations may repay (declined, or cash)."""
+        return [r.refund_id for r in self.refunds if r.owed and self.repayable(r)]
 
     @property
     def paid(self) -> int:
@@ -430,14 +446,17 @@ class Receipt(Forbid):
     @property
     def refunded(self) -> int:
         """Given back, or promised by a refund that still owes it (cash to hand back, what
-        the card would not take back): a refund made again of that money would pay twice."""
-        return sum(p.amount for r in self.refunds for p in r.parts)
+        the card would not take back): a refund made again of that money would pay twice.
+        The card's share is never counted beyond what the card paid: receipts from before
+        refused money was kept promised may have refunded it again."""
+        parts = [p for r in self.refunds for p in r.parts]
+        card = sum(p.amount for p in parts if p.to == "provider")
+        return sum(p.amount for p in parts if p.to != "provider") + min(card, self._card)
 
     @property
     def refundable(self) -> int:
         """What came from the customer and no refund has given or promised back (coupons are
-        not money paid). Never below nothing, even on a receipt refunded twice over before
-        refused money was kept promised."""
+        not money paid)."""
         return max(0, self.paid + self.prepaid_amount - self.refunded)
 
 
@@ -593,20 +612,22 @@ def allocate_refund(receipt: Receipt, amount: int) -> list[RefundPart]:
     A refund reaching a visit draw gives back whole visits, rounded up (be generous), so
     the parts may add up to a little more than asked, never more than was paid.
     """
-    if amount <= 0:
-        raise Unprocessable("a refund must be a positive amount", field="amount")
-    if amount > receipt.refundable:
-        owing = [r.refund_id for r in receipt.refunds if any(p.refused for p in r.parts)]
+    room = receipt.refundable
+    if amount > room or not room:
+        owing = receipt.owing
         why = (
-            f"; what the card would not take back stays owed by {', '.join(owing)}: record it "
-            "repaid another way"
+            f"; the rest is owed by {', '.join(owing)} (the card would not take it back, or "
+            "cash to hand back): record it repaid another way"
             if owing
             else ""
         )
+        what = f"{amount} is more than" if room else "nothing is left of what"
         raise Conflict(
-            f"{amount} is more than was paid and not yet refunded ({receipt.refundable}){why}",
+            f"{what} was paid and not yet refunded ({room}){why}",
             field="amount",
         )
+    if amount <= 0:
+        raise Unprocessable("a refund must be a positive amount", field="amount")
     refunded_to, back_amount, back_units = _refunded_so_far(receipt, promised=True)
     parts: list[RefundPart] = []
     left = amount

@@ -237,14 +237,17 @@ REPAID: dict[str, str] = {
 @event("payments.refund_repaid", version=1, stream=STREAM, key="booking_id")
 class RefundRepaid(EventPayload):
     """Operations gave back, another way, the money of a card refund the provider declined
-    (`payments.refund_declined`): the refund is made after all."""
+    (`payments.refund_declined`), or handed back a refund's cash: the refund is made after
+    all."""
 
-    refund_id: str = Field(description="As `payments.refund_declined` named it")
+    refund_id: str = Field(description="As `payments.refund_declined` or `refund_issued` named it")
     receipt_id: str | None = Field(default=None, description="The visit's receipt, if any")
     fee_id: str | None = Field(default=None, description="The cancellation fee, if a fee's")
     booking_id: str
     customer_id: str
-    amount: MinorUnits = Field(description="What the card would not take back, now repaid")
+    amount: MinorUnits = Field(
+        description="What the card would not take back, or the cash to hand back, now repaid"
+    )
     currency: Currency
     way: RepaidWay
     repaid_at: datetime

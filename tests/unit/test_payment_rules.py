@@ -245,7 +245,7 @@ def test_a_declined_card_refund_is_owed_until_repaid_another_way_once() -> None:
     declined.card_declined("the card's account is closed")
     # Still the customer's, and owed by that refund: no other refund may take its place.
     assert (receipt.refunded, receipt.refundable, declined.owed) == (2000, 4000, 2000)
-    with pytest.raises(Conflict, match="stays owed by rf_1: record it repaid"):
+    with pytest.raises(Conflict, match=r"the rest is owed by rf_1 .*: record it repaid"):
         domain.allocate_refund(receipt, 4001)
     with pytest.raises(NotFound):
         receipt.repay("rf_none", BY_TRANSFER)
@@ -312,6 +312,40 @@ def test_a_receipt_refunded_again_before_refused_money_was_kept_is_not_repaid_tw
     assert receipt.refundable == 0
     with pytest.raises(Conflict, match="would pay twice"):
         receipt.repay("rf_1", BY_TRANSFER)
+
+
+def test_a_refused_refund_partly_refunded_again_before_the_rule_owes_only_the_rest() -> None:
+    """Paid 6000 by card; the refund of it all was refused, and operations refunded 2400 to
+    the card again under the old rule. 3600 is the customer's still: repaying the refused
+    refund gives that, and nothing more may be refunded."""
+    receipt = paid_receipt(("provider", 6000))
+    refunded(receipt, "rf_1", 6000).card_declined("disputed")
+    again = [domain.RefundPart(to="provider", amount=2400)]  # as the old rule allocated it
+    receipt.refunds.append(Refund(refund_id="rf_2", amount=2400, reason="r", parts=again, at=NOW))
+    assert (receipt.refunded, receipt.refundable, receipt.owing) == (6000, 0, ["rf_1"])
+    with pytest.raises(Conflict, match=r"nothing is left .* owed by rf_1"):
+        domain.allocate_refund(receipt, 1)
+    _, amount = receipt.repay("rf_1", BY_TRANSFER)
+    assert (amount, receipt.owing, receipt.refundable) == (3600, [], 0)
+
+
+def test_a_package_paid_receipt_refused_twice_before_the_rule_still_refunds_the_package() -> None:
+    """1000 by card, 5000 from a package; two refunds of the card's 1000 were both refused
+    under the old rule. One repaid gives the card's money back; the other owes nothing, and
+    is not named as owing; the package's 5000 may still be refunded."""
+    package = holding(covers=["nails.manicure"])
+    receipt = paid_receipt(("provider", 1000), prepaid=[package])
+    for refund_id in ("rf_1", "rf_2"):
+        gone = [domain.RefundPart(to="provider", amount=1000, declined="closed")]
+        receipt.refunds.append(
+            Refund(refund_id=refund_id, amount=1000, reason="r", parts=gone, at=NOW)
+        )
+    assert (receipt.refundable, receipt.owing) == (5000, ["rf_1", "rf_2"])
+    _, amount = receipt.repay("rf_1", BY_TRANSFER)
+    assert (amount, receipt.refundable, receipt.owing) == (1000, 5000, [])
+    with pytest.raises(Conflict, match="would pay twice"):
+        receipt.repay("rf_2", BY_TRANSFER)
+    assert [p.to for p in domain.allocate_refund(receipt, 5000)] == ["holding"]
 
 
 def test_the_card_money_of_a_refused_refund_is_not_refunded_again_however_much_is_left() -> None:
