@@ -396,19 +396,25 @@ class EventConsumer:
                     committed_at = loop.time()
                 self._report_lag(consumer)
         finally:
-            await self._end_lanes()
-            self._lanes.clear()
-            self._queued = 0
-            # A rebalance's drain waiting for the lanes' messages: none will be handled here.
-            self._lane_progress.set()
-            self._parked.clear()
-            self._paused.clear()
-            self._waiting.clear()  # what waited comes again, and waits afresh
-            with contextlib.suppress(Exception):
-                await self.commit_done()  # a clean stop leaves nothing to redeliver
-            await self.before_handing_over()
-            self._consumer = None
-            await consumer.stop()
+            try:
+                await self._end_lanes()
+            finally:  # a second cancel cut the lanes short: still leave the group cleanly
+                await self._hand_over(consumer)
+
+    async def _hand_over(self, consumer: AIOKafkaConsumer) -> None:
+        """Commit what the lanes handled, send what it wrote, and leave the group."""
+        self._lanes.clear()
+        self._queued = 0
+        # A rebalance's drain waiting for the lanes' messages: none will be handled here.
+        self._lane_progress.set()
+        self._parked.clear()
+        self._paused.clear()
+        self._waiting.clear()  # what waited comes again, and waits afresh
+        with contextlib.suppress(Exception):
+            await self.commit_done()  # a clean stop leaves nothing to redeliver
+        await self.before_handing_over()
+        self._consumer = None
+        await consumer.stop()
 
     async def _end_lanes(self) -> None:
         """Each lane finishes the run under way and records it, and starts no other: a clean

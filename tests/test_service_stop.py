@@ -6,6 +6,7 @@ nothing is handled again after the restart)."""
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import uuid
 from typing import Any
 
@@ -14,9 +15,10 @@ from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, TopicPartition
 from aiokafka.admin import AIOKafkaAdminClient
 from fastapi import APIRouter
 
-from shared.consumer import INBOX, Handlers
+from shared.consumer import INBOX, Handlers, ensure_inbox_indexes
 from shared.events.envelope import Envelope
 from shared.events.registry import stream_topic
+from shared.kafka import ensure_topics
 from shared.mongo import connect
 from shared.outbox import Transaction
 from shared.service import Runtime, ServiceSpec
@@ -166,3 +168,84 @@ async def test_a_service_stopped_mid_flow_has_sent_what_it_handled_and_committed
     # committed none of the runs already handled from them: they came again.)
     redelivered = handled - set(below)
     assert not redelivered, f"{len(redelivered)} handled causes left to be handled again"
+
+
+async def group_state(infra: Infra, group: str) -> str:
+    admin = AIOKafkaAdminClient(bootstrap_servers=infra.kafka_bootstrap)
+    await admin.start()
+    try:
+        (response,) = await admin.describe_consumer_groups([group])
+        (described,) = response.groups
+        return str(described[2])  # (error, group, state, protocol type, protocol, members)
+    finally:
+        await admin.close()
+
+
+async def test_a_stop_cancelled_again_while_its_lanes_finish_ends_them_and_leaves_the_group(
+    infra: Infra,
+) -> None:
+    """A stopping consumer gives its lanes a few seconds to finish the run under way. A
+    second cancel in that time (a supervisor giving up, the process shutting down) cuts them
+    short (a transaction under way keeps its own few seconds to commit): no lane outlives
+    the consumer, and it still leaves its group, so the next owner takes the partitions at
+    once. (Before, the second cancel left the lanes running on their own, and the member in
+    the group until its session ran out.)"""
+    prefix = new_prefix()
+    settings = settings_for(infra, prefix, f"cut-{prefix}")
+    handlers = Handlers()
+    entered, cut = asyncio.Event(), asyncio.Event()
+
+    @handlers.on(ProbeCause)
+    async def held(tx: Transaction, event: ProbeCause) -> None:
+        entered.set()
+        try:
+            await asyncio.Event().wait()  # a handler that never finishes on its own
+        except asyncio.CancelledError:
+            cut.set()
+            raise
+
+    spec = ServiceSpec(
+        name="cut",
+        title="cut",
+        description="a stop cancelled twice",
+        router=APIRouter(),
+        handlers=handlers,
+    )
+    runtime = Runtime(spec, settings)
+    consumer = runtime.consumer
+    assert consumer is not None
+    await ensure_inbox_indexes(runtime.db)
+    await ensure_topics(settings, [*consumer.topics, settings.dead_letter_topic])
+    await consumer.producer.start()
+    await runtime.relay.producer.start()
+    relay = asyncio.create_task(runtime.relay.run_forever())  # sends what was handed over
+    task = asyncio.create_task(consumer.run_forever())
+    producer = AIOKafkaProducer(bootstrap_servers=infra.kafka_bootstrap)
+    await producer.start()
+    try:
+
+        async def assigned() -> bool:
+            return consumer.assigned.is_set()
+
+        await eventually(assigned)
+        value = Envelope.wrap(ProbeCause(probe_id="held"), producer="test").to_bytes()
+        await producer.send_and_wait(consumer.topics[0], value=value, key=b"held")
+        await asyncio.wait_for(entered.wait(), timeout=30)
+        task.cancel()  # the stop: the lane has its grace
+        await asyncio.sleep(0.2)
+        assert not cut.is_set(), "the lane was cut before its grace"
+        assert not task.done()
+        task.cancel()  # and again
+        with contextlib.suppress(asyncio.CancelledError):
+            await asyncio.wait_for(task, timeout=30)
+        assert cut.is_set(), "a lane outlived its consumer"
+        assert await group_state(infra, settings.consumer_group) == "Empty"
+    finally:
+        for running in (task, relay):
+            running.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await running
+        await producer.stop()
+        await consumer.producer.stop()
+        await runtime.relay.producer.stop()
+        await runtime.client.close()
