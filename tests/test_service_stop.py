@@ -73,6 +73,18 @@ async def read_to_the_end(
         await reader.stop()
 
 
+def probe_service(name: str, handlers: Handlers, *publishes: str) -> ServiceSpec:
+    """A service of the probe's handlers alone, no routes."""
+    return ServiceSpec(
+        name=name,
+        title=name,
+        description=f"the {name} probe service",
+        router=APIRouter(),
+        handlers=handlers,
+        publishes=publishes,
+    )
+
+
 async def test_a_service_stopped_mid_flow_has_sent_what_it_handled_and_committed_exactly_that(
     infra: Infra,
 ) -> None:
@@ -89,15 +101,7 @@ async def test_a_service_stopped_mid_flow_has_sent_what_it_handled_and_committed
         await asyncio.sleep(0.005)  # some work, so the stop finds transactions under way
         tx.emit(ProbeNoted(probe_id=event.probe_id))
 
-    spec = ServiceSpec(
-        name="stopping",
-        title="stopping",
-        description="a service stopped mid-flow",
-        router=APIRouter(),
-        handlers=handlers,
-        publishes=(ProbeNoted.stream,),
-    )
-    runtime = Runtime(spec, settings)
+    runtime = Runtime(probe_service("stopping", handlers, ProbeNoted.stream), settings)
     await runtime.start()
     assert runtime.consumer is not None
     causes, effects = (settings.topic(stream_topic(m.stream)) for m in (ProbeCause, ProbeNoted))
@@ -204,14 +208,7 @@ async def test_a_stop_cancelled_again_while_its_lanes_finish_ends_them_and_leave
             cut.set()
             raise
 
-    spec = ServiceSpec(
-        name="cut",
-        title="cut",
-        description="a stop cancelled twice",
-        router=APIRouter(),
-        handlers=handlers,
-    )
-    runtime = Runtime(spec, settings)
+    runtime = Runtime(probe_service("cut", handlers), settings)
     consumer = runtime.consumer
     assert consumer is not None
     await ensure_inbox_indexes(runtime.db)
