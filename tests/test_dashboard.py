@@ -549,6 +549,20 @@ async def completed_paying_with(
     await publish(producer, platform.prefix, service_completed(booking_id, customer, store))
 
 
+async def signed_paying_with(
+    payments: httpx.AsyncClient,
+    producer: AIOKafkaProducer,
+    platform: Platform,
+    *,
+    card: str,
+    ids: tuple[str, str, str],
+) -> Any:
+    """The visit completed with `card` on file, and its receipt signed: the receipt."""
+    await completed_paying_with(payments, producer, platform, card=card, ids=ids)
+    customer, _, booking_id = ids
+    return await signed(payments, customer, booking_id)
+
+
 async def signed(payments: httpx.AsyncClient, customer: str, booking_id: str) -> Any:
     """The visit's receipt, once issued, signed by its customer in the app."""
     receipt = await eventually(
@@ -580,14 +594,12 @@ async def test_operations_see_a_visit_unpaid_until_it_is_paid_or_they_write_it_o
     """The customer signed, their card was declined: the visit appears among those not paid,
     with the reminders sent as they go; when the customer pays with another card, it leaves.
     A visit whose cash was never recorded leaves when operations write it off, with a reason."""
-    ids = customer, store, booking_id = visit_ids()
+    ids = customer, store, _ = visit_ids()
     board = await operations_board(browser, platform, mongo)
     async with platform.client("payments") as payments:
-        await completed_paying_with(
+        receipt = await signed_paying_with(
             payments, kafka_producer, platform, card="pm_card_declined", ids=ids
         )
-
-        receipt = await signed(payments, customer, booking_id)
         row = board.page.locator(f'#unpaid tr[data-receipt="{receipt["receipt_id"]}"]')
         await expect(row).to_be_visible(timeout=LIVE)
         await expect(row).to_contain_text("card: the customer")
@@ -680,13 +692,12 @@ async def test_operations_record_a_refund_the_card_refused_as_repaid_from_the_pa
     each on its line; operations record there how one went back instead (a bank transfer
     and its reference), and that one leaves the list while the other stays. Before, the
     visit showed one refund declined, the later one, and recording it cleared both."""
-    ids = customer, _, booking_id = visit_ids()
+    ids = _, _, booking_id = visit_ids()
     board = await operations_board(browser, platform, mongo)
     async with platform.client("payments") as payments:
-        await completed_paying_with(
+        receipt = await signed_paying_with(
             payments, kafka_producer, platform, card="pm_card_refund_fails", ids=ids
         )
-        receipt = await signed(payments, customer, booking_id)
 
         async def settled() -> Any:
             seen = await get_json(payments, f"/receipts/{receipt['receipt_id']}", headers=OPS)
