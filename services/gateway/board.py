@@ -588,7 +588,7 @@ async def _refund_given(tx: Transaction, booking_id: str, refund_id: str) -> Non
     given = {"$literal": refund_id}
     theirs = {"$eq": [{"$ifNull": ["$refund_declined_id", given]}, given]}
     cleared: dict[str, Any] = {
-        field: Expr({"$cond": [theirs, None, f"${field}"]}) for field in REFUND_OWED_FIELDS
+        field: Expr({"$cond": [theirs, "$$REMOVE", f"${field}"]}) for field in REFUND_OWED_FIELDS
     }
     cleared["refunds_owed"] = Expr(_others(refund_id))
     await _set(tx, BOARD_BOOKINGS, booking_id, cleared, upsert=False)
