@@ -32,7 +32,12 @@ from shared.events.payments import (
     RefundIssued,
     RefundRepaid,
 )
-from shared.events.reviews import ComplaintUpdated, ReviewSubmitted
+from shared.events.reviews import (
+    ComplaintUpdated,
+    ComplaintUpdatedV1,
+    RemedyState,
+    ReviewSubmitted,
+)
 from shared.events.types import GeoPoint, PricedLine
 from shared.mongo import Database, Document
 from shared.outbox import Transaction, UnitOfWork
@@ -157,11 +162,23 @@ class Projection:
         )
 
     async def complaint(
-        self, complaint: str, when: datetime, opened: datetime, responded: datetime | None
+        self,
+        complaint: str,
+        when: datetime,
+        opened: datetime,
+        responded: datetime | None,
+        *,
+        news: type[ComplaintUpdatedV1] = ComplaintUpdated,
+        **state: Any,
     ) -> None:
+        fields: dict[str, Any] = {
+            "status": "in_progress" if responded else "open",
+            "version": 2 if responded else 1,
+            **state,
+        }
         await self.play(
             when,
-            ComplaintUpdated(
+            news(
                 complaint_id=complaint,
                 booking_id=f"bk_{complaint}",
                 customer_id="cus_c",
@@ -169,14 +186,13 @@ class Projection:
                 store_id="store_a",
                 category="quality",
                 severity="low",
-                status="in_progress" if responded else "open",
                 tier="agent",
                 opened_at=opened,
                 first_response_at=responded,
                 next_deadline_kind="resolution",
                 next_deadline=opened + timedelta(days=3),  # ahead: not an activity
                 breaches=0,
-                version=2 if responded else 1,
+                **fields,
             ),
         )
 
@@ -405,6 +421,40 @@ async def test_each_refund_owed_stays_on_the_row_until_that_one_is_repaid(
     stored = await p.db[board.BOARD_BOOKINGS].find_one({"_id": "bk_owed"})
     assert stored is not None
     assert "held" not in stored  # nothing owed: not held past midnight
+
+
+async def test_a_complaint_shows_its_remedies_and_news_without_them_leaves_them_as_they_are(
+    projection: Projection,
+) -> None:
+    """Version 2 of a complaint's news names its remedies (a refund not made shows at once);
+    version 1, from a reviews before it, leaves those stored; older news changes nothing."""
+    p = projection
+    refund = RemedyState(remedy_id="rm_1", kind="refund", current=True, not_made="nothing was paid")
+    proposed: dict[str, Any] = {"status": "resolution_proposed", "version": 3, "remedies": [refund]}
+    await p.complaint("c_rm", at(10), opened=at(5), responded=at(6), **proposed)
+
+    async def shown() -> Any:
+        rows, _ = await board.complaints(p.db, OPS, MIDNIGHT, limit=100)
+        return next(c for c in rows if c.complaint_id == "c_rm")
+
+    row = await shown()
+    assert [(r.kind, r.current, r.not_made) for r in row.remedies] == [
+        ("refund", True, "nothing was paid")
+    ]
+    await p.complaint(
+        "c_rm",
+        at(20),
+        opened=at(5),
+        responded=at(6),
+        news=ComplaintUpdatedV1,
+        version=4,
+        status="in_progress",
+    )
+    row = await shown()
+    assert (row.status, [r.remedy_id for r in row.remedies]) == ("in_progress", ["rm_1"])
+    await p.complaint("c_rm", at(30), opened=at(5), responded=at(6), version=2)  # stale
+    row = await shown()
+    assert (row.status, [r.remedy_id for r in row.remedies]) == ("in_progress", ["rm_1"])
 
 
 async def test_a_row_kept_before_shows_its_one_refund_owed_until_that_refund_is_repaid(

@@ -46,6 +46,7 @@ from tests.seed import (
     service_completed,
 )
 from tests.test_payments_service import cancelled, fee_is
+from tests.test_reviews_service import a_refund_not_made
 
 pytestmark = pytest.mark.integration
 
@@ -300,6 +301,7 @@ async def test_operations_watch_bookings_move_live_and_act_from_the_page(
     await dialog.get_by_label("Remedy", exact=True).select_option("apology")
     await dialog.get_by_role("button", name="Propose").click()
     await expect(complaint).to_contain_text("resolution proposed", timeout=LIVE)
+    await expect(complaint.locator("[data-remedy]")).to_have_text("apology: made")
     await board.shot("6-complaint-remedied")
     async with platform.client("reviews", acting_as=OPS) as reviews:
         proposed = (await reviews.get(f"/complaints/{complaint_id}")).json()
@@ -307,6 +309,47 @@ async def test_operations_watch_bookings_move_live_and_act_from_the_page(
     assert [r["proposal"][:8] for r in proposed["remedies"]] == ["resolve-"]
 
     await board.assert_never_reloaded_nor_left_the_platform()
+
+
+async def test_operations_see_a_remedy_not_made_and_propose_another_from_the_page(
+    platform: Platform, mongo: AsyncMongoClient[Document], browser: Browser
+) -> None:
+    """A refund for a visit cancelled before it came has nothing to give back: the complaint
+    shows it not made, and why, as soon as payments says so (not when the quiet week ends),
+    with a button to propose another remedy in its place; the coupon proposed there is the
+    resolution the customer now answers."""
+    board = await operations_board(browser, platform, mongo)
+    _, url, seen = await a_refund_not_made(platform)
+    complaint_id = seen["complaint_id"]
+    row = board.page.locator(f'#complaints tr[data-complaint="{complaint_id}"]')
+    refund = row.locator('[data-made="no"]')
+    await expect(refund).to_contain_text("refund of all paid: not made", timeout=LIVE)
+    await expect(refund).to_contain_text("cancelled before its visit")
+    await expect(row).to_have_class("breach-row")
+    await expect(row).to_contain_text("resolution proposed")
+    await board.shot("10-remedy-not-made")
+
+    await row.get_by_role("button", name=f"Propose a remedy for complaint {complaint_id}").click()
+    dialog = board.page.get_by_role("dialog")
+    await dialog.get_by_label("Resolution proposed").fill("5.00 off your next visit instead")
+    await dialog.get_by_label("Remedy", exact=True).select_option("coupon")
+    await dialog.get_by_label("Amount").fill("500")
+    await dialog.get_by_role("button", name="Propose").click()
+    await expect(dialog).to_be_hidden(timeout=LIVE)
+    coupon = row.locator("[data-remedy]")
+    await expect(coupon).to_have_text(
+        re.compile(r"^coupon \D*5[.,]00\D*: (under way|made)$"), timeout=LIVE
+    )
+    await expect(row.get_by_role("button", name=re.compile("Propose a remedy"))).to_have_count(0)
+    await board.shot("11-another-remedy")
+    await board.assert_never_reloaded_nor_left_the_platform()
+    async with platform.client("reviews", acting_as=OPS) as reviews:
+        now = (await reviews.get(url)).json()
+    assert (now["status"], now["resolution"]) == (
+        "resolution_proposed",
+        "5.00 off your next visit instead",
+    )
+    assert [r["kind"] for r in now["remedies"]] == ["refund", "coupon"]
 
 
 async def test_a_store_sees_only_its_own_technicians_work(

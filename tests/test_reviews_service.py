@@ -16,6 +16,7 @@ from pymongo import AsyncMongoClient
 
 from services.reviews.domain import Complaint, Review
 from services.reviews.storage import Complaints, Reviews
+from shared.auth import Actor, Role
 from shared.events.booking import BookingRequested
 from shared.events.dispatch import (
     SafetyAlert,
@@ -44,7 +45,9 @@ from tests.seed import (
     as_customer,
     as_store,
     as_technician,
+    bearer,
     booking_body,
+    gateway_token,
     get_json,
     seed_customer,
     seed_item,
@@ -510,10 +513,17 @@ async def test_a_resolution_sent_again_under_its_key_after_a_rejection_makes_no_
     )
     coupons = await outbox.count_documents({"key": customer, "type": "reviews.coupon_granted"})
     assert (proposals, coupons) == (2, 2)
-    # Said each time it changed (filed, proposed, rejected, proposed), never for a retry.
-    # (Not the complaint's version: the coupon taking effect may move it in between.)
+    # Said each time it changed (filed, proposed, rejected, proposed, each coupon taking
+    # effect), never for a retry.
+    async with platform.client("reviews") as reviews:
+
+        async def both_took_effect() -> Any:
+            c = await get_json(reviews, f"/complaints/{complaint['complaint_id']}", headers=OPS)
+            return c if c and all(r["took_effect_at"] for r in c["remedies"]) else None
+
+        await eventually(both_took_effect, what="both coupons granted")
     updates = await outbox.count_documents({**about, "type": "reviews.complaint_updated"})
-    assert updates == 4
+    assert updates == 6
 
 
 async def test_a_rejection_sent_again_under_its_key_does_not_turn_down_the_next_resolution(
@@ -1202,12 +1212,10 @@ async def test_a_refund_and_a_redo_reach_payments_and_booking_and_the_next_tiers
     assert len(redone) == 2, mine
 
 
-async def test_a_refund_for_a_visit_cancelled_unpaid_shows_on_the_complaint_as_not_made(
-    platform: Platform,
-) -> None:
-    """The customer cancelled before the visit and complains it never came: a refund has
-    nothing to give back. Payments says so and the complaint shows why, where the remedy
-    used to stay pending for ever, so operations put it right another way."""
+async def a_refund_not_made(platform: Platform) -> tuple[str, str, dict[str, Any]]:
+    """A complaint about a visit the customer cancelled before it came, whose resolution
+    refunds everything paid, which is nothing: the customer, the complaint's url, and the
+    complaint once payments said the refund was not made."""
     customer = unique("cus_")
     async with platform.client("booking", acting_as=OPS) as booking:
         code = unique("solo.")
@@ -1237,13 +1245,78 @@ async def test_a_refund_for_a_visit_cancelled_unpaid_shows_on_the_complaint_as_n
             c = await get_json(reviews, url, headers=OPS)
             return c if c and c["remedies"][0]["not_made"] else None
 
-        seen = await eventually(answered, what="the refund reported not made")
+        return customer, url, await eventually(answered, what="the refund reported not made")
+
+
+async def test_a_refund_for_a_visit_cancelled_unpaid_shows_on_the_complaint_as_not_made(
+    platform: Platform,
+) -> None:
+    """The customer cancelled before the visit and complains it never came: a refund has
+    nothing to give back. Payments says so and the complaint shows why, where the remedy
+    used to stay pending for ever, so operations put it right another way."""
+    customer, url, seen = await a_refund_not_made(platform)
+    async with platform.client("reviews") as reviews:
         mine = await get_json(reviews, url, headers=as_customer(customer))
     (refund,) = seen["remedies"]
     assert refund["took_effect_at"] is None
     assert "cancelled before its visit" in refund["not_made"]
     assert "refund not made" in [s["what"] for s in seen["timeline"]]
     assert mine["remedies"][0]["not_made"] == refund["not_made"]  # the customer sees why too
+
+
+async def test_a_remedy_not_made_is_on_operations_board_at_once_and_another_may_replace_it(
+    platform: Platform, mongo: AsyncMongoClient[Document]
+) -> None:
+    """The complaint's news carries its remedies: operations' board shows the refund not
+    made, and why, while the resolution still waits for the customer (it used to show only
+    when the quiet week reopened the complaint). Operations propose a coupon in its place at
+    once; a resolution whose remedies are under way is still one at a time."""
+    customer, url, seen = await a_refund_not_made(platform)
+    complaint_id = seen["complaint_id"]
+    ops = await gateway_token(mongo, platform.prefix, Actor(role=Role.OPS, subject="ops_t"))
+
+    async def on_the_board(shows: Callable[[dict[str, Any]], bool]) -> Any:
+        async with platform.client("gateway") as gateway:
+            board = (await gateway.get("/v1/board", headers=bearer(ops))).json()
+        row = next((c for c in board["complaints"] if c["complaint_id"] == complaint_id), None)
+        return row if row is not None and shows(row) else None
+
+    row = await eventually(
+        lambda: on_the_board(lambda c: any(r["not_made"] for r in c["remedies"])),
+        what="the refund not made on the board",
+    )
+    assert row["status"] == "resolution_proposed"
+    (refund,) = row["remedies"]
+    assert (refund["kind"], refund["current"]) == ("refund", True)
+    assert refund["not_made"] == seen["remedies"][0]["not_made"]
+
+    coupon = {"kind": "coupon", "amount": 500, "currency": "EUR"}
+    async with platform.client("reviews") as reviews:
+        again = await reviews.post(
+            f"{url}/resolution",
+            json={"text": "5.00 off your next visit instead", "remedies": [coupon]},
+            headers={**OPS, "Idempotency-Key": unique("k")},
+        )
+        assert again.status_code == 200, again.text
+        now = again.json()
+        assert now["status"] == "resolution_proposed"
+        mine = await get_json(reviews, url, headers=as_customer(customer))
+        assert mine["resolution"] == "5.00 off your next visit instead"  # theirs to answer
+        third = await reviews.post(
+            f"{url}/resolution",
+            json={"text": "and an apology", "remedies": [{"kind": "apology"}]},
+            headers=OPS,
+        )
+        assert third.status_code == 409, third.text
+        assert "waiting for the customer's answer" in third.json()["error"]["message"]
+    row = await eventually(
+        lambda: on_the_board(lambda c: len(c["remedies"]) == 2),
+        what="the coupon on the board",
+    )
+    assert [(r["kind"], r["current"]) for r in row["remedies"]] == [
+        ("refund", False),
+        ("coupon", True),
+    ]
 
 
 async def a_refund_proposed(

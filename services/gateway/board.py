@@ -74,7 +74,7 @@ from shared.events.payments import (
     RefundRepaid,
     WriteOffReversed,
 )
-from shared.events.reviews import ComplaintUpdated, ReviewSubmitted
+from shared.events.reviews import ComplaintUpdated, ComplaintUpdatedV1, ReviewSubmitted
 from shared.mongo import Database, Document
 from shared.outbox import Transaction
 from shared.time import utcnow, within_reach
@@ -479,7 +479,9 @@ async def acknowledged(tx: Transaction, e: SafetyAlertAcknowledged) -> None:
 
 # ---------------------------------------------------------------- complaints --
 @handlers.on(ComplaintUpdated)
-async def complaint_updated(tx: Transaction, e: ComplaintUpdated) -> None:
+@handlers.on(ComplaintUpdatedV1)
+async def complaint_updated(tx: Transaction, e: ComplaintUpdatedV1) -> None:
+    """Version 1 names no remedies: those stored stay as they are."""
     state = e.model_dump(exclude={"complaint_id", "version"})
     fields: dict[str, Any] = {k: _if_newer(e.version, "version", k, v) for k, v in state.items()}
     fields["version"] = _if_newer(e.version, "version", "version", e.version)

@@ -139,6 +139,17 @@ class AlertRow(Row):
     rev: int = 0
 
 
+class RemedyRow(Row):
+    remedy_id: str
+    kind: str
+    amount: int | None = None
+    percent: int | None = None
+    currency: str | None = None
+    current: bool = Field(description="Decided by the resolution proposed last")
+    took_effect_at: datetime | None = None
+    not_made: str | None = Field(None, description="Why it could not be made")
+
+
 class ComplaintRow(Row):
     complaint_id: str
     booking_id: str
@@ -155,6 +166,7 @@ class ComplaintRow(Row):
     next_deadline: datetime | None = None
     breaches: int = 0
     closed_at: datetime | None = None
+    remedies: list[RemedyRow] = []
     rev: int = 0
 
 

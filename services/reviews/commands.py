@@ -23,6 +23,7 @@ from shared.events.reviews import (
     CouponRemedy,
     RedoRequested,
     RefundGranted,
+    RemedyState,
     TechnicianQualityChanged,
     TechnicianSuspended,
 )
@@ -81,6 +82,17 @@ def updated(c: Complaint) -> ComplaintUpdated:
         breaches=len(c.breaches),
         closed_at=c.closed_at,
         version=c.version,
+        remedies=[
+            RemedyState(
+                **r.model_dump(
+                    include={"remedy_id", "amount", "percent", "currency", "took_effect_at"}
+                ),
+                kind=r.kind.value,
+                current=c.current(r),
+                not_made=r.not_made,
+            )
+            for r in c.remedies
+        ],
     )
 
 
@@ -254,7 +266,7 @@ async def remedy_outcome(
     else:
         changed = complaint.took_effect(kind, now, remedy_id)
     if changed:
-        await Complaints(tx.db).save(complaint, tx.session)
+        await save(tx, complaint)  # and said: operations see a remedy not made at once
 
 
 async def publish_quality(tx: Transaction, technician_id: str) -> None:

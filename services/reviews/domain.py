@@ -256,6 +256,17 @@ class Complaint(Forbid):
             return "first_response", self.first_response_due
         return "resolution", self.resolution_due
 
+    def current(self, remedy: Remedy) -> bool:
+        """Decided by the resolution proposed last."""
+        return remedy.decided_at == self.resolution_proposed_at
+
+    @property
+    def unmade(self) -> list[Remedy]:
+        """The last resolution's remedies that could not be made. One an earlier resolution
+        left unmade was answered by the next one (else no complaint with such a remedy would
+        ever close quietly)."""
+        return [r for r in self.remedies if r.not_made is not None and self.current(r)]
+
     def _log(self, at: datetime, by: str, what: str, detail: str = "") -> None:
         self.timeline.append(Step(at=at, by=by, what=what, detail=detail))
 
@@ -318,12 +329,15 @@ class Complaint(Forbid):
     ) -> list[Remedy]:
         """Operations propose how to put it right; the remedies are decided now (be generous:
         a refund or a redo goes out at once, it does not wait for the customer's answer).
+        One waits for the customer's answer at a time, unless a remedy of it could not be
+        made: the new one takes its place (the customer answers that one).
         A proposal retried under its `key` decides nothing again: none are returned."""
         digest = hashlib.sha256(text.encode()).hexdigest()[:16]
         if key is not None and self._proposed_under(key, digest, remedies):
             return []
         self._open()
-        if self.status is ComplaintStatus.RESOLUTION_PROPOSED:
+        replacing = self.status is ComplaintStatus.RESOLUTION_PROPOSED
+        if replacing and not self.unmade:
             # One at a time, so a retried proposal (the first landed after a timeout) is not
             # a second one with remedies of its own: the customer answers this one first.
             raise Conflict("a resolution is already waiting for the customer's answer")
@@ -349,7 +363,8 @@ class Complaint(Forbid):
         self.resolution_proposed_at = at
         self.quiet_until = at + QUIET_PERIOD
         self.status = ComplaintStatus.RESOLUTION_PROPOSED
-        self._log(at, by, "resolution proposed", ", ".join(r.kind.value for r in decided))
+        what = "resolution proposed" + (" in place of the last (a remedy not made)" * replacing)
+        self._log(at, by, what, ", ".join(r.kind.value for r in decided))
         return decided
 
     def _proposed_under(self, key: str, digest: str, remedies: list[RemedyIn]) -> bool:
@@ -403,13 +418,7 @@ class Complaint(Forbid):
             or at < self.quiet_until
         ):
             return False
-        # This resolution's remedies: one an earlier resolution left unmade was answered by
-        # this one (else no complaint with such a remedy would ever close quietly).
-        unmade = [
-            r.kind.value
-            for r in self.remedies
-            if r.not_made is not None and r.decided_at == self.resolution_proposed_at
-        ]
+        unmade = [r.kind.value for r in self.unmade]
         if unmade:
             self.status, self.quiet_until, self.resolution_due = (
                 ComplaintStatus.IN_PROGRESS,

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from datetime import datetime
 
-from pydantic import Field
+from pydantic import BaseModel, ConfigDict, Field
 
 from shared.events.envelope import EventPayload
 from shared.events.registry import event
@@ -130,9 +130,9 @@ class ComplaintResolutionProposed(EventPayload):
 
 
 @event("reviews.complaint_updated", version=1, stream=STREAM, key="booking_id")
-class ComplaintUpdated(EventPayload):
-    """A complaint's state after any change, for live boards: status, tier, the next deadline
-    that escalates it, and the deadlines already missed."""
+class ComplaintUpdatedV1(EventPayload):
+    """A complaint's state after any change, before its remedies were on it. Still read, for
+    events published before version 2."""
 
     complaint_id: str
     booking_id: str
@@ -153,6 +153,35 @@ class ComplaintUpdated(EventPayload):
     breaches: int = Field(ge=0, description="Deadlines missed so far")
     closed_at: datetime | None = None
     version: int = Field(ge=0, description="The complaint's version: a stale update is ignored")
+
+
+class RemedyState(BaseModel):
+    """One remedy a resolution decided, and whether it was carried out."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    remedy_id: str
+    kind: str = Field(description="apology, redo_visit, refund, coupon, coaching, suspension")
+    amount: MinorUnits | None = Field(default=None, description="A refund's or coupon's")
+    percent: int | None = Field(default=None, ge=1, le=100, description="A coupon's")
+    currency: str | None = None
+    current: bool = Field(
+        description="Decided by the resolution proposed last (the one the customer answers)"
+    )
+    took_effect_at: datetime | None = None
+    not_made: str | None = Field(
+        default=None, description="Why the service that carries it out could not"
+    )
+
+
+@event("reviews.complaint_updated", version=2, stream=STREAM, key="booking_id")
+class ComplaintUpdated(ComplaintUpdatedV1):
+    """A complaint's state after any change, for live boards: status, tier, the next deadline
+    that escalates it, the deadlines already missed, and its remedies: one not made (a refund
+    with nothing paid, cash not handed back yet) is operations' to see as soon as it is
+    known, not when the quiet period ends."""
+
+    remedies: list[RemedyState] = Field(default_factory=list)
 
 
 @event("reviews.complaint_closed", version=1, stream=STREAM, key="booking_id")

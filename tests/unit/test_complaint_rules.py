@@ -9,6 +9,7 @@ from pydantic import ValidationError
 
 from services.reviews.api import ResolutionIn
 from services.reviews.domain import (
+    QUIET_PERIOD,
     REVIEW_EDIT_WINDOW,
     Category,
     Channel,
@@ -235,6 +236,30 @@ def test_a_resolution_whose_remedy_was_not_made_goes_back_to_operations_not_clos
     assert c.next_deadline == ("resolution", quiet)
     assert (c.timeline[-1].what, c.timeline[-1].detail) == ("reopened", "not made: refund")
     assert not c.close_quietly(quiet)  # not waiting for the customer any more
+
+
+def test_operations_propose_anew_at_once_when_a_remedy_of_the_waiting_one_was_not_made() -> None:
+    """The refund had nothing to give back: waiting the quiet week for the complaint to come
+    back left the customer promised nothing. Operations may propose another at once, which
+    the customer answers instead; a resolution whose remedies are under way still waits."""
+    c = complaint()
+    (refund,) = c.propose("ops:ana", "back", [RemedyIn(kind=RemedyKind.REFUND)], NOW)
+    coupon = RemedyIn(kind=RemedyKind.COUPON, amount=500, currency="EUR")
+    with pytest.raises(Conflict):
+        c.propose("ops:ana", "and a coupon", [coupon], NOW)  # the refund is under way
+    assert c.not_carried_out(RemedyKind.REFUND, NOW, refund.remedy_id, "nothing was paid")
+    assert [r.remedy_id for r in c.unmade] == [refund.remedy_id]
+    later = NOW + timedelta(hours=1)
+    (instead,) = c.propose("ops:ana", "5.00 off instead", [coupon], later)
+    assert c.status is ComplaintStatus.RESOLUTION_PROPOSED
+    assert (c.resolution, c.quiet_until) == ("5.00 off instead", later + QUIET_PERIOD)
+    assert c.unmade == []
+    assert [c.current(r) for r in c.remedies] == [False, True]
+    assert c.timeline[-1].what == "resolution proposed in place of the last (a remedy not made)"
+    with pytest.raises(Conflict):  # its coupon is under way: this one waits for the answer
+        c.propose("ops:ana", "yet another", [RemedyIn(kind=RemedyKind.APOLOGY)], later)
+    c.accept("customer:cus_1", later)
+    assert (c.status, c.remedies[-1].remedy_id) == (ComplaintStatus.CLOSED, instead.remedy_id)
 
 
 def test_a_refund_the_card_refused_after_the_customer_accepted_shows_on_the_closed_one() -> None:

@@ -379,18 +379,32 @@ function renderVisits() {
     "Reassign…")))), "No visits under way.", 6);
 }
 
+// The last resolution's remedies, and whether each was carried out: one not made (a refund
+// with nothing paid, cash not handed back yet) is operations' to put right now.
+const remedies = (c) => (c.remedies || []).filter((r) => r.current);
+const unmade = (c) => remedies(c).some((r) => r.not_made);
+
+function remedyText(r) {
+  const size = r.amount != null ? (r.currency ? money(r.amount, r.currency) : (r.amount / 100).toFixed(2))
+    : r.percent ? `${r.percent} %` : r.kind === "refund" ? "of all paid" : "";
+  const what = [label(r.kind), size].filter(Boolean).join(" ");
+  if (r.not_made) return h("span", { class: "flagged", "data-remedy": r.remedy_id, "data-made": "no" }, `${what}: not made (${r.not_made})`);
+  return h("span", { "data-remedy": r.remedy_id, "data-made": r.took_effect_at ? "yes" : "pending" }, `${what}: ${r.took_effect_at ? "made" : "under way"}`);
+}
+
 function renderComplaints() {
   const rows = [...state.complaints.values()].filter((c) => c.status !== "closed")
-    .sort((a, b) => (a.next_deadline || "9").localeCompare(b.next_deadline || "9"));
-  fill("complaints", rows.map((c) => h("tr", { "data-complaint": c.complaint_id, class: c.breaches ? "breach-row" : "" },
+    .sort((a, b) => unmade(b) - unmade(a) || (a.next_deadline || "9").localeCompare(b.next_deadline || "9"));
+  fill("complaints", rows.map((c) => h("tr", { "data-complaint": c.complaint_id, class: c.breaches || unmade(c) ? "breach-row" : "" },
     h("td", {}, c.complaint_id, h("br"), h("small", {}, `booking ${c.booking_id}`)),
     h("td", {}, label(c.category)), h("td", {}, c.severity), h("td", {}, c.tier), h("td", {}, label(c.status)),
+    h("td", {}, remedies(c).length ? remedies(c).flatMap((r, i) => i ? [h("br"), remedyText(r)] : [remedyText(r)]) : "—"),
     h("td", {}, c.next_deadline ? [label(c.next_deadline_kind), " ", h("span", { "data-due": c.next_deadline }, "")] : "—"),
     h("td", { class: c.breaches ? "breach" : "" }, c.breaches ? `${c.breaches} missed` : "0"),
     h("td", {}, isOps() && [
       !c.first_response_at && h("button", { type: "button", onclick: () => respond(c), "aria-label": `Respond to complaint ${c.complaint_id}` }, "Respond…"),
-      c.status !== "resolution_proposed" && h("button", { type: "button", onclick: () => resolve(c), "aria-label": `Propose a remedy for complaint ${c.complaint_id}` }, "Remedy…"),
-    ]))), "No open complaints.", 8);
+      (c.status !== "resolution_proposed" || unmade(c)) && h("button", { type: "button", onclick: () => resolve(c), "aria-label": `Propose a remedy for complaint ${c.complaint_id}` }, unmade(c) ? "Another remedy…" : "Remedy…"),
+    ]))), "No open complaints.", 9);
 }
 
 // Operations' alone: the fees customers owe, to chase or waive, and what was settled today.
