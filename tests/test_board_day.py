@@ -430,17 +430,25 @@ async def test_a_complaint_shows_its_remedies_and_news_without_them_leaves_them_
     version 1, from a reviews before it, leaves those stored; older news changes nothing."""
     p = projection
     refund = RemedyState(remedy_id="rm_1", kind="refund", current=True, not_made="nothing was paid")
-    proposed: dict[str, Any] = {"status": "resolution_proposed", "version": 3, "remedies": [refund]}
+    proposed: dict[str, Any] = {
+        "status": "resolution_proposed",
+        "version": 3,
+        "remedies": [refund],
+        "owner": "ana@doorstep.test",
+    }
     await p.complaint("c_rm", at(10), opened=at(5), responded=at(6), **proposed)
 
-    async def shown() -> Any:
-        rows, _ = await board.complaints(p.db, OPS, MIDNIGHT, limit=100)
+    async def shown(actor: Actor = OPS) -> Any:
+        rows, _ = await board.complaints(p.db, actor, MIDNIGHT, limit=100)
         return next(c for c in rows if c.complaint_id == "c_rm")
 
     row = await shown()
     assert [(r.kind, r.current, r.not_made) for r in row.remedies] == [
         ("refund", True, "nothing was paid")
     ]
+    assert row.owner == "ana@doorstep.test"
+    theirs = await shown(STORE_A)  # the visit's store: not who at operations has it
+    assert (theirs.owner, len(theirs.remedies)) == (None, 1)
     await p.complaint(
         "c_rm",
         at(20),

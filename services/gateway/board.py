@@ -810,8 +810,11 @@ def alert_row(doc: Document, actor: Actor) -> AlertRow:
     return row
 
 
-def complaint_row(doc: Document) -> ComplaintRow:
-    return ComplaintRow.model_validate({**doc, "complaint_id": doc["_id"]})
+def complaint_row(doc: Document, actor: Actor) -> ComplaintRow:
+    row = ComplaintRow.model_validate({**doc, "complaint_id": doc["_id"]})
+    if not actor.is_ops:  # who at operations has it: a staff member's e-mail, theirs alone
+        row.owner = None
+    return row
 
 
 R = TypeVar("R")
@@ -922,7 +925,7 @@ async def complaints(
 ) -> Listed[ComplaintRow]:
     """Every complaint still open, and those that moved today."""
     docs, total = await _page(db, actor, BOARD_COMPLAINTS, since, limit=limit, after=after)
-    return [complaint_row(d) for d in docs], total
+    return [complaint_row(d, actor) for d in docs], total
 
 
 def fee_row(doc: Document) -> FeeRow:

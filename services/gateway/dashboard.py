@@ -331,7 +331,7 @@ async def _event(request: Request, actor: Actor, collection: str, doc: Document)
         return _frame("fee", board.fee_row(doc))
     if collection == board.BOARD_UNPAID:
         return _frame("unpaid", board.unpaid_row(doc, actor))
-    return _frame("complaint", board.complaint_row(doc))
+    return _frame("complaint", board.complaint_row(doc, actor))
 
 
 @router.get(
