@@ -545,7 +545,8 @@ class City:
         deadline = time.monotonic() + within_s
         while time.monotonic() < deadline and self.running:
             customer.nudged.clear()
-            status = (await me.json("GET", url))["status"]
+            complaint = await me.json("GET", url)
+            status, read = complaint["status"], complaint.get("resolution_id")
             if status == "closed":
                 counts["complaints_closed"] += 1
                 return
@@ -556,14 +557,16 @@ class City:
                     await me.call(
                         "POST",
                         f"{url}/reject",
-                        json={"reason": "that does not put it right"},
+                        json={"reason": "that does not put it right", "resolution_id": read},
                         ok=(200, 409),
                         headers={"Idempotency-Key": f"reject-{complaint_id}"},
                     )
                     counts["resolutions_rejected"] += 1
                 else:
-                    # 409: answered already by a try that timed out; the next look tells.
-                    await me.call("POST", f"{url}/accept", ok=(200, 409))
+                    # 409: answered already by a try that timed out, or operations proposed
+                    # another since it was read (the answer names it): the next look tells.
+                    answer = {"resolution_id": read}
+                    await me.call("POST", f"{url}/accept", json=answer, ok=(200, 409))
                 continue
             await woken(customer.nudged, self.look_in())
         if not self.running:

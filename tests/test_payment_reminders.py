@@ -24,10 +24,11 @@ from services.payments.domain import (
     ReceiptStatus,
     SignatureMethod,
 )
-from services.payments.storage import Receipts, ensure_indexes
+from services.payments.storage import Receipts, WaitingRefunds, ensure_indexes
 from shared.errors import Conflict
+from shared.events.booking import BookingCancelled
 from shared.events.envelope import Envelope
-from shared.events.reviews import RefundGranted
+from shared.events.reviews import RefundGranted, RefundWithdrawn
 from shared.mongo import Database, Document
 from shared.outbox import Transaction, UnitOfWork, ensure_outbox_indexes
 from shared.timers import ensure_timer_indexes
@@ -344,3 +345,67 @@ async def test_a_refund_on_a_written_off_visit_is_told_not_made_once_and_made_if
         ("complaint:cmp_w:rm_2", 1000),
     ]
     assert len(await not_made_events(db, receipt)) == 2
+
+
+async def test_a_refund_told_not_made_and_answered_by_another_remedy_is_never_made_after_all(
+    infra: Infra, mongo: AsyncMongoClient[Document]
+) -> None:
+    """Operations answered a complaint's refund that could not be made (the visit written
+    off; a booking cancelled before its receipt) with another remedy: payments drops it
+    where it kept it, so a visit paid after all does not make it as well. A refund not
+    withdrawn is still made."""
+    uow, db = await payments_db(infra, mongo, reminders=3)
+    receipt = await signed_unpaid(db, reminded=1)
+    await uow.run(lambda tx: commands.write_off(tx, receipt.receipt_id, "ops_1", "moved abroad"))
+    for remedy_id in ("rm_1", "rm_2"):
+        grant = RefundGranted(
+            complaint_id="cmp_x",
+            booking_id=receipt.booking_id,
+            customer_id=receipt.customer_id,
+            amount=1000,
+            reason="late",
+            remedy_id=remedy_id,
+        )
+        await uow.run(partial(commands.grant_refund, event=grant))
+    assert len(await not_made_events(db, receipt)) == 2
+    withdrawn = RefundWithdrawn(
+        complaint_id="cmp_x", booking_id=receipt.booking_id, remedy_id="rm_1"
+    )
+    for _ in range(2):  # and again: nothing more to drop
+        await uow.run(lambda tx: commands.withdraw_refund(tx, withdrawn))
+
+    await uow.run(lambda tx: commands.reopen(tx, receipt.receipt_id, "ops_1", "paying"))
+    await uow.run(lambda tx: commands.collect_cash(tx, receipt.receipt_id, "tech_r", 5000))
+    assert await granted_refunds_fire(uow, db, receipt)
+    paid = await Receipts(db).existing(receipt.receipt_id, what="receipt")
+    assert [r.refund_id for r in paid.refunds] == ["complaint:cmp_x:rm_2"]
+
+    # Cancelled before any receipt: kept for one, in case the visit was done after all.
+    booking_id = f"bk_{uuid.uuid4().hex[:10]}"
+    waiting = RefundGranted(
+        complaint_id="cmp_y",
+        booking_id=booking_id,
+        customer_id="cus_r",
+        amount=None,
+        reason="never came",
+        remedy_id="rm_3",
+    )
+    await uow.run(lambda tx: commands.grant_refund(tx, waiting))
+    cancel = BookingCancelled(
+        booking_id=booking_id,
+        customer_id="cus_r",
+        fee=0,
+        currency="EUR",
+        reason="changed my mind",
+        cancelled_at=datetime.now(UTC),
+    )
+    await uow.run(lambda tx: commands.refunds_after_cancelling(tx, cancel))
+    kept = await WaitingRefunds(db).get(booking_id)
+    assert kept is not None
+    assert [g.refund_id for g in kept.refunds] == ["complaint:cmp_y:rm_3"]
+    gone = RefundWithdrawn(complaint_id="cmp_y", booking_id=booking_id, remedy_id="rm_3")
+    await uow.run(lambda tx: commands.withdraw_refund(tx, gone))
+    kept = await WaitingRefunds(db).get(booking_id)
+    assert kept is not None
+    assert kept.refunds == []
+    assert kept.cancelled_at is not None  # a refund granted now is still told not made

@@ -1290,6 +1290,12 @@ async def test_a_remedy_not_made_is_on_operations_board_at_once_and_another_may_
     assert (refund["kind"], refund["current"]) == ("refund", True)
     assert refund["not_made"] == seen["remedies"][0]["not_made"]
 
+    # Payments keeps the refund in case the visit was done and paid after all.
+    waiting = mongo[f"{platform.prefix}_payments"]["refunds_waiting"]
+    kept = await waiting.find_one({"_id": seen["booking_id"]})
+    assert kept is not None
+    assert len(kept["refunds"]) == 1
+
     coupon = {"kind": "coupon", "amount": 500, "currency": "EUR"}
     async with platform.client("reviews") as reviews:
         again = await reviews.post(
@@ -1317,6 +1323,30 @@ async def test_a_remedy_not_made_is_on_operations_board_at_once_and_another_may_
         ("refund", False),
         ("coupon", True),
     ]
+    assert row["remedies"][0]["withdrawn_at"] is not None
+
+    async def dropped() -> bool:
+        kept = await waiting.find_one({"_id": seen["booking_id"]})
+        return kept is not None and kept["refunds"] == []
+
+    await eventually(dropped, what="the refund withdrawn at payments")
+
+    # The customer's answer names the resolution they read: the first one is gone.
+    async with platform.client("reviews") as reviews:
+        stale = await reviews.post(
+            f"{url}/accept",
+            json={"resolution_id": seen["resolution_id"]},
+            headers=as_customer(customer),
+        )
+        assert stale.status_code == 409, stale.text
+        assert "another resolution" in stale.json()["error"]["message"]
+        accepted = await reviews.post(
+            f"{url}/accept",
+            json={"resolution_id": now["resolution_id"]},
+            headers=as_customer(customer),
+        )
+        assert accepted.status_code == 200, accepted.text
+        assert accepted.json()["status"] == "closed"
 
 
 async def a_refund_proposed(

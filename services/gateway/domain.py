@@ -148,6 +148,8 @@ class RemedyRow(Row):
     current: bool = Field(description="Decided by the resolution proposed last")
     took_effect_at: datetime | None = None
     not_made: str | None = Field(None, description="Why it could not be made")
+    owed: bool = Field(False, description="Not made, the money owed: operations give it back")
+    withdrawn_at: datetime | None = Field(None, description="A later resolution answered it")
 
 
 class ComplaintRow(Row):

@@ -70,7 +70,13 @@ from shared.events.payments import (
     RefundRepaid,
     WriteOffReversed,
 )
-from shared.events.reviews import REMEDY_REFUND, RefundGranted, RefundGrantedV1, remedy_made_id
+from shared.events.reviews import (
+    REMEDY_REFUND,
+    RefundGranted,
+    RefundGrantedV1,
+    RefundWithdrawn,
+    remedy_made_id,
+)
 from shared.mongo import Database, Session
 from shared.outbox import Transaction
 from shared.time import backoff, utcnow
@@ -783,6 +789,21 @@ async def grant_refund(tx: Transaction, event: RefundGrantedV1) -> None:
             await Receipts(tx.db).save(receipt, tx.session)
     else:
         await make_granted_refund(tx, receipt, granted.refund_id, event.amount, event.reason)
+
+
+async def withdraw_refund(tx: Transaction, event: RefundWithdrawn) -> None:
+    """A complaint's refund told not made, that a later resolution answered instead: dropped
+    from where it was kept (its receipt, or the booking's refunds waiting for one), so a
+    visit paid after all does not make it too. One made meanwhile stays made."""
+    refund_id = remedy_made_id(REMEDY_REFUND, event.complaint_id, event.remedy_id)
+    receipt = await Receipts(tx.db).by_booking(event.booking_id, tx.session)
+    if receipt is not None and any(g.refund_id == refund_id for g in receipt.refunds_granted):
+        receipt.refunds_granted = [g for g in receipt.refunds_granted if g.refund_id != refund_id]
+        await Receipts(tx.db).save(receipt, tx.session)
+    waiting = await WaitingRefunds(tx.db).get(event.booking_id, tx.session)
+    if waiting is not None and any(g.refund_id == refund_id for g in waiting.refunds):
+        waiting.refunds = [g for g in waiting.refunds if g.refund_id != refund_id]
+        await WaitingRefunds(tx.db).keep(waiting, tx.session, new=False)
 
 
 VOIDED_UNPAID = "the visit's receipt was withdrawn unpaid: nothing was paid for it"

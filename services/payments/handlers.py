@@ -19,6 +19,7 @@ from shared.events.reviews import (
     CouponRemedyV1,
     RefundGranted,
     RefundGrantedV1,
+    RefundWithdrawn,
     remedy_made_id,
 )
 from shared.faults import crash_point
@@ -52,6 +53,11 @@ async def withdraw_receipt(tx: Transaction, event: ServiceVoided) -> None:
 @handlers.on(RefundGrantedV1)
 async def complaint_refund(tx: Transaction, event: RefundGrantedV1) -> None:
     await commands.grant_refund(tx, event)
+
+
+@handlers.on(RefundWithdrawn)
+async def complaint_refund_withdrawn(tx: Transaction, event: RefundWithdrawn) -> None:
+    await commands.withdraw_refund(tx, event)
 
 
 @handlers.on(CouponRemedy)

@@ -379,8 +379,21 @@ class ResolutionIn(Forbid):
         return self
 
 
+ANSWERED = Field(
+    default=None,
+    max_length=64,
+    description="The resolution answered (its `resolution_id`, as read): if operations "
+    "proposed another since, 409, and nothing changes",
+)
+
+
+class AcceptIn(Forbid):
+    resolution_id: str | None = ANSWERED
+
+
 class RejectIn(Forbid):
     reason: Text
+    resolution_id: str | None = ANSWERED
 
 
 async def _work(
@@ -465,9 +478,13 @@ def _customer_or_ops(actor: Actor, complaint: Complaint) -> str:
     tags=["complaints"],
     summary="The customer (or operations for them) accepts the resolution: closed",
 )
-async def accept(complaint_id: PathId, runtime: RuntimeDep, actor: ActorDep) -> Complaint:
+async def accept(
+    complaint_id: PathId, runtime: RuntimeDep, actor: ActorDep, body: AcceptIn | None = None
+) -> Complaint:
+    answered = body.resolution_id if body else None
+
     async def change(tx: Transaction, c: Complaint) -> None:
-        c.accept(_customer_or_ops(actor, c), utcnow())
+        c.accept(_customer_or_ops(actor, c), utcnow(), answered)
         commands.closed(tx, c)
 
     return await _work(runtime, actor, complaint_id, change)
@@ -492,7 +509,8 @@ async def reject(
             raise Forbidden("only the complaint's customer may reject the resolution")
         before = c.tier
         policy = sla(c.category, c.severity)
-        if not c.reject(f"customer:{actor.subject}", body.reason, utcnow(), policy, key):
+        said = f"customer:{actor.subject}"
+        if not c.reject(said, body.reason, utcnow(), policy, key, resolution_id=body.resolution_id):
             return False  # rejected before under this key
         if c.tier is not before:  # the top tier reopens where it is: nobody above to go to
             commands.escalated(tx, c, "the customer rejected the resolution", before.value)

@@ -23,6 +23,7 @@ from shared.events.reviews import (
     CouponRemedy,
     RedoRequested,
     RefundGranted,
+    RefundWithdrawn,
     RemedyState,
     TechnicianQualityChanged,
     TechnicianSuspended,
@@ -85,7 +86,15 @@ def updated(c: Complaint) -> ComplaintUpdated:
         remedies=[
             RemedyState(
                 **r.model_dump(
-                    include={"remedy_id", "amount", "percent", "currency", "took_effect_at"}
+                    include={
+                        "remedy_id",
+                        "amount",
+                        "percent",
+                        "currency",
+                        "took_effect_at",
+                        "owed",
+                        "withdrawn_at",
+                    }
                 ),
                 kind=r.kind.value,
                 current=c.current(r),
@@ -222,6 +231,15 @@ def proposed(tx: Transaction, complaint: Complaint, remedies: list[Remedy]) -> N
         )
     )
     remedy_events(tx, complaint, remedies)
+    for answered in complaint.withdrawn_by_last:
+        if answered.kind is RemedyKind.REFUND:
+            tx.emit(
+                RefundWithdrawn(
+                    complaint_id=complaint.complaint_id,
+                    booking_id=complaint.booking_id,
+                    remedy_id=answered.remedy_id,
+                )
+            )
 
 
 def closed(tx: Transaction, complaint: Complaint) -> None:
@@ -254,6 +272,7 @@ async def remedy_outcome(
     *,
     not_made: str | None = None,
     undone: bool = False,
+    owed: bool = False,
 ) -> None:
     """A remedy another service carries out took effect, or (`not_made`: why) could not;
     `undone`: it was said made and was not after all."""
@@ -262,7 +281,9 @@ async def remedy_outcome(
         return
     now = utcnow()
     if not_made is not None:
-        changed = complaint.not_carried_out(kind, now, remedy_id, not_made, undone=undone)
+        changed = complaint.not_carried_out(
+            kind, now, remedy_id, not_made, undone=undone, owed=owed
+        )
     else:
         changed = complaint.took_effect(kind, now, remedy_id)
     if changed:

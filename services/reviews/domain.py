@@ -193,10 +193,21 @@ class Remedy(RemedyIn):
     proposal_digest: str | None = None
     took_effect_at: datetime | None = None
     not_made: str | None = None  # why the service that carries it out could not
+    # Not made, and the money is owed all the same: operations hand it back (cash, a card
+    # that refused it) and record it, and then it is made.
+    owed: bool = False
+    # A later resolution answered it instead: payments drops it, never to be made (a refund
+    # told not made is kept in case the visit is paid after all).
+    withdrawn_at: datetime | None = None
 
     @property
     def pending(self) -> bool:
         return self.took_effect_at is None and self.not_made is None
+
+    @property
+    def replaceable(self) -> bool:
+        """Not made, and nothing owed: another remedy answers it."""
+        return self.not_made is not None and not self.owed and self.withdrawn_at is None
 
 
 class Breach(Forbid):
@@ -234,6 +245,9 @@ class Complaint(Forbid):
     first_response_at: datetime | None = None
     resolution: str | None = None
     resolution_proposed_at: datetime | None = None
+    # Names the resolution waiting for the customer: an answer that names another (operations
+    # proposed again meanwhile) is refused, not taken as an answer to one never read.
+    resolution_id: str | None = None
     quiet_until: datetime | None = None
     closed_at: datetime | None = None
     closed_by: str | None = None
@@ -266,6 +280,12 @@ class Complaint(Forbid):
         left unmade was answered by the next one (else no complaint with such a remedy would
         ever close quietly)."""
         return [r for r in self.remedies if r.not_made is not None and self.current(r)]
+
+    @property
+    def withdrawn_by_last(self) -> list[Remedy]:
+        """The remedies the resolution proposed last answered instead."""
+        at = self.resolution_proposed_at
+        return [r for r in self.remedies if at is not None and r.withdrawn_at == at]
 
     def _log(self, at: datetime, by: str, what: str, detail: str = "") -> None:
         self.timeline.append(Step(at=at, by=by, what=what, detail=detail))
@@ -337,14 +357,25 @@ class Complaint(Forbid):
             return []
         self._open()
         replacing = self.status is ComplaintStatus.RESOLUTION_PROPOSED
-        if replacing and not self.unmade:
+        if replacing and not any(r.replaceable for r in self.unmade):
             # One at a time, so a retried proposal (the first landed after a timeout) is not
             # a second one with remedies of its own: the customer answers this one first.
-            raise Conflict("a resolution is already waiting for the customer's answer")
+            owed = " (its refund is owed: record it repaid)" if self.unmade else ""
+            raise Conflict(f"a resolution is already waiting for the customer's answer{owed}")
+        if replacing and key is None:
+            # Else a retry, its first try landed, would replace the new one in turn.
+            raise Unprocessable(
+                "a resolution in place of one waiting for the customer needs an "
+                "Idempotency-Key",
+                field="Idempotency-Key",
+            )
         if not remedies:
             raise Unprocessable("a resolution names at least one remedy", field="remedies")
         if self.first_response_at is None:
             self.respond(by, text, at)
+        for answered in self.remedies:  # this resolution answers them: never made later
+            if answered.replaceable:
+                answered.withdrawn_at = at
         decided = [
             Remedy(
                 **r.model_dump(),
@@ -361,6 +392,7 @@ class Complaint(Forbid):
         self.remedies += decided
         self.resolution = text
         self.resolution_proposed_at = at
+        self.resolution_id = f"rs_{uuid.uuid4().hex[:12]}"
         self.quiet_until = at + QUIET_PERIOD
         self.status = ComplaintStatus.RESOLUTION_PROPOSED
         what = "resolution proposed" + (" in place of the last (a remedy not made)" * replacing)
@@ -384,13 +416,30 @@ class Complaint(Forbid):
             )
         return True
 
-    def accept(self, by: str, at: datetime) -> None:
+    def _answers(self, resolution_id: str | None) -> None:
+        """An answer naming the resolution it read answers that one only."""
+        if resolution_id is not None and resolution_id != self.resolution_id:
+            raise Conflict(
+                "operations proposed another resolution since this one was read: read it "
+                "and answer that one",
+                field="resolution_id",
+            )
+
+    def accept(self, by: str, at: datetime, resolution_id: str | None = None) -> None:
         if self.status is not ComplaintStatus.RESOLUTION_PROPOSED:
             raise Conflict("there is no proposed resolution to accept")
+        self._answers(resolution_id)
         self._close(by, at, "accepted by the customer")
 
     def reject(
-        self, by: str, reason: str, at: datetime, policy: Sla, key: str | None = None
+        self,
+        by: str,
+        reason: str,
+        at: datetime,
+        policy: Sla,
+        key: str | None = None,
+        *,
+        resolution_id: str | None = None,
     ) -> bool:
         """The customer is not satisfied: the complaint goes up a tier with fresh deadlines.
         A rejection retried under its `key` changes nothing (False), whatever came since."""
@@ -398,6 +447,7 @@ class Complaint(Forbid):
             return False
         if self.status is not ComplaintStatus.RESOLUTION_PROPOSED:
             raise Conflict("there is no proposed resolution to reject")
+        self._answers(resolution_id)
         if key is not None:
             self.rejected_under.append(key)
         self.status = ComplaintStatus.IN_PROGRESS
@@ -477,7 +527,7 @@ class Complaint(Forbid):
         )
         if remedy is None:
             return False
-        remedy.took_effect_at, remedy.not_made = at, None
+        remedy.took_effect_at, remedy.not_made, remedy.owed = at, None, False
         self._log(at, "platform", f"{kind.value} took effect")
         return True
 
@@ -489,10 +539,12 @@ class Complaint(Forbid):
         why: str,
         *,
         undone: bool = False,
+        owed: bool = False,
     ) -> bool:
         """The service that carries the remedy out could not (a refund with nothing paid):
         shown on the complaint, for operations to put it right another way. `undone`: it
-        was said made and was not after all (the card would not take the refund back)."""
+        was said made and was not after all (the card would not take the refund back), and
+        so, like `owed` (cash to hand back), the money is owed: operations give it back."""
         if not undone:
             remedy = self._pending(kind, remedy_id)
         else:  # the one made (a version 1 id names none: not another still pending)
@@ -508,7 +560,7 @@ class Complaint(Forbid):
             )
         if remedy is None:
             return False
-        remedy.took_effect_at, remedy.not_made = None, why
+        remedy.took_effect_at, remedy.not_made, remedy.owed = None, why, owed or undone
         # On a complaint closed already it stays closed (the customer accepted): the money
         # still owed is on operations' board, from payments, until they give it back.
         self._log(at, "platform", f"{kind.value} not made", why)

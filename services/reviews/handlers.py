@@ -161,6 +161,7 @@ async def _made_elsewhere(
     not_made: str | None = None,
     *,
     undone: bool = False,
+    owed: bool = False,
 ) -> None:
     """A refund or coupon payments made (or could not) under an id naming the complaint's
     remedy; one operations made by hand names none and changes no complaint."""
@@ -168,7 +169,7 @@ async def _made_elsewhere(
     if named is not None:
         complaint_id, remedy_id = named
         await commands.remedy_outcome(
-            tx, complaint_id, kind, remedy_id, not_made=not_made, undone=undone
+            tx, complaint_id, kind, remedy_id, not_made=not_made, undone=undone, owed=owed
         )
 
 
@@ -178,7 +179,7 @@ async def refund_issued(tx: Transaction, event: RefundIssued) -> None:
         # Cash goes back only by somebody's hand: not made until operations record it.
         part = f"{event.to_cash / 100:.2f} {event.currency}"
         why = f"{part} of the refund is cash to hand back: operations record it when given"
-        await _made_elsewhere(tx, event.refund_id, REMEDY_REFUND, RemedyKind.REFUND, why)
+        await _made_elsewhere(tx, event.refund_id, REMEDY_REFUND, RemedyKind.REFUND, why, owed=True)
         return
     await _made_elsewhere(tx, event.refund_id, REMEDY_REFUND, RemedyKind.REFUND)
 

@@ -172,6 +172,14 @@ class RemedyState(BaseModel):
     not_made: str | None = Field(
         default=None, description="Why the service that carries it out could not"
     )
+    owed: bool = Field(
+        default=False,
+        description="Not made, and the money is owed all the same (cash to hand back, a card "
+        "that refused it): operations give it back; another remedy does not replace it",
+    )
+    withdrawn_at: datetime | None = Field(
+        default=None, description="A later resolution answered it instead: never made"
+    )
 
 
 @event("reviews.complaint_updated", version=2, stream=STREAM, key="booking_id")
@@ -182,6 +190,17 @@ class ComplaintUpdated(ComplaintUpdatedV1):
     known, not when the quiet period ends."""
 
     remedies: list[RemedyState] = Field(default_factory=list)
+
+
+@event("reviews.refund_withdrawn", version=1, stream=STREAM, key="booking_id")
+class RefundWithdrawn(EventPayload):
+    """A complaint's refund payments could not make (nothing was paid) was answered by a
+    later resolution: payments drops it, where it kept it in case the visit was paid after
+    all, so the customer is not compensated twice."""
+
+    complaint_id: str
+    booking_id: str
+    remedy_id: str = Field(min_length=1, max_length=64)
 
 
 @event("reviews.complaint_closed", version=1, stream=STREAM, key="booking_id")

@@ -250,16 +250,76 @@ def test_operations_propose_anew_at_once_when_a_remedy_of_the_waiting_one_was_no
     assert c.not_carried_out(RemedyKind.REFUND, NOW, refund.remedy_id, "nothing was paid")
     assert [r.remedy_id for r in c.unmade] == [refund.remedy_id]
     later = NOW + timedelta(hours=1)
-    (instead,) = c.propose("ops:ana", "5.00 off instead", [coupon], later)
+    with pytest.raises(Unprocessable, match="Idempotency-Key"):  # a retry would replace it
+        c.propose("ops:ana", "5.00 off instead", [coupon], later)
+    (instead,) = c.propose("ops:ana", "5.00 off instead", [coupon], later, key="k2")
+    assert c.propose("ops:ana", "5.00 off instead", [coupon], later, key="k2") == []  # retried
     assert c.status is ComplaintStatus.RESOLUTION_PROPOSED
     assert (c.resolution, c.quiet_until) == ("5.00 off instead", later + QUIET_PERIOD)
     assert c.unmade == []
     assert [c.current(r) for r in c.remedies] == [False, True]
+    assert c.withdrawn_by_last == [refund]  # payments drops it: never made after all
+    assert refund.withdrawn_at == later
     assert c.timeline[-1].what == "resolution proposed in place of the last (a remedy not made)"
     with pytest.raises(Conflict):  # its coupon is under way: this one waits for the answer
         c.propose("ops:ana", "yet another", [RemedyIn(kind=RemedyKind.APOLOGY)], later)
     c.accept("customer:cus_1", later)
     assert (c.status, c.remedies[-1].remedy_id) == (ComplaintStatus.CLOSED, instead.remedy_id)
+
+
+def test_a_refund_owed_is_not_replaced_by_another_remedy_but_given_back() -> None:
+    """Cash to hand back, or a refund the card refused, is money owed: operations give it
+    back and record it. Another remedy does not take its place while the customer has the
+    resolution, and one proposed after the quiet week withdraws nothing owed."""
+    for owed in ("cash", "declined"):
+        c = complaint()
+        (refund,) = c.propose("ops:ana", "back", [RemedyIn(kind=RemedyKind.REFUND)], NOW)
+        if owed == "cash":
+            assert c.not_carried_out(RemedyKind.REFUND, NOW, refund.remedy_id, "cash", owed=True)
+        else:
+            assert c.took_effect(RemedyKind.REFUND, NOW, refund.remedy_id)
+            assert c.not_carried_out(
+                RemedyKind.REFUND, NOW, refund.remedy_id, "card closed", undone=True
+            )
+        assert refund.owed
+        assert not refund.replaceable
+        apology = [RemedyIn(kind=RemedyKind.APOLOGY)]
+        with pytest.raises(Conflict, match="record it repaid"):
+            c.propose("ops:ana", "sorry instead", apology, NOW)
+        assert c.quiet_until is not None
+        assert c.close_quietly(c.quiet_until)  # reopened: the money is still owed
+        c.propose("ops:ana", "sorry, too", apology, c.resolution_due)
+        assert (refund.withdrawn_at, c.withdrawn_by_last) == (None, [])
+        assert c.took_effect(RemedyKind.REFUND, NOW, refund.remedy_id)  # repaid
+        assert not refund.owed
+
+
+def test_an_answer_naming_a_resolution_replaced_since_changes_nothing() -> None:
+    """The customer read the first resolution; operations replaced it (its refund had
+    nothing to give back) before the answer came: the answer names the one it read, and is
+    refused, not taken as the answer to one never seen. Naming the new one answers it."""
+
+    def accept(c: Complaint, resolution_id: str | None) -> None:
+        c.accept("customer:cus_1", NOW, resolution_id)
+
+    def reject(c: Complaint, resolution_id: str | None) -> None:
+        policy = sla(c.category, c.severity)
+        c.reject("customer:cus_1", "no", NOW, policy, resolution_id=resolution_id)
+
+    coupon = [RemedyIn(kind=RemedyKind.COUPON, amount=500, currency="EUR")]
+    for answer, after in ((accept, ComplaintStatus.CLOSED), (reject, ComplaintStatus.IN_PROGRESS)):
+        c = complaint()
+        (refund,) = c.propose("ops:ana", "back", [RemedyIn(kind=RemedyKind.REFUND)], NOW)
+        read = c.resolution_id
+        assert c.not_carried_out(RemedyKind.REFUND, NOW, refund.remedy_id, "nothing was paid")
+        c.propose("ops:ana", "a coupon", coupon, NOW, key="k2")
+        assert c.resolution_id not in (None, read)
+        before = c.model_copy(deep=True)
+        with pytest.raises(Conflict, match="another resolution"):
+            answer(c, read)
+        assert c == before
+        answer(c, c.resolution_id)
+        assert c.status is after
 
 
 def test_a_refund_the_card_refused_after_the_customer_accepted_shows_on_the_closed_one() -> None:

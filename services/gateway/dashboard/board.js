@@ -379,10 +379,12 @@ function renderVisits() {
     "Reassign…")))), "No visits under way.", 6);
 }
 
-// The last resolution's remedies, and whether each was carried out: one not made (a refund
-// with nothing paid, cash not handed back yet) is operations' to put right now.
+// The last resolution's remedies, and whether each was carried out: one not made is
+// operations' to put right now, by another remedy (a refund with nothing paid) or by
+// handing the money back (cash, a card that refused it: owed, on the visit's row).
 const remedies = (c) => (c.remedies || []).filter((r) => r.current);
 const unmade = (c) => remedies(c).some((r) => r.not_made);
+const replaceable = (c) => remedies(c).some((r) => r.not_made && !r.owed);
 
 function remedyText(r) {
   const size = r.amount != null ? (r.currency ? money(r.amount, r.currency) : (r.amount / 100).toFixed(2))
@@ -403,7 +405,7 @@ function renderComplaints() {
     h("td", { class: c.breaches ? "breach" : "" }, c.breaches ? `${c.breaches} missed` : "0"),
     h("td", {}, isOps() && [
       !c.first_response_at && h("button", { type: "button", onclick: () => respond(c), "aria-label": `Respond to complaint ${c.complaint_id}` }, "Respond…"),
-      (c.status !== "resolution_proposed" || unmade(c)) && h("button", { type: "button", onclick: () => resolve(c), "aria-label": `Propose a remedy for complaint ${c.complaint_id}` }, unmade(c) ? "Another remedy…" : "Remedy…"),
+      (c.status !== "resolution_proposed" || replaceable(c)) && h("button", { type: "button", onclick: () => resolve(c), "aria-label": `Propose a remedy for complaint ${c.complaint_id}` }, replaceable(c) ? "Another remedy…" : "Remedy…"),
     ]))), "No open complaints.", 9);
 }
 
