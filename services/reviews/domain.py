@@ -12,8 +12,9 @@ import uuid
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta
 from enum import StrEnum
+from typing import Any
 
-from pydantic import Field
+from pydantic import Field, model_validator
 
 from shared.errors import Conflict, Forbidden, Unprocessable
 from shared.events.types import Amount, Currency
@@ -183,6 +184,13 @@ class RemedyIn(Forbid):
     note: str = Field(default="", max_length=500)
 
 
+# How reviews says a refund is not made but owed (handlers.py): cash to hand back, or a card
+# that would not take it back. Remedies stored before `owed` was are read by these words.
+CASH_TO_HAND_BACK = "of the refund is cash to hand back"
+CARD_REFUSED = "the card would not take"
+OWED_WORDS = (CASH_TO_HAND_BACK, CARD_REFUSED)
+
+
 class Remedy(RemedyIn):
     remedy_id: str
     decided_at: datetime
@@ -200,9 +208,22 @@ class Remedy(RemedyIn):
     # told not made is kept in case the visit is paid after all).
     withdrawn_at: datetime | None = None
 
+    @model_validator(mode="before")
+    @classmethod
+    def _owed_before_it_was_kept(cls, data: Any) -> Any:
+        """Remedies stored before `owed` was: payments' words say whether money is owed."""
+        if isinstance(data, dict) and "owed" not in data and data.get("not_made"):
+            data = {**data, "owed": any(w in data["not_made"] for w in OWED_WORDS)}
+        return data
+
     @property
     def pending(self) -> bool:
         return self.took_effect_at is None and self.not_made is None
+
+    @property
+    def made_after_withdrawn(self) -> bool:
+        """Answered by a later resolution, and made (or owed) all the same."""
+        return self.withdrawn_at is not None and (self.took_effect_at is not None or self.owed)
 
     @property
     def replaceable(self) -> bool:
@@ -365,8 +386,7 @@ class Complaint(Forbid):
         if replacing and key is None:
             # Else a retry, its first try landed, would replace the new one in turn.
             raise Unprocessable(
-                "a resolution in place of one waiting for the customer needs an "
-                "Idempotency-Key",
+                "a resolution in place of one waiting for the customer needs an Idempotency-Key",
                 field="Idempotency-Key",
             )
         if not remedies:
@@ -528,7 +548,9 @@ class Complaint(Forbid):
         if remedy is None:
             return False
         remedy.took_effect_at, remedy.not_made, remedy.owed = at, None, False
-        self._log(at, "platform", f"{kind.value} took effect")
+        self._log(
+            at, "platform", f"{kind.value} took effect{_AFTER_ALL * bool(remedy.withdrawn_at)}"
+        )
         return True
 
     def not_carried_out(
@@ -546,7 +568,20 @@ class Complaint(Forbid):
         was said made and was not after all (the card would not take the refund back), and
         so, like `owed` (cash to hand back), the money is owed: operations give it back."""
         if not undone:
-            remedy = self._pending(kind, remedy_id)
+            # Pending; or, named, one told not made before that is owed now (written off,
+            # then taken back and paid in cash: the money is to hand back after all).
+            remedy = self._pending(kind, remedy_id) or next(
+                (
+                    r
+                    for r in self.remedies
+                    if r.kind is kind
+                    and r.remedy_id == remedy_id
+                    and r.took_effect_at is None
+                    and owed
+                    and not r.owed
+                ),
+                None,
+            )
         else:  # the one made (a version 1 id names none: not another still pending)
             remedy = next(
                 (
@@ -563,8 +598,14 @@ class Complaint(Forbid):
         remedy.took_effect_at, remedy.not_made, remedy.owed = None, why, owed or undone
         # On a complaint closed already it stays closed (the customer accepted): the money
         # still owed is on operations' board, from payments, until they give it back.
-        self._log(at, "platform", f"{kind.value} not made", why)
+        after_all = _AFTER_ALL * bool(remedy.withdrawn_at and remedy.owed)
+        self._log(at, "platform", f"{kind.value} not made{after_all}", why)
         return True
+
+
+# A remedy a later resolution answered, made all the same (payments made the refund before
+# the withdrawal reached it): the customer has both, which operations must see.
+_AFTER_ALL = " after another resolution answered it"
 
 
 def keyed_complaint_id(customer_id: str, idempotency_key: str) -> str:

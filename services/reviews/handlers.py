@@ -6,6 +6,8 @@ import hashlib
 
 from services.reviews import commands
 from services.reviews.domain import (
+    CARD_REFUSED,
+    CASH_TO_HAND_BACK,
     Category,
     Channel,
     RemedyKind,
@@ -178,7 +180,7 @@ async def refund_issued(tx: Transaction, event: RefundIssued) -> None:
     if event.to_cash > 0:
         # Cash goes back only by somebody's hand: not made until operations record it.
         part = f"{event.to_cash / 100:.2f} {event.currency}"
-        why = f"{part} of the refund is cash to hand back: operations record it when given"
+        why = f"{part} {CASH_TO_HAND_BACK}: operations record it when given"
         await _made_elsewhere(tx, event.refund_id, REMEDY_REFUND, RemedyKind.REFUND, why, owed=True)
         return
     await _made_elsewhere(tx, event.refund_id, REMEDY_REFUND, RemedyKind.REFUND)
@@ -193,7 +195,7 @@ async def refund_not_made(tx: Transaction, event: RefundNotMade) -> None:
 async def refund_declined(tx: Transaction, event: RefundDeclined) -> None:
     # Not the bank's words: the complaint is the technician's store's to read too.
     part = f"{event.amount / 100:.2f} {event.currency}"
-    why = f"the card would not take {part} of the refund back: operations repay it"
+    why = f"{CARD_REFUSED} {part} of the refund back: operations repay it"
     await _made_elsewhere(tx, event.refund_id, REMEDY_REFUND, RemedyKind.REFUND, why, undone=True)
 
 

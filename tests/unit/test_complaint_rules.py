@@ -9,6 +9,8 @@ from pydantic import ValidationError
 
 from services.reviews.api import ResolutionIn
 from services.reviews.domain import (
+    CARD_REFUSED,
+    CASH_TO_HAND_BACK,
     QUIET_PERIOD,
     REVIEW_EDIT_WINDOW,
     Category,
@@ -16,6 +18,7 @@ from services.reviews.domain import (
     Complaint,
     ComplaintFigures,
     ComplaintStatus,
+    Remedy,
     RemedyIn,
     RemedyKind,
     Review,
@@ -292,6 +295,51 @@ def test_a_refund_owed_is_not_replaced_by_another_remedy_but_given_back() -> Non
         assert (refund.withdrawn_at, c.withdrawn_by_last) == (None, [])
         assert c.took_effect(RemedyKind.REFUND, NOW, refund.remedy_id)  # repaid
         assert not refund.owed
+
+
+def test_a_refund_written_off_then_paid_in_cash_after_all_is_owed_and_not_replaced() -> None:
+    """Told not made (the visit written off), then the write-off taken back and the visit
+    paid in cash: the refund is cash to hand back now, money owed, not a remedy another
+    may take the place of (the customer would have both)."""
+    c = complaint()
+    (refund,) = c.propose("ops:ana", "back", [RemedyIn(kind=RemedyKind.REFUND)], NOW)
+    assert c.not_carried_out(RemedyKind.REFUND, NOW, refund.remedy_id, "written off")
+    assert refund.replaceable
+    assert not c.not_carried_out(RemedyKind.REFUND, NOW, refund.remedy_id, "written off")
+    cash = f"15.00 EUR {CASH_TO_HAND_BACK}: operations record it when given"
+    assert c.not_carried_out(RemedyKind.REFUND, NOW, refund.remedy_id, cash, owed=True)
+    assert (refund.not_made, refund.owed, refund.replaceable) == (cash, True, False)
+    with pytest.raises(Conflict, match="record it repaid"):
+        c.propose("ops:ana", "a coupon", [RemedyIn(kind=RemedyKind.APOLOGY)], NOW, key="k")
+
+
+def test_a_refund_made_after_another_resolution_answered_it_says_so() -> None:
+    """Payments made the refund (the visit paid after all) before the withdrawal reached
+    it: the customer has both, and the complaint says so for operations to see."""
+    c = complaint()
+    (refund,) = c.propose("ops:ana", "back", [RemedyIn(kind=RemedyKind.REFUND)], NOW)
+    assert c.not_carried_out(RemedyKind.REFUND, NOW, refund.remedy_id, "nothing was paid")
+    c.propose("ops:ana", "sorry", [RemedyIn(kind=RemedyKind.APOLOGY)], NOW, key="k")
+    assert not refund.made_after_withdrawn
+    assert c.took_effect(RemedyKind.REFUND, NOW, refund.remedy_id)
+    assert refund.made_after_withdrawn
+    assert c.timeline[-1].what == "refund took effect after another resolution answered it"
+
+
+def test_remedies_stored_before_owed_was_read_it_from_payments_words() -> None:
+    """A refund stored as cash to hand back or refused by the card, before `owed` was
+    kept, is money owed (not replaceable); one with nothing paid is not."""
+    (refund,) = complaint().propose("ops:ana", "back", [RemedyIn(kind=RemedyKind.REFUND)], NOW)
+    stored = refund.model_dump(exclude={"owed"})
+    for why, owed in [
+        (f"15.00 EUR {CASH_TO_HAND_BACK}: operations record it when given", True),
+        (f"{CARD_REFUSED} 15.00 EUR of the refund back: operations repay it", True),
+        ("the booking was cancelled before its visit was done: nothing was paid", False),
+    ]:
+        old = Remedy.model_validate({**stored, "not_made": why})
+        assert (old.owed, old.replaceable) == (owed, not owed)
+    kept = Remedy.model_validate({**stored, "not_made": CARD_REFUSED, "owed": False})
+    assert not kept.owed  # what is stored stands
 
 
 def test_an_answer_naming_a_resolution_replaced_since_changes_nothing() -> None:

@@ -382,14 +382,18 @@ function renderVisits() {
 // The last resolution's remedies, and whether each was carried out: one not made is
 // operations' to put right now, by another remedy (a refund with nothing paid) or by
 // handing the money back (cash, a card that refused it: owed, on the visit's row).
-const remedies = (c) => (c.remedies || []).filter((r) => r.current);
-const unmade = (c) => remedies(c).some((r) => r.not_made);
-const replaceable = (c) => remedies(c).some((r) => r.not_made && !r.owed);
+// And one a later resolution answered that was made all the same (payments made it before
+// the withdrawal reached it): the customer has both.
+const twice = (r) => r.withdrawn_at && (r.took_effect_at || r.owed);
+const remedies = (c) => (c.remedies || []).filter((r) => r.current || twice(r));
+const unmade = (c) => remedies(c).some((r) => r.not_made || twice(r));
+const replaceable = (c) => remedies(c).some((r) => r.current && r.not_made && !r.owed);
 
 function remedyText(r) {
   const size = r.amount != null ? (r.currency ? money(r.amount, r.currency) : (r.amount / 100).toFixed(2))
     : r.percent ? `${r.percent} %` : r.kind === "refund" ? "of all paid" : "";
   const what = [label(r.kind), size].filter(Boolean).join(" ");
+  if (twice(r)) return h("span", { class: "flagged", "data-remedy": r.remedy_id, "data-made": "twice" }, `${what}: made after another resolution answered it${r.not_made ? ` (${r.not_made})` : ""}`);
   if (r.not_made) return h("span", { class: "flagged", "data-remedy": r.remedy_id, "data-made": "no" }, `${what}: not made (${r.not_made})`);
   return h("span", { "data-remedy": r.remedy_id, "data-made": r.took_effect_at ? "yes" : "pending" }, `${what}: ${r.took_effect_at ? "made" : "under way"}`);
 }
