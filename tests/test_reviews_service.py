@@ -1331,19 +1331,40 @@ async def test_a_remedy_not_made_is_on_operations_board_at_once_and_another_may_
 
     await eventually(dropped, what="the refund withdrawn at payments")
 
-    # The customer's answer names the resolution they read: the first one is gone.
-    async with platform.client("reviews") as reviews:
-        stale = await reviews.post(
-            f"{url}/accept",
-            json={"resolution_id": seen["resolution_id"]},
-            headers=as_customer(customer),
+    # The customer is told of each, named; the app answers naming the one it read, and an
+    # answer to the first, replaced since, is refused.
+    me = await gateway_token(mongo, platform.prefix, Actor(role=Role.CUSTOMER, subject=customer))
+
+    async def told_twice() -> Any:
+        async with platform.client("gateway") as gateway:
+            notes = (await gateway.get("/v1/notifications", headers=bearer(me))).json()
+        mine = [n for n in notes if n["kind"] == "complaint_resolution"]
+        return mine if len(mine) == 2 else None
+
+    told = sorted(
+        await eventually(told_twice, what="both resolutions told"), key=lambda n: n["created_at"]
+    )
+    assert [n["data"]["resolution_id"] for n in told] == [
+        seen["resolution_id"],
+        now["resolution_id"],
+    ]
+    assert (told[0]["data"]["replaces"], told[1]["data"]["replaces"]) == (
+        None,
+        seen["resolution_id"],
+    )
+    assert "in place of the last" in told[1]["title"]
+    async with platform.client("gateway") as gateway:
+        stale = await gateway.post(
+            f"/v1{url}/accept",
+            json={"resolution_id": told[0]["data"]["resolution_id"]},
+            headers=bearer(me),
         )
         assert stale.status_code == 409, stale.text
         assert "another resolution" in stale.json()["error"]["message"]
-        accepted = await reviews.post(
-            f"{url}/accept",
-            json={"resolution_id": now["resolution_id"]},
-            headers=as_customer(customer),
+        accepted = await gateway.post(
+            f"/v1{url}/accept",
+            json={"resolution_id": told[1]["data"]["resolution_id"]},
+            headers=bearer(me),
         )
         assert accepted.status_code == 200, accepted.text
         assert accepted.json()["status"] == "closed"

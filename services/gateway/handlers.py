@@ -44,6 +44,7 @@ from shared.events.reviews import (
     ComplaintEscalated,
     ComplaintOpened,
     ComplaintResolutionProposed,
+    ComplaintResolutionProposedV1,
 )
 from shared.outbox import Transaction
 from shared.time import utcnow
@@ -511,15 +512,24 @@ async def service_voided(tx: Transaction, event: ServiceVoided) -> None:
 
 
 @handlers.on(ComplaintResolutionProposed)
-async def resolution(tx: Transaction, event: ComplaintResolutionProposed) -> None:
+@handlers.on(ComplaintResolutionProposedV1)
+async def resolution(tx: Transaction, event: ComplaintResolutionProposedV1) -> None:
+    """The app answers naming `resolution_id` (version 2): an answer to one replaced since
+    is refused, not taken for the new one."""
+    named: dict[str, object] = {}
+    if isinstance(event, ComplaintResolutionProposed):
+        named = {"resolution_id": event.resolution_id, "replaces": event.replaces}
     await tell(
         tx,
         f"customer:{event.customer_id}",
         "complaint_resolution",
-        title="We propose a resolution to your complaint",
+        title="We propose another resolution to your complaint, in place of the last"
+        if named.get("replaces")
+        else "We propose a resolution to your complaint",
         body=event.resolution,
         booking_id=event.booking_id,
         complaint_id=event.complaint_id,
+        **named,
     )
 
 

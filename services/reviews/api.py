@@ -456,10 +456,12 @@ async def resolve(
     async def change(tx: Transaction, c: Complaint) -> bool:
         if any(r.kind is RemedyKind.SUSPENSION for r in body.remedies) and not c.technician_id:
             raise Unprocessable("no technician to suspend on this booking", field="remedies")
+        waiting = c.status is ComplaintStatus.RESOLUTION_PROPOSED
+        replaces = c.resolution_id if waiting else None
         decided = c.propose(f"ops:{actor.subject}", body.text, body.remedies, utcnow(), key)
         if not decided:  # proposed before under this key, and told already
             return False
-        commands.proposed(tx, c, decided)
+        commands.proposed(tx, c, decided, replaces)
         return True
 
     return await _work(runtime, actor, complaint_id, change)

@@ -218,8 +218,11 @@ def remedy_events(tx: Transaction, complaint: Complaint, remedies: list[Remedy])
             )
 
 
-def proposed(tx: Transaction, complaint: Complaint, remedies: list[Remedy]) -> None:
+def proposed(
+    tx: Transaction, complaint: Complaint, remedies: list[Remedy], replaces: str | None = None
+) -> None:
     assert complaint.quiet_until is not None
+    assert complaint.resolution_id is not None
     tx.emit(
         ComplaintResolutionProposed(
             complaint_id=complaint.complaint_id,
@@ -228,6 +231,8 @@ def proposed(tx: Transaction, complaint: Complaint, remedies: list[Remedy]) -> N
             resolution=complaint.resolution or "",
             remedies=[r.kind.value for r in remedies],
             quiet_until=complaint.quiet_until,
+            resolution_id=complaint.resolution_id,
+            replaces=replaces,
         )
     )
     remedy_events(tx, complaint, remedies)

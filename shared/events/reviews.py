@@ -118,8 +118,9 @@ class ComplaintEscalated(EventPayload):
 
 
 @event("reviews.complaint_resolution_proposed", version=1, stream=STREAM, key="booking_id")
-class ComplaintResolutionProposed(EventPayload):
-    """Operations proposed a resolution; the customer accepts or rejects it."""
+class ComplaintResolutionProposedV1(EventPayload):
+    """Operations proposed a resolution, before resolutions were named. Still read, for
+    events published before version 2."""
 
     complaint_id: str
     booking_id: str
@@ -127,6 +128,20 @@ class ComplaintResolutionProposed(EventPayload):
     resolution: str
     remedies: list[str]
     quiet_until: datetime
+
+
+@event("reviews.complaint_resolution_proposed", version=2, stream=STREAM, key="booking_id")
+class ComplaintResolutionProposed(ComplaintResolutionProposedV1):
+    """Operations proposed a resolution; the customer accepts or rejects it, naming it (an
+    answer naming one replaced since is refused)."""
+
+    resolution_id: str = Field(min_length=1, max_length=64)
+    replaces: str | None = Field(
+        default=None,
+        max_length=64,
+        description="The resolution this one takes the place of, still waiting for the "
+        "customer (a refund of it had nothing to give back)",
+    )
 
 
 @event("reviews.complaint_updated", version=1, stream=STREAM, key="booking_id")
