@@ -92,13 +92,13 @@ def updated(c: Complaint) -> ComplaintUpdated:
                         "percent",
                         "currency",
                         "took_effect_at",
+                        "not_made",
                         "owed",
                         "withdrawn_at",
                     }
                 ),
                 kind=r.kind.value,
                 current=c.current(r),
-                not_made=r.not_made,
             )
             for r in c.remedies
         ],
