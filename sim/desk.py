@@ -1,7 +1,8 @@
 """Operations at their desk in the living city: they take every safety alert and answer
 every complaint, then propose how to put it right, a tier more generous after the customer
-turns a resolution down. Without them the dashboard's alerts and complaints only pile up and
-every complaint breaches its deadlines."""
+turns a resolution down, and a coupon in place of a refund that had nothing to give back.
+Without them the dashboard's alerts and complaints only pile up and every complaint breaches
+its deadlines."""
 
 from __future__ import annotations
 
@@ -41,6 +42,24 @@ def resolution(complaint: dict[str, Any]) -> dict[str, Any]:
     }
 
 
+# In place of a refund that had nothing to give back (everything paid was refunded already,
+# say): a coupon on the next visit, the resolution the customer then answers.
+INSTEAD = {
+    "text": "we could not refund that, so here is money off your next visit instead",
+    "remedies": [{"kind": "coupon", "amount": 500, "currency": "EUR"}],
+}
+
+
+def refund_not_made(complaint: dict[str, Any]) -> bool:
+    """Has the resolution waiting for the customer a refund that was not made, and owes
+    nothing (cash to hand back, or a card that refused it, is given back instead)?"""
+    return any(
+        r["not_made"] and not r.get("owed") and not r.get("withdrawn_at")
+        for r in complaint["remedies"]
+        if r["decided_at"] == complaint["resolution_proposed_at"]
+    )
+
+
 class Desk:
     """Looks every `every_s`: proposes a resolution for each complaint answered at an
     earlier look (or reopened by the customer), answers the new ones, takes the alerts."""
@@ -66,6 +85,12 @@ class Desk:
             # One key per proposal: a retry whose first try landed proposes nothing twice.
             key = f"desk-{c['complaint_id']}-{len(c['remedies'])}"
             await self.act(path, resolution(c), "resolutions_proposed", key=key)
+        # A refund of the resolution the customer has could not be made: another in its place.
+        waiting = await ops.json("GET", "/v1/complaints", params={"status": "resolution_proposed"})
+        for c in filter(refund_not_made, waiting):
+            path = f"/v1/complaints/{c['complaint_id']}/resolution"
+            key = f"desk-{c['complaint_id']}-{len(c['remedies'])}"
+            await self.act(path, INSTEAD, "remedies_replaced", key=key)
         for c in await ops.json("GET", "/v1/complaints", params={"status": "open"}):
             path = f"/v1/complaints/{c['complaint_id']}/respond"
             await self.act(path, {"text": ANSWER}, "complaints_answered")
