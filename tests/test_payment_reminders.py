@@ -293,6 +293,20 @@ async def granted_refunds_fire(uow: UnitOfWork, db: Database, receipt: Receipt) 
     return True
 
 
+def granted(
+    complaint_id: str, booking_id: str, remedy_id: str, amount: int | None = 1000
+) -> RefundGranted:
+    """A complaint's refund for the visit, as reviews grants it."""
+    return RefundGranted(
+        complaint_id=complaint_id,
+        booking_id=booking_id,
+        customer_id="cus_r",
+        amount=amount,
+        reason="late",
+        remedy_id=remedy_id,
+    )
+
+
 async def test_a_refund_on_a_written_off_visit_is_told_not_made_once_and_made_if_paid_after_all(
     infra: Infra, mongo: AsyncMongoClient[Document]
 ) -> None:
@@ -303,22 +317,16 @@ async def test_a_refund_on_a_written_off_visit_is_told_not_made_once_and_made_if
     uow, db = await payments_db(infra, mongo, reminders=3)
     receipt = await signed_unpaid(db, reminded=1)
 
-    def granted(remedy_id: str) -> RefundGranted:
-        return RefundGranted(
-            complaint_id="cmp_w",
-            booking_id=receipt.booking_id,
-            customer_id=receipt.customer_id,
-            amount=1000,
-            reason="late",
-            remedy_id=remedy_id,
-        )
-
-    await uow.run(lambda tx: commands.grant_refund(tx, granted("rm_1")))
+    await uow.run(
+        lambda tx: commands.grant_refund(tx, granted("cmp_w", receipt.booking_id, "rm_1"))
+    )
     assert await not_made_events(db, receipt) == []  # waits for the money
 
     await uow.run(lambda tx: commands.write_off(tx, receipt.receipt_id, "ops_1", "moved abroad"))
     for _ in range(2):  # granted after it, and again: one refund, told once
-        await uow.run(lambda tx: commands.grant_refund(tx, granted("rm_2")))
+        await uow.run(
+            lambda tx: commands.grant_refund(tx, granted("cmp_w", receipt.booking_id, "rm_2"))
+        )
 
     told = await not_made_events(db, receipt)
     assert [t["refund_id"] for t in told] == ["complaint:cmp_w:rm_1", "complaint:cmp_w:rm_2"]
@@ -358,14 +366,7 @@ async def test_a_refund_told_not_made_and_answered_by_another_remedy_is_never_ma
     receipt = await signed_unpaid(db, reminded=1)
     await uow.run(lambda tx: commands.write_off(tx, receipt.receipt_id, "ops_1", "moved abroad"))
     for remedy_id in ("rm_1", "rm_2"):
-        grant = RefundGranted(
-            complaint_id="cmp_x",
-            booking_id=receipt.booking_id,
-            customer_id=receipt.customer_id,
-            amount=1000,
-            reason="late",
-            remedy_id=remedy_id,
-        )
+        grant = granted("cmp_x", receipt.booking_id, remedy_id)
         await uow.run(partial(commands.grant_refund, event=grant))
     assert len(await not_made_events(db, receipt)) == 2
     withdrawn = RefundWithdrawn(
@@ -382,14 +383,7 @@ async def test_a_refund_told_not_made_and_answered_by_another_remedy_is_never_ma
 
     # Cancelled before any receipt: kept for one, in case the visit was done after all.
     booking_id = f"bk_{uuid.uuid4().hex[:10]}"
-    waiting = RefundGranted(
-        complaint_id="cmp_y",
-        booking_id=booking_id,
-        customer_id="cus_r",
-        amount=None,
-        reason="never came",
-        remedy_id="rm_3",
-    )
+    waiting = granted("cmp_y", booking_id, "rm_3", amount=None)
     await uow.run(lambda tx: commands.grant_refund(tx, waiting))
     cancel = BookingCancelled(
         booking_id=booking_id,
