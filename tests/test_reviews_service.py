@@ -1331,8 +1331,8 @@ async def test_a_remedy_not_made_is_on_operations_board_at_once_and_another_may_
 
     await eventually(dropped, what="the refund withdrawn at payments")
 
-    # The customer is told of each, named; the app answers naming the one it read, and an
-    # answer to the first, replaced since, is refused.
+    # The customer is told of each, named; the app answers naming the one it read. An
+    # answer to the first, replaced since, is refused, and so is one naming none.
     me = await gateway_token(mongo, platform.prefix, Actor(role=Role.CUSTOMER, subject=customer))
 
     async def told_twice() -> Any:
@@ -1361,6 +1361,9 @@ async def test_a_remedy_not_made_is_on_operations_board_at_once_and_another_may_
         )
         assert stale.status_code == 409, stale.text
         assert "another resolution" in stale.json()["error"]["message"]
+        unnamed = await gateway.post(f"/v1{url}/accept", headers=bearer(me))  # an older app
+        assert unnamed.status_code == 409, unnamed.text
+        assert "took the place of another" in unnamed.json()["error"]["message"]
         accepted = await gateway.post(
             f"/v1{url}/accept",
             json={"resolution_id": told[1]["data"]["resolution_id"]},

@@ -383,7 +383,8 @@ ANSWERED = Field(
     default=None,
     max_length=64,
     description="The resolution answered (its `resolution_id`, as read): if operations "
-    "proposed another since, 409, and nothing changes",
+    "proposed another since, 409, and nothing changes. Needed when the waiting resolution "
+    "took the place of another (409 without it: the one read may be the one replaced)",
 )
 
 

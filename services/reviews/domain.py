@@ -269,6 +269,9 @@ class Complaint(Forbid):
     # Names the resolution waiting for the customer: an answer that names another (operations
     # proposed again meanwhile) is refused, not taken as an answer to one never read.
     resolution_id: str | None = None
+    # The waiting resolution took the place of another: an answer must name the one it read
+    # (an older app that names none could have read the one replaced).
+    in_place_of_another: bool = False
     quiet_until: datetime | None = None
     closed_at: datetime | None = None
     closed_by: str | None = None
@@ -413,6 +416,7 @@ class Complaint(Forbid):
         self.resolution = text
         self.resolution_proposed_at = at
         self.resolution_id = f"rs_{uuid.uuid4().hex[:12]}"
+        self.in_place_of_another = replacing
         self.quiet_until = at + QUIET_PERIOD
         self.status = ComplaintStatus.RESOLUTION_PROPOSED
         what = "resolution proposed" + (" in place of the last (a remedy not made)" * replacing)
@@ -442,6 +446,12 @@ class Complaint(Forbid):
             raise Conflict(
                 "operations proposed another resolution since this one was read: read it "
                 "and answer that one",
+                field="resolution_id",
+            )
+        if resolution_id is None and self.in_place_of_another:
+            raise Conflict(
+                "this resolution took the place of another: read it and answer naming its "
+                "resolution_id",
                 field="resolution_id",
             )
 
