@@ -28,7 +28,7 @@ from services.payments.storage import Receipts, WaitingRefunds, ensure_indexes
 from shared.errors import Conflict
 from shared.events.booking import BookingCancelled
 from shared.events.envelope import Envelope
-from shared.events.reviews import RefundGranted, RefundWithdrawn
+from shared.events.reviews import RefundGranted, RefundGrantedV1, RefundWithdrawn
 from shared.mongo import Database, Document
 from shared.outbox import Transaction, UnitOfWork, ensure_outbox_indexes
 from shared.timers import ensure_timer_indexes
@@ -403,3 +403,37 @@ async def test_a_refund_told_not_made_and_answered_by_another_remedy_is_never_ma
     assert kept is not None
     assert kept.refunds == []
     assert kept.cancelled_at is not None  # a refund granted now is still told not made
+
+
+async def test_a_refund_granted_before_remedies_were_named_is_withdrawn_with_its_complaints(
+    infra: Infra, mongo: AsyncMongoClient[Document]
+) -> None:
+    """A version 1 grant names no remedy (one refund per complaint): reviews took its "not
+    made" for the complaint's first refund, so the withdrawal of that complaint's remedy
+    drops it too (it was kept, and a visit done after all would have made it as well as
+    the remedy in its place). Another complaint's refund stays."""
+    uow, db = await payments_db(infra, mongo, reminders=3)
+    booking_id = f"bk_{uuid.uuid4().hex[:10]}"
+    for complaint_id in ("cmp_v1", "cmp_other"):
+        old = RefundGrantedV1(
+            complaint_id=complaint_id,
+            booking_id=booking_id,
+            customer_id="cus_r",
+            amount=None,
+            reason="late",
+        )
+        await uow.run(partial(commands.grant_refund, event=old))
+    cancel = BookingCancelled(
+        booking_id=booking_id,
+        customer_id="cus_r",
+        fee=0,
+        currency="EUR",
+        reason="changed my mind",
+        cancelled_at=datetime.now(UTC),
+    )
+    await uow.run(lambda tx: commands.refunds_after_cancelling(tx, cancel))
+    gone = RefundWithdrawn(complaint_id="cmp_v1", booking_id=booking_id, remedy_id="rm_1")
+    await uow.run(lambda tx: commands.withdraw_refund(tx, gone))
+    kept = await WaitingRefunds(db).get(booking_id)
+    assert kept is not None
+    assert [g.refund_id for g in kept.refunds] == ["complaint:cmp_other"]

@@ -794,18 +794,24 @@ async def grant_refund(tx: Transaction, event: RefundGrantedV1) -> None:
 async def withdraw_refund(tx: Transaction, event: RefundWithdrawn) -> None:
     """A complaint's refund told not made, that a later resolution answered instead: dropped
     from where it was kept (its receipt, or the booking's refunds waiting for one), so a
-    visit paid after all does not make it too. One made meanwhile stays made."""
+    visit paid after all does not make it too. One made meanwhile stays made.
+
+    A refund granted by version 1 names no remedy (one per complaint): reviews took its
+    "not made" for the complaint's first refund pending, and every refund the booking kept
+    unmade is told not made together, so a withdrawal of the complaint's remedies answers
+    that one as well."""
     refund_id = remedy_made_id(REMEDY_REFUND, event.complaint_id, event.remedy_id)
+    ids = {refund_id, remedy_made_id(REMEDY_REFUND, event.complaint_id, None)}
     receipt = await Receipts(tx.db).by_booking(event.booking_id, tx.session)
     if receipt is not None and any(r.refund_id == refund_id for r in receipt.refunds):
         # Reviews hears it made (payments.refund_issued) and shows it on the complaint.
         log.warning("%s was made before its withdrawal came: the customer has both", refund_id)
-    if receipt is not None and any(g.refund_id == refund_id for g in receipt.refunds_granted):
-        receipt.refunds_granted = [g for g in receipt.refunds_granted if g.refund_id != refund_id]
+    if receipt is not None and any(g.refund_id in ids for g in receipt.refunds_granted):
+        receipt.refunds_granted = [g for g in receipt.refunds_granted if g.refund_id not in ids]
         await Receipts(tx.db).save(receipt, tx.session)
     waiting = await WaitingRefunds(tx.db).get(event.booking_id, tx.session)
-    if waiting is not None and any(g.refund_id == refund_id for g in waiting.refunds):
-        waiting.refunds = [g for g in waiting.refunds if g.refund_id != refund_id]
+    if waiting is not None and any(g.refund_id in ids for g in waiting.refunds):
+        waiting.refunds = [g for g in waiting.refunds if g.refund_id not in ids]
         await WaitingRefunds(tx.db).keep(waiting, tx.session, new=False)
 
 
