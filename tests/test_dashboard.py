@@ -27,6 +27,7 @@ from pymongo import AsyncMongoClient
 
 from services.gateway.signin import add_staff
 from shared.auth import Actor, Role
+from shared.events.payments import RefundIssued
 from shared.mongo import Document
 from tests.conftest import Platform
 from tests.harness import TEST_RUN_DIR, eventually, publish
@@ -312,14 +313,18 @@ async def test_operations_watch_bookings_move_live_and_act_from_the_page(
 
 
 async def test_operations_see_a_remedy_not_made_and_propose_another_from_the_page(
-    platform: Platform, mongo: AsyncMongoClient[Document], browser: Browser
+    platform: Platform,
+    mongo: AsyncMongoClient[Document],
+    browser: Browser,
+    kafka_producer: AIOKafkaProducer,
 ) -> None:
     """A refund for a visit cancelled before it came has nothing to give back: the complaint
     shows it not made, and why, as soon as payments says so (not when the quiet week ends),
     with a button to propose another remedy in its place; the coupon proposed there is the
-    resolution the customer now answers."""
+    resolution the customer now answers. Should the refund be made after all once the
+    customer accepted the coupon, the closed complaint stays in sight, flagged."""
     board = await operations_board(browser, platform, mongo)
-    _, url, seen = await a_refund_not_made(platform)
+    customer, url, seen = await a_refund_not_made(platform)
     complaint_id = seen["complaint_id"]
     row = board.page.locator(f'#complaints tr[data-complaint="{complaint_id}"]')
     refund = row.locator('[data-made="no"]')
@@ -342,14 +347,44 @@ async def test_operations_see_a_remedy_not_made_and_propose_another_from_the_pag
     )
     await expect(row.get_by_role("button", name=re.compile("Propose a remedy"))).to_have_count(0)
     await board.shot("11-another-remedy")
-    await board.assert_never_reloaded_nor_left_the_platform()
-    async with platform.client("reviews", acting_as=OPS) as reviews:
-        now = (await reviews.get(url)).json()
-    assert (now["status"], now["resolution"]) == (
-        "resolution_proposed",
-        "5.00 off your next visit instead",
+
+    # The customer takes the coupon; then the refund turns out made all the same (payments
+    # made it before the withdrawal reached it): the customer has both, and operations see it.
+    async with platform.client("reviews") as reviews:
+        now = await get_json(reviews, url, headers=as_customer(customer))
+        assert (now["status"], now["resolution"]) == (
+            "resolution_proposed",
+            "5.00 off your next visit instead",
+        )
+        assert [r["kind"] for r in now["remedies"]] == ["refund", "coupon"]
+        accepted = await reviews.post(
+            f"{url}/accept",
+            json={"resolution_id": now["resolution_id"]},
+            headers=as_customer(customer),
+        )
+        assert accepted.status_code == 200, accepted.text
+    await expect(row).to_have_count(0, timeout=LIVE)  # closed, nothing amiss: off the list
+    refund_id = seen["remedies"][0]["remedy_id"]
+    made = RefundIssued(
+        refund_id=f"complaint:{complaint_id}:{refund_id}",
+        receipt_id="rc_made_after_all",
+        booking_id=seen["booking_id"],
+        customer_id=customer,
+        amount=1500,
+        currency="EUR",
+        to_provider=1500,
+        to_cash=0,
+        to_prepaid=0,
+        reason="late",
     )
-    assert [r["kind"] for r in now["remedies"]] == ["refund", "coupon"]
+    await publish(kafka_producer, platform.prefix, made)
+    twice = row.locator('[data-made="twice"]')
+    await expect(twice).to_contain_text("made after another resolution answered it", timeout=LIVE)
+    await expect(row).to_contain_text("closed")
+    await expect(row).to_have_class("breach-row")
+    await expect(row.get_by_role("button")).to_have_count(0)  # nothing to propose on it
+    await board.shot("12-remedy-made-twice")
+    await board.assert_never_reloaded_nor_left_the_platform()
 
 
 async def test_a_store_sees_only_its_own_technicians_work(

@@ -399,7 +399,8 @@ function remedyText(r) {
 }
 
 function renderComplaints() {
-  const rows = [...state.complaints.values()].filter((c) => c.status !== "closed")
+  // A closed one stays in sight (today's) when a remedy was made twice: the customer has both.
+  const rows = [...state.complaints.values()].filter((c) => c.status !== "closed" || remedies(c).some(twice))
     .sort((a, b) => unmade(b) - unmade(a) || (a.next_deadline || "9").localeCompare(b.next_deadline || "9"));
   fill("complaints", rows.map((c) => h("tr", { "data-complaint": c.complaint_id, class: c.breaches || unmade(c) ? "breach-row" : "" },
     h("td", {}, c.complaint_id, h("br"), h("small", {}, `booking ${c.booking_id}`)),
@@ -409,7 +410,7 @@ function renderComplaints() {
     h("td", { class: c.breaches ? "breach" : "" }, c.breaches ? `${c.breaches} missed` : "0"),
     h("td", {}, isOps() && [
       !c.first_response_at && h("button", { type: "button", onclick: () => respond(c), "aria-label": `Respond to complaint ${c.complaint_id}` }, "Respond…"),
-      (c.status !== "resolution_proposed" || replaceable(c)) && h("button", { type: "button", onclick: () => resolve(c), "aria-label": `Propose a remedy for complaint ${c.complaint_id}` }, replaceable(c) ? "Another remedy…" : "Remedy…"),
+      c.status !== "closed" && (c.status !== "resolution_proposed" || replaceable(c)) && h("button", { type: "button", onclick: () => resolve(c), "aria-label": `Propose a remedy for complaint ${c.complaint_id}` }, replaceable(c) ? "Another remedy…" : "Remedy…"),
     ]))), "No open complaints.", 9);
 }
 
