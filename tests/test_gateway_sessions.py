@@ -15,6 +15,7 @@ import subprocess
 import sys
 import uuid
 from collections.abc import AsyncIterator, Iterator
+from datetime import UTC, datetime
 from typing import Any
 
 import httpx
@@ -25,7 +26,13 @@ from deploy.local.demo_data import technician_file
 from services.gateway import signin
 from services.gateway.security import STAFF_SIGN_IN_ENDED, TECHNICIAN_SIGN_IN_ENDED
 from services.gateway.signin import CodeIn, add_staff, remove_staff
-from services.gateway.storage import Accounts
+from services.gateway.storage import (
+    LEGACY_ENROLMENT,
+    MIGRATIONS,
+    NONE_ISSUED,
+    Accounts,
+    unproven_technician_phones,
+)
 from shared.errors import Conflict
 from shared.mongo import Document
 from tests.harness import ROOT, Infra, ServiceProcess, new_prefix
@@ -394,6 +401,45 @@ async def test_a_technicians_first_sign_in_on_a_phone_needs_the_code_their_store
     enrolled = await Accounts(db).get(number)
     assert enrolled is not None
     assert (enrolled.enrolment, enrolled.enrol_by) == (None, None)
+
+
+async def test_a_phone_registered_before_enrolment_codes_and_never_signed_in_waits_for_one(
+    api: httpx.AsyncClient, gateway: ServiceProcess, mongo: AsyncMongoClient[Document]
+) -> None:
+    """Phones registered before enrolment codes stored none, as if signed in on since: a
+    number the store mistyped still made its owner the technician. Once, at the gateway's
+    start, one nobody signed in on waits for a code its store draws by registering it
+    again; one its technician signed in on signs them in as before."""
+    db = staff_db(mongo, gateway)
+    store = f"store_{uuid.uuid4().hex[:6]}"
+    _, _, ops = await signed_in_staff(api, mongo, gateway)
+    (as_store,) = await store_keys(api, ops, store)
+    _, used, enrolment = await technician_of(api, store, as_store)
+    assert (await enrolling(api, used, enrolment)).status_code == 200
+    never_id, never, _ = await technician_of(api, store, as_store)
+    # Both as an older gateway stored them: no enrolment code.
+    legacy = {"$set": {"enrolment": None, "enrol_by": None}}
+    await db["accounts"].update_many({"_id": {"$in": [used, never]}}, legacy)
+    await db[MIGRATIONS].delete_one({"_id": LEGACY_ENROLMENT})  # as before it ever ran
+
+    assert await unproven_technician_phones(db, datetime.now(UTC)) == 1
+    assert await unproven_technician_phones(db, datetime.now(UTC)) == 0  # once only
+    unproven, proven = await Accounts(db).get(never), await Accounts(db).get(used)
+    assert unproven is not None
+    assert proven is not None
+    assert (unproven.enrolment, proven.enrolment) == (NONE_ISSUED, None)
+
+    refused = await enrolling(api, never, None)
+    assert refused_with(refused, "registered for a technician before enrolment codes"), refused.text
+    assert (await enrolling(api, used, None)).status_code == 200
+    register = {"technician_id": never_id, "phone": never, "store_id": store}
+    again = await api.post("/v1/technician-accounts", json=register, headers=as_store)
+    assert again.status_code == 201, again.text
+    code = again.json()["enrolment_code"]
+    assert code is not None
+    first = await enrolling(api, never, code)
+    assert first.status_code == 200, first.text
+    assert first.json()["subject"] == never_id
 
 
 async def test_an_enrolment_code_is_drawn_again_runs_out_and_is_void_after_five_wrong(

@@ -31,6 +31,7 @@ from services.gateway.security import (
     token_keys,
 )
 from services.gateway.storage import (
+    NONE_ISSUED,
     SMS_LOG,
     Account,
     Accounts,
@@ -387,6 +388,11 @@ def _may_enrol(account: Account, body: CodeIn, now: datetime) -> None:
     """A technician's first sign-in on a phone their store registered: the store's
     enrolment code must come with the phone's own, and still be good. Without it nothing is
     used up (the phone's owner may not know they need it)."""
+    if account.enrolment == NONE_ISSUED:
+        raise Unauthenticated(
+            "this phone was registered for a technician before enrolment codes and never "
+            "signed in on: the technician's store registers it again for a code"
+        )
     if account.enrol_by is None or now >= account.enrol_by:
         raise Unauthenticated(
             "this phone's enrolment code has run out: the technician's store registers the "

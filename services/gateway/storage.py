@@ -12,6 +12,7 @@ webhooks        stores' subscriptions: URL, event types, the secret that signs d
 webhook_deliveries  each event to each subscription, with every attempt (replayable)
 ops_staff       staff who sign in by password: operations, or a store's (e-mail, scrypt hash)
 keys            the secret that keys one-time code digests
+migrations      one-off changes to stored rows, each done once (its name, when, how many)
 """
 
 from __future__ import annotations
@@ -22,6 +23,7 @@ from pydantic import AliasChoices, BaseModel, ConfigDict, Field
 from pymongo import ASCENDING, IndexModel
 
 from shared.mongo import Database, Document, Versioned
+from shared.time import utcnow
 
 SIGNING_KEYS = "signing_keys"
 ACCOUNTS = "accounts"
@@ -30,6 +32,7 @@ SMS_LOG = "sms_log"
 REFRESH_TOKENS = "refresh_tokens"
 API_KEYS = "api_keys"
 OPS_STAFF = "ops_staff"
+MIGRATIONS = "migrations"
 
 
 async def ensure_indexes(db: Database) -> None:
@@ -53,6 +56,34 @@ async def ensure_indexes(db: Database) -> None:
     await db[NOTIFICATIONS].create_indexes(
         [IndexModel([("recipient", ASCENDING), ("created_at", ASCENDING)])]
     )
+    await unproven_technician_phones(db, utcnow())
+
+
+# Stored as the enrolment of a technician's phone registered before enrolment codes and
+# never signed in on: no code matches it, and its time is over, so the first sign-in asks
+# the store to register the phone again (which draws a code).
+NONE_ISSUED = "none issued: registered before enrolment codes"
+LEGACY_ENROLMENT = "accounts.enrolment"
+
+
+async def unproven_technician_phones(db: Database, now: datetime) -> int:
+    """Once: technicians' phones registered before enrolment codes stored none, as if signed
+    in on since, so a number the store mistyped made its owner the technician. One nobody
+    signed in on (no refresh token names the technician: they last 30 days) has proven
+    nothing, and waits for a code like a phone registered now. How many."""
+    if await db[MIGRATIONS].find_one({"_id": LEGACY_ENROLMENT}) is not None:
+        return 0
+    signed_in = await db[REFRESH_TOKENS].distinct("subject", {"role": "technician"})
+    unproven = await db[ACCOUNTS].update_many(
+        {"role": "technician", "enrolment": None, "subject": {"$nin": signed_in}},
+        {"$set": {"enrolment": NONE_ISSUED, "enrol_by": now}, "$inc": {"version": 1}},
+    )
+    await db[MIGRATIONS].update_one(
+        {"_id": LEGACY_ENROLMENT},
+        {"$setOnInsert": {"done_at": now, "changed": unproven.modified_count}},
+        upsert=True,
+    )
+    return unproven.modified_count
 
 
 class Forbid(BaseModel):
@@ -75,7 +106,8 @@ class Account(Forbid):
     # A technician's first sign-in on this phone also needs the code their store was shown
     # when it registered the phone (its keyed digest), before `enrol_by`: a number mistyped
     # by the store does not make its owner the technician, with the customers' addresses
-    # that come with it. (None: signed in since, a customer, or registered before this rule.)
+    # that come with it. (None: signed in since, or a customer; NONE_ISSUED: registered
+    # before this rule and never signed in on.)
     enrolment: str | None = None
     enrol_by: datetime | None = None
     enrolment_wrong: int = 0
