@@ -408,8 +408,10 @@ async def test_a_phone_registered_before_enrolment_codes_and_never_signed_in_wai
 ) -> None:
     """Phones registered before enrolment codes stored none, as if signed in on since: a
     number the store mistyped still made its owner the technician. Once, at the gateway's
-    start, one nobody signed in on waits for a code its store draws by registering it
-    again; one its technician signed in on signs them in as before."""
+    start, such a phone with no sign-in on record for its registration waits for a code its
+    store draws by registering it again: one never used, and the new phone of a technician
+    who signed in on the one it replaced. One signed in on goes on as before, and so does a
+    phone enrolled with a code since, however long ago its last sign-in."""
     db = staff_db(mongo, gateway)
     store = f"store_{uuid.uuid4().hex[:6]}"
     _, _, ops = await signed_in_staff(api, mongo, gateway)
@@ -417,21 +419,35 @@ async def test_a_phone_registered_before_enrolment_codes_and_never_signed_in_wai
     _, used, enrolment = await technician_of(api, store, as_store)
     assert (await enrolling(api, used, enrolment)).status_code == 200
     never_id, never, _ = await technician_of(api, store, as_store)
-    # Both as an older gateway stored them: no enrolment code.
-    legacy = {"$set": {"enrolment": None, "enrol_by": None}}
-    await db["accounts"].update_many({"_id": {"$in": [used, never]}}, legacy)
+    moved_id, lost, code = await technician_of(api, store, as_store)
+    assert (await enrolling(api, lost, code)).status_code == 200
+    replacement = phone()
+    register = {"technician_id": moved_id, "phone": replacement, "store_id": store}
+    new_phone = await api.post("/v1/technician-accounts", json=register, headers=as_store)
+    assert new_phone.status_code == 201, new_phone.text
+    enrolled_id, enrolled, code = await technician_of(api, store, as_store)
+    assert (await enrolling(api, enrolled, code)).status_code == 200
+    await db["refresh_tokens"].delete_many({"subject": enrolled_id})  # its tokens long gone
+    # Three as an older gateway stored them: no enrolment fields at all.
+    legacy = {"$unset": {"enrolment": "", "enrol_by": "", "enrolment_wrong": ""}}
+    await db["accounts"].update_many({"_id": {"$in": [used, never, replacement]}}, legacy)
     await db[MIGRATIONS].delete_one({"_id": LEGACY_ENROLMENT})  # as before it ever ran
 
-    assert await unproven_technician_phones(db, datetime.now(UTC)) == 1
+    assert await unproven_technician_phones(db, datetime.now(UTC)) == 2
     assert await unproven_technician_phones(db, datetime.now(UTC)) == 0  # once only
-    unproven, proven = await Accounts(db).get(never), await Accounts(db).get(used)
-    assert unproven is not None
-    assert proven is not None
-    assert (unproven.enrolment, proven.enrolment) == (NONE_ISSUED, None)
+    stored = {p: await Accounts(db).get(p) for p in (used, never, replacement, enrolled)}
+    assert {p: a.enrolment if a else "gone" for p, a in stored.items()} == {
+        used: None,
+        never: NONE_ISSUED,
+        replacement: NONE_ISSUED,
+        enrolled: None,
+    }
 
     refused = await enrolling(api, never, None)
-    assert refused_with(refused, "registered for a technician before enrolment codes"), refused.text
+    assert refused_with(refused, "before enrolment codes, with no sign-in"), refused.text
+    assert refused_with(await enrolling(api, replacement, None), "before enrolment codes")
     assert (await enrolling(api, used, None)).status_code == 200
+    assert (await enrolling(api, enrolled, None)).status_code == 200
     register = {"technician_id": never_id, "phone": never, "store_id": store}
     again = await api.post("/v1/technician-accounts", json=register, headers=as_store)
     assert again.status_code == 201, again.text

@@ -390,8 +390,9 @@ def _may_enrol(account: Account, body: CodeIn, now: datetime) -> None:
     used up (the phone's owner may not know they need it)."""
     if account.enrolment == NONE_ISSUED:
         raise Unauthenticated(
-            "this phone was registered for a technician before enrolment codes and never "
-            "signed in on: the technician's store registers it again for a code"
+            "this phone was registered for a technician before enrolment codes, with no "
+            "sign-in on it on record since: the technician's store registers it again for "
+            "a code"
         )
     if account.enrol_by is None or now >= account.enrol_by:
         raise Unauthenticated(

@@ -59,31 +59,67 @@ async def ensure_indexes(db: Database) -> None:
     await unproven_technician_phones(db, utcnow())
 
 
-# Stored as the enrolment of a technician's phone registered before enrolment codes and
-# never signed in on: no code matches it, and its time is over, so the first sign-in asks
-# the store to register the phone again (which draws a code).
+# Stored as the enrolment of a technician's phone registered before enrolment codes with no
+# sign-in on record since: no code matches it, and its time is over, so the next sign-in
+# asks the store to register the phone again (which draws a code).
 NONE_ISSUED = "none issued: registered before enrolment codes"
 LEGACY_ENROLMENT = "accounts.enrolment"
 
 
 async def unproven_technician_phones(db: Database, now: datetime) -> int:
-    """Once: technicians' phones registered before enrolment codes stored none, as if signed
-    in on since, so a number the store mistyped made its owner the technician. One nobody
-    signed in on (no refresh token names the technician: they last 30 days) has proven
-    nothing, and waits for a code like a phone registered now. How many."""
+    """Once: a technician's phone registered before enrolment codes has no `enrolment` field
+    at all (every account written since has one, None once its code was used), and counted
+    as signed in on, so a number the store mistyped made its owner the technician. One with
+    no sign-in on record for this registration (no refresh token of its `sign_ins`: tokens
+    last 30 days, and a replaced phone's name the old one's) has proven nothing: it waits
+    for a code, like a phone registered now. How many."""
     if await db[MIGRATIONS].find_one({"_id": LEGACY_ENROLMENT}) is not None:
         return 0
-    signed_in = await db[REFRESH_TOKENS].distinct("subject", {"role": "technician"})
-    unproven = await db[ACCOUNTS].update_many(
-        {"role": "technician", "enrolment": None, "subject": {"$nin": signed_in}},
-        {"$set": {"enrolment": NONE_ISSUED, "enrol_by": now}, "$inc": {"version": 1}},
+    legacy = await (
+        db[ACCOUNTS]
+        .find(
+            {"role": "technician", "enrolment": {"$exists": False}}, {"subject": 1, "sign_ins": 1}
+        )
+        .to_list()
     )
+    signed_in = await (
+        await db[REFRESH_TOKENS].aggregate(
+            [
+                {
+                    "$match": {
+                        "role": "technician",
+                        "subject": {"$in": [a["subject"] for a in legacy]},
+                    }
+                },
+                {
+                    "$group": {
+                        "_id": {
+                            "subject": "$subject",
+                            "sign_ins": {"$ifNull": ["$sign_ins", "$staff_sign_ins"]},
+                        }
+                    }
+                },
+            ]
+        )
+    ).to_list()
+    used = {(g["_id"]["subject"], g["_id"].get("sign_ins")) for g in signed_in}
+    unproven = [a["_id"] for a in legacy if (a["subject"], a.get("sign_ins")) not in used]
+    changed = 0
+    if unproven:
+        marked = await db[ACCOUNTS].update_many(
+            {"_id": {"$in": unproven}, "enrolment": {"$exists": False}},
+            {
+                "$set": {"enrolment": NONE_ISSUED, "enrol_by": now, "enrolment_wrong": 0},
+                "$inc": {"version": 1},
+            },
+        )
+        changed = marked.modified_count
     await db[MIGRATIONS].update_one(
         {"_id": LEGACY_ENROLMENT},
-        {"$setOnInsert": {"done_at": now, "changed": unproven.modified_count}},
+        {"$setOnInsert": {"done_at": now, "changed": changed}},
         upsert=True,
     )
-    return unproven.modified_count
+    return changed
 
 
 class Forbid(BaseModel):
@@ -107,7 +143,7 @@ class Account(Forbid):
     # when it registered the phone (its keyed digest), before `enrol_by`: a number mistyped
     # by the store does not make its owner the technician, with the customers' addresses
     # that come with it. (None: signed in since, or a customer; NONE_ISSUED: registered
-    # before this rule and never signed in on.)
+    # before this rule, with no sign-in on record since.)
     enrolment: str | None = None
     enrol_by: datetime | None = None
     enrolment_wrong: int = 0
