@@ -247,6 +247,14 @@ class Step(Forbid):
     detail: str = ""
 
 
+PROPOSED = "resolution proposed"
+IN_PLACE = "in place of the last"
+
+
+def _step_what(step: Step | dict[str, Any]) -> str:
+    return step.what if isinstance(step, Step) else str(step.get("what", ""))
+
+
 class Complaint(Forbid):
     complaint_id: str
     booking_id: str
@@ -282,6 +290,18 @@ class Complaint(Forbid):
     breaches: list[Breach] = Field(default_factory=list)
     timeline: list[Step] = Field(default_factory=list)
     version: int = 0
+
+    @model_validator(mode="before")
+    @classmethod
+    def _in_place_before_it_was_kept(cls, data: Any) -> Any:
+        """Stored before `in_place_of_another` was: the last proposal's step says so."""
+        if isinstance(data, dict) and "in_place_of_another" not in data:
+            proposed = [s for s in data.get("timeline", []) if _step_what(s).startswith(PROPOSED)]
+            data = {
+                **data,
+                "in_place_of_another": bool(proposed) and IN_PLACE in _step_what(proposed[-1]),
+            }
+        return data
 
     @property
     def next_deadline(self) -> tuple[str, datetime] | None:
@@ -419,7 +439,7 @@ class Complaint(Forbid):
         self.in_place_of_another = replacing
         self.quiet_until = at + QUIET_PERIOD
         self.status = ComplaintStatus.RESOLUTION_PROPOSED
-        what = "resolution proposed" + (" in place of the last (a remedy not made)" * replacing)
+        what = PROPOSED + (f" {IN_PLACE} (a remedy not made)" * replacing)
         self._log(at, by, what, ", ".join(r.kind.value for r in decided))
         return decided
 
@@ -451,7 +471,7 @@ class Complaint(Forbid):
         if resolution_id is None and self.in_place_of_another:
             raise Conflict(
                 "this resolution took the place of another: read it and answer naming its "
-                "resolution_id",
+                "resolution_id (an app too old to: update it, or call us to answer)",
                 field="resolution_id",
             )
 

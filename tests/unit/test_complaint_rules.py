@@ -374,6 +374,26 @@ def test_an_answer_naming_a_resolution_replaced_since_changes_nothing() -> None:
         assert c.status is after
 
 
+def test_a_replacement_stored_before_answers_had_to_name_it_still_needs_its_id() -> None:
+    """Complaints stored before `in_place_of_another` was kept: the last proposal's step
+    says whether it took the place of another, so an answer naming none is refused there
+    too; a first resolution is answered as before."""
+    first = complaint()
+    first.propose("ops:ana", "sorry", [RemedyIn(kind=RemedyKind.APOLOGY)], NOW)
+    replaced = complaint()
+    (refund,) = replaced.propose("ops:ana", "back", [RemedyIn(kind=RemedyKind.REFUND)], NOW)
+    assert replaced.not_carried_out(RemedyKind.REFUND, NOW, refund.remedy_id, "nothing paid")
+    coupon = [RemedyIn(kind=RemedyKind.COUPON, amount=500, currency="EUR")]
+    replaced.propose("ops:ana", "a coupon", coupon, NOW, key="k2")
+    stored = [c.model_dump(exclude={"in_place_of_another"}) for c in (first, replaced)]
+    old_first, old_replaced = (Complaint.model_validate(d) for d in stored)
+    assert (old_first.in_place_of_another, old_replaced.in_place_of_another) == (False, True)
+    with pytest.raises(Conflict, match="took the place of another"):
+        old_replaced.accept("customer:cus_1", NOW)
+    old_first.accept("customer:cus_1", NOW)
+    assert old_first.status is ComplaintStatus.CLOSED
+
+
 def test_a_refund_the_card_refused_after_the_customer_accepted_shows_on_the_closed_one() -> None:
     """The customer accepted a refund; the card would not take it back. The complaint says
     so and stays closed (the customer's answer stands); the money still owed is operations'
