@@ -112,10 +112,11 @@ ENDINGS = ("signed", "cancelled", "halted", "dispatch_failed", "unassigned", "er
 class Faults:
     """Kills each service at a random moment, then restarts Kafka and MongoDB; notes when.
 
-    Each fault waits for its share of the run's journeys to have started, then a random
-    moment more, then for a journey to be under way: every fault lands mid-journey with more
-    journeys still to come. (Timed by the clock alone, the two server restarts once came
-    after the last journey had ended.)
+    Each fault waits for its share of the first three quarters of the run's journeys to
+    have started, then a random moment more, then for a journey to be under way: every fault
+    lands mid-journey with more journeys still to come. (Timed by the clock alone, the two
+    server restarts once came after the last journey had ended; spread over the whole run,
+    a Kafka restart of 26 s once let every journey start before MongoDB's turn came.)
     """
 
     FAULTS = ("booking", "dispatch", "payments", "reviews", "gateway", "kafka", "mongo")
@@ -126,7 +127,7 @@ class Faults:
 
     async def run(self, journeys: int) -> None:
         for i, name in enumerate(self.FAULTS):
-            due = journeys * (i + 1) // (len(self.FAULTS) + 1)
+            due = journeys * 3 * (i + 1) // (4 * len(self.FAULTS))
 
             async def reached(due: int = due) -> bool:
                 return self.city.outcomes.counts["started"] >= due
