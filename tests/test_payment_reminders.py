@@ -307,6 +307,19 @@ def granted(
     )
 
 
+async def cancelled_before_its_receipt(uow: UnitOfWork, booking_id: str) -> None:
+    """The customer cancelled the booking, free, before any receipt: as payments hears it."""
+    cancel = BookingCancelled(
+        booking_id=booking_id,
+        customer_id="cus_r",
+        fee=0,
+        currency="EUR",
+        reason="changed my mind",
+        cancelled_at=datetime.now(UTC),
+    )
+    await uow.run(lambda tx: commands.refunds_after_cancelling(tx, cancel))
+
+
 async def test_a_refund_on_a_written_off_visit_is_told_not_made_once_and_made_if_paid_after_all(
     infra: Infra, mongo: AsyncMongoClient[Document]
 ) -> None:
@@ -385,15 +398,7 @@ async def test_a_refund_told_not_made_and_answered_by_another_remedy_is_never_ma
     booking_id = f"bk_{uuid.uuid4().hex[:10]}"
     waiting = granted("cmp_y", booking_id, "rm_3", amount=None)
     await uow.run(lambda tx: commands.grant_refund(tx, waiting))
-    cancel = BookingCancelled(
-        booking_id=booking_id,
-        customer_id="cus_r",
-        fee=0,
-        currency="EUR",
-        reason="changed my mind",
-        cancelled_at=datetime.now(UTC),
-    )
-    await uow.run(lambda tx: commands.refunds_after_cancelling(tx, cancel))
+    await cancelled_before_its_receipt(uow, booking_id)
     kept = await WaitingRefunds(db).get(booking_id)
     assert kept is not None
     assert [g.refund_id for g in kept.refunds] == ["complaint:cmp_y:rm_3"]
@@ -423,15 +428,7 @@ async def test_a_refund_granted_before_remedies_were_named_is_withdrawn_with_its
             reason="late",
         )
         await uow.run(partial(commands.grant_refund, event=old))
-    cancel = BookingCancelled(
-        booking_id=booking_id,
-        customer_id="cus_r",
-        fee=0,
-        currency="EUR",
-        reason="changed my mind",
-        cancelled_at=datetime.now(UTC),
-    )
-    await uow.run(lambda tx: commands.refunds_after_cancelling(tx, cancel))
+    await cancelled_before_its_receipt(uow, booking_id)
     gone = RefundWithdrawn(complaint_id="cmp_v1", booking_id=booking_id, remedy_id="rm_1")
     await uow.run(lambda tx: commands.withdraw_refund(tx, gone))
     kept = await WaitingRefunds(db).get(booking_id)
