@@ -251,10 +251,6 @@ PROPOSED = "resolution proposed"
 IN_PLACE = "in place of the last"
 
 
-def _step_what(step: Step | dict[str, Any]) -> str:
-    return step.what if isinstance(step, Step) else str(step.get("what", ""))
-
-
 class Complaint(Forbid):
     complaint_id: str
     booking_id: str
@@ -277,9 +273,6 @@ class Complaint(Forbid):
     # Names the resolution waiting for the customer: an answer that names another (operations
     # proposed again meanwhile) is refused, not taken as an answer to one never read.
     resolution_id: str | None = None
-    # The waiting resolution took the place of another: an answer must name the one it read
-    # (an older app that names none could have read the one replaced).
-    in_place_of_another: bool = False
     quiet_until: datetime | None = None
     closed_at: datetime | None = None
     closed_by: str | None = None
@@ -291,17 +284,13 @@ class Complaint(Forbid):
     timeline: list[Step] = Field(default_factory=list)
     version: int = 0
 
-    @model_validator(mode="before")
-    @classmethod
-    def _in_place_before_it_was_kept(cls, data: Any) -> Any:
-        """Stored before `in_place_of_another` was: the last proposal's step says so."""
-        if isinstance(data, dict) and "in_place_of_another" not in data:
-            proposed = [s for s in data.get("timeline", []) if _step_what(s).startswith(PROPOSED)]
-            data = {
-                **data,
-                "in_place_of_another": bool(proposed) and IN_PLACE in _step_what(proposed[-1]),
-            }
-        return data
+    @property
+    def in_place_of_another(self) -> bool:
+        """The last resolution took the place of another (its step says so, as it did before
+        this was asked): an answer must name the one it read, as an older app that names
+        none could have read the one replaced."""
+        proposed = [s.what for s in self.timeline if s.what.startswith(PROPOSED)]
+        return bool(proposed) and IN_PLACE in proposed[-1]
 
     @property
     def next_deadline(self) -> tuple[str, datetime] | None:
@@ -436,7 +425,6 @@ class Complaint(Forbid):
         self.resolution = text
         self.resolution_proposed_at = at
         self.resolution_id = f"rs_{uuid.uuid4().hex[:12]}"
-        self.in_place_of_another = replacing
         self.quiet_until = at + QUIET_PERIOD
         self.status = ComplaintStatus.RESOLUTION_PROPOSED
         what = PROPOSED + (f" {IN_PLACE} (a remedy not made)" * replacing)
