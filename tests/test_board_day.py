@@ -35,7 +35,9 @@ from shared.events.payments import (
 from shared.events.reviews import (
     ComplaintUpdated,
     ComplaintUpdatedV1,
+    ComplaintUpdatedV2,
     RemedyState,
+    RemedyStateV1,
     ReviewSubmitted,
 )
 from shared.events.types import GeoPoint, PricedLine
@@ -465,6 +467,105 @@ async def test_a_complaint_shows_its_remedies_and_news_without_them_leaves_them_
     assert (row.status, [r.remedy_id for r in row.remedies]) == ("in_progress", ["rm_1"])
 
 
+async def test_a_remedy_made_twice_holds_its_complaint_on_operations_board_until_dealt_with(
+    projection: Projection,
+) -> None:
+    """A refund made after the coupon in its place was accepted (the customer has both) keeps
+    its closed complaint on operations' board on the days after, until they deal with it; a
+    store's board does not hold it, nor shows operations' words. A complaint kept before
+    `held` was is marked at the gateway's start."""
+    p = projection
+    twice = RemedyState(
+        remedy_id="rm_r",
+        kind="refund",
+        current=False,
+        withdrawn_at=at(-4000),
+        took_effect_at=at(-3900),
+    )
+    coupon = RemedyState(remedy_id="rm_c", kind="coupon", current=True, took_effect_at=at(-4000))
+    closed: dict[str, Any] = {
+        "status": "closed",
+        "closed_at": at(-3950),
+        "version": 6,
+        "remedies": [twice, coupon],
+    }
+    await p.complaint("c_tw", at(-3900), opened=at(-5000), responded=at(-4990), **closed)
+
+    async def shown(actor: Actor = OPS) -> Any:
+        rows, _ = await board.complaints(p.db, actor, MIDNIGHT, limit=100)
+        return next((c for c in rows if c.complaint_id == "c_tw"), None)
+
+    row = await shown()
+    assert row is not None  # closed two days ago: held on operations' board
+    assert [(r.remedy_id, r.dealt_with_at) for r in row.remedies] == [
+        ("rm_r", None),
+        ("rm_c", None),
+    ]
+    assert await shown(STORE_A) is None  # not held on a store's
+
+    dealt = twice.model_copy(update={"dealt_with_at": at(-100), "dealt_with": "kept as goodwill"})
+    await p.complaint(
+        "c_tw",
+        at(-100),  # yesterday: off today's board once dealt with
+        opened=at(-5000),
+        responded=at(-4990),
+        **{**closed, "version": 7, "remedies": [dealt, coupon]},
+    )
+    assert await shown() is None
+    await p.complaint(  # dealt with today: today's, with operations' words for them alone
+        "c_tw",
+        at(10),
+        opened=at(-5000),
+        responded=at(-4990),
+        **{**closed, "version": 8, "remedies": [dealt, coupon]},
+    )
+    row, theirs = await shown(), await shown(STORE_A)
+    assert (row.remedies[0].dealt_with_at, row.remedies[0].dealt_with) == (
+        at(-100),
+        "kept as goodwill",
+    )
+    assert (theirs.remedies[0].dealt_with_at, theirs.remedies[0].dealt_with) == (at(-100), None)
+
+    # Version 2, from a reviews before remedies could be dealt with: held the same.
+    await p.complaint(
+        "c_v2",
+        at(-3900),
+        opened=at(-5000),
+        responded=at(-4990),
+        news=ComplaintUpdatedV2,
+        **{
+            **closed,
+            "remedies": [
+                RemedyStateV1(**twice.model_dump(exclude={"dealt_with_at", "dealt_with"}))
+            ],
+        },
+    )
+    rows, _ = await board.complaints(p.db, OPS, MIDNIGHT, limit=100)
+    assert "c_v2" in {r.complaint_id for r in rows}
+
+    # Kept before `held` was: the gateway's start marks it (and one owed nothing, not).
+    col = p.db[board.BOARD_COMPLAINTS]
+    old = {"closed_at": at(-3950), "active_at": at(-3900), "opened_at": at(-5000)}
+    await col.insert_many(
+        [
+            {
+                "_id": "c_old",
+                **old,
+                "remedies": [twice.model_dump(exclude={"dealt_with_at", "dealt_with"})],
+            },
+            {
+                "_id": "c_once",
+                **old,
+                "remedies": [coupon.model_dump(exclude={"dealt_with_at", "dealt_with"})],
+            },
+        ]
+    )
+    await p.db[board.BACKFILLS].delete_one({"_id": f"{board.BOARD_COMPLAINTS}.held"})
+    await board.ensure_indexes(p.db)
+    held = await col.find({"_id": {"$in": ["c_old", "c_once"]}, "held": True}, {"_id": 1}).to_list()
+    assert held == [{"_id": "c_old"}]
+
+
 async def test_a_row_kept_before_shows_its_one_refund_owed_until_that_refund_is_repaid(
     projection: Projection,
 ) -> None:
@@ -558,7 +659,7 @@ async def test_a_later_start_marks_the_rows_written_since_the_last_and_reads_no_
     held = await col.find({"held": True}, {"_id": 1}).to_list()
     assert held == [{"_id": "late"}]
     since = now - board.BACKFILL_OVERLAP
-    query = board.held_backfill("held", since)
+    query = board.held_backfill(board.BOARD_BOOKINGS, since)
     _, stages = await explain(p.db, {"find": board.BOARD_BOOKINGS, "filter": query})
     assert "COLLSCAN" not in stages, stages
 

@@ -322,7 +322,8 @@ async def test_operations_see_a_remedy_not_made_and_propose_another_from_the_pag
     shows it not made, and why, as soon as payments says so (not when the quiet week ends),
     with a button to propose another remedy in its place; the coupon proposed there is the
     resolution the customer now answers. Should the refund be made after all once the
-    customer accepted the coupon, the closed complaint stays in sight, flagged."""
+    customer accepted the coupon, the closed complaint stays in sight, flagged, until
+    operations say from the page how they dealt with it."""
     board = await operations_board(browser, platform, mongo)
     customer, url, seen = await a_refund_not_made(platform)
     complaint_id = seen["complaint_id"]
@@ -382,8 +383,22 @@ async def test_operations_see_a_remedy_not_made_and_propose_another_from_the_pag
     await expect(twice).to_contain_text("made after another resolution answered it", timeout=LIVE)
     await expect(row).to_contain_text("closed")
     await expect(row).to_have_class("breach-row")
-    await expect(row.get_by_role("button")).to_have_count(0)  # nothing to propose on it
+    # Nothing to propose on it; operations say how they dealt with it, and it leaves them.
+    await expect(row.get_by_role("button", name=re.compile("Propose a remedy"))).to_have_count(0)
     await board.shot("12-remedy-made-twice")
+    await row.get_by_role(
+        "button", name=f"Deal with remedy {refund_id} of complaint {complaint_id}"
+    ).click()
+    await dialog.get_by_label("What was done").fill("the customer keeps both: goodwill")
+    await dialog.get_by_role("button", name="Dealt with").click()
+    await expect(dialog).to_be_hidden(timeout=LIVE)
+    await expect(row).to_have_count(0, timeout=LIVE)
+    async with platform.client("reviews", acting_as=OPS) as reviews:
+        theirs = await get_json(reviews, f"/complaints/{complaint_id}")
+    async with platform.client("reviews") as reviews:
+        mine = await get_json(reviews, url, headers=as_customer(customer))
+    assert theirs["remedies"][0]["dealt_with"] == "the customer keeps both: goodwill"
+    assert mine["remedies"][0]["dealt_with"] is None  # operations' words, theirs alone
     await board.assert_never_reloaded_nor_left_the_platform()
 
 

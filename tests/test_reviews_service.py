@@ -1070,6 +1070,45 @@ async def test_bad_input_answers_a_clear_4xx_and_stores_nothing(
     ]
     async with platform.client("reviews") as reviews:
         await known(reviews, booking_id)
+        # A complaint whose one remedy (an apology) was made once: nothing to deal with.
+        filed = await reviews.post("/complaints", json=good, headers=as_customer(customer))
+        assert filed.status_code == 201, filed.text
+        cid = filed.json()["complaint_id"]
+        sorry = {"text": "sorry", "remedies": [{"kind": "apology"}]}
+        proposed = await reviews.post(f"/complaints/{cid}/resolution", json=sorry, headers=OPS)
+        assert proposed.status_code == 200, proposed.text
+        dealt = (
+            f"/complaints/{cid}/remedies/{proposed.json()['remedies'][0]['remedy_id']}/dealt-with"
+        )
+        cases += [
+            ("POST", dealt, {"how": "kept"}, OPS, 409, ""),  # made once
+            (
+                "POST",
+                f"/complaints/{cid}/remedies/rm_nobody/dealt-with",
+                {"how": "kept"},
+                OPS,
+                404,
+                "",
+            ),
+            (
+                "POST",
+                "/complaints/cmp_missing/remedies/rm_1/dealt-with",
+                {"how": "kept"},
+                OPS,
+                404,
+                "",
+            ),
+            ("POST", dealt, {"how": "kept"}, as_customer(customer), 403, ""),
+            ("POST", dealt, {"how": "  "}, OPS, 422, "how"),
+            (
+                "POST",
+                dealt,
+                {"how": "kept", "dealt_with_at": "2026-01-01"},
+                OPS,
+                422,
+                "dealt_with_at",
+            ),
+        ]
 
         async def state() -> Any:
             mine = await get_json(reviews, "/complaints", headers=OPS, booking_id=booking_id)

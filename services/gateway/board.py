@@ -74,7 +74,12 @@ from shared.events.payments import (
     RefundRepaid,
     WriteOffReversed,
 )
-from shared.events.reviews import ComplaintUpdated, ComplaintUpdatedV1, ReviewSubmitted
+from shared.events.reviews import (
+    ComplaintUpdated,
+    ComplaintUpdatedV1,
+    ComplaintUpdatedV2,
+    ReviewSubmitted,
+)
 from shared.mongo import Database, Document
 from shared.outbox import Transaction
 from shared.time import utcnow, within_reach
@@ -100,23 +105,62 @@ OPEN: dict[str, Document] = {
     BOARD_FEES: {"status": {"$in": ["owed", "refund_declined"]}},
     BOARD_UNPAID: {"status": "due"},
 }
-# What keeps a visit on operations' board besides being under way: its money still in
-# question (a refund the card would not take back, a provider not answering), however long
-# ago the visit closed. `held` is kept on the row by every write (`_set`); a store's board
-# does not show that money, so it is not held there.
-HELD: dict[str, Document] = {BOARD_BOOKINGS: {"held": True}}
-HELD_NOW = {
-    "$cond": [
-        {
-            "$or": [
-                {"$gt": [{"$size": {"$ifNull": ["$refunds_owed", []]}}, 0]},
-                {"$ne": [{"$ifNull": ["$refund_declined", None]}, None]},  # rows kept before
-                {"$gt": [{"$size": {"$objectToArray": {"$ifNull": ["$provider_ops", {}]}}}, 0]},
-            ]
-        },
-        True,
-        "$$REMOVE",
-    ]
+# What keeps a row on operations' board besides being open, however long ago it last
+# moved: a visit's money still in question (a refund the card would not take back, a
+# provider not answering), a complaint's remedy made after another resolution answered it
+# and not yet dealt with. `held` is kept on the row by every write (`_set`), from the row
+# as it stands; a store's board does not show that money, so it is not held there.
+HELD = "held"
+
+
+def _is_set(field: str) -> Document:
+    return {"$ne": [{"$ifNull": [field, None]}, None]}
+
+
+HELD_NOW: dict[str, Document] = {
+    BOARD_BOOKINGS: {
+        "$or": [
+            {"$gt": [{"$size": {"$ifNull": ["$refunds_owed", []]}}, 0]},
+            _is_set("$refund_declined"),  # rows kept before
+            {"$gt": [{"$size": {"$objectToArray": {"$ifNull": ["$provider_ops", {}]}}}, 0]},
+        ]
+    },
+    BOARD_COMPLAINTS: {
+        "$anyElementTrue": [
+            {
+                "$map": {
+                    "input": {"$ifNull": ["$remedies", []]},
+                    "as": "r",
+                    "in": {
+                        "$and": [
+                            _is_set("$$r.withdrawn_at"),
+                            {"$or": [_is_set("$$r.took_effect_at"), {"$eq": ["$$r.owed", True]}]},
+                            {"$not": [_is_set("$$r.dealt_with_at")]},
+                        ]
+                    },
+                }
+            }
+        ]
+    },
+}
+# The same, as a query, for rows written before `held` was (or by an older gateway).
+HELD_BEFORE: dict[str, Document] = {
+    BOARD_BOOKINGS: {
+        "$or": [
+            {"refund_declined": {"$ne": None}},
+            {"refunds_owed.0": {"$exists": True}},
+            {"provider_unanswered": {"$ne": None}},
+        ]
+    },
+    BOARD_COMPLAINTS: {
+        "remedies": {
+            "$elemMatch": {
+                "withdrawn_at": {"$ne": None},
+                "dealt_with_at": None,
+                "$or": [{"took_effect_at": {"$ne": None}}, {"owed": True}],
+            }
+        }
+    },
 }
 STAMPS: dict[str, tuple[str, ...]] = {
     BOARD_BOOKINGS: (
@@ -167,9 +211,9 @@ async def ensure_indexes(db: Database) -> None:
                 IndexModel([("store_id", ASCENDING), (opened, ASCENDING)], name="store_open"),
             ]
         )
-        for held in HELD.get(name, {}):
-            await db[name].create_indexes([IndexModel([(held, ASCENDING)], name=held, sparse=True)])
-            await _backfill_held(db, name, held)
+        if name in HELD_NOW:
+            await db[name].create_indexes([IndexModel([(HELD, ASCENDING)], name=HELD, sparse=True)])
+            await _backfill_held(db, name)
         # Rows kept before rows knew when they were last active: from their own stamps.
         stamps = [f"${stamp}" for stamp in STAMPS[name]]
         await db[name].update_many({"active_at": None}, [{"$set": {"active_at": {"$max": stamps}}}])
@@ -184,27 +228,20 @@ BACKFILLS = "board_backfills"
 BACKFILL_OVERLAP = timedelta(days=1)
 
 
-def held_backfill(held: str, since: datetime | None) -> Document:
-    """The rows to mark `held`: money in question then (an older gateway's fields), no mark."""
-    query: Document = {
-        held: {"$exists": False},
-        "$or": [
-            {"refund_declined": {"$ne": None}},
-            {"refunds_owed.0": {"$exists": True}},
-            {"provider_unanswered": {"$ne": None}},
-        ],
-    }
+def held_backfill(name: str, since: datetime | None) -> Document:
+    """The rows to mark `held`: what holds them, by the fields then, and no mark."""
+    query: Document = {HELD: {"$exists": False}, **HELD_BEFORE[name]}
     if since is not None:
         # (A row of a gateway from before `active_at` has none yet: this start stamps it.)
         query["$and"] = [{"$or": [{"active_at": {"$gte": since}}, {"active_at": None}]}]
     return query
 
 
-async def _backfill_held(db: Database, name: str, held: str) -> None:
-    began, marker = utcnow(), f"{name}.{held}"
+async def _backfill_held(db: Database, name: str) -> None:
+    began, marker = utcnow(), f"{name}.{HELD}"
     last = await db[BACKFILLS].find_one({"_id": marker})
     since = last["began"] - BACKFILL_OVERLAP if last is not None else None
-    await db[name].update_many(held_backfill(held, since), {"$set": {held: True}})
+    await db[name].update_many(held_backfill(name, since), {"$set": {HELD: True}})
     await db[BACKFILLS].update_one({"_id": marker}, {"$max": {"began": began}}, upsert=True)
 
 
@@ -235,8 +272,8 @@ async def _set(
         "rev": {"$add": [{"$ifNull": ["$rev", 0]}, 1]},
         "active_at": {"$max": ["$active_at", {"$literal": latest}]},
     }
-    if collection in HELD:
-        after["held"] = HELD_NOW
+    if collection in HELD_NOW:
+        after[HELD] = {"$cond": [HELD_NOW[collection], True, "$$REMOVE"]}
     await tx.db[collection].update_one(
         {"_id": row_id},
         [{"$set": values}, {"$set": after}],
@@ -479,9 +516,11 @@ async def acknowledged(tx: Transaction, e: SafetyAlertAcknowledged) -> None:
 
 # ---------------------------------------------------------------- complaints --
 @handlers.on(ComplaintUpdated)
+@handlers.on(ComplaintUpdatedV2)
 @handlers.on(ComplaintUpdatedV1)
 async def complaint_updated(tx: Transaction, e: ComplaintUpdatedV1) -> None:
-    """Version 1 names no remedies: those stored stay as they are."""
+    """Version 1 names no remedies: those stored stay as they are. Version 2's say nothing of
+    one dealt with (none was)."""
     state = e.model_dump(exclude={"complaint_id", "version"})
     fields: dict[str, Any] = {k: _if_newer(e.version, "version", k, v) for k, v in state.items()}
     fields["version"] = _if_newer(e.version, "version", "version", e.version)
@@ -813,7 +852,8 @@ def alert_row(doc: Document, actor: Actor) -> AlertRow:
 def complaint_row(doc: Document, actor: Actor) -> ComplaintRow:
     row = ComplaintRow.model_validate({**doc, "complaint_id": doc["_id"]})
     if not actor.is_ops:  # who at operations has it: a staff member's e-mail, theirs alone
-        row.owner = None
+        row.owner = None  # (and their words on a remedy made twice)
+        row.remedies = [r.model_copy(update={"dealt_with": None}) for r in row.remedies]
     return row
 
 
@@ -858,8 +898,8 @@ def on_board(actor: Actor, name: str, since: datetime) -> Document:
     """A list's rows for this viewer: open, or active since the viewer's midnight (and for
     operations, visits whose money is still in question)."""
     shown = [OPEN[name], {"active_at": {"$gte": since}}]
-    if actor.is_ops and name in HELD:
-        shown.append(HELD[name])
+    if actor.is_ops and name in HELD_NOW:
+        shown.append({HELD: True})
     return {**scope_of(actor), "$or": shown}
 
 

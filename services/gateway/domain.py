@@ -150,6 +150,10 @@ class RemedyRow(Row):
     not_made: str | None = Field(None, description="Why it could not be made")
     owed: bool = Field(False, description="Not made, the money owed: operations give it back")
     withdrawn_at: datetime | None = Field(None, description="A later resolution answered it")
+    dealt_with_at: datetime | None = Field(
+        None, description="Made after it was answered, and operations dealt with that"
+    )
+    dealt_with: str | None = Field(None, description="How (operations' words: theirs alone)")
 
 
 class ComplaintRow(Row):

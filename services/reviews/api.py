@@ -440,6 +440,32 @@ async def note(
     return await _work(runtime, actor, complaint_id, change)
 
 
+class DealtWithIn(Forbid):
+    how: str = Field(
+        min_length=3,
+        max_length=500,
+        pattern=r"\S",
+        description="What operations did: the customer keeps both, or gave one back (their "
+        "words, never shown to the customer or the store)",
+    )
+
+
+@router.post(
+    "/complaints/{complaint_id}/remedies/{remedy_id}/dealt-with",
+    tags=["complaints"],
+    summary="A remedy made after another resolution answered it, dealt with (operations)",
+)
+async def deal_with_twice(
+    complaint_id: PathId, remedy_id: PathId, body: DealtWithIn, runtime: RuntimeDep, actor: ActorDep
+) -> Complaint:
+    actor.require(Role.OPS)
+
+    async def change(tx: Transaction, c: Complaint) -> bool:
+        return c.deal_with_twice(f"ops:{actor.subject}", remedy_id, body.how, utcnow())
+
+    return await _work(runtime, actor, complaint_id, change)
+
+
 @router.post(
     "/complaints/{complaint_id}/resolution",
     tags=["complaints"],

@@ -95,6 +95,8 @@ def updated(c: Complaint) -> ComplaintUpdated:
                         "not_made",
                         "owed",
                         "withdrawn_at",
+                        "dealt_with_at",
+                        "dealt_with",
                     }
                 ),
                 kind=r.kind.value,

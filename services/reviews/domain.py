@@ -16,7 +16,7 @@ from typing import Any
 
 from pydantic import Field, model_validator
 
-from shared.errors import Conflict, Forbidden, Unprocessable
+from shared.errors import Conflict, Forbidden, NotFound, Unprocessable
 from shared.events.types import Amount, Currency
 from shared.schema import Forbid
 
@@ -207,6 +207,9 @@ class Remedy(RemedyIn):
     # A later resolution answered it instead: payments drops it, never to be made (a refund
     # told not made is kept in case the visit is paid after all).
     withdrawn_at: datetime | None = None
+    # Made after all (the customer has both): operations dealt with it, in their words.
+    dealt_with_at: datetime | None = None
+    dealt_with: str | None = None
 
     @model_validator(mode="before")
     @classmethod
@@ -237,7 +240,10 @@ class Breach(Forbid):
     at: datetime
 
 
-INTERNAL_STEPS = frozenset({"note"})  # operations' own: never shown to customers or stores
+DEALT_WITH = "remedy made twice: dealt with"
+INTERNAL_STEPS = frozenset(
+    {"note", DEALT_WITH}
+)  # operations' own: never shown to customers or stores
 
 
 class Step(Forbid):
@@ -346,7 +352,7 @@ class Complaint(Forbid):
         update: dict[str, object] = {
             "timeline": timeline,
             "remedies": [
-                r.model_copy(update={"proposal": None, "proposal_digest": None})
+                r.model_copy(update={"proposal": None, "proposal_digest": None, "dealt_with": None})
                 for r in self.remedies
             ],
             "owner": None,
@@ -376,6 +382,29 @@ class Complaint(Forbid):
 
     def note(self, by: str, text: str, at: datetime) -> None:
         self._log(at, by, "note", text)
+
+    def deal_with_twice(self, by: str, remedy_id: str, how: str, at: datetime) -> bool:
+        """Operations dealt with a remedy made after another resolution answered it (the
+        customer has both): it leaves their board. Closed or not: most are closed by then.
+        The same words again are a retry (False: nothing changes); other words, a 409."""
+        remedy = next((r for r in self.remedies if r.remedy_id == remedy_id), None)
+        if remedy is None:
+            raise NotFound(f"complaint {self.complaint_id} has no remedy {remedy_id}")
+        if remedy.dealt_with_at is not None:
+            if remedy.dealt_with == how:
+                return False
+            raise Conflict(
+                f"remedy {remedy_id} was dealt with already at {remedy.dealt_with_at.isoformat()}:"
+                f" {remedy.dealt_with}"
+            )
+        if not remedy.made_after_withdrawn:
+            raise Conflict(
+                f"remedy {remedy_id} was not made after another resolution answered it: "
+                "nothing to deal with"
+            )
+        remedy.dealt_with_at, remedy.dealt_with = at, how
+        self._log(at, by, DEALT_WITH, f"{remedy.kind.value} {remedy_id}: {how}")
+        return True
 
     def propose(
         self, by: str, text: str, remedies: list[RemedyIn], at: datetime, key: str | None = None
@@ -566,6 +595,7 @@ class Complaint(Forbid):
         if remedy is None:
             return False
         remedy.took_effect_at, remedy.not_made, remedy.owed = at, None, False
+        remedy.dealt_with_at = remedy.dealt_with = None  # made since: theirs to look at again
         self._log(
             at, "platform", f"{kind.value} took effect{_AFTER_ALL * bool(remedy.withdrawn_at)}"
         )
@@ -614,6 +644,7 @@ class Complaint(Forbid):
         if remedy is None:
             return False
         remedy.took_effect_at, remedy.not_made, remedy.owed = None, why, owed or undone
+        remedy.dealt_with_at = remedy.dealt_with = None  # not made after all: to look at again
         # On a complaint closed already it stays closed (the customer accepted): the money
         # still owed is on operations' board, from payments, until they give it back.
         after_all = _AFTER_ALL * bool(remedy.withdrawn_at and remedy.owed)

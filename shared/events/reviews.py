@@ -170,8 +170,9 @@ class ComplaintUpdatedV1(EventPayload):
     version: int = Field(ge=0, description="The complaint's version: a stale update is ignored")
 
 
-class RemedyState(BaseModel):
-    """One remedy a resolution decided, and whether it was carried out."""
+class RemedyStateV1(BaseModel):
+    """One remedy a resolution decided, and whether it was carried out (complaint_updated
+    version 2)."""
 
     model_config = ConfigDict(extra="forbid", frozen=True)
 
@@ -197,12 +198,35 @@ class RemedyState(BaseModel):
     )
 
 
+class RemedyState(RemedyStateV1):
+    """One remedy a resolution decided, whether it was carried out, and, for one made after
+    another resolution answered it, whether operations dealt with that."""
+
+    dealt_with_at: datetime | None = Field(
+        default=None,
+        description="Made after another resolution answered it, and operations dealt with "
+        "that (the customer keeps both, or gave one back): off their board",
+    )
+    dealt_with: str | None = Field(
+        default=None, max_length=500, description="How, in operations' words (theirs alone)"
+    )
+
+
 @event("reviews.complaint_updated", version=2, stream=STREAM, key="booking_id")
+class ComplaintUpdatedV2(ComplaintUpdatedV1):
+    """A complaint's state after any change, before a remedy made twice could be dealt with.
+    Still read, for events published before version 3."""
+
+    remedies: list[RemedyStateV1] = Field(default_factory=list)
+
+
+@event("reviews.complaint_updated", version=3, stream=STREAM, key="booking_id")
 class ComplaintUpdated(ComplaintUpdatedV1):
     """A complaint's state after any change, for live boards: status, tier, the next deadline
     that escalates it, the deadlines already missed, and its remedies: one not made (a refund
     with nothing paid, cash not handed back yet) is operations' to see as soon as it is
-    known, not when the quiet period ends."""
+    known, not when the quiet period ends; one made after another resolution answered it
+    stays on their board until they deal with it."""
 
     remedies: list[RemedyState] = Field(default_factory=list)
 

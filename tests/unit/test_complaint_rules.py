@@ -29,7 +29,7 @@ from services.reviews.domain import (
     open_complaint,
     sla,
 )
-from shared.errors import Conflict, Forbidden, Unprocessable
+from shared.errors import Conflict, Forbidden, NotFound, Unprocessable
 from shared.events.reviews import redo_booking_id, redo_remedy_of
 
 NOW = datetime(2030, 5, 1, 8, 0, tzinfo=UTC)
@@ -324,6 +324,39 @@ def test_a_refund_made_after_another_resolution_answered_it_says_so() -> None:
     assert c.took_effect(RemedyKind.REFUND, NOW, refund.remedy_id)
     assert refund.made_after_withdrawn
     assert c.timeline[-1].what == "refund took effect after another resolution answered it"
+
+
+def test_operations_deal_with_a_remedy_made_twice_once_in_their_own_words() -> None:
+    """The customer has both the refund and the apology in its place: operations say how
+    they dealt with it (closed or not), once; the same words again are a retry, other words
+    a 409, and a remedy made once has nothing to deal with. The customer and the store see
+    neither the step nor the words; the refund undone by the card puts it back to them."""
+    c = complaint()
+    (refund,) = c.propose("ops:ana", "back", [RemedyIn(kind=RemedyKind.REFUND)], NOW)
+    assert c.not_carried_out(RemedyKind.REFUND, NOW, refund.remedy_id, "nothing was paid")
+    (apology,) = c.propose("ops:ana", "sorry", [RemedyIn(kind=RemedyKind.APOLOGY)], NOW, key="k")
+    c.accept("customer:cus_1", NOW, c.resolution_id)
+    with pytest.raises(Conflict, match="nothing to deal with"):  # not made twice (yet)
+        c.deal_with_twice("ops:ana", refund.remedy_id, "kept", NOW)
+    assert c.took_effect(RemedyKind.REFUND, NOW, refund.remedy_id)
+    with pytest.raises(Conflict, match="nothing to deal with"):
+        c.deal_with_twice("ops:ana", apology.remedy_id, "kept", NOW)
+    with pytest.raises(NotFound):
+        c.deal_with_twice("ops:ana", "rm_nobody", "kept", NOW)
+    later = NOW + timedelta(days=2)
+    assert c.deal_with_twice("ops:ana", refund.remedy_id, "kept: goodwill", later)
+    assert (refund.dealt_with_at, refund.dealt_with) == (later, "kept: goodwill")
+    assert (c.timeline[-1].what, c.timeline[-1].by) == ("remedy made twice: dealt with", "ops:ana")
+    assert not c.deal_with_twice("ops:bo", refund.remedy_id, "kept: goodwill", later)  # a retry
+    with pytest.raises(Conflict, match="dealt with already"):
+        c.deal_with_twice("ops:bo", refund.remedy_id, "asked for it back", later)
+    assert c.status is ComplaintStatus.CLOSED
+    for store in (False, True):
+        seen = c.as_seen_by_outsider(store=store)
+        assert seen.remedies[0].dealt_with is None
+        assert "remedy made twice: dealt with" not in [s.what for s in seen.timeline]
+    assert c.not_carried_out(RemedyKind.REFUND, later, refund.remedy_id, "card closed", undone=True)
+    assert (refund.made_after_withdrawn, refund.dealt_with_at) == (True, None)  # owed now
 
 
 def test_remedies_stored_before_owed_was_read_it_from_payments_words() -> None:

@@ -383,24 +383,28 @@ function renderVisits() {
 // operations' to put right now, by another remedy (a refund with nothing paid) or by
 // handing the money back (cash, a card that refused it: owed, on the visit's row).
 // And one a later resolution answered that was made all the same (payments made it before
-// the withdrawal reached it): the customer has both.
+// the withdrawal reached it): the customer has both, until operations deal with it.
 const twice = (r) => r.withdrawn_at && (r.took_effect_at || r.owed);
+const undealt = (r) => twice(r) && !r.dealt_with_at;
 const remedies = (c) => (c.remedies || []).filter((r) => r.current || twice(r));
-const unmade = (c) => remedies(c).some((r) => r.not_made || twice(r));
+const unmade = (c) => remedies(c).some((r) => r.not_made || undealt(r));
 const replaceable = (c) => remedies(c).some((r) => r.current && r.not_made && !r.owed);
 
 function remedyText(r) {
   const size = r.amount != null ? (r.currency ? money(r.amount, r.currency) : (r.amount / 100).toFixed(2))
     : r.percent ? `${r.percent} %` : r.kind === "refund" ? "of all paid" : "";
   const what = [label(r.kind), size].filter(Boolean).join(" ");
-  if (twice(r)) return h("span", { class: "flagged", "data-remedy": r.remedy_id, "data-made": "twice" }, `${what}: made after another resolution answered it${r.not_made ? ` (${r.not_made})` : ""}`);
+  const after = `${what}: made after another resolution answered it${r.not_made ? ` (${r.not_made})` : ""}`;
+  if (twice(r) && r.dealt_with_at) return h("span", { "data-remedy": r.remedy_id, "data-made": "twice-dealt-with" }, `${after}; dealt with${r.dealt_with ? ` (${r.dealt_with})` : ""}`);
+  if (twice(r)) return h("span", { class: "flagged", "data-remedy": r.remedy_id, "data-made": "twice" }, after);
   if (r.not_made) return h("span", { class: "flagged", "data-remedy": r.remedy_id, "data-made": "no" }, `${what}: not made (${r.not_made})`);
   return h("span", { "data-remedy": r.remedy_id, "data-made": r.took_effect_at ? "yes" : "pending" }, `${what}: ${r.took_effect_at ? "made" : "under way"}`);
 }
 
 function renderComplaints() {
-  // A closed one stays in sight (today's) when a remedy was made twice: the customer has both.
-  const rows = [...state.complaints.values()].filter((c) => c.status !== "closed" || remedies(c).some(twice))
+  // A closed one stays in sight when a remedy was made twice (the customer has both), on
+  // operations' board until they deal with it, whatever the day.
+  const rows = [...state.complaints.values()].filter((c) => c.status !== "closed" || remedies(c).some(undealt))
     .sort((a, b) => unmade(b) - unmade(a) || (a.next_deadline || "9").localeCompare(b.next_deadline || "9"));
   fill("complaints", rows.map((c) => h("tr", { "data-complaint": c.complaint_id, class: c.breaches || unmade(c) ? "breach-row" : "" },
     h("td", {}, c.complaint_id, h("br"), h("small", {}, `booking ${c.booking_id}`)),
@@ -411,6 +415,7 @@ function renderComplaints() {
     h("td", {}, isOps() && [
       !c.first_response_at && h("button", { type: "button", onclick: () => respond(c), "aria-label": `Respond to complaint ${c.complaint_id}` }, "Respond…"),
       c.status !== "closed" && (c.status !== "resolution_proposed" || replaceable(c)) && h("button", { type: "button", onclick: () => resolve(c), "aria-label": `Propose a remedy for complaint ${c.complaint_id}` }, replaceable(c) ? "Another remedy…" : "Remedy…"),
+      ...remedies(c).filter(undealt).map((r) => h("button", { type: "button", onclick: () => dealtWith(c, r), "aria-label": `Deal with remedy ${r.remedy_id} of complaint ${c.complaint_id}` }, "Dealt with…")),
     ]))), "No open complaints.", 9);
 }
 
@@ -633,6 +638,17 @@ function repaid(what, amount, path) {
       ...field("repaid-way", "How", way), ...field("repaid-reference", "Reference (the transfer's, or the cash receipt's number)", reference)],
     "Record repaid",
     () => api(path, { method: "POST", body: { way: way.value, reference: reference.value } }));
+}
+
+// A remedy made twice: the customer keeps both (the platform bears it), or gave one back.
+// Operations' words stay theirs; the complaint then leaves their board.
+function dealtWith(c, r) {
+  const how = h("input", { id: "dealt-with-how", required: true, minlength: 3, maxlength: 500 });
+  dialog(`Deal with remedy ${r.remedy_id}`,
+    [h("p", {}, `Complaint ${c.complaint_id} (booking ${c.booking_id}): ${label(r.kind)} made after another resolution answered it, so the customer has both.`),
+      ...field("dealt-with-how", "What was done (seen by operations only)", how)],
+    "Dealt with",
+    () => api(`/v1/complaints/${encodeURIComponent(c.complaint_id)}/remedies/${encodeURIComponent(r.remedy_id)}/dealt-with`, { method: "POST", body: { how: how.value } }));
 }
 
 function writeOff(u) {
