@@ -1,6 +1,7 @@
 """Operations at their desk in the living city: they take every safety alert and answer
 every complaint, then propose how to put it right, a tier more generous after the customer
-turns a resolution down, and a coupon in place of a refund that had nothing to give back.
+turns a resolution down, and a coupon in place of a refund that had nothing to give back;
+a refund made all the same after that coupon was accepted, they let the customer keep.
 Without them the dashboard's alerts and complaints only pile up and every complaint breaches
 its deadlines."""
 
@@ -22,6 +23,7 @@ DESK_EVERY_S = 5.0
 REFUND_BY_TIER = {"agent": 500, "supervisor": 1000, "manager": 2000}
 ANSWER = "we are looking into it and come back to you shortly"
 TAKEN = "called the customer and the technician's store"
+KEPT = "the customer keeps both: the platform bears it, as a goodwill gesture"
 CLEARED = "the store vouched for them: the alert was a misunderstanding at the door"
 # The alerts that stop a visit, and with it its technician's work until operations clear them.
 HALTING = ("wrong_code_lockout", "not_the_person")
@@ -60,6 +62,12 @@ def refund_not_made(complaint: dict[str, Any]) -> bool:
     )
 
 
+def made_twice(remedy: dict[str, Any]) -> bool:
+    """Answered by a later resolution, made (or owed) all the same, and not dealt with."""
+    made = remedy.get("took_effect_at") or remedy.get("owed")
+    return bool(remedy.get("withdrawn_at") and made and not remedy.get("dealt_with_at"))
+
+
 class Desk:
     """Looks every `every_s`: proposes a resolution for each complaint answered at an
     earlier look (or reopened by the customer), answers the new ones, takes the alerts."""
@@ -94,6 +102,11 @@ class Desk:
         for c in await ops.json("GET", "/v1/complaints", params={"status": "open"}):
             path = f"/v1/complaints/{c['complaint_id']}/respond"
             await self.act(path, {"text": ANSWER}, "complaints_answered")
+        # A refund made after the coupon in its place was accepted: the customer keeps both.
+        for c in await ops.json("GET", "/v1/complaints", params={"made_twice": "true"}):
+            for r in filter(made_twice, c["remedies"]):
+                path = f"/v1/complaints/{c['complaint_id']}/remedies/{r['remedy_id']}/dealt-with"
+                await self.act(path, {"how": KEPT}, "twice_dealt_with")
         for alert in await ops.json("GET", "/v1/safety-alerts", params={"open_only": "true"}):
             path = f"/v1/safety-alerts/{alert['alert_id']}/acknowledge"
             taken = await self.act(path, {"note": TAKEN}, "alerts_acknowledged")

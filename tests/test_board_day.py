@@ -495,6 +495,13 @@ async def test_a_remedy_made_twice_holds_its_complaint_on_operations_board_until
         rows, _ = await board.complaints(p.db, actor, MIDNIGHT, limit=100)
         return next((c for c in rows if c.complaint_id == "c_tw"), None)
 
+    # The usual case: the refund answered by the coupon was never made. Nothing to hold.
+    dropped = twice.model_copy(update={"took_effect_at": None, "not_made": "nothing was paid"})
+    never: dict[str, Any] = {**closed, "remedies": [dropped, coupon]}
+    await p.complaint("c_nm", at(-3900), opened=at(-5000), responded=at(-4990), **never)
+    rows, _ = await board.complaints(p.db, OPS, MIDNIGHT, limit=100)
+    assert "c_nm" not in {r.complaint_id for r in rows}
+
     row = await shown()
     assert row is not None  # closed two days ago: held on operations' board
     assert [(r.remedy_id, r.dealt_with_at) for r in row.remedies] == [
@@ -543,26 +550,20 @@ async def test_a_remedy_made_twice_holds_its_complaint_on_operations_board_until
     rows, _ = await board.complaints(p.db, OPS, MIDNIGHT, limit=100)
     assert "c_v2" in {r.complaint_id for r in rows}
 
-    # Kept before `held` was: the gateway's start marks it (and one owed nothing, not).
+    # Kept before `held` was: the gateway's start marks the one made twice, not one made once
+    # nor one whose withdrawn refund was never made.
     col = p.db[board.BOARD_COMPLAINTS]
     old = {"closed_at": at(-3950), "active_at": at(-3900), "opened_at": at(-5000)}
-    await col.insert_many(
-        [
-            {
-                "_id": "c_old",
-                **old,
-                "remedies": [twice.model_dump(exclude={"dealt_with_at", "dealt_with"})],
-            },
-            {
-                "_id": "c_once",
-                **old,
-                "remedies": [coupon.model_dump(exclude={"dealt_with_at", "dealt_with"})],
-            },
-        ]
-    )
+    before = {"dealt_with_at", "dealt_with"}
+    kept = {
+        "c_old": [twice.model_dump(exclude=before)],
+        "c_once": [coupon.model_dump(exclude=before)],
+        "c_dropped": [dropped.model_dump(exclude=before)],
+    }
+    await col.insert_many([{"_id": c, **old, "remedies": r} for c, r in kept.items()])
     await p.db[board.BACKFILLS].delete_one({"_id": f"{board.BOARD_COMPLAINTS}.held"})
     await board.ensure_indexes(p.db)
-    held = await col.find({"_id": {"$in": ["c_old", "c_once"]}, "held": True}, {"_id": 1}).to_list()
+    held = await col.find({"_id": {"$in": list(kept)}, "held": True}, {"_id": 1}).to_list()
     assert held == [{"_id": "c_old"}]
 
 

@@ -386,6 +386,9 @@ async def test_operations_see_a_remedy_not_made_and_propose_another_from_the_pag
     # Nothing to propose on it; operations say how they dealt with it, and it leaves them.
     await expect(row.get_by_role("button", name=re.compile("Propose a remedy"))).to_have_count(0)
     await board.shot("12-remedy-made-twice")
+    async with platform.client("reviews", acting_as=OPS) as reviews:
+        queue = await get_json(reviews, "/complaints", made_twice="true")
+    assert complaint_id in [c["complaint_id"] for c in queue]  # operations' queue of them
     await row.get_by_role(
         "button", name=f"Deal with remedy {refund_id} of complaint {complaint_id}"
     ).click()
@@ -395,6 +398,8 @@ async def test_operations_see_a_remedy_not_made_and_propose_another_from_the_pag
     await expect(row).to_have_count(0, timeout=LIVE)
     async with platform.client("reviews", acting_as=OPS) as reviews:
         theirs = await get_json(reviews, f"/complaints/{complaint_id}")
+        queue = await get_json(reviews, "/complaints", made_twice="true")
+    assert complaint_id not in [c["complaint_id"] for c in queue]
     async with platform.client("reviews") as reviews:
         mine = await get_json(reviews, url, headers=as_customer(customer))
     assert theirs["remedies"][0]["dealt_with"] == "the customer keeps both: goodwill"

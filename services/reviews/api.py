@@ -35,7 +35,14 @@ from services.reviews.domain import (
     open_complaint,
     sla,
 )
-from services.reviews.storage import BookingFacts, Bookings, Complaints, ReviewRequests, Reviews
+from services.reviews.storage import (
+    MADE_TWICE_UNDEALT,
+    BookingFacts,
+    Bookings,
+    Complaints,
+    ReviewRequests,
+    Reviews,
+)
 from shared.auth import Actor, ActorDep, Role
 from shared.errors import Conflict, Forbidden, NotFound, Unprocessable
 from shared.events.reviews import ReviewSubmitted
@@ -313,6 +320,13 @@ async def list_complaints(
     status: ComplaintStatus | None = None,
     tier: Tier | None = None,
     booking_id: Annotated[str | None, Query(max_length=64)] = None,
+    made_twice: Annotated[
+        bool,
+        Query(
+            description="Only those with a remedy made after another resolution answered it, "
+            "not yet dealt with (operations' queue)"
+        ),
+    ] = False,
     limit: Annotated[int, Query(ge=1, le=500)] = 100,
 ) -> list[Complaint]:
     query: dict[str, object] = {}
@@ -328,6 +342,9 @@ async def list_complaints(
         query["tier"] = tier.value
     if booking_id:
         query["booking_id"] = booking_id
+    if made_twice:
+        actor.require(Role.OPS)  # a store or customer sees each remedy on the complaint
+        query.update(MADE_TWICE_UNDEALT)
     found = await Complaints(runtime.db).find(query, sort=[("opened_at", -1)], limit=limit)
     return [shown(actor, c) for c in found]
 

@@ -595,7 +595,6 @@ class Complaint(Forbid):
         if remedy is None:
             return False
         remedy.took_effect_at, remedy.not_made, remedy.owed = at, None, False
-        remedy.dealt_with_at = remedy.dealt_with = None  # made since: theirs to look at again
         self._log(
             at, "platform", f"{kind.value} took effect{_AFTER_ALL * bool(remedy.withdrawn_at)}"
         )
@@ -644,7 +643,6 @@ class Complaint(Forbid):
         if remedy is None:
             return False
         remedy.took_effect_at, remedy.not_made, remedy.owed = None, why, owed or undone
-        remedy.dealt_with_at = remedy.dealt_with = None  # not made after all: to look at again
         # On a complaint closed already it stays closed (the customer accepted): the money
         # still owed is on operations' board, from payments, until they give it back.
         after_all = _AFTER_ALL * bool(remedy.withdrawn_at and remedy.owed)

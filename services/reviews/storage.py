@@ -45,8 +45,23 @@ async def ensure_indexes(db: Database) -> None:
             IndexModel([("opened_at", ASCENDING)]),
             IndexModel([("store_id", ASCENDING), ("opened_at", ASCENDING)]),  # a store's KPIs
             IndexModel([("customer_id", ASCENDING)]),
+            # Few remedies are ever withdrawn: the made-twice queue reads those alone.
+            IndexModel([("remedies.withdrawn_at", ASCENDING)], name="withdrawn_remedies"),
         ]
     )
+
+
+# A remedy a later resolution answered, made (or owed) all the same, that operations have not
+# dealt with yet (`Remedy.made_after_withdrawn`, not `dealt_with_at`): their queue.
+MADE_TWICE_UNDEALT: Document = {
+    "remedies": {
+        "$elemMatch": {
+            "withdrawn_at": {"$ne": None},
+            "dealt_with_at": None,
+            "$or": [{"took_effect_at": {"$ne": None}}, {"owed": True}],
+        }
+    }
+}
 
 
 class BookingFacts(BaseModel):
@@ -118,9 +133,21 @@ class Reviews(Versioned[Review]):
         return {int(g["_id"]): g["n"] async for g in await self.col.aggregate(pipeline)}
 
 
+# Remedy fields newer than some reviews replicas still running in a rolling deploy: stored
+# only once set, as a replica from before refuses a field it does not know on any complaint.
+LATER_REMEDY_FIELDS = ("dealt_with_at", "dealt_with")
+
+
 class Complaints(Versioned[Complaint]):
     def __init__(self, db: Database) -> None:
         super().__init__(db, COMPLAINTS, Complaint, "complaint_id")
+
+    def to_doc(self, item: Complaint) -> Document:
+        doc = super().to_doc(item)
+        for remedy in doc["remedies"]:
+            for unset in [f for f in LATER_REMEDY_FIELDS if remedy.get(f) is None]:
+                del remedy[unset]
+        return doc
 
     async def count_against(
         self, technician_id: str, session: Session = None, *, store_id: str | None = None
