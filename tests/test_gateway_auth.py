@@ -196,7 +196,8 @@ async def test_strangers_asking_for_your_phone_do_not_use_up_your_own_asks(
 ) -> None:
     """Codes asked for one phone are counted per address (five an hour) and all together
     (twenty): a stranger who asks five times is stopped, and the phone's owner can still
-    ask; only many addresses together reach the phone's limit."""
+    ask; only many addresses together reach the phone's limit, and not for the addresses
+    its owner signed in from lately."""
     url = platform.url("gateway")
     number = phone()
 
@@ -204,6 +205,11 @@ async def test_strangers_asking_for_your_phone_do_not_use_up_your_own_asks(
         async with httpx.AsyncClient(base_url=url, headers=sent_from(address)) as caller:
             return await caller.post("/v1/auth/otp", json={"phone": number})
 
+    async with httpx.AsyncClient(base_url=url, headers=sent_from("203.0.113.49")) as home:
+        assert (await ask("203.0.113.49")).status_code == 202  # the owner signs in at home
+        code = await code_for(home, number)
+        signed_in = await home.post("/v1/auth/token", json={"phone": number, "code": code})
+        assert signed_in.status_code == 200, signed_in.text
     for _ in range(5):
         assert (await ask("198.51.100.20")).status_code == 202
     stopped = await ask("198.51.100.20")
@@ -211,13 +217,49 @@ async def test_strangers_asking_for_your_phone_do_not_use_up_your_own_asks(
     assert "too many codes asked for this phone from here" in stopped.text
     mine = await ask("203.0.113.50")  # the owner, elsewhere
     assert mine.status_code == 202, mine.text
-    for address, times in (("198.51.100.21", 5), ("198.51.100.22", 5), ("198.51.100.23", 4)):
+    for address, times in (("198.51.100.21", 5), ("198.51.100.22", 5), ("198.51.100.23", 3)):
         for _ in range(times):
             assert (await ask(address)).status_code == 202
     everyone = await ask("198.51.100.24")  # the twenty-first in the hour
     assert everyone.status_code == 429
     assert "too many codes asked for this phone in all" in everyone.text
     assert int(everyone.headers["Retry-After"]) > 0
+    elsewhere = await ask("203.0.113.51")  # the owner, somewhere new: the phone's limit
+    assert elsewhere.status_code == 429
+    assert (await ask("203.0.113.49")).status_code == 202  # at home: strangers cannot stop it
+
+
+async def test_where_you_signed_in_lately_strangers_guessing_leave_you_your_own_tries(
+    platform: Platform,
+) -> None:
+    """A stranger asked for your code (their request drew it: the text comes to you) and
+    others guessed at it for all the tries strangers share. From where you signed in lately
+    you have tries of your own, and the code in your hand works; from elsewhere you would
+    wait for it to run out."""
+    url = platform.url("gateway")
+    number = phone()
+    async with httpx.AsyncClient(base_url=url, headers=sent_from("203.0.113.61")) as home:
+        assert (await home.post("/v1/auth/otp", json={"phone": number})).status_code == 202
+        first = await code_for(home, number)
+        signed_in = await home.post("/v1/auth/token", json={"phone": number, "code": first})
+        assert signed_in.status_code == 200, signed_in.text
+        async with httpx.AsyncClient(base_url=url, headers=sent_from("198.51.100.61")) as asker:
+            assert (await asker.post("/v1/auth/otp", json={"phone": number})).status_code == 202
+        in_hand = await code_for(home, number)
+        assert in_hand != first
+        wrong = f"{(int(in_hand) + 1) % 1_000_000:06d}"
+        async with httpx.AsyncClient(base_url=url, headers=sent_from("198.51.100.62")) as guesser:
+            for _ in range(5):
+                r = await guesser.post("/v1/auth/token", json={"phone": number, "code": wrong})
+                assert r.status_code == 401
+        async with httpx.AsyncClient(base_url=url, headers=sent_from("203.0.113.62")) as away:
+            barred = await away.post("/v1/auth/token", json={"phone": number, "code": in_hand})
+            assert barred.status_code == 401
+            assert "too many wrong codes for this phone from here" in barred.text
+        mistyped = await home.post("/v1/auth/token", json={"phone": number, "code": wrong})
+        assert "(4 attempts left)" in mistyped.text, mistyped.text
+        tokens = await home.post("/v1/auth/token", json={"phone": number, "code": in_hand})
+        assert tokens.status_code == 200, tokens.text
 
 
 def tampered(token: str, **changes: Any) -> str:

@@ -201,16 +201,18 @@ async def request_code(
     # first, so that strangers asking for your phone do not use up your own asks; and all
     # together, which bounds the texts a phone can be sent.
     recent = [(t, by) for t, by in _asks(current) if now - t < timedelta(hours=1)]
-    for mine, limit, what in (
-        ([t for t, by in recent if by == here], settings.otp_requests_per_hour, "from here"),
-        ([t for t, _ in recent], settings.otp_requests_per_hour_all, "in all"),
-    ):
+    account = await Accounts(runtime.db).get(body.phone)
+    limits = [([t for t, by in recent if by == here], settings.otp_requests_per_hour, "from here")]
+    if account is None or not account.signed_in_lately_from(here, now):
+        # From where its owner signed in lately, strangers' asks (from however many
+        # addresses) do not stop theirs: those count only against this address's own.
+        limits.append(([t for t, _ in recent], settings.otp_requests_per_hour_all, "in all"))
+    for mine, limit, what in limits:
         if len(mine) >= limit:
             retry = int((min(mine) + timedelta(hours=1) - now).total_seconds()) + 1
             raise TooManyRequests(
                 f"too many codes asked for this phone {what}; wait", retry_after=retry
             )
-    account = await Accounts(runtime.db).get(body.phone)
     # A technician's phone must be registered by their store; say nothing either way. When
     # no code is sent, nothing is stored either: the phone's own code and its hourly count
     # stay as they were, so asking as a "technician" cannot lock a customer out.
@@ -334,10 +336,17 @@ async def exchange_code(body: CodeIn, runtime: RuntimeDep, request: Request) -> 
         raise Unauthenticated("no valid code for this phone: ask for a new one")
     key = await service_secret(runtime.db, "otp", settings.otp_secret)
     here = address_tag(key, client_address(request))
-    # (A code from before addresses were kept was drawn for nobody: all share what is left.)
-    drew = here == otp.drawn_for
+    accounts = Accounts(runtime.db)
+    account = await accounts.get(body.phone)
+    # The address whose request drew the code, and those its owner signed in from lately,
+    # have tries of their own; every other address shares one allowance, so strangers
+    # guessing cannot burn the code for its owner. (A code from before addresses were kept
+    # was drawn for nobody: all share what is left.)
+    own = here == otp.drawn_for or (
+        account is not None and account.signed_in_lately_from(here, now)
+    )
     tries = settings.otp_attempts - otp.wrong.get(here, 0)
-    if not drew:
+    if not own:
         tries = min(tries, otp.attempts_left)
     if tries <= 0:
         wait = max(int((otp.expires_at - RESEND_WITHIN - now).total_seconds()), 0) + 1
@@ -346,12 +355,10 @@ async def exchange_code(body: CodeIn, runtime: RuntimeDep, request: Request) -> 
         )
     if not same(otp.digest, code_digest(key, body.phone, body.code)):
         otp.wrong[here] = otp.wrong.get(here, 0) + 1
-        if not drew:
+        if not own:
             otp.attempts_left -= 1
         await codes.save(otp)
         raise Unauthenticated(f"wrong code ({tries - 1} attempts left)")
-    accounts = Accounts(runtime.db)
-    account = await accounts.get(body.phone)
     enrolling = account is not None and account.enrolment is not None
     if account is not None and enrolling:
         _may_enrol(account, body, now)  # nothing is used up when the code is missing
@@ -380,6 +387,7 @@ async def exchange_code(body: CodeIn, runtime: RuntimeDep, request: Request) -> 
                     "this phone was registered for a technician meanwhile: ask for a new "
                     "code, and sign in with the enrolment code their store was given"
                 )
+    await accounts.signed_in(account, here, now)
     actor = Actor(role=Role(account.role), subject=account.subject, store_id=account.store_id)
     return await issue(runtime, actor, sign_ins=account.sign_ins)
 

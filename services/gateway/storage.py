@@ -21,6 +21,7 @@ from datetime import datetime, timedelta
 
 from pydantic import AliasChoices, BaseModel, ConfigDict, Field
 from pymongo import ASCENDING, IndexModel
+from pymongo.asynchronous.collection import AsyncCollection
 
 from shared.mongo import Database, Document, Versioned
 from shared.time import utcnow
@@ -126,8 +127,48 @@ class Forbid(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
 
-class Account(Forbid):
-    """A phone that may sign in, and as whom. `_id` is the phone."""
+KNOWN_ADDRESS_FOR = timedelta(days=30)
+KNOWN_ADDRESSES = 5
+
+
+class SignedInFrom(Forbid):
+    address: str  # as the limits count it (a phone's: its keyed tag)
+    at: datetime
+
+
+class SignsIn(Forbid):
+    """An account that remembers the last few addresses it signed in from: guesses and asks
+    from elsewhere cannot keep its owner out from those."""
+
+    signed_in_from: list[SignedInFrom] = Field(default_factory=list)
+
+    def signed_in_lately_from(self, address: str, now: datetime) -> bool:
+        return any(
+            k.address == address and now - k.at < KNOWN_ADDRESS_FOR for k in self.signed_in_from
+        )
+
+
+async def remember_address(
+    col: AsyncCollection[Document], account: Document, address: str, at: datetime
+) -> None:
+    """Put `address` last among the account's few (once), if `account` still matches."""
+    others = {
+        "$filter": {
+            "input": {"$ifNull": ["$signed_in_from", []]},
+            "cond": {"$ne": ["$$this.address", {"$literal": address}]},
+        }
+    }
+    here = {"address": {"$literal": address}, "at": {"$literal": at}}
+    last = {"$concatArrays": [others, [here]]}
+    await col.update_one(
+        account, [{"$set": {"signed_in_from": {"$slice": [last, -KNOWN_ADDRESSES]}}}]
+    )
+
+
+class Account(SignsIn):
+    """A phone that may sign in, and as whom. `_id` is the phone. It remembers where its
+    owner signed in lately (address tags): asks and guesses from elsewhere cannot keep them
+    out from there."""
 
     phone: str
     role: str  # customer, technician
@@ -202,16 +243,7 @@ class ApiKey(Forbid):
     version: int = 0
 
 
-KNOWN_ADDRESS_FOR = timedelta(days=30)
-KNOWN_ADDRESSES = 5
-
-
-class SignedInFrom(Forbid):
-    address: str  # as the limits count it: an IPv6 address by its /64
-    at: datetime
-
-
-class OpsStaff(Forbid):
+class OpsStaff(SignsIn):
     """Staff who sign in with a password: operations, or a partner store's own staff."""
 
     email: str
@@ -222,15 +254,8 @@ class OpsStaff(Forbid):
     # one, so the tokens issued before stop working at once, as they do once it is removed.
     # (None: an account from before this rule, whose tokens name none.)
     sign_ins: str | None = None
-    # The last few addresses this account signed in from: guesses from elsewhere cannot keep
-    # its owner out (a reset forgets them with the rest).
-    signed_in_from: list[SignedInFrom] = Field(default_factory=list)
+    # (A reset forgets the addresses it signed in from, with the rest.)
     version: int = 0
-
-    def signed_in_lately_from(self, address: str, now: datetime) -> bool:
-        return any(
-            k.address == address and now - k.at < KNOWN_ADDRESS_FOR for k in self.signed_in_from
-        )
 
 
 def of_technician(technician_id: str) -> Document:
@@ -242,6 +267,12 @@ def of_technician(technician_id: str) -> Document:
 class Accounts(Versioned[Account]):
     def __init__(self, db: Database) -> None:
         super().__init__(db, ACCOUNTS, Account, "phone")
+
+    async def signed_in(self, account: Account, address: str, at: datetime) -> None:
+        """Remember `address` (its tag) for this phone, unless the phone is someone else's
+        since (registered again for another technician)."""
+        mine = {"_id": account.phone, "subject": account.subject, "role": account.role}
+        await remember_address(self.col, mine, address, at)
 
 
 class OtpCodes(Versioned[OtpCode]):
@@ -274,17 +305,8 @@ class Staff(Versioned[OpsStaff]):
     async def signed_in(self, staff: OpsStaff, address: str, at: datetime) -> None:
         """Remember `address` among the account's last few, unless the account was reset
         or removed meanwhile (its new password was not what was shown here)."""
-        others = {
-            "$filter": {
-                "input": {"$ifNull": ["$signed_in_from", []]},
-                "cond": {"$ne": ["$$this.address", {"$literal": address}]},
-            }
-        }
-        here = {"address": {"$literal": address}, "at": {"$literal": at}}
-        last = {"$concatArrays": [others, [here]]}
-        await self.col.update_one(
-            {"_id": staff.email, "sign_ins": staff.sign_ins},
-            [{"$set": {"signed_in_from": {"$slice": [last, -KNOWN_ADDRESSES]}}}],
+        await remember_address(
+            self.col, {"_id": staff.email, "sign_ins": staff.sign_ins}, address, at
         )
 
 
