@@ -312,6 +312,11 @@ def still_live(otp: OtpCode, now: datetime) -> bool:
     return not otp.used and not tried_out and now < otp.expires_at - RESEND_WITHIN
 
 
+# Where a code's wrong guesses from its owner's recent addresses are counted together (an
+# address's own tag is a hex digest: never this).
+KNOWN = "known"
+
+
 class CodeIn(Forbid):
     phone: Phone
     code: str = Field(pattern=r"^[0-9]{6}$")
@@ -338,25 +343,15 @@ async def exchange_code(body: CodeIn, runtime: RuntimeDep, request: Request) -> 
     here = address_tag(key, client_address(request))
     accounts = Accounts(runtime.db)
     account = await accounts.get(body.phone)
-    # The address whose request drew the code, and those its owner signed in from lately,
-    # have tries of their own; every other address shares one allowance, so strangers
-    # guessing cannot burn the code for its owner. (A code from before addresses were kept
-    # was drawn for nobody: all share what is left.)
-    own = here == otp.drawn_for or (
-        account is not None and account.signed_in_lately_from(here, now)
-    )
-    tries = settings.otp_attempts - otp.wrong.get(here, 0)
-    if not own:
-        tries = min(tries, otp.attempts_left)
+    known = account is not None and account.signed_in_lately_from(here, now)
+    tries = _tries_left(otp, here, known, settings.otp_attempts)
     if tries <= 0:
         wait = max(int((otp.expires_at - RESEND_WITHIN - now).total_seconds()), 0) + 1
         raise Unauthenticated(
             f"too many wrong codes for this phone from here: ask for a new one in {wait} s"
         )
     if not same(otp.digest, code_digest(key, body.phone, body.code)):
-        otp.wrong[here] = otp.wrong.get(here, 0) + 1
-        if not own:
-            otp.attempts_left -= 1
+        _count_wrong(otp, here, known)
         await codes.save(otp)
         raise Unauthenticated(f"wrong code ({tries - 1} attempts left)")
     enrolling = account is not None and account.enrolment is not None
@@ -390,6 +385,29 @@ async def exchange_code(body: CodeIn, runtime: RuntimeDep, request: Request) -> 
     await accounts.signed_in(account, here, now)
     actor = Actor(role=Role(account.role), subject=account.subject, store_id=account.store_id)
     return await issue(runtime, actor, sign_ins=account.sign_ins)
+
+
+# The address whose request drew a code has tries of its own, the addresses its owner signed
+# in from lately one allowance together (one may be a carrier's shared exit), and every other
+# address shares another: strangers guessing cannot burn the code for its owner. (A code
+# from before addresses were kept was drawn for nobody: all share what is left.)
+def _tries_left(otp: OtpCode, here: str, known: bool, attempts: int) -> int:
+    tries = attempts - otp.wrong.get(here, 0)
+    if here == otp.drawn_for:
+        return tries
+    if known:
+        return min(tries, attempts - otp.wrong.get(KNOWN, 0))
+    return min(tries, otp.attempts_left)
+
+
+def _count_wrong(otp: OtpCode, here: str, known: bool) -> None:
+    otp.wrong[here] = otp.wrong.get(here, 0) + 1
+    if here == otp.drawn_for:
+        return
+    if known:
+        otp.wrong[KNOWN] = otp.wrong.get(KNOWN, 0) + 1
+    else:
+        otp.attempts_left -= 1
 
 
 def _may_enrol(account: Account, body: CodeIn, now: datetime) -> None:

@@ -271,7 +271,12 @@ class Accounts(Versioned[Account]):
     async def signed_in(self, account: Account, address: str, at: datetime) -> None:
         """Remember `address` (its tag) for this phone, unless the phone is someone else's
         since (registered again for another technician)."""
-        mine = {"_id": account.phone, "subject": account.subject, "role": account.role}
+        mine = {
+            "_id": account.phone,
+            "subject": account.subject,
+            "role": account.role,
+            "sign_ins": account.sign_ins,
+        }
         await remember_address(self.col, mine, address, at)
 
 
