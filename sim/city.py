@@ -104,6 +104,8 @@ class Outcomes:
 
     counts: Counter[str] = field(default_factory=Counter)
     booked: list[str] = field(default_factory=list)  # every booking made
+    # Bookings made with the store whose package the customer holds: it pays for them.
+    booked_with: dict[str, str] = field(default_factory=dict)
     signed: list[str] = field(default_factory=list)  # bookings whose receipt was signed
     signed_at: list[float] = field(default_factory=list)  # when (monotonic seconds)
     took_s: list[float] = field(default_factory=list)  # booking to signature, per journey
@@ -165,6 +167,7 @@ class Customer:
     location: tuple[float, float]
     pays_cash: bool = False  # no card on file
     card_declined: bool = False  # its issuer declines the card on file, every time
+    prepaid_at: str | None = None  # the store whose package they bought (maybe used up)
     busy: bool = False
     nudged: asyncio.Event = field(default_factory=asyncio.Event)  # a notification arrived
     receipt_ready: asyncio.Event = field(default_factory=asyncio.Event)  # that one was pushed
@@ -318,15 +321,18 @@ class City:
                     f"/v1/customers/{me}/payment-method",
                     json={"payment_method": "pm_card_declined" if card_declined else "pm_card_ok"},
                 )
+            prepaid_at = None
             if self.rng.random() < plan.shares.prepaid:
-                store = self.rng.choice(stores)
+                store = prepaid_at = self.rng.choice(stores)
                 await keys[store].call(
                     "POST",
                     "/v1/holdings",
                     json={"plan_id": f"{store}_five", "customer_id": me},
                     headers={"Idempotency-Key": f"{self.tag}-{store}-{me}"},
                 )
-            self.customers.append(Customer(caller, me, (lat, lon), pays_cash, card_declined))
+            self.customers.append(
+                Customer(caller, me, (lat, lon), pays_cash, card_declined, prepaid_at)
+            )
         log.info(
             "city ready: %d stores, %d technicians, %d customers",
             len(stores),
@@ -444,12 +450,27 @@ class City:
         finally:
             customer.busy = False
 
-    async def _journey(self, customer: Customer) -> None:
-        shares, counts, me = self.plan.shares, self.outcomes.counts, customer.caller
+    async def paid_ahead(self, customer: Customer, code: str) -> str | None:
+        """As the app does for someone who bought a package: the store whose package still
+        covers this service, booked with so that it pays (its technicians only)."""
+        if customer.prepaid_at is None:
+            return None
+        held = await customer.caller.json(
+            "GET", "/v1/holdings", params={"customer_id": customer.customer_id}
+        )
+        for view in held:
+            covers = view["holding"]["covers"]
+            if view["spendable"] > 0 and (not covers or code in covers):
+                return str(view["holding"]["store_id"])
+        return None
+
+    async def book(self, customer: Customer) -> str:
+        """A service of the catalogue, as soon as possible at home: the new booking's id."""
         code = self.rng.choice(list(CATALOGUE))
         while CATALOGUE[code][0] != "service":
             code = self.rng.choice(list(CATALOGUE))
-        made = await me.json(
+        store = await self.paid_ahead(customer, code)
+        made = await customer.caller.json(
             "POST",
             "/v1/bookings",
             json={
@@ -457,12 +478,21 @@ class City:
                 "address_id": "home",
                 "timing": "asap",
                 "items": [{"code": code, "quantity": 1}],
+                **({"store_id": store} if store else {}),
             },
             headers={"Idempotency-Key": uuid.uuid4().hex},
         )
-        booking_id, booked_at = made["booking_id"], time.monotonic()
+        booking_id = str(made["booking_id"])
         self.customer_of[booking_id] = customer
         self.outcomes.booked.append(booking_id)
+        if store:
+            self.outcomes.booked_with[booking_id] = store
+        return booking_id
+
+    async def _journey(self, customer: Customer) -> None:
+        shares, counts, me = self.plan.shares, self.outcomes.counts, customer.caller
+        booking_id = await self.book(customer)
+        booked_at = time.monotonic()
         counts["started"] += 1
         if self.rng.random() < shares.cancel:
             await asyncio.sleep(self.rng.uniform(0, 1))

@@ -344,3 +344,41 @@ def complaint_refunds_made(receipt: dict[str, Any], wanted: list[str]) -> bool:
     )
     left = paid - sum(made.values())
     return bool(wanted) and wanted[0] in made and all(w in made or left == 0 for w in wanted)
+
+
+async def sell_package(
+    payments: httpx.AsyncClient, store: str, customer: str, visits: int = 5, **plan: Any
+) -> Any:
+    """The store sells the customer a package of `visits` (manicures, unless `covers` says)."""
+    plan_id = f"pl_{uuid.uuid4().hex[:10]}"
+    r = await payments.put(
+        f"/plans/{plan_id}",
+        json={
+            "store_id": store,
+            "name": f"{visits} manicures",
+            "kind": "package",
+            "price": visits * 2000,
+            "currency": "EUR",
+            "visits": visits,
+            "covers": ["nails.manicure"],
+            **plan,
+        },
+        headers=as_store(store),
+    )
+    assert r.status_code == 200, r.text
+    r = await payments.post(
+        "/holdings",
+        json={"plan_id": plan_id, "customer_id": customer},
+        headers={**as_store(store), "Idempotency-Key": uuid.uuid4().hex},
+    )
+    assert r.status_code == 200, r.text
+    return r.json()
+
+
+async def set_card(payments: httpx.AsyncClient, customer: str, token: str) -> None:
+    r = await payments.put(
+        f"/customers/{customer}/payment-method",
+        json={"payment_method": token},
+        headers=as_customer(customer),
+    )
+    assert r.status_code == 200, r.text

@@ -22,6 +22,7 @@ from shared.events.dispatch import (
     ServiceCompleted,
     TechnicianAssigned,
     TechnicianReassigned,
+    TechnicianReleased,
 )
 from shared.events.envelope import Envelope, EventPayload
 from shared.events.payments import (
@@ -79,7 +80,7 @@ class Projection:
 
         await self.uow.run(work, causation=envelope)
 
-    async def requested(self, booking: str, when: datetime) -> None:
+    async def requested(self, booking: str, when: datetime, store: str | None = None) -> None:
         await self.play(
             when,
             BookingRequested(
@@ -95,6 +96,7 @@ class Projection:
                 lines=[LINE],
                 total=4500,
                 currency="EUR",
+                store_id=store,
             ),
         )
 
@@ -802,6 +804,55 @@ async def test_the_store_a_visit_was_taken_from_hears_that_change_only(
     assert shown.technician is not None
     assert shown.technician.name == "Bea"
     assert (shown.customer_id, shown.location) == (None, None)
+
+
+async def test_a_booking_with_a_store_is_on_its_board_from_the_request_until_it_ends(
+    projection: Projection,
+) -> None:
+    """The store a booking is for sees it waiting (not where, nor who), keeps it when its
+    technician drops out, and no other store ever sees it."""
+    await projection.requested("bk_ours", at(600), store="store_a")
+    rows = projection.db[board.BOARD_BOOKINGS]
+    change = {"ns": {"coll": board.BOARD_BOOKINGS}, "operationType": "update"}
+    waiting = await rows.find_one({"_id": "bk_ours"})
+    assert waiting is not None
+    assert dashboard.in_scope({"store_id": "store_a"})({**change, "fullDocument": waiting})
+    assert not dashboard.in_scope({"store_id": "store_b"})({**change, "fullDocument": waiting})
+    shown = board.booking_row(waiting, STORE_A)
+    assert (shown.status, shown.window_start) == ("requested", at(600) + timedelta(days=6))
+    assert (shown.customer_id, shown.location) == (None, None)
+
+    await projection.assigned("bk_ours", at(601), store="store_a")
+    await projection.play(
+        at(602),
+        TechnicianReleased(
+            booking_id="bk_ours",
+            visit_id="v_bk_ours",
+            technician_id="tech_store_a",
+            badge_number="B-1",
+            reason="dropped out",
+        ),
+    )
+    released = await rows.find_one({"_id": "bk_ours"})
+    assert released is not None
+    assert (released["store_id"], released["technician"]) == ("store_a", None)
+    assert board.booking_row(released, STORE_A).region == "lisbon"  # still the store's, whole
+    # A booking with no store leaves the store whose technician dropped out.
+    await projection.requested("bk_any", at(600))
+    await projection.assigned("bk_any", at(601), store="store_a")
+    await projection.play(
+        at(602),
+        TechnicianReleased(
+            booking_id="bk_any",
+            visit_id="v_bk_any",
+            technician_id="tech_store_a",
+            badge_number="B-1",
+            reason="dropped out",
+        ),
+    )
+    left = await rows.find_one({"_id": "bk_any"})
+    assert left is not None
+    assert (left["store_id"], left["previous_store_id"]) == (None, "store_a")
 
 
 async def test_the_board_shows_the_window_a_visit_was_moved_to_or_kept_whatever_arrives_first(

@@ -62,6 +62,7 @@ async def test_simulated_journeys_end_signed_and_sealed_through_the_gateway(
     assert (counts["started"], counts["signed"], counts["errors"]) == (5, 5, 0), counts
     assert len(outcomes.to_assigned_ms) == 5
     assert len(set(outcomes.signed)) == 5
+    assert outcomes.booked_with, outcomes.booked  # those holding a package booked with its store
     # The platform agrees: every receipt sealed, every booking closed once paid.
     async with (
         platform.client("payments", acting_as=OPS) as payments,
@@ -72,6 +73,9 @@ async def test_simulated_journeys_end_signed_and_sealed_through_the_gateway(
             assert receipt is not None
             assert receipt["status"] in ("sealed", "settled"), receipt
             assert receipt["seal"] is not None
+            if booking_id in outcomes.booked_with:  # its store's technician came, its package paid
+                assert receipt["store_id"] == outcomes.booked_with[booking_id], receipt
+                assert [d["units"] for d in receipt["prepaid"]] == [1], receipt
 
             async def closed(booking_id: str = booking_id) -> bool:
                 found = await get_json(booking, f"/bookings/{booking_id}")

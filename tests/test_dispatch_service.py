@@ -14,12 +14,14 @@ from typing import Any
 
 import httpx
 import pytest
+from aiokafka import AIOKafkaProducer
 from pymongo import AsyncMongoClient
 
-from shared.events.types import GeoPoint
+from shared.events.booking import BookingRequestedV1
+from shared.events.types import GeoPoint, PricedLine
 from shared.mongo import Document
 from tests.conftest import Platform
-from tests.harness import Infra, eventually, keyed_events
+from tests.harness import Infra, eventually, keyed_events, publish
 from tests.seed import (
     LISBON,
     OPS,
@@ -35,6 +37,7 @@ from tests.seed import (
     seed_customer,
     seed_item,
     seed_technician,
+    sell_package,
     technician_file,
     walk_to_service,
 )
@@ -266,6 +269,142 @@ async def test_the_customers_favourite_is_preferred_when_free(scene: Scene) -> N
     booking_id = await scene.book()
     visit = await scene.settled(booking_id, "offered")
     assert visit["offers"][0]["technician_id"] == favourite
+
+
+async def test_a_booking_with_a_store_goes_to_its_technicians_alone_and_its_package_pays(
+    scene: Scene,
+) -> None:
+    """The customer holds one store's package: booked with that store, its technician comes
+    (another store's, nearer, is never asked) and the package pays for the visit."""
+    ours, theirs = unique("store_"), unique("store_")
+    near = await scene.technician(location=NEAR, store_id=theirs)
+    far = await scene.technician(location=FAR, store_id=ours)
+    async with scene.platform.client("payments") as payments:
+        package = await sell_package(payments, ours, scene.customer, visits=1, covers=[scene.code])
+    booking_id = await scene.book(quantity=1, store_id=ours)
+
+    # The store sees the booking from the request (never the address); another store does not.
+    seen = await get_json(scene.booking, f"/bookings/{booking_id}", headers=as_store(ours))
+    assert (seen["store_id"], seen["address"]) == (ours, None)
+    listed = await get_json(scene.booking, "/bookings", headers=as_store(ours), store_id=ours)
+    assert booking_id in [b["booking_id"] for b in listed]
+    other = await scene.booking.get(f"/bookings/{booking_id}", headers=as_store(theirs))
+    assert other.status_code == 404, other.text
+
+    visit = await scene.settled(booking_id, "offered")
+    ranked = (await scene.dispatch.get(f"/visits/{booking_id}/candidates", headers=OPS)).json()
+    assert visit["offers"][0]["technician_id"] == far
+    assert near not in [c["technician"]["technician_id"] for c in ranked]
+    await accept_offer(scene.dispatch, far, booking_id)
+    # Operations cannot send the other store's technician by hand either.
+    r = await scene.dispatch.post(
+        f"/visits/{booking_id}/reassign",
+        json={"reason": "customer asked", "technician_id": near},
+        headers=OPS,
+    )
+    assert r.status_code == 409, r.text
+    assert f"not one of {ours}'s technicians" in r.json()["error"]["message"]
+    await walk_to_service(scene.dispatch, booking_id, far, scene.customer)
+    done = await scene.dispatch.post(
+        f"/visits/{booking_id}/complete",
+        json={"performed": [{"code": scene.code, "quantity": 1}]},
+        headers=as_technician(far),
+    )
+    assert done.status_code == 200, done.text
+    async with scene.platform.client("payments") as payments:
+        receipt = await eventually(
+            lambda: get_json(
+                payments,
+                "/receipts",
+                headers=as_customer(scene.customer),
+                booking_id=booking_id,
+            ),
+            what=f"receipt for {booking_id}",
+        )
+    assert receipt["store_id"] == ours
+    assert [(d["holding_id"], d["units"]) for d in receipt["prepaid"]] == [
+        (package["holding_id"], 1)
+    ]
+    assert receipt["amount_due"] == 0
+
+
+async def test_a_booking_requested_before_a_store_could_be_named_goes_to_anyone_qualified(
+    scene: Scene, kafka_producer: AIOKafkaProducer
+) -> None:
+    """Version 1 of booking.requested (published by a booking from before) still opens the
+    search, for every store's technicians."""
+    near = await scene.technician(location=NEAR, store_id=unique("store_"))
+    start, end = (datetime.fromisoformat(t) for t in lisbon_window())
+    booking_id = unique("bk_")
+    line = PricedLine(
+        code=scene.code,
+        name="Visit",
+        skill=scene.skill,
+        quantity=1,
+        unit_price=2500,
+        currency="EUR",
+    )
+    await publish(
+        kafka_producer,
+        scene.platform.prefix,
+        BookingRequestedV1(
+            booking_id=booking_id,
+            customer_id=scene.customer,
+            region="lisbon",
+            location=GeoPoint(**LISBON),
+            timing="window",
+            window_start=start,
+            window_end=end,
+            duration_minutes=45,
+            lines=[line],
+            total=2500,
+            currency="EUR",
+        ),
+    )
+    visit = await scene.settled(booking_id, "offered")
+    assert visit["offers"][0]["technician_id"] == near
+
+
+async def test_a_booking_names_one_store_and_a_stores_own_items_name_it(scene: Scene) -> None:
+    """A store's own service is its technicians' to do: booked with another store, or with
+    another store's service in the same visit, it is refused and nothing is stored."""
+    ours, theirs = unique("store_"), unique("store_")
+    own, others = f"{scene.skill}.own", f"{scene.skill}.others"
+    for code, store in ((own, ours), (others, theirs)):
+        item = {"kind": "service", "name": "Own", "category": "nails", "skill": scene.skill}
+        r = await scene.booking.put(
+            f"/catalogue/items/{code}",
+            json={**item, "duration_minutes": 30, "store_id": store},
+            headers=as_store(store),
+        )
+        assert r.status_code == 204, r.text
+        r = await scene.booking.post(
+            f"/catalogue/items/{code}/prices",
+            json={"region": "lisbon", "unit_price": 3000, "currency": "EUR"},
+            headers=as_store(store),
+        )
+        assert r.status_code == 201, r.text
+    before = await get_json(scene.booking, "/bookings", customer_id=scene.customer)
+
+    wrong_store = await scene.booking.post(
+        "/bookings", json=booking_body(scene.customer, own, store_id=theirs)
+    )
+    assert wrong_store.status_code == 422, wrong_store.text
+    assert wrong_store.json()["error"]["field"] == "store_id"
+    assert f"only its technicians do it, not {theirs}'s" in wrong_store.text
+    body = booking_body(scene.customer, own)
+    body["items"].append({"code": others, "quantity": 1})
+    two_stores = await scene.booking.post("/bookings", json=body)
+    assert two_stores.status_code == 422, two_stores.text
+    assert "book each store's items separately" in two_stores.text
+    assert await get_json(scene.booking, "/bookings", customer_id=scene.customer) == before
+
+    # Booked without naming a store, a store's own item names it.
+    booking_id = await scene.book(quantity=1)  # the platform's item: anyone qualified
+    assert (await get_json(scene.booking, f"/bookings/{booking_id}"))["store_id"] is None
+    r = await scene.booking.post("/bookings", json=booking_body(scene.customer, own))
+    assert r.status_code == 201, r.text
+    assert r.json()["store_id"] == ours
 
 
 # -------------------------------------------------------------------- offers --

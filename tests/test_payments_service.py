@@ -49,7 +49,9 @@ from tests.seed import (
     seed_customer,
     seed_item,
     seed_technician,
+    sell_package,
     service_completed,
+    set_card,
     walk_to_service,
 )
 
@@ -135,43 +137,6 @@ async def receipt_status(
         return r if r and r["status"] == status else None
 
     return await eventually(probe, what=f"receipt {receipt_id} {status}")
-
-
-async def sell_package(
-    payments: httpx.AsyncClient, store: str, customer: str, visits: int = 5, **plan: Any
-) -> Any:
-    plan_id = unique("pl_")
-    r = await payments.put(
-        f"/plans/{plan_id}",
-        json={
-            "store_id": store,
-            "name": f"{visits} manicures",
-            "kind": "package",
-            "price": visits * 2000,
-            "currency": "EUR",
-            "visits": visits,
-            "covers": ["nails.manicure"],
-            **plan,
-        },
-        headers=as_store(store),
-    )
-    assert r.status_code == 200, r.text
-    r = await payments.post(
-        "/holdings",
-        json={"plan_id": plan_id, "customer_id": customer},
-        headers={**as_store(store), "Idempotency-Key": unique("sale-")},
-    )
-    assert r.status_code == 200, r.text
-    return r.json()
-
-
-async def set_card(payments: httpx.AsyncClient, customer: str, token: str) -> None:
-    r = await payments.put(
-        f"/customers/{customer}/payment-method",
-        json={"payment_method": token},
-        headers=as_customer(customer),
-    )
-    assert r.status_code == 200, r.text
 
 
 async def sandbox_ops(

@@ -39,6 +39,7 @@ from services.booking.pricing import (
     ServiceHours,
     Timing,
     quote,
+    store_for,
     terms_for,
 )
 from services.booking.storage import Bookings, Catalogue, Customers, Region, Regions
@@ -468,6 +469,12 @@ class BookingRequest(TimingIn):
     address_id: Id
     items: list[RequestedItem] = Field(min_length=1, max_length=20)
     preferred_technician_id: Id | None = None
+    store_id: Id | None = Field(
+        None,
+        description="Only this partner store's technicians come: the store whose card or "
+        "package you hold (it pays only for its own technicians' visits). A store's own "
+        "items name their store themselves",
+    )
 
 
 class RescheduleIn(Forbid):
@@ -511,6 +518,9 @@ class BookingView(BaseModel):
     preferred_technician_id: str | None
     rebooked_from: str | None
     redo_for_complaint: str | None = None
+    store_id: str | None = Field(
+        None, description="Only this partner store's technicians come (None: anyone qualified)"
+    )
     timeline: list[TimelineEntry]
     version: int
     created_at: datetime
@@ -550,6 +560,7 @@ def view(
                 "preferred_technician_id",
                 "rebooked_from",
                 "redo_for_complaint",
+                "store_id",
                 "timeline",
                 "version",
                 "created_at",
@@ -596,7 +607,9 @@ async def _draft(
     address_id: str,
     items: list[RequestedItem],
     timing: TimingIn,
-) -> tuple[Region, AddressSnapshot, datetime, datetime, list[Any], Quote]:
+    *,
+    store_id: str | None = None,
+) -> tuple[Region, AddressSnapshot, datetime, datetime, list[Any], Quote, str | None]:
     """Validate and price a would-be booking from the catalogue (nothing is stored)."""
     now = utcnow()
     address = customer.address(address_id)
@@ -612,18 +625,16 @@ async def _draft(
     start, end, after_hours = resolve_window(
         timing.timing, timing.window_start, timing.window_end, now, region.hours
     )
+    requested = [Requested(i.code, i.quantity) for i in items]
     terms = terms_for(
-        found,
-        await catalogue.prices(codes, region.region),
-        [Requested(i.code, i.quantity) for i in items],
-        region.region,
-        now,
+        found, await catalogue.prices(codes, region.region), requested, region.region, now
     )
+    store = store_for(found, requested, store_id)
     priced = quote(terms, start, after_hours=after_hours, urgent=timing.timing is Timing.URGENT)
     snapshot = AddressSnapshot(
         address_id=address.address_id, line=address.line, location=address.location
     )
-    return region, snapshot, start, end, terms, priced
+    return region, snapshot, start, end, terms, priced, store
 
 
 @router.post(
@@ -634,7 +645,9 @@ async def _draft(
 async def quote_booking(request: BookingRequest, actor: ActorDep, runtime: RuntimeDep) -> Quote:
     require_own_customer(actor, request.customer_id)
     customer = await _customer(runtime, request.customer_id)
-    *_, priced = await _draft(runtime, customer, request.address_id, request.items, request)
+    *_, priced, _ = await _draft(
+        runtime, customer, request.address_id, request.items, request, store_id=request.store_id
+    )
     return priced
 
 
@@ -653,8 +666,8 @@ async def _create(
         if existing:
             return _replay(existing, key_fingerprint, response)
     customer = await _customer(runtime, request.customer_id)
-    region, address, start, end, terms, priced = await _draft(
-        runtime, customer, request.address_id, request.items, request
+    region, address, start, end, terms, priced, store = await _draft(
+        runtime, customer, request.address_id, request.items, request, store_id=request.store_id
     )
     preferred = request.preferred_technician_id or next(iter(customer.favourite_technicians), None)
     now = utcnow()
@@ -670,6 +683,7 @@ async def _create(
         quote=priced,
         preferred_technician_id=preferred,
         rebooked_from=rebooked_from,
+        store_id=store,
         idempotency_key=idempotency_key,
         request_fingerprint=key_fingerprint,
         created_at=now,
@@ -743,7 +757,9 @@ async def list_bookings(
         found = await Bookings(runtime.db).for_customer(customer_id)
     else:
         if not actor.speaks_for_store(store_id):
-            raise Forbidden("a store sees only the bookings its own technicians serve")
+            raise Forbidden(
+                "a store sees only its own bookings (its technicians', or booked with it)"
+            )
         found = await Bookings(runtime.db).for_store(store_id or "")
     return [view(b, actor=actor) for b in found]
 
@@ -846,6 +862,7 @@ async def book_again(
             if previous.technician
             else previous.preferred_technician_id
         ),
+        store_id=previous.store_id,  # the same store: its card pays again
         **body.model_dump(),
     )
     return await _create(runtime, request, idempotency_key, response, rebooked_from=booking_id)

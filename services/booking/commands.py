@@ -174,4 +174,5 @@ def requested_event(booking: Booking) -> BookingRequested:
         currency=booking.quote.currency,
         preferred_technician_id=booking.preferred_technician_id,
         redo_for_complaint=booking.redo_for_complaint,
+        store_id=booking.store_id,
     )

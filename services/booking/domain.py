@@ -189,6 +189,9 @@ class Booking(BaseModel):
     preferred_technician_id: str | None = None
     rebooked_from: str | None = None
     redo_for_complaint: str | None = None  # a free visit putting a complaint right
+    # Only this partner store's technicians go: it publishes the items booked, or the
+    # customer holds its card or package (which pays only for its technicians' visits).
+    store_id: str | None = None
     cancellation_fee: int | None = None
     halted_at: datetime | None = None  # a safety alert stopped the visit: see `halt`
     rescheduled_from: KeptWindow | None = None  # while a new window waits: see `keep_window`
@@ -252,8 +255,13 @@ class Booking(BaseModel):
             and (tech.store_id == actor.store_id)
         )
 
+    def booked_with(self, actor: Actor) -> bool:
+        """The store the booking is for: it sees it from the request, before anyone goes."""
+        store = actor.store_id if actor.role is Role.STORE else None
+        return store is not None and self.store_id == store
+
     def readable_by(self, actor: Actor) -> bool:
-        return actor.is_ops or self.owned_by(actor) or self.serves(actor)
+        return actor.is_ops or self.owned_by(actor) or self.serves(actor) or self.booked_with(actor)
 
     def owned_by(self, actor: Actor) -> bool:
         return actor.role is Role.CUSTOMER and actor.subject == self.customer_id
@@ -545,6 +553,7 @@ def redo_of(original: Booking, complaint_id: str, remedy_id: str | None, now: da
         quote=quote,
         rebooked_from=original.booking_id,
         redo_for_complaint=complaint_id,
+        store_id=original.store_id,  # a store's own services are redone by the store
         created_at=now,
         timeline=[TimelineEntry(status=S.REQUESTED, at=now, note=f"redo for {complaint_id}")],
     )

@@ -202,6 +202,36 @@ def terms_for(
     return terms
 
 
+def store_for(
+    items: Mapping[str, CatalogueItem], requested: Sequence[Requested], asked: str | None
+) -> str | None:
+    """The partner store whose technicians alone may do the visit, or None for anyone
+    qualified. A store's own items are its to do; otherwise the store the customer asked
+    for (the one whose card or package they hold: it pays only for its technicians' visits).
+    """
+    publishers: dict[str, str] = {}  # store -> the first of its items booked
+    for line in requested:
+        item = items.get(line.code)
+        if item is not None and item.store_id is not None:
+            publishers.setdefault(item.store_id, line.code)
+    if len(publishers) > 1:
+        (a, code_a), (b, code_b) = sorted(publishers.items())[:2]
+        raise Unprocessable(
+            f"{code_a!r} is {a}'s and {code_b!r} is {b}'s: a visit comes from one store, so "
+            "book each store's items separately",
+            field="items",
+        )
+    if not publishers:
+        return asked
+    ((publisher, code),) = publishers.items()
+    if asked is not None and asked != publisher:
+        raise Unprocessable(
+            f"{code!r} is {publisher}'s own service: only its technicians do it, not {asked}'s",
+            field="store_id",
+        )
+    return publisher
+
+
 def quote(
     terms: Sequence[LineTerms], window_start: datetime, *, after_hours: bool, urgent: bool
 ) -> Quote:

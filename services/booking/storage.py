@@ -53,6 +53,11 @@ async def ensure_indexes(db: Database) -> None:
                 [("technician.store_id", ASCENDING), ("created_at", DESCENDING)],
                 partialFilterExpression={"technician.store_id": {"$type": "string"}},
             ),
+            IndexModel(
+                [("store_id", ASCENDING), ("created_at", DESCENDING)],
+                name="booked_with_store",
+                partialFilterExpression={"store_id": {"$type": "string"}},
+            ),
         ]
     )
 
@@ -242,10 +247,9 @@ class Bookings:
         return [_booking(d) for d in await cursor.to_list()]
 
     async def for_store(self, store_id: str, limit: int = 50) -> list[Booking]:
-        """The bookings a store's technicians serve (or served)."""
-        cursor = (
-            self._col.find({"technician.store_id": store_id}).sort("created_at", -1).limit(limit)
-        )
+        """The bookings a store's technicians serve (or served), and those booked with it."""
+        query = {"$or": [{"technician.store_id": store_id}, {"store_id": store_id}]}
+        cursor = self._col.find(query).sort("created_at", -1).limit(limit)
         return [_booking(d) for d in await cursor.to_list()]
 
     async def insert(self, booking: Booking, session: AsyncClientSession) -> None:
@@ -266,6 +270,8 @@ class Bookings:
 def _doc(booking: Booking) -> Document:
     doc = booking.model_dump(mode="python")
     doc["_id"] = doc.pop("booking_id")
+    if doc["store_id"] is None:
+        del doc["store_id"]  # stored only once set: a booking replica from before reads the rest
     return doc
 
 

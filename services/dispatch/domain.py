@@ -214,6 +214,7 @@ class Need:
     end: datetime  # the technician is busy until then
     skills: tuple[str, ...]
     certificates: tuple[str, ...]
+    store_id: str | None = None  # only this store's technicians (None: anyone qualified)
 
 
 @dataclass(frozen=True)
@@ -256,6 +257,8 @@ def unqualified(tech: Technician, need: Need) -> str | None:
     """The file's rules: active, skills, certificates and insurance valid that day, area."""
     if tech.status is not TechnicianStatus.ACTIVE:
         return "suspended"
+    if need.store_id is not None and tech.store_id != need.store_id:
+        return f"not one of {need.store_id}'s technicians (the booking is that store's)"
     missing = set(need.skills) - set(tech.skills)
     if missing:
         return f"lacks skill {sorted(missing)[0]}"
@@ -265,9 +268,8 @@ def unqualified(tech: Technician, need: Need) -> str | None:
             return f"no valid certificate {name} on {visit_day}"
     if tech.insurance is None or tech.insurance.expires_on < visit_day:
         return f"not insured on {visit_day}"
-    if not any(point_in_polygon(need.location, area) for area in tech.areas):
-        return "does not serve this address"
-    return None
+    serves = any(point_in_polygon(need.location, area) for area in tech.areas)
+    return None if serves else "does not serve this address"
 
 
 def why_not(tech: Technician, need: Need, commitments: Iterable[Commitment]) -> str | None:
@@ -458,6 +460,7 @@ class Visit(Forbid):
     lines: list[PricedLine]
     certificates: list[str] = Field(default_factory=list)
     preferred_technician_id: str | None = None
+    store_id: str | None = None  # only this store's technicians go (the booking's store)
     booked_at: datetime
     search_deadline: datetime
 
@@ -513,6 +516,7 @@ class Visit(Forbid):
             end=self.busy_until,
             skills=tuple(sorted({line.skill for line in self.lines if line.skill})),
             certificates=tuple(sorted(set(self.certificates))),
+            store_id=self.store_id,
         )
 
     def commitment(self) -> Commitment:

@@ -16,7 +16,13 @@ from services.dispatch.domain import (
 )
 from services.dispatch.storage import Technicians, Visits
 from shared.consumer import Handlers
-from shared.events.booking import BookingCancelled, BookingRequested, BookingRescheduled
+from shared.events.booking import (
+    BookingCancelled,
+    BookingRequested,
+    BookingRequestedV1,
+    BookingRescheduled,
+    store_of,
+)
 from shared.events.dispatch import RescheduleRefused, ServiceVoided, TechnicianStatusChanged
 from shared.events.reviews import (
     TechnicianQualityChanged,
@@ -65,7 +71,8 @@ async def rate(tx: Transaction, event: TechnicianQualityChanged) -> None:
 
 
 @handlers.on(BookingRequested)
-async def booking_requested(tx: Transaction, event: BookingRequested) -> None:
+@handlers.on(BookingRequestedV1)
+async def booking_requested(tx: Transaction, event: BookingRequestedV1) -> None:
     """Open the search: the visit waits for the next matching round of its region."""
     visits = Visits(tx.db)
     if await visits.by_booking(event.booking_id, tx.session):
@@ -86,6 +93,7 @@ async def booking_requested(tx: Transaction, event: BookingRequested) -> None:
         lines=event.lines,
         certificates=event.certificates,
         preferred_technician_id=event.preferred_technician_id,
+        store_id=store_of(event),
         booked_at=booked_at,
         search_deadline=deadline,
     )

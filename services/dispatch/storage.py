@@ -112,6 +112,8 @@ def candidate_query(
     }
     if not busy_too:
         query["held"] = {"$not": {"$elemMatch": overlap}}
+    if need.store_id is not None:
+        query["store_id"] = need.store_id
     if need.skills:
         query["skills"] = {"$all": list(need.skills)}
     if need.certificates:
@@ -257,7 +259,9 @@ class Technicians:
 
 # --------------------------------------------------------------------- visits --
 def visit_doc(visit: Visit) -> Document:
-    doc = visit.model_dump(exclude={"visit_id"})
+    # The store only once set: a dispatch replica from before reads every other visit.
+    unset = {"store_id"} if visit.store_id is None else set()
+    doc = visit.model_dump(exclude={"visit_id", *unset})
     doc["_id"] = visit.visit_id
     doc["busy_until"] = visit.busy_until  # for the calendar query
     return doc

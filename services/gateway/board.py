@@ -41,8 +41,10 @@ from shared.errors import Unprocessable
 from shared.events.booking import (
     BookingAwaitingOperations,
     BookingRequested,
+    BookingRequestedV1,
     BookingRescheduled,
     BookingStatusChanged,
+    store_of,
 )
 from shared.events.dispatch import (
     RescheduleRefused,
@@ -321,7 +323,9 @@ def _window(tx: Transaction, start: datetime, end: datetime) -> dict[str, Any]:
 
 # ------------------------------------------------------------------ bookings --
 @handlers.on(BookingRequested)
-async def requested(tx: Transaction, e: BookingRequested) -> None:
+@handlers.on(BookingRequestedV1)
+async def requested(tx: Transaction, e: BookingRequestedV1) -> None:
+    booked_with = store_of(e)
     await _set(
         tx,
         BOARD_BOOKINGS,
@@ -335,6 +339,10 @@ async def requested(tx: Transaction, e: BookingRequested) -> None:
             "requested_at": _keep("requested_at", occurred(tx)),
             "status": _keep("status", "requested"),
             "currency": e.currency,
+            # A booking with a store is on its board from the request (its technician's
+            # store, once assigned, is the same one).
+            "booked_store_id": booked_with,
+            **({"store_id": _keep("store_id", booked_with)} if booked_with else {}),
         },
     )
 
@@ -437,7 +445,7 @@ async def released(tx: Transaction, e: TechnicianReleased) -> None:
         {
             **_technician_left(),
             "technician": None,
-            "store_id": None,
+            "store_id": Expr({"$ifNull": ["$booked_store_id", None]}),  # still that store's
             "assigned_at": None,  # today's figures count the next assignment, if any
         },
     )

@@ -8,7 +8,7 @@ from services.gateway import webhooks
 from services.gateway.storage import BOOKING_OWNERS, Notification, Notifications
 from shared.consumer import Handlers
 from shared.errors import NotYet
-from shared.events.booking import BookingRequested
+from shared.events.booking import BookingRequested, BookingRequestedV1
 from shared.events.dispatch import (
     OfferMade,
     RescheduleRefused,
@@ -130,7 +130,8 @@ async def _learn_owner(tx: Transaction, booking_id: str, customer_id: str) -> No
 
 
 @handlers.on(BookingRequested)
-async def booking_requested(tx: Transaction, event: BookingRequested) -> None:
+@handlers.on(BookingRequestedV1)
+async def booking_requested(tx: Transaction, event: BookingRequestedV1) -> None:
     await _learn_owner(tx, event.booking_id, event.customer_id)
 
 

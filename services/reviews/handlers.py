@@ -18,7 +18,7 @@ from services.reviews.domain import (
 )
 from services.reviews.storage import Bookings, ReviewRequests, Reviews
 from shared.consumer import Handlers
-from shared.events.booking import BookingRequested
+from shared.events.booking import BookingRequested, BookingRequestedV1
 from shared.events.dispatch import (
     SafetyAlert,
     ServiceCompleted,
@@ -53,7 +53,8 @@ timers = Timers()
 
 
 @handlers.on(BookingRequested)
-async def booking_requested(tx: Transaction, event: BookingRequested) -> None:
+@handlers.on(BookingRequestedV1)
+async def booking_requested(tx: Transaction, event: BookingRequestedV1) -> None:
     await Bookings(tx.db).learn(event.booking_id, tx.session, customer_id=event.customer_id)
     if event.redo_for_complaint:
         complaint_id = event.redo_for_complaint

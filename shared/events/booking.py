@@ -19,8 +19,9 @@ TIMELINE = "booking.timeline"
 
 
 @event("booking.requested", version=1, stream=STREAM, key="booking_id")
-class BookingRequested(EventPayload):
-    """A customer asked for a visit; dispatch starts looking for a technician."""
+class BookingRequestedV1(EventPayload):
+    """A customer asked for a visit, before a booking could name its store: anyone qualified
+    may go. Still read, for events published before version 2."""
 
     booking_id: str
     customer_id: str
@@ -42,6 +43,24 @@ class BookingRequested(EventPayload):
     redo_for_complaint: str | None = Field(
         default=None, description="A free redo of a visit, putting this complaint right"
     )
+
+
+@event("booking.requested", version=2, stream=STREAM, key="booking_id")
+class BookingRequested(BookingRequestedV1):
+    """A customer asked for a visit; dispatch starts looking for a technician (of the
+    booking's store, when it names one)."""
+
+    store_id: str | None = Field(
+        default=None,
+        description="Only this partner store's technicians may go: it publishes the items "
+        "booked, or the customer holds its card or package (which pays only for its "
+        "technicians' visits). None: anyone qualified",
+    )
+
+
+def store_of(event: BookingRequestedV1) -> str | None:
+    """The store a requested booking is for (version 1 events name none)."""
+    return event.store_id if isinstance(event, BookingRequested) else None
 
 
 @event("booking.status_changed", version=1, stream=TIMELINE, key="booking_id")

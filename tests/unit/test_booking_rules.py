@@ -37,6 +37,7 @@ from services.booking.pricing import (
     cancellation_fee,
     price_in_force,
     quote,
+    store_for,
     terms_for,
 )
 from shared.auth import Actor, Role
@@ -172,6 +173,39 @@ def test_items_priced_in_two_currencies_cannot_share_a_booking() -> None:
     prices = {"a": [price("a")], "b": [price("b", currency="GBP")]}
     with pytest.raises(Unprocessable, match="currencies"):
         terms_for(items, prices, [Requested("a", 1), Requested("b", 1)], "lisbon", NOW)
+
+
+def test_a_visit_is_one_stores_its_own_items_name_it_else_the_store_the_customer_asked() -> None:
+    platform, own = (
+        item("nails.manicure"),
+        item("salon.facial").model_copy(update={"store_id": "st_a"}),
+    )
+    others = item("salon.peel").model_copy(update={"store_id": "st_b"})
+    items = {i.code: i for i in (platform, own, others)}
+    just = [Requested("nails.manicure", 1)]
+    with_own = [*just, Requested("salon.facial", 1)]
+    assert store_for(items, just, None) is None  # anyone qualified
+    assert store_for(items, just, "st_b") == "st_b"  # the store whose card they hold
+    assert store_for(items, with_own, None) == "st_a"
+    assert store_for(items, with_own, "st_a") == "st_a"
+    with pytest.raises(Unprocessable) as raised:
+        store_for(items, with_own, "st_b")
+    assert raised.value.field == "store_id"
+    assert "'salon.facial' is st_a's own service" in raised.value.message
+    with pytest.raises(Unprocessable) as raised:
+        store_for(items, [*with_own, Requested("salon.peel", 1)], None)
+    assert raised.value.field == "items"
+    assert "book each store's items separately" in raised.value.message
+
+
+def test_a_store_reads_a_booking_made_with_it_and_no_other_store_does() -> None:
+    b = booking().model_copy(update={"store_id": "st_a"})
+    a_store = Actor(role=Role.STORE, subject="m@a", store_id="st_a")
+    another = Actor(role=Role.STORE, subject="m@b", store_id="st_b")
+    assert b.readable_by(a_store)
+    assert not b.address_visible_to(a_store)
+    assert not b.readable_by(another)
+    assert not booking().readable_by(a_store)  # booked with no store, nobody assigned yet
 
 
 def test_quote_totals_integer_minor_units_with_itemised_surcharges() -> None:

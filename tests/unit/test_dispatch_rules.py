@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 from datetime import UTC, date, datetime, timedelta
 from typing import Any
 
@@ -109,6 +110,15 @@ def test_each_rule_keeps_an_unfit_technician_away(over: dict[str, Any], reason: 
     found = why_not(tech(**over), NEED, [])
     assert found is not None
     assert found.startswith(reason)
+
+
+def test_a_visit_booked_with_a_store_is_for_its_technicians_alone() -> None:
+    theirs = dataclasses.replace(NEED, store_id="store_chiado")
+    assert why_not(tech(), theirs, []) is None
+    assert why_not(tech(store_id="store_baixa"), theirs, []) == (
+        "not one of store_chiado's technicians (the booking is that store's)"
+    )
+    assert why_not(tech(store_id="store_baixa"), NEED, []) is None  # no store: anyone qualified
 
 
 def test_a_certificate_valid_on_the_visit_day_is_enough() -> None:
