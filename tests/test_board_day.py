@@ -113,6 +113,19 @@ class Projection:
             ),
         )
 
+    async def released(self, booking: str, when: datetime, store: str = "store_a") -> None:
+        """Their technician dropped out: the search starts again."""
+        await self.play(
+            when,
+            TechnicianReleased(
+                booking_id=booking,
+                visit_id=f"v_{booking}",
+                technician_id=f"tech_{store}",
+                badge_number="B-1",
+                reason="dropped out",
+            ),
+        )
+
     async def status(self, booking: str, when: datetime, to: str, version: int) -> None:
         await self.play(
             when,
@@ -823,16 +836,7 @@ async def test_a_booking_with_a_store_is_on_its_board_from_the_request_until_it_
     assert (shown.customer_id, shown.location) == (None, None)
 
     await projection.assigned("bk_ours", at(601), store="store_a")
-    await projection.play(
-        at(602),
-        TechnicianReleased(
-            booking_id="bk_ours",
-            visit_id="v_bk_ours",
-            technician_id="tech_store_a",
-            badge_number="B-1",
-            reason="dropped out",
-        ),
-    )
+    await projection.released("bk_ours", at(602))
     released = await rows.find_one({"_id": "bk_ours"})
     assert released is not None
     assert (released["store_id"], released["technician"]) == ("store_a", None)
@@ -840,16 +844,7 @@ async def test_a_booking_with_a_store_is_on_its_board_from_the_request_until_it_
     # A booking with no store leaves the store whose technician dropped out.
     await projection.requested("bk_any", at(600))
     await projection.assigned("bk_any", at(601), store="store_a")
-    await projection.play(
-        at(602),
-        TechnicianReleased(
-            booking_id="bk_any",
-            visit_id="v_bk_any",
-            technician_id="tech_store_a",
-            badge_number="B-1",
-            reason="dropped out",
-        ),
-    )
+    await projection.released("bk_any", at(602))
     left = await rows.find_one({"_id": "bk_any"})
     assert left is not None
     assert (left["store_id"], left["previous_store_id"]) == (None, "store_a")

@@ -17,7 +17,8 @@ import pytest
 from aiokafka import AIOKafkaProducer
 from pymongo import AsyncMongoClient
 
-from shared.events.booking import BookingRequestedV1
+from shared.events.booking import BookingRequested, BookingRequestedV1
+from shared.events.dispatch import SafetyAlert
 from shared.events.types import GeoPoint, PricedLine
 from shared.mongo import Document
 from tests.conftest import Platform
@@ -84,6 +85,40 @@ class Scene:
         )
         assert r.status_code == 201, r.text
         return str(r.json()["booking_id"])
+
+    async def requested(
+        self,
+        producer: AIOKafkaProducer,
+        start: datetime,
+        end: datetime,
+        model: type[BookingRequestedV1] = BookingRequested,
+    ) -> str:
+        """Booking's fact, published as a booking service would (any version), for one visit
+        of this scene's item: its booking id. Dispatch is all that reads it here."""
+        booking_id = unique("bk_")
+        line = PricedLine(
+            code=self.code,
+            name="Visit",
+            skill=self.skill,
+            quantity=1,
+            unit_price=2500,
+            currency="EUR",
+        )
+        fact = model(
+            booking_id=booking_id,
+            customer_id=self.customer,
+            region="lisbon",
+            location=GeoPoint(**LISBON),
+            timing="window",
+            window_start=start,
+            window_end=end,
+            duration_minutes=45,
+            lines=[line],
+            total=2500,
+            currency="EUR",
+        )
+        await publish(producer, self.platform.prefix, fact)
+        return booking_id
 
     async def visit(self, booking_id: str) -> Any:
         r = await self.dispatch.get(f"/visits/{booking_id}", headers=OPS)
@@ -335,32 +370,7 @@ async def test_a_booking_requested_before_a_store_could_be_named_goes_to_anyone_
     search, for every store's technicians."""
     near = await scene.technician(location=NEAR, store_id=unique("store_"))
     start, end = (datetime.fromisoformat(t) for t in lisbon_window())
-    booking_id = unique("bk_")
-    line = PricedLine(
-        code=scene.code,
-        name="Visit",
-        skill=scene.skill,
-        quantity=1,
-        unit_price=2500,
-        currency="EUR",
-    )
-    await publish(
-        kafka_producer,
-        scene.platform.prefix,
-        BookingRequestedV1(
-            booking_id=booking_id,
-            customer_id=scene.customer,
-            region="lisbon",
-            location=GeoPoint(**LISBON),
-            timing="window",
-            window_start=start,
-            window_end=end,
-            duration_minutes=45,
-            lines=[line],
-            total=2500,
-            currency="EUR",
-        ),
-    )
+    booking_id = await scene.requested(kafka_producer, start, end, BookingRequestedV1)
     visit = await scene.settled(booking_id, "offered")
     assert visit["offers"][0]["technician_id"] == near
 
@@ -700,6 +710,105 @@ async def test_operations_reassign_by_hand_with_every_rule_still_checked(scene: 
     assert moved.json()["technician"]["technician_id"] == chosen
     booking = await scene.booking_status(booking_id, "assigned", chosen)
     assert "technician changed from" in booking["timeline"][-1]["note"]
+
+
+async def test_a_technician_not_checked_in_when_the_visit_should_have_begun_is_reported_once(
+    scene: Scene,
+    infra: Infra,
+    kafka_producer: AIOKafkaProducer,
+    mongo: AsyncMongoClient[Document],
+) -> None:
+    """The window ends in ten minutes and the work takes 45: whoever accepts now is late
+    already. Operations get one warning (the visit goes on), and nothing before the latest
+    arrival for a visit still ahead."""
+    tech = await scene.technician(location=NEAR)
+    now = datetime.now(UTC)
+    booking_id = await scene.requested(
+        kafka_producer, now - timedelta(minutes=50), now + timedelta(minutes=10)
+    )
+    await accept_offer(scene.dispatch, tech, booking_id)
+
+    async def late() -> Any:
+        r = await scene.dispatch.get("/safety-alerts", headers=OPS, params={"limit": 500})
+        found = [a for a in r.json() if a["booking_id"] == booking_id]
+        return found or None
+
+    (alert,) = await eventually(late, what=f"a late technician on {booking_id}")
+    assert (alert["kind"], alert["severity"], alert["technician_id"]) == (
+        "technician_late",
+        "warning",
+        tech,
+    )
+    assert "has not checked in and has not set off" in alert["detail"]
+    events = await keyed_events(
+        infra,
+        f"{scene.platform.prefix}.dispatch.events",
+        booking_id,
+        until=lambda found: any(e["type"] == "dispatch.safety_alert" for e in found),
+    )
+    raised = [e for e in events if e["type"] == "dispatch.safety_alert"]
+    assert [(e["schema_version"], e["payload"]["kind"]) for e in raised] == [(2, "technician_late")]
+    # A warning: the visit goes on, and the technician may still set off and check in.
+    assert (await scene.visit(booking_id))["status"] == "assigned"
+    r = await scene.dispatch.post(f"/visits/{booking_id}/en-route", headers=as_technician(tech))
+    assert r.status_code == 200, r.text
+    await asyncio.sleep(1.0)  # time enough for a second firing, were there one
+    r = await scene.dispatch.get("/safety-alerts", headers=OPS, params={"limit": 500})
+    assert len([a for a in r.json() if a["booking_id"] == booking_id]) == 1
+
+    # A visit tomorrow is watched from its latest arrival on, not before.
+    ahead = await scene.book(quantity=1)
+    await accept_offer(scene.dispatch, await scene.technician(location=FAR), ahead)
+    timer = await mongo[f"{scene.platform.prefix}_dispatch"]["timers"].find_one(
+        {"_id": f"arrival_due:{ahead}"}
+    )
+    assert timer is not None
+    start, end = (datetime.fromisoformat(t) for t in lisbon_window())
+    due = end - timedelta(minutes=45) + timedelta(minutes=10)
+    assert timer["due_at"].replace(tzinfo=UTC) == due
+    assert start < due
+
+
+async def test_a_late_technician_makes_cancelling_free_though_the_cut_off_has_passed(
+    scene: Scene, kafka_producer: AIOKafkaProducer
+) -> None:
+    await seed_item(
+        scene.booking,
+        scene.code,
+        skill=scene.skill,
+        cancellation_fee=1500,
+        free_cancellation_hours=24 * 14,  # tomorrow's visit is past its free cut-off
+    )
+    tech = await scene.technician(location=NEAR)
+    booking_id = await scene.book(quantity=1)
+    accepted = await accept_offer(scene.dispatch, tech, booking_id)
+    booking = await scene.booking_status(booking_id, "assigned", tech)
+    assert booking["cancellation_fee_after_cutoff"] == 1500
+    await publish(
+        kafka_producer,
+        scene.platform.prefix,
+        SafetyAlert(
+            booking_id=booking_id,
+            visit_id=accepted["visit_id"],
+            customer_id=scene.customer,
+            technician_id=tech,
+            kind="technician_late",
+            severity="warning",
+            detail="has not checked in",
+            at=datetime.now(UTC),
+        ),
+    )
+
+    async def told() -> Any:
+        b = await get_json(scene.booking, f"/bookings/{booking_id}")
+        return b if b and b["technician_late_at"] else None
+
+    late = await eventually(told, what=f"booking {booking_id} told its technician is late")
+    assert late["status"] == "assigned"
+    assert late["timeline"][-1]["note"] == "the technician is late: cancelling is free"
+    r = await scene.booking.post(f"/bookings/{booking_id}/cancel", json={"reason": "nobody came"})
+    assert r.status_code == 200, r.text
+    assert r.json()["cancellation_fee"] == 0
 
 
 # -------------------------------------------------------- the door and safety --

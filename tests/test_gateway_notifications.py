@@ -17,6 +17,7 @@ from aiokafka import AIOKafkaProducer
 from pymongo import AsyncMongoClient
 
 from shared.auth import Actor, Role
+from shared.events.dispatch import SafetyAlert
 from shared.events.reviews import ComplaintClosed, ComplaintEscalated, ComplaintOpened
 from shared.mongo import Document
 from tests.conftest import Platform
@@ -152,3 +153,45 @@ async def test_a_complaints_escalation_and_closing_reach_its_customer_when_the_b
 
         kinds = await eventually(told, what="the customer told of both")
         assert sorted(kinds) == ["complaint_closed", "complaint_update"]
+
+
+async def test_a_late_technician_is_told_to_the_customer_and_to_the_technician(
+    platform: Platform, mongo: AsyncMongoClient[Document], kafka_producer: AIOKafkaProducer
+) -> None:
+    """Dispatch's warning that nobody has checked in: the customer hears it from us, with
+    what they may do, and the technician is reminded; a far check-in tells neither."""
+    customer, tech = f"cus_{uuid.uuid4().hex[:8]}", f"tech_{uuid.uuid4().hex[:8]}"
+    late, far = (f"bk_{uuid.uuid4().hex[:8]}" for _ in range(2))
+    for booking_id, kind in ((far, "check_in_far_from_address"), (late, "technician_late")):
+        await publish(
+            kafka_producer,
+            platform.prefix,
+            SafetyAlert(
+                booking_id=booking_id,
+                visit_id=f"vs_{booking_id}",
+                customer_id=customer,
+                technician_id=tech,
+                kind=kind,
+                severity="warning",
+                detail="as dispatch words it",
+                at=datetime.now(UTC),
+            ),
+        )
+    async with platform.client("gateway") as api:
+        headers = {
+            who: bearer(await gateway_token(mongo, platform.prefix, actor))
+            for who, actor in (
+                ("customer", Actor(role=Role.CUSTOMER, subject=customer)),
+                ("technician", Actor(role=Role.TECHNICIAN, subject=tech)),
+            )
+        }
+
+        async def told(who: str) -> list[dict[str, Any]] | None:
+            found = (await api.get("/v1/notifications", headers=headers[who])).json()
+            return found or None
+
+        to_customer = await eventually(lambda: told("customer"), what="the customer told")
+        to_technician = await eventually(lambda: told("technician"), what="the technician told")
+    assert [(n["kind"], n["booking_id"]) for n in to_customer] == [("technician_late", late)]
+    assert "cancel free of charge" in to_customer[0]["body"]
+    assert [(n["kind"], n["booking_id"]) for n in to_technician] == [("technician_late", late)]

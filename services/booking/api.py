@@ -514,6 +514,11 @@ class BookingView(BaseModel):
         description="A safety alert stopped the visit (wrong codes, or not the person shown): "
         "it goes no further, and the customer or operations cancel it, free",
     )
+    technician_late_at: datetime | None = Field(
+        None,
+        description="The technician had not checked in when the visit should have begun: "
+        "operations were told, and cancelling is free from then",
+    )
     technician: TechnicianIdentity | None
     preferred_technician_id: str | None
     rebooked_from: str | None
@@ -556,6 +561,7 @@ def view(
                 "window_end",
                 "cancellation_fee",
                 "halted_at",
+                "technician_late_at",
                 "technician",
                 "preferred_technician_id",
                 "rebooked_from",

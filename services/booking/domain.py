@@ -194,6 +194,7 @@ class Booking(BaseModel):
     store_id: str | None = None
     cancellation_fee: int | None = None
     halted_at: datetime | None = None  # a safety alert stopped the visit: see `halt`
+    technician_late_at: datetime | None = None  # see `technician_late`
     rescheduled_from: KeptWindow | None = None  # while a new window waits: see `keep_window`
     timeline: list[TimelineEntry] = Field(default_factory=list)
     version: int = 0
@@ -324,15 +325,31 @@ class Booking(BaseModel):
         self.timeline.append(TimelineEntry(status=self.status, at=at, note=f"stopped: {why}"))
         return True
 
+    def technician_late(self, at: datetime) -> bool:
+        """The technician had not checked in when the visit should have begun: cancelling is
+        free from now (the fault is ours, whoever comes in the end). False once they
+        arrived, or when told before."""
+        if self.technician_late_at is not None or self.status not in (S.ASSIGNED, S.EN_ROUTE):
+            return False
+        self.technician_late_at = at
+        self.timeline.append(
+            TimelineEntry(
+                status=self.status, at=at, note="the technician is late: cancelling is free"
+            )
+        )
+        return True
+
     def cancel(self, at: datetime, reason: str) -> int:
         """Cancel; returns the fee: free until the cut-off before the window, then the fee;
-        free, and at any stage, once a safety alert stopped the visit."""
+        free, and at any stage, once a safety alert stopped the visit; free once the
+        technician was late."""
         if self.status not in CANCELLABLE and self.halted_at is None:
             raise IllegalTransition(
                 f"booking {self.booking_id} cannot be cancelled once {self.status}",
                 field="status",
             )
-        fee = 0 if self.halted_at is not None else cancellation_fee(self.quote, at)
+        ours = self.halted_at is not None or self.technician_late_at is not None
+        fee = 0 if ours else cancellation_fee(self.quote, at)
         self.move_to(S.CANCELLED, at, f"{reason}; fee {fee}")
         self.cancellation_fee = fee
         return fee

@@ -27,10 +27,12 @@ from services.booking.storage import Bookings, Customers
 from shared import logs
 from shared.consumer import Handlers
 from shared.events.dispatch import (
+    TECHNICIAN_LATE,
     DispatchFailed,
     IdentityConfirmed,
     RescheduleRefused,
     SafetyAlert,
+    SafetyAlertV1,
     SearchResumed,
     ServiceCompleted,
     ServiceStarted,
@@ -145,11 +147,15 @@ async def search_resumed(tx: Transaction, event: SearchResumed) -> None:
 
 
 @handlers.on(SafetyAlert)
-async def safety_alert(tx: Transaction, event: SafetyAlert) -> None:
+@handlers.on(SafetyAlertV1)
+async def safety_alert(tx: Transaction, event: SafetyAlertV1) -> None:
     """Wrong codes, or not the person shown: dispatch halted the visit. The booking stops
-    too, so the customer or operations can cancel it; a far check-in is only a warning."""
+    too, so the customer or operations can cancel it; a far check-in is only a warning. A
+    technician late makes cancelling free."""
     if event.kind in HALTING_ALERTS:
         await _apply(tx, event.booking_id, event.event_type, lambda b: b.halt(event.at, event.kind))
+    elif event.kind == TECHNICIAN_LATE:
+        await _apply(tx, event.booking_id, event.event_type, lambda b: b.technician_late(event.at))
 
 
 @handlers.on(RescheduleRefused)

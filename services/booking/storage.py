@@ -267,11 +267,16 @@ class Bookings:
             raise ConcurrentUpdate(f"booking {booking.booking_id} changed concurrently; retry")
 
 
+# Fields newer than some replicas still running: kept out of a booking until set.
+LATER_FIELDS = ("store_id", "technician_late_at")
+
+
 def _doc(booking: Booking) -> Document:
     doc = booking.model_dump(mode="python")
     doc["_id"] = doc.pop("booking_id")
-    if doc["store_id"] is None:
-        del doc["store_id"]  # stored only once set: a booking replica from before reads the rest
+    for later in LATER_FIELDS:
+        if doc[later] is None:
+            del doc[later]  # stored only once set: a booking replica from before reads the rest
     return doc
 
 

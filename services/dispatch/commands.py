@@ -59,6 +59,7 @@ T = TypeVar("T")
 
 MATCH_ROUND = "match_round"  # gathered timer per region: one round answers every request
 OFFER_DEADLINE = "offer_deadline"  # timer per offer
+ARRIVAL_DUE = "arrival_due"  # timer per assigned visit: its latest check-in, and some grace
 ROUND_SIZE = 500  # waiting visits matched together at most
 CANDIDATES_PER_VISIT = 20
 CANDIDATE_PAGES = 6  # pages of 20, 40, ... 640: up to 1,260 nearest qualified per visit
@@ -480,7 +481,38 @@ async def accept_offer(tx: Transaction, offer_id: str, technician_id: str) -> Vi
     await save(tx, visit)
     await cancel(tx.db, tx.session, OFFER_DEADLINE, offer_id)
     announce(tx, visit, previous, reason)
+    await watch_arrival(tx, visit)
     return visit
+
+
+async def watch_arrival(tx: Transaction, visit: Visit) -> None:
+    """Whoever is assigned now: if nobody has checked in by the latest arrival that still
+    ends the visit within its window (and a little grace), operations hear of it."""
+    await set_timer(tx, ARRIVAL_DUE, visit.booking_id, visit.late_check_at)
+
+
+async def check_arrival(tx: Transaction, booking_id: str) -> None:
+    """The visit should have begun: a warning for operations (the customer is told, and may
+    cancel free) when its technician has not checked in. A window moved later waits again."""
+    visit = await Visits(tx.db).by_booking(booking_id, tx.session)
+    if visit is None or visit.status not in (VisitStatus.ASSIGNED, VisitStatus.EN_ROUTE):
+        return  # arrived, or no longer theirs to come to
+    now = utcnow()
+    if now < visit.late_check_at:
+        await watch_arrival(tx, visit)
+        return
+    tech = visit.technician
+    if not visit.late(now) or tech is None:
+        return  # told already for this assignment
+    visit.late_for = visit.assignment
+    visit.alerts.append(AlertKind.TECHNICIAN_LATE)
+    await save(tx, visit)
+    where = "is on the way" if visit.status is VisitStatus.EN_ROUTE else "has not set off"
+    detail = (
+        f"{tech.name} (badge {tech.badge_number}) has not checked in and {where}; the visit "
+        f"should have begun by {visit.arrive_by.isoformat(timespec='minutes')}"
+    )
+    await alert(tx, visit, AlertKind.TECHNICIAN_LATE, detail, critical=False)
 
 
 async def decline_offer(tx: Transaction, offer_id: str, technician_id: str) -> Visit:
@@ -576,6 +608,7 @@ async def assign_by_hand(
     if open_offer is not None:
         await cancel(tx.db, tx.session, OFFER_DEADLINE, open_offer.offer_id)
     announce(tx, visit, previous, reason)
+    await watch_arrival(tx, visit)
     return visit
 
 
@@ -603,6 +636,7 @@ async def recheck_after_reschedule(tx: Transaction, visit: Visit) -> None:
         announce(
             tx, visit, None, "rescheduled"
         )  # the same technician, confirmed for the new window
+        await watch_arrival(tx, visit)
         return
     open_offer = visit.open_offer
     replace(tx, visit, "the technician cannot come in the new window")

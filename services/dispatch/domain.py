@@ -32,6 +32,9 @@ ROAD_FACTOR = 1.3
 CITY_SPEED_KMH = 25.0
 # Nobody travels longer than this between visits; bounds the calendar read.
 MAX_TRAVEL = timedelta(hours=3)
+# How long past the latest arrival that still ends the visit within its window operations
+# wait for a check-in before they are told the technician is late.
+LATE_GRACE = timedelta(minutes=10)
 
 # Ranking: cost in "kilometres"; a point of rating is worth 4 km, a visit already
 # given today 3 km; the customer's favourite wins whenever they are free.
@@ -400,6 +403,7 @@ class AlertKind(StrEnum):
     WRONG_CODE_LOCKOUT = "wrong_code_lockout"
     NOT_THE_PERSON = "not_the_person"
     CHECK_IN_FAR = "check_in_far_from_address"
+    TECHNICIAN_LATE = "technician_late"  # not checked in when the visit should have begun
 
 
 # The alerts that stop a visit at the door; its technician gets no work until operations
@@ -482,6 +486,7 @@ class Visit(Forbid):
     performed: list[PricedLine] = Field(default_factory=list)
     voided_at: datetime | None = None  # completed, but the booking had been cancelled first
     alerts: list[AlertKind] = Field(default_factory=list)
+    late_for: int | None = None  # the assignment operations were told was late (once each)
     failure: str | None = None
     version: int = 0
 
@@ -503,6 +508,25 @@ class Visit(Forbid):
         if self.status is not V.HALTED:
             return None
         return next((a for a in reversed(self.alerts) if a in HALTING_ALERTS), None)
+
+    # -- arrival --
+    @property
+    def arrive_by(self) -> datetime:
+        """The latest check-in that still ends the visit within its window (its start, when
+        the work is longer than the window)."""
+        return max(self.window_start, self.window_end - timedelta(minutes=self.duration_minutes))
+
+    @property
+    def late_check_at(self) -> datetime:
+        return self.arrive_by + LATE_GRACE
+
+    def late(self, now: datetime) -> bool:
+        """Operations should hear now that nobody has checked in (once per assignment)."""
+        return (
+            self.status in (V.ASSIGNED, V.EN_ROUTE)
+            and now >= self.late_check_at
+            and self.late_for != self.assignment
+        )
 
     # -- matching --
     @property

@@ -174,3 +174,8 @@ async def match_round(ctx: TimerContext, timer: Timer) -> None:
 @timers.on(commands.OFFER_DEADLINE)
 async def offer_deadline(ctx: TimerContext, timer: Timer) -> None:
     await ctx.uow.run(lambda tx: commands.expire_offer(tx, timer.subject))
+
+
+@timers.on(commands.ARRIVAL_DUE)
+async def arrival_due(ctx: TimerContext, timer: Timer) -> None:
+    await ctx.uow.run(lambda tx: commands.check_arrival(tx, timer.subject))

@@ -258,9 +258,13 @@ class Technicians:
 
 
 # --------------------------------------------------------------------- visits --
+# Fields newer than some replicas still running: kept out of a visit until set.
+LATER_VISIT_FIELDS = ("store_id", "late_for")
+
+
 def visit_doc(visit: Visit) -> Document:
     # The store only once set: a dispatch replica from before reads every other visit.
-    unset = {"store_id"} if visit.store_id is None else set()
+    unset = {f for f in LATER_VISIT_FIELDS if getattr(visit, f) is None}
     doc = visit.model_dump(exclude={"visit_id", *unset})
     doc["_id"] = visit.visit_id
     doc["busy_until"] = visit.busy_until  # for the calendar query

@@ -50,6 +50,7 @@ from shared.events.dispatch import (
     RescheduleRefused,
     SafetyAlert,
     SafetyAlertAcknowledged,
+    SafetyAlertV1,
     ServiceCompleted,
     TechnicianArrived,
     TechnicianAssigned,
@@ -483,7 +484,8 @@ async def reviewed(tx: Transaction, e: ReviewSubmitted) -> None:
 
 # -------------------------------------------------------------------- alerts --
 @handlers.on(SafetyAlert)
-async def safety_alert(tx: Transaction, e: SafetyAlert) -> None:
+@handlers.on(SafetyAlertV1)
+async def safety_alert(tx: Transaction, e: SafetyAlertV1) -> None:
     alert_id = e.alert_id or f"al_{tx.causation.event_id if tx.causation else e.at}"
     row = await tx.db[BOARD_BOOKINGS].find_one({"_id": e.booking_id}, session=tx.session)
     technician = (row or {}).get("technician")

@@ -10,8 +10,10 @@ from shared.consumer import Handlers
 from shared.errors import NotYet
 from shared.events.booking import BookingRequested, BookingRequestedV1
 from shared.events.dispatch import (
+    TECHNICIAN_LATE,
     OfferMade,
     RescheduleRefused,
+    SafetyAlert,
     ServiceCompleted,
     ServiceVoided,
     TechnicianArrived,
@@ -219,6 +221,33 @@ async def released(tx: Transaction, event: TechnicianReleased) -> None:
         previous_badge_number=event.badge_number,
     )
     await no_longer_yours(tx, event.technician_id, event.booking_id)
+
+
+@handlers.on(SafetyAlert)
+async def technician_late(tx: Transaction, event: SafetyAlert) -> None:
+    """Nobody has checked in when the visit should have begun: the customer hears it from
+    us, not from an empty doorstep, and the technician is reminded."""
+    if event.kind != TECHNICIAN_LATE:
+        return
+    await tell(
+        tx,
+        f"customer:{event.customer_id}",
+        "technician_late",
+        title="Your technician is running late",
+        body="They have not checked in yet. Operations know and will call you. You may "
+        "wait for them, or cancel free of charge.",
+        booking_id=event.booking_id,
+    )
+    if event.technician_id:
+        await tell(
+            tx,
+            f"technician:{event.technician_id}",
+            "technician_late",
+            title="You are late for a visit",
+            body="Check in as soon as you arrive. If you cannot come, say so in the app "
+            "(drop out) so someone else goes: operations know.",
+            booking_id=event.booking_id,
+        )
 
 
 @handlers.on(RescheduleRefused)

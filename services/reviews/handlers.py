@@ -20,7 +20,9 @@ from services.reviews.storage import Bookings, ReviewRequests, Reviews
 from shared.consumer import Handlers
 from shared.events.booking import BookingRequested, BookingRequestedV1
 from shared.events.dispatch import (
+    TECHNICIAN_LATE,
     SafetyAlert,
+    SafetyAlertV1,
     ServiceCompleted,
     ServiceVoided,
     TechnicianAssigned,
@@ -127,8 +129,13 @@ async def visit_voided(tx: Transaction, event: ServiceVoided) -> None:
 
 
 @handlers.on(SafetyAlert)
-async def safety_alert(tx: Transaction, event: SafetyAlert) -> None:
-    """Every safety alert is a safety complaint, at once: nobody has to remember to file it."""
+@handlers.on(SafetyAlertV1)
+async def safety_alert(tx: Transaction, event: SafetyAlertV1) -> None:
+    """Every safety alert is a safety complaint, at once: nobody has to remember to file it.
+    A technician late is not a safety matter: operations work it from the alert, and the
+    customer may complain of it as of any late visit."""
+    if event.kind == TECHNICIAN_LATE:
+        return
     booking = await Bookings(tx.db).get(event.booking_id, tx.session)
     alert_key = f"{event.booking_id}|{event.kind}|{event.at.isoformat()}"
     await commands.opened(

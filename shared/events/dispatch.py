@@ -207,8 +207,9 @@ class OfferExpired(EventPayload):
 
 
 @event("dispatch.safety_alert", version=1, stream=STREAM, key="booking_id")
-class SafetyAlert(EventPayload):
-    """Operations must look now: wrong visit codes, "not the person", or a far check-in."""
+class SafetyAlertV1(EventPayload):
+    """Operations must look now: wrong visit codes, "not the person", or a far check-in.
+    Still read, for events published before version 2."""
 
     booking_id: str
     visit_id: str
@@ -220,6 +221,20 @@ class SafetyAlert(EventPayload):
     at: datetime
     alert_id: str | None = Field(default=None, description="Acknowledged by this id")
     store_id: str | None = Field(default=None, description="The technician's store")
+
+
+TECHNICIAN_LATE = "technician_late"  # a safety alert's kind (version 2 on)
+
+
+@event("dispatch.safety_alert", version=2, stream=STREAM, key="booking_id")
+class SafetyAlert(SafetyAlertV1):
+    """Operations must look now: wrong visit codes, "not the person", a far check-in, or a
+    technician late (not checked in when the visit should have begun: a warning; the
+    customer is told, and may cancel free)."""
+
+    kind: str = Field(
+        pattern=r"^(wrong_code_lockout|not_the_person|check_in_far_from_address|technician_late)$"
+    )
 
 
 @event("dispatch.safety_alert_acknowledged", version=1, stream=STREAM, key="booking_id")

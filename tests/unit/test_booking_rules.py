@@ -436,6 +436,18 @@ def test_cancel_charges_nothing_before_the_cutoff_and_the_fee_after() -> None:
     assert late.cancellation_fee == 1000
 
 
+def test_a_technician_late_makes_cancelling_free_and_is_told_once() -> None:
+    b = booking(S.ASSIGNED, start=NOW + timedelta(hours=1))
+    assert b.technician_late(NOW)
+    assert not b.technician_late(NOW)  # told already
+    assert b.timeline[-1].note == "the technician is late: cancelling is free"
+    assert b.status is S.ASSIGNED
+    assert b.cancel(NOW, "nobody came") == 0
+    there = booking(S.ARRIVED, start=NOW + timedelta(hours=1))
+    assert not there.technician_late(NOW)  # arrived meanwhile: nothing changes
+    assert there.technician_late_at is None
+
+
 def test_a_move_after_the_cutoff_keeps_cancelling_charged_and_one_before_moves_the_cutoff() -> None:
     """Moving a visit five hours away to next week once cancelling costs the fee does not
     make cancelling free again (the technician's slot is lost all the same); moving it
