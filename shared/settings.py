@@ -66,6 +66,9 @@ class Settings(BaseSettings):
     search_timeout_s: float = Field(900.0, validation_alias="DISPATCH_SEARCH_TIMEOUT_S")
     # While everyone who could go is busy, a booking waits and is matched again this often.
     busy_retry_s: float = Field(3.0, validation_alias="DISPATCH_BUSY_RETRY_S")
+    # How long past the latest arrival that still ends the visit within its window (and past
+    # the earliest a technician assigned late could be there) before operations are told.
+    late_grace_s: float = Field(600.0, validation_alias="DISPATCH_LATE_GRACE_S")
     check_in_max_distance_m: float = Field(300.0, validation_alias="DISPATCH_CHECK_IN_MAX_M")
     visit_code_attempts: int = Field(3, validation_alias="DISPATCH_VISIT_CODE_ATTEMPTS")
     # Derives the one-time visit codes; set it in production (never commit it). Unset, the

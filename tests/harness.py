@@ -188,6 +188,9 @@ class ServiceProcess:
             "DISPATCH_OFFER_TIMEOUT_S": "4",
             "DISPATCH_MATCH_WINDOW_S": "0.2",
             "DISPATCH_BUSY_RETRY_S": "0.5",
+            # A technician late is told a second after the last arrival that still ends the
+            # visit within its window (or after they could be there).
+            "DISPATCH_LATE_GRACE_S": "1",
             # A quick sandbox, and a quick look-up when its webhook stays silent.
             "PAYMENTS_SANDBOX_CONFIRM_DELAY_S": "0.1",
             "PAYMENTS_PROVIDER_CHECK_AFTER_S": "2",

@@ -160,10 +160,12 @@ async def test_booking_is_priced_from_the_catalogue_and_published_with_its_key_a
     assert topics["booking.requested"] == f"{platform.prefix}.booking.events"
     assert topics["booking.status_changed"] == f"{platform.prefix}.booking.timeline.events"
     requested = types["booking.requested"]
-    assert requested["schema_version"] == 2
+    # Version 1 while it names no store (the platform's item: anyone qualified), so a
+    # consumer from before reads it.
+    assert requested["schema_version"] == 1
+    assert "store_id" not in requested["payload"]
     assert requested["aggregate_id"] == made["booking_id"]
     assert requested["payload"]["total"] == 5000
-    assert requested["payload"]["store_id"] is None  # the platform's item: anyone qualified
     assert requested["payload"]["timing"] == "window"
     assert types["booking.status_changed"]["payload"]["to_status"] == "requested"
 

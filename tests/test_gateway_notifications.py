@@ -162,21 +162,30 @@ async def test_a_late_technician_is_told_to_the_customer_and_to_the_technician(
     what they may do, and the technician is reminded; a far check-in tells neither."""
     customer, tech = f"cus_{uuid.uuid4().hex[:8]}", f"tech_{uuid.uuid4().hex[:8]}"
     late, far = (f"bk_{uuid.uuid4().hex[:8]}" for _ in range(2))
+    published = []
     for booking_id, kind in ((far, "check_in_far_from_address"), (late, "technician_late")):
-        await publish(
-            kafka_producer,
-            platform.prefix,
-            SafetyAlert(
-                booking_id=booking_id,
-                visit_id=f"vs_{booking_id}",
-                customer_id=customer,
-                technician_id=tech,
-                kind=kind,
-                severity="warning",
-                detail="as dispatch words it",
-                at=datetime.now(UTC),
-            ),
+        published.append(
+            await publish(
+                kafka_producer,
+                platform.prefix,
+                SafetyAlert(
+                    booking_id=booking_id,
+                    visit_id=f"vs_{booking_id}",
+                    customer_id=customer,
+                    technician_id=tech,
+                    kind=kind,
+                    severity="warning",
+                    detail="as dispatch words it",
+                    at=datetime.now(UTC),
+                ),
+            )
         )
+    inbox = mongo[f"{platform.prefix}_gateway"]["inbox"]
+
+    async def handled() -> bool:
+        return len(await inbox.distinct("event_id", {"event_id": {"$in": published}})) == 2
+
+    await eventually(handled, what="the gateway handled both alerts")
     async with platform.client("gateway") as api:
         headers = {
             who: bearer(await gateway_token(mongo, platform.prefix, actor))

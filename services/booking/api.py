@@ -665,7 +665,9 @@ async def _create(
     rebooked_from: str | None = None,
 ) -> BookingView:
     bookings = Bookings(runtime.db)
-    body = request.model_dump(mode="json")
+    # A field added since is left out while unset: a retry of a booking made before it
+    # still matches its key.
+    body = request.model_dump(mode="json", exclude={"store_id"} if not request.store_id else None)
     key_fingerprint = fingerprint({**body, "rebooked_from": rebooked_from})
     if idempotency_key:
         existing = await bookings.by_idempotency_key(request.customer_id, idempotency_key)

@@ -18,6 +18,7 @@ from shared.events.booking import (
     BookingCompleted,
     BookingConfirmed,
     BookingRequested,
+    BookingRequestedV1,
     BookingRescheduled,
     BookingStatusChanged,
     BookingTechnicianChanged,
@@ -158,8 +159,11 @@ def certificates(booking: Booking) -> list[str]:
     return sorted({t.certificate for t in booking.terms if t.certificate})
 
 
-def requested_event(booking: Booking) -> BookingRequested:
-    return BookingRequested(
+def requested_event(booking: Booking) -> BookingRequestedV1:
+    """Version 2 only when it names a store: a consumer from before still reads the rest."""
+    fields = {"store_id": booking.store_id} if booking.store_id else {}
+    return (BookingRequested if fields else BookingRequestedV1)(
+        **fields,
         booking_id=booking.booking_id,
         customer_id=booking.customer_id,
         region=booking.region,
@@ -174,5 +178,4 @@ def requested_event(booking: Booking) -> BookingRequested:
         currency=booking.quote.currency,
         preferred_technician_id=booking.preferred_technician_id,
         redo_for_complaint=booking.redo_for_complaint,
-        store_id=booking.store_id,
     )

@@ -123,6 +123,8 @@ class TimelineEntry(BaseModel):
 TECHNICIAN_SEES_HOME = frozenset(
     LIFECYCLE[LIFECYCLE.index(S.ASSIGNED) : LIFECYCLE.index(S.COMPLETED)]
 )
+# A technician assigned who has not checked in yet (a move may be waiting for dispatch).
+NOT_THERE_YET = frozenset({S.ASSIGNED, S.EN_ROUTE, S.RESCHEDULED})
 # The safety alerts that stop a visit where it stands (dispatch halts it).
 HALTING_ALERTS = {
     "wrong_code_lockout": "the visit code was entered wrong too many times",
@@ -329,7 +331,7 @@ class Booking(BaseModel):
         """The technician had not checked in when the visit should have begun: cancelling is
         free from now (the fault is ours, whoever comes in the end). False once they
         arrived, or when told before."""
-        if self.technician_late_at is not None or self.status not in (S.ASSIGNED, S.EN_ROUTE):
+        if self.technician_late_at is not None or self.status not in NOT_THERE_YET:
             return False
         self.technician_late_at = at
         self.timeline.append(
@@ -385,6 +387,7 @@ class Booking(BaseModel):
             # make a late cancellation free, with the technician's slot lost all the same.
             self.quote = self.quote.model_copy(update={"free_cancellation_until": cutoff})
         self.timing = Timing.WINDOW
+        self.technician_late_at = None  # late for the old window: the new one is not free
         old = f"{self.window_start:%Y-%m-%d %H:%M}"
         self.window_start, self.window_end = start, end
         self.move_to(S.RESCHEDULED, at, f"from {old} to {start:%Y-%m-%d %H:%M} UTC")

@@ -31,6 +31,7 @@ from services.dispatch.domain import (
     code_digest,
     cost_km,
     match_optimal,
+    travel_time,
     unqualified,
     visit_code,
     why_not,
@@ -44,6 +45,7 @@ from shared.events.dispatch import (
     OfferMade,
     SafetyAlert,
     SafetyAlertAcknowledged,
+    SafetyAlertV1,
     SearchResumed,
     TechnicianAssigned,
     TechnicianReassigned,
@@ -192,8 +194,9 @@ async def alert(
         raised_at=utcnow(),
     )
     await SafetyAlerts(tx.db).insert(raised, tx.session)
+    # Version 2 only for the kind version 1 cannot carry: a consumer from before reads the rest.
     tx.emit(
-        SafetyAlert(
+        (SafetyAlert if kind is AlertKind.TECHNICIAN_LATE else SafetyAlertV1)(
             booking_id=raised.booking_id,
             visit_id=raised.visit_id,
             customer_id=raised.customer_id,
@@ -481,14 +484,17 @@ async def accept_offer(tx: Transaction, offer_id: str, technician_id: str) -> Vi
     await save(tx, visit)
     await cancel(tx.db, tx.session, OFFER_DEADLINE, offer_id)
     announce(tx, visit, previous, reason)
-    await watch_arrival(tx, visit)
+    await watch_arrival(tx, visit, tech)
     return visit
 
 
-async def watch_arrival(tx: Transaction, visit: Visit) -> None:
+async def watch_arrival(tx: Transaction, visit: Visit, tech: Technician) -> None:
     """Whoever is assigned now: if nobody has checked in by the latest arrival that still
-    ends the visit within its window (and a little grace), operations hear of it."""
-    await set_timer(tx, ARRIVAL_DUE, visit.booking_id, visit.late_check_at)
+    ends the visit within its window (or, assigned late, by when they could be there), with
+    some grace, operations hear of it."""
+    grace = timedelta(seconds=tx.settings.late_grace_s)
+    due = visit.late_check_at(grace, utcnow(), travel_time(tech.location, visit.location))
+    await set_timer(tx, ARRIVAL_DUE, visit.booking_id, due)
 
 
 async def check_arrival(tx: Transaction, booking_id: str) -> None:
@@ -498,12 +504,13 @@ async def check_arrival(tx: Transaction, booking_id: str) -> None:
     if visit is None or visit.status not in (VisitStatus.ASSIGNED, VisitStatus.EN_ROUTE):
         return  # arrived, or no longer theirs to come to
     now = utcnow()
-    if now < visit.late_check_at:
-        await watch_arrival(tx, visit)
+    earliest = visit.arrive_by + timedelta(seconds=tx.settings.late_grace_s)
+    if now < earliest:  # the window moved later since
+        await set_timer(tx, ARRIVAL_DUE, booking_id, earliest)
         return
     tech = visit.technician
-    if not visit.late(now) or tech is None:
-        return  # told already for this assignment
+    if not visit.late(now, earliest) or tech is None:
+        return  # told already for this assignment and window
     visit.late_for = visit.assignment
     visit.alerts.append(AlertKind.TECHNICIAN_LATE)
     await save(tx, visit)
@@ -608,7 +615,7 @@ async def assign_by_hand(
     if open_offer is not None:
         await cancel(tx.db, tx.session, OFFER_DEADLINE, open_offer.offer_id)
     announce(tx, visit, previous, reason)
-    await watch_arrival(tx, visit)
+    await watch_arrival(tx, visit, tech)
     return visit
 
 
@@ -632,11 +639,12 @@ async def recheck_after_reschedule(tx: Transaction, visit: Visit) -> None:
         and why_not(tech, need, calendar[tech.technician_id]) is None
         and await Technicians(tx.db).reserve(tech.technician_id, tech.schedule_version, tx.session)
     ):
+        visit.late_for = None  # a new window: they may be late for it too
         await save(tx, visit)
         announce(
             tx, visit, None, "rescheduled"
         )  # the same technician, confirmed for the new window
-        await watch_arrival(tx, visit)
+        await watch_arrival(tx, visit, tech)
         return
     open_offer = visit.open_offer
     replace(tx, visit, "the technician cannot come in the new window")

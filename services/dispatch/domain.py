@@ -32,9 +32,6 @@ ROAD_FACTOR = 1.3
 CITY_SPEED_KMH = 25.0
 # Nobody travels longer than this between visits; bounds the calendar read.
 MAX_TRAVEL = timedelta(hours=3)
-# How long past the latest arrival that still ends the visit within its window operations
-# wait for a check-in before they are told the technician is late.
-LATE_GRACE = timedelta(minutes=10)
 
 # Ranking: cost in "kilometres"; a point of rating is worth 4 km, a visit already
 # given today 3 km; the customer's favourite wins whenever they are free.
@@ -516,15 +513,17 @@ class Visit(Forbid):
         the work is longer than the window)."""
         return max(self.window_start, self.window_end - timedelta(minutes=self.duration_minutes))
 
-    @property
-    def late_check_at(self) -> datetime:
-        return self.arrive_by + LATE_GRACE
+    def late_check_at(self, grace: timedelta, assigned_at: datetime, travel: timedelta) -> datetime:
+        """When to look for a check-in: `grace` past the latest arrival, or past the earliest
+        the technician assigned at `assigned_at` could be there (assigned late in the window)."""
+        return max(self.arrive_by, assigned_at + travel) + grace
 
-    def late(self, now: datetime) -> bool:
-        """Operations should hear now that nobody has checked in (once per assignment)."""
+    def late(self, now: datetime, check_at: datetime) -> bool:
+        """Operations should hear now that nobody has checked in (once per assignment, and
+        once per window: the same technician confirmed for a new one may be late again)."""
         return (
             self.status in (V.ASSIGNED, V.EN_ROUTE)
-            and now >= self.late_check_at
+            and now >= check_at
             and self.late_for != self.assignment
         )
 

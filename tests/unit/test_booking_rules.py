@@ -7,6 +7,7 @@ from datetime import UTC, datetime, time, timedelta
 
 import pytest
 
+from services.booking.commands import requested_event
 from services.booking.domain import (
     ALLOWED,
     CANCELLABLE,
@@ -42,6 +43,7 @@ from services.booking.pricing import (
 )
 from shared.auth import Actor, Role
 from shared.errors import Conflict, Unprocessable
+from shared.events.booking import BookingRequested, BookingRequestedV1
 from shared.events.types import GeoPoint
 
 S = BookingStatus
@@ -196,6 +198,14 @@ def test_a_visit_is_one_stores_its_own_items_name_it_else_the_store_the_customer
         store_for(items, [*with_own, Requested("salon.peel", 1)], None)
     assert raised.value.field == "items"
     assert "book each store's items separately" in raised.value.message
+
+
+def test_a_booking_with_no_store_is_told_in_version_1_so_consumers_from_before_read_it() -> None:
+    plain = requested_event(booking())
+    assert (type(plain), plain.schema_version) == (BookingRequestedV1, 1)
+    with_store = requested_event(booking().model_copy(update={"store_id": "st_a"}))
+    assert isinstance(with_store, BookingRequested)
+    assert (with_store.schema_version, with_store.store_id) == (2, "st_a")
 
 
 def test_a_store_reads_a_booking_made_with_it_and_no_other_store_does() -> None:

@@ -254,22 +254,27 @@ def test_busy_until_is_the_window_end_or_the_duration_if_longer() -> None:
 
 
 def test_a_technician_is_late_once_the_latest_arrival_that_ends_within_the_window_passed() -> None:
-    v = assigned()  # 10:00-12:00 Lisbon, 45 minutes of work
+    v = assigned()  # 10:00-12:00 Lisbon, 45 minutes of work, accepted 20 hours ahead
+    grace, far = timedelta(minutes=10), timedelta(minutes=30)
     assert v.arrive_by == END - timedelta(minutes=45)
-    due = v.late_check_at
-    assert due == v.arrive_by + timedelta(minutes=10)
-    assert not v.late(due - timedelta(seconds=1))
-    assert v.late(due)
+    due = v.late_check_at(grace, NOW, far)
+    assert due == v.arrive_by + grace
+    assert not v.late(due - timedelta(seconds=1), due)
+    assert v.late(due, due)
     v.set_off("t1")
-    assert v.late(due)  # on the way, but not there
+    assert v.late(due, due)  # on the way, but not there
     v.late_for = v.assignment
-    assert not v.late(due + timedelta(hours=1))  # told once per assignment
+    assert not v.late(due + timedelta(hours=1), due)  # told once per assignment
     v.assignment += 1  # somebody else now: told again if they are late too
-    assert v.late(due)
+    assert v.late(due, due)
     v.arrive("t1", HOME, due, max_m=500)
-    assert not v.late(due)
+    assert not v.late(due, due)
     # Work longer than the window: the latest arrival is its start.
     assert visit(duration_minutes=180).arrive_by == START
+    # Assigned after the latest arrival (a search again late in the window): from when they
+    # could be there, not at once.
+    assigned_late = END - timedelta(minutes=5)
+    assert v.late_check_at(grace, assigned_late, far) == assigned_late + far + grace
 
 
 def test_an_offer_holds_the_technician_until_accepted() -> None:
