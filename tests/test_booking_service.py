@@ -15,6 +15,8 @@ import pytest
 from aiokafka import AIOKafkaConsumer, AIOKafkaProducer
 from pymongo import AsyncMongoClient
 
+from services.booking.api import BookingRequest
+from services.booking.domain import fingerprint
 from shared.auth import Actor, Role
 from shared.events.booking import BookingRescheduled
 from shared.events.dispatch import (
@@ -168,6 +170,30 @@ async def test_booking_is_priced_from_the_catalogue_and_published_with_its_key_a
     assert requested["payload"]["total"] == 5000
     assert requested["payload"]["timing"] == "window"
     assert types["booking.status_changed"]["payload"]["to_status"] == "requested"
+
+
+async def test_a_retry_of_a_booking_made_before_stores_could_be_named_still_matches_its_key(
+    platform: Platform, mongo: AsyncMongoClient[Document]
+) -> None:
+    """A booking made by the release before `store_id` existed, retried with its key after
+    the upgrade: the same booking (200), not a 409 for a body that only gained a field."""
+    async with platform.client("booking", acting_as=OPS) as booking:
+        code = await unserved_item(booking)
+        customer = await new_customer(booking)
+        body, key = booking_body(customer, code), {"Idempotency-Key": uuid.uuid4().hex}
+        first = await booking.post("/bookings", json=body, headers=key)
+        assert first.status_code == 201, first.text
+        # What that release stored: the request as it knew it, with no store_id at all.
+        known = BookingRequest.model_validate(body).model_dump(mode="json")
+        del known["store_id"]
+        bookings = mongo[f"{platform.prefix}_booking"]["bookings"]
+        await bookings.update_one(
+            {"_id": first.json()["booking_id"]},
+            {"$set": {"request_fingerprint": fingerprint({**known, "rebooked_from": None})}},
+        )
+        again = await booking.post("/bookings", json=body, headers=key)
+    assert again.status_code == 200, again.text
+    assert again.json()["booking_id"] == first.json()["booking_id"]
 
 
 async def test_after_hours_and_urgent_visits_carry_the_catalogues_surcharges(

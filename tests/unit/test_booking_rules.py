@@ -456,6 +456,17 @@ def test_a_technician_late_makes_cancelling_free_and_is_told_once() -> None:
     there = booking(S.ARRIVED, start=NOW + timedelta(hours=1))
     assert not there.technician_late(NOW)  # arrived meanwhile: nothing changes
     assert there.technician_late_at is None
+    # Moved to another day: late for the old window, the new one's cancellation is charged
+    # again (the cut-off stays passed); late while the move waits for dispatch, it is free.
+    moved = booking(S.ASSIGNED, start=NOW + timedelta(hours=1))
+    assert moved.technician_late(NOW)
+    moved.reschedule(NOW + timedelta(days=2), NOW + timedelta(days=2, hours=2), HOURS, NOW)
+    assert moved.technician_late_at is None
+    assert moved.cancel(NOW, "plans changed") == 1000
+    waiting = booking(S.ASSIGNED, start=NOW + timedelta(hours=1))
+    waiting.reschedule(NOW + timedelta(days=2), NOW + timedelta(days=2, hours=2), HOURS, NOW)
+    assert waiting.technician_late(NOW)
+    assert waiting.cancel(NOW, "nobody came") == 0
 
 
 def test_a_move_after_the_cutoff_keeps_cancelling_charged_and_one_before_moves_the_cutoff() -> None:
