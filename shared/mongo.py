@@ -17,6 +17,18 @@ from shared.settings import Settings
 Document = dict[str, Any]
 Database = AsyncDatabase[Document]
 Session = AsyncClientSession | None
+
+
+def without_unset(doc: Document, later: tuple[str, ...]) -> Document:
+    """`doc` without those of the `later` fields (newer than replicas that may still run in a
+    rolling deploy) that are unset: a replica from before refuses a field it does not know,
+    so a field is stored only once it says something."""
+    for field in later:
+        if doc.get(field) is None:
+            doc.pop(field, None)
+    return doc
+
+
 M = TypeVar("M", bound=BaseModel)
 
 

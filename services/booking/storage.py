@@ -14,7 +14,7 @@ from services.booking.domain import Booking, Customer
 from services.booking.pricing import CatalogueItem, PriceVersion, ServiceHours, price_in_force
 from shared.errors import Conflict
 from shared.events.types import Currency, GeoPoint
-from shared.mongo import Database, Document, put_owned
+from shared.mongo import Database, Document, put_owned, without_unset
 
 ITEMS = "catalogue_items"
 PRICES = "prices"
@@ -274,10 +274,7 @@ LATER_FIELDS = ("store_id", "technician_late_at")
 def _doc(booking: Booking) -> Document:
     doc = booking.model_dump(mode="python")
     doc["_id"] = doc.pop("booking_id")
-    for later in LATER_FIELDS:
-        if doc[later] is None:
-            del doc[later]  # stored only once set: a booking replica from before reads the rest
-    return doc
+    return without_unset(doc, LATER_FIELDS)
 
 
 def _booking(doc: Document) -> Booking:

@@ -28,7 +28,7 @@ from services.dispatch.domain import (
     VisitStatus,
 )
 from shared.events.types import GeoPoint
-from shared.mongo import Database, Document, Versioned, put_owned
+from shared.mongo import Database, Document, Versioned, put_owned, without_unset
 from shared.secrets import service_secret
 from shared.settings import Settings
 
@@ -263,9 +263,7 @@ LATER_VISIT_FIELDS = ("store_id", "late_for")
 
 
 def visit_doc(visit: Visit) -> Document:
-    # The store only once set: a dispatch replica from before reads every other visit.
-    unset = {f for f in LATER_VISIT_FIELDS if getattr(visit, f) is None}
-    doc = visit.model_dump(exclude={"visit_id", *unset})
+    doc = without_unset(visit.model_dump(exclude={"visit_id"}), LATER_VISIT_FIELDS)
     doc["_id"] = visit.visit_id
     doc["busy_until"] = visit.busy_until  # for the calendar query
     return doc

@@ -17,7 +17,7 @@ from pydantic import BaseModel, ConfigDict
 from pymongo import ASCENDING, IndexModel
 
 from services.reviews.domain import Complaint, ComplaintFigures, Review, ReviewRequest
-from shared.mongo import Database, Document, Session, Versioned
+from shared.mongo import Database, Document, Session, Versioned, without_unset
 
 BOOKINGS = "bookings"
 REVIEW_REQUESTS = "review_requests"
@@ -145,8 +145,7 @@ class Complaints(Versioned[Complaint]):
     def to_doc(self, item: Complaint) -> Document:
         doc = super().to_doc(item)
         for remedy in doc["remedies"]:
-            for unset in [f for f in LATER_REMEDY_FIELDS if remedy.get(f) is None]:
-                del remedy[unset]
+            without_unset(remedy, LATER_REMEDY_FIELDS)
         return doc
 
     async def count_against(
