@@ -61,12 +61,16 @@ async def put_owned(
     *,
     what: str,
     session: Session = None,
+    unset: tuple[str, ...] = (),
 ) -> None:
     """Create or update a store's object (`fields` set, `on_insert` only when new) in one
     write that holds only while the object is `owner`'s, as the caller read it: of two stores
     creating the same id at once, the later gets 409 instead of taking it over, and an
-    update does not undo a move made meanwhile. (`owner` None: the platform's own.)"""
+    update does not undo a move made meanwhile. (`owner` None: the platform's own.) `unset`:
+    fields to remove (an optional field set back to nothing)."""
     update: Document = {"$set": fields}
+    if unset:
+        update["$unset"] = dict.fromkeys(unset, "")
     if on_insert:
         update["$setOnInsert"] = on_insert
     try:

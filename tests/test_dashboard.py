@@ -14,7 +14,7 @@ import os
 import re
 import uuid
 from collections.abc import AsyncIterator
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
 from urllib.parse import urlsplit
@@ -25,6 +25,8 @@ from aiokafka import AIOKafkaProducer
 from playwright.async_api import Browser, Page, async_playwright, expect
 from pymongo import AsyncMongoClient
 
+from services.booking.followup import FollowUp, FollowUpKind, FollowUpStatus
+from services.booking.storage import FollowUps
 from services.gateway.signin import add_staff
 from shared.auth import Actor, Role
 from shared.events.payments import RefundIssued
@@ -874,3 +876,67 @@ async def test_operations_record_a_fee_the_card_would_not_take_back_as_repaid_fr
     repaid = fee["refund_repaid"]
     assert (repaid["way"], repaid["reference"]) == ("cash", "CASH-0042")
     assert repaid["by"].startswith("staff-")  # who signed in to the page
+
+
+async def test_operations_call_customers_from_the_call_list_on_the_page(
+    platform: Platform, mongo: AsyncMongoClient[Document], browser: Browser
+) -> None:
+    """A call a week after a larger job, due (booking's clock and timers bring it there:
+    tests/test_follow_up.py; here it is put there as due yesterday): operations see who to
+    call and their phone, and record the call on the page. A store's board has no call list
+    (customers' phones are not theirs)."""
+    customer, booking_id = f"cus_{uuid.uuid4().hex[:8]}", f"bk_{uuid.uuid4().hex[:10]}"
+    async with platform.client("booking", acting_as=OPS) as booking:
+        await seed_customer(booking, customer)
+    now = datetime.now(UTC)
+    call = FollowUp(
+        follow_up_id=f"fu_{booking_id}_call_after_week",
+        kind=FollowUpKind.CALL_AFTER_WEEK,
+        booking_id=booking_id,
+        customer_id=customer,
+        region="lisbon",
+        services=["Home cleaning, 4 hours"],
+        due_at=now - timedelta(days=1),
+        status=FollowUpStatus.TO_CALL,
+        created_at=now - timedelta(days=8),
+    )
+    await FollowUps(mongo[f"{platform.prefix}_booking"]).insert(call)
+
+    board = await operations_board(browser, platform, mongo)
+    row = board.page.locator(f'#calls tr[data-follow-up="{call.follow_up_id}"]')
+    await expect(row).to_be_visible(timeout=LIVE)
+    await expect(row).to_contain_text("Ana Ribeiro")
+    await expect(row).to_contain_text("+351912345678")
+    await expect(row).to_contain_text("Home cleaning, 4 hours")
+    await board.shot("14-call-due")
+    await row.get_by_role(
+        "button", name=f"Record the call to Ana Ribeiro about booking {booking_id}"
+    ).click()
+    dialog = board.page.get_by_role("dialog")
+    await dialog.get_by_label("How it went").select_option("no_answer")
+    await dialog.get_by_label("Note").fill("voicemail, left a message")
+    await dialog.get_by_role("button", name="Record call").click()
+    await expect(dialog).to_be_hidden(timeout=LIVE)
+    await expect(row).to_have_count(0, timeout=LIVE)  # back tomorrow
+    await board.assert_never_reloaded_nor_left_the_platform()
+
+    stored = await FollowUps(mongo[f"{platform.prefix}_booking"]).get(call.follow_up_id)
+    assert stored is not None
+    assert stored.status is FollowUpStatus.TO_CALL
+    assert [(c.outcome.value, c.note) for c in stored.calls] == [
+        ("no_answer", "voicemail, left a message")
+    ]
+    assert stored.calls[0].by.startswith("staff-")  # who signed in to the page
+    assert stored.due_at > now
+
+    store_board = Dashboard(
+        await browser.new_page(viewport={"width": 1280, "height": 1400}), platform.url("gateway")
+    )
+    await store_board.sign_in(*(await staff(mongo, platform.prefix, "store_chiado")).split())
+    await expect(store_board.page.locator("#calls-section")).to_be_hidden()
+    async with platform.client("gateway") as api:
+        key = await gateway_token(
+            mongo, platform.prefix, Actor(role=Role.STORE, subject="s@x", store_id="store_chiado")
+        )
+        refused = await api.get("/v1/follow-ups/calls", headers=bearer(key))
+    assert refused.status_code == 403

@@ -17,6 +17,7 @@ from aiokafka import AIOKafkaProducer
 from pymongo import AsyncMongoClient
 
 from shared.auth import Actor, Role
+from shared.events.booking import FollowUpDue
 from shared.events.dispatch import SafetyAlert
 from shared.events.reviews import ComplaintClosed, ComplaintEscalated, ComplaintOpened
 from shared.mongo import Document
@@ -204,3 +205,64 @@ async def test_a_late_technician_is_told_to_the_customer_and_to_the_technician(
     assert [(n["kind"], n["booking_id"]) for n in to_customer] == [("technician_late", late)]
     assert "cancel free of charge" in to_customer[0]["body"]
     assert [(n["kind"], n["booking_id"]) for n in to_technician] == [("technician_late", late)]
+
+
+async def test_the_follow_ups_a_customer_chose_reach_them_and_a_call_is_operations_to_make(
+    platform: Platform, mongo: AsyncMongoClient[Document], kafka_producer: AIOKafkaProducer
+) -> None:
+    """Booking's follow-ups as the customer hears them: the thank-you and the care reminder
+    (with what the app needs to book it in one call); a call a week on tells the customer
+    nothing (operations make it)."""
+    customer, booking_id = f"cus_{uuid.uuid4().hex[:8]}", f"bk_{uuid.uuid4().hex[:8]}"
+    due = datetime(2031, 3, 14, 9, 30, tzinfo=UTC)
+    plan_id = f"cp_{customer}_ad_home_appliance.filter-swap"
+    common = {"customer_id": customer, "booking_id": booking_id, "due_at": due}
+    for follow_up in (
+        FollowUpDue(
+            follow_up_id=f"fu_{booking_id}_call_after_week",
+            kind="call_after_week",
+            services=["Home cleaning, 4 hours"],
+            **common,
+        ),
+        FollowUpDue(
+            follow_up_id=f"fu_{booking_id}_thank_you",
+            kind="thank_you",
+            services=["Home cleaning, 4 hours", "Water filter replacement"],
+            **common,
+        ),
+        FollowUpDue(
+            follow_up_id=f"{plan_id}@2031-03-14",
+            kind="care_due",
+            services=["Water filter replacement"],
+            plan_id=plan_id,
+            address_id="ad_home",
+            store_id="store_frio",
+            **common,
+        ),
+    ):
+        await publish(kafka_producer, platform.prefix, follow_up)
+    async with platform.client("gateway") as api:
+        token = bearer(
+            await gateway_token(mongo, platform.prefix, Actor(role=Role.CUSTOMER, subject=customer))
+        )
+
+        async def told() -> dict[str, Any] | None:
+            found = (await api.get("/v1/notifications", headers=token)).json()
+            by_kind = {n["kind"]: n for n in found}
+            return by_kind if {"thank_you", "care_due"} <= set(by_kind) else None
+
+        by_kind = await eventually(told, what="the thank-you and the care reminder")
+        await asyncio.sleep(1.0)  # time enough for a notification of the call to show up
+        found = (await api.get("/v1/notifications", headers=token)).json()
+    assert sorted(n["kind"] for n in found) == ["care_due", "thank_you"]
+    thanks = by_kind["thank_you"]
+    assert thanks["booking_id"] == booking_id
+    assert "Home cleaning, 4 hours and Water filter replacement" in thanks["body"]
+    care = by_kind["care_due"]
+    assert care["title"] == "Water filter replacement is due on 14 March 2031"
+    assert care["data"] == {
+        "plan_id": plan_id,
+        "address_id": "ad_home",
+        "store_id": "store_frio",
+        "due_at": due.isoformat(),
+    }

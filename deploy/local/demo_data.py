@@ -68,6 +68,8 @@ CATALOGUE: dict[str, tuple[str, str, str, str | None, int, int, int, int, int]] 
         1000,
     ),
 }
+# Recurring care, in days: customers who have it done are reminded before it is due again.
+CARE_EVERY_DAYS = {"appliance.filter-swap": 90, "appliance.aircon-clean": 365}
 TECHNICIANS = [
     ("tech_marta", "Marta Sousa", "LX-1001", "store_chiado", ["nails"], 38.7110, -9.1420),
     ("tech_joao", "João Pereira", "LX-1002", "store_chiado", ["nails"], 38.7369, -9.1427),
@@ -119,6 +121,8 @@ def item_body(code: str) -> dict[str, Any]:
     item: dict[str, Any] = {"kind": kind, "name": name, "category": category}
     if kind == "service":
         item |= {"skill": skill, "duration_minutes": minutes}
+    if code in CARE_EVERY_DAYS:
+        item["care_every_days"] = CARE_EVERY_DAYS[code]
     return item
 
 

@@ -29,7 +29,18 @@ from services.booking.domain import (
     require_own_customer,
     resolve_window,
 )
+from services.booking.followup import (
+    CallOutcome,
+    CallRecord,
+    CarePlan,
+    FollowUp,
+    FollowUpChoices,
+    FollowUpKind,
+    FollowUpStatus,
+)
 from services.booking.pricing import (
+    MAX_CARE_DAYS,
+    MIN_CARE_DAYS,
     CatalogueItem,
     ItemKind,
     LocalTime,
@@ -42,7 +53,15 @@ from services.booking.pricing import (
     store_for,
     terms_for,
 )
-from services.booking.storage import Bookings, Catalogue, Customers, Region, Regions
+from services.booking.storage import (
+    Bookings,
+    CarePlans,
+    Catalogue,
+    Customers,
+    FollowUps,
+    Region,
+    Regions,
+)
 from shared.auth import Actor, ActorDep, Role
 from shared.errors import Conflict, Forbidden, NotFound, Unprocessable
 from shared.events.types import Amount, Currency, GeoPoint, GeoPolygon, MinorUnits, PricedLine
@@ -149,11 +168,20 @@ class CatalogueItemIn(Forbid):
     skill: Slug | None = None
     certificate: Slug | None = None
     store_id: Id | None = None
+    care_every_days: int | None = Field(
+        default=None,
+        ge=MIN_CARE_DAYS,
+        le=MAX_CARE_DAYS,
+        description="Recurring care (a water filter every 90 days): customers who have it done "
+        "are reminded a week before it is due again, if they want",
+    )
 
     @model_validator(mode="after")
     def _service_needs(self) -> CatalogueItemIn:
         if self.kind is ItemKind.SERVICE and (self.skill is None or self.duration_minutes < 5):
             raise ValueError("a service item needs a skill and a duration of at least 5 minutes")
+        if self.care_every_days is not None and self.kind is not ItemKind.SERVICE:
+            raise ValueError("only a service item is recurring care (a product is used in one)")
         return self
 
 
@@ -897,3 +925,213 @@ async def care_profile_for_technician(
         preferred_language=customer.preferred_language,
         care_profile=customer.care_profile,
     )
+
+
+# ---------------------------------------------------------------- follow-up --
+@router.get(
+    "/customers/{customer_id}/follow-up",
+    tags=["follow-up"],
+    summary="Which follow-ups the customer wants (every one, until they say otherwise)",
+)
+async def get_follow_up_choices(
+    customer_id: Id, actor: ActorDep, runtime: RuntimeDep
+) -> FollowUpChoices:
+    require_own_customer(actor, customer_id)
+    return (await _customer(runtime, customer_id)).follow_up_choices
+
+
+@router.put(
+    "/customers/{customer_id}/follow-up",
+    tags=["follow-up"],
+    summary="Choose the follow-ups: a thank-you, a call after a larger job, a check three "
+    "months on, care reminders (decided when each falls due)",
+)
+async def put_follow_up_choices(
+    customer_id: Id, body: FollowUpChoices, actor: ActorDep, runtime: RuntimeDep
+) -> FollowUpChoices:
+    require_own_customer(actor, customer_id)
+    customer = await _customer(runtime, customer_id)
+    customer.follow_up = body
+    await Customers(runtime.db).save(customer)
+    return body
+
+
+class FollowUpView(BaseModel):
+    """A follow-up as its customer sees it: never operations' notes of a call."""
+
+    follow_up_id: str
+    kind: FollowUpKind
+    booking_id: str
+    services: list[str]
+    due_at: datetime
+    status: FollowUpStatus
+
+
+@router.get(
+    "/customers/{customer_id}/follow-ups",
+    tags=["follow-up"],
+    summary="The customer's follow-ups, latest due first: what is coming and what was done",
+)
+async def customer_follow_ups(
+    customer_id: Id, actor: ActorDep, runtime: RuntimeDep
+) -> list[FollowUpView]:
+    require_own_customer(actor, customer_id)
+    found = await FollowUps(runtime.db).for_customer(customer_id)
+    return [FollowUpView.model_validate(f.model_dump()) for f in found]
+
+
+class CallToMake(BaseModel):
+    """One line of operations' call list: who to call, about what. The phone is here
+    because the caller needs it; only operations read this list."""
+
+    follow_up_id: str
+    booking_id: str
+    customer_id: str
+    customer_name: str
+    phone: str
+    preferred_language: str
+    region: str
+    services: list[str]
+    due_at: datetime
+    calls: list[CallRecord]
+    version: int
+
+
+@router.get(
+    "/follow-ups/calls",
+    tags=["follow-up"],
+    summary="Operations' call list: customers to call a week after a larger job, due first",
+)
+async def calls_to_make(
+    actor: ActorDep,
+    runtime: RuntimeDep,
+    region: Annotated[str | None, Query(min_length=1, max_length=64)] = None,
+    limit: Annotated[int, Query(ge=1, le=200)] = 50,
+) -> list[CallToMake]:
+    actor.require(Role.OPS)
+    due = await FollowUps(runtime.db).calls_due(utcnow(), region, limit)
+    customers = Customers(runtime.db)
+    listed = []
+    for follow_up in due:
+        customer = await customers.get(follow_up.customer_id)
+        if customer is None:
+            continue
+        listed.append(
+            CallToMake(
+                **follow_up.model_dump(
+                    include={
+                        "follow_up_id",
+                        "booking_id",
+                        "customer_id",
+                        "region",
+                        "services",
+                        "due_at",
+                        "calls",
+                        "version",
+                    }
+                ),
+                customer_name=customer.name,
+                phone=customer.phone,
+                preferred_language=customer.preferred_language,
+            )
+        )
+    return listed
+
+
+class CallIn(Forbid):
+    outcome: CallOutcome
+    note: str = Field(default="", max_length=2000, description="Operations' own: never shown")
+
+
+@router.post(
+    "/follow-ups/{follow_up_id}/calls",
+    tags=["follow-up"],
+    summary="Record a call: reached or declined closes it; no answer tries again tomorrow "
+    "(three attempts in all)",
+)
+async def record_call(
+    follow_up_id: Id, body: CallIn, actor: ActorDep, runtime: RuntimeDep
+) -> FollowUp:
+    actor.require(Role.OPS)
+    store = FollowUps(runtime.db)
+    follow_up = await store.existing(follow_up_id, what="follow-up", field="follow_up_id")
+    follow_up.record_call(body.outcome, actor.subject, body.note, utcnow())
+    await store.save(follow_up)
+    return follow_up
+
+
+async def _own_plan(runtime: RuntimeDep, actor: Actor, customer_id: str, plan_id: str) -> CarePlan:
+    require_own_customer(actor, customer_id)
+    plan = await CarePlans(runtime.db).get(plan_id)
+    if plan is None or plan.customer_id != customer_id:
+        raise NotFound(f"care plan {plan_id} does not exist", field="plan_id")
+    return plan
+
+
+@router.get(
+    "/customers/{customer_id}/care-plans",
+    tags=["follow-up"],
+    summary="Recurring care: what is due again when (started by a visit that needs it)",
+)
+async def care_plans(customer_id: Id, actor: ActorDep, runtime: RuntimeDep) -> list[CarePlan]:
+    require_own_customer(actor, customer_id)
+    return await CarePlans(runtime.db).for_customer(customer_id)
+
+
+class CarePlanIn(Forbid):
+    every_days: int | None = Field(
+        default=None, ge=MIN_CARE_DAYS, le=MAX_CARE_DAYS, description="How often, in days"
+    )
+    active: bool | None = Field(default=None, description="False stops the reminders")
+
+    @model_validator(mode="after")
+    def _something(self) -> CarePlanIn:
+        if self.every_days is None and self.active is None:
+            raise ValueError("give every_days, active, or both")
+        return self
+
+
+@router.patch(
+    "/customers/{customer_id}/care-plans/{plan_id}",
+    tags=["follow-up"],
+    summary="Change how often recurring care comes round, or stop (or start) its reminders",
+)
+async def change_care_plan(
+    customer_id: Id, plan_id: Id, body: CarePlanIn, actor: ActorDep, runtime: RuntimeDep
+) -> CarePlan:
+    plan = await _own_plan(runtime, actor, customer_id, plan_id)
+
+    async def work(tx: Transaction) -> CarePlan:
+        current = await CarePlans(tx.db).existing(plan.plan_id, tx.session, what="care plan")
+        current.change(body.every_days, body.active, await commands.region_zone(tx, plan.region))
+        await CarePlans(tx.db).save(current, tx.session)
+        await commands.arm_reminder(tx, current)
+        return current
+
+    return await runtime.uow.run(work)
+
+
+@router.post(
+    "/customers/{customer_id}/care-plans/{plan_id}/book",
+    status_code=status.HTTP_201_CREATED,
+    tags=["follow-up"],
+    summary="Book the care that is due: the same service at the same address, a new window",
+)
+async def book_care(
+    customer_id: Id,
+    plan_id: Id,
+    *,
+    body: TimingIn,
+    actor: ActorDep,
+    runtime: RuntimeDep,
+    response: Response,
+    idempotency_key: IdempotencyKey = None,
+) -> BookingView:
+    plan = await _own_plan(runtime, actor, customer_id, plan_id)
+    request = BookingRequest(
+        customer_id=customer_id,
+        address_id=plan.address_id,
+        items=[RequestedItem(code=plan.code, quantity=1)],
+        **body.model_dump(),
+    )
+    return await _create(runtime, request, idempotency_key, response)

@@ -5,7 +5,7 @@ from __future__ import annotations
 from fastapi import FastAPI
 
 from services.booking import api, handlers, storage
-from shared.events.booking import STREAM, TIMELINE
+from shared.events.booking import FOLLOW_UP, STREAM, TIMELINE
 from shared.service import ServiceSpec, create_service_app
 from shared.settings import Settings
 
@@ -16,7 +16,8 @@ SPEC = ServiceSpec(
     router=api.router,
     handlers=handlers.handlers,
     ensure_indexes=storage.ensure_indexes,
-    publishes=(STREAM, TIMELINE),
+    publishes=(STREAM, TIMELINE, FOLLOW_UP),
+    timers=handlers.timers,
 )
 
 

@@ -8,9 +8,19 @@ with optimistic concurrency and published through the outbox the same way.
 from __future__ import annotations
 
 from collections.abc import Callable
+from datetime import datetime
 
+from services.booking import followup
 from services.booking.domain import Booking, BookingStatus, TechnicianIdentity
-from services.booking.storage import Bookings
+from services.booking.followup import CarePlan, FollowUpChoices, FollowUpStatus
+from services.booking.storage import (
+    Bookings,
+    CarePlans,
+    Catalogue,
+    Customers,
+    FollowUps,
+    Regions,
+)
 from shared.errors import NotFound, VersionMismatch
 from shared.events.booking import (
     BookingAwaitingOperations,
@@ -22,8 +32,11 @@ from shared.events.booking import (
     BookingRescheduled,
     BookingStatusChanged,
     BookingTechnicianChanged,
+    FollowUpDue,
 )
 from shared.outbox import Transaction
+from shared.time import utcnow
+from shared.timers import set_timer
 
 
 async def load(tx: Transaction, booking_id: str) -> Booking:
@@ -178,4 +191,112 @@ def requested_event(booking: Booking) -> BookingRequestedV1:
         currency=booking.quote.currency,
         preferred_technician_id=booking.preferred_technician_id,
         redo_for_complaint=booking.redo_for_complaint,
+    )
+
+
+# ------------------------------------------------------------------ follow-up --
+FOLLOW_UPS = "follow_ups"  # timer: a visit's follow-ups due (subject: the booking)
+CARE_REMINDER = "care_reminder"  # timer: a care plan's reminder (subject: the plan)
+VISITED = frozenset({BookingStatus.COMPLETED, BookingStatus.RECEIPT_SIGNED, BookingStatus.CLOSED})
+
+
+async def region_zone(tx: Transaction, region: str) -> str:
+    found = await Regions(tx.db).get(region)
+    return found.hours.timezone if found else "UTC"
+
+
+async def after_visit(tx: Transaction, booking: Booking, completed_at: datetime) -> None:
+    """Schedule the visit's follow-ups and move on its recurring care, with the completion."""
+    if booking.status not in VISITED:
+        return  # a completion that no longer applies (cancelled meanwhile): nothing follows
+    zone = await region_zone(tx, booking.region)
+    follow_ups = followup.after_visit(booking, completed_at, zone)
+    if follow_ups:
+        await FollowUps(tx.db).schedule(follow_ups, tx.session)
+        await set_timer(tx, FOLLOW_UPS, booking.booking_id, min(f.due_at for f in follow_ups))
+    items = await Catalogue(tx.db).items([t.code for t in booking.terms])
+    needing_care = followup.care_items(booking, items)
+    if not needing_care:
+        return
+    plans = CarePlans(tx.db)
+    known = await plans.by_id(
+        [
+            followup.care_plan_id(booking.customer_id, booking.address.address_id, i.code)
+            for i in needing_care
+        ],
+        tx.session,
+    )
+    for plan in followup.care_after_visit(booking, completed_at, zone, needing_care, known):
+        await plans.put(plan, tx.session)
+        await arm_reminder(tx, plan)
+
+
+async def arm_reminder(tx: Transaction, plan: CarePlan) -> None:
+    await set_timer(tx, CARE_REMINDER, plan.plan_id, plan.remind_at)
+
+
+async def choices_of(tx: Transaction, customer_id: str) -> FollowUpChoices:
+    """The customer's choices as they stand now, when a follow-up falls due."""
+    customer = await Customers(tx.db).get(customer_id, tx.session)
+    return customer.follow_up_choices if customer else FollowUpChoices()
+
+
+async def follow_ups_due(tx: Transaction, booking_id: str) -> None:
+    """Send, list or skip each of the visit's follow-ups due now, as the customer wants
+    today; then wait for the next."""
+    now = utcnow()
+    store = FollowUps(tx.db)
+    due = await store.due(booking_id, now, tx.session)
+    if due:
+        choices = await choices_of(tx, due[0].customer_id)
+        for follow_up in due:
+            if not follow_up.fall_due(choices, now):
+                continue
+            await store.save(follow_up, tx.session)
+            if follow_up.status is not FollowUpStatus.SKIPPED:
+                tx.emit(
+                    FollowUpDue(
+                        follow_up_id=follow_up.follow_up_id,
+                        kind=follow_up.kind.value,
+                        customer_id=follow_up.customer_id,
+                        booking_id=follow_up.booking_id,
+                        services=follow_up.services,
+                        due_at=follow_up.due_at,
+                    ),
+                    correlation_id=booking_id,
+                )
+    later = await store.next_due(booking_id, tx.session)
+    if later is not None:
+        await set_timer(tx, FOLLOW_UPS, booking_id, later)
+
+
+async def care_reminder_due(tx: Transaction, plan_id: str) -> None:
+    """Remind the customer a week before their recurring care is due, once per due date."""
+    plan = await CarePlans(tx.db).get(plan_id, tx.session)
+    if plan is None:
+        return
+    now = utcnow()
+    if now < plan.remind_at:
+        await arm_reminder(tx, plan)  # done again since the timer was set: later
+        return
+    choices = await choices_of(tx, plan.customer_id)
+    booked = await Bookings(tx.db).open_for(
+        plan.customer_id, plan.address_id, plan.code, tx.session
+    )
+    if not plan.remind(choices, booked, now):
+        return
+    await CarePlans(tx.db).save(plan, tx.session)
+    tx.emit(
+        FollowUpDue(
+            follow_up_id=f"{plan.plan_id}@{plan.next_due_at:%Y-%m-%d}",
+            kind="care_due",
+            customer_id=plan.customer_id,
+            booking_id=plan.last_booking_id,
+            services=[plan.name],
+            due_at=plan.next_due_at,
+            plan_id=plan.plan_id,
+            address_id=plan.address_id,
+            store_id=plan.store_id,
+        ),
+        correlation_id=plan.last_booking_id,
     )

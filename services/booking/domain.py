@@ -12,6 +12,7 @@ from typing import Annotated, Any
 
 from pydantic import BaseModel, ConfigDict, Field
 
+from services.booking.followup import FollowUpChoices
 from services.booking.pricing import LineTerms, Quote, ServiceHours, Timing, cancellation_fee, quote
 from shared.auth import Actor, Role
 from shared.errors import Conflict, Forbidden, Unprocessable
@@ -462,7 +463,14 @@ class Customer(BaseModel):
     addresses: list[Address] = Field(default_factory=list)
     care_profile: CareProfile = Field(default_factory=CareProfile)
     favourite_technicians: list[str] = Field(default_factory=list)
+    follow_up: FollowUpChoices | None = Field(
+        None, description="Which follow-ups the customer wants (None: every one, until they say)"
+    )
     version: int = 0
+
+    @property
+    def follow_up_choices(self) -> FollowUpChoices:
+        return self.follow_up or FollowUpChoices()
 
     def address(self, address_id: str) -> Address:
         for address in self.addresses:

@@ -10,7 +10,15 @@ import logging
 from collections.abc import Callable
 from datetime import datetime
 
-from services.booking.commands import change, place
+from services.booking.commands import (
+    CARE_REMINDER,
+    FOLLOW_UPS,
+    after_visit,
+    care_reminder_due,
+    change,
+    follow_ups_due,
+    place,
+)
 from services.booking.domain import (
     HALTING_ALERTS,
     PAID,
@@ -51,9 +59,11 @@ from shared.events.payments import (
 from shared.events.reviews import RedoRequested, RedoRequestedV1
 from shared.outbox import Transaction
 from shared.time import utcnow
+from shared.timers import Timer, TimerContext, Timers
 
 log = logging.getLogger(__name__)
 handlers = Handlers()
+timers = Timers()
 
 
 async def _apply(
@@ -208,6 +218,7 @@ async def service_completed(tx: Transaction, event: ServiceCompleted) -> None:
     products = [line.name for line in event.lines if line.kind == "product"]
     if products:
         await Customers(tx.db).remember_products(booking.customer_id, products, tx.session)
+    await after_visit(tx, booking, event.completed_at)
 
 
 @handlers.on(ReceiptSigned)
@@ -268,3 +279,13 @@ async def redo_requested(tx: Transaction, event: RedoRequestedV1) -> None:
     if await Bookings(tx.db).get(redo.booking_id, tx.session) is not None:
         return  # the remedy redelivered: one redo
     await place(tx, redo)
+
+
+@timers.on(FOLLOW_UPS)
+async def follow_ups(ctx: TimerContext, timer: Timer) -> None:
+    await ctx.uow.run(lambda tx: follow_ups_due(tx, timer.subject))
+
+
+@timers.on(CARE_REMINDER)
+async def care_reminder(ctx: TimerContext, timer: Timer) -> None:
+    await ctx.uow.run(lambda tx: care_reminder_due(tx, timer.subject))

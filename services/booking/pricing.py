@@ -20,6 +20,10 @@ from pydantic import BaseModel, ConfigDict, Field, WithJsonSchema
 from shared.errors import Unprocessable
 from shared.events.types import Currency, MinorUnits, PricedLine
 
+# How often recurring care may come round: at least a week between a visit and the reminder
+# a week before the next one, at most three years.
+MIN_CARE_DAYS, MAX_CARE_DAYS = 14, 3 * 365
+
 
 class ItemKind(StrEnum):
     SERVICE = "service"  # work a technician performs
@@ -40,6 +44,8 @@ class CatalogueItem(BaseModel):
     skill: str | None = None  # a technician must have it (services)
     certificate: str | None = None  # and hold it, valid on the visit date
     store_id: str | None = None  # the publishing partner store; None = the platform
+    # Recurring care: due again this many days after it is done (a water filter every 90).
+    care_every_days: int | None = Field(default=None, ge=MIN_CARE_DAYS, le=MAX_CARE_DAYS)
 
 
 class PriceVersion(BaseModel):

@@ -7,20 +7,23 @@ from datetime import datetime
 from typing import Any
 
 from pydantic import BaseModel, ConfigDict
-from pymongo import ASCENDING, DESCENDING, GEOSPHERE, IndexModel, ReturnDocument
+from pymongo import ASCENDING, DESCENDING, GEOSPHERE, IndexModel, ReturnDocument, UpdateOne
 from pymongo.asynchronous.client_session import AsyncClientSession
 
-from services.booking.domain import Booking, Customer
+from services.booking.domain import Booking, BookingStatus, Customer
+from services.booking.followup import CarePlan, FollowUp, FollowUpStatus
 from services.booking.pricing import CatalogueItem, PriceVersion, ServiceHours, price_in_force
 from shared.errors import Conflict
 from shared.events.types import Currency, GeoPoint
-from shared.mongo import Database, Document, put_owned, without_unset
+from shared.mongo import Database, Document, Versioned, put_owned, without_unset
 
 ITEMS = "catalogue_items"
 PRICES = "prices"
 REGIONS = "regions"
 CUSTOMERS = "customers"
 BOOKINGS = "bookings"
+FOLLOW_UPS = "follow_ups"
+CARE_PLANS = "care_plans"
 
 Session = AsyncClientSession | None
 
@@ -60,6 +63,19 @@ async def ensure_indexes(db: Database) -> None:
             ),
         ]
     )
+    await db[FOLLOW_UPS].create_indexes(
+        [
+            IndexModel([("booking_id", ASCENDING), ("due_at", ASCENDING)]),
+            IndexModel([("customer_id", ASCENDING), ("due_at", DESCENDING)]),
+            # Operations' call list: the calls due, oldest first.
+            IndexModel(
+                [("due_at", ASCENDING)],
+                name="to_call",
+                partialFilterExpression={"status": FollowUpStatus.TO_CALL.value},
+            ),
+        ]
+    )
+    await db[CARE_PLANS].create_indexes([IndexModel([("customer_id", ASCENDING)])])
 
 
 class ConcurrentUpdate(Conflict):
@@ -114,7 +130,15 @@ class Catalogue:
     async def put_item(self, item: CatalogueItem) -> None:
         """Create or update an item while it is its store's (items never change store)."""
         doc = item.model_dump(mode="json", exclude={"code"})
-        await put_owned(self._items, item.code, item.store_id, doc, what="catalogue item")
+        unset = tuple(f for f in LATER_ITEM_FIELDS if doc.get(f) is None)
+        await put_owned(
+            self._items,
+            item.code,
+            item.store_id,
+            without_unset(doc, LATER_ITEM_FIELDS),
+            what="catalogue item",
+            unset=unset,
+        )
 
     async def item(self, code: str) -> CatalogueItem | None:
         doc = await self._items.find_one({"_id": code})
@@ -202,7 +226,9 @@ class Customers:
     async def save(self, customer: Customer) -> None:
         """Write back if nobody changed the customer meanwhile (optimistic)."""
         expected = customer.version
-        doc = customer.model_dump(mode="json", exclude={"customer_id"})
+        doc = without_unset(
+            customer.model_dump(mode="json", exclude={"customer_id"}), LATER_CUSTOMER_FIELDS
+        )
         doc["version"] = expected + 1
         result = await self._col.replace_one(
             {"_id": customer.customer_id, "version": expected}, doc
@@ -255,6 +281,22 @@ class Bookings:
     async def insert(self, booking: Booking, session: AsyncClientSession) -> None:
         await self._col.insert_one(_doc(booking), session=session)
 
+    async def open_for(
+        self, customer_id: str, address_id: str, code: str, session: Session = None
+    ) -> bool:
+        """Has the customer a visit to come with this item at this address?"""
+        doc = await self._col.find_one(
+            {
+                "customer_id": customer_id,
+                "address.address_id": address_id,
+                "terms.code": code,
+                "status": {"$in": [s.value for s in BookingStatus if s.value not in DONE]},
+            },
+            {"_id": 1},
+            session=session,
+        )
+        return doc is not None
+
     async def save(self, booking: Booking, session: AsyncClientSession) -> None:
         """Write back a changed booking if nobody else changed it meanwhile (optimistic)."""
         expected = booking.version
@@ -267,8 +309,83 @@ class Bookings:
             raise ConcurrentUpdate(f"booking {booking.booking_id} changed concurrently; retry")
 
 
+# No visit to come any more.
+DONE = frozenset(
+    s.value
+    for s in (
+        BookingStatus.COMPLETED,
+        BookingStatus.RECEIPT_SIGNED,
+        BookingStatus.CLOSED,
+        BookingStatus.CANCELLED,
+    )
+)
+
+
+class FollowUps(Versioned[FollowUp]):
+    def __init__(self, db: Database) -> None:
+        super().__init__(db, FOLLOW_UPS, FollowUp, "follow_up_id")
+
+    async def schedule(self, follow_ups: list[FollowUp], session: Session) -> None:
+        """Each once: a completion told again schedules nothing twice (one round trip)."""
+        writes = []
+        for follow_up in follow_ups:
+            doc = self.to_doc(follow_up)
+            writes.append(UpdateOne({"_id": doc.pop("_id")}, {"$setOnInsert": doc}, upsert=True))
+        if writes:
+            await self.col.bulk_write(writes, ordered=False, session=session)
+
+    async def due(self, booking_id: str, now: datetime, session: Session) -> list[FollowUp]:
+        query = {
+            "booking_id": booking_id,
+            "status": FollowUpStatus.SCHEDULED.value,
+            "due_at": {"$lte": now},
+        }
+        return await self.find(query, session)
+
+    async def next_due(self, booking_id: str, session: Session) -> datetime | None:
+        doc = await self.col.find_one(
+            {"booking_id": booking_id, "status": FollowUpStatus.SCHEDULED.value},
+            {"due_at": 1},
+            sort=[("due_at", ASCENDING)],
+            session=session,
+        )
+        return doc["due_at"] if doc else None
+
+    async def for_customer(self, customer_id: str, limit: int = 100) -> list[FollowUp]:
+        return await self.find(
+            {"customer_id": customer_id}, sort=[("due_at", DESCENDING)], limit=limit
+        )
+
+    async def calls_due(self, now: datetime, region: str | None, limit: int) -> list[FollowUp]:
+        query: Document = {"status": FollowUpStatus.TO_CALL.value, "due_at": {"$lte": now}}
+        if region is not None:
+            query["region"] = region
+        return await self.find(query, sort=[("due_at", ASCENDING)], limit=limit)
+
+
+class CarePlans(Versioned[CarePlan]):
+    def __init__(self, db: Database) -> None:
+        super().__init__(db, CARE_PLANS, CarePlan, "plan_id")
+
+    async def by_id(self, plan_ids: list[str], session: Session) -> dict[str, CarePlan]:
+        return {p.plan_id: p for p in await self.find({"_id": {"$in": plan_ids}}, session)}
+
+    async def put(self, plan: CarePlan, session: Session) -> None:
+        """A new plan, or a plan changed since it was read (optimistic)."""
+        if plan.version == 0:
+            plan.version = 1
+            await self.insert(plan, session)
+        else:
+            await self.save(plan, session)
+
+    async def for_customer(self, customer_id: str) -> list[CarePlan]:
+        return await self.find({"customer_id": customer_id}, sort=[("next_due_at", ASCENDING)])
+
+
 # Fields newer than some replicas still running: kept out of a booking until set.
 LATER_FIELDS = ("store_id", "technician_late_at")
+LATER_ITEM_FIELDS = ("care_every_days",)
+LATER_CUSTOMER_FIELDS = ("follow_up",)
 
 
 def _doc(booking: Booking) -> Document:

@@ -8,7 +8,7 @@ from services.gateway import webhooks
 from services.gateway.storage import BOOKING_OWNERS, Notification, Notifications
 from shared.consumer import Handlers
 from shared.errors import NotYet
-from shared.events.booking import BookingRequested, BookingRequestedV1
+from shared.events.booking import BookingRequested, BookingRequestedV1, FollowUpDue
 from shared.events.dispatch import (
     TECHNICIAN_LATE,
     OfferMade,
@@ -247,6 +247,59 @@ async def technician_late(tx: Transaction, event: SafetyAlert) -> None:
             body="Check in as soon as you arrive. If you cannot come, say so in the app "
             "(drop out) so someone else goes: operations know.",
             booking_id=event.booking_id,
+        )
+
+
+def _listed(names: list[str]) -> str:
+    if len(names) <= 1:
+        return "".join(names) or "visit"
+    return f"{', '.join(names[:-1])} and {names[-1]}"
+
+
+# The messages after a visit, by kind: a title, and a body naming what was done.
+AFTER_VISIT = {
+    "thank_you": (
+        "Thank you for having us",
+        "We hope your {services} went well. Rate the visit in the app, and if anything was "
+        "not right, tell us: we will put it right.",
+    ),
+    "check_after_three_months": (
+        "Three months on: is everything still well?",
+        "After your {services}: if anything is not as it should be, tell us and we will put "
+        "it right, or book a check.",
+    ),
+}
+
+
+@handlers.on(FollowUpDue)
+async def follow_up_due(tx: Transaction, event: FollowUpDue) -> None:
+    """The follow-ups the customer chose, told in the app. A call a week after a larger
+    job is operations' to make (it is on their call list): nothing to tell here."""
+    services = _listed(event.services)
+    recipient = f"customer:{event.customer_id}"
+    if event.kind in AFTER_VISIT:
+        title, body = AFTER_VISIT[event.kind]
+        await tell(
+            tx,
+            recipient,
+            event.kind,
+            title=title,
+            body=body.format(services=services),
+            booking_id=event.booking_id,
+        )
+    elif event.kind == "care_due":
+        await tell(
+            tx,
+            recipient,
+            "care_due",
+            title=f"{services} is due on {event.due_at:%d %B %Y}",
+            body="Book it in the app: the same service at the same address. You can also "
+            "change how often it comes round, or stop these reminders.",
+            booking_id=event.booking_id,
+            plan_id=event.plan_id,
+            address_id=event.address_id,
+            store_id=event.store_id,
+            due_at=event.due_at.isoformat(),
         )
 
 

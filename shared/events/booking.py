@@ -16,6 +16,9 @@ STREAM = "booking"
 # fetch and a pass-over). A booking's transitions keep their order on it; the readers
 # compare `version`, so its order against the booking stream does not matter.
 TIMELINE = "booking.timeline"
+# Follow-ups fall due days and months after a visit, and only the gateway tells anyone about
+# them: a topic of their own, which no other consumer has to fetch and pass over.
+FOLLOW_UP = "booking.follow_up"
 
 
 @event("booking.requested", version=1, stream=STREAM, key="booking_id")
@@ -153,3 +156,22 @@ class BookingCompleted(EventPayload):
 
     booking_id: str
     customer_id: str
+
+
+@event("booking.follow_up_due", version=1, stream=FOLLOW_UP, key="booking_id")
+class FollowUpDue(EventPayload):
+    """A follow-up the customer wants fell due: the gateway tells them (a thank-you the next
+    day, a check three months on, recurring care due soon), or operations call them (a week
+    after a larger job: it is on their call list). One the customer turned off never comes."""
+
+    follow_up_id: str = Field(description="The follow-up, or the care plan and its due date")
+    kind: str = Field(pattern=r"^(thank_you|call_after_week|check_after_three_months|care_due)$")
+    customer_id: str
+    booking_id: str = Field(description="The visit it follows (for care: the last one)")
+    services: list[str] = Field(description="What was done, or is due, by name")
+    due_at: datetime = Field(description="When it fell due (for care: when the care is due)")
+    plan_id: str | None = Field(default=None, description="Recurring care: the plan")
+    address_id: str | None = Field(default=None, description="Recurring care: where")
+    store_id: str | None = Field(
+        default=None, description="Recurring care: the store whose technicians do it"
+    )

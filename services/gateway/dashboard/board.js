@@ -141,6 +141,7 @@ async function loadBoard() {
   $("viewer").hidden = false;
   render();
   loadMap();
+  loadCalls();
 }
 
 // At most one figures request a second, however busy the city: within a second of a change.
@@ -527,6 +528,26 @@ function tick() {
 }
 setInterval(tick, 1000);
 setInterval(() => { if (tokens() && !$("board-view").hidden) loadMap(); }, 15000);
+setInterval(() => { if (tokens() && !$("board-view").hidden) loadCalls(); }, 60000);
+
+// Operations' alone: customers to call a week after a larger job (booking's call list, read
+// with the board and every minute; a call recorded takes its line off until it is due again).
+async function loadCalls() {
+  $("calls-section").hidden = !isOps();
+  if (!isOps()) return;
+  const res = await api("/v1/follow-ups/calls");
+  if (!res.ok) return;
+  const calls = await res.json();
+  $("calls-title").textContent = calls.length ? `Calls to make: ${calls.length}` : "Calls to make";
+  fill("calls", calls.map((c) => h("tr", { "data-follow-up": c.follow_up_id },
+    h("td", {}, c.customer_name, h("br"), h("small", {}, `booking ${c.booking_id}`)),
+    h("td", {}, h("a", { href: `tel:${c.phone}` }, c.phone)),
+    h("td", {}, c.services.join(", ")),
+    h("td", {}, h("span", { "data-since": c.due_at }, "")),
+    h("td", {}, String(c.calls.length)),
+    h("td", {}, h("button", { type: "button", onclick: () => recordCall(c), "aria-label": `Record the call to ${c.customer_name} about booking ${c.booking_id}` }, "Record call…")))),
+  "No calls due.", 6);
+}
 
 // ------------------------------------------------------------------ actions --
 function dialog(title, body, submitLabel, onSubmit) {
@@ -667,6 +688,22 @@ function reopen(u) {
       ...field("reopen-reason", "Why the money is due again (seen by operations only)", reason)],
     "Reopen",
     () => api(`/v1/receipts/${encodeURIComponent(u.receipt_id)}/reopen`, { method: "POST", body: { reason: reason.value } }));
+}
+
+function recordCall(c) {
+  const outcome = h("select", { id: "call-outcome" }, ...[["reached", "Reached"], ["no_answer", "No answer: try again tomorrow"], ["declined", "Did not want to talk"]]
+    .map(([value, text]) => h("option", { value }, text)));
+  const note = h("input", { id: "call-note", maxlength: 2000 });
+  const before = c.calls.map((k) => `${label(k.outcome)}${k.note ? `: ${k.note}` : ""}`).join("; ");
+  dialog(`Call ${c.customer_name}`,
+    [h("p", {}, `${c.phone} (speaks ${c.preferred_language}), about ${c.services.join(", ")}, booking ${c.booking_id}.${before ? ` Tried before: ${before}.` : ""}`),
+      ...field("call-outcome", "How it went", outcome), ...field("call-note", "Note (seen by operations only)", note)],
+    "Record call",
+    async () => {
+      const res = await api(`/v1/follow-ups/${encodeURIComponent(c.follow_up_id)}/calls`, { method: "POST", body: { outcome: outcome.value, note: note.value } });
+      if (res.ok) loadCalls();
+      return res;
+    });
 }
 
 // -------------------------------------------------------------------- start --

@@ -1,0 +1,203 @@
+"""Follow-up's pure rules: what a completed visit schedules, when, and what the customer's
+choices make of it when it falls due; recurring care plans and their reminders."""
+
+from __future__ import annotations
+
+from datetime import UTC, datetime, timedelta
+from zoneinfo import ZoneInfo
+
+import pytest
+
+from services.booking.domain import Booking, BookingStatus
+from services.booking.followup import (
+    CALL_ATTEMPTS,
+    CallOutcome,
+    CarePlanStatus,
+    FollowUpChoices,
+    FollowUpKind,
+    FollowUpStatus,
+    after_visit,
+    care_after_visit,
+    care_items,
+    care_plan_id,
+    local_morning,
+)
+from services.booking.pricing import CatalogueItem, ItemKind, quote
+from shared.errors import Conflict
+from tests.unit.test_booking_rules import booking, terms
+
+LISBON = "Europe/Lisbon"
+# A summer evening visit in Lisbon (UTC+1): done at 19:30 local.
+DONE = datetime(2030, 6, 12, 18, 30, tzinfo=UTC)
+K, St = FollowUpKind, FollowUpStatus
+
+
+def visit(manicures: int = 1, *, redo: bool = False) -> Booking:
+    b = booking(BookingStatus.COMPLETED)
+    t = terms(("nails.manicure", manicures))
+    b.terms = t
+    b.quote = quote(t, b.window_start, after_hours=False, urgent=False)
+    if redo:
+        b.redo_for_complaint = "cp_1"
+    return b
+
+
+def care_item(code: str = "nails.manicure", every: int | None = 90) -> CatalogueItem:
+    return CatalogueItem(
+        code=code,
+        kind=ItemKind.SERVICE,
+        name="Water filter replacement",
+        category="appliance",
+        duration_minutes=30,
+        skill="appliance",
+        care_every_days=every,
+        store_id="store_frio",
+    )
+
+
+def test_messages_go_out_at_ten_in_the_morning_of_the_region_not_at_the_hour_of_the_visit() -> None:
+    at = local_morning(DONE, 1, LISBON)
+    assert at.astimezone(ZoneInfo(LISBON)).isoformat() == "2030-06-13T10:00:00+01:00"
+    # An urgent visit done at 00:30 local is thanked the next morning, not at half past midnight.
+    night = datetime(2030, 6, 12, 23, 30, tzinfo=UTC)  # 00:30 on the 13th in Lisbon
+    assert local_morning(night, 1, LISBON).astimezone(ZoneInfo(LISBON)).day == 14
+    # Winter: Lisbon is on UTC itself.
+    winter = local_morning(datetime(2030, 1, 5, 15, tzinfo=UTC), 7, LISBON)
+    assert winter == datetime(2030, 1, 12, 10, tzinfo=UTC)
+
+
+def test_a_visit_is_thanked_the_next_day_and_checked_three_months_on() -> None:
+    follow_ups = after_visit(visit(), DONE, LISBON)
+    assert [
+        (f.kind, f.due_at.astimezone(ZoneInfo(LISBON)).date().isoformat()) for f in follow_ups
+    ] == [
+        (K.THANK_YOU, "2030-06-13"),
+        (K.CHECK_AFTER_THREE_MONTHS, "2030-09-11"),
+    ]
+    assert {f.status for f in follow_ups} == {St.SCHEDULED}
+    assert follow_ups[0].services == ["Nails.Manicure"]
+    # Ids from the booking and kind: a completion told twice schedules each once.
+    assert [f.follow_up_id for f in after_visit(visit(), DONE, LISBON)] == [
+        f.follow_up_id for f in follow_ups
+    ]
+
+
+def test_only_a_larger_job_gets_a_call_a_week_later() -> None:
+    small = {f.kind for f in after_visit(visit(2), DONE, LISBON)}  # 90 minutes
+    larger = after_visit(visit(3), DONE, LISBON)  # 135 minutes
+    assert K.CALL_AFTER_WEEK not in small
+    call = next(f for f in larger if f.kind is K.CALL_AFTER_WEEK)
+    assert call.due_at == datetime(2030, 6, 19, 9, tzinfo=UTC)  # 10:00 in Lisbon
+
+
+def test_a_redo_gets_no_follow_ups_of_its_own() -> None:
+    assert after_visit(visit(3, redo=True), DONE, LISBON) == []
+
+
+@pytest.mark.parametrize("kind", list(FollowUpKind))
+def test_a_follow_up_the_customer_turned_off_is_skipped_when_it_falls_due(
+    kind: FollowUpKind,
+) -> None:
+    follow_up = next(f for f in after_visit(visit(3), DONE, LISBON) if f.kind is kind)
+    off = FollowUpChoices(**{kind.value: False})
+    assert follow_up.fall_due(off, DONE + timedelta(days=1))
+    assert follow_up.status is St.SKIPPED
+    # Decided once: firing again changes nothing, even after the customer turns it back on.
+    assert not follow_up.fall_due(FollowUpChoices(), DONE + timedelta(days=2))
+    assert follow_up.status is St.SKIPPED
+
+
+def test_a_wanted_follow_up_is_sent_or_put_on_operations_call_list() -> None:
+    by_kind = {f.kind: f for f in after_visit(visit(3), DONE, LISBON)}
+    for follow_up in by_kind.values():
+        assert follow_up.fall_due(FollowUpChoices(), DONE + timedelta(days=1))
+    assert by_kind[K.THANK_YOU].status is St.SENT
+    assert by_kind[K.CHECK_AFTER_THREE_MONTHS].status is St.SENT
+    assert by_kind[K.CALL_AFTER_WEEK].status is St.TO_CALL
+
+
+def test_a_call_unanswered_is_tried_the_next_day_until_the_last_attempt() -> None:
+    call = next(f for f in after_visit(visit(3), DONE, LISBON) if f.kind is K.CALL_AFTER_WEEK)
+    with pytest.raises(Conflict):  # not on the list before it is due
+        call.record_call(CallOutcome.REACHED, "ops_1", "", DONE)
+    call.fall_due(FollowUpChoices(), call.due_at)
+    now = call.due_at
+    for attempt in range(1, CALL_ATTEMPTS):
+        call.record_call(CallOutcome.NO_ANSWER, "ops_1", "voicemail", now)
+        assert call.status is St.TO_CALL
+        assert call.due_at == now + timedelta(days=1)
+        now = call.due_at
+        assert len(call.calls) == attempt
+    call.record_call(CallOutcome.NO_ANSWER, "ops_2", "", now)
+    assert call.status is St.UNREACHED
+    with pytest.raises(Conflict):
+        call.record_call(CallOutcome.REACHED, "ops_1", "", now)
+
+
+@pytest.mark.parametrize("outcome", [CallOutcome.REACHED, CallOutcome.DECLINED])
+def test_a_call_reached_or_declined_is_done(outcome: CallOutcome) -> None:
+    call = next(f for f in after_visit(visit(3), DONE, LISBON) if f.kind is K.CALL_AFTER_WEEK)
+    call.fall_due(FollowUpChoices(), call.due_at)
+    call.record_call(outcome, "ops_1", "all well", call.due_at)
+    assert call.status is St.CALLED
+    assert [(c.by, c.outcome, c.note) for c in call.calls] == [("ops_1", outcome, "all well")]
+
+
+# ------------------------------------------------------------ recurring care --
+def test_care_starts_a_plan_due_a_whole_interval_on_with_a_reminder_a_week_before() -> None:
+    b = visit()
+    needing = care_items(b, {"nails.manicure": care_item()})
+    [plan] = care_after_visit(b, DONE, LISBON, needing, {})
+    assert plan.plan_id == care_plan_id("cus_1", "ad_home", "nails.manicure")
+    assert (plan.every_days, plan.store_id, plan.status) == (
+        90,
+        "store_frio",
+        CarePlanStatus.ACTIVE,
+    )
+    assert plan.next_due_at == DONE + timedelta(days=90)
+    assert plan.remind_at == datetime(2030, 9, 3, 9, tzinfo=UTC)  # 83 days on, 10:00 Lisbon
+    assert plan.last_booking_id == b.booking_id
+
+
+def test_items_without_recurring_care_start_no_plan() -> None:
+    b = visit()
+    assert care_items(b, {"nails.manicure": care_item(every=None)}) == []
+    assert care_items(b, {}) == []
+
+
+def test_care_done_again_moves_the_plan_on_and_an_older_visit_reported_late_does_not() -> None:
+    b = visit()
+    needing = care_items(b, {"nails.manicure": care_item()})
+    [plan] = care_after_visit(b, DONE, LISBON, needing, {})
+    later = DONE + timedelta(days=80)
+    b2 = b.model_copy(update={"booking_id": "bk_2"})
+    [moved] = care_after_visit(b2, later, LISBON, needing, {plan.plan_id: plan})
+    assert moved is plan
+    assert (plan.last_booking_id, plan.next_due_at) == ("bk_2", later + timedelta(days=90))
+    plan.done("bk_1", DONE, LISBON)
+    assert plan.last_booking_id == "bk_2"
+
+
+def test_a_reminder_goes_once_per_due_date_and_only_when_wanted_and_not_booked() -> None:
+    b = visit()
+    [plan] = care_after_visit(b, DONE, LISBON, care_items(b, {"nails.manicure": care_item()}), {})
+    on, off = FollowUpChoices(), FollowUpChoices(care_reminders=False)
+    assert not plan.remind(on, False, plan.remind_at - timedelta(minutes=1))  # not yet
+    assert not plan.remind(off, False, plan.remind_at)
+    assert not plan.remind(on, True, plan.remind_at)  # booked already
+    assert plan.remind(on, False, plan.remind_at)
+    assert plan.reminded_for == plan.next_due_at
+    assert not plan.remind(on, False, plan.remind_at + timedelta(hours=1))  # once
+
+
+def test_the_customer_changes_how_often_or_stops_a_plan() -> None:
+    b = visit()
+    [plan] = care_after_visit(b, DONE, LISBON, care_items(b, {"nails.manicure": care_item()}), {})
+    plan.change(180, None, LISBON)
+    assert plan.next_due_at == DONE + timedelta(days=180)
+    assert plan.remind_at == datetime(2030, 12, 2, 10, tzinfo=UTC)  # winter: 10:00 is 10:00 UTC
+    plan.change(None, False, LISBON)
+    assert plan.status is CarePlanStatus.STOPPED
+    assert not plan.remind(FollowUpChoices(), False, plan.remind_at)
+    plan.change(None, True, LISBON)
+    assert plan.remind(FollowUpChoices(), False, plan.remind_at)
