@@ -908,6 +908,9 @@ async def test_operations_call_customers_from_the_call_list_on_the_page(
     await expect(row).to_contain_text("Ana Ribeiro")
     await expect(row).to_contain_text("+351912345678")
     await expect(row).to_contain_text("Home cleaning, 4 hours")
+    await expect(board.page.locator("#calls-title")).to_have_text(
+        re.compile(r"^Calls to make: \d+$")
+    )
     await board.shot("14-call-due")
     await row.get_by_role(
         "button", name=f"Record the call to Ana Ribeiro about booking {booking_id}"
@@ -934,6 +937,8 @@ async def test_operations_call_customers_from_the_call_list_on_the_page(
     )
     await store_board.sign_in(*(await staff(mongo, platform.prefix, "store_chiado")).split())
     await expect(store_board.page.locator("#calls-section")).to_be_hidden()
+    await store_board.page.wait_for_timeout(1000)  # time enough for a wrong request to go
+    assert not [u for u in store_board.requests if "/v1/follow-ups/calls" in u]
     async with platform.client("gateway") as api:
         key = await gateway_token(
             mongo, platform.prefix, Actor(role=Role.STORE, subject="s@x", store_id="store_chiado")

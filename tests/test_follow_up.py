@@ -101,6 +101,11 @@ async def follow_ups(booking: httpx.AsyncClient, customer: str) -> dict[str, dic
     return {f["kind"]: f for f in found or []}
 
 
+async def back_on_the_list_now(booking: httpx.AsyncClient, call_id: str) -> list[Any]:
+    calls = await get_json(booking, "/follow-ups/calls", OPS)
+    return [c for c in calls if c["follow_up_id"] == call_id]
+
+
 async def status_is(
     booking: httpx.AsyncClient, customer: str, kind: str, status: str
 ) -> dict[str, Any]:
@@ -135,9 +140,25 @@ async def test_a_visit_is_followed_up_as_the_customer_chose_when_each_falls_due(
             [plan] = await get_json(api, f"/customers/{customer}/care-plans", as_customer(customer))
             done_at = datetime.fromisoformat(plan["last_done_at"])
             assert plan["last_booking_id"] == booking_id
-            assert datetime.fromisoformat(plan["next_due_at"]) - done_at == timedelta(days=90)
-            # The customer wants no check three months on (decided when it falls due).
-            chose = await api.put(
+            due = datetime.fromisoformat(plan["next_due_at"])
+            assert (due - done_at).days in (89, 90)  # ten in the morning, the 90th day on
+            # Nobody else reads or changes this customer's choices and follow-ups.
+            other = as_customer(unique("cus_"))
+            for method, path, body in (
+                ("GET", f"/customers/{customer}/follow-up", None),
+                ("PATCH", f"/customers/{customer}/follow-up", {"thank_you": False}),
+                ("GET", f"/customers/{customer}/follow-ups", None),
+                ("GET", f"/customers/{customer}/care-plans", None),
+            ):
+                r = await api.request(method, path, json=body, headers=other)
+                assert r.status_code == 403, (method, path, r.text)
+            nothing = await api.patch(
+                f"/customers/{customer}/follow-up", json={}, headers=as_customer(customer)
+            )
+            assert nothing.status_code == 422, nothing.text
+            # The customer wants no check three months on (decided when it falls due); what
+            # they do not name stays as it was.
+            chose = await api.patch(
                 f"/customers/{customer}/follow-up",
                 json={"check_after_three_months": False},
                 headers=as_customer(customer),
@@ -162,37 +183,53 @@ async def test_a_visit_is_followed_up_as_the_customer_chose_when_each_falls_due(
             assert [(c["booking_id"], c["phone"]) for c in mine] == [(booking_id, "+351912345678")]
             refused = await api.get("/follow-ups/calls", headers=as_customer(customer))
             assert refused.status_code == 403
-            call_id = mine[0]["follow_up_id"]
+            call_id, listed_at = mine[0]["follow_up_id"], mine[0]["version"]
             unanswered = await api.post(
                 f"/follow-ups/{call_id}/calls",
-                json={"outcome": "no_answer", "note": "voicemail"},
+                json={"outcome": "no_answer", "note": "voicemail", "version": listed_at},
                 headers=OPS,
             )
             assert unanswered.status_code == 200, unanswered.text
+            # A second member of staff on the same (now stale) list spends no second attempt.
+            stale = await api.post(
+                f"/follow-ups/{call_id}/calls",
+                json={"outcome": "no_answer", "version": listed_at},
+                headers=OPS,
+            )
+            assert stale.status_code == 409, stale.text
             later = await get_json(api, "/follow-ups/calls", OPS)
-            assert call_id not in [c["follow_up_id"] for c in later]  # tomorrow again
+            assert call_id not in [c["follow_up_id"] for c in later]  # the next morning again
             offset = moved.json()["offset_s"] + 6 * DAY
 
         # kill -9: what falls due next lives in MongoDB, not in the process.
         booking.kill()
         booking.start(DOORSTEP_TEST_CLOCK="1", DOORSTEP_CLOCK_OFFSET_S=str(offset))
         async with direct(booking.url) as api:
-            await api.post("/testing/clock", json={"advance_s": DAY})
+            await api.post("/testing/clock", json={"advance_s": 2 * DAY})
 
             async def back_on_the_list() -> Any:
                 calls = await get_json(api, "/follow-ups/calls", OPS)
                 return [c for c in calls or [] if c["follow_up_id"] == call_id] or None
 
             [again] = await eventually(back_on_the_list, what="called again the next day")
-            assert [c["note"] for c in again["calls"]] == ["voicemail"]
-            reached = await api.post(
-                f"/follow-ups/{call_id}/calls", json={"outcome": "reached"}, headers=OPS
+            assert [(c["outcome"], c["note"]) for c in again["calls"]] == [
+                ("no_answer", "voicemail")
+            ]
+            # The customer turns calls off: off the list at once, not at the next try.
+            off = await api.patch(
+                f"/customers/{customer}/follow-up",
+                json={"call_after_week": False},
+                headers=as_customer(customer),
             )
-            assert reached.json()["status"] == "called"
-            twice = await api.post(
-                f"/follow-ups/{call_id}/calls", json={"outcome": "reached"}, headers=OPS
+            assert off.json()["check_after_three_months"] is False  # kept
+            assert await back_on_the_list_now(api, call_id) == []
+            assert (await follow_ups(api, customer))["call_after_week"]["status"] == "skipped"
+            late = await api.post(
+                f"/follow-ups/{call_id}/calls",
+                json={"outcome": "reached", "version": again["version"]},
+                headers=OPS,
             )
-            assert twice.status_code == 409
+            assert late.status_code == 409, late.text
             # Three months on: the check is skipped, as chosen; the filter is due in a week.
             await api.post("/testing/clock", json={"advance_s": 85 * DAY})
             await status_is(api, customer, "check_after_three_months", "skipped")
@@ -231,7 +268,7 @@ async def test_a_visit_is_followed_up_as_the_customer_chose_when_each_falls_due(
     assert care.due_at == datetime.fromisoformat(plan["next_due_at"])
 
 
-async def test_a_plan_stopped_or_booked_already_sends_no_reminder(
+async def test_a_plan_stopped_or_booked_already_sends_no_reminder_until_the_visit_is_cancelled(
     infra: Infra, kafka_producer: AIOKafkaProducer, mongo: AsyncMongoClient[Document]
 ) -> None:
     prefix = new_prefix()
@@ -278,14 +315,14 @@ async def test_a_plan_stopped_or_booked_already_sends_no_reminder(
             assert changed.status_code == 200, changed.text
             done_at = datetime.fromisoformat(started["last_done_at"])
             assert changed.json()["status"] == "stopped"
-            assert datetime.fromisoformat(changed.json()["next_due_at"]) == done_at + timedelta(
-                days=60
-            )
+            due = datetime.fromisoformat(changed.json()["next_due_at"])
+            assert (due - done_at).days in (59, 60)  # ten in the morning, the 60th day on
             timer = mongo[f"{prefix}_booking"]["timers"]
             reminder = {"_id": f"care_reminder:{plan_id}"}
             assert await timer.find_one(reminder) is not None
             # Past the week before it is due: the reminder's timer fires, and sends nothing.
-            await api.post("/testing/clock", json={"advance_s": 54 * DAY})
+            moved = await api.post("/testing/clock", json={"advance_s": 54 * DAY})
+            offset = timedelta(seconds=moved.json()["offset_s"])
             await eventually(
                 lambda: timer_gone(timer, reminder), what="the stopped plan's reminder fired"
             )
@@ -306,13 +343,29 @@ async def test_a_plan_stopped_or_booked_already_sends_no_reminder(
             )
             assert again["booking_id"] != booking_id
             # Started again, with the reminder overdue: it fires at once, and the visit is
-            # booked already, so it sends nothing either.
+            # booked already, so it sends nothing; it looks again the next morning.
             resumed = await api.patch(path, json={"active": True}, headers=as_customer(customer))
             assert resumed.json()["status"] == "active"
+            an_hour_on = datetime.now(UTC) + offset + timedelta(hours=1)
             await eventually(
-                lambda: timer_gone(timer, reminder), what="the resumed plan's reminder fired"
+                lambda: timer_after(timer, reminder, an_hour_on),
+                what="the resumed plan's reminder held back until the next morning",
             )
             assert (await plan())["reminded_for"] is None
+            # The visit booked is cancelled: the next morning's look reminds them after all.
+            cancelled = await api.post(
+                f"/bookings/{again['booking_id']}/cancel", headers=as_customer(customer)
+            )
+            assert cancelled.status_code == 200, cancelled.text
+            await api.post("/testing/clock", json={"advance_s": 2 * DAY})
+
+            async def reminded() -> Any:
+                p = await plan()
+                return p if p["reminded_for"] else None
+
+            assert (await eventually(reminded, what="reminded"))["reminded_for"] == changed.json()[
+                "next_due_at"
+            ]
     finally:
         booking.stop()
 
@@ -321,11 +374,19 @@ async def timer_gone(timers: Any, which: dict[str, str]) -> bool:
     return await timers.find_one(which) is None
 
 
+async def timer_after(timers: Any, which: dict[str, str], moment: datetime) -> bool:
+    doc = await timers.find_one(which)
+    if doc is None:
+        return False
+    due: datetime = doc["due_at"]
+    return (due if due.tzinfo else due.replace(tzinfo=UTC)) > moment
+
+
 async def test_an_item_no_longer_recurring_care_keeps_no_trace_of_it(
     platform: Platform, mongo: AsyncMongoClient[Document]
 ) -> None:
-    """Publishing an item again without `care_every_days` removes it (and a booking replica
-    from before it existed still reads the item)."""
+    """Publishing an item again without `care_every_days` removes the field from the stored
+    item (a booking replica from before it existed refuses a field it does not know)."""
     code = f"appliance.{unique('filter-')}"
     async with platform.client("booking", acting_as=OPS) as api:
         await care_item(api, code, every_days=90)

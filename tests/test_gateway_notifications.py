@@ -8,7 +8,7 @@ import asyncio
 import contextlib
 import json
 import uuid
-from datetime import UTC, datetime, timedelta
+from datetime import UTC, date, datetime, timedelta
 from typing import Any
 
 import httpx
@@ -214,7 +214,9 @@ async def test_the_follow_ups_a_customer_chose_reach_them_and_a_call_is_operatio
     (with what the app needs to book it in one call); a call a week on tells the customer
     nothing (operations make it)."""
     customer, booking_id = f"cus_{uuid.uuid4().hex[:8]}", f"bk_{uuid.uuid4().hex[:8]}"
-    due = datetime(2031, 3, 14, 9, 30, tzinfo=UTC)
+    # Due at ten in the morning of 14 March in a region far east of UTC (the 13th in UTC):
+    # the day the customer reads is the region's.
+    due = datetime(2031, 3, 13, 23, 0, tzinfo=UTC)
     plan_id = f"cp_{customer}_ad_home_appliance.filter-swap"
     common = {"customer_id": customer, "booking_id": booking_id, "due_at": due}
     for follow_up in (
@@ -234,6 +236,7 @@ async def test_the_follow_ups_a_customer_chose_reach_them_and_a_call_is_operatio
             follow_up_id=f"{plan_id}@2031-03-14",
             kind="care_due",
             services=["Water filter replacement"],
+            due_on=date(2031, 3, 14),
             plan_id=plan_id,
             address_id="ad_home",
             store_id="store_frio",
@@ -264,5 +267,5 @@ async def test_the_follow_ups_a_customer_chose_reach_them_and_a_call_is_operatio
         "plan_id": plan_id,
         "address_id": "ad_home",
         "store_id": "store_frio",
-        "due_at": due.isoformat(),
+        "due_on": "2031-03-14",
     }

@@ -63,7 +63,7 @@ from services.booking.storage import (
     Regions,
 )
 from shared.auth import Actor, ActorDep, Role
-from shared.errors import Conflict, Forbidden, NotFound, Unprocessable
+from shared.errors import Conflict, Forbidden, NotFound, Unprocessable, VersionMismatch
 from shared.events.types import Amount, Currency, GeoPoint, GeoPolygon, MinorUnits, PricedLine
 from shared.mongo import bad_geometry
 from shared.outbox import Transaction
@@ -940,20 +940,46 @@ async def get_follow_up_choices(
     return (await _customer(runtime, customer_id)).follow_up_choices
 
 
-@router.put(
+class FollowUpChoicesIn(Forbid):
+    """Only what the customer changes; the rest stays as they chose it."""
+
+    thank_you: bool | None = None
+    call_after_week: bool | None = None
+    check_after_three_months: bool | None = None
+    care_reminders: bool | None = None
+
+    @model_validator(mode="after")
+    def _something(self) -> FollowUpChoicesIn:
+        if not self.model_dump(exclude_none=True):
+            raise ValueError("give at least one of the choices")
+        return self
+
+
+@router.patch(
     "/customers/{customer_id}/follow-up",
     tags=["follow-up"],
     summary="Choose the follow-ups: a thank-you, a call after a larger job, a check three "
-    "months on, care reminders (decided when each falls due)",
+    "months on, care reminders (decided when each falls due; a call turned off leaves the "
+    "call list at once)",
 )
-async def put_follow_up_choices(
-    customer_id: Id, body: FollowUpChoices, actor: ActorDep, runtime: RuntimeDep
+async def change_follow_up_choices(
+    customer_id: Id, body: FollowUpChoicesIn, actor: ActorDep, runtime: RuntimeDep
 ) -> FollowUpChoices:
     require_own_customer(actor, customer_id)
-    customer = await _customer(runtime, customer_id)
-    customer.follow_up = body
-    await Customers(runtime.db).save(customer)
-    return body
+
+    async def work(tx: Transaction) -> FollowUpChoices:
+        customer = await Customers(tx.db).get(customer_id, tx.session)
+        if customer is None:
+            raise NotFound(f"customer {customer_id} does not exist")
+        customer.follow_up = customer.follow_up_choices.model_copy(
+            update=body.model_dump(exclude_none=True)
+        )
+        await Customers(tx.db).save(customer, tx.session)
+        if not customer.follow_up.call_after_week:
+            await FollowUps(tx.db).calls_not_wanted(customer_id, utcnow(), tx.session)
+        return customer.follow_up
+
+    return await runtime.uow.run(work)
 
 
 class FollowUpView(BaseModel):
@@ -1041,13 +1067,16 @@ async def calls_to_make(
 class CallIn(Forbid):
     outcome: CallOutcome
     note: str = Field(default="", max_length=2000, description="Operations' own: never shown")
+    version: int = Field(
+        ge=0, description="The follow-up's version on the call list: a stale list gets 409"
+    )
 
 
 @router.post(
     "/follow-ups/{follow_up_id}/calls",
     tags=["follow-up"],
-    summary="Record a call: reached or declined closes it; no answer tries again tomorrow "
-    "(three attempts in all)",
+    summary="Record a call: reached or declined closes it; no answer tries again the next "
+    "morning (three attempts in all)",
 )
 async def record_call(
     follow_up_id: Id, body: CallIn, actor: ActorDep, runtime: RuntimeDep
@@ -1055,7 +1084,15 @@ async def record_call(
     actor.require(Role.OPS)
     store = FollowUps(runtime.db)
     follow_up = await store.existing(follow_up_id, what="follow-up", field="follow_up_id")
-    follow_up.record_call(body.outcome, actor.subject, body.note, utcnow())
+    if follow_up.version != body.version:
+        raise VersionMismatch(
+            f"follow-up {follow_up_id} is at version {follow_up.version}, not {body.version}: "
+            "someone recorded a call meanwhile; reload the call list",
+            field="version",
+        )
+    region = await Regions(runtime.db).get(follow_up.region)
+    zone = region.hours.timezone if region else "UTC"
+    follow_up.record_call(body.outcome, actor.subject, body.note, utcnow(), zone)
     await store.save(follow_up)
     return follow_up
 

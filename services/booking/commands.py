@@ -271,7 +271,8 @@ async def follow_ups_due(tx: Transaction, booking_id: str) -> None:
 
 
 async def care_reminder_due(tx: Transaction, plan_id: str) -> None:
-    """Remind the customer a week before their recurring care is due, once per due date."""
+    """Remind the customer a week before their recurring care is due, once per due date. A
+    plan at an address the customer removed reminds nobody."""
     plan = await CarePlans(tx.db).get(plan_id, tx.session)
     if plan is None:
         return
@@ -279,21 +280,29 @@ async def care_reminder_due(tx: Transaction, plan_id: str) -> None:
     if now < plan.remind_at:
         await arm_reminder(tx, plan)  # done again since the timer was set: later
         return
-    choices = await choices_of(tx, plan.customer_id)
+    customer = await Customers(tx.db).get(plan.customer_id, tx.session)
+    if customer is None or all(a.address_id != plan.address_id for a in customer.addresses):
+        return
     booked = await Bookings(tx.db).open_for(
         plan.customer_id, plan.address_id, plan.code, tx.session
     )
-    if not plan.remind(choices, booked, now):
+    zone = await region_zone(tx, plan.region)
+    if not plan.remind(customer.follow_up_choices, booked, now):
+        again = plan.look_again_at(booked, now, zone)
+        if again is not None:
+            await set_timer(tx, CARE_REMINDER, plan.plan_id, again)
         return
     await CarePlans(tx.db).save(plan, tx.session)
+    due_on = plan.due_on(zone)
     tx.emit(
         FollowUpDue(
-            follow_up_id=f"{plan.plan_id}@{plan.next_due_at:%Y-%m-%d}",
+            follow_up_id=f"{plan.plan_id}@{due_on.isoformat()}",
             kind="care_due",
             customer_id=plan.customer_id,
             booking_id=plan.last_booking_id,
             services=[plan.name],
             due_at=plan.next_due_at,
+            due_on=due_on,
             plan_id=plan.plan_id,
             address_id=plan.address_id,
             store_id=plan.store_id,

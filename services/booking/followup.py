@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import hashlib
 from collections.abc import Iterable, Mapping
-from datetime import datetime, time, timedelta
+from datetime import date, datetime, time, timedelta
 from enum import StrEnum
 from typing import TYPE_CHECKING
 from zoneinfo import ZoneInfo
@@ -119,12 +119,21 @@ class FollowUp(BaseModel):
         self.decided_at = now
         return True
 
-    def record_call(self, outcome: CallOutcome, by: str, note: str, now: datetime) -> None:
-        """Operations called: reached or declined closes it; no answer tries again tomorrow,
-        until the last attempt."""
+    def record_call(
+        self, outcome: CallOutcome, by: str, note: str, now: datetime, zone: str
+    ) -> None:
+        """Operations called: reached or declined closes it; no answer tries again the next
+        morning, until the last attempt. A call not due yet (tried already today) is refused:
+        two staff on one stale list do not spend two attempts in one day."""
         if self.status is not FollowUpStatus.TO_CALL:
             raise Conflict(
                 f"follow-up {self.follow_up_id} is {self.status.value}, not waiting for a call",
+                field="follow_up_id",
+            )
+        if self.due_at > now:
+            raise Conflict(
+                f"follow-up {self.follow_up_id} is not due until {self.due_at.isoformat()}: "
+                "it was tried already",
                 field="follow_up_id",
             )
         self.calls.append(CallRecord(at=now, by=by, outcome=outcome, note=note))
@@ -133,7 +142,14 @@ class FollowUp(BaseModel):
         elif len(self.calls) >= CALL_ATTEMPTS:
             self.status = FollowUpStatus.UNREACHED
         else:
-            self.due_at = now + timedelta(days=1)
+            self.due_at = local_morning(now, 1, zone)
+
+    def not_wanted(self, now: datetime) -> bool:
+        """The customer turned its kind off while it waited on a list: skipped now."""
+        if self.status is not FollowUpStatus.TO_CALL:
+            return False
+        self.status, self.decided_at = FollowUpStatus.SKIPPED, now
+        return True
 
 
 def local_morning(moment: datetime, days: int, zone: str) -> datetime:
@@ -215,18 +231,36 @@ class CarePlan(BaseModel):
         self.due_from(at, zone)
 
     def due_from(self, done_at: datetime, zone: str) -> None:
-        self.next_due_at = done_at + timedelta(days=self.every_days)
+        """Due on the day `every_days` after the day it was done (the region's calendar),
+        reminded a week before, each at SEND_AT."""
+        self.next_due_at = local_morning(done_at, self.every_days, zone)
         self.remind_at = local_morning(done_at, self.every_days - CARE_REMIND_BEFORE, zone)
+
+    def due_on(self, zone: str) -> date:
+        return self.next_due_at.astimezone(ZoneInfo(zone)).date()
 
     def remind(self, choices: FollowUpChoices, booked_already: bool, now: datetime) -> bool:
         """Should the reminder go now? Once per due date, while the plan runs, the customer
         wants reminders, and nothing is booked for it yet."""
-        if self.status is not CarePlanStatus.ACTIVE or self.reminded_for == self.next_due_at:
-            return False
-        if now < self.remind_at or not choices.care_reminders or booked_already:
+        if not self.waiting_to_remind(now) or not choices.care_reminders or booked_already:
             return False
         self.reminded_for = self.next_due_at
         return True
+
+    def waiting_to_remind(self, now: datetime) -> bool:
+        return (
+            self.status is CarePlanStatus.ACTIVE
+            and self.reminded_for != self.next_due_at
+            and now >= self.remind_at
+        )
+
+    def look_again_at(self, booked_already: bool, now: datetime, zone: str) -> datetime | None:
+        """A visit booked for it holds the reminder back; should that visit be cancelled, the
+        customer is still reminded: look again each morning, until a week past due."""
+        if not booked_already or not self.waiting_to_remind(now):
+            return None
+        at = local_morning(now, 1, zone)
+        return at if at <= self.next_due_at + timedelta(days=CARE_REMIND_BEFORE) else None
 
 
 def care_plan_id(customer_id: str, address_id: str, code: str) -> str:

@@ -223,7 +223,7 @@ class Customers:
         assert doc is not None  # upserted
         return _customer(doc)
 
-    async def save(self, customer: Customer) -> None:
+    async def save(self, customer: Customer, session: Session = None) -> None:
         """Write back if nobody changed the customer meanwhile (optimistic)."""
         expected = customer.version
         doc = without_unset(
@@ -231,7 +231,7 @@ class Customers:
         )
         doc["version"] = expected + 1
         result = await self._col.replace_one(
-            {"_id": customer.customer_id, "version": expected}, doc
+            {"_id": customer.customer_id, "version": expected}, doc, session=session
         )
         if result.matched_count != 1:
             raise ConcurrentUpdate(f"customer {customer.customer_id} changed concurrently; retry")
@@ -355,6 +355,14 @@ class FollowUps(Versioned[FollowUp]):
         return await self.find(
             {"customer_id": customer_id}, sort=[("due_at", DESCENDING)], limit=limit
         )
+
+    async def calls_not_wanted(self, customer_id: str, now: datetime, session: Session) -> None:
+        """The customer turned calls off: off operations' list now, not at the next try."""
+        for follow_up in await self.find(
+            {"customer_id": customer_id, "status": FollowUpStatus.TO_CALL.value}, session
+        ):
+            if follow_up.not_wanted(now):
+                await self.save(follow_up, session)
 
     async def calls_due(self, now: datetime, region: str | None, limit: int) -> list[FollowUp]:
         query: Document = {"status": FollowUpStatus.TO_CALL.value, "due_at": {"$lte": now}}

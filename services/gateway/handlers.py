@@ -292,14 +292,14 @@ async def follow_up_due(tx: Transaction, event: FollowUpDue) -> None:
             tx,
             recipient,
             "care_due",
-            title=f"{services} is due on {event.due_at:%d %B %Y}",
+            title=f"{services} is due on {event.due_on or event.due_at.date():%d %B %Y}",
             body="Book it in the app: the same service at the same address. You can also "
             "change how often it comes round, or stop these reminders.",
             booking_id=event.booking_id,
             plan_id=event.plan_id,
             address_id=event.address_id,
             store_id=event.store_id,
-            due_at=event.due_at.isoformat(),
+            due_on=(event.due_on or event.due_at.date()).isoformat(),
         )
 
 

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from datetime import datetime
+from datetime import date, datetime
 
 from pydantic import Field
 
@@ -170,6 +170,9 @@ class FollowUpDue(EventPayload):
     booking_id: str = Field(description="The visit it follows (for care: the last one)")
     services: list[str] = Field(description="What was done, or is due, by name")
     due_at: datetime = Field(description="When it fell due (for care: when the care is due)")
+    due_on: date | None = Field(
+        default=None, description="Recurring care: the day it is due, in the region's calendar"
+    )
     plan_id: str | None = Field(default=None, description="Recurring care: the plan")
     address_id: str | None = Field(default=None, description="Recurring care: where")
     store_id: str | None = Field(

@@ -119,26 +119,42 @@ def test_a_wanted_follow_up_is_sent_or_put_on_operations_call_list() -> None:
 def test_a_call_unanswered_is_tried_the_next_day_until_the_last_attempt() -> None:
     call = next(f for f in after_visit(visit(3), DONE, LISBON) if f.kind is K.CALL_AFTER_WEEK)
     with pytest.raises(Conflict):  # not on the list before it is due
-        call.record_call(CallOutcome.REACHED, "ops_1", "", DONE)
+        call.record_call(CallOutcome.REACHED, "ops_1", "", DONE, LISBON)
     call.fall_due(FollowUpChoices(), call.due_at)
-    now = call.due_at
+    now = call.due_at + timedelta(hours=6)  # 16:00 in Lisbon
     for attempt in range(1, CALL_ATTEMPTS):
-        call.record_call(CallOutcome.NO_ANSWER, "ops_1", "voicemail", now)
+        call.record_call(CallOutcome.NO_ANSWER, "ops_1", "voicemail", now, LISBON)
         assert call.status is St.TO_CALL
-        assert call.due_at == now + timedelta(days=1)
-        now = call.due_at
+        # The next morning at ten, not 24 hours on.
+        assert call.due_at == local_morning(now, 1, LISBON)
         assert len(call.calls) == attempt
-    call.record_call(CallOutcome.NO_ANSWER, "ops_2", "", now)
+        # Tried already today: a second member of staff on a stale list cannot spend the
+        # next attempt now.
+        with pytest.raises(Conflict, match="not due until"):
+            call.record_call(CallOutcome.NO_ANSWER, "ops_2", "", now + timedelta(minutes=5), LISBON)
+        assert len(call.calls) == attempt
+        now = call.due_at + timedelta(hours=1)
+    call.record_call(CallOutcome.NO_ANSWER, "ops_2", "", now, LISBON)
     assert call.status is St.UNREACHED
     with pytest.raises(Conflict):
-        call.record_call(CallOutcome.REACHED, "ops_1", "", now)
+        call.record_call(CallOutcome.REACHED, "ops_1", "", now + timedelta(days=2), LISBON)
+
+
+def test_a_call_the_customer_no_longer_wants_leaves_the_list() -> None:
+    call = next(f for f in after_visit(visit(3), DONE, LISBON) if f.kind is K.CALL_AFTER_WEEK)
+    assert not call.not_wanted(DONE)  # still scheduled: decided when it falls due
+    call.fall_due(FollowUpChoices(), call.due_at)
+    assert call.not_wanted(call.due_at)
+    assert call.status is St.SKIPPED
+    with pytest.raises(Conflict):
+        call.record_call(CallOutcome.REACHED, "ops_1", "", call.due_at, LISBON)
 
 
 @pytest.mark.parametrize("outcome", [CallOutcome.REACHED, CallOutcome.DECLINED])
 def test_a_call_reached_or_declined_is_done(outcome: CallOutcome) -> None:
     call = next(f for f in after_visit(visit(3), DONE, LISBON) if f.kind is K.CALL_AFTER_WEEK)
     call.fall_due(FollowUpChoices(), call.due_at)
-    call.record_call(outcome, "ops_1", "all well", call.due_at)
+    call.record_call(outcome, "ops_1", "all well", call.due_at, LISBON)
     assert call.status is St.CALLED
     assert [(c.by, c.outcome, c.note) for c in call.calls] == [("ops_1", outcome, "all well")]
 
@@ -154,8 +170,10 @@ def test_care_starts_a_plan_due_a_whole_interval_on_with_a_reminder_a_week_befor
         "store_frio",
         CarePlanStatus.ACTIVE,
     )
-    assert plan.next_due_at == DONE + timedelta(days=90)
-    assert plan.remind_at == datetime(2030, 9, 3, 9, tzinfo=UTC)  # 83 days on, 10:00 Lisbon
+    # Due on the 90th day after the visit's day, at ten in Lisbon; reminded a week before.
+    assert plan.next_due_at == datetime(2030, 9, 10, 9, tzinfo=UTC)
+    assert plan.due_on(LISBON).isoformat() == "2030-09-10"
+    assert plan.remind_at == datetime(2030, 9, 3, 9, tzinfo=UTC)
     assert plan.last_booking_id == b.booking_id
 
 
@@ -173,7 +191,7 @@ def test_care_done_again_moves_the_plan_on_and_an_older_visit_reported_late_does
     b2 = b.model_copy(update={"booking_id": "bk_2"})
     [moved] = care_after_visit(b2, later, LISBON, needing, {plan.plan_id: plan})
     assert moved is plan
-    assert (plan.last_booking_id, plan.next_due_at) == ("bk_2", later + timedelta(days=90))
+    assert (plan.last_booking_id, plan.due_on(LISBON).isoformat()) == ("bk_2", "2030-11-29")
     plan.done("bk_1", DONE, LISBON)
     assert plan.last_booking_id == "bk_2"
 
@@ -190,11 +208,25 @@ def test_a_reminder_goes_once_per_due_date_and_only_when_wanted_and_not_booked()
     assert not plan.remind(on, False, plan.remind_at + timedelta(hours=1))  # once
 
 
+def test_a_reminder_held_back_by_a_visit_booked_looks_again_each_morning_until_past_due() -> None:
+    b = visit()
+    [plan] = care_after_visit(b, DONE, LISBON, care_items(b, {"nails.manicure": care_item()}), {})
+    now = plan.remind_at
+    assert not plan.remind(FollowUpChoices(), True, now)
+    # Should the visit booked be cancelled, the reminder still comes: tomorrow's look.
+    assert plan.look_again_at(True, now, LISBON) == local_morning(now, 1, LISBON)
+    assert plan.look_again_at(False, now, LISBON) is None  # not held back: decided already
+    week_past_due = plan.next_due_at + timedelta(days=7)
+    assert plan.look_again_at(True, week_past_due, LISBON) is None  # it stops some time
+    assert plan.remind(FollowUpChoices(), False, now + timedelta(days=2))  # the visit cancelled
+    assert plan.look_again_at(True, now + timedelta(days=3), LISBON) is None  # reminded
+
+
 def test_the_customer_changes_how_often_or_stops_a_plan() -> None:
     b = visit()
     [plan] = care_after_visit(b, DONE, LISBON, care_items(b, {"nails.manicure": care_item()}), {})
     plan.change(180, None, LISBON)
-    assert plan.next_due_at == DONE + timedelta(days=180)
+    assert plan.due_on(LISBON).isoformat() == "2030-12-09"
     assert plan.remind_at == datetime(2030, 12, 2, 10, tzinfo=UTC)  # winter: 10:00 is 10:00 UTC
     plan.change(None, False, LISBON)
     assert plan.status is CarePlanStatus.STOPPED

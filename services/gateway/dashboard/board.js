@@ -532,13 +532,14 @@ setInterval(() => { if (tokens() && !$("board-view").hidden) loadCalls(); }, 600
 
 // Operations' alone: customers to call a week after a larger job (booking's call list, read
 // with the board and every minute; a call recorded takes its line off until it is due again).
+const CALLS_SHOWN = 200;  // the list's longest page; more than that shows as "200+"
 async function loadCalls() {
   $("calls-section").hidden = !isOps();
   if (!isOps()) return;
-  const res = await api("/v1/follow-ups/calls");
+  const res = await api(`/v1/follow-ups/calls?limit=${CALLS_SHOWN}`);
   if (!res.ok) return;
   const calls = await res.json();
-  $("calls-title").textContent = calls.length ? `Calls to make: ${calls.length}` : "Calls to make";
+  $("calls-title").textContent = calls.length ? `Calls to make: ${calls.length}${calls.length === CALLS_SHOWN ? "+" : ""}` : "Calls to make";
   fill("calls", calls.map((c) => h("tr", { "data-follow-up": c.follow_up_id },
     h("td", {}, c.customer_name, h("br"), h("small", {}, `booking ${c.booking_id}`)),
     h("td", {}, h("a", { href: `tel:${c.phone}` }, c.phone)),
@@ -700,7 +701,7 @@ function recordCall(c) {
       ...field("call-outcome", "How it went", outcome), ...field("call-note", "Note (seen by operations only)", note)],
     "Record call",
     async () => {
-      const res = await api(`/v1/follow-ups/${encodeURIComponent(c.follow_up_id)}/calls`, { method: "POST", body: { outcome: outcome.value, note: note.value } });
+      const res = await api(`/v1/follow-ups/${encodeURIComponent(c.follow_up_id)}/calls`, { method: "POST", body: { outcome: outcome.value, note: note.value, version: c.version } });
       if (res.ok) loadCalls();
       return res;
     });
