@@ -2,7 +2,7 @@
 browser is downloaded) against the real platform: sign in, watch bookings appear and move
 as events happen without a reload, see a safety alert and acknowledge it, reassign a visit
 from the page and see the customer told, waive a late-cancellation fee a customer owes,
-and a store's view that shows no other store.
+record a follow-up call, and a store's view that shows no other store.
 
 Screenshots of each step are kept in .run/test/artefacts/dashboard/.
 """
