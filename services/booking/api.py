@@ -1090,8 +1090,7 @@ async def record_call(
             "someone recorded a call meanwhile; reload the call list",
             field="version",
         )
-    region = await Regions(runtime.db).get(follow_up.region)
-    zone = region.hours.timezone if region else "UTC"
+    zone = await commands.region_zone(runtime.db, follow_up.region)
     follow_up.record_call(body.outcome, actor.subject, body.note, utcnow(), zone)
     await store.save(follow_up)
     return follow_up
@@ -1140,7 +1139,7 @@ async def change_care_plan(
 
     async def work(tx: Transaction) -> CarePlan:
         current = await CarePlans(tx.db).existing(plan.plan_id, tx.session, what="care plan")
-        current.change(body.every_days, body.active, await commands.region_zone(tx, plan.region))
+        current.change(body.every_days, body.active, await commands.region_zone(tx.db, plan.region))
         await CarePlans(tx.db).save(current, tx.session)
         await commands.arm_reminder(tx, current)
         return current

@@ -34,6 +34,7 @@ from shared.events.booking import (
     BookingTechnicianChanged,
     FollowUpDue,
 )
+from shared.mongo import Database
 from shared.outbox import Transaction
 from shared.time import utcnow
 from shared.timers import set_timer
@@ -200,8 +201,8 @@ CARE_REMINDER = "care_reminder"  # timer: a care plan's reminder (subject: the p
 VISITED = frozenset({BookingStatus.COMPLETED, BookingStatus.RECEIPT_SIGNED, BookingStatus.CLOSED})
 
 
-async def region_zone(tx: Transaction, region: str) -> str:
-    found = await Regions(tx.db).get(region)
+async def region_zone(db: Database, region: str) -> str:
+    found = await Regions(db).get(region)
     return found.hours.timezone if found else "UTC"
 
 
@@ -209,7 +210,7 @@ async def after_visit(tx: Transaction, booking: Booking, completed_at: datetime)
     """Schedule the visit's follow-ups and move on its recurring care, with the completion."""
     if booking.status not in VISITED:
         return  # a completion that no longer applies (cancelled meanwhile): nothing follows
-    zone = await region_zone(tx, booking.region)
+    zone = await region_zone(tx.db, booking.region)
     follow_ups = followup.after_visit(booking, completed_at, zone)
     if follow_ups:
         await FollowUps(tx.db).schedule(follow_ups, tx.session)
@@ -286,7 +287,7 @@ async def care_reminder_due(tx: Transaction, plan_id: str) -> None:
     booked = await Bookings(tx.db).open_for(
         plan.customer_id, plan.address_id, plan.code, tx.session
     )
-    zone = await region_zone(tx, plan.region)
+    zone = await region_zone(tx.db, plan.region)
     if not plan.remind(customer.follow_up_choices, booked, now):
         again = plan.look_again_at(booked, now, zone)
         if again is not None:
