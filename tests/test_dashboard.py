@@ -30,6 +30,7 @@ from services.booking.storage import FollowUps
 from services.gateway.signin import add_staff
 from shared.auth import Actor, Role
 from shared.events.payments import RefundIssued
+from shared.events.types import PricedLine
 from shared.mongo import Document
 from tests.conftest import Platform
 from tests.harness import TEST_RUN_DIR, eventually, publish
@@ -945,3 +946,67 @@ async def test_operations_call_customers_from_the_call_list_on_the_page(
         )
         refused = await api.get("/v1/follow-ups/calls", headers=bearer(key))
     assert refused.status_code == 403
+
+
+async def test_operations_and_the_store_see_what_a_customer_took_off_a_receipt(
+    platform: Platform,
+    mongo: AsyncMongoClient[Document],
+    browser: Browser,
+    kafka_producer: AIOKafkaProducer,
+) -> None:
+    """A customer takes a manicure they did not get off the receipt before signing: it is on
+    operations' page and on the page of the technician's store, not on another store's."""
+    customer, tech = f"cus_{uuid.uuid4().hex[:8]}", f"tech_{uuid.uuid4().hex[:8]}"
+    booking_id = f"bk_{uuid.uuid4().hex[:10]}"
+    manicures = PricedLine(
+        code="nails.manicure",
+        name="Manicure",
+        skill="nails",
+        quantity=2,
+        unit_price=2500,
+        currency="EUR",
+    )
+    await publish(
+        kafka_producer,
+        platform.prefix,
+        service_completed(
+            booking_id, customer, "store_chiado", technician_id=tech, lines=[manicures]
+        ),
+    )
+    async with platform.client("payments") as payments:
+        shown = await eventually(
+            lambda: get_json(
+                payments, "/receipts", headers=as_customer(customer), booking_id=booking_id
+            ),
+            what="the receipt",
+        )
+        taken = await payments.post(
+            f"/receipts/{shown['receipt_id']}/dispute",
+            json={
+                "receipt_hash": shown["content_hash"],
+                "items": [{"code": "nails.manicure", "quantity": 1, "reason": "not_done"}],
+            },
+            headers=as_customer(customer),
+        )
+        assert taken.status_code == 200, taken.text
+    receipt_row = f'#disputes tr[data-receipt="{shown["receipt_id"]}"]'
+
+    board = await operations_board(browser, platform, mongo)
+    row = board.page.locator(receipt_row)
+    await expect(row).to_be_visible(timeout=LIVE)
+    await expect(row).to_contain_text(booking_id)
+    await expect(row).to_contain_text(tech)
+    await expect(row).to_contain_text("1 x Manicure (not done)")
+    await expect(row).to_contain_text("25.00")
+    await expect(row).to_contain_text("issued")  # not signed yet
+    await board.shot("15-taken-off-a-receipt")
+    await board.assert_never_reloaded_nor_left_the_platform()
+
+    for store, shown_there in (("store_chiado", 1), ("store_belem", 0)):
+        page = Dashboard(
+            await browser.new_page(viewport={"width": 1280, "height": 1400}),
+            platform.url("gateway"),
+        )
+        await page.sign_in(*(await staff(mongo, platform.prefix, store)).split())
+        await expect(page.page.locator("#disputes tbody tr").first).to_be_visible(timeout=LIVE)
+        await expect(page.page.locator(receipt_row)).to_have_count(shown_there)

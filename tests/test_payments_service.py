@@ -700,6 +700,129 @@ async def test_a_declined_card_leaves_the_receipt_to_cash_of_exactly_the_amount_
         assert issued_event["payload"]["to_cash"] == 2000
 
 
+async def test_a_customer_takes_what_they_did_not_get_off_the_receipt_and_signs_the_rest(
+    platform: Platform,
+    kafka_producer: AIOKafkaProducer,
+    infra: Infra,
+    mongo: AsyncMongoClient[Document],
+) -> None:
+    """Through the gateway, as the app does: two manicures and a polish recorded, one
+    manicure and the polish not received. The package pays the manicure left, nothing is
+    charged, the sealed receipt says what was taken off, the technician hears of it, and
+    operations and the store find it on their list of disputes."""
+    customer, store, tech = unique("cus_"), unique("store_"), unique("tech_")
+    token = {
+        who: bearer(await gateway_token(mongo, platform.prefix, Actor(role=role, subject=who)))
+        for who, role in ((customer, Role.CUSTOMER), (tech, Role.TECHNICIAN))
+    }
+    polish = PricedLine(
+        code="nails.polish",
+        name="Polish",
+        kind="product",
+        quantity=1,
+        unit_price=900,
+        currency="EUR",
+    )
+    async with platform.client("payments") as payments, platform.client("gateway") as api:
+        await sell_package(payments, store, customer, visits=1)
+        await set_card(payments, customer, "pm_card_ok")
+        booking_id = await complete_visit(
+            kafka_producer,
+            platform,
+            customer=customer,
+            store=store,
+            technician=tech,
+            lines=[manicure(qty=2), polish],
+        )
+        shown = await issued(payments, booking_id, customer)
+        receipt_id = shown["receipt_id"]
+        assert (shown["subtotal"], shown["amount_due"]) == (5900, 3400)
+        url = f"/v1/receipts/{receipt_id}/dispute"
+        body = {
+            "receipt_hash": shown["content_hash"],
+            "items": [
+                {"code": "nails.manicure", "quantity": 1, "reason": "fewer"},
+                {"code": "nails.polish", "quantity": 1, "reason": "not_used"},
+            ],
+        }
+        r = await api.post(url, json=body, headers=token[customer])
+        assert r.status_code == 200, r.text
+        now = r.json()
+        assert [(line["code"], line["quantity"]) for line in now["lines"]] == [
+            ("nails.manicure", 1)
+        ]
+        assert (now["subtotal"], now["amount_due"], now["revision"]) == (2500, 0, 2)
+        assert [(d["units"], d["amount"]) for d in now["prepaid"]] == [(1, 2500)]
+        # The answer was lost and the app asks again: the same dispute, not a second one.
+        again = await api.post(url, json=body, headers=token[customer])
+        assert again.status_code == 200, again.text
+        assert again.json()["content_hash"] == now["content_hash"]
+        assert again.json()["revision"] == 2
+
+        stale = await api.post(
+            f"/v1/receipts/{receipt_id}/sign",
+            json={"receipt_hash": shown["content_hash"], "signature": drawn_signature()},
+            headers=token[customer],
+        )
+        assert stale.status_code == 409, stale.text
+        signed = await sign(payments, now, customer)
+        assert signed.status_code == 200, signed.text
+        await receipt_status(payments, receipt_id, customer, "settled")
+        assert await sandbox_ops(mongo, platform, receipt_id) == []  # nothing was charged
+        late = await api.post(
+            url, json={**body, "receipt_hash": now["content_hash"]}, headers=token[customer]
+        )
+        assert late.status_code == 409, late.text
+
+        sealed = (
+            await payments.get(f"/receipts/{receipt_id}/sealed", headers=as_customer(customer))
+        ).json()
+        assert [
+            (i["code"], i["quantity"], i["amount"], i["reason"])
+            for i in sealed["receipt"]["disputed"]
+        ] == [("nails.manicure", 1, 2500, "fewer"), ("nails.polish", 1, 900, "not_used")]
+        check = (await payments.post("/receipts/verify", json=sealed)).json()
+        assert check == {"valid": True, "problems": [], "matches_record": True}
+
+        events = await keyed_events(
+            infra,
+            f"{platform.prefix}.payments.events",
+            booking_id,
+            until=lambda found: "payments.payment_settled" in {e["type"] for e in found},
+        )
+        assert [e["type"] for e in events] == [
+            "payments.receipt_issued",
+            "payments.receipt_disputed",
+            "payments.receipt_sealed",
+            "payments.receipt_signed",
+            "payments.payment_settled",
+        ]
+        disputed = events[1]["payload"]
+        assert (disputed["technician_id"], disputed["store_id"]) == (tech, store)
+        assert (disputed["taken_off"], disputed["total"], disputed["amount_due"]) == (3400, 2500, 0)
+        assert disputed["content_hash"] == now["content_hash"]
+
+        heard = await eventually(
+            lambda: told(api, token[tech], "receipt_disputed", booking_id),
+            what="the technician told of the dispute",
+        )
+        assert heard["title"] == "The customer took 34.00 EUR off the receipt"
+        assert "1 x Manicure, 1 x Polish" in heard["body"]
+        assert await told(api, token[customer], "receipt_disputed", booking_id) is None
+
+        for headers, query in (
+            (OPS, {"technician_id": tech}),
+            (as_store(store), {}),
+        ):
+            listed = (await payments.get("/receipt-disputes", params=query, headers=headers)).json()
+            assert [(d["receipt_id"], d["taken_off"], d["status"]) for d in listed] == [
+                (receipt_id, 3400, "settled")
+            ], headers
+            assert "customer_id" not in listed[0]
+        theirs = await payments.get("/receipt-disputes", headers=as_store("store_other"))
+        assert receipt_id not in {d["receipt_id"] for d in theirs.json()}
+
+
 async def test_a_customer_who_removed_their_card_pays_cash_the_technician_is_told_to_collect(
     platform: Platform,
     kafka_producer: AIOKafkaProducer,
@@ -1585,6 +1708,8 @@ async def test_bad_input_answers_a_clear_4xx_and_changes_nothing(
         unsigned = await issued(payments, open_booking, customer)
     paid_id, open_id = paid["receipt_id"], unsigned["receipt_id"]
     sign_body = {"receipt_hash": unsigned["content_hash"], "signature": drawn_signature()}
+    taken_one = {"code": "nails.manicure", "quantity": 1, "reason": "fewer"}
+    dispute_body = {"receipt_hash": unsigned["content_hash"], "items": [taken_one]}
     refund = {**OPS, "Idempotency-Key": unique("refund-")}
     ops_key = {**OPS, "Idempotency-Key": unique("coupon-")}
     store_key = {**as_store(store), "Idempotency-Key": unique("sale-")}
@@ -1765,6 +1890,77 @@ async def test_bad_input_answers_a_clear_4xx_and_changes_nothing(
             403,
             "",
         ),
+        # disputes: not the customer's, not on the receipt, more than it has, all of it,
+        # a receipt seen before, a signed one; the list is operations' and the store's
+        ("POST", f"/receipts/{open_id}/dispute", dispute_body, as_customer("cus_other"), 403, ""),
+        ("POST", f"/receipts/{open_id}/dispute", dispute_body, as_technician(tech), 403, ""),
+        ("POST", f"/receipts/{open_id}/dispute", dispute_body, {}, 401, ""),
+        (
+            "POST",
+            f"/receipts/{open_id}/dispute",
+            {**dispute_body, "note": "x"},
+            as_customer(customer),
+            422,
+            "note",
+        ),
+        (
+            "POST",
+            f"/receipts/{open_id}/dispute",
+            {**dispute_body, "items": [taken_one, taken_one]},
+            as_customer(customer),
+            422,
+            "",
+        ),
+        (
+            "POST",
+            f"/receipts/{open_id}/dispute",
+            {**dispute_body, "items": [{**taken_one, "reason": "too_dear"}]},
+            as_customer(customer),
+            422,
+            "",
+        ),
+        (
+            "POST",
+            f"/receipts/{open_id}/dispute",
+            {**dispute_body, "items": [{**taken_one, "code": "hair.cut"}]},
+            as_customer(customer),
+            422,
+            "items",
+        ),
+        (
+            "POST",
+            f"/receipts/{open_id}/dispute",
+            {**dispute_body, "items": [{**taken_one, "quantity": 3}]},
+            as_customer(customer),
+            422,
+            "items",
+        ),
+        (
+            "POST",
+            f"/receipts/{open_id}/dispute",
+            {**dispute_body, "items": [{**taken_one, "quantity": 2}]},
+            as_customer(customer),
+            422,
+            "items",
+        ),
+        (
+            "POST",
+            f"/receipts/{open_id}/dispute",
+            {**dispute_body, "receipt_hash": "0" * 64},
+            as_customer(customer),
+            409,
+            "receipt_hash",
+        ),
+        (
+            "POST",
+            f"/receipts/{paid_id}/dispute",
+            {**dispute_body, "receipt_hash": paid["content_hash"]},
+            as_customer(customer),
+            409,
+            "",
+        ),
+        ("GET", "/receipt-disputes", None, as_customer(customer), 403, ""),
+        ("GET", f"/receipt-disputes?store_id={store}", None, as_store("store_other"), 403, ""),
         ("POST", "/provider/webhook", {"event_id": "e", "type": "charge.succeeded"}, {}, 401, ""),
         ("POST", "/sealing-keys/rotate", None, as_store(store), 403, ""),
         ("GET", "/receipts/rc_missing", None, OPS, 404, ""),

@@ -34,6 +34,7 @@ from shared.events.payments import (
     PaymentOverdue,
     PaymentWrittenOff,
     PrepaidPurchased,
+    ReceiptDisputed,
     ReceiptIssued,
     ReceiptSealed,
     ReceiptVoided,
@@ -355,6 +356,25 @@ async def receipt_ready(tx: Transaction, event: ReceiptIssued) -> None:
         booking_id=event.booking_id,
         receipt_id=event.receipt_id,
     )
+
+
+@handlers.on(ReceiptDisputed)
+async def receipt_disputed(tx: Transaction, event: ReceiptDisputed) -> None:
+    """The technician, at the door or gone, hears what the customer took off what they
+    recorded; the store's webhooks too. The customer made the change and sees it already."""
+    taken = ", ".join(f"{item.quantity} x {item.name}" for item in event.items)
+    await tell(
+        tx,
+        f"technician:{event.technician_id}",
+        "receipt_disputed",
+        title=f"The customer took {_money(event.taken_off, event.currency)} off the receipt",
+        body=f"Not received, they say: {taken}. The receipt they sign now comes to "
+        f"{_money(event.total, event.currency)}.",
+        booking_id=event.booking_id,
+        receipt_id=event.receipt_id,
+        items=[item.model_dump(mode="json") for item in event.items],
+    )
+    await about_store(tx, event.store_id)
 
 
 @handlers.on(CashDue)

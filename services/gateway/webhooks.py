@@ -60,6 +60,7 @@ STORE_EVENTS = (
     "dispatch.service_completed",
     "payments.receipt_sealed",
     "payments.receipt_voided",
+    "payments.receipt_disputed",
     "payments.prepaid_purchased",
     "reviews.complaint_opened",
 )

@@ -10,7 +10,7 @@ from __future__ import annotations
 import json
 import uuid
 from collections.abc import Awaitable, Callable
-from datetime import timedelta
+from datetime import datetime, timedelta
 from typing import Annotated, Any
 
 from fastapi import APIRouter, Path, Query, Request, Response, status
@@ -20,6 +20,7 @@ from services.payments import commands
 from services.payments.domain import (
     Coupon,
     CustomerSignature,
+    Dispute,
     Receipt,
     ReceiptStatus,
     Refund,
@@ -49,7 +50,7 @@ from services.payments.storage import (
 )
 from shared.auth import Actor, ActorDep, Role
 from shared.errors import Conflict, Forbidden, NotFound, Unauthenticated, Unprocessable
-from shared.events.payments import RepaidWay
+from shared.events.payments import DisputeReason, RepaidWay
 from shared.events.reviews import REMEDY_REFUND
 from shared.events.types import Amount, Currency, Sum
 from shared.locks import KeyedLocks
@@ -185,6 +186,109 @@ async def sign(
             lambda tx: commands.sign(tx, receipt_id, body.receipt_hash, body.signature)
         )
     return ReceiptView.of(signed, actor)
+
+
+class DisputedItemIn(Forbid):
+    code: str = Field(min_length=1, max_length=64, description="The item's code on the receipt")
+    quantity: int = Field(ge=1, le=100, description="How many to take off")
+    reason: DisputeReason = Field(
+        description="not_done (a service), not_used (a product), fewer (than recorded)"
+    )
+
+
+class DisputeIn(Forbid):
+    receipt_hash: str = Field(
+        pattern=r"^[0-9a-f]{64}$", description="content_hash of the receipt the customer saw"
+    )
+    items: list[DisputedItemIn] = Field(min_length=1, max_length=50)
+
+    @model_validator(mode="after")
+    def each_item_once(self) -> DisputeIn:
+        codes = [item.code for item in self.items]
+        if len(set(codes)) != len(codes):
+            raise ValueError("name each item once, with how many to take off")
+        return self
+
+
+@router.post(
+    "/receipts/{receipt_id}/dispute",
+    tags=["receipts"],
+    summary="Before signing, the customer takes off items they did not get; they then sign "
+    "the next revision",
+    responses={
+        409: {
+            "description": "The hash names another receipt than the current one, or it is "
+            "signed or withdrawn"
+        },
+        422: {"description": "An item not on the receipt, more than it has, or all of it"},
+    },
+)
+async def dispute(
+    receipt_id: PathId, body: DisputeIn, runtime: RuntimeDep, actor: ActorDep
+) -> ReceiptView:
+    receipt = await readable(runtime, actor, receipt_id)
+    if actor.role is not Role.CUSTOMER or actor.subject != receipt.customer_id:
+        raise Forbidden("only the booking's customer disputes its receipt")
+    await priced_now(runtime, receipt)  # a receipt that changed must be looked at again
+    asked = [(item.code, item.quantity, item.reason) for item in body.items]
+    disputed = await runtime.uow.run(
+        lambda tx: commands.dispute(tx, receipt_id, body.receipt_hash, asked)
+    )
+    return ReceiptView.of(disputed, actor)
+
+
+class DisputedReceipt(Forbid):
+    """A receipt a customer took items off before signing, as operations and its store see
+    it (no customer: what was taken off, from which technician's record)."""
+
+    receipt_id: str
+    booking_id: str
+    technician_id: str
+    store_id: str
+    status: ReceiptStatus
+    currency: str
+    total: int = Field(description="What the receipt came to after the disputes")
+    taken_off: int
+    disputed_at: datetime
+    disputes: list[Dispute]
+
+    @classmethod
+    def of(cls, receipt: Receipt) -> DisputedReceipt:
+        return cls(
+            receipt_id=receipt.receipt_id,
+            booking_id=receipt.booking_id,
+            technician_id=receipt.technician_id,
+            store_id=receipt.store_id,
+            status=receipt.status,
+            currency=receipt.currency,
+            total=receipt.subtotal,
+            taken_off=sum(item.amount for d in receipt.disputes for item in d.items),
+            disputed_at=receipt.disputed_at or receipt.issued_at,
+            disputes=receipt.disputes,
+        )
+
+
+@router.get(
+    "/receipt-disputes",
+    tags=["receipts"],
+    summary="Receipts customers took items off before signing, the latest first: any for "
+    "operations (by technician or store), a store's own technicians' for the store",
+)
+async def list_disputes(
+    runtime: RuntimeDep,
+    actor: ActorDep,
+    store_id: Annotated[str | None, Query(min_length=1, max_length=64)] = None,
+    technician_id: Annotated[str | None, Query(min_length=1, max_length=64)] = None,
+    limit: Annotated[int, Query(ge=1, le=500)] = 100,
+) -> list[DisputedReceipt]:
+    if actor.role is Role.STORE:
+        if store_id not in (None, actor.store_id):
+            raise Forbidden("a store sees the disputes of its own technicians' receipts")
+        store_id = actor.store_id
+    elif not actor.is_ops:
+        raise Forbidden("disputed receipts are operations' and the store's to look into")
+    found = await Receipts(runtime.db).disputed(store_id, technician_id, limit)
+    return [DisputedReceipt.of(receipt) for receipt in found]
 
 
 @router.get(

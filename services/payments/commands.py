@@ -52,6 +52,7 @@ from shared.events.payments import (
     CancellationFeeWaived,
     CashDue,
     CouponGranted,
+    DisputeReason,
     PaymentFailed,
     PaymentOverdue,
     PaymentSettled,
@@ -60,6 +61,7 @@ from shared.events.payments import (
     PrepaidPurchased,
     ProviderAnswered,
     ProviderNotAnswering,
+    ReceiptDisputed,
     ReceiptIssued,
     ReceiptSealed,
     ReceiptSigned,
@@ -200,6 +202,51 @@ async def reprice_if_changed(tx: Transaction, receipt_id: str) -> Receipt | None
     if fresh is None:
         return None
     await Receipts(tx.db).save(fresh, tx.session)
+    return fresh
+
+
+async def dispute(
+    tx: Transaction,
+    receipt_id: str,
+    shown_hash: str,
+    asked: list[tuple[str, int, DisputeReason]],
+) -> Receipt:
+    """The customer takes items they did not get off the receipt they were shown, before
+    signing: its next revision, priced again, is what they sign.
+
+    Call `reprice_if_changed` first (its own transaction), as for signing.
+    """
+    receipt = await load(tx, receipt_id)
+    now = utcnow()
+    made = domain.disputed(
+        receipt,
+        shown_hash=shown_hash,
+        asked=asked,
+        holdings=await Holdings(tx.db).of_customer(receipt.customer_id, tx.session),
+        coupons=await Coupons(tx.db).of_customer(receipt.customer_id, tx.session),
+        at=now,
+    )
+    if made is None:
+        return receipt  # the same dispute, asked again: made already
+    fresh, taken = made
+    await Receipts(tx.db).save(fresh, tx.session)
+    tx.emit(
+        ReceiptDisputed(
+            receipt_id=fresh.receipt_id,
+            booking_id=fresh.booking_id,
+            customer_id=fresh.customer_id,
+            technician_id=fresh.technician_id,
+            store_id=fresh.store_id,
+            revision=fresh.revision,
+            items=taken.items,
+            taken_off=sum(item.amount for item in taken.items),
+            total=fresh.subtotal,
+            amount_due=fresh.amount_due,
+            currency=fresh.currency,
+            content_hash=fresh.digest,
+            disputed_at=now,
+        )
+    )
     return fresh
 
 

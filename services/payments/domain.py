@@ -27,7 +27,7 @@ from pydantic import Field
 from services.payments.ledger import Holding, Unit
 from services.payments.sealing import Seal, digest
 from shared.errors import Conflict, NotFound, Unprocessable
-from shared.events.payments import RepaidWay
+from shared.events.payments import DisputedItem, DisputeReason, RepaidWay
 from shared.events.types import Currency, MinorUnits, PricedLine
 from shared.schema import Forbid
 from shared.time import StoredTime
@@ -295,6 +295,23 @@ class Reopening(Forbid):
         )
 
 
+class Dispute(Forbid):
+    """Items the customer took off the unsigned receipt, from the revision they were shown."""
+
+    shown_hash: str  # that revision's hash: the same dispute asked again changes nothing
+    revision: int  # the revision it made
+    items: list[DisputedItem]
+    at: StoredTime
+
+
+# What a reason may be said of: a product is not "done", a service is not "used".
+DISPUTABLE = {
+    DisputeReason.NOT_DONE: {"service"},
+    DisputeReason.NOT_USED: {"product"},
+    DisputeReason.FEWER: {"service", "product"},
+}
+
+
 class Receipt(Forbid):
     receipt_id: str
     booking_id: str
@@ -323,11 +340,21 @@ class Receipt(Forbid):
     reminders_sent: int = 0  # while signed and unpaid (payments.payment_overdue)
     write_off: WriteOff | None = None
     reopened: list[Reopening] = Field(default_factory=list)  # write-offs taken back
+    disputes: list[Dispute] = Field(default_factory=list)  # items taken off before signing
+    disputed_at: StoredTime | None = None  # the last of them: operations' list reads it
     version: int = 0
 
     def content(self) -> dict[str, Any]:
-        """What the customer is shown and signs (JSON types: canonical and hashable)."""
-        return self.model_dump(mode="json", include=CONTENT_FIELDS)
+        """What the customer is shown and signs (JSON types: canonical and hashable).
+
+        What was taken off is part of it (the technician and the store read it sealed); a
+        receipt nobody disputed reads, and hashes, as receipts always have."""
+        content = self.model_dump(mode="json", include=CONTENT_FIELDS)
+        if self.disputes:
+            content["disputed"] = [
+                item.model_dump(mode="json") for d in self.disputes for item in d.items
+            ]
+        return content
 
     @property
     def digest(self) -> str:
@@ -365,6 +392,86 @@ class Receipt(Forbid):
             raise Conflict(f"receipt {self.receipt_id} is signed: it cannot be voided")
         self.status, self.voided_at, self.void_reason = ReceiptStatus.VOIDED, at, reason
         return True
+
+    def dispute(
+        self,
+        shown_hash: str,
+        asked: Sequence[tuple[str, int, DisputeReason]],
+        at: datetime,
+    ) -> Dispute | None:
+        """Take what the customer says they did not get off the unsigned receipt: its next
+        revision, priced again by `disputed`. None if this very dispute was made already.
+
+        The customer's word stands: nothing is charged without their signature, and
+        operations see every dispute by technician and store. Taking everything off is not a
+        dispute but a visit that did not happen: a complaint, which operations look into.
+        """
+        if self.status is ReceiptStatus.VOIDED:
+            raise Conflict(f"receipt {self.receipt_id} was withdrawn: {self.void_reason}")
+        said = [(code, quantity, reason) for code, quantity, reason in asked]
+        for earlier in self.disputes:
+            if earlier.shown_hash == shown_hash and said == [
+                (i.code, i.quantity, i.reason) for i in earlier.items
+            ]:
+                return None
+        if self.signed:
+            raise Conflict(
+                f"receipt {self.receipt_id} is signed: the customer accepted it; "
+                "a complaint about the visit is the way now"
+            )
+        if shown_hash != self.digest:
+            raise Conflict(
+                "the receipt hash does not match the current receipt: the customer disputed "
+                f"something else (current revision {self.revision}, hash {self.digest})",
+                field="receipt_hash",
+            )
+        lines = [line.model_copy() for line in self.lines]
+        items: list[DisputedItem] = []
+        for code, quantity, reason in said:
+            named = [line for line in lines if line.code == code]
+            if not named:
+                raise Unprocessable(f"{code} is not on the receipt", field="items")
+            kind = named[0].kind
+            if kind not in DISPUTABLE[reason]:
+                raise Unprocessable(
+                    f"{code} is a {kind}: '{reason.value}' is not said of a {kind}", field="items"
+                )
+            held = sum(line.quantity for line in named)
+            if quantity > held:
+                raise Unprocessable(
+                    f"the receipt has {held} of {code}, not {quantity} to take off", field="items"
+                )
+            amount, left = 0, quantity
+            for line in reversed(named):
+                taken = min(left, line.quantity)
+                per_unit = line.unit_price + line.surcharge
+                line.quantity -= taken
+                line.amount = per_unit * line.quantity
+                amount += per_unit * taken
+                left -= taken
+            items.append(
+                DisputedItem(
+                    code=code,
+                    name=named[0].name,
+                    kind=kind,
+                    quantity=quantity,
+                    amount=amount,
+                    reason=reason,
+                )
+            )
+        kept = [line for line in lines if line.quantity > 0]
+        if not kept:
+            raise Unprocessable(
+                "nothing would be left to sign: if the visit did not happen, complain about "
+                "a missed visit and operations will look into it",
+                field="items",
+            )
+        self.lines = kept
+        self.revision += 1
+        made = Dispute(shown_hash=shown_hash, revision=self.revision, items=items, at=at)
+        self.disputes.append(made)
+        self.disputed_at = made.at
+        return made
 
     def give_up(self, by: str, reason: str, at: datetime) -> WriteOff:
         """Write off what is still due: only on a signed receipt not paid in full, once a
@@ -604,6 +711,24 @@ def reprice(
     if fresh.content() == receipt.content():
         return None
     return fresh.model_copy(update={"revision": receipt.revision + 1})
+
+
+def disputed(
+    receipt: Receipt,
+    *,
+    shown_hash: str,
+    asked: Sequence[tuple[str, int, DisputeReason]],
+    holdings: Sequence[Holding],
+    coupons: Sequence[Coupon],
+    at: datetime,
+) -> tuple[Receipt, Dispute] | None:
+    """The receipt without what the customer disputed, priced again (a card's visit or a
+    coupon kept for what is left); None if this very dispute was made already."""
+    draft = receipt.model_copy(deep=True)
+    made = draft.dispute(shown_hash, asked, at)
+    if made is None:
+        return None
+    return price(draft, holdings, coupons, at), made
 
 
 def allocate_refund(receipt: Receipt, amount: int) -> list[RefundPart]:

@@ -26,7 +26,7 @@ from services.payments.ledger import Holding, Plan
 from services.payments.sealing import GENESIS, SealingKey, digest
 from shared.errors import Conflict, VersionMismatch
 from shared.keyring import KeyRing
-from shared.mongo import Database, Session, Versioned
+from shared.mongo import Database, Document, Session, Versioned
 from shared.settings import Settings
 from shared.time import utcnow
 
@@ -49,6 +49,12 @@ async def ensure_indexes(db: Database) -> None:
         [
             IndexModel([("booking_id", ASCENDING)], unique=True),
             IndexModel([("store_id", ASCENDING), ("chain_position", ASCENDING)]),
+            # Operations' list of disputed receipts: only those are in it.
+            IndexModel(
+                [("disputed_at", DESCENDING)],
+                name="disputed",
+                partialFilterExpression={"disputed_at": {"$type": "date"}},
+            ),
         ]
     )
     await db[HOLDINGS].create_indexes([IndexModel([("customer_id", ASCENDING)])])
@@ -104,6 +110,17 @@ class Receipts(Versioned[Receipt]):
         if result.matched_count != 1:
             raise VersionMismatch(f"{item.receipt_id} changed since it was read; read it again")
         item.version = seen + 1
+
+    async def disputed(
+        self, store_id: str | None, technician_id: str | None, limit: int
+    ) -> list[Receipt]:
+        """Receipts customers took items off, the latest dispute first."""
+        query: Document = {"disputed_at": {"$type": "date"}}
+        if store_id is not None:
+            query["store_id"] = store_id
+        if technician_id is not None:
+            query["technician_id"] = technician_id
+        return await self.find(query, sort=[("disputed_at", DESCENDING)], limit=limit)
 
     async def chain(self, store_id: str, limit: int = 10_000) -> list[Receipt]:
         return await self.find(

@@ -3,9 +3,10 @@
 from __future__ import annotations
 
 from datetime import datetime
+from enum import StrEnum
 from typing import Literal
 
-from pydantic import Field
+from pydantic import BaseModel, ConfigDict, Field
 
 from shared.events.envelope import EventPayload
 from shared.events.registry import event
@@ -42,6 +43,47 @@ class ReceiptVoided(EventPayload):
     store_id: str
     reason: str
     voided_at: datetime
+
+
+class DisputeReason(StrEnum):
+    NOT_DONE = "not_done"  # a service the technician did not perform
+    NOT_USED = "not_used"  # a product that was not used, nor left with the customer
+    FEWER = "fewer"  # fewer than recorded
+
+
+class DisputedItem(BaseModel):
+    """What the customer took off an unsigned receipt, and why (a reason, never their words:
+    the receipt is sealed and read by the technician and the store)."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    code: str
+    name: str
+    kind: str = Field(pattern=r"^(service|product)$")
+    quantity: int = Field(ge=1)
+    amount: MinorUnits = Field(description="What it came to on the receipt, surcharges included")
+    reason: DisputeReason
+
+
+@event("payments.receipt_disputed", version=1, stream=STREAM, key="booking_id")
+class ReceiptDisputed(EventPayload):
+    """Before signing, the customer took items they did not get off the receipt. Nothing is
+    charged without their signature, so the items are off: the receipt's next revision
+    (`content_hash`) is what they sign. The technician and the store hear of it."""
+
+    receipt_id: str
+    booking_id: str
+    customer_id: str
+    technician_id: str
+    store_id: str
+    revision: int = Field(ge=2)
+    items: list[DisputedItem] = Field(min_length=1)
+    taken_off: MinorUnits
+    total: MinorUnits = Field(description="The receipt's total now")
+    amount_due: MinorUnits
+    currency: Currency
+    content_hash: str
+    disputed_at: datetime
 
 
 @event("payments.receipt_signed", version=1, stream=STREAM, key="booking_id")

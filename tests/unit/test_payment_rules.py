@@ -24,6 +24,7 @@ from services.payments.fees import CancellationFee, FeeStatus, FeeStep
 from services.payments.ledger import REFUND_GRACE, EntryKind, Holding, Plan, PlanKind, Unit, sell
 from services.payments.provider import sign_webhook, webhook_is_authentic
 from shared.errors import Conflict, NotFound, Unprocessable
+from shared.events.payments import DisputeReason
 from shared.events.types import PricedLine
 
 NOW = datetime(2030, 5, 1, 8, 0, tzinfo=UTC)
@@ -207,6 +208,144 @@ def test_repricing_changes_the_receipt_only_when_what_it_depends_on_changed() ->
     assert fresh.prepaid == []
     assert fresh.amount_due == 2500
     assert fresh.digest != receipt.digest
+
+
+# ---------------------------------------------------------------- disputes --
+
+NOT_DONE, NOT_USED, FEWER = DisputeReason.NOT_DONE, DisputeReason.NOT_USED, DisputeReason.FEWER
+
+
+def dispute(
+    receipt: Receipt,
+    *asked: tuple[str, int, DisputeReason],
+    holdings: list[Holding] | None = None,
+    coupons: list[Coupon] | None = None,
+    shown: str | None = None,
+) -> tuple[Receipt, domain.Dispute] | None:
+    return domain.disputed(
+        receipt,
+        shown_hash=shown or receipt.digest,
+        asked=list(asked),
+        holdings=holdings or [],
+        coupons=coupons or [],
+        at=NOW,
+    )
+
+
+def test_a_disputed_item_comes_off_the_receipt_and_the_rest_is_priced_again() -> None:
+    package = holding(covers=["nails.manicure"])
+    receipt = issue(
+        [
+            line("nails.manicure", qty=3, surcharge=500),
+            line("nails.art"),
+            line("polish", 2, 900, 0, "product"),
+        ],
+        [package],
+        [coupon(500)],
+    )
+    made = dispute(
+        receipt,
+        ("nails.manicure", 1, FEWER),
+        ("polish", 2, NOT_USED),
+        holdings=[package],
+        coupons=[coupon(500)],
+    )
+    assert made is not None
+    fresh, taken = made
+    assert [(r.code, r.quantity, r.amount) for r in fresh.lines] == [
+        ("nails.manicure", 2, 6000),
+        ("nails.art", 1, 2500),
+    ]
+    assert [(i.code, i.quantity, i.amount, i.reason) for i in taken.items] == [
+        ("nails.manicure", 1, 3000, FEWER),
+        ("polish", 2, 1800, NOT_USED),
+    ]
+    assert fresh.subtotal == 8500
+    # The package still pays for the manicures left (at base price), the coupon the rest.
+    assert [(d.holding_id, d.units) for d in fresh.prepaid] == [("hd_1", 2)]
+    assert fresh.amount_due == 8500 - 5000 - 500
+    assert fresh.revision == receipt.revision + 1
+    assert fresh.disputed_at == NOW
+    # The customer signs the next revision: what was taken off is part of it, sealed.
+    assert fresh.digest != receipt.digest
+    assert fresh.content()["disputed"] == [
+        {
+            "code": "nails.manicure",
+            "name": "Nails.Manicure",
+            "kind": "service",
+            "quantity": 1,
+            "amount": 3000,
+            "reason": "fewer",
+        },
+        {
+            "code": "polish",
+            "name": "Polish",
+            "kind": "product",
+            "quantity": 2,
+            "amount": 1800,
+            "reason": "not_used",
+        },
+    ]
+    assert receipt.lines[0].quantity == 3  # the receipt read is not changed in place
+
+
+def test_a_receipt_nobody_disputed_reads_and_hashes_as_before() -> None:
+    receipt = issue([line("a"), line("b")])
+    assert "disputed" not in receipt.content()
+    assert set(receipt.content()) == domain.CONTENT_FIELDS
+
+
+def test_a_dispute_takes_from_every_line_of_an_item_the_last_first() -> None:
+    receipt = issue([line("a", qty=2), line("b"), line("a", qty=1, surcharge=1000)])
+    made = dispute(receipt, ("a", 2, NOT_DONE))
+    assert made is not None
+    fresh, taken = made
+    assert [(r.code, r.quantity, r.amount) for r in fresh.lines] == [("a", 1, 2500), ("b", 1, 2500)]
+    assert taken.items[0].amount == 3500 + 2500
+
+
+def test_a_dispute_the_receipt_cannot_bear_is_refused_and_changes_nothing() -> None:
+    receipt = issue([line("a", qty=2), line("polish", 1, 900, 0, "product")])
+    before = receipt.model_copy(deep=True)
+    for asked, match in [
+        (("zz", 1, NOT_DONE), "zz is not on the receipt"),
+        (("a", 3, FEWER), "has 2 of a, not 3"),
+        (("a", 1, NOT_USED), "a is a service"),
+        (("polish", 1, NOT_DONE), "polish is a product"),
+    ]:
+        with pytest.raises(Unprocessable, match=match):
+            dispute(receipt, asked)
+    with pytest.raises(Unprocessable, match="nothing would be left to sign"):
+        dispute(receipt, ("a", 2, NOT_DONE), ("polish", 1, NOT_USED))
+    assert receipt == before
+
+
+def test_a_dispute_names_the_receipt_shown_and_asked_again_changes_nothing() -> None:
+    receipt = issue([line("a", qty=2), line("b")])
+    with pytest.raises(Conflict, match="current revision 1"):
+        dispute(receipt, ("a", 1, FEWER), shown="0" * 64)
+    made = dispute(receipt, ("a", 1, FEWER))
+    assert made is not None
+    fresh, _ = made
+    # The same call again (a lost answer, retried) is the dispute made, not a second.
+    assert dispute(fresh, ("a", 1, FEWER), shown=receipt.digest) is None
+    # Another dispute of the revision shown first is stale.
+    with pytest.raises(Conflict, match="current revision 2"):
+        dispute(fresh, ("b", 1, NOT_DONE), shown=receipt.digest)
+    again = dispute(fresh, ("b", 1, NOT_DONE))
+    assert again is not None
+    assert [(r.code, r.quantity) for r in again[0].lines] == [("a", 1)]
+    assert [d.revision for d in again[0].disputes] == [2, 3]
+
+
+def test_a_signed_or_withdrawn_receipt_is_not_disputed() -> None:
+    signed = issue([line("a", qty=2)]).model_copy(update={"status": ReceiptStatus.SEALED})
+    with pytest.raises(Conflict, match="a complaint about the visit"):
+        dispute(signed, ("a", 1, FEWER))
+    voided = issue([line("a", qty=2)])
+    voided.void("booking cancelled", NOW)
+    with pytest.raises(Conflict, match="withdrawn: booking cancelled"):
+        dispute(voided, ("a", 1, FEWER))
 
 
 # ----------------------------------------------------------------- refunds --

@@ -142,6 +142,7 @@ async function loadBoard() {
   render();
   loadMap();
   loadCalls();
+  loadDisputes();
 }
 
 // At most one figures request a second, however busy the city: within a second of a change.
@@ -528,7 +529,7 @@ function tick() {
 }
 setInterval(tick, 1000);
 setInterval(() => { if (tokens() && !$("board-view").hidden) loadMap(); }, 15000);
-setInterval(() => { if (tokens() && !$("board-view").hidden) loadCalls(); }, 60000);
+setInterval(() => { if (tokens() && !$("board-view").hidden) { loadCalls(); loadDisputes(); } }, 60000);
 
 // Operations' alone: customers to call a week after a larger job (booking's call list, read
 // with the board and every minute; a call recorded takes its line off until it is due again).
@@ -548,6 +549,24 @@ async function loadCalls() {
     h("td", {}, String(c.calls.length)),
     h("td", {}, h("button", { type: "button", onclick: () => recordCall(c), "aria-label": `Record the call to ${c.customer_name} about booking ${c.booking_id}` }, "Record call…")))),
   "No calls due.", 6);
+}
+
+// Items customers took off receipts before signing (payments' list, read with the board and
+// every minute): operations see every store's, a store its own technicians'.
+const DISPUTES_SHOWN = 50;
+const REASONS = { not_done: "not done", not_used: "not used", fewer: "fewer" };
+async function loadDisputes() {
+  const res = await api(`/v1/receipt-disputes?limit=${DISPUTES_SHOWN}`);
+  if (!res.ok) return;
+  const disputed = await res.json();
+  fill("disputes", disputed.map((d) => h("tr", { "data-receipt": d.receipt_id },
+    h("td", {}, d.booking_id),
+    h("td", {}, d.technician_id, isOps() ? [h("br"), h("small", {}, `store ${d.store_id}`)] : null),
+    h("td", {}, d.disputes.flatMap((x) => x.items).map((i) => `${i.quantity} x ${i.name} (${REASONS[i.reason] || i.reason})`).join("; ")),
+    h("td", {}, money(d.taken_off, d.currency)),
+    h("td", {}, `${money(d.total, d.currency)}, ${label(d.status)}`),
+    h("td", {}, h("span", { "data-since": d.disputed_at }, "")))),
+  "Nothing taken off receipts lately.", 6);
 }
 
 // ------------------------------------------------------------------ actions --
