@@ -84,6 +84,10 @@ def _section(spec: EventSpec, consumers: list[str]) -> list[str]:
         "",
     ]
     for name, sub in schema.get("$defs", {}).items():
+        if "enum" in sub:  # a choice of values, not a model
+            values = ", ".join(f"`{v}`" for v in sub["enum"])
+            lines += [f"`{name}`: one of {values}.", ""]
+            continue
         lines += [f"`{name}`:", "", "| field | type | required | notes |", "|---|---|---|---|"]
         lines += [*_fields(sub), ""]
     return lines

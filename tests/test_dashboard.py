@@ -962,7 +962,7 @@ async def test_operations_and_the_store_see_what_a_customer_took_off_a_receipt(
         code="nails.manicure",
         name="Manicure",
         skill="nails",
-        quantity=2,
+        quantity=3,
         unit_price=2500,
         currency="EUR",
     )
@@ -996,9 +996,11 @@ async def test_operations_and_the_store_see_what_a_customer_took_off_a_receipt(
     await expect(row).to_be_visible(timeout=LIVE)
     await expect(row).to_contain_text(booking_id)
     await expect(row).to_contain_text(tech)
-    await expect(row).to_contain_text("1 x Manicure (not done)")
-    await expect(row).to_contain_text("25.00")
-    await expect(row).to_contain_text("issued")  # not signed yet
+    cells = row.locator("td")
+    await expect(cells.nth(2)).to_have_text("1 x Manicure (not done)")
+    await expect(cells.nth(3)).to_contain_text("25.00")  # what was taken off
+    await expect(cells.nth(4)).to_contain_text("50.00")  # the receipt now
+    await expect(cells.nth(4)).to_contain_text("issued")  # not signed yet
     await board.shot("15-taken-off-a-receipt")
     await board.assert_never_reloaded_nor_left_the_platform()
 

@@ -238,8 +238,9 @@ async def dispute(
 
 
 class DisputedReceipt(Forbid):
-    """A receipt a customer took items off before signing, as operations and its store see
-    it (no customer: what was taken off, from which technician's record)."""
+    """A receipt a customer took items off before signing, as operations and its store list
+    it: what was taken off, from which technician's record (who the customer is, the list
+    leaves out; the receipt itself names them, as to every reader of it)."""
 
     receipt_id: str
     booking_id: str

@@ -409,10 +409,10 @@ class Receipt(Forbid):
         if self.status is ReceiptStatus.VOIDED:
             raise Conflict(f"receipt {self.receipt_id} was withdrawn: {self.void_reason}")
         said = [(code, quantity, reason) for code, quantity, reason in asked]
-        for earlier in self.disputes:
-            if earlier.shown_hash == shown_hash and said == [
+        for earlier in self.disputes:  # in any order: each item is named once
+            if earlier.shown_hash == shown_hash and sorted(said) == sorted(
                 (i.code, i.quantity, i.reason) for i in earlier.items
-            ]:
+            ):
                 return None
         if self.signed:
             raise Conflict(
@@ -442,7 +442,8 @@ class Receipt(Forbid):
                     f"the receipt has {held} of {code}, not {quantity} to take off", field="items"
                 )
             amount, left = 0, quantity
-            for line in reversed(named):
+            # Nobody can tell which unit was not delivered: the dearest come off first.
+            for line in sorted(named, key=lambda n: n.unit_price + n.surcharge, reverse=True):
                 taken = min(left, line.quantity)
                 per_unit = line.unit_price + line.surcharge
                 line.quantity -= taken
@@ -460,7 +461,7 @@ class Receipt(Forbid):
                 )
             )
         kept = [line for line in lines if line.quantity > 0]
-        if not kept:
+        if not any(line.amount > 0 for line in kept):  # a free product left is not a visit
             raise Unprocessable(
                 "nothing would be left to sign: if the visit did not happen, complain about "
                 "a missed visit and operations will look into it",

@@ -293,15 +293,23 @@ def test_a_receipt_nobody_disputed_reads_and_hashes_as_before() -> None:
     receipt = issue([line("a"), line("b")])
     assert "disputed" not in receipt.content()
     assert set(receipt.content()) == domain.CONTENT_FIELDS
+    # Its hash as the code before disputes computed it (a customer looking at a receipt
+    # across the upgrade signs what they saw).
+    assert receipt.digest == "b508f68754dc9dde1b01dd6c0a8e921291eb7ef330b2cd2b2ca88506b62d89a1"
 
 
-def test_a_dispute_takes_from_every_line_of_an_item_the_last_first() -> None:
-    receipt = issue([line("a", qty=2), line("b"), line("a", qty=1, surcharge=1000)])
-    made = dispute(receipt, ("a", 2, NOT_DONE))
+def test_a_dispute_takes_the_dearest_units_of_an_item_off_first() -> None:
+    # Nobody can tell which unit was not delivered: the customer is given the benefit.
+    receipt = issue([line("a", qty=1, surcharge=1000), line("b"), line("a", qty=2)])
+    made = dispute(receipt, ("a", 1, NOT_DONE))
     assert made is not None
     fresh, taken = made
-    assert [(r.code, r.quantity, r.amount) for r in fresh.lines] == [("a", 1, 2500), ("b", 1, 2500)]
-    assert taken.items[0].amount == 3500 + 2500
+    assert [(r.code, r.quantity, r.amount) for r in fresh.lines] == [("b", 1, 2500), ("a", 2, 5000)]
+    assert taken.items[0].amount == 3500
+    both = dispute(receipt, ("a", 2, FEWER))
+    assert both is not None
+    assert [(r.code, r.quantity) for r in both[0].lines] == [("b", 1), ("a", 1)]
+    assert both[1].items[0].amount == 3500 + 2500
 
 
 def test_a_dispute_the_receipt_cannot_bear_is_refused_and_changes_nothing() -> None:
@@ -317,6 +325,10 @@ def test_a_dispute_the_receipt_cannot_bear_is_refused_and_changes_nothing() -> N
             dispute(receipt, asked)
     with pytest.raises(Unprocessable, match="nothing would be left to sign"):
         dispute(receipt, ("a", 2, NOT_DONE), ("polish", 1, NOT_USED))
+    # Nor is everything but a free sample: that is no visit either.
+    with_sample = issue([line("a"), line("sample", 1, 0, 0, "product")])
+    with pytest.raises(Unprocessable, match="nothing would be left to sign"):
+        dispute(with_sample, ("a", 1, NOT_DONE))
     assert receipt == before
 
 
@@ -329,6 +341,10 @@ def test_a_dispute_names_the_receipt_shown_and_asked_again_changes_nothing() -> 
     fresh, _ = made
     # The same call again (a lost answer, retried) is the dispute made, not a second.
     assert dispute(fresh, ("a", 1, FEWER), shown=receipt.digest) is None
+    two = issue([line("a", qty=2), line("b", qty=2)])
+    made_two = dispute(two, ("a", 1, FEWER), ("b", 1, FEWER))
+    assert made_two is not None  # retried with its items in another order: the same
+    assert dispute(made_two[0], ("b", 1, FEWER), ("a", 1, FEWER), shown=two.digest) is None
     # Another dispute of the revision shown first is stale.
     with pytest.raises(Conflict, match="current revision 2"):
         dispute(fresh, ("b", 1, NOT_DONE), shown=receipt.digest)
