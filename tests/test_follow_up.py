@@ -5,6 +5,7 @@ clock (moved forward here), across a kill -9, as the customer chose when it fall
 from __future__ import annotations
 
 import uuid
+from collections.abc import Awaitable, Callable
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
@@ -15,6 +16,7 @@ from pymongo import AsyncMongoClient
 
 from shared.events.booking import FollowUpDue
 from shared.events.dispatch import TechnicianAssigned
+from shared.events.reviews import ComplaintOpened
 from shared.events.types import PricedLine
 from shared.mongo import Document
 from tests.conftest import Platform
@@ -61,7 +63,9 @@ async def complete_visit(
     customer: str,
     code: str,
     quantity: int,
+    before: Callable[[str], Awaitable[None]] | None = None,
 ) -> str:
+    """Booked, assigned and completed; `before` runs on the booking before the completion."""
     made = await booking.post(
         "/bookings", json=booking_body(customer, code, quantity=quantity), headers=OPS
     )
@@ -79,6 +83,8 @@ async def complete_visit(
             badge_number="LX-3001",
         ),
     )
+    if before is not None:
+        await before(booking_id)
     line = PricedLine(
         code=code, name="Water filter", quantity=quantity, unit_price=2500, currency="EUR"
     )
@@ -265,6 +271,95 @@ async def test_a_visit_is_followed_up_as_the_customer_chose_when_each_falls_due(
         customer,
     )
     assert care.due_at == datetime.fromisoformat(plan["next_due_at"])
+
+
+def complaint(booking_id: str, customer: str) -> ComplaintOpened:
+    now = datetime.now(UTC)
+    return ComplaintOpened(
+        complaint_id=f"cmp_{uuid.uuid4().hex[:16]}",
+        booking_id=booking_id,
+        customer_id=customer,
+        technician_id=None,
+        store_id="store_frio",
+        category="quality",
+        severity="normal",
+        channel="app",
+        tier="agent",
+        first_response_due=now + timedelta(hours=4),
+        resolution_due=now + timedelta(days=3),
+    )
+
+
+async def test_a_visit_complained_about_gets_no_thank_you_nor_call_whichever_came_first(
+    infra: Infra, kafka_producer: AIOKafkaProducer
+) -> None:
+    """A complaint's handling is the visit's follow-up: no "we hope you enjoyed it" and no
+    courtesy call on top, whether the complaint came before the visit was completed, or
+    after its call was on operations' list. The check three months on still stands."""
+    prefix = new_prefix()
+    booking = ServiceProcess("booking", infra, prefix)
+    booking.start(DOORSTEP_TEST_CLOCK="1")
+    customer, code = unique("cus_"), f"appliance.{unique('filter-')}"
+
+    async def complain(booking_id: str) -> None:
+        await publish_event(kafka_producer, prefix, complaint(booking_id, customer))
+
+    async def of_booking(api: httpx.AsyncClient, booking_id: str) -> dict[str, str]:
+        found = await get_json(api, f"/customers/{customer}/follow-ups", as_customer(customer))
+        return {f["kind"]: f["status"] for f in found or [] if f["booking_id"] == booking_id}
+
+    async def decided(api: httpx.AsyncClient, booking_id: str, kind: str) -> str:
+        """What became of the visit's follow-up of this kind once it fell due."""
+
+        async def probe() -> str | None:
+            status = (await of_booking(api, booking_id))[kind]
+            return status if status != "scheduled" else None
+
+        found: str = await eventually(probe, what=f"{kind} of {booking_id} decided")
+        return found
+
+    try:
+        async with direct(booking.url) as api:
+            await care_item(api, code, every_days=90)
+            await seed_customer(api, customer)
+            # Late, say: complained about before the technician finished.
+            first = await complete_visit(
+                kafka_producer, prefix, api, customer, code, 3, before=complain
+            )
+            later = await complete_visit(kafka_producer, prefix, api, customer, code, 3)
+
+            async def scheduled() -> Any:
+                both = (await of_booking(api, first), await of_booking(api, later))
+                return both if all(len(f) == 3 for f in both) else None
+
+            await eventually(scheduled, what="both visits' follow-ups scheduled")
+
+            await api.post("/testing/clock", json={"advance_s": 2 * DAY})
+            assert await decided(api, later, "thank_you") == "sent"
+            assert await decided(api, first, "thank_you") == "skipped"
+
+            await api.post("/testing/clock", json={"advance_s": 6 * DAY})
+            assert await decided(api, later, "call_after_week") == "to_call"
+            assert await decided(api, first, "call_after_week") == "skipped"
+            listed = {c["booking_id"] for c in await get_json(api, "/follow-ups/calls", OPS)}
+            assert later in listed
+            assert first not in listed
+            # The later visit complained about while its call waits on the list: off it.
+            await complain(later)
+
+            async def off_the_list() -> Any:
+                calls = await get_json(api, "/follow-ups/calls", OPS)
+                return later not in {c["booking_id"] for c in calls} or None
+
+            await eventually(off_the_list, what="the call off operations' list")
+            assert await of_booking(api, later) == {
+                "thank_you": "sent",  # before the complaint: nothing to take back
+                "call_after_week": "skipped",
+                "check_after_three_months": "scheduled",
+            }
+            assert (await of_booking(api, first))["check_after_three_months"] == "scheduled"
+    finally:
+        booking.stop()
 
 
 async def test_a_plan_stopped_or_booked_already_sends_no_reminder_until_the_visit_is_cancelled(

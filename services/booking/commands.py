@@ -17,6 +17,7 @@ from services.booking.storage import (
     Bookings,
     CarePlans,
     Catalogue,
+    ComplainedVisits,
     Customers,
     FollowUps,
     Regions,
@@ -250,8 +251,9 @@ async def follow_ups_due(tx: Transaction, booking_id: str) -> None:
     due = await store.due(booking_id, now, tx.session)
     if due:
         choices = await choices_of(tx, due[0].customer_id)
+        complained = await ComplainedVisits(tx.db).about(booking_id, tx.session)
         for follow_up in due:
-            if not follow_up.fall_due(choices, now):
+            if not follow_up.fall_due(choices, now, complained):
                 continue
             await store.save(follow_up, tx.session)
             if follow_up.status is not FollowUpStatus.SKIPPED:
@@ -269,6 +271,14 @@ async def follow_ups_due(tx: Transaction, booking_id: str) -> None:
     later = await store.next_due(booking_id, tx.session)
     if later is not None:
         await set_timer(tx, FOLLOW_UPS, booking_id, later)
+
+
+async def complained(tx: Transaction, booking_id: str, complaint_id: str) -> None:
+    """A complaint about the visit: no thank-you or call after it (`QUIET_AFTER_COMPLAINT`),
+    whether they are scheduled already or not yet (the complaint came first)."""
+    now = utcnow()
+    await ComplainedVisits(tx.db).note(booking_id, complaint_id, now, tx.session)
+    await FollowUps(tx.db).calls_after_complaint(booking_id, now, tx.session)
 
 
 async def care_reminder_due(tx: Transaction, plan_id: str) -> None:

@@ -87,6 +87,12 @@ class CallRecord(BaseModel):
     note: str = ""  # operations' own: never shown to the customer
 
 
+# A complaint about the visit is followed up by its handling: a thank-you ("we hope you
+# enjoyed it") or a courtesy call on top would jar. The check three months on still asks
+# how things are (after a redo too).
+QUIET_AFTER_COMPLAINT = frozenset({FollowUpKind.THANK_YOU, FollowUpKind.CALL_AFTER_WEEK})
+
+
 class FollowUp(BaseModel):
     """One step after one visit."""
 
@@ -105,12 +111,13 @@ class FollowUp(BaseModel):
     version: int = 0
     created_at: datetime
 
-    def fall_due(self, choices: FollowUpChoices, now: datetime) -> bool:
-        """Sent, listed for a call, or skipped as the customer now wants. True when it
-        changed (a scheduled one only: firing again changes nothing)."""
+    def fall_due(self, choices: FollowUpChoices, now: datetime, complained: bool = False) -> bool:
+        """Sent, listed for a call, or skipped as the customer now wants (and, after a
+        complaint about the visit, as `AFTER_COMPLAINT` says). True when it changed (a
+        scheduled one only: firing again changes nothing)."""
         if self.status is not FollowUpStatus.SCHEDULED:
             return False
-        if not choices.wants(self.kind):
+        if not choices.wants(self.kind) or (complained and self.kind in QUIET_AFTER_COMPLAINT):
             self.status = FollowUpStatus.SKIPPED
         elif self.kind is FollowUpKind.CALL_AFTER_WEEK:
             self.status = FollowUpStatus.TO_CALL
@@ -145,7 +152,8 @@ class FollowUp(BaseModel):
             self.due_at = local_morning(now, 1, zone)
 
     def not_wanted(self, now: datetime) -> bool:
-        """The customer turned its kind off while it waited on a list: skipped now."""
+        """Taken off operations' list while it waited there (the customer turned calls off,
+        or complained about the visit): skipped now."""
         if self.status is not FollowUpStatus.TO_CALL:
             return False
         self.status, self.decided_at = FollowUpStatus.SKIPPED, now

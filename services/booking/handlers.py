@@ -16,6 +16,7 @@ from services.booking.commands import (
     after_visit,
     care_reminder_due,
     change,
+    complained,
     follow_ups_due,
     place,
 )
@@ -56,7 +57,7 @@ from shared.events.payments import (
     ReceiptSigned,
     WriteOffReversed,
 )
-from shared.events.reviews import RedoRequested, RedoRequestedV1
+from shared.events.reviews import ComplaintOpened, RedoRequested, RedoRequestedV1
 from shared.outbox import Transaction
 from shared.time import utcnow
 from shared.timers import Timer, TimerContext, Timers
@@ -279,6 +280,11 @@ async def redo_requested(tx: Transaction, event: RedoRequestedV1) -> None:
     if await Bookings(tx.db).get(redo.booking_id, tx.session) is not None:
         return  # the remedy redelivered: one redo
     await place(tx, redo)
+
+
+@handlers.on(ComplaintOpened)
+async def complaint_opened(tx: Transaction, event: ComplaintOpened) -> None:
+    await complained(tx, event.booking_id, event.complaint_id)
 
 
 @timers.on(FOLLOW_UPS)

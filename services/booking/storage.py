@@ -24,6 +24,8 @@ CUSTOMERS = "customers"
 BOOKINGS = "bookings"
 FOLLOW_UPS = "follow_ups"
 CARE_PLANS = "care_plans"
+COMPLAINED = "complained_visits"  # bookings a complaint was opened about (their follow-ups)
+COMPLAINED_KEPT_S = 120 * 24 * 3600
 
 Session = AsyncClientSession | None
 
@@ -76,6 +78,11 @@ async def ensure_indexes(db: Database) -> None:
         ]
     )
     await db[CARE_PLANS].create_indexes([IndexModel([("customer_id", ASCENDING)])])
+    # Read while the visit's thank-you and call may still fall due (the longest: a call
+    # tried three mornings, a week after a visit a complaint came weeks before).
+    await db[COMPLAINED].create_indexes(
+        [IndexModel("at", name="expire", expireAfterSeconds=COMPLAINED_KEPT_S)]
+    )
 
 
 class ConcurrentUpdate(Conflict):
@@ -358,8 +365,16 @@ class FollowUps(Versioned[FollowUp]):
 
     async def calls_not_wanted(self, customer_id: str, now: datetime, session: Session) -> None:
         """The customer turned calls off: off operations' list now, not at the next try."""
+        await self._off_the_list({"customer_id": customer_id}, now, session)
+
+    async def calls_after_complaint(self, booking_id: str, now: datetime, session: Session) -> None:
+        """A complaint about the visit: its call is off operations' list (the complaint's
+        handling is the call now)."""
+        await self._off_the_list({"booking_id": booking_id}, now, session)
+
+    async def _off_the_list(self, query: Document, now: datetime, session: Session) -> None:
         for follow_up in await self.find(
-            {"customer_id": customer_id, "status": FollowUpStatus.TO_CALL.value}, session
+            {**query, "status": FollowUpStatus.TO_CALL.value}, session
         ):
             if follow_up.not_wanted(now):
                 await self.save(follow_up, session)
@@ -369,6 +384,27 @@ class FollowUps(Versioned[FollowUp]):
         if region is not None:
             query["region"] = region
         return await self.find(query, sort=[("due_at", ASCENDING)], limit=limit)
+
+
+class ComplainedVisits:
+    """Bookings a complaint was opened about: heard before or after the visit's follow-ups
+    were scheduled, read when each falls due."""
+
+    def __init__(self, db: Database) -> None:
+        self.col = db[COMPLAINED]
+
+    async def note(
+        self, booking_id: str, complaint_id: str, at: datetime, session: Session
+    ) -> None:
+        await self.col.update_one(
+            {"_id": booking_id},
+            {"$setOnInsert": {"complaint_id": complaint_id, "at": at}},
+            upsert=True,
+            session=session,
+        )
+
+    async def about(self, booking_id: str, session: Session) -> bool:
+        return await self.col.find_one({"_id": booking_id}, {"_id": 1}, session=session) is not None
 
 
 class CarePlans(Versioned[CarePlan]):

@@ -116,6 +116,21 @@ def test_a_wanted_follow_up_is_sent_or_put_on_operations_call_list() -> None:
     assert by_kind[K.CALL_AFTER_WEEK].status is St.TO_CALL
 
 
+def test_a_visit_complained_about_is_not_thanked_nor_called_but_still_checked() -> None:
+    by_kind = {f.kind: f for f in after_visit(visit(3), DONE, LISBON)}
+    for follow_up in by_kind.values():
+        assert follow_up.fall_due(FollowUpChoices(), DONE + timedelta(days=1), complained=True)
+    assert by_kind[K.THANK_YOU].status is St.SKIPPED
+    assert by_kind[K.CALL_AFTER_WEEK].status is St.SKIPPED
+    assert by_kind[K.CHECK_AFTER_THREE_MONTHS].status is St.SENT
+    # A call listed before the complaint came is taken off the list.
+    listed = next(f for f in after_visit(visit(3), DONE, LISBON) if f.kind is K.CALL_AFTER_WEEK)
+    listed.fall_due(FollowUpChoices(), listed.due_at)
+    assert listed.status is St.TO_CALL
+    assert listed.not_wanted(listed.due_at)
+    assert listed.status.value == "skipped"  # by value: mypy keeps TO_CALL across the call
+
+
 def test_a_call_unanswered_is_tried_the_next_day_until_the_last_attempt() -> None:
     call = next(f for f in after_visit(visit(3), DONE, LISBON) if f.kind is K.CALL_AFTER_WEEK)
     with pytest.raises(Conflict):  # not on the list before it is due
