@@ -608,6 +608,7 @@ async def measure(
                 prepaid=0.2,
                 cash=0,  # every customer has a good card, as in the runs recorded before
                 declined=0,
+                over_record=0,
             ),
         )
         city = City(plan)

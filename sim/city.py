@@ -75,6 +75,9 @@ class Shares:
     declined: float = 0.05
     # Complaints whose first resolution the customer turns down (the next tier's they take).
     reject_resolution: float = 0.2
+    # Visits where the technician records one more than they did: the customer, who booked
+    # one, takes it off the receipt before signing.
+    over_record: float = 0.03
 
 
 @dataclass(frozen=True)
@@ -535,6 +538,7 @@ class City:
             counts["halted" if self.halted(booking_id) else "errors"] += 1
             return
         counts["completed"] += 1
+        receipt = await self.take_off_what_was_not_done(customer, receipt)
         due = await self.sign(customer, booking_id, receipt)
         counts["signed"] += 1
         self.outcomes.signed.append(booking_id)
@@ -603,6 +607,33 @@ class City:
             raise CityStopped
         counts["complaints_unsettled"] += 1
         log.warning("complaint %s: no resolution within %.0f s", complaint_id, within_s)
+
+    async def take_off_what_was_not_done(
+        self, customer: Customer, receipt: dict[str, Any], tries: int = 3
+    ) -> dict[str, Any]:
+        """The customer booked one of a service: more of it on the receipt was not done, and
+        they take it off before signing. The receipt as it reads after (a retry whose first
+        try landed is the same dispute; a receipt re-priced meanwhile is read again)."""
+        url = f"/v1/receipts/{receipt['receipt_id']}"
+        for _ in range(tries):
+            extra = [
+                {"code": line["code"], "quantity": line["quantity"] - 1, "reason": "fewer"}
+                for line in receipt["lines"]
+                if line["quantity"] > 1
+            ]
+            if not extra:
+                return receipt
+            taken = await customer.caller.call(
+                "POST",
+                f"{url}/dispute",
+                json={"receipt_hash": receipt["content_hash"], "items": extra},
+                ok=(200, 409),
+            )
+            if taken.status_code == 200:
+                self.outcomes.counts["receipts_disputed"] += 1
+                return dict(taken.json())
+            receipt = dict(await customer.caller.json("GET", url))
+        return receipt
 
     async def sign(self, customer: Customer, booking_id: str, receipt: dict[str, Any]) -> int:
         """Sign the receipt as shown; what is left to pay (a package may have paid it all)."""
@@ -969,6 +1000,8 @@ class City:
     async def finish(self, t: Technician, booking_id: str, job: dict[str, Any]) -> None:
         await self.pause(0.5, 1.5)
         performed = [{"code": line["code"], "quantity": line["quantity"]} for line in job["lines"]]
+        if self.rng.random() < self.plan.shares.over_record:
+            performed[0]["quantity"] += 1
         await t.caller.call(
             "POST", f"/v1/visits/{booking_id}/complete", json={"performed": performed}
         )

@@ -54,6 +54,7 @@ async def test_simulated_journeys_end_signed_and_sealed_through_the_gateway(
             prepaid=0.5,
             cash=0,
             reject_resolution=1,  # the first resolution turned down, the next tier's taken
+            over_record=0,
         ),
         desk_every_s=0.5,
     )

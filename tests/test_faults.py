@@ -203,6 +203,7 @@ async def test_journeys_survive_kill_9_of_every_service_and_restarts_of_kafka_an
             prepaid=0.4,
             cash=0.15,  # no card on file: the technician collects at the door
             declined=0.1,  # told of the decline, they pay with another card in the app
+            over_record=0.1,  # one recorded too many: the customer takes it off, then signs
         ),
     )
     city = City(plan)
@@ -274,6 +275,22 @@ async def test_journeys_survive_kill_9_of_every_service_and_restarts_of_kafka_an
     )
     assert len(seals) == len(outcomes.signed), (len(seals), len(outcomes.signed))
     assert max(seals.values()) == 1, seals.most_common(3)
+
+    # What customers took off (one recorded too many), on record once each: one dispute and
+    # one event per receipt, every line back to the one booked.
+    disputed = [r for r in receipts if r.get("disputes")]
+    assert len(disputed) == counts["receipts_disputed"], (len(disputed), counts)
+    assert all(len(r["disputes"]) == 1 for r in disputed)
+    assert all(line["quantity"] == 1 for r in disputed for line in r["lines"])
+    dispute_events = Counter(
+        [
+            d["key"]
+            async for d in payments_db["outbox"].find(
+                {"type": "payments.receipt_disputed", "key": {"$in": outcomes.booked}}
+            )
+        ]
+    )
+    assert dispute_events == Counter(r["booking_id"] for r in disputed), dispute_events
 
     # No prepaid card drawn twice for one receipt.
     draws: Counter[tuple[str, str]] = Counter()
@@ -442,6 +459,7 @@ async def test_journeys_survive_kill_9_of_every_service_and_restarts_of_kafka_an
             "outcomes": dict(counts),
             "bookings_final": dict(states),
             "receipts_checked": len(receipts),
+            "receipts_disputed": len(disputed),
             "receipts_of_cancelled_bookings_voided": voided,
             "seal_events": sum(seals.values()),
             "prepaid_draws_checked": sum(draws.values()),
