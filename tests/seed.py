@@ -24,6 +24,7 @@ from services.gateway.storage import (
 )
 from shared.auth import Actor, Role
 from shared.events.dispatch import ServiceCompleted
+from shared.events.reviews import ComplaintOpened
 from shared.events.types import PricedLine
 from shared.mongo import Document
 from tests.harness import eventually
@@ -267,6 +268,31 @@ def service_completed(
                 currency="EUR",
             )
         ],
+    )
+
+
+def complaint_opened(
+    booking_id: str,
+    customer_id: str,
+    *,
+    complaint_id: str | None = None,
+    store_id: str | None = None,
+) -> ComplaintOpened:
+    """Reviews' fact that a customer complained about a booking (a quality matter, in the
+    app), as booking and the gateway receive it."""
+    now = datetime.now(UTC)
+    return ComplaintOpened(
+        complaint_id=complaint_id or f"cmp_{uuid.uuid4().hex[:16]}",
+        booking_id=booking_id,
+        customer_id=customer_id,
+        technician_id=None,
+        store_id=store_id,
+        category="quality",
+        severity="low",
+        channel="app",
+        tier="agent",
+        first_response_due=now + timedelta(hours=1),
+        resolution_due=now + timedelta(days=1),
     )
 
 

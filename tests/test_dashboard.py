@@ -49,7 +49,7 @@ from tests.seed import (
     seed_technician,
     service_completed,
 )
-from tests.test_payments_service import cancelled, fee_is
+from tests.test_payments_service import cancelled, fee_is, issued
 from tests.test_reviews_service import a_refund_not_made
 
 pytestmark = pytest.mark.integration
@@ -974,12 +974,7 @@ async def test_operations_and_the_store_see_what_a_customer_took_off_a_receipt(
         ),
     )
     async with platform.client("payments") as payments:
-        shown = await eventually(
-            lambda: get_json(
-                payments, "/receipts", headers=as_customer(customer), booking_id=booking_id
-            ),
-            what="the receipt",
-        )
+        shown = await issued(payments, booking_id, customer)
         taken = await payments.post(
             f"/receipts/{shown['receipt_id']}/dispute",
             json={

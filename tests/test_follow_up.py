@@ -16,7 +16,6 @@ from pymongo import AsyncMongoClient
 
 from shared.events.booking import FollowUpDue
 from shared.events.dispatch import TechnicianAssigned
-from shared.events.reviews import ComplaintOpened
 from shared.events.types import PricedLine
 from shared.mongo import Document
 from tests.conftest import Platform
@@ -26,6 +25,7 @@ from tests.seed import (
     OPS,
     as_customer,
     booking_body,
+    complaint_opened,
     get_json,
     seed_customer,
     seed_item,
@@ -273,23 +273,6 @@ async def test_a_visit_is_followed_up_as_the_customer_chose_when_each_falls_due(
     assert care.due_at == datetime.fromisoformat(plan["next_due_at"])
 
 
-def complaint(booking_id: str, customer: str) -> ComplaintOpened:
-    now = datetime.now(UTC)
-    return ComplaintOpened(
-        complaint_id=f"cmp_{uuid.uuid4().hex[:16]}",
-        booking_id=booking_id,
-        customer_id=customer,
-        technician_id=None,
-        store_id="store_frio",
-        category="quality",
-        severity="normal",
-        channel="app",
-        tier="agent",
-        first_response_due=now + timedelta(hours=4),
-        resolution_due=now + timedelta(days=3),
-    )
-
-
 async def test_a_visit_complained_about_gets_no_thank_you_nor_call_whichever_came_first(
     infra: Infra, kafka_producer: AIOKafkaProducer
 ) -> None:
@@ -302,7 +285,7 @@ async def test_a_visit_complained_about_gets_no_thank_you_nor_call_whichever_cam
     customer, code = unique("cus_"), f"appliance.{unique('filter-')}"
 
     async def complain(booking_id: str) -> None:
-        await publish_event(kafka_producer, prefix, complaint(booking_id, customer))
+        await publish_event(kafka_producer, prefix, complaint_opened(booking_id, customer))
 
     async def of_booking(api: httpx.AsyncClient, booking_id: str) -> dict[str, str]:
         found = await get_json(api, f"/customers/{customer}/follow-ups", as_customer(customer))

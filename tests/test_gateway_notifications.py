@@ -8,7 +8,7 @@ import asyncio
 import contextlib
 import json
 import uuid
-from datetime import UTC, date, datetime, timedelta
+from datetime import UTC, date, datetime
 from typing import Any
 
 import httpx
@@ -19,7 +19,7 @@ from pymongo import AsyncMongoClient
 from shared.auth import Actor, Role
 from shared.events.booking import FollowUpDue
 from shared.events.dispatch import SafetyAlert
-from shared.events.reviews import ComplaintClosed, ComplaintEscalated, ComplaintOpened
+from shared.events.reviews import ComplaintClosed, ComplaintEscalated
 from shared.mongo import Document
 from tests.conftest import Platform
 from tests.harness import eventually, publish
@@ -28,6 +28,7 @@ from tests.seed import (
     accept_offer,
     bearer,
     booking_body,
+    complaint_opened,
     gateway_token,
     seed_customer,
     seed_item,
@@ -116,19 +117,7 @@ async def test_a_complaints_escalation_and_closing_reach_its_customer_when_the_b
     dropped. The opening names them, so the customer hears both."""
     customer, booking_id = f"cus_{uuid.uuid4().hex[:8]}", f"bk_{uuid.uuid4().hex[:8]}"
     complaint_id, now = f"cmp_{uuid.uuid4().hex[:8]}", datetime.now(UTC)
-    opened = ComplaintOpened(
-        complaint_id=complaint_id,
-        booking_id=booking_id,
-        customer_id=customer,
-        technician_id=None,
-        store_id=None,
-        category="quality",
-        severity="low",
-        channel="app",
-        tier="agent",
-        first_response_due=now + timedelta(hours=1),
-        resolution_due=now + timedelta(days=1),
-    )
+    opened = complaint_opened(booking_id, customer, complaint_id=complaint_id)
     escalated = ComplaintEscalated(
         complaint_id=complaint_id,
         booking_id=booking_id,

@@ -112,6 +112,16 @@ async def issued(payments: httpx.AsyncClient, booking_id: str, customer: str) ->
     )
 
 
+async def until_settled(infra: Infra, platform: Platform, booking_id: str) -> list[Any]:
+    """Payments' events about the booking, once it says the visit is paid."""
+    return await keyed_events(
+        infra,
+        f"{platform.prefix}.payments.events",
+        booking_id,
+        until=lambda found: "payments.payment_settled" in {e["type"] for e in found},
+    )
+
+
 def drawn_signature() -> dict[str, Any]:
     drawing = uuid.uuid4().bytes * 40  # the strokes the customer drew
     return {
@@ -246,12 +256,7 @@ async def test_a_completed_visit_is_receipted_signed_sealed_drawn_charged_and_cl
         verify_offline([str(tmp_path / "receipt.json"), "--keys", str(tmp_path / "keys.json")]) == 1
     )
 
-    events = await keyed_events(
-        infra,
-        f"{platform.prefix}.payments.events",
-        booking_id,
-        until=lambda found: "payments.payment_settled" in {e["type"] for e in found},
-    )
+    events = await until_settled(infra, platform, booking_id)
     assert [e["type"] for e in events] == [
         "payments.receipt_issued",
         "payments.receipt_sealed",
@@ -784,12 +789,7 @@ async def test_a_customer_takes_what_they_did_not_get_off_the_receipt_and_signs_
         check = (await payments.post("/receipts/verify", json=sealed)).json()
         assert check == {"valid": True, "problems": [], "matches_record": True}
 
-        events = await keyed_events(
-            infra,
-            f"{platform.prefix}.payments.events",
-            booking_id,
-            until=lambda found: "payments.payment_settled" in {e["type"] for e in found},
-        )
+        events = await until_settled(infra, platform, booking_id)
         assert [e["type"] for e in events] == [
             "payments.receipt_issued",
             "payments.receipt_disputed",
@@ -894,12 +894,7 @@ async def test_a_customer_who_removed_their_card_pays_cash_the_technician_is_tol
         by_package = await issued(payments, covered, customer)
         assert by_package["amount_due"] == 0, by_package
         assert (await sign(payments, by_package, customer)).status_code == 200
-        settled_events = await keyed_events(
-            infra,
-            f"{platform.prefix}.payments.events",
-            covered,
-            until=lambda found: "payments.payment_settled" in {e["type"] for e in found},
-        )
+        settled_events = await until_settled(infra, platform, covered)
         assert "payments.cash_due" not in {e["type"] for e in settled_events}
 
         paid = await api.post(
