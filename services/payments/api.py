@@ -88,6 +88,14 @@ async def readable(runtime: RuntimeDep, actor: Actor, receipt_id: str) -> Receip
     return receipt
 
 
+async def customers_own(runtime: Runtime, actor: Actor, receipt_id: str, does: str) -> Receipt:
+    """The receipt, for what only its booking's customer does to it (signs, disputes)."""
+    receipt = await readable(runtime, actor, receipt_id)
+    if actor.role is not Role.CUSTOMER or actor.subject != receipt.customer_id:
+        raise Forbidden(f"only the booking's customer {does} its receipt")
+    return receipt
+
+
 class ReceiptView(Receipt):
     """A receipt with the hash the customer's signature must name."""
 
@@ -174,9 +182,7 @@ def _is_hex64(text: str) -> bool:
 async def sign(
     receipt_id: PathId, body: SignIn, runtime: RuntimeDep, actor: ActorDep
 ) -> ReceiptView:
-    receipt = await readable(runtime, actor, receipt_id)
-    if actor.role is not Role.CUSTOMER or actor.subject != receipt.customer_id:
-        raise Forbidden("only the booking's customer signs its receipt")
+    receipt = await customers_own(runtime, actor, receipt_id, "signs")
     if abs((body.signature.signed_at - utcnow()).total_seconds()) > 600:
         raise Unprocessable("signed_at is not the time of signing", field="signature.signed_at")
     await priced_now(runtime, receipt)  # a receipt that changed must be looked at again
@@ -226,9 +232,7 @@ class DisputeIn(Forbid):
 async def dispute(
     receipt_id: PathId, body: DisputeIn, runtime: RuntimeDep, actor: ActorDep
 ) -> ReceiptView:
-    receipt = await readable(runtime, actor, receipt_id)
-    if actor.role is not Role.CUSTOMER or actor.subject != receipt.customer_id:
-        raise Forbidden("only the booking's customer disputes its receipt")
+    receipt = await customers_own(runtime, actor, receipt_id, "disputes")
     await priced_now(runtime, receipt)  # a receipt that changed must be looked at again
     asked = [(item.code, item.quantity, item.reason) for item in body.items]
     disputed = await runtime.uow.run(
@@ -282,13 +286,8 @@ async def list_disputes(
     technician_id: Annotated[str | None, Query(min_length=1, max_length=64)] = None,
     limit: Annotated[int, Query(ge=1, le=500)] = 100,
 ) -> list[DisputedReceipt]:
-    if actor.role is Role.STORE:
-        if store_id not in (None, actor.store_id):
-            raise Forbidden("a store sees the disputes of its own technicians' receipts")
-        store_id = actor.store_id
-    elif not actor.is_ops:
-        raise Forbidden("disputed receipts are operations' and the store's to look into")
-    found = await Receipts(runtime.db).disputed(store_id, technician_id, limit)
+    scope = actor.store_scope(store_id, what="the list of disputed receipts").get("store_id")
+    found = await Receipts(runtime.db).disputed(scope, technician_id, limit)
     return [DisputedReceipt.of(receipt) for receipt in found]
 
 
