@@ -21,10 +21,10 @@ Session = AsyncClientSession | None
 
 def without_unset(doc: Document, later: tuple[str, ...]) -> Document:
     """`doc` without those of the `later` fields (newer than replicas that may still run in a
-    rolling deploy) that are unset: a replica from before refuses a field it does not know,
-    so a field is stored only once it says something."""
+    rolling deploy) that are unset (None, or an empty list): a replica from before refuses a
+    field it does not know, so a field is stored only once it says something."""
     for field in later:
-        if doc.get(field) is None:
+        if doc.get(field) in (None, []):
             doc.pop(field, None)
     return doc
 

@@ -78,6 +78,8 @@ class Shares:
     # Visits where the technician records one more than they did: the customer, who booked
     # one, takes it off the receipt before signing.
     over_record: float = 0.03
+    # Customers who took something off the receipt complain more often than the rest.
+    complaint_after_dispute: float = 0.3
 
 
 @dataclass(frozen=True)
@@ -547,7 +549,8 @@ class City:
         await self.pay(customer, booking_id, receipt["receipt_id"], due)
         if self.rng.random() < shares.review:
             await self.review(me, booking_id)
-        if self.rng.random() < shares.complaint:
+        disputed = bool(receipt.get("disputes"))
+        if self.rng.random() < (shares.complaint_after_dispute if disputed else shares.complaint):
             key = uuid.uuid4().hex  # every retry files it once
             filed = await self.once_known(
                 lambda: me.call(

@@ -26,6 +26,8 @@ from shared.events.dispatch import (
 )
 from shared.events.envelope import Envelope, EventPayload
 from shared.events.payments import (
+    DisputedItem,
+    DisputeReason,
     ProviderAnswered,
     ProviderNotAnswering,
     ReceiptSigned,
@@ -37,9 +39,11 @@ from shared.events.reviews import (
     ComplaintUpdated,
     ComplaintUpdatedV1,
     ComplaintUpdatedV2,
+    ComplaintUpdatedV3,
     RemedyState,
     RemedyStateV1,
     ReviewSubmitted,
+    TakenOffReceipt,
 )
 from shared.events.types import GeoPoint, PricedLine
 from shared.mongo import Database, Document
@@ -564,6 +568,23 @@ async def test_a_remedy_made_twice_holds_its_complaint_on_operations_board_until
     )
     rows, _ = await board.complaints(p.db, OPS, MIDNIGHT, limit=100)
     assert "c_v2" in {r.complaint_id for r in rows}
+
+    # Version 4 says what the customer took off the receipt; a later version 3 (a reviews
+    # replica from before, mid-upgrade) says nothing of it: the row keeps it.
+    polish = DisputedItem(
+        code="nails.polish", name="Polish", kind="product", quantity=1, amount=900,
+        reason=DisputeReason.NOT_USED,
+    )  # fmt: skip
+    taken = TakenOffReceipt(revision=2, items=[polish], amount=900, currency="EUR", at=at(-3000))
+    opened, responded = at(-5000), at(-4990)
+    await p.complaint("c_v4", at(-2900), opened, responded, version=3, taken_off_receipt=[taken])
+    await p.complaint(
+        "c_v4", at(-2800), opened, responded, news=ComplaintUpdatedV3, version=4, status="closed"
+    )
+    for actor in (OPS, STORE_A):
+        rows, _ = await board.complaints(p.db, actor, MIDNIGHT, limit=100)
+        (row,) = [r for r in rows if r.complaint_id == "c_v4"]
+        assert (row.status, row.taken_off_receipt) == ("closed", [taken])
 
     # Kept before `held` was: the gateway's start marks the one made twice, not one made once
     # nor one whose withdrawn refund was never made.

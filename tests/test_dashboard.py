@@ -997,6 +997,41 @@ async def test_operations_and_the_store_see_what_a_customer_took_off_a_receipt(
     await expect(cells.nth(4)).to_contain_text("50.00")  # the receipt now
     await expect(cells.nth(4)).to_contain_text("issued")  # not signed yet
     await board.shot("15-taken-off-a-receipt")
+
+    # The customer complains of the manicure too: the complaint says what was taken off, and
+    # so does the dialog operations propose a remedy from (a refund of it would pay twice).
+    async with platform.client("reviews") as reviews:
+        await eventually(
+            lambda: get_json(reviews, f"/review-requests/{booking_id}", headers=OPS),
+            what="reviews knows the visit",
+        )
+        filed = await reviews.post(
+            "/complaints",
+            json={
+                "booking_id": booking_id,
+                "category": "quality",
+                "description": "one manicure was never done",
+            },
+            headers=as_customer(customer),
+        )
+        assert filed.status_code == 201, filed.text
+    complaint_id = filed.json()["complaint_id"]
+    complaint = board.page.locator(f'#complaints tr[data-complaint="{complaint_id}"]')
+    await expect(complaint.locator("[data-taken-off]")).to_have_text(
+        re.compile(
+            r"^\D*25[.,]00\D* taken off the receipt, not charged: 1 x Manicure \(not done\)$"
+        ),
+        timeout=LIVE,
+    )
+    await complaint.get_by_role(
+        "button", name=f"Propose a remedy for complaint {complaint_id}"
+    ).click()
+    dialog = board.page.get_by_role("dialog")
+    await expect(dialog.locator("[data-taken-off]")).to_contain_text("do not refund it again")
+    await expect(dialog.locator("[data-taken-off]")).to_contain_text("1 x Manicure (not done)")
+    await board.shot("16-complaint-with-a-receipt-disputed")
+    await dialog.get_by_role("button", name="Cancel").click()
+    await expect(dialog).to_be_hidden()
     await board.assert_never_reloaded_nor_left_the_platform()
 
     for store, shown_there in (("store_chiado", 1), ("store_belem", 0)):

@@ -393,6 +393,16 @@ async def test_journeys_survive_kill_9_of_every_service_and_restarts_of_kafka_an
     )
     assert len(filed) == len(outcomes.complaints)
     assert all(c["status"] == "closed" and c["first_response_at"] for c in filed)
+    # A complaint about a visit its customer took something off the receipt of says so (a
+    # refund of it would pay twice), however the outages fell between the two.
+    taken_off = {r["booking_id"]: r["disputes"] for r in disputed}
+    on_disputed = [c for c in filed if c["booking_id"] in taken_off]
+    assert on_disputed, "no complaint about a disputed visit: nothing was checked"
+    assert all(
+        [t["items"] for t in c.get("taken_off_receipt", [])]
+        == [d["items"] for d in taken_off[c["booking_id"]]]
+        for c in on_disputed
+    ), [c["_id"] for c in on_disputed if not c.get("taken_off_receipt")]
     # One refund per resolution (a retried proposal must not add one): the agent's, and the
     # supervisor's after the customer turned the first down.
     wanted: dict[str, list[str]] = {}  # booking -> its complaint's refund ids, in order
@@ -473,6 +483,7 @@ async def test_journeys_survive_kill_9_of_every_service_and_restarts_of_kafka_an
             "provider_charges": at_provider,
             "complaints_checked": len(outcomes.complained),
             "complaints_filed_twice": sum(1 for n in complaints.values() if n > 1),
+            "complaints_about_disputed_receipts": len(on_disputed),
             "complaints_closed": counts["complaints_closed"],
             "resolutions_rejected": counts["resolutions_rejected"],
             "complaint_refunds_made": refunds_made_count,

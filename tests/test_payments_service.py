@@ -823,6 +823,114 @@ async def test_a_customer_takes_what_they_did_not_get_off_the_receipt_and_signs_
         assert receipt_id not in {d["receipt_id"] for d in theirs.json()}
 
 
+async def test_a_complaint_says_what_the_customer_took_off_the_receipt_before_or_after_it(
+    platform: Platform,
+    kafka_producer: AIOKafkaProducer,
+    mongo: AsyncMongoClient[Document],
+) -> None:
+    """A refund of what the customer was never charged would compensate them twice: every
+    complaint about the visit says what they took off its receipt. Taken off after the
+    complaint: a step of its timeline, and on operations' board (the row, and the remedy
+    dialog reads it). Taken off before: on a complaint filed later from the start. A refund
+    of everything paid gives back only what was charged."""
+    customer, store, tech = unique("cus_"), unique("store_"), unique("tech_")
+    ops = bearer(await gateway_token(mongo, platform.prefix, Actor(role=Role.OPS, subject="o")))
+    polish = PricedLine(
+        code="nails.polish", name="Polish", kind="product", quantity=1, unit_price=900,
+        currency="EUR",
+    )  # fmt: skip
+    async with (
+        platform.client("payments") as payments,
+        platform.client("reviews") as reviews,
+        platform.client("gateway") as api,
+    ):
+        await set_card(payments, customer, "pm_card_ok")
+        booking_id = await complete_visit(
+            kafka_producer,
+            platform,
+            customer=customer,
+            store=store,
+            technician=tech,
+            lines=[manicure(qty=1), polish],
+        )
+        shown = await issued(payments, booking_id, customer)
+        await eventually(
+            lambda: get_json(reviews, f"/review-requests/{booking_id}", headers=OPS),
+            what="reviews knows the visit",
+        )
+        body = {"booking_id": booking_id, "category": "quality", "severity": "medium"}
+        first = await reviews.post(
+            "/complaints",
+            json={**body, "description": "the polish was never put on"},
+            headers=as_customer(customer),
+        )
+        assert first.status_code == 201, first.text
+        assert first.json()["taken_off_receipt"] == []
+        complaint_id = first.json()["complaint_id"]
+
+        disputed = await payments.post(
+            f"/receipts/{shown['receipt_id']}/dispute",
+            json={
+                "receipt_hash": shown["content_hash"],
+                "items": [{"code": "nails.polish", "quantity": 1, "reason": "not_used"}],
+            },
+            headers=as_customer(customer),
+        )
+        assert disputed.status_code == 200, disputed.text
+
+        async def with_taken_off(path: str, headers: dict[str, str]) -> Any:
+            found = await get_json(reviews, path, headers=headers)
+            return found if found["taken_off_receipt"] else None
+
+        url = f"/complaints/{complaint_id}"
+        seen = await eventually(lambda: with_taken_off(url, OPS), what="the dispute told")
+        (taken,) = seen["taken_off_receipt"]
+        assert (taken["revision"], taken["amount"], taken["currency"]) == (2, 900, "EUR")
+        assert [(i["code"], i["quantity"], i["reason"]) for i in taken["items"]] == [
+            ("nails.polish", 1, "not_used")
+        ]
+        steps = [s for s in seen["timeline"] if s["what"] == "taken off the receipt"]
+        assert [s["detail"] for s in steps] == ["1 x Polish (not used): 9.00 EUR not charged"]
+        # The store reads it as the customer does (the receipt is theirs to read anyway).
+        theirs = await get_json(reviews, url, headers=as_store(store))
+        assert theirs["taken_off_receipt"] == seen["taken_off_receipt"]
+
+        async def on_the_board() -> Any:
+            board = (await api.get("/v1/board", headers=ops)).json()
+            rows = [c for c in board["complaints"] if c["complaint_id"] == complaint_id]
+            return (rows and rows[0]["taken_off_receipt"]) or None
+
+        assert await eventually(on_the_board, what="on the board") == seen["taken_off_receipt"]
+
+        second = await reviews.post(
+            "/complaints",
+            json={**body, "category": "conduct", "description": "the technician was rude"},
+            headers=as_customer(customer),
+        )
+        assert second.status_code == 201, second.text
+        assert second.json()["taken_off_receipt"] == seen["taken_off_receipt"]
+        assert "taken off the receipt" not in {s["what"] for s in second.json()["timeline"]}
+
+        signed = await sign(payments, disputed.json(), customer)
+        assert signed.status_code == 200, signed.text
+        await receipt_status(payments, shown["receipt_id"], customer, "settled")
+        refund = await reviews.post(
+            f"{url}/resolution",
+            json={"text": "all of it back", "remedies": [{"kind": "refund"}]},
+            headers={**OPS, "Idempotency-Key": unique("k")},
+        )
+        assert refund.status_code == 200, refund.text
+
+        async def refunded() -> Any:
+            found = await get_json(
+                payments, "/receipts", headers=as_customer(customer), booking_id=booking_id
+            )
+            return found["refunds"] or None
+
+        (back,) = await eventually(refunded, what="the refund made")
+        assert back["amount"] == 2500  # the manicure charged, not the polish taken off
+
+
 async def test_a_customer_who_removed_their_card_pays_cash_the_technician_is_told_to_collect(
     platform: Platform,
     kafka_producer: AIOKafkaProducer,

@@ -81,8 +81,10 @@ from shared.events.reviews import (
     ComplaintUpdated,
     ComplaintUpdatedV1,
     ComplaintUpdatedV2,
+    ComplaintUpdatedV3,
     ReviewSubmitted,
 )
+from shared.events.types import money
 from shared.mongo import Database, Document
 from shared.outbox import Transaction
 from shared.time import utcnow, within_reach
@@ -526,11 +528,13 @@ async def acknowledged(tx: Transaction, e: SafetyAlertAcknowledged) -> None:
 
 # ---------------------------------------------------------------- complaints --
 @handlers.on(ComplaintUpdated)
+@handlers.on(ComplaintUpdatedV3)
 @handlers.on(ComplaintUpdatedV2)
 @handlers.on(ComplaintUpdatedV1)
 async def complaint_updated(tx: Transaction, e: ComplaintUpdatedV1) -> None:
     """Version 1 names no remedies: those stored stay as they are. Version 2's say nothing of
-    one dealt with (none was)."""
+    one dealt with (none was). Before version 4, nothing of what was taken off the receipt:
+    what is stored stays."""
     state = e.model_dump(exclude={"complaint_id", "version"})
     fields: dict[str, Any] = {k: _if_newer(e.version, "version", k, v) for k, v in state.items()}
     fields["version"] = _if_newer(e.version, "version", "version", e.version)
@@ -676,7 +680,7 @@ REFUND_SUMMARY = ("refund_declined", "refund_declined_note", "refund_declined_at
 @handlers.on(ProviderNotAnswering)
 async def provider_not_answering(tx: Transaction, e: ProviderNotAnswering) -> None:
     """Payments keeps asking; operations look into the provider (their row alone)."""
-    what = f"{e.kind} of {e.amount / 100:.2f} {e.currency}"
+    what = f"{e.kind} of {money(e.amount, e.currency)}"
     op = {"asks": e.asks, "note": f"{what}: {e.asks} asks unanswered", "since": e.first_asked_at}
     ops = Expr({"$mergeObjects": [{"$ifNull": ["$provider_ops", {}]}, {"$literal": {e.op_id: op}}]})
     await _set(tx, BOARD_BOOKINGS, e.booking_id, {"provider_ops": ops})

@@ -11,6 +11,8 @@ from typing import Any
 
 from pydantic import BaseModel, ConfigDict, Field
 
+from shared.events.reviews import TakenOffReceipt
+
 IDEMPOTENT_METHODS = frozenset({"GET", "HEAD", "PUT", "DELETE", "OPTIONS"})
 
 
@@ -173,6 +175,9 @@ class ComplaintRow(Row):
     breaches: int = 0
     closed_at: datetime | None = None
     remedies: list[RemedyRow] = []
+    taken_off_receipt: list[TakenOffReceipt] = Field(
+        [], description="What the customer took off the visit's receipt: not to refund again"
+    )
     rev: int = 0
 
 

@@ -49,6 +49,7 @@ from shared.events.reviews import (
     ComplaintResolutionProposed,
     ComplaintResolutionProposedV1,
 )
+from shared.events.types import money
 from shared.outbox import Transaction
 from shared.time import utcnow
 from shared.timers import Timer, TimerContext, Timers
@@ -119,10 +120,6 @@ async def tell(
         ),
         tx.session,
     )
-
-
-def _money(amount: int, currency: str) -> str:
-    return f"{amount / 100:.2f} {currency}"
 
 
 async def _learn_owner(tx: Transaction, booking_id: str, customer_id: str) -> None:
@@ -352,7 +349,7 @@ async def receipt_ready(tx: Transaction, event: ReceiptIssued) -> None:
         f"customer:{event.customer_id}",
         "receipt_ready",
         title="Your receipt is ready to review and sign",
-        body=f"Amount due {_money(event.amount_due, event.currency)}",
+        body=f"Amount due {money(event.amount_due, event.currency)}",
         booking_id=event.booking_id,
         receipt_id=event.receipt_id,
     )
@@ -367,9 +364,9 @@ async def receipt_disputed(tx: Transaction, event: ReceiptDisputed) -> None:
         tx,
         f"technician:{event.technician_id}",
         "receipt_disputed",
-        title=f"The customer took {_money(event.taken_off, event.currency)} off the receipt",
+        title=f"The customer took {money(event.taken_off, event.currency)} off the receipt",
         body=f"Not received, they say: {taken}. The receipt they sign now comes to "
-        f"{_money(event.total, event.currency)}.",
+        f"{money(event.total, event.currency)}.",
         booking_id=event.booking_id,
         receipt_id=event.receipt_id,
         items=[item.model_dump(mode="json") for item in event.items],
@@ -380,7 +377,7 @@ async def receipt_disputed(tx: Transaction, event: ReceiptDisputed) -> None:
 @handlers.on(CashDue)
 async def cash_due(tx: Transaction, event: CashDue) -> None:
     """Both at the door hear it: the technician what to collect, the customer what to pay."""
-    due = _money(event.amount, event.currency)
+    due = money(event.amount, event.currency)
     await tell_of_money_due(
         tx,
         f"technician:{event.technician_id}",
@@ -406,7 +403,7 @@ async def payment_failed(tx: Transaction, event: PaymentFailed) -> None:
         f"customer:{event.customer_id}",
         "payment_failed",
         event,
-        title=f"Your card was not charged: {_money(event.amount, event.currency)} still to pay",
+        title=f"Your card was not charged: {money(event.amount, event.currency)} still to pay",
         body=(
             f"The card provider said: {event.reason}. Pay with another card in the app, or "
             "in cash if your technician is still with you."
@@ -418,7 +415,7 @@ async def payment_failed(tx: Transaction, event: PaymentFailed) -> None:
 async def payment_overdue(tx: Transaction, event: PaymentOverdue) -> None:
     """A reminder goes to whoever must act: the customer whose card was declined, or the
     technician who has not recorded the cash."""
-    due = _money(event.amount, event.currency)
+    due = money(event.amount, event.currency)
     await tell_whoever_pays(
         tx,
         event,
@@ -439,7 +436,7 @@ async def payment_overdue(tx: Transaction, event: PaymentOverdue) -> None:
 async def payment_written_off(tx: Transaction, event: PaymentWrittenOff) -> None:
     """Whoever was reminded hears that it is over, so nobody acts on a stale reminder (why it
     was written off stays with operations)."""
-    due = _money(event.amount, event.currency)
+    due = money(event.amount, event.currency)
     await tell_whoever_pays(
         tx,
         event,
@@ -459,7 +456,7 @@ async def payment_written_off(tx: Transaction, event: PaymentWrittenOff) -> None
 @handlers.on(WriteOffReversed)
 async def write_off_reversed(tx: Transaction, event: WriteOffReversed) -> None:
     """Whoever was told it was over hears that it is due again (why stays with operations)."""
-    due = _money(event.amount, event.currency)
+    due = money(event.amount, event.currency)
     await tell_whoever_pays(
         tx,
         event,
@@ -552,12 +549,12 @@ async def tell_of_fee(tx: Transaction, event: CancellationFeeEvent, title: str, 
 @handlers.on(CancellationFeePaid)
 async def fee_paid(tx: Transaction, event: CancellationFeePaid) -> None:
     title = "The late-cancellation fee was charged to your card"
-    await tell_of_fee(tx, event, title, _money(event.amount, event.currency))
+    await tell_of_fee(tx, event, title, money(event.amount, event.currency))
 
 
 @handlers.on(CancellationFeeOwed)
 async def fee_owed(tx: Transaction, event: CancellationFeeOwed) -> None:
-    body = f"{_money(event.amount, event.currency)} could not be charged: {event.reason}"
+    body = f"{money(event.amount, event.currency)} could not be charged: {event.reason}"
     await tell_of_fee(tx, event, "Please pay the late-cancellation fee", body)
 
 
@@ -569,7 +566,7 @@ async def fee_waived(tx: Transaction, event: CancellationFeeWaived) -> None:
 @handlers.on(CancellationFeeRefunded)
 async def fee_refunded(tx: Transaction, event: CancellationFeeRefunded) -> None:
     title = "Your late-cancellation fee goes back to your card"
-    await tell_of_fee(tx, event, title, f"{_money(event.amount, event.currency)}: {event.reason}")
+    await tell_of_fee(tx, event, title, f"{money(event.amount, event.currency)}: {event.reason}")
 
 
 @handlers.on(RefundDeclined)
@@ -579,7 +576,7 @@ async def refund_declined(tx: Transaction, event: RefundDeclined) -> None:
         f"customer:{event.customer_id}",
         "refund_declined",
         title="Your card would not take a refund back",
-        body=f"{_money(event.amount, event.currency)} could not go back to your card "
+        body=f"{money(event.amount, event.currency)} could not go back to your card "
         f"({event.reason}). It is still yours: our team will repay it another way.",
         booking_id=event.booking_id,
         amount=event.amount,
@@ -594,7 +591,7 @@ async def refund_repaid(tx: Transaction, event: RefundRepaid) -> None:
         f"customer:{event.customer_id}",
         "refund_repaid",
         title="We have repaid your refund",
-        body=f"{_money(event.amount, event.currency)} of your refund was repaid to you "
+        body=f"{money(event.amount, event.currency)} of your refund was repaid to you "
         f"{REPAID[event.way]}.",
         booking_id=event.booking_id,
         amount=event.amount,

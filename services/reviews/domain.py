@@ -17,7 +17,8 @@ from typing import Any
 from pydantic import Field, model_validator
 
 from shared.errors import Conflict, Forbidden, NotFound, Unprocessable
-from shared.events.types import Amount, Currency
+from shared.events.reviews import TakenOffReceipt
+from shared.events.types import Amount, Currency, money
 from shared.schema import Forbid
 
 REVIEW_EDIT_WINDOW = timedelta(hours=24)  # a review may be corrected for a day
@@ -254,6 +255,7 @@ class Step(Forbid):
 
 
 PROPOSED = "resolution proposed"
+TAKEN_OFF = "taken off the receipt"
 IN_PLACE = "in place of the last"
 
 
@@ -287,6 +289,14 @@ class Complaint(Forbid):
     # proposed again must not turn down the new resolution too.
     rejected_under: list[str] = Field(default_factory=list)
     breaches: list[Breach] = Field(default_factory=list)
+    # What the customer took off the visit's receipt before signing: never charged, so a
+    # remedy that refunds it again would compensate twice. Operations read it before they
+    # propose one.
+    taken_off_receipt: list[TakenOffReceipt] = Field(
+        default_factory=list,
+        description="What the customer took off the visit's receipt before signing: never "
+        "charged, so not to be refunded again",
+    )
     timeline: list[Step] = Field(default_factory=list)
     version: int = 0
 
@@ -382,6 +392,21 @@ class Complaint(Forbid):
 
     def note(self, by: str, text: str, at: datetime) -> None:
         self._log(at, by, "note", text)
+
+    def receipt_disputed(self, taken: TakenOffReceipt, by: str, *, told: bool = True) -> bool:
+        """The customer took items off the visit's receipt (before or after complaining; a
+        complaint stays open to it whatever its status). False if it was known already.
+        `told`: a step says so (not for a dispute from before the complaint was filed)."""
+        if any(t.revision == taken.revision for t in self.taken_off_receipt):
+            return False
+        self.taken_off_receipt = sorted([*self.taken_off_receipt, taken], key=lambda t: t.revision)
+        if told:
+            items = ", ".join(
+                f"{i.quantity} x {i.name} ({i.reason.value.replace('_', ' ')})" for i in taken.items
+            )
+            what = f"{items}: {money(taken.amount, taken.currency)} not charged"
+            self._log(taken.at, by, TAKEN_OFF, what)
+        return True
 
     def deal_with_twice(self, by: str, remedy_id: str, how: str, at: datetime) -> bool:
         """Operations dealt with a remedy made after another resolution answered it (the

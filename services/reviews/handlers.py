@@ -16,7 +16,7 @@ from services.reviews.domain import (
     Severity,
     open_complaint,
 )
-from services.reviews.storage import Bookings, ReviewRequests, Reviews
+from services.reviews.storage import Bookings, Complaints, ReviewRequests, Reviews
 from shared.consumer import Handlers
 from shared.events.booking import BookingRequested, BookingRequestedV1
 from shared.events.dispatch import (
@@ -32,6 +32,7 @@ from shared.events.dispatch import (
 )
 from shared.events.payments import (
     CouponGranted,
+    ReceiptDisputed,
     RefundDeclined,
     RefundIssued,
     RefundNotMade,
@@ -41,9 +42,11 @@ from shared.events.reviews import (
     REMEDY_COUPON,
     REMEDY_REFUND,
     ReviewRequested,
+    TakenOffReceipt,
     redo_remedy_of,
     remedy_named,
 )
+from shared.events.types import money
 from shared.outbox import Transaction
 from shared.time import utcnow
 from shared.timers import Timer, TimerContext, Timers
@@ -187,7 +190,7 @@ async def _made_elsewhere(
 async def refund_issued(tx: Transaction, event: RefundIssued) -> None:
     if event.to_cash > 0:
         # Cash goes back only by somebody's hand: not made until operations record it.
-        part = f"{event.to_cash / 100:.2f} {event.currency}"
+        part = money(event.to_cash, event.currency)
         why = f"{part} {CASH_TO_HAND_BACK}: operations record it when given"
         await _made_elsewhere(tx, event.refund_id, REMEDY_REFUND, RemedyKind.REFUND, why, owed=True)
         return
@@ -202,7 +205,7 @@ async def refund_not_made(tx: Transaction, event: RefundNotMade) -> None:
 @handlers.on(RefundDeclined)
 async def refund_declined(tx: Transaction, event: RefundDeclined) -> None:
     # Not the bank's words: the complaint is the technician's store's to read too.
-    part = f"{event.amount / 100:.2f} {event.currency}"
+    part = money(event.amount, event.currency)
     why = f"{CARD_REFUSED} {part} of the refund back: operations repay it"
     await _made_elsewhere(tx, event.refund_id, REMEDY_REFUND, RemedyKind.REFUND, why, undone=True)
 
@@ -211,6 +214,24 @@ async def refund_declined(tx: Transaction, event: RefundDeclined) -> None:
 async def refund_repaid(tx: Transaction, event: RefundRepaid) -> None:
     # Operations gave back what the card would not take, or the cash: made after all.
     await _made_elsewhere(tx, event.refund_id, REMEDY_REFUND, RemedyKind.REFUND)
+
+
+@handlers.on(ReceiptDisputed)
+async def receipt_disputed(tx: Transaction, event: ReceiptDisputed) -> None:
+    """The customer took items off the visit's receipt before signing: every complaint about
+    the visit says so (operations must not refund them again), and one filed later will."""
+    taken = TakenOffReceipt(
+        revision=event.revision,
+        items=event.items,
+        amount=event.taken_off,
+        currency=event.currency,
+        at=event.disputed_at,
+    )
+    await Bookings(tx.db).receipt_disputed(event.booking_id, taken, tx.session)
+    about = await Complaints(tx.db).find({"booking_id": event.booking_id}, tx.session)
+    for complaint in about:
+        if complaint.receipt_disputed(taken, f"customer:{event.customer_id}"):
+            await commands.save(tx, complaint)
 
 
 @handlers.on(CouponGranted)

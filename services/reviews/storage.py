@@ -13,10 +13,11 @@ from __future__ import annotations
 import asyncio
 from datetime import datetime
 
-from pydantic import BaseModel, ConfigDict
-from pymongo import ASCENDING, IndexModel
+from pydantic import BaseModel, ConfigDict, Field
+from pymongo import ASCENDING, IndexModel, ReturnDocument
 
 from services.reviews.domain import Complaint, ComplaintFigures, Review, ReviewRequest
+from shared.events.reviews import TakenOffReceipt
 from shared.mongo import Database, Document, Session, Versioned, without_unset
 
 BOOKINGS = "bookings"
@@ -75,6 +76,9 @@ class BookingFacts(BaseModel):
     store_id: str | None = None
     completed_at: datetime | None = None
     voided_at: datetime | None = None  # the customer's cancellation crossed the completion
+    # What the customer took off the visit's receipt, by the receipt's revision without it.
+    taken_off: dict[str, TakenOffReceipt] = Field(default_factory=dict)
+    complaints: int = 0  # filed about it (see `Bookings.complained`)
 
 
 class Bookings:
@@ -97,6 +101,25 @@ class Bookings:
             {"_id": booking_id}, {"$set": fields}, upsert=True, session=session
         )
 
+    async def receipt_disputed(
+        self, booking_id: str, taken: TakenOffReceipt, session: Session
+    ) -> None:
+        await self._set(booking_id, {f"taken_off.{taken.revision}": taken.model_dump()}, session)
+
+    async def complained(self, booking_id: str, session: Session) -> BookingFacts:
+        """A complaint about the booking is being filed: the facts as they are now. A write,
+        so that a dispute of its receipt committed meanwhile conflicts with this transaction
+        (MongoDB retries it, and it reads the dispute) rather than miss the new complaint."""
+        doc = await self._col.find_one_and_update(
+            {"_id": booking_id},
+            {"$inc": {"complaints": 1}},
+            upsert=True,
+            return_document=ReturnDocument.AFTER,
+            session=session,
+        )
+        assert doc is not None  # upserted
+        return self._facts(doc)
+
     async def sent_by(self, technician_id: str, store_id: str) -> bool:
         """Whether the store has sent this technician on a visit (their file is its to read)."""
         found = await self._col.find_one({"technician_id": technician_id, "store_id": store_id})
@@ -104,8 +127,10 @@ class Bookings:
 
     async def get(self, booking_id: str, session: Session = None) -> BookingFacts | None:
         doc = await self._col.find_one({"_id": booking_id}, session=session)
-        if doc is None:
-            return None
+        return None if doc is None else self._facts(doc)
+
+    @staticmethod
+    def _facts(doc: Document) -> BookingFacts:
         doc["booking_id"] = doc.pop("_id")
         return BookingFacts.model_validate(doc)
 
@@ -136,6 +161,7 @@ class Reviews(Versioned[Review]):
 # Remedy fields newer than some reviews replicas still running in a rolling deploy: stored
 # only once set, as a replica from before refuses a field it does not know on any complaint.
 LATER_REMEDY_FIELDS = ("dealt_with_at", "dealt_with")
+LATER_COMPLAINT_FIELDS = ("taken_off_receipt",)
 
 
 class Complaints(Versioned[Complaint]):
@@ -146,7 +172,7 @@ class Complaints(Versioned[Complaint]):
         doc = super().to_doc(item)
         for remedy in doc["remedies"]:
             without_unset(remedy, LATER_REMEDY_FIELDS)
-        return doc
+        return without_unset(doc, LATER_COMPLAINT_FIELDS)
 
     async def count_against(
         self, technician_id: str, session: Session = None, *, store_id: str | None = None

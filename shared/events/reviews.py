@@ -7,6 +7,7 @@ from datetime import datetime
 from pydantic import BaseModel, ConfigDict, Field
 
 from shared.events.envelope import EventPayload
+from shared.events.payments import DisputedItem
 from shared.events.registry import event
 from shared.events.types import Currency, MinorUnits
 
@@ -221,14 +222,36 @@ class ComplaintUpdatedV2(ComplaintUpdatedV1):
 
 
 @event("reviews.complaint_updated", version=3, stream=STREAM, key="booking_id")
-class ComplaintUpdated(ComplaintUpdatedV1):
-    """A complaint's state after any change, for live boards: status, tier, the next deadline
-    that escalates it, the deadlines already missed, and its remedies: one not made (a refund
-    with nothing paid, cash not handed back yet) is operations' to see as soon as it is
-    known, not when the quiet period ends; one made after another resolution answered it
-    stays on their board until they deal with it."""
+class ComplaintUpdatedV3(ComplaintUpdatedV1):
+    """A complaint's state after any change, before what the customer took off the visit's
+    receipt was on it. Still read, for events published before version 4."""
 
     remedies: list[RemedyState] = Field(default_factory=list)
+
+
+class TakenOffReceipt(BaseModel):
+    """What the customer took off the visit's receipt before signing (payments'
+    `receipt_disputed`): never charged, so a refund for it would compensate twice."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    revision: int = Field(ge=2, description="The receipt's revision without them")
+    items: list[DisputedItem] = Field(min_length=1)
+    amount: MinorUnits = Field(description="What they came to on the receipt")
+    currency: Currency
+    at: datetime
+
+
+@event("reviews.complaint_updated", version=4, stream=STREAM, key="booking_id")
+class ComplaintUpdated(ComplaintUpdatedV3):
+    """A complaint's state after any change, for live boards: status, tier, the next deadline
+    that escalates it, the deadlines already missed, its remedies (one not made, a refund
+    with nothing paid, cash not handed back yet, is operations' to see as soon as it is
+    known, not when the quiet period ends; one made after another resolution answered it
+    stays on their board until they deal with it), and what the customer took off the
+    visit's receipt before signing (whenever they did: before the complaint or after)."""
+
+    taken_off_receipt: list[TakenOffReceipt] = Field(default_factory=list)
 
 
 @event("reviews.refund_withdrawn", version=1, stream=STREAM, key="booking_id")

@@ -30,6 +30,13 @@ Currency = Annotated[
     str, Field(pattern=r"^[A-Z]{3}$", examples=["EUR"]), AfterValidator(_known_currency)
 ]
 MinorUnits = Annotated[int, Field(ge=0, description="Integer minor units (cents); never floats")]
+
+
+def money(amount: int, currency: str) -> str:
+    """An amount in minor units as people read it: "12.50 EUR"."""
+    return f"{amount / 100:.2f} {currency}"
+
+
 # What a caller may name as one price, plan or remedy: 10^12 minor units, ten billion in
 # a currency of cents (and still enough in one whose minor unit is worth little). A
 # booking's sums of such amounts (20 lines of 20, three parts each) stay under 2^53, far

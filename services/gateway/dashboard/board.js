@@ -403,6 +403,15 @@ function remedyText(r) {
   return h("span", { "data-remedy": r.remedy_id, "data-made": r.took_effect_at ? "yes" : "pending" }, `${what}: ${r.took_effect_at ? "made" : "under way"}`);
 }
 
+// What the customer took off the visit's receipt before signing: never charged, so a
+// refund of it would pay them twice.
+const takenOff = (c) => c.taken_off_receipt || [];
+const REASONS = { not_done: "not done", not_used: "not used", fewer: "fewer" };
+const itemsTakenOff = (items) => items.map((i) => `${i.quantity} x ${i.name} (${REASONS[i.reason] || i.reason})`).join("; ");
+function takenOffText(t) {
+  return h("span", { "data-taken-off": t.revision }, `${money(t.amount, t.currency)} taken off the receipt, not charged: ${itemsTakenOff(t.items)}`);
+}
+
 function renderComplaints() {
   // A closed one stays in sight when a remedy was made twice (the customer has both), on
   // operations' board until they deal with it, whatever the day.
@@ -411,7 +420,8 @@ function renderComplaints() {
   fill("complaints", rows.map((c) => h("tr", { "data-complaint": c.complaint_id, class: c.breaches || unmade(c) ? "breach-row" : "" },
     h("td", {}, c.complaint_id, h("br"), h("small", {}, `booking ${c.booking_id}`)),
     h("td", {}, label(c.category)), h("td", {}, c.severity), h("td", {}, c.tier), h("td", {}, label(c.status)),
-    h("td", {}, remedies(c).length ? remedies(c).flatMap((r, i) => i ? [h("br"), remedyText(r)] : [remedyText(r)]) : "—"),
+    h("td", {}, [...remedies(c), ...takenOff(c)].length
+      ? [...remedies(c).map(remedyText), ...takenOff(c).map(takenOffText)].flatMap((e, i) => i ? [h("br"), e] : [e]) : "—"),
     h("td", {}, c.next_deadline ? [label(c.next_deadline_kind), " ", h("span", { "data-due": c.next_deadline }, "")] : "—"),
     h("td", { class: c.breaches ? "breach" : "" }, c.breaches ? `${c.breaches} missed` : "0"),
     h("td", {}, isOps() && [
@@ -554,7 +564,6 @@ async function loadCalls() {
 // Items customers took off receipts before signing (payments' list, read with the board and
 // every minute): operations see every store's, a store its own technicians'.
 const DISPUTES_SHOWN = 50;
-const REASONS = { not_done: "not done", not_used: "not used", fewer: "fewer" };
 async function loadDisputes() {
   const res = await api(`/v1/receipt-disputes?limit=${DISPUTES_SHOWN}`);
   if (!res.ok) return;
@@ -562,7 +571,7 @@ async function loadDisputes() {
   fill("disputes", disputed.map((d) => h("tr", { "data-receipt": d.receipt_id },
     h("td", {}, d.booking_id),
     h("td", {}, d.technician_id, isOps() ? [h("br"), h("small", {}, `store ${d.store_id}`)] : null),
-    h("td", {}, d.disputes.flatMap((x) => x.items).map((i) => `${i.quantity} x ${i.name} (${REASONS[i.reason] || i.reason})`).join("; ")),
+    h("td", {}, itemsTakenOff(d.disputes.flatMap((x) => x.items))),
     h("td", {}, money(d.taken_off, d.currency)),
     h("td", {}, `${money(d.total, d.currency)}, ${label(d.status)}`),
     h("td", {}, h("span", { "data-since": d.disputed_at }, "")))),
@@ -646,8 +655,10 @@ function resolve(c) {
   const currency = h("input", { id: "remedy-currency", value: "EUR", maxlength: 3, pattern: "[A-Z]{3}" });
   // One key per dialog: pressing Propose again after a lost answer proposes nothing twice.
   const key = `resolve-${Array.from(crypto.getRandomValues(new Uint8Array(12)), (b) => b.toString(16).padStart(2, "0")).join("")}`;
+  const before = takenOff(c).map((t) => h("p", { class: "flagged", "data-taken-off": t.revision },
+    `The customer took ${money(t.amount, t.currency)} off the receipt before signing: ${itemsTakenOff(t.items)}. They were not charged for it: do not refund it again.`));
   dialog(`Remedy for complaint ${c.complaint_id}`,
-    [...field("resolution-text", "Resolution proposed to the customer", text), ...field("remedy-kind", "Remedy", kind),
+    [...before, ...field("resolution-text", "Resolution proposed to the customer", text), ...field("remedy-kind", "Remedy", kind),
       ...field("remedy-amount", "Amount (refund or coupon, minor units)", amount), ...field("remedy-currency", "Currency", currency)],
     "Propose",
     () => {
