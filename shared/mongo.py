@@ -23,10 +23,14 @@ def without_unset(doc: Document, later: tuple[str, ...]) -> Document:
     """`doc` without those of the `later` fields (newer than replicas that may still run in a
     rolling deploy) that are unset (None, or an empty list): a replica from before refuses a
     field it does not know, so a field is stored only once it says something."""
-    for field in later:
-        if doc.get(field) in (None, []):
-            doc.pop(field, None)
+    for field in unset_fields(doc, later):
+        doc.pop(field, None)
     return doc
+
+
+def unset_fields(doc: Document, later: tuple[str, ...]) -> tuple[str, ...]:
+    """Those of the `later` fields `doc` leaves unset (None, or an empty list)."""
+    return tuple(field for field in later if doc.get(field) in (None, []))
 
 
 M = TypeVar("M", bound=BaseModel)

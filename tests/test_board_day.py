@@ -26,8 +26,6 @@ from shared.events.dispatch import (
 )
 from shared.events.envelope import Envelope, EventPayload
 from shared.events.payments import (
-    DisputedItem,
-    DisputeReason,
     ProviderAnswered,
     ProviderNotAnswering,
     ReceiptSigned,
@@ -43,6 +41,7 @@ from shared.events.reviews import (
     RemedyState,
     RemedyStateV1,
     ReviewSubmitted,
+    TakenOffItem,
     TakenOffReceipt,
 )
 from shared.events.types import GeoPoint, PricedLine
@@ -571,9 +570,9 @@ async def test_a_remedy_made_twice_holds_its_complaint_on_operations_board_until
 
     # Version 4 says what the customer took off the receipt; a later version 3 (a reviews
     # replica from before, mid-upgrade) says nothing of it: the row keeps it.
-    polish = DisputedItem(
+    polish = TakenOffItem(
         code="nails.polish", name="Polish", kind="product", quantity=1, amount=900,
-        reason=DisputeReason.NOT_USED,
+        reason="not_used",
     )  # fmt: skip
     taken = TakenOffReceipt(revision=2, items=[polish], amount=900, currency="EUR", at=at(-3000))
     opened, responded = at(-5000), at(-4990)

@@ -13,9 +13,10 @@ import httpx
 import pytest
 from aiokafka import AIOKafkaProducer
 from pymongo import AsyncMongoClient
+from pymongo.errors import OperationFailure
 
 from services.reviews.domain import Complaint, Review
-from services.reviews.storage import Complaints, Reviews
+from services.reviews.storage import TAKEN_OFF, Complaints, Reviews, TakenOff
 from shared.auth import Actor, Role
 from shared.events.booking import BookingRequested
 from shared.events.dispatch import (
@@ -26,7 +27,13 @@ from shared.events.dispatch import (
     TechnicianStatusChangedV1,
 )
 from shared.events.payments import RefundDeclined, RefundIssued, RefundRepaid
-from shared.events.reviews import REMEDY_REFUND, TechnicianSuspendedV1, remedy_made_id
+from shared.events.reviews import (
+    REMEDY_REFUND,
+    TakenOffItem,
+    TakenOffReceipt,
+    TechnicianSuspendedV1,
+    remedy_made_id,
+)
 from shared.events.types import GeoPoint, PricedLine
 from shared.mongo import Document
 from tests.conftest import Platform
@@ -729,6 +736,67 @@ async def test_a_complaint_before_the_visit_is_done_is_its_stores_to_see(
         assert [c["complaint_id"] for c in listed.json()] == [complaint["complaint_id"]]
         other = await reviews.get(url, headers=as_store(unique("store_")))
         assert other.status_code in (403, 404), other.text
+
+
+async def test_a_complaint_filed_as_its_receipt_is_disputed_conflicts_rather_than_misses_it(
+    mongo: AsyncMongoClient[Document],
+) -> None:
+    """Filing a complaint and recording a dispute of the visit's receipt both write the visit's
+    document of what was taken off, so two such transactions at once conflict, whichever
+    writes first and whether the visit had one already: MongoDB runs the second again, and
+    it reads what the first committed. With a read alone each could miss the other, and the
+    complaint never say what was taken off."""
+    db = mongo[unique("taken_off_")]
+    taken = TakenOffReceipt(
+        revision=2,
+        items=[
+            TakenOffItem(
+                code="nails.polish",
+                name="Polish",
+                kind="product",
+                quantity=1,
+                amount=900,
+                reason="not_used",
+            )
+        ],
+        amount=900,
+        currency="EUR",
+        at=datetime.now(UTC).replace(microsecond=0),  # as MongoDB keeps it (milliseconds)
+    )
+    store = TakenOff(db)
+
+    async def write(what: str, booking_id: str, session: Any) -> list[TakenOffReceipt]:
+        """The transaction's write: a complaint filed reads what was taken off."""
+        if what == "complaint":
+            return await store.complained(booking_id, session)
+        await store.record(booking_id, taken, session)
+        return []
+
+    try:
+        await db.create_collection(TAKEN_OFF)
+        for first, known in (("complaint", False), ("dispute", False), ("complaint", True)):
+            booking_id = unique("bk_")
+            if known:  # a complaint filed before
+                await db[TAKEN_OFF].insert_one({"_id": booking_id, "complaints": 1})
+            second = "dispute" if first == "complaint" else "complaint"
+            async with mongo.start_session() as one, mongo.start_session() as other:
+                await one.start_transaction()
+                await other.start_transaction()
+                await write(first, booking_id, one)
+                with pytest.raises(OperationFailure) as raised:
+                    await write(second, booking_id, other)
+                assert raised.value.has_error_label("TransientTransactionError"), raised.value
+                await other.abort_transaction()
+                await one.commit_transaction()
+            # Run again after the first committed, the second reads it.
+            async with mongo.start_session() as again:
+                await again.start_transaction()
+                read = await write(second, booking_id, again)
+                assert read == ([taken] if second == "complaint" else [])
+                await again.commit_transaction()
+            assert await store.complained(booking_id, None) == [taken]
+    finally:
+        await mongo.drop_database(db.name)
 
 
 async def test_a_retried_complaint_with_its_idempotency_key_is_filed_once(

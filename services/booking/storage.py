@@ -15,7 +15,7 @@ from services.booking.followup import CarePlan, FollowUp, FollowUpStatus
 from services.booking.pricing import CatalogueItem, PriceVersion, ServiceHours, price_in_force
 from shared.errors import Conflict
 from shared.events.types import Currency, GeoPoint
-from shared.mongo import Database, Document, Versioned, put_owned, without_unset
+from shared.mongo import Database, Document, Versioned, put_owned, unset_fields, without_unset
 
 ITEMS = "catalogue_items"
 PRICES = "prices"
@@ -137,7 +137,7 @@ class Catalogue:
     async def put_item(self, item: CatalogueItem) -> None:
         """Create or update an item while it is its store's (items never change store)."""
         doc = item.model_dump(mode="json", exclude={"code"})
-        unset = tuple(f for f in LATER_ITEM_FIELDS if doc.get(f) is None)
+        unset = unset_fields(doc, LATER_ITEM_FIELDS)
         await put_owned(
             self._items,
             item.code,

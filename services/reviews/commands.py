@@ -13,7 +13,7 @@ from services.reviews.domain import (
     bayesian_rating,
     sla,
 )
-from services.reviews.storage import QUALITY_TURNS, Bookings, Complaints, Reviews
+from services.reviews.storage import QUALITY_TURNS, Complaints, Reviews, TakenOff
 from shared.events.reviews import (
     ComplaintClosed,
     ComplaintEscalated,
@@ -124,9 +124,9 @@ async def opened(tx: Transaction, complaint: Complaint) -> Complaint:
     existing = await Complaints(tx.db).get(complaint.complaint_id, tx.session)
     if existing is not None:
         return existing  # the same alert redelivered: one complaint
-    facts = await Bookings(tx.db).complained(complaint.booking_id, tx.session)
-    for taken in facts.taken_off.values():  # before it was filed: on it from the start
-        complaint.receipt_disputed(taken, f"customer:{complaint.customer_id}", told=False)
+    # Taken off before it was filed: on it from the start.
+    for taken in await TakenOff(tx.db).complained(complaint.booking_id, tx.session):
+        complaint.receipt_disputed(taken, f"customer:{complaint.customer_id}")
     await save(tx, complaint, new=True)
     tx.emit(
         ComplaintOpened(

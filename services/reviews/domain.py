@@ -393,16 +393,15 @@ class Complaint(Forbid):
     def note(self, by: str, text: str, at: datetime) -> None:
         self._log(at, by, "note", text)
 
-    def receipt_disputed(self, taken: TakenOffReceipt, by: str, *, told: bool = True) -> bool:
-        """The customer took items off the visit's receipt (before or after complaining; a
-        complaint stays open to it whatever its status). False if it was known already.
-        `told`: a step says so (not for a dispute from before the complaint was filed)."""
+    def receipt_disputed(self, taken: TakenOffReceipt, by: str) -> bool:
+        """The customer took items off the visit's receipt, before complaining or after (a
+        step of the timeline then; whatever the complaint's status). False if known already."""
         if any(t.revision == taken.revision for t in self.taken_off_receipt):
             return False
         self.taken_off_receipt = sorted([*self.taken_off_receipt, taken], key=lambda t: t.revision)
-        if told:
+        if taken.at >= self.opened_at:
             items = ", ".join(
-                f"{i.quantity} x {i.name} ({i.reason.value.replace('_', ' ')})" for i in taken.items
+                f"{i.quantity} x {i.name} ({i.reason.replace('_', ' ')})" for i in taken.items
             )
             what = f"{items}: {money(taken.amount, taken.currency)} not charged"
             self._log(taken.at, by, TAKEN_OFF, what)

@@ -16,7 +16,7 @@ from services.reviews.domain import (
     Severity,
     open_complaint,
 )
-from services.reviews.storage import Bookings, Complaints, ReviewRequests, Reviews
+from services.reviews.storage import Bookings, Complaints, ReviewRequests, Reviews, TakenOff
 from shared.consumer import Handlers
 from shared.events.booking import BookingRequested, BookingRequestedV1
 from shared.events.dispatch import (
@@ -42,6 +42,7 @@ from shared.events.reviews import (
     REMEDY_COUPON,
     REMEDY_REFUND,
     ReviewRequested,
+    TakenOffItem,
     TakenOffReceipt,
     redo_remedy_of,
     remedy_named,
@@ -220,14 +221,17 @@ async def refund_repaid(tx: Transaction, event: RefundRepaid) -> None:
 async def receipt_disputed(tx: Transaction, event: ReceiptDisputed) -> None:
     """The customer took items off the visit's receipt before signing: every complaint about
     the visit says so (operations must not refund them again), and one filed later will."""
+    items = [
+        TakenOffItem(**i.model_dump(exclude={"reason"}), reason=i.reason.value) for i in event.items
+    ]
     taken = TakenOffReceipt(
         revision=event.revision,
-        items=event.items,
+        items=items,
         amount=event.taken_off,
         currency=event.currency,
         at=event.disputed_at,
     )
-    await Bookings(tx.db).receipt_disputed(event.booking_id, taken, tx.session)
+    await TakenOff(tx.db).record(event.booking_id, taken, tx.session)
     about = await Complaints(tx.db).find({"booking_id": event.booking_id}, tx.session)
     for complaint in about:
         if complaint.receipt_disputed(taken, f"customer:{event.customer_id}"):

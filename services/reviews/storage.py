@@ -6,6 +6,7 @@ reviews          one review per booking (`_id` is the booking id)
 complaints       every complaint with its deadlines, tier, remedies and timeline
 quality_turns    one document per technician, touched by each change to their reviews or
                  complaints: two at once conflict, so each quality event counts both
+taken_off_receipts  per booking, what its customer took off the receipt before signing
 """
 
 from __future__ import annotations
@@ -13,7 +14,7 @@ from __future__ import annotations
 import asyncio
 from datetime import datetime
 
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel, ConfigDict
 from pymongo import ASCENDING, IndexModel, ReturnDocument
 
 from services.reviews.domain import Complaint, ComplaintFigures, Review, ReviewRequest
@@ -25,6 +26,7 @@ REVIEW_REQUESTS = "review_requests"
 REVIEWS = "reviews"
 COMPLAINTS = "complaints"
 QUALITY_TURNS = "quality_turns"
+TAKEN_OFF = "taken_off_receipts"
 MINUTE_MS, HOUR_MS = 60_000, 3_600_000
 COUNTED = {"withdrawn_at": None}  # a review of a voided visit is kept, and counts nowhere
 
@@ -76,9 +78,6 @@ class BookingFacts(BaseModel):
     store_id: str | None = None
     completed_at: datetime | None = None
     voided_at: datetime | None = None  # the customer's cancellation crossed the completion
-    # What the customer took off the visit's receipt, by the receipt's revision without it.
-    taken_off: dict[str, TakenOffReceipt] = Field(default_factory=dict)
-    complaints: int = 0  # filed about it (see `Bookings.complained`)
 
 
 class Bookings:
@@ -101,25 +100,6 @@ class Bookings:
             {"_id": booking_id}, {"$set": fields}, upsert=True, session=session
         )
 
-    async def receipt_disputed(
-        self, booking_id: str, taken: TakenOffReceipt, session: Session
-    ) -> None:
-        await self._set(booking_id, {f"taken_off.{taken.revision}": taken.model_dump()}, session)
-
-    async def complained(self, booking_id: str, session: Session) -> BookingFacts:
-        """A complaint about the booking is being filed: the facts as they are now. A write,
-        so that a dispute of its receipt committed meanwhile conflicts with this transaction
-        (MongoDB retries it, and it reads the dispute) rather than miss the new complaint."""
-        doc = await self._col.find_one_and_update(
-            {"_id": booking_id},
-            {"$inc": {"complaints": 1}},
-            upsert=True,
-            return_document=ReturnDocument.AFTER,
-            session=session,
-        )
-        assert doc is not None  # upserted
-        return self._facts(doc)
-
     async def sent_by(self, technician_id: str, store_id: str) -> bool:
         """Whether the store has sent this technician on a visit (their file is its to read)."""
         found = await self._col.find_one({"technician_id": technician_id, "store_id": store_id})
@@ -127,12 +107,41 @@ class Bookings:
 
     async def get(self, booking_id: str, session: Session = None) -> BookingFacts | None:
         doc = await self._col.find_one({"_id": booking_id}, session=session)
-        return None if doc is None else self._facts(doc)
-
-    @staticmethod
-    def _facts(doc: Document) -> BookingFacts:
+        if doc is None:
+            return None
         doc["booking_id"] = doc.pop("_id")
         return BookingFacts.model_validate(doc)
+
+
+class TakenOff:
+    """What customers took off their visits' receipts, by booking (one document each: the
+    receipt's revisions without them, and how many complaints were filed about the visit)."""
+
+    def __init__(self, db: Database) -> None:
+        self._col = db[TAKEN_OFF]
+
+    async def record(self, booking_id: str, taken: TakenOffReceipt, session: Session) -> None:
+        await self._col.update_one(
+            {"_id": booking_id},
+            {"$set": {f"revisions.{taken.revision}": taken.model_dump()}},
+            upsert=True,
+            session=session,
+        )
+
+    async def complained(self, booking_id: str, session: Session) -> list[TakenOffReceipt]:
+        """A complaint about the visit is being filed: what was taken off so far. A write (a
+        count), so that this transaction and one recording a dispute of the same receipt
+        conflict when they overlap: MongoDB runs one again, and it reads what the other
+        committed. A read alone could miss the dispute, and the dispute the new complaint."""
+        doc = await self._col.find_one_and_update(
+            {"_id": booking_id},
+            {"$inc": {"complaints": 1}},
+            upsert=True,
+            return_document=ReturnDocument.AFTER,
+            session=session,
+        )
+        revisions = (doc or {}).get("revisions", {}).values()
+        return [TakenOffReceipt.model_validate(t) for t in revisions]
 
 
 class ReviewRequests(Versioned[ReviewRequest]):

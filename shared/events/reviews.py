@@ -7,7 +7,6 @@ from datetime import datetime
 from pydantic import BaseModel, ConfigDict, Field
 
 from shared.events.envelope import EventPayload
-from shared.events.payments import DisputedItem
 from shared.events.registry import event
 from shared.events.types import Currency, MinorUnits
 
@@ -229,6 +228,20 @@ class ComplaintUpdatedV3(ComplaintUpdatedV1):
     remedies: list[RemedyState] = Field(default_factory=list)
 
 
+class TakenOffItem(BaseModel):
+    """One item taken off (reviews' own copy of payments' `DisputedItem`: a field payments
+    adds there is not a change of this event)."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    code: str
+    name: str
+    kind: str = Field(description="service or product")
+    quantity: int = Field(ge=1)
+    amount: MinorUnits = Field(description="What it came to on the receipt")
+    reason: str = Field(description="not_done, not_used or fewer")
+
+
 class TakenOffReceipt(BaseModel):
     """What the customer took off the visit's receipt before signing (payments'
     `receipt_disputed`): never charged, so a refund for it would compensate twice."""
@@ -236,7 +249,7 @@ class TakenOffReceipt(BaseModel):
     model_config = ConfigDict(extra="forbid", frozen=True)
 
     revision: int = Field(ge=2, description="The receipt's revision without them")
-    items: list[DisputedItem] = Field(min_length=1)
+    items: list[TakenOffItem] = Field(min_length=1)
     amount: MinorUnits = Field(description="What they came to on the receipt")
     currency: Currency
     at: datetime

@@ -33,8 +33,12 @@ from services.reviews.domain import (
 )
 from services.reviews.storage import Complaints
 from shared.errors import Conflict, Forbidden, NotFound, Unprocessable
-from shared.events.payments import DisputedItem, DisputeReason
-from shared.events.reviews import TakenOffReceipt, redo_booking_id, redo_remedy_of
+from shared.events.reviews import (
+    TakenOffItem,
+    TakenOffReceipt,
+    redo_booking_id,
+    redo_remedy_of,
+)
 
 NOW = datetime(2030, 5, 1, 8, 0, tzinfo=UTC)
 
@@ -527,12 +531,15 @@ def test_a_refund_the_card_refused_after_it_was_made_shows_not_made() -> None:
     ]
 
 
-def taken_off(revision: int, *items: tuple[str, int, int, DisputeReason]) -> TakenOffReceipt:
-    disputed = [
-        DisputedItem(
+def taken_off(
+    revision: int, *items: tuple[str, int, int, str], after: timedelta = timedelta(minutes=1)
+) -> TakenOffReceipt:
+    """Items taken off a receipt, `after` the complaint was filed (negative: before)."""
+    taken = [
+        TakenOffItem(
             code=f"x.{name.lower()}",
             name=name,
-            kind="product" if reason is DisputeReason.NOT_USED else "service",
+            kind="product" if reason == "not_used" else "service",
             quantity=quantity,
             amount=amount,
             reason=reason,
@@ -541,33 +548,34 @@ def taken_off(revision: int, *items: tuple[str, int, int, DisputeReason]) -> Tak
     ]
     return TakenOffReceipt(
         revision=revision,
-        items=disputed,
-        amount=sum(i.amount for i in disputed),
+        items=taken,
+        amount=sum(i.amount for i in taken),
         currency="EUR",
-        at=NOW + timedelta(minutes=revision),
+        at=NOW + after,
     )
 
 
 def test_what_the_customer_took_off_the_receipt_is_on_the_complaint_once_each() -> None:
     """A dispute after the complaint is a step of its timeline (operations read it before they
-    refund); one from before the complaint is on it without a step; the same one told again
-    changes nothing; several are kept in the receipt's order, even after closing."""
+    refund); one from before the complaint is on it without a step, even when reviews hears
+    of it late; the same one told again changes nothing; several are kept in the receipt's
+    order, even after closing."""
     c = complaint()
-    polish = taken_off(3, ("Polish", 1, 900, DisputeReason.NOT_USED))
+    polish = taken_off(3, ("Polish", 1, 900, "not_used"))
     assert c.receipt_disputed(polish, "customer:cus_1")
     assert not c.receipt_disputed(polish, "customer:cus_1")
     steps = [(s.what, s.detail) for s in c.timeline if s.what == TAKEN_OFF]
     assert steps == [(TAKEN_OFF, "1 x Polish (not used): 9.00 EUR not charged")]
     earlier = taken_off(
-        2, ("Manicure", 2, 5000, DisputeReason.FEWER), ("Cuticles", 1, 700, DisputeReason.NOT_DONE)
+        2, ("Manicure", 2, 5000, "fewer"), ("Cuticles", 1, 700, "not_done"), after=-timedelta(1)
     )
-    assert c.receipt_disputed(earlier, "customer:cus_1", told=False)
+    assert c.receipt_disputed(earlier, "customer:cus_1")
     assert [t.revision for t in c.taken_off_receipt] == [2, 3]
     assert len([s for s in c.timeline if s.what == TAKEN_OFF]) == 1
     # The customer and the store read it too (the store reads the receipt anyway).
     assert c.as_seen_by_outsider(store=True).taken_off_receipt == c.taken_off_receipt
     c.status = ComplaintStatus.CLOSED
-    assert c.receipt_disputed(taken_off(4, ("Gel", 1, 100, DisputeReason.NOT_USED)), "customer:c")
+    assert c.receipt_disputed(taken_off(4, ("Gel", 1, 100, "not_used")), "customer:c")
     assert [t.revision for t in c.taken_off_receipt] == [2, 3, 4]
 
 
@@ -577,6 +585,6 @@ def test_a_complaint_stores_what_was_taken_off_only_once_there_is_some() -> None
     store = Complaints(AsyncMongoClient(connect=False)["unit"])
     c = complaint()
     assert "taken_off_receipt" not in store.to_doc(c)
-    c.receipt_disputed(taken_off(2, ("Polish", 1, 900, DisputeReason.NOT_USED)), "customer:c")
+    c.receipt_disputed(taken_off(2, ("Polish", 1, 900, "not_used")), "customer:c")
     doc = store.to_doc(c)
     assert [i["name"] for i in doc["taken_off_receipt"][0]["items"]] == ["Polish"]
