@@ -36,6 +36,7 @@ from prometheus_client import REGISTRY
 from deploy.local.servers import Servers, local_servers
 from shared.auth import SignedActor
 from shared.events.envelope import Envelope, EventPayload
+from shared.mongo import Database, Document
 
 ROOT = Path(__file__).resolve().parent.parent
 TEST_RUN_DIR = ROOT / ".run" / "test"
@@ -373,3 +374,29 @@ def transaction_retries(service: str, work: str) -> float:
     (`doorstep_transaction_retries_total`)."""
     labels = {"service": service, "work": work}
     return REGISTRY.get_sample_value("doorstep_transaction_retries_total", labels) or 0.0
+
+
+def examined(explained: Any) -> tuple[int, list[str]]:
+    """Documents the server read, and the stages it read them with, wherever they sit in an
+    explain (a find's, or an aggregation's cursor stage)."""
+    docs, stages = 0, []
+
+    def walk(node: Any) -> None:
+        nonlocal docs
+        if isinstance(node, dict):
+            if isinstance(node.get("totalDocsExamined"), int):
+                docs += node["totalDocsExamined"]
+            if isinstance(node.get("stage"), str):
+                stages.append(node["stage"])
+            for value in node.values():
+                walk(value)
+        elif isinstance(node, list):
+            for value in node:
+                walk(value)
+
+    walk(explained)
+    return docs, stages
+
+
+async def explain(db: Database, command: Document) -> tuple[int, list[str]]:
+    return examined(await db.command("explain", command, verbosity="executionStats"))

@@ -49,7 +49,7 @@ from shared.mongo import Database, Document
 from shared.outbox import Transaction, UnitOfWork
 from shared.time import utcnow
 from tests.conftest import settings_for
-from tests.harness import Infra, new_prefix
+from tests.harness import Infra, explain, new_prefix
 
 pytestmark = pytest.mark.integration
 
@@ -700,28 +700,6 @@ async def test_a_later_start_marks_the_rows_written_since_the_last_and_reads_no_
     assert "COLLSCAN" not in stages, stages
 
 
-def _examined(explained: Any) -> tuple[int, list[str]]:
-    """Documents the server read, and the stages it read them with, wherever they sit in an
-    explain (a find's, or an aggregation's cursor stage)."""
-    docs, stages = 0, []
-
-    def walk(node: Any) -> None:
-        nonlocal docs
-        if isinstance(node, dict):
-            if isinstance(node.get("totalDocsExamined"), int):
-                docs += node["totalDocsExamined"]
-            if isinstance(node.get("stage"), str):
-                stages.append(node["stage"])
-            for value in node.values():
-                walk(value)
-        elif isinstance(node, list):
-            for value in node:
-                walk(value)
-
-    walk(explained)
-    return docs, stages
-
-
 # Per list: a finished row of the past, as the projection leaves it, and an open one.
 PAST: dict[str, tuple[Document, Document]] = {
     board.BOARD_BOOKINGS: ({"status": "closed"}, {"status": "en_route"}),
@@ -730,10 +708,6 @@ PAST: dict[str, tuple[Document, Document]] = {
     board.BOARD_FEES: ({"status": "paid"}, {"status": "owed"}),
     board.BOARD_UNPAID: ({"status": "paid"}, {"status": "due"}),
 }
-
-
-async def explain(db: Database, command: Document) -> tuple[int, list[str]]:
-    return _examined(await db.command("explain", command, verbosity="executionStats"))
 
 
 async def test_a_board_reads_the_rows_it_shows_not_the_platforms_whole_past(

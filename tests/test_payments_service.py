@@ -9,7 +9,7 @@ import json
 import uuid
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 from itertools import pairwise
 from pathlib import Path
 from typing import Any
@@ -20,6 +20,7 @@ from aiokafka import AIOKafkaProducer
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 from pymongo import AsyncMongoClient
 
+from services.payments import storage as payments_storage
 from services.payments.provider import (
     LOOKUP_OUTAGE,
     OUTAGE,
@@ -35,7 +36,7 @@ from shared.events.reviews import RefundGranted, RefundGrantedV1
 from shared.events.types import PricedLine
 from shared.mongo import Document
 from tests.conftest import Platform
-from tests.harness import Infra, eventually, keyed_events, publish
+from tests.harness import Infra, eventually, explain, keyed_events, publish
 from tests.seed import (
     OPS,
     accept_offer,
@@ -929,6 +930,41 @@ async def test_a_complaint_says_what_the_customer_took_off_the_receipt_before_or
 
         (back,) = await eventually(refunded, what="the refund made")
         assert back["amount"] == 2500  # the manicure charged, not the polish taken off
+
+
+async def test_a_list_of_disputed_receipts_reads_its_own_not_every_stores(
+    mongo: AsyncMongoClient[Document],
+) -> None:
+    """Operations', a store's and a technician's lists of disputed receipts read through an
+    index of those alone: however many receipts other stores' customers disputed, or nobody
+    did, a page reads no more receipts than it shows."""
+    db = mongo[unique("disputes_")]
+    try:
+        await payments_storage.ensure_indexes(db)
+        at = datetime(2030, 5, 1, tzinfo=UTC)
+        await db[payments_storage.RECEIPTS].insert_many(
+            [
+                {
+                    "_id": f"rc_{store}_{n}",
+                    "booking_id": f"bk_{store}_{n}",
+                    "store_id": store,
+                    "technician_id": f"tech_{store}",
+                    **({"disputed_at": at + timedelta(minutes=n)} if n % 4 == 0 else {}),
+                }
+                for store in ("a", "b", "c")
+                for n in range(400)
+            ]
+        )
+        for store_id, technician_id in ((None, None), ("a", None), (None, "tech_b")):
+            query = payments_storage.disputed_query(store_id, technician_id)
+            command = {"find": payments_storage.RECEIPTS, "filter": query, "limit": 5}
+            command["sort"] = {"disputed_at": -1}
+            examined, stages = await explain(db, command)
+            assert (examined, "COLLSCAN" in stages) == (5, False), (query, examined, stages)
+            found = await db[payments_storage.RECEIPTS].find(query).to_list()
+            assert len(found) == (300 if store_id is technician_id is None else 100)
+    finally:
+        await mongo.drop_database(db.name)
 
 
 async def test_a_customer_who_removed_their_card_pays_cash_the_technician_is_told_to_collect(

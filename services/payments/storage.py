@@ -41,6 +41,7 @@ PROVIDER_OPS = "provider_ops"
 CANCELLATION_FEES = "cancellation_fees"
 REFUNDS_WAITING = "refunds_waiting"
 REFUNDS_WAITING_KEPT_S = 180 * 24 * 3600
+DISPUTED: Document = {"disputed_at": {"$type": "date"}}  # a receipt a customer took items off
 
 
 async def ensure_indexes(db: Database) -> None:
@@ -49,11 +50,22 @@ async def ensure_indexes(db: Database) -> None:
         [
             IndexModel([("booking_id", ASCENDING)], unique=True),
             IndexModel([("store_id", ASCENDING), ("chain_position", ASCENDING)]),
-            # Operations' list of disputed receipts: only those are in it.
+            # The lists of disputed receipts (operations', a store's, a technician's): only
+            # those are in them, and a store's list reads its own, not every store's.
             IndexModel(
                 [("disputed_at", DESCENDING)],
                 name="disputed",
-                partialFilterExpression={"disputed_at": {"$type": "date"}},
+                partialFilterExpression=DISPUTED,
+            ),
+            IndexModel(
+                [("store_id", ASCENDING), ("disputed_at", DESCENDING)],
+                name="disputed_by_store",
+                partialFilterExpression=DISPUTED,
+            ),
+            IndexModel(
+                [("technician_id", ASCENDING), ("disputed_at", DESCENDING)],
+                name="disputed_by_technician",
+                partialFilterExpression=DISPUTED,
             ),
         ]
     )
@@ -115,11 +127,7 @@ class Receipts(Versioned[Receipt]):
         self, store_id: str | None, technician_id: str | None, limit: int
     ) -> list[Receipt]:
         """Receipts customers took items off, the latest dispute first."""
-        query: Document = {"disputed_at": {"$type": "date"}}
-        if store_id is not None:
-            query["store_id"] = store_id
-        if technician_id is not None:
-            query["technician_id"] = technician_id
+        query = disputed_query(store_id, technician_id)
         return await self.find(query, sort=[("disputed_at", DESCENDING)], limit=limit)
 
     async def chain(self, store_id: str, limit: int = 10_000) -> list[Receipt]:
@@ -128,6 +136,16 @@ class Receipts(Versioned[Receipt]):
             sort=[("chain_position", ASCENDING)],
             limit=limit,
         )
+
+
+def disputed_query(store_id: str | None, technician_id: str | None) -> Document:
+    """The disputed receipts, of one store or technician if named (the indexes' filter)."""
+    query: Document = dict(DISPUTED)
+    if store_id is not None:
+        query["store_id"] = store_id
+    if technician_id is not None:
+        query["technician_id"] = technician_id
+    return query
 
 
 class ChainHead(BaseModel):
