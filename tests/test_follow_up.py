@@ -345,6 +345,58 @@ async def test_a_visit_complained_about_gets_no_thank_you_nor_call_whichever_cam
         booking.stop()
 
 
+async def test_visits_on_one_day_are_thanked_in_one_message_naming_them_all(
+    infra: Infra, kafka_producer: AIOKafkaProducer, mongo: AsyncMongoClient[Document]
+) -> None:
+    """Two visits one day (a water filter in the morning, a gel manicure later): the next
+    morning one thank-you names both, not two messages; each visit's follow-up says it was
+    sent, the second in the first's message."""
+    prefix = new_prefix()
+    booking = ServiceProcess("booking", infra, prefix)
+    booking.start(DOORSTEP_TEST_CLOCK="1")
+    customer = unique("cus_")
+    codes = (f"appliance.{unique('filter-')}", f"nails.{unique('gel-')}")
+    try:
+        async with direct(booking.url) as api:
+            await care_item(api, codes[0], every_days=90)
+            await seed_item(api, codes[1])
+            await seed_customer(api, customer)
+            visits = [
+                await complete_visit(kafka_producer, prefix, api, customer, code, 1)
+                for code in codes
+            ]
+
+            async def thank_yous(status: str) -> list[dict[str, Any]] | None:
+                found = await get_json(
+                    api, f"/customers/{customer}/follow-ups", as_customer(customer)
+                )
+                mine = [f for f in found or [] if f["kind"] == "thank_you"]
+                return mine if len(mine) == 2 and {f["status"] for f in mine} == {status} else None
+
+            await eventually(lambda: thank_yous("scheduled"), what="both thank-yous scheduled")
+            await api.post("/testing/clock", json={"advance_s": 2 * DAY})
+            sent = await eventually(lambda: thank_yous("sent"), what="both thank-yous sent")
+    finally:
+        booking.stop()
+    (told,) = [f for f in sent if f["sent_with"] is None]
+    (with_it,) = [f for f in sent if f["sent_with"] is not None]
+    assert with_it["sent_with"] == told["follow_up_id"]
+    assert {told["booking_id"], with_it["booking_id"]} == set(visits)
+    # One message in all (nothing else is due yet), under the visit told.
+    outbox = mongo[f"{prefix}_booking"]["outbox"]
+    query = {"type": "booking.follow_up_due", "key": {"$in": visits}}
+    assert [row["key"] async for row in outbox.find(query)] == [told["booking_id"]]
+    (message,) = await keyed_events(
+        infra,
+        f"{prefix}.booking.follow_up.events",
+        told["booking_id"],
+        until=lambda found: len(found) == 1,
+    )
+    assert message["payload"]["kind"] == "thank_you"
+    names = [f["services"][0] for f in (told, with_it)]
+    assert message["payload"]["services"] == names  # both visits, in one message
+
+
 async def test_a_plan_stopped_or_booked_already_sends_no_reminder_until_the_visit_is_cancelled(
     infra: Infra, kafka_producer: AIOKafkaProducer, mongo: AsyncMongoClient[Document]
 ) -> None:

@@ -991,6 +991,9 @@ class FollowUpView(BaseModel):
     services: list[str]
     due_at: datetime
     status: FollowUpStatus
+    sent_with: str | None = Field(
+        None, description="Told in this follow-up's message (one thank-you a day for all visits)"
+    )
 
 
 @router.get(

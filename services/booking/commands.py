@@ -256,18 +256,26 @@ async def follow_ups_due(tx: Transaction, booking_id: str) -> None:
             if not follow_up.fall_due(choices, now, complained):
                 continue
             await store.save(follow_up, tx.session)
-            if follow_up.status is not FollowUpStatus.SKIPPED:
-                tx.emit(
-                    FollowUpDue(
-                        follow_up_id=follow_up.follow_up_id,
-                        kind=follow_up.kind.value,
-                        customer_id=follow_up.customer_id,
-                        booking_id=follow_up.booking_id,
-                        services=follow_up.services,
-                        due_at=follow_up.due_at,
-                    ),
-                    correlation_id=booking_id,
-                )
+            if follow_up.status is FollowUpStatus.SKIPPED:
+                continue
+            # The customer's other visits that day: thanked in this one message.
+            others = await store.thank_yous_due_with(follow_up, tx.session)
+            of = await ComplainedVisits(tx.db).which([f.booking_id for f in others], tx.session)
+            together = followup.thank_together(follow_up, others, choices, now, of)
+            for other in together:
+                await store.save(other, tx.session)
+            sent_with = [f for f in together if f.sent_with == follow_up.follow_up_id]
+            tx.emit(
+                FollowUpDue(
+                    follow_up_id=follow_up.follow_up_id,
+                    kind=follow_up.kind.value,
+                    customer_id=follow_up.customer_id,
+                    booking_id=follow_up.booking_id,
+                    services=followup.services_of([follow_up, *sent_with]),
+                    due_at=follow_up.due_at,
+                ),
+                correlation_id=booking_id,
+            )
     later = await store.next_due(booking_id, tx.session)
     if later is not None:
         await set_timer(tx, FOLLOW_UPS, booking_id, later)

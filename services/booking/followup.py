@@ -10,7 +10,7 @@ have changed their mind meanwhile, and what they turned off is skipped, not sent
 from __future__ import annotations
 
 import hashlib
-from collections.abc import Iterable, Mapping
+from collections.abc import Collection, Iterable, Mapping
 from datetime import date, datetime, time, timedelta
 from enum import StrEnum
 from typing import TYPE_CHECKING
@@ -108,6 +108,9 @@ class FollowUp(BaseModel):
     status: FollowUpStatus = FollowUpStatus.SCHEDULED
     decided_at: datetime | None = None
     calls: list[CallRecord] = Field(default_factory=list)
+    # Told in another visit's message of the same morning (one thank-you a day, naming
+    # every visit): that follow-up's id.
+    sent_with: str | None = None
     version: int = 0
     created_at: datetime
 
@@ -158,6 +161,36 @@ class FollowUp(BaseModel):
             return False
         self.status, self.decided_at = FollowUpStatus.SKIPPED, now
         return True
+
+
+def thank_together(
+    sent: FollowUp,
+    others: Iterable[FollowUp],
+    choices: FollowUpChoices,
+    now: datetime,
+    complained: Collection[str],
+) -> list[FollowUp]:
+    """A customer with several visits the same day gets one thank-you the next morning, not
+    one per visit: `sent`, a thank-you just sent, decides the customer's others due that
+    same morning with it (each skipped as `fall_due` says: a visit complained about gets
+    none). Those it changed; the message names the services of those sent with it."""
+    if sent.kind is not FollowUpKind.THANK_YOU or sent.status is not FollowUpStatus.SENT:
+        return []
+    changed = []
+    for other in others:
+        same = other.kind is FollowUpKind.THANK_YOU and other.due_at == sent.due_at
+        if other.follow_up_id == sent.follow_up_id or not same:
+            continue
+        if other.fall_due(choices, now, other.booking_id in complained):
+            if other.status is FollowUpStatus.SENT:
+                other.sent_with = sent.follow_up_id
+            changed.append(other)
+    return changed
+
+
+def services_of(follow_ups: Iterable[FollowUp]) -> list[str]:
+    """What was done, by name, each once, as the visits came."""
+    return list(dict.fromkeys(name for f in follow_ups for name in f.services))
 
 
 def local_morning(moment: datetime, days: int, zone: str) -> datetime:

@@ -11,7 +11,7 @@ from pymongo import ASCENDING, DESCENDING, GEOSPHERE, IndexModel, ReturnDocument
 from pymongo.asynchronous.client_session import AsyncClientSession
 
 from services.booking.domain import Booking, BookingStatus, Customer
-from services.booking.followup import CarePlan, FollowUp, FollowUpStatus
+from services.booking.followup import CarePlan, FollowUp, FollowUpKind, FollowUpStatus
 from services.booking.pricing import CatalogueItem, PriceVersion, ServiceHours, price_in_force
 from shared.errors import Conflict
 from shared.events.types import Currency, GeoPoint
@@ -332,6 +332,9 @@ class FollowUps(Versioned[FollowUp]):
     def __init__(self, db: Database) -> None:
         super().__init__(db, FOLLOW_UPS, FollowUp, "follow_up_id")
 
+    def to_doc(self, item: FollowUp) -> Document:
+        return without_unset(super().to_doc(item), LATER_FOLLOW_UP_FIELDS)
+
     async def schedule(self, follow_ups: list[FollowUp], session: Session) -> None:
         """Each once: a completion told again schedules nothing twice (one round trip)."""
         writes = []
@@ -348,6 +351,17 @@ class FollowUps(Versioned[FollowUp]):
             "due_at": {"$lte": now},
         }
         return await self.find(query, session)
+
+    async def thank_yous_due_with(self, sent: FollowUp, session: Session) -> list[FollowUp]:
+        """The customer's other thank-yous due the same morning, still to decide."""
+        query = {
+            "customer_id": sent.customer_id,
+            "due_at": sent.due_at,
+            "kind": FollowUpKind.THANK_YOU.value,
+            "status": FollowUpStatus.SCHEDULED.value,
+            "_id": {"$ne": sent.follow_up_id},
+        }
+        return await self.find(query, session, sort=[("_id", ASCENDING)])
 
     async def next_due(self, booking_id: str, session: Session) -> datetime | None:
         doc = await self.col.find_one(
@@ -406,6 +420,13 @@ class ComplainedVisits:
     async def about(self, booking_id: str, session: Session) -> bool:
         return await self.col.find_one({"_id": booking_id}, {"_id": 1}, session=session) is not None
 
+    async def which(self, booking_ids: list[str], session: Session) -> set[str]:
+        """Those of these bookings a complaint was opened about."""
+        if not booking_ids:
+            return set()
+        found = self.col.find({"_id": {"$in": booking_ids}}, {"_id": 1}, session=session)
+        return {d["_id"] async for d in found}
+
 
 class CarePlans(Versioned[CarePlan]):
     def __init__(self, db: Database) -> None:
@@ -430,6 +451,7 @@ class CarePlans(Versioned[CarePlan]):
 LATER_FIELDS = ("store_id", "technician_late_at")
 LATER_ITEM_FIELDS = ("care_every_days",)
 LATER_CUSTOMER_FIELDS = ("follow_up",)
+LATER_FOLLOW_UP_FIELDS = ("sent_with",)
 
 
 def _doc(booking: Booking) -> Document:

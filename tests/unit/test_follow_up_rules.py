@@ -13,6 +13,7 @@ from services.booking.followup import (
     CALL_ATTEMPTS,
     CallOutcome,
     CarePlanStatus,
+    FollowUp,
     FollowUpChoices,
     FollowUpKind,
     FollowUpStatus,
@@ -21,6 +22,8 @@ from services.booking.followup import (
     care_items,
     care_plan_id,
     local_morning,
+    services_of,
+    thank_together,
 )
 from services.booking.pricing import CatalogueItem, ItemKind, quote
 from shared.errors import Conflict
@@ -129,6 +132,44 @@ def test_a_visit_complained_about_is_not_thanked_nor_called_but_still_checked() 
     assert listed.status is St.TO_CALL
     assert listed.not_wanted(listed.due_at)
     assert listed.status.value == "skipped"  # by value: mypy keeps TO_CALL across the call
+
+
+def test_several_visits_on_one_day_are_thanked_in_one_message_the_next_morning() -> None:
+    """Three visits one day and one the next: one thank-you the next morning names the
+    services of the first day's (each once), except one complained about (skipped); the
+    next day's visit is thanked on its own morning. The one sent with another says which."""
+
+    def thank_you(booking_id: str, done: datetime, *codes: str) -> FollowUp:
+        b = visit()
+        b.booking_id, b.terms = booking_id, terms(*((c, 1) for c in codes))
+        return next(f for f in after_visit(b, done, LISBON) if f.kind is K.THANK_YOU)
+
+    first = thank_you("bk_1", DONE, "nails.manicure")
+    second = thank_you("bk_2", DONE + timedelta(hours=2), "nails.pedicure", "nails.manicure")
+    third = thank_you("bk_3", DONE - timedelta(hours=5), "nails.gel")
+    next_day = thank_you("bk_4", DONE + timedelta(days=1), "nails.gel")
+    morning = first.due_at
+    assert first.fall_due(FollowUpChoices(), morning)
+    others = [second, third, next_day]
+    together = thank_together(first, others, FollowUpChoices(), morning, complained={"bk_3"})
+    assert [(f.booking_id, f.status, f.sent_with) for f in together] == [
+        ("bk_2", St.SENT, first.follow_up_id),
+        ("bk_3", St.SKIPPED, None),
+    ]
+    assert next_day.status is St.SCHEDULED
+    sent = [first, *(f for f in together if f.sent_with)]
+    assert services_of(sent) == ["Nails.Manicure", "Nails.Pedicure"]
+    # Another kind sent that morning, or a thank-you skipped, thanks nobody else.
+    check = after_visit(visit(), DONE, LISBON)[1]
+    assert check.fall_due(FollowUpChoices(), check.due_at)
+    assert thank_together(check, others, FollowUpChoices(), morning, complained=()) == []
+    off = FollowUpChoices(thank_you=False)
+    skipped = thank_you("bk_5", DONE, "nails.manicure")
+    assert skipped.fall_due(off, morning)
+    assert skipped.status is St.SKIPPED
+    later = thank_you("bk_6", DONE, "nails.manicure")
+    assert thank_together(skipped, [later], off, morning, complained=()) == []
+    assert later.status is St.SCHEDULED
 
 
 def test_a_call_unanswered_is_tried_the_next_day_until_the_last_attempt() -> None:
