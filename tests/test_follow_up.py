@@ -316,6 +316,20 @@ async def test_a_visit_complained_about_gets_no_thank_you_nor_call_whichever_cam
                 return both if all(len(f) == 3 for f in both) else None
 
             await eventually(scheduled, what="both visits' follow-ups scheduled")
+            # A third, complained about while its thank-you waits: skipped at once (so a
+            # thank-you for another visit that morning cannot carry it).
+            third = await complete_visit(kafka_producer, prefix, api, customer, code, 3)
+
+            async def skipped_at_once() -> Any:
+                found = await of_booking(api, third)
+                return found if found.get("thank_you") == "skipped" else None
+
+            await complain(third)
+            assert await eventually(skipped_at_once, what="the third's thank-you skipped") == {
+                "thank_you": "skipped",
+                "call_after_week": "skipped",
+                "check_after_three_months": "scheduled",
+            }
 
             await api.post("/testing/clock", json={"advance_s": 2 * DAY})
             assert await decided(api, later, "thank_you") == "sent"
@@ -393,8 +407,9 @@ async def test_visits_on_one_day_are_thanked_in_one_message_naming_them_all(
         until=lambda found: len(found) == 1,
     )
     assert message["payload"]["kind"] == "thank_you"
-    names = [f["services"][0] for f in (told, with_it)]
-    assert message["payload"]["services"] == names  # both visits, in one message
+    by_visit = {f["booking_id"]: f["services"][0] for f in sent}
+    names = [by_visit[b] for b in visits]
+    assert message["payload"]["services"] == names  # both visits, in one message, in order
 
 
 async def test_a_plan_stopped_or_booked_already_sends_no_reminder_until_the_visit_is_cancelled(

@@ -286,7 +286,7 @@ async def complained(tx: Transaction, booking_id: str, complaint_id: str) -> Non
     whether they are scheduled already or not yet (the complaint came first)."""
     now = utcnow()
     await ComplainedVisits(tx.db).note(booking_id, complaint_id, now, tx.session)
-    await FollowUps(tx.db).calls_after_complaint(booking_id, now, tx.session)
+    await FollowUps(tx.db).after_complaint(booking_id, now, tx.session)
 
 
 async def care_reminder_due(tx: Transaction, plan_id: str) -> None:

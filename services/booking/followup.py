@@ -154,6 +154,14 @@ class FollowUp(BaseModel):
         else:
             self.due_at = local_morning(now, 1, zone)
 
+    def complained_about(self, now: datetime) -> bool:
+        """A complaint about the visit: a thank-you or call still to come never will (the
+        complaint's handling follows the visit up). True when it changed."""
+        if self.status is not FollowUpStatus.SCHEDULED or self.kind not in QUIET_AFTER_COMPLAINT:
+            return False
+        self.status, self.decided_at = FollowUpStatus.SKIPPED, now
+        return True
+
     def not_wanted(self, now: datetime) -> bool:
         """Taken off operations' list while it waited there (the customer turned calls off,
         or complained about the visit): skipped now."""
@@ -190,7 +198,8 @@ def thank_together(
 
 def services_of(follow_ups: Iterable[FollowUp]) -> list[str]:
     """What was done, by name, each once, as the visits came."""
-    return list(dict.fromkeys(name for f in follow_ups for name in f.services))
+    visits = sorted(follow_ups, key=lambda f: f.created_at)
+    return list(dict.fromkeys(name for f in visits for name in f.services))
 
 
 def local_morning(moment: datetime, days: int, zone: str) -> datetime:

@@ -381,10 +381,16 @@ class FollowUps(Versioned[FollowUp]):
         """The customer turned calls off: off operations' list now, not at the next try."""
         await self._off_the_list({"customer_id": customer_id}, now, session)
 
-    async def calls_after_complaint(self, booking_id: str, now: datetime, session: Session) -> None:
+    async def after_complaint(self, booking_id: str, now: datetime, session: Session) -> None:
         """A complaint about the visit: its call is off operations' list (the complaint's
-        handling is the call now)."""
+        handling is the call now), and a thank-you or call still to come is skipped now. A
+        write, so a customer's other visit's thank-you deciding this one with it at the
+        same moment conflicts with this transaction, and reads it skipped when run again."""
         await self._off_the_list({"booking_id": booking_id}, now, session)
+        query = {"booking_id": booking_id, "status": FollowUpStatus.SCHEDULED.value}
+        for follow_up in await self.find(query, session):
+            if follow_up.complained_about(now):
+                await self.save(follow_up, session)
 
     async def _off_the_list(self, query: Document, now: datetime, session: Session) -> None:
         for follow_up in await self.find(

@@ -126,6 +126,14 @@ def test_a_visit_complained_about_is_not_thanked_nor_called_but_still_checked() 
     assert by_kind[K.THANK_YOU].status is St.SKIPPED
     assert by_kind[K.CALL_AFTER_WEEK].status is St.SKIPPED
     assert by_kind[K.CHECK_AFTER_THREE_MONTHS].status is St.SENT
+    # A complaint heard while they wait: the thank-you and the call are skipped at once.
+    waiting = {f.kind: f for f in after_visit(visit(3), DONE, LISBON)}
+    assert [f.complained_about(DONE) for f in waiting.values()] == [True, True, False]
+    assert {k: f.status for k, f in waiting.items()} == {
+        K.THANK_YOU: St.SKIPPED,
+        K.CALL_AFTER_WEEK: St.SKIPPED,
+        K.CHECK_AFTER_THREE_MONTHS: St.SCHEDULED,
+    }
     # A call listed before the complaint came is taken off the list.
     listed = next(f for f in after_visit(visit(3), DONE, LISBON) if f.kind is K.CALL_AFTER_WEEK)
     listed.fall_due(FollowUpChoices(), listed.due_at)
@@ -159,6 +167,12 @@ def test_several_visits_on_one_day_are_thanked_in_one_message_the_next_morning()
     assert next_day.status is St.SCHEDULED
     sent = [first, *(f for f in together if f.sent_with)]
     assert services_of(sent) == ["Nails.Manicure", "Nails.Pedicure"]
+    # In the order the visits came, whichever visit's timer sent the message.
+    assert services_of([third, second, first]) == [
+        "Nails.Gel",
+        "Nails.Manicure",
+        "Nails.Pedicure",
+    ]
     # Another kind sent that morning, or a thank-you skipped, thanks nobody else.
     check = after_visit(visit(), DONE, LISBON)[1]
     assert check.fall_due(FollowUpChoices(), check.due_at)
