@@ -408,3 +408,12 @@ async def set_card(payments: httpx.AsyncClient, customer: str, token: str) -> No
         headers=as_customer(customer),
     )
     assert r.status_code == 200, r.text
+
+
+async def known(reviews: httpx.AsyncClient, booking_id: str) -> None:
+    """Reviews has learnt of the booking (its review invitation exists): it takes complaints
+    about it from its customer."""
+    await eventually(
+        lambda: get_json(reviews, f"/review-requests/{booking_id}", headers=OPS),
+        what="booking known to reviews",
+    )

@@ -44,12 +44,13 @@ from tests.seed import (
     booking_body,
     gateway_token,
     get_json,
+    known,
     seed_customer,
     seed_item,
     seed_technician,
     service_completed,
 )
-from tests.test_payments_service import cancelled, fee_is, issued
+from tests.test_payments_service import cancelled, fee_is, issued, take_off
 from tests.test_reviews_service import a_refund_not_made
 
 pytestmark = pytest.mark.integration
@@ -975,14 +976,7 @@ async def test_operations_and_the_store_see_what_a_customer_took_off_a_receipt(
     )
     async with platform.client("payments") as payments:
         shown = await issued(payments, booking_id, customer)
-        taken = await payments.post(
-            f"/receipts/{shown['receipt_id']}/dispute",
-            json={
-                "receipt_hash": shown["content_hash"],
-                "items": [{"code": "nails.manicure", "quantity": 1, "reason": "not_done"}],
-            },
-            headers=as_customer(customer),
-        )
+        taken = await take_off(payments, shown, customer, ("nails.manicure", 1, "not_done"))
         assert taken.status_code == 200, taken.text
     receipt_row = f'#disputes tr[data-receipt="{shown["receipt_id"]}"]'
 
@@ -1001,10 +995,7 @@ async def test_operations_and_the_store_see_what_a_customer_took_off_a_receipt(
     # The customer complains of the manicure too: the complaint says what was taken off, and
     # so does the dialog operations propose a remedy from (a refund of it would pay twice).
     async with platform.client("reviews") as reviews:
-        await eventually(
-            lambda: get_json(reviews, f"/review-requests/{booking_id}", headers=OPS),
-            what="reviews knows the visit",
-        )
+        await known(reviews, booking_id)
         filed = await reviews.post(
             "/complaints",
             json={

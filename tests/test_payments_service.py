@@ -47,6 +47,7 @@ from tests.seed import (
     booking_body,
     gateway_token,
     get_json,
+    known,
     seed_customer,
     seed_item,
     seed_technician,
@@ -70,6 +71,25 @@ def unique(prefix: str) -> str:
 def manicure(qty: int = 2, price: int = 2500, code: str = "nails.manicure") -> PricedLine:
     return PricedLine(
         code=code, name="Manicure", skill="nails", quantity=qty, unit_price=price, currency="EUR"
+    )
+
+
+POLISH = PricedLine(
+    code="nails.polish", name="Polish", kind="product", quantity=1, unit_price=900, currency="EUR"
+)
+
+
+async def take_off(
+    payments: httpx.AsyncClient, shown: Any, customer: str, *items: tuple[str, int, str]
+) -> httpx.Response:
+    """The customer takes items off the receipt they were shown: (code, how many, why)."""
+    return await payments.post(
+        f"/receipts/{shown['receipt_id']}/dispute",
+        json={
+            "receipt_hash": shown["content_hash"],
+            "items": [{"code": c, "quantity": q, "reason": why} for c, q, why in items],
+        },
+        headers=as_customer(customer),
     )
 
 
@@ -721,14 +741,6 @@ async def test_a_customer_takes_what_they_did_not_get_off_the_receipt_and_signs_
         who: bearer(await gateway_token(mongo, platform.prefix, Actor(role=role, subject=who)))
         for who, role in ((customer, Role.CUSTOMER), (tech, Role.TECHNICIAN))
     }
-    polish = PricedLine(
-        code="nails.polish",
-        name="Polish",
-        kind="product",
-        quantity=1,
-        unit_price=900,
-        currency="EUR",
-    )
     async with platform.client("payments") as payments, platform.client("gateway") as api:
         await sell_package(payments, store, customer, visits=1)
         await set_card(payments, customer, "pm_card_ok")
@@ -738,7 +750,7 @@ async def test_a_customer_takes_what_they_did_not_get_off_the_receipt_and_signs_
             customer=customer,
             store=store,
             technician=tech,
-            lines=[manicure(qty=2), polish],
+            lines=[manicure(qty=2), POLISH],
         )
         shown = await issued(payments, booking_id, customer)
         receipt_id = shown["receipt_id"]
@@ -836,10 +848,6 @@ async def test_a_complaint_says_what_the_customer_took_off_the_receipt_before_or
     of everything paid gives back only what was charged."""
     customer, store, tech = unique("cus_"), unique("store_"), unique("tech_")
     ops = bearer(await gateway_token(mongo, platform.prefix, Actor(role=Role.OPS, subject="o")))
-    polish = PricedLine(
-        code="nails.polish", name="Polish", kind="product", quantity=1, unit_price=900,
-        currency="EUR",
-    )  # fmt: skip
     async with (
         platform.client("payments") as payments,
         platform.client("reviews") as reviews,
@@ -852,13 +860,10 @@ async def test_a_complaint_says_what_the_customer_took_off_the_receipt_before_or
             customer=customer,
             store=store,
             technician=tech,
-            lines=[manicure(qty=1), polish],
+            lines=[manicure(qty=1), POLISH],
         )
         shown = await issued(payments, booking_id, customer)
-        await eventually(
-            lambda: get_json(reviews, f"/review-requests/{booking_id}", headers=OPS),
-            what="reviews knows the visit",
-        )
+        await known(reviews, booking_id)
         body = {"booking_id": booking_id, "category": "quality", "severity": "medium"}
         first = await reviews.post(
             "/complaints",
@@ -869,14 +874,7 @@ async def test_a_complaint_says_what_the_customer_took_off_the_receipt_before_or
         assert first.json()["taken_off_receipt"] == []
         complaint_id = first.json()["complaint_id"]
 
-        disputed = await payments.post(
-            f"/receipts/{shown['receipt_id']}/dispute",
-            json={
-                "receipt_hash": shown["content_hash"],
-                "items": [{"code": "nails.polish", "quantity": 1, "reason": "not_used"}],
-            },
-            headers=as_customer(customer),
-        )
+        disputed = await take_off(payments, shown, customer, ("nails.polish", 1, "not_used"))
         assert disputed.status_code == 200, disputed.text
 
         async def with_taken_off(path: str, headers: dict[str, str]) -> Any:

@@ -56,6 +56,7 @@ from tests.seed import (
     booking_body,
     gateway_token,
     get_json,
+    known,
     seed_customer,
     seed_item,
     seed_technician,
@@ -80,14 +81,6 @@ async def completed(
         service_completed(booking_id, customer, "store_r", technician_id=technician),
     )
     return booking_id
-
-
-async def known(reviews: httpx.AsyncClient, booking_id: str) -> None:
-    """Reviews has learnt of the booking (its review invitation exists)."""
-    await eventually(
-        lambda: get_json(reviews, f"/review-requests/{booking_id}", headers=OPS),
-        what="booking known",
-    )
 
 
 def complaint_body(booking_id: str, **over: Any) -> dict[str, Any]:
