@@ -12,7 +12,13 @@ from datetime import datetime
 
 from services.booking import followup
 from services.booking.domain import Booking, BookingStatus, TechnicianIdentity
-from services.booking.followup import CarePlan, FollowUpChoices, FollowUpStatus
+from services.booking.followup import (
+    CarePlan,
+    FollowUp,
+    FollowUpChoices,
+    FollowUpKind,
+    FollowUpStatus,
+)
 from services.booking.storage import (
     Bookings,
     CarePlans,
@@ -258,10 +264,13 @@ async def follow_ups_due(tx: Transaction, booking_id: str) -> None:
             await store.save(follow_up, tx.session)
             if follow_up.status is FollowUpStatus.SKIPPED:
                 continue
-            # The customer's other visits that day: thanked in this one message.
-            others = await store.thank_yous_due_with(follow_up, tx.session)
-            of = await ComplainedVisits(tx.db).which([f.booking_id for f in others], tx.session)
-            together = followup.thank_together(follow_up, others, choices, now, of)
+            together: list[FollowUp] = []
+            if follow_up.kind is FollowUpKind.THANK_YOU:  # only a thank-you gathers others
+                # The customer's other visits that day: thanked in this one message.
+                others = await store.thank_yous_due_with(follow_up, tx.session)
+                booking_ids = [f.booking_id for f in others]
+                of = await ComplainedVisits(tx.db).which(booking_ids, tx.session)
+                together = followup.thank_together(follow_up, others, choices, now, of)
             for other in together:
                 await store.save(other, tx.session)
             sent_with = [f for f in together if f.sent_with == follow_up.follow_up_id]

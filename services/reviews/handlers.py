@@ -221,9 +221,7 @@ async def refund_repaid(tx: Transaction, event: RefundRepaid) -> None:
 async def receipt_disputed(tx: Transaction, event: ReceiptDisputed) -> None:
     """The customer took items off the visit's receipt before signing: every complaint about
     the visit says so (operations must not refund them again), and one filed later will."""
-    items = [
-        TakenOffItem(**i.model_dump(exclude={"reason"}), reason=i.reason.value) for i in event.items
-    ]
+    items = [TakenOffItem.model_validate(i.model_dump(mode="json")) for i in event.items]
     taken = TakenOffReceipt(
         revision=event.revision,
         items=items,
