@@ -166,6 +166,16 @@ class Settings(BaseSettings):
         6 * 3600.0, gt=0, validation_alias="PAYMENTS_REMINDER_AFTER_S"
     )
     payment_reminders: int = Field(3, ge=0, validation_alias="PAYMENTS_REMINDERS")
+    # Stores' weekly settlements: the platform's commission on a store's takings, in
+    # hundredths of a percent; and how long after a week ends it may be closed: longer than
+    # any unit of work that could still enter money in it lives (MongoDB aborts a transaction
+    # after 60 s), and than the clocks of two replicas could disagree.
+    store_commission_bps: int = Field(
+        1500, ge=0, le=10_000, validation_alias="PAYMENTS_STORE_COMMISSION_BPS"
+    )
+    settlement_close_after_s: float = Field(
+        3600.0, ge=0, validation_alias="PAYMENTS_SETTLEMENT_CLOSE_AFTER_S"
+    )
     # The receipt-sealing key (32-byte Ed25519 seed, base64url) and its id. Unset, keys are
     # made and rotated in the service's database; set it from a secret store in production.
     receipt_sealing_seed: SecretStr | None = Field(None, validation_alias="RECEIPT_SEALING_SEED")

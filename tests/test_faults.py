@@ -39,6 +39,8 @@ import pytest
 from pymongo import AsyncMongoClient
 
 from services.gateway.signin import add_staff
+from services.payments.settlements import entries_of
+from services.payments.storage import Receipts
 from shared.mongo import Document
 from sim.city import City, CityPlan, Shares
 from sim.desk import REFUND_BY_TIER
@@ -447,6 +449,23 @@ async def test_journeys_survive_kill_9_of_every_service_and_restarts_of_kafka_an
         return found == len(card_refunds)
 
     await eventually(at_the_provider, within=60, what="card refunds at the provider")
+
+    # Every store's ledger holds exactly the money that moved on its receipts through the
+    # faults: each movement entered once (with the receipt's own write), none missing.
+    async def ledger_as_receipts() -> int | None:
+        moved = {
+            e.entry_id: (e.store_id, e.kind.value, e.takings, e.held)
+            for r in await Receipts(payments_db).find({})
+            for e in entries_of(r)
+        }
+        entered = {
+            d["_id"]: (d["store_id"], d["kind"], d["takings"], d["held"])
+            async for d in payments_db["settlement_entries"].find()
+        }
+        return len(entered) if entered == moved else None
+
+    settlement_entries = await eventually(ledger_as_receipts, within=30, what="ledger as paid")
+    assert settlement_entries >= charged
     alerts = (
         await mongo[f"{platform.prefix}_dispatch"]["safety_alerts"]
         .find({"booking_id": {"$in": booked}})
@@ -477,6 +496,7 @@ async def test_journeys_survive_kill_9_of_every_service_and_restarts_of_kafka_an
             "seal_events": sum(seals.values()),
             "prepaid_draws_checked": sum(draws.values()),
             "charges_checked": charged,
+            "settlement_entries_checked": settlement_entries,
             "late_cancellation_fees_paid": fee_outcomes["paid"],
             "late_cancellation_fees_owed": fee_outcomes["owed"],
             "customers_without_a_card": len(no_card),

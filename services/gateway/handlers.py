@@ -40,6 +40,7 @@ from shared.events.payments import (
     ReceiptVoided,
     RefundDeclined,
     RefundRepaid,
+    SettlementClosed,
     WriteOffReversed,
 )
 from shared.events.reviews import (
@@ -683,6 +684,11 @@ async def receipt_sealed(tx: Transaction, event: ReceiptSealed) -> None:
 
 @handlers.on(PrepaidPurchased)
 async def prepaid_purchased(tx: Transaction, event: PrepaidPurchased) -> None:
+    await about_store(tx, event.store_id)
+
+
+@handlers.on(SettlementClosed)
+async def settlement_closed(tx: Transaction, event: SettlementClosed) -> None:
     await about_store(tx, event.store_id)
 
 

@@ -62,6 +62,7 @@ STORE_EVENTS = (
     "payments.receipt_voided",
     "payments.receipt_disputed",
     "payments.prepaid_purchased",
+    "payments.settlement_closed",
     "reviews.complaint_opened",
 )
 

@@ -37,10 +37,12 @@ from services.payments.provider import (
     webhook_secret,
 )
 from services.payments.sealing import verify
+from services.payments.settlements import Entered, Statement, week_of, week_start
 from services.payments.storage import (
     CancellationFees,
     Coupons,
     Holdings,
+    Ledger,
     Plans,
     ProviderOp,
     ProviderOps,
@@ -52,9 +54,9 @@ from shared.auth import Actor, ActorDep, Role
 from shared.errors import Conflict, Forbidden, NotFound, Unauthenticated, Unprocessable
 from shared.events.payments import DisputeReason, RepaidWay
 from shared.events.reviews import REMEDY_REFUND
-from shared.events.types import Amount, Currency, Sum
+from shared.events.types import WEEK_PATTERN, Amount, Currency, Sum
 from shared.locks import KeyedLocks
-from shared.mongo import put_owned
+from shared.mongo import Document, put_owned
 from shared.outbox import Transaction
 from shared.schema import PATH_ID_MAX, Forbid, PathId, idempotency_key
 from shared.service import Runtime, RuntimeDep
@@ -864,3 +866,102 @@ async def list_coupons(
         CouponView(**c.model_dump(), reference=coupon_reference(c.coupon_id))
         for c in await Coupons(runtime.db).of_customer(customer_id)
     ]
+
+
+# ------------------------------------------------------------------ settlements --
+
+
+def _week(week: str) -> str:
+    try:
+        week_start(week)
+    except ValueError as e:
+        raise Unprocessable(str(e), field="week") from e
+    return week
+
+
+WeekIn = Annotated[str, Path(pattern=WEEK_PATTERN, examples=["2026-W47"])]
+StoreIn = Annotated[str, Path(min_length=1, max_length=64)]
+
+
+@router.get(
+    "/settlements",
+    tags=["settlements"],
+    summary="Stores' weekly statements, the latest week first: a store's own; operations' "
+    "of any store, or of every store for one week",
+)
+async def list_settlements(
+    runtime: RuntimeDep,
+    actor: ActorDep,
+    store_id: Annotated[str | None, Query(min_length=1, max_length=64)] = None,
+    week: Annotated[
+        str | None, Query(pattern=WEEK_PATTERN, description="One ISO week (UTC)")
+    ] = None,
+    weeks: Annotated[
+        int, Query(ge=1, le=53, description="Without `week`: this many, up to this one")
+    ] = 8,
+) -> list[Statement]:
+    scope: Document = actor.store_scope(store_id, what="a store's settlements")
+    now = utcnow()
+    if week is not None:
+        scope["week"] = _week(week)
+    elif not scope:
+        raise Unprocessable("name a store, or a week to see every store's", field="week")
+    else:
+        scope["week"] = {"$in": [week_of(now - timedelta(weeks=n)) for n in range(weeks)]}
+    found = await commands.statements(runtime.db, scope, runtime.settings, now)
+    return [statement.seen_by(actor.is_ops) for statement in found]
+
+
+@router.get(
+    "/settlements/{store_id}/{week}/entries",
+    tags=["settlements"],
+    summary="What a store's week is made of: every movement of money on its visits' "
+    "receipts entered that week, receipt by receipt",
+)
+async def settlement_entries(
+    store_id: StoreIn,
+    week: WeekIn,
+    runtime: RuntimeDep,
+    actor: ActorDep,
+    *,
+    after: Annotated[
+        str | None, Query(min_length=1, max_length=200, description="The last entry seen")
+    ] = None,
+    limit: Annotated[int, Query(ge=1, le=1000)] = 200,
+) -> list[Entered]:
+    actor.store_scope(store_id, what="a store's settlements")
+    return await Ledger(runtime.db).entries(store_id, _week(week), after, limit)
+
+
+class CloseIn(Forbid):
+    currency: Currency
+    payable: int = Field(
+        description="What the statement said was payable when operations settled it: a "
+        "statement that reads differently now is not closed"
+    )
+    reference: str = Field(
+        min_length=3, max_length=120, description="The transfer's reference, either way"
+    )
+
+
+@router.post(
+    "/settlements/{store_id}/{week}/close",
+    tags=["settlements"],
+    summary="Operations settled a store's week (paid it, or were paid): the statement is final",
+)
+async def close_settlement(
+    store_id: StoreIn, week: WeekIn, body: CloseIn, runtime: RuntimeDep, actor: ActorDep
+) -> Statement:
+    actor.require(Role.OPS)
+    week = _week(week)
+    return await runtime.uow.run(
+        lambda tx: commands.close_settlement(
+            tx,
+            store_id=store_id,
+            week=week,
+            currency=body.currency,
+            by=actor.subject,
+            reference=body.reference,
+            payable_seen=body.payable,
+        )
+    )

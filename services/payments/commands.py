@@ -30,15 +30,18 @@ from services.payments.fees import PAYMENTS, CancellationFee, FeeStep
 from services.payments.ledger import Holding, Plan, sell
 from services.payments.provider import ProviderResult, ProviderStatus
 from services.payments.sealing import chain_hash, check_device_signature
+from services.payments.settlements import Statement, statement_id
 from services.payments.storage import (
     CancellationFees,
     Chains,
     Coupons,
     Holdings,
+    Ledger,
     ProviderOp,
     ProviderOps,
     Receipts,
     SealingKeys,
+    Settlements,
     WaitingRefunds,
     Wallets,
 )
@@ -70,6 +73,7 @@ from shared.events.payments import (
     RefundIssued,
     RefundNotMade,
     RefundRepaid,
+    SettlementClosed,
     WriteOffReversed,
 )
 from shared.events.reviews import (
@@ -79,8 +83,9 @@ from shared.events.reviews import (
     RefundWithdrawn,
     remedy_made_id,
 )
-from shared.mongo import Database, Session
+from shared.mongo import Database, Document, Session
 from shared.outbox import Transaction
+from shared.settings import Settings
 from shared.time import backoff, utcnow
 from shared.timers import cancel, set_timer
 
@@ -1170,3 +1175,76 @@ def _waive(tx: Transaction, fee: CancellationFee, by: str, reason: str) -> None:
 def _waived(tx: Transaction, fee: CancellationFee) -> None:
     reason, waived_at = fee.waiver_reason or "", fee.waived_at or utcnow()
     tx.emit(CancellationFeeWaived(**_about(fee), reason=reason, waived_at=waived_at))
+
+
+# ------------------------------------------------------------------- settlements --
+
+
+async def statements(
+    db: Database, query: Document, settings: Settings, now: datetime, session: Session = None
+) -> list[Statement]:
+    """The statements of the (store, week)s `query` matches, the latest week first: as
+    operations closed them, the others added up from the ledger as it stands."""
+    found = {s.statement_id: s for s in await Settlements(db).find(query, session)}
+    close_after = timedelta(seconds=settings.settlement_close_after_s)
+    for (store_id, week, currency), totals in (await Ledger(db).totals(query, session)).items():
+        if statement_id(store_id, week, currency) not in found:
+            made = Statement.of(
+                store_id=store_id,
+                week=week,
+                currency=currency,
+                totals=totals,
+                rate_bps=settings.store_commission_bps,
+                now=now,
+                close_after=close_after,
+            )
+            found[made.statement_id] = made
+    by_store = sorted(found.values(), key=lambda s: (s.store_id, s.currency))
+    return sorted(by_store, key=lambda s: s.week, reverse=True)
+
+
+async def close_settlement(
+    tx: Transaction,
+    *,
+    store_id: str,
+    week: str,
+    currency: str,
+    by: str,
+    reference: str,
+    payable_seen: int,
+) -> Statement:
+    """Operations settled a store's week (by the transfer `reference`): the statement is
+    kept as it reads now, final. Closing it again by the same transfer changes nothing."""
+    now = utcnow()
+    query = {"store_id": store_id, "week": week, "currency": currency}
+    found = await statements(tx.db, query, tx.settings, now, tx.session)
+    if not found:
+        raise NotFound(
+            f"no money moved on {store_id}'s visits in {currency} entered in {week}: "
+            "nothing to settle",
+            field="week",
+        )
+    [statement] = found
+    if statement.close(by, reference, payable_seen, now):
+        # Two closings at once both insert it: one conflicts, runs again and reads it closed.
+        await Settlements(tx.db).insert(statement, tx.session)
+        tx.emit(
+            SettlementClosed(
+                **statement.model_dump(
+                    include={
+                        "store_id",
+                        "week",
+                        "currency",
+                        "visits",
+                        "takings",
+                        "commission_rate_bps",
+                        "commission",
+                        "held_by_store",
+                        "payable",
+                    }
+                ),
+                reference=reference,
+                closed_at=statement.closed_at,
+            )
+        )
+    return statement

@@ -10,6 +10,9 @@ wallets        a customer's payment method (a provider token, never a card numbe
 provider_ops   every charge and refund sent to the provider, by idempotency key
 cancellation_fees  late-cancellation fees owed, charged, paid or waived; one per booking
 refunds_waiting    complaints' refunds granted before the booking's receipt exists
+settlement_entries every movement of money on a store's signed receipts, by week entered
+settlements        stores' weekly statements operations closed (settled), as closed
+migrations         one-off changes to stored rows, each done once (its name, when, how many)
 """
 
 from __future__ import annotations
@@ -18,12 +21,26 @@ from datetime import datetime
 from typing import Literal
 
 from pydantic import BaseModel, ConfigDict
-from pymongo import ASCENDING, DESCENDING, IndexModel
+from pymongo import ASCENDING, DESCENDING, IndexModel, UpdateOne
 
-from services.payments.domain import Coupon, GrantedRefund, Receipt, RefundsWaiting
+from services.payments.domain import (
+    Coupon,
+    GrantedRefund,
+    Receipt,
+    ReceiptStatus,
+    RefundsWaiting,
+)
 from services.payments.fees import CancellationFee, FeeStatus
 from services.payments.ledger import Holding, Plan
 from services.payments.sealing import GENESIS, SealingKey, digest
+from services.payments.settlements import (
+    Entered,
+    EntryKind,
+    Statement,
+    Totals,
+    entries_of,
+    week_of,
+)
 from shared.errors import Conflict, VersionMismatch
 from shared.keyring import KeyRing
 from shared.mongo import Database, Document, Session, Versioned
@@ -41,6 +58,11 @@ PROVIDER_OPS = "provider_ops"
 CANCELLATION_FEES = "cancellation_fees"
 REFUNDS_WAITING = "refunds_waiting"
 REFUNDS_WAITING_KEPT_S = 180 * 24 * 3600
+SETTLEMENT_ENTRIES = "settlement_entries"
+SETTLEMENTS = "settlements"
+MIGRATIONS = "migrations"
+ENTERED_BEFORE = "settlements.entered_before"
+SIGNED = [s.value for s in (ReceiptStatus.SEALED, ReceiptStatus.SETTLED, ReceiptStatus.WRITTEN_OFF)]
 DISPUTED: Document = {"disputed_at": {"$type": "date"}}  # a receipt a customer took items off
 
 
@@ -69,6 +91,20 @@ async def ensure_indexes(db: Database) -> None:
             ),
         ]
     )
+    # A store's week (its statement, its entries in order); every store's week (operations).
+    await db[SETTLEMENT_ENTRIES].create_indexes(
+        [
+            IndexModel([("store_id", ASCENDING), ("week", ASCENDING), ("_id", ASCENDING)]),
+            IndexModel([("week", ASCENDING), ("store_id", ASCENDING)]),
+        ]
+    )
+    await db[SETTLEMENTS].create_indexes(
+        [
+            IndexModel([("store_id", ASCENDING), ("week", ASCENDING)]),
+            IndexModel([("week", ASCENDING)]),
+        ]
+    )
+    await enter_receipts_signed_before(db)
     await db[HOLDINGS].create_indexes([IndexModel([("customer_id", ASCENDING)])])
     await db[COUPONS].create_indexes([IndexModel([("customer_id", ASCENDING)])])
     await db[PLANS].create_indexes([IndexModel([("store_id", ASCENDING)])])
@@ -88,6 +124,26 @@ async def ensure_indexes(db: Database) -> None:
     )
 
 
+async def enter_receipts_signed_before(db: Database) -> int:
+    """Once: the receipts signed before stores were settled by the week have their money
+    entered now, so the first week's statement carries everything not settled this way yet.
+    Entered as a receipt's next save would (the same ids), so a replica saving one meanwhile
+    enters nothing twice. How many receipts."""
+    if await db[MIGRATIONS].find_one({"_id": ENTERED_BEFORE}) is not None:
+        return 0
+    ledger, receipts = Ledger(db), Receipts(db)
+    count = 0
+    async for doc in db[RECEIPTS].find({"status": {"$in": SIGNED}}):
+        await ledger.enter(receipts.from_doc(doc), None)
+        count += 1
+    await db[MIGRATIONS].update_one(
+        {"_id": ENTERED_BEFORE},
+        {"$setOnInsert": {"done_at": utcnow(), "changed": count}},
+        upsert=True,
+    )
+    return count
+
+
 class Receipts(Versioned[Receipt]):
     def __init__(self, db: Database) -> None:
         super().__init__(db, RECEIPTS, Receipt, "receipt_id")
@@ -102,7 +158,7 @@ class Receipts(Versioned[Receipt]):
         Checked without a read: what is written must match its own seal's hash, and the
         stored receipt must be unsealed or carry the very same seal.
         """
-        if item.seal is None:
+        if item.seal is None:  # not signed: no money has moved on it
             await super().save(item, session)
             return
         if digest(item.signed_document()) != item.seal.receipt_hash:
@@ -122,6 +178,7 @@ class Receipts(Versioned[Receipt]):
         if result.matched_count != 1:
             raise VersionMismatch(f"{item.receipt_id} changed since it was read; read it again")
         item.version = seen + 1
+        await Ledger(self.col.database).enter(item, session)
 
     async def disputed(
         self, store_id: str | None, technician_id: str | None, limit: int
@@ -146,6 +203,87 @@ def disputed_query(store_id: str | None, technician_id: str | None) -> Document:
     if technician_id is not None:
         query["technician_id"] = technician_id
     return query
+
+
+class Ledger:
+    """Stores' settlement entries (settlements.py), written with the receipt they come from:
+    whatever moved money on it, the receipt's save enters it, once (its id says what it is)."""
+
+    def __init__(self, db: Database) -> None:
+        self.col = db[SETTLEMENT_ENTRIES]
+
+    async def enter(self, receipt: Receipt, session: Session) -> None:
+        entries = entries_of(receipt)
+        if not entries:
+            return
+        # In the week it is entered: a week gone by never changes (settlements.py).
+        now = utcnow()
+        writes = []
+        for entry in entries:
+            doc = Entered(**entry.model_dump(), week=week_of(now), entered_at=now).model_dump()
+            doc.pop("entry_id")
+            writes.append(UpdateOne({"_id": entry.entry_id}, {"$setOnInsert": doc}, upsert=True))
+        await self.col.bulk_write(writes, ordered=False, session=session)
+
+    async def totals(
+        self, query: Document, session: Session = None
+    ) -> dict[tuple[str, str, str], Totals]:
+        """The matching entries added up by (store, week, currency)."""
+        key = {"store_id": "$store_id", "week": "$week", "currency": "$currency"}
+        pipeline: list[Document] = [
+            {"$match": query},
+            {
+                "$facet": {
+                    "kinds": [
+                        {
+                            "$group": {
+                                "_id": {**key, "kind": "$kind"},
+                                "takings": {"$sum": "$takings"},
+                                "held": {"$sum": "$held"},
+                            }
+                        }
+                    ],
+                    "visits": [
+                        {"$group": {"_id": {**key, "receipt": "$receipt_id"}}},
+                        {
+                            "$group": {
+                                "_id": {k: f"$_id.{k}" for k in key},
+                                "visits": {"$sum": 1},
+                            }
+                        },
+                    ],
+                }
+            },
+        ]
+        [found] = await (await self.col.aggregate(pipeline, session=session)).to_list()
+        totals: dict[tuple[str, str, str], Totals] = {}
+        for row in found["visits"]:
+            at = row["_id"]
+            totals[at["store_id"], at["week"], at["currency"]] = Totals(
+                visits=row["visits"], by_kind={}, held=0
+            )
+        for row in found["kinds"]:
+            at = row["_id"]
+            week = totals[at["store_id"], at["week"], at["currency"]]
+            week.by_kind[EntryKind(at["kind"])] = row["takings"]
+            week.held += row["held"]
+        return totals
+
+    async def entries(
+        self, store_id: str, week: str, after: str | None, limit: int
+    ) -> list[Entered]:
+        query: Document = {"store_id": store_id, "week": week}
+        if after is not None:
+            query["_id"] = {"$gt": after}
+        cursor = self.col.find(query, sort=[("_id", ASCENDING)], limit=limit)
+        return [Entered.model_validate({"entry_id": d.pop("_id"), **d}) async for d in cursor]
+
+
+class Settlements(Versioned[Statement]):
+    """Statements operations closed, as they closed them (the rest are added up when read)."""
+
+    def __init__(self, db: Database) -> None:
+        super().__init__(db, SETTLEMENTS, Statement, "statement_id")
 
 
 class ChainHead(BaseModel):

@@ -10,7 +10,7 @@ from pydantic import BaseModel, ConfigDict, Field
 
 from shared.events.envelope import EventPayload
 from shared.events.registry import event
-from shared.events.types import Currency, MinorUnits
+from shared.events.types import WEEK_PATTERN, Currency, MinorUnits
 
 STREAM = "payments"
 
@@ -135,6 +135,25 @@ class ReceiptSealed(EventPayload):
     key_id: str
     chain_position: int = Field(ge=0)
     chain_hash: str = Field(description="The store's chain head after this receipt")
+
+
+@event("payments.settlement_closed", version=1, stream=STREAM, key="store_id")
+class SettlementClosed(EventPayload):
+    """Operations settled a store's week: what its visits took in (card, cash, prepaid,
+    coupons, less refunds), the platform's commission on it, what the store held already, and
+    who paid whom. Final: money entered later belongs to a later week."""
+
+    store_id: str
+    week: str = Field(pattern=WEEK_PATTERN, description="ISO week, Monday to Monday UTC")
+    currency: Currency
+    visits: int = Field(ge=0)
+    takings: int = Field(description="Minor units; negative if refunds outweighed the visits")
+    commission_rate_bps: int = Field(ge=0, le=10_000)
+    commission: int
+    held_by_store: int = Field(description="Of the takings, what the store held already")
+    payable: int = Field(description="The platform pays the store this (negative: the store pays)")
+    reference: str = Field(description="The transfer that settled it")
+    closed_at: datetime
 
 
 @event("payments.prepaid_purchased", version=1, stream=STREAM, key="customer_id")

@@ -32,6 +32,10 @@ Currency = Annotated[
 MinorUnits = Annotated[int, Field(ge=0, description="Integer minor units (cents); never floats")]
 
 
+# An ISO week, "2026-W48": stores are settled by the week, Monday to Monday UTC.
+WEEK_PATTERN = r"^[0-9]{4}-W[0-9]{2}$"
+
+
 def money(amount: int, currency: str) -> str:
     """An amount in minor units as people read it: "12.50 EUR"."""
     return f"{amount / 100:.2f} {currency}"

@@ -1,0 +1,308 @@
+"""Stores' weekly settlements on real Kafka and MongoDB: every movement of money on a store's
+visits (a card charged, cash at the door, a visit of a package the store sold, a refund) is
+entered in the week it happens, the week's statement says who pays whom, and once the week
+is over operations close it by a transfer: final, and what comes after goes in a later week.
+
+Payments runs here as a process of its own, on a prefix of its own, with a clock the test
+moves forward a week."""
+
+from __future__ import annotations
+
+import uuid
+from datetime import datetime
+from typing import Any
+
+import httpx
+import pytest
+from aiokafka import AIOKafkaProducer
+from pymongo import AsyncMongoClient
+
+from services.payments.domain import ReceiptStatus
+from services.payments.settlements import week_end, week_of
+from services.payments.storage import ENTERED_BEFORE, Receipts, ensure_indexes
+from shared.events.types import PricedLine
+from shared.mongo import Document
+from tests.harness import Infra, ServiceProcess, direct, eventually, keyed_events, new_prefix
+from tests.harness import publish as publish_event
+from tests.seed import (
+    OPS,
+    as_customer,
+    as_store,
+    as_technician,
+    get_json,
+    sell_package,
+    service_completed,
+    set_card,
+)
+from tests.test_payment_reminders import paid_in_cash, signed_unpaid
+from tests.test_payments_service import drawn_signature
+
+pytestmark = pytest.mark.integration
+
+
+def unique(prefix: str) -> str:
+    return f"{prefix}{uuid.uuid4().hex[:10]}"
+
+
+async def signed_visit(
+    producer: AIOKafkaProducer,
+    prefix: str,
+    payments: httpx.AsyncClient,
+    *,
+    store: str,
+    customer: str,
+    manicures: int,
+) -> Any:
+    """A visit of `manicures` at 25.00 by the store's technician, completed and signed."""
+    booking_id = unique("bk_")
+    line = PricedLine(
+        code="nails.manicure",
+        name="Manicure",
+        skill="nails",
+        quantity=manicures,
+        unit_price=2500,
+        currency="EUR",
+    )
+    fact = service_completed(booking_id, customer, store, technician_id="tech_s", lines=[line])
+    await publish_event(producer, prefix, fact)
+    shown = await eventually(
+        lambda: get_json(
+            payments, "/receipts", headers=as_customer(customer), booking_id=booking_id
+        ),
+        what=f"receipt for {booking_id}",
+    )
+    signed = await payments.post(
+        f"/receipts/{shown['receipt_id']}/sign",
+        json={"receipt_hash": shown["content_hash"], "signature": drawn_signature()},
+        headers=as_customer(customer),
+    )
+    assert signed.status_code == 200, signed.text
+    return signed.json()
+
+
+async def status_of(payments: httpx.AsyncClient, receipt: Any, status: str) -> Any:
+    async def probe() -> Any:
+        r = await get_json(
+            payments,
+            f"/receipts/{receipt['receipt_id']}",
+            headers=as_customer(receipt["customer_id"]),
+        )
+        return r if r and r["status"] == status else None
+
+    return await eventually(probe, what=f"receipt {receipt['receipt_id']} {status}")
+
+
+async def payments_now(payments: httpx.AsyncClient) -> datetime:
+    """Payments' clock, as this test moved it."""
+    r = await payments.post("/testing/clock", json={"advance_s": 0})
+    return datetime.fromisoformat(r.json()["now"])
+
+
+async def statements(payments: httpx.AsyncClient, store: str, **query: Any) -> list[Any]:
+    r = await payments.get(
+        "/settlements", params={"store_id": store, **query}, headers=as_store(store)
+    )
+    assert r.status_code == 200, r.text
+    found: list[Any] = r.json()
+    return found
+
+
+async def refund(payments: httpx.AsyncClient, receipt: Any, amount: int) -> None:
+    r = await payments.post(
+        f"/receipts/{receipt['receipt_id']}/refunds",
+        json={"amount": amount, "reason": "the polish chipped within a day"},
+        headers={**OPS, "Idempotency-Key": uuid.uuid4().hex},
+    )
+    assert r.status_code == 200, r.text
+
+
+async def test_a_stores_week_is_entered_as_money_moves_and_closed_once_by_one_transfer(
+    infra: Infra, kafka_producer: AIOKafkaProducer
+) -> None:
+    prefix = new_prefix()
+    payments = ServiceProcess("payments", infra, prefix)
+    payments.start(DOORSTEP_TEST_CLOCK="1", PAYMENTS_SETTLEMENT_CLOSE_AFTER_S="3600")
+    store, other = unique("store_"), unique("store_")
+    by_card, by_cash = unique("cus_"), unique("cus_")
+    try:
+        async with direct(payments.url) as api:
+            # Two manicures paid by card; two more, one from a package the store sold and
+            # the other in cash at the door.
+            await set_card(api, by_card, "pm_card_ok")
+            carded = await signed_visit(
+                kafka_producer, prefix, api, store=store, customer=by_card, manicures=2
+            )
+            await sell_package(api, store, by_cash, visits=1)
+            at_door = await signed_visit(
+                kafka_producer, prefix, api, store=store, customer=by_cash, manicures=2
+            )
+            assert at_door["amount_due"] == 2500
+            cash = await api.post(
+                f"/receipts/{at_door['receipt_id']}/cash",
+                json={"amount": 2500},
+                headers=as_technician("tech_s"),
+            )
+            assert cash.status_code == 200, cash.text
+            await status_of(api, carded, "settled")
+            await refund(api, carded, 1000)
+
+            [week] = await statements(api, store)
+            this_week = week_of(await payments_now(api))
+            assert (week["week"], week["status"], week["visits"]) == (this_week, "open", 2)
+            assert week["by_kind"] == {"card": 5000, "cash": 2500, "prepaid": 2500, "refund": -1000}
+            # 90.00 taken in; 13.50 is the platform's; the store holds 50.00 already.
+            assert (
+                week["takings"],
+                week["commission_rate_bps"],
+                week["commission"],
+                week["held_by_store"],
+                week["payable"],
+            ) == (9000, 1500, 1350, 5000, 2650)
+
+            # Each entry, receipt by receipt, a page at a time; the store's and operations'.
+            r = await api.get(
+                f"/settlements/{store}/{this_week}/entries",
+                params={"limit": 3},
+                headers=as_store(store),
+            )
+            assert r.status_code == 200, r.text
+            first = r.json()
+            r = await api.get(
+                f"/settlements/{store}/{this_week}/entries",
+                params={"after": first[-1]["entry_id"]},
+                headers=OPS,
+            )
+            rest = r.json()
+            entries = first + rest
+            assert len(first) == 3
+            assert sorted(
+                (e["receipt_id"], e["kind"], e["takings"], e["held"]) for e in entries
+            ) == sorted(
+                [
+                    (carded["receipt_id"], "card", 5000, 0),
+                    (carded["receipt_id"], "refund", -1000, 0),
+                    (at_door["receipt_id"], "prepaid", 2500, 2500),
+                    (at_door["receipt_id"], "cash", 2500, 2500),
+                ]
+            )
+            assert {e["week"] for e in entries} == {this_week}
+
+            # Another store, a customer, operations with neither store nor week: refused.
+            for headers, params, code in [
+                (as_store(other), {"store_id": store}, 403),
+                (as_customer(by_card), {"store_id": store}, 403),
+                (OPS, {}, 422),
+                (OPS, {"week": "2025-W53"}, 422),
+                (OPS, {"week": "last week"}, 422),
+            ]:
+                r = await api.get("/settlements", params=params, headers=headers)
+                assert r.status_code == code, (headers, params, r.text)
+            r = await api.get(f"/settlements/{store}/{this_week}/entries", headers=as_store(other))
+            assert r.status_code == 403, r.text
+            # Operations see every store's week.
+            every = await get_json(api, "/settlements", OPS, week=this_week)
+            assert [s["store_id"] for s in every] == [store]
+
+            # Not closed while the week is on: entries still come in.
+            close = {"currency": "EUR", "payable": 2650, "reference": "TR-2026-001"}
+            early = await api.post(
+                f"/settlements/{store}/{this_week}/close", json=close, headers=OPS
+            )
+            assert early.status_code == 409, early.text
+            assert "not over" in early.text
+
+            # A week and an hour on (the week is over, nothing can enter it any more).
+            now = await payments_now(api)
+            await api.post(
+                "/testing/clock",
+                json={"advance_s": (week_end(this_week) - now).total_seconds() + 3601},
+            )
+            [due] = await statements(api, store, week=this_week)
+            assert due["status"] == "due"
+            as_store_closes = await api.post(
+                f"/settlements/{store}/{this_week}/close", json=close, headers=as_store(store)
+            )
+            assert as_store_closes.status_code == 403, as_store_closes.text
+            stale = await api.post(
+                f"/settlements/{store}/{this_week}/close",
+                json={**close, "payable": 3650},
+                headers=OPS,
+            )
+            assert stale.status_code == 409, stale.text
+            assert (await statements(api, store, week=this_week))[0]["status"] == "due"
+            closed = await api.post(
+                f"/settlements/{store}/{this_week}/close", json=close, headers=OPS
+            )
+            assert closed.status_code == 200, closed.text
+            assert (closed.json()["status"], closed.json()["reference"]) == (
+                "closed",
+                "TR-2026-001",
+            )
+            again = await api.post(
+                f"/settlements/{store}/{this_week}/close", json=close, headers=OPS
+            )
+            assert again.json() == closed.json()  # the same closing, asked twice
+            other_transfer = await api.post(
+                f"/settlements/{store}/{this_week}/close",
+                json={**close, "reference": "TR-2026-002"},
+                headers=OPS,
+            )
+            assert other_transfer.status_code == 409, other_transfer.text
+
+            # Told once, to whoever settles with stores (and the store's webhooks).
+            told = await keyed_events(
+                infra,
+                f"{prefix}.payments.events",
+                store,
+                until=lambda found: any(e["type"] == "payments.settlement_closed" for e in found),
+            )
+            [event] = [e["payload"] for e in told if e["type"] == "payments.settlement_closed"]
+            assert (event["week"], event["payable"], event["reference"]) == (
+                this_week,
+                2650,
+                "TR-2026-001",
+            )
+
+            # A refund now is the new week's: the closed week reads as it was closed.
+            await refund(api, carded, 500)
+            listed = await statements(api, store, weeks=2)
+            assert [(s["week"], s["status"], s["takings"]) for s in listed] == [
+                (week_of(await payments_now(api)), "open", -500),
+                (this_week, "closed", 9000),
+            ]
+            assert listed[1]["closed_by"] is None  # operations' own
+            [seen_by_ops] = await get_json(api, "/settlements", OPS, week=this_week)
+            assert seen_by_ops["closed_by"] == OPS["X-Actor-Id"]
+    finally:
+        payments.stop()
+
+
+async def test_receipts_signed_before_settlements_are_entered_once_at_the_upgrade(
+    mongo: AsyncMongoClient[Document],
+) -> None:
+    """Stores were not settled by the week before this release: what their visits took in
+    until then is entered when payments first starts with it, once."""
+    db = mongo[f"{new_prefix()}_payments"]
+    paid = await paid_in_cash(db)  # written as the release before wrote it: no entries
+    unpaid = await signed_unpaid(db)
+    unsigned = unpaid.model_copy(
+        update={
+            "receipt_id": unique("rc_"),
+            "booking_id": unique("bk_"),
+            "status": ReceiptStatus.ISSUED,
+            "signature": None,
+        }
+    )
+    await Receipts(db).insert(unsigned)
+    await ensure_indexes(db)
+    entered = await db["settlement_entries"].find().to_list()
+    assert [(e["_id"], e["kind"], e["takings"], e["held"]) for e in entered] == [
+        (f"{paid.receipt_id}:paid:0", "cash", 5000, 5000)
+    ]
+    marked = await db["migrations"].find_one({"_id": ENTERED_BEFORE})
+    assert marked is not None
+    assert marked["changed"] == 2  # both signed receipts read
+    # Done once: a restart does not read every receipt again.
+    await db["settlement_entries"].delete_many({})
+    await ensure_indexes(db)
+    assert await db["settlement_entries"].count_documents({}) == 0
