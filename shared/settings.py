@@ -174,7 +174,7 @@ class Settings(BaseSettings):
         1500, ge=0, le=10_000, validation_alias="PAYMENTS_STORE_COMMISSION_BPS"
     )
     settlement_close_after_s: float = Field(
-        3600.0, ge=0, validation_alias="PAYMENTS_SETTLEMENT_CLOSE_AFTER_S"
+        3600.0, ge=120, validation_alias="PAYMENTS_SETTLEMENT_CLOSE_AFTER_S"
     )
     # The receipt-sealing key (32-byte Ed25519 seed, base64url) and its id. Unset, keys are
     # made and rotated in the service's database; set it from a secret store in production.

@@ -9,7 +9,7 @@ moves forward a week."""
 from __future__ import annotations
 
 import uuid
-from datetime import datetime
+from datetime import datetime, timedelta
 from typing import Any
 
 import httpx
@@ -17,11 +17,20 @@ import pytest
 from aiokafka import AIOKafkaProducer
 from pymongo import AsyncMongoClient
 
-from services.payments.domain import ReceiptStatus
-from services.payments.settlements import week_end, week_of
+from services.payments.domain import Payment, ReceiptStatus
+from services.payments.sealing import Seal, digest
+from services.payments.settlements import (
+    statement_id,
+    week_after,
+    week_before,
+    week_end,
+    week_of,
+    week_start,
+)
 from services.payments.storage import ENTERED_BEFORE, Receipts, ensure_indexes
 from shared.events.types import PricedLine
 from shared.mongo import Document
+from shared.time import utcnow
 from tests.harness import Infra, ServiceProcess, direct, eventually, keyed_events, new_prefix
 from tests.harness import publish as publish_event
 from tests.seed import (
@@ -73,7 +82,14 @@ async def signed_visit(
     )
     signed = await payments.post(
         f"/receipts/{shown['receipt_id']}/sign",
-        json={"receipt_hash": shown["content_hash"], "signature": drawn_signature()},
+        json={
+            "receipt_hash": shown["content_hash"],
+            # Signed as payments' clock, moved on here, has it.
+            "signature": {
+                **drawn_signature(),
+                "signed_at": (await payments_now(payments)).isoformat(),
+            },
+        },
         headers=as_customer(customer),
     )
     assert signed.status_code == 200, signed.text
@@ -107,11 +123,23 @@ async def statements(payments: httpx.AsyncClient, store: str, **query: Any) -> l
     return found
 
 
-async def refund(payments: httpx.AsyncClient, receipt: Any, amount: int) -> None:
+async def refund(payments: httpx.AsyncClient, receipt: Any, amount: int) -> str:
+    refund_id = unique("rf_")
     r = await payments.post(
         f"/receipts/{receipt['receipt_id']}/refunds",
         json={"amount": amount, "reason": "the polish chipped within a day"},
-        headers={**OPS, "Idempotency-Key": uuid.uuid4().hex},
+        headers={**OPS, "Idempotency-Key": refund_id},
+    )
+    assert r.status_code == 200, r.text
+    return refund_id
+
+
+async def repaid(payments: httpx.AsyncClient, receipt: Any, refund_id: str) -> None:
+    """Operations record they gave back by hand what the refund still owed."""
+    r = await payments.post(
+        f"/receipts/{receipt['receipt_id']}/refunds/{refund_id}/repaid",
+        json={"way": "bank_transfer", "reference": f"TR-{refund_id}"},
+        headers=OPS,
     )
     assert r.status_code == 200, r.text
 
@@ -126,38 +154,78 @@ async def test_a_stores_week_is_entered_as_money_moves_and_closed_once_by_one_tr
     by_card, by_cash = unique("cus_"), unique("cus_")
     try:
         async with direct(payments.url) as api:
-            # Two manicures paid by card; two more, one from a package the store sold and
-            # the other in cash at the door.
-            await set_card(api, by_card, "pm_card_ok")
+            # Wednesday noon, UTC: the whole of what follows falls in one week.
+            now = await payments_now(api)
+            wednesday = week_start(week_of(now)) + timedelta(days=2, hours=12)
+            if now >= wednesday:
+                wednesday += timedelta(days=7)
+            await api.post("/testing/clock", json={"advance_s": (wednesday - now).total_seconds()})
+            this_week = week_of(await payments_now(api))
+
+            # Two manicures paid by a card whose bank refuses refunds.
+            await set_card(api, by_card, "pm_card_refund_fails")
             carded = await signed_visit(
                 kafka_producer, prefix, api, store=store, customer=by_card, manicures=2
             )
+            # Two more: one from a package the store sold, 5.00 off by the platform's
+            # coupon, the rest (20.00) in cash at the door.
             await sell_package(api, store, by_cash, visits=1)
+            granted = await api.post(
+                "/coupons",
+                json={
+                    "customer_id": by_cash,
+                    "currency": "EUR",
+                    "amount": 500,
+                    "reason": "sorry for the wait last time",
+                },
+                headers={**OPS, "Idempotency-Key": uuid.uuid4().hex},
+            )
+            assert granted.status_code == 200, granted.text
             at_door = await signed_visit(
                 kafka_producer, prefix, api, store=store, customer=by_cash, manicures=2
             )
-            assert at_door["amount_due"] == 2500
+            assert at_door["amount_due"] == 2000
             cash = await api.post(
                 f"/receipts/{at_door['receipt_id']}/cash",
-                json={"amount": 2500},
+                json={"amount": 2000},
                 headers=as_technician("tech_s"),
             )
             assert cash.status_code == 200, cash.text
             await status_of(api, carded, "settled")
-            await refund(api, carded, 1000)
+
+            # 10.00 back to the card, which the bank refuses; operations repay it by hand.
+            refused = await refund(api, carded, 1000)
+
+            async def declined() -> Any:
+                r = await get_json(api, f"/receipts/{carded['receipt_id']}", OPS)
+                return r if r and r["refunds"][0]["parts"][0]["declined"] else None
+
+            await eventually(declined, what="the card refund declined")
+            await repaid(api, carded, refused)
+            # Everything paid for the visit at the door back: its package visit to the
+            # customer's package, its cash by hand.
+            back = await refund(api, at_door, 4500)
+            await repaid(api, at_door, back)
 
             [week] = await statements(api, store)
-            this_week = week_of(await payments_now(api))
             assert (week["week"], week["status"], week["visits"]) == (this_week, "open", 2)
-            assert week["by_kind"] == {"card": 5000, "cash": 2500, "prepaid": 2500, "refund": -1000}
-            # 90.00 taken in; 13.50 is the platform's; the store holds 50.00 already.
+            assert week["by_kind"] == {
+                "card": 5000,
+                "cash": 2000,
+                "prepaid": 2500,
+                "coupon": 500,
+                "refund": -1000 - 1000 - 2000,  # to the card, then each repaid by hand
+                "refund_declined": 1000,
+                "refund_prepaid": -2500,
+            }
+            # 45.00 taken in; 6.75 is the platform's; the store holds 20.00 (the cash).
             assert (
                 week["takings"],
                 week["commission_rate_bps"],
                 week["commission"],
                 week["held_by_store"],
                 week["payable"],
-            ) == (9000, 1500, 1350, 5000, 2650)
+            ) == (4500, 1500, 675, 2000, 1825)
 
             # Each entry, receipt by receipt, a page at a time; the store's and operations'.
             r = await api.get(
@@ -175,16 +243,19 @@ async def test_a_stores_week_is_entered_as_money_moves_and_closed_once_by_one_tr
             rest = r.json()
             entries = first + rest
             assert len(first) == 3
-            assert sorted(
-                (e["receipt_id"], e["kind"], e["takings"], e["held"]) for e in entries
-            ) == sorted(
-                [
-                    (carded["receipt_id"], "card", 5000, 0),
-                    (carded["receipt_id"], "refund", -1000, 0),
-                    (at_door["receipt_id"], "prepaid", 2500, 2500),
-                    (at_door["receipt_id"], "cash", 2500, 2500),
-                ]
-            )
+            assert len(entries) == 9
+            assert {(e["receipt_id"], e["kind"]) for e in entries} == {
+                (carded["receipt_id"], "card"),
+                (carded["receipt_id"], "refund"),
+                (carded["receipt_id"], "refund_declined"),
+                (at_door["receipt_id"], "prepaid"),
+                (at_door["receipt_id"], "coupon"),
+                (at_door["receipt_id"], "cash"),
+                (at_door["receipt_id"], "refund"),
+                (at_door["receipt_id"], "refund_prepaid"),
+            }
+            assert sum(e["takings"] for e in entries) == week["takings"]
+            assert sum(e["held"] for e in entries) == week["held_by_store"]
             assert {e["week"] for e in entries} == {this_week}
 
             # Another store, a customer, operations with neither store nor week: refused.
@@ -204,7 +275,7 @@ async def test_a_stores_week_is_entered_as_money_moves_and_closed_once_by_one_tr
             assert [s["store_id"] for s in every] == [store]
 
             # Not closed while the week is on: entries still come in.
-            close = {"currency": "EUR", "payable": 2650, "reference": "TR-2026-001"}
+            close = {"currency": "EUR", "payable": 1825, "reference": "TR-2026-001"}
             early = await api.post(
                 f"/settlements/{store}/{this_week}/close", json=close, headers=OPS
             )
@@ -259,16 +330,21 @@ async def test_a_stores_week_is_entered_as_money_moves_and_closed_once_by_one_tr
             [event] = [e["payload"] for e in told if e["type"] == "payments.settlement_closed"]
             assert (event["week"], event["payable"], event["reference"]) == (
                 this_week,
-                2650,
+                1825,
                 "TR-2026-001",
             )
 
-            # A refund now is the new week's: the closed week reads as it was closed.
-            await refund(api, carded, 500)
+            # A visit now is the new week's: the closed week reads as it was closed.
+            later = unique("cus_")
+            await set_card(api, later, "pm_card_ok")
+            next_visit = await signed_visit(
+                kafka_producer, prefix, api, store=store, customer=later, manicures=1
+            )
+            await status_of(api, next_visit, "settled")
             listed = await statements(api, store, weeks=2)
             assert [(s["week"], s["status"], s["takings"]) for s in listed] == [
-                (week_of(await payments_now(api)), "open", -500),
-                (this_week, "closed", 9000),
+                (week_of(await payments_now(api)), "open", 2500),
+                (this_week, "closed", 4500),
             ]
             assert listed[1]["closed_by"] is None  # operations' own
             [seen_by_ops] = await get_json(api, "/settlements", OPS, week=this_week)
@@ -283,7 +359,9 @@ async def test_receipts_signed_before_settlements_are_entered_once_at_the_upgrad
     """Stores were not settled by the week before this release: what their visits took in
     until then is entered when payments first starts with it, once."""
     db = mongo[f"{new_prefix()}_payments"]
-    paid = await paid_in_cash(db)  # written as the release before wrote it: no entries
+    # As the release before wrote them, with no entries (and, these, with no seal: a seal
+    # would not change what is entered, and saving them enters nothing).
+    paid = await paid_in_cash(db)
     unpaid = await signed_unpaid(db)
     unsigned = unpaid.model_copy(
         update={
@@ -296,8 +374,10 @@ async def test_receipts_signed_before_settlements_are_entered_once_at_the_upgrad
     await Receipts(db).insert(unsigned)
     await ensure_indexes(db)
     entered = await db["settlement_entries"].find().to_list()
-    assert [(e["_id"], e["kind"], e["takings"], e["held"]) for e in entered] == [
-        (f"{paid.receipt_id}:paid:0", "cash", 5000, 5000)
+    # In an opening week of their own, the week before: due at once, not among this week's.
+    opening = week_before(week_of(utcnow()))
+    assert [(e["_id"], e["kind"], e["takings"], e["held"], e["week"]) for e in entered] == [
+        (f"{paid.receipt_id}:paid:0", "cash", 5000, 5000, opening)
     ]
     marked = await db["migrations"].find_one({"_id": ENTERED_BEFORE})
     assert marked is not None
@@ -305,4 +385,43 @@ async def test_receipts_signed_before_settlements_are_entered_once_at_the_upgrad
     # Done once: a restart does not read every receipt again.
     await db["settlement_entries"].delete_many({})
     await ensure_indexes(db)
+    assert await db["settlement_entries"].count_documents({}) == 0
+
+
+async def test_a_receipt_enters_only_what_is_new_and_never_in_a_week_operations_closed(
+    mongo: AsyncMongoClient[Document],
+) -> None:
+    db = mongo[f"{new_prefix()}_payments"]
+    await ensure_indexes(db)
+    receipts = Receipts(db)
+    receipt = await signed_unpaid(db)
+    receipt.seal = Seal(
+        key_id="k1",
+        store_id=receipt.store_id,
+        previous="0" * 64,
+        receipt_hash=digest(receipt.signed_document()),
+        signature="sealed-for-the-test",
+    )
+    await receipts.save(receipt)
+    # Operations closed this week already: as a replica whose clock is behind finds it.
+    week = week_of(utcnow())
+    await db["settlements"].insert_one(
+        {
+            "_id": statement_id(receipt.store_id, week, "EUR"),
+            "store_id": receipt.store_id,
+            "week": week,
+            "currency": "EUR",
+            "status": "closed",
+        }
+    )
+    paid = await receipts.existing(receipt.receipt_id, what="receipt")
+    paid.payments.append(Payment(method="provider", amount=5000, reference="ch_1", at=utcnow()))
+    await receipts.save(paid)
+    [entry] = await db["settlement_entries"].find().to_list()
+    assert (entry["kind"], entry["takings"], entry["week"]) == ("card", 5000, week_after(week))
+    # Saved again with nothing new: nothing is written (were it, the entry gone would be back).
+    await db["settlement_entries"].delete_many({})
+    again = await receipts.existing(receipt.receipt_id, what="receipt")
+    again.reminders_sent += 1
+    await receipts.save(again)
     assert await db["settlement_entries"].count_documents({}) == 0

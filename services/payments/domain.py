@@ -22,7 +22,7 @@ from datetime import datetime
 from enum import StrEnum
 from typing import Any
 
-from pydantic import Field
+from pydantic import Field, PrivateAttr
 
 from services.payments.ledger import Holding, Unit
 from services.payments.sealing import Seal, digest
@@ -137,6 +137,10 @@ class Repayment(Forbid):
     reference: str | None
     by: str | None
     at: StoredTime
+    # What it gave back for the whole refund: its parts' sum, or less on a receipt from
+    # before refused money was kept promised (stores' settlements take off what it gave).
+    # None: repaid before it was kept.
+    amount: int | None = None
 
     def seen_by(self, ops: bool) -> Repayment:
         return self if ops else self.model_copy(update={"reference": None, "by": None})
@@ -343,6 +347,9 @@ class Receipt(Forbid):
     disputes: list[Dispute] = Field(default_factory=list)  # items taken off before signing
     disputed_at: StoredTime | None = None  # the last of them: operations' list reads it
     version: int = 0
+    # The ids of its settlement entries when it was read (storage's: a save writes only the
+    # entries that are new since). None: not read from storage, every entry is written.
+    _entries_read: set[str] | None = PrivateAttr(default=None)
 
     def content(self) -> dict[str, Any]:
         """What the customer is shown and signs (JSON types: canonical and hashable).
@@ -520,7 +527,7 @@ class Receipt(Forbid):
                 "refund: repaying it again would pay twice",
                 field="refund_id",
             )
-        refund.repaid_by_hand(repayment)
+        refund.repaid_by_hand(repayment.model_copy(update={"amount": amount}))
         return refund, amount
 
     def repayable(self, refund: Refund) -> int:

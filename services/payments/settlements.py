@@ -22,8 +22,9 @@ A week's statement adds them up: the platform keeps its commission on the
 takings, and pays the store the rest less what the store holds already (a
 negative amount: the store owes the platform). A coupon is the platform's
 gift, so the store is paid the full price; a refund comes off the takings, and
-the commission on it goes back with it. A visit written off was never paid: it
-has no entry.
+the commission on it goes back with it. What a visit written off still owed was
+never paid, so it has no entry (what the customer's card, package or coupon paid
+of it stands).
 
 An entry belongs to the week it is *entered* in (payments' clock when it is
 written), never a week gone by; a week closes only some time after it ends, by
@@ -39,7 +40,7 @@ from typing import Literal
 
 from pydantic import Field
 
-from services.payments.domain import Receipt
+from services.payments.domain import Receipt, Refund
 from shared.errors import Conflict
 from shared.events.types import WEEK_PATTERN, Currency
 from shared.schema import Forbid
@@ -84,7 +85,7 @@ def entries_of(receipt: Receipt) -> list[Entry]:
         return []
     signed_at = receipt.signature.signed_at
     rid = receipt.receipt_id
-    found: list[tuple[str, EntryKind, int, int, datetime]] = []
+    found: list[Found] = []
     for i, draw in enumerate(receipt.prepaid):
         found.append((f"prepaid:{i}", EntryKind.PREPAID, draw.amount, draw.amount, signed_at))
     for i, discount in enumerate(receipt.discounts):
@@ -95,22 +96,7 @@ def entries_of(receipt: Receipt) -> list[Entry]:
         else:
             found.append((f"paid:{i}", EntryKind.CARD, payment.amount, 0, payment.at))
     for refund in receipt.refunds:
-        for j, part in enumerate(refund.parts):
-            key = f"refund:{refund.refund_id}:{j}"
-            if part.to == "holding":
-                found.append((key, EntryKind.REFUND_PREPAID, -part.amount, -part.amount, refund.at))
-                continue
-            if part.to == "provider":
-                # Sent to the card: off the takings now, back on them if the card refuses it.
-                found.append((key, EntryKind.REFUND, -part.amount, 0, refund.at))
-                if part.declined is not None:
-                    found.append(
-                        (f"{key}:declined", EntryKind.REFUND_DECLINED, part.amount, 0, refund.at)
-                    )
-            # Cash to hand back, or what the card refused, is given back when operations
-            # record they repaid it.
-            if part.repaid is not None:
-                found.append((f"{key}:repaid", EntryKind.REFUND, -part.amount, 0, part.repaid.at))
+        found += _refund_entries(refund)
     return [
         Entry(
             entry_id=f"{rid}:{key}",
@@ -126,6 +112,35 @@ def entries_of(receipt: Receipt) -> list[Entry]:
         )
         for key, kind, takings, held, at in found
     ]
+
+
+Found = tuple[str, EntryKind, int, int, datetime]  # key, kind, takings, held, at
+
+
+def _refund_entries(refund: Refund) -> list[Found]:
+    key = f"refund:{refund.refund_id}"
+    found: list[Found] = []
+    for j, part in enumerate(refund.parts):
+        if part.to == "holding":
+            found.append(
+                (f"{key}:{j}", EntryKind.REFUND_PREPAID, -part.amount, -part.amount, refund.at)
+            )
+        elif part.to == "provider":
+            # Sent to the card: off the takings now, back on them if the card refuses it.
+            found.append((f"{key}:{j}", EntryKind.REFUND, -part.amount, 0, refund.at))
+            if part.declined is not None:
+                found.append(
+                    (f"{key}:{j}:declined", EntryKind.REFUND_DECLINED, part.amount, 0, refund.at)
+                )
+    # Cash to hand back, or what the card refused, goes when operations record it given (all
+    # the refund owed, at once): what they gave.
+    repayment = next((part.repaid for part in refund.parts if part.repaid is not None), None)
+    if repayment is not None:
+        given = repayment.amount
+        if given is None:  # repaid before what it gave was kept
+            given = sum(part.amount for part in refund.parts if part.repaid is not None)
+        found.append((f"{key}:repaid", EntryKind.REFUND, -given, 0, repayment.at))
+    return found
 
 
 # ---------------------------------------------------------------------------- weeks --
@@ -147,6 +162,14 @@ def week_start(week: str) -> datetime:
 
 def week_end(week: str) -> datetime:
     return week_start(week) + timedelta(days=7)
+
+
+def week_after(week: str) -> str:
+    return week_of(week_end(week))
+
+
+def week_before(week: str) -> str:
+    return week_of(week_start(week) - timedelta(days=7))
 
 
 # ----------------------------------------------------------------------- statements --

@@ -35,10 +35,13 @@ from services.payments.ledger import Holding, Plan
 from services.payments.sealing import GENESIS, SealingKey, digest
 from services.payments.settlements import (
     Entered,
+    Entry,
     EntryKind,
     Statement,
     Totals,
     entries_of,
+    week_after,
+    week_before,
     week_of,
 )
 from shared.errors import Conflict, VersionMismatch
@@ -124,21 +127,29 @@ async def ensure_indexes(db: Database) -> None:
     )
 
 
-async def enter_receipts_signed_before(db: Database) -> int:
-    """Once: the receipts signed before stores were settled by the week have their money
-    entered now, so the first week's statement carries everything not settled this way yet.
-    Entered as a receipt's next save would (the same ids), so a replica saving one meanwhile
-    enters nothing twice. How many receipts."""
+async def enter_receipts_signed_before(db: Database, batch: int = 1000) -> int:
+    """Once: the money of receipts signed before stores were settled by the week is entered
+    in an opening week of its own, the week before (due at once, closed by whatever settled
+    it until then), not among the week's own. By the ids a receipt's next save would use, so
+    a replica saving one meanwhile enters nothing twice; a start that dies half way begins
+    again. How many receipts."""
     if await db[MIGRATIONS].find_one({"_id": ENTERED_BEFORE}) is not None:
         return 0
+    now = utcnow()
+    opening = week_before(week_of(now))
     ledger, receipts = Ledger(db), Receipts(db)
-    count = 0
+    count, writes = 0, []
     async for doc in db[RECEIPTS].find({"status": {"$in": SIGNED}}):
-        await ledger.enter(receipts.from_doc(doc), None)
+        writes += ledger.writes(entries_of(receipts.from_doc(doc)), opening, now)
         count += 1
+        if len(writes) >= batch:
+            await ledger.col.bulk_write(writes, ordered=False)
+            writes = []
+    if writes:
+        await ledger.col.bulk_write(writes, ordered=False)
     await db[MIGRATIONS].update_one(
         {"_id": ENTERED_BEFORE},
-        {"$setOnInsert": {"done_at": utcnow(), "changed": count}},
+        {"$setOnInsert": {"done_at": now, "changed": count, "week": opening}},
         upsert=True,
     )
     return count
@@ -147,6 +158,12 @@ async def enter_receipts_signed_before(db: Database) -> int:
 class Receipts(Versioned[Receipt]):
     def __init__(self, db: Database) -> None:
         super().__init__(db, RECEIPTS, Receipt, "receipt_id")
+
+    def from_doc(self, doc: Document) -> Receipt:
+        receipt = super().from_doc(doc)
+        # What its save need not enter again (Ledger.enter).
+        receipt._entries_read = {e.entry_id for e in entries_of(receipt)}
+        return receipt
 
     async def by_booking(self, booking_id: str, session: Session = None) -> Receipt | None:
         doc = await self.col.find_one({"booking_id": booking_id}, session=session)
@@ -211,19 +228,43 @@ class Ledger:
 
     def __init__(self, db: Database) -> None:
         self.col = db[SETTLEMENT_ENTRIES]
+        self.settled = db[SETTLEMENTS]
 
     async def enter(self, receipt: Receipt, session: Session) -> None:
-        entries = entries_of(receipt)
+        """Enter what moved on `receipt` since it was read, in the week it is entered: a
+        week gone by never changes (settlements.py), nor one operations closed (a replica
+        whose clock is behind enters the week after)."""
+        read = receipt._entries_read  # storage's own note on the receipt
+        entries = [e for e in entries_of(receipt) if read is None or e.entry_id not in read]
         if not entries:
             return
-        # In the week it is entered: a week gone by never changes (settlements.py).
         now = utcnow()
-        writes = []
+        week = week_of(now)
+        closed = {
+            d["week"]
+            async for d in self.settled.find(
+                {
+                    "store_id": receipt.store_id,
+                    "currency": receipt.currency,
+                    "week": {"$gte": week},
+                },
+                {"week": 1},
+                session=session,
+            )
+        }
+        while week in closed:
+            week = week_after(week)
+        await self.col.bulk_write(self.writes(entries, week, now), ordered=False, session=session)
+
+    @staticmethod
+    def writes(entries: list[Entry], week: str, now: datetime) -> list[UpdateOne]:
+        """Each entry inserted unless there (by its id: a movement is entered once)."""
+        found = []
         for entry in entries:
-            doc = Entered(**entry.model_dump(), week=week_of(now), entered_at=now).model_dump()
+            doc = Entered(**entry.model_dump(), week=week, entered_at=now).model_dump()
             doc.pop("entry_id")
-            writes.append(UpdateOne({"_id": entry.entry_id}, {"$setOnInsert": doc}, upsert=True))
-        await self.col.bulk_write(writes, ordered=False, session=session)
+            found.append(UpdateOne({"_id": entry.entry_id}, {"$setOnInsert": doc}, upsert=True))
+        return found
 
     async def totals(
         self, query: Document, session: Session = None

@@ -405,7 +405,8 @@ def test_a_declined_card_refund_is_owed_until_repaid_another_way_once() -> None:
     with pytest.raises(NotFound):
         receipt.repay("rf_none", BY_TRANSFER)
     refund, amount = receipt.repay("rf_1", BY_TRANSFER)
-    assert (amount, refund.parts[0].repaid) == (2000, BY_TRANSFER)
+    given = BY_TRANSFER.model_copy(update={"amount": 2000})  # what it gave, kept with it
+    assert (amount, refund.parts[0].repaid) == (2000, given)
     assert (receipt.refunded, receipt.refundable, declined.owed) == (2000, 4000, 0)
     with pytest.raises(Conflict, match="owes nothing"):
         receipt.repay("rf_1", BY_TRANSFER)  # repaid once
@@ -413,7 +414,7 @@ def test_a_declined_card_refund_is_owed_until_repaid_another_way_once() -> None:
     seen = refund.seen_by(insider=False, ops=False).parts[0]
     assert (seen.declined, seen.repaid) == (
         "declined",
-        BY_TRANSFER.model_copy(update={"reference": None, "by": None}),
+        given.model_copy(update={"reference": None, "by": None}),
     )
     assert refund.seen_by(insider=True, ops=True) == refund
 
@@ -438,7 +439,7 @@ def test_a_cash_refund_is_owed_until_operations_record_it_handed_back() -> None:
     seen = refund.seen_by(insider=False, ops=False).parts[0]
     assert (seen.declined, seen.repaid) == (
         None,
-        in_hand.model_copy(update={"reference": None, "by": None}),
+        in_hand.model_copy(update={"reference": None, "by": None, "amount": 2000}),
     )
 
 
