@@ -2,7 +2,8 @@
 browser is downloaded) against the real platform: sign in, watch bookings appear and move
 as events happen without a reload, see a safety alert and acknowledge it, reassign a visit
 from the page and see the customer told, waive a late-cancellation fee a customer owes,
-record a follow-up call, and a store's view that shows no other store.
+record a follow-up call, close a store's week, and a store's view that shows no other
+store.
 
 Screenshots of each step are kept in .run/test/artefacts/dashboard/.
 """
@@ -28,6 +29,7 @@ from pymongo import AsyncMongoClient
 from services.booking.followup import FollowUp, FollowUpKind, FollowUpStatus
 from services.booking.storage import FollowUps
 from services.gateway.signin import add_staff
+from services.payments.settlements import week_before, week_of, week_start
 from shared.auth import Actor, Role
 from shared.events.payments import RefundIssued
 from shared.events.types import PricedLine
@@ -1033,3 +1035,63 @@ async def test_operations_and_the_store_see_what_a_customer_took_off_a_receipt(
         await page.sign_in(*(await staff(mongo, platform.prefix, store)).split())
         await expect(page.page.locator("#disputes tbody tr").first).to_be_visible(timeout=LIVE)
         await expect(page.page.locator(receipt_row)).to_have_count(shown_there)
+
+
+async def test_operations_close_a_stores_week_from_the_page_and_the_store_sees_it_closed(
+    platform: Platform, mongo: AsyncMongoClient[Document], browser: Browser
+) -> None:
+    """A store's week two weeks back, over and due: operations see what it took in and who
+    pays whom, close it by a transfer from the page, and the store's own page shows it
+    closed; another store's page does not show it."""
+    store = f"store_{uuid.uuid4().hex[:8]}"
+    week = week_before(week_before(week_of(datetime.now(UTC))))
+    entered_at = week_start(week) + timedelta(days=3)
+    moved = [("card", 5000, 0), ("cash", 2500, 2500)]  # 25.00 cash in the store's hand
+    await mongo[f"{platform.prefix}_payments"]["settlement_entries"].insert_many(
+        [
+            {
+                "_id": f"rc_{store}_{n}:paid:0",
+                "store_id": store,
+                "receipt_id": f"rc_{store}_{n}",
+                "booking_id": f"bk_{store}_{n}",
+                "technician_id": "tech_s",
+                "currency": "EUR",
+                "kind": kind,
+                "takings": takings,
+                "held": held,
+                "at": entered_at,
+                "week": week,
+                "entered_at": entered_at,
+            }
+            for n, (kind, takings, held) in enumerate(moved)
+        ]
+    )
+    board = await operations_board(browser, platform, mongo)
+    row = board.page.locator(f'#settlements tr[data-statement="{store}:{week}:EUR"]')
+    await expect(row).to_be_visible(timeout=LIVE)
+    # 75.00 in, 11.25 the platform's, 25.00 held already: 38.75 to the store.
+    await expect(row.locator("[data-payable]")).to_have_text(re.compile(r"38[.,]75.* to the store"))
+    await expect(row.locator("[data-status]")).to_have_text("due")
+    await row.get_by_role("button", name=f"Close {store}'s week {week}").click()
+    dialog = board.page.get_by_role("dialog")
+    await expect(dialog).to_contain_text("2 visits took in")
+    await dialog.get_by_label("Reference").fill("TR-2026-0042")
+    await board.shot("17-settlement-closing")
+    await dialog.get_by_role("button", name="Close the week").click()
+    await expect(dialog).to_be_hidden(timeout=LIVE)
+    await expect(row.locator("[data-status]")).to_have_text("closed: TR-2026-0042", timeout=LIVE)
+    await expect(row.get_by_role("button")).to_have_count(0)
+    await board.assert_never_reloaded_nor_left_the_platform()
+
+    for viewer, shown_there in ((store, 1), ("store_belem", 0)):
+        page = Dashboard(
+            await browser.new_page(viewport={"width": 1280, "height": 1400}),
+            platform.url("gateway"),
+        )
+        await page.sign_in(*(await staff(mongo, platform.prefix, viewer)).split())
+        await expect(page.page.locator("#settlements tbody tr").first).to_be_visible(timeout=LIVE)
+        theirs = page.page.locator(f'#settlements tr[data-statement="{store}:{week}:EUR"]')
+        await expect(theirs).to_have_count(shown_there)
+        if shown_there:
+            await expect(theirs.locator("[data-status]")).to_have_text("closed: TR-2026-0042")
+            await expect(theirs.get_by_role("button")).to_have_count(0)  # operations close

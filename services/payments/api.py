@@ -887,7 +887,7 @@ StoreIn = Annotated[str, Path(min_length=1, max_length=64)]
     "/settlements",
     tags=["settlements"],
     summary="Stores' weekly statements, the latest week first: a store's own; operations' "
-    "of any store, or of every store for one week",
+    "of one store or of every store",
 )
 async def list_settlements(
     runtime: RuntimeDep,
@@ -904,8 +904,6 @@ async def list_settlements(
     now = utcnow()
     if week is not None:
         scope["week"] = _week(week)
-    elif not scope:
-        raise Unprocessable("name a store, or a week to see every store's", field="week")
     else:
         scope["week"] = {"$in": [week_of(now - timedelta(weeks=n)) for n in range(weeks)]}
     found = await commands.statements(runtime.db, scope, runtime.settings, now)

@@ -143,6 +143,7 @@ async function loadBoard() {
   loadMap();
   loadCalls();
   loadDisputes();
+  loadSettlements();
 }
 
 // At most one figures request a second, however busy the city: within a second of a change.
@@ -539,7 +540,7 @@ function tick() {
 }
 setInterval(tick, 1000);
 setInterval(() => { if (tokens() && !$("board-view").hidden) loadMap(); }, 15000);
-setInterval(() => { if (tokens() && !$("board-view").hidden) { loadCalls(); loadDisputes(); } }, 60000);
+setInterval(() => { if (tokens() && !$("board-view").hidden) { loadCalls(); loadDisputes(); loadSettlements(); } }, 60000);
 
 // Operations' alone: customers to call a week after a larger job (booking's call list, read
 // with the board and every minute; a call recorded takes its line off until it is due again).
@@ -576,6 +577,50 @@ async function loadDisputes() {
     h("td", {}, `${money(d.total, d.currency)}, ${label(d.status)}`),
     h("td", {}, h("span", { "data-since": d.disputed_at }, "")))),
   "Nothing taken off receipts lately.", 6);
+}
+
+// Stores' weekly statements (payments'), read with the board and every minute: a store its
+// own last weeks; operations every store's, closing those due once the money has moved.
+const SETTLEMENT_WEEKS = 4;
+async function loadSettlements() {
+  const query = isOps() ? "" : `store_id=${encodeURIComponent(myStore())}&`;
+  const res = await api(`/v1/settlements?${query}weeks=${SETTLEMENT_WEEKS}`);
+  if (!res.ok) return;
+  const statements = await res.json();
+  fill("settlements", statements.map((s) => h("tr", { "data-statement": s.statement_id },
+    h("td", {}, s.week, isOps() ? [h("br"), h("small", {}, `store ${s.store_id}`)] : null),
+    h("td", {}, String(s.visits)),
+    h("td", {}, money(s.takings, s.currency)),
+    h("td", {}, money(s.commission, s.currency)),
+    h("td", {}, money(s.held_by_store, s.currency)),
+    h("td", { "data-payable": "" }, payableText(s)),
+    h("td", { "data-status": s.status }, s.status === "closed" ? `closed: ${s.reference}` : s.status),
+    h("td", {}, isOps() && s.status === "due"
+      ? h("button", { type: "button", onclick: () => closeSettlement(s), "aria-label": `Close ${s.store_id}'s week ${s.week}` }, "Close…")
+      : ""))),
+  `No money moved in the last ${SETTLEMENT_WEEKS} weeks.`, 8);
+}
+
+function payableText(s) {
+  if (s.payable === 0) return "nothing either way";
+  const amount = money(Math.abs(s.payable), s.currency);
+  return s.payable > 0 ? `${amount} to the store` : `${amount} from the store`;
+}
+
+// Closed by the transfer's reference, with the payable the dialog showed: a statement that
+// reads differently by then is refused (409), not closed on operations' behalf.
+function closeSettlement(s) {
+  const reference = h("input", { id: "settlement-reference", required: true, minlength: 3, maxlength: 120 });
+  dialog(`Close ${s.store_id}'s week ${s.week}`,
+    [h("p", {}, `${s.visits} visits took in ${money(s.takings, s.currency)}; commission ${money(s.commission, s.currency)}; the store holds ${money(s.held_by_store, s.currency)}. Settled: ${payableText(s)}.`),
+      ...field("settlement-reference", "Reference (the transfer's)", reference)],
+    "Close the week",
+    async () => {
+      const res = await api(`/v1/settlements/${encodeURIComponent(s.store_id)}/${encodeURIComponent(s.week)}/close`,
+        { method: "POST", body: { currency: s.currency, payable: s.payable, reference: reference.value } });
+      if (res.ok) loadSettlements();
+      return res;
+    });
 }
 
 // ------------------------------------------------------------------ actions --
