@@ -688,6 +688,73 @@ async def test_a_suspended_technician_leaves_the_visits_not_yet_begun(scene: Sce
     assert refused.status_code in (403, 404), refused.text
 
 
+FILE_CHANGES = [k for k in UNFIT if k != "suspended"]  # a status is not the file's to change
+
+
+@pytest.mark.parametrize("unfit", FILE_CHANGES, ids=FILE_CHANGES)
+async def test_a_visit_held_by_a_technician_whose_file_no_longer_fits_it_is_searched_again(
+    platform: Platform, infra: Infra, unfit: str
+) -> None:
+    """The store writes the file again with the certificate lapsed, the day off, the area
+    given up...: the visit they hold tomorrow goes back to the search at once, the customer
+    is told, and the technician loses the home. Another change (a new phone) keeps it."""
+    async with (
+        platform.client("booking", acting_as=OPS) as booking,
+        platform.client("dispatch") as dispatch,
+    ):
+        scene = Scene(platform, booking, dispatch)
+        await seed_item(booking, scene.code, skill=scene.skill, certificate="cert-gel")
+        await seed_customer(booking, scene.customer)
+        valid = [{"name": "cert-gel", "issuer": "Academy", "expires_on": NEXT_YEAR}]
+        number = badge()
+        file = technician_file(number, skills=[scene.skill], certificates=valid, location=NEAR)
+        tech = unique("tech_")
+        put = await dispatch.put(
+            f"/technicians/{tech}", json=file, headers=as_store("store_chiado")
+        )
+        assert put.status_code == 200, put.text
+        kept_id = await scene.book()  # tomorrow 10:00-12:00 Lisbon
+        await accept_offer(dispatch, tech, kept_id)
+        await scene.booking_status(kept_id, "assigned", tech)
+
+        phone = await dispatch.put(
+            f"/technicians/{tech}",
+            json={**file, "phone": "+351913000002"},
+            headers=as_store("store_chiado"),
+        )
+        assert phone.status_code == 200, phone.text
+        assert (await scene.visit(kept_id))["status"] == "assigned"
+
+        changed = await dispatch.put(
+            f"/technicians/{tech}",
+            json={**file, **UNFIT[unfit]},
+            headers=as_store("store_chiado"),
+        )
+        assert changed.status_code == 200, changed.text
+        # At once, in the same write: nobody else qualifies here, so the search soon fails.
+        visit = await scene.visit(kept_id)
+        assert visit["status"] in ("searching", "failed"), visit
+        assert visit["technician"] is None
+
+        async def released() -> Any:
+            b = await get_json(booking, f"/bookings/{kept_id}")
+            return b if b and b["technician"] is None else None
+
+        await eventually(released, what=f"booking {kept_id} released")
+        told = await keyed_events(
+            infra,
+            f"{platform.prefix}.dispatch.events",
+            kept_id,
+            until=lambda found: any(e["type"] == "dispatch.technician_released" for e in found),
+        )
+        [why] = [
+            e["payload"]["reason"] for e in told if e["type"] == "dispatch.technician_released"
+        ]
+        assert why.startswith("the technician's file changed: "), why
+        refused = await booking.get(f"/bookings/{kept_id}", headers=as_technician(tech))
+        assert refused.status_code in (403, 404), refused.text
+
+
 async def test_operations_reassign_by_hand_with_every_rule_still_checked(scene: Scene) -> None:
     first = await scene.technician(location=NEAR)
     chosen = await scene.technician(location=FAR)

@@ -88,7 +88,8 @@ KEPT = ("rating", "location_at", "schedule_version", *STATUS_FIELDS)
 @router.put(
     "/technicians/{technician_id}",
     tags=["technicians"],
-    summary="Create or update a technician's personal file (operations, or their store)",
+    summary="Create or update a technician's personal file (operations, or their store); "
+    "a visit they hold and may no longer do is searched for again at once",
 )
 async def put_technician(
     technician_id: Id, body: TechnicianFile, actor: ActorDep, runtime: RuntimeDep
@@ -107,8 +108,14 @@ async def put_technician(
     kept = {k: getattr(before, k) for k in KEPT} if before else {}
     file = body.model_dump(exclude=set(kept))
     tech = Technician(technician_id=technician_id, **file, **kept)
+
+    async def write(tx: Transaction) -> None:
+        await Technicians(tx.db).put(tech, before.store_id if before else body.store_id, tx.session)
+        if before is not None:
+            await commands.recheck_held(tx, technician_id)
+
     try:
-        await techs.put(tech, before.store_id if before else body.store_id)
+        await runtime.uow.run(write)
     except DuplicateKeyError:
         raise Conflict(
             f"badge number {body.badge_number} belongs to another technician",

@@ -590,6 +590,27 @@ async def stand_down(tx: Transaction, technician_id: str, *, besides: str | None
             await _search_again(tx, visit, "the technician was suspended")
 
 
+async def recheck_held(tx: Transaction, technician_id: str) -> list[str]:
+    """Their file changed: each visit not yet begun that they may no longer do (a certificate
+    or insurance lapsed by its day, a skill or an area gone, off shift or on leave then, or
+    another store's now) is searched for again at once, the customer told; the bookings.
+    (Read in the transaction that wrote the file: an offer accepted at the same moment
+    conflicts with it, and one of the two runs again and sees the other.)"""
+    tech = await Technicians(tx.db).get(technician_id, tx.session)
+    if tech is None:
+        return []
+    moved = []
+    for visit in await Visits(tx.db).for_technician(technician_id, set(REPLACEABLE), tx.session):
+        need = visit.need()
+        reason = unqualified(tech, need)
+        if reason is None and not tech.on_shift(need.start, need.end):
+            reason = "not on shift for the whole window"
+        if reason is not None:
+            await _search_again(tx, visit, f"the technician's file changed: {reason}")
+            moved.append(visit.booking_id)
+    return moved
+
+
 async def assign_by_hand(
     tx: Transaction, booking_id: str, technician_id: str, reason: str
 ) -> Visit:
