@@ -95,27 +95,30 @@ async def put_technician(
     technician_id: Id, body: TechnicianFile, actor: ActorDep, runtime: RuntimeDep
 ) -> Technician:
     may_manage(actor, body.store_id)
-    techs = Technicians(runtime.db)
-    before = await techs.get(technician_id)
-    if before is not None:
-        may_manage(actor, before.store_id)  # a store cannot take over another store's technician
-        if "status" in body.model_fields_set and body.status is not before.status:
-            raise Unprocessable(
-                f"status: the technician is {before.status.value}; suspend or reinstate with "
-                f"PUT /technicians/{technician_id}/status",
-                field="status",
-            )
-    kept = {k: getattr(before, k) for k in KEPT} if before else {}
-    file = body.model_dump(exclude=set(kept))
-    tech = Technician(technician_id=technician_id, **file, **kept)
 
-    async def write(tx: Transaction) -> None:
-        await Technicians(tx.db).put(tech, before.store_id if before else body.store_id, tx.session)
+    async def write(tx: Transaction) -> Technician:
+        # Read in the transaction that writes it: what the file keeps (the rating, the
+        # calendar's version) is written back as it is, not as it was a moment before.
+        techs = Technicians(tx.db)
+        before = await techs.get(technician_id, tx.session)
+        if before is not None:
+            may_manage(actor, before.store_id)  # a store cannot take over another's technician
+            if "status" in body.model_fields_set and body.status is not before.status:
+                raise Unprocessable(
+                    f"status: the technician is {before.status.value}; suspend or reinstate "
+                    f"with PUT /technicians/{technician_id}/status",
+                    field="status",
+                )
+        kept = {k: getattr(before, k) for k in KEPT} if before else {}
+        file = body.model_dump(exclude=set(kept))
+        tech = Technician(technician_id=technician_id, **file, **kept)
+        await techs.put(tech, before.store_id if before else body.store_id, tx.session)
         if before is not None:
             await commands.recheck_held(tx, technician_id)
+        return tech
 
     try:
-        await runtime.uow.run(write)
+        return await runtime.uow.run(write)
     except DuplicateKeyError:
         raise Conflict(
             f"badge number {body.badge_number} belongs to another technician",
@@ -125,7 +128,6 @@ async def put_technician(
         if not bad_geometry(exc):
             raise
         raise Unprocessable(f"invalid area: {exc.details or exc}", field="areas") from exc
-    return tech
 
 
 @router.get("/technicians/{technician_id}", tags=["technicians"], summary="A personal file")

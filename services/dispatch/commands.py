@@ -591,23 +591,37 @@ async def stand_down(tx: Transaction, technician_id: str, *, besides: str | None
 
 
 async def recheck_held(tx: Transaction, technician_id: str) -> list[str]:
-    """Their file changed: each visit not yet begun that they may no longer do (a certificate
-    or insurance lapsed by its day, a skill or an area gone, off shift or on leave then, or
-    another store's now) is searched for again at once, the customer told; the bookings.
-    (Read in the transaction that wrote the file: an offer accepted at the same moment
-    conflicts with it, and one of the two runs again and sees the other.)"""
+    """Their file changed: each visit offered to them or accepted, not set off for and not
+    over, that they may no longer do (a certificate or insurance lapsed by its day, a skill
+    or an area gone, off shift or on leave then, another store's now) is searched for again
+    at once, the customer told; the bookings. Not their fault: a file put right lets them be
+    asked again. (Read in the transaction that writes the file: an offer accepted at the
+    same moment conflicts with it, and one of the two runs again and sees the other.)"""
     tech = await Technicians(tx.db).get(technician_id, tx.session)
     if tech is None:
         return []
+    held = await Visits(tx.db).for_technician(
+        technician_id,
+        {VisitStatus.OFFERED, VisitStatus.ASSIGNED},
+        tx.session,
+        ending_after=utcnow(),
+    )
     moved = []
-    for visit in await Visits(tx.db).for_technician(technician_id, set(REPLACEABLE), tx.session):
+    for visit in held:
         need = visit.need()
         reason = unqualified(tech, need)
         if reason is None and not tech.on_shift(need.start, need.end):
             reason = "not on shift for the whole window"
-        if reason is not None:
-            await _search_again(tx, visit, f"the technician's file changed: {reason}")
-            moved.append(visit.booking_id)
+        if reason is None:
+            continue
+        open_offer = visit.open_offer
+        replace(tx, visit, f"the technician's file changed: {reason}")
+        visit.passed_over = [t for t in visit.passed_over if t != technician_id]
+        await save(tx, visit)
+        if open_offer is not None:
+            await cancel(tx.db, tx.session, OFFER_DEADLINE, open_offer.offer_id)
+        await request_round(tx, visit.region, at_once=True)
+        moved.append(visit.booking_id)
     return moved
 
 

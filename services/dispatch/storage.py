@@ -362,13 +362,21 @@ class Visits:
         return Counter([d["technician_id"] async for d in docs])
 
     async def for_technician(
-        self, technician_id: str, statuses: set[VisitStatus], session: Session = None
+        self,
+        technician_id: str,
+        statuses: set[VisitStatus],
+        session: Session = None,
+        *,
+        ending_after: datetime | None = None,
     ) -> list[Visit]:
+        query: Document = {
+            "technician_id": technician_id,
+            "status": {"$in": [s.value for s in statuses]},
+        }
+        if ending_after is not None:  # not over yet
+            query["window_end"] = {"$gt": ending_after}
         docs = (
-            await self._col.find(
-                {"technician_id": technician_id, "status": {"$in": [s.value for s in statuses]}},
-                session=session,
-            )
+            await self._col.find(query, session=session)
             .sort("window_start", ASCENDING)
             .limit(200)
             .to_list()
