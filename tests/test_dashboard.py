@@ -1074,7 +1074,7 @@ async def test_operations_close_a_stores_week_from_the_page_and_the_store_sees_i
     await expect(row.locator("[data-status]")).to_have_text("due")
     await row.get_by_role("button", name=f"Close {store}'s week {week}").click()
     dialog = board.page.get_by_role("dialog")
-    await expect(dialog).to_contain_text("2 visits took in")
+    await expect(dialog).to_contain_text("2 visits with money moving took in")
     await dialog.get_by_label("Reference").fill("TR-2026-0042")
     await board.shot("17-settlement-closing")
     await dialog.get_by_role("button", name="Close the week").click()

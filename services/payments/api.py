@@ -892,6 +892,7 @@ StoreIn = Annotated[str, Path(min_length=1, max_length=64)]
 async def list_settlements(
     runtime: RuntimeDep,
     actor: ActorDep,
+    *,
     store_id: Annotated[str | None, Query(min_length=1, max_length=64)] = None,
     week: Annotated[
         str | None, Query(pattern=WEEK_PATTERN, description="One ISO week (UTC)")
@@ -899,6 +900,7 @@ async def list_settlements(
     weeks: Annotated[
         int, Query(ge=1, le=53, description="Without `week`: this many, up to this one")
     ] = 8,
+    limit: Annotated[int, Query(ge=1, le=2000)] = 500,
 ) -> list[Statement]:
     scope: Document = actor.store_scope(store_id, what="a store's settlements")
     now = utcnow()
@@ -907,7 +909,7 @@ async def list_settlements(
     else:
         scope["week"] = {"$in": [week_of(now - timedelta(weeks=n)) for n in range(weeks)]}
     found = await commands.statements(runtime.db, scope, runtime.settings, now)
-    return [statement.seen_by(actor.is_ops) for statement in found]
+    return [statement.seen_by(actor.is_ops) for statement in found[:limit]]
 
 
 @router.get(

@@ -588,7 +588,8 @@ async function loadSettlements() {
   if (!res.ok) return;
   const statements = await res.json();
   fill("settlements", statements.map((s) => h("tr", { "data-statement": s.statement_id },
-    h("td", {}, s.week, isOps() ? [h("br"), h("small", {}, `store ${s.store_id}`)] : null),
+    h("td", {}, s.week, h("br"), h("small", {}, weekDays(s)),
+      isOps() ? [h("br"), h("small", {}, `store ${s.store_id}`)] : null),
     h("td", {}, String(s.visits)),
     h("td", {}, money(s.takings, s.currency)),
     h("td", {}, money(s.commission, s.currency)),
@@ -596,10 +597,18 @@ async function loadSettlements() {
     h("td", { "data-payable": "" }, payableText(s)),
     h("td", { "data-status": s.status }, s.status === "closed" ? `closed: ${s.reference}` : s.status),
     h("td", {}, isOps() && s.status === "due"
-      ? h("button", { type: "button", onclick: () => closeSettlement(s), "aria-label": `Close ${s.store_id}'s week ${s.week}` }, "Close…")
+      ? h("button", { type: "button", onclick: () => closeSettlement(s), "aria-label": `Close ${s.store_id}'s week ${s.week} (${s.currency})` }, "Close…")
       : ""))),
   `No money moved in the last ${SETTLEMENT_WEEKS} weeks.`, 8);
 }
+
+// Monday to Sunday, as the statement's UTC week runs (the last day is the one before it ends).
+function weekDays(s) {
+  const day = (iso) => new Date(iso).toLocaleDateString(undefined, { day: "numeric", month: "short", timeZone: "UTC" });
+  return `${day(s.starts_at)} – ${day(new Date(new Date(s.ends_at) - 86400000).toISOString())}`;
+}
+
+function visitsText(n) { return `${n} visit${n === 1 ? "" : "s"}`; }
 
 function payableText(s) {
   if (s.payable === 0) return "nothing either way";
@@ -611,8 +620,8 @@ function payableText(s) {
 // reads differently by then is refused (409), not closed on operations' behalf.
 function closeSettlement(s) {
   const reference = h("input", { id: "settlement-reference", required: true, minlength: 3, maxlength: 120 });
-  dialog(`Close ${s.store_id}'s week ${s.week}`,
-    [h("p", {}, `${s.visits} visits took in ${money(s.takings, s.currency)}; commission ${money(s.commission, s.currency)}; the store holds ${money(s.held_by_store, s.currency)}. Settled: ${payableText(s)}.`),
+  dialog(`Close ${s.store_id}'s week ${s.week} (${s.currency})`,
+    [h("p", {}, `${visitsText(s.visits)} with money moving took in ${money(s.takings, s.currency)}; commission ${money(s.commission, s.currency)}; the store holds ${money(s.held_by_store, s.currency)}. Settled: ${payableText(s)}.`),
       ...field("settlement-reference", "Reference (the transfer's)", reference)],
     "Close the week",
     async () => {
