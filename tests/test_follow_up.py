@@ -14,7 +14,7 @@ import pytest
 from aiokafka import AIOKafkaProducer
 from pymongo import AsyncMongoClient
 
-from shared.events.booking import FollowUpDue
+from shared.events.booking import FollowUpDueV1
 from shared.events.dispatch import TechnicianAssigned
 from shared.events.types import PricedLine
 from shared.mongo import Document
@@ -263,7 +263,9 @@ async def test_a_visit_is_followed_up_as_the_customer_chose_when_each_falls_due(
     # Each once (a redelivery carries the same id); the check the customer turned off: never.
     assert [k for _, k in kinds] == ["call_after_week", "care_due", "thank_you"]
     care = next(
-        FollowUpDue.model_validate(e["payload"]) for e in told if e["payload"]["kind"] == "care_due"
+        FollowUpDueV1.model_validate(e["payload"])
+        for e in told
+        if e["payload"]["kind"] == "care_due"
     )
     assert (care.plan_id, care.address_id, care.customer_id) == (
         plan["plan_id"],
@@ -410,6 +412,8 @@ async def test_visits_on_one_day_are_thanked_in_one_message_naming_them_all(
     by_visit = {f["booking_id"]: f["services"][0] for f in sent}
     names = [by_visit[b] for b in visits]
     assert message["payload"]["services"] == names  # both visits, in one message, in order
+    # Version 2: it names each visit, in the order they came, so each may be rated.
+    assert (message["schema_version"], message["payload"]["booking_ids"]) == (2, visits)
 
 
 async def test_a_plan_stopped_or_booked_already_sends_no_reminder_until_the_visit_is_cancelled(

@@ -17,7 +17,7 @@ from aiokafka import AIOKafkaProducer
 from pymongo import AsyncMongoClient
 
 from shared.auth import Actor, Role
-from shared.events.booking import FollowUpDue
+from shared.events.booking import FollowUpDue, FollowUpDueV1
 from shared.events.dispatch import SafetyAlert
 from shared.events.reviews import ComplaintClosed, ComplaintEscalated
 from shared.mongo import Document
@@ -209,19 +209,19 @@ async def test_the_follow_ups_a_customer_chose_reach_them_and_a_call_is_operatio
     plan_id = f"cp_{customer}_ad_home_appliance.filter-swap"
     common = {"customer_id": customer, "booking_id": booking_id, "due_at": due}
     for follow_up in (
-        FollowUpDue(
+        FollowUpDueV1(
             follow_up_id=f"fu_{booking_id}_call_after_week",
             kind="call_after_week",
             services=["Home cleaning, 4 hours"],
             **common,
         ),
-        FollowUpDue(
+        FollowUpDueV1(
             follow_up_id=f"fu_{booking_id}_thank_you",
             kind="thank_you",
             services=["Home cleaning, 4 hours", "Water filter replacement"],
             **common,
         ),
-        FollowUpDue(
+        FollowUpDueV1(
             follow_up_id=f"{plan_id}@2031-03-14",
             kind="care_due",
             services=["Water filter replacement"],
@@ -258,3 +258,39 @@ async def test_the_follow_ups_a_customer_chose_reach_them_and_a_call_is_operatio
         "store_id": "store_frio",
         "due_on": "2031-03-14",
     }
+
+
+async def test_one_thank_you_for_several_visits_names_each_for_the_app_to_rate(
+    platform: Platform, mongo: AsyncMongoClient[Document], kafka_producer: AIOKafkaProducer
+) -> None:
+    """Version 2 of booking.follow_up_due: the morning after two visits, one thank-you that
+    names both, so the app may ask a rating of each."""
+    customer = f"cus_{uuid.uuid4().hex[:8]}"
+    first, second = f"bk_{uuid.uuid4().hex[:8]}", f"bk_{uuid.uuid4().hex[:8]}"
+    await publish(
+        kafka_producer,
+        platform.prefix,
+        FollowUpDue(
+            follow_up_id=f"fu_{first}_thank_you",
+            kind="thank_you",
+            customer_id=customer,
+            booking_id=first,
+            booking_ids=[first, second],
+            services=["Water filter replacement", "Gel manicure"],
+            due_at=datetime.now(UTC),
+        ),
+    )
+    async with platform.client("gateway") as api:
+        token = bearer(
+            await gateway_token(mongo, platform.prefix, Actor(role=Role.CUSTOMER, subject=customer))
+        )
+
+        async def told() -> list[Any] | None:
+            found = (await api.get("/v1/notifications", headers=token)).json()
+            return found or None
+
+        [thanks] = await eventually(told, what="the thank-you for both visits")
+    assert (thanks["kind"], thanks["booking_id"]) == ("thank_you", first)
+    assert thanks["data"] == {"booking_ids": [first, second]}
+    assert "Water filter replacement and Gel manicure" in thanks["body"]
+    assert "Rate each visit" in thanks["body"]

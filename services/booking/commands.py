@@ -40,6 +40,7 @@ from shared.events.booking import (
     BookingStatusChanged,
     BookingTechnicianChanged,
     FollowUpDue,
+    FollowUpDueV1,
 )
 from shared.mongo import Database
 from shared.outbox import Transaction
@@ -274,8 +275,13 @@ async def follow_ups_due(tx: Transaction, booking_id: str) -> None:
             for other in together:
                 await store.save(other, tx.session)
             sent_with = [f for f in together if f.sent_with == follow_up.follow_up_id]
+            visits = followup.visits_of([follow_up, *sent_with])
+            # Version 2 only for a thank-you about several visits (a consumer from before
+            # reads every other follow-up).
+            several = {"booking_ids": visits} if len(visits) > 1 else {}
             tx.emit(
-                FollowUpDue(
+                (FollowUpDue if several else FollowUpDueV1)(
+                    **several,
                     follow_up_id=follow_up.follow_up_id,
                     kind=follow_up.kind.value,
                     customer_id=follow_up.customer_id,
@@ -323,7 +329,7 @@ async def care_reminder_due(tx: Transaction, plan_id: str) -> None:
     await CarePlans(tx.db).save(plan, tx.session)
     due_on = plan.due_on(zone)
     tx.emit(
-        FollowUpDue(
+        FollowUpDueV1(
             follow_up_id=f"{plan.plan_id}@{due_on.isoformat()}",
             kind="care_due",
             customer_id=plan.customer_id,

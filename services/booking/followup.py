@@ -202,6 +202,12 @@ def services_of(follow_ups: Iterable[FollowUp]) -> list[str]:
     return list(dict.fromkeys(name for f in visits for name in f.services))
 
 
+def visits_of(follow_ups: Iterable[FollowUp]) -> list[str]:
+    """The visits they follow, each once, as they came."""
+    visits = sorted(follow_ups, key=lambda f: f.created_at)
+    return list(dict.fromkeys(f.booking_id for f in visits))
+
+
 def local_morning(moment: datetime, days: int, zone: str) -> datetime:
     """SEND_AT, `zone`'s own time, `days` days after the day of `moment` there."""
     tz = ZoneInfo(zone)

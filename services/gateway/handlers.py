@@ -8,7 +8,12 @@ from services.gateway import webhooks
 from services.gateway.storage import BOOKING_OWNERS, Notification, Notifications
 from shared.consumer import Handlers
 from shared.errors import NotYet
-from shared.events.booking import BookingRequested, BookingRequestedV1, FollowUpDue
+from shared.events.booking import (
+    BookingRequested,
+    BookingRequestedV1,
+    FollowUpDue,
+    FollowUpDueV1,
+)
 from shared.events.dispatch import (
     TECHNICIAN_LATE,
     OfferMade,
@@ -268,16 +273,25 @@ AFTER_VISIT = {
         "it right, or book a check.",
     ),
 }
+# One thank-you for several visits of a day (booking.follow_up_due version 2).
+THANKS_FOR_VISITS = (
+    "Thank you for having us",
+    "We hope your {services} went well. Rate each visit in the app, and if anything was not "
+    "right, tell us: we will put it right.",
+)
 
 
 @handlers.on(FollowUpDue)
-async def follow_up_due(tx: Transaction, event: FollowUpDue) -> None:
+@handlers.on(FollowUpDueV1)
+async def follow_up_due(tx: Transaction, event: FollowUpDueV1) -> None:
     """The follow-ups the customer chose, told in the app. A call a week after a larger
-    job is operations' to make (it is on their call list): nothing to tell here."""
+    job is operations' to make (it is on their call list): nothing to tell here. A thank-you
+    for several visits names each (`booking_ids`), so the app may ask a rating of each."""
     services = _listed(event.services)
     recipient = f"customer:{event.customer_id}"
     if event.kind in AFTER_VISIT:
-        title, body = AFTER_VISIT[event.kind]
+        visits = event.booking_ids if isinstance(event, FollowUpDue) else None
+        title, body = THANKS_FOR_VISITS if visits else AFTER_VISIT[event.kind]
         await tell(
             tx,
             recipient,
@@ -285,6 +299,7 @@ async def follow_up_due(tx: Transaction, event: FollowUpDue) -> None:
             title=title,
             body=body.format(services=services),
             booking_id=event.booking_id,
+            **({"booking_ids": visits} if visits else {}),
         )
     elif event.kind == "care_due":
         await tell(

@@ -159,10 +159,11 @@ class BookingCompleted(EventPayload):
 
 
 @event("booking.follow_up_due", version=1, stream=FOLLOW_UP, key="booking_id")
-class FollowUpDue(EventPayload):
+class FollowUpDueV1(EventPayload):
     """A follow-up the customer wants fell due: the gateway tells them (a thank-you the next
     day, a check three months on, recurring care due soon), or operations call them (a week
-    after a larger job: it is on their call list). One the customer turned off never comes."""
+    after a larger job: it is on their call list). One the customer turned off never comes.
+    Version 2 when one thank-you is about several visits."""
 
     follow_up_id: str = Field(description="The follow-up, or the care plan and its due date")
     kind: str = Field(pattern=r"^(thank_you|call_after_week|check_after_three_months|care_due)$")
@@ -177,4 +178,15 @@ class FollowUpDue(EventPayload):
     address_id: str | None = Field(default=None, description="Recurring care: where")
     store_id: str | None = Field(
         default=None, description="Recurring care: the store whose technicians do it"
+    )
+
+
+@event("booking.follow_up_due", version=2, stream=FOLLOW_UP, key="booking_id")
+class FollowUpDue(FollowUpDueV1):
+    """A thank-you for several visits of one day, in one message: it names each visit, so
+    the customer may rate each (version 1 named the first alone). Booking publishes it only
+    for such a thank-you: a consumer from before still reads every other follow-up."""
+
+    booking_ids: list[str] = Field(
+        min_length=2, description="Every visit it thanks for, in the order they came"
     )
