@@ -181,6 +181,16 @@ UNFIT: dict[str, dict[str, Any]] = {
 }
 
 
+async def certified_scene(
+    platform: Platform, booking: httpx.AsyncClient, dispatch: httpx.AsyncClient
+) -> tuple[Scene, list[dict[str, str]]]:
+    """A scene whose item asks for the cert-gel certificate, and that certificate valid."""
+    scene = Scene(platform, booking, dispatch)
+    await seed_item(booking, scene.code, skill=scene.skill, certificate="cert-gel")
+    await seed_customer(booking, scene.customer)
+    return scene, [{"name": "cert-gel", "issuer": "Academy", "expires_on": NEXT_YEAR}]
+
+
 @pytest.mark.parametrize("unfit", list(UNFIT), ids=list(UNFIT))
 async def test_an_unfit_technician_is_never_offered_the_visit_however_near(
     platform: Platform, unfit: str
@@ -189,10 +199,7 @@ async def test_an_unfit_technician_is_never_offered_the_visit_however_near(
         platform.client("booking", acting_as=OPS) as booking,
         platform.client("dispatch") as dispatch,
     ):
-        scene = Scene(platform, booking, dispatch)
-        await seed_item(booking, scene.code, skill=scene.skill, certificate="cert-gel")
-        await seed_customer(booking, scene.customer)
-        valid = [{"name": "cert-gel", "issuer": "Academy", "expires_on": NEXT_YEAR}]
+        scene, valid = await certified_scene(platform, booking, dispatch)
         fit = await scene.technician(location=FAR, certificates=valid)
         near = await scene.technician(location=NEAR, **{"certificates": valid, **UNFIT[unfit]})
         booking_id = await scene.book()  # tomorrow 10:00-12:00 Lisbon
@@ -702,10 +709,7 @@ async def test_a_visit_held_by_a_technician_whose_file_no_longer_fits_it_is_sear
         platform.client("booking", acting_as=OPS) as booking,
         platform.client("dispatch") as dispatch,
     ):
-        scene = Scene(platform, booking, dispatch)
-        await seed_item(booking, scene.code, skill=scene.skill, certificate="cert-gel")
-        await seed_customer(booking, scene.customer)
-        valid = [{"name": "cert-gel", "issuer": "Academy", "expires_on": NEXT_YEAR}]
+        scene, valid = await certified_scene(platform, booking, dispatch)
         number = badge()
         file = technician_file(number, skills=[scene.skill], certificates=valid, location=NEAR)
         tech = unique("tech_")

@@ -101,6 +101,19 @@ def kinds(receipt: Receipt) -> list[tuple[str, EntryKind, int, int]]:
     ]
 
 
+def refunded(receipt: Receipt, refund_id: str, amount: int) -> Refund:
+    """A refund of `amount` made on the receipt, the way the money came."""
+    refund = Refund(
+        refund_id=refund_id,
+        amount=amount,
+        reason="late",
+        parts=domain.allocate_refund(receipt, amount),
+        at=NOW + HOUR,
+    )
+    receipt.refunds.append(refund)
+    return refund
+
+
 def test_an_unsigned_receipt_has_no_entries_and_a_signed_one_one_per_movement() -> None:
     receipt = signed(qty=3, holdings=[package()], coupon=500)
     unsigned = receipt.model_copy(update={"status": ReceiptStatus.ISSUED, "signature": None})
@@ -128,15 +141,7 @@ def test_what_was_entered_stays_as_it_was_whatever_moves_after() -> None:
     before = entries_of(receipt)
     changes: list[Callable[[Receipt], object]] = [
         lambda r: r.payments.append(Payment(method="provider", amount=2500, reference="c", at=NOW)),
-        lambda r: r.refunds.append(
-            Refund(
-                refund_id="rf_1",
-                amount=3000,
-                reason="late",
-                parts=domain.allocate_refund(r, 3000),
-                at=NOW,
-            )
-        ),
+        lambda r: refunded(r, "rf_1", 3000),
         lambda r: r.refunds[0].card_declined("account closed"),
         lambda r: r.repay("rf_1", Repayment(way="bank_transfer", reference="T", by="o", at=NOW)),
     ]
@@ -159,15 +164,8 @@ def test_a_repayment_takes_off_what_it_gave_not_what_the_refund_said() -> None:
     off the store's takings."""
     receipt = signed(qty=2)
     receipt.payments.append(Payment(method="provider", amount=1000, reference="c", at=NOW))
-    refused = Refund(
-        refund_id="rf_a",
-        amount=1000,
-        reason="late",
-        parts=domain.allocate_refund(receipt, 1000),
-        at=NOW,
-    )
+    refused = refunded(receipt, "rf_a", 1000)
     refused.card_declined("account closed")
-    receipt.refunds.append(refused)
     again = Refund(
         refund_id="rf_b",
         amount=600,
@@ -201,14 +199,7 @@ def test_a_visit_written_off_keeps_what_its_package_and_coupon_paid() -> None:
 def test_refunds_come_off_the_takings_when_the_money_goes_back() -> None:
     receipt = signed(qty=2, holdings=[package()])
     receipt.payments.append(Payment(method="provider", amount=2500, reference="ch_1", at=NOW))
-    to_card = Refund(
-        refund_id="rf_1",
-        amount=1000,
-        reason="late",
-        parts=domain.allocate_refund(receipt, 1000),
-        at=NOW + HOUR,
-    )
-    receipt.refunds.append(to_card)
+    to_card = refunded(receipt, "rf_1", 1000)
     assert kinds(receipt)[-1] == ("refund:rf_1:0", EntryKind.REFUND, -1000, 0)
     # The card would not take it back: on the takings again, until operations repay it.
     to_card.card_declined("account closed")
@@ -219,14 +210,7 @@ def test_refunds_come_off_the_takings_when_the_money_goes_back() -> None:
     receipt.repay("rf_1", Repayment(way="bank_transfer", reference="TR", by="ops", at=NOW))
     assert kinds(receipt)[-1] == ("refund:rf_1:repaid", EntryKind.REFUND, -1000, 0)
     # The rest goes to the card, then the package's visit back to the customer's card.
-    rest = Refund(
-        refund_id="rf_2",
-        amount=4000,
-        reason="redo refused",
-        parts=domain.allocate_refund(receipt, 4000),
-        at=NOW + HOUR,
-    )
-    receipt.refunds.append(rest)
+    refunded(receipt, "rf_2", 4000)
     assert kinds(receipt)[-2:] == [
         ("refund:rf_2:0", EntryKind.REFUND, -1500, 0),
         ("refund:rf_2:1", EntryKind.REFUND_PREPAID, -2500, -2500),
@@ -236,15 +220,7 @@ def test_refunds_come_off_the_takings_when_the_money_goes_back() -> None:
 def test_cash_to_hand_back_comes_off_only_once_operations_record_it_given() -> None:
     receipt = signed(qty=2)
     receipt.payments.append(Payment(method="cash", amount=5000, reference="cash", at=NOW))
-    receipt.refunds.append(
-        Refund(
-            refund_id="rf_1",
-            amount=2000,
-            reason="late",
-            parts=domain.allocate_refund(receipt, 2000),
-            at=NOW,
-        )
-    )
+    refunded(receipt, "rf_1", 2000)
     assert [k for _, k, _, _ in kinds(receipt)] == [EntryKind.CASH]
     receipt.repay("rf_1", Repayment(way="cash", reference="handed back", by="ops", at=NOW))
     assert kinds(receipt)[-1] == ("refund:rf_1:repaid", EntryKind.REFUND, -2000, 0)
