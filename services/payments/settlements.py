@@ -81,22 +81,7 @@ class Entered(Entry):
 
 def entries_of(receipt: Receipt) -> list[Entry]:
     """Every movement of money on a signed receipt so far, each under an id of its own."""
-    if not receipt.signed or receipt.signature is None:
-        return []
-    signed_at = receipt.signature.signed_at
     rid = receipt.receipt_id
-    found: list[Found] = []
-    for i, draw in enumerate(receipt.prepaid):
-        found.append((f"prepaid:{i}", EntryKind.PREPAID, draw.amount, draw.amount, signed_at))
-    for i, discount in enumerate(receipt.discounts):
-        found.append((f"coupon:{i}", EntryKind.COUPON, discount.amount, 0, signed_at))
-    for i, payment in enumerate(receipt.payments):  # appended to, never reordered
-        if payment.method == "cash":
-            found.append((f"paid:{i}", EntryKind.CASH, payment.amount, payment.amount, payment.at))
-        else:
-            found.append((f"paid:{i}", EntryKind.CARD, payment.amount, 0, payment.at))
-    for refund in receipt.refunds:
-        found += _refund_entries(refund)
     return [
         Entry(
             entry_id=f"{rid}:{key}",
@@ -110,8 +95,32 @@ def entries_of(receipt: Receipt) -> list[Entry]:
             held=held,
             at=at,
         )
-        for key, kind, takings, held, at in found
+        for key, kind, takings, held, at in _movements(receipt)
     ]
+
+
+def entry_ids(receipt: Receipt) -> set[str]:
+    """The ids `entries_of` gives, without making the entries (every receipt read asks)."""
+    return {f"{receipt.receipt_id}:{key}" for key, *_ in _movements(receipt)}
+
+
+def _movements(receipt: Receipt) -> list[Found]:
+    if not receipt.signed or receipt.signature is None:
+        return []
+    signed_at = receipt.signature.signed_at
+    found: list[Found] = []
+    for i, draw in enumerate(receipt.prepaid):
+        found.append((f"prepaid:{i}", EntryKind.PREPAID, draw.amount, draw.amount, signed_at))
+    for i, discount in enumerate(receipt.discounts):
+        found.append((f"coupon:{i}", EntryKind.COUPON, discount.amount, 0, signed_at))
+    for i, payment in enumerate(receipt.payments):  # appended to, never reordered
+        if payment.method == "cash":
+            found.append((f"paid:{i}", EntryKind.CASH, payment.amount, payment.amount, payment.at))
+        else:
+            found.append((f"paid:{i}", EntryKind.CARD, payment.amount, 0, payment.at))
+    for refund in receipt.refunds:
+        found += _refund_entries(refund)
+    return found
 
 
 Found = tuple[str, EntryKind, int, int, datetime]  # key, kind, takings, held, at

@@ -40,6 +40,7 @@ from services.payments.settlements import (
     Statement,
     Totals,
     entries_of,
+    entry_ids,
     week_after,
     week_before,
     week_of,
@@ -162,7 +163,7 @@ class Receipts(Versioned[Receipt]):
     def from_doc(self, doc: Document) -> Receipt:
         receipt = super().from_doc(doc)
         # What its save need not enter again (Ledger.enter).
-        receipt._entries_read = {e.entry_id for e in entries_of(receipt)}
+        receipt._entries_read = entry_ids(receipt)
         return receipt
 
     async def by_booking(self, booking_id: str, session: Session = None) -> Receipt | None:

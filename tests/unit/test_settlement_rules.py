@@ -26,6 +26,7 @@ from services.payments.settlements import (
     Totals,
     commission_of,
     entries_of,
+    entry_ids,
     week_end,
     week_of,
     week_start,
@@ -149,6 +150,7 @@ def test_what_was_entered_stays_as_it_was_whatever_moves_after() -> None:
         change(receipt)
         after = {e.entry_id: e for e in entries_of(receipt)}
         assert [after.get(e.entry_id) for e in before] == before
+        assert entry_ids(receipt) == set(after)  # what a read notes, without the entries
         assert len(after) > len(before)
         before = list(after.values())
 
