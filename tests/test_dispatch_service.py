@@ -792,6 +792,49 @@ async def test_an_offer_whose_technician_no_longer_fits_is_withdrawn_until_the_f
     await scene.booking_status(booking_id, "assigned", tech)
 
 
+async def test_a_new_badge_on_a_visit_kept_is_told_to_the_customer_at_once(
+    scene: Scene, infra: Infra
+) -> None:
+    """The store prints the technician a new work card: the customer of the visit they keep
+    checks the new badge at the door, not the one they were first told."""
+    tech = unique("tech_")
+    file = technician_file(badge(), skills=[scene.skill], location=NEAR)
+    store = as_store("store_chiado")
+    assert (await scene.dispatch.put(f"/technicians/{tech}", json=file, headers=store)).is_success
+    booking_id = await scene.book()
+    await accept_offer(scene.dispatch, tech, booking_id)
+    await scene.booking_status(booking_id, "assigned", tech)
+    new_card = {**file, "badge_number": badge()}
+    put = await scene.dispatch.put(f"/technicians/{tech}", json=new_card, headers=store)
+    assert put.status_code == 200, put.text
+    visit = await scene.visit(booking_id)
+    assert (visit["status"], visit["technician"]["badge_number"]) == (
+        "assigned",
+        new_card["badge_number"],
+    )
+
+    async def told() -> Any:
+        b = await get_json(scene.booking, f"/bookings/{booking_id}")
+        return b if b and b["technician"]["badge_number"] == new_card["badge_number"] else None
+
+    booking = await eventually(told, what="the booking shows the new badge")
+    assert booking["status"] == "assigned"
+    assert booking["timeline"][-1]["note"] == (
+        f"technician's details updated (badge {new_card['badge_number']})"
+    )
+    events = await keyed_events(
+        infra,
+        f"{scene.platform.prefix}.dispatch.events",
+        booking_id,
+        until=lambda found: [e["type"] for e in found].count("dispatch.technician_assigned") >= 2,
+    )
+    badges = [
+        e["payload"]["badge_number"] for e in events if e["type"] == "dispatch.technician_assigned"
+    ]
+    assert badges[-1] == new_card["badge_number"]
+    assert badges[0] == file["badge_number"]
+
+
 async def test_operations_reassign_by_hand_with_every_rule_still_checked(scene: Scene) -> None:
     first = await scene.technician(location=NEAR)
     chosen = await scene.technician(location=FAR)

@@ -175,6 +175,11 @@ class AddressSnapshot(BaseModel):
     location: GeoPoint
 
 
+def at_the_door(who: TechnicianIdentity) -> tuple[object, ...]:
+    """What the customer checks at the door (not the rating, which moves with reviews)."""
+    return (who.name, who.badge_number, who.photo_url, who.certificates, who.store_id)
+
+
 class Booking(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
@@ -306,6 +311,12 @@ class Booking(BaseModel):
         if previous is not None and previous.technician_id == technician.technician_id:
             if self.status in WAITING:  # the same technician, re-confirmed after a reschedule
                 self.move_to(S.ASSIGNED, at, f"technician {technician.badge_number} confirmed")
+            elif self.status is S.ASSIGNED and at_the_door(previous) != at_the_door(technician):
+                # Their file changed (a new badge, name or photo): what the customer checks
+                # at the door is the file as it is now.
+                note = f"technician's details updated (badge {technician.badge_number})"
+                self.timeline.append(TimelineEntry(status=self.status, at=at, note=note))
+            self.technician = technician
             return None
         was = previous.badge_number if previous else replacing
         note = (

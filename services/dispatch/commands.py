@@ -613,6 +613,7 @@ async def recheck_held(tx: Transaction, technician_id: str) -> list[str]:
         if reason is None and not tech.on_shift(need.start, need.end):
             reason = "not on shift for the whole window"
         if reason is None:
+            await _tell_new_details(tx, visit, tech)
             continue
         open_offer = visit.open_offer
         replace(tx, visit, f"the technician's file changed: {reason}")
@@ -623,6 +624,20 @@ async def recheck_held(tx: Transaction, technician_id: str) -> list[str]:
         await request_round(tx, visit.region, at_once=True)
         moved.append(visit.booking_id)
     return moved
+
+
+async def _tell_new_details(tx: Transaction, visit: Visit, tech: Technician) -> None:
+    """A visit they keep shows the customer what they will check at the door as it is now
+    (a new badge, name or photo): told at once, as for a new technician."""
+    now = tech.identity()
+    shown = visit.technician
+    if visit.status is not VisitStatus.ASSIGNED or shown is None:
+        return
+    if shown.model_dump(exclude={"rating"}) == now.model_dump(exclude={"rating"}):
+        return
+    visit.technician = now
+    await save(tx, visit)
+    announce(tx, visit, None, "the technician's details changed")
 
 
 async def assign_by_hand(

@@ -403,6 +403,17 @@ def test_assign_then_reassign_reports_the_replaced_technician() -> None:
     assert "LX-1 to LX-2" in (b.timeline[-1].note or "")
 
 
+def test_the_same_technician_with_a_new_card_is_what_the_customer_checks_at_the_door() -> None:
+    b = booking()
+    b.assign(tech(), NOW)
+    rated = tech().model_copy(update={"rating": 4.8})
+    assert b.assign(rated, NOW) is None
+    assert (b.technician, len(b.timeline)) == (rated, 2)  # a rating is no news at the door
+    assert b.assign(tech(badge="LX-9"), NOW) is None  # a new work card
+    assert (b.status, b.technician) == (S.ASSIGNED, tech(badge="LX-9"))
+    assert b.timeline[-1].note == "technician's details updated (badge LX-9)"
+
+
 def test_a_released_technician_loses_the_booking_at_once_and_the_next_is_told_as_a_change() -> None:
     b = booking()
     b.assign(tech(), NOW)
