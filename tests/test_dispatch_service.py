@@ -826,13 +826,16 @@ async def test_a_new_badge_on_a_visit_kept_is_told_to_the_customer_at_once(
         infra,
         f"{scene.platform.prefix}.dispatch.events",
         booking_id,
-        until=lambda found: [e["type"] for e in found].count("dispatch.technician_assigned") >= 2,
+        until=lambda found: any(e["type"] == "dispatch.technician_details_changed" for e in found),
     )
-    badges = [
-        e["payload"]["badge_number"] for e in events if e["type"] == "dispatch.technician_assigned"
-    ]
-    assert badges[-1] == new_card["badge_number"]
-    assert badges[0] == file["badge_number"]
+    [changed] = {
+        (e["payload"]["previous_badge_number"], e["payload"]["badge_number"])
+        for e in events
+        if e["type"] == "dispatch.technician_details_changed"
+    }
+    assert changed == (file["badge_number"], new_card["badge_number"])
+    # Told as new details, not as a second assignment (which would confirm a moved window).
+    assert [e["type"] for e in events].count("dispatch.technician_assigned") == 1
 
 
 async def test_operations_reassign_by_hand_with_every_rule_still_checked(scene: Scene) -> None:

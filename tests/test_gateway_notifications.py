@@ -16,9 +16,10 @@ import pytest
 from aiokafka import AIOKafkaProducer
 from pymongo import AsyncMongoClient
 
+from services.gateway.storage import BOOKING_OWNERS
 from shared.auth import Actor, Role
 from shared.events.booking import FollowUpDue, FollowUpDueV1
-from shared.events.dispatch import SafetyAlert
+from shared.events.dispatch import SafetyAlert, TechnicianDetailsChanged
 from shared.events.reviews import ComplaintClosed, ComplaintEscalated
 from shared.mongo import Document
 from tests.conftest import Platform
@@ -294,3 +295,40 @@ async def test_one_thank_you_for_several_visits_names_each_for_the_app_to_rate(
     assert thanks["data"] == {"booking_ids": [first, second]}
     assert "Water filter replacement and Gel manicure" in thanks["body"]
     assert "Rate each visit" in thanks["body"]
+
+
+async def test_a_new_work_card_of_the_technician_coming_is_told_to_the_customer(
+    platform: Platform, mongo: AsyncMongoClient[Document], kafka_producer: AIOKafkaProducer
+) -> None:
+    """The same technician, a new badge: the customer checks the new one at the door."""
+    customer, booking_id = f"cus_{uuid.uuid4().hex[:8]}", f"bk_{uuid.uuid4().hex[:8]}"
+    # Whose booking it is, as the gateway learnt it when it was made.
+    await mongo[f"{platform.prefix}_gateway"][BOOKING_OWNERS].insert_one(
+        {"_id": booking_id, "customer_id": customer}
+    )
+    async with platform.client("gateway") as api:
+        await publish(
+            kafka_producer,
+            platform.prefix,
+            TechnicianDetailsChanged(
+                booking_id=booking_id,
+                visit_id=f"vs_{booking_id}",
+                technician_id="tech_card",
+                technician_name="Marta Sousa",
+                badge_number="LX-4242",
+                previous_badge_number="LX-1001",
+            ),
+        )
+        token = bearer(
+            await gateway_token(mongo, platform.prefix, Actor(role=Role.CUSTOMER, subject=customer))
+        )
+
+        async def told() -> list[Any] | None:
+            found = (await api.get("/v1/notifications", headers=token)).json()
+            return found or None
+
+        [card] = await eventually(told, what="the new work card told")
+    assert card["kind"] == "technician_details_changed"
+    assert card["title"] == "Marta Sousa is still coming, with a new work card: badge LX-4242"
+    assert "not LX-1001 any more" in card["body"]
+    assert card["data"]["technician"]["badge_number"] == "LX-4242"

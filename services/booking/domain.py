@@ -176,8 +176,16 @@ class AddressSnapshot(BaseModel):
 
 
 def at_the_door(who: TechnicianIdentity) -> tuple[object, ...]:
-    """What the customer checks at the door (not the rating, which moves with reviews)."""
-    return (who.name, who.badge_number, who.photo_url, who.certificates, who.store_id)
+    """What the customer checks at the door, and the number they may be called from (not
+    the rating, which moves with reviews). Dispatch tells a change of any of them."""
+    return (
+        who.name,
+        who.badge_number,
+        who.photo_url,
+        who.certificates,
+        who.store_id,
+        who.phone_masked,
+    )
 
 
 class Booking(BaseModel):
@@ -311,12 +319,7 @@ class Booking(BaseModel):
         if previous is not None and previous.technician_id == technician.technician_id:
             if self.status in WAITING:  # the same technician, re-confirmed after a reschedule
                 self.move_to(S.ASSIGNED, at, f"technician {technician.badge_number} confirmed")
-            elif self.status is S.ASSIGNED and at_the_door(previous) != at_the_door(technician):
-                # Their file changed (a new badge, name or photo): what the customer checks
-                # at the door is the file as it is now.
-                note = f"technician's details updated (badge {technician.badge_number})"
-                self.timeline.append(TimelineEntry(status=self.status, at=at, note=note))
-            self.technician = technician
+                self.technician = technician  # as their file is now
             return None
         was = previous.badge_number if previous else replacing
         note = (
@@ -327,6 +330,24 @@ class Booking(BaseModel):
         self.move_to(S.ASSIGNED, at, note)
         self.technician = technician
         return previous
+
+    def details_changed(self, technician: TechnicianIdentity, at: datetime) -> bool:
+        """The technician coming has a new work card, name or photo (their file was written
+        again): the customer checks the file as it is now. False if it is not theirs to see
+        any more (another technician, the visit over or cancelled) or nothing they check
+        changed."""
+        shown = self.technician
+        if (
+            self.status not in TECHNICIAN_SEES_HOME
+            or shown is None
+            or shown.technician_id != technician.technician_id
+            or at_the_door(shown) == at_the_door(technician)
+        ):
+            return False
+        self.technician = technician
+        note = f"technician's details updated (badge {technician.badge_number})"
+        self.timeline.append(TimelineEntry(status=self.status, at=at, note=note))
+        return True
 
     def halt(self, at: datetime, kind: str) -> bool:
         """A safety alert stopped the visit where it stands: the technician no longer sees the

@@ -47,6 +47,7 @@ from shared.events.dispatch import (
     ServiceStarted,
     TechnicianArrived,
     TechnicianAssigned,
+    TechnicianDetailsChanged,
     TechnicianEnRoute,
     TechnicianReassigned,
     TechnicianReleased,
@@ -98,7 +99,9 @@ async def _observe(
     return await _apply(tx, booking_id, fact, lambda b: b.observe(status, at, note))
 
 
-def _identity(event: TechnicianAssigned | TechnicianReassigned) -> TechnicianIdentity:
+def _identity(
+    event: TechnicianAssigned | TechnicianReassigned | TechnicianDetailsChanged,
+) -> TechnicianIdentity:
     return TechnicianIdentity(
         technician_id=event.technician_id,
         name=event.technician_name,
@@ -115,6 +118,16 @@ def _identity(event: TechnicianAssigned | TechnicianReassigned) -> TechnicianIde
 async def technician_assigned(tx: Transaction, event: TechnicianAssigned) -> None:
     await _apply(
         tx, event.booking_id, event.event_type, lambda b: b.assign(_identity(event), utcnow())
+    )
+
+
+@handlers.on(TechnicianDetailsChanged)
+async def technician_details_changed(tx: Transaction, event: TechnicianDetailsChanged) -> None:
+    await _apply(
+        tx,
+        event.booking_id,
+        event.event_type,
+        lambda b: b.details_changed(_identity(event), utcnow()),
     )
 
 

@@ -48,6 +48,7 @@ from shared.events.dispatch import (
     SafetyAlertV1,
     SearchResumed,
     TechnicianAssigned,
+    TechnicianDetailsChanged,
     TechnicianReassigned,
     TechnicianReleased,
     TechnicianStatusChanged,
@@ -601,13 +602,13 @@ async def recheck_held(tx: Transaction, technician_id: str) -> list[str]:
     if tech is None:
         return []
     held = await Visits(tx.db).for_technician(
-        technician_id,
-        {VisitStatus.OFFERED, VisitStatus.ASSIGNED},
-        tx.session,
-        ending_after=utcnow(),
+        technician_id, set(RECHECKED | DOOR_SHOWN), tx.session, ending_after=utcnow()
     )
     moved = []
     for visit in held:
+        if visit.status not in RECHECKED:  # on the way or at the door: theirs to finish
+            await _tell_new_details(tx, visit, tech)
+            continue
         need = visit.need()
         reason = unqualified(tech, need)
         if reason is None and not tech.on_shift(need.start, need.end):
@@ -626,18 +627,37 @@ async def recheck_held(tx: Transaction, technician_id: str) -> list[str]:
     return moved
 
 
+# A file changed: the visits re-checked against it (not set off for), and those whose
+# customer is shown who comes (up to the door check).
+RECHECKED = frozenset({VisitStatus.OFFERED, VisitStatus.ASSIGNED})
+DOOR_SHOWN = frozenset({VisitStatus.ASSIGNED, VisitStatus.EN_ROUTE, VisitStatus.ARRIVED})
+
+
 async def _tell_new_details(tx: Transaction, visit: Visit, tech: Technician) -> None:
-    """A visit they keep shows the customer what they will check at the door as it is now
-    (a new badge, name or photo): told at once, as for a new technician."""
-    now = tech.identity()
-    shown = visit.technician
-    if visit.status is not VisitStatus.ASSIGNED or shown is None:
+    """A visit they keep shows the customer what they check at the door as it is now (a new
+    work card, name or photo; certificates, store, phone): told at once."""
+    now, shown = tech.identity(), visit.technician
+    if visit.status not in DOOR_SHOWN or shown is None:
         return
     if shown.model_dump(exclude={"rating"}) == now.model_dump(exclude={"rating"}):
         return
     visit.technician = now
     await save(tx, visit)
-    announce(tx, visit, None, "the technician's details changed")
+    tx.emit(
+        TechnicianDetailsChanged(
+            booking_id=visit.booking_id,
+            visit_id=visit.visit_id,
+            technician_id=now.technician_id,
+            technician_name=now.name,
+            badge_number=now.badge_number,
+            photo_url=now.photo_url,
+            rating=now.rating,
+            certificates=now.certificates,
+            store_id=now.store_id,
+            phone_masked=now.phone_masked,
+            previous_badge_number=shown.badge_number,
+        )
+    )
 
 
 async def assign_by_hand(

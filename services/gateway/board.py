@@ -54,6 +54,7 @@ from shared.events.dispatch import (
     ServiceCompleted,
     TechnicianArrived,
     TechnicianAssigned,
+    TechnicianDetailsChanged,
     TechnicianReassigned,
     TechnicianReleased,
 )
@@ -389,7 +390,9 @@ async def awaiting_operations(tx: Transaction, e: BookingAwaitingOperations) -> 
     await _set(tx, BOARD_BOOKINGS, e.booking_id, {"dispatch_failed_reason": e.reason})
 
 
-def _technician(e: TechnicianAssigned | TechnicianReassigned) -> dict[str, object]:
+def _technician(
+    e: TechnicianAssigned | TechnicianReassigned | TechnicianDetailsChanged,
+) -> dict[str, object]:
     return {
         "technician_id": e.technician_id,
         "name": e.technician_name,
@@ -411,6 +414,11 @@ async def assigned(tx: Transaction, e: TechnicianAssigned) -> None:
             "dispatch_failed_reason": None,
         },
     )
+
+
+@handlers.on(TechnicianDetailsChanged)
+async def details_changed(tx: Transaction, e: TechnicianDetailsChanged) -> None:
+    await _set(tx, BOARD_BOOKINGS, e.booking_id, {"technician": _technician(e)})
 
 
 def _technician_left() -> dict[str, object]:

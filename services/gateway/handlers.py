@@ -23,6 +23,7 @@ from shared.events.dispatch import (
     ServiceVoided,
     TechnicianArrived,
     TechnicianAssigned,
+    TechnicianDetailsChanged,
     TechnicianEnRoute,
     TechnicianReassigned,
     TechnicianReleased,
@@ -141,7 +142,9 @@ async def booking_requested(tx: Transaction, event: BookingRequestedV1) -> None:
     await _learn_owner(tx, event.booking_id, event.customer_id)
 
 
-def identity(e: TechnicianAssigned | TechnicianReassigned) -> dict[str, object]:
+def identity(
+    e: TechnicianAssigned | TechnicianReassigned | TechnicianDetailsChanged,
+) -> dict[str, object]:
     return {
         "technician_id": e.technician_id,
         "name": e.technician_name,
@@ -179,6 +182,25 @@ async def assigned(tx: Transaction, event: TechnicianAssigned) -> None:
         body=CHECK_AT_THE_DOOR,
         booking_id=event.booking_id,
         technician=identity(event),
+    )
+
+
+@handlers.on(TechnicianDetailsChanged)
+async def details_changed(tx: Transaction, event: TechnicianDetailsChanged) -> None:
+    customer = await owner(tx, event.booking_id)
+    title, before = f"{event.technician_name} is still coming", ""
+    if event.badge_number != event.previous_badge_number:
+        title += f", with a new work card: badge {event.badge_number}"
+        before = f" (not {event.previous_badge_number} any more)"
+    await tell(
+        tx,
+        f"customer:{customer}",
+        "technician_details_changed",
+        title=title,
+        body=f"Their details changed{before}. {CHECK_AT_THE_DOOR}",
+        booking_id=event.booking_id,
+        technician=identity(event),
+        previous_badge_number=event.previous_badge_number,
     )
 
 

@@ -53,6 +53,25 @@ class TechnicianReassigned(EventPayload):
     reason: str
 
 
+@event("dispatch.technician_details_changed", version=1, stream=STREAM, key="booking_id")
+class TechnicianDetailsChanged(EventPayload):
+    """The same technician still comes, but what the customer checks at the door changed
+    (a new work card, name or photo; certificates, store, phone): their file was written
+    again. The customer is told at once; nothing else about the visit moves."""
+
+    booking_id: str
+    visit_id: str
+    technician_id: str
+    technician_name: str
+    badge_number: str
+    photo_url: str | None = None
+    rating: float | None = None
+    certificates: list[str] = Field(default_factory=list)
+    store_id: str | None = Field(default=None, description="The partner store that sends them")
+    phone_masked: str | None = Field(default=None, description="Never the whole number")
+    previous_badge_number: str = Field(description="The badge the customer was told before")
+
+
 @event("dispatch.technician_released", version=1, stream=STREAM, key="booking_id")
 class TechnicianReleased(EventPayload):
     """The technician no longer comes (they dropped out, operations moved the visit, or the

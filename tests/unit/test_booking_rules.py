@@ -406,12 +406,18 @@ def test_assign_then_reassign_reports_the_replaced_technician() -> None:
 def test_the_same_technician_with_a_new_card_is_what_the_customer_checks_at_the_door() -> None:
     b = booking()
     b.assign(tech(), NOW)
-    rated = tech().model_copy(update={"rating": 4.8})
-    assert b.assign(rated, NOW) is None
-    assert (b.technician, len(b.timeline)) == (rated, 2)  # a rating is no news at the door
-    assert b.assign(tech(badge="LX-9"), NOW) is None  # a new work card
+    assert b.details_changed(tech().model_copy(update={"rating": 4.8}), NOW) is False
+    assert (b.technician, len(b.timeline)) == (tech(), 2)  # a rating is no news at the door
+    assert b.details_changed(tech("tech_2", "LX-9"), NOW) is False  # not who is coming
+    assert b.details_changed(tech(badge="LX-9"), NOW) is True  # a new work card
     assert (b.status, b.technician) == (S.ASSIGNED, tech(badge="LX-9"))
     assert b.timeline[-1].note == "technician's details updated (badge LX-9)"
+    # Nothing to show once the visit is cancelled (nor moved: the status stays as it is).
+    cancelled = booking(start=NOW + timedelta(days=3))
+    cancelled.assign(tech(), NOW)
+    cancelled.cancel(NOW, "plans changed")
+    assert cancelled.details_changed(tech(badge="LX-9"), NOW) is False
+    assert (cancelled.status, cancelled.technician) == (S.CANCELLED, tech())
 
 
 def test_a_released_technician_loses_the_booking_at_once_and_the_next_is_told_as_a_change() -> None:
