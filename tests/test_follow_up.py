@@ -262,6 +262,8 @@ async def test_a_visit_is_followed_up_as_the_customer_chose_when_each_falls_due(
     kinds = sorted({(e["event_id"], e["payload"]["kind"]) for e in told}, key=lambda x: x[1])
     # Each once (a redelivery carries the same id); the check the customer turned off: never.
     assert [k for _, k in kinds] == ["call_after_week", "care_due", "thank_you"]
+    # One visit's follow-ups stay version 1: a consumer from before reads them all.
+    assert {e["schema_version"] for e in told} == {1}
     care = next(
         FollowUpDueV1.model_validate(e["payload"])
         for e in told

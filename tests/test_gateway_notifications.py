@@ -251,6 +251,8 @@ async def test_the_follow_ups_a_customer_chose_reach_them_and_a_call_is_operatio
     thanks = by_kind["thank_you"]
     assert thanks["booking_id"] == booking_id
     assert "Home cleaning, 4 hours and Water filter replacement" in thanks["body"]
+    assert "Rate the visit" in thanks["body"]
+    assert thanks["data"] == {}  # one visit: its booking_id says which
     care = by_kind["care_due"]
     assert care["title"] == "Water filter replacement is due on 14 March 2031"
     assert care["data"] == {

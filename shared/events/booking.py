@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from datetime import date, datetime
 
-from pydantic import Field
+from pydantic import Field, model_validator
 
 from shared.events.envelope import EventPayload
 from shared.events.registry import event
@@ -190,3 +190,11 @@ class FollowUpDue(FollowUpDueV1):
     booking_ids: list[str] = Field(
         min_length=2, description="Every visit it thanks for, in the order they came"
     )
+
+    @model_validator(mode="after")
+    def _a_thank_you_for_its_visits(self) -> FollowUpDue:
+        if self.kind != "thank_you":
+            raise ValueError("version 2 is a thank-you for several visits; other kinds are v1")
+        if self.booking_id not in self.booking_ids:
+            raise ValueError("booking_id must be one of the visits it thanks for")
+        return self

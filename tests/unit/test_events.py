@@ -5,14 +5,19 @@ from __future__ import annotations
 import json
 import uuid
 from datetime import UTC, datetime
-from typing import cast
+from typing import Any, cast
 
 import pytest
 from pydantic import ValidationError
 
 from shared.consumer import Handlers
 from shared.events import all_specs, parse_payload
-from shared.events.booking import BookingCancelled, BookingConfirmed, BookingStatusChanged
+from shared.events.booking import (
+    BookingCancelled,
+    BookingConfirmed,
+    BookingStatusChanged,
+    FollowUpDue,
+)
 from shared.events.envelope import Envelope, EventPayload
 from shared.events.registry import UnknownEvent, event
 from shared.outbox import Transaction, outbox_row
@@ -167,3 +172,19 @@ async def test_merged_handlers_run_both_in_turn_where_both_react() -> None:
     await confirmed[1][1](cast(Transaction, None), event)
     assert ran == ["tell bk_1", "show bk_1"]
     assert notify.lookup("booking.cancelled") is None  # the originals are unchanged
+
+
+def test_follow_up_due_version_2_is_a_thank_you_naming_its_own_visit_among_the_others() -> None:
+    fields: dict[str, Any] = {
+        "follow_up_id": "fu_bk_1_thank_you",
+        "kind": "thank_you",
+        "customer_id": "cus_1",
+        "booking_id": "bk_1",
+        "booking_ids": ["bk_1", "bk_2"],
+        "services": ["Water filter replacement", "Gel manicure"],
+        "due_at": datetime(2030, 5, 2, 9, 0, tzinfo=UTC),
+    }
+    assert FollowUpDue.model_validate(fields).booking_ids == ["bk_1", "bk_2"]
+    for wrong in ({"kind": "care_due"}, {"booking_id": "bk_3"}, {"booking_ids": ["bk_1"]}):
+        with pytest.raises(ValidationError):
+            FollowUpDue.model_validate({**fields, **wrong})
