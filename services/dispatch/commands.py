@@ -15,7 +15,7 @@ from collections import Counter
 from collections.abc import Callable
 from datetime import UTC, datetime, timedelta
 from functools import partial
-from typing import TypeVar
+from typing import Any, TypeVar
 
 from services.dispatch.domain import (
     HALTING_ALERTS,
@@ -144,13 +144,9 @@ def replace(tx: Transaction, visit: Visit, reason: str) -> None:
         )
 
 
-def announce(
-    tx: Transaction, visit: Visit, previous: TechnicianIdentity | None, reason: str
-) -> None:
-    """Tell everyone who is coming; with both identities when somebody else was expected."""
-    tech = visit.technician
-    assert tech is not None
-    identity = {
+def coming(tech: TechnicianIdentity) -> dict[str, Any]:
+    """The identity as the events that tell who comes carry it (TechnicianComing)."""
+    return {
         "technician_id": tech.technician_id,
         "technician_name": tech.name,
         "badge_number": tech.badge_number,
@@ -160,6 +156,15 @@ def announce(
         "store_id": tech.store_id,
         "phone_masked": tech.phone_masked,
     }
+
+
+def announce(
+    tx: Transaction, visit: Visit, previous: TechnicianIdentity | None, reason: str
+) -> None:
+    """Tell everyone who is coming; with both identities when somebody else was expected."""
+    tech = visit.technician
+    assert tech is not None
+    identity = coming(tech)
     if previous is not None and previous.technician_id != tech.technician_id:
         tx.emit(
             TechnicianReassigned(
@@ -647,15 +652,8 @@ async def _tell_new_details(tx: Transaction, visit: Visit, tech: Technician) -> 
         TechnicianDetailsChanged(
             booking_id=visit.booking_id,
             visit_id=visit.visit_id,
-            technician_id=now.technician_id,
-            technician_name=now.name,
-            badge_number=now.badge_number,
-            photo_url=now.photo_url,
-            rating=now.rating,
-            certificates=now.certificates,
-            store_id=now.store_id,
-            phone_masked=now.phone_masked,
             previous_badge_number=shown.badge_number,
+            **coming(now),
         )
     )
 

@@ -18,9 +18,9 @@ VisitStage = Literal[
 ]
 
 
-@event("dispatch.technician_assigned", version=1, stream=STREAM, key="booking_id")
-class TechnicianAssigned(EventPayload):
-    """A technician will do the visit; carries the identity the customer checks at the door."""
+class TechnicianComing(EventPayload):
+    """Who comes to the visit, as the customer checks them at the door (not an event
+    itself: what technician_assigned and technician_details_changed both say)."""
 
     booking_id: str
     visit_id: str
@@ -32,6 +32,11 @@ class TechnicianAssigned(EventPayload):
     certificates: list[str] = Field(default_factory=list)
     store_id: str | None = Field(default=None, description="The partner store that sends them")
     phone_masked: str | None = Field(default=None, description="Never the whole number")
+
+
+@event("dispatch.technician_assigned", version=1, stream=STREAM, key="booking_id")
+class TechnicianAssigned(TechnicianComing):
+    """A technician will do the visit; carries the identity the customer checks at the door."""
 
 
 @event("dispatch.technician_reassigned", version=1, stream=STREAM, key="booking_id")
@@ -54,21 +59,11 @@ class TechnicianReassigned(EventPayload):
 
 
 @event("dispatch.technician_details_changed", version=1, stream=STREAM, key="booking_id")
-class TechnicianDetailsChanged(EventPayload):
+class TechnicianDetailsChanged(TechnicianComing):
     """The same technician still comes, but what the customer checks at the door changed
     (a new work card, name or photo; certificates, store, phone): their file was written
     again. The customer is told at once; nothing else about the visit moves."""
 
-    booking_id: str
-    visit_id: str
-    technician_id: str
-    technician_name: str
-    badge_number: str
-    photo_url: str | None = None
-    rating: float | None = None
-    certificates: list[str] = Field(default_factory=list)
-    store_id: str | None = Field(default=None, description="The partner store that sends them")
-    phone_masked: str | None = Field(default=None, description="Never the whole number")
     previous_badge_number: str = Field(description="The badge the customer was told before")
 
 
