@@ -781,9 +781,11 @@ async def test_an_offer_whose_technician_no_longer_fits_is_withdrawn_until_the_f
     ]
     offers = await scene.dispatch.get(f"/technicians/{tech}/offers", headers=as_technician(tech))
     assert booking_id not in [o["booking_id"] for o in offers.json()]
+    # The search that followed found nobody else here (while they were off that day), and
+    # only then is the file put right: a round still under way would offer it to them now.
+    await scene.settled(booking_id, "failed")
 
     assert (await scene.dispatch.put(f"/technicians/{tech}", json=file, headers=store)).is_success
-    await scene.settled(booking_id, "failed")  # nobody else here
     again = await scene.dispatch.post(
         f"/visits/{booking_id}/reassign", json={"reason": "the day off was a mistake"}, headers=OPS
     )
