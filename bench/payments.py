@@ -47,6 +47,7 @@ def completed(store: str, n: int) -> ServiceCompleted:
         customer_id=f"cus_{n}",
         technician_id="tech_bench",
         store_id=store,
+        region="lisbon",
         completed_at=datetime.now(UTC),
         lines=[
             PricedLine(

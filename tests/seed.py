@@ -247,6 +247,7 @@ def service_completed(
     store_id: str,
     *,
     technician_id: str = "tech_1",
+    region: str = "lisbon",
     lines: list[PricedLine] | None = None,
 ) -> ServiceCompleted:
     """Dispatch's fact that a visit is done, as payments and booking receive it."""
@@ -256,6 +257,7 @@ def service_completed(
         customer_id=customer_id,
         technician_id=technician_id,
         store_id=store_id,
+        region=region,
         completed_at=datetime.now(UTC),
         lines=lines
         or [

@@ -151,6 +151,7 @@ class Projection:
                 customer_id=f"cus_{booking}",
                 technician_id="tech_store_a",
                 store_id="store_a",
+                region="lisbon",
                 completed_at=when,
                 lines=[LINE],
             ),

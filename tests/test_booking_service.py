@@ -619,6 +619,7 @@ async def test_facts_from_dispatch_and_payments_walk_the_booking_to_closed(
                 customer_id=customer,
                 technician_id="tech_relief",
                 store_id="store_1",
+                region="lisbon",
                 completed_at=now,
                 lines=[line],
             ),

@@ -1095,3 +1095,59 @@ async def test_operations_close_a_stores_week_from_the_page_and_the_store_sees_i
         if shown_there:
             await expect(theirs.locator("[data-status]")).to_have_text("closed: TR-2026-0042")
             await expect(theirs.get_by_role("button")).to_have_count(0)  # operations close
+
+
+async def test_operations_see_a_region_the_platform_loses_money_on_and_who_the_technician_is(
+    platform: Platform, mongo: AsyncMongoClient[Document], browser: Browser
+) -> None:
+    """A region whose visit this week was paid mostly by the platform's coupon: operations'
+    margins show it losing, in red, by region and by technician; a store's page has no
+    margins at all."""
+    region, technician = f"region_{uuid.uuid4().hex[:8]}", f"tech_{uuid.uuid4().hex[:8]}"
+    store = f"store_{uuid.uuid4().hex[:8]}"
+    now = datetime.now(UTC)
+    moved = [("card", 1000), ("coupon", 9000)]  # 100.00 taken in, 90.00 of it the coupon
+    await mongo[f"{platform.prefix}_payments"]["settlement_entries"].insert_many(
+        [
+            {
+                "_id": f"rc_{store}:{kind}:0",
+                "store_id": store,
+                "receipt_id": f"rc_{store}",
+                "booking_id": f"bk_{store}",
+                "technician_id": technician,
+                "region": region,
+                "currency": "EUR",
+                "kind": kind,
+                "takings": takings,
+                "held": 0,
+                "at": now,
+                "week": week_of(now),
+                "entered_at": now,
+            }
+            for kind, takings in moved
+        ]
+    )
+    board = await operations_board(browser, platform, mongo)
+    section = board.page.locator("#margins-section")
+    await expect(section).to_be_visible(timeout=LIVE)
+    # 15.00 commission less the 90.00 coupon: the platform lost 75.00 there this week.
+    row = board.page.locator(f'#margins tr[data-margin="{region}"]')
+    this_week = row.locator("td").first
+    await expect(this_week).to_have_text(re.compile(r"-?75[.,]00"), timeout=LIVE)
+    await expect(this_week).to_have_attribute("data-net", "-7500")
+    await expect(this_week).to_have_class("loss")
+    await expect(this_week).to_have_attribute("title", re.compile(r"coupons .*90[.,]00"))
+    await board.shot("18-margins")
+    await board.page.get_by_label("Margins by", exact=True).select_option("technician")
+    theirs = board.page.locator(f'#margins tr[data-margin="{technician}"]')
+    await expect(theirs.locator("td").first).to_have_attribute("data-net", "-7500", timeout=LIVE)
+    await expect(board.page.locator("#margins-key")).to_have_text("Technician")
+    await board.assert_never_reloaded_nor_left_the_platform()
+
+    page = Dashboard(
+        await browser.new_page(viewport={"width": 1280, "height": 1400}),
+        platform.url("gateway"),
+    )
+    await page.sign_in(*(await staff(mongo, platform.prefix, "store_belem")).split())
+    await expect(page.page.locator("#settlements-section")).to_be_visible(timeout=LIVE)
+    await expect(page.page.locator("#margins-section")).to_be_hidden()

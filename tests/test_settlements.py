@@ -28,6 +28,7 @@ from services.payments.settlements import (
     week_start,
 )
 from services.payments.storage import ENTERED_BEFORE, Receipts, ensure_indexes
+from shared.events.dispatch import ServiceCompletedV1
 from shared.events.types import PricedLine
 from shared.mongo import Document
 from shared.time import utcnow
@@ -61,8 +62,11 @@ async def signed_visit(
     store: str,
     customer: str,
     manicures: int,
+    technician: str = "tech_s",
+    region: str | None = "lisbon",
 ) -> Any:
-    """A visit of `manicures` at 25.00 by the store's technician, completed and signed."""
+    """A visit of `manicures` at 25.00 by the store's technician, completed and signed.
+    `region` None: told by a dispatch from before regions (version 1)."""
     booking_id = unique("bk_")
     line = PricedLine(
         code="nails.manicure",
@@ -72,8 +76,11 @@ async def signed_visit(
         unit_price=2500,
         currency="EUR",
     )
-    fact = service_completed(booking_id, customer, store, technician_id="tech_s", lines=[line])
-    await publish_event(producer, prefix, fact)
+    fact = service_completed(
+        booking_id, customer, store, technician_id=technician, region=region or "", lines=[line]
+    )
+    told = fact if region else ServiceCompletedV1(**fact.model_dump(exclude={"region"}))
+    await publish_event(producer, prefix, told)
     shown = await eventually(
         lambda: get_json(
             payments, "/receipts", headers=as_customer(customer), booking_id=booking_id
@@ -112,6 +119,17 @@ async def payments_now(payments: httpx.AsyncClient) -> datetime:
     """Payments' clock, as this test moved it."""
     r = await payments.post("/testing/clock", json={"advance_s": 0})
     return datetime.fromisoformat(r.json()["now"])
+
+
+async def on_wednesday(payments: httpx.AsyncClient) -> str:
+    """Payments' clock moved to the coming Wednesday noon, UTC (a test's whole week falls in
+    one week); that week."""
+    now = await payments_now(payments)
+    wednesday = week_start(week_of(now)) + timedelta(days=2, hours=12)
+    if now >= wednesday:
+        wednesday += timedelta(days=7)
+    await payments.post("/testing/clock", json={"advance_s": (wednesday - now).total_seconds()})
+    return week_of(await payments_now(payments))
 
 
 async def statements(payments: httpx.AsyncClient, store: str, **query: Any) -> list[Any]:
@@ -154,13 +172,7 @@ async def test_a_stores_week_is_entered_as_money_moves_and_closed_once_by_one_tr
     by_card, by_cash = unique("cus_"), unique("cus_")
     try:
         async with direct(payments.url) as api:
-            # Wednesday noon, UTC: the whole of what follows falls in one week.
-            now = await payments_now(api)
-            wednesday = week_start(week_of(now)) + timedelta(days=2, hours=12)
-            if now >= wednesday:
-                wednesday += timedelta(days=7)
-            await api.post("/testing/clock", json={"advance_s": (wednesday - now).total_seconds()})
-            this_week = week_of(await payments_now(api))
+            this_week = await on_wednesday(api)
 
             # Two manicures paid by a card whose bank refuses refunds.
             await set_card(api, by_card, "pm_card_refund_fails")

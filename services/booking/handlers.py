@@ -44,6 +44,7 @@ from shared.events.dispatch import (
     SafetyAlertV1,
     SearchResumed,
     ServiceCompleted,
+    ServiceCompletedV1,
     ServiceStarted,
     TechnicianArrived,
     TechnicianAssigned,
@@ -224,7 +225,8 @@ async def service_started(tx: Transaction, event: ServiceStarted) -> None:
 
 
 @handlers.on(ServiceCompleted)
-async def service_completed(tx: Transaction, event: ServiceCompleted) -> None:
+@handlers.on(ServiceCompletedV1)
+async def service_completed(tx: Transaction, event: ServiceCompletedV1) -> None:
     booking = await _observe(
         tx, event.booking_id, event.event_type, BookingStatus.COMPLETED, event.completed_at
     )

@@ -706,6 +706,7 @@ async def complete(
                 customer_id=visit.customer_id,
                 technician_id=technician_id,
                 store_id=tech.store_id,
+                region=visit.region,
                 completed_at=visit.completed_at or utcnow(),
                 lines=done,
             )

@@ -52,6 +52,7 @@ from shared.events.dispatch import (
     SafetyAlertAcknowledged,
     SafetyAlertV1,
     ServiceCompleted,
+    ServiceCompletedV1,
     TechnicianArrived,
     TechnicianAssigned,
     TechnicianDetailsChanged,
@@ -473,7 +474,8 @@ async def arrived(tx: Transaction, e: TechnicianArrived) -> None:
 
 
 @handlers.on(ServiceCompleted)
-async def completed(tx: Transaction, e: ServiceCompleted) -> None:
+@handlers.on(ServiceCompletedV1)
+async def completed(tx: Transaction, e: ServiceCompletedV1) -> None:
     await _set(tx, BOARD_BOOKINGS, e.booking_id, {"completed_at": e.completed_at})
 
 

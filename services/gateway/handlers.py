@@ -20,6 +20,7 @@ from shared.events.dispatch import (
     RescheduleRefused,
     SafetyAlert,
     ServiceCompleted,
+    ServiceCompletedV1,
     ServiceVoided,
     TechnicianArrived,
     TechnicianAssigned,
@@ -710,7 +711,8 @@ async def about_store(tx: Transaction, store_id: str | None) -> None:
 
 
 @handlers.on(ServiceCompleted)
-async def service_completed(tx: Transaction, event: ServiceCompleted) -> None:
+@handlers.on(ServiceCompletedV1)
+async def service_completed(tx: Transaction, event: ServiceCompletedV1) -> None:
     await about_store(tx, event.store_id)
 
 

@@ -29,6 +29,7 @@ from services.payments.domain import (
 )
 from services.payments.fees import CancellationFee, FeeStatus
 from services.payments.ledger import Holding, Plan, PlanKind
+from services.payments.margins import MarginBy, MarginOrder, Margins
 from services.payments.provider import (
     SIGNATURE_HEADER,
     ProviderResult,
@@ -964,4 +965,45 @@ async def close_settlement(
             reference=body.reference,
             payable_seen=body.payable,
         )
+    )
+
+
+# ----------------------------------------------------------------------- margins --
+
+
+@router.get(
+    "/margins",
+    tags=["settlements"],
+    summary="Operators: which regions, stores or technicians make the platform money and "
+    "which lose it, week by week",
+)
+async def read_margins(
+    runtime: RuntimeDep,
+    actor: ActorDep,
+    *,
+    by: MarginBy = MarginBy.REGION,
+    week: Annotated[
+        str | None,
+        Query(pattern=WEEK_PATTERN, description="The latest week shown (default: this one)"),
+    ] = None,
+    weeks: Annotated[int, Query(ge=1, le=26, description="This many, up to `week`")] = 4,
+    store_id: Annotated[
+        str | None, Query(min_length=1, max_length=64, description="One store's visits only")
+    ] = None,
+    order: Annotated[
+        MarginOrder, Query(description="losing: the worst margins first; making: the best")
+    ] = "losing",
+    limit: Annotated[int, Query(ge=1, le=500)] = 50,
+) -> Margins:
+    actor.require(Role.OPS)
+    latest = week_start(_week(week)) if week is not None else utcnow()
+    shown = [week_of(latest - timedelta(weeks=n)) for n in range(weeks)]
+    return await commands.margins(
+        runtime.db,
+        runtime.settings,
+        by=by,
+        weeks=shown,
+        store_id=store_id,
+        order=order,
+        limit=limit,
     )

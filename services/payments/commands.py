@@ -8,6 +8,7 @@ idempotency key.
 
 from __future__ import annotations
 
+import asyncio
 import logging
 import uuid
 from datetime import datetime, timedelta
@@ -28,9 +29,10 @@ from services.payments.domain import (
 )
 from services.payments.fees import PAYMENTS, CancellationFee, FeeStep
 from services.payments.ledger import Holding, Plan, sell
+from services.payments.margins import FeesKept, MarginBy, MarginOrder, Margins, margins_of
 from services.payments.provider import ProviderResult, ProviderStatus
 from services.payments.sealing import chain_hash, check_device_signature
-from services.payments.settlements import Statement, statement_id
+from services.payments.settlements import Statement, statement_id, week_end, week_start
 from services.payments.storage import (
     CancellationFees,
     Chains,
@@ -47,7 +49,7 @@ from services.payments.storage import (
 )
 from shared.errors import Conflict, NotFound, Unprocessable
 from shared.events.booking import BookingCancelled
-from shared.events.dispatch import ServiceCompleted, ServiceVoided
+from shared.events.dispatch import ServiceCompleted, ServiceCompletedV1, ServiceVoided
 from shared.events.payments import (
     CancellationFeeOwed,
     CancellationFeePaid,
@@ -98,7 +100,7 @@ REMIND = "payment_reminder"  # a signed receipt still unpaid: remind whoever mus
 GRANTED = "granted_refunds"  # refunds a complaint granted before the money came: make them
 
 
-async def issue_receipt(tx: Transaction, event: ServiceCompleted) -> Receipt:
+async def issue_receipt(tx: Transaction, event: ServiceCompletedV1) -> Receipt:
     receipts = Receipts(tx.db)
     existing = await receipts.by_booking(event.booking_id, tx.session)
     if existing is not None:
@@ -110,6 +112,7 @@ async def issue_receipt(tx: Transaction, event: ServiceCompleted) -> Receipt:
         customer_id=event.customer_id,
         technician_id=event.technician_id,
         store_id=event.store_id,
+        region=event.region if isinstance(event, ServiceCompleted) else None,
         performed=event.lines,
         holdings=await Holdings(tx.db).of_customer(event.customer_id, tx.session),
         coupons=await Coupons(tx.db).of_customer(event.customer_id, tx.session),
@@ -1248,3 +1251,45 @@ async def close_settlement(
             )
         )
     return statement
+
+
+# ----------------------------------------------------------------------- margins --
+
+
+async def margins(
+    db: Database,
+    settings: Settings,
+    *,
+    by: MarginBy,
+    weeks: list[str],
+    store_id: str | None,
+    order: MarginOrder,
+    limit: int,
+) -> Margins:
+    """Operators' margins over `weeks` (the latest first), of every store or of one."""
+    query: Document = {"week": {"$in": weeks}}
+    if store_id is not None:
+        query["store_id"] = store_id
+    since, until = week_start(weeks[-1]), week_end(weeks[0])
+
+    async def fees() -> list[FeesKept]:
+        # The platform's own, of no store.
+        return [] if store_id is not None else await CancellationFees(db).kept(since, until)
+
+    sums, written_off, kept, closed = await asyncio.gather(
+        Ledger(db).summed(by, query),
+        Receipts(db).written_off(by, since, until, store_id),
+        fees(),
+        Settlements(db).find(query),
+    )
+    return margins_of(
+        by=by,
+        weeks=weeks,
+        sums=sums,
+        written_off=written_off,
+        fees=kept,
+        rate_of={(s.store_id, s.week, s.currency): s.commission_rate_bps for s in closed},
+        default_rate_bps=settings.store_commission_bps,
+        order=order,
+        limit=limit,
+    )

@@ -322,6 +322,9 @@ class Receipt(Forbid):
     customer_id: str
     technician_id: str
     store_id: str
+    # Where the visit was (operations' margins by region); not part of what is signed. None:
+    # completed before dispatch told it.
+    region: str | None = None
     currency: Currency
     lines: list[ReceiptLine]
     subtotal: int
@@ -690,6 +693,7 @@ def issue(
     customer_id: str,
     technician_id: str,
     store_id: str,
+    region: str | None = None,
     performed: Sequence[PricedLine],
     holdings: Sequence[Holding],
     coupons: Sequence[Coupon],
@@ -702,6 +706,7 @@ def issue(
         customer_id=customer_id,
         technician_id=technician_id,
         store_id=store_id,
+        region=region,
         currency=currency,
         lines=lines,
         subtotal=0,

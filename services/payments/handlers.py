@@ -12,7 +12,7 @@ from services.payments.provider import ProviderTimeout, provider_for
 from services.payments.storage import ProviderOps
 from shared.consumer import Handlers
 from shared.events.booking import BookingCancelled
-from shared.events.dispatch import ServiceCompleted, ServiceVoided
+from shared.events.dispatch import ServiceCompleted, ServiceCompletedV1, ServiceVoided
 from shared.events.reviews import (
     REMEDY_COUPON,
     CouponRemedy,
@@ -34,7 +34,8 @@ timers = Timers()
 
 
 @handlers.on(ServiceCompleted)
-async def issue_receipt(tx: Transaction, event: ServiceCompleted) -> None:
+@handlers.on(ServiceCompletedV1)
+async def issue_receipt(tx: Transaction, event: ServiceCompletedV1) -> None:
     await commands.issue_receipt(tx, event)
 
 

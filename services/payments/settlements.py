@@ -65,6 +65,7 @@ class Entry(Forbid):
     receipt_id: str
     booking_id: str
     technician_id: str
+    region: str | None = Field(default=None, description="None: before receipts kept it")
     currency: Currency
     kind: EntryKind
     takings: int = Field(description="What it adds to the store's takings (negative: off)")
@@ -89,6 +90,7 @@ def entries_of(receipt: Receipt) -> list[Entry]:
             receipt_id=rid,
             booking_id=receipt.booking_id,
             technician_id=receipt.technician_id,
+            region=receipt.region,
             currency=receipt.currency,
             kind=kind,
             takings=takings,

@@ -18,7 +18,7 @@ migrations         one-off changes to stored rows, each done once (its name, whe
 from __future__ import annotations
 
 from datetime import datetime
-from typing import Literal
+from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict
 from pymongo import ASCENDING, DESCENDING, IndexModel, UpdateOne
@@ -32,6 +32,7 @@ from services.payments.domain import (
 )
 from services.payments.fees import CancellationFee, FeeStatus
 from services.payments.ledger import Holding, Plan
+from services.payments.margins import FeesKept, MarginBy, Summed, WrittenOff
 from services.payments.sealing import GENESIS, SealingKey, digest
 from services.payments.settlements import (
     Entered,
@@ -93,6 +94,12 @@ async def ensure_indexes(db: Database) -> None:
                 name="disputed_by_technician",
                 partialFilterExpression=DISPUTED,
             ),
+            # Operators' margins: what was written off in a week.
+            IndexModel(
+                [("write_off.at", ASCENDING)],
+                name="written_off",
+                partialFilterExpression={"status": ReceiptStatus.WRITTEN_OFF.value},
+            ),
         ]
     )
     # A store's week (its statement, its entries in order); every store's week (operations).
@@ -124,6 +131,12 @@ async def ensure_indexes(db: Database) -> None:
         [
             IndexModel([("customer_id", ASCENDING), ("cancelled_at", DESCENDING)]),
             IndexModel([("status", ASCENDING), ("cancelled_at", DESCENDING)]),
+            # Operators' margins: the fees a week kept.
+            IndexModel(
+                [("paid_at", ASCENDING)],
+                name="kept",
+                partialFilterExpression={"status": FeeStatus.PAID.value},
+            ),
         ]
     )
 
@@ -156,9 +169,52 @@ async def enter_receipts_signed_before(db: Database, batch: int = 1000) -> int:
     return count
 
 
+# Where a receipt or an entry says which region, store or technician it is of.
+MARGIN_FIELD = {
+    MarginBy.REGION: "region",
+    MarginBy.STORE: "store_id",
+    MarginBy.TECHNICIAN: "technician_id",
+}
+ISO_WEEK = "%G-W%V"  # as settlements.week_of writes it
+
+
+def margin_key(by: MarginBy) -> Document:
+    """The group key of a margin: None where it was not kept (entries before regions)."""
+    return {"$ifNull": [f"${MARGIN_FIELD[by]}", None]}
+
+
 class Receipts(Versioned[Receipt]):
     def __init__(self, db: Database) -> None:
         super().__init__(db, RECEIPTS, Receipt, "receipt_id")
+
+    async def written_off(
+        self, by: MarginBy, since: datetime, until: datetime, store_id: str | None
+    ) -> list[WrittenOff]:
+        """What operations gave up on, by region, store or technician, week and currency
+        (receipts written off and not taken back: a reopened one was paid after all)."""
+        match: Document = {
+            "status": ReceiptStatus.WRITTEN_OFF.value,
+            "write_off.at": {"$gte": since, "$lt": until},
+        }
+        if store_id is not None:
+            match["store_id"] = store_id
+        pipeline: list[Document] = [
+            {"$match": match},
+            {
+                "$group": {
+                    "_id": {
+                        "key": margin_key(by),
+                        "week": {"$dateToString": {"format": ISO_WEEK, "date": "$write_off.at"}},
+                        "currency": "$currency",
+                    },
+                    "amount": {"$sum": "$write_off.amount"},
+                }
+            },
+        ]
+        return [
+            WrittenOff(**row["_id"], amount=row["amount"])
+            async for row in await self.col.aggregate(pipeline)
+        ]
 
     def from_doc(self, doc: Document) -> Receipt:
         receipt = super().from_doc(doc)
@@ -271,7 +327,34 @@ class Ledger:
         self, query: Document, session: Session = None
     ) -> dict[tuple[str, str, str], Totals]:
         """The matching entries added up by (store, week, currency)."""
-        key = {"store_id": "$store_id", "week": "$week", "currency": "$currency"}
+        totals: dict[tuple[str, str, str], Totals] = {}
+        for at, visits, by_kind, held in await self._sums(query, {}, session):
+            totals[at["store_id"], at["week"], at["currency"]] = Totals(
+                visits=visits, by_kind=by_kind, held=held
+            )
+        return totals
+
+    async def summed(self, by: MarginBy, query: Document) -> list[Summed]:
+        """The matching entries added up by region, store or technician, store, week and
+        currency (operators' margins)."""
+        return [
+            Summed(
+                key=at.get("key"),
+                store_id=at["store_id"],
+                week=at["week"],
+                currency=at["currency"],
+                visits=visits,
+                by_kind=by_kind,
+            )
+            for at, visits, by_kind, _ in await self._sums(query, {"key": margin_key(by)})
+        ]
+
+    async def _sums(
+        self, query: Document, more: Document, session: Session = None
+    ) -> list[tuple[Document, int, dict[EntryKind, int], int]]:
+        """The matching entries added up by store, week, currency and `more`: each group's
+        key, its receipts, its takings by kind, and what the store held of them."""
+        key = {"store_id": "$store_id", "week": "$week", "currency": "$currency", **more}
         pipeline: list[Document] = [
             {"$match": query},
             {
@@ -298,18 +381,18 @@ class Ledger:
             },
         ]
         [found] = await (await self.col.aggregate(pipeline, session=session)).to_list()
-        totals: dict[tuple[str, str, str], Totals] = {}
+
+        def group(at: Document) -> tuple[Any, ...]:
+            return tuple(at.get(k) for k in key)
+
+        sums: dict[tuple[Any, ...], tuple[Document, int, dict[EntryKind, int], int]] = {}
         for row in found["visits"]:
-            at = row["_id"]
-            totals[at["store_id"], at["week"], at["currency"]] = Totals(
-                visits=row["visits"], by_kind={}, held=0
-            )
+            sums[group(row["_id"])] = (row["_id"], row["visits"], {}, 0)
         for row in found["kinds"]:
-            at = row["_id"]
-            week = totals[at["store_id"], at["week"], at["currency"]]
-            week.by_kind[EntryKind(at["kind"])] = row["takings"]
-            week.held += row["held"]
-        return totals
+            at, visits, by_kind, held = sums[group(row["_id"])]
+            by_kind[EntryKind(row["_id"]["kind"])] = row["takings"]
+            sums[group(at)] = (at, visits, by_kind, held + row["held"])
+        return list(sums.values())
 
     async def entries(
         self, store_id: str, week: str, after: str | None, limit: int
@@ -490,6 +573,25 @@ class ProviderOps(Versioned[ProviderOp]):
 class CancellationFees(Versioned[CancellationFee]):
     def __init__(self, db: Database) -> None:
         super().__init__(db, CANCELLATION_FEES, CancellationFee, "fee_id")
+
+    async def kept(self, since: datetime, until: datetime) -> list[FeesKept]:
+        """Fees paid and standing, by the week they were paid in and currency."""
+        pipeline: list[Document] = [
+            {"$match": {"status": FeeStatus.PAID.value, "paid_at": {"$gte": since, "$lt": until}}},
+            {
+                "$group": {
+                    "_id": {
+                        "week": {"$dateToString": {"format": ISO_WEEK, "date": "$paid_at"}},
+                        "currency": "$currency",
+                    },
+                    "amount": {"$sum": "$amount"},
+                }
+            },
+        ]
+        return [
+            FeesKept(**row["_id"], amount=row["amount"])
+            async for row in await self.col.aggregate(pipeline)
+        ]
 
     async def listed(
         self, customer_id: str | None, status: FeeStatus | None, limit: int

@@ -24,6 +24,7 @@ from shared.events.dispatch import (
     SafetyAlert,
     SafetyAlertV1,
     ServiceCompleted,
+    ServiceCompletedV1,
     ServiceVoided,
     TechnicianAssigned,
     TechnicianReassigned,
@@ -81,7 +82,8 @@ async def technician_assigned(
 
 
 @handlers.on(ServiceCompleted)
-async def invite_review(tx: Transaction, event: ServiceCompleted) -> None:
+@handlers.on(ServiceCompletedV1)
+async def invite_review(tx: Transaction, event: ServiceCompletedV1) -> None:
     await Bookings(tx.db).learn(
         event.booking_id,
         tx.session,

@@ -143,8 +143,9 @@ class ServiceStarted(EventPayload):
 
 
 @event("dispatch.service_completed", version=1, stream=STREAM, key="booking_id")
-class ServiceCompleted(EventPayload):
-    """The technician finished the visit; `lines` are the items performed at booked prices."""
+class ServiceCompletedV1(EventPayload):
+    """The technician finished the visit, before the region was told. Still read, for events
+    published before version 2."""
 
     booking_id: str
     visit_id: str
@@ -153,6 +154,13 @@ class ServiceCompleted(EventPayload):
     store_id: str = Field(description="The technician's store: the receipt joins its chain")
     completed_at: datetime
     lines: list[PricedLine] = Field(min_length=1)
+
+
+@event("dispatch.service_completed", version=2, stream=STREAM, key="booking_id")
+class ServiceCompleted(ServiceCompletedV1):
+    """The technician finished the visit; `lines` are the items performed at booked prices."""
+
+    region: str = Field(description="Where the visit was: operations see what each region makes")
 
 
 @event("dispatch.service_voided", version=1, stream=STREAM, key="booking_id")

@@ -144,6 +144,7 @@ async function loadBoard() {
   loadCalls();
   loadDisputes();
   loadSettlements();
+  loadMargins();
 }
 
 // At most one figures request a second, however busy the city: within a second of a change.
@@ -540,7 +541,7 @@ function tick() {
 }
 setInterval(tick, 1000);
 setInterval(() => { if (tokens() && !$("board-view").hidden) loadMap(); }, 15000);
-setInterval(() => { if (tokens() && !$("board-view").hidden) { loadCalls(); loadDisputes(); loadSettlements(); } }, 60000);
+setInterval(() => { if (tokens() && !$("board-view").hidden) { loadCalls(); loadDisputes(); loadSettlements(); loadMargins(); } }, 60000);
 
 // Operations' alone: customers to call a week after a larger job (booking's call list, read
 // with the board and every minute; a call recorded takes its line off until it is due again).
@@ -630,6 +631,47 @@ function closeSettlement(s) {
       if (res.ok) loadSettlements();
       return res;
     });
+}
+
+// Operations' alone: what the platform made of each region, store or technician by the week
+// (payments' margins), read with the board, every minute and when "by" changes.
+const MARGIN_WEEKS = 4;
+const MARGINS_SHOWN = 50;
+async function loadMargins() {
+  $("margins-section").hidden = !isOps();
+  if (!isOps()) return;
+  const by = $("margins-by").value;
+  const res = await api(`/v1/margins?by=${by}&weeks=${MARGIN_WEEKS}&limit=${MARGINS_SHOWN}`);
+  if (!res.ok) return;
+  const m = await res.json();
+  const head = $("margins").tHead.rows[0];
+  $("margins-key").textContent = by[0].toUpperCase() + by.slice(1);
+  head.replaceChildren(head.cells[0], ...m.weeks.map((w) => h("th", { scope: "col" }, w)),
+    h("th", { scope: "col" }, `${m.weeks.length} weeks`), h("th", { scope: "col" }, "Taken in"),
+    h("th", { scope: "col" }, "Coupons"), h("th", { scope: "col" }, "Written off"));
+  fill("margins", m.rows.map((r) => h("tr", { "data-margin": r.key ?? "" },
+    h("th", { scope: "row" }, r.key ?? `${by} not known`),
+    ...r.weeks.map((w) => netCell(w.platform_net, r.currency,
+      `${visitsText(w.visits)}: took in ${money(w.takings, r.currency)} (refunds ${money(w.refunds, r.currency)}), commission ${money(w.commission, r.currency)}, coupons ${money(w.coupons, r.currency)}`)),
+    netCell(r.total.platform_net, r.currency, `commission ${money(r.total.commission, r.currency)}`),
+    h("td", {}, money(r.total.takings, r.currency)),
+    h("td", {}, money(r.total.coupons, r.currency)),
+    h("td", {}, money(r.total.written_off, r.currency)))),
+  `No money moved in the last ${MARGIN_WEEKS} weeks.`, m.weeks.length + 5);
+  const currencies = [...new Set(m.platform.map((p) => p.currency))];
+  $("margins").tFoot.replaceChildren(...currencies.map((currency) => {
+    const weeks = m.platform.filter((p) => p.currency === currency);
+    const net = weeks.reduce((sum, p) => sum + p.net, 0);
+    return h("tr", { "data-platform": currency },
+      h("th", { scope: "row" }, `Platform (${currency})${m.more ? `; ${m.more} more not shown` : ""}`),
+      ...weeks.map((p) => netCell(p.net, currency, `commission ${money(p.commission, currency)}, coupons ${money(p.coupons, currency)}, fees kept ${money(p.fees_kept, currency)}`)),
+      netCell(net, currency, ""), h("td", { colspan: 3 }, ""));
+  }));
+}
+$("margins-by").addEventListener("change", loadMargins);
+
+function netCell(amount, currency, detail) {
+  return h("td", { class: amount < 0 ? "loss" : "", title: detail, "data-net": String(amount) }, money(amount, currency));
 }
 
 // ------------------------------------------------------------------ actions --

@@ -1,0 +1,118 @@
+"""Operators' margins, the rules alone (services/payments/margins.py): what the platform makes
+of each region, store or technician's week, at the rate each store's week was settled at."""
+
+from __future__ import annotations
+
+from services.payments.margins import (
+    FeesKept,
+    MarginBy,
+    Margins,
+    Summed,
+    WrittenOff,
+    figures_of,
+    margins_of,
+)
+from services.payments.settlements import EntryKind
+
+W47, W48 = "2026-W47", "2026-W48"
+
+
+def summed(key: str | None, week: str, store: str = "store_a", **by_kind: int) -> Summed:
+    return Summed(
+        key=key,
+        store_id=store,
+        week=week,
+        currency="EUR",
+        visits=1,
+        by_kind={EntryKind(kind): amount for kind, amount in by_kind.items()},
+    )
+
+
+def of(sums: list[Summed], **kw: object) -> Margins:
+    args: dict[str, object] = {
+        "by": MarginBy.REGION,
+        "weeks": [W48, W47],
+        "sums": sums,
+        "written_off": [],
+        "fees": [],
+        "rate_of": {},
+        "default_rate_bps": 1500,
+        "order": "losing",
+        "limit": 50,
+    }
+    args.update(kw)
+    return margins_of(**args)  # type: ignore[arg-type]
+
+
+def test_a_coupon_is_the_platforms_cost_and_a_refund_takes_its_commission_back() -> None:
+    figures = figures_of(
+        summed("porto", W48, card=2000, coupon=3000, refund=-1000, refund_declined=400),
+        rate_bps=1500,
+    )
+    # Taken in: 20 + 30 - 10 + 4 = 44.00; 15 % of it the platform's, less the 30.00 coupon.
+    assert (figures.takings, figures.refunds, figures.coupons) == (4400, 600, 3000)
+    assert (figures.commission, figures.platform_net, figures.store_net) == (660, -2340, 3740)
+
+
+def test_each_stores_week_is_charged_at_the_rate_its_statement_was_closed_at() -> None:
+    found = of(
+        [
+            summed("lisbon", W47, "store_a", card=10_000),
+            summed("lisbon", W47, "store_b", card=10_000),
+        ],
+        rate_of={("store_a", W47, "EUR"): 1000},
+    )
+    [row] = found.rows
+    assert row.total.commission == 1000 + 1500  # store_a's closed week at 10 %, the other 15 %
+    assert row.total.takings == 20_000
+    assert row.total.visits == 2
+
+
+def test_every_week_asked_is_shown_the_latest_first_and_empty_weeks_are_zero() -> None:
+    found = of([summed("lisbon", W47, cash=5000)])
+    [row] = found.rows
+    assert [w.week for w in row.weeks] == [W48, W47]
+    assert (row.weeks[0].takings, row.weeks[0].visits) == (0, 0)
+    assert row.weeks[1].takings == 5000
+    assert row.total.takings == 5000
+
+
+def test_losing_puts_the_platforms_worst_first_and_making_its_best() -> None:
+    sums = [
+        summed("lisbon", W48, card=5000),  # +750
+        summed("porto", W48, card=2000, coupon=3000),  # 750 - 3000
+        summed(None, W48, prepaid=1000),  # +150
+    ]
+    assert [r.key for r in of(sums).rows] == ["porto", None, "lisbon"]
+    assert [r.key for r in of(sums, order="making").rows] == ["lisbon", None, "porto"]
+    limited = of(sums, limit=2)
+    assert ([r.key for r in limited.rows], limited.more) == (["porto", None], 1)
+    # The platform's lines add up every row, not only those shown.
+    assert limited.platform[0].commission == 750 + 750 + 150
+
+
+def test_what_was_written_off_counts_where_nothing_else_moved() -> None:
+    found = of(
+        [summed("lisbon", W48, card=5000)],
+        written_off=[WrittenOff(key="faro", week=W47, currency="EUR", amount=2500)],
+    )
+    faro = next(r for r in found.rows if r.key == "faro")
+    assert (faro.total.written_off, faro.total.takings, faro.total.platform_net) == (2500, 0, 0)
+    assert faro.weeks[1].written_off == 2500
+
+
+def test_the_platforms_weeks_add_the_fees_it_kept_in_each_currency() -> None:
+    found = of(
+        [summed("lisbon", W48, card=5000), summed("porto", W48, coupon=2000)],
+        fees=[
+            FeesKept(week=W48, currency="EUR", amount=1500),
+            FeesKept(week=W47, currency="GBP", amount=900),
+        ],
+    )
+    lines = {(p.week, p.currency): p for p in found.platform}
+    assert set(lines) == {(W48, "EUR"), (W47, "EUR"), (W48, "GBP"), (W47, "GBP")}
+    eur = lines[W48, "EUR"]
+    assert (eur.commission, eur.coupons, eur.fees_kept) == (750 + 300, 2000, 1500)
+    assert eur.net == 1050 - 2000 + 1500
+    assert lines[W47, "GBP"].net == 900
+    assert lines[W47, "EUR"].net == 0
