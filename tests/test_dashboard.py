@@ -1046,8 +1046,15 @@ async def test_operations_close_a_stores_week_from_the_page_and_the_store_sees_i
     store = f"store_{uuid.uuid4().hex[:8]}"
     week = week_before(week_before(week_of(datetime.now(UTC))))
     entered_at = week_start(week) + timedelta(days=3)
-    moved = [("card", 5000, 0), ("cash", 2500, 2500)]  # 25.00 cash in the store's hand
-    await mongo[f"{platform.prefix}_payments"]["settlement_entries"].insert_many(
+    # Ten weeks back, a week still due: older than the weeks shown, shown for being due.
+    old_week = week_of(week_start(week) - timedelta(weeks=8))
+    moved = [  # 25.00 cash in the store's hand
+        ("card", 5000, 0, week, entered_at),
+        ("cash", 2500, 2500, week, entered_at),
+        ("card", 2000, 0, old_week, entered_at - timedelta(weeks=8)),
+    ]
+    payments_db = mongo[f"{platform.prefix}_payments"]
+    await payments_db["settlement_entries"].insert_many(
         [
             {
                 "_id": f"rc_{store}_{n}:paid:0",
@@ -1059,14 +1066,18 @@ async def test_operations_close_a_stores_week_from_the_page_and_the_store_sees_i
                 "kind": kind,
                 "takings": takings,
                 "held": held,
-                "at": entered_at,
-                "week": week,
-                "entered_at": entered_at,
+                "at": at,
+                "week": in_week,
+                "entered_at": at,
             }
-            for n, (kind, takings, held) in enumerate(moved)
+            for n, (kind, takings, held, in_week, at) in enumerate(moved)
         ]
     )
+    # Entered before payments kept those weeks (weeks over are kept once, as they read).
+    await payments_db["migrations"].delete_one({"_id": "settlements.kept_through"})
     board = await operations_board(browser, platform, mongo)
+    older = board.page.locator(f'#settlements tr[data-statement="{store}:{old_week}:EUR"]')
+    await expect(older.locator("[data-status]")).to_have_text("due", timeout=LIVE)
     row = board.page.locator(f'#settlements tr[data-statement="{store}:{week}:EUR"]')
     await expect(row).to_be_visible(timeout=LIVE)
     # 75.00 in, 11.25 the platform's, 25.00 held already: 38.75 to the store.
@@ -1132,7 +1143,7 @@ async def test_operations_see_a_region_the_platform_loses_money_on_and_who_the_t
     await expect(section).to_be_visible(timeout=LIVE)
     # 15.00 commission less the 90.00 coupon: the platform lost 75.00 there this week.
     row = board.page.locator(f'#margins tr[data-margin="{region}"]')
-    this_week = row.locator("td").first
+    this_week = row.locator(f'td[data-week="{week_of(now)}"]')
     await expect(this_week).to_have_text(re.compile(r"-?75[.,]00"), timeout=LIVE)
     await expect(this_week).to_have_attribute("data-net", "-7500")
     await expect(this_week).to_have_class("loss")
@@ -1140,7 +1151,9 @@ async def test_operations_see_a_region_the_platform_loses_money_on_and_who_the_t
     await board.shot("18-margins")
     await board.page.get_by_label("Margins by", exact=True).select_option("technician")
     theirs = board.page.locator(f'#margins tr[data-margin="{technician}"]')
-    await expect(theirs.locator("td").first).to_have_attribute("data-net", "-7500", timeout=LIVE)
+    await expect(theirs.locator(f'td[data-week="{week_of(now)}"]')).to_have_attribute(
+        "data-net", "-7500", timeout=LIVE
+    )
     await expect(board.page.locator("#margins-key")).to_have_text("Technician")
     await board.assert_never_reloaded_nor_left_the_platform()
 

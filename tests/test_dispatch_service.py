@@ -727,6 +727,7 @@ async def test_a_visit_held_by_a_technician_whose_file_no_longer_fits_it_is_sear
             headers=as_store("store_chiado"),
         )
         assert phone.status_code == 200, phone.text
+        assert phone.json()["searched_again"] == []
         assert (await scene.visit(kept_id))["status"] == "assigned"
 
         changed = await dispatch.put(
@@ -735,6 +736,7 @@ async def test_a_visit_held_by_a_technician_whose_file_no_longer_fits_it_is_sear
             headers=as_store("store_chiado"),
         )
         assert changed.status_code == 200, changed.text
+        assert changed.json()["searched_again"] == [kept_id]  # the store is told which
         # At once, in the same write: nobody else qualifies here, so the search soon fails.
         visit = await scene.visit(kept_id)
         assert visit["status"] in ("searching", "failed"), visit

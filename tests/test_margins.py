@@ -14,9 +14,11 @@ from typing import Any
 import httpx
 import pytest
 from aiokafka import AIOKafkaProducer
+from pymongo import AsyncMongoClient
 
 from services.payments.settlements import week_before
 from shared.events.booking import BookingCancelled
+from shared.mongo import Document
 from tests.harness import Infra, ServiceProcess, direct, eventually, new_prefix
 from tests.harness import publish as publish_event
 from tests.seed import OPS, as_customer, as_store, as_technician, get_json, set_card
@@ -54,7 +56,7 @@ def by_key(found: Any) -> dict[str | None, Any]:
 
 
 async def test_operators_see_which_regions_stores_and_technicians_make_or_lose_money(
-    infra: Infra, kafka_producer: AIOKafkaProducer
+    infra: Infra, kafka_producer: AIOKafkaProducer, mongo: AsyncMongoClient[Document]
 ) -> None:
     prefix = new_prefix()
     payments = ServiceProcess("payments", infra, prefix)
@@ -113,8 +115,36 @@ async def test_operators_see_which_regions_stores_and_technicians_make_or_lose_m
             )
             assert cash.status_code == 200, cash.text
 
-            # Ana's visit completed before dispatch told regions (version 1), signed, never
-            # paid (no card), reminded, and written off: 25.00 given up, region unknown.
+            # Two of Ana's visits completed before dispatch told regions (version 1): one
+            # paid by card (its entries keep region None), one never paid (no card),
+            # reminded and written off (25.00 given up); and 20.00 cash entered before
+            # entries kept a region at all (no such field). One region not known.
+            old_card = await signed_visit(
+                kafka_producer,
+                prefix,
+                api,
+                store=north,
+                customer=carded,
+                manicures=1,
+                technician="tech_ana",
+                region=None,
+            )
+            await status_of(api, old_card, "settled")
+            ledger = mongo[f"{prefix}_payments"]["settlement_entries"]
+            entered = await ledger.find_one({"receipt_id": old_card["receipt_id"]})
+            assert entered is not None
+            assert entered["region"] is None
+            await ledger.insert_one(
+                {
+                    **{k: v for k, v in entered.items() if k != "region"},
+                    "_id": "rc_before_regions:paid:0",
+                    "receipt_id": "rc_before_regions",
+                    "booking_id": "bk_before_regions",
+                    "kind": "cash",
+                    "takings": 2000,
+                    "held": 2000,
+                }
+            )
             unpaid = await signed_visit(
                 kafka_producer,
                 prefix,
@@ -160,7 +190,7 @@ async def test_operators_see_which_regions_stores_and_technicians_make_or_lose_m
             # commission on it; the visit of no known region made nothing and lost 25.00.
             found = await margins(api, by="region", weeks=2)
             assert found["weeks"] == [this_week, week_before(this_week)]
-            assert [row["key"] for row in found["rows"]] == ["porto", None, "lisbon"]
+            assert [row["key"] for row in found["rows"]] == ["porto", "lisbon", None]
             assert found["more"] == 0
             regions = by_key(found)
             porto_week = {
@@ -189,15 +219,25 @@ async def test_operators_see_which_regions_stores_and_technicians_make_or_lose_m
             ]
             assert regions["porto"]["total"] == porto_week
             assert regions["lisbon"]["total"] == lisbon_week
-            assert regions[None]["total"] == {**ZERO, "written_off": 2500}
+            # North's week took in 85.00: 12.75 commission, shared 6.00 / 6.75 by takings.
+            assert regions[None]["total"] == {
+                "visits": 2,
+                "takings": 4500,
+                "refunds": 0,
+                "coupons": 0,
+                "commission": 675,
+                "platform_net": 675,
+                "store_net": 3825,
+                "written_off": 2500,
+            }
             assert found["platform"] == [
                 {
                     "week": this_week,
                     "currency": "EUR",
-                    "commission": 1350,
+                    "commission": 750 + 600 + 675,
                     "coupons": 3000,
                     "fees_kept": 1500,
-                    "net": -150,
+                    "net": 2025 - 3000 + 1500,
                 },
                 {
                     "week": week_before(this_week),
@@ -213,7 +253,16 @@ async def test_operators_see_which_regions_stores_and_technicians_make_or_lose_m
             # platform's fees belong to no store).
             stores = await margins(api, by="store", order="making", weeks=1)
             assert [row["key"] for row in stores["rows"]] == [north, south]
-            assert by_key(stores)[north]["total"] == {**lisbon_week, "written_off": 2500}
+            assert by_key(stores)[north]["total"] == {
+                "visits": 3,
+                "takings": 8500,
+                "refunds": 1000,
+                "coupons": 0,
+                "commission": 1275,
+                "platform_net": 1275,
+                "store_net": 7225,
+                "written_off": 2500,
+            }
             technicians = await margins(api, by="technician", weeks=1)
             assert [row["key"] for row in technicians["rows"]] == ["tech_rui", "tech_ana"]
             theirs = await margins(api, by="technician", store_id=south, weeks=1)

@@ -77,7 +77,12 @@ async def signed_visit(
         currency="EUR",
     )
     fact = service_completed(
-        booking_id, customer, store, technician_id=technician, region=region or "", lines=[line]
+        booking_id,
+        customer,
+        store,
+        technician_id=technician,
+        region=region or "lisbon",
+        lines=[line],
     )
     told = fact if region else ServiceCompletedV1(**fact.model_dump(exclude={"region"}))
     await publish_event(producer, prefix, told)
@@ -438,3 +443,79 @@ async def test_a_receipt_enters_only_what_is_new_and_never_in_a_week_operations_
     again.reminders_sent += 1
     await receipts.save(again)
     assert await db["settlement_entries"].count_documents({}) == 0
+
+
+async def test_a_week_over_is_kept_as_it_reads_and_listed_due_until_closed_however_old(
+    infra: Infra, kafka_producer: AIOKafkaProducer, mongo: AsyncMongoClient[Document]
+) -> None:
+    """Once a week is over (an hour after its end), its statements are kept as they read:
+    final, read from there rather than added up again, and listed as due, however long ago,
+    until operations close them."""
+    prefix = new_prefix()
+    payments = ServiceProcess("payments", infra, prefix)
+    payments.start(DOORSTEP_TEST_CLOCK="1", PAYMENTS_SETTLEMENT_CLOSE_AFTER_S="3600")
+    store, other = unique("store_"), unique("store_")
+    customer = unique("cus_")
+    try:
+        async with direct(payments.url) as api:
+            this_week = await on_wednesday(api)
+            await set_card(api, customer, "pm_card_ok")
+            visit = await signed_visit(
+                kafka_producer, prefix, api, store=store, customer=customer, manicures=2
+            )
+            await status_of(api, visit, "settled")
+            assert await statements(api, store, status="due") == []  # the week is on
+
+            # Ten weeks on: the week is older than the usual eight, and still due.
+            now = await payments_now(api)
+            ten_on = week_end(this_week) + timedelta(weeks=9, hours=2)
+            await api.post("/testing/clock", json={"advance_s": (ten_on - now).total_seconds()})
+            assert await statements(api, store) == []
+            [due] = await statements(api, store, status="due")
+            assert (due["week"], due["status"], due["takings"], due["payable"]) == (
+                this_week,
+                "due",
+                5000,
+                4250,
+            )
+            every = await get_json(api, "/settlements", OPS, status="due")
+            assert [(s["store_id"], s["week"]) for s in every] == [(store, this_week)]
+            assert await statements(api, other, status="due") == []
+            r = await api.get(
+                "/settlements", params={"store_id": store, "status": "due"}, headers=as_store(other)
+            )
+            assert r.status_code == 403, r.text
+            r = await api.get("/settlements", params={"status": "settled"}, headers=OPS)
+            assert r.status_code == 422, r.text
+
+            # Kept through the last week over; a week kept reads as it was kept, whatever
+            # the ledger says of it now (nothing can enter it: this is a test's own write).
+            db = mongo[f"{prefix}_payments"]
+            mark = await db["migrations"].find_one({"_id": "settlements.kept_through"})
+            assert mark is not None
+            assert mark["week"] == week_before(week_of(await payments_now(api)))
+            entry = await db["settlement_entries"].find_one({"store_id": store})
+            assert entry is not None
+            await db["settlement_entries"].insert_one(
+                {**entry, "_id": "rc_late:paid:0", "receipt_id": "rc_late", "takings": 999}
+            )
+            [still] = await statements(api, store, week=this_week)
+            assert (still["takings"], still["visits"]) == (5000, 1)
+
+            # Closed: final, no longer due.
+            closed = await api.post(
+                f"/settlements/{store}/{this_week}/close",
+                json={"currency": "EUR", "payable": 4250, "reference": "TR-2026-010"},
+                headers=OPS,
+            )
+            assert closed.status_code == 200, closed.text
+            assert closed.json()["status"] == "closed"
+            assert await statements(api, store, status="due") == []
+            [final] = await statements(api, store, week=this_week)
+            assert (final["status"], final["reference"], final["takings"]) == (
+                "closed",
+                "TR-2026-010",
+                5000,
+            )
+    finally:
+        payments.stop()

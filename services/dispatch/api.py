@@ -85,6 +85,16 @@ async def existing(runtime: Any, technician_id: str) -> Technician:
 KEPT = ("rating", "location_at", "schedule_version", *STATUS_FIELDS)
 
 
+class FileWritten(Technician):
+    """The file as written, and what it changed."""
+
+    searched_again: list[str] = Field(
+        default_factory=list,
+        description="The bookings this file sent back to the search: visits the technician "
+        "held and may no longer do (their customers are told)",
+    )
+
+
 @router.put(
     "/technicians/{technician_id}",
     tags=["technicians"],
@@ -93,10 +103,10 @@ KEPT = ("rating", "location_at", "schedule_version", *STATUS_FIELDS)
 )
 async def put_technician(
     technician_id: Id, body: TechnicianFile, actor: ActorDep, runtime: RuntimeDep
-) -> Technician:
+) -> FileWritten:
     may_manage(actor, body.store_id)
 
-    async def write(tx: Transaction) -> Technician:
+    async def write(tx: Transaction) -> FileWritten:
         # Read in the transaction that writes it: what the file keeps (the rating, the
         # calendar's version) is written back as it is, not as it was a moment before.
         techs = Technicians(tx.db)
@@ -113,9 +123,8 @@ async def put_technician(
         file = body.model_dump(exclude=set(kept))
         tech = Technician(technician_id=technician_id, **file, **kept)
         await techs.put(tech, before.store_id if before else body.store_id, tx.session)
-        if before is not None:
-            await commands.recheck_held(tx, technician_id)
-        return tech
+        moved = await commands.recheck_held(tx, technician_id) if before is not None else []
+        return FileWritten(**tech.model_dump(), searched_again=moved)
 
     try:
         return await runtime.uow.run(write)

@@ -38,7 +38,13 @@ from services.payments.provider import (
     webhook_secret,
 )
 from services.payments.sealing import verify
-from services.payments.settlements import Entered, Statement, week_of, week_start
+from services.payments.settlements import (
+    Entered,
+    Statement,
+    StatementStatus,
+    week_of,
+    week_start,
+)
 from services.payments.storage import (
     CancellationFees,
     Coupons,
@@ -49,6 +55,7 @@ from services.payments.storage import (
     ProviderOps,
     Receipts,
     SealingKeys,
+    Settlements,
     Wallets,
 )
 from shared.auth import Actor, ActorDep, Role
@@ -888,7 +895,7 @@ StoreIn = Annotated[str, Path(min_length=1, max_length=64)]
     "/settlements",
     tags=["settlements"],
     summary="Stores' weekly statements, the latest week first: a store's own; operations' "
-    "of one store or of every store",
+    "of one store or of every store; or every week still due, of any age",
 )
 async def list_settlements(
     runtime: RuntimeDep,
@@ -901,15 +908,27 @@ async def list_settlements(
     weeks: Annotated[
         int, Query(ge=1, le=53, description="Without `week`: this many, up to this one")
     ] = 8,
+    status: Annotated[
+        StatementStatus | None,
+        Query(description="Only these; `due` without `week`: every week due, however old"),
+    ] = None,
     limit: Annotated[int, Query(ge=1, le=2000)] = 500,
 ) -> list[Statement]:
     scope: Document = actor.store_scope(store_id, what="a store's settlements")
     now = utcnow()
-    if week is not None:
-        scope["week"] = _week(week)
+    kept_through = await commands.keep_weeks_over(runtime.db, runtime.settings, now)
+    if status == "due" and week is None:
+        # Every week due is kept (weeks over), whatever its age: read, not added up.
+        found = await Settlements(runtime.db).due(scope, limit)
     else:
-        scope["week"] = {"$in": [week_of(now - timedelta(weeks=n)) for n in range(weeks)]}
-    found = await commands.statements(runtime.db, scope, runtime.settings, now)
+        if week is not None:
+            scope["week"] = _week(week)
+        else:
+            scope["week"] = {"$in": [week_of(now - timedelta(weeks=n)) for n in range(weeks)]}
+        found = await commands.statements(
+            runtime.db, scope, runtime.settings, now, kept_through=kept_through
+        )
+        found = [s for s in found if status is None or s.status == status]
     return [statement.seen_by(actor.is_ops) for statement in found[:limit]]
 
 

@@ -32,7 +32,14 @@ from services.payments.ledger import Holding, Plan, sell
 from services.payments.margins import FeesKept, MarginBy, MarginOrder, Margins, margins_of
 from services.payments.provider import ProviderResult, ProviderStatus
 from services.payments.sealing import chain_hash, check_device_signature
-from services.payments.settlements import Statement, statement_id, week_end, week_start
+from services.payments.settlements import (
+    Statement,
+    statement_id,
+    week_before,
+    week_end,
+    week_of,
+    week_start,
+)
 from services.payments.storage import (
     CancellationFees,
     Chains,
@@ -1183,14 +1190,45 @@ def _waived(tx: Transaction, fee: CancellationFee) -> None:
 # ------------------------------------------------------------------- settlements --
 
 
+async def keep_weeks_over(db: Database, settings: Settings, now: datetime) -> str | None:
+    """Keep the statements of every week now over (a while after its end, when nothing can
+    enter it any more) as they read: final, listed as due until operations close them, and
+    read from there instead of added up again. The last week kept, after which statements
+    are still added up (None: none is over)."""
+    settlements = Settlements(db)
+    through = await settlements.kept_through()
+    latest = week_before(week_of(now - timedelta(seconds=settings.settlement_close_after_s)))
+    if through is not None and through >= latest:  # ISO week ids sort as the weeks do
+        return through
+    after: Document = {"$lte": latest} if through is None else {"$gt": through, "$lte": latest}
+    for week in sorted(await Ledger(db).col.distinct("week", {"week": after})):
+        for statement in await statements(db, {"week": week}, settings, now):
+            if statement.version == 0:  # added up, not kept yet (two replicas: the same)
+                await settlements.insert_if_absent(statement.model_copy(update={"version": 1}))
+    await settlements.kept_to(latest)
+    return latest
+
+
 async def statements(
-    db: Database, query: Document, settings: Settings, now: datetime, session: Session = None
+    db: Database,
+    query: Document,
+    settings: Settings,
+    now: datetime,
+    session: Session = None,
+    *,
+    kept_through: str | None = None,
 ) -> list[Statement]:
-    """The statements of the (store, week)s `query` matches, the latest week first: as
-    operations closed them, the others added up from the ledger as it stands."""
+    """The statements of the (store, week)s `query` matches, the latest week first: as kept
+    (weeks over, and those operations closed), the others added up from the ledger as it
+    stands (only weeks after `kept_through`: up to it every statement is kept)."""
     found = {s.statement_id: s for s in await Settlements(db).find(query, session)}
     close_after = timedelta(seconds=settings.settlement_close_after_s)
-    for (store_id, week, currency), totals in (await Ledger(db).totals(query, session)).items():
+    open_weeks = query
+    if kept_through is not None:
+        open_weeks = {"$and": [query, {"week": {"$gt": kept_through}}]}
+    for (store_id, week, currency), totals in (
+        await Ledger(db).totals(open_weeks, session)
+    ).items():
         if statement_id(store_id, week, currency) not in found:
             made = Statement.of(
                 store_id=store_id,
@@ -1229,8 +1267,12 @@ async def close_settlement(
         )
     [statement] = found
     if statement.close(by, reference, payable_seen, now):
-        # Two closings at once both insert it: one conflicts, runs again and reads it closed.
-        await Settlements(tx.db).insert(statement, tx.session)
+        if statement.version == 0:
+            # Not kept yet. Two closings at once both insert it: one conflicts, runs again
+            # and reads it closed (as does a keeping of the week meanwhile).
+            await Settlements(tx.db).insert(statement.model_copy(update={"version": 1}), tx.session)
+        else:
+            await Settlements(tx.db).save(statement, tx.session)
         tx.emit(
             SettlementClosed(
                 **statement.model_dump(

@@ -7,7 +7,8 @@ For each region, store or technician and week:
 
 - `takings`: what their visits brought in, less what was given back (`refunds`);
 - `commission`: the platform's share of the takings, at the rate of each store's week (the
-  rate its statement was closed at, else today's);
+  rate its statement was closed at, else today's): each store's week's commission, as its
+  statement rounds it, shared out by what each took in, so the rows add up to it;
 - `coupons`: what the platform's coupons paid of their visits (the store is paid in full);
 - `platform_net`, the platform's margin: commission less coupons. Negative: the platform
   paid out more than it kept;
@@ -15,14 +16,17 @@ For each region, store or technician and week:
 - `written_off`: what their customers owed and operations gave up on (nobody was paid it).
 
 A late-cancellation fee is the platform's alone and belongs to no visit: the platform's
-weekly lines count the fees paid and standing in the week they were paid.
+weekly lines count the fees paid and not given back, in the week they were paid (one given
+back later leaves the week it was paid in: fees have no ledger of their own yet).
 """
 
 from __future__ import annotations
 
+import math
 from collections import defaultdict
 from collections.abc import Iterable, Mapping, Sequence
 from enum import StrEnum
+from fractions import Fraction
 from typing import Literal
 
 from pydantic import Field
@@ -111,7 +115,7 @@ class PlatformWeek(Forbid):
     currency: Currency
     commission: int
     coupons: int
-    fees_kept: int = Field(description="Late-cancellation fees paid that week and standing")
+    fees_kept: int = Field(description="Late-cancellation fees paid that week, not given back")
     net: int = Field(description="Commission less coupons, plus the fees kept")
 
 
@@ -120,7 +124,8 @@ class Margins(Forbid):
     weeks: list[str] = Field(description="The weeks asked, the latest first")
     order: MarginOrder
     rows: list[MarginRow] = Field(
-        description="Losing: the platform's worst margins first; making: its best first"
+        description="Losing: the platform's worst margins first; making: its best first "
+        "(each currency apart, in the order of their codes)"
     )
     more: int = Field(ge=0, description="Rows left out by the limit")
     platform: list[PlatformWeek] = Field(description="Every row's weeks added up, with fees")
@@ -129,10 +134,9 @@ class Margins(Forbid):
 RateOf = Mapping[tuple[str, str, str], int]  # (store, week, currency) -> basis points
 
 
-def figures_of(summed: Summed, rate_bps: int) -> MarginFigures:
+def figures_of(summed: Summed, commission: int) -> MarginFigures:
     takings = sum(summed.by_kind.values())
     coupons = summed.by_kind.get(EntryKind.COUPON, 0)
-    commission = commission_of(takings, rate_bps)
     return MarginFigures(
         visits=summed.visits,
         takings=takings,
@@ -143,6 +147,38 @@ def figures_of(summed: Summed, rate_bps: int) -> MarginFigures:
         store_net=takings - commission,
         written_off=0,
     )
+
+
+def shares(amount: int, weights: Sequence[int]) -> list[int]:
+    """`amount` shared out in proportion to `weights`, in whole minor units adding up to it
+    (the largest remainders get the units left over; ties: the first)."""
+    whole = sum(weights)
+    if whole == 0:  # nothing to share by: all of it (nothing, here: no takings) to the first
+        return [amount if i == 0 else 0 for i in range(len(weights))]
+    exact = [Fraction(amount * w, whole) for w in weights]
+    floors = [math.floor(e) for e in exact]
+    by_remainder = sorted(range(len(weights)), key=lambda i: exact[i] - floors[i], reverse=True)
+    for i in by_remainder[: amount - sum(floors)]:
+        floors[i] += 1
+    return floors
+
+
+def _commissions(sums: Sequence[Summed], rate_of: RateOf, default_rate_bps: int) -> list[int]:
+    """Each group's share of its store's week's commission: a statement rounds once, on the
+    whole week, so the regions or technicians of a store's week add up to what it was
+    settled (shared out by what each took in)."""
+    by_statement: dict[tuple[str, str, str], list[int]] = defaultdict(list)
+    for i, s in enumerate(sums):
+        by_statement[s.store_id, s.week, s.currency].append(i)
+    found = [0] * len(sums)
+    for statement, members in by_statement.items():
+        takings = [sum(sums[i].by_kind.values()) for i in members]
+        rate = rate_of.get(statement, default_rate_bps)
+        for i, share in zip(
+            members, shares(commission_of(sum(takings), rate), takings), strict=True
+        ):
+            found[i] = share
+    return found
 
 
 def margins_of(
@@ -158,12 +194,13 @@ def margins_of(
     limit: int,
 ) -> Margins:
     """Each region, store or technician's figures week by week, ordered by what the platform
-    made of them over those weeks (`losing`: least first), and the platform's own weeks."""
+    made of them over those weeks (`losing`: least first; each currency apart), and the
+    platform's own weeks."""
+    sums = list(sums)
     cells: dict[tuple[str | None, str], dict[str, MarginFigures]] = defaultdict(dict)
-    for s in sums:
-        rate = rate_of.get((s.store_id, s.week, s.currency), default_rate_bps)
+    for s, commission in zip(sums, _commissions(sums, rate_of, default_rate_bps), strict=True):
         week = cells[s.key, s.currency]
-        week[s.week] = week.get(s.week, MarginFigures.zero()).plus(figures_of(s, rate))
+        week[s.week] = week.get(s.week, MarginFigures.zero()).plus(figures_of(s, commission))
     for w in written_off:
         week = cells[w.key, w.currency]
         week[w.week] = week.get(w.week, MarginFigures.zero()).plus(
@@ -179,8 +216,8 @@ def margins_of(
         for figures in row_weeks:
             total = total.plus(MarginFigures(**figures.model_dump(exclude={"week"})))
         rows.append(MarginRow(key=key, currency=currency, weeks=row_weeks, total=total))
-    rows.sort(key=lambda r: (r.currency, r.key or ""))
-    rows.sort(key=lambda r: r.total.platform_net, reverse=order == "making")
+    sign = -1 if order == "making" else 1
+    rows.sort(key=lambda r: (r.currency, sign * r.total.platform_net, r.key or ""))
     return Margins(
         by=by,
         weeks=list(weeks),

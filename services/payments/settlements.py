@@ -27,8 +27,9 @@ never paid, so it has no entry (what the customer's card, package or coupon paid
 of it stands).
 
 An entry belongs to the week it is *entered* in (payments' clock when it is
-written), never a week gone by; a week closes only some time after it ends, by
-when every unit of work that could have entered anything in it has committed.
+written), never a week gone by; a week is over only some time after it ends, by
+when every unit of work that could have entered anything in it has committed:
+its statements are then kept as they read (due), and operations close them.
 Weeks run Monday to Monday, UTC.
 """
 

@@ -67,7 +67,9 @@ SETTLEMENT_ENTRIES = "settlement_entries"
 SETTLEMENTS = "settlements"
 MIGRATIONS = "migrations"
 ENTERED_BEFORE = "settlements.entered_before"
+KEPT_THROUGH = "settlements.kept_through"  # weeks over, their statements kept
 SIGNED = [s.value for s in (ReceiptStatus.SEALED, ReceiptStatus.SETTLED, ReceiptStatus.WRITTEN_OFF)]
+KEPT = [FeeStatus.PAID.value, FeeStatus.REFUND_DECLINED.value]  # the platform holds the fee
 DISPUTED: Document = {"disputed_at": {"$type": "date"}}  # a receipt a customer took items off
 
 
@@ -113,6 +115,15 @@ async def ensure_indexes(db: Database) -> None:
         [
             IndexModel([("store_id", ASCENDING), ("week", ASCENDING)]),
             IndexModel([("week", ASCENDING)]),
+            # Every week still due, of any age (operations'; a store's own).
+            IndexModel(
+                [("store_id", ASCENDING), ("week", DESCENDING)],
+                name="due_by_store",
+                partialFilterExpression={"status": "due"},
+            ),
+            IndexModel(
+                [("week", DESCENDING)], name="due", partialFilterExpression={"status": "due"}
+            ),
         ]
     )
     await enter_receipts_signed_before(db)
@@ -134,8 +145,8 @@ async def ensure_indexes(db: Database) -> None:
             # Operators' margins: the fees a week kept.
             IndexModel(
                 [("paid_at", ASCENDING)],
-                name="kept",
-                partialFilterExpression={"status": FeeStatus.PAID.value},
+                name="fees_kept",
+                partialFilterExpression={"paid_at": {"$type": "date"}},
             ),
         ]
     )
@@ -405,10 +416,26 @@ class Ledger:
 
 
 class Settlements(Versioned[Statement]):
-    """Statements operations closed, as they closed them (the rest are added up when read)."""
+    """Statements of weeks over, kept as they read once nothing could enter them any more
+    (due), then as operations closed them. Those of weeks still open are added up when read.
+    A week kept is never entered again (Ledger.enter)."""
 
     def __init__(self, db: Database) -> None:
         super().__init__(db, SETTLEMENTS, Statement, "statement_id")
+        self.marks = db[MIGRATIONS]
+
+    async def due(self, scope: Document, limit: int) -> list[Statement]:
+        """Every week due (kept, not closed) in `scope`, of any age, the latest first."""
+        return await self.find({**scope, "status": "due"}, sort=[("week", DESCENDING)], limit=limit)
+
+    async def kept_through(self) -> str | None:
+        """The last week whose statements are all kept (None: none yet)."""
+        mark = await self.marks.find_one({"_id": KEPT_THROUGH})
+        return None if mark is None else str(mark["week"])
+
+    async def kept_to(self, week: str) -> None:
+        """Every week up to `week` is kept (never back: two replicas keep in any order)."""
+        await self.marks.update_one({"_id": KEPT_THROUGH}, {"$max": {"week": week}}, upsert=True)
 
 
 class ChainHead(BaseModel):
@@ -575,9 +602,15 @@ class CancellationFees(Versioned[CancellationFee]):
         super().__init__(db, CANCELLATION_FEES, CancellationFee, "fee_id")
 
     async def kept(self, since: datetime, until: datetime) -> list[FeesKept]:
-        """Fees paid and standing, by the week they were paid in and currency."""
+        """Fees paid and not given back (standing, or a refund the card refused and nobody
+        repaid yet), by the week they were paid in and currency."""
         pipeline: list[Document] = [
-            {"$match": {"status": FeeStatus.PAID.value, "paid_at": {"$gte": since, "$lt": until}}},
+            {
+                "$match": {
+                    "paid_at": {"$type": "date", "$gte": since, "$lt": until},
+                    "status": {"$in": KEPT},
+                }
+            },
             {
                 "$group": {
                     "_id": {

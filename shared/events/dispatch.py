@@ -160,7 +160,9 @@ class ServiceCompletedV1(EventPayload):
 class ServiceCompleted(ServiceCompletedV1):
     """The technician finished the visit; `lines` are the items performed at booked prices."""
 
-    region: str = Field(description="Where the visit was: operations see what each region makes")
+    region: str = Field(
+        min_length=1, description="Where the visit was: operations see what each region makes"
+    )
 
 
 @event("dispatch.service_voided", version=1, stream=STREAM, key="booking_id")

@@ -9,10 +9,10 @@ from services.payments.margins import (
     Margins,
     Summed,
     WrittenOff,
-    figures_of,
     margins_of,
+    shares,
 )
-from services.payments.settlements import EntryKind
+from services.payments.settlements import EntryKind, commission_of
 
 W47, W48 = "2026-W47", "2026-W48"
 
@@ -45,13 +45,47 @@ def of(sums: list[Summed], **kw: object) -> Margins:
 
 
 def test_a_coupon_is_the_platforms_cost_and_a_refund_takes_its_commission_back() -> None:
-    figures = figures_of(
-        summed("porto", W48, card=2000, coupon=3000, refund=-1000, refund_declined=400),
-        rate_bps=1500,
-    )
+    [row] = of(
+        [summed("porto", W48, card=2000, coupon=3000, refund=-1000, refund_declined=400)]
+    ).rows
+    figures = row.total
     # Taken in: 20 + 30 - 10 + 4 = 44.00; 15 % of it the platform's, less the 30.00 coupon.
     assert (figures.takings, figures.refunds, figures.coupons) == (4400, 600, 3000)
     assert (figures.commission, figures.platform_net, figures.store_net) == (660, -2340, 3740)
+
+
+def test_a_stores_week_is_rounded_once_and_shared_out_so_the_rows_add_up_to_it() -> None:
+    # Two technicians of one store, 10.03 each: the statement's 15 % of 20.06 is 3.01, not
+    # 1.50 twice.
+    found = of(
+        [summed("tech_a", W48, card=1003), summed("tech_b", W48, card=1003)],
+        by=MarginBy.TECHNICIAN,
+    )
+    assert sorted(r.total.commission for r in found.rows) == [150, 151]
+    assert found.platform[0].commission == commission_of(2006, 1500) == 301
+    # Three of 10.10: 4.55 in all, shared 1.52, 1.52, 1.51.
+    three = of([summed(f"tech_{n}", W48, card=1010) for n in range(3)], by=MarginBy.TECHNICIAN)
+    assert sorted(r.total.commission for r in three.rows) == [151, 152, 152]
+    # A technician whose refunds outweigh their takings gives commission back.
+    mixed = of(
+        [summed("tech_a", W48, card=2000), summed("tech_b", W48, refund=-1000)],
+        by=MarginBy.TECHNICIAN,
+    )
+    assert {r.key: r.total.commission for r in mixed.rows} == {"tech_a": 300, "tech_b": -150}
+
+
+def test_shares_add_up_to_what_is_shared_whatever_the_signs() -> None:
+    for amount, weights in [
+        (301, [1003, 1003]),
+        (-5, [-1, -1]),
+        (150, [2000, -1000]),
+        (7, [1, 1, 1]),
+        (0, [0, 0]),
+        (0, [100, -100]),
+    ]:
+        assert sum(shares(amount, weights)) == amount, (amount, weights)
+    assert shares(7, [1, 1, 1]) == [3, 2, 2]
+    assert shares(-5, [-1, -1]) == [-2, -3]
 
 
 def test_each_stores_week_is_charged_at_the_rate_its_statement_was_closed_at() -> None:
@@ -84,6 +118,9 @@ def test_losing_puts_the_platforms_worst_first_and_making_its_best() -> None:
         summed(None, W48, prepaid=1000),  # +150
     ]
     assert [r.key for r in of(sums).rows] == ["porto", None, "lisbon"]
+    # Each currency apart: a pound is not a euro.
+    pounds = [*sums, summed("leeds", W48, coupon=100_000).model_copy(update={"currency": "GBP"})]
+    assert [(r.currency, r.key) for r in of(pounds).rows][-1] == ("GBP", "leeds")
     assert [r.key for r in of(sums, order="making").rows] == ["lisbon", None, "porto"]
     limited = of(sums, limit=2)
     assert ([r.key for r in limited.rows], limited.more) == (["porto", None], 1)

@@ -581,13 +581,17 @@ async function loadDisputes() {
 }
 
 // Stores' weekly statements (payments'), read with the board and every minute: a store its
-// own last weeks; operations every store's, closing those due once the money has moved.
+// own last weeks and every week still due, however old; operations every store's, closing
+// those due once the money has moved.
 const SETTLEMENT_WEEKS = 4;
 async function loadSettlements() {
   const query = isOps() ? "" : `store_id=${encodeURIComponent(myStore())}&`;
-  const res = await api(`/v1/settlements?${query}weeks=${SETTLEMENT_WEEKS}`);
-  if (!res.ok) return;
-  const statements = await res.json();
+  const [recent, due] = await Promise.all([
+    api(`/v1/settlements?${query}weeks=${SETTLEMENT_WEEKS}`), api(`/v1/settlements?${query}status=due`)]);
+  if (!recent.ok) return;
+  const shown = new Map((await recent.json()).map((s) => [s.statement_id, s]));
+  for (const s of due.ok ? await due.json() : []) if (!shown.has(s.statement_id)) shown.set(s.statement_id, s);
+  const statements = [...shown.values()].sort((a, b) => b.week.localeCompare(a.week) || a.store_id.localeCompare(b.store_id));
   fill("settlements", statements.map((s) => h("tr", { "data-statement": s.statement_id },
     h("td", {}, s.week, h("br"), h("small", {}, weekDays(s)),
       isOps() ? [h("br"), h("small", {}, `store ${s.store_id}`)] : null),
@@ -637,13 +641,16 @@ function closeSettlement(s) {
 // (payments' margins), read with the board, every minute and when "by" changes.
 const MARGIN_WEEKS = 4;
 const MARGINS_SHOWN = 50;
+let marginsAsked = 0;  // the latest read: an older one answering late is not shown over it
 async function loadMargins() {
   $("margins-section").hidden = !isOps();
   if (!isOps()) return;
   const by = $("margins-by").value;
+  const asked = ++marginsAsked;
   const res = await api(`/v1/margins?by=${by}&weeks=${MARGIN_WEEKS}&limit=${MARGINS_SHOWN}`);
-  if (!res.ok) return;
+  if (!res.ok || asked !== marginsAsked) return;
   const m = await res.json();
+  if (asked !== marginsAsked) return;
   const head = $("margins").tHead.rows[0];
   $("margins-key").textContent = by[0].toUpperCase() + by.slice(1);
   head.replaceChildren(head.cells[0], ...m.weeks.map((w) => h("th", { scope: "col" }, w)),
@@ -652,8 +659,8 @@ async function loadMargins() {
   fill("margins", m.rows.map((r) => h("tr", { "data-margin": r.key ?? "" },
     h("th", { scope: "row" }, r.key ?? `${by} not known`),
     ...r.weeks.map((w) => netCell(w.platform_net, r.currency,
-      `${visitsText(w.visits)}: took in ${money(w.takings, r.currency)} (refunds ${money(w.refunds, r.currency)}), commission ${money(w.commission, r.currency)}, coupons ${money(w.coupons, r.currency)}`)),
-    netCell(r.total.platform_net, r.currency, `commission ${money(r.total.commission, r.currency)}`),
+      `${visitsText(w.visits)}: took in ${money(w.takings, r.currency)} (refunds ${money(w.refunds, r.currency)}), commission ${money(w.commission, r.currency)}, coupons ${money(w.coupons, r.currency)}`, w.week)),
+    netCell(r.total.platform_net, r.currency, `commission ${money(r.total.commission, r.currency)}`, "total"),
     h("td", {}, money(r.total.takings, r.currency)),
     h("td", {}, money(r.total.coupons, r.currency)),
     h("td", {}, money(r.total.written_off, r.currency)))),
@@ -664,14 +671,14 @@ async function loadMargins() {
     const net = weeks.reduce((sum, p) => sum + p.net, 0);
     return h("tr", { "data-platform": currency },
       h("th", { scope: "row" }, `Platform (${currency})${m.more ? `; ${m.more} more not shown` : ""}`),
-      ...weeks.map((p) => netCell(p.net, currency, `commission ${money(p.commission, currency)}, coupons ${money(p.coupons, currency)}, fees kept ${money(p.fees_kept, currency)}`)),
-      netCell(net, currency, ""), h("td", { colspan: 3 }, ""));
+      ...weeks.map((p) => netCell(p.net, currency, `commission ${money(p.commission, currency)}, coupons ${money(p.coupons, currency)}, fees kept ${money(p.fees_kept, currency)}`, p.week)),
+      netCell(net, currency, "", "total"), h("td", { colspan: 3 }, ""));
   }));
 }
 $("margins-by").addEventListener("change", loadMargins);
 
-function netCell(amount, currency, detail) {
-  return h("td", { class: amount < 0 ? "loss" : "", title: detail, "data-net": String(amount) }, money(amount, currency));
+function netCell(amount, currency, detail, week) {
+  return h("td", { class: amount < 0 ? "loss" : "", title: detail, "data-week": week, "data-net": String(amount) }, money(amount, currency));
 }
 
 // ------------------------------------------------------------------ actions --
