@@ -4,7 +4,9 @@ delivered once per event id, logged and replayable."""
 from __future__ import annotations
 
 import asyncio
+import json
 import uuid
+from datetime import UTC, datetime, timedelta
 from typing import Any
 
 import pytest
@@ -15,11 +17,13 @@ from pymongo import AsyncMongoClient
 
 from services.gateway.webhooks import signature_is_valid
 from shared.auth import Actor, Role
+from shared.events.booking import BookingRequested
 from shared.events.envelope import Envelope
 from shared.events.payments import ReceiptSealed
+from shared.events.types import GeoPoint, PricedLine
 from shared.mongo import Document
 from tests.conftest import Platform, running_platform
-from tests.harness import Infra, eventually, free_port
+from tests.harness import Infra, eventually, free_port, publish
 from tests.seed import bearer, gateway_token
 
 pytestmark = pytest.mark.integration
@@ -62,7 +66,7 @@ async def test_a_webhook_is_signed_retried_past_failures_delivered_once_and_repl
             as_store = {"X-Api-Key": key["api_key"]}
             unknown = await api.post(
                 "/v1/webhooks",
-                json={"store_id": store, "url": receiver.url, "events": ["booking.requested"]},
+                json={"store_id": store, "url": receiver.url, "events": ["booking.cancelled"]},
                 headers=as_store,
             )
             assert unknown.status_code == 422
@@ -168,3 +172,81 @@ async def test_a_production_gateway_refuses_webhooks_into_its_own_network(
                 assert refused.json()["error"]["field"] == "url", url
             listed = await api.get("/v1/webhooks", params={"store_id": store}, headers=as_store)
             assert listed.json() == []
+
+
+def requested(store_id: str | None) -> BookingRequested:
+    """A booking naming `store_id` (None: any store), somewhere no technician serves."""
+    start = datetime.now(UTC) + timedelta(days=2)
+    return BookingRequested(
+        booking_id=f"bk_{uuid.uuid4().hex[:10]}",
+        customer_id=f"cus_{uuid.uuid4().hex[:8]}",
+        region="atlantis",
+        location=GeoPoint(lat=38.7071, lon=-9.1355),
+        timing="window",
+        window_start=start,
+        window_end=start + timedelta(hours=2),
+        duration_minutes=45,
+        lines=[
+            PricedLine(
+                code="nails.manicure",
+                name="Manicure",
+                skill="nails",
+                quantity=1,
+                unit_price=2500,
+                currency="EUR",
+            )
+        ],
+        total=2500,
+        currency="EUR",
+        store_id=store_id,
+    )
+
+
+async def test_a_store_is_told_of_a_booking_naming_it_but_not_where_the_home_is(
+    platform: Platform, mongo: AsyncMongoClient[Document], kafka_producer: AIOKafkaProducer
+) -> None:
+    store = f"store_{uuid.uuid4().hex[:8]}"
+    receiver = Receiver(failures=0)
+    serving = asyncio.create_task(receiver.server.serve())
+    try:
+        async with platform.client("gateway") as api:
+            ops = bearer(
+                await gateway_token(mongo, platform.prefix, Actor(role=Role.OPS, subject="o"))
+            )
+            key = (await api.post(f"/v1/stores/{store}/api-keys", json={}, headers=ops)).json()
+            made = await api.post(
+                "/v1/webhooks",
+                json={"store_id": store, "url": receiver.url, "events": ["booking.requested"]},
+                headers={"X-Api-Key": key["api_key"]},
+            )
+            assert made.status_code == 201, made.text
+            hook = made.json()
+
+        # Another store's booking, and one any store may take: not this store's to know.
+        for other in (requested("store_other"), requested(None)):
+            await publish(kafka_producer, platform.prefix, other)
+        mine = requested(store)
+        await publish(kafka_producer, platform.prefix, mine)
+
+        await eventually(
+            lambda: asyncio.sleep(0, result=receiver.calls or None), what="booking told"
+        )
+        await asyncio.sleep(1.5)  # the others, had they been sent, would show by now
+        assert len(receiver.calls) == 1
+        headers, body = receiver.calls[0]
+        assert signature_is_valid(hook["secret"], headers["x-doorstep-signature"], body)
+        told = json.loads(body)
+        assert (told["type"], told["schema_version"], told["store_id"]) == (
+            "booking.requested",
+            2,
+            store,
+        )
+        payload = told["payload"]
+        assert payload["booking_id"] == mine.booking_id
+        assert (payload["region"], payload["total"]) == ("atlantis", 2500)
+        assert [line["code"] for line in payload["lines"]] == ["nails.manicure"]
+        assert "location" not in payload  # where the home is: never the store's
+        assert "38.7071" not in body
+    finally:
+        receiver.server.should_exit = True
+        await serving

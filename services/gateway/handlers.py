@@ -13,6 +13,7 @@ from shared.events.booking import (
     BookingRequestedV1,
     FollowUpDue,
     FollowUpDueV1,
+    store_of,
 )
 from shared.events.dispatch import (
     TECHNICIAN_LATE,
@@ -141,6 +142,12 @@ async def _learn_owner(tx: Transaction, booking_id: str, customer_id: str) -> No
 @handlers.on(BookingRequestedV1)
 async def booking_requested(tx: Transaction, event: BookingRequestedV1) -> None:
     await _learn_owner(tx, event.booking_id, event.customer_id)
+    store = store_of(event)
+    if store is not None and tx.causation is not None:
+        # The store plans its technicians' day by it; where the home is, only the technician
+        # who goes is shown (and only once assigned).
+        seen = event.model_dump(mode="json", exclude={"location"})
+        await webhooks.fan_out(tx, tx.causation, store, payload=seen)
 
 
 def identity(

@@ -57,6 +57,7 @@ MAX_ATTEMPTS = 8
 TIMEOUT_S = 5.0
 # What a store may subscribe to: events that carry its store_id.
 STORE_EVENTS = (
+    "booking.requested",  # a booking naming the store (without the home's location)
     "dispatch.service_completed",
     "payments.receipt_sealed",
     "payments.receipt_voided",
@@ -305,8 +306,11 @@ async def replay(
 # ----------------------------------------------------------- fan-out, sending --
 
 
-async def fan_out(tx: Transaction, envelope: Envelope, store_id: str) -> None:
-    """An event about a store: one delivery per subscription that wants it."""
+async def fan_out(
+    tx: Transaction, envelope: Envelope, store_id: str, payload: dict[str, Any] | None = None
+) -> None:
+    """An event about a store: one delivery per subscription that wants it (with `payload`
+    instead of the event's own: what the store may see of it)."""
     hooks = await Webhooks(tx.db).find(
         {"store_id": store_id, "events": envelope.type, "disabled_at": None}, session=tx.session
     )
@@ -321,7 +325,7 @@ async def fan_out(tx: Transaction, envelope: Envelope, store_id: str) -> None:
                 "schema_version": envelope.schema_version,
                 "occurred_at": envelope.occurred_at.isoformat(),
                 "store_id": store_id,
-                "payload": envelope.payload,
+                "payload": envelope.payload if payload is None else payload,
             },
             sort_keys=True,
         )

@@ -916,9 +916,10 @@ async def list_settlements(
 ) -> list[Statement]:
     scope: Document = actor.store_scope(store_id, what="a store's settlements")
     now = utcnow()
-    kept_through = await commands.keep_weeks_over(runtime.db, runtime.settings, now)
+    kept_through = await Settlements(runtime.db).kept_through()
     if status == "due" and week is None:
-        # Every week due is kept (weeks over), whatever its age: read, not added up.
+        # Every week due is kept (payments' timer keeps each once it is over), whatever its
+        # age: read, not added up.
         found = await Settlements(runtime.db).due(scope, limit)
     else:
         if week is not None:

@@ -41,6 +41,7 @@ from services.payments.settlements import (
     week_start,
 )
 from services.payments.storage import (
+    KEEP_WEEKS,
     CancellationFees,
     Chains,
     Coupons,
@@ -96,7 +97,7 @@ from shared.mongo import Database, Document, Session
 from shared.outbox import Transaction
 from shared.settings import Settings
 from shared.time import backoff, utcnow
-from shared.timers import cancel, set_timer
+from shared.timers import cancel, schedule, set_timer
 
 log = logging.getLogger(__name__)
 
@@ -1193,20 +1194,24 @@ def _waived(tx: Transaction, fee: CancellationFee) -> None:
 async def keep_weeks_over(db: Database, settings: Settings, now: datetime) -> str | None:
     """Keep the statements of every week now over (a while after its end, when nothing can
     enter it any more) as they read: final, listed as due until operations close them, and
-    read from there instead of added up again. The last week kept, after which statements
-    are still added up (None: none is over)."""
+    read from there instead of added up again; then ask again when the next week is over.
+    The last week kept (None: none is over). Payments' timer runs it, not a request."""
     settlements = Settlements(db)
     through = await settlements.kept_through()
-    latest = week_before(week_of(now - timedelta(seconds=settings.settlement_close_after_s)))
-    if through is not None and through >= latest:  # ISO week ids sort as the weeks do
-        return through
-    after: Document = {"$lte": latest} if through is None else {"$gt": through, "$lte": latest}
-    for week in sorted(await Ledger(db).col.distinct("week", {"week": after})):
-        for statement in await statements(db, {"week": week}, settings, now):
-            if statement.version == 0:  # added up, not kept yet (two replicas: the same)
-                await settlements.insert_if_absent(statement.model_copy(update={"version": 1}))
-    await settlements.kept_to(latest)
-    return latest
+    close_after = timedelta(seconds=settings.settlement_close_after_s)
+    on = week_of(now - close_after)  # the week not over yet; the one before it is
+    latest = week_before(on)
+    if through is None or through < latest:  # ISO week ids sort as the weeks do
+        after: Document = {"$lte": latest} if through is None else {"$gt": through, "$lte": latest}
+        kept = []
+        for week in sorted(await Ledger(db).col.distinct("week", {"week": after})):
+            kept += [
+                s for s in await statements(db, {"week": week}, settings, now) if s.version == 0
+            ]
+        await settlements.keep(kept, latest)
+        through = latest
+    await schedule(db, None, KEEP_WEEKS, on, week_end(on) + close_after)
+    return through
 
 
 async def statements(
@@ -1270,7 +1275,8 @@ async def close_settlement(
         if statement.version == 0:
             # Not kept yet. Two closings at once both insert it: one conflicts, runs again
             # and reads it closed (as does a keeping of the week meanwhile).
-            await Settlements(tx.db).insert(statement.model_copy(update={"version": 1}), tx.session)
+            statement.version = 1
+            await Settlements(tx.db).insert(statement, tx.session)
         else:
             await Settlements(tx.db).save(statement, tx.session)
         tx.emit(

@@ -9,7 +9,7 @@ from typing import Literal
 from services.payments import commands
 from services.payments.domain import Coupon
 from services.payments.provider import ProviderTimeout, provider_for
-from services.payments.storage import ProviderOps
+from services.payments.storage import KEEP_WEEKS, ProviderOps
 from shared.consumer import Handlers
 from shared.events.booking import BookingCancelled
 from shared.events.dispatch import ServiceCompleted, ServiceCompletedV1, ServiceVoided
@@ -138,3 +138,8 @@ async def granted_refunds(ctx: TimerContext, timer: Timer) -> None:
 @timers.on(commands.EXPIRE)
 async def expire(ctx: TimerContext, timer: Timer) -> None:
     await ctx.uow.run(lambda tx: commands.expire_holding(tx, timer.subject))
+
+
+@timers.on(KEEP_WEEKS)
+async def keep_weeks(ctx: TimerContext, timer: Timer) -> None:
+    await commands.keep_weeks_over(ctx.db, ctx.settings, utcnow())

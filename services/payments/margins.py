@@ -7,8 +7,8 @@ For each region, store or technician and week:
 
 - `takings`: what their visits brought in, less what was given back (`refunds`);
 - `commission`: the platform's share of the takings, at the rate of each store's week (the
-  rate its statement was closed at, else today's): each store's week's commission, as its
-  statement rounds it, shared out by what each took in, so the rows add up to it;
+  rate its statement was kept or closed at, else today's), rounded as the statement rounds
+  it and shared out by what each took in, so the rows add up to it;
 - `coupons`: what the platform's coupons paid of their visits (the store is paid in full);
 - `platform_net`, the platform's margin: commission less coupons. Negative: the platform
   paid out more than it kept;
@@ -149,16 +149,16 @@ def figures_of(summed: Summed, commission: int) -> MarginFigures:
     )
 
 
-def shares(amount: int, weights: Sequence[int]) -> list[int]:
-    """`amount` shared out in proportion to `weights`, in whole minor units adding up to it
-    (the largest remainders get the units left over; ties: the first)."""
-    whole = sum(weights)
-    if whole == 0:  # nothing to share by: all of it (nothing, here: no takings) to the first
-        return [amount if i == 0 else 0 for i in range(len(weights))]
-    exact = [Fraction(amount * w, whole) for w in weights]
+def commission_shares(takings: Sequence[int], rate_bps: int) -> list[int]:
+    """The commission on each of a store's week's groups, in whole minor units adding up to
+    the commission on the week (`commission_of`, as its statement rounds it): each group's
+    exact share rounded down, the units left over to the largest remainders (ties: the
+    first). Refunds outweighing takings give commission back."""
+    exact = [Fraction(t * rate_bps, 10_000) for t in takings]
     floors = [math.floor(e) for e in exact]
-    by_remainder = sorted(range(len(weights)), key=lambda i: exact[i] - floors[i], reverse=True)
-    for i in by_remainder[: amount - sum(floors)]:
+    left = commission_of(sum(takings), rate_bps) - sum(floors)  # 0 <= left <= len(takings)
+    by_remainder = sorted(range(len(exact)), key=lambda i: exact[i] - floors[i], reverse=True)
+    for i in by_remainder[:left]:
         floors[i] += 1
     return floors
 
@@ -166,17 +166,15 @@ def shares(amount: int, weights: Sequence[int]) -> list[int]:
 def _commissions(sums: Sequence[Summed], rate_of: RateOf, default_rate_bps: int) -> list[int]:
     """Each group's share of its store's week's commission: a statement rounds once, on the
     whole week, so the regions or technicians of a store's week add up to what it was
-    settled (shared out by what each took in)."""
+    settled."""
     by_statement: dict[tuple[str, str, str], list[int]] = defaultdict(list)
     for i, s in enumerate(sums):
         by_statement[s.store_id, s.week, s.currency].append(i)
     found = [0] * len(sums)
     for statement, members in by_statement.items():
         takings = [sum(sums[i].by_kind.values()) for i in members]
-        rate = rate_of.get(statement, default_rate_bps)
-        for i, share in zip(
-            members, shares(commission_of(sum(takings), rate), takings), strict=True
-        ):
+        shared = commission_shares(takings, rate_of.get(statement, default_rate_bps))
+        for i, share in zip(members, shared, strict=True):
             found[i] = share
     return found
 

@@ -51,6 +51,7 @@ from shared.keyring import KeyRing
 from shared.mongo import Database, Document, Session, Versioned
 from shared.settings import Settings
 from shared.time import utcnow
+from shared.timers import schedule
 
 RECEIPTS = "receipts"
 CHAINS = "chains"
@@ -67,7 +68,10 @@ SETTLEMENT_ENTRIES = "settlement_entries"
 SETTLEMENTS = "settlements"
 MIGRATIONS = "migrations"
 ENTERED_BEFORE = "settlements.entered_before"
-KEPT_THROUGH = "settlements.kept_through"  # weeks over, their statements kept
+# The settlements collection's one document that is not a statement: the last week whose
+# statements are all kept (its field has no name a statement's query asks for).
+KEPT_THROUGH = "kept_through"
+KEEP_WEEKS = "keep_weeks"  # the timer that keeps each week's statements once it is over
 SIGNED = [s.value for s in (ReceiptStatus.SEALED, ReceiptStatus.SETTLED, ReceiptStatus.WRITTEN_OFF)]
 KEPT = [FeeStatus.PAID.value, FeeStatus.REFUND_DECLINED.value]  # the platform holds the fee
 DISPUTED: Document = {"disputed_at": {"$type": "date"}}  # a receipt a customer took items off
@@ -127,6 +131,8 @@ async def ensure_indexes(db: Database) -> None:
         ]
     )
     await enter_receipts_signed_before(db)
+    # Keep whatever week is over now (at every start: an upgrade keeps every week before).
+    await schedule(db, None, KEEP_WEEKS, "start", utcnow())
     await db[HOLDINGS].create_indexes([IndexModel([("customer_id", ASCENDING)])])
     await db[COUPONS].create_indexes([IndexModel([("customer_id", ASCENDING)])])
     await db[PLANS].create_indexes([IndexModel([("store_id", ASCENDING)])])
@@ -300,7 +306,7 @@ class Ledger:
 
     async def enter(self, receipt: Receipt, session: Session) -> None:
         """Enter what moved on `receipt` since it was read, in the week it is entered: a
-        week gone by never changes (settlements.py), nor one operations closed (a replica
+        week gone by never changes (settlements.py), nor one kept or closed (a replica
         whose clock is behind enters the week after)."""
         read = receipt._entries_read  # storage's own note on the receipt
         entries = [e for e in entries_of(receipt) if read is None or e.entry_id not in read]
@@ -308,18 +314,27 @@ class Ledger:
             return
         now = utcnow()
         week = week_of(now)
-        closed = {
-            d["week"]
-            async for d in self.settled.find(
-                {
-                    "store_id": receipt.store_id,
-                    "currency": receipt.currency,
-                    "week": {"$gte": week},
-                },
-                {"week": 1},
-                session=session,
-            )
-        }
+        closed, kept = set(), None
+        async for d in self.settled.find(
+            {
+                "$or": [
+                    {
+                        "store_id": receipt.store_id,
+                        "currency": receipt.currency,
+                        "week": {"$gte": week},
+                    },
+                    {"_id": KEPT_THROUGH},
+                ]
+            },
+            {"week": 1, KEPT_THROUGH: 1},
+            session=session,
+        ):
+            if d["_id"] == KEPT_THROUGH:
+                kept = d[KEPT_THROUGH]
+            else:
+                closed.add(d["week"])
+        if kept is not None and week <= kept:  # ISO week ids sort as the weeks do
+            week = week_after(kept)
         while week in closed:
             week = week_after(week)
         await self.col.bulk_write(self.writes(entries, week, now), ordered=False, session=session)
@@ -418,11 +433,12 @@ class Ledger:
 class Settlements(Versioned[Statement]):
     """Statements of weeks over, kept as they read once nothing could enter them any more
     (due), then as operations closed them. Those of weeks still open are added up when read.
-    A week kept is never entered again (Ledger.enter)."""
+    A week kept is never entered again (Ledger.enter reads the mark with the closed weeks;
+    only a replica whose clock is behind by more than the close delay less a transaction's
+    life, entering while the week is being kept, could still)."""
 
     def __init__(self, db: Database) -> None:
         super().__init__(db, SETTLEMENTS, Statement, "statement_id")
-        self.marks = db[MIGRATIONS]
 
     async def due(self, scope: Document, limit: int) -> list[Statement]:
         """Every week due (kept, not closed) in `scope`, of any age, the latest first."""
@@ -430,12 +446,21 @@ class Settlements(Versioned[Statement]):
 
     async def kept_through(self) -> str | None:
         """The last week whose statements are all kept (None: none yet)."""
-        mark = await self.marks.find_one({"_id": KEPT_THROUGH})
-        return None if mark is None else str(mark["week"])
+        mark = await self.col.find_one({"_id": KEPT_THROUGH})
+        return None if mark is None else str(mark[KEPT_THROUGH])
 
-    async def kept_to(self, week: str) -> None:
-        """Every week up to `week` is kept (never back: two replicas keep in any order)."""
-        await self.marks.update_one({"_id": KEPT_THROUGH}, {"$max": {"week": week}}, upsert=True)
+    async def keep(self, statements: list[Statement], through: str) -> None:
+        """Keep these statements (each unless kept or closed already: two keepings at once
+        write the same), then mark every week up to `through` kept (never back)."""
+        writes = []
+        for statement in statements:
+            doc = self.to_doc(statement.model_copy(update={"version": 1}))
+            writes.append(UpdateOne({"_id": doc.pop("_id")}, {"$setOnInsert": doc}, upsert=True))
+        if writes:
+            await self.col.bulk_write(writes, ordered=False)
+        await self.col.update_one(
+            {"_id": KEPT_THROUGH}, {"$max": {KEPT_THROUGH: through}}, upsert=True
+        )
 
 
 class ChainHead(BaseModel):

@@ -9,8 +9,8 @@ from services.payments.margins import (
     Margins,
     Summed,
     WrittenOff,
+    commission_shares,
     margins_of,
-    shares,
 )
 from services.payments.settlements import EntryKind, commission_of
 
@@ -74,18 +74,25 @@ def test_a_stores_week_is_rounded_once_and_shared_out_so_the_rows_add_up_to_it()
     assert {r.key: r.total.commission for r in mixed.rows} == {"tech_a": 300, "tech_b": -150}
 
 
-def test_shares_add_up_to_what_is_shared_whatever_the_signs() -> None:
-    for amount, weights in [
-        (301, [1003, 1003]),
-        (-5, [-1, -1]),
-        (150, [2000, -1000]),
-        (7, [1, 1, 1]),
-        (0, [0, 0]),
-        (0, [100, -100]),
+def test_shares_add_up_to_the_weeks_commission_whatever_the_signs() -> None:
+    for takings in [
+        [1003, 1003],
+        [1010, 1010, 1010],
+        [-1, -1],
+        [2000, -1000],
+        [5001, -5000],
+        [100_000, -99_999],
+        [0, 0],
+        [3, 3, 3],
     ]:
-        assert sum(shares(amount, weights)) == amount, (amount, weights)
-    assert shares(7, [1, 1, 1]) == [3, 2, 2]
-    assert shares(-5, [-1, -1]) == [-2, -3]
+        shared = commission_shares(takings, 1500)
+        assert sum(shared) == commission_of(sum(takings), 1500), takings
+        # Each within a unit of its exact share.
+        for amount, share in zip(takings, shared, strict=True):
+            assert abs(share - amount * 1500 / 10_000) < 1, (takings, shared)
+    # A refund-only technician gives back what a paying one brought in, not nothing.
+    assert commission_shares([5001, -5000], 1500) == [750, -750]
+    assert commission_shares([1010, 1010, 1010], 1500) == [152, 152, 151]
 
 
 def test_each_stores_week_is_charged_at_the_rate_its_statement_was_closed_at() -> None:

@@ -584,13 +584,16 @@ async function loadDisputes() {
 // own last weeks and every week still due, however old; operations every store's, closing
 // those due once the money has moved.
 const SETTLEMENT_WEEKS = 4;
+let settlementsAsked = 0;  // the latest read: one sent before a close does not paint it due again
 async function loadSettlements() {
   const query = isOps() ? "" : `store_id=${encodeURIComponent(myStore())}&`;
+  const asked = ++settlementsAsked;
   const [recent, due] = await Promise.all([
     api(`/v1/settlements?${query}weeks=${SETTLEMENT_WEEKS}`), api(`/v1/settlements?${query}status=due`)]);
-  if (!recent.ok) return;
+  if (!recent.ok || asked !== settlementsAsked) return;
   const shown = new Map((await recent.json()).map((s) => [s.statement_id, s]));
   for (const s of due.ok ? await due.json() : []) if (!shown.has(s.statement_id)) shown.set(s.statement_id, s);
+  if (asked !== settlementsAsked) return;
   const statements = [...shown.values()].sort((a, b) => b.week.localeCompare(a.week) || a.store_id.localeCompare(b.store_id));
   fill("settlements", statements.map((s) => h("tr", { "data-statement": s.statement_id },
     h("td", {}, s.week, h("br"), h("small", {}, weekDays(s)),
