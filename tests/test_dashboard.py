@@ -1079,6 +1079,10 @@ async def test_operations_close_a_stores_week_from_the_page_and_the_store_sees_i
     # kept at its next start (weeks over are kept once, as they read).
     await payments_db["settlements"].delete_one({"_id": "kept_through"})
     await schedule(payments_db, None, KEEP_WEEKS, "start", datetime.now(UTC))
+    await eventually(
+        lambda: payments_db["settlements"].find_one({"_id": f"{store}:{old_week}:EUR"}),
+        what="the older week kept",
+    )
     board = await operations_board(browser, platform, mongo)
     older = board.page.locator(f'#settlements tr[data-statement="{store}:{old_week}:EUR"]')
     await expect(older.locator("[data-status]")).to_have_text("due", timeout=LIVE)

@@ -17,7 +17,7 @@ from pymongo import AsyncMongoClient
 
 from services.gateway.webhooks import signature_is_valid
 from shared.auth import Actor, Role
-from shared.events.booking import BookingRequested
+from shared.events.booking import BookingCancelled, BookingRequested, BookingRescheduled
 from shared.events.envelope import Envelope
 from shared.events.payments import ReceiptSealed
 from shared.events.types import GeoPoint, PricedLine
@@ -66,7 +66,7 @@ async def test_a_webhook_is_signed_retried_past_failures_delivered_once_and_repl
             as_store = {"X-Api-Key": key["api_key"]}
             unknown = await api.post(
                 "/v1/webhooks",
-                json={"store_id": store, "url": receiver.url, "events": ["booking.cancelled"]},
+                json={"store_id": store, "url": receiver.url, "events": ["booking.confirmed"]},
                 headers=as_store,
             )
             assert unknown.status_code == 422
@@ -205,48 +205,118 @@ def requested(store_id: str | None) -> BookingRequested:
 async def test_a_store_is_told_of_a_booking_naming_it_but_not_where_the_home_is(
     platform: Platform, mongo: AsyncMongoClient[Document], kafka_producer: AIOKafkaProducer
 ) -> None:
-    store = f"store_{uuid.uuid4().hex[:8]}"
-    receiver = Receiver(failures=0)
-    serving = asyncio.create_task(receiver.server.serve())
+    """A booking naming the store, moved, then cancelled: its webhooks hear each, with what
+    it needs to plan its technicians' day and nothing of where the home is, whom the
+    customer preferred, or why they cancelled. Another store subscribed hears nothing."""
+    store, bystander = f"store_{uuid.uuid4().hex[:8]}", f"store_{uuid.uuid4().hex[:8]}"
+    receiver, elsewhere = Receiver(failures=0), Receiver(failures=0)
+    serving = [asyncio.create_task(r.server.serve()) for r in (receiver, elsewhere)]
     try:
+        hooks = {}
         async with platform.client("gateway") as api:
             ops = bearer(
                 await gateway_token(mongo, platform.prefix, Actor(role=Role.OPS, subject="o"))
             )
-            key = (await api.post(f"/v1/stores/{store}/api-keys", json={}, headers=ops)).json()
-            made = await api.post(
-                "/v1/webhooks",
-                json={"store_id": store, "url": receiver.url, "events": ["booking.requested"]},
-                headers={"X-Api-Key": key["api_key"]},
-            )
-            assert made.status_code == 201, made.text
-            hook = made.json()
+            for who, to in ((store, receiver), (bystander, elsewhere)):
+                key = (await api.post(f"/v1/stores/{who}/api-keys", json={}, headers=ops)).json()
+                made = await api.post(
+                    "/v1/webhooks",
+                    json={
+                        "store_id": who,
+                        "url": to.url,
+                        "events": ["booking.requested", "booking.rescheduled", "booking.cancelled"],
+                    },
+                    headers={"X-Api-Key": key["api_key"]},
+                )
+                assert made.status_code == 201, made.text
+                hooks[who] = made.json()
 
         # Another store's booking, and one any store may take: not this store's to know.
         for other in (requested("store_other"), requested(None)):
             await publish(kafka_producer, platform.prefix, other)
         mine = requested(store)
         await publish(kafka_producer, platform.prefix, mine)
+        later = mine.window_start + timedelta(days=1)
+        await publish(
+            kafka_producer,
+            platform.prefix,
+            BookingRescheduled(
+                **mine.model_dump(
+                    include={
+                        "booking_id",
+                        "customer_id",
+                        "region",
+                        "location",
+                        "duration_minutes",
+                        "lines",
+                        "certificates",
+                        "total",
+                        "currency",
+                    }
+                ),
+                window_start=later,
+                window_end=later + timedelta(hours=2),
+            ),
+        )
+        await publish(
+            kafka_producer,
+            platform.prefix,
+            BookingCancelled(
+                booking_id=mine.booking_id,
+                customer_id=mine.customer_id,
+                fee=0,
+                currency="EUR",
+                reason="my mother is ill, at Rua Augusta 12",
+                cancelled_at=datetime.now(UTC),
+            ),
+        )
 
         await eventually(
-            lambda: asyncio.sleep(0, result=receiver.calls or None), what="booking told"
+            lambda: asyncio.sleep(0, result=len(receiver.calls) >= 3 or None),
+            what="the booking, its move and its cancellation told",
         )
-        await asyncio.sleep(1.5)  # the others, had they been sent, would show by now
-        assert len(receiver.calls) == 1
-        headers, body = receiver.calls[0]
-        assert signature_is_valid(hook["secret"], headers["x-doorstep-signature"], body)
-        told = json.loads(body)
-        assert (told["type"], told["schema_version"], told["store_id"]) == (
-            "booking.requested",
-            2,
-            store,
-        )
-        payload = told["payload"]
-        assert payload["booking_id"] == mine.booking_id
-        assert (payload["region"], payload["total"]) == ("atlantis", 2500)
-        assert [line["code"] for line in payload["lines"]] == ["nails.manicure"]
-        assert "location" not in payload  # where the home is: never the store's
-        assert "38.7071" not in body
+        await asyncio.sleep(1.5)  # anything more, had it been sent, would show by now
+        assert len(receiver.calls) == 3
+        assert elsewhere.calls == []
+        told = {}
+        for headers, body in receiver.calls:
+            assert signature_is_valid(hooks[store]["secret"], headers["x-doorstep-signature"], body)
+            assert "38.7071" not in body  # where the home is: never the store's
+            assert "Rua Augusta" not in body
+            delivered = json.loads(body)
+            assert delivered["store_id"] == store
+            told[delivered["type"]] = delivered
+        asked = told["booking.requested"]
+        assert set(asked["payload"]) == {
+            "booking_id",
+            "customer_id",
+            "store_id",
+            "region",
+            "timing",
+            "window_start",
+            "window_end",
+            "duration_minutes",
+            "lines",
+            "certificates",
+            "total",
+            "currency",
+        }
+        assert asked["omitted"] == ["location", "preferred_technician_id", "redo_for_complaint"]
+        assert (asked["schema_version"], asked["payload"]["booking_id"]) == (2, mine.booking_id)
+        assert [line["code"] for line in asked["payload"]["lines"]] == ["nails.manicure"]
+        moved = told["booking.rescheduled"]["payload"]
+        assert datetime.fromisoformat(moved["window_start"]) == later
+        assert "location" in told["booking.rescheduled"]["omitted"]
+        cancelled = told["booking.cancelled"]
+        assert set(cancelled["payload"]) == {
+            "booking_id",
+            "customer_id",
+            "technician_id",
+            "cancelled_at",
+        }
+        assert cancelled["omitted"] == ["currency", "fee", "reason"]
     finally:
-        receiver.server.should_exit = True
-        await serving
+        for r in (receiver, elsewhere):
+            r.server.should_exit = True
+        for task in serving:
+            await task

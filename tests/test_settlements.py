@@ -507,9 +507,13 @@ async def test_a_week_over_is_kept_as_it_reads_and_listed_due_until_closed_howev
             # Kept through the last week over; a week kept reads as it was kept, whatever
             # the ledger says of it now (nothing can enter it: this is a test's own write).
             db = mongo[f"{prefix}_payments"]
-            mark = await db["settlements"].find_one({"_id": "kept_through"})
-            assert mark is not None
-            assert mark["kept_through"] == week_before(week_of(await payments_now(api)))
+            last_over = week_before(week_of(await payments_now(api)))
+
+            async def marked() -> Any:
+                mark = await db["settlements"].find_one({"_id": "kept_through"})
+                return mark if mark and mark["kept_through"] == last_over else None
+
+            await eventually(marked, what=f"weeks kept through {last_over}")
             entry = await db["settlement_entries"].find_one({"store_id": store})
             assert entry is not None
             await db["settlement_entries"].insert_one(

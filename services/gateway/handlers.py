@@ -9,8 +9,10 @@ from services.gateway.storage import BOOKING_OWNERS, Notification, Notifications
 from shared.consumer import Handlers
 from shared.errors import NotYet
 from shared.events.booking import (
+    BookingCancelled,
     BookingRequested,
     BookingRequestedV1,
+    BookingRescheduled,
     FollowUpDue,
     FollowUpDueV1,
     store_of,
@@ -30,6 +32,7 @@ from shared.events.dispatch import (
     TechnicianReassigned,
     TechnicianReleased,
 )
+from shared.events.envelope import EventPayload
 from shared.events.payments import (
     REPAID,
     CancellationFeeEvent,
@@ -143,11 +146,77 @@ async def _learn_owner(tx: Transaction, booking_id: str, customer_id: str) -> No
 async def booking_requested(tx: Transaction, event: BookingRequestedV1) -> None:
     await _learn_owner(tx, event.booking_id, event.customer_id)
     store = store_of(event)
-    if store is not None and tx.causation is not None:
-        # The store plans its technicians' day by it; where the home is, only the technician
-        # who goes is shown (and only once assigned).
-        seen = event.model_dump(mode="json", exclude={"location"})
-        await webhooks.fan_out(tx, tx.causation, store, payload=seen)
+    if store is not None:
+        # Its cancellation and moves name no store: they are told to the store it named.
+        await tx.db[BOOKING_OWNERS].update_one(
+            {"_id": event.booking_id}, {"$set": {"store_id": store}}, session=tx.session
+        )
+        await _tell_booking_store(tx, store, event, STORE_SEES_REQUESTED)
+
+
+# What a store's webhooks are told of a booking naming it: enough to plan its technicians'
+# day. Never where the home is (only the technician who goes sees that, once assigned), nor
+# who the customer preferred or which complaint a redo puts right (maybe another store's),
+# nor why they cancelled (their own words) or the fee (the platform's).
+STORE_SEES_REQUESTED = frozenset(
+    {
+        "booking_id",
+        "customer_id",
+        "store_id",
+        "region",
+        "timing",
+        "window_start",
+        "window_end",
+        "duration_minutes",
+        "lines",
+        "certificates",
+        "total",
+        "currency",
+    }
+)
+STORE_SEES_RESCHEDULED = frozenset(
+    {
+        "booking_id",
+        "customer_id",
+        "region",
+        "window_start",
+        "window_end",
+        "duration_minutes",
+        "lines",
+        "certificates",
+        "technician_id",
+        "total",
+        "currency",
+    }
+)
+STORE_SEES_CANCELLED = frozenset({"booking_id", "customer_id", "technician_id", "cancelled_at"})
+
+
+async def _tell_booking_store(
+    tx: Transaction, store_id: str | None, event: EventPayload, fields: frozenset[str]
+) -> None:
+    if store_id is not None and tx.causation is not None:
+        seen = event.model_dump(mode="json", include=set(fields))
+        await webhooks.fan_out(tx, tx.causation, store_id, payload=seen)
+
+
+async def _booking_store(tx: Transaction, booking_id: str) -> str | None:
+    doc = await tx.db[BOOKING_OWNERS].find_one(
+        {"_id": booking_id}, {"store_id": 1}, session=tx.session
+    )
+    return None if doc is None else doc.get("store_id")
+
+
+@handlers.on(BookingRescheduled)
+async def booking_rescheduled(tx: Transaction, event: BookingRescheduled) -> None:
+    store = await _booking_store(tx, event.booking_id)
+    await _tell_booking_store(tx, store, event, STORE_SEES_RESCHEDULED)
+
+
+@handlers.on(BookingCancelled)
+async def booking_cancelled(tx: Transaction, event: BookingCancelled) -> None:
+    store = await _booking_store(tx, event.booking_id)
+    await _tell_booking_store(tx, store, event, STORE_SEES_CANCELLED)
 
 
 def identity(

@@ -57,7 +57,10 @@ MAX_ATTEMPTS = 8
 TIMEOUT_S = 5.0
 # What a store may subscribe to: events that carry its store_id.
 STORE_EVENTS = (
-    "booking.requested",  # a booking naming the store (without the home's location)
+    # Of a booking naming the store, what it may see (gateway handlers' STORE_SEES_*).
+    "booking.requested",
+    "booking.rescheduled",
+    "booking.cancelled",
     "dispatch.service_completed",
     "payments.receipt_sealed",
     "payments.receipt_voided",
@@ -310,7 +313,7 @@ async def fan_out(
     tx: Transaction, envelope: Envelope, store_id: str, payload: dict[str, Any] | None = None
 ) -> None:
     """An event about a store: one delivery per subscription that wants it (with `payload`
-    instead of the event's own: what the store may see of it)."""
+    instead of the event's own: what the store may see of it; `omitted` names the rest)."""
     hooks = await Webhooks(tx.db).find(
         {"store_id": store_id, "events": envelope.type, "disabled_at": None}, session=tx.session
     )
@@ -326,6 +329,11 @@ async def fan_out(
                 "occurred_at": envelope.occurred_at.isoformat(),
                 "store_id": store_id,
                 "payload": envelope.payload if payload is None else payload,
+                **(
+                    {}
+                    if payload is None
+                    else {"omitted": sorted(set(envelope.payload) - set(payload))}
+                ),
             },
             sort_keys=True,
         )

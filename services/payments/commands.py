@@ -1203,12 +1203,12 @@ async def keep_weeks_over(db: Database, settings: Settings, now: datetime) -> st
     latest = week_before(on)
     if through is None or through < latest:  # ISO week ids sort as the weeks do
         after: Document = {"$lte": latest} if through is None else {"$gt": through, "$lte": latest}
-        kept = []
+        # A week at a time, marked as it goes: a first keeping of a long ledger holds one
+        # week in memory, and one cut short goes on from there.
         for week in sorted(await Ledger(db).col.distinct("week", {"week": after})):
-            kept += [
-                s for s in await statements(db, {"week": week}, settings, now) if s.version == 0
-            ]
-        await settlements.keep(kept, latest)
+            found = await statements(db, {"week": week}, settings, now)
+            await settlements.keep([s for s in found if s.version == 0], week)
+        await settlements.keep([], latest)
         through = latest
     await schedule(db, None, KEEP_WEEKS, on, week_end(on) + close_after)
     return through

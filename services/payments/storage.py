@@ -11,7 +11,8 @@ provider_ops   every charge and refund sent to the provider, by idempotency key
 cancellation_fees  late-cancellation fees owed, charged, paid or waived; one per booking
 refunds_waiting    complaints' refunds granted before the booking's receipt exists
 settlement_entries every movement of money on a store's signed receipts, by week entered
-settlements        stores' weekly statements operations closed (settled), as closed
+settlements        stores' weekly statements of weeks over, as kept (due) or closed, and
+                   `kept_through`: the last week whose statements are all kept
 migrations         one-off changes to stored rows, each done once (its name, when, how many)
 """
 
@@ -72,6 +73,7 @@ ENTERED_BEFORE = "settlements.entered_before"
 # statements are all kept (its field has no name a statement's query asks for).
 KEPT_THROUGH = "kept_through"
 KEEP_WEEKS = "keep_weeks"  # the timer that keeps each week's statements once it is over
+OLD_KEPT_THROUGH = "settlements.kept_through"  # in MIGRATIONS, for one release only
 SIGNED = [s.value for s in (ReceiptStatus.SEALED, ReceiptStatus.SETTLED, ReceiptStatus.WRITTEN_OFF)]
 KEPT = [FeeStatus.PAID.value, FeeStatus.REFUND_DECLINED.value]  # the platform holds the fee
 DISPUTED: Document = {"disputed_at": {"$type": "date"}}  # a receipt a customer took items off
@@ -434,8 +436,8 @@ class Settlements(Versioned[Statement]):
     """Statements of weeks over, kept as they read once nothing could enter them any more
     (due), then as operations closed them. Those of weeks still open are added up when read.
     A week kept is never entered again (Ledger.enter reads the mark with the closed weeks;
-    only a replica whose clock is behind by more than the close delay less a transaction's
-    life, entering while the week is being kept, could still)."""
+    only replicas whose clocks differ by more than the close delay less a transaction's
+    life, one entering while the other keeps that week, could still)."""
 
     def __init__(self, db: Database) -> None:
         super().__init__(db, SETTLEMENTS, Statement, "statement_id")
@@ -447,7 +449,16 @@ class Settlements(Versioned[Statement]):
     async def kept_through(self) -> str | None:
         """The last week whose statements are all kept (None: none yet)."""
         mark = await self.col.find_one({"_id": KEPT_THROUGH})
-        return None if mark is None else str(mark[KEPT_THROUGH])
+        if mark is None:
+            # Where the release before this one marked it (read with the closed weeks now).
+            marks = self.col.database[MIGRATIONS]
+            old = await marks.find_one({"_id": OLD_KEPT_THROUGH})
+            if old is None:
+                return None
+            await self.keep([], str(old["week"]))
+            await marks.delete_one({"_id": OLD_KEPT_THROUGH})
+            return str(old["week"])
+        return str(mark[KEPT_THROUGH])
 
     async def keep(self, statements: list[Statement], through: str) -> None:
         """Keep these statements (each unless kept or closed already: two keepings at once
