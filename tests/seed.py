@@ -419,3 +419,15 @@ async def known(reviews: httpx.AsyncClient, booking_id: str) -> None:
         lambda: get_json(reviews, f"/review-requests/{booking_id}", headers=OPS),
         what="booking known to reviews",
     )
+
+
+def manicure(quantity: int = 1) -> PricedLine:
+    """The catalogue's manicure at 25.00, as a booking or a visit prices it."""
+    return PricedLine(
+        code="nails.manicure",
+        name="Manicure",
+        skill="nails",
+        quantity=quantity,
+        unit_price=2500,
+        currency="EUR",
+    )

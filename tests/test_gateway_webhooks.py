@@ -20,11 +20,11 @@ from shared.auth import Actor, Role
 from shared.events.booking import BookingCancelled, BookingRequested, BookingRescheduled
 from shared.events.envelope import Envelope
 from shared.events.payments import ReceiptSealed
-from shared.events.types import GeoPoint, PricedLine
+from shared.events.types import GeoPoint
 from shared.mongo import Document
 from tests.conftest import Platform, running_platform
 from tests.harness import Infra, eventually, free_port, publish
-from tests.seed import bearer, gateway_token
+from tests.seed import bearer, gateway_token, manicure
 
 pytestmark = pytest.mark.integration
 
@@ -186,16 +186,7 @@ def requested(store_id: str | None) -> BookingRequested:
         window_start=start,
         window_end=start + timedelta(hours=2),
         duration_minutes=45,
-        lines=[
-            PricedLine(
-                code="nails.manicure",
-                name="Manicure",
-                skill="nails",
-                quantity=1,
-                unit_price=2500,
-                currency="EUR",
-            )
-        ],
+        lines=[manicure()],
         total=2500,
         currency="EUR",
         store_id=store_id,

@@ -7,7 +7,6 @@ Payments runs as a process of its own, on a prefix of its own, with a clock the 
 
 from __future__ import annotations
 
-import uuid
 from datetime import UTC, datetime
 from typing import Any
 
@@ -23,6 +22,7 @@ from tests.harness import Infra, ServiceProcess, direct, eventually, new_prefix
 from tests.harness import publish as publish_event
 from tests.seed import OPS, as_customer, as_store, as_technician, get_json, set_card
 from tests.test_settlements import (
+    grant_coupon,
     on_wednesday,
     payments_now,
     refund,
@@ -86,17 +86,7 @@ async def test_operators_see_which_regions_stores_and_technicians_make_or_lose_m
             # Porto: south's Rui, two manicures, 30.00 of them the platform's coupon, the
             # rest in cash at the door.
             couponed = unique("cus_")
-            granted = await api.post(
-                "/coupons",
-                json={
-                    "customer_id": couponed,
-                    "currency": "EUR",
-                    "amount": 3000,
-                    "reason": "sorry for the wait last time",
-                },
-                headers={**OPS, "Idempotency-Key": uuid.uuid4().hex},
-            )
-            assert granted.status_code == 200, granted.text
+            await grant_coupon(api, couponed, 3000)
             porto = await signed_visit(
                 kafka_producer,
                 prefix,

@@ -29,7 +29,6 @@ from services.payments.settlements import (
 )
 from services.payments.storage import ENTERED_BEFORE, Receipts, ensure_indexes
 from shared.events.dispatch import ServiceCompletedV1
-from shared.events.types import PricedLine
 from shared.mongo import Document
 from shared.time import utcnow
 from tests.harness import Infra, ServiceProcess, direct, eventually, keyed_events, new_prefix
@@ -40,6 +39,7 @@ from tests.seed import (
     as_store,
     as_technician,
     get_json,
+    manicure,
     sell_package,
     service_completed,
     set_card,
@@ -68,14 +68,7 @@ async def signed_visit(
     """A visit of `manicures` at 25.00 by the store's technician, completed and signed.
     `region` None: told by a dispatch from before regions (version 1)."""
     booking_id = unique("bk_")
-    line = PricedLine(
-        code="nails.manicure",
-        name="Manicure",
-        skill="nails",
-        quantity=manicures,
-        unit_price=2500,
-        currency="EUR",
-    )
+    line = manicure(manicures)
     fact = service_completed(
         booking_id,
         customer,
@@ -106,6 +99,21 @@ async def signed_visit(
     )
     assert signed.status_code == 200, signed.text
     return signed.json()
+
+
+async def grant_coupon(payments: httpx.AsyncClient, customer: str, amount: int) -> None:
+    """Operations' goodwill coupon: the platform pays `amount` of the customer's next visit."""
+    granted = await payments.post(
+        "/coupons",
+        json={
+            "customer_id": customer,
+            "currency": "EUR",
+            "amount": amount,
+            "reason": "sorry for the wait last time",
+        },
+        headers={**OPS, "Idempotency-Key": uuid.uuid4().hex},
+    )
+    assert granted.status_code == 200, granted.text
 
 
 async def status_of(payments: httpx.AsyncClient, receipt: Any, status: str) -> Any:
@@ -187,17 +195,7 @@ async def test_a_stores_week_is_entered_as_money_moves_and_closed_once_by_one_tr
             # Two more: one from a package the store sold, 5.00 off by the platform's
             # coupon, the rest (20.00) in cash at the door.
             await sell_package(api, store, by_cash, visits=1)
-            granted = await api.post(
-                "/coupons",
-                json={
-                    "customer_id": by_cash,
-                    "currency": "EUR",
-                    "amount": 500,
-                    "reason": "sorry for the wait last time",
-                },
-                headers={**OPS, "Idempotency-Key": uuid.uuid4().hex},
-            )
-            assert granted.status_code == 200, granted.text
+            await grant_coupon(api, by_cash, 500)
             at_door = await signed_visit(
                 kafka_producer, prefix, api, store=store, customer=by_cash, manicures=2
             )
