@@ -1,9 +1,10 @@
 """Partner webhooks: a store subscribes a URL to event types about its own business.
 
-Each event about a store (its `store_id`) becomes one delivery per matching
-subscription, written in the consumer's transaction with the delivery id
-`<webhook>:<event id>`, so an event redelivered by Kafka is delivered once. A
-durable timer sends it, outside any transaction, signed:
+Each event about a store (its `store_id`; a booking's move or cancellation, the store
+its request named, with only what the store may see and the rest named in `omitted`)
+becomes one delivery per matching subscription, written in the consumer's
+transaction with the delivery id `<webhook>:<event id>`, so an event redelivered by
+Kafka is delivered once. A durable timer sends it, outside any transaction, signed:
 
     X-Doorstep-Signature: t=<unix time>,v1=<hex HMAC-SHA256 of "<t>.<body>">
 
@@ -55,7 +56,7 @@ router = APIRouter(prefix="/v1")
 DELIVER = "webhook_delivery"
 MAX_ATTEMPTS = 8
 TIMEOUT_S = 5.0
-# What a store may subscribe to: events that carry its store_id.
+# What a store may subscribe to: events about its business.
 STORE_EVENTS = (
     # Of a booking naming the store, what it may see (gateway handlers' STORE_SEES_*).
     "booking.requested",

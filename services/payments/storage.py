@@ -434,7 +434,8 @@ class Ledger:
 
 class Settlements(Versioned[Statement]):
     """Statements of weeks over, kept as they read once nothing could enter them any more
-    (due), then as operations closed them. Those of weeks still open are added up when read.
+    (due), then as operations closed them. Those of weeks after the last kept are added up
+    when read (a week due and not kept yet, too: it may be closed so).
     A week kept is never entered again (Ledger.enter reads the mark with the closed weeks;
     only replicas whose clocks differ by more than the close delay less a transaction's
     life, one entering while the other keeps that week, could still)."""
@@ -450,7 +451,8 @@ class Settlements(Versioned[Statement]):
         """The last week whose statements are all kept (None: none yet)."""
         mark = await self.col.find_one({"_id": KEPT_THROUGH})
         if mark is None:
-            # Where the release before this one marked it (read with the closed weeks now).
+            # Where this release's first commits marked it (0802a8a, 7236367), before it was
+            # read with the closed weeks.
             marks = self.col.database[MIGRATIONS]
             old = await marks.find_one({"_id": OLD_KEPT_THROUGH})
             if old is None:
