@@ -7,7 +7,7 @@ Payments runs as a process of its own, on a prefix of its own, with a clock the 
 
 from __future__ import annotations
 
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 from typing import Any
 
 import httpx
@@ -15,7 +15,10 @@ import pytest
 from aiokafka import AIOKafkaProducer
 from pymongo import AsyncMongoClient
 
-from services.payments.settlements import week_before
+from services.payments.domain import Repayment
+from services.payments.fees import CancellationFee, FeeStatus
+from services.payments.settlements import week_before, week_end, week_start
+from services.payments.storage import CancellationFees, ensure_indexes
 from shared.events.booking import BookingCancelled
 from shared.mongo import Document
 from tests.harness import Infra, ServiceProcess, direct, eventually, new_prefix
@@ -297,3 +300,55 @@ async def test_operators_see_which_regions_stores_and_technicians_make_or_lose_m
 async def reminded(payments: httpx.AsyncClient, receipt: Any) -> Any:
     r = await get_json(payments, f"/receipts/{receipt['receipt_id']}", OPS)
     return r if r and r["reminders_sent"] >= 1 else None
+
+
+async def test_a_fee_given_back_comes_off_the_week_it_was_given_back_in(
+    mongo: AsyncMongoClient[Document],
+) -> None:
+    """The platform's fees by week: each paid in the week it was paid, each given back (by
+    the card, or by hand after the card refused) in the week it was, so a week gone by
+    never changes; one the card refused and nobody repaid is still the platform's."""
+    db = mongo[f"{new_prefix()}_payments"]
+    await ensure_indexes(db)
+    w46, w47, w48 = "2026-W46", "2026-W47", "2026-W48"
+    day = {w: week_start(w) + timedelta(days=2) for w in (w46, w47, w48)}
+
+    def fee(n: int, amount: int, status: FeeStatus, **when: Any) -> CancellationFee:
+        return CancellationFee(
+            fee_id=f"fee_{n}",
+            booking_id=f"bk_{n}",
+            customer_id="cus_f",
+            amount=amount,
+            currency="EUR",
+            reason="plans changed",
+            cancelled_at=day[w46],
+            status=status,
+            **when,
+        )
+
+    repaid = Repayment(way="bank_transfer", reference="TR-1", by="ops", at=day[w48], amount=500)
+    for made in (
+        fee(1, 1500, FeeStatus.PAID, paid_at=day[w46]),
+        fee(2, 1000, FeeStatus.REFUNDED, paid_at=day[w46], refunded_at=day[w47]),
+        fee(3, 700, FeeStatus.REFUND_DECLINED, paid_at=day[w46], refunded_at=day[w47]),
+        fee(
+            4,
+            500,
+            FeeStatus.REFUNDED,
+            paid_at=day[w46],
+            refunded_at=day[w47],
+            refund_repaid=repaid,
+        ),
+        fee(5, 900, FeeStatus.OWED),
+        fee(6, 800, FeeStatus.WAIVED),
+    ):
+        await CancellationFees(db).insert(made)
+
+    kept = await CancellationFees(db).kept(week_start(w46), week_end(w48))
+    by_week: dict[str, int] = {}
+    for k in kept:
+        by_week[k.week] = by_week.get(k.week, 0) + k.amount
+    assert by_week == {w46: 1500 + 1000 + 700 + 500, w47: -1000, w48: -500}
+    # Only the weeks asked: a week before them is not read.
+    later = await CancellationFees(db).kept(week_start(w47), week_end(w48))
+    assert sorted((k.week, k.amount) for k in later) == [(w47, -1000), (w48, -500)]

@@ -16,8 +16,8 @@ For each region, store or technician and week:
 - `written_off`: what their customers owed and operations gave up on (nobody was paid it).
 
 A late-cancellation fee is the platform's alone and belongs to no visit: the platform's
-weekly lines count the fees paid and not given back, in the week they were paid (one given
-back later leaves the week it was paid in: fees have no ledger of their own yet).
+weekly lines count each fee paid in the week it was paid, and each given back (the visit
+was performed after all) in the week it was, so a week gone by never changes.
 """
 
 from __future__ import annotations
@@ -66,9 +66,11 @@ class WrittenOff(Forbid):
 
 
 class FeesKept(Forbid):
+    """Fees paid in a week (positive), or given back in it (negative)."""
+
     week: str = Field(pattern=WEEK_PATTERN)
     currency: Currency
-    amount: int = Field(ge=0)
+    amount: int
 
 
 class MarginFigures(Forbid):
@@ -115,7 +117,9 @@ class PlatformWeek(Forbid):
     currency: Currency
     commission: int
     coupons: int
-    fees_kept: int = Field(description="Late-cancellation fees paid that week, not given back")
+    fees_kept: int = Field(
+        description="Late-cancellation fees paid that week, less those given back that week"
+    )
     net: int = Field(description="Commission less coupons, plus the fees kept")
 
 
@@ -229,7 +233,9 @@ def margins_of(
 def _platform(
     rows: Sequence[MarginRow], weeks: Sequence[str], fees: Iterable[FeesKept]
 ) -> list[PlatformWeek]:
-    kept = {(f.week, f.currency): f.amount for f in fees}
+    kept: dict[tuple[str, str], int] = defaultdict(int)
+    for f in fees:
+        kept[f.week, f.currency] += f.amount
     currencies = sorted({r.currency for r in rows} | {currency for _, currency in kept})
     found = []
     for currency in currencies:

@@ -75,7 +75,6 @@ KEPT_THROUGH = "kept_through"
 KEEP_WEEKS = "keep_weeks"  # the timer that keeps each week's statements once it is over
 OLD_KEPT_THROUGH = "settlements.kept_through"  # in MIGRATIONS, for one release only
 SIGNED = [s.value for s in (ReceiptStatus.SEALED, ReceiptStatus.SETTLED, ReceiptStatus.WRITTEN_OFF)]
-KEPT = [FeeStatus.PAID.value, FeeStatus.REFUND_DECLINED.value]  # the platform holds the fee
 DISPUTED: Document = {"disputed_at": {"$type": "date"}}  # a receipt a customer took items off
 
 
@@ -150,12 +149,13 @@ async def ensure_indexes(db: Database) -> None:
         [
             IndexModel([("customer_id", ASCENDING), ("cancelled_at", DESCENDING)]),
             IndexModel([("status", ASCENDING), ("cancelled_at", DESCENDING)]),
-            # Operators' margins: the fees a week kept.
+            # Operators' margins: the fees a week was paid, and those given back.
             IndexModel(
                 [("paid_at", ASCENDING)],
                 name="fees_kept",
                 partialFilterExpression={"paid_at": {"$type": "date"}},
             ),
+            IndexModel([("status", ASCENDING), ("refunded_at", ASCENDING)]),
         ]
     )
 
@@ -640,29 +640,44 @@ class CancellationFees(Versioned[CancellationFee]):
         super().__init__(db, CANCELLATION_FEES, CancellationFee, "fee_id")
 
     async def kept(self, since: datetime, until: datetime) -> list[FeesKept]:
-        """Fees paid and not given back (standing, or a refund the card refused and nobody
-        repaid yet), by the week they were paid in and currency."""
-        pipeline: list[Document] = [
+        """What fees brought the platform, by week and currency: each fee paid, in the week
+        it was paid; less each given back, in the week it was (by the card, or by hand
+        after the card refused), so a week gone by never changes."""
+        in_range = {"$gte": since, "$lt": until}
+        paid: list[Document] = [
+            {"$match": {"paid_at": {"$type": "date", **in_range}}},
+            {"$set": {"at": "$paid_at", "moved": "$amount"}},
+        ]
+        # Given back by the card when refunded, by hand when repaid (the card refused it);
+        # a refund the card refused and nobody repaid is still the platform's.
+        given_back: list[Document] = [
+            {"$match": {"status": FeeStatus.REFUNDED.value, "refunded_at": {"$lt": until}}},
             {
-                "$match": {
-                    "paid_at": {"$type": "date", "$gte": since, "$lt": until},
-                    "status": {"$in": KEPT},
+                "$set": {
+                    "at": {"$ifNull": ["$refund_repaid.at", "$refunded_at"]},
+                    "moved": {"$multiply": ["$amount", -1]},
                 }
             },
-            {
-                "$group": {
-                    "_id": {
-                        "week": {"$dateToString": {"format": ISO_WEEK, "date": "$paid_at"}},
-                        "currency": "$currency",
-                    },
-                    "amount": {"$sum": "$amount"},
+            {"$match": {"at": in_range}},
+        ]
+        found = []
+        for pipeline in (paid, given_back):
+            pipeline.append(
+                {
+                    "$group": {
+                        "_id": {
+                            "week": {"$dateToString": {"format": ISO_WEEK, "date": "$at"}},
+                            "currency": "$currency",
+                        },
+                        "amount": {"$sum": "$moved"},
+                    }
                 }
-            },
-        ]
-        return [
-            FeesKept(**row["_id"], amount=row["amount"])
-            async for row in await self.col.aggregate(pipeline)
-        ]
+            )
+            found += [
+                FeesKept(**row["_id"], amount=row["amount"])
+                async for row in await self.col.aggregate(pipeline)
+            ]
+        return found
 
     async def listed(
         self, customer_id: str | None, status: FeeStatus | None, limit: int

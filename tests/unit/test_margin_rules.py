@@ -150,13 +150,14 @@ def test_the_platforms_weeks_add_the_fees_it_kept_in_each_currency() -> None:
         [summed("lisbon", W48, card=5000), summed("porto", W48, coupon=2000)],
         fees=[
             FeesKept(week=W48, currency="EUR", amount=1500),
+            FeesKept(week=W48, currency="EUR", amount=-500),  # one given back that week
             FeesKept(week=W47, currency="GBP", amount=900),
         ],
     )
     lines = {(p.week, p.currency): p for p in found.platform}
     assert set(lines) == {(W48, "EUR"), (W47, "EUR"), (W48, "GBP"), (W47, "GBP")}
     eur = lines[W48, "EUR"]
-    assert (eur.commission, eur.coupons, eur.fees_kept) == (750 + 300, 2000, 1500)
-    assert eur.net == 1050 - 2000 + 1500
+    assert (eur.commission, eur.coupons, eur.fees_kept) == (750 + 300, 2000, 1000)
+    assert eur.net == 1050 - 2000 + 1000
     assert lines[W47, "GBP"].net == 900
     assert lines[W47, "EUR"].net == 0
