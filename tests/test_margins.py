@@ -17,13 +17,15 @@ from pymongo import AsyncMongoClient
 
 from services.payments.domain import Repayment
 from services.payments.fees import CancellationFee, FeeStatus
+from services.payments.margins import MarginBy
 from services.payments.settlements import week_before, week_end, week_start
-from services.payments.storage import CancellationFees, ensure_indexes
+from services.payments.storage import CancellationFees, Receipts, ensure_indexes
 from shared.events.booking import BookingCancelled
 from shared.mongo import Document
 from tests.harness import Infra, ServiceProcess, direct, eventually, new_prefix
 from tests.harness import publish as publish_event
 from tests.seed import OPS, as_customer, as_store, as_technician, get_json, set_card
+from tests.test_payment_reminders import signed_unpaid
 from tests.test_settlements import (
     grant_coupon,
     on_wednesday,
@@ -352,3 +354,45 @@ async def test_a_fee_given_back_comes_off_the_week_it_was_given_back_in(
     # Only the weeks asked: a week before them is not read.
     later = await CancellationFees(db).kept(week_start(w47), week_end(w48))
     assert sorted((k.week, k.amount) for k in later) == [(w47, -1000), (w48, -500)]
+
+
+async def test_a_write_off_taken_back_comes_off_the_week_it_was_taken_back_in(
+    mongo: AsyncMongoClient[Document],
+) -> None:
+    """What operations gave up on, by week: each write-off in the week it was made, less each
+    taken back in the week it was, so a week gone by never changes."""
+    db = mongo[f"{new_prefix()}_payments"]
+    await ensure_indexes(db)
+    w46, w47, w48 = "2026-W46", "2026-W47", "2026-W48"
+    day = {w: week_start(w) + timedelta(days=2) for w in (w46, w47, w48)}
+    receipts = Receipts(db)
+
+    async def written_off(*moves: tuple[str, str]) -> None:
+        """A signed receipt of 50.00, given up on and taken back as `moves` say."""
+        receipt = await signed_unpaid(db, reminded=1)
+        for move, week in moves:
+            if move == "off":
+                receipt.give_up("ops", "three reminders unanswered", day[week])
+            else:
+                receipt.reopen("ops", "the cash turned up", day[week])
+        await receipts.save(receipt)
+
+    await written_off(("off", w46))  # stands
+    await written_off(("off", w46), ("back", w47))  # due again
+    await written_off(("off", w46), ("back", w47), ("off", w48))  # and given up again
+
+    def by_week(found: list[Any]) -> dict[str, int]:
+        weeks: dict[str, int] = {}
+        for w in found:
+            weeks[w.week] = weeks.get(w.week, 0) + w.amount
+        return weeks
+
+    found = await receipts.written_off(MarginBy.STORE, week_start(w46), week_end(w48), None)
+    assert by_week(found) == {w46: 3 * 5000, w47: -2 * 5000, w48: 5000}
+    assert {w.key for w in found} == {"store_r"}
+    later = await receipts.written_off(MarginBy.STORE, week_start(w47), week_end(w48), None)
+    assert by_week(later) == {w47: -2 * 5000, w48: 5000}
+    other = await receipts.written_off(
+        MarginBy.STORE, week_start(w46), week_end(w48), "store_other"
+    )
+    assert other == []

@@ -13,7 +13,8 @@ For each region, store or technician and week:
 - `platform_net`, the platform's margin: commission less coupons. Negative: the platform
   paid out more than it kept;
 - `store_net`: what the stores keep of the takings;
-- `written_off`: what their customers owed and operations gave up on (nobody was paid it).
+- `written_off`: what their customers owed and operations gave up on (nobody was paid it),
+  in the week they did, less what they took back (due again) in the week they did.
 
 A late-cancellation fee is the platform's alone and belongs to no visit: the platform's
 weekly lines count each fee paid in the week it was paid, and each given back (the visit
@@ -59,10 +60,12 @@ class Summed(Forbid):
 
 
 class WrittenOff(Forbid):
+    """Written off in a week (positive), or taken back in it (negative)."""
+
     key: str | None
     week: str = Field(pattern=WEEK_PATTERN)
     currency: Currency
-    amount: int = Field(ge=0)
+    amount: int
 
 
 class FeesKept(Forbid):
@@ -81,7 +84,10 @@ class MarginFigures(Forbid):
     commission: int
     platform_net: int = Field(description="Commission less coupons: what the platform made")
     store_net: int = Field(description="What the stores keep of the takings")
-    written_off: int = Field(description="Owed by customers, given up on by operations")
+    written_off: int = Field(
+        description="Owed by customers, given up on by operations (less write-offs taken "
+        "back: the money was due again)"
+    )
 
     @classmethod
     def zero(cls) -> MarginFigures:

@@ -101,12 +101,13 @@ async def ensure_indexes(db: Database) -> None:
                 name="disputed_by_technician",
                 partialFilterExpression=DISPUTED,
             ),
-            # Operators' margins: what was written off in a week.
+            # Operators' margins: what was written off in a week, and taken back.
             IndexModel(
                 [("write_off.at", ASCENDING)],
                 name="written_off",
                 partialFilterExpression={"status": ReceiptStatus.WRITTEN_OFF.value},
             ),
+            IndexModel([("reopened.at", ASCENDING)], name="taken_back", sparse=True),
         ]
     )
     # A store's week (its statement, its entries in order); every store's week (operations).
@@ -209,31 +210,63 @@ class Receipts(Versioned[Receipt]):
     async def written_off(
         self, by: MarginBy, since: datetime, until: datetime, store_id: str | None
     ) -> list[WrittenOff]:
-        """What operations gave up on, by region, store or technician, week and currency
-        (receipts written off and not taken back: a reopened one was paid after all)."""
-        match: Document = {
-            "status": ReceiptStatus.WRITTEN_OFF.value,
-            "write_off.at": {"$gte": since, "$lt": until},
-        }
-        if store_id is not None:
-            match["store_id"] = store_id
-        pipeline: list[Document] = [
-            {"$match": match},
+        """What operations gave up on, by region, store or technician, week and currency:
+        each write-off in the week it was made, less each taken back (the money was due
+        again) in the week it was, so a week gone by never changes."""
+        in_range = {"$gte": since, "$lt": until}
+        scope: Document = {} if store_id is None else {"store_id": store_id}
+        field = MARGIN_FIELD[by]
+        standing: list[Document] = [
             {
-                "$group": {
-                    "_id": {
-                        "key": margin_key(by),
-                        "week": {"$dateToString": {"format": ISO_WEEK, "date": "$write_off.at"}},
-                        "currency": "$currency",
-                    },
-                    "amount": {"$sum": "$write_off.amount"},
+                "$match": {
+                    "status": ReceiptStatus.WRITTEN_OFF.value,
+                    "write_off.at": in_range,
+                    **scope,
                 }
             },
+            {"$project": {field: 1, "currency": 1, "move": "$write_off"}},
         ]
-        return [
-            WrittenOff(**row["_id"], amount=row["amount"])
-            async for row in await self.col.aggregate(pipeline)
+        # Taken back: made in its week, taken back in another (one taken back is after the
+        # write-off it takes back, so both are at or after `since` if either is in range).
+        taken_back: list[Document] = [
+            {"$match": {"reopened.at": {"$gte": since}, **scope}},
+            {"$unwind": "$reopened"},
+            {
+                "$project": {
+                    field: 1,
+                    "currency": 1,
+                    "moves": [
+                        "$reopened.write_off",
+                        {
+                            "at": "$reopened.at",
+                            "amount": {"$multiply": ["$reopened.write_off.amount", -1]},
+                        },
+                    ],
+                }
+            },
+            {"$unwind": "$moves"},
+            {"$set": {"move": "$moves"}},
+            {"$match": {"move.at": in_range}},
         ]
+        found = []
+        for pipeline in (standing, taken_back):
+            pipeline.append(
+                {
+                    "$group": {
+                        "_id": {
+                            "key": margin_key(by),
+                            "week": {"$dateToString": {"format": ISO_WEEK, "date": "$move.at"}},
+                            "currency": "$currency",
+                        },
+                        "amount": {"$sum": "$move.amount"},
+                    }
+                }
+            )
+            found += [
+                WrittenOff(**row["_id"], amount=row["amount"])
+                async for row in await self.col.aggregate(pipeline)
+            ]
+        return found
 
     def from_doc(self, doc: Document) -> Receipt:
         receipt = super().from_doc(doc)
