@@ -18,11 +18,13 @@ migrations         one-off changes to stored rows, each done once (its name, whe
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from datetime import datetime
 from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict
 from pymongo import ASCENDING, DESCENDING, IndexModel, UpdateOne
+from pymongo.asynchronous.collection import AsyncCollection
 
 from services.payments.domain import (
     Coupon,
@@ -203,6 +205,27 @@ def margin_key(by: MarginBy) -> Document:
     return {"$ifNull": [f"${MARGIN_FIELD[by]}", None]}
 
 
+async def moved_by_week(
+    col: AsyncCollection[Document], pipelines: Sequence[list[Document]], **key: Any
+) -> list[Document]:
+    """What each pipeline's documents moved (`move`: its `at` and `amount`), added up by the
+    ISO week of `at`, currency and `key` (operators' margins): `_id` and `amount` rows."""
+    rows: list[Document] = []
+    for pipeline in pipelines:
+        group = {
+            "$group": {
+                "_id": {
+                    **key,
+                    "week": {"$dateToString": {"format": ISO_WEEK, "date": "$move.at"}},
+                    "currency": "$currency",
+                },
+                "amount": {"$sum": "$move.amount"},
+            }
+        }
+        rows += await (await col.aggregate([*pipeline, group])).to_list()
+    return rows
+
+
 class Receipts(Versioned[Receipt]):
     def __init__(self, db: Database) -> None:
         super().__init__(db, RECEIPTS, Receipt, "receipt_id")
@@ -248,25 +271,8 @@ class Receipts(Versioned[Receipt]):
             {"$set": {"move": "$moves"}},
             {"$match": {"move.at": in_range}},
         ]
-        found = []
-        for pipeline in (standing, taken_back):
-            pipeline.append(
-                {
-                    "$group": {
-                        "_id": {
-                            "key": margin_key(by),
-                            "week": {"$dateToString": {"format": ISO_WEEK, "date": "$move.at"}},
-                            "currency": "$currency",
-                        },
-                        "amount": {"$sum": "$move.amount"},
-                    }
-                }
-            )
-            found += [
-                WrittenOff(**row["_id"], amount=row["amount"])
-                async for row in await self.col.aggregate(pipeline)
-            ]
-        return found
+        rows = await moved_by_week(self.col, (standing, taken_back), key=margin_key(by))
+        return [WrittenOff(**row["_id"], amount=row["amount"]) for row in rows]
 
     def from_doc(self, doc: Document) -> Receipt:
         receipt = super().from_doc(doc)
@@ -679,7 +685,7 @@ class CancellationFees(Versioned[CancellationFee]):
         in_range = {"$gte": since, "$lt": until}
         paid: list[Document] = [
             {"$match": {"paid_at": {"$type": "date", **in_range}}},
-            {"$set": {"at": "$paid_at", "moved": "$amount"}},
+            {"$set": {"move": {"at": "$paid_at", "amount": "$amount"}}},
         ]
         # Given back by the card when refunded, by hand when repaid (the card refused it);
         # a refund the card refused and nobody repaid is still the platform's.
@@ -687,30 +693,16 @@ class CancellationFees(Versioned[CancellationFee]):
             {"$match": {"status": FeeStatus.REFUNDED.value, "refunded_at": {"$lt": until}}},
             {
                 "$set": {
-                    "at": {"$ifNull": ["$refund_repaid.at", "$refunded_at"]},
-                    "moved": {"$multiply": ["$amount", -1]},
-                }
-            },
-            {"$match": {"at": in_range}},
-        ]
-        found = []
-        for pipeline in (paid, given_back):
-            pipeline.append(
-                {
-                    "$group": {
-                        "_id": {
-                            "week": {"$dateToString": {"format": ISO_WEEK, "date": "$at"}},
-                            "currency": "$currency",
-                        },
-                        "amount": {"$sum": "$moved"},
+                    "move": {
+                        "at": {"$ifNull": ["$refund_repaid.at", "$refunded_at"]},
+                        "amount": {"$multiply": ["$amount", -1]},
                     }
                 }
-            )
-            found += [
-                FeesKept(**row["_id"], amount=row["amount"])
-                async for row in await self.col.aggregate(pipeline)
-            ]
-        return found
+            },
+            {"$match": {"move.at": in_range}},
+        ]
+        rows = await moved_by_week(self.col, (paid, given_back))
+        return [FeesKept(**row["_id"], amount=row["amount"]) for row in rows]
 
     async def listed(
         self, customer_id: str | None, status: FeeStatus | None, limit: int
