@@ -160,25 +160,42 @@ async def scene(platform: Platform) -> AsyncIterator[Scene]:
 
 
 # ------------------------------------------------------------ matching rules --
-YESTERDAY = (date.today() - timedelta(days=1)).isoformat()
 NEXT_YEAR = (date.today() + timedelta(days=365)).isoformat()
-TOMORROW = date.today() + timedelta(days=1)
 
-# Each way of being unfit, given to the technician nearest to the customer: if the
-# rule were not applied, they would get the offer.
-UNFIT: dict[str, dict[str, Any]] = {
-    "suspended": {"status": "suspended"},
-    "lacks the skill": {"skills": ["other-skill"]},
-    "certificate expired": {
-        "certificates": [{"name": "cert-gel", "issuer": "Academy", "expires_on": YESTERDAY}]
-    },
-    "insurance expired": {
-        "insurance": {"insurer": "Fidelidade", "policy_number": "P", "expires_on": YESTERDAY}
-    },
-    "serves another area": {"areas": [REGIONS["porto"]]},
-    "not on shift": {"shifts": [{"weekday": TOMORROW.weekday(), "start": "14:00", "end": "20:00"}]},
-    "on leave that day": {"exceptions": [{"on": TOMORROW.isoformat(), "kind": "leave"}]},
-}
+
+def unfit_file(kind: str) -> dict[str, Any]:
+    """A way of being unfit, given to the technician nearest to the customer: if the rule
+    were not applied, they would get the offer. Dated when asked, beside the booking
+    (`scene.book()`: tomorrow), so a run that crosses midnight dates both alike."""
+    yesterday = (date.today() - timedelta(days=1)).isoformat()
+    tomorrow = date.today() + timedelta(days=1)
+    files: dict[str, dict[str, Any]] = {
+        "suspended": {"status": "suspended"},
+        "lacks the skill": {"skills": ["other-skill"]},
+        "certificate expired": {
+            "certificates": [{"name": "cert-gel", "issuer": "Academy", "expires_on": yesterday}]
+        },
+        "insurance expired": {
+            "insurance": {"insurer": "Fidelidade", "policy_number": "P", "expires_on": yesterday}
+        },
+        "serves another area": {"areas": [REGIONS["porto"]]},
+        "not on shift": {
+            "shifts": [{"weekday": tomorrow.weekday(), "start": "14:00", "end": "20:00"}]
+        },
+        "on leave that day": {"exceptions": [{"on": tomorrow.isoformat(), "kind": "leave"}]},
+    }
+    return files[kind]
+
+
+UNFIT = [
+    "suspended",
+    "lacks the skill",
+    "certificate expired",
+    "insurance expired",
+    "serves another area",
+    "not on shift",
+    "on leave that day",
+]
 
 
 async def certified_scene(
@@ -191,7 +208,7 @@ async def certified_scene(
     return scene, [{"name": "cert-gel", "issuer": "Academy", "expires_on": NEXT_YEAR}]
 
 
-@pytest.mark.parametrize("unfit", list(UNFIT), ids=list(UNFIT))
+@pytest.mark.parametrize("unfit", UNFIT, ids=UNFIT)
 async def test_an_unfit_technician_is_never_offered_the_visit_however_near(
     platform: Platform, unfit: str
 ) -> None:
@@ -201,7 +218,7 @@ async def test_an_unfit_technician_is_never_offered_the_visit_however_near(
     ):
         scene, valid = await certified_scene(platform, booking, dispatch)
         fit = await scene.technician(location=FAR, certificates=valid)
-        near = await scene.technician(location=NEAR, **{"certificates": valid, **UNFIT[unfit]})
+        near = await scene.technician(location=NEAR, **{"certificates": valid, **unfit_file(unfit)})
         booking_id = await scene.book()  # tomorrow 10:00-12:00 Lisbon
         visit = await scene.settled(booking_id, "offered")
         ranked = (await dispatch.get(f"/visits/{booking_id}/candidates", headers=OPS)).json()
@@ -732,7 +749,7 @@ async def test_a_visit_held_by_a_technician_whose_file_no_longer_fits_it_is_sear
 
         changed = await dispatch.put(
             f"/technicians/{tech}",
-            json={**file, **UNFIT[unfit]},
+            json={**file, **unfit_file(unfit)},
             headers=as_store("store_chiado"),
         )
         assert changed.status_code == 200, changed.text
@@ -772,7 +789,7 @@ async def test_an_offer_whose_technician_no_longer_fits_is_withdrawn_until_the_f
     assert (await scene.dispatch.put(f"/technicians/{tech}", json=file, headers=store)).is_success
     booking_id = await scene.book()  # tomorrow
     offer = await open_offer(scene.dispatch, tech, booking_id)
-    day_off = {**file, **UNFIT["on leave that day"]}
+    day_off = {**file, **unfit_file("on leave that day")}
     assert (
         await scene.dispatch.put(f"/technicians/{tech}", json=day_off, headers=store)
     ).is_success
