@@ -134,9 +134,13 @@ async def tell(
     )
 
 
-async def _learn_owner(tx: Transaction, booking_id: str, customer_id: str) -> None:
+async def _learn_owner(
+    tx: Transaction, booking_id: str, customer_id: str, store_id: str | None = None
+) -> None:
+    """Whose booking it is, and the store it named (its moves and cancellation name none)."""
+    known = {"customer_id": customer_id, **({"store_id": store_id} if store_id else {})}
     await tx.db[BOOKING_OWNERS].update_one(
-        {"_id": booking_id}, {"$set": {"customer_id": customer_id}}, upsert=True, session=tx.session
+        {"_id": booking_id}, {"$set": known}, upsert=True, session=tx.session
     )
     _keep_owner(tx.db.name, booking_id, customer_id)
 
@@ -144,14 +148,9 @@ async def _learn_owner(tx: Transaction, booking_id: str, customer_id: str) -> No
 @handlers.on(BookingRequested)
 @handlers.on(BookingRequestedV1)
 async def booking_requested(tx: Transaction, event: BookingRequestedV1) -> None:
-    await _learn_owner(tx, event.booking_id, event.customer_id)
     store = store_of(event)
-    if store is not None:
-        # Its cancellation and moves name no store: they are told to the store it named.
-        await tx.db[BOOKING_OWNERS].update_one(
-            {"_id": event.booking_id}, {"$set": {"store_id": store}}, session=tx.session
-        )
-        await _tell_booking_store(tx, store, event, STORE_SEES_REQUESTED)
+    await _learn_owner(tx, event.booking_id, event.customer_id, store)
+    await _tell_booking_store(tx, store, event, STORE_SEES_REQUESTED)
 
 
 # What a store's webhooks are told of a booking naming it: enough to plan its technicians'

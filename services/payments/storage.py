@@ -75,7 +75,6 @@ ENTERED_BEFORE = "settlements.entered_before"
 # statements are all kept (its field has no name a statement's query asks for).
 KEPT_THROUGH = "kept_through"
 KEEP_WEEKS = "keep_weeks"  # the timer that keeps each week's statements once it is over
-OLD_KEPT_THROUGH = "settlements.kept_through"  # in MIGRATIONS, for one release only
 SIGNED = [s.value for s in (ReceiptStatus.SEALED, ReceiptStatus.SETTLED, ReceiptStatus.WRITTEN_OFF)]
 DISPUTED: Document = {"disputed_at": {"$type": "date"}}  # a receipt a customer took items off
 
@@ -489,17 +488,7 @@ class Settlements(Versioned[Statement]):
     async def kept_through(self) -> str | None:
         """The last week whose statements are all kept (None: none yet)."""
         mark = await self.col.find_one({"_id": KEPT_THROUGH})
-        if mark is None:
-            # Where this release's first commits marked it (0802a8a, 7236367), before it was
-            # read with the closed weeks.
-            marks = self.col.database[MIGRATIONS]
-            old = await marks.find_one({"_id": OLD_KEPT_THROUGH})
-            if old is None:
-                return None
-            await self.keep([], str(old["week"]))
-            await marks.delete_one({"_id": OLD_KEPT_THROUGH})
-            return str(old["week"])
-        return str(mark[KEPT_THROUGH])
+        return None if mark is None else str(mark[KEPT_THROUGH])
 
     async def keep(self, statements: list[Statement], through: str) -> None:
         """Keep these statements (each unless kept or closed already: two keepings at once
